@@ -1,0 +1,303 @@
+//! Configuration: the policy numbers the flows obey, and the process
+//! configuration parsed once at start-up from the environment. A bad or
+//! missing variable is named; all of them are reported in one error.
+
+use crate::domain::PasswordPolicy;
+use crate::password_hasher::Argon2Settings;
+use crate::ports::LimitKey;
+
+/// A fixed-window rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub limit: u32,
+    pub window_secs: i64,
+}
+
+impl Limit {
+    pub const fn new(limit: u32, window_secs: i64) -> Self {
+        Limit { limit, window_secs }
+    }
+    pub fn key(&self, key: String) -> LimitKey {
+        LimitKey { key, limit: self.limit, window_secs: self.window_secs }
+    }
+}
+
+/// The rate limits, per client IP (IPv6 grouped by /64) and per identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimits {
+    pub register_ip: Limit,
+    pub register_email: Limit,
+    pub login_ip: Limit,
+    pub login_identifier: Limit,
+    /// Any mail that carries a code or link (login resend, verification
+    /// resend, send_otp).
+    pub code_send_ip: Limit,
+    pub code_send_address: Limit,
+    pub code_verify_ip: Limit,
+    /// Per challenge or per address.
+    pub code_verify_subject: Limit,
+    pub refresh_ip: Limit,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            register_ip: Limit::new(20, 3600),
+            register_email: Limit::new(5, 3600),
+            login_ip: Limit::new(30, 60),
+            login_identifier: Limit::new(20, 900),
+            code_send_ip: Limit::new(30, 3600),
+            code_send_address: Limit::new(10, 3600),
+            code_verify_ip: Limit::new(60, 60),
+            code_verify_subject: Limit::new(20, 600),
+            refresh_ip: Limit::new(120, 60),
+        }
+    }
+}
+
+impl RateLimits {
+    /// Limits high enough never to trigger, for tests that are not about
+    /// rate limiting.
+    pub fn relaxed() -> Self {
+        let l = Limit::new(1_000_000, 60);
+        RateLimits {
+            register_ip: l,
+            register_email: l,
+            login_ip: l,
+            login_identifier: l,
+            code_send_ip: l,
+            code_send_address: l,
+            code_verify_ip: l,
+            code_verify_subject: l,
+            refresh_ip: l,
+        }
+    }
+}
+
+/// Every number the flows obey. Defaults meet SECURITY.md.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub password: PasswordPolicy,
+    pub argon2: Argon2Settings,
+    pub verification_ttl_secs: i64,
+    pub verification_resend_cooldown_secs: i64,
+    pub verification_resend_per_hour: u32,
+    pub login_code_ttl_secs: i64,
+    pub code_max_failures: u32,
+    pub code_resend_cooldown_secs: i64,
+    pub code_max_resends: u32,
+    /// Wrong login codes across challenges before logins stop issuing codes
+    /// (NIST: at most 100).
+    pub account_code_failure_budget: u32,
+    pub login_lock_threshold: u32,
+    pub login_lock_secs: i64,
+    pub otp_ttl_secs: i64,
+    pub otp_send_cooldown_secs: i64,
+    pub access_ttl_secs: i64,
+    pub refresh_ttl_secs: i64,
+    pub limits: RateLimits,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            password: PasswordPolicy::default(),
+            argon2: Argon2Settings::default(),
+            verification_ttl_secs: 24 * 3600,
+            verification_resend_cooldown_secs: 60,
+            verification_resend_per_hour: 5,
+            login_code_ttl_secs: 300,
+            code_max_failures: 6,
+            code_resend_cooldown_secs: 60,
+            code_max_resends: 3,
+            account_code_failure_budget: 100,
+            login_lock_threshold: 10,
+            login_lock_secs: 900,
+            otp_ttl_secs: 600,
+            otp_send_cooldown_secs: 60,
+            access_ttl_secs: 600,
+            refresh_ttl_secs: 30 * 24 * 3600,
+            limits: RateLimits::default(),
+        }
+    }
+}
+
+/// Which storage and queue the process uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite under `data_dir`, mail to `data_dir/outbox`.
+    Embedded { data_dir: std::path::PathBuf },
+    /// DynamoDB tables `{table_prefix}-*` and the SQS mail queue.
+    Aws { table_prefix: String, mail_queue_url: Option<String>, bootstrap: bool },
+}
+
+/// The process configuration, read once at start-up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub backend: Backend,
+    pub bind: String,
+    pub public_base_url: String,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    /// Base64 PKCS#8 Ed25519 key; generated and kept under the data dir in
+    /// embedded mode when absent.
+    pub jwt_private_key: Option<crate::domain::Secret<String>>,
+    /// Base64, >= 32 bytes; likewise generated in embedded mode.
+    pub code_hmac_key: Option<crate::domain::Secret<String>>,
+    /// Trust the first `X-Forwarded-For` hop for the client IP (only behind
+    /// a proxy you run).
+    pub trust_forwarded_for: bool,
+    pub hash_threads: usize,
+    pub policy: Policy,
+}
+
+/// Every variable `Config::from_lookup` reads, for docs and Terraform checks.
+pub const CONFIG_KEYS: &[&str] = &[
+    "LATCHKEY_BACKEND",
+    "LATCHKEY_DATA_DIR",
+    "LATCHKEY_TABLE_PREFIX",
+    "LATCHKEY_MAIL_QUEUE_URL",
+    "LATCHKEY_BOOTSTRAP",
+    "LATCHKEY_BIND",
+    "PUBLIC_BASE_URL",
+    "LATCHKEY_JWT_ISSUER",
+    "LATCHKEY_JWT_AUDIENCE",
+    "LATCHKEY_JWT_PRIVATE_KEY",
+    "LATCHKEY_CODE_HMAC_KEY",
+    "LATCHKEY_TRUST_FORWARDED_FOR",
+    "LATCHKEY_HASH_THREADS",
+    "LATCHKEY_ARGON2_M_KIB",
+    "LATCHKEY_ARGON2_T",
+    "LATCHKEY_ARGON2_P",
+    "LATCHKEY_PASSWORD_MIN_CHARS",
+    "LATCHKEY_ACCESS_TTL_SECS",
+    "LATCHKEY_OTP_TTL_SECS",
+    "LATCHKEY_RATE_LIMITS",
+];
+
+/// Everything wrong with the environment, one line per variable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.join("\n"))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut errs = Vec::new();
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        fn num<T: std::str::FromStr>(errs: &mut Vec<String>, k: &str, v: Option<String>, d: T, ok: impl Fn(&T) -> bool, rule: &str) -> T {
+            match v {
+                None => d,
+                Some(s) => match s.trim().parse::<T>() {
+                    Ok(n) if ok(&n) => n,
+                    _ => {
+                        errs.push(format!("{k}: {rule} (got {s:?})"));
+                        d
+                    }
+                },
+            }
+        }
+        let flag = |errs: &mut Vec<String>, k: &str| match get(k).as_deref() {
+            None | Some("0") | Some("false") => false,
+            Some("1") | Some("true") => true,
+            Some(o) => {
+                errs.push(format!("{k}: must be true or false (got {o:?})"));
+                false
+            }
+        };
+
+        let backend = match get("LATCHKEY_BACKEND").as_deref().unwrap_or("embedded") {
+            "embedded" => Backend::Embedded { data_dir: get("LATCHKEY_DATA_DIR").unwrap_or_else(|| "var".into()).into() },
+            "aws" => Backend::Aws {
+                table_prefix: get("LATCHKEY_TABLE_PREFIX").unwrap_or_else(|| "latchkey".into()),
+                mail_queue_url: get("LATCHKEY_MAIL_QUEUE_URL"),
+                bootstrap: flag(&mut errs, "LATCHKEY_BOOTSTRAP"),
+            },
+            other => {
+                errs.push(format!("LATCHKEY_BACKEND: must be embedded or aws (got {other:?})"));
+                Backend::Embedded { data_dir: "var".into() }
+            }
+        };
+        if let Some(p) = get("LATCHKEY_TABLE_PREFIX")
+            && !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            errs.push(format!("LATCHKEY_TABLE_PREFIX: only letters, digits, '-' and '_' (got {p:?})"));
+        }
+        let bind = get("LATCHKEY_BIND").unwrap_or_else(|| "127.0.0.1:3000".into());
+        if bind.parse::<std::net::SocketAddr>().is_err() {
+            errs.push(format!("LATCHKEY_BIND: must be host:port with an IP address (got {bind:?})"));
+        }
+        let public_base_url = get("PUBLIC_BASE_URL").unwrap_or_else(|| format!("http://{bind}"));
+        if !(public_base_url.starts_with("https://") || public_base_url.starts_with("http://")) {
+            errs.push(format!("PUBLIC_BASE_URL: must start with https:// (got {public_base_url:?})"));
+        }
+        let public_base_url = public_base_url.trim_end_matches('/').to_string();
+
+        let mut policy = Policy::default();
+        let d = policy.argon2;
+        policy.argon2.m_kib = num(&mut errs, "LATCHKEY_ARGON2_M_KIB", get("LATCHKEY_ARGON2_M_KIB"), d.m_kib, |&m| m >= 19456, "at least 19456");
+        policy.argon2.t = num(&mut errs, "LATCHKEY_ARGON2_T", get("LATCHKEY_ARGON2_T"), d.t, |&t| (2..=10).contains(&t), "2..=10");
+        policy.argon2.p = num(&mut errs, "LATCHKEY_ARGON2_P", get("LATCHKEY_ARGON2_P"), d.p, |&p| (1..=16).contains(&p), "1..=16");
+        policy.password.min_chars =
+            num(&mut errs, "LATCHKEY_PASSWORD_MIN_CHARS", get("LATCHKEY_PASSWORD_MIN_CHARS"), 12, |n| (8..=64).contains(n), "8..=64");
+        policy.access_ttl_secs =
+            num(&mut errs, "LATCHKEY_ACCESS_TTL_SECS", get("LATCHKEY_ACCESS_TTL_SECS"), 600, |n| (60..=600).contains(n), "60..=600");
+        policy.otp_ttl_secs = num(&mut errs, "LATCHKEY_OTP_TTL_SECS", get("LATCHKEY_OTP_TTL_SECS"), 600, |n| (60..=600).contains(n), "60..=600 (ASVS 6.5.5 caps it at 10 minutes)");
+        match get("LATCHKEY_RATE_LIMITS").as_deref() {
+            None | Some("default") => {}
+            Some("relaxed") => policy.limits = RateLimits::relaxed(),
+            Some(o) => errs.push(format!("LATCHKEY_RATE_LIMITS: default or relaxed (got {o:?})")),
+        }
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let hash_threads = num(&mut errs, "LATCHKEY_HASH_THREADS", get("LATCHKEY_HASH_THREADS"), cores, |n| (1..=256).contains(n), "1..=256");
+        let trust_forwarded_for = flag(&mut errs, "LATCHKEY_TRUST_FORWARDED_FOR");
+
+        if !errs.is_empty() {
+            return Err(ConfigError(errs));
+        }
+        Ok(Config {
+            backend,
+            bind,
+            jwt_issuer: get("LATCHKEY_JWT_ISSUER").unwrap_or_else(|| public_base_url.clone()),
+            jwt_audience: get("LATCHKEY_JWT_AUDIENCE").unwrap_or_else(|| "latchkey".into()),
+            public_base_url,
+            jwt_private_key: get("LATCHKEY_JWT_PRIVATE_KEY").map(crate::domain::Secret::new),
+            code_hmac_key: get("LATCHKEY_CODE_HMAC_KEY").map(crate::domain::Secret::new),
+            trust_forwarded_for,
+            hash_threads,
+            policy,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_embedded_and_safe() {
+        let c = cfg(&[]).unwrap();
+        assert!(matches!(c.backend, Backend::Embedded { .. }));
+        assert_eq!(c.policy.argon2, Argon2Settings { m_kib: 19456, t: 2, p: 1 });
+        assert_eq!(c.policy.otp_ttl_secs, 600);
+        assert_eq!(c.public_base_url, "http://127.0.0.1:3000");
+    }
+
+    #[test]
+    fn names_every_bad_variable() {
+        let e = cfg(&[("LATCHKEY_BACKEND", "mysql"), ("LATCHKEY_OTP_TTL_SECS", "900"), ("LATCHKEY_ARGON2_M_KIB", "1024")]).unwrap_err();
+        let s = e.to_string();
+        for k in ["LATCHKEY_BACKEND", "LATCHKEY_OTP_TTL_SECS", "LATCHKEY_ARGON2_M_KIB"] {
+            assert!(s.contains(k), "{s}");
+        }
+    }
+}

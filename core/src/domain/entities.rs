@@ -1,0 +1,102 @@
+//! The records the stores keep. Hashes are hex strings; timestamps are Unix
+//! seconds (UTC). Nothing here holds a plaintext code, token or password.
+
+use super::{ChallengeId, Email, SessionId, UserId, Username};
+use crate::clock::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// Where a request came from, stored on the items it writes so the audit
+/// trail (which reads the change stream) can say who did what.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestMeta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: UserId,
+    pub username: Username,
+    pub email: Email,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    pub verified: bool,
+    pub created_at: Timestamp,
+    /// Consecutive wrong passwords since the last success or lock.
+    pub failed_logins: u32,
+    /// Logins are refused until this time.
+    pub locked_until: Option<Timestamp>,
+    /// Wrong login codes across all challenges since the last success
+    /// (NIST's account-wide budget).
+    pub otp_failures: u32,
+    /// When the last verification mail was queued (resend cooldown).
+    pub verification_sent_at: Option<Timestamp>,
+    pub meta: RequestMeta,
+}
+
+impl User {
+    pub fn is_locked(&self, now: Timestamp) -> bool {
+        self.locked_until.is_some_and(|t| t > now)
+    }
+}
+
+/// An email-verification token, stored by the SHA-256 of the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerificationRecord {
+    pub token_hash: String,
+    pub user_id: UserId,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub used_at: Option<Timestamp>,
+    pub meta: RequestMeta,
+}
+
+/// A login waiting for its emailed code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    pub id: ChallengeId,
+    pub user_id: UserId,
+    /// HMAC-SHA256(code key, challenge id || code), hex.
+    pub code_hash: String,
+    pub created_at: Timestamp,
+    /// Expiry of the current code.
+    pub expires_at: Timestamp,
+    pub last_sent_at: Timestamp,
+    pub resends: u32,
+    pub failures: u32,
+    pub used_at: Option<Timestamp>,
+    pub meta: RequestMeta,
+}
+
+/// A signed-in session: one family of rotating refresh tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: SessionId,
+    pub user_id: UserId,
+    /// SHA-256 of the current refresh secret, hex.
+    pub refresh_hash: String,
+    pub created_at: Timestamp,
+    pub refreshed_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub generation: u32,
+    pub revoked_at: Option<Timestamp>,
+    pub revoke_reason: Option<String>,
+    pub meta: RequestMeta,
+}
+
+/// A standalone one-time code, keyed by a keyed hash of the address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OtpRecord {
+    pub address_hash: String,
+    pub code_hash: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub last_sent_at: Timestamp,
+    pub failures: u32,
+    pub used_at: Option<Timestamp>,
+    pub meta: RequestMeta,
+}

@@ -1,0 +1,157 @@
+use super::Auth;
+use crate::clock::Timestamp;
+use crate::domain::{Challenge, ChallengeId, LoginIdentifier, OtpCode, Password, RequestMeta, Secret, User};
+use crate::error::{Error, StoreError};
+use crate::mail::MailJob;
+
+/// The password step passed: a code is on its way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginStarted {
+    pub challenge_id: ChallengeId,
+    pub expires_at: Timestamp,
+    /// Seconds until a resend is allowed.
+    pub resend_after: i64,
+}
+
+impl Auth {
+    /// The password step. Unknown users and wrong passwords get the same
+    /// error after the same argon2 work. Never yields a token or session.
+    pub async fn login(&self, identifier: &str, password: String, meta: &RequestMeta) -> Result<LoginStarted, Error> {
+        let password = Password::for_login(password)?;
+        let ident = LoginIdentifier::parse(identifier)?;
+        let l = &self.policy.limits;
+        self.limit(&[
+            l.login_ip.key(format!("login:ip:{}", super::client_key(meta))),
+            l.login_identifier.key(format!("login:id:{}", ident.as_key())),
+        ])
+        .await?;
+
+        let user = match &ident {
+            LoginIdentifier::Username(u) => self.ports.users.user_by_username(u).await?,
+            LoginIdentifier::Email(e) => self.ports.users.user_by_email(e).await?,
+        };
+        let ok = self.hasher.verify(&password, user.as_ref().map(|u| u.password_hash.as_str())).await?;
+        let Some(user) = user else { return Err(Error::InvalidCredentials) };
+        let now = self.now();
+        if user.is_locked(now) {
+            tracing::info!(user_id = %user.id, "login refused: account locked");
+            return Err(Error::InvalidCredentials);
+        }
+        if !ok {
+            self.count_failure(&user, now, self.policy.login_lock_threshold, meta).await?;
+            return Err(Error::InvalidCredentials);
+        }
+        if !user.verified {
+            return Err(Error::EmailNotVerified);
+        }
+        if user.otp_failures >= self.policy.account_code_failure_budget {
+            // The account-wide code budget is spent: lock it like a run of
+            // wrong passwords (the lock resets the budget).
+            self.count_failure(&user, now, 1, meta).await?;
+            return Err(Error::InvalidCredentials);
+        }
+        if self.hasher.needs_rehash(&user.password_hash) {
+            let phc = self.hasher.hash(&password, self.ports.rng.as_ref()).await?;
+            self.ports.users.set_password_hash(&user.id, &phc).await?;
+        }
+
+        let rng = self.ports.rng.as_ref();
+        let id = ChallengeId::random(rng);
+        let code = OtpCode::generate(rng);
+        let challenge = Challenge {
+            id,
+            user_id: user.id,
+            code_hash: self.login_code_hash(&id, &code),
+            created_at: now,
+            expires_at: now + self.policy.login_code_ttl_secs,
+            last_sent_at: now,
+            resends: 0,
+            failures: 0,
+            used_at: None,
+            meta: meta.clone(),
+        };
+        self.ports.challenges.create_challenge(&challenge, user.failed_logins > 0).await?;
+        self.send(&user.email, meta, self.code_job(&user, code)).await?;
+        tracing::info!(user_id = %user.id, challenge_id = %id, "login code issued");
+        Ok(LoginStarted { challenge_id: id, expires_at: challenge.expires_at, resend_after: self.policy.code_resend_cooldown_secs })
+    }
+
+    /// Replaces the code of a pending challenge and mails it. Never resets
+    /// the failure count.
+    pub async fn resend_login_code(&self, challenge_id: &str, meta: &RequestMeta) -> Result<LoginStarted, Error> {
+        let id = parse_challenge(challenge_id)?;
+        let l = &self.policy.limits;
+        self.limit(&[
+            l.code_send_ip.key(format!("send:ip:{}", super::client_key(meta))),
+            l.code_send_address.key(format!("send:challenge:{id}")),
+        ])
+        .await?;
+        let now = self.now();
+        let p = &self.policy;
+        let c = self.ports.challenges.challenge(&id).await?.ok_or(Error::ChallengeNotFound)?;
+        let check = |c: &Challenge| -> Result<(), Error> {
+            if c.used_at.is_some() {
+                return Err(Error::OtpUsed);
+            }
+            if c.failures >= p.code_max_failures {
+                return Err(Error::OtpExhausted);
+            }
+            if c.resends >= p.code_max_resends {
+                // Only a new login helps now.
+                return Err(Error::RateLimited { retry_after: (c.created_at + 3600 - now).max(1) as u64 });
+            }
+            let wait = c.last_sent_at + p.code_resend_cooldown_secs - now;
+            if wait > 0 {
+                return Err(Error::RateLimited { retry_after: wait as u64 });
+            }
+            Ok(())
+        };
+        check(&c)?;
+        let user = self.ports.users.user_by_id(&c.user_id).await?.ok_or(Error::ChallengeNotFound)?;
+        let code = OtpCode::generate(self.ports.rng.as_ref());
+        let expires_at = now + p.login_code_ttl_secs;
+        match self
+            .ports
+            .challenges
+            .replace_challenge_code(&id, &self.login_code_hash(&id, &code), expires_at, now, p.code_resend_cooldown_secs, p.code_max_resends, p.code_max_failures)
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => {
+                let c = self.ports.challenges.challenge(&id).await?.ok_or(Error::ChallengeNotFound)?;
+                check(&c)?;
+                return Err(Error::RateLimited { retry_after: p.code_resend_cooldown_secs as u64 });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.send(&user.email, meta, self.code_job(&user, code)).await?;
+        tracing::info!(user_id = %user.id, challenge_id = %id, "login code re-sent");
+        Ok(LoginStarted { challenge_id: id, expires_at, resend_after: p.code_resend_cooldown_secs })
+    }
+
+    async fn count_failure(&self, user: &User, now: Timestamp, threshold: u32, meta: &RequestMeta) -> Result<(), Error> {
+        let after = self.ports.users.record_login_failure(&user.id, now, threshold, self.policy.login_lock_secs).await?;
+        if !user.is_locked(now) && after.is_locked(now) {
+            tracing::warn!(user_id = %user.id, "account locked after failed logins");
+            let until = after.locked_until.unwrap_or(now);
+            self.send(&user.email, meta, MailJob::AccountLocked { username: user.username.to_string(), locked_until: until }).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn login_code_hash(&self, id: &ChallengeId, code: &OtpCode) -> String {
+        self.code_key.mac("latchkey/login-code/v1", &[&id.to_string(), code.expose()])
+    }
+
+    fn code_job(&self, user: &User, code: OtpCode) -> MailJob {
+        MailJob::LoginCode {
+            username: user.username.to_string(),
+            code: Secret::new(code.expose().to_string()),
+            expires_minutes: (self.policy.login_code_ttl_secs / 60) as u32,
+        }
+    }
+}
+
+pub(crate) fn parse_challenge(raw: &str) -> Result<ChallengeId, Error> {
+    ChallengeId::parse(raw.trim()).ok_or_else(|| Error::validation("challenge_id", "is not a valid challenge id"))
+}

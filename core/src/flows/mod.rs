@@ -1,0 +1,77 @@
+//! The use cases. `Auth` holds the ports and the policy; each submodule adds
+//! the methods of one flow. HTTP handlers call exactly one of these.
+
+mod login;
+mod otp;
+mod rate_limit;
+mod register;
+mod session;
+mod tokens;
+mod verify_email;
+
+pub use login::LoginStarted;
+pub use otp::OtpSent;
+pub use rate_limit::client_key;
+pub use session::{Profile, TokenPair};
+pub use tokens::{AccessClaims, TokenIssuer};
+
+use crate::config::Policy;
+use crate::keys::CodeKey;
+use crate::mail::{MailEnvelope, MailJob};
+use crate::password_hasher::PasswordHasher;
+use crate::ports::{ChallengeStore, Clock, MailQueue, OtpStore, RateLimiter, SecureRng, SessionStore, UserStore};
+use std::sync::Arc;
+
+/// The ports a running system provides. One backend usually implements all
+/// store traits with one type.
+#[derive(Clone)]
+pub struct Ports {
+    pub users: Arc<dyn UserStore>,
+    pub challenges: Arc<dyn ChallengeStore>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub otps: Arc<dyn OtpStore>,
+    pub limiter: Arc<dyn RateLimiter>,
+    pub mail: Arc<dyn MailQueue>,
+    pub clock: Arc<dyn Clock>,
+    pub rng: Arc<dyn SecureRng>,
+}
+
+/// Everything the flows need, built once per process.
+#[derive(Clone)]
+pub struct Auth {
+    pub(crate) ports: Ports,
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) hasher: PasswordHasher,
+    pub(crate) code_key: CodeKey,
+    pub(crate) tokens: Arc<TokenIssuer>,
+}
+
+impl Auth {
+    pub fn new(ports: Ports, policy: Policy, hasher: PasswordHasher, code_key: CodeKey, tokens: TokenIssuer) -> Self {
+        Auth { ports, policy: Arc::new(policy), hasher, code_key, tokens: Arc::new(tokens) }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn tokens(&self) -> &TokenIssuer {
+        &self.tokens
+    }
+
+    pub fn now(&self) -> crate::clock::Timestamp {
+        self.ports.clock.now()
+    }
+
+    fn new_id(&self) -> String {
+        hex::encode(&self.ports.rng.bytes32()[..16])
+    }
+
+    async fn send(&self, to: &crate::domain::Email, meta: &crate::domain::RequestMeta, job: MailJob) -> Result<(), crate::Error> {
+        let env = MailEnvelope::new(self.new_id(), to, self.now(), meta.request_id.clone(), job);
+        let kind = env.job.kind();
+        self.ports.mail.enqueue(&env).await?;
+        tracing::info!(mail_id = %env.id, kind, to = %to.masked(), "mail job enqueued");
+        Ok(())
+    }
+}

@@ -1,0 +1,117 @@
+//! The standalone OTP API (`send_otp` / `verify_otp` by email), the OTP
+//! seed's contract with its flaws fixed: CSPRNG codes stored as a keyed hash,
+//! single use, an atomic attempt cap, a 10-minute lifetime and a per-address
+//! send cooldown. No account is involved.
+
+use super::Auth;
+use crate::clock::Timestamp;
+use crate::domain::{Email, OtpCode, OtpRecord, RequestMeta, Secret};
+use crate::error::{Error, StoreError};
+use crate::mail::MailJob;
+
+/// A code was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtpSent {
+    pub expires_at: Timestamp,
+}
+
+impl Auth {
+    pub async fn send_otp(&self, email: &str, meta: &RequestMeta) -> Result<OtpSent, Error> {
+        let email = Email::parse(email)?;
+        let l = &self.policy.limits;
+        self.limit(&[
+            l.code_send_ip.key(format!("send:ip:{}", super::client_key(meta))),
+            l.code_send_address.key(format!("send:otp:{}", email.as_str())),
+        ])
+        .await?;
+        let now = self.now();
+        let addr = self.address_hash(&email);
+        let existing = self.ports.otps.otp(&addr).await?;
+        if let Some(e) = &existing {
+            let wait = e.last_sent_at + self.policy.otp_send_cooldown_secs - now;
+            if wait > 0 {
+                return Err(Error::RateLimited { retry_after: wait as u64 });
+            }
+        }
+        // A new code for a still-live one keeps its failures (NIST 3.1.3.2).
+        let failures = existing.as_ref().filter(|e| e.used_at.is_none() && e.expires_at > now).map_or(0, |e| e.failures);
+        let code = OtpCode::generate(self.ports.rng.as_ref());
+        let rec = OtpRecord {
+            address_hash: addr.clone(),
+            code_hash: self.otp_code_hash(&addr, &code),
+            created_at: now,
+            expires_at: now + self.policy.otp_ttl_secs,
+            last_sent_at: now,
+            failures,
+            used_at: None,
+            meta: meta.clone(),
+        };
+        match self.ports.otps.put_otp(&rec, existing.as_ref().map(|e| e.last_sent_at)).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => {
+                return Err(Error::RateLimited { retry_after: self.policy.otp_send_cooldown_secs as u64 });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let job = MailJob::StandaloneCode {
+            code: Secret::new(code.expose().to_string()),
+            expires_minutes: (self.policy.otp_ttl_secs / 60) as u32,
+        };
+        self.send(&email, meta, job).await?;
+        Ok(OtpSent { expires_at: rec.expires_at })
+    }
+
+    /// `ChallengeNotFound` when there is no live code for the address
+    /// (never sent, or already used).
+    pub async fn verify_otp(&self, email: &str, code: &str, meta: &RequestMeta) -> Result<(), Error> {
+        let email = Email::parse(email)?;
+        let code = OtpCode::parse(code, "otp")?;
+        let addr = self.address_hash(&email);
+        let l = &self.policy.limits;
+        self.limit(&[
+            l.code_verify_ip.key(format!("verify:ip:{}", super::client_key(meta))),
+            l.code_verify_subject.key(format!("verify:otp:{addr}")),
+        ])
+        .await?;
+        let now = self.now();
+        let max = self.policy.code_max_failures;
+        let check = |r: &OtpRecord| -> Result<(), Error> {
+            if r.used_at.is_some() {
+                Err(Error::ChallengeNotFound)
+            } else if r.failures >= max {
+                Err(Error::OtpExhausted)
+            } else if r.expires_at <= now {
+                Err(Error::OtpExpired)
+            } else {
+                Ok(())
+            }
+        };
+        let rec = self.ports.otps.otp(&addr).await?.ok_or(Error::ChallengeNotFound)?;
+        check(&rec)?;
+        let presented = self.otp_code_hash(&addr, &code);
+        let result = if OtpCode::hashes_equal(&presented, &rec.code_hash) {
+            self.ports.otps.redeem_otp(&addr, &presented, now, max).await.map(|()| None)
+        } else {
+            self.ports.otps.record_otp_failure(&addr, max).await.map(Some)
+        };
+        match result {
+            Ok(None) => Ok(()),
+            Ok(Some(n)) => Err(Error::OtpInvalid { attempts_left: max.saturating_sub(n) }),
+            Err(StoreError::Conflict(_)) => {
+                let rec = self.ports.otps.otp(&addr).await?.ok_or(Error::ChallengeNotFound)?;
+                check(&rec).and(Err(Error::OtpExhausted))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The keyed hash that stands for an address in the OTP table and the
+    /// audit trail.
+    pub fn address_hash(&self, email: &Email) -> String {
+        self.code_key.mac("latchkey/otp-address/v1", &[email.as_str()])
+    }
+
+    fn otp_code_hash(&self, addr: &str, code: &OtpCode) -> String {
+        self.code_key.mac("latchkey/otp-code/v1", &[addr, code.expose()])
+    }
+}

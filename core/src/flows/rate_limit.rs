@@ -1,0 +1,47 @@
+use super::Auth;
+use crate::domain::RequestMeta;
+use crate::ports::LimitKey;
+use std::net::IpAddr;
+
+/// The rate-limit key for a client address: IPv4 as is, IPv6 grouped by
+/// its /64 (one customer usually owns a whole /64).
+pub fn client_key(meta: &RequestMeta) -> String {
+    match meta.ip.as_deref().and_then(|s| s.parse::<IpAddr>().ok()) {
+        Some(IpAddr::V4(v4)) => v4.to_string(),
+        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+        None => "unknown".into(),
+    }
+}
+
+impl Auth {
+    /// Hits every key; `RateLimited` with the wait if any is exhausted.
+    pub(crate) async fn limit(&self, keys: &[LimitKey]) -> Result<(), crate::Error> {
+        match self.ports.limiter.hit(keys, self.now()).await? {
+            None => Ok(()),
+            Some(retry_after) => Err(crate::Error::RateLimited { retry_after: retry_after.max(1) }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(ip: &str) -> RequestMeta {
+        RequestMeta { ip: Some(ip.into()), ..Default::default() }
+    }
+
+    #[test]
+    fn groups_ipv6_by_64() {
+        assert_eq!(client_key(&meta("2001:db8:1:2:aaaa::1")), client_key(&meta("2001:db8:1:2:bbbb::9")));
+        assert_ne!(client_key(&meta("2001:db8:1:2::1")), client_key(&meta("2001:db8:1:3::1")));
+        assert_eq!(client_key(&meta("::ffff:203.0.113.7")), "203.0.113.7");
+        assert_eq!(client_key(&RequestMeta::default()), "unknown");
+    }
+}

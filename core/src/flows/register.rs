@@ -1,0 +1,70 @@
+use super::Auth;
+use crate::domain::{Email, Password, RequestMeta, User, UserId, Username, VerificationRecord};
+use crate::error::{Conflict, Error, StoreError};
+use crate::keys::{random_token, token_hash};
+use crate::mail::MailJob;
+use crate::domain::Secret;
+
+impl Auth {
+    /// Registers an account and queues its verification mail. A taken
+    /// username is `UsernameTaken`; a taken email answers exactly like
+    /// success and mails the owner instead.
+    pub async fn register(&self, username: &str, email: &str, password: String, meta: &RequestMeta) -> Result<(), Error> {
+        let username = Username::parse(username)?;
+        let email = Email::parse(email)?;
+        let local = email.as_str().split('@').next().unwrap_or_default();
+        let password = Password::new_checked(password, &self.policy.password, &[username.as_str(), email.as_str(), local])?;
+        let l = &self.policy.limits;
+        self.limit(&[
+            l.register_ip.key(format!("register:ip:{}", super::client_key(meta))),
+            l.register_email.key(format!("register:email:{}", email.as_str())),
+        ])
+        .await?;
+
+        let rng = self.ports.rng.as_ref();
+        let phc = self.hasher.hash(&password, rng).await?;
+        let now = self.now();
+        let user = User {
+            id: UserId::random(rng),
+            username: username.clone(),
+            email: email.clone(),
+            password_hash: phc,
+            verified: false,
+            created_at: now,
+            failed_logins: 0,
+            locked_until: None,
+            otp_failures: 0,
+            verification_sent_at: Some(now),
+            meta: meta.clone(),
+        };
+        let token = random_token(rng);
+        let verification = VerificationRecord {
+            token_hash: token_hash(&token),
+            user_id: user.id,
+            created_at: now,
+            expires_at: now + self.policy.verification_ttl_secs,
+            used_at: None,
+            meta: meta.clone(),
+        };
+        match self.ports.users.create_user(&user, &verification).await {
+            Ok(()) => {
+                tracing::info!(user_id = %user.id, "user registered");
+                self.send(&email, meta, self.verify_job(&user, token)).await
+            }
+            Err(StoreError::Conflict(Conflict::UsernameTaken)) => Err(Error::UsernameTaken),
+            Err(StoreError::Conflict(Conflict::EmailTaken)) => {
+                tracing::info!(to = %email.masked(), "registration with a taken email");
+                self.send(&email, meta, MailJob::SignupAttempt {}).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) fn verify_job(&self, user: &User, token: String) -> MailJob {
+        MailJob::VerifyEmail {
+            username: user.username.to_string(),
+            token: Secret::new(token),
+            expires_hours: (self.policy.verification_ttl_secs / 3600) as u32,
+        }
+    }
+}

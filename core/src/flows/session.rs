@@ -1,0 +1,181 @@
+use super::Auth;
+use crate::clock::Timestamp;
+use crate::domain::{OtpCode, RequestMeta, Session, SessionId, UserId};
+use crate::error::{Error, StoreError};
+use crate::keys::{random_token, token_hash};
+
+/// What a finished login gets.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenPair {
+    pub access_token: String,
+    /// `<session id>.<secret>`; opaque to clients.
+    pub refresh_token: String,
+    pub expires_in: i64,
+    pub session_id: SessionId,
+    pub user_id: UserId,
+}
+
+impl std::fmt::Debug for TokenPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenPair").field("session_id", &self.session_id).finish_non_exhaustive()
+    }
+}
+
+/// What `/v1/me` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub id: UserId,
+    pub username: String,
+    pub email: String,
+    pub verified: bool,
+    pub created_at: Timestamp,
+    pub session_id: SessionId,
+}
+
+impl Auth {
+    /// The code step: a right code (once) turns the challenge into a session.
+    pub async fn verify_login_code(&self, challenge_id: &str, code: &str, meta: &RequestMeta) -> Result<TokenPair, Error> {
+        let id = super::login::parse_challenge(challenge_id)?;
+        let code = OtpCode::parse(code, "code")?;
+        let l = &self.policy.limits;
+        self.limit(&[
+            l.code_verify_ip.key(format!("verify:ip:{}", super::client_key(meta))),
+            l.code_verify_subject.key(format!("verify:challenge:{id}")),
+        ])
+        .await?;
+        let now = self.now();
+        let max = self.policy.code_max_failures;
+        let c = self.ports.challenges.challenge(&id).await?.ok_or(Error::ChallengeNotFound)?;
+        let check = |used: bool, failures: u32, expires_at: Timestamp| -> Result<(), Error> {
+            if used {
+                Err(Error::OtpUsed)
+            } else if failures >= max {
+                Err(Error::OtpExhausted)
+            } else if expires_at <= now {
+                Err(Error::OtpExpired)
+            } else {
+                Ok(())
+            }
+        };
+        check(c.used_at.is_some(), c.failures, c.expires_at)?;
+        let presented = self.login_code_hash(&id, &code);
+        if !OtpCode::hashes_equal(&presented, &c.code_hash) {
+            return match self.ports.challenges.record_challenge_failure(&id, &c.user_id, max).await {
+                Ok(n) => {
+                    tracing::info!(user_id = %c.user_id, challenge_id = %id, failures = n, "wrong login code");
+                    Err(Error::OtpInvalid { attempts_left: max.saturating_sub(n) })
+                }
+                Err(StoreError::Conflict(_)) => {
+                    let c = self.ports.challenges.challenge(&id).await?.ok_or(Error::ChallengeNotFound)?;
+                    check(c.used_at.is_some(), c.failures, now + 1).and(Err(Error::OtpExhausted))
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
+        let (session, secret) = self.new_session(c.user_id, now, meta);
+        match self.ports.challenges.redeem_challenge(&id, &presented, now, max, &session).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => {
+                let c = self.ports.challenges.challenge(&id).await?.ok_or(Error::ChallengeNotFound)?;
+                check(c.used_at.is_some(), c.failures, c.expires_at)?;
+                // The code was replaced by a resend in the meantime.
+                return Err(Error::OtpInvalid { attempts_left: max.saturating_sub(c.failures) });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(user_id = %c.user_id, session_id = %session.id, "session created");
+        self.token_pair(&session, &secret, now)
+    }
+
+    /// Rotates a refresh token. A token that is not the session's current
+    /// one (reuse after rotation, or a lost race) revokes the whole session.
+    pub async fn refresh(&self, refresh_token: &str, meta: &RequestMeta) -> Result<TokenPair, Error> {
+        let (sid, secret) = parse_refresh(refresh_token)?;
+        let l = &self.policy.limits;
+        self.limit(&[l.refresh_ip.key(format!("refresh:ip:{}", super::client_key(meta)))]).await?;
+        let now = self.now();
+        let s = self.ports.sessions.session(&sid).await?.ok_or(Error::InvalidRefreshToken)?;
+        if s.revoked_at.is_some() || s.expires_at <= now {
+            return Err(Error::InvalidRefreshToken);
+        }
+        let presented = token_hash(secret);
+        if !OtpCode::hashes_equal(&presented, &s.refresh_hash) {
+            tracing::warn!(user_id = %s.user_id, session_id = %sid, "refresh token reuse: session revoked");
+            self.ports.sessions.revoke_session(&sid, now, "refresh_reuse").await?;
+            return Err(Error::InvalidRefreshToken);
+        }
+        let new_secret = random_token(self.ports.rng.as_ref());
+        match self.ports.sessions.rotate_session(&sid, &presented, &token_hash(&new_secret), now).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => {
+                tracing::warn!(user_id = %s.user_id, session_id = %sid, "concurrent refresh: session revoked");
+                self.ports.sessions.revoke_session(&sid, now, "refresh_reuse").await?;
+                return Err(Error::InvalidRefreshToken);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(user_id = %s.user_id, session_id = %sid, "session refreshed");
+        self.token_pair(&s, &new_secret, now)
+    }
+
+    /// Revokes the session a refresh token belongs to. Idempotent: an
+    /// unknown or already revoked token is not an error.
+    pub async fn logout(&self, refresh_token: &str) -> Result<(), Error> {
+        let (sid, _) = parse_refresh(refresh_token)?;
+        self.ports.sessions.revoke_session(&sid, self.now(), "logout").await?;
+        tracing::info!(session_id = %sid, "session revoked by logout");
+        Ok(())
+    }
+
+    /// The profile behind a valid access token whose session is alive.
+    pub async fn me(&self, access_token: &str) -> Result<Profile, Error> {
+        let now = self.now();
+        let claims = self.tokens.verify(access_token, now)?;
+        let uid = UserId::parse(&claims.sub).ok_or(Error::Unauthorized)?;
+        let sid = SessionId::parse(&claims.sid).ok_or(Error::Unauthorized)?;
+        let s = self.ports.sessions.session(&sid).await?.ok_or(Error::Unauthorized)?;
+        if s.revoked_at.is_some() || s.user_id != uid {
+            return Err(Error::Unauthorized);
+        }
+        let u = self.ports.users.user_by_id(&uid).await?.ok_or(Error::Unauthorized)?;
+        Ok(Profile { id: u.id, username: u.username.to_string(), email: u.email.to_string(), verified: u.verified, created_at: u.created_at, session_id: sid })
+    }
+
+    fn new_session(&self, user_id: UserId, now: Timestamp, meta: &RequestMeta) -> (Session, String) {
+        let rng = self.ports.rng.as_ref();
+        let secret = random_token(rng);
+        let s = Session {
+            id: SessionId::random(rng),
+            user_id,
+            refresh_hash: token_hash(&secret),
+            created_at: now,
+            refreshed_at: now,
+            expires_at: now + self.policy.refresh_ttl_secs,
+            generation: 0,
+            revoked_at: None,
+            revoke_reason: None,
+            meta: meta.clone(),
+        };
+        (s, secret)
+    }
+
+    fn token_pair(&self, s: &Session, secret: &str, now: Timestamp) -> Result<TokenPair, Error> {
+        Ok(TokenPair {
+            access_token: self.tokens.issue(&s.user_id, &s.id, now, self.new_id())?,
+            refresh_token: format!("{}.{secret}", s.id),
+            expires_in: self.tokens.ttl_secs(),
+            session_id: s.id,
+            user_id: s.user_id,
+        })
+    }
+}
+
+fn parse_refresh(token: &str) -> Result<(SessionId, &str), Error> {
+    let (sid, secret) = token.split_once('.').ok_or(Error::InvalidRefreshToken)?;
+    let sid = SessionId::parse(sid).ok_or(Error::InvalidRefreshToken)?;
+    if secret.len() != 43 {
+        return Err(Error::InvalidRefreshToken);
+    }
+    Ok((sid, secret))
+}
+

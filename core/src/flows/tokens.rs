@@ -1,0 +1,124 @@
+use crate::clock::Timestamp;
+use crate::domain::{SessionId, UserId};
+use crate::keys::SigningKey;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// The claims of an access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    pub sid: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    pub jti: String,
+}
+
+/// Signs and checks access tokens: EdDSA only, with `iss`, `aud`, `exp`
+/// and `nbf` checked against latchkey's own clock.
+pub struct TokenIssuer {
+    key: SigningKey,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    issuer: String,
+    audience: String,
+    ttl_secs: i64,
+}
+
+impl std::fmt::Debug for TokenIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenIssuer").field("kid", &self.key.kid()).field("issuer", &self.issuer).finish_non_exhaustive()
+    }
+}
+
+impl TokenIssuer {
+    pub fn new(key: SigningKey, issuer: String, audience: String, ttl_secs: i64) -> Result<Self, String> {
+        if !(1..=600).contains(&ttl_secs) {
+            return Err("access tokens live at most 10 minutes".into());
+        }
+        let encoding = EncodingKey::from_ed_der(key.pkcs8());
+        let decoding = DecodingKey::from_ed_der(key.public_key());
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.algorithms = vec![Algorithm::EdDSA];
+        validation.set_issuer(&[issuer.as_str()]);
+        validation.set_audience(&[audience.as_str()]);
+        // exp and nbf are checked below against the Clock port.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.required_spec_claims = ["exp", "nbf", "iss", "aud", "sub"].iter().map(|s| s.to_string()).collect();
+        Ok(TokenIssuer { key, encoding, decoding, validation, issuer, audience, ttl_secs })
+    }
+
+    pub fn ttl_secs(&self) -> i64 {
+        self.ttl_secs
+    }
+
+    pub fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({ "keys": [self.key.jwk()] })
+    }
+
+    pub fn issue(&self, user: &UserId, session: &SessionId, now: Timestamp, jti: String) -> Result<String, crate::Error> {
+        let claims = AccessClaims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: user.to_string(),
+            sid: session.to_string(),
+            iat: now,
+            nbf: now,
+            exp: now + self.ttl_secs,
+            jti,
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.key.kid().to_string());
+        jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| crate::Error::Internal(Box::new(e)))
+    }
+
+    /// Checks signature, algorithm, issuer, audience, and `nbf <= now < exp`.
+    pub fn verify(&self, token: &str, now: Timestamp) -> Result<AccessClaims, crate::Error> {
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation).map_err(|_| crate::Error::Unauthorized)?;
+        let c = data.claims;
+        // A small allowance for clock skew between instances.
+        const LEEWAY: i64 = 5;
+        if c.exp <= now || c.nbf > now + LEEWAY || c.exp - c.iat > self.ttl_secs {
+            return Err(crate::Error::Unauthorized);
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::OsSecureRng;
+    use base64::Engine;
+
+    fn issuer() -> TokenIssuer {
+        TokenIssuer::new(SigningKey::generate().unwrap(), "https://iss".into(), "aud".into(), 600).unwrap()
+    }
+
+    #[test]
+    fn round_trip_and_expiry() {
+        let t = issuer();
+        let (u, s) = (UserId::random(&OsSecureRng), SessionId::random(&OsSecureRng));
+        let jwt = t.issue(&u, &s, 1000, "j".into()).unwrap();
+        assert_eq!(t.verify(&jwt, 1000).unwrap().sub, u.to_string());
+        assert!(t.verify(&jwt, 1599).is_ok());
+        assert!(t.verify(&jwt, 1600).is_err(), "expired at exp");
+        assert!(t.verify(&jwt, 900).is_err(), "not yet valid");
+    }
+
+    #[test]
+    fn refuses_other_keys_and_alg_none() {
+        let (a, b) = (issuer(), issuer());
+        let jwt = a.issue(&UserId::random(&OsSecureRng), &SessionId::random(&OsSecureRng), 1000, "j".into()).unwrap();
+        assert!(b.verify(&jwt, 1000).is_err());
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let payload = jwt.split('.').nth(1).unwrap();
+        let none = format!("{}.{}.", e.encode(r#"{"alg":"none","typ":"JWT"}"#), payload);
+        assert!(a.verify(&none, 1000).is_err());
+    }
+}

@@ -1,0 +1,77 @@
+use super::Auth;
+use crate::domain::{Email, RequestMeta, VerificationRecord};
+use crate::error::{Error, StoreError};
+use crate::keys::{random_token, token_hash};
+
+impl Auth {
+    /// Consumes a verification token and marks its user verified.
+    pub async fn verify_email(&self, token: &str, meta: &RequestMeta) -> Result<(), Error> {
+        // Tokens are 43 URL-safe base64 characters; anything else is tampered.
+        if token.len() != 43 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(Error::VerificationInvalid);
+        }
+        let l = &self.policy.limits;
+        self.limit(&[l.code_verify_ip.key(format!("verify-email:ip:{}", super::client_key(meta)))]).await?;
+        let hash = token_hash(token);
+        let now = self.now();
+        let Some(rec) = self.ports.users.verification(&hash).await? else {
+            return Err(Error::VerificationInvalid);
+        };
+        classify(&rec, now)?;
+        match self.ports.users.consume_verification(&hash, now).await {
+            Ok(user_id) => {
+                tracing::info!(%user_id, "email verified");
+                Ok(())
+            }
+            Err(StoreError::Conflict(_)) => match self.ports.users.verification(&hash).await? {
+                Some(rec) => classify(&rec, now).and(Err(Error::VerificationUsed)),
+                None => Err(Error::VerificationInvalid),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sends a fresh verification link if the address belongs to an
+    /// unverified account and the cooldown has passed. Answers the same
+    /// whether or not the address is known.
+    pub async fn resend_verification(&self, email: &str, meta: &RequestMeta) -> Result<(), Error> {
+        let email = Email::parse(email)?;
+        let l = &self.policy.limits;
+        self.limit(&[
+            l.code_send_ip.key(format!("send:ip:{}", super::client_key(meta))),
+            crate::config::Limit::new(self.policy.verification_resend_per_hour, 3600)
+                .key(format!("verify-resend:email:{}", email.as_str())),
+        ])
+        .await?;
+        let Some(user) = self.ports.users.user_by_email(&email).await? else { return Ok(()) };
+        if user.verified {
+            return Ok(());
+        }
+        let now = self.now();
+        let token = random_token(self.ports.rng.as_ref());
+        let rec = VerificationRecord {
+            token_hash: token_hash(&token),
+            user_id: user.id,
+            created_at: now,
+            expires_at: now + self.policy.verification_ttl_secs,
+            used_at: None,
+            meta: meta.clone(),
+        };
+        match self.ports.users.add_verification(&rec, now, self.policy.verification_resend_cooldown_secs).await {
+            Ok(()) => self.send(&user.email, meta, self.verify_job(&user, token)).await,
+            // Within the cooldown: say nothing different.
+            Err(StoreError::Conflict(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn classify(rec: &VerificationRecord, now: i64) -> Result<(), Error> {
+    if rec.used_at.is_some() {
+        Err(Error::VerificationUsed)
+    } else if rec.expires_at <= now {
+        Err(Error::VerificationExpired)
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! Server secrets: the HMAC key for one-time codes and addresses, and the
+//! Ed25519 key that signs access tokens. Both are read once at start-up and
+//! are redacted in `Debug`.
+
+use crate::domain::Secret;
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+/// HMAC-SHA256 with a server secret: how codes and standalone-OTP addresses
+/// are stored.
+#[derive(Clone)]
+pub struct CodeKey(Secret<Vec<u8>>);
+
+impl CodeKey {
+    pub fn new(bytes: Vec<u8>) -> Result<Self, String> {
+        if bytes.len() < 32 {
+            return Err("must be at least 32 bytes".into());
+        }
+        Ok(CodeKey(Secret::new(bytes)))
+    }
+
+    pub fn from_base64(s: &str) -> Result<Self, String> {
+        Self::new(STANDARD.decode(s.trim()).map_err(|_| "is not valid base64".to_string())?)
+    }
+
+    /// Hex HMAC over the parts, each length-prefixed so they cannot run
+    /// into each other.
+    pub fn mac(&self, domain: &str, parts: &[&str]) -> String {
+        #[allow(clippy::expect_used)]
+        let mut m = Hmac::<Sha256>::new_from_slice(self.0.expose()).expect("HMAC takes any key length");
+        m.update(domain.as_bytes());
+        for p in parts {
+            m.update(&(p.len() as u64).to_be_bytes());
+            m.update(p.as_bytes());
+        }
+        hex::encode(m.finalize().into_bytes())
+    }
+}
+
+impl std::fmt::Debug for CodeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CodeKey([redacted])")
+    }
+}
+
+/// SHA-256, hex: how high-entropy tokens (verification, refresh) are stored.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// 256 random bits, URL-safe base64 (43 characters).
+pub fn random_token(rng: &dyn crate::rng::SecureRng) -> String {
+    URL_SAFE_NO_PAD.encode(rng.bytes32())
+}
+
+/// The access-token signing key (Ed25519, PKCS#8 v1/v2 DER).
+#[derive(Clone)]
+pub struct SigningKey {
+    pkcs8: Secret<Vec<u8>>,
+    public: Vec<u8>,
+    kid: String,
+}
+
+impl SigningKey {
+    pub fn from_pkcs8(der: Vec<u8>) -> Result<Self, String> {
+        let pair = Ed25519KeyPair::from_pkcs8(&der)
+            .or_else(|_| Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der))
+            .map_err(|_| "is not an Ed25519 PKCS#8 key".to_string())?;
+        let public = pair.public_key().as_ref().to_vec();
+        let kid = hex::encode(&Sha256::digest(&public)[..8]);
+        Ok(SigningKey { pkcs8: Secret::new(der), public, kid })
+    }
+
+    pub fn from_base64(s: &str) -> Result<Self, String> {
+        Self::from_pkcs8(STANDARD.decode(s.trim()).map_err(|_| "is not valid base64".to_string())?)
+    }
+
+    pub fn generate() -> Result<Self, String> {
+        let doc = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).map_err(|e| e.to_string())?;
+        Self::from_pkcs8(doc.as_ref().to_vec())
+    }
+
+    pub fn to_base64(&self) -> String {
+        STANDARD.encode(self.pkcs8.expose())
+    }
+
+    pub fn pkcs8(&self) -> &[u8] {
+        self.pkcs8.expose()
+    }
+
+    /// The public key, raw 32 bytes.
+    pub fn public_key(&self) -> &[u8] {
+        &self.public
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public key as a JWK (RFC 8037).
+    pub fn jwk(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig",
+            "kid": self.kid, "x": URL_SAFE_NO_PAD.encode(&self.public),
+        })
+    }
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_separates_parts() {
+        let k = CodeKey::new(vec![7; 32]).unwrap();
+        assert_ne!(k.mac("d", &["ab", "c"]), k.mac("d", &["a", "bc"]));
+        assert_ne!(k.mac("d1", &["a"]), k.mac("d2", &["a"]));
+        assert!(CodeKey::new(vec![0; 16]).is_err());
+    }
+
+    #[test]
+    fn signing_key_round_trips() {
+        let k = SigningKey::generate().unwrap();
+        let k2 = SigningKey::from_base64(&k.to_base64()).unwrap();
+        assert_eq!(k.public_key(), k2.public_key());
+        assert_eq!(k.jwk()["kid"], k.kid());
+        assert!(!format!("{k:?}").contains(&k.to_base64()));
+    }
+}

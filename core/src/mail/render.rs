@@ -1,0 +1,127 @@
+use super::{MailEnvelope, MailJob};
+use minijinja::{Environment, context};
+
+/// A mail ready to hand to a transport.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RenderedMail {
+    pub to: String,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+    /// The console hint for the embedded outbox: the link or code.
+    pub hint: String,
+}
+
+impl std::fmt::Debug for RenderedMail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RenderedMail").field("to", &self.to).field("subject", &self.subject).finish_non_exhaustive()
+    }
+}
+
+/// Renders jobs with the templates under `mail/templates`, building links
+/// from the configured public base URL (never from a request's Host).
+pub struct Renderer {
+    env: Environment<'static>,
+    public_base_url: String,
+    product: String,
+}
+
+macro_rules! templates {
+    ($env:ident, $($name:literal),*) => {
+        $(
+            $env.add_template(concat!($name, ".txt"), include_str!(concat!("templates/", $name, ".txt")))
+                .map_err(|e| e.to_string())?;
+            $env.add_template(concat!($name, ".html"), include_str!(concat!("templates/", $name, ".html")))
+                .map_err(|e| e.to_string())?;
+        )*
+    };
+}
+
+impl Renderer {
+    pub fn new(public_base_url: &str) -> Result<Self, String> {
+        let mut env = Environment::new();
+        env.set_auto_escape_callback(|name| {
+            if name.ends_with(".html") { minijinja::AutoEscape::Html } else { minijinja::AutoEscape::None }
+        });
+        env.add_template("layout.html", include_str!("templates/layout.html")).map_err(|e| e.to_string())?;
+        templates!(env, "verify_email", "login_code", "standalone_code", "signup_attempt", "account_locked");
+        Ok(Renderer { env, public_base_url: public_base_url.trim_end_matches('/').to_string(), product: "latchkey".into() })
+    }
+
+    pub fn render(&self, env: &MailEnvelope) -> Result<RenderedMail, String> {
+        let base = &self.public_base_url;
+        let (subject, ctx, hint) = match &env.job {
+            MailJob::VerifyEmail { username, token, expires_hours } => {
+                let link = format!("{base}/verify-email?token={}", token.expose());
+                (
+                    format!("Confirm your email address for {}", self.product),
+                    context! { username, link, expires_hours },
+                    link.clone(),
+                )
+            }
+            MailJob::LoginCode { username, code, expires_minutes } => (
+                format!("Your {} sign-in code", self.product),
+                context! { username, code => code.expose(), expires_minutes },
+                format!("code {}", code.expose()),
+            ),
+            MailJob::StandaloneCode { code, expires_minutes } => (
+                format!("Your {} one-time code", self.product),
+                context! { code => code.expose(), expires_minutes },
+                format!("code {}", code.expose()),
+            ),
+            MailJob::SignupAttempt {} => (
+                format!("Someone tried to sign up to {} with your address", self.product),
+                context! { login_link => format!("{base}/login") },
+                "signup attempt notice".to_string(),
+            ),
+            MailJob::AccountLocked { username, locked_until } => {
+                let until = crate::clock::rfc3339(*locked_until);
+                (
+                    format!("Your {} account is temporarily locked", self.product),
+                    context! { username, until },
+                    format!("locked until {until}"),
+                )
+            }
+        };
+        let kind = env.job.kind();
+        let ctx = context! { product => &self.product, subject => &subject, ..ctx };
+        let render = |ext: &str| {
+            self.env
+                .get_template(&format!("{kind}.{ext}"))
+                .and_then(|t| t.render(&ctx))
+                .map_err(|e| format!("template {kind}.{ext}: {e}"))
+        };
+        Ok(RenderedMail { to: env.to.clone(), subject, text: render("txt")?, html: render("html")?, hint })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Email, Secret};
+
+    #[test]
+    fn every_kind_renders_with_configured_links() {
+        let r = Renderer::new("https://auth.example.com/").unwrap();
+        let to = Email::parse("a@example.com").unwrap();
+        let jobs = [
+            MailJob::VerifyEmail { username: "<alice>".into(), token: Secret::new("tok".into()), expires_hours: 24 },
+            MailJob::LoginCode { username: "alice".into(), code: Secret::new("012345".into()), expires_minutes: 5 },
+            MailJob::StandaloneCode { code: Secret::new("999999".into()), expires_minutes: 10 },
+            MailJob::SignupAttempt {},
+            MailJob::AccountLocked { username: "alice".into(), locked_until: 0 },
+        ];
+        for job in jobs {
+            let m = r.render(&MailEnvelope::new("id".into(), &to, 0, None, job.clone())).unwrap();
+            assert!(!m.subject.is_empty() && !m.text.is_empty() && m.html.contains("<html"));
+            match job {
+                MailJob::VerifyEmail { .. } => {
+                    assert!(m.text.contains("https://auth.example.com/verify-email?token=tok"));
+                    assert!(m.html.contains("&lt;alice&gt;"), "html escapes user data");
+                }
+                MailJob::LoginCode { .. } => assert!(m.text.contains("012345")),
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! argon2id hashing on a bounded pool: at most `threads` hashes run at once,
+//! each on tokio's blocking pool, never on the async workers, so logins that
+//! saturate the CPU do not stall cheap requests waiting for a worker.
+
+use crate::domain::Password;
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// argon2id cost parameters. Defaults are the ASVS/OWASP floor:
+/// m = 19456 KiB, t = 2, p = 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Argon2Settings {
+    pub m_kib: u32,
+    pub t: u32,
+    pub p: u32,
+}
+
+impl Default for Argon2Settings {
+    fn default() -> Self {
+        Argon2Settings { m_kib: 19456, t: 2, p: 1 }
+    }
+}
+
+#[derive(Clone)]
+pub struct PasswordHasher {
+    params: Params,
+    gate: Arc<Semaphore>,
+    /// A hash of a random password, verified against for unknown users so
+    /// they cost the same time as a wrong password.
+    dummy: Arc<String>,
+}
+
+impl std::fmt::Debug for PasswordHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordHasher").field("params", &self.params).finish_non_exhaustive()
+    }
+}
+
+impl PasswordHasher {
+    /// `threads`: how many hashes may run at once (usually the core count).
+    pub fn new(settings: Argon2Settings, threads: usize, rng: &dyn crate::rng::SecureRng) -> Result<Self, String> {
+        let params = Params::new(settings.m_kib, settings.t, settings.p, None).map_err(|e| format!("argon2 parameters: {e}"))?;
+        let mut random = [0u8; 32];
+        rng.fill(&mut random);
+        let dummy = hash_blocking(&params, &hex::encode(random), rng)?;
+        Ok(PasswordHasher { params, gate: Arc::new(Semaphore::new(threads.max(1))), dummy: Arc::new(dummy) })
+    }
+
+    /// Hashes a new password into a PHC string.
+    pub async fn hash(&self, password: &Password, rng: &dyn crate::rng::SecureRng) -> Result<String, crate::Error> {
+        let mut salt = [0u8; 16];
+        rng.fill(&mut salt);
+        let params = self.params.clone();
+        let pw = password.clone();
+        self.run(move || {
+            let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+            argon(&params).hash_password(pw.expose().as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    /// Verifies `password` against `phc`, or against the dummy hash when
+    /// `phc` is `None`, which then always answers `false`.
+    pub async fn verify(&self, password: &Password, phc: Option<&str>) -> Result<bool, crate::Error> {
+        let (target, real) = match phc {
+            Some(p) => (p.to_string(), true),
+            None => (self.dummy.as_str().to_string(), false),
+        };
+        let pw = password.clone();
+        let ok = self
+            .run(move || {
+                let parsed = PasswordHash::new(&target).map_err(|e| format!("stored hash: {e}"))?;
+                Ok(Argon2::default().verify_password(pw.expose().as_bytes(), &parsed).is_ok())
+            })
+            .await?;
+        Ok(ok && real)
+    }
+
+    /// Whether a stored hash was made with weaker parameters than today's.
+    pub fn needs_rehash(&self, phc: &str) -> bool {
+        let Ok(parsed) = PasswordHash::new(phc) else { return true };
+        let Ok(p) = Params::try_from(&parsed) else { return true };
+        parsed.algorithm.as_str() != "argon2id"
+            || p.m_cost() < self.params.m_cost()
+            || p.t_cost() < self.params.t_cost()
+            || p.p_cost() < self.params.p_cost()
+    }
+
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, crate::Error> {
+        let _permit = self.gate.acquire().await.map_err(|e| crate::Error::Internal(Box::new(e)))?;
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| crate::Error::Internal(Box::new(e)))?
+            .map_err(|e| crate::Error::Internal(e.into()))
+    }
+}
+
+fn argon(params: &Params) -> Argon2<'static> {
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+}
+
+fn hash_blocking(params: &Params, password: &str, rng: &dyn crate::rng::SecureRng) -> Result<String, String> {
+    let mut salt = [0u8; 16];
+    rng.fill(&mut salt);
+    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    argon(params).hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::OsSecureRng;
+
+    #[tokio::test]
+    async fn verifies_exactly_what_was_typed() {
+        let h = PasswordHasher::new(Argon2Settings { m_kib: 1024, t: 1, p: 1 }, 2, &OsSecureRng).unwrap();
+        let pw = Password::for_login("Tr0ub4dor & 3".into()).unwrap();
+        let phc = h.hash(&pw, &OsSecureRng).await.unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"));
+        assert!(h.verify(&pw, Some(&phc)).await.unwrap());
+        for other in ["tr0ub4dor & 3", "Tr0ub4dor & 3 ", "Tr0ub4dor & "] {
+            assert!(!h.verify(&Password::for_login(other.into()).unwrap(), Some(&phc)).await.unwrap());
+        }
+        assert!(!h.verify(&pw, None).await.unwrap(), "dummy never verifies");
+    }
+
+    #[tokio::test]
+    async fn rehash_when_parameters_rise() {
+        let weak = PasswordHasher::new(Argon2Settings { m_kib: 1024, t: 1, p: 1 }, 1, &OsSecureRng).unwrap();
+        let strong = PasswordHasher::new(Argon2Settings { m_kib: 2048, t: 2, p: 1 }, 1, &OsSecureRng).unwrap();
+        let phc = weak.hash(&Password::for_login("x".into()).unwrap(), &OsSecureRng).await.unwrap();
+        assert!(strong.needs_rehash(&phc));
+        assert!(!weak.needs_rehash(&phc));
+    }
+}

@@ -1,0 +1,160 @@
+//! The traits the flows need from the outside world. Every storage adapter
+//! (DynamoDB, embedded SQLite) passes the one behaviour suite in
+//! `crate::testing`, which is the executable form of these contracts.
+//!
+//! Common rules for every store method:
+//! - "not found" is `Ok(None)`, never an error;
+//! - a write whose guard does not hold returns `Err(StoreError::Conflict(_))`
+//!   and writes nothing;
+//! - every method is atomic: it either happens entirely or not at all;
+//! - expiry is checked by the flows against the `Clock`, never left to the
+//!   store's TTL sweeper (DynamoDB deletes expired items up to days late).
+
+use crate::clock::Timestamp;
+use crate::domain::{Challenge, ChallengeId, Email, OtpRecord, Session, SessionId, User, UserId, Username, VerificationRecord};
+use crate::mail::MailEnvelope;
+use crate::StoreError;
+use async_trait::async_trait;
+
+pub use crate::clock::Clock;
+pub use crate::rng::SecureRng;
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Creates the user, claims its username and email, and stores its first
+    /// verification token, in one transaction. A taken username gives
+    /// `Conflict(UsernameTaken)` (checked first), a taken email
+    /// `Conflict(EmailTaken)`; then nothing is written, so concurrent
+    /// registrations of one address leave exactly one account and no
+    /// orphan claim.
+    async fn create_user(&self, user: &User, verification: &VerificationRecord) -> StoreResult<()>;
+
+    async fn user_by_id(&self, id: &UserId) -> StoreResult<Option<User>>;
+    async fn user_by_username(&self, username: &Username) -> StoreResult<Option<User>>;
+    async fn user_by_email(&self, email: &Email) -> StoreResult<Option<User>>;
+
+    /// Counts one wrong password. If the account is not locked at `now`, the
+    /// count is incremented (starting from 0 if a previous lock has ended);
+    /// when it reaches `threshold` the account is locked until
+    /// `now + lock_secs` and the count is reset. Failures during a lock
+    /// change nothing, so a lock can never be extended by hammering.
+    /// Returns the user as stored afterwards.
+    async fn record_login_failure(&self, id: &UserId, now: Timestamp, threshold: u32, lock_secs: i64) -> StoreResult<User>;
+
+    /// Replaces the password hash (rehash on login when parameters rise).
+    async fn set_password_hash(&self, id: &UserId, phc: &str) -> StoreResult<()>;
+
+    /// Stores another verification token for an unverified user and sets
+    /// `verification_sent_at = now`, only if the user is unverified and the
+    /// last send was at or before `now - cooldown_secs`; otherwise
+    /// `Conflict(Stale)`.
+    async fn add_verification(&self, verification: &VerificationRecord, now: Timestamp, cooldown_secs: i64) -> StoreResult<()>;
+
+    /// Reads a verification token by its hash.
+    async fn verification(&self, token_hash: &str) -> StoreResult<Option<VerificationRecord>>;
+
+    /// Marks the token used and its user verified, in one transaction,
+    /// only if the token is unused and `expires_at > now`; otherwise
+    /// `Conflict(Stale)` and the user stays as it was.
+    async fn consume_verification(&self, token_hash: &str, now: Timestamp) -> StoreResult<UserId>;
+}
+
+#[async_trait]
+pub trait ChallengeStore: Send + Sync {
+    /// Stores a new challenge. If the user has failed logins on record, the
+    /// count is reset in the same write (the password was right).
+    async fn create_challenge(&self, challenge: &Challenge, reset_login_failures: bool) -> StoreResult<()>;
+
+    async fn challenge(&self, id: &ChallengeId) -> StoreResult<Option<Challenge>>;
+
+    /// Redeems the challenge: sets `used_at = now` and creates `session`, and
+    /// resets the user's account-wide code failure count, in one transaction,
+    /// only if the challenge is unused, still has `code_hash`, has fewer than
+    /// `max_failures` failures and `expires_at > now`; otherwise
+    /// `Conflict(Stale)`. Of any number of concurrent calls at most one wins.
+    async fn redeem_challenge(&self, id: &ChallengeId, code_hash: &str, now: Timestamp, max_failures: u32, session: &Session) -> StoreResult<()>;
+
+    /// Counts one wrong code: increments the challenge's `failures` and the
+    /// user's `otp_failures` together, only if the challenge is unused and
+    /// has fewer than `max_failures` failures (`Conflict(Stale)` otherwise).
+    /// Returns the new failure count. The check and the increment are one
+    /// conditional write, so concurrent guesses cannot pass the cap.
+    async fn record_challenge_failure(&self, id: &ChallengeId, user_id: &UserId, max_failures: u32) -> StoreResult<u32>;
+
+    /// Replaces the code: sets `code_hash`, `expires_at`, `last_sent_at = now`
+    /// and `resends += 1`, never touching `failures`, only if the challenge
+    /// is unused, `last_sent_at <= now - cooldown_secs`, `resends <
+    /// max_resends` and `failures < max_failures`; otherwise `Conflict(Stale)`.
+    #[allow(clippy::too_many_arguments)]
+    async fn replace_challenge_code(
+        &self,
+        id: &ChallengeId,
+        code_hash: &str,
+        expires_at: Timestamp,
+        now: Timestamp,
+        cooldown_secs: i64,
+        max_resends: u32,
+        max_failures: u32,
+    ) -> StoreResult<()>;
+}
+
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    async fn session(&self, id: &SessionId) -> StoreResult<Option<Session>>;
+
+    /// Rotates the refresh secret: only if the session is not revoked and its
+    /// `refresh_hash` is still `old_hash`; sets the new hash, `refreshed_at`
+    /// and `generation += 1`. `Conflict(Stale)` otherwise.
+    async fn rotate_session(&self, id: &SessionId, old_hash: &str, new_hash: &str, now: Timestamp) -> StoreResult<()>;
+
+    /// Revokes the session now. Idempotent: revoking a revoked or unknown
+    /// session succeeds and changes nothing.
+    async fn revoke_session(&self, id: &SessionId, now: Timestamp, reason: &str) -> StoreResult<()>;
+}
+
+#[async_trait]
+pub trait OtpStore: Send + Sync {
+    async fn otp(&self, address_hash: &str) -> StoreResult<Option<OtpRecord>>;
+
+    /// Writes `record` for its address, replacing what is there, only if the
+    /// stored record's `last_sent_at` still equals `expected_last_sent_at`
+    /// (`None`: only if there is no record). `Conflict(Stale)` otherwise.
+    async fn put_otp(&self, record: &OtpRecord, expected_last_sent_at: Option<Timestamp>) -> StoreResult<()>;
+
+    /// Marks the code used, only if it is unused, still has `code_hash`, has
+    /// fewer than `max_failures` failures and `expires_at > now`.
+    async fn redeem_otp(&self, address_hash: &str, code_hash: &str, now: Timestamp, max_failures: u32) -> StoreResult<()>;
+
+    /// Increments `failures`, only if the code is unused and has fewer than
+    /// `max_failures` failures. Returns the new count.
+    async fn record_otp_failure(&self, address_hash: &str, max_failures: u32) -> StoreResult<u32>;
+}
+
+/// One counter to hit: at most `limit` hits per fixed `window_secs` window
+/// (windows are aligned to the clock, so a burst straddling a boundary can
+/// reach twice the limit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitKey {
+    /// e.g. `login:ip:203.0.113.7`; the adapter may hash or prefix it.
+    pub key: String,
+    pub limit: u32,
+    pub window_secs: i64,
+}
+
+#[async_trait]
+pub trait RateLimiter: Send + Sync {
+    /// Counts one hit on every key, atomically: if any key is already at its
+    /// limit in the current window, nothing is counted and the answer is
+    /// `Ok(Some(retry_after_secs))` for the key that refused (the longest
+    /// wait if several do). `Ok(None)` means allowed.
+    async fn hit(&self, keys: &[LimitKey], now: Timestamp) -> StoreResult<Option<u64>>;
+}
+
+#[async_trait]
+pub trait MailQueue: Send + Sync {
+    /// Enqueues a job for delivery. At-least-once: the consumer deduplicates
+    /// by `MailEnvelope::id`.
+    async fn enqueue(&self, job: &MailEnvelope) -> StoreResult<()>;
+}

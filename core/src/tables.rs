@@ -1,0 +1,56 @@
+//! The DynamoDB tables, defined once. The emulator bootstrap creates them from
+//! these specs and the Terraform checks compare against them.
+
+/// One global secondary index (hash key only, projection ALL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GsiSpec {
+    pub name: &'static str,
+    pub hash_key: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableSpec {
+    /// Suffix after the configured prefix: `{prefix}-{suffix}`.
+    pub suffix: &'static str,
+    /// String partition key (no sort key on any table).
+    pub hash_key: &'static str,
+    pub gsis: &'static [GsiSpec],
+    pub ttl_attribute: Option<&'static str>,
+    /// Streams with NEW_AND_OLD_IMAGES (the audit trail reads them).
+    pub stream: bool,
+}
+
+/// Users and their uniqueness claims: `USER#<id>`, `UNAME#<username>`,
+/// `EMAIL#<email>`. User items carry `username` and `email` for the GSIs.
+pub const USERS: TableSpec = TableSpec {
+    suffix: "users",
+    hash_key: "pk",
+    gsis: &[GsiSpec { name: "by_username", hash_key: "username" }, GsiSpec { name: "by_email", hash_key: "email" }],
+    ttl_attribute: None,
+    stream: true,
+};
+
+/// Short-lived secrets' records: `VERIFY#<hash>`, `CHAL#<id>`,
+/// `SESSION#<id>`, `OTP#<address hmac>`.
+pub const TOKENS: TableSpec =
+    TableSpec { suffix: "tokens", hash_key: "pk", gsis: &[], ttl_attribute: Some("ttl"), stream: true };
+
+/// Rate-limit counters: `RL#<key>#<window start>`.
+pub const RATE_LIMITS: TableSpec =
+    TableSpec { suffix: "rate-limits", hash_key: "pk", gsis: &[], ttl_attribute: Some("ttl"), stream: false };
+
+pub const ALL: &[TableSpec] = &[USERS, TOKENS, RATE_LIMITS];
+
+pub fn table_name(prefix: &str, spec: &TableSpec) -> String {
+    format!("{prefix}-{}", spec.suffix)
+}
+
+/// The SQS queues: the mail queue and its dead-letter queue.
+pub const MAIL_QUEUE: &str = "mail";
+pub const MAIL_DLQ: &str = "mail-dlq";
+/// SQS moves a message to the DLQ after this many receives.
+pub const MAIL_MAX_RECEIVE_COUNT: u32 = 5;
+
+pub fn queue_name(prefix: &str, suffix: &str) -> String {
+    format!("{prefix}-{suffix}")
+}
