@@ -20,7 +20,7 @@ impl Username {
         }
         let s: String = raw.trim().nfkc().collect::<String>().to_lowercase();
         let n = s.chars().count();
-        if n < Self::MIN || n > Self::MAX {
+        if !(Self::MIN..=Self::MAX).contains(&n) {
             return Err(err("must be 3 to 32 characters"));
         }
         if !s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')) {
