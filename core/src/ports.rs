@@ -38,12 +38,15 @@ pub trait UserStore: Send + Sync {
     /// Counts one wrong password. If the account is not locked at `now`, the
     /// count is incremented (starting from 0 if a previous lock has ended);
     /// when it reaches `threshold` the account is locked until
-    /// `now + lock_secs` and the count is reset. Failures during a lock
-    /// change nothing, so a lock can never be extended by hammering.
-    /// Returns the user as stored afterwards.
+    /// `now + lock_secs` and both `failed_logins` and `otp_failures` are
+    /// reset (a lock ends the account-wide code budget too, so it cannot
+    /// re-lock at once when it expires). Failures during a lock change
+    /// nothing, so a lock can never be extended by hammering. Returns the
+    /// user as stored afterwards; an unknown user is `Conflict(Stale)`.
     async fn record_login_failure(&self, id: &UserId, now: Timestamp, threshold: u32, lock_secs: i64) -> StoreResult<User>;
 
     /// Replaces the password hash (rehash on login when parameters rise).
+    /// An unknown user is `Conflict(Stale)`.
     async fn set_password_hash(&self, id: &UserId, phc: &str) -> StoreResult<()>;
 
     /// Stores another verification token for an unverified user and sets
@@ -79,6 +82,8 @@ pub trait ChallengeStore: Send + Sync {
     /// Counts one wrong code: increments the challenge's `failures` and the
     /// user's `otp_failures` together, only if the challenge is unused and
     /// has fewer than `max_failures` failures (`Conflict(Stale)` otherwise).
+    /// `user_id` is the challenge's user; the user item is only updated if
+    /// it exists (never created).
     /// Returns the new failure count. The check and the increment are one
     /// conditional write, so concurrent guesses cannot pass the cap.
     async fn record_challenge_failure(&self, id: &ChallengeId, user_id: &UserId, max_failures: u32) -> StoreResult<u32>;

@@ -1,0 +1,150 @@
+//! Fixed-window rate limits. A counter row per (key, window start); windows
+//! are aligned to the clock (`start = now - now mod window`). All keys of one
+//! call are checked and counted in one transaction: all or none.
+
+use super::EmbeddedStore;
+use crate::clock::Timestamp;
+use crate::ports::{LimitKey, RateLimiter, StoreResult};
+use async_trait::async_trait;
+use rusqlite::OptionalExtension;
+use std::collections::HashMap;
+
+/// The start of the window `now` falls in.
+fn window_start(now: Timestamp, window: i64) -> Timestamp {
+    now - now.rem_euclid(window)
+}
+
+#[async_trait]
+impl RateLimiter for EmbeddedStore {
+    async fn hit(&self, keys: &[LimitKey], now: Timestamp) -> StoreResult<Option<u64>> {
+        let keys = keys.to_vec();
+        self.db()
+            .tx(move |tx| {
+                // Counts as they will be after this call, so a key listed
+                // twice is counted twice.
+                let mut counts: HashMap<(String, Timestamp), (u32, Timestamp)> = HashMap::new();
+                let mut refused: Option<u64> = None;
+                for k in &keys {
+                    // A zero or negative window is a configuration bug; treat
+                    // it as the smallest window rather than dividing by zero.
+                    let window = k.window_secs.max(1);
+                    let start = window_start(now, window);
+                    let end = start.saturating_add(window);
+                    let slot = (k.key.clone(), start);
+                    let count = match counts.get(&slot) {
+                        Some((c, _)) => *c,
+                        None => tx
+                            .prepare_cached("SELECT count FROM rate_limits WHERE key = ?1 AND window_start = ?2")?
+                            .query_row(rusqlite::params![k.key, start], |r| r.get::<_, u32>(0))
+                            .optional()?
+                            .unwrap_or(0),
+                    };
+                    if count >= k.limit {
+                        let wait = u64::try_from(end - now).unwrap_or(1);
+                        refused = Some(refused.map_or(wait, |r| r.max(wait)));
+                    }
+                    counts.insert(slot, (count.saturating_add(1), end));
+                }
+                if refused.is_some() {
+                    // Nothing counted: the transaction writes nothing.
+                    return Ok(refused);
+                }
+                // Finished windows are of no further use.
+                tx.prepare_cached("DELETE FROM rate_limits WHERE expires_at <= ?1")?.execute([now])?;
+                let mut upsert = tx.prepare_cached(
+                    "INSERT INTO rate_limits (key, window_start, count, expires_at) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (key, window_start) DO UPDATE SET count = excluded.count",
+                )?;
+                for ((key, start), (count, end)) in &counts {
+                    upsert.execute(rusqlite::params![key, start, count, end])?;
+                }
+                Ok(None)
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{T0, store};
+    use super::*;
+
+    fn key(k: &str, limit: u32, window_secs: i64) -> LimitKey {
+        LimitKey {
+            key: k.into(),
+            limit,
+            window_secs,
+        }
+    }
+
+    #[test]
+    fn windows_align_to_the_clock() {
+        assert_eq!(window_start(3600, 3600), 3600);
+        assert_eq!(window_start(7199, 3600), 3600);
+        assert_eq!(window_start(-1, 60), -60);
+    }
+
+    #[tokio::test]
+    async fn counts_up_to_the_limit_then_tells_how_long_to_wait() {
+        let (s, _) = store();
+        // T0 = 1_700_000_000 is 20 s into its minute.
+        let now = T0;
+        assert_eq!(now.rem_euclid(60), 20);
+        let k = [key("login:ip:1", 3, 60)];
+        for _ in 0..3 {
+            assert_eq!(s.hit(&k, now).await.unwrap(), None);
+        }
+        assert_eq!(s.hit(&k, now).await.unwrap(), Some(40));
+        assert_eq!(s.hit(&k, now + 39).await.unwrap(), Some(1));
+        // The next window starts fresh.
+        assert_eq!(s.hit(&k, now + 40).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn all_keys_or_none_and_the_longest_wait() {
+        let (s, _) = store();
+        let now = T0; // 20 s into the minute, 800 s into the hour
+        assert_eq!(now.rem_euclid(3600), 800);
+        let ip = key("ip", 1, 60);
+        let id = key("id", 5, 3600);
+        let other = key("other", 1, 60);
+        assert_eq!(s.hit(&[ip.clone(), id.clone()], now).await.unwrap(), None);
+        // `ip` refuses, so neither `id` nor `other` is counted.
+        assert_eq!(
+            s.hit(&[other.clone(), ip.clone(), id.clone()], now)
+                .await
+                .unwrap(),
+            Some(40)
+        );
+        assert_eq!(
+            s.hit(std::slice::from_ref(&other), now).await.unwrap(),
+            None,
+            "other was not counted"
+        );
+        for _ in 0..3 {
+            assert_eq!(s.hit(std::slice::from_ref(&id), now).await.unwrap(), None);
+        }
+        // id has had 4 hits; one more fills it, then both refuse: the longest wait wins.
+        assert_eq!(s.hit(std::slice::from_ref(&id), now).await.unwrap(), None);
+        assert_eq!(s.hit(&[ip, id], now).await.unwrap(), Some(2800));
+    }
+
+    #[tokio::test]
+    async fn a_key_listed_twice_counts_twice() {
+        let (s, _) = store();
+        let k = key("dup", 1, 60);
+        assert_eq!(s.hit(&[k.clone(), k.clone()], T0).await.unwrap(), Some(40));
+        assert_eq!(
+            s.hit(&[k], T0).await.unwrap(),
+            None,
+            "the refused call counted nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn counters_are_not_in_the_change_feed() {
+        let (s, _) = store();
+        s.hit(&[key("x", 5, 60)], T0).await.unwrap();
+        assert!(s.changes_after(0, 10).await.unwrap().is_empty());
+    }
+}

@@ -1,0 +1,252 @@
+//! The local "mail transport": each mail becomes an RFC 5322 `.eml` file in
+//! a directory, and one console line shows where it went and its link or
+//! code. This is local development mode, where showing the code is the point;
+//! on AWS mail goes through SES and no code is ever printed or logged.
+
+use crate::domain::Email;
+use crate::mail::{MailEnvelope, RenderedMail, Renderer};
+use mail_builder::MessageBuilder;
+use mail_builder::headers::address::Address;
+use mail_builder::headers::date::Date;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Writes mails as files under `dir`.
+pub struct Outbox {
+    dir: PathBuf,
+    renderer: Renderer,
+    from: String,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("dir", &self.dir)
+            .field("from", &self.from)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a delivery failed, and whether trying again could help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DeliveryError {
+    /// The job itself is bad (address, id, template): park it.
+    Permanent(String),
+    /// The file system said no: retry later.
+    Transient(String),
+}
+
+impl std::fmt::Display for DeliveryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeliveryError::Permanent(s) | DeliveryError::Transient(s) => f.write_str(s),
+        }
+    }
+}
+
+impl Outbox {
+    /// `from` is a mailbox, `Name <address>` or a bare address.
+    pub fn new(dir: PathBuf, renderer: Renderer, from: String) -> Self {
+        Outbox {
+            dir,
+            renderer,
+            from,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Renders the job and writes `<dir>/<created_at>-<id>.eml` atomically
+    /// (a temp file renamed into place, so a reader never sees half a mail;
+    /// delivering the same job again replaces the file rather than adding
+    /// one). Then prints one line to stdout.
+    pub async fn deliver(&self, env: &MailEnvelope) -> Result<PathBuf, String> {
+        self.try_deliver(env).await.map_err(|e| e.to_string())
+    }
+
+    pub(crate) async fn try_deliver(&self, env: &MailEnvelope) -> Result<PathBuf, DeliveryError> {
+        use DeliveryError::{Permanent, Transient};
+        if env.id.is_empty()
+            || env.id.len() > 128
+            || !env
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(Permanent("job id is not a safe file name".into()));
+        }
+        // The queue is a trust boundary of its own: re-check the address so
+        // nothing odd reaches a header.
+        let to = Email::parse(&env.to)
+            .map_err(|_| Permanent("recipient is not a valid email address".into()))?;
+        let mail = self.renderer.render(env).map_err(Permanent)?;
+        let bytes = self
+            .message(env, &to, &mail)
+            .map_err(|e| Permanent(format!("building the message: {e}")))?;
+        let name = format!("{}-{}.eml", env.created_at, env.id);
+        let path = self.dir.join(&name);
+        let (dir, target) = (self.dir.clone(), path.clone());
+        tokio::task::spawn_blocking(move || write_atomically(&dir, &target, &bytes))
+            .await
+            .map_err(|e| Transient(format!("writer task: {e}")))?
+            .map_err(|e| Transient(format!("writing {name}: {e}")))?;
+        println!("mail to {}: {} — {}", mail.to, mail.subject, mail.hint);
+        Ok(path)
+    }
+
+    fn message(
+        &self,
+        env: &MailEnvelope,
+        to: &Email,
+        mail: &RenderedMail,
+    ) -> std::io::Result<Vec<u8>> {
+        let (name, addr) = split_mailbox(&self.from);
+        let domain = addr.rsplit_once('@').map_or("latchkey.local", |(_, d)| d);
+        MessageBuilder::new()
+            .from(Address::new_address(name, addr))
+            .to(to.as_str())
+            .subject(mail.subject.as_str())
+            .date(Date::new(env.created_at))
+            .message_id(format!("{}@{domain}", env.id))
+            .text_body(mail.text.as_str())
+            .html_body(mail.html.as_str())
+            .write_to_vec()
+    }
+}
+
+/// `Name <addr>` -> (Some(Name), addr); `addr` -> (None, addr).
+fn split_mailbox(s: &str) -> (Option<&str>, &str) {
+    let s = s.trim();
+    match (s.rfind('<'), s.strip_suffix('>')) {
+        (Some(i), Some(inner)) => {
+            let name = s[..i].trim().trim_matches('"');
+            ((!name.is_empty()).then_some(name), inner[i + 1..].trim())
+        }
+        _ => (None, s),
+    }
+}
+
+fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
+    let result = (|| {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        // Mails carry live links and codes: readable by their owner only.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, target)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::TempDir;
+    use super::*;
+    use crate::domain::Secret;
+    use crate::mail::MailJob;
+
+    fn outbox(dir: &Path) -> Outbox {
+        Outbox::new(
+            dir.to_path_buf(),
+            Renderer::new("https://auth.example.com").unwrap(),
+            "latchkey <noreply@example.com>".into(),
+        )
+    }
+
+    #[test]
+    fn splits_mailboxes() {
+        assert_eq!(
+            split_mailbox("latchkey <a@b.co>"),
+            (Some("latchkey"), "a@b.co")
+        );
+        assert_eq!(split_mailbox("\"L K\" <a@b.co>"), (Some("L K"), "a@b.co"));
+        assert_eq!(split_mailbox("<a@b.co>"), (None, "a@b.co"));
+        assert_eq!(split_mailbox("a@b.co"), (None, "a@b.co"));
+    }
+
+    #[tokio::test]
+    async fn writes_an_rfc5322_multipart_mail() {
+        let dir = TempDir::new();
+        let env = MailEnvelope::new(
+            "abc123".into(),
+            &Email::parse("bob@example.com").unwrap(),
+            1_700_000_000,
+            None,
+            MailJob::LoginCode {
+                username: "bob".into(),
+                code: Secret::new("314159".into()),
+                expires_minutes: 5,
+            },
+        );
+        let path = outbox(&dir.0).deliver(&env).await.unwrap();
+        assert_eq!(path, dir.0.join("1700000000-abc123.eml"));
+        let eml = std::fs::read_to_string(&path).unwrap();
+        for needle in [
+            "From: \"latchkey\" <noreply@example.com>",
+            "To: <bob@example.com>",
+            "Subject: Your latchkey sign-in code",
+            "Date: Tue, 14 Nov 2023 22:13:20 +0000",
+            "Message-ID: <abc123@example.com>",
+            "multipart/alternative",
+            "text/plain",
+            "text/html",
+            "314159",
+        ] {
+            assert!(eml.contains(needle), "{needle:?} missing from\n{eml}");
+        }
+        // No temp file left behind.
+        assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn refuses_unsafe_ids_and_addresses_permanently() {
+        let dir = TempDir::new();
+        let o = outbox(&dir.0);
+        let mut env = MailEnvelope::new(
+            "../escape".into(),
+            &Email::parse("bob@example.com").unwrap(),
+            0,
+            None,
+            MailJob::SignupAttempt {},
+        );
+        assert!(matches!(
+            o.try_deliver(&env).await,
+            Err(DeliveryError::Permanent(_))
+        ));
+        env.id = "ok".into();
+        env.to = "bob@example.com\r\nBcc: eve@example.com".into();
+        assert!(matches!(
+            o.try_deliver(&env).await,
+            Err(DeliveryError::Permanent(_))
+        ));
+        assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_directory_is_transient() {
+        let dir = TempDir::new();
+        let file = dir.0.join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let env = MailEnvelope::new(
+            "j".into(),
+            &Email::parse("bob@example.com").unwrap(),
+            0,
+            None,
+            MailJob::SignupAttempt {},
+        );
+        assert!(matches!(
+            outbox(&file).try_deliver(&env).await,
+            Err(DeliveryError::Transient(_))
+        ));
+    }
+}

@@ -1,0 +1,152 @@
+//! The schema, as an ordered list of migrations. `PRAGMA user_version` holds
+//! how many have been applied; opening a database applies the rest, each in
+//! its own transaction together with the version bump.
+
+use crate::StoreError;
+use crate::ports::StoreResult;
+use rusqlite::{Connection, TransactionBehavior};
+
+/// Append only: a released migration is never edited.
+const MIGRATIONS: &[&str] = &[
+    // 1: the data, the change feed and the mail queue.
+    r#"
+    CREATE TABLE users (
+        id                   TEXT PRIMARY KEY NOT NULL,
+        username             TEXT NOT NULL UNIQUE,
+        email                TEXT NOT NULL UNIQUE,
+        password_hash        TEXT NOT NULL,
+        verified             INTEGER NOT NULL CHECK (verified IN (0, 1)),
+        created_at           INTEGER NOT NULL,
+        failed_logins        INTEGER NOT NULL CHECK (failed_logins >= 0),
+        locked_until         INTEGER,
+        otp_failures         INTEGER NOT NULL CHECK (otp_failures >= 0),
+        verification_sent_at INTEGER,
+        meta                 TEXT NOT NULL
+    );
+
+    CREATE TABLE verifications (
+        token_hash TEXT PRIMARY KEY NOT NULL,
+        user_id    TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at    INTEGER,
+        meta       TEXT NOT NULL
+    );
+    CREATE INDEX verifications_by_user ON verifications (user_id);
+
+    CREATE TABLE challenges (
+        id           TEXT PRIMARY KEY NOT NULL,
+        user_id      TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        code_hash    TEXT NOT NULL,
+        created_at   INTEGER NOT NULL,
+        expires_at   INTEGER NOT NULL,
+        last_sent_at INTEGER NOT NULL,
+        resends      INTEGER NOT NULL CHECK (resends >= 0),
+        failures     INTEGER NOT NULL CHECK (failures >= 0),
+        used_at      INTEGER,
+        meta         TEXT NOT NULL
+    );
+    CREATE INDEX challenges_by_user ON challenges (user_id);
+
+    CREATE TABLE sessions (
+        id            TEXT PRIMARY KEY NOT NULL,
+        user_id       TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        refresh_hash  TEXT NOT NULL,
+        created_at    INTEGER NOT NULL,
+        refreshed_at  INTEGER NOT NULL,
+        expires_at    INTEGER NOT NULL,
+        generation    INTEGER NOT NULL CHECK (generation >= 0),
+        revoked_at    INTEGER,
+        revoke_reason TEXT,
+        meta          TEXT NOT NULL
+    );
+    CREATE INDEX sessions_by_user ON sessions (user_id);
+
+    CREATE TABLE otps (
+        address_hash TEXT PRIMARY KEY NOT NULL,
+        code_hash    TEXT NOT NULL,
+        created_at   INTEGER NOT NULL,
+        expires_at   INTEGER NOT NULL,
+        last_sent_at INTEGER NOT NULL,
+        failures     INTEGER NOT NULL CHECK (failures >= 0),
+        used_at      INTEGER,
+        meta         TEXT NOT NULL
+    );
+
+    CREATE TABLE rate_limits (
+        key          TEXT NOT NULL,
+        window_start INTEGER NOT NULL,
+        count        INTEGER NOT NULL CHECK (count >= 0),
+        expires_at   INTEGER NOT NULL,
+        PRIMARY KEY (key, window_start)
+    ) WITHOUT ROWID;
+    CREATE INDEX rate_limits_by_expiry ON rate_limits (expires_at);
+
+    CREATE TABLE changes (
+        seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+        at       INTEGER NOT NULL,
+        entity   TEXT NOT NULL CHECK (entity IN ('user', 'verification', 'challenge', 'session', 'otp')),
+        key      TEXT NOT NULL,
+        op       TEXT NOT NULL CHECK (op IN ('insert', 'modify', 'remove')),
+        old_json TEXT,
+        new_json TEXT
+    );
+
+    CREATE TABLE mail_jobs (
+        id         TEXT PRIMARY KEY NOT NULL,
+        body       TEXT NOT NULL,
+        state      TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'failed')),
+        attempts   INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+        last_error TEXT,
+        created_at INTEGER NOT NULL,
+        sent_at    INTEGER,
+        -- not picked up before this time: retry backoff, or the lease of a
+        -- consumer that is delivering it
+        not_before INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX mail_jobs_due ON mail_jobs (state, not_before);
+    "#,
+];
+
+/// The schema version this build writes.
+pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > VERSION {
+        return Err(StoreError::internal(format!(
+            "database schema version {current} is newer than this build's {VERSION}; upgrade latchkey"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Another process may have migrated while we waited for the lock.
+        let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if now > i as i64 {
+            continue;
+        }
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_refuses_a_newer_schema() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, VERSION);
+        conn.pragma_update(None, "user_version", VERSION + 1)
+            .unwrap();
+        assert!(matches!(migrate(&mut conn), Err(StoreError::Internal(_))));
+    }
+}

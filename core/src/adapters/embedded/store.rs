@@ -1,0 +1,1411 @@
+//! The store ports on SQLite. Each method reads what its guard needs and
+//! writes inside one `BEGIN IMMEDIATE` transaction (see `Db::tx`), so the
+//! check and the write are one step, and a refused guard returns before
+//! anything is written. Every data change appends to the change feed in the
+//! same transaction.
+
+use super::EmbeddedStore;
+use super::changes::{ChangeEntity, record};
+use super::records::{self as rec, UserKey};
+use crate::clock::Timestamp;
+use crate::domain::{
+    Challenge, ChallengeId, Email, OtpRecord, Session, SessionId, User, UserId, Username,
+    VerificationRecord,
+};
+use crate::error::{Conflict, StoreError};
+use crate::ports::{ChallengeStore, OtpStore, SessionStore, StoreResult, UserStore};
+use async_trait::async_trait;
+
+fn conflict<T>(c: Conflict) -> StoreResult<T> {
+    Err(StoreError::Conflict(c))
+}
+
+fn stale<T>() -> StoreResult<T> {
+    conflict(Conflict::Stale)
+}
+
+#[async_trait]
+impl UserStore for EmbeddedStore {
+    async fn create_user(&self, user: &User, verification: &VerificationRecord) -> StoreResult<()> {
+        let (user, v, at) = (user.clone(), verification.clone(), self.db().now());
+        self.db()
+            .tx(move |tx| {
+                // Explicit checks, in the contract's order, so the answer
+                // names the right claim; the UNIQUE constraints back them up.
+                if rec::username_taken(tx, &user.username)? {
+                    return conflict(Conflict::UsernameTaken);
+                }
+                if rec::email_taken(tx, &user.email)? {
+                    return conflict(Conflict::EmailTaken);
+                }
+                if rec::load_user(tx, UserKey::Id(&user.id))?.is_some()
+                    || rec::load_verification(tx, &v.token_hash)?.is_some()
+                {
+                    return stale();
+                }
+                rec::insert_user(tx, &user)?;
+                rec::insert_verification(tx, &v)?;
+                record(
+                    tx,
+                    at,
+                    ChangeEntity::User,
+                    &user.id.to_string(),
+                    None,
+                    Some(&user),
+                )?;
+                record(
+                    tx,
+                    at,
+                    ChangeEntity::Verification,
+                    &v.token_hash,
+                    None,
+                    Some(&v),
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn user_by_id(&self, id: &UserId) -> StoreResult<Option<User>> {
+        let id = *id;
+        self.db()
+            .tx(move |tx| Ok(rec::load_user(tx, UserKey::Id(&id))?))
+            .await
+    }
+
+    async fn user_by_username(&self, username: &Username) -> StoreResult<Option<User>> {
+        let u = username.clone();
+        self.db()
+            .tx(move |tx| Ok(rec::load_user(tx, UserKey::Username(&u))?))
+            .await
+    }
+
+    async fn user_by_email(&self, email: &Email) -> StoreResult<Option<User>> {
+        let e = email.clone();
+        self.db()
+            .tx(move |tx| Ok(rec::load_user(tx, UserKey::Email(&e))?))
+            .await
+    }
+
+    async fn record_login_failure(
+        &self,
+        id: &UserId,
+        now: Timestamp,
+        threshold: u32,
+        lock_secs: i64,
+    ) -> StoreResult<User> {
+        let (id, at) = (*id, self.db().now());
+        self.db()
+            .tx(move |tx| {
+                // There is no user to count against: the guard "exists" fails.
+                let Some(old) = rec::load_user(tx, UserKey::Id(&id))? else {
+                    return stale();
+                };
+                if old.is_locked(now) {
+                    // A lock is never extended by hammering.
+                    return Ok(old);
+                }
+                let mut new = old.clone();
+                // A lock that has ended starts the count afresh.
+                let count = if old.locked_until.is_some() {
+                    0
+                } else {
+                    old.failed_logins
+                };
+                new.locked_until = None;
+                new.failed_logins = count.saturating_add(1);
+                if new.failed_logins >= threshold {
+                    new.locked_until = Some(now.saturating_add(lock_secs));
+                    new.failed_logins = 0;
+                    // The lock also resets the account-wide code budget.
+                    new.otp_failures = 0;
+                }
+                rec::update_user(tx, &new)?;
+                record(
+                    tx,
+                    at,
+                    ChangeEntity::User,
+                    &id.to_string(),
+                    Some(&old),
+                    Some(&new),
+                )?;
+                Ok(new)
+            })
+            .await
+    }
+
+    async fn set_password_hash(&self, id: &UserId, phc: &str) -> StoreResult<()> {
+        let (id, phc, at) = (*id, phc.to_string(), self.db().now());
+        self.db()
+            .tx(move |tx| {
+                let Some(old) = rec::load_user(tx, UserKey::Id(&id))? else {
+                    return stale();
+                };
+                let new = User {
+                    password_hash: phc,
+                    ..old.clone()
+                };
+                rec::update_user(tx, &new)?;
+                record(
+                    tx,
+                    at,
+                    ChangeEntity::User,
+                    &id.to_string(),
+                    Some(&old),
+                    Some(&new),
+                )
+            })
+            .await
+    }
+
+    async fn add_verification(
+        &self,
+        verification: &VerificationRecord,
+        now: Timestamp,
+        cooldown_secs: i64,
+    ) -> StoreResult<()> {
+        let (v, at) = (verification.clone(), self.db().now());
+        self.db()
+            .tx(move |tx| {
+                let Some(old) = rec::load_user(tx, UserKey::Id(&v.user_id))? else {
+                    return stale();
+                };
+                let cooled = old
+                    .verification_sent_at
+                    .is_none_or(|t| t <= now.saturating_sub(cooldown_secs));
+                if old.verified || !cooled || rec::load_verification(tx, &v.token_hash)?.is_some() {
+                    return stale();
+                }
+                let new = User {
+                    verification_sent_at: Some(now),
+                    ..old.clone()
+                };
+                rec::insert_verification(tx, &v)?;
+                rec::update_user(tx, &new)?;
+                record(
+                    tx,
+                    at,
+                    ChangeEntity::Verification,
+                    &v.token_hash,
+                    None,
+                    Some(&v),
+                )?;
+                record(
+                    tx,
+                    at,
+                    ChangeEntity::User,
+                    &new.id.to_string(),
+                    Some(&old),
+                    Some(&new),
+                )
+            })
+            .await
+    }
+
+    async fn verification(&self, token_hash: &str) -> StoreResult<Option<VerificationRecord>> {
+        let h = token_hash.to_string();
+        self.db()
+            .tx(move |tx| Ok(rec::load_verification(tx, &h)?))
+            .await
+    }
+
+    async fn consume_verification(&self, token_hash: &str, now: Timestamp) -> StoreResult<UserId> {
+        let (h, at) = (token_hash.to_string(), self.db().now());
+        self.db()
+            .tx(move |tx| {
+                let Some(old_v) = rec::load_verification(tx, &h)? else {
+                    return stale();
+                };
+                if old_v.used_at.is_some() || old_v.expires_at <= now {
+                    return stale();
+                }
+                let Some(old_u) = rec::load_user(tx, UserKey::Id(&old_v.user_id))? else {
+                    // The foreign key makes this unreachable short of corruption.
+                    return Err(StoreError::internal("verification token without its user"));
+                };
+                let new_v = VerificationRecord {
+                    used_at: Some(now),
+                    ..old_v.clone()
+                };
+                let new_u = User {
+                    verified: true,
+                    ..old_u.clone()
+                };
+                rec::set_verification_used(tx, &h, now)?;
+                rec::update_user(tx, &new_u)?;
+                record(
+                    tx,
+                    at,
+                    ChangeEntity::Verification,
+                    &h,
+                    Some(&old_v),
+                    Some(&new_v),
+                )?;
+                record(
+                    tx,
+                    at,
+                    ChangeEntity::User,
+                    &new_u.id.to_string(),
+                    Some(&old_u),
+                    Some(&new_u),
+                )?;
+                Ok(new_u.id)
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl ChallengeStore for EmbeddedStore {
+    async fn create_challenge(
+        &self,
+        challenge: &Challenge,
+        reset_login_failures: bool,
+    ) -> StoreResult<()> {
+        let (c, at) = (challenge.clone(), self.db().now());
+        self.db()
+            .tx(move |tx| {
+                if rec::load_challenge(tx, &c.id)?.is_some() {
+                    return stale();
+                }
+                // The foreign key refuses a challenge for an unknown user; say
+                // so plainly rather than as a constraint error.
+                let Some(old_u) = rec::load_user(tx, UserKey::Id(&c.user_id))? else {
+                    return Err(StoreError::internal("challenge for an unknown user"));
+                };
+                rec::insert_challenge(tx, &c)?;
+                record(
+                    tx,
+                    at,
+                    ChangeEntity::Challenge,
+                    &c.id.to_string(),
+                    None,
+                    Some(&c),
+                )?;
+                if reset_login_failures && old_u.failed_logins != 0 {
+                    let new_u = User {
+                        failed_logins: 0,
+                        ..old_u.clone()
+                    };
+                    rec::update_user(tx, &new_u)?;
+                    record(
+                        tx,
+                        at,
+                        ChangeEntity::User,
+                        &new_u.id.to_string(),
+                        Some(&old_u),
+                        Some(&new_u),
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn challenge(&self, id: &ChallengeId) -> StoreResult<Option<Challenge>> {
+        let id = *id;
+        self.db()
+            .tx(move |tx| Ok(rec::load_challenge(tx, &id)?))
+            .await
+    }
+
+    async fn redeem_challenge(
+        &self,
+        id: &ChallengeId,
+        code_hash: &str,
+        now: Timestamp,
+        max_failures: u32,
+        session: &Session,
+    ) -> StoreResult<()> {
+        let (id, code_hash, s, at) = (*id, code_hash.to_string(), session.clone(), self.db().now());
+        self.db()
+            .tx(move |tx| {
+                let Some(old_c) = rec::load_challenge(tx, &id)? else {
+                    return stale();
+                };
+                // The flow compared the code in constant time; this equality
+                // only guards against a resend that replaced it meanwhile.
+                if old_c.used_at.is_some()
+                    || old_c.code_hash != code_hash
+                    || old_c.failures >= max_failures
+                    || old_c.expires_at <= now
+                    || rec::load_session(tx, &s.id)?.is_some()
+                {
+                    return stale();
+                }
+                let new_c = Challenge {
+                    used_at: Some(now),
+                    ..old_c.clone()
+                };
+                rec::update_challenge(tx, &new_c)?;
+                record(
+                    tx,
+                    at,
+                    ChangeEntity::Challenge,
+                    &id.to_string(),
+                    Some(&old_c),
+                    Some(&new_c),
+                )?;
+                rec::insert_session(tx, &s)?;
+                record(
+                    tx,
+                    at,
+                    ChangeEntity::Session,
+                    &s.id.to_string(),
+                    None,
+                    Some(&s),
+                )?;
+                if let Some(old_u) = rec::load_user(tx, UserKey::Id(&old_c.user_id))? {
+                    let new_u = User {
+                        otp_failures: 0,
+                        ..old_u.clone()
+                    };
+                    rec::update_user(tx, &new_u)?;
+                    record(
+                        tx,
+                        at,
+                        ChangeEntity::User,
+                        &new_u.id.to_string(),
+                        Some(&old_u),
+                        Some(&new_u),
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn record_challenge_failure(
+        &self,
+        id: &ChallengeId,
+        user_id: &UserId,
+        max_failures: u32,
+    ) -> StoreResult<u32> {
+        let (id, user_id, at) = (*id, *user_id, self.db().now());
+        self.db()
+            .tx(move |tx| {
+                let Some(old_c) = rec::load_challenge(tx, &id)? else {
+                    return stale();
+                };
+                if old_c.used_at.is_some() || old_c.failures >= max_failures {
+                    return stale();
+                }
+                let new_c = Challenge {
+                    failures: old_c.failures + 1,
+                    ..old_c.clone()
+                };
+                rec::update_challenge(tx, &new_c)?;
+                record(
+                    tx,
+                    at,
+                    ChangeEntity::Challenge,
+                    &id.to_string(),
+                    Some(&old_c),
+                    Some(&new_c),
+                )?;
+                if let Some(old_u) = rec::load_user(tx, UserKey::Id(&user_id))? {
+                    let new_u = User {
+                        otp_failures: old_u.otp_failures.saturating_add(1),
+                        ..old_u.clone()
+                    };
+                    rec::update_user(tx, &new_u)?;
+                    record(
+                        tx,
+                        at,
+                        ChangeEntity::User,
+                        &user_id.to_string(),
+                        Some(&old_u),
+                        Some(&new_u),
+                    )?;
+                }
+                Ok(new_c.failures)
+            })
+            .await
+    }
+
+    async fn replace_challenge_code(
+        &self,
+        id: &ChallengeId,
+        code_hash: &str,
+        expires_at: Timestamp,
+        now: Timestamp,
+        cooldown_secs: i64,
+        max_resends: u32,
+        max_failures: u32,
+    ) -> StoreResult<()> {
+        let (id, code_hash, at) = (*id, code_hash.to_string(), self.db().now());
+        self.db()
+            .tx(move |tx| {
+                let Some(old) = rec::load_challenge(tx, &id)? else {
+                    return stale();
+                };
+                if old.used_at.is_some()
+                    || old.last_sent_at > now.saturating_sub(cooldown_secs)
+                    || old.resends >= max_resends
+                    || old.failures >= max_failures
+                {
+                    return stale();
+                }
+                let new = Challenge {
+                    code_hash,
+                    expires_at,
+                    last_sent_at: now,
+                    resends: old.resends + 1,
+                    ..old.clone()
+                };
+                rec::update_challenge(tx, &new)?;
+                record(
+                    tx,
+                    at,
+                    ChangeEntity::Challenge,
+                    &id.to_string(),
+                    Some(&old),
+                    Some(&new),
+                )
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl SessionStore for EmbeddedStore {
+    async fn session(&self, id: &SessionId) -> StoreResult<Option<Session>> {
+        let id = *id;
+        self.db()
+            .tx(move |tx| Ok(rec::load_session(tx, &id)?))
+            .await
+    }
+
+    async fn rotate_session(
+        &self,
+        id: &SessionId,
+        old_hash: &str,
+        new_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let (id, old_hash, new_hash, at) = (
+            *id,
+            old_hash.to_string(),
+            new_hash.to_string(),
+            self.db().now(),
+        );
+        self.db()
+            .tx(move |tx| {
+                let Some(old) = rec::load_session(tx, &id)? else {
+                    return stale();
+                };
+                if old.revoked_at.is_some() || old.refresh_hash != old_hash {
+                    return stale();
+                }
+                let new = Session {
+                    refresh_hash: new_hash,
+                    refreshed_at: now,
+                    generation: old.generation.saturating_add(1),
+                    ..old.clone()
+                };
+                rec::update_session(tx, &new)?;
+                record(
+                    tx,
+                    at,
+                    ChangeEntity::Session,
+                    &id.to_string(),
+                    Some(&old),
+                    Some(&new),
+                )
+            })
+            .await
+    }
+
+    async fn revoke_session(
+        &self,
+        id: &SessionId,
+        now: Timestamp,
+        reason: &str,
+    ) -> StoreResult<()> {
+        let (id, reason, at) = (*id, reason.to_string(), self.db().now());
+        self.db()
+            .tx(move |tx| {
+                let Some(old) = rec::load_session(tx, &id)? else {
+                    return Ok(());
+                };
+                if old.revoked_at.is_some() {
+                    return Ok(());
+                }
+                let new = Session {
+                    revoked_at: Some(now),
+                    revoke_reason: Some(reason),
+                    ..old.clone()
+                };
+                rec::update_session(tx, &new)?;
+                record(
+                    tx,
+                    at,
+                    ChangeEntity::Session,
+                    &id.to_string(),
+                    Some(&old),
+                    Some(&new),
+                )
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl OtpStore for EmbeddedStore {
+    async fn otp(&self, address_hash: &str) -> StoreResult<Option<OtpRecord>> {
+        let h = address_hash.to_string();
+        self.db().tx(move |tx| Ok(rec::load_otp(tx, &h)?)).await
+    }
+
+    async fn put_otp(
+        &self,
+        record_: &OtpRecord,
+        expected_last_sent_at: Option<Timestamp>,
+    ) -> StoreResult<()> {
+        let (new, at) = (record_.clone(), self.db().now());
+        self.db()
+            .tx(move |tx| {
+                let old = rec::load_otp(tx, &new.address_hash)?;
+                if old.as_ref().map(|o| o.last_sent_at) != expected_last_sent_at {
+                    return stale();
+                }
+                rec::upsert_otp(tx, &new)?;
+                record(
+                    tx,
+                    at,
+                    ChangeEntity::Otp,
+                    &new.address_hash,
+                    old.as_ref(),
+                    Some(&new),
+                )
+            })
+            .await
+    }
+
+    async fn redeem_otp(
+        &self,
+        address_hash: &str,
+        code_hash: &str,
+        now: Timestamp,
+        max_failures: u32,
+    ) -> StoreResult<()> {
+        let (h, code_hash, at) = (
+            address_hash.to_string(),
+            code_hash.to_string(),
+            self.db().now(),
+        );
+        self.db()
+            .tx(move |tx| {
+                let Some(old) = rec::load_otp(tx, &h)? else {
+                    return stale();
+                };
+                if old.used_at.is_some()
+                    || old.code_hash != code_hash
+                    || old.failures >= max_failures
+                    || old.expires_at <= now
+                {
+                    return stale();
+                }
+                let new = OtpRecord {
+                    used_at: Some(now),
+                    ..old.clone()
+                };
+                rec::upsert_otp(tx, &new)?;
+                record(tx, at, ChangeEntity::Otp, &h, Some(&old), Some(&new))
+            })
+            .await
+    }
+
+    async fn record_otp_failure(&self, address_hash: &str, max_failures: u32) -> StoreResult<u32> {
+        let (h, at) = (address_hash.to_string(), self.db().now());
+        self.db()
+            .tx(move |tx| {
+                let Some(old) = rec::load_otp(tx, &h)? else {
+                    return stale();
+                };
+                if old.used_at.is_some() || old.failures >= max_failures {
+                    return stale();
+                }
+                let new = OtpRecord {
+                    failures: old.failures + 1,
+                    ..old.clone()
+                };
+                rec::upsert_otp(tx, &new)?;
+                record(tx, at, ChangeEntity::Otp, &h, Some(&old), Some(&new))?;
+                Ok(new.failures)
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::changes::{Change, ChangeOp};
+    use super::super::test_support::{T0, store};
+    use super::*;
+    use crate::domain::RequestMeta;
+    use crate::rng::{OsSecureRng, SecureRng};
+    use std::sync::Arc;
+
+    fn user(name: &str, email: &str) -> User {
+        User {
+            id: UserId::random(&OsSecureRng),
+            username: Username::parse(name).unwrap(),
+            email: Email::parse(email).unwrap(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+            verified: false,
+            created_at: T0,
+            failed_logins: 0,
+            locked_until: None,
+            otp_failures: 0,
+            verification_sent_at: Some(T0),
+            meta: RequestMeta {
+                request_id: Some("req-1".into()),
+                ip: Some("203.0.113.7".into()),
+                user_agent: None,
+            },
+        }
+    }
+
+    fn token() -> String {
+        hex::encode(OsSecureRng.bytes32())
+    }
+
+    fn verification(u: &User) -> VerificationRecord {
+        VerificationRecord {
+            token_hash: token(),
+            user_id: u.id,
+            created_at: T0,
+            expires_at: T0 + 86_400,
+            used_at: None,
+            meta: RequestMeta::default(),
+        }
+    }
+
+    fn challenge(u: &User) -> Challenge {
+        Challenge {
+            id: ChallengeId::random(&OsSecureRng),
+            user_id: u.id,
+            code_hash: "code-1".into(),
+            created_at: T0,
+            expires_at: T0 + 300,
+            last_sent_at: T0,
+            resends: 0,
+            failures: 0,
+            used_at: None,
+            meta: RequestMeta::default(),
+        }
+    }
+
+    fn session(u: &User) -> Session {
+        Session {
+            id: SessionId::random(&OsSecureRng),
+            user_id: u.id,
+            refresh_hash: "refresh-0".into(),
+            created_at: T0,
+            refreshed_at: T0,
+            expires_at: T0 + 86_400,
+            generation: 0,
+            revoked_at: None,
+            revoke_reason: None,
+            meta: RequestMeta::default(),
+        }
+    }
+
+    fn otp(addr: &str, last_sent_at: i64) -> OtpRecord {
+        OtpRecord {
+            address_hash: addr.into(),
+            code_hash: "otp-1".into(),
+            created_at: last_sent_at,
+            expires_at: last_sent_at + 600,
+            last_sent_at,
+            failures: 0,
+            used_at: None,
+            meta: RequestMeta::default(),
+        }
+    }
+
+    async fn count(s: &EmbeddedStore, table: &'static str) -> i64 {
+        s.db()
+            .tx(move |tx| {
+                Ok(tx.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?)
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn changes(s: &EmbeddedStore) -> Vec<Change> {
+        s.changes_after(0, 1000).await.unwrap()
+    }
+
+    fn is_conflict<T: std::fmt::Debug>(r: StoreResult<T>, c: Conflict) -> bool {
+        matches!(r, Err(StoreError::Conflict(x)) if x == c)
+    }
+
+    async fn registered(s: &EmbeddedStore, name: &str) -> User {
+        let u = user(name, &format!("{name}@example.com"));
+        s.create_user(&u, &verification(&u)).await.unwrap();
+        u
+    }
+
+    #[tokio::test]
+    async fn not_found_is_none() {
+        let (s, _) = store();
+        assert!(
+            s.user_by_id(&UserId::random(&OsSecureRng))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            s.user_by_username(&Username::parse("nobody").unwrap())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            s.user_by_email(&Email::parse("no@example.com").unwrap())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(s.verification("nope").await.unwrap().is_none());
+        assert!(
+            s.challenge(&ChallengeId::random(&OsSecureRng))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            s.session(&SessionId::random(&OsSecureRng))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(s.otp("nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn create_user_round_trips_and_feeds_the_change_log() {
+        let (s, _) = store();
+        let u = user("alice", "Alice@Example.com");
+        let v = verification(&u);
+        s.create_user(&u, &v).await.unwrap();
+        assert_eq!(s.user_by_id(&u.id).await.unwrap().as_ref(), Some(&u));
+        assert_eq!(
+            s.user_by_username(&u.username).await.unwrap().as_ref(),
+            Some(&u)
+        );
+        assert_eq!(
+            s.user_by_email(&Email::parse("alice@example.com").unwrap())
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(&u)
+        );
+        assert_eq!(
+            s.verification(&v.token_hash).await.unwrap().as_ref(),
+            Some(&v)
+        );
+
+        let feed = changes(&s).await;
+        assert_eq!(feed.len(), 2);
+        assert_eq!(
+            (feed[0].entity, feed[0].op, feed[0].key.as_str()),
+            (
+                ChangeEntity::User,
+                ChangeOp::Insert,
+                u.id.to_string().as_str()
+            )
+        );
+        assert_eq!(feed[0].old, None);
+        assert_eq!(feed[0].new, Some(serde_json::to_value(&u).unwrap()));
+        assert_eq!(feed[0].at, T0);
+        assert_eq!(
+            (feed[1].entity, feed[1].key.as_str()),
+            (ChangeEntity::Verification, v.token_hash.as_str())
+        );
+        assert!(feed[1].seq > feed[0].seq);
+        assert_eq!(
+            s.changes_after(feed[0].seq, 10).await.unwrap(),
+            feed[1..].to_vec()
+        );
+        assert_eq!(s.changes_after(0, 1).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn username_conflict_wins_over_email_and_nothing_is_written() {
+        let (s, _) = store();
+        let alice = registered(&s, "alice").await;
+        let before = changes(&s).await;
+
+        // Both taken: the username is reported.
+        let both = user("alice", "alice@example.com");
+        assert!(is_conflict(
+            s.create_user(&both, &verification(&both)).await,
+            Conflict::UsernameTaken
+        ));
+        // Only the username.
+        let name = user("alice", "other@example.com");
+        assert!(is_conflict(
+            s.create_user(&name, &verification(&name)).await,
+            Conflict::UsernameTaken
+        ));
+        // Only the email (in another case: emails are normalised).
+        let mail = user("bob", "ALICE@example.com");
+        let mail_v = verification(&mail);
+        assert!(is_conflict(
+            s.create_user(&mail, &mail_v).await,
+            Conflict::EmailTaken
+        ));
+
+        assert_eq!(count(&s, "users").await, 1);
+        assert_eq!(count(&s, "verifications").await, 1, "no orphan token");
+        assert!(s.verification(&mail_v.token_hash).await.unwrap().is_none());
+        assert!(
+            s.user_by_username(&mail.username).await.unwrap().is_none(),
+            "no orphan username claim"
+        );
+        assert_eq!(
+            changes(&s).await,
+            before,
+            "a refused write leaves no change row"
+        );
+        assert_eq!(s.user_by_id(&alice.id).await.unwrap(), Some(alice));
+    }
+
+    #[tokio::test]
+    async fn a_write_that_fails_midway_rolls_back_with_its_feed_rows() {
+        let (s, _) = store();
+        let u = user("nina", "nina@example.com");
+        // A token for a user that does not exist: the user row and its change
+        // row are written first, then the foreign key refuses the token.
+        let v = VerificationRecord {
+            user_id: UserId::random(&OsSecureRng),
+            ..verification(&u)
+        };
+        assert!(matches!(
+            s.create_user(&u, &v).await,
+            Err(StoreError::Internal(_))
+        ));
+        assert_eq!(count(&s, "users").await, 0);
+        assert_eq!(count(&s, "changes").await, 0);
+        // And the connection is fit for the next call.
+        s.create_user(&u, &verification(&u)).await.unwrap();
+        assert_eq!(count(&s, "changes").await, 2);
+    }
+
+    #[tokio::test]
+    async fn twenty_concurrent_registrations_of_one_email_make_one_account() {
+        let (s, _) = store();
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let u = user(&format!("user{i}"), "same@example.com");
+                    s.create_user(&u, &verification(&u)).await
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(()) => ok += 1,
+                Err(StoreError::Conflict(Conflict::EmailTaken)) => {}
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        assert_eq!(ok, 1);
+        assert_eq!(count(&s, "users").await, 1);
+        assert_eq!(count(&s, "verifications").await, 1);
+        assert_eq!(count(&s, "changes").await, 2);
+    }
+
+    #[tokio::test]
+    async fn a_verification_token_is_consumed_once_and_not_after_expiry() {
+        let (s, _) = store();
+        let u = user("carol", "carol@example.com");
+        let v = verification(&u);
+        s.create_user(&u, &v).await.unwrap();
+        assert!(
+            is_conflict(
+                s.consume_verification(&v.token_hash, v.expires_at).await,
+                Conflict::Stale
+            ),
+            "expired at expires_at"
+        );
+        assert!(!s.user_by_id(&u.id).await.unwrap().unwrap().verified);
+        assert_eq!(
+            s.consume_verification(&v.token_hash, T0 + 10)
+                .await
+                .unwrap(),
+            u.id
+        );
+        assert!(s.user_by_id(&u.id).await.unwrap().unwrap().verified);
+        assert_eq!(
+            s.verification(&v.token_hash)
+                .await
+                .unwrap()
+                .unwrap()
+                .used_at,
+            Some(T0 + 10)
+        );
+        assert!(is_conflict(
+            s.consume_verification(&v.token_hash, T0 + 11).await,
+            Conflict::Stale
+        ));
+        assert!(is_conflict(
+            s.consume_verification("unknown", T0).await,
+            Conflict::Stale
+        ));
+    }
+
+    #[tokio::test]
+    async fn concurrent_consumes_of_one_token_have_one_winner() {
+        let (s, _) = store();
+        let u = user("dave", "dave@example.com");
+        let v = verification(&u);
+        s.create_user(&u, &v).await.unwrap();
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (s, h) = (s.clone(), v.token_hash.clone());
+                tokio::spawn(async move { s.consume_verification(&h, T0 + 1).await })
+            })
+            .collect();
+        let mut ok = 0;
+        for t in tasks {
+            ok += usize::from(t.await.unwrap().is_ok());
+        }
+        assert_eq!(ok, 1);
+    }
+
+    #[tokio::test]
+    async fn add_verification_respects_the_cooldown_and_verified_users() {
+        let (s, _) = store();
+        let u = registered(&s, "erin").await; // sent at T0
+        let v2 = VerificationRecord {
+            created_at: T0 + 30,
+            ..verification(&u)
+        };
+        assert!(is_conflict(
+            s.add_verification(&v2, T0 + 30, 60).await,
+            Conflict::Stale
+        ));
+        assert!(
+            s.verification(&v2.token_hash).await.unwrap().is_none(),
+            "nothing written"
+        );
+        s.add_verification(&v2, T0 + 60, 60).await.unwrap();
+        assert_eq!(
+            s.user_by_id(&u.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .verification_sent_at,
+            Some(T0 + 60)
+        );
+        assert!(s.verification(&v2.token_hash).await.unwrap().is_some());
+        s.consume_verification(&v2.token_hash, T0 + 61)
+            .await
+            .unwrap();
+        let v3 = verification(&u);
+        assert!(
+            is_conflict(
+                s.add_verification(&v3, T0 + 10_000, 60).await,
+                Conflict::Stale
+            ),
+            "already verified"
+        );
+    }
+
+    #[tokio::test]
+    async fn login_failures_lock_at_the_threshold_and_not_beyond() {
+        let (s, _) = store();
+        let u = registered(&s, "frank").await;
+        // Some code failures on record, to see the lock reset them.
+        let c = challenge(&u);
+        s.create_challenge(&c, false).await.unwrap();
+        s.record_challenge_failure(&c.id, &u.id, 6).await.unwrap();
+
+        for n in 1..=2 {
+            let after = s.record_login_failure(&u.id, T0, 3, 900).await.unwrap();
+            assert_eq!((after.failed_logins, after.locked_until), (n, None));
+        }
+        let locked = s.record_login_failure(&u.id, T0 + 5, 3, 900).await.unwrap();
+        assert_eq!(
+            (
+                locked.failed_logins,
+                locked.locked_until,
+                locked.otp_failures
+            ),
+            (0, Some(T0 + 905), 0)
+        );
+        let feed_len = changes(&s).await.len();
+        // Hammering during the lock changes nothing and cannot extend it.
+        for t in [T0 + 6, T0 + 904] {
+            assert_eq!(
+                s.record_login_failure(&u.id, t, 3, 900).await.unwrap(),
+                locked
+            );
+        }
+        assert_eq!(changes(&s).await.len(), feed_len);
+        // After the lock the count starts again from zero.
+        let after = s
+            .record_login_failure(&u.id, T0 + 905, 3, 900)
+            .await
+            .unwrap();
+        assert_eq!((after.failed_logins, after.is_locked(T0 + 905)), (1, false));
+        let after = s
+            .record_login_failure(&u.id, T0 + 906, 3, 900)
+            .await
+            .unwrap();
+        assert_eq!(after.failed_logins, 2);
+        assert!(
+            s.record_login_failure(&u.id, T0 + 907, 3, 900)
+                .await
+                .unwrap()
+                .is_locked(T0 + 907)
+        );
+        assert!(is_conflict(
+            s.record_login_failure(&UserId::random(&OsSecureRng), T0, 3, 900)
+                .await,
+            Conflict::Stale
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_right_password_resets_the_failures_with_the_new_challenge() {
+        let (s, _) = store();
+        let u = registered(&s, "gina").await;
+        s.record_login_failure(&u.id, T0, 10, 900).await.unwrap();
+        s.create_challenge(&challenge(&u), true).await.unwrap();
+        assert_eq!(s.user_by_id(&u.id).await.unwrap().unwrap().failed_logins, 0);
+        s.set_password_hash(&u.id, "$argon2id$new").await.unwrap();
+        assert_eq!(
+            s.user_by_id(&u.id).await.unwrap().unwrap().password_hash,
+            "$argon2id$new"
+        );
+    }
+
+    #[tokio::test]
+    async fn redeeming_a_challenge_has_one_winner_among_twenty() {
+        let (s, _) = store();
+        let u = registered(&s, "hank").await;
+        let c = challenge(&u);
+        s.create_challenge(&c, false).await.unwrap();
+        s.record_challenge_failure(&c.id, &u.id, 6).await.unwrap();
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (s, u) = (s.clone(), u.clone());
+                tokio::spawn(async move {
+                    s.redeem_challenge(&c.id, "code-1", T0 + 10, 6, &session(&u))
+                        .await
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(()) => ok += 1,
+                Err(StoreError::Conflict(Conflict::Stale)) => {}
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        assert_eq!(ok, 1);
+        assert_eq!(count(&s, "sessions").await, 1);
+        assert_eq!(
+            s.challenge(&c.id).await.unwrap().unwrap().used_at,
+            Some(T0 + 10)
+        );
+        assert_eq!(
+            s.user_by_id(&u.id).await.unwrap().unwrap().otp_failures,
+            0,
+            "budget reset on success"
+        );
+    }
+
+    #[tokio::test]
+    async fn redeem_checks_code_expiry_and_cap() {
+        let (s, _) = store();
+        let u = registered(&s, "ivan").await;
+        let c = challenge(&u);
+        s.create_challenge(&c, false).await.unwrap();
+        let before = changes(&s).await;
+        assert!(is_conflict(
+            s.redeem_challenge(&c.id, "other", T0, 6, &session(&u))
+                .await,
+            Conflict::Stale
+        ));
+        assert!(is_conflict(
+            s.redeem_challenge(&c.id, "code-1", c.expires_at, 6, &session(&u))
+                .await,
+            Conflict::Stale
+        ));
+        assert!(is_conflict(
+            s.redeem_challenge(&c.id, "code-1", T0, 0, &session(&u))
+                .await,
+            Conflict::Stale
+        ));
+        assert!(is_conflict(
+            s.redeem_challenge(
+                &ChallengeId::random(&OsSecureRng),
+                "code-1",
+                T0,
+                6,
+                &session(&u)
+            )
+            .await,
+            Conflict::Stale
+        ));
+        assert_eq!(count(&s, "sessions").await, 0);
+        assert_eq!(changes(&s).await, before);
+    }
+
+    #[tokio::test]
+    async fn concurrent_wrong_codes_never_pass_the_cap() {
+        let (s, _) = store();
+        let u = registered(&s, "judy").await;
+        let c = challenge(&u);
+        s.create_challenge(&c, false).await.unwrap();
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move { s.record_challenge_failure(&c.id, &u.id, 6).await })
+            })
+            .collect();
+        let mut counts = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(n) => counts.push(n),
+                Err(StoreError::Conflict(Conflict::Stale)) => {}
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        counts.sort_unstable();
+        assert_eq!(counts, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(s.challenge(&c.id).await.unwrap().unwrap().failures, 6);
+        assert_eq!(s.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 6);
+        // Exhausted: the right code no longer redeems.
+        assert!(is_conflict(
+            s.redeem_challenge(&c.id, "code-1", T0, 6, &session(&u))
+                .await,
+            Conflict::Stale
+        ));
+    }
+
+    #[tokio::test]
+    async fn replacing_a_code_is_guarded_and_keeps_the_failures() {
+        let (s, _) = store();
+        let u = registered(&s, "kate").await;
+        let c = challenge(&u);
+        s.create_challenge(&c, false).await.unwrap();
+        s.record_challenge_failure(&c.id, &u.id, 6).await.unwrap();
+        let replace = |now: i64, max_resends: u32, max_failures: u32| {
+            let s = s.clone();
+            async move {
+                s.replace_challenge_code(
+                    &c.id,
+                    &format!("code-{now}"),
+                    now + 300,
+                    now,
+                    60,
+                    max_resends,
+                    max_failures,
+                )
+                .await
+            }
+        };
+        // Cooldown: 60 s after the last send.
+        assert!(is_conflict(replace(T0 + 59, 3, 6).await, Conflict::Stale));
+        replace(T0 + 60, 3, 6).await.unwrap();
+        let after = s.challenge(&c.id).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                after.code_hash.as_str(),
+                after.expires_at,
+                after.last_sent_at,
+                after.resends,
+                after.failures
+            ),
+            ("code-1700000060", T0 + 360, T0 + 60, 1, 1),
+            "failures are never reset"
+        );
+        // The cooldown now counts from the resend.
+        assert!(is_conflict(replace(T0 + 100, 3, 6).await, Conflict::Stale));
+        replace(T0 + 120, 3, 6).await.unwrap();
+        // Max resends (2 done, max 2).
+        assert!(is_conflict(replace(T0 + 1000, 2, 6).await, Conflict::Stale));
+        // Failure cap reached (1 failure, max 1).
+        assert!(is_conflict(replace(T0 + 1000, 3, 1).await, Conflict::Stale));
+        // Used.
+        s.redeem_challenge(&c.id, "code-1700000120", T0 + 130, 6, &session(&u))
+            .await
+            .unwrap();
+        assert!(is_conflict(replace(T0 + 2000, 9, 6).await, Conflict::Stale));
+        assert_eq!(s.challenge(&c.id).await.unwrap().unwrap().resends, 2);
+    }
+
+    #[tokio::test]
+    async fn sessions_rotate_once_and_revoke_idempotently() {
+        let (s, _) = store();
+        let u = registered(&s, "liam").await;
+        let c = challenge(&u);
+        s.create_challenge(&c, false).await.unwrap();
+        let sess = session(&u);
+        s.redeem_challenge(&c.id, "code-1", T0, 6, &sess)
+            .await
+            .unwrap();
+        s.rotate_session(&sess.id, "refresh-0", "refresh-1", T0 + 5)
+            .await
+            .unwrap();
+        let got = s.session(&sess.id).await.unwrap().unwrap();
+        assert_eq!(
+            (got.refresh_hash.as_str(), got.refreshed_at, got.generation),
+            ("refresh-1", T0 + 5, 1)
+        );
+        assert!(is_conflict(
+            s.rotate_session(&sess.id, "refresh-0", "refresh-2", T0 + 6)
+                .await,
+            Conflict::Stale
+        ));
+
+        s.revoke_session(&sess.id, T0 + 7, "logout").await.unwrap();
+        let feed_len = changes(&s).await.len();
+        s.revoke_session(&sess.id, T0 + 8, "again").await.unwrap();
+        s.revoke_session(&SessionId::random(&OsSecureRng), T0, "unknown")
+            .await
+            .unwrap();
+        let got = s.session(&sess.id).await.unwrap().unwrap();
+        assert_eq!(
+            (got.revoked_at, got.revoke_reason.as_deref()),
+            (Some(T0 + 7), Some("logout"))
+        );
+        assert_eq!(
+            changes(&s).await.len(),
+            feed_len,
+            "a second revoke changes nothing"
+        );
+        assert!(is_conflict(
+            s.rotate_session(&sess.id, "refresh-1", "refresh-2", T0 + 9)
+                .await,
+            Conflict::Stale
+        ));
+    }
+
+    #[tokio::test]
+    async fn otps_are_written_conditionally_redeemed_once_and_capped() {
+        let (s, _) = store();
+        let first = otp("addr", T0);
+        assert!(
+            is_conflict(s.put_otp(&first, Some(T0 - 1)).await, Conflict::Stale),
+            "expected a record"
+        );
+        s.put_otp(&first, None).await.unwrap();
+        assert!(
+            is_conflict(s.put_otp(&first, None).await, Conflict::Stale),
+            "expected none"
+        );
+        assert_eq!(s.otp("addr").await.unwrap(), Some(first.clone()));
+
+        assert_eq!(s.record_otp_failure("addr", 2).await.unwrap(), 1);
+        let second = OtpRecord {
+            failures: 1,
+            ..otp("addr", T0 + 60)
+        };
+        assert!(is_conflict(
+            s.put_otp(&second, Some(T0 + 1)).await,
+            Conflict::Stale
+        ));
+        s.put_otp(&second, Some(T0)).await.unwrap();
+        assert!(is_conflict(
+            s.redeem_otp("addr", "wrong", T0 + 61, 2).await,
+            Conflict::Stale
+        ));
+        assert!(
+            is_conflict(
+                s.redeem_otp("addr", "otp-1", T0 + 660, 2).await,
+                Conflict::Stale
+            ),
+            "expired"
+        );
+
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move { s.redeem_otp("addr", "otp-1", T0 + 61, 2).await })
+            })
+            .collect();
+        let mut ok = 0;
+        for t in tasks {
+            ok += usize::from(t.await.unwrap().is_ok());
+        }
+        assert_eq!(ok, 1);
+        assert!(
+            is_conflict(s.record_otp_failure("addr", 5).await, Conflict::Stale),
+            "used"
+        );
+        assert!(is_conflict(
+            s.record_otp_failure("nope", 5).await,
+            Conflict::Stale
+        ));
+
+        s.put_otp(&otp("capped", T0), None).await.unwrap();
+        assert_eq!(s.record_otp_failure("capped", 2).await.unwrap(), 1);
+        assert_eq!(s.record_otp_failure("capped", 2).await.unwrap(), 2);
+        assert!(is_conflict(
+            s.record_otp_failure("capped", 2).await,
+            Conflict::Stale
+        ));
+        assert!(is_conflict(
+            s.redeem_otp("capped", "otp-1", T0 + 1, 2).await,
+            Conflict::Stale
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_feed_records_old_and_new_images() {
+        let (s, clock) = store();
+        let u = registered(&s, "mona").await;
+        let seq = changes(&s).await.last().unwrap().seq;
+        clock.advance(42);
+        let after = s.record_login_failure(&u.id, T0, 5, 900).await.unwrap();
+        let feed = s.changes_after(seq, 10).await.unwrap();
+        assert_eq!(feed.len(), 1);
+        let ch = &feed[0];
+        assert_eq!(
+            (ch.entity, ch.op, ch.at),
+            (ChangeEntity::User, ChangeOp::Modify, T0 + 42)
+        );
+        assert_eq!(ch.old, Some(serde_json::to_value(&u).unwrap()));
+        assert_eq!(ch.new, Some(serde_json::to_value(&after).unwrap()));
+
+        s.put_otp(&otp("feed", T0), None).await.unwrap();
+        let last = changes(&s).await.pop().unwrap();
+        assert_eq!(
+            (last.entity, last.op, last.key.as_str(), last.old),
+            (ChangeEntity::Otp, ChangeOp::Insert, "feed", None)
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_mixed_writers_leave_a_consistent_feed() {
+        let (s, _) = store();
+        let s = Arc::new(s);
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let u = user(&format!("mix{i}"), &format!("mix{i}@example.com"));
+                    s.create_user(&u, &verification(&u)).await.unwrap();
+                    s.record_login_failure(&u.id, T0, 10, 900).await.unwrap();
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let feed = changes(&s).await;
+        assert_eq!(feed.len(), 30);
+        assert!(feed.windows(2).all(|w| w[0].seq < w[1].seq));
+    }
+}
