@@ -123,8 +123,8 @@ cmd_start() {
   # so it survives the calling shell and job-control signals.
   local launcher=()
   command -v setsid >/dev/null && launcher=(setsid)
-  ${launcher[@]+"${launcher[@]}"} "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" \
-    >"$LOG_FILE" 2>&1 </dev/null &
+  ${launcher[@]+"${launcher[@]}"} "$VENV/bin/python" "$SCRIPT_DIR/moto_server.py" -H 127.0.0.1 -p "$port" \
+    >"$LOG_FILE" 2>&1 </dev/null 9>&- &
   pid=$!
   printf '%s\n' "$pid" >"$PID_FILE"
 
@@ -190,13 +190,20 @@ usage() {
   exit 2
 }
 
+# install/start/stop take an exclusive lock, so concurrent callers (parallel
+# test processes) find one server instead of racing to start two.
+with_lock() {
+  mkdir -p "$STATE_DIR"
+  exec 9>"$STATE_DIR/moto.lock"
+  flock 9
+  "$@"
+}
+
 main() {
   local sub="${1:-}"
   [[ $# -gt 0 ]] && shift
   case "$sub" in
-    install) cmd_install ;;
-    start) cmd_start "$@" ;;
-    stop) cmd_stop ;;
+    install | start | stop) with_lock "cmd_$sub" "$@" ;;
     reset) cmd_reset ;;
     -h | --help | help | "") usage ;;
     *) log "unknown subcommand: $sub"; usage ;;

@@ -1,1 +1,44 @@
-//! placeholder
+//! latchkey-api: the HTTP face of latchkey. `app(state)` builds the axum
+//! Router; `main.rs` serves it under lambda_http on AWS Lambda or as a plain
+//! HTTP server elsewhere. `wiring` turns a `Config` into the ports.
+
+pub mod error;
+pub mod extract;
+pub mod headers;
+pub mod routes;
+pub mod state;
+pub mod wiring;
+
+pub use state::AppState;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use routes::{auth, otp, system, verify_page};
+
+/// The whole HTTP API.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(system::healthz))
+        .route("/.well-known/jwks.json", get(system::jwks))
+        .route("/v1/register", post(auth::register))
+        .route("/v1/verify-email", post(auth::verify_email))
+        .route("/v1/verify-email/resend", post(auth::resend_verification))
+        .route("/v1/login", post(auth::login))
+        .route("/v1/login/otp", post(auth::login_otp))
+        .route("/v1/login/otp/resend", post(auth::login_otp_resend))
+        .route("/v1/token/refresh", post(auth::refresh))
+        .route("/v1/logout", post(auth::logout))
+        .route("/v1/me", get(auth::me))
+        .route("/otp", post(otp::otp))
+        .route("/verify-email", get(verify_page::landing).post(verify_page::submit))
+        .fallback(system::not_found)
+        .method_not_allowed_fallback(system::method_not_allowed)
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            use axum::response::IntoResponse;
+            error::ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error").into_response()
+        }))
+        .layer(axum::middleware::from_fn(headers::security_headers))
+        .with_state(state)
+}

@@ -2,6 +2,8 @@
 //! embedded SQLite store with its in-process mail queue (`embedded`).
 
 #[cfg(feature = "aws")]
+pub mod aws_calls;
+#[cfg(feature = "aws")]
 pub mod dynamo;
 #[cfg(feature = "embedded")]
 pub mod embedded;

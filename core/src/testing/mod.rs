@@ -1,1 +1,125 @@
-//! placeholder
+//! The storage contract suite: the contracts written in `crate::ports`, in
+//! executable form, written once and run against every storage adapter (the
+//! embedded SQLite store, and DynamoDB on the emulator).
+//!
+//! Each case is a `pub async fn(&Subject)` that panics when the adapter
+//! breaks its contract. Cases draw fresh random ids, usernames, addresses
+//! and limiter keys, so they may share one store. Time is an argument of
+//! every store method, so the cases cross expiry and cooldown boundaries to
+//! the second and never wait. Races are real: the contenders are spawned
+//! tasks released together, so run the suite on a multi-threaded runtime.
+//!
+//! An adapter's runner is one macro call in a test crate that depends on
+//! `tokio`:
+//!
+//! ```ignore
+//! async fn subject() -> latchkey_core::testing::Subject {
+//!     latchkey_core::testing::Subject::from_store(MyStore::new())
+//! }
+//! latchkey_core::contract_suite!(subject());
+//! ```
+
+mod challenges;
+mod fixtures;
+mod limiter;
+mod otps;
+mod sessions;
+mod users;
+
+pub use challenges::*;
+pub use limiter::*;
+pub use otps::*;
+pub use sessions::*;
+pub use users::*;
+
+use crate::ports::{ChallengeStore, OtpStore, RateLimiter, SessionStore, UserStore};
+use std::sync::Arc;
+
+/// The ports under test. Usually one adapter implements all of them and
+/// [`Subject::from_store`] fills every field from it.
+#[derive(Clone)]
+pub struct Subject {
+    pub users: Arc<dyn UserStore>,
+    pub challenges: Arc<dyn ChallengeStore>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub otps: Arc<dyn OtpStore>,
+    pub limiter: Arc<dyn RateLimiter>,
+}
+
+impl Subject {
+    /// Every port from one store, shared.
+    pub fn from_store<S>(store: S) -> Self
+    where
+        S: UserStore + ChallengeStore + SessionStore + OtpStore + RateLimiter + 'static,
+    {
+        let store = Arc::new(store);
+        Subject {
+            users: store.clone(),
+            challenges: store.clone(),
+            sessions: store.clone(),
+            otps: store.clone(),
+            limiter: store,
+        }
+    }
+}
+
+/// Expands to one `#[tokio::test]` (multi-threaded, 4 workers) per contract
+/// case. `$make` is an expression evaluated afresh in every test, whose
+/// `.await` gives the [`Subject`](crate::testing::Subject) to test.
+///
+/// The list below must name every `pub async fn` case of this module.
+#[macro_export]
+macro_rules! contract_suite {
+    (@cases ($make:expr) $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let subject: $crate::testing::Subject = $make.await;
+                $crate::testing::$case(&subject).await;
+            }
+        )+
+    };
+    ($make:expr) => {
+        $crate::contract_suite!(@cases ($make)
+            // users
+            create_user_reads_back,
+            username_taken_is_reported_first_and_writes_nothing,
+            email_taken_writes_nothing,
+            concurrent_registrations_of_one_email_leave_one_account,
+            concurrent_registrations_of_one_username_leave_one_account,
+            set_password_hash_replaces_only_the_hash,
+            consume_verification_once,
+            consume_verification_has_one_winner,
+            consume_verification_refused_at_expiry_boundary,
+            add_verification_cooldown_boundary,
+            add_verification_refused_for_verified_or_unknown_user,
+            login_failures_lock_at_threshold,
+            // challenges
+            create_challenge_reads_back_and_resets_login_failures,
+            redeem_challenge_has_one_winner,
+            redeem_challenge_refused_at_expiry_boundary,
+            redeem_challenge_refused_with_another_code,
+            challenge_failures_capped_under_concurrency,
+            replace_challenge_code_cooldown_boundary,
+            replace_challenge_code_max_resends,
+            replace_challenge_code_keeps_failures,
+            // sessions
+            rotate_session_once_per_hash,
+            rotate_session_has_one_winner,
+            revoke_session_is_idempotent,
+            rotate_session_refused_after_revoke,
+            // standalone codes
+            put_otp_expected_version,
+            put_otp_has_one_winner,
+            redeem_otp_has_one_winner,
+            redeem_otp_refused_at_expiry_boundary,
+            redeem_otp_refused_with_another_code,
+            otp_failures_capped_under_concurrency,
+            // rate limiter
+            limiter_allows_exactly_limit_per_window,
+            limiter_counts_concurrent_hits_exactly,
+            limiter_multi_key_is_all_or_nothing,
+            limiter_reports_longest_wait,
+        );
+    };
+}

@@ -110,6 +110,7 @@ impl Outbox {
             .subject(mail.subject.as_str())
             .date(Date::new(env.created_at))
             .message_id(format!("{}@{domain}", env.id))
+            .header("X-Latchkey-Kind", mail_builder::headers::raw::Raw::new(env.job.kind()))
             .text_body(mail.text.as_str())
             .html_body(mail.html.as_str())
             .write_to_vec()

@@ -1,0 +1,117 @@
+//! Request extractors: a JSON body that is size-limited and names the field
+//! on every error, and the request's metadata (client IP, user agent,
+//! request id) for rate limits and the audit trail.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::{StatusCode, header, request::Parts};
+use latchkey_core::domain::RequestMeta;
+use serde::de::DeserializeOwned;
+use std::net::SocketAddr;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// A JSON body of at most 16 KiB. Errors: 413 when larger, 415 without a
+/// JSON content type, 400 naming the field for wrong types and bad syntax.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is larger than 16 KiB");
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return Err(too_large());
+        }
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|ct| ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "send the body as application/json"));
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES).await.map_err(|_| too_large())?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses JSON, naming the path of the first error.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() || path == "." {
+            let mut err = ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", "the body is not a valid JSON object of the expected shape");
+            err.extra = Some(("field", serde_json::Value::String("body".into())));
+            err
+        } else {
+            ApiError::field(&path, "has the wrong type")
+        }
+    })
+}
+
+/// Fetches a required field of a request DTO, or a 400 naming it.
+pub fn required<T>(v: Option<T>, field: &str) -> Result<T, ApiError> {
+    v.ok_or_else(|| ApiError::field(field, "is required"))
+}
+
+/// Who sent the request.
+pub struct Meta(pub RequestMeta);
+
+impl FromRequestParts<AppState> for Meta {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Ok(Meta(request_meta(parts, state.trust_forwarded_for)))
+    }
+}
+
+pub fn request_meta(parts: &Parts, trust_forwarded_for: bool) -> RequestMeta {
+    use lambda_http::request::RequestContext;
+    let mut ip = None;
+    let mut request_id = None;
+    if let Some(ctx) = parts.extensions.get::<RequestContext>() {
+        match ctx {
+            RequestContext::ApiGatewayV2(c) => {
+                ip = c.http.source_ip.clone();
+                request_id = c.request_id.clone();
+            }
+            RequestContext::ApiGatewayV1(c) => {
+                ip = c.identity.source_ip.clone();
+                request_id = c.request_id.clone();
+            }
+            _ => {}
+        }
+    }
+    if ip.is_none() && trust_forwarded_for {
+        ip = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(|s| s.trim().to_string())
+            .filter(|s| s.parse::<std::net::IpAddr>().is_ok());
+    }
+    if ip.is_none() {
+        ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+    }
+    let user_agent = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(clean);
+    let request_id = request_id.or_else(|| parts.extensions.get::<RequestId>().map(|r| r.0.clone()));
+    RequestMeta { request_id, ip, user_agent }
+}
+
+/// Printable ASCII only, at most 256 characters: user agents end up in logs
+/// and the audit trail and must not forge lines there.
+fn clean(s: &str) -> String {
+    s.chars().filter(|c| c.is_ascii() && !c.is_ascii_control()).take(256).collect()
+}
+
+/// The id this process gave the request (when the platform gave none).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);

@@ -1,0 +1,143 @@
+//! The JSON auth API under /v1.
+
+use crate::error::ApiError;
+use crate::extract::{JsonBody, Meta, required};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use latchkey_core::clock::rfc3339;
+use latchkey_core::flows::{LoginStarted, TokenPair};
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Deserialize)]
+pub struct RegisterReq {
+    username: Option<String>,
+    email: Option<String>,
+    password: Option<String>,
+}
+
+pub async fn register(State(s): State<AppState>, Meta(meta): Meta, JsonBody(r): JsonBody<RegisterReq>) -> Result<Response, ApiError> {
+    let username = required(r.username, "username")?;
+    let email = required(r.email, "email")?;
+    let password = required(r.password, "password")?;
+    s.auth.register(&username, &email, password, &meta).await?;
+    Ok(accepted("If the address can receive mail, a verification link is on its way."))
+}
+
+#[derive(Deserialize)]
+pub struct TokenReq {
+    token: Option<String>,
+}
+
+pub async fn verify_email(State(s): State<AppState>, Meta(meta): Meta, JsonBody(r): JsonBody<TokenReq>) -> Result<Response, ApiError> {
+    let token = required(r.token, "token")?;
+    s.auth.verify_email(&token, &meta).await?;
+    Ok(Json(json!({ "status": "verified", "message": "Your email address is verified. You can sign in now." })).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct EmailReq {
+    email: Option<String>,
+}
+
+pub async fn resend_verification(State(s): State<AppState>, Meta(meta): Meta, JsonBody(r): JsonBody<EmailReq>) -> Result<Response, ApiError> {
+    let email = required(r.email, "email")?;
+    s.auth.resend_verification(&email, &meta).await?;
+    Ok(accepted("If the address belongs to an unverified account, a new link is on its way."))
+}
+
+#[derive(Deserialize)]
+pub struct LoginReq {
+    identifier: Option<String>,
+    password: Option<String>,
+}
+
+pub async fn login(State(s): State<AppState>, Meta(meta): Meta, JsonBody(r): JsonBody<LoginReq>) -> Result<Response, ApiError> {
+    let identifier = required(r.identifier, "identifier")?;
+    let password = required(r.password, "password")?;
+    let started = s.auth.login(&identifier, password, &meta).await?;
+    Ok((StatusCode::ACCEPTED, Json(challenge_json(&started))).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct CodeReq {
+    challenge_id: Option<String>,
+    code: Option<String>,
+}
+
+pub async fn login_otp(State(s): State<AppState>, Meta(meta): Meta, JsonBody(r): JsonBody<CodeReq>) -> Result<Response, ApiError> {
+    let challenge_id = required(r.challenge_id, "challenge_id")?;
+    let code = required(r.code, "code")?;
+    let pair = s.auth.verify_login_code(&challenge_id, &code, &meta).await?;
+    Ok(Json(tokens_json(&pair)).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ChallengeReq {
+    challenge_id: Option<String>,
+}
+
+pub async fn login_otp_resend(State(s): State<AppState>, Meta(meta): Meta, JsonBody(r): JsonBody<ChallengeReq>) -> Result<Response, ApiError> {
+    let challenge_id = required(r.challenge_id, "challenge_id")?;
+    let started = s.auth.resend_login_code(&challenge_id, &meta).await?;
+    Ok((StatusCode::ACCEPTED, Json(challenge_json(&started))).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct RefreshReq {
+    refresh_token: Option<String>,
+}
+
+pub async fn refresh(State(s): State<AppState>, Meta(meta): Meta, JsonBody(r): JsonBody<RefreshReq>) -> Result<Response, ApiError> {
+    let token = required(r.refresh_token, "refresh_token")?;
+    let pair = s.auth.refresh(&token, &meta).await?;
+    Ok(Json(tokens_json(&pair)).into_response())
+}
+
+pub async fn logout(State(s): State<AppState>, JsonBody(r): JsonBody<RefreshReq>) -> Result<Response, ApiError> {
+    let token = required(r.refresh_token, "refresh_token")?;
+    s.auth.logout(&token).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn me(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .ok_or(latchkey_core::Error::Unauthorized)?;
+    let p = s.auth.me(token.trim()).await?;
+    Ok(Json(json!({
+        "id": p.id.to_string(),
+        "username": p.username,
+        "email": p.email,
+        "email_verified": p.verified,
+        "created_at": rfc3339(p.created_at),
+        "session_id": p.session_id.to_string(),
+    }))
+    .into_response())
+}
+
+fn accepted(message: &str) -> Response {
+    (StatusCode::ACCEPTED, Json(json!({ "status": "accepted", "message": message }))).into_response()
+}
+
+fn challenge_json(c: &LoginStarted) -> serde_json::Value {
+    json!({
+        "challenge_id": c.challenge_id.to_string(),
+        "expires_at": rfc3339(c.expires_at),
+        "resend_after": c.resend_after,
+    })
+}
+
+fn tokens_json(p: &TokenPair) -> serde_json::Value {
+    json!({
+        "access_token": p.access_token,
+        "refresh_token": p.refresh_token,
+        "token_type": "Bearer",
+        "expires_in": p.expires_in,
+    })
+}

@@ -1,0 +1,7 @@
+//! The HTTP routes. Each handler extracts input, calls one flow, and maps the
+//! result.
+
+pub mod auth;
+pub mod otp;
+pub mod system;
+pub mod verify_page;

@@ -1,0 +1,84 @@
+//! The standalone OTP API, wire-compatible with the OTP Lambda seed:
+//! `POST /otp` with `{"action": "send_otp" | "verify_otp", ...}`, answered
+//! with `{"message": ...}` and the seed's status codes (200, 400, 401, 403,
+//! 404), plus 429 with `Retry-After` for the cooldown and rate limits the
+//! seed lacked.
+
+use crate::error::ApiError;
+use crate::extract::{Meta, parse_json};
+use crate::state::AppState;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use latchkey_core::Error;
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Deserialize)]
+struct OtpReq {
+    action: Option<String>,
+    email: Option<String>,
+    otp: Option<String>,
+}
+
+fn msg(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "message": message }))).into_response()
+}
+
+pub async fn otp(State(s): State<AppState>, Meta(meta): Meta, body: Bytes) -> Response {
+    if body.len() > crate::extract::MAX_BODY_BYTES {
+        return msg(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large");
+    }
+    let req: OtpReq = match parse_json(&body) {
+        Ok(r) => r,
+        Err(_) => return msg(StatusCode::BAD_REQUEST, "Invalid request body"),
+    };
+    let email = req.email.filter(|e| !e.trim().is_empty());
+    match req.action.as_deref() {
+        Some("send_otp") => {
+            let Some(email) = email else { return msg(StatusCode::BAD_REQUEST, "Email is required") };
+            match s.auth.send_otp(&email, &meta).await {
+                Ok(_) => msg(StatusCode::OK, "OTP sent successfully"),
+                Err(e) => otp_error(e),
+            }
+        }
+        Some("verify_otp") => {
+            let (Some(email), Some(code)) = (email, req.otp.filter(|o| !o.trim().is_empty())) else {
+                return msg(StatusCode::BAD_REQUEST, "Email and OTP are required");
+            };
+            match s.auth.verify_otp(&email, &code, &meta).await {
+                Ok(()) => msg(StatusCode::OK, "OTP verified successfully"),
+                Err(e) => otp_error(e),
+            }
+        }
+        _ => msg(StatusCode::BAD_REQUEST, "Invalid action"),
+    }
+}
+
+fn otp_error(e: Error) -> Response {
+    use StatusCode as S;
+    match e {
+        Error::Validation { field: "email", .. } => msg(S::BAD_REQUEST, "Invalid email address"),
+        Error::Validation { .. } => msg(S::BAD_REQUEST, "OTP must be 6 digits"),
+        Error::ChallengeNotFound => msg(S::NOT_FOUND, "OTP not found. Please request a new one."),
+        Error::OtpExpired => msg(S::BAD_REQUEST, "OTP has expired. Please request a new one."),
+        Error::OtpExhausted => msg(S::FORBIDDEN, "Maximum attempts exceeded. Please request a new OTP."),
+        Error::OtpInvalid { attempts_left } => (
+            S::UNAUTHORIZED,
+            Json(json!({ "message": "Invalid OTP", "attempts_left": attempts_left })),
+        )
+            .into_response(),
+        Error::RateLimited { retry_after } => {
+            let mut r = (S::TOO_MANY_REQUESTS, Json(json!({ "message": "Too many requests. Please wait before trying again.", "retry_after": retry_after }))).into_response();
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            r
+        }
+        other => {
+            // Everything else is ours, not the caller's: log it, say little.
+            let status = ApiError::from(other).status;
+            msg(status, "Internal server error")
+        }
+    }
+}

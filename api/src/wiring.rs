@@ -1,0 +1,191 @@
+//! Turns a `Config` into running ports: the embedded SQLite store with its
+//! outbox mail consumer, or DynamoDB + SQS built from one SdkConfig. Used by
+//! the api binary and the local runner.
+
+use crate::state::AppState;
+use latchkey_core::config::{Backend, Config};
+use latchkey_core::domain::Secret;
+use latchkey_core::flows::{Auth, Ports, TokenIssuer};
+use latchkey_core::keys::{CodeKey, SigningKey};
+use latchkey_core::password_hasher::PasswordHasher;
+use latchkey_core::ports::{Clock, SecureRng};
+use latchkey_core::{clock::SystemClock, rng::OsSecureRng};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A built system: the state for the Router, and what runs beside it.
+pub struct Built {
+    pub state: AppState,
+    /// The embedded store, when that is the backend (the local runner's
+    /// audit feed and tests read it).
+    pub embedded: Option<latchkey_core::adapters::embedded::EmbeddedStore>,
+    /// Background tasks (the embedded mail consumer).
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        tracing_subscriber::fmt().json().with_env_filter(filter).with_current_span(false).without_time().init();
+    } else {
+        tracing_subscriber::fmt().compact().with_env_filter(filter).init();
+    }
+}
+
+/// What tests (and benchmarks) may swap in.
+pub struct BuildOptions {
+    pub clock: Arc<dyn Clock>,
+    /// The AWS configuration to use instead of the environment's.
+    pub sdk: Option<aws_config::SdkConfig>,
+    /// Counts every AWS call the ports make.
+    pub calls: Option<latchkey_core::adapters::aws_calls::CallCounter>,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions { clock: Arc::new(SystemClock), sdk: None, calls: None }
+    }
+}
+
+/// Builds every port the configuration asks for.
+pub async fn build(config: &Config) -> Result<Built, BoxError> {
+    build_with(config, BuildOptions::default()).await
+}
+
+/// As `build`, with parts swapped in.
+pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, BoxError> {
+    let clock = opts.clock;
+    let rng: Arc<dyn SecureRng> = Arc::new(OsSecureRng);
+    match &config.backend {
+        Backend::Embedded { data_dir } => {
+            use latchkey_core::adapters::embedded::{EmbeddedStore, Outbox, SqliteMailQueue, spawn_mail_consumer};
+            std::fs::create_dir_all(data_dir)?;
+            let (signing, code_key) = local_keys(config, data_dir)?;
+            let store = EmbeddedStore::open(data_dir.join("latchkey.sqlite3"))?;
+            let queue = SqliteMailQueue::new(&store);
+            let renderer = latchkey_core::mail::Renderer::new(&config.public_base_url)?;
+            let outbox = Outbox::new(data_dir.join("outbox"), renderer, "latchkey <noreply@latchkey.local>".into());
+            let consumer = spawn_mail_consumer(queue.clone(), outbox);
+            let s = Arc::new(store.clone());
+            let ports = Ports {
+                users: s.clone(),
+                challenges: s.clone(),
+                sessions: s.clone(),
+                otps: s.clone(),
+                limiter: s,
+                mail: Arc::new(queue),
+                clock,
+                rng,
+            };
+            let state = state(config, ports, signing, code_key)?;
+            Ok(Built { state, embedded: Some(store), tasks: vec![consumer] })
+        }
+        Backend::Aws { table_prefix, mail_queue_url, bootstrap } => {
+            use latchkey_core::adapters::{aws_calls, dynamo, sqs};
+            let sdk = match opts.sdk {
+                Some(s) => s,
+                None => aws_calls::sdk_config().await,
+            };
+            let ddb = aws_calls::dynamo_client(&sdk, opts.calls.as_ref());
+            let sqs_client = aws_calls::sqs_client(&sdk, opts.calls.as_ref());
+            let queue_url = if *bootstrap {
+                dynamo::ensure_tables(&ddb, table_prefix).await?;
+                sqs::ensure_queues(&sqs_client, table_prefix).await?.0
+            } else {
+                mail_queue_url.clone().ok_or("LATCHKEY_MAIL_QUEUE_URL: required with LATCHKEY_BACKEND=aws unless LATCHKEY_BOOTSTRAP=true")?
+            };
+            let signing = match &config.jwt_private_key {
+                Some(k) => SigningKey::from_base64(k.expose()).map_err(|e| format!("LATCHKEY_JWT_PRIVATE_KEY: {e}"))?,
+                None => return Err("LATCHKEY_JWT_PRIVATE_KEY: required with LATCHKEY_BACKEND=aws".into()),
+            };
+            let code_key = match &config.code_hmac_key {
+                Some(k) => CodeKey::from_base64(k.expose()).map_err(|e| format!("LATCHKEY_CODE_HMAC_KEY: {e}"))?,
+                None => return Err("LATCHKEY_CODE_HMAC_KEY: required with LATCHKEY_BACKEND=aws".into()),
+            };
+            let store = Arc::new(dynamo::DynamoStore::new(ddb, table_prefix));
+            let ports = Ports {
+                users: store.clone(),
+                challenges: store.clone(),
+                sessions: store.clone(),
+                otps: store.clone(),
+                limiter: store,
+                mail: Arc::new(sqs::SqsMailQueue::new(sqs_client, queue_url)),
+                clock,
+                rng,
+            };
+            Ok(Built { state: state(config, ports, signing, code_key)?, embedded: None, tasks: vec![] })
+        }
+    }
+}
+
+fn state(config: &Config, ports: Ports, signing: SigningKey, code_key: CodeKey) -> Result<AppState, BoxError> {
+    let hasher = PasswordHasher::new(config.policy.argon2, config.hash_threads, ports.rng.as_ref())?;
+    let tokens = TokenIssuer::new(signing, config.jwt_issuer.clone(), config.jwt_audience.clone(), config.policy.access_ttl_secs)?;
+    let auth = Auth::new(ports, config.policy.clone(), hasher, code_key, tokens);
+    Ok(AppState { auth, trust_forwarded_for: config.trust_forwarded_for })
+}
+
+/// The embedded mode's secrets: from the environment if set, else created
+/// once under `<data_dir>/keys/` (mode 0600) and reused.
+fn local_keys(config: &Config, data_dir: &Path) -> Result<(SigningKey, CodeKey), BoxError> {
+    let dir = data_dir.join("keys");
+    std::fs::create_dir_all(&dir)?;
+    let signing = match &config.jwt_private_key {
+        Some(k) => SigningKey::from_base64(k.expose()).map_err(|e| format!("LATCHKEY_JWT_PRIVATE_KEY: {e}"))?,
+        None => {
+            let b64 = read_or_create(&dir.join("jwt-ed25519.pk8.b64"), || SigningKey::generate().map(|k| k.to_base64()))?;
+            SigningKey::from_base64(b64.expose()).map_err(|e| format!("{}: {e}", dir.join("jwt-ed25519.pk8.b64").display()))?
+        }
+    };
+    let code_key = match &config.code_hmac_key {
+        Some(k) => CodeKey::from_base64(k.expose()).map_err(|e| format!("LATCHKEY_CODE_HMAC_KEY: {e}"))?,
+        None => {
+            let b64 = read_or_create(&dir.join("code-hmac.key.b64"), || {
+                use base64::Engine;
+                Ok(base64::engine::general_purpose::STANDARD.encode(OsSecureRng.bytes32()))
+            })?;
+            CodeKey::from_base64(b64.expose()).map_err(|e| format!("code key file: {e}"))?
+        }
+    };
+    Ok((signing, code_key))
+}
+
+fn read_or_create(path: &Path, make: impl FnOnce() -> Result<String, String>) -> Result<Secret<String>, BoxError> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        return Ok(Secret::new(s.trim().to_string()));
+    }
+    let value = make()?;
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp)?;
+        f.write_all(value.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(Secret::new(value))
+}
+
+/// Serves the Router on `bind` until Ctrl-C, with each connection's peer
+/// address available to the handlers.
+pub async fn serve(app: axum::Router, bind: &str) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(bind).await?;
+    tracing::info!(addr = %listener.local_addr()?, "latchkey listening");
+    serve_on(listener, app).await
+}
+
+pub async fn serve_on(listener: tokio::net::TcpListener, app: axum::Router) -> std::io::Result<()> {
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+}

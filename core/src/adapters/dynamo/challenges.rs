@@ -1,0 +1,191 @@
+//! `ChallengeStore`: login challenges in the tokens table. Each guard of the
+//! contract is part of the condition of the write it protects.
+
+use super::errors::map_sdk;
+use super::items::{self, PK, TTL, TTL_GRACE_SECS, TTL_NAME, n, s};
+use super::{DynamoStore, put_item, update_item};
+use crate::StoreError;
+use crate::clock::Timestamp;
+use crate::domain::{Challenge, ChallengeId, Session, UserId};
+use crate::error::Conflict;
+use crate::ports::{ChallengeStore, StoreResult};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::Update;
+
+impl DynamoStore {
+    /// The update that resets one of a user's counters, if the user exists.
+    fn reset_user_counter(
+        &self,
+        user_id: &UserId,
+        counter: &str,
+    ) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
+        Update::builder()
+            .table_name(&self.users)
+            .key(PK, s(items::user_pk(user_id)))
+            .update_expression(format!("SET {counter} = :zero"))
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":zero", n(0))
+    }
+}
+
+#[async_trait]
+impl ChallengeStore for DynamoStore {
+    async fn create_challenge(
+        &self,
+        challenge: &Challenge,
+        reset_login_failures: bool,
+    ) -> StoreResult<()> {
+        let item = items::to_item(
+            challenge,
+            items::challenge_pk(&challenge.id),
+            Some(challenge.expires_at + TTL_GRACE_SECS),
+        )?;
+        let absent = "attribute_not_exists(pk)";
+        if reset_login_failures {
+            let reset = self.reset_user_counter(&challenge.user_id, "failed_logins");
+            self.transact(vec![
+                put_item(&self.tokens, item, absent)?,
+                update_item(reset)?,
+            ])
+            .await?;
+        } else {
+            self.client
+                .put_item()
+                .table_name(&self.tokens)
+                .set_item(Some(item))
+                .condition_expression(absent)
+                .send()
+                .await
+                .map_err(map_sdk)?;
+        }
+        Ok(())
+    }
+
+    async fn challenge(&self, id: &ChallengeId) -> StoreResult<Option<Challenge>> {
+        self.get(&self.tokens, items::challenge_pk(id)).await
+    }
+
+    async fn redeem_challenge(
+        &self,
+        id: &ChallengeId,
+        code_hash: &str,
+        now: Timestamp,
+        max_failures: u32,
+        session: &Session,
+    ) -> StoreResult<()> {
+        // `user_id = :uid` binds the new session (and the counter reset) to
+        // the challenge's own user.
+        let redeem = Update::builder()
+            .table_name(&self.tokens)
+            .key(PK, s(items::challenge_pk(id)))
+            .update_expression("SET used_at = :now")
+            .condition_expression(
+                "attribute_exists(pk) AND attribute_not_exists(used_at) AND code_hash = :h \
+                 AND failures < :max AND expires_at > :now AND user_id = :uid",
+            )
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":h", s(code_hash))
+            .expression_attribute_values(":max", n(max_failures))
+            .expression_attribute_values(":uid", s(session.user_id.to_string()));
+        let session_item = items::to_item(
+            session,
+            items::session_pk(&session.id),
+            Some(session.expires_at + TTL_GRACE_SECS),
+        )?;
+        let reset = self.reset_user_counter(&session.user_id, "otp_failures");
+        self.transact(vec![
+            update_item(redeem)?,
+            put_item(&self.tokens, session_item, "attribute_not_exists(pk)")?,
+            update_item(reset)?,
+        ])
+        .await?;
+        Ok(())
+    }
+
+    async fn record_challenge_failure(
+        &self,
+        id: &ChallengeId,
+        user_id: &UserId,
+        max_failures: u32,
+    ) -> StoreResult<u32> {
+        // A transaction returns no values, so the new count comes from an
+        // exact guard instead: read the count, then increment it only if it
+        // is still what was read (and under the cap, and unused). A lost race
+        // means another wrong guess was counted; read again. Every lost
+        // round is someone else's increment, and increments stop at the cap,
+        // so this ends within `max_failures + 1` rounds.
+        for _ in 0..=max_failures {
+            let Some(seen) = self.challenge(id).await? else {
+                return Err(StoreError::Conflict(Conflict::Stale));
+            };
+            if seen.used_at.is_some() || seen.failures >= max_failures || seen.user_id != *user_id {
+                return Err(StoreError::Conflict(Conflict::Stale));
+            }
+            let count = Update::builder()
+                .table_name(&self.tokens)
+                .key(PK, s(items::challenge_pk(id)))
+                .update_expression("SET failures = :next")
+                .condition_expression(
+                    "attribute_exists(pk) AND attribute_not_exists(used_at) \
+                     AND failures = :seen AND failures < :max AND user_id = :uid",
+                )
+                .expression_attribute_values(":next", n(seen.failures + 1))
+                .expression_attribute_values(":seen", n(seen.failures))
+                .expression_attribute_values(":max", n(max_failures))
+                .expression_attribute_values(":uid", s(user_id.to_string()));
+            let budget = Update::builder()
+                .table_name(&self.users)
+                .key(PK, s(items::user_pk(user_id)))
+                .update_expression("ADD otp_failures :one")
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_values(":one", n(1));
+            match self
+                .transact(vec![update_item(count)?, update_item(budget)?])
+                .await
+            {
+                Ok(()) => return Ok(seen.failures + 1),
+                Err(e) if e.check_failed(0) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::unavailable(
+            "record_challenge_failure: the challenge kept changing",
+        ))
+    }
+
+    async fn replace_challenge_code(
+        &self,
+        id: &ChallengeId,
+        code_hash: &str,
+        expires_at: Timestamp,
+        now: Timestamp,
+        cooldown_secs: i64,
+        max_resends: u32,
+        max_failures: u32,
+    ) -> StoreResult<()> {
+        self.client
+            .update_item()
+            .table_name(&self.tokens)
+            .key(PK, s(items::challenge_pk(id)))
+            .update_expression(format!(
+                "SET code_hash = :h, expires_at = :exp, last_sent_at = :now, {TTL_NAME} = :ttl ADD resends :one"
+            ))
+            .condition_expression(
+                "attribute_exists(pk) AND attribute_not_exists(used_at) AND last_sent_at <= :cut \
+                 AND resends < :max_resends AND failures < :max_failures",
+            )
+            .expression_attribute_names(TTL_NAME, TTL)
+            .expression_attribute_values(":h", s(code_hash))
+            .expression_attribute_values(":exp", n(expires_at))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":ttl", n(expires_at + TTL_GRACE_SECS))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":cut", n(now - cooldown_secs))
+            .expression_attribute_values(":max_resends", n(max_resends))
+            .expression_attribute_values(":max_failures", n(max_failures))
+            .send()
+            .await
+            .map_err(map_sdk)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,136 @@
+//! The item layout: partition keys, attribute names the conditions use, and
+//! the translation between entities and attribute maps (serde_dynamo).
+//!
+//! Entity fields sit flat at the top level of their item, so a condition can
+//! name them (`failures`, `used_at`, …). An `Option::None` is an absent
+//! attribute, never a NULL, so `attribute_not_exists(used_at)` means
+//! "unused".
+
+use crate::StoreError;
+use crate::clock::Timestamp;
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+
+pub(crate) type Item = HashMap<String, AttributeValue>;
+
+/// The partition key attribute of every table.
+pub const PK: &str = "pk";
+/// The TTL attribute of the tokens and rate-limits tables. `ttl` is a
+/// DynamoDB reserved word: expressions name it through [`TTL_NAME`].
+pub const TTL: &str = "ttl";
+pub(crate) const TTL_NAME: &str = "#ttl";
+
+/// Items outlive their own expiry by a day, so the TTL sweep never races a
+/// flow's expiry check (the flows check expiry themselves anyway).
+pub const TTL_GRACE_SECS: i64 = 86_400;
+/// Rate-limit counters are swept a minute after their window ends.
+pub const LIMIT_TTL_GRACE_SECS: i64 = 60;
+
+pub fn user_pk(id: &impl std::fmt::Display) -> String {
+    format!("USER#{id}")
+}
+pub fn username_claim_pk(username: &str) -> String {
+    format!("UNAME#{username}")
+}
+pub fn email_claim_pk(email: &str) -> String {
+    format!("EMAIL#{email}")
+}
+pub fn verification_pk(token_hash: &str) -> String {
+    format!("VERIFY#{token_hash}")
+}
+pub fn challenge_pk(id: &impl std::fmt::Display) -> String {
+    format!("CHAL#{id}")
+}
+pub fn session_pk(id: &impl std::fmt::Display) -> String {
+    format!("SESSION#{id}")
+}
+pub fn otp_pk(address_hash: &str) -> String {
+    format!("OTP#{address_hash}")
+}
+/// The window start is the last `#`-separated part, so the key may itself
+/// contain `#` without two (key, window) pairs sharing an item.
+pub fn limit_pk(key: &str, window_start: Timestamp) -> String {
+    format!("RL#{key}#{window_start}")
+}
+
+pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+pub(crate) fn n(v: impl Into<i64>) -> AttributeValue {
+    AttributeValue::N(v.into().to_string())
+}
+
+/// The item for an entity: its fields at the top level (absent for `None`),
+/// plus its partition key and, where given, its TTL.
+pub(crate) fn to_item<T: Serialize>(
+    entity: &T,
+    pk: String,
+    ttl: Option<Timestamp>,
+) -> Result<Item, StoreError> {
+    let mut item: Item = serde_dynamo::to_item(entity).map_err(StoreError::internal)?;
+    item.retain(|_, v| !matches!(v, AttributeValue::Null(_)));
+    item.insert(PK.to_string(), s(pk));
+    if let Some(ttl) = ttl {
+        item.insert(TTL.to_string(), n(ttl));
+    }
+    Ok(item)
+}
+
+/// The entity in an item; extra attributes (`pk`, `ttl`) are ignored.
+pub(crate) fn from_item<T: DeserializeOwned>(item: Item) -> Result<T, StoreError> {
+    serde_dynamo::from_item(item).map_err(StoreError::internal)
+}
+
+/// A numeric attribute of an item, e.g. a counter returned by an update.
+pub(crate) fn number(item: &Item, name: &str) -> Result<u32, StoreError> {
+    match item.get(name) {
+        Some(AttributeValue::N(v)) => v.parse().map_err(StoreError::internal),
+        _ => Err(StoreError::internal(format!(
+            "item has no numeric `{name}`"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{RequestMeta, VerificationRecord};
+    use crate::rng::SecureRng;
+
+    struct Sevens;
+    impl SecureRng for Sevens {
+        fn fill(&self, buf: &mut [u8]) {
+            buf.fill(7);
+        }
+    }
+
+    #[test]
+    fn none_is_absent_and_round_trips() {
+        let rec = VerificationRecord {
+            token_hash: "ab".into(),
+            user_id: crate::domain::UserId::random(&Sevens),
+            created_at: 10,
+            expires_at: 20,
+            used_at: None,
+            meta: RequestMeta {
+                ip: Some("203.0.113.7".into()),
+                ..Default::default()
+            },
+        };
+        let item = to_item(&rec, verification_pk("ab"), Some(20 + TTL_GRACE_SECS)).unwrap();
+        assert!(!item.contains_key("used_at"));
+        assert_eq!(item.get("pk"), Some(&s("VERIFY#ab")));
+        assert_eq!(item.get("ttl"), Some(&n(86_420)));
+        assert_eq!(item.get("expires_at"), Some(&n(20)));
+        assert_eq!(from_item::<VerificationRecord>(item).unwrap(), rec);
+    }
+
+    #[test]
+    fn limit_keys_do_not_collide() {
+        assert_ne!(limit_pk("a#1", 2), limit_pk("a", 12));
+        assert_eq!(limit_pk("login:ip:1.2.3.4", 60), "RL#login:ip:1.2.3.4#60");
+    }
+}

@@ -1,0 +1,91 @@
+//! `OtpStore`: standalone one-time codes in the tokens table, one item per
+//! address (keyed by its keyed hash).
+
+use super::DynamoStore;
+use super::errors::map_sdk;
+use super::items::{self, PK, TTL_GRACE_SECS, n, s};
+use crate::StoreError;
+use crate::clock::Timestamp;
+use crate::domain::OtpRecord;
+use crate::ports::{OtpStore, StoreResult};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::ReturnValue;
+
+#[async_trait]
+impl OtpStore for DynamoStore {
+    async fn otp(&self, address_hash: &str) -> StoreResult<Option<OtpRecord>> {
+        self.get(&self.tokens, items::otp_pk(address_hash)).await
+    }
+
+    async fn put_otp(
+        &self,
+        record: &OtpRecord,
+        expected_last_sent_at: Option<Timestamp>,
+    ) -> StoreResult<()> {
+        let item = items::to_item(
+            record,
+            items::otp_pk(&record.address_hash),
+            Some(record.expires_at + TTL_GRACE_SECS),
+        )?;
+        let req = self
+            .client
+            .put_item()
+            .table_name(&self.tokens)
+            .set_item(Some(item));
+        let req = match expected_last_sent_at {
+            None => req.condition_expression("attribute_not_exists(pk)"),
+            Some(t) => req
+                .condition_expression("last_sent_at = :expected")
+                .expression_attribute_values(":expected", n(t)),
+        };
+        req.send().await.map_err(map_sdk)?;
+        Ok(())
+    }
+
+    async fn redeem_otp(
+        &self,
+        address_hash: &str,
+        code_hash: &str,
+        now: Timestamp,
+        max_failures: u32,
+    ) -> StoreResult<()> {
+        self.client
+            .update_item()
+            .table_name(&self.tokens)
+            .key(PK, s(items::otp_pk(address_hash)))
+            .update_expression("SET used_at = :now")
+            .condition_expression(
+                "attribute_exists(pk) AND attribute_not_exists(used_at) AND code_hash = :h \
+                 AND failures < :max AND expires_at > :now",
+            )
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":h", s(code_hash))
+            .expression_attribute_values(":max", n(max_failures))
+            .send()
+            .await
+            .map_err(map_sdk)?;
+        Ok(())
+    }
+
+    async fn record_otp_failure(&self, address_hash: &str, max_failures: u32) -> StoreResult<u32> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.tokens)
+            .key(PK, s(items::otp_pk(address_hash)))
+            .update_expression("ADD failures :one")
+            .condition_expression(
+                "attribute_exists(pk) AND attribute_not_exists(used_at) AND failures < :max",
+            )
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":max", n(max_failures))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(map_sdk)?;
+        let attrs = out
+            .attributes
+            .ok_or_else(|| StoreError::internal("UpdateItem returned no attributes"))?;
+        items::number(&attrs, "failures")
+    }
+}

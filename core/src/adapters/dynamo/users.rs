@@ -1,0 +1,298 @@
+//! `UserStore`: user items, their username/email claims, and verification
+//! tokens.
+
+use super::errors::map_sdk;
+use super::items::{self, Item, PK, TTL_GRACE_SECS, n, s};
+use super::{DynamoStore, put_item, update_item};
+use crate::clock::Timestamp;
+use crate::domain::{Email, User, UserId, Username, VerificationRecord};
+use crate::error::Conflict;
+use crate::ports::{StoreResult, UserStore};
+use crate::{StoreError, tables};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, Update,
+};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+
+/// Rounds of "count, else lock" before `record_login_failure` gives up;
+/// each round only repeats when another request changed the user between
+/// the two conditional writes.
+const LOGIN_FAILURE_ROUNDS: u32 = 4;
+
+/// Index of the username and email claims in `create_user`'s transaction.
+const USERNAME_CLAIM: usize = 1;
+const EMAIL_CLAIM: usize = 2;
+
+const UNLOCKED: &str = "(attribute_not_exists(locked_until) OR locked_until <= :now)";
+
+impl DynamoStore {
+    /// The user whose `attribute` is `value`, through the GSI on it.
+    async fn user_by_index(&self, attribute: &str, value: &str) -> StoreResult<Option<User>> {
+        let gsi = tables::USERS
+            .gsis
+            .iter()
+            .find(|g| g.hash_key == attribute)
+            .ok_or_else(|| StoreError::internal(format!("no index on `{attribute}`")))?;
+        let out = self
+            .client
+            .query()
+            .table_name(&self.users)
+            .index_name(gsi.name)
+            .key_condition_expression("#k = :v")
+            .expression_attribute_names("#k", gsi.hash_key)
+            .expression_attribute_values(":v", s(value))
+            .limit(1)
+            .send()
+            .await
+            .map_err(map_sdk)?;
+        out.items
+            .and_then(|mut v| v.pop())
+            .map(items::from_item)
+            .transpose()
+    }
+
+    /// One conditional update of a user returning the new image; a failed
+    /// condition returns the item as it was (`None`: no such user).
+    async fn update_user_or_old(
+        &self,
+        id: &UserId,
+        update: &str,
+        condition: &str,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> StoreResult<Result<User, Option<Item>>> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.users)
+            .key(PK, s(items::user_pk(id)))
+            .update_expression(update)
+            .condition_expression(condition)
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        for (k, v) in values {
+            req = req.expression_attribute_values(k, v);
+        }
+        match req.send().await {
+            Ok(out) => {
+                let item = out
+                    .attributes
+                    .ok_or_else(|| StoreError::internal("UpdateItem returned no attributes"))?;
+                Ok(Ok(items::from_item(item)?))
+            }
+            Err(err) => Ok(Err(old_item_on_failed_check(err)?)),
+        }
+    }
+}
+
+/// The old image carried by a failed condition (asked for with
+/// `ReturnValuesOnConditionCheckFailure::AllOld`); any other error mapped.
+fn old_item_on_failed_check(
+    err: SdkError<UpdateItemError, HttpResponse>,
+) -> StoreResult<Option<Item>> {
+    if let SdkError::ServiceError(e) = &err
+        && let UpdateItemError::ConditionalCheckFailedException(c) = e.err()
+    {
+        return Ok(c.item().cloned());
+    }
+    Err(map_sdk(err))
+}
+
+#[async_trait]
+impl UserStore for DynamoStore {
+    async fn create_user(&self, user: &User, verification: &VerificationRecord) -> StoreResult<()> {
+        let claim = |pk: String| -> Item {
+            [
+                (PK.to_string(), s(pk)),
+                ("user_id".to_string(), s(user.id.to_string())),
+            ]
+            .into()
+        };
+        let absent = "attribute_not_exists(pk)";
+        let tx = vec![
+            put_item(
+                &self.users,
+                items::to_item(user, items::user_pk(&user.id), None)?,
+                absent,
+            )?,
+            put_item(
+                &self.users,
+                claim(items::username_claim_pk(user.username.as_str())),
+                absent,
+            )?,
+            put_item(
+                &self.users,
+                claim(items::email_claim_pk(user.email.as_str())),
+                absent,
+            )?,
+            put_item(
+                &self.tokens,
+                items::to_item(
+                    verification,
+                    items::verification_pk(&verification.token_hash),
+                    Some(verification.expires_at + TTL_GRACE_SECS),
+                )?,
+                absent,
+            )?,
+        ];
+        match self.transact(tx).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.check_failed(USERNAME_CLAIM) => {
+                Err(StoreError::Conflict(Conflict::UsernameTaken))
+            }
+            Err(e) if e.check_failed(EMAIL_CLAIM) => {
+                Err(StoreError::Conflict(Conflict::EmailTaken))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn user_by_id(&self, id: &UserId) -> StoreResult<Option<User>> {
+        self.get(&self.users, items::user_pk(id)).await
+    }
+
+    async fn user_by_username(&self, username: &Username) -> StoreResult<Option<User>> {
+        self.user_by_index("username", username.as_str()).await
+    }
+
+    async fn user_by_email(&self, email: &Email) -> StoreResult<Option<User>> {
+        self.user_by_index("email", email.as_str()).await
+    }
+
+    async fn record_login_failure(
+        &self,
+        id: &UserId,
+        now: Timestamp,
+        threshold: u32,
+        lock_secs: i64,
+    ) -> StoreResult<User> {
+        // Counts below `last` only increment; the failure that reaches the
+        // threshold locks instead. Both writes require "not locked", so a
+        // lock is never extended and a failure during one changes nothing.
+        let last = n(threshold.max(1) - 1);
+        for _ in 0..LOGIN_FAILURE_ROUNDS {
+            let counted = self
+                .update_user_or_old(
+                    id,
+                    "SET failed_logins = failed_logins + :one",
+                    &format!("attribute_exists(pk) AND {UNLOCKED} AND failed_logins < :last"),
+                    vec![(":one", n(1)), (":now", n(now)), (":last", last.clone())],
+                )
+                .await?;
+            match counted {
+                Ok(user) => return Ok(user),
+                Err(None) => return Err(StoreError::Conflict(Conflict::Stale)),
+                Err(Some(old)) => {
+                    let old: User = items::from_item(old)?;
+                    if old.is_locked(now) {
+                        return Ok(old);
+                    }
+                }
+            }
+            let locked = self
+                .update_user_or_old(
+                    id,
+                    "SET locked_until = :until, failed_logins = :zero, otp_failures = :zero",
+                    &format!("attribute_exists(pk) AND {UNLOCKED} AND failed_logins >= :last"),
+                    vec![
+                        (":until", n(now + lock_secs)),
+                        (":zero", n(0)),
+                        (":now", n(now)),
+                        (":last", last.clone()),
+                    ],
+                )
+                .await?;
+            match locked {
+                Ok(user) => return Ok(user),
+                Err(None) => return Err(StoreError::Conflict(Conflict::Stale)),
+                Err(Some(old)) => {
+                    let old: User = items::from_item(old)?;
+                    if old.is_locked(now) {
+                        return Ok(old);
+                    }
+                    // The count went down in between (a successful login
+                    // reset it): count again.
+                }
+            }
+        }
+        Err(StoreError::unavailable(
+            "record_login_failure: the user kept changing under contention",
+        ))
+    }
+
+    async fn set_password_hash(&self, id: &UserId, phc: &str) -> StoreResult<()> {
+        self.client
+            .update_item()
+            .table_name(&self.users)
+            .key(PK, s(items::user_pk(id)))
+            .update_expression("SET password_hash = :h")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":h", s(phc))
+            .send()
+            .await
+            .map_err(map_sdk)?;
+        Ok(())
+    }
+
+    async fn add_verification(
+        &self,
+        verification: &VerificationRecord,
+        now: Timestamp,
+        cooldown_secs: i64,
+    ) -> StoreResult<()> {
+        let user = Update::builder()
+            .table_name(&self.users)
+            .key(PK, s(items::user_pk(&verification.user_id)))
+            .update_expression("SET verification_sent_at = :now")
+            .condition_expression(
+                "attribute_exists(pk) AND verified = :false \
+                 AND (attribute_not_exists(verification_sent_at) OR verification_sent_at <= :cut)",
+            )
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .expression_attribute_values(":cut", n(now - cooldown_secs));
+        let token = items::to_item(
+            verification,
+            items::verification_pk(&verification.token_hash),
+            Some(verification.expires_at + TTL_GRACE_SECS),
+        )?;
+        self.transact(vec![
+            update_item(user)?,
+            put_item(&self.tokens, token, "attribute_not_exists(pk)")?,
+        ])
+        .await?;
+        Ok(())
+    }
+
+    async fn verification(&self, token_hash: &str) -> StoreResult<Option<VerificationRecord>> {
+        self.get(&self.tokens, items::verification_pk(token_hash))
+            .await
+    }
+
+    async fn consume_verification(&self, token_hash: &str, now: Timestamp) -> StoreResult<UserId> {
+        // The token names its user; the transaction re-checks everything
+        // the read saw, so a concurrent consume cannot also win.
+        let Some(rec) = self.verification(token_hash).await? else {
+            return Err(StoreError::Conflict(Conflict::Stale));
+        };
+        let token = Update::builder()
+            .table_name(&self.tokens)
+            .key(PK, s(items::verification_pk(token_hash)))
+            .update_expression("SET used_at = :now")
+            .condition_expression(
+                "attribute_exists(pk) AND attribute_not_exists(used_at) AND expires_at > :now",
+            )
+            .expression_attribute_values(":now", n(now));
+        let user = Update::builder()
+            .table_name(&self.users)
+            .key(PK, s(items::user_pk(&rec.user_id)))
+            .update_expression("SET verified = :true")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":true", AttributeValue::Bool(true));
+        self.transact(vec![update_item(token)?, update_item(user)?])
+            .await?;
+        Ok(rec.user_id)
+    }
+}

@@ -1,0 +1,326 @@
+//! End-to-end scenarios, written once and run on both backends by
+//! `tests/e2e_embedded.rs` and `tests/e2e_aws.rs`. Each drives the HTTP API
+//! as a client would and reads mail where the user would.
+
+use crate::system::TestSystem;
+use serde_json::{Value, json};
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub fn unique() -> (String, String) {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    (format!("user{}", &id[..12]), format!("u{}@example.com", &id[..12]))
+}
+
+/// Registers and verifies through the mailed link; returns (username, email).
+pub async fn verified_user(sys: &TestSystem) -> (String, String) {
+    let (username, email) = unique();
+    let (st, _, _) = sys.post("/v1/register", json!({"username": username, "email": email, "password": PASSWORD})).await;
+    assert_eq!(st, 202);
+    let mail = sys.wait_mail(&email, 1).await;
+    let token = token_from_link(&mail.link().expect("link in mail"));
+    let (st, body, _) = sys.post("/v1/verify-email", json!({ "token": token })).await;
+    assert_eq!(st, 200, "{body}");
+    (username, email)
+}
+
+pub fn token_from_link(link: &str) -> String {
+    link.split("token=").nth(1).expect("token in link").to_string()
+}
+
+/// Password step then code step; returns the token response.
+pub async fn sign_in(sys: &TestSystem, identifier: &str, email: &str) -> Value {
+    let before = sys.mails_to(email).await.len();
+    let (st, body, _) = sys.post("/v1/login", json!({"identifier": identifier, "password": PASSWORD})).await;
+    assert_eq!(st, 202, "{body}");
+    let challenge = body["challenge_id"].as_str().expect("challenge_id").to_string();
+    let code = sys.wait_mail(email, before + 1).await.code().expect("code in mail");
+    let (st, tokens, _) = sys.post("/v1/login/otp", json!({"challenge_id": challenge, "code": code})).await;
+    assert_eq!(st, 200, "{tokens}");
+    tokens
+}
+
+pub async fn full_journey(sys: &TestSystem, by_email: bool) {
+    let (username, email) = unique();
+    let (st, body, h) = sys.post("/v1/register", json!({"username": username.to_uppercase(), "email": email, "password": PASSWORD})).await;
+    assert_eq!(st, 202, "{body}");
+    assert_eq!(h["cache-control"], "no-store");
+
+    // The link lands on a page that only submits; a GET does not verify.
+    let mail = sys.wait_mail(&email, 1).await;
+    assert_eq!(mail.kind, "verify_email");
+    let link = mail.link().expect("link");
+    assert!(link.starts_with("http://127.0.0.1:3000/verify-email?token="), "{link}");
+    let token = token_from_link(&link);
+    let landing = sys.http.get(sys.url(&format!("/verify-email?token={token}"))).send().await.expect("landing");
+    assert_eq!(landing.status(), 200);
+    assert!(landing.text().await.expect("html").contains("method=\"post\""));
+    let (st, body, _) = sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD})).await;
+    assert_eq!((st, body["error"].as_str()), (403, Some("email_not_verified")), "GET must not verify");
+
+    let (st, body, _) = sys.post("/v1/verify-email", json!({ "token": token })).await;
+    assert_eq!(st, 200, "{body}");
+    let (st, body, _) = sys.post("/v1/verify-email", json!({ "token": token })).await;
+    assert_eq!((st, body["error"].as_str()), (400, Some("verification_token_used")));
+
+    let identifier = if by_email { email.to_uppercase() } else { username.clone() };
+    let tokens = sign_in(sys, &identifier, &email).await;
+    assert_eq!(tokens["token_type"], "Bearer");
+    assert!(tokens["expires_in"].as_i64().expect("expires_in") <= 600);
+    let access = tokens["access_token"].as_str().expect("access").to_string();
+    let refresh = tokens["refresh_token"].as_str().expect("refresh").to_string();
+
+    let (st, me) = sys.get_auth("/v1/me", &access).await;
+    assert_eq!(st, 200, "{me}");
+    assert_eq!(me["username"], username);
+    assert_eq!(me["email"], email);
+    assert_eq!(me["email_verified"], true);
+
+    // Rotation: the new refresh token works, the old one revokes the session.
+    let (st, rotated, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": refresh })).await;
+    assert_eq!(st, 200, "{rotated}");
+    let refresh2 = rotated["refresh_token"].as_str().expect("refresh2").to_string();
+    assert_ne!(refresh2, refresh);
+    let access2 = rotated["access_token"].as_str().expect("access2").to_string();
+    assert_eq!(sys.get_auth("/v1/me", &access2).await.0, 200);
+
+    let (st, _, _) = sys.post("/v1/logout", json!({ "refresh_token": refresh2 })).await;
+    assert_eq!(st, 204);
+    assert_eq!(sys.get_auth("/v1/me", &access2).await.0, 401, "access token dead after logout");
+    let (st, body, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": refresh2 })).await;
+    assert_eq!((st, body["error"].as_str()), (401, Some("invalid_refresh_token")));
+}
+
+pub async fn refresh_reuse_revokes_session(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let tokens = sign_in(sys, &username, &email).await;
+    let old = tokens["refresh_token"].as_str().expect("refresh").to_string();
+    let (st, rotated, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": old })).await;
+    assert_eq!(st, 200);
+    let (st, _, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": old })).await;
+    assert_eq!(st, 401, "reuse of a rotated token");
+    let new = rotated["refresh_token"].as_str().expect("new").to_string();
+    let (st, _, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": new })).await;
+    assert_eq!(st, 401, "the whole session is revoked after reuse");
+    let (st, _) = sys.get_auth("/v1/me", rotated["access_token"].as_str().expect("access")).await;
+    assert_eq!(st, 401);
+}
+
+pub async fn register_conflicts(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let (other_user, other_email) = unique();
+    // Username taken (case-insensitively): 409.
+    let (st, body, _) = sys.post("/v1/register", json!({"username": username.to_uppercase(), "email": other_email, "password": PASSWORD})).await;
+    assert_eq!((st, body["error"].as_str()), (409, Some("username_taken")));
+    // Email taken: the same 202 as a success, and the owner is told.
+    let (st_new, body_new, _) = sys.post("/v1/register", json!({"username": unique().0, "email": unique().1, "password": PASSWORD})).await;
+    let (st_taken, body_taken, _) = sys.post("/v1/register", json!({"username": other_user, "email": email.to_uppercase(), "password": PASSWORD})).await;
+    assert_eq!((st_new, &body_new), (st_taken, &body_taken));
+    let notice = sys.wait_mail(&email, 2).await;
+    assert_eq!(notice.kind, "signup_attempt", "{notice:?}");
+    // Nothing of the refused registration was kept: its username is free.
+    let (st, body, _) = sys.post("/v1/register", json!({"username": other_user, "email": unique().1, "password": PASSWORD})).await;
+    assert_eq!(st, 202, "{body}");
+}
+
+pub async fn login_failures_look_alike(sys: &TestSystem) {
+    let (username, _) = verified_user(sys).await;
+    let (st1, b1, h1) = sys.post("/v1/login", json!({"identifier": username, "password": "wrong password entirely"})).await;
+    let (st2, b2, h2) = sys.post("/v1/login", json!({"identifier": format!("nobody{username}"), "password": "wrong password entirely"})).await;
+    assert_eq!((st1, &b1), (401, &json!({"error": "invalid_credentials", "message": "invalid credentials"})));
+    assert_eq!((st1, b1), (st2, b2));
+    let names = |h: &reqwest::header::HeaderMap| {
+        let mut v: Vec<String> = h.keys().map(|k| k.to_string()).filter(|k| k != "x-request-id" && k != "date" && k != "content-length").collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&h1), names(&h2));
+}
+
+pub async fn wrong_codes_then_dead(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let (st, body, _) = sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD})).await;
+    assert_eq!(st, 202);
+    let challenge = body["challenge_id"].as_str().expect("challenge").to_string();
+    let code = sys.wait_mail(&email, 2).await.code().expect("code");
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for left in (0..6).rev() {
+        let (st, body, _) = sys.post("/v1/login/otp", json!({"challenge_id": challenge, "code": wrong})).await;
+        assert_eq!((st, body["error"].as_str(), body["attempts_left"].as_u64()), (401, Some("otp_invalid"), Some(left)), "{body}");
+    }
+    let (st, body, _) = sys.post("/v1/login/otp", json!({"challenge_id": challenge, "code": code})).await;
+    assert_eq!((st, body["error"].as_str()), (401, Some("otp_exhausted")), "right code after the cap");
+}
+
+pub async fn wrong_then_right_code_once(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let (_, body, _) = sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD})).await;
+    let challenge = body["challenge_id"].as_str().expect("challenge").to_string();
+    let code = sys.wait_mail(&email, 2).await.code().expect("code");
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let (st, body, _) = sys.post("/v1/login/otp", json!({"challenge_id": challenge, "code": wrong})).await;
+    assert_eq!((st, body["attempts_left"].as_u64()), (401, Some(5)));
+    let (st, _, _) = sys.post("/v1/login/otp", json!({"challenge_id": challenge, "code": code})).await;
+    assert_eq!(st, 200);
+    let (st, body, _) = sys.post("/v1/login/otp", json!({"challenge_id": challenge, "code": code})).await;
+    assert_eq!((st, body["error"].as_str()), (401, Some("otp_used")));
+}
+
+pub async fn resend_code_cooldown(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let (_, body, _) = sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD})).await;
+    let challenge = body["challenge_id"].as_str().expect("challenge").to_string();
+    let (st, body, h) = sys.post("/v1/login/otp/resend", json!({"challenge_id": challenge})).await;
+    assert_eq!((st, body["error"].as_str()), (429, Some("rate_limited")));
+    let retry: u64 = h["retry-after"].to_str().expect("retry-after").parse().expect("number");
+    assert!((1..=60).contains(&retry), "{retry}");
+    sys.wait_mail(&email, 2).await;
+    assert_eq!(sys.mails_to(&email).await.len(), 2, "no extra mail during the cooldown");
+}
+
+pub async fn verification_link_errors(sys: &TestSystem) {
+    let (_, email) = unique();
+    let (st, _, _) = sys.post("/v1/register", json!({"username": unique().0, "email": email, "password": PASSWORD})).await;
+    assert_eq!(st, 202);
+    let token = token_from_link(&sys.wait_mail(&email, 1).await.link().expect("link"));
+    let mut tampered = token.clone().into_bytes();
+    tampered[0] = if tampered[0] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).expect("ascii");
+    for bad in [tampered.as_str(), "short", ""] {
+        let (st, body, _) = sys.post("/v1/verify-email", json!({ "token": bad })).await;
+        assert_eq!((st, body["error"].as_str()), (400, Some("verification_token_invalid")), "{bad:?}");
+    }
+    // Still unverified after the bad attempts; the real token still works once.
+    let (st, _, _) = sys.post("/v1/verify-email", json!({ "token": token })).await;
+    assert_eq!(st, 200);
+}
+
+pub async fn resend_verification_is_generic(sys: &TestSystem) {
+    let (_, email) = unique();
+    let (st, _, _) = sys.post("/v1/register", json!({"username": unique().0, "email": email, "password": PASSWORD})).await;
+    assert_eq!(st, 202);
+    let (st_known, b_known, _) = sys.post("/v1/verify-email/resend", json!({ "email": email })).await;
+    let (st_unknown, b_unknown, _) = sys.post("/v1/verify-email/resend", json!({ "email": unique().1 })).await;
+    assert_eq!((st_known, &b_known), (202, &b_unknown));
+    assert_eq!(st_unknown, 202);
+    // Within the 60 s cooldown, no second mail was sent.
+    assert_eq!(sys.wait_mail(&email, 1).await.kind, "verify_email");
+    assert_eq!(sys.mails_to(&email).await.len(), 1);
+}
+
+pub async fn standalone_otp(sys: &TestSystem) {
+    let (_, email) = unique();
+    let (st, body, _) = sys.post("/otp", json!({"action": "send_otp", "email": email})).await;
+    assert_eq!((st, &body), (200, &json!({"message": "OTP sent successfully"})));
+    let code = sys.wait_mail(&email, 1).await.code().expect("code");
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let (st, body, _) = sys.post("/otp", json!({"action": "verify_otp", "email": email, "otp": wrong})).await;
+    assert_eq!((st, body["message"].as_str()), (401, Some("Invalid OTP")));
+    let (st, body, _) = sys.post("/otp", json!({"action": "verify_otp", "email": email, "otp": code})).await;
+    assert_eq!((st, &body), (200, &json!({"message": "OTP verified successfully"})));
+    let (st, _, _) = sys.post("/otp", json!({"action": "verify_otp", "email": email, "otp": code})).await;
+    assert_eq!(st, 404, "a verified code cannot verify again");
+    // Seed contract errors.
+    assert_eq!(sys.post("/otp", json!({"action": "send_otp"})).await.0, 400);
+    assert_eq!(sys.post("/otp", json!({"action": "verify_otp", "email": email})).await.0, 400);
+    assert_eq!(sys.post("/otp", json!({"action": "dance"})).await.0, 400);
+    assert_eq!(sys.post("/otp", json!({"action": "verify_otp", "email": unique().1, "otp": "123456"})).await.0, 404);
+    // Cooldown on a second send.
+    let (st, _, h) = sys.post("/otp", json!({"action": "send_otp", "email": email})).await;
+    assert_eq!(st, 429);
+    assert!(h.contains_key("retry-after"));
+}
+
+pub async fn standalone_otp_cap(sys: &TestSystem) {
+    let (_, email) = unique();
+    assert_eq!(sys.post("/otp", json!({"action": "send_otp", "email": email})).await.0, 200);
+    let code = sys.wait_mail(&email, 1).await.code().expect("code");
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for _ in 0..6 {
+        assert_eq!(sys.post("/otp", json!({"action": "verify_otp", "email": email, "otp": wrong})).await.0, 401);
+    }
+    let (st, body, _) = sys.post("/otp", json!({"action": "verify_otp", "email": email, "otp": code})).await;
+    assert_eq!((st, body["message"].as_str().map(|m| m.starts_with("Maximum attempts"))), (403, Some(true)));
+}
+
+pub async fn bad_inputs(sys: &TestSystem) {
+    let raw = |body: &'static str| {
+        let req = sys.http.post(sys.url("/v1/register")).header("content-type", "application/json").body(body);
+        async move {
+            let r = req.send().await.expect("send");
+            let st = r.status().as_u16();
+            (st, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (st, body) = raw("{not json").await;
+    assert_eq!((st, body["error"].as_str()), (400, Some("malformed_json")));
+    let (st, body) = raw(r#"{"username": 5, "email": "a@b.co", "password": "x"}"#).await;
+    assert_eq!((st, body["field"].as_str()), (400, Some("username")), "{body}");
+    let (st, body) = raw(r#"{"username": "abc", "password": "x"}"#).await;
+    assert_eq!((st, body["field"].as_str()), (400, Some("email")), "{body}");
+    let (st, body) = raw(r#"{"username": "abc", "email": "not-an-email", "password": "correct horse battery staple"}"#).await;
+    assert_eq!((st, body["field"].as_str()), (400, Some("email")), "{body}");
+    let (st, body, _) = sys.post("/v1/register", json!({"username": "abc", "email": "a@example.com", "password": "short"})).await;
+    assert_eq!((st, body["field"].as_str()), (400, Some("password")));
+    let big = "x".repeat(20 * 1024);
+    let (st, body, _) = sys.post("/v1/register", json!({"username": "abc", "email": "a@example.com", "password": big})).await;
+    assert_eq!((st, body["error"].as_str()), (413, Some("payload_too_large")));
+    let long = "p".repeat(2000);
+    let (st, body, _) = sys.post("/v1/login", json!({"identifier": "abc", "password": long})).await;
+    assert_eq!((st, body["field"].as_str()), (400, Some("password")));
+    let (st, body, _) = sys.post("/v1/login/otp", json!({"challenge_id": "nope", "code": "12"})).await;
+    assert_eq!((st, body["field"].as_str()), (400, Some("challenge_id")));
+    let (st, body, _) = sys.post("/v1/register", json!({"username": "bad\r\nname", "email": "a@example.com", "password": PASSWORD})).await;
+    assert_eq!((st, body["field"].as_str()), (400, Some("username")));
+    let r = sys.http.post(sys.url("/v1/login")).body("identifier=a").send().await.expect("send");
+    assert_eq!(r.status(), 415);
+    // A rejected registration wrote nothing: the same names register fine.
+    let (username, email) = unique();
+    let _ = sys.post("/v1/register", json!({"username": username, "email": email, "password": "short"})).await;
+    assert_eq!(sys.post("/v1/register", json!({"username": username, "email": email, "password": PASSWORD})).await.0, 202);
+    assert_eq!(sys.wait_mail(&email, 1).await.kind, "verify_email");
+}
+
+pub async fn headers_everywhere(sys: &TestSystem) {
+    let checks = [
+        sys.http.get(sys.url("/healthz")).send().await.expect("healthz"),
+        sys.http.get(sys.url("/nope")).send().await.expect("404"),
+        sys.http.get(sys.url("/v1/login")).send().await.expect("405"),
+        sys.http.post(sys.url("/v1/login")).header("content-type", "application/json").body("{").send().await.expect("400"),
+        sys.http.get(sys.url("/v1/me")).send().await.expect("401"),
+        sys.http.get(sys.url("/.well-known/jwks.json")).send().await.expect("jwks"),
+        sys.http.get(sys.url("/verify-email?token=abc")).send().await.expect("page"),
+    ];
+    let expected = [200, 404, 405, 400, 401, 200, 200];
+    for (r, want) in checks.iter().zip(expected) {
+        assert_eq!(r.status().as_u16(), want, "{}", r.url());
+        let h = r.headers();
+        assert_eq!(h["strict-transport-security"], "max-age=63072000; includeSubDomains");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert_eq!(h["cross-origin-opener-policy"], "same-origin");
+        let csp = h["content-security-policy"].to_str().expect("csp");
+        for d in ["default-src 'self'", "object-src 'none'", "base-uri 'none'", "frame-ancestors 'none'"] {
+            assert!(csp.contains(d), "{csp}");
+        }
+        assert!(h["content-type"].to_str().expect("ct").contains("charset=utf-8"), "{}", r.url());
+        assert!(!h.contains_key("server") && !h.contains_key("x-powered-by"));
+    }
+    assert_eq!(checks[0].headers()["cache-control"], "no-store");
+}
+
+pub async fn jwks_verifies_tokens(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let tokens = sign_in(sys, &username, &email).await;
+    let jwks: Value = sys.http.get(sys.url("/.well-known/jwks.json")).send().await.expect("jwks").json().await.expect("json");
+    let key = &jwks["keys"][0];
+    assert_eq!((key["kty"].as_str(), key["crv"].as_str(), key["alg"].as_str()), (Some("OKP"), Some("Ed25519"), Some("EdDSA")));
+    let access = tokens["access_token"].as_str().expect("access");
+    let header: Value = {
+        use base64::Engine;
+        let h = access.split('.').next().expect("header");
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h).expect("b64")).expect("json")
+    };
+    assert_eq!(header["alg"], "EdDSA");
+    assert_eq!(header["kid"], key["kid"]);
+}
