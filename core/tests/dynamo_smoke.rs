@@ -1,7 +1,8 @@
 //! The DynamoDB and SQS adapters against the emulator (moto, started by
 //! `localstack/moto.sh start`, which is idempotent and serialises DynamoDB
-//! requests as DynamoDB itself would; see `localstack/moto_server.py`). Each test makes its own
-//! tables under a random prefix, so tests run in any order and in parallel.
+//! requests, isolating writes as DynamoDB does; see
+//! `localstack/moto_server.py`). Each test makes its own tables under a
+//! random prefix, so tests run in any order and in parallel.
 //!
 //! These check the adapter-specific parts (transactions, conditions,
 //! concurrency on a real wire protocol, call counts); the shared behaviour
@@ -18,14 +19,12 @@ use latchkey_core::adapters::dynamo::{DynamoStore, ensure_tables};
 use latchkey_core::adapters::sqs::{SqsMailQueue, ensure_queues};
 use latchkey_core::clock::Timestamp;
 use latchkey_core::domain::{
-    Challenge, ChallengeId, Email, OtpRecord, RequestMeta, Session, SessionId, User, UserId,
-    Username, VerificationRecord,
+    Challenge, ChallengeId, Email, OtpRecord, RequestMeta, Session, SessionId, User, UserId, Username,
+    VerificationRecord,
 };
 use latchkey_core::error::Conflict;
 use latchkey_core::mail::{MailEnvelope, MailJob};
-use latchkey_core::ports::{
-    ChallengeStore, LimitKey, MailQueue, OtpStore, RateLimiter, SessionStore, UserStore,
-};
+use latchkey_core::ports::{ChallengeStore, LimitKey, MailQueue, OtpStore, RateLimiter, SessionStore, UserStore};
 use latchkey_core::rng::OsSecureRng;
 use std::sync::OnceLock;
 
@@ -36,15 +35,8 @@ fn endpoint() -> &'static str {
     static ENDPOINT: OnceLock<String> = OnceLock::new();
     ENDPOINT.get_or_init(|| {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../localstack/moto.sh");
-        let out = std::process::Command::new(script)
-            .arg("start")
-            .output()
-            .expect("run localstack/moto.sh start");
-        assert!(
-            out.status.success(),
-            "moto.sh start failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = std::process::Command::new(script).arg("start").output().expect("run localstack/moto.sh start");
+        assert!(out.status.success(), "moto.sh start failed: {}", String::from_utf8_lossy(&out.stderr));
         let url = String::from_utf8(out.stdout).expect("utf-8 endpoint");
         url.trim().to_string()
     })
@@ -83,16 +75,9 @@ async fn env() -> Env {
     let counter = CallCounter::new();
     let client = dynamo_client(&cfg, Some(&counter));
     let prefix = prefix();
-    ensure_tables(&client, &prefix)
-        .await
-        .expect("create tables");
+    ensure_tables(&client, &prefix).await.expect("create tables");
     counter.take();
-    Env {
-        store: DynamoStore::new(client.clone(), &prefix),
-        counter,
-        client,
-        prefix,
-    }
+    Env { store: DynamoStore::new(client.clone(), &prefix), counter, client, prefix }
 }
 
 fn user(name: &str, email: &str) -> (User, VerificationRecord) {
@@ -107,11 +92,7 @@ fn user(name: &str, email: &str) -> (User, VerificationRecord) {
         locked_until: None,
         otp_failures: 0,
         verification_sent_at: Some(NOW),
-        meta: RequestMeta {
-            request_id: Some("req-1".into()),
-            ip: Some("203.0.113.7".into()),
-            user_agent: None,
-        },
+        meta: RequestMeta { request_id: Some("req-1".into()), ip: Some("203.0.113.7".into()), user_agent: None },
     };
     let token = VerificationRecord {
         token_hash: format!("tok-{}", uuid::Uuid::new_v4().simple()),
@@ -176,120 +157,56 @@ async fn create_user_tells_username_from_email_conflicts_and_writes_nothing() {
     let (alice, token) = user(&name, &email);
     env.store.create_user(&alice, &token).await.unwrap();
 
-    assert_eq!(
-        env.store.user_by_id(&alice.id).await.unwrap(),
-        Some(alice.clone())
-    );
-    assert_eq!(
-        env.store.user_by_username(&alice.username).await.unwrap(),
-        Some(alice.clone())
-    );
-    assert_eq!(
-        env.store.user_by_email(&alice.email).await.unwrap(),
-        Some(alice.clone())
-    );
-    assert_eq!(
-        env.store.verification(&token.token_hash).await.unwrap(),
-        Some(token.clone())
-    );
-    assert_eq!(
-        env.store
-            .user_by_username(&Username::parse(&unique("nobody")).unwrap())
-            .await
-            .unwrap(),
-        None
-    );
-    assert_eq!(
-        env.store
-            .user_by_email(&Email::parse("nobody@example.com").unwrap())
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(env.store.user_by_id(&alice.id).await.unwrap(), Some(alice.clone()));
+    assert_eq!(env.store.user_by_username(&alice.username).await.unwrap(), Some(alice.clone()));
+    assert_eq!(env.store.user_by_email(&alice.email).await.unwrap(), Some(alice.clone()));
+    assert_eq!(env.store.verification(&token.token_hash).await.unwrap(), Some(token.clone()));
+    assert_eq!(env.store.user_by_username(&Username::parse(&unique("nobody")).unwrap()).await.unwrap(), None);
+    assert_eq!(env.store.user_by_email(&Email::parse("nobody@example.com").unwrap()).await.unwrap(), None);
 
     // Same username (in another case), new email: the username is taken.
     let other_email = format!("{}@example.com", unique("bob"));
     let (bob, bob_token) = user(&name.to_uppercase(), &other_email);
-    assert!(is_conflict(
-        &env.store.create_user(&bob, &bob_token).await,
-        Conflict::UsernameTaken
-    ));
+    assert!(is_conflict(&env.store.create_user(&bob, &bob_token).await, Conflict::UsernameTaken));
     // Both taken: the username is reported.
     let (both, both_token) = user(&name, &email);
-    assert!(is_conflict(
-        &env.store.create_user(&both, &both_token).await,
-        Conflict::UsernameTaken
-    ));
+    assert!(is_conflict(&env.store.create_user(&both, &both_token).await, Conflict::UsernameTaken));
     // New username, same email.
     let other_name = unique("carol");
     let (carol, carol_token) = user(&other_name, &email.to_uppercase());
-    assert!(is_conflict(
-        &env.store.create_user(&carol, &carol_token).await,
-        Conflict::EmailTaken
-    ));
+    assert!(is_conflict(&env.store.create_user(&carol, &carol_token).await, Conflict::EmailTaken));
 
     // Nothing of the refused registrations was written: no user, no token,
     // and neither their new username nor their new email is claimed.
-    for (u, t) in [
-        (&bob, &bob_token),
-        (&both, &both_token),
-        (&carol, &carol_token),
-    ] {
+    for (u, t) in [(&bob, &bob_token), (&both, &both_token), (&carol, &carol_token)] {
         assert_eq!(env.store.user_by_id(&u.id).await.unwrap(), None);
         assert_eq!(env.store.verification(&t.token_hash).await.unwrap(), None);
     }
     let (dave, dave_token) = user(&other_name, &other_email);
     env.store.create_user(&dave, &dave_token).await.unwrap();
-    assert_eq!(
-        env.store
-            .user_by_email(&dave.email)
-            .await
-            .unwrap()
-            .map(|u| u.id),
-        Some(dave.id)
-    );
+    assert_eq!(env.store.user_by_email(&dave.email).await.unwrap().map(|u| u.id), Some(dave.id));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_registrations_of_one_email_leave_one_account() {
     let env = env().await;
     let email = format!("{}@example.com", unique("race"));
-    let attempts: Vec<_> = (0..20)
-        .map(|i| user(&format!("{}{i}", unique("racer")), &email))
-        .collect();
+    let attempts: Vec<_> = (0..20).map(|i| user(&format!("{}{i}", unique("racer")), &email)).collect();
     let results = join_all(attempts.iter().map(|(u, t)| env.store.create_user(u, t))).await;
 
-    let winners: Vec<_> = attempts
-        .iter()
-        .zip(&results)
-        .filter(|(_, r)| r.is_ok())
-        .map(|((u, _), _)| u)
-        .collect();
+    let winners: Vec<_> = attempts.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|((u, _), _)| u).collect();
     assert_eq!(winners.len(), 1, "results: {results:?}");
     assert!(
-        results
-            .iter()
-            .filter(|r| r.is_err())
-            .all(|r| is_conflict(r, Conflict::EmailTaken)),
+        results.iter().filter(|r| r.is_err()).all(|r| is_conflict(r, Conflict::EmailTaken)),
         "results: {results:?}"
     );
     assert_eq!(
-        env.store
-            .user_by_email(&Email::parse(&email).unwrap())
-            .await
-            .unwrap()
-            .map(|u| u.id),
+        env.store.user_by_email(&Email::parse(&email).unwrap()).await.unwrap().map(|u| u.id),
         Some(winners[0].id)
     );
     // No orphan username claim: a loser's username is still free.
-    let loser = attempts
-        .iter()
-        .find(|(u, _)| u.id != winners[0].id)
-        .unwrap();
-    let (again, again_token) = user(
-        loser.0.username.as_str(),
-        &format!("{}@example.com", unique("again")),
-    );
+    let loser = attempts.iter().find(|(u, _)| u.id != winners[0].id).unwrap();
+    let (again, again_token) = user(loser.0.username.as_str(), &format!("{}@example.com", unique("again")));
     env.store.create_user(&again, &again_token).await.unwrap();
 }
 
@@ -298,45 +215,21 @@ async fn verification_is_consumed_once() {
     let env = env().await;
     let (u, token) = registered(&env).await;
 
-    let results =
-        join_all((0..20).map(|_| env.store.consume_verification(&token.token_hash, NOW + 10)))
-            .await;
-    assert_eq!(
-        results.iter().filter(|r| r.is_ok()).count(),
-        1,
-        "results: {results:?}"
-    );
-    assert!(
-        results
-            .iter()
-            .filter(|r| r.is_err())
-            .all(|r| is_conflict(r, Conflict::Stale))
-    );
+    let results = join_all((0..20).map(|_| env.store.consume_verification(&token.token_hash, NOW + 10))).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "results: {results:?}");
+    assert!(results.iter().filter(|r| r.is_err()).all(|r| is_conflict(r, Conflict::Stale)));
     assert_eq!(results.iter().find_map(|r| r.as_ref().ok()), Some(&u.id));
     assert!(env.store.user_by_id(&u.id).await.unwrap().unwrap().verified);
-    assert_eq!(
-        env.store
-            .verification(&token.token_hash)
-            .await
-            .unwrap()
-            .unwrap()
-            .used_at,
-        Some(NOW + 10)
-    );
+    assert_eq!(env.store.verification(&token.token_hash).await.unwrap().unwrap().used_at, Some(NOW + 10));
 
     // Expired: refused, and the user stays unverified.
     let (v, expired) = registered(&env).await;
     assert!(is_conflict(
-        &env.store
-            .consume_verification(&expired.token_hash, expired.expires_at)
-            .await,
+        &env.store.consume_verification(&expired.token_hash, expired.expires_at).await,
         Conflict::Stale
     ));
     assert!(!env.store.user_by_id(&v.id).await.unwrap().unwrap().verified);
-    assert!(is_conflict(
-        &env.store.consume_verification("no-such-token", NOW).await,
-        Conflict::Stale
-    ));
+    assert!(is_conflict(&env.store.consume_verification("no-such-token", NOW).await, Conflict::Stale));
 }
 
 #[tokio::test]
@@ -352,43 +245,15 @@ async fn add_verification_honours_the_cooldown() {
         meta: RequestMeta::default(),
     };
     let early = fresh(NOW + 59);
-    assert!(is_conflict(
-        &env.store.add_verification(&early, NOW + 59, 60).await,
-        Conflict::Stale
-    ));
-    assert_eq!(
-        env.store.verification(&early.token_hash).await.unwrap(),
-        None
-    );
+    assert!(is_conflict(&env.store.add_verification(&early, NOW + 59, 60).await, Conflict::Stale));
+    assert_eq!(env.store.verification(&early.token_hash).await.unwrap(), None);
     let late = fresh(NOW + 60);
-    env.store
-        .add_verification(&late, NOW + 60, 60)
-        .await
-        .unwrap();
-    assert_eq!(
-        env.store.verification(&late.token_hash).await.unwrap(),
-        Some(late.clone())
-    );
-    assert_eq!(
-        env.store
-            .user_by_id(&u.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .verification_sent_at,
-        Some(NOW + 60)
-    );
+    env.store.add_verification(&late, NOW + 60, 60).await.unwrap();
+    assert_eq!(env.store.verification(&late.token_hash).await.unwrap(), Some(late.clone()));
+    assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().verification_sent_at, Some(NOW + 60));
     // Verified users get no more tokens.
-    env.store
-        .consume_verification(&late.token_hash, NOW + 61)
-        .await
-        .unwrap();
-    assert!(is_conflict(
-        &env.store
-            .add_verification(&fresh(NOW + 999), NOW + 999, 60)
-            .await,
-        Conflict::Stale
-    ));
+    env.store.consume_verification(&late.token_hash, NOW + 61).await.unwrap();
+    assert!(is_conflict(&env.store.add_verification(&fresh(NOW + 999), NOW + 999, 60).await, Conflict::Stale));
 }
 
 #[tokio::test]
@@ -401,20 +266,10 @@ async fn login_failures_lock_at_the_threshold_and_never_extend_the_lock() {
     // Give the account some code failures: the lock resets them too.
     let c = challenge(&u, "h");
     env.store.create_challenge(&c, false).await.unwrap();
-    env.store
-        .record_challenge_failure(&c.id, &u.id, 6)
-        .await
-        .unwrap();
+    env.store.record_challenge_failure(&c.id, &u.id, 6).await.unwrap();
     assert_eq!(fail(NOW + 1).await.unwrap().failed_logins, 2);
     let locked = fail(NOW + 2).await.unwrap();
-    assert_eq!(
-        (
-            locked.locked_until,
-            locked.failed_logins,
-            locked.otp_failures
-        ),
-        (Some(NOW + 902), 0, 0)
-    );
+    assert_eq!((locked.locked_until, locked.failed_logins, locked.otp_failures), (Some(NOW + 902), 0, 0));
     // Hammering during the lock changes nothing.
     assert_eq!(fail(NOW + 500).await.unwrap(), locked);
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap(), locked);
@@ -424,48 +279,25 @@ async fn login_failures_lock_at_the_threshold_and_never_extend_the_lock() {
     assert!(!after.is_locked(NOW + 902));
 
     // A correct password (a new challenge) resets the count.
-    env.store
-        .create_challenge(&challenge(&u, "h2"), true)
-        .await
-        .unwrap();
-    assert_eq!(
-        env.store
-            .user_by_id(&u.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .failed_logins,
-        0
-    );
+    env.store.create_challenge(&challenge(&u, "h2"), true).await.unwrap();
+    assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().failed_logins, 0);
 
     // Threshold 1 locks at once.
     let (w, _) = registered(&env).await;
-    assert_eq!(
-        env.store
-            .record_login_failure(&w.id, NOW, 1, 60)
-            .await
-            .unwrap()
-            .locked_until,
-        Some(NOW + 60)
-    );
+    assert_eq!(env.store.record_login_failure(&w.id, NOW, 1, 60).await.unwrap().locked_until, Some(NOW + 60));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_login_failures_lock_exactly_once() {
     let env = env().await;
     let (u, _) = registered(&env).await;
-    let results =
-        join_all((0..20).map(|_| env.store.record_login_failure(&u.id, NOW, 10, 900))).await;
+    let results = join_all((0..20).map(|_| env.store.record_login_failure(&u.id, NOW, 10, 900))).await;
     let users: Vec<User> = results.into_iter().map(|r| r.unwrap()).collect();
     let after = env.store.user_by_id(&u.id).await.unwrap().unwrap();
     assert_eq!(after.locked_until, Some(NOW + 900));
     assert_eq!(after.failed_logins, 0);
     // Ten failures counted (1..=9, then the lock), ten more hit the lock.
-    let mut counts: Vec<u32> = users
-        .iter()
-        .filter(|u| !u.is_locked(NOW))
-        .map(|u| u.failed_logins)
-        .collect();
+    let mut counts: Vec<u32> = users.iter().filter(|u| !u.is_locked(NOW)).map(|u| u.failed_logins).collect();
     counts.sort_unstable();
     assert_eq!(counts, (1..=9).collect::<Vec<_>>());
 }
@@ -477,92 +309,30 @@ async fn redeem_challenge_has_a_single_winner() {
     let c = challenge(&u, "right");
     env.store.create_challenge(&c, false).await.unwrap();
     assert_eq!(env.store.challenge(&c.id).await.unwrap(), Some(c.clone()));
-    assert_eq!(
-        env.store
-            .record_challenge_failure(&c.id, &u.id, 6)
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        env.store
-            .user_by_id(&u.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .otp_failures,
-        1
-    );
+    assert_eq!(env.store.record_challenge_failure(&c.id, &u.id, 6).await.unwrap(), 1);
+    assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 1);
 
     let s = session(&u);
-    assert!(is_conflict(
-        &env.store
-            .redeem_challenge(&c.id, "wrong", NOW + 1, 6, &s)
-            .await,
-        Conflict::Stale
-    ));
-    assert!(is_conflict(
-        &env.store
-            .redeem_challenge(&c.id, "right", c.expires_at, 6, &s)
-            .await,
-        Conflict::Stale
-    ));
-    assert!(is_conflict(
-        &env.store
-            .redeem_challenge(&c.id, "right", NOW + 1, 1, &s)
-            .await,
-        Conflict::Stale
-    ));
+    assert!(is_conflict(&env.store.redeem_challenge(&c.id, "wrong", NOW + 1, 6, &s).await, Conflict::Stale));
+    assert!(is_conflict(&env.store.redeem_challenge(&c.id, "right", c.expires_at, 6, &s).await, Conflict::Stale));
+    assert!(is_conflict(&env.store.redeem_challenge(&c.id, "right", NOW + 1, 1, &s).await, Conflict::Stale));
     assert_eq!(env.store.session(&s.id).await.unwrap(), None);
 
     let sessions: Vec<Session> = (0..20).map(|_| session(&u)).collect();
-    let results = join_all(
-        sessions
-            .iter()
-            .map(|s| env.store.redeem_challenge(&c.id, "right", NOW + 1, 6, s)),
-    )
-    .await;
-    assert_eq!(
-        results.iter().filter(|r| r.is_ok()).count(),
-        1,
-        "results: {results:?}"
-    );
-    assert!(
-        results
-            .iter()
-            .filter(|r| r.is_err())
-            .all(|r| is_conflict(r, Conflict::Stale))
-    );
+    let results = join_all(sessions.iter().map(|s| env.store.redeem_challenge(&c.id, "right", NOW + 1, 6, s))).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "results: {results:?}");
+    assert!(results.iter().filter(|r| r.is_err()).all(|r| is_conflict(r, Conflict::Stale)));
     let mut stored = Vec::new();
     for s in &sessions {
         stored.extend(env.store.session(&s.id).await.unwrap());
     }
     assert_eq!(stored.len(), 1);
-    let winner = sessions
-        .iter()
-        .zip(&results)
-        .find(|(_, r)| r.is_ok())
-        .unwrap()
-        .0;
+    let winner = sessions.iter().zip(&results).find(|(_, r)| r.is_ok()).unwrap().0;
     assert_eq!(&stored[0], winner);
-    assert_eq!(
-        env.store.challenge(&c.id).await.unwrap().unwrap().used_at,
-        Some(NOW + 1)
-    );
-    assert_eq!(
-        env.store
-            .user_by_id(&u.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .otp_failures,
-        0
-    );
+    assert_eq!(env.store.challenge(&c.id).await.unwrap().unwrap().used_at, Some(NOW + 1));
+    assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 0);
     // A used challenge takes no more failures.
-    assert!(is_conflict(
-        &env.store.record_challenge_failure(&c.id, &u.id, 6).await,
-        Conflict::Stale
-    ));
+    assert!(is_conflict(&env.store.record_challenge_failure(&c.id, &u.id, 6).await, Conflict::Stale));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -572,44 +342,15 @@ async fn challenge_failures_never_pass_the_cap() {
     let c = challenge(&u, "right");
     env.store.create_challenge(&c, false).await.unwrap();
 
-    let results =
-        join_all((0..20).map(|_| env.store.record_challenge_failure(&c.id, &u.id, 6))).await;
-    let mut ok: Vec<u32> = results
-        .iter()
-        .filter_map(|r| r.as_ref().ok().copied())
-        .collect();
+    let results = join_all((0..20).map(|_| env.store.record_challenge_failure(&c.id, &u.id, 6))).await;
+    let mut ok: Vec<u32> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
     ok.sort_unstable();
-    assert_eq!(
-        ok,
-        [1, 2, 3, 4, 5, 6],
-        "each wrong code gets its own count: {results:?}"
-    );
-    assert!(
-        results
-            .iter()
-            .filter(|r| r.is_err())
-            .all(|r| is_conflict(r, Conflict::Stale))
-    );
-    assert_eq!(
-        env.store.challenge(&c.id).await.unwrap().unwrap().failures,
-        6
-    );
-    assert_eq!(
-        env.store
-            .user_by_id(&u.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .otp_failures,
-        6
-    );
+    assert_eq!(ok, [1, 2, 3, 4, 5, 6], "each wrong code gets its own count: {results:?}");
+    assert!(results.iter().filter(|r| r.is_err()).all(|r| is_conflict(r, Conflict::Stale)));
+    assert_eq!(env.store.challenge(&c.id).await.unwrap().unwrap().failures, 6);
+    assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 6);
     // At the cap the right code no longer redeems.
-    assert!(is_conflict(
-        &env.store
-            .redeem_challenge(&c.id, "right", NOW + 1, 6, &session(&u))
-            .await,
-        Conflict::Stale
-    ));
+    assert!(is_conflict(&env.store.redeem_challenge(&c.id, "right", NOW + 1, 6, &session(&u)).await, Conflict::Stale));
 }
 
 #[tokio::test]
@@ -618,50 +359,26 @@ async fn replace_challenge_code_keeps_failures_and_honours_its_guards() {
     let (u, _) = registered(&env).await;
     let c = challenge(&u, "first");
     env.store.create_challenge(&c, false).await.unwrap();
-    env.store
-        .record_challenge_failure(&c.id, &u.id, 6)
-        .await
-        .unwrap();
+    env.store.record_challenge_failure(&c.id, &u.id, 6).await.unwrap();
 
     let replace = |now: Timestamp, max_resends| {
-        env.store
-            .replace_challenge_code(&c.id, "second", now + 300, now, 60, max_resends, 6)
+        env.store.replace_challenge_code(&c.id, "second", now + 300, now, 60, max_resends, 6)
     };
-    assert!(
-        is_conflict(&replace(NOW + 59, 3).await, Conflict::Stale),
-        "within the cooldown"
-    );
+    assert!(is_conflict(&replace(NOW + 59, 3).await, Conflict::Stale), "within the cooldown");
     replace(NOW + 60, 3).await.unwrap();
     let after = env.store.challenge(&c.id).await.unwrap().unwrap();
     assert_eq!(
-        (
-            after.code_hash.as_str(),
-            after.expires_at,
-            after.last_sent_at,
-            after.resends,
-            after.failures
-        ),
+        (after.code_hash.as_str(), after.expires_at, after.last_sent_at, after.resends, after.failures),
         ("second", NOW + 360, NOW + 60, 1, 1)
     );
-    assert!(
-        is_conflict(&replace(NOW + 120, 1).await, Conflict::Stale),
-        "out of resends"
-    );
+    assert!(is_conflict(&replace(NOW + 120, 1).await, Conflict::Stale), "out of resends");
     // The old code is dead, the new one redeems.
     assert!(is_conflict(
-        &env.store
-            .redeem_challenge(&c.id, "first", NOW + 121, 6, &session(&u))
-            .await,
+        &env.store.redeem_challenge(&c.id, "first", NOW + 121, 6, &session(&u)).await,
         Conflict::Stale
     ));
-    env.store
-        .redeem_challenge(&c.id, "second", NOW + 121, 6, &session(&u))
-        .await
-        .unwrap();
-    assert!(
-        is_conflict(&replace(NOW + 500, 3).await, Conflict::Stale),
-        "used"
-    );
+    env.store.redeem_challenge(&c.id, "second", NOW + 121, 6, &session(&u)).await.unwrap();
+    assert!(is_conflict(&replace(NOW + 500, 3).await, Conflict::Stale), "used");
 }
 
 #[tokio::test]
@@ -671,49 +388,22 @@ async fn sessions_rotate_once_and_revoke_idempotently() {
     let c = challenge(&u, "h");
     env.store.create_challenge(&c, false).await.unwrap();
     let s = session(&u);
-    env.store
-        .redeem_challenge(&c.id, "h", NOW + 1, 6, &s)
-        .await
-        .unwrap();
+    env.store.redeem_challenge(&c.id, "h", NOW + 1, 6, &s).await.unwrap();
 
-    env.store
-        .rotate_session(&s.id, "r0", "r1", NOW + 2)
-        .await
-        .unwrap();
-    assert!(is_conflict(
-        &env.store.rotate_session(&s.id, "r0", "r2", NOW + 3).await,
-        Conflict::Stale
-    ));
+    env.store.rotate_session(&s.id, "r0", "r1", NOW + 2).await.unwrap();
+    assert!(is_conflict(&env.store.rotate_session(&s.id, "r0", "r2", NOW + 3).await, Conflict::Stale));
     let got = env.store.session(&s.id).await.unwrap().unwrap();
-    assert_eq!(
-        (got.refresh_hash.as_str(), got.refreshed_at, got.generation),
-        ("r1", NOW + 2, 1)
-    );
+    assert_eq!((got.refresh_hash.as_str(), got.refreshed_at, got.generation), ("r1", NOW + 2, 1));
 
-    env.store
-        .revoke_session(&s.id, NOW + 4, "logout")
-        .await
-        .unwrap();
-    env.store
-        .revoke_session(&s.id, NOW + 5, "refresh_reuse")
-        .await
-        .unwrap();
+    env.store.revoke_session(&s.id, NOW + 4, "logout").await.unwrap();
+    env.store.revoke_session(&s.id, NOW + 5, "refresh_reuse").await.unwrap();
     let got = env.store.session(&s.id).await.unwrap().unwrap();
-    assert_eq!(
-        (got.revoked_at, got.revoke_reason.as_deref()),
-        (Some(NOW + 4), Some("logout"))
-    );
-    assert!(is_conflict(
-        &env.store.rotate_session(&s.id, "r1", "r2", NOW + 6).await,
-        Conflict::Stale
-    ));
+    assert_eq!((got.revoked_at, got.revoke_reason.as_deref()), (Some(NOW + 4), Some("logout")));
+    assert!(is_conflict(&env.store.rotate_session(&s.id, "r1", "r2", NOW + 6).await, Conflict::Stale));
 
     // Unknown: Ok, and no phantom item appears.
     let ghost = SessionId::random(&OsSecureRng);
-    env.store
-        .revoke_session(&ghost, NOW, "logout")
-        .await
-        .unwrap();
+    env.store.revoke_session(&ghost, NOW, "logout").await.unwrap();
     assert_eq!(env.store.session(&ghost).await.unwrap(), None);
 }
 
@@ -732,85 +422,34 @@ async fn otp_codes_are_single_use_and_capped() {
         meta: RequestMeta::default(),
     };
     env.store.put_otp(&rec, None).await.unwrap();
-    assert!(is_conflict(
-        &env.store.put_otp(&rec, None).await,
-        Conflict::Stale
-    ));
-    assert!(is_conflict(
-        &env.store.put_otp(&rec, Some(NOW - 1)).await,
-        Conflict::Stale
-    ));
+    assert!(is_conflict(&env.store.put_otp(&rec, None).await, Conflict::Stale));
+    assert!(is_conflict(&env.store.put_otp(&rec, Some(NOW - 1)).await, Conflict::Stale));
     assert_eq!(env.store.otp(&addr).await.unwrap(), Some(rec.clone()));
 
     let results = join_all((0..20).map(|_| env.store.record_otp_failure(&addr, 6))).await;
-    let mut ok: Vec<u32> = results
-        .iter()
-        .filter_map(|r| r.as_ref().ok().copied())
-        .collect();
+    let mut ok: Vec<u32> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
     ok.sort_unstable();
-    assert_eq!(
-        ok,
-        vec![1, 2, 3, 4, 5, 6],
-        "each increment returns its own count"
-    );
-    assert!(is_conflict(
-        &env.store.redeem_otp(&addr, "c1", NOW + 1, 6).await,
-        Conflict::Stale
-    ));
+    assert_eq!(ok, vec![1, 2, 3, 4, 5, 6], "each increment returns its own count");
+    assert!(is_conflict(&env.store.redeem_otp(&addr, "c1", NOW + 1, 6).await, Conflict::Stale));
 
     // A new code (replacing on the expected last_sent_at) redeems once.
-    let next = OtpRecord {
-        code_hash: "c2".into(),
-        last_sent_at: NOW + 60,
-        failures: 0,
-        ..rec.clone()
-    };
+    let next = OtpRecord { code_hash: "c2".into(), last_sent_at: NOW + 60, failures: 0, ..rec.clone() };
     env.store.put_otp(&next, Some(NOW)).await.unwrap();
-    assert!(is_conflict(
-        &env.store.redeem_otp(&addr, "c1", NOW + 61, 6).await,
-        Conflict::Stale
-    ));
-    assert!(
-        is_conflict(
-            &env.store.redeem_otp(&addr, "c2", NOW + 600, 6).await,
-            Conflict::Stale
-        ),
-        "expired"
-    );
+    assert!(is_conflict(&env.store.redeem_otp(&addr, "c1", NOW + 61, 6).await, Conflict::Stale));
+    assert!(is_conflict(&env.store.redeem_otp(&addr, "c2", NOW + 600, 6).await, Conflict::Stale), "expired");
     let results = join_all((0..20).map(|_| env.store.redeem_otp(&addr, "c2", NOW + 61, 6))).await;
-    assert_eq!(
-        results.iter().filter(|r| r.is_ok()).count(),
-        1,
-        "results: {results:?}"
-    );
-    assert_eq!(
-        env.store.otp(&addr).await.unwrap().unwrap().used_at,
-        Some(NOW + 61)
-    );
-    assert!(is_conflict(
-        &env.store.record_otp_failure(&addr, 6).await,
-        Conflict::Stale
-    ));
-    assert!(is_conflict(
-        &env.store.record_otp_failure("no-such-address", 6).await,
-        Conflict::Stale
-    ));
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "results: {results:?}");
+    assert_eq!(env.store.otp(&addr).await.unwrap().unwrap().used_at, Some(NOW + 61));
+    assert!(is_conflict(&env.store.record_otp_failure(&addr, 6).await, Conflict::Stale));
+    assert!(is_conflict(&env.store.record_otp_failure("no-such-address", 6).await, Conflict::Stale));
     assert_eq!(env.store.otp("no-such-address").await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn limiter_refuses_after_the_limit_and_counts_nothing_when_refusing() {
     let env = env().await;
-    let ip = LimitKey {
-        key: format!("login:ip:{}", unique("ip")),
-        limit: 3,
-        window_secs: 60,
-    };
-    let id = LimitKey {
-        key: format!("login:id:{}", unique("id")),
-        limit: 10,
-        window_secs: 3600,
-    };
+    let ip = LimitKey { key: format!("login:ip:{}", unique("ip")), limit: 3, window_secs: 60 };
+    let id = LimitKey { key: format!("login:id:{}", unique("id")), limit: 10, window_secs: 3600 };
     // 25 s into a minute window, 1825 s into an hour window.
     let now = NOW - NOW.rem_euclid(3600) + 1825;
     let both = [ip.clone(), id.clone()];
@@ -818,101 +457,46 @@ async fn limiter_refuses_after_the_limit_and_counts_nothing_when_refusing() {
     for _ in 0..3 {
         assert_eq!(env.store.hit(&both, now).await.unwrap(), None);
     }
-    assert_eq!(
-        env.store.hit(&both, now).await.unwrap(),
-        Some(35),
-        "the minute window ends in 35 s"
-    );
+    assert_eq!(env.store.hit(&both, now).await.unwrap(), Some(35), "the minute window ends in 35 s");
     assert_eq!(env.store.hit(&both, now + 34).await.unwrap(), Some(1));
     // The refusals counted nothing on the other key: 7 more fit.
     for _ in 0..7 {
-        assert_eq!(
-            env.store
-                .hit(std::slice::from_ref(&id), now + 35)
-                .await
-                .unwrap(),
-            None
-        );
+        assert_eq!(env.store.hit(std::slice::from_ref(&id), now + 35).await.unwrap(), None);
     }
-    assert_eq!(
-        env.store
-            .hit(std::slice::from_ref(&id), now + 35)
-            .await
-            .unwrap(),
-        Some(3600 - 1860)
-    );
+    assert_eq!(env.store.hit(std::slice::from_ref(&id), now + 35).await.unwrap(), Some(3600 - 1860));
     // A new minute: the ip key fills up again; then both refuse and the
     // longer wait wins.
     for _ in 0..3 {
-        assert_eq!(
-            env.store
-                .hit(std::slice::from_ref(&ip), now + 35)
-                .await
-                .unwrap(),
-            None
-        );
+        assert_eq!(env.store.hit(std::slice::from_ref(&ip), now + 35).await.unwrap(), None);
     }
-    assert_eq!(
-        env.store
-            .hit(std::slice::from_ref(&ip), now + 35)
-            .await
-            .unwrap(),
-        Some(60)
-    );
+    assert_eq!(env.store.hit(std::slice::from_ref(&ip), now + 35).await.unwrap(), Some(60));
     assert_eq!(env.store.hit(&both, now + 35).await.unwrap(), Some(1740));
     assert_eq!(env.store.hit(&[], now).await.unwrap(), None);
-    let zero = LimitKey {
-        key: unique("zero"),
-        limit: 0,
-        window_secs: 60,
-    };
+    let zero = LimitKey { key: unique("zero"), limit: 0, window_secs: 60 };
     assert!(env.store.hit(&[zero], now).await.unwrap().is_some());
 
     // Concurrent hits never pass the limit.
-    let burst = LimitKey {
-        key: unique("burst"),
-        limit: 5,
-        window_secs: 60,
-    };
+    let burst = LimitKey { key: unique("burst"), limit: 5, window_secs: 60 };
     let results = join_all((0..20).map(|_| env.store.hit(std::slice::from_ref(&burst), now))).await;
     let allowed = results.iter().filter(|r| matches!(r, Ok(None))).count();
     assert_eq!(allowed, 5, "results: {results:?}");
-    assert!(
-        results.iter().all(|r| matches!(r, Ok(None) | Ok(Some(35)))),
-        "results: {results:?}"
-    );
+    assert!(results.iter().all(|r| matches!(r, Ok(None) | Ok(Some(35)))), "results: {results:?}");
 }
 
 #[tokio::test]
 async fn call_counter_sees_one_round_trip_per_store_call() {
     let env = env().await;
-    let (u, token) = user(
-        &unique("count"),
-        &format!("{}@example.com", unique("count")),
-    );
+    let (u, token) = user(&unique("count"), &format!("{}@example.com", unique("count")));
     env.store.create_user(&u, &token).await.unwrap();
     assert_eq!(env.counter.take(), ["dynamodb:TransactWriteItems"]);
     env.store.user_by_email(&u.email).await.unwrap();
     env.store.user_by_username(&u.username).await.unwrap();
     env.store.user_by_id(&u.id).await.unwrap();
-    assert_eq!(
-        env.counter.snapshot(),
-        ["dynamodb:Query", "dynamodb:Query", "dynamodb:GetItem"]
-    );
+    assert_eq!(env.counter.snapshot(), ["dynamodb:Query", "dynamodb:Query", "dynamodb:GetItem"]);
     env.counter.take();
-    env.store
-        .consume_verification(&token.token_hash, NOW + 1)
-        .await
-        .unwrap();
-    assert_eq!(
-        env.counter.take(),
-        ["dynamodb:GetItem", "dynamodb:TransactWriteItems"]
-    );
-    let key = LimitKey {
-        key: unique("k"),
-        limit: 2,
-        window_secs: 60,
-    };
+    env.store.consume_verification(&token.token_hash, NOW + 1).await.unwrap();
+    assert_eq!(env.counter.take(), ["dynamodb:GetItem", "dynamodb:TransactWriteItems"]);
+    let key = LimitKey { key: unique("k"), limit: 2, window_secs: 60 };
     env.store.hit(&[key], NOW).await.unwrap();
     assert_eq!(env.counter.take(), ["dynamodb:TransactWriteItems"]);
     assert!(env.counter.snapshot().is_empty());
@@ -923,31 +507,11 @@ async fn ensure_tables_is_idempotent_and_sets_ttl_and_streams() {
     let env = env().await;
     ensure_tables(&env.client, &env.prefix).await.unwrap();
     let tokens = format!("{}-tokens", env.prefix);
-    let ttl = env
-        .client
-        .describe_time_to_live()
-        .table_name(&tokens)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        ttl.time_to_live_description.and_then(|d| d.attribute_name),
-        Some("ttl".to_string())
-    );
-    let users = env
-        .client
-        .describe_table()
-        .table_name(format!("{}-users", env.prefix))
-        .send()
-        .await
-        .unwrap()
-        .table
-        .unwrap();
-    let mut gsis: Vec<_> = users
-        .global_secondary_indexes()
-        .iter()
-        .filter_map(|g| g.index_name())
-        .collect();
+    let ttl = env.client.describe_time_to_live().table_name(&tokens).send().await.unwrap();
+    assert_eq!(ttl.time_to_live_description.and_then(|d| d.attribute_name), Some("ttl".to_string()));
+    let users =
+        env.client.describe_table().table_name(format!("{}-users", env.prefix)).send().await.unwrap().table.unwrap();
+    let mut gsis: Vec<_> = users.global_secondary_indexes().iter().filter_map(|g| g.index_name()).collect();
     gsis.sort_unstable();
     assert_eq!(gsis, ["by_email", "by_username"]);
     assert!(users.latest_stream_arn().is_some());
@@ -960,15 +524,8 @@ async fn sqs_queue_carries_the_job_and_its_attributes() {
     let client = sqs_client(&cfg, Some(&counter));
     let prefix = prefix();
     let (url, dlq_url) = ensure_queues(&client, &prefix).await.unwrap();
-    assert_eq!(
-        ensure_queues(&client, &prefix).await.unwrap(),
-        (url.clone(), dlq_url.clone()),
-        "idempotent"
-    );
-    assert!(
-        url.ends_with(&format!("{prefix}-mail"))
-            && dlq_url.ends_with(&format!("{prefix}-mail-dlq"))
-    );
+    assert_eq!(ensure_queues(&client, &prefix).await.unwrap(), (url.clone(), dlq_url.clone()), "idempotent");
+    assert!(url.ends_with(&format!("{prefix}-mail")) && dlq_url.ends_with(&format!("{prefix}-mail-dlq")));
     let attrs = client
         .get_queue_attributes()
         .queue_url(&url)
@@ -979,15 +536,9 @@ async fn sqs_queue_carries_the_job_and_its_attributes() {
         .attributes
         .unwrap();
     let redrive: serde_json::Value =
-        serde_json::from_str(&attrs[&aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy])
-            .unwrap();
+        serde_json::from_str(&attrs[&aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy]).unwrap();
     assert_eq!(redrive["maxReceiveCount"].as_u64(), Some(5));
-    assert!(
-        redrive["deadLetterTargetArn"]
-            .as_str()
-            .unwrap()
-            .ends_with(&format!("{prefix}-mail-dlq"))
-    );
+    assert!(redrive["deadLetterTargetArn"].as_str().unwrap().ends_with(&format!("{prefix}-mail-dlq")));
 
     let queue = SqsMailQueue::new(client.clone(), url.clone());
     let job = MailEnvelope::new(
@@ -1019,9 +570,7 @@ async fn sqs_queue_carries_the_job_and_its_attributes() {
     assert_eq!(attrs["kind"].string_value(), Some("login_code"));
     assert_eq!(attrs["job_id"].string_value(), Some(job.id.as_str()));
     assert!(
-        attrs
-            .values()
-            .all(|v| !v.string_value().unwrap_or_default().contains("493817")),
+        attrs.values().all(|v| !v.string_value().unwrap_or_default().contains("493817")),
         "the code stays in the body"
     );
 }

@@ -65,17 +65,11 @@ impl CallCounter {
 
     /// The calls recorded so far.
     pub fn snapshot(&self) -> Vec<String> {
-        self.calls
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn record(&self, call: String) {
-        self.calls
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(call);
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner).push(call);
     }
 }
 

@@ -27,10 +27,7 @@ pub struct SqsMailQueue {
 
 impl SqsMailQueue {
     pub fn new(client: Client, queue_url: impl Into<String>) -> Self {
-        SqsMailQueue {
-            client,
-            queue_url: queue_url.into(),
-        }
+        SqsMailQueue { client, queue_url: queue_url.into() }
     }
 
     pub fn queue_url(&self) -> &str {
@@ -39,11 +36,7 @@ impl SqsMailQueue {
 }
 
 fn string_attribute(value: &str) -> StoreResult<MessageAttributeValue> {
-    MessageAttributeValue::builder()
-        .data_type("String")
-        .string_value(value)
-        .build()
-        .map_err(StoreError::internal)
+    MessageAttributeValue::builder().data_type("String").string_value(value).build().map_err(StoreError::internal)
 }
 
 #[async_trait]
@@ -71,10 +64,7 @@ pub async fn ensure_queues(client: &Client, prefix: &str) -> Result<(String, Str
     let dlq_url = client
         .create_queue()
         .queue_name(tables::queue_name(prefix, tables::MAIL_DLQ))
-        .attributes(
-            QueueAttributeName::MessageRetentionPeriod,
-            DLQ_RETENTION_SECS.to_string(),
-        )
+        .attributes(QueueAttributeName::MessageRetentionPeriod, DLQ_RETENTION_SECS.to_string())
         .send()
         .await
         .map_err(map_sdk)?
@@ -98,10 +88,7 @@ pub async fn ensure_queues(client: &Client, prefix: &str) -> Result<(String, Str
         .create_queue()
         .queue_name(tables::queue_name(prefix, tables::MAIL_QUEUE))
         .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
-        .attributes(
-            QueueAttributeName::VisibilityTimeout,
-            VISIBILITY_TIMEOUT_SECS.to_string(),
-        )
+        .attributes(QueueAttributeName::VisibilityTimeout, VISIBILITY_TIMEOUT_SECS.to_string())
         .send()
         .await
         .map_err(map_sdk)?
@@ -118,9 +105,7 @@ where
     E: std::error::Error + Send + Sync + 'static,
     aws_sdk_sqs::Error: From<E>,
 {
-    let server_error = err
-        .raw_response()
-        .is_some_and(|r| r.status().is_server_error());
+    let server_error = err.raw_response().is_some_and(|r| r.status().is_server_error());
     match err {
         SdkError::ServiceError(e) => match aws_sdk_sqs::Error::from(e.into_err()) {
             e @ (aws_sdk_sqs::Error::RequestThrottled(_) | aws_sdk_sqs::Error::KmsThrottled(_)) => {
@@ -129,9 +114,7 @@ where
             e if server_error => StoreError::unavailable(e),
             e => StoreError::internal(e),
         },
-        e @ (SdkError::TimeoutError(_) | SdkError::DispatchFailure(_)) => {
-            StoreError::unavailable(e)
-        }
+        e @ (SdkError::TimeoutError(_) | SdkError::DispatchFailure(_)) => StoreError::unavailable(e),
         e @ SdkError::ResponseError(_) if server_error => StoreError::unavailable(e),
         e => StoreError::internal(e),
     }

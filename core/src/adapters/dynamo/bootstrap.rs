@@ -9,9 +9,8 @@ use aws_sdk_dynamodb::client::Waiters;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::create_table::CreateTableError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType,
-    TimeToLiveSpecification, TimeToLiveStatus,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType, StreamSpecification, StreamViewType, TimeToLiveSpecification, TimeToLiveStatus,
 };
 use std::time::Duration;
 
@@ -34,11 +33,7 @@ pub async fn ensure_tables(client: &Client, prefix: &str) -> Result<(), StoreErr
 }
 
 fn hash_key(attribute: &str) -> Result<KeySchemaElement, StoreError> {
-    KeySchemaElement::builder()
-        .attribute_name(attribute)
-        .key_type(KeyType::Hash)
-        .build()
-        .map_err(StoreError::internal)
+    KeySchemaElement::builder().attribute_name(attribute).key_type(KeyType::Hash).build().map_err(StoreError::internal)
 }
 
 async fn create_table(client: &Client, name: &str, spec: &TableSpec) -> Result<(), StoreError> {
@@ -61,11 +56,7 @@ async fn create_table(client: &Client, name: &str, spec: &TableSpec) -> Result<(
         let gsi = GlobalSecondaryIndex::builder()
             .index_name(g.name)
             .key_schema(hash_key(g.hash_key)?)
-            .projection(
-                Projection::builder()
-                    .projection_type(ProjectionType::All)
-                    .build(),
-            )
+            .projection(Projection::builder().projection_type(ProjectionType::All).build())
             .build()
             .map_err(StoreError::internal)?;
         req = req.global_secondary_indexes(gsi);
@@ -80,9 +71,7 @@ async fn create_table(client: &Client, name: &str, spec: &TableSpec) -> Result<(
     }
     match req.send().await {
         Ok(_) => {}
-        Err(SdkError::ServiceError(e))
-            if matches!(e.err(), CreateTableError::ResourceInUseException(_)) =>
-        {
+        Err(SdkError::ServiceError(e)) if matches!(e.err(), CreateTableError::ResourceInUseException(_)) => {
             tracing::debug!(table = name, "table exists");
         }
         Err(e) => return Err(map_sdk(e)),
@@ -98,17 +87,9 @@ async fn create_table(client: &Client, name: &str, spec: &TableSpec) -> Result<(
 
 /// Switches TTL on unless it already is (enabling it twice is an error).
 async fn enable_ttl(client: &Client, name: &str, attribute: &str) -> Result<(), StoreError> {
-    let current = client
-        .describe_time_to_live()
-        .table_name(name)
-        .send()
-        .await
-        .map_err(map_sdk)?;
+    let current = client.describe_time_to_live().table_name(name).send().await.map_err(map_sdk)?;
     if let Some(d) = current.time_to_live_description
-        && matches!(
-            d.time_to_live_status,
-            Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
-        )
+        && matches!(d.time_to_live_status, Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling))
     {
         if d.attribute_name.as_deref() != Some(attribute) {
             return Err(StoreError::internal(format!(
@@ -123,12 +104,6 @@ async fn enable_ttl(client: &Client, name: &str, attribute: &str) -> Result<(), 
         .attribute_name(attribute)
         .build()
         .map_err(StoreError::internal)?;
-    client
-        .update_time_to_live()
-        .table_name(name)
-        .time_to_live_specification(ttl)
-        .send()
-        .await
-        .map_err(map_sdk)?;
+    client.update_time_to_live().table_name(name).time_to_live_specification(ttl).send().await.map_err(map_sdk)?;
     Ok(())
 }

@@ -14,11 +14,7 @@ use aws_sdk_dynamodb::types::Update;
 
 impl DynamoStore {
     /// The update that resets one of a user's counters, if the user exists.
-    fn reset_user_counter(
-        &self,
-        user_id: &UserId,
-        counter: &str,
-    ) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
+    fn reset_user_counter(&self, user_id: &UserId, counter: &str) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
         Update::builder()
             .table_name(&self.users)
             .key(PK, s(items::user_pk(user_id)))
@@ -30,24 +26,13 @@ impl DynamoStore {
 
 #[async_trait]
 impl ChallengeStore for DynamoStore {
-    async fn create_challenge(
-        &self,
-        challenge: &Challenge,
-        reset_login_failures: bool,
-    ) -> StoreResult<()> {
-        let item = items::to_item(
-            challenge,
-            items::challenge_pk(&challenge.id),
-            Some(challenge.expires_at + TTL_GRACE_SECS),
-        )?;
+    async fn create_challenge(&self, challenge: &Challenge, reset_login_failures: bool) -> StoreResult<()> {
+        let item =
+            items::to_item(challenge, items::challenge_pk(&challenge.id), Some(challenge.expires_at + TTL_GRACE_SECS))?;
         let absent = "attribute_not_exists(pk)";
         if reset_login_failures {
             let reset = self.reset_user_counter(&challenge.user_id, "failed_logins");
-            self.transact(vec![
-                put_item(&self.tokens, item, absent)?,
-                update_item(reset)?,
-            ])
-            .await?;
+            self.transact(vec![put_item(&self.tokens, item, absent)?, update_item(reset)?]).await?;
         } else {
             self.client
                 .put_item()
@@ -87,11 +72,8 @@ impl ChallengeStore for DynamoStore {
             .expression_attribute_values(":h", s(code_hash))
             .expression_attribute_values(":max", n(max_failures))
             .expression_attribute_values(":uid", s(session.user_id.to_string()));
-        let session_item = items::to_item(
-            session,
-            items::session_pk(&session.id),
-            Some(session.expires_at + TTL_GRACE_SECS),
-        )?;
+        let session_item =
+            items::to_item(session, items::session_pk(&session.id), Some(session.expires_at + TTL_GRACE_SECS))?;
         let reset = self.reset_user_counter(&session.user_id, "otp_failures");
         self.transact(vec![
             update_item(redeem)?,
@@ -139,18 +121,13 @@ impl ChallengeStore for DynamoStore {
                 .update_expression("ADD otp_failures :one")
                 .condition_expression("attribute_exists(pk)")
                 .expression_attribute_values(":one", n(1));
-            match self
-                .transact(vec![update_item(count)?, update_item(budget)?])
-                .await
-            {
+            match self.transact(vec![update_item(count)?, update_item(budget)?]).await {
                 Ok(()) => return Ok(seen.failures + 1),
                 Err(e) if e.check_failed(0) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(StoreError::unavailable(
-            "record_challenge_failure: the challenge kept changing",
-        ))
+        Err(StoreError::unavailable("record_challenge_failure: the challenge kept changing"))
     }
 
     async fn replace_challenge_code(

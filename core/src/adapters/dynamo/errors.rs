@@ -12,12 +12,8 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 /// Reason codes DynamoDB puts on a cancelled transaction's items.
 pub(crate) const CONDITIONAL_CHECK_FAILED: &str = "ConditionalCheckFailed";
 /// Another transaction or write held the item: worth trying again.
-const TRANSIENT_REASONS: &[&str] = &[
-    "TransactionConflict",
-    "ThrottlingError",
-    "ProvisionedThroughputExceeded",
-    "RequestLimitExceeded",
-];
+const TRANSIENT_REASONS: &[&str] =
+    &["TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"];
 
 /// Any DynamoDB call's error as a store error: a failed condition is
 /// `Conflict(Stale)`; throttling, 5xx, timeouts and dispatch failures are
@@ -27,14 +23,10 @@ where
     E: std::error::Error + Send + Sync + 'static,
     DynamoError: From<E>,
 {
-    let server_error = err
-        .raw_response()
-        .is_some_and(|r| r.status().is_server_error());
+    let server_error = err.raw_response().is_some_and(|r| r.status().is_server_error());
     match err {
         SdkError::ServiceError(e) => map_service(DynamoError::from(e.into_err()), server_error),
-        e @ (SdkError::TimeoutError(_) | SdkError::DispatchFailure(_)) => {
-            StoreError::unavailable(e)
-        }
+        e @ (SdkError::TimeoutError(_) | SdkError::DispatchFailure(_)) => StoreError::unavailable(e),
         e @ SdkError::ResponseError(_) if server_error => StoreError::unavailable(e),
         e => StoreError::internal(e),
     }
@@ -62,10 +54,7 @@ fn map_service(err: DynamoError, server_error: bool) -> StoreError {
 /// One entry per transaction item, in order: `None` where that item was
 /// fine, else its reason code.
 pub(crate) fn reason_codes(reasons: &[CancellationReason]) -> Vec<Option<String>> {
-    reasons
-        .iter()
-        .map(|r| r.code().filter(|c| *c != "None").map(str::to_string))
-        .collect()
+    reasons.iter().map(|r| r.code().filter(|c| *c != "None").map(str::to_string)).collect()
 }
 
 /// A cancelled transaction as a store error: any failed condition makes it
@@ -99,11 +88,7 @@ mod tests {
     use super::*;
 
     fn codes(c: &[&str]) -> Vec<Option<String>> {
-        reason_codes(
-            &c.iter()
-                .map(|c| CancellationReason::builder().code(*c).build())
-                .collect::<Vec<_>>(),
-        )
+        reason_codes(&c.iter().map(|c| CancellationReason::builder().code(*c).build()).collect::<Vec<_>>())
     }
 
     fn cancelled() -> DynamoError {
@@ -116,24 +101,15 @@ mod tests {
     fn classifies_cancellation_reasons() {
         let c = codes(&["None", "ConditionalCheckFailed", "TransactionConflict"]);
         assert_eq!(c[0], None);
-        assert!(matches!(
-            map_reasons(&c, cancelled()),
-            StoreError::Conflict(Conflict::Stale)
-        ));
+        assert!(matches!(map_reasons(&c, cancelled()), StoreError::Conflict(Conflict::Stale)));
         assert!(!is_transient(&c));
 
         let c = codes(&["None", "TransactionConflict"]);
-        assert!(matches!(
-            map_reasons(&c, cancelled()),
-            StoreError::Unavailable(_)
-        ));
+        assert!(matches!(map_reasons(&c, cancelled()), StoreError::Unavailable(_)));
         assert!(is_transient(&c));
 
         let c = codes(&["ValidationError", "None"]);
-        assert!(matches!(
-            map_reasons(&c, cancelled()),
-            StoreError::Internal(_)
-        ));
+        assert!(matches!(map_reasons(&c, cancelled()), StoreError::Internal(_)));
         assert!(!is_transient(&c));
         assert!(!is_transient(&codes(&["None", "None"])));
     }
@@ -143,20 +119,13 @@ mod tests {
         use aws_sdk_dynamodb::types::error::{
             ConditionalCheckFailedException, ResourceNotFoundException, ThrottlingException,
         };
-        let e = DynamoError::ConditionalCheckFailedException(
-            ConditionalCheckFailedException::builder().build(),
-        );
-        assert!(matches!(
-            map_service(e, false),
-            StoreError::Conflict(Conflict::Stale)
-        ));
+        let e = DynamoError::ConditionalCheckFailedException(ConditionalCheckFailedException::builder().build());
+        assert!(matches!(map_service(e, false), StoreError::Conflict(Conflict::Stale)));
         let e = DynamoError::ThrottlingException(ThrottlingException::builder().build());
         assert!(matches!(map_service(e, false), StoreError::Unavailable(_)));
-        let e =
-            DynamoError::ResourceNotFoundException(ResourceNotFoundException::builder().build());
+        let e = DynamoError::ResourceNotFoundException(ResourceNotFoundException::builder().build());
         assert!(matches!(map_service(e, false), StoreError::Internal(_)));
-        let e =
-            DynamoError::ResourceNotFoundException(ResourceNotFoundException::builder().build());
+        let e = DynamoError::ResourceNotFoundException(ResourceNotFoundException::builder().build());
         assert!(matches!(map_service(e, true), StoreError::Unavailable(_)));
     }
 }

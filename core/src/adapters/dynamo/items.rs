@@ -65,11 +65,7 @@ pub(crate) fn n(v: impl Into<i64>) -> AttributeValue {
 
 /// The item for an entity: its fields at the top level (absent for `None`),
 /// plus its partition key and, where given, its TTL.
-pub(crate) fn to_item<T: Serialize>(
-    entity: &T,
-    pk: String,
-    ttl: Option<Timestamp>,
-) -> Result<Item, StoreError> {
+pub(crate) fn to_item<T: Serialize>(entity: &T, pk: String, ttl: Option<Timestamp>) -> Result<Item, StoreError> {
     let mut item: Item = serde_dynamo::to_item(entity).map_err(StoreError::internal)?;
     item.retain(|_, v| !matches!(v, AttributeValue::Null(_)));
     item.insert(PK.to_string(), s(pk));
@@ -88,9 +84,7 @@ pub(crate) fn from_item<T: DeserializeOwned>(item: Item) -> Result<T, StoreError
 pub(crate) fn number(item: &Item, name: &str) -> Result<u32, StoreError> {
     match item.get(name) {
         Some(AttributeValue::N(v)) => v.parse().map_err(StoreError::internal),
-        _ => Err(StoreError::internal(format!(
-            "item has no numeric `{name}`"
-        ))),
+        _ => Err(StoreError::internal(format!("item has no numeric `{name}`"))),
     }
 }
 
@@ -115,10 +109,7 @@ mod tests {
             created_at: 10,
             expires_at: 20,
             used_at: None,
-            meta: RequestMeta {
-                ip: Some("203.0.113.7".into()),
-                ..Default::default()
-            },
+            meta: RequestMeta { ip: Some("203.0.113.7".into()), ..Default::default() },
         };
         let item = to_item(&rec, verification_pk("ab"), Some(20 + TTL_GRACE_SECS)).unwrap();
         assert!(!item.contains_key("used_at"));

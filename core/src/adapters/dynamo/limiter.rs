@@ -29,10 +29,7 @@ fn counters(keys: &[LimitKey], now: Timestamp) -> StoreResult<Vec<Counter>> {
     let mut out: Vec<Counter> = Vec::with_capacity(keys.len());
     for k in keys {
         if k.window_secs <= 0 {
-            return Err(StoreError::internal(format!(
-                "rate limit `{}` has a window of {} s",
-                k.key, k.window_secs
-            )));
+            return Err(StoreError::internal(format!("rate limit `{}` has a window of {} s", k.key, k.window_secs)));
         }
         let window_start = now - now.rem_euclid(k.window_secs);
         let pk = items::limit_pk(&k.key, window_start);
@@ -43,12 +40,7 @@ fn counters(keys: &[LimitKey], now: Timestamp) -> StoreResult<Vec<Counter>> {
                 c.limit = c.limit.min(k.limit);
                 c.retry_after = c.retry_after.max(retry_after);
             }
-            None => out.push(Counter {
-                pk,
-                hits: 1,
-                limit: k.limit,
-                retry_after,
-            }),
+            None => out.push(Counter { pk, hits: 1, limit: k.limit, retry_after }),
         }
     }
     Ok(out)
@@ -62,19 +54,11 @@ impl RateLimiter for DynamoStore {
             return Ok(None);
         }
         if counters.len() > MAX_TRANSACTION_ITEMS {
-            return Err(StoreError::internal(format!(
-                "{} rate-limit keys in one hit",
-                counters.len()
-            )));
+            return Err(StoreError::internal(format!("{} rate-limit keys in one hit", counters.len())));
         }
         // A limit below the hits asked for refuses whatever the count (the
         // condition below would let a brand-new counter through).
-        if let Some(wait) = counters
-            .iter()
-            .filter(|c| c.limit < c.hits)
-            .map(|c| c.retry_after)
-            .max()
-        {
+        if let Some(wait) = counters.iter().filter(|c| c.limit < c.hits).map(|c| c.retry_after).max() {
             return Ok(Some(wait));
         }
         let mut tx = Vec::with_capacity(counters.len());
@@ -94,12 +78,8 @@ impl RateLimiter for DynamoStore {
         match self.transact(tx).await {
             Ok(()) => Ok(None),
             Err(e) => {
-                let refused = counters
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| e.check_failed(*i))
-                    .map(|(_, c)| c.retry_after)
-                    .max();
+                let refused =
+                    counters.iter().enumerate().filter(|(i, _)| e.check_failed(*i)).map(|(_, c)| c.retry_after).max();
                 match refused {
                     Some(wait) => Ok(Some(wait)),
                     None => Err(e.into()),
@@ -114,53 +94,22 @@ mod tests {
     use super::*;
 
     fn key(k: &str, limit: u32, window_secs: i64) -> LimitKey {
-        LimitKey {
-            key: k.into(),
-            limit,
-            window_secs,
-        }
+        LimitKey { key: k.into(), limit, window_secs }
     }
 
     #[test]
     fn windows_align_to_the_clock() {
         let c = counters(&[key("a", 5, 60), key("b", 3, 3600)], 7_265).unwrap();
-        assert_eq!(
-            c[0],
-            Counter {
-                pk: "RL#a#7260".into(),
-                hits: 1,
-                limit: 5,
-                retry_after: 55
-            }
-        );
-        assert_eq!(
-            c[1],
-            Counter {
-                pk: "RL#b#7200".into(),
-                hits: 1,
-                limit: 3,
-                retry_after: 3_535
-            }
-        );
+        assert_eq!(c[0], Counter { pk: "RL#a#7260".into(), hits: 1, limit: 5, retry_after: 55 });
+        assert_eq!(c[1], Counter { pk: "RL#b#7200".into(), hits: 1, limit: 3, retry_after: 3_535 });
         // At the first second of a window the whole window is left.
-        assert_eq!(
-            counters(&[key("a", 5, 60)], 7_260).unwrap()[0].retry_after,
-            60
-        );
+        assert_eq!(counters(&[key("a", 5, 60)], 7_260).unwrap()[0].retry_after, 60);
     }
 
     #[test]
     fn merges_duplicate_keys_and_rejects_bad_windows() {
         let c = counters(&[key("a", 5, 60), key("a", 3, 60)], 100).unwrap();
-        assert_eq!(
-            c,
-            vec![Counter {
-                pk: "RL#a#60".into(),
-                hits: 2,
-                limit: 3,
-                retry_after: 20
-            }]
-        );
+        assert_eq!(c, vec![Counter { pk: "RL#a#60".into(), hits: 2, limit: 3, retry_after: 20 }]);
         assert!(counters(&[key("a", 5, 0)], 100).is_err());
     }
 }

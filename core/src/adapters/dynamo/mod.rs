@@ -57,15 +57,8 @@ impl DynamoStore {
     }
 
     /// A strongly consistent read of one item, as an entity.
-    async fn get<T: DeserializeOwned>(
-        &self,
-        table: &str,
-        pk: String,
-    ) -> Result<Option<T>, StoreError> {
-        self.get_item(table, pk)
-            .await?
-            .map(items::from_item)
-            .transpose()
+    async fn get<T: DeserializeOwned>(&self, table: &str, pk: String) -> Result<Option<T>, StoreError> {
+        self.get_item(table, pk).await?.map(items::from_item).transpose()
     }
 
     async fn get_item(&self, table: &str, pk: String) -> Result<Option<Item>, StoreError> {
@@ -112,10 +105,7 @@ impl DynamoStore {
                     backoff(attempt).await;
                     continue;
                 }
-                return Err(TxError::Cancelled {
-                    codes,
-                    error: map_sdk(err),
-                });
+                return Err(TxError::Cancelled { codes, error: map_sdk(err) });
             }
             return Err(TxError::Other(map_sdk(err)));
         }
@@ -136,9 +126,7 @@ fn put_item(table: &str, item: Item, condition: &str) -> Result<TransactWriteIte
 /// A transaction item from an update whose table, key and expressions are
 /// set.
 fn update_item(update: UpdateBuilder) -> Result<TransactWriteItem, StoreError> {
-    Ok(TransactWriteItem::builder()
-        .update(update.build().map_err(StoreError::internal)?)
-        .build())
+    Ok(TransactWriteItem::builder().update(update.build().map_err(StoreError::internal)?).build())
 }
 
 async fn backoff(attempt: u32) {
@@ -164,8 +152,7 @@ impl TxError {
     fn check_failed(&self, index: usize) -> bool {
         match self {
             TxError::Cancelled { codes, .. } => {
-                codes.get(index).and_then(Option::as_deref)
-                    == Some(errors::CONDITIONAL_CHECK_FAILED)
+                codes.get(index).and_then(Option::as_deref) == Some(errors::CONDITIONAL_CHECK_FAILED)
             }
             TxError::Other(_) => false,
         }

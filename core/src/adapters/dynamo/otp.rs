@@ -17,26 +17,15 @@ impl OtpStore for DynamoStore {
         self.get(&self.tokens, items::otp_pk(address_hash)).await
     }
 
-    async fn put_otp(
-        &self,
-        record: &OtpRecord,
-        expected_last_sent_at: Option<Timestamp>,
-    ) -> StoreResult<()> {
-        let item = items::to_item(
-            record,
-            items::otp_pk(&record.address_hash),
-            Some(record.expires_at + TTL_GRACE_SECS),
-        )?;
-        let req = self
-            .client
-            .put_item()
-            .table_name(&self.tokens)
-            .set_item(Some(item));
+    async fn put_otp(&self, record: &OtpRecord, expected_last_sent_at: Option<Timestamp>) -> StoreResult<()> {
+        let item =
+            items::to_item(record, items::otp_pk(&record.address_hash), Some(record.expires_at + TTL_GRACE_SECS))?;
+        let req = self.client.put_item().table_name(&self.tokens).set_item(Some(item));
         let req = match expected_last_sent_at {
             None => req.condition_expression("attribute_not_exists(pk)"),
-            Some(t) => req
-                .condition_expression("last_sent_at = :expected")
-                .expression_attribute_values(":expected", n(t)),
+            Some(t) => {
+                req.condition_expression("last_sent_at = :expected").expression_attribute_values(":expected", n(t))
+            }
         };
         req.send().await.map_err(map_sdk)?;
         Ok(())
@@ -74,18 +63,14 @@ impl OtpStore for DynamoStore {
             .table_name(&self.tokens)
             .key(PK, s(items::otp_pk(address_hash)))
             .update_expression("ADD failures :one")
-            .condition_expression(
-                "attribute_exists(pk) AND attribute_not_exists(used_at) AND failures < :max",
-            )
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(used_at) AND failures < :max")
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":max", n(max_failures))
             .return_values(ReturnValue::UpdatedNew)
             .send()
             .await
             .map_err(map_sdk)?;
-        let attrs = out
-            .attributes
-            .ok_or_else(|| StoreError::internal("UpdateItem returned no attributes"))?;
+        let attrs = out.attributes.ok_or_else(|| StoreError::internal("UpdateItem returned no attributes"))?;
         items::number(&attrs, "failures")
     }
 }

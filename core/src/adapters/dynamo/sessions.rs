@@ -17,21 +17,13 @@ impl SessionStore for DynamoStore {
         self.get(&self.tokens, items::session_pk(id)).await
     }
 
-    async fn rotate_session(
-        &self,
-        id: &SessionId,
-        old_hash: &str,
-        new_hash: &str,
-        now: Timestamp,
-    ) -> StoreResult<()> {
+    async fn rotate_session(&self, id: &SessionId, old_hash: &str, new_hash: &str, now: Timestamp) -> StoreResult<()> {
         self.client
             .update_item()
             .table_name(&self.tokens)
             .key(PK, s(items::session_pk(id)))
             .update_expression("SET refresh_hash = :new, refreshed_at = :now ADD generation :one")
-            .condition_expression(
-                "attribute_exists(pk) AND attribute_not_exists(revoked_at) AND refresh_hash = :old",
-            )
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(revoked_at) AND refresh_hash = :old")
             .expression_attribute_values(":new", s(new_hash))
             .expression_attribute_values(":old", s(old_hash))
             .expression_attribute_values(":now", n(now))
@@ -42,12 +34,7 @@ impl SessionStore for DynamoStore {
         Ok(())
     }
 
-    async fn revoke_session(
-        &self,
-        id: &SessionId,
-        now: Timestamp,
-        reason: &str,
-    ) -> StoreResult<()> {
+    async fn revoke_session(&self, id: &SessionId, now: Timestamp, reason: &str) -> StoreResult<()> {
         // The condition keeps the first revocation and never writes a
         // phantom item for an unknown id; either way the answer is Ok.
         let result = self

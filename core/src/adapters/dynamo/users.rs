@@ -12,9 +12,7 @@ use crate::{StoreError, tables};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, Update,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, Update};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
 /// Rounds of "count, else lock" before `record_login_failure` gives up;
@@ -48,10 +46,7 @@ impl DynamoStore {
             .send()
             .await
             .map_err(map_sdk)?;
-        out.items
-            .and_then(|mut v| v.pop())
-            .map(items::from_item)
-            .transpose()
+        out.items.and_then(|mut v| v.pop()).map(items::from_item).transpose()
     }
 
     /// One conditional update of a user returning the new image; a failed
@@ -77,9 +72,7 @@ impl DynamoStore {
         }
         match req.send().await {
             Ok(out) => {
-                let item = out
-                    .attributes
-                    .ok_or_else(|| StoreError::internal("UpdateItem returned no attributes"))?;
+                let item = out.attributes.ok_or_else(|| StoreError::internal("UpdateItem returned no attributes"))?;
                 Ok(Ok(items::from_item(item)?))
             }
             Err(err) => Ok(Err(old_item_on_failed_check(err)?)),
@@ -89,9 +82,7 @@ impl DynamoStore {
 
 /// The old image carried by a failed condition (asked for with
 /// `ReturnValuesOnConditionCheckFailure::AllOld`); any other error mapped.
-fn old_item_on_failed_check(
-    err: SdkError<UpdateItemError, HttpResponse>,
-) -> StoreResult<Option<Item>> {
+fn old_item_on_failed_check(err: SdkError<UpdateItemError, HttpResponse>) -> StoreResult<Option<Item>> {
     if let SdkError::ServiceError(e) = &err
         && let UpdateItemError::ConditionalCheckFailedException(c) = e.err()
     {
@@ -103,30 +94,13 @@ fn old_item_on_failed_check(
 #[async_trait]
 impl UserStore for DynamoStore {
     async fn create_user(&self, user: &User, verification: &VerificationRecord) -> StoreResult<()> {
-        let claim = |pk: String| -> Item {
-            [
-                (PK.to_string(), s(pk)),
-                ("user_id".to_string(), s(user.id.to_string())),
-            ]
-            .into()
-        };
+        let claim =
+            |pk: String| -> Item { [(PK.to_string(), s(pk)), ("user_id".to_string(), s(user.id.to_string()))].into() };
         let absent = "attribute_not_exists(pk)";
         let tx = vec![
-            put_item(
-                &self.users,
-                items::to_item(user, items::user_pk(&user.id), None)?,
-                absent,
-            )?,
-            put_item(
-                &self.users,
-                claim(items::username_claim_pk(user.username.as_str())),
-                absent,
-            )?,
-            put_item(
-                &self.users,
-                claim(items::email_claim_pk(user.email.as_str())),
-                absent,
-            )?,
+            put_item(&self.users, items::to_item(user, items::user_pk(&user.id), None)?, absent)?,
+            put_item(&self.users, claim(items::username_claim_pk(user.username.as_str())), absent)?,
+            put_item(&self.users, claim(items::email_claim_pk(user.email.as_str())), absent)?,
             put_item(
                 &self.tokens,
                 items::to_item(
@@ -139,12 +113,8 @@ impl UserStore for DynamoStore {
         ];
         match self.transact(tx).await {
             Ok(()) => Ok(()),
-            Err(e) if e.check_failed(USERNAME_CLAIM) => {
-                Err(StoreError::Conflict(Conflict::UsernameTaken))
-            }
-            Err(e) if e.check_failed(EMAIL_CLAIM) => {
-                Err(StoreError::Conflict(Conflict::EmailTaken))
-            }
+            Err(e) if e.check_failed(USERNAME_CLAIM) => Err(StoreError::Conflict(Conflict::UsernameTaken)),
+            Err(e) if e.check_failed(EMAIL_CLAIM) => Err(StoreError::Conflict(Conflict::EmailTaken)),
             Err(e) => Err(e.into()),
         }
     }
@@ -196,12 +166,7 @@ impl UserStore for DynamoStore {
                     id,
                     "SET locked_until = :until, failed_logins = :zero, otp_failures = :zero",
                     &format!("attribute_exists(pk) AND {UNLOCKED} AND failed_logins >= :last"),
-                    vec![
-                        (":until", n(now + lock_secs)),
-                        (":zero", n(0)),
-                        (":now", n(now)),
-                        (":last", last.clone()),
-                    ],
+                    vec![(":until", n(now + lock_secs)), (":zero", n(0)), (":now", n(now)), (":last", last.clone())],
                 )
                 .await?;
             match locked {
@@ -217,9 +182,7 @@ impl UserStore for DynamoStore {
                 }
             }
         }
-        Err(StoreError::unavailable(
-            "record_login_failure: the user kept changing under contention",
-        ))
+        Err(StoreError::unavailable("record_login_failure: the user kept changing under contention"))
     }
 
     async fn set_password_hash(&self, id: &UserId, phc: &str) -> StoreResult<()> {
@@ -258,17 +221,12 @@ impl UserStore for DynamoStore {
             items::verification_pk(&verification.token_hash),
             Some(verification.expires_at + TTL_GRACE_SECS),
         )?;
-        self.transact(vec![
-            update_item(user)?,
-            put_item(&self.tokens, token, "attribute_not_exists(pk)")?,
-        ])
-        .await?;
+        self.transact(vec![update_item(user)?, put_item(&self.tokens, token, "attribute_not_exists(pk)")?]).await?;
         Ok(())
     }
 
     async fn verification(&self, token_hash: &str) -> StoreResult<Option<VerificationRecord>> {
-        self.get(&self.tokens, items::verification_pk(token_hash))
-            .await
+        self.get(&self.tokens, items::verification_pk(token_hash)).await
     }
 
     async fn consume_verification(&self, token_hash: &str, now: Timestamp) -> StoreResult<UserId> {
@@ -281,9 +239,7 @@ impl UserStore for DynamoStore {
             .table_name(&self.tokens)
             .key(PK, s(items::verification_pk(token_hash)))
             .update_expression("SET used_at = :now")
-            .condition_expression(
-                "attribute_exists(pk) AND attribute_not_exists(used_at) AND expires_at > :now",
-            )
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(used_at) AND expires_at > :now")
             .expression_attribute_values(":now", n(now));
         let user = Update::builder()
             .table_name(&self.users)
@@ -291,8 +247,7 @@ impl UserStore for DynamoStore {
             .update_expression("SET verified = :true")
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":true", AttributeValue::Bool(true));
-        self.transact(vec![update_item(token)?, update_item(user)?])
-            .await?;
+        self.transact(vec![update_item(token)?, update_item(user)?]).await?;
         Ok(rec.user_id)
     }
 }

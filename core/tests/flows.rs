@@ -1,0 +1,240 @@
+//! The flows end to end below HTTP, on the embedded store with a frozen
+//! clock, so expiry boundaries and lock periods are crossed exactly.
+
+use async_trait::async_trait;
+use latchkey_core::adapters::embedded::EmbeddedStore;
+use latchkey_core::clock::FixedClock;
+use latchkey_core::config::{Policy, RateLimits};
+use latchkey_core::domain::RequestMeta;
+use latchkey_core::flows::{Auth, Ports, TokenIssuer};
+use latchkey_core::keys::{CodeKey, SigningKey};
+use latchkey_core::mail::{MailEnvelope, MailJob};
+use latchkey_core::password_hasher::{Argon2Settings, PasswordHasher};
+use latchkey_core::ports::{MailQueue, StoreResult};
+use latchkey_core::rng::OsSecureRng;
+use latchkey_core::Error;
+use std::sync::{Arc, Mutex};
+
+const PW: &str = "correct horse battery staple";
+const T0: i64 = 1_800_000_000;
+
+/// Keeps what would be mailed, so the test can read codes and links.
+#[derive(Default)]
+struct Mailbox(Mutex<Vec<MailEnvelope>>);
+
+#[async_trait]
+impl MailQueue for Mailbox {
+    async fn enqueue(&self, job: &MailEnvelope) -> StoreResult<()> {
+        self.0.lock().unwrap().push(job.clone());
+        Ok(())
+    }
+}
+
+impl Mailbox {
+    fn last(&self) -> MailEnvelope {
+        self.0.lock().unwrap().last().cloned().expect("a mail")
+    }
+    fn kinds(&self) -> Vec<&'static str> {
+        self.0.lock().unwrap().iter().map(|m| m.job.kind()).collect()
+    }
+    fn code(&self) -> String {
+        match self.last().job {
+            MailJob::LoginCode { code, .. } | MailJob::StandaloneCode { code, .. } => code.expose().clone(),
+            other => panic!("not a code mail: {}", other.kind()),
+        }
+    }
+    fn token(&self) -> String {
+        match self.last().job {
+            MailJob::VerifyEmail { token, .. } => token.expose().clone(),
+            other => panic!("not a verification mail: {}", other.kind()),
+        }
+    }
+}
+
+struct World {
+    auth: Auth,
+    clock: Arc<FixedClock>,
+    mail: Arc<Mailbox>,
+}
+
+fn world(limits: RateLimits) -> World {
+    let clock = Arc::new(FixedClock::new(T0));
+    let store = Arc::new(EmbeddedStore::in_memory().unwrap().with_clock(clock.clone()));
+    let mail = Arc::new(Mailbox::default());
+    let ports = Ports {
+        users: store.clone(),
+        challenges: store.clone(),
+        sessions: store.clone(),
+        otps: store.clone(),
+        limiter: store,
+        mail: mail.clone(),
+        clock: clock.clone(),
+        rng: Arc::new(OsSecureRng),
+    };
+    // Cheap argon2 parameters: these tests are about the flows, not the cost.
+    let policy = Policy { limits, argon2: Argon2Settings { m_kib: 1024, t: 1, p: 1 }, ..Policy::default() };
+    let hasher = PasswordHasher::new(policy.argon2, 2, &OsSecureRng).unwrap();
+    let tokens = TokenIssuer::new(SigningKey::generate().unwrap(), "iss".into(), "aud".into(), 600).unwrap();
+    let auth = Auth::new(ports, policy, hasher, CodeKey::new(vec![3; 32]).unwrap(), tokens);
+    World { auth, clock, mail }
+}
+
+fn meta() -> RequestMeta {
+    RequestMeta { ip: Some("192.0.2.1".into()), ..Default::default() }
+}
+
+async fn verified(w: &World, name: &str) -> String {
+    let email = format!("{name}@example.com");
+    w.auth.register(name, &email, PW.into(), &meta()).await.unwrap();
+    w.auth.verify_email(&w.mail.token(), &meta()).await.unwrap();
+    email
+}
+
+#[tokio::test]
+async fn login_code_expires_exactly_at_five_minutes() {
+    let w = world(RateLimits::relaxed());
+    verified(&w, "alice").await;
+    let c = w.auth.login("alice", PW.into(), &meta()).await.unwrap();
+    assert_eq!(c.expires_at, T0 + 300);
+    let code = w.mail.code();
+    w.clock.set(T0 + 300);
+    let err = w.auth.verify_login_code(&c.challenge_id.to_string(), &code, &meta()).await.unwrap_err();
+    assert!(matches!(err, Error::OtpExpired), "{err:?}");
+
+    let c = w.auth.login("alice", PW.into(), &meta()).await.unwrap();
+    let code = w.mail.code();
+    w.clock.set(c.expires_at - 1);
+    w.auth.verify_login_code(&c.challenge_id.to_string(), &code, &meta()).await.unwrap();
+}
+
+#[tokio::test]
+async fn verification_link_expires_after_24_hours() {
+    let w = world(RateLimits::relaxed());
+    w.auth.register("bob", "bob@example.com", PW.into(), &meta()).await.unwrap();
+    let token = w.mail.token();
+    w.clock.set(T0 + 24 * 3600);
+    assert!(matches!(w.auth.verify_email(&token, &meta()).await, Err(Error::VerificationExpired)));
+    // Still unverified.
+    assert!(matches!(w.auth.login("bob", PW.into(), &meta()).await, Err(Error::EmailNotVerified)));
+    // A resend gives a fresh link that works.
+    w.auth.resend_verification("bob@example.com", &meta()).await.unwrap();
+    w.auth.verify_email(&w.mail.token(), &meta()).await.unwrap();
+    w.auth.login("bob", PW.into(), &meta()).await.unwrap();
+}
+
+#[tokio::test]
+async fn ten_wrong_passwords_lock_for_fifteen_minutes_and_no_longer() {
+    let w = world(RateLimits::relaxed());
+    verified(&w, "carol").await;
+    for _ in 0..10 {
+        assert!(matches!(w.auth.login("carol", "wrong wrong wrong".into(), &meta()).await, Err(Error::InvalidCredentials)));
+    }
+    assert_eq!(w.mail.last().job.kind(), "account_locked", "the owner is told");
+    // Locked: even the right password is refused, with the same error.
+    assert!(matches!(w.auth.login("carol", PW.into(), &meta()).await, Err(Error::InvalidCredentials)));
+    // Hammering during the lock does not extend it.
+    w.clock.set(T0 + 899);
+    for _ in 0..20 {
+        let _ = w.auth.login("carol", "wrong wrong wrong".into(), &meta()).await;
+    }
+    assert_eq!(w.mail.kinds().iter().filter(|k| **k == "account_locked").count(), 1);
+    w.clock.set(T0 + 900);
+    w.auth.login("carol", PW.into(), &meta()).await.expect("lock over after 15 min");
+}
+
+#[tokio::test]
+async fn resend_never_resets_the_failure_count() {
+    let w = world(RateLimits::relaxed());
+    verified(&w, "dave").await;
+    let c = w.auth.login("dave", PW.into(), &meta()).await.unwrap();
+    let id = c.challenge_id.to_string();
+    let wrong = |code: &str| if code == "000000" { "111111".to_string() } else { "000000".to_string() };
+    let code = w.mail.code();
+    for _ in 0..3 {
+        assert!(matches!(w.auth.verify_login_code(&id, &wrong(&code), &meta()).await, Err(Error::OtpInvalid { .. })));
+    }
+    assert!(matches!(w.auth.resend_login_code(&id, &meta()).await, Err(Error::RateLimited { retry_after: 60 })));
+    w.clock.advance(60);
+    w.auth.resend_login_code(&id, &meta()).await.unwrap();
+    let code = w.mail.code();
+    let mut left = vec![];
+    for _ in 0..3 {
+        match w.auth.verify_login_code(&id, &wrong(&code), &meta()).await {
+            Err(Error::OtpInvalid { attempts_left }) => left.push(attempts_left),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(left, [2, 1, 0]);
+    assert!(matches!(w.auth.verify_login_code(&id, &code, &meta()).await, Err(Error::OtpExhausted)));
+}
+
+#[tokio::test]
+async fn a_code_is_bound_to_its_challenge() {
+    let w = world(RateLimits::relaxed());
+    verified(&w, "erin").await;
+    verified(&w, "frank").await;
+    let a = w.auth.login("erin", PW.into(), &meta()).await.unwrap();
+    let code_a = w.mail.code();
+    let b = w.auth.login("frank", PW.into(), &meta()).await.unwrap();
+    let code_b = w.mail.code();
+    if code_a != code_b {
+        assert!(matches!(w.auth.verify_login_code(&b.challenge_id.to_string(), &code_a, &meta()).await, Err(Error::OtpInvalid { .. })));
+    }
+    w.auth.verify_login_code(&a.challenge_id.to_string(), &code_a, &meta()).await.unwrap();
+}
+
+#[tokio::test]
+async fn standalone_otp_lives_ten_minutes() {
+    let w = world(RateLimits::relaxed());
+    let sent = w.auth.send_otp("gina@example.com", &meta()).await.unwrap();
+    assert_eq!(sent.expires_at, T0 + 600);
+    let code = w.mail.code();
+    w.clock.set(T0 + 600);
+    assert!(matches!(w.auth.verify_otp("gina@example.com", &code, &meta()).await, Err(Error::OtpExpired)));
+    w.auth.send_otp("gina@example.com", &meta()).await.unwrap();
+    let code = w.mail.code();
+    w.clock.set(T0 + 1199);
+    w.auth.verify_otp("GINA@example.com", &code, &meta()).await.unwrap();
+    assert!(matches!(w.auth.verify_otp("gina@example.com", &code, &meta()).await, Err(Error::ChallengeNotFound)));
+}
+
+#[tokio::test]
+async fn login_rate_limit_per_identifier_answers_with_the_wait() {
+    let w = world(RateLimits::default());
+    verified(&w, "hank").await;
+    for _ in 0..20 {
+        let _ = w.auth.login("hank", "wrong wrong wrong".into(), &meta()).await;
+        w.clock.advance(1);
+    }
+    match w.auth.login("hank", PW.into(), &meta()).await {
+        Err(Error::RateLimited { retry_after }) => assert!((1..=900).contains(&retry_after), "{retry_after}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_account_code_budget_locks_the_account() {
+    let w = world(RateLimits::relaxed());
+    let mut policy_budget = 0;
+    verified(&w, "ivan").await;
+    // 100 wrong codes over 17 challenges (6 each at most).
+    while policy_budget < 100 {
+        let c = match w.auth.login("ivan", PW.into(), &meta()).await {
+            Ok(c) => c,
+            Err(e) => panic!("login refused after {policy_budget} wrong codes: {e:?}"),
+        };
+        let code = w.mail.code();
+        let wrong = if code == "000000" { "111111" } else { "000000" };
+        for _ in 0..6 {
+            if policy_budget == 100 {
+                break;
+            }
+            let _ = w.auth.verify_login_code(&c.challenge_id.to_string(), wrong, &meta()).await;
+            policy_budget += 1;
+        }
+    }
+    assert!(matches!(w.auth.login("ivan", PW.into(), &meta()).await, Err(Error::InvalidCredentials)));
+    assert_eq!(w.mail.last().job.kind(), "account_locked");
+    w.clock.advance(900);
+    w.auth.login("ivan", PW.into(), &meta()).await.expect("the lock ends and resets the budget");
+}

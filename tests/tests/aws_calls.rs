@@ -1,0 +1,62 @@
+//! AWS calls per request on the emulator, counted by an SDK interceptor on
+//! the very clients the api uses. Targets: register <= 3, login <= 4, code
+//! verify <= 3, and no Scan anywhere. The counts are printed for the notes.
+
+use latchkey_tests::scenarios::{PASSWORD, token_from_link, unique};
+use latchkey_tests::system::TestSystem;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_per_request_stay_within_budget() {
+    let sys = TestSystem::aws().await;
+    let calls = sys.calls.clone().expect("aws system counts calls");
+    let mut report = Vec::new();
+    let mut measure = |name: &'static str, took: Vec<String>, max: Option<usize>| {
+        assert!(!took.iter().any(|c| c.ends_with(":Scan")), "{name} scanned: {took:?}");
+        if let Some(max) = max {
+            assert!(took.len() <= max, "{name}: {} calls > {max}: {took:?}", took.len());
+        }
+        report.push(format!("{name}: {} {took:?}", took.len()));
+    };
+    let (username, email) = unique();
+
+    calls.take();
+    let (st, _, _) = sys.post("/v1/register", json!({"username": username, "email": email, "password": PASSWORD})).await;
+    assert_eq!(st, 202);
+    measure("register", calls.take(), Some(3));
+
+    let token = token_from_link(&sys.wait_mail(&email, 1).await.link().expect("link"));
+    calls.take();
+    assert_eq!(sys.post("/v1/verify-email", json!({ "token": token })).await.0, 200);
+    measure("verify-email", calls.take(), None);
+
+    let (st, body, _) = sys.post("/v1/login", json!({"identifier": email, "password": PASSWORD})).await;
+    assert_eq!(st, 202);
+    measure("login", calls.take(), Some(4));
+
+    let code = sys.wait_mail(&email, 2).await.code().expect("code");
+    calls.take();
+    let (st, tokens, _) = sys.post("/v1/login/otp", json!({"challenge_id": body["challenge_id"], "code": code})).await;
+    assert_eq!(st, 200);
+    measure("code verify", calls.take(), Some(3));
+
+    let (st, _, _) = sys.post("/v1/token/refresh", json!({"refresh_token": tokens["refresh_token"]})).await;
+    assert_eq!(st, 200);
+    measure("refresh", calls.take(), Some(3));
+
+    let (st, _, _) = sys.post("/otp", json!({"action": "send_otp", "email": email})).await;
+    assert_eq!(st, 200);
+    measure("send_otp", calls.take(), Some(4));
+    let otp = sys.wait_mail(&email, 3).await.code().expect("otp");
+    calls.take();
+    let (st, _, _) = sys.post("/otp", json!({"action": "verify_otp", "email": email, "otp": otp})).await;
+    assert_eq!(st, 200);
+    measure("verify_otp", calls.take(), Some(3));
+
+    // A wrong password costs no more than a right one.
+    let (st, _, _) = sys.post("/v1/login", json!({"identifier": username, "password": "not the password at all"})).await;
+    assert_eq!(st, 401);
+    measure("login (wrong password)", calls.take(), Some(4));
+
+    println!("AWS calls per request:\n  {}", report.join("\n  "));
+}
