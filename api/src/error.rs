@@ -68,7 +68,11 @@ impl From<Error> for ApiError {
             Error::InvalidRefreshToken => simple(S::UNAUTHORIZED, "invalid_refresh_token", &e),
             Error::Unavailable(source) => {
                 tracing::error!(error = %source, "dependency unavailable");
-                ApiError::new(S::SERVICE_UNAVAILABLE, "unavailable", "the service is briefly unavailable; retry shortly")
+                ApiError::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the service is briefly unavailable; retry shortly",
+                )
             }
             Error::Internal(source) => {
                 tracing::error!(error = %source, "internal error");

@@ -96,7 +96,9 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
                 dynamo::ensure_tables(&ddb, table_prefix).await?;
                 sqs::ensure_queues(&sqs_client, table_prefix).await?.0
             } else {
-                mail_queue_url.clone().ok_or("LATCHKEY_MAIL_QUEUE_URL: required with LATCHKEY_BACKEND=aws unless LATCHKEY_BOOTSTRAP=true")?
+                mail_queue_url.clone().ok_or(
+                    "LATCHKEY_MAIL_QUEUE_URL: required with LATCHKEY_BACKEND=aws unless LATCHKEY_BOOTSTRAP=true",
+                )?
             };
             let signing = match &config.jwt_private_key {
                 Some(k) => SigningKey::from_base64(k.expose()).map_err(|e| format!("LATCHKEY_JWT_PRIVATE_KEY: {e}"))?,
@@ -124,7 +126,12 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
 
 fn state(config: &Config, ports: Ports, signing: SigningKey, code_key: CodeKey) -> Result<AppState, BoxError> {
     let hasher = PasswordHasher::new(config.policy.argon2, config.hash_threads, ports.rng.as_ref())?;
-    let tokens = TokenIssuer::new(signing, config.jwt_issuer.clone(), config.jwt_audience.clone(), config.policy.access_ttl_secs)?;
+    let tokens = TokenIssuer::new(
+        signing,
+        config.jwt_issuer.clone(),
+        config.jwt_audience.clone(),
+        config.policy.access_ttl_secs,
+    )?;
     let auth = Auth::new(ports, config.policy.clone(), hasher, code_key, tokens);
     Ok(AppState { auth, trust_forwarded_for: config.trust_forwarded_for })
 }
@@ -137,8 +144,10 @@ fn local_keys(config: &Config, data_dir: &Path) -> Result<(SigningKey, CodeKey),
     let signing = match &config.jwt_private_key {
         Some(k) => SigningKey::from_base64(k.expose()).map_err(|e| format!("LATCHKEY_JWT_PRIVATE_KEY: {e}"))?,
         None => {
-            let b64 = read_or_create(&dir.join("jwt-ed25519.pk8.b64"), || SigningKey::generate().map(|k| k.to_base64()))?;
-            SigningKey::from_base64(b64.expose()).map_err(|e| format!("{}: {e}", dir.join("jwt-ed25519.pk8.b64").display()))?
+            let b64 =
+                read_or_create(&dir.join("jwt-ed25519.pk8.b64"), || SigningKey::generate().map(|k| k.to_base64()))?;
+            SigningKey::from_base64(b64.expose())
+                .map_err(|e| format!("{}: {e}", dir.join("jwt-ed25519.pk8.b64").display()))?
         }
     };
     let code_key = match &config.code_hmac_key {

@@ -188,7 +188,14 @@ impl Config {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut errs = Vec::new();
         let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        fn num<T: std::str::FromStr>(errs: &mut Vec<String>, k: &str, v: Option<String>, d: T, ok: impl Fn(&T) -> bool, rule: &str) -> T {
+        fn num<T: std::str::FromStr>(
+            errs: &mut Vec<String>,
+            k: &str,
+            v: Option<String>,
+            d: T,
+            ok: impl Fn(&T) -> bool,
+            rule: &str,
+        ) -> T {
             match v {
                 None => d,
                 Some(s) => match s.trim().parse::<T>() {
@@ -210,7 +217,9 @@ impl Config {
         };
 
         let backend = match get("LATCHKEY_BACKEND").as_deref().unwrap_or("embedded") {
-            "embedded" => Backend::Embedded { data_dir: get("LATCHKEY_DATA_DIR").unwrap_or_else(|| "var".into()).into() },
+            "embedded" => {
+                Backend::Embedded { data_dir: get("LATCHKEY_DATA_DIR").unwrap_or_else(|| "var".into()).into() }
+            }
             "aws" => Backend::Aws {
                 table_prefix: get("LATCHKEY_TABLE_PREFIX").unwrap_or_else(|| "latchkey".into()),
                 mail_queue_url: get("LATCHKEY_MAIL_QUEUE_URL"),
@@ -238,21 +247,56 @@ impl Config {
 
         let mut policy = Policy::default();
         let d = policy.argon2;
-        policy.argon2.m_kib = num(&mut errs, "LATCHKEY_ARGON2_M_KIB", get("LATCHKEY_ARGON2_M_KIB"), d.m_kib, |&m| m >= 19456, "at least 19456");
-        policy.argon2.t = num(&mut errs, "LATCHKEY_ARGON2_T", get("LATCHKEY_ARGON2_T"), d.t, |&t| (2..=10).contains(&t), "2..=10");
-        policy.argon2.p = num(&mut errs, "LATCHKEY_ARGON2_P", get("LATCHKEY_ARGON2_P"), d.p, |&p| (1..=16).contains(&p), "1..=16");
-        policy.password.min_chars =
-            num(&mut errs, "LATCHKEY_PASSWORD_MIN_CHARS", get("LATCHKEY_PASSWORD_MIN_CHARS"), 12, |n| (8..=64).contains(n), "8..=64");
-        policy.access_ttl_secs =
-            num(&mut errs, "LATCHKEY_ACCESS_TTL_SECS", get("LATCHKEY_ACCESS_TTL_SECS"), 600, |n| (60..=600).contains(n), "60..=600");
-        policy.otp_ttl_secs = num(&mut errs, "LATCHKEY_OTP_TTL_SECS", get("LATCHKEY_OTP_TTL_SECS"), 600, |n| (60..=600).contains(n), "60..=600 (ASVS 6.5.5 caps it at 10 minutes)");
+        policy.argon2.m_kib = num(
+            &mut errs,
+            "LATCHKEY_ARGON2_M_KIB",
+            get("LATCHKEY_ARGON2_M_KIB"),
+            d.m_kib,
+            |&m| m >= 19456,
+            "at least 19456",
+        );
+        policy.argon2.t =
+            num(&mut errs, "LATCHKEY_ARGON2_T", get("LATCHKEY_ARGON2_T"), d.t, |&t| (2..=10).contains(&t), "2..=10");
+        policy.argon2.p =
+            num(&mut errs, "LATCHKEY_ARGON2_P", get("LATCHKEY_ARGON2_P"), d.p, |&p| (1..=16).contains(&p), "1..=16");
+        policy.password.min_chars = num(
+            &mut errs,
+            "LATCHKEY_PASSWORD_MIN_CHARS",
+            get("LATCHKEY_PASSWORD_MIN_CHARS"),
+            12,
+            |n| (8..=64).contains(n),
+            "8..=64",
+        );
+        policy.access_ttl_secs = num(
+            &mut errs,
+            "LATCHKEY_ACCESS_TTL_SECS",
+            get("LATCHKEY_ACCESS_TTL_SECS"),
+            600,
+            |n| (60..=600).contains(n),
+            "60..=600",
+        );
+        policy.otp_ttl_secs = num(
+            &mut errs,
+            "LATCHKEY_OTP_TTL_SECS",
+            get("LATCHKEY_OTP_TTL_SECS"),
+            600,
+            |n| (60..=600).contains(n),
+            "60..=600 (ASVS 6.5.5 caps it at 10 minutes)",
+        );
         match get("LATCHKEY_RATE_LIMITS").as_deref() {
             None | Some("default") => {}
             Some("relaxed") => policy.limits = RateLimits::relaxed(),
             Some(o) => errs.push(format!("LATCHKEY_RATE_LIMITS: default or relaxed (got {o:?})")),
         }
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let hash_threads = num(&mut errs, "LATCHKEY_HASH_THREADS", get("LATCHKEY_HASH_THREADS"), cores, |n| (1..=256).contains(n), "1..=256");
+        let hash_threads = num(
+            &mut errs,
+            "LATCHKEY_HASH_THREADS",
+            get("LATCHKEY_HASH_THREADS"),
+            cores,
+            |n| (1..=256).contains(n),
+            "1..=256",
+        );
         let trust_forwarded_for = flag(&mut errs, "LATCHKEY_TRUST_FORWARDED_FOR");
 
         if !errs.is_empty() {
@@ -294,7 +338,9 @@ mod tests {
 
     #[test]
     fn names_every_bad_variable() {
-        let e = cfg(&[("LATCHKEY_BACKEND", "mysql"), ("LATCHKEY_OTP_TTL_SECS", "900"), ("LATCHKEY_ARGON2_M_KIB", "1024")]).unwrap_err();
+        let e =
+            cfg(&[("LATCHKEY_BACKEND", "mysql"), ("LATCHKEY_OTP_TTL_SECS", "900"), ("LATCHKEY_ARGON2_M_KIB", "1024")])
+                .unwrap_err();
         let s = e.to_string();
         for k in ["LATCHKEY_BACKEND", "LATCHKEY_OTP_TTL_SECS", "LATCHKEY_ARGON2_M_KIB"] {
             assert!(s.contains(k), "{s}");

@@ -41,7 +41,8 @@ impl std::fmt::Debug for PasswordHasher {
 impl PasswordHasher {
     /// `threads`: how many hashes may run at once (usually the core count).
     pub fn new(settings: Argon2Settings, threads: usize, rng: &dyn crate::rng::SecureRng) -> Result<Self, String> {
-        let params = Params::new(settings.m_kib, settings.t, settings.p, None).map_err(|e| format!("argon2 parameters: {e}"))?;
+        let params =
+            Params::new(settings.m_kib, settings.t, settings.p, None).map_err(|e| format!("argon2 parameters: {e}"))?;
         let mut random = [0u8; 32];
         rng.fill(&mut random);
         let dummy = hash_blocking(&params, &hex::encode(random), rng)?;
@@ -56,7 +57,10 @@ impl PasswordHasher {
         let pw = password.clone();
         self.run(move || {
             let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
-            argon(&params).hash_password(pw.expose().as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
+            argon(&params)
+                .hash_password(pw.expose().as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| e.to_string())
         })
         .await
     }
@@ -88,7 +92,10 @@ impl PasswordHasher {
             || p.p_cost() < self.params.p_cost()
     }
 
-    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, crate::Error> {
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, String> + Send + 'static,
+    ) -> Result<T, crate::Error> {
         let _permit = self.gate.acquire().await.map_err(|e| crate::Error::Internal(Box::new(e)))?;
         tokio::task::spawn_blocking(f)
             .await

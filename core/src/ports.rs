@@ -10,10 +10,12 @@
 //! - expiry is checked by the flows against the `Clock`, never left to the
 //!   store's TTL sweeper (DynamoDB deletes expired items up to days late).
 
-use crate::clock::Timestamp;
-use crate::domain::{Challenge, ChallengeId, Email, OtpRecord, Session, SessionId, User, UserId, Username, VerificationRecord};
-use crate::mail::MailEnvelope;
 use crate::StoreError;
+use crate::clock::Timestamp;
+use crate::domain::{
+    Challenge, ChallengeId, Email, OtpRecord, Session, SessionId, User, UserId, Username, VerificationRecord,
+};
+use crate::mail::MailEnvelope;
 use async_trait::async_trait;
 
 pub use crate::clock::Clock;
@@ -43,7 +45,13 @@ pub trait UserStore: Send + Sync {
     /// re-lock at once when it expires). Failures during a lock change
     /// nothing, so a lock can never be extended by hammering. Returns the
     /// user as stored afterwards; an unknown user is `Conflict(Stale)`.
-    async fn record_login_failure(&self, id: &UserId, now: Timestamp, threshold: u32, lock_secs: i64) -> StoreResult<User>;
+    async fn record_login_failure(
+        &self,
+        id: &UserId,
+        now: Timestamp,
+        threshold: u32,
+        lock_secs: i64,
+    ) -> StoreResult<User>;
 
     /// Replaces the password hash (rehash on login when parameters rise).
     /// An unknown user is `Conflict(Stale)`.
@@ -53,7 +61,12 @@ pub trait UserStore: Send + Sync {
     /// `verification_sent_at = now`, only if the user is unverified and the
     /// last send was at or before `now - cooldown_secs`; otherwise
     /// `Conflict(Stale)`.
-    async fn add_verification(&self, verification: &VerificationRecord, now: Timestamp, cooldown_secs: i64) -> StoreResult<()>;
+    async fn add_verification(
+        &self,
+        verification: &VerificationRecord,
+        now: Timestamp,
+        cooldown_secs: i64,
+    ) -> StoreResult<()>;
 
     /// Reads a verification token by its hash.
     async fn verification(&self, token_hash: &str) -> StoreResult<Option<VerificationRecord>>;
@@ -77,7 +90,14 @@ pub trait ChallengeStore: Send + Sync {
     /// only if the challenge is unused, still has `code_hash`, has fewer than
     /// `max_failures` failures and `expires_at > now`; otherwise
     /// `Conflict(Stale)`. Of any number of concurrent calls at most one wins.
-    async fn redeem_challenge(&self, id: &ChallengeId, code_hash: &str, now: Timestamp, max_failures: u32, session: &Session) -> StoreResult<()>;
+    async fn redeem_challenge(
+        &self,
+        id: &ChallengeId,
+        code_hash: &str,
+        now: Timestamp,
+        max_failures: u32,
+        session: &Session,
+    ) -> StoreResult<()>;
 
     /// Counts one wrong code: increments the challenge's `failures` and the
     /// user's `otp_failures` together, only if the challenge is unused and
@@ -86,7 +106,8 @@ pub trait ChallengeStore: Send + Sync {
     /// it exists (never created).
     /// Returns the new failure count. The check and the increment are one
     /// conditional write, so concurrent guesses cannot pass the cap.
-    async fn record_challenge_failure(&self, id: &ChallengeId, user_id: &UserId, max_failures: u32) -> StoreResult<u32>;
+    async fn record_challenge_failure(&self, id: &ChallengeId, user_id: &UserId, max_failures: u32)
+    -> StoreResult<u32>;
 
     /// Replaces the code: sets `code_hash`, `expires_at`, `last_sent_at = now`
     /// and `resends += 1`, never touching `failures`, only if the challenge
@@ -130,7 +151,13 @@ pub trait OtpStore: Send + Sync {
 
     /// Marks the code used, only if it is unused, still has `code_hash`, has
     /// fewer than `max_failures` failures and `expires_at > now`.
-    async fn redeem_otp(&self, address_hash: &str, code_hash: &str, now: Timestamp, max_failures: u32) -> StoreResult<()>;
+    async fn redeem_otp(
+        &self,
+        address_hash: &str,
+        code_hash: &str,
+        now: Timestamp,
+        max_failures: u32,
+    ) -> StoreResult<()>;
 
     /// Increments `failures`, only if the code is unused and has fewer than
     /// `max_failures` failures. Returns the new count.

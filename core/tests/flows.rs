@@ -2,6 +2,7 @@
 //! clock, so expiry boundaries and lock periods are crossed exactly.
 
 use async_trait::async_trait;
+use latchkey_core::Error;
 use latchkey_core::adapters::embedded::EmbeddedStore;
 use latchkey_core::clock::FixedClock;
 use latchkey_core::config::{Policy, RateLimits};
@@ -12,7 +13,6 @@ use latchkey_core::mail::{MailEnvelope, MailJob};
 use latchkey_core::password_hasher::{Argon2Settings, PasswordHasher};
 use latchkey_core::ports::{MailQueue, StoreResult};
 use latchkey_core::rng::OsSecureRng;
-use latchkey_core::Error;
 use std::sync::{Arc, Mutex};
 
 const PW: &str = "correct horse battery staple";
@@ -127,7 +127,10 @@ async fn ten_wrong_passwords_lock_for_fifteen_minutes_and_no_longer() {
     let w = world(RateLimits::relaxed());
     verified(&w, "carol").await;
     for _ in 0..10 {
-        assert!(matches!(w.auth.login("carol", "wrong wrong wrong".into(), &meta()).await, Err(Error::InvalidCredentials)));
+        assert!(matches!(
+            w.auth.login("carol", "wrong wrong wrong".into(), &meta()).await,
+            Err(Error::InvalidCredentials)
+        ));
     }
     assert_eq!(w.mail.last().job.kind(), "account_locked", "the owner is told");
     // Locked: even the right password is refused, with the same error.
@@ -178,7 +181,10 @@ async fn a_code_is_bound_to_its_challenge() {
     let b = w.auth.login("frank", PW.into(), &meta()).await.unwrap();
     let code_b = w.mail.code();
     if code_a != code_b {
-        assert!(matches!(w.auth.verify_login_code(&b.challenge_id.to_string(), &code_a, &meta()).await, Err(Error::OtpInvalid { .. })));
+        assert!(matches!(
+            w.auth.verify_login_code(&b.challenge_id.to_string(), &code_a, &meta()).await,
+            Err(Error::OtpInvalid { .. })
+        ));
     }
     w.auth.verify_login_code(&a.challenge_id.to_string(), &code_a, &meta()).await.unwrap();
 }

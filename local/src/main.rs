@@ -18,7 +18,9 @@ async fn main() {
 
 async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if std::env::args().any(|a| a == "--help" || a == "-h") {
-        println!("latchkey: run the whole service locally.\n\nConfiguration is read from the environment; see the README's configuration table.");
+        println!(
+            "latchkey: run the whole service locally.\n\nConfiguration is read from the environment; see the README's configuration table."
+        );
         return Ok(());
     }
     let config = Config::from_env()?;

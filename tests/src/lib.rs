@@ -28,9 +28,7 @@ pub async fn emulator_endpoint() -> String {
         .get_or_init(|| async {
             match std::env::var(ENDPOINT_ENV) {
                 Ok(endpoint) if !endpoint.trim().is_empty() => endpoint.trim().to_owned(),
-                _ => tokio::task::spawn_blocking(start_moto)
-                    .await
-                    .expect("starting moto panicked"),
+                _ => tokio::task::spawn_blocking(start_moto).await.expect("starting moto panicked"),
             }
         })
         .await
@@ -38,10 +36,7 @@ pub async fn emulator_endpoint() -> String {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the repository")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the repository").to_path_buf()
 }
 
 /// Runs `moto.sh start` under an exclusive file lock. The script has no lock
@@ -51,8 +46,7 @@ fn repo_root() -> PathBuf {
 fn start_moto() -> String {
     let root = repo_root();
     let state_dir = root.join("var").join("moto");
-    std::fs::create_dir_all(&state_dir)
-        .unwrap_or_else(|e| panic!("creating {}: {e}", state_dir.display()));
+    std::fs::create_dir_all(&state_dir).unwrap_or_else(|e| panic!("creating {}: {e}", state_dir.display()));
     let lock_path = state_dir.join("test-harness.lock");
     let lock = std::fs::File::options()
         .create(true)
@@ -60,8 +54,7 @@ fn start_moto() -> String {
         .write(true)
         .open(&lock_path)
         .unwrap_or_else(|e| panic!("opening {}: {e}", lock_path.display()));
-    lock.lock()
-        .unwrap_or_else(|e| panic!("locking {}: {e}", lock_path.display()));
+    lock.lock().unwrap_or_else(|e| panic!("locking {}: {e}", lock_path.display()));
 
     let script = root.join("localstack").join("moto.sh");
     let out = Command::new("bash")
@@ -74,11 +67,7 @@ fn start_moto() -> String {
 
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let endpoint = stdout
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .unwrap_or_default();
+    let endpoint = stdout.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or_default();
     if !out.status.success() || !endpoint.starts_with("http") {
         panic!(
             "`{} start` failed ({}); set {ENDPOINT_ENV} to use another emulator.\nstdout:\n{stdout}\nstderr:\n{stderr}",

@@ -15,7 +15,8 @@ pub fn unique() -> (String, String) {
 /// Registers and verifies through the mailed link; returns (username, email).
 pub async fn verified_user(sys: &TestSystem) -> (String, String) {
     let (username, email) = unique();
-    let (st, _, _) = sys.post("/v1/register", json!({"username": username, "email": email, "password": PASSWORD})).await;
+    let (st, _, _) =
+        sys.post("/v1/register", json!({"username": username, "email": email, "password": PASSWORD})).await;
     assert_eq!(st, 202);
     let mail = sys.wait_mail(&email, 1).await;
     let token = token_from_link(&mail.link().expect("link in mail"));
@@ -42,7 +43,9 @@ pub async fn sign_in(sys: &TestSystem, identifier: &str, email: &str) -> Value {
 
 pub async fn full_journey(sys: &TestSystem, by_email: bool) {
     let (username, email) = unique();
-    let (st, body, h) = sys.post("/v1/register", json!({"username": username.to_uppercase(), "email": email, "password": PASSWORD})).await;
+    let (st, body, h) = sys
+        .post("/v1/register", json!({"username": username.to_uppercase(), "email": email, "password": PASSWORD}))
+        .await;
     assert_eq!(st, 202, "{body}");
     assert_eq!(h["cache-control"], "no-store");
 
@@ -110,27 +113,40 @@ pub async fn register_conflicts(sys: &TestSystem) {
     let (username, email) = verified_user(sys).await;
     let (other_user, other_email) = unique();
     // Username taken (case-insensitively): 409.
-    let (st, body, _) = sys.post("/v1/register", json!({"username": username.to_uppercase(), "email": other_email, "password": PASSWORD})).await;
+    let (st, body, _) = sys
+        .post("/v1/register", json!({"username": username.to_uppercase(), "email": other_email, "password": PASSWORD}))
+        .await;
     assert_eq!((st, body["error"].as_str()), (409, Some("username_taken")));
     // Email taken: the same 202 as a success, and the owner is told.
-    let (st_new, body_new, _) = sys.post("/v1/register", json!({"username": unique().0, "email": unique().1, "password": PASSWORD})).await;
-    let (st_taken, body_taken, _) = sys.post("/v1/register", json!({"username": other_user, "email": email.to_uppercase(), "password": PASSWORD})).await;
+    let (st_new, body_new, _) =
+        sys.post("/v1/register", json!({"username": unique().0, "email": unique().1, "password": PASSWORD})).await;
+    let (st_taken, body_taken, _) = sys
+        .post("/v1/register", json!({"username": other_user, "email": email.to_uppercase(), "password": PASSWORD}))
+        .await;
     assert_eq!((st_new, &body_new), (st_taken, &body_taken));
     let notice = sys.wait_mail(&email, 2).await;
     assert_eq!(notice.kind, "signup_attempt", "{notice:?}");
     // Nothing of the refused registration was kept: its username is free.
-    let (st, body, _) = sys.post("/v1/register", json!({"username": other_user, "email": unique().1, "password": PASSWORD})).await;
+    let (st, body, _) =
+        sys.post("/v1/register", json!({"username": other_user, "email": unique().1, "password": PASSWORD})).await;
     assert_eq!(st, 202, "{body}");
 }
 
 pub async fn login_failures_look_alike(sys: &TestSystem) {
     let (username, _) = verified_user(sys).await;
-    let (st1, b1, h1) = sys.post("/v1/login", json!({"identifier": username, "password": "wrong password entirely"})).await;
-    let (st2, b2, h2) = sys.post("/v1/login", json!({"identifier": format!("nobody{username}"), "password": "wrong password entirely"})).await;
+    let (st1, b1, h1) =
+        sys.post("/v1/login", json!({"identifier": username, "password": "wrong password entirely"})).await;
+    let (st2, b2, h2) = sys
+        .post("/v1/login", json!({"identifier": format!("nobody{username}"), "password": "wrong password entirely"}))
+        .await;
     assert_eq!((st1, &b1), (401, &json!({"error": "invalid_credentials", "message": "invalid credentials"})));
     assert_eq!((st1, b1), (st2, b2));
     let names = |h: &reqwest::header::HeaderMap| {
-        let mut v: Vec<String> = h.keys().map(|k| k.to_string()).filter(|k| k != "x-request-id" && k != "date" && k != "content-length").collect();
+        let mut v: Vec<String> = h
+            .keys()
+            .map(|k| k.to_string())
+            .filter(|k| k != "x-request-id" && k != "date" && k != "content-length")
+            .collect();
         v.sort();
         v
     };
@@ -146,7 +162,11 @@ pub async fn wrong_codes_then_dead(sys: &TestSystem) {
     let wrong = if code == "000000" { "111111" } else { "000000" };
     for left in (0..6).rev() {
         let (st, body, _) = sys.post("/v1/login/otp", json!({"challenge_id": challenge, "code": wrong})).await;
-        assert_eq!((st, body["error"].as_str(), body["attempts_left"].as_u64()), (401, Some("otp_invalid"), Some(left)), "{body}");
+        assert_eq!(
+            (st, body["error"].as_str(), body["attempts_left"].as_u64()),
+            (401, Some("otp_invalid"), Some(left)),
+            "{body}"
+        );
     }
     let (st, body, _) = sys.post("/v1/login/otp", json!({"challenge_id": challenge, "code": code})).await;
     assert_eq!((st, body["error"].as_str()), (401, Some("otp_exhausted")), "right code after the cap");
@@ -180,7 +200,8 @@ pub async fn resend_code_cooldown(sys: &TestSystem) {
 
 pub async fn verification_link_errors(sys: &TestSystem) {
     let (_, email) = unique();
-    let (st, _, _) = sys.post("/v1/register", json!({"username": unique().0, "email": email, "password": PASSWORD})).await;
+    let (st, _, _) =
+        sys.post("/v1/register", json!({"username": unique().0, "email": email, "password": PASSWORD})).await;
     assert_eq!(st, 202);
     let token = token_from_link(&sys.wait_mail(&email, 1).await.link().expect("link"));
     let mut tampered = token.clone().into_bytes();
@@ -197,7 +218,8 @@ pub async fn verification_link_errors(sys: &TestSystem) {
 
 pub async fn resend_verification_is_generic(sys: &TestSystem) {
     let (_, email) = unique();
-    let (st, _, _) = sys.post("/v1/register", json!({"username": unique().0, "email": email, "password": PASSWORD})).await;
+    let (st, _, _) =
+        sys.post("/v1/register", json!({"username": unique().0, "email": email, "password": PASSWORD})).await;
     assert_eq!(st, 202);
     let (st_known, b_known, _) = sys.post("/v1/verify-email/resend", json!({ "email": email })).await;
     let (st_unknown, b_unknown, _) = sys.post("/v1/verify-email/resend", json!({ "email": unique().1 })).await;
@@ -258,26 +280,34 @@ pub async fn bad_inputs(sys: &TestSystem) {
     assert_eq!((st, body["field"].as_str()), (400, Some("username")), "{body}");
     let (st, body) = raw(r#"{"username": "abc", "password": "x"}"#).await;
     assert_eq!((st, body["field"].as_str()), (400, Some("email")), "{body}");
-    let (st, body) = raw(r#"{"username": "abc", "email": "not-an-email", "password": "correct horse battery staple"}"#).await;
+    let (st, body) =
+        raw(r#"{"username": "abc", "email": "not-an-email", "password": "correct horse battery staple"}"#).await;
     assert_eq!((st, body["field"].as_str()), (400, Some("email")), "{body}");
-    let (st, body, _) = sys.post("/v1/register", json!({"username": "abc", "email": "a@example.com", "password": "short"})).await;
+    let (st, body, _) =
+        sys.post("/v1/register", json!({"username": "abc", "email": "a@example.com", "password": "short"})).await;
     assert_eq!((st, body["field"].as_str()), (400, Some("password")));
     let big = "x".repeat(20 * 1024);
-    let (st, body, _) = sys.post("/v1/register", json!({"username": "abc", "email": "a@example.com", "password": big})).await;
+    let (st, body, _) =
+        sys.post("/v1/register", json!({"username": "abc", "email": "a@example.com", "password": big})).await;
     assert_eq!((st, body["error"].as_str()), (413, Some("payload_too_large")));
     let long = "p".repeat(2000);
     let (st, body, _) = sys.post("/v1/login", json!({"identifier": "abc", "password": long})).await;
     assert_eq!((st, body["field"].as_str()), (400, Some("password")));
     let (st, body, _) = sys.post("/v1/login/otp", json!({"challenge_id": "nope", "code": "12"})).await;
     assert_eq!((st, body["field"].as_str()), (400, Some("challenge_id")));
-    let (st, body, _) = sys.post("/v1/register", json!({"username": "bad\r\nname", "email": "a@example.com", "password": PASSWORD})).await;
+    let (st, body, _) = sys
+        .post("/v1/register", json!({"username": "bad\r\nname", "email": "a@example.com", "password": PASSWORD}))
+        .await;
     assert_eq!((st, body["field"].as_str()), (400, Some("username")));
     let r = sys.http.post(sys.url("/v1/login")).body("identifier=a").send().await.expect("send");
     assert_eq!(r.status(), 415);
     // A rejected registration wrote nothing: the same names register fine.
     let (username, email) = unique();
     let _ = sys.post("/v1/register", json!({"username": username, "email": email, "password": "short"})).await;
-    assert_eq!(sys.post("/v1/register", json!({"username": username, "email": email, "password": PASSWORD})).await.0, 202);
+    assert_eq!(
+        sys.post("/v1/register", json!({"username": username, "email": email, "password": PASSWORD})).await.0,
+        202
+    );
     assert_eq!(sys.wait_mail(&email, 1).await.kind, "verify_email");
 }
 
@@ -286,7 +316,13 @@ pub async fn headers_everywhere(sys: &TestSystem) {
         sys.http.get(sys.url("/healthz")).send().await.expect("healthz"),
         sys.http.get(sys.url("/nope")).send().await.expect("404"),
         sys.http.get(sys.url("/v1/login")).send().await.expect("405"),
-        sys.http.post(sys.url("/v1/login")).header("content-type", "application/json").body("{").send().await.expect("400"),
+        sys.http
+            .post(sys.url("/v1/login"))
+            .header("content-type", "application/json")
+            .body("{")
+            .send()
+            .await
+            .expect("400"),
         sys.http.get(sys.url("/v1/me")).send().await.expect("401"),
         sys.http.get(sys.url("/.well-known/jwks.json")).send().await.expect("jwks"),
         sys.http.get(sys.url("/verify-email?token=abc")).send().await.expect("page"),
@@ -312,9 +348,13 @@ pub async fn headers_everywhere(sys: &TestSystem) {
 pub async fn jwks_verifies_tokens(sys: &TestSystem) {
     let (username, email) = verified_user(sys).await;
     let tokens = sign_in(sys, &username, &email).await;
-    let jwks: Value = sys.http.get(sys.url("/.well-known/jwks.json")).send().await.expect("jwks").json().await.expect("json");
+    let jwks: Value =
+        sys.http.get(sys.url("/.well-known/jwks.json")).send().await.expect("jwks").json().await.expect("json");
     let key = &jwks["keys"][0];
-    assert_eq!((key["kty"].as_str(), key["crv"].as_str(), key["alg"].as_str()), (Some("OKP"), Some("Ed25519"), Some("EdDSA")));
+    assert_eq!(
+        (key["kty"].as_str(), key["crv"].as_str(), key["alg"].as_str()),
+        (Some("OKP"), Some("Ed25519"), Some("EdDSA"))
+    );
     let access = tokens["access_token"].as_str().expect("access");
     let header: Value = {
         use base64::Engine;

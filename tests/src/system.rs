@@ -138,7 +138,13 @@ impl TestSystem {
         Self::serve(built, mail, "aws", Some(calls), None).await
     }
 
-    async fn serve(built: Built, mail: MailSource, backend: &'static str, calls: Option<CallCounter>, dir: Option<TempDir>) -> Self {
+    async fn serve(
+        built: Built,
+        mail: MailSource,
+        backend: &'static str,
+        calls: Option<CallCounter>,
+        dir: Option<TempDir>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let app = latchkey_api::app(built.state.clone());
@@ -160,7 +166,11 @@ impl TestSystem {
         format!("{}{path}", self.base)
     }
 
-    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
+    pub async fn post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
         let r = self.http.post(self.url(path)).json(&body).send().await.expect("request");
         let status = r.status().as_u16();
         let headers = r.headers().clone();
@@ -179,15 +189,29 @@ impl TestSystem {
         match &self.mail {
             MailSource::Outbox(dir) => {
                 let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-                    .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "eml")).collect())
+                    .map(|d| {
+                        d.filter_map(|e| e.ok().map(|e| e.path()))
+                            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 // Delivery order (the consumer takes jobs in order).
                 files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-                files.iter().filter_map(|p| parse_eml(&std::fs::read_to_string(p).ok()?)).filter(|m| m.to.eq_ignore_ascii_case(to)).collect()
+                files
+                    .iter()
+                    .filter_map(|p| parse_eml(&std::fs::read_to_string(p).ok()?))
+                    .filter(|m| m.to.eq_ignore_ascii_case(to))
+                    .collect()
             }
             MailSource::Sqs { client, url, seen } => {
                 loop {
-                    let out = client.receive_message().queue_url(url).max_number_of_messages(10).send().await.expect("receive");
+                    let out = client
+                        .receive_message()
+                        .queue_url(url)
+                        .max_number_of_messages(10)
+                        .send()
+                        .await
+                        .expect("receive");
                     let msgs = out.messages.unwrap_or_default();
                     if msgs.is_empty() {
                         break;

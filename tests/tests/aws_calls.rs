@@ -21,7 +21,8 @@ async fn calls_per_request_stay_within_budget() {
     let (username, email) = unique();
 
     calls.take();
-    let (st, _, _) = sys.post("/v1/register", json!({"username": username, "email": email, "password": PASSWORD})).await;
+    let (st, _, _) =
+        sys.post("/v1/register", json!({"username": username, "email": email, "password": PASSWORD})).await;
     assert_eq!(st, 202);
     measure("register", calls.take(), Some(3));
 
@@ -54,7 +55,8 @@ async fn calls_per_request_stay_within_budget() {
     measure("verify_otp", calls.take(), Some(3));
 
     // A wrong password costs no more than a right one.
-    let (st, _, _) = sys.post("/v1/login", json!({"identifier": username, "password": "not the password at all"})).await;
+    let (st, _, _) =
+        sys.post("/v1/login", json!({"identifier": username, "password": "not the password at all"})).await;
     assert_eq!(st, 401);
     measure("login (wrong password)", calls.take(), Some(4));
 

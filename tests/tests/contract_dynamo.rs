@@ -6,9 +6,7 @@ async fn subject() -> Subject {
     let config = latchkey_tests::sdk_config(&latchkey_tests::emulator_endpoint().await).await;
     let client = aws_sdk_dynamodb::Client::new(&config);
     let prefix = latchkey_tests::random_prefix();
-    dynamo::ensure_tables(&client, &prefix)
-        .await
-        .expect("create the tables");
+    dynamo::ensure_tables(&client, &prefix).await.expect("create the tables");
     Subject::from_store(dynamo::DynamoStore::new(client, &prefix))
 }
 

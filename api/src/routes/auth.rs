@@ -5,7 +5,7 @@ use crate::extract::{JsonBody, Meta, required};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header, HeaderMap};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use latchkey_core::clock::rfc3339;
 use latchkey_core::flows::{LoginStarted, TokenPair};
@@ -19,7 +19,11 @@ pub struct RegisterReq {
     password: Option<String>,
 }
 
-pub async fn register(State(s): State<AppState>, Meta(meta): Meta, JsonBody(r): JsonBody<RegisterReq>) -> Result<Response, ApiError> {
+pub async fn register(
+    State(s): State<AppState>,
+    Meta(meta): Meta,
+    JsonBody(r): JsonBody<RegisterReq>,
+) -> Result<Response, ApiError> {
     let username = required(r.username, "username")?;
     let email = required(r.email, "email")?;
     let password = required(r.password, "password")?;
@@ -32,10 +36,15 @@ pub struct TokenReq {
     token: Option<String>,
 }
 
-pub async fn verify_email(State(s): State<AppState>, Meta(meta): Meta, JsonBody(r): JsonBody<TokenReq>) -> Result<Response, ApiError> {
+pub async fn verify_email(
+    State(s): State<AppState>,
+    Meta(meta): Meta,
+    JsonBody(r): JsonBody<TokenReq>,
+) -> Result<Response, ApiError> {
     let token = required(r.token, "token")?;
     s.auth.verify_email(&token, &meta).await?;
-    Ok(Json(json!({ "status": "verified", "message": "Your email address is verified. You can sign in now." })).into_response())
+    Ok(Json(json!({ "status": "verified", "message": "Your email address is verified. You can sign in now." }))
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -43,7 +52,11 @@ pub struct EmailReq {
     email: Option<String>,
 }
 
-pub async fn resend_verification(State(s): State<AppState>, Meta(meta): Meta, JsonBody(r): JsonBody<EmailReq>) -> Result<Response, ApiError> {
+pub async fn resend_verification(
+    State(s): State<AppState>,
+    Meta(meta): Meta,
+    JsonBody(r): JsonBody<EmailReq>,
+) -> Result<Response, ApiError> {
     let email = required(r.email, "email")?;
     s.auth.resend_verification(&email, &meta).await?;
     Ok(accepted("If the address belongs to an unverified account, a new link is on its way."))
@@ -55,7 +68,11 @@ pub struct LoginReq {
     password: Option<String>,
 }
 
-pub async fn login(State(s): State<AppState>, Meta(meta): Meta, JsonBody(r): JsonBody<LoginReq>) -> Result<Response, ApiError> {
+pub async fn login(
+    State(s): State<AppState>,
+    Meta(meta): Meta,
+    JsonBody(r): JsonBody<LoginReq>,
+) -> Result<Response, ApiError> {
     let identifier = required(r.identifier, "identifier")?;
     let password = required(r.password, "password")?;
     let started = s.auth.login(&identifier, password, &meta).await?;
@@ -68,7 +85,11 @@ pub struct CodeReq {
     code: Option<String>,
 }
 
-pub async fn login_otp(State(s): State<AppState>, Meta(meta): Meta, JsonBody(r): JsonBody<CodeReq>) -> Result<Response, ApiError> {
+pub async fn login_otp(
+    State(s): State<AppState>,
+    Meta(meta): Meta,
+    JsonBody(r): JsonBody<CodeReq>,
+) -> Result<Response, ApiError> {
     let challenge_id = required(r.challenge_id, "challenge_id")?;
     let code = required(r.code, "code")?;
     let pair = s.auth.verify_login_code(&challenge_id, &code, &meta).await?;
@@ -80,7 +101,11 @@ pub struct ChallengeReq {
     challenge_id: Option<String>,
 }
 
-pub async fn login_otp_resend(State(s): State<AppState>, Meta(meta): Meta, JsonBody(r): JsonBody<ChallengeReq>) -> Result<Response, ApiError> {
+pub async fn login_otp_resend(
+    State(s): State<AppState>,
+    Meta(meta): Meta,
+    JsonBody(r): JsonBody<ChallengeReq>,
+) -> Result<Response, ApiError> {
     let challenge_id = required(r.challenge_id, "challenge_id")?;
     let started = s.auth.resend_login_code(&challenge_id, &meta).await?;
     Ok((StatusCode::ACCEPTED, Json(challenge_json(&started))).into_response())
@@ -91,7 +116,11 @@ pub struct RefreshReq {
     refresh_token: Option<String>,
 }
 
-pub async fn refresh(State(s): State<AppState>, Meta(meta): Meta, JsonBody(r): JsonBody<RefreshReq>) -> Result<Response, ApiError> {
+pub async fn refresh(
+    State(s): State<AppState>,
+    Meta(meta): Meta,
+    JsonBody(r): JsonBody<RefreshReq>,
+) -> Result<Response, ApiError> {
     let token = required(r.refresh_token, "refresh_token")?;
     let pair = s.auth.refresh(&token, &meta).await?;
     Ok(Json(tokens_json(&pair)).into_response())

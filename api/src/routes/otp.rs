@@ -65,11 +65,9 @@ fn otp_error(e: Error) -> Response {
         Error::ChallengeNotFound => msg(S::NOT_FOUND, "OTP not found. Please request a new one."),
         Error::OtpExpired => msg(S::BAD_REQUEST, "OTP has expired. Please request a new one."),
         Error::OtpExhausted => msg(S::FORBIDDEN, "Maximum attempts exceeded. Please request a new OTP."),
-        Error::OtpInvalid { attempts_left } => (
-            S::UNAUTHORIZED,
-            Json(json!({ "message": "Invalid OTP", "attempts_left": attempts_left })),
-        )
-            .into_response(),
+        Error::OtpInvalid { attempts_left } => {
+            (S::UNAUTHORIZED, Json(json!({ "message": "Invalid OTP", "attempts_left": attempts_left }))).into_response()
+        }
         Error::RateLimited { retry_after } => {
             let mut r = (S::TOO_MANY_REQUESTS, Json(json!({ "message": "Too many requests. Please wait before trying again.", "retry_after": retry_after }))).into_response();
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));

@@ -2,8 +2,8 @@
 //! with a button; the token is consumed by the POST that button sends, so
 //! mail scanners that prefetch links cannot verify (or burn) the token.
 
-use crate::state::AppState;
 use crate::extract::Meta;
+use crate::state::AppState;
 use axum::extract::{Form, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
@@ -40,7 +40,14 @@ fn page(title: &str, body: &str) -> String {
 pub async fn landing(Query(q): Query<TokenParam>) -> Response {
     let token = q.token.unwrap_or_default();
     if token.is_empty() || token.len() > 256 {
-        return (StatusCode::BAD_REQUEST, Html(page("Link incomplete", "<p>This verification link is incomplete. Open the link from the mail again, or ask for a new one.</p>"))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Html(page(
+                "Link incomplete",
+                "<p>This verification link is incomplete. Open the link from the mail again, or ask for a new one.</p>",
+            )),
+        )
+            .into_response();
     }
     Html(page(
         "Confirm your email address",
@@ -57,11 +64,17 @@ pub async fn landing(Query(q): Query<TokenParam>) -> Response {
 pub async fn submit(State(s): State<AppState>, Meta(meta): Meta, Form(q): Form<TokenParam>) -> Response {
     let token = q.token.unwrap_or_default();
     match s.auth.verify_email(&token, &meta).await {
-        Ok(()) => Html(page("Email confirmed", "<p>Your address is confirmed. You can <a href=\"/login\">sign in</a> now.</p>")).into_response(),
+        Ok(()) => Html(page(
+            "Email confirmed",
+            "<p>Your address is confirmed. You can <a href=\"/login\">sign in</a> now.</p>",
+        ))
+        .into_response(),
         Err(e) => {
             let text = match &e {
                 Error::VerificationExpired => "This link has expired. Ask for a new one from the sign-in page.",
-                Error::VerificationUsed => "This link has already been used. If your address is confirmed, just sign in.",
+                Error::VerificationUsed => {
+                    "This link has already been used. If your address is confirmed, just sign in."
+                }
                 Error::RateLimited { .. } => "Too many attempts. Please wait a minute and try again.",
                 _ => "This link is not valid. Open the link from the mail again, or ask for a new one.",
             };

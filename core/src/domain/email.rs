@@ -91,7 +91,17 @@ mod tests {
 
     #[test]
     fn rejects() {
-        for bad in ["", "bob", "bob@", "@x.com", "bob@localhost", "a@b@c.com", "bo b@x.com", "bob@x.com\r\nBcc: e@x.com", "bob..x@x.com"] {
+        for bad in [
+            "",
+            "bob",
+            "bob@",
+            "@x.com",
+            "bob@localhost",
+            "a@b@c.com",
+            "bo b@x.com",
+            "bob@x.com\r\nBcc: e@x.com",
+            "bob..x@x.com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -73,7 +73,11 @@ impl Auth {
         self.ports.challenges.create_challenge(&challenge, user.failed_logins > 0).await?;
         self.send(&user.email, meta, self.code_job(&user, code)).await?;
         tracing::info!(user_id = %user.id, challenge_id = %id, "login code issued");
-        Ok(LoginStarted { challenge_id: id, expires_at: challenge.expires_at, resend_after: self.policy.code_resend_cooldown_secs })
+        Ok(LoginStarted {
+            challenge_id: id,
+            expires_at: challenge.expires_at,
+            resend_after: self.policy.code_resend_cooldown_secs,
+        })
     }
 
     /// Replaces the code of a pending challenge and mails it. Never resets
@@ -113,7 +117,15 @@ impl Auth {
         match self
             .ports
             .challenges
-            .replace_challenge_code(&id, &self.login_code_hash(&id, &code), expires_at, now, p.code_resend_cooldown_secs, p.code_max_resends, p.code_max_failures)
+            .replace_challenge_code(
+                &id,
+                &self.login_code_hash(&id, &code),
+                expires_at,
+                now,
+                p.code_resend_cooldown_secs,
+                p.code_max_resends,
+                p.code_max_failures,
+            )
             .await
         {
             Ok(()) => {}
@@ -129,12 +141,24 @@ impl Auth {
         Ok(LoginStarted { challenge_id: id, expires_at, resend_after: p.code_resend_cooldown_secs })
     }
 
-    async fn count_failure(&self, user: &User, now: Timestamp, threshold: u32, meta: &RequestMeta) -> Result<(), Error> {
-        let after = self.ports.users.record_login_failure(&user.id, now, threshold, self.policy.login_lock_secs).await?;
+    async fn count_failure(
+        &self,
+        user: &User,
+        now: Timestamp,
+        threshold: u32,
+        meta: &RequestMeta,
+    ) -> Result<(), Error> {
+        let after =
+            self.ports.users.record_login_failure(&user.id, now, threshold, self.policy.login_lock_secs).await?;
         if !user.is_locked(now) && after.is_locked(now) {
             tracing::warn!(user_id = %user.id, "account locked after failed logins");
             let until = after.locked_until.unwrap_or(now);
-            self.send(&user.email, meta, MailJob::AccountLocked { username: user.username.to_string(), locked_until: until }).await?;
+            self.send(
+                &user.email,
+                meta,
+                MailJob::AccountLocked { username: user.username.to_string(), locked_until: until },
+            )
+            .await?;
         }
         Ok(())
     }

@@ -67,7 +67,12 @@ impl Auth {
         hex::encode(&self.ports.rng.bytes32()[..16])
     }
 
-    async fn send(&self, to: &crate::domain::Email, meta: &crate::domain::RequestMeta, job: MailJob) -> Result<(), crate::Error> {
+    async fn send(
+        &self,
+        to: &crate::domain::Email,
+        meta: &crate::domain::RequestMeta,
+        job: MailJob,
+    ) -> Result<(), crate::Error> {
         let env = MailEnvelope::new(self.new_id(), to, self.now(), meta.request_id.clone(), job);
         let kind = env.job.kind();
         self.ports.mail.enqueue(&env).await?;

@@ -34,7 +34,8 @@ impl Auth {
             }
         }
         // A new code for a still-live one keeps its failures (NIST 3.1.3.2).
-        let failures = existing.as_ref().filter(|e| e.used_at.is_none() && e.expires_at > now).map_or(0, |e| e.failures);
+        let failures =
+            existing.as_ref().filter(|e| e.used_at.is_none() && e.expires_at > now).map_or(0, |e| e.failures);
         let code = OtpCode::generate(self.ports.rng.as_ref());
         let rec = OtpRecord {
             address_hash: addr.clone(),

@@ -1,19 +1,26 @@
 use super::Auth;
+use crate::domain::Secret;
 use crate::domain::{Email, Password, RequestMeta, User, UserId, Username, VerificationRecord};
 use crate::error::{Conflict, Error, StoreError};
 use crate::keys::{random_token, token_hash};
 use crate::mail::MailJob;
-use crate::domain::Secret;
 
 impl Auth {
     /// Registers an account and queues its verification mail. A taken
     /// username is `UsernameTaken`; a taken email answers exactly like
     /// success and mails the owner instead.
-    pub async fn register(&self, username: &str, email: &str, password: String, meta: &RequestMeta) -> Result<(), Error> {
+    pub async fn register(
+        &self,
+        username: &str,
+        email: &str,
+        password: String,
+        meta: &RequestMeta,
+    ) -> Result<(), Error> {
         let username = Username::parse(username)?;
         let email = Email::parse(email)?;
         let local = email.as_str().split('@').next().unwrap_or_default();
-        let password = Password::new_checked(password, &self.policy.password, &[username.as_str(), email.as_str(), local])?;
+        let password =
+            Password::new_checked(password, &self.policy.password, &[username.as_str(), email.as_str(), local])?;
         let l = &self.policy.limits;
         self.limit(&[
             l.register_ip.key(format!("register:ip:{}", super::client_key(meta))),

@@ -34,7 +34,12 @@ pub struct Profile {
 
 impl Auth {
     /// The code step: a right code (once) turns the challenge into a session.
-    pub async fn verify_login_code(&self, challenge_id: &str, code: &str, meta: &RequestMeta) -> Result<TokenPair, Error> {
+    pub async fn verify_login_code(
+        &self,
+        challenge_id: &str,
+        code: &str,
+        meta: &RequestMeta,
+    ) -> Result<TokenPair, Error> {
         let id = super::login::parse_challenge(challenge_id)?;
         let code = OtpCode::parse(code, "code")?;
         let l = &self.policy.limits;
@@ -138,7 +143,14 @@ impl Auth {
             return Err(Error::Unauthorized);
         }
         let u = self.ports.users.user_by_id(&uid).await?.ok_or(Error::Unauthorized)?;
-        Ok(Profile { id: u.id, username: u.username.to_string(), email: u.email.to_string(), verified: u.verified, created_at: u.created_at, session_id: sid })
+        Ok(Profile {
+            id: u.id,
+            username: u.username.to_string(),
+            email: u.email.to_string(),
+            verified: u.verified,
+            created_at: u.created_at,
+            session_id: sid,
+        })
     }
 
     fn new_session(&self, user_id: UserId, now: Timestamp, meta: &RequestMeta) -> (Session, String) {
@@ -178,4 +190,3 @@ fn parse_refresh(token: &str) -> Result<(SessionId, &str), Error> {
     }
     Ok((sid, secret))
 }
-

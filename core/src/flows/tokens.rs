@@ -31,7 +31,10 @@ pub struct TokenIssuer {
 
 impl std::fmt::Debug for TokenIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenIssuer").field("kid", &self.key.kid()).field("issuer", &self.issuer).finish_non_exhaustive()
+        f.debug_struct("TokenIssuer")
+            .field("kid", &self.key.kid())
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -61,7 +64,13 @@ impl TokenIssuer {
         serde_json::json!({ "keys": [self.key.jwk()] })
     }
 
-    pub fn issue(&self, user: &UserId, session: &SessionId, now: Timestamp, jti: String) -> Result<String, crate::Error> {
+    pub fn issue(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        now: Timestamp,
+        jti: String,
+    ) -> Result<String, crate::Error> {
         let claims = AccessClaims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
@@ -79,7 +88,8 @@ impl TokenIssuer {
 
     /// Checks signature, algorithm, issuer, audience, and `nbf <= now < exp`.
     pub fn verify(&self, token: &str, now: Timestamp) -> Result<AccessClaims, crate::Error> {
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation).map_err(|_| crate::Error::Unauthorized)?;
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation)
+            .map_err(|_| crate::Error::Unauthorized)?;
         let c = data.claims;
         // A small allowance for clock skew between instances.
         const LEEWAY: i64 = 5;

@@ -57,7 +57,13 @@ impl MailJob {
 }
 
 impl MailEnvelope {
-    pub fn new(id: String, to: &crate::domain::Email, now: Timestamp, request_id: Option<String>, job: MailJob) -> Self {
+    pub fn new(
+        id: String,
+        to: &crate::domain::Email,
+        now: Timestamp,
+        request_id: Option<String>,
+        job: MailJob,
+    ) -> Self {
         MailEnvelope { v: MAIL_JOB_VERSION, id, to: to.as_str().to_string(), created_at: now, request_id, job }
     }
 

@@ -45,7 +45,11 @@ impl Renderer {
         });
         env.add_template("layout.html", include_str!("templates/layout.html")).map_err(|e| e.to_string())?;
         templates!(env, "verify_email", "login_code", "standalone_code", "signup_attempt", "account_locked");
-        Ok(Renderer { env, public_base_url: public_base_url.trim_end_matches('/').to_string(), product: "latchkey".into() })
+        Ok(Renderer {
+            env,
+            public_base_url: public_base_url.trim_end_matches('/').to_string(),
+            product: "latchkey".into(),
+        })
     }
 
     pub fn render(&self, env: &MailEnvelope) -> Result<RenderedMail, String> {

@@ -3,8 +3,8 @@
 
 use super::Subject;
 use super::fixtures::{
-    T0, challenge_id, expect_conflict, hash, new_challenge, new_session, pending_challenge, race,
-    registered, single_winner, stored_challenge, stored_user,
+    T0, challenge_id, expect_conflict, hash, new_challenge, new_session, pending_challenge, race, registered,
+    single_winner, stored_challenge, stored_user,
 };
 use crate::domain::{Challenge, Session};
 use crate::error::Conflict;
@@ -17,21 +17,12 @@ const COOLDOWN: i64 = 30;
 pub async fn create_challenge_reads_back_and_resets_login_failures(s: &Subject) {
     let (user, _) = registered(s).await;
     for now in [T0, T0 + 1] {
-        s.users
-            .record_login_failure(&user.id, now, 5, 600)
-            .await
-            .expect("record_login_failure");
+        s.users.record_login_failure(&user.id, now, 5, 600).await.expect("record_login_failure");
     }
 
     let kept = new_challenge(user.id);
-    s.challenges
-        .create_challenge(&kept, false)
-        .await
-        .expect("create_challenge without reset");
-    assert_eq!(
-        s.challenges.challenge(&kept.id).await.expect("challenge"),
-        Some(kept)
-    );
+    s.challenges.create_challenge(&kept, false).await.expect("create_challenge without reset");
+    assert_eq!(s.challenges.challenge(&kept.id).await.expect("challenge"), Some(kept));
     assert_eq!(
         stored_user(s, &user.id).await.failed_logins,
         2,
@@ -39,27 +30,15 @@ pub async fn create_challenge_reads_back_and_resets_login_failures(s: &Subject) 
     );
 
     let reset = new_challenge(user.id);
-    s.challenges
-        .create_challenge(&reset, true)
-        .await
-        .expect("create_challenge with reset");
-    assert_eq!(
-        s.challenges.challenge(&reset.id).await.expect("challenge"),
-        Some(reset)
-    );
+    s.challenges.create_challenge(&reset, true).await.expect("create_challenge with reset");
+    assert_eq!(s.challenges.challenge(&reset.id).await.expect("challenge"), Some(reset));
     assert_eq!(
         stored_user(s, &user.id).await,
         user,
         "create_challenge(reset_login_failures = true) resets the count and nothing else"
     );
 
-    assert_eq!(
-        s.challenges
-            .challenge(&challenge_id())
-            .await
-            .expect("challenge of an unknown id"),
-        None
-    );
+    assert_eq!(s.challenges.challenge(&challenge_id()).await.expect("challenge of an unknown id"), None);
 }
 
 pub async fn redeem_challenge_has_one_winner(s: &Subject) {
@@ -77,25 +56,13 @@ pub async fn redeem_challenge_has_one_winner(s: &Subject) {
     let sessions: Vec<Session> = (0..RACERS).map(|_| new_session(user.id)).collect();
     let results = race(RACERS, |i| {
         let challenges = s.challenges.clone();
-        let (id, code_hash, session) = (
-            challenge.id,
-            challenge.code_hash.clone(),
-            sessions[i].clone(),
-        );
-        async move {
-            challenges
-                .redeem_challenge(&id, &code_hash, now, MAX_FAILURES, &session)
-                .await
-        }
+        let (id, code_hash, session) = (challenge.id, challenge.code_hash.clone(), sessions[i].clone());
+        async move { challenges.redeem_challenge(&id, &code_hash, now, MAX_FAILURES, &session).await }
     })
     .await;
     let (w, (), losers) = single_winner(results, "concurrent redeems of one challenge");
     for (i, r) in losers {
-        expect_conflict(
-            r,
-            Conflict::Stale,
-            &format!("racer {i} redeeming a used challenge"),
-        );
+        expect_conflict(r, Conflict::Stale, &format!("racer {i} redeeming a used challenge"));
         assert_eq!(
             s.sessions.session(&sessions[i].id).await.expect("session"),
             None,
@@ -109,31 +76,17 @@ pub async fn redeem_challenge_has_one_winner(s: &Subject) {
     );
     assert_eq!(
         stored_challenge(s, &challenge.id).await,
-        Challenge {
-            used_at: Some(now),
-            failures: 2,
-            ..challenge.clone()
-        },
+        Challenge { used_at: Some(now), failures: 2, ..challenge.clone() },
         "a redeem sets used_at = now and nothing else on the challenge"
     );
-    assert_eq!(
-        stored_user(s, &user.id).await.otp_failures,
-        0,
-        "a redeem resets the user's otp_failures"
-    );
+    assert_eq!(stored_user(s, &user.id).await.otp_failures, 0, "a redeem resets the user's otp_failures");
 
     expect_conflict(
-        s.challenges
-            .record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES)
-            .await,
+        s.challenges.record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES).await,
         Conflict::Stale,
         "a wrong code on a used challenge",
     );
-    assert_eq!(
-        stored_user(s, &user.id).await.otp_failures,
-        0,
-        "a refused failure counted on the user"
-    );
+    assert_eq!(stored_user(s, &user.id).await.otp_failures, 0, "a refused failure counted on the user");
 }
 
 pub async fn redeem_challenge_refused_at_expiry_boundary(s: &Subject) {
@@ -142,43 +95,20 @@ pub async fn redeem_challenge_refused_at_expiry_boundary(s: &Subject) {
     let late = new_session(user.id);
     expect_conflict(
         s.challenges
-            .redeem_challenge(
-                &challenge.id,
-                &challenge.code_hash,
-                challenge.expires_at,
-                MAX_FAILURES,
-                &late,
-            )
+            .redeem_challenge(&challenge.id, &challenge.code_hash, challenge.expires_at, MAX_FAILURES, &late)
             .await,
         Conflict::Stale,
         "redeem at expires_at",
     );
-    assert_eq!(
-        s.sessions.session(&late.id).await.expect("session"),
-        None,
-        "an expired redeem created a session"
-    );
-    assert_eq!(
-        stored_challenge(s, &challenge.id).await,
-        challenge,
-        "an expired redeem changed the challenge"
-    );
+    assert_eq!(s.sessions.session(&late.id).await.expect("session"), None, "an expired redeem created a session");
+    assert_eq!(stored_challenge(s, &challenge.id).await, challenge, "an expired redeem changed the challenge");
 
     let on_time = new_session(user.id);
     s.challenges
-        .redeem_challenge(
-            &challenge.id,
-            &challenge.code_hash,
-            challenge.expires_at - 1,
-            MAX_FAILURES,
-            &on_time,
-        )
+        .redeem_challenge(&challenge.id, &challenge.code_hash, challenge.expires_at - 1, MAX_FAILURES, &on_time)
         .await
         .expect("redeem one second before expires_at");
-    assert_eq!(
-        s.sessions.session(&on_time.id).await.expect("session"),
-        Some(on_time)
-    );
+    assert_eq!(s.sessions.session(&on_time.id).await.expect("session"), Some(on_time));
 }
 
 pub async fn redeem_challenge_refused_with_another_code(s: &Subject) {
@@ -186,25 +116,17 @@ pub async fn redeem_challenge_refused_with_another_code(s: &Subject) {
 
     let wrong = new_session(user.id);
     expect_conflict(
-        s.challenges
-            .redeem_challenge(&challenge.id, &hash(), T0 + 1, MAX_FAILURES, &wrong)
-            .await,
+        s.challenges.redeem_challenge(&challenge.id, &hash(), T0 + 1, MAX_FAILURES, &wrong).await,
         Conflict::Stale,
         "redeem with another code hash",
     );
     assert_eq!(s.sessions.session(&wrong.id).await.expect("session"), None);
-    assert_eq!(
-        stored_challenge(s, &challenge.id).await,
-        challenge,
-        "a refused redeem changed the challenge"
-    );
+    assert_eq!(stored_challenge(s, &challenge.id).await, challenge, "a refused redeem changed the challenge");
 
     let unknown = challenge_id();
     let stray = new_session(user.id);
     expect_conflict(
-        s.challenges
-            .redeem_challenge(&unknown, &challenge.code_hash, T0 + 1, MAX_FAILURES, &stray)
-            .await,
+        s.challenges.redeem_challenge(&unknown, &challenge.code_hash, T0 + 1, MAX_FAILURES, &stray).await,
         Conflict::Stale,
         "redeem of an unknown challenge",
     );
@@ -221,11 +143,7 @@ pub async fn challenge_failures_capped_under_concurrency(s: &Subject) {
     let results = race(RACERS, |_| {
         let challenges = s.challenges.clone();
         let (id, user_id) = (challenge.id, user.id);
-        async move {
-            challenges
-                .record_challenge_failure(&id, &user_id, MAX_FAILURES)
-                .await
-        }
+        async move { challenges.record_challenge_failure(&id, &user_id, MAX_FAILURES).await }
     })
     .await;
 
@@ -233,9 +151,7 @@ pub async fn challenge_failures_capped_under_concurrency(s: &Subject) {
     for (i, r) in results.into_iter().enumerate() {
         match r {
             Ok(n) => counts.push(n),
-            Err(e) => {
-                expect_conflict::<u32>(Err(e), Conflict::Stale, &format!("racer {i} over the cap"))
-            }
+            Err(e) => expect_conflict::<u32>(Err(e), Conflict::Stale, &format!("racer {i} over the cap")),
         }
     }
     counts.sort_unstable();
@@ -244,10 +160,7 @@ pub async fn challenge_failures_capped_under_concurrency(s: &Subject) {
         (1..=MAX_FAILURES).collect::<Vec<_>>(),
         "the successful failures count 1..=max exactly once each"
     );
-    assert_eq!(
-        stored_challenge(s, &challenge.id).await.failures,
-        MAX_FAILURES
-    );
+    assert_eq!(stored_challenge(s, &challenge.id).await.failures, MAX_FAILURES);
     assert_eq!(
         stored_user(s, &user.id).await.otp_failures,
         MAX_FAILURES,
@@ -256,28 +169,15 @@ pub async fn challenge_failures_capped_under_concurrency(s: &Subject) {
 
     let session = new_session(user.id);
     expect_conflict(
-        s.challenges
-            .redeem_challenge(
-                &challenge.id,
-                &challenge.code_hash,
-                T0 + 1,
-                MAX_FAILURES,
-                &session,
-            )
-            .await,
+        s.challenges.redeem_challenge(&challenge.id, &challenge.code_hash, T0 + 1, MAX_FAILURES, &session).await,
         Conflict::Stale,
         "redeem of an exhausted challenge with the right code",
     );
-    assert_eq!(
-        s.sessions.session(&session.id).await.expect("session"),
-        None
-    );
+    assert_eq!(s.sessions.session(&session.id).await.expect("session"), None);
 
     let unknown = challenge_id();
     expect_conflict(
-        s.challenges
-            .record_challenge_failure(&unknown, &user.id, MAX_FAILURES)
-            .await,
+        s.challenges.record_challenge_failure(&unknown, &user.id, MAX_FAILURES).await,
         Conflict::Stale,
         "a wrong code on an unknown challenge",
     );
@@ -286,11 +186,7 @@ pub async fn challenge_failures_capped_under_concurrency(s: &Subject) {
         None,
         "a failure on an unknown challenge created it"
     );
-    assert_eq!(
-        stored_user(s, &user.id).await.otp_failures,
-        MAX_FAILURES,
-        "a refused failure counted on the user"
-    );
+    assert_eq!(stored_user(s, &user.id).await.otp_failures, MAX_FAILURES, "a refused failure counted on the user");
 }
 
 pub async fn replace_challenge_code_cooldown_boundary(s: &Subject) {
@@ -298,30 +194,16 @@ pub async fn replace_challenge_code_cooldown_boundary(s: &Subject) {
     let replace = |code_hash: String, now| {
         let challenges = s.challenges.clone();
         let id = challenge.id;
-        async move {
-            challenges
-                .replace_challenge_code(&id, &code_hash, now + 600, now, COOLDOWN, 3, MAX_FAILURES)
-                .await
-        }
+        async move { challenges.replace_challenge_code(&id, &code_hash, now + 600, now, COOLDOWN, 3, MAX_FAILURES).await }
     };
 
     let early = T0 + COOLDOWN - 1;
-    expect_conflict(
-        replace(hash(), early).await,
-        Conflict::Stale,
-        "a resend one second before the cooldown ends",
-    );
-    assert_eq!(
-        stored_challenge(s, &challenge.id).await,
-        challenge,
-        "a refused resend changed the challenge"
-    );
+    expect_conflict(replace(hash(), early).await, Conflict::Stale, "a resend one second before the cooldown ends");
+    assert_eq!(stored_challenge(s, &challenge.id).await, challenge, "a refused resend changed the challenge");
 
     let now = T0 + COOLDOWN;
     let new_code = hash();
-    replace(new_code.clone(), now)
-        .await
-        .expect("a resend exactly when the cooldown ends");
+    replace(new_code.clone(), now).await.expect("a resend exactly when the cooldown ends");
     assert_eq!(
         stored_challenge(s, &challenge.id).await,
         Challenge {
@@ -336,15 +218,7 @@ pub async fn replace_challenge_code_cooldown_boundary(s: &Subject) {
 
     let old = new_session(user.id);
     expect_conflict(
-        s.challenges
-            .redeem_challenge(
-                &challenge.id,
-                &challenge.code_hash,
-                now + 1,
-                MAX_FAILURES,
-                &old,
-            )
-            .await,
+        s.challenges.redeem_challenge(&challenge.id, &challenge.code_hash, now + 1, MAX_FAILURES, &old).await,
         Conflict::Stale,
         "redeem with the replaced code",
     );
@@ -354,11 +228,7 @@ pub async fn replace_challenge_code_cooldown_boundary(s: &Subject) {
         .await
         .expect("redeem with the new code");
 
-    expect_conflict(
-        replace(hash(), now + 10 * COOLDOWN).await,
-        Conflict::Stale,
-        "a resend for a used challenge",
-    );
+    expect_conflict(replace(hash(), now + 10 * COOLDOWN).await, Conflict::Stale, "a resend for a used challenge");
 }
 
 pub async fn replace_challenge_code_max_resends(s: &Subject) {
@@ -369,88 +239,41 @@ pub async fn replace_challenge_code_max_resends(s: &Subject) {
         let id = challenge.id;
         async move {
             challenges
-                .replace_challenge_code(
-                    &id,
-                    &code_hash,
-                    now + 600,
-                    now,
-                    COOLDOWN,
-                    MAX_RESENDS,
-                    MAX_FAILURES,
-                )
+                .replace_challenge_code(&id, &code_hash, now + 600, now, COOLDOWN, MAX_RESENDS, MAX_FAILURES)
                 .await
         }
     };
 
     for k in 1..=MAX_RESENDS {
-        replace(hash(), T0 + i64::from(k) * COOLDOWN)
-            .await
-            .expect("a resend within the budget");
+        replace(hash(), T0 + i64::from(k) * COOLDOWN).await.expect("a resend within the budget");
         assert_eq!(stored_challenge(s, &challenge.id).await.resends, k);
     }
     let before = stored_challenge(s, &challenge.id).await;
     let now = T0 + i64::from(MAX_RESENDS + 1) * COOLDOWN;
-    expect_conflict(
-        replace(hash(), now).await,
-        Conflict::Stale,
-        "a resend over max_resends",
-    );
-    assert_eq!(
-        stored_challenge(s, &challenge.id).await,
-        before,
-        "a refused resend changed the challenge"
-    );
+    expect_conflict(replace(hash(), now).await, Conflict::Stale, "a resend over max_resends");
+    assert_eq!(stored_challenge(s, &challenge.id).await, before, "a refused resend changed the challenge");
 }
 
 pub async fn replace_challenge_code_keeps_failures(s: &Subject) {
     let (user, challenge) = pending_challenge(s).await;
-    let fail = || {
-        s.challenges
-            .record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES)
-    };
+    let fail = || s.challenges.record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES);
     let replace = |now| {
         let challenges = s.challenges.clone();
         let id = challenge.id;
-        async move {
-            challenges
-                .replace_challenge_code(&id, &hash(), now + 600, now, COOLDOWN, 10, MAX_FAILURES)
-                .await
-        }
+        async move { challenges.replace_challenge_code(&id, &hash(), now + 600, now, COOLDOWN, 10, MAX_FAILURES).await }
     };
 
     for _ in 0..2 {
         fail().await.expect("record_challenge_failure");
     }
-    replace(T0 + COOLDOWN)
-        .await
-        .expect("a resend after two wrong codes");
-    assert_eq!(
-        stored_challenge(s, &challenge.id).await.failures,
-        2,
-        "a resend changed the failure count"
-    );
-    assert_eq!(
-        stored_user(s, &user.id).await.otp_failures,
-        2,
-        "a resend changed the user's otp_failures"
-    );
+    replace(T0 + COOLDOWN).await.expect("a resend after two wrong codes");
+    assert_eq!(stored_challenge(s, &challenge.id).await.failures, 2, "a resend changed the failure count");
+    assert_eq!(stored_user(s, &user.id).await.otp_failures, 2, "a resend changed the user's otp_failures");
 
     for n in 3..=MAX_FAILURES {
-        assert_eq!(
-            fail().await.expect("record_challenge_failure"),
-            n,
-            "the count goes on from before the resend"
-        );
+        assert_eq!(fail().await.expect("record_challenge_failure"), n, "the count goes on from before the resend");
     }
     let before = stored_challenge(s, &challenge.id).await;
-    expect_conflict(
-        replace(T0 + 2 * COOLDOWN).await,
-        Conflict::Stale,
-        "a resend for an exhausted challenge",
-    );
-    assert_eq!(
-        stored_challenge(s, &challenge.id).await,
-        before,
-        "a refused resend changed the challenge"
-    );
+    expect_conflict(replace(T0 + 2 * COOLDOWN).await, Conflict::Stale, "a resend for an exhausted challenge");
+    assert_eq!(stored_challenge(s, &challenge.id).await, before, "a refused resend changed the challenge");
 }

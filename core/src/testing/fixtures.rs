@@ -4,8 +4,8 @@
 use super::Subject;
 use crate::clock::Timestamp;
 use crate::domain::{
-    Challenge, ChallengeId, Email, OtpRecord, RequestMeta, Session, SessionId, User, UserId,
-    Username, VerificationRecord,
+    Challenge, ChallengeId, Email, OtpRecord, RequestMeta, Session, SessionId, User, UserId, Username,
+    VerificationRecord,
 };
 use crate::error::{Conflict, StoreError};
 use crate::ports::{LimitKey, StoreResult};
@@ -100,20 +100,13 @@ pub(super) fn verification_for(user_id: UserId, at: Timestamp) -> VerificationRe
 /// A user that exists in the store.
 pub(super) async fn registered(s: &Subject) -> (User, VerificationRecord) {
     let (user, verification) = new_user();
-    s.users
-        .create_user(&user, &verification)
-        .await
-        .expect("create_user of a fresh user");
+    s.users.create_user(&user, &verification).await.expect("create_user of a fresh user");
     (user, verification)
 }
 
 /// The stored user, which must exist.
 pub(super) async fn stored_user(s: &Subject, id: &UserId) -> User {
-    s.users
-        .user_by_id(id)
-        .await
-        .expect("user_by_id")
-        .expect("the user exists")
+    s.users.user_by_id(id).await.expect("user_by_id").expect("the user exists")
 }
 
 /// A challenge issued at `T0`, its code valid for `CODE_TTL`.
@@ -136,20 +129,13 @@ pub(super) fn new_challenge(user_id: UserId) -> Challenge {
 pub(super) async fn pending_challenge(s: &Subject) -> (User, Challenge) {
     let (user, _) = registered(s).await;
     let challenge = new_challenge(user.id);
-    s.challenges
-        .create_challenge(&challenge, false)
-        .await
-        .expect("create_challenge");
+    s.challenges.create_challenge(&challenge, false).await.expect("create_challenge");
     (user, challenge)
 }
 
 /// The stored challenge, which must exist.
 pub(super) async fn stored_challenge(s: &Subject, id: &ChallengeId) -> Challenge {
-    s.challenges
-        .challenge(id)
-        .await
-        .expect("challenge")
-        .expect("the challenge exists")
+    s.challenges.challenge(id).await.expect("challenge").expect("the challenge exists")
 }
 
 /// A session as a redeemed challenge creates it, at `T0`.
@@ -182,11 +168,7 @@ pub(super) async fn signed_in(s: &Subject) -> (User, Session) {
 
 /// The stored session, which must exist.
 pub(super) async fn stored_session(s: &Subject, id: &SessionId) -> Session {
-    s.sessions
-        .session(id)
-        .await
-        .expect("session")
-        .expect("the session exists")
+    s.sessions.session(id).await.expect("session").expect("the session exists")
 }
 
 /// A standalone code sent at `T0` to a fresh address.
@@ -206,28 +188,17 @@ pub(super) fn new_otp() -> OtpRecord {
 /// A stored standalone code.
 pub(super) async fn sent_otp(s: &Subject) -> OtpRecord {
     let otp = new_otp();
-    s.otps
-        .put_otp(&otp, None)
-        .await
-        .expect("put_otp of a fresh address");
+    s.otps.put_otp(&otp, None).await.expect("put_otp of a fresh address");
     otp
 }
 
 /// The stored standalone code, which must exist.
 pub(super) async fn stored_otp(s: &Subject, address_hash: &str) -> OtpRecord {
-    s.otps
-        .otp(address_hash)
-        .await
-        .expect("otp")
-        .expect("the code exists")
+    s.otps.otp(address_hash).await.expect("otp").expect("the code exists")
 }
 
 pub(super) fn limit_key(limit: u32, window_secs: i64) -> LimitKey {
-    LimitKey {
-        key: format!("contract:{}", tag()),
-        limit,
-        window_secs,
-    }
+    LimitKey { key: format!("contract:{}", tag()), limit, window_secs }
 }
 
 /// Panics unless `result` is exactly `Conflict(want)`.
@@ -284,8 +255,6 @@ pub(super) fn single_winner<T: Debug>(
             Err(e) => losers.push((i, Err(e))),
         }
     }
-    let Some((i, v)) = winner else {
-        panic!("{what}: no call succeeded: {summary}")
-    };
+    let Some((i, v)) = winner else { panic!("{what}: no call succeeded: {summary}") };
     (i, v, losers)
 }

@@ -18,13 +18,8 @@ async fn hit(s: &Subject, keys: &[&LimitKey], now: Timestamp) -> Option<u64> {
 
 #[track_caller]
 fn assert_refused(answer: Option<u64>, window: i64, what: &str) -> u64 {
-    let Some(retry_after) = answer else {
-        panic!("{what}: allowed, expected a refusal")
-    };
-    assert!(
-        retry_after > 0 && retry_after <= window as u64,
-        "{what}: retry_after {retry_after} not in 1..={window}"
-    );
+    let Some(retry_after) = answer else { panic!("{what}: allowed, expected a refusal") };
+    assert!(retry_after > 0 && retry_after <= window as u64, "{what}: retry_after {retry_after} not in 1..={window}");
     retry_after
 }
 
@@ -32,44 +27,19 @@ pub async fn limiter_allows_exactly_limit_per_window(s: &Subject) {
     let key = limit_key(5, MINUTE);
     let now = W + 10;
     for n in 1..=key.limit {
-        assert_eq!(
-            hit(s, &[&key], now).await,
-            None,
-            "hit {n} of {} in the window",
-            key.limit
-        );
+        assert_eq!(hit(s, &[&key], now).await, None, "hit {n} of {} in the window", key.limit);
     }
-    assert_refused(
-        hit(s, &[&key], now).await,
-        MINUTE,
-        "the hit after the limit",
-    );
-    assert_refused(
-        hit(s, &[&key], W + MINUTE - 1).await,
-        MINUTE,
-        "a hit in the window's last second",
-    );
+    assert_refused(hit(s, &[&key], now).await, MINUTE, "the hit after the limit");
+    assert_refused(hit(s, &[&key], W + MINUTE - 1).await, MINUTE, "a hit in the window's last second");
 
     let next = W + MINUTE;
     for n in 1..=key.limit {
-        assert_eq!(
-            hit(s, &[&key], next).await,
-            None,
-            "hit {n} in the next window"
-        );
+        assert_eq!(hit(s, &[&key], next).await, None, "hit {n} in the next window");
     }
-    assert_refused(
-        hit(s, &[&key], next).await,
-        MINUTE,
-        "the hit after the limit in the next window",
-    );
+    assert_refused(hit(s, &[&key], next).await, MINUTE, "the hit after the limit in the next window");
 
     // Another key has its own count.
-    assert_eq!(
-        hit(s, &[&limit_key(5, MINUTE)], next).await,
-        None,
-        "a fresh key was refused: keys must count apart"
-    );
+    assert_eq!(hit(s, &[&limit_key(5, MINUTE)], next).await, None, "a fresh key was refused: keys must count apart");
 }
 
 pub async fn limiter_counts_concurrent_hits_exactly(s: &Subject) {
@@ -91,11 +61,7 @@ pub async fn limiter_counts_concurrent_hits_exactly(s: &Subject) {
             }
         }
     }
-    assert_eq!(
-        allowed, key.limit,
-        "concurrent hits allowed: {allowed}, limit {}",
-        key.limit
-    );
+    assert_eq!(allowed, key.limit, "concurrent hits allowed: {allowed}, limit {}", key.limit);
 }
 
 pub async fn limiter_multi_key_is_all_or_nothing(s: &Subject) {
@@ -103,19 +69,11 @@ pub async fn limiter_multi_key_is_all_or_nothing(s: &Subject) {
     let loose = limit_key(5, MINUTE);
     let now = W + 10;
     for n in 1..=tight.limit {
-        assert_eq!(
-            hit(s, &[&tight, &loose], now).await,
-            None,
-            "multi-key hit {n}"
-        );
+        assert_eq!(hit(s, &[&tight, &loose], now).await, None, "multi-key hit {n}");
     }
     // The tight key refuses; the refused calls must not count on the loose one.
     for n in 1..=3 {
-        assert_refused(
-            hit(s, &[&tight, &loose], now).await,
-            MINUTE,
-            &format!("refused multi-key hit {n}"),
-        );
+        assert_refused(hit(s, &[&tight, &loose], now).await, MINUTE, &format!("refused multi-key hit {n}"));
     }
     for n in tight.limit + 1..=loose.limit {
         assert_eq!(
@@ -124,18 +82,10 @@ pub async fn limiter_multi_key_is_all_or_nothing(s: &Subject) {
             "hit {n} on the loose key alone (a refused multi-key hit counted on it?)"
         );
     }
-    assert_refused(
-        hit(s, &[&loose], now).await,
-        MINUTE,
-        "the loose key over its limit",
-    );
+    assert_refused(hit(s, &[&loose], now).await, MINUTE, "the loose key over its limit");
 
     let next = W + MINUTE;
-    assert_eq!(
-        hit(s, &[&loose, &tight], next).await,
-        None,
-        "the next window is open on both keys"
-    );
+    assert_eq!(hit(s, &[&loose, &tight], next).await, None, "the next window is open on both keys");
 }
 
 pub async fn limiter_reports_longest_wait(s: &Subject) {
@@ -145,11 +95,7 @@ pub async fn limiter_reports_longest_wait(s: &Subject) {
     assert_eq!(hit(s, &[&minute], now).await, None);
     assert_eq!(hit(s, &[&hour], now).await, None);
 
-    let alone = assert_refused(
-        hit(s, &[&minute], now).await,
-        MINUTE,
-        "the full minute key alone",
-    );
+    let alone = assert_refused(hit(s, &[&minute], now).await, MINUTE, "the full minute key alone");
     for keys in [[&minute, &hour], [&hour, &minute]] {
         let both = assert_refused(hit(s, &keys, now).await, HOUR, "both keys full");
         assert!(

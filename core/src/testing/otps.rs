@@ -2,9 +2,7 @@
 //! redemption and capped failure count.
 
 use super::Subject;
-use super::fixtures::{
-    T0, expect_conflict, hash, new_otp, race, sent_otp, single_winner, stored_otp,
-};
+use super::fixtures::{T0, expect_conflict, hash, new_otp, race, sent_otp, single_winner, stored_otp};
 use crate::domain::OtpRecord;
 use crate::error::Conflict;
 
@@ -20,20 +18,10 @@ pub async fn put_otp_expected_version(s: &Subject) {
         Conflict::Stale,
         "put expecting a record where there is none",
     );
-    assert_eq!(
-        s.otps.otp(&address).await.expect("otp"),
-        None,
-        "a refused put wrote"
-    );
+    assert_eq!(s.otps.otp(&address).await.expect("otp"), None, "a refused put wrote");
 
-    s.otps
-        .put_otp(&first, None)
-        .await
-        .expect("put where there is none, expecting none");
-    assert_eq!(
-        s.otps.otp(&address).await.expect("otp"),
-        Some(first.clone())
-    );
+    s.otps.put_otp(&first, None).await.expect("put where there is none, expecting none");
+    assert_eq!(s.otps.otp(&address).await.expect("otp"), Some(first.clone()));
 
     let second = OtpRecord {
         code_hash: hash(),
@@ -42,54 +30,22 @@ pub async fn put_otp_expected_version(s: &Subject) {
         last_sent_at: T0 + 60,
         ..first.clone()
     };
-    expect_conflict(
-        s.otps.put_otp(&second, None).await,
-        Conflict::Stale,
-        "put expecting none where there is one",
-    );
-    expect_conflict(
-        s.otps.put_otp(&second, Some(T0 - 1)).await,
-        Conflict::Stale,
-        "put expecting another last_sent_at",
-    );
-    assert_eq!(
-        stored_otp(s, &address).await,
-        first,
-        "a refused put changed the record"
-    );
+    expect_conflict(s.otps.put_otp(&second, None).await, Conflict::Stale, "put expecting none where there is one");
+    expect_conflict(s.otps.put_otp(&second, Some(T0 - 1)).await, Conflict::Stale, "put expecting another last_sent_at");
+    assert_eq!(stored_otp(s, &address).await, first, "a refused put changed the record");
 
-    s.otps
-        .put_otp(&second, Some(T0))
-        .await
-        .expect("put expecting the stored last_sent_at");
-    assert_eq!(
-        stored_otp(s, &address).await,
-        second,
-        "put replaces the whole record"
-    );
+    s.otps.put_otp(&second, Some(T0)).await.expect("put expecting the stored last_sent_at");
+    assert_eq!(stored_otp(s, &address).await, second, "put replaces the whole record");
 
-    let third = OtpRecord {
-        code_hash: hash(),
-        last_sent_at: T0 + 120,
-        ..second.clone()
-    };
-    expect_conflict(
-        s.otps.put_otp(&third, Some(T0)).await,
-        Conflict::Stale,
-        "put expecting a replaced last_sent_at",
-    );
+    let third = OtpRecord { code_hash: hash(), last_sent_at: T0 + 120, ..second.clone() };
+    expect_conflict(s.otps.put_otp(&third, Some(T0)).await, Conflict::Stale, "put expecting a replaced last_sent_at");
     assert_eq!(stored_otp(s, &address).await, second);
 }
 
 pub async fn put_otp_has_one_winner(s: &Subject) {
     let address = hash();
-    let records: Vec<OtpRecord> = (0..RACERS)
-        .map(|_| OtpRecord {
-            address_hash: address.clone(),
-            code_hash: hash(),
-            ..new_otp()
-        })
-        .collect();
+    let records: Vec<OtpRecord> =
+        (0..RACERS).map(|_| OtpRecord { address_hash: address.clone(), code_hash: hash(), ..new_otp() }).collect();
     let results = race(RACERS, |i| {
         let otps = s.otps.clone();
         let record = records[i].clone();
@@ -98,17 +54,9 @@ pub async fn put_otp_has_one_winner(s: &Subject) {
     .await;
     let (w, (), losers) = single_winner(results, "concurrent first sends to one address");
     for (i, r) in losers {
-        expect_conflict(
-            r,
-            Conflict::Stale,
-            &format!("racer {i} sending to an address that has a code"),
-        );
+        expect_conflict(r, Conflict::Stale, &format!("racer {i} sending to an address that has a code"));
     }
-    assert_eq!(
-        stored_otp(s, &address).await,
-        records[w],
-        "the stored code is the winner's"
-    );
+    assert_eq!(stored_otp(s, &address).await, records[w], "the stored code is the winner's");
 }
 
 pub async fn redeem_otp_has_one_winner(s: &Subject) {
@@ -122,30 +70,14 @@ pub async fn redeem_otp_has_one_winner(s: &Subject) {
     .await;
     let (_, (), losers) = single_winner(results, "concurrent redeems of one code");
     for (i, r) in losers {
-        expect_conflict(
-            r,
-            Conflict::Stale,
-            &format!("racer {i} redeeming a used code"),
-        );
+        expect_conflict(r, Conflict::Stale, &format!("racer {i} redeeming a used code"));
     }
     let used = stored_otp(s, &otp.address_hash).await;
-    assert!(
-        used.used_at.is_some(),
-        "a redeem marks the code used: {used:?}"
-    );
-    assert_eq!(
-        OtpRecord {
-            used_at: None,
-            ..used
-        },
-        otp,
-        "a redeem changes nothing but used_at"
-    );
+    assert!(used.used_at.is_some(), "a redeem marks the code used: {used:?}");
+    assert_eq!(OtpRecord { used_at: None, ..used }, otp, "a redeem changes nothing but used_at");
 
     expect_conflict(
-        s.otps
-            .record_otp_failure(&otp.address_hash, MAX_FAILURES)
-            .await,
+        s.otps.record_otp_failure(&otp.address_hash, MAX_FAILURES).await,
         Conflict::Stale,
         "a wrong code after the right one",
     );
@@ -154,29 +86,13 @@ pub async fn redeem_otp_has_one_winner(s: &Subject) {
 pub async fn redeem_otp_refused_at_expiry_boundary(s: &Subject) {
     let otp = sent_otp(s).await;
     expect_conflict(
-        s.otps
-            .redeem_otp(
-                &otp.address_hash,
-                &otp.code_hash,
-                otp.expires_at,
-                MAX_FAILURES,
-            )
-            .await,
+        s.otps.redeem_otp(&otp.address_hash, &otp.code_hash, otp.expires_at, MAX_FAILURES).await,
         Conflict::Stale,
         "redeem at expires_at",
     );
-    assert_eq!(
-        stored_otp(s, &otp.address_hash).await,
-        otp,
-        "an expired redeem changed the record"
-    );
+    assert_eq!(stored_otp(s, &otp.address_hash).await, otp, "an expired redeem changed the record");
     s.otps
-        .redeem_otp(
-            &otp.address_hash,
-            &otp.code_hash,
-            otp.expires_at - 1,
-            MAX_FAILURES,
-        )
+        .redeem_otp(&otp.address_hash, &otp.code_hash, otp.expires_at - 1, MAX_FAILURES)
         .await
         .expect("redeem one second before expires_at");
 }
@@ -184,31 +100,19 @@ pub async fn redeem_otp_refused_at_expiry_boundary(s: &Subject) {
 pub async fn redeem_otp_refused_with_another_code(s: &Subject) {
     let otp = sent_otp(s).await;
     expect_conflict(
-        s.otps
-            .redeem_otp(&otp.address_hash, &hash(), T0 + 1, MAX_FAILURES)
-            .await,
+        s.otps.redeem_otp(&otp.address_hash, &hash(), T0 + 1, MAX_FAILURES).await,
         Conflict::Stale,
         "redeem with another code hash",
     );
-    assert_eq!(
-        stored_otp(s, &otp.address_hash).await,
-        otp,
-        "a refused redeem changed the record"
-    );
+    assert_eq!(stored_otp(s, &otp.address_hash).await, otp, "a refused redeem changed the record");
 
     let unknown = hash();
     expect_conflict(
-        s.otps
-            .redeem_otp(&unknown, &otp.code_hash, T0 + 1, MAX_FAILURES)
-            .await,
+        s.otps.redeem_otp(&unknown, &otp.code_hash, T0 + 1, MAX_FAILURES).await,
         Conflict::Stale,
         "redeem for an address without a code",
     );
-    assert_eq!(
-        s.otps.otp(&unknown).await.expect("otp"),
-        None,
-        "redeeming for an unknown address created a record"
-    );
+    assert_eq!(s.otps.otp(&unknown).await.expect("otp"), None, "redeeming for an unknown address created a record");
 }
 
 pub async fn otp_failures_capped_under_concurrency(s: &Subject) {
@@ -224,9 +128,7 @@ pub async fn otp_failures_capped_under_concurrency(s: &Subject) {
     for (i, r) in results.into_iter().enumerate() {
         match r {
             Ok(n) => counts.push(n),
-            Err(e) => {
-                expect_conflict::<u32>(Err(e), Conflict::Stale, &format!("racer {i} over the cap"))
-            }
+            Err(e) => expect_conflict::<u32>(Err(e), Conflict::Stale, &format!("racer {i} over the cap")),
         }
     }
     counts.sort_unstable();
@@ -235,18 +137,10 @@ pub async fn otp_failures_capped_under_concurrency(s: &Subject) {
         (1..=MAX_FAILURES).collect::<Vec<_>>(),
         "the successful failures count 1..=max exactly once each"
     );
-    assert_eq!(
-        stored_otp(s, &otp.address_hash).await,
-        OtpRecord {
-            failures: MAX_FAILURES,
-            ..otp.clone()
-        }
-    );
+    assert_eq!(stored_otp(s, &otp.address_hash).await, OtpRecord { failures: MAX_FAILURES, ..otp.clone() });
 
     expect_conflict(
-        s.otps
-            .redeem_otp(&otp.address_hash, &otp.code_hash, T0 + 1, MAX_FAILURES)
-            .await,
+        s.otps.redeem_otp(&otp.address_hash, &otp.code_hash, T0 + 1, MAX_FAILURES).await,
         Conflict::Stale,
         "redeem of an exhausted code with the right code",
     );
@@ -257,9 +151,5 @@ pub async fn otp_failures_capped_under_concurrency(s: &Subject) {
         Conflict::Stale,
         "a wrong code for an address without a code",
     );
-    assert_eq!(
-        s.otps.otp(&unknown).await.expect("otp"),
-        None,
-        "a failure for an unknown address created a record"
-    );
+    assert_eq!(s.otps.otp(&unknown).await.expect("otp"), None, "a failure for an unknown address created a record");
 }

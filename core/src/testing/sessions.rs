@@ -1,9 +1,7 @@
 //! `SessionStore`: refresh-secret rotation (once per secret) and revocation.
 
 use super::Subject;
-use super::fixtures::{
-    T0, expect_conflict, hash, race, session_id, signed_in, single_winner, stored_session,
-};
+use super::fixtures::{T0, expect_conflict, hash, race, session_id, signed_in, single_winner, stored_session};
 use crate::domain::Session;
 use crate::error::Conflict;
 
@@ -17,12 +15,8 @@ pub async fn rotate_session_once_per_hash(s: &Subject) {
         .rotate_session(&session.id, &session.refresh_hash, &h1, at1)
         .await
         .expect("rotate with the current hash");
-    let rotated = Session {
-        refresh_hash: h1.clone(),
-        refreshed_at: at1,
-        generation: session.generation + 1,
-        ..session.clone()
-    };
+    let rotated =
+        Session { refresh_hash: h1.clone(), refreshed_at: at1, generation: session.generation + 1, ..session.clone() };
     assert_eq!(
         stored_session(s, &session.id).await,
         rotated,
@@ -30,46 +24,26 @@ pub async fn rotate_session_once_per_hash(s: &Subject) {
     );
 
     expect_conflict(
-        s.sessions
-            .rotate_session(&session.id, &session.refresh_hash, &hash(), T0 + 200)
-            .await,
+        s.sessions.rotate_session(&session.id, &session.refresh_hash, &hash(), T0 + 200).await,
         Conflict::Stale,
         "a second rotate with the old hash",
     );
-    assert_eq!(
-        stored_session(s, &session.id).await,
-        rotated,
-        "a refused rotate changed the session"
-    );
+    assert_eq!(stored_session(s, &session.id).await, rotated, "a refused rotate changed the session");
 
     let (h2, at2) = (hash(), T0 + 300);
-    s.sessions
-        .rotate_session(&session.id, &h1, &h2, at2)
-        .await
-        .expect("rotate with the new current hash");
+    s.sessions.rotate_session(&session.id, &h1, &h2, at2).await.expect("rotate with the new current hash");
     assert_eq!(
         stored_session(s, &session.id).await,
-        Session {
-            refresh_hash: h2,
-            refreshed_at: at2,
-            generation: session.generation + 2,
-            ..session.clone()
-        }
+        Session { refresh_hash: h2, refreshed_at: at2, generation: session.generation + 2, ..session.clone() }
     );
 
     let unknown = session_id();
     expect_conflict(
-        s.sessions
-            .rotate_session(&unknown, &session.refresh_hash, &hash(), T0 + 400)
-            .await,
+        s.sessions.rotate_session(&unknown, &session.refresh_hash, &hash(), T0 + 400).await,
         Conflict::Stale,
         "rotate of an unknown session",
     );
-    assert_eq!(
-        s.sessions.session(&unknown).await.expect("session"),
-        None,
-        "rotating an unknown session created it"
-    );
+    assert_eq!(s.sessions.session(&unknown).await.expect("session"), None, "rotating an unknown session created it");
 }
 
 pub async fn rotate_session_has_one_winner(s: &Subject) {
@@ -78,21 +52,13 @@ pub async fn rotate_session_has_one_winner(s: &Subject) {
     let now = T0 + 100;
     let results = race(RACERS, |i| {
         let sessions = s.sessions.clone();
-        let (id, old, new) = (
-            session.id,
-            session.refresh_hash.clone(),
-            new_hashes[i].clone(),
-        );
+        let (id, old, new) = (session.id, session.refresh_hash.clone(), new_hashes[i].clone());
         async move { sessions.rotate_session(&id, &old, &new, now).await }
     })
     .await;
     let (w, (), losers) = single_winner(results, "concurrent rotations of one refresh secret");
     for (i, r) in losers {
-        expect_conflict(
-            r,
-            Conflict::Stale,
-            &format!("racer {i} rotating a rotated secret"),
-        );
+        expect_conflict(r, Conflict::Stale, &format!("racer {i} rotating a rotated secret"));
     }
     assert_eq!(
         stored_session(s, &session.id).await,
@@ -110,61 +76,30 @@ pub async fn revoke_session_is_idempotent(s: &Subject) {
     let (_, session) = signed_in(s).await;
 
     let at = T0 + 100;
-    s.sessions
-        .revoke_session(&session.id, at, "logout")
-        .await
-        .expect("revoke");
-    let revoked = Session {
-        revoked_at: Some(at),
-        revoke_reason: Some("logout".into()),
-        ..session.clone()
-    };
-    assert_eq!(
-        stored_session(s, &session.id).await,
-        revoked,
-        "a revoke sets revoked_at = now and the reason"
-    );
+    s.sessions.revoke_session(&session.id, at, "logout").await.expect("revoke");
+    let revoked = Session { revoked_at: Some(at), revoke_reason: Some("logout".into()), ..session.clone() };
+    assert_eq!(stored_session(s, &session.id).await, revoked, "a revoke sets revoked_at = now and the reason");
 
     s.sessions
         .revoke_session(&session.id, T0 + 200, "refresh_reuse")
         .await
         .expect("revoking a revoked session succeeds");
-    assert_eq!(
-        stored_session(s, &session.id).await,
-        revoked,
-        "a second revoke changed the session"
-    );
+    assert_eq!(stored_session(s, &session.id).await, revoked, "a second revoke changed the session");
 
     let unknown = session_id();
-    s.sessions
-        .revoke_session(&unknown, T0, "logout")
-        .await
-        .expect("revoking an unknown session succeeds");
-    assert_eq!(
-        s.sessions.session(&unknown).await.expect("session"),
-        None,
-        "revoking an unknown session created it"
-    );
+    s.sessions.revoke_session(&unknown, T0, "logout").await.expect("revoking an unknown session succeeds");
+    assert_eq!(s.sessions.session(&unknown).await.expect("session"), None, "revoking an unknown session created it");
 }
 
 pub async fn rotate_session_refused_after_revoke(s: &Subject) {
     let (_, session) = signed_in(s).await;
-    s.sessions
-        .revoke_session(&session.id, T0 + 100, "logout")
-        .await
-        .expect("revoke");
+    s.sessions.revoke_session(&session.id, T0 + 100, "logout").await.expect("revoke");
     let revoked = stored_session(s, &session.id).await;
 
     expect_conflict(
-        s.sessions
-            .rotate_session(&session.id, &session.refresh_hash, &hash(), T0 + 200)
-            .await,
+        s.sessions.rotate_session(&session.id, &session.refresh_hash, &hash(), T0 + 200).await,
         Conflict::Stale,
         "rotate of a revoked session with its current hash",
     );
-    assert_eq!(
-        stored_session(s, &session.id).await,
-        revoked,
-        "a refused rotate changed the revoked session"
-    );
+    assert_eq!(stored_session(s, &session.id).await, revoked, "a refused rotate changed the revoked session");
 }

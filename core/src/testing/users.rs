@@ -3,29 +3,21 @@
 
 use super::Subject;
 use super::fixtures::{
-    DAY, T0, email, expect_conflict, hash, new_user, race, registered, single_winner, stored_user,
-    user_id, user_with, username, verification_for,
+    DAY, T0, email, expect_conflict, hash, new_user, race, registered, single_winner, stored_user, user_id, user_with,
+    username, verification_for,
 };
 use crate::domain::{User, VerificationRecord};
 use crate::error::Conflict;
 
 /// Nothing of a refused registration is readable.
-async fn assert_not_written(
-    s: &Subject,
-    user: &User,
-    verification: &VerificationRecord,
-    what: &str,
-) {
+async fn assert_not_written(s: &Subject, user: &User, verification: &VerificationRecord, what: &str) {
     assert_eq!(
         s.users.user_by_id(&user.id).await.expect("user_by_id"),
         None,
         "{what}: the refused user's id is readable"
     );
     assert_eq!(
-        s.users
-            .verification(&verification.token_hash)
-            .await
-            .expect("verification"),
+        s.users.verification(&verification.token_hash).await.expect("verification"),
         None,
         "{what}: the refused user's verification token is readable"
     );
@@ -33,71 +25,23 @@ async fn assert_not_written(
 
 pub async fn create_user_reads_back(s: &Subject) {
     let (user, verification) = new_user();
-    s.users
-        .create_user(&user, &verification)
-        .await
-        .expect("create_user");
+    s.users.create_user(&user, &verification).await.expect("create_user");
 
     let some = Some(user.clone());
+    assert_eq!(s.users.user_by_id(&user.id).await.expect("user_by_id"), some, "user_by_id");
+    assert_eq!(s.users.user_by_username(&user.username).await.expect("user_by_username"), some, "user_by_username");
+    assert_eq!(s.users.user_by_email(&user.email).await.expect("user_by_email"), some, "user_by_email");
     assert_eq!(
-        s.users.user_by_id(&user.id).await.expect("user_by_id"),
-        some,
-        "user_by_id"
-    );
-    assert_eq!(
-        s.users
-            .user_by_username(&user.username)
-            .await
-            .expect("user_by_username"),
-        some,
-        "user_by_username"
-    );
-    assert_eq!(
-        s.users
-            .user_by_email(&user.email)
-            .await
-            .expect("user_by_email"),
-        some,
-        "user_by_email"
-    );
-    assert_eq!(
-        s.users
-            .verification(&verification.token_hash)
-            .await
-            .expect("verification"),
+        s.users.verification(&verification.token_hash).await.expect("verification"),
         Some(verification),
         "verification"
     );
 
     // Not found is Ok(None).
-    assert_eq!(
-        s.users
-            .user_by_id(&user_id())
-            .await
-            .expect("user_by_id of an unknown id"),
-        None
-    );
-    assert_eq!(
-        s.users
-            .user_by_username(&username())
-            .await
-            .expect("user_by_username of an unknown name"),
-        None
-    );
-    assert_eq!(
-        s.users
-            .user_by_email(&email())
-            .await
-            .expect("user_by_email of an unknown address"),
-        None
-    );
-    assert_eq!(
-        s.users
-            .verification(&hash())
-            .await
-            .expect("verification of an unknown token"),
-        None
-    );
+    assert_eq!(s.users.user_by_id(&user_id()).await.expect("user_by_id of an unknown id"), None);
+    assert_eq!(s.users.user_by_username(&username()).await.expect("user_by_username of an unknown name"), None);
+    assert_eq!(s.users.user_by_email(&email()).await.expect("user_by_email of an unknown address"), None);
+    assert_eq!(s.users.verification(&hash()).await.expect("verification of an unknown token"), None);
 }
 
 pub async fn username_taken_is_reported_first_and_writes_nothing(s: &Subject) {
@@ -112,17 +56,10 @@ pub async fn username_taken_is_reported_first_and_writes_nothing(s: &Subject) {
     assert_not_written(s, &both, &both_v, "username and email both taken").await;
 
     let (dup, dup_v) = user_with(first.username.clone(), email());
-    expect_conflict(
-        s.users.create_user(&dup, &dup_v).await,
-        Conflict::UsernameTaken,
-        "username taken",
-    );
+    expect_conflict(s.users.create_user(&dup, &dup_v).await, Conflict::UsernameTaken, "username taken");
     assert_not_written(s, &dup, &dup_v, "username taken").await;
     assert_eq!(
-        s.users
-            .user_by_email(&dup.email)
-            .await
-            .expect("user_by_email"),
+        s.users.user_by_email(&dup.email).await.expect("user_by_email"),
         None,
         "the email of a refused registration is readable"
     );
@@ -134,10 +71,7 @@ pub async fn username_taken_is_reported_first_and_writes_nothing(s: &Subject) {
         .expect("the email of a registration refused for its username must stay free");
 
     assert_eq!(
-        s.users
-            .user_by_username(&first.username)
-            .await
-            .expect("user_by_username"),
+        s.users.user_by_username(&first.username).await.expect("user_by_username"),
         Some(first),
         "the first owner of the username is unchanged"
     );
@@ -147,17 +81,10 @@ pub async fn email_taken_writes_nothing(s: &Subject) {
     let (first, _) = registered(s).await;
 
     let (dup, dup_v) = user_with(username(), first.email.clone());
-    expect_conflict(
-        s.users.create_user(&dup, &dup_v).await,
-        Conflict::EmailTaken,
-        "email taken",
-    );
+    expect_conflict(s.users.create_user(&dup, &dup_v).await, Conflict::EmailTaken, "email taken");
     assert_not_written(s, &dup, &dup_v, "email taken").await;
     assert_eq!(
-        s.users
-            .user_by_username(&dup.username)
-            .await
-            .expect("user_by_username"),
+        s.users.user_by_username(&dup.username).await.expect("user_by_username"),
         None,
         "the username of a refused registration is readable"
     );
@@ -169,10 +96,7 @@ pub async fn email_taken_writes_nothing(s: &Subject) {
         .expect("the username of a registration refused for its email must stay free");
 
     assert_eq!(
-        s.users
-            .user_by_email(&first.email)
-            .await
-            .expect("user_by_email"),
+        s.users.user_by_email(&first.email).await.expect("user_by_email"),
         Some(first),
         "the first owner of the email is unchanged"
     );
@@ -182,9 +106,7 @@ const REGISTRATION_RACERS: usize = 20;
 
 pub async fn concurrent_registrations_of_one_email_leave_one_account(s: &Subject) {
     let shared = email();
-    let candidates: Vec<_> = (0..REGISTRATION_RACERS)
-        .map(|_| user_with(username(), shared.clone()))
-        .collect();
+    let candidates: Vec<_> = (0..REGISTRATION_RACERS).map(|_| user_with(username(), shared.clone())).collect();
     let results = race(REGISTRATION_RACERS, |i| {
         let users = s.users.clone();
         let (user, verification) = candidates[i].clone();
@@ -194,11 +116,7 @@ pub async fn concurrent_registrations_of_one_email_leave_one_account(s: &Subject
 
     let (w, (), losers) = single_winner(results, "concurrent registrations of one email");
     for (i, r) in losers {
-        expect_conflict(
-            r,
-            Conflict::EmailTaken,
-            &format!("racer {i} for a taken email"),
-        );
+        expect_conflict(r, Conflict::EmailTaken, &format!("racer {i} for a taken email"));
     }
     assert_eq!(
         s.users.user_by_email(&shared).await.expect("user_by_email"),
@@ -208,14 +126,7 @@ pub async fn concurrent_registrations_of_one_email_leave_one_account(s: &Subject
     for (i, (loser, loser_v)) in candidates.iter().enumerate().filter(|(i, _)| *i != w) {
         let what = format!("racer {i} lost the email");
         assert_not_written(s, loser, loser_v, &what).await;
-        assert_eq!(
-            s.users
-                .user_by_username(&loser.username)
-                .await
-                .expect("user_by_username"),
-            None,
-            "{what}"
-        );
+        assert_eq!(s.users.user_by_username(&loser.username).await.expect("user_by_username"), None, "{what}");
         let (again, again_v) = user_with(loser.username.clone(), email());
         if let Err(e) = s.users.create_user(&again, &again_v).await {
             panic!("{what}: its username stayed claimed (orphan claim): {e:?}");
@@ -225,9 +136,7 @@ pub async fn concurrent_registrations_of_one_email_leave_one_account(s: &Subject
 
 pub async fn concurrent_registrations_of_one_username_leave_one_account(s: &Subject) {
     let shared = username();
-    let candidates: Vec<_> = (0..REGISTRATION_RACERS)
-        .map(|_| user_with(shared.clone(), email()))
-        .collect();
+    let candidates: Vec<_> = (0..REGISTRATION_RACERS).map(|_| user_with(shared.clone(), email())).collect();
     let results = race(REGISTRATION_RACERS, |i| {
         let users = s.users.clone();
         let (user, verification) = candidates[i].clone();
@@ -237,31 +146,17 @@ pub async fn concurrent_registrations_of_one_username_leave_one_account(s: &Subj
 
     let (w, (), losers) = single_winner(results, "concurrent registrations of one username");
     for (i, r) in losers {
-        expect_conflict(
-            r,
-            Conflict::UsernameTaken,
-            &format!("racer {i} for a taken username"),
-        );
+        expect_conflict(r, Conflict::UsernameTaken, &format!("racer {i} for a taken username"));
     }
     assert_eq!(
-        s.users
-            .user_by_username(&shared)
-            .await
-            .expect("user_by_username"),
+        s.users.user_by_username(&shared).await.expect("user_by_username"),
         Some(candidates[w].0.clone()),
         "the username belongs to the winner"
     );
     for (i, (loser, loser_v)) in candidates.iter().enumerate().filter(|(i, _)| *i != w) {
         let what = format!("racer {i} lost the username");
         assert_not_written(s, loser, loser_v, &what).await;
-        assert_eq!(
-            s.users
-                .user_by_email(&loser.email)
-                .await
-                .expect("user_by_email"),
-            None,
-            "{what}"
-        );
+        assert_eq!(s.users.user_by_email(&loser.email).await.expect("user_by_email"), None, "{what}");
         let (again, again_v) = user_with(username(), loser.email.clone());
         if let Err(e) = s.users.create_user(&again, &again_v).await {
             panic!("{what}: its email stayed claimed (orphan claim): {e:?}");
@@ -272,69 +167,33 @@ pub async fn concurrent_registrations_of_one_username_leave_one_account(s: &Subj
 pub async fn set_password_hash_replaces_only_the_hash(s: &Subject) {
     let (user, _) = registered(s).await;
     let phc = "$argon2id$v=19$m=65536,t=3,p=1$bmV3c2FsdG5ld3NhbHQ$rehashed";
-    s.users
-        .set_password_hash(&user.id, phc)
-        .await
-        .expect("set_password_hash");
-    assert_eq!(
-        stored_user(s, &user.id).await,
-        User {
-            password_hash: phc.into(),
-            ..user
-        }
-    );
+    s.users.set_password_hash(&user.id, phc).await.expect("set_password_hash");
+    assert_eq!(stored_user(s, &user.id).await, User { password_hash: phc.into(), ..user });
 }
 
 pub async fn consume_verification_once(s: &Subject) {
     let (user, verification) = registered(s).await;
     let now = T0 + 10;
 
-    let consumed = s
-        .users
-        .consume_verification(&verification.token_hash, now)
-        .await
-        .expect("first consume");
-    assert_eq!(
-        consumed, user.id,
-        "consume_verification returns the token's user"
-    );
-    assert!(
-        stored_user(s, &user.id).await.verified,
-        "the user is verified after a consume"
-    );
-    let used = s
-        .users
-        .verification(&verification.token_hash)
-        .await
-        .expect("verification")
-        .expect("the token is kept");
-    assert!(
-        used.used_at.is_some(),
-        "the consumed token is marked used: {used:?}"
-    );
+    let consumed = s.users.consume_verification(&verification.token_hash, now).await.expect("first consume");
+    assert_eq!(consumed, user.id, "consume_verification returns the token's user");
+    assert!(stored_user(s, &user.id).await.verified, "the user is verified after a consume");
+    let used = s.users.verification(&verification.token_hash).await.expect("verification").expect("the token is kept");
+    assert!(used.used_at.is_some(), "the consumed token is marked used: {used:?}");
 
     expect_conflict(
-        s.users
-            .consume_verification(&verification.token_hash, now + 1)
-            .await,
+        s.users.consume_verification(&verification.token_hash, now + 1).await,
         Conflict::Stale,
         "second consume",
     );
     assert_eq!(
-        s.users
-            .verification(&verification.token_hash)
-            .await
-            .expect("verification"),
+        s.users.verification(&verification.token_hash).await.expect("verification"),
         Some(used),
         "a refused consume changes the token"
     );
 
     let unknown = hash();
-    expect_conflict(
-        s.users.consume_verification(&unknown, now).await,
-        Conflict::Stale,
-        "consume of an unknown token",
-    );
+    expect_conflict(s.users.consume_verification(&unknown, now).await, Conflict::Stale, "consume of an unknown token");
     assert_eq!(
         s.users.verification(&unknown).await.expect("verification"),
         None,
@@ -353,11 +212,7 @@ pub async fn consume_verification_has_one_winner(s: &Subject) {
     let (_, consumed, losers) = single_winner(results, "concurrent consumes of one token");
     assert_eq!(consumed, user.id);
     for (i, r) in losers {
-        expect_conflict(
-            r,
-            Conflict::Stale,
-            &format!("racer {i} consuming a used token"),
-        );
+        expect_conflict(r, Conflict::Stale, &format!("racer {i} consuming a used token"));
     }
     assert!(stored_user(s, &user.id).await.verified);
 }
@@ -366,21 +221,13 @@ pub async fn consume_verification_refused_at_expiry_boundary(s: &Subject) {
     let (user, verification) = registered(s).await;
 
     expect_conflict(
-        s.users
-            .consume_verification(&verification.token_hash, verification.expires_at)
-            .await,
+        s.users.consume_verification(&verification.token_hash, verification.expires_at).await,
         Conflict::Stale,
         "consume at expires_at",
     );
-    assert!(
-        !stored_user(s, &user.id).await.verified,
-        "an expired consume verified the user"
-    );
+    assert!(!stored_user(s, &user.id).await.verified, "an expired consume verified the user");
     assert_eq!(
-        s.users
-            .verification(&verification.token_hash)
-            .await
-            .expect("verification"),
+        s.users.verification(&verification.token_hash).await.expect("verification"),
         Some(verification.clone()),
         "an expired consume changed the token"
     );
@@ -407,18 +254,11 @@ pub async fn add_verification_cooldown_boundary(s: &Subject) {
         "add_verification one second before the cooldown ends",
     );
     assert_eq!(
-        s.users
-            .verification(&early.token_hash)
-            .await
-            .expect("verification"),
+        s.users.verification(&early.token_hash).await.expect("verification"),
         None,
         "a refused token was stored"
     );
-    assert_eq!(
-        stored_user(s, &user.id).await,
-        user,
-        "a refused add_verification changed the user"
-    );
+    assert_eq!(stored_user(s, &user.id).await, user, "a refused add_verification changed the user");
 
     let on_time_at = T0 + cooldown;
     let on_time = verification_for(user.id, on_time_at);
@@ -426,19 +266,10 @@ pub async fn add_verification_cooldown_boundary(s: &Subject) {
         .add_verification(&on_time, on_time_at, cooldown)
         .await
         .expect("add_verification exactly when the cooldown ends");
-    assert_eq!(
-        s.users
-            .verification(&on_time.token_hash)
-            .await
-            .expect("verification"),
-        Some(on_time)
-    );
+    assert_eq!(s.users.verification(&on_time.token_hash).await.expect("verification"), Some(on_time));
     assert_eq!(
         stored_user(s, &user.id).await,
-        User {
-            verification_sent_at: Some(on_time_at),
-            ..user
-        },
+        User { verification_sent_at: Some(on_time_at), ..user },
         "add_verification sets verification_sent_at = now and nothing else"
     );
 
@@ -450,21 +281,12 @@ pub async fn add_verification_cooldown_boundary(s: &Subject) {
         Conflict::Stale,
         "add_verification within the cooldown of the previous resend",
     );
-    assert_eq!(
-        s.users
-            .verification(&again.token_hash)
-            .await
-            .expect("verification"),
-        None
-    );
+    assert_eq!(s.users.verification(&again.token_hash).await.expect("verification"), None);
 }
 
 pub async fn add_verification_refused_for_verified_or_unknown_user(s: &Subject) {
     let (user, verification) = registered(s).await;
-    s.users
-        .consume_verification(&verification.token_hash, T0 + 1)
-        .await
-        .expect("consume");
+    s.users.consume_verification(&verification.token_hash, T0 + 1).await.expect("consume");
 
     let late = verification_for(user.id, T0 + DAY);
     expect_conflict(
@@ -472,13 +294,7 @@ pub async fn add_verification_refused_for_verified_or_unknown_user(s: &Subject) 
         Conflict::Stale,
         "add_verification for a verified user",
     );
-    assert_eq!(
-        s.users
-            .verification(&late.token_hash)
-            .await
-            .expect("verification"),
-        None
-    );
+    assert_eq!(s.users.verification(&late.token_hash).await.expect("verification"), None);
 
     let stray = verification_for(user_id(), T0 + DAY);
     expect_conflict(
@@ -486,21 +302,8 @@ pub async fn add_verification_refused_for_verified_or_unknown_user(s: &Subject) 
         Conflict::Stale,
         "add_verification for an unknown user",
     );
-    assert_eq!(
-        s.users
-            .verification(&stray.token_hash)
-            .await
-            .expect("verification"),
-        None
-    );
-    assert_eq!(
-        s.users
-            .user_by_id(&stray.user_id)
-            .await
-            .expect("user_by_id"),
-        None,
-        "add_verification created a user"
-    );
+    assert_eq!(s.users.verification(&stray.token_hash).await.expect("verification"), None);
+    assert_eq!(s.users.user_by_id(&stray.user_id).await.expect("user_by_id"), None, "add_verification created a user");
 }
 
 pub async fn login_failures_lock_at_threshold(s: &Subject) {
@@ -510,74 +313,33 @@ pub async fn login_failures_lock_at_threshold(s: &Subject) {
     let fail = |now| s.users.record_login_failure(&user.id, now, THRESHOLD, LOCK);
 
     let one = fail(T0).await.expect("failure 1");
-    assert_eq!(
-        one,
-        User {
-            failed_logins: 1,
-            ..user.clone()
-        },
-        "failure 1 only counts"
-    );
+    assert_eq!(one, User { failed_logins: 1, ..user.clone() }, "failure 1 only counts");
     let two = fail(T0 + 1).await.expect("failure 2");
-    assert_eq!(
-        two,
-        User {
-            failed_logins: 2,
-            ..user.clone()
-        },
-        "failure 2 only counts"
-    );
+    assert_eq!(two, User { failed_logins: 2, ..user.clone() }, "failure 2 only counts");
 
     let locked_at = T0 + 2;
     let until = locked_at + LOCK;
     let locked = fail(locked_at).await.expect("failure 3");
     assert_eq!(
         locked,
-        User {
-            failed_logins: 0,
-            locked_until: Some(until),
-            ..user.clone()
-        },
+        User { failed_logins: 0, locked_until: Some(until), ..user.clone() },
         "reaching the threshold locks until now + lock_secs and resets the count"
     );
-    assert_eq!(
-        stored_user(s, &user.id).await,
-        locked,
-        "record_login_failure returns the user as stored"
-    );
+    assert_eq!(stored_user(s, &user.id).await, locked, "record_login_failure returns the user as stored");
 
     // Hammering during the lock, up to its last second, changes nothing.
     for now in [locked_at, locked_at + 1, until - 1] {
         let during = fail(now).await.expect("failure during the lock");
-        assert_eq!(
-            during, locked,
-            "a failure at {now}, during the lock, changed the user"
-        );
+        assert_eq!(during, locked, "a failure at {now}, during the lock, changed the user");
     }
-    assert_eq!(
-        stored_user(s, &user.id).await,
-        locked,
-        "failures during the lock changed the stored user"
-    );
+    assert_eq!(stored_user(s, &user.id).await, locked, "failures during the lock changed the stored user");
 
     // At `until` the lock has ended and counting starts again from zero.
     let after = fail(until).await.expect("first failure after the lock");
-    assert_eq!(
-        after.failed_logins, 1,
-        "the count restarts from zero after a lock: {after:?}"
-    );
-    assert!(
-        !after.is_locked(until),
-        "one failure after a lock locked again: {after:?}"
-    );
-    fail(until + 1)
-        .await
-        .expect("second failure after the lock");
+    assert_eq!(after.failed_logins, 1, "the count restarts from zero after a lock: {after:?}");
+    assert!(!after.is_locked(until), "one failure after a lock locked again: {after:?}");
+    fail(until + 1).await.expect("second failure after the lock");
     let relocked = fail(until + 2).await.expect("third failure after the lock");
-    assert_eq!(
-        relocked.locked_until,
-        Some(until + 2 + LOCK),
-        "the threshold locks again: {relocked:?}"
-    );
+    assert_eq!(relocked.locked_until, Some(until + 2 + LOCK), "the threshold locks again: {relocked:?}");
     assert_eq!(relocked.failed_logins, 0);
 }

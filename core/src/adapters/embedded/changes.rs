@@ -106,15 +106,9 @@ pub(crate) fn record<T: Serialize + PartialEq>(
         (Some(_), Some(_)) => ChangeOp::Modify,
         (Some(_), None) => ChangeOp::Remove,
     };
-    let json = |v: Option<&T>| {
-        v.map(serde_json::to_string)
-            .transpose()
-            .map_err(StoreError::internal)
-    };
-    c.prepare_cached(
-        "INSERT INTO changes (at, entity, key, op, old_json, new_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(rusqlite::params![at, entity.as_str(), key, op.as_str(), json(old)?, json(new)?])?;
+    let json = |v: Option<&T>| v.map(serde_json::to_string).transpose().map_err(StoreError::internal);
+    c.prepare_cached("INSERT INTO changes (at, entity, key, op, old_json, new_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+        .execute(rusqlite::params![at, entity.as_str(), key, op.as_str(), json(old)?, json(new)?])?;
     Ok(())
 }
 

@@ -22,11 +22,7 @@ pub fn spawn_mail_consumer(queue: SqliteMailQueue, outbox: Outbox) -> tokio::tas
     spawn_with_idle_wake(queue, outbox, IDLE_WAKE)
 }
 
-fn spawn_with_idle_wake(
-    queue: SqliteMailQueue,
-    outbox: Outbox,
-    idle_wake: Duration,
-) -> tokio::task::JoinHandle<()> {
+fn spawn_with_idle_wake(queue: SqliteMailQueue, outbox: Outbox, idle_wake: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             if let Err(e) = drain(&queue, &outbox).await {
@@ -68,9 +64,7 @@ async fn handle(queue: &SqliteMailQueue, outbox: &Outbox, job: ClaimedJob) -> St
             queue.mark_failed(&job.id, &reason).await
         }
         Err(DeliveryError::Transient(reason)) => {
-            let state = queue
-                .record_attempt_failure(&job.id, &reason, MAX_DELIVERY_ATTEMPTS)
-                .await?;
+            let state = queue.record_attempt_failure(&job.id, &reason, MAX_DELIVERY_ATTEMPTS).await?;
             tracing::warn!(mail_id = %job.id, kind, %reason, attempt = job.attempts + 1, state, "mail delivery failed");
             Ok(())
         }
@@ -101,19 +95,13 @@ mod tests {
             &Email::parse("carol@example.com").unwrap(),
             1_700_000_000,
             None,
-            MailJob::StandaloneCode {
-                code: Secret::new("271828".into()),
-                expires_minutes: 10,
-            },
+            MailJob::StandaloneCode { code: Secret::new("271828".into()), expires_minutes: 10 },
         )
     }
 
     fn emls(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir)
-            .map(|d| {
-                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
+            .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
         v.sort();
         v
@@ -131,10 +119,7 @@ mod tests {
         q.enqueue(&job("dup1")).await.unwrap();
         assert_eq!(drain(&q, &o).await.unwrap(), 0);
         assert_eq!(emls(&dir.0), vec!["1700000000-dup1.eml".to_string()]);
-        assert_eq!(
-            q.job_state("dup1").await.unwrap(),
-            Some((SENT.to_string(), 1, None))
-        );
+        assert_eq!(q.job_state("dup1").await.unwrap(), Some((SENT.to_string(), 1, None)));
     }
 
     #[tokio::test]
@@ -180,14 +165,7 @@ mod tests {
             let (state, attempts, reason) = q.job_state("retry").await.unwrap().unwrap();
             assert_eq!(attempts, attempt);
             assert!(reason.is_some());
-            assert_eq!(
-                state,
-                if attempt < MAX_DELIVERY_ATTEMPTS {
-                    PENDING
-                } else {
-                    FAILED
-                }
-            );
+            assert_eq!(state, if attempt < MAX_DELIVERY_ATTEMPTS { PENDING } else { FAILED });
             // Backing off: not retried at once.
             assert_eq!(drain(&q, &o).await.unwrap(), 0);
             clock.advance(300);
@@ -225,17 +203,10 @@ mod tests {
         q.enqueue(&job("woken")).await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            if q.job_state("woken")
-                .await
-                .unwrap()
-                .is_some_and(|(state, _, _)| state == SENT)
-            {
+            if q.job_state("woken").await.unwrap().is_some_and(|(state, _, _)| state == SENT) {
                 break;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "consumer did not deliver"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "consumer did not deliver");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         task.abort();

@@ -70,11 +70,7 @@ mod tests {
     use super::*;
 
     fn key(k: &str, limit: u32, window_secs: i64) -> LimitKey {
-        LimitKey {
-            key: k.into(),
-            limit,
-            window_secs,
-        }
+        LimitKey { key: k.into(), limit, window_secs }
     }
 
     #[test]
@@ -110,17 +106,8 @@ mod tests {
         let other = key("other", 1, 60);
         assert_eq!(s.hit(&[ip.clone(), id.clone()], now).await.unwrap(), None);
         // `ip` refuses, so neither `id` nor `other` is counted.
-        assert_eq!(
-            s.hit(&[other.clone(), ip.clone(), id.clone()], now)
-                .await
-                .unwrap(),
-            Some(40)
-        );
-        assert_eq!(
-            s.hit(std::slice::from_ref(&other), now).await.unwrap(),
-            None,
-            "other was not counted"
-        );
+        assert_eq!(s.hit(&[other.clone(), ip.clone(), id.clone()], now).await.unwrap(), Some(40));
+        assert_eq!(s.hit(std::slice::from_ref(&other), now).await.unwrap(), None, "other was not counted");
         for _ in 0..3 {
             assert_eq!(s.hit(std::slice::from_ref(&id), now).await.unwrap(), None);
         }
@@ -134,11 +121,7 @@ mod tests {
         let (s, _) = store();
         let k = key("dup", 1, 60);
         assert_eq!(s.hit(&[k.clone(), k.clone()], T0).await.unwrap(), Some(40));
-        assert_eq!(
-            s.hit(&[k], T0).await.unwrap(),
-            None,
-            "the refused call counted nothing"
-        );
+        assert_eq!(s.hit(&[k], T0).await.unwrap(), None, "the refused call counted nothing");
     }
 
     #[tokio::test]

@@ -42,21 +42,13 @@ pub(crate) struct ClaimedJob {
 impl SqliteMailQueue {
     /// The queue on `store`'s database (same connection, same clock).
     pub fn new(store: &EmbeddedStore) -> Self {
-        SqliteMailQueue {
-            db: store.db().clone(),
-        }
+        SqliteMailQueue { db: store.db().clone() }
     }
 
     /// Jobs still waiting for delivery (including those backing off).
     pub async fn pending_count(&self) -> StoreResult<u64> {
         self.db
-            .tx(|tx| {
-                Ok(tx.query_row(
-                    "SELECT COUNT(*) FROM mail_jobs WHERE state = ?1",
-                    [PENDING],
-                    |r| r.get(0),
-                )?)
-            })
+            .tx(|tx| Ok(tx.query_row("SELECT COUNT(*) FROM mail_jobs WHERE state = ?1", [PENDING], |r| r.get(0))?))
             .await
     }
 
@@ -66,11 +58,9 @@ impl SqliteMailQueue {
         self.db
             .tx(move |tx| {
                 Ok(tx
-                    .query_row(
-                        "SELECT state, attempts, last_error FROM mail_jobs WHERE id = ?1",
-                        [id],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
+                    .query_row("SELECT state, attempts, last_error FROM mail_jobs WHERE id = ?1", [id], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
                     .optional()?)
             })
             .await
@@ -172,9 +162,11 @@ impl SqliteMailQueue {
         self.db
             .tx(move |tx| {
                 let Some(attempts) = tx
-                    .query_row("SELECT attempts FROM mail_jobs WHERE id = ?1 AND state = ?2", params![id, PENDING], |r| {
-                        r.get::<_, u32>(0)
-                    })
+                    .query_row(
+                        "SELECT attempts FROM mail_jobs WHERE id = ?1 AND state = ?2",
+                        params![id, PENDING],
+                        |r| r.get::<_, u32>(0),
+                    )
                     .optional()?
                 else {
                     return Err(StoreError::internal("mail job vanished while being delivered"));
@@ -184,7 +176,13 @@ impl SqliteMailQueue {
                 tx.prepare_cached(
                     "UPDATE mail_jobs SET state = ?2, attempts = ?3, last_error = ?4, not_before = ?5 WHERE id = ?1",
                 )?
-                .execute(params![id, state, attempts, reason, now.saturating_add(backoff_secs(attempts))])?;
+                .execute(params![
+                    id,
+                    state,
+                    attempts,
+                    reason,
+                    now.saturating_add(backoff_secs(attempts))
+                ])?;
                 Ok(state)
             })
             .await
@@ -193,9 +191,7 @@ impl SqliteMailQueue {
 
 /// 2, 4, 8, … seconds after the n-th failed attempt, at most 5 minutes.
 fn backoff_secs(attempts: u32) -> i64 {
-    1i64.checked_shl(attempts.min(30))
-        .unwrap_or(i64::MAX)
-        .min(300)
+    1i64.checked_shl(attempts.min(30)).unwrap_or(i64::MAX).min(300)
 }
 
 #[async_trait]
@@ -213,13 +209,7 @@ mod tests {
     use crate::mail::MailJob;
 
     fn env(id: &str) -> MailEnvelope {
-        MailEnvelope::new(
-            id.into(),
-            &Email::parse("a@example.com").unwrap(),
-            0,
-            None,
-            MailJob::SignupAttempt {},
-        )
+        MailEnvelope::new(id.into(), &Email::parse("a@example.com").unwrap(), 0, None, MailJob::SignupAttempt {})
     }
 
     #[test]
@@ -245,10 +235,7 @@ mod tests {
         assert!(q.claim_next().await.unwrap().is_none());
         q.mark_sent("a").await.unwrap();
         q.enqueue(&env("a")).await.unwrap();
-        assert_eq!(
-            q.job_state("a").await.unwrap(),
-            Some((SENT.to_string(), 1, None))
-        );
+        assert_eq!(q.job_state("a").await.unwrap(), Some((SENT.to_string(), 1, None)));
         // A lease runs out: `b` comes back.
         clock.advance(LEASE_SECS);
         assert_eq!(q.claim_next().await.unwrap().unwrap().id, "b");
@@ -269,10 +256,7 @@ mod tests {
             assert!(q.claim_next().await.unwrap().is_none(), "backing off");
             clock.advance(backoff_secs(n));
         }
-        assert_eq!(
-            q.job_state("j").await.unwrap(),
-            Some((FAILED.to_string(), 3, Some("disk full".to_string())))
-        );
+        assert_eq!(q.job_state("j").await.unwrap(), Some((FAILED.to_string(), 3, Some("disk full".to_string()))));
         assert_eq!(q.pending_count().await.unwrap(), 0);
     }
 }

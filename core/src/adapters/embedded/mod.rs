@@ -161,9 +161,7 @@ pub(crate) mod test_support {
 
     pub fn store() -> (EmbeddedStore, Arc<FixedClock>) {
         let clock = Arc::new(FixedClock::new(T0));
-        let store = EmbeddedStore::in_memory()
-            .unwrap()
-            .with_clock(clock.clone());
+        let store = EmbeddedStore::in_memory().unwrap().with_clock(clock.clone());
         (store, clock)
     }
 
@@ -198,39 +196,22 @@ mod tests {
         drop(EmbeddedStore::open(&path).unwrap());
         let store = EmbeddedStore::open(&path).unwrap();
         let conn = store.db.conn.lock().unwrap();
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .unwrap();
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
-        let fk: i64 = conn
-            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
-            .unwrap();
+        let fk: i64 = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0)).unwrap();
         assert_eq!(fk, 1);
-        let v: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, schema::VERSION);
     }
 
     #[test]
     fn busy_and_locked_are_unavailable_others_internal() {
-        let busy = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
-            None,
-        );
+        let busy = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None);
         assert!(matches!(StoreError::from(busy), StoreError::Unavailable(_)));
-        let locked = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_LOCKED),
-            None,
-        );
-        assert!(matches!(
-            StoreError::from(locked),
-            StoreError::Unavailable(_)
-        ));
-        let unique = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE),
-            None,
-        );
+        let locked = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_LOCKED), None);
+        assert!(matches!(StoreError::from(locked), StoreError::Unavailable(_)));
+        let unique =
+            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE), None);
         assert!(matches!(StoreError::from(unique), StoreError::Internal(_)));
     }
 }
@@ -239,8 +220,6 @@ mod tests {
 #[cfg(all(test, feature = "testing"))]
 mod contract {
     crate::contract_suite!(async {
-        crate::testing::Subject::from_store(
-            super::EmbeddedStore::in_memory().expect("in-memory store"),
-        )
+        crate::testing::Subject::from_store(super::EmbeddedStore::in_memory().expect("in-memory store"))
     });
 }

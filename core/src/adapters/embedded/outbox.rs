@@ -20,10 +20,7 @@ pub struct Outbox {
 
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Outbox")
-            .field("dir", &self.dir)
-            .field("from", &self.from)
-            .finish_non_exhaustive()
+        f.debug_struct("Outbox").field("dir", &self.dir).field("from", &self.from).finish_non_exhaustive()
     }
 }
 
@@ -47,11 +44,7 @@ impl std::fmt::Display for DeliveryError {
 impl Outbox {
     /// `from` is a mailbox, `Name <address>` or a bare address.
     pub fn new(dir: PathBuf, renderer: Renderer, from: String) -> Self {
-        Outbox {
-            dir,
-            renderer,
-            from,
-        }
+        Outbox { dir, renderer, from }
     }
 
     pub fn dir(&self) -> &Path {
@@ -70,21 +63,15 @@ impl Outbox {
         use DeliveryError::{Permanent, Transient};
         if env.id.is_empty()
             || env.id.len() > 128
-            || !env
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || !env.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return Err(Permanent("job id is not a safe file name".into()));
         }
         // The queue is a trust boundary of its own: re-check the address so
         // nothing odd reaches a header.
-        let to = Email::parse(&env.to)
-            .map_err(|_| Permanent("recipient is not a valid email address".into()))?;
+        let to = Email::parse(&env.to).map_err(|_| Permanent("recipient is not a valid email address".into()))?;
         let mail = self.renderer.render(env).map_err(Permanent)?;
-        let bytes = self
-            .message(env, &to, &mail)
-            .map_err(|e| Permanent(format!("building the message: {e}")))?;
+        let bytes = self.message(env, &to, &mail).map_err(|e| Permanent(format!("building the message: {e}")))?;
         let name = format!("{}-{}.eml", env.created_at, env.id);
         let path = self.dir.join(&name);
         let (dir, target) = (self.dir.clone(), path.clone());
@@ -96,12 +83,7 @@ impl Outbox {
         Ok(path)
     }
 
-    fn message(
-        &self,
-        env: &MailEnvelope,
-        to: &Email,
-        mail: &RenderedMail,
-    ) -> std::io::Result<Vec<u8>> {
+    fn message(&self, env: &MailEnvelope, to: &Email, mail: &RenderedMail) -> std::io::Result<Vec<u8>> {
         let (name, addr) = split_mailbox(&self.from);
         let domain = addr.rsplit_once('@').map_or("latchkey.local", |(_, d)| d);
         MessageBuilder::new()
@@ -166,10 +148,7 @@ mod tests {
 
     #[test]
     fn splits_mailboxes() {
-        assert_eq!(
-            split_mailbox("latchkey <a@b.co>"),
-            (Some("latchkey"), "a@b.co")
-        );
+        assert_eq!(split_mailbox("latchkey <a@b.co>"), (Some("latchkey"), "a@b.co"));
         assert_eq!(split_mailbox("\"L K\" <a@b.co>"), (Some("L K"), "a@b.co"));
         assert_eq!(split_mailbox("<a@b.co>"), (None, "a@b.co"));
         assert_eq!(split_mailbox("a@b.co"), (None, "a@b.co"));
@@ -183,11 +162,7 @@ mod tests {
             &Email::parse("bob@example.com").unwrap(),
             1_700_000_000,
             None,
-            MailJob::LoginCode {
-                username: "bob".into(),
-                code: Secret::new("314159".into()),
-                expires_minutes: 5,
-            },
+            MailJob::LoginCode { username: "bob".into(), code: Secret::new("314159".into()), expires_minutes: 5 },
         );
         let path = outbox(&dir.0).deliver(&env).await.unwrap();
         assert_eq!(path, dir.0.join("1700000000-abc123.eml"));
@@ -220,16 +195,10 @@ mod tests {
             None,
             MailJob::SignupAttempt {},
         );
-        assert!(matches!(
-            o.try_deliver(&env).await,
-            Err(DeliveryError::Permanent(_))
-        ));
+        assert!(matches!(o.try_deliver(&env).await, Err(DeliveryError::Permanent(_))));
         env.id = "ok".into();
         env.to = "bob@example.com\r\nBcc: eve@example.com".into();
-        assert!(matches!(
-            o.try_deliver(&env).await,
-            Err(DeliveryError::Permanent(_))
-        ));
+        assert!(matches!(o.try_deliver(&env).await, Err(DeliveryError::Permanent(_))));
         assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 0);
     }
 
@@ -245,9 +214,6 @@ mod tests {
             None,
             MailJob::SignupAttempt {},
         );
-        assert!(matches!(
-            outbox(&file).try_deliver(&env).await,
-            Err(DeliveryError::Transient(_))
-        ));
+        assert!(matches!(outbox(&file).try_deliver(&env).await, Err(DeliveryError::Transient(_))));
     }
 }

@@ -3,17 +3,13 @@
 //! newtypes' own parsers, so a corrupt row is an error, not a bad value.
 
 use crate::domain::{
-    Challenge, ChallengeId, Email, OtpRecord, RequestMeta, Session, SessionId, User, UserId,
-    Username, VerificationRecord,
+    Challenge, ChallengeId, Email, OtpRecord, RequestMeta, Session, SessionId, User, UserId, Username,
+    VerificationRecord,
 };
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, named_params};
 
-fn text_as<T>(
-    v: ValueRef<'_>,
-    parse: impl FnOnce(&str) -> Option<T>,
-    what: &str,
-) -> FromSqlResult<T> {
+fn text_as<T>(v: ValueRef<'_>, parse: impl FnOnce(&str) -> Option<T>, what: &str) -> FromSqlResult<T> {
     let s = v.as_str()?;
     parse(s).ok_or_else(|| FromSqlError::Other(format!("stored {what} is not valid").into()))
 }
@@ -36,21 +32,15 @@ macro_rules! sql_text {
 sql_text!(UserId, "user id", |s| UserId::parse(s));
 sql_text!(ChallengeId, "challenge id", |s| ChallengeId::parse(s));
 sql_text!(SessionId, "session id", |s| SessionId::parse(s));
-sql_text!(Username, "username", |s| Username::parse(s)
-    .ok()
-    .filter(|u| u.as_str() == s));
-sql_text!(Email, "email", |s| Email::parse(s)
-    .ok()
-    .filter(|e| e.as_str() == s));
+sql_text!(Username, "username", |s| Username::parse(s).ok().filter(|u| u.as_str() == s));
+sql_text!(Email, "email", |s| Email::parse(s).ok().filter(|e| e.as_str() == s));
 
 /// Request metadata is a small JSON object in a TEXT column.
 struct Meta(RequestMeta);
 
 impl FromSql for Meta {
     fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
-        serde_json::from_str(v.as_str()?)
-            .map(Meta)
-            .map_err(|e| FromSqlError::Other(Box::new(e)))
+        serde_json::from_str(v.as_str()?).map(Meta).map_err(|e| FromSqlError::Other(Box::new(e)))
     }
 }
 
@@ -93,9 +83,7 @@ pub(crate) fn load_user(c: &Connection, key: UserKey<'_>) -> rusqlite::Result<Op
         UserKey::Username(v) => ("username", v),
         UserKey::Email(v) => ("email", v),
     };
-    c.prepare_cached(&format!("SELECT {USER_COLS} FROM users WHERE {col} = ?1"))?
-        .query_row([val], user_row)
-        .optional()
+    c.prepare_cached(&format!("SELECT {USER_COLS} FROM users WHERE {col} = ?1"))?.query_row([val], user_row).optional()
 }
 
 pub(crate) fn insert_user(c: &Connection, u: &User) -> rusqlite::Result<()> {
@@ -129,13 +117,11 @@ pub(crate) fn update_user(c: &Connection, u: &User) -> rusqlite::Result<()> {
 }
 
 pub(crate) fn username_taken(c: &Connection, u: &Username) -> rusqlite::Result<bool> {
-    c.prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE username = ?1)")?
-        .query_row([u], |r| r.get(0))
+    c.prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE username = ?1)")?.query_row([u], |r| r.get(0))
 }
 
 pub(crate) fn email_taken(c: &Connection, e: &Email) -> rusqlite::Result<bool> {
-    c.prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE email = ?1)")?
-        .query_row([e], |r| r.get(0))
+    c.prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE email = ?1)")?.query_row([e], |r| r.get(0))
 }
 
 // ---- verifications --------------------------------------------------------
@@ -153,15 +139,10 @@ fn verification_row(r: &Row<'_>) -> rusqlite::Result<VerificationRecord> {
     })
 }
 
-pub(crate) fn load_verification(
-    c: &Connection,
-    token_hash: &str,
-) -> rusqlite::Result<Option<VerificationRecord>> {
-    c.prepare_cached(&format!(
-        "SELECT {VERIFICATION_COLS} FROM verifications WHERE token_hash = ?1"
-    ))?
-    .query_row([token_hash], verification_row)
-    .optional()
+pub(crate) fn load_verification(c: &Connection, token_hash: &str) -> rusqlite::Result<Option<VerificationRecord>> {
+    c.prepare_cached(&format!("SELECT {VERIFICATION_COLS} FROM verifications WHERE token_hash = ?1"))?
+        .query_row([token_hash], verification_row)
+        .optional()
 }
 
 pub(crate) fn insert_verification(c: &Connection, v: &VerificationRecord) -> rusqlite::Result<()> {
@@ -176,11 +157,7 @@ pub(crate) fn insert_verification(c: &Connection, v: &VerificationRecord) -> rus
     Ok(())
 }
 
-pub(crate) fn set_verification_used(
-    c: &Connection,
-    token_hash: &str,
-    used_at: i64,
-) -> rusqlite::Result<()> {
+pub(crate) fn set_verification_used(c: &Connection, token_hash: &str, used_at: i64) -> rusqlite::Result<()> {
     let n = c
         .prepare_cached("UPDATE verifications SET used_at = ?2 WHERE token_hash = ?1")?
         .execute(rusqlite::params![token_hash, used_at])?;
@@ -189,7 +166,8 @@ pub(crate) fn set_verification_used(
 
 // ---- challenges -----------------------------------------------------------
 
-const CHALLENGE_COLS: &str = "id, user_id, code_hash, created_at, expires_at, last_sent_at, resends, failures, used_at, meta";
+const CHALLENGE_COLS: &str =
+    "id, user_id, code_hash, created_at, expires_at, last_sent_at, resends, failures, used_at, meta";
 
 fn challenge_row(r: &Row<'_>) -> rusqlite::Result<Challenge> {
     Ok(Challenge {
@@ -206,15 +184,10 @@ fn challenge_row(r: &Row<'_>) -> rusqlite::Result<Challenge> {
     })
 }
 
-pub(crate) fn load_challenge(
-    c: &Connection,
-    id: &ChallengeId,
-) -> rusqlite::Result<Option<Challenge>> {
-    c.prepare_cached(&format!(
-        "SELECT {CHALLENGE_COLS} FROM challenges WHERE id = ?1"
-    ))?
-    .query_row([id], challenge_row)
-    .optional()
+pub(crate) fn load_challenge(c: &Connection, id: &ChallengeId) -> rusqlite::Result<Option<Challenge>> {
+    c.prepare_cached(&format!("SELECT {CHALLENGE_COLS} FROM challenges WHERE id = ?1"))?
+        .query_row([id], challenge_row)
+        .optional()
 }
 
 pub(crate) fn insert_challenge(c: &Connection, ch: &Challenge) -> rusqlite::Result<()> {
@@ -265,11 +238,9 @@ fn session_row(r: &Row<'_>) -> rusqlite::Result<Session> {
 }
 
 pub(crate) fn load_session(c: &Connection, id: &SessionId) -> rusqlite::Result<Option<Session>> {
-    c.prepare_cached(&format!(
-        "SELECT {SESSION_COLS} FROM sessions WHERE id = ?1"
-    ))?
-    .query_row([id], session_row)
-    .optional()
+    c.prepare_cached(&format!("SELECT {SESSION_COLS} FROM sessions WHERE id = ?1"))?
+        .query_row([id], session_row)
+        .optional()
 }
 
 pub(crate) fn insert_session(c: &Connection, s: &Session) -> rusqlite::Result<()> {
@@ -300,8 +271,7 @@ pub(crate) fn update_session(c: &Connection, s: &Session) -> rusqlite::Result<()
 
 // ---- standalone one-time codes --------------------------------------------
 
-const OTP_COLS: &str =
-    "address_hash, code_hash, created_at, expires_at, last_sent_at, failures, used_at, meta";
+const OTP_COLS: &str = "address_hash, code_hash, created_at, expires_at, last_sent_at, failures, used_at, meta";
 
 fn otp_row(r: &Row<'_>) -> rusqlite::Result<OtpRecord> {
     Ok(OtpRecord {
@@ -317,11 +287,9 @@ fn otp_row(r: &Row<'_>) -> rusqlite::Result<OtpRecord> {
 }
 
 pub(crate) fn load_otp(c: &Connection, address_hash: &str) -> rusqlite::Result<Option<OtpRecord>> {
-    c.prepare_cached(&format!(
-        "SELECT {OTP_COLS} FROM otps WHERE address_hash = ?1"
-    ))?
-    .query_row([address_hash], otp_row)
-    .optional()
+    c.prepare_cached(&format!("SELECT {OTP_COLS} FROM otps WHERE address_hash = ?1"))?
+        .query_row([address_hash], otp_row)
+        .optional()
 }
 
 /// Inserts or replaces the whole record for its address.

@@ -9,8 +9,7 @@ use super::changes::{ChangeEntity, record};
 use super::records::{self as rec, UserKey};
 use crate::clock::Timestamp;
 use crate::domain::{
-    Challenge, ChallengeId, Email, OtpRecord, Session, SessionId, User, UserId, Username,
-    VerificationRecord,
+    Challenge, ChallengeId, Email, OtpRecord, Session, SessionId, User, UserId, Username, VerificationRecord,
 };
 use crate::error::{Conflict, StoreError};
 use crate::ports::{ChallengeStore, OtpStore, SessionStore, StoreResult, UserStore};
@@ -45,22 +44,8 @@ impl UserStore for EmbeddedStore {
                 }
                 rec::insert_user(tx, &user)?;
                 rec::insert_verification(tx, &v)?;
-                record(
-                    tx,
-                    at,
-                    ChangeEntity::User,
-                    &user.id.to_string(),
-                    None,
-                    Some(&user),
-                )?;
-                record(
-                    tx,
-                    at,
-                    ChangeEntity::Verification,
-                    &v.token_hash,
-                    None,
-                    Some(&v),
-                )?;
+                record(tx, at, ChangeEntity::User, &user.id.to_string(), None, Some(&user))?;
+                record(tx, at, ChangeEntity::Verification, &v.token_hash, None, Some(&v))?;
                 Ok(())
             })
             .await
@@ -68,23 +53,17 @@ impl UserStore for EmbeddedStore {
 
     async fn user_by_id(&self, id: &UserId) -> StoreResult<Option<User>> {
         let id = *id;
-        self.db()
-            .tx(move |tx| Ok(rec::load_user(tx, UserKey::Id(&id))?))
-            .await
+        self.db().tx(move |tx| Ok(rec::load_user(tx, UserKey::Id(&id))?)).await
     }
 
     async fn user_by_username(&self, username: &Username) -> StoreResult<Option<User>> {
         let u = username.clone();
-        self.db()
-            .tx(move |tx| Ok(rec::load_user(tx, UserKey::Username(&u))?))
-            .await
+        self.db().tx(move |tx| Ok(rec::load_user(tx, UserKey::Username(&u))?)).await
     }
 
     async fn user_by_email(&self, email: &Email) -> StoreResult<Option<User>> {
         let e = email.clone();
-        self.db()
-            .tx(move |tx| Ok(rec::load_user(tx, UserKey::Email(&e))?))
-            .await
+        self.db().tx(move |tx| Ok(rec::load_user(tx, UserKey::Email(&e))?)).await
     }
 
     async fn record_login_failure(
@@ -107,11 +86,7 @@ impl UserStore for EmbeddedStore {
                 }
                 let mut new = old.clone();
                 // A lock that has ended starts the count afresh.
-                let count = if old.locked_until.is_some() {
-                    0
-                } else {
-                    old.failed_logins
-                };
+                let count = if old.locked_until.is_some() { 0 } else { old.failed_logins };
                 new.locked_until = None;
                 new.failed_logins = count.saturating_add(1);
                 if new.failed_logins >= threshold {
@@ -121,14 +96,7 @@ impl UserStore for EmbeddedStore {
                     new.otp_failures = 0;
                 }
                 rec::update_user(tx, &new)?;
-                record(
-                    tx,
-                    at,
-                    ChangeEntity::User,
-                    &id.to_string(),
-                    Some(&old),
-                    Some(&new),
-                )?;
+                record(tx, at, ChangeEntity::User, &id.to_string(), Some(&old), Some(&new))?;
                 Ok(new)
             })
             .await
@@ -141,19 +109,9 @@ impl UserStore for EmbeddedStore {
                 let Some(old) = rec::load_user(tx, UserKey::Id(&id))? else {
                     return stale();
                 };
-                let new = User {
-                    password_hash: phc,
-                    ..old.clone()
-                };
+                let new = User { password_hash: phc, ..old.clone() };
                 rec::update_user(tx, &new)?;
-                record(
-                    tx,
-                    at,
-                    ChangeEntity::User,
-                    &id.to_string(),
-                    Some(&old),
-                    Some(&new),
-                )
+                record(tx, at, ChangeEntity::User, &id.to_string(), Some(&old), Some(&new))
             })
             .await
     }
@@ -170,43 +128,22 @@ impl UserStore for EmbeddedStore {
                 let Some(old) = rec::load_user(tx, UserKey::Id(&v.user_id))? else {
                     return stale();
                 };
-                let cooled = old
-                    .verification_sent_at
-                    .is_none_or(|t| t <= now.saturating_sub(cooldown_secs));
+                let cooled = old.verification_sent_at.is_none_or(|t| t <= now.saturating_sub(cooldown_secs));
                 if old.verified || !cooled || rec::load_verification(tx, &v.token_hash)?.is_some() {
                     return stale();
                 }
-                let new = User {
-                    verification_sent_at: Some(now),
-                    ..old.clone()
-                };
+                let new = User { verification_sent_at: Some(now), ..old.clone() };
                 rec::insert_verification(tx, &v)?;
                 rec::update_user(tx, &new)?;
-                record(
-                    tx,
-                    at,
-                    ChangeEntity::Verification,
-                    &v.token_hash,
-                    None,
-                    Some(&v),
-                )?;
-                record(
-                    tx,
-                    at,
-                    ChangeEntity::User,
-                    &new.id.to_string(),
-                    Some(&old),
-                    Some(&new),
-                )
+                record(tx, at, ChangeEntity::Verification, &v.token_hash, None, Some(&v))?;
+                record(tx, at, ChangeEntity::User, &new.id.to_string(), Some(&old), Some(&new))
             })
             .await
     }
 
     async fn verification(&self, token_hash: &str) -> StoreResult<Option<VerificationRecord>> {
         let h = token_hash.to_string();
-        self.db()
-            .tx(move |tx| Ok(rec::load_verification(tx, &h)?))
-            .await
+        self.db().tx(move |tx| Ok(rec::load_verification(tx, &h)?)).await
     }
 
     async fn consume_verification(&self, token_hash: &str, now: Timestamp) -> StoreResult<UserId> {
@@ -223,32 +160,12 @@ impl UserStore for EmbeddedStore {
                     // The foreign key makes this unreachable short of corruption.
                     return Err(StoreError::internal("verification token without its user"));
                 };
-                let new_v = VerificationRecord {
-                    used_at: Some(now),
-                    ..old_v.clone()
-                };
-                let new_u = User {
-                    verified: true,
-                    ..old_u.clone()
-                };
+                let new_v = VerificationRecord { used_at: Some(now), ..old_v.clone() };
+                let new_u = User { verified: true, ..old_u.clone() };
                 rec::set_verification_used(tx, &h, now)?;
                 rec::update_user(tx, &new_u)?;
-                record(
-                    tx,
-                    at,
-                    ChangeEntity::Verification,
-                    &h,
-                    Some(&old_v),
-                    Some(&new_v),
-                )?;
-                record(
-                    tx,
-                    at,
-                    ChangeEntity::User,
-                    &new_u.id.to_string(),
-                    Some(&old_u),
-                    Some(&new_u),
-                )?;
+                record(tx, at, ChangeEntity::Verification, &h, Some(&old_v), Some(&new_v))?;
+                record(tx, at, ChangeEntity::User, &new_u.id.to_string(), Some(&old_u), Some(&new_u))?;
                 Ok(new_u.id)
             })
             .await
@@ -257,11 +174,7 @@ impl UserStore for EmbeddedStore {
 
 #[async_trait]
 impl ChallengeStore for EmbeddedStore {
-    async fn create_challenge(
-        &self,
-        challenge: &Challenge,
-        reset_login_failures: bool,
-    ) -> StoreResult<()> {
+    async fn create_challenge(&self, challenge: &Challenge, reset_login_failures: bool) -> StoreResult<()> {
         let (c, at) = (challenge.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
@@ -274,28 +187,11 @@ impl ChallengeStore for EmbeddedStore {
                     return Err(StoreError::internal("challenge for an unknown user"));
                 };
                 rec::insert_challenge(tx, &c)?;
-                record(
-                    tx,
-                    at,
-                    ChangeEntity::Challenge,
-                    &c.id.to_string(),
-                    None,
-                    Some(&c),
-                )?;
+                record(tx, at, ChangeEntity::Challenge, &c.id.to_string(), None, Some(&c))?;
                 if reset_login_failures && old_u.failed_logins != 0 {
-                    let new_u = User {
-                        failed_logins: 0,
-                        ..old_u.clone()
-                    };
+                    let new_u = User { failed_logins: 0, ..old_u.clone() };
                     rec::update_user(tx, &new_u)?;
-                    record(
-                        tx,
-                        at,
-                        ChangeEntity::User,
-                        &new_u.id.to_string(),
-                        Some(&old_u),
-                        Some(&new_u),
-                    )?;
+                    record(tx, at, ChangeEntity::User, &new_u.id.to_string(), Some(&old_u), Some(&new_u))?;
                 }
                 Ok(())
             })
@@ -304,9 +200,7 @@ impl ChallengeStore for EmbeddedStore {
 
     async fn challenge(&self, id: &ChallengeId) -> StoreResult<Option<Challenge>> {
         let id = *id;
-        self.db()
-            .tx(move |tx| Ok(rec::load_challenge(tx, &id)?))
-            .await
+        self.db().tx(move |tx| Ok(rec::load_challenge(tx, &id)?)).await
     }
 
     async fn redeem_challenge(
@@ -333,42 +227,15 @@ impl ChallengeStore for EmbeddedStore {
                 {
                     return stale();
                 }
-                let new_c = Challenge {
-                    used_at: Some(now),
-                    ..old_c.clone()
-                };
+                let new_c = Challenge { used_at: Some(now), ..old_c.clone() };
                 rec::update_challenge(tx, &new_c)?;
-                record(
-                    tx,
-                    at,
-                    ChangeEntity::Challenge,
-                    &id.to_string(),
-                    Some(&old_c),
-                    Some(&new_c),
-                )?;
+                record(tx, at, ChangeEntity::Challenge, &id.to_string(), Some(&old_c), Some(&new_c))?;
                 rec::insert_session(tx, &s)?;
-                record(
-                    tx,
-                    at,
-                    ChangeEntity::Session,
-                    &s.id.to_string(),
-                    None,
-                    Some(&s),
-                )?;
+                record(tx, at, ChangeEntity::Session, &s.id.to_string(), None, Some(&s))?;
                 if let Some(old_u) = rec::load_user(tx, UserKey::Id(&old_c.user_id))? {
-                    let new_u = User {
-                        otp_failures: 0,
-                        ..old_u.clone()
-                    };
+                    let new_u = User { otp_failures: 0, ..old_u.clone() };
                     rec::update_user(tx, &new_u)?;
-                    record(
-                        tx,
-                        at,
-                        ChangeEntity::User,
-                        &new_u.id.to_string(),
-                        Some(&old_u),
-                        Some(&new_u),
-                    )?;
+                    record(tx, at, ChangeEntity::User, &new_u.id.to_string(), Some(&old_u), Some(&new_u))?;
                 }
                 Ok(())
             })
@@ -390,33 +257,13 @@ impl ChallengeStore for EmbeddedStore {
                 if old_c.used_at.is_some() || old_c.failures >= max_failures {
                     return stale();
                 }
-                let new_c = Challenge {
-                    failures: old_c.failures + 1,
-                    ..old_c.clone()
-                };
+                let new_c = Challenge { failures: old_c.failures + 1, ..old_c.clone() };
                 rec::update_challenge(tx, &new_c)?;
-                record(
-                    tx,
-                    at,
-                    ChangeEntity::Challenge,
-                    &id.to_string(),
-                    Some(&old_c),
-                    Some(&new_c),
-                )?;
+                record(tx, at, ChangeEntity::Challenge, &id.to_string(), Some(&old_c), Some(&new_c))?;
                 if let Some(old_u) = rec::load_user(tx, UserKey::Id(&user_id))? {
-                    let new_u = User {
-                        otp_failures: old_u.otp_failures.saturating_add(1),
-                        ..old_u.clone()
-                    };
+                    let new_u = User { otp_failures: old_u.otp_failures.saturating_add(1), ..old_u.clone() };
                     rec::update_user(tx, &new_u)?;
-                    record(
-                        tx,
-                        at,
-                        ChangeEntity::User,
-                        &user_id.to_string(),
-                        Some(&old_u),
-                        Some(&new_u),
-                    )?;
+                    record(tx, at, ChangeEntity::User, &user_id.to_string(), Some(&old_u), Some(&new_u))?;
                 }
                 Ok(new_c.failures)
             })
@@ -446,22 +293,10 @@ impl ChallengeStore for EmbeddedStore {
                 {
                     return stale();
                 }
-                let new = Challenge {
-                    code_hash,
-                    expires_at,
-                    last_sent_at: now,
-                    resends: old.resends + 1,
-                    ..old.clone()
-                };
+                let new =
+                    Challenge { code_hash, expires_at, last_sent_at: now, resends: old.resends + 1, ..old.clone() };
                 rec::update_challenge(tx, &new)?;
-                record(
-                    tx,
-                    at,
-                    ChangeEntity::Challenge,
-                    &id.to_string(),
-                    Some(&old),
-                    Some(&new),
-                )
+                record(tx, at, ChangeEntity::Challenge, &id.to_string(), Some(&old), Some(&new))
             })
             .await
     }
@@ -471,24 +306,11 @@ impl ChallengeStore for EmbeddedStore {
 impl SessionStore for EmbeddedStore {
     async fn session(&self, id: &SessionId) -> StoreResult<Option<Session>> {
         let id = *id;
-        self.db()
-            .tx(move |tx| Ok(rec::load_session(tx, &id)?))
-            .await
+        self.db().tx(move |tx| Ok(rec::load_session(tx, &id)?)).await
     }
 
-    async fn rotate_session(
-        &self,
-        id: &SessionId,
-        old_hash: &str,
-        new_hash: &str,
-        now: Timestamp,
-    ) -> StoreResult<()> {
-        let (id, old_hash, new_hash, at) = (
-            *id,
-            old_hash.to_string(),
-            new_hash.to_string(),
-            self.db().now(),
-        );
+    async fn rotate_session(&self, id: &SessionId, old_hash: &str, new_hash: &str, now: Timestamp) -> StoreResult<()> {
+        let (id, old_hash, new_hash, at) = (*id, old_hash.to_string(), new_hash.to_string(), self.db().now());
         self.db()
             .tx(move |tx| {
                 let Some(old) = rec::load_session(tx, &id)? else {
@@ -504,24 +326,12 @@ impl SessionStore for EmbeddedStore {
                     ..old.clone()
                 };
                 rec::update_session(tx, &new)?;
-                record(
-                    tx,
-                    at,
-                    ChangeEntity::Session,
-                    &id.to_string(),
-                    Some(&old),
-                    Some(&new),
-                )
+                record(tx, at, ChangeEntity::Session, &id.to_string(), Some(&old), Some(&new))
             })
             .await
     }
 
-    async fn revoke_session(
-        &self,
-        id: &SessionId,
-        now: Timestamp,
-        reason: &str,
-    ) -> StoreResult<()> {
+    async fn revoke_session(&self, id: &SessionId, now: Timestamp, reason: &str) -> StoreResult<()> {
         let (id, reason, at) = (*id, reason.to_string(), self.db().now());
         self.db()
             .tx(move |tx| {
@@ -531,20 +341,9 @@ impl SessionStore for EmbeddedStore {
                 if old.revoked_at.is_some() {
                     return Ok(());
                 }
-                let new = Session {
-                    revoked_at: Some(now),
-                    revoke_reason: Some(reason),
-                    ..old.clone()
-                };
+                let new = Session { revoked_at: Some(now), revoke_reason: Some(reason), ..old.clone() };
                 rec::update_session(tx, &new)?;
-                record(
-                    tx,
-                    at,
-                    ChangeEntity::Session,
-                    &id.to_string(),
-                    Some(&old),
-                    Some(&new),
-                )
+                record(tx, at, ChangeEntity::Session, &id.to_string(), Some(&old), Some(&new))
             })
             .await
     }
@@ -557,11 +356,7 @@ impl OtpStore for EmbeddedStore {
         self.db().tx(move |tx| Ok(rec::load_otp(tx, &h)?)).await
     }
 
-    async fn put_otp(
-        &self,
-        record_: &OtpRecord,
-        expected_last_sent_at: Option<Timestamp>,
-    ) -> StoreResult<()> {
+    async fn put_otp(&self, record_: &OtpRecord, expected_last_sent_at: Option<Timestamp>) -> StoreResult<()> {
         let (new, at) = (record_.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
@@ -570,14 +365,7 @@ impl OtpStore for EmbeddedStore {
                     return stale();
                 }
                 rec::upsert_otp(tx, &new)?;
-                record(
-                    tx,
-                    at,
-                    ChangeEntity::Otp,
-                    &new.address_hash,
-                    old.as_ref(),
-                    Some(&new),
-                )
+                record(tx, at, ChangeEntity::Otp, &new.address_hash, old.as_ref(), Some(&new))
             })
             .await
     }
@@ -589,11 +377,7 @@ impl OtpStore for EmbeddedStore {
         now: Timestamp,
         max_failures: u32,
     ) -> StoreResult<()> {
-        let (h, code_hash, at) = (
-            address_hash.to_string(),
-            code_hash.to_string(),
-            self.db().now(),
-        );
+        let (h, code_hash, at) = (address_hash.to_string(), code_hash.to_string(), self.db().now());
         self.db()
             .tx(move |tx| {
                 let Some(old) = rec::load_otp(tx, &h)? else {
@@ -606,10 +390,7 @@ impl OtpStore for EmbeddedStore {
                 {
                     return stale();
                 }
-                let new = OtpRecord {
-                    used_at: Some(now),
-                    ..old.clone()
-                };
+                let new = OtpRecord { used_at: Some(now), ..old.clone() };
                 rec::upsert_otp(tx, &new)?;
                 record(tx, at, ChangeEntity::Otp, &h, Some(&old), Some(&new))
             })
@@ -626,10 +407,7 @@ impl OtpStore for EmbeddedStore {
                 if old.used_at.is_some() || old.failures >= max_failures {
                     return stale();
                 }
-                let new = OtpRecord {
-                    failures: old.failures + 1,
-                    ..old.clone()
-                };
+                let new = OtpRecord { failures: old.failures + 1, ..old.clone() };
                 rec::upsert_otp(tx, &new)?;
                 record(tx, at, ChangeEntity::Otp, &h, Some(&old), Some(&new))?;
                 Ok(new.failures)
@@ -659,11 +437,7 @@ mod tests {
             locked_until: None,
             otp_failures: 0,
             verification_sent_at: Some(T0),
-            meta: RequestMeta {
-                request_id: Some("req-1".into()),
-                ip: Some("203.0.113.7".into()),
-                user_agent: None,
-            },
+            meta: RequestMeta { request_id: Some("req-1".into()), ip: Some("203.0.113.7".into()), user_agent: None },
         }
     }
 
@@ -727,9 +501,7 @@ mod tests {
 
     async fn count(s: &EmbeddedStore, table: &'static str) -> i64 {
         s.db()
-            .tx(move |tx| {
-                Ok(tx.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?)
-            })
+            .tx(move |tx| Ok(tx.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?))
             .await
             .unwrap()
     }
@@ -751,37 +523,12 @@ mod tests {
     #[tokio::test]
     async fn not_found_is_none() {
         let (s, _) = store();
-        assert!(
-            s.user_by_id(&UserId::random(&OsSecureRng))
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            s.user_by_username(&Username::parse("nobody").unwrap())
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            s.user_by_email(&Email::parse("no@example.com").unwrap())
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(s.user_by_id(&UserId::random(&OsSecureRng)).await.unwrap().is_none());
+        assert!(s.user_by_username(&Username::parse("nobody").unwrap()).await.unwrap().is_none());
+        assert!(s.user_by_email(&Email::parse("no@example.com").unwrap()).await.unwrap().is_none());
         assert!(s.verification("nope").await.unwrap().is_none());
-        assert!(
-            s.challenge(&ChallengeId::random(&OsSecureRng))
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            s.session(&SessionId::random(&OsSecureRng))
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(s.challenge(&ChallengeId::random(&OsSecureRng)).await.unwrap().is_none());
+        assert!(s.session(&SessionId::random(&OsSecureRng)).await.unwrap().is_none());
         assert!(s.otp("nope").await.unwrap().is_none());
     }
 
@@ -792,44 +539,22 @@ mod tests {
         let v = verification(&u);
         s.create_user(&u, &v).await.unwrap();
         assert_eq!(s.user_by_id(&u.id).await.unwrap().as_ref(), Some(&u));
-        assert_eq!(
-            s.user_by_username(&u.username).await.unwrap().as_ref(),
-            Some(&u)
-        );
-        assert_eq!(
-            s.user_by_email(&Email::parse("alice@example.com").unwrap())
-                .await
-                .unwrap()
-                .as_ref(),
-            Some(&u)
-        );
-        assert_eq!(
-            s.verification(&v.token_hash).await.unwrap().as_ref(),
-            Some(&v)
-        );
+        assert_eq!(s.user_by_username(&u.username).await.unwrap().as_ref(), Some(&u));
+        assert_eq!(s.user_by_email(&Email::parse("alice@example.com").unwrap()).await.unwrap().as_ref(), Some(&u));
+        assert_eq!(s.verification(&v.token_hash).await.unwrap().as_ref(), Some(&v));
 
         let feed = changes(&s).await;
         assert_eq!(feed.len(), 2);
         assert_eq!(
             (feed[0].entity, feed[0].op, feed[0].key.as_str()),
-            (
-                ChangeEntity::User,
-                ChangeOp::Insert,
-                u.id.to_string().as_str()
-            )
+            (ChangeEntity::User, ChangeOp::Insert, u.id.to_string().as_str())
         );
         assert_eq!(feed[0].old, None);
         assert_eq!(feed[0].new, Some(serde_json::to_value(&u).unwrap()));
         assert_eq!(feed[0].at, T0);
-        assert_eq!(
-            (feed[1].entity, feed[1].key.as_str()),
-            (ChangeEntity::Verification, v.token_hash.as_str())
-        );
+        assert_eq!((feed[1].entity, feed[1].key.as_str()), (ChangeEntity::Verification, v.token_hash.as_str()));
         assert!(feed[1].seq > feed[0].seq);
-        assert_eq!(
-            s.changes_after(feed[0].seq, 10).await.unwrap(),
-            feed[1..].to_vec()
-        );
+        assert_eq!(s.changes_after(feed[0].seq, 10).await.unwrap(), feed[1..].to_vec());
         assert_eq!(s.changes_after(0, 1).await.unwrap().len(), 1);
     }
 
@@ -841,36 +566,20 @@ mod tests {
 
         // Both taken: the username is reported.
         let both = user("alice", "alice@example.com");
-        assert!(is_conflict(
-            s.create_user(&both, &verification(&both)).await,
-            Conflict::UsernameTaken
-        ));
+        assert!(is_conflict(s.create_user(&both, &verification(&both)).await, Conflict::UsernameTaken));
         // Only the username.
         let name = user("alice", "other@example.com");
-        assert!(is_conflict(
-            s.create_user(&name, &verification(&name)).await,
-            Conflict::UsernameTaken
-        ));
+        assert!(is_conflict(s.create_user(&name, &verification(&name)).await, Conflict::UsernameTaken));
         // Only the email (in another case: emails are normalised).
         let mail = user("bob", "ALICE@example.com");
         let mail_v = verification(&mail);
-        assert!(is_conflict(
-            s.create_user(&mail, &mail_v).await,
-            Conflict::EmailTaken
-        ));
+        assert!(is_conflict(s.create_user(&mail, &mail_v).await, Conflict::EmailTaken));
 
         assert_eq!(count(&s, "users").await, 1);
         assert_eq!(count(&s, "verifications").await, 1, "no orphan token");
         assert!(s.verification(&mail_v.token_hash).await.unwrap().is_none());
-        assert!(
-            s.user_by_username(&mail.username).await.unwrap().is_none(),
-            "no orphan username claim"
-        );
-        assert_eq!(
-            changes(&s).await,
-            before,
-            "a refused write leaves no change row"
-        );
+        assert!(s.user_by_username(&mail.username).await.unwrap().is_none(), "no orphan username claim");
+        assert_eq!(changes(&s).await, before, "a refused write leaves no change row");
         assert_eq!(s.user_by_id(&alice.id).await.unwrap(), Some(alice));
     }
 
@@ -880,14 +589,8 @@ mod tests {
         let u = user("nina", "nina@example.com");
         // A token for a user that does not exist: the user row and its change
         // row are written first, then the foreign key refuses the token.
-        let v = VerificationRecord {
-            user_id: UserId::random(&OsSecureRng),
-            ..verification(&u)
-        };
-        assert!(matches!(
-            s.create_user(&u, &v).await,
-            Err(StoreError::Internal(_))
-        ));
+        let v = VerificationRecord { user_id: UserId::random(&OsSecureRng), ..verification(&u) };
+        assert!(matches!(s.create_user(&u, &v).await, Err(StoreError::Internal(_))));
         assert_eq!(count(&s, "users").await, 0);
         assert_eq!(count(&s, "changes").await, 0);
         // And the connection is fit for the next call.
@@ -928,36 +631,15 @@ mod tests {
         let v = verification(&u);
         s.create_user(&u, &v).await.unwrap();
         assert!(
-            is_conflict(
-                s.consume_verification(&v.token_hash, v.expires_at).await,
-                Conflict::Stale
-            ),
+            is_conflict(s.consume_verification(&v.token_hash, v.expires_at).await, Conflict::Stale),
             "expired at expires_at"
         );
         assert!(!s.user_by_id(&u.id).await.unwrap().unwrap().verified);
-        assert_eq!(
-            s.consume_verification(&v.token_hash, T0 + 10)
-                .await
-                .unwrap(),
-            u.id
-        );
+        assert_eq!(s.consume_verification(&v.token_hash, T0 + 10).await.unwrap(), u.id);
         assert!(s.user_by_id(&u.id).await.unwrap().unwrap().verified);
-        assert_eq!(
-            s.verification(&v.token_hash)
-                .await
-                .unwrap()
-                .unwrap()
-                .used_at,
-            Some(T0 + 10)
-        );
-        assert!(is_conflict(
-            s.consume_verification(&v.token_hash, T0 + 11).await,
-            Conflict::Stale
-        ));
-        assert!(is_conflict(
-            s.consume_verification("unknown", T0).await,
-            Conflict::Stale
-        ));
+        assert_eq!(s.verification(&v.token_hash).await.unwrap().unwrap().used_at, Some(T0 + 10));
+        assert!(is_conflict(s.consume_verification(&v.token_hash, T0 + 11).await, Conflict::Stale));
+        assert!(is_conflict(s.consume_verification("unknown", T0).await, Conflict::Stale));
     }
 
     #[tokio::test]
@@ -983,39 +665,15 @@ mod tests {
     async fn add_verification_respects_the_cooldown_and_verified_users() {
         let (s, _) = store();
         let u = registered(&s, "erin").await; // sent at T0
-        let v2 = VerificationRecord {
-            created_at: T0 + 30,
-            ..verification(&u)
-        };
-        assert!(is_conflict(
-            s.add_verification(&v2, T0 + 30, 60).await,
-            Conflict::Stale
-        ));
-        assert!(
-            s.verification(&v2.token_hash).await.unwrap().is_none(),
-            "nothing written"
-        );
+        let v2 = VerificationRecord { created_at: T0 + 30, ..verification(&u) };
+        assert!(is_conflict(s.add_verification(&v2, T0 + 30, 60).await, Conflict::Stale));
+        assert!(s.verification(&v2.token_hash).await.unwrap().is_none(), "nothing written");
         s.add_verification(&v2, T0 + 60, 60).await.unwrap();
-        assert_eq!(
-            s.user_by_id(&u.id)
-                .await
-                .unwrap()
-                .unwrap()
-                .verification_sent_at,
-            Some(T0 + 60)
-        );
+        assert_eq!(s.user_by_id(&u.id).await.unwrap().unwrap().verification_sent_at, Some(T0 + 60));
         assert!(s.verification(&v2.token_hash).await.unwrap().is_some());
-        s.consume_verification(&v2.token_hash, T0 + 61)
-            .await
-            .unwrap();
+        s.consume_verification(&v2.token_hash, T0 + 61).await.unwrap();
         let v3 = verification(&u);
-        assert!(
-            is_conflict(
-                s.add_verification(&v3, T0 + 10_000, 60).await,
-                Conflict::Stale
-            ),
-            "already verified"
-        );
+        assert!(is_conflict(s.add_verification(&v3, T0 + 10_000, 60).await, Conflict::Stale), "already verified");
     }
 
     #[tokio::test]
@@ -1032,45 +690,20 @@ mod tests {
             assert_eq!((after.failed_logins, after.locked_until), (n, None));
         }
         let locked = s.record_login_failure(&u.id, T0 + 5, 3, 900).await.unwrap();
-        assert_eq!(
-            (
-                locked.failed_logins,
-                locked.locked_until,
-                locked.otp_failures
-            ),
-            (0, Some(T0 + 905), 0)
-        );
+        assert_eq!((locked.failed_logins, locked.locked_until, locked.otp_failures), (0, Some(T0 + 905), 0));
         let feed_len = changes(&s).await.len();
         // Hammering during the lock changes nothing and cannot extend it.
         for t in [T0 + 6, T0 + 904] {
-            assert_eq!(
-                s.record_login_failure(&u.id, t, 3, 900).await.unwrap(),
-                locked
-            );
+            assert_eq!(s.record_login_failure(&u.id, t, 3, 900).await.unwrap(), locked);
         }
         assert_eq!(changes(&s).await.len(), feed_len);
         // After the lock the count starts again from zero.
-        let after = s
-            .record_login_failure(&u.id, T0 + 905, 3, 900)
-            .await
-            .unwrap();
+        let after = s.record_login_failure(&u.id, T0 + 905, 3, 900).await.unwrap();
         assert_eq!((after.failed_logins, after.is_locked(T0 + 905)), (1, false));
-        let after = s
-            .record_login_failure(&u.id, T0 + 906, 3, 900)
-            .await
-            .unwrap();
+        let after = s.record_login_failure(&u.id, T0 + 906, 3, 900).await.unwrap();
         assert_eq!(after.failed_logins, 2);
-        assert!(
-            s.record_login_failure(&u.id, T0 + 907, 3, 900)
-                .await
-                .unwrap()
-                .is_locked(T0 + 907)
-        );
-        assert!(is_conflict(
-            s.record_login_failure(&UserId::random(&OsSecureRng), T0, 3, 900)
-                .await,
-            Conflict::Stale
-        ));
+        assert!(s.record_login_failure(&u.id, T0 + 907, 3, 900).await.unwrap().is_locked(T0 + 907));
+        assert!(is_conflict(s.record_login_failure(&UserId::random(&OsSecureRng), T0, 3, 900).await, Conflict::Stale));
     }
 
     #[tokio::test]
@@ -1081,10 +714,7 @@ mod tests {
         s.create_challenge(&challenge(&u), true).await.unwrap();
         assert_eq!(s.user_by_id(&u.id).await.unwrap().unwrap().failed_logins, 0);
         s.set_password_hash(&u.id, "$argon2id$new").await.unwrap();
-        assert_eq!(
-            s.user_by_id(&u.id).await.unwrap().unwrap().password_hash,
-            "$argon2id$new"
-        );
+        assert_eq!(s.user_by_id(&u.id).await.unwrap().unwrap().password_hash, "$argon2id$new");
     }
 
     #[tokio::test]
@@ -1097,10 +727,7 @@ mod tests {
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let (s, u) = (s.clone(), u.clone());
-                tokio::spawn(async move {
-                    s.redeem_challenge(&c.id, "code-1", T0 + 10, 6, &session(&u))
-                        .await
-                })
+                tokio::spawn(async move { s.redeem_challenge(&c.id, "code-1", T0 + 10, 6, &session(&u)).await })
             })
             .collect();
         let mut ok = 0;
@@ -1113,15 +740,8 @@ mod tests {
         }
         assert_eq!(ok, 1);
         assert_eq!(count(&s, "sessions").await, 1);
-        assert_eq!(
-            s.challenge(&c.id).await.unwrap().unwrap().used_at,
-            Some(T0 + 10)
-        );
-        assert_eq!(
-            s.user_by_id(&u.id).await.unwrap().unwrap().otp_failures,
-            0,
-            "budget reset on success"
-        );
+        assert_eq!(s.challenge(&c.id).await.unwrap().unwrap().used_at, Some(T0 + 10));
+        assert_eq!(s.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 0, "budget reset on success");
     }
 
     #[tokio::test]
@@ -1131,30 +751,11 @@ mod tests {
         let c = challenge(&u);
         s.create_challenge(&c, false).await.unwrap();
         let before = changes(&s).await;
+        assert!(is_conflict(s.redeem_challenge(&c.id, "other", T0, 6, &session(&u)).await, Conflict::Stale));
+        assert!(is_conflict(s.redeem_challenge(&c.id, "code-1", c.expires_at, 6, &session(&u)).await, Conflict::Stale));
+        assert!(is_conflict(s.redeem_challenge(&c.id, "code-1", T0, 0, &session(&u)).await, Conflict::Stale));
         assert!(is_conflict(
-            s.redeem_challenge(&c.id, "other", T0, 6, &session(&u))
-                .await,
-            Conflict::Stale
-        ));
-        assert!(is_conflict(
-            s.redeem_challenge(&c.id, "code-1", c.expires_at, 6, &session(&u))
-                .await,
-            Conflict::Stale
-        ));
-        assert!(is_conflict(
-            s.redeem_challenge(&c.id, "code-1", T0, 0, &session(&u))
-                .await,
-            Conflict::Stale
-        ));
-        assert!(is_conflict(
-            s.redeem_challenge(
-                &ChallengeId::random(&OsSecureRng),
-                "code-1",
-                T0,
-                6,
-                &session(&u)
-            )
-            .await,
+            s.redeem_challenge(&ChallengeId::random(&OsSecureRng), "code-1", T0, 6, &session(&u)).await,
             Conflict::Stale
         ));
         assert_eq!(count(&s, "sessions").await, 0);
@@ -1186,11 +787,7 @@ mod tests {
         assert_eq!(s.challenge(&c.id).await.unwrap().unwrap().failures, 6);
         assert_eq!(s.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 6);
         // Exhausted: the right code no longer redeems.
-        assert!(is_conflict(
-            s.redeem_challenge(&c.id, "code-1", T0, 6, &session(&u))
-                .await,
-            Conflict::Stale
-        ));
+        assert!(is_conflict(s.redeem_challenge(&c.id, "code-1", T0, 6, &session(&u)).await, Conflict::Stale));
     }
 
     #[tokio::test]
@@ -1203,16 +800,8 @@ mod tests {
         let replace = |now: i64, max_resends: u32, max_failures: u32| {
             let s = s.clone();
             async move {
-                s.replace_challenge_code(
-                    &c.id,
-                    &format!("code-{now}"),
-                    now + 300,
-                    now,
-                    60,
-                    max_resends,
-                    max_failures,
-                )
-                .await
+                s.replace_challenge_code(&c.id, &format!("code-{now}"), now + 300, now, 60, max_resends, max_failures)
+                    .await
             }
         };
         // Cooldown: 60 s after the last send.
@@ -1220,13 +809,7 @@ mod tests {
         replace(T0 + 60, 3, 6).await.unwrap();
         let after = s.challenge(&c.id).await.unwrap().unwrap();
         assert_eq!(
-            (
-                after.code_hash.as_str(),
-                after.expires_at,
-                after.last_sent_at,
-                after.resends,
-                after.failures
-            ),
+            (after.code_hash.as_str(), after.expires_at, after.last_sent_at, after.resends, after.failures),
             ("code-1700000060", T0 + 360, T0 + 60, 1, 1),
             "failures are never reset"
         );
@@ -1238,9 +821,7 @@ mod tests {
         // Failure cap reached (1 failure, max 1).
         assert!(is_conflict(replace(T0 + 1000, 3, 1).await, Conflict::Stale));
         // Used.
-        s.redeem_challenge(&c.id, "code-1700000120", T0 + 130, 6, &session(&u))
-            .await
-            .unwrap();
+        s.redeem_challenge(&c.id, "code-1700000120", T0 + 130, 6, &session(&u)).await.unwrap();
         assert!(is_conflict(replace(T0 + 2000, 9, 6).await, Conflict::Stale));
         assert_eq!(s.challenge(&c.id).await.unwrap().unwrap().resends, 2);
     }
@@ -1252,82 +833,37 @@ mod tests {
         let c = challenge(&u);
         s.create_challenge(&c, false).await.unwrap();
         let sess = session(&u);
-        s.redeem_challenge(&c.id, "code-1", T0, 6, &sess)
-            .await
-            .unwrap();
-        s.rotate_session(&sess.id, "refresh-0", "refresh-1", T0 + 5)
-            .await
-            .unwrap();
+        s.redeem_challenge(&c.id, "code-1", T0, 6, &sess).await.unwrap();
+        s.rotate_session(&sess.id, "refresh-0", "refresh-1", T0 + 5).await.unwrap();
         let got = s.session(&sess.id).await.unwrap().unwrap();
-        assert_eq!(
-            (got.refresh_hash.as_str(), got.refreshed_at, got.generation),
-            ("refresh-1", T0 + 5, 1)
-        );
-        assert!(is_conflict(
-            s.rotate_session(&sess.id, "refresh-0", "refresh-2", T0 + 6)
-                .await,
-            Conflict::Stale
-        ));
+        assert_eq!((got.refresh_hash.as_str(), got.refreshed_at, got.generation), ("refresh-1", T0 + 5, 1));
+        assert!(is_conflict(s.rotate_session(&sess.id, "refresh-0", "refresh-2", T0 + 6).await, Conflict::Stale));
 
         s.revoke_session(&sess.id, T0 + 7, "logout").await.unwrap();
         let feed_len = changes(&s).await.len();
         s.revoke_session(&sess.id, T0 + 8, "again").await.unwrap();
-        s.revoke_session(&SessionId::random(&OsSecureRng), T0, "unknown")
-            .await
-            .unwrap();
+        s.revoke_session(&SessionId::random(&OsSecureRng), T0, "unknown").await.unwrap();
         let got = s.session(&sess.id).await.unwrap().unwrap();
-        assert_eq!(
-            (got.revoked_at, got.revoke_reason.as_deref()),
-            (Some(T0 + 7), Some("logout"))
-        );
-        assert_eq!(
-            changes(&s).await.len(),
-            feed_len,
-            "a second revoke changes nothing"
-        );
-        assert!(is_conflict(
-            s.rotate_session(&sess.id, "refresh-1", "refresh-2", T0 + 9)
-                .await,
-            Conflict::Stale
-        ));
+        assert_eq!((got.revoked_at, got.revoke_reason.as_deref()), (Some(T0 + 7), Some("logout")));
+        assert_eq!(changes(&s).await.len(), feed_len, "a second revoke changes nothing");
+        assert!(is_conflict(s.rotate_session(&sess.id, "refresh-1", "refresh-2", T0 + 9).await, Conflict::Stale));
     }
 
     #[tokio::test]
     async fn otps_are_written_conditionally_redeemed_once_and_capped() {
         let (s, _) = store();
         let first = otp("addr", T0);
-        assert!(
-            is_conflict(s.put_otp(&first, Some(T0 - 1)).await, Conflict::Stale),
-            "expected a record"
-        );
+        assert!(is_conflict(s.put_otp(&first, Some(T0 - 1)).await, Conflict::Stale), "expected a record");
         s.put_otp(&first, None).await.unwrap();
-        assert!(
-            is_conflict(s.put_otp(&first, None).await, Conflict::Stale),
-            "expected none"
-        );
+        assert!(is_conflict(s.put_otp(&first, None).await, Conflict::Stale), "expected none");
         assert_eq!(s.otp("addr").await.unwrap(), Some(first.clone()));
 
         assert_eq!(s.record_otp_failure("addr", 2).await.unwrap(), 1);
-        let second = OtpRecord {
-            failures: 1,
-            ..otp("addr", T0 + 60)
-        };
-        assert!(is_conflict(
-            s.put_otp(&second, Some(T0 + 1)).await,
-            Conflict::Stale
-        ));
+        let second = OtpRecord { failures: 1, ..otp("addr", T0 + 60) };
+        assert!(is_conflict(s.put_otp(&second, Some(T0 + 1)).await, Conflict::Stale));
         s.put_otp(&second, Some(T0)).await.unwrap();
-        assert!(is_conflict(
-            s.redeem_otp("addr", "wrong", T0 + 61, 2).await,
-            Conflict::Stale
-        ));
-        assert!(
-            is_conflict(
-                s.redeem_otp("addr", "otp-1", T0 + 660, 2).await,
-                Conflict::Stale
-            ),
-            "expired"
-        );
+        assert!(is_conflict(s.redeem_otp("addr", "wrong", T0 + 61, 2).await, Conflict::Stale));
+        assert!(is_conflict(s.redeem_otp("addr", "otp-1", T0 + 660, 2).await, Conflict::Stale), "expired");
 
         let tasks: Vec<_> = (0..20)
             .map(|_| {
@@ -1340,26 +876,14 @@ mod tests {
             ok += usize::from(t.await.unwrap().is_ok());
         }
         assert_eq!(ok, 1);
-        assert!(
-            is_conflict(s.record_otp_failure("addr", 5).await, Conflict::Stale),
-            "used"
-        );
-        assert!(is_conflict(
-            s.record_otp_failure("nope", 5).await,
-            Conflict::Stale
-        ));
+        assert!(is_conflict(s.record_otp_failure("addr", 5).await, Conflict::Stale), "used");
+        assert!(is_conflict(s.record_otp_failure("nope", 5).await, Conflict::Stale));
 
         s.put_otp(&otp("capped", T0), None).await.unwrap();
         assert_eq!(s.record_otp_failure("capped", 2).await.unwrap(), 1);
         assert_eq!(s.record_otp_failure("capped", 2).await.unwrap(), 2);
-        assert!(is_conflict(
-            s.record_otp_failure("capped", 2).await,
-            Conflict::Stale
-        ));
-        assert!(is_conflict(
-            s.redeem_otp("capped", "otp-1", T0 + 1, 2).await,
-            Conflict::Stale
-        ));
+        assert!(is_conflict(s.record_otp_failure("capped", 2).await, Conflict::Stale));
+        assert!(is_conflict(s.redeem_otp("capped", "otp-1", T0 + 1, 2).await, Conflict::Stale));
     }
 
     #[tokio::test]
@@ -1372,10 +896,7 @@ mod tests {
         let feed = s.changes_after(seq, 10).await.unwrap();
         assert_eq!(feed.len(), 1);
         let ch = &feed[0];
-        assert_eq!(
-            (ch.entity, ch.op, ch.at),
-            (ChangeEntity::User, ChangeOp::Modify, T0 + 42)
-        );
+        assert_eq!((ch.entity, ch.op, ch.at), (ChangeEntity::User, ChangeOp::Modify, T0 + 42));
         assert_eq!(ch.old, Some(serde_json::to_value(&u).unwrap()));
         assert_eq!(ch.new, Some(serde_json::to_value(&after).unwrap()));
 
