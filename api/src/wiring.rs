@@ -3,6 +3,7 @@
 //! the api binary and the local runner.
 
 use crate::state::AppState;
+use latchkey_core::audit::{AuditPolicy, AuditStore};
 use latchkey_core::config::{Backend, Config};
 use latchkey_core::domain::Secret;
 use latchkey_core::flows::{Auth, Ports, TokenIssuer};
@@ -20,7 +21,7 @@ pub struct Built {
     /// The embedded store, when that is the backend (the local runner's
     /// audit feed and tests read it).
     pub embedded: Option<latchkey_core::adapters::embedded::EmbeddedStore>,
-    /// Background tasks (the embedded mail consumer).
+    /// Background tasks (the embedded mail consumer and audit feed).
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -62,14 +63,25 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
     let rng: Arc<dyn SecureRng> = Arc::new(OsSecureRng);
     match &config.backend {
         Backend::Embedded { data_dir } => {
-            use latchkey_core::adapters::embedded::{EmbeddedStore, Outbox, SqliteMailQueue, spawn_mail_consumer};
+            use latchkey_core::adapters::embedded::{
+                EmbeddedStore, Outbox, SqliteMailQueue, audit, embedded_deliverer, spawn_mail_consumer,
+            };
             std::fs::create_dir_all(data_dir)?;
             let (signing, code_key) = local_keys(config, data_dir)?;
             let store = EmbeddedStore::open(data_dir.join("latchkey.sqlite3"))?;
             let queue = SqliteMailQueue::new(&store);
             let renderer = latchkey_core::mail::Renderer::new(&config.public_base_url)?;
             let outbox = Outbox::new(data_dir.join("outbox"), renderer, "latchkey <noreply@latchkey.local>".into());
-            let consumer = spawn_mail_consumer(queue.clone(), outbox);
+            let renderer = latchkey_core::mail::Renderer::new(&config.public_base_url)?;
+            let deliverer = embedded_deliverer(&store, outbox, renderer, clock.clone()).await?;
+            let consumer = spawn_mail_consumer(queue.clone(), Arc::new(deliverer));
+            let audit = audit::SqliteAuditStore::open(&store).await?;
+            let feed = audit::spawn_audit_feed(
+                store.clone(),
+                audit.clone(),
+                AuditPolicy::from(&config.policy),
+                i64::from(config.audit_retention_days) * 86_400,
+            );
             let s = Arc::new(store.clone());
             let ports = Ports {
                 users: s.clone(),
@@ -81,8 +93,8 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
                 clock,
                 rng,
             };
-            let state = state(config, ports, signing, code_key)?;
-            Ok(Built { state, embedded: Some(store), tasks: vec![consumer] })
+            let state = state(config, ports, signing, code_key, Arc::new(audit))?;
+            Ok(Built { state, embedded: Some(store), tasks: vec![consumer, feed] })
         }
         Backend::Aws { table_prefix, mail_queue_url, bootstrap } => {
             use latchkey_core::adapters::{aws_calls, dynamo, sqs};
@@ -100,14 +112,8 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
                     "LATCHKEY_MAIL_QUEUE_URL: required with LATCHKEY_BACKEND=aws unless LATCHKEY_BOOTSTRAP=true",
                 )?
             };
-            let signing = match &config.jwt_private_key {
-                Some(k) => SigningKey::from_base64(k.expose()).map_err(|e| format!("LATCHKEY_JWT_PRIVATE_KEY: {e}"))?,
-                None => return Err("LATCHKEY_JWT_PRIVATE_KEY: required with LATCHKEY_BACKEND=aws".into()),
-            };
-            let code_key = match &config.code_hmac_key {
-                Some(k) => CodeKey::from_base64(k.expose()).map_err(|e| format!("LATCHKEY_CODE_HMAC_KEY: {e}"))?,
-                None => return Err("LATCHKEY_CODE_HMAC_KEY: required with LATCHKEY_BACKEND=aws".into()),
-            };
+            let (signing, code_key) = aws_keys(config, &sdk).await?;
+            let audit = Arc::new(dynamo::audit::DynamoAuditStore::new(ddb.clone(), table_prefix));
             let store = Arc::new(dynamo::DynamoStore::new(ddb, table_prefix));
             let ports = Ports {
                 users: store.clone(),
@@ -119,12 +125,44 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
                 clock,
                 rng,
             };
-            Ok(Built { state: state(config, ports, signing, code_key)?, embedded: None, tasks: vec![] })
+            Ok(Built { state: state(config, ports, signing, code_key, audit)?, embedded: None, tasks: vec![] })
         }
     }
 }
 
-fn state(config: &Config, ports: Ports, signing: SigningKey, code_key: CodeKey) -> Result<AppState, BoxError> {
+/// The AWS mode's secrets: from SSM SecureString parameters named by the
+/// `_PARAM` variables (the deployed way), else from the variables themselves
+/// (emulators and tests).
+async fn aws_keys(config: &Config, sdk: &aws_config::SdkConfig) -> Result<(SigningKey, CodeKey), BoxError> {
+    let names: Vec<&str> =
+        [&config.jwt_private_key_param, &config.code_hmac_key_param].into_iter().flatten().map(String::as_str).collect();
+    let from_ssm = if names.is_empty() {
+        Default::default()
+    } else {
+        let client = aws_sdk_ssm::Client::new(sdk);
+        latchkey_core::adapters::ssm::read_secrets(&client, &names).await?
+    };
+    let pick = |param: &Option<String>, direct: &Option<Secret<String>>, var: &str| -> Result<Secret<String>, BoxError> {
+        match (param, direct) {
+            (Some(name), _) => from_ssm.get(name).cloned().ok_or_else(|| format!("{var}_PARAM: parameter {name} not found").into()),
+            (None, Some(v)) => Ok(v.clone()),
+            (None, None) => Err(format!("{var}_PARAM (or {var}): required with LATCHKEY_BACKEND=aws").into()),
+        }
+    };
+    let jwt = pick(&config.jwt_private_key_param, &config.jwt_private_key, "LATCHKEY_JWT_PRIVATE_KEY")?;
+    let hmac = pick(&config.code_hmac_key_param, &config.code_hmac_key, "LATCHKEY_CODE_HMAC_KEY")?;
+    let signing = SigningKey::from_base64(jwt.expose()).map_err(|e| format!("LATCHKEY_JWT_PRIVATE_KEY: {e}"))?;
+    let code_key = CodeKey::from_base64(hmac.expose()).map_err(|e| format!("LATCHKEY_CODE_HMAC_KEY: {e}"))?;
+    Ok((signing, code_key))
+}
+
+fn state(
+    config: &Config,
+    ports: Ports,
+    signing: SigningKey,
+    code_key: CodeKey,
+    audit: Arc<dyn AuditStore>,
+) -> Result<AppState, BoxError> {
     let hasher = PasswordHasher::new(config.policy.argon2, config.hash_threads, ports.rng.as_ref())?;
     let tokens = TokenIssuer::new(
         signing,
@@ -133,7 +171,7 @@ fn state(config: &Config, ports: Ports, signing: SigningKey, code_key: CodeKey) 
         config.policy.access_ttl_secs,
     )?;
     let auth = Auth::new(ports, config.policy.clone(), hasher, code_key, tokens);
-    Ok(AppState { auth, trust_forwarded_for: config.trust_forwarded_for })
+    Ok(AppState { auth, trust_forwarded_for: config.trust_forwarded_for, audit, admin_key: config.admin_key_hash.clone() })
 }
 
 /// The embedded mode's secrets: from the environment if set, else created

@@ -144,11 +144,21 @@ pub struct Config {
     pub jwt_private_key: Option<crate::domain::Secret<String>>,
     /// Base64, >= 32 bytes; likewise generated in embedded mode.
     pub code_hmac_key: Option<crate::domain::Secret<String>>,
+    /// On AWS: SSM SecureString parameter names holding the two secrets
+    /// above, read once at cold start (secrets never sit in the Lambda
+    /// environment).
+    pub jwt_private_key_param: Option<String>,
+    pub code_hmac_key_param: Option<String>,
     /// Trust the first `X-Forwarded-For` hop for the client IP (only behind
     /// a proxy you run).
     pub trust_forwarded_for: bool,
     pub hash_threads: usize,
     pub policy: Policy,
+    /// SHA-256 of the admin bearer key; without it the admin API answers
+    /// 401 to everyone.
+    pub admin_key_hash: Option<crate::audit::AdminKeyHash>,
+    /// How long audit records are kept (TTL).
+    pub audit_retention_days: u32,
 }
 
 /// Every variable `Config::from_lookup` reads, for docs and Terraform checks.
@@ -164,6 +174,8 @@ pub const CONFIG_KEYS: &[&str] = &[
     "LATCHKEY_JWT_AUDIENCE",
     "LATCHKEY_JWT_PRIVATE_KEY",
     "LATCHKEY_CODE_HMAC_KEY",
+    "LATCHKEY_JWT_PRIVATE_KEY_PARAM",
+    "LATCHKEY_CODE_HMAC_KEY_PARAM",
     "LATCHKEY_TRUST_FORWARDED_FOR",
     "LATCHKEY_HASH_THREADS",
     "LATCHKEY_ARGON2_M_KIB",
@@ -173,7 +185,12 @@ pub const CONFIG_KEYS: &[&str] = &[
     "LATCHKEY_ACCESS_TTL_SECS",
     "LATCHKEY_OTP_TTL_SECS",
     "LATCHKEY_RATE_LIMITS",
+    "LATCHKEY_ADMIN_KEY_HASH",
+    "LATCHKEY_AUDIT_RETENTION_DAYS",
 ];
+
+/// Audit records are kept this long unless configured otherwise.
+pub const DEFAULT_AUDIT_RETENTION_DAYS: u32 = 400;
 
 /// Everything wrong with the environment, one line per variable.
 #[derive(Debug, thiserror::Error)]
@@ -298,6 +315,21 @@ impl Config {
             "1..=256",
         );
         let trust_forwarded_for = flag(&mut errs, "LATCHKEY_TRUST_FORWARDED_FOR");
+        let admin_key_hash = get("LATCHKEY_ADMIN_KEY_HASH").and_then(|h| {
+            let parsed = crate::audit::AdminKeyHash::from_hex(&h);
+            if parsed.is_none() {
+                errs.push("LATCHKEY_ADMIN_KEY_HASH: must be the hex SHA-256 of the admin key (64 hex digits)".into());
+            }
+            parsed
+        });
+        let audit_retention_days = num(
+            &mut errs,
+            "LATCHKEY_AUDIT_RETENTION_DAYS",
+            get("LATCHKEY_AUDIT_RETENTION_DAYS"),
+            DEFAULT_AUDIT_RETENTION_DAYS,
+            |n| (1..=3650).contains(n),
+            "1..=3650",
+        );
 
         if !errs.is_empty() {
             return Err(ConfigError(errs));
@@ -310,9 +342,13 @@ impl Config {
             public_base_url,
             jwt_private_key: get("LATCHKEY_JWT_PRIVATE_KEY").map(crate::domain::Secret::new),
             code_hmac_key: get("LATCHKEY_CODE_HMAC_KEY").map(crate::domain::Secret::new),
+            jwt_private_key_param: get("LATCHKEY_JWT_PRIVATE_KEY_PARAM"),
+            code_hmac_key_param: get("LATCHKEY_CODE_HMAC_KEY_PARAM"),
             trust_forwarded_for,
             hash_threads,
             policy,
+            admin_key_hash,
+            audit_retention_days,
         })
     }
 }
@@ -334,6 +370,19 @@ mod tests {
         assert_eq!(c.policy.argon2, Argon2Settings { m_kib: 19456, t: 2, p: 1 });
         assert_eq!(c.policy.otp_ttl_secs, 600);
         assert_eq!(c.public_base_url, "http://127.0.0.1:3000");
+        assert_eq!((c.admin_key_hash, c.audit_retention_days), (None, 400));
+    }
+
+    #[test]
+    fn audit_keys() {
+        let hash = "a".repeat(64);
+        let c = cfg(&[("LATCHKEY_ADMIN_KEY_HASH", &hash), ("LATCHKEY_AUDIT_RETENTION_DAYS", "30")]).unwrap();
+        assert!(c.admin_key_hash.is_some());
+        assert_eq!(c.audit_retention_days, 30);
+        let e = cfg(&[("LATCHKEY_ADMIN_KEY_HASH", "s3cret"), ("LATCHKEY_AUDIT_RETENTION_DAYS", "0")]).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("LATCHKEY_ADMIN_KEY_HASH") && s.contains("LATCHKEY_AUDIT_RETENTION_DAYS"), "{s}");
+        assert!(!s.contains("s3cret"), "a bad value is not echoed: {s}");
     }
 
     #[test]
