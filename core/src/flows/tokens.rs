@@ -121,6 +121,56 @@ mod tests {
         assert!(t.verify(&jwt, 900).is_err(), "not yet valid");
     }
 
+    /// Signs arbitrary claims with the issuer's own key and algorithm.
+    fn forge(key: &SigningKey, claims: serde_json::Value) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(key.kid().to_string());
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(key.pkcs8())).unwrap()
+    }
+
+    #[test]
+    fn refuses_bad_claims_even_when_signed() {
+        let key = SigningKey::generate().unwrap();
+        let t = TokenIssuer::new(key.clone(), "https://iss".into(), "aud".into(), 600).unwrap();
+        let good = serde_json::json!({"iss": "https://iss", "aud": "aud", "sub": "u", "sid": "s", "iat": 1000, "nbf": 1000, "exp": 1600, "jti": "j"});
+        assert!(t.verify(&forge(&key, good.clone()), 1000).is_ok(), "the baseline verifies");
+        let cases: [(&str, serde_json::Value); 7] = [
+            ("exp as a string", serde_json::json!("1600")),
+            ("nbf in the future", serde_json::json!(2000)),
+            ("wrong aud", serde_json::json!("other")),
+            ("wrong iss", serde_json::json!("https://evil")),
+            ("no exp", serde_json::Value::Null),
+            ("lifetime over the cap", serde_json::json!(1000 + 601)),
+            ("expired", serde_json::json!(999)),
+        ];
+        for (name, v) in cases {
+            let mut c = good.clone();
+            let field = match name {
+                "exp as a string" | "lifetime over the cap" | "expired" => "exp",
+                "no exp" => "exp",
+                "nbf in the future" => "nbf",
+                "wrong aud" => "aud",
+                _ => "iss",
+            };
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(field);
+            } else {
+                c[field] = v;
+            }
+            assert!(t.verify(&forge(&key, c), 1000).is_err(), "{name} accepted");
+        }
+    }
+
+    #[test]
+    fn refuses_hs256_confusion_with_the_public_key() {
+        // Algorithm confusion: an HMAC token keyed with the public key bytes.
+        let key = SigningKey::generate().unwrap();
+        let t = TokenIssuer::new(key.clone(), "https://iss".into(), "aud".into(), 600).unwrap();
+        let claims = serde_json::json!({"iss": "https://iss", "aud": "aud", "sub": "u", "sid": "s", "iat": 1000, "nbf": 1000, "exp": 1600, "jti": "j"});
+        let forged = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(key.public_key())).unwrap();
+        assert!(t.verify(&forged, 1000).is_err());
+    }
+
     #[test]
     fn refuses_other_keys_and_alg_none() {
         let (a, b) = (issuer(), issuer());
