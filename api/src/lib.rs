@@ -14,7 +14,7 @@ pub use state::AppState;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use routes::{auth, otp, system, verify_page};
+use routes::{activity, admin, auth, otp, system, verify_page};
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
@@ -30,6 +30,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/token/refresh", post(auth::refresh))
         .route("/v1/logout", post(auth::logout))
         .route("/v1/me", get(auth::me))
+        .route("/v1/me/activity", get(activity::my_activity))
+        .route("/v1/admin/users/{id}/audit", get(admin::user_audit))
+        .route("/v1/admin/stats", get(admin::stats))
         .route("/otp", post(otp::otp))
         .route("/verify-email", get(verify_page::landing).post(verify_page::submit))
         .fallback(system::not_found)

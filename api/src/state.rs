@@ -1,10 +1,17 @@
 //! What every handler can reach.
 
+use latchkey_core::audit::{AdminKeyHash, AuditStore};
 use latchkey_core::flows::Auth;
+use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct AppState {
     pub auth: Auth,
     /// Take the client IP from `X-Forwarded-For` (only behind our own proxy).
     pub trust_forwarded_for: bool,
+    /// The audit trail, read by the admin and activity routes (the stream
+    /// processor writes it).
+    pub audit: Arc<dyn AuditStore>,
+    /// The admin bearer key's hash; `None` shuts the admin API.
+    pub admin_key: Option<AdminKeyHash>,
 }

@@ -171,7 +171,12 @@ fn state(
         config.policy.access_ttl_secs,
     )?;
     let auth = Auth::new(ports, config.policy.clone(), hasher, code_key, tokens);
-    Ok(AppState { auth, trust_forwarded_for: config.trust_forwarded_for, audit, admin_key: config.admin_key_hash.clone() })
+    Ok(AppState {
+        auth,
+        trust_forwarded_for: config.trust_forwarded_for,
+        audit,
+        admin_key: config.admin_key_hash.clone(),
+    })
 }
 
 /// The embedded mode's secrets: from the environment if set, else created

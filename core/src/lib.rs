@@ -7,6 +7,7 @@
 //! (`embedded` feature). Nothing here knows about HTTP or Lambda.
 
 pub mod adapters;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod domain;

@@ -12,8 +12,10 @@ pub struct GsiSpec {
 pub struct TableSpec {
     /// Suffix after the configured prefix: `{prefix}-{suffix}`.
     pub suffix: &'static str,
-    /// String partition key (no sort key on any table).
+    /// String partition key.
     pub hash_key: &'static str,
+    /// String sort key, where the table has one.
+    pub range_key: Option<&'static str>,
     pub gsis: &'static [GsiSpec],
     pub ttl_attribute: Option<&'static str>,
     /// Streams with NEW_AND_OLD_IMAGES (the audit trail reads them).
@@ -25,6 +27,7 @@ pub struct TableSpec {
 pub const USERS: TableSpec = TableSpec {
     suffix: "users",
     hash_key: "pk",
+    range_key: None,
     gsis: &[GsiSpec { name: "by_username", hash_key: "username" }, GsiSpec { name: "by_email", hash_key: "email" }],
     ttl_attribute: None,
     stream: true,
@@ -32,14 +35,53 @@ pub const USERS: TableSpec = TableSpec {
 
 /// Short-lived secrets' records: `VERIFY#<hash>`, `CHAL#<id>`,
 /// `SESSION#<id>`, `OTP#<address hmac>`.
-pub const TOKENS: TableSpec =
-    TableSpec { suffix: "tokens", hash_key: "pk", gsis: &[], ttl_attribute: Some("ttl"), stream: true };
+pub const TOKENS: TableSpec = TableSpec {
+    suffix: "tokens",
+    hash_key: "pk",
+    range_key: None,
+    gsis: &[],
+    ttl_attribute: Some("ttl"),
+    stream: true,
+};
 
 /// Rate-limit counters: `RL#<key>#<window start>`.
-pub const RATE_LIMITS: TableSpec =
-    TableSpec { suffix: "rate-limits", hash_key: "pk", gsis: &[], ttl_attribute: Some("ttl"), stream: false };
+pub const RATE_LIMITS: TableSpec = TableSpec {
+    suffix: "rate-limits",
+    hash_key: "pk",
+    range_key: None,
+    gsis: &[],
+    ttl_attribute: Some("ttl"),
+    stream: false,
+};
 
-pub const ALL: &[TableSpec] = &[USERS, TOKENS, RATE_LIMITS];
+/// The audit trail (written only by the stream processor):
+/// `SUBJ#<subject>` / `REC#<seq, 20 digits>` records and `HEAD` (the chain
+/// head), `EVENT#<source event id>` / `-` idempotency markers, and
+/// `DAY#<YYYY-MM-DD>` / `<event type>` counters. Everything expires by TTL
+/// (retention, 400 days by default).
+pub const AUDIT: TableSpec = TableSpec {
+    suffix: "audit",
+    hash_key: "pk",
+    range_key: Some("sk"),
+    gsis: &[],
+    ttl_attribute: Some("ttl"),
+    stream: false,
+};
+
+/// The mail ledger: `MAIL#<job id>` -> the job's delivery state (claim
+/// lease, sent / failed with reason). Idempotency for the mail worker, and
+/// the record of each outcome the audit trail reads from its stream. Items
+/// expire 7 days after their last change.
+pub const MAIL_LEDGER: TableSpec = TableSpec {
+    suffix: "mail-ledger",
+    hash_key: "pk",
+    range_key: None,
+    gsis: &[],
+    ttl_attribute: Some("ttl"),
+    stream: true,
+};
+
+pub const ALL: &[TableSpec] = &[USERS, TOKENS, RATE_LIMITS, AUDIT, MAIL_LEDGER];
 
 pub fn table_name(prefix: &str, spec: &TableSpec) -> String {
     format!("{prefix}-{}", spec.suffix)

@@ -1,6 +1,8 @@
 //! The flows end to end below HTTP, on the embedded store with a frozen
 //! clock, so expiry boundaries and lock periods are crossed exactly.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 use async_trait::async_trait;
 use latchkey_core::Error;
 use latchkey_core::adapters::embedded::EmbeddedStore;

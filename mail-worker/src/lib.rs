@@ -1,1 +1,225 @@
-//! placeholder
+//! latchkey-mail-worker: the only thing that sends mail on AWS. An SQS
+//! event source mapping hands it batches of mail jobs from `{prefix}-mail`;
+//! [`handle`] delivers each record independently and concurrently through
+//! the shared `Deliverer` (ledger claim so a job is sent once, SES v2 with
+//! backoff and jitter inside the invocation's time, a per-instance send
+//! rate limit), and answers with the ids of the records SQS should redeliver
+//! (ReportBatchItemFailures).
+//!
+//! - Sent, or sent before: handled (SQS deletes it).
+//! - Unparseable body or permanent SES refusal: copied to the DLQ at once
+//!   with a `failure_reason` message attribute, then handled.
+//! - Transient failure that outlasted the retries: reported, so SQS
+//!   redelivers it after the visibility timeout and, after
+//!   `maxReceiveCount` receives, redrives it to the DLQ itself.
+//!
+//! The same handler runs under Lambda (`main.rs`), under the local
+//! [`poller`] that receives from the real queue (emulator mode), and in the
+//! benchmark. [`dlq`] lists dead letters and moves them back after a fix.
+
+pub mod config;
+pub mod dlq;
+pub mod local;
+pub mod poller;
+
+pub use config::WorkerConfig;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_sdk_sqs::types::MessageAttributeValue;
+use latchkey_core::adapters::{aws_calls, dynamo, ses};
+use latchkey_core::clock::SystemClock;
+use latchkey_core::mail::delivery::{Deliverer, Outcome, RetryPolicy, SendRateLimiter};
+use latchkey_core::mail::{MAIL_JOB_VERSION, MailEnvelope, Renderer};
+use std::sync::Arc;
+use tokio::time::Instant;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The message attribute a parked job carries in the DLQ.
+pub const FAILURE_REASON_ATTRIBUTE: &str = "failure_reason";
+/// The SQS message id of the record that was parked.
+pub const SOURCE_MESSAGE_ID_ATTRIBUTE: &str = "source_message_id";
+/// SQS caps a string attribute's size; a reason is cut well below it.
+const MAX_REASON_CHARS: usize = 1024;
+
+/// What the handler needs, built once per cold start.
+pub struct Worker {
+    deliverer: Arc<Deliverer>,
+    sqs: aws_sdk_sqs::Client,
+    dlq_url: String,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("dlq_url", &self.dlq_url).finish_non_exhaustive()
+    }
+}
+
+/// The AWS clients the worker uses, all from one `SdkConfig` (tests may put
+/// SES behind a fault-injecting proxy).
+#[derive(Debug, Clone)]
+pub struct Clients {
+    pub dynamo: aws_sdk_dynamodb::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub ses: aws_sdk_sesv2::Client,
+}
+
+impl Clients {
+    pub fn from_sdk(sdk: &aws_config::SdkConfig) -> Self {
+        Clients {
+            dynamo: aws_calls::dynamo_client(sdk, None),
+            sqs: aws_calls::sqs_client(sdk, None),
+            ses: aws_calls::sesv2_client(sdk, None),
+        }
+    }
+}
+
+impl Worker {
+    pub fn new(deliverer: Arc<Deliverer>, sqs: aws_sdk_sqs::Client, dlq_url: impl Into<String>) -> Self {
+        Worker { deliverer, sqs, dlq_url: dlq_url.into() }
+    }
+
+    /// The production worker: DynamoDB ledger, SES mailer, the configured
+    /// send rate, the default retry schedule.
+    pub fn from_config(cfg: &WorkerConfig, clients: Clients) -> Result<Self, BoxError> {
+        Self::with_retry(cfg, clients, RetryPolicy::default())
+    }
+
+    pub fn with_retry(cfg: &WorkerConfig, clients: Clients, retry: RetryPolicy) -> Result<Self, BoxError> {
+        let renderer = Renderer::new(&cfg.public_base_url)?;
+        let ledger = dynamo::DynamoMailLedger::new(clients.dynamo, &cfg.table_prefix);
+        let mailer = ses::SesMailer::new(clients.ses, cfg.ses_from.clone(), cfg.ses_configuration_set.clone());
+        let limiter = SendRateLimiter::new(cfg.max_send_rate, 1);
+        let deliverer =
+            Deliverer::new(renderer, Arc::new(ledger), Arc::new(mailer), Arc::new(limiter), Arc::new(SystemClock))
+                .with_retry(retry);
+        Ok(Worker::new(Arc::new(deliverer), clients.sqs, cfg.dlq_url.clone()))
+    }
+
+    pub fn deliverer(&self) -> &Arc<Deliverer> {
+        &self.deliverer
+    }
+
+    /// Copies the record to the DLQ with its reason. `true` once it is
+    /// there (the record is then handled); `false` if the DLQ could not be
+    /// written (the record is reported, so SQS keeps it).
+    async fn park(&self, record: &SqsMessage, reason: &str) -> bool {
+        let id = record.message_id.as_deref().unwrap_or("");
+        let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
+        let body = record.body.as_deref().filter(|b| !b.is_empty()).unwrap_or("(empty body)");
+        let mut req = self.sqs.send_message().queue_url(&self.dlq_url).message_body(body);
+        // Keep the producer's routing attributes (kind, job_id); SQS allows
+        // ten per message and two are ours.
+        for (name, attr) in record.message_attributes.iter().take(8) {
+            if name == FAILURE_REASON_ATTRIBUTE || name == SOURCE_MESSAGE_ID_ATTRIBUTE {
+                continue;
+            }
+            if let (Some(v), Some(t)) = (&attr.string_value, &attr.data_type)
+                && let Ok(a) = MessageAttributeValue::builder().data_type(t).string_value(v).build()
+            {
+                req = req.message_attributes(name, a);
+            }
+        }
+        for (name, value) in [(FAILURE_REASON_ATTRIBUTE, reason.as_str()), (SOURCE_MESSAGE_ID_ATTRIBUTE, id)] {
+            if value.is_empty() {
+                continue;
+            }
+            match MessageAttributeValue::builder().data_type("String").string_value(value).build() {
+                Ok(a) => req = req.message_attributes(name, a),
+                Err(e) => tracing::error!(error = %e, "building a DLQ attribute"),
+            }
+        }
+        match req.send().await {
+            Ok(_) => {
+                tracing::error!(message_id = id, %reason, "mail job moved to the dead-letter queue");
+                true
+            }
+            Err(e) => {
+                tracing::error!(message_id = id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "could not write to the dead-letter queue");
+                false
+            }
+        }
+    }
+
+    /// One record: `true` if handled (delete it), `false` to redeliver.
+    async fn process(&self, record: &SqsMessage, deadline: Instant) -> bool {
+        let env = match parse_job(record.body.as_deref().unwrap_or("")) {
+            Ok(env) => env,
+            Err(reason) => return self.park(record, &reason).await,
+        };
+        match self.deliverer.deliver(&env, deadline).await {
+            Outcome::Sent { .. } | Outcome::AlreadySent => true,
+            Outcome::Park { reason } => self.park(record, &reason).await,
+            Outcome::Retry { reason } => {
+                tracing::warn!(message_id = record.message_id.as_deref().unwrap_or(""), mail_id = %env.id, %reason, "mail job left for redelivery");
+                false
+            }
+        }
+    }
+}
+
+/// Reads a job, with a reason that never quotes the body (which may hold a
+/// code): the error's category and position only.
+pub fn parse_job(body: &str) -> Result<MailEnvelope, String> {
+    let env: MailEnvelope = serde_json::from_str(body).map_err(|e| {
+        format!("unparseable mail job: {:?} error at line {} column {}", e.classify(), e.line(), e.column())
+    })?;
+    if env.v != MAIL_JOB_VERSION {
+        return Err(format!("unknown mail job version {}", env.v));
+    }
+    Ok(env)
+}
+
+/// Handles one SQS batch: every record concurrently and independently,
+/// finishing before `deadline`. The response lists only the records to
+/// redeliver, by their (non-empty) message id.
+pub async fn handle(event: SqsEvent, worker: &Worker, deadline: Instant) -> SqsBatchResponse {
+    let results = futures::future::join_all(event.records.iter().map(|r| async move {
+        let handled = worker.process(r, deadline).await;
+        (r.message_id.as_deref(), handled)
+    }))
+    .await;
+    let mut response = SqsBatchResponse::default();
+    for (id, handled) in results {
+        if handled {
+            continue;
+        }
+        match id.filter(|id| !id.is_empty()) {
+            Some(id) => {
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = id.to_string();
+                response.batch_item_failures.push(failure);
+            }
+            // Reporting an empty id would fail the whole batch; SQS never
+            // sends one, so this is only ever a malformed test event.
+            None => tracing::error!("a failed record has no message id; it cannot be reported"),
+        }
+    }
+    response
+}
+
+/// The deadline of a Lambda invocation, from the context's epoch
+/// milliseconds, less `margin` for answering.
+pub fn lambda_deadline(deadline_epoch_ms: u64, margin: std::time::Duration) -> Instant {
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let left = std::time::Duration::from_millis(deadline_epoch_ms.saturating_sub(now_ms));
+    Instant::now() + left.saturating_sub(margin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors_never_quote_the_body() {
+        let body = r#"{"v":1,"id":"x","to":"a@b.co","created_at":"123456","job":{"kind":"signup_attempt"}}"#;
+        let e = parse_job(body).unwrap_err();
+        assert!(e.starts_with("unparseable mail job"), "{e}");
+        assert!(!e.contains("123456"), "{e}");
+        assert_eq!(
+            parse_job(&body.replace("\"123456\"", "1").replace("\"v\":1", "\"v\":9")).unwrap_err(),
+            "unknown mail job version 9"
+        );
+    }
+}

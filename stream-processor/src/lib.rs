@@ -1,1 +1,121 @@
-//! placeholder
+//! latchkey-stream-processor: DynamoDB Streams batches (users and tokens
+//! tables) -> the audit trail. Each record's images are decoded with
+//! serde_dynamo into the domain's types and mapped by the one pure
+//! function in `latchkey_core::audit`; each record succeeds or fails on its
+//! own, and only failed records are reported back (`batchItemFailures`),
+//! so one bad record never fails the batch. Appends are idempotent per
+//! stream event id, so Lambda's redeliveries add nothing.
+//!
+//! `poller` drives the same handler from the Streams API when running
+//! locally against an emulator.
+
+pub mod poller;
+
+use aws_lambda_events::dynamodb::{Event, EventRecord};
+use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use latchkey_core::audit::{AuditPolicy, AuditStore, Images, SourceChange, audit_events};
+use latchkey_core::clock::Timestamp;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+
+/// The principal of DynamoDB's TTL sweeper in a REMOVE's `userIdentity`.
+pub const TTL_PRINCIPAL: &str = "dynamodb.amazonaws.com";
+
+/// Why one record could not be processed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("record has no `pk` key")]
+    NoKey,
+    #[error("{entity} image does not decode: {source}")]
+    Decode {
+        entity: &'static str,
+        #[source]
+        source: serde_dynamo::Error,
+    },
+    #[error("unknown event name {0:?}")]
+    EventName(String),
+    #[error(transparent)]
+    Store(#[from] latchkey_core::StoreError),
+}
+
+/// The batch handler: one per process, shared by every invocation.
+#[derive(Clone)]
+pub struct Processor {
+    audit: Arc<dyn AuditStore>,
+    policy: AuditPolicy,
+    retention_secs: i64,
+}
+
+impl Processor {
+    pub fn new(audit: Arc<dyn AuditStore>, policy: AuditPolicy, retention_days: u32) -> Self {
+        Processor { audit, policy, retention_secs: i64::from(retention_days) * 86_400 }
+    }
+
+    /// Processes every record; reports the ones that failed by their
+    /// sequence number (what Lambda expects for DynamoDB Streams).
+    pub async fn handle(&self, event: Event) -> DynamoDbEventResponse {
+        let mut response = DynamoDbEventResponse::default();
+        for record in &event.records {
+            if let Err(e) = self.process(record).await {
+                tracing::error!(event_id = %record.event_id, error = %e, "stream record failed");
+                let mut failure = DynamoDbBatchItemFailure::default();
+                failure.item_identifier =
+                    Some(record.change.sequence_number.clone().unwrap_or_else(|| record.event_id.clone()));
+                response.batch_item_failures.push(failure);
+            }
+        }
+        response
+    }
+
+    /// One record: decoded, mapped, appended. Returns the events added.
+    pub async fn process(&self, record: &EventRecord) -> Result<usize, RecordError> {
+        let Some(change) = source_change(record)? else { return Ok(0) };
+        let mut added = 0;
+        for e in audit_events(&change, &self.policy) {
+            if self.audit.append(&e, e.at.saturating_add(self.retention_secs)).await? {
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+}
+
+/// Whether a record is a deletion by DynamoDB's TTL sweeper.
+pub fn is_ttl_removal(record: &EventRecord) -> bool {
+    record.event_name == "REMOVE"
+        && record.user_identity.as_ref().is_some_and(|u| u.type_ == "Service" && u.principal_id == TTL_PRINCIPAL)
+}
+
+#[derive(serde::Deserialize)]
+struct Key {
+    pk: String,
+}
+
+fn image<T: DeserializeOwned>(item: &serde_dynamo::Item, entity: &'static str) -> Result<Option<T>, RecordError> {
+    if item.is_empty() {
+        return Ok(None);
+    }
+    serde_dynamo::from_item(item.clone()).map(Some).map_err(|source| RecordError::Decode { entity, source })
+}
+
+/// The record as the mapping's input; `None` for items the audit trail
+/// does not follow (username/email claims, rate-limit counters).
+pub fn source_change(r: &EventRecord) -> Result<Option<SourceChange>, RecordError> {
+    if !matches!(r.event_name.as_str(), "INSERT" | "MODIFY" | "REMOVE") {
+        return Err(RecordError::EventName(r.event_name.clone()));
+    }
+    let c = &r.change;
+    let key: Key = serde_dynamo::from_item(c.keys.clone()).map_err(|_| RecordError::NoKey)?;
+    let prefix = key.pk.split_once('#').map_or("", |(p, _)| p);
+    let (old, new) = (&c.old_image, &c.new_image);
+    let images = match prefix {
+        "USER" => Images::User(image(old, "user")?, image(new, "user")?),
+        "VERIFY" => Images::Verification(image(old, "verification")?, image(new, "verification")?),
+        "CHAL" => Images::Challenge(image(old, "challenge")?, image(new, "challenge")?),
+        "SESSION" => Images::Session(image(old, "session")?, image(new, "session")?),
+        "OTP" => Images::Otp(image(old, "otp")?, image(new, "otp")?),
+        _ => return Ok(None),
+    };
+    let at: Timestamp = c.approximate_creation_date_time.timestamp();
+    Ok(Some(SourceChange { source_id: format!("ddb:{}", r.event_id), at, expired_by_ttl: is_ttl_removal(r), images }))
+}

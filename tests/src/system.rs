@@ -32,7 +32,7 @@ impl Mail {
     /// The six digits after "code is:" (as the templates put it).
     pub fn code(&self) -> Option<String> {
         let at = self.text.find("code is:")?;
-        let b = self.text[at..].as_bytes();
+        let b = &self.text.as_bytes()[at..];
         (0..b.len().saturating_sub(5)).find_map(|i| {
             let run = &b[i..i + 6];
             let before = i == 0 || !b[i - 1].is_ascii_digit();
@@ -276,7 +276,7 @@ fn text_part(head: &str, body: &str) -> String {
     let boundary = head
         .split("boundary=")
         .nth(1)
-        .map(|b| b.split(|c: char| c == ';' || c == '\n').next().unwrap_or("").trim().trim_matches('"').to_string());
+        .map(|b| b.split([';', '\n']).next().unwrap_or("").trim().trim_matches('"').to_string());
     let Some(boundary) = boundary.filter(|b| !b.is_empty()) else { return body.to_string() };
     body.split(&format!("--{boundary}"))
         .filter_map(|part| part.trim_start_matches('\n').split_once("\n\n"))
@@ -292,12 +292,13 @@ fn decode_qp(s: &str) -> String {
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'=' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'='
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;

@@ -8,4 +8,8 @@ pub mod dynamo;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 #[cfg(feature = "aws")]
+pub mod ses;
+#[cfg(feature = "aws")]
 pub mod sqs;
+#[cfg(feature = "aws")]
+pub mod ssm;

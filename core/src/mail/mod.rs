@@ -3,6 +3,7 @@
 //! HTML. Codes and tokens travel in the job (the queue is encrypted at rest on
 //! AWS) but never reach a log: `Debug` on a job is redacted.
 
+pub mod delivery;
 mod render;
 
 pub use render::{RenderedMail, Renderer};

@@ -43,6 +43,15 @@ async fn create_table(client: &Client, name: &str, spec: &TableSpec) -> Result<(
         .billing_mode(BillingMode::PayPerRequest)
         .key_schema(hash_key(spec.hash_key)?);
     let mut attributes = vec![spec.hash_key];
+    if let Some(range) = spec.range_key {
+        let sort = KeySchemaElement::builder()
+            .attribute_name(range)
+            .key_type(KeyType::Range)
+            .build()
+            .map_err(StoreError::internal)?;
+        req = req.key_schema(sort);
+        attributes.push(range);
+    }
     attributes.extend(spec.gsis.iter().map(|g| g.hash_key));
     for a in attributes {
         let def = AttributeDefinition::builder()

@@ -6,16 +6,19 @@
 //! write, or one `TransactWriteItems` where two items change together).
 //! The item layout is in [`items`].
 
+pub mod audit;
 mod bootstrap;
 mod challenges;
 mod errors;
 pub mod items;
 mod limiter;
+pub mod mail_ledger;
 mod otp;
 mod sessions;
 mod users;
 
 pub use bootstrap::ensure_tables;
+pub use mail_ledger::DynamoMailLedger;
 
 use crate::StoreError;
 use crate::tables;

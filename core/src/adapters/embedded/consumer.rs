@@ -1,13 +1,21 @@
 //! The embedded mail consumer: takes due jobs from the `SqliteMailQueue` in
-//! order and hands them to the `Outbox`. A job that cannot be parsed, or
-//! that the outbox refuses for good, is parked as `failed` with its reason;
-//! a file-system error is retried with backoff and parked after
-//! `MAX_DELIVERY_ATTEMPTS`. Nothing is dropped silently.
+//! order and delivers each through the shared `Deliverer` (the same ledger
+//! claim, send retries and parking as the SES worker on AWS), with the
+//! `Outbox` as the mailer and `EmbeddedMailLedger` on the same database. A
+//! job that cannot be parsed, or that is refused for good, is parked as
+//! `failed` with its reason; a job whose sends kept failing is retried with
+//! the queue's backoff and parked after `MAX_DELIVERY_ATTEMPTS`. Nothing is
+//! dropped silently, and a job id is written to the outbox at most once.
 
+use super::EmbeddedStore;
+use super::mail_ledger::EmbeddedMailLedger;
 use super::mail_queue::{ClaimedJob, SqliteMailQueue};
-use super::outbox::{DeliveryError, Outbox};
-use crate::mail::MailEnvelope;
+use super::outbox::Outbox;
+use crate::clock::Clock;
+use crate::mail::delivery::{Deliverer, Outcome, RetryPolicy, SendRateLimiter};
+use crate::mail::{MailEnvelope, Renderer};
 use crate::ports::StoreResult;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Attempts before a job that keeps failing is parked.
@@ -17,15 +25,43 @@ pub const MAX_DELIVERY_ATTEMPTS: u32 = 5;
 /// whose backoff has run out, jobs enqueued by another process).
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 
-/// Runs the consumer until the task is aborted.
-pub fn spawn_mail_consumer(queue: SqliteMailQueue, outbox: Outbox) -> tokio::task::JoinHandle<()> {
-    spawn_with_idle_wake(queue, outbox, IDLE_WAKE)
+/// How long one delivery (with its in-place send retries) may take.
+const DELIVERY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A few quick retries in place; the queue's backoff does the long waits.
+pub const EMBEDDED_RETRY: RetryPolicy = RetryPolicy {
+    min_delay: Duration::from_millis(20),
+    max_delay: Duration::from_millis(200),
+    max_retries: 2,
+    reserve: Duration::from_millis(100),
+};
+
+/// The embedded backend's `Deliverer`: the outbox as the mailer, the ledger
+/// on `store`'s database, no send-rate limit (files are not an SES account).
+pub async fn embedded_deliverer(
+    store: &EmbeddedStore,
+    outbox: Outbox,
+    renderer: Renderer,
+    clock: Arc<dyn Clock>,
+) -> StoreResult<Deliverer> {
+    let ledger = EmbeddedMailLedger::open(store).await?;
+    Ok(Deliverer::new(renderer, Arc::new(ledger), Arc::new(outbox), Arc::new(SendRateLimiter::unlimited()), clock)
+        .with_retry(EMBEDDED_RETRY))
 }
 
-fn spawn_with_idle_wake(queue: SqliteMailQueue, outbox: Outbox, idle_wake: Duration) -> tokio::task::JoinHandle<()> {
+/// Runs the consumer until the task is aborted.
+pub fn spawn_mail_consumer(queue: SqliteMailQueue, deliverer: Arc<Deliverer>) -> tokio::task::JoinHandle<()> {
+    spawn_with_idle_wake(queue, deliverer, IDLE_WAKE)
+}
+
+fn spawn_with_idle_wake(
+    queue: SqliteMailQueue,
+    deliverer: Arc<Deliverer>,
+    idle_wake: Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            if let Err(e) = drain(&queue, &outbox).await {
+            if let Err(e) = drain(&queue, &deliverer).await {
                 // Jobs stay queued; the next wake-up tries again.
                 tracing::error!(error = %e, source = ?std::error::Error::source(&e), "mail queue unavailable");
             }
@@ -36,16 +72,16 @@ fn spawn_with_idle_wake(queue: SqliteMailQueue, outbox: Outbox, idle_wake: Durat
 }
 
 /// Delivers every job that is due now; returns how many were handled.
-pub(crate) async fn drain(queue: &SqliteMailQueue, outbox: &Outbox) -> StoreResult<usize> {
+pub(crate) async fn drain(queue: &SqliteMailQueue, deliverer: &Deliverer) -> StoreResult<usize> {
     let mut handled = 0;
     while let Some(job) = queue.claim_next().await? {
-        handle(queue, outbox, job).await?;
+        handle(queue, deliverer, job).await?;
         handled += 1;
     }
     Ok(handled)
 }
 
-async fn handle(queue: &SqliteMailQueue, outbox: &Outbox, job: ClaimedJob) -> StoreResult<()> {
+async fn handle(queue: &SqliteMailQueue, deliverer: &Deliverer, job: ClaimedJob) -> StoreResult<()> {
     let env = match MailEnvelope::from_json(&job.body) {
         Ok(env) => env,
         Err(reason) => {
@@ -53,19 +89,13 @@ async fn handle(queue: &SqliteMailQueue, outbox: &Outbox, job: ClaimedJob) -> St
             return queue.mark_failed(&job.id, &reason).await;
         }
     };
-    let kind = env.job.kind();
-    match outbox.try_deliver(&env).await {
-        Ok(path) => {
-            tracing::info!(mail_id = %job.id, kind, path = %path.display(), "mail written to the outbox");
-            queue.mark_sent(&job.id).await
-        }
-        Err(DeliveryError::Permanent(reason)) => {
-            tracing::error!(mail_id = %job.id, kind, %reason, "mail job parked: undeliverable");
-            queue.mark_failed(&job.id, &reason).await
-        }
-        Err(DeliveryError::Transient(reason)) => {
+    let deadline = tokio::time::Instant::now() + DELIVERY_DEADLINE;
+    match deliverer.deliver(&env, deadline).await {
+        Outcome::Sent { .. } | Outcome::AlreadySent => queue.mark_sent(&job.id).await,
+        Outcome::Park { reason } => queue.mark_failed(&job.id, &reason).await,
+        Outcome::Retry { reason } => {
             let state = queue.record_attempt_failure(&job.id, &reason, MAX_DELIVERY_ATTEMPTS).await?;
-            tracing::warn!(mail_id = %job.id, kind, %reason, attempt = job.attempts + 1, state, "mail delivery failed");
+            tracing::warn!(mail_id = %job.id, kind = env.job.kind(), %reason, attempt = job.attempts + 1, state, "mail delivery failed");
             Ok(())
         }
     }
@@ -76,17 +106,19 @@ mod tests {
     use super::super::mail_queue::{FAILED, PENDING, SENT};
     use super::super::test_support::{TempDir, store};
     use super::*;
+    use crate::clock::FixedClock;
     use crate::domain::{Email, Secret};
     use crate::mail::{MailJob, Renderer};
     use crate::ports::MailQueue;
     use std::path::Path;
 
-    fn outbox(dir: &Path) -> Outbox {
-        Outbox::new(
+    async fn outbox(s: &EmbeddedStore, clock: Arc<FixedClock>, dir: &Path) -> Deliverer {
+        let o = Outbox::new(
             dir.to_path_buf(),
             Renderer::new("http://127.0.0.1:3000").unwrap(),
             "latchkey <noreply@latchkey.local>".into(),
-        )
+        );
+        embedded_deliverer(s, o, Renderer::new("http://127.0.0.1:3000").unwrap(), clock).await.unwrap()
     }
 
     fn job(id: &str) -> MailEnvelope {
@@ -109,9 +141,9 @@ mod tests {
 
     #[tokio::test]
     async fn one_file_per_job_id_even_if_enqueued_twice() {
-        let (s, _) = store();
+        let (s, clock) = store();
         let dir = TempDir::new();
-        let (q, o) = (s.mail_queue(), outbox(&dir.0));
+        let (q, o) = (s.mail_queue(), outbox(&s, clock.clone(), &dir.0).await);
         q.enqueue(&job("dup1")).await.unwrap();
         q.enqueue(&job("dup1")).await.unwrap();
         assert_eq!(drain(&q, &o).await.unwrap(), 1);
@@ -124,9 +156,9 @@ mod tests {
 
     #[tokio::test]
     async fn poison_jobs_are_parked_with_a_reason_and_do_not_block_others() {
-        let (s, _) = store();
+        let (s, clock) = store();
         let dir = TempDir::new();
-        let (q, o) = (s.mail_queue(), outbox(&dir.0));
+        let (q, o) = (s.mail_queue(), outbox(&s, clock.clone(), &dir.0).await);
         q.enqueue_raw("garbage", "{not json").await.unwrap();
         let mut future = job("v2");
         future.v = 2;
@@ -158,7 +190,7 @@ mod tests {
         let blocked = dir.0.join("outbox");
         // A file where the directory should be: every write fails.
         std::fs::write(&blocked, b"in the way").unwrap();
-        let (q, o) = (s.mail_queue(), outbox(&blocked));
+        let (q, o) = (s.mail_queue(), outbox(&s, clock.clone(), &blocked).await);
         q.enqueue(&job("retry")).await.unwrap();
         for attempt in 1..=MAX_DELIVERY_ATTEMPTS {
             assert_eq!(drain(&q, &o).await.unwrap(), 1, "attempt {attempt}");
@@ -179,7 +211,7 @@ mod tests {
         let dir = TempDir::new();
         let target = dir.0.join("outbox");
         std::fs::write(&target, b"in the way").unwrap();
-        let (q, o) = (s.mail_queue(), outbox(&target));
+        let (q, o) = (s.mail_queue(), outbox(&s, clock.clone(), &target).await);
         q.enqueue(&job("later")).await.unwrap();
         assert_eq!(drain(&q, &o).await.unwrap(), 1);
         std::fs::remove_file(&target).unwrap();
@@ -191,11 +223,15 @@ mod tests {
 
     #[tokio::test]
     async fn the_spawned_consumer_is_woken_by_enqueue() {
-        let (s, _) = store();
+        let (s, clock) = store();
         let dir = TempDir::new();
         let q = s.mail_queue();
         // The timer never fires within the test: only the enqueue can wake it.
-        let task = spawn_with_idle_wake(q.clone(), outbox(&dir.0), Duration::from_secs(3600));
+        let task = spawn_with_idle_wake(
+            q.clone(),
+            Arc::new(outbox(&s, clock.clone(), &dir.0).await),
+            Duration::from_secs(3600),
+        );
         // Give it time to find the queue empty and start waiting. (Were it
         // slower, the test would still pass; it would just prove less.)
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -211,5 +247,25 @@ mod tests {
         }
         task.abort();
         assert_eq!(emls(&dir.0), vec!["1700000000-woken.eml".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn the_ledger_stops_a_second_write_of_a_sent_job() {
+        let (s, clock) = store();
+        let dir = TempDir::new();
+        let (q, o) = (s.mail_queue(), outbox(&s, clock.clone(), &dir.0).await);
+        q.enqueue(&job("once")).await.unwrap();
+        assert_eq!(drain(&q, &o).await.unwrap(), 1);
+        assert_eq!(emls(&dir.0), vec!["1700000000-once.eml".to_string()]);
+        std::fs::remove_file(dir.0.join("1700000000-once.eml")).unwrap();
+        // The same job reaches the deliverer again (a second consumer, a
+        // re-enqueue after the queue row was lost): nothing is written.
+        assert_eq!(
+            o.deliver(&job("once"), tokio::time::Instant::now() + Duration::from_secs(5)).await,
+            Outcome::AlreadySent
+        );
+        assert!(emls(&dir.0).is_empty());
+        let e = o.ledger().entry("once").await.unwrap().unwrap();
+        assert_eq!((e.state.as_str(), e.provider_id.as_deref()), ("sent", Some("1700000000-once.eml")));
     }
 }

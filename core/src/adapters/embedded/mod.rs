@@ -9,9 +9,11 @@
 //! `BEGIN IMMEDIATE` keeps that true against another process opening the
 //! same file.
 
+pub mod audit;
 mod changes;
 mod consumer;
 mod limiter;
+mod mail_ledger;
 mod mail_queue;
 mod outbox;
 mod records;
@@ -19,7 +21,8 @@ mod schema;
 mod store;
 
 pub use changes::{Change, ChangeEntity, ChangeOp};
-pub use consumer::{MAX_DELIVERY_ATTEMPTS, spawn_mail_consumer};
+pub use consumer::{EMBEDDED_RETRY, MAX_DELIVERY_ATTEMPTS, embedded_deliverer, spawn_mail_consumer};
+pub use mail_ledger::EmbeddedMailLedger;
 pub use mail_queue::SqliteMailQueue;
 pub use outbox::Outbox;
 

@@ -4,6 +4,7 @@
 //! on AWS mail goes through SES and no code is ever printed or logged.
 
 use crate::domain::Email;
+use crate::mail::delivery::{Mailer, SendError};
 use crate::mail::{MailEnvelope, RenderedMail, Renderer};
 use mail_builder::MessageBuilder;
 use mail_builder::headers::address::Address;
@@ -60,6 +61,12 @@ impl Outbox {
     }
 
     pub(crate) async fn try_deliver(&self, env: &MailEnvelope) -> Result<PathBuf, DeliveryError> {
+        let mail = self.renderer.render(env).map_err(DeliveryError::Permanent)?;
+        self.write(env, &mail).await
+    }
+
+    /// Writes an already rendered mail: the `Mailer` half of `deliver`.
+    async fn write(&self, env: &MailEnvelope, mail: &RenderedMail) -> Result<PathBuf, DeliveryError> {
         use DeliveryError::{Permanent, Transient};
         if env.id.is_empty()
             || env.id.len() > 128
@@ -70,8 +77,7 @@ impl Outbox {
         // The queue is a trust boundary of its own: re-check the address so
         // nothing odd reaches a header.
         let to = Email::parse(&env.to).map_err(|_| Permanent("recipient is not a valid email address".into()))?;
-        let mail = self.renderer.render(env).map_err(Permanent)?;
-        let bytes = self.message(env, &to, &mail).map_err(|e| Permanent(format!("building the message: {e}")))?;
+        let bytes = self.message(env, &to, mail).map_err(|e| Permanent(format!("building the message: {e}")))?;
         let name = format!("{}-{}.eml", env.created_at, env.id);
         let path = self.dir.join(&name);
         let (dir, target) = (self.dir.clone(), path.clone());
@@ -96,6 +102,19 @@ impl Outbox {
             .text_body(mail.text.as_str())
             .html_body(mail.html.as_str())
             .write_to_vec()
+    }
+}
+
+/// The outbox as the embedded backend's `Mailer`: the same delivery logic
+/// (ledger, retries, parking) as SES on AWS, with files instead of mail.
+#[async_trait::async_trait]
+impl Mailer for Outbox {
+    async fn send(&self, env: &MailEnvelope, mail: &RenderedMail) -> Result<String, SendError> {
+        match self.write(env, mail).await {
+            Ok(path) => Ok(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
+            Err(DeliveryError::Permanent(reason)) => Err(SendError::Permanent { reason }),
+            Err(DeliveryError::Transient(reason)) => Err(SendError::Transient(reason)),
+        }
     }
 }
 

@@ -1,0 +1,128 @@
+//! The admin API: a user's audit trail and per-day event counts, behind
+//! `Authorization: Bearer <admin key>`. A missing or wrong key is a 401
+//! before anything is read.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use latchkey_core::audit::{AuditRecord, day_string, parse_day};
+use latchkey_core::clock::rfc3339;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// Records per page unless the client asks for fewer.
+const PAGE: u32 = 50;
+const MAX_PAGE: u32 = 200;
+/// The longest range `stats` answers.
+const MAX_STATS_DAYS: i64 = 366;
+
+/// The bearer credential of a request, if any.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+}
+
+fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let ok = match (&s.admin_key, bearer(headers)) {
+        (Some(hash), Some(key)) => hash.matches(key),
+        _ => false,
+    };
+    if ok { Ok(()) } else { Err(latchkey_core::Error::Unauthorized.into()) }
+}
+
+#[derive(Deserialize)]
+pub struct PageQuery {
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+/// `?cursor=` and `?limit=` as (before, limit).
+pub(crate) fn page_params(q: &PageQuery) -> Result<(Option<u64>, u32), ApiError> {
+    let before = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(c.parse::<u64>().map_err(|_| ApiError::field("cursor", "is not a cursor from this API"))?),
+    };
+    let limit = match q.limit.as_deref() {
+        None | Some("") => PAGE,
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| ApiError::field("limit", format!("must be 1..={MAX_PAGE}")))?,
+    };
+    Ok((before, limit))
+}
+
+/// An audit record as the API shows it (no chain hashes).
+pub(crate) fn record_json(r: &AuditRecord) -> Value {
+    json!({
+        "seq": r.seq,
+        "event": r.event.as_str(),
+        "at": rfc3339(r.at),
+        "outcome": r.outcome,
+        "reason": r.reason,
+        "attempts_left": r.attempts_left,
+        "request_id": r.request_id,
+        "ip": r.ip,
+        "user_agent": r.user_agent,
+    })
+}
+
+pub async fn user_audit(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    require_admin(&s, &headers)?;
+    let id = latchkey_core::domain::UserId::parse(&id).ok_or_else(|| ApiError::field("id", "is not a user id"))?;
+    let (before, limit) = page_params(&q)?;
+    let page = s.audit.list(&id.to_string(), before, limit).await.map_err(latchkey_core::Error::from)?;
+    Ok(Json(json!({
+        "user_id": id.to_string(),
+        "events": page.records.iter().map(record_json).collect::<Vec<_>>(),
+        "next_cursor": page.next_before.map(|b| b.to_string()),
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+pub struct StatsQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+pub async fn stats(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<StatsQuery>,
+) -> Result<Response, ApiError> {
+    require_admin(&s, &headers)?;
+    let day = |v: Option<&str>, field: &str| {
+        v.and_then(parse_day).ok_or_else(|| ApiError::field(field, "must be a date YYYY-MM-DD"))
+    };
+    let from = day(q.from.as_deref(), "from")?;
+    let to = day(q.to.as_deref(), "to")?;
+    if to < from || to - from >= MAX_STATS_DAYS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("to: must be on or after from, at most {MAX_STATS_DAYS} days"),
+        ));
+    }
+    let counts = s.audit.stats(from, to).await.map_err(latchkey_core::Error::from)?;
+    let mut days: BTreeMap<i64, BTreeMap<&'static str, u64>> = BTreeMap::new();
+    for c in &counts {
+        *days.entry(c.day).or_default().entry(c.event.as_str()).or_default() += c.count;
+    }
+    let days: Vec<Value> =
+        days.into_iter().map(|(d, counts)| json!({ "day": day_string(d), "counts": counts })).collect();
+    Ok(Json(json!({ "from": day_string(from), "to": day_string(to), "days": days })).into_response())
+}

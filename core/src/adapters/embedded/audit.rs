@@ -1,0 +1,432 @@
+//! The audit trail on the embedded store: an `AuditStore` in the same
+//! SQLite database, and the driver that feeds it from the change feed
+//! through the same mapping the DynamoDB stream processor uses.
+//!
+//! Its tables are created on first open (`IF NOT EXISTS`) rather than by a
+//! schema migration, so the audit trail can be added to or dropped from a
+//! database without touching the data's schema version.
+
+use super::{Change, ChangeEntity, EmbeddedStore};
+use crate::StoreError;
+use crate::audit::{
+    AuditEvent, AuditEventType, AuditPage, AuditPolicy, AuditRecord, AuditStore, DayCount, GENESIS_HASH, Images,
+    SourceChange, audit_events, day_of,
+};
+use crate::clock::Timestamp;
+use crate::ports::StoreResult;
+use async_trait::async_trait;
+use rusqlite::OptionalExtension;
+use std::time::Duration;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS audit_records (
+    subject    TEXT NOT NULL,
+    seq        INTEGER NOT NULL CHECK (seq >= 1),
+    event_id   TEXT NOT NULL UNIQUE,
+    event      TEXT NOT NULL,
+    day        INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    record     TEXT NOT NULL,
+    PRIMARY KEY (subject, seq)
+);
+CREATE INDEX IF NOT EXISTS audit_records_by_day ON audit_records (day, event);
+CREATE INDEX IF NOT EXISTS audit_records_by_expiry ON audit_records (expires_at);
+CREATE TABLE IF NOT EXISTS audit_heads (
+    subject TEXT PRIMARY KEY NOT NULL,
+    seq     INTEGER NOT NULL,
+    hash    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_feed_checkpoint (
+    id  INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL
+);
+"#;
+
+/// How often the driver looks for new changes when it has caught up.
+const FEED_POLL: Duration = Duration::from_millis(100);
+/// Changes read per round.
+const FEED_BATCH: usize = 200;
+
+/// The audit trail in the embedded database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SqliteAuditStore {
+    store: EmbeddedStore,
+}
+
+impl SqliteAuditStore {
+    /// The audit store on `store`'s database, creating its tables if needed.
+    pub async fn open(store: &EmbeddedStore) -> StoreResult<Self> {
+        store.db().tx(|tx| Ok(tx.execute_batch(SCHEMA)?)).await?;
+        Ok(SqliteAuditStore { store: store.clone() })
+    }
+
+    /// The last change-feed sequence number the driver has applied.
+    pub async fn checkpoint(&self) -> StoreResult<i64> {
+        self.store
+            .db()
+            .tx(|tx| {
+                Ok(tx
+                    .query_row("SELECT seq FROM audit_feed_checkpoint WHERE id = 1", [], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0))
+            })
+            .await
+    }
+
+    pub async fn set_checkpoint(&self, seq: i64) -> StoreResult<()> {
+        self.store
+            .db()
+            .tx(move |tx| {
+                tx.execute(
+                    "INSERT INTO audit_feed_checkpoint (id, seq) VALUES (1, ?1) \
+                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
+                    [seq],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Removes records whose retention has ended (the embedded TTL).
+    pub async fn purge_expired(&self, now: Timestamp) -> StoreResult<usize> {
+        self.store.db().tx(move |tx| Ok(tx.execute("DELETE FROM audit_records WHERE expires_at <= ?1", [now])?)).await
+    }
+
+    /// The database this store lives in (tests tamper with it through this).
+    #[cfg(test)]
+    pub(crate) fn raw(&self) -> &EmbeddedStore {
+        &self.store
+    }
+}
+
+fn parse_record(json: &str) -> StoreResult<AuditRecord> {
+    serde_json::from_str(json).map_err(StoreError::internal)
+}
+
+#[async_trait]
+impl AuditStore for SqliteAuditStore {
+    async fn append(&self, event: &AuditEvent, expires_at: Timestamp) -> StoreResult<bool> {
+        let event = event.clone();
+        self.store
+            .db()
+            .tx(move |tx| {
+                let seen: Option<i64> = tx
+                    .query_row("SELECT 1 FROM audit_records WHERE event_id = ?1", [&event.event_id], |r| r.get(0))
+                    .optional()?;
+                if seen.is_some() {
+                    return Ok(false);
+                }
+                let head: Option<(i64, String)> = tx
+                    .query_row("SELECT seq, hash FROM audit_heads WHERE subject = ?1", [&event.subject], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                let (seq, prev) = head.unwrap_or((0, GENESIS_HASH.to_string()));
+                let seq = u64::try_from(seq).map_err(StoreError::internal)? + 1;
+                let rec = AuditRecord::chained(&event, seq, &prev, expires_at);
+                let json = serde_json::to_string(&rec).map_err(StoreError::internal)?;
+                let seq_i = i64::try_from(seq).map_err(StoreError::internal)?;
+                tx.execute(
+                    "INSERT INTO audit_records (subject, seq, event_id, event, day, expires_at, record) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    rusqlite::params![
+                        rec.subject,
+                        seq_i,
+                        rec.event_id,
+                        rec.event.as_str(),
+                        day_of(rec.at),
+                        expires_at,
+                        json
+                    ],
+                )?;
+                tx.execute(
+                    "INSERT INTO audit_heads (subject, seq, hash) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (subject) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                    rusqlite::params![rec.subject, seq_i, rec.hash],
+                )?;
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn list(&self, subject: &str, before: Option<u64>, limit: u32) -> StoreResult<AuditPage> {
+        let subject = subject.to_string();
+        let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        let limit = limit.max(1);
+        self.store
+            .db()
+            .tx(move |tx| {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT record FROM audit_records WHERE subject = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+                )?;
+                let rows = stmt
+                    .query_map(rusqlite::params![subject, before, i64::from(limit) + 1], |r| r.get::<_, String>(0))?;
+                let mut records = Vec::new();
+                for row in rows {
+                    records.push(parse_record(&row?)?);
+                }
+                let more = records.len() > limit as usize;
+                records.truncate(limit as usize);
+                let next_before = if more { records.last().map(|r| r.seq) } else { None };
+                Ok(AuditPage { records, next_before })
+            })
+            .await
+    }
+
+    async fn chain(&self, subject: &str) -> StoreResult<Vec<AuditRecord>> {
+        let subject = subject.to_string();
+        self.store
+            .db()
+            .tx(move |tx| {
+                let mut stmt = tx.prepare_cached("SELECT record FROM audit_records WHERE subject = ?1 ORDER BY seq")?;
+                let rows = stmt.query_map([subject], |r| r.get::<_, String>(0))?;
+                let mut out = Vec::new();
+                for row in rows {
+                    out.push(parse_record(&row?)?);
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn stats(&self, from_day: i64, to_day: i64) -> StoreResult<Vec<DayCount>> {
+        self.store
+            .db()
+            .tx(move |tx| {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT day, event, COUNT(*) FROM audit_records WHERE day BETWEEN ?1 AND ?2 \
+                     GROUP BY day, event ORDER BY day, event",
+                )?;
+                let rows = stmt.query_map([from_day, to_day], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (day, event, count) = row?;
+                    let event = AuditEventType::parse(&event)
+                        .ok_or_else(|| StoreError::internal(format!("unknown audit event {event:?}")))?;
+                    out.push(DayCount { day, event, count: u64::try_from(count).unwrap_or(0) });
+                }
+                Ok(out)
+            })
+            .await
+    }
+}
+
+/// A feed row as the mapping's input. The embedded store never deletes
+/// by TTL, so no change here is an expiry.
+pub fn source_change(c: &Change) -> StoreResult<SourceChange> {
+    fn img<T: serde::de::DeserializeOwned>(v: &Option<serde_json::Value>) -> StoreResult<Option<T>> {
+        v.clone().map(serde_json::from_value).transpose().map_err(StoreError::internal)
+    }
+    let images = match c.entity {
+        ChangeEntity::User => Images::User(img(&c.old)?, img(&c.new)?),
+        ChangeEntity::Verification => Images::Verification(img(&c.old)?, img(&c.new)?),
+        ChangeEntity::Challenge => Images::Challenge(img(&c.old)?, img(&c.new)?),
+        ChangeEntity::Session => Images::Session(img(&c.old)?, img(&c.new)?),
+        ChangeEntity::Otp => Images::Otp(img(&c.old)?, img(&c.new)?),
+    };
+    Ok(SourceChange { source_id: format!("feed:{}", c.seq), at: c.at, expired_by_ttl: false, images })
+}
+
+/// Applies every change after the checkpoint to the audit trail and moves
+/// the checkpoint. A row that does not decode is logged and skipped (it
+/// must not block the feed); a storage error stops the round, and the next
+/// round repeats it (appends are idempotent). Returns the events added.
+pub async fn drain_change_feed(
+    store: &EmbeddedStore,
+    audit: &SqliteAuditStore,
+    policy: &AuditPolicy,
+    retention_secs: i64,
+) -> StoreResult<usize> {
+    let mut after = audit.checkpoint().await?;
+    let mut added = 0;
+    loop {
+        let batch = store.changes_after(after, FEED_BATCH).await?;
+        let Some(last) = batch.last() else { return Ok(added) };
+        let last = last.seq;
+        for c in &batch {
+            match source_change(c) {
+                Ok(change) => {
+                    for e in audit_events(&change, policy) {
+                        if audit.append(&e, e.at.saturating_add(retention_secs)).await? {
+                            added += 1;
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(seq = c.seq, error = %e, "change feed row does not decode; skipped"),
+            }
+        }
+        audit.set_checkpoint(last).await?;
+        after = last;
+    }
+}
+
+/// Runs [`drain_change_feed`] in the background until aborted, and purges
+/// records past their retention.
+pub fn spawn_audit_feed(
+    store: EmbeddedStore,
+    audit: SqliteAuditStore,
+    policy: AuditPolicy,
+    retention_secs: i64,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let round = async {
+                drain_change_feed(&store, &audit, &policy, retention_secs).await?;
+                audit.purge_expired(store.db().now()).await
+            };
+            match round.await {
+                Ok(_) => tokio::time::sleep(FEED_POLL).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit feed round failed; retrying");
+                    tokio::time::sleep(FEED_POLL * 10).await;
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{T0, store};
+    use super::*;
+    use crate::audit::{AuditEventType as T, verify_chain};
+    use crate::domain::{Challenge, ChallengeId, Email, RequestMeta, User, UserId, Username, VerificationRecord};
+    use crate::ports::{ChallengeStore, UserStore};
+    use crate::rng::OsSecureRng;
+
+    const RETENTION: i64 = 400 * 86_400;
+
+    async fn registered(s: &EmbeddedStore) -> User {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let u = User {
+            id: UserId::random(&OsSecureRng),
+            username: Username::parse(&format!("u{}", &id[..10])).unwrap(),
+            email: Email::parse(&format!("u{}@example.com", &id[..10])).unwrap(),
+            password_hash: "$argon2id$secret".into(),
+            verified: false,
+            created_at: T0,
+            failed_logins: 0,
+            locked_until: None,
+            otp_failures: 0,
+            verification_sent_at: Some(T0),
+            meta: RequestMeta { request_id: Some("r1".into()), ip: Some("203.0.113.7".into()), user_agent: None },
+        };
+        let v = VerificationRecord {
+            token_hash: format!("tok{id}"),
+            user_id: u.id,
+            created_at: T0,
+            expires_at: T0 + 100,
+            used_at: None,
+            meta: u.meta.clone(),
+        };
+        s.create_user(&u, &v).await.unwrap();
+        s.consume_verification(&v.token_hash, T0 + 1).await.unwrap();
+        let c = Challenge {
+            id: ChallengeId::random(&OsSecureRng),
+            user_id: u.id,
+            code_hash: "h".into(),
+            created_at: T0,
+            expires_at: T0 + 300,
+            last_sent_at: T0,
+            resends: 0,
+            failures: 0,
+            used_at: None,
+            meta: u.meta.clone(),
+        };
+        s.create_challenge(&c, false).await.unwrap();
+        s.record_challenge_failure(&c.id, &u.id, 6).await.unwrap();
+        u
+    }
+
+    #[tokio::test]
+    async fn the_feed_becomes_a_chain_once_however_often_it_is_replayed() {
+        let (s, _) = store();
+        let audit = SqliteAuditStore::open(&s).await.unwrap();
+        let u = registered(&s).await;
+        let policy = AuditPolicy::default();
+        let added = drain_change_feed(&s, &audit, &policy, RETENTION).await.unwrap();
+        assert_eq!(added, 5);
+        let chain = audit.chain(&u.id.to_string()).await.unwrap();
+        let kinds: Vec<T> = chain.iter().map(|r| r.event).collect();
+        assert_eq!(
+            kinds,
+            [T::UserRegistered, T::VerificationMailRequested, T::EmailVerified, T::LoginCodeIssued, T::CodeFailed]
+        );
+        assert_eq!(chain[4].attempts_left, Some(5));
+        assert_eq!(chain[0].expires_at, T0 + RETENTION);
+        verify_chain(&u.id.to_string(), &chain).unwrap();
+
+        // A replay of the whole feed adds nothing.
+        audit.set_checkpoint(0).await.unwrap();
+        assert_eq!(drain_change_feed(&s, &audit, &policy, RETENTION).await.unwrap(), 0);
+        assert_eq!(audit.chain(&u.id.to_string()).await.unwrap(), chain);
+
+        let day = day_of(T0);
+        let stats = audit.stats(day, day).await.unwrap();
+        assert!(stats.contains(&DayCount { day, event: T::UserRegistered, count: 1 }), "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn pages_newest_first() {
+        let (s, _) = store();
+        let audit = SqliteAuditStore::open(&s).await.unwrap();
+        let u = registered(&s).await;
+        drain_change_feed(&s, &audit, &AuditPolicy::default(), RETENTION).await.unwrap();
+        let subject = u.id.to_string();
+        let p1 = audit.list(&subject, None, 2).await.unwrap();
+        assert_eq!(p1.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [5, 4]);
+        let p2 = audit.list(&subject, p1.next_before, 2).await.unwrap();
+        assert_eq!(p2.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 2]);
+        let p3 = audit.list(&subject, p2.next_before, 2).await.unwrap();
+        assert_eq!((p3.records.len(), p3.next_before), (1, None));
+        assert!(audit.list("nobody", None, 10).await.unwrap().records.is_empty());
+    }
+
+    #[tokio::test]
+    async fn editing_a_stored_record_breaks_the_chain_at_that_record() {
+        let (s, _) = store();
+        let audit = SqliteAuditStore::open(&s).await.unwrap();
+        let u = registered(&s).await;
+        drain_change_feed(&s, &audit, &AuditPolicy::default(), RETENTION).await.unwrap();
+        let subject = u.id.to_string();
+        let sub = subject.clone();
+        audit
+            .raw()
+            .db()
+            .tx(move |tx| {
+                tx.execute(
+                    "UPDATE audit_records SET record = json_set(record, '$.ip', '198.51.100.9') \
+                     WHERE subject = ?1 AND seq = 3",
+                    [sub],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let e = verify_chain(&subject, &audit.chain(&subject).await.unwrap()).unwrap_err();
+        assert_eq!(e.seq, 3);
+    }
+
+    #[tokio::test]
+    async fn retention_purges_and_a_bad_row_does_not_block_the_feed() {
+        let (s, _) = store();
+        let audit = SqliteAuditStore::open(&s).await.unwrap();
+        s.db()
+            .tx(|tx| {
+                tx.execute(
+                    "INSERT INTO changes (at, entity, key, op, old_json, new_json) \
+                     VALUES (1, 'user', 'x', 'insert', NULL, '{\"not\": \"a user\"}')",
+                    [],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let u = registered(&s).await;
+        assert_eq!(drain_change_feed(&s, &audit, &AuditPolicy::default(), 10).await.unwrap(), 5);
+        assert_eq!(audit.purge_expired(T0 + 10).await.unwrap(), 5);
+        assert!(audit.chain(&u.id.to_string()).await.unwrap().is_empty());
+    }
+}

@@ -1,0 +1,352 @@
+//! The one pure function from a data change to audit events. The DynamoDB
+//! stream handler and the embedded change-feed driver both decode their
+//! change into [`SourceChange`] and call [`audit_events`].
+
+use super::{AuditEvent, AuditEventType as T, Outcome};
+use crate::clock::Timestamp;
+use crate::domain::{Challenge, OtpRecord, RequestMeta, Session, User, VerificationRecord};
+
+/// The record before and after a change, by kind. `None` before: created;
+/// `None` after: removed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Images {
+    User(Option<User>, Option<User>),
+    Verification(Option<VerificationRecord>, Option<VerificationRecord>),
+    Challenge(Option<Challenge>, Option<Challenge>),
+    Session(Option<Session>, Option<Session>),
+    Otp(Option<OtpRecord>, Option<OtpRecord>),
+}
+
+/// One change as the audit trail sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceChange {
+    /// Unique per change and stable across redeliveries: `ddb:<eventID>`
+    /// or `feed:<seq>`.
+    pub source_id: String,
+    pub at: Timestamp,
+    /// A removal made by the store's TTL sweeper, not by a request.
+    pub expired_by_ttl: bool,
+    pub images: Images,
+}
+
+/// The policy numbers the mapping needs to describe an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditPolicy {
+    pub code_max_failures: u32,
+}
+
+impl From<&crate::config::Policy> for AuditPolicy {
+    fn from(p: &crate::config::Policy) -> Self {
+        AuditPolicy { code_max_failures: p.code_max_failures }
+    }
+}
+
+impl Default for AuditPolicy {
+    fn default() -> Self {
+        AuditPolicy::from(&crate::config::Policy::default())
+    }
+}
+
+/// The audit subject of a standalone OTP address (its keyed hash).
+pub fn otp_subject(address_hash: &str) -> String {
+    format!("otp:{address_hash}")
+}
+
+/// The events a change means, in the order they happened. Most changes
+/// mean none (a claim item, a counter reset, a password rehash).
+pub fn audit_events(change: &SourceChange, policy: &AuditPolicy) -> Vec<AuditEvent> {
+    let mut out = Events { change, list: Vec::new() };
+    let max = policy.code_max_failures;
+    let ttl = change.expired_by_ttl;
+    match &change.images {
+        Images::User(old, new) => match (old, new) {
+            (None, Some(n)) => out.push(n.id, T::UserRegistered, Outcome::Success, None, None, &n.meta),
+            (Some(o), Some(n)) => {
+                if !o.verified && n.verified {
+                    out.push(n.id, T::EmailVerified, Outcome::Success, None, None, &n.meta);
+                }
+                if n.locked_until.is_some() && n.locked_until != o.locked_until {
+                    out.push(n.id, T::AccountLocked, Outcome::Failure, Some("too_many_failures"), None, &n.meta);
+                } else if o.locked_until.is_some() && n.locked_until.is_none() {
+                    out.push(n.id, T::AccountUnlocked, Outcome::Expired, Some("lock_ended"), None, &n.meta);
+                }
+            }
+            _ => {}
+        },
+        Images::Verification(old, new) => match (old, new) {
+            (None, Some(n)) => out.push(n.user_id, T::VerificationMailRequested, Outcome::Success, None, None, &n.meta),
+            (Some(o), None) if ttl && o.used_at.is_none() => out.expired(o.user_id, T::VerificationExpired),
+            _ => {}
+        },
+        Images::Challenge(old, new) => match (old, new) {
+            (None, Some(n)) => out.push(n.user_id, T::LoginCodeIssued, Outcome::Success, None, None, &n.meta),
+            (Some(o), Some(n)) => {
+                if n.resends > o.resends {
+                    out.push(n.user_id, T::LoginCodeIssued, Outcome::Success, Some("resend"), None, &n.meta);
+                }
+                if n.failures > o.failures {
+                    let left = Some(max.saturating_sub(n.failures));
+                    out.push(n.user_id, T::CodeFailed, Outcome::Failure, Some("wrong_code"), left, &n.meta);
+                    if n.failures >= max && o.failures < max {
+                        let r = Some("too_many_wrong_codes");
+                        out.push(n.user_id, T::ChallengeExhausted, Outcome::Failure, r, Some(0), &n.meta);
+                    }
+                }
+                if o.used_at.is_none() && n.used_at.is_some() {
+                    out.push(n.user_id, T::CodeVerified, Outcome::Success, None, None, &n.meta);
+                }
+            }
+            (Some(o), None) if ttl && o.used_at.is_none() && o.failures < max => out.expired(o.user_id, T::CodeExpired),
+            _ => {}
+        },
+        Images::Session(old, new) => match (old, new) {
+            (None, Some(n)) => out.push(n.user_id, T::SessionCreated, Outcome::Success, None, None, &n.meta),
+            (Some(o), Some(n)) => {
+                if n.generation > o.generation {
+                    out.push(n.user_id, T::SessionRefreshed, Outcome::Success, None, None, &n.meta);
+                }
+                if o.revoked_at.is_none() && n.revoked_at.is_some() {
+                    let reason = n.revoke_reason.as_deref().unwrap_or("revoked");
+                    // A logout is the user's own act; anything else is a
+                    // defence (refresh-token reuse) or an admin's.
+                    let outcome = if reason == "logout" { Outcome::Success } else { Outcome::Failure };
+                    out.push(n.user_id, T::SessionRevoked, outcome, Some(reason), None, &n.meta);
+                }
+            }
+            (Some(o), None) if ttl && o.revoked_at.is_none() => out.expired(o.user_id, T::SessionExpired),
+            _ => {}
+        },
+        Images::Otp(old, new) => match (old, new) {
+            (None, Some(n)) => out.push_otp(n, T::OtpSent, Outcome::Success, None, None),
+            (Some(o), Some(n)) => {
+                if n.created_at != o.created_at || n.code_hash != o.code_hash {
+                    out.push_otp(n, T::OtpSent, Outcome::Success, None, None);
+                } else {
+                    if n.failures > o.failures {
+                        let left = Some(max.saturating_sub(n.failures));
+                        out.push_otp(n, T::OtpFailed, Outcome::Failure, Some("wrong_code"), left);
+                        if n.failures >= max && o.failures < max {
+                            out.push_otp(n, T::OtpExhausted, Outcome::Failure, Some("too_many_wrong_codes"), Some(0));
+                        }
+                    }
+                    if o.used_at.is_none() && n.used_at.is_some() {
+                        out.push_otp(n, T::OtpVerified, Outcome::Success, None, None);
+                    }
+                }
+            }
+            (Some(o), None) if ttl && o.used_at.is_none() && o.failures < max => {
+                out.push_subject(otp_subject(&o.address_hash), T::OtpExpired, Outcome::Expired, Some("ttl"), None, None)
+            }
+            _ => {}
+        },
+    }
+    out.list
+}
+
+struct Events<'a> {
+    change: &'a SourceChange,
+    list: Vec<AuditEvent>,
+}
+
+impl Events<'_> {
+    fn push(
+        &mut self,
+        subject: impl std::fmt::Display,
+        event: T,
+        outcome: Outcome,
+        reason: Option<&str>,
+        attempts_left: Option<u32>,
+        meta: &RequestMeta,
+    ) {
+        self.push_subject(subject.to_string(), event, outcome, reason, attempts_left, Some(meta));
+    }
+
+    fn push_otp(&mut self, r: &OtpRecord, event: T, outcome: Outcome, reason: Option<&str>, left: Option<u32>) {
+        self.push_subject(otp_subject(&r.address_hash), event, outcome, reason, left, Some(&r.meta));
+    }
+
+    /// A lifetime ran out: nobody made a request, so no request metadata.
+    fn expired(&mut self, subject: impl std::fmt::Display, event: T) {
+        self.push_subject(subject.to_string(), event, Outcome::Expired, Some("ttl"), None, None);
+    }
+
+    fn push_subject(
+        &mut self,
+        subject: String,
+        event: T,
+        outcome: Outcome,
+        reason: Option<&str>,
+        attempts_left: Option<u32>,
+        meta: Option<&RequestMeta>,
+    ) {
+        let meta = if self.change.expired_by_ttl { None } else { meta };
+        self.list.push(AuditEvent {
+            event_id: format!("{}#{}", self.change.source_id, self.list.len()),
+            subject,
+            event,
+            at: self.change.at,
+            outcome,
+            reason: reason.map(str::to_string),
+            attempts_left,
+            request_id: meta.and_then(|m| m.request_id.clone()),
+            ip: meta.and_then(|m| m.ip.clone()),
+            user_agent: meta.and_then(|m| m.user_agent.clone()),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ChallengeId, Email, SessionId, UserId, Username};
+    use crate::rng::OsSecureRng;
+
+    const T0: Timestamp = 1_700_000_000;
+
+    fn meta() -> RequestMeta {
+        RequestMeta { request_id: Some("req-1".into()), ip: Some("203.0.113.7".into()), user_agent: Some("ua".into()) }
+    }
+
+    fn user() -> User {
+        User {
+            id: UserId::random(&OsSecureRng),
+            username: Username::parse("alice").unwrap(),
+            email: Email::parse("alice@example.com").unwrap(),
+            password_hash: "$argon2id$v=19$secret".into(),
+            verified: false,
+            created_at: T0,
+            failed_logins: 0,
+            locked_until: None,
+            otp_failures: 0,
+            verification_sent_at: Some(T0),
+            meta: meta(),
+        }
+    }
+
+    fn challenge(u: &User) -> Challenge {
+        Challenge {
+            id: ChallengeId::random(&OsSecureRng),
+            user_id: u.id,
+            code_hash: "c0dehash".into(),
+            created_at: T0,
+            expires_at: T0 + 300,
+            last_sent_at: T0,
+            resends: 0,
+            failures: 0,
+            used_at: None,
+            meta: meta(),
+        }
+    }
+
+    fn change(images: Images, ttl: bool) -> SourceChange {
+        SourceChange { source_id: "feed:7".into(), at: T0 + 5, expired_by_ttl: ttl, images }
+    }
+
+    fn kinds(c: &SourceChange) -> Vec<T> {
+        audit_events(c, &AuditPolicy::default()).iter().map(|e| e.event).collect()
+    }
+
+    #[test]
+    fn registration_and_verification() {
+        let u = user();
+        let evs = audit_events(&change(Images::User(None, Some(u.clone())), false), &AuditPolicy::default());
+        assert_eq!(evs.len(), 1);
+        let e = &evs[0];
+        assert_eq!((e.event, e.subject.clone(), e.at), (T::UserRegistered, u.id.to_string(), T0 + 5));
+        assert_eq!(
+            (e.event_id.as_str(), e.ip.as_deref(), e.request_id.as_deref()),
+            ("feed:7#0", Some("203.0.113.7"), Some("req-1"))
+        );
+        let v = User { verified: true, ..u.clone() };
+        assert_eq!(kinds(&change(Images::User(Some(u.clone()), Some(v)), false)), [T::EmailVerified]);
+        let rehash = User { password_hash: "other".into(), ..u.clone() };
+        assert!(kinds(&change(Images::User(Some(u), Some(rehash)), false)).is_empty());
+    }
+
+    #[test]
+    fn wrong_codes_count_down_then_exhaust() {
+        let u = user();
+        let c = challenge(&u);
+        let f5 = Challenge { failures: 5, ..c.clone() };
+        let f6 = Challenge { failures: 6, ..c.clone() };
+        let evs = audit_events(
+            &change(Images::Challenge(Some(c.clone()), Some(Challenge { failures: 1, ..c.clone() })), false),
+            &AuditPolicy::default(),
+        );
+        assert_eq!(
+            (evs[0].event, evs[0].attempts_left, evs[0].reason.as_deref()),
+            (T::CodeFailed, Some(5), Some("wrong_code"))
+        );
+        assert_eq!(
+            kinds(&change(Images::Challenge(Some(f5), Some(f6)), false)),
+            [T::CodeFailed, T::ChallengeExhausted]
+        );
+        let used = Challenge { used_at: Some(T0 + 5), ..c.clone() };
+        assert_eq!(kinds(&change(Images::Challenge(Some(c), Some(used)), false)), [T::CodeVerified]);
+    }
+
+    #[test]
+    fn a_ttl_removal_is_an_expiry_without_request_data_and_a_plain_removal_is_nothing() {
+        let u = user();
+        let c = challenge(&u);
+        let evs = audit_events(&change(Images::Challenge(Some(c.clone()), None), true), &AuditPolicy::default());
+        assert_eq!(evs.len(), 1);
+        assert_eq!(
+            (evs[0].event, evs[0].outcome, evs[0].reason.as_deref()),
+            (T::CodeExpired, Outcome::Expired, Some("ttl"))
+        );
+        assert_eq!((evs[0].ip.as_deref(), evs[0].request_id.as_deref()), (None, None));
+        assert!(kinds(&change(Images::Challenge(Some(c), None), false)).is_empty());
+    }
+
+    #[test]
+    fn sessions_and_otps() {
+        let u = user();
+        let s = Session {
+            id: SessionId::random(&OsSecureRng),
+            user_id: u.id,
+            refresh_hash: "h".into(),
+            created_at: T0,
+            refreshed_at: T0,
+            expires_at: T0 + 100,
+            generation: 0,
+            revoked_at: None,
+            revoke_reason: None,
+            meta: meta(),
+        };
+        let s1 = Session { generation: 1, refresh_hash: "h2".into(), ..s.clone() };
+        let s2 = Session { revoked_at: Some(T0 + 9), revoke_reason: Some("logout".into()), ..s1.clone() };
+        assert_eq!(kinds(&change(Images::Session(None, Some(s.clone())), false)), [T::SessionCreated]);
+        assert_eq!(kinds(&change(Images::Session(Some(s), Some(s1.clone())), false)), [T::SessionRefreshed]);
+        let evs = audit_events(&change(Images::Session(Some(s1), Some(s2)), false), &AuditPolicy::default());
+        assert_eq!((evs[0].event, evs[0].reason.as_deref()), (T::SessionRevoked, Some("logout")));
+
+        let o = OtpRecord {
+            address_hash: "addr".into(),
+            code_hash: "x".into(),
+            created_at: T0,
+            expires_at: T0 + 600,
+            last_sent_at: T0,
+            failures: 0,
+            used_at: None,
+            meta: meta(),
+        };
+        let evs = audit_events(&change(Images::Otp(None, Some(o.clone())), false), &AuditPolicy::default());
+        assert_eq!((evs[0].event, evs[0].subject.as_str()), (T::OtpSent, "otp:addr"));
+        let failed = OtpRecord { failures: 1, ..o.clone() };
+        assert_eq!(kinds(&change(Images::Otp(Some(o.clone()), Some(failed)), false)), [T::OtpFailed]);
+        assert_eq!(kinds(&change(Images::Otp(Some(o), None), true)), [T::OtpExpired]);
+    }
+
+    #[test]
+    fn nothing_secret_reaches_an_event() {
+        let u = user();
+        let c = challenge(&u);
+        let evs = audit_events(
+            &change(Images::Challenge(Some(c.clone()), Some(Challenge { failures: 1, ..c })), false),
+            &AuditPolicy::default(),
+        );
+        let json = serde_json::to_string(&evs).unwrap();
+        assert!(!json.contains("c0dehash") && !json.contains("argon2"), "{json}");
+    }
+}

@@ -1,0 +1,197 @@
+//! The audit trail: security events derived from data changes, never
+//! written by the flows themselves. A change (a DynamoDB stream record or a
+//! row of the embedded change feed) goes through the one pure function
+//! [`audit_events`]; each event joins its subject's tamper-evident hash
+//! chain in an [`AuditStore`].
+//!
+//! An event names who (subject, request id, client IP, user agent), what
+//! (event type, outcome, reason code), and when (UTC seconds). It never
+//! carries a password, code, token, secret hash or key: the mapping copies
+//! only the fields listed on [`AuditEvent`].
+
+mod admin_key;
+mod chain;
+mod mapping;
+mod store;
+
+pub use admin_key::AdminKeyHash;
+pub use chain::{ChainBreak, GENESIS_HASH, record_hash, verify_chain};
+pub use mapping::{AuditPolicy, Images, SourceChange, audit_events, otp_subject};
+pub use store::{AuditPage, AuditStore, DayCount, day_of, day_string, parse_day};
+
+use crate::clock::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// The kinds of security event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditEventType {
+    UserRegistered,
+    VerificationMailRequested,
+    EmailVerified,
+    VerificationExpired,
+    LoginCodeIssued,
+    CodeVerified,
+    CodeFailed,
+    ChallengeExhausted,
+    CodeExpired,
+    OtpSent,
+    OtpVerified,
+    OtpFailed,
+    OtpExhausted,
+    OtpExpired,
+    AccountLocked,
+    AccountUnlocked,
+    SessionCreated,
+    SessionRefreshed,
+    SessionRevoked,
+    SessionExpired,
+    MailDelivered,
+    MailFailed,
+}
+
+impl AuditEventType {
+    pub const ALL: &'static [AuditEventType] = &[
+        AuditEventType::UserRegistered,
+        AuditEventType::VerificationMailRequested,
+        AuditEventType::EmailVerified,
+        AuditEventType::VerificationExpired,
+        AuditEventType::LoginCodeIssued,
+        AuditEventType::CodeVerified,
+        AuditEventType::CodeFailed,
+        AuditEventType::ChallengeExhausted,
+        AuditEventType::CodeExpired,
+        AuditEventType::OtpSent,
+        AuditEventType::OtpVerified,
+        AuditEventType::OtpFailed,
+        AuditEventType::OtpExhausted,
+        AuditEventType::OtpExpired,
+        AuditEventType::AccountLocked,
+        AuditEventType::AccountUnlocked,
+        AuditEventType::SessionCreated,
+        AuditEventType::SessionRefreshed,
+        AuditEventType::SessionRevoked,
+        AuditEventType::SessionExpired,
+        AuditEventType::MailDelivered,
+        AuditEventType::MailFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditEventType::UserRegistered => "user_registered",
+            AuditEventType::VerificationMailRequested => "verification_mail_requested",
+            AuditEventType::EmailVerified => "email_verified",
+            AuditEventType::VerificationExpired => "verification_expired",
+            AuditEventType::LoginCodeIssued => "login_code_issued",
+            AuditEventType::CodeVerified => "code_verified",
+            AuditEventType::CodeFailed => "code_failed",
+            AuditEventType::ChallengeExhausted => "challenge_exhausted",
+            AuditEventType::CodeExpired => "code_expired",
+            AuditEventType::OtpSent => "otp_sent",
+            AuditEventType::OtpVerified => "otp_verified",
+            AuditEventType::OtpFailed => "otp_failed",
+            AuditEventType::OtpExhausted => "otp_exhausted",
+            AuditEventType::OtpExpired => "otp_expired",
+            AuditEventType::AccountLocked => "account_locked",
+            AuditEventType::AccountUnlocked => "account_unlocked",
+            AuditEventType::SessionCreated => "session_created",
+            AuditEventType::SessionRefreshed => "session_refreshed",
+            AuditEventType::SessionRevoked => "session_revoked",
+            AuditEventType::SessionExpired => "session_expired",
+            AuditEventType::MailDelivered => "mail_delivered",
+            AuditEventType::MailFailed => "mail_failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|e| e.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for AuditEventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the event ended for the subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    Failure,
+    /// Nobody acted: a lifetime ran out (a TTL deletion, or a lock ending).
+    Expired,
+}
+
+/// One security event, before it joins its subject's chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// The idempotency key: the source change's id (stream event id or feed
+    /// sequence number) and the event's index among that change's events.
+    pub event_id: String,
+    /// A user id, or `otp:<address hmac>` for the standalone OTP API.
+    pub subject: String,
+    pub event: AuditEventType,
+    /// When the change happened (UTC seconds).
+    pub at: Timestamp,
+    pub outcome: Outcome,
+    /// A stable reason code (`wrong_code`, `logout`, `ttl`, …).
+    pub reason: Option<String>,
+    pub attempts_left: Option<u32>,
+    pub request_id: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// An event as stored: link `seq` of its subject's chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub subject: String,
+    /// 1 for a subject's first record, then +1 per record.
+    pub seq: u64,
+    pub event_id: String,
+    pub event: AuditEventType,
+    pub at: Timestamp,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts_left: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// When retention removes the record (UTC seconds).
+    pub expires_at: Timestamp,
+    /// The previous record's `hash` ([`GENESIS_HASH`] for seq 1).
+    pub prev_hash: String,
+    /// SHA-256 over every other field, hex.
+    pub hash: String,
+}
+
+impl AuditRecord {
+    /// `event` as link `seq` after a record whose hash is `prev_hash`.
+    pub fn chained(event: &AuditEvent, seq: u64, prev_hash: &str, expires_at: Timestamp) -> Self {
+        let mut r = AuditRecord {
+            subject: event.subject.clone(),
+            seq,
+            event_id: event.event_id.clone(),
+            event: event.event,
+            at: event.at,
+            outcome: event.outcome,
+            reason: event.reason.clone(),
+            attempts_left: event.attempts_left,
+            request_id: event.request_id.clone(),
+            ip: event.ip.clone(),
+            user_agent: event.user_agent.clone(),
+            expires_at,
+            prev_hash: prev_hash.to_string(),
+            hash: String::new(),
+        };
+        r.hash = record_hash(&r);
+        r
+    }
+}

@@ -1,0 +1,86 @@
+//! The port the audit trail is kept behind.
+
+use super::{AuditEvent, AuditEventType, AuditRecord};
+use crate::clock::Timestamp;
+use crate::ports::StoreResult;
+use async_trait::async_trait;
+
+/// A page of one subject's records, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditPage {
+    pub records: Vec<AuditRecord>,
+    /// Pass as `before` for the next (older) page; `None` on the last page.
+    pub next_before: Option<u64>,
+}
+
+/// How many events of one type happened on one UTC day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DayCount {
+    /// Days since 1970-01-01 (UTC).
+    pub day: i64,
+    pub event: AuditEventType,
+    pub count: u64,
+}
+
+/// The audit trail's storage. Contract:
+/// - `append` is idempotent per `AuditEvent::event_id`: a second append of
+///   an id already stored writes nothing and answers `Ok(false)`;
+/// - `append` is atomic: the record, its subject's chain head, the
+///   idempotency marker and the day's counter change together; concurrent
+///   appends to one subject are serialised (a lost race is retried inside),
+///   so a chain never forks or skips a number;
+/// - records are never changed after they are written; retention removes
+///   them (`expires_at`), oldest first per subject;
+/// - an unknown subject lists as an empty page, never an error.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends `event` to its subject's chain. `Ok(true)` if it was added.
+    async fn append(&self, event: &AuditEvent, expires_at: Timestamp) -> StoreResult<bool>;
+
+    /// Up to `limit` records of `subject` with `seq < before` (all if
+    /// `None`), newest first.
+    async fn list(&self, subject: &str, before: Option<u64>, limit: u32) -> StoreResult<AuditPage>;
+
+    /// Every stored record of `subject`, oldest first (for verification).
+    async fn chain(&self, subject: &str) -> StoreResult<Vec<AuditRecord>>;
+
+    /// Counts per event type for each day in `from_day..=to_day` (days
+    /// since the epoch, UTC). Days and types without events are left out.
+    async fn stats(&self, from_day: i64, to_day: i64) -> StoreResult<Vec<DayCount>>;
+}
+
+/// The UTC day of a timestamp, as days since the epoch.
+pub fn day_of(ts: Timestamp) -> i64 {
+    ts.div_euclid(86_400)
+}
+
+/// `YYYY-MM-DD` for a day number.
+pub fn day_string(day: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(day.saturating_mul(86_400))
+        .map(|t| {
+            let d = t.date();
+            format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+        })
+        .unwrap_or_default()
+}
+
+/// The day number of a `YYYY-MM-DD` date.
+pub fn parse_day(s: &str) -> Option<i64> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let date = time::Date::parse(s.trim(), &format).ok()?;
+    Some(day_of(date.midnight().assume_utc().unix_timestamp()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_round_trip() {
+        assert_eq!(day_string(0), "1970-01-01");
+        assert_eq!(parse_day("2023-11-14"), Some(day_of(1_700_000_000)));
+        assert_eq!(day_string(day_of(1_700_000_000)), "2023-11-14");
+        assert_eq!(parse_day("2023-13-01"), None);
+        assert_eq!(parse_day("yesterday"), None);
+    }
+}

@@ -1,0 +1,136 @@
+//! The worker's configuration, parsed once at start-up. Terraform sets
+//! exactly these variables on the Lambda; every missing or bad one is named
+//! in one error.
+
+/// Every variable the worker reads.
+pub const CONFIG_KEYS: &[&str] = &[
+    "LATCHKEY_TABLE_PREFIX",
+    "LATCHKEY_MAIL_QUEUE_URL",
+    "LATCHKEY_MAIL_DLQ_URL",
+    "LATCHKEY_SES_FROM",
+    "LATCHKEY_SES_CONFIGURATION_SET",
+    "LATCHKEY_SES_MAX_SEND_RATE",
+    "PUBLIC_BASE_URL",
+];
+
+/// SES's default production send rate; set the account's real one.
+pub const DEFAULT_MAX_SEND_RATE: f64 = 14.0;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerConfig {
+    /// The ledger table is `{table_prefix}-mail-ledger`.
+    pub table_prefix: String,
+    /// The mail queue: needed by the poller and `dlq redrive`, not by the
+    /// Lambda (its event source mapping reads the queue).
+    pub queue_url: Option<String>,
+    pub dlq_url: String,
+    /// A mailbox on an SES-verified identity, `Name <addr>` or `addr`.
+    pub ses_from: String,
+    pub ses_configuration_set: Option<String>,
+    /// Sends per second, per instance (the SES account's maximum send rate
+    /// divided by the Lambda's reserved concurrency).
+    pub max_send_rate: f64,
+    /// Links in mail are built from this, never from a request.
+    pub public_base_url: String,
+}
+
+/// Everything wrong with the environment, one line per variable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid mail worker configuration:\n{}", .0.join("\n"))]
+pub struct ConfigError(pub Vec<String>);
+
+impl WorkerConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let mut errs = Vec::new();
+        let mut required = |k: &str| {
+            get(k).unwrap_or_else(|| {
+                errs.push(format!("{k}: required"));
+                String::new()
+            })
+        };
+        let table_prefix = required("LATCHKEY_TABLE_PREFIX");
+        let dlq_url = required("LATCHKEY_MAIL_DLQ_URL");
+        let ses_from = required("LATCHKEY_SES_FROM");
+        let public_base_url = required("PUBLIC_BASE_URL");
+        let max_send_rate = match get("LATCHKEY_SES_MAX_SEND_RATE") {
+            None => DEFAULT_MAX_SEND_RATE,
+            Some(v) => match v.parse::<f64>() {
+                Ok(r) if r.is_finite() && r > 0.0 => r,
+                _ => {
+                    errs.push(format!(
+                        "LATCHKEY_SES_MAX_SEND_RATE: {v:?} is not a positive number of sends per second"
+                    ));
+                    DEFAULT_MAX_SEND_RATE
+                }
+            },
+        };
+        if !public_base_url.is_empty() && !public_base_url.starts_with("http") {
+            errs.push(format!("PUBLIC_BASE_URL: {public_base_url:?} is not an http(s) URL"));
+        }
+        if !ses_from.is_empty() && !ses_from.contains('@') {
+            errs.push("LATCHKEY_SES_FROM: not a mailbox (expected `Name <addr>` or `addr`)".to_string());
+        }
+        if !errs.is_empty() {
+            return Err(ConfigError(errs));
+        }
+        Ok(WorkerConfig {
+            table_prefix,
+            queue_url: get("LATCHKEY_MAIL_QUEUE_URL"),
+            dlq_url,
+            ses_from,
+            ses_configuration_set: get("LATCHKEY_SES_CONFIGURATION_SET"),
+            max_send_rate,
+            public_base_url,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<WorkerConfig, ConfigError> {
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        WorkerConfig::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn names_every_problem_at_once() {
+        let e = parse(&[("LATCHKEY_SES_MAX_SEND_RATE", "fast")]).unwrap_err();
+        let text = e.to_string();
+        for k in [
+            "LATCHKEY_TABLE_PREFIX",
+            "LATCHKEY_MAIL_DLQ_URL",
+            "LATCHKEY_SES_FROM",
+            "PUBLIC_BASE_URL",
+            "LATCHKEY_SES_MAX_SEND_RATE",
+        ] {
+            assert!(text.contains(k), "{k} missing from {text}");
+        }
+    }
+
+    #[test]
+    fn parses_a_full_environment() {
+        let c = parse(&[
+            ("LATCHKEY_TABLE_PREFIX", "prod"),
+            ("LATCHKEY_MAIL_DLQ_URL", "https://sqs/dlq"),
+            ("LATCHKEY_SES_FROM", "latchkey <noreply@example.com>"),
+            ("LATCHKEY_SES_CONFIGURATION_SET", ""),
+            ("LATCHKEY_SES_MAX_SEND_RATE", "2.5"),
+            ("PUBLIC_BASE_URL", "https://auth.example.com"),
+        ])
+        .unwrap();
+        assert_eq!(c.max_send_rate, 2.5);
+        assert_eq!(c.ses_configuration_set, None);
+        assert_eq!(c.queue_url, None);
+        for k in CONFIG_KEYS {
+            assert!(k.starts_with("LATCHKEY_") || *k == "PUBLIC_BASE_URL");
+        }
+    }
+}

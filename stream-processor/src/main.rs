@@ -1,0 +1,57 @@
+//! The stream-processor binary: wiring only. On Lambda it serves DynamoDB
+//! Streams batches; `verify-chain <subject>` checks a subject's audit hash
+//! chain and prints the first broken link.
+//!
+//! Configuration: `LATCHKEY_TABLE_PREFIX` (default `latchkey`),
+//! `LATCHKEY_AUDIT_RETENTION_DAYS` (default 400).
+
+use aws_lambda_events::dynamodb::Event;
+use lambda_runtime::{LambdaEvent, service_fn};
+use latchkey_core::adapters::aws_calls;
+use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
+use latchkey_core::audit::{AuditPolicy, AuditStore, verify_chain};
+use latchkey_core::config::Config;
+use latchkey_stream_processor::Processor;
+use std::sync::Arc;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    tracing_subscriber::fmt().json().with_env_filter(env_filter()).without_time().init();
+    let config = Config::from_env()?;
+    let prefix = std::env::var("LATCHKEY_TABLE_PREFIX").unwrap_or_else(|_| "latchkey".into());
+    let sdk = aws_calls::sdk_config().await;
+    let audit = Arc::new(DynamoAuditStore::new(aws_calls::dynamo_client(&sdk, None), &prefix));
+
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [cmd, subject] = args.as_slice()
+        && cmd == "verify-chain"
+    {
+        let records = audit.chain(subject).await?;
+        return match verify_chain(subject, &records) {
+            Ok(()) => {
+                println!("chain of {subject}: {} records, intact", records.len());
+                Ok(())
+            }
+            Err(brk) => {
+                println!("{brk}");
+                std::process::exit(2);
+            }
+        };
+    }
+    if !args.is_empty() {
+        return Err("usage: latchkey-stream-processor [verify-chain <subject>]".into());
+    }
+
+    let processor = Processor::new(audit, AuditPolicy::from(&config.policy), config.audit_retention_days);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Event>| {
+        let processor = processor.clone();
+        async move { Ok::<_, BoxError>(processor.handle(event.payload).await) }
+    }))
+    .await
+}
+
+fn env_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}

@@ -1,0 +1,158 @@
+//! The local stand-in for Lambda's event source mapping: reads the users
+//! and tokens tables' streams (DescribeStream, GetShardIterator,
+//! GetRecords), builds the `DynamoDbEvent` Lambda would deliver, and hands
+//! it to the same [`Processor`](crate::Processor).
+//!
+//! Shards are read from TRIM_HORIZON; records that fail are simply read
+//! again on the next start (appends are idempotent), so no checkpoint is
+//! kept.
+
+use crate::Processor;
+use aws_lambda_events::dynamodb::Event;
+use aws_sdk_dynamodbstreams::types::{Record, ShardIteratorType};
+use latchkey_core::tables;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Records asked for per GetRecords call.
+const GET_RECORDS_LIMIT: i32 = 1000;
+
+/// Polls the streams of the tables that have one.
+pub struct StreamPoller {
+    ddb: aws_sdk_dynamodb::Client,
+    streams: aws_sdk_dynamodbstreams::Client,
+    tables: Vec<String>,
+    /// (stream ARN, shard id) -> the iterator to read next.
+    iterators: BTreeMap<(String, String), Option<String>>,
+}
+
+impl StreamPoller {
+    /// A poller for `{table_prefix}-*` tables with streams, built from the
+    /// process's one `SdkConfig`.
+    pub fn new(sdk: &aws_config::SdkConfig, table_prefix: &str) -> Self {
+        StreamPoller {
+            ddb: aws_sdk_dynamodb::Client::new(sdk),
+            streams: aws_sdk_dynamodbstreams::Client::new(sdk),
+            tables: tables::ALL.iter().filter(|t| t.stream).map(|t| tables::table_name(table_prefix, t)).collect(),
+            iterators: BTreeMap::new(),
+        }
+    }
+
+    /// Finds shards not seen yet and starts them at TRIM_HORIZON.
+    async fn discover(&mut self) -> Result<(), BoxError> {
+        for table in &self.tables {
+            let desc = self.ddb.describe_table().table_name(table).send().await?;
+            let Some(arn) = desc.table.and_then(|t| t.latest_stream_arn) else { continue };
+            let mut start: Option<String> = None;
+            loop {
+                let out = self
+                    .streams
+                    .describe_stream()
+                    .stream_arn(&arn)
+                    .set_exclusive_start_shard_id(start.clone())
+                    .send()
+                    .await?;
+                let Some(d) = out.stream_description else { break };
+                for shard in d.shards.unwrap_or_default() {
+                    let Some(id) = shard.shard_id else { continue };
+                    let key = (arn.clone(), id.clone());
+                    if self.iterators.contains_key(&key) {
+                        continue;
+                    }
+                    let it = self
+                        .streams
+                        .get_shard_iterator()
+                        .stream_arn(&arn)
+                        .shard_id(&id)
+                        .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                        .send()
+                        .await?
+                        .shard_iterator;
+                    self.iterators.insert(key, it);
+                }
+                match d.last_evaluated_shard_id {
+                    Some(s) => start = Some(s),
+                    None => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One round: every open shard read once, the records of all shards
+    /// merged in order of creation time, as one Lambda event.
+    pub async fn next_batch(&mut self) -> Result<Event, BoxError> {
+        self.discover().await?;
+        let mut records = Vec::new();
+        for ((arn, _), it) in self.iterators.iter_mut() {
+            let Some(current) = it.clone() else { continue };
+            let out = self.streams.get_records().shard_iterator(current).limit(GET_RECORDS_LIMIT).send().await?;
+            *it = out.next_shard_iterator;
+            // Ties in creation time go to the table listed first in
+            // `tables::ALL` (a user is written before its tokens).
+            let rank = self.tables.iter().position(|t| arn.contains(&format!("table/{t}/"))).unwrap_or(usize::MAX);
+            for r in out.records.unwrap_or_default() {
+                records.push((rank, wire_record(&r, arn)));
+            }
+        }
+        records.sort_by(|(ra, a), (rb, b)| {
+            let t = |v: &Value| v["dynamodb"]["ApproximateCreationDateTime"].as_f64().unwrap_or(0.0);
+            t(a).total_cmp(&t(b)).then(ra.cmp(rb))
+        });
+        let records: Vec<Value> = records.into_iter().map(|(_, r)| r).collect();
+        Ok(serde_json::from_value(json!({ "Records": records }))?)
+    }
+
+    /// Reads batches and processes them until the process ends.
+    pub async fn run(mut self, processor: Processor, idle: Duration) {
+        loop {
+            match self.next_batch().await {
+                Ok(batch) if batch.records.is_empty() => tokio::time::sleep(idle).await,
+                Ok(batch) => {
+                    let n = batch.records.len();
+                    let failed = processor.handle(batch).await.batch_item_failures.len();
+                    tracing::debug!(records = n, failed, "stream batch processed");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "stream poll failed; retrying");
+                    tokio::time::sleep(idle * 10).await;
+                }
+            }
+        }
+    }
+}
+
+/// A Streams API record in the JSON shape Lambda delivers.
+fn wire_record(r: &Record, arn: &str) -> Value {
+    let item = |m: &Option<std::collections::HashMap<String, aws_sdk_dynamodbstreams::types::AttributeValue>>| {
+        m.clone().map(serde_dynamo::Item::from).map(|i| serde_json::to_value(i).unwrap_or(Value::Null))
+    };
+    let c = r.dynamodb.clone().unwrap_or_else(|| aws_sdk_dynamodbstreams::types::StreamRecord::builder().build());
+    let mut change = json!({
+        "ApproximateCreationDateTime": c.approximate_creation_date_time.map_or(0.0, |t| t.as_secs_f64()),
+        "SequenceNumber": c.sequence_number,
+        "SizeBytes": c.size_bytes.unwrap_or(0),
+        "StreamViewType": c.stream_view_type.as_ref().map(|v| v.as_str().to_string()),
+    });
+    for (name, value) in [("Keys", item(&c.keys)), ("NewImage", item(&c.new_image)), ("OldImage", item(&c.old_image))] {
+        if let Some(v) = value {
+            change[name] = v;
+        }
+    }
+    let mut rec = json!({
+        "eventID": r.event_id,
+        "eventName": r.event_name.as_ref().map(|n| n.as_str().to_string()),
+        "eventVersion": r.event_version,
+        "eventSource": r.event_source,
+        "awsRegion": r.aws_region.clone().unwrap_or_default(),
+        "eventSourceARN": arn,
+        "dynamodb": change,
+    });
+    if let Some(u) = &r.user_identity {
+        rec["userIdentity"] = json!({ "type": u.r#type, "principalId": u.principal_id });
+    }
+    rec
+}

@@ -1,0 +1,259 @@
+# One role per function, each with only what its code calls, on named ARNs.
+# Two kinds of statement need Resource "*" because AWS offers no resource-
+# level permission for them; each carries a comment saying so, and
+# tests/tests/terraform.rs whitelists exactly those (sid + actions).
+
+data "aws_iam_policy_document" "lambda_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["lambda.amazonaws.com"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+  }
+}
+
+# ---------------------------------------------------------------- api
+
+resource "aws_iam_role" "api" {
+  name               = "${var.name_prefix}-api"
+  assume_role_policy = data.aws_iam_policy_document.lambda_assume.json
+}
+
+resource "aws_iam_role_policy" "api" {
+  name   = "${var.name_prefix}-api"
+  role   = aws_iam_role.api.id
+  policy = data.aws_iam_policy_document.api.json
+}
+
+data "aws_iam_policy_document" "api" {
+  statement {
+    sid       = "WriteOwnLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.api.arn}:*"]
+  }
+
+  # X-Ray trace segments have no resource-level permissions (AWS requires "*").
+  statement {
+    sid       = "XRayTraces"
+    actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+    resources = ["*"]
+  }
+
+  # The flows' stores: conditional puts/updates, transactions (uniqueness
+  # claims), and the users GSIs for lookup by username/email.
+  statement {
+    sid = "AppTables"
+    actions = [
+      "dynamodb:GetItem",
+      "dynamodb:PutItem",
+      "dynamodb:UpdateItem",
+      "dynamodb:DeleteItem",
+      "dynamodb:ConditionCheckItem",
+      "dynamodb:Query",
+    ]
+    resources = [
+      aws_dynamodb_table.users.arn,
+      "${aws_dynamodb_table.users.arn}/index/*",
+      aws_dynamodb_table.tokens.arn,
+      aws_dynamodb_table.rate_limits.arn,
+    ]
+  }
+
+  # The admin endpoints read the audit trail; only the stream-processor
+  # writes it.
+  statement {
+    sid       = "ReadAuditTrail"
+    actions   = ["dynamodb:GetItem", "dynamodb:Query"]
+    resources = [aws_dynamodb_table.audit.arn]
+  }
+
+  statement {
+    sid       = "EnqueueMail"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.mail.arn]
+  }
+
+  statement {
+    sid       = "ReadSecretsAtColdStart"
+    actions   = ["ssm:GetParameters", "ssm:GetParameter"]
+    resources = [aws_ssm_parameter.jwt_private_key.arn, aws_ssm_parameter.code_hmac_key.arn]
+  }
+
+  # SSM SecureString decryption and SQS SSE both go through the stack key.
+  statement {
+    sid       = "UseStackKeyViaSsmAndSqs"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [aws_kms_key.main.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["ssm.${var.region}.amazonaws.com", "sqs.${var.region}.amazonaws.com"]
+    }
+  }
+}
+
+# ---------------------------------------------------------------- mail-worker
+
+resource "aws_iam_role" "mail_worker" {
+  name               = "${var.name_prefix}-mail-worker"
+  assume_role_policy = data.aws_iam_policy_document.lambda_assume.json
+}
+
+resource "aws_iam_role_policy" "mail_worker" {
+  name   = "${var.name_prefix}-mail-worker"
+  role   = aws_iam_role.mail_worker.id
+  policy = data.aws_iam_policy_document.mail_worker.json
+}
+
+data "aws_iam_policy_document" "mail_worker" {
+  statement {
+    sid       = "WriteOwnLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.mail_worker.arn}:*"]
+  }
+
+  # X-Ray trace segments have no resource-level permissions (AWS requires "*").
+  statement {
+    sid       = "XRayTraces"
+    actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+    resources = ["*"]
+  }
+
+  # What the SQS event source mapping does with the role.
+  statement {
+    sid = "ConsumeMailQueue"
+    actions = [
+      "sqs:ReceiveMessage",
+      "sqs:DeleteMessage",
+      "sqs:ChangeMessageVisibility",
+      "sqs:GetQueueAttributes",
+    ]
+    resources = [aws_sqs_queue.mail.arn]
+  }
+
+  # The mail ledger: claim a job (conditional write), record its outcome.
+  statement {
+    sid       = "MailLedger"
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
+    resources = [aws_dynamodb_table.mail_ledger.arn]
+  }
+
+  # Permanent failures (bad payload, rejected address) are parked at once
+  # with their reason instead of being retried maxReceiveCount times.
+  statement {
+    sid       = "ParkPermanentFailures"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.mail_dlq.arn]
+  }
+
+  # SendEmail is authorised on the identity and on the configuration set;
+  # the From condition pins the one sender address.
+  statement {
+    sid       = "SendMailAsConfiguredSender"
+    actions   = ["ses:SendEmail"]
+    resources = [local.ses_identity_arn, aws_sesv2_configuration_set.main.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "ses:FromAddress"
+      values   = [var.ses_from_address]
+    }
+  }
+
+  statement {
+    sid       = "UseStackKeyViaSqs"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [aws_kms_key.main.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["sqs.${var.region}.amazonaws.com"]
+    }
+  }
+}
+
+# ---------------------------------------------------------------- stream-processor
+
+resource "aws_iam_role" "stream_processor" {
+  name               = "${var.name_prefix}-stream-processor"
+  assume_role_policy = data.aws_iam_policy_document.lambda_assume.json
+}
+
+resource "aws_iam_role_policy" "stream_processor" {
+  name   = "${var.name_prefix}-stream-processor"
+  role   = aws_iam_role.stream_processor.id
+  policy = data.aws_iam_policy_document.stream_processor.json
+}
+
+data "aws_iam_policy_document" "stream_processor" {
+  statement {
+    sid       = "WriteOwnLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.stream_processor.arn}:*"]
+  }
+
+  # X-Ray trace segments have no resource-level permissions (AWS requires "*").
+  statement {
+    sid       = "XRayTraces"
+    actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+    resources = ["*"]
+  }
+
+  statement {
+    sid     = "ReadTableStreams"
+    actions = ["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator"]
+    resources = [
+      aws_dynamodb_table.users.stream_arn,
+      aws_dynamodb_table.tokens.stream_arn,
+      aws_dynamodb_table.mail_ledger.stream_arn,
+    ]
+  }
+
+  # Append to the hash chain: a transaction of a conditional put and a
+  # counter update, plus reads of the chain head.
+  statement {
+    sid = "WriteAuditTrail"
+    actions = [
+      "dynamodb:GetItem",
+      "dynamodb:PutItem",
+      "dynamodb:UpdateItem",
+      "dynamodb:ConditionCheckItem",
+      "dynamodb:Query",
+    ]
+    resources = [aws_dynamodb_table.audit.arn]
+  }
+
+  # dynamodb:ListStreams has no resource-level permissions (AWS requires
+  # "*"); Lambda checks for it when it creates a stream mapping. It returns
+  # stream ARNs only, no data.
+  statement {
+    sid       = "ListStreams"
+    actions   = ["dynamodb:ListStreams"]
+    resources = ["*"]
+  }
+
+  # Lambda sends the on-failure record with the function's role.
+  statement {
+    sid       = "ReportDiscardedBatches"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.stream_failures.arn]
+  }
+
+  # Encrypted stream records are decrypted through DynamoDB; the on-failure
+  # queue is SSE-KMS.
+  statement {
+    sid       = "UseStackKeyViaDynamoDbAndSqs"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [aws_kms_key.main.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["dynamodb.${var.region}.amazonaws.com", "sqs.${var.region}.amazonaws.com"]
+    }
+  }
+}

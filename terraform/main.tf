@@ -1,0 +1,42 @@
+provider "aws" {
+  region = var.region
+
+  default_tags {
+    tags = merge({ Project = "latchkey", ManagedBy = "terraform", Stack = var.name_prefix }, var.tags)
+  }
+}
+
+data "aws_caller_identity" "current" {}
+data "aws_partition" "current" {}
+
+locals {
+  account_id = data.aws_caller_identity.current.account_id
+  partition  = data.aws_partition.current.partition
+
+  # Names follow core/src/tables.rs: `{prefix}-{suffix}`.
+  mail_queue_name = "${var.name_prefix}-mail"
+  mail_dlq_name   = "${var.name_prefix}-mail-dlq"
+
+  # Must equal latchkey_core::tables::MAIL_MAX_RECEIVE_COUNT (tests/tests/terraform.rs checks).
+  mail_max_receive_count = 5
+
+  # AWS: an SQS event source needs visibility >= 6 x the function timeout
+  # (plus the batching window) so a message in flight is never redelivered
+  # while its first attempt may still be running.
+  mail_visibility_timeout_seconds = 6 * var.worker_timeout_seconds + var.worker_batch_window_seconds
+
+  # 14 days, the SQS maximum: a parked mail or stream record stays long
+  # enough to be looked at after a holiday.
+  dlq_retention_seconds = 1209600
+
+  # The URL users see in mails and pages. The code builds links from this,
+  # never from the Host header.
+  public_base_url = (
+    var.public_base_url != null ? var.public_base_url :
+    var.custom_domain_name != null ? "https://${var.custom_domain_name}" :
+    aws_apigatewayv2_api.http.api_endpoint
+  )
+  jwt_issuer = coalesce(var.jwt_issuer, local.public_base_url)
+
+  lambda_zip_dir = coalesce(var.lambda_zip_dir, "${path.module}/../target/lambda")
+}

@@ -1,0 +1,49 @@
+# The api's secrets, in SSM Parameter Store SecureString (stack KMS key). The
+# Lambda environment holds only the parameter NAMES
+# (LATCHKEY_JWT_PRIVATE_KEY_PARAM, LATCHKEY_CODE_HMAC_KEY_PARAM); the api
+# reads the values once per cold start.
+#
+# The values are written with the write-only `value_wo` argument from
+# ephemeral sources (ephemeral input variables or ephemeral generators), so
+# they appear in neither the plan nor the state file. The price: Terraform
+# cannot see drift in them, and a new value is written only when
+# `secrets_version` changes. See README.md, "Secrets and state".
+
+# Generated only when no key is supplied; regenerated on every plan, but
+# written to SSM only when secrets_version changes.
+ephemeral "tls_private_key" "jwt" {
+  algorithm = "ED25519"
+}
+
+ephemeral "random_password" "code_hmac" {
+  # 64 characters from [A-Za-z0-9] are valid unpadded base64 of 48 bytes
+  # (~380 bits of entropy); the code wants base64 of >= 32 bytes.
+  length  = 64
+  special = false
+}
+
+locals {
+  # The code wants base64 PKCS#8 DER: the PEM body without its armour lines.
+  generated_jwt_private_key = join("", [
+    for line in split("\n", trimspace(ephemeral.tls_private_key.jwt.private_key_pem_pkcs8)) : line
+    if !startswith(line, "-----")
+  ])
+}
+
+resource "aws_ssm_parameter" "jwt_private_key" {
+  name             = "/${var.name_prefix}/jwt-private-key"
+  description      = "latchkey api: base64 PKCS#8 Ed25519 JWT signing key"
+  type             = "SecureString"
+  key_id           = aws_kms_key.main.arn
+  value_wo         = var.jwt_private_key != null ? var.jwt_private_key : local.generated_jwt_private_key
+  value_wo_version = var.secrets_version
+}
+
+resource "aws_ssm_parameter" "code_hmac_key" {
+  name             = "/${var.name_prefix}/code-hmac-key"
+  description      = "latchkey api: base64 HMAC-SHA256 key for one-time codes"
+  type             = "SecureString"
+  key_id           = aws_kms_key.main.arn
+  value_wo         = var.code_hmac_key != null ? var.code_hmac_key : ephemeral.random_password.code_hmac.result
+  value_wo_version = var.secrets_version
+}

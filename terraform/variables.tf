@@ -1,0 +1,481 @@
+# ---------------------------------------------------------------- naming, region
+
+variable "name_prefix" {
+  description = "Prefix of every resource name. Also LATCHKEY_TABLE_PREFIX: tables are `{prefix}-users` etc., queues `{prefix}-mail`, `{prefix}-mail-dlq`."
+  type        = string
+  default     = "latchkey"
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,22}[a-z0-9]$", var.name_prefix))
+    error_message = "name_prefix: 3-24 characters, lowercase letters, digits and '-', starting with a letter (it ends up in Lambda, IAM and SQS names)."
+  }
+}
+
+variable "region" {
+  description = "AWS region to deploy into. SES must be available there (it is in most commercial regions)."
+  type        = string
+  default     = "eu-west-1"
+  validation {
+    condition     = can(regex("^[a-z]{2}(-gov)?-[a-z]+-[0-9]$", var.region))
+    error_message = "region: an AWS region code such as eu-west-1."
+  }
+}
+
+variable "tags" {
+  description = "Extra tags put on every resource (on top of Project/ManagedBy/Stack)."
+  type        = map(string)
+  default     = {}
+}
+
+# ---------------------------------------------------------------- public URL, domain
+
+variable "public_base_url" {
+  description = "Public URL of the API, used in mail links (PUBLIC_BASE_URL). Default: https://<custom_domain_name>, else the API Gateway endpoint."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.public_base_url == null || can(regex("^https://[^/\\s]+(/[^\\s]*[^/\\s])?$", var.public_base_url))
+    error_message = "public_base_url: must start with https:// and must not end with '/'."
+  }
+}
+
+variable "custom_domain_name" {
+  description = "Optional custom domain for the HTTP API (e.g. auth.example.com). Needs custom_domain_certificate_arn."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.custom_domain_name == null || can(regex("^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]{2,}$", var.custom_domain_name))
+    error_message = "custom_domain_name: a lowercase DNS name such as auth.example.com."
+  }
+}
+
+variable "custom_domain_certificate_arn" {
+  description = "ACM certificate ARN (same region) covering custom_domain_name. Required when custom_domain_name is set."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.custom_domain_name == null || (var.custom_domain_certificate_arn != null && can(regex("^arn:aws[a-z-]*:acm:", coalesce(var.custom_domain_certificate_arn, "-"))))
+    error_message = "custom_domain_certificate_arn: an ACM certificate ARN is required when custom_domain_name is set."
+  }
+}
+
+variable "route53_zone_id" {
+  description = "Optional Route 53 hosted zone ID. When set, the custom domain alias and the SES DKIM CNAMEs are created in it; otherwise create them yourself from the outputs."
+  type        = string
+  default     = null
+}
+
+# ---------------------------------------------------------------- mail (SES)
+
+variable "ses_from_address" {
+  description = "Sender address of every mail (LATCHKEY_SES_FROM). Verified as an SES email identity unless ses_domain is set."
+  type        = string
+  validation {
+    condition     = can(regex("^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", var.ses_from_address))
+    error_message = "ses_from_address: an email address such as no-reply@example.com."
+  }
+}
+
+variable "ses_domain" {
+  description = "Optional sending domain verified with Easy DKIM (RSA 2048). ses_from_address must be in it. Without it only the single address is verified."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.ses_domain == null || endswith(lower(var.ses_from_address), "@${lower(coalesce(var.ses_domain, "-"))}")
+    error_message = "ses_domain: ses_from_address must be an address in ses_domain."
+  }
+}
+
+variable "ses_max_send_rate" {
+  description = "Mails per second the worker sends at most (LATCHKEY_SES_MAX_SEND_RATE). Keep at or below the account's SES quota (sandbox: 1)."
+  type        = number
+  default     = 1
+  validation {
+    condition     = var.ses_max_send_rate > 0 && var.ses_max_send_rate <= 1000
+    error_message = "ses_max_send_rate: between 0 (exclusive) and 1000."
+  }
+}
+
+# ---------------------------------------------------------------- Lambda sizing
+
+variable "lambda_zip_dir" {
+  description = "Directory holding <binary>/bootstrap.zip from scripts/package-lambdas. Default: ../target/lambda relative to this module."
+  type        = string
+  default     = null
+}
+
+variable "api_memory_mb" {
+  description = "Memory of the api function. Lambda CPU scales with memory and argon2id is CPU-bound: 1769 MB is one full vCPU."
+  type        = number
+  default     = 1769
+  validation {
+    condition     = var.api_memory_mb >= 1024 && var.api_memory_mb <= 10240
+    error_message = "api_memory_mb: 1024..10240 (below 1024 MB a login's argon2id hash gets slow)."
+  }
+}
+
+variable "api_timeout_seconds" {
+  description = "Timeout of the api function. API Gateway HTTP APIs give up after 30 s."
+  type        = number
+  default     = 10
+  validation {
+    condition     = var.api_timeout_seconds >= 3 && var.api_timeout_seconds <= 29
+    error_message = "api_timeout_seconds: 3..29."
+  }
+}
+
+variable "api_hash_threads" {
+  description = "LATCHKEY_HASH_THREADS for the api. One Lambda instance serves one request at a time, so 1 is enough."
+  type        = number
+  default     = 1
+  validation {
+    condition     = var.api_hash_threads >= 1 && var.api_hash_threads <= 16
+    error_message = "api_hash_threads: 1..16."
+  }
+}
+
+variable "api_reserved_concurrency" {
+  description = "Reserved concurrency of the api: a cap on parallel instances (and on what a flood can cost). -1 = unreserved; new accounts with a concurrency quota of 10 cannot reserve anything."
+  type        = number
+  default     = 100
+  validation {
+    condition     = var.api_reserved_concurrency == -1 || var.api_reserved_concurrency >= 1
+    error_message = "api_reserved_concurrency: -1 (unreserved) or at least 1."
+  }
+}
+
+variable "worker_memory_mb" {
+  description = "Memory of the mail-worker function."
+  type        = number
+  default     = 256
+  validation {
+    condition     = var.worker_memory_mb >= 128 && var.worker_memory_mb <= 10240
+    error_message = "worker_memory_mb: 128..10240."
+  }
+}
+
+variable "worker_timeout_seconds" {
+  description = "Timeout of the mail-worker. The mail queue's visibility timeout is derived from it (6 x timeout + batching window)."
+  type        = number
+  default     = 30
+  validation {
+    condition     = var.worker_timeout_seconds >= 5 && var.worker_timeout_seconds <= 900
+    error_message = "worker_timeout_seconds: 5..900."
+  }
+}
+
+variable "worker_batch_size" {
+  description = "Mail jobs per worker invocation."
+  type        = number
+  default     = 10
+  validation {
+    condition     = var.worker_batch_size >= 1 && var.worker_batch_size <= 100
+    error_message = "worker_batch_size: 1..100."
+  }
+}
+
+variable "worker_batch_window_seconds" {
+  description = "How long SQS gathers mail jobs before invoking the worker (MaximumBatchingWindowInSeconds)."
+  type        = number
+  default     = 1
+  validation {
+    condition     = var.worker_batch_window_seconds >= 0 && var.worker_batch_window_seconds <= 20
+    error_message = "worker_batch_window_seconds: 0..20 (mails carry codes with a 5-minute life)."
+  }
+}
+
+variable "worker_max_concurrency" {
+  description = "Most worker instances the SQS mapping runs at once; with ses_max_send_rate it bounds the SES send rate."
+  type        = number
+  default     = 2
+  validation {
+    condition     = var.worker_max_concurrency >= 2 && var.worker_max_concurrency <= 1000
+    error_message = "worker_max_concurrency: 2..1000 (AWS minimum is 2)."
+  }
+}
+
+variable "processor_memory_mb" {
+  description = "Memory of the stream-processor function."
+  type        = number
+  default     = 256
+  validation {
+    condition     = var.processor_memory_mb >= 128 && var.processor_memory_mb <= 10240
+    error_message = "processor_memory_mb: 128..10240."
+  }
+}
+
+variable "processor_timeout_seconds" {
+  description = "Timeout of the stream-processor."
+  type        = number
+  default     = 60
+  validation {
+    condition     = var.processor_timeout_seconds >= 5 && var.processor_timeout_seconds <= 900
+    error_message = "processor_timeout_seconds: 5..900."
+  }
+}
+
+variable "stream_batch_size" {
+  description = "Stream records per stream-processor invocation."
+  type        = number
+  default     = 100
+  validation {
+    condition     = var.stream_batch_size >= 1 && var.stream_batch_size <= 10000
+    error_message = "stream_batch_size: 1..10000."
+  }
+}
+
+variable "stream_max_retry_attempts" {
+  description = "Retries of a failing stream batch before it goes to the on-failure queue. Finite, so one poison record cannot stall a shard for 24 h."
+  type        = number
+  default     = 5
+  validation {
+    condition     = var.stream_max_retry_attempts >= 0 && var.stream_max_retry_attempts <= 10000
+    error_message = "stream_max_retry_attempts: 0..10000 (-1, infinite, is not allowed)."
+  }
+}
+
+variable "stream_max_record_age_seconds" {
+  description = "Stream records older than this are sent to the on-failure queue instead of being processed."
+  type        = number
+  default     = 21600
+  validation {
+    condition     = var.stream_max_record_age_seconds >= 60 && var.stream_max_record_age_seconds <= 604800
+    error_message = "stream_max_record_age_seconds: 60..604800 (-1, infinite, is not allowed)."
+  }
+}
+
+variable "audit_retention_days" {
+  description = "How long audit records are kept (LATCHKEY_AUDIT_RETENTION_DAYS)."
+  type        = number
+  default     = 400
+  validation {
+    condition     = var.audit_retention_days >= 1 && var.audit_retention_days <= 3650
+    error_message = "audit_retention_days: 1..3650."
+  }
+}
+
+variable "log_retention_days" {
+  description = "Retention of the Lambda and API access log groups, in days (one of CloudWatch's allowed values)."
+  type        = number
+  default     = 365
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
+    error_message = "log_retention_days: one of 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653."
+  }
+}
+
+# ---------------------------------------------------------------- API Gateway throttling
+
+variable "api_throttle_rate_limit" {
+  description = "Steady-state requests per second the HTTP API stage accepts (all routes)."
+  type        = number
+  default     = 50
+  validation {
+    condition     = var.api_throttle_rate_limit > 0 && var.api_throttle_rate_limit <= 10000
+    error_message = "api_throttle_rate_limit: 1..10000."
+  }
+}
+
+variable "api_throttle_burst_limit" {
+  description = "Burst of requests the HTTP API stage accepts (all routes)."
+  type        = number
+  default     = 100
+  validation {
+    condition     = var.api_throttle_burst_limit >= 1 && var.api_throttle_burst_limit <= 5000
+    error_message = "api_throttle_burst_limit: 1..5000."
+  }
+}
+
+variable "api_auth_throttle_rate_limit" {
+  description = "Requests per second on each credential or mail-sending route (register, login, codes). The per-IP/per-account limits in the app still apply; this caps the cost of a flood."
+  type        = number
+  default     = 10
+  validation {
+    condition     = var.api_auth_throttle_rate_limit > 0 && var.api_auth_throttle_rate_limit <= 10000
+    error_message = "api_auth_throttle_rate_limit: 1..10000."
+  }
+}
+
+variable "api_auth_throttle_burst_limit" {
+  description = "Burst on each credential or mail-sending route."
+  type        = number
+  default     = 20
+  validation {
+    condition     = var.api_auth_throttle_burst_limit >= 1 && var.api_auth_throttle_burst_limit <= 5000
+    error_message = "api_auth_throttle_burst_limit: 1..5000."
+  }
+}
+
+# ---------------------------------------------------------------- app policy (api env)
+
+variable "rate_limits" {
+  description = "LATCHKEY_RATE_LIMITS: the app's per-IP/per-identifier limits. `relaxed` is for load tests only."
+  type        = string
+  default     = "default"
+  validation {
+    condition     = contains(["default", "relaxed"], var.rate_limits)
+    error_message = "rate_limits: default or relaxed."
+  }
+}
+
+variable "argon2_m_kib" {
+  description = "LATCHKEY_ARGON2_M_KIB (argon2id memory, KiB). OWASP minimum 19456."
+  type        = number
+  default     = 19456
+  validation {
+    condition     = var.argon2_m_kib >= 19456
+    error_message = "argon2_m_kib: at least 19456."
+  }
+}
+
+variable "argon2_t" {
+  description = "LATCHKEY_ARGON2_T (argon2id iterations)."
+  type        = number
+  default     = 2
+  validation {
+    condition     = var.argon2_t >= 2 && var.argon2_t <= 10
+    error_message = "argon2_t: 2..10."
+  }
+}
+
+variable "argon2_p" {
+  description = "LATCHKEY_ARGON2_P (argon2id parallelism)."
+  type        = number
+  default     = 1
+  validation {
+    condition     = var.argon2_p >= 1 && var.argon2_p <= 16
+    error_message = "argon2_p: 1..16."
+  }
+}
+
+variable "password_min_chars" {
+  description = "LATCHKEY_PASSWORD_MIN_CHARS."
+  type        = number
+  default     = 12
+  validation {
+    condition     = var.password_min_chars >= 8 && var.password_min_chars <= 64
+    error_message = "password_min_chars: 8..64."
+  }
+}
+
+variable "access_ttl_secs" {
+  description = "LATCHKEY_ACCESS_TTL_SECS: access-token lifetime."
+  type        = number
+  default     = 600
+  validation {
+    condition     = var.access_ttl_secs >= 60 && var.access_ttl_secs <= 600
+    error_message = "access_ttl_secs: 60..600."
+  }
+}
+
+variable "otp_ttl_secs" {
+  description = "LATCHKEY_OTP_TTL_SECS: standalone one-time-code lifetime (ASVS 6.5.5: at most 10 minutes)."
+  type        = number
+  default     = 600
+  validation {
+    condition     = var.otp_ttl_secs >= 60 && var.otp_ttl_secs <= 600
+    error_message = "otp_ttl_secs: 60..600."
+  }
+}
+
+variable "jwt_issuer" {
+  description = "LATCHKEY_JWT_ISSUER. Default: the public base URL."
+  type        = string
+  default     = null
+}
+
+variable "jwt_audience" {
+  description = "LATCHKEY_JWT_AUDIENCE."
+  type        = string
+  default     = "latchkey"
+  validation {
+    condition     = length(trimspace(var.jwt_audience)) > 0
+    error_message = "jwt_audience: must not be empty."
+  }
+}
+
+# ---------------------------------------------------------------- secrets
+
+variable "jwt_private_key" {
+  description = "Optional base64 PKCS#8 Ed25519 signing key. Ephemeral: it goes to SSM write-only and is never stored in plan or state. Default: one is generated."
+  type        = string
+  default     = null
+  sensitive   = true
+  ephemeral   = true
+}
+
+variable "code_hmac_key" {
+  description = "Optional base64 key (>= 32 bytes) for the one-time-code HMAC. Ephemeral like jwt_private_key. Default: one is generated."
+  type        = string
+  default     = null
+  sensitive   = true
+  ephemeral   = true
+}
+
+variable "secrets_version" {
+  description = "Bump to (re)write the SSM secrets: generated ones are regenerated, given ones re-sent. Rotating the JWT key logs every user out."
+  type        = number
+  default     = 1
+  validation {
+    condition     = var.secrets_version >= 1 && floor(var.secrets_version) == var.secrets_version
+    error_message = "secrets_version: a whole number >= 1."
+  }
+}
+
+# ---------------------------------------------------------------- safety, alarms
+
+variable "deletion_protection" {
+  description = "DynamoDB deletion protection. Set false (and apply) before `terraform destroy`."
+  type        = bool
+  default     = true
+}
+
+variable "alarm_email" {
+  description = "Optional address subscribed to the alarm topic (confirm the mail AWS sends)."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.alarm_email == null || can(regex("^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", coalesce(var.alarm_email, "-")))
+    error_message = "alarm_email: an email address."
+  }
+}
+
+variable "iterator_age_alarm_ms" {
+  description = "Alarm when the stream-processor falls this far behind (IteratorAge, milliseconds)."
+  type        = number
+  default     = 300000
+  validation {
+    condition     = var.iterator_age_alarm_ms >= 1000
+    error_message = "iterator_age_alarm_ms: at least 1000."
+  }
+}
+
+variable "api_5xx_alarm_threshold" {
+  description = "Alarm when the API returns more than this many 5xx responses in 5 minutes."
+  type        = number
+  default     = 5
+  validation {
+    condition     = var.api_5xx_alarm_threshold >= 0
+    error_message = "api_5xx_alarm_threshold: 0 or more."
+  }
+}
+
+variable "processor_reserved_concurrency" {
+  description = "Reserved concurrency of the stream-processor. Streams run one instance per shard; a lower cap only delays the audit trail (the iterator-age alarm tells)."
+  type        = number
+  default     = 4
+  validation {
+    condition     = var.processor_reserved_concurrency >= 1
+    error_message = "processor_reserved_concurrency: at least 1."
+  }
+}
+
+variable "admin_key_hash" {
+  description = "LATCHKEY_ADMIN_KEY_HASH: hex SHA-256 of the admin bearer key (`printf %s \"$KEY\" | sha256sum`). Empty: the admin API answers 401 to everyone. Use a key of >= 32 random bytes; its hash is then safe to keep in state."
+  type        = string
+  default     = ""
+  sensitive   = true
+  validation {
+    condition     = var.admin_key_hash == "" || can(regex("^[0-9a-f]{64}$", var.admin_key_hash))
+    error_message = "admin_key_hash: empty, or 64 lowercase hex digits."
+  }
+}

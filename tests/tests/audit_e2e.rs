@@ -1,0 +1,279 @@
+//! The audit trail end to end: a user's whole journey over HTTP, then the
+//! trail read back through the admin API (and the user's own activity
+//! page), on the embedded backend (its change-feed driver runs inside the
+//! system) and on DynamoDB in the emulator (the streams poller feeds the
+//! Lambda handler). Also: the admin API's credential check, and a chain
+//! edited in DynamoDB failing verification at that record.
+
+use latchkey_core::audit::{AdminKeyHash, AuditPolicy, AuditStore, verify_chain};
+use latchkey_tests::scenarios::{sign_in, verified_user};
+use latchkey_tests::system::TestSystem;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
+
+fn admin_hash() -> String {
+    // The configured value is the hex SHA-256 of the key, computed here the
+    // way an operator would, independently of the code under test.
+    let hex: String = sha256(ADMIN_KEY.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    assert!(AdminKeyHash::from_hex(&hex).is_some_and(|h| h == AdminKeyHash::of_key(ADMIN_KEY)));
+    hex
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    // The test computes the configured hash independently of the code under
+    // test (`openssl`/`sha256sum` would do the same for an operator).
+    let out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(data)?;
+            c.wait_with_output()
+        })
+        .expect("sha256sum");
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    let hex = text.split_whitespace().next().expect("digest");
+    let mut d = [0u8; 32];
+    for (i, b) in d.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex");
+    }
+    d
+}
+
+const JOURNEY: &[&str] = &[
+    "user_registered",
+    "verification_mail_requested",
+    "email_verified",
+    "login_code_issued",
+    "code_verified",
+    "session_created",
+    "session_refreshed",
+    "session_revoked",
+];
+
+/// register -> verify -> login -> code -> refresh -> logout; returns the
+/// user id and an access token that was valid before the logout.
+async fn journey(sys: &TestSystem) -> (String, String) {
+    let (username, email) = verified_user(sys).await;
+    let tokens = sign_in(sys, &username, &email).await;
+    let access = tokens["access_token"].as_str().expect("access").to_string();
+    let (st, me) = sys.get_auth("/v1/me", &access).await;
+    assert_eq!(st, 200, "{me}");
+    let id = me["id"].as_str().expect("id").to_string();
+    let (st, rotated, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": tokens["refresh_token"] })).await;
+    assert_eq!(st, 200, "{rotated}");
+    let (st, _, _) = sys.post("/v1/logout", json!({ "refresh_token": rotated["refresh_token"] })).await;
+    assert_eq!(st, 204);
+    (id, rotated["access_token"].as_str().expect("access").to_string())
+}
+
+async fn admin_get(sys: &TestSystem, path: &str, key: Option<&str>) -> (u16, Value) {
+    let mut req = sys.http.get(sys.url(path));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let r = req.send().await.expect("request");
+    let st = r.status().as_u16();
+    (st, r.json().await.unwrap_or(Value::Null))
+}
+
+/// The user's trail, oldest first, read page by page through the admin API.
+async fn trail(sys: &TestSystem, id: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/admin/users/{id}/audit?limit=3&cursor={c}"),
+            None => format!("/v1/admin/users/{id}/audit?limit=3"),
+        };
+        let (st, body) = admin_get(sys, &path, Some(ADMIN_KEY)).await;
+        assert_eq!(st, 200, "{body}");
+        all.extend(body["events"].as_array().expect("events").iter().cloned());
+        match body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    all.reverse();
+    all
+}
+
+fn kinds(events: &[Value]) -> Vec<String> {
+    events.iter().map(|e| e["event"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+/// Polls (bounded) until `id`'s trail has at least the journey's length,
+/// running `pump` before each look.
+async fn settled<F, Fut>(sys: &TestSystem, id: &str, mut pump: F) -> Vec<Value>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..100 {
+        pump().await;
+        let t = trail(sys, id).await;
+        if t.len() >= JOURNEY.len() {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    trail(sys, id).await
+}
+
+fn check_trail(events: &[Value]) {
+    assert_eq!(kinds(events), JOURNEY);
+    let revoked = &events[7];
+    assert_eq!((revoked["reason"].as_str(), revoked["outcome"].as_str()), (Some("logout"), Some("success")));
+    assert!(events.iter().all(|e| e["ip"] == "127.0.0.1"), "{events:?}");
+    let text = serde_json::to_string(events).expect("json");
+    assert!(!text.contains("argon2") && !text.contains("hash"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_journey_leaves_exactly_its_trail() {
+    let hash = admin_hash();
+    let sys =
+        TestSystem::embedded_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    let (id, _) = journey(&sys).await;
+    let events = settled(&sys, &id, || async {}).await;
+    check_trail(&events);
+
+    let today = time_today();
+    let (st, stats) = admin_get(&sys, &format!("/v1/admin/stats?from={today}&to={today}"), Some(ADMIN_KEY)).await;
+    assert_eq!(st, 200, "{stats}");
+    let counts = &stats["days"][0]["counts"];
+    assert!(counts["user_registered"].as_u64().unwrap_or(0) >= 1, "{stats}");
+    assert!(counts["session_revoked"].as_u64().unwrap_or(0) >= 1, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn my_activity_shows_my_events_only_with_my_token() {
+    let sys = TestSystem::embedded().await;
+    let (username, email) = verified_user(&sys).await;
+    let tokens = sign_in(&sys, &username, &email).await;
+    let access = tokens["access_token"].as_str().expect("access");
+    let mut body = Value::Null;
+    for _ in 0..100 {
+        let (st, b) = sys.get_auth("/v1/me/activity", access).await;
+        assert_eq!(st, 200, "{b}");
+        body = b;
+        if body["events"].as_array().is_some_and(|e| e.len() >= 6) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut events = body["events"].as_array().expect("events").clone();
+    events.reverse();
+    assert_eq!(kinds(&events), &JOURNEY[..6]);
+    assert_eq!(sys.get_auth("/v1/me/activity", "not-a-token").await.0, 401);
+    assert_eq!(sys.http.get(sys.url("/v1/me/activity")).send().await.expect("send").status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_refuse_without_the_right_key() {
+    let hash = admin_hash();
+    let sys =
+        TestSystem::embedded_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    let (id, _) = journey(&sys).await;
+    let _ = settled(&sys, &id, || async {}).await;
+    let today = time_today();
+    for path in [format!("/v1/admin/users/{id}/audit"), format!("/v1/admin/stats?from={today}&to={today}")] {
+        for key in [None, Some("wrong-key"), Some(""), Some(&hash[..])] {
+            let (st, body) = admin_get(&sys, &path, key).await;
+            assert_eq!(st, 401, "{path} {key:?}");
+            assert_eq!(body["error"], "unauthorized");
+            assert!(body.get("events").is_none() && body.get("days").is_none());
+        }
+        let (st, body) = admin_get(&sys, &path, Some(ADMIN_KEY)).await;
+        assert_eq!(st, 200, "{body}");
+    }
+    // Without a configured hash nobody gets in.
+    let closed = TestSystem::embedded().await;
+    assert_eq!(admin_get(&closed, &format!("/v1/admin/users/{id}/audit"), Some(ADMIN_KEY)).await.0, 401);
+}
+
+fn time_today() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    latchkey_core::audit::day_string((now / 86_400) as i64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_journey_leaves_exactly_its_trail_and_an_edit_breaks_the_chain() {
+    use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
+    use latchkey_stream_processor::{Processor, poller::StreamPoller};
+    use std::sync::Arc;
+
+    let hash = admin_hash();
+    let sys = TestSystem::aws_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    let (id, _) = journey(&sys).await;
+
+    let sdk = latchkey_tests::sdk_config(&latchkey_tests::emulator_endpoint().await).await;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let prefix = prefix_holding(&ddb, &id).await;
+    let audit = Arc::new(DynamoAuditStore::new(ddb.clone(), &prefix));
+    let processor = Processor::new(audit.clone(), AuditPolicy::default(), 400);
+    let poller = tokio::sync::Mutex::new(StreamPoller::new(&sdk, &prefix));
+    let batches = tokio::sync::Mutex::new(Vec::new());
+    let events = {
+        let (poller, processor, batches) = (&poller, &processor, &batches);
+        settled(&sys, &id, || async move {
+            let batch = poller.lock().await.next_batch().await.expect("poll the streams");
+            let resp = processor.handle(batch.clone()).await;
+            assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+            batches.lock().await.push(batch);
+        })
+        .await
+    };
+    let batches = batches.into_inner();
+    check_trail(&events);
+
+    // Replaying every batch adds nothing.
+    for b in &batches {
+        assert!(processor.handle(b.clone()).await.batch_item_failures.is_empty());
+    }
+    assert_eq!(kinds(&trail(&sys, &id).await), JOURNEY);
+    let chain = audit.chain(&id).await.expect("chain");
+    verify_chain(&id, &chain).expect("intact");
+
+    // Editing one stored record breaks the chain at that record.
+    ddb.update_item()
+        .table_name(format!("{prefix}-audit"))
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("SUBJ#{id}")))
+        .key("sk", aws_sdk_dynamodb::types::AttributeValue::S(format!("REC#{:020}", 4)))
+        .update_expression("SET ip = :ip")
+        .expression_attribute_values(":ip", aws_sdk_dynamodb::types::AttributeValue::S("198.51.100.9".into()))
+        .send()
+        .await
+        .expect("tamper");
+    let brk = verify_chain(&id, &audit.chain(&id).await.expect("chain")).expect_err("tampered");
+    assert_eq!(brk.seq, 4);
+}
+
+/// The table prefix of the system that holds user `id` (the harness picks
+/// a random one and does not expose it; user ids are random too).
+async fn prefix_holding(ddb: &aws_sdk_dynamodb::Client, id: &str) -> String {
+    let mut start: Option<String> = None;
+    loop {
+        let out = ddb.list_tables().set_exclusive_start_table_name(start.clone()).send().await.expect("list tables");
+        for name in out.table_names() {
+            let Some(prefix) = name.strip_suffix("-users") else { continue };
+            let item = ddb
+                .get_item()
+                .table_name(name)
+                .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("USER#{id}")))
+                .send()
+                .await
+                .expect("get item");
+            if item.item.is_some() {
+                return prefix.to_string();
+            }
+        }
+        match out.last_evaluated_table_name {
+            Some(n) => start = Some(n),
+            None => panic!("no users table holds {id}"),
+        }
+    }
+}

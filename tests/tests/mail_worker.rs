@@ -1,0 +1,490 @@
+//! The mail worker on the emulator: real SQS queues, the DynamoDB ledger,
+//! SES v2 (sent mail read back from moto's `/moto-api/data.json`), and a
+//! small HTTP proxy in front of moto that answers SES requests with 429/503
+//! to inject faults.
+
+// Test support code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use aws_sdk_sqs::types::QueueAttributeName;
+use latchkey_core::domain::{Email, Secret};
+use latchkey_core::mail::delivery::{RetryPolicy, ledger_state};
+use latchkey_core::mail::{MailEnvelope, MailJob};
+use latchkey_core::tables;
+use latchkey_mail_worker::poller::{Poller, record};
+use latchkey_mail_worker::{Clients, FAILURE_REASON_ATTRIBUTE, Worker, WorkerConfig, handle};
+use latchkey_tests::{emulator_endpoint, random_prefix, sdk_config};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const FROM: &str = "latchkey <noreply@latchkey.test>";
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        min_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(40),
+        max_retries: 2,
+        reserve: Duration::from_millis(50),
+    }
+}
+
+fn rcpt(tag: &str) -> String {
+    format!("{tag}-{}@example.com", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+fn job(to: &str) -> MailEnvelope {
+    MailEnvelope::new(
+        uuid::Uuid::new_v4().simple().to_string(),
+        &Email::parse(to).expect("address"),
+        1_700_000_000,
+        None,
+        MailJob::StandaloneCode { code: Secret::new("135790".into()), expires_minutes: 10 },
+    )
+}
+
+/// Answers SES `SendEmail` requests with an error while `fail` says so;
+/// forwards everything else to moto.
+#[derive(Clone)]
+struct Fault {
+    /// Fail the first N SES sends.
+    first: Arc<AtomicUsize>,
+    /// Fail every SES send whose body contains this.
+    matching: Option<String>,
+    always: bool,
+    /// SES sends seen (failed or forwarded).
+    seen: Arc<AtomicUsize>,
+}
+
+impl Fault {
+    fn none() -> Self {
+        Fault { first: Arc::new(AtomicUsize::new(0)), matching: None, always: false, seen: Arc::default() }
+    }
+}
+
+/// Starts the proxy; returns its endpoint.
+async fn proxy(upstream: String, fault: Fault) -> String {
+    use axum::body::{Body, to_bytes};
+    use axum::extract::{Request, State};
+    use axum::response::Response;
+    let http = reqwest::Client::new();
+    let app = axum::Router::new().fallback(move |State(f): State<Fault>, req: Request| {
+        let (http, upstream) = (http.clone(), upstream.clone());
+        async move {
+            let (parts, body) = req.into_parts();
+            let bytes = to_bytes(body, usize::MAX).await.unwrap_or_default();
+            if parts.uri.path().starts_with("/v2/email/outbound-emails") {
+                let n = f.seen.fetch_add(1, Ordering::SeqCst);
+                let text = String::from_utf8_lossy(&bytes);
+                let fail = f.always
+                    || f.matching.as_deref().is_some_and(|m| text.contains(m))
+                    || f.first.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1)).is_ok();
+                if fail {
+                    // Alternate a typed throttling error and a bare 503.
+                    return if n % 2 == 0 {
+                        Response::builder()
+                            .status(429)
+                            .header("x-amzn-errortype", "TooManyRequestsException")
+                            .header("content-type", "application/json")
+                            .body(Body::from(r#"{"message":"Too many requests"}"#))
+                            .unwrap()
+                    } else {
+                        Response::builder().status(503).body(Body::from("unavailable")).unwrap()
+                    };
+                }
+            }
+            let url = format!("{upstream}{}", parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+            let mut req = http.request(parts.method.clone(), url).body(bytes.to_vec());
+            for (k, v) in &parts.headers {
+                if !matches!(k.as_str(), "host" | "content-length" | "transfer-encoding") {
+                    req = req.header(k, v);
+                }
+            }
+            let resp = req.send().await.expect("moto answers");
+            let mut out = Response::builder().status(resp.status().as_u16());
+            for (k, v) in resp.headers() {
+                if !matches!(k.as_str(), "content-length" | "transfer-encoding" | "connection") {
+                    out = out.header(k, v);
+                }
+            }
+            out.body(Body::from(resp.bytes().await.unwrap_or_default())).unwrap()
+        }
+    });
+    let app = app.with_state(fault);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+struct Rig {
+    endpoint: String,
+    prefix: String,
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    dlq_url: String,
+    worker: Arc<Worker>,
+    fault: Fault,
+}
+
+/// Tables, queues (with `visibility` seconds) and the SES identity on the
+/// emulator, and a worker whose SES calls pass through a fault proxy.
+async fn rig(fault: Fault, from: &str, visibility: Option<u32>, prefix: Option<String>) -> Rig {
+    let endpoint = emulator_endpoint().await;
+    let sdk = sdk_config(&endpoint).await;
+    let prefix = prefix.unwrap_or_else(random_prefix);
+    let clients = Clients::from_sdk(&sdk);
+    latchkey_core::adapters::dynamo::ensure_tables(&clients.dynamo, &prefix).await.unwrap();
+    let (queue_url, dlq_url) = latchkey_core::adapters::sqs::ensure_queues(&clients.sqs, &prefix).await.unwrap();
+    if let Some(v) = visibility {
+        clients
+            .sqs
+            .set_queue_attributes()
+            .queue_url(&queue_url)
+            .attributes(QueueAttributeName::VisibilityTimeout, v.to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+    latchkey_mail_worker::local::ensure_identity(&clients.ses, FROM).await.unwrap();
+    let proxied = sdk_config(&proxy(endpoint.clone(), fault.clone()).await).await;
+    let clients = Clients { ses: aws_sdk_sesv2::Client::new(&proxied), ..clients };
+    let (q, d) = (queue_url.clone(), dlq_url.clone());
+    let cfg = WorkerConfig::from_lookup(|k| {
+        Some(match k {
+            "LATCHKEY_TABLE_PREFIX" => prefix.clone(),
+            "LATCHKEY_MAIL_QUEUE_URL" => q.clone(),
+            "LATCHKEY_MAIL_DLQ_URL" => d.clone(),
+            "LATCHKEY_SES_FROM" => from.to_string(),
+            "LATCHKEY_SES_MAX_SEND_RATE" => "200".into(),
+            "PUBLIC_BASE_URL" => "http://127.0.0.1:3000".into(),
+            _ => return None,
+        })
+    })
+    .unwrap();
+    let sqs = clients.sqs.clone();
+    let worker = Arc::new(Worker::with_retry(&cfg, clients, fast_retry()).unwrap());
+    Rig { endpoint, prefix, sqs, queue_url, dlq_url, worker, fault }
+}
+
+impl Rig {
+    /// SES mails moto recorded for `to`.
+    async fn mails(&self, to: &str) -> Vec<Value> {
+        addressed(&self.sent().await, to)
+    }
+
+    /// Every SES mail moto recorded (one large read: fetch once, filter many).
+    async fn sent(&self) -> Vec<Value> {
+        // moto serialises its whole state here; a request racing another
+        // test's writes can fail ("dictionary changed size"): ask again.
+        let mut data = Value::Null;
+        for attempt in 0..10 {
+            let r = reqwest::get(format!("{}/moto-api/data.json", self.endpoint)).await.unwrap();
+            match r.json::<Value>().await {
+                Ok(v) => {
+                    data = v;
+                    break;
+                }
+                Err(e) if attempt < 9 => {
+                    eprintln!("data.json unreadable ({e}); retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("moto data.json: {e}"),
+            }
+        }
+        data["ses"]["Message"].as_array().cloned().unwrap_or_default()
+    }
+
+    async fn send(&self, body: &str) {
+        self.sqs.send_message().queue_url(&self.queue_url).message_body(body).send().await.unwrap();
+    }
+
+    async fn poller(&self) -> Poller {
+        Poller::new(self.sqs.clone(), self.queue_url.clone()).await.unwrap()
+    }
+
+    /// Everything in the DLQ (consumed).
+    async fn dead_letters(&self) -> Vec<aws_sdk_sqs::types::Message> {
+        let mut out = Vec::new();
+        loop {
+            let got = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.dlq_url)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .unwrap()
+                .messages
+                .unwrap_or_default();
+            if got.is_empty() {
+                return out;
+            }
+            for m in &got {
+                self.sqs
+                    .delete_message()
+                    .queue_url(&self.dlq_url)
+                    .receipt_handle(m.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            out.extend(got);
+        }
+    }
+
+    async fn queue_depth(&self, url: &str) -> u64 {
+        let a = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .unwrap_or_default();
+        a.values().map(|v| v.parse::<u64>().unwrap_or(0)).sum()
+    }
+}
+
+/// The api on the emulator with the rig's prefix (TestSystem picks its own
+/// prefix and reads the queue itself, which would take the worker's mail).
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    _built: latchkey_api::wiring::Built,
+}
+
+impl Api {
+    async fn start(prefix: &str) -> Self {
+        use base64::Engine;
+        let sdk = sdk_config(&emulator_endpoint().await).await;
+        let key = latchkey_core::keys::SigningKey::generate().unwrap().to_base64();
+        let hmac = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let pairs: std::collections::HashMap<&str, String> = [
+            ("LATCHKEY_BACKEND", "aws".to_string()),
+            ("LATCHKEY_TABLE_PREFIX", prefix.to_string()),
+            ("LATCHKEY_BOOTSTRAP", "true".to_string()),
+            ("LATCHKEY_JWT_PRIVATE_KEY", key),
+            ("LATCHKEY_CODE_HMAC_KEY", hmac),
+            ("LATCHKEY_RATE_LIMITS", "relaxed".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let cfg = latchkey_core::config::Config::from_lookup(|k| pairs.get(k).cloned()).unwrap();
+        let opts = latchkey_api::wiring::BuildOptions { sdk: Some(sdk), ..Default::default() };
+        let built = latchkey_api::wiring::build_with(&cfg, opts).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = latchkey_api::app(built.state.clone());
+        tokio::spawn(async move { latchkey_api::wiring::serve_on(listener, app).await });
+        Api { base, http: reqwest::Client::new(), _built: built }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value, ()) {
+        let r = self.http.post(format!("{}{path}", self.base)).json(&body).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null), ())
+    }
+}
+
+fn addressed(sent: &[Value], to: &str) -> Vec<Value> {
+    sent.iter()
+        .filter(|m| m["destinations"]["ToAddresses"].as_array().is_some_and(|a| a.iter().any(|t| t == to)))
+        .cloned()
+        .collect()
+}
+
+fn reason(m: &aws_sdk_sqs::types::Message) -> Option<String> {
+    m.message_attributes()?.get(FAILURE_REASON_ATTRIBUTE)?.string_value().map(str::to_string)
+}
+
+fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(20)
+}
+
+#[tokio::test]
+async fn register_then_poll_sends_a_working_verification_link_and_the_login_code() {
+    let prefix = random_prefix();
+    let rig = rig(Fault::none(), FROM, None, Some(prefix.clone())).await;
+    let sys = Api::start(&prefix).await;
+    let poller = rig.poller().await;
+    let (username, email) = latchkey_tests::scenarios::unique();
+    let (st, body, _) = sys
+        .post(
+            "/v1/register",
+            json!({"username": username, "email": email, "password": latchkey_tests::scenarios::PASSWORD}),
+        )
+        .await;
+    assert_eq!(st, 202, "{body}");
+    let stats = poller.poll_once(&rig.worker).await.unwrap();
+    assert_eq!((stats.received, stats.handled, stats.failed), (1, 1, 0));
+
+    let mails = rig.mails(&email).await;
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    let html = mails[0]["body"].as_str().unwrap();
+    let token = html.split("verify-email?token=").nth(1).unwrap().split(['"', '<', '&', ' ']).next().unwrap();
+    let (st, body, _) = sys.post("/v1/verify-email", json!({ "token": token })).await;
+    assert_eq!(st, 200, "{body}");
+
+    let (st, body, _) =
+        sys.post("/v1/login", json!({"identifier": username, "password": latchkey_tests::scenarios::PASSWORD})).await;
+    assert_eq!(st, 202, "{body}");
+    let challenge = body["challenge_id"].as_str().unwrap().to_string();
+    assert_eq!(poller.poll_once(&rig.worker).await.unwrap().handled, 1);
+    let mails = rig.mails(&email).await;
+    assert_eq!(mails.len(), 2);
+    let code_html = mails[1]["body"].as_str().unwrap();
+    let code: String =
+        code_html.split("monospace\">").nth(1).unwrap().chars().take_while(char::is_ascii_digit).collect();
+    assert_eq!(code.len(), 6, "{code_html}");
+    let (st, body, _) = sys.post("/v1/login/otp", json!({"challenge_id": challenge, "code": code})).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(rig.queue_depth(&rig.queue_url).await, 0, "handled messages are deleted");
+}
+
+#[tokio::test]
+async fn the_same_job_delivered_three_times_is_one_mail() {
+    let rig = rig(Fault::none(), FROM, None, None).await;
+    let to = rcpt("dup");
+    let env = job(&to);
+    // The same SQS message handed over three times, one after another...
+    for _ in 0..3 {
+        let ev = event(vec![record("msg-1", &env.to_json())]);
+        assert!(handle(ev, &rig.worker, soon()).await.batch_item_failures.is_empty());
+    }
+    // ...and three copies in one batch plus three queued copies.
+    let ev = event((0..3).map(|i| record(&format!("copy-{i}"), &env.to_json())).collect());
+    handle(ev, &rig.worker, soon()).await;
+    for _ in 0..3 {
+        rig.send(&env.to_json()).await;
+    }
+    let poller = rig.poller().await;
+    while poller.poll_once(&rig.worker).await.unwrap().received > 0 {}
+    assert_eq!(rig.mails(&to).await.len(), 1);
+    let e = rig.worker.deliverer().ledger().entry(&env.id).await.unwrap().unwrap();
+    assert_eq!((e.state.as_str(), e.attempts), (ledger_state::SENT, 1));
+    assert!(!format!("{e:?}").contains("135790"), "no code in the ledger");
+}
+
+fn event(records: Vec<SqsMessage>) -> SqsEvent {
+    let mut e = SqsEvent::default();
+    e.records = records;
+    e
+}
+
+#[tokio::test]
+async fn a_batch_of_ten_with_two_failing_reports_exactly_those_two() {
+    let fault = Fault { matching: Some("fail-".into()), ..Fault::none() };
+    let rig = rig(fault, FROM, None, None).await;
+    let tos: Vec<String> = (0..10).map(|i| rcpt(if i == 3 || i == 7 { "fail" } else { "ok" })).collect();
+    let records: Vec<SqsMessage> =
+        tos.iter().enumerate().map(|(i, to)| record(&format!("m{i}"), &job(to).to_json())).collect();
+    for round in 0..2 {
+        let response = handle(event(records.clone()), &rig.worker, soon()).await;
+        let mut ids: Vec<&str> = response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
+        ids.sort();
+        assert_eq!(ids, ["m3", "m7"], "round {round}");
+    }
+    let sent = rig.sent().await;
+    for (i, to) in tos.iter().enumerate() {
+        assert_eq!(addressed(&sent, to).len(), usize::from(i != 3 && i != 7), "{to}");
+    }
+}
+
+#[tokio::test]
+async fn transient_then_success_is_one_mail() {
+    let fault = Fault { first: Arc::new(AtomicUsize::new(2)), ..Fault::none() };
+    let rig = rig(fault, FROM, None, None).await;
+    let to = rcpt("flaky");
+    let env = job(&to);
+    let response = handle(event(vec![record("t1", &env.to_json())]), &rig.worker, soon()).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(rig.fault.seen.load(Ordering::SeqCst), 3, "two refused, one sent");
+    assert_eq!(rig.mails(&to).await.len(), 1);
+}
+
+#[tokio::test]
+async fn always_transient_goes_to_the_dlq_after_max_receive_count() {
+    let fault = Fault { always: true, ..Fault::none() };
+    let rig = rig(fault, FROM, Some(1), None).await;
+    let to = rcpt("down");
+    let env = job(&to);
+    rig.send(&env.to_json()).await;
+    let poller = rig.poller().await;
+    let started = Instant::now();
+    let mut receives = 0;
+    loop {
+        receives += poller.poll_once(&rig.worker).await.unwrap().received;
+        if rig.queue_depth(&rig.dlq_url).await > 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "never redriven");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(receives, tables::MAIL_MAX_RECEIVE_COUNT as usize);
+    let dead = rig.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body(), Some(env.to_json().as_str()));
+    assert_eq!(reason(&dead[0]), None, "moved by SQS's redrive, not by the worker");
+    let e = rig.worker.deliverer().ledger().entry(&env.id).await.unwrap().unwrap();
+    assert_eq!((e.state.as_str(), e.attempts), (ledger_state::RETRY, tables::MAIL_MAX_RECEIVE_COUNT));
+    assert!(rig.mails(&to).await.is_empty());
+}
+
+#[tokio::test]
+async fn permanent_failure_goes_to_the_dlq_at_once_with_its_reason() {
+    let unverified = format!("noreply@unverified-{}.test", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let rig = rig(Fault::none(), &unverified, None, None).await;
+    let to = rcpt("rejected");
+    let env = job(&to);
+    rig.send(&env.to_json()).await;
+    let stats = rig.poller().await.poll_once(&rig.worker).await.unwrap();
+    assert_eq!((stats.received, stats.handled, stats.failed), (1, 1, 0));
+    assert_eq!(rig.queue_depth(&rig.queue_url).await, 0, "deleted, never retried");
+    let dead = rig.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    let why = reason(&dead[0]).unwrap();
+    assert!(why.starts_with("MessageRejected"), "{why}");
+    assert_eq!(rig.fault.seen.load(Ordering::SeqCst), 1, "not retried");
+    let e = rig.worker.deliverer().ledger().entry(&env.id).await.unwrap().unwrap();
+    assert_eq!((e.state.as_str(), e.reason.as_deref()), (ledger_state::FAILED, Some(why.as_str())));
+    assert!(rig.mails(&to).await.is_empty());
+    assert_eq!(rig.prefix.len(), 10);
+}
+
+#[tokio::test]
+async fn a_poison_body_goes_to_the_dlq() {
+    let rig = rig(Fault::none(), FROM, None, None).await;
+    rig.send("{\"v\":1,\"code\":\"999999\"").await;
+    let stats = rig.poller().await.poll_once(&rig.worker).await.unwrap();
+    assert_eq!((stats.received, stats.handled), (1, 1));
+    let dead = rig.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    let why = reason(&dead[0]).unwrap();
+    assert!(why.starts_with("unparseable mail job"), "{why}");
+    assert!(!why.contains("999999"));
+    assert_eq!(rig.fault.seen.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn dlq_redrive_moves_dead_letters_back() {
+    let rig = rig(Fault::none(), FROM, None, None).await;
+    let env = job(&rcpt("redrive"));
+    rig.sqs.send_message().queue_url(&rig.dlq_url).message_body(env.to_json()).send().await.unwrap();
+    let listed = latchkey_mail_worker::dlq::list(&rig.sqs, &rig.dlq_url).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    // Listing consumed nothing.
+    assert_eq!(latchkey_mail_worker::dlq::list(&rig.sqs, &rig.dlq_url).await.unwrap().len(), 1);
+    let moved = latchkey_mail_worker::dlq::redrive(&rig.sqs, &rig.dlq_url, &rig.queue_url, 10).await.unwrap();
+    assert_eq!(moved.len(), 1);
+    assert_eq!(rig.queue_depth(&rig.dlq_url).await, 0);
+    assert_eq!(rig.poller().await.poll_once(&rig.worker).await.unwrap().handled, 1);
+    assert_eq!(rig.mails(&env.to).await.len(), 1);
+}

@@ -1,0 +1,684 @@
+//! Checks terraform/*.tf against the code, without Terraform or an AWS
+//! account: the HCL is parsed with hcl-rs, and expressions that only use
+//! variable defaults and locals are evaluated with hcl-rs's evaluator.
+//!
+//! What is compared: the tables against `latchkey_core::tables::ALL`, the
+//! queues and redrive against core's names and `MAIL_MAX_RECEIVE_COUNT`, each
+//! function's environment against the config keys its code reads, the SQS
+//! visibility against the worker's timeout, the event source mappings'
+//! failure handling, and IAM statements for `*`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use hcl::eval::{Context, Evaluate};
+use hcl::expr::{Traversal, TraversalOperator};
+use hcl::{Block, Body, Expression, Map, ObjectKey, Value};
+use latchkey_core::config::CONFIG_KEYS;
+use latchkey_core::tables::{self, TableSpec};
+
+/// Keys of `CONFIG_KEYS` the api does not get on Lambda, and why.
+const API_KEYS_NOT_ON_LAMBDA: &[&str] = &[
+    // Embedded (SQLite) backend only; Lambda runs LATCHKEY_BACKEND=aws.
+    "LATCHKEY_DATA_DIR",
+    // lambda_http receives events from the Runtime API; no socket is bound.
+    "LATCHKEY_BIND",
+];
+
+/// Secrets never go into Lambda's environment: the api gets the name of an
+/// SSM SecureString parameter instead (`<KEY>_PARAM`) and reads it at cold
+/// start.
+const SECRET_KEYS: &[(&str, &str)] = &[
+    ("LATCHKEY_JWT_PRIVATE_KEY", "LATCHKEY_JWT_PRIVATE_KEY_PARAM"),
+    ("LATCHKEY_CODE_HMAC_KEY", "LATCHKEY_CODE_HMAC_KEY_PARAM"),
+];
+
+/// The variables the mail-worker reads.
+const WORKER_CONFIG_KEYS: &[&str] = &[
+    "LATCHKEY_TABLE_PREFIX",
+    "LATCHKEY_MAIL_QUEUE_URL",
+    "LATCHKEY_MAIL_DLQ_URL",
+    "LATCHKEY_SES_FROM",
+    "LATCHKEY_SES_CONFIGURATION_SET",
+    "LATCHKEY_SES_MAX_SEND_RATE",
+    "PUBLIC_BASE_URL",
+];
+
+/// The variables the stream-processor reads.
+const PROCESSOR_CONFIG_KEYS: &[&str] = &["LATCHKEY_TABLE_PREFIX", "LATCHKEY_AUDIT_RETENTION_DAYS"];
+
+/// IAM statements that may name Resource "*", because the action has no
+/// resource-level permissions: (sid, exact set of actions).
+const WILDCARD_RESOURCE_ALLOWED: &[(&str, &[&str])] = &[
+    ("XRayTraces", &["xray:PutTelemetryRecords", "xray:PutTraceSegments"]),
+    ("ListStreams", &["dynamodb:ListStreams"]),
+];
+
+/// Function name suffixes (after `{prefix}-`) and the zip directory
+/// (cargo-lambda names it after the binary).
+const API_FN: (&str, &str) = ("api", "latchkey-api");
+const WORKER_FN: (&str, &str) = ("mail-worker", "latchkey-mail-worker");
+const PROCESSOR_FN: (&str, &str) = ("stream-processor", "latchkey-stream-processor");
+
+// ------------------------------------------------------------------ loading
+
+/// Every top-level block of every terraform/*.tf, with its file name.
+struct Terraform {
+    blocks: Vec<(String, Block)>,
+}
+
+impl Terraform {
+    fn load() -> Terraform {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../terraform");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+            .map(|e| e.expect("dir entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "tf"))
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "no .tf files in {}", dir.display());
+        let mut blocks = Vec::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("read {}: {e}", f.display()));
+            let body: Body = hcl::parse(&text).unwrap_or_else(|e| panic!("parse {}: {e}", f.display()));
+            let name = f.file_name().expect("file name").to_string_lossy().into_owned();
+            blocks.extend(body.into_blocks().map(|b| (name.clone(), b)));
+        }
+        Terraform { blocks }
+    }
+
+    /// `resource "<ty>" "<name>"` (or `data`), as (name, body).
+    fn of_kind<'a>(&'a self, kind: &'a str, ty: &'a str) -> impl Iterator<Item = (&'a str, &'a Body)> + 'a {
+        self.blocks.iter().filter_map(move |(_, b)| {
+            let labels = b.labels();
+            (b.identifier() == kind && labels.len() == 2 && labels[0].as_str() == ty)
+                .then(|| (labels[1].as_str(), b.body()))
+        })
+    }
+
+    fn resources<'a>(&'a self, ty: &'a str) -> impl Iterator<Item = (&'a str, &'a Body)> + 'a {
+        self.of_kind("resource", ty)
+    }
+
+    /// The evaluation context: `var` from the variables' defaults (with
+    /// overrides), `local` from every local that evaluates in it.
+    fn context(&self, overrides: &[(&str, Value)]) -> Context<'static> {
+        let mut vars = Map::new();
+        for (_, b) in &self.blocks {
+            if b.identifier() != "variable" {
+                continue;
+            }
+            let name = b.labels()[0].as_str().to_string();
+            if let Some(d) = attr(b.body(), "default") {
+                let v = d.evaluate(&Context::new()).unwrap_or_else(|e| panic!("default of var.{name}: {e}"));
+                vars.insert(name, v);
+            }
+        }
+        for (k, v) in overrides {
+            assert!(vars.contains_key(*k), "override of unknown var.{k}");
+            vars.insert((*k).to_string(), v.clone());
+        }
+        let local_exprs: Vec<(&str, &Expression)> = self
+            .blocks
+            .iter()
+            .filter(|(_, b)| b.identifier() == "locals")
+            .flat_map(|(_, b)| b.body().attributes().map(|a| (a.key(), a.expr())))
+            .collect();
+        let mut locals = Map::new();
+        // Locals may reference each other: evaluate until nothing new resolves.
+        loop {
+            let mut ctx = Context::new();
+            ctx.declare_var("var", Value::Object(vars.clone()));
+            ctx.declare_var("local", Value::Object(locals.clone()));
+            let before = locals.len();
+            for (k, e) in &local_exprs {
+                if !locals.contains_key(*k)
+                    && let Ok(v) = e.evaluate(&ctx)
+                {
+                    locals.insert((*k).to_string(), v);
+                }
+            }
+            if locals.len() == before {
+                return ctx;
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ HCL helpers
+
+fn attr<'a>(body: &'a Body, key: &str) -> Option<&'a Expression> {
+    body.attributes().find(|a| a.key() == key).map(|a| a.expr())
+}
+
+fn blocks<'a>(body: &'a Body, ident: &'a str) -> impl Iterator<Item = &'a Block> + 'a {
+    body.blocks().filter(move |b| b.identifier() == ident)
+}
+
+fn one_block<'a>(body: &'a Body, ident: &str, what: &str) -> &'a Body {
+    let found: Vec<&Block> = body.blocks().filter(|b| b.identifier() == ident).collect();
+    assert_eq!(found.len(), 1, "{what}: expected exactly one `{ident}` block");
+    found[0].body()
+}
+
+fn eval(ctx: &Context, body: &Body, key: &str, what: &str) -> Value {
+    let e = attr(body, key).unwrap_or_else(|| panic!("{what}: `{key}` is not set"));
+    e.evaluate(ctx)
+        .unwrap_or_else(|err| panic!("{what}: `{key}` does not evaluate from variable defaults and locals: {err}"))
+}
+
+fn eval_str(ctx: &Context, body: &Body, key: &str, what: &str) -> String {
+    let v = eval(ctx, body, key, what);
+    v.as_str().unwrap_or_else(|| panic!("{what}: `{key}` is {v:?}, not a string")).to_string()
+}
+
+fn eval_i64(ctx: &Context, body: &Body, key: &str, what: &str) -> i64 {
+    let v = eval(ctx, body, key, what);
+    v.as_i64().unwrap_or_else(|| panic!("{what}: `{key}` is {v:?}, not a whole number"))
+}
+
+fn eval_bool_or_false(ctx: &Context, body: &Body, key: &str, what: &str) -> bool {
+    if attr(body, key).is_none() {
+        return false;
+    }
+    let v = eval(ctx, body, key, what);
+    v.as_bool().unwrap_or_else(|| panic!("{what}: `{key}` is {v:?}, not a bool"))
+}
+
+/// `["a", "b"]` as strings; panics on anything that is not a literal list of
+/// literal strings (so nothing can hide from the checks).
+fn literal_strings(e: &Expression, what: &str) -> Vec<String> {
+    let Expression::Array(items) = e else { panic!("{what}: expected a literal list, got {e:?}") };
+    items
+        .iter()
+        .map(|i| match i {
+            Expression::String(s) => s.clone(),
+            other => panic!("{what}: expected a literal string, got {other:?}"),
+        })
+        .collect()
+}
+
+/// The root and first attribute of a traversal such as `aws_sqs_queue.mail.arn`:
+/// ("aws_sqs_queue", "mail", "arn").
+fn reference(e: &Expression) -> Option<(String, String, String)> {
+    let Expression::Traversal(t) = e else { return None };
+    let Traversal { expr, operators } = t.as_ref();
+    let Expression::Variable(root) = expr else { return None };
+    let names: Vec<&str> = operators
+        .iter()
+        .map(|o| match o {
+            TraversalOperator::GetAttr(id) => id.as_str(),
+            _ => "",
+        })
+        .collect();
+    match names.as_slice() {
+        [name, field, ..] => Some((root.as_str().to_string(), (*name).to_string(), (*field).to_string())),
+        _ => None,
+    }
+}
+
+/// `<name>` of `data.aws_iam_policy_document.<name>.json`.
+fn policy_document_name(e: &Expression) -> Option<String> {
+    let Expression::Traversal(t) = e else { return None };
+    let Expression::Variable(root) = &t.expr else { return None };
+    match t.operators.as_slice() {
+        [TraversalOperator::GetAttr(ty), TraversalOperator::GetAttr(name), TraversalOperator::GetAttr(json)]
+            if root.as_str() == "data" && ty.as_str() == "aws_iam_policy_document" && json.as_str() == "json" =>
+        {
+            Some(name.as_str().to_string())
+        }
+        _ => None,
+    }
+}
+
+fn object_keys(e: &Expression, what: &str) -> BTreeMap<String, Expression> {
+    let Expression::Object(o) = e else { panic!("{what}: expected an object literal") };
+    o.iter()
+        .map(|(k, v)| {
+            let k = match k {
+                ObjectKey::Identifier(id) => id.as_str().to_string(),
+                ObjectKey::Expression(Expression::String(s)) => s.clone(),
+                other => panic!("{what}: unexpected key {other:?}"),
+            };
+            (k, v.clone())
+        })
+        .collect()
+}
+
+// ------------------------------------------------------------------ lookups
+
+fn prefix(ctx: &Context) -> String {
+    "var.name_prefix"
+        .parse::<Expression>()
+        .expect("parse")
+        .evaluate(ctx)
+        .expect("var.name_prefix has a default")
+        .as_str()
+        .expect("var.name_prefix is a string")
+        .to_string()
+}
+
+/// The `aws_lambda_function` whose name is `{prefix}-{suffix}`: (label, body).
+fn function<'a>(tf: &'a Terraform, ctx: &Context, suffix: &str) -> (&'a str, &'a Body) {
+    let want = format!("{}-{suffix}", prefix(ctx));
+    let found: Vec<_> = tf
+        .resources("aws_lambda_function")
+        .filter(|(n, b)| eval_str(ctx, b, "function_name", &format!("aws_lambda_function.{n}")) == want)
+        .collect();
+    assert_eq!(found.len(), 1, "expected one aws_lambda_function named {want}");
+    found[0]
+}
+
+fn function_env(body: &Body, what: &str) -> BTreeMap<String, Expression> {
+    let env = one_block(body, "environment", what);
+    object_keys(attr(env, "variables").unwrap_or_else(|| panic!("{what}: environment.variables unset")), what)
+}
+
+/// The `aws_sqs_queue` whose name is `{prefix}-{suffix}`: (label, body).
+fn queue<'a>(tf: &'a Terraform, ctx: &Context, suffix: &str) -> (&'a str, &'a Body) {
+    let want = tables::queue_name(&prefix(ctx), suffix);
+    let found: Vec<_> = tf
+        .resources("aws_sqs_queue")
+        .filter(|(n, b)| eval_str(ctx, b, "name", &format!("aws_sqs_queue.{n}")) == want)
+        .collect();
+    assert_eq!(found.len(), 1, "expected one aws_sqs_queue named {want}");
+    found[0]
+}
+
+fn tables_by_name<'a>(tf: &'a Terraform, ctx: &Context) -> BTreeMap<String, (&'a str, &'a Body)> {
+    tf.resources("aws_dynamodb_table")
+        .map(|(n, b)| (eval_str(ctx, b, "name", &format!("aws_dynamodb_table.{n}")), (n, b)))
+        .collect()
+}
+
+/// The value of key `key` in the object passed to `jsonencode(...)`.
+fn jsonencoded_field<'a>(e: &'a Expression, key: &str, what: &str) -> &'a Expression {
+    let Expression::FuncCall(f) = e else { panic!("{what}: expected jsonencode({{...}})") };
+    assert_eq!(f.name.name.as_str(), "jsonencode", "{what}");
+    let Some(Expression::Object(o)) = f.args.first() else { panic!("{what}: jsonencode of a non-object") };
+    o.iter()
+        .find(|(k, _)| matches!(k, ObjectKey::Identifier(id) if id.as_str() == key))
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("{what}: no `{key}`"))
+}
+
+// ------------------------------------------------------------------ tests
+
+#[test]
+fn tables_are_exactly_cores_specs() {
+    let tf = Terraform::load();
+    let ctx = tf.context(&[]);
+    let prefix = prefix(&ctx);
+    let by_name = tables_by_name(&tf, &ctx);
+
+    let expected: BTreeSet<String> = tables::ALL.iter().map(|s| tables::table_name(&prefix, s)).collect();
+    let actual: BTreeSet<String> = by_name.keys().cloned().collect();
+    assert_eq!(actual, expected, "terraform's tables differ from latchkey_core::tables::ALL");
+
+    for spec in tables::ALL {
+        let name = tables::table_name(&prefix, spec);
+        let (label, t) = by_name[&name];
+        let what = format!("aws_dynamodb_table.{label} ({name})");
+        check_table(&ctx, t, spec, &what);
+    }
+}
+
+fn check_table(ctx: &Context, t: &Body, spec: &TableSpec, what: &str) {
+    assert_eq!(eval_str(ctx, t, "billing_mode", what), "PAY_PER_REQUEST", "{what}: on-demand billing");
+    assert_eq!(eval_str(ctx, t, "hash_key", what), spec.hash_key, "{what}: hash key");
+    let range_key = attr(t, "range_key").map(|_| eval_str(ctx, t, "range_key", what));
+    assert_eq!(range_key.as_deref(), spec.range_key, "{what}: sort key");
+
+    // Attribute definitions: exactly the key attributes, all strings.
+    let mut want_attrs: BTreeSet<String> = [spec.hash_key.to_string()].into();
+    want_attrs.extend(spec.range_key.map(str::to_string));
+    want_attrs.extend(spec.gsis.iter().map(|g| g.hash_key.to_string()));
+    let mut got_attrs = BTreeSet::new();
+    for a in blocks(t, "attribute") {
+        got_attrs.insert(eval_str(ctx, a.body(), "name", what));
+        assert_eq!(eval_str(ctx, a.body(), "type", what), "S", "{what}: key attributes are strings");
+    }
+    assert_eq!(got_attrs, want_attrs, "{what}: attribute definitions");
+
+    // GSIs: name, hash key, projection ALL.
+    let want_gsis: BTreeSet<(String, String)> =
+        spec.gsis.iter().map(|g| (g.name.to_string(), g.hash_key.to_string())).collect();
+    let mut got_gsis = BTreeSet::new();
+    for g in blocks(t, "global_secondary_index") {
+        let gw = format!("{what} GSI");
+        assert_eq!(eval_str(ctx, g.body(), "projection_type", &gw), "ALL", "{gw}: projection");
+        assert!(attr(g.body(), "range_key").is_none(), "{gw}: core's GSIs have no sort key");
+        got_gsis.insert((eval_str(ctx, g.body(), "name", &gw), eval_str(ctx, g.body(), "hash_key", &gw)));
+    }
+    assert_eq!(got_gsis, want_gsis, "{what}: GSIs (name, hash key)");
+
+    // TTL.
+    let ttls: Vec<&Block> = blocks(t, "ttl").collect();
+    match spec.ttl_attribute {
+        Some(want) => {
+            assert_eq!(ttls.len(), 1, "{what}: expected a ttl block on `{want}`");
+            assert_eq!(eval_str(ctx, ttls[0].body(), "attribute_name", what), want, "{what}: TTL attribute");
+            assert!(eval_bool_or_false(ctx, ttls[0].body(), "enabled", what), "{what}: TTL must be enabled");
+        }
+        None => assert!(
+            ttls.iter().all(|b| !eval_bool_or_false(ctx, b.body(), "enabled", what)),
+            "{what}: core defines no TTL for this table"
+        ),
+    }
+
+    // Streams.
+    assert_eq!(eval_bool_or_false(ctx, t, "stream_enabled", what), spec.stream, "{what}: stream_enabled");
+    if spec.stream {
+        assert_eq!(eval_str(ctx, t, "stream_view_type", what), "NEW_AND_OLD_IMAGES", "{what}: stream view");
+    }
+
+    // Durability and encryption.
+    assert!(eval_bool_or_false(ctx, one_block(t, "point_in_time_recovery", what), "enabled", what), "{what}: PITR");
+    assert!(eval_bool_or_false(ctx, one_block(t, "server_side_encryption", what), "enabled", what), "{what}: SSE");
+    assert!(
+        attr(t, "deletion_protection_enabled").is_some(),
+        "{what}: deletion protection must be set (from a variable)"
+    );
+}
+
+#[test]
+fn mail_queues_match_core_and_redrive_after_max_receive_count() {
+    let tf = Terraform::load();
+    let ctx = tf.context(&[]);
+    let (_, mail) = queue(&tf, &ctx, tables::MAIL_QUEUE);
+    let (dlq_label, dlq) = queue(&tf, &ctx, tables::MAIL_DLQ);
+
+    let redrive = attr(mail, "redrive_policy").expect("mail queue: redrive_policy");
+    let count_expr = jsonencoded_field(redrive, "maxReceiveCount", "mail queue redrive_policy");
+    let count =
+        count_expr.evaluate(&ctx).expect("maxReceiveCount evaluates").as_u64().expect("maxReceiveCount is a number");
+    assert_eq!(
+        count,
+        u64::from(tables::MAIL_MAX_RECEIVE_COUNT),
+        "maxReceiveCount must equal core's MAIL_MAX_RECEIVE_COUNT"
+    );
+    assert!(count >= 5, "maxReceiveCount must be at least 5 (got {count})");
+    let target = jsonencoded_field(redrive, "deadLetterTargetArn", "mail queue redrive_policy");
+    assert_eq!(
+        reference(target),
+        Some(("aws_sqs_queue".into(), dlq_label.into(), "arn".into())),
+        "the mail queue must redrive into the mail DLQ"
+    );
+
+    assert_eq!(
+        eval_i64(&ctx, dlq, "message_retention_seconds", "mail DLQ"),
+        14 * 24 * 3600,
+        "DLQ keeps messages 14 days"
+    );
+
+    for (n, q) in tf.resources("aws_sqs_queue") {
+        assert!(
+            attr(q, "kms_master_key_id").is_some() || attr(q, "sqs_managed_sse_enabled").is_some(),
+            "aws_sqs_queue.{n}: must be encrypted"
+        );
+    }
+}
+
+#[test]
+fn mail_visibility_timeout_is_at_least_six_worker_timeouts() {
+    let tf = Terraform::load();
+    // With the defaults, and with the largest and smallest worker timeouts
+    // the variable allows: the relation must hold by construction, not by a
+    // lucky pair of numbers.
+    for timeout in [None, Some(900), Some(5)] {
+        let overrides: Vec<(&str, Value)> =
+            timeout.map(|t| ("worker_timeout_seconds", Value::from(t))).into_iter().collect();
+        let ctx = tf.context(&overrides);
+        let (_, worker) = function(&tf, &ctx, WORKER_FN.0);
+        let (_, mail) = queue(&tf, &ctx, tables::MAIL_QUEUE);
+        let worker_timeout = eval_i64(&ctx, worker, "timeout", "mail-worker");
+        let visibility = eval_i64(&ctx, mail, "visibility_timeout_seconds", "mail queue");
+        assert!(
+            visibility >= 6 * worker_timeout,
+            "mail queue visibility {visibility}s < 6 x worker timeout {worker_timeout}s (worker_timeout_seconds = {timeout:?})"
+        );
+    }
+}
+
+#[test]
+fn functions_get_the_config_keys_their_code_reads() {
+    let tf = Terraform::load();
+    let ctx = tf.context(&[]);
+
+    // The lists above must stay in step with core.
+    let secrets: BTreeSet<&str> = SECRET_KEYS.iter().map(|(k, _)| *k).collect();
+    for k in API_KEYS_NOT_ON_LAMBDA.iter().chain(&secrets) {
+        assert!(CONFIG_KEYS.contains(k), "{k} is no longer in latchkey_core::config::CONFIG_KEYS: update this test");
+    }
+
+    let (_, api) = function(&tf, &ctx, API_FN.0);
+    let api_env = function_env(api, "api");
+    for key in CONFIG_KEYS.iter().filter(|k| !API_KEYS_NOT_ON_LAMBDA.contains(k)) {
+        let key = SECRET_KEYS.iter().find(|(k, _)| k == key).map_or(*key, |(_, param)| *param);
+        assert!(api_env.contains_key(key), "api: environment lacks {key}");
+    }
+    let backend = api_env["LATCHKEY_BACKEND"].evaluate(&ctx).expect("LATCHKEY_BACKEND evaluates");
+    assert_eq!(backend.as_str(), Some("aws"), "api: LATCHKEY_BACKEND must be aws on Lambda");
+    // The parameter names come from the SSM parameters themselves.
+    for (_, param) in SECRET_KEYS {
+        let r = reference(&api_env[*param]);
+        assert!(
+            matches!(&r, Some((ty, _, field)) if ty == "aws_ssm_parameter" && field == "name"),
+            "api: {param} must be an aws_ssm_parameter's name, got {r:?}"
+        );
+    }
+
+    for ((suffix, _), keys) in [(WORKER_FN, WORKER_CONFIG_KEYS), (PROCESSOR_FN, PROCESSOR_CONFIG_KEYS)] {
+        let (_, f) = function(&tf, &ctx, suffix);
+        let env = function_env(f, suffix);
+        for key in keys {
+            assert!(env.contains_key(*key), "{suffix}: environment lacks {key}");
+        }
+    }
+
+    // No function carries a secret in plain environment.
+    for (n, f) in tf.resources("aws_lambda_function") {
+        for block in blocks(f, "environment") {
+            if let Some(vars) = attr(block.body(), "variables") {
+                for key in object_keys(vars, n).keys() {
+                    assert!(
+                        !secrets.contains(key.as_str()),
+                        "aws_lambda_function.{n}: secret {key} in plain environment"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn functions_are_arm64_al2023_from_the_packaged_zips() {
+    let tf = Terraform::load();
+    let ctx = tf.context(&[]);
+    for (suffix, bin) in [API_FN, WORKER_FN, PROCESSOR_FN] {
+        let (n, f) = function(&tf, &ctx, suffix);
+        let what = format!("aws_lambda_function.{n}");
+        assert_eq!(eval_str(&ctx, f, "runtime", &what), "provided.al2023", "{what}: runtime");
+        let arch = eval(&ctx, f, "architectures", &what);
+        assert_eq!(arch, Value::Array(vec![Value::from("arm64")]), "{what}: architectures");
+        let filename = attr(f, "filename").unwrap_or_else(|| panic!("{what}: filename"));
+        let text = hcl::format::to_string(filename).expect("format filename");
+        assert!(
+            text.ends_with(&format!("/{bin}/bootstrap.zip\"")),
+            "{what}: filename must be <zip dir>/{bin}/bootstrap.zip, got {text}"
+        );
+        // A new zip must redeploy: the hash is of that same file.
+        let hash = attr(f, "source_code_hash").unwrap_or_else(|| panic!("{what}: source_code_hash"));
+        let hash = hcl::format::to_string(hash).expect("format source_code_hash");
+        assert_eq!(hash, format!("filebase64sha256({text})"), "{what}: source_code_hash must hash the deployed zip");
+        assert_eq!(
+            one_block(f, "tracing_config", &what).attributes().find(|a| a.key() == "mode").map(|a| a.expr().clone()),
+            Some(Expression::String("Active".into())),
+            "{what}: X-Ray tracing"
+        );
+    }
+    let (_, api) = function(&tf, &ctx, API_FN.0);
+    let memory = eval_i64(&ctx, api, "memory_size", "api");
+    assert!(memory >= 1024, "api: memory_size {memory} < 1024 MB (argon2id is CPU-bound; CPU scales with memory)");
+}
+
+#[test]
+fn event_source_mappings_report_failures_and_streams_give_up_finitely() {
+    let tf = Terraform::load();
+    let ctx = tf.context(&[]);
+    let (worker_label, _) = function(&tf, &ctx, WORKER_FN.0);
+    let (processor_label, _) = function(&tf, &ctx, PROCESSOR_FN.0);
+    let (mail_label, _) = queue(&tf, &ctx, tables::MAIL_QUEUE);
+    let by_name = tables_by_name(&tf, &ctx);
+
+    let mappings: Vec<(&str, &Body)> = tf.resources("aws_lambda_event_source_mapping").collect();
+    let mut streamed_tables = BTreeSet::new();
+    let mut sqs_mappings = 0;
+    for (n, m) in &mappings {
+        let what = format!("aws_lambda_event_source_mapping.{n}");
+        let types = literal_strings(
+            attr(m, "function_response_types").unwrap_or_else(|| panic!("{what}: function_response_types")),
+            &what,
+        );
+        assert!(types.iter().any(|t| t == "ReportBatchItemFailures"), "{what}: must report batch item failures");
+
+        let source = reference(attr(m, "event_source_arn").unwrap_or_else(|| panic!("{what}: event_source_arn")))
+            .unwrap_or_else(|| panic!("{what}: event_source_arn must reference a resource"));
+        let target = reference(attr(m, "function_name").unwrap_or_else(|| panic!("{what}: function_name")));
+        match (source.0.as_str(), source.2.as_str()) {
+            ("aws_sqs_queue", _) => {
+                assert_eq!(source.1, mail_label, "{what}: the SQS mapping reads the mail queue");
+                assert_eq!(target.map(|t| t.1), Some(worker_label.to_string()), "{what}: feeds the mail-worker");
+                let window = eval_i64(&ctx, m, "maximum_batching_window_in_seconds", &what);
+                assert!(window > 0, "{what}: needs a batching window (got {window})");
+                sqs_mappings += 1;
+            }
+            ("aws_dynamodb_table", "stream_arn") => {
+                assert_eq!(
+                    target.map(|t| t.1),
+                    Some(processor_label.to_string()),
+                    "{what}: feeds the stream-processor"
+                );
+                assert!(
+                    eval_bool_or_false(&ctx, m, "bisect_batch_on_function_error", &what),
+                    "{what}: must bisect on error"
+                );
+                let retries = eval_i64(&ctx, m, "maximum_retry_attempts", &what);
+                assert!(
+                    (0..=10_000).contains(&retries),
+                    "{what}: maximum_retry_attempts must be finite (got {retries})"
+                );
+                let age = eval_i64(&ctx, m, "maximum_record_age_in_seconds", &what);
+                assert!(
+                    (60..=604_800).contains(&age),
+                    "{what}: maximum_record_age_in_seconds must be finite (got {age})"
+                );
+                let dest = one_block(one_block(m, "destination_config", &what), "on_failure", &what);
+                let d = reference(
+                    attr(dest, "destination_arn").unwrap_or_else(|| panic!("{what}: on_failure.destination_arn")),
+                );
+                assert!(
+                    matches!(&d, Some((ty, _, f)) if ty == "aws_sqs_queue" && f == "arn"),
+                    "{what}: on-failure destination must be an SQS queue, got {d:?}"
+                );
+                streamed_tables.insert(source.1.clone());
+            }
+            other => panic!("{what}: unexpected event source {other:?}"),
+        }
+    }
+    assert_eq!(sqs_mappings, 1, "expected exactly one SQS mapping (mail queue -> mail-worker)");
+
+    let want: BTreeSet<String> = tables::ALL
+        .iter()
+        .filter(|s| s.stream)
+        .map(|s| {
+            let name = tables::table_name(&prefix(&ctx), s);
+            by_name.get(&name).unwrap_or_else(|| panic!("no table {name}")).0.to_string()
+        })
+        .collect();
+    assert_eq!(
+        streamed_tables, want,
+        "each table core streams (and only those) needs a mapping to the stream-processor"
+    );
+}
+
+#[test]
+fn iam_statements_name_actions_and_resources() {
+    let tf = Terraform::load();
+
+    // Every policy on a role or key comes from an aws_iam_policy_document, so
+    // the scan below sees all of them; remember which documents are key
+    // policies (where Resource "*" means "this key").
+    let mut key_policies = BTreeSet::new();
+    for (ty, key) in [
+        ("aws_iam_role", "assume_role_policy"),
+        ("aws_iam_role_policy", "policy"),
+        ("aws_iam_policy", "policy"),
+        ("aws_kms_key", "policy"),
+        ("aws_sqs_queue_policy", "policy"),
+        ("aws_sns_topic_policy", "policy"),
+    ] {
+        for (n, b) in tf.resources(ty) {
+            let Some(e) = attr(b, key) else { continue };
+            let doc = policy_document_name(e).unwrap_or_else(|| {
+                panic!("{ty}.{n}.{key} must be data.aws_iam_policy_document.<name>.json, got {e:?}")
+            });
+            if ty == "aws_kms_key" {
+                key_policies.insert(doc);
+            }
+        }
+    }
+    let attachments: Vec<&str> = tf.resources("aws_iam_role_policy_attachment").map(|(n, _)| n).collect();
+    assert!(
+        attachments.is_empty(),
+        "managed policy attachments are not checked here; use inline policy documents: {attachments:?}"
+    );
+
+    let docs: Vec<(&str, &Body)> = tf.of_kind("data", "aws_iam_policy_document").collect();
+    assert!(!docs.is_empty(), "no aws_iam_policy_document found");
+    let mut wildcard_sids_seen = BTreeSet::new();
+    for (doc, body) in docs {
+        for s in blocks(body, "statement") {
+            let s = s.body();
+            let sid = attr(s, "sid").map(|e| match e {
+                Expression::String(x) => x.clone(),
+                other => panic!("data.aws_iam_policy_document.{doc}: sid must be a literal, got {other:?}"),
+            });
+            let what = format!("data.aws_iam_policy_document.{doc} statement {}", sid.as_deref().unwrap_or("(no sid)"));
+            for forbidden in ["not_actions", "not_resources"] {
+                assert!(attr(s, forbidden).is_none(), "{what}: {forbidden} is too broad to review");
+            }
+            let actions = literal_strings(attr(s, "actions").unwrap_or_else(|| panic!("{what}: actions")), &what);
+            for a in &actions {
+                assert!(a != "*" && !a.starts_with("*:"), "{what}: action {a:?}");
+                if !key_policies.contains(doc) {
+                    assert!(!a.ends_with(":*"), "{what}: action {a:?} grants a whole service");
+                }
+            }
+            let Some(resources) = attr(s, "resources") else {
+                // Trust policies have principals, no resources.
+                assert!(blocks(s, "principals").next().is_some(), "{what}: no resources and no principals");
+                continue;
+            };
+            let Expression::Array(items) = resources else { panic!("{what}: resources must be a literal list") };
+            let wildcard = items.iter().any(|r| matches!(r, Expression::String(x) if x == "*"));
+            if !wildcard || key_policies.contains(doc) {
+                continue;
+            }
+            let sid =
+                sid.unwrap_or_else(|| panic!("{what}: Resource \"*\" needs a sid listed in WILDCARD_RESOURCE_ALLOWED"));
+            let allowed = WILDCARD_RESOURCE_ALLOWED
+                .iter()
+                .find(|(s, _)| *s == sid)
+                .unwrap_or_else(|| panic!("{what}: Resource \"*\" is not whitelisted"));
+            let got: BTreeSet<&str> = actions.iter().map(String::as_str).collect();
+            let want: BTreeSet<&str> = allowed.1.iter().copied().collect();
+            assert_eq!(got, want, "{what}: Resource \"*\" is whitelisted only for exactly these actions");
+            wildcard_sids_seen.insert(sid);
+        }
+    }
+    // The whitelist has no stale entries.
+    for (sid, _) in WILDCARD_RESOURCE_ALLOWED {
+        assert!(wildcard_sids_seen.contains(*sid), "WILDCARD_RESOURCE_ALLOWED lists {sid}, which no statement uses");
+    }
+}
