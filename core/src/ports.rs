@@ -7,13 +7,18 @@
 //! - a write whose guard does not hold returns `Err(StoreError::Conflict(_))`
 //!   and writes nothing;
 //! - every method is atomic: it either happens entirely or not at all;
+//! - every method that modifies a record on behalf of a request takes that
+//!   request's `meta` and sets the `meta` of each record it modifies to it,
+//!   in the same write (the audit trail reads "who did it" from the changed
+//!   record); a call that changes nothing leaves `meta` as it was;
 //! - expiry is checked by the flows against the `Clock`, never left to the
 //!   store's TTL sweeper (DynamoDB deletes expired items up to days late).
 
 use crate::StoreError;
 use crate::clock::Timestamp;
 use crate::domain::{
-    Challenge, ChallengeId, Email, OtpRecord, Session, SessionId, User, UserId, Username, VerificationRecord,
+    Challenge, ChallengeId, Email, OtpRecord, RequestMeta, Session, SessionId, User, UserId, Username,
+    VerificationRecord,
 };
 use crate::mail::MailEnvelope;
 use async_trait::async_trait;
@@ -45,43 +50,56 @@ pub trait UserStore: Send + Sync {
     /// re-lock at once when it expires). Failures during a lock change
     /// nothing, so a lock can never be extended by hammering. Returns the
     /// user as stored afterwards; an unknown user is `Conflict(Stale)`.
+    /// A counted failure sets the user's `meta` to the request's.
     async fn record_login_failure(
         &self,
         id: &UserId,
         now: Timestamp,
         threshold: u32,
         lock_secs: i64,
+        meta: &RequestMeta,
     ) -> StoreResult<User>;
 
-    /// Replaces the password hash (rehash on login when parameters rise).
+    /// Replaces the password hash (rehash on login when parameters rise)
+    /// and sets the user's `meta` to the request's.
     /// An unknown user is `Conflict(Stale)`.
-    async fn set_password_hash(&self, id: &UserId, phc: &str) -> StoreResult<()>;
+    async fn set_password_hash(&self, id: &UserId, phc: &str, meta: &RequestMeta) -> StoreResult<()>;
 
     /// Stores another verification token for an unverified user and sets
     /// `verification_sent_at = now`, only if the user is unverified and the
     /// last send was at or before `now - cooldown_secs`; otherwise
-    /// `Conflict(Stale)`.
+    /// `Conflict(Stale)`. The user update sets its `meta` to the request's
+    /// (the new token carries its own `meta`).
     async fn add_verification(
         &self,
         verification: &VerificationRecord,
         now: Timestamp,
         cooldown_secs: i64,
+        meta: &RequestMeta,
     ) -> StoreResult<()>;
 
     /// Reads a verification token by its hash.
     async fn verification(&self, token_hash: &str) -> StoreResult<Option<VerificationRecord>>;
 
-    /// Marks the token used and its user verified, in one transaction,
-    /// only if the token is unused and `expires_at > now`; otherwise
-    /// `Conflict(Stale)` and the user stays as it was.
-    async fn consume_verification(&self, token_hash: &str, now: Timestamp) -> StoreResult<UserId>;
+    /// Marks the token used and its user verified, and sets both their
+    /// `meta` to the request's, in one transaction, only if the token is
+    /// unused and `expires_at > now`; otherwise `Conflict(Stale)` and the
+    /// user stays as it was.
+    async fn consume_verification(&self, token_hash: &str, now: Timestamp, meta: &RequestMeta)
+    -> StoreResult<UserId>;
 }
 
 #[async_trait]
 pub trait ChallengeStore: Send + Sync {
     /// Stores a new challenge. If the user has failed logins on record, the
-    /// count is reset in the same write (the password was right).
-    async fn create_challenge(&self, challenge: &Challenge, reset_login_failures: bool) -> StoreResult<()>;
+    /// count is reset in the same write (the password was right), which
+    /// sets the user's `meta` to the request's.
+    async fn create_challenge(
+        &self,
+        challenge: &Challenge,
+        reset_login_failures: bool,
+        meta: &RequestMeta,
+    ) -> StoreResult<()>;
 
     async fn challenge(&self, id: &ChallengeId) -> StoreResult<Option<Challenge>>;
 
@@ -90,6 +108,9 @@ pub trait ChallengeStore: Send + Sync {
     /// only if the challenge is unused, still has `code_hash`, has fewer than
     /// `max_failures` failures and `expires_at > now`; otherwise
     /// `Conflict(Stale)`. Of any number of concurrent calls at most one wins.
+    /// Sets the challenge's and the user's `meta` to the request's (the new
+    /// session carries its own `meta`).
+    #[allow(clippy::too_many_arguments)]
     async fn redeem_challenge(
         &self,
         id: &ChallengeId,
@@ -97,22 +118,29 @@ pub trait ChallengeStore: Send + Sync {
         now: Timestamp,
         max_failures: u32,
         session: &Session,
+        meta: &RequestMeta,
     ) -> StoreResult<()>;
 
     /// Counts one wrong code: increments the challenge's `failures` and the
     /// user's `otp_failures` together, only if the challenge is unused and
     /// has fewer than `max_failures` failures (`Conflict(Stale)` otherwise).
     /// `user_id` is the challenge's user; the user item is only updated if
-    /// it exists (never created).
+    /// it exists (never created). Both updates set `meta` to the request's.
     /// Returns the new failure count. The check and the increment are one
     /// conditional write, so concurrent guesses cannot pass the cap.
-    async fn record_challenge_failure(&self, id: &ChallengeId, user_id: &UserId, max_failures: u32)
-    -> StoreResult<u32>;
+    async fn record_challenge_failure(
+        &self,
+        id: &ChallengeId,
+        user_id: &UserId,
+        max_failures: u32,
+        meta: &RequestMeta,
+    ) -> StoreResult<u32>;
 
     /// Replaces the code: sets `code_hash`, `expires_at`, `last_sent_at = now`
     /// and `resends += 1`, never touching `failures`, only if the challenge
     /// is unused, `last_sent_at <= now - cooldown_secs`, `resends <
     /// max_resends` and `failures < max_failures`; otherwise `Conflict(Stale)`.
+    /// Sets the challenge's `meta` to the request's.
     #[allow(clippy::too_many_arguments)]
     async fn replace_challenge_code(
         &self,
@@ -123,6 +151,7 @@ pub trait ChallengeStore: Send + Sync {
         cooldown_secs: i64,
         max_resends: u32,
         max_failures: u32,
+        meta: &RequestMeta,
     ) -> StoreResult<()>;
 }
 
@@ -132,12 +161,22 @@ pub trait SessionStore: Send + Sync {
 
     /// Rotates the refresh secret: only if the session is not revoked and its
     /// `refresh_hash` is still `old_hash`; sets the new hash, `refreshed_at`
-    /// and `generation += 1`. `Conflict(Stale)` otherwise.
-    async fn rotate_session(&self, id: &SessionId, old_hash: &str, new_hash: &str, now: Timestamp) -> StoreResult<()>;
+    /// and `generation += 1` and sets `meta` to the request's.
+    /// `Conflict(Stale)` otherwise.
+    async fn rotate_session(
+        &self,
+        id: &SessionId,
+        old_hash: &str,
+        new_hash: &str,
+        now: Timestamp,
+        meta: &RequestMeta,
+    ) -> StoreResult<()>;
 
-    /// Revokes the session now. Idempotent: revoking a revoked or unknown
-    /// session succeeds and changes nothing.
-    async fn revoke_session(&self, id: &SessionId, now: Timestamp, reason: &str) -> StoreResult<()>;
+    /// Revokes the session now and sets its `meta` to the request's.
+    /// Idempotent: revoking a revoked or unknown session succeeds and
+    /// changes nothing (not even `meta`).
+    async fn revoke_session(&self, id: &SessionId, now: Timestamp, reason: &str, meta: &RequestMeta)
+    -> StoreResult<()>;
 }
 
 #[async_trait]
@@ -150,18 +189,22 @@ pub trait OtpStore: Send + Sync {
     async fn put_otp(&self, record: &OtpRecord, expected_last_sent_at: Option<Timestamp>) -> StoreResult<()>;
 
     /// Marks the code used, only if it is unused, still has `code_hash`, has
-    /// fewer than `max_failures` failures and `expires_at > now`.
+    /// fewer than `max_failures` failures and `expires_at > now`, and sets
+    /// `meta` to the request's.
     async fn redeem_otp(
         &self,
         address_hash: &str,
         code_hash: &str,
         now: Timestamp,
         max_failures: u32,
+        meta: &RequestMeta,
     ) -> StoreResult<()>;
 
-    /// Increments `failures`, only if the code is unused and has fewer than
-    /// `max_failures` failures. Returns the new count.
-    async fn record_otp_failure(&self, address_hash: &str, max_failures: u32) -> StoreResult<u32>;
+    /// Increments `failures` and sets `meta` to the request's, only if the
+    /// code is unused and has fewer than `max_failures` failures. Returns
+    /// the new count.
+    async fn record_otp_failure(&self, address_hash: &str, max_failures: u32, meta: &RequestMeta)
+    -> StoreResult<u32>;
 }
 
 /// One counter to hit: at most `limit` hits per fixed `window_secs` window
