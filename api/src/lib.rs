@@ -5,6 +5,7 @@
 pub mod error;
 pub mod extract;
 pub mod headers;
+pub mod pages;
 pub mod routes;
 pub mod state;
 pub mod wiring;
@@ -14,7 +15,7 @@ pub use state::AppState;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use routes::{activity, admin, auth, otp, system, verify_page};
+use routes::{activity, admin, auth, otp, system};
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
@@ -34,7 +35,22 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/admin/users/{id}/audit", get(admin::user_audit))
         .route("/v1/admin/stats", get(admin::stats))
         .route("/otp", post(otp::otp))
-        .route("/verify-email", get(verify_page::landing).post(verify_page::submit))
+        // Browser pages (server-rendered, CSRF-checked; see `pages`).
+        .route("/", get(pages::home))
+        .route("/static/style.css", get(pages::stylesheet))
+        .route("/register", get(pages::account::register_form).post(pages::account::register))
+        .route("/register/sent", get(pages::account::check_mail))
+        .route("/register/resend", post(pages::account::resend))
+        .route("/verify-email", get(pages::account::verify_landing).post(pages::account::verify))
+        .route("/login", get(pages::login::login_form).post(pages::login::login))
+        .route("/login/code", get(pages::login::code_form).post(pages::login::code))
+        .route("/login/code/resend", post(pages::login::resend))
+        .route("/logout", post(pages::login::logout))
+        .route("/dashboard", get(pages::dashboard::dashboard))
+        .route("/one-time-code", get(pages::otp::form))
+        .route("/one-time-code/send", post(pages::otp::send))
+        .route("/one-time-code/verify", post(pages::otp::verify))
+        .route("/admin", get(pages::admin::form).post(pages::admin::stats))
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))

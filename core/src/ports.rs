@@ -85,8 +85,7 @@ pub trait UserStore: Send + Sync {
     /// `meta` to the request's, in one transaction, only if the token is
     /// unused and `expires_at > now`; otherwise `Conflict(Stale)` and the
     /// user stays as it was.
-    async fn consume_verification(&self, token_hash: &str, now: Timestamp, meta: &RequestMeta)
-    -> StoreResult<UserId>;
+    async fn consume_verification(&self, token_hash: &str, now: Timestamp, meta: &RequestMeta) -> StoreResult<UserId>;
 }
 
 #[async_trait]
@@ -203,8 +202,7 @@ pub trait OtpStore: Send + Sync {
     /// Increments `failures` and sets `meta` to the request's, only if the
     /// code is unused and has fewer than `max_failures` failures. Returns
     /// the new count.
-    async fn record_otp_failure(&self, address_hash: &str, max_failures: u32, meta: &RequestMeta)
-    -> StoreResult<u32>;
+    async fn record_otp_failure(&self, address_hash: &str, max_failures: u32, meta: &RequestMeta) -> StoreResult<u32>;
 }
 
 /// One counter to hit: at most `limit` hits per fixed `window_secs` window

@@ -26,9 +26,16 @@ use latchkey_core::error::Conflict;
 use latchkey_core::mail::{MailEnvelope, MailJob};
 use latchkey_core::ports::{ChallengeStore, LimitKey, MailQueue, OtpStore, RateLimiter, SessionStore, UserStore};
 use latchkey_core::rng::OsSecureRng;
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
 
 const NOW: Timestamp = 1_800_000_000;
+
+/// The meta of the requests that modify records in these tests.
+static META: LazyLock<RequestMeta> = LazyLock::new(|| RequestMeta {
+    request_id: Some("req-update".into()),
+    ip: Some("198.51.100.9".into()),
+    user_agent: Some("dynamo-smoke".into()),
+});
 
 /// The emulator's endpoint, starting it on first use.
 fn endpoint() -> &'static str {
@@ -215,7 +222,7 @@ async fn verification_is_consumed_once() {
     let env = env().await;
     let (u, token) = registered(&env).await;
 
-    let results = join_all((0..20).map(|_| env.store.consume_verification(&token.token_hash, NOW + 10))).await;
+    let results = join_all((0..20).map(|_| env.store.consume_verification(&token.token_hash, NOW + 10, &META))).await;
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "results: {results:?}");
     assert!(results.iter().filter(|r| r.is_err()).all(|r| is_conflict(r, Conflict::Stale)));
     assert_eq!(results.iter().find_map(|r| r.as_ref().ok()), Some(&u.id));
@@ -225,11 +232,11 @@ async fn verification_is_consumed_once() {
     // Expired: refused, and the user stays unverified.
     let (v, expired) = registered(&env).await;
     assert!(is_conflict(
-        &env.store.consume_verification(&expired.token_hash, expired.expires_at).await,
+        &env.store.consume_verification(&expired.token_hash, expired.expires_at, &META).await,
         Conflict::Stale
     ));
     assert!(!env.store.user_by_id(&v.id).await.unwrap().unwrap().verified);
-    assert!(is_conflict(&env.store.consume_verification("no-such-token", NOW).await, Conflict::Stale));
+    assert!(is_conflict(&env.store.consume_verification("no-such-token", NOW, &META).await, Conflict::Stale));
 }
 
 #[tokio::test]
@@ -245,28 +252,28 @@ async fn add_verification_honours_the_cooldown() {
         meta: RequestMeta::default(),
     };
     let early = fresh(NOW + 59);
-    assert!(is_conflict(&env.store.add_verification(&early, NOW + 59, 60).await, Conflict::Stale));
+    assert!(is_conflict(&env.store.add_verification(&early, NOW + 59, 60, &META).await, Conflict::Stale));
     assert_eq!(env.store.verification(&early.token_hash).await.unwrap(), None);
     let late = fresh(NOW + 60);
-    env.store.add_verification(&late, NOW + 60, 60).await.unwrap();
+    env.store.add_verification(&late, NOW + 60, 60, &META).await.unwrap();
     assert_eq!(env.store.verification(&late.token_hash).await.unwrap(), Some(late.clone()));
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().verification_sent_at, Some(NOW + 60));
     // Verified users get no more tokens.
-    env.store.consume_verification(&late.token_hash, NOW + 61).await.unwrap();
-    assert!(is_conflict(&env.store.add_verification(&fresh(NOW + 999), NOW + 999, 60).await, Conflict::Stale));
+    env.store.consume_verification(&late.token_hash, NOW + 61, &META).await.unwrap();
+    assert!(is_conflict(&env.store.add_verification(&fresh(NOW + 999), NOW + 999, 60, &META).await, Conflict::Stale));
 }
 
 #[tokio::test]
 async fn login_failures_lock_at_the_threshold_and_never_extend_the_lock() {
     let env = env().await;
     let (u, _) = registered(&env).await;
-    let fail = |now| env.store.record_login_failure(&u.id, now, 3, 900);
+    let fail = |now| env.store.record_login_failure(&u.id, now, 3, 900, &META);
 
     assert_eq!(fail(NOW).await.unwrap().failed_logins, 1);
     // Give the account some code failures: the lock resets them too.
     let c = challenge(&u, "h");
-    env.store.create_challenge(&c, false).await.unwrap();
-    env.store.record_challenge_failure(&c.id, &u.id, 6).await.unwrap();
+    env.store.create_challenge(&c, false, &META).await.unwrap();
+    env.store.record_challenge_failure(&c.id, &u.id, 6, &META).await.unwrap();
     assert_eq!(fail(NOW + 1).await.unwrap().failed_logins, 2);
     let locked = fail(NOW + 2).await.unwrap();
     assert_eq!((locked.locked_until, locked.failed_logins, locked.otp_failures), (Some(NOW + 902), 0, 0));
@@ -279,19 +286,19 @@ async fn login_failures_lock_at_the_threshold_and_never_extend_the_lock() {
     assert!(!after.is_locked(NOW + 902));
 
     // A correct password (a new challenge) resets the count.
-    env.store.create_challenge(&challenge(&u, "h2"), true).await.unwrap();
+    env.store.create_challenge(&challenge(&u, "h2"), true, &META).await.unwrap();
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().failed_logins, 0);
 
     // Threshold 1 locks at once.
     let (w, _) = registered(&env).await;
-    assert_eq!(env.store.record_login_failure(&w.id, NOW, 1, 60).await.unwrap().locked_until, Some(NOW + 60));
+    assert_eq!(env.store.record_login_failure(&w.id, NOW, 1, 60, &META).await.unwrap().locked_until, Some(NOW + 60));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_login_failures_lock_exactly_once() {
     let env = env().await;
     let (u, _) = registered(&env).await;
-    let results = join_all((0..20).map(|_| env.store.record_login_failure(&u.id, NOW, 10, 900))).await;
+    let results = join_all((0..20).map(|_| env.store.record_login_failure(&u.id, NOW, 10, 900, &META))).await;
     let users: Vec<User> = results.into_iter().map(|r| r.unwrap()).collect();
     let after = env.store.user_by_id(&u.id).await.unwrap().unwrap();
     assert_eq!(after.locked_until, Some(NOW + 900));
@@ -307,19 +314,23 @@ async fn redeem_challenge_has_a_single_winner() {
     let env = env().await;
     let (u, _) = registered(&env).await;
     let c = challenge(&u, "right");
-    env.store.create_challenge(&c, false).await.unwrap();
+    env.store.create_challenge(&c, false, &META).await.unwrap();
     assert_eq!(env.store.challenge(&c.id).await.unwrap(), Some(c.clone()));
-    assert_eq!(env.store.record_challenge_failure(&c.id, &u.id, 6).await.unwrap(), 1);
+    assert_eq!(env.store.record_challenge_failure(&c.id, &u.id, 6, &META).await.unwrap(), 1);
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 1);
 
     let s = session(&u);
-    assert!(is_conflict(&env.store.redeem_challenge(&c.id, "wrong", NOW + 1, 6, &s).await, Conflict::Stale));
-    assert!(is_conflict(&env.store.redeem_challenge(&c.id, "right", c.expires_at, 6, &s).await, Conflict::Stale));
-    assert!(is_conflict(&env.store.redeem_challenge(&c.id, "right", NOW + 1, 1, &s).await, Conflict::Stale));
+    assert!(is_conflict(&env.store.redeem_challenge(&c.id, "wrong", NOW + 1, 6, &s, &META).await, Conflict::Stale));
+    assert!(is_conflict(
+        &env.store.redeem_challenge(&c.id, "right", c.expires_at, 6, &s, &META).await,
+        Conflict::Stale
+    ));
+    assert!(is_conflict(&env.store.redeem_challenge(&c.id, "right", NOW + 1, 1, &s, &META).await, Conflict::Stale));
     assert_eq!(env.store.session(&s.id).await.unwrap(), None);
 
     let sessions: Vec<Session> = (0..20).map(|_| session(&u)).collect();
-    let results = join_all(sessions.iter().map(|s| env.store.redeem_challenge(&c.id, "right", NOW + 1, 6, s))).await;
+    let results =
+        join_all(sessions.iter().map(|s| env.store.redeem_challenge(&c.id, "right", NOW + 1, 6, s, &META))).await;
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "results: {results:?}");
     assert!(results.iter().filter(|r| r.is_err()).all(|r| is_conflict(r, Conflict::Stale)));
     let mut stored = Vec::new();
@@ -332,7 +343,7 @@ async fn redeem_challenge_has_a_single_winner() {
     assert_eq!(env.store.challenge(&c.id).await.unwrap().unwrap().used_at, Some(NOW + 1));
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 0);
     // A used challenge takes no more failures.
-    assert!(is_conflict(&env.store.record_challenge_failure(&c.id, &u.id, 6).await, Conflict::Stale));
+    assert!(is_conflict(&env.store.record_challenge_failure(&c.id, &u.id, 6, &META).await, Conflict::Stale));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -340,9 +351,9 @@ async fn challenge_failures_never_pass_the_cap() {
     let env = env().await;
     let (u, _) = registered(&env).await;
     let c = challenge(&u, "right");
-    env.store.create_challenge(&c, false).await.unwrap();
+    env.store.create_challenge(&c, false, &META).await.unwrap();
 
-    let results = join_all((0..20).map(|_| env.store.record_challenge_failure(&c.id, &u.id, 6))).await;
+    let results = join_all((0..20).map(|_| env.store.record_challenge_failure(&c.id, &u.id, 6, &META))).await;
     let mut ok: Vec<u32> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
     ok.sort_unstable();
     assert_eq!(ok, [1, 2, 3, 4, 5, 6], "each wrong code gets its own count: {results:?}");
@@ -350,7 +361,10 @@ async fn challenge_failures_never_pass_the_cap() {
     assert_eq!(env.store.challenge(&c.id).await.unwrap().unwrap().failures, 6);
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 6);
     // At the cap the right code no longer redeems.
-    assert!(is_conflict(&env.store.redeem_challenge(&c.id, "right", NOW + 1, 6, &session(&u)).await, Conflict::Stale));
+    assert!(is_conflict(
+        &env.store.redeem_challenge(&c.id, "right", NOW + 1, 6, &session(&u), &META).await,
+        Conflict::Stale
+    ));
 }
 
 #[tokio::test]
@@ -358,11 +372,11 @@ async fn replace_challenge_code_keeps_failures_and_honours_its_guards() {
     let env = env().await;
     let (u, _) = registered(&env).await;
     let c = challenge(&u, "first");
-    env.store.create_challenge(&c, false).await.unwrap();
-    env.store.record_challenge_failure(&c.id, &u.id, 6).await.unwrap();
+    env.store.create_challenge(&c, false, &META).await.unwrap();
+    env.store.record_challenge_failure(&c.id, &u.id, 6, &META).await.unwrap();
 
     let replace = |now: Timestamp, max_resends| {
-        env.store.replace_challenge_code(&c.id, "second", now + 300, now, 60, max_resends, 6)
+        env.store.replace_challenge_code(&c.id, "second", now + 300, now, 60, max_resends, 6, &META)
     };
     assert!(is_conflict(&replace(NOW + 59, 3).await, Conflict::Stale), "within the cooldown");
     replace(NOW + 60, 3).await.unwrap();
@@ -374,10 +388,10 @@ async fn replace_challenge_code_keeps_failures_and_honours_its_guards() {
     assert!(is_conflict(&replace(NOW + 120, 1).await, Conflict::Stale), "out of resends");
     // The old code is dead, the new one redeems.
     assert!(is_conflict(
-        &env.store.redeem_challenge(&c.id, "first", NOW + 121, 6, &session(&u)).await,
+        &env.store.redeem_challenge(&c.id, "first", NOW + 121, 6, &session(&u), &META).await,
         Conflict::Stale
     ));
-    env.store.redeem_challenge(&c.id, "second", NOW + 121, 6, &session(&u)).await.unwrap();
+    env.store.redeem_challenge(&c.id, "second", NOW + 121, 6, &session(&u), &META).await.unwrap();
     assert!(is_conflict(&replace(NOW + 500, 3).await, Conflict::Stale), "used");
 }
 
@@ -386,24 +400,24 @@ async fn sessions_rotate_once_and_revoke_idempotently() {
     let env = env().await;
     let (u, _) = registered(&env).await;
     let c = challenge(&u, "h");
-    env.store.create_challenge(&c, false).await.unwrap();
+    env.store.create_challenge(&c, false, &META).await.unwrap();
     let s = session(&u);
-    env.store.redeem_challenge(&c.id, "h", NOW + 1, 6, &s).await.unwrap();
+    env.store.redeem_challenge(&c.id, "h", NOW + 1, 6, &s, &META).await.unwrap();
 
-    env.store.rotate_session(&s.id, "r0", "r1", NOW + 2).await.unwrap();
-    assert!(is_conflict(&env.store.rotate_session(&s.id, "r0", "r2", NOW + 3).await, Conflict::Stale));
+    env.store.rotate_session(&s.id, "r0", "r1", NOW + 2, &META).await.unwrap();
+    assert!(is_conflict(&env.store.rotate_session(&s.id, "r0", "r2", NOW + 3, &META).await, Conflict::Stale));
     let got = env.store.session(&s.id).await.unwrap().unwrap();
     assert_eq!((got.refresh_hash.as_str(), got.refreshed_at, got.generation), ("r1", NOW + 2, 1));
 
-    env.store.revoke_session(&s.id, NOW + 4, "logout").await.unwrap();
-    env.store.revoke_session(&s.id, NOW + 5, "refresh_reuse").await.unwrap();
+    env.store.revoke_session(&s.id, NOW + 4, "logout", &META).await.unwrap();
+    env.store.revoke_session(&s.id, NOW + 5, "refresh_reuse", &META).await.unwrap();
     let got = env.store.session(&s.id).await.unwrap().unwrap();
     assert_eq!((got.revoked_at, got.revoke_reason.as_deref()), (Some(NOW + 4), Some("logout")));
-    assert!(is_conflict(&env.store.rotate_session(&s.id, "r1", "r2", NOW + 6).await, Conflict::Stale));
+    assert!(is_conflict(&env.store.rotate_session(&s.id, "r1", "r2", NOW + 6, &META).await, Conflict::Stale));
 
     // Unknown: Ok, and no phantom item appears.
     let ghost = SessionId::random(&OsSecureRng);
-    env.store.revoke_session(&ghost, NOW, "logout").await.unwrap();
+    env.store.revoke_session(&ghost, NOW, "logout", &META).await.unwrap();
     assert_eq!(env.store.session(&ghost).await.unwrap(), None);
 }
 
@@ -426,22 +440,22 @@ async fn otp_codes_are_single_use_and_capped() {
     assert!(is_conflict(&env.store.put_otp(&rec, Some(NOW - 1)).await, Conflict::Stale));
     assert_eq!(env.store.otp(&addr).await.unwrap(), Some(rec.clone()));
 
-    let results = join_all((0..20).map(|_| env.store.record_otp_failure(&addr, 6))).await;
+    let results = join_all((0..20).map(|_| env.store.record_otp_failure(&addr, 6, &META))).await;
     let mut ok: Vec<u32> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
     ok.sort_unstable();
     assert_eq!(ok, vec![1, 2, 3, 4, 5, 6], "each increment returns its own count");
-    assert!(is_conflict(&env.store.redeem_otp(&addr, "c1", NOW + 1, 6).await, Conflict::Stale));
+    assert!(is_conflict(&env.store.redeem_otp(&addr, "c1", NOW + 1, 6, &META).await, Conflict::Stale));
 
     // A new code (replacing on the expected last_sent_at) redeems once.
     let next = OtpRecord { code_hash: "c2".into(), last_sent_at: NOW + 60, failures: 0, ..rec.clone() };
     env.store.put_otp(&next, Some(NOW)).await.unwrap();
-    assert!(is_conflict(&env.store.redeem_otp(&addr, "c1", NOW + 61, 6).await, Conflict::Stale));
-    assert!(is_conflict(&env.store.redeem_otp(&addr, "c2", NOW + 600, 6).await, Conflict::Stale), "expired");
-    let results = join_all((0..20).map(|_| env.store.redeem_otp(&addr, "c2", NOW + 61, 6))).await;
+    assert!(is_conflict(&env.store.redeem_otp(&addr, "c1", NOW + 61, 6, &META).await, Conflict::Stale));
+    assert!(is_conflict(&env.store.redeem_otp(&addr, "c2", NOW + 600, 6, &META).await, Conflict::Stale), "expired");
+    let results = join_all((0..20).map(|_| env.store.redeem_otp(&addr, "c2", NOW + 61, 6, &META))).await;
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "results: {results:?}");
     assert_eq!(env.store.otp(&addr).await.unwrap().unwrap().used_at, Some(NOW + 61));
-    assert!(is_conflict(&env.store.record_otp_failure(&addr, 6).await, Conflict::Stale));
-    assert!(is_conflict(&env.store.record_otp_failure("no-such-address", 6).await, Conflict::Stale));
+    assert!(is_conflict(&env.store.record_otp_failure(&addr, 6, &META).await, Conflict::Stale));
+    assert!(is_conflict(&env.store.record_otp_failure("no-such-address", 6, &META).await, Conflict::Stale));
     assert_eq!(env.store.otp("no-such-address").await.unwrap(), None);
 }
 
@@ -494,7 +508,7 @@ async fn call_counter_sees_one_round_trip_per_store_call() {
     env.store.user_by_id(&u.id).await.unwrap();
     assert_eq!(env.counter.snapshot(), ["dynamodb:Query", "dynamodb:Query", "dynamodb:GetItem"]);
     env.counter.take();
-    env.store.consume_verification(&token.token_hash, NOW + 1).await.unwrap();
+    env.store.consume_verification(&token.token_hash, NOW + 1, &META).await.unwrap();
     assert_eq!(env.counter.take(), ["dynamodb:GetItem", "dynamodb:TransactWriteItems"]);
     let key = LimitKey { key: unique("k"), limit: 2, window_secs: 60 };
     env.store.hit(&[key], NOW).await.unwrap();

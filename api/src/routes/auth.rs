@@ -126,9 +126,13 @@ pub async fn refresh(
     Ok(Json(tokens_json(&pair)).into_response())
 }
 
-pub async fn logout(State(s): State<AppState>, JsonBody(r): JsonBody<RefreshReq>) -> Result<Response, ApiError> {
+pub async fn logout(
+    State(s): State<AppState>,
+    Meta(meta): Meta,
+    JsonBody(r): JsonBody<RefreshReq>,
+) -> Result<Response, ApiError> {
     let token = required(r.refresh_token, "refresh_token")?;
-    s.auth.logout(&token).await?;
+    s.auth.logout(&token, &meta).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

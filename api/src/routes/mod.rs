@@ -6,4 +6,3 @@ pub mod admin;
 pub mod auth;
 pub mod otp;
 pub mod system;
-pub mod verify_page;

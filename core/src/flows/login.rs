@@ -52,7 +52,7 @@ impl Auth {
         }
         if self.hasher.needs_rehash(&user.password_hash) {
             let phc = self.hasher.hash(&password, self.ports.rng.as_ref()).await?;
-            self.ports.users.set_password_hash(&user.id, &phc).await?;
+            self.ports.users.set_password_hash(&user.id, &phc, meta).await?;
         }
 
         let rng = self.ports.rng.as_ref();
@@ -70,7 +70,7 @@ impl Auth {
             used_at: None,
             meta: meta.clone(),
         };
-        self.ports.challenges.create_challenge(&challenge, user.failed_logins > 0).await?;
+        self.ports.challenges.create_challenge(&challenge, user.failed_logins > 0, meta).await?;
         self.send(&user.email, meta, self.code_job(&user, code)).await?;
         tracing::info!(user_id = %user.id, challenge_id = %id, "login code issued");
         Ok(LoginStarted {
@@ -125,6 +125,7 @@ impl Auth {
                 p.code_resend_cooldown_secs,
                 p.code_max_resends,
                 p.code_max_failures,
+                meta,
             )
             .await
         {
@@ -149,7 +150,7 @@ impl Auth {
         meta: &RequestMeta,
     ) -> Result<(), Error> {
         let after =
-            self.ports.users.record_login_failure(&user.id, now, threshold, self.policy.login_lock_secs).await?;
+            self.ports.users.record_login_failure(&user.id, now, threshold, self.policy.login_lock_secs, meta).await?;
         if !user.is_locked(now) && after.is_locked(now) {
             tracing::warn!(user_id = %user.id, "account locked after failed logins");
             let until = after.locked_until.unwrap_or(now);

@@ -91,9 +91,9 @@ impl Auth {
         check(&rec)?;
         let presented = self.otp_code_hash(&addr, &code);
         let result = if OtpCode::hashes_equal(&presented, &rec.code_hash) {
-            self.ports.otps.redeem_otp(&addr, &presented, now, max).await.map(|()| None)
+            self.ports.otps.redeem_otp(&addr, &presented, now, max, meta).await.map(|()| None)
         } else {
-            self.ports.otps.record_otp_failure(&addr, max).await.map(Some)
+            self.ports.otps.record_otp_failure(&addr, max, meta).await.map(Some)
         };
         match result {
             Ok(None) => Ok(()),

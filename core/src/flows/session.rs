@@ -65,7 +65,7 @@ impl Auth {
         check(c.used_at.is_some(), c.failures, c.expires_at)?;
         let presented = self.login_code_hash(&id, &code);
         if !OtpCode::hashes_equal(&presented, &c.code_hash) {
-            return match self.ports.challenges.record_challenge_failure(&id, &c.user_id, max).await {
+            return match self.ports.challenges.record_challenge_failure(&id, &c.user_id, max, meta).await {
                 Ok(n) => {
                     tracing::info!(user_id = %c.user_id, challenge_id = %id, failures = n, "wrong login code");
                     Err(Error::OtpInvalid { attempts_left: max.saturating_sub(n) })
@@ -78,7 +78,7 @@ impl Auth {
             };
         }
         let (session, secret) = self.new_session(c.user_id, now, meta);
-        match self.ports.challenges.redeem_challenge(&id, &presented, now, max, &session).await {
+        match self.ports.challenges.redeem_challenge(&id, &presented, now, max, &session, meta).await {
             Ok(()) => {}
             Err(StoreError::Conflict(_)) => {
                 let c = self.ports.challenges.challenge(&id).await?.ok_or(Error::ChallengeNotFound)?;
@@ -106,15 +106,15 @@ impl Auth {
         let presented = token_hash(secret);
         if !OtpCode::hashes_equal(&presented, &s.refresh_hash) {
             tracing::warn!(user_id = %s.user_id, session_id = %sid, "refresh token reuse: session revoked");
-            self.ports.sessions.revoke_session(&sid, now, "refresh_reuse").await?;
+            self.ports.sessions.revoke_session(&sid, now, "refresh_reuse", meta).await?;
             return Err(Error::InvalidRefreshToken);
         }
         let new_secret = random_token(self.ports.rng.as_ref());
-        match self.ports.sessions.rotate_session(&sid, &presented, &token_hash(&new_secret), now).await {
+        match self.ports.sessions.rotate_session(&sid, &presented, &token_hash(&new_secret), now, meta).await {
             Ok(()) => {}
             Err(StoreError::Conflict(_)) => {
                 tracing::warn!(user_id = %s.user_id, session_id = %sid, "concurrent refresh: session revoked");
-                self.ports.sessions.revoke_session(&sid, now, "refresh_reuse").await?;
+                self.ports.sessions.revoke_session(&sid, now, "refresh_reuse", meta).await?;
                 return Err(Error::InvalidRefreshToken);
             }
             Err(e) => return Err(e.into()),
@@ -125,9 +125,9 @@ impl Auth {
 
     /// Revokes the session a refresh token belongs to. Idempotent: an
     /// unknown or already revoked token is not an error.
-    pub async fn logout(&self, refresh_token: &str) -> Result<(), Error> {
+    pub async fn logout(&self, refresh_token: &str, meta: &RequestMeta) -> Result<(), Error> {
         let (sid, _) = parse_refresh(refresh_token)?;
-        self.ports.sessions.revoke_session(&sid, self.now(), "logout").await?;
+        self.ports.sessions.revoke_session(&sid, self.now(), "logout", meta).await?;
         tracing::info!(session_id = %sid, "session revoked by logout");
         Ok(())
     }

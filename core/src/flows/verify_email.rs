@@ -18,7 +18,7 @@ impl Auth {
             return Err(Error::VerificationInvalid);
         };
         classify(&rec, now)?;
-        match self.ports.users.consume_verification(&hash, now).await {
+        match self.ports.users.consume_verification(&hash, now, meta).await {
             Ok(user_id) => {
                 tracing::info!(%user_id, "email verified");
                 Ok(())
@@ -57,7 +57,7 @@ impl Auth {
             used_at: None,
             meta: meta.clone(),
         };
-        match self.ports.users.add_verification(&rec, now, self.policy.verification_resend_cooldown_secs).await {
+        match self.ports.users.add_verification(&rec, now, self.policy.verification_resend_cooldown_secs, meta).await {
             Ok(()) => self.send(&user.email, meta, self.verify_job(&user, token)).await,
             // Within the cooldown: say nothing different.
             Err(StoreError::Conflict(_)) => Ok(()),

@@ -3,10 +3,10 @@
 
 use super::Subject;
 use super::fixtures::{
-    T0, challenge_id, expect_conflict, hash, new_challenge, new_session, pending_challenge, race, registered,
+    T0, challenge_id, expect_conflict, hash, meta, new_challenge, new_session, pending_challenge, race, registered,
     single_winner, stored_challenge, stored_user,
 };
-use crate::domain::{Challenge, Session};
+use crate::domain::{Challenge, RequestMeta, Session, User};
 use crate::error::Conflict;
 
 /// The cap on wrong codes the cases pass as `max_failures`.
@@ -17,11 +17,11 @@ const COOLDOWN: i64 = 30;
 pub async fn create_challenge_reads_back_and_resets_login_failures(s: &Subject) {
     let (user, _) = registered(s).await;
     for now in [T0, T0 + 1] {
-        s.users.record_login_failure(&user.id, now, 5, 600).await.expect("record_login_failure");
+        s.users.record_login_failure(&user.id, now, 5, 600, &meta()).await.expect("record_login_failure");
     }
 
     let kept = new_challenge(user.id);
-    s.challenges.create_challenge(&kept, false).await.expect("create_challenge without reset");
+    s.challenges.create_challenge(&kept, false, &meta()).await.expect("create_challenge without reset");
     assert_eq!(s.challenges.challenge(&kept.id).await.expect("challenge"), Some(kept));
     assert_eq!(
         stored_user(s, &user.id).await.failed_logins,
@@ -30,12 +30,13 @@ pub async fn create_challenge_reads_back_and_resets_login_failures(s: &Subject) 
     );
 
     let reset = new_challenge(user.id);
-    s.challenges.create_challenge(&reset, true).await.expect("create_challenge with reset");
+    let m = meta();
+    s.challenges.create_challenge(&reset, true, &m).await.expect("create_challenge with reset");
     assert_eq!(s.challenges.challenge(&reset.id).await.expect("challenge"), Some(reset));
     assert_eq!(
         stored_user(s, &user.id).await,
-        user,
-        "create_challenge(reset_login_failures = true) resets the count and nothing else"
+        User { meta: m, ..user },
+        "create_challenge(reset_login_failures = true) resets the count, sets meta and nothing else"
     );
 
     assert_eq!(s.challenges.challenge(&challenge_id()).await.expect("challenge of an unknown id"), None);
@@ -46,7 +47,7 @@ pub async fn redeem_challenge_has_one_winner(s: &Subject) {
     // Two wrong codes first, so the reset of the account-wide count shows.
     for _ in 0..2 {
         s.challenges
-            .record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES)
+            .record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES, &meta())
             .await
             .expect("record_challenge_failure");
     }
@@ -54,10 +55,12 @@ pub async fn redeem_challenge_has_one_winner(s: &Subject) {
 
     let now = T0 + 1;
     let sessions: Vec<Session> = (0..RACERS).map(|_| new_session(user.id)).collect();
+    let metas: Vec<RequestMeta> = (0..RACERS).map(|_| meta()).collect();
     let results = race(RACERS, |i| {
         let challenges = s.challenges.clone();
-        let (id, code_hash, session) = (challenge.id, challenge.code_hash.clone(), sessions[i].clone());
-        async move { challenges.redeem_challenge(&id, &code_hash, now, MAX_FAILURES, &session).await }
+        let (id, code_hash, session, m) =
+            (challenge.id, challenge.code_hash.clone(), sessions[i].clone(), metas[i].clone());
+        async move { challenges.redeem_challenge(&id, &code_hash, now, MAX_FAILURES, &session, &m).await }
     })
     .await;
     let (w, (), losers) = single_winner(results, "concurrent redeems of one challenge");
@@ -76,13 +79,13 @@ pub async fn redeem_challenge_has_one_winner(s: &Subject) {
     );
     assert_eq!(
         stored_challenge(s, &challenge.id).await,
-        Challenge { used_at: Some(now), failures: 2, ..challenge.clone() },
-        "a redeem sets used_at = now and nothing else on the challenge"
+        Challenge { used_at: Some(now), failures: 2, meta: metas[w].clone(), ..challenge.clone() },
+        "a redeem sets used_at = now and the winner's meta and nothing else on the challenge"
     );
     assert_eq!(stored_user(s, &user.id).await.otp_failures, 0, "a redeem resets the user's otp_failures");
 
     expect_conflict(
-        s.challenges.record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES).await,
+        s.challenges.record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES, &meta()).await,
         Conflict::Stale,
         "a wrong code on a used challenge",
     );
@@ -95,7 +98,7 @@ pub async fn redeem_challenge_refused_at_expiry_boundary(s: &Subject) {
     let late = new_session(user.id);
     expect_conflict(
         s.challenges
-            .redeem_challenge(&challenge.id, &challenge.code_hash, challenge.expires_at, MAX_FAILURES, &late)
+            .redeem_challenge(&challenge.id, &challenge.code_hash, challenge.expires_at, MAX_FAILURES, &late, &meta())
             .await,
         Conflict::Stale,
         "redeem at expires_at",
@@ -105,7 +108,14 @@ pub async fn redeem_challenge_refused_at_expiry_boundary(s: &Subject) {
 
     let on_time = new_session(user.id);
     s.challenges
-        .redeem_challenge(&challenge.id, &challenge.code_hash, challenge.expires_at - 1, MAX_FAILURES, &on_time)
+        .redeem_challenge(
+            &challenge.id,
+            &challenge.code_hash,
+            challenge.expires_at - 1,
+            MAX_FAILURES,
+            &on_time,
+            &meta(),
+        )
         .await
         .expect("redeem one second before expires_at");
     assert_eq!(s.sessions.session(&on_time.id).await.expect("session"), Some(on_time));
@@ -116,7 +126,7 @@ pub async fn redeem_challenge_refused_with_another_code(s: &Subject) {
 
     let wrong = new_session(user.id);
     expect_conflict(
-        s.challenges.redeem_challenge(&challenge.id, &hash(), T0 + 1, MAX_FAILURES, &wrong).await,
+        s.challenges.redeem_challenge(&challenge.id, &hash(), T0 + 1, MAX_FAILURES, &wrong, &meta()).await,
         Conflict::Stale,
         "redeem with another code hash",
     );
@@ -126,7 +136,7 @@ pub async fn redeem_challenge_refused_with_another_code(s: &Subject) {
     let unknown = challenge_id();
     let stray = new_session(user.id);
     expect_conflict(
-        s.challenges.redeem_challenge(&unknown, &challenge.code_hash, T0 + 1, MAX_FAILURES, &stray).await,
+        s.challenges.redeem_challenge(&unknown, &challenge.code_hash, T0 + 1, MAX_FAILURES, &stray, &meta()).await,
         Conflict::Stale,
         "redeem of an unknown challenge",
     );
@@ -143,7 +153,7 @@ pub async fn challenge_failures_capped_under_concurrency(s: &Subject) {
     let results = race(RACERS, |_| {
         let challenges = s.challenges.clone();
         let (id, user_id) = (challenge.id, user.id);
-        async move { challenges.record_challenge_failure(&id, &user_id, MAX_FAILURES).await }
+        async move { challenges.record_challenge_failure(&id, &user_id, MAX_FAILURES, &meta()).await }
     })
     .await;
 
@@ -169,7 +179,9 @@ pub async fn challenge_failures_capped_under_concurrency(s: &Subject) {
 
     let session = new_session(user.id);
     expect_conflict(
-        s.challenges.redeem_challenge(&challenge.id, &challenge.code_hash, T0 + 1, MAX_FAILURES, &session).await,
+        s.challenges
+            .redeem_challenge(&challenge.id, &challenge.code_hash, T0 + 1, MAX_FAILURES, &session, &meta())
+            .await,
         Conflict::Stale,
         "redeem of an exhausted challenge with the right code",
     );
@@ -177,7 +189,7 @@ pub async fn challenge_failures_capped_under_concurrency(s: &Subject) {
 
     let unknown = challenge_id();
     expect_conflict(
-        s.challenges.record_challenge_failure(&unknown, &user.id, MAX_FAILURES).await,
+        s.challenges.record_challenge_failure(&unknown, &user.id, MAX_FAILURES, &meta()).await,
         Conflict::Stale,
         "a wrong code on an unknown challenge",
     );
@@ -191,19 +203,26 @@ pub async fn challenge_failures_capped_under_concurrency(s: &Subject) {
 
 pub async fn replace_challenge_code_cooldown_boundary(s: &Subject) {
     let (user, challenge) = pending_challenge(s).await;
-    let replace = |code_hash: String, now| {
+    let replace = |code_hash: String, now, m: RequestMeta| {
         let challenges = s.challenges.clone();
         let id = challenge.id;
-        async move { challenges.replace_challenge_code(&id, &code_hash, now + 600, now, COOLDOWN, 3, MAX_FAILURES).await }
+        async move {
+            challenges.replace_challenge_code(&id, &code_hash, now + 600, now, COOLDOWN, 3, MAX_FAILURES, &m).await
+        }
     };
 
     let early = T0 + COOLDOWN - 1;
-    expect_conflict(replace(hash(), early).await, Conflict::Stale, "a resend one second before the cooldown ends");
+    expect_conflict(
+        replace(hash(), early, meta()).await,
+        Conflict::Stale,
+        "a resend one second before the cooldown ends",
+    );
     assert_eq!(stored_challenge(s, &challenge.id).await, challenge, "a refused resend changed the challenge");
 
     let now = T0 + COOLDOWN;
     let new_code = hash();
-    replace(new_code.clone(), now).await.expect("a resend exactly when the cooldown ends");
+    let m = meta();
+    replace(new_code.clone(), now, m.clone()).await.expect("a resend exactly when the cooldown ends");
     assert_eq!(
         stored_challenge(s, &challenge.id).await,
         Challenge {
@@ -211,24 +230,29 @@ pub async fn replace_challenge_code_cooldown_boundary(s: &Subject) {
             expires_at: now + 600,
             last_sent_at: now,
             resends: 1,
+            meta: m,
             ..challenge.clone()
         },
-        "a resend sets code_hash, expires_at, last_sent_at = now and resends + 1"
+        "a resend sets code_hash, expires_at, last_sent_at = now, resends + 1 and meta"
     );
 
     let old = new_session(user.id);
     expect_conflict(
-        s.challenges.redeem_challenge(&challenge.id, &challenge.code_hash, now + 1, MAX_FAILURES, &old).await,
+        s.challenges.redeem_challenge(&challenge.id, &challenge.code_hash, now + 1, MAX_FAILURES, &old, &meta()).await,
         Conflict::Stale,
         "redeem with the replaced code",
     );
     let fresh = new_session(user.id);
     s.challenges
-        .redeem_challenge(&challenge.id, &new_code, now + 1, MAX_FAILURES, &fresh)
+        .redeem_challenge(&challenge.id, &new_code, now + 1, MAX_FAILURES, &fresh, &meta())
         .await
         .expect("redeem with the new code");
 
-    expect_conflict(replace(hash(), now + 10 * COOLDOWN).await, Conflict::Stale, "a resend for a used challenge");
+    expect_conflict(
+        replace(hash(), now + 10 * COOLDOWN, meta()).await,
+        Conflict::Stale,
+        "a resend for a used challenge",
+    );
 }
 
 pub async fn replace_challenge_code_max_resends(s: &Subject) {
@@ -239,7 +263,7 @@ pub async fn replace_challenge_code_max_resends(s: &Subject) {
         let id = challenge.id;
         async move {
             challenges
-                .replace_challenge_code(&id, &code_hash, now + 600, now, COOLDOWN, MAX_RESENDS, MAX_FAILURES)
+                .replace_challenge_code(&id, &code_hash, now + 600, now, COOLDOWN, MAX_RESENDS, MAX_FAILURES, &meta())
                 .await
         }
     };
@@ -256,11 +280,14 @@ pub async fn replace_challenge_code_max_resends(s: &Subject) {
 
 pub async fn replace_challenge_code_keeps_failures(s: &Subject) {
     let (user, challenge) = pending_challenge(s).await;
-    let fail = || s.challenges.record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES);
+    let m = meta();
+    let fail = || s.challenges.record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES, &m);
     let replace = |now| {
         let challenges = s.challenges.clone();
         let id = challenge.id;
-        async move { challenges.replace_challenge_code(&id, &hash(), now + 600, now, COOLDOWN, 10, MAX_FAILURES).await }
+        async move {
+            challenges.replace_challenge_code(&id, &hash(), now + 600, now, COOLDOWN, 10, MAX_FAILURES, &meta()).await
+        }
     };
 
     for _ in 0..2 {

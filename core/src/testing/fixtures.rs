@@ -129,7 +129,7 @@ pub(super) fn new_challenge(user_id: UserId) -> Challenge {
 pub(super) async fn pending_challenge(s: &Subject) -> (User, Challenge) {
     let (user, _) = registered(s).await;
     let challenge = new_challenge(user.id);
-    s.challenges.create_challenge(&challenge, false).await.expect("create_challenge");
+    s.challenges.create_challenge(&challenge, false, &meta()).await.expect("create_challenge");
     (user, challenge)
 }
 
@@ -160,7 +160,7 @@ pub(super) async fn signed_in(s: &Subject) -> (User, Session) {
     let (user, challenge) = pending_challenge(s).await;
     let session = new_session(user.id);
     s.challenges
-        .redeem_challenge(&challenge.id, &challenge.code_hash, T0 + 1, 5, &session)
+        .redeem_challenge(&challenge.id, &challenge.code_hash, T0 + 1, 5, &session, &meta())
         .await
         .expect("redeem_challenge of a fresh challenge");
     (user, session)

@@ -89,6 +89,7 @@ macro_rules! contract_suite {
             concurrent_registrations_of_one_username_leave_one_account,
             set_password_hash_replaces_only_the_hash,
             consume_verification_once,
+            update_replaces_meta,
             consume_verification_has_one_winner,
             consume_verification_refused_at_expiry_boundary,
             add_verification_cooldown_boundary,

@@ -2,8 +2,8 @@
 //! redemption and capped failure count.
 
 use super::Subject;
-use super::fixtures::{T0, expect_conflict, hash, new_otp, race, sent_otp, single_winner, stored_otp};
-use crate::domain::OtpRecord;
+use super::fixtures::{T0, expect_conflict, hash, meta, new_otp, race, sent_otp, single_winner, stored_otp};
+use crate::domain::{OtpRecord, RequestMeta};
 use crate::error::Conflict;
 
 const MAX_FAILURES: u32 = 5;
@@ -62,22 +62,28 @@ pub async fn put_otp_has_one_winner(s: &Subject) {
 pub async fn redeem_otp_has_one_winner(s: &Subject) {
     let otp = sent_otp(s).await;
     let now = T0 + 1;
-    let results = race(RACERS, |_| {
+    let metas: Vec<RequestMeta> = (0..RACERS).map(|_| meta()).collect();
+    let results = race(RACERS, |i| {
         let otps = s.otps.clone();
-        let (address, code) = (otp.address_hash.clone(), otp.code_hash.clone());
-        async move { otps.redeem_otp(&address, &code, now, MAX_FAILURES).await }
+        let (address, code, m) = (otp.address_hash.clone(), otp.code_hash.clone(), metas[i].clone());
+        async move { otps.redeem_otp(&address, &code, now, MAX_FAILURES, &m).await }
     })
     .await;
-    let (_, (), losers) = single_winner(results, "concurrent redeems of one code");
+    let (w, (), losers) = single_winner(results, "concurrent redeems of one code");
     for (i, r) in losers {
         expect_conflict(r, Conflict::Stale, &format!("racer {i} redeeming a used code"));
     }
     let used = stored_otp(s, &otp.address_hash).await;
     assert!(used.used_at.is_some(), "a redeem marks the code used: {used:?}");
-    assert_eq!(OtpRecord { used_at: None, ..used }, otp, "a redeem changes nothing but used_at");
+    assert_eq!(
+        OtpRecord { used_at: None, meta: otp.meta.clone(), ..used.clone() },
+        otp,
+        "a redeem changes nothing but used_at and meta"
+    );
+    assert_eq!(used.meta, metas[w], "a redeem sets the winner's meta");
 
     expect_conflict(
-        s.otps.record_otp_failure(&otp.address_hash, MAX_FAILURES).await,
+        s.otps.record_otp_failure(&otp.address_hash, MAX_FAILURES, &meta()).await,
         Conflict::Stale,
         "a wrong code after the right one",
     );
@@ -86,13 +92,13 @@ pub async fn redeem_otp_has_one_winner(s: &Subject) {
 pub async fn redeem_otp_refused_at_expiry_boundary(s: &Subject) {
     let otp = sent_otp(s).await;
     expect_conflict(
-        s.otps.redeem_otp(&otp.address_hash, &otp.code_hash, otp.expires_at, MAX_FAILURES).await,
+        s.otps.redeem_otp(&otp.address_hash, &otp.code_hash, otp.expires_at, MAX_FAILURES, &meta()).await,
         Conflict::Stale,
         "redeem at expires_at",
     );
     assert_eq!(stored_otp(s, &otp.address_hash).await, otp, "an expired redeem changed the record");
     s.otps
-        .redeem_otp(&otp.address_hash, &otp.code_hash, otp.expires_at - 1, MAX_FAILURES)
+        .redeem_otp(&otp.address_hash, &otp.code_hash, otp.expires_at - 1, MAX_FAILURES, &meta())
         .await
         .expect("redeem one second before expires_at");
 }
@@ -100,7 +106,7 @@ pub async fn redeem_otp_refused_at_expiry_boundary(s: &Subject) {
 pub async fn redeem_otp_refused_with_another_code(s: &Subject) {
     let otp = sent_otp(s).await;
     expect_conflict(
-        s.otps.redeem_otp(&otp.address_hash, &hash(), T0 + 1, MAX_FAILURES).await,
+        s.otps.redeem_otp(&otp.address_hash, &hash(), T0 + 1, MAX_FAILURES, &meta()).await,
         Conflict::Stale,
         "redeem with another code hash",
     );
@@ -108,7 +114,7 @@ pub async fn redeem_otp_refused_with_another_code(s: &Subject) {
 
     let unknown = hash();
     expect_conflict(
-        s.otps.redeem_otp(&unknown, &otp.code_hash, T0 + 1, MAX_FAILURES).await,
+        s.otps.redeem_otp(&unknown, &otp.code_hash, T0 + 1, MAX_FAILURES, &meta()).await,
         Conflict::Stale,
         "redeem for an address without a code",
     );
@@ -117,10 +123,11 @@ pub async fn redeem_otp_refused_with_another_code(s: &Subject) {
 
 pub async fn otp_failures_capped_under_concurrency(s: &Subject) {
     let otp = sent_otp(s).await;
+    let m = meta();
     let results = race(RACERS, |_| {
         let otps = s.otps.clone();
-        let address = otp.address_hash.clone();
-        async move { otps.record_otp_failure(&address, MAX_FAILURES).await }
+        let (address, m) = (otp.address_hash.clone(), m.clone());
+        async move { otps.record_otp_failure(&address, MAX_FAILURES, &m).await }
     })
     .await;
 
@@ -137,17 +144,17 @@ pub async fn otp_failures_capped_under_concurrency(s: &Subject) {
         (1..=MAX_FAILURES).collect::<Vec<_>>(),
         "the successful failures count 1..=max exactly once each"
     );
-    assert_eq!(stored_otp(s, &otp.address_hash).await, OtpRecord { failures: MAX_FAILURES, ..otp.clone() });
+    assert_eq!(stored_otp(s, &otp.address_hash).await, OtpRecord { failures: MAX_FAILURES, meta: m, ..otp.clone() });
 
     expect_conflict(
-        s.otps.redeem_otp(&otp.address_hash, &otp.code_hash, T0 + 1, MAX_FAILURES).await,
+        s.otps.redeem_otp(&otp.address_hash, &otp.code_hash, T0 + 1, MAX_FAILURES, &meta()).await,
         Conflict::Stale,
         "redeem of an exhausted code with the right code",
     );
 
     let unknown = hash();
     expect_conflict(
-        s.otps.record_otp_failure(&unknown, MAX_FAILURES).await,
+        s.otps.record_otp_failure(&unknown, MAX_FAILURES, &meta()).await,
         Conflict::Stale,
         "a wrong code for an address without a code",
     );

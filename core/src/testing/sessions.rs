@@ -1,8 +1,8 @@
 //! `SessionStore`: refresh-secret rotation (once per secret) and revocation.
 
 use super::Subject;
-use super::fixtures::{T0, expect_conflict, hash, race, session_id, signed_in, single_winner, stored_session};
-use crate::domain::Session;
+use super::fixtures::{T0, expect_conflict, hash, meta, race, session_id, signed_in, single_winner, stored_session};
+use crate::domain::{RequestMeta, Session};
 use crate::error::Conflict;
 
 const RACERS: usize = 50;
@@ -10,36 +10,47 @@ const RACERS: usize = 50;
 pub async fn rotate_session_once_per_hash(s: &Subject) {
     let (_, session) = signed_in(s).await;
 
-    let (h1, at1) = (hash(), T0 + 100);
+    let (h1, at1, m1) = (hash(), T0 + 100, meta());
     s.sessions
-        .rotate_session(&session.id, &session.refresh_hash, &h1, at1)
+        .rotate_session(&session.id, &session.refresh_hash, &h1, at1, &m1)
         .await
         .expect("rotate with the current hash");
-    let rotated =
-        Session { refresh_hash: h1.clone(), refreshed_at: at1, generation: session.generation + 1, ..session.clone() };
+    let rotated = Session {
+        refresh_hash: h1.clone(),
+        refreshed_at: at1,
+        generation: session.generation + 1,
+        meta: m1,
+        ..session.clone()
+    };
     assert_eq!(
         stored_session(s, &session.id).await,
         rotated,
-        "a rotate sets the hash, refreshed_at and generation + 1"
+        "a rotate sets the hash, refreshed_at, generation + 1 and meta"
     );
 
     expect_conflict(
-        s.sessions.rotate_session(&session.id, &session.refresh_hash, &hash(), T0 + 200).await,
+        s.sessions.rotate_session(&session.id, &session.refresh_hash, &hash(), T0 + 200, &meta()).await,
         Conflict::Stale,
         "a second rotate with the old hash",
     );
     assert_eq!(stored_session(s, &session.id).await, rotated, "a refused rotate changed the session");
 
-    let (h2, at2) = (hash(), T0 + 300);
-    s.sessions.rotate_session(&session.id, &h1, &h2, at2).await.expect("rotate with the new current hash");
+    let (h2, at2, m2) = (hash(), T0 + 300, meta());
+    s.sessions.rotate_session(&session.id, &h1, &h2, at2, &m2).await.expect("rotate with the new current hash");
     assert_eq!(
         stored_session(s, &session.id).await,
-        Session { refresh_hash: h2, refreshed_at: at2, generation: session.generation + 2, ..session.clone() }
+        Session {
+            refresh_hash: h2,
+            refreshed_at: at2,
+            generation: session.generation + 2,
+            meta: m2,
+            ..session.clone()
+        }
     );
 
     let unknown = session_id();
     expect_conflict(
-        s.sessions.rotate_session(&unknown, &session.refresh_hash, &hash(), T0 + 400).await,
+        s.sessions.rotate_session(&unknown, &session.refresh_hash, &hash(), T0 + 400, &meta()).await,
         Conflict::Stale,
         "rotate of an unknown session",
     );
@@ -49,11 +60,12 @@ pub async fn rotate_session_once_per_hash(s: &Subject) {
 pub async fn rotate_session_has_one_winner(s: &Subject) {
     let (_, session) = signed_in(s).await;
     let new_hashes: Vec<String> = (0..RACERS).map(|_| hash()).collect();
+    let metas: Vec<RequestMeta> = (0..RACERS).map(|_| meta()).collect();
     let now = T0 + 100;
     let results = race(RACERS, |i| {
         let sessions = s.sessions.clone();
-        let (id, old, new) = (session.id, session.refresh_hash.clone(), new_hashes[i].clone());
-        async move { sessions.rotate_session(&id, &old, &new, now).await }
+        let (id, old, new, m) = (session.id, session.refresh_hash.clone(), new_hashes[i].clone(), metas[i].clone());
+        async move { sessions.rotate_session(&id, &old, &new, now, &m).await }
     })
     .await;
     let (w, (), losers) = single_winner(results, "concurrent rotations of one refresh secret");
@@ -66,9 +78,10 @@ pub async fn rotate_session_has_one_winner(s: &Subject) {
             refresh_hash: new_hashes[w].clone(),
             refreshed_at: now,
             generation: session.generation + 1,
+            meta: metas[w].clone(),
             ..session
         },
-        "the session holds the winner's hash, rotated once"
+        "the session holds the winner's hash and meta, rotated once"
     );
 }
 
@@ -76,28 +89,29 @@ pub async fn revoke_session_is_idempotent(s: &Subject) {
     let (_, session) = signed_in(s).await;
 
     let at = T0 + 100;
-    s.sessions.revoke_session(&session.id, at, "logout").await.expect("revoke");
-    let revoked = Session { revoked_at: Some(at), revoke_reason: Some("logout".into()), ..session.clone() };
-    assert_eq!(stored_session(s, &session.id).await, revoked, "a revoke sets revoked_at = now and the reason");
+    let m = meta();
+    s.sessions.revoke_session(&session.id, at, "logout", &m).await.expect("revoke");
+    let revoked = Session { revoked_at: Some(at), revoke_reason: Some("logout".into()), meta: m, ..session.clone() };
+    assert_eq!(stored_session(s, &session.id).await, revoked, "a revoke sets revoked_at = now, the reason and meta");
 
     s.sessions
-        .revoke_session(&session.id, T0 + 200, "refresh_reuse")
+        .revoke_session(&session.id, T0 + 200, "refresh_reuse", &meta())
         .await
         .expect("revoking a revoked session succeeds");
     assert_eq!(stored_session(s, &session.id).await, revoked, "a second revoke changed the session");
 
     let unknown = session_id();
-    s.sessions.revoke_session(&unknown, T0, "logout").await.expect("revoking an unknown session succeeds");
+    s.sessions.revoke_session(&unknown, T0, "logout", &meta()).await.expect("revoking an unknown session succeeds");
     assert_eq!(s.sessions.session(&unknown).await.expect("session"), None, "revoking an unknown session created it");
 }
 
 pub async fn rotate_session_refused_after_revoke(s: &Subject) {
     let (_, session) = signed_in(s).await;
-    s.sessions.revoke_session(&session.id, T0 + 100, "logout").await.expect("revoke");
+    s.sessions.revoke_session(&session.id, T0 + 100, "logout", &meta()).await.expect("revoke");
     let revoked = stored_session(s, &session.id).await;
 
     expect_conflict(
-        s.sessions.rotate_session(&session.id, &session.refresh_hash, &hash(), T0 + 200).await,
+        s.sessions.rotate_session(&session.id, &session.refresh_hash, &hash(), T0 + 200, &meta()).await,
         Conflict::Stale,
         "rotate of a revoked session with its current hash",
     );

@@ -3,8 +3,8 @@
 
 use super::Subject;
 use super::fixtures::{
-    DAY, T0, email, expect_conflict, hash, new_user, race, registered, single_winner, stored_user, user_id, user_with,
-    username, verification_for,
+    DAY, T0, email, expect_conflict, hash, meta, new_user, race, registered, single_winner, stored_user, user_id,
+    user_with, username, verification_for,
 };
 use crate::domain::{User, VerificationRecord};
 use crate::error::Conflict;
@@ -167,22 +167,23 @@ pub async fn concurrent_registrations_of_one_username_leave_one_account(s: &Subj
 pub async fn set_password_hash_replaces_only_the_hash(s: &Subject) {
     let (user, _) = registered(s).await;
     let phc = "$argon2id$v=19$m=65536,t=3,p=1$bmV3c2FsdG5ld3NhbHQ$rehashed";
-    s.users.set_password_hash(&user.id, phc).await.expect("set_password_hash");
-    assert_eq!(stored_user(s, &user.id).await, User { password_hash: phc.into(), ..user });
+    let m = meta();
+    s.users.set_password_hash(&user.id, phc, &m).await.expect("set_password_hash");
+    assert_eq!(stored_user(s, &user.id).await, User { password_hash: phc.into(), meta: m, ..user });
 }
 
 pub async fn consume_verification_once(s: &Subject) {
     let (user, verification) = registered(s).await;
     let now = T0 + 10;
 
-    let consumed = s.users.consume_verification(&verification.token_hash, now).await.expect("first consume");
+    let consumed = s.users.consume_verification(&verification.token_hash, now, &meta()).await.expect("first consume");
     assert_eq!(consumed, user.id, "consume_verification returns the token's user");
     assert!(stored_user(s, &user.id).await.verified, "the user is verified after a consume");
     let used = s.users.verification(&verification.token_hash).await.expect("verification").expect("the token is kept");
     assert!(used.used_at.is_some(), "the consumed token is marked used: {used:?}");
 
     expect_conflict(
-        s.users.consume_verification(&verification.token_hash, now + 1).await,
+        s.users.consume_verification(&verification.token_hash, now + 1, &meta()).await,
         Conflict::Stale,
         "second consume",
     );
@@ -193,7 +194,11 @@ pub async fn consume_verification_once(s: &Subject) {
     );
 
     let unknown = hash();
-    expect_conflict(s.users.consume_verification(&unknown, now).await, Conflict::Stale, "consume of an unknown token");
+    expect_conflict(
+        s.users.consume_verification(&unknown, now, &meta()).await,
+        Conflict::Stale,
+        "consume of an unknown token",
+    );
     assert_eq!(
         s.users.verification(&unknown).await.expect("verification"),
         None,
@@ -201,12 +206,25 @@ pub async fn consume_verification_once(s: &Subject) {
     );
 }
 
+/// An update sets the modified records' `meta` to the request's, replacing
+/// the creating request's: the audit trail reads "who did it" from there.
+pub async fn update_replaces_meta(s: &Subject) {
+    let (user, verification) = registered(s).await;
+    let m = meta();
+    assert_ne!(user.meta, m);
+    s.users.consume_verification(&verification.token_hash, T0 + 10, &m).await.expect("consume");
+    let stored = stored_user(s, &user.id).await;
+    assert_eq!(stored, User { verified: true, meta: m.clone(), ..user }, "the user's meta is the consuming request's");
+    let token = s.users.verification(&verification.token_hash).await.expect("verification").expect("the token is kept");
+    assert_eq!(token.meta, m, "the token's meta is the consuming request's");
+}
+
 pub async fn consume_verification_has_one_winner(s: &Subject) {
     let (user, verification) = registered(s).await;
     let results = race(REGISTRATION_RACERS, |_| {
         let users = s.users.clone();
         let token = verification.token_hash.clone();
-        async move { users.consume_verification(&token, T0 + 10).await }
+        async move { users.consume_verification(&token, T0 + 10, &meta()).await }
     })
     .await;
     let (_, consumed, losers) = single_winner(results, "concurrent consumes of one token");
@@ -221,7 +239,7 @@ pub async fn consume_verification_refused_at_expiry_boundary(s: &Subject) {
     let (user, verification) = registered(s).await;
 
     expect_conflict(
-        s.users.consume_verification(&verification.token_hash, verification.expires_at).await,
+        s.users.consume_verification(&verification.token_hash, verification.expires_at, &meta()).await,
         Conflict::Stale,
         "consume at expires_at",
     );
@@ -234,7 +252,7 @@ pub async fn consume_verification_refused_at_expiry_boundary(s: &Subject) {
 
     let consumed = s
         .users
-        .consume_verification(&verification.token_hash, verification.expires_at - 1)
+        .consume_verification(&verification.token_hash, verification.expires_at - 1, &meta())
         .await
         .expect("consume one second before expires_at");
     assert_eq!(consumed, user.id);
@@ -249,7 +267,7 @@ pub async fn add_verification_cooldown_boundary(s: &Subject) {
     let early_at = T0 + cooldown - 1;
     let early = verification_for(user.id, early_at);
     expect_conflict(
-        s.users.add_verification(&early, early_at, cooldown).await,
+        s.users.add_verification(&early, early_at, cooldown, &meta()).await,
         Conflict::Stale,
         "add_verification one second before the cooldown ends",
     );
@@ -262,22 +280,23 @@ pub async fn add_verification_cooldown_boundary(s: &Subject) {
 
     let on_time_at = T0 + cooldown;
     let on_time = verification_for(user.id, on_time_at);
+    let m = meta();
     s.users
-        .add_verification(&on_time, on_time_at, cooldown)
+        .add_verification(&on_time, on_time_at, cooldown, &m)
         .await
         .expect("add_verification exactly when the cooldown ends");
     assert_eq!(s.users.verification(&on_time.token_hash).await.expect("verification"), Some(on_time));
     assert_eq!(
         stored_user(s, &user.id).await,
-        User { verification_sent_at: Some(on_time_at), ..user },
-        "add_verification sets verification_sent_at = now and nothing else"
+        User { verification_sent_at: Some(on_time_at), meta: m, ..user },
+        "add_verification sets verification_sent_at = now and meta and nothing else"
     );
 
     // The cooldown now runs from the new send.
     let again_at = on_time_at + cooldown - 1;
     let again = verification_for(user.id, again_at);
     expect_conflict(
-        s.users.add_verification(&again, again_at, cooldown).await,
+        s.users.add_verification(&again, again_at, cooldown, &meta()).await,
         Conflict::Stale,
         "add_verification within the cooldown of the previous resend",
     );
@@ -286,11 +305,11 @@ pub async fn add_verification_cooldown_boundary(s: &Subject) {
 
 pub async fn add_verification_refused_for_verified_or_unknown_user(s: &Subject) {
     let (user, verification) = registered(s).await;
-    s.users.consume_verification(&verification.token_hash, T0 + 1).await.expect("consume");
+    s.users.consume_verification(&verification.token_hash, T0 + 1, &meta()).await.expect("consume");
 
     let late = verification_for(user.id, T0 + DAY);
     expect_conflict(
-        s.users.add_verification(&late, T0 + DAY, 60).await,
+        s.users.add_verification(&late, T0 + DAY, 60, &meta()).await,
         Conflict::Stale,
         "add_verification for a verified user",
     );
@@ -298,7 +317,7 @@ pub async fn add_verification_refused_for_verified_or_unknown_user(s: &Subject) 
 
     let stray = verification_for(user_id(), T0 + DAY);
     expect_conflict(
-        s.users.add_verification(&stray, T0 + DAY, 60).await,
+        s.users.add_verification(&stray, T0 + DAY, 60, &meta()).await,
         Conflict::Stale,
         "add_verification for an unknown user",
     );
@@ -310,26 +329,33 @@ pub async fn login_failures_lock_at_threshold(s: &Subject) {
     const THRESHOLD: u32 = 3;
     const LOCK: i64 = 600;
     let (user, _) = registered(s).await;
-    let fail = |now| s.users.record_login_failure(&user.id, now, THRESHOLD, LOCK);
+    let m = meta();
+    let fail = |now| s.users.record_login_failure(&user.id, now, THRESHOLD, LOCK, &m);
 
     let one = fail(T0).await.expect("failure 1");
-    assert_eq!(one, User { failed_logins: 1, ..user.clone() }, "failure 1 only counts");
+    assert_eq!(one, User { failed_logins: 1, meta: m.clone(), ..user.clone() }, "failure 1 only counts");
     let two = fail(T0 + 1).await.expect("failure 2");
-    assert_eq!(two, User { failed_logins: 2, ..user.clone() }, "failure 2 only counts");
+    assert_eq!(two, User { failed_logins: 2, meta: m.clone(), ..user.clone() }, "failure 2 only counts");
 
     let locked_at = T0 + 2;
     let until = locked_at + LOCK;
     let locked = fail(locked_at).await.expect("failure 3");
     assert_eq!(
         locked,
-        User { failed_logins: 0, locked_until: Some(until), ..user.clone() },
+        User { failed_logins: 0, locked_until: Some(until), meta: m.clone(), ..user.clone() },
         "reaching the threshold locks until now + lock_secs and resets the count"
     );
     assert_eq!(stored_user(s, &user.id).await, locked, "record_login_failure returns the user as stored");
 
-    // Hammering during the lock, up to its last second, changes nothing.
+    // Hammering during the lock, up to its last second, changes nothing
+    // (not even `meta`).
+    let hammer = meta();
     for now in [locked_at, locked_at + 1, until - 1] {
-        let during = fail(now).await.expect("failure during the lock");
+        let during = s
+            .users
+            .record_login_failure(&user.id, now, THRESHOLD, LOCK, &hammer)
+            .await
+            .expect("failure during the lock");
         assert_eq!(during, locked, "a failure at {now}, during the lock, changed the user");
     }
     assert_eq!(stored_user(s, &user.id).await, locked, "failures during the lock changed the stored user");

@@ -3,35 +3,48 @@
 
 use super::errors::map_sdk;
 use super::items::{self, PK, TTL, TTL_GRACE_SECS, TTL_NAME, n, s};
+use super::users::meta_value;
 use super::{DynamoStore, put_item, update_item};
 use crate::StoreError;
 use crate::clock::Timestamp;
-use crate::domain::{Challenge, ChallengeId, Session, UserId};
+use crate::domain::{Challenge, ChallengeId, RequestMeta, Session, UserId};
 use crate::error::Conflict;
 use crate::ports::{ChallengeStore, StoreResult};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::Update;
+use aws_sdk_dynamodb::types::{AttributeValue, Update};
 
 impl DynamoStore {
-    /// The update that resets one of a user's counters, if the user exists.
-    fn reset_user_counter(&self, user_id: &UserId, counter: &str) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
+    /// The update that resets one of a user's counters, if the user exists,
+    /// and sets its `meta` to the request's.
+    fn reset_user_counter(
+        &self,
+        user_id: &UserId,
+        counter: &str,
+        meta: AttributeValue,
+    ) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
         Update::builder()
             .table_name(&self.users)
             .key(PK, s(items::user_pk(user_id)))
-            .update_expression(format!("SET {counter} = :zero"))
+            .update_expression(format!("SET {counter} = :zero, meta = :meta"))
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":meta", meta)
     }
 }
 
 #[async_trait]
 impl ChallengeStore for DynamoStore {
-    async fn create_challenge(&self, challenge: &Challenge, reset_login_failures: bool) -> StoreResult<()> {
+    async fn create_challenge(
+        &self,
+        challenge: &Challenge,
+        reset_login_failures: bool,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
         let item =
             items::to_item(challenge, items::challenge_pk(&challenge.id), Some(challenge.expires_at + TTL_GRACE_SECS))?;
         let absent = "attribute_not_exists(pk)";
         if reset_login_failures {
-            let reset = self.reset_user_counter(&challenge.user_id, "failed_logins");
+            let reset = self.reset_user_counter(&challenge.user_id, "failed_logins", meta_value(meta)?);
             self.transact(vec![put_item(&self.tokens, item, absent)?, update_item(reset)?]).await?;
         } else {
             self.client
@@ -57,13 +70,15 @@ impl ChallengeStore for DynamoStore {
         now: Timestamp,
         max_failures: u32,
         session: &Session,
+        meta: &RequestMeta,
     ) -> StoreResult<()> {
         // `user_id = :uid` binds the new session (and the counter reset) to
         // the challenge's own user.
+        let meta = meta_value(meta)?;
         let redeem = Update::builder()
             .table_name(&self.tokens)
             .key(PK, s(items::challenge_pk(id)))
-            .update_expression("SET used_at = :now")
+            .update_expression("SET used_at = :now, meta = :meta")
             .condition_expression(
                 "attribute_exists(pk) AND attribute_not_exists(used_at) AND code_hash = :h \
                  AND failures < :max AND expires_at > :now AND user_id = :uid",
@@ -71,10 +86,11 @@ impl ChallengeStore for DynamoStore {
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":h", s(code_hash))
             .expression_attribute_values(":max", n(max_failures))
-            .expression_attribute_values(":uid", s(session.user_id.to_string()));
+            .expression_attribute_values(":uid", s(session.user_id.to_string()))
+            .expression_attribute_values(":meta", meta.clone());
         let session_item =
             items::to_item(session, items::session_pk(&session.id), Some(session.expires_at + TTL_GRACE_SECS))?;
-        let reset = self.reset_user_counter(&session.user_id, "otp_failures");
+        let reset = self.reset_user_counter(&session.user_id, "otp_failures", meta);
         self.transact(vec![
             update_item(redeem)?,
             put_item(&self.tokens, session_item, "attribute_not_exists(pk)")?,
@@ -89,7 +105,9 @@ impl ChallengeStore for DynamoStore {
         id: &ChallengeId,
         user_id: &UserId,
         max_failures: u32,
+        meta: &RequestMeta,
     ) -> StoreResult<u32> {
+        let meta = meta_value(meta)?;
         // A transaction returns no values, so the new count comes from an
         // exact guard instead: read the count, then increment it only if it
         // is still what was read (and under the cap, and unused). A lost race
@@ -106,7 +124,7 @@ impl ChallengeStore for DynamoStore {
             let count = Update::builder()
                 .table_name(&self.tokens)
                 .key(PK, s(items::challenge_pk(id)))
-                .update_expression("SET failures = :next")
+                .update_expression("SET failures = :next, meta = :meta")
                 .condition_expression(
                     "attribute_exists(pk) AND attribute_not_exists(used_at) \
                      AND failures = :seen AND failures < :max AND user_id = :uid",
@@ -114,13 +132,15 @@ impl ChallengeStore for DynamoStore {
                 .expression_attribute_values(":next", n(seen.failures + 1))
                 .expression_attribute_values(":seen", n(seen.failures))
                 .expression_attribute_values(":max", n(max_failures))
-                .expression_attribute_values(":uid", s(user_id.to_string()));
+                .expression_attribute_values(":uid", s(user_id.to_string()))
+                .expression_attribute_values(":meta", meta.clone());
             let budget = Update::builder()
                 .table_name(&self.users)
                 .key(PK, s(items::user_pk(user_id)))
-                .update_expression("ADD otp_failures :one")
+                .update_expression("SET meta = :meta ADD otp_failures :one")
                 .condition_expression("attribute_exists(pk)")
-                .expression_attribute_values(":one", n(1));
+                .expression_attribute_values(":one", n(1))
+                .expression_attribute_values(":meta", meta.clone());
             match self.transact(vec![update_item(count)?, update_item(budget)?]).await {
                 Ok(()) => return Ok(seen.failures + 1),
                 Err(e) if e.check_failed(0) => continue,
@@ -139,13 +159,15 @@ impl ChallengeStore for DynamoStore {
         cooldown_secs: i64,
         max_resends: u32,
         max_failures: u32,
+        meta: &RequestMeta,
     ) -> StoreResult<()> {
         self.client
             .update_item()
             .table_name(&self.tokens)
             .key(PK, s(items::challenge_pk(id)))
             .update_expression(format!(
-                "SET code_hash = :h, expires_at = :exp, last_sent_at = :now, {TTL_NAME} = :ttl ADD resends :one"
+                "SET code_hash = :h, expires_at = :exp, last_sent_at = :now, {TTL_NAME} = :ttl, meta = :meta \
+                 ADD resends :one"
             ))
             .condition_expression(
                 "attribute_exists(pk) AND attribute_not_exists(used_at) AND last_sent_at <= :cut \
@@ -160,6 +182,7 @@ impl ChallengeStore for DynamoStore {
             .expression_attribute_values(":cut", n(now - cooldown_secs))
             .expression_attribute_values(":max_resends", n(max_resends))
             .expression_attribute_values(":max_failures", n(max_failures))
+            .expression_attribute_values(":meta", meta_value(meta)?)
             .send()
             .await
             .map_err(map_sdk)?;

@@ -4,9 +4,10 @@
 use super::DynamoStore;
 use super::errors::map_sdk;
 use super::items::{self, PK, TTL_GRACE_SECS, n, s};
+use super::users::meta_value;
 use crate::StoreError;
 use crate::clock::Timestamp;
-use crate::domain::OtpRecord;
+use crate::domain::{OtpRecord, RequestMeta};
 use crate::ports::{OtpStore, StoreResult};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::ReturnValue;
@@ -37,12 +38,13 @@ impl OtpStore for DynamoStore {
         code_hash: &str,
         now: Timestamp,
         max_failures: u32,
+        meta: &RequestMeta,
     ) -> StoreResult<()> {
         self.client
             .update_item()
             .table_name(&self.tokens)
             .key(PK, s(items::otp_pk(address_hash)))
-            .update_expression("SET used_at = :now")
+            .update_expression("SET used_at = :now, meta = :meta")
             .condition_expression(
                 "attribute_exists(pk) AND attribute_not_exists(used_at) AND code_hash = :h \
                  AND failures < :max AND expires_at > :now",
@@ -50,22 +52,24 @@ impl OtpStore for DynamoStore {
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":h", s(code_hash))
             .expression_attribute_values(":max", n(max_failures))
+            .expression_attribute_values(":meta", meta_value(meta)?)
             .send()
             .await
             .map_err(map_sdk)?;
         Ok(())
     }
 
-    async fn record_otp_failure(&self, address_hash: &str, max_failures: u32) -> StoreResult<u32> {
+    async fn record_otp_failure(&self, address_hash: &str, max_failures: u32, meta: &RequestMeta) -> StoreResult<u32> {
         let out = self
             .client
             .update_item()
             .table_name(&self.tokens)
             .key(PK, s(items::otp_pk(address_hash)))
-            .update_expression("ADD failures :one")
+            .update_expression("SET meta = :meta ADD failures :one")
             .condition_expression("attribute_exists(pk) AND attribute_not_exists(used_at) AND failures < :max")
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":max", n(max_failures))
+            .expression_attribute_values(":meta", meta_value(meta)?)
             .return_values(ReturnValue::UpdatedNew)
             .send()
             .await

@@ -4,9 +4,10 @@
 use super::DynamoStore;
 use super::errors::map_sdk;
 use super::items::{self, PK, n, s};
+use super::users::meta_value;
 use crate::StoreError;
 use crate::clock::Timestamp;
-use crate::domain::{Session, SessionId};
+use crate::domain::{RequestMeta, Session, SessionId};
 use crate::error::Conflict;
 use crate::ports::{SessionStore, StoreResult};
 use async_trait::async_trait;
@@ -17,24 +18,38 @@ impl SessionStore for DynamoStore {
         self.get(&self.tokens, items::session_pk(id)).await
     }
 
-    async fn rotate_session(&self, id: &SessionId, old_hash: &str, new_hash: &str, now: Timestamp) -> StoreResult<()> {
+    async fn rotate_session(
+        &self,
+        id: &SessionId,
+        old_hash: &str,
+        new_hash: &str,
+        now: Timestamp,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
         self.client
             .update_item()
             .table_name(&self.tokens)
             .key(PK, s(items::session_pk(id)))
-            .update_expression("SET refresh_hash = :new, refreshed_at = :now ADD generation :one")
+            .update_expression("SET refresh_hash = :new, refreshed_at = :now, meta = :meta ADD generation :one")
             .condition_expression("attribute_exists(pk) AND attribute_not_exists(revoked_at) AND refresh_hash = :old")
             .expression_attribute_values(":new", s(new_hash))
             .expression_attribute_values(":old", s(old_hash))
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":meta", meta_value(meta)?)
             .send()
             .await
             .map_err(map_sdk)?;
         Ok(())
     }
 
-    async fn revoke_session(&self, id: &SessionId, now: Timestamp, reason: &str) -> StoreResult<()> {
+    async fn revoke_session(
+        &self,
+        id: &SessionId,
+        now: Timestamp,
+        reason: &str,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
         // The condition keeps the first revocation and never writes a
         // phantom item for an unknown id; either way the answer is Ok.
         let result = self
@@ -42,10 +57,11 @@ impl SessionStore for DynamoStore {
             .update_item()
             .table_name(&self.tokens)
             .key(PK, s(items::session_pk(id)))
-            .update_expression("SET revoked_at = :now, revoke_reason = :reason")
+            .update_expression("SET revoked_at = :now, revoke_reason = :reason, meta = :meta")
             .condition_expression("attribute_exists(pk) AND attribute_not_exists(revoked_at)")
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":reason", s(reason))
+            .expression_attribute_values(":meta", meta_value(meta)?)
             .send()
             .await
             .map_err(map_sdk);

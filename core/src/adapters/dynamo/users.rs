@@ -5,7 +5,7 @@ use super::errors::map_sdk;
 use super::items::{self, Item, PK, TTL_GRACE_SECS, n, s};
 use super::{DynamoStore, put_item, update_item};
 use crate::clock::Timestamp;
-use crate::domain::{Email, User, UserId, Username, VerificationRecord};
+use crate::domain::{Email, RequestMeta, User, UserId, Username, VerificationRecord};
 use crate::error::Conflict;
 use crate::ports::{StoreResult, UserStore};
 use crate::{StoreError, tables};
@@ -25,6 +25,12 @@ const USERNAME_CLAIM: usize = 1;
 const EMAIL_CLAIM: usize = 2;
 
 const UNLOCKED: &str = "(attribute_not_exists(locked_until) OR locked_until <= :now)";
+
+/// The `meta` attribute (a map) of a request, for `SET meta = :meta` in the
+/// updates that record which request modified an item.
+pub(super) fn meta_value(meta: &RequestMeta) -> StoreResult<AttributeValue> {
+    serde_dynamo::to_attribute_value(meta).map_err(StoreError::internal)
+}
 
 impl DynamoStore {
     /// The user whose `attribute` is `value`, through the GSI on it.
@@ -137,18 +143,20 @@ impl UserStore for DynamoStore {
         now: Timestamp,
         threshold: u32,
         lock_secs: i64,
+        meta: &RequestMeta,
     ) -> StoreResult<User> {
         // Counts below `last` only increment; the failure that reaches the
         // threshold locks instead. Both writes require "not locked", so a
         // lock is never extended and a failure during one changes nothing.
         let last = n(threshold.max(1) - 1);
+        let meta = meta_value(meta)?;
         for _ in 0..LOGIN_FAILURE_ROUNDS {
             let counted = self
                 .update_user_or_old(
                     id,
-                    "SET failed_logins = failed_logins + :one",
+                    "SET failed_logins = failed_logins + :one, meta = :meta",
                     &format!("attribute_exists(pk) AND {UNLOCKED} AND failed_logins < :last"),
-                    vec![(":one", n(1)), (":now", n(now)), (":last", last.clone())],
+                    vec![(":one", n(1)), (":now", n(now)), (":last", last.clone()), (":meta", meta.clone())],
                 )
                 .await?;
             match counted {
@@ -164,9 +172,15 @@ impl UserStore for DynamoStore {
             let locked = self
                 .update_user_or_old(
                     id,
-                    "SET locked_until = :until, failed_logins = :zero, otp_failures = :zero",
+                    "SET locked_until = :until, failed_logins = :zero, otp_failures = :zero, meta = :meta",
                     &format!("attribute_exists(pk) AND {UNLOCKED} AND failed_logins >= :last"),
-                    vec![(":until", n(now + lock_secs)), (":zero", n(0)), (":now", n(now)), (":last", last.clone())],
+                    vec![
+                        (":until", n(now + lock_secs)),
+                        (":zero", n(0)),
+                        (":now", n(now)),
+                        (":last", last.clone()),
+                        (":meta", meta.clone()),
+                    ],
                 )
                 .await?;
             match locked {
@@ -185,14 +199,15 @@ impl UserStore for DynamoStore {
         Err(StoreError::unavailable("record_login_failure: the user kept changing under contention"))
     }
 
-    async fn set_password_hash(&self, id: &UserId, phc: &str) -> StoreResult<()> {
+    async fn set_password_hash(&self, id: &UserId, phc: &str, meta: &RequestMeta) -> StoreResult<()> {
         self.client
             .update_item()
             .table_name(&self.users)
             .key(PK, s(items::user_pk(id)))
-            .update_expression("SET password_hash = :h")
+            .update_expression("SET password_hash = :h, meta = :meta")
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":h", s(phc))
+            .expression_attribute_values(":meta", meta_value(meta)?)
             .send()
             .await
             .map_err(map_sdk)?;
@@ -204,18 +219,20 @@ impl UserStore for DynamoStore {
         verification: &VerificationRecord,
         now: Timestamp,
         cooldown_secs: i64,
+        meta: &RequestMeta,
     ) -> StoreResult<()> {
         let user = Update::builder()
             .table_name(&self.users)
             .key(PK, s(items::user_pk(&verification.user_id)))
-            .update_expression("SET verification_sent_at = :now")
+            .update_expression("SET verification_sent_at = :now, meta = :meta")
             .condition_expression(
                 "attribute_exists(pk) AND verified = :false \
                  AND (attribute_not_exists(verification_sent_at) OR verification_sent_at <= :cut)",
             )
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":false", AttributeValue::Bool(false))
-            .expression_attribute_values(":cut", n(now - cooldown_secs));
+            .expression_attribute_values(":cut", n(now - cooldown_secs))
+            .expression_attribute_values(":meta", meta_value(meta)?);
         let token = items::to_item(
             verification,
             items::verification_pk(&verification.token_hash),
@@ -229,7 +246,8 @@ impl UserStore for DynamoStore {
         self.get(&self.tokens, items::verification_pk(token_hash)).await
     }
 
-    async fn consume_verification(&self, token_hash: &str, now: Timestamp) -> StoreResult<UserId> {
+    async fn consume_verification(&self, token_hash: &str, now: Timestamp, meta: &RequestMeta) -> StoreResult<UserId> {
+        let meta = meta_value(meta)?;
         // The token names its user; the transaction re-checks everything
         // the read saw, so a concurrent consume cannot also win.
         let Some(rec) = self.verification(token_hash).await? else {
@@ -238,15 +256,17 @@ impl UserStore for DynamoStore {
         let token = Update::builder()
             .table_name(&self.tokens)
             .key(PK, s(items::verification_pk(token_hash)))
-            .update_expression("SET used_at = :now")
+            .update_expression("SET used_at = :now, meta = :meta")
             .condition_expression("attribute_exists(pk) AND attribute_not_exists(used_at) AND expires_at > :now")
-            .expression_attribute_values(":now", n(now));
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":meta", meta.clone());
         let user = Update::builder()
             .table_name(&self.users)
             .key(PK, s(items::user_pk(&rec.user_id)))
-            .update_expression("SET verified = :true")
+            .update_expression("SET verified = :true, meta = :meta")
             .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":true", AttributeValue::Bool(true));
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .expression_attribute_values(":meta", meta);
         self.transact(vec![update_item(token)?, update_item(user)?]).await?;
         Ok(rec.user_id)
     }

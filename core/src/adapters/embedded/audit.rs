@@ -322,7 +322,7 @@ mod tests {
             meta: u.meta.clone(),
         };
         s.create_user(&u, &v).await.unwrap();
-        s.consume_verification(&v.token_hash, T0 + 1).await.unwrap();
+        s.consume_verification(&v.token_hash, T0 + 1, &u.meta).await.unwrap();
         let c = Challenge {
             id: ChallengeId::random(&OsSecureRng),
             user_id: u.id,
@@ -335,8 +335,8 @@ mod tests {
             used_at: None,
             meta: u.meta.clone(),
         };
-        s.create_challenge(&c, false).await.unwrap();
-        s.record_challenge_failure(&c.id, &u.id, 6).await.unwrap();
+        s.create_challenge(&c, false, &u.meta).await.unwrap();
+        s.record_challenge_failure(&c.id, &u.id, 6, &u.meta).await.unwrap();
         u
     }
 

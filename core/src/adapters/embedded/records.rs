@@ -157,10 +157,15 @@ pub(crate) fn insert_verification(c: &Connection, v: &VerificationRecord) -> rus
     Ok(())
 }
 
-pub(crate) fn set_verification_used(c: &Connection, token_hash: &str, used_at: i64) -> rusqlite::Result<()> {
+pub(crate) fn set_verification_used(
+    c: &Connection,
+    token_hash: &str,
+    used_at: i64,
+    meta: &RequestMeta,
+) -> rusqlite::Result<()> {
     let n = c
-        .prepare_cached("UPDATE verifications SET used_at = ?2 WHERE token_hash = ?1")?
-        .execute(rusqlite::params![token_hash, used_at])?;
+        .prepare_cached("UPDATE verifications SET used_at = ?2, meta = ?3 WHERE token_hash = ?1")?
+        .execute(rusqlite::params![token_hash, used_at, meta_json(meta)?])?;
     expect_one(n)
 }
 
@@ -207,12 +212,12 @@ pub(crate) fn update_challenge(c: &Connection, ch: &Challenge) -> rusqlite::Resu
     let n = c
         .prepare_cached(
             "UPDATE challenges SET code_hash = :code_hash, expires_at = :expires_at, last_sent_at = :last_sent_at, \
-             resends = :resends, failures = :failures, used_at = :used_at WHERE id = :id",
+             resends = :resends, failures = :failures, used_at = :used_at, meta = :meta WHERE id = :id",
         )?
         .execute(named_params! {
             ":id": ch.id, ":code_hash": ch.code_hash, ":expires_at": ch.expires_at,
             ":last_sent_at": ch.last_sent_at, ":resends": ch.resends, ":failures": ch.failures,
-            ":used_at": ch.used_at,
+            ":used_at": ch.used_at, ":meta": meta_json(&ch.meta)?,
         })?;
     expect_one(n)
 }
@@ -260,11 +265,13 @@ pub(crate) fn update_session(c: &Connection, s: &Session) -> rusqlite::Result<()
     let n = c
         .prepare_cached(
             "UPDATE sessions SET refresh_hash = :refresh_hash, refreshed_at = :refreshed_at, \
-             generation = :generation, revoked_at = :revoked_at, revoke_reason = :revoke_reason WHERE id = :id",
+             generation = :generation, revoked_at = :revoked_at, revoke_reason = :revoke_reason, meta = :meta \
+             WHERE id = :id",
         )?
         .execute(named_params! {
             ":id": s.id, ":refresh_hash": s.refresh_hash, ":refreshed_at": s.refreshed_at,
             ":generation": s.generation, ":revoked_at": s.revoked_at, ":revoke_reason": s.revoke_reason,
+            ":meta": meta_json(&s.meta)?,
         })?;
     expect_one(n)
 }

@@ -9,7 +9,8 @@ use super::changes::{ChangeEntity, record};
 use super::records::{self as rec, UserKey};
 use crate::clock::Timestamp;
 use crate::domain::{
-    Challenge, ChallengeId, Email, OtpRecord, Session, SessionId, User, UserId, Username, VerificationRecord,
+    Challenge, ChallengeId, Email, OtpRecord, RequestMeta, Session, SessionId, User, UserId, Username,
+    VerificationRecord,
 };
 use crate::error::{Conflict, StoreError};
 use crate::ports::{ChallengeStore, OtpStore, SessionStore, StoreResult, UserStore};
@@ -72,8 +73,9 @@ impl UserStore for EmbeddedStore {
         now: Timestamp,
         threshold: u32,
         lock_secs: i64,
+        meta: &RequestMeta,
     ) -> StoreResult<User> {
-        let (id, at) = (*id, self.db().now());
+        let (id, meta, at) = (*id, meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
                 // There is no user to count against: the guard "exists" fails.
@@ -84,7 +86,7 @@ impl UserStore for EmbeddedStore {
                     // A lock is never extended by hammering.
                     return Ok(old);
                 }
-                let mut new = old.clone();
+                let mut new = User { meta, ..old.clone() };
                 // A lock that has ended starts the count afresh.
                 let count = if old.locked_until.is_some() { 0 } else { old.failed_logins };
                 new.locked_until = None;
@@ -102,14 +104,14 @@ impl UserStore for EmbeddedStore {
             .await
     }
 
-    async fn set_password_hash(&self, id: &UserId, phc: &str) -> StoreResult<()> {
-        let (id, phc, at) = (*id, phc.to_string(), self.db().now());
+    async fn set_password_hash(&self, id: &UserId, phc: &str, meta: &RequestMeta) -> StoreResult<()> {
+        let (id, phc, meta, at) = (*id, phc.to_string(), meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
                 let Some(old) = rec::load_user(tx, UserKey::Id(&id))? else {
                     return stale();
                 };
-                let new = User { password_hash: phc, ..old.clone() };
+                let new = User { password_hash: phc, meta, ..old.clone() };
                 rec::update_user(tx, &new)?;
                 record(tx, at, ChangeEntity::User, &id.to_string(), Some(&old), Some(&new))
             })
@@ -121,8 +123,9 @@ impl UserStore for EmbeddedStore {
         verification: &VerificationRecord,
         now: Timestamp,
         cooldown_secs: i64,
+        meta: &RequestMeta,
     ) -> StoreResult<()> {
-        let (v, at) = (verification.clone(), self.db().now());
+        let (v, meta, at) = (verification.clone(), meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
                 let Some(old) = rec::load_user(tx, UserKey::Id(&v.user_id))? else {
@@ -132,7 +135,7 @@ impl UserStore for EmbeddedStore {
                 if old.verified || !cooled || rec::load_verification(tx, &v.token_hash)?.is_some() {
                     return stale();
                 }
-                let new = User { verification_sent_at: Some(now), ..old.clone() };
+                let new = User { verification_sent_at: Some(now), meta, ..old.clone() };
                 rec::insert_verification(tx, &v)?;
                 rec::update_user(tx, &new)?;
                 record(tx, at, ChangeEntity::Verification, &v.token_hash, None, Some(&v))?;
@@ -146,8 +149,8 @@ impl UserStore for EmbeddedStore {
         self.db().tx(move |tx| Ok(rec::load_verification(tx, &h)?)).await
     }
 
-    async fn consume_verification(&self, token_hash: &str, now: Timestamp) -> StoreResult<UserId> {
-        let (h, at) = (token_hash.to_string(), self.db().now());
+    async fn consume_verification(&self, token_hash: &str, now: Timestamp, meta: &RequestMeta) -> StoreResult<UserId> {
+        let (h, meta, at) = (token_hash.to_string(), meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
                 let Some(old_v) = rec::load_verification(tx, &h)? else {
@@ -160,9 +163,9 @@ impl UserStore for EmbeddedStore {
                     // The foreign key makes this unreachable short of corruption.
                     return Err(StoreError::internal("verification token without its user"));
                 };
-                let new_v = VerificationRecord { used_at: Some(now), ..old_v.clone() };
-                let new_u = User { verified: true, ..old_u.clone() };
-                rec::set_verification_used(tx, &h, now)?;
+                let new_v = VerificationRecord { used_at: Some(now), meta: meta.clone(), ..old_v.clone() };
+                let new_u = User { verified: true, meta, ..old_u.clone() };
+                rec::set_verification_used(tx, &h, now, &new_v.meta)?;
                 rec::update_user(tx, &new_u)?;
                 record(tx, at, ChangeEntity::Verification, &h, Some(&old_v), Some(&new_v))?;
                 record(tx, at, ChangeEntity::User, &new_u.id.to_string(), Some(&old_u), Some(&new_u))?;
@@ -174,8 +177,13 @@ impl UserStore for EmbeddedStore {
 
 #[async_trait]
 impl ChallengeStore for EmbeddedStore {
-    async fn create_challenge(&self, challenge: &Challenge, reset_login_failures: bool) -> StoreResult<()> {
-        let (c, at) = (challenge.clone(), self.db().now());
+    async fn create_challenge(
+        &self,
+        challenge: &Challenge,
+        reset_login_failures: bool,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
+        let (c, meta, at) = (challenge.clone(), meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
                 if rec::load_challenge(tx, &c.id)?.is_some() {
@@ -189,7 +197,7 @@ impl ChallengeStore for EmbeddedStore {
                 rec::insert_challenge(tx, &c)?;
                 record(tx, at, ChangeEntity::Challenge, &c.id.to_string(), None, Some(&c))?;
                 if reset_login_failures && old_u.failed_logins != 0 {
-                    let new_u = User { failed_logins: 0, ..old_u.clone() };
+                    let new_u = User { failed_logins: 0, meta, ..old_u.clone() };
                     rec::update_user(tx, &new_u)?;
                     record(tx, at, ChangeEntity::User, &new_u.id.to_string(), Some(&old_u), Some(&new_u))?;
                 }
@@ -210,8 +218,9 @@ impl ChallengeStore for EmbeddedStore {
         now: Timestamp,
         max_failures: u32,
         session: &Session,
+        meta: &RequestMeta,
     ) -> StoreResult<()> {
-        let (id, code_hash, s, at) = (*id, code_hash.to_string(), session.clone(), self.db().now());
+        let (id, code_hash, s, meta, at) = (*id, code_hash.to_string(), session.clone(), meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
                 let Some(old_c) = rec::load_challenge(tx, &id)? else {
@@ -227,13 +236,13 @@ impl ChallengeStore for EmbeddedStore {
                 {
                     return stale();
                 }
-                let new_c = Challenge { used_at: Some(now), ..old_c.clone() };
+                let new_c = Challenge { used_at: Some(now), meta: meta.clone(), ..old_c.clone() };
                 rec::update_challenge(tx, &new_c)?;
                 record(tx, at, ChangeEntity::Challenge, &id.to_string(), Some(&old_c), Some(&new_c))?;
                 rec::insert_session(tx, &s)?;
                 record(tx, at, ChangeEntity::Session, &s.id.to_string(), None, Some(&s))?;
                 if let Some(old_u) = rec::load_user(tx, UserKey::Id(&old_c.user_id))? {
-                    let new_u = User { otp_failures: 0, ..old_u.clone() };
+                    let new_u = User { otp_failures: 0, meta, ..old_u.clone() };
                     rec::update_user(tx, &new_u)?;
                     record(tx, at, ChangeEntity::User, &new_u.id.to_string(), Some(&old_u), Some(&new_u))?;
                 }
@@ -247,8 +256,9 @@ impl ChallengeStore for EmbeddedStore {
         id: &ChallengeId,
         user_id: &UserId,
         max_failures: u32,
+        meta: &RequestMeta,
     ) -> StoreResult<u32> {
-        let (id, user_id, at) = (*id, *user_id, self.db().now());
+        let (id, user_id, meta, at) = (*id, *user_id, meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
                 let Some(old_c) = rec::load_challenge(tx, &id)? else {
@@ -257,11 +267,11 @@ impl ChallengeStore for EmbeddedStore {
                 if old_c.used_at.is_some() || old_c.failures >= max_failures {
                     return stale();
                 }
-                let new_c = Challenge { failures: old_c.failures + 1, ..old_c.clone() };
+                let new_c = Challenge { failures: old_c.failures + 1, meta: meta.clone(), ..old_c.clone() };
                 rec::update_challenge(tx, &new_c)?;
                 record(tx, at, ChangeEntity::Challenge, &id.to_string(), Some(&old_c), Some(&new_c))?;
                 if let Some(old_u) = rec::load_user(tx, UserKey::Id(&user_id))? {
-                    let new_u = User { otp_failures: old_u.otp_failures.saturating_add(1), ..old_u.clone() };
+                    let new_u = User { otp_failures: old_u.otp_failures.saturating_add(1), meta, ..old_u.clone() };
                     rec::update_user(tx, &new_u)?;
                     record(tx, at, ChangeEntity::User, &user_id.to_string(), Some(&old_u), Some(&new_u))?;
                 }
@@ -279,8 +289,9 @@ impl ChallengeStore for EmbeddedStore {
         cooldown_secs: i64,
         max_resends: u32,
         max_failures: u32,
+        meta: &RequestMeta,
     ) -> StoreResult<()> {
-        let (id, code_hash, at) = (*id, code_hash.to_string(), self.db().now());
+        let (id, code_hash, meta, at) = (*id, code_hash.to_string(), meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
                 let Some(old) = rec::load_challenge(tx, &id)? else {
@@ -293,8 +304,14 @@ impl ChallengeStore for EmbeddedStore {
                 {
                     return stale();
                 }
-                let new =
-                    Challenge { code_hash, expires_at, last_sent_at: now, resends: old.resends + 1, ..old.clone() };
+                let new = Challenge {
+                    code_hash,
+                    expires_at,
+                    last_sent_at: now,
+                    resends: old.resends + 1,
+                    meta,
+                    ..old.clone()
+                };
                 rec::update_challenge(tx, &new)?;
                 record(tx, at, ChangeEntity::Challenge, &id.to_string(), Some(&old), Some(&new))
             })
@@ -309,8 +326,16 @@ impl SessionStore for EmbeddedStore {
         self.db().tx(move |tx| Ok(rec::load_session(tx, &id)?)).await
     }
 
-    async fn rotate_session(&self, id: &SessionId, old_hash: &str, new_hash: &str, now: Timestamp) -> StoreResult<()> {
-        let (id, old_hash, new_hash, at) = (*id, old_hash.to_string(), new_hash.to_string(), self.db().now());
+    async fn rotate_session(
+        &self,
+        id: &SessionId,
+        old_hash: &str,
+        new_hash: &str,
+        now: Timestamp,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
+        let (id, old_hash, new_hash, meta, at) =
+            (*id, old_hash.to_string(), new_hash.to_string(), meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
                 let Some(old) = rec::load_session(tx, &id)? else {
@@ -323,6 +348,7 @@ impl SessionStore for EmbeddedStore {
                     refresh_hash: new_hash,
                     refreshed_at: now,
                     generation: old.generation.saturating_add(1),
+                    meta,
                     ..old.clone()
                 };
                 rec::update_session(tx, &new)?;
@@ -331,8 +357,14 @@ impl SessionStore for EmbeddedStore {
             .await
     }
 
-    async fn revoke_session(&self, id: &SessionId, now: Timestamp, reason: &str) -> StoreResult<()> {
-        let (id, reason, at) = (*id, reason.to_string(), self.db().now());
+    async fn revoke_session(
+        &self,
+        id: &SessionId,
+        now: Timestamp,
+        reason: &str,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
+        let (id, reason, meta, at) = (*id, reason.to_string(), meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
                 let Some(old) = rec::load_session(tx, &id)? else {
@@ -341,7 +373,7 @@ impl SessionStore for EmbeddedStore {
                 if old.revoked_at.is_some() {
                     return Ok(());
                 }
-                let new = Session { revoked_at: Some(now), revoke_reason: Some(reason), ..old.clone() };
+                let new = Session { revoked_at: Some(now), revoke_reason: Some(reason), meta, ..old.clone() };
                 rec::update_session(tx, &new)?;
                 record(tx, at, ChangeEntity::Session, &id.to_string(), Some(&old), Some(&new))
             })
@@ -376,8 +408,9 @@ impl OtpStore for EmbeddedStore {
         code_hash: &str,
         now: Timestamp,
         max_failures: u32,
+        meta: &RequestMeta,
     ) -> StoreResult<()> {
-        let (h, code_hash, at) = (address_hash.to_string(), code_hash.to_string(), self.db().now());
+        let (h, code_hash, meta, at) = (address_hash.to_string(), code_hash.to_string(), meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
                 let Some(old) = rec::load_otp(tx, &h)? else {
@@ -390,15 +423,15 @@ impl OtpStore for EmbeddedStore {
                 {
                     return stale();
                 }
-                let new = OtpRecord { used_at: Some(now), ..old.clone() };
+                let new = OtpRecord { used_at: Some(now), meta, ..old.clone() };
                 rec::upsert_otp(tx, &new)?;
                 record(tx, at, ChangeEntity::Otp, &h, Some(&old), Some(&new))
             })
             .await
     }
 
-    async fn record_otp_failure(&self, address_hash: &str, max_failures: u32) -> StoreResult<u32> {
-        let (h, at) = (address_hash.to_string(), self.db().now());
+    async fn record_otp_failure(&self, address_hash: &str, max_failures: u32, meta: &RequestMeta) -> StoreResult<u32> {
+        let (h, meta, at) = (address_hash.to_string(), meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
                 let Some(old) = rec::load_otp(tx, &h)? else {
@@ -407,7 +440,7 @@ impl OtpStore for EmbeddedStore {
                 if old.used_at.is_some() || old.failures >= max_failures {
                     return stale();
                 }
-                let new = OtpRecord { failures: old.failures + 1, ..old.clone() };
+                let new = OtpRecord { failures: old.failures + 1, meta, ..old.clone() };
                 rec::upsert_otp(tx, &new)?;
                 record(tx, at, ChangeEntity::Otp, &h, Some(&old), Some(&new))?;
                 Ok(new.failures)
@@ -421,9 +454,15 @@ mod tests {
     use super::super::changes::{Change, ChangeOp};
     use super::super::test_support::{T0, store};
     use super::*;
-    use crate::domain::RequestMeta;
     use crate::rng::{OsSecureRng, SecureRng};
-    use std::sync::Arc;
+    use std::sync::{Arc, LazyLock};
+
+    /// The meta of the requests that modify records in these tests.
+    static META: LazyLock<RequestMeta> = LazyLock::new(|| RequestMeta {
+        request_id: Some("req-2".into()),
+        ip: Some("198.51.100.9".into()),
+        user_agent: Some("store-tests".into()),
+    });
 
     fn user(name: &str, email: &str) -> User {
         User {
@@ -631,15 +670,15 @@ mod tests {
         let v = verification(&u);
         s.create_user(&u, &v).await.unwrap();
         assert!(
-            is_conflict(s.consume_verification(&v.token_hash, v.expires_at).await, Conflict::Stale),
+            is_conflict(s.consume_verification(&v.token_hash, v.expires_at, &META).await, Conflict::Stale),
             "expired at expires_at"
         );
         assert!(!s.user_by_id(&u.id).await.unwrap().unwrap().verified);
-        assert_eq!(s.consume_verification(&v.token_hash, T0 + 10).await.unwrap(), u.id);
+        assert_eq!(s.consume_verification(&v.token_hash, T0 + 10, &META).await.unwrap(), u.id);
         assert!(s.user_by_id(&u.id).await.unwrap().unwrap().verified);
         assert_eq!(s.verification(&v.token_hash).await.unwrap().unwrap().used_at, Some(T0 + 10));
-        assert!(is_conflict(s.consume_verification(&v.token_hash, T0 + 11).await, Conflict::Stale));
-        assert!(is_conflict(s.consume_verification("unknown", T0).await, Conflict::Stale));
+        assert!(is_conflict(s.consume_verification(&v.token_hash, T0 + 11, &META).await, Conflict::Stale));
+        assert!(is_conflict(s.consume_verification("unknown", T0, &META).await, Conflict::Stale));
     }
 
     #[tokio::test]
@@ -651,7 +690,7 @@ mod tests {
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let (s, h) = (s.clone(), v.token_hash.clone());
-                tokio::spawn(async move { s.consume_verification(&h, T0 + 1).await })
+                tokio::spawn(async move { s.consume_verification(&h, T0 + 1, &META).await })
             })
             .collect();
         let mut ok = 0;
@@ -666,14 +705,17 @@ mod tests {
         let (s, _) = store();
         let u = registered(&s, "erin").await; // sent at T0
         let v2 = VerificationRecord { created_at: T0 + 30, ..verification(&u) };
-        assert!(is_conflict(s.add_verification(&v2, T0 + 30, 60).await, Conflict::Stale));
+        assert!(is_conflict(s.add_verification(&v2, T0 + 30, 60, &META).await, Conflict::Stale));
         assert!(s.verification(&v2.token_hash).await.unwrap().is_none(), "nothing written");
-        s.add_verification(&v2, T0 + 60, 60).await.unwrap();
+        s.add_verification(&v2, T0 + 60, 60, &META).await.unwrap();
         assert_eq!(s.user_by_id(&u.id).await.unwrap().unwrap().verification_sent_at, Some(T0 + 60));
         assert!(s.verification(&v2.token_hash).await.unwrap().is_some());
-        s.consume_verification(&v2.token_hash, T0 + 61).await.unwrap();
+        s.consume_verification(&v2.token_hash, T0 + 61, &META).await.unwrap();
         let v3 = verification(&u);
-        assert!(is_conflict(s.add_verification(&v3, T0 + 10_000, 60).await, Conflict::Stale), "already verified");
+        assert!(
+            is_conflict(s.add_verification(&v3, T0 + 10_000, 60, &META).await, Conflict::Stale),
+            "already verified"
+        );
     }
 
     #[tokio::test]
@@ -682,38 +724,41 @@ mod tests {
         let u = registered(&s, "frank").await;
         // Some code failures on record, to see the lock reset them.
         let c = challenge(&u);
-        s.create_challenge(&c, false).await.unwrap();
-        s.record_challenge_failure(&c.id, &u.id, 6).await.unwrap();
+        s.create_challenge(&c, false, &META).await.unwrap();
+        s.record_challenge_failure(&c.id, &u.id, 6, &META).await.unwrap();
 
         for n in 1..=2 {
-            let after = s.record_login_failure(&u.id, T0, 3, 900).await.unwrap();
+            let after = s.record_login_failure(&u.id, T0, 3, 900, &META).await.unwrap();
             assert_eq!((after.failed_logins, after.locked_until), (n, None));
         }
-        let locked = s.record_login_failure(&u.id, T0 + 5, 3, 900).await.unwrap();
+        let locked = s.record_login_failure(&u.id, T0 + 5, 3, 900, &META).await.unwrap();
         assert_eq!((locked.failed_logins, locked.locked_until, locked.otp_failures), (0, Some(T0 + 905), 0));
         let feed_len = changes(&s).await.len();
         // Hammering during the lock changes nothing and cannot extend it.
         for t in [T0 + 6, T0 + 904] {
-            assert_eq!(s.record_login_failure(&u.id, t, 3, 900).await.unwrap(), locked);
+            assert_eq!(s.record_login_failure(&u.id, t, 3, 900, &META).await.unwrap(), locked);
         }
         assert_eq!(changes(&s).await.len(), feed_len);
         // After the lock the count starts again from zero.
-        let after = s.record_login_failure(&u.id, T0 + 905, 3, 900).await.unwrap();
+        let after = s.record_login_failure(&u.id, T0 + 905, 3, 900, &META).await.unwrap();
         assert_eq!((after.failed_logins, after.is_locked(T0 + 905)), (1, false));
-        let after = s.record_login_failure(&u.id, T0 + 906, 3, 900).await.unwrap();
+        let after = s.record_login_failure(&u.id, T0 + 906, 3, 900, &META).await.unwrap();
         assert_eq!(after.failed_logins, 2);
-        assert!(s.record_login_failure(&u.id, T0 + 907, 3, 900).await.unwrap().is_locked(T0 + 907));
-        assert!(is_conflict(s.record_login_failure(&UserId::random(&OsSecureRng), T0, 3, 900).await, Conflict::Stale));
+        assert!(s.record_login_failure(&u.id, T0 + 907, 3, 900, &META).await.unwrap().is_locked(T0 + 907));
+        assert!(is_conflict(
+            s.record_login_failure(&UserId::random(&OsSecureRng), T0, 3, 900, &META).await,
+            Conflict::Stale
+        ));
     }
 
     #[tokio::test]
     async fn a_right_password_resets_the_failures_with_the_new_challenge() {
         let (s, _) = store();
         let u = registered(&s, "gina").await;
-        s.record_login_failure(&u.id, T0, 10, 900).await.unwrap();
-        s.create_challenge(&challenge(&u), true).await.unwrap();
+        s.record_login_failure(&u.id, T0, 10, 900, &META).await.unwrap();
+        s.create_challenge(&challenge(&u), true, &META).await.unwrap();
         assert_eq!(s.user_by_id(&u.id).await.unwrap().unwrap().failed_logins, 0);
-        s.set_password_hash(&u.id, "$argon2id$new").await.unwrap();
+        s.set_password_hash(&u.id, "$argon2id$new", &META).await.unwrap();
         assert_eq!(s.user_by_id(&u.id).await.unwrap().unwrap().password_hash, "$argon2id$new");
     }
 
@@ -722,12 +767,12 @@ mod tests {
         let (s, _) = store();
         let u = registered(&s, "hank").await;
         let c = challenge(&u);
-        s.create_challenge(&c, false).await.unwrap();
-        s.record_challenge_failure(&c.id, &u.id, 6).await.unwrap();
+        s.create_challenge(&c, false, &META).await.unwrap();
+        s.record_challenge_failure(&c.id, &u.id, 6, &META).await.unwrap();
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let (s, u) = (s.clone(), u.clone());
-                tokio::spawn(async move { s.redeem_challenge(&c.id, "code-1", T0 + 10, 6, &session(&u)).await })
+                tokio::spawn(async move { s.redeem_challenge(&c.id, "code-1", T0 + 10, 6, &session(&u), &META).await })
             })
             .collect();
         let mut ok = 0;
@@ -749,13 +794,16 @@ mod tests {
         let (s, _) = store();
         let u = registered(&s, "ivan").await;
         let c = challenge(&u);
-        s.create_challenge(&c, false).await.unwrap();
+        s.create_challenge(&c, false, &META).await.unwrap();
         let before = changes(&s).await;
-        assert!(is_conflict(s.redeem_challenge(&c.id, "other", T0, 6, &session(&u)).await, Conflict::Stale));
-        assert!(is_conflict(s.redeem_challenge(&c.id, "code-1", c.expires_at, 6, &session(&u)).await, Conflict::Stale));
-        assert!(is_conflict(s.redeem_challenge(&c.id, "code-1", T0, 0, &session(&u)).await, Conflict::Stale));
+        assert!(is_conflict(s.redeem_challenge(&c.id, "other", T0, 6, &session(&u), &META).await, Conflict::Stale));
         assert!(is_conflict(
-            s.redeem_challenge(&ChallengeId::random(&OsSecureRng), "code-1", T0, 6, &session(&u)).await,
+            s.redeem_challenge(&c.id, "code-1", c.expires_at, 6, &session(&u), &META).await,
+            Conflict::Stale
+        ));
+        assert!(is_conflict(s.redeem_challenge(&c.id, "code-1", T0, 0, &session(&u), &META).await, Conflict::Stale));
+        assert!(is_conflict(
+            s.redeem_challenge(&ChallengeId::random(&OsSecureRng), "code-1", T0, 6, &session(&u), &META).await,
             Conflict::Stale
         ));
         assert_eq!(count(&s, "sessions").await, 0);
@@ -767,11 +815,11 @@ mod tests {
         let (s, _) = store();
         let u = registered(&s, "judy").await;
         let c = challenge(&u);
-        s.create_challenge(&c, false).await.unwrap();
+        s.create_challenge(&c, false, &META).await.unwrap();
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let s = s.clone();
-                tokio::spawn(async move { s.record_challenge_failure(&c.id, &u.id, 6).await })
+                tokio::spawn(async move { s.record_challenge_failure(&c.id, &u.id, 6, &META).await })
             })
             .collect();
         let mut counts = Vec::new();
@@ -787,7 +835,7 @@ mod tests {
         assert_eq!(s.challenge(&c.id).await.unwrap().unwrap().failures, 6);
         assert_eq!(s.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 6);
         // Exhausted: the right code no longer redeems.
-        assert!(is_conflict(s.redeem_challenge(&c.id, "code-1", T0, 6, &session(&u)).await, Conflict::Stale));
+        assert!(is_conflict(s.redeem_challenge(&c.id, "code-1", T0, 6, &session(&u), &META).await, Conflict::Stale));
     }
 
     #[tokio::test]
@@ -795,13 +843,22 @@ mod tests {
         let (s, _) = store();
         let u = registered(&s, "kate").await;
         let c = challenge(&u);
-        s.create_challenge(&c, false).await.unwrap();
-        s.record_challenge_failure(&c.id, &u.id, 6).await.unwrap();
+        s.create_challenge(&c, false, &META).await.unwrap();
+        s.record_challenge_failure(&c.id, &u.id, 6, &META).await.unwrap();
         let replace = |now: i64, max_resends: u32, max_failures: u32| {
             let s = s.clone();
             async move {
-                s.replace_challenge_code(&c.id, &format!("code-{now}"), now + 300, now, 60, max_resends, max_failures)
-                    .await
+                s.replace_challenge_code(
+                    &c.id,
+                    &format!("code-{now}"),
+                    now + 300,
+                    now,
+                    60,
+                    max_resends,
+                    max_failures,
+                    &META,
+                )
+                .await
             }
         };
         // Cooldown: 60 s after the last send.
@@ -821,7 +878,7 @@ mod tests {
         // Failure cap reached (1 failure, max 1).
         assert!(is_conflict(replace(T0 + 1000, 3, 1).await, Conflict::Stale));
         // Used.
-        s.redeem_challenge(&c.id, "code-1700000120", T0 + 130, 6, &session(&u)).await.unwrap();
+        s.redeem_challenge(&c.id, "code-1700000120", T0 + 130, 6, &session(&u), &META).await.unwrap();
         assert!(is_conflict(replace(T0 + 2000, 9, 6).await, Conflict::Stale));
         assert_eq!(s.challenge(&c.id).await.unwrap().unwrap().resends, 2);
     }
@@ -831,22 +888,28 @@ mod tests {
         let (s, _) = store();
         let u = registered(&s, "liam").await;
         let c = challenge(&u);
-        s.create_challenge(&c, false).await.unwrap();
+        s.create_challenge(&c, false, &META).await.unwrap();
         let sess = session(&u);
-        s.redeem_challenge(&c.id, "code-1", T0, 6, &sess).await.unwrap();
-        s.rotate_session(&sess.id, "refresh-0", "refresh-1", T0 + 5).await.unwrap();
+        s.redeem_challenge(&c.id, "code-1", T0, 6, &sess, &META).await.unwrap();
+        s.rotate_session(&sess.id, "refresh-0", "refresh-1", T0 + 5, &META).await.unwrap();
         let got = s.session(&sess.id).await.unwrap().unwrap();
         assert_eq!((got.refresh_hash.as_str(), got.refreshed_at, got.generation), ("refresh-1", T0 + 5, 1));
-        assert!(is_conflict(s.rotate_session(&sess.id, "refresh-0", "refresh-2", T0 + 6).await, Conflict::Stale));
+        assert!(is_conflict(
+            s.rotate_session(&sess.id, "refresh-0", "refresh-2", T0 + 6, &META).await,
+            Conflict::Stale
+        ));
 
-        s.revoke_session(&sess.id, T0 + 7, "logout").await.unwrap();
+        s.revoke_session(&sess.id, T0 + 7, "logout", &META).await.unwrap();
         let feed_len = changes(&s).await.len();
-        s.revoke_session(&sess.id, T0 + 8, "again").await.unwrap();
-        s.revoke_session(&SessionId::random(&OsSecureRng), T0, "unknown").await.unwrap();
+        s.revoke_session(&sess.id, T0 + 8, "again", &META).await.unwrap();
+        s.revoke_session(&SessionId::random(&OsSecureRng), T0, "unknown", &META).await.unwrap();
         let got = s.session(&sess.id).await.unwrap().unwrap();
         assert_eq!((got.revoked_at, got.revoke_reason.as_deref()), (Some(T0 + 7), Some("logout")));
         assert_eq!(changes(&s).await.len(), feed_len, "a second revoke changes nothing");
-        assert!(is_conflict(s.rotate_session(&sess.id, "refresh-1", "refresh-2", T0 + 9).await, Conflict::Stale));
+        assert!(is_conflict(
+            s.rotate_session(&sess.id, "refresh-1", "refresh-2", T0 + 9, &META).await,
+            Conflict::Stale
+        ));
     }
 
     #[tokio::test]
@@ -858,17 +921,17 @@ mod tests {
         assert!(is_conflict(s.put_otp(&first, None).await, Conflict::Stale), "expected none");
         assert_eq!(s.otp("addr").await.unwrap(), Some(first.clone()));
 
-        assert_eq!(s.record_otp_failure("addr", 2).await.unwrap(), 1);
+        assert_eq!(s.record_otp_failure("addr", 2, &META).await.unwrap(), 1);
         let second = OtpRecord { failures: 1, ..otp("addr", T0 + 60) };
         assert!(is_conflict(s.put_otp(&second, Some(T0 + 1)).await, Conflict::Stale));
         s.put_otp(&second, Some(T0)).await.unwrap();
-        assert!(is_conflict(s.redeem_otp("addr", "wrong", T0 + 61, 2).await, Conflict::Stale));
-        assert!(is_conflict(s.redeem_otp("addr", "otp-1", T0 + 660, 2).await, Conflict::Stale), "expired");
+        assert!(is_conflict(s.redeem_otp("addr", "wrong", T0 + 61, 2, &META).await, Conflict::Stale));
+        assert!(is_conflict(s.redeem_otp("addr", "otp-1", T0 + 660, 2, &META).await, Conflict::Stale), "expired");
 
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let s = s.clone();
-                tokio::spawn(async move { s.redeem_otp("addr", "otp-1", T0 + 61, 2).await })
+                tokio::spawn(async move { s.redeem_otp("addr", "otp-1", T0 + 61, 2, &META).await })
             })
             .collect();
         let mut ok = 0;
@@ -876,14 +939,14 @@ mod tests {
             ok += usize::from(t.await.unwrap().is_ok());
         }
         assert_eq!(ok, 1);
-        assert!(is_conflict(s.record_otp_failure("addr", 5).await, Conflict::Stale), "used");
-        assert!(is_conflict(s.record_otp_failure("nope", 5).await, Conflict::Stale));
+        assert!(is_conflict(s.record_otp_failure("addr", 5, &META).await, Conflict::Stale), "used");
+        assert!(is_conflict(s.record_otp_failure("nope", 5, &META).await, Conflict::Stale));
 
         s.put_otp(&otp("capped", T0), None).await.unwrap();
-        assert_eq!(s.record_otp_failure("capped", 2).await.unwrap(), 1);
-        assert_eq!(s.record_otp_failure("capped", 2).await.unwrap(), 2);
-        assert!(is_conflict(s.record_otp_failure("capped", 2).await, Conflict::Stale));
-        assert!(is_conflict(s.redeem_otp("capped", "otp-1", T0 + 1, 2).await, Conflict::Stale));
+        assert_eq!(s.record_otp_failure("capped", 2, &META).await.unwrap(), 1);
+        assert_eq!(s.record_otp_failure("capped", 2, &META).await.unwrap(), 2);
+        assert!(is_conflict(s.record_otp_failure("capped", 2, &META).await, Conflict::Stale));
+        assert!(is_conflict(s.redeem_otp("capped", "otp-1", T0 + 1, 2, &META).await, Conflict::Stale));
     }
 
     #[tokio::test]
@@ -892,13 +955,14 @@ mod tests {
         let u = registered(&s, "mona").await;
         let seq = changes(&s).await.last().unwrap().seq;
         clock.advance(42);
-        let after = s.record_login_failure(&u.id, T0, 5, 900).await.unwrap();
+        let after = s.record_login_failure(&u.id, T0, 5, 900, &META).await.unwrap();
         let feed = s.changes_after(seq, 10).await.unwrap();
         assert_eq!(feed.len(), 1);
         let ch = &feed[0];
         assert_eq!((ch.entity, ch.op, ch.at), (ChangeEntity::User, ChangeOp::Modify, T0 + 42));
         assert_eq!(ch.old, Some(serde_json::to_value(&u).unwrap()));
         assert_eq!(ch.new, Some(serde_json::to_value(&after).unwrap()));
+        assert_eq!(after.meta, *META, "the new image carries the modifying request's meta");
 
         s.put_otp(&otp("feed", T0), None).await.unwrap();
         let last = changes(&s).await.pop().unwrap();
@@ -918,7 +982,7 @@ mod tests {
                 tokio::spawn(async move {
                     let u = user(&format!("mix{i}"), &format!("mix{i}@example.com"));
                     s.create_user(&u, &verification(&u)).await.unwrap();
-                    s.record_login_failure(&u.id, T0, 10, 900).await.unwrap();
+                    s.record_login_failure(&u.id, T0, 10, 900, &META).await.unwrap();
                 })
             })
             .collect();

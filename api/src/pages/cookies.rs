@@ -1,0 +1,101 @@
+//! The browser cookies. All are `__Host-` cookies: `Secure`, `Path=/`, no
+//! `Domain`, so only this exact origin over HTTPS can set or read them.
+//!
+//! - [`SESSION`] holds `<session id>.<secret>` from `verify_login_code`
+//!   (the refresh-token shape). It is opaque; the session store keeps only
+//!   its hash, and logout revokes it server-side.
+//!   **`SameSite=Lax`**, not Strict: a person arriving from a link in a mail
+//!   (a cross-site top-level GET) should see their dashboard, not a sign-in
+//!   form. Lax still withholds the cookie from cross-site POSTs, frames and
+//!   subresources, GETs change nothing, and every POST also needs a CSRF
+//!   token and a same-origin Origin / `Sec-Fetch-Site`.
+//! - [`PRE`] is the pre-session: a random id (what anonymous forms' CSRF
+//!   tokens are bound to) and, between the password and the code step, the
+//!   login challenge id and when a resend is allowed. Signed with an HMAC
+//!   key derived from the code HMAC key; replaced by a fresh id when the
+//!   password is accepted and dropped when the session starts.
+//! - [`CSRF`] is the double-submit half of the CSRF token (`SameSite=Strict`).
+//!
+//! All are `HttpOnly`: no script on the pages reads them.
+
+use latchkey_core::domain::OtpCode;
+use latchkey_core::flows::Auth;
+
+pub const SESSION: &str = "__Host-latchkey_session";
+pub const PRE: &str = "__Host-latchkey_pre";
+pub const CSRF: &str = "__Host-latchkey_csrf";
+
+/// How long a pre-session lives (the login code itself lives 5 minutes).
+pub const PRE_TTL_SECS: i64 = 30 * 60;
+
+/// A `Set-Cookie` value with the `__Host-` attributes.
+pub fn set(name: &str, value: &str, max_age: i64, same_site: &str) -> String {
+    format!("{name}={value}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite={same_site}")
+}
+
+/// A `Set-Cookie` value that deletes the cookie.
+pub fn clear(name: &str) -> String {
+    format!("{name}=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Lax")
+}
+
+/// The first value of cookie `name` in the request's `Cookie` headers.
+pub fn get(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| !v.is_empty() && v.len() <= 512)
+}
+
+/// The signed pre-session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pre {
+    /// 128 random bits, URL-safe base64.
+    pub id: String,
+    /// The login challenge waiting for its code.
+    pub challenge: Option<String>,
+    /// When a resend of the code is allowed (UTC seconds; 0 without one).
+    pub resend_at: i64,
+}
+
+const PRE_MAC_DOMAIN: &str = "pre-session";
+
+impl Pre {
+    pub fn fresh(auth: &Auth) -> Self {
+        Pre { id: auth.browser_nonce(), challenge: None, resend_at: 0 }
+    }
+
+    /// `<id>.<challenge|none>.<resend_at>.<mac>`.
+    pub fn encode(&self, auth: &Auth) -> String {
+        let challenge = self.challenge.as_deref().unwrap_or("none");
+        let resend_at = self.resend_at.to_string();
+        let mac = auth.browser_mac(PRE_MAC_DOMAIN, &[&self.id, challenge, &resend_at]);
+        format!("{}.{challenge}.{resend_at}.{mac}", self.id)
+    }
+
+    /// The pre-session of a cookie value whose signature checks out.
+    pub fn decode(auth: &Auth, value: &str) -> Option<Self> {
+        let mut it = value.split('.');
+        let (id, challenge, resend_at, mac) = (it.next()?, it.next()?, it.next()?, it.next()?);
+        if it.next().is_some() || id.len() != 22 {
+            return None;
+        }
+        let want = auth.browser_mac(PRE_MAC_DOMAIN, &[id, challenge, resend_at]);
+        if !OtpCode::hashes_equal(&want, mac) {
+            return None;
+        }
+        Some(Pre {
+            id: id.to_string(),
+            challenge: (challenge != "none").then(|| challenge.to_string()),
+            resend_at: resend_at.parse().ok()?,
+        })
+    }
+
+    pub fn cookie(&self, auth: &Auth) -> String {
+        set(PRE, &self.encode(auth), PRE_TTL_SECS, "Lax")
+    }
+}

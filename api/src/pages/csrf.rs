@@ -1,0 +1,65 @@
+//! CSRF protection for every POST: a signed double-submit token plus an
+//! origin check.
+//!
+//! The token is `<nonce>.<HMAC(binding id, nonce)>`, where the binding id is
+//! the session id for a signed-in visitor and the pre-session id otherwise.
+//! It goes in a hidden `csrf` field and in the [`super::cookies::CSRF`]
+//! cookie; a POST passes when the field equals the cookie and the MAC
+//! matches the visitor's current binding. Because the binding changes at
+//! login and at the code step, old tokens die with the old (pre-)session.
+//!
+//! On top, a browser that says where the request came from must say it came
+//! from this origin: `Sec-Fetch-Site` must be `same-origin`, or without it
+//! the `Origin` must equal this request's host. Clients that send neither
+//! (scripts, tests) still need the token.
+
+use super::cookies;
+use axum::http::{HeaderMap, header};
+use latchkey_core::domain::OtpCode;
+use latchkey_core::flows::Auth;
+
+const DOMAIN: &str = "csrf";
+
+fn mac(auth: &Auth, binding: &str, nonce: &str) -> String {
+    auth.browser_mac(DOMAIN, &[binding, nonce])
+}
+
+/// Whether `token` is a valid token for `binding`.
+pub fn valid(auth: &Auth, binding: &str, token: &str) -> bool {
+    token.split_once('.').is_some_and(|(nonce, m)| OtpCode::hashes_equal(&mac(auth, binding, nonce), m))
+}
+
+/// The token a form should carry, and the cookie to set when the visitor's
+/// cookie does not already hold a valid one.
+pub fn token(auth: &Auth, binding: &str, cookie: Option<&str>) -> (String, Option<String>) {
+    if let Some(c) = cookie.filter(|c| valid(auth, binding, c)) {
+        return (c.to_string(), None);
+    }
+    let nonce = auth.browser_nonce();
+    let t = format!("{nonce}.{}", mac(auth, binding, &nonce));
+    let set = cookies::set(cookies::CSRF, &t, cookies::PRE_TTL_SECS.max(auth.policy().refresh_ttl_secs), "Strict");
+    (t, Some(set))
+}
+
+/// Whether the request comes from this origin, as far as the browser says.
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let text = |name| headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site") {
+        return site.eq_ignore_ascii_case("same-origin");
+    }
+    match text(header::ORIGIN.as_str()) {
+        None => true,
+        Some(origin) => {
+            let host = text(header::HOST.as_str()).unwrap_or("");
+            let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or("");
+            !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+        }
+    }
+}
+
+/// The whole POST check.
+pub fn check(auth: &Auth, headers: &HeaderMap, binding: Option<&str>, field: Option<&str>) -> bool {
+    let cookie = cookies::get(headers, cookies::CSRF);
+    let (Some(binding), Some(field), Some(cookie)) = (binding, field, cookie) else { return false };
+    same_origin(headers) && OtpCode::hashes_equal(field, &cookie) && valid(auth, binding, field)
+}

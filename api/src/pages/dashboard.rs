@@ -1,0 +1,53 @@
+//! The signed-in home: the profile and the user's recent security events.
+//! Without a live session it redirects to the sign-in page and shows
+//! nothing private; like every page it is `Cache-Control: no-store`.
+
+use super::render::{self, page};
+use super::visitor::Visitor;
+use super::{cookies, with_cookies};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use latchkey_core::clock::rfc3339;
+use minijinja::context;
+
+/// How many events the dashboard lists.
+const RECENT: u32 = 10;
+
+pub async fn dashboard(State(s): State<AppState>, mut v: Visitor) -> Response {
+    let Some((_, profile)) = v.session.clone() else {
+        let r = Redirect::to("/login").into_response();
+        return if v.stale_session { with_cookies(r, vec![cookies::clear(cookies::SESSION)]) } else { r };
+    };
+    let events = match s.audit.list(&profile.id.to_string(), None, RECENT).await {
+        Ok(page) => page
+            .records
+            .iter()
+            .map(|r| {
+                context! {
+                    at => rfc3339(r.at).replace('T', " ").trim_end_matches('Z').to_string(),
+                    event => r.event.as_str().replace('_', " "),
+                    outcome => serde_json::to_value(&r.outcome).ok().and_then(|v| v.as_str().map(str::to_owned)),
+                    reason => r.reason.as_deref().map(|x| x.replace('_', " ")),
+                    ip => r.ip.clone(),
+                }
+            })
+            .collect::<Vec<_>>(),
+        Err(e) => return render::failure(latchkey_core::Error::from(e)),
+    };
+    let (csrf, cookies) = v.form_token();
+    let ctx = context! {
+        title => format!("Hello, {}", profile.username),
+        signed_in => true,
+        csrf,
+        events,
+        profile => context! {
+            username => profile.username,
+            email => profile.email,
+            verified => profile.verified,
+            created_at => rfc3339(profile.created_at).replace('T', " ").trim_end_matches('Z').to_string() + " UTC",
+        },
+    };
+    with_cookies(page(StatusCode::OK, "dashboard.html", ctx), cookies)
+}

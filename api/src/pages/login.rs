@@ -1,0 +1,234 @@
+//! Signing in: password (by username or email), then the emailed code,
+//! then the session cookie; and signing out.
+//!
+//! Cookie rotation: the password step replaces the pre-session with a new
+//! one (new id, bound to the challenge), so a token or cookie planted
+//! before cannot ride along; the code step drops the pre-session and sets a
+//! brand-new session cookie. Logout revokes the session in the store and
+//! clears the cookies.
+
+use super::account::{FieldErrors, sentence};
+use super::cookies::{self, Pre};
+use super::render::{self, page};
+use super::visitor::Visitor;
+use super::with_cookies;
+use crate::state::AppState;
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use latchkey_core::Error;
+use minijinja::context;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+pub struct LoginQuery {
+    bye: Option<String>,
+}
+
+fn login_page(
+    v: &mut Visitor,
+    status: StatusCode,
+    identifier: &str,
+    errors: FieldErrors,
+    form_error: Option<String>,
+    notice: Option<&str>,
+    unverified: bool,
+) -> Response {
+    let (csrf, cookies) = v.form_token();
+    let ctx = context! { title => "Sign in", csrf, identifier, errors, form_error, notice, unverified };
+    with_cookies(page(status, "login.html", ctx), cookies)
+}
+
+pub async fn login_form(mut v: Visitor, Query(q): Query<LoginQuery>) -> Response {
+    if v.session.is_some() {
+        return Redirect::to("/dashboard").into_response();
+    }
+    let notice = q.bye.is_some().then_some("You are signed out.");
+    login_page(&mut v, StatusCode::OK, "", FieldErrors::new(), None, notice, false)
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    csrf: Option<String>,
+    identifier: Option<String>,
+    password: Option<String>,
+}
+
+pub async fn login(State(s): State<AppState>, mut v: Visitor, Form(f): Form<LoginForm>) -> Response {
+    if let Err(r) = v.check_csrf(f.csrf.as_deref()) {
+        return r;
+    }
+    let identifier = f.identifier.unwrap_or_default();
+    let password = f.password.unwrap_or_default();
+    let mut errors = FieldErrors::new();
+    match s.auth.login(&identifier, password, &v.meta).await {
+        Ok(started) => {
+            let pre = Pre {
+                id: s.auth.browser_nonce(),
+                challenge: Some(started.challenge_id.to_string()),
+                resend_at: s.auth.now() + started.resend_after,
+            };
+            let r = Redirect::to("/login/code").into_response();
+            with_cookies(r, vec![pre.cookie(&s.auth), cookies::clear(cookies::CSRF)])
+        }
+        Err(Error::Validation { field, reason }) => {
+            let field = if field == "password" { "password" } else { "identifier" };
+            errors.insert(field, sentence(&reason));
+            login_page(&mut v, StatusCode::BAD_REQUEST, &identifier, errors, None, None, false)
+        }
+        Err(Error::InvalidCredentials) => {
+            let text = "The username, email address or password is not right.".to_string();
+            login_page(&mut v, StatusCode::UNAUTHORIZED, &identifier, errors, Some(text), None, false)
+        }
+        Err(Error::EmailNotVerified) => {
+            let text = "Please confirm your email address first: open the link we mailed you.".to_string();
+            login_page(&mut v, StatusCode::FORBIDDEN, &identifier, errors, Some(text), None, true)
+        }
+        Err(Error::RateLimited { retry_after }) => {
+            let text = format!("Too many attempts. Please wait {retry_after} seconds and try again.");
+            let r = login_page(&mut v, StatusCode::TOO_MANY_REQUESTS, &identifier, errors, Some(text), None, false);
+            render::retry_after(r, Some(retry_after))
+        }
+        Err(e) => render::failure(e),
+    }
+}
+
+fn code_page(
+    s: &AppState,
+    v: &mut Visitor,
+    status: StatusCode,
+    errors: FieldErrors,
+    form_error: Option<String>,
+    notice: Option<&str>,
+) -> Response {
+    let wait = v.pre.as_ref().map(|p| (p.resend_at - s.auth.now()).max(0)).unwrap_or(0);
+    let (csrf, cookies) = v.form_token();
+    let ctx = context! { title => "Enter your code", csrf, errors, form_error, notice, wait };
+    with_cookies(page(status, "code.html", ctx), cookies)
+}
+
+fn challenge(v: &Visitor) -> Option<String> {
+    v.pre.as_ref().and_then(|p| p.challenge.clone())
+}
+
+#[derive(Deserialize)]
+pub struct CodeQuery {
+    resent: Option<String>,
+}
+
+pub async fn code_form(State(s): State<AppState>, mut v: Visitor, Query(q): Query<CodeQuery>) -> Response {
+    if v.session.is_some() {
+        return Redirect::to("/dashboard").into_response();
+    }
+    if challenge(&v).is_none() {
+        return Redirect::to("/login").into_response();
+    }
+    let notice = q.resent.is_some().then_some("A new code is on its way. The old one no longer works.");
+    code_page(&s, &mut v, StatusCode::OK, FieldErrors::new(), None, notice)
+}
+
+#[derive(Deserialize)]
+pub struct CodeForm {
+    csrf: Option<String>,
+    code: Option<String>,
+}
+
+pub async fn code(State(s): State<AppState>, mut v: Visitor, Form(f): Form<CodeForm>) -> Response {
+    if let Err(r) = v.check_csrf(f.csrf.as_deref()) {
+        return r;
+    }
+    let Some(challenge_id) = challenge(&v) else { return Redirect::to("/login").into_response() };
+    let code = f.code.unwrap_or_default();
+    let mut errors = FieldErrors::new();
+    match s.auth.verify_login_code(&challenge_id, code.trim(), &v.meta).await {
+        Ok(pair) => {
+            let session = cookies::set(cookies::SESSION, &pair.refresh_token, s.auth.policy().refresh_ttl_secs, "Lax");
+            let r = Redirect::to("/dashboard").into_response();
+            with_cookies(r, vec![session, cookies::clear(cookies::PRE), cookies::clear(cookies::CSRF)])
+        }
+        Err(Error::Validation { reason, .. }) => {
+            errors.insert("code", sentence(&reason));
+            code_page(&s, &mut v, StatusCode::BAD_REQUEST, errors, None, None)
+        }
+        Err(Error::OtpInvalid { attempts_left }) => {
+            let text = match attempts_left {
+                1 => "That code is not right. 1 attempt left.".to_string(),
+                n => format!("That code is not right. {n} attempts left."),
+            };
+            errors.insert("code", text);
+            code_page(&s, &mut v, StatusCode::UNAUTHORIZED, errors, None, None)
+        }
+        Err(e @ (Error::OtpExpired | Error::OtpExhausted | Error::OtpUsed | Error::ChallengeNotFound)) => {
+            let text = match e {
+                Error::OtpExpired => "This code has expired.",
+                Error::OtpExhausted => "Too many wrong codes.",
+                _ => "This sign-in attempt is over.",
+            };
+            let ctx = context! {
+                title => "Please sign in again", text, link => "/login", link_text => "Sign in again",
+            };
+            with_cookies(page(StatusCode::UNAUTHORIZED, "message.html", ctx), vec![cookies::clear(cookies::PRE)])
+        }
+        Err(Error::RateLimited { retry_after }) => {
+            let text = format!("Too many attempts. Please wait {retry_after} seconds and try again.");
+            let r = code_page(&s, &mut v, StatusCode::TOO_MANY_REQUESTS, errors, Some(text), None);
+            render::retry_after(r, Some(retry_after))
+        }
+        Err(e) => render::failure(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CsrfOnly {
+    csrf: Option<String>,
+}
+
+pub async fn resend(State(s): State<AppState>, mut v: Visitor, Form(f): Form<CsrfOnly>) -> Response {
+    if let Err(r) = v.check_csrf(f.csrf.as_deref()) {
+        return r;
+    }
+    let (Some(challenge_id), Some(pre)) = (challenge(&v), v.pre.clone()) else {
+        return Redirect::to("/login").into_response();
+    };
+    match s.auth.resend_login_code(&challenge_id, &v.meta).await {
+        Ok(started) => {
+            let pre = Pre {
+                challenge: Some(started.challenge_id.to_string()),
+                resend_at: s.auth.now() + started.resend_after,
+                ..pre
+            };
+            with_cookies(Redirect::to("/login/code?resent=1").into_response(), vec![pre.cookie(&s.auth)])
+        }
+        Err(Error::RateLimited { retry_after }) => {
+            let text = format!("Please wait {retry_after} seconds before asking for a new code.");
+            let r = code_page(&s, &mut v, StatusCode::TOO_MANY_REQUESTS, FieldErrors::new(), Some(text), None);
+            render::retry_after(r, Some(retry_after))
+        }
+        Err(Error::OtpExpired | Error::OtpExhausted | Error::OtpUsed | Error::ChallengeNotFound) => {
+            with_cookies(Redirect::to("/login").into_response(), vec![cookies::clear(cookies::PRE)])
+        }
+        Err(e) => render::failure(e),
+    }
+}
+
+/// `POST /logout`: revokes the session server-side and clears the cookies.
+pub async fn logout(State(s): State<AppState>, v: Visitor, Form(f): Form<CsrfOnly>) -> Response {
+    let clear = vec![cookies::clear(cookies::SESSION), cookies::clear(cookies::PRE), cookies::clear(cookies::CSRF)];
+    let Some((value, _)) = &v.session else {
+        // Nothing to end: tidy the cookies, but only for this origin's own
+        // forms (a cross-site POST arrives without the Lax session cookie).
+        if !super::csrf::same_origin(&v.headers) {
+            return v.check_csrf(None).err().unwrap_or_else(|| Redirect::to("/login").into_response());
+        }
+        return with_cookies(Redirect::to("/login").into_response(), clear);
+    };
+    if let Err(r) = v.check_csrf(f.csrf.as_deref()) {
+        return r;
+    }
+    if let Err(e) = s.auth.logout(value, &v.meta).await {
+        return render::failure(e);
+    }
+    let mut r = with_cookies(Redirect::to("/login?bye=1").into_response(), clear);
+    r.headers_mut().insert("clear-site-data", HeaderValue::from_static("\"cache\""));
+    r
+}

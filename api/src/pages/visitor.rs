@@ -1,0 +1,99 @@
+//! Who is at the browser: their session (checked against the session
+//! store), their signed pre-session, and what a form or a POST needs from
+//! them.
+
+use super::cookies::{self, Pre};
+use super::{csrf, render};
+use crate::extract::request_meta;
+use crate::state::AppState;
+use axum::extract::FromRequestParts;
+use axum::http::{HeaderMap, StatusCode, request::Parts};
+use axum::response::Response;
+use latchkey_core::Error;
+use latchkey_core::domain::RequestMeta;
+use latchkey_core::flows::{Auth, Profile};
+
+pub struct Visitor {
+    /// The session cookie's value and its profile, if the session is alive.
+    pub session: Option<(String, Profile)>,
+    /// A session cookie was sent but is no longer good.
+    pub stale_session: bool,
+    pub pre: Option<Pre>,
+    pub headers: HeaderMap,
+    pub meta: RequestMeta,
+    auth: Auth,
+}
+
+impl FromRequestParts<AppState> for Visitor {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let auth = state.auth.clone();
+        let headers = parts.headers.clone();
+        let mut stale_session = false;
+        let session = match cookies::get(&headers, cookies::SESSION) {
+            None => None,
+            Some(value) => match auth.browser_session(&value).await {
+                Ok(p) => Some((value, p)),
+                Err(Error::Unauthorized) => {
+                    stale_session = true;
+                    None
+                }
+                Err(e) => return Err(render::failure(e)),
+            },
+        };
+        let pre = cookies::get(&headers, cookies::PRE).and_then(|v| Pre::decode(&auth, &v));
+        let meta = request_meta(parts, state.trust_forwarded_for);
+        Ok(Visitor { session, stale_session, pre, headers, meta, auth })
+    }
+}
+
+impl Visitor {
+    /// What this visitor's CSRF tokens are bound to right now.
+    pub fn binding(&self) -> Option<String> {
+        match (&self.session, &self.pre) {
+            (Some((_, p)), _) => Some(p.session_id.to_string()),
+            (None, Some(pre)) => Some(pre.id.clone()),
+            (None, None) => None,
+        }
+    }
+
+    /// A CSRF token for a form on the page being rendered, and the cookies
+    /// to set with it (a fresh pre-session for a new visitor, the CSRF
+    /// cookie, the removal of a dead session cookie).
+    pub fn form_token(&mut self) -> (String, Vec<String>) {
+        let mut set = Vec::new();
+        if self.stale_session {
+            set.push(cookies::clear(cookies::SESSION));
+            self.stale_session = false;
+        }
+        let binding = match self.binding() {
+            Some(b) => b,
+            None => {
+                let pre = Pre::fresh(&self.auth);
+                set.push(pre.cookie(&self.auth));
+                let id = pre.id.clone();
+                self.pre = Some(pre);
+                id
+            }
+        };
+        let cookie = cookies::get(&self.headers, cookies::CSRF);
+        let (token, cookie) = csrf::token(&self.auth, &binding, cookie.as_deref());
+        set.extend(cookie);
+        (token, set)
+    }
+
+    /// The POST check: a 403 page unless the token and the origin are good.
+    pub fn check_csrf(&self, field: Option<&str>) -> Result<(), Response> {
+        if csrf::check(&self.auth, &self.headers, self.binding().as_deref(), field) {
+            Ok(())
+        } else {
+            tracing::warn!(request_id = ?self.meta.request_id, "browser POST refused: CSRF token or origin check failed");
+            Err(render::page(
+                StatusCode::FORBIDDEN,
+                "forbidden.html",
+                minijinja::context! { title => "Request refused" },
+            ))
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! What the server-rendered browser pages need beyond the JSON flows: the
+//! session behind a session cookie, and keyed MACs for the signed
+//! pre-session cookie and the CSRF tokens.
+//!
+//! The session cookie holds the same `<session id>.<secret>` a refresh token
+//! holds; the session store keeps only its hash. Browsers never rotate it
+//! through `/v1/token/refresh`, so its hash stays the session's current one
+//! until logout revokes the session.
+
+use super::Auth;
+use super::session::Profile;
+use crate::domain::{OtpCode, SessionId};
+use crate::error::Error;
+use crate::keys::token_hash;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// Prefixed to every browser MAC domain, so these MACs can never equal a
+/// code or address hash made with the same key.
+const DOMAIN_PREFIX: &str = "latchkey/browser/v1/";
+
+impl Auth {
+    /// The profile behind a session cookie value `<session id>.<secret>`,
+    /// if the session exists, is neither revoked nor expired, and the secret
+    /// matches (constant-time). Anything else is `Unauthorized`.
+    pub async fn browser_session(&self, cookie: &str) -> Result<Profile, Error> {
+        let (sid, secret) = cookie.split_once('.').ok_or(Error::Unauthorized)?;
+        let sid = SessionId::parse(sid).ok_or(Error::Unauthorized)?;
+        if secret.len() != 43 {
+            return Err(Error::Unauthorized);
+        }
+        let now = self.now();
+        let s = self.ports.sessions.session(&sid).await?.ok_or(Error::Unauthorized)?;
+        if s.revoked_at.is_some() || s.expires_at <= now {
+            return Err(Error::Unauthorized);
+        }
+        if !OtpCode::hashes_equal(&token_hash(secret), &s.refresh_hash) {
+            return Err(Error::Unauthorized);
+        }
+        let u = self.ports.users.user_by_id(&s.user_id).await?.ok_or(Error::Unauthorized)?;
+        Ok(Profile {
+            id: u.id,
+            username: u.username.to_string(),
+            email: u.email.to_string(),
+            verified: u.verified,
+            created_at: u.created_at,
+            session_id: sid,
+        })
+    }
+
+    /// HMAC-SHA256 (hex) under the code HMAC key, in a browser-only domain.
+    pub fn browser_mac(&self, domain: &str, parts: &[&str]) -> String {
+        self.code_key.mac(&format!("{DOMAIN_PREFIX}{domain}"), parts)
+    }
+
+    /// 128 random bits from the secure RNG, URL-safe base64.
+    pub fn browser_nonce(&self) -> String {
+        let mut b = [0u8; 16];
+        self.ports.rng.fill(&mut b);
+        URL_SAFE_NO_PAD.encode(b)
+    }
+}

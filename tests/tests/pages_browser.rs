@@ -1,0 +1,331 @@
+//! The server-rendered pages over HTTP, as a browser without JavaScript
+//! would use them: a cookie jar, form posts, redirects followed by hand.
+//! Covers the whole journey, login by email, a wrong code then the right
+//! one, CSRF and cross-site refusals (nothing changes), the cookie
+//! attributes, `no-store`, the OTP page and the admin page.
+
+use latchkey_tests::scenarios::{PASSWORD, unique};
+use latchkey_tests::system::TestSystem;
+use reqwest::header::{HeaderMap, SET_COOKIE};
+use std::collections::BTreeMap;
+
+const SESSION: &str = "__Host-latchkey_session";
+const PRE: &str = "__Host-latchkey_pre";
+const CSRF: &str = "__Host-latchkey_csrf";
+
+/// A minimal browser: a cookie jar over the test system's client.
+struct Browser<'a> {
+    sys: &'a TestSystem,
+    jar: BTreeMap<String, String>,
+    /// Every `Set-Cookie` seen, newest last.
+    set_cookies: Vec<String>,
+}
+
+struct Page {
+    status: u16,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Page {
+    fn location(&self) -> &str {
+        self.headers.get("location").and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    fn csrf(&self) -> String {
+        let at = self.body.find("name=\"csrf\" value=\"").expect("csrf field");
+        let rest = &self.body[at + 19..];
+        rest[..rest.find('"').expect("end")].to_string()
+    }
+}
+
+impl<'a> Browser<'a> {
+    fn new(sys: &'a TestSystem) -> Self {
+        Browser { sys, jar: BTreeMap::new(), set_cookies: Vec::new() }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
+    }
+
+    async fn take(&mut self, r: reqwest::Response) -> Page {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        for c in headers.get_all(SET_COOKIE) {
+            let c = c.to_str().expect("ascii cookie").to_string();
+            let (nv, attrs) = c.split_once(';').unwrap_or((&c, ""));
+            let (n, v) = nv.split_once('=').expect("name=value");
+            if attrs.contains("Max-Age=0") {
+                self.jar.remove(n);
+            } else {
+                self.jar.insert(n.to_string(), v.to_string());
+            }
+            self.set_cookies.push(c);
+        }
+        Page { status, headers, body: r.text().await.expect("body") }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let url = if path.starts_with("http") { path.to_string() } else { self.sys.url(path) };
+        let r = self.sys.http.get(url).header("cookie", self.cookie_header()).send().await.expect("GET");
+        self.take(r).await
+    }
+
+    async fn post_with(&mut self, path: &str, form: &[(&str, &str)], headers: &[(&str, &str)]) -> Page {
+        let mut req = self.sys.http.post(self.sys.url(path)).header("cookie", self.cookie_header()).form(form);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.expect("POST");
+        self.take(r).await
+    }
+
+    /// A same-origin form post, as a browser sends it.
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        self.post_with(path, form, &[("sec-fetch-site", "same-origin"), ("origin", &self.sys.base.clone())]).await
+    }
+
+    fn last_set(&self, name: &str) -> &str {
+        self.set_cookies.iter().rev().find(|c| c.starts_with(&format!("{name}="))).expect("cookie was set")
+    }
+}
+
+async fn register_and_verify(b: &mut Browser<'_>, username: &str, email: &str) {
+    let p = b.get("/register").await;
+    assert_eq!(p.status, 200);
+    assert_eq!(p.headers["cache-control"], "no-store");
+    for label in ["for=\"username\"", "for=\"email\"", "for=\"password\""] {
+        assert!(p.body.contains(label), "label {label}");
+    }
+    let csrf = p.csrf();
+    // A weak password is refused next to the field; nothing is sent.
+    let p =
+        b.post("/register", &[("csrf", &csrf), ("username", username), ("email", email), ("password", "short")]).await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(p.body.contains("id=\"password-error\""), "{}", p.body);
+    let csrf = p.csrf();
+    let p =
+        b.post("/register", &[("csrf", &csrf), ("username", username), ("email", email), ("password", PASSWORD)]).await;
+    assert_eq!((p.status, p.location()), (303, "/register/sent"), "{}", p.body);
+    assert!(b.get("/register/sent").await.body.contains("Check your mail"));
+
+    let link = b.sys.wait_mail(email, 1).await.link().expect("link");
+    let path = &link[link.find("/verify-email").expect("path")..];
+    let p = b.get(path).await;
+    assert_eq!(p.status, 200);
+    assert!(p.body.contains("Confirm my email address"));
+    // The GET changed nothing: the password step still says "not verified".
+    let csrf = p.csrf();
+    let token = link.split("token=").nth(1).expect("token");
+    let v = b.post("/verify-email", &[("csrf", &csrf), ("token", token)]).await;
+    assert_eq!(v.status, 200, "{}", v.body);
+    assert!(v.body.contains("Email confirmed"));
+}
+
+/// Password then code; returns the code page's first response.
+async fn password_step(b: &mut Browser<'_>, identifier: &str) -> Page {
+    let p = b.get("/login").await;
+    assert_eq!(p.status, 200);
+    let pre_before = b.jar.get(PRE).cloned().expect("pre-session cookie on the login form");
+    let csrf = p.csrf();
+    let p = b.post("/login", &[("csrf", &csrf), ("identifier", identifier), ("password", PASSWORD)]).await;
+    assert_eq!((p.status, p.location()), (303, "/login/code"), "{}", p.body);
+    assert_ne!(b.jar.get(PRE), Some(&pre_before), "pre-session rotated at the password step");
+    let p = b.get("/login/code").await;
+    assert_eq!(p.status, 200);
+    assert!(p.body.contains("You can ask for a new code in"), "cooldown shown");
+    p
+}
+
+async fn code_step(b: &mut Browser<'_>, page: &Page, email: &str, n: usize) -> Page {
+    let code = b.sys.wait_mail(email, n).await.code().expect("code");
+    let p = b.post("/login/code", &[("csrf", &page.csrf()), ("code", &code)]).await;
+    assert_eq!((p.status, p.location()), (303, "/dashboard"), "{}", p.body);
+    p
+}
+
+fn assert_cookie_attributes(c: &str) {
+    for a in ["Secure", "HttpOnly", "Path=/", "SameSite="] {
+        assert!(c.contains(a), "{a} missing in {c}");
+    }
+    assert!(!c.to_ascii_lowercase().contains("domain="), "{c}");
+}
+
+#[tokio::test]
+async fn full_journey_by_username_then_logout() {
+    let sys = TestSystem::embedded().await;
+    let mut b = Browser::new(&sys);
+    let (username, email) = unique();
+    register_and_verify(&mut b, &username, &email).await;
+
+    let code_page = password_step(&mut b, &username).await;
+    code_step(&mut b, &code_page, &email, 2).await;
+    let session = b.jar.get(SESSION).cloned().expect("session cookie");
+    assert!(!b.jar.contains_key(PRE), "pre-session dropped at the code step");
+    let (sid, secret) = session.split_once('.').expect("<session id>.<secret>");
+    assert_eq!((sid.len(), secret.len()), (36, 43));
+    let set = b.last_set(SESSION).to_string();
+    assert_cookie_attributes(&set);
+    assert!(set.contains("SameSite=Lax"), "{set}");
+    assert_cookie_attributes(b.last_set(PRE));
+    assert_cookie_attributes(b.last_set(CSRF));
+
+    let d = b.get("/dashboard").await;
+    assert_eq!(d.status, 200);
+    assert_eq!(d.headers["cache-control"], "no-store");
+    assert!(d.body.contains(&username) && d.body.contains(&email));
+    assert!(d.body.contains("Recent security activity"));
+    let csp = d.headers["content-security-policy"].to_str().expect("csp");
+    assert!(!csp.contains("unsafe-inline"));
+    assert!(!d.body.contains("style=\"") && !d.body.contains("<script"), "no inline style or script");
+
+    // Logout with a wrong token: 403, still signed in.
+    let bad = b.post("/logout", &[("csrf", "x.y")]).await;
+    assert_eq!(bad.status, 403);
+    assert_eq!(b.get("/dashboard").await.status, 200);
+
+    let out = b.post("/logout", &[("csrf", &d.csrf())]).await;
+    assert_eq!((out.status, out.location()), (303, "/login?bye=1"));
+    assert!(!b.jar.contains_key(SESSION), "session cookie cleared");
+    let after = b.get("/dashboard").await;
+    assert_eq!((after.status, after.location()), (303, "/login"));
+    assert!(!after.body.contains(&email));
+    // The old cookie replayed: revoked server-side.
+    b.jar.insert(SESSION.into(), session);
+    let replay = b.get("/dashboard").await;
+    assert_eq!((replay.status, replay.location()), (303, "/login"));
+    assert!(!replay.body.contains(&email) && !replay.body.contains(&username));
+}
+
+#[tokio::test]
+async fn login_by_email_and_a_wrong_code_then_the_right_one() {
+    let sys = TestSystem::embedded().await;
+    let mut b = Browser::new(&sys);
+    let (username, email) = unique();
+    register_and_verify(&mut b, &username, &email).await;
+    let page = password_step(&mut b, &email.to_uppercase()).await;
+    let code = sys.wait_mail(&email, 2).await.code().expect("code");
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let p = b.post("/login/code", &[("csrf", &page.csrf()), ("code", wrong)]).await;
+    assert_eq!(p.status, 401);
+    assert!(p.body.contains("id=\"code-error\"") && p.body.contains("attempts left"), "{}", p.body);
+    assert!(!b.jar.contains_key(SESSION));
+    code_step(&mut b, &p, &email, 2).await;
+    assert!(b.get("/dashboard").await.body.contains(&username));
+}
+
+#[tokio::test]
+async fn posts_without_a_good_token_or_from_another_site_change_nothing() {
+    let sys = TestSystem::embedded().await;
+    let mut b = Browser::new(&sys);
+    let (username, email) = unique();
+    let p = b.get("/register").await;
+    let csrf = p.csrf();
+    let form = |c: &str| {
+        vec![
+            ("csrf".to_string(), c.to_string()),
+            ("username".to_string(), username.clone()),
+            ("email".to_string(), email.clone()),
+            ("password".to_string(), PASSWORD.to_string()),
+        ]
+    };
+    let as_ref = |f: &Vec<(String, String)>| f.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>();
+    for (name, form, headers) in [
+        ("no token", as_ref(&form(""))[1..].to_vec(), vec![]),
+        ("wrong token", as_ref(&form("abc.def")), vec![]),
+        ("cross-site", as_ref(&form(&csrf)), vec![("sec-fetch-site", "cross-site")]),
+        ("foreign origin", as_ref(&form(&csrf)), vec![("origin", "https://evil.example")]),
+    ] {
+        let f: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let p = b.post_with("/register", &f, &headers).await;
+        assert_eq!(p.status, 403, "{name}");
+        assert!(p.body.contains("Nothing was changed"), "{name}");
+    }
+    // A token without its cookie fails too.
+    let mut stranger = Browser::new(&sys);
+    let f: Vec<(&str, &str)> =
+        vec![("csrf", &csrf), ("username", &username), ("email", &email), ("password", PASSWORD)];
+    assert_eq!(stranger.post("/register", &f).await.status, 403, "token from another visitor");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(sys.mails_to(&email).await.is_empty(), "nothing was registered");
+    // The same form, properly sent, works: nothing above used the name up.
+    let p = b.post("/register", &f).await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    sys.wait_mail(&email, 1).await;
+}
+
+#[tokio::test]
+async fn the_code_step_refuses_cross_site_posts_and_the_code_still_works() {
+    let sys = TestSystem::embedded().await;
+    let mut b = Browser::new(&sys);
+    let (username, email) = unique();
+    register_and_verify(&mut b, &username, &email).await;
+    let page = password_step(&mut b, &username).await;
+    let code = sys.wait_mail(&email, 2).await.code().expect("code");
+    let p = b
+        .post_with("/login/code", &[("csrf", &page.csrf()), ("code", &code)], &[("sec-fetch-site", "cross-site")])
+        .await;
+    assert_eq!(p.status, 403);
+    assert!(!b.jar.contains_key(SESSION));
+    code_step(&mut b, &page, &email, 2).await;
+}
+
+#[tokio::test]
+async fn static_css_and_pages_carry_the_security_headers() {
+    let sys = TestSystem::embedded().await;
+    let mut b = Browser::new(&sys);
+    let css = b.get("/static/style.css").await;
+    assert_eq!(css.status, 200);
+    assert_eq!(css.headers["content-type"], "text/css; charset=utf-8");
+    for path in ["/login", "/register", "/one-time-code", "/admin", "/verify-email?token=abc"] {
+        let p = b.get(path).await;
+        assert_eq!(p.headers["content-type"], "text/html; charset=utf-8", "{path}");
+        assert_eq!(p.headers["cache-control"], "no-store", "{path}");
+        assert_eq!(p.headers["x-content-type-options"], "nosniff", "{path}");
+        assert!(p.body.contains("<link rel=\"stylesheet\" href=\"/static/style.css\">"), "{path}");
+        assert!(!p.body.contains("style=\"") && !p.body.contains("<script"), "{path}");
+    }
+    let d = b.get("/dashboard").await;
+    assert_eq!((d.status, d.location()), (303, "/login"));
+}
+
+#[tokio::test]
+async fn standalone_otp_page_sends_and_verifies() {
+    let sys = TestSystem::embedded().await;
+    let mut b = Browser::new(&sys);
+    let (_, email) = unique();
+    let p = b.get("/one-time-code").await;
+    let p = b.post("/one-time-code/send", &[("csrf", &p.csrf()), ("email", &email)]).await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    let code = sys.wait_mail(&email, 1).await.code().expect("code");
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let p = b.post("/one-time-code/verify", &[("csrf", &p.csrf()), ("email", &email), ("otp", wrong)]).await;
+    assert_eq!(p.status, 401);
+    assert!(p.body.contains("id=\"otp-error\""));
+    let p = b.post("/one-time-code/verify", &[("csrf", &p.csrf()), ("email", &email), ("otp", &code)]).await;
+    assert_eq!(p.status, 200);
+    assert!(p.body.contains("Code verified."));
+}
+
+#[tokio::test]
+async fn admin_page_needs_the_key_in_the_form_and_never_stores_it() {
+    let key = "an-admin-key-for-the-page-test-0123456789";
+    let hash = latchkey_core::keys::token_hash(key);
+    let sys =
+        TestSystem::embedded_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    let mut b = Browser::new(&sys);
+    let p = b.get("/admin").await;
+    assert_eq!(p.status, 200);
+    let from = "2020-01-01";
+    let to = "2020-12-31";
+    let bad = b.post("/admin", &[("csrf", &p.csrf()), ("admin_key", "nope"), ("from", from), ("to", to)]).await;
+    assert_eq!(bad.status, 401);
+    assert!(bad.body.contains("id=\"admin_key-error\""));
+    let ok = b.post("/admin", &[("csrf", &bad.csrf()), ("admin_key", key), ("from", from), ("to", to)]).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert!(ok.body.contains("Events per day"));
+    assert!(!ok.body.contains(key), "key not echoed");
+    assert!(b.set_cookies.iter().all(|c| !c.contains(key)), "key never in a cookie");
+    let no_token = b.post("/admin", &[("admin_key", key), ("from", from), ("to", to)]).await;
+    assert_eq!(no_token.status, 403);
+}
