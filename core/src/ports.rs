@@ -90,8 +90,9 @@ pub trait UserStore: Send + Sync {
 
 #[async_trait]
 pub trait ChallengeStore: Send + Sync {
-    /// Stores a new challenge. If the user has failed logins on record, the
-    /// count is reset in the same write (the password was right), which
+    /// Stores a new challenge. With `reset_login_failures` (the password was
+    /// right and the user has failed logins or an ended lock on record), the
+    /// count is reset and `locked_until` cleared in the same write, which
     /// sets the user's `meta` to the request's.
     async fn create_challenge(
         &self,

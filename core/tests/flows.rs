@@ -55,6 +55,7 @@ impl Mailbox {
 
 struct World {
     auth: Auth,
+    store: Arc<EmbeddedStore>,
     clock: Arc<FixedClock>,
     mail: Arc<Mailbox>,
 }
@@ -68,7 +69,7 @@ fn world(limits: RateLimits) -> World {
         challenges: store.clone(),
         sessions: store.clone(),
         otps: store.clone(),
-        limiter: store,
+        limiter: store.clone(),
         mail: mail.clone(),
         clock: clock.clone(),
         rng: Arc::new(OsSecureRng),
@@ -78,7 +79,7 @@ fn world(limits: RateLimits) -> World {
     let hasher = PasswordHasher::new(policy.argon2, 2, &OsSecureRng).unwrap();
     let tokens = TokenIssuer::new(SigningKey::generate().unwrap(), "iss".into(), "aud".into(), 600).unwrap();
     let auth = Auth::new(ports, policy, hasher, CodeKey::new(vec![3; 32]).unwrap(), tokens);
-    World { auth, clock, mail }
+    World { auth, store, clock, mail }
 }
 
 fn meta() -> RequestMeta {
@@ -145,6 +146,11 @@ async fn ten_wrong_passwords_lock_for_fifteen_minutes_and_no_longer() {
     assert_eq!(w.mail.kinds().iter().filter(|k| **k == "account_locked").count(), 1);
     w.clock.set(T0 + 900);
     w.auth.login("carol", PW.into(), &meta()).await.expect("lock over after 15 min");
+    // The successful password step clears the ended lock (the audit trail
+    // sees the unlock).
+    use latchkey_core::ports::UserStore;
+    let carol = w.store.user_by_username(&latchkey_core::domain::Username::parse("carol").unwrap()).await.unwrap().unwrap();
+    assert_eq!((carol.locked_until, carol.failed_logins), (None, 0));
 }
 
 #[tokio::test]

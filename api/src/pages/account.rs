@@ -56,7 +56,7 @@ pub async fn register_form(mut v: Visitor) -> Response {
 }
 
 pub async fn register(State(s): State<AppState>, mut v: Visitor, Form(f): Form<RegisterForm>) -> Response {
-    if let Err(r) = v.check_csrf(f.csrf.as_deref()) {
+    if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
     }
     let username = f.username.unwrap_or_default();
@@ -108,7 +108,7 @@ pub struct ResendForm {
 }
 
 pub async fn resend(State(s): State<AppState>, mut v: Visitor, Form(f): Form<ResendForm>) -> Response {
-    if let Err(r) = v.check_csrf(f.csrf.as_deref()) {
+    if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
     }
     let email = f.email.unwrap_or_default();
@@ -157,7 +157,7 @@ pub struct VerifyForm {
 
 /// `POST /verify-email`: consumes the token.
 pub async fn verify(State(s): State<AppState>, v: Visitor, Form(f): Form<VerifyForm>) -> Response {
-    if let Err(r) = v.check_csrf(f.csrf.as_deref()) {
+    if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
     }
     let token = f.token.unwrap_or_default();

@@ -50,7 +50,7 @@ pub struct AdminForm {
 }
 
 pub async fn stats(State(s): State<AppState>, mut v: Visitor, Form(f): Form<AdminForm>) -> Response {
-    if let Err(r) = v.check_csrf(f.csrf.as_deref()) {
+    if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
     }
     let (from_s, to_s) = (f.from.unwrap_or_default(), f.to.unwrap_or_default());

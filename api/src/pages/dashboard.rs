@@ -28,7 +28,7 @@ pub async fn dashboard(State(s): State<AppState>, mut v: Visitor) -> Response {
                 context! {
                     at => rfc3339(r.at).replace('T', " ").trim_end_matches('Z').to_string(),
                     event => r.event.as_str().replace('_', " "),
-                    outcome => serde_json::to_value(&r.outcome).ok().and_then(|v| v.as_str().map(str::to_owned)),
+                    outcome => serde_json::to_value(r.outcome).ok().and_then(|v| v.as_str().map(str::to_owned)),
                     reason => r.reason.as_deref().map(|x| x.replace('_', " ")),
                     ip => r.ip.clone(),
                 }

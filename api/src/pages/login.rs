@@ -55,7 +55,7 @@ pub struct LoginForm {
 }
 
 pub async fn login(State(s): State<AppState>, mut v: Visitor, Form(f): Form<LoginForm>) -> Response {
-    if let Err(r) = v.check_csrf(f.csrf.as_deref()) {
+    if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
     }
     let identifier = f.identifier.unwrap_or_default();
@@ -134,7 +134,7 @@ pub struct CodeForm {
 }
 
 pub async fn code(State(s): State<AppState>, mut v: Visitor, Form(f): Form<CodeForm>) -> Response {
-    if let Err(r) = v.check_csrf(f.csrf.as_deref()) {
+    if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
     }
     let Some(challenge_id) = challenge(&v) else { return Redirect::to("/login").into_response() };
@@ -184,7 +184,7 @@ pub struct CsrfOnly {
 }
 
 pub async fn resend(State(s): State<AppState>, mut v: Visitor, Form(f): Form<CsrfOnly>) -> Response {
-    if let Err(r) = v.check_csrf(f.csrf.as_deref()) {
+    if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
     }
     let (Some(challenge_id), Some(pre)) = (challenge(&v), v.pre.clone()) else {
@@ -218,11 +218,11 @@ pub async fn logout(State(s): State<AppState>, v: Visitor, Form(f): Form<CsrfOnl
         // Nothing to end: tidy the cookies, but only for this origin's own
         // forms (a cross-site POST arrives without the Lax session cookie).
         if !super::csrf::same_origin(&v.headers) {
-            return v.check_csrf(None).err().unwrap_or_else(|| Redirect::to("/login").into_response());
+            return v.csrf_refusal(None).unwrap_or_else(|| Redirect::to("/login").into_response());
         }
         return with_cookies(Redirect::to("/login").into_response(), clear);
     };
-    if let Err(r) = v.check_csrf(f.csrf.as_deref()) {
+    if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
     }
     if let Err(e) = s.auth.logout(value, &v.meta).await {

@@ -49,7 +49,7 @@ fn limited(v: &mut Visitor, email: &str, retry_after: u64) -> Response {
 }
 
 pub async fn send(State(s): State<AppState>, mut v: Visitor, Form(f): Form<OtpForm>) -> Response {
-    if let Err(r) = v.check_csrf(f.csrf.as_deref()) {
+    if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
     }
     let email = f.email.unwrap_or_default();
@@ -69,7 +69,7 @@ pub async fn send(State(s): State<AppState>, mut v: Visitor, Form(f): Form<OtpFo
 }
 
 pub async fn verify(State(s): State<AppState>, mut v: Visitor, Form(f): Form<OtpForm>) -> Response {
-    if let Err(r) = v.check_csrf(f.csrf.as_deref()) {
+    if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
     }
     let email = f.email.unwrap_or_default();

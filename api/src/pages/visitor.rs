@@ -83,13 +83,14 @@ impl Visitor {
         (token, set)
     }
 
-    /// The POST check: a 403 page unless the token and the origin are good.
-    pub fn check_csrf(&self, field: Option<&str>) -> Result<(), Response> {
+    /// The POST check: `None` when the token and the origin are good, else
+    /// the 403 page to answer with (before any flow runs).
+    pub fn csrf_refusal(&self, field: Option<&str>) -> Option<Response> {
         if csrf::check(&self.auth, &self.headers, self.binding().as_deref(), field) {
-            Ok(())
+            None
         } else {
             tracing::warn!(request_id = ?self.meta.request_id, "browser POST refused: CSRF token or origin check failed");
-            Err(render::page(
+            Some(render::page(
                 StatusCode::FORBIDDEN,
                 "forbidden.html",
                 minijinja::context! { title => "Request refused" },

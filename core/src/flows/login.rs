@@ -70,7 +70,7 @@ impl Auth {
             used_at: None,
             meta: meta.clone(),
         };
-        self.ports.challenges.create_challenge(&challenge, user.failed_logins > 0, meta).await?;
+        self.ports.challenges.create_challenge(&challenge, user.failed_logins > 0 || user.locked_until.is_some(), meta).await?;
         self.send(&user.email, meta, self.code_job(&user, code)).await?;
         tracing::info!(user_id = %user.id, challenge_id = %id, "login code issued");
         Ok(LoginStarted {

@@ -25,7 +25,13 @@ impl DynamoStore {
         Update::builder()
             .table_name(&self.users)
             .key(PK, s(items::user_pk(user_id)))
-            .update_expression(format!("SET {counter} = :zero, meta = :meta"))
+            // A successful password step also clears an ended lock, so the
+            // stream shows the unlock.
+            .update_expression(if counter == "failed_logins" {
+                format!("SET {counter} = :zero, meta = :meta REMOVE locked_until")
+            } else {
+                format!("SET {counter} = :zero, meta = :meta")
+            })
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":meta", meta)

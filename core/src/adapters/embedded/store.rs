@@ -196,8 +196,8 @@ impl ChallengeStore for EmbeddedStore {
                 };
                 rec::insert_challenge(tx, &c)?;
                 record(tx, at, ChangeEntity::Challenge, &c.id.to_string(), None, Some(&c))?;
-                if reset_login_failures && old_u.failed_logins != 0 {
-                    let new_u = User { failed_logins: 0, meta, ..old_u.clone() };
+                if reset_login_failures && (old_u.failed_logins != 0 || old_u.locked_until.is_some()) {
+                    let new_u = User { failed_logins: 0, locked_until: None, meta, ..old_u.clone() };
                     rec::update_user(tx, &new_u)?;
                     record(tx, at, ChangeEntity::User, &new_u.id.to_string(), Some(&old_u), Some(&new_u))?;
                 }
