@@ -3,7 +3,7 @@
 //! the api binary and the local runner.
 
 use crate::state::AppState;
-use latchkey_core::audit::{AuditPolicy, AuditStore};
+use latchkey_core::audit::AuditStore;
 use latchkey_core::config::{Backend, Config};
 use latchkey_core::domain::Secret;
 use latchkey_core::flows::{Auth, Ports, TokenIssuer};
@@ -12,7 +12,6 @@ use latchkey_core::password_hasher::PasswordHasher;
 use latchkey_core::ports::{Clock, SecureRng};
 use latchkey_core::{clock::SystemClock, rng::OsSecureRng};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 /// A built system: the state for the Router, and what runs beside it.
@@ -20,6 +19,7 @@ pub struct Built {
     pub state: AppState,
     /// The embedded store, when that is the backend (the local runner's
     /// audit feed and tests read it).
+    #[cfg(feature = "embedded")]
     pub embedded: Option<latchkey_core::adapters::embedded::EmbeddedStore>,
     /// Background tasks (the embedded mail consumer and audit feed).
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -62,6 +62,9 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
     let clock = opts.clock;
     let rng: Arc<dyn SecureRng> = Arc::new(OsSecureRng);
     match &config.backend {
+        #[cfg(not(feature = "embedded"))]
+        Backend::Embedded { .. } => Err("LATCHKEY_BACKEND=embedded: this build has no embedded backend (use aws)".into()),
+        #[cfg(feature = "embedded")]
         Backend::Embedded { data_dir } => {
             use latchkey_core::adapters::embedded::{
                 EmbeddedStore, Outbox, SqliteMailQueue, audit, embedded_deliverer, spawn_mail_consumer,
@@ -79,7 +82,7 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
             let feed = audit::spawn_audit_feed(
                 store.clone(),
                 audit.clone(),
-                AuditPolicy::from(&config.policy),
+                latchkey_core::audit::AuditPolicy::from(&config.policy),
                 i64::from(config.audit_retention_days) * 86_400,
             );
             let s = Arc::new(store.clone());
@@ -125,7 +128,12 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
                 clock,
                 rng,
             };
-            Ok(Built { state: state(config, ports, signing, code_key, audit)?, embedded: None, tasks: vec![] })
+            Ok(Built {
+                state: state(config, ports, signing, code_key, audit)?,
+                #[cfg(feature = "embedded")]
+                embedded: None,
+                tasks: vec![],
+            })
         }
     }
 }
@@ -179,9 +187,10 @@ fn state(
     })
 }
 
+#[cfg(feature = "embedded")]
 /// The embedded mode's secrets: from the environment if set, else created
 /// once under `<data_dir>/keys/` (mode 0600) and reused.
-fn local_keys(config: &Config, data_dir: &Path) -> Result<(SigningKey, CodeKey), BoxError> {
+fn local_keys(config: &Config, data_dir: &std::path::Path) -> Result<(SigningKey, CodeKey), BoxError> {
     let dir = data_dir.join("keys");
     std::fs::create_dir_all(&dir)?;
     let signing = match &config.jwt_private_key {
@@ -206,7 +215,8 @@ fn local_keys(config: &Config, data_dir: &Path) -> Result<(SigningKey, CodeKey),
     Ok((signing, code_key))
 }
 
-fn read_or_create(path: &Path, make: impl FnOnce() -> Result<String, String>) -> Result<Secret<String>, BoxError> {
+#[cfg(feature = "embedded")]
+fn read_or_create(path: &std::path::Path, make: impl FnOnce() -> Result<String, String>) -> Result<Secret<String>, BoxError> {
     if let Ok(s) = std::fs::read_to_string(path) {
         return Ok(Secret::new(s.trim().to_string()));
     }
