@@ -560,6 +560,7 @@ async fn sqs_queue_carries_the_job_and_its_attributes() {
         &Email::parse("to@example.com").unwrap(),
         NOW,
         Some("req-9".into()),
+        Some("user-9".into()),
         MailJob::LoginCode {
             username: "alice".into(),
             code: latchkey_core::domain::Secret::new("493817".into()),

@@ -30,6 +30,7 @@ fn job(i: usize, tag: &str) -> MailEnvelope {
         &Email::parse(&format!("bench{i}@example.com")).unwrap(),
         1_700_000_000,
         None,
+        None,
         MailJob::StandaloneCode { code: Secret::new("123456".into()), expires_minutes: 10 },
     )
 }

@@ -1,5 +1,5 @@
-//! latchkey-stream-processor: DynamoDB Streams batches (users and tokens
-//! tables) -> the audit trail. Each record's images are decoded with
+//! latchkey-stream-processor: DynamoDB Streams batches (users, tokens and
+//! mail-ledger tables) -> the audit trail. Each record's images are decoded with
 //! serde_dynamo into the domain's types and mapped by the one pure
 //! function in `latchkey_core::audit`; each record succeeds or fails on its
 //! own, and only failed records are reported back (`batchItemFailures`),
@@ -15,6 +15,7 @@ use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use latchkey_core::audit::{AuditPolicy, AuditStore, Images, SourceChange, audit_events};
 use latchkey_core::clock::Timestamp;
+use latchkey_core::mail::delivery::LedgerEntry;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
@@ -114,6 +115,14 @@ pub fn source_change(r: &EventRecord) -> Result<Option<SourceChange>, RecordErro
         "CHAL" => Images::Challenge(image(old, "challenge")?, image(new, "challenge")?),
         "SESSION" => Images::Session(image(old, "session")?, image(new, "session")?),
         "OTP" => Images::Otp(image(old, "otp")?, image(new, "otp")?),
+        // The mail ledger's items keep the job id only in the key.
+        "MAIL" => {
+            let id = key.pk.split_once('#').map_or("", |(_, id)| id);
+            let ledger = |item| -> Result<Option<LedgerEntry>, RecordError> {
+                Ok(image::<LedgerEntry>(item, "mail")?.map(|e| LedgerEntry { id: id.to_string(), ..e }))
+            };
+            Images::Mail(ledger(old)?, ledger(new)?)
+        }
         _ => return Ok(None),
     };
     let at: Timestamp = c.approximate_creation_date_time.timestamp();

@@ -1,7 +1,8 @@
-//! The local stand-in for Lambda's event source mapping: reads the users
-//! and tokens tables' streams (DescribeStream, GetShardIterator,
-//! GetRecords), builds the `DynamoDbEvent` Lambda would deliver, and hands
-//! it to the same [`Processor`](crate::Processor).
+//! The local stand-in for Lambda's event source mapping: reads the streams
+//! of every table `tables::ALL` marks as streamed (users, tokens, mail
+//! ledger) with DescribeStream, GetShardIterator and GetRecords, builds the
+//! `DynamoDbEvent` Lambda would deliver, and hands it to the same
+//! [`Processor`](crate::Processor).
 //!
 //! Shards are read from TRIM_HORIZON; records that fail are simply read
 //! again on the next start (appends are idempotent), so no checkpoint is

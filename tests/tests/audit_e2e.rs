@@ -6,7 +6,7 @@
 //! edited in DynamoDB failing verification at that record.
 
 use latchkey_core::audit::{AdminKeyHash, AuditPolicy, AuditStore, verify_chain};
-use latchkey_tests::scenarios::{sign_in, verified_user};
+use latchkey_tests::scenarios::{PASSWORD, sign_in, token_from_link, unique, verified_user};
 use latchkey_tests::system::TestSystem;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -53,6 +53,75 @@ const JOURNEY: &[&str] = &[
     "session_refreshed",
     "session_revoked",
 ];
+
+/// The same journey on the embedded backend, where the mail consumer runs
+/// inside the system and records each delivery: the verification mail and
+/// the login code mail appear as `mail_delivered` (the journey waits for
+/// each before using the mail, so the order is fixed).
+const EMBEDDED_JOURNEY: &[&str] = &[
+    "user_registered",
+    "verification_mail_requested",
+    "mail_delivered",
+    "email_verified",
+    "login_code_issued",
+    "mail_delivered",
+    "code_verified",
+    "session_created",
+    "session_refreshed",
+    "session_revoked",
+];
+
+/// Polls the admin stats (bounded) until today's trail holds `n`
+/// `mail_delivered` events: the delivery was recorded and the audit driver
+/// has applied it. The embedded system is the test's own, so the count is
+/// this journey's.
+async fn wait_delivered(sys: &TestSystem, n: u64) {
+    let today = time_today();
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        let (st, stats) = admin_get(sys, &format!("/v1/admin/stats?from={today}&to={today}"), Some(ADMIN_KEY)).await;
+        assert_eq!(st, 200, "{stats}");
+        if stats["days"][0]["counts"]["mail_delivered"].as_u64().unwrap_or(0) >= n {
+            return;
+        }
+        last = stats;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {n} mail_delivered events within 5 s: {last}");
+}
+
+/// The journey of [`journey`] on the embedded backend, waiting for each
+/// mail's delivery record before acting on the mail. Returns the user id
+/// and address.
+async fn embedded_journey(sys: &TestSystem) -> (String, String) {
+    let (username, email) = unique();
+    let (st, body, _) =
+        sys.post("/v1/register", json!({"username": username, "email": email, "password": PASSWORD})).await;
+    assert_eq!(st, 202, "{body}");
+    let mail = sys.wait_mail(&email, 1).await;
+    wait_delivered(sys, 1).await;
+    let token = token_from_link(&mail.link().expect("link in mail"));
+    let (st, body, _) = sys.post("/v1/verify-email", json!({ "token": token })).await;
+    assert_eq!(st, 200, "{body}");
+
+    let (st, body, _) = sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD})).await;
+    assert_eq!(st, 202, "{body}");
+    let challenge = body["challenge_id"].as_str().expect("challenge_id").to_string();
+    let code = sys.wait_mail(&email, 2).await.code().expect("code in mail");
+    wait_delivered(sys, 2).await;
+    let (st, tokens, _) = sys.post("/v1/login/otp", json!({"challenge_id": challenge, "code": code})).await;
+    assert_eq!(st, 200, "{tokens}");
+
+    let access = tokens["access_token"].as_str().expect("access");
+    let (st, me) = sys.get_auth("/v1/me", access).await;
+    assert_eq!(st, 200, "{me}");
+    let id = me["id"].as_str().expect("id").to_string();
+    let (st, rotated, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": tokens["refresh_token"] })).await;
+    assert_eq!(st, 200, "{rotated}");
+    let (st, _, _) = sys.post("/v1/logout", json!({ "refresh_token": rotated["refresh_token"] })).await;
+    assert_eq!(st, 204);
+    (id, email)
+}
 
 /// register -> verify -> login -> code -> refresh -> logout; returns the
 /// user id and an access token that was valid before the logout.
@@ -105,9 +174,9 @@ fn kinds(events: &[Value]) -> Vec<String> {
     events.iter().map(|e| e["event"].as_str().unwrap_or_default().to_string()).collect()
 }
 
-/// Polls (bounded) until `id`'s trail has at least the journey's length,
+/// Polls (bounded) until `id`'s trail has at least `expected` events,
 /// running `pump` before each look.
-async fn settled<F, Fut>(sys: &TestSystem, id: &str, mut pump: F) -> Vec<Value>
+async fn settled<F, Fut>(sys: &TestSystem, id: &str, expected: usize, mut pump: F) -> Vec<Value>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -115,7 +184,7 @@ where
     for _ in 0..100 {
         pump().await;
         let t = trail(sys, id).await;
-        if t.len() >= JOURNEY.len() {
+        if t.len() >= expected {
             return t;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -123,11 +192,17 @@ where
     trail(sys, id).await
 }
 
-fn check_trail(events: &[Value]) {
-    assert_eq!(kinds(events), JOURNEY);
-    let revoked = &events[7];
+fn is_mail(e: &Value) -> bool {
+    e["event"].as_str().is_some_and(|k| k.starts_with("mail_"))
+}
+
+fn check_trail(events: &[Value], expected: &[&str]) {
+    assert_eq!(kinds(events), expected);
+    let revoked = events.last().expect("events");
     assert_eq!((revoked["reason"].as_str(), revoked["outcome"].as_str()), (Some("logout"), Some("success")));
-    assert!(events.iter().all(|e| e["ip"] == "127.0.0.1"), "{events:?}");
+    // Requests carry the caller's address; a delivery is no request.
+    assert!(events.iter().filter(|e| !is_mail(e)).all(|e| e["ip"] == "127.0.0.1"), "{events:?}");
+    assert!(events.iter().filter(|e| is_mail(e)).all(|e| e["ip"].is_null()), "{events:?}");
     let text = serde_json::to_string(events).expect("json");
     assert!(!text.contains("argon2") && !text.contains("hash"), "{text}");
 }
@@ -137,9 +212,16 @@ async fn embedded_journey_leaves_exactly_its_trail() {
     let hash = admin_hash();
     let sys =
         TestSystem::embedded_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
-    let (id, _) = journey(&sys).await;
-    let events = settled(&sys, &id, || async {}).await;
-    check_trail(&events);
+    let (id, email) = embedded_journey(&sys).await;
+    let events = settled(&sys, &id, EMBEDDED_JOURNEY.len(), || async {}).await;
+    check_trail(&events, EMBEDDED_JOURNEY);
+    let mails: Vec<_> = events.iter().filter(|e| is_mail(e)).collect();
+    assert_eq!(
+        mails.iter().map(|e| (e["reason"].as_str(), e["outcome"].as_str())).collect::<Vec<_>>(),
+        [(Some("verify_email"), Some("success")), (Some("login_code"), Some("success"))]
+    );
+    let text = serde_json::to_string(&events).expect("json");
+    assert!(!text.contains(&email), "no address in the trail: {text}");
 
     let today = time_today();
     let (st, stats) = admin_get(&sys, &format!("/v1/admin/stats?from={today}&to={today}"), Some(ADMIN_KEY)).await;
@@ -160,14 +242,16 @@ async fn my_activity_shows_my_events_only_with_my_token() {
         let (st, b) = sys.get_auth("/v1/me/activity", access).await;
         assert_eq!(st, 200, "{b}");
         body = b;
-        if body["events"].as_array().is_some_and(|e| e.len() >= 6) {
+        if body["events"].as_array().is_some_and(|e| e.iter().filter(|e| !is_mail(e)).count() >= 6) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut events = body["events"].as_array().expect("events").clone();
     events.reverse();
-    assert_eq!(kinds(&events), &JOURNEY[..6]);
+    // The mail deliveries interleave with the requests at their own pace.
+    let requests: Vec<Value> = events.iter().filter(|e| !is_mail(e)).cloned().collect();
+    assert_eq!(kinds(&requests), &JOURNEY[..6]);
     assert_eq!(sys.get_auth("/v1/me/activity", "not-a-token").await.0, 401);
     assert_eq!(sys.http.get(sys.url("/v1/me/activity")).send().await.expect("send").status(), 401);
 }
@@ -178,7 +262,7 @@ async fn admin_endpoints_refuse_without_the_right_key() {
     let sys =
         TestSystem::embedded_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
     let (id, _) = journey(&sys).await;
-    let _ = settled(&sys, &id, || async {}).await;
+    let _ = settled(&sys, &id, JOURNEY.len(), || async {}).await;
     let today = time_today();
     for path in [format!("/v1/admin/users/{id}/audit"), format!("/v1/admin/stats?from={today}&to={today}")] {
         for key in [None, Some("wrong-key"), Some(""), Some(&hash[..])] {
@@ -219,7 +303,7 @@ async fn aws_journey_leaves_exactly_its_trail_and_an_edit_breaks_the_chain() {
     let batches = tokio::sync::Mutex::new(Vec::new());
     let events = {
         let (poller, processor, batches) = (&poller, &processor, &batches);
-        settled(&sys, &id, || async move {
+        settled(&sys, &id, JOURNEY.len(), || async move {
             let batch = poller.lock().await.next_batch().await.expect("poll the streams");
             let resp = processor.handle(batch.clone()).await;
             assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
@@ -228,7 +312,7 @@ async fn aws_journey_leaves_exactly_its_trail_and_an_edit_breaks_the_chain() {
         .await
     };
     let batches = batches.into_inner();
-    check_trail(&events);
+    check_trail(&events, JOURNEY);
 
     // Replaying every batch adds nothing.
     for b in &batches {

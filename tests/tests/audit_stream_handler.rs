@@ -101,3 +101,23 @@ async fn a_poison_record_is_reported_alone_and_the_rest_is_processed() {
     let wire = serde_json::to_value(&resp).expect("json");
     assert_eq!(wire["batchItemFailures"][0]["itemIdentifier"], "555000000000000000000006");
 }
+
+#[tokio::test]
+async fn modify_of_a_mail_ledger_item_into_sent_is_a_delivery_for_its_subject() {
+    let (p, audit) = processor().await;
+    let resp = p.handle(fixture("ddb_mail_sent.json")).await;
+    assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+    let chain = events(&audit).await;
+    assert_eq!(chain.len(), 1);
+    let r = &chain[0];
+    assert_eq!(
+        (r.event, r.outcome, r.reason.as_deref(), r.at),
+        (T::MailDelivered, Outcome::Success, Some("login_code"), 1_700_000_300)
+    );
+    assert_eq!((r.ip.as_deref(), r.request_id.as_deref()), (None, None), "a delivery is no request");
+    let stored = serde_json::to_string(&chain).expect("json");
+    assert!(!stored.contains("alice@example.com"), "{stored}");
+    // A redelivered record adds nothing.
+    assert!(p.handle(fixture("ddb_mail_sent.json")).await.batch_item_failures.is_empty());
+    assert_eq!(events(&audit).await.len(), 1);
+}

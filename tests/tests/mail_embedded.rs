@@ -36,6 +36,7 @@ async fn the_consumer_writes_one_eml_per_job_id() {
                 &to,
                 1_700_000_000,
                 None,
+                None,
                 MailJob::StandaloneCode { code: Secret::new(format!("00000{i}")), expires_minutes: 10 },
             )
         })

@@ -42,6 +42,7 @@ fn job(to: &str) -> MailEnvelope {
         &Email::parse(to).expect("address"),
         1_700_000_000,
         None,
+        None,
         MailJob::StandaloneCode { code: Secret::new("135790".into()), expires_minutes: 10 },
     )
 }

@@ -5,6 +5,7 @@
 use super::{AuditEvent, AuditEventType as T, Outcome};
 use crate::clock::Timestamp;
 use crate::domain::{Challenge, OtpRecord, RequestMeta, Session, User, VerificationRecord};
+use crate::mail::delivery::{LedgerEntry, ledger_state};
 
 /// The record before and after a change, by kind. `None` before: created;
 /// `None` after: removed.
@@ -15,6 +16,8 @@ pub enum Images {
     Challenge(Option<Challenge>, Option<Challenge>),
     Session(Option<Session>, Option<Session>),
     Otp(Option<OtpRecord>, Option<OtpRecord>),
+    /// A mail ledger record (one per mail job).
+    Mail(Option<LedgerEntry>, Option<LedgerEntry>),
 }
 
 /// One change as the audit trail sees it.
@@ -50,6 +53,30 @@ impl Default for AuditPolicy {
 /// The audit subject of a standalone OTP address (its keyed hash).
 pub fn otp_subject(address_hash: &str) -> String {
     format!("otp:{address_hash}")
+}
+
+/// A short, fixed reason code for a parked mail, derived from the ledger's
+/// free-text reason (which may quote a provider's message or an address):
+/// only these codes reach the audit trail.
+pub fn mail_failure_code(reason: Option<&str>) -> &'static str {
+    let r = reason.unwrap_or_default().to_ascii_lowercase();
+    if r.contains("not a valid email address") || r.contains("bad address") || r.contains("invalid address") {
+        "invalid_recipient"
+    } else if r.contains("not verified") {
+        "sender_not_verified"
+    } else if r.contains("paused") || r.contains("accountsendingpaused") {
+        "sending_paused"
+    } else if r.starts_with("messagerejected") || r.contains("rejected") {
+        "rejected"
+    } else if r.contains("unparseable") || r.contains("mail job version") {
+        "bad_job"
+    } else if r.contains("render") || r.contains("template") {
+        "render_failed"
+    } else if r.contains("attempts") || r.contains("transient") || r.contains("timed out") {
+        "retries_exhausted"
+    } else {
+        "permanent_failure"
+    }
 }
 
 /// The events a change means, in the order they happened. Most changes
@@ -139,6 +166,20 @@ pub fn audit_events(change: &SourceChange, policy: &AuditPolicy) -> Vec<AuditEve
             }
             _ => {}
         },
+        Images::Mail(old, new) => {
+            if let Some(n) = new {
+                let subject = n.subject.clone().or_else(|| old.as_ref().and_then(|o| o.subject.clone()));
+                let was = old.as_ref().map(|o| o.state.as_str());
+                if let Some(subject) = subject {
+                    if n.state == ledger_state::SENT && was != Some(ledger_state::SENT) {
+                        out.push_subject(subject, T::MailDelivered, Outcome::Success, Some(&n.kind), None, None);
+                    } else if n.state == ledger_state::FAILED && was != Some(ledger_state::FAILED) {
+                        let code = mail_failure_code(n.reason.as_deref());
+                        out.push_subject(subject, T::MailFailed, Outcome::Failure, Some(code), None, None);
+                    }
+                }
+            }
+        }
     }
     out.list
 }
@@ -336,6 +377,78 @@ mod tests {
         let failed = OtpRecord { failures: 1, ..o.clone() };
         assert_eq!(kinds(&change(Images::Otp(Some(o.clone()), Some(failed)), false)), [T::OtpFailed]);
         assert_eq!(kinds(&change(Images::Otp(Some(o), None), true)), [T::OtpExpired]);
+    }
+
+    fn ledger(state: &str, subject: Option<&str>) -> LedgerEntry {
+        LedgerEntry {
+            id: "job-1".into(),
+            kind: "login_code".into(),
+            to: "alice@example.com".into(),
+            state: state.into(),
+            attempts: 1,
+            reason: None,
+            provider_id: None,
+            lease_until: Some(T0 + 300),
+            updated_at: T0,
+            subject: subject.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn mail_outcomes_reach_the_subject_without_the_address() {
+        let sending = ledger(ledger_state::SENDING, Some("user-1"));
+        let sent = LedgerEntry {
+            provider_id: Some("m1".into()),
+            lease_until: None,
+            ..ledger(ledger_state::SENT, Some("user-1"))
+        };
+        let evs = audit_events(
+            &change(Images::Mail(Some(sending.clone()), Some(sent.clone())), false),
+            &AuditPolicy::default(),
+        );
+        assert_eq!(evs.len(), 1);
+        assert_eq!(
+            (evs[0].event, evs[0].subject.as_str(), evs[0].outcome, evs[0].reason.as_deref()),
+            (T::MailDelivered, "user-1", Outcome::Success, Some("login_code"))
+        );
+        // Sent stays sent: a later touch is no second delivery.
+        assert!(kinds(&change(Images::Mail(Some(sent.clone()), Some(sent)), false)).is_empty());
+        // The claim itself is nothing.
+        assert!(kinds(&change(Images::Mail(None, Some(sending.clone())), false)).is_empty());
+
+        let failed = LedgerEntry {
+            reason: Some("MessageRejected: Email address is not verified: alice@example.com".into()),
+            ..ledger(ledger_state::FAILED, Some("user-1"))
+        };
+        let evs = audit_events(
+            &change(Images::Mail(Some(sending.clone()), Some(failed.clone())), false),
+            &AuditPolicy::default(),
+        );
+        assert_eq!(evs.len(), 1);
+        assert_eq!(
+            (evs[0].event, evs[0].outcome, evs[0].reason.as_deref()),
+            (T::MailFailed, Outcome::Failure, Some("sender_not_verified"))
+        );
+        let json = serde_json::to_string(&evs).unwrap();
+        assert!(!json.contains("alice@example.com") && !json.contains("MessageRejected"), "{json}");
+        // A job parked before any claim is a failure too.
+        let bad = LedgerEntry {
+            reason: Some("recipient is not a valid email address".into()),
+            ..ledger(ledger_state::FAILED, Some("u"))
+        };
+        let evs = audit_events(&change(Images::Mail(None, Some(bad)), false), &AuditPolicy::default());
+        assert_eq!((evs[0].event, evs[0].reason.as_deref()), (T::MailFailed, Some("invalid_recipient")));
+        // A transient give-back is not a failure.
+        assert!(
+            kinds(&change(Images::Mail(Some(sending), Some(ledger(ledger_state::RETRY, Some("u")))), false)).is_empty()
+        );
+
+        // No subject: no event.
+        let anon = ledger(ledger_state::SENDING, None);
+        for end in [ledger_state::SENT, ledger_state::FAILED] {
+            let c = change(Images::Mail(Some(anon.clone()), Some(ledger(end, None))), false);
+            assert!(kinds(&c).is_empty(), "{end}");
+        }
     }
 
     #[test]

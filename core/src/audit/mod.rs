@@ -16,7 +16,7 @@ mod store;
 
 pub use admin_key::AdminKeyHash;
 pub use chain::{ChainBreak, GENESIS_HASH, record_hash, verify_chain};
-pub use mapping::{AuditPolicy, Images, SourceChange, audit_events, otp_subject};
+pub use mapping::{AuditPolicy, Images, SourceChange, audit_events, mail_failure_code, otp_subject};
 pub use store::{AuditPage, AuditStore, DayCount, day_of, day_string, parse_day};
 
 use crate::clock::Timestamp;

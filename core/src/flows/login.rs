@@ -70,8 +70,11 @@ impl Auth {
             used_at: None,
             meta: meta.clone(),
         };
-        self.ports.challenges.create_challenge(&challenge, user.failed_logins > 0 || user.locked_until.is_some(), meta).await?;
-        self.send(&user.email, meta, self.code_job(&user, code)).await?;
+        self.ports
+            .challenges
+            .create_challenge(&challenge, user.failed_logins > 0 || user.locked_until.is_some(), meta)
+            .await?;
+        self.send(&user.email, Some(user.id.to_string()), meta, self.code_job(&user, code)).await?;
         tracing::info!(user_id = %user.id, challenge_id = %id, "login code issued");
         Ok(LoginStarted {
             challenge_id: id,
@@ -137,7 +140,7 @@ impl Auth {
             }
             Err(e) => return Err(e.into()),
         }
-        self.send(&user.email, meta, self.code_job(&user, code)).await?;
+        self.send(&user.email, Some(user.id.to_string()), meta, self.code_job(&user, code)).await?;
         tracing::info!(user_id = %user.id, challenge_id = %id, "login code re-sent");
         Ok(LoginStarted { challenge_id: id, expires_at, resend_after: p.code_resend_cooldown_secs })
     }
@@ -156,6 +159,7 @@ impl Auth {
             let until = after.locked_until.unwrap_or(now);
             self.send(
                 &user.email,
+                Some(user.id.to_string()),
                 meta,
                 MailJob::AccountLocked { username: user.username.to_string(), locked_until: until },
             )

@@ -68,13 +68,16 @@ impl Auth {
         hex::encode(&self.ports.rng.bytes32()[..16])
     }
 
+    /// Enqueues `job` to `to`; `subject` is the audit subject its delivery
+    /// is recorded under (`None`: no account to attribute it to).
     async fn send(
         &self,
         to: &crate::domain::Email,
+        subject: Option<String>,
         meta: &crate::domain::RequestMeta,
         job: MailJob,
     ) -> Result<(), crate::Error> {
-        let env = MailEnvelope::new(self.new_id(), to, self.now(), meta.request_id.clone(), job);
+        let env = MailEnvelope::new(self.new_id(), to, self.now(), meta.request_id.clone(), subject, job);
         let kind = env.job.kind();
         self.ports.mail.enqueue(&env).await?;
         tracing::info!(mail_id = %env.id, kind, to = %to.masked(), "mail job enqueued");

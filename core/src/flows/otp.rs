@@ -4,6 +4,7 @@
 //! send cooldown. No account is involved.
 
 use super::Auth;
+use crate::audit::otp_subject;
 use crate::clock::Timestamp;
 use crate::domain::{Email, OtpCode, OtpRecord, RequestMeta, Secret};
 use crate::error::{Error, StoreError};
@@ -58,7 +59,7 @@ impl Auth {
             code: Secret::new(code.expose().to_string()),
             expires_minutes: (self.policy.otp_ttl_secs / 60) as u32,
         };
-        self.send(&email, meta, job).await?;
+        self.send(&email, Some(otp_subject(&addr)), meta, job).await?;
         Ok(OtpSent { expires_at: rec.expires_at })
     }
 

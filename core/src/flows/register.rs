@@ -56,12 +56,12 @@ impl Auth {
         match self.ports.users.create_user(&user, &verification).await {
             Ok(()) => {
                 tracing::info!(user_id = %user.id, "user registered");
-                self.send(&email, meta, self.verify_job(&user, token)).await
+                self.send(&email, Some(user.id.to_string()), meta, self.verify_job(&user, token)).await
             }
             Err(StoreError::Conflict(Conflict::UsernameTaken)) => Err(Error::UsernameTaken),
             Err(StoreError::Conflict(Conflict::EmailTaken)) => {
                 tracing::info!(to = %email.masked(), "registration with a taken email");
-                self.send(&email, meta, MailJob::SignupAttempt {}).await
+                self.send(&email, None, meta, MailJob::SignupAttempt {}).await
             }
             Err(e) => Err(e.into()),
         }

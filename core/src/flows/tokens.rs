@@ -167,7 +167,9 @@ mod tests {
         let key = SigningKey::generate().unwrap();
         let t = TokenIssuer::new(key.clone(), "https://iss".into(), "aud".into(), 600).unwrap();
         let claims = serde_json::json!({"iss": "https://iss", "aud": "aud", "sub": "u", "sid": "s", "iat": 1000, "nbf": 1000, "exp": 1600, "jti": "j"});
-        let forged = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(key.public_key())).unwrap();
+        let forged =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(key.public_key()))
+                .unwrap();
         assert!(t.verify(&forged, 1000).is_err());
     }
 

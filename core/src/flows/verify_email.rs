@@ -58,7 +58,7 @@ impl Auth {
             meta: meta.clone(),
         };
         match self.ports.users.add_verification(&rec, now, self.policy.verification_resend_cooldown_secs, meta).await {
-            Ok(()) => self.send(&user.email, meta, self.verify_job(&user, token)).await,
+            Ok(()) => self.send(&user.email, Some(user.id.to_string()), meta, self.verify_job(&user, token)).await,
             // Within the cooldown: say nothing different.
             Err(StoreError::Conflict(_)) => Ok(()),
             Err(e) => Err(e.into()),

@@ -53,11 +53,13 @@ pub struct JobMeta {
     pub id: String,
     pub kind: &'static str,
     pub to: String,
+    /// The audit subject (see [`MailEnvelope::subject`]).
+    pub subject: Option<String>,
 }
 
 impl JobMeta {
     pub fn of(env: &MailEnvelope) -> Self {
-        JobMeta { id: env.id.clone(), kind: env.job.kind(), to: env.to.clone() }
+        JobMeta { id: env.id.clone(), kind: env.job.kind(), to: env.to.clone(), subject: env.subject.clone() }
     }
 }
 
@@ -85,19 +87,27 @@ pub enum Claim {
     Busy { lease_until: Timestamp },
 }
 
-/// One job's record, as admins and the audit trail see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One job's record, as admins and the audit trail see it. Its serde form
+/// is the embedded change feed's image and decodes a DynamoDB stream image
+/// (where the id lives only in the `pk`, so it may be absent).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LedgerEntry {
+    #[serde(default)]
     pub id: String,
     pub kind: String,
     pub to: String,
     pub state: String,
     /// Claims so far (each delivery that tried to send).
+    #[serde(default)]
     pub attempts: u32,
     pub reason: Option<String>,
     pub provider_id: Option<String>,
     pub lease_until: Option<Timestamp>,
+    #[serde(default)]
     pub updated_at: Timestamp,
+    /// The audit subject; `None` for mail with no account behind it.
+    #[serde(default)]
+    pub subject: Option<String>,
 }
 
 /// Mail ledger records are kept this long (then swept by TTL).
@@ -355,6 +365,7 @@ impl MailLedger for MemoryMailLedger {
                     provider_id: None,
                     lease_until: Some(now + lease_secs),
                     updated_at: now,
+                    subject: job.subject.clone(),
                 },
             );
             Ok(Claim::Claimed)
@@ -386,6 +397,7 @@ impl MailLedger for MemoryMailLedger {
                 provider_id: None,
                 lease_until: None,
                 updated_at: now,
+                subject: job.subject.clone(),
             });
             if e.state != ledger_state::SENT {
                 e.state = ledger_state::FAILED.into();
@@ -455,6 +467,7 @@ mod tests {
             &Email::parse("dora@example.com").unwrap(),
             1,
             None,
+            Some("user-dora".into()),
             MailJob::LoginCode { username: "dora".into(), code: Secret::new("424242".into()), expires_minutes: 5 },
         )
     }

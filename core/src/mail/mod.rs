@@ -26,6 +26,12 @@ pub struct MailEnvelope {
     pub created_at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The audit subject the mail belongs to (a user id, or
+    /// `audit::mapping::otp_subject` for standalone OTP mail); `None` when
+    /// there is no account to attribute it to. Jobs queued before the field
+    /// existed parse with `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     pub job: MailJob,
 }
 
@@ -63,9 +69,10 @@ impl MailEnvelope {
         to: &crate::domain::Email,
         now: Timestamp,
         request_id: Option<String>,
+        subject: Option<String>,
         job: MailJob,
     ) -> Self {
-        MailEnvelope { v: MAIL_JOB_VERSION, id, to: to.as_str().to_string(), created_at: now, request_id, job }
+        MailEnvelope { v: MAIL_JOB_VERSION, id, to: to.as_str().to_string(), created_at: now, request_id, subject, job }
     }
 
     pub fn to_json(&self) -> String {
@@ -94,12 +101,22 @@ mod tests {
             &crate::domain::Email::parse("a@example.com").unwrap(),
             1,
             None,
+            Some("user-1".into()),
             MailJob::LoginCode { username: "alice".into(), code: Secret::new("123456".into()), expires_minutes: 5 },
         );
         let json = env.to_json();
         assert!(json.contains("\"kind\":\"login_code\""));
+        assert!(json.contains("\"subject\":\"user-1\""));
         assert_eq!(MailEnvelope::from_json(&json).unwrap(), env);
         assert!(!format!("{env:?}").contains("123456"));
+    }
+
+    #[test]
+    fn a_job_queued_without_a_subject_still_parses() {
+        let json = r#"{"v":1,"id":"x","to":"a@b.co","created_at":0,"job":{"kind":"signup_attempt"}}"#;
+        assert_eq!(MailEnvelope::from_json(json).unwrap().subject, None);
+        let env = MailEnvelope::from_json(json).unwrap();
+        assert!(!env.to_json().contains("subject"));
     }
 
     #[test]

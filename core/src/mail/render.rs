@@ -116,7 +116,7 @@ mod tests {
             MailJob::AccountLocked { username: "alice".into(), locked_until: 0 },
         ];
         for job in jobs {
-            let m = r.render(&MailEnvelope::new("id".into(), &to, 0, None, job.clone())).unwrap();
+            let m = r.render(&MailEnvelope::new("id".into(), &to, 0, None, None, job.clone())).unwrap();
             assert!(!m.subject.is_empty() && !m.text.is_empty() && m.html.contains("<html"));
             match job {
                 MailJob::VerifyEmail { .. } => {

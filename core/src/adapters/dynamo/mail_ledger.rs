@@ -1,6 +1,7 @@
 //! `MailLedger` on the `{prefix}-mail-ledger` table: one item per job,
 //! `pk = MAIL#<job id>`, with `state`, `kind`, `to`, `attempts`, `reason`,
-//! `provider_id`, `lease_until`, `created_at`, `updated_at` and `ttl`. The
+//! `provider_id`, `lease_until`, `created_at`, `updated_at`, `ttl` and the
+//! audit `subject` (absent for mail with no account behind it). The
 //! table streams NEW_AND_OLD_IMAGES, so each outcome reaches the audit
 //! trail. The job's code or token is never written here.
 //!
@@ -45,6 +46,7 @@ const NAMES: &[(&str, &str)] = &[
     ("#created", "created_at"),
     ("#updated", "updated_at"),
     ("#ttl", TTL),
+    ("#subject", "subject"),
 ];
 
 impl DynamoMailLedger {
@@ -88,6 +90,15 @@ fn is_condition_failure(
     matches!(e, SdkError::ServiceError(se) if matches!(se.err(), UpdateItemError::ConditionalCheckFailedException(_)))
 }
 
+/// The `SET` clause part and value that store `job`'s audit subject, if it
+/// has one (a job without one leaves any stored subject alone).
+fn subject_update(job: &JobMeta) -> (&'static str, Option<(&'static str, AttributeValue)>) {
+    match &job.subject {
+        Some(subject) => (", #subject = :subject", Some((":subject", s(subject.clone())))),
+        None => ("", None),
+    }
+}
+
 fn string(item: &Item, name: &str) -> Option<String> {
     match item.get(name) {
         Some(AttributeValue::S(v)) => Some(v.clone()),
@@ -105,22 +116,28 @@ fn int(item: &Item, name: &str) -> Option<i64> {
 #[async_trait]
 impl MailLedger for DynamoMailLedger {
     async fn claim(&self, job: &JobMeta, now: Timestamp, lease_secs: i64) -> StoreResult<Claim> {
+        let (set_subject, subject) = subject_update(job);
+        let mut values = vec![
+            (":sending", s(ledger_state::SENDING)),
+            (":sent", s(ledger_state::SENT)),
+            (":lease", n(now + lease_secs)),
+            (":kind", s(job.kind)),
+            (":to", s(job.to.clone())),
+            (":now", n(now)),
+            (":ttl", n(now + LEDGER_TTL_SECS)),
+            (":one", n(1)),
+        ];
+        values.extend(subject);
         let result = self
             .update(
                 &job.id,
-                "SET #state = :sending, #lease = :lease, #kind = :kind, #to = :to, #updated = :now, \
-                 #created = if_not_exists(#created, :now), #ttl = :ttl ADD #attempts :one REMOVE #reason",
+                &format!(
+                    "SET #state = :sending, #lease = :lease, #kind = :kind, #to = :to, #updated = :now, \
+                     #created = if_not_exists(#created, :now), #ttl = :ttl{set_subject} ADD #attempts :one \
+                     REMOVE #reason"
+                ),
                 "attribute_not_exists(#state) OR (#state <> :sent AND (attribute_not_exists(#lease) OR #lease <= :now))",
-                vec![
-                    (":sending", s(ledger_state::SENDING)),
-                    (":sent", s(ledger_state::SENT)),
-                    (":lease", n(now + lease_secs)),
-                    (":kind", s(job.kind)),
-                    (":to", s(job.to.clone())),
-                    (":now", n(now)),
-                    (":ttl", n(now + LEDGER_TTL_SECS)),
-                    (":one", n(1)),
-                ],
+                values,
             )
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
@@ -163,23 +180,28 @@ impl MailLedger for DynamoMailLedger {
     }
 
     async fn mark_failed(&self, job: &JobMeta, reason: &str, now: Timestamp) -> StoreResult<()> {
+        let (set_subject, subject) = subject_update(job);
+        let mut values = vec![
+            (":failed", s(ledger_state::FAILED)),
+            (":sent", s(ledger_state::SENT)),
+            (":reason", s(reason)),
+            (":kind", s(job.kind)),
+            (":to", s(job.to.clone())),
+            (":now", n(now)),
+            (":ttl", n(now + LEDGER_TTL_SECS)),
+            (":zero", n(0)),
+        ];
+        values.extend(subject);
         let result = self
             .update(
                 &job.id,
-                "SET #state = :failed, #reason = :reason, #kind = :kind, #to = :to, #updated = :now, \
-                 #created = if_not_exists(#created, :now), #ttl = :ttl, \
-                 #attempts = if_not_exists(#attempts, :zero) REMOVE #lease",
+                &format!(
+                    "SET #state = :failed, #reason = :reason, #kind = :kind, #to = :to, #updated = :now, \
+                     #created = if_not_exists(#created, :now), #ttl = :ttl, \
+                     #attempts = if_not_exists(#attempts, :zero){set_subject} REMOVE #lease"
+                ),
                 "attribute_not_exists(#state) OR #state <> :sent",
-                vec![
-                    (":failed", s(ledger_state::FAILED)),
-                    (":sent", s(ledger_state::SENT)),
-                    (":reason", s(reason)),
-                    (":kind", s(job.kind)),
-                    (":to", s(job.to.clone())),
-                    (":now", n(now)),
-                    (":ttl", n(now + LEDGER_TTL_SECS)),
-                    (":zero", n(0)),
-                ],
+                values,
             )
             .send()
             .await;
@@ -224,6 +246,7 @@ impl MailLedger for DynamoMailLedger {
             provider_id: string(&item, "provider_id"),
             lease_until: int(&item, "lease_until"),
             updated_at: int(&item, "updated_at").unwrap_or(0),
+            subject: string(&item, "subject"),
         }))
     }
 }

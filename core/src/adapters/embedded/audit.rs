@@ -225,6 +225,7 @@ pub fn source_change(c: &Change) -> StoreResult<SourceChange> {
         ChangeEntity::Challenge => Images::Challenge(img(&c.old)?, img(&c.new)?),
         ChangeEntity::Session => Images::Session(img(&c.old)?, img(&c.new)?),
         ChangeEntity::Otp => Images::Otp(img(&c.old)?, img(&c.new)?),
+        ChangeEntity::Mail => Images::Mail(img(&c.old)?, img(&c.new)?),
     };
     Ok(SourceChange { source_id: format!("feed:{}", c.seq), at: c.at, expired_by_ttl: false, images })
 }

@@ -19,6 +19,8 @@ pub enum ChangeEntity {
     Challenge,
     Session,
     Otp,
+    /// A mail ledger record (its image is a `LedgerEntry`).
+    Mail,
 }
 
 impl ChangeEntity {
@@ -29,6 +31,7 @@ impl ChangeEntity {
             ChangeEntity::Challenge => "challenge",
             ChangeEntity::Session => "session",
             ChangeEntity::Otp => "otp",
+            ChangeEntity::Mail => "mail",
         }
     }
 
@@ -39,6 +42,7 @@ impl ChangeEntity {
             "challenge" => ChangeEntity::Challenge,
             "session" => ChangeEntity::Session,
             "otp" => ChangeEntity::Otp,
+            "mail" => ChangeEntity::Mail,
             _ => return None,
         })
     }
@@ -81,8 +85,8 @@ pub struct Change {
     /// When the change was written, by the store's clock.
     pub at: Timestamp,
     pub entity: ChangeEntity,
-    /// The record's key: user id, token hash, challenge id, session id, or
-    /// address hash.
+    /// The record's key: user id, token hash, challenge id, session id,
+    /// address hash, or mail job id.
     pub key: String,
     pub op: ChangeOp,
     pub old: Option<serde_json::Value>,

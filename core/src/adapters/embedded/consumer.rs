@@ -127,6 +127,7 @@ mod tests {
             &Email::parse("carol@example.com").unwrap(),
             1_700_000_000,
             None,
+            None,
             MailJob::StandaloneCode { code: Secret::new("271828".into()), expires_minutes: 10 },
         )
     }

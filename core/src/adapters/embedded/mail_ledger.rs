@@ -2,9 +2,15 @@
 //! the same connection, so the claim is one `BEGIN IMMEDIATE` transaction
 //! like every other guard here. The table is created on open (`IF NOT
 //! EXISTS`) rather than by a schema migration, so the ledger can be added
-//! to an existing database without a version bump. The job's code or token
+//! to an existing database without a version bump (a column added later,
+//! `subject`, is added to an older table on open). The job's code or token
 //! is never written here.
+//!
+//! Every write that changes a record also appends a `ChangeEntity::Mail`
+//! row to the change feed in the same transaction, so the audit driver
+//! sees each delivery outcome.
 
+use super::changes::{ChangeEntity, record};
 use super::{Db, EmbeddedStore};
 use crate::clock::Timestamp;
 use crate::mail::delivery::{Claim, JobMeta, LEDGER_TTL_SECS, LedgerEntry, MailLedger, ledger_state};
@@ -24,7 +30,8 @@ CREATE TABLE IF NOT EXISTS mail_ledger (
     lease_until INTEGER,
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL,
-    expires_at  INTEGER NOT NULL
+    expires_at  INTEGER NOT NULL,
+    subject     TEXT
 );
 CREATE INDEX IF NOT EXISTS mail_ledger_by_expiry ON mail_ledger (expires_at);
 "#;
@@ -45,9 +52,57 @@ impl EmbeddedMailLedger {
     /// The ledger on `store`'s database, creating its table if missing.
     pub async fn open(store: &EmbeddedStore) -> StoreResult<Self> {
         let db = store.db().clone();
-        db.tx(|tx| Ok(tx.execute_batch(SCHEMA)?)).await?;
+        db.tx(|tx| {
+            tx.execute_batch(SCHEMA)?;
+            // A table created before `subject` existed gains the column.
+            let has_subject =
+                tx.prepare("SELECT 1 FROM pragma_table_info('mail_ledger') WHERE name = 'subject'")?.exists([])?;
+            if !has_subject {
+                tx.execute_batch("ALTER TABLE mail_ledger ADD COLUMN subject TEXT")?;
+            }
+            Ok(())
+        })
+        .await?;
         Ok(EmbeddedMailLedger { db })
     }
+}
+
+const SELECT_ENTRY: &str = "SELECT id, kind, recipient, state, attempts, reason, provider_id, lease_until, updated_at, \
+                            subject FROM mail_ledger WHERE id = ?1";
+
+fn read_entry(tx: &rusqlite::Transaction<'_>, id: &str) -> StoreResult<Option<LedgerEntry>> {
+    Ok(tx
+        .prepare_cached(SELECT_ENTRY)?
+        .query_row([id], |r| {
+            Ok(LedgerEntry {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                to: r.get(2)?,
+                state: r.get(3)?,
+                attempts: r.get(4)?,
+                reason: r.get(5)?,
+                provider_id: r.get(6)?,
+                lease_until: r.get(7)?,
+                updated_at: r.get(8)?,
+                subject: r.get(9)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Runs `write` on record `id` and appends its before and after to the
+/// change feed (nothing if it did not change), in the caller's transaction.
+fn tracked<T>(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    at: Timestamp,
+    write: impl FnOnce(Option<&LedgerEntry>) -> StoreResult<T>,
+) -> StoreResult<T> {
+    let old = read_entry(tx, id)?;
+    let out = write(old.as_ref())?;
+    let new = read_entry(tx, id)?;
+    record(tx, at, ChangeEntity::Mail, id, old.as_ref(), new.as_ref())?;
+    Ok(out)
 }
 
 #[async_trait]
@@ -56,36 +111,35 @@ impl MailLedger for EmbeddedMailLedger {
         let job = job.clone();
         self.db
             .tx(move |tx| {
-                let old: Option<(String, Option<i64>)> = tx
-                    .prepare_cached("SELECT state, lease_until FROM mail_ledger WHERE id = ?1")?
-                    .query_row([&job.id], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?;
-                if let Some((state, lease)) = &old {
-                    if state == ledger_state::SENT {
-                        return Ok(Claim::AlreadySent);
+                tracked(tx, &job.id, now, |old| {
+                    if let Some(old) = old {
+                        if old.state == ledger_state::SENT {
+                            return Ok(Claim::AlreadySent);
+                        }
+                        if let Some(until) = old.lease_until.filter(|u| *u > now) {
+                            return Ok(Claim::Busy { lease_until: until });
+                        }
                     }
-                    if let Some(until) = lease.filter(|u| *u > now) {
-                        return Ok(Claim::Busy { lease_until: until });
-                    }
-                }
-                tx.prepare_cached(
-                    "INSERT INTO mail_ledger (id, kind, recipient, state, attempts, lease_until, created_at, \
-                     updated_at, expires_at) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?6, ?7) \
-                     ON CONFLICT (id) DO UPDATE SET state = excluded.state, attempts = attempts + 1, \
-                     lease_until = excluded.lease_until, reason = NULL, kind = excluded.kind, \
-                     recipient = excluded.recipient, updated_at = excluded.updated_at, \
-                     expires_at = excluded.expires_at",
-                )?
-                .execute(params![
-                    job.id,
-                    job.kind,
-                    job.to,
-                    ledger_state::SENDING,
-                    now + lease_secs,
-                    now,
-                    now + LEDGER_TTL_SECS
-                ])?;
-                Ok(Claim::Claimed)
+                    tx.prepare_cached(
+                        "INSERT INTO mail_ledger (id, kind, recipient, state, attempts, lease_until, created_at, \
+                         updated_at, expires_at, subject) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?6, ?7, ?8) \
+                         ON CONFLICT (id) DO UPDATE SET state = excluded.state, attempts = attempts + 1, \
+                         lease_until = excluded.lease_until, reason = NULL, kind = excluded.kind, \
+                         recipient = excluded.recipient, updated_at = excluded.updated_at, \
+                         expires_at = excluded.expires_at, subject = COALESCE(excluded.subject, subject)",
+                    )?
+                    .execute(params![
+                        job.id,
+                        job.kind,
+                        job.to,
+                        ledger_state::SENDING,
+                        now + lease_secs,
+                        now,
+                        now + LEDGER_TTL_SECS,
+                        job.subject
+                    ])?;
+                    Ok(Claim::Claimed)
+                })
             })
             .await
     }
@@ -94,12 +148,14 @@ impl MailLedger for EmbeddedMailLedger {
         let (id, provider_id) = (id.to_string(), provider_id.to_string());
         self.db
             .tx(move |tx| {
-                tx.prepare_cached(
-                    "UPDATE mail_ledger SET state = ?2, provider_id = ?3, updated_at = ?4, lease_until = NULL, \
-                     reason = NULL WHERE id = ?1",
-                )?
-                .execute(params![id, ledger_state::SENT, provider_id, now])?;
-                Ok(())
+                tracked(tx, &id, now, |_| {
+                    tx.prepare_cached(
+                        "UPDATE mail_ledger SET state = ?2, provider_id = ?3, updated_at = ?4, lease_until = NULL, \
+                         reason = NULL WHERE id = ?1",
+                    )?
+                    .execute(params![id, ledger_state::SENT, provider_id, now])?;
+                    Ok(())
+                })
             })
             .await
     }
@@ -108,24 +164,27 @@ impl MailLedger for EmbeddedMailLedger {
         let (job, reason) = (job.clone(), reason.to_string());
         self.db
             .tx(move |tx| {
-                tx.prepare_cached(
-                    "INSERT INTO mail_ledger (id, kind, recipient, state, attempts, reason, created_at, updated_at, \
-                     expires_at) VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?6, ?7) \
-                     ON CONFLICT (id) DO UPDATE SET state = excluded.state, reason = excluded.reason, \
-                     lease_until = NULL, updated_at = excluded.updated_at, expires_at = excluded.expires_at \
-                     WHERE state <> ?8",
-                )?
-                .execute(params![
-                    job.id,
-                    job.kind,
-                    job.to,
-                    ledger_state::FAILED,
-                    reason,
-                    now,
-                    now + LEDGER_TTL_SECS,
-                    ledger_state::SENT
-                ])?;
-                Ok(())
+                tracked(tx, &job.id, now, |_| {
+                    tx.prepare_cached(
+                        "INSERT INTO mail_ledger (id, kind, recipient, state, attempts, reason, created_at, \
+                         updated_at, expires_at, subject) VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?6, ?7, ?9) \
+                         ON CONFLICT (id) DO UPDATE SET state = excluded.state, reason = excluded.reason, \
+                         lease_until = NULL, updated_at = excluded.updated_at, expires_at = excluded.expires_at, \
+                         subject = COALESCE(excluded.subject, subject) WHERE state <> ?8",
+                    )?
+                    .execute(params![
+                        job.id,
+                        job.kind,
+                        job.to,
+                        ledger_state::FAILED,
+                        reason,
+                        now,
+                        now + LEDGER_TTL_SECS,
+                        ledger_state::SENT,
+                        job.subject
+                    ])?;
+                    Ok(())
+                })
             })
             .await
     }
@@ -134,41 +193,27 @@ impl MailLedger for EmbeddedMailLedger {
         let (id, reason) = (id.to_string(), reason.to_string());
         self.db
             .tx(move |tx| {
-                tx.prepare_cached(
-                    "UPDATE mail_ledger SET state = ?2, reason = ?3, lease_until = NULL, updated_at = ?4 \
-                     WHERE id = ?1 AND state = ?5",
-                )?
-                .execute(params![id, ledger_state::RETRY, reason, now, ledger_state::SENDING])?;
-                Ok(())
+                tracked(tx, &id, now, |_| {
+                    tx.prepare_cached(
+                        "UPDATE mail_ledger SET state = ?2, reason = ?3, lease_until = NULL, updated_at = ?4 \
+                         WHERE id = ?1 AND state = ?5",
+                    )?
+                    .execute(params![
+                        id,
+                        ledger_state::RETRY,
+                        reason,
+                        now,
+                        ledger_state::SENDING
+                    ])?;
+                    Ok(())
+                })
             })
             .await
     }
 
     async fn entry(&self, id: &str) -> StoreResult<Option<LedgerEntry>> {
         let id = id.to_string();
-        self.db
-            .tx(move |tx| {
-                Ok(tx
-                    .prepare_cached(
-                        "SELECT id, kind, recipient, state, attempts, reason, provider_id, lease_until, updated_at \
-                         FROM mail_ledger WHERE id = ?1",
-                    )?
-                    .query_row([id], |r| {
-                        Ok(LedgerEntry {
-                            id: r.get(0)?,
-                            kind: r.get(1)?,
-                            to: r.get(2)?,
-                            state: r.get(3)?,
-                            attempts: r.get(4)?,
-                            reason: r.get(5)?,
-                            provider_id: r.get(6)?,
-                            lease_until: r.get(7)?,
-                            updated_at: r.get(8)?,
-                        })
-                    })
-                    .optional()?)
-            })
-            .await
+        self.db.tx(move |tx| read_entry(tx, &id)).await
     }
 }
 
@@ -179,7 +224,7 @@ mod tests {
     use crate::mail::delivery::LEASE_SECS;
 
     fn job(id: &str) -> JobMeta {
-        JobMeta { id: id.into(), kind: "login_code", to: "a@example.com".into() }
+        JobMeta { id: id.into(), kind: "login_code", to: "a@example.com".into(), subject: Some("user-1".into()) }
     }
 
     #[tokio::test]
@@ -219,5 +264,50 @@ mod tests {
         let e = l.entry("c").await.unwrap().unwrap();
         assert_eq!((e.state.as_str(), e.attempts), (ledger_state::FAILED, 0));
         assert_eq!(l.entry("nope").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn each_outcome_is_a_change_feed_row_in_the_same_transaction() {
+        use crate::adapters::embedded::{ChangeEntity, ChangeOp};
+        let (s, _) = store();
+        let l = EmbeddedMailLedger::open(&s).await.unwrap();
+        let before = s.changes_after(0, 1000).await.unwrap().len();
+        l.claim(&job("m"), T0, LEASE_SECS).await.unwrap();
+        // A refused claim writes nothing, so it is no change.
+        l.claim(&job("m"), T0 + 1, LEASE_SECS).await.unwrap();
+        l.mark_sent("m", "file.eml", T0 + 2).await.unwrap();
+        l.mark_failed(&job("m"), "late", T0 + 3).await.unwrap();
+        let rows: Vec<_> = s.changes_after(0, 1000).await.unwrap().into_iter().skip(before).collect();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(rows.iter().all(|c| c.entity == ChangeEntity::Mail && c.key == "m"));
+        assert_eq!((rows[0].op, rows[1].op), (ChangeOp::Insert, ChangeOp::Modify));
+        let new: LedgerEntry = serde_json::from_value(rows[1].new.clone().unwrap()).unwrap();
+        let old: LedgerEntry = serde_json::from_value(rows[1].old.clone().unwrap()).unwrap();
+        assert_eq!((old.state.as_str(), new.state.as_str()), (ledger_state::SENDING, ledger_state::SENT));
+        assert_eq!(new.subject.as_deref(), Some("user-1"));
+    }
+
+    #[tokio::test]
+    async fn an_older_table_gains_the_subject_column() {
+        let (s, _) = store();
+        s.db()
+            .tx(|tx| {
+                tx.execute_batch(
+                    "CREATE TABLE mail_ledger (id TEXT PRIMARY KEY NOT NULL, kind TEXT NOT NULL, \
+                     recipient TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, \
+                     reason TEXT, provider_id TEXT, lease_until INTEGER, created_at INTEGER NOT NULL, \
+                     updated_at INTEGER NOT NULL, expires_at INTEGER NOT NULL); \
+                     INSERT INTO mail_ledger VALUES ('old', 'verify_email', 'a@example.com', 'sent', 1, NULL, \
+                     'p', NULL, 1, 1, 9);",
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let l = EmbeddedMailLedger::open(&s).await.unwrap();
+        let _again = EmbeddedMailLedger::open(&s).await.unwrap();
+        assert_eq!(l.entry("old").await.unwrap().unwrap().subject, None);
+        l.claim(&job("new"), T0, LEASE_SECS).await.unwrap();
+        assert_eq!(l.entry("new").await.unwrap().unwrap().subject.as_deref(), Some("user-1"));
     }
 }

@@ -209,7 +209,7 @@ mod tests {
     use crate::mail::MailJob;
 
     fn env(id: &str) -> MailEnvelope {
-        MailEnvelope::new(id.into(), &Email::parse("a@example.com").unwrap(), 0, None, MailJob::SignupAttempt {})
+        MailEnvelope::new(id.into(), &Email::parse("a@example.com").unwrap(), 0, None, None, MailJob::SignupAttempt {})
     }
 
     #[test]

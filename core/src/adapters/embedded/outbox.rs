@@ -181,6 +181,7 @@ mod tests {
             &Email::parse("bob@example.com").unwrap(),
             1_700_000_000,
             None,
+            None,
             MailJob::LoginCode { username: "bob".into(), code: Secret::new("314159".into()), expires_minutes: 5 },
         );
         let path = outbox(&dir.0).deliver(&env).await.unwrap();
@@ -212,6 +213,7 @@ mod tests {
             &Email::parse("bob@example.com").unwrap(),
             0,
             None,
+            None,
             MailJob::SignupAttempt {},
         );
         assert!(matches!(o.try_deliver(&env).await, Err(DeliveryError::Permanent(_))));
@@ -230,6 +232,7 @@ mod tests {
             "j".into(),
             &Email::parse("bob@example.com").unwrap(),
             0,
+            None,
             None,
             MailJob::SignupAttempt {},
         );

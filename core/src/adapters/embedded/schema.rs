@@ -106,6 +106,29 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX mail_jobs_due ON mail_jobs (state, not_before);
     "#,
+    // 2: the change feed also carries mail ledger records (entity 'mail').
+    // SQLite cannot alter a CHECK, so the table is rebuilt with its rows and
+    // its AUTOINCREMENT high-water mark (a seq is never reused).
+    r#"
+    CREATE TABLE changes_v2 (
+        seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+        at       INTEGER NOT NULL,
+        entity   TEXT NOT NULL CHECK (entity IN ('user', 'verification', 'challenge', 'session', 'otp', 'mail')),
+        key      TEXT NOT NULL,
+        op       TEXT NOT NULL CHECK (op IN ('insert', 'modify', 'remove')),
+        old_json TEXT,
+        new_json TEXT
+    );
+    INSERT INTO changes_v2 (seq, at, entity, key, op, old_json, new_json)
+        SELECT seq, at, entity, key, op, old_json, new_json FROM changes ORDER BY seq;
+    INSERT INTO sqlite_sequence (name, seq)
+        SELECT 'changes_v2', 0 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'changes_v2');
+    UPDATE sqlite_sequence
+        SET seq = max(seq, coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0))
+        WHERE name = 'changes_v2';
+    DROP TABLE changes;
+    ALTER TABLE changes_v2 RENAME TO changes;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -1,0 +1,137 @@
+//! Property tests (proptest): normalisation of emails and usernames is
+//! idempotent and case-blind as the README documents, and a password
+//! verifies only for exactly what was typed.
+
+use latchkey_core::domain::{Email, Password, Username};
+use latchkey_core::password_hasher::{Argon2Settings, PasswordHasher};
+use latchkey_core::rng::OsSecureRng;
+use proptest::prelude::*;
+
+/// Address-like strings: mixed case, plus tags, dots, a few non-ASCII
+/// letters in composed and decomposed form, stray outer spaces.
+fn emailish() -> impl Strategy<Value = String> {
+    " {0,2}[a-zA-Z0-9+._\u{e9}\u{c9}\u{301}\u{c5}\u{df}\u{130}\u{3a3}\u{1e9e}-]{1,24}@[a-zA-Z0-9\u{e9}-]{1,12}\\.[a-zA-Z]{2,6} {0,2}"
+}
+
+fn usernameish() -> impl Strategy<Value = String> {
+    " ?[a-zA-Z0-9._\u{ff21}-\u{ff3a}\u{ff10}-\u{ff19}\u{2160}\u{fb01}-]{1,34} ?"
+}
+
+/// Full-width forms of ASCII letters and digits (NFKC folds them back).
+fn fullwidth(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { char::from_u32(c as u32 - 0x21 + 0xFF01).unwrap_or(c) } else { c })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn email_normalisation_is_idempotent(raw in prop_oneof![emailish(), any::<String>()]) {
+        if let Ok(e) = Email::parse(&raw) {
+            let again = Email::parse(e.as_str());
+            prop_assert_eq!(again.as_ref().ok(), Some(&e), "{:?} -> {:?} -> {:?}", raw, e.as_str(), again);
+            prop_assert!(!e.as_str().chars().any(|c| c.is_control() || c.is_whitespace()));
+            prop_assert_eq!(e.as_str(), e.as_str().trim());
+        }
+    }
+
+    #[test]
+    fn email_case_and_outer_space_do_not_matter(raw in emailish()) {
+        if let Ok(e) = Email::parse(&raw) {
+            let shouted = format!("  {}\t", raw.to_ascii_uppercase());
+            prop_assert_eq!(Email::parse(&shouted).ok(), Some(e.clone()));
+            // Plus-addressing is kept: the tag is part of the address.
+            if let Some((local, domain)) = e.as_str().split_once('@')
+                && !local.contains('+')
+            {
+                let tagged = Email::parse(&format!("{local}+tag@{domain}"));
+                if let Ok(tagged) = tagged {
+                    prop_assert_ne!(tagged, e);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn username_normalisation_is_idempotent(raw in prop_oneof![usernameish(), any::<String>()]) {
+        if let Ok(u) = Username::parse(&raw) {
+            prop_assert_eq!(Username::parse(u.as_str()).ok(), Some(u.clone()), "{:?}", raw);
+            prop_assert!(u.as_str().chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(c)));
+            prop_assert!((Username::MIN..=Username::MAX).contains(&u.as_str().len()));
+        }
+    }
+
+    #[test]
+    fn username_case_and_width_do_not_matter(raw in "[a-zA-Z0-9][a-zA-Z0-9._-]{1,30}[a-zA-Z0-9]") {
+        let u = Username::parse(&raw).ok();
+        prop_assert_eq!(Username::parse(&raw.to_ascii_uppercase()).ok(), u.clone());
+        prop_assert_eq!(Username::parse(&fullwidth(&raw)).ok(), u);
+    }
+}
+
+/// One hash per case is the cost here: cheap argon2 parameters, few cases.
+fn hasher() -> PasswordHasher {
+    PasswordHasher::new(Argon2Settings { m_kib: 1024, t: 1, p: 1 }, 2, &OsSecureRng).expect("hasher")
+}
+
+fn near_misses(p: &str) -> Vec<String> {
+    let mut v = vec![
+        p.to_uppercase(),
+        p.to_lowercase(),
+        format!("{p} "),
+        format!(" {p}"),
+        format!("{p}\0"),
+        p.chars().take(p.chars().count().saturating_sub(1)).collect(),
+        p.chars().skip(1).collect(),
+        p.chars().rev().collect(),
+        format!("{p}{p}"),
+    ];
+    // Truncation at 72 bytes (bcrypt's limit) must not make a longer
+    // password equal to its prefix.
+    if p.len() > 72 {
+        v.push(
+            p.chars()
+                .scan(0, |n, c| {
+                    (*n + c.len_utf8() <= 72).then(|| {
+                        *n += c.len_utf8();
+                        c
+                    })
+                })
+                .collect(),
+        );
+    }
+    v.retain(|q| q != p);
+    v
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_password_verifies_only_for_itself(
+        pw in "[ -~\u{e9}\u{301}\u{df}\u{1f511}]{1,100}",
+        other in "[ -~]{0,40}",
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let h = hasher();
+            let p = Password::for_login(pw.clone()).expect("login-sized password");
+            let phc = h.hash(&p, &OsSecureRng).await.expect("hash");
+            prop_assert!(!phc.contains(&pw) || pw.len() < 4, "the hash contains the password");
+            prop_assert!(h.verify(&p, Some(&phc)).await.expect("verify"));
+            let mut misses = near_misses(&pw);
+            if other != pw {
+                misses.push(other.clone());
+            }
+            for q in misses {
+                let Ok(q_pw) = Password::for_login(q.clone()) else { continue };
+                prop_assert!(!h.verify(&q_pw, Some(&phc)).await.expect("verify"), "{:?} verified as {:?}", q, pw);
+            }
+            // No stored hash (unknown user): never a match.
+            prop_assert!(!h.verify(&p, None).await.expect("verify"));
+            Ok(())
+        })?;
+    }
+}

@@ -1,0 +1,689 @@
+//! What an attacker tries, end to end, against the real Router on a loopback
+//! port: every attack below runs once on the embedded store and once on
+//! DynamoDB + SQS in the emulator (`mod embedded` / `mod aws` at the bottom).
+//! Each test states its pass criterion in its assertions; each criterion is
+//! one a broken implementation would fail.
+//!
+//! Attacks covered elsewhere (and not repeated here) are listed in
+//! docs/security.md: expiry boundaries and lock periods under a frozen clock
+//! (core/tests/flows.rs), JWT forgery (core/src/flows/tokens.rs), cookies and
+//! CSRF (tests/tests/pages_browser.rs), the code-generator uniformity check
+//! (core/src/domain/otp_code.rs).
+
+use futures::future::join_all;
+use latchkey_tests::scenarios::{PASSWORD, sign_in, token_from_link, unique, verified_user};
+use latchkey_tests::system::TestSystem;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+
+/// Header names, minus the ones that legitimately differ per response.
+fn header_names(h: &HeaderMap) -> Vec<String> {
+    let mut v: Vec<String> = h
+        .keys()
+        .map(|k| k.to_string())
+        .filter(|k| k != "x-request-id" && k != "date" && k != "content-length")
+        .collect();
+    v.sort();
+    v
+}
+
+/// The SECURITY.md header set ("Headers on every response, errors included").
+fn assert_security_headers(h: &HeaderMap, what: &str) {
+    let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or_else(|| panic!("{what}: no {n}"));
+    assert_eq!(get("strict-transport-security"), "max-age=63072000; includeSubDomains", "{what}");
+    assert_eq!(get("x-content-type-options"), "nosniff", "{what}");
+    assert!(
+        matches!(get("referrer-policy"), "no-referrer" | "strict-origin-when-cross-origin"),
+        "{what}: {}",
+        get("referrer-policy")
+    );
+    assert_eq!(get("cross-origin-opener-policy"), "same-origin", "{what}");
+    let csp = get("content-security-policy");
+    for d in ["default-src 'self'", "object-src 'none'", "base-uri 'none'", "frame-ancestors 'none'"] {
+        assert!(csp.contains(d), "{what}: CSP {csp} lacks {d}");
+    }
+    assert!(get("content-type").to_ascii_lowercase().contains("charset=utf-8"), "{what}: {}", get("content-type"));
+    assert!(!h.contains_key("server") && !h.contains_key("x-powered-by"), "{what}: server detail leaked");
+}
+
+fn wrong_code(code: &str) -> &'static str {
+    if code == "000000" { "111111" } else { "000000" }
+}
+
+/// Starts a login for a verified user; returns (challenge id, mailed code).
+async fn start_login(sys: &TestSystem, username: &str, email: &str) -> (String, String) {
+    let before = sys.mails_to(email).await.len();
+    let (st, body, _) = sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD})).await;
+    assert_eq!(st, 202, "{body}");
+    let challenge = body["challenge_id"].as_str().expect("challenge_id").to_string();
+    let code = sys.wait_mail(email, before + 1).await.code().expect("code in mail");
+    (challenge, code)
+}
+
+async fn raw_post(sys: &TestSystem, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value, HeaderMap) {
+    let r = sys.http.post(sys.url(path)).header("content-type", content_type).body(body).send().await.expect("send");
+    let st = r.status().as_u16();
+    let h = r.headers().clone();
+    let text = r.text().await.unwrap_or_default();
+    (st, serde_json::from_str(&text).unwrap_or(Value::String(text)), h)
+}
+
+/// Sends a login whose password is `n` bytes as a chunked body (no
+/// Content-Length) over a raw connection; returns the status.
+async fn chunked_login(sys: &TestSystem, username: &str, n: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = sys.base.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = "POST /v1/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    let mut body = format!("{{\"identifier\":\"{username}\",\"password\":\"").into_bytes();
+    body.extend(std::iter::repeat_n(b'a', n));
+    body.extend_from_slice(b"\"}");
+    let _ = conn.write_all(head.as_bytes()).await;
+    for chunk in body.chunks(8192) {
+        // The server may answer and close before the body is through.
+        if conn.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.is_err()
+            || conn.write_all(chunk).await.is_err()
+            || conn.write_all(b"\r\n").await.is_err()
+        {
+            break;
+        }
+    }
+    let _ = conn.write_all(b"0\r\n\r\n").await;
+    let mut buf = vec![0u8; 12];
+    conn.read_exact(&mut buf).await.expect("status line");
+    String::from_utf8_lossy(&buf[9..12]).parse().expect("status code")
+}
+
+// ---------------------------------------------------------------- enumeration
+
+/// Unknown user vs wrong password: same status, body and header names.
+pub async fn enum_login(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let wrong = json!({"identifier": username, "password": "not the password at all"});
+    let (st1, b1, h1) = sys.post("/v1/login", wrong).await;
+    let (st2, b2, h2) =
+        sys.post("/v1/login", json!({"identifier": unique().0, "password": "not the password at all"})).await;
+    let (st3, b3, h3) =
+        sys.post("/v1/login", json!({"identifier": unique().1, "password": "not the password at all"})).await;
+    let (st4, b4, h4) =
+        sys.post("/v1/login", json!({"identifier": email, "password": "not the password either"})).await;
+    assert_eq!((st1, &b1), (401, &json!({"error": "invalid_credentials", "message": "invalid credentials"})));
+    for (st, b, h) in [(st2, b2, h2), (st3, b3, h3), (st4, b4, h4)] {
+        assert_eq!((st, &b), (st1, &b1));
+        assert_eq!(header_names(&h), header_names(&h1));
+    }
+}
+
+/// Register with a taken email vs a fresh one: same status, body, header names.
+pub async fn enum_register(sys: &TestSystem) {
+    let (_, email) = verified_user(sys).await;
+    let (st_new, b_new, h_new) =
+        sys.post("/v1/register", json!({"username": unique().0, "email": unique().1, "password": PASSWORD})).await;
+    let (st_taken, b_taken, h_taken) =
+        sys.post("/v1/register", json!({"username": unique().0, "email": email, "password": PASSWORD})).await;
+    assert_eq!(st_new, 202, "{b_new}");
+    assert_eq!((st_taken, &b_taken), (st_new, &b_new));
+    assert_eq!(header_names(&h_taken), header_names(&h_new));
+}
+
+/// Resend verification and send_otp for unknown vs known addresses.
+pub async fn enum_resend_and_send_otp(sys: &TestSystem) {
+    // A registered-but-unverified address, a verified one, and unknown ones.
+    let (_, pending) = unique();
+    let (st, _, _) =
+        sys.post("/v1/register", json!({"username": unique().0, "email": pending, "password": PASSWORD})).await;
+    assert_eq!(st, 202);
+    let (_, verified) = verified_user(sys).await;
+    let mut answers = vec![];
+    for email in [pending.clone(), verified.clone(), unique().1] {
+        answers.push(sys.post("/v1/verify-email/resend", json!({ "email": email })).await);
+    }
+    let (st0, b0, h0) = &answers[0];
+    assert_eq!(*st0, 202, "{b0}");
+    for (st, b, h) in &answers[1..] {
+        assert_eq!((st, b), (st0, b0));
+        assert_eq!(header_names(h), header_names(h0));
+    }
+
+    let mut answers = vec![];
+    for email in [verified, unique().1] {
+        answers.push(sys.post("/otp", json!({"action": "send_otp", "email": email})).await);
+    }
+    let (st0, b0, h0) = &answers[0];
+    assert_eq!(*st0, 200, "{b0}");
+    let (st1, b1, h1) = &answers[1];
+    assert_eq!((st1, b1), (st0, b0));
+    assert_eq!(header_names(h1), header_names(h0));
+}
+
+// ---------------------------------------------------------------- codes
+
+/// 50 concurrent submissions of the right login code: exactly one success.
+pub async fn right_code_50_times_at_once(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let (challenge, code) = start_login(sys, &username, &email).await;
+    let body = json!({"challenge_id": challenge, "code": code});
+    let results = join_all((0..50).map(|_| sys.post("/v1/login/otp", body.clone()))).await;
+    let ok = results.iter().filter(|(st, _, _)| *st == 200).count();
+    assert_eq!(ok, 1, "{:?}", results.iter().map(|r| (r.0, r.1.clone())).collect::<Vec<_>>());
+    for (st, b, _) in results.iter().filter(|(st, _, _)| *st != 200) {
+        assert_eq!(*st, 401, "{b}");
+        assert!(b["access_token"].is_null(), "a loser got a token: {b}");
+    }
+}
+
+/// 50 concurrent wrong guesses: at most 6 are counted, then even the right
+/// code is refused.
+pub async fn wrong_codes_50_at_once(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let (challenge, code) = start_login(sys, &username, &email).await;
+    let body = json!({"challenge_id": challenge, "code": wrong_code(&code)});
+    let results = join_all((0..50).map(|_| sys.post("/v1/login/otp", body.clone()))).await;
+    let invalid = results.iter().filter(|(_, b, _)| b["error"] == "otp_invalid").count();
+    assert!(invalid <= 6, "{invalid} guesses were counted as tries: the cap is 6");
+    for (st, b, _) in &results {
+        assert_eq!(*st, 401, "{b}");
+        assert!(matches!(b["error"].as_str(), Some("otp_invalid" | "otp_exhausted")), "{b}");
+    }
+    let mut left: Vec<u64> = results.iter().filter_map(|(_, b, _)| b["attempts_left"].as_u64()).collect();
+    left.sort_unstable();
+    left.dedup();
+    assert_eq!(left.len(), invalid, "two guesses saw the same attempts_left: {left:?}");
+    let (st, b, _) = sys.post("/v1/login/otp", json!({"challenge_id": challenge, "code": code})).await;
+    assert_eq!((st, b["error"].as_str()), (401, Some("otp_exhausted")), "{b}");
+}
+
+/// Account A's code, submitted on account B's challenge, is refused and
+/// costs B a try; both codes still work on their own challenges.
+pub async fn code_bound_to_challenge(sys: &TestSystem) {
+    let (user_a, email_a) = verified_user(sys).await;
+    let (user_b, email_b) = verified_user(sys).await;
+    let (ch_a, code_a) = start_login(sys, &user_a, &email_a).await;
+    let (ch_b, code_b) = start_login(sys, &user_b, &email_b).await;
+    if code_a != code_b {
+        let (st, b, _) = sys.post("/v1/login/otp", json!({"challenge_id": ch_b, "code": code_a})).await;
+        assert_eq!((st, b["error"].as_str(), b["attempts_left"].as_u64()), (401, Some("otp_invalid"), Some(5)), "{b}");
+    }
+    let (st, tokens_b, _) = sys.post("/v1/login/otp", json!({"challenge_id": ch_b, "code": code_b})).await;
+    assert_eq!(st, 200, "{tokens_b}");
+    let (st, tokens_a, _) = sys.post("/v1/login/otp", json!({"challenge_id": ch_a, "code": code_a})).await;
+    assert_eq!(st, 200, "{tokens_a}");
+    let (_, me) = sys.get_auth("/v1/me", tokens_a["access_token"].as_str().expect("access")).await;
+    assert_eq!(me["username"], user_a.as_str());
+}
+
+// ---------------------------------------------------------------- step skipping
+
+/// The password step alone yields no token, no session and no cookie, and
+/// nothing it returned opens /v1/me or refreshes.
+pub async fn password_step_alone_is_not_a_login(sys: &TestSystem) {
+    let (username, _) = verified_user(sys).await;
+    let (st, body, h) = sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD})).await;
+    assert_eq!(st, 202, "{body}");
+    let obj = body.as_object().expect("object");
+    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["challenge_id", "expires_at", "resend_after"], "{body}");
+    assert!(!h.contains_key("set-cookie"), "the password step set a cookie");
+    assert!(!h.contains_key("authorization"));
+    for v in obj.values() {
+        let s = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        assert_eq!(sys.get_auth("/v1/me", &s).await.0, 401, "{s} opened /v1/me");
+        let (st, _, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": s })).await;
+        assert!(st == 401 || st == 400, "{s} refreshed: {st}");
+    }
+    // Without a code, the challenge id is no bearer either in any shape.
+    let challenge = obj["challenge_id"].as_str().expect("id");
+    let (st, _, _) = sys.post("/v1/login/otp", json!({"challenge_id": challenge, "code": ""})).await;
+    assert_eq!(st, 400);
+}
+
+// ---------------------------------------------------------------- verification links
+
+/// Verifying with user B's token verifies B only; A stays unverified.
+pub async fn another_users_token_verifies_only_that_user(sys: &TestSystem) {
+    let (user_a, email_a) = unique();
+    let (user_b, email_b) = unique();
+    for (u, e) in [(&user_a, &email_a), (&user_b, &email_b)] {
+        let (st, _, _) = sys.post("/v1/register", json!({"username": u, "email": e, "password": PASSWORD})).await;
+        assert_eq!(st, 202);
+    }
+    let token_b = token_from_link(&sys.wait_mail(&email_b, 1).await.link().expect("link"));
+    let _ = sys.wait_mail(&email_a, 1).await;
+    let (st, b, _) = sys.post("/v1/verify-email", json!({ "token": token_b })).await;
+    assert_eq!(st, 200, "{b}");
+    let (st, b, _) = sys.post("/v1/login", json!({"identifier": user_a, "password": PASSWORD})).await;
+    assert_eq!((st, b["error"].as_str()), (403, Some("email_not_verified")), "A was verified by B's token");
+    let (st, b, _) = sys.post("/v1/login", json!({"identifier": user_b, "password": PASSWORD})).await;
+    assert_eq!(st, 202, "{b}");
+}
+
+/// A spoofed Host (and X-Forwarded-Host) header does not change the link.
+/// (On the AWS backend the queued job carries only the token and the mail
+/// worker renders the link from its configured base, so the check there is
+/// that the job holds no attacker host at all.)
+pub async fn spoofed_host_does_not_change_the_link(sys: &TestSystem) {
+    let (username, email) = unique();
+    let r = sys
+        .http
+        .post(sys.url("/v1/register"))
+        .header("host", "evil.example")
+        .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-proto", "https")
+        .json(&json!({"username": username, "email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 202);
+    let mail = sys.wait_mail(&email, 1).await;
+    let link = mail.link().expect("link");
+    assert!(link.starts_with("http://127.0.0.1:3000/verify-email?token="), "{link}");
+    assert!(!mail.text.contains("evil.example"), "{}", mail.text);
+    // Same for the resend path.
+    let r = sys
+        .http
+        .post(sys.url("/v1/verify-email/resend"))
+        .header("host", "evil.example")
+        .json(&json!({ "email": email }))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 202);
+    for m in sys.mails_to(&email).await {
+        assert!(!m.text.contains("evil.example"), "{}", m.text);
+    }
+}
+
+// ---------------------------------------------------------------- sessions
+
+/// The access token is dead on /v1/me right after logout.
+pub async fn jwt_after_logout(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let tokens = sign_in(sys, &username, &email).await;
+    let access = tokens["access_token"].as_str().expect("access");
+    assert_eq!(sys.get_auth("/v1/me", access).await.0, 200);
+    let (st, _, _) = sys.post("/v1/logout", json!({ "refresh_token": tokens["refresh_token"] })).await;
+    assert_eq!(st, 204);
+    let (st, b) = sys.get_auth("/v1/me", access).await;
+    assert_eq!((st, b["error"].as_str()), (401, Some("unauthorized")));
+}
+
+/// Reusing a rotated refresh token revokes the whole session, including the
+/// refresh token and access token it was rotated into.
+pub async fn refresh_reuse_revokes(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let tokens = sign_in(sys, &username, &email).await;
+    let (st, rotated, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": tokens["refresh_token"] })).await;
+    assert_eq!(st, 200, "{rotated}");
+    let (st, _, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": tokens["refresh_token"] })).await;
+    assert_eq!(st, 401);
+    let (st, _, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": rotated["refresh_token"] })).await;
+    assert_eq!(st, 401, "the thief's (or owner's) rotated token still works");
+    assert_eq!(sys.get_auth("/v1/me", rotated["access_token"].as_str().expect("access")).await.0, 401);
+}
+
+/// 20 concurrent refreshes of one refresh token: at most one new pair.
+pub async fn concurrent_refreshes(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let tokens = sign_in(sys, &username, &email).await;
+    let body = json!({ "refresh_token": tokens["refresh_token"] });
+    let results = join_all((0..20).map(|_| sys.post("/v1/token/refresh", body.clone()))).await;
+    let winners: Vec<&Value> = results.iter().filter(|(st, _, _)| *st == 200).map(|(_, b, _)| b).collect();
+    assert!(winners.len() <= 1, "{} refreshes of one token succeeded", winners.len());
+    for (st, b, _) in &results {
+        assert!(*st == 200 || *st == 401, "{st} {b}");
+    }
+}
+
+// ---------------------------------------------------------------- headers
+
+/// 2xx, 4xx (400, 401, 404, 405, 413, 415, 429) and HTML pages all carry the
+/// SECURITY.md header set.
+pub async fn headers_on_every_status(sys: &TestSystem) {
+    let (username, _) = verified_user(sys).await;
+    let (st, body, _) = sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD})).await;
+    assert_eq!(st, 202);
+    let challenge = body["challenge_id"].as_str().expect("challenge").to_string();
+    let mut seen = vec![];
+    let mut check = |what: &str, st: u16, h: &HeaderMap| {
+        assert_security_headers(h, what);
+        seen.push(st);
+    };
+    for (path, want) in [("/healthz", 200), ("/.well-known/jwks.json", 200), ("/nope", 404), ("/v1/login", 405)] {
+        let r = sys.http.get(sys.url(path)).send().await.expect("get");
+        assert_eq!(r.status().as_u16(), want, "{path}");
+        check(path, want, r.headers());
+    }
+    for path in ["/", "/login", "/register", "/verify-email?token=x"] {
+        let r = sys.http.get(sys.url(path)).send().await.expect("page");
+        check(path, r.status().as_u16(), r.headers());
+    }
+    let (st, _, h) = raw_post(sys, "/v1/login", "application/json", b"{".to_vec()).await;
+    assert_eq!(st, 400);
+    check("400", st, &h);
+    let r = sys.http.get(sys.url("/v1/me")).bearer_auth("x.y.z").send().await.expect("me");
+    assert_eq!(r.status(), 401);
+    check("401", 401, r.headers());
+    let big = json!({"identifier": "abc", "password": "x".repeat(20_000)}).to_string().into_bytes();
+    let (st, _, h) = raw_post(sys, "/v1/login", "application/json", big).await;
+    assert_eq!(st, 413);
+    check("413", st, &h);
+    let (st, _, h) = raw_post(sys, "/v1/login", "text/plain", b"{}".to_vec()).await;
+    assert_eq!(st, 415);
+    check("415", st, &h);
+    let (st, _, h) = sys.post("/v1/login/otp/resend", json!({ "challenge_id": challenge })).await;
+    assert_eq!(st, 429, "resend inside the cooldown");
+    assert!(h.contains_key("retry-after"));
+    check("429", st, &h);
+    assert!(seen.contains(&200) && seen.contains(&429));
+}
+
+// ---------------------------------------------------------------- rate limits (default limits)
+
+/// With the default limits, the 21st login for one identifier within 15 min
+/// gets 429 with Retry-After, whatever the password (and still does for the
+/// right one); the limit also carries the security headers.
+pub async fn login_burst_per_identifier(sys: &TestSystem) {
+    let (username, _) = verified_user(sys).await;
+    let mut statuses = vec![];
+    for _ in 0..20 {
+        let (st, _, _) = sys.post("/v1/login", json!({"identifier": username, "password": "wrong wrong wrong"})).await;
+        statuses.push(st);
+    }
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    let (st, b, h) = sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD})).await;
+    assert_eq!((st, b["error"].as_str()), (429, Some("rate_limited")), "{b}");
+    let retry: u64 = h["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+    assert!((1..=900).contains(&retry), "{retry}");
+    assert_security_headers(&h, "429 login");
+    // The same identifier spelt differently is the same key.
+    let (st, _, _) = sys.post("/v1/login", json!({"identifier": username.to_uppercase(), "password": PASSWORD})).await;
+    assert_eq!(st, 429);
+}
+
+/// With the default limits, send_otp for one address: the cooldown answers
+/// 429 with Retry-After, and no second mail goes out.
+pub async fn send_otp_burst(sys: &TestSystem) {
+    let (_, email) = unique();
+    let results = join_all((0..5).map(|_| sys.post("/otp", json!({"action": "send_otp", "email": email})))).await;
+    let sent = results.iter().filter(|(st, _, _)| *st == 200).count();
+    assert_eq!(sent, 1, "{:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+    for (st, _, h) in results.iter().filter(|(st, _, _)| *st != 200) {
+        assert_eq!(*st, 429);
+        assert!(h.contains_key("retry-after"));
+    }
+    sys.wait_mail(&email, 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(sys.mails_to(&email).await.len(), 1, "mail bombing: more than one code mail");
+}
+
+// ---------------------------------------------------------------- races
+
+/// 20 concurrent registrations of one username: exactly one account, and
+/// the 19 losers left no claim on their email addresses.
+pub async fn register_same_username_20_at_once(sys: &TestSystem) {
+    let (username, _) = unique();
+    let emails: Vec<String> = (0..20).map(|_| unique().1).collect();
+    let results = join_all(
+        emails
+            .iter()
+            .map(|e| sys.post("/v1/register", json!({"username": username, "email": e, "password": PASSWORD}))),
+    )
+    .await;
+    let won: Vec<usize> = (0..20).filter(|i| results[*i].0 == 202).collect();
+    assert_eq!(won.len(), 1, "{:?}", results.iter().map(|r| (r.0, r.1.clone())).collect::<Vec<_>>());
+    for (st, b, _) in results.iter().filter(|(st, _, _)| *st != 202) {
+        assert_eq!((*st, b["error"].as_str()), (409, Some("username_taken")), "{b}");
+    }
+    // Only the winner got a verification mail, and it verifies.
+    let winner_mail = sys.wait_mail(&emails[won[0]], 1).await;
+    assert_eq!(winner_mail.kind, "verify_email");
+    // No orphan email claims: every loser's address registers fresh (a left
+    // claim would silently turn it into a "taken" address with no mail).
+    for (i, e) in emails.iter().enumerate().filter(|(i, _)| *i != won[0]).take(5) {
+        let (st, b, _) =
+            sys.post("/v1/register", json!({"username": unique().0, "email": e, "password": PASSWORD})).await;
+        assert_eq!(st, 202, "loser {i}: {b}");
+        assert_eq!(sys.wait_mail(e, 1).await.kind, "verify_email", "loser {i}'s address was left claimed");
+    }
+}
+
+/// 20 concurrent registrations of one email: all answer alike (202), exactly
+/// one verification mail, and the 19 losing usernames stay free.
+pub async fn register_same_email_20_at_once(sys: &TestSystem) {
+    let (_, email) = unique();
+    let names: Vec<String> = (0..20).map(|_| unique().0).collect();
+    let results = join_all(
+        names.iter().map(|u| sys.post("/v1/register", json!({"username": u, "email": email, "password": PASSWORD}))),
+    )
+    .await;
+    for (st, b, _) in &results {
+        assert_eq!(*st, 202, "{b}");
+    }
+    sys.wait_mail(&email, 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let verify_mails = sys.mails_to(&email).await.into_iter().filter(|m| m.kind == "verify_email").count();
+    assert_eq!(verify_mails, 1, "one address, one account");
+    let mut free = 0;
+    for u in &names {
+        let (st, _, _) =
+            sys.post("/v1/register", json!({"username": u, "email": unique().1, "password": PASSWORD})).await;
+        if st == 202 {
+            free += 1;
+        }
+    }
+    assert_eq!(free, 19, "losing usernames were left claimed");
+}
+
+// ---------------------------------------------------------------- bad input
+
+/// Deep JSON, invalid UTF-8: 400, never 5xx.
+pub async fn hostile_bodies(sys: &TestSystem) {
+    for depth in [200, 5_000, 8_000] {
+        let body = format!("{{\"username\":{}{}}}", "[".repeat(depth), "]".repeat(depth)).into_bytes();
+        let (st, b, h) = raw_post(sys, "/v1/register", "application/json", body).await;
+        assert_eq!(st, 400, "depth {depth}: {b}");
+        assert_security_headers(&h, "deep json");
+    }
+    let unclosed = "[".repeat(10_000).into_bytes();
+    let (st, b, _) = raw_post(sys, "/v1/login", "application/json", unclosed).await;
+    assert_eq!(st, 400, "{b}");
+    let mut invalid = br#"{"identifier":"ab"#.to_vec();
+    invalid.extend_from_slice(&[0xff, 0xfe, 0xc3]);
+    invalid.extend_from_slice(br#"c","password":"correct horse battery staple"}"#);
+    let (st, b, _) = raw_post(sys, "/v1/login", "application/json", invalid).await;
+    assert_eq!(st, 400, "{b}");
+    let (st, b, _) = raw_post(sys, "/otp", "application/json", vec![0xff; 64]).await;
+    assert_eq!(st, 400, "{b}");
+    let (st, b, _) = raw_post(sys, "/v1/register", "application/json", b"\xef\xbb\xbf{}".to_vec()).await;
+    assert_eq!(st, 400, "{b}");
+}
+
+/// Control characters and line breaks in usernames and identifiers are
+/// refused (400 naming the field) and never echoed back, so they cannot
+/// forge a log or audit line; nothing was written.
+pub async fn control_characters_in_names(sys: &TestSystem) {
+    let forged = "\r\n{\"level\":\"INFO\",\"msg\":\"login ok\",\"user\":\"admin\"}";
+    let (_, email) = unique();
+    for evil in [
+        format!("eve{forged}"),
+        "eve\nadmin".to_string(),
+        "eve\u{0}x".to_string(),
+        "eve\tx".to_string(),
+        "eve\u{1b}[31mx".to_string(),
+        "eve\u{2028}x".to_string(),
+        "eve\u{85}x".to_string(),
+        "eve\u{7f}x".to_string(),
+    ] {
+        let (st, b, _) =
+            sys.post("/v1/register", json!({"username": evil, "email": email, "password": PASSWORD})).await;
+        assert_eq!((st, b["field"].as_str()), (400, Some("username")), "{evil:?}: {b}");
+        let text = b.to_string();
+        assert!(!text.contains("login ok") && !text.contains("admin"), "input echoed: {text}");
+        let (st, b, _) = sys.post("/v1/login", json!({"identifier": evil, "password": PASSWORD})).await;
+        assert_eq!((st, b["field"].as_str()), (400, Some("identifier")), "{evil:?}: {b}");
+        let (st, b, _) =
+            sys.post("/v1/login", json!({"identifier": format!("{evil}@example.com"), "password": PASSWORD})).await;
+        assert_eq!(st, 400, "{evil:?} as email: {b}");
+    }
+    // A CRLF in an email field, too.
+    let (st, b, _) = sys
+        .post(
+            "/v1/register",
+            json!({"username": unique().0, "email": "a@example.com\r\nBcc: x@evil.example", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!((st, b["field"].as_str()), (400, Some("email")), "{b}");
+    let (st, _, _) =
+        sys.post("/otp", json!({"action": "send_otp", "email": "a@example.com\r\nBcc: x@evil.example"})).await;
+    assert_eq!(st, 400);
+    // Nothing was written: the address never got mail and is still free.
+    assert!(sys.mails_to(&email).await.is_empty());
+    let (st, _, _) =
+        sys.post("/v1/register", json!({"username": unique().0, "email": email, "password": PASSWORD})).await;
+    assert_eq!(st, 202);
+    assert_eq!(sys.wait_mail(&email, 1).await.kind, "verify_email");
+}
+
+/// A 1 MB password is refused by size (413), before parsing or hashing;
+/// a 2 KiB one (under the body limit) by the 1 KiB field cap (400).
+pub async fn huge_passwords(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let mb = "a".repeat(1024 * 1024);
+    for path in ["/v1/login", "/v1/register"] {
+        let body = json!({"identifier": username, "username": unique().0, "email": unique().1, "password": mb});
+        let (st, b, _) = sys.post(path, body).await;
+        assert_eq!((st, b["error"].as_str()), (413, Some("payload_too_large")), "{path}");
+    }
+    // Without a Content-Length (chunked), the limit still holds.
+    assert_eq!(chunked_login(sys, &username, 1024 * 1024).await, 413);
+    let two_k = "a".repeat(2048);
+    let (st, b, _) = sys.post("/v1/login", json!({"identifier": username, "password": two_k})).await;
+    assert_eq!((st, b["field"].as_str()), (400, Some("password")), "{b}");
+    let (st, b, _) =
+        sys.post("/v1/register", json!({"username": unique().0, "email": unique().1, "password": two_k})).await;
+    assert_eq!((st, b["field"].as_str()), (400, Some("password")), "{b}");
+    // The refused attempts did not count as failures: the account is fine.
+    sign_in(sys, &username, &email).await;
+}
+
+/// Emails: trimmed, NFC, lower-cased as a whole; plus-addressing kept.
+/// Usernames: NFKC, lower-cased.
+pub async fn address_normalisation(sys: &TestSystem) {
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let plus = format!("bob{id}+news@example.com");
+    let username = format!("bob{id}");
+    // Registered as "  BOB…+News@Example.COM  ".
+    let shouted = format!("  BOB{}+News@Example.COM  ", id.to_uppercase());
+    let (st, b, _) =
+        sys.post("/v1/register", json!({"username": username, "email": shouted, "password": PASSWORD})).await;
+    assert_eq!(st, 202, "{b}");
+    let mail = sys.wait_mail(&plus, 1).await;
+    assert_eq!(mail.to, plus, "mail goes to the normalised address");
+    let (st, _, _) = sys.post("/v1/verify-email", json!({"token": token_from_link(&mail.link().expect("link"))})).await;
+    assert_eq!(st, 200);
+    let tokens = sign_in(sys, &plus.to_uppercase(), &plus).await;
+    let (_, me) = sys.get_auth("/v1/me", tokens["access_token"].as_str().expect("access")).await;
+    assert_eq!(me["email"], plus.as_str());
+    // The address without the tag is another address: no account there.
+    let (st, b, _) =
+        sys.post("/v1/login", json!({"identifier": format!("bob{id}@example.com"), "password": PASSWORD})).await;
+    assert_eq!((st, b["error"].as_str()), (401, Some("invalid_credentials")));
+
+    // Unicode: a decomposed é (e + U+0301) and a composed É are one address.
+    let decomposed = format!("jose\u{301}{id}@example.com");
+    let composed_upper = format!("JOS\u{c9}{}@EXAMPLE.COM", id.to_uppercase());
+    let (uname, _) = unique();
+    let (st, b, _) =
+        sys.post("/v1/register", json!({"username": uname, "email": decomposed, "password": PASSWORD})).await;
+    assert_eq!(st, 202, "{b}");
+    // Registering the composed, upper-cased spelling with another username
+    // hits the same address: it answers 202 (no enumeration) but creates no
+    // second account, so that username stays free.
+    let (other, _) = unique();
+    let (st, _, _) =
+        sys.post("/v1/register", json!({"username": other, "email": composed_upper, "password": PASSWORD})).await;
+    assert_eq!(st, 202);
+    let (st, b, _) =
+        sys.post("/v1/register", json!({"username": other, "email": unique().1, "password": PASSWORD})).await;
+    assert_eq!(st, 202, "the unicode variant created a second account: {b}");
+
+    // Usernames are NFKC-folded: full-width letters are the ASCII name.
+    let fullwidth: String = username
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { char::from_u32(c as u32 - 0x21 + 0xFF01).unwrap_or(c) } else { c })
+        .collect();
+    assert_ne!(fullwidth, username);
+    let (st, b, _) =
+        sys.post("/v1/register", json!({"username": fullwidth, "email": unique().1, "password": PASSWORD})).await;
+    assert_eq!((st, b["error"].as_str()), (409, Some("username_taken")), "{b}");
+}
+
+macro_rules! attack_suite {
+    ($make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let sys = $make.await;
+                crate::$name(&sys).await;
+            }
+        )*
+    };
+}
+
+/// Attacks on the test default (relaxed rate limits, so the limiter does not
+/// mask what is being tested).
+macro_rules! relaxed_attacks {
+    ($make:expr) => {
+        attack_suite!($make;
+            enum_login,
+            enum_register,
+            enum_resend_and_send_otp,
+            right_code_50_times_at_once,
+            wrong_codes_50_at_once,
+            code_bound_to_challenge,
+            password_step_alone_is_not_a_login,
+            another_users_token_verifies_only_that_user,
+            spoofed_host_does_not_change_the_link,
+            jwt_after_logout,
+            refresh_reuse_revokes,
+            concurrent_refreshes,
+            headers_on_every_status,
+            register_same_username_20_at_once,
+            register_same_email_20_at_once,
+            hostile_bodies,
+            control_characters_in_names,
+            huge_passwords,
+            address_normalisation,
+        );
+    };
+}
+
+/// Attacks on the production default limits.
+macro_rules! default_limit_attacks {
+    ($make:expr) => {
+        attack_suite!($make; login_burst_per_identifier, send_otp_burst);
+    };
+}
+
+mod embedded {
+    use latchkey_tests::system::TestSystem;
+    relaxed_attacks!(TestSystem::embedded());
+    mod default_limits {
+        use latchkey_tests::system::TestSystem;
+        default_limit_attacks!(TestSystem::embedded_with(&[]));
+    }
+}
+
+mod aws {
+    use latchkey_tests::system::TestSystem;
+    relaxed_attacks!(TestSystem::aws());
+    mod default_limits {
+        use latchkey_tests::system::TestSystem;
+        default_limit_attacks!(TestSystem::aws_with(&[]));
+    }
+}
