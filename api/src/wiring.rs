@@ -63,7 +63,9 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
     let rng: Arc<dyn SecureRng> = Arc::new(OsSecureRng);
     match &config.backend {
         #[cfg(not(feature = "embedded"))]
-        Backend::Embedded { .. } => Err("LATCHKEY_BACKEND=embedded: this build has no embedded backend (use aws)".into()),
+        Backend::Embedded { .. } => {
+            Err("LATCHKEY_BACKEND=embedded: this build has no embedded backend (use aws)".into())
+        }
         #[cfg(feature = "embedded")]
         Backend::Embedded { data_dir } => {
             use latchkey_core::adapters::embedded::{
@@ -142,21 +144,27 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
 /// `_PARAM` variables (the deployed way), else from the variables themselves
 /// (emulators and tests).
 async fn aws_keys(config: &Config, sdk: &aws_config::SdkConfig) -> Result<(SigningKey, CodeKey), BoxError> {
-    let names: Vec<&str> =
-        [&config.jwt_private_key_param, &config.code_hmac_key_param].into_iter().flatten().map(String::as_str).collect();
+    let names: Vec<&str> = [&config.jwt_private_key_param, &config.code_hmac_key_param]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
     let from_ssm = if names.is_empty() {
         Default::default()
     } else {
         let client = aws_sdk_ssm::Client::new(sdk);
         latchkey_core::adapters::ssm::read_secrets(&client, &names).await?
     };
-    let pick = |param: &Option<String>, direct: &Option<Secret<String>>, var: &str| -> Result<Secret<String>, BoxError> {
-        match (param, direct) {
-            (Some(name), _) => from_ssm.get(name).cloned().ok_or_else(|| format!("{var}_PARAM: parameter {name} not found").into()),
-            (None, Some(v)) => Ok(v.clone()),
-            (None, None) => Err(format!("{var}_PARAM (or {var}): required with LATCHKEY_BACKEND=aws").into()),
-        }
-    };
+    let pick =
+        |param: &Option<String>, direct: &Option<Secret<String>>, var: &str| -> Result<Secret<String>, BoxError> {
+            match (param, direct) {
+                (Some(name), _) => {
+                    from_ssm.get(name).cloned().ok_or_else(|| format!("{var}_PARAM: parameter {name} not found").into())
+                }
+                (None, Some(v)) => Ok(v.clone()),
+                (None, None) => Err(format!("{var}_PARAM (or {var}): required with LATCHKEY_BACKEND=aws").into()),
+            }
+        };
     let jwt = pick(&config.jwt_private_key_param, &config.jwt_private_key, "LATCHKEY_JWT_PRIVATE_KEY")?;
     let hmac = pick(&config.code_hmac_key_param, &config.code_hmac_key, "LATCHKEY_CODE_HMAC_KEY")?;
     let signing = SigningKey::from_base64(jwt.expose()).map_err(|e| format!("LATCHKEY_JWT_PRIVATE_KEY: {e}"))?;
@@ -216,7 +224,10 @@ fn local_keys(config: &Config, data_dir: &std::path::Path) -> Result<(SigningKey
 }
 
 #[cfg(feature = "embedded")]
-fn read_or_create(path: &std::path::Path, make: impl FnOnce() -> Result<String, String>) -> Result<Secret<String>, BoxError> {
+fn read_or_create(
+    path: &std::path::Path,
+    make: impl FnOnce() -> Result<String, String>,
+) -> Result<Secret<String>, BoxError> {
     if let Ok(s) = std::fs::read_to_string(path) {
         return Ok(Secret::new(s.trim().to_string()));
     }

@@ -149,7 +149,8 @@ async fn ten_wrong_passwords_lock_for_fifteen_minutes_and_no_longer() {
     // The successful password step clears the ended lock (the audit trail
     // sees the unlock).
     use latchkey_core::ports::UserStore;
-    let carol = w.store.user_by_username(&latchkey_core::domain::Username::parse("carol").unwrap()).await.unwrap().unwrap();
+    let carol =
+        w.store.user_by_username(&latchkey_core::domain::Username::parse("carol").unwrap()).await.unwrap().unwrap();
     assert_eq!((carol.locked_until, carol.failed_logins), (None, 0));
 }
 

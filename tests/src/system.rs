@@ -231,14 +231,14 @@ impl TestSystem {
 
     /// Waits (bounded, polling) until `to` has at least `n` mails; returns the newest.
     pub async fn wait_mail(&self, to: &str, n: usize) -> Mail {
-        for _ in 0..200 {
+        for _ in 0..800 {
             let all = self.mails_to(to).await;
             if all.len() >= n {
                 return all[all.len() - 1].clone();
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("no mail #{n} to {to} within 5 s");
+        panic!("no mail #{n} to {to} within 20 s");
     }
 }
 

@@ -11,7 +11,9 @@ async fn secrets_come_from_ssm_parameters() {
     let prefix = latchkey_tests::random_prefix();
     let key = latchkey_core::keys::SigningKey::generate().unwrap();
     let (jwt_name, hmac_name) = (format!("/{prefix}/jwt"), format!("/{prefix}/hmac"));
-    for (name, value) in [(&jwt_name, key.to_base64()), (&hmac_name, "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=".to_string())] {
+    for (name, value) in
+        [(&jwt_name, key.to_base64()), (&hmac_name, "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=".to_string())]
+    {
         ssm.put_parameter()
             .name(name)
             .value(value)
@@ -25,7 +27,8 @@ async fn secrets_come_from_ssm_parameters() {
         ("LATCHKEY_CODE_HMAC_KEY_PARAM", hmac_name.as_str()),
     ])
     .await;
-    let jwks: serde_json::Value = sys.http.get(sys.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
+    let jwks: serde_json::Value =
+        sys.http.get(sys.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
     assert_eq!(jwks["keys"][0]["kid"], key.kid(), "the signing key is the one stored in SSM");
 
     let missing = latchkey_core::config::Config::from_lookup(|k| match k {

@@ -23,10 +23,5 @@ pub async fn read_secrets(
     if let Some(missing) = out.invalid_parameters.filter(|m| !m.is_empty()) {
         return Err(format!("SSM parameters not found: {}", missing.join(", ")));
     }
-    Ok(out
-        .parameters
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|p| Some((p.name?, Secret::new(p.value?))))
-        .collect())
+    Ok(out.parameters.unwrap_or_default().into_iter().filter_map(|p| Some((p.name?, Secret::new(p.value?)))).collect())
 }
