@@ -64,8 +64,11 @@ pub struct PasswordHasher {
     params: Params,
     pool: Arc<Pool>,
     /// A hash of a random password, verified against for unknown users so
-    /// they cost the same time as a wrong password.
-    dummy: Arc<String>,
+    /// they cost the same time as a wrong password. Computed on the pool in
+    /// the background at start (not on the start-up path), or on first use.
+    dummy: Arc<tokio::sync::OnceCell<String>>,
+    /// The random password and salt the dummy hash is made from.
+    dummy_input: Arc<(String, [u8; 16])>,
 }
 
 impl std::fmt::Debug for PasswordHasher {
@@ -81,8 +84,33 @@ impl PasswordHasher {
             Params::new(settings.m_kib, settings.t, settings.p, None).map_err(|e| format!("argon2 parameters: {e}"))?;
         let mut random = [0u8; 32];
         rng.fill(&mut random);
-        let dummy = hash_blocking(&params, &hex::encode(random), rng)?;
-        Ok(PasswordHasher { params, pool: Arc::new(Pool::new(threads)?), dummy: Arc::new(dummy) })
+        let mut salt = [0u8; 16];
+        rng.fill(&mut salt);
+        let hasher = PasswordHasher {
+            params,
+            pool: Arc::new(Pool::new(threads)?),
+            dummy: Arc::new(tokio::sync::OnceCell::new()),
+            dummy_input: Arc::new((hex::encode(random), salt)),
+        };
+        // Warm the dummy hash off the start-up path.
+        let (cell, make) = (hasher.dummy.clone(), hasher.dummy_job());
+        let warm: Job = Box::new(move || {
+            if let Ok(h) = make() {
+                let _ = cell.set(h);
+            }
+        });
+        if let Ok(tx) = hasher.pool.tx.lock() {
+            let _ = tx.send(warm);
+        }
+        Ok(hasher)
+    }
+
+    fn dummy_job(&self) -> impl FnOnce() -> Result<String, String> + Send + 'static {
+        let (params, input) = (self.params.clone(), self.dummy_input.clone());
+        move || {
+            let salt = SaltString::encode_b64(&input.1).map_err(|e| e.to_string())?;
+            argon(&params).hash_password(input.0.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
+        }
     }
 
     /// Hashes a new password into a PHC string.
@@ -106,7 +134,7 @@ impl PasswordHasher {
     pub async fn verify(&self, password: &Password, phc: Option<&str>) -> Result<bool, crate::Error> {
         let (target, real) = match phc {
             Some(p) => (p.to_string(), true),
-            None => (self.dummy.as_str().to_string(), false),
+            None => (self.dummy.get_or_try_init(|| self.run(self.dummy_job())).await?.clone(), false),
         };
         let pw = password.clone();
         let ok = self
@@ -151,13 +179,6 @@ impl PasswordHasher {
 
 fn argon(params: &Params) -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
-}
-
-fn hash_blocking(params: &Params, password: &str, rng: &dyn crate::rng::SecureRng) -> Result<String, String> {
-    let mut salt = [0u8; 16];
-    rng.fill(&mut salt);
-    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
-    argon(params).hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
