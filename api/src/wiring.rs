@@ -76,8 +76,8 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
             let store = EmbeddedStore::open(data_dir.join("latchkey.sqlite3"))?;
             let queue = SqliteMailQueue::new(&store);
             let renderer = latchkey_core::mail::Renderer::new(&config.public_base_url)?;
-            let outbox = Outbox::new(data_dir.join("outbox"), renderer, "latchkey <noreply@latchkey.local>".into());
-            let renderer = latchkey_core::mail::Renderer::new(&config.public_base_url)?;
+            let outbox =
+                Outbox::new(data_dir.join("outbox"), renderer.clone(), "latchkey <noreply@latchkey.local>".into());
             let deliverer = embedded_deliverer(&store, outbox, renderer, clock.clone()).await?;
             let consumer = spawn_mail_consumer(queue.clone(), Arc::new(deliverer));
             let audit = audit::SqliteAuditStore::open(&store).await?;

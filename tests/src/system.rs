@@ -6,7 +6,7 @@
 use latchkey_api::wiring::{BuildOptions, Built};
 use latchkey_core::adapters::aws_calls::CallCounter;
 use latchkey_core::config::Config;
-use latchkey_core::mail::{MailEnvelope, MailJob};
+use latchkey_core::mail::MailEnvelope;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -246,11 +246,7 @@ fn mail_from_job(env: &MailEnvelope) -> Mail {
     // The same rendering the worker uses, with the test's public base URL.
     let r = latchkey_core::mail::Renderer::new("http://127.0.0.1:3000").expect("renderer");
     let m = r.render(env).expect("render");
-    let kind = match &env.job {
-        MailJob::VerifyEmail { .. } => "verify_email",
-        other => other.kind(),
-    };
-    Mail { to: env.to.clone(), subject: m.subject, text: m.text, kind: kind.to_string() }
+    Mail { to: env.to.clone(), subject: m.subject, text: m.text, kind: env.job.kind().to_string() }
 }
 
 /// Reads To, Subject and the text/plain part of an outbox .eml.

@@ -20,6 +20,8 @@ impl std::fmt::Debug for RenderedMail {
 
 /// Renders jobs with the templates under `mail/templates`, building links
 /// from the configured public base URL (never from a request's Host).
+/// Cloning keeps the parsed templates.
+#[derive(Clone)]
 pub struct Renderer {
     env: Environment<'static>,
     public_base_url: String,
