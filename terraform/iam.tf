@@ -80,9 +80,13 @@ data "aws_iam_policy_document" "api" {
   }
 
   statement {
-    sid       = "ReadSecretsAtColdStart"
-    actions   = ["ssm:GetParameters", "ssm:GetParameter"]
-    resources = [aws_ssm_parameter.jwt_private_key.arn, aws_ssm_parameter.code_hmac_key.arn]
+    sid     = "ReadSecretsAtColdStart"
+    actions = ["ssm:GetParameters", "ssm:GetParameter"]
+    resources = [
+      aws_ssm_parameter.jwt_private_key.arn,
+      aws_ssm_parameter.code_hmac_key.arn,
+      aws_ssm_parameter.admin_key_hash.arn,
+    ]
   }
 
   # SSM SecureString decryption and SQS SSE both go through the stack key.

@@ -66,19 +66,18 @@ resource "aws_lambda_function" "api" {
       LATCHKEY_JWT_AUDIENCE          = var.jwt_audience
       LATCHKEY_JWT_PRIVATE_KEY_PARAM = aws_ssm_parameter.jwt_private_key.name
       LATCHKEY_CODE_HMAC_KEY_PARAM   = aws_ssm_parameter.code_hmac_key.name
+      LATCHKEY_ADMIN_KEY_HASH_PARAM  = aws_ssm_parameter.admin_key_hash.name
       # The client IP comes from the API Gateway request context, which the
       # client cannot forge; X-Forwarded-For can be.
-      LATCHKEY_TRUST_FORWARDED_FOR = "false"
-      LATCHKEY_HASH_THREADS        = tostring(var.api_hash_threads)
-      LATCHKEY_ARGON2_M_KIB        = tostring(var.argon2_m_kib)
-      LATCHKEY_ARGON2_T            = tostring(var.argon2_t)
-      LATCHKEY_ARGON2_P            = tostring(var.argon2_p)
-      LATCHKEY_PASSWORD_MIN_CHARS  = tostring(var.password_min_chars)
-      LATCHKEY_ACCESS_TTL_SECS     = tostring(var.access_ttl_secs)
-      LATCHKEY_OTP_TTL_SECS        = tostring(var.otp_ttl_secs)
-      LATCHKEY_RATE_LIMITS         = var.rate_limits
-      # A SHA-256 of the admin key, not the key; empty = admin API off.
-      LATCHKEY_ADMIN_KEY_HASH       = var.admin_key_hash
+      LATCHKEY_TRUST_FORWARDED_FOR  = "false"
+      LATCHKEY_HASH_THREADS         = tostring(var.api_hash_threads)
+      LATCHKEY_ARGON2_M_KIB         = tostring(var.argon2_m_kib)
+      LATCHKEY_ARGON2_T             = tostring(var.argon2_t)
+      LATCHKEY_ARGON2_P             = tostring(var.argon2_p)
+      LATCHKEY_PASSWORD_MIN_CHARS   = tostring(var.password_min_chars)
+      LATCHKEY_ACCESS_TTL_SECS      = tostring(var.access_ttl_secs)
+      LATCHKEY_OTP_TTL_SECS         = tostring(var.otp_ttl_secs)
+      LATCHKEY_RATE_LIMITS          = var.rate_limits
       LATCHKEY_AUDIT_RETENTION_DAYS = tostring(var.audit_retention_days)
     }
   }

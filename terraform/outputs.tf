@@ -53,6 +53,7 @@ output "secret_parameter_names" {
   value = {
     jwt_private_key = aws_ssm_parameter.jwt_private_key.name
     code_hmac_key   = aws_ssm_parameter.code_hmac_key.name
+    admin_key_hash  = aws_ssm_parameter.admin_key_hash.name
   }
 }
 

@@ -1,7 +1,8 @@
 # The api's secrets, in SSM Parameter Store SecureString (stack KMS key). The
 # Lambda environment holds only the parameter NAMES
-# (LATCHKEY_JWT_PRIVATE_KEY_PARAM, LATCHKEY_CODE_HMAC_KEY_PARAM); the api
-# reads the values once per cold start.
+# (LATCHKEY_JWT_PRIVATE_KEY_PARAM, LATCHKEY_CODE_HMAC_KEY_PARAM,
+# LATCHKEY_ADMIN_KEY_HASH_PARAM); the api reads the values once per cold
+# start, in one GetParameters call.
 #
 # The values are written with the write-only `value_wo` argument from
 # ephemeral sources (ephemeral input variables or ephemeral generators), so
@@ -46,4 +47,17 @@ resource "aws_ssm_parameter" "code_hmac_key" {
   key_id           = aws_kms_key.main.arn
   value_wo         = var.code_hmac_key != null ? var.code_hmac_key : ephemeral.random_password.code_hmac.result
   value_wo_version = var.secrets_version
+}
+
+# The admin API's credential: the hex SHA-256 of the admin bearer key, or
+# `off` (SSM refuses an empty value) when none is given, which keeps the admin
+# API closed. Written only when admin_key_hash_version changes, so later
+# applies need not pass the hash again.
+resource "aws_ssm_parameter" "admin_key_hash" {
+  name             = "/${var.name_prefix}/admin-key-hash"
+  description      = "latchkey api: hex SHA-256 of the admin bearer key, or off"
+  type             = "SecureString"
+  key_id           = aws_kms_key.main.arn
+  value_wo         = var.admin_key_hash != null ? var.admin_key_hash : "off"
+  value_wo_version = var.admin_key_hash_version
 }

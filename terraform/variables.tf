@@ -421,6 +421,28 @@ variable "secrets_version" {
   }
 }
 
+variable "admin_key_hash" {
+  description = "Optional hex SHA-256 of the admin bearer key (`printf %s \"$KEY\" | sha256sum`; use a key of >= 32 random bytes). Ephemeral: written write-only to the SSM SecureString /{prefix}/admin-key-hash when admin_key_hash_version changes, never stored in plan or state. Not given: the parameter holds `off` and the admin API answers 401 to everyone."
+  type        = string
+  default     = null
+  sensitive   = true
+  ephemeral   = true
+  validation {
+    condition     = var.admin_key_hash == null || can(regex("^[0-9a-f]{64}$", coalesce(var.admin_key_hash, "-")))
+    error_message = "admin_key_hash: 64 lowercase hex digits."
+  }
+}
+
+variable "admin_key_hash_version" {
+  description = "Raise to (re)write the admin key hash parameter: with admin_key_hash set to turn the admin API on or change its key, without it to turn the admin API off. Keep it in terraform.tfvars: any change rewrites the parameter. Separate from secrets_version, so a new admin key does not rotate the JWT key."
+  type        = number
+  default     = 1
+  validation {
+    condition     = var.admin_key_hash_version >= 1 && floor(var.admin_key_hash_version) == var.admin_key_hash_version
+    error_message = "admin_key_hash_version: a whole number >= 1."
+  }
+}
+
 # ---------------------------------------------------------------- safety, alarms
 
 variable "deletion_protection" {
@@ -466,16 +488,5 @@ variable "processor_reserved_concurrency" {
   validation {
     condition     = var.processor_reserved_concurrency >= 1
     error_message = "processor_reserved_concurrency: at least 1."
-  }
-}
-
-variable "admin_key_hash" {
-  description = "LATCHKEY_ADMIN_KEY_HASH: hex SHA-256 of the admin bearer key (`printf %s \"$KEY\" | sha256sum`). Empty: the admin API answers 401 to everyone. Use a key of >= 32 random bytes; its hash is then safe to keep in state."
-  type        = string
-  default     = ""
-  sensitive   = true
-  validation {
-    condition     = var.admin_key_hash == "" || can(regex("^[0-9a-f]{64}$", var.admin_key_hash))
-    error_message = "admin_key_hash: empty, or 64 lowercase hex digits."
   }
 }

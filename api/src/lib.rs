@@ -22,6 +22,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(system::healthz))
         .route("/.well-known/jwks.json", get(system::jwks))
+        .route("/openapi.json", get(system::openapi))
         .route("/v1/register", post(auth::register))
         .route("/v1/verify-email", post(auth::verify_email))
         .route("/v1/verify-email/resend", post(auth::resend_verification))

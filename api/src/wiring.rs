@@ -3,7 +3,7 @@
 //! the api binary and the local runner.
 
 use crate::state::AppState;
-use latchkey_core::audit::AuditStore;
+use latchkey_core::audit::{AdminKeyHash, AuditStore};
 use latchkey_core::config::{Backend, Config};
 use latchkey_core::domain::Secret;
 use latchkey_core::flows::{Auth, Ports, TokenIssuer};
@@ -98,7 +98,7 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
                 clock,
                 rng,
             };
-            let state = state(config, ports, signing, code_key, Arc::new(audit))?;
+            let state = state(config, ports, signing, code_key, config.admin_key_hash.clone(), Arc::new(audit))?;
             Ok(Built { state, embedded: Some(store), tasks: vec![consumer, feed] })
         }
         Backend::Aws { table_prefix, mail_queue_url, bootstrap } => {
@@ -117,7 +117,7 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
                     "LATCHKEY_MAIL_QUEUE_URL: required with LATCHKEY_BACKEND=aws unless LATCHKEY_BOOTSTRAP=true",
                 )?
             };
-            let (signing, code_key) = aws_keys(config, &sdk).await?;
+            let (signing, code_key, admin_key) = aws_keys(config, &sdk).await?;
             let audit = Arc::new(dynamo::audit::DynamoAuditStore::new(ddb.clone(), table_prefix));
             let store = Arc::new(dynamo::DynamoStore::new(ddb, table_prefix));
             let ports = Ports {
@@ -131,7 +131,7 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
                 rng,
             };
             Ok(Built {
-                state: state(config, ports, signing, code_key, audit)?,
+                state: state(config, ports, signing, code_key, admin_key, audit)?,
                 #[cfg(feature = "embedded")]
                 embedded: None,
                 tasks: vec![],
@@ -140,11 +140,18 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
     }
 }
 
+/// What an SSM admin-key-hash parameter holds when the admin API is off
+/// (SSM refuses empty values; Terraform writes this when no hash is given).
+pub const ADMIN_KEY_HASH_OFF: &str = "off";
+
 /// The AWS mode's secrets: from SSM SecureString parameters named by the
-/// `_PARAM` variables (the deployed way), else from the variables themselves
-/// (emulators and tests).
-async fn aws_keys(config: &Config, sdk: &aws_config::SdkConfig) -> Result<(SigningKey, CodeKey), BoxError> {
-    let names: Vec<&str> = [&config.jwt_private_key_param, &config.code_hmac_key_param]
+/// `_PARAM` variables (the deployed way: all of them in one call at cold
+/// start), else from the variables themselves (emulators and tests).
+async fn aws_keys(
+    config: &Config,
+    sdk: &aws_config::SdkConfig,
+) -> Result<(SigningKey, CodeKey, Option<AdminKeyHash>), BoxError> {
+    let names: Vec<&str> = [&config.jwt_private_key_param, &config.code_hmac_key_param, &config.admin_key_hash_param]
         .into_iter()
         .flatten()
         .map(String::as_str)
@@ -155,12 +162,13 @@ async fn aws_keys(config: &Config, sdk: &aws_config::SdkConfig) -> Result<(Signi
         let client = aws_sdk_ssm::Client::new(sdk);
         latchkey_core::adapters::ssm::read_secrets(&client, &names).await?
     };
+    let param = |name: &str, var: &str| -> Result<Secret<String>, BoxError> {
+        from_ssm.get(name).cloned().ok_or_else(|| format!("{var}_PARAM: parameter {name} not found").into())
+    };
     let pick =
-        |param: &Option<String>, direct: &Option<Secret<String>>, var: &str| -> Result<Secret<String>, BoxError> {
-            match (param, direct) {
-                (Some(name), _) => {
-                    from_ssm.get(name).cloned().ok_or_else(|| format!("{var}_PARAM: parameter {name} not found").into())
-                }
+        |param_name: &Option<String>, direct: &Option<Secret<String>>, var: &str| -> Result<Secret<String>, BoxError> {
+            match (param_name, direct) {
+                (Some(name), _) => param(name, var),
                 (None, Some(v)) => Ok(v.clone()),
                 (None, None) => Err(format!("{var}_PARAM (or {var}): required with LATCHKEY_BACKEND=aws").into()),
             }
@@ -169,7 +177,27 @@ async fn aws_keys(config: &Config, sdk: &aws_config::SdkConfig) -> Result<(Signi
     let hmac = pick(&config.code_hmac_key_param, &config.code_hmac_key, "LATCHKEY_CODE_HMAC_KEY")?;
     let signing = SigningKey::from_base64(jwt.expose()).map_err(|e| format!("LATCHKEY_JWT_PRIVATE_KEY: {e}"))?;
     let code_key = CodeKey::from_base64(hmac.expose()).map_err(|e| format!("LATCHKEY_CODE_HMAC_KEY: {e}"))?;
-    Ok((signing, code_key))
+    // Optional, unlike the two keys: without it the admin API is off.
+    let admin_key = match &config.admin_key_hash_param {
+        None => config.admin_key_hash.clone(),
+        Some(name) => {
+            let value = param(name, "LATCHKEY_ADMIN_KEY_HASH")?;
+            let value = value.expose().trim();
+            if value == ADMIN_KEY_HASH_OFF {
+                None
+            } else {
+                // The value is not echoed: a mistyped key in place of its hash
+                // must not reach the logs.
+                Some(AdminKeyHash::from_hex(value).ok_or_else(|| {
+                    format!(
+                        "LATCHKEY_ADMIN_KEY_HASH_PARAM: parameter {name} must hold the hex SHA-256 of the admin key \
+                         (64 hex digits) or {ADMIN_KEY_HASH_OFF:?}"
+                    )
+                })?)
+            }
+        }
+    };
+    Ok((signing, code_key, admin_key))
 }
 
 fn state(
@@ -177,6 +205,7 @@ fn state(
     ports: Ports,
     signing: SigningKey,
     code_key: CodeKey,
+    admin_key: Option<AdminKeyHash>,
     audit: Arc<dyn AuditStore>,
 ) -> Result<AppState, BoxError> {
     let hasher = PasswordHasher::new(config.policy.argon2, config.hash_threads, ports.rng.as_ref())?;
@@ -187,12 +216,7 @@ fn state(
         config.policy.access_ttl_secs,
     )?;
     let auth = Auth::new(ports, config.policy.clone(), hasher, code_key, tokens);
-    Ok(AppState {
-        auth,
-        trust_forwarded_for: config.trust_forwarded_for,
-        audit,
-        admin_key: config.admin_key_hash.clone(),
-    })
+    Ok(AppState { auth, trust_forwarded_for: config.trust_forwarded_for, audit, admin_key })
 }
 
 #[cfg(feature = "embedded")]

@@ -145,10 +145,11 @@ pub struct Config {
     /// Base64, >= 32 bytes; likewise generated in embedded mode.
     pub code_hmac_key: Option<crate::domain::Secret<String>>,
     /// On AWS: SSM SecureString parameter names holding the two secrets
-    /// above, read once at cold start (secrets never sit in the Lambda
-    /// environment).
+    /// above and the admin key hash below, read once at cold start (secrets
+    /// never sit in the Lambda environment).
     pub jwt_private_key_param: Option<String>,
     pub code_hmac_key_param: Option<String>,
+    pub admin_key_hash_param: Option<String>,
     /// Trust the first `X-Forwarded-For` hop for the client IP (only behind
     /// a proxy you run).
     pub trust_forwarded_for: bool,
@@ -186,6 +187,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "LATCHKEY_OTP_TTL_SECS",
     "LATCHKEY_RATE_LIMITS",
     "LATCHKEY_ADMIN_KEY_HASH",
+    "LATCHKEY_ADMIN_KEY_HASH_PARAM",
     "LATCHKEY_AUDIT_RETENTION_DAYS",
 ];
 
@@ -344,6 +346,7 @@ impl Config {
             code_hmac_key: get("LATCHKEY_CODE_HMAC_KEY").map(crate::domain::Secret::new),
             jwt_private_key_param: get("LATCHKEY_JWT_PRIVATE_KEY_PARAM"),
             code_hmac_key_param: get("LATCHKEY_CODE_HMAC_KEY_PARAM"),
+            admin_key_hash_param: get("LATCHKEY_ADMIN_KEY_HASH_PARAM"),
             trust_forwarded_for,
             hash_threads,
             policy,

@@ -3,6 +3,15 @@
 //! not stall cheap requests, and never on tokio's elastic blocking pool,
 //! whose many threads would each keep a 19 MiB argon2 arena alive (measured:
 //! 2 GB RSS under a login load before this pool, see the README).
+//!
+//! On Linux the pool's threads run under `SCHED_IDLE`: they take every cycle
+//! nothing else wants, and the kernel preempts them at once when an async
+//! worker wakes. With one hashing thread per core the CPU is saturated by
+//! logins, and at normal priority a cheap request then waited behind a hash
+//! for up to a scheduler slice (bench/run section 3 measured the p99 of
+//! /v1/me, code verify and refresh at 39-53 ms under a login load before
+//! this). The price: under a CPU load of cheap requests that never lets up,
+//! password checks wait (the rate limits bound that load).
 
 use crate::domain::Password;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
@@ -26,6 +35,7 @@ impl Pool {
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
                 .spawn(move || {
+                    lower_priority();
                     loop {
                         // Hold the lock only to take a job, not to run it.
                         let job = match rx.lock() {
@@ -41,6 +51,22 @@ impl Pool {
                 .map_err(|e| format!("starting the hash pool: {e}"))?;
         }
         Ok(Pool { tx: Mutex::new(tx) })
+    }
+}
+
+/// Puts the calling thread under `SCHED_IDLE` (Linux); elsewhere, or if the
+/// kernel refuses, the thread keeps its normal priority and says so once.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::{
+            NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy, set_thread_priority_and_policy,
+            thread_native_id,
+        };
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
+            tracing::warn!(error = ?e, "hash pool: SCHED_IDLE refused; hashing at normal priority");
+        }
     }
 }
 
@@ -206,5 +232,27 @@ mod tests {
         let phc = weak.hash(&Password::for_login("x".into()).unwrap(), &OsSecureRng).await.unwrap();
         assert!(strong.needs_rehash(&phc));
         assert!(!weak.needs_rehash(&phc));
+    }
+
+    /// The scheduling policy of the thread a job runs on: field 41 of
+    /// /proc/thread-self/stat (after the parenthesised name).
+    #[cfg(target_os = "linux")]
+    fn policy_of_this_thread() -> Result<u32, String> {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").map_err(|e| e.to_string())?;
+        let after_name = stat.rsplit_once(") ").ok_or("no name in stat")?.1;
+        // after_name starts at field 3; policy is field 41.
+        after_name.split(' ').nth(41 - 3).ok_or("short stat")?.parse().map_err(|e| format!("{e}"))
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_threads_yield_to_everything_else() {
+        const SCHED_OTHER: u32 = 0;
+        const SCHED_IDLE: u32 = 5;
+        let h = PasswordHasher::new(Argon2Settings { m_kib: 1024, t: 1, p: 1 }, 2, &OsSecureRng).unwrap();
+        for _ in 0..4 {
+            assert_eq!(h.run(policy_of_this_thread).await.unwrap(), SCHED_IDLE);
+        }
+        assert_eq!(policy_of_this_thread().unwrap(), SCHED_OTHER, "the test's own thread is untouched");
     }
 }

@@ -8,7 +8,9 @@
 //!   bench_client isolation --base URL --outbox DIR [--secs 3 --wrk-conc 32 --lua bench/login.lua]
 //!   bench_client enum      --base URL --outbox DIR [--tries 200]
 //!   bench_client startup   --bin target/release/latchkey [--runs 10]
-//!   bench_client lambda-init --bin PATH --event-file FILE --name NAME [--runs 5]
+//!   bench_client lambda-init --bin PATH --event-file FILE --name NAME [--runs 5] [--runner "CMD ARGS"]
+//!     (--runner prefixes the binary, e.g. "qemu-aarch64-static -L /usr/aarch64-linux-gnu"
+//!     to start an arm64 bootstrap under user-mode emulation; the clock starts at the spawn)
 //!
 //! Every load is bounded in time and goes to loopback only.
 
@@ -758,6 +760,11 @@ fn lambda_init(args: &Args) -> Res<()> {
     let name = Arc::new(args.req("--name")?);
     let event = Arc::new(std::fs::read_to_string(args.req("--event-file")?)?);
     let runs = args.num("--runs", 5) as usize;
+    // The program to spawn and its leading arguments: the binary itself, or
+    // an emulator followed by its options and the binary.
+    let mut argv: Vec<String> =
+        args.get("--runner").map(|r| r.split_whitespace().map(String::from).collect()).unwrap_or_default();
+    argv.push(bin);
     let (mut next_t, mut resp_t, mut hwm) = (Samples::default(), Samples::default(), Samples::default());
     let mut outcome = String::from("response");
     for run in 0..runs {
@@ -777,7 +784,8 @@ fn lambda_init(args: &Args) -> Res<()> {
         drop(tx);
         let log = std::env::temp_dir().join(format!("latchkey-bench-lambda-{}-{}.log", name, std::process::id()));
         let t0 = Instant::now();
-        let mut child = Command::new(&bin)
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
             .env("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{port}"))
             .env("AWS_LAMBDA_FUNCTION_NAME", name.as_str())
             .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")

@@ -3,6 +3,29 @@
 
 use latchkey_tests::system::TestSystem;
 
+const ADMIN_KEY: &str = "admin-key-for-the-ssm-test-0123456789abcdef";
+/// `printf %s "$ADMIN_KEY" | sha256sum`, as an operator computes it.
+const ADMIN_KEY_HASH: &str = "fc1c25c81ebc808456088a6af8931379c94e9da92222268741fd10461df12ccd";
+
+/// Puts a SecureString parameter.
+async fn put(ssm: &aws_sdk_ssm::Client, name: &str, value: &str) {
+    ssm.put_parameter()
+        .name(name)
+        .value(value)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .expect("put parameter");
+}
+
+/// The status of an admin request with `key` as bearer.
+async fn admin_status(sys: &TestSystem, key: &str) -> u16 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let today = latchkey_core::audit::day_string((now / 86_400) as i64);
+    let url = sys.url(&format!("/v1/admin/stats?from={today}&to={today}"));
+    sys.http.get(url).bearer_auth(key).send().await.expect("admin request").status().as_u16()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_come_from_ssm_parameters() {
     let endpoint = latchkey_tests::emulator_endpoint().await;
@@ -10,36 +33,77 @@ async fn secrets_come_from_ssm_parameters() {
     let ssm = aws_sdk_ssm::Client::new(&sdk);
     let prefix = latchkey_tests::random_prefix();
     let key = latchkey_core::keys::SigningKey::generate().unwrap();
-    let (jwt_name, hmac_name) = (format!("/{prefix}/jwt"), format!("/{prefix}/hmac"));
-    for (name, value) in
-        [(&jwt_name, key.to_base64()), (&hmac_name, "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=".to_string())]
-    {
-        ssm.put_parameter()
-            .name(name)
-            .value(value)
-            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
-            .send()
-            .await
-            .unwrap();
-    }
+    let (jwt_name, hmac_name, admin_name) =
+        (format!("/{prefix}/jwt"), format!("/{prefix}/hmac"), format!("/{prefix}/admin-key-hash"));
+    put(&ssm, &jwt_name, &key.to_base64()).await;
+    put(&ssm, &hmac_name, "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=").await;
+    put(&ssm, &admin_name, ADMIN_KEY_HASH).await;
     let sys = TestSystem::aws_with(&[
         ("LATCHKEY_JWT_PRIVATE_KEY_PARAM", jwt_name.as_str()),
         ("LATCHKEY_CODE_HMAC_KEY_PARAM", hmac_name.as_str()),
+        ("LATCHKEY_ADMIN_KEY_HASH_PARAM", admin_name.as_str()),
+        // The parameter wins over a plain variable.
+        ("LATCHKEY_ADMIN_KEY_HASH", &"0".repeat(64)),
     ])
     .await;
     let jwks: serde_json::Value =
         sys.http.get(sys.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
     assert_eq!(jwks["keys"][0]["kid"], key.kid(), "the signing key is the one stored in SSM");
+    assert_eq!(admin_status(&sys, ADMIN_KEY).await, 200, "the admin key hash is the one stored in SSM");
+    assert_eq!(admin_status(&sys, "another-key").await, 401);
 
-    let missing = latchkey_core::config::Config::from_lookup(|k| match k {
-        "LATCHKEY_BACKEND" => Some("aws".into()),
-        "LATCHKEY_MAIL_QUEUE_URL" => Some("http://unused".into()),
-        "LATCHKEY_JWT_PRIVATE_KEY_PARAM" => Some(format!("/{prefix}/absent")),
-        "LATCHKEY_CODE_HMAC_KEY_PARAM" => Some(hmac_name.clone()),
-        _ => None,
-    })
-    .unwrap();
-    let opts = latchkey_api::wiring::BuildOptions { sdk: Some(sdk), ..Default::default() };
-    let err = latchkey_api::wiring::build_with(&missing, opts).await.err().expect("a missing parameter is an error");
-    assert!(err.to_string().contains("absent"), "{err}");
+    // The parameter Terraform writes when no hash is given: admin API off.
+    let off_name = format!("/{prefix}/admin-off");
+    put(&ssm, &off_name, latchkey_api::wiring::ADMIN_KEY_HASH_OFF).await;
+    let off = TestSystem::aws_with(&[
+        ("LATCHKEY_ADMIN_KEY_HASH_PARAM", off_name.as_str()),
+        ("LATCHKEY_ADMIN_KEY_HASH", ADMIN_KEY_HASH),
+    ])
+    .await;
+    assert_eq!(admin_status(&off, ADMIN_KEY).await, 401, "an `off` parameter turns the admin API off");
+
+    let build = |pairs: Vec<(&'static str, String)>| {
+        let sdk = sdk.clone();
+        async move {
+            let config = latchkey_core::config::Config::from_lookup(|k| {
+                [("LATCHKEY_BACKEND", "aws".to_string()), ("LATCHKEY_MAIL_QUEUE_URL", "http://unused".to_string())]
+                    .into_iter()
+                    .chain(pairs.iter().cloned())
+                    .find(|(name, _)| *name == k)
+                    .map(|(_, v)| v)
+            })
+            .unwrap();
+            let opts = latchkey_api::wiring::BuildOptions { sdk: Some(sdk), ..Default::default() };
+            latchkey_api::wiring::build_with(&config, opts).await.err().map(|e| e.to_string())
+        }
+    };
+    let err = build(vec![
+        ("LATCHKEY_JWT_PRIVATE_KEY_PARAM", format!("/{prefix}/absent")),
+        ("LATCHKEY_CODE_HMAC_KEY_PARAM", hmac_name.clone()),
+    ])
+    .await
+    .expect("a missing parameter is an error");
+    assert!(err.contains("absent"), "{err}");
+
+    let err = build(vec![
+        ("LATCHKEY_JWT_PRIVATE_KEY_PARAM", jwt_name.clone()),
+        ("LATCHKEY_CODE_HMAC_KEY_PARAM", hmac_name.clone()),
+        ("LATCHKEY_ADMIN_KEY_HASH_PARAM", format!("/{prefix}/admin-absent")),
+    ])
+    .await
+    .expect("a missing admin parameter is an error");
+    assert!(err.contains("admin-absent"), "{err}");
+
+    // The admin key itself stored instead of its hash: refused, not echoed.
+    let wrong_name = format!("/{prefix}/admin-not-a-hash");
+    put(&ssm, &wrong_name, ADMIN_KEY).await;
+    let err = build(vec![
+        ("LATCHKEY_JWT_PRIVATE_KEY_PARAM", jwt_name.clone()),
+        ("LATCHKEY_CODE_HMAC_KEY_PARAM", hmac_name.clone()),
+        ("LATCHKEY_ADMIN_KEY_HASH_PARAM", wrong_name.clone()),
+    ])
+    .await
+    .expect("a parameter that is not a hash is an error");
+    assert!(err.contains("LATCHKEY_ADMIN_KEY_HASH_PARAM") && err.contains(&wrong_name), "{err}");
+    assert!(!err.contains(ADMIN_KEY), "the value is not echoed: {err}");
 }

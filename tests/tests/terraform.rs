@@ -31,6 +31,7 @@ const API_KEYS_NOT_ON_LAMBDA: &[&str] = &[
 const SECRET_KEYS: &[(&str, &str)] = &[
     ("LATCHKEY_JWT_PRIVATE_KEY", "LATCHKEY_JWT_PRIVATE_KEY_PARAM"),
     ("LATCHKEY_CODE_HMAC_KEY", "LATCHKEY_CODE_HMAC_KEY_PARAM"),
+    ("LATCHKEY_ADMIN_KEY_HASH", "LATCHKEY_ADMIN_KEY_HASH_PARAM"),
 ];
 
 /// The variables the mail-worker reads.

@@ -1,9 +1,10 @@
 //! `GET /v1/me/activity`: the signed-in user's own recent security events.
 
-use super::admin::{PageQuery, bearer, page_params, record_json};
+use super::admin::{PageQuery, bearer, page_params, query, record_json};
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -12,11 +13,11 @@ use serde_json::json;
 pub async fn my_activity(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<PageQuery>,
+    q: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let token = bearer(&headers).ok_or(latchkey_core::Error::Unauthorized)?;
     let profile = s.auth.me(token).await?;
-    let (before, limit) = page_params(&q)?;
+    let (before, limit) = page_params(&query(q)?)?;
     let page = s.audit.list(&profile.id.to_string(), before, limit).await.map_err(latchkey_core::Error::from)?;
     Ok(Json(json!({
         "events": page.records.iter().map(record_json).collect::<Vec<_>>(),

@@ -5,6 +5,7 @@
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -43,6 +44,20 @@ pub struct PageQuery {
     limit: Option<String>,
 }
 
+/// Query parameters, taken as a `Result` so they are read after the
+/// credential check, and so a query string serde cannot read (a repeated
+/// parameter) is a 400 in the API's error shape rather than axum's
+/// plain-text rejection.
+pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the query string repeats a parameter or cannot be read",
+        )
+    })
+}
+
 /// `?cursor=` and `?limit=` as (before, limit).
 pub(crate) fn page_params(q: &PageQuery) -> Result<(Option<u64>, u32), ApiError> {
     let before = match q.cursor.as_deref() {
@@ -78,12 +93,16 @@ pub(crate) fn record_json(r: &AuditRecord) -> Value {
 pub async fn user_audit(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(q): Query<PageQuery>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     require_admin(&s, &headers)?;
-    let id = latchkey_core::domain::UserId::parse(&id).ok_or_else(|| ApiError::field("id", "is not a user id"))?;
-    let (before, limit) = page_params(&q)?;
+    // A path segment that is not UTF-8 once percent-decoded is no user id either.
+    let id = id
+        .ok()
+        .and_then(|Path(id)| latchkey_core::domain::UserId::parse(&id))
+        .ok_or_else(|| ApiError::field("id", "is not a user id"))?;
+    let (before, limit) = page_params(&query(q)?)?;
     let page = s.audit.list(&id.to_string(), before, limit).await.map_err(latchkey_core::Error::from)?;
     Ok(Json(json!({
         "user_id": id.to_string(),
@@ -102,9 +121,10 @@ pub struct StatsQuery {
 pub async fn stats(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<StatsQuery>,
+    q: Result<Query<StatsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     require_admin(&s, &headers)?;
+    let q = query(q)?;
     let day = |v: Option<&str>, field: &str| {
         v.and_then(parse_day).ok_or_else(|| ApiError::field(field, "must be a date YYYY-MM-DD"))
     };

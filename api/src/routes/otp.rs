@@ -8,7 +8,7 @@ use crate::error::ApiError;
 use crate::extract::{Meta, parse_json};
 use crate::state::AppState;
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -27,10 +27,12 @@ fn msg(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "message": message }))).into_response()
 }
 
-pub async fn otp(State(s): State<AppState>, Meta(meta): Meta, body: Bytes) -> Response {
-    if body.len() > crate::extract::MAX_BODY_BYTES {
+pub async fn otp(State(s): State<AppState>, Meta(meta): Meta, body: Body) -> Response {
+    // Read here, not by the `Bytes` extractor: its over-limit rejection is
+    // axum's plain-text 413 rather than the seed's `{"message": ...}`.
+    let Ok(body) = axum::body::to_bytes(body, crate::extract::MAX_BODY_BYTES).await else {
         return msg(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large");
-    }
+    };
     let req: OtpReq = match parse_json(&body) {
         Ok(r) => r,
         Err(_) => return msg(StatusCode::BAD_REQUEST, "Invalid request body"),

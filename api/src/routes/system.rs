@@ -1,4 +1,4 @@
-//! Health and the public signing keys.
+//! Health, the public signing keys, and the OpenAPI document of the JSON API.
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -17,6 +17,16 @@ pub async fn jwks(State(s): State<AppState>) -> Response {
     let mut r = Json(s.auth.tokens().jwks()).into_response();
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
     r
+}
+
+/// The OpenAPI document of the JSON API (the browser pages are not in it),
+/// written by hand and checked against the Router by `tests/tests/openapi.rs`
+/// and schemathesis (`scripts/schemathesis`). Embedded as text: no
+/// generator crate in the Lambda package.
+pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
+
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], OPENAPI_JSON).into_response()
 }
 
 pub async fn not_found() -> ApiError {

@@ -42,8 +42,13 @@ CREATE TABLE IF NOT EXISTS audit_feed_checkpoint (
 );
 "#;
 
-/// How often the driver looks for new changes when it has caught up.
-const FEED_POLL: Duration = Duration::from_millis(100);
+/// How long the driver sleeps when no commit wakes it (a safety net: every
+/// commit that writes change rows wakes it at once).
+const FEED_FALLBACK: Duration = Duration::from_secs(5);
+/// How long the driver lets changes gather after a wake-up.
+const FEED_COALESCE: Duration = Duration::from_millis(25);
+/// How often expired audit records are removed.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
 /// Changes read per round.
 const FEED_BATCH: usize = 200;
 
@@ -87,6 +92,27 @@ impl SqliteAuditStore {
             .await
     }
 
+    /// Appends `events` (each with its expiry) and moves the checkpoint to
+    /// `seq`, all in one transaction: a batch of the feed is applied whole or
+    /// not at all. Returns how many events were new.
+    pub async fn apply_batch(&self, events: Vec<(AuditEvent, Timestamp)>, seq: i64) -> StoreResult<usize> {
+        self.store
+            .db()
+            .tx(move |tx| {
+                let mut added = 0;
+                for (event, expires_at) in &events {
+                    added += usize::from(append_in(tx, event, *expires_at)?);
+                }
+                tx.execute(
+                    "INSERT INTO audit_feed_checkpoint (id, seq) VALUES (1, ?1) \
+                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
+                    [seq],
+                )?;
+                Ok(added)
+            })
+            .await
+    }
+
     /// Removes records whose retention has ended (the embedded TTL).
     pub async fn purge_expired(&self, now: Timestamp) -> StoreResult<usize> {
         self.store.db().tx(move |tx| Ok(tx.execute("DELETE FROM audit_records WHERE expires_at <= ?1", [now])?)).await
@@ -99,6 +125,38 @@ impl SqliteAuditStore {
     }
 }
 
+/// Appends `event` to its subject's hash chain inside `tx`, unless an event
+/// with its id is already there (appends are idempotent). Returns whether
+/// it was added.
+fn append_in(tx: &rusqlite::Transaction<'_>, event: &AuditEvent, expires_at: Timestamp) -> StoreResult<bool> {
+    let seen: Option<i64> =
+        tx.query_row("SELECT 1 FROM audit_records WHERE event_id = ?1", [&event.event_id], |r| r.get(0)).optional()?;
+    if seen.is_some() {
+        return Ok(false);
+    }
+    let head: Option<(i64, String)> = tx
+        .query_row("SELECT seq, hash FROM audit_heads WHERE subject = ?1", [&event.subject], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let (seq, prev) = head.unwrap_or((0, GENESIS_HASH.to_string()));
+    let seq = u64::try_from(seq).map_err(StoreError::internal)? + 1;
+    let rec = AuditRecord::chained(event, seq, &prev, expires_at);
+    let json = serde_json::to_string(&rec).map_err(StoreError::internal)?;
+    let seq_i = i64::try_from(seq).map_err(StoreError::internal)?;
+    tx.execute(
+        "INSERT INTO audit_records (subject, seq, event_id, event, day, expires_at, record) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        rusqlite::params![rec.subject, seq_i, rec.event_id, rec.event.as_str(), day_of(rec.at), expires_at, json],
+    )?;
+    tx.execute(
+        "INSERT INTO audit_heads (subject, seq, hash) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (subject) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        rusqlite::params![rec.subject, seq_i, rec.hash],
+    )?;
+    Ok(true)
+}
+
 fn parse_record(json: &str) -> StoreResult<AuditRecord> {
     serde_json::from_str(json).map_err(StoreError::internal)
 }
@@ -107,46 +165,7 @@ fn parse_record(json: &str) -> StoreResult<AuditRecord> {
 impl AuditStore for SqliteAuditStore {
     async fn append(&self, event: &AuditEvent, expires_at: Timestamp) -> StoreResult<bool> {
         let event = event.clone();
-        self.store
-            .db()
-            .tx(move |tx| {
-                let seen: Option<i64> = tx
-                    .query_row("SELECT 1 FROM audit_records WHERE event_id = ?1", [&event.event_id], |r| r.get(0))
-                    .optional()?;
-                if seen.is_some() {
-                    return Ok(false);
-                }
-                let head: Option<(i64, String)> = tx
-                    .query_row("SELECT seq, hash FROM audit_heads WHERE subject = ?1", [&event.subject], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .optional()?;
-                let (seq, prev) = head.unwrap_or((0, GENESIS_HASH.to_string()));
-                let seq = u64::try_from(seq).map_err(StoreError::internal)? + 1;
-                let rec = AuditRecord::chained(&event, seq, &prev, expires_at);
-                let json = serde_json::to_string(&rec).map_err(StoreError::internal)?;
-                let seq_i = i64::try_from(seq).map_err(StoreError::internal)?;
-                tx.execute(
-                    "INSERT INTO audit_records (subject, seq, event_id, event, day, expires_at, record) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    rusqlite::params![
-                        rec.subject,
-                        seq_i,
-                        rec.event_id,
-                        rec.event.as_str(),
-                        day_of(rec.at),
-                        expires_at,
-                        json
-                    ],
-                )?;
-                tx.execute(
-                    "INSERT INTO audit_heads (subject, seq, hash) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (subject) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-                    rusqlite::params![rec.subject, seq_i, rec.hash],
-                )?;
-                Ok(true)
-            })
-            .await
+        self.store.db().tx(move |tx| append_in(tx, &event, expires_at)).await
     }
 
     async fn list(&self, subject: &str, before: Option<u64>, limit: u32) -> StoreResult<AuditPage> {
@@ -231,9 +250,10 @@ pub fn source_change(c: &Change) -> StoreResult<SourceChange> {
 }
 
 /// Applies every change after the checkpoint to the audit trail and moves
-/// the checkpoint. A row that does not decode is logged and skipped (it
-/// must not block the feed); a storage error stops the round, and the next
-/// round repeats it (appends are idempotent). Returns the events added.
+/// the checkpoint, one transaction per batch of up to [`FEED_BATCH`]
+/// changes. A row that does not decode is logged and skipped (it must not
+/// block the feed); a storage error stops the round, and the next round
+/// repeats that batch. Returns the events added.
 pub async fn drain_change_feed(
     store: &EmbeddedStore,
     audit: &SqliteAuditStore,
@@ -246,25 +266,25 @@ pub async fn drain_change_feed(
         let batch = store.changes_after(after, FEED_BATCH).await?;
         let Some(last) = batch.last() else { return Ok(added) };
         let last = last.seq;
+        let mut events = Vec::new();
         for c in &batch {
             match source_change(c) {
-                Ok(change) => {
-                    for e in audit_events(&change, policy) {
-                        if audit.append(&e, e.at.saturating_add(retention_secs)).await? {
-                            added += 1;
-                        }
-                    }
-                }
+                Ok(change) => events.extend(audit_events(&change, policy).into_iter().map(|e| {
+                    let expires = e.at.saturating_add(retention_secs);
+                    (e, expires)
+                })),
                 Err(e) => tracing::error!(seq = c.seq, error = %e, "change feed row does not decode; skipped"),
             }
         }
-        audit.set_checkpoint(last).await?;
+        added += audit.apply_batch(events, last).await?;
         after = last;
     }
 }
 
 /// Runs [`drain_change_feed`] in the background until aborted, and purges
-/// records past their retention.
+/// records past their retention. It sleeps until a commit writes change rows
+/// (or [`FEED_FALLBACK`] passes), then waits [`FEED_COALESCE`] so that a busy
+/// spell is applied in a few transactions rather than one per change.
 pub fn spawn_audit_feed(
     store: EmbeddedStore,
     audit: SqliteAuditStore,
@@ -272,16 +292,28 @@ pub fn spawn_audit_feed(
     retention_secs: i64,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let changes_ready = store.db().changes_ready.clone();
+        let mut next_purge = tokio::time::Instant::now();
         loop {
             let round = async {
                 drain_change_feed(&store, &audit, &policy, retention_secs).await?;
-                audit.purge_expired(store.db().now()).await
+                if tokio::time::Instant::now() >= next_purge {
+                    audit.purge_expired(store.db().now()).await?;
+                    next_purge = tokio::time::Instant::now() + PURGE_EVERY;
+                }
+                Ok::<_, crate::StoreError>(())
             };
             match round.await {
-                Ok(_) => tokio::time::sleep(FEED_POLL).await,
+                Ok(()) => {
+                    tokio::select! {
+                        _ = changes_ready.notified() => {}
+                        _ = tokio::time::sleep(FEED_FALLBACK) => {}
+                    }
+                    tokio::time::sleep(FEED_COALESCE).await;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "audit feed round failed; retrying");
-                    tokio::time::sleep(FEED_POLL * 10).await;
+                    tokio::time::sleep(FEED_FALLBACK).await;
                 }
             }
         }
@@ -367,6 +399,38 @@ mod tests {
         let day = day_of(T0);
         let stats = audit.stats(day, day).await.unwrap();
         assert!(stats.contains(&DayCount { day, event: T::UserRegistered, count: 1 }), "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn the_spawned_feed_is_woken_by_a_commit_not_by_its_timer() {
+        let (s, _) = store();
+        let audit = SqliteAuditStore::open(&s).await.unwrap();
+        let feed = spawn_audit_feed(s.clone(), audit.clone(), AuditPolicy::default(), RETENTION);
+        // Let it find the feed empty and go to sleep.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let woke = tokio::time::Instant::now();
+        let u = registered(&s).await;
+        // Only a wake-up by the commits can deliver the whole trail before the
+        // fallback timer (5 s) fires.
+        loop {
+            if audit.chain(&u.id.to_string()).await.unwrap().len() == 5 {
+                break;
+            }
+            assert!(
+                woke.elapsed() < FEED_FALLBACK - Duration::from_millis(500),
+                "the feed was not woken by the commit"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        feed.abort();
+        // The driver's own commits write no change rows, so they must not
+        // signal it (or it would wake itself forever).
+        let _ = s.db().changes_ready_pending(); // take any wake-up left by the user's commits
+        audit.apply_batch(Vec::new(), 1_000_000).await.unwrap();
+        audit.purge_expired(T0).await.unwrap();
+        assert!(!s.db().changes_ready_pending(), "a commit without change rows signalled the feed");
+        registered(&s).await;
+        assert!(s.db().changes_ready_pending(), "a commit with change rows did not signal the feed");
     }
 
     #[tokio::test]

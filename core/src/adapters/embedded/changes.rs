@@ -93,6 +93,17 @@ pub struct Change {
     pub new: Option<serde_json::Value>,
 }
 
+thread_local! {
+    /// Set when this thread wrote a change row in the transaction it is
+    /// running ([`super::Db::tx`] runs each transaction on one thread).
+    static RECORDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a change row was written since the last call on this thread.
+pub(crate) fn take_recorded() -> bool {
+    RECORDED.with(|r| r.replace(false))
+}
+
 /// Appends a change row for `old` -> `new`, unless nothing changed. Call it
 /// inside the transaction that wrote the data.
 pub(crate) fn record<T: Serialize + PartialEq>(
@@ -113,6 +124,7 @@ pub(crate) fn record<T: Serialize + PartialEq>(
     let json = |v: Option<&T>| v.map(serde_json::to_string).transpose().map_err(StoreError::internal);
     c.prepare_cached("INSERT INTO changes (at, entity, key, op, old_json, new_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
         .execute(rusqlite::params![at, entity.as_str(), key, op.as_str(), json(old)?, json(new)?])?;
+    RECORDED.with(|r| r.set(true));
     Ok(())
 }
 

@@ -57,6 +57,9 @@ pub(crate) struct Db {
     conn: Arc<Mutex<Connection>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) mail_ready: Arc<tokio::sync::Notify>,
+    /// Signalled after a commit that wrote change-feed rows (wakes the
+    /// audit feed driver, so it need not poll).
+    pub(crate) changes_ready: Arc<tokio::sync::Notify>,
 }
 
 impl EmbeddedStore {
@@ -87,6 +90,7 @@ impl EmbeddedStore {
                 conn: Arc::new(Mutex::new(conn)),
                 clock: Arc::new(SystemClock),
                 mail_ready: Arc::new(tokio::sync::Notify::new()),
+                changes_ready: Arc::new(tokio::sync::Notify::new()),
             },
         })
     }
@@ -113,6 +117,13 @@ impl Db {
         self.clock.now()
     }
 
+    /// Takes a change-feed wake-up if one is waiting; whether one was (tests).
+    #[cfg(test)]
+    pub(crate) fn changes_ready_pending(&self) -> bool {
+        use futures::FutureExt as _;
+        self.changes_ready.notified().now_or_never().is_some()
+    }
+
     /// Runs `f` on the blocking pool inside one `BEGIN IMMEDIATE`
     /// transaction, committed only if `f` succeeds. On `Err` the transaction
     /// rolls back, so a refused guard writes nothing.
@@ -122,6 +133,7 @@ impl Db {
         T: Send + 'static,
     {
         let conn = Arc::clone(&self.conn);
+        let changes_ready = Arc::clone(&self.changes_ready);
         tokio::task::spawn_blocking(move || {
             // A panic inside `f` rolled its transaction back while unwinding,
             // so the connection behind a poisoned lock is still sound.
@@ -131,8 +143,12 @@ impl Db {
                 conn.execute_batch("ROLLBACK")?;
             }
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            changes::take_recorded();
             let out = f(&tx)?;
             tx.commit()?;
+            if changes::take_recorded() {
+                changes_ready.notify_one();
+            }
             Ok(out)
         })
         .await
