@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS audit_feed_checkpoint (
 /// commit that writes change rows wakes it at once).
 const FEED_FALLBACK: Duration = Duration::from_secs(5);
 /// How long the driver lets changes gather after a wake-up.
-const FEED_COALESCE: Duration = Duration::from_millis(25);
+const FEED_COALESCE: Duration = Duration::from_millis(100);
 /// How often expired audit records are removed.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 /// Changes read per round.
@@ -277,6 +277,9 @@ pub async fn drain_change_feed(
             }
         }
         added += audit.apply_batch(events, last).await?;
+        if batch.len() < FEED_BATCH {
+            return Ok(added); // that was the tail of the feed
+        }
         after = last;
     }
 }
