@@ -54,7 +54,19 @@ pub struct TestSystem {
     pub calls: Option<CallCounter>,
     mail: MailSource,
     _built: Built,
+    server: tokio::task::JoinHandle<()>,
     _dir: Option<TempDir>,
+}
+
+impl Drop for TestSystem {
+    /// Stops the server and the background tasks (mail consumer, audit feed)
+    /// before the data directory goes, so none of them writes into it again.
+    fn drop(&mut self) {
+        self.server.abort();
+        for t in &self._built.tasks {
+            t.abort();
+        }
+    }
 }
 
 /// A directory removed on drop.
@@ -76,7 +88,14 @@ impl Default for TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        // A write that was already under way when its task was aborted can
+        // land while the tree is being removed; try again briefly.
+        for _ in 0..5 {
+            if std::fs::remove_dir_all(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
@@ -148,7 +167,7 @@ impl TestSystem {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let app = latchkey_api::app(built.state.clone());
-        tokio::spawn(async move {
+        let server = tokio::spawn(async move {
             let _ = latchkey_api::wiring::serve_on(listener, app).await;
         });
         TestSystem {
@@ -158,6 +177,7 @@ impl TestSystem {
             calls,
             mail,
             _built: built,
+            server,
             _dir: dir,
         }
     }
