@@ -82,10 +82,18 @@ pub trait UserStore: Send + Sync {
     async fn verification(&self, token_hash: &str) -> StoreResult<Option<VerificationRecord>>;
 
     /// Marks the token used and its user verified, and sets both their
-    /// `meta` to the request's, in one transaction, only if the token is
-    /// unused and `expires_at > now`; otherwise `Conflict(Stale)` and the
-    /// user stays as it was.
-    async fn consume_verification(&self, token_hash: &str, now: Timestamp, meta: &RequestMeta) -> StoreResult<UserId>;
+    /// `meta` to the request's, in one transaction, only if the stored token
+    /// exists, is unused and `expires_at > now`; otherwise `Conflict(Stale)`
+    /// and the user stays as it was. `token` is the record as the caller read
+    /// it (by `verification`): its `token_hash` and `user_id` say what to
+    /// update, so an adapter need not read it again; the stored state is
+    /// what the conditions check.
+    async fn consume_verification(
+        &self,
+        token: &VerificationRecord,
+        now: Timestamp,
+        meta: &RequestMeta,
+    ) -> StoreResult<UserId>;
 }
 
 #[async_trait]

@@ -222,7 +222,7 @@ async fn verification_is_consumed_once() {
     let env = env().await;
     let (u, token) = registered(&env).await;
 
-    let results = join_all((0..20).map(|_| env.store.consume_verification(&token.token_hash, NOW + 10, &META))).await;
+    let results = join_all((0..20).map(|_| env.store.consume_verification(&token, NOW + 10, &META))).await;
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "results: {results:?}");
     assert!(results.iter().filter(|r| r.is_err()).all(|r| is_conflict(r, Conflict::Stale)));
     assert_eq!(results.iter().find_map(|r| r.as_ref().ok()), Some(&u.id));
@@ -231,12 +231,18 @@ async fn verification_is_consumed_once() {
 
     // Expired: refused, and the user stays unverified.
     let (v, expired) = registered(&env).await;
+    assert!(is_conflict(&env.store.consume_verification(&expired, expired.expires_at, &META).await, Conflict::Stale));
+    assert!(!env.store.user_by_id(&v.id).await.unwrap().unwrap().verified);
     assert!(is_conflict(
-        &env.store.consume_verification(&expired.token_hash, expired.expires_at, &META).await,
+        &env.store
+            .consume_verification(
+                &VerificationRecord { token_hash: "no-such-token".into(), ..token.clone() },
+                NOW,
+                &META
+            )
+            .await,
         Conflict::Stale
     ));
-    assert!(!env.store.user_by_id(&v.id).await.unwrap().unwrap().verified);
-    assert!(is_conflict(&env.store.consume_verification("no-such-token", NOW, &META).await, Conflict::Stale));
 }
 
 #[tokio::test]
@@ -259,7 +265,7 @@ async fn add_verification_honours_the_cooldown() {
     assert_eq!(env.store.verification(&late.token_hash).await.unwrap(), Some(late.clone()));
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().verification_sent_at, Some(NOW + 60));
     // Verified users get no more tokens.
-    env.store.consume_verification(&late.token_hash, NOW + 61, &META).await.unwrap();
+    env.store.consume_verification(&late, NOW + 61, &META).await.unwrap();
     assert!(is_conflict(&env.store.add_verification(&fresh(NOW + 999), NOW + 999, 60, &META).await, Conflict::Stale));
 }
 
@@ -508,8 +514,9 @@ async fn call_counter_sees_one_round_trip_per_store_call() {
     env.store.user_by_id(&u.id).await.unwrap();
     assert_eq!(env.counter.snapshot(), ["dynamodb:Query", "dynamodb:Query", "dynamodb:GetItem"]);
     env.counter.take();
-    env.store.consume_verification(&token.token_hash, NOW + 1, &META).await.unwrap();
-    assert_eq!(env.counter.take(), ["dynamodb:GetItem", "dynamodb:TransactWriteItems"]);
+    env.store.consume_verification(&token, NOW + 1, &META).await.unwrap();
+    // The caller's read of the token is not repeated.
+    assert_eq!(env.counter.take(), ["dynamodb:TransactWriteItems"]);
     let key = LimitKey { key: unique("k"), limit: 2, window_secs: 60 };
     env.store.hit(&[key], NOW).await.unwrap();
     assert_eq!(env.counter.take(), ["dynamodb:TransactWriteItems"]);

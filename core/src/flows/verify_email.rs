@@ -18,7 +18,7 @@ impl Auth {
             return Err(Error::VerificationInvalid);
         };
         classify(&rec, now)?;
-        match self.ports.users.consume_verification(&hash, now, meta).await {
+        match self.ports.users.consume_verification(&rec, now, meta).await {
             Ok(user_id) => {
                 tracing::info!(%user_id, "email verified");
                 Ok(())

@@ -176,14 +176,14 @@ pub async fn consume_verification_once(s: &Subject) {
     let (user, verification) = registered(s).await;
     let now = T0 + 10;
 
-    let consumed = s.users.consume_verification(&verification.token_hash, now, &meta()).await.expect("first consume");
+    let consumed = s.users.consume_verification(&verification, now, &meta()).await.expect("first consume");
     assert_eq!(consumed, user.id, "consume_verification returns the token's user");
     assert!(stored_user(s, &user.id).await.verified, "the user is verified after a consume");
     let used = s.users.verification(&verification.token_hash).await.expect("verification").expect("the token is kept");
     assert!(used.used_at.is_some(), "the consumed token is marked used: {used:?}");
 
     expect_conflict(
-        s.users.consume_verification(&verification.token_hash, now + 1, &meta()).await,
+        s.users.consume_verification(&verification, now + 1, &meta()).await,
         Conflict::Stale,
         "second consume",
     );
@@ -194,8 +194,9 @@ pub async fn consume_verification_once(s: &Subject) {
     );
 
     let unknown = hash();
+    let never_stored = VerificationRecord { token_hash: unknown.clone(), ..verification.clone() };
     expect_conflict(
-        s.users.consume_verification(&unknown, now, &meta()).await,
+        s.users.consume_verification(&never_stored, now, &meta()).await,
         Conflict::Stale,
         "consume of an unknown token",
     );
@@ -212,7 +213,7 @@ pub async fn update_replaces_meta(s: &Subject) {
     let (user, verification) = registered(s).await;
     let m = meta();
     assert_ne!(user.meta, m);
-    s.users.consume_verification(&verification.token_hash, T0 + 10, &m).await.expect("consume");
+    s.users.consume_verification(&verification, T0 + 10, &m).await.expect("consume");
     let stored = stored_user(s, &user.id).await;
     assert_eq!(stored, User { verified: true, meta: m.clone(), ..user }, "the user's meta is the consuming request's");
     let token = s.users.verification(&verification.token_hash).await.expect("verification").expect("the token is kept");
@@ -223,7 +224,7 @@ pub async fn consume_verification_has_one_winner(s: &Subject) {
     let (user, verification) = registered(s).await;
     let results = race(REGISTRATION_RACERS, |_| {
         let users = s.users.clone();
-        let token = verification.token_hash.clone();
+        let token = verification.clone();
         async move { users.consume_verification(&token, T0 + 10, &meta()).await }
     })
     .await;
@@ -239,7 +240,7 @@ pub async fn consume_verification_refused_at_expiry_boundary(s: &Subject) {
     let (user, verification) = registered(s).await;
 
     expect_conflict(
-        s.users.consume_verification(&verification.token_hash, verification.expires_at, &meta()).await,
+        s.users.consume_verification(&verification, verification.expires_at, &meta()).await,
         Conflict::Stale,
         "consume at expires_at",
     );
@@ -252,7 +253,7 @@ pub async fn consume_verification_refused_at_expiry_boundary(s: &Subject) {
 
     let consumed = s
         .users
-        .consume_verification(&verification.token_hash, verification.expires_at - 1, &meta())
+        .consume_verification(&verification, verification.expires_at - 1, &meta())
         .await
         .expect("consume one second before expires_at");
     assert_eq!(consumed, user.id);
@@ -305,7 +306,7 @@ pub async fn add_verification_cooldown_boundary(s: &Subject) {
 
 pub async fn add_verification_refused_for_verified_or_unknown_user(s: &Subject) {
     let (user, verification) = registered(s).await;
-    s.users.consume_verification(&verification.token_hash, T0 + 1, &meta()).await.expect("consume");
+    s.users.consume_verification(&verification, T0 + 1, &meta()).await.expect("consume");
 
     let late = verification_for(user.id, T0 + DAY);
     expect_conflict(

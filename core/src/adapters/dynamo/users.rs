@@ -246,13 +246,17 @@ impl UserStore for DynamoStore {
         self.get(&self.tokens, items::verification_pk(token_hash)).await
     }
 
-    async fn consume_verification(&self, token_hash: &str, now: Timestamp, meta: &RequestMeta) -> StoreResult<UserId> {
+    async fn consume_verification(
+        &self,
+        rec: &VerificationRecord,
+        now: Timestamp,
+        meta: &RequestMeta,
+    ) -> StoreResult<UserId> {
         let meta = meta_value(meta)?;
-        // The token names its user; the transaction re-checks everything
-        // the read saw, so a concurrent consume cannot also win.
-        let Some(rec) = self.verification(token_hash).await? else {
-            return Err(StoreError::Conflict(Conflict::Stale));
-        };
+        // The caller read the token (which names its user); the transaction
+        // re-checks the stored token, so a concurrent consume cannot also
+        // win and a token that was never stored changes nothing.
+        let token_hash = rec.token_hash.as_str();
         let token = Update::builder()
             .table_name(&self.tokens)
             .key(PK, s(items::verification_pk(token_hash)))

@@ -358,7 +358,7 @@ mod tests {
             meta: u.meta.clone(),
         };
         s.create_user(&u, &v).await.unwrap();
-        s.consume_verification(&v.token_hash, T0 + 1, &u.meta).await.unwrap();
+        s.consume_verification(&v, T0 + 1, &u.meta).await.unwrap();
         let c = Challenge {
             id: ChallengeId::random(&OsSecureRng),
             user_id: u.id,

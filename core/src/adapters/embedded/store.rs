@@ -149,8 +149,14 @@ impl UserStore for EmbeddedStore {
         self.db().tx(move |tx| Ok(rec::load_verification(tx, &h)?)).await
     }
 
-    async fn consume_verification(&self, token_hash: &str, now: Timestamp, meta: &RequestMeta) -> StoreResult<UserId> {
-        let (h, meta, at) = (token_hash.to_string(), meta.clone(), self.db().now());
+    async fn consume_verification(
+        &self,
+        token: &VerificationRecord,
+        now: Timestamp,
+        meta: &RequestMeta,
+    ) -> StoreResult<UserId> {
+        // Re-read inside the transaction: here that costs nothing.
+        let (h, meta, at) = (token.token_hash.clone(), meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
                 let Some(old_v) = rec::load_verification(tx, &h)? else {
@@ -670,15 +676,18 @@ mod tests {
         let v = verification(&u);
         s.create_user(&u, &v).await.unwrap();
         assert!(
-            is_conflict(s.consume_verification(&v.token_hash, v.expires_at, &META).await, Conflict::Stale),
+            is_conflict(s.consume_verification(&v, v.expires_at, &META).await, Conflict::Stale),
             "expired at expires_at"
         );
         assert!(!s.user_by_id(&u.id).await.unwrap().unwrap().verified);
-        assert_eq!(s.consume_verification(&v.token_hash, T0 + 10, &META).await.unwrap(), u.id);
+        assert_eq!(s.consume_verification(&v, T0 + 10, &META).await.unwrap(), u.id);
         assert!(s.user_by_id(&u.id).await.unwrap().unwrap().verified);
         assert_eq!(s.verification(&v.token_hash).await.unwrap().unwrap().used_at, Some(T0 + 10));
-        assert!(is_conflict(s.consume_verification(&v.token_hash, T0 + 11, &META).await, Conflict::Stale));
-        assert!(is_conflict(s.consume_verification("unknown", T0, &META).await, Conflict::Stale));
+        assert!(is_conflict(s.consume_verification(&v, T0 + 11, &META).await, Conflict::Stale));
+        assert!(is_conflict(
+            s.consume_verification(&VerificationRecord { token_hash: "unknown".into(), ..v.clone() }, T0, &META).await,
+            Conflict::Stale
+        ));
     }
 
     #[tokio::test]
@@ -689,7 +698,7 @@ mod tests {
         s.create_user(&u, &v).await.unwrap();
         let tasks: Vec<_> = (0..20)
             .map(|_| {
-                let (s, h) = (s.clone(), v.token_hash.clone());
+                let (s, h) = (s.clone(), v.clone());
                 tokio::spawn(async move { s.consume_verification(&h, T0 + 1, &META).await })
             })
             .collect();
@@ -710,7 +719,7 @@ mod tests {
         s.add_verification(&v2, T0 + 60, 60, &META).await.unwrap();
         assert_eq!(s.user_by_id(&u.id).await.unwrap().unwrap().verification_sent_at, Some(T0 + 60));
         assert!(s.verification(&v2.token_hash).await.unwrap().is_some());
-        s.consume_verification(&v2.token_hash, T0 + 61, &META).await.unwrap();
+        s.consume_verification(&v2, T0 + 61, &META).await.unwrap();
         let v3 = verification(&u);
         assert!(
             is_conflict(s.add_verification(&v3, T0 + 10_000, 60, &META).await, Conflict::Stale),
