@@ -79,17 +79,7 @@ impl SqliteAuditStore {
     }
 
     pub async fn set_checkpoint(&self, seq: i64) -> StoreResult<()> {
-        self.store
-            .db()
-            .tx(move |tx| {
-                tx.execute(
-                    "INSERT INTO audit_feed_checkpoint (id, seq) VALUES (1, ?1) \
-                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
-                    [seq],
-                )?;
-                Ok(())
-            })
-            .await
+        self.store.db().tx(move |tx| write_checkpoint(tx, seq)).await
     }
 
     /// Appends `events` (each with its expiry) and moves the checkpoint to
@@ -103,11 +93,7 @@ impl SqliteAuditStore {
                 for (event, expires_at) in &events {
                     added += usize::from(append_in(tx, event, *expires_at)?);
                 }
-                tx.execute(
-                    "INSERT INTO audit_feed_checkpoint (id, seq) VALUES (1, ?1) \
-                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
-                    [seq],
-                )?;
+                write_checkpoint(tx, seq)?;
                 Ok(added)
             })
             .await
@@ -123,6 +109,14 @@ impl SqliteAuditStore {
     pub(crate) fn raw(&self) -> &EmbeddedStore {
         &self.store
     }
+}
+
+fn write_checkpoint(tx: &rusqlite::Transaction<'_>, seq: i64) -> StoreResult<()> {
+    tx.execute(
+        "INSERT INTO audit_feed_checkpoint (id, seq) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
+        [seq],
+    )?;
+    Ok(())
 }
 
 /// Appends `event` to its subject's hash chain inside `tx`, unless an event
