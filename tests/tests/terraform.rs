@@ -34,16 +34,9 @@ const SECRET_KEYS: &[(&str, &str)] = &[
     ("LATCHKEY_ADMIN_KEY_HASH", "LATCHKEY_ADMIN_KEY_HASH_PARAM"),
 ];
 
-/// The variables the mail-worker reads.
-const WORKER_CONFIG_KEYS: &[&str] = &[
-    "LATCHKEY_TABLE_PREFIX",
-    "LATCHKEY_MAIL_QUEUE_URL",
-    "LATCHKEY_MAIL_DLQ_URL",
-    "LATCHKEY_SES_FROM",
-    "LATCHKEY_SES_CONFIGURATION_SET",
-    "LATCHKEY_SES_MAX_SEND_RATE",
-    "PUBLIC_BASE_URL",
-];
+/// The variables the mail-worker reads: its own list, the one its config
+/// parser walks.
+const WORKER_CONFIG_KEYS: &[&str] = latchkey_mail_worker::config::CONFIG_KEYS;
 
 /// The variables the stream-processor reads.
 const PROCESSOR_CONFIG_KEYS: &[&str] = &["LATCHKEY_TABLE_PREFIX", "LATCHKEY_AUDIT_RETENTION_DAYS"];

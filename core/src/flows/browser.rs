@@ -38,14 +38,7 @@ impl Auth {
             return Err(Error::Unauthorized);
         }
         let u = self.ports.users.user_by_id(&s.user_id).await?.ok_or(Error::Unauthorized)?;
-        Ok(Profile {
-            id: u.id,
-            username: u.username.to_string(),
-            email: u.email.to_string(),
-            verified: u.verified,
-            created_at: u.created_at,
-            session_id: sid,
-        })
+        Ok(Profile::of(u, sid))
     }
 
     /// HMAC-SHA256 (hex) under the code HMAC key, in a browser-only domain.

@@ -32,6 +32,20 @@ pub struct Profile {
     pub session_id: SessionId,
 }
 
+impl Profile {
+    /// What a signed-in caller may see of `u`, in session `session_id`.
+    pub(crate) fn of(u: crate::domain::User, session_id: SessionId) -> Self {
+        Profile {
+            id: u.id,
+            username: u.username.to_string(),
+            email: u.email.to_string(),
+            verified: u.verified,
+            created_at: u.created_at,
+            session_id,
+        }
+    }
+}
+
 impl Auth {
     /// The code step: a right code (once) turns the challenge into a session.
     pub async fn verify_login_code(
@@ -143,14 +157,7 @@ impl Auth {
             return Err(Error::Unauthorized);
         }
         let u = self.ports.users.user_by_id(&uid).await?.ok_or(Error::Unauthorized)?;
-        Ok(Profile {
-            id: u.id,
-            username: u.username.to_string(),
-            email: u.email.to_string(),
-            verified: u.verified,
-            created_at: u.created_at,
-            session_id: sid,
-        })
+        Ok(Profile::of(u, sid))
     }
 
     fn new_session(&self, user_id: UserId, now: Timestamp, meta: &RequestMeta) -> (Session, String) {
