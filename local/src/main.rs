@@ -13,7 +13,14 @@ use latchkey_core::config::{Backend, Config};
 async fn main() {
     latchkey_api::wiring::init_tracing();
     if let Err(e) = run().await {
-        eprintln!("latchkey: {e}");
+        // The whole chain: "store unavailable: <the reason>".
+        let mut message = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            message.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        eprintln!("latchkey: {message}");
         std::process::exit(1);
     }
 }

@@ -278,8 +278,8 @@ pub async fn drain_change_feed(
     }
 }
 
-/// Runs [`drain_change_feed`] in the background until aborted, and purges
-/// records past their retention. It sleeps until a commit writes change rows
+/// Runs [`drain_change_feed`] on a thread of its own until the returned task
+/// is aborted, and purges records past their retention. It sleeps until a commit writes change rows
 /// (or [`FEED_FALLBACK`] passes), then waits [`FEED_COALESCE`] so that a busy
 /// spell is applied in a few transactions rather than one per change.
 pub fn spawn_audit_feed(
@@ -288,7 +288,7 @@ pub fn spawn_audit_feed(
     policy: AuditPolicy,
     retention_secs: i64,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    super::spawn_background("audit-feed", async move {
         let changes_ready = store.db().changes_ready.clone();
         let mut next_purge = tokio::time::Instant::now();
         loop {

@@ -49,7 +49,8 @@ pub async fn embedded_deliverer(
         .with_retry(EMBEDDED_RETRY))
 }
 
-/// Runs the consumer until the task is aborted.
+/// Runs the consumer on a thread of its own (its store calls and file
+/// writes run inline there) until the returned task is aborted.
 pub fn spawn_mail_consumer(queue: SqliteMailQueue, deliverer: Arc<Deliverer>) -> tokio::task::JoinHandle<()> {
     spawn_with_idle_wake(queue, deliverer, IDLE_WAKE)
 }
@@ -59,7 +60,7 @@ fn spawn_with_idle_wake(
     deliverer: Arc<Deliverer>,
     idle_wake: Duration,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    super::spawn_background("mail-consumer", async move {
         loop {
             if let Err(e) = drain(&queue, &deliverer).await {
                 // Jobs stay queued; the next wake-up tries again.
@@ -75,8 +76,13 @@ fn spawn_with_idle_wake(
 pub(crate) async fn drain(queue: &SqliteMailQueue, deliverer: &Deliverer) -> StoreResult<usize> {
     let mut handled = 0;
     while let Some(job) = queue.claim_next().await? {
+        let more = job.more;
         handle(queue, deliverer, job).await?;
         handled += 1;
+        if !more {
+            // Jobs enqueued since the claim left a wake-up for the next drain.
+            break;
+        }
     }
     Ok(handled)
 }
@@ -91,7 +97,9 @@ async fn handle(queue: &SqliteMailQueue, deliverer: &Deliverer, job: ClaimedJob)
     };
     let deadline = tokio::time::Instant::now() + DELIVERY_DEADLINE;
     match deliverer.deliver(&env, deadline).await {
-        Outcome::Sent { .. } | Outcome::AlreadySent => queue.mark_sent(&job.id).await,
+        // The ledger's sent mark acknowledged the job in the same commit.
+        Outcome::Sent { .. } => Ok(()),
+        Outcome::AlreadySent => queue.mark_sent(&job.id).await,
         Outcome::Park { reason } => queue.mark_failed(&job.id, &reason).await,
         Outcome::Retry { reason } => {
             let state = queue.record_attempt_failure(&job.id, &reason, MAX_DELIVERY_ATTEMPTS).await?;

@@ -154,7 +154,9 @@ impl MailLedger for EmbeddedMailLedger {
                          reason = NULL WHERE id = ?1",
                     )?
                     .execute(params![id, ledger_state::SENT, provider_id, now])?;
-                    Ok(())
+                    // The queue shares this database: its job is acknowledged
+                    // in the same commit (the consumer does not ack a `Sent`).
+                    super::mail_queue::ack_sent(tx, &id, now)
                 })
             })
             .await
@@ -246,6 +248,28 @@ mod tests {
         let e = l.entry("a").await.unwrap().unwrap();
         assert_eq!((e.state.as_str(), e.attempts, e.reason), (ledger_state::SENT, 2, None));
         assert_eq!(e.provider_id.as_deref(), Some("file.eml"));
+    }
+
+    #[tokio::test]
+    async fn the_sent_mark_acknowledges_the_queued_job_in_the_same_commit() {
+        let (s, _) = store();
+        let (l, q) = (EmbeddedMailLedger::open(&s).await.unwrap(), s.mail_queue());
+        let env = crate::mail::MailEnvelope::new(
+            "q1".into(),
+            &crate::domain::Email::parse("a@example.com").unwrap(),
+            T0,
+            None,
+            None,
+            crate::mail::MailJob::SignupAttempt {},
+        );
+        crate::ports::MailQueue::enqueue(&q, &env).await.unwrap();
+        assert_eq!(l.claim(&job("q1"), T0, LEASE_SECS).await.unwrap(), Claim::Claimed);
+        assert_eq!(q.job_state("q1").await.unwrap().unwrap().0, super::super::mail_queue::PENDING);
+        l.mark_sent("q1", "file.eml", T0).await.unwrap();
+        assert_eq!(q.job_state("q1").await.unwrap(), Some((super::super::mail_queue::SENT.to_string(), 1, None)));
+        // A ledger entry with no queued job (the SES worker's case) is fine.
+        l.claim(&job("solo"), T0, LEASE_SECS).await.unwrap();
+        l.mark_sent("solo", "file.eml", T0).await.unwrap();
     }
 
     #[tokio::test]

@@ -37,6 +37,9 @@ pub(crate) struct ClaimedJob {
     pub id: String,
     pub body: String,
     pub attempts: u32,
+    /// Another job was due when this one was claimed (so the consumer need
+    /// not ask again to learn that the queue is empty).
+    pub more: bool,
 }
 
 impl SqliteMailQueue {
@@ -101,15 +104,16 @@ impl SqliteMailQueue {
         let now = self.db.now();
         self.db
             .tx(move |tx| {
-                let job = tx
-                    .prepare_cached(
-                        "SELECT id, body, attempts FROM mail_jobs WHERE state = ?1 AND not_before <= ?2 \
-                         ORDER BY rowid LIMIT 1",
-                    )?
-                    .query_row(params![PENDING, now], |r| {
-                        Ok(ClaimedJob { id: r.get(0)?, body: r.get(1)?, attempts: r.get(2)? })
-                    })
-                    .optional()?;
+                let mut due = tx.prepare_cached(
+                    "SELECT id, body, attempts FROM mail_jobs WHERE state = ?1 AND not_before <= ?2 \
+                     ORDER BY rowid LIMIT 2",
+                )?;
+                let mut rows = due.query_map(params![PENDING, now], |r| {
+                    Ok(ClaimedJob { id: r.get(0)?, body: r.get(1)?, attempts: r.get(2)?, more: false })
+                })?;
+                let job = rows.next().transpose()?.map(|j| ClaimedJob { more: rows.next().is_some(), ..j });
+                drop(rows);
+                drop(due);
                 if let Some(j) = &job {
                     tx.prepare_cached("UPDATE mail_jobs SET not_before = ?2 WHERE id = ?1")?
                         .execute(params![j.id, now.saturating_add(LEASE_SECS)])?;
@@ -119,19 +123,11 @@ impl SqliteMailQueue {
             .await
     }
 
-    /// Delivered. Only a pending job moves to `sent`.
+    /// Delivered. Only a pending job moves to `sent`. (After a send, the
+    /// ledger's sent mark does this in its own transaction: `ack_sent`.)
     pub(crate) async fn mark_sent(&self, id: &str) -> StoreResult<()> {
         let (id, now) = (id.to_string(), self.db.now());
-        self.db
-            .tx(move |tx| {
-                tx.prepare_cached(
-                    "UPDATE mail_jobs SET state = ?2, sent_at = ?3, last_error = NULL, attempts = attempts + 1 \
-                     WHERE id = ?1 AND state = ?4",
-                )?
-                .execute(params![id, SENT, now, PENDING])?;
-                Ok(())
-            })
-            .await
+        self.db.tx(move |tx| ack_sent(tx, &id, now)).await
     }
 
     /// Will never be deliverable: parked with its reason.
@@ -189,6 +185,16 @@ impl SqliteMailQueue {
     }
 }
 
+/// Moves a pending job to `sent`, inside the caller's transaction.
+pub(crate) fn ack_sent(tx: &rusqlite::Transaction<'_>, id: &str, now: i64) -> StoreResult<()> {
+    tx.prepare_cached(
+        "UPDATE mail_jobs SET state = ?2, sent_at = ?3, last_error = NULL, attempts = attempts + 1 \
+         WHERE id = ?1 AND state = ?4",
+    )?
+    .execute(params![id, SENT, now, PENDING])?;
+    Ok(())
+}
+
 /// 2, 4, 8, … seconds after the n-th failed attempt, at most 5 minutes.
 fn backoff_secs(attempts: u32) -> i64 {
     1i64.checked_shl(attempts.min(30)).unwrap_or(i64::MAX).min(300)
@@ -229,9 +235,11 @@ mod tests {
         q.enqueue(&env("a")).await.unwrap();
         assert_eq!(q.pending_count().await.unwrap(), 2);
         let first = q.claim_next().await.unwrap().unwrap();
-        assert_eq!(first.id, "a");
+        // The claim also says whether another job is due.
+        assert_eq!((first.id.as_str(), first.more), ("a", true));
         // `a` is leased: the next claim takes `b`, then nothing is due.
-        assert_eq!(q.claim_next().await.unwrap().unwrap().id, "b");
+        let second = q.claim_next().await.unwrap().unwrap();
+        assert_eq!((second.id.as_str(), second.more), ("b", false));
         assert!(q.claim_next().await.unwrap().is_none());
         q.mark_sent("a").await.unwrap();
         q.enqueue(&env("a")).await.unwrap();

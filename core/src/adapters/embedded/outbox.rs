@@ -81,7 +81,7 @@ impl Outbox {
         let name = format!("{}-{}.eml", env.created_at, env.id);
         let path = self.dir.join(&name);
         let (dir, target) = (self.dir.clone(), path.clone());
-        tokio::task::spawn_blocking(move || write_atomically(&dir, &target, &bytes))
+        super::blocking(move || write_atomically(&dir, &target, &bytes))
             .await
             .map_err(|e| Transient(format!("writer task: {e}")))?
             .map_err(|e| Transient(format!("writing {name}: {e}")))?;
@@ -131,15 +131,22 @@ fn split_mailbox(s: &str) -> (Option<&str>, &str) {
 }
 
 fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    // Mails carry live links and codes: readable by their owner only.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = match opts.open(&tmp) {
+        // The first mail creates the outbox (one level: a data directory
+        // removed under a running consumer is not brought back).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::create_dir(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => opts.open(&tmp)?,
+        },
+        other => other?,
+    };
     let result = (|| {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        // Mails carry live links and codes: readable by their owner only.
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, target)
