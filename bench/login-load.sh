@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 secs="${1:-10}"
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 2; }
 [ -n "${LATCHKEY_BENCH_NO_BUILD:-}" ] || cargo build --release -p latchkey-local >&2
-dir="$(mktemp -d)"
+# LATCHKEY_BENCH_DATA_PARENT: where the runner's data dir goes (bench/run
+# puts it on tmpfs); default: the system temp dir.
+dir="$(mktemp -d ${LATCHKEY_BENCH_DATA_PARENT:+-p "$LATCHKEY_BENCH_DATA_PARENT"})"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 base="http://127.0.0.1:$port"
 LATCHKEY_DATA_DIR="$dir" LATCHKEY_BIND="127.0.0.1:$port" LATCHKEY_RATE_LIMITS=relaxed RUST_LOG=warn \
@@ -22,7 +24,7 @@ curl -fs -X POST "$base/v1/register" -H 'content-type: application/json' \
 for _ in $(seq 100); do ls "$dir/outbox/"*.eml >/dev/null 2>&1 && break; sleep 0.05; done
 token=$(tr -d '\r' < "$(ls "$dir"/outbox/*.eml | head -1)" | sed -e ':a;/=$/{N;s/=\n//;ba}' | grep -o 'token=3D[A-Za-z0-9_-]*\|token=[A-Za-z0-9_-]\{43\}' | head -1 | sed 's/token=\(3D\)\{0,1\}//')
 curl -fs -X POST "$base/v1/verify-email" -H 'content-type: application/json' -d "{\"token\":\"$token\"}" >/dev/null
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F)"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F); data dir on $(df -T "$dir" | awk 'NR==2{print $2}')"
 for c in 8 32; do
   echo "--- login (password step), concurrency $c, ${secs}s"
   wrk -t2 -c"$c" -d"${secs}s" --latency -s bench/login.lua "$base/v1/login" | grep -E 'Requests/sec|Latency|50%|99%|Non-2xx|requests in'
