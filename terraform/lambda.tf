@@ -53,8 +53,8 @@ resource "aws_lambda_function" "api" {
 
   # Every key of latchkey_core::config::CONFIG_KEYS except LATCHKEY_DATA_DIR
   # (embedded backend only) and LATCHKEY_BIND (lambda_http does not bind a
-  # socket). Secrets are not here: only the names of their SSM parameters,
-  # read once per cold start.
+  # socket), plus LATCHKEY_TLS_ROOTS (all three functions). Secrets are not
+  # here: only the names of their SSM parameters, read once per cold start.
   environment {
     variables = {
       LATCHKEY_BACKEND               = "aws"
@@ -79,6 +79,7 @@ resource "aws_lambda_function" "api" {
       LATCHKEY_OTP_TTL_SECS         = tostring(var.otp_ttl_secs)
       LATCHKEY_RATE_LIMITS          = var.rate_limits
       LATCHKEY_AUDIT_RETENTION_DAYS = tostring(var.audit_retention_days)
+      LATCHKEY_TLS_ROOTS            = var.tls_roots
     }
   }
 
@@ -133,6 +134,7 @@ resource "aws_lambda_function" "mail_worker" {
       LATCHKEY_SES_CONFIGURATION_SET = aws_sesv2_configuration_set.main.configuration_set_name
       LATCHKEY_SES_MAX_SEND_RATE     = tostring(var.ses_max_send_rate)
       PUBLIC_BASE_URL                = local.public_base_url
+      LATCHKEY_TLS_ROOTS             = var.tls_roots
     }
   }
 
@@ -186,6 +188,7 @@ resource "aws_lambda_function" "stream_processor" {
     variables = {
       LATCHKEY_TABLE_PREFIX         = var.name_prefix
       LATCHKEY_AUDIT_RETENTION_DAYS = tostring(var.audit_retention_days)
+      LATCHKEY_TLS_ROOTS            = var.tls_roots
     }
   }
 

@@ -263,6 +263,16 @@ variable "log_retention_days" {
   }
 }
 
+variable "tls_roots" {
+  description = "LATCHKEY_TLS_ROOTS of all three functions: the CAs their AWS clients trust. `amazon`: only the Amazon Trust Services roots built into the binaries (no CA store read at cold start). `system`: the runtime's CA store, and HTTPS_PROXY (the escape hatch, should an AWS endpoint ever chain to another CA)."
+  type        = string
+  default     = "amazon"
+  validation {
+    condition     = contains(["amazon", "system"], var.tls_roots)
+    error_message = "tls_roots: amazon or system."
+  }
+}
+
 # ---------------------------------------------------------------- API Gateway throttling
 
 variable "api_throttle_rate_limit" {

@@ -1,15 +1,21 @@
 //! The api binary: wiring only. On Lambda (AWS_LAMBDA_RUNTIME_API set) it
 //! serves the Router through lambda_http; elsewhere as a plain HTTP server.
 
+use latchkey_api::wiring::BuildOptions;
+use latchkey_core::adapters::aws_calls::TlsRoots;
 use latchkey_core::config::Config;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     latchkey_api::wiring::init_tracing();
     let config = Config::from_env()?;
-    let built = latchkey_api::wiring::build(&config).await?;
+    let on_lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
+    // On Lambda the AWS clients trust the Amazon roots only, unless
+    // LATCHKEY_TLS_ROOTS says `system`.
+    let tls_roots = if on_lambda { Some(TlsRoots::from_env()?) } else { None };
+    let built = latchkey_api::wiring::build_with(&config, BuildOptions { tls_roots, ..Default::default() }).await?;
     let app = latchkey_api::app(built.state.clone());
-    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+    if on_lambda {
         lambda_http::run(app).await
     } else {
         latchkey_api::wiring::serve(app, &config.bind).await.map_err(Into::into)

@@ -3,6 +3,7 @@
 //! the api binary and the local runner.
 
 use crate::state::AppState;
+use latchkey_core::adapters::aws_calls::TlsRoots;
 use latchkey_core::audit::{AdminKeyHash, AuditStore};
 use latchkey_core::config::{Backend, Config};
 use latchkey_core::domain::Secret;
@@ -11,6 +12,7 @@ use latchkey_core::keys::{CodeKey, SigningKey};
 use latchkey_core::password_hasher::PasswordHasher;
 use latchkey_core::ports::{Clock, SecureRng};
 use latchkey_core::{clock::SystemClock, rng::OsSecureRng};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -42,13 +44,17 @@ pub struct BuildOptions {
     pub clock: Arc<dyn Clock>,
     /// The AWS configuration to use instead of the environment's.
     pub sdk: Option<aws_config::SdkConfig>,
+    /// When `sdk` is not given: the root certificates the AWS clients trust
+    /// (the api's Lambda path passes `LATCHKEY_TLS_ROOTS`); `None` is the
+    /// SDK's default, the system store.
+    pub tls_roots: Option<TlsRoots>,
     /// Counts every AWS call the ports make.
     pub calls: Option<latchkey_core::adapters::aws_calls::CallCounter>,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        BuildOptions { clock: Arc::new(SystemClock), sdk: None, calls: None }
+        BuildOptions { clock: Arc::new(SystemClock), sdk: None, tls_roots: None, calls: None }
     }
 }
 
@@ -103,10 +109,15 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
         }
         Backend::Aws { table_prefix, mail_queue_url, bootstrap } => {
             use latchkey_core::adapters::{aws_calls, dynamo, sqs};
-            let sdk = match opts.sdk {
-                Some(s) => s,
-                None => aws_calls::sdk_config().await,
+            let sdk = match (opts.sdk, opts.tls_roots) {
+                (Some(s), _) => s,
+                (None, Some(roots)) => aws_calls::sdk_config_with(roots).await?,
+                (None, None) => aws_calls::sdk_config().await,
             };
+            // The secrets' round trip to SSM (a cold start's one AWS call)
+            // runs while the rest is built, and is awaited before the
+            // system is returned.
+            let ssm = fetch_secrets(config, &sdk);
             let ddb = aws_calls::dynamo_client(&sdk, opts.calls.as_ref());
             let sqs_client = aws_calls::sqs_client(&sdk, opts.calls.as_ref());
             let queue_url = if *bootstrap {
@@ -117,7 +128,11 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
                     "LATCHKEY_MAIL_QUEUE_URL: required with LATCHKEY_BACKEND=aws unless LATCHKEY_BOOTSTRAP=true",
                 )?
             };
-            let (signing, code_key, admin_key) = aws_keys(config, &sdk).await?;
+            let from_ssm = match ssm {
+                Some(task) => task.await??,
+                None => HashMap::new(),
+            };
+            let (signing, code_key, admin_key) = aws_keys(config, from_ssm)?;
             let audit = Arc::new(dynamo::audit::DynamoAuditStore::new(ddb.clone(), table_prefix));
             let store = Arc::new(dynamo::DynamoStore::new(ddb, table_prefix));
             let ports = Ports {
@@ -144,24 +159,36 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
 /// (SSM refuses empty values; Terraform writes this when no hash is given).
 pub const ADMIN_KEY_HASH_OFF: &str = "off";
 
-/// The AWS mode's secrets: from SSM SecureString parameters named by the
-/// `_PARAM` variables (the deployed way: all of them in one call at cold
-/// start), else from the variables themselves (emulators and tests).
-async fn aws_keys(
+/// SSM parameter values by name.
+type SsmSecrets = HashMap<String, Secret<String>>;
+
+/// Starts reading the SSM SecureString parameters the `_PARAM` variables
+/// name, all in one call, on a task of its own; `None` when no variable
+/// names one.
+fn fetch_secrets(
     config: &Config,
     sdk: &aws_config::SdkConfig,
-) -> Result<(SigningKey, CodeKey, Option<AdminKeyHash>), BoxError> {
-    let names: Vec<&str> = [&config.jwt_private_key_param, &config.code_hmac_key_param, &config.admin_key_hash_param]
+) -> Option<tokio::task::JoinHandle<Result<SsmSecrets, String>>> {
+    let names: Vec<String> = [&config.jwt_private_key_param, &config.code_hmac_key_param, &config.admin_key_hash_param]
         .into_iter()
         .flatten()
-        .map(String::as_str)
+        .cloned()
         .collect();
-    let from_ssm = if names.is_empty() {
-        Default::default()
-    } else {
-        let client = aws_sdk_ssm::Client::new(sdk);
-        latchkey_core::adapters::ssm::read_secrets(&client, &names).await?
-    };
+    if names.is_empty() {
+        return None;
+    }
+    let sdk = sdk.clone();
+    Some(tokio::spawn(async move {
+        let client = aws_sdk_ssm::Client::new(&sdk);
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        latchkey_core::adapters::ssm::read_secrets(&client, &names).await
+    }))
+}
+
+/// The AWS mode's secrets: from the SSM parameters `fetch_secrets` read
+/// (the deployed way), else from the variables themselves (emulators and
+/// tests).
+fn aws_keys(config: &Config, from_ssm: SsmSecrets) -> Result<(SigningKey, CodeKey, Option<AdminKeyHash>), BoxError> {
     let param = |name: &str, var: &str| -> Result<Secret<String>, BoxError> {
         from_ssm.get(name).cloned().ok_or_else(|| format!("{var}_PARAM: parameter {name} not found").into())
     };

@@ -16,12 +16,12 @@ const ANSWER_MARGIN: Duration = Duration::from_millis(1500);
 async fn main() -> Result<(), Error> {
     init_tracing();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let sdk = aws_calls::sdk_config().await;
     match args.first().map(String::as_str) {
-        Some("dlq") => dlq::cli(&aws_calls::sqs_client(&sdk, None), &args[1..]).await,
+        // The operator's commands, run from a workstation: the system's CA store.
+        Some("dlq") => dlq::cli(&aws_calls::sqs_client(&aws_calls::sdk_config().await, None), &args[1..]).await,
         Some("poll") => {
             let cfg = WorkerConfig::from_env()?;
-            let clients = Clients::from_sdk(&sdk);
+            let clients = Clients::from_sdk(&aws_calls::sdk_config().await);
             let url = cfg.queue_url.clone().ok_or("LATCHKEY_MAIL_QUEUE_URL: required to poll")?;
             let poller = poller::Poller::new(clients.sqs.clone(), url).await?;
             let worker = Arc::new(Worker::from_config(&cfg, clients)?);
@@ -33,6 +33,8 @@ async fn main() -> Result<(), Error> {
         }
         _ => {
             let cfg = WorkerConfig::from_env()?;
+            // The Amazon roots only, unless LATCHKEY_TLS_ROOTS says `system`.
+            let sdk = aws_calls::lambda_sdk_config().await?;
             let worker = Arc::new(Worker::from_config(&cfg, Clients::from_sdk(&sdk))?);
             lambda_runtime::run(service_fn(move |event: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| {
                 let worker = worker.clone();

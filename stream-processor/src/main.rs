@@ -3,7 +3,8 @@
 //! chain and prints the first broken link.
 //!
 //! Configuration: `LATCHKEY_TABLE_PREFIX` (default `latchkey`),
-//! `LATCHKEY_AUDIT_RETENTION_DAYS` (default 400).
+//! `LATCHKEY_AUDIT_RETENTION_DAYS` (default 400), `LATCHKEY_TLS_ROOTS`
+//! (default `amazon`; `verify-chain` uses the system's CA store).
 
 use aws_lambda_events::dynamodb::Event;
 use lambda_runtime::{LambdaEvent, service_fn};
@@ -21,13 +22,14 @@ async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt().json().with_env_filter(env_filter()).without_time().init();
     let config = Config::from_env()?;
     let prefix = std::env::var("LATCHKEY_TABLE_PREFIX").unwrap_or_else(|_| "latchkey".into());
-    let sdk = aws_calls::sdk_config().await;
-    let audit = Arc::new(DynamoAuditStore::new(aws_calls::dynamo_client(&sdk, None), &prefix));
+    let audit =
+        |sdk: &aws_config::SdkConfig| Arc::new(DynamoAuditStore::new(aws_calls::dynamo_client(sdk, None), &prefix));
 
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [cmd, subject] = args.as_slice()
         && cmd == "verify-chain"
     {
+        let audit = audit(&aws_calls::sdk_config().await);
         let records = audit.chain(subject).await?;
         return match verify_chain(subject, &records) {
             Ok(()) => {
@@ -44,6 +46,7 @@ async fn main() -> Result<(), BoxError> {
         return Err("usage: latchkey-stream-processor [verify-chain <subject>]".into());
     }
 
+    let audit = audit(&aws_calls::lambda_sdk_config().await?);
     let processor = Processor::new(audit, AuditPolicy::from(&config.policy), config.audit_retention_days);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Event>| {
         let processor = processor.clone();

@@ -41,6 +41,10 @@ const WORKER_CONFIG_KEYS: &[&str] = latchkey_mail_worker::config::CONFIG_KEYS;
 /// The variables the stream-processor reads.
 const PROCESSOR_CONFIG_KEYS: &[&str] = &["LATCHKEY_TABLE_PREFIX", "LATCHKEY_AUDIT_RETENTION_DAYS"];
 
+/// Read by all three functions where they load their AWS configuration
+/// (core's `aws_calls::lambda_sdk_config`), outside their config parsers.
+const LAMBDA_AWS_KEYS: &[&str] = &[latchkey_core::adapters::aws_calls::TLS_ROOTS_VAR];
+
 /// IAM statements that may name Resource "*", because the action has no
 /// resource-level permissions: (sid, exact set of actions).
 const WILDCARD_RESOURCE_ALLOWED: &[(&str, &[&str])] = &[
@@ -466,6 +470,13 @@ fn functions_get_the_config_keys_their_code_reads() {
         let (_, f) = function(&tf, &ctx, suffix);
         let env = function_env(f, suffix);
         for key in keys {
+            assert!(env.contains_key(*key), "{suffix}: environment lacks {key}");
+        }
+    }
+    for (suffix, _) in [API_FN, WORKER_FN, PROCESSOR_FN] {
+        let (_, f) = function(&tf, &ctx, suffix);
+        let env = function_env(f, suffix);
+        for key in LAMBDA_AWS_KEYS {
             assert!(env.contains_key(*key), "{suffix}: environment lacks {key}");
         }
     }
