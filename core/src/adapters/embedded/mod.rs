@@ -193,7 +193,10 @@ impl Db {
                 Err(TryLockError::WouldBlock) => None,
             };
             if let Some(mut conn) = free {
-                return self.run(&mut conn, f, background);
+                // As on the blocking pool, a panic in `f` is this call's
+                // error (its transaction rolled back while unwinding).
+                return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(&mut conn, f, background)))
+                    .unwrap_or_else(|_| Err(StoreError::internal("store call panicked")));
             }
         }
         let db = self.clone();
@@ -458,6 +461,27 @@ mod tests {
         });
         assert_eq!(result.await.unwrap().as_deref(), Some("bg-checkpoint"));
         assert_eq!(db.commits.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_a_transaction_is_an_error_and_leaves_the_store_usable() {
+        let (s, _) = test_support::store();
+        let err = s
+            .db()
+            .tx(|tx| -> StoreResult<()> {
+                tx.execute_batch("CREATE TABLE t (x INTEGER)")?;
+                panic!("boom")
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Internal(_)), "{err:?}");
+        // Rolled back, and the connection still works.
+        let tables: i64 = s
+            .db()
+            .tx(|tx| Ok(tx.query_row("SELECT COUNT(*) FROM sqlite_master WHERE name = 't'", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(tables, 0);
     }
 
     #[test]
