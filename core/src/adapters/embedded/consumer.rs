@@ -22,7 +22,7 @@ use std::time::Duration;
 pub const MAX_DELIVERY_ATTEMPTS: u32 = 5;
 
 /// How often the consumer looks for due jobs when nobody wakes it (retries
-/// whose backoff has run out, jobs enqueued by another process).
+/// whose backoff has run out).
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 
 /// How long one delivery (with its in-place send retries) may take.
