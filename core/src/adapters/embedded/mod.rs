@@ -20,9 +20,9 @@
 //! but done by the next transaction that runs off the workers, after
 //! [`CHECKPOINT_EVERY`] commits. The background services (mail consumer,
 //! audit feed) run on threads of their own ([`spawn_background`]) where
-//! everything runs inline. Measured on the login path: a login's thread
-//! switches fell from 36 to 15 and the runner's CPU outside argon2 from
-//! 2.2 to ~1 ms (bench/run section 2b).
+//! everything runs inline. Measured on the login path: the voluntary thread
+//! switches per login outside the argon2 pool fell from ~36 to ~8 and the
+//! runner's CPU outside argon2 from ~2.2 to ~0.9 ms (bench/run section 2b).
 
 pub mod audit;
 mod changes;
