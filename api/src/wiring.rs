@@ -114,10 +114,6 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
                 (None, Some(roots)) => aws_calls::sdk_config_with(roots).await?,
                 (None, None) => aws_calls::sdk_config().await,
             };
-            // The secrets' round trip to SSM (a cold start's one AWS call)
-            // runs while the rest is built, and is awaited before the
-            // system is returned.
-            let ssm = fetch_secrets(config, &sdk);
             let ddb = aws_calls::dynamo_client(&sdk, opts.calls.as_ref());
             let sqs_client = aws_calls::sqs_client(&sdk, opts.calls.as_ref());
             let queue_url = if *bootstrap {
@@ -128,11 +124,7 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
                     "LATCHKEY_MAIL_QUEUE_URL: required with LATCHKEY_BACKEND=aws unless LATCHKEY_BOOTSTRAP=true",
                 )?
             };
-            let from_ssm = match ssm {
-                Some(task) => task.await??,
-                None => HashMap::new(),
-            };
-            let (signing, code_key, admin_key) = aws_keys(config, from_ssm)?;
+            let (signing, code_key, admin_key) = aws_keys(config, fetch_secrets(config, &sdk).await?)?;
             let audit = Arc::new(dynamo::audit::DynamoAuditStore::new(ddb.clone(), table_prefix));
             let store = Arc::new(dynamo::DynamoStore::new(ddb, table_prefix));
             let ports = Ports {
@@ -162,27 +154,18 @@ pub const ADMIN_KEY_HASH_OFF: &str = "off";
 /// SSM parameter values by name.
 type SsmSecrets = HashMap<String, Secret<String>>;
 
-/// Starts reading the SSM SecureString parameters the `_PARAM` variables
-/// name, all in one call, on a task of its own; `None` when no variable
-/// names one.
-fn fetch_secrets(
-    config: &Config,
-    sdk: &aws_config::SdkConfig,
-) -> Option<tokio::task::JoinHandle<Result<SsmSecrets, String>>> {
-    let names: Vec<String> = [&config.jwt_private_key_param, &config.code_hmac_key_param, &config.admin_key_hash_param]
+/// Reads the SSM SecureString parameters the `_PARAM` variables name, all
+/// in one call (a cold start's one AWS call); none when no variable names one.
+async fn fetch_secrets(config: &Config, sdk: &aws_config::SdkConfig) -> Result<SsmSecrets, BoxError> {
+    let names: Vec<&str> = [&config.jwt_private_key_param, &config.code_hmac_key_param, &config.admin_key_hash_param]
         .into_iter()
         .flatten()
-        .cloned()
+        .map(String::as_str)
         .collect();
     if names.is_empty() {
-        return None;
+        return Ok(HashMap::new());
     }
-    let sdk = sdk.clone();
-    Some(tokio::spawn(async move {
-        let client = aws_sdk_ssm::Client::new(&sdk);
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        latchkey_core::adapters::ssm::read_secrets(&client, &names).await
-    }))
+    Ok(latchkey_core::adapters::ssm::read_secrets(&aws_sdk_ssm::Client::new(sdk), &names).await?)
 }
 
 /// The AWS mode's secrets: from the SSM parameters `fetch_secrets` read

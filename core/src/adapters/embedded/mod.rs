@@ -50,10 +50,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::Duration;
 
-/// How long a statement waits for another process's lock before the call
-/// fails with `Unavailable`.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Commits between WAL checkpoints (~2-4 pages each: about SQLite's default
 /// of 1000 pages).
 const CHECKPOINT_EVERY: u32 = 400;
@@ -91,7 +87,8 @@ pub(crate) struct Db {
 
 impl EmbeddedStore {
     /// Opens (creating if needed) the database at `path`, with WAL, foreign
-    /// keys and a busy timeout, and brings its schema up to date.
+    /// keys and the file lock held for its life, and brings its schema up to
+    /// date.
     pub fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
         let path = path.as_ref();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -99,6 +96,7 @@ impl EmbeddedStore {
         }
         let conn = Connection::open(path)?;
         // Held by another process: say so at once rather than after a wait.
+        // (Once open, this connection holds the lock, so nothing waits.)
         conn.busy_timeout(Duration::ZERO)?;
         Self::from_connection(conn).map_err(|e| match e {
             StoreError::Unavailable(_) => StoreError::unavailable(format!(
@@ -132,7 +130,6 @@ impl EmbeddedStore {
         // Checkpoints are run by `Db::tx`, off the async workers.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         schema::migrate(&mut conn)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
         Ok(EmbeddedStore {
             db: Db {
                 conn: Arc::new(Mutex::new(conn)),
