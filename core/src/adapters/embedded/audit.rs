@@ -111,43 +111,48 @@ impl SqliteAuditStore {
     }
 }
 
-fn write_checkpoint(tx: &rusqlite::Transaction<'_>, seq: i64) -> StoreResult<()> {
-    tx.execute(
+fn write_checkpoint(tx: &rusqlite::Connection, seq: i64) -> StoreResult<()> {
+    tx.prepare_cached(
         "INSERT INTO audit_feed_checkpoint (id, seq) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
-        [seq],
-    )?;
+    )?
+    .execute([seq])?;
     Ok(())
 }
 
 /// Appends `event` to its subject's hash chain inside `tx`, unless an event
 /// with its id is already there (appends are idempotent). Returns whether
 /// it was added.
-fn append_in(tx: &rusqlite::Transaction<'_>, event: &AuditEvent, expires_at: Timestamp) -> StoreResult<bool> {
-    let seen: Option<i64> =
-        tx.query_row("SELECT 1 FROM audit_records WHERE event_id = ?1", [&event.event_id], |r| r.get(0)).optional()?;
-    if seen.is_some() {
+fn append_in(tx: &rusqlite::Connection, event: &AuditEvent, expires_at: Timestamp) -> StoreResult<bool> {
+    if tx.prepare_cached("SELECT 1 FROM audit_records WHERE event_id = ?1")?.exists([&event.event_id])? {
         return Ok(false);
     }
     let head: Option<(i64, String)> = tx
-        .query_row("SELECT seq, hash FROM audit_heads WHERE subject = ?1", [&event.subject], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .prepare_cached("SELECT seq, hash FROM audit_heads WHERE subject = ?1")?
+        .query_row([&event.subject], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let (seq, prev) = head.unwrap_or((0, GENESIS_HASH.to_string()));
     let seq = u64::try_from(seq).map_err(StoreError::internal)? + 1;
     let rec = AuditRecord::chained(event, seq, &prev, expires_at);
     let json = serde_json::to_string(&rec).map_err(StoreError::internal)?;
     let seq_i = i64::try_from(seq).map_err(StoreError::internal)?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO audit_records (subject, seq, event_id, event, day, expires_at, record) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        rusqlite::params![rec.subject, seq_i, rec.event_id, rec.event.as_str(), day_of(rec.at), expires_at, json],
-    )?;
-    tx.execute(
+    )?
+    .execute(rusqlite::params![
+        rec.subject,
+        seq_i,
+        rec.event_id,
+        rec.event.as_str(),
+        day_of(rec.at),
+        expires_at,
+        json
+    ])?;
+    tx.prepare_cached(
         "INSERT INTO audit_heads (subject, seq, hash) VALUES (?1, ?2, ?3) \
          ON CONFLICT (subject) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-        rusqlite::params![rec.subject, seq_i, rec.hash],
-    )?;
+    )?
+    .execute(rusqlite::params![rec.subject, seq_i, rec.hash])?;
     Ok(true)
 }
 

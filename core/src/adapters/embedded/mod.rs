@@ -44,7 +44,7 @@ pub use outbox::Outbox;
 use crate::StoreError;
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::ports::StoreResult;
-use rusqlite::{Connection, ErrorCode, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError};
@@ -58,6 +58,9 @@ const CHECKPOINT_EVERY: u32 = 400;
 /// transactions inline, so the next one goes to the blocking pool and
 /// checkpoints (bounds the WAL when nothing else runs off the workers).
 const INLINE_DEBT_LIMIT: u32 = 4 * CHECKPOINT_EVERY;
+
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 128;
 
 /// The SQLite store. Cheap to clone: clones share the connection.
 #[derive(Clone)]
@@ -129,6 +132,11 @@ impl EmbeddedStore {
         conn.pragma_update(None, "cache_size", -16_384)?;
         // Checkpoints are run by `Db::tx`, off the async workers.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // Room for every statement the store prepares (~45). rusqlite's
+        // default of 16 is smaller than one login's round of statements, so
+        // the LRU cache evicted each before its next use and every statement
+        // was parsed again on every call.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         schema::migrate(&mut conn)?;
         Ok(EmbeddedStore {
             db: Db {
@@ -177,7 +185,7 @@ impl Db {
     /// blocking pool; see the module documentation.
     pub(crate) async fn tx<T, F>(&self, f: F) -> StoreResult<T>
     where
-        F: FnOnce(&rusqlite::Transaction<'_>) -> StoreResult<T> + Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
         T: Send + 'static,
     {
         let background = on_background_thread();
@@ -210,17 +218,21 @@ impl Db {
     fn run<T>(
         &self,
         conn: &mut Connection,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> StoreResult<T>,
+        f: impl FnOnce(&Connection) -> StoreResult<T>,
         may_checkpoint: bool,
     ) -> StoreResult<T> {
         if !conn.is_autocommit() {
             // A rollback that failed earlier left a transaction open.
-            conn.execute_batch("ROLLBACK")?;
+            conn.prepare_cached("ROLLBACK")?.execute([])?;
         }
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // BEGIN, COMMIT and ROLLBACK are cached statements like the rest:
+        // rusqlite's `Transaction` parses them afresh every time.
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        let tx = OpenTx(conn);
         changes::take_recorded();
-        let out = f(&tx)?;
-        tx.commit()?;
+        let out = f(tx.0)?;
+        tx.0.prepare_cached("COMMIT")?.execute([])?;
+        drop(tx);
         let commits = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
         if may_checkpoint && commits >= CHECKPOINT_EVERY {
             // PASSIVE: copies what it can and waits for nobody. The data is
@@ -234,6 +246,20 @@ impl Db {
             self.changes_ready.notify_one();
         }
         Ok(out)
+    }
+}
+
+/// A transaction begun on the connection: rolled back when dropped before
+/// its COMMIT succeeded (an `Err` from the body, a failed COMMIT, or a panic
+/// unwinding through it).
+struct OpenTx<'c>(&'c Connection);
+
+impl Drop for OpenTx<'_> {
+    fn drop(&mut self) {
+        if !self.0.is_autocommit() {
+            // If this fails too, the next transaction rolls back first.
+            let _ = self.0.prepare_cached("ROLLBACK").and_then(|mut s| s.execute([]));
+        }
     }
 }
 
