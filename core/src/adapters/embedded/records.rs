@@ -124,6 +124,10 @@ pub(crate) fn email_taken(c: &Connection, e: &Email) -> rusqlite::Result<bool> {
     c.prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE email = ?1)")?.query_row([e], |r| r.get(0))
 }
 
+pub(crate) fn user_exists(c: &Connection, id: &UserId) -> rusqlite::Result<bool> {
+    c.prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE id = ?1)")?.query_row([id], |r| r.get(0))
+}
+
 // ---- verifications --------------------------------------------------------
 
 const VERIFICATION_COLS: &str = "token_hash, user_id, created_at, expires_at, used_at, meta";
@@ -187,6 +191,10 @@ fn challenge_row(r: &Row<'_>) -> rusqlite::Result<Challenge> {
         used_at: r.get(8)?,
         meta: r.get::<_, Meta>(9)?.0,
     })
+}
+
+pub(crate) fn challenge_exists(c: &Connection, id: &ChallengeId) -> rusqlite::Result<bool> {
+    c.prepare_cached("SELECT EXISTS (SELECT 1 FROM challenges WHERE id = ?1)")?.query_row([id], |r| r.get(0))
 }
 
 pub(crate) fn load_challenge(c: &Connection, id: &ChallengeId) -> rusqlite::Result<Option<Challenge>> {

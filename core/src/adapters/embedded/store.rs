@@ -192,17 +192,19 @@ impl ChallengeStore for EmbeddedStore {
         let (c, meta, at) = (challenge.clone(), meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
-                if rec::load_challenge(tx, &c.id)?.is_some() {
+                if rec::challenge_exists(tx, &c.id)? {
                     return stale();
                 }
                 // The foreign key refuses a challenge for an unknown user; say
-                // so plainly rather than as a constraint error.
-                let Some(old_u) = rec::load_user(tx, UserKey::Id(&c.user_id))? else {
+                // so plainly rather than as a constraint error. The whole
+                // record is read only when its counters may be reset.
+                let old_u = if reset_login_failures { rec::load_user(tx, UserKey::Id(&c.user_id))? } else { None };
+                if old_u.is_none() && !rec::user_exists(tx, &c.user_id)? {
                     return Err(StoreError::internal("challenge for an unknown user"));
-                };
+                }
                 rec::insert_challenge(tx, &c)?;
                 record(tx, at, ChangeEntity::Challenge, &c.id.to_string(), None, Some(&c))?;
-                if reset_login_failures && (old_u.failed_logins != 0 || old_u.locked_until.is_some()) {
+                if let Some(old_u) = old_u.filter(|u| u.failed_logins != 0 || u.locked_until.is_some()) {
                     let new_u = User { failed_logins: 0, locked_until: None, meta, ..old_u.clone() };
                     rec::update_user(tx, &new_u)?;
                     record(tx, at, ChangeEntity::User, &new_u.id.to_string(), Some(&old_u), Some(&new_u))?;
