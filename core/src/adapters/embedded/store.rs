@@ -568,6 +568,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_challenge_needs_a_new_id_and_a_known_user_and_a_refusal_writes_nothing() {
+        let (s, _) = store();
+        let u = registered(&s, "ivy").await;
+        let before = changes(&s).await.len();
+        let stranger = user("nobody", "nobody@example.com");
+        for reset in [false, true] {
+            assert!(
+                matches!(s.create_challenge(&challenge(&stranger), reset, &META).await, Err(StoreError::Internal(_))),
+                "a challenge for an unknown user (reset = {reset})"
+            );
+        }
+        let c = challenge(&u);
+        s.create_challenge(&c, false, &META).await.unwrap();
+        for reset in [false, true] {
+            let again = Challenge { code_hash: "code-2".into(), ..c.clone() };
+            assert!(is_conflict(s.create_challenge(&again, reset, &META).await, Conflict::Stale), "a reused id");
+        }
+        assert_eq!(s.challenge(&c.id).await.unwrap(), Some(c), "the first challenge is unchanged");
+        assert_eq!(count(&s, "challenges").await, 1);
+        assert_eq!(changes(&s).await.len(), before + 1, "only the one challenge made a change row");
+    }
+
+    #[tokio::test]
     async fn not_found_is_none() {
         let (s, _) = store();
         assert!(s.user_by_id(&UserId::random(&OsSecureRng)).await.unwrap().is_none());
