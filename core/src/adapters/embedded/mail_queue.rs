@@ -186,7 +186,7 @@ impl SqliteMailQueue {
 }
 
 /// Moves a pending job to `sent`, inside the caller's transaction.
-pub(crate) fn ack_sent(tx: &rusqlite::Connection, id: &str, now: i64) -> StoreResult<()> {
+pub(crate) fn ack_sent(tx: &rusqlite::Transaction<'_>, id: &str, now: i64) -> StoreResult<()> {
     tx.prepare_cached(
         "UPDATE mail_jobs SET state = ?2, sent_at = ?3, last_error = NULL, attempts = attempts + 1 \
          WHERE id = ?1 AND state = ?4",

@@ -44,7 +44,7 @@ pub use outbox::Outbox;
 use crate::StoreError;
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::ports::StoreResult;
-use rusqlite::{Connection, ErrorCode};
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError};
@@ -186,7 +186,7 @@ impl Db {
     /// blocking pool; see the module documentation.
     pub(crate) async fn tx<T, F>(&self, f: F) -> StoreResult<T>
     where
-        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> StoreResult<T> + Send + 'static,
         T: Send + 'static,
     {
         let background = on_background_thread();
@@ -219,21 +219,17 @@ impl Db {
     fn run<T>(
         &self,
         conn: &mut Connection,
-        f: impl FnOnce(&Connection) -> StoreResult<T>,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> StoreResult<T>,
         may_checkpoint: bool,
     ) -> StoreResult<T> {
         if !conn.is_autocommit() {
             // A rollback that failed earlier left a transaction open.
-            conn.prepare_cached("ROLLBACK")?.execute([])?;
+            conn.execute_batch("ROLLBACK")?;
         }
-        // BEGIN, COMMIT and ROLLBACK are cached statements like the rest:
-        // rusqlite's `Transaction` parses them afresh every time.
-        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-        let tx = OpenTx(conn);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         changes::take_recorded();
-        let out = f(tx.0)?;
-        tx.0.prepare_cached("COMMIT")?.execute([])?;
-        drop(tx);
+        let out = f(&tx)?;
+        tx.commit()?;
         let commits = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
         if may_checkpoint && commits >= CHECKPOINT_EVERY {
             // PASSIVE: copies what it can and waits for nobody. The data is
@@ -247,20 +243,6 @@ impl Db {
             self.changes_ready.notify_one();
         }
         Ok(out)
-    }
-}
-
-/// A transaction begun on the connection: rolled back when dropped before
-/// its COMMIT succeeded (an `Err` from the body, a failed COMMIT, or a panic
-/// unwinding through it).
-struct OpenTx<'c>(&'c Connection);
-
-impl Drop for OpenTx<'_> {
-    fn drop(&mut self) {
-        if !self.0.is_autocommit() {
-            // If this fails too, the next transaction rolls back first.
-            let _ = self.0.prepare_cached("ROLLBACK").and_then(|mut s| s.execute([]));
-        }
     }
 }
 
