@@ -2,7 +2,7 @@
 //! serves the Router through lambda_http; elsewhere as a plain HTTP server.
 
 use latchkey_api::wiring::BuildOptions;
-use latchkey_core::adapters::aws_calls::TlsRoots;
+use latchkey_core::adapters::aws_calls;
 use latchkey_core::config::Config;
 
 #[tokio::main]
@@ -11,9 +11,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let config = Config::from_env()?;
     let on_lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
     // On Lambda the AWS clients trust the Amazon roots only, unless
-    // LATCHKEY_TLS_ROOTS says `system`.
-    let tls_roots = if on_lambda { Some(TlsRoots::from_env()?) } else { None };
-    let built = latchkey_api::wiring::build_with(&config, BuildOptions { tls_roots, ..Default::default() }).await?;
+    // LATCHKEY_TLS_ROOTS says `system` (as the other two functions).
+    let sdk = if on_lambda { Some(aws_calls::lambda_sdk_config().await?) } else { None };
+    let built = latchkey_api::wiring::build_with(&config, BuildOptions { sdk, ..Default::default() }).await?;
     let app = latchkey_api::app(built.state.clone());
     if on_lambda {
         lambda_http::run(app).await

@@ -3,7 +3,6 @@
 //! the api binary and the local runner.
 
 use crate::state::AppState;
-use latchkey_core::adapters::aws_calls::TlsRoots;
 use latchkey_core::audit::{AdminKeyHash, AuditStore};
 use latchkey_core::config::{Backend, Config};
 use latchkey_core::domain::Secret;
@@ -44,17 +43,13 @@ pub struct BuildOptions {
     pub clock: Arc<dyn Clock>,
     /// The AWS configuration to use instead of the environment's.
     pub sdk: Option<aws_config::SdkConfig>,
-    /// When `sdk` is not given: the root certificates the AWS clients trust
-    /// (the api's Lambda path passes `LATCHKEY_TLS_ROOTS`); `None` is the
-    /// SDK's default, the system store.
-    pub tls_roots: Option<TlsRoots>,
     /// Counts every AWS call the ports make.
     pub calls: Option<latchkey_core::adapters::aws_calls::CallCounter>,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        BuildOptions { clock: Arc::new(SystemClock), sdk: None, tls_roots: None, calls: None }
+        BuildOptions { clock: Arc::new(SystemClock), sdk: None, calls: None }
     }
 }
 
@@ -109,10 +104,9 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
         }
         Backend::Aws { table_prefix, mail_queue_url, bootstrap } => {
             use latchkey_core::adapters::{aws_calls, dynamo, sqs};
-            let sdk = match (opts.sdk, opts.tls_roots) {
-                (Some(s), _) => s,
-                (None, Some(roots)) => aws_calls::sdk_config_with(roots).await?,
-                (None, None) => aws_calls::sdk_config().await,
+            let sdk = match opts.sdk {
+                Some(s) => s,
+                None => aws_calls::sdk_config().await,
             };
             let ddb = aws_calls::dynamo_client(&sdk, opts.calls.as_ref());
             let sqs_client = aws_calls::sqs_client(&sdk, opts.calls.as_ref());
