@@ -25,8 +25,16 @@ for _ in $(seq 100); do ls "$dir/outbox/"*.eml >/dev/null 2>&1 && break; sleep 0
 token=$(tr -d '\r' < "$(ls "$dir"/outbox/*.eml | head -1)" | sed -e ':a;/=$/{N;s/=\n//;ba}' | grep -o 'token=3D[A-Za-z0-9_-]*\|token=[A-Za-z0-9_-]\{43\}' | head -1 | sed 's/token=\(3D\)\{0,1\}//')
 curl -fs -X POST "$base/v1/verify-email" -H 'content-type: application/json' -d "{\"token\":\"$token\"}" >/dev/null
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F); data dir on $(df -T "$dir" | awk 'NR==2{print $2}')"
+# LATCHKEY_BENCH_BETWEEN: a command run before each load and after the
+# last, its output printed after "--- between:" (bench/run measures the
+# argon2 baseline there, so each load has one just before and just after).
+between() { [ -z "${LATCHKEY_BENCH_BETWEEN:-}" ] || echo "--- between: $(bash -c "$LATCHKEY_BENCH_BETWEEN")"; }
+# One wrk thread: the load generator shares the cores with the server, and
+# one thread keeps up with ~100 logins/s at either concurrency.
 for c in 8 32; do
+  between
   echo "--- login (password step), concurrency $c, ${secs}s"
-  wrk -t2 -c"$c" -d"${secs}s" --latency -s bench/login.lua "$base/v1/login" | grep -E 'Requests/sec|Latency|50%|99%|Non-2xx|requests in'
+  wrk -t1 -c"$c" -d"${secs}s" --latency -s bench/login.lua "$base/v1/login" | grep -E 'Requests/sec|Latency|50%|99%|Non-2xx|requests in'
 done
+between
 echo "--- server RSS after load: $(ps -o rss= -p $pid | xargs) KiB"

@@ -11,10 +11,6 @@ use crate::ports::{MailQueue, StoreResult};
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 
-/// How long a claimed job is hidden from other consumers while it is being
-/// delivered (a consumer that dies mid-delivery gives it back after this).
-const LEASE_SECS: i64 = 60;
-
 /// The job states, as stored.
 pub(crate) const PENDING: &str = "pending";
 pub(crate) const SENT: &str = "sent";
@@ -98,8 +94,14 @@ impl SqliteMailQueue {
         Ok(())
     }
 
-    /// The oldest pending job that is due, hidden from other claims for the
-    /// lease.
+    /// The oldest pending job that is due. The claim writes nothing (the
+    /// queue's only consumer runs in this process, which owns the database,
+    /// and it handles one job at a time): every way a delivery ends moves
+    /// the job on (`sent`, `failed`, or backed off with `not_before`), so
+    /// the next claim sees the next job. If the process dies mid-delivery,
+    /// the job is still pending when it starts again, and the mail ledger's
+    /// lease stops a second send until that lease ends. (A lease written
+    /// here cost one more write transaction per mail for nothing.)
     pub(crate) async fn claim_next(&self) -> StoreResult<Option<ClaimedJob>> {
         let now = self.db.now();
         self.db
@@ -112,12 +114,6 @@ impl SqliteMailQueue {
                     Ok(ClaimedJob { id: r.get(0)?, body: r.get(1)?, attempts: r.get(2)?, more: false })
                 })?;
                 let job = rows.next().transpose()?.map(|j| ClaimedJob { more: rows.next().is_some(), ..j });
-                drop(rows);
-                drop(due);
-                if let Some(j) = &job {
-                    tx.prepare_cached("UPDATE mail_jobs SET not_before = ?2 WHERE id = ?1")?
-                        .execute(params![j.id, now.saturating_add(LEASE_SECS)])?;
-                }
                 Ok(job)
             })
             .await
@@ -237,15 +233,19 @@ mod tests {
         let first = q.claim_next().await.unwrap().unwrap();
         // The claim also says whether another job is due.
         assert_eq!((first.id.as_str(), first.more), ("a", true));
-        // `a` is leased: the next claim takes `b`, then nothing is due.
+        // A claim writes nothing: until `a` is moved on, it is still next.
+        assert_eq!(q.claim_next().await.unwrap().unwrap().id, "a");
+        assert_eq!(q.job_state("a").await.unwrap(), Some((PENDING.to_string(), 0, None)));
+        q.mark_sent("a").await.unwrap();
         let second = q.claim_next().await.unwrap().unwrap();
         assert_eq!((second.id.as_str(), second.more), ("b", false));
-        assert!(q.claim_next().await.unwrap().is_none());
-        q.mark_sent("a").await.unwrap();
+        // A sent job enqueued again stays sent.
         q.enqueue(&env("a")).await.unwrap();
         assert_eq!(q.job_state("a").await.unwrap(), Some((SENT.to_string(), 1, None)));
-        // A lease runs out: `b` comes back.
-        clock.advance(LEASE_SECS);
+        // A failed attempt backs `b` off; it comes back when that ends.
+        assert_eq!(q.record_attempt_failure("b", "disk full", 5).await.unwrap(), PENDING);
+        assert!(q.claim_next().await.unwrap().is_none());
+        clock.advance(backoff_secs(1));
         assert_eq!(q.claim_next().await.unwrap().unwrap().id, "b");
         assert_eq!(q.job_state("nope").await.unwrap(), None);
     }
