@@ -18,6 +18,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if on_lambda {
         lambda_http::run(app).await
     } else {
-        latchkey_api::wiring::serve(app, &config.bind).await.map_err(Into::into)
+        latchkey_api::wiring::serve(app, &config.bind, config.http_threads).await.map_err(Into::into)
     }
 }

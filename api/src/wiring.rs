@@ -275,12 +275,87 @@ fn read_or_create(
     Ok(Secret::new(value))
 }
 
-/// Serves the Router on `bind` until Ctrl-C, with each connection's peer
-/// address available to the handlers.
-pub async fn serve(app: axum::Router, bind: &str) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(bind).await?;
-    tracing::info!(addr = %listener.local_addr()?, "latchkey listening");
-    serve_on(listener, app).await
+/// Serves the Router on `bind` until Ctrl-C: `threads` threads (one per
+/// core by default, `LATCHKEY_HTTP_THREADS`), each running a single-threaded
+/// runtime that accepts from the one listening socket and keeps the
+/// connections it accepts. A request's wake-ups (its bytes arriving, its
+/// password hash coming back from the pool) then go to the one thread that
+/// owns it. On tokio's multi-threaded runtime each such wake-up also woke
+/// the other worker to look for work, which found none: measured under a
+/// login load on the 2-core bench machine, 5.4 voluntary thread switches
+/// per login on the workers with it (see docs/operations.md).
+pub async fn serve(app: axum::Router, bind: &str, threads: usize) -> std::io::Result<()> {
+    let listener = std::net::TcpListener::bind(bind)?;
+    tracing::info!(addr = %listener.local_addr()?, threads, "latchkey listening");
+    serve_threads(listener, app, threads, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+}
+
+/// As `serve`, on a bound listener, until `shutdown` resolves; then each
+/// thread finishes the requests it has in flight. Returns the first error a
+/// thread ended with.
+pub async fn serve_threads(
+    listener: std::net::TcpListener,
+    app: axum::Router,
+    threads: usize,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (ended, mut ends) = tokio::sync::mpsc::unbounded_channel::<std::io::Result<()>>();
+    let mut spawned = 0;
+    let mut result = Ok(());
+    for i in 0..threads.max(1) {
+        let (listener, app, mut stopped, ended) = match listener.try_clone() {
+            Ok(l) => (l, app.clone(), stopped.clone(), ended.clone()),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        let thread = std::thread::Builder::new().name(format!("http-{i}")).spawn(move || {
+            let served = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|rt| {
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                        .with_graceful_shutdown(async move {
+                            let _ = stopped.wait_for(|stop| *stop).await;
+                        })
+                        .await
+                })
+            });
+            let _ = ended.send(served);
+        });
+        match thread {
+            Ok(_) => spawned += 1,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    drop(ended);
+    if result.is_ok() {
+        // Until the shutdown, or until a thread stops by itself (an error).
+        tokio::select! {
+            () = shutdown => {}
+            first = ends.recv() => {
+                spawned -= 1;
+                result = first.unwrap_or(Ok(()));
+            }
+        }
+    }
+    let _ = stop.send(true);
+    for _ in 0..spawned {
+        match ends.recv().await {
+            Some(Err(e)) if result.is_ok() => result = Err(e),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    result
 }
 
 pub async fn serve_on(listener: tokio::net::TcpListener, app: axum::Router) -> std::io::Result<()> {
@@ -289,4 +364,47 @@ pub async fn serve_on(listener: tokio::net::TcpListener, app: axum::Router) -> s
             let _ = tokio::signal::ctrl_c().await;
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    async fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+        let mut conn = tokio::net::TcpStream::connect(addr).await?;
+        conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").as_bytes()).await?;
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply).await?;
+        Ok(reply)
+    }
+
+    #[tokio::test]
+    async fn each_serving_thread_runs_requests_on_its_own_runtime_until_shutdown() {
+        let app = axum::Router::new().route(
+            "/where",
+            axum::routing::get(|| async {
+                let flavor = tokio::runtime::Handle::current().runtime_flavor();
+                format!("{} {flavor:?}", std::thread::current().name().unwrap_or("?"))
+            }),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (shut, shutdown) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_threads(listener, app, 2, async {
+            let _ = shutdown.await;
+        }));
+        for _ in 0..8 {
+            let reply = get(addr, "/where").await.unwrap();
+            assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+            let body = reply.rsplit("\r\n\r\n").next().unwrap();
+            let (thread, flavor) = body.split_once(' ').unwrap();
+            assert!(thread == "http-0" || thread == "http-1", "served on {thread}");
+            assert_eq!(flavor, "CurrentThread");
+        }
+        shut.send(()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
+        // Every thread let go of the socket: nothing listens any more.
+        assert!(get(addr, "/where").await.is_err());
+    }
 }

@@ -154,6 +154,9 @@ pub struct Config {
     /// a proxy you run).
     pub trust_forwarded_for: bool,
     pub hash_threads: usize,
+    /// Threads serving HTTP when not on Lambda, each with a single-threaded
+    /// runtime of its own (`wiring::serve`).
+    pub http_threads: usize,
     pub policy: Policy,
     /// SHA-256 of the admin bearer key; without it the admin API answers
     /// 401 to everyone.
@@ -179,6 +182,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "LATCHKEY_CODE_HMAC_KEY_PARAM",
     "LATCHKEY_TRUST_FORWARDED_FOR",
     "LATCHKEY_HASH_THREADS",
+    "LATCHKEY_HTTP_THREADS",
     "LATCHKEY_ARGON2_M_KIB",
     "LATCHKEY_ARGON2_T",
     "LATCHKEY_ARGON2_P",
@@ -316,6 +320,14 @@ impl Config {
             |n| (1..=256).contains(n),
             "1..=256",
         );
+        let http_threads = num(
+            &mut errs,
+            "LATCHKEY_HTTP_THREADS",
+            get("LATCHKEY_HTTP_THREADS"),
+            cores,
+            |n| (1..=256).contains(n),
+            "1..=256",
+        );
         let trust_forwarded_for = flag(&mut errs, "LATCHKEY_TRUST_FORWARDED_FOR");
         let admin_key_hash = get("LATCHKEY_ADMIN_KEY_HASH").and_then(|h| {
             let parsed = crate::audit::AdminKeyHash::from_hex(&h);
@@ -349,6 +361,7 @@ impl Config {
             admin_key_hash_param: get("LATCHKEY_ADMIN_KEY_HASH_PARAM"),
             trust_forwarded_for,
             hash_threads,
+            http_threads,
             policy,
             admin_key_hash,
             audit_retention_days,

@@ -61,7 +61,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     };
     let app = latchkey_api::app(built.state.clone());
     println!("latchkey serving {} (bind {})", config.public_base_url, config.bind);
-    latchkey_api::wiring::serve(app, &config.bind).await?;
+    latchkey_api::wiring::serve(app, &config.bind, config.http_threads).await?;
     for t in built.tasks.into_iter().chain(poller) {
         t.abort();
     }
