@@ -21,8 +21,10 @@ use latchkey_core::tables::{self, TableSpec};
 const API_KEYS_NOT_ON_LAMBDA: &[&str] = &[
     // Embedded (SQLite) backend only; Lambda runs LATCHKEY_BACKEND=aws.
     "LATCHKEY_DATA_DIR",
-    // lambda_http receives events from the Runtime API; no socket is bound.
+    // lambda_http receives events from the Runtime API; no socket is bound
+    // and no threads serve HTTP.
     "LATCHKEY_BIND",
+    "LATCHKEY_HTTP_THREADS",
 ];
 
 /// Secrets never go into Lambda's environment: the api gets the name of an
