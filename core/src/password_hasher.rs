@@ -1,12 +1,14 @@
 //! argon2id hashing on a dedicated pool of `threads` OS threads (usually one
-//! per core): never on the async workers, so logins that saturate the CPU do
+//! per core), each hashing in memory of its own that it reuses (`Memory`,
+//! given back after `KEEP_MEMORY_IDLE` without work): never on the threads
+//! serving HTTP, so logins that saturate the CPU do
 //! not stall cheap requests, and never on tokio's elastic blocking pool,
 //! whose many threads would each keep a 19 MiB argon2 arena alive (measured:
 //! 2 GB RSS under a login load before this pool, see the README).
 //!
 //! On Linux the pool's threads run under `SCHED_IDLE`: they take every cycle
-//! nothing else wants, and the kernel preempts them at once when an async
-//! worker wakes. With one hashing thread per core the CPU is saturated by
+//! nothing else wants, and the kernel preempts them at once when a thread
+//! serving HTTP wakes. With one hashing thread per core the CPU is saturated by
 //! logins, and at normal priority a cheap request then waited behind a hash
 //! for up to a scheduler slice (bench/run section 3 measured the p99 of
 //! /v1/me, code verify and refresh at 39-53 ms under a login load before
@@ -14,12 +16,93 @@
 //! password checks wait (the rate limits bound that load).
 
 use crate::domain::Password;
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-type Job = Box<dyn FnOnce() + Send + 'static>;
+type Job = Box<dyn FnOnce(&mut Memory) + Send + 'static>;
+
+/// A pool thread gives its argon2 memory back after this long without a
+/// job, so an idle service does not keep `threads` x 19 MiB.
+const KEEP_MEMORY_IDLE: Duration = Duration::from_secs(5);
+
+/// argon2's working memory (`m` KiB), owned by one pool thread and reused
+/// by every hash it runs. argon2's own `hash_password` and `verify_password`
+/// allocate it per call; under a login load glibc kept those 19 MiB chunks
+/// in several arenas (measured: 240-290 MiB RSS after 4 s of logins at 32
+/// connections, with four arenas of 57 MiB each, against 64 MiB with big
+/// allocations forced to mmap, which instead page-faulted each hash).
+#[derive(Default)]
+pub struct Memory(Vec<Block>);
+
+/// The least capacity the blocks are allocated with: more than 32 MiB,
+/// glibc's highest dynamic mmap threshold on 64-bit (mallopt(3)), so the
+/// buffer is always a mapping of its own and dropping it gives the memory
+/// back to the system (a 19 MiB chunk would come from an arena, which keeps
+/// it). Pages past the blocks in use are never touched and cost no RSS.
+const RESERVE_BYTES: usize = (32 << 20) + 4096;
+
+impl Memory {
+    fn blocks(&mut self, params: &Params) -> &mut [Block] {
+        let n = params.block_count();
+        if self.0.len() < n {
+            if self.0.capacity() < n {
+                self.0 = Vec::with_capacity(n.max(RESERVE_BYTES.div_ceil(std::mem::size_of::<Block>())));
+            }
+            self.0.resize(n, Block::default());
+        }
+        &mut self.0[..n]
+    }
+}
+
+/// Hashes `password` with `salt` into a PHC string, in `memory`: the same
+/// string as `Argon2::hash_password` (a unit test holds them equal).
+pub fn hash_in(memory: &mut Memory, params: &Params, password: &[u8], salt: &SaltString) -> Result<String, String> {
+    let salt = salt.as_salt();
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_buf).map_err(|e| e.to_string())?;
+    let mut out = [0u8; Output::MAX_LENGTH];
+    let out = out
+        .get_mut(..params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN))
+        .ok_or("argon2 output length: at most 64 bytes in a PHC string")?;
+    argon(params)
+        .hash_password_into_with_memory(password, salt_bytes, &mut *out, memory.blocks(params))
+        .map_err(|e| e.to_string())?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params).map_err(|e| e.to_string())?,
+        salt: Some(salt),
+        hash: Some(Output::new(out).map_err(|e| e.to_string())?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Whether `password` matches the PHC string `phc` (any argon2 variant,
+/// version and parameters it names), computed in `memory`: the same answer
+/// as argon2's `verify_password` (a unit test holds them equal), with the
+/// hashes compared in constant time. Only an unreadable `phc` is an error.
+pub fn verify_in(memory: &mut Memory, password: &[u8], phc: &str) -> Result<bool, String> {
+    let parsed = PasswordHash::new(phc).map_err(|e| format!("stored hash: {e}"))?;
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else { return Ok(false) };
+    let computed = (|| -> Option<Output> {
+        let algorithm = Algorithm::try_from(parsed.algorithm).ok()?;
+        let version = parsed.version.map(Version::try_from).transpose().ok()?.unwrap_or_default();
+        let params = Params::try_from(&parsed).ok()?;
+        let mut salt_buf = [0u8; 64];
+        let salt_bytes = salt.decode_b64(&mut salt_buf).ok()?;
+        let mut out = [0u8; Output::MAX_LENGTH];
+        let out = out.get_mut(..expected.len())?;
+        Argon2::new(algorithm, version, params.clone())
+            .hash_password_into_with_memory(password, salt_bytes, &mut *out, memory.blocks(&params))
+            .ok()?;
+        Output::new(out).ok()
+    })();
+    // `Output`'s equality is constant-time.
+    Ok(computed.is_some_and(|c| c == expected))
+}
 
 /// A fixed set of threads taking jobs from one queue.
 struct Pool {
@@ -36,15 +119,17 @@ impl Pool {
                 .name(format!("argon2-{i}"))
                 .spawn(move || {
                     lower_priority();
+                    let mut memory = Memory::default();
                     loop {
                         // Hold the lock only to take a job, not to run it.
                         let job = match rx.lock() {
-                            Ok(guard) => guard.recv(),
+                            Ok(guard) => guard.recv_timeout(KEEP_MEMORY_IDLE),
                             Err(_) => return,
                         };
                         match job {
-                            Ok(job) => job(),
-                            Err(_) => return, // the hasher was dropped
+                            Ok(job) => job(&mut memory),
+                            Err(mpsc::RecvTimeoutError::Timeout) => memory = Memory::default(),
+                            Err(mpsc::RecvTimeoutError::Disconnected) => return, // the hasher was dropped
                         }
                     }
                 })
@@ -118,10 +203,12 @@ impl PasswordHasher {
             dummy: Arc::new(tokio::sync::OnceCell::new()),
             dummy_input: Arc::new((hex::encode(random), salt)),
         };
-        // Warm the dummy hash off the start-up path.
+        // Warm the dummy hash off the start-up path, in memory of its own
+        // that is freed at once (a pool thread's memory would stay for
+        // KEEP_MEMORY_IDLE and count in the idle service's RSS).
         let (cell, make) = (hasher.dummy.clone(), hasher.dummy_job());
-        let warm: Job = Box::new(move || {
-            if let Ok(h) = make() {
+        let warm: Job = Box::new(move |_| {
+            if let Ok(h) = make(&mut Memory::default()) {
                 let _ = cell.set(h);
             }
         });
@@ -131,11 +218,11 @@ impl PasswordHasher {
         Ok(hasher)
     }
 
-    fn dummy_job(&self) -> impl FnOnce() -> Result<String, String> + Send + 'static {
+    fn dummy_job(&self) -> impl FnOnce(&mut Memory) -> Result<String, String> + Send + 'static {
         let (params, input) = (self.params.clone(), self.dummy_input.clone());
-        move || {
+        move |memory| {
             let salt = SaltString::encode_b64(&input.1).map_err(|e| e.to_string())?;
-            argon(&params).hash_password(input.0.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
+            hash_in(memory, &params, input.0.as_bytes(), &salt)
         }
     }
 
@@ -145,12 +232,9 @@ impl PasswordHasher {
         rng.fill(&mut salt);
         let params = self.params.clone();
         let pw = password.clone();
-        self.run(move || {
+        self.run(move |memory| {
             let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
-            argon(&params)
-                .hash_password(pw.expose().as_bytes(), &salt)
-                .map(|h| h.to_string())
-                .map_err(|e| e.to_string())
+            hash_in(memory, &params, pw.expose().as_bytes(), &salt)
         })
         .await
     }
@@ -163,12 +247,7 @@ impl PasswordHasher {
             None => (self.dummy.get_or_try_init(|| self.run(self.dummy_job())).await?.clone(), false),
         };
         let pw = password.clone();
-        let ok = self
-            .run(move || {
-                let parsed = PasswordHash::new(&target).map_err(|e| format!("stored hash: {e}"))?;
-                Ok(Argon2::default().verify_password(pw.expose().as_bytes(), &parsed).is_ok())
-            })
-            .await?;
+        let ok = self.run(move |memory| verify_in(memory, pw.expose().as_bytes(), &target)).await?;
         Ok(ok && real)
     }
 
@@ -184,11 +263,11 @@ impl PasswordHasher {
 
     async fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce() -> Result<T, String> + Send + 'static,
+        f: impl FnOnce(&mut Memory) -> Result<T, String> + Send + 'static,
     ) -> Result<T, crate::Error> {
         let (done, result) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move || {
-            let _ = done.send(f());
+        let job: Job = Box::new(move |memory| {
+            let _ = done.send(f(memory));
         });
         self.pool
             .tx
@@ -225,6 +304,48 @@ mod tests {
         assert!(!h.verify(&pw, None).await.unwrap(), "dummy never verifies");
     }
 
+    #[test]
+    fn hashing_in_reused_memory_matches_argon2s_own_functions() {
+        use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+        let mut memory = Memory::default();
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        // The memory grows and shrinks in use between parameter sets, and is
+        // dirty from the hash before.
+        for (m, t, p) in [(1024, 1, 1), (4096, 2, 1), (2048, 3, 2), (1024, 1, 1)] {
+            let params = Params::new(m, t, p, None).unwrap();
+            let ours = hash_in(&mut memory, &params, b"Tr0ub4dor & 3", &salt).unwrap();
+            let theirs = argon(&params).hash_password(b"Tr0ub4dor & 3", &salt).unwrap().to_string();
+            assert_eq!(ours, theirs);
+            assert!(verify_in(&mut memory, b"Tr0ub4dor & 3", &ours).unwrap());
+            assert!(!verify_in(&mut memory, b"Tr0ub4dor & 4", &ours).unwrap());
+        }
+        // Hashes made by others: another variant, version, tag length.
+        for (alg, version, out_len) in [
+            (Algorithm::Argon2i, Version::V0x13, 32),
+            (Algorithm::Argon2d, Version::V0x10, 16),
+            (Algorithm::Argon2id, Version::V0x13, 64),
+        ] {
+            let params = Params::new(1024, 2, 1, Some(out_len)).unwrap();
+            let phc = Argon2::new(alg, version, params).hash_password(b"pw", &salt).unwrap().to_string();
+            let parsed = PasswordHash::new(&phc).unwrap();
+            for pw in [&b"pw"[..], b"pW", b""] {
+                assert_eq!(
+                    verify_in(&mut memory, pw, &phc).unwrap(),
+                    Argon2::default().verify_password(pw, &parsed).is_ok(),
+                    "{phc} / {pw:?}"
+                );
+            }
+            assert!(verify_in(&mut memory, b"pw", &phc).unwrap());
+        }
+        // Unreadable: an error; readable but not verifiable: false.
+        assert!(verify_in(&mut memory, b"pw", "not a phc string").is_err());
+        assert!(!verify_in(&mut memory, b"pw", "$argon2id$v=19$m=1024,t=1,p=1$MDEyMzQ1Njc4OWFiY2RlZg").unwrap());
+        assert!(
+            !verify_in(&mut memory, b"pw", "$scrypt$ln=15,r=8,p=1$MDEyMzQ1Njc4OWFiY2RlZg$YWJjZGVmZ2hpamtsbW5vcA")
+                .unwrap()
+        );
+    }
+
     #[tokio::test]
     async fn rehash_when_parameters_rise() {
         let weak = PasswordHasher::new(Argon2Settings { m_kib: 1024, t: 1, p: 1 }, 1, &OsSecureRng).unwrap();
@@ -251,7 +372,7 @@ mod tests {
         const SCHED_IDLE: u32 = 5;
         let h = PasswordHasher::new(Argon2Settings { m_kib: 1024, t: 1, p: 1 }, 2, &OsSecureRng).unwrap();
         for _ in 0..4 {
-            assert_eq!(h.run(policy_of_this_thread).await.unwrap(), SCHED_IDLE);
+            assert_eq!(h.run(|_| policy_of_this_thread()).await.unwrap(), SCHED_IDLE);
         }
         assert_eq!(policy_of_this_thread().unwrap(), SCHED_OTHER, "the test's own thread is untouched");
     }
