@@ -18,8 +18,7 @@
 use crate::domain::Password;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 type Job = Box<dyn FnOnce(&mut Memory) + Send + 'static>;
@@ -106,36 +105,81 @@ pub fn verify_in(memory: &mut Memory, password: &[u8], phc: &str) -> Result<bool
 
 /// A fixed set of threads taking jobs from one queue.
 struct Pool {
-    tx: Mutex<mpsc::Sender<Job>>,
+    queue: Arc<Queue>,
+}
+
+/// The jobs waiting, and whether the pool is shut. Each thread waits on
+/// `ready` with a timeout of its own (with a receiver behind a mutex, the
+/// thread that held the mutex could take it back at once each time, and the
+/// other never timed out: measured, one buffer was still held 11 s after
+/// the last job).
+#[derive(Default)]
+struct Queue {
+    jobs: Mutex<(std::collections::VecDeque<Job>, bool)>,
+    ready: Condvar,
 }
 
 impl Pool {
     fn new(threads: usize) -> Result<Self, String> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
+        let queue = Arc::new(Queue::default());
         for i in 0..threads.max(1) {
-            let rx = rx.clone();
+            let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
                 .spawn(move || {
                     lower_priority();
                     let mut memory = Memory::default();
-                    loop {
-                        // Hold the lock only to take a job, not to run it.
-                        let job = match rx.lock() {
-                            Ok(guard) => guard.recv_timeout(KEEP_MEMORY_IDLE),
-                            Err(_) => return,
-                        };
+                    // `None`: the pool is shut.
+                    while let Some(job) = queue.next(KEEP_MEMORY_IDLE) {
                         match job {
-                            Ok(job) => job(&mut memory),
-                            Err(mpsc::RecvTimeoutError::Timeout) => memory = Memory::default(),
-                            Err(mpsc::RecvTimeoutError::Disconnected) => return, // the hasher was dropped
+                            Some(job) => job(&mut memory),
+                            None => memory = Memory::default(),
                         }
                     }
                 })
                 .map_err(|e| format!("starting the hash pool: {e}"))?;
         }
-        Ok(Pool { tx: Mutex::new(tx) })
+        Ok(Pool { queue })
+    }
+
+    fn submit(&self, job: Job) -> Result<(), &'static str> {
+        let mut jobs = self.queue.jobs.lock().map_err(|_| "hash pool lock poisoned")?;
+        jobs.0.push_back(job);
+        drop(jobs);
+        self.queue.ready.notify_one();
+        Ok(())
+    }
+}
+
+impl Queue {
+    /// The next job (`Some(Some(job))`), or `Some(None)` after `idle`
+    /// without one, or `None` once the pool is shut. The lock is held only
+    /// to take a job, never while one runs.
+    fn next(&self, idle: Duration) -> Option<Option<Job>> {
+        let mut jobs = self.jobs.lock().ok()?;
+        loop {
+            if let Some(job) = jobs.0.pop_front() {
+                return Some(Some(job));
+            }
+            if jobs.1 {
+                return None;
+            }
+            let (guard, waited) = self.ready.wait_timeout(jobs, idle).ok()?;
+            jobs = guard;
+            if waited.timed_out() && jobs.0.is_empty() && !jobs.1 {
+                return Some(None);
+            }
+        }
+    }
+}
+
+impl Drop for Pool {
+    /// The hasher is gone: its threads finish the queued jobs and end.
+    fn drop(&mut self) {
+        if let Ok(mut jobs) = self.queue.jobs.lock() {
+            jobs.1 = true;
+        }
+        self.queue.ready.notify_all();
     }
 }
 
@@ -212,9 +256,7 @@ impl PasswordHasher {
                 let _ = cell.set(h);
             }
         });
-        if let Ok(tx) = hasher.pool.tx.lock() {
-            let _ = tx.send(warm);
-        }
+        let _ = hasher.pool.submit(warm);
         Ok(hasher)
     }
 
@@ -269,12 +311,7 @@ impl PasswordHasher {
         let job: Job = Box::new(move |memory| {
             let _ = done.send(f(memory));
         });
-        self.pool
-            .tx
-            .lock()
-            .map_err(|_| crate::Error::Internal("hash pool lock poisoned".into()))?
-            .send(job)
-            .map_err(|_| crate::Error::Internal("hash pool stopped".into()))?;
+        self.pool.submit(job).map_err(|e| crate::Error::Internal(e.into()))?;
         result
             .await
             .map_err(|_| crate::Error::Internal("hash job dropped".into()))?
@@ -344,6 +381,42 @@ mod tests {
             !verify_in(&mut memory, b"pw", "$scrypt$ln=15,r=8,p=1$MDEyMzQ1Njc4OWFiY2RlZg$YWJjZGVmZ2hpamtsbW5vcA")
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn every_idle_pool_thread_times_out_and_a_shut_pool_ends_them() {
+        let queue = Arc::new(Queue::default());
+        // Both waiting at once: each gets its own timeout (behind a mutex'd
+        // receiver, one of them could wait for ever).
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let q = queue.clone();
+                std::thread::spawn(move || matches!(q.next(Duration::from_millis(50)), Some(None)))
+            })
+            .collect();
+        for w in waiters {
+            assert!(w.join().unwrap(), "an idle thread did not time out");
+        }
+        // A queued job is taken before any timeout.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let job: Job = Box::new(move |_| tx.send(42).unwrap());
+        queue.jobs.lock().unwrap().0.push_back(job);
+        match queue.next(Duration::from_secs(60)) {
+            Some(Some(job)) => job(&mut Memory::default()),
+            _ => panic!("the queued job was not taken"),
+        }
+        assert_eq!(rx.recv().unwrap(), 42);
+        // Shut: jobs still queued are run first, then the threads end.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let job: Job = Box::new(move |_| tx.send(7).unwrap());
+        queue.jobs.lock().unwrap().0.push_back(job);
+        queue.jobs.lock().unwrap().1 = true;
+        match queue.next(Duration::from_secs(60)) {
+            Some(Some(job)) => job(&mut Memory::default()),
+            _ => panic!("a queued job was dropped at shutdown"),
+        }
+        assert_eq!(rx.recv().unwrap(), 7);
+        assert!(queue.next(Duration::from_secs(60)).is_none());
     }
 
     #[tokio::test]
