@@ -109,10 +109,10 @@ struct Pool {
 }
 
 /// The jobs waiting, and whether the pool is shut. Each thread waits on
-/// `ready` with a timeout of its own (with a receiver behind a mutex, the
-/// thread that held the mutex could take it back at once each time, and the
-/// other never timed out: measured, one buffer was still held 11 s after
-/// the last job).
+/// `ready` with a timeout of its own. (With one receiver behind a mutex, a
+/// thread waited for the mutex before it could start its timeout, and the
+/// thread that had just timed out could take the mutex back first, so its
+/// release of memory depended on the other's luck.)
 #[derive(Default)]
 struct Queue {
     jobs: Mutex<(std::collections::VecDeque<Job>, bool)>,
