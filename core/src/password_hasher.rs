@@ -132,7 +132,16 @@ impl Pool {
                     // `None`: the pool is shut.
                     while let Some(job) = queue.next(KEEP_MEMORY_IDLE) {
                         match job {
-                            Some(job) => job(&mut memory),
+                            // A job that panics is that job's failure (its
+                            // caller gets "hash job dropped"), not the end of
+                            // this thread: a pool with no threads left would
+                            // leave every later login waiting for ever.
+                            Some(job) => {
+                                let run = std::panic::AssertUnwindSafe(|| job(&mut memory));
+                                if std::panic::catch_unwind(run).is_err() {
+                                    memory = Memory::default();
+                                }
+                            }
                             None => memory = Memory::default(),
                         }
                     }
@@ -417,6 +426,21 @@ mod tests {
         }
         assert_eq!(rx.recv().unwrap(), 7);
         assert!(queue.next(Duration::from_secs(60)).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_fails_alone_and_the_thread_goes_on() {
+        let h = PasswordHasher::new(Argon2Settings { m_kib: 1024, t: 1, p: 1 }, 1, &OsSecureRng).unwrap();
+        let failed = h.run(|_| -> Result<(), String> { panic!("a bug in a job") }).await;
+        assert!(matches!(&failed, Err(crate::Error::Internal(m)) if m.to_string() == "hash job dropped"), "{failed:?}");
+        // The pool's one thread is still there (without it, this would
+        // wait for ever).
+        let pw = Password::for_login("Tr0ub4dor & 3".into()).unwrap();
+        let phc = tokio::time::timeout(std::time::Duration::from_secs(30), h.hash(&pw, &OsSecureRng))
+            .await
+            .expect("no pool thread took the job")
+            .unwrap();
+        assert!(h.verify(&pw, Some(&phc)).await.unwrap());
     }
 
     #[tokio::test]
