@@ -293,9 +293,10 @@ pub async fn serve(app: axum::Router, bind: &str, threads: usize) -> std::io::Re
     .await
 }
 
-/// As `serve`, on a bound listener, until `shutdown` resolves; then each
-/// thread finishes the requests it has in flight. Returns the first error a
-/// thread ended with.
+/// As `serve`, on a bound listener, until `shutdown` resolves or this
+/// future is dropped; then each thread finishes the requests it has in
+/// flight. Returns the first error a thread ended with. (The in-process
+/// system tests serve through this too.)
 pub async fn serve_threads(
     listener: std::net::TcpListener,
     app: axum::Router,
@@ -356,14 +357,6 @@ pub async fn serve_threads(
         }
     }
     result
-}
-
-pub async fn serve_on(listener: tokio::net::TcpListener, app: axum::Router) -> std::io::Result<()> {
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
 }
 
 #[cfg(test)]

@@ -108,14 +108,21 @@ struct Pool {
     queue: Arc<Queue>,
 }
 
-/// The jobs waiting, and whether the pool is shut. Each thread waits on
-/// `ready` with a timeout of its own. (With one receiver behind a mutex, a
-/// thread waited for the mutex before it could start its timeout, and the
-/// thread that had just timed out could take the mutex back first, so its
-/// release of memory depended on the other's luck.)
+/// The jobs waiting, and whether the pool is shut.
+#[derive(Default)]
+struct QueueState {
+    jobs: std::collections::VecDeque<Job>,
+    shut: bool,
+}
+
+/// The pool's queue. Each thread waits on `ready` with a timeout of its
+/// own. (With one receiver behind a mutex, a thread waited for the mutex
+/// before it could start its timeout, and the thread that had just timed
+/// out could take the mutex back first, so its release of memory depended
+/// on the other's luck.)
 #[derive(Default)]
 struct Queue {
-    jobs: Mutex<(std::collections::VecDeque<Job>, bool)>,
+    state: Mutex<QueueState>,
     ready: Condvar,
 }
 
@@ -152,9 +159,9 @@ impl Pool {
     }
 
     fn submit(&self, job: Job) -> Result<(), &'static str> {
-        let mut jobs = self.queue.jobs.lock().map_err(|_| "hash pool lock poisoned")?;
-        jobs.0.push_back(job);
-        drop(jobs);
+        let mut state = self.queue.state.lock().map_err(|_| "hash pool lock poisoned")?;
+        state.jobs.push_back(job);
+        drop(state);
         self.queue.ready.notify_one();
         Ok(())
     }
@@ -165,17 +172,17 @@ impl Queue {
     /// without one, or `None` once the pool is shut. The lock is held only
     /// to take a job, never while one runs.
     fn next(&self, idle: Duration) -> Option<Option<Job>> {
-        let mut jobs = self.jobs.lock().ok()?;
+        let mut state = self.state.lock().ok()?;
         loop {
-            if let Some(job) = jobs.0.pop_front() {
+            if let Some(job) = state.jobs.pop_front() {
                 return Some(Some(job));
             }
-            if jobs.1 {
+            if state.shut {
                 return None;
             }
-            let (guard, waited) = self.ready.wait_timeout(jobs, idle).ok()?;
-            jobs = guard;
-            if waited.timed_out() && jobs.0.is_empty() && !jobs.1 {
+            let (guard, waited) = self.ready.wait_timeout(state, idle).ok()?;
+            state = guard;
+            if waited.timed_out() && state.jobs.is_empty() && !state.shut {
                 return Some(None);
             }
         }
@@ -185,8 +192,8 @@ impl Queue {
 impl Drop for Pool {
     /// The hasher is gone: its threads finish the queued jobs and end.
     fn drop(&mut self) {
-        if let Ok(mut jobs) = self.queue.jobs.lock() {
-            jobs.1 = true;
+        if let Ok(mut state) = self.queue.state.lock() {
+            state.shut = true;
         }
         self.queue.ready.notify_all();
     }
@@ -409,7 +416,7 @@ mod tests {
         // A queued job is taken before any timeout.
         let (tx, rx) = std::sync::mpsc::channel();
         let job: Job = Box::new(move |_| tx.send(42).unwrap());
-        queue.jobs.lock().unwrap().0.push_back(job);
+        queue.state.lock().unwrap().jobs.push_back(job);
         match queue.next(Duration::from_secs(60)) {
             Some(Some(job)) => job(&mut Memory::default()),
             _ => panic!("the queued job was not taken"),
@@ -418,8 +425,8 @@ mod tests {
         // Shut: jobs still queued are run first, then the threads end.
         let (tx, rx) = std::sync::mpsc::channel();
         let job: Job = Box::new(move |_| tx.send(7).unwrap());
-        queue.jobs.lock().unwrap().0.push_back(job);
-        queue.jobs.lock().unwrap().1 = true;
+        queue.state.lock().unwrap().jobs.push_back(job);
+        queue.state.lock().unwrap().shut = true;
         match queue.next(Duration::from_secs(60)) {
             Some(Some(job)) => job(&mut Memory::default()),
             _ => panic!("a queued job was dropped at shutdown"),

@@ -164,11 +164,13 @@ impl TestSystem {
         calls: Option<CallCounter>,
         dir: Option<TempDir>,
     ) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let app = latchkey_api::app(built.state.clone());
+        // The production serving path, on two threads; aborting this task
+        // shuts them.
         let server = tokio::spawn(async move {
-            let _ = latchkey_api::wiring::serve_on(listener, app).await;
+            let _ = latchkey_api::wiring::serve_threads(listener, app, 2, std::future::pending()).await;
         });
         TestSystem {
             base: format!("http://{addr}"),

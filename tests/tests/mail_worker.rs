@@ -281,10 +281,10 @@ impl Api {
         let cfg = latchkey_core::config::Config::from_lookup(|k| pairs.get(k).cloned()).unwrap();
         let opts = latchkey_api::wiring::BuildOptions { sdk: Some(sdk), ..Default::default() };
         let built = latchkey_api::wiring::build_with(&cfg, opts).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let app = latchkey_api::app(built.state.clone());
-        tokio::spawn(async move { latchkey_api::wiring::serve_on(listener, app).await });
+        tokio::spawn(latchkey_api::wiring::serve_threads(listener, app, 2, std::future::pending()));
         Api { base, http: reqwest::Client::new(), _built: built }
     }
 
