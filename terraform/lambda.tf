@@ -245,6 +245,15 @@ resource "aws_lambda_event_source_mapping" "mail_ledger_stream" {
   maximum_retry_attempts             = var.stream_max_retry_attempts
   maximum_record_age_in_seconds      = var.stream_max_record_age_seconds
 
+  # Only the outcomes the audit trail records (core's ledger_state::AUDITED):
+  # a claim or a retry is no audit event, so it invokes nothing. Half of a
+  # mail's ledger writes are claims.
+  filter_criteria {
+    filter {
+      pattern = jsonencode({ dynamodb = { NewImage = { state = { S = ["sent", "failed"] } } } })
+    }
+  }
+
   destination_config {
     on_failure {
       destination_arn = aws_sqs_queue.stream_failures.arn

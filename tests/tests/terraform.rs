@@ -15,6 +15,7 @@ use hcl::eval::{Context, Evaluate};
 use hcl::expr::{Traversal, TraversalOperator};
 use hcl::{Block, Body, Expression, Map, ObjectKey, Value};
 use latchkey_core::config::CONFIG_KEYS;
+use latchkey_core::mail::delivery::ledger_state;
 use latchkey_core::tables::{self, TableSpec};
 
 /// Keys of `CONFIG_KEYS` the api does not get on Lambda, and why.
@@ -607,6 +608,40 @@ fn event_source_mappings_report_failures_and_streams_give_up_finitely() {
         streamed_tables, want,
         "each table core streams (and only those) needs a mapping to the stream-processor"
     );
+}
+
+/// The mail ledger's stream mapping filters in exactly the states the audit
+/// trail has an event for (`ledger_state::AUDITED`, as the embedded change
+/// feed does); no other mapping filters anything.
+#[test]
+fn only_audited_mail_outcomes_reach_the_stream_processor() {
+    let tf = Terraform::load();
+    let ctx = tf.context(&[]);
+    let ledger_name = tables::table_name(&prefix(&ctx), &tables::MAIL_LEDGER);
+    let ledger = tables_by_name(&tf, &ctx).get(&ledger_name).unwrap_or_else(|| panic!("no table {ledger_name}")).0;
+    let mut seen = 0;
+    for (n, m) in tf.resources("aws_lambda_event_source_mapping") {
+        let what = format!("aws_lambda_event_source_mapping.{n}");
+        let filters: Vec<&Body> =
+            blocks(m, "filter_criteria").flat_map(|c| blocks(c.body(), "filter")).map(Block::body).collect();
+        let source = attr(m, "event_source_arn").and_then(reference);
+        if !matches!(&source, Some((ty, label, _)) if ty == "aws_dynamodb_table" && label == ledger) {
+            assert!(filters.is_empty(), "{what}: filters out records its function needs");
+            continue;
+        }
+        seen += 1;
+        let [filter] = filters.as_slice() else { panic!("{what}: expected one filter, got {}", filters.len()) };
+        let pattern = attr(filter, "pattern").unwrap_or_else(|| panic!("{what}: filter without a pattern"));
+        let Expression::FuncCall(f) = pattern else { panic!("{what}: pattern must be jsonencode({{...}})") };
+        assert_eq!((f.name.name.as_str(), f.args.len()), ("jsonencode", 1), "{what}");
+        let value = f.args[0].evaluate(&ctx).unwrap_or_else(|e| panic!("{what}: pattern does not evaluate: {e}"));
+        assert_eq!(
+            serde_json::to_value(&value).unwrap(),
+            serde_json::json!({ "dynamodb": { "NewImage": { "state": { "S": ledger_state::AUDITED } } } }),
+            "{what}: the filter must pass the audited ledger states and only those"
+        );
+    }
+    assert_eq!(seen, 1, "expected one mapping of the mail ledger's stream");
 }
 
 #[test]

@@ -73,6 +73,17 @@ pub mod ledger_state {
     pub const FAILED: &str = "failed";
     /// Transient failures ran out this time; the queue will bring it back.
     pub const RETRY: &str = "retry";
+
+    /// The states the audit trail has an event for (`MailDelivered`,
+    /// `MailFailed`). A change to any other state (a claim, a retry) is no
+    /// audit event, so the embedded change feed does not carry it and the
+    /// Terraform ledger stream mapping filters it out before the processor.
+    pub const AUDITED: [&str; 2] = [SENT, FAILED];
+
+    /// Whether a record now in `state` goes to the audit trail.
+    pub fn audited(state: &str) -> bool {
+        AUDITED.contains(&state)
+    }
 }
 
 /// The answer to a claim.
