@@ -6,7 +6,8 @@
 //! queues and redrive against core's names and `MAIL_MAX_RECEIVE_COUNT`, each
 //! function's environment against the config keys its code reads, the SQS
 //! visibility against the worker's timeout, the event source mappings'
-//! failure handling, and IAM statements for `*`.
+//! failure handling and the mail ledger stream's filter (core's audited
+//! states), and IAM statements for `*`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
