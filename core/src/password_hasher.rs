@@ -16,7 +16,7 @@
 //! password checks wait (the rate limits bound that load).
 
 use crate::domain::Password;
-use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -56,25 +56,31 @@ impl Memory {
     }
 }
 
+/// argon2's tag of `password` with `salt`, `len` bytes long, computed in
+/// `memory` with `argon`'s algorithm, version and parameters.
+fn tag(argon: &Argon2<'_>, memory: &mut Memory, password: &[u8], salt: Salt<'_>, len: usize) -> Result<Output, String> {
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_buf).map_err(|e| e.to_string())?;
+    let mut out = [0u8; Output::MAX_LENGTH];
+    let out = out.get_mut(..len).ok_or("argon2 output length: at most 64 bytes in a PHC string")?;
+    argon
+        .hash_password_into_with_memory(password, salt_bytes, &mut *out, memory.blocks(argon.params()))
+        .map_err(|e| e.to_string())?;
+    Output::new(out).map_err(|e| e.to_string())
+}
+
 /// Hashes `password` with `salt` into a PHC string, in `memory`: the same
 /// string as `Argon2::hash_password` (a unit test holds them equal).
 pub fn hash_in(memory: &mut Memory, params: &Params, password: &[u8], salt: &SaltString) -> Result<String, String> {
     let salt = salt.as_salt();
-    let mut salt_buf = [0u8; 64];
-    let salt_bytes = salt.decode_b64(&mut salt_buf).map_err(|e| e.to_string())?;
-    let mut out = [0u8; Output::MAX_LENGTH];
-    let out = out
-        .get_mut(..params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN))
-        .ok_or("argon2 output length: at most 64 bytes in a PHC string")?;
-    argon(params)
-        .hash_password_into_with_memory(password, salt_bytes, &mut *out, memory.blocks(params))
-        .map_err(|e| e.to_string())?;
+    let len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+    let hash = tag(&argon(params), memory, password, salt, len)?;
     let phc = PasswordHash {
         algorithm: Algorithm::Argon2id.ident(),
         version: Some(Version::V0x13.into()),
         params: ParamsString::try_from(params).map_err(|e| e.to_string())?,
         salt: Some(salt),
-        hash: Some(Output::new(out).map_err(|e| e.to_string())?),
+        hash: Some(hash),
     };
     Ok(phc.to_string())
 }
@@ -90,14 +96,7 @@ pub fn verify_in(memory: &mut Memory, password: &[u8], phc: &str) -> Result<bool
         let algorithm = Algorithm::try_from(parsed.algorithm).ok()?;
         let version = parsed.version.map(Version::try_from).transpose().ok()?.unwrap_or_default();
         let params = Params::try_from(&parsed).ok()?;
-        let mut salt_buf = [0u8; 64];
-        let salt_bytes = salt.decode_b64(&mut salt_buf).ok()?;
-        let mut out = [0u8; Output::MAX_LENGTH];
-        let out = out.get_mut(..expected.len())?;
-        Argon2::new(algorithm, version, params.clone())
-            .hash_password_into_with_memory(password, salt_bytes, &mut *out, memory.blocks(&params))
-            .ok()?;
-        Output::new(out).ok()
+        tag(&Argon2::new(algorithm, version, params), memory, password, salt, expected.len()).ok()
     })();
     // `Output`'s equality is constant-time.
     Ok(computed.is_some_and(|c| c == expected))
