@@ -282,8 +282,9 @@ fn read_or_create(
 /// password hash coming back from the pool) then go to the one thread that
 /// owns it. On tokio's multi-threaded runtime each such wake-up also woke
 /// the other worker to look for work, which found none: measured under a
-/// login load on the 2-core bench machine, 5.4 voluntary thread switches
-/// per login on the workers with it (see docs/operations.md).
+/// login load on the 2-core bench machine, 5.6-6.2 voluntary thread
+/// switches per login on the workers with it, 2.0-2.3 without (see
+/// docs/operations.md).
 pub async fn serve(app: axum::Router, bind: &str, threads: usize) -> std::io::Result<()> {
     let listener = std::net::TcpListener::bind(bind)?;
     tracing::info!(addr = %listener.local_addr()?, threads, "latchkey listening");

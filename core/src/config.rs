@@ -312,22 +312,11 @@ impl Config {
             Some(o) => errs.push(format!("LATCHKEY_RATE_LIMITS: default or relaxed (got {o:?})")),
         }
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let hash_threads = num(
-            &mut errs,
-            "LATCHKEY_HASH_THREADS",
-            get("LATCHKEY_HASH_THREADS"),
-            cores,
-            |n| (1..=256).contains(n),
-            "1..=256",
-        );
-        let http_threads = num(
-            &mut errs,
-            "LATCHKEY_HTTP_THREADS",
-            get("LATCHKEY_HTTP_THREADS"),
-            cores,
-            |n| (1..=256).contains(n),
-            "1..=256",
-        );
+        // A thread count: one per core unless the variable sets it.
+        let threads =
+            |errs: &mut Vec<String>, k: &str| num(errs, k, get(k), cores, |n| (1..=256).contains(n), "1..=256");
+        let hash_threads = threads(&mut errs, "LATCHKEY_HASH_THREADS");
+        let http_threads = threads(&mut errs, "LATCHKEY_HTTP_THREADS");
         let trust_forwarded_for = flag(&mut errs, "LATCHKEY_TRUST_FORWARDED_FOR");
         let admin_key_hash = get("LATCHKEY_ADMIN_KEY_HASH").and_then(|h| {
             let parsed = crate::audit::AdminKeyHash::from_hex(&h);
