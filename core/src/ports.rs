@@ -111,6 +111,19 @@ pub trait ChallengeStore: Send + Sync {
 
     async fn challenge(&self, id: &ChallengeId) -> StoreResult<Option<Challenge>>;
 
+    /// Takes one attempt before a code is compared: increments `attempts`
+    /// only if the challenge is unused, `attempts < max_attempts`, `failures
+    /// < max_attempts` and `expires_at > now`, in one conditional write, and
+    /// returns the challenge as it is after; `Conflict(Stale)` otherwise (a
+    /// missing challenge included). So however many guesses arrive at once,
+    /// at most `max_attempts` codes are ever compared. `meta` is unchanged.
+    async fn take_challenge_attempt(
+        &self,
+        id: &ChallengeId,
+        now: Timestamp,
+        max_attempts: u32,
+    ) -> StoreResult<Challenge>;
+
     /// Redeems the challenge: sets `used_at = now` and creates `session`, and
     /// resets the user's account-wide code failure count, in one transaction,
     /// only if the challenge is unused, still has `code_hash`, has fewer than
@@ -145,10 +158,11 @@ pub trait ChallengeStore: Send + Sync {
     ) -> StoreResult<u32>;
 
     /// Replaces the code: sets `code_hash`, `expires_at`, `last_sent_at = now`
-    /// and `resends += 1`, never touching `failures`, only if the challenge
-    /// is unused, `last_sent_at <= now - cooldown_secs`, `resends <
-    /// max_resends` and `failures < max_failures`; otherwise `Conflict(Stale)`.
-    /// Sets the challenge's `meta` to the request's.
+    /// and `resends += 1`, never touching `failures` or `attempts`, only if
+    /// the challenge is unused, `created_at > now - Challenge::MAX_AGE_SECS`,
+    /// `last_sent_at <= now - cooldown_secs`, `resends < max_resends` and
+    /// `failures` and `attempts` are both `< max_failures`; otherwise
+    /// `Conflict(Stale)`. Sets the challenge's `meta` to the request's.
     #[allow(clippy::too_many_arguments)]
     async fn replace_challenge_code(
         &self,
@@ -192,9 +206,17 @@ pub trait OtpStore: Send + Sync {
     async fn otp(&self, address_hash: &str) -> StoreResult<Option<OtpRecord>>;
 
     /// Writes `record` for its address, replacing what is there, only if the
-    /// stored record's `last_sent_at` still equals `expected_last_sent_at`
-    /// (`None`: only if there is no record). `Conflict(Stale)` otherwise.
-    async fn put_otp(&self, record: &OtpRecord, expected_last_sent_at: Option<Timestamp>) -> StoreResult<()>;
+    /// stored record still has `expected`'s `last_sent_at`, `failures` and
+    /// `attempts` (`None`: only if there is no record), so no guess counted
+    /// since the read is lost. `Conflict(Stale)` otherwise.
+    async fn put_otp(&self, record: &OtpRecord, expected: Option<&OtpRecord>) -> StoreResult<()>;
+
+    /// Takes one attempt before a code is compared, as
+    /// `ChallengeStore::take_challenge_attempt`: increments `attempts` only
+    /// if the code is unused, `attempts` and `failures` are both
+    /// `< max_attempts` and `expires_at > now`; returns the record after.
+    async fn take_otp_attempt(&self, address_hash: &str, now: Timestamp, max_attempts: u32)
+    -> StoreResult<OtpRecord>;
 
     /// Marks the code used, only if it is unused, still has `code_hash`, has
     /// fewer than `max_failures` failures and `expires_at > now`, and sets

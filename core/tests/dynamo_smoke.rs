@@ -126,6 +126,7 @@ fn challenge(user: &User, code_hash: &str) -> Challenge {
         last_sent_at: NOW,
         resends: 0,
         failures: 0,
+        attempts: 0,
         used_at: None,
         meta: RequestMeta::default(),
     }
@@ -438,12 +439,13 @@ async fn otp_codes_are_single_use_and_capped() {
         expires_at: NOW + 600,
         last_sent_at: NOW,
         failures: 0,
+        attempts: 0,
         used_at: None,
         meta: RequestMeta::default(),
     };
     env.store.put_otp(&rec, None).await.unwrap();
     assert!(is_conflict(&env.store.put_otp(&rec, None).await, Conflict::Stale));
-    assert!(is_conflict(&env.store.put_otp(&rec, Some(NOW - 1)).await, Conflict::Stale));
+    assert!(is_conflict(&env.store.put_otp(&rec, Some(&OtpRecord { last_sent_at: NOW - 1, ..rec.clone() })).await, Conflict::Stale));
     assert_eq!(env.store.otp(&addr).await.unwrap(), Some(rec.clone()));
 
     let results = join_all((0..20).map(|_| env.store.record_otp_failure(&addr, 6, &META))).await;
@@ -454,7 +456,7 @@ async fn otp_codes_are_single_use_and_capped() {
 
     // A new code (replacing on the expected last_sent_at) redeems once.
     let next = OtpRecord { code_hash: "c2".into(), last_sent_at: NOW + 60, failures: 0, ..rec.clone() };
-    env.store.put_otp(&next, Some(NOW)).await.unwrap();
+    env.store.put_otp(&next, Some(&OtpRecord { failures: 6, ..rec.clone() })).await.unwrap();
     assert!(is_conflict(&env.store.redeem_otp(&addr, "c1", NOW + 61, 6, &META).await, Conflict::Stale));
     assert!(is_conflict(&env.store.redeem_otp(&addr, "c2", NOW + 600, 6, &META).await, Conflict::Stale), "expired");
     let results = join_all((0..20).map(|_| env.store.redeem_otp(&addr, "c2", NOW + 61, 6, &META))).await;

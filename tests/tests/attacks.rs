@@ -194,6 +194,45 @@ pub async fn wrong_codes_50_at_once(sys: &TestSystem) {
     assert_eq!((st, b["error"].as_str()), (401, Some("otp_exhausted")), "{b}");
 }
 
+/// The right code among 50 concurrent guesses: each guess takes one of the
+/// 6 attempts before its code is compared, so at most 6 are compared in all
+/// (answered `otp_invalid`, or the one success), whatever the timing.
+pub async fn right_code_among_50_guesses_at_once(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let (challenge, code) = start_login(sys, &username, &email).await;
+    let guess = |i: usize| {
+        let code = if i == 25 { code.as_str() } else { wrong_code(&code) };
+        sys.post("/v1/login/otp", json!({"challenge_id": challenge, "code": code}))
+    };
+    let results = join_all((0..50).map(guess)).await;
+    let compared = results.iter().filter(|(st, b, _)| *st == 200 || b["error"] == "otp_invalid").count();
+    assert!(compared <= 6, "{compared} codes were compared: the cap is 6");
+    assert!(results.iter().filter(|(st, _, _)| *st == 200).count() <= 1);
+    for (st, b, _) in results.iter().filter(|(st, _, _)| *st != 200) {
+        assert_eq!(*st, 401, "{b}");
+        assert!(matches!(b["error"].as_str(), Some("otp_invalid" | "otp_exhausted" | "otp_used")), "{b}");
+    }
+}
+
+/// The same for the standalone OTP API: at most 6 of 50 concurrent guesses
+/// (the right one among them) are compared.
+pub async fn right_otp_among_50_guesses_at_once(sys: &TestSystem) {
+    let (_, email) = unique();
+    let (st, _, _) = sys.post("/otp", json!({"action": "send_otp", "email": email})).await;
+    assert_eq!(st, 200);
+    let code = sys.wait_mail(&email, 1).await.code().expect("code");
+    let guess = |i: usize| {
+        let otp = if i == 25 { code.as_str() } else { wrong_code(&code) };
+        sys.post("/otp", json!({"action": "verify_otp", "email": email, "otp": otp}))
+    };
+    let results = join_all((0..50).map(guess)).await;
+    let compared = results.iter().filter(|(st, b, _)| *st == 200 || b["message"] == "Invalid OTP").count();
+    assert!(compared <= 6, "{compared} codes were compared: the cap is 6");
+    for (st, b, _) in results.iter().filter(|(st, _, _)| *st != 200) {
+        assert!(matches!(*st, 401 | 403 | 404), "{st} {b}");
+    }
+}
+
 /// Account A's code, submitted on account B's challenge, is refused and
 /// costs B a try; both codes still work on their own challenges.
 pub async fn code_bound_to_challenge(sys: &TestSystem) {
@@ -645,6 +684,8 @@ macro_rules! relaxed_attacks {
             enum_resend_and_send_otp,
             right_code_50_times_at_once,
             wrong_codes_50_at_once,
+            right_code_among_50_guesses_at_once,
+            right_otp_among_50_guesses_at_once,
             code_bound_to_challenge,
             password_step_alone_is_not_a_login,
             another_users_token_verifies_only_that_user,

@@ -274,6 +274,7 @@ mod tests {
             last_sent_at: T0,
             resends: 0,
             failures: 0,
+            attempts: 0,
             used_at: None,
             meta: meta(),
         }
@@ -323,7 +324,10 @@ mod tests {
             [T::CodeFailed, T::ChallengeExhausted]
         );
         let used = Challenge { used_at: Some(T0 + 5), ..c.clone() };
-        assert_eq!(kinds(&change(Images::Challenge(Some(c), Some(used)), false)), [T::CodeVerified]);
+        assert_eq!(kinds(&change(Images::Challenge(Some(c.clone()), Some(used)), false)), [T::CodeVerified]);
+        // Taking an attempt before a comparison is not an outcome.
+        let attempt = Challenge { attempts: 1, ..c.clone() };
+        assert!(kinds(&change(Images::Challenge(Some(c), Some(attempt)), false)).is_empty());
     }
 
     #[test]
@@ -369,6 +373,7 @@ mod tests {
             expires_at: T0 + 600,
             last_sent_at: T0,
             failures: 0,
+            attempts: 0,
             used_at: None,
             meta: meta(),
         };
@@ -376,6 +381,8 @@ mod tests {
         assert_eq!((evs[0].event, evs[0].subject.as_str()), (T::OtpSent, "otp:addr"));
         let failed = OtpRecord { failures: 1, ..o.clone() };
         assert_eq!(kinds(&change(Images::Otp(Some(o.clone()), Some(failed)), false)), [T::OtpFailed]);
+        let attempt = OtpRecord { attempts: 1, ..o.clone() };
+        assert!(kinds(&change(Images::Otp(Some(o.clone()), Some(attempt)), false)).is_empty());
         assert_eq!(kinds(&change(Images::Otp(Some(o), None), true)), [T::OtpExpired]);
     }
 

@@ -67,9 +67,22 @@ pub struct Challenge {
     pub expires_at: Timestamp,
     pub last_sent_at: Timestamp,
     pub resends: u32,
+    /// Wrong codes.
     pub failures: u32,
+    /// Codes compared, right or wrong: each comparison first takes one of
+    /// the `code_max_failures` attempts in a conditional write, so no number
+    /// of concurrent guesses gets past the cap. A resend keeps it. Absent in
+    /// records written before it existed (read as 0).
+    #[serde(default)]
+    pub attempts: u32,
     pub used_at: Option<Timestamp>,
     pub meta: RequestMeta,
+}
+
+impl Challenge {
+    /// How long after the password step its code may still be resent: past
+    /// this only a new login helps, however the resends were spaced.
+    pub const MAX_AGE_SECS: i64 = 3600;
 }
 
 /// A signed-in session: one family of rotating refresh tokens.
@@ -96,7 +109,11 @@ pub struct OtpRecord {
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
     pub last_sent_at: Timestamp,
+    /// Wrong codes.
     pub failures: u32,
+    /// Codes compared, right or wrong (as `Challenge::attempts`).
+    #[serde(default)]
+    pub attempts: u32,
     pub used_at: Option<Timestamp>,
     pub meta: RequestMeta,
 }

@@ -67,6 +67,7 @@ impl Auth {
             last_sent_at: now,
             resends: 0,
             failures: 0,
+            attempts: 0,
             used_at: None,
             meta: meta.clone(),
         };
@@ -100,12 +101,18 @@ impl Auth {
             if c.used_at.is_some() {
                 return Err(Error::OtpUsed);
             }
-            if c.failures >= p.code_max_failures {
+            if c.failures >= p.code_max_failures || c.attempts >= p.code_max_failures {
                 return Err(Error::OtpExhausted);
+            }
+            if now >= c.created_at + Challenge::MAX_AGE_SECS {
+                // A password step this old is not brought back to life.
+                return Err(Error::OtpExpired);
             }
             if c.resends >= p.code_max_resends {
                 // Only a new login helps now.
-                return Err(Error::RateLimited { retry_after: (c.created_at + 3600 - now).max(1) as u64 });
+                return Err(Error::RateLimited {
+                    retry_after: (c.created_at + Challenge::MAX_AGE_SECS - now).max(1) as u64,
+                });
             }
             let wait = c.last_sent_at + p.code_resend_cooldown_secs - now;
             if wait > 0 {

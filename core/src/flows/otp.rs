@@ -3,7 +3,7 @@
 //! single use, an atomic attempt cap, a 10-minute lifetime and a per-address
 //! send cooldown. No account is involved.
 
-use super::Auth;
+use super::{Auth, CodeClosed, code_closed};
 use crate::audit::otp_subject;
 use crate::clock::Timestamp;
 use crate::domain::{Email, OtpCode, OtpRecord, RequestMeta, Secret};
@@ -34,9 +34,12 @@ impl Auth {
                 return Err(Error::RateLimited { retry_after: wait as u64 });
             }
         }
-        // A new code for a still-live one keeps its failures (NIST 3.1.3.2).
-        let failures =
-            existing.as_ref().filter(|e| e.used_at.is_none() && e.expires_at > now).map_or(0, |e| e.failures);
+        // A new code for a still-live one keeps its failures and attempts
+        // (NIST 3.1.3.2).
+        let (failures, attempts) = existing
+            .as_ref()
+            .filter(|e| e.used_at.is_none() && e.expires_at > now)
+            .map_or((0, 0), |e| (e.failures, e.attempts));
         let code = OtpCode::generate(self.ports.rng.as_ref());
         let rec = OtpRecord {
             address_hash: addr.clone(),
@@ -45,10 +48,11 @@ impl Auth {
             expires_at: now + self.policy.otp_ttl_secs,
             last_sent_at: now,
             failures,
+            attempts,
             used_at: None,
             meta: meta.clone(),
         };
-        match self.ports.otps.put_otp(&rec, existing.as_ref().map(|e| e.last_sent_at)).await {
+        match self.ports.otps.put_otp(&rec, existing.as_ref()).await {
             Ok(()) => {}
             Err(StoreError::Conflict(_)) => {
                 return Err(Error::RateLimited { retry_after: self.policy.otp_send_cooldown_secs as u64 });
@@ -77,31 +81,37 @@ impl Auth {
         .await?;
         let now = self.now();
         let max = self.policy.code_max_failures;
-        let check = |r: &OtpRecord| -> Result<(), Error> {
-            if r.used_at.is_some() {
-                Err(Error::ChallengeNotFound)
-            } else if r.failures >= max {
-                Err(Error::OtpExhausted)
-            } else if r.expires_at <= now {
-                Err(Error::OtpExpired)
-            } else {
-                Ok(())
-            }
+        let closed = |r: &OtpRecord| match code_closed(r.used_at.is_some(), r.failures, r.attempts, r.expires_at, now, max)
+        {
+            Some(CodeClosed::Used) => Some(Error::ChallengeNotFound),
+            Some(CodeClosed::Exhausted) => Some(Error::OtpExhausted),
+            Some(CodeClosed::Expired) => Some(Error::OtpExpired),
+            None => None,
         };
-        let rec = self.ports.otps.otp(&addr).await?.ok_or(Error::ChallengeNotFound)?;
-        check(&rec)?;
-        let presented = self.otp_code_hash(&addr, &code);
-        let result = if OtpCode::hashes_equal(&presented, &rec.code_hash) {
-            self.ports.otps.redeem_otp(&addr, &presented, now, max, meta).await.map(|()| None)
-        } else {
-            self.ports.otps.record_otp_failure(&addr, max, meta).await.map(Some)
-        };
-        match result {
-            Ok(None) => Ok(()),
-            Ok(Some(n)) => Err(Error::OtpInvalid { attempts_left: max.saturating_sub(n) }),
+        // As for login codes: the attempt is taken before the comparison.
+        let rec = match self.ports.otps.take_otp_attempt(&addr, now, max).await {
+            Ok(rec) => rec,
             Err(StoreError::Conflict(_)) => {
                 let rec = self.ports.otps.otp(&addr).await?.ok_or(Error::ChallengeNotFound)?;
-                check(&rec).and(Err(Error::OtpExhausted))
+                return Err(closed(&rec).unwrap_or(Error::OtpExhausted));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let attempts_left = max.saturating_sub(rec.attempts);
+        let presented = self.otp_code_hash(&addr, &code);
+        if !OtpCode::hashes_equal(&presented, &rec.code_hash) {
+            return match self.ports.otps.record_otp_failure(&addr, max, meta).await {
+                // Used or replaced meanwhile: this code was still wrong.
+                Ok(_) | Err(StoreError::Conflict(_)) => Err(Error::OtpInvalid { attempts_left }),
+                Err(e) => Err(e.into()),
+            };
+        }
+        match self.ports.otps.redeem_otp(&addr, &presented, now, max, meta).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::Conflict(_)) => {
+                let rec = self.ports.otps.otp(&addr).await?.ok_or(Error::ChallengeNotFound)?;
+                // Else a new code replaced it meanwhile.
+                Err(closed(&rec).unwrap_or(Error::OtpInvalid { attempts_left }))
             }
             Err(e) => Err(e.into()),
         }

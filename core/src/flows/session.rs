@@ -1,6 +1,6 @@
-use super::Auth;
+use super::{Auth, CodeClosed, code_closed};
 use crate::clock::Timestamp;
-use crate::domain::{OtpCode, RequestMeta, Session, SessionId, UserId};
+use crate::domain::{Challenge, OtpCode, RequestMeta, Session, SessionId, UserId};
 use crate::error::{Error, StoreError};
 use crate::keys::{random_token, token_hash};
 
@@ -64,30 +64,33 @@ impl Auth {
         .await?;
         let now = self.now();
         let max = self.policy.code_max_failures;
-        let c = self.ports.challenges.challenge(&id).await?.ok_or(Error::ChallengeNotFound)?;
-        let check = |used: bool, failures: u32, expires_at: Timestamp| -> Result<(), Error> {
-            if used {
-                Err(Error::OtpUsed)
-            } else if failures >= max {
-                Err(Error::OtpExhausted)
-            } else if expires_at <= now {
-                Err(Error::OtpExpired)
-            } else {
-                Ok(())
-            }
+        let closed = |c: &Challenge| match code_closed(c.used_at.is_some(), c.failures, c.attempts, c.expires_at, now, max)
+        {
+            Some(CodeClosed::Used) => Some(Error::OtpUsed),
+            Some(CodeClosed::Exhausted) => Some(Error::OtpExhausted),
+            Some(CodeClosed::Expired) => Some(Error::OtpExpired),
+            None => None,
         };
-        check(c.used_at.is_some(), c.failures, c.expires_at)?;
+        // The attempt is taken before the code is compared, so concurrent
+        // guesses cannot compare more than `max` codes between them.
+        let c = match self.ports.challenges.take_challenge_attempt(&id, now, max).await {
+            Ok(c) => c,
+            Err(StoreError::Conflict(_)) => {
+                let c = self.ports.challenges.challenge(&id).await?.ok_or(Error::ChallengeNotFound)?;
+                return Err(closed(&c).unwrap_or(Error::OtpExhausted));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let attempts_left = max.saturating_sub(c.attempts);
         let presented = self.login_code_hash(&id, &code);
         if !OtpCode::hashes_equal(&presented, &c.code_hash) {
             return match self.ports.challenges.record_challenge_failure(&id, &c.user_id, max, meta).await {
                 Ok(n) => {
                     tracing::info!(user_id = %c.user_id, challenge_id = %id, failures = n, "wrong login code");
-                    Err(Error::OtpInvalid { attempts_left: max.saturating_sub(n) })
+                    Err(Error::OtpInvalid { attempts_left })
                 }
-                Err(StoreError::Conflict(_)) => {
-                    let c = self.ports.challenges.challenge(&id).await?.ok_or(Error::ChallengeNotFound)?;
-                    check(c.used_at.is_some(), c.failures, now + 1).and(Err(Error::OtpExhausted))
-                }
+                // Used by a right code meanwhile: this one was still wrong.
+                Err(StoreError::Conflict(_)) => Err(Error::OtpInvalid { attempts_left }),
                 Err(e) => Err(e.into()),
             };
         }
@@ -96,9 +99,8 @@ impl Auth {
             Ok(()) => {}
             Err(StoreError::Conflict(_)) => {
                 let c = self.ports.challenges.challenge(&id).await?.ok_or(Error::ChallengeNotFound)?;
-                check(c.used_at.is_some(), c.failures, c.expires_at)?;
-                // The code was replaced by a resend in the meantime.
-                return Err(Error::OtpInvalid { attempts_left: max.saturating_sub(c.failures) });
+                // Else the code was replaced by a resend in the meantime.
+                return Err(closed(&c).unwrap_or(Error::OtpInvalid { attempts_left }));
             }
             Err(e) => return Err(e.into()),
         }

@@ -201,6 +201,81 @@ pub async fn challenge_failures_capped_under_concurrency(s: &Subject) {
     assert_eq!(stored_user(s, &user.id).await.otp_failures, MAX_FAILURES, "a refused failure counted on the user");
 }
 
+/// Of any number of concurrent attempts on a challenge, exactly the cap
+/// succeed, each seeing a distinct count; none once it is used or expired,
+/// and a resend is refused once they are spent.
+pub async fn challenge_attempts_capped_under_concurrency(s: &Subject) {
+    let (user, challenge) = pending_challenge(s).await;
+    let results = race(RACERS, |_| {
+        let challenges = s.challenges.clone();
+        let id = challenge.id;
+        async move { challenges.take_challenge_attempt(&id, T0 + 1, MAX_FAILURES).await }
+    })
+    .await;
+    let mut counts = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(c) => {
+                assert_eq!(Challenge { attempts: 0, ..c.clone() }, challenge, "an attempt changes nothing else");
+                counts.push(c.attempts);
+            }
+            Err(e) => expect_conflict::<Challenge>(Err(e), Conflict::Stale, &format!("racer {i} over the cap")),
+        }
+    }
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=MAX_FAILURES).collect::<Vec<_>>(), "the attempts count 1..=max exactly once each");
+    assert_eq!(stored_challenge(s, &challenge.id).await, Challenge { attempts: MAX_FAILURES, ..challenge.clone() });
+    expect_conflict(
+        s.challenges
+            .replace_challenge_code(&challenge.id, &hash(), T0 + 900, T0 + 300, COOLDOWN, 3, MAX_FAILURES, &meta())
+            .await,
+        Conflict::Stale,
+        "a resend once the attempts are spent",
+    );
+    // The last attempt taken may still redeem: it was within the cap.
+    let session = new_session(user.id);
+    s.challenges
+        .redeem_challenge(&challenge.id, &challenge.code_hash, T0 + 1, MAX_FAILURES, &session, &meta())
+        .await
+        .expect("redeem after the last attempt");
+    expect_conflict(
+        s.challenges.take_challenge_attempt(&challenge.id, T0 + 2, MAX_FAILURES).await,
+        Conflict::Stale,
+        "an attempt on a used challenge",
+    );
+
+    let (_, fresh) = pending_challenge(s).await;
+    expect_conflict(
+        s.challenges.take_challenge_attempt(&fresh.id, fresh.expires_at, MAX_FAILURES).await,
+        Conflict::Stale,
+        "an attempt at expires_at",
+    );
+    assert_eq!(stored_challenge(s, &fresh.id).await, fresh, "a refused attempt changed the challenge");
+    s.challenges.take_challenge_attempt(&fresh.id, fresh.expires_at - 1, MAX_FAILURES).await.expect("before expiry");
+    expect_conflict(
+        s.challenges.take_challenge_attempt(&challenge_id(), T0 + 1, MAX_FAILURES).await,
+        Conflict::Stale,
+        "an attempt on an unknown challenge",
+    );
+}
+
+/// A password step older than `Challenge::MAX_AGE_SECS` gets no new code,
+/// however its resends were spaced.
+pub async fn replace_challenge_code_refused_past_max_age(s: &Subject) {
+    let (_, challenge) = pending_challenge(s).await;
+    let replace = |now| {
+        let challenges = s.challenges.clone();
+        let id = challenge.id;
+        async move {
+            challenges.replace_challenge_code(&id, &hash(), now + 300, now, COOLDOWN, 3, MAX_FAILURES, &meta()).await
+        }
+    };
+    let last = T0 + Challenge::MAX_AGE_SECS;
+    expect_conflict(replace(last).await, Conflict::Stale, "a resend at created_at + MAX_AGE_SECS");
+    assert_eq!(stored_challenge(s, &challenge.id).await, challenge, "a refused resend changed the challenge");
+    replace(last - 1).await.expect("a resend one second earlier");
+}
+
 pub async fn replace_challenge_code_cooldown_boundary(s: &Subject) {
     let (user, challenge) = pending_challenge(s).await;
     let replace = |code_hash: String, now, m: RequestMeta| {

@@ -120,6 +120,7 @@ pub(super) fn new_challenge(user_id: UserId) -> Challenge {
         last_sent_at: T0,
         resends: 0,
         failures: 0,
+        attempts: 0,
         used_at: None,
         meta: meta(),
     }
@@ -180,6 +181,7 @@ pub(super) fn new_otp() -> OtpRecord {
         expires_at: T0 + CODE_TTL,
         last_sent_at: T0,
         failures: 0,
+        attempts: 0,
         used_at: None,
         meta: meta(),
     }

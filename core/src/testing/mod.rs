@@ -101,6 +101,8 @@ macro_rules! contract_suite {
             redeem_challenge_refused_at_expiry_boundary,
             redeem_challenge_refused_with_another_code,
             challenge_failures_capped_under_concurrency,
+            challenge_attempts_capped_under_concurrency,
+            replace_challenge_code_refused_past_max_age,
             replace_challenge_code_cooldown_boundary,
             replace_challenge_code_max_resends,
             replace_challenge_code_keeps_failures,
@@ -116,6 +118,7 @@ macro_rules! contract_suite {
             redeem_otp_refused_at_expiry_boundary,
             redeem_otp_refused_with_another_code,
             otp_failures_capped_under_concurrency,
+            otp_attempts_capped_under_concurrency,
             // rate limiter
             limiter_allows_exactly_limit_per_window,
             limiter_counts_concurrent_hits_exactly,

@@ -14,7 +14,7 @@ pub async fn put_otp_expected_version(s: &Subject) {
     let address = first.address_hash.clone();
 
     expect_conflict(
-        s.otps.put_otp(&first, Some(T0)).await,
+        s.otps.put_otp(&first, Some(&first)).await,
         Conflict::Stale,
         "put expecting a record where there is none",
     );
@@ -31,15 +31,71 @@ pub async fn put_otp_expected_version(s: &Subject) {
         ..first.clone()
     };
     expect_conflict(s.otps.put_otp(&second, None).await, Conflict::Stale, "put expecting none where there is one");
-    expect_conflict(s.otps.put_otp(&second, Some(T0 - 1)).await, Conflict::Stale, "put expecting another last_sent_at");
+    for (other, what) in [
+        (OtpRecord { last_sent_at: T0 - 1, ..first.clone() }, "put expecting another last_sent_at"),
+        (OtpRecord { failures: 1, ..first.clone() }, "put expecting another failure count"),
+        (OtpRecord { attempts: 1, ..first.clone() }, "put expecting another attempt count"),
+    ] {
+        expect_conflict(s.otps.put_otp(&second, Some(&other)).await, Conflict::Stale, what);
+    }
     assert_eq!(stored_otp(s, &address).await, first, "a refused put changed the record");
 
-    s.otps.put_otp(&second, Some(T0)).await.expect("put expecting the stored last_sent_at");
+    s.otps.put_otp(&second, Some(&first)).await.expect("put expecting the stored record");
     assert_eq!(stored_otp(s, &address).await, second, "put replaces the whole record");
 
     let third = OtpRecord { code_hash: hash(), last_sent_at: T0 + 120, ..second.clone() };
-    expect_conflict(s.otps.put_otp(&third, Some(T0)).await, Conflict::Stale, "put expecting a replaced last_sent_at");
+    expect_conflict(s.otps.put_otp(&third, Some(&first)).await, Conflict::Stale, "put expecting a replaced record");
     assert_eq!(stored_otp(s, &address).await, second);
+
+    // A guess counted after the read makes the put stale: the new code
+    // would otherwise carry the old counts and lose that guess.
+    let read = stored_otp(s, &address).await;
+    s.otps.take_otp_attempt(&address, T0 + 61, MAX_FAILURES).await.expect("take_otp_attempt");
+    expect_conflict(s.otps.put_otp(&third, Some(&read)).await, Conflict::Stale, "put after an attempt was taken");
+    let read = stored_otp(s, &address).await;
+    s.otps.record_otp_failure(&address, MAX_FAILURES, &meta()).await.expect("record_otp_failure");
+    expect_conflict(s.otps.put_otp(&third, Some(&read)).await, Conflict::Stale, "put after a failure was counted");
+}
+
+/// Of any number of concurrent attempts on a code, exactly the cap succeed,
+/// each seeing a distinct count; none once the code is used or expired.
+pub async fn otp_attempts_capped_under_concurrency(s: &Subject) {
+    let otp = sent_otp(s).await;
+    let results = race(RACERS, |_| {
+        let otps = s.otps.clone();
+        let address = otp.address_hash.clone();
+        async move { otps.take_otp_attempt(&address, T0 + 1, MAX_FAILURES).await }
+    })
+    .await;
+    let mut counts = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(rec) => {
+                assert_eq!(OtpRecord { attempts: 0, ..rec.clone() }, otp, "an attempt changes nothing but attempts");
+                counts.push(rec.attempts);
+            }
+            Err(e) => expect_conflict::<OtpRecord>(Err(e), Conflict::Stale, &format!("racer {i} over the cap")),
+        }
+    }
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=MAX_FAILURES).collect::<Vec<_>>(), "the attempts count 1..=max exactly once each");
+    assert_eq!(stored_otp(s, &otp.address_hash).await, OtpRecord { attempts: MAX_FAILURES, ..otp.clone() });
+
+    let fresh = sent_otp(s).await;
+    expect_conflict(
+        s.otps.take_otp_attempt(&fresh.address_hash, fresh.expires_at, MAX_FAILURES).await,
+        Conflict::Stale,
+        "an attempt at expires_at",
+    );
+    assert_eq!(stored_otp(s, &fresh.address_hash).await, fresh, "a refused attempt changed the record");
+    s.otps.take_otp_attempt(&fresh.address_hash, fresh.expires_at - 1, MAX_FAILURES).await.expect("just before expiry");
+    s.otps.redeem_otp(&fresh.address_hash, &fresh.code_hash, T0 + 1, MAX_FAILURES, &meta()).await.expect("redeem");
+    expect_conflict(
+        s.otps.take_otp_attempt(&fresh.address_hash, T0 + 2, MAX_FAILURES).await,
+        Conflict::Stale,
+        "an attempt on a used code",
+    );
+    expect_conflict(s.otps.take_otp_attempt(&hash(), T0 + 1, MAX_FAILURES).await, Conflict::Stale, "no code");
 }
 
 pub async fn put_otp_has_one_winner(s: &Subject) {

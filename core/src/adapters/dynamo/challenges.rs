@@ -11,7 +11,7 @@ use crate::domain::{Challenge, ChallengeId, RequestMeta, Session, UserId};
 use crate::error::Conflict;
 use crate::ports::{ChallengeStore, StoreResult};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, Update};
 
 impl DynamoStore {
     /// The update that resets one of a user's counters, if the user exists,
@@ -67,6 +67,29 @@ impl ChallengeStore for DynamoStore {
 
     async fn challenge(&self, id: &ChallengeId) -> StoreResult<Option<Challenge>> {
         self.get(&self.tokens, items::challenge_pk(id)).await
+    }
+
+    async fn take_challenge_attempt(
+        &self,
+        id: &ChallengeId,
+        now: Timestamp,
+        max_attempts: u32,
+    ) -> StoreResult<Challenge> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.tokens)
+            .key(PK, s(items::challenge_pk(id)))
+            .update_expression("ADD attempts :one")
+            .condition_expression(super::otp::ATTEMPT_OPEN)
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":max", n(max_attempts))
+            .expression_attribute_values(":now", n(now))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(map_sdk)?;
+        items::from_item(out.attributes.ok_or_else(|| StoreError::internal("UpdateItem returned no attributes"))?)
     }
 
     async fn redeem_challenge(
@@ -176,8 +199,9 @@ impl ChallengeStore for DynamoStore {
                  ADD resends :one"
             ))
             .condition_expression(
-                "attribute_exists(pk) AND attribute_not_exists(used_at) AND last_sent_at <= :cut \
-                 AND resends < :max_resends AND failures < :max_failures",
+                "attribute_exists(pk) AND attribute_not_exists(used_at) AND created_at > :oldest \
+                 AND last_sent_at <= :cut AND resends < :max_resends AND failures < :max_failures \
+                 AND (attempts < :max_failures OR attribute_not_exists(attempts))",
             )
             .expression_attribute_names(TTL_NAME, TTL)
             .expression_attribute_values(":h", s(code_hash))
@@ -186,6 +210,7 @@ impl ChallengeStore for DynamoStore {
             .expression_attribute_values(":ttl", n(expires_at + TTL_GRACE_SECS))
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":cut", n(now - cooldown_secs))
+            .expression_attribute_values(":oldest", n(now - Challenge::MAX_AGE_SECS))
             .expression_attribute_values(":max_resends", n(max_resends))
             .expression_attribute_values(":max_failures", n(max_failures))
             .expression_attribute_values(":meta", meta_value(meta)?)

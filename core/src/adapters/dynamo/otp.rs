@@ -12,24 +12,55 @@ use crate::ports::{OtpStore, StoreResult};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::ReturnValue;
 
+/// The condition under which a code (login challenge or standalone) gives
+/// an attempt: it exists, is unused, is within its attempt and failure caps
+/// (`:max`; an item from before `attempts` existed has had none) and has not
+/// expired (`:now`).
+pub(super) const ATTEMPT_OPEN: &str = "attribute_exists(pk) AND attribute_not_exists(used_at) AND failures < :max \
+     AND (attempts < :max OR attribute_not_exists(attempts)) AND expires_at > :now";
+
 #[async_trait]
 impl OtpStore for DynamoStore {
     async fn otp(&self, address_hash: &str) -> StoreResult<Option<OtpRecord>> {
         self.get(&self.tokens, items::otp_pk(address_hash)).await
     }
 
-    async fn put_otp(&self, record: &OtpRecord, expected_last_sent_at: Option<Timestamp>) -> StoreResult<()> {
+    async fn put_otp(&self, record: &OtpRecord, expected: Option<&OtpRecord>) -> StoreResult<()> {
         let item =
             items::to_item(record, items::otp_pk(&record.address_hash), Some(record.expires_at + TTL_GRACE_SECS))?;
         let req = self.client.put_item().table_name(&self.tokens).set_item(Some(item));
-        let req = match expected_last_sent_at {
+        let req = match expected {
             None => req.condition_expression("attribute_not_exists(pk)"),
-            Some(t) => {
-                req.condition_expression("last_sent_at = :expected").expression_attribute_values(":expected", n(t))
-            }
+            // An item from before `attempts` existed has had none taken.
+            Some(e) => req
+                .condition_expression(
+                    "last_sent_at = :sent AND failures = :failures \
+                     AND (attempts = :attempts OR attribute_not_exists(attempts))",
+                )
+                .expression_attribute_values(":sent", n(e.last_sent_at))
+                .expression_attribute_values(":failures", n(e.failures))
+                .expression_attribute_values(":attempts", n(e.attempts)),
         };
         req.send().await.map_err(map_sdk)?;
         Ok(())
+    }
+
+    async fn take_otp_attempt(&self, address_hash: &str, now: Timestamp, max_attempts: u32) -> StoreResult<OtpRecord> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.tokens)
+            .key(PK, s(items::otp_pk(address_hash)))
+            .update_expression("ADD attempts :one")
+            .condition_expression(ATTEMPT_OPEN)
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":max", n(max_attempts))
+            .expression_attribute_values(":now", n(now))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(map_sdk)?;
+        items::from_item(out.attributes.ok_or_else(|| StoreError::internal("UpdateItem returned no attributes"))?)
     }
 
     async fn redeem_otp(

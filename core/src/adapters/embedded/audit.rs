@@ -367,6 +367,7 @@ mod tests {
             last_sent_at: T0,
             resends: 0,
             failures: 0,
+            attempts: 0,
             used_at: None,
             meta: u.meta.clone(),
         };

@@ -176,7 +176,7 @@ pub(crate) fn set_verification_used(
 // ---- challenges -----------------------------------------------------------
 
 const CHALLENGE_COLS: &str =
-    "id, user_id, code_hash, created_at, expires_at, last_sent_at, resends, failures, used_at, meta";
+    "id, user_id, code_hash, created_at, expires_at, last_sent_at, resends, failures, used_at, meta, attempts";
 
 fn challenge_row(r: &Row<'_>) -> rusqlite::Result<Challenge> {
     Ok(Challenge {
@@ -190,6 +190,7 @@ fn challenge_row(r: &Row<'_>) -> rusqlite::Result<Challenge> {
         failures: r.get(7)?,
         used_at: r.get(8)?,
         meta: r.get::<_, Meta>(9)?.0,
+        attempts: r.get(10)?,
     })
 }
 
@@ -206,12 +207,12 @@ pub(crate) fn load_challenge(c: &Connection, id: &ChallengeId) -> rusqlite::Resu
 pub(crate) fn insert_challenge(c: &Connection, ch: &Challenge) -> rusqlite::Result<()> {
     c.prepare_cached(&format!(
         "INSERT INTO challenges ({CHALLENGE_COLS}) VALUES (:id, :user_id, :code_hash, :created_at, :expires_at, \
-         :last_sent_at, :resends, :failures, :used_at, :meta)"
+         :last_sent_at, :resends, :failures, :used_at, :meta, :attempts)"
     ))?
     .execute(named_params! {
         ":id": ch.id, ":user_id": ch.user_id, ":code_hash": ch.code_hash, ":created_at": ch.created_at,
         ":expires_at": ch.expires_at, ":last_sent_at": ch.last_sent_at, ":resends": ch.resends,
-        ":failures": ch.failures, ":used_at": ch.used_at, ":meta": meta_json(&ch.meta)?,
+        ":failures": ch.failures, ":used_at": ch.used_at, ":meta": meta_json(&ch.meta)?, ":attempts": ch.attempts,
     })?;
     Ok(())
 }
@@ -220,12 +221,13 @@ pub(crate) fn update_challenge(c: &Connection, ch: &Challenge) -> rusqlite::Resu
     let n = c
         .prepare_cached(
             "UPDATE challenges SET code_hash = :code_hash, expires_at = :expires_at, last_sent_at = :last_sent_at, \
-             resends = :resends, failures = :failures, used_at = :used_at, meta = :meta WHERE id = :id",
+             resends = :resends, failures = :failures, attempts = :attempts, used_at = :used_at, meta = :meta \
+             WHERE id = :id",
         )?
         .execute(named_params! {
             ":id": ch.id, ":code_hash": ch.code_hash, ":expires_at": ch.expires_at,
             ":last_sent_at": ch.last_sent_at, ":resends": ch.resends, ":failures": ch.failures,
-            ":used_at": ch.used_at, ":meta": meta_json(&ch.meta)?,
+            ":attempts": ch.attempts, ":used_at": ch.used_at, ":meta": meta_json(&ch.meta)?,
         })?;
     expect_one(n)
 }
@@ -286,7 +288,8 @@ pub(crate) fn update_session(c: &Connection, s: &Session) -> rusqlite::Result<()
 
 // ---- standalone one-time codes --------------------------------------------
 
-const OTP_COLS: &str = "address_hash, code_hash, created_at, expires_at, last_sent_at, failures, used_at, meta";
+const OTP_COLS: &str =
+    "address_hash, code_hash, created_at, expires_at, last_sent_at, failures, used_at, meta, attempts";
 
 fn otp_row(r: &Row<'_>) -> rusqlite::Result<OtpRecord> {
     Ok(OtpRecord {
@@ -298,6 +301,7 @@ fn otp_row(r: &Row<'_>) -> rusqlite::Result<OtpRecord> {
         failures: r.get(5)?,
         used_at: r.get(6)?,
         meta: r.get::<_, Meta>(7)?.0,
+        attempts: r.get(8)?,
     })
 }
 
@@ -311,15 +315,15 @@ pub(crate) fn load_otp(c: &Connection, address_hash: &str) -> rusqlite::Result<O
 pub(crate) fn upsert_otp(c: &Connection, o: &OtpRecord) -> rusqlite::Result<()> {
     c.prepare_cached(&format!(
         "INSERT INTO otps ({OTP_COLS}) VALUES (:address_hash, :code_hash, :created_at, :expires_at, :last_sent_at, \
-         :failures, :used_at, :meta) \
+         :failures, :used_at, :meta, :attempts) \
          ON CONFLICT (address_hash) DO UPDATE SET code_hash = excluded.code_hash, created_at = excluded.created_at, \
          expires_at = excluded.expires_at, last_sent_at = excluded.last_sent_at, failures = excluded.failures, \
-         used_at = excluded.used_at, meta = excluded.meta"
+         attempts = excluded.attempts, used_at = excluded.used_at, meta = excluded.meta"
     ))?
     .execute(named_params! {
         ":address_hash": o.address_hash, ":code_hash": o.code_hash, ":created_at": o.created_at,
         ":expires_at": o.expires_at, ":last_sent_at": o.last_sent_at, ":failures": o.failures,
-        ":used_at": o.used_at, ":meta": meta_json(&o.meta)?,
+        ":used_at": o.used_at, ":meta": meta_json(&o.meta)?, ":attempts": o.attempts,
     })?;
     Ok(())
 }

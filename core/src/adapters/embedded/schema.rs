@@ -129,6 +129,11 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE changes;
     ALTER TABLE changes_v2 RENAME TO changes;
     "#,
+    // 3: codes count the attempts taken before each comparison.
+    r#"
+    ALTER TABLE challenges ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0);
+    ALTER TABLE otps ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -219,6 +219,33 @@ impl ChallengeStore for EmbeddedStore {
         self.db().tx(move |tx| Ok(rec::load_challenge(tx, &id)?)).await
     }
 
+    async fn take_challenge_attempt(
+        &self,
+        id: &ChallengeId,
+        now: Timestamp,
+        max_attempts: u32,
+    ) -> StoreResult<Challenge> {
+        let (id, at) = (*id, self.db().now());
+        self.db()
+            .tx(move |tx| {
+                let Some(old) = rec::load_challenge(tx, &id)? else {
+                    return stale();
+                };
+                if old.used_at.is_some()
+                    || old.attempts >= max_attempts
+                    || old.failures >= max_attempts
+                    || old.expires_at <= now
+                {
+                    return stale();
+                }
+                let new = Challenge { attempts: old.attempts + 1, ..old.clone() };
+                rec::update_challenge(tx, &new)?;
+                record(tx, at, ChangeEntity::Challenge, &id.to_string(), Some(&old), Some(&new))?;
+                Ok(new)
+            })
+            .await
+    }
+
     async fn redeem_challenge(
         &self,
         id: &ChallengeId,
@@ -306,9 +333,11 @@ impl ChallengeStore for EmbeddedStore {
                     return stale();
                 };
                 if old.used_at.is_some()
+                    || old.created_at <= now.saturating_sub(Challenge::MAX_AGE_SECS)
                     || old.last_sent_at > now.saturating_sub(cooldown_secs)
                     || old.resends >= max_resends
                     || old.failures >= max_failures
+                    || old.attempts >= max_failures
                 {
                     return stale();
                 }
@@ -396,16 +425,39 @@ impl OtpStore for EmbeddedStore {
         self.db().tx(move |tx| Ok(rec::load_otp(tx, &h)?)).await
     }
 
-    async fn put_otp(&self, record_: &OtpRecord, expected_last_sent_at: Option<Timestamp>) -> StoreResult<()> {
-        let (new, at) = (record_.clone(), self.db().now());
+    async fn put_otp(&self, record_: &OtpRecord, expected: Option<&OtpRecord>) -> StoreResult<()> {
+        let guard = |o: &OtpRecord| (o.last_sent_at, o.failures, o.attempts);
+        let (new, expected, at) = (record_.clone(), expected.map(guard), self.db().now());
         self.db()
             .tx(move |tx| {
                 let old = rec::load_otp(tx, &new.address_hash)?;
-                if old.as_ref().map(|o| o.last_sent_at) != expected_last_sent_at {
+                if old.as_ref().map(guard) != expected {
                     return stale();
                 }
                 rec::upsert_otp(tx, &new)?;
                 record(tx, at, ChangeEntity::Otp, &new.address_hash, old.as_ref(), Some(&new))
+            })
+            .await
+    }
+
+    async fn take_otp_attempt(&self, address_hash: &str, now: Timestamp, max_attempts: u32) -> StoreResult<OtpRecord> {
+        let (h, at) = (address_hash.to_string(), self.db().now());
+        self.db()
+            .tx(move |tx| {
+                let Some(old) = rec::load_otp(tx, &h)? else {
+                    return stale();
+                };
+                if old.used_at.is_some()
+                    || old.attempts >= max_attempts
+                    || old.failures >= max_attempts
+                    || old.expires_at <= now
+                {
+                    return stale();
+                }
+                let new = OtpRecord { attempts: old.attempts + 1, ..old.clone() };
+                rec::upsert_otp(tx, &new)?;
+                record(tx, at, ChangeEntity::Otp, &h, Some(&old), Some(&new))?;
+                Ok(new)
             })
             .await
     }
@@ -513,6 +565,7 @@ mod tests {
             last_sent_at: T0,
             resends: 0,
             failures: 0,
+            attempts: 0,
             used_at: None,
             meta: RequestMeta::default(),
         }
@@ -541,6 +594,7 @@ mod tests {
             expires_at: last_sent_at + 600,
             last_sent_at,
             failures: 0,
+            attempts: 0,
             used_at: None,
             meta: RequestMeta::default(),
         }
@@ -950,15 +1004,17 @@ mod tests {
     async fn otps_are_written_conditionally_redeemed_once_and_capped() {
         let (s, _) = store();
         let first = otp("addr", T0);
-        assert!(is_conflict(s.put_otp(&first, Some(T0 - 1)).await, Conflict::Stale), "expected a record");
+        assert!(is_conflict(s.put_otp(&first, Some(&OtpRecord { last_sent_at: T0 - 1, ..first.clone() })).await, Conflict::Stale), "expected a record");
         s.put_otp(&first, None).await.unwrap();
         assert!(is_conflict(s.put_otp(&first, None).await, Conflict::Stale), "expected none");
         assert_eq!(s.otp("addr").await.unwrap(), Some(first.clone()));
 
         assert_eq!(s.record_otp_failure("addr", 2, &META).await.unwrap(), 1);
+        let counted = OtpRecord { failures: 1, ..first.clone() };
         let second = OtpRecord { failures: 1, ..otp("addr", T0 + 60) };
-        assert!(is_conflict(s.put_otp(&second, Some(T0 + 1)).await, Conflict::Stale));
-        s.put_otp(&second, Some(T0)).await.unwrap();
+        assert!(is_conflict(s.put_otp(&second, Some(&OtpRecord { last_sent_at: T0 + 1, ..counted.clone() })).await, Conflict::Stale));
+        s.put_otp(&second, Some(&first)).await.unwrap_err();
+        s.put_otp(&second, Some(&counted)).await.unwrap();
         assert!(is_conflict(s.redeem_otp("addr", "wrong", T0 + 61, 2, &META).await, Conflict::Stale));
         assert!(is_conflict(s.redeem_otp("addr", "otp-1", T0 + 660, 2, &META).await, Conflict::Stale), "expired");
 
