@@ -89,15 +89,21 @@ data "aws_iam_policy_document" "api" {
     ]
   }
 
-  # SSM SecureString decryption and SQS SSE both go through the stack key.
+  # The tables, SSM SecureString decryption and SQS SSE all go through the
+  # stack key: a caller of a table encrypted with a customer managed key
+  # needs the key through DynamoDB, or every call is refused.
   statement {
-    sid       = "UseStackKeyViaSsmAndSqs"
+    sid       = "UseStackKeyViaDynamoDbSsmAndSqs"
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
     resources = [aws_kms_key.main.arn]
     condition {
       test     = "StringEquals"
       variable = "kms:ViaService"
-      values   = ["ssm.${var.region}.amazonaws.com", "sqs.${var.region}.amazonaws.com"]
+      values = [
+        "dynamodb.${var.region}.amazonaws.com",
+        "ssm.${var.region}.amazonaws.com",
+        "sqs.${var.region}.amazonaws.com",
+      ]
     }
   }
 }
@@ -169,14 +175,15 @@ data "aws_iam_policy_document" "mail_worker" {
     }
   }
 
+  # The ledger table and the queues' SSE go through the stack key.
   statement {
-    sid       = "UseStackKeyViaSqs"
+    sid       = "UseStackKeyViaDynamoDbAndSqs"
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
     resources = [aws_kms_key.main.arn]
     condition {
       test     = "StringEquals"
       variable = "kms:ViaService"
-      values   = ["sqs.${var.region}.amazonaws.com"]
+      values   = ["dynamodb.${var.region}.amazonaws.com", "sqs.${var.region}.amazonaws.com"]
     }
   }
 }

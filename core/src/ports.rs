@@ -215,8 +215,7 @@ pub trait OtpStore: Send + Sync {
     /// `ChallengeStore::take_challenge_attempt`: increments `attempts` only
     /// if the code is unused, `attempts` and `failures` are both
     /// `< max_attempts` and `expires_at > now`; returns the record after.
-    async fn take_otp_attempt(&self, address_hash: &str, now: Timestamp, max_attempts: u32)
-    -> StoreResult<OtpRecord>;
+    async fn take_otp_attempt(&self, address_hash: &str, now: Timestamp, max_attempts: u32) -> StoreResult<OtpRecord>;
 
     /// Marks the code used, only if it is unused, still has `code_hash`, has
     /// fewer than `max_failures` failures and `expires_at > now`, and sets

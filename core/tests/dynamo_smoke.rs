@@ -445,7 +445,10 @@ async fn otp_codes_are_single_use_and_capped() {
     };
     env.store.put_otp(&rec, None).await.unwrap();
     assert!(is_conflict(&env.store.put_otp(&rec, None).await, Conflict::Stale));
-    assert!(is_conflict(&env.store.put_otp(&rec, Some(&OtpRecord { last_sent_at: NOW - 1, ..rec.clone() })).await, Conflict::Stale));
+    assert!(is_conflict(
+        &env.store.put_otp(&rec, Some(&OtpRecord { last_sent_at: NOW - 1, ..rec.clone() })).await,
+        Conflict::Stale
+    ));
     assert_eq!(env.store.otp(&addr).await.unwrap(), Some(rec.clone()));
 
     let results = join_all((0..20).map(|_| env.store.record_otp_failure(&addr, 6, &META))).await;

@@ -725,3 +725,41 @@ fn iam_statements_name_actions_and_resources() {
         assert!(wildcard_sids_seen.contains(*sid), "WILDCARD_RESOURCE_ALLOWED lists {sid}, which no statement uses");
     }
 }
+
+/// A role that calls a table encrypted with a customer managed key needs
+/// `kms:Decrypt` and `kms:GenerateDataKey` on that key through DynamoDB (the
+/// key policy delegates to IAM); without them every call on the table is
+/// refused with "KMS key access denied". The emulators do not enforce KMS,
+/// so this is checked here: every policy document that grants DynamoDB
+/// actions grants the key through `dynamodb.<region>` too.
+#[test]
+fn roles_that_use_tables_may_use_the_table_key_through_dynamodb() {
+    let tf = Terraform::load();
+    let keys: BTreeSet<String> = tf
+        .resources("aws_dynamodb_table")
+        .map(|(n, t)| {
+            let sse = one_block(t, "server_side_encryption", n);
+            attr(sse, "kms_key_arn").map(|e| e.to_string()).unwrap_or_else(|| panic!("table {n}: no kms_key_arn"))
+        })
+        .collect();
+    assert_eq!(keys.len(), 1, "the tables use one key: {keys:?}");
+    let key = keys.into_iter().next().expect("one key");
+    let mut checked = 0;
+    for (doc, body) in tf.of_kind("data", "aws_iam_policy_document") {
+        let statements: Vec<String> =
+            blocks(body, "statement").map(|s| hcl::to_string(s.body()).expect("statement as HCL")).collect();
+        if !statements.iter().any(|s| s.contains("\"dynamodb:")) {
+            continue;
+        }
+        let via_dynamodb = statements.iter().any(|s| {
+            s.contains("\"kms:Decrypt\"")
+                && s.contains("\"kms:GenerateDataKey\"")
+                && s.contains(&key)
+                && s.contains("kms:ViaService")
+                && s.contains("dynamodb.${var.region}.amazonaws.com")
+        });
+        assert!(via_dynamodb, "data.aws_iam_policy_document.{doc} uses tables but not their key {key} via DynamoDB");
+        checked += 1;
+    }
+    assert!(checked >= 3, "api, mail worker and stream processor all use tables; {checked} documents checked");
+}

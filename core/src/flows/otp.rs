@@ -81,13 +81,13 @@ impl Auth {
         .await?;
         let now = self.now();
         let max = self.policy.code_max_failures;
-        let closed = |r: &OtpRecord| match code_closed(r.used_at.is_some(), r.failures, r.attempts, r.expires_at, now, max)
-        {
-            Some(CodeClosed::Used) => Some(Error::ChallengeNotFound),
-            Some(CodeClosed::Exhausted) => Some(Error::OtpExhausted),
-            Some(CodeClosed::Expired) => Some(Error::OtpExpired),
-            None => None,
-        };
+        let closed =
+            |r: &OtpRecord| match code_closed(r.used_at.is_some(), r.failures, r.attempts, r.expires_at, now, max) {
+                Some(CodeClosed::Used) => Some(Error::ChallengeNotFound),
+                Some(CodeClosed::Exhausted) => Some(Error::OtpExhausted),
+                Some(CodeClosed::Expired) => Some(Error::OtpExpired),
+                None => None,
+            };
         // As for login codes: the attempt is taken before the comparison.
         let rec = match self.ports.otps.take_otp_attempt(&addr, now, max).await {
             Ok(rec) => rec,

@@ -64,13 +64,13 @@ impl Auth {
         .await?;
         let now = self.now();
         let max = self.policy.code_max_failures;
-        let closed = |c: &Challenge| match code_closed(c.used_at.is_some(), c.failures, c.attempts, c.expires_at, now, max)
-        {
-            Some(CodeClosed::Used) => Some(Error::OtpUsed),
-            Some(CodeClosed::Exhausted) => Some(Error::OtpExhausted),
-            Some(CodeClosed::Expired) => Some(Error::OtpExpired),
-            None => None,
-        };
+        let closed =
+            |c: &Challenge| match code_closed(c.used_at.is_some(), c.failures, c.attempts, c.expires_at, now, max) {
+                Some(CodeClosed::Used) => Some(Error::OtpUsed),
+                Some(CodeClosed::Exhausted) => Some(Error::OtpExhausted),
+                Some(CodeClosed::Expired) => Some(Error::OtpExpired),
+                None => None,
+            };
         // The attempt is taken before the code is compared, so concurrent
         // guesses cannot compare more than `max` codes between them.
         let c = match self.ports.challenges.take_challenge_attempt(&id, now, max).await {

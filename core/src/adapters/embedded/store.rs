@@ -1004,7 +1004,13 @@ mod tests {
     async fn otps_are_written_conditionally_redeemed_once_and_capped() {
         let (s, _) = store();
         let first = otp("addr", T0);
-        assert!(is_conflict(s.put_otp(&first, Some(&OtpRecord { last_sent_at: T0 - 1, ..first.clone() })).await, Conflict::Stale), "expected a record");
+        assert!(
+            is_conflict(
+                s.put_otp(&first, Some(&OtpRecord { last_sent_at: T0 - 1, ..first.clone() })).await,
+                Conflict::Stale
+            ),
+            "expected a record"
+        );
         s.put_otp(&first, None).await.unwrap();
         assert!(is_conflict(s.put_otp(&first, None).await, Conflict::Stale), "expected none");
         assert_eq!(s.otp("addr").await.unwrap(), Some(first.clone()));
@@ -1012,7 +1018,10 @@ mod tests {
         assert_eq!(s.record_otp_failure("addr", 2, &META).await.unwrap(), 1);
         let counted = OtpRecord { failures: 1, ..first.clone() };
         let second = OtpRecord { failures: 1, ..otp("addr", T0 + 60) };
-        assert!(is_conflict(s.put_otp(&second, Some(&OtpRecord { last_sent_at: T0 + 1, ..counted.clone() })).await, Conflict::Stale));
+        assert!(is_conflict(
+            s.put_otp(&second, Some(&OtpRecord { last_sent_at: T0 + 1, ..counted.clone() })).await,
+            Conflict::Stale
+        ));
         s.put_otp(&second, Some(&first)).await.unwrap_err();
         s.put_otp(&second, Some(&counted)).await.unwrap();
         assert!(is_conflict(s.redeem_otp("addr", "wrong", T0 + 61, 2, &META).await, Conflict::Stale));
