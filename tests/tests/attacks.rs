@@ -365,6 +365,26 @@ pub async fn refresh_reuse_revokes(sys: &TestSystem) {
     assert_eq!(sys.get_auth("/v1/me", rotated["access_token"].as_str().expect("access")).await.0, 401);
 }
 
+/// Knowing a session id (it is the `sid` of every access token) is not
+/// enough to end the session: a made-up secret is refused by refresh and by
+/// logout, and the session and its real tokens still work.
+pub async fn forged_refresh_secret_ends_nothing(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let tokens = sign_in(sys, &username, &email).await;
+    let real = tokens["refresh_token"].as_str().expect("refresh");
+    let (sid, secret) = real.split_once('.').expect("<session id>.<secret>");
+    let flipped: String = secret.chars().rev().collect();
+    for forged in [format!("{sid}.{}", "A".repeat(secret.len())), format!("{sid}.{flipped}")] {
+        for path in ["/v1/token/refresh", "/v1/logout"] {
+            let (st, b, _) = sys.post(path, json!({ "refresh_token": forged })).await;
+            assert_eq!((st, b["error"].as_str()), (401, Some("invalid_refresh_token")), "{path}: {b}");
+        }
+    }
+    assert_eq!(sys.get_auth("/v1/me", tokens["access_token"].as_str().expect("access")).await.0, 200);
+    let (st, b, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": real })).await;
+    assert_eq!(st, 200, "the real refresh token stopped working: {b}");
+}
+
 /// 20 concurrent refreshes of one refresh token: at most one new pair.
 pub async fn concurrent_refreshes(sys: &TestSystem) {
     let (username, email) = verified_user(sys).await;
@@ -692,6 +712,7 @@ macro_rules! relaxed_attacks {
             spoofed_host_does_not_change_the_link,
             jwt_after_logout,
             refresh_reuse_revokes,
+            forged_refresh_secret_ends_nothing,
             concurrent_refreshes,
             headers_on_every_status,
             register_same_username_20_at_once,

@@ -163,7 +163,7 @@ async fn full_journey_by_username_then_logout() {
     let session = b.jar.get(SESSION).cloned().expect("session cookie");
     assert!(!b.jar.contains_key(PRE), "pre-session dropped at the code step");
     let (sid, secret) = session.split_once('.').expect("<session id>.<secret>");
-    assert_eq!((sid.len(), secret.len()), (36, 43));
+    assert_eq!((sid.len(), secret.len()), (36, 54));
     let set = b.last_set(SESSION).to_string();
     assert_cookie_attributes(&set);
     assert!(set.contains("SameSite=Lax"), "{set}");

@@ -26,7 +26,7 @@ impl Auth {
     pub async fn browser_session(&self, cookie: &str) -> Result<Profile, Error> {
         let (sid, secret) = cookie.split_once('.').ok_or(Error::Unauthorized)?;
         let sid = SessionId::parse(sid).ok_or(Error::Unauthorized)?;
-        if secret.len() != 43 {
+        if secret.len() != super::session::REFRESH_SECRET_LEN {
             return Err(Error::Unauthorized);
         }
         let now = self.now();

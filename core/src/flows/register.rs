@@ -18,15 +18,17 @@ impl Auth {
     ) -> Result<(), Error> {
         let username = Username::parse(username)?;
         let email = Email::parse(email)?;
-        let local = email.as_str().split('@').next().unwrap_or_default();
-        let password =
-            Password::new_checked(password, &self.policy.password, &[username.as_str(), email.as_str(), local])?;
         let l = &self.policy.limits;
         self.limit(&[
             l.register_ip.key(format!("register:ip:{}", super::client_key(meta))),
             l.register_email.key(format!("register:email:{}", email.as_str())),
         ])
         .await?;
+        // The strength estimate costs up to ~10 ms for a long password, so it
+        // runs within the limit: a refused password counts as a try.
+        let local = email.as_str().split('@').next().unwrap_or_default();
+        let password =
+            Password::new_checked(password, &self.policy.password, &[username.as_str(), email.as_str(), local])?;
 
         let rng = self.ports.rng.as_ref();
         let phc = self.hasher.hash(&password, rng).await?;

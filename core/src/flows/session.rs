@@ -2,7 +2,9 @@ use super::{Auth, CodeClosed, code_closed};
 use crate::clock::Timestamp;
 use crate::domain::{Challenge, OtpCode, RequestMeta, Session, SessionId, UserId};
 use crate::error::{Error, StoreError};
-use crate::keys::{random_token, token_hash};
+use crate::keys::token_hash;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// What a finished login gets.
 #[derive(Clone, PartialEq, Eq)]
@@ -114,6 +116,12 @@ impl Auth {
         let (sid, secret) = parse_refresh(refresh_token)?;
         let l = &self.policy.limits;
         self.limit(&[l.refresh_ip.key(format!("refresh:ip:{}", super::client_key(meta)))]).await?;
+        // A secret this service never issued for the session proves nothing:
+        // refused without touching it (else knowing a session id, which is
+        // in every access token, would be enough to end the session).
+        if !self.issued_refresh_secret(&sid, secret) {
+            return Err(Error::InvalidRefreshToken);
+        }
         let now = self.now();
         let s = self.ports.sessions.session(&sid).await?.ok_or(Error::InvalidRefreshToken)?;
         if s.revoked_at.is_some() || s.expires_at <= now {
@@ -121,11 +129,12 @@ impl Auth {
         }
         let presented = token_hash(secret);
         if !OtpCode::hashes_equal(&presented, &s.refresh_hash) {
+            // Issued for this session but no longer its current one.
             tracing::warn!(user_id = %s.user_id, session_id = %sid, "refresh token reuse: session revoked");
             self.ports.sessions.revoke_session(&sid, now, "refresh_reuse", meta).await?;
             return Err(Error::InvalidRefreshToken);
         }
-        let new_secret = random_token(self.ports.rng.as_ref());
+        let new_secret = self.refresh_secret(&sid);
         match self.ports.sessions.rotate_session(&sid, &presented, &token_hash(&new_secret), now, meta).await {
             Ok(()) => {}
             Err(StoreError::Conflict(_)) => {
@@ -139,10 +148,15 @@ impl Auth {
         self.token_pair(&s, &new_secret, now)
     }
 
-    /// Revokes the session a refresh token belongs to. Idempotent: an
-    /// unknown or already revoked token is not an error.
+    /// Revokes the session a refresh token belongs to. Idempotent: a
+    /// token of an unknown or already revoked session is not an error. A
+    /// secret this service did not issue for the session is
+    /// `InvalidRefreshToken`, and revokes nothing.
     pub async fn logout(&self, refresh_token: &str, meta: &RequestMeta) -> Result<(), Error> {
-        let (sid, _) = parse_refresh(refresh_token)?;
+        let (sid, secret) = parse_refresh(refresh_token)?;
+        if !self.issued_refresh_secret(&sid, secret) {
+            return Err(Error::InvalidRefreshToken);
+        }
         self.ports.sessions.revoke_session(&sid, self.now(), "logout", meta).await?;
         tracing::info!(session_id = %sid, "session revoked by logout");
         Ok(())
@@ -162,11 +176,35 @@ impl Auth {
         Ok(Profile::of(u, sid))
     }
 
+    /// A new refresh secret for session `sid`: 128 random bits (URL-safe
+    /// base64) then a 128-bit tag (hex) binding them to the session, so a
+    /// presented secret shows whether this service issued it.
+    fn refresh_secret(&self, sid: &SessionId) -> String {
+        let mut random = [0u8; 16];
+        self.ports.rng.fill(&mut random);
+        let random = URL_SAFE_NO_PAD.encode(random);
+        let tag = self.refresh_tag(sid, &random);
+        format!("{random}{tag}")
+    }
+
+    fn refresh_tag(&self, sid: &SessionId, random: &str) -> String {
+        let mut mac = self.code_key.mac("latchkey/refresh-secret/v1", &[&sid.to_string(), random]);
+        mac.truncate(REFRESH_TAG_LEN);
+        mac
+    }
+
+    /// Whether `secret` (of a parsed token) was issued by this service for
+    /// session `sid`; the tag is compared in constant time.
+    pub(crate) fn issued_refresh_secret(&self, sid: &SessionId, secret: &str) -> bool {
+        let Some((random, tag)) = secret.split_at_checked(REFRESH_RANDOM_LEN) else { return false };
+        OtpCode::hashes_equal(&self.refresh_tag(sid, random), tag)
+    }
+
     fn new_session(&self, user_id: UserId, now: Timestamp, meta: &RequestMeta) -> (Session, String) {
-        let rng = self.ports.rng.as_ref();
-        let secret = random_token(rng);
+        let id = SessionId::random(self.ports.rng.as_ref());
+        let secret = self.refresh_secret(&id);
         let s = Session {
-            id: SessionId::random(rng),
+            id,
             user_id,
             refresh_hash: token_hash(&secret),
             created_at: now,
@@ -191,10 +229,17 @@ impl Auth {
     }
 }
 
+/// Characters of a refresh secret's random part (16 bytes, base64).
+const REFRESH_RANDOM_LEN: usize = 22;
+/// Characters of its tag (16 bytes of HMAC-SHA256, hex).
+const REFRESH_TAG_LEN: usize = 32;
+/// Characters of a refresh secret, the part after `<session id>.`.
+pub(crate) const REFRESH_SECRET_LEN: usize = REFRESH_RANDOM_LEN + REFRESH_TAG_LEN;
+
 fn parse_refresh(token: &str) -> Result<(SessionId, &str), Error> {
     let (sid, secret) = token.split_once('.').ok_or(Error::InvalidRefreshToken)?;
     let sid = SessionId::parse(sid).ok_or(Error::InvalidRefreshToken)?;
-    if secret.len() != 43 {
+    if secret.len() != REFRESH_SECRET_LEN || !secret.is_ascii() {
         return Err(Error::InvalidRefreshToken);
     }
     Ok((sid, secret))
