@@ -132,7 +132,7 @@ resource "aws_lambda_function" "mail_worker" {
       LATCHKEY_MAIL_DLQ_URL          = aws_sqs_queue.mail_dlq.url
       LATCHKEY_SES_FROM              = var.ses_from_address
       LATCHKEY_SES_CONFIGURATION_SET = aws_sesv2_configuration_set.main.configuration_set_name
-      LATCHKEY_SES_MAX_SEND_RATE     = tostring(var.ses_max_send_rate)
+      LATCHKEY_SES_MAX_SEND_RATE     = tostring(local.worker_instance_send_rate)
       PUBLIC_BASE_URL                = local.public_base_url
       LATCHKEY_TLS_ROOTS             = var.tls_roots
     }

@@ -25,6 +25,10 @@ locals {
   # while its first attempt may still be running.
   mail_visibility_timeout_seconds = 6 * var.worker_timeout_seconds + var.worker_batch_window_seconds
 
+  # LATCHKEY_SES_MAX_SEND_RATE is per worker instance: each of the at most
+  # worker_max_concurrency instances gets its share of the account's rate.
+  worker_instance_send_rate = var.ses_max_send_rate / var.worker_max_concurrency
+
   # 14 days, the SQS maximum: a parked mail or stream record stays long
   # enough to be looked at after a holiday.
   dlq_retention_seconds = 1209600

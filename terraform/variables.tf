@@ -86,7 +86,7 @@ variable "ses_domain" {
 }
 
 variable "ses_max_send_rate" {
-  description = "Mails per second the worker sends at most (LATCHKEY_SES_MAX_SEND_RATE). Keep at or below the account's SES quota (sandbox: 1)."
+  description = "Mails per second all workers together send at most: the account's SES quota (sandbox: 1). Each of the worker_max_concurrency instances gets an equal share as its LATCHKEY_SES_MAX_SEND_RATE."
   type        = number
   default     = 1
   validation {
@@ -158,8 +158,11 @@ variable "worker_timeout_seconds" {
   type        = number
   default     = 30
   validation {
-    condition     = var.worker_timeout_seconds >= 5 && var.worker_timeout_seconds <= 900
-    error_message = "worker_timeout_seconds: 5..900."
+    # A delivery must end within the mail ledger's claim lease (300 s,
+    # latchkey_core::mail::delivery::LEASE_SECS), or a duplicate SQS
+    # delivery could claim the job again while it is still being sent.
+    condition     = var.worker_timeout_seconds >= 5 && var.worker_timeout_seconds <= 280
+    error_message = "worker_timeout_seconds: 5..280 (a delivery must end within the mail ledger's 300 s claim lease)."
   }
 }
 

@@ -233,6 +233,28 @@ pub async fn right_otp_among_50_guesses_at_once(sys: &TestSystem) {
     }
 }
 
+/// Another site's page can post a form or text body without a CORS
+/// preflight, so `/otp` refuses any body not declared as JSON, and sends
+/// nothing for it.
+pub async fn otp_refuses_bodies_not_declared_json(sys: &TestSystem) {
+    let (_, email) = unique();
+    let body = json!({"action": "send_otp", "email": email}).to_string();
+    for ct in [Some("text/plain"), Some("application/x-www-form-urlencoded"), None] {
+        let mut req = sys.http.post(sys.url("/otp")).body(body.clone());
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        let r = req.send().await.expect("send");
+        assert_eq!(r.status(), 415, "{ct:?}");
+        let b: Value = r.json().await.expect("json");
+        assert_eq!(b["message"], "Content-Type must be application/json", "{ct:?}");
+    }
+    let (st, b, _) = sys.post("/otp", json!({"action": "send_otp", "email": email})).await;
+    assert_eq!(st, 200, "{b}");
+    let _ = sys.wait_mail(&email, 1).await;
+    assert_eq!(sys.mails_to(&email).await.len(), 1, "a refused body sent a code");
+}
+
 /// Account A's code, submitted on account B's challenge, is refused and
 /// costs B a try; both codes still work on their own challenges.
 pub async fn code_bound_to_challenge(sys: &TestSystem) {
@@ -706,6 +728,7 @@ macro_rules! relaxed_attacks {
             wrong_codes_50_at_once,
             right_code_among_50_guesses_at_once,
             right_otp_among_50_guesses_at_once,
+            otp_refuses_bodies_not_declared_json,
             code_bound_to_challenge,
             password_step_alone_is_not_a_login,
             another_users_token_verifies_only_that_user,

@@ -427,7 +427,7 @@ fn mail_visibility_timeout_is_at_least_six_worker_timeouts() {
     // With the defaults, and with the largest and smallest worker timeouts
     // the variable allows: the relation must hold by construction, not by a
     // lucky pair of numbers.
-    for timeout in [None, Some(900), Some(5)] {
+    for timeout in [None, Some(280), Some(5)] {
         let overrides: Vec<(&str, Value)> =
             timeout.map(|t| ("worker_timeout_seconds", Value::from(t))).into_iter().collect();
         let ctx = tf.context(&overrides);
@@ -762,4 +762,51 @@ fn roles_that_use_tables_may_use_the_table_key_through_dynamodb() {
         checked += 1;
     }
     assert!(checked >= 3, "api, mail worker and stream processor all use tables; {checked} documents checked");
+}
+
+/// The validation condition of `variable "<name>"`, evaluated with `value`.
+fn variable_accepts(tf: &Terraform, name: &str, value: Value) -> bool {
+    let var = tf
+        .blocks
+        .iter()
+        .map(|(_, b)| b)
+        .find(|b| b.identifier() == "variable" && b.labels()[0].as_str() == name)
+        .unwrap_or_else(|| panic!("variable {name}"))
+        .body();
+    let ctx = tf.context(&[(name, value)]);
+    blocks(var, "validation").all(|v| eval(&ctx, v.body(), "condition", name) == Value::Bool(true))
+}
+
+/// A mail delivery ends within the ledger's claim lease: the worker's
+/// timeout may not reach `LEASE_SECS`, or a duplicate SQS delivery could
+/// claim a job that is still being sent and send it twice.
+#[test]
+fn worker_timeout_stays_within_the_mail_ledger_lease() {
+    use latchkey_core::mail::delivery::LEASE_SECS;
+    let tf = Terraform::load();
+    assert!(variable_accepts(&tf, "worker_timeout_seconds", Value::from(LEASE_SECS - 20)));
+    for t in [LEASE_SECS, LEASE_SECS + 1, 900] {
+        assert!(!variable_accepts(&tf, "worker_timeout_seconds", Value::from(t)), "a {t} s timeout is accepted");
+    }
+}
+
+/// The worker's send rate is per instance, so Terraform gives each instance
+/// its share of the account's rate: together they stay within the quota.
+#[test]
+fn worker_send_rate_is_the_accounts_rate_shared_by_the_instances() {
+    let tf = Terraform::load();
+    let ctx = tf.context(&[]);
+    let (_, worker) = function(&tf, &ctx, WORKER_FN.0);
+    let env = function_env(worker, "mail-worker");
+    let rate = env.get("LATCHKEY_SES_MAX_SEND_RATE").expect("LATCHKEY_SES_MAX_SEND_RATE").to_string();
+    assert_eq!(rate, "tostring(local.worker_instance_send_rate)");
+    for (account, instances) in [(1.0, 2), (14.0, 7), (50.0, 10)] {
+        let ctx = tf.context(&[
+            ("ses_max_send_rate", Value::from(account)),
+            ("worker_max_concurrency", Value::from(instances)),
+        ]);
+        let probe: Body = hcl::from_str("rate = local.worker_instance_send_rate").expect("probe");
+        let got = eval(&ctx, &probe, "rate", "local.worker_instance_send_rate").as_f64().expect("a number");
+        assert!((got * f64::from(instances) - account).abs() < 1e-9, "{instances} x {got}/s != {account}/s");
+    }
 }

@@ -5,12 +5,12 @@
 //! seed lacked.
 
 use crate::error::ApiError;
-use crate::extract::{Meta, parse_json};
+use crate::extract::{Meta, is_json, parse_json};
 use crate::state::AppState;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use latchkey_core::Error;
 use serde::Deserialize;
@@ -27,12 +27,17 @@ fn msg(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "message": message }))).into_response()
 }
 
-pub async fn otp(State(s): State<AppState>, Meta(meta): Meta, body: Body) -> Response {
+pub async fn otp(State(s): State<AppState>, Meta(meta): Meta, headers: HeaderMap, body: Body) -> Response {
     // Read here, not by the `Bytes` extractor: its over-limit rejection is
     // axum's plain-text 413 rather than the seed's `{"message": ...}`.
     let Ok(body) = axum::body::to_bytes(body, crate::extract::MAX_BODY_BYTES).await else {
         return msg(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large");
     };
+    // The seed took any body; a browser form or text post from another
+    // site (no CORS preflight) must not send codes or guesses.
+    if !is_json(&headers) {
+        return msg(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json");
+    }
     let req: OtpReq = match parse_json(&body) {
         Ok(r) => r,
         Err(_) => return msg(StatusCode::BAD_REQUEST, "Invalid request body"),
