@@ -263,8 +263,8 @@ impl Config {
             errs.push(format!("LATCHKEY_BIND: must be host:port with an IP address (got {bind:?})"));
         }
         let public_base_url = get("PUBLIC_BASE_URL").unwrap_or_else(|| format!("http://{bind}"));
-        if !(public_base_url.starts_with("https://") || public_base_url.starts_with("http://")) {
-            errs.push(format!("PUBLIC_BASE_URL: must start with https:// (got {public_base_url:?})"));
+        if let Some(problem) = public_base_url_problem(&public_base_url) {
+            errs.push(format!("PUBLIC_BASE_URL: {problem} (got {public_base_url:?})"));
         }
         let public_base_url = public_base_url.trim_end_matches('/').to_string();
 
@@ -358,6 +358,29 @@ impl Config {
     }
 }
 
+/// Why `url` cannot be the public base URL (of the links in mail, and the
+/// JWT issuer), if it cannot: it must be `https://`, except for a host that
+/// is only reachable from this machine (loopback, `localhost`, or the
+/// unspecified address of a local bind), where `http://` is a local run.
+pub fn public_base_url_problem(url: &str) -> Option<String> {
+    let (rest, https) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (rest, true),
+        (None, Some(rest)) => (rest, false),
+        (None, None) => return Some("must start with https://".into()),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    if host.is_empty() {
+        return Some("has no host".into());
+    }
+    let local = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+    (!https && !local).then(|| "must start with https:// (http:// is only for a loopback host)".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,5 +422,31 @@ mod tests {
         for k in ["LATCHKEY_BACKEND", "LATCHKEY_OTP_TTL_SECS", "LATCHKEY_ARGON2_M_KIB"] {
             assert!(s.contains(k), "{s}");
         }
+    }
+
+    #[test]
+    fn public_base_url_is_https_unless_the_host_is_local() {
+        for ok in [
+            "https://auth.example.com",
+            "https://auth.example.com:8443/base",
+            "http://127.0.0.1:3000",
+            "http://localhost:3000",
+            "http://[::1]:3000",
+            "http://0.0.0.0:3000",
+        ] {
+            assert_eq!(public_base_url_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "http://auth.example.com",
+            "http://192.0.2.7:3000",
+            "ftp://x",
+            "auth.example.com",
+            "https://",
+            "http://:80",
+        ] {
+            assert!(public_base_url_problem(bad).is_some(), "{bad}");
+        }
+        let e = cfg(&[("PUBLIC_BASE_URL", "http://auth.example.com")]).unwrap_err().to_string();
+        assert!(e.contains("PUBLIC_BASE_URL: must start with https://"), "{e}");
     }
 }

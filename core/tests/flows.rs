@@ -213,6 +213,28 @@ async fn standalone_otp_lives_ten_minutes() {
     assert!(matches!(w.auth.verify_otp("gina@example.com", &code, &meta()).await, Err(Error::ChallengeNotFound)));
 }
 
+/// A standalone code whose attempts are spent is not replaced before it
+/// expires (a new one would start dead and push the block further out);
+/// at its expiry a new code starts with a fresh count.
+#[tokio::test]
+async fn an_exhausted_standalone_code_is_not_replaced_before_it_expires() {
+    let w = world(RateLimits::relaxed());
+    let addr = "hana@example.com";
+    w.auth.send_otp(addr, &meta()).await.unwrap();
+    let code = w.mail.code();
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for _ in 0..6 {
+        assert!(matches!(w.auth.verify_otp(addr, wrong, &meta()).await, Err(Error::OtpInvalid { .. })));
+    }
+    w.clock.set(T0 + 120);
+    let sends = w.mail.kinds().len();
+    assert!(matches!(w.auth.send_otp(addr, &meta()).await, Err(Error::RateLimited { retry_after: 480 })));
+    assert_eq!(w.mail.kinds().len(), sends, "a refused send mailed a code");
+    w.clock.set(T0 + 600);
+    w.auth.send_otp(addr, &meta()).await.unwrap();
+    w.auth.verify_otp(addr, &w.mail.code(), &meta()).await.unwrap();
+}
+
 #[tokio::test]
 async fn login_rate_limit_per_identifier_answers_with_the_wait() {
     let w = world(RateLimits::default());

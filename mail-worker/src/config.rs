@@ -69,8 +69,10 @@ impl WorkerConfig {
                 }
             },
         };
-        if !public_base_url.is_empty() && !public_base_url.starts_with("http") {
-            errs.push(format!("PUBLIC_BASE_URL: {public_base_url:?} is not an http(s) URL"));
+        if let Some(problem) =
+            latchkey_core::config::public_base_url_problem(&public_base_url).filter(|_| !public_base_url.is_empty())
+        {
+            errs.push(format!("PUBLIC_BASE_URL: {problem} (got {public_base_url:?})"));
         }
         if !ses_from.is_empty() && !ses_from.contains('@') {
             errs.push("LATCHKEY_SES_FROM: not a mailbox (expected `Name <addr>` or `addr`)".to_string());

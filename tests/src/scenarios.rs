@@ -243,9 +243,19 @@ pub async fn standalone_otp(sys: &TestSystem) {
     let (st, _, _) = sys.post("/otp", json!({"action": "verify_otp", "email": email, "otp": code})).await;
     assert_eq!(st, 404, "a verified code cannot verify again");
     // Seed contract errors.
-    assert_eq!(sys.post("/otp", json!({"action": "send_otp"})).await.0, 400);
-    assert_eq!(sys.post("/otp", json!({"action": "verify_otp", "email": email})).await.0, 400);
-    assert_eq!(sys.post("/otp", json!({"action": "dance"})).await.0, 400);
+    for (body, field) in [
+        (json!({"action": "send_otp"}), "email"),
+        (json!({"action": "verify_otp", "email": email}), "otp"),
+        (json!({"action": "verify_otp", "otp": "123456"}), "email"),
+        (json!({"action": "dance"}), "action"),
+        (json!({"action": "send_otp", "email": 5}), "email"),
+        (json!({"action": "verify_otp", "email": email, "otp": "12345"}), "otp"),
+        (json!({"action": "send_otp", "email": "not-an-address"}), "email"),
+    ] {
+        let (st, b, _) = sys.post("/otp", body.clone()).await;
+        assert_eq!((st, b["field"].as_str()), (400, Some(field)), "{body}: {b}");
+        assert!(b["message"].is_string(), "{b}");
+    }
     assert_eq!(sys.post("/otp", json!({"action": "verify_otp", "email": unique().1, "otp": "123456"})).await.0, 404);
     // Cooldown on a second send.
     let (st, _, h) = sys.post("/otp", json!({"action": "send_otp", "email": email})).await;

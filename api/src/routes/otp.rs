@@ -27,6 +27,11 @@ fn msg(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "message": message }))).into_response()
 }
 
+/// A 400 in the seed's shape, naming the member at fault.
+fn bad(message: &str, field: &str) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "message": message, "field": field }))).into_response()
+}
+
 pub async fn otp(State(s): State<AppState>, Meta(meta): Meta, headers: HeaderMap, body: Body) -> Response {
     // Read here, not by the `Bytes` extractor: its over-limit rejection is
     // axum's plain-text 413 rather than the seed's `{"message": ...}`.
@@ -40,35 +45,39 @@ pub async fn otp(State(s): State<AppState>, Meta(meta): Meta, headers: HeaderMap
     }
     let req: OtpReq = match parse_json(&body) {
         Ok(r) => r,
-        Err(_) => return msg(StatusCode::BAD_REQUEST, "Invalid request body"),
+        Err(e) => {
+            let field = e.extra.as_ref().and_then(|(_, v)| v.as_str()).unwrap_or("body");
+            return bad("Invalid request body", field);
+        }
     };
     let email = req.email.filter(|e| !e.trim().is_empty());
     match req.action.as_deref() {
         Some("send_otp") => {
-            let Some(email) = email else { return msg(StatusCode::BAD_REQUEST, "Email is required") };
+            let Some(email) = email else { return bad("Email is required", "email") };
             match s.auth.send_otp(&email, &meta).await {
                 Ok(_) => msg(StatusCode::OK, "OTP sent successfully"),
                 Err(e) => otp_error(e),
             }
         }
         Some("verify_otp") => {
+            let missing = if email.is_none() { "email" } else { "otp" };
             let (Some(email), Some(code)) = (email, req.otp.filter(|o| !o.trim().is_empty())) else {
-                return msg(StatusCode::BAD_REQUEST, "Email and OTP are required");
+                return bad("Email and OTP are required", missing);
             };
             match s.auth.verify_otp(&email, &code, &meta).await {
                 Ok(()) => msg(StatusCode::OK, "OTP verified successfully"),
                 Err(e) => otp_error(e),
             }
         }
-        _ => msg(StatusCode::BAD_REQUEST, "Invalid action"),
+        _ => bad("Invalid action", "action"),
     }
 }
 
 fn otp_error(e: Error) -> Response {
     use StatusCode as S;
     match e {
-        Error::Validation { field: "email", .. } => msg(S::BAD_REQUEST, "Invalid email address"),
-        Error::Validation { .. } => msg(S::BAD_REQUEST, "OTP must be 6 digits"),
+        Error::Validation { field: "email", .. } => bad("Invalid email address", "email"),
+        Error::Validation { .. } => bad("OTP must be 6 digits", "otp"),
         Error::ChallengeNotFound => msg(S::NOT_FOUND, "OTP not found. Please request a new one."),
         Error::OtpExpired => msg(S::BAD_REQUEST, "OTP has expired. Please request a new one."),
         Error::OtpExhausted => msg(S::FORBIDDEN, "Maximum attempts exceeded. Please request a new OTP."),

@@ -1,6 +1,6 @@
 use super::Auth;
 use crate::clock::Timestamp;
-use crate::domain::{Challenge, ChallengeId, LoginIdentifier, OtpCode, Password, RequestMeta, Secret, User};
+use crate::domain::{Challenge, ChallengeId, LoginIdentifier, OtpCode, Password, RequestMeta, Secret, User, UserId};
 use crate::error::{Error, StoreError};
 use crate::mail::MailJob;
 
@@ -31,10 +31,24 @@ impl Auth {
             LoginIdentifier::Email(e) => self.ports.users.user_by_email(e).await?,
         };
         let ok = self.hasher.verify(&password, user.as_ref().map(|u| u.password_hash.as_str())).await?;
-        let Some(user) = user else { return Err(Error::InvalidCredentials) };
         let now = self.now();
+        let Some(user) = user else {
+            // The same store write as a wrong password for an account (one
+            // conditional update, here of an id that matches nothing), so an
+            // unknown name takes as long to refuse on a remote store too.
+            let nobody = UserId::random(self.ports.rng.as_ref());
+            let p = &self.policy;
+            let _ = self
+                .ports
+                .users
+                .record_login_failure(&nobody, now, p.login_lock_threshold, p.login_lock_secs, meta)
+                .await;
+            return Err(Error::InvalidCredentials);
+        };
         if user.is_locked(now) {
             tracing::info!(user_id = %user.id, "login refused: account locked");
+            // Changes nothing during a lock; taken for the same timing.
+            self.count_failure(&user, now, self.policy.login_lock_threshold, meta).await?;
             return Err(Error::InvalidCredentials);
         }
         if !ok {

@@ -35,11 +35,15 @@ impl Auth {
             }
         }
         // A new code for a still-live one keeps its failures and attempts
-        // (NIST 3.1.3.2).
-        let (failures, attempts) = existing
-            .as_ref()
-            .filter(|e| e.used_at.is_none() && e.expires_at > now)
-            .map_or((0, 0), |e| (e.failures, e.attempts));
+        // (NIST 3.1.3.2). One whose attempts are spent is not replaced
+        // before it expires: a new code would be dead on arrival, and each
+        // send would push the block further out.
+        let live = existing.as_ref().filter(|e| e.used_at.is_none() && e.expires_at > now);
+        let max = self.policy.code_max_failures;
+        if let Some(e) = live.filter(|e| e.failures >= max || e.attempts >= max) {
+            return Err(Error::RateLimited { retry_after: (e.expires_at - now) as u64 });
+        }
+        let (failures, attempts) = live.map_or((0, 0), |e| (e.failures, e.attempts));
         let code = OtpCode::generate(self.ports.rng.as_ref());
         let rec = OtpRecord {
             address_hash: addr.clone(),
