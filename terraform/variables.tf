@@ -237,9 +237,9 @@ variable "stream_max_retry_attempts" {
 }
 
 variable "stream_max_record_age_seconds" {
-  description = "Stream records older than this are sent to the on-failure queue instead of being processed."
+  description = "Stream records older than this are sent to the on-failure queue instead of being processed. Default: the stream's own 24 h retention, so a throttled or slow processor delays the audit trail without dropping it."
   type        = number
-  default     = 21600
+  default     = 86400
   validation {
     condition     = var.stream_max_record_age_seconds >= 60 && var.stream_max_record_age_seconds <= 604800
     error_message = "stream_max_record_age_seconds: 60..604800 (-1, infinite, is not allowed)."
@@ -495,9 +495,9 @@ variable "api_5xx_alarm_threshold" {
 }
 
 variable "processor_reserved_concurrency" {
-  description = "Reserved concurrency of the stream-processor. Streams run one instance per shard; a lower cap only delays the audit trail (the iterator-age alarm tells)."
+  description = "Reserved concurrency of the stream-processor. Streams run one instance per shard of each of the three streams; a lower cap delays the audit trail (the iterator-age alarm tells), and records that wait longer than stream_max_record_age_seconds go to the on-failure queue."
   type        = number
-  default     = 4
+  default     = 10
   validation {
     condition     = var.processor_reserved_concurrency >= 1
     error_message = "processor_reserved_concurrency: at least 1."

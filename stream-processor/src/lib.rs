@@ -52,17 +52,20 @@ impl Processor {
         Processor { audit, policy, retention_secs: i64::from(retention_days) * 86_400 }
     }
 
-    /// Processes every record; reports the ones that failed by their
-    /// sequence number (what Lambda expects for DynamoDB Streams).
+    /// Processes the records in order and stops at the first that fails,
+    /// reporting it by its sequence number (what Lambda expects for
+    /// DynamoDB Streams). Lambda resumes the shard from that record, so
+    /// nothing after it is appended before it: the audit trail keeps the
+    /// stream's order (a code is never verified before it was issued).
     pub async fn handle(&self, event: Event) -> DynamoDbEventResponse {
         let mut response = DynamoDbEventResponse::default();
         for record in &event.records {
             if let Err(e) = self.process(record).await {
-                tracing::error!(event_id = %record.event_id, error = %e, "stream record failed");
+                tracing::error!(event_id = %record.event_id, error = %e, "stream record failed; the batch stops here");
                 let mut failure = DynamoDbBatchItemFailure::default();
-                failure.item_identifier =
-                    Some(record.change.sequence_number.clone().unwrap_or_else(|| record.event_id.clone()));
+                failure.item_identifier = Some(item_identifier(record));
                 response.batch_item_failures.push(failure);
+                break;
             }
         }
         response
@@ -79,6 +82,11 @@ impl Processor {
         }
         Ok(added)
     }
+}
+
+/// How a failed record is named in a batch response: its sequence number.
+pub fn item_identifier(record: &EventRecord) -> String {
+    record.change.sequence_number.clone().unwrap_or_else(|| record.event_id.clone())
 }
 
 /// Whether a record is a deletion by DynamoDB's TTL sweeper.

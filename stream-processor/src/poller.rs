@@ -4,9 +4,11 @@
 //! `DynamoDbEvent` Lambda would deliver, and hands it to the same
 //! [`Processor`](crate::Processor).
 //!
-//! Shards are read from TRIM_HORIZON; records that fail are simply read
-//! again on the next start (appends are idempotent), so no checkpoint is
-//! kept.
+//! Shards are read from TRIM_HORIZON. A batch with a failed record is
+//! handed over again from that record, as Lambda's mapping does, and after
+//! `MAX_ATTEMPTS` the record is given up (logged; on AWS it goes to the
+//! on-failure queue) and the rest goes on. No checkpoint is kept: a restart
+//! reads the shards again, and appends are idempotent.
 
 use crate::Processor;
 use aws_lambda_events::dynamodb::Event;
@@ -20,6 +22,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Records asked for per GetRecords call.
 const GET_RECORDS_LIMIT: i32 = 1000;
+
+/// Tries of a failing record before the poller gives it up.
+pub const MAX_ATTEMPTS: u32 = 3;
 
 /// Polls the streams of the tables that have one.
 pub struct StreamPoller {
@@ -114,8 +119,8 @@ impl StreamPoller {
                 Ok(batch) if batch.records.is_empty() => tokio::time::sleep(idle).await,
                 Ok(batch) => {
                     let n = batch.records.len();
-                    let failed = processor.handle(batch).await.batch_item_failures.len();
-                    tracing::debug!(records = n, failed, "stream batch processed");
+                    let given_up = deliver(&processor, batch, MAX_ATTEMPTS, idle).await;
+                    tracing::debug!(records = n, given_up = given_up.len(), "stream batch processed");
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "stream poll failed; retrying");
@@ -124,6 +129,38 @@ impl StreamPoller {
             }
         }
     }
+}
+
+/// Hands `batch` to `processor` as Lambda's mapping does: after a reported
+/// failure, again from the failed record on (after `pause`), and after
+/// `max_attempts` tries of one record without it, so one poison record
+/// neither stalls the rest nor lets later records go before it while it
+/// may still succeed. Returns the identifiers of the records given up.
+pub async fn deliver(processor: &Processor, mut batch: Event, max_attempts: u32, pause: Duration) -> Vec<String> {
+    let mut given_up = Vec::new();
+    let mut tries = 0;
+    while !batch.records.is_empty() {
+        let response = processor.handle(batch.clone()).await;
+        let Some(failed) = response.batch_item_failures.first().and_then(|f| f.item_identifier.clone()) else {
+            break;
+        };
+        let at = batch.records.iter().position(|r| crate::item_identifier(r) == failed).unwrap_or(0);
+        if at > 0 {
+            // Progress: the records before the failed one are done.
+            batch.records.drain(..at);
+            tries = 0;
+        }
+        tries += 1;
+        if tries >= max_attempts {
+            tracing::error!(record = %failed, tries, "stream record given up (on AWS: the on-failure queue)");
+            batch.records.remove(0);
+            given_up.push(failed);
+            tries = 0;
+        } else {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    given_up
 }
 
 /// A Streams API record in the JSON shape Lambda delivers.

@@ -89,17 +89,34 @@ async fn a_remove_by_ttl_is_an_expiry_and_a_plain_remove_is_not() {
     assert_eq!((r.ip.as_deref(), r.request_id.as_deref()), (None, None), "the TTL service made no request");
 }
 
+/// The batch stops at a poison record and reports it alone: Lambda resumes
+/// from it, so the record after it is not appended before it.
 #[tokio::test]
-async fn a_poison_record_is_reported_alone_and_the_rest_is_processed() {
+async fn a_failed_record_stops_the_batch_and_is_reported_alone() {
     let (p, audit) = processor().await;
     let resp = p.handle(fixture("ddb_poison_batch.json")).await;
     let failed: Vec<_> = resp.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect();
     assert_eq!(failed, [Some("555000000000000000000006".to_string())]);
     let kinds: Vec<T> = events(&audit).await.iter().map(|r| r.event).collect();
-    assert_eq!(kinds, [T::UserRegistered, T::EmailVerified]);
+    assert_eq!(kinds, [T::UserRegistered], "a record after the failed one was appended before it");
     // The response is what Lambda expects on the wire.
     let wire = serde_json::to_value(&resp).expect("json");
     assert_eq!(wire["batchItemFailures"][0]["itemIdentifier"], "555000000000000000000006");
+}
+
+/// The local poller does what the mapping does with that response: it hands
+/// the batch over again from the failed record, gives a record that keeps
+/// failing up after its tries, and then processes the rest, once each.
+#[tokio::test]
+async fn the_poller_resumes_from_a_failed_record_and_gives_up_a_poison_one() {
+    use latchkey_stream_processor::poller::deliver;
+    let (p, audit) = processor().await;
+    let given_up = deliver(&p, fixture("ddb_poison_batch.json"), 3, std::time::Duration::ZERO).await;
+    assert_eq!(given_up, ["555000000000000000000006"]);
+    let chain = events(&audit).await;
+    let kinds: Vec<T> = chain.iter().map(|r| r.event).collect();
+    assert_eq!(kinds, [T::UserRegistered, T::EmailVerified]);
+    verify_chain(USER, &chain).expect("an intact chain");
 }
 
 #[tokio::test]
