@@ -32,6 +32,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/token/refresh", post(auth::refresh))
         .route("/v1/logout", post(auth::logout))
         .route("/v1/me", get(auth::me))
+        .route("/v1/password", post(auth::change_password))
         .route("/v1/me/activity", get(activity::my_activity))
         .route("/v1/admin/users/{id}/audit", get(admin::user_audit))
         .route("/v1/admin/stats", get(admin::stats))

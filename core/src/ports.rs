@@ -65,6 +65,20 @@ pub trait UserStore: Send + Sync {
     /// An unknown user is `Conflict(Stale)`.
     async fn set_password_hash(&self, id: &UserId, phc: &str, meta: &RequestMeta) -> StoreResult<()>;
 
+    /// A password change: sets the user's `password_hash` to `phc`, its
+    /// `sessions_valid_after` to `now` (every other session of the user ends)
+    /// and its `meta`, and the session `keep`'s `valid_from` to `now` (it
+    /// survives), in one transaction, only if the user exists and `keep` is
+    /// an unrevoked session of theirs; `Conflict(Stale)` otherwise.
+    async fn change_password(
+        &self,
+        id: &UserId,
+        phc: &str,
+        keep: &SessionId,
+        now: Timestamp,
+        meta: &RequestMeta,
+    ) -> StoreResult<()>;
+
     /// Stores another verification token for an unverified user and sets
     /// `verification_sent_at = now`, only if the user is unverified and the
     /// last send was at or before `now - cooldown_secs`; otherwise

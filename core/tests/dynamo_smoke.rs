@@ -99,6 +99,7 @@ fn user(name: &str, email: &str) -> (User, VerificationRecord) {
         locked_until: None,
         otp_failures: 0,
         verification_sent_at: Some(NOW),
+        sessions_valid_after: None,
         meta: RequestMeta { request_id: Some("req-1".into()), ip: Some("203.0.113.7".into()), user_agent: None },
     };
     let token = VerificationRecord {
@@ -143,6 +144,7 @@ fn session(user: &User) -> Session {
         generation: 0,
         revoked_at: None,
         revoke_reason: None,
+        valid_from: None,
         meta: RequestMeta::default(),
     }
 }

@@ -407,6 +407,63 @@ pub async fn forged_refresh_secret_ends_nothing(sys: &TestSystem) {
     assert_eq!(st, 200, "the real refresh token stopped working: {b}");
 }
 
+/// A password change ends every other session of the user at once (their
+/// refresh and access tokens), keeps the one that made it, and only the new
+/// password logs in afterwards. A wrong current password or a weak new one
+/// changes nothing.
+pub async fn password_change_ends_other_sessions(sys: &TestSystem) {
+    const NEW: &str = "quartz lantern orbit mosaic 47";
+    let (username, email) = verified_user(sys).await;
+    let mine = sign_in(sys, &username, &email).await;
+    let other = sign_in(sys, &username, &email).await;
+    let access = |t: &Value| t["access_token"].as_str().expect("access").to_string();
+    let change = |token: Option<String>, body: Value| {
+        let mut req = sys.http.post(sys.url("/v1/password")).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let r = req.send().await.expect("send");
+            let st = r.status().as_u16();
+            (st, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let refused = [
+        (
+            Some(access(&mine)),
+            json!({"current_password": "not the password at all", "new_password": NEW}),
+            "current_password",
+        ),
+        (Some(access(&mine)), json!({"current_password": PASSWORD, "new_password": "password1234"}), "new_password"),
+        (
+            Some(access(&mine)),
+            json!({"current_password": PASSWORD, "new_password": format!("{username} {NEW}")}),
+            "new_password",
+        ),
+    ];
+    for (token, body, field) in refused {
+        let (st, b) = change(token, body).await;
+        assert_eq!((st, b["field"].as_str()), (400, Some(field)), "{b}");
+    }
+    let (st, _) = change(None, json!({"current_password": PASSWORD, "new_password": NEW})).await;
+    assert_eq!(st, 401, "no access token");
+    assert_eq!(sys.get_auth("/v1/me", &access(&other)).await.0, 200, "a refused change ended a session");
+
+    let (st, b) = change(Some(access(&mine)), json!({"current_password": PASSWORD, "new_password": NEW})).await;
+    assert_eq!(st, 204, "{b}");
+    assert_eq!(sys.get_auth("/v1/me", &access(&other)).await.0, 401, "the other session's access token");
+    let (st, _, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": other["refresh_token"] })).await;
+    assert_eq!(st, 401, "the other session's refresh token");
+    assert_eq!(sys.get_auth("/v1/me", &access(&mine)).await.0, 200, "the changing session ended");
+    let (st, b, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": mine["refresh_token"] })).await;
+    assert_eq!(st, 200, "{b}");
+
+    let (st, b, _) = sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD})).await;
+    assert_eq!((st, b["error"].as_str()), (401, Some("invalid_credentials")), "the old password");
+    let (st, b, _) = sys.post("/v1/login", json!({"identifier": username, "password": NEW})).await;
+    assert_eq!(st, 202, "the new password: {b}");
+}
+
 /// 20 concurrent refreshes of one refresh token: at most one new pair.
 pub async fn concurrent_refreshes(sys: &TestSystem) {
     let (username, email) = verified_user(sys).await;
@@ -736,6 +793,7 @@ macro_rules! relaxed_attacks {
             jwt_after_logout,
             refresh_reuse_revokes,
             forged_refresh_secret_ends_nothing,
+            password_change_ends_other_sessions,
             concurrent_refreshes,
             headers_on_every_status,
             register_same_username_20_at_once,

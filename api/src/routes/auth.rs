@@ -136,13 +136,38 @@ pub async fn logout(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-pub async fn me(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// The access token of `Authorization: Bearer <token>`, or 401.
+fn access_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .ok_or(latchkey_core::Error::Unauthorized)?;
-    let p = s.auth.me(token.trim()).await?;
+    Ok(token.trim())
+}
+
+#[derive(Deserialize)]
+pub struct PasswordReq {
+    current_password: Option<String>,
+    new_password: Option<String>,
+}
+
+/// Changes the caller's password; every other session of theirs ends.
+pub async fn change_password(
+    State(s): State<AppState>,
+    Meta(meta): Meta,
+    headers: HeaderMap,
+    JsonBody(r): JsonBody<PasswordReq>,
+) -> Result<Response, ApiError> {
+    let token = access_token(&headers)?;
+    let current = required(r.current_password, "current_password")?;
+    let new = required(r.new_password, "new_password")?;
+    s.auth.change_password(token, current, new, &meta).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn me(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let p = s.auth.me(access_token(&headers)?).await?;
     Ok(Json(json!({
         "id": p.id.to_string(),
         "username": p.username,

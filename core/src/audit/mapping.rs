@@ -260,6 +260,7 @@ mod tests {
             locked_until: None,
             otp_failures: 0,
             verification_sent_at: Some(T0),
+            sessions_valid_after: None,
             meta: meta(),
         }
     }
@@ -357,6 +358,7 @@ mod tests {
             generation: 0,
             revoked_at: None,
             revoke_reason: None,
+            valid_from: None,
             meta: meta(),
         };
         let s1 = Session { generation: 1, refresh_hash: "h2".into(), ..s.clone() };

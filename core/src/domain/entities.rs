@@ -35,12 +35,28 @@ pub struct User {
     pub otp_failures: u32,
     /// When the last verification mail was queued (resend cooldown).
     pub verification_sent_at: Option<Timestamp>,
+    /// Set by a password change: sessions valid from before this time are
+    /// dead (all but the one that made the change). Absent until then.
+    #[serde(default)]
+    pub sessions_valid_after: Option<Timestamp>,
     pub meta: RequestMeta,
 }
 
 impl User {
     pub fn is_locked(&self, now: Timestamp) -> bool {
         self.locked_until.is_some_and(|t| t > now)
+    }
+
+    /// Whether `session` was ended by a password change of this user: the
+    /// session that made the change has `valid_from` = its time; any other
+    /// session created in that second or before it is ended (a login in the
+    /// same second as the change, rare, must sign in again).
+    pub fn ended_by_password_change(&self, session: &Session) -> bool {
+        match (self.sessions_valid_after, session.valid_from) {
+            (None, _) => false,
+            (Some(t), Some(from)) => from < t,
+            (Some(t), None) => session.created_at <= t,
+        }
     }
 }
 
@@ -98,6 +114,10 @@ pub struct Session {
     pub generation: u32,
     pub revoked_at: Option<Timestamp>,
     pub revoke_reason: Option<String>,
+    /// When the session that changed the password did so (it survives the
+    /// change); else absent and `created_at` counts.
+    #[serde(default)]
+    pub valid_from: Option<Timestamp>,
     pub meta: RequestMeta,
 }
 

@@ -38,6 +38,9 @@ impl Auth {
             return Err(Error::Unauthorized);
         }
         let u = self.ports.users.user_by_id(&s.user_id).await?.ok_or(Error::Unauthorized)?;
+        if u.ended_by_password_change(&s) {
+            return Err(Error::Unauthorized);
+        }
         Ok(Profile::of(u, sid))
     }
 

@@ -4,6 +4,7 @@
 mod browser;
 mod login;
 mod otp;
+mod password;
 mod rate_limit;
 mod register;
 mod session;

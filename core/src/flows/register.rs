@@ -44,6 +44,7 @@ impl Auth {
             locked_until: None,
             otp_failures: 0,
             verification_sent_at: Some(now),
+            sessions_valid_after: None,
             meta: meta.clone(),
         };
         let token = random_token(rng);

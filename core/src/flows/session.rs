@@ -127,6 +127,10 @@ impl Auth {
         if s.revoked_at.is_some() || s.expires_at <= now {
             return Err(Error::InvalidRefreshToken);
         }
+        let user = self.ports.users.user_by_id(&s.user_id).await?.ok_or(Error::InvalidRefreshToken)?;
+        if user.ended_by_password_change(&s) {
+            return Err(Error::InvalidRefreshToken);
+        }
         let presented = token_hash(secret);
         if !OtpCode::hashes_equal(&presented, &s.refresh_hash) {
             // Issued for this session but no longer its current one.
@@ -173,6 +177,9 @@ impl Auth {
             return Err(Error::Unauthorized);
         }
         let u = self.ports.users.user_by_id(&uid).await?.ok_or(Error::Unauthorized)?;
+        if u.ended_by_password_change(&s) {
+            return Err(Error::Unauthorized);
+        }
         Ok(Profile::of(u, sid))
     }
 
@@ -213,6 +220,7 @@ impl Auth {
             generation: 0,
             revoked_at: None,
             revoke_reason: None,
+            valid_from: None,
             meta: meta.clone(),
         };
         (s, secret)

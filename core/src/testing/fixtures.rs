@@ -75,6 +75,7 @@ pub(super) fn user_with(username: Username, email: Email) -> (User, Verification
         locked_until: None,
         otp_failures: 0,
         verification_sent_at: Some(T0),
+        sessions_valid_after: None,
         meta: meta(),
     };
     let verification = verification_for(user.id, T0);
@@ -151,6 +152,7 @@ pub(super) fn new_session(user_id: UserId) -> Session {
         generation: 0,
         revoked_at: None,
         revoke_reason: None,
+        valid_from: None,
         meta: meta(),
     }
 }

@@ -1,8 +1,10 @@
 //! `SessionStore`: refresh-secret rotation (once per secret) and revocation.
 
 use super::Subject;
-use super::fixtures::{T0, expect_conflict, hash, meta, race, session_id, signed_in, single_winner, stored_session};
-use crate::domain::{RequestMeta, Session};
+use super::fixtures::{
+    T0, expect_conflict, hash, meta, race, session_id, signed_in, single_winner, stored_session, stored_user,
+};
+use crate::domain::{RequestMeta, Session, User};
 use crate::error::Conflict;
 
 const RACERS: usize = 50;
@@ -116,4 +118,40 @@ pub async fn rotate_session_refused_after_revoke(s: &Subject) {
         "rotate of a revoked session with its current hash",
     );
     assert_eq!(stored_session(s, &session.id).await, revoked, "a refused rotate changed the revoked session");
+}
+
+/// A password change sets the hash and `sessions_valid_after` and marks the
+/// session that made it, so it alone outlives the change; it is refused for
+/// another user's or a revoked session, and then writes nothing.
+pub async fn change_password_keeps_only_the_changing_session(s: &Subject) {
+    let (user, mine) = signed_in(s).await;
+    let (_, theirs) = signed_in(s).await;
+    let phc = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$changed";
+    let now = T0 + 50;
+    let before = stored_user(s, &user.id).await;
+    expect_conflict(
+        s.users.change_password(&user.id, phc, &theirs.id, now, &meta()).await,
+        Conflict::Stale,
+        "a change through another user's session",
+    );
+    assert_eq!(stored_user(s, &user.id).await, before, "a refused change wrote the user");
+    assert_eq!(stored_session(s, &theirs.id).await, theirs, "a refused change wrote the session");
+
+    let m = meta();
+    s.users.change_password(&user.id, phc, &mine.id, now, &m).await.expect("change_password");
+    let after = stored_user(s, &user.id).await;
+    assert_eq!(after, User { password_hash: phc.into(), sessions_valid_after: Some(now), meta: m.clone(), ..before });
+    let kept = stored_session(s, &mine.id).await;
+    assert_eq!(kept, Session { valid_from: Some(now), meta: m, ..mine.clone() });
+    assert!(!after.ended_by_password_change(&kept), "the changing session ended");
+    let other = Session { id: session_id(), ..mine.clone() };
+    assert!(after.ended_by_password_change(&other), "an older session survived");
+    assert!(!after.ended_by_password_change(&Session { created_at: now + 1, ..other }), "a later login ended");
+
+    s.sessions.revoke_session(&mine.id, now + 1, "logout", &meta()).await.expect("revoke");
+    expect_conflict(
+        s.users.change_password(&user.id, phc, &mine.id, now + 2, &meta()).await,
+        Conflict::Stale,
+        "a change through a revoked session",
+    );
 }

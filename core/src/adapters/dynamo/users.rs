@@ -5,7 +5,7 @@ use super::errors::map_sdk;
 use super::items::{self, Item, PK, TTL_GRACE_SECS, n, s};
 use super::{DynamoStore, put_item, update_item};
 use crate::clock::Timestamp;
-use crate::domain::{Email, RequestMeta, User, UserId, Username, VerificationRecord};
+use crate::domain::{Email, RequestMeta, SessionId, User, UserId, Username, VerificationRecord};
 use crate::error::Conflict;
 use crate::ports::{StoreResult, UserStore};
 use crate::{StoreError, tables};
@@ -211,6 +211,35 @@ impl UserStore for DynamoStore {
             .send()
             .await
             .map_err(map_sdk)?;
+        Ok(())
+    }
+
+    async fn change_password(
+        &self,
+        id: &UserId,
+        phc: &str,
+        keep: &SessionId,
+        now: Timestamp,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
+        let meta = meta_value(meta)?;
+        let user = Update::builder()
+            .table_name(&self.users)
+            .key(PK, s(items::user_pk(id)))
+            .update_expression("SET password_hash = :h, sessions_valid_after = :now, meta = :meta")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":h", s(phc))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":meta", meta.clone());
+        let session = Update::builder()
+            .table_name(&self.tokens)
+            .key(PK, s(items::session_pk(keep)))
+            .update_expression("SET valid_from = :now, meta = :meta")
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(revoked_at) AND user_id = :uid")
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":uid", s(id.to_string()))
+            .expression_attribute_values(":meta", meta);
+        self.transact(vec![update_item(user)?, update_item(session)?]).await?;
         Ok(())
     }
 

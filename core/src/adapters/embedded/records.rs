@@ -51,7 +51,7 @@ fn meta_json(m: &RequestMeta) -> rusqlite::Result<String> {
 // ---- users ----------------------------------------------------------------
 
 const USER_COLS: &str = "id, username, email, password_hash, verified, created_at, failed_logins, locked_until, \
-                         otp_failures, verification_sent_at, meta";
+                         otp_failures, verification_sent_at, meta, sessions_valid_after";
 
 fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
@@ -66,6 +66,7 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
         otp_failures: r.get(8)?,
         verification_sent_at: r.get(9)?,
         meta: r.get::<_, Meta>(10)?.0,
+        sessions_valid_after: r.get(11)?,
     })
 }
 
@@ -89,13 +90,14 @@ pub(crate) fn load_user(c: &Connection, key: UserKey<'_>) -> rusqlite::Result<Op
 pub(crate) fn insert_user(c: &Connection, u: &User) -> rusqlite::Result<()> {
     c.prepare_cached(&format!(
         "INSERT INTO users ({USER_COLS}) VALUES (:id, :username, :email, :password_hash, :verified, :created_at, \
-         :failed_logins, :locked_until, :otp_failures, :verification_sent_at, :meta)"
+         :failed_logins, :locked_until, :otp_failures, :verification_sent_at, :meta, :sessions_valid_after)"
     ))?
     .execute(named_params! {
         ":id": u.id, ":username": u.username, ":email": u.email, ":password_hash": u.password_hash,
         ":verified": u.verified, ":created_at": u.created_at, ":failed_logins": u.failed_logins,
         ":locked_until": u.locked_until, ":otp_failures": u.otp_failures,
         ":verification_sent_at": u.verification_sent_at, ":meta": meta_json(&u.meta)?,
+        ":sessions_valid_after": u.sessions_valid_after,
     })?;
     Ok(())
 }
@@ -106,12 +108,14 @@ pub(crate) fn update_user(c: &Connection, u: &User) -> rusqlite::Result<()> {
         .prepare_cached(
             "UPDATE users SET password_hash = :password_hash, verified = :verified, failed_logins = :failed_logins, \
              locked_until = :locked_until, otp_failures = :otp_failures, \
-             verification_sent_at = :verification_sent_at, meta = :meta WHERE id = :id",
+             verification_sent_at = :verification_sent_at, sessions_valid_after = :sessions_valid_after, \
+             meta = :meta WHERE id = :id",
         )?
         .execute(named_params! {
             ":id": u.id, ":password_hash": u.password_hash, ":verified": u.verified,
             ":failed_logins": u.failed_logins, ":locked_until": u.locked_until, ":otp_failures": u.otp_failures,
             ":verification_sent_at": u.verification_sent_at, ":meta": meta_json(&u.meta)?,
+            ":sessions_valid_after": u.sessions_valid_after,
         })?;
     expect_one(n)
 }
@@ -235,7 +239,7 @@ pub(crate) fn update_challenge(c: &Connection, ch: &Challenge) -> rusqlite::Resu
 // ---- sessions -------------------------------------------------------------
 
 const SESSION_COLS: &str = "id, user_id, refresh_hash, created_at, refreshed_at, expires_at, generation, revoked_at, \
-                            revoke_reason, meta";
+                            revoke_reason, meta, valid_from";
 
 fn session_row(r: &Row<'_>) -> rusqlite::Result<Session> {
     Ok(Session {
@@ -249,6 +253,7 @@ fn session_row(r: &Row<'_>) -> rusqlite::Result<Session> {
         revoked_at: r.get(7)?,
         revoke_reason: r.get(8)?,
         meta: r.get::<_, Meta>(9)?.0,
+        valid_from: r.get(10)?,
     })
 }
 
@@ -261,12 +266,13 @@ pub(crate) fn load_session(c: &Connection, id: &SessionId) -> rusqlite::Result<O
 pub(crate) fn insert_session(c: &Connection, s: &Session) -> rusqlite::Result<()> {
     c.prepare_cached(&format!(
         "INSERT INTO sessions ({SESSION_COLS}) VALUES (:id, :user_id, :refresh_hash, :created_at, :refreshed_at, \
-         :expires_at, :generation, :revoked_at, :revoke_reason, :meta)"
+         :expires_at, :generation, :revoked_at, :revoke_reason, :meta, :valid_from)"
     ))?
     .execute(named_params! {
         ":id": s.id, ":user_id": s.user_id, ":refresh_hash": s.refresh_hash, ":created_at": s.created_at,
         ":refreshed_at": s.refreshed_at, ":expires_at": s.expires_at, ":generation": s.generation,
         ":revoked_at": s.revoked_at, ":revoke_reason": s.revoke_reason, ":meta": meta_json(&s.meta)?,
+        ":valid_from": s.valid_from,
     })?;
     Ok(())
 }
@@ -275,13 +281,13 @@ pub(crate) fn update_session(c: &Connection, s: &Session) -> rusqlite::Result<()
     let n = c
         .prepare_cached(
             "UPDATE sessions SET refresh_hash = :refresh_hash, refreshed_at = :refreshed_at, \
-             generation = :generation, revoked_at = :revoked_at, revoke_reason = :revoke_reason, meta = :meta \
-             WHERE id = :id",
+             generation = :generation, revoked_at = :revoked_at, revoke_reason = :revoke_reason, meta = :meta, \
+             valid_from = :valid_from WHERE id = :id",
         )?
         .execute(named_params! {
             ":id": s.id, ":refresh_hash": s.refresh_hash, ":refreshed_at": s.refreshed_at,
             ":generation": s.generation, ":revoked_at": s.revoked_at, ":revoke_reason": s.revoke_reason,
-            ":meta": meta_json(&s.meta)?,
+            ":meta": meta_json(&s.meta)?, ":valid_from": s.valid_from,
         })?;
     expect_one(n)
 }

@@ -134,6 +134,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE challenges ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0);
     ALTER TABLE otps ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0);
     "#,
+    // 4: a password change ends the user's other sessions.
+    r#"
+    ALTER TABLE users ADD COLUMN sessions_valid_after INTEGER;
+    ALTER TABLE sessions ADD COLUMN valid_from INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -118,6 +118,35 @@ impl UserStore for EmbeddedStore {
             .await
     }
 
+    async fn change_password(
+        &self,
+        id: &UserId,
+        phc: &str,
+        keep: &SessionId,
+        now: Timestamp,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
+        let (id, phc, keep, meta, at) = (*id, phc.to_string(), *keep, meta.clone(), self.db().now());
+        self.db()
+            .tx(move |tx| {
+                let (Some(old_u), Some(old_s)) = (rec::load_user(tx, UserKey::Id(&id))?, rec::load_session(tx, &keep)?)
+                else {
+                    return stale();
+                };
+                if old_s.user_id != id || old_s.revoked_at.is_some() {
+                    return stale();
+                }
+                let new_u =
+                    User { password_hash: phc, sessions_valid_after: Some(now), meta: meta.clone(), ..old_u.clone() };
+                let new_s = Session { valid_from: Some(now), meta, ..old_s.clone() };
+                rec::update_user(tx, &new_u)?;
+                record(tx, at, ChangeEntity::User, &id.to_string(), Some(&old_u), Some(&new_u))?;
+                rec::update_session(tx, &new_s)?;
+                record(tx, at, ChangeEntity::Session, &keep.to_string(), Some(&old_s), Some(&new_s))
+            })
+            .await
+    }
+
     async fn add_verification(
         &self,
         verification: &VerificationRecord,
@@ -536,6 +565,7 @@ mod tests {
             locked_until: None,
             otp_failures: 0,
             verification_sent_at: Some(T0),
+            sessions_valid_after: None,
             meta: RequestMeta { request_id: Some("req-1".into()), ip: Some("203.0.113.7".into()), user_agent: None },
         }
     }
@@ -582,6 +612,7 @@ mod tests {
             generation: 0,
             revoked_at: None,
             revoke_reason: None,
+            valid_from: None,
             meta: RequestMeta::default(),
         }
     }

@@ -1,0 +1,58 @@
+//! A signed-in user's password change: it ends every other session of the
+//! user at once (SECURITY.md), and the session that made it lives on.
+
+use super::Auth;
+use crate::domain::{Password, RequestMeta, SessionId, UserId};
+use crate::error::{Error, StoreError};
+
+impl Auth {
+    /// Changes the password of the caller of `access_token` from `current`
+    /// to `new` (the registration rules apply, checked after the current
+    /// password). Every other session of the user ends; this one stays.
+    pub async fn change_password(
+        &self,
+        access_token: &str,
+        current: String,
+        new: String,
+        meta: &RequestMeta,
+    ) -> Result<(), Error> {
+        let now = self.now();
+        let claims = self.tokens.verify(access_token, now)?;
+        let uid = UserId::parse(&claims.sub).ok_or(Error::Unauthorized)?;
+        let sid = SessionId::parse(&claims.sid).ok_or(Error::Unauthorized)?;
+        let current = Password::for_login(current)
+            .map_err(|_| Error::validation("current_password", "is not your current password"))?;
+        // As a login would be: per client and per account, before any hashing.
+        let l = &self.policy.limits;
+        self.limit(&[
+            l.login_ip.key(format!("password:ip:{}", super::client_key(meta))),
+            l.login_identifier.key(format!("password:user:{uid}")),
+        ])
+        .await?;
+        let s = self.ports.sessions.session(&sid).await?.ok_or(Error::Unauthorized)?;
+        let user = self.ports.users.user_by_id(&uid).await?.ok_or(Error::Unauthorized)?;
+        if s.revoked_at.is_some() || s.user_id != uid || s.expires_at <= now || user.ended_by_password_change(&s) {
+            return Err(Error::Unauthorized);
+        }
+        if !self.hasher.verify(&current, Some(&user.password_hash)).await? {
+            tracing::info!(user_id = %uid, "password change refused: wrong current password");
+            return Err(Error::validation("current_password", "is not your current password"));
+        }
+        let local = user.email.as_str().split('@').next().unwrap_or_default();
+        let new =
+            Password::new_checked(new, &self.policy.password, &[user.username.as_str(), user.email.as_str(), local])
+                .map_err(|e| match e {
+                    Error::Validation { reason, .. } => Error::Validation { field: "new_password", reason },
+                    other => other,
+                })?;
+        let phc = self.hasher.hash(&new, self.ports.rng.as_ref()).await?;
+        match self.ports.users.change_password(&uid, &phc, &sid, now, meta).await {
+            Ok(()) => {}
+            // Revoked or gone meanwhile (a logout in another tab).
+            Err(StoreError::Conflict(_)) => return Err(Error::Unauthorized),
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(user_id = %uid, session_id = %sid, "password changed; other sessions ended");
+        Ok(())
+    }
+}
