@@ -449,8 +449,10 @@ pub async fn password_change_ends_other_sessions(sys: &TestSystem) {
     assert_eq!(st, 401, "no access token");
     assert_eq!(sys.get_auth("/v1/me", &access(&other)).await.0, 200, "a refused change ended a session");
 
+    let mails = sys.mails_to(&email).await.len();
     let (st, b) = change(Some(access(&mine)), json!({"current_password": PASSWORD, "new_password": NEW})).await;
     assert_eq!(st, 204, "{b}");
+    assert_eq!(sys.wait_mail(&email, mails + 1).await.kind, "password_changed", "the owner is told");
     assert_eq!(sys.get_auth("/v1/me", &access(&other)).await.0, 401, "the other session's access token");
     let (st, _, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": other["refresh_token"] })).await;
     assert_eq!(st, 401, "the other session's refresh token");

@@ -97,6 +97,9 @@ pub fn audit_events(change: &SourceChange, policy: &AuditPolicy) -> Vec<AuditEve
                 } else if o.locked_until.is_some() && n.locked_until.is_none() {
                     out.push(n.id, T::AccountUnlocked, Outcome::Expired, Some("lock_ended"), None, &n.meta);
                 }
+                if n.sessions_valid_after.is_some() && n.sessions_valid_after != o.sessions_valid_after {
+                    out.push(n.id, T::PasswordChanged, Outcome::Success, Some("other_sessions_ended"), None, &n.meta);
+                }
             }
             _ => {}
         },
@@ -303,7 +306,9 @@ mod tests {
         let v = User { verified: true, ..u.clone() };
         assert_eq!(kinds(&change(Images::User(Some(u.clone()), Some(v)), false)), [T::EmailVerified]);
         let rehash = User { password_hash: "other".into(), ..u.clone() };
-        assert!(kinds(&change(Images::User(Some(u), Some(rehash)), false)).is_empty());
+        assert!(kinds(&change(Images::User(Some(u.clone()), Some(rehash)), false)).is_empty(), "a rehash");
+        let changed = User { password_hash: "other".into(), sessions_valid_after: Some(T0 + 9), ..u.clone() };
+        assert_eq!(kinds(&change(Images::User(Some(u), Some(changed)), false)), [T::PasswordChanged]);
     }
 
     #[test]

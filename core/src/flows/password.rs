@@ -4,6 +4,7 @@
 use super::Auth;
 use crate::domain::{Password, RequestMeta, SessionId, UserId};
 use crate::error::{Error, StoreError};
+use crate::mail::MailJob;
 
 impl Auth {
     /// Changes the password of the caller of `access_token` from `current`
@@ -53,6 +54,11 @@ impl Auth {
             Err(e) => return Err(e.into()),
         }
         tracing::info!(user_id = %uid, session_id = %sid, "password changed; other sessions ended");
+        let notice = MailJob::PasswordChanged { username: user.username.to_string(), at: now };
+        if let Err(e) = self.send(&user.email, Some(uid.to_string()), meta, notice).await {
+            // The change is made and stays; only its notice is missing.
+            tracing::error!(user_id = %uid, error = %e, "password change notice not queued");
+        }
         Ok(())
     }
 }

@@ -48,6 +48,8 @@ pub enum MailJob {
     SignupAttempt {},
     /// Too many wrong passwords: the account is locked for a while.
     AccountLocked { username: String, locked_until: Timestamp },
+    /// The password was changed and the other sessions ended.
+    PasswordChanged { username: String, at: Timestamp },
 }
 
 impl MailJob {
@@ -59,6 +61,7 @@ impl MailJob {
             MailJob::StandaloneCode { .. } => "standalone_code",
             MailJob::SignupAttempt {} => "signup_attempt",
             MailJob::AccountLocked { .. } => "account_locked",
+            MailJob::PasswordChanged { .. } => "password_changed",
         }
     }
 }

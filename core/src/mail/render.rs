@@ -46,7 +46,15 @@ impl Renderer {
             if name.ends_with(".html") { minijinja::AutoEscape::Html } else { minijinja::AutoEscape::None }
         });
         env.add_template("layout.html", include_str!("templates/layout.html")).map_err(|e| e.to_string())?;
-        templates!(env, "verify_email", "login_code", "standalone_code", "signup_attempt", "account_locked");
+        templates!(
+            env,
+            "verify_email",
+            "login_code",
+            "standalone_code",
+            "signup_attempt",
+            "account_locked",
+            "password_changed"
+        );
         Ok(Renderer {
             env,
             public_base_url: public_base_url.trim_end_matches('/').to_string(),
@@ -88,6 +96,14 @@ impl Renderer {
                     format!("locked until {until}"),
                 )
             }
+            MailJob::PasswordChanged { username, at } => {
+                let at = crate::clock::rfc3339(*at);
+                (
+                    format!("Your {} password was changed", self.product),
+                    context! { username, at },
+                    format!("password changed at {at}"),
+                )
+            }
         };
         let kind = env.job.kind();
         let ctx = context! { product => &self.product, subject => &subject, ..ctx };
@@ -116,6 +132,7 @@ mod tests {
             MailJob::StandaloneCode { code: Secret::new("999999".into()), expires_minutes: 10 },
             MailJob::SignupAttempt {},
             MailJob::AccountLocked { username: "alice".into(), locked_until: 0 },
+            MailJob::PasswordChanged { username: "alice".into(), at: 0 },
         ];
         for job in jobs {
             let m = r.render(&MailEnvelope::new("id".into(), &to, 0, None, None, job.clone())).unwrap();
