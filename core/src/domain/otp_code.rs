@@ -1,3 +1,4 @@
+use crate::clock::Timestamp;
 use subtle::ConstantTimeEq;
 
 /// A 6-digit one-time code. Its `Debug` is redacted.
@@ -32,6 +33,36 @@ impl OtpCode {
 impl std::fmt::Debug for OtpCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("OtpCode([redacted])")
+    }
+}
+
+/// Why a code can no longer be tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeClosed {
+    Used,
+    /// Its attempts (or wrong codes) reached the cap.
+    Exhausted,
+    Expired,
+}
+
+/// Whether a code with this state can still be tried at `now`, with `max`
+/// attempts per code; checked in the order used, exhausted, expired.
+pub fn code_closed(
+    used: bool,
+    failures: u32,
+    attempts: u32,
+    expires_at: Timestamp,
+    now: Timestamp,
+    max: u32,
+) -> Option<CodeClosed> {
+    if used {
+        Some(CodeClosed::Used)
+    } else if failures >= max || attempts >= max {
+        Some(CodeClosed::Exhausted)
+    } else if expires_at <= now {
+        Some(CodeClosed::Expired)
+    } else {
+        None
     }
 }
 

@@ -85,33 +85,3 @@ impl Auth {
         Ok(())
     }
 }
-
-/// Why a code can no longer be tried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CodeClosed {
-    Used,
-    /// Its attempts (or wrong codes) reached the cap.
-    Exhausted,
-    Expired,
-}
-
-/// Whether a code with this state can still be tried at `now`, with `max`
-/// attempts per code; checked in the order used, exhausted, expired.
-fn code_closed(
-    used: bool,
-    failures: u32,
-    attempts: u32,
-    expires_at: crate::clock::Timestamp,
-    now: crate::clock::Timestamp,
-    max: u32,
-) -> Option<CodeClosed> {
-    if used {
-        Some(CodeClosed::Used)
-    } else if failures >= max || attempts >= max {
-        Some(CodeClosed::Exhausted)
-    } else if expires_at <= now {
-        Some(CodeClosed::Expired)
-    } else {
-        None
-    }
-}

@@ -3,10 +3,10 @@
 //! single use, an atomic attempt cap, a 10-minute lifetime and a per-address
 //! send cooldown. No account is involved.
 
-use super::{Auth, CodeClosed, code_closed};
+use super::Auth;
 use crate::audit::otp_subject;
 use crate::clock::Timestamp;
-use crate::domain::{Email, OtpCode, OtpRecord, RequestMeta, Secret};
+use crate::domain::{CodeClosed, Email, OtpCode, OtpRecord, RequestMeta, Secret, code_closed};
 use crate::error::{Error, StoreError};
 use crate::mail::MailJob;
 

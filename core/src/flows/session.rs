@@ -1,6 +1,6 @@
-use super::{Auth, CodeClosed, code_closed};
+use super::Auth;
 use crate::clock::Timestamp;
-use crate::domain::{Challenge, OtpCode, RequestMeta, Session, SessionId, UserId};
+use crate::domain::{Challenge, CodeClosed, OtpCode, RequestMeta, Session, SessionId, UserId, code_closed};
 use crate::error::{Error, StoreError};
 use crate::keys::token_hash;
 use base64::Engine as _;

@@ -11,7 +11,7 @@ use crate::domain::{Challenge, ChallengeId, RequestMeta, Session, UserId};
 use crate::error::Conflict;
 use crate::ports::{ChallengeStore, StoreResult};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, Update};
 
 impl DynamoStore {
     /// The update that resets one of a user's counters, if the user exists,
@@ -75,21 +75,7 @@ impl ChallengeStore for DynamoStore {
         now: Timestamp,
         max_attempts: u32,
     ) -> StoreResult<Challenge> {
-        let out = self
-            .client
-            .update_item()
-            .table_name(&self.tokens)
-            .key(PK, s(items::challenge_pk(id)))
-            .update_expression("ADD attempts :one")
-            .condition_expression(super::otp::ATTEMPT_OPEN)
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":max", n(max_attempts))
-            .expression_attribute_values(":now", n(now))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await
-            .map_err(map_sdk)?;
-        items::from_item(out.attributes.ok_or_else(|| StoreError::internal("UpdateItem returned no attributes"))?)
+        self.take_attempt(items::challenge_pk(id), now, max_attempts).await
     }
 
     async fn redeem_challenge(

@@ -12,12 +12,37 @@ use crate::ports::{OtpStore, StoreResult};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::ReturnValue;
 
-/// The condition under which a code (login challenge or standalone) gives
-/// an attempt: it exists, is unused, is within its attempt and failure caps
-/// (`:max`; an item from before `attempts` existed has had none) and has not
-/// expired (`:now`).
-pub(super) const ATTEMPT_OPEN: &str = "attribute_exists(pk) AND attribute_not_exists(used_at) AND failures < :max \
-     AND (attempts < :max OR attribute_not_exists(attempts)) AND expires_at > :now";
+impl DynamoStore {
+    /// Takes an attempt on the code item `pk` (a login challenge or a
+    /// standalone code): `ADD attempts 1`, only if it exists, is unused, is
+    /// within its attempt and failure caps (an item from before `attempts`
+    /// existed has had none) and has not expired; the item as it is after.
+    pub(super) async fn take_attempt<T: serde::de::DeserializeOwned>(
+        &self,
+        pk: String,
+        now: Timestamp,
+        max_attempts: u32,
+    ) -> StoreResult<T> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.tokens)
+            .key(PK, s(pk))
+            .update_expression("ADD attempts :one")
+            .condition_expression(
+                "attribute_exists(pk) AND attribute_not_exists(used_at) AND failures < :max \
+                 AND (attempts < :max OR attribute_not_exists(attempts)) AND expires_at > :now",
+            )
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":max", n(max_attempts))
+            .expression_attribute_values(":now", n(now))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(map_sdk)?;
+        items::from_item(out.attributes.ok_or_else(|| StoreError::internal("UpdateItem returned no attributes"))?)
+    }
+}
 
 #[async_trait]
 impl OtpStore for DynamoStore {
@@ -46,21 +71,7 @@ impl OtpStore for DynamoStore {
     }
 
     async fn take_otp_attempt(&self, address_hash: &str, now: Timestamp, max_attempts: u32) -> StoreResult<OtpRecord> {
-        let out = self
-            .client
-            .update_item()
-            .table_name(&self.tokens)
-            .key(PK, s(items::otp_pk(address_hash)))
-            .update_expression("ADD attempts :one")
-            .condition_expression(ATTEMPT_OPEN)
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":max", n(max_attempts))
-            .expression_attribute_values(":now", n(now))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await
-            .map_err(map_sdk)?;
-        items::from_item(out.attributes.ok_or_else(|| StoreError::internal("UpdateItem returned no attributes"))?)
+        self.take_attempt(items::otp_pk(address_hash), now, max_attempts).await
     }
 
     async fn redeem_otp(

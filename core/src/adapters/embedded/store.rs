@@ -10,7 +10,7 @@ use super::records::{self as rec, UserKey};
 use crate::clock::Timestamp;
 use crate::domain::{
     Challenge, ChallengeId, Email, OtpRecord, RequestMeta, Session, SessionId, User, UserId, Username,
-    VerificationRecord,
+    VerificationRecord, code_closed,
 };
 use crate::error::{Conflict, StoreError};
 use crate::ports::{ChallengeStore, OtpStore, SessionStore, StoreResult, UserStore};
@@ -260,10 +260,8 @@ impl ChallengeStore for EmbeddedStore {
                 let Some(old) = rec::load_challenge(tx, &id)? else {
                     return stale();
                 };
-                if old.used_at.is_some()
-                    || old.attempts >= max_attempts
-                    || old.failures >= max_attempts
-                    || old.expires_at <= now
+                if code_closed(old.used_at.is_some(), old.failures, old.attempts, old.expires_at, now, max_attempts)
+                    .is_some()
                 {
                     return stale();
                 }
@@ -476,10 +474,8 @@ impl OtpStore for EmbeddedStore {
                 let Some(old) = rec::load_otp(tx, &h)? else {
                     return stale();
                 };
-                if old.used_at.is_some()
-                    || old.attempts >= max_attempts
-                    || old.failures >= max_attempts
-                    || old.expires_at <= now
+                if code_closed(old.used_at.is_some(), old.failures, old.attempts, old.expires_at, now, max_attempts)
+                    .is_some()
                 {
                     return stale();
                 }
