@@ -94,11 +94,14 @@ pub fn request_meta(parts: &Parts, trust_forwarded_for: bool) -> RequestMeta {
         }
     }
     if ip.is_none() && trust_forwarded_for {
+        // The last entry is the one the trusted proxy appended (the address
+        // that connected to it); anything before it is the client's to say,
+        // and taking it would let a client pick its own rate-limit bucket.
         ip = parts
             .headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.rsplit(',').next())
             .map(|s| s.trim().to_string())
             .filter(|s| s.parse::<std::net::IpAddr>().is_ok());
     }
@@ -128,4 +131,23 @@ pub fn is_json(headers: &axum::http::HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(forwarded: &str) -> Parts {
+        let req = axum::http::Request::builder().header("x-forwarded-for", forwarded).body(()).expect("request");
+        req.into_parts().0
+    }
+
+    #[test]
+    fn forwarded_for_is_read_only_when_trusted_and_from_its_last_entry() {
+        let p = parts("203.0.113.9, 198.51.100.7");
+        assert_eq!(request_meta(&p, true).ip.as_deref(), Some("198.51.100.7"), "the proxy's entry, not the client's");
+        assert_eq!(request_meta(&p, false).ip, None, "not trusted: ignored");
+        assert_eq!(request_meta(&parts("198.51.100.7"), true).ip.as_deref(), Some("198.51.100.7"));
+        assert_eq!(request_meta(&parts("203.0.113.9, not-an-ip"), true).ip, None);
+    }
 }
