@@ -8,31 +8,38 @@ use latchkey_core::Error;
 use latchkey_core::adapters::embedded::EmbeddedStore;
 use latchkey_core::clock::FixedClock;
 use latchkey_core::config::{Policy, RateLimits};
-use latchkey_core::domain::RequestMeta;
+use latchkey_core::domain::{Email, RequestMeta};
 use latchkey_core::flows::{Auth, Ports, TokenIssuer};
 use latchkey_core::keys::{CodeKey, SigningKey};
 use latchkey_core::mail::{MailEnvelope, MailJob};
 use latchkey_core::password_hasher::{Argon2Settings, PasswordHasher};
-use latchkey_core::ports::{MailQueue, StoreResult};
+use latchkey_core::ports::{MailQueue, StoreResult, UserStore};
 use latchkey_core::rng::OsSecureRng;
 use std::sync::{Arc, Mutex};
 
 const PW: &str = "correct horse battery staple";
 const T0: i64 = 1_800_000_000;
 
-/// Keeps what would be mailed, so the test can read codes and links.
+/// Keeps what would be mailed, so the test can read codes and links; while
+/// `down`, it refuses every job as an unavailable queue would.
 #[derive(Default)]
-struct Mailbox(Mutex<Vec<MailEnvelope>>);
+struct Mailbox(Mutex<Vec<MailEnvelope>>, std::sync::atomic::AtomicBool);
 
 #[async_trait]
 impl MailQueue for Mailbox {
     async fn enqueue(&self, job: &MailEnvelope) -> StoreResult<()> {
+        if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(latchkey_core::StoreError::unavailable("queue down (test)"));
+        }
         self.0.lock().unwrap().push(job.clone());
         Ok(())
     }
 }
 
 impl Mailbox {
+    fn down(&self, down: bool) {
+        self.1.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
     fn last(&self) -> MailEnvelope {
         self.0.lock().unwrap().last().cloned().expect("a mail")
     }
@@ -233,6 +240,30 @@ async fn an_exhausted_standalone_code_is_not_replaced_before_it_expires() {
     w.clock.set(T0 + 600);
     w.auth.send_otp(addr, &meta()).await.unwrap();
     w.auth.verify_otp(addr, &w.mail.code(), &meta()).await.unwrap();
+}
+
+/// A queue outage after a committed change is logged, not answered: the
+/// registration is answered as made (its retry would say "username taken"),
+/// the tenth wrong password as any wrong password, and the verification
+/// mail can be asked for again once the queue is back.
+#[tokio::test]
+async fn a_queue_outage_after_a_committed_change_is_not_the_callers_error() {
+    let w = world(RateLimits::relaxed());
+    w.mail.down(true);
+    w.auth.register("ivy", "ivy@example.com", PW.into(), &meta()).await.unwrap();
+    assert!(w.store.user_by_email(&Email::parse("ivy@example.com").unwrap()).await.unwrap().is_some());
+    w.auth.register("ivy2", "ivy@example.com", PW.into(), &meta()).await.unwrap();
+    for _ in 0..10 {
+        let r = w.auth.login("ivy", "not the password at all".into(), &meta()).await;
+        assert!(matches!(r, Err(Error::InvalidCredentials)), "{r:?}");
+    }
+    assert!(w.mail.kinds().is_empty());
+    // Codes the caller asked for still fail loudly: nothing was sent.
+    assert!(w.auth.send_otp("ivy@example.com", &meta()).await.is_err());
+    w.mail.down(false);
+    w.clock.set(T0 + 61);
+    w.auth.resend_verification("ivy@example.com", &meta()).await.unwrap();
+    assert_eq!(w.mail.kinds(), ["verify_email"]);
 }
 
 #[tokio::test]

@@ -178,13 +178,13 @@ impl Auth {
         if !user.is_locked(now) && after.is_locked(now) {
             tracing::warn!(user_id = %user.id, "account locked after failed logins");
             let until = after.locked_until.unwrap_or(now);
-            self.send(
+            self.notify(
                 &user.email,
                 Some(user.id.to_string()),
                 meta,
                 MailJob::AccountLocked { username: user.username.to_string(), locked_until: until },
             )
-            .await?;
+            .await;
         }
         Ok(())
     }

@@ -84,4 +84,23 @@ impl Auth {
         tracing::info!(mail_id = %env.id, kind, to = %to.masked(), "mail job enqueued");
         Ok(())
     }
+
+    /// As `send`, for a mail that follows a change already committed: a
+    /// queue outage is logged, not answered, so the request reports what was
+    /// done. (An error would be worse: a registration answered 500 exists
+    /// and its retry says "username taken"; the tenth wrong password would
+    /// answer 500 only for accounts that exist.) Where the mail matters the
+    /// user can ask for it again: the verification resend.
+    async fn notify(
+        &self,
+        to: &crate::domain::Email,
+        subject: Option<String>,
+        meta: &crate::domain::RequestMeta,
+        job: MailJob,
+    ) {
+        let kind = job.kind();
+        if let Err(e) = self.send(to, subject, meta, job).await {
+            tracing::error!(kind, to = %to.masked(), error = %e, "mail job not queued; the change stands");
+        }
+    }
 }

@@ -55,10 +55,7 @@ impl Auth {
         }
         tracing::info!(user_id = %uid, session_id = %sid, "password changed; other sessions ended");
         let notice = MailJob::PasswordChanged { username: user.username.to_string(), at: now };
-        if let Err(e) = self.send(&user.email, Some(uid.to_string()), meta, notice).await {
-            // The change is made and stays; only its notice is missing.
-            tracing::error!(user_id = %uid, error = %e, "password change notice not queued");
-        }
+        self.notify(&user.email, Some(uid.to_string()), meta, notice).await;
         Ok(())
     }
 }

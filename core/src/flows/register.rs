@@ -59,12 +59,14 @@ impl Auth {
         match self.ports.users.create_user(&user, &verification).await {
             Ok(()) => {
                 tracing::info!(user_id = %user.id, "user registered");
-                self.send(&email, Some(user.id.to_string()), meta, self.verify_job(&user, token)).await
+                self.notify(&email, Some(user.id.to_string()), meta, self.verify_job(&user, token)).await;
+                Ok(())
             }
             Err(StoreError::Conflict(Conflict::UsernameTaken)) => Err(Error::UsernameTaken),
             Err(StoreError::Conflict(Conflict::EmailTaken)) => {
                 tracing::info!(to = %email.masked(), "registration with a taken email");
-                self.send(&email, None, meta, MailJob::SignupAttempt {}).await
+                self.notify(&email, None, meta, MailJob::SignupAttempt {}).await;
+                Ok(())
             }
             Err(e) => Err(e.into()),
         }
