@@ -251,6 +251,8 @@ pub async fn standalone_otp(sys: &TestSystem) {
         (json!({"action": "send_otp", "email": 5}), "email"),
         (json!({"action": "verify_otp", "email": email, "otp": "12345"}), "otp"),
         (json!({"action": "send_otp", "email": "not-an-address"}), "email"),
+        (json!([{}, null]), "body"),
+        (json!(["send_otp", "a@example.com"]), "body"),
     ] {
         let (st, b, _) = sys.post("/otp", body.clone()).await;
         assert_eq!((st, b["field"].as_str()), (400, Some(field)), "{body}: {b}");

@@ -46,8 +46,11 @@ pub async fn otp(State(s): State<AppState>, Meta(meta): Meta, headers: HeaderMap
     let req: OtpReq = match parse_json(&body) {
         Ok(r) => r,
         Err(e) => {
-            let field = e.extra.as_ref().and_then(|(_, v)| v.as_str()).unwrap_or("body");
-            return bad("Invalid request body", field);
+            // A member of the request, or else the body as a whole (an array
+            // body fails at "[0]", which names nothing the caller sent).
+            let member =
+                e.extra.as_ref().and_then(|(_, v)| v.as_str()).filter(|f| ["action", "email", "otp"].contains(f));
+            return bad("Invalid request body", member.unwrap_or("body"));
         }
     };
     let email = req.email.filter(|e| !e.trim().is_empty());
