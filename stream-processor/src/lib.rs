@@ -57,7 +57,7 @@ impl Processor {
     /// DynamoDB Streams). Lambda resumes the shard from that record, so
     /// nothing after it is appended before it: the audit trail keeps the
     /// stream's order (a code is never verified before it was issued).
-    pub async fn handle(&self, event: Event) -> DynamoDbEventResponse {
+    pub async fn handle(&self, event: &Event) -> DynamoDbEventResponse {
         let mut response = DynamoDbEventResponse::default();
         for record in &event.records {
             if let Err(e) = self.process(record).await {

@@ -50,7 +50,7 @@ async fn main() -> Result<(), BoxError> {
     let processor = Processor::new(audit, AuditPolicy::from(&config.policy), config.audit_retention_days);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Event>| {
         let processor = processor.clone();
-        async move { Ok::<_, BoxError>(processor.handle(event.payload).await) }
+        async move { Ok::<_, BoxError>(processor.handle(&event.payload).await) }
     }))
     .await
 }

@@ -140,7 +140,7 @@ pub async fn deliver(processor: &Processor, mut batch: Event, max_attempts: u32,
     let mut given_up = Vec::new();
     let mut tries = 0;
     while !batch.records.is_empty() {
-        let response = processor.handle(batch.clone()).await;
+        let response = processor.handle(&batch).await;
         let Some(failed) = response.batch_item_failures.first().and_then(|f| f.item_identifier.clone()) else {
             break;
         };

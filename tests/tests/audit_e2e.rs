@@ -305,7 +305,7 @@ async fn aws_journey_leaves_exactly_its_trail_and_an_edit_breaks_the_chain() {
         let (poller, processor, batches) = (&poller, &processor, &batches);
         settled(&sys, &id, JOURNEY.len(), || async move {
             let batch = poller.lock().await.next_batch().await.expect("poll the streams");
-            let resp = processor.handle(batch.clone()).await;
+            let resp = processor.handle(&batch).await;
             assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
             batches.lock().await.push(batch);
         })
@@ -316,7 +316,7 @@ async fn aws_journey_leaves_exactly_its_trail_and_an_edit_breaks_the_chain() {
 
     // Replaying every batch adds nothing.
     for b in &batches {
-        assert!(processor.handle(b.clone()).await.batch_item_failures.is_empty());
+        assert!(processor.handle(b).await.batch_item_failures.is_empty());
     }
     assert_eq!(kinds(&trail(&sys, &id).await), JOURNEY);
     let chain = audit.chain(&id).await.expect("chain");

@@ -31,7 +31,7 @@ async fn events(audit: &SqliteAuditStore) -> Vec<latchkey_core::audit::AuditReco
 #[tokio::test]
 async fn insert_of_a_user_is_a_registration_with_the_request_that_made_it() {
     let (p, audit) = processor().await;
-    let resp = p.handle(fixture("ddb_insert_user.json")).await;
+    let resp = p.handle(&fixture("ddb_insert_user.json")).await;
     assert!(resp.batch_item_failures.is_empty());
     let chain = events(&audit).await;
     assert_eq!(chain.len(), 1);
@@ -48,12 +48,12 @@ async fn insert_of_a_user_is_a_registration_with_the_request_that_made_it() {
 #[tokio::test]
 async fn a_replayed_batch_adds_nothing() {
     let (p, audit) = processor().await;
-    p.handle(fixture("ddb_insert_user.json")).await;
-    p.handle(fixture("ddb_modify_challenge.json")).await;
+    p.handle(&fixture("ddb_insert_user.json")).await;
+    p.handle(&fixture("ddb_modify_challenge.json")).await;
     let once = events(&audit).await;
     assert_eq!(once.len(), 2);
     for name in ["ddb_insert_user.json", "ddb_modify_challenge.json"] {
-        assert!(p.handle(fixture(name)).await.batch_item_failures.is_empty());
+        assert!(p.handle(&fixture(name)).await.batch_item_failures.is_empty());
     }
     assert_eq!(events(&audit).await, once);
     verify_chain(USER, &once).expect("intact");
@@ -62,7 +62,7 @@ async fn a_replayed_batch_adds_nothing() {
 #[tokio::test]
 async fn modify_of_a_challenge_is_a_failed_code_with_attempts_left() {
     let (p, audit) = processor().await;
-    p.handle(fixture("ddb_modify_challenge.json")).await;
+    p.handle(&fixture("ddb_modify_challenge.json")).await;
     let chain = events(&audit).await;
     assert_eq!(chain.len(), 1);
     assert_eq!(
@@ -79,9 +79,9 @@ async fn a_remove_by_ttl_is_an_expiry_and_a_plain_remove_is_not() {
     assert!(!is_ttl_removal(&plain.records[0]));
 
     let (p, audit) = processor().await;
-    assert!(p.handle(plain).await.batch_item_failures.is_empty());
+    assert!(p.handle(&plain).await.batch_item_failures.is_empty());
     assert!(events(&audit).await.is_empty(), "a delete by a request is no expiry");
-    assert!(p.handle(ttl).await.batch_item_failures.is_empty());
+    assert!(p.handle(&ttl).await.batch_item_failures.is_empty());
     let chain = events(&audit).await;
     assert_eq!(chain.len(), 1);
     let r = &chain[0];
@@ -94,7 +94,7 @@ async fn a_remove_by_ttl_is_an_expiry_and_a_plain_remove_is_not() {
 #[tokio::test]
 async fn a_failed_record_stops_the_batch_and_is_reported_alone() {
     let (p, audit) = processor().await;
-    let resp = p.handle(fixture("ddb_poison_batch.json")).await;
+    let resp = p.handle(&fixture("ddb_poison_batch.json")).await;
     let failed: Vec<_> = resp.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect();
     assert_eq!(failed, [Some("555000000000000000000006".to_string())]);
     let kinds: Vec<T> = events(&audit).await.iter().map(|r| r.event).collect();
@@ -122,7 +122,7 @@ async fn the_poller_resumes_from_a_failed_record_and_gives_up_a_poison_one() {
 #[tokio::test]
 async fn modify_of_a_mail_ledger_item_into_sent_is_a_delivery_for_its_subject() {
     let (p, audit) = processor().await;
-    let resp = p.handle(fixture("ddb_mail_sent.json")).await;
+    let resp = p.handle(&fixture("ddb_mail_sent.json")).await;
     assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
     let chain = events(&audit).await;
     assert_eq!(chain.len(), 1);
@@ -135,6 +135,6 @@ async fn modify_of_a_mail_ledger_item_into_sent_is_a_delivery_for_its_subject() 
     let stored = serde_json::to_string(&chain).expect("json");
     assert!(!stored.contains("alice@example.com"), "{stored}");
     // A redelivered record adds nothing.
-    assert!(p.handle(fixture("ddb_mail_sent.json")).await.batch_item_failures.is_empty());
+    assert!(p.handle(&fixture("ddb_mail_sent.json")).await.batch_item_failures.is_empty());
     assert_eq!(events(&audit).await.len(), 1);
 }

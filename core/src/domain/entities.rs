@@ -1,6 +1,7 @@
 //! The records the stores keep. Hashes are hex strings; timestamps are Unix
 //! seconds (UTC). Nothing here holds a plaintext code, token or password.
 
+use super::otp_code::{CodeClosed, code_closed};
 use super::{ChallengeId, Email, SessionId, UserId, Username};
 use crate::clock::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -99,6 +100,20 @@ impl Challenge {
     /// How long after the password step its code may still be resent: past
     /// this only a new login helps, however the resends were spaced.
     pub const MAX_AGE_SECS: i64 = 3600;
+
+    /// Why its code can no longer be tried at `now` with `max` attempts, if
+    /// it cannot.
+    pub fn closed(&self, now: Timestamp, max: u32) -> Option<CodeClosed> {
+        code_closed(self.used_at.is_some(), self.failures, self.attempts, self.expires_at, now, max)
+    }
+}
+
+impl OtpRecord {
+    /// Why the code can no longer be tried at `now` with `max` attempts, if
+    /// it cannot.
+    pub fn closed(&self, now: Timestamp, max: u32) -> Option<CodeClosed> {
+        code_closed(self.used_at.is_some(), self.failures, self.attempts, self.expires_at, now, max)
+    }
 }
 
 /// A signed-in session: one family of rotating refresh tokens.

@@ -13,7 +13,7 @@ mod username;
 pub use email::Email;
 pub use entities::{Challenge, OtpRecord, RequestMeta, Session, User, VerificationRecord};
 pub use ids::{ChallengeId, SessionId, UserId};
-pub use otp_code::{CodeClosed, OtpCode, code_closed};
+pub use otp_code::{CodeClosed, OtpCode};
 pub use password::{Password, PasswordPolicy};
 pub use secret::Secret;
 pub use username::Username;

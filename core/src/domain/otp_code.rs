@@ -47,7 +47,7 @@ pub enum CodeClosed {
 
 /// Whether a code with this state can still be tried at `now`, with `max`
 /// attempts per code; checked in the order used, exhausted, expired.
-pub fn code_closed(
+pub(super) fn code_closed(
     used: bool,
     failures: u32,
     attempts: u32,

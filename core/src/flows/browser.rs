@@ -30,15 +30,8 @@ impl Auth {
             return Err(Error::Unauthorized);
         }
         let now = self.now();
-        let s = self.ports.sessions.session(&sid).await?.ok_or(Error::Unauthorized)?;
-        if s.revoked_at.is_some() || s.expires_at <= now {
-            return Err(Error::Unauthorized);
-        }
-        if !OtpCode::hashes_equal(&token_hash(secret), &s.refresh_hash) {
-            return Err(Error::Unauthorized);
-        }
-        let u = self.ports.users.user_by_id(&s.user_id).await?.ok_or(Error::Unauthorized)?;
-        if u.ended_by_password_change(&s) {
+        let (s, u) = self.live_session(&sid).await?.ok_or(Error::Unauthorized)?;
+        if s.expires_at <= now || !OtpCode::hashes_equal(&token_hash(secret), &s.refresh_hash) {
             return Err(Error::Unauthorized);
         }
         Ok(Profile::of(u, sid))

@@ -1,6 +1,8 @@
 use super::Auth;
 use crate::clock::Timestamp;
-use crate::domain::{Challenge, ChallengeId, LoginIdentifier, OtpCode, Password, RequestMeta, Secret, User, UserId};
+use crate::domain::{
+    Challenge, ChallengeId, CodeClosed, LoginIdentifier, OtpCode, Password, RequestMeta, Secret, User, UserId,
+};
 use crate::error::{Error, StoreError};
 use crate::mail::MailJob;
 
@@ -112,11 +114,11 @@ impl Auth {
         let p = &self.policy;
         let c = self.ports.challenges.challenge(&id).await?.ok_or(Error::ChallengeNotFound)?;
         let check = |c: &Challenge| -> Result<(), Error> {
-            if c.used_at.is_some() {
-                return Err(Error::OtpUsed);
-            }
-            if c.failures >= p.code_max_failures || c.attempts >= p.code_max_failures {
-                return Err(Error::OtpExhausted);
+            // An expired code is what a resend is for; the rest is final.
+            match c.closed(now, p.code_max_failures) {
+                Some(CodeClosed::Used) => return Err(Error::OtpUsed),
+                Some(CodeClosed::Exhausted) => return Err(Error::OtpExhausted),
+                Some(CodeClosed::Expired) | None => {}
             }
             if now >= c.created_at + Challenge::MAX_AGE_SECS {
                 // A password step this old is not brought back to life.

@@ -6,7 +6,7 @@
 use super::Auth;
 use crate::audit::otp_subject;
 use crate::clock::Timestamp;
-use crate::domain::{CodeClosed, Email, OtpCode, OtpRecord, RequestMeta, Secret, code_closed};
+use crate::domain::{CodeClosed, Email, OtpCode, OtpRecord, RequestMeta, Secret};
 use crate::error::{Error, StoreError};
 use crate::mail::MailJob;
 
@@ -40,7 +40,7 @@ impl Auth {
         // send would push the block further out.
         let live = existing.as_ref().filter(|e| e.used_at.is_none() && e.expires_at > now);
         let max = self.policy.code_max_failures;
-        if let Some(e) = live.filter(|e| e.failures >= max || e.attempts >= max) {
+        if let Some(e) = live.filter(|e| e.closed(now, max) == Some(CodeClosed::Exhausted)) {
             return Err(Error::RateLimited { retry_after: (e.expires_at - now) as u64 });
         }
         let (failures, attempts) = live.map_or((0, 0), |e| (e.failures, e.attempts));
@@ -85,13 +85,12 @@ impl Auth {
         .await?;
         let now = self.now();
         let max = self.policy.code_max_failures;
-        let closed =
-            |r: &OtpRecord| match code_closed(r.used_at.is_some(), r.failures, r.attempts, r.expires_at, now, max) {
-                Some(CodeClosed::Used) => Some(Error::ChallengeNotFound),
-                Some(CodeClosed::Exhausted) => Some(Error::OtpExhausted),
-                Some(CodeClosed::Expired) => Some(Error::OtpExpired),
-                None => None,
-            };
+        let closed = |r: &OtpRecord| match r.closed(now, max) {
+            Some(CodeClosed::Used) => Some(Error::ChallengeNotFound),
+            Some(CodeClosed::Exhausted) => Some(Error::OtpExhausted),
+            Some(CodeClosed::Expired) => Some(Error::OtpExpired),
+            None => None,
+        };
         // As for login codes: the attempt is taken before the comparison.
         let rec = match self.ports.otps.take_otp_attempt(&addr, now, max).await {
             Ok(rec) => rec,

@@ -30,22 +30,18 @@ impl Auth {
             l.login_identifier.key(format!("password:user:{uid}")),
         ])
         .await?;
-        let s = self.ports.sessions.session(&sid).await?.ok_or(Error::Unauthorized)?;
-        let user = self.ports.users.user_by_id(&uid).await?.ok_or(Error::Unauthorized)?;
-        if s.revoked_at.is_some() || s.user_id != uid || s.expires_at <= now || user.ended_by_password_change(&s) {
+        let (s, user) = self.live_session(&sid).await?.ok_or(Error::Unauthorized)?;
+        if s.user_id != uid || s.expires_at <= now {
             return Err(Error::Unauthorized);
         }
         if !self.hasher.verify(&current, Some(&user.password_hash)).await? {
             tracing::info!(user_id = %uid, "password change refused: wrong current password");
             return Err(Error::validation("current_password", "is not your current password"));
         }
-        let local = user.email.as_str().split('@').next().unwrap_or_default();
-        let new =
-            Password::new_checked(new, &self.policy.password, &[user.username.as_str(), user.email.as_str(), local])
-                .map_err(|e| match e {
-                    Error::Validation { reason, .. } => Error::Validation { field: "new_password", reason },
-                    other => other,
-                })?;
+        let new = self.new_password(new, &user.username, &user.email).map_err(|e| match e {
+            Error::Validation { reason, .. } => Error::Validation { field: "new_password", reason },
+            other => other,
+        })?;
         let phc = self.hasher.hash(&new, self.ports.rng.as_ref()).await?;
         match self.ports.users.change_password(&uid, &phc, &sid, now, meta).await {
             Ok(()) => {}

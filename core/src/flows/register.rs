@@ -26,9 +26,7 @@ impl Auth {
         .await?;
         // The strength estimate costs up to ~10 ms for a long password, so it
         // runs within the limit: a refused password counts as a try.
-        let local = email.as_str().split('@').next().unwrap_or_default();
-        let password =
-            Password::new_checked(password, &self.policy.password, &[username.as_str(), email.as_str(), local])?;
+        let password = self.new_password(password, &username, &email)?;
 
         let rng = self.ports.rng.as_ref();
         let phc = self.hasher.hash(&password, rng).await?;
@@ -70,6 +68,14 @@ impl Auth {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// `raw` as the new password of the account `username` / `email`: the
+    /// policy's rules, and not built from the username, the address or its
+    /// local part. Registration and a password change both use it.
+    pub(crate) fn new_password(&self, raw: String, username: &Username, email: &Email) -> Result<Password, Error> {
+        let local = email.as_str().split('@').next().unwrap_or_default();
+        Password::new_checked(raw, &self.policy.password, &[username.as_str(), email.as_str(), local])
     }
 
     pub(crate) fn verify_job(&self, user: &User, token: String) -> MailJob {

@@ -1,6 +1,6 @@
 use super::Auth;
 use crate::clock::Timestamp;
-use crate::domain::{Challenge, CodeClosed, OtpCode, RequestMeta, Session, SessionId, UserId, code_closed};
+use crate::domain::{Challenge, CodeClosed, OtpCode, RequestMeta, Session, SessionId, User, UserId};
 use crate::error::{Error, StoreError};
 use crate::keys::token_hash;
 use base64::Engine as _;
@@ -66,13 +66,12 @@ impl Auth {
         .await?;
         let now = self.now();
         let max = self.policy.code_max_failures;
-        let closed =
-            |c: &Challenge| match code_closed(c.used_at.is_some(), c.failures, c.attempts, c.expires_at, now, max) {
-                Some(CodeClosed::Used) => Some(Error::OtpUsed),
-                Some(CodeClosed::Exhausted) => Some(Error::OtpExhausted),
-                Some(CodeClosed::Expired) => Some(Error::OtpExpired),
-                None => None,
-            };
+        let closed = |c: &Challenge| match c.closed(now, max) {
+            Some(CodeClosed::Used) => Some(Error::OtpUsed),
+            Some(CodeClosed::Exhausted) => Some(Error::OtpExhausted),
+            Some(CodeClosed::Expired) => Some(Error::OtpExpired),
+            None => None,
+        };
         // The attempt is taken before the code is compared, so concurrent
         // guesses cannot compare more than `max` codes between them.
         let c = match self.ports.challenges.take_challenge_attempt(&id, now, max).await {
@@ -123,12 +122,8 @@ impl Auth {
             return Err(Error::InvalidRefreshToken);
         }
         let now = self.now();
-        let s = self.ports.sessions.session(&sid).await?.ok_or(Error::InvalidRefreshToken)?;
-        if s.revoked_at.is_some() || s.expires_at <= now {
-            return Err(Error::InvalidRefreshToken);
-        }
-        let user = self.ports.users.user_by_id(&s.user_id).await?.ok_or(Error::InvalidRefreshToken)?;
-        if user.ended_by_password_change(&s) {
+        let (s, _) = self.live_session(&sid).await?.ok_or(Error::InvalidRefreshToken)?;
+        if s.expires_at <= now {
             return Err(Error::InvalidRefreshToken);
         }
         let presented = token_hash(secret);
@@ -172,15 +167,24 @@ impl Auth {
         let claims = self.tokens.verify(access_token, now)?;
         let uid = UserId::parse(&claims.sub).ok_or(Error::Unauthorized)?;
         let sid = SessionId::parse(&claims.sid).ok_or(Error::Unauthorized)?;
-        let s = self.ports.sessions.session(&sid).await?.ok_or(Error::Unauthorized)?;
-        if s.revoked_at.is_some() || s.user_id != uid {
-            return Err(Error::Unauthorized);
-        }
-        let u = self.ports.users.user_by_id(&uid).await?.ok_or(Error::Unauthorized)?;
-        if u.ended_by_password_change(&s) {
+        let (s, u) = self.live_session(&sid).await?.ok_or(Error::Unauthorized)?;
+        if s.user_id != uid {
             return Err(Error::Unauthorized);
         }
         Ok(Profile::of(u, sid))
+    }
+
+    /// Session `sid` and its user, if the session exists, is not revoked,
+    /// its user exists and no password change has ended it since. (Its
+    /// expiry is the caller's to check: an access token's own `exp` bounds
+    /// `/v1/me`.) Every reader of a session goes through here, so none can
+    /// miss the password-change rule.
+    pub(crate) async fn live_session(&self, sid: &SessionId) -> Result<Option<(Session, User)>, StoreError> {
+        let Some(s) = self.ports.sessions.session(sid).await?.filter(|s| s.revoked_at.is_none()) else {
+            return Ok(None);
+        };
+        let user = self.ports.users.user_by_id(&s.user_id).await?;
+        Ok(user.filter(|u| !u.ended_by_password_change(&s)).map(|u| (s, u)))
     }
 
     /// A new refresh secret for session `sid`: 128 random bits (URL-safe

@@ -10,7 +10,7 @@ use super::records::{self as rec, UserKey};
 use crate::clock::Timestamp;
 use crate::domain::{
     Challenge, ChallengeId, Email, OtpRecord, RequestMeta, Session, SessionId, User, UserId, Username,
-    VerificationRecord, code_closed,
+    VerificationRecord,
 };
 use crate::error::{Conflict, StoreError};
 use crate::ports::{ChallengeStore, OtpStore, SessionStore, StoreResult, UserStore};
@@ -260,9 +260,7 @@ impl ChallengeStore for EmbeddedStore {
                 let Some(old) = rec::load_challenge(tx, &id)? else {
                     return stale();
                 };
-                if code_closed(old.used_at.is_some(), old.failures, old.attempts, old.expires_at, now, max_attempts)
-                    .is_some()
-                {
+                if old.closed(now, max_attempts).is_some() {
                     return stale();
                 }
                 let new = Challenge { attempts: old.attempts + 1, ..old.clone() };
@@ -474,9 +472,7 @@ impl OtpStore for EmbeddedStore {
                 let Some(old) = rec::load_otp(tx, &h)? else {
                     return stale();
                 };
-                if code_closed(old.used_at.is_some(), old.failures, old.attempts, old.expires_at, now, max_attempts)
-                    .is_some()
-                {
+                if old.closed(now, max_attempts).is_some() {
                     return stale();
                 }
                 let new = OtpRecord { attempts: old.attempts + 1, ..old.clone() };
