@@ -29,6 +29,9 @@ pub struct RateLimits {
     pub register_email: Limit,
     pub login_ip: Limit,
     pub login_identifier: Limit,
+    /// Password steps that present a valid device token, per device (in
+    /// place of `login_identifier`, which someone else can exhaust).
+    pub login_device: Limit,
     /// Any mail that carries a code or link (login resend, verification
     /// resend, send_otp).
     pub code_send_ip: Limit,
@@ -46,6 +49,7 @@ impl Default for RateLimits {
             register_email: Limit::new(5, 3600),
             login_ip: Limit::new(30, 60),
             login_identifier: Limit::new(20, 900),
+            login_device: Limit::new(10, 3600),
             code_send_ip: Limit::new(30, 3600),
             code_send_address: Limit::new(10, 3600),
             code_verify_ip: Limit::new(60, 60),
@@ -65,6 +69,7 @@ impl RateLimits {
             register_email: l,
             login_ip: l,
             login_identifier: l,
+            login_device: l,
             code_send_ip: l,
             code_send_address: l,
             code_verify_ip: l,
@@ -95,6 +100,9 @@ pub struct Policy {
     pub otp_send_cooldown_secs: i64,
     pub access_ttl_secs: i64,
     pub refresh_ttl_secs: i64,
+    /// How long a device token (a browser or app that finished a login)
+    /// lets its holder past the account lock and the per-identifier limit.
+    pub device_token_ttl_secs: i64,
     pub limits: RateLimits,
 }
 
@@ -117,6 +125,7 @@ impl Default for Policy {
             otp_send_cooldown_secs: 60,
             access_ttl_secs: 600,
             refresh_ttl_secs: 30 * 24 * 3600,
+            device_token_ttl_secs: 90 * 24 * 3600,
             limits: RateLimits::default(),
         }
     }

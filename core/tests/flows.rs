@@ -104,14 +104,14 @@ async fn verified(w: &World, name: &str) -> String {
 async fn login_code_expires_exactly_at_five_minutes() {
     let w = world(RateLimits::relaxed());
     verified(&w, "alice").await;
-    let c = w.auth.login("alice", PW.into(), &meta()).await.unwrap();
+    let c = w.auth.login("alice", PW.into(), None, &meta()).await.unwrap();
     assert_eq!(c.expires_at, T0 + 300);
     let code = w.mail.code();
     w.clock.set(T0 + 300);
     let err = w.auth.verify_login_code(&c.challenge_id.to_string(), &code, &meta()).await.unwrap_err();
     assert!(matches!(err, Error::OtpExpired), "{err:?}");
 
-    let c = w.auth.login("alice", PW.into(), &meta()).await.unwrap();
+    let c = w.auth.login("alice", PW.into(), None, &meta()).await.unwrap();
     let code = w.mail.code();
     w.clock.set(c.expires_at - 1);
     w.auth.verify_login_code(&c.challenge_id.to_string(), &code, &meta()).await.unwrap();
@@ -125,11 +125,11 @@ async fn verification_link_expires_after_24_hours() {
     w.clock.set(T0 + 24 * 3600);
     assert!(matches!(w.auth.verify_email(&token, &meta()).await, Err(Error::VerificationExpired)));
     // Still unverified.
-    assert!(matches!(w.auth.login("bob", PW.into(), &meta()).await, Err(Error::EmailNotVerified)));
+    assert!(matches!(w.auth.login("bob", PW.into(), None, &meta()).await, Err(Error::EmailNotVerified)));
     // A resend gives a fresh link that works.
     w.auth.resend_verification("bob@example.com", &meta()).await.unwrap();
     w.auth.verify_email(&w.mail.token(), &meta()).await.unwrap();
-    w.auth.login("bob", PW.into(), &meta()).await.unwrap();
+    w.auth.login("bob", PW.into(), None, &meta()).await.unwrap();
 }
 
 #[tokio::test]
@@ -138,21 +138,21 @@ async fn ten_wrong_passwords_lock_for_fifteen_minutes_and_no_longer() {
     verified(&w, "carol").await;
     for _ in 0..10 {
         assert!(matches!(
-            w.auth.login("carol", "wrong wrong wrong".into(), &meta()).await,
+            w.auth.login("carol", "wrong wrong wrong".into(), None, &meta()).await,
             Err(Error::InvalidCredentials)
         ));
     }
     assert_eq!(w.mail.last().job.kind(), "account_locked", "the owner is told");
     // Locked: even the right password is refused, with the same error.
-    assert!(matches!(w.auth.login("carol", PW.into(), &meta()).await, Err(Error::InvalidCredentials)));
+    assert!(matches!(w.auth.login("carol", PW.into(), None, &meta()).await, Err(Error::InvalidCredentials)));
     // Hammering during the lock does not extend it.
     w.clock.set(T0 + 899);
     for _ in 0..20 {
-        let _ = w.auth.login("carol", "wrong wrong wrong".into(), &meta()).await;
+        let _ = w.auth.login("carol", "wrong wrong wrong".into(), None, &meta()).await;
     }
     assert_eq!(w.mail.kinds().iter().filter(|k| **k == "account_locked").count(), 1);
     w.clock.set(T0 + 900);
-    w.auth.login("carol", PW.into(), &meta()).await.expect("lock over after 15 min");
+    w.auth.login("carol", PW.into(), None, &meta()).await.expect("lock over after 15 min");
     // The successful password step clears the ended lock (the audit trail
     // sees the unlock).
     use latchkey_core::ports::UserStore;
@@ -165,7 +165,7 @@ async fn ten_wrong_passwords_lock_for_fifteen_minutes_and_no_longer() {
 async fn resend_never_resets_the_failure_count() {
     let w = world(RateLimits::relaxed());
     verified(&w, "dave").await;
-    let c = w.auth.login("dave", PW.into(), &meta()).await.unwrap();
+    let c = w.auth.login("dave", PW.into(), None, &meta()).await.unwrap();
     let id = c.challenge_id.to_string();
     let wrong = |code: &str| if code == "000000" { "111111".to_string() } else { "000000".to_string() };
     let code = w.mail.code();
@@ -192,9 +192,9 @@ async fn a_code_is_bound_to_its_challenge() {
     let w = world(RateLimits::relaxed());
     verified(&w, "erin").await;
     verified(&w, "frank").await;
-    let a = w.auth.login("erin", PW.into(), &meta()).await.unwrap();
+    let a = w.auth.login("erin", PW.into(), None, &meta()).await.unwrap();
     let code_a = w.mail.code();
-    let b = w.auth.login("frank", PW.into(), &meta()).await.unwrap();
+    let b = w.auth.login("frank", PW.into(), None, &meta()).await.unwrap();
     let code_b = w.mail.code();
     if code_a != code_b {
         assert!(matches!(
@@ -254,7 +254,7 @@ async fn a_queue_outage_after_a_committed_change_is_not_the_callers_error() {
     assert!(w.store.user_by_email(&Email::parse("ivy@example.com").unwrap()).await.unwrap().is_some());
     w.auth.register("ivy2", "ivy@example.com", PW.into(), &meta()).await.unwrap();
     for _ in 0..10 {
-        let r = w.auth.login("ivy", "not the password at all".into(), &meta()).await;
+        let r = w.auth.login("ivy", "not the password at all".into(), None, &meta()).await;
         assert!(matches!(r, Err(Error::InvalidCredentials)), "{r:?}");
     }
     assert!(w.mail.kinds().is_empty());
@@ -271,10 +271,10 @@ async fn login_rate_limit_per_identifier_answers_with_the_wait() {
     let w = world(RateLimits::default());
     verified(&w, "hank").await;
     for _ in 0..20 {
-        let _ = w.auth.login("hank", "wrong wrong wrong".into(), &meta()).await;
+        let _ = w.auth.login("hank", "wrong wrong wrong".into(), None, &meta()).await;
         w.clock.advance(1);
     }
-    match w.auth.login("hank", PW.into(), &meta()).await {
+    match w.auth.login("hank", PW.into(), None, &meta()).await {
         Err(Error::RateLimited { retry_after }) => assert!((1..=900).contains(&retry_after), "{retry_after}"),
         other => panic!("{other:?}"),
     }
@@ -287,7 +287,7 @@ async fn the_account_code_budget_locks_the_account() {
     verified(&w, "ivan").await;
     // 100 wrong codes over 17 challenges (6 each at most).
     while policy_budget < 100 {
-        let c = match w.auth.login("ivan", PW.into(), &meta()).await {
+        let c = match w.auth.login("ivan", PW.into(), None, &meta()).await {
             Ok(c) => c,
             Err(e) => panic!("login refused after {policy_budget} wrong codes: {e:?}"),
         };
@@ -301,8 +301,139 @@ async fn the_account_code_budget_locks_the_account() {
             policy_budget += 1;
         }
     }
-    assert!(matches!(w.auth.login("ivan", PW.into(), &meta()).await, Err(Error::InvalidCredentials)));
+    assert!(matches!(w.auth.login("ivan", PW.into(), None, &meta()).await, Err(Error::InvalidCredentials)));
     assert_eq!(w.mail.last().job.kind(), "account_locked");
     w.clock.advance(900);
-    w.auth.login("ivan", PW.into(), &meta()).await.expect("the lock ends and resets the budget");
+    w.auth.login("ivan", PW.into(), None, &meta()).await.expect("the lock ends and resets the budget");
+}
+
+fn meta_from(ip: &str) -> RequestMeta {
+    RequestMeta { ip: Some(ip.into()), ..Default::default() }
+}
+
+/// A full login (password and code) of `name` from `meta`: its tokens.
+async fn signed_in(w: &World, name: &str, meta: &RequestMeta) -> latchkey_core::flows::TokenPair {
+    let c = w.auth.login(name, PW.into(), None, meta).await.unwrap();
+    w.auth.verify_login_code(&c.challenge_id.to_string(), &w.mail.code(), meta).await.unwrap()
+}
+
+/// Someone who knows only the username keeps the account locked and its
+/// per-identifier limit spent; the owner's device still gets in.
+#[tokio::test]
+async fn a_device_that_finished_a_login_gets_past_a_lock_someone_else_keeps_up() {
+    let w = world(RateLimits::default());
+    verified(&w, "olga").await;
+    let owner = meta_from("192.0.2.1");
+    let device = signed_in(&w, "olga", &owner).await.device_token.expect("a finished login gets a device token");
+    // A refresh does not hand out another one.
+    let first = signed_in(&w, "olga", &owner).await;
+    assert_eq!(w.auth.refresh(&first.refresh_token, &owner).await.unwrap().device_token, None);
+
+    let attacker = meta_from("198.51.100.7");
+    for _ in 0..20 {
+        let _ = w.auth.login("olga", "wrong wrong wrong".into(), None, &attacker).await;
+        w.clock.advance(2);
+    }
+    let olga =
+        w.store.user_by_username(&latchkey_core::domain::Username::parse("olga").unwrap()).await.unwrap().unwrap();
+    assert!(olga.is_locked(w.auth.now()));
+    // Without the device: the identifier's limit is spent, then the lock.
+    assert!(matches!(w.auth.login("olga", PW.into(), None, &owner).await, Err(Error::RateLimited { .. })));
+    // With it: the password step passes, and the code finishes the login.
+    let c = w.auth.login("olga", PW.into(), Some(&device), &owner).await.expect("the owner's device gets in");
+    let pair = w.auth.verify_login_code(&c.challenge_id.to_string(), &w.mail.code(), &owner).await.unwrap();
+    assert!(pair.device_token.is_some());
+    // The lock the guessing set is left to run out, for everyone else.
+    let after = w.store.user_by_id(&olga.id).await.unwrap().unwrap();
+    assert_eq!(after.locked_until, olga.locked_until);
+    // The device still needs the password, and a wrong one still counts.
+    assert!(matches!(
+        w.auth.login("olga", "wrong wrong wrong".into(), Some(&device), &owner).await,
+        Err(Error::InvalidCredentials)
+    ));
+    assert_eq!(w.mail.kinds().iter().filter(|k| **k == "account_locked").count(), 1);
+}
+
+#[tokio::test]
+async fn a_device_token_vouches_only_for_its_own_account_while_valid() {
+    let w = world(RateLimits::relaxed());
+    verified(&w, "pia").await;
+    verified(&w, "quinn").await;
+    let m = meta();
+    let pia = signed_in(&w, "pia", &m).await;
+    let quinn = signed_in(&w, "quinn", &m).await.device_token.unwrap();
+    let lock = |name: &'static str| {
+        let w = &w;
+        async move {
+            for _ in 0..10 {
+                let _ = w.auth.login(name, "wrong wrong wrong".into(), None, &meta_from("198.51.100.7")).await;
+            }
+        }
+    };
+    lock("pia").await;
+    let refused = |r: Result<_, Error>| matches!(r, Err(Error::InvalidCredentials));
+    // Another account's token, a forged tag, a mangled one: as if none.
+    assert!(refused(w.auth.login("pia", PW.into(), Some(&quinn), &m).await));
+    let device = pia.device_token.clone().unwrap();
+    let mut forged = device.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == '0' { '1' } else { '0' });
+    assert!(refused(w.auth.login("pia", PW.into(), Some(&forged), &m).await));
+    assert!(refused(w.auth.login("pia", PW.into(), Some("x.y.z.w"), &m).await));
+    assert!(w.auth.login("pia", PW.into(), Some(&device), &m).await.is_ok());
+
+    // A password change ends the tokens issued before it.
+    w.clock.advance(1);
+    w.auth.change_password(&pia.access_token, PW.into(), "a brand new passphrase here".into(), &m).await.unwrap();
+    w.clock.advance(1);
+    assert!(refused(w.auth.login("pia", "a brand new passphrase here".into(), Some(&device), &m).await));
+
+    // Past its lifetime, a token is ignored too.
+    let policy = w.auth.policy().clone();
+    w.clock.advance(policy.login_lock_secs + 1);
+    let fresh = signed_in_with(&w, "pia", "a brand new passphrase here", &m).await.device_token.unwrap();
+    w.clock.advance(policy.device_token_ttl_secs - 1);
+    lock("pia").await;
+    assert!(w.auth.login("pia", "a brand new passphrase here".into(), Some(&fresh), &m).await.is_ok());
+    w.clock.advance(1);
+    assert!(refused(w.auth.login("pia", "a brand new passphrase here".into(), Some(&fresh), &m).await));
+}
+
+/// A full login of `name` with password `pw`.
+async fn signed_in_with(w: &World, name: &str, pw: &str, meta: &RequestMeta) -> latchkey_core::flows::TokenPair {
+    let c = w.auth.login(name, pw.into(), None, meta).await.unwrap();
+    w.auth.verify_login_code(&c.challenge_id.to_string(), &w.mail.code(), meta).await.unwrap()
+}
+
+/// A device's password steps have a limit of their own (10 an hour), and a
+/// token for another account does not skip that account's identifier limit.
+#[tokio::test]
+async fn a_device_has_a_limit_of_its_own() {
+    let w = world(RateLimits::default());
+    verified(&w, "rosa").await;
+    verified(&w, "sam").await;
+    let rosa = signed_in(&w, "rosa", &meta_from("192.0.2.1")).await.device_token.unwrap();
+    let other = signed_in(&w, "rosa", &meta_from("192.0.2.1")).await.device_token.unwrap();
+    for i in 0..10 {
+        let r = w
+            .auth
+            .login("rosa", "wrong wrong wrong".into(), Some(&rosa), &meta_from(&format!("192.0.2.{}", 10 + i)))
+            .await;
+        assert!(matches!(r, Err(Error::InvalidCredentials)), "{i}: {r:?}");
+        w.clock.advance(60);
+    }
+    match w.auth.login("rosa", PW.into(), Some(&rosa), &meta_from("192.0.2.99")).await {
+        Err(Error::RateLimited { retry_after }) => assert!((1..=3600).contains(&retry_after), "{retry_after}"),
+        other => panic!("{other:?}"),
+    }
+    // Another device of rosa's has its own count.
+    assert!(w.auth.login("rosa", PW.into(), Some(&other), &meta_from("192.0.2.98")).await.is_ok());
+    // Someone holding rosa's token guessing sam's password: sam's own limit.
+    for i in 0..20 {
+        let _ = w.auth.login("sam", "wrong wrong wrong".into(), None, &meta_from(&format!("198.51.100.{i}"))).await;
+    }
+    assert!(matches!(
+        w.auth.login("sam", "wrong wrong wrong".into(), Some(&other), &meta_from("203.0.113.5")).await,
+        Err(Error::RateLimited { .. })
+    ));
 }

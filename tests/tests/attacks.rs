@@ -568,6 +568,46 @@ pub async fn login_burst_per_identifier(sys: &TestSystem) {
     assert_eq!(st, 429);
 }
 
+/// With the default limits: someone who knows only the username keeps the
+/// account locked and its per-identifier limit spent (SECURITY.md: never a
+/// lock an attacker can keep up). The owner's device token from an earlier
+/// login still gets through the password step, and the code finishes it; a
+/// forged or foreign token is no help.
+pub async fn lockout_by_a_stranger_spares_the_owners_device(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let (other_name, other_email) = verified_user(sys).await;
+    let device = sign_in(sys, &username, &email).await["device_token"].as_str().expect("device_token").to_string();
+    let foreign =
+        sign_in(sys, &other_name, &other_email).await["device_token"].as_str().expect("device_token").to_string();
+    // The sign-in took 1 of the identifier's 20 a quarter hour; 10 wrong
+    // passwords lock the account.
+    for _ in 0..19 {
+        let (st, b, _) = sys.post("/v1/login", json!({"identifier": username, "password": "wrong wrong wrong"})).await;
+        assert_eq!(st, 401, "{b}");
+    }
+    let mut forged = device.clone();
+    let last = forged.pop().expect("non-empty");
+    forged.push(if last == '0' { '1' } else { '0' });
+    for token in [None, Some(forged.as_str()), Some(foreign.as_str())] {
+        let (st, b, _) =
+            sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD, "device_token": token})).await;
+        assert_eq!(st, 429, "{token:?}: {b}");
+    }
+    let before = sys.mails_to(&email).await.len();
+    let (st, b, _) =
+        sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD, "device_token": device})).await;
+    assert_eq!(st, 202, "{b}");
+    let code = sys.wait_mail(&email, before + 1).await.code().expect("code in mail");
+    let (st, tokens, _) = sys.post("/v1/login/otp", json!({"challenge_id": b["challenge_id"], "code": code})).await;
+    assert_eq!(st, 200, "{tokens}");
+    assert!(tokens["device_token"].as_str().is_some_and(|t| t != device), "{tokens}");
+    // The password is still required.
+    let (st, _, _) = sys
+        .post("/v1/login", json!({"identifier": username, "password": "wrong wrong wrong", "device_token": device}))
+        .await;
+    assert_eq!(st, 401);
+}
+
 /// With the default limits, send_otp for one address: the cooldown answers
 /// 429 with Retry-After, and no second mail goes out.
 pub async fn send_otp_burst(sys: &TestSystem) {
@@ -833,7 +873,7 @@ macro_rules! relaxed_attacks {
 /// Attacks on the production default limits.
 macro_rules! default_limit_attacks {
     ($make:expr) => {
-        attack_suite!($make; login_burst_per_identifier, send_otp_burst);
+        attack_suite!($make; login_burst_per_identifier, send_otp_burst, lockout_by_a_stranger_spares_the_owners_device);
     };
 }
 

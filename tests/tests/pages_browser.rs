@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 const SESSION: &str = "__Host-latchkey_session";
 const PRE: &str = "__Host-latchkey_pre";
 const CSRF: &str = "__Host-latchkey_csrf";
+const DEVICE: &str = "__Host-latchkey_device";
 
 /// A minimal browser: a cookie jar over the test system's client.
 struct Browser<'a> {
@@ -195,6 +196,41 @@ async fn full_journey_by_username_then_logout() {
     let replay = b.get("/dashboard").await;
     assert_eq!((replay.status, replay.location()), (303, "/login"));
     assert!(!replay.body.contains(&email) && !replay.body.contains(&username));
+}
+
+/// With the default limits: someone who knows the username keeps the
+/// account locked and its per-identifier limit spent; a browser without
+/// the device cookie is refused, the owner's browser (the cookie of its
+/// last finished login) still signs in, with the password and the code.
+#[tokio::test]
+async fn the_device_cookie_lets_the_owner_in_while_a_stranger_keeps_the_account_locked() {
+    let sys = TestSystem::embedded_with(&[]).await;
+    let mut b = Browser::new(&sys);
+    let (username, email) = unique();
+    register_and_verify(&mut b, &username, &email).await;
+    let p = password_step(&mut b, &username).await;
+    code_step(&mut b, &p, &email, 2).await;
+    let set = b.last_set(DEVICE).to_string();
+    assert_cookie_attributes(&set);
+    assert!(set.contains("SameSite=Strict") && set.contains("Max-Age=7776000"), "{set}");
+    let d = b.get("/dashboard").await;
+    let out = b.post("/logout", &[("csrf", &d.csrf())]).await;
+    assert_eq!(out.status, 303);
+    assert!(b.jar.contains_key(DEVICE) && !b.jar.contains_key(SESSION), "logout keeps the device cookie");
+
+    for _ in 0..20 {
+        let (st, _, _) =
+            sys.post("/v1/login", serde_json::json!({"identifier": username, "password": "wrong wrong wrong"})).await;
+        assert!(st == 401 || st == 429, "{st}");
+    }
+    let mut stranger = Browser::new(&sys);
+    let f = stranger.get("/login").await;
+    let p = stranger.post("/login", &[("csrf", &f.csrf()), ("identifier", &username), ("password", PASSWORD)]).await;
+    assert_eq!(p.status, 429, "without the device cookie: {}", p.body);
+
+    let p = password_step(&mut b, &username).await;
+    code_step(&mut b, &p, &email, 4).await;
+    assert!(b.get("/dashboard").await.body.contains(&username));
 }
 
 #[tokio::test]

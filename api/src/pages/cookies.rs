@@ -15,6 +15,10 @@
 //!   key derived from the code HMAC key; replaced by a fresh id when the
 //!   password is accepted and dropped when the session starts.
 //! - [`CSRF`] is the double-submit half of the CSRF token (`SameSite=Strict`).
+//! - [`DEVICE`] is the device token of the last login finished in this
+//!   browser (`SameSite=Strict`, 90 days; `flows::device`): with it, the
+//!   owner can still sign in while someone else's guessing has the account
+//!   locked. Logout leaves it: it names a device, not a session.
 //!
 //! All are `HttpOnly`: no script on the pages reads them.
 
@@ -24,6 +28,7 @@ use latchkey_core::flows::Auth;
 pub const SESSION: &str = "__Host-latchkey_session";
 pub const PRE: &str = "__Host-latchkey_pre";
 pub const CSRF: &str = "__Host-latchkey_csrf";
+pub const DEVICE: &str = "__Host-latchkey_device";
 
 /// How long a pre-session lives (the login code itself lives 5 minutes).
 pub const PRE_TTL_SECS: i64 = 30 * 60;

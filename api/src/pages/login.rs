@@ -61,7 +61,8 @@ pub async fn login(State(s): State<AppState>, mut v: Visitor, Form(f): Form<Logi
     let identifier = f.identifier.unwrap_or_default();
     let password = f.password.unwrap_or_default();
     let mut errors = FieldErrors::new();
-    match s.auth.login(&identifier, password, &v.meta).await {
+    let device = cookies::get(&v.headers, cookies::DEVICE);
+    match s.auth.login(&identifier, password, device.as_deref(), &v.meta).await {
         Ok(started) => {
             let pre = Pre {
                 id: s.auth.browser_nonce(),
@@ -142,9 +143,16 @@ pub async fn code(State(s): State<AppState>, mut v: Visitor, Form(f): Form<CodeF
     let mut errors = FieldErrors::new();
     match s.auth.verify_login_code(&challenge_id, code.trim(), &v.meta).await {
         Ok(pair) => {
-            let session = cookies::set(cookies::SESSION, &pair.refresh_token, s.auth.policy().refresh_ttl_secs, "Lax");
-            let r = Redirect::to("/dashboard").into_response();
-            with_cookies(r, vec![session, cookies::clear(cookies::PRE), cookies::clear(cookies::CSRF)])
+            let policy = s.auth.policy();
+            let mut set = vec![
+                cookies::set(cookies::SESSION, &pair.refresh_token, policy.refresh_ttl_secs, "Lax"),
+                cookies::clear(cookies::PRE),
+                cookies::clear(cookies::CSRF),
+            ];
+            if let Some(device) = &pair.device_token {
+                set.push(cookies::set(cookies::DEVICE, device, policy.device_token_ttl_secs, "Strict"));
+            }
+            with_cookies(Redirect::to("/dashboard").into_response(), set)
         }
         Err(Error::Validation { reason, .. }) => {
             errors.insert("code", sentence(&reason));

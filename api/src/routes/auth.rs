@@ -66,6 +66,8 @@ pub async fn resend_verification(
 pub struct LoginReq {
     identifier: Option<String>,
     password: Option<String>,
+    /// From an earlier finished login on this device (optional).
+    device_token: Option<String>,
 }
 
 pub async fn login(
@@ -75,7 +77,7 @@ pub async fn login(
 ) -> Result<Response, ApiError> {
     let identifier = required(r.identifier, "identifier")?;
     let password = required(r.password, "password")?;
-    let started = s.auth.login(&identifier, password, &meta).await?;
+    let started = s.auth.login(&identifier, password, r.device_token.as_deref(), &meta).await?;
     Ok((StatusCode::ACCEPTED, Json(challenge_json(&started))).into_response())
 }
 
@@ -192,10 +194,14 @@ fn challenge_json(c: &LoginStarted) -> serde_json::Value {
 }
 
 fn tokens_json(p: &TokenPair) -> serde_json::Value {
-    json!({
+    let mut body = json!({
         "access_token": p.access_token,
         "refresh_token": p.refresh_token,
         "token_type": "Bearer",
         "expires_in": p.expires_in,
-    })
+    });
+    if let Some(device) = &p.device_token {
+        body["device_token"] = json!(device);
+    }
+    body
 }

@@ -18,13 +18,25 @@ pub struct LoginStarted {
 impl Auth {
     /// The password step. Unknown users and wrong passwords get the same
     /// error after the same argon2 work. Never yields a token or session.
-    pub async fn login(&self, identifier: &str, password: String, meta: &RequestMeta) -> Result<LoginStarted, Error> {
+    pub async fn login(
+        &self,
+        identifier: &str,
+        password: String,
+        device_token: Option<&str>,
+        meta: &RequestMeta,
+    ) -> Result<LoginStarted, Error> {
         let password = Password::for_login(password)?;
         let ident = LoginIdentifier::parse(identifier)?;
+        let now = self.now();
         let l = &self.policy.limits;
+        let by_identifier = l.login_identifier.key(format!("login:id:{}", ident.as_key()));
+        let device = device_token.and_then(|t| self.device_claim(t, now));
         self.limit(&[
             l.login_ip.key(format!("login:ip:{}", super::client_key(meta))),
-            l.login_identifier.key(format!("login:id:{}", ident.as_key())),
+            match &device {
+                Some(d) => l.login_device.key(format!("login:device:{}", d.device_id)),
+                None => by_identifier.clone(),
+            },
         ])
         .await?;
 
@@ -32,8 +44,13 @@ impl Auth {
             LoginIdentifier::Username(u) => self.ports.users.user_by_username(u).await?,
             LoginIdentifier::Email(e) => self.ports.users.user_by_email(e).await?,
         };
+        // A device vouches only for an account it finished a login of; for
+        // any other name, the per-identifier limit it skipped applies.
+        let trusted = device.as_ref().is_some_and(|d| user.as_ref().is_some_and(|u| d.vouches_for(u)));
+        if device.is_some() && !trusted {
+            self.limit(&[by_identifier]).await?;
+        }
         let ok = self.hasher.verify(&password, user.as_ref().map(|u| u.password_hash.as_str())).await?;
-        let now = self.now();
         let Some(user) = user else {
             // The same store write as a wrong password for an account (one
             // conditional update, here of an id that matches nothing), so an
@@ -47,7 +64,8 @@ impl Auth {
                 .await;
             return Err(Error::InvalidCredentials);
         };
-        if user.is_locked(now) {
+        let locked = user.is_locked(now);
+        if locked && !trusted {
             tracing::info!(user_id = %user.id, "login refused: account locked");
             // Changes nothing during a lock; taken for the same timing.
             self.count_failure(&user, now, self.policy.login_lock_threshold, meta).await?;
@@ -87,10 +105,10 @@ impl Auth {
             used_at: None,
             meta: meta.clone(),
         };
-        self.ports
-            .challenges
-            .create_challenge(&challenge, user.failed_logins > 0 || user.locked_until.is_some(), meta)
-            .await?;
+        // A device's login during a lock leaves the lock to run out: it was
+        // not the owner's guessing that set it.
+        let reset_failures = !locked && (user.failed_logins > 0 || user.locked_until.is_some());
+        self.ports.challenges.create_challenge(&challenge, reset_failures, meta).await?;
         self.send(&user.email, Some(user.id.to_string()), meta, self.code_job(&user, code)).await?;
         tracing::info!(user_id = %user.id, challenge_id = %id, "login code issued");
         Ok(LoginStarted {

@@ -2,6 +2,7 @@
 //! the methods of one flow. HTTP handlers call exactly one of these.
 
 mod browser;
+mod device;
 mod login;
 mod otp;
 mod password;

@@ -15,6 +15,8 @@ pub struct TokenPair {
     pub expires_in: i64,
     pub session_id: SessionId,
     pub user_id: UserId,
+    /// A new device token, on a finished login (not on a refresh).
+    pub device_token: Option<String>,
 }
 
 impl std::fmt::Debug for TokenPair {
@@ -106,7 +108,8 @@ impl Auth {
             Err(e) => return Err(e.into()),
         }
         tracing::info!(user_id = %c.user_id, session_id = %session.id, "session created");
-        self.token_pair(&session, &secret, now)
+        let pair = self.token_pair(&session, &secret, now)?;
+        Ok(TokenPair { device_token: Some(self.device_token(&c.user_id, now)), ..pair })
     }
 
     /// Rotates a refresh token. A token that is not the session's current
@@ -237,6 +240,7 @@ impl Auth {
             expires_in: self.tokens.ttl_secs(),
             session_id: s.id,
             user_id: s.user_id,
+            device_token: None,
         })
     }
 }

@@ -1,0 +1,90 @@
+//! Device tokens: what keeps an account's owner able to sign in while
+//! someone else keeps guessing its password (OWASP, "Slow Down Online
+//! Guessing Attacks with Device Cookies").
+//!
+//! Every finished login (password and code) gets a device token. A password
+//! step that presents a valid one for the account it names is not refused
+//! by the account's lock and is not counted against the per-identifier limit,
+//! both of which anyone who knows the username can keep exhausted; it is
+//! limited per device instead (`RateLimits::login_device`). The password and
+//! the emailed code are still required, and a wrong password is still
+//! counted towards the account's lock (the owner is told).
+//!
+//! A token is `<device id>.<user id>.<issued at>.<tag>`: 128 random bits,
+//! the account, the UTC second it was issued, and an HMAC tag over them
+//! under the code key (domain `latchkey/device-token/v1`). Nothing is
+//! stored. It is refused once `device_token_ttl_secs` have passed, and when
+//! the account's password changed at or after its issue.
+
+use super::Auth;
+use crate::clock::Timestamp;
+use crate::domain::{OtpCode, User, UserId};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// Characters of a device id (16 bytes, URL-safe base64).
+const DEVICE_ID_LEN: usize = 22;
+/// Characters of the tag (16 bytes of HMAC-SHA256, hex).
+const TAG_LEN: usize = 32;
+/// Longer than any token this service issues.
+const MAX_TOKEN_LEN: usize = 128;
+const MAC_DOMAIN: &str = "latchkey/device-token/v1";
+
+/// A device token whose tag checks out and which has not expired. Whether
+/// it vouches for a given account is [`DeviceClaim::vouches_for`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeviceClaim {
+    pub device_id: String,
+    user_id: UserId,
+    issued_at: Timestamp,
+}
+
+impl DeviceClaim {
+    /// Whether this device finished a login of `user` since the user's last
+    /// password change.
+    pub fn vouches_for(&self, user: &User) -> bool {
+        self.user_id == user.id && user.sessions_valid_after.is_none_or(|changed| self.issued_at > changed)
+    }
+}
+
+impl Auth {
+    /// A new device token for `user_id`, issued at `now`.
+    pub(crate) fn device_token(&self, user_id: &UserId, now: Timestamp) -> String {
+        let mut id = [0u8; 16];
+        self.ports.rng.fill(&mut id);
+        let id = URL_SAFE_NO_PAD.encode(id);
+        let (user, issued) = (user_id.to_string(), now.to_string());
+        let tag = self.device_tag(&id, &user, &issued);
+        format!("{id}.{user}.{issued}.{tag}")
+    }
+
+    /// The claim of `token` if this service issued it and it is still
+    /// within its lifetime at `now`; anything else is `None` (a bad token
+    /// is the same as none: the password step goes on without it).
+    pub(crate) fn device_claim(&self, token: &str, now: Timestamp) -> Option<DeviceClaim> {
+        if token.len() > MAX_TOKEN_LEN || !token.is_ascii() {
+            return None;
+        }
+        let mut parts = token.split('.');
+        let (id, user, issued, tag) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || id.len() != DEVICE_ID_LEN || tag.len() != TAG_LEN {
+            return None;
+        }
+        if !OtpCode::hashes_equal(&self.device_tag(id, user, issued), tag) {
+            return None;
+        }
+        let issued_at: Timestamp = issued.parse().ok()?;
+        let user_id = UserId::parse(user)?;
+        (issued_at <= now && now < issued_at + self.policy.device_token_ttl_secs).then(|| DeviceClaim {
+            device_id: id.to_string(),
+            user_id,
+            issued_at,
+        })
+    }
+
+    fn device_tag(&self, id: &str, user: &str, issued: &str) -> String {
+        let mut tag = self.code_key.mac(MAC_DOMAIN, &[id, user, issued]);
+        tag.truncate(TAG_LEN);
+        tag
+    }
+}
