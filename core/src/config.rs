@@ -87,6 +87,9 @@ pub struct Policy {
     pub verification_ttl_secs: i64,
     pub verification_resend_cooldown_secs: i64,
     pub verification_resend_per_hour: u32,
+    /// How long an account nobody has verified keeps its username and email
+    /// to itself; after that a new registration of either replaces it.
+    pub unverified_hold_secs: i64,
     pub login_code_ttl_secs: i64,
     pub code_max_failures: u32,
     pub code_resend_cooldown_secs: i64,
@@ -114,6 +117,7 @@ impl Default for Policy {
             verification_ttl_secs: 24 * 3600,
             verification_resend_cooldown_secs: 60,
             verification_resend_per_hour: 5,
+            unverified_hold_secs: 7 * 24 * 3600,
             login_code_ttl_secs: 300,
             code_max_failures: 6,
             code_resend_cooldown_secs: 60,

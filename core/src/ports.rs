@@ -36,7 +36,20 @@ pub trait UserStore: Send + Sync {
     /// `Conflict(EmailTaken)`; then nothing is written, so concurrent
     /// registrations of one address leave exactly one account and no
     /// orphan claim.
-    async fn create_user(&self, user: &User, verification: &VerificationRecord) -> StoreResult<()>;
+    ///
+    /// Except: a name held by an account that is still unverified and was
+    /// created before `replace_unverified_before` is not taken. That account
+    /// (one for the username and another for the email, at most) is deleted
+    /// with its claims in the same transaction, and its id returned; an
+    /// account verified in the meantime wins instead. Nobody ever proved
+    /// they own its address, so it cannot keep the name from whoever does.
+    /// (`i64::MIN`: replace nothing.)
+    async fn create_user(
+        &self,
+        user: &User,
+        verification: &VerificationRecord,
+        replace_unverified_before: Timestamp,
+    ) -> StoreResult<Vec<UserId>>;
 
     async fn user_by_id(&self, id: &UserId) -> StoreResult<Option<User>>;
     async fn user_by_username(&self, username: &Username) -> StoreResult<Option<User>>;

@@ -155,7 +155,7 @@ fn is_conflict(r: &Result<impl std::fmt::Debug, StoreError>, want: Conflict) -> 
 
 async fn registered(env: &Env) -> (User, VerificationRecord) {
     let (u, v) = user(&unique("user"), &format!("{}@example.com", unique("mail")));
-    env.store.create_user(&u, &v).await.expect("create user");
+    env.store.create_user(&u, &v, i64::MIN).await.expect("create user");
     (u, v)
 }
 
@@ -165,7 +165,7 @@ async fn create_user_tells_username_from_email_conflicts_and_writes_nothing() {
     let name = unique("alice");
     let email = format!("{}@example.com", unique("alice"));
     let (alice, token) = user(&name, &email);
-    env.store.create_user(&alice, &token).await.unwrap();
+    env.store.create_user(&alice, &token, i64::MIN).await.unwrap();
 
     assert_eq!(env.store.user_by_id(&alice.id).await.unwrap(), Some(alice.clone()));
     assert_eq!(env.store.user_by_username(&alice.username).await.unwrap(), Some(alice.clone()));
@@ -177,14 +177,14 @@ async fn create_user_tells_username_from_email_conflicts_and_writes_nothing() {
     // Same username (in another case), new email: the username is taken.
     let other_email = format!("{}@example.com", unique("bob"));
     let (bob, bob_token) = user(&name.to_uppercase(), &other_email);
-    assert!(is_conflict(&env.store.create_user(&bob, &bob_token).await, Conflict::UsernameTaken));
+    assert!(is_conflict(&env.store.create_user(&bob, &bob_token, i64::MIN).await, Conflict::UsernameTaken));
     // Both taken: the username is reported.
     let (both, both_token) = user(&name, &email);
-    assert!(is_conflict(&env.store.create_user(&both, &both_token).await, Conflict::UsernameTaken));
+    assert!(is_conflict(&env.store.create_user(&both, &both_token, i64::MIN).await, Conflict::UsernameTaken));
     // New username, same email.
     let other_name = unique("carol");
     let (carol, carol_token) = user(&other_name, &email.to_uppercase());
-    assert!(is_conflict(&env.store.create_user(&carol, &carol_token).await, Conflict::EmailTaken));
+    assert!(is_conflict(&env.store.create_user(&carol, &carol_token, i64::MIN).await, Conflict::EmailTaken));
 
     // Nothing of the refused registrations was written: no user, no token,
     // and neither their new username nor their new email is claimed.
@@ -193,7 +193,7 @@ async fn create_user_tells_username_from_email_conflicts_and_writes_nothing() {
         assert_eq!(env.store.verification(&t.token_hash).await.unwrap(), None);
     }
     let (dave, dave_token) = user(&other_name, &other_email);
-    env.store.create_user(&dave, &dave_token).await.unwrap();
+    env.store.create_user(&dave, &dave_token, i64::MIN).await.unwrap();
     assert_eq!(env.store.user_by_email(&dave.email).await.unwrap().map(|u| u.id), Some(dave.id));
 }
 
@@ -202,7 +202,7 @@ async fn concurrent_registrations_of_one_email_leave_one_account() {
     let env = env().await;
     let email = format!("{}@example.com", unique("race"));
     let attempts: Vec<_> = (0..20).map(|i| user(&format!("{}{i}", unique("racer")), &email)).collect();
-    let results = join_all(attempts.iter().map(|(u, t)| env.store.create_user(u, t))).await;
+    let results = join_all(attempts.iter().map(|(u, t)| env.store.create_user(u, t, i64::MIN))).await;
 
     let winners: Vec<_> = attempts.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|((u, _), _)| u).collect();
     assert_eq!(winners.len(), 1, "results: {results:?}");
@@ -217,7 +217,7 @@ async fn concurrent_registrations_of_one_email_leave_one_account() {
     // No orphan username claim: a loser's username is still free.
     let loser = attempts.iter().find(|(u, _)| u.id != winners[0].id).unwrap();
     let (again, again_token) = user(loser.0.username.as_str(), &format!("{}@example.com", unique("again")));
-    env.store.create_user(&again, &again_token).await.unwrap();
+    env.store.create_user(&again, &again_token, i64::MIN).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -514,7 +514,7 @@ async fn limiter_refuses_after_the_limit_and_counts_nothing_when_refusing() {
 async fn call_counter_sees_one_round_trip_per_store_call() {
     let env = env().await;
     let (u, token) = user(&unique("count"), &format!("{}@example.com", unique("count")));
-    env.store.create_user(&u, &token).await.unwrap();
+    env.store.create_user(&u, &token, i64::MIN).await.unwrap();
     assert_eq!(env.counter.take(), ["dynamodb:TransactWriteItems"]);
     env.store.user_by_email(&u.email).await.unwrap();
     env.store.user_by_username(&u.username).await.unwrap();

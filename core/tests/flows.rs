@@ -437,3 +437,43 @@ async fn a_device_has_a_limit_of_its_own() {
         Err(Error::RateLimited { .. })
     ));
 }
+
+/// Someone registers another person's address and never verifies it. For
+/// 7 days the address (and the username) stay with that account: the owner
+/// signing up gets the generic answer and a "someone tried" mail. After
+/// that, the owner's registration replaces the unverified account, whose
+/// latest link stops working.
+#[tokio::test]
+async fn an_unverified_account_holds_its_names_for_seven_days_only() {
+    let w = world(RateLimits::relaxed());
+    let m = meta();
+    w.auth.register("squatter", "owner@example.com", PW.into(), &m).await.unwrap();
+    let hold = w.auth.policy().unverified_hold_secs;
+    assert_eq!(hold, 7 * 86_400);
+    // A fresh link for the squatter's account, shortly before its hold ends.
+    w.clock.set(T0 + hold - 3600);
+    w.auth.resend_verification("owner@example.com", &m).await.unwrap();
+    let squatters_link = w.mail.token();
+
+    w.clock.set(T0 + hold);
+    w.auth.register("owner", "owner@example.com", PW.into(), &m).await.unwrap();
+    assert_eq!(w.mail.last().job.kind(), "signup_attempt", "within the hold: the address is taken");
+    assert!(matches!(w.auth.register("squatter", "other@example.com", PW.into(), &m).await, Err(Error::UsernameTaken)));
+
+    w.clock.set(T0 + hold + 1);
+    w.auth.register("owner", "owner@example.com", PW.into(), &m).await.unwrap();
+    assert_eq!(w.mail.last().job.kind(), "verify_email", "past the hold: the owner's own account");
+    let owners_link = w.mail.token();
+    assert!(matches!(w.auth.verify_email(&squatters_link, &m).await, Err(Error::VerificationInvalid)));
+    w.auth.verify_email(&owners_link, &m).await.unwrap();
+    assert!(matches!(w.auth.login("squatter", PW.into(), None, &m).await, Err(Error::InvalidCredentials)));
+    w.auth.login("owner@example.com", PW.into(), None, &m).await.expect("the owner signs in");
+    // The squatter's username is free again.
+    w.auth.register("squatter", "someone@example.com", PW.into(), &m).await.unwrap();
+    assert_eq!(w.mail.last().job.kind(), "verify_email");
+
+    // A verified account keeps its names however old.
+    w.clock.set(T0 + 100 * 86_400);
+    w.auth.register("another", "owner@example.com", PW.into(), &m).await.unwrap();
+    assert_eq!(w.mail.last().job.kind(), "signup_attempt");
+}

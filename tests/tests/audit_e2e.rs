@@ -361,3 +361,94 @@ async fn prefix_holding(ddb: &aws_sdk_dynamodb::Client, id: &str) -> String {
         }
     }
 }
+
+/// On DynamoDB: an account nobody verified within its hold, whose username
+/// a new registration takes, is deleted with its claims, and the stream's
+/// REMOVE ends its trail with `unverified_account_replaced` (no request
+/// metadata: its own registration's is not the remover's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_an_unverified_account_replaced_past_its_hold_ends_its_trail() {
+    use latchkey_core::adapters::dynamo::{DynamoStore, audit::DynamoAuditStore};
+    use latchkey_core::domain::{Email, RequestMeta, User, UserId, Username, VerificationRecord};
+    use latchkey_core::ports::UserStore;
+    use latchkey_core::rng::OsSecureRng;
+    use latchkey_stream_processor::{Processor, poller::StreamPoller};
+    use std::sync::Arc;
+
+    let hash = admin_hash();
+    let sys = TestSystem::aws_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    // An account through the API, only to find the system's tables.
+    let (known, known_email) = verified_user(&sys).await;
+    let tokens = sign_in(&sys, &known, &known_email).await;
+    let (_, me) = sys.get_auth("/v1/me", tokens["access_token"].as_str().expect("access")).await;
+    let sdk = latchkey_tests::sdk_config(&latchkey_tests::emulator_endpoint().await).await;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let prefix = prefix_holding(&ddb, me["id"].as_str().expect("id")).await;
+
+    // Registered 8 days ago and never verified (the hold is 7 days).
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let (name, email) = unique();
+    let created = now - 8 * 86_400;
+    let old = User {
+        id: UserId::random(&OsSecureRng),
+        username: Username::parse(&name).expect("username"),
+        email: Email::parse(&email).expect("email"),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".into(),
+        verified: false,
+        created_at: created,
+        failed_logins: 0,
+        locked_until: None,
+        otp_failures: 0,
+        verification_sent_at: Some(created),
+        sessions_valid_after: None,
+        meta: RequestMeta { ip: Some("198.51.100.4".into()), ..Default::default() },
+    };
+    // Its latest link, still valid (a resend an hour ago).
+    let link = "L".repeat(43);
+    let token = VerificationRecord {
+        token_hash: latchkey_core::keys::token_hash(&link),
+        user_id: old.id,
+        created_at: now - 3600,
+        expires_at: now - 3600 + 86_400,
+        used_at: None,
+        meta: RequestMeta::default(),
+    };
+    let store = DynamoStore::new(ddb.clone(), &prefix);
+    store.create_user(&old, &token, i64::MIN).await.expect("the old account");
+
+    // Someone registers that username with an address of their own.
+    let (_, fresh_email) = unique();
+    let (st, body, _) =
+        sys.post("/v1/register", json!({"username": name, "email": fresh_email, "password": PASSWORD})).await;
+    assert_eq!(st, 202, "{body}");
+    assert_eq!(store.user_by_id(&old.id).await.expect("read"), None, "the old account is gone");
+    let new = store.user_by_username(&old.username).await.expect("read").expect("the name's new holder");
+    assert_eq!(new.email.as_str(), fresh_email);
+    // The token outlives its account on DynamoDB (until its TTL) but
+    // verifies nothing.
+    let (st, body, _) = sys.post("/v1/verify-email", json!({"token": link})).await;
+    assert_eq!((st, body["error"].as_str()), (400, Some("verification_token_invalid")), "{body}");
+    // Its address is free again, for its owner.
+    let (st, body, _) =
+        sys.post("/v1/register", json!({"username": unique().0, "email": email, "password": PASSWORD})).await;
+    assert_eq!(st, 202, "{body}");
+    assert!(store.user_by_email(&old.email).await.expect("read").is_some_and(|u| u.id != old.id && u.id != new.id));
+
+    let audit = Arc::new(DynamoAuditStore::new(ddb.clone(), &prefix));
+    let processor = Processor::new(audit, AuditPolicy::default(), 400);
+    let poller = tokio::sync::Mutex::new(StreamPoller::new(&sdk, &prefix));
+    let id = old.id.to_string();
+    let events = {
+        let (poller, processor) = (&poller, &processor);
+        settled(&sys, &id, 3, || async move {
+            let batch = poller.lock().await.next_batch().await.expect("poll the streams");
+            let resp = processor.handle(&batch).await;
+            assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+        })
+        .await
+    };
+    assert_eq!(kinds(&events), ["user_registered", "verification_mail_requested", "unverified_account_replaced"]);
+    let last = events.last().expect("events");
+    assert_eq!((last["outcome"].as_str(), last["reason"].as_str()), (Some("expired"), Some("unverified_past_hold")));
+    assert!(last["ip"].is_null(), "{last}");
+}

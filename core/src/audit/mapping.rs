@@ -101,6 +101,19 @@ pub fn audit_events(change: &SourceChange, policy: &AuditPolicy) -> Vec<AuditEve
                     out.push(n.id, T::PasswordChanged, Outcome::Success, Some("other_sessions_ended"), None, &n.meta);
                 }
             }
+            // Only a registration deletes a user: one that took a name from
+            // an account nobody verified in its hold. Its request is the
+            // new account's (the old image carries the old registration's).
+            (Some(o), None) if !o.verified => {
+                out.push_subject(
+                    o.id.to_string(),
+                    T::UnverifiedAccountReplaced,
+                    Outcome::Expired,
+                    Some("unverified_past_hold"),
+                    None,
+                    None,
+                );
+            }
             _ => {}
         },
         Images::Verification(old, new) => match (old, new) {
@@ -308,7 +321,20 @@ mod tests {
         let rehash = User { password_hash: "other".into(), ..u.clone() };
         assert!(kinds(&change(Images::User(Some(u.clone()), Some(rehash)), false)).is_empty(), "a rehash");
         let changed = User { password_hash: "other".into(), sessions_valid_after: Some(T0 + 9), ..u.clone() };
-        assert_eq!(kinds(&change(Images::User(Some(u), Some(changed)), false)), [T::PasswordChanged]);
+        assert_eq!(kinds(&change(Images::User(Some(u.clone()), Some(changed)), false)), [T::PasswordChanged]);
+        let replaced = audit_events(&change(Images::User(Some(u.clone()), None), false), &AuditPolicy::default());
+        assert_eq!(replaced.len(), 1);
+        let e = &replaced[0];
+        assert_eq!(
+            (e.event, e.outcome, e.reason.as_deref()),
+            (T::UnverifiedAccountReplaced, Outcome::Expired, Some("unverified_past_hold"))
+        );
+        assert_eq!((e.subject.as_str(), e.ip.as_deref()), (u.id.to_string().as_str(), None));
+        let verified = User { verified: true, ..u };
+        assert!(
+            kinds(&change(Images::User(Some(verified), None), false)).is_empty(),
+            "no flow deletes a verified user"
+        );
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub enum AuditEventType {
     AccountLocked,
     AccountUnlocked,
     PasswordChanged,
+    /// An account nobody verified, deleted when a registration took its
+    /// username or email after its hold ran out.
+    UnverifiedAccountReplaced,
     SessionCreated,
     SessionRefreshed,
     SessionRevoked,
@@ -70,6 +73,7 @@ impl AuditEventType {
         AuditEventType::AccountLocked,
         AuditEventType::AccountUnlocked,
         AuditEventType::PasswordChanged,
+        AuditEventType::UnverifiedAccountReplaced,
         AuditEventType::SessionCreated,
         AuditEventType::SessionRefreshed,
         AuditEventType::SessionRevoked,
@@ -97,6 +101,7 @@ impl AuditEventType {
             AuditEventType::AccountLocked => "account_locked",
             AuditEventType::AccountUnlocked => "account_unlocked",
             AuditEventType::PasswordChanged => "password_changed",
+            AuditEventType::UnverifiedAccountReplaced => "unverified_account_replaced",
             AuditEventType::SessionCreated => "session_created",
             AuditEventType::SessionRefreshed => "session_refreshed",
             AuditEventType::SessionRevoked => "session_revoked",

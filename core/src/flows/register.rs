@@ -54,8 +54,12 @@ impl Auth {
             used_at: None,
             meta: meta.clone(),
         };
-        match self.ports.users.create_user(&user, &verification).await {
-            Ok(()) => {
+        let hold_ended = now - self.policy.unverified_hold_secs;
+        match self.ports.users.create_user(&user, &verification, hold_ended).await {
+            Ok(replaced) => {
+                for old in replaced {
+                    tracing::info!(user_id = %old, by = %user.id, "unverified account past its hold replaced");
+                }
                 tracing::info!(user_id = %user.id, "user registered");
                 self.notify(&email, Some(user.id.to_string()), meta, self.verify_job(&user, token)).await;
                 Ok(())

@@ -24,6 +24,11 @@ impl Auth {
                 Ok(())
             }
             Err(StoreError::Conflict(_)) => match self.ports.users.verification(&hash).await? {
+                // Its account was replaced by a registration of its name
+                // while unverified (the token outlives it on DynamoDB).
+                Some(rec) if self.ports.users.user_by_id(&rec.user_id).await?.is_none() => {
+                    Err(Error::VerificationInvalid)
+                }
                 Some(rec) => classify(&rec, now).and(Err(Error::VerificationUsed)),
                 None => Err(Error::VerificationInvalid),
             },

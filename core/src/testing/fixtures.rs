@@ -101,7 +101,7 @@ pub(super) fn verification_for(user_id: UserId, at: Timestamp) -> VerificationRe
 /// A user that exists in the store.
 pub(super) async fn registered(s: &Subject) -> (User, VerificationRecord) {
     let (user, verification) = new_user();
-    s.users.create_user(&user, &verification).await.expect("create_user of a fresh user");
+    s.users.create_user(&user, &verification, i64::MIN).await.expect("create_user of a fresh user");
     (user, verification)
 }
 

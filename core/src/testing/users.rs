@@ -25,7 +25,7 @@ async fn assert_not_written(s: &Subject, user: &User, verification: &Verificatio
 
 pub async fn create_user_reads_back(s: &Subject) {
     let (user, verification) = new_user();
-    s.users.create_user(&user, &verification).await.expect("create_user");
+    s.users.create_user(&user, &verification, i64::MIN).await.expect("create_user");
 
     let some = Some(user.clone());
     assert_eq!(s.users.user_by_id(&user.id).await.expect("user_by_id"), some, "user_by_id");
@@ -49,14 +49,14 @@ pub async fn username_taken_is_reported_first_and_writes_nothing(s: &Subject) {
 
     let (both, both_v) = user_with(first.username.clone(), first.email.clone());
     expect_conflict(
-        s.users.create_user(&both, &both_v).await,
+        s.users.create_user(&both, &both_v, i64::MIN).await,
         Conflict::UsernameTaken,
         "username and email both taken: the username is reported",
     );
     assert_not_written(s, &both, &both_v, "username and email both taken").await;
 
     let (dup, dup_v) = user_with(first.username.clone(), email());
-    expect_conflict(s.users.create_user(&dup, &dup_v).await, Conflict::UsernameTaken, "username taken");
+    expect_conflict(s.users.create_user(&dup, &dup_v, i64::MIN).await, Conflict::UsernameTaken, "username taken");
     assert_not_written(s, &dup, &dup_v, "username taken").await;
     assert_eq!(
         s.users.user_by_email(&dup.email).await.expect("user_by_email"),
@@ -66,7 +66,7 @@ pub async fn username_taken_is_reported_first_and_writes_nothing(s: &Subject) {
     // The refused registration's email was not claimed.
     let (other, other_v) = user_with(username(), dup.email.clone());
     s.users
-        .create_user(&other, &other_v)
+        .create_user(&other, &other_v, i64::MIN)
         .await
         .expect("the email of a registration refused for its username must stay free");
 
@@ -81,7 +81,7 @@ pub async fn email_taken_writes_nothing(s: &Subject) {
     let (first, _) = registered(s).await;
 
     let (dup, dup_v) = user_with(username(), first.email.clone());
-    expect_conflict(s.users.create_user(&dup, &dup_v).await, Conflict::EmailTaken, "email taken");
+    expect_conflict(s.users.create_user(&dup, &dup_v, i64::MIN).await, Conflict::EmailTaken, "email taken");
     assert_not_written(s, &dup, &dup_v, "email taken").await;
     assert_eq!(
         s.users.user_by_username(&dup.username).await.expect("user_by_username"),
@@ -91,7 +91,7 @@ pub async fn email_taken_writes_nothing(s: &Subject) {
     // The refused registration's username was not claimed.
     let (other, other_v) = user_with(dup.username.clone(), email());
     s.users
-        .create_user(&other, &other_v)
+        .create_user(&other, &other_v, i64::MIN)
         .await
         .expect("the username of a registration refused for its email must stay free");
 
@@ -102,6 +102,81 @@ pub async fn email_taken_writes_nothing(s: &Subject) {
     );
 }
 
+/// The accounts a replacing registration leaves: the new one readable by
+/// id, username and email; each replaced one gone.
+async fn assert_replaced(s: &Subject, new: &User, new_v: &VerificationRecord, gone: &[&User], what: &str) {
+    let some = Some(new.clone());
+    assert_eq!(s.users.user_by_id(&new.id).await.expect("user_by_id"), some, "{what}: the new account");
+    assert_eq!(s.users.user_by_username(&new.username).await.expect("by username"), some, "{what}: its username");
+    assert_eq!(s.users.user_by_email(&new.email).await.expect("by email"), some, "{what}: its email");
+    assert!(s.users.verification(&new_v.token_hash).await.expect("verification").is_some(), "{what}: its token");
+    for old in gone {
+        assert_eq!(s.users.user_by_id(&old.id).await.expect("user_by_id"), None, "{what}: the replaced account");
+    }
+}
+
+/// An unverified account created before the cut-off gives its username and
+/// email up to a new registration, in one step; one created at the cut-off
+/// keeps them.
+pub async fn create_user_replaces_an_unverified_account_past_the_cut_off(s: &Subject) {
+    let (old, old_v) = user_with(username(), email());
+    let old = User { created_at: T0 - DAY, ..old };
+    s.users.create_user(&old, &old_v, i64::MIN).await.expect("create_user of the old account");
+
+    let (early, early_v) = user_with(old.username.clone(), old.email.clone());
+    expect_conflict(
+        s.users.create_user(&early, &early_v, T0 - DAY).await,
+        Conflict::UsernameTaken,
+        "created at the cut-off, not before it",
+    );
+    assert_not_written(s, &early, &early_v, "created at the cut-off").await;
+    assert_eq!(stored_user(s, &old.id).await, old, "the old account is untouched by a refused registration");
+
+    let (new, new_v) = user_with(old.username.clone(), old.email.clone());
+    let replaced = s.users.create_user(&new, &new_v, T0 - DAY + 1).await.expect("create_user replacing it");
+    assert_eq!(replaced, vec![old.id], "the replaced account is named");
+    assert_replaced(s, &new, &new_v, &[&old], "both names of one unverified account").await;
+}
+
+/// The username of one stale unverified account and the email of another:
+/// both go, and the names the new account did not take are free again.
+pub async fn create_user_replaces_two_unverified_holders_at_once(s: &Subject) {
+    let stale = |u: (User, VerificationRecord)| (User { created_at: T0 - DAY, ..u.0 }, u.1);
+    let (a, a_v) = stale(user_with(username(), email()));
+    let (b, b_v) = stale(user_with(username(), email()));
+    s.users.create_user(&a, &a_v, i64::MIN).await.expect("create a");
+    s.users.create_user(&b, &b_v, i64::MIN).await.expect("create b");
+
+    let (new, new_v) = user_with(a.username.clone(), b.email.clone());
+    let replaced = s.users.create_user(&new, &new_v, T0).await.expect("create_user replacing two accounts");
+    assert_eq!(replaced, vec![a.id, b.id], "the username's holder, then the email's");
+    assert_replaced(s, &new, &new_v, &[&a, &b], "two unverified holders").await;
+    // Their other names have no claim left on them.
+    let (x, x_v) = user_with(b.username.clone(), a.email.clone());
+    s.users.create_user(&x, &x_v, i64::MIN).await.expect("the names the new account did not take are free");
+}
+
+/// A verified account keeps its names whatever its age, and a registration
+/// it refuses replaces nothing (not even an unverified holder of its other
+/// name).
+pub async fn create_user_never_replaces_a_verified_account(s: &Subject) {
+    let stale = |u: (User, VerificationRecord)| (User { created_at: T0 - DAY, ..u.0 }, u.1);
+    let (verified, verified_v) = stale(user_with(username(), email()));
+    s.users.create_user(&verified, &verified_v, i64::MIN).await.expect("create");
+    s.users.consume_verification(&verified_v, T0 - DAY + 10, &meta()).await.expect("verify");
+    let verified = stored_user(s, &verified.id).await;
+    let (unverified, unverified_v) = stale(user_with(username(), email()));
+    s.users.create_user(&unverified, &unverified_v, i64::MIN).await.expect("create");
+
+    let (dup, dup_v) = user_with(verified.username.clone(), email());
+    expect_conflict(s.users.create_user(&dup, &dup_v, T0).await, Conflict::UsernameTaken, "a verified username");
+    let (dup, dup_v) = user_with(unverified.username.clone(), verified.email.clone());
+    expect_conflict(s.users.create_user(&dup, &dup_v, T0).await, Conflict::EmailTaken, "a verified email");
+    assert_not_written(s, &dup, &dup_v, "a verified email").await;
+    assert_eq!(stored_user(s, &verified.id).await, verified, "the verified account is untouched");
+    assert_eq!(stored_user(s, &unverified.id).await, unverified, "the unverified holder of the other name stays");
+}
+
 const REGISTRATION_RACERS: usize = 20;
 
 pub async fn concurrent_registrations_of_one_email_leave_one_account(s: &Subject) {
@@ -110,11 +185,12 @@ pub async fn concurrent_registrations_of_one_email_leave_one_account(s: &Subject
     let results = race(REGISTRATION_RACERS, |i| {
         let users = s.users.clone();
         let (user, verification) = candidates[i].clone();
-        async move { users.create_user(&user, &verification).await }
+        async move { users.create_user(&user, &verification, i64::MIN).await }
     })
     .await;
 
-    let (w, (), losers) = single_winner(results, "concurrent registrations of one email");
+    let (w, replaced, losers) = single_winner(results, "concurrent registrations of one email");
+    assert!(replaced.is_empty(), "the email was free: nothing to replace");
     for (i, r) in losers {
         expect_conflict(r, Conflict::EmailTaken, &format!("racer {i} for a taken email"));
     }
@@ -128,7 +204,7 @@ pub async fn concurrent_registrations_of_one_email_leave_one_account(s: &Subject
         assert_not_written(s, loser, loser_v, &what).await;
         assert_eq!(s.users.user_by_username(&loser.username).await.expect("user_by_username"), None, "{what}");
         let (again, again_v) = user_with(loser.username.clone(), email());
-        if let Err(e) = s.users.create_user(&again, &again_v).await {
+        if let Err(e) = s.users.create_user(&again, &again_v, i64::MIN).await {
             panic!("{what}: its username stayed claimed (orphan claim): {e:?}");
         }
     }
@@ -140,11 +216,12 @@ pub async fn concurrent_registrations_of_one_username_leave_one_account(s: &Subj
     let results = race(REGISTRATION_RACERS, |i| {
         let users = s.users.clone();
         let (user, verification) = candidates[i].clone();
-        async move { users.create_user(&user, &verification).await }
+        async move { users.create_user(&user, &verification, i64::MIN).await }
     })
     .await;
 
-    let (w, (), losers) = single_winner(results, "concurrent registrations of one username");
+    let (w, replaced, losers) = single_winner(results, "concurrent registrations of one username");
+    assert!(replaced.is_empty(), "the username was free: nothing to replace");
     for (i, r) in losers {
         expect_conflict(r, Conflict::UsernameTaken, &format!("racer {i} for a taken username"));
     }
@@ -158,7 +235,7 @@ pub async fn concurrent_registrations_of_one_username_leave_one_account(s: &Subj
         assert_not_written(s, loser, loser_v, &what).await;
         assert_eq!(s.users.user_by_email(&loser.email).await.expect("user_by_email"), None, "{what}");
         let (again, again_v) = user_with(username(), loser.email.clone());
-        if let Err(e) = s.users.create_user(&again, &again_v).await {
+        if let Err(e) = s.users.create_user(&again, &again_v, i64::MIN).await {
             panic!("{what}: its email stayed claimed (orphan claim): {e:?}");
         }
     }

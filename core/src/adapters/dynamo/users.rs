@@ -12,7 +12,9 @@ use crate::{StoreError, tables};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, Update};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Delete, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
 /// Rounds of "count, else lock" before `record_login_failure` gives up;
@@ -97,16 +99,33 @@ fn old_item_on_failed_check(err: SdkError<UpdateItemError, HttpResponse>) -> Sto
     Err(map_sdk(err))
 }
 
-#[async_trait]
-impl UserStore for DynamoStore {
-    async fn create_user(&self, user: &User, verification: &VerificationRecord) -> StoreResult<()> {
-        let claim =
-            |pk: String| -> Item { [(PK.to_string(), s(pk)), ("user_id".to_string(), s(user.id.to_string()))].into() };
+impl DynamoStore {
+    /// `create_user`'s transaction: the user, its two claims, its first
+    /// verification token. A claim is put if it is absent or, given the id
+    /// of the account holding it, if it still names that account.
+    fn registration(
+        &self,
+        user: &User,
+        verification: &VerificationRecord,
+        username_holder: Option<&UserId>,
+        email_holder: Option<&UserId>,
+    ) -> StoreResult<Vec<TransactWriteItem>> {
         let absent = "attribute_not_exists(pk)";
-        let tx = vec![
+        let claim = |pk: String, holder: Option<&UserId>| -> StoreResult<TransactWriteItem> {
+            let item: Item = [(PK.to_string(), s(pk)), ("user_id".to_string(), s(user.id.to_string()))].into();
+            let put = Put::builder().table_name(&self.users).set_item(Some(item));
+            let put = match holder {
+                None => put.condition_expression(absent),
+                Some(h) => put
+                    .condition_expression("user_id = :holder")
+                    .expression_attribute_values(":holder", s(h.to_string())),
+            };
+            Ok(TransactWriteItem::builder().put(put.build().map_err(StoreError::internal)?).build())
+        };
+        Ok(vec![
             put_item(&self.users, items::to_item(user, items::user_pk(&user.id), None)?, absent)?,
-            put_item(&self.users, claim(items::username_claim_pk(user.username.as_str())), absent)?,
-            put_item(&self.users, claim(items::email_claim_pk(user.email.as_str())), absent)?,
+            claim(items::username_claim_pk(user.username.as_str()), username_holder)?,
+            claim(items::email_claim_pk(user.email.as_str()), email_holder)?,
             put_item(
                 &self.tokens,
                 items::to_item(
@@ -116,11 +135,120 @@ impl UserStore for DynamoStore {
                 )?,
                 absent,
             )?,
-        ];
+        ])
+    }
+
+    /// The user a claim item names (`None`: the claim or its user is gone,
+    /// which a registration cannot tell from a taken name).
+    async fn claim_holder(&self, claim_pk: String) -> StoreResult<Option<User>> {
+        let Some(claim) = self.get_item(&self.users, claim_pk).await? else { return Ok(None) };
+        let Some(id) = claim.get("user_id").and_then(|v| v.as_s().ok()).and_then(|id| UserId::parse(id)) else {
+            return Ok(None);
+        };
+        self.get(&self.users, items::user_pk(&id)).await
+    }
+
+    /// The registration again, taking each name over from the unverified
+    /// account holding it: that account's item and its other claims are
+    /// deleted in the same transaction, each only if it is still what was
+    /// read (unverified, created before the cut-off, the claim naming it).
+    async fn replace_unverified(
+        &self,
+        user: &User,
+        verification: &VerificationRecord,
+        username_holder: Option<User>,
+        email_holder: Option<User>,
+        before: Timestamp,
+    ) -> StoreResult<Vec<UserId>> {
+        let mut tx = self.registration(
+            user,
+            verification,
+            username_holder.as_ref().map(|u| &u.id),
+            email_holder.as_ref().map(|u| &u.id),
+        )?;
+        let mut replaced: Vec<User> = Vec::new();
+        for old in [username_holder, email_holder].into_iter().flatten() {
+            if !replaced.iter().any(|r| r.id == old.id) {
+                replaced.push(old);
+            }
+        }
+        let delete =
+            |pk: String, condition: &str, values: Vec<(&str, AttributeValue)>| -> StoreResult<TransactWriteItem> {
+                let mut d = Delete::builder().table_name(&self.users).key(PK, s(pk)).condition_expression(condition);
+                for (k, v) in values {
+                    d = d.expression_attribute_values(k, v);
+                }
+                Ok(TransactWriteItem::builder().delete(d.build().map_err(StoreError::internal)?).build())
+            };
+        for old in &replaced {
+            tx.push(delete(
+                items::user_pk(&old.id),
+                "verified = :false AND created_at < :before",
+                vec![(":false", AttributeValue::Bool(false)), (":before", n(before))],
+            )?);
+            // Its claims that the new account's puts do not overwrite.
+            let named = || vec![(":old", s(old.id.to_string()))];
+            if old.username != user.username {
+                tx.push(delete(items::username_claim_pk(old.username.as_str()), "user_id = :old", named())?);
+            }
+            if old.email != user.email {
+                tx.push(delete(items::email_claim_pk(old.email.as_str()), "user_id = :old", named())?);
+            }
+        }
+        let guards = tx.len();
         match self.transact(tx).await {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(replaced.into_iter().map(|u| u.id).collect()),
+            // Taken by another registration since the reads, or a replaced
+            // account verified meanwhile: the name is taken after all.
             Err(e) if e.check_failed(USERNAME_CLAIM) => Err(StoreError::Conflict(Conflict::UsernameTaken)),
             Err(e) if e.check_failed(EMAIL_CLAIM) => Err(StoreError::Conflict(Conflict::EmailTaken)),
+            Err(e) if (0..guards).any(|i| e.check_failed(i)) => {
+                Err(StoreError::Conflict(match replaced.iter().any(|u| u.username == user.username) {
+                    true => Conflict::UsernameTaken,
+                    false => Conflict::EmailTaken,
+                }))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[async_trait]
+impl UserStore for DynamoStore {
+    async fn create_user(
+        &self,
+        user: &User,
+        verification: &VerificationRecord,
+        replace_unverified_before: Timestamp,
+    ) -> StoreResult<Vec<UserId>> {
+        match self.transact(self.registration(user, verification, None, None)?).await {
+            Ok(()) => Ok(Vec::new()),
+            Err(e) if e.check_failed(USERNAME_CLAIM) || e.check_failed(EMAIL_CLAIM) => {
+                // Only a refused registration pays for these reads.
+                let username_holder = match e.check_failed(USERNAME_CLAIM) {
+                    true => Some(self.claim_holder(items::username_claim_pk(user.username.as_str())).await?),
+                    false => None,
+                };
+                let email_holder = match e.check_failed(EMAIL_CLAIM) {
+                    true => Some(self.claim_holder(items::email_claim_pk(user.email.as_str())).await?),
+                    false => None,
+                };
+                let replaceable = |h: &Option<Option<User>>| match h {
+                    None => true,
+                    Some(holder) => {
+                        holder.as_ref().is_some_and(|u| !u.verified && u.created_at < replace_unverified_before)
+                    }
+                };
+                if !replaceable(&username_holder) {
+                    return Err(StoreError::Conflict(Conflict::UsernameTaken));
+                }
+                if !replaceable(&email_holder) {
+                    return Err(StoreError::Conflict(Conflict::EmailTaken));
+                }
+                let (username_holder, email_holder) = (username_holder.flatten(), email_holder.flatten());
+                self.replace_unverified(user, verification, username_holder, email_holder, replace_unverified_before)
+                    .await
+            }
             Err(e) => Err(e.into()),
         }
     }

@@ -357,7 +357,7 @@ mod tests {
             used_at: None,
             meta: u.meta.clone(),
         };
-        s.create_user(&u, &v).await.unwrap();
+        s.create_user(&u, &v, i64::MIN).await.unwrap();
         s.consume_verification(&v, T0 + 1, &u.meta).await.unwrap();
         let c = Challenge {
             id: ChallengeId::random(&OsSecureRng),

@@ -120,12 +120,10 @@ pub(crate) fn update_user(c: &Connection, u: &User) -> rusqlite::Result<()> {
     expect_one(n)
 }
 
-pub(crate) fn username_taken(c: &Connection, u: &Username) -> rusqlite::Result<bool> {
-    c.prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE username = ?1)")?.query_row([u], |r| r.get(0))
-}
-
-pub(crate) fn email_taken(c: &Connection, e: &Email) -> rusqlite::Result<bool> {
-    c.prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE email = ?1)")?.query_row([e], |r| r.get(0))
+/// Deletes a user row (rows that reference it cascade).
+pub(crate) fn delete_user(c: &Connection, id: &UserId) -> rusqlite::Result<()> {
+    c.prepare_cached("DELETE FROM users WHERE id = ?1")?.execute([id])?;
+    Ok(())
 }
 
 pub(crate) fn user_exists(c: &Connection, id: &UserId) -> rusqlite::Result<bool> {

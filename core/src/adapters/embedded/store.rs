@@ -26,16 +26,24 @@ fn stale<T>() -> StoreResult<T> {
 
 #[async_trait]
 impl UserStore for EmbeddedStore {
-    async fn create_user(&self, user: &User, verification: &VerificationRecord) -> StoreResult<()> {
+    async fn create_user(
+        &self,
+        user: &User,
+        verification: &VerificationRecord,
+        replace_unverified_before: Timestamp,
+    ) -> StoreResult<Vec<UserId>> {
         let (user, v, at) = (user.clone(), verification.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
                 // Explicit checks, in the contract's order, so the answer
                 // names the right claim; the UNIQUE constraints back them up.
-                if rec::username_taken(tx, &user.username)? {
+                let replaceable = |u: &User| !u.verified && u.created_at < replace_unverified_before;
+                let by_username = rec::load_user(tx, UserKey::Username(&user.username))?;
+                if by_username.as_ref().is_some_and(|u| !replaceable(u)) {
                     return conflict(Conflict::UsernameTaken);
                 }
-                if rec::email_taken(tx, &user.email)? {
+                let by_email = rec::load_user(tx, UserKey::Email(&user.email))?;
+                if by_email.as_ref().is_some_and(|u| !replaceable(u)) {
                     return conflict(Conflict::EmailTaken);
                 }
                 if rec::load_user(tx, UserKey::Id(&user.id))?.is_some()
@@ -43,11 +51,20 @@ impl UserStore for EmbeddedStore {
                 {
                     return stale();
                 }
+                let mut replaced = Vec::new();
+                for old in [by_username, by_email].into_iter().flatten() {
+                    if !replaced.contains(&old.id) {
+                        // Its verification tokens go with it (ON DELETE CASCADE).
+                        rec::delete_user(tx, &old.id)?;
+                        record(tx, at, ChangeEntity::User, &old.id.to_string(), Some(&old), None)?;
+                        replaced.push(old.id);
+                    }
+                }
                 rec::insert_user(tx, &user)?;
                 rec::insert_verification(tx, &v)?;
                 record(tx, at, ChangeEntity::User, &user.id.to_string(), None, Some(&user))?;
                 record(tx, at, ChangeEntity::Verification, &v.token_hash, None, Some(&v))?;
-                Ok(())
+                Ok(replaced)
             })
             .await
     }
@@ -640,7 +657,7 @@ mod tests {
 
     async fn registered(s: &EmbeddedStore, name: &str) -> User {
         let u = user(name, &format!("{name}@example.com"));
-        s.create_user(&u, &verification(&u)).await.unwrap();
+        s.create_user(&u, &verification(&u), i64::MIN).await.unwrap();
         u
     }
 
@@ -684,7 +701,7 @@ mod tests {
         let (s, _) = store();
         let u = user("alice", "Alice@Example.com");
         let v = verification(&u);
-        s.create_user(&u, &v).await.unwrap();
+        s.create_user(&u, &v, i64::MIN).await.unwrap();
         assert_eq!(s.user_by_id(&u.id).await.unwrap().as_ref(), Some(&u));
         assert_eq!(s.user_by_username(&u.username).await.unwrap().as_ref(), Some(&u));
         assert_eq!(s.user_by_email(&Email::parse("alice@example.com").unwrap()).await.unwrap().as_ref(), Some(&u));
@@ -713,14 +730,14 @@ mod tests {
 
         // Both taken: the username is reported.
         let both = user("alice", "alice@example.com");
-        assert!(is_conflict(s.create_user(&both, &verification(&both)).await, Conflict::UsernameTaken));
+        assert!(is_conflict(s.create_user(&both, &verification(&both), i64::MIN).await, Conflict::UsernameTaken));
         // Only the username.
         let name = user("alice", "other@example.com");
-        assert!(is_conflict(s.create_user(&name, &verification(&name)).await, Conflict::UsernameTaken));
+        assert!(is_conflict(s.create_user(&name, &verification(&name), i64::MIN).await, Conflict::UsernameTaken));
         // Only the email (in another case: emails are normalised).
         let mail = user("bob", "ALICE@example.com");
         let mail_v = verification(&mail);
-        assert!(is_conflict(s.create_user(&mail, &mail_v).await, Conflict::EmailTaken));
+        assert!(is_conflict(s.create_user(&mail, &mail_v, i64::MIN).await, Conflict::EmailTaken));
 
         assert_eq!(count(&s, "users").await, 1);
         assert_eq!(count(&s, "verifications").await, 1, "no orphan token");
@@ -737,11 +754,11 @@ mod tests {
         // A token for a user that does not exist: the user row and its change
         // row are written first, then the foreign key refuses the token.
         let v = VerificationRecord { user_id: UserId::random(&OsSecureRng), ..verification(&u) };
-        assert!(matches!(s.create_user(&u, &v).await, Err(StoreError::Internal(_))));
+        assert!(matches!(s.create_user(&u, &v, i64::MIN).await, Err(StoreError::Internal(_))));
         assert_eq!(count(&s, "users").await, 0);
         assert_eq!(count(&s, "changes").await, 0);
         // And the connection is fit for the next call.
-        s.create_user(&u, &verification(&u)).await.unwrap();
+        s.create_user(&u, &verification(&u), i64::MIN).await.unwrap();
         assert_eq!(count(&s, "changes").await, 2);
     }
 
@@ -753,14 +770,14 @@ mod tests {
                 let s = s.clone();
                 tokio::spawn(async move {
                     let u = user(&format!("user{i}"), "same@example.com");
-                    s.create_user(&u, &verification(&u)).await
+                    s.create_user(&u, &verification(&u), i64::MIN).await
                 })
             })
             .collect();
         let mut ok = 0;
         for t in tasks {
             match t.await.unwrap() {
-                Ok(()) => ok += 1,
+                Ok(_) => ok += 1,
                 Err(StoreError::Conflict(Conflict::EmailTaken)) => {}
                 Err(e) => panic!("unexpected {e:?}"),
             }
@@ -776,7 +793,7 @@ mod tests {
         let (s, _) = store();
         let u = user("carol", "carol@example.com");
         let v = verification(&u);
-        s.create_user(&u, &v).await.unwrap();
+        s.create_user(&u, &v, i64::MIN).await.unwrap();
         assert!(
             is_conflict(s.consume_verification(&v, v.expires_at, &META).await, Conflict::Stale),
             "expired at expires_at"
@@ -797,7 +814,7 @@ mod tests {
         let (s, _) = store();
         let u = user("dave", "dave@example.com");
         let v = verification(&u);
-        s.create_user(&u, &v).await.unwrap();
+        s.create_user(&u, &v, i64::MIN).await.unwrap();
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let (s, h) = (s.clone(), v.clone());
@@ -889,7 +906,7 @@ mod tests {
         let mut ok = 0;
         for t in tasks {
             match t.await.unwrap() {
-                Ok(()) => ok += 1,
+                Ok(_) => ok += 1,
                 Err(StoreError::Conflict(Conflict::Stale)) => {}
                 Err(e) => panic!("unexpected {e:?}"),
             }
@@ -1103,7 +1120,7 @@ mod tests {
                 let s = s.clone();
                 tokio::spawn(async move {
                     let u = user(&format!("mix{i}"), &format!("mix{i}@example.com"));
-                    s.create_user(&u, &verification(&u)).await.unwrap();
+                    s.create_user(&u, &verification(&u), i64::MIN).await.unwrap();
                     s.record_login_failure(&u.id, T0, 10, 900, &META).await.unwrap();
                 })
             })
