@@ -128,7 +128,10 @@ pub trait ChallengeStore: Send + Sync {
     /// Stores a new challenge. With `reset_login_failures` (the password was
     /// right and the user has failed logins or an ended lock on record), the
     /// count is reset and `locked_until` cleared in the same write, which
-    /// sets the user's `meta` to the request's.
+    /// sets the user's `meta` to the request's. A lock still running at the
+    /// challenge's `created_at` (set by others' failures since the caller
+    /// read the user) is never cleared: then nothing is written and the
+    /// answer is `Conflict(Stale)`.
     async fn create_challenge(
         &self,
         challenge: &Challenge,

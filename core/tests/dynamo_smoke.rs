@@ -294,8 +294,9 @@ async fn login_failures_lock_at_the_threshold_and_never_extend_the_lock() {
     assert_eq!(after.failed_logins, 1);
     assert!(!after.is_locked(NOW + 902));
 
-    // A correct password (a new challenge) resets the count.
-    env.store.create_challenge(&challenge(&u, "h2"), true, &META).await.unwrap();
+    // A correct password (a new challenge, after the lock) resets the count.
+    let later = Challenge { created_at: NOW + 903, ..challenge(&u, "h2") };
+    env.store.create_challenge(&later, true, &META).await.unwrap();
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().failed_logins, 0);
 
     // Threshold 1 locks at once.

@@ -346,7 +346,8 @@ async fn a_device_that_finished_a_login_gets_past_a_lock_someone_else_keeps_up()
     // The lock the guessing set is left to run out, for everyone else.
     let after = w.store.user_by_id(&olga.id).await.unwrap().unwrap();
     assert_eq!(after.locked_until, olga.locked_until);
-    // The device still needs the password, and a wrong one still counts.
+    // The device still needs the password. (During the lock a wrong one
+    // changes nothing: the lock is not extended, no second mail.)
     assert!(matches!(
         w.auth.login("olga", "wrong wrong wrong".into(), Some(&device), &owner).await,
         Err(Error::InvalidCredentials)
@@ -382,11 +383,16 @@ async fn a_device_token_vouches_only_for_its_own_account_while_valid() {
     assert!(refused(w.auth.login("pia", PW.into(), Some("x.y.z.w"), &m).await));
     assert!(w.auth.login("pia", PW.into(), Some(&device), &m).await.is_ok());
 
-    // A password change ends the tokens issued before it.
+    // A password change ends the tokens issued before it, and in its second.
     w.clock.advance(1);
+    // (Locked: this login comes through the device.)
+    let c = w.auth.login("pia", PW.into(), Some(&device), &m).await.unwrap();
+    let same_second = w.auth.verify_login_code(&c.challenge_id.to_string(), &w.mail.code(), &m).await.unwrap();
+    let same_second = same_second.device_token.unwrap();
     w.auth.change_password(&pia.access_token, PW.into(), "a brand new passphrase here".into(), &m).await.unwrap();
     w.clock.advance(1);
     assert!(refused(w.auth.login("pia", "a brand new passphrase here".into(), Some(&device), &m).await));
+    assert!(refused(w.auth.login("pia", "a brand new passphrase here".into(), Some(&same_second), &m).await));
 
     // Past its lifetime, a token is ignored too.
     let policy = w.auth.policy().clone();
@@ -422,6 +428,11 @@ async fn a_device_has_a_limit_of_its_own() {
         assert!(matches!(r, Err(Error::InvalidCredentials)), "{i}: {r:?}");
         w.clock.advance(60);
     }
+    // Outside a lock a device's wrong passwords count like anyone's: the
+    // tenth locks the account and the owner is told.
+    let rosa_now = w.store.user_by_username(&latchkey_core::domain::Username::parse("rosa").unwrap()).await.unwrap();
+    assert!(rosa_now.unwrap().is_locked(w.auth.now()));
+    assert_eq!(w.mail.kinds().iter().filter(|k| **k == "account_locked").count(), 1);
     match w.auth.login("rosa", PW.into(), Some(&rosa), &meta_from("192.0.2.99")).await {
         Err(Error::RateLimited { retry_after }) => assert!((1..=3600).contains(&retry_after), "{retry_after}"),
         other => panic!("{other:?}"),

@@ -6,9 +6,13 @@
 //! step that presents a valid one for the account it names is not refused
 //! by the account's lock and is not counted against the per-identifier limit,
 //! both of which anyone who knows the username can keep exhausted; it is
-//! limited per device instead (`RateLimits::login_device`). The password and
-//! the emailed code are still required, and a wrong password is still
-//! counted towards the account's lock (the owner is told).
+//! limited per device instead (`RateLimits::login_device`, 10 an hour, also
+//! spent by a token presented for another account). The password and the
+//! emailed code are still required. Outside a lock a wrong password counts
+//! towards the account's lock like anyone's (the owner is told when it
+//! locks); during a lock it changes nothing, so someone holding a stolen
+//! token gets at most 10 guesses an hour, fewer than the lock cycle allows
+//! anyone (10 per 15 minutes).
 //!
 //! A token is `<device id>.<user id>.<issued at>.<tag>`: 128 random bits,
 //! the account, the UTC second it was issued, and an HMAC tag over them

@@ -108,7 +108,13 @@ impl Auth {
         // A device's login during a lock leaves the lock to run out: it was
         // not the owner's guessing that set it.
         let reset_failures = !locked && (user.failed_logins > 0 || user.locked_until.is_some());
-        self.ports.challenges.create_challenge(&challenge, reset_failures, meta).await?;
+        match self.ports.challenges.create_challenge(&challenge, reset_failures, meta).await {
+            Ok(()) => {}
+            // Locked by others' wrong passwords while this one was checked:
+            // refused like any login during a lock.
+            Err(StoreError::Conflict(_)) if reset_failures => return Err(Error::InvalidCredentials),
+            Err(e) => return Err(e.into()),
+        }
         self.send(&user.email, Some(user.id.to_string()), meta, self.code_job(&user, code)).await?;
         tracing::info!(user_id = %user.id, challenge_id = %id, "login code issued");
         Ok(LoginStarted {

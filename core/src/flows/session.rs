@@ -109,7 +109,9 @@ impl Auth {
         }
         tracing::info!(user_id = %c.user_id, session_id = %session.id, "session created");
         let pair = self.token_pair(&session, &secret, now)?;
-        Ok(TokenPair { device_token: Some(self.device_token(&c.user_id, now)), ..pair })
+        // Stamped with the password step's time, so a password change
+        // between the two steps ends this token too.
+        Ok(TokenPair { device_token: Some(self.device_token(&c.user_id, c.created_at)), ..pair })
     }
 
     /// Rotates a refresh token. A token that is not the session's current

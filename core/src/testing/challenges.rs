@@ -42,6 +42,22 @@ pub async fn create_challenge_reads_back_and_resets_login_failures(s: &Subject) 
     assert_eq!(s.challenges.challenge(&challenge_id()).await.expect("challenge of an unknown id"), None);
 }
 
+/// A lock set after the caller read the user (others' failures during its
+/// password check) is not cleared by the reset: nothing is written.
+pub async fn create_challenge_never_clears_a_running_lock(s: &Subject) {
+    let (user, _) = registered(s).await;
+    let locked = s.users.record_login_failure(&user.id, T0, 1, 600, &meta()).await.expect("lock");
+    assert_eq!(locked.locked_until, Some(T0 + 600));
+    let c = Challenge { created_at: T0 + 599, ..new_challenge(user.id) };
+    expect_conflict(s.challenges.create_challenge(&c, true, &meta()).await, Conflict::Stale, "reset during a lock");
+    assert_eq!(s.challenges.challenge(&c.id).await.expect("challenge"), None, "the refused challenge is readable");
+    assert_eq!(stored_user(s, &user.id).await, locked, "the lock and its count are untouched");
+    // Once it has run out, the reset clears it.
+    let c = Challenge { created_at: T0 + 600, ..new_challenge(user.id) };
+    s.challenges.create_challenge(&c, true, &meta()).await.expect("reset after the lock");
+    assert_eq!(stored_user(s, &user.id).await.locked_until, None);
+}
+
 pub async fn redeem_challenge_has_one_winner(s: &Subject) {
     let (user, challenge) = pending_challenge(s).await;
     // Two wrong codes first, so the reset of the account-wide count shows.

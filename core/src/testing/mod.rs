@@ -90,6 +90,8 @@ macro_rules! contract_suite {
             create_user_replaces_an_unverified_account_past_the_cut_off,
             create_user_replaces_two_unverified_holders_at_once,
             create_user_never_replaces_a_verified_account,
+            create_user_taking_one_name_frees_the_other,
+            concurrent_takeovers_of_one_unverified_account_both_succeed,
             set_password_hash_replaces_only_the_hash,
             consume_verification_once,
             update_replaces_meta,
@@ -100,6 +102,7 @@ macro_rules! contract_suite {
             login_failures_lock_at_threshold,
             // challenges
             create_challenge_reads_back_and_resets_login_failures,
+            create_challenge_never_clears_a_running_lock,
             redeem_challenge_has_one_winner,
             redeem_challenge_refused_at_expiry_boundary,
             redeem_challenge_refused_with_another_code,

@@ -156,6 +156,43 @@ pub async fn create_user_replaces_two_unverified_holders_at_once(s: &Subject) {
     s.users.create_user(&x, &x_v, i64::MIN).await.expect("the names the new account did not take are free");
 }
 
+/// Taking only the username of a stale unverified account frees its email
+/// too (the account is gone, its claim with it).
+pub async fn create_user_taking_one_name_frees_the_other(s: &Subject) {
+    let (old, old_v) = user_with(username(), email());
+    let old = User { created_at: T0 - DAY, ..old };
+    s.users.create_user(&old, &old_v, i64::MIN).await.expect("create_user of the old account");
+    let (new, new_v) = user_with(old.username.clone(), email());
+    assert_eq!(s.users.create_user(&new, &new_v, T0).await.expect("replace"), vec![old.id]);
+    assert_replaced(s, &new, &new_v, &[&old], "the username only").await;
+    assert_eq!(s.users.user_by_email(&old.email).await.expect("by email"), None, "the old email is unclaimed");
+    let (x, x_v) = user_with(username(), old.email.clone());
+    s.users.create_user(&x, &x_v, i64::MIN).await.expect("the old account's email is free");
+}
+
+/// Two registrations each taking one name of the same stale account at
+/// once: both succeed, and exactly one of them replaced it.
+pub async fn concurrent_takeovers_of_one_unverified_account_both_succeed(s: &Subject) {
+    let (old, old_v) = user_with(username(), email());
+    let old = User { created_at: T0 - DAY, ..old };
+    s.users.create_user(&old, &old_v, i64::MIN).await.expect("create_user of the old account");
+    let candidates = [user_with(old.username.clone(), email()), user_with(username(), old.email.clone())];
+    let results = race(2, |i| {
+        let users = s.users.clone();
+        let (user, verification) = candidates[i].clone();
+        async move { users.create_user(&user, &verification, T0).await }
+    })
+    .await;
+    let mut replaced = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        replaced.extend(r.unwrap_or_else(|e| panic!("takeover {i} of a free or stale name refused: {e:?}")));
+    }
+    assert_eq!(replaced, vec![old.id], "the stale account is replaced exactly once");
+    for (user, verification) in &candidates {
+        assert_replaced(s, user, verification, &[&old], "concurrent takeovers").await;
+    }
+}
+
 /// A verified account keeps its names whatever its age, and a registration
 /// it refuses replaces nothing (not even an unverified holder of its other
 /// name).

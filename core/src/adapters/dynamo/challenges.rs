@@ -50,7 +50,13 @@ impl ChallengeStore for DynamoStore {
             items::to_item(challenge, items::challenge_pk(&challenge.id), Some(challenge.expires_at + TTL_GRACE_SECS))?;
         let absent = "attribute_not_exists(pk)";
         if reset_login_failures {
-            let reset = self.reset_user_counter(&challenge.user_id, "failed_logins", meta_value(meta)?);
+            // Never clears a lock still running (set since the caller's read).
+            let reset = self
+                .reset_user_counter(&challenge.user_id, "failed_logins", meta_value(meta)?)
+                .condition_expression(
+                    "attribute_exists(pk) AND (attribute_not_exists(locked_until) OR locked_until <= :now)",
+                )
+                .expression_attribute_values(":now", n(challenge.created_at));
             self.transact(vec![put_item(&self.tokens, item, absent)?, update_item(reset)?]).await?;
         } else {
             self.client

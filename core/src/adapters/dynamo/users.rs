@@ -22,6 +22,10 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 /// the two conditional writes.
 const LOGIN_FAILURE_ROUNDS: u32 = 4;
 
+/// Rounds of "register, else read the holders and take over" before a
+/// registration whose names keep changing hands gives up (as taken).
+const REGISTRATION_ROUNDS: u32 = 3;
+
 /// Index of the username and email claims in `create_user`'s transaction.
 const USERNAME_CLAIM: usize = 1;
 const EMAIL_CLAIM: usize = 2;
@@ -152,6 +156,9 @@ impl DynamoStore {
     /// account holding it: that account's item and its other claims are
     /// deleted in the same transaction, each only if it is still what was
     /// read (unverified, created before the cut-off, the claim naming it).
+    /// `None`: something changed since the read (a holder verified, or
+    /// another registration took the same account over), so the caller
+    /// looks again.
     async fn replace_unverified(
         &self,
         user: &User,
@@ -159,7 +166,7 @@ impl DynamoStore {
         username_holder: Option<User>,
         email_holder: Option<User>,
         before: Timestamp,
-    ) -> StoreResult<Vec<UserId>> {
+    ) -> StoreResult<Option<Vec<UserId>>> {
         let mut tx = self.registration(
             user,
             verification,
@@ -197,17 +204,11 @@ impl DynamoStore {
         }
         let guards = tx.len();
         match self.transact(tx).await {
-            Ok(()) => Ok(replaced.into_iter().map(|u| u.id).collect()),
-            // Taken by another registration since the reads, or a replaced
-            // account verified meanwhile: the name is taken after all.
-            Err(e) if e.check_failed(USERNAME_CLAIM) => Err(StoreError::Conflict(Conflict::UsernameTaken)),
-            Err(e) if e.check_failed(EMAIL_CLAIM) => Err(StoreError::Conflict(Conflict::EmailTaken)),
-            Err(e) if (0..guards).any(|i| e.check_failed(i)) => {
-                Err(StoreError::Conflict(match replaced.iter().any(|u| u.username == user.username) {
-                    true => Conflict::UsernameTaken,
-                    false => Conflict::EmailTaken,
-                }))
-            }
+            Ok(()) => Ok(Some(replaced.into_iter().map(|u| u.id).collect())),
+            // Something changed since the read: a holder verified (it keeps
+            // its name), or taken over by another registration (gone). The
+            // caller's next read tells which.
+            Err(e) if (0..guards).any(|i| e.check_failed(i)) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -221,36 +222,45 @@ impl UserStore for DynamoStore {
         verification: &VerificationRecord,
         replace_unverified_before: Timestamp,
     ) -> StoreResult<Vec<UserId>> {
-        match self.transact(self.registration(user, verification, None, None)?).await {
-            Ok(()) => Ok(Vec::new()),
-            Err(e) if e.check_failed(USERNAME_CLAIM) || e.check_failed(EMAIL_CLAIM) => {
-                // Only a refused registration pays for these reads.
-                let username_holder = match e.check_failed(USERNAME_CLAIM) {
-                    true => Some(self.claim_holder(items::username_claim_pk(user.username.as_str())).await?),
-                    false => None,
-                };
-                let email_holder = match e.check_failed(EMAIL_CLAIM) {
-                    true => Some(self.claim_holder(items::email_claim_pk(user.email.as_str())).await?),
-                    false => None,
-                };
-                let replaceable = |h: &Option<Option<User>>| match h {
-                    None => true,
-                    Some(holder) => {
-                        holder.as_ref().is_some_and(|u| !u.verified && u.created_at < replace_unverified_before)
-                    }
-                };
-                if !replaceable(&username_holder) {
-                    return Err(StoreError::Conflict(Conflict::UsernameTaken));
-                }
-                if !replaceable(&email_holder) {
-                    return Err(StoreError::Conflict(Conflict::EmailTaken));
-                }
-                let (username_holder, email_holder) = (username_holder.flatten(), email_holder.flatten());
-                self.replace_unverified(user, verification, username_holder, email_holder, replace_unverified_before)
-                    .await
+        let mut taken = Conflict::UsernameTaken;
+        for _ in 0..REGISTRATION_ROUNDS {
+            let e = match self.transact(self.registration(user, verification, None, None)?).await {
+                Ok(()) => return Ok(Vec::new()),
+                Err(e) if e.check_failed(USERNAME_CLAIM) || e.check_failed(EMAIL_CLAIM) => e,
+                Err(e) => return Err(e.into()),
+            };
+            // Only a refused registration pays for these reads.
+            let username_holder = match e.check_failed(USERNAME_CLAIM) {
+                true => Some(self.claim_holder(items::username_claim_pk(user.username.as_str())).await?),
+                false => None,
+            };
+            let email_holder = match e.check_failed(EMAIL_CLAIM) {
+                true => Some(self.claim_holder(items::email_claim_pk(user.email.as_str())).await?),
+                false => None,
+            };
+            let held = |h: &Option<Option<User>>| match h {
+                None => Some(true),
+                // The claim or its holder went since the put failed: taken
+                // over by another registration meanwhile.
+                Some(None) => None,
+                Some(Some(u)) => Some(!u.verified && u.created_at < replace_unverified_before),
+            };
+            taken = if username_holder.is_some() { Conflict::UsernameTaken } else { Conflict::EmailTaken };
+            match (held(&username_holder), held(&email_holder)) {
+                (Some(false), _) => return Err(StoreError::Conflict(Conflict::UsernameTaken)),
+                (_, Some(false)) => return Err(StoreError::Conflict(Conflict::EmailTaken)),
+                (None, _) | (_, None) => continue,
+                (Some(true), Some(true)) => {}
             }
-            Err(e) => Err(e.into()),
+            let (username_holder, email_holder) = (username_holder.flatten(), email_holder.flatten());
+            if let Some(replaced) = self
+                .replace_unverified(user, verification, username_holder, email_holder, replace_unverified_before)
+                .await?
+            {
+                return Ok(replaced);
+            }
         }
+        Err(StoreError::Conflict(taken))
     }
 
     async fn user_by_id(&self, id: &UserId) -> StoreResult<Option<User>> {

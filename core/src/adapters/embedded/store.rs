@@ -248,6 +248,10 @@ impl ChallengeStore for EmbeddedStore {
                 if old_u.is_none() && !rec::user_exists(tx, &c.user_id)? {
                     return Err(StoreError::internal("challenge for an unknown user"));
                 }
+                if old_u.as_ref().is_some_and(|u| u.is_locked(c.created_at)) {
+                    // Locked since the caller's read: the lock stays.
+                    return stale();
+                }
                 rec::insert_challenge(tx, &c)?;
                 record(tx, at, ChangeEntity::Challenge, &c.id.to_string(), None, Some(&c))?;
                 if let Some(old_u) = old_u.filter(|u| u.failed_logins != 0 || u.locked_until.is_some()) {
