@@ -313,7 +313,18 @@ fn meta_from(ip: &str) -> RequestMeta {
 
 /// A full login (password and code) of `name` from `meta`: its tokens.
 async fn signed_in(w: &World, name: &str, meta: &RequestMeta) -> latchkey_core::flows::TokenPair {
-    let c = w.auth.login(name, PW.into(), None, meta).await.unwrap();
+    signed_in_with(w, name, PW, None, meta).await
+}
+
+/// A full login of `name` with password `pw`, presenting `device`.
+async fn signed_in_with(
+    w: &World,
+    name: &str,
+    pw: &str,
+    device: Option<&str>,
+    meta: &RequestMeta,
+) -> latchkey_core::flows::TokenPair {
+    let c = w.auth.login(name, pw.into(), device, meta).await.unwrap();
     w.auth.verify_login_code(&c.challenge_id.to_string(), &w.mail.code(), meta).await.unwrap()
 }
 
@@ -386,9 +397,7 @@ async fn a_device_token_vouches_only_for_its_own_account_while_valid() {
     // A password change ends the tokens issued before it, and in its second.
     w.clock.advance(1);
     // (Locked: this login comes through the device.)
-    let c = w.auth.login("pia", PW.into(), Some(&device), &m).await.unwrap();
-    let same_second = w.auth.verify_login_code(&c.challenge_id.to_string(), &w.mail.code(), &m).await.unwrap();
-    let same_second = same_second.device_token.unwrap();
+    let same_second = signed_in_with(&w, "pia", PW, Some(&device), &m).await.device_token.unwrap();
     w.auth.change_password(&pia.access_token, PW.into(), "a brand new passphrase here".into(), &m).await.unwrap();
     w.clock.advance(1);
     assert!(refused(w.auth.login("pia", "a brand new passphrase here".into(), Some(&device), &m).await));
@@ -397,18 +406,12 @@ async fn a_device_token_vouches_only_for_its_own_account_while_valid() {
     // Past its lifetime, a token is ignored too.
     let policy = w.auth.policy().clone();
     w.clock.advance(policy.login_lock_secs + 1);
-    let fresh = signed_in_with(&w, "pia", "a brand new passphrase here", &m).await.device_token.unwrap();
+    let fresh = signed_in_with(&w, "pia", "a brand new passphrase here", None, &m).await.device_token.unwrap();
     w.clock.advance(policy.device_token_ttl_secs - 1);
     lock("pia").await;
     assert!(w.auth.login("pia", "a brand new passphrase here".into(), Some(&fresh), &m).await.is_ok());
     w.clock.advance(1);
     assert!(refused(w.auth.login("pia", "a brand new passphrase here".into(), Some(&fresh), &m).await));
-}
-
-/// A full login of `name` with password `pw`.
-async fn signed_in_with(w: &World, name: &str, pw: &str, meta: &RequestMeta) -> latchkey_core::flows::TokenPair {
-    let c = w.auth.login(name, pw.into(), None, meta).await.unwrap();
-    w.auth.verify_login_code(&c.challenge_id.to_string(), &w.mail.code(), meta).await.unwrap()
 }
 
 /// A device's password steps have a limit of their own (10 an hour), and a
