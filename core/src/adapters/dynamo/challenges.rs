@@ -11,27 +11,34 @@ use crate::domain::{Challenge, ChallengeId, RequestMeta, Session, UserId};
 use crate::error::Conflict;
 use crate::ports::{ChallengeStore, StoreResult};
 use async_trait::async_trait;
+use aws_sdk_dynamodb::types::builders::UpdateBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, Update};
 
 impl DynamoStore {
-    /// The update that resets one of a user's counters, if the user exists,
-    /// and sets its `meta` to the request's.
-    fn reset_user_counter(
-        &self,
-        user_id: &UserId,
-        counter: &str,
-        meta: AttributeValue,
-    ) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
+    /// A right password: the count of wrong ones back to 0 and an ended
+    /// lock cleared (so the stream shows the unlock), with the request's
+    /// `meta`. Never a lock still running at `now`: one set by others'
+    /// failures since the caller read the user stays.
+    fn reset_login_failures(&self, user_id: &UserId, now: Timestamp, meta: AttributeValue) -> UpdateBuilder {
         Update::builder()
             .table_name(&self.users)
             .key(PK, s(items::user_pk(user_id)))
-            // A successful password step also clears an ended lock, so the
-            // stream shows the unlock.
-            .update_expression(if counter == "failed_logins" {
-                format!("SET {counter} = :zero, meta = :meta REMOVE locked_until")
-            } else {
-                format!("SET {counter} = :zero, meta = :meta")
-            })
+            .update_expression("SET failed_logins = :zero, meta = :meta REMOVE locked_until")
+            .condition_expression(
+                "attribute_exists(pk) AND (attribute_not_exists(locked_until) OR locked_until <= :now)",
+            )
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":meta", meta)
+    }
+
+    /// A right code: the account-wide count of wrong codes back to 0, with
+    /// the request's `meta`.
+    fn reset_otp_failures(&self, user_id: &UserId, meta: AttributeValue) -> UpdateBuilder {
+        Update::builder()
+            .table_name(&self.users)
+            .key(PK, s(items::user_pk(user_id)))
+            .update_expression("SET otp_failures = :zero, meta = :meta")
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":meta", meta)
@@ -50,13 +57,7 @@ impl ChallengeStore for DynamoStore {
             items::to_item(challenge, items::challenge_pk(&challenge.id), Some(challenge.expires_at + TTL_GRACE_SECS))?;
         let absent = "attribute_not_exists(pk)";
         if reset_login_failures {
-            // Never clears a lock still running (set since the caller's read).
-            let reset = self
-                .reset_user_counter(&challenge.user_id, "failed_logins", meta_value(meta)?)
-                .condition_expression(
-                    "attribute_exists(pk) AND (attribute_not_exists(locked_until) OR locked_until <= :now)",
-                )
-                .expression_attribute_values(":now", n(challenge.created_at));
+            let reset = self.reset_login_failures(&challenge.user_id, challenge.created_at, meta_value(meta)?);
             self.transact(vec![put_item(&self.tokens, item, absent)?, update_item(reset)?]).await?;
         } else {
             self.client
@@ -111,7 +112,7 @@ impl ChallengeStore for DynamoStore {
             .expression_attribute_values(":meta", meta.clone());
         let session_item =
             items::to_item(session, items::session_pk(&session.id), Some(session.expires_at + TTL_GRACE_SECS))?;
-        let reset = self.reset_user_counter(&session.user_id, "otp_failures", meta);
+        let reset = self.reset_otp_failures(&session.user_id, meta);
         self.transact(vec![
             update_item(redeem)?,
             put_item(&self.tokens, session_item, "attribute_not_exists(pk)")?,

@@ -3,7 +3,7 @@
 
 use super::errors::map_sdk;
 use super::items::{self, Item, PK, TTL_GRACE_SECS, n, s};
-use super::{DynamoStore, put_item, update_item};
+use super::{DynamoStore, delete_item, put_item, update_item};
 use crate::clock::Timestamp;
 use crate::domain::{Email, RequestMeta, SessionId, User, UserId, Username, VerificationRecord};
 use crate::error::Conflict;
@@ -179,27 +179,23 @@ impl DynamoStore {
                 replaced.push(old);
             }
         }
-        let delete =
-            |pk: String, condition: &str, values: Vec<(&str, AttributeValue)>| -> StoreResult<TransactWriteItem> {
-                let mut d = Delete::builder().table_name(&self.users).key(PK, s(pk)).condition_expression(condition);
-                for (k, v) in values {
-                    d = d.expression_attribute_values(k, v);
-                }
-                Ok(TransactWriteItem::builder().delete(d.build().map_err(StoreError::internal)?).build())
-            };
+        // Each only while it is what was read.
+        let delete = |pk: String, condition: &str| {
+            Delete::builder().table_name(&self.users).key(PK, s(pk)).condition_expression(condition)
+        };
         for old in &replaced {
-            tx.push(delete(
-                items::user_pk(&old.id),
-                "verified = :false AND created_at < :before",
-                vec![(":false", AttributeValue::Bool(false)), (":before", n(before))],
+            tx.push(delete_item(
+                delete(items::user_pk(&old.id), "verified = :false AND created_at < :before")
+                    .expression_attribute_values(":false", AttributeValue::Bool(false))
+                    .expression_attribute_values(":before", n(before)),
             )?);
             // Its claims that the new account's puts do not overwrite.
-            let named = || vec![(":old", s(old.id.to_string()))];
+            let named = |pk| delete(pk, "user_id = :old").expression_attribute_values(":old", s(old.id.to_string()));
             if old.username != user.username {
-                tx.push(delete(items::username_claim_pk(old.username.as_str()), "user_id = :old", named())?);
+                tx.push(delete_item(named(items::username_claim_pk(old.username.as_str())))?);
             }
             if old.email != user.email {
-                tx.push(delete(items::email_claim_pk(old.email.as_str()), "user_id = :old", named())?);
+                tx.push(delete_item(named(items::email_claim_pk(old.email.as_str())))?);
             }
         }
         let guards = tx.len();
@@ -229,15 +225,18 @@ impl UserStore for DynamoStore {
                 Err(e) if e.check_failed(USERNAME_CLAIM) || e.check_failed(EMAIL_CLAIM) => e,
                 Err(e) => return Err(e.into()),
             };
-            // Only a refused registration pays for these reads.
-            let username_holder = match e.check_failed(USERNAME_CLAIM) {
-                true => Some(self.claim_holder(items::username_claim_pk(user.username.as_str())).await?),
-                false => None,
+            // Only a refused registration pays for these reads (both names'
+            // at once).
+            let holder = |failed: bool, pk: String| async move {
+                match failed {
+                    true => self.claim_holder(pk).await.map(Some),
+                    false => Ok(None),
+                }
             };
-            let email_holder = match e.check_failed(EMAIL_CLAIM) {
-                true => Some(self.claim_holder(items::email_claim_pk(user.email.as_str())).await?),
-                false => None,
-            };
+            let (username_holder, email_holder) = tokio::try_join!(
+                holder(e.check_failed(USERNAME_CLAIM), items::username_claim_pk(user.username.as_str())),
+                holder(e.check_failed(EMAIL_CLAIM), items::email_claim_pk(user.email.as_str())),
+            )?;
             let held = |h: &Option<Option<User>>| match h {
                 None => Some(true),
                 // The claim or its holder went since the put failed: taken
