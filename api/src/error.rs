@@ -48,6 +48,7 @@ impl From<Error> for ApiError {
             Error::VerificationInvalid => simple(S::BAD_REQUEST, "verification_token_invalid", &e),
             Error::VerificationExpired => simple(S::BAD_REQUEST, "verification_token_expired", &e),
             Error::VerificationUsed => simple(S::BAD_REQUEST, "verification_token_used", &e),
+            Error::ResetLinkInvalid => simple(S::BAD_REQUEST, "reset_link_invalid", &e),
             Error::ChallengeNotFound => simple(S::UNAUTHORIZED, "challenge_invalid", &e),
             Error::OtpInvalid { attempts_left } => {
                 let mut r = simple(S::UNAUTHORIZED, "otp_invalid", &e);

@@ -106,6 +106,11 @@ pub struct Policy {
     /// How long a device token (a browser or app that finished a login)
     /// lets its holder past the account lock and the per-identifier limit.
     pub device_token_ttl_secs: i64,
+    /// How long a password reset link works (it also ends at its first use
+    /// and at any password change).
+    pub password_reset_ttl_secs: i64,
+    /// Reset links mailed to one address per hour, at most.
+    pub password_reset_per_hour: u32,
     pub limits: RateLimits,
 }
 
@@ -130,6 +135,8 @@ impl Default for Policy {
             access_ttl_secs: 600,
             refresh_ttl_secs: 30 * 24 * 3600,
             device_token_ttl_secs: 90 * 24 * 3600,
+            password_reset_ttl_secs: 3600,
+            password_reset_per_hour: 3,
             limits: RateLimits::default(),
         }
     }

@@ -18,6 +18,10 @@ pub enum Error {
     VerificationExpired,
     #[error("the verification link has already been used")]
     VerificationUsed,
+    /// A password reset link that is forged, expired, already used, or
+    /// made before the password last changed: one answer for all.
+    #[error("the password reset link is not valid: it may have expired or been used already")]
+    ResetLinkInvalid,
     #[error("unknown or finished login challenge")]
     ChallengeNotFound,
     #[error("wrong code")]

@@ -92,6 +92,23 @@ pub trait UserStore: Send + Sync {
         meta: &RequestMeta,
     ) -> StoreResult<()>;
 
+    /// A password reset through a mailed link: sets the user's
+    /// `password_hash` to `phc`, its `sessions_valid_after` and
+    /// `password_reset_at` to `now` (every session of the user ends), ends a
+    /// lock (`locked_until` absent, `failed_logins` 0: the wrong passwords
+    /// were tried against a password that is gone) and sets its `meta`, only if the user exists and its `password_hash` is still
+    /// `expected_phc`, the hash the link was made for; `Conflict(Stale)`
+    /// otherwise. That condition makes a link single use: of two resets
+    /// with one link, exactly one succeeds.
+    async fn reset_password(
+        &self,
+        id: &UserId,
+        expected_phc: &str,
+        phc: &str,
+        now: Timestamp,
+        meta: &RequestMeta,
+    ) -> StoreResult<()>;
+
     /// Stores another verification token for an unverified user and sets
     /// `verification_sent_at = now`, only if the user is unverified and the
     /// last send was at or before `now - cooldown_secs`; otherwise

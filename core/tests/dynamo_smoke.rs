@@ -100,6 +100,7 @@ fn user(name: &str, email: &str) -> (User, VerificationRecord) {
         otp_failures: 0,
         verification_sent_at: Some(NOW),
         sessions_valid_after: None,
+        password_reset_at: None,
         meta: RequestMeta { request_id: Some("req-1".into()), ip: Some("203.0.113.7".into()), user_agent: None },
     };
     let token = VerificationRecord {

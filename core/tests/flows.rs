@@ -58,6 +58,15 @@ impl Mailbox {
             other => panic!("not a verification mail: {}", other.kind()),
         }
     }
+    fn reset_token(&self) -> String {
+        match self.last().job {
+            MailJob::PasswordReset { token, .. } => token.expose().clone(),
+            other => panic!("not a reset mail: {}", other.kind()),
+        }
+    }
+    fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
 }
 
 struct World {
@@ -490,4 +499,148 @@ async fn an_unverified_account_holds_its_names_for_seven_days_only() {
     w.clock.set(T0 + 100 * 86_400);
     w.auth.register("another", "owner@example.com", PW.into(), &m).await.unwrap();
     assert_eq!(w.mail.last().job.kind(), "signup_attempt");
+}
+
+const NEW_PW: &str = "a brand new passphrase for winter";
+
+/// The link sets a new password once; every session ends, the old password
+/// stops working and the owner is told.
+#[tokio::test]
+async fn a_reset_link_sets_a_new_password_once_and_ends_every_session() {
+    let w = world(RateLimits::relaxed());
+    let email = verified(&w, "rita").await;
+    let before = signed_in(&w, "rita", &meta()).await;
+    w.clock.set(T0 + 10);
+    w.auth.request_password_reset(&email, &meta()).await.unwrap();
+    let MailJob::PasswordReset { expires_minutes, .. } = w.mail.last().job else { panic!("no reset mail") };
+    assert_eq!(expires_minutes, 60);
+    let token = w.mail.reset_token();
+    w.auth.reset_password(&token, NEW_PW.into(), &meta()).await.unwrap();
+    match w.mail.last().job {
+        MailJob::PasswordChanged { by_reset, at, .. } => assert_eq!((by_reset, at), (true, T0 + 10)),
+        other => panic!("the owner is not told: {}", other.kind()),
+    }
+    assert!(
+        matches!(
+            w.auth.reset_password(&token, "yet another fine passphrase".into(), &meta()).await,
+            Err(Error::ResetLinkInvalid)
+        ),
+        "a second use"
+    );
+    assert!(
+        matches!(w.auth.refresh(&before.refresh_token, &meta()).await, Err(Error::InvalidRefreshToken)),
+        "the old session lives"
+    );
+    assert!(matches!(w.auth.me(&before.access_token).await, Err(Error::Unauthorized)), "the old access token works");
+    assert!(matches!(w.auth.login("rita", PW.into(), None, &meta()).await, Err(Error::InvalidCredentials)));
+    w.clock.set(T0 + 11);
+    signed_in_with(&w, "rita", NEW_PW, None, &meta()).await;
+}
+
+/// A link works for one hour, only for the account and password hash it was
+/// made for, and not once tampered with.
+#[tokio::test]
+async fn a_reset_link_lives_one_hour_and_dies_with_any_password_change() {
+    let w = world(RateLimits::relaxed());
+    let email = verified(&w, "rita").await;
+    let other = verified(&w, "oscar").await;
+    w.auth.request_password_reset(&email, &meta()).await.unwrap();
+    let expired = w.mail.reset_token();
+    w.clock.set(T0 + 3600);
+    assert!(
+        matches!(w.auth.reset_password(&expired, NEW_PW.into(), &meta()).await, Err(Error::ResetLinkInvalid)),
+        "at one hour"
+    );
+
+    w.auth.request_password_reset(&email, &meta()).await.unwrap();
+    let first = w.mail.reset_token();
+    w.auth.request_password_reset(&email, &meta()).await.unwrap();
+    let second = w.mail.reset_token();
+    assert_ne!(first, second);
+    w.auth.request_password_reset(&other, &meta()).await.unwrap();
+    let oscars = w.mail.reset_token();
+    // Another account's id under this link's tag, a changed time, a changed
+    // tag, an unknown shape: all refused, and the password stays.
+    let parts: Vec<&str> = first.split('.').collect();
+    let oscar_id = oscars.split('.').nth(1).unwrap();
+    for forged in [
+        format!("{}.{}.{}.{}", parts[0], oscar_id, parts[2], parts[3]),
+        format!("{}.{}.{}.{}", parts[0], parts[1], T0 + 3601, parts[3]),
+        format!("{}.{}.{}.{}0", parts[0], parts[1], parts[2], &parts[3][1..]),
+        format!("{first}.x"),
+        String::new(),
+        "not a token".into(),
+    ] {
+        assert!(
+            matches!(w.auth.reset_password(&forged, NEW_PW.into(), &meta()).await, Err(Error::ResetLinkInvalid)),
+            "{forged}"
+        );
+    }
+    w.clock.set(T0 + 3600 + 3599);
+    w.auth.reset_password(&first, NEW_PW.into(), &meta()).await.expect("the last second of its hour");
+    assert!(
+        matches!(
+            w.auth.reset_password(&second, "yet another fine passphrase".into(), &meta()).await,
+            Err(Error::ResetLinkInvalid)
+        ),
+        "an earlier link after a reset"
+    );
+    // Oscar's own link still works until oscar changes his password.
+    let pair = signed_in(&w, "oscar", &meta()).await;
+    w.auth
+        .change_password(&pair.access_token, PW.into(), "thunder kettle meadow lantern".into(), &meta())
+        .await
+        .unwrap();
+    assert!(
+        matches!(w.auth.reset_password(&oscars, NEW_PW.into(), &meta()).await, Err(Error::ResetLinkInvalid)),
+        "a link made before a password change"
+    );
+}
+
+/// Asking answers the same for every address; only a verified account is
+/// mailed. A malformed address is named.
+#[tokio::test]
+async fn only_a_verified_account_is_mailed_a_reset_link() {
+    let w = world(RateLimits::relaxed());
+    w.auth.register("una", "una@example.com", PW.into(), &meta()).await.unwrap();
+    let mails = w.mail.count();
+    w.auth.request_password_reset("una@example.com", &meta()).await.expect("an unverified account");
+    w.auth.request_password_reset("nobody@example.com", &meta()).await.expect("an unknown address");
+    assert_eq!(w.mail.count(), mails, "mail sent");
+    let err = w.auth.request_password_reset("not an address", &meta()).await.unwrap_err();
+    assert!(matches!(err, Error::Validation { field: "email", .. }), "{err:?}");
+}
+
+/// A refused new password is named and leaves the link usable; a reset
+/// ends a lock someone else set, so the owner signs in at once.
+#[tokio::test]
+async fn a_reset_checks_the_new_password_and_ends_a_running_lock() {
+    let w = world(RateLimits::relaxed());
+    let email = verified(&w, "rita").await;
+    for _ in 0..10 {
+        let _ = w.auth.login("rita", "wrong wrong wrong".into(), None, &meta_from("198.51.100.9")).await;
+    }
+    assert_eq!(w.mail.last().job.kind(), "account_locked");
+    w.auth.request_password_reset(&email, &meta()).await.unwrap();
+    let token = w.mail.reset_token();
+    for weak in ["short", "rita@example.com rita", "password12345"] {
+        let err = w.auth.reset_password(&token, weak.into(), &meta()).await.unwrap_err();
+        assert!(matches!(err, Error::Validation { field: "new_password", .. }), "{weak}: {err:?}");
+    }
+    w.auth.reset_password(&token, NEW_PW.into(), &meta()).await.unwrap();
+    w.clock.set(T0 + 1);
+    signed_in_with(&w, "rita", NEW_PW, None, &meta()).await;
+}
+
+/// Reset links to one address: 3 an hour.
+#[tokio::test]
+async fn reset_links_are_limited_per_address() {
+    let w = world(RateLimits::default());
+    let email = verified(&w, "rita").await;
+    for _ in 0..3 {
+        w.auth.request_password_reset(&email, &meta()).await.unwrap();
+    }
+    let err = w.auth.request_password_reset(&email, &meta_from("198.51.100.7")).await.unwrap_err();
+    assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
+    assert_eq!(w.mail.kinds().iter().filter(|k| **k == "password_reset").count(), 3);
 }

@@ -19,6 +19,7 @@ macro_rules! e2e_suite {
             bad_inputs => |s| $crate::scenarios::bad_inputs(s),
             headers_everywhere => |s| $crate::scenarios::headers_everywhere(s),
             jwks_verifies_tokens => |s| $crate::scenarios::jwks_verifies_tokens(s),
+            password_reset_by_mail => |s| $crate::scenarios::password_reset_by_mail(s),
         );
     };
     (@tests $make:expr; $($name:ident => |$s:ident| $body:expr),* $(,)?) => {

@@ -376,3 +376,51 @@ pub async fn jwks_verifies_tokens(sys: &TestSystem) {
     assert_eq!(header["alg"], "EdDSA");
     assert_eq!(header["kid"], key["kid"]);
 }
+
+/// A forgotten password: the mailed link sets a new one once, every session
+/// ends, the old password stops working, and the owner is told. Asking for
+/// an unknown address answers the same and mails nothing.
+pub async fn password_reset_by_mail(sys: &TestSystem) {
+    const NEW: &str = "velvet orbit harbor lantern";
+    let (username, email) = verified_user(sys).await;
+    let tokens = sign_in(sys, &username, &email).await;
+    let refresh = tokens["refresh_token"].as_str().expect("refresh").to_string();
+
+    let unknown = format!("nobody-{}@example.com", unique().0);
+    let (st_unknown, body_unknown, _) = sys.post("/v1/password/forgot", json!({ "email": unknown })).await;
+    let before = sys.mails_to(&email).await.len();
+    let (st, body, h) = sys.post("/v1/password/forgot", json!({ "email": email.to_uppercase() })).await;
+    assert_eq!((st, &body), (st_unknown, &body_unknown), "a known address answers differently");
+    assert_eq!((st, h["cache-control"].to_str().ok()), (202, Some("no-store")), "{body}");
+    let mail = sys.wait_mail(&email, before + 1).await;
+    assert_eq!(mail.kind, "password_reset");
+    let link = mail.link().expect("link");
+    assert!(link.starts_with("http://127.0.0.1:3000/password/reset?token="), "{link}");
+    let token = token_from_link(&link);
+
+    // The link's page only shows a form.
+    let landing = sys.http.get(sys.url(&format!("/password/reset?token={token}"))).send().await.expect("landing");
+    assert_eq!(landing.status(), 200);
+    assert!(landing.text().await.expect("html").contains("name=\"new_password\""));
+
+    let (st, body, _) = sys.post("/v1/password/reset", json!({ "token": token, "new_password": "short" })).await;
+    assert_eq!(
+        (st, body["error"].as_str(), body["field"].as_str()),
+        (400, Some("invalid_request"), Some("new_password"))
+    );
+    let (st, body, _) = sys.post("/v1/password/reset", json!({ "token": token, "new_password": NEW })).await;
+    assert_eq!(st, 204, "{body}");
+    let (st, body, _) = sys.post("/v1/password/reset", json!({ "token": token, "new_password": NEW })).await;
+    assert_eq!((st, body["error"].as_str()), (400, Some("reset_link_invalid")), "a second use");
+    let told = sys.wait_mail(&email, before + 2).await;
+    assert_eq!(told.kind, "password_changed");
+    assert!(told.text.contains("reset link"), "{}", told.text);
+
+    let (st, _, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": refresh })).await;
+    assert_eq!(st, 401, "a session from before the reset lives on");
+    let (st, body, _) = sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD})).await;
+    assert_eq!((st, body["error"].as_str()), (401, Some("invalid_credentials")), "the old password works");
+    let (st, body, _) = sys.post("/v1/login", json!({"identifier": username, "password": NEW})).await;
+    assert_eq!(st, 202, "{body}");
+    assert_eq!(sys.mails_to(&unknown).await.len(), 0, "an unknown address got mail");
+}

@@ -20,6 +20,7 @@ pub mod dashboard;
 pub mod login;
 pub mod otp;
 pub mod render;
+pub mod reset;
 pub mod visitor;
 
 use axum::http::{HeaderValue, header};

@@ -14,6 +14,8 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("register.html", include_str!("templates/register.html")),
     ("check_mail.html", include_str!("templates/check_mail.html")),
     ("verify.html", include_str!("templates/verify.html")),
+    ("forgot.html", include_str!("templates/forgot.html")),
+    ("reset.html", include_str!("templates/reset.html")),
     ("login.html", include_str!("templates/login.html")),
     ("code.html", include_str!("templates/code.html")),
     ("dashboard.html", include_str!("templates/dashboard.html")),

@@ -168,6 +168,36 @@ pub async fn change_password(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Mails a password reset link if the address has a verified account;
+/// answers the same either way.
+pub async fn forgot_password(
+    State(s): State<AppState>,
+    Meta(meta): Meta,
+    JsonBody(r): JsonBody<EmailReq>,
+) -> Result<Response, ApiError> {
+    let email = required(r.email, "email")?;
+    s.auth.request_password_reset(&email, &meta).await?;
+    Ok(accepted("If the address belongs to a verified account, a link to choose a new password is on its way."))
+}
+
+#[derive(Deserialize)]
+pub struct ResetReq {
+    token: Option<String>,
+    new_password: Option<String>,
+}
+
+/// Sets a new password with a reset link's token; every session ends.
+pub async fn reset_password(
+    State(s): State<AppState>,
+    Meta(meta): Meta,
+    JsonBody(r): JsonBody<ResetReq>,
+) -> Result<Response, ApiError> {
+    let token = required(r.token, "token")?;
+    let new = required(r.new_password, "new_password")?;
+    s.auth.reset_password(&token, new, &meta).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 pub async fn me(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let p = s.auth.me(access_token(&headers)?).await?;
     Ok(Json(json!({

@@ -89,15 +89,26 @@ pub fn audit_events(change: &SourceChange, policy: &AuditPolicy) -> Vec<AuditEve
         Images::User(old, new) => match (old, new) {
             (None, Some(n)) => out.push(n.id, T::UserRegistered, Outcome::Success, None, None, &n.meta),
             (Some(o), Some(n)) => {
+                let reset = n.password_reset_at.filter(|_| n.password_reset_at != o.password_reset_at);
                 if !o.verified && n.verified {
                     out.push(n.id, T::EmailVerified, Outcome::Success, None, None, &n.meta);
                 }
                 if n.locked_until.is_some() && n.locked_until != o.locked_until {
                     out.push(n.id, T::AccountLocked, Outcome::Failure, Some("too_many_failures"), None, &n.meta);
-                } else if o.locked_until.is_some() && n.locked_until.is_none() {
-                    out.push(n.id, T::AccountUnlocked, Outcome::Expired, Some("lock_ended"), None, &n.meta);
+                } else if let (Some(until), None) = (o.locked_until, n.locked_until) {
+                    match reset {
+                        // A reset ends a running lock; one long over is
+                        // just tidied away.
+                        Some(at) if until > at => {
+                            out.push(n.id, T::AccountUnlocked, Outcome::Success, Some("password_reset"), None, &n.meta)
+                        }
+                        Some(_) => {}
+                        None => out.push(n.id, T::AccountUnlocked, Outcome::Expired, Some("lock_ended"), None, &n.meta),
+                    }
                 }
-                if n.sessions_valid_after.is_some() && n.sessions_valid_after != o.sessions_valid_after {
+                if reset.is_some() {
+                    out.push(n.id, T::PasswordReset, Outcome::Success, Some("all_sessions_ended"), None, &n.meta);
+                } else if n.sessions_valid_after.is_some() && n.sessions_valid_after != o.sessions_valid_after {
                     out.push(n.id, T::PasswordChanged, Outcome::Success, Some("other_sessions_ended"), None, &n.meta);
                 }
             }
@@ -277,6 +288,7 @@ mod tests {
             otp_failures: 0,
             verification_sent_at: Some(T0),
             sessions_valid_after: None,
+            password_reset_at: None,
             meta: meta(),
         }
     }
@@ -321,7 +333,34 @@ mod tests {
         let rehash = User { password_hash: "other".into(), ..u.clone() };
         assert!(kinds(&change(Images::User(Some(u.clone()), Some(rehash)), false)).is_empty(), "a rehash");
         let changed = User { password_hash: "other".into(), sessions_valid_after: Some(T0 + 9), ..u.clone() };
-        assert_eq!(kinds(&change(Images::User(Some(u.clone()), Some(changed)), false)), [T::PasswordChanged]);
+        assert_eq!(kinds(&change(Images::User(Some(u.clone()), Some(changed.clone())), false)), [T::PasswordChanged]);
+        let reset = User { password_reset_at: Some(T0 + 20), sessions_valid_after: Some(T0 + 20), ..changed.clone() };
+        let evs =
+            audit_events(&change(Images::User(Some(changed.clone()), Some(reset)), false), &AuditPolicy::default());
+        assert_eq!(
+            evs.iter().map(|e| (e.event, e.reason.as_deref())).collect::<Vec<_>>(),
+            [(T::PasswordReset, Some("all_sessions_ended"))],
+            "a reset, not also a change"
+        );
+        let locked = User { locked_until: Some(T0 + 100), failed_logins: 0, ..changed.clone() };
+        let reset = User { password_reset_at: Some(T0 + 50), locked_until: None, ..locked.clone() };
+        assert_eq!(
+            audit_events(&change(Images::User(Some(locked), Some(reset.clone())), false), &AuditPolicy::default())
+                .iter()
+                .map(|e| (e.event, e.outcome, e.reason.as_deref()))
+                .collect::<Vec<_>>(),
+            [
+                (T::AccountUnlocked, Outcome::Success, Some("password_reset")),
+                (T::PasswordReset, Outcome::Success, Some("all_sessions_ended"))
+            ],
+            "a reset during a lock ends it"
+        );
+        let lock_over = User { locked_until: Some(T0 + 10), ..changed.clone() };
+        assert_eq!(
+            kinds(&change(Images::User(Some(lock_over), Some(reset)), false)),
+            [T::PasswordReset],
+            "a lock long over is not ended again"
+        );
         let replaced = audit_events(&change(Images::User(Some(u.clone()), None), false), &AuditPolicy::default());
         assert_eq!(replaced.len(), 1);
         let e = &replaced[0];

@@ -43,6 +43,8 @@ pub enum AuditEventType {
     AccountLocked,
     AccountUnlocked,
     PasswordChanged,
+    /// A password set through a mailed reset link: every session ended.
+    PasswordReset,
     /// An account nobody verified, deleted when a registration took its
     /// username or email after its hold ran out.
     UnverifiedAccountReplaced,
@@ -73,6 +75,7 @@ impl AuditEventType {
         AuditEventType::AccountLocked,
         AuditEventType::AccountUnlocked,
         AuditEventType::PasswordChanged,
+        AuditEventType::PasswordReset,
         AuditEventType::UnverifiedAccountReplaced,
         AuditEventType::SessionCreated,
         AuditEventType::SessionRefreshed,
@@ -101,6 +104,7 @@ impl AuditEventType {
             AuditEventType::AccountLocked => "account_locked",
             AuditEventType::AccountUnlocked => "account_unlocked",
             AuditEventType::PasswordChanged => "password_changed",
+            AuditEventType::PasswordReset => "password_reset",
             AuditEventType::UnverifiedAccountReplaced => "unverified_account_replaced",
             AuditEventType::SessionCreated => "session_created",
             AuditEventType::SessionRefreshed => "session_refreshed",

@@ -40,6 +40,11 @@ pub struct User {
     /// dead (all but the one that made the change). Absent until then.
     #[serde(default)]
     pub sessions_valid_after: Option<Timestamp>,
+    /// Set by a password reset through a mailed link (which also sets
+    /// `sessions_valid_after`): tells a reset from a change in the audit
+    /// trail. Absent until the first reset.
+    #[serde(default)]
+    pub password_reset_at: Option<Timestamp>,
     pub meta: RequestMeta,
 }
 

@@ -8,6 +8,7 @@ mod otp;
 mod password;
 mod rate_limit;
 mod register;
+mod reset;
 mod session;
 mod tokens;
 mod verify_email;

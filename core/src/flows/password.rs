@@ -50,7 +50,7 @@ impl Auth {
             Err(e) => return Err(e.into()),
         }
         tracing::info!(user_id = %uid, session_id = %sid, "password changed; other sessions ended");
-        let notice = MailJob::PasswordChanged { username: user.username.to_string(), at: now };
+        let notice = MailJob::PasswordChanged { username: user.username.to_string(), at: now, by_reset: false };
         self.notify(&user.email, Some(uid.to_string()), meta, notice).await;
         Ok(())
     }

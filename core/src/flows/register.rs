@@ -43,6 +43,7 @@ impl Auth {
             otp_failures: 0,
             verification_sent_at: Some(now),
             sessions_valid_after: None,
+            password_reset_at: None,
             meta: meta.clone(),
         };
         let token = random_token(rng);

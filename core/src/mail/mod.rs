@@ -48,8 +48,17 @@ pub enum MailJob {
     SignupAttempt {},
     /// Too many wrong passwords: the account is locked for a while.
     AccountLocked { username: String, locked_until: Timestamp },
-    /// The password was changed and the other sessions ended.
-    PasswordChanged { username: String, at: Timestamp },
+    /// The password was changed and the other sessions ended; or, when
+    /// `by_reset`, it was set through a reset link and every session ended.
+    PasswordChanged {
+        username: String,
+        at: Timestamp,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        by_reset: bool,
+    },
+    /// A link to choose a new password (the account's owner asked for it,
+    /// or someone who knows the address did).
+    PasswordReset { username: String, token: Secret<String>, expires_minutes: u32 },
 }
 
 impl MailJob {
@@ -62,6 +71,7 @@ impl MailJob {
             MailJob::SignupAttempt {} => "signup_attempt",
             MailJob::AccountLocked { .. } => "account_locked",
             MailJob::PasswordChanged { .. } => "password_changed",
+            MailJob::PasswordReset { .. } => "password_reset",
         }
     }
 }

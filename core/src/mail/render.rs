@@ -53,7 +53,8 @@ impl Renderer {
             "standalone_code",
             "signup_attempt",
             "account_locked",
-            "password_changed"
+            "password_changed",
+            "password_reset"
         );
         Ok(Renderer {
             env,
@@ -96,12 +97,20 @@ impl Renderer {
                     format!("locked until {until}"),
                 )
             }
-            MailJob::PasswordChanged { username, at } => {
+            MailJob::PasswordChanged { username, at, by_reset } => {
                 let at = crate::clock::rfc3339(*at);
                 (
                     format!("Your {} password was changed", self.product),
-                    context! { username, at },
+                    context! { username, at, by_reset },
                     format!("password changed at {at}"),
+                )
+            }
+            MailJob::PasswordReset { username, token, expires_minutes } => {
+                let link = format!("{base}/password/reset?token={}", token.expose());
+                (
+                    format!("Choose a new {} password", self.product),
+                    context! { username, link, expires_minutes },
+                    link.clone(),
                 )
             }
         };
@@ -132,7 +141,13 @@ mod tests {
             MailJob::StandaloneCode { code: Secret::new("999999".into()), expires_minutes: 10 },
             MailJob::SignupAttempt {},
             MailJob::AccountLocked { username: "alice".into(), locked_until: 0 },
-            MailJob::PasswordChanged { username: "alice".into(), at: 0 },
+            MailJob::PasswordChanged { username: "alice".into(), at: 0, by_reset: false },
+            MailJob::PasswordChanged { username: "alice".into(), at: 0, by_reset: true },
+            MailJob::PasswordReset {
+                username: "<alice>".into(),
+                token: Secret::new("tok".into()),
+                expires_minutes: 60,
+            },
         ];
         for job in jobs {
             let m = r.render(&MailEnvelope::new("id".into(), &to, 0, None, None, job.clone())).unwrap();
@@ -143,6 +158,16 @@ mod tests {
                     assert!(m.html.contains("&lt;alice&gt;"), "html escapes user data");
                 }
                 MailJob::LoginCode { .. } => assert!(m.text.contains("012345")),
+                MailJob::PasswordReset { .. } => {
+                    assert!(m.text.contains("https://auth.example.com/password/reset?token=tok"));
+                    assert!(m.html.contains("reset?token=tok"), "{}", m.html);
+                    assert!(m.html.contains("&lt;alice&gt;"), "html escapes user data");
+                    assert_eq!(m.hint, "https://auth.example.com/password/reset?token=tok");
+                }
+                MailJob::PasswordChanged { by_reset, .. } => {
+                    assert_eq!(m.text.contains("reset link"), by_reset, "{}", m.text);
+                    assert_eq!(m.text.contains("every other session"), !by_reset, "{}", m.text);
+                }
                 _ => {}
             }
         }

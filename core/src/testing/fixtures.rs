@@ -76,6 +76,7 @@ pub(super) fn user_with(username: Username, email: Email) -> (User, Verification
         otp_failures: 0,
         verification_sent_at: Some(T0),
         sessions_valid_after: None,
+        password_reset_at: None,
         meta: meta(),
     };
     let verification = verification_for(user.id, T0);

@@ -286,6 +286,64 @@ pub async fn set_password_hash_replaces_only_the_hash(s: &Subject) {
     assert_eq!(stored_user(s, &user.id).await, User { password_hash: phc.into(), meta: m, ..user });
 }
 
+/// A reset sets the hash, `sessions_valid_after` and `password_reset_at`
+/// and ends a lock, only while the hash is the one the link was made for:
+/// a second reset with the same expected hash is refused and writes
+/// nothing, as is one for an unknown user.
+pub async fn reset_password_only_replaces_the_expected_hash(s: &Subject) {
+    let (user, _) = registered(s).await;
+    let locked = s.users.record_login_failure(&user.id, T0, 1, 900, &meta()).await.expect("lock");
+    assert!(locked.is_locked(T0 + 1));
+    let phc = "$argon2id$v=19$m=19456,t=2,p=1$cmVzZXRzYWx0cmVzZXQ$reset";
+    let m = meta();
+    expect_conflict(
+        s.users.reset_password(&user.id, "$argon2id$not-the-stored-hash", phc, T0 + 5, &m).await,
+        Conflict::Stale,
+        "a reset made for another hash",
+    );
+    assert_eq!(stored_user(s, &user.id).await, locked, "a refused reset wrote the user");
+    expect_conflict(
+        s.users.reset_password(&user_id(), &user.password_hash, phc, T0 + 5, &m).await,
+        Conflict::Stale,
+        "a reset of an unknown user",
+    );
+
+    s.users.reset_password(&user.id, &user.password_hash, phc, T0 + 5, &m).await.expect("reset_password");
+    let after = stored_user(s, &user.id).await;
+    let expected = User {
+        password_hash: phc.into(),
+        sessions_valid_after: Some(T0 + 5),
+        password_reset_at: Some(T0 + 5),
+        locked_until: None,
+        failed_logins: 0,
+        meta: m.clone(),
+        ..locked
+    };
+    assert_eq!(after, expected);
+    expect_conflict(
+        s.users.reset_password(&user.id, &user.password_hash, "$argon2id$second", T0 + 6, &meta()).await,
+        Conflict::Stale,
+        "a second reset with the same link",
+    );
+    assert_eq!(stored_user(s, &user.id).await, after, "a refused second reset wrote the user");
+}
+
+/// Of concurrent resets made for one hash, exactly one succeeds.
+pub async fn reset_password_has_one_winner(s: &Subject) {
+    let (user, _) = registered(s).await;
+    let results = race(REGISTRATION_RACERS, |i| {
+        let users = s.users.clone();
+        let (id, expected) = (user.id, user.password_hash.clone());
+        async move { users.reset_password(&id, &expected, &format!("$argon2id$racer{i}"), T0 + 10, &meta()).await }
+    })
+    .await;
+    let (winner, (), losers) = single_winner(results, "concurrent resets with one link");
+    for (i, r) in losers {
+        expect_conflict(r, Conflict::Stale, &format!("racer {i} resetting with a used link"));
+    }
+    assert_eq!(stored_user(s, &user.id).await.password_hash, format!("$argon2id$racer{winner}"));
+}
+
 pub async fn consume_verification_once(s: &Subject) {
     let (user, verification) = registered(s).await;
     let now = T0 + 10;

@@ -380,6 +380,34 @@ impl UserStore for DynamoStore {
         Ok(())
     }
 
+    async fn reset_password(
+        &self,
+        id: &UserId,
+        expected_phc: &str,
+        phc: &str,
+        now: Timestamp,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
+        self.client
+            .update_item()
+            .table_name(&self.users)
+            .key(PK, s(items::user_pk(id)))
+            .update_expression(
+                "SET password_hash = :h, sessions_valid_after = :now, password_reset_at = :now, \
+                 failed_logins = :zero, meta = :meta REMOVE locked_until",
+            )
+            .expression_attribute_values(":zero", n(0))
+            .condition_expression("attribute_exists(pk) AND password_hash = :expected")
+            .expression_attribute_values(":h", s(phc))
+            .expression_attribute_values(":expected", s(expected_phc))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":meta", meta_value(meta)?)
+            .send()
+            .await
+            .map_err(map_sdk)?;
+        Ok(())
+    }
+
     async fn add_verification(
         &self,
         verification: &VerificationRecord,

@@ -347,6 +347,7 @@ mod tests {
             otp_failures: 0,
             verification_sent_at: Some(T0),
             sessions_valid_after: None,
+            password_reset_at: None,
             meta: RequestMeta { request_id: Some("r1".into()), ip: Some("203.0.113.7".into()), user_agent: None },
         };
         let v = VerificationRecord {

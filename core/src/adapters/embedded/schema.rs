@@ -139,6 +139,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE users ADD COLUMN sessions_valid_after INTEGER;
     ALTER TABLE sessions ADD COLUMN valid_from INTEGER;
     "#,
+    // 5: a password reset through a mailed link.
+    r#"
+    ALTER TABLE users ADD COLUMN password_reset_at INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

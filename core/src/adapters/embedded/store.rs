@@ -164,6 +164,36 @@ impl UserStore for EmbeddedStore {
             .await
     }
 
+    async fn reset_password(
+        &self,
+        id: &UserId,
+        expected_phc: &str,
+        phc: &str,
+        now: Timestamp,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
+        let (id, expected, phc, meta, at) =
+            (*id, expected_phc.to_string(), phc.to_string(), meta.clone(), self.db().now());
+        self.db()
+            .tx(move |tx| {
+                let Some(old) = rec::load_user(tx, UserKey::Id(&id))?.filter(|u| u.password_hash == expected) else {
+                    return stale();
+                };
+                let new = User {
+                    password_hash: phc,
+                    sessions_valid_after: Some(now),
+                    password_reset_at: Some(now),
+                    locked_until: None,
+                    failed_logins: 0,
+                    meta,
+                    ..old.clone()
+                };
+                rec::update_user(tx, &new)?;
+                record(tx, at, ChangeEntity::User, &id.to_string(), Some(&old), Some(&new))
+            })
+            .await
+    }
+
     async fn add_verification(
         &self,
         verification: &VerificationRecord,
@@ -579,6 +609,7 @@ mod tests {
             otp_failures: 0,
             verification_sent_at: Some(T0),
             sessions_valid_after: None,
+            password_reset_at: None,
             meta: RequestMeta { request_id: Some("req-1".into()), ip: Some("203.0.113.7".into()), user_agent: None },
         }
     }
