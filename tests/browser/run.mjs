@@ -179,6 +179,30 @@ try {
   await shot(page, "login-phone");
   await page.setViewportSize({ width: 1000, height: 800 });
 
+  // A forgotten password: from the sign-in page's link to a new password.
+  const NEW_PASSWORD = "velvet orbit harbor lantern";
+  await page.click("a[href='/password/forgot']");
+  await page.waitForURL(`${BASE}/password/forgot`);
+  await page.fill("#email", email);
+  await page.click("form[action='/password/forgot'] button");
+  check((await page.textContent(".notice")).includes("is on its way"), "reset link asked for");
+  await shot(page, "forgot-sent");
+  const resetLink = (await waitMail(email, 4)).match(/https?:\/\/\S+\/password\/reset\?token=[A-Za-z0-9_.-]+/)[0];
+  await page.goto(resetLink);
+  await page.fill("#new_password", "short");
+  await page.click("form[action='/password/reset'] button");
+  check((await page.textContent("#new_password-error"))?.length > 0, "weak new password refused next to the field");
+  await page.fill("#new_password", NEW_PASSWORD);
+  await page.click("form[action='/password/reset'] button");
+  check((await page.textContent("h1")).includes("Password changed"), "new password set through the link");
+  await shot(page, "reset-done");
+  await page.goto(`${BASE}/login`);
+  await page.fill("#identifier", username);
+  await page.fill("#password", NEW_PASSWORD);
+  await page.click("button[type=submit]");
+  await page.waitForURL(`${BASE}/login/code`);
+  check(page.url() === `${BASE}/login/code`, "the new password passes the password step");
+
   // The standalone one-time-code page.
   const otpMail = `o${id}@example.com`;
   await page.goto(`${BASE}/one-time-code`);

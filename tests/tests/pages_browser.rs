@@ -233,6 +233,68 @@ async fn the_device_cookie_lets_the_owner_in_while_a_stranger_keeps_the_account_
     assert!(b.get("/dashboard").await.body.contains(&username));
 }
 
+/// A forgotten password, from the sign-in page's link: the form asks for
+/// the address (CSRF-checked), the mailed link's GET shows a form and
+/// changes nothing, a weak password is refused next to its field with the
+/// link still usable, the new password ends the signed-in session, and the
+/// link works once.
+#[tokio::test]
+async fn a_forgotten_password_is_replaced_through_the_mailed_link() {
+    const NEW: &str = "velvet orbit harbor lantern";
+    let sys = TestSystem::embedded().await;
+    let mut b = Browser::new(&sys);
+    let (username, email) = unique();
+    register_and_verify(&mut b, &username, &email).await;
+    let p = password_step(&mut b, &username).await;
+    code_step(&mut b, &p, &email, 2).await;
+    assert_eq!(b.get("/dashboard").await.status, 200);
+
+    let login = Browser::new(&sys).get("/login").await;
+    assert!(login.body.contains("href=\"/password/forgot\""), "no link on the sign-in page");
+    let f = b.get("/password/forgot").await;
+    assert_eq!((f.status, f.headers["cache-control"].to_str().ok()), (200, Some("no-store")));
+    let refused = b.post("/password/forgot", &[("csrf", "x.y"), ("email", &email)]).await;
+    assert_eq!(refused.status, 403, "a post without a good token");
+    let cross = b
+        .post_with("/password/forgot", &[("csrf", &f.csrf()), ("email", &email)], &[("sec-fetch-site", "cross-site")])
+        .await;
+    assert_eq!(cross.status, 403, "a cross-site post");
+    assert_eq!(sys.mails_to(&email).await.len(), 2, "a refused post mailed a link");
+    let sent = b.post("/password/forgot", &[("csrf", &f.csrf()), ("email", &email)]).await;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    assert!(sent.body.contains("is on its way"), "{}", sent.body);
+
+    let mail = sys.wait_mail(&email, 3).await;
+    assert_eq!(mail.kind, "password_reset");
+    let link = mail.link().expect("link");
+    let path = &link[link.find("/password/reset").expect("path")..];
+    let token = link.split("token=").nth(1).expect("token");
+    let form = b.get(path).await;
+    assert_eq!((form.status, form.headers["referrer-policy"].to_str().ok()), (200, Some("no-referrer")));
+    assert!(form.body.contains("name=\"new_password\""), "{}", form.body);
+    assert_eq!(b.get("/dashboard").await.status, 200, "the link's GET ended the session");
+
+    let weak = b.post("/password/reset", &[("csrf", &form.csrf()), ("token", token), ("new_password", "short")]).await;
+    assert_eq!(weak.status, 400, "{}", weak.body);
+    assert!(weak.body.contains("id=\"new_password-error\"") && weak.body.contains(token), "{}", weak.body);
+    let done = b.post("/password/reset", &[("csrf", &weak.csrf()), ("token", token), ("new_password", NEW)]).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.body.contains("Password changed"), "{}", done.body);
+    let after = b.get("/dashboard").await;
+    assert_eq!((after.status, after.location()), (303, "/login"), "the session outlived the reset");
+    let form = b.get(path).await;
+    let again = b.post("/password/reset", &[("csrf", &form.csrf()), ("token", token), ("new_password", NEW)]).await;
+    assert_eq!(again.status, 400);
+    assert!(again.body.contains("Ask for a new link"), "{}", again.body);
+
+    let f = b.get("/login").await;
+    let old = b.post("/login", &[("csrf", &f.csrf()), ("identifier", &username), ("password", PASSWORD)]).await;
+    assert_eq!(old.status, 401, "the old password works");
+    let f = b.get("/login").await;
+    let new = b.post("/login", &[("csrf", &f.csrf()), ("identifier", &username), ("password", NEW)]).await;
+    assert_eq!((new.status, new.location()), (303, "/login/code"), "{}", new.body);
+}
+
 #[tokio::test]
 async fn login_by_email_and_a_wrong_code_then_the_right_one() {
     let sys = TestSystem::embedded().await;
