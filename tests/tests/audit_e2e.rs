@@ -453,3 +453,96 @@ async fn aws_an_unverified_account_replaced_past_its_hold_ends_its_trail() {
     assert_eq!((last["outcome"].as_str(), last["reason"].as_str()), (Some("expired"), Some("unverified_past_hold")));
     assert!(last["ip"].is_null(), "{last}");
 }
+
+/// A user locked out by wrong passwords resets the password by mail; returns
+/// the user id. The trail then ends (requests only) with the lock, its end
+/// by the reset, and the reset.
+async fn locked_then_reset(sys: &TestSystem) -> String {
+    let (username, email) = verified_user(sys).await;
+    let tokens = sign_in(sys, &username, &email).await;
+    let (_, me) = sys.get_auth("/v1/me", tokens["access_token"].as_str().expect("access")).await;
+    for _ in 0..10 {
+        let (st, _, _) =
+            sys.post("/v1/login", json!({"identifier": username, "password": "wrong wrong wrong wrong"})).await;
+        assert_eq!(st, 401);
+    }
+    let n = sys.mails_to(&email).await.len();
+    let (st, _, _) = sys.post("/v1/password/forgot", json!({ "email": email })).await;
+    assert_eq!(st, 202);
+    let link = sys.wait_mail(&email, n + 1).await.link().expect("link");
+    let (st, body, _) = sys
+        .post(
+            "/v1/password/reset",
+            json!({"token": token_from_link(&link), "new_password": "velvet orbit harbor lantern"}),
+        )
+        .await;
+    assert_eq!(st, 204, "{body}");
+    me["id"].as_str().expect("id").to_string()
+}
+
+const RESET_TAIL: &[(&str, &str, &str)] = &[
+    ("account_locked", "failure", "too_many_failures"),
+    ("account_unlocked", "success", "password_reset"),
+    ("password_reset", "success", "all_sessions_ended"),
+];
+
+/// Polls (bounded) until the trail holds a `password_reset`; the tail of
+/// its requests' events.
+async fn reset_tail<F, Fut>(sys: &TestSystem, id: &str, mut pump: F) -> Vec<(String, String, String)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        pump().await;
+        events = trail(sys, id).await;
+        if kinds(&events).iter().any(|k| k == "password_reset") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let requests: Vec<_> = events.iter().filter(|e| !is_mail(e)).collect();
+    assert!(requests.iter().all(|e| e["ip"] == "127.0.0.1"), "{requests:?}");
+    let field = |e: &Value, k: &str| e[k].as_str().unwrap_or_default().to_string();
+    let all: Vec<_> = requests.iter().map(|e| (field(e, "event"), field(e, "outcome"), field(e, "reason"))).collect();
+    all[all.len().saturating_sub(RESET_TAIL.len())..].to_vec()
+}
+
+fn owned(tail: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
+    tail.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_a_reset_during_a_lock_ends_it_in_the_trail() {
+    let hash = admin_hash();
+    let sys =
+        TestSystem::embedded_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    let id = locked_then_reset(&sys).await;
+    assert_eq!(reset_tail(&sys, &id, || async {}).await, owned(RESET_TAIL));
+}
+
+/// The same through the DynamoDB stream: `password_reset_at` and the
+/// removed `locked_until` of the user's MODIFY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_a_reset_during_a_lock_ends_it_in_the_trail() {
+    use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
+    use latchkey_stream_processor::{Processor, poller::StreamPoller};
+    use std::sync::Arc;
+
+    let hash = admin_hash();
+    let sys = TestSystem::aws_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    let id = locked_then_reset(&sys).await;
+    let sdk = latchkey_tests::sdk_config(&latchkey_tests::emulator_endpoint().await).await;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let prefix = prefix_holding(&ddb, &id).await;
+    let processor = Processor::new(Arc::new(DynamoAuditStore::new(ddb, &prefix)), AuditPolicy::default(), 400);
+    let poller = tokio::sync::Mutex::new(StreamPoller::new(&sdk, &prefix));
+    let (poller, processor) = (&poller, &processor);
+    let tail = reset_tail(&sys, &id, || async move {
+        let batch = poller.lock().await.next_batch().await.expect("poll the streams");
+        assert!(processor.handle(&batch).await.batch_item_failures.is_empty());
+    })
+    .await;
+    assert_eq!(tail, owned(RESET_TAIL));
+}
