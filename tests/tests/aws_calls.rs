@@ -62,5 +62,22 @@ async fn calls_per_request_stay_within_budget() {
     assert_eq!(st, 401);
     measure("login (wrong password)", calls.take(), Some(4));
 
+    // Rate limit, the address's account, the mail.
+    let before = sys.mails_to(&email).await.len();
+    calls.take();
+    assert_eq!(sys.post("/v1/password/forgot", json!({ "email": email })).await.0, 202);
+    measure("password forgot", calls.take(), Some(3));
+    let link = sys.wait_mail(&email, before + 1).await.link().expect("reset link");
+    calls.take();
+    let (st, body, _) = sys
+        .post(
+            "/v1/password/reset",
+            json!({"token": token_from_link(&link), "new_password": "velvet orbit harbor lantern"}),
+        )
+        .await;
+    assert_eq!(st, 204, "{body}");
+    // Rate limit, the user, the conditional update, the owner's notice.
+    measure("password reset", calls.take(), Some(4));
+
     println!("AWS calls per request:\n  {}", report.join("\n  "));
 }
