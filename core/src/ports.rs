@@ -95,7 +95,8 @@ pub trait UserStore: Send + Sync {
     /// A password reset through a mailed link: sets the user's
     /// `password_hash` to `phc`, its `sessions_valid_after` and
     /// `password_reset_at` to `now` (every session of the user ends), ends a
-    /// lock (`locked_until` absent, `failed_logins` 0: the wrong passwords
+    /// lock and starts the counts afresh (`locked_until` absent,
+    /// `failed_logins` and `otp_failures` 0: the wrong passwords and codes
     /// were tried against a password that is gone) and sets its `meta`, only if the user exists and its `password_hash` is still
     /// `expected_phc`, the hash the link was made for; `Conflict(Stale)`
     /// otherwise. That condition makes a link single use: of two resets

@@ -294,6 +294,12 @@ pub async fn reset_password_only_replaces_the_expected_hash(s: &Subject) {
     let (user, _) = registered(s).await;
     let locked = s.users.record_login_failure(&user.id, T0, 1, 900, &meta()).await.expect("lock");
     assert!(locked.is_locked(T0 + 1));
+    // Wrong codes after the lock (a lock resets the count).
+    let c = super::fixtures::new_challenge(user.id);
+    s.challenges.create_challenge(&c, false, &meta()).await.expect("challenge");
+    s.challenges.record_challenge_failure(&c.id, &user.id, 6, &meta()).await.expect("a wrong code");
+    let locked = stored_user(s, &user.id).await;
+    assert_eq!((locked.otp_failures, locked.failed_logins), (1, 0));
     let phc = "$argon2id$v=19$m=19456,t=2,p=1$cmVzZXRzYWx0cmVzZXQ$reset";
     let m = meta();
     expect_conflict(
@@ -316,6 +322,7 @@ pub async fn reset_password_only_replaces_the_expected_hash(s: &Subject) {
         password_reset_at: Some(T0 + 5),
         locked_until: None,
         failed_logins: 0,
+        otp_failures: 0,
         meta: m.clone(),
         ..locked
     };

@@ -394,7 +394,7 @@ impl UserStore for DynamoStore {
             .key(PK, s(items::user_pk(id)))
             .update_expression(
                 "SET password_hash = :h, sessions_valid_after = :now, password_reset_at = :now, \
-                 failed_logins = :zero, meta = :meta REMOVE locked_until",
+                 failed_logins = :zero, otp_failures = :zero, meta = :meta REMOVE locked_until",
             )
             .expression_attribute_values(":zero", n(0))
             .condition_expression("attribute_exists(pk) AND password_hash = :expected")

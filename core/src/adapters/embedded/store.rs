@@ -185,6 +185,7 @@ impl UserStore for EmbeddedStore {
                     password_reset_at: Some(now),
                     locked_until: None,
                     failed_logins: 0,
+                    otp_failures: 0,
                     meta,
                     ..old.clone()
                 };
