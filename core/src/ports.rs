@@ -58,9 +58,10 @@ pub trait UserStore: Send + Sync {
     /// Counts one wrong password. If the account is not locked at `now`, the
     /// count is incremented (starting from 0 if a previous lock has ended);
     /// when it reaches `threshold` the account is locked until
-    /// `now + lock_secs` and both `failed_logins` and `otp_failures` are
-    /// reset (a lock ends the account-wide code budget too, so it cannot
-    /// re-lock at once when it expires). Failures during a lock change
+    /// `now + lock_secs` and `failed_logins` is reset. `otp_failures` is
+    /// left alone: only a right code or a password reset gives the
+    /// account-wide code budget back (else wrong passwords would refill
+    /// it). Failures during a lock change
     /// nothing, so a lock can never be extended by hammering. Returns the
     /// user as stored afterwards; an unknown user is `Conflict(Stale)`.
     /// A counted failure sets the user's `meta` to the request's.
@@ -175,7 +176,12 @@ pub trait ChallengeStore: Send + Sync {
     /// Redeems the challenge: sets `used_at = now` and creates `session`, and
     /// resets the user's account-wide code failure count, in one transaction,
     /// only if the challenge is unused, still has `code_hash`, has fewer than
-    /// `max_failures` failures and `expires_at > now`; otherwise
+    /// `max_failures` failures and `expires_at > now`, and its user has
+    /// fewer than `account_budget` `otp_failures` (a spent budget accepts no
+    /// code, not even on a challenge opened before it was spent) and no
+    /// `sessions_valid_after` at or after `password_step_at`, the challenge's
+    /// `created_at` as the caller read it (a password changed or reset after
+    /// the password step ends the login in progress too); otherwise
     /// `Conflict(Stale)`. Of any number of concurrent calls at most one wins.
     /// Sets the challenge's and the user's `meta` to the request's (the new
     /// session carries its own `meta`).
@@ -186,15 +192,18 @@ pub trait ChallengeStore: Send + Sync {
         code_hash: &str,
         now: Timestamp,
         max_failures: u32,
+        account_budget: u32,
+        password_step_at: Timestamp,
         session: &Session,
         meta: &RequestMeta,
     ) -> StoreResult<()>;
 
     /// Counts one wrong code: increments the challenge's `failures` and the
     /// user's `otp_failures` together, only if the challenge is unused and
-    /// has fewer than `max_failures` failures (`Conflict(Stale)` otherwise).
-    /// `user_id` is the challenge's user; the user item is only updated if
-    /// it exists (never created). Both updates set `meta` to the request's.
+    /// has fewer than `max_failures` failures, and the user has fewer than
+    /// `account_budget` `otp_failures` (`Conflict(Stale)` otherwise, and
+    /// nothing is counted). `user_id` is the challenge's user; the user item
+    /// is only updated if it exists (never created). Both updates set `meta` to the request's.
     /// Returns the new failure count. The check and the increment are one
     /// conditional write, so concurrent guesses cannot pass the cap.
     async fn record_challenge_failure(
@@ -202,6 +211,7 @@ pub trait ChallengeStore: Send + Sync {
         id: &ChallengeId,
         user_id: &UserId,
         max_failures: u32,
+        account_budget: u32,
         meta: &RequestMeta,
     ) -> StoreResult<u32>;
 

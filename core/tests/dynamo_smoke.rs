@@ -280,13 +280,14 @@ async fn login_failures_lock_at_the_threshold_and_never_extend_the_lock() {
     let fail = |now| env.store.record_login_failure(&u.id, now, 3, 900, &META);
 
     assert_eq!(fail(NOW).await.unwrap().failed_logins, 1);
-    // Give the account some code failures: the lock resets them too.
+    // Give the account some code failures: the lock leaves them (only a
+    // right code or a password reset gives the budget back).
     let c = challenge(&u, "h");
     env.store.create_challenge(&c, false, &META).await.unwrap();
-    env.store.record_challenge_failure(&c.id, &u.id, 6, &META).await.unwrap();
+    env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, &META).await.unwrap();
     assert_eq!(fail(NOW + 1).await.unwrap().failed_logins, 2);
     let locked = fail(NOW + 2).await.unwrap();
-    assert_eq!((locked.locked_until, locked.failed_logins, locked.otp_failures), (Some(NOW + 902), 0, 0));
+    assert_eq!((locked.locked_until, locked.failed_logins, locked.otp_failures), (Some(NOW + 902), 0, 1));
     // Hammering during the lock changes nothing.
     assert_eq!(fail(NOW + 500).await.unwrap(), locked);
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap(), locked);
@@ -327,21 +328,29 @@ async fn redeem_challenge_has_a_single_winner() {
     let c = challenge(&u, "right");
     env.store.create_challenge(&c, false, &META).await.unwrap();
     assert_eq!(env.store.challenge(&c.id).await.unwrap(), Some(c.clone()));
-    assert_eq!(env.store.record_challenge_failure(&c.id, &u.id, 6, &META).await.unwrap(), 1);
+    assert_eq!(env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, &META).await.unwrap(), 1);
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 1);
 
     let s = session(&u);
-    assert!(is_conflict(&env.store.redeem_challenge(&c.id, "wrong", NOW + 1, 6, &s, &META).await, Conflict::Stale));
     assert!(is_conflict(
-        &env.store.redeem_challenge(&c.id, "right", c.expires_at, 6, &s, &META).await,
+        &env.store.redeem_challenge(&c.id, "wrong", NOW + 1, 6, u32::MAX, i64::MAX, &s, &META).await,
         Conflict::Stale
     ));
-    assert!(is_conflict(&env.store.redeem_challenge(&c.id, "right", NOW + 1, 1, &s, &META).await, Conflict::Stale));
+    assert!(is_conflict(
+        &env.store.redeem_challenge(&c.id, "right", c.expires_at, 6, u32::MAX, i64::MAX, &s, &META).await,
+        Conflict::Stale
+    ));
+    assert!(is_conflict(
+        &env.store.redeem_challenge(&c.id, "right", NOW + 1, 1, u32::MAX, i64::MAX, &s, &META).await,
+        Conflict::Stale
+    ));
     assert_eq!(env.store.session(&s.id).await.unwrap(), None);
 
     let sessions: Vec<Session> = (0..20).map(|_| session(&u)).collect();
-    let results =
-        join_all(sessions.iter().map(|s| env.store.redeem_challenge(&c.id, "right", NOW + 1, 6, s, &META))).await;
+    let results = join_all(
+        sessions.iter().map(|s| env.store.redeem_challenge(&c.id, "right", NOW + 1, 6, u32::MAX, i64::MAX, s, &META)),
+    )
+    .await;
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "results: {results:?}");
     assert!(results.iter().filter(|r| r.is_err()).all(|r| is_conflict(r, Conflict::Stale)));
     let mut stored = Vec::new();
@@ -354,7 +363,7 @@ async fn redeem_challenge_has_a_single_winner() {
     assert_eq!(env.store.challenge(&c.id).await.unwrap().unwrap().used_at, Some(NOW + 1));
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 0);
     // A used challenge takes no more failures.
-    assert!(is_conflict(&env.store.record_challenge_failure(&c.id, &u.id, 6, &META).await, Conflict::Stale));
+    assert!(is_conflict(&env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, &META).await, Conflict::Stale));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -364,7 +373,7 @@ async fn challenge_failures_never_pass_the_cap() {
     let c = challenge(&u, "right");
     env.store.create_challenge(&c, false, &META).await.unwrap();
 
-    let results = join_all((0..20).map(|_| env.store.record_challenge_failure(&c.id, &u.id, 6, &META))).await;
+    let results = join_all((0..20).map(|_| env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, &META))).await;
     let mut ok: Vec<u32> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
     ok.sort_unstable();
     assert_eq!(ok, [1, 2, 3, 4, 5, 6], "each wrong code gets its own count: {results:?}");
@@ -373,7 +382,7 @@ async fn challenge_failures_never_pass_the_cap() {
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 6);
     // At the cap the right code no longer redeems.
     assert!(is_conflict(
-        &env.store.redeem_challenge(&c.id, "right", NOW + 1, 6, &session(&u), &META).await,
+        &env.store.redeem_challenge(&c.id, "right", NOW + 1, 6, u32::MAX, i64::MAX, &session(&u), &META).await,
         Conflict::Stale
     ));
 }
@@ -384,7 +393,7 @@ async fn replace_challenge_code_keeps_failures_and_honours_its_guards() {
     let (u, _) = registered(&env).await;
     let c = challenge(&u, "first");
     env.store.create_challenge(&c, false, &META).await.unwrap();
-    env.store.record_challenge_failure(&c.id, &u.id, 6, &META).await.unwrap();
+    env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, &META).await.unwrap();
 
     let replace = |now: Timestamp, max_resends| {
         env.store.replace_challenge_code(&c.id, "second", now + 300, now, 60, max_resends, 6, &META)
@@ -399,10 +408,10 @@ async fn replace_challenge_code_keeps_failures_and_honours_its_guards() {
     assert!(is_conflict(&replace(NOW + 120, 1).await, Conflict::Stale), "out of resends");
     // The old code is dead, the new one redeems.
     assert!(is_conflict(
-        &env.store.redeem_challenge(&c.id, "first", NOW + 121, 6, &session(&u), &META).await,
+        &env.store.redeem_challenge(&c.id, "first", NOW + 121, 6, u32::MAX, i64::MAX, &session(&u), &META).await,
         Conflict::Stale
     ));
-    env.store.redeem_challenge(&c.id, "second", NOW + 121, 6, &session(&u), &META).await.unwrap();
+    env.store.redeem_challenge(&c.id, "second", NOW + 121, 6, u32::MAX, i64::MAX, &session(&u), &META).await.unwrap();
     assert!(is_conflict(&replace(NOW + 500, 3).await, Conflict::Stale), "used");
 }
 
@@ -413,7 +422,7 @@ async fn sessions_rotate_once_and_revoke_idempotently() {
     let c = challenge(&u, "h");
     env.store.create_challenge(&c, false, &META).await.unwrap();
     let s = session(&u);
-    env.store.redeem_challenge(&c.id, "h", NOW + 1, 6, &s, &META).await.unwrap();
+    env.store.redeem_challenge(&c.id, "h", NOW + 1, 6, u32::MAX, i64::MAX, &s, &META).await.unwrap();
 
     env.store.rotate_session(&s.id, "r0", "r1", NOW + 2, &META).await.unwrap();
     assert!(is_conflict(&env.store.rotate_session(&s.id, "r0", "r2", NOW + 3, &META).await, Conflict::Stale));

@@ -289,31 +289,70 @@ async fn login_rate_limit_per_identifier_answers_with_the_wait() {
     }
 }
 
+/// 100 wrong codes across challenges spend the account's code budget: no
+/// code counts after that, not even the right one on a challenge opened
+/// before; the password step is refused and locks (the owner is mailed a
+/// link to reset), and a lock running out changes nothing. Only a password
+/// reset by mail gives the budget back.
 #[tokio::test]
-async fn the_account_code_budget_locks_the_account() {
+async fn the_account_code_budget_holds_the_account_until_a_password_reset() {
     let w = world(RateLimits::relaxed());
-    let mut policy_budget = 0;
-    verified(&w, "ivan").await;
+    let email = verified(&w, "ivan").await;
+    let mut spent = 0;
+    // Opened first, kept for after the budget is spent.
+    let kept = w.auth.login("ivan", PW.into(), None, &meta()).await.unwrap();
+    let kept_code = w.mail.code();
     // 100 wrong codes over 17 challenges (6 each at most).
-    while policy_budget < 100 {
+    while spent < 100 {
         let c = match w.auth.login("ivan", PW.into(), None, &meta()).await {
             Ok(c) => c,
-            Err(e) => panic!("login refused after {policy_budget} wrong codes: {e:?}"),
+            Err(e) => panic!("login refused after {spent} wrong codes: {e:?}"),
         };
         let code = w.mail.code();
         let wrong = if code == "000000" { "111111" } else { "000000" };
         for _ in 0..6 {
-            if policy_budget == 100 {
+            if spent == 100 {
                 break;
             }
-            let _ = w.auth.verify_login_code(&c.challenge_id.to_string(), wrong, &meta()).await;
-            policy_budget += 1;
+            let r = w.auth.verify_login_code(&c.challenge_id.to_string(), wrong, &meta()).await;
+            assert!(matches!(r, Err(Error::OtpInvalid { .. })), "{r:?}");
+            spent += 1;
         }
     }
+    let r = w.auth.verify_login_code(&kept.challenge_id.to_string(), &kept_code, &meta()).await;
+    assert!(matches!(r, Err(Error::OtpExhausted)), "the right code of an open challenge: {r:?}");
     assert!(matches!(w.auth.login("ivan", PW.into(), None, &meta()).await, Err(Error::InvalidCredentials)));
-    assert_eq!(w.mail.last().job.kind(), "account_locked");
+    match w.mail.last().job {
+        MailJob::AccountLocked { codes_spent, .. } => assert!(codes_spent, "the lock mail says to reset"),
+        other => panic!("no lock mail: {}", other.kind()),
+    }
     w.clock.advance(900);
-    w.auth.login("ivan", PW.into(), None, &meta()).await.expect("the lock ends and resets the budget");
+    assert!(
+        matches!(w.auth.login("ivan", PW.into(), None, &meta()).await, Err(Error::InvalidCredentials)),
+        "the lock ran out and the budget came back"
+    );
+    w.auth.request_password_reset(&email, &meta()).await.unwrap();
+    w.auth.reset_password(&w.mail.reset_token(), NEW_PW.into(), &meta()).await.unwrap();
+    w.clock.advance(1);
+    signed_in_with(&w, "ivan", NEW_PW, None, &meta()).await;
+}
+
+/// A login whose password step came before a password reset (or change)
+/// ends with it: its right code is refused and it cannot be resent.
+#[tokio::test]
+async fn a_login_in_progress_ends_with_a_password_reset() {
+    let w = world(RateLimits::relaxed());
+    let email = verified(&w, "rita").await;
+    let c = w.auth.login("rita", PW.into(), None, &meta()).await.unwrap();
+    let code = w.mail.code();
+    w.clock.advance(61);
+    w.auth.request_password_reset(&email, &meta()).await.unwrap();
+    w.auth.reset_password(&w.mail.reset_token(), NEW_PW.into(), &meta()).await.unwrap();
+    let id = c.challenge_id.to_string();
+    let r = w.auth.resend_login_code(&id, &meta()).await;
+    assert!(matches!(r, Err(Error::ChallengeNotFound)), "a resend: {r:?}");
+    let r = w.auth.verify_login_code(&id, &code, &meta()).await;
+    assert!(matches!(r, Err(Error::ChallengeNotFound)), "its right code: {r:?}");
 }
 
 fn meta_from(ip: &str) -> RequestMeta {

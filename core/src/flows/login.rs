@@ -79,8 +79,11 @@ impl Auth {
             return Err(Error::EmailNotVerified);
         }
         if user.otp_failures >= self.policy.account_code_failure_budget {
-            // The account-wide code budget is spent: lock it like a run of
-            // wrong passwords (the lock resets the budget).
+            // The account-wide code budget is spent by someone who knows the
+            // password: no code is issued or accepted until it is reset by
+            // mail. Refused like a lock, and locked (the owner is mailed
+            // when it starts, so at most once a lock period).
+            tracing::warn!(user_id = %user.id, "login refused: the account's code budget is spent");
             self.count_failure(&user, now, 1, meta).await?;
             return Err(Error::InvalidCredentials);
         }
@@ -162,6 +165,10 @@ impl Auth {
         };
         check(&c)?;
         let user = self.ports.users.user_by_id(&c.user_id).await?.ok_or(Error::ChallengeNotFound)?;
+        if user.sessions_valid_after.is_some_and(|t| t >= c.created_at) {
+            // The password changed since this login's password step.
+            return Err(Error::ChallengeNotFound);
+        }
         let code = OtpCode::generate(self.ports.rng.as_ref());
         let expires_at = now + p.login_code_ttl_secs;
         match self
@@ -204,13 +211,9 @@ impl Auth {
         if !user.is_locked(now) && after.is_locked(now) {
             tracing::warn!(user_id = %user.id, "account locked after failed logins");
             let until = after.locked_until.unwrap_or(now);
-            self.notify(
-                &user.email,
-                Some(user.id.to_string()),
-                meta,
-                MailJob::AccountLocked { username: user.username.to_string(), locked_until: until },
-            )
-            .await;
+            let codes_spent = after.otp_failures >= self.policy.account_code_failure_budget;
+            let job = MailJob::AccountLocked { username: user.username.to_string(), locked_until: until, codes_spent };
+            self.notify(&user.email, Some(user.id.to_string()), meta, job).await;
         }
         Ok(())
     }

@@ -50,6 +50,13 @@ impl Profile {
     }
 }
 
+/// Why an account accepts no code for a challenge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    BudgetSpent,
+    PasswordChanged,
+}
+
 impl Auth {
     /// The code step: a right code (once) turns the challenge into a session.
     pub async fn verify_login_code(
@@ -68,6 +75,7 @@ impl Auth {
         .await?;
         let now = self.now();
         let max = self.policy.code_max_failures;
+        let budget = self.policy.account_code_failure_budget;
         let closed = |c: &Challenge| match c.closed(now, max) {
             Some(CodeClosed::Used) => Some(Error::OtpUsed),
             Some(CodeClosed::Exhausted) => Some(Error::OtpExhausted),
@@ -87,10 +95,14 @@ impl Auth {
         let attempts_left = max.saturating_sub(c.attempts);
         let presented = self.login_code_hash(&id, &code);
         if !OtpCode::hashes_equal(&presented, &c.code_hash) {
-            return match self.ports.challenges.record_challenge_failure(&id, &c.user_id, max, meta).await {
+            return match self.ports.challenges.record_challenge_failure(&id, &c.user_id, max, budget, meta).await {
                 Ok(n) => {
                     tracing::info!(user_id = %c.user_id, challenge_id = %id, failures = n, "wrong login code");
                     Err(Error::OtpInvalid { attempts_left })
+                }
+                // The account's code budget is spent: no code counts now.
+                Err(StoreError::Conflict(_)) if self.account_refuses(&c).await? == Some(Refusal::BudgetSpent) => {
+                    Err(Error::OtpExhausted)
                 }
                 // Used by a right code meanwhile: this one was still wrong.
                 Err(StoreError::Conflict(_)) => Err(Error::OtpInvalid { attempts_left }),
@@ -98,12 +110,30 @@ impl Auth {
             };
         }
         let (session, secret) = self.new_session(c.user_id, now, meta);
-        match self.ports.challenges.redeem_challenge(&id, &presented, now, max, &session, meta).await {
+        match self
+            .ports
+            .challenges
+            .redeem_challenge(&id, &presented, now, max, budget, c.created_at, &session, meta)
+            .await
+        {
             Ok(()) => {}
             Err(StoreError::Conflict(_)) => {
                 let c = self.ports.challenges.challenge(&id).await?.ok_or(Error::ChallengeNotFound)?;
-                // Else the code was replaced by a resend in the meantime.
-                return Err(closed(&c).unwrap_or(Error::OtpInvalid { attempts_left }));
+                if let Some(e) = closed(&c) {
+                    return Err(e);
+                }
+                return Err(match self.account_refuses(&c).await? {
+                    Some(Refusal::BudgetSpent) => {
+                        tracing::warn!(user_id = %c.user_id, "right login code refused: the code budget is spent");
+                        Error::OtpExhausted
+                    }
+                    Some(Refusal::PasswordChanged) => {
+                        tracing::info!(user_id = %c.user_id, "login code refused: the password changed since its step");
+                        Error::ChallengeNotFound
+                    }
+                    // The code was replaced by a resend in the meantime.
+                    None => Error::OtpInvalid { attempts_left },
+                });
             }
             Err(e) => return Err(e.into()),
         }
@@ -112,6 +142,23 @@ impl Auth {
         // Stamped with the password step's time, so a password change
         // between the two steps ends this token too.
         Ok(TokenPair { device_token: Some(self.device_token(&c.user_id, c.created_at)), ..pair })
+    }
+
+    /// Why the account of `c` accepts no code for it now, if it does not:
+    /// its code budget is spent (only a password reset by mail gives it
+    /// back), or its password changed since the password step (or the
+    /// account is gone).
+    pub(crate) async fn account_refuses(&self, c: &Challenge) -> Result<Option<Refusal>, Error> {
+        let Some(user) = self.ports.users.user_by_id(&c.user_id).await? else {
+            return Ok(Some(Refusal::PasswordChanged));
+        };
+        Ok(if user.otp_failures >= self.policy.account_code_failure_budget {
+            Some(Refusal::BudgetSpent)
+        } else if user.sessions_valid_after.is_some_and(|t| t >= c.created_at) {
+            Some(Refusal::PasswordChanged)
+        } else {
+            None
+        })
     }
 
     /// Rotates a refresh token. A token that is not the session's current

@@ -46,8 +46,16 @@ pub enum MailJob {
     StandaloneCode { code: Secret<String>, expires_minutes: u32 },
     /// Someone tried to register with an address that already has an account.
     SignupAttempt {},
-    /// Too many wrong passwords: the account is locked for a while.
-    AccountLocked { username: String, locked_until: Timestamp },
+    /// Too many wrong passwords: the account is locked for a while. With
+    /// `codes_spent`, the lock follows the account-wide budget of wrong
+    /// codes: someone who knows the password guessed codes, and only a
+    /// password reset by mail lets anyone sign in again.
+    AccountLocked {
+        username: String,
+        locked_until: Timestamp,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        codes_spent: bool,
+    },
     /// The password was changed and the other sessions ended; or, when
     /// `by_reset`, it was set through a reset link and every session ended.
     PasswordChanged {

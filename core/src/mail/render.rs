@@ -89,11 +89,12 @@ impl Renderer {
                 context! { login_link => format!("{base}/login") },
                 "signup attempt notice".to_string(),
             ),
-            MailJob::AccountLocked { username, locked_until } => {
+            MailJob::AccountLocked { username, locked_until, codes_spent } => {
                 let until = crate::clock::rfc3339(*locked_until);
+                let reset_link = format!("{base}/password/forgot");
                 (
                     format!("Your {} account is temporarily locked", self.product),
-                    context! { username, until },
+                    context! { username, until, codes_spent, reset_link },
                     format!("locked until {until}"),
                 )
             }
@@ -140,7 +141,8 @@ mod tests {
             MailJob::LoginCode { username: "alice".into(), code: Secret::new("012345".into()), expires_minutes: 5 },
             MailJob::StandaloneCode { code: Secret::new("999999".into()), expires_minutes: 10 },
             MailJob::SignupAttempt {},
-            MailJob::AccountLocked { username: "alice".into(), locked_until: 0 },
+            MailJob::AccountLocked { username: "alice".into(), locked_until: 0, codes_spent: false },
+            MailJob::AccountLocked { username: "alice".into(), locked_until: 0, codes_spent: true },
             MailJob::PasswordChanged { username: "alice".into(), at: 0, by_reset: false },
             MailJob::PasswordChanged { username: "alice".into(), at: 0, by_reset: true },
             MailJob::PasswordReset {
@@ -163,6 +165,10 @@ mod tests {
                     assert!(m.html.contains("reset?token=tok"), "{}", m.html);
                     assert!(m.html.contains("&lt;alice&gt;"), "html escapes user data");
                     assert_eq!(m.hint, "https://auth.example.com/password/reset?token=tok");
+                }
+                MailJob::AccountLocked { codes_spent, .. } => {
+                    assert!(m.text.contains("https://auth.example.com/password/forgot"), "{}", m.text);
+                    assert_eq!(m.text.contains("until its password is changed"), codes_spent, "{}", m.text);
                 }
                 MailJob::PasswordChanged { by_reset, .. } => {
                     assert_eq!(m.text.contains("reset link"), by_reset, "{}", m.text);

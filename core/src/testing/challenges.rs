@@ -63,7 +63,7 @@ pub async fn redeem_challenge_has_one_winner(s: &Subject) {
     // Two wrong codes first, so the reset of the account-wide count shows.
     for _ in 0..2 {
         s.challenges
-            .record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES, &meta())
+            .record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES, u32::MAX, &meta())
             .await
             .expect("record_challenge_failure");
     }
@@ -76,7 +76,9 @@ pub async fn redeem_challenge_has_one_winner(s: &Subject) {
         let challenges = s.challenges.clone();
         let (id, code_hash, session, m) =
             (challenge.id, challenge.code_hash.clone(), sessions[i].clone(), metas[i].clone());
-        async move { challenges.redeem_challenge(&id, &code_hash, now, MAX_FAILURES, &session, &m).await }
+        async move {
+            challenges.redeem_challenge(&id, &code_hash, now, MAX_FAILURES, u32::MAX, i64::MAX, &session, &m).await
+        }
     })
     .await;
     let (w, (), losers) = single_winner(results, "concurrent redeems of one challenge");
@@ -101,7 +103,7 @@ pub async fn redeem_challenge_has_one_winner(s: &Subject) {
     assert_eq!(stored_user(s, &user.id).await.otp_failures, 0, "a redeem resets the user's otp_failures");
 
     expect_conflict(
-        s.challenges.record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES, &meta()).await,
+        s.challenges.record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES, u32::MAX, &meta()).await,
         Conflict::Stale,
         "a wrong code on a used challenge",
     );
@@ -114,7 +116,16 @@ pub async fn redeem_challenge_refused_at_expiry_boundary(s: &Subject) {
     let late = new_session(user.id);
     expect_conflict(
         s.challenges
-            .redeem_challenge(&challenge.id, &challenge.code_hash, challenge.expires_at, MAX_FAILURES, &late, &meta())
+            .redeem_challenge(
+                &challenge.id,
+                &challenge.code_hash,
+                challenge.expires_at,
+                MAX_FAILURES,
+                u32::MAX,
+                i64::MAX,
+                &late,
+                &meta(),
+            )
             .await,
         Conflict::Stale,
         "redeem at expires_at",
@@ -129,6 +140,8 @@ pub async fn redeem_challenge_refused_at_expiry_boundary(s: &Subject) {
             &challenge.code_hash,
             challenge.expires_at - 1,
             MAX_FAILURES,
+            u32::MAX,
+            i64::MAX,
             &on_time,
             &meta(),
         )
@@ -142,7 +155,9 @@ pub async fn redeem_challenge_refused_with_another_code(s: &Subject) {
 
     let wrong = new_session(user.id);
     expect_conflict(
-        s.challenges.redeem_challenge(&challenge.id, &hash(), T0 + 1, MAX_FAILURES, &wrong, &meta()).await,
+        s.challenges
+            .redeem_challenge(&challenge.id, &hash(), T0 + 1, MAX_FAILURES, u32::MAX, i64::MAX, &wrong, &meta())
+            .await,
         Conflict::Stale,
         "redeem with another code hash",
     );
@@ -152,7 +167,9 @@ pub async fn redeem_challenge_refused_with_another_code(s: &Subject) {
     let unknown = challenge_id();
     let stray = new_session(user.id);
     expect_conflict(
-        s.challenges.redeem_challenge(&unknown, &challenge.code_hash, T0 + 1, MAX_FAILURES, &stray, &meta()).await,
+        s.challenges
+            .redeem_challenge(&unknown, &challenge.code_hash, T0 + 1, MAX_FAILURES, u32::MAX, i64::MAX, &stray, &meta())
+            .await,
         Conflict::Stale,
         "redeem of an unknown challenge",
     );
@@ -169,7 +186,7 @@ pub async fn challenge_failures_capped_under_concurrency(s: &Subject) {
     let results = race(RACERS, |_| {
         let challenges = s.challenges.clone();
         let (id, user_id) = (challenge.id, user.id);
-        async move { challenges.record_challenge_failure(&id, &user_id, MAX_FAILURES, &meta()).await }
+        async move { challenges.record_challenge_failure(&id, &user_id, MAX_FAILURES, u32::MAX, &meta()).await }
     })
     .await;
 
@@ -196,7 +213,16 @@ pub async fn challenge_failures_capped_under_concurrency(s: &Subject) {
     let session = new_session(user.id);
     expect_conflict(
         s.challenges
-            .redeem_challenge(&challenge.id, &challenge.code_hash, T0 + 1, MAX_FAILURES, &session, &meta())
+            .redeem_challenge(
+                &challenge.id,
+                &challenge.code_hash,
+                T0 + 1,
+                MAX_FAILURES,
+                u32::MAX,
+                i64::MAX,
+                &session,
+                &meta(),
+            )
             .await,
         Conflict::Stale,
         "redeem of an exhausted challenge with the right code",
@@ -205,7 +231,7 @@ pub async fn challenge_failures_capped_under_concurrency(s: &Subject) {
 
     let unknown = challenge_id();
     expect_conflict(
-        s.challenges.record_challenge_failure(&unknown, &user.id, MAX_FAILURES, &meta()).await,
+        s.challenges.record_challenge_failure(&unknown, &user.id, MAX_FAILURES, u32::MAX, &meta()).await,
         Conflict::Stale,
         "a wrong code on an unknown challenge",
     );
@@ -251,7 +277,16 @@ pub async fn challenge_attempts_capped_under_concurrency(s: &Subject) {
     // The last attempt taken may still redeem: it was within the cap.
     let session = new_session(user.id);
     s.challenges
-        .redeem_challenge(&challenge.id, &challenge.code_hash, T0 + 1, MAX_FAILURES, &session, &meta())
+        .redeem_challenge(
+            &challenge.id,
+            &challenge.code_hash,
+            T0 + 1,
+            MAX_FAILURES,
+            u32::MAX,
+            i64::MAX,
+            &session,
+            &meta(),
+        )
         .await
         .expect("redeem after the last attempt");
     expect_conflict(
@@ -329,13 +364,24 @@ pub async fn replace_challenge_code_cooldown_boundary(s: &Subject) {
 
     let old = new_session(user.id);
     expect_conflict(
-        s.challenges.redeem_challenge(&challenge.id, &challenge.code_hash, now + 1, MAX_FAILURES, &old, &meta()).await,
+        s.challenges
+            .redeem_challenge(
+                &challenge.id,
+                &challenge.code_hash,
+                now + 1,
+                MAX_FAILURES,
+                u32::MAX,
+                i64::MAX,
+                &old,
+                &meta(),
+            )
+            .await,
         Conflict::Stale,
         "redeem with the replaced code",
     );
     let fresh = new_session(user.id);
     s.challenges
-        .redeem_challenge(&challenge.id, &new_code, now + 1, MAX_FAILURES, &fresh, &meta())
+        .redeem_challenge(&challenge.id, &new_code, now + 1, MAX_FAILURES, u32::MAX, i64::MAX, &fresh, &meta())
         .await
         .expect("redeem with the new code");
 
@@ -372,7 +418,7 @@ pub async fn replace_challenge_code_max_resends(s: &Subject) {
 pub async fn replace_challenge_code_keeps_failures(s: &Subject) {
     let (user, challenge) = pending_challenge(s).await;
     let m = meta();
-    let fail = || s.challenges.record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES, &m);
+    let fail = || s.challenges.record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES, u32::MAX, &m);
     let replace = |now| {
         let challenges = s.challenges.clone();
         let id = challenge.id;
@@ -394,4 +440,75 @@ pub async fn replace_challenge_code_keeps_failures(s: &Subject) {
     let before = stored_challenge(s, &challenge.id).await;
     expect_conflict(replace(T0 + 2 * COOLDOWN).await, Conflict::Stale, "a resend for an exhausted challenge");
     assert_eq!(stored_challenge(s, &challenge.id).await, before, "a refused resend changed the challenge");
+}
+
+/// A spent account budget stops every code: a wrong one is not counted and
+/// a right one redeems nothing, even on a challenge opened before the budget
+/// was spent; a right code within the budget resets it.
+pub async fn the_account_budget_stops_every_code(s: &Subject) {
+    const BUDGET: u32 = 2;
+    let (user, first) = pending_challenge(s).await;
+    let second = new_challenge(user.id);
+    s.challenges.create_challenge(&second, false, &meta()).await.expect("a second challenge");
+    for n in 1..=BUDGET {
+        let counted = s.challenges.record_challenge_failure(&first.id, &user.id, MAX_FAILURES, BUDGET, &meta()).await;
+        assert_eq!(counted.expect("a wrong code within the budget"), n);
+    }
+    let spent = stored_user(s, &user.id).await;
+    assert_eq!(spent.otp_failures, BUDGET);
+    expect_conflict(
+        s.challenges.record_challenge_failure(&second.id, &user.id, MAX_FAILURES, BUDGET, &meta()).await,
+        Conflict::Stale,
+        "a wrong code past the budget",
+    );
+    let session = new_session(user.id);
+    expect_conflict(
+        s.challenges
+            .redeem_challenge(&second.id, &second.code_hash, T0 + 1, MAX_FAILURES, BUDGET, T0, &session, &meta())
+            .await,
+        Conflict::Stale,
+        "a right code past the budget",
+    );
+    assert_eq!(stored_challenge(s, &second.id).await, second, "a refused code changed the challenge");
+    assert_eq!(stored_user(s, &user.id).await, spent, "a refused code changed the user");
+    assert_eq!(s.sessions.session(&session.id).await.expect("session"), None, "a refused code made a session");
+
+    // One more in the budget and the right code redeems, resetting it.
+    s.challenges
+        .redeem_challenge(&second.id, &second.code_hash, T0 + 1, MAX_FAILURES, BUDGET + 1, T0, &session, &meta())
+        .await
+        .expect("a right code within the budget");
+    assert_eq!(stored_user(s, &user.id).await.otp_failures, 0);
+}
+
+/// A password changed (or reset) at or after a challenge's password step
+/// ends that login: its right code redeems nothing; one changed before it
+/// does not stand in the way.
+pub async fn a_password_change_since_the_password_step_stops_its_code(s: &Subject) {
+    let (user, _) = signed_in_and_changed(s, T0 + 10).await;
+    let c = new_challenge(user.id);
+    s.challenges.create_challenge(&c, false, &meta()).await.expect("challenge");
+    for step in [T0 + 9, T0 + 10] {
+        let session = new_session(user.id);
+        expect_conflict(
+            s.challenges
+                .redeem_challenge(&c.id, &c.code_hash, T0 + 11, MAX_FAILURES, u32::MAX, step, &session, &meta())
+                .await,
+            Conflict::Stale,
+            &format!("a code whose password step ({step}) was not after the change"),
+        );
+        assert_eq!(s.sessions.session(&session.id).await.expect("session"), None);
+    }
+    assert_eq!(stored_challenge(s, &c.id).await, c, "a refused code changed the challenge");
+    s.challenges
+        .redeem_challenge(&c.id, &c.code_hash, T0 + 11, MAX_FAILURES, u32::MAX, T0 + 11, &new_session(user.id), &meta())
+        .await
+        .expect("a password step after the change");
+}
+
+/// A signed-in user whose password was changed at `at`.
+async fn signed_in_and_changed(s: &Subject, at: crate::clock::Timestamp) -> (User, Session) {
+    let (user, session) = super::fixtures::signed_in(s).await;
+    s.users.change_password(&user.id, "$argon2id$changed", &session.id, at, &meta()).await.expect("change");
+    (stored_user(s, &user.id).await, session)
 }

@@ -164,7 +164,16 @@ pub(super) async fn signed_in(s: &Subject) -> (User, Session) {
     let (user, challenge) = pending_challenge(s).await;
     let session = new_session(user.id);
     s.challenges
-        .redeem_challenge(&challenge.id, &challenge.code_hash, T0 + 1, 5, &session, &meta())
+        .redeem_challenge(
+            &challenge.id,
+            &challenge.code_hash,
+            T0 + 1,
+            5,
+            u32::MAX,
+            challenge.created_at,
+            &session,
+            &meta(),
+        )
         .await
         .expect("redeem_challenge of a fresh challenge");
     (user, session)

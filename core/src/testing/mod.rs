@@ -114,6 +114,8 @@ macro_rules! contract_suite {
             replace_challenge_code_cooldown_boundary,
             replace_challenge_code_max_resends,
             replace_challenge_code_keeps_failures,
+            the_account_budget_stops_every_code,
+            a_password_change_since_the_password_step_stops_its_code,
             // sessions
             rotate_session_once_per_hash,
             rotate_session_has_one_winner,

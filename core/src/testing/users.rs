@@ -297,7 +297,7 @@ pub async fn reset_password_only_replaces_the_expected_hash(s: &Subject) {
     // Wrong codes after the lock (a lock resets the count).
     let c = super::fixtures::new_challenge(user.id);
     s.challenges.create_challenge(&c, false, &meta()).await.expect("challenge");
-    s.challenges.record_challenge_failure(&c.id, &user.id, 6, &meta()).await.expect("a wrong code");
+    s.challenges.record_challenge_failure(&c.id, &user.id, 6, u32::MAX, &meta()).await.expect("a wrong code");
     let locked = stored_user(s, &user.id).await;
     assert_eq!((locked.otp_failures, locked.failed_logins), (1, 0));
     let phc = "$argon2id$v=19$m=19456,t=2,p=1$cmVzZXRzYWx0cmVzZXQ$reset";

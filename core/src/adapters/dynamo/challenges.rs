@@ -34,13 +34,27 @@ impl DynamoStore {
 
     /// A right code: the account-wide count of wrong codes back to 0, with
     /// the request's `meta`.
-    fn reset_otp_failures(&self, user_id: &UserId, meta: AttributeValue) -> UpdateBuilder {
+    /// A right code's reset of the account-wide count, only while the
+    /// budget is not spent and the password has not changed since
+    /// `password_step_at`.
+    fn reset_otp_failures(
+        &self,
+        user_id: &UserId,
+        account_budget: u32,
+        password_step_at: Timestamp,
+        meta: AttributeValue,
+    ) -> UpdateBuilder {
         Update::builder()
             .table_name(&self.users)
             .key(PK, s(items::user_pk(user_id)))
             .update_expression("SET otp_failures = :zero, meta = :meta")
-            .condition_expression("attribute_exists(pk)")
+            .condition_expression(
+                "attribute_exists(pk) AND otp_failures < :budget \
+                 AND (attribute_not_exists(sessions_valid_after) OR sessions_valid_after < :step)",
+            )
             .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":budget", n(account_budget))
+            .expression_attribute_values(":step", n(password_step_at))
             .expression_attribute_values(":meta", meta)
     }
 }
@@ -91,6 +105,8 @@ impl ChallengeStore for DynamoStore {
         code_hash: &str,
         now: Timestamp,
         max_failures: u32,
+        account_budget: u32,
+        password_step_at: Timestamp,
         session: &Session,
         meta: &RequestMeta,
     ) -> StoreResult<()> {
@@ -112,7 +128,7 @@ impl ChallengeStore for DynamoStore {
             .expression_attribute_values(":meta", meta.clone());
         let session_item =
             items::to_item(session, items::session_pk(&session.id), Some(session.expires_at + TTL_GRACE_SECS))?;
-        let reset = self.reset_otp_failures(&session.user_id, meta);
+        let reset = self.reset_otp_failures(&session.user_id, account_budget, password_step_at, meta);
         self.transact(vec![
             update_item(redeem)?,
             put_item(&self.tokens, session_item, "attribute_not_exists(pk)")?,
@@ -127,6 +143,7 @@ impl ChallengeStore for DynamoStore {
         id: &ChallengeId,
         user_id: &UserId,
         max_failures: u32,
+        account_budget: u32,
         meta: &RequestMeta,
     ) -> StoreResult<u32> {
         let meta = meta_value(meta)?;
@@ -160,8 +177,9 @@ impl ChallengeStore for DynamoStore {
                 .table_name(&self.users)
                 .key(PK, s(items::user_pk(user_id)))
                 .update_expression("SET meta = :meta ADD otp_failures :one")
-                .condition_expression("attribute_exists(pk)")
+                .condition_expression("attribute_exists(pk) AND otp_failures < :budget")
                 .expression_attribute_values(":one", n(1))
+                .expression_attribute_values(":budget", n(account_budget))
                 .expression_attribute_values(":meta", meta.clone());
             match self.transact(vec![update_item(count)?, update_item(budget)?]).await {
                 Ok(()) => return Ok(seen.failures + 1),

@@ -309,7 +309,7 @@ impl UserStore for DynamoStore {
             let locked = self
                 .update_user_or_old(
                     id,
-                    "SET locked_until = :until, failed_logins = :zero, otp_failures = :zero, meta = :meta",
+                    "SET locked_until = :until, failed_logins = :zero, meta = :meta",
                     &format!("attribute_exists(pk) AND {UNLOCKED} AND failed_logins >= :last"),
                     vec![
                         (":until", n(now + lock_secs)),

@@ -111,8 +111,6 @@ impl UserStore for EmbeddedStore {
                 if new.failed_logins >= threshold {
                     new.locked_until = Some(now.saturating_add(lock_secs));
                     new.failed_logins = 0;
-                    // The lock also resets the account-wide code budget.
-                    new.otp_failures = 0;
                 }
                 rec::update_user(tx, &new)?;
                 record(tx, at, ChangeEntity::User, &id.to_string(), Some(&old), Some(&new))?;
@@ -329,6 +327,8 @@ impl ChallengeStore for EmbeddedStore {
         code_hash: &str,
         now: Timestamp,
         max_failures: u32,
+        account_budget: u32,
+        password_step_at: Timestamp,
         session: &Session,
         meta: &RequestMeta,
     ) -> StoreResult<()> {
@@ -348,12 +348,17 @@ impl ChallengeStore for EmbeddedStore {
                 {
                     return stale();
                 }
+                let old_u = rec::load_user(tx, UserKey::Id(&old_c.user_id))?;
+                let changed_since = |u: &User| u.sessions_valid_after.is_some_and(|t| t >= password_step_at);
+                if old_u.as_ref().is_some_and(|u| u.otp_failures >= account_budget || changed_since(u)) {
+                    return stale();
+                }
                 let new_c = Challenge { used_at: Some(now), meta: meta.clone(), ..old_c.clone() };
                 rec::update_challenge(tx, &new_c)?;
                 record(tx, at, ChangeEntity::Challenge, &id.to_string(), Some(&old_c), Some(&new_c))?;
                 rec::insert_session(tx, &s)?;
                 record(tx, at, ChangeEntity::Session, &s.id.to_string(), None, Some(&s))?;
-                if let Some(old_u) = rec::load_user(tx, UserKey::Id(&old_c.user_id))? {
+                if let Some(old_u) = old_u {
                     let new_u = User { otp_failures: 0, meta, ..old_u.clone() };
                     rec::update_user(tx, &new_u)?;
                     record(tx, at, ChangeEntity::User, &new_u.id.to_string(), Some(&old_u), Some(&new_u))?;
@@ -368,6 +373,7 @@ impl ChallengeStore for EmbeddedStore {
         id: &ChallengeId,
         user_id: &UserId,
         max_failures: u32,
+        account_budget: u32,
         meta: &RequestMeta,
     ) -> StoreResult<u32> {
         let (id, user_id, meta, at) = (*id, *user_id, meta.clone(), self.db().now());
@@ -376,13 +382,17 @@ impl ChallengeStore for EmbeddedStore {
                 let Some(old_c) = rec::load_challenge(tx, &id)? else {
                     return stale();
                 };
-                if old_c.used_at.is_some() || old_c.failures >= max_failures {
+                let old_u = rec::load_user(tx, UserKey::Id(&user_id))?;
+                if old_c.used_at.is_some()
+                    || old_c.failures >= max_failures
+                    || old_u.as_ref().is_some_and(|u| u.otp_failures >= account_budget)
+                {
                     return stale();
                 }
                 let new_c = Challenge { failures: old_c.failures + 1, meta: meta.clone(), ..old_c.clone() };
                 rec::update_challenge(tx, &new_c)?;
                 record(tx, at, ChangeEntity::Challenge, &id.to_string(), Some(&old_c), Some(&new_c))?;
-                if let Some(old_u) = rec::load_user(tx, UserKey::Id(&user_id))? {
+                if let Some(old_u) = old_u {
                     let new_u = User { otp_failures: old_u.otp_failures.saturating_add(1), meta, ..old_u.clone() };
                     rec::update_user(tx, &new_u)?;
                     record(tx, at, ChangeEntity::User, &user_id.to_string(), Some(&old_u), Some(&new_u))?;
@@ -886,17 +896,18 @@ mod tests {
     async fn login_failures_lock_at_the_threshold_and_not_beyond() {
         let (s, _) = store();
         let u = registered(&s, "frank").await;
-        // Some code failures on record, to see the lock reset them.
+        // Some code failures on record, to see the lock leave them alone
+        // (only a right code or a password reset gives the budget back).
         let c = challenge(&u);
         s.create_challenge(&c, false, &META).await.unwrap();
-        s.record_challenge_failure(&c.id, &u.id, 6, &META).await.unwrap();
+        s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, &META).await.unwrap();
 
         for n in 1..=2 {
             let after = s.record_login_failure(&u.id, T0, 3, 900, &META).await.unwrap();
             assert_eq!((after.failed_logins, after.locked_until), (n, None));
         }
         let locked = s.record_login_failure(&u.id, T0 + 5, 3, 900, &META).await.unwrap();
-        assert_eq!((locked.failed_logins, locked.locked_until, locked.otp_failures), (0, Some(T0 + 905), 0));
+        assert_eq!((locked.failed_logins, locked.locked_until, locked.otp_failures), (0, Some(T0 + 905), 1));
         let feed_len = changes(&s).await.len();
         // Hammering during the lock changes nothing and cannot extend it.
         for t in [T0 + 6, T0 + 904] {
@@ -932,11 +943,13 @@ mod tests {
         let u = registered(&s, "hank").await;
         let c = challenge(&u);
         s.create_challenge(&c, false, &META).await.unwrap();
-        s.record_challenge_failure(&c.id, &u.id, 6, &META).await.unwrap();
+        s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, &META).await.unwrap();
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let (s, u) = (s.clone(), u.clone());
-                tokio::spawn(async move { s.redeem_challenge(&c.id, "code-1", T0 + 10, 6, &session(&u), &META).await })
+                tokio::spawn(async move {
+                    s.redeem_challenge(&c.id, "code-1", T0 + 10, 6, u32::MAX, i64::MAX, &session(&u), &META).await
+                })
             })
             .collect();
         let mut ok = 0;
@@ -960,14 +973,30 @@ mod tests {
         let c = challenge(&u);
         s.create_challenge(&c, false, &META).await.unwrap();
         let before = changes(&s).await;
-        assert!(is_conflict(s.redeem_challenge(&c.id, "other", T0, 6, &session(&u), &META).await, Conflict::Stale));
         assert!(is_conflict(
-            s.redeem_challenge(&c.id, "code-1", c.expires_at, 6, &session(&u), &META).await,
+            s.redeem_challenge(&c.id, "other", T0, 6, u32::MAX, i64::MAX, &session(&u), &META).await,
             Conflict::Stale
         ));
-        assert!(is_conflict(s.redeem_challenge(&c.id, "code-1", T0, 0, &session(&u), &META).await, Conflict::Stale));
         assert!(is_conflict(
-            s.redeem_challenge(&ChallengeId::random(&OsSecureRng), "code-1", T0, 6, &session(&u), &META).await,
+            s.redeem_challenge(&c.id, "code-1", c.expires_at, 6, u32::MAX, i64::MAX, &session(&u), &META).await,
+            Conflict::Stale
+        ));
+        assert!(is_conflict(
+            s.redeem_challenge(&c.id, "code-1", T0, 0, u32::MAX, i64::MAX, &session(&u), &META).await,
+            Conflict::Stale
+        ));
+        assert!(is_conflict(
+            s.redeem_challenge(
+                &ChallengeId::random(&OsSecureRng),
+                "code-1",
+                T0,
+                6,
+                u32::MAX,
+                i64::MAX,
+                &session(&u),
+                &META
+            )
+            .await,
             Conflict::Stale
         ));
         assert_eq!(count(&s, "sessions").await, 0);
@@ -983,7 +1012,7 @@ mod tests {
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let s = s.clone();
-                tokio::spawn(async move { s.record_challenge_failure(&c.id, &u.id, 6, &META).await })
+                tokio::spawn(async move { s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, &META).await })
             })
             .collect();
         let mut counts = Vec::new();
@@ -999,7 +1028,10 @@ mod tests {
         assert_eq!(s.challenge(&c.id).await.unwrap().unwrap().failures, 6);
         assert_eq!(s.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 6);
         // Exhausted: the right code no longer redeems.
-        assert!(is_conflict(s.redeem_challenge(&c.id, "code-1", T0, 6, &session(&u), &META).await, Conflict::Stale));
+        assert!(is_conflict(
+            s.redeem_challenge(&c.id, "code-1", T0, 6, u32::MAX, i64::MAX, &session(&u), &META).await,
+            Conflict::Stale
+        ));
     }
 
     #[tokio::test]
@@ -1008,7 +1040,7 @@ mod tests {
         let u = registered(&s, "kate").await;
         let c = challenge(&u);
         s.create_challenge(&c, false, &META).await.unwrap();
-        s.record_challenge_failure(&c.id, &u.id, 6, &META).await.unwrap();
+        s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, &META).await.unwrap();
         let replace = |now: i64, max_resends: u32, max_failures: u32| {
             let s = s.clone();
             async move {
@@ -1042,7 +1074,9 @@ mod tests {
         // Failure cap reached (1 failure, max 1).
         assert!(is_conflict(replace(T0 + 1000, 3, 1).await, Conflict::Stale));
         // Used.
-        s.redeem_challenge(&c.id, "code-1700000120", T0 + 130, 6, &session(&u), &META).await.unwrap();
+        s.redeem_challenge(&c.id, "code-1700000120", T0 + 130, 6, u32::MAX, i64::MAX, &session(&u), &META)
+            .await
+            .unwrap();
         assert!(is_conflict(replace(T0 + 2000, 9, 6).await, Conflict::Stale));
         assert_eq!(s.challenge(&c.id).await.unwrap().unwrap().resends, 2);
     }
@@ -1054,7 +1088,7 @@ mod tests {
         let c = challenge(&u);
         s.create_challenge(&c, false, &META).await.unwrap();
         let sess = session(&u);
-        s.redeem_challenge(&c.id, "code-1", T0, 6, &sess, &META).await.unwrap();
+        s.redeem_challenge(&c.id, "code-1", T0, 6, u32::MAX, i64::MAX, &sess, &META).await.unwrap();
         s.rotate_session(&sess.id, "refresh-0", "refresh-1", T0 + 5, &META).await.unwrap();
         let got = s.session(&sess.id).await.unwrap().unwrap();
         assert_eq!((got.refresh_hash.as_str(), got.refreshed_at, got.generation), ("refresh-1", T0 + 5, 1));
