@@ -111,6 +111,11 @@ pub struct Policy {
     pub password_reset_ttl_secs: i64,
     /// Reset links mailed to one address per hour, at most.
     pub password_reset_per_hour: u32,
+    /// The least time a request that answers the same for every address
+    /// takes (reset link, verification resend), so its timing does not
+    /// tell whether the address has an account: above what the work
+    /// behind either answer takes.
+    pub uniform_answer_ms: u64,
     pub limits: RateLimits,
 }
 
@@ -137,6 +142,7 @@ impl Default for Policy {
             device_token_ttl_secs: 90 * 24 * 3600,
             password_reset_ttl_secs: 3600,
             password_reset_per_hour: 3,
+            uniform_answer_ms: 100,
             limits: RateLimits::default(),
         }
     }

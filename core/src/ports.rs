@@ -75,18 +75,29 @@ pub trait UserStore: Send + Sync {
     ) -> StoreResult<User>;
 
     /// Replaces the password hash (rehash on login when parameters rise)
-    /// and sets the user's `meta` to the request's.
-    /// An unknown user is `Conflict(Stale)`.
-    async fn set_password_hash(&self, id: &UserId, phc: &str, meta: &RequestMeta) -> StoreResult<()>;
+    /// and sets the user's `meta` to the request's, only if the stored hash
+    /// is still `expected_phc`, the one the password was checked against
+    /// (a change or reset meanwhile wins); `Conflict(Stale)` otherwise, an
+    /// unknown user included.
+    async fn set_password_hash(
+        &self,
+        id: &UserId,
+        expected_phc: &str,
+        phc: &str,
+        meta: &RequestMeta,
+    ) -> StoreResult<()>;
 
     /// A password change: sets the user's `password_hash` to `phc`, its
     /// `sessions_valid_after` to `now` (every other session of the user ends)
     /// and its `meta`, and the session `keep`'s `valid_from` to `now` (it
     /// survives), in one transaction, only if the user exists and `keep` is
-    /// an unrevoked session of theirs; `Conflict(Stale)` otherwise.
+    /// an unrevoked session of theirs and its stored hash is still
+    /// `expected_phc`, the one the current password was checked against (a
+    /// reset or another change meanwhile wins); `Conflict(Stale)` otherwise.
     async fn change_password(
         &self,
         id: &UserId,
+        expected_phc: &str,
         phc: &str,
         keep: &SessionId,
         now: Timestamp,
@@ -98,14 +109,18 @@ pub trait UserStore: Send + Sync {
     /// `password_reset_at` to `now` (every session of the user ends), ends a
     /// lock and starts the counts afresh (`locked_until` absent,
     /// `failed_logins` and `otp_failures` 0: the wrong passwords and codes
-    /// were tried against a password that is gone) and sets its `meta`, only if the user exists and its `password_hash` is still
-    /// `expected_phc`, the hash the link was made for; `Conflict(Stale)`
-    /// otherwise. That condition makes a link single use: of two resets
-    /// with one link, exactly one succeeds.
+    /// were tried against a password that is gone) and sets its `meta`, only
+    /// if the user exists and has had no reset at or after `link_issued_at`,
+    /// when the link was made (`password_reset_at` absent or earlier);
+    /// `Conflict(Stale)` otherwise. That condition makes a link single use,
+    /// and ends every link made before a reset with it: of two resets with
+    /// links made in the same second, exactly one succeeds. (A password
+    /// change does not end a link: someone holding a session and the
+    /// password could otherwise keep every link the owner is mailed dead.)
     async fn reset_password(
         &self,
         id: &UserId,
-        expected_phc: &str,
+        link_issued_at: Timestamp,
         phc: &str,
         now: Timestamp,
         meta: &RequestMeta,

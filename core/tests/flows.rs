@@ -576,10 +576,12 @@ async fn a_reset_link_sets_a_new_password_once_and_ends_every_session() {
     signed_in_with(&w, "rita", NEW_PW, None, &meta()).await;
 }
 
-/// A link works for one hour, only for the account and password hash it was
-/// made for, and not once tampered with.
+/// A link works for one hour, once, only for its account, not once
+/// tampered with, and not past the account's next reset; a password change
+/// does not end it (else whoever holds a session and the password could
+/// keep every link dead).
 #[tokio::test]
-async fn a_reset_link_lives_one_hour_and_dies_with_any_password_change() {
+async fn a_reset_link_lives_one_hour_once_and_not_past_the_next_reset() {
     let w = world(RateLimits::relaxed());
     let email = verified(&w, "rita").await;
     let other = verified(&w, "oscar").await;
@@ -604,7 +606,8 @@ async fn a_reset_link_lives_one_hour_and_dies_with_any_password_change() {
     let oscar_id = oscars.split('.').nth(1).unwrap();
     for forged in [
         format!("{}.{}.{}.{}", parts[0], oscar_id, parts[2], parts[3]),
-        format!("{}.{}.{}.{}", parts[0], parts[1], T0 + 3601, parts[3]),
+        format!("{}.{}.{}.{}", parts[0], parts[1], T0 + 3000, parts[3]),
+        format!("{}x.{}.{}.{}", &parts[0][..21], parts[1], parts[2], parts[3]),
         format!("{}.{}.{}.{}0", parts[0], parts[1], parts[2], &parts[3][1..]),
         format!("{first}.x"),
         String::new(),
@@ -624,16 +627,22 @@ async fn a_reset_link_lives_one_hour_and_dies_with_any_password_change() {
         ),
         "an earlier link after a reset"
     );
-    // Oscar's own link still works until oscar changes his password.
+    // A link asked for in the reset's second is older than the reset too.
+    w.auth.request_password_reset(&email, &meta()).await.unwrap();
+    let same_second = w.mail.reset_token();
+    assert!(matches!(
+        w.auth.reset_password(&same_second, "yet another fine passphrase".into(), &meta()).await,
+        Err(Error::ResetLinkInvalid)
+    ));
+    // Oscar's link outlives a password change made with a session.
     let pair = signed_in(&w, "oscar", &meta()).await;
     w.auth
         .change_password(&pair.access_token, PW.into(), "thunder kettle meadow lantern".into(), &meta())
         .await
         .unwrap();
-    assert!(
-        matches!(w.auth.reset_password(&oscars, NEW_PW.into(), &meta()).await, Err(Error::ResetLinkInvalid)),
-        "a link made before a password change"
-    );
+    w.auth.reset_password(&oscars, NEW_PW.into(), &meta()).await.expect("a link made before a password change");
+    let r = w.auth.me(&pair.access_token).await;
+    assert!(matches!(r, Err(Error::Unauthorized)), "the session that changed the password lives on: {r:?}");
 }
 
 /// Asking answers the same for every address; only a verified account is
@@ -650,14 +659,19 @@ async fn only_a_verified_account_is_mailed_a_reset_link() {
     assert!(matches!(err, Error::Validation { field: "email", .. }), "{err:?}");
 }
 
-/// A refused new password is named and leaves the link usable; a reset
-/// ends a lock someone else set, so the owner signs in at once.
+/// A refused new password is named and leaves the link usable. With the
+/// default limits: a stranger keeps the account locked and its
+/// per-identifier limit spent; the reset ends the lock and every older
+/// device token, and gives the client that made it a device token of its
+/// own, so the owner signs in there though the stranger locks it again.
 #[tokio::test]
-async fn a_reset_checks_the_new_password_and_ends_a_running_lock() {
-    let w = world(RateLimits::relaxed());
+async fn a_reset_gives_its_client_a_way_past_a_lock_a_stranger_keeps_up() {
+    let w = world(RateLimits::default());
     let email = verified(&w, "rita").await;
+    let laptop = signed_in(&w, "rita", &meta()).await.device_token.unwrap();
+    let stranger = meta_from("198.51.100.9");
     for _ in 0..10 {
-        let _ = w.auth.login("rita", "wrong wrong wrong".into(), None, &meta_from("198.51.100.9")).await;
+        let _ = w.auth.login("rita", "wrong wrong wrong".into(), None, &stranger).await;
     }
     assert_eq!(w.mail.last().job.kind(), "account_locked");
     w.auth.request_password_reset(&email, &meta()).await.unwrap();
@@ -666,9 +680,19 @@ async fn a_reset_checks_the_new_password_and_ends_a_running_lock() {
         let err = w.auth.reset_password(&token, weak.into(), &meta()).await.unwrap_err();
         assert!(matches!(err, Error::Validation { field: "new_password", .. }), "{weak}: {err:?}");
     }
-    w.auth.reset_password(&token, NEW_PW.into(), &meta()).await.unwrap();
-    w.clock.set(T0 + 1);
-    signed_in_with(&w, "rita", NEW_PW, None, &meta()).await;
+    let phone = w.auth.reset_password(&token, NEW_PW.into(), &meta()).await.unwrap();
+    w.clock.advance(1);
+    for _ in 0..10 {
+        let _ = w.auth.login("rita", "wrong wrong wrong".into(), None, &stranger).await;
+    }
+    let r = w.auth.login("rita", NEW_PW.into(), None, &meta()).await;
+    assert!(matches!(r, Err(Error::InvalidCredentials | Error::RateLimited { .. })), "no device: {r:?}");
+    let r = w.auth.login("rita", NEW_PW.into(), Some(&laptop), &meta()).await;
+    assert!(
+        matches!(r, Err(Error::InvalidCredentials | Error::RateLimited { .. })),
+        "a device token from before: {r:?}"
+    );
+    signed_in_with(&w, "rita", NEW_PW, Some(&phone), &meta()).await;
 }
 
 /// Reset links to one address: 3 an hour.

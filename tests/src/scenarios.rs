@@ -409,7 +409,8 @@ pub async fn password_reset_by_mail(sys: &TestSystem) {
         (400, Some("invalid_request"), Some("new_password"))
     );
     let (st, body, _) = sys.post("/v1/password/reset", json!({ "token": token, "new_password": NEW })).await;
-    assert_eq!(st, 204, "{body}");
+    assert_eq!((st, body["status"].as_str()), (200, Some("password_reset")), "{body}");
+    let device = body["device_token"].as_str().expect("a device token for the client that reset").to_string();
     let (st, body, _) = sys.post("/v1/password/reset", json!({ "token": token, "new_password": NEW })).await;
     assert_eq!((st, body["error"].as_str()), (400, Some("reset_link_invalid")), "a second use");
     let told = sys.wait_mail(&email, before + 2).await;
@@ -420,7 +421,8 @@ pub async fn password_reset_by_mail(sys: &TestSystem) {
     assert_eq!(st, 401, "a session from before the reset lives on");
     let (st, body, _) = sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD})).await;
     assert_eq!((st, body["error"].as_str()), (401, Some("invalid_credentials")), "the old password works");
-    let (st, body, _) = sys.post("/v1/login", json!({"identifier": username, "password": NEW})).await;
+    let (st, body, _) =
+        sys.post("/v1/login", json!({"identifier": username, "password": NEW, "device_token": device})).await;
     assert_eq!(st, 202, "{body}");
     assert_eq!(sys.mails_to(&unknown).await.len(), 0, "an unknown address got mail");
 }

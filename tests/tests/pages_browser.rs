@@ -259,13 +259,15 @@ async fn a_forgotten_password_is_replaced_through_the_mailed_link() {
         .post_with("/password/forgot", &[("csrf", &f.csrf()), ("email", &email)], &[("sec-fetch-site", "cross-site")])
         .await;
     assert_eq!(cross.status, 403, "a cross-site post");
-    assert_eq!(sys.mails_to(&email).await.len(), 2, "a refused post mailed a link");
     let sent = b.post("/password/forgot", &[("csrf", &f.csrf()), ("email", &email)]).await;
     assert_eq!(sent.status, 200, "{}", sent.body);
     assert!(sent.body.contains("is on its way"), "{}", sent.body);
 
+    // Mail goes out in order: once this link is out, a refused post's
+    // would be too.
     let mail = sys.wait_mail(&email, 3).await;
     assert_eq!(mail.kind, "password_reset");
+    assert_eq!(sys.mails_to(&email).await.len(), 3, "a refused post mailed a link");
     let link = mail.link().expect("link");
     let path = &link[link.find("/password/reset").expect("path")..];
     let token = link.split("token=").nth(1).expect("token");
@@ -280,6 +282,9 @@ async fn a_forgotten_password_is_replaced_through_the_mailed_link() {
     let done = b.post("/password/reset", &[("csrf", &weak.csrf()), ("token", token), ("new_password", NEW)]).await;
     assert_eq!(done.status, 200, "{}", done.body);
     assert!(done.body.contains("Password changed"), "{}", done.body);
+    let set = b.last_set(DEVICE).to_string();
+    assert_cookie_attributes(&set);
+    assert!(set.contains("SameSite=Strict"), "the browser that reset gets a device cookie: {set}");
     let after = b.get("/dashboard").await;
     assert_eq!((after.status, after.location()), (303, "/login"), "the session outlived the reset");
     let form = b.get(path).await;

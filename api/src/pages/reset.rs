@@ -7,6 +7,7 @@
 //! with `Referrer-Policy: no-referrer`, so it never leaves in a Referer.
 
 use super::account::{FieldErrors, sentence};
+use super::cookies;
 use super::render::{self, page};
 use super::visitor::Visitor;
 use super::with_cookies;
@@ -114,14 +115,19 @@ pub async fn reset(State(s): State<AppState>, mut v: Visitor, Form(f): Form<Rese
     }
     let token = f.token.unwrap_or_default();
     match s.auth.reset_password(&token, f.new_password.unwrap_or_default(), &v.meta).await {
-        Ok(()) => page(
-            StatusCode::OK,
-            "message.html",
-            context! {
-                title => "Password changed",
-                text => "Your new password is set, and every session of your account was signed out. Sign in with it now.",
-                link => "/login", link_text => "Sign in",
-            },
+        // This browser proved the mailbox: its device cookie lets it past a
+        // lock someone else keeps up (the reset ended every older one).
+        Ok(device) => with_cookies(
+            page(
+                StatusCode::OK,
+                "message.html",
+                context! {
+                    title => "Password changed",
+                    text => "Your new password is set, and every session of your account was signed out. Sign in with it now.",
+                    link => "/login", link_text => "Sign in",
+                },
+            ),
+            vec![cookies::set(cookies::DEVICE, &device, s.auth.policy().device_token_ttl_secs, "Strict")],
         ),
         // The link is still good: say what is wrong with the password.
         Err(Error::Validation { reason, .. }) if token.len() <= MAX_TOKEN_LEN => {

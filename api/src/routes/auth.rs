@@ -186,7 +186,8 @@ pub struct ResetReq {
     new_password: Option<String>,
 }
 
-/// Sets a new password with a reset link's token; every session ends.
+/// Sets a new password with a reset link's token; every session ends. The
+/// client gets a device token (the reset ended its older one).
 pub async fn reset_password(
     State(s): State<AppState>,
     Meta(meta): Meta,
@@ -194,8 +195,13 @@ pub async fn reset_password(
 ) -> Result<Response, ApiError> {
     let token = required(r.token, "token")?;
     let new = required(r.new_password, "new_password")?;
-    s.auth.reset_password(&token, new, &meta).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let device_token = s.auth.reset_password(&token, new, &meta).await?;
+    Ok(Json(json!({
+        "status": "password_reset",
+        "message": "Your new password is set and every session has ended. Sign in with it now.",
+        "device_token": device_token,
+    }))
+    .into_response())
 }
 
 pub async fn me(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {

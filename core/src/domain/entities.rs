@@ -53,14 +53,16 @@ impl User {
         self.locked_until.is_some_and(|t| t > now)
     }
 
-    /// Whether `session` was ended by a password change of this user: the
-    /// session that made the change has `valid_from` = its time; any other
-    /// session created in that second or before it is ended (a login in the
-    /// same second as the change, rare, must sign in again).
+    /// Whether `session` was ended by a password change or reset of this
+    /// user: the session that made a change has `valid_from` = its time;
+    /// any other session created in that second or before it is ended (a
+    /// login in the same second as the change, rare, must sign in again).
+    /// A reset ends every session, so when the last change was a reset, a
+    /// session that made a change in the reset's second ends too.
     pub fn ended_by_password_change(&self, session: &Session) -> bool {
         match (self.sessions_valid_after, session.valid_from) {
             (None, _) => false,
-            (Some(t), Some(from)) => from < t,
+            (Some(t), Some(from)) => from < t || (from == t && self.password_reset_at == Some(t)),
             (Some(t), None) => session.created_at <= t,
         }
     }

@@ -18,7 +18,11 @@
 //! the account, the UTC second it was issued, and an HMAC tag over them
 //! under the code key (domain `latchkey/device-token/v1`). Nothing is
 //! stored. It is refused once `device_token_ttl_secs` have passed, and when
-//! the account's password changed at or after its issue.
+//! the account's password changed at or after its issue. A password reset
+//! by mail gives the client that made it a token of its own (issue time
+//! marked `r`): it vouches from that reset on, until the next change, so
+//! the owner who proved the mailbox is not locked out by someone who keeps
+//! the account locked while the reset ended every older token.
 
 use super::Auth;
 use crate::clock::Timestamp;
@@ -41,23 +45,39 @@ pub(crate) struct DeviceClaim {
     pub device_id: String,
     user_id: UserId,
     issued_at: Timestamp,
+    /// Issued by the password reset at `issued_at`.
+    by_reset: bool,
 }
 
 impl DeviceClaim {
     /// Whether this device finished a login of `user` since the user's last
-    /// password change.
+    /// password change, or made the reset that was that change.
     pub fn vouches_for(&self, user: &User) -> bool {
-        self.user_id == user.id && user.sessions_valid_after.is_none_or(|changed| self.issued_at > changed)
+        self.user_id == user.id
+            && user.sessions_valid_after.is_none_or(|changed| {
+                self.issued_at > changed
+                    || (self.by_reset && self.issued_at == changed && user.password_reset_at == Some(changed))
+            })
     }
 }
 
 impl Auth {
     /// A new device token for `user_id`, issued at `now`.
     pub(crate) fn device_token(&self, user_id: &UserId, now: Timestamp) -> String {
+        self.make_device_token(user_id, now.to_string())
+    }
+
+    /// A new device token for the client that reset `user_id`'s password at
+    /// `reset_at`.
+    pub(crate) fn device_token_by_reset(&self, user_id: &UserId, reset_at: Timestamp) -> String {
+        self.make_device_token(user_id, format!("{reset_at}r"))
+    }
+
+    fn make_device_token(&self, user_id: &UserId, issued: String) -> String {
         let mut id = [0u8; 16];
         self.ports.rng.fill(&mut id);
         let id = URL_SAFE_NO_PAD.encode(id);
-        let (user, issued) = (user_id.to_string(), now.to_string());
+        let user = user_id.to_string();
         let tag = self.device_tag(&id, &user, &issued);
         format!("{id}.{user}.{issued}.{tag}")
     }
@@ -77,12 +97,14 @@ impl Auth {
         if !OtpCode::hashes_equal(&self.device_tag(id, user, issued), tag) {
             return None;
         }
-        let issued_at: Timestamp = issued.parse().ok()?;
+        let (at, by_reset) = issued.strip_suffix('r').map_or((issued, false), |at| (at, true));
+        let issued_at: Timestamp = at.parse().ok()?;
         let user_id = UserId::parse(user)?;
         (issued_at <= now && now < issued_at + self.policy.device_token_ttl_secs).then(|| DeviceClaim {
             device_id: id.to_string(),
             user_id,
             issued_at,
+            by_reset,
         })
     }
 

@@ -89,7 +89,12 @@ impl Auth {
         }
         if self.hasher.needs_rehash(&user.password_hash) {
             let phc = self.hasher.hash(&password, self.ports.rng.as_ref()).await?;
-            self.ports.users.set_password_hash(&user.id, &phc, meta).await?;
+            match self.ports.users.set_password_hash(&user.id, &user.password_hash, &phc, meta).await {
+                // Changed or reset meanwhile: the newer password stands (and
+                // the challenge below is refused if it ended this login).
+                Ok(()) | Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
 
         let rng = self.ports.rng.as_ref();

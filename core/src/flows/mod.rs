@@ -87,6 +87,19 @@ impl Auth {
         Ok(())
     }
 
+    /// Waits until `Policy::uniform_answer_ms` have passed since `started`:
+    /// a request that answers the same whether or not an account exists
+    /// (asking for a reset link or a new verification link) also answers
+    /// in the same time, though only an account costs a mail job (measured
+    /// on the embedded store before this: 3.3 ms for a verified address
+    /// against 1.8 ms for an unknown one).
+    async fn uniform_answer(&self, started: std::time::Instant) {
+        let floor = std::time::Duration::from_millis(self.policy.uniform_answer_ms);
+        if let Some(left) = floor.checked_sub(started.elapsed()) {
+            tokio::time::sleep(left).await;
+        }
+    }
+
     /// As `send`, for a mail that follows a change already committed: a
     /// queue outage is logged, not answered, so the request reports what was
     /// done. (An error would be worse: a registration answered 500 exists

@@ -43,9 +43,11 @@ impl Auth {
             other => other,
         })?;
         let phc = self.hasher.hash(&new, self.ports.rng.as_ref()).await?;
-        match self.ports.users.change_password(&uid, &phc, &sid, now, meta).await {
+        match self.ports.users.change_password(&uid, &user.password_hash, &phc, &sid, now, meta).await {
             Ok(()) => {}
-            // Revoked or gone meanwhile (a logout in another tab).
+            // Revoked or gone meanwhile (a logout in another tab), or the
+            // password was reset or changed since it was checked: a reset
+            // ends this session too, and a change must not undo one.
             Err(StoreError::Conflict(_)) => return Err(Error::Unauthorized),
             Err(e) => return Err(e.into()),
         }

@@ -3,23 +3,31 @@
 //!
 //! The link carries `<nonce>.<user id>.<issued at>.<tag>`: 128 random bits,
 //! the account, the UTC second it was made, and an HMAC-SHA256 tag (full
-//! length) under the code key (domain `latchkey/password-reset/v1`) over
-//! those and the account's password hash as it was then. Nothing is stored.
-//! The link works for `Policy::password_reset_ttl_secs` (1 hour) and only
-//! while the account's password hash is the one it was made for: a reset
-//! replaces that hash (the store's write is conditional on it, so of two
-//! resets with one link exactly one succeeds), and so does a password
-//! change or a rehash, so every earlier link dies with them.
+//! length) under the code key (domain `latchkey/password-reset/v2`) over
+//! them. Nothing is stored. The link works for
+//! `Policy::password_reset_ttl_secs` (1 hour), once, and only if it was made
+//! after the account's last reset: a reset records its time, and the store
+//! writes it only if no reset happened at or after the link's (so of two
+//! resets with one link exactly one succeeds, and every earlier link dies).
+//! A password change does not end a link: otherwise someone holding a
+//! session and the password could keep every link the owner is mailed dead
+//! by changing the password, and the owner could never take the account
+//! back. A change racing a reset cannot undo it either: a change (and a
+//! rehash) writes only while the hash is the one it checked.
 //!
-//! Asking answers the same whether or not the address has an account; only
-//! a verified account is mailed a link (an unverified one proves nothing of
-//! its address yet: verify first). A reset ends every session of the
-//! account and a running lock (the wrong passwords were tried against a
-//! password that is gone); the owner is told by mail.
+//! Asking answers the same whether or not the address has an account, in
+//! the same time (`Auth::uniform_answer`), and a mail queue outage is
+//! logged, not answered; only a verified account is mailed a link (an
+//! unverified one proves nothing of its address yet: verify first). A reset
+//! ends every session and login in progress of the account, a running lock
+//! and the code budget's count (the wrong passwords and codes were tried
+//! against a password that is gone), tells the owner by mail, and gives the
+//! client a device token (`flows::device`), so someone who keeps the account
+//! locked cannot keep its owner out after the reset ended their older ones.
 
 use super::Auth;
 use crate::clock::Timestamp;
-use crate::domain::{Email, OtpCode, RequestMeta, Secret, User, UserId};
+use crate::domain::{Email, OtpCode, RequestMeta, Secret, UserId};
 use crate::error::{Error, StoreError};
 use crate::mail::MailJob;
 use base64::Engine as _;
@@ -31,7 +39,7 @@ const NONCE_LEN: usize = 22;
 const TAG_LEN: usize = 64;
 /// Longer than any link token this service makes.
 const MAX_TOKEN_LEN: usize = 160;
-const MAC_DOMAIN: &str = "latchkey/password-reset/v1";
+const MAC_DOMAIN: &str = "latchkey/password-reset/v2";
 
 /// What a reset link's token says before it is checked against its account.
 struct ResetClaim<'a> {
@@ -63,6 +71,7 @@ impl Auth {
     /// the same whether or not it does; limited per client and per address
     /// (`Policy::password_reset_per_hour`), since each call may send mail.
     pub async fn request_password_reset(&self, email: &str, meta: &RequestMeta) -> Result<(), Error> {
+        let started = std::time::Instant::now();
         let email = Email::parse(email)?;
         let l = &self.policy.limits;
         self.limit(&[
@@ -71,64 +80,78 @@ impl Auth {
                 .key(format!("reset:email:{}", email.as_str())),
         ])
         .await?;
-        let Some(user) = self.ports.users.user_by_email(&email).await?.filter(|u| u.verified) else {
-            tracing::info!(to = %email.masked(), "password reset asked for an address without a verified account");
-            return Ok(());
-        };
-        let token = self.reset_token(&user, self.now());
-        let job = MailJob::PasswordReset {
-            username: user.username.to_string(),
-            token: Secret::new(token),
-            expires_minutes: (self.policy.password_reset_ttl_secs / 60) as u32,
-        };
-        self.send(&user.email, Some(user.id.to_string()), meta, job).await
+        match self.ports.users.user_by_email(&email).await?.filter(|u| u.verified) {
+            Some(user) => {
+                let job = MailJob::PasswordReset {
+                    username: user.username.to_string(),
+                    token: Secret::new(self.reset_token(&user.id, self.now())),
+                    expires_minutes: (self.policy.password_reset_ttl_secs / 60) as u32,
+                };
+                tracing::info!(user_id = %user.id, "password reset link asked for");
+                // A queue outage answered only here would tell who has an
+                // account; the owner can ask again.
+                self.notify(&user.email, Some(user.id.to_string()), meta, job).await;
+            }
+            None => {
+                tracing::info!(to = %email.masked(), "password reset asked for an address without a verified account")
+            }
+        }
+        self.uniform_answer(started).await;
+        Ok(())
     }
 
     /// Sets a new password with a reset link's token. The registration's
     /// password rules apply (checked after the link, so a refused password
-    /// leaves the link usable); every session of the account ends.
-    pub async fn reset_password(&self, token: &str, new: String, meta: &RequestMeta) -> Result<(), Error> {
+    /// leaves the link usable); every session of the account ends. Returns
+    /// a device token for the client that made the reset.
+    pub async fn reset_password(&self, token: &str, new: String, meta: &RequestMeta) -> Result<String, Error> {
         let l = &self.policy.limits;
         self.limit(&[l.code_verify_ip.key(format!("reset:ip:{}", super::client_key(meta)))]).await?;
         let now = self.now();
-        let claim = ResetClaim::parse(token).ok_or(Error::ResetLinkInvalid)?;
+        let refused = |why: &str| {
+            tracing::info!(reason = why, ip = meta.ip.as_deref().unwrap_or("-"), "password reset link refused");
+            Error::ResetLinkInvalid
+        };
+        let claim = ResetClaim::parse(token).ok_or_else(|| refused("malformed"))?;
+        if !OtpCode::hashes_equal(&self.reset_tag(claim.nonce, claim.user, claim.issued), claim.tag) {
+            return Err(refused("forged"));
+        }
         let fresh = claim.issued_at <= now && now < claim.issued_at.saturating_add(self.policy.password_reset_ttl_secs);
         if !fresh {
-            return Err(Error::ResetLinkInvalid);
+            return Err(refused("expired"));
         }
-        let user = self.ports.users.user_by_id(&claim.user_id).await?.ok_or(Error::ResetLinkInvalid)?;
-        let expected = self.reset_tag(claim.nonce, claim.user, claim.issued, &user.password_hash);
-        if !OtpCode::hashes_equal(&expected, claim.tag) {
-            return Err(Error::ResetLinkInvalid);
+        let user = self.ports.users.user_by_id(&claim.user_id).await?.ok_or_else(|| refused("no such account"))?;
+        if user.password_reset_at.is_some_and(|at| at >= claim.issued_at) {
+            return Err(refused("used, or older than the last reset"));
         }
         let new = self.new_password(new, &user.username, &user.email).map_err(|e| match e {
             Error::Validation { reason, .. } => Error::Validation { field: "new_password", reason },
             other => other,
         })?;
         let phc = self.hasher.hash(&new, self.ports.rng.as_ref()).await?;
-        match self.ports.users.reset_password(&user.id, &user.password_hash, &phc, now, meta).await {
+        match self.ports.users.reset_password(&user.id, claim.issued_at, &phc, now, meta).await {
             Ok(()) => {}
-            // Used by another request meanwhile, or the password changed.
-            Err(StoreError::Conflict(_)) => return Err(Error::ResetLinkInvalid),
+            // Used by another request meanwhile.
+            Err(StoreError::Conflict(_)) => return Err(refused("used meanwhile")),
             Err(e) => return Err(e.into()),
         }
         tracing::info!(user_id = %user.id, "password reset; every session ended");
         let notice = MailJob::PasswordChanged { username: user.username.to_string(), at: now, by_reset: true };
         self.notify(&user.email, Some(user.id.to_string()), meta, notice).await;
-        Ok(())
+        Ok(self.device_token_by_reset(&user.id, now))
     }
 
-    /// A reset link's token for `user` as it is now, made at `now`.
-    fn reset_token(&self, user: &User, now: Timestamp) -> String {
+    /// A reset link's token for `user_id`, made at `now`.
+    fn reset_token(&self, user_id: &UserId, now: Timestamp) -> String {
         let mut nonce = [0u8; 16];
         self.ports.rng.fill(&mut nonce);
         let nonce = URL_SAFE_NO_PAD.encode(nonce);
-        let (id, issued) = (user.id.to_string(), now.to_string());
-        let tag = self.reset_tag(&nonce, &id, &issued, &user.password_hash);
+        let (id, issued) = (user_id.to_string(), now.to_string());
+        let tag = self.reset_tag(&nonce, &id, &issued);
         format!("{nonce}.{id}.{issued}.{tag}")
     }
 
-    fn reset_tag(&self, nonce: &str, user: &str, issued: &str, password_hash: &str) -> String {
-        self.code_key.mac(MAC_DOMAIN, &[nonce, user, issued, password_hash])
+    fn reset_tag(&self, nonce: &str, user: &str, issued: &str) -> String {
+        self.code_key.mac(MAC_DOMAIN, &[nonce, user, issued])
     }
 }

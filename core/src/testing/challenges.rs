@@ -509,6 +509,9 @@ pub async fn a_password_change_since_the_password_step_stops_its_code(s: &Subjec
 /// A signed-in user whose password was changed at `at`.
 async fn signed_in_and_changed(s: &Subject, at: crate::clock::Timestamp) -> (User, Session) {
     let (user, session) = super::fixtures::signed_in(s).await;
-    s.users.change_password(&user.id, "$argon2id$changed", &session.id, at, &meta()).await.expect("change");
+    s.users
+        .change_password(&user.id, &user.password_hash, "$argon2id$changed", &session.id, at, &meta())
+        .await
+        .expect("change");
     (stored_user(s, &user.id).await, session)
 }

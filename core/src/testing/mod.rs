@@ -93,7 +93,7 @@ macro_rules! contract_suite {
             create_user_taking_one_name_frees_the_other,
             concurrent_takeovers_of_one_unverified_account_both_succeed,
             set_password_hash_replaces_only_the_hash,
-            reset_password_only_replaces_the_expected_hash,
+            reset_password_once_per_link,
             reset_password_has_one_winner,
             consume_verification_once,
             update_replaces_meta,

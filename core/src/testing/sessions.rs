@@ -122,7 +122,9 @@ pub async fn rotate_session_refused_after_revoke(s: &Subject) {
 
 /// A password change sets the hash and `sessions_valid_after` and marks the
 /// session that made it, so it alone outlives the change; it is refused for
-/// another user's or a revoked session, and then writes nothing.
+/// another user's or a revoked session, or when the stored hash is no longer
+/// the one the current password was checked against (a reset meanwhile),
+/// and then writes nothing.
 pub async fn change_password_keeps_only_the_changing_session(s: &Subject) {
     let (user, mine) = signed_in(s).await;
     let (_, theirs) = signed_in(s).await;
@@ -130,15 +132,21 @@ pub async fn change_password_keeps_only_the_changing_session(s: &Subject) {
     let now = T0 + 50;
     let before = stored_user(s, &user.id).await;
     expect_conflict(
-        s.users.change_password(&user.id, phc, &theirs.id, now, &meta()).await,
+        s.users.change_password(&user.id, &user.password_hash, phc, &theirs.id, now, &meta()).await,
         Conflict::Stale,
         "a change through another user's session",
     );
+    expect_conflict(
+        s.users.change_password(&user.id, "$argon2id$reset-meanwhile", phc, &mine.id, now, &meta()).await,
+        Conflict::Stale,
+        "a change checked against a hash replaced meanwhile",
+    );
+    assert_eq!(stored_session(s, &mine.id).await, mine, "a refused change wrote the session");
     assert_eq!(stored_user(s, &user.id).await, before, "a refused change wrote the user");
     assert_eq!(stored_session(s, &theirs.id).await, theirs, "a refused change wrote the session");
 
     let m = meta();
-    s.users.change_password(&user.id, phc, &mine.id, now, &m).await.expect("change_password");
+    s.users.change_password(&user.id, &user.password_hash, phc, &mine.id, now, &m).await.expect("change_password");
     let after = stored_user(s, &user.id).await;
     assert_eq!(after, User { password_hash: phc.into(), sessions_valid_after: Some(now), meta: m.clone(), ..before });
     let kept = stored_session(s, &mine.id).await;
@@ -150,7 +158,7 @@ pub async fn change_password_keeps_only_the_changing_session(s: &Subject) {
 
     s.sessions.revoke_session(&mine.id, now + 1, "logout", &meta()).await.expect("revoke");
     expect_conflict(
-        s.users.change_password(&user.id, phc, &mine.id, now + 2, &meta()).await,
+        s.users.change_password(&user.id, phc, "$argon2id$again", &mine.id, now + 2, &meta()).await,
         Conflict::Stale,
         "a change through a revoked session",
     );

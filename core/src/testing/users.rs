@@ -282,19 +282,24 @@ pub async fn set_password_hash_replaces_only_the_hash(s: &Subject) {
     let (user, _) = registered(s).await;
     let phc = "$argon2id$v=19$m=65536,t=3,p=1$bmV3c2FsdG5ld3NhbHQ$rehashed";
     let m = meta();
-    s.users.set_password_hash(&user.id, phc, &m).await.expect("set_password_hash");
+    expect_conflict(
+        s.users.set_password_hash(&user.id, "$argon2id$not-the-stored-hash", phc, &meta()).await,
+        Conflict::Stale,
+        "a rehash of a hash changed meanwhile",
+    );
+    assert_eq!(stored_user(s, &user.id).await, user, "a refused rehash wrote the user");
+    s.users.set_password_hash(&user.id, &user.password_hash, phc, &m).await.expect("set_password_hash");
     assert_eq!(stored_user(s, &user.id).await, User { password_hash: phc.into(), meta: m, ..user });
 }
 
-/// A reset sets the hash, `sessions_valid_after` and `password_reset_at`
-/// and ends a lock, only while the hash is the one the link was made for:
-/// a second reset with the same expected hash is refused and writes
-/// nothing, as is one for an unknown user.
-pub async fn reset_password_only_replaces_the_expected_hash(s: &Subject) {
+/// A reset sets the hash, `sessions_valid_after` and `password_reset_at`,
+/// ends a lock and zeroes the counts, once per link: not for a link made at
+/// or before the last reset, nor for an unknown user, and a refused one
+/// writes nothing.
+pub async fn reset_password_once_per_link(s: &Subject) {
     let (user, _) = registered(s).await;
     let locked = s.users.record_login_failure(&user.id, T0, 1, 900, &meta()).await.expect("lock");
     assert!(locked.is_locked(T0 + 1));
-    // Wrong codes after the lock (a lock resets the count).
     let c = super::fixtures::new_challenge(user.id);
     s.challenges.create_challenge(&c, false, &meta()).await.expect("challenge");
     s.challenges.record_challenge_failure(&c.id, &user.id, 6, u32::MAX, &meta()).await.expect("a wrong code");
@@ -303,18 +308,13 @@ pub async fn reset_password_only_replaces_the_expected_hash(s: &Subject) {
     let phc = "$argon2id$v=19$m=19456,t=2,p=1$cmVzZXRzYWx0cmVzZXQ$reset";
     let m = meta();
     expect_conflict(
-        s.users.reset_password(&user.id, "$argon2id$not-the-stored-hash", phc, T0 + 5, &m).await,
-        Conflict::Stale,
-        "a reset made for another hash",
-    );
-    assert_eq!(stored_user(s, &user.id).await, locked, "a refused reset wrote the user");
-    expect_conflict(
-        s.users.reset_password(&user_id(), &user.password_hash, phc, T0 + 5, &m).await,
+        s.users.reset_password(&user_id(), T0 + 4, phc, T0 + 5, &m).await,
         Conflict::Stale,
         "a reset of an unknown user",
     );
+    assert_eq!(stored_user(s, &user.id).await, locked, "a refused reset wrote the user");
 
-    s.users.reset_password(&user.id, &user.password_hash, phc, T0 + 5, &m).await.expect("reset_password");
+    s.users.reset_password(&user.id, T0 + 4, phc, T0 + 5, &m).await.expect("reset_password");
     let after = stored_user(s, &user.id).await;
     let expected = User {
         password_hash: phc.into(),
@@ -327,21 +327,27 @@ pub async fn reset_password_only_replaces_the_expected_hash(s: &Subject) {
         ..locked
     };
     assert_eq!(after, expected);
-    expect_conflict(
-        s.users.reset_password(&user.id, &user.password_hash, "$argon2id$second", T0 + 6, &meta()).await,
-        Conflict::Stale,
-        "a second reset with the same link",
-    );
+    for (issued, what) in
+        [(T0 + 4, "the same link again"), (T0 + 1, "an older link"), (T0 + 5, "a link made in the reset's second")]
+    {
+        expect_conflict(
+            s.users.reset_password(&user.id, issued, "$argon2id$second", T0 + 6, &meta()).await,
+            Conflict::Stale,
+            what,
+        );
+    }
     assert_eq!(stored_user(s, &user.id).await, after, "a refused second reset wrote the user");
+    s.users.reset_password(&user.id, T0 + 6, "$argon2id$third", T0 + 7, &m).await.expect("a link made after the reset");
+    assert_eq!(stored_user(s, &user.id).await.password_reset_at, Some(T0 + 7));
 }
 
-/// Of concurrent resets made for one hash, exactly one succeeds.
+/// Of concurrent resets with links made in one second, exactly one succeeds.
 pub async fn reset_password_has_one_winner(s: &Subject) {
     let (user, _) = registered(s).await;
     let results = race(REGISTRATION_RACERS, |i| {
         let users = s.users.clone();
-        let (id, expected) = (user.id, user.password_hash.clone());
-        async move { users.reset_password(&id, &expected, &format!("$argon2id$racer{i}"), T0 + 10, &meta()).await }
+        let id = user.id;
+        async move { users.reset_password(&id, T0 + 9, &format!("$argon2id$racer{i}"), T0 + 10, &meta()).await }
     })
     .await;
     let (winner, (), losers) = single_winner(results, "concurrent resets with one link");

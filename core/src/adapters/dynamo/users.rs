@@ -336,14 +336,21 @@ impl UserStore for DynamoStore {
         Err(StoreError::unavailable("record_login_failure: the user kept changing under contention"))
     }
 
-    async fn set_password_hash(&self, id: &UserId, phc: &str, meta: &RequestMeta) -> StoreResult<()> {
+    async fn set_password_hash(
+        &self,
+        id: &UserId,
+        expected_phc: &str,
+        phc: &str,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
         self.client
             .update_item()
             .table_name(&self.users)
             .key(PK, s(items::user_pk(id)))
             .update_expression("SET password_hash = :h, meta = :meta")
-            .condition_expression("attribute_exists(pk)")
+            .condition_expression("attribute_exists(pk) AND password_hash = :expected")
             .expression_attribute_values(":h", s(phc))
+            .expression_attribute_values(":expected", s(expected_phc))
             .expression_attribute_values(":meta", meta_value(meta)?)
             .send()
             .await
@@ -354,6 +361,7 @@ impl UserStore for DynamoStore {
     async fn change_password(
         &self,
         id: &UserId,
+        expected_phc: &str,
         phc: &str,
         keep: &SessionId,
         now: Timestamp,
@@ -364,8 +372,9 @@ impl UserStore for DynamoStore {
             .table_name(&self.users)
             .key(PK, s(items::user_pk(id)))
             .update_expression("SET password_hash = :h, sessions_valid_after = :now, meta = :meta")
-            .condition_expression("attribute_exists(pk)")
+            .condition_expression("attribute_exists(pk) AND password_hash = :expected")
             .expression_attribute_values(":h", s(phc))
+            .expression_attribute_values(":expected", s(expected_phc))
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":meta", meta.clone());
         let session = Update::builder()
@@ -383,7 +392,7 @@ impl UserStore for DynamoStore {
     async fn reset_password(
         &self,
         id: &UserId,
-        expected_phc: &str,
+        link_issued_at: Timestamp,
         phc: &str,
         now: Timestamp,
         meta: &RequestMeta,
@@ -397,9 +406,11 @@ impl UserStore for DynamoStore {
                  failed_logins = :zero, otp_failures = :zero, meta = :meta REMOVE locked_until",
             )
             .expression_attribute_values(":zero", n(0))
-            .condition_expression("attribute_exists(pk) AND password_hash = :expected")
+            .condition_expression(
+                "attribute_exists(pk) AND (attribute_not_exists(password_reset_at) OR password_reset_at < :issued)",
+            )
             .expression_attribute_values(":h", s(phc))
-            .expression_attribute_values(":expected", s(expected_phc))
+            .expression_attribute_values(":issued", n(link_issued_at))
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":meta", meta_value(meta)?)
             .send()

@@ -119,11 +119,18 @@ impl UserStore for EmbeddedStore {
             .await
     }
 
-    async fn set_password_hash(&self, id: &UserId, phc: &str, meta: &RequestMeta) -> StoreResult<()> {
-        let (id, phc, meta, at) = (*id, phc.to_string(), meta.clone(), self.db().now());
+    async fn set_password_hash(
+        &self,
+        id: &UserId,
+        expected_phc: &str,
+        phc: &str,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
+        let (id, expected, phc, meta, at) =
+            (*id, expected_phc.to_string(), phc.to_string(), meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
-                let Some(old) = rec::load_user(tx, UserKey::Id(&id))? else {
+                let Some(old) = rec::load_user(tx, UserKey::Id(&id))?.filter(|u| u.password_hash == expected) else {
                     return stale();
                 };
                 let new = User { password_hash: phc, meta, ..old.clone() };
@@ -136,19 +143,21 @@ impl UserStore for EmbeddedStore {
     async fn change_password(
         &self,
         id: &UserId,
+        expected_phc: &str,
         phc: &str,
         keep: &SessionId,
         now: Timestamp,
         meta: &RequestMeta,
     ) -> StoreResult<()> {
-        let (id, phc, keep, meta, at) = (*id, phc.to_string(), *keep, meta.clone(), self.db().now());
+        let (id, expected, phc, keep, meta, at) =
+            (*id, expected_phc.to_string(), phc.to_string(), *keep, meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
                 let (Some(old_u), Some(old_s)) = (rec::load_user(tx, UserKey::Id(&id))?, rec::load_session(tx, &keep)?)
                 else {
                     return stale();
                 };
-                if old_s.user_id != id || old_s.revoked_at.is_some() {
+                if old_s.user_id != id || old_s.revoked_at.is_some() || old_u.password_hash != expected {
                     return stale();
                 }
                 let new_u =
@@ -165,16 +174,16 @@ impl UserStore for EmbeddedStore {
     async fn reset_password(
         &self,
         id: &UserId,
-        expected_phc: &str,
+        link_issued_at: Timestamp,
         phc: &str,
         now: Timestamp,
         meta: &RequestMeta,
     ) -> StoreResult<()> {
-        let (id, expected, phc, meta, at) =
-            (*id, expected_phc.to_string(), phc.to_string(), meta.clone(), self.db().now());
+        let (id, phc, meta, at) = (*id, phc.to_string(), meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
-                let Some(old) = rec::load_user(tx, UserKey::Id(&id))?.filter(|u| u.password_hash == expected) else {
+                let unused = |u: &User| u.password_reset_at.is_none_or(|r| r < link_issued_at);
+                let Some(old) = rec::load_user(tx, UserKey::Id(&id))?.filter(unused) else {
                     return stale();
                 };
                 let new = User {
@@ -933,7 +942,7 @@ mod tests {
         s.record_login_failure(&u.id, T0, 10, 900, &META).await.unwrap();
         s.create_challenge(&challenge(&u), true, &META).await.unwrap();
         assert_eq!(s.user_by_id(&u.id).await.unwrap().unwrap().failed_logins, 0);
-        s.set_password_hash(&u.id, "$argon2id$new", &META).await.unwrap();
+        s.set_password_hash(&u.id, &u.password_hash, "$argon2id$new", &META).await.unwrap();
         assert_eq!(s.user_by_id(&u.id).await.unwrap().unwrap().password_hash, "$argon2id$new");
     }
 
