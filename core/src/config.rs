@@ -36,6 +36,10 @@ pub struct RateLimits {
     /// resend, send_otp).
     pub code_send_ip: Limit,
     pub code_send_address: Limit,
+    /// Verification resends per address.
+    pub verification_resend_address: Limit,
+    /// Password reset links per address.
+    pub password_reset_address: Limit,
     pub code_verify_ip: Limit,
     /// Per challenge or per address.
     pub code_verify_subject: Limit,
@@ -52,6 +56,8 @@ impl Default for RateLimits {
             login_device: Limit::new(10, 3600),
             code_send_ip: Limit::new(30, 3600),
             code_send_address: Limit::new(10, 3600),
+            verification_resend_address: Limit::new(5, 3600),
+            password_reset_address: Limit::new(3, 3600),
             code_verify_ip: Limit::new(60, 60),
             code_verify_subject: Limit::new(20, 600),
             refresh_ip: Limit::new(120, 60),
@@ -72,6 +78,8 @@ impl RateLimits {
             login_device: l,
             code_send_ip: l,
             code_send_address: l,
+            verification_resend_address: l,
+            password_reset_address: l,
             code_verify_ip: l,
             code_verify_subject: l,
             refresh_ip: l,
@@ -86,7 +94,6 @@ pub struct Policy {
     pub argon2: Argon2Settings,
     pub verification_ttl_secs: i64,
     pub verification_resend_cooldown_secs: i64,
-    pub verification_resend_per_hour: u32,
     /// How long an account nobody has verified keeps its username and email
     /// to itself; after that a new registration of either replaces it.
     pub unverified_hold_secs: i64,
@@ -109,8 +116,6 @@ pub struct Policy {
     /// How long a password reset link works (it also ends at its first use
     /// and at any password change).
     pub password_reset_ttl_secs: i64,
-    /// Reset links mailed to one address per hour, at most.
-    pub password_reset_per_hour: u32,
     /// The least time a request that answers the same for every address
     /// takes (reset link, verification resend), so its timing does not
     /// tell whether the address has an account: above what the work
@@ -126,7 +131,6 @@ impl Default for Policy {
             argon2: Argon2Settings::default(),
             verification_ttl_secs: 24 * 3600,
             verification_resend_cooldown_secs: 60,
-            verification_resend_per_hour: 5,
             unverified_hold_secs: 7 * 24 * 3600,
             login_code_ttl_secs: 300,
             code_max_failures: 6,
@@ -141,7 +145,6 @@ impl Default for Policy {
             refresh_ttl_secs: 30 * 24 * 3600,
             device_token_ttl_secs: 90 * 24 * 3600,
             password_reset_ttl_secs: 3600,
-            password_reset_per_hour: 3,
             uniform_answer_ms: 100,
             limits: RateLimits::default(),
         }

@@ -576,7 +576,7 @@ fn enumeration(args: &Args) -> Res<()> {
     let tries = args.num("--tries", 200) as usize;
     let mut api = Api::new(args)?;
     let user = format!("enum-{}", std::process::id());
-    api.user(&user)?;
+    let email = api.user(&user)?;
     let wrong = serde_json::json!({"identifier": user, "password": "not the right password at all"});
     let (mut unknown, mut bad) = (Samples::default(), Samples::default());
     let mut odd = 0;
@@ -603,6 +603,34 @@ fn enumeration(args: &Args) -> Res<()> {
         bad.pct(0.1),
         bad.pct(0.9),
         unknown.median() / bad.median()
+    );
+    // The same for the reset link request: an address with a verified
+    // account (a mail job is queued) against unknown ones (nothing is).
+    let (mut unknown, mut known) = (Samples::default(), Samples::default());
+    let mut odd = 0;
+    let known_body = serde_json::json!({ "email": email });
+    for i in 0..tries {
+        let unknown_body = serde_json::json!({ "email": format!("nobody-{i}-{email}") });
+        let order = if i % 2 == 0 { [&unknown_body, &known_body] } else { [&known_body, &unknown_body] };
+        for body in order {
+            let t0 = Instant::now();
+            let (st, _) = api.conn.post("/v1/password/forgot", body)?;
+            let took = ms(t0.elapsed());
+            if st != 202 {
+                odd += 1;
+            }
+            if std::ptr::eq(body, &unknown_body) { unknown.0.push(took) } else { known.0.push(took) }
+        }
+    }
+    println!(
+        "enum_forgot tries={tries} unknown_median_ms={:.2} unknown_p10_ms={:.2} unknown_p90_ms={:.2} known_median_ms={:.2} known_p10_ms={:.2} known_p90_ms={:.2} ratio={:.3} non202={odd}",
+        unknown.median(),
+        unknown.pct(0.1),
+        unknown.pct(0.9),
+        known.median(),
+        known.pct(0.1),
+        known.pct(0.9),
+        unknown.median() / known.median()
     );
     Ok(())
 }

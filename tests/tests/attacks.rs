@@ -180,6 +180,57 @@ pub async fn enum_resend_and_send_otp(sys: &TestSystem) {
     assert_eq!(header_names(h1), header_names(h0));
 }
 
+/// The reset link request: the same status, body and header names for an
+/// address with a verified account, one with an unverified account, and an
+/// unknown one; only the verified one gets mail.
+pub async fn enum_password_reset(sys: &TestSystem) {
+    let (_, pending) = unique();
+    let (st, _, _) =
+        sys.post("/v1/register", json!({"username": unique().0, "email": pending, "password": PASSWORD})).await;
+    assert_eq!(st, 202);
+    let (_, verified) = verified_user(sys).await;
+    let unknown = unique().1;
+    let mut answers = vec![];
+    for email in [&verified, &pending, &unknown] {
+        answers.push(sys.post("/v1/password/forgot", json!({ "email": email })).await);
+    }
+    let (st0, b0, h0) = &answers[0];
+    assert_eq!(*st0, 202, "{b0}");
+    for (st, b, h) in &answers[1..] {
+        assert_eq!((st, b), (st0, b0));
+        assert_eq!(header_names(h), header_names(h0));
+    }
+    assert_eq!(sys.wait_mail(&verified, 2).await.kind, "password_reset");
+    assert_eq!(sys.mails_to(&pending).await.len(), 1, "only the verification mail");
+    assert!(sys.mails_to(&unknown).await.is_empty());
+}
+
+/// 20 concurrent resets with one link: exactly one succeeds, and only its
+/// password signs in.
+pub async fn reset_link_20_times_at_once(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let (st, _, _) = sys.post("/v1/password/forgot", json!({ "email": email })).await;
+    assert_eq!(st, 202);
+    let link = sys.wait_mail(&email, 2).await.link().expect("link");
+    let token = link.split("token=").nth(1).expect("token").to_string();
+    let passwords: Vec<String> = (0..20).map(|i| format!("velvet orbit harbor lantern {i}")).collect();
+    let results = join_all(
+        passwords.iter().map(|pw| sys.post("/v1/password/reset", json!({ "token": token, "new_password": pw }))),
+    )
+    .await;
+    let winners: Vec<usize> = (0..20).filter(|i| results[*i].0 == 200).collect();
+    assert_eq!(winners.len(), 1, "{:?}", results.iter().map(|r| (r.0, r.1.clone())).collect::<Vec<_>>());
+    for (st, b, _) in results.iter().filter(|(st, _, _)| *st != 200) {
+        assert_eq!((*st, b["error"].as_str()), (400, Some("reset_link_invalid")), "{b}");
+    }
+    // The winner's first, then losers (fewer than the 10 that would lock).
+    let w = winners[0];
+    for i in std::iter::once(w).chain((0..20).filter(|i| *i != w).take(5)) {
+        let (st, _, _) = sys.post("/v1/login", json!({"identifier": username, "password": passwords[i]})).await;
+        assert_eq!(st == 202, i == w, "password {i}: {st}");
+    }
+}
+
 // ---------------------------------------------------------------- codes
 
 /// 50 concurrent submissions of the right login code: exactly one success.
@@ -845,6 +896,8 @@ macro_rules! relaxed_attacks {
             enum_login,
             enum_register,
             enum_resend_and_send_otp,
+            enum_password_reset,
+            reset_link_20_times_at_once,
             right_code_50_times_at_once,
             wrong_codes_50_at_once,
             right_code_among_50_guesses_at_once,

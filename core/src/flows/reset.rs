@@ -69,15 +69,14 @@ impl<'a> ResetClaim<'a> {
 impl Auth {
     /// Mails a reset link if `email` belongs to a verified account. Answers
     /// the same whether or not it does; limited per client and per address
-    /// (`Policy::password_reset_per_hour`), since each call may send mail.
+    /// (`RateLimits::password_reset_address`), since each call may send mail.
     pub async fn request_password_reset(&self, email: &str, meta: &RequestMeta) -> Result<(), Error> {
         let started = std::time::Instant::now();
         let email = Email::parse(email)?;
         let l = &self.policy.limits;
         self.limit(&[
             l.code_send_ip.key(format!("send:ip:{}", super::client_key(meta))),
-            crate::config::Limit::new(self.policy.password_reset_per_hour, 3600)
-                .key(format!("reset:email:{}", email.as_str())),
+            l.password_reset_address.key(format!("reset:email:{}", email.as_str())),
         ])
         .await?;
         match self.ports.users.user_by_email(&email).await?.filter(|u| u.verified) {
