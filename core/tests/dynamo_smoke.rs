@@ -333,22 +333,24 @@ async fn redeem_challenge_has_a_single_winner() {
 
     let s = session(&u);
     assert!(is_conflict(
-        &env.store.redeem_challenge(&c.id, "wrong", NOW + 1, 6, u32::MAX, i64::MAX, &s, &META).await,
+        &env.store.redeem_challenge(&c.id, "wrong", NOW + 1, 6, u32::MAX, c.created_at, &s, &META).await,
         Conflict::Stale
     ));
     assert!(is_conflict(
-        &env.store.redeem_challenge(&c.id, "right", c.expires_at, 6, u32::MAX, i64::MAX, &s, &META).await,
+        &env.store.redeem_challenge(&c.id, "right", c.expires_at, 6, u32::MAX, c.created_at, &s, &META).await,
         Conflict::Stale
     ));
     assert!(is_conflict(
-        &env.store.redeem_challenge(&c.id, "right", NOW + 1, 1, u32::MAX, i64::MAX, &s, &META).await,
+        &env.store.redeem_challenge(&c.id, "right", NOW + 1, 1, u32::MAX, c.created_at, &s, &META).await,
         Conflict::Stale
     ));
     assert_eq!(env.store.session(&s.id).await.unwrap(), None);
 
     let sessions: Vec<Session> = (0..20).map(|_| session(&u)).collect();
     let results = join_all(
-        sessions.iter().map(|s| env.store.redeem_challenge(&c.id, "right", NOW + 1, 6, u32::MAX, i64::MAX, s, &META)),
+        sessions
+            .iter()
+            .map(|s| env.store.redeem_challenge(&c.id, "right", NOW + 1, 6, u32::MAX, c.created_at, s, &META)),
     )
     .await;
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "results: {results:?}");
@@ -382,7 +384,7 @@ async fn challenge_failures_never_pass_the_cap() {
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 6);
     // At the cap the right code no longer redeems.
     assert!(is_conflict(
-        &env.store.redeem_challenge(&c.id, "right", NOW + 1, 6, u32::MAX, i64::MAX, &session(&u), &META).await,
+        &env.store.redeem_challenge(&c.id, "right", NOW + 1, 6, u32::MAX, c.created_at, &session(&u), &META).await,
         Conflict::Stale
     ));
 }
@@ -408,10 +410,13 @@ async fn replace_challenge_code_keeps_failures_and_honours_its_guards() {
     assert!(is_conflict(&replace(NOW + 120, 1).await, Conflict::Stale), "out of resends");
     // The old code is dead, the new one redeems.
     assert!(is_conflict(
-        &env.store.redeem_challenge(&c.id, "first", NOW + 121, 6, u32::MAX, i64::MAX, &session(&u), &META).await,
+        &env.store.redeem_challenge(&c.id, "first", NOW + 121, 6, u32::MAX, c.created_at, &session(&u), &META).await,
         Conflict::Stale
     ));
-    env.store.redeem_challenge(&c.id, "second", NOW + 121, 6, u32::MAX, i64::MAX, &session(&u), &META).await.unwrap();
+    env.store
+        .redeem_challenge(&c.id, "second", NOW + 121, 6, u32::MAX, c.created_at, &session(&u), &META)
+        .await
+        .unwrap();
     assert!(is_conflict(&replace(NOW + 500, 3).await, Conflict::Stale), "used");
 }
 
@@ -422,7 +427,7 @@ async fn sessions_rotate_once_and_revoke_idempotently() {
     let c = challenge(&u, "h");
     env.store.create_challenge(&c, false, &META).await.unwrap();
     let s = session(&u);
-    env.store.redeem_challenge(&c.id, "h", NOW + 1, 6, u32::MAX, i64::MAX, &s, &META).await.unwrap();
+    env.store.redeem_challenge(&c.id, "h", NOW + 1, 6, u32::MAX, c.created_at, &s, &META).await.unwrap();
 
     env.store.rotate_session(&s.id, "r0", "r1", NOW + 2, &META).await.unwrap();
     assert!(is_conflict(&env.store.rotate_session(&s.id, "r0", "r2", NOW + 3, &META).await, Conflict::Stale));

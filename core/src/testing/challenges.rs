@@ -72,15 +72,21 @@ pub async fn redeem_challenge_has_one_winner(s: &Subject) {
     let now = T0 + 1;
     let sessions: Vec<Session> = (0..RACERS).map(|_| new_session(user.id)).collect();
     let metas: Vec<RequestMeta> = (0..RACERS).map(|_| meta()).collect();
-    let results = race(RACERS, |i| {
-        let challenges = s.challenges.clone();
-        let (id, code_hash, session, m) =
-            (challenge.id, challenge.code_hash.clone(), sessions[i].clone(), metas[i].clone());
-        async move {
-            challenges.redeem_challenge(&id, &code_hash, now, MAX_FAILURES, u32::MAX, i64::MAX, &session, &m).await
-        }
-    })
-    .await;
+    let results =
+        race(RACERS, |i| {
+            let challenges = s.challenges.clone();
+            let (id, code_hash, step, session, m) = (
+                challenge.id,
+                challenge.code_hash.clone(),
+                challenge.created_at,
+                sessions[i].clone(),
+                metas[i].clone(),
+            );
+            async move {
+                challenges.redeem_challenge(&id, &code_hash, now, MAX_FAILURES, u32::MAX, step, &session, &m).await
+            }
+        })
+        .await;
     let (w, (), losers) = single_winner(results, "concurrent redeems of one challenge");
     for (i, r) in losers {
         expect_conflict(r, Conflict::Stale, &format!("racer {i} redeeming a used challenge"));
@@ -122,7 +128,7 @@ pub async fn redeem_challenge_refused_at_expiry_boundary(s: &Subject) {
                 challenge.expires_at,
                 MAX_FAILURES,
                 u32::MAX,
-                i64::MAX,
+                challenge.created_at,
                 &late,
                 &meta(),
             )
@@ -141,7 +147,7 @@ pub async fn redeem_challenge_refused_at_expiry_boundary(s: &Subject) {
             challenge.expires_at - 1,
             MAX_FAILURES,
             u32::MAX,
-            i64::MAX,
+            challenge.created_at,
             &on_time,
             &meta(),
         )
@@ -156,7 +162,16 @@ pub async fn redeem_challenge_refused_with_another_code(s: &Subject) {
     let wrong = new_session(user.id);
     expect_conflict(
         s.challenges
-            .redeem_challenge(&challenge.id, &hash(), T0 + 1, MAX_FAILURES, u32::MAX, i64::MAX, &wrong, &meta())
+            .redeem_challenge(
+                &challenge.id,
+                &hash(),
+                T0 + 1,
+                MAX_FAILURES,
+                u32::MAX,
+                challenge.created_at,
+                &wrong,
+                &meta(),
+            )
             .await,
         Conflict::Stale,
         "redeem with another code hash",
@@ -168,7 +183,7 @@ pub async fn redeem_challenge_refused_with_another_code(s: &Subject) {
     let stray = new_session(user.id);
     expect_conflict(
         s.challenges
-            .redeem_challenge(&unknown, &challenge.code_hash, T0 + 1, MAX_FAILURES, u32::MAX, i64::MAX, &stray, &meta())
+            .redeem_challenge(&unknown, &challenge.code_hash, T0 + 1, MAX_FAILURES, u32::MAX, T0, &stray, &meta())
             .await,
         Conflict::Stale,
         "redeem of an unknown challenge",
@@ -219,7 +234,7 @@ pub async fn challenge_failures_capped_under_concurrency(s: &Subject) {
                 T0 + 1,
                 MAX_FAILURES,
                 u32::MAX,
-                i64::MAX,
+                challenge.created_at,
                 &session,
                 &meta(),
             )
@@ -283,7 +298,7 @@ pub async fn challenge_attempts_capped_under_concurrency(s: &Subject) {
             T0 + 1,
             MAX_FAILURES,
             u32::MAX,
-            i64::MAX,
+            challenge.created_at,
             &session,
             &meta(),
         )
@@ -371,7 +386,7 @@ pub async fn replace_challenge_code_cooldown_boundary(s: &Subject) {
                 now + 1,
                 MAX_FAILURES,
                 u32::MAX,
-                i64::MAX,
+                challenge.created_at,
                 &old,
                 &meta(),
             )
@@ -381,7 +396,16 @@ pub async fn replace_challenge_code_cooldown_boundary(s: &Subject) {
     );
     let fresh = new_session(user.id);
     s.challenges
-        .redeem_challenge(&challenge.id, &new_code, now + 1, MAX_FAILURES, u32::MAX, i64::MAX, &fresh, &meta())
+        .redeem_challenge(
+            &challenge.id,
+            &new_code,
+            now + 1,
+            MAX_FAILURES,
+            u32::MAX,
+            challenge.created_at,
+            &fresh,
+            &meta(),
+        )
         .await
         .expect("redeem with the new code");
 

@@ -957,7 +957,7 @@ mod tests {
             .map(|_| {
                 let (s, u) = (s.clone(), u.clone());
                 tokio::spawn(async move {
-                    s.redeem_challenge(&c.id, "code-1", T0 + 10, 6, u32::MAX, i64::MAX, &session(&u), &META).await
+                    s.redeem_challenge(&c.id, "code-1", T0 + 10, 6, u32::MAX, c.created_at, &session(&u), &META).await
                 })
             })
             .collect();
@@ -983,29 +983,20 @@ mod tests {
         s.create_challenge(&c, false, &META).await.unwrap();
         let before = changes(&s).await;
         assert!(is_conflict(
-            s.redeem_challenge(&c.id, "other", T0, 6, u32::MAX, i64::MAX, &session(&u), &META).await,
+            s.redeem_challenge(&c.id, "other", T0, 6, u32::MAX, c.created_at, &session(&u), &META).await,
             Conflict::Stale
         ));
         assert!(is_conflict(
-            s.redeem_challenge(&c.id, "code-1", c.expires_at, 6, u32::MAX, i64::MAX, &session(&u), &META).await,
+            s.redeem_challenge(&c.id, "code-1", c.expires_at, 6, u32::MAX, c.created_at, &session(&u), &META).await,
             Conflict::Stale
         ));
         assert!(is_conflict(
-            s.redeem_challenge(&c.id, "code-1", T0, 0, u32::MAX, i64::MAX, &session(&u), &META).await,
+            s.redeem_challenge(&c.id, "code-1", T0, 0, u32::MAX, c.created_at, &session(&u), &META).await,
             Conflict::Stale
         ));
         assert!(is_conflict(
-            s.redeem_challenge(
-                &ChallengeId::random(&OsSecureRng),
-                "code-1",
-                T0,
-                6,
-                u32::MAX,
-                i64::MAX,
-                &session(&u),
-                &META
-            )
-            .await,
+            s.redeem_challenge(&ChallengeId::random(&OsSecureRng), "code-1", T0, 6, u32::MAX, T0, &session(&u), &META)
+                .await,
             Conflict::Stale
         ));
         assert_eq!(count(&s, "sessions").await, 0);
@@ -1038,7 +1029,7 @@ mod tests {
         assert_eq!(s.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 6);
         // Exhausted: the right code no longer redeems.
         assert!(is_conflict(
-            s.redeem_challenge(&c.id, "code-1", T0, 6, u32::MAX, i64::MAX, &session(&u), &META).await,
+            s.redeem_challenge(&c.id, "code-1", T0, 6, u32::MAX, c.created_at, &session(&u), &META).await,
             Conflict::Stale
         ));
     }
@@ -1083,7 +1074,7 @@ mod tests {
         // Failure cap reached (1 failure, max 1).
         assert!(is_conflict(replace(T0 + 1000, 3, 1).await, Conflict::Stale));
         // Used.
-        s.redeem_challenge(&c.id, "code-1700000120", T0 + 130, 6, u32::MAX, i64::MAX, &session(&u), &META)
+        s.redeem_challenge(&c.id, "code-1700000120", T0 + 130, 6, u32::MAX, c.created_at, &session(&u), &META)
             .await
             .unwrap();
         assert!(is_conflict(replace(T0 + 2000, 9, 6).await, Conflict::Stale));
@@ -1097,7 +1088,7 @@ mod tests {
         let c = challenge(&u);
         s.create_challenge(&c, false, &META).await.unwrap();
         let sess = session(&u);
-        s.redeem_challenge(&c.id, "code-1", T0, 6, u32::MAX, i64::MAX, &sess, &META).await.unwrap();
+        s.redeem_challenge(&c.id, "code-1", T0, 6, u32::MAX, c.created_at, &sess, &META).await.unwrap();
         s.rotate_session(&sess.id, "refresh-0", "refresh-1", T0 + 5, &META).await.unwrap();
         let got = s.session(&sess.id).await.unwrap().unwrap();
         assert_eq!((got.refresh_hash.as_str(), got.refreshed_at, got.generation), ("refresh-1", T0 + 5, 1));
