@@ -114,7 +114,7 @@ pub struct Policy {
     /// lets its holder past the account lock and the per-identifier limit.
     pub device_token_ttl_secs: i64,
     /// How long a password reset link works (it also ends at its first use
-    /// and at any password change).
+    /// and at the account's next reset).
     pub password_reset_ttl_secs: i64,
     /// The least time a request that answers the same for every address
     /// takes (reset link, verification resend), so its timing does not

@@ -110,9 +110,11 @@ pub trait UserStore: Send + Sync {
     /// lock and starts the counts afresh (`locked_until` absent,
     /// `failed_logins` and `otp_failures` 0: the wrong passwords and codes
     /// were tried against a password that is gone) and sets its `meta`, only
-    /// if the user exists and has had no reset at or after `link_issued_at`,
-    /// when the link was made (`password_reset_at` absent or earlier);
-    /// `Conflict(Stale)` otherwise. That condition makes a link single use,
+    /// if the user exists, has had no reset at or after `link_issued_at`,
+    /// when the link was made (`password_reset_at` absent or earlier), and
+    /// no password change after `now` (`sessions_valid_after` absent or at
+    /// most `now`: a change that committed after the caller took `now`
+    /// would otherwise outlive the reset); `Conflict(Stale)` otherwise. That condition makes a link single use,
     /// and ends every link made before a reset with it: of two resets with
     /// links made in the same second, exactly one succeeds. (A password
     /// change does not end a link: someone holding a session and the
@@ -216,8 +218,10 @@ pub trait ChallengeStore: Send + Sync {
     /// Counts one wrong code: increments the challenge's `failures` and the
     /// user's `otp_failures` together, only if the challenge is unused and
     /// has fewer than `max_failures` failures, and the user has fewer than
-    /// `account_budget` `otp_failures` (`Conflict(Stale)` otherwise, and
-    /// nothing is counted). `user_id` is the challenge's user; the user item
+    /// `account_budget` `otp_failures` and no `sessions_valid_after` at or
+    /// after `password_step_at` (a login ended by a password change or reset
+    /// spends nothing of the budget the reset gave back); `Conflict(Stale)`
+    /// otherwise, and nothing is counted. `user_id` is the challenge's user; the user item
     /// is only updated if it exists (never created). Both updates set `meta` to the request's.
     /// Returns the new failure count. The check and the increment are one
     /// conditional write, so concurrent guesses cannot pass the cap.
@@ -227,6 +231,7 @@ pub trait ChallengeStore: Send + Sync {
         user_id: &UserId,
         max_failures: u32,
         account_budget: u32,
+        password_step_at: Timestamp,
         meta: &RequestMeta,
     ) -> StoreResult<u32>;
 

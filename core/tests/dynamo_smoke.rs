@@ -284,7 +284,7 @@ async fn login_failures_lock_at_the_threshold_and_never_extend_the_lock() {
     // right code or a password reset gives the budget back).
     let c = challenge(&u, "h");
     env.store.create_challenge(&c, false, &META).await.unwrap();
-    env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, &META).await.unwrap();
+    env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.created_at, &META).await.unwrap();
     assert_eq!(fail(NOW + 1).await.unwrap().failed_logins, 2);
     let locked = fail(NOW + 2).await.unwrap();
     assert_eq!((locked.locked_until, locked.failed_logins, locked.otp_failures), (Some(NOW + 902), 0, 1));
@@ -328,7 +328,7 @@ async fn redeem_challenge_has_a_single_winner() {
     let c = challenge(&u, "right");
     env.store.create_challenge(&c, false, &META).await.unwrap();
     assert_eq!(env.store.challenge(&c.id).await.unwrap(), Some(c.clone()));
-    assert_eq!(env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, &META).await.unwrap(), 1);
+    assert_eq!(env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.created_at, &META).await.unwrap(), 1);
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 1);
 
     let s = session(&u);
@@ -365,7 +365,10 @@ async fn redeem_challenge_has_a_single_winner() {
     assert_eq!(env.store.challenge(&c.id).await.unwrap().unwrap().used_at, Some(NOW + 1));
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 0);
     // A used challenge takes no more failures.
-    assert!(is_conflict(&env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, &META).await, Conflict::Stale));
+    assert!(is_conflict(
+        &env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.created_at, &META).await,
+        Conflict::Stale
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -375,7 +378,9 @@ async fn challenge_failures_never_pass_the_cap() {
     let c = challenge(&u, "right");
     env.store.create_challenge(&c, false, &META).await.unwrap();
 
-    let results = join_all((0..20).map(|_| env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, &META))).await;
+    let results =
+        join_all((0..20).map(|_| env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.created_at, &META)))
+            .await;
     let mut ok: Vec<u32> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
     ok.sort_unstable();
     assert_eq!(ok, [1, 2, 3, 4, 5, 6], "each wrong code gets its own count: {results:?}");
@@ -395,7 +400,7 @@ async fn replace_challenge_code_keeps_failures_and_honours_its_guards() {
     let (u, _) = registered(&env).await;
     let c = challenge(&u, "first");
     env.store.create_challenge(&c, false, &META).await.unwrap();
-    env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, &META).await.unwrap();
+    env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.created_at, &META).await.unwrap();
 
     let replace = |now: Timestamp, max_resends| {
         env.store.replace_challenge_code(&c.id, "second", now + 300, now, 60, max_resends, 6, &META)

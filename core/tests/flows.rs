@@ -321,6 +321,9 @@ async fn the_account_code_budget_holds_the_account_until_a_password_reset() {
     }
     let r = w.auth.verify_login_code(&kept.challenge_id.to_string(), &kept_code, &meta()).await;
     assert!(matches!(r, Err(Error::OtpExhausted)), "the right code of an open challenge: {r:?}");
+    w.clock.advance(61);
+    let r = w.auth.resend_login_code(&kept.challenge_id.to_string(), &meta()).await;
+    assert!(matches!(r, Err(Error::OtpExhausted)), "a resend issues no code: {r:?}");
     assert!(matches!(w.auth.login("ivan", PW.into(), None, &meta()).await, Err(Error::InvalidCredentials)));
     match w.mail.last().job {
         MailJob::AccountLocked { codes_spent, .. } => assert!(codes_spent, "the lock mail says to reset"),
@@ -351,8 +354,14 @@ async fn a_login_in_progress_ends_with_a_password_reset() {
     let id = c.challenge_id.to_string();
     let r = w.auth.resend_login_code(&id, &meta()).await;
     assert!(matches!(r, Err(Error::ChallengeNotFound)), "a resend: {r:?}");
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let r = w.auth.verify_login_code(&id, wrong, &meta()).await;
+    assert!(matches!(r, Err(Error::ChallengeNotFound)), "a wrong code: {r:?}");
     let r = w.auth.verify_login_code(&id, &code, &meta()).await;
     assert!(matches!(r, Err(Error::ChallengeNotFound)), "its right code: {r:?}");
+    use latchkey_core::ports::UserStore;
+    let rita = w.store.user_by_email(&Email::parse(&email).unwrap()).await.unwrap().unwrap();
+    assert_eq!(rita.otp_failures, 0, "a wrong code of an ended login spent the budget the reset gave back");
 }
 
 fn meta_from(ip: &str) -> RequestMeta {

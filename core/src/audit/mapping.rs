@@ -36,11 +36,17 @@ pub struct SourceChange {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuditPolicy {
     pub code_max_failures: u32,
+    /// Wrong codes across challenges that spend an account's code budget
+    /// (a lock then has reason `code_budget_spent`).
+    pub account_code_failure_budget: u32,
 }
 
 impl From<&crate::config::Policy> for AuditPolicy {
     fn from(p: &crate::config::Policy) -> Self {
-        AuditPolicy { code_max_failures: p.code_max_failures }
+        AuditPolicy {
+            code_max_failures: p.code_max_failures,
+            account_code_failure_budget: p.account_code_failure_budget,
+        }
     }
 }
 
@@ -94,7 +100,9 @@ pub fn audit_events(change: &SourceChange, policy: &AuditPolicy) -> Vec<AuditEve
                     out.push(n.id, T::EmailVerified, Outcome::Success, None, None, &n.meta);
                 }
                 if n.locked_until.is_some() && n.locked_until != o.locked_until {
-                    out.push(n.id, T::AccountLocked, Outcome::Failure, Some("too_many_failures"), None, &n.meta);
+                    let spent = n.otp_failures >= policy.account_code_failure_budget;
+                    let reason = if spent { "code_budget_spent" } else { "too_many_failures" };
+                    out.push(n.id, T::AccountLocked, Outcome::Failure, Some(reason), None, &n.meta);
                 } else if let (Some(until), None) = (o.locked_until, n.locked_until) {
                     match reset {
                         // A reset ends a running lock; one long over is
@@ -355,6 +363,16 @@ mod tests {
             ],
             "a reset during a lock ends it"
         );
+        let budget = AuditPolicy::default().account_code_failure_budget;
+        for (otp_failures, reason) in [(budget - 1, "too_many_failures"), (budget, "code_budget_spent")] {
+            let before = User { otp_failures, ..u.clone() };
+            let after = User { locked_until: Some(T0 + 900), ..before.clone() };
+            let evs = audit_events(&change(Images::User(Some(before), Some(after)), false), &AuditPolicy::default());
+            assert_eq!(
+                evs.iter().map(|e| (e.event, e.reason.as_deref())).collect::<Vec<_>>(),
+                [(T::AccountLocked, Some(reason))]
+            );
+        }
         let lock_over = User { locked_until: Some(T0 + 10), ..changed.clone() };
         assert_eq!(
             kinds(&change(Images::User(Some(lock_over), Some(reset)), false)),

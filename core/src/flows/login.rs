@@ -174,6 +174,10 @@ impl Auth {
             // The password changed since this login's password step.
             return Err(Error::ChallengeNotFound);
         }
+        if user.otp_failures >= p.account_code_failure_budget {
+            // No code is issued once the account's code budget is spent.
+            return Err(Error::OtpExhausted);
+        }
         let code = OtpCode::generate(self.ports.rng.as_ref());
         let expires_at = now + p.login_code_ttl_secs;
         match self

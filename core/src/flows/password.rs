@@ -43,16 +43,29 @@ impl Auth {
             other => other,
         })?;
         let phc = self.hasher.hash(&new, self.ports.rng.as_ref()).await?;
-        match self.ports.users.change_password(&uid, &user.password_hash, &phc, &sid, now, meta).await {
-            Ok(()) => {}
+        // The change's time is taken after the hashing, right before the
+        // write: a login whose password step came before the write is one
+        // the change ends.
+        let mut checked = user.password_hash.clone();
+        let at = loop {
+            let at = self.now();
+            match self.ports.users.change_password(&uid, &checked, &phc, &sid, at, meta).await {
+                Ok(()) => break at,
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
             // Revoked or gone meanwhile (a logout in another tab), or the
-            // password was reset or changed since it was checked: a reset
-            // ends this session too, and a change must not undo one.
-            Err(StoreError::Conflict(_)) => return Err(Error::Unauthorized),
-            Err(e) => return Err(e.into()),
-        }
+            // password was reset or changed by another session since it was
+            // checked: either ended this session. If it is still live, the
+            // hash changed under a login's rehash of the same password:
+            // change that one.
+            match self.live_session(&sid).await? {
+                Some((s, u)) if s.user_id == uid && u.password_hash != checked => checked = u.password_hash,
+                _ => return Err(Error::Unauthorized),
+            }
+        };
         tracing::info!(user_id = %uid, session_id = %sid, "password changed; other sessions ended");
-        let notice = MailJob::PasswordChanged { username: user.username.to_string(), at: now, by_reset: false };
+        let notice = MailJob::PasswordChanged { username: user.username.to_string(), at, by_reset: false };
         self.notify(&user.email, Some(uid.to_string()), meta, notice).await;
         Ok(())
     }

@@ -128,16 +128,32 @@ impl Auth {
             other => other,
         })?;
         let phc = self.hasher.hash(&new, self.ports.rng.as_ref()).await?;
-        match self.ports.users.reset_password(&user.id, claim.issued_at, &phc, now, meta).await {
-            Ok(()) => {}
-            // Used by another request meanwhile.
-            Err(StoreError::Conflict(_)) => return Err(refused("used meanwhile")),
-            Err(e) => return Err(e.into()),
-        }
+        // The reset's time is taken after the hashing, right before the
+        // write, so every login and change that wrote before it is one it
+        // ends; the store refuses a time before the last change (a change
+        // that committed in between), and then it is taken again.
+        let mut tries = 0;
+        let at = loop {
+            let at = self.now();
+            match self.ports.users.reset_password(&user.id, claim.issued_at, &phc, at, meta).await {
+                Ok(()) => break at,
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            tries += 1;
+            let current = self.ports.users.user_by_id(&user.id).await?.ok_or_else(|| refused("no such account"))?;
+            if current.password_reset_at.is_some_and(|r| r >= claim.issued_at) {
+                return Err(refused("used meanwhile"));
+            }
+            if tries == 3 {
+                return Err(Error::Unavailable("the account's last password change is ahead of this clock".into()));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        };
         tracing::info!(user_id = %user.id, "password reset; every session ended");
-        let notice = MailJob::PasswordChanged { username: user.username.to_string(), at: now, by_reset: true };
+        let notice = MailJob::PasswordChanged { username: user.username.to_string(), at, by_reset: true };
         self.notify(&user.email, Some(user.id.to_string()), meta, notice).await;
-        Ok(self.device_token_by_reset(&user.id, now))
+        Ok(self.device_token_by_reset(&user.id, at))
     }
 
     /// A reset link's token for `user_id`, made at `now`.

@@ -95,17 +95,24 @@ impl Auth {
         let attempts_left = max.saturating_sub(c.attempts);
         let presented = self.login_code_hash(&id, &code);
         if !OtpCode::hashes_equal(&presented, &c.code_hash) {
-            return match self.ports.challenges.record_challenge_failure(&id, &c.user_id, max, budget, meta).await {
+            return match self
+                .ports
+                .challenges
+                .record_challenge_failure(&id, &c.user_id, max, budget, c.created_at, meta)
+                .await
+            {
                 Ok(n) => {
                     tracing::info!(user_id = %c.user_id, challenge_id = %id, failures = n, "wrong login code");
                     Err(Error::OtpInvalid { attempts_left })
                 }
-                // The account's code budget is spent: no code counts now.
-                Err(StoreError::Conflict(_)) if self.account_refuses(&c).await? == Some(Refusal::BudgetSpent) => {
-                    Err(Error::OtpExhausted)
-                }
-                // Used by a right code meanwhile: this one was still wrong.
-                Err(StoreError::Conflict(_)) => Err(Error::OtpInvalid { attempts_left }),
+                Err(StoreError::Conflict(_)) => Err(match self.account_refuses(&c).await? {
+                    // The account's code budget is spent: no code counts now.
+                    Some(Refusal::BudgetSpent) => Error::OtpExhausted,
+                    // The password changed since this login's password step.
+                    Some(Refusal::PasswordChanged) => Error::ChallengeNotFound,
+                    // Used by a right code meanwhile: this one was still wrong.
+                    None => Error::OtpInvalid { attempts_left },
+                }),
                 Err(e) => Err(e.into()),
             };
         }

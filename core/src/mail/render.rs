@@ -168,7 +168,12 @@ mod tests {
                 }
                 MailJob::AccountLocked { codes_spent, .. } => {
                     assert!(m.text.contains("https://auth.example.com/password/forgot"), "{}", m.text);
-                    assert_eq!(m.text.contains("until its password is changed"), codes_spent, "{}", m.text);
+                    assert_eq!(
+                        m.text.contains("until a new password is chosen through a reset link"),
+                        codes_spent,
+                        "{}",
+                        m.text
+                    );
                 }
                 MailJob::PasswordChanged { by_reset, .. } => {
                     assert_eq!(m.text.contains("reset link"), by_reset, "{}", m.text);

@@ -63,7 +63,7 @@ pub async fn redeem_challenge_has_one_winner(s: &Subject) {
     // Two wrong codes first, so the reset of the account-wide count shows.
     for _ in 0..2 {
         s.challenges
-            .record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES, u32::MAX, &meta())
+            .record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES, u32::MAX, challenge.created_at, &meta())
             .await
             .expect("record_challenge_failure");
     }
@@ -109,7 +109,9 @@ pub async fn redeem_challenge_has_one_winner(s: &Subject) {
     assert_eq!(stored_user(s, &user.id).await.otp_failures, 0, "a redeem resets the user's otp_failures");
 
     expect_conflict(
-        s.challenges.record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES, u32::MAX, &meta()).await,
+        s.challenges
+            .record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES, u32::MAX, challenge.created_at, &meta())
+            .await,
         Conflict::Stale,
         "a wrong code on a used challenge",
     );
@@ -201,7 +203,7 @@ pub async fn challenge_failures_capped_under_concurrency(s: &Subject) {
     let results = race(RACERS, |_| {
         let challenges = s.challenges.clone();
         let (id, user_id) = (challenge.id, user.id);
-        async move { challenges.record_challenge_failure(&id, &user_id, MAX_FAILURES, u32::MAX, &meta()).await }
+        async move { challenges.record_challenge_failure(&id, &user_id, MAX_FAILURES, u32::MAX, T0, &meta()).await }
     })
     .await;
 
@@ -246,7 +248,7 @@ pub async fn challenge_failures_capped_under_concurrency(s: &Subject) {
 
     let unknown = challenge_id();
     expect_conflict(
-        s.challenges.record_challenge_failure(&unknown, &user.id, MAX_FAILURES, u32::MAX, &meta()).await,
+        s.challenges.record_challenge_failure(&unknown, &user.id, MAX_FAILURES, u32::MAX, T0, &meta()).await,
         Conflict::Stale,
         "a wrong code on an unknown challenge",
     );
@@ -442,7 +444,9 @@ pub async fn replace_challenge_code_max_resends(s: &Subject) {
 pub async fn replace_challenge_code_keeps_failures(s: &Subject) {
     let (user, challenge) = pending_challenge(s).await;
     let m = meta();
-    let fail = || s.challenges.record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES, u32::MAX, &m);
+    let fail = || {
+        s.challenges.record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES, u32::MAX, challenge.created_at, &m)
+    };
     let replace = |now| {
         let challenges = s.challenges.clone();
         let id = challenge.id;
@@ -475,13 +479,18 @@ pub async fn the_account_budget_stops_every_code(s: &Subject) {
     let second = new_challenge(user.id);
     s.challenges.create_challenge(&second, false, &meta()).await.expect("a second challenge");
     for n in 1..=BUDGET {
-        let counted = s.challenges.record_challenge_failure(&first.id, &user.id, MAX_FAILURES, BUDGET, &meta()).await;
+        let counted = s
+            .challenges
+            .record_challenge_failure(&first.id, &user.id, MAX_FAILURES, BUDGET, first.created_at, &meta())
+            .await;
         assert_eq!(counted.expect("a wrong code within the budget"), n);
     }
     let spent = stored_user(s, &user.id).await;
     assert_eq!(spent.otp_failures, BUDGET);
     expect_conflict(
-        s.challenges.record_challenge_failure(&second.id, &user.id, MAX_FAILURES, BUDGET, &meta()).await,
+        s.challenges
+            .record_challenge_failure(&second.id, &user.id, MAX_FAILURES, BUDGET, second.created_at, &meta())
+            .await,
         Conflict::Stale,
         "a wrong code past the budget",
     );
@@ -506,13 +515,20 @@ pub async fn the_account_budget_stops_every_code(s: &Subject) {
 }
 
 /// A password changed (or reset) at or after a challenge's password step
-/// ends that login: its right code redeems nothing; one changed before it
-/// does not stand in the way.
+/// ends that login: its right code redeems nothing and its wrong codes
+/// count nowhere; one changed before it does not stand in the way.
 pub async fn a_password_change_since_the_password_step_stops_its_code(s: &Subject) {
     let (user, _) = signed_in_and_changed(s, T0 + 10).await;
     let c = new_challenge(user.id);
     s.challenges.create_challenge(&c, false, &meta()).await.expect("challenge");
+    let before = stored_user(s, &user.id).await;
     for step in [T0 + 9, T0 + 10] {
+        expect_conflict(
+            s.challenges.record_challenge_failure(&c.id, &user.id, MAX_FAILURES, u32::MAX, step, &meta()).await,
+            Conflict::Stale,
+            &format!("a wrong code whose password step ({step}) was not after the change"),
+        );
+        assert_eq!(stored_user(s, &user.id).await, before, "a refused wrong code counted on the user");
         let session = new_session(user.id);
         expect_conflict(
             s.challenges

@@ -302,7 +302,10 @@ pub async fn reset_password_once_per_link(s: &Subject) {
     assert!(locked.is_locked(T0 + 1));
     let c = super::fixtures::new_challenge(user.id);
     s.challenges.create_challenge(&c, false, &meta()).await.expect("challenge");
-    s.challenges.record_challenge_failure(&c.id, &user.id, 6, u32::MAX, &meta()).await.expect("a wrong code");
+    s.challenges
+        .record_challenge_failure(&c.id, &user.id, 6, u32::MAX, c.created_at, &meta())
+        .await
+        .expect("a wrong code");
     let locked = stored_user(s, &user.id).await;
     assert_eq!((locked.otp_failures, locked.failed_logins), (1, 0));
     let phc = "$argon2id$v=19$m=19456,t=2,p=1$cmVzZXRzYWx0cmVzZXQ$reset";
@@ -337,6 +340,14 @@ pub async fn reset_password_once_per_link(s: &Subject) {
         );
     }
     assert_eq!(stored_user(s, &user.id).await, after, "a refused second reset wrote the user");
+    // A reset dated before the last change (a change that committed after
+    // the caller took its time) would let that change's session outlive it.
+    expect_conflict(
+        s.users.reset_password(&user.id, T0 + 6, "$argon2id$early", T0 + 4, &meta()).await,
+        Conflict::Stale,
+        "a reset dated before the last change",
+    );
+    assert_eq!(stored_user(s, &user.id).await, after, "a refused early reset wrote the user");
     s.users.reset_password(&user.id, T0 + 6, "$argon2id$third", T0 + 7, &m).await.expect("a link made after the reset");
     assert_eq!(stored_user(s, &user.id).await.password_reset_at, Some(T0 + 7));
 }

@@ -14,6 +14,10 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::builders::UpdateBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, Update};
 
+/// The user's password has not changed (nor been reset) at or after the
+/// password step at `:step`.
+const UNCHANGED_SINCE: &str = "(attribute_not_exists(sessions_valid_after) OR sessions_valid_after < :step)";
+
 impl DynamoStore {
     /// A right password: the count of wrong ones back to 0 and an ended
     /// lock cleared (so the stream shows the unlock), with the request's
@@ -48,10 +52,7 @@ impl DynamoStore {
             .table_name(&self.users)
             .key(PK, s(items::user_pk(user_id)))
             .update_expression("SET otp_failures = :zero, meta = :meta")
-            .condition_expression(
-                "attribute_exists(pk) AND otp_failures < :budget \
-                 AND (attribute_not_exists(sessions_valid_after) OR sessions_valid_after < :step)",
-            )
+            .condition_expression(format!("attribute_exists(pk) AND otp_failures < :budget AND {UNCHANGED_SINCE}"))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":budget", n(account_budget))
             .expression_attribute_values(":step", n(password_step_at))
@@ -144,6 +145,7 @@ impl ChallengeStore for DynamoStore {
         user_id: &UserId,
         max_failures: u32,
         account_budget: u32,
+        password_step_at: Timestamp,
         meta: &RequestMeta,
     ) -> StoreResult<u32> {
         let meta = meta_value(meta)?;
@@ -177,9 +179,10 @@ impl ChallengeStore for DynamoStore {
                 .table_name(&self.users)
                 .key(PK, s(items::user_pk(user_id)))
                 .update_expression("SET meta = :meta ADD otp_failures :one")
-                .condition_expression("attribute_exists(pk) AND otp_failures < :budget")
+                .condition_expression(format!("attribute_exists(pk) AND otp_failures < :budget AND {UNCHANGED_SINCE}"))
                 .expression_attribute_values(":one", n(1))
                 .expression_attribute_values(":budget", n(account_budget))
+                .expression_attribute_values(":step", n(password_step_at))
                 .expression_attribute_values(":meta", meta.clone());
             match self.transact(vec![update_item(count)?, update_item(budget)?]).await {
                 Ok(()) => return Ok(seen.failures + 1),

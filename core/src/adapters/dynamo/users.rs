@@ -407,7 +407,8 @@ impl UserStore for DynamoStore {
             )
             .expression_attribute_values(":zero", n(0))
             .condition_expression(
-                "attribute_exists(pk) AND (attribute_not_exists(password_reset_at) OR password_reset_at < :issued)",
+                "attribute_exists(pk) AND (attribute_not_exists(password_reset_at) OR password_reset_at < :issued) \
+                 AND (attribute_not_exists(sessions_valid_after) OR sessions_valid_after <= :now)",
             )
             .expression_attribute_values(":h", s(phc))
             .expression_attribute_values(":issued", n(link_issued_at))

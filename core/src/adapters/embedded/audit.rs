@@ -374,7 +374,7 @@ mod tests {
             meta: u.meta.clone(),
         };
         s.create_challenge(&c, false, &u.meta).await.unwrap();
-        s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, &u.meta).await.unwrap();
+        s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.created_at, &u.meta).await.unwrap();
         u
     }
 

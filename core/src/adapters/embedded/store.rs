@@ -182,7 +182,10 @@ impl UserStore for EmbeddedStore {
         let (id, phc, meta, at) = (*id, phc.to_string(), meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
-                let unused = |u: &User| u.password_reset_at.is_none_or(|r| r < link_issued_at);
+                let unused = |u: &User| {
+                    u.password_reset_at.is_none_or(|r| r < link_issued_at)
+                        && u.sessions_valid_after.is_none_or(|t| t <= now)
+                };
                 let Some(old) = rec::load_user(tx, UserKey::Id(&id))?.filter(unused) else {
                     return stale();
                 };
@@ -383,6 +386,7 @@ impl ChallengeStore for EmbeddedStore {
         user_id: &UserId,
         max_failures: u32,
         account_budget: u32,
+        password_step_at: Timestamp,
         meta: &RequestMeta,
     ) -> StoreResult<u32> {
         let (id, user_id, meta, at) = (*id, *user_id, meta.clone(), self.db().now());
@@ -394,7 +398,10 @@ impl ChallengeStore for EmbeddedStore {
                 let old_u = rec::load_user(tx, UserKey::Id(&user_id))?;
                 if old_c.used_at.is_some()
                     || old_c.failures >= max_failures
-                    || old_u.as_ref().is_some_and(|u| u.otp_failures >= account_budget)
+                    || old_u.as_ref().is_some_and(|u| {
+                        u.otp_failures >= account_budget
+                            || u.sessions_valid_after.is_some_and(|t| t >= password_step_at)
+                    })
                 {
                     return stale();
                 }
@@ -909,7 +916,7 @@ mod tests {
         // (only a right code or a password reset gives the budget back).
         let c = challenge(&u);
         s.create_challenge(&c, false, &META).await.unwrap();
-        s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, &META).await.unwrap();
+        s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.created_at, &META).await.unwrap();
 
         for n in 1..=2 {
             let after = s.record_login_failure(&u.id, T0, 3, 900, &META).await.unwrap();
@@ -952,7 +959,7 @@ mod tests {
         let u = registered(&s, "hank").await;
         let c = challenge(&u);
         s.create_challenge(&c, false, &META).await.unwrap();
-        s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, &META).await.unwrap();
+        s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.created_at, &META).await.unwrap();
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let (s, u) = (s.clone(), u.clone());
@@ -1012,7 +1019,9 @@ mod tests {
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let s = s.clone();
-                tokio::spawn(async move { s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, &META).await })
+                tokio::spawn(
+                    async move { s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.created_at, &META).await },
+                )
             })
             .collect();
         let mut counts = Vec::new();
@@ -1040,7 +1049,7 @@ mod tests {
         let u = registered(&s, "kate").await;
         let c = challenge(&u);
         s.create_challenge(&c, false, &META).await.unwrap();
-        s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, &META).await.unwrap();
+        s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.created_at, &META).await.unwrap();
         let replace = |now: i64, max_resends: u32, max_failures: u32| {
             let s = s.clone();
             async move {
