@@ -87,7 +87,8 @@ pub trait UserStore: Send + Sync {
         meta: &RequestMeta,
     ) -> StoreResult<()>;
 
-    /// A password change: sets the user's `password_hash` to `phc`, its
+    /// A password change: increments the user's `password_epoch`, sets its
+    /// `password_hash` to `phc`, its
     /// `sessions_valid_after` to `now` (every other session of the user ends)
     /// and its `meta`, and the session `keep`'s `valid_from` to `now` (it
     /// survives), in one transaction, only if the user exists and `keep` is
@@ -104,7 +105,8 @@ pub trait UserStore: Send + Sync {
         meta: &RequestMeta,
     ) -> StoreResult<()>;
 
-    /// A password reset through a mailed link: sets the user's
+    /// A password reset through a mailed link: increments the user's
+    /// `password_epoch`, sets its
     /// `password_hash` to `phc`, its `sessions_valid_after` and
     /// `password_reset_at` to `now` (every session of the user ends), ends a
     /// lock and starts the counts afresh (`locked_until` absent,
@@ -195,11 +197,10 @@ pub trait ChallengeStore: Send + Sync {
     /// only if the challenge is unused, still has `code_hash`, has fewer than
     /// `max_failures` failures and `expires_at > now`, and its user has
     /// fewer than `account_budget` `otp_failures` (a spent budget accepts no
-    /// code, not even on a challenge opened before it was spent) and no
-    /// `sessions_valid_after` at or after `password_step_at`, the challenge's
-    /// `created_at` as the caller read it (a password changed or reset after
-    /// the password step ends the login in progress too); otherwise
-    /// `Conflict(Stale)`. Of any number of concurrent calls at most one wins.
+    /// code, not even on a challenge opened before it was spent) and its
+    /// `password_epoch` is still `password_epoch`, the challenge's as the
+    /// caller read it (a password changed or reset since the password step
+    /// ends the login in progress too); otherwise `Conflict(Stale)`. Of any number of concurrent calls at most one wins.
     /// Sets the challenge's and the user's `meta` to the request's (the new
     /// session carries its own `meta`).
     #[allow(clippy::too_many_arguments)]
@@ -210,7 +211,7 @@ pub trait ChallengeStore: Send + Sync {
         now: Timestamp,
         max_failures: u32,
         account_budget: u32,
-        password_step_at: Timestamp,
+        password_epoch: u64,
         session: &Session,
         meta: &RequestMeta,
     ) -> StoreResult<()>;
@@ -218,9 +219,9 @@ pub trait ChallengeStore: Send + Sync {
     /// Counts one wrong code: increments the challenge's `failures` and the
     /// user's `otp_failures` together, only if the challenge is unused and
     /// has fewer than `max_failures` failures, and the user has fewer than
-    /// `account_budget` `otp_failures` and no `sessions_valid_after` at or
-    /// after `password_step_at` (a login ended by a password change or reset
-    /// spends nothing of the budget the reset gave back); `Conflict(Stale)`
+    /// `account_budget` `otp_failures` and its `password_epoch` is still
+    /// `password_epoch` (a login ended by a password change or reset spends
+    /// nothing of the budget the reset gave back); `Conflict(Stale)`
     /// otherwise, and nothing is counted. `user_id` is the challenge's user; the user item
     /// is only updated if it exists (never created). Both updates set `meta` to the request's.
     /// Returns the new failure count. The check and the increment are one
@@ -231,7 +232,7 @@ pub trait ChallengeStore: Send + Sync {
         user_id: &UserId,
         max_failures: u32,
         account_budget: u32,
-        password_step_at: Timestamp,
+        password_epoch: u64,
         meta: &RequestMeta,
     ) -> StoreResult<u32>;
 

@@ -101,6 +101,7 @@ fn user(name: &str, email: &str) -> (User, VerificationRecord) {
         verification_sent_at: Some(NOW),
         sessions_valid_after: None,
         password_reset_at: None,
+        password_epoch: 0,
         meta: RequestMeta { request_id: Some("req-1".into()), ip: Some("203.0.113.7".into()), user_agent: None },
     };
     let token = VerificationRecord {
@@ -129,6 +130,7 @@ fn challenge(user: &User, code_hash: &str) -> Challenge {
         resends: 0,
         failures: 0,
         attempts: 0,
+        password_epoch: 0,
         used_at: None,
         meta: RequestMeta::default(),
     }
@@ -284,7 +286,7 @@ async fn login_failures_lock_at_the_threshold_and_never_extend_the_lock() {
     // right code or a password reset gives the budget back).
     let c = challenge(&u, "h");
     env.store.create_challenge(&c, false, &META).await.unwrap();
-    env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.created_at, &META).await.unwrap();
+    env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &META).await.unwrap();
     assert_eq!(fail(NOW + 1).await.unwrap().failed_logins, 2);
     let locked = fail(NOW + 2).await.unwrap();
     assert_eq!((locked.locked_until, locked.failed_logins, locked.otp_failures), (Some(NOW + 902), 0, 1));
@@ -328,20 +330,23 @@ async fn redeem_challenge_has_a_single_winner() {
     let c = challenge(&u, "right");
     env.store.create_challenge(&c, false, &META).await.unwrap();
     assert_eq!(env.store.challenge(&c.id).await.unwrap(), Some(c.clone()));
-    assert_eq!(env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.created_at, &META).await.unwrap(), 1);
+    assert_eq!(
+        env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &META).await.unwrap(),
+        1
+    );
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 1);
 
     let s = session(&u);
     assert!(is_conflict(
-        &env.store.redeem_challenge(&c.id, "wrong", NOW + 1, 6, u32::MAX, c.created_at, &s, &META).await,
+        &env.store.redeem_challenge(&c.id, "wrong", NOW + 1, 6, u32::MAX, c.password_epoch, &s, &META).await,
         Conflict::Stale
     ));
     assert!(is_conflict(
-        &env.store.redeem_challenge(&c.id, "right", c.expires_at, 6, u32::MAX, c.created_at, &s, &META).await,
+        &env.store.redeem_challenge(&c.id, "right", c.expires_at, 6, u32::MAX, c.password_epoch, &s, &META).await,
         Conflict::Stale
     ));
     assert!(is_conflict(
-        &env.store.redeem_challenge(&c.id, "right", NOW + 1, 1, u32::MAX, c.created_at, &s, &META).await,
+        &env.store.redeem_challenge(&c.id, "right", NOW + 1, 1, u32::MAX, c.password_epoch, &s, &META).await,
         Conflict::Stale
     ));
     assert_eq!(env.store.session(&s.id).await.unwrap(), None);
@@ -350,7 +355,7 @@ async fn redeem_challenge_has_a_single_winner() {
     let results = join_all(
         sessions
             .iter()
-            .map(|s| env.store.redeem_challenge(&c.id, "right", NOW + 1, 6, u32::MAX, c.created_at, s, &META)),
+            .map(|s| env.store.redeem_challenge(&c.id, "right", NOW + 1, 6, u32::MAX, c.password_epoch, s, &META)),
     )
     .await;
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "results: {results:?}");
@@ -366,7 +371,7 @@ async fn redeem_challenge_has_a_single_winner() {
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 0);
     // A used challenge takes no more failures.
     assert!(is_conflict(
-        &env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.created_at, &META).await,
+        &env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &META).await,
         Conflict::Stale
     ));
 }
@@ -378,9 +383,10 @@ async fn challenge_failures_never_pass_the_cap() {
     let c = challenge(&u, "right");
     env.store.create_challenge(&c, false, &META).await.unwrap();
 
-    let results =
-        join_all((0..20).map(|_| env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.created_at, &META)))
-            .await;
+    let results = join_all(
+        (0..20).map(|_| env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &META)),
+    )
+    .await;
     let mut ok: Vec<u32> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
     ok.sort_unstable();
     assert_eq!(ok, [1, 2, 3, 4, 5, 6], "each wrong code gets its own count: {results:?}");
@@ -389,7 +395,7 @@ async fn challenge_failures_never_pass_the_cap() {
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 6);
     // At the cap the right code no longer redeems.
     assert!(is_conflict(
-        &env.store.redeem_challenge(&c.id, "right", NOW + 1, 6, u32::MAX, c.created_at, &session(&u), &META).await,
+        &env.store.redeem_challenge(&c.id, "right", NOW + 1, 6, u32::MAX, c.password_epoch, &session(&u), &META).await,
         Conflict::Stale
     ));
 }
@@ -400,7 +406,7 @@ async fn replace_challenge_code_keeps_failures_and_honours_its_guards() {
     let (u, _) = registered(&env).await;
     let c = challenge(&u, "first");
     env.store.create_challenge(&c, false, &META).await.unwrap();
-    env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.created_at, &META).await.unwrap();
+    env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &META).await.unwrap();
 
     let replace = |now: Timestamp, max_resends| {
         env.store.replace_challenge_code(&c.id, "second", now + 300, now, 60, max_resends, 6, &META)
@@ -415,11 +421,13 @@ async fn replace_challenge_code_keeps_failures_and_honours_its_guards() {
     assert!(is_conflict(&replace(NOW + 120, 1).await, Conflict::Stale), "out of resends");
     // The old code is dead, the new one redeems.
     assert!(is_conflict(
-        &env.store.redeem_challenge(&c.id, "first", NOW + 121, 6, u32::MAX, c.created_at, &session(&u), &META).await,
+        &env.store
+            .redeem_challenge(&c.id, "first", NOW + 121, 6, u32::MAX, c.password_epoch, &session(&u), &META)
+            .await,
         Conflict::Stale
     ));
     env.store
-        .redeem_challenge(&c.id, "second", NOW + 121, 6, u32::MAX, c.created_at, &session(&u), &META)
+        .redeem_challenge(&c.id, "second", NOW + 121, 6, u32::MAX, c.password_epoch, &session(&u), &META)
         .await
         .unwrap();
     assert!(is_conflict(&replace(NOW + 500, 3).await, Conflict::Stale), "used");
@@ -432,7 +440,7 @@ async fn sessions_rotate_once_and_revoke_idempotently() {
     let c = challenge(&u, "h");
     env.store.create_challenge(&c, false, &META).await.unwrap();
     let s = session(&u);
-    env.store.redeem_challenge(&c.id, "h", NOW + 1, 6, u32::MAX, c.created_at, &s, &META).await.unwrap();
+    env.store.redeem_challenge(&c.id, "h", NOW + 1, 6, u32::MAX, c.password_epoch, &s, &META).await.unwrap();
 
     env.store.rotate_session(&s.id, "r0", "r1", NOW + 2, &META).await.unwrap();
     assert!(is_conflict(&env.store.rotate_session(&s.id, "r0", "r2", NOW + 3, &META).await, Conflict::Stale));

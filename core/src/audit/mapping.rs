@@ -297,6 +297,7 @@ mod tests {
             verification_sent_at: Some(T0),
             sessions_valid_after: None,
             password_reset_at: None,
+            password_epoch: 0,
             meta: meta(),
         }
     }
@@ -312,6 +313,7 @@ mod tests {
             resends: 0,
             failures: 0,
             attempts: 0,
+            password_epoch: 0,
             used_at: None,
             meta: meta(),
         }

@@ -45,6 +45,11 @@ pub struct User {
     /// trail. Absent until the first reset.
     #[serde(default)]
     pub password_reset_at: Option<Timestamp>,
+    /// Counts the password's changes and resets (a rehash is the same
+    /// password and does not count). A login in progress carries the value
+    /// its password step saw, and its code counts only while it is current.
+    #[serde(default)]
+    pub password_epoch: u64,
     pub meta: RequestMeta,
 }
 
@@ -99,6 +104,10 @@ pub struct Challenge {
     /// records written before it existed (read as 0).
     #[serde(default)]
     pub attempts: u32,
+    /// The user's `password_epoch` when the password step checked the
+    /// password: a change or reset since then ends this login.
+    #[serde(default)]
+    pub password_epoch: u64,
     pub used_at: Option<Timestamp>,
     pub meta: RequestMeta,
 }

@@ -110,6 +110,7 @@ impl Auth {
             resends: 0,
             failures: 0,
             attempts: 0,
+            password_epoch: user.password_epoch,
             used_at: None,
             meta: meta.clone(),
         };
@@ -170,7 +171,7 @@ impl Auth {
         };
         check(&c)?;
         let user = self.ports.users.user_by_id(&c.user_id).await?.ok_or(Error::ChallengeNotFound)?;
-        if user.sessions_valid_after.is_some_and(|t| t >= c.created_at) {
+        if user.password_epoch != c.password_epoch {
             // The password changed since this login's password step.
             return Err(Error::ChallengeNotFound);
         }

@@ -44,6 +44,7 @@ impl Auth {
             verification_sent_at: Some(now),
             sessions_valid_after: None,
             password_reset_at: None,
+            password_epoch: 0,
             meta: meta.clone(),
         };
         let token = random_token(rng);

@@ -98,7 +98,7 @@ impl Auth {
             return match self
                 .ports
                 .challenges
-                .record_challenge_failure(&id, &c.user_id, max, budget, c.created_at, meta)
+                .record_challenge_failure(&id, &c.user_id, max, budget, c.password_epoch, meta)
                 .await
             {
                 Ok(n) => {
@@ -120,7 +120,7 @@ impl Auth {
         match self
             .ports
             .challenges
-            .redeem_challenge(&id, &presented, now, max, budget, c.created_at, &session, meta)
+            .redeem_challenge(&id, &presented, now, max, budget, c.password_epoch, &session, meta)
             .await
         {
             Ok(()) => {}
@@ -161,7 +161,7 @@ impl Auth {
         };
         Ok(if user.otp_failures >= self.policy.account_code_failure_budget {
             Some(Refusal::BudgetSpent)
-        } else if user.sessions_valid_after.is_some_and(|t| t >= c.created_at) {
+        } else if user.password_epoch != c.password_epoch {
             Some(Refusal::PasswordChanged)
         } else {
             None

@@ -63,7 +63,14 @@ pub async fn redeem_challenge_has_one_winner(s: &Subject) {
     // Two wrong codes first, so the reset of the account-wide count shows.
     for _ in 0..2 {
         s.challenges
-            .record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES, u32::MAX, challenge.created_at, &meta())
+            .record_challenge_failure(
+                &challenge.id,
+                &user.id,
+                MAX_FAILURES,
+                u32::MAX,
+                challenge.password_epoch,
+                &meta(),
+            )
             .await
             .expect("record_challenge_failure");
     }
@@ -78,7 +85,7 @@ pub async fn redeem_challenge_has_one_winner(s: &Subject) {
             let (id, code_hash, step, session, m) = (
                 challenge.id,
                 challenge.code_hash.clone(),
-                challenge.created_at,
+                challenge.password_epoch,
                 sessions[i].clone(),
                 metas[i].clone(),
             );
@@ -110,7 +117,14 @@ pub async fn redeem_challenge_has_one_winner(s: &Subject) {
 
     expect_conflict(
         s.challenges
-            .record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES, u32::MAX, challenge.created_at, &meta())
+            .record_challenge_failure(
+                &challenge.id,
+                &user.id,
+                MAX_FAILURES,
+                u32::MAX,
+                challenge.password_epoch,
+                &meta(),
+            )
             .await,
         Conflict::Stale,
         "a wrong code on a used challenge",
@@ -130,7 +144,7 @@ pub async fn redeem_challenge_refused_at_expiry_boundary(s: &Subject) {
                 challenge.expires_at,
                 MAX_FAILURES,
                 u32::MAX,
-                challenge.created_at,
+                challenge.password_epoch,
                 &late,
                 &meta(),
             )
@@ -149,7 +163,7 @@ pub async fn redeem_challenge_refused_at_expiry_boundary(s: &Subject) {
             challenge.expires_at - 1,
             MAX_FAILURES,
             u32::MAX,
-            challenge.created_at,
+            challenge.password_epoch,
             &on_time,
             &meta(),
         )
@@ -170,7 +184,7 @@ pub async fn redeem_challenge_refused_with_another_code(s: &Subject) {
                 T0 + 1,
                 MAX_FAILURES,
                 u32::MAX,
-                challenge.created_at,
+                challenge.password_epoch,
                 &wrong,
                 &meta(),
             )
@@ -185,7 +199,7 @@ pub async fn redeem_challenge_refused_with_another_code(s: &Subject) {
     let stray = new_session(user.id);
     expect_conflict(
         s.challenges
-            .redeem_challenge(&unknown, &challenge.code_hash, T0 + 1, MAX_FAILURES, u32::MAX, T0, &stray, &meta())
+            .redeem_challenge(&unknown, &challenge.code_hash, T0 + 1, MAX_FAILURES, u32::MAX, 0, &stray, &meta())
             .await,
         Conflict::Stale,
         "redeem of an unknown challenge",
@@ -203,7 +217,7 @@ pub async fn challenge_failures_capped_under_concurrency(s: &Subject) {
     let results = race(RACERS, |_| {
         let challenges = s.challenges.clone();
         let (id, user_id) = (challenge.id, user.id);
-        async move { challenges.record_challenge_failure(&id, &user_id, MAX_FAILURES, u32::MAX, T0, &meta()).await }
+        async move { challenges.record_challenge_failure(&id, &user_id, MAX_FAILURES, u32::MAX, 0, &meta()).await }
     })
     .await;
 
@@ -236,7 +250,7 @@ pub async fn challenge_failures_capped_under_concurrency(s: &Subject) {
                 T0 + 1,
                 MAX_FAILURES,
                 u32::MAX,
-                challenge.created_at,
+                challenge.password_epoch,
                 &session,
                 &meta(),
             )
@@ -248,7 +262,7 @@ pub async fn challenge_failures_capped_under_concurrency(s: &Subject) {
 
     let unknown = challenge_id();
     expect_conflict(
-        s.challenges.record_challenge_failure(&unknown, &user.id, MAX_FAILURES, u32::MAX, T0, &meta()).await,
+        s.challenges.record_challenge_failure(&unknown, &user.id, MAX_FAILURES, u32::MAX, 0, &meta()).await,
         Conflict::Stale,
         "a wrong code on an unknown challenge",
     );
@@ -300,7 +314,7 @@ pub async fn challenge_attempts_capped_under_concurrency(s: &Subject) {
             T0 + 1,
             MAX_FAILURES,
             u32::MAX,
-            challenge.created_at,
+            challenge.password_epoch,
             &session,
             &meta(),
         )
@@ -388,7 +402,7 @@ pub async fn replace_challenge_code_cooldown_boundary(s: &Subject) {
                 now + 1,
                 MAX_FAILURES,
                 u32::MAX,
-                challenge.created_at,
+                challenge.password_epoch,
                 &old,
                 &meta(),
             )
@@ -404,7 +418,7 @@ pub async fn replace_challenge_code_cooldown_boundary(s: &Subject) {
             now + 1,
             MAX_FAILURES,
             u32::MAX,
-            challenge.created_at,
+            challenge.password_epoch,
             &fresh,
             &meta(),
         )
@@ -445,7 +459,14 @@ pub async fn replace_challenge_code_keeps_failures(s: &Subject) {
     let (user, challenge) = pending_challenge(s).await;
     let m = meta();
     let fail = || {
-        s.challenges.record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES, u32::MAX, challenge.created_at, &m)
+        s.challenges.record_challenge_failure(
+            &challenge.id,
+            &user.id,
+            MAX_FAILURES,
+            u32::MAX,
+            challenge.password_epoch,
+            &m,
+        )
     };
     let replace = |now| {
         let challenges = s.challenges.clone();
@@ -481,7 +502,7 @@ pub async fn the_account_budget_stops_every_code(s: &Subject) {
     for n in 1..=BUDGET {
         let counted = s
             .challenges
-            .record_challenge_failure(&first.id, &user.id, MAX_FAILURES, BUDGET, first.created_at, &meta())
+            .record_challenge_failure(&first.id, &user.id, MAX_FAILURES, BUDGET, first.password_epoch, &meta())
             .await;
         assert_eq!(counted.expect("a wrong code within the budget"), n);
     }
@@ -489,7 +510,7 @@ pub async fn the_account_budget_stops_every_code(s: &Subject) {
     assert_eq!(spent.otp_failures, BUDGET);
     expect_conflict(
         s.challenges
-            .record_challenge_failure(&second.id, &user.id, MAX_FAILURES, BUDGET, second.created_at, &meta())
+            .record_challenge_failure(&second.id, &user.id, MAX_FAILURES, BUDGET, second.password_epoch, &meta())
             .await,
         Conflict::Stale,
         "a wrong code past the budget",
@@ -497,7 +518,7 @@ pub async fn the_account_budget_stops_every_code(s: &Subject) {
     let session = new_session(user.id);
     expect_conflict(
         s.challenges
-            .redeem_challenge(&second.id, &second.code_hash, T0 + 1, MAX_FAILURES, BUDGET, T0, &session, &meta())
+            .redeem_challenge(&second.id, &second.code_hash, T0 + 1, MAX_FAILURES, BUDGET, 0, &session, &meta())
             .await,
         Conflict::Stale,
         "a right code past the budget",
@@ -508,42 +529,51 @@ pub async fn the_account_budget_stops_every_code(s: &Subject) {
 
     // One more in the budget and the right code redeems, resetting it.
     s.challenges
-        .redeem_challenge(&second.id, &second.code_hash, T0 + 1, MAX_FAILURES, BUDGET + 1, T0, &session, &meta())
+        .redeem_challenge(&second.id, &second.code_hash, T0 + 1, MAX_FAILURES, BUDGET + 1, 0, &session, &meta())
         .await
         .expect("a right code within the budget");
     assert_eq!(stored_user(s, &user.id).await.otp_failures, 0);
 }
 
-/// A password changed (or reset) at or after a challenge's password step
-/// ends that login: its right code redeems nothing and its wrong codes
-/// count nowhere; one changed before it does not stand in the way.
+/// A password changed (or reset) since a challenge's password step ends
+/// that login: its right code redeems nothing and its wrong codes count
+/// nowhere; a change before the step does not stand in the way. A change
+/// and a reset each count one more `password_epoch`.
 pub async fn a_password_change_since_the_password_step_stops_its_code(s: &Subject) {
     let (user, _) = signed_in_and_changed(s, T0 + 10).await;
+    assert_eq!(user.password_epoch, 1, "a change counts");
     let c = new_challenge(user.id);
     s.challenges.create_challenge(&c, false, &meta()).await.expect("challenge");
     let before = stored_user(s, &user.id).await;
-    for step in [T0 + 9, T0 + 10] {
+    // The step saw epoch 0 (before the change); 2 is a value never stored.
+    for seen in [0, 2] {
         expect_conflict(
-            s.challenges.record_challenge_failure(&c.id, &user.id, MAX_FAILURES, u32::MAX, step, &meta()).await,
+            s.challenges.record_challenge_failure(&c.id, &user.id, MAX_FAILURES, u32::MAX, seen, &meta()).await,
             Conflict::Stale,
-            &format!("a wrong code whose password step ({step}) was not after the change"),
+            &format!("a wrong code of a step that saw epoch {seen}"),
         );
         assert_eq!(stored_user(s, &user.id).await, before, "a refused wrong code counted on the user");
         let session = new_session(user.id);
         expect_conflict(
             s.challenges
-                .redeem_challenge(&c.id, &c.code_hash, T0 + 11, MAX_FAILURES, u32::MAX, step, &session, &meta())
+                .redeem_challenge(&c.id, &c.code_hash, T0 + 11, MAX_FAILURES, u32::MAX, seen, &session, &meta())
                 .await,
             Conflict::Stale,
-            &format!("a code whose password step ({step}) was not after the change"),
+            &format!("a right code of a step that saw epoch {seen}"),
         );
         assert_eq!(s.sessions.session(&session.id).await.expect("session"), None);
     }
     assert_eq!(stored_challenge(s, &c.id).await, c, "a refused code changed the challenge");
     s.challenges
-        .redeem_challenge(&c.id, &c.code_hash, T0 + 11, MAX_FAILURES, u32::MAX, T0 + 11, &new_session(user.id), &meta())
+        .record_challenge_failure(&c.id, &user.id, MAX_FAILURES, u32::MAX, 1, &meta())
         .await
-        .expect("a password step after the change");
+        .expect("a wrong code of a step after the change");
+    s.challenges
+        .redeem_challenge(&c.id, &c.code_hash, T0 + 11, MAX_FAILURES, u32::MAX, 1, &new_session(user.id), &meta())
+        .await
+        .expect("a right code of a step after the change");
+    s.users.reset_password(&user.id, T0 + 11, "$argon2id$reset", T0 + 12, &meta()).await.expect("reset");
+    assert_eq!(stored_user(s, &user.id).await.password_epoch, 2, "a reset counts");
 }
 
 /// A signed-in user whose password was changed at `at`.

@@ -77,6 +77,7 @@ pub(super) fn user_with(username: Username, email: Email) -> (User, Verification
         verification_sent_at: Some(T0),
         sessions_valid_after: None,
         password_reset_at: None,
+        password_epoch: 0,
         meta: meta(),
     };
     let verification = verification_for(user.id, T0);
@@ -123,6 +124,7 @@ pub(super) fn new_challenge(user_id: UserId) -> Challenge {
         resends: 0,
         failures: 0,
         attempts: 0,
+        password_epoch: 0,
         used_at: None,
         meta: meta(),
     }
@@ -170,7 +172,7 @@ pub(super) async fn signed_in(s: &Subject) -> (User, Session) {
             T0 + 1,
             5,
             u32::MAX,
-            challenge.created_at,
+            challenge.password_epoch,
             &session,
             &meta(),
         )

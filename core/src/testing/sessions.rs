@@ -148,7 +148,14 @@ pub async fn change_password_keeps_only_the_changing_session(s: &Subject) {
     let m = meta();
     s.users.change_password(&user.id, &user.password_hash, phc, &mine.id, now, &m).await.expect("change_password");
     let after = stored_user(s, &user.id).await;
-    assert_eq!(after, User { password_hash: phc.into(), sessions_valid_after: Some(now), meta: m.clone(), ..before });
+    let expected = User {
+        password_hash: phc.into(),
+        sessions_valid_after: Some(now),
+        password_epoch: 1,
+        meta: m.clone(),
+        ..before
+    };
+    assert_eq!(after, expected);
     let kept = stored_session(s, &mine.id).await;
     assert_eq!(kept, Session { valid_from: Some(now), meta: m, ..mine.clone() });
     assert!(!after.ended_by_password_change(&kept), "the changing session ended");

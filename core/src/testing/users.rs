@@ -303,7 +303,7 @@ pub async fn reset_password_once_per_link(s: &Subject) {
     let c = super::fixtures::new_challenge(user.id);
     s.challenges.create_challenge(&c, false, &meta()).await.expect("challenge");
     s.challenges
-        .record_challenge_failure(&c.id, &user.id, 6, u32::MAX, c.created_at, &meta())
+        .record_challenge_failure(&c.id, &user.id, 6, u32::MAX, c.password_epoch, &meta())
         .await
         .expect("a wrong code");
     let locked = stored_user(s, &user.id).await;
@@ -323,6 +323,7 @@ pub async fn reset_password_once_per_link(s: &Subject) {
         password_hash: phc.into(),
         sessions_valid_after: Some(T0 + 5),
         password_reset_at: Some(T0 + 5),
+        password_epoch: 1,
         locked_until: None,
         failed_logins: 0,
         otp_failures: 0,

@@ -14,9 +14,20 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::builders::UpdateBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, Update};
 
-/// The user's password has not changed (nor been reset) at or after the
-/// password step at `:step`.
-const UNCHANGED_SINCE: &str = "(attribute_not_exists(sessions_valid_after) OR sessions_valid_after < :step)";
+/// The user's password has not changed (nor been reset) since the password
+/// step that saw `password_epoch` (`:epoch`); users written before the
+/// counter existed have none, which is 0.
+fn unchanged_since(password_epoch: u64) -> &'static str {
+    if password_epoch == 0 {
+        "(attribute_not_exists(password_epoch) OR password_epoch = :epoch)"
+    } else {
+        "password_epoch = :epoch"
+    }
+}
+
+fn epoch_value(password_epoch: u64) -> AttributeValue {
+    AttributeValue::N(password_epoch.to_string())
+}
 
 impl DynamoStore {
     /// A right password: the count of wrong ones back to 0 and an ended
@@ -39,23 +50,26 @@ impl DynamoStore {
     /// A right code: the account-wide count of wrong codes back to 0, with
     /// the request's `meta`.
     /// A right code's reset of the account-wide count, only while the
-    /// budget is not spent and the password has not changed since
-    /// `password_step_at`.
+    /// budget is not spent and the password has not changed since the
+    /// password step that saw `password_epoch`.
     fn reset_otp_failures(
         &self,
         user_id: &UserId,
         account_budget: u32,
-        password_step_at: Timestamp,
+        password_epoch: u64,
         meta: AttributeValue,
     ) -> UpdateBuilder {
         Update::builder()
             .table_name(&self.users)
             .key(PK, s(items::user_pk(user_id)))
             .update_expression("SET otp_failures = :zero, meta = :meta")
-            .condition_expression(format!("attribute_exists(pk) AND otp_failures < :budget AND {UNCHANGED_SINCE}"))
+            .condition_expression(format!(
+                "attribute_exists(pk) AND otp_failures < :budget AND {}",
+                unchanged_since(password_epoch)
+            ))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":budget", n(account_budget))
-            .expression_attribute_values(":step", n(password_step_at))
+            .expression_attribute_values(":epoch", epoch_value(password_epoch))
             .expression_attribute_values(":meta", meta)
     }
 }
@@ -107,7 +121,7 @@ impl ChallengeStore for DynamoStore {
         now: Timestamp,
         max_failures: u32,
         account_budget: u32,
-        password_step_at: Timestamp,
+        password_epoch: u64,
         session: &Session,
         meta: &RequestMeta,
     ) -> StoreResult<()> {
@@ -129,7 +143,7 @@ impl ChallengeStore for DynamoStore {
             .expression_attribute_values(":meta", meta.clone());
         let session_item =
             items::to_item(session, items::session_pk(&session.id), Some(session.expires_at + TTL_GRACE_SECS))?;
-        let reset = self.reset_otp_failures(&session.user_id, account_budget, password_step_at, meta);
+        let reset = self.reset_otp_failures(&session.user_id, account_budget, password_epoch, meta);
         self.transact(vec![
             update_item(redeem)?,
             put_item(&self.tokens, session_item, "attribute_not_exists(pk)")?,
@@ -145,7 +159,7 @@ impl ChallengeStore for DynamoStore {
         user_id: &UserId,
         max_failures: u32,
         account_budget: u32,
-        password_step_at: Timestamp,
+        password_epoch: u64,
         meta: &RequestMeta,
     ) -> StoreResult<u32> {
         let meta = meta_value(meta)?;
@@ -179,10 +193,13 @@ impl ChallengeStore for DynamoStore {
                 .table_name(&self.users)
                 .key(PK, s(items::user_pk(user_id)))
                 .update_expression("SET meta = :meta ADD otp_failures :one")
-                .condition_expression(format!("attribute_exists(pk) AND otp_failures < :budget AND {UNCHANGED_SINCE}"))
+                .condition_expression(format!(
+                    "attribute_exists(pk) AND otp_failures < :budget AND {}",
+                    unchanged_since(password_epoch)
+                ))
                 .expression_attribute_values(":one", n(1))
                 .expression_attribute_values(":budget", n(account_budget))
-                .expression_attribute_values(":step", n(password_step_at))
+                .expression_attribute_values(":epoch", epoch_value(password_epoch))
                 .expression_attribute_values(":meta", meta.clone());
             match self.transact(vec![update_item(count)?, update_item(budget)?]).await {
                 Ok(()) => return Ok(seen.failures + 1),

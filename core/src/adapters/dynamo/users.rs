@@ -371,8 +371,11 @@ impl UserStore for DynamoStore {
         let user = Update::builder()
             .table_name(&self.users)
             .key(PK, s(items::user_pk(id)))
-            .update_expression("SET password_hash = :h, sessions_valid_after = :now, meta = :meta")
+            .update_expression(
+                "SET password_hash = :h, sessions_valid_after = :now, meta = :meta ADD password_epoch :one",
+            )
             .condition_expression("attribute_exists(pk) AND password_hash = :expected")
+            .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":h", s(phc))
             .expression_attribute_values(":expected", s(expected_phc))
             .expression_attribute_values(":now", n(now))
@@ -403,9 +406,10 @@ impl UserStore for DynamoStore {
             .key(PK, s(items::user_pk(id)))
             .update_expression(
                 "SET password_hash = :h, sessions_valid_after = :now, password_reset_at = :now, \
-                 failed_logins = :zero, otp_failures = :zero, meta = :meta REMOVE locked_until",
+                 failed_logins = :zero, otp_failures = :zero, meta = :meta REMOVE locked_until ADD password_epoch :one",
             )
             .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
             .condition_expression(
                 "attribute_exists(pk) AND (attribute_not_exists(password_reset_at) OR password_reset_at < :issued) \
                  AND (attribute_not_exists(sessions_valid_after) OR sessions_valid_after <= :now)",

@@ -348,6 +348,7 @@ mod tests {
             verification_sent_at: Some(T0),
             sessions_valid_after: None,
             password_reset_at: None,
+            password_epoch: 0,
             meta: RequestMeta { request_id: Some("r1".into()), ip: Some("203.0.113.7".into()), user_agent: None },
         };
         let v = VerificationRecord {
@@ -370,11 +371,12 @@ mod tests {
             resends: 0,
             failures: 0,
             attempts: 0,
+            password_epoch: 0,
             used_at: None,
             meta: u.meta.clone(),
         };
         s.create_challenge(&c, false, &u.meta).await.unwrap();
-        s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.created_at, &u.meta).await.unwrap();
+        s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &u.meta).await.unwrap();
         u
     }
 

@@ -51,7 +51,7 @@ fn meta_json(m: &RequestMeta) -> rusqlite::Result<String> {
 // ---- users ----------------------------------------------------------------
 
 const USER_COLS: &str = "id, username, email, password_hash, verified, created_at, failed_logins, locked_until, \
-                         otp_failures, verification_sent_at, meta, sessions_valid_after, password_reset_at";
+                         otp_failures, verification_sent_at, meta, sessions_valid_after, password_reset_at, password_epoch";
 
 fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
@@ -68,6 +68,7 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
         meta: r.get::<_, Meta>(10)?.0,
         sessions_valid_after: r.get(11)?,
         password_reset_at: r.get(12)?,
+        password_epoch: r.get(13)?,
     })
 }
 
@@ -91,7 +92,7 @@ pub(crate) fn load_user(c: &Connection, key: UserKey<'_>) -> rusqlite::Result<Op
 pub(crate) fn insert_user(c: &Connection, u: &User) -> rusqlite::Result<()> {
     c.prepare_cached(&format!(
         "INSERT INTO users ({USER_COLS}) VALUES (:id, :username, :email, :password_hash, :verified, :created_at, \
-         :failed_logins, :locked_until, :otp_failures, :verification_sent_at, :meta, :sessions_valid_after, :password_reset_at)"
+         :failed_logins, :locked_until, :otp_failures, :verification_sent_at, :meta, :sessions_valid_after, :password_reset_at, :password_epoch)"
     ))?
     .execute(named_params! {
         ":id": u.id, ":username": u.username, ":email": u.email, ":password_hash": u.password_hash,
@@ -99,6 +100,7 @@ pub(crate) fn insert_user(c: &Connection, u: &User) -> rusqlite::Result<()> {
         ":locked_until": u.locked_until, ":otp_failures": u.otp_failures,
         ":verification_sent_at": u.verification_sent_at, ":meta": meta_json(&u.meta)?,
         ":sessions_valid_after": u.sessions_valid_after, ":password_reset_at": u.password_reset_at,
+        ":password_epoch": u.password_epoch,
     })?;
     Ok(())
 }
@@ -110,13 +112,14 @@ pub(crate) fn update_user(c: &Connection, u: &User) -> rusqlite::Result<()> {
             "UPDATE users SET password_hash = :password_hash, verified = :verified, failed_logins = :failed_logins, \
              locked_until = :locked_until, otp_failures = :otp_failures, \
              verification_sent_at = :verification_sent_at, sessions_valid_after = :sessions_valid_after, \
-             password_reset_at = :password_reset_at, meta = :meta WHERE id = :id",
+             password_reset_at = :password_reset_at, password_epoch = :password_epoch, meta = :meta WHERE id = :id",
         )?
         .execute(named_params! {
             ":id": u.id, ":password_hash": u.password_hash, ":verified": u.verified,
             ":failed_logins": u.failed_logins, ":locked_until": u.locked_until, ":otp_failures": u.otp_failures,
             ":verification_sent_at": u.verification_sent_at, ":meta": meta_json(&u.meta)?,
             ":sessions_valid_after": u.sessions_valid_after, ":password_reset_at": u.password_reset_at,
+            ":password_epoch": u.password_epoch,
         })?;
     expect_one(n)
 }
@@ -178,8 +181,8 @@ pub(crate) fn set_verification_used(
 
 // ---- challenges -----------------------------------------------------------
 
-const CHALLENGE_COLS: &str =
-    "id, user_id, code_hash, created_at, expires_at, last_sent_at, resends, failures, used_at, meta, attempts";
+const CHALLENGE_COLS: &str = "id, user_id, code_hash, created_at, expires_at, last_sent_at, resends, failures, used_at, meta, attempts, \
+     password_epoch";
 
 fn challenge_row(r: &Row<'_>) -> rusqlite::Result<Challenge> {
     Ok(Challenge {
@@ -194,6 +197,7 @@ fn challenge_row(r: &Row<'_>) -> rusqlite::Result<Challenge> {
         used_at: r.get(8)?,
         meta: r.get::<_, Meta>(9)?.0,
         attempts: r.get(10)?,
+        password_epoch: r.get(11)?,
     })
 }
 
@@ -210,12 +214,13 @@ pub(crate) fn load_challenge(c: &Connection, id: &ChallengeId) -> rusqlite::Resu
 pub(crate) fn insert_challenge(c: &Connection, ch: &Challenge) -> rusqlite::Result<()> {
     c.prepare_cached(&format!(
         "INSERT INTO challenges ({CHALLENGE_COLS}) VALUES (:id, :user_id, :code_hash, :created_at, :expires_at, \
-         :last_sent_at, :resends, :failures, :used_at, :meta, :attempts)"
+         :last_sent_at, :resends, :failures, :used_at, :meta, :attempts, :password_epoch)"
     ))?
     .execute(named_params! {
         ":id": ch.id, ":user_id": ch.user_id, ":code_hash": ch.code_hash, ":created_at": ch.created_at,
         ":expires_at": ch.expires_at, ":last_sent_at": ch.last_sent_at, ":resends": ch.resends,
         ":failures": ch.failures, ":used_at": ch.used_at, ":meta": meta_json(&ch.meta)?, ":attempts": ch.attempts,
+        ":password_epoch": ch.password_epoch,
     })?;
     Ok(())
 }

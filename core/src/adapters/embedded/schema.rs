@@ -143,6 +143,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE users ADD COLUMN password_reset_at INTEGER;
     "#,
+    // 6: a change or reset ends the logins in progress (by count, not time).
+    r#"
+    ALTER TABLE users ADD COLUMN password_epoch INTEGER NOT NULL DEFAULT 0 CHECK (password_epoch >= 0);
+    ALTER TABLE challenges ADD COLUMN password_epoch INTEGER NOT NULL DEFAULT 0 CHECK (password_epoch >= 0);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -160,8 +160,13 @@ impl UserStore for EmbeddedStore {
                 if old_s.user_id != id || old_s.revoked_at.is_some() || old_u.password_hash != expected {
                     return stale();
                 }
-                let new_u =
-                    User { password_hash: phc, sessions_valid_after: Some(now), meta: meta.clone(), ..old_u.clone() };
+                let new_u = User {
+                    password_hash: phc,
+                    sessions_valid_after: Some(now),
+                    password_epoch: old_u.password_epoch + 1,
+                    meta: meta.clone(),
+                    ..old_u.clone()
+                };
                 let new_s = Session { valid_from: Some(now), meta, ..old_s.clone() };
                 rec::update_user(tx, &new_u)?;
                 record(tx, at, ChangeEntity::User, &id.to_string(), Some(&old_u), Some(&new_u))?;
@@ -193,6 +198,7 @@ impl UserStore for EmbeddedStore {
                     password_hash: phc,
                     sessions_valid_after: Some(now),
                     password_reset_at: Some(now),
+                    password_epoch: old.password_epoch + 1,
                     locked_until: None,
                     failed_logins: 0,
                     otp_failures: 0,
@@ -340,7 +346,7 @@ impl ChallengeStore for EmbeddedStore {
         now: Timestamp,
         max_failures: u32,
         account_budget: u32,
-        password_step_at: Timestamp,
+        password_epoch: u64,
         session: &Session,
         meta: &RequestMeta,
     ) -> StoreResult<()> {
@@ -361,8 +367,10 @@ impl ChallengeStore for EmbeddedStore {
                     return stale();
                 }
                 let old_u = rec::load_user(tx, UserKey::Id(&old_c.user_id))?;
-                let changed_since = |u: &User| u.sessions_valid_after.is_some_and(|t| t >= password_step_at);
-                if old_u.as_ref().is_some_and(|u| u.otp_failures >= account_budget || changed_since(u)) {
+                if old_u
+                    .as_ref()
+                    .is_some_and(|u| u.otp_failures >= account_budget || u.password_epoch != password_epoch)
+                {
                     return stale();
                 }
                 let new_c = Challenge { used_at: Some(now), meta: meta.clone(), ..old_c.clone() };
@@ -386,7 +394,7 @@ impl ChallengeStore for EmbeddedStore {
         user_id: &UserId,
         max_failures: u32,
         account_budget: u32,
-        password_step_at: Timestamp,
+        password_epoch: u64,
         meta: &RequestMeta,
     ) -> StoreResult<u32> {
         let (id, user_id, meta, at) = (*id, *user_id, meta.clone(), self.db().now());
@@ -398,10 +406,9 @@ impl ChallengeStore for EmbeddedStore {
                 let old_u = rec::load_user(tx, UserKey::Id(&user_id))?;
                 if old_c.used_at.is_some()
                     || old_c.failures >= max_failures
-                    || old_u.as_ref().is_some_and(|u| {
-                        u.otp_failures >= account_budget
-                            || u.sessions_valid_after.is_some_and(|t| t >= password_step_at)
-                    })
+                    || old_u
+                        .as_ref()
+                        .is_some_and(|u| u.otp_failures >= account_budget || u.password_epoch != password_epoch)
                 {
                     return stale();
                 }
@@ -637,6 +644,7 @@ mod tests {
             verification_sent_at: Some(T0),
             sessions_valid_after: None,
             password_reset_at: None,
+            password_epoch: 0,
             meta: RequestMeta { request_id: Some("req-1".into()), ip: Some("203.0.113.7".into()), user_agent: None },
         }
     }
@@ -667,6 +675,7 @@ mod tests {
             resends: 0,
             failures: 0,
             attempts: 0,
+            password_epoch: 0,
             used_at: None,
             meta: RequestMeta::default(),
         }
@@ -916,7 +925,7 @@ mod tests {
         // (only a right code or a password reset gives the budget back).
         let c = challenge(&u);
         s.create_challenge(&c, false, &META).await.unwrap();
-        s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.created_at, &META).await.unwrap();
+        s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &META).await.unwrap();
 
         for n in 1..=2 {
             let after = s.record_login_failure(&u.id, T0, 3, 900, &META).await.unwrap();
@@ -959,12 +968,13 @@ mod tests {
         let u = registered(&s, "hank").await;
         let c = challenge(&u);
         s.create_challenge(&c, false, &META).await.unwrap();
-        s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.created_at, &META).await.unwrap();
+        s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &META).await.unwrap();
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let (s, u) = (s.clone(), u.clone());
                 tokio::spawn(async move {
-                    s.redeem_challenge(&c.id, "code-1", T0 + 10, 6, u32::MAX, c.created_at, &session(&u), &META).await
+                    s.redeem_challenge(&c.id, "code-1", T0 + 10, 6, u32::MAX, c.password_epoch, &session(&u), &META)
+                        .await
                 })
             })
             .collect();
@@ -990,19 +1000,19 @@ mod tests {
         s.create_challenge(&c, false, &META).await.unwrap();
         let before = changes(&s).await;
         assert!(is_conflict(
-            s.redeem_challenge(&c.id, "other", T0, 6, u32::MAX, c.created_at, &session(&u), &META).await,
+            s.redeem_challenge(&c.id, "other", T0, 6, u32::MAX, c.password_epoch, &session(&u), &META).await,
             Conflict::Stale
         ));
         assert!(is_conflict(
-            s.redeem_challenge(&c.id, "code-1", c.expires_at, 6, u32::MAX, c.created_at, &session(&u), &META).await,
+            s.redeem_challenge(&c.id, "code-1", c.expires_at, 6, u32::MAX, c.password_epoch, &session(&u), &META).await,
             Conflict::Stale
         ));
         assert!(is_conflict(
-            s.redeem_challenge(&c.id, "code-1", T0, 0, u32::MAX, c.created_at, &session(&u), &META).await,
+            s.redeem_challenge(&c.id, "code-1", T0, 0, u32::MAX, c.password_epoch, &session(&u), &META).await,
             Conflict::Stale
         ));
         assert!(is_conflict(
-            s.redeem_challenge(&ChallengeId::random(&OsSecureRng), "code-1", T0, 6, u32::MAX, T0, &session(&u), &META)
+            s.redeem_challenge(&ChallengeId::random(&OsSecureRng), "code-1", T0, 6, u32::MAX, 0, &session(&u), &META)
                 .await,
             Conflict::Stale
         ));
@@ -1019,9 +1029,9 @@ mod tests {
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let s = s.clone();
-                tokio::spawn(
-                    async move { s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.created_at, &META).await },
-                )
+                tokio::spawn(async move {
+                    s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &META).await
+                })
             })
             .collect();
         let mut counts = Vec::new();
@@ -1038,7 +1048,7 @@ mod tests {
         assert_eq!(s.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 6);
         // Exhausted: the right code no longer redeems.
         assert!(is_conflict(
-            s.redeem_challenge(&c.id, "code-1", T0, 6, u32::MAX, c.created_at, &session(&u), &META).await,
+            s.redeem_challenge(&c.id, "code-1", T0, 6, u32::MAX, c.password_epoch, &session(&u), &META).await,
             Conflict::Stale
         ));
     }
@@ -1049,7 +1059,7 @@ mod tests {
         let u = registered(&s, "kate").await;
         let c = challenge(&u);
         s.create_challenge(&c, false, &META).await.unwrap();
-        s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.created_at, &META).await.unwrap();
+        s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &META).await.unwrap();
         let replace = |now: i64, max_resends: u32, max_failures: u32| {
             let s = s.clone();
             async move {
@@ -1083,7 +1093,7 @@ mod tests {
         // Failure cap reached (1 failure, max 1).
         assert!(is_conflict(replace(T0 + 1000, 3, 1).await, Conflict::Stale));
         // Used.
-        s.redeem_challenge(&c.id, "code-1700000120", T0 + 130, 6, u32::MAX, c.created_at, &session(&u), &META)
+        s.redeem_challenge(&c.id, "code-1700000120", T0 + 130, 6, u32::MAX, c.password_epoch, &session(&u), &META)
             .await
             .unwrap();
         assert!(is_conflict(replace(T0 + 2000, 9, 6).await, Conflict::Stale));
@@ -1097,7 +1107,7 @@ mod tests {
         let c = challenge(&u);
         s.create_challenge(&c, false, &META).await.unwrap();
         let sess = session(&u);
-        s.redeem_challenge(&c.id, "code-1", T0, 6, u32::MAX, c.created_at, &sess, &META).await.unwrap();
+        s.redeem_challenge(&c.id, "code-1", T0, 6, u32::MAX, c.password_epoch, &sess, &META).await.unwrap();
         s.rotate_session(&sess.id, "refresh-0", "refresh-1", T0 + 5, &META).await.unwrap();
         let got = s.session(&sess.id).await.unwrap().unwrap();
         assert_eq!((got.refresh_hash.as_str(), got.refreshed_at, got.generation), ("refresh-1", T0 + 5, 1));
