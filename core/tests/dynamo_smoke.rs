@@ -632,3 +632,52 @@ async fn sqs_queue_carries_the_job_and_its_attributes() {
         "the code stays in the body"
     );
 }
+
+/// A user item written before `password_epoch` existed (no attribute) is at
+/// epoch 0: its codes count; a change gives it 1 (ADD on a missing
+/// attribute), and then a code of the login from before is refused.
+#[tokio::test]
+async fn a_user_without_a_password_epoch_is_at_zero_until_a_change() {
+    let env = env().await;
+    let (u, _) = registered(&env).await;
+    env.client
+        .update_item()
+        .table_name(format!("{}-users", env.prefix))
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("USER#{}", u.id)))
+        .update_expression("REMOVE password_epoch")
+        .send()
+        .await
+        .expect("remove the attribute");
+    let item = env
+        .client
+        .get_item()
+        .table_name(format!("{}-users", env.prefix))
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("USER#{}", u.id)))
+        .send()
+        .await
+        .expect("read the item")
+        .item
+        .expect("the user item");
+    assert!(item.contains_key("username") && !item.contains_key("password_epoch"), "{item:?}");
+    let before = challenge(&u, "before");
+    env.store.create_challenge(&before, false, &META).await.unwrap();
+    assert_eq!(env.store.record_challenge_failure(&before.id, &u.id, 6, u32::MAX, 0, &META).await.unwrap(), 1);
+    let live = challenge(&u, "live");
+    env.store.create_challenge(&live, false, &META).await.unwrap();
+    env.store.redeem_challenge(&live.id, "live", NOW + 1, 6, u32::MAX, 0, &session(&u), &META).await.unwrap();
+
+    let s = session(&u);
+    let keep = challenge(&u, "keep");
+    env.store.create_challenge(&keep, false, &META).await.unwrap();
+    env.store.redeem_challenge(&keep.id, "keep", NOW + 1, 6, u32::MAX, 0, &s, &META).await.unwrap();
+    env.store.change_password(&u.id, &u.password_hash, "$argon2id$changed", &s.id, NOW + 5, &META).await.unwrap();
+    assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().password_epoch, 1);
+    assert!(is_conflict(
+        &env.store.record_challenge_failure(&before.id, &u.id, 6, u32::MAX, 0, &META).await,
+        Conflict::Stale
+    ));
+    assert!(is_conflict(
+        &env.store.redeem_challenge(&before.id, "before", NOW + 6, 6, u32::MAX, 0, &session(&u), &META).await,
+        Conflict::Stale
+    ));
+}

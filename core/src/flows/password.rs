@@ -47,6 +47,7 @@ impl Auth {
         // write: a login whose password step came before the write is one
         // the change ends.
         let mut checked = user.password_hash.clone();
+        let mut tries = 0;
         let at = loop {
             let at = self.now();
             match self.ports.users.change_password(&uid, &checked, &phc, &sid, at, meta).await {
@@ -55,12 +56,20 @@ impl Auth {
                 Err(e) => return Err(e.into()),
             }
             // Revoked or gone meanwhile (a logout in another tab), or the
-            // password was reset or changed by another session since it was
-            // checked: either ended this session. If it is still live, the
-            // hash changed under a login's rehash of the same password:
-            // change that one.
+            // password was reset or changed since it was checked (by another
+            // session, which ended this one, or by this one in another
+            // request). Only a login's rehash of the same password leaves
+            // the epoch as it was: then change the rehashed one.
+            tries += 1;
             match self.live_session(&sid).await? {
-                Some((s, u)) if s.user_id == uid && u.password_hash != checked => checked = u.password_hash,
+                Some((s, u))
+                    if tries < 3
+                        && s.user_id == uid
+                        && u.password_epoch == user.password_epoch
+                        && u.password_hash != checked =>
+                {
+                    checked = u.password_hash
+                }
                 _ => return Err(Error::Unauthorized),
             }
         };

@@ -148,6 +148,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE users ADD COLUMN password_epoch INTEGER NOT NULL DEFAULT 0 CHECK (password_epoch >= 0);
     ALTER TABLE challenges ADD COLUMN password_epoch INTEGER NOT NULL DEFAULT 0 CHECK (password_epoch >= 0);
     "#,
+    // 7: the time rule of the logins in progress before 6, as epochs: a
+    // user whose password changed is at 1, and so are the challenges made
+    // after that change (those made before it stay at 0: refused).
+    r#"
+    UPDATE users SET password_epoch = 1 WHERE sessions_valid_after IS NOT NULL AND password_epoch = 0;
+    UPDATE challenges SET password_epoch = 1 WHERE password_epoch = 0 AND EXISTS (
+        SELECT 1 FROM users u
+        WHERE u.id = challenges.user_id AND u.password_epoch = 1 AND u.sessions_valid_after < challenges.created_at
+    );
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -187,5 +197,47 @@ mod tests {
         assert_eq!(v, VERSION);
         conn.pragma_update(None, "user_version", VERSION + 1).unwrap();
         assert!(matches!(migrate(&mut conn), Err(StoreError::Internal(_))));
+    }
+
+    /// A database written before migration 6: the user whose password
+    /// changed at 100 gets epoch 1, and so does its challenge made after the
+    /// change; the one made before stays at 0 (refused, as the time rule
+    /// refused it), and an unchanged user's challenge stays at 0 with it.
+    #[test]
+    fn logins_in_progress_keep_their_verdict_across_migrations_6_and_7() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let tx = conn.transaction().unwrap();
+        for (i, sql) in MIGRATIONS.iter().take(5).enumerate() {
+            tx.execute_batch(sql).unwrap();
+            tx.pragma_update(None, "user_version", i as i64 + 1).unwrap();
+        }
+        tx.commit().unwrap();
+        let user = |id: &str, changed: Option<i64>| {
+            conn.execute(
+                "INSERT INTO users (id, username, email, password_hash, verified, created_at, failed_logins, \
+                 otp_failures, meta, sessions_valid_after) VALUES (?1, ?1, ?1, 'h', 1, 0, 0, 0, '{}', ?2)",
+                rusqlite::params![id, changed],
+            )
+            .unwrap();
+        };
+        user("changed", Some(100));
+        user("unchanged", None);
+        for (id, owner, at) in [("before", "changed", 100), ("after", "changed", 101), ("other", "unchanged", 50)] {
+            conn.execute(
+                "INSERT INTO challenges (id, user_id, code_hash, created_at, expires_at, last_sent_at, resends, \
+                 failures, meta) VALUES (?1, ?2, 'c', ?3, ?3, ?3, 0, 0, '{}')",
+                rusqlite::params![id, owner, at],
+            )
+            .unwrap();
+        }
+        migrate(&mut conn).unwrap();
+        let epoch = |table: &str, id: &str| -> i64 {
+            conn.query_row(&format!("SELECT password_epoch FROM {table} WHERE id = ?1"), [id], |r| r.get(0)).unwrap()
+        };
+        assert_eq!((epoch("users", "changed"), epoch("users", "unchanged")), (1, 0));
+        assert_eq!(
+            (epoch("challenges", "before"), epoch("challenges", "after"), epoch("challenges", "other")),
+            (0, 1, 0)
+        );
     }
 }
