@@ -29,6 +29,14 @@ pub fn token_from_link(link: &str) -> String {
     link.split("token=").nth(1).expect("token in link").to_string()
 }
 
+/// `POST /v1/password/reset` with the token of the mailed `link`; the status
+/// and body.
+pub async fn reset_with_link(sys: &TestSystem, link: &str, new_password: &str) -> (u16, Value) {
+    let (st, body, _) =
+        sys.post("/v1/password/reset", json!({"token": token_from_link(link), "new_password": new_password})).await;
+    (st, body)
+}
+
 /// Password step then code step; returns the token response.
 pub async fn sign_in(sys: &TestSystem, identifier: &str, email: &str) -> Value {
     let before = sys.mails_to(email).await.len();

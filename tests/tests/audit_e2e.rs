@@ -6,7 +6,7 @@
 //! edited in DynamoDB failing verification at that record.
 
 use latchkey_core::audit::{AdminKeyHash, AuditPolicy, AuditStore, verify_chain};
-use latchkey_tests::scenarios::{PASSWORD, sign_in, token_from_link, unique, verified_user};
+use latchkey_tests::scenarios::{PASSWORD, reset_with_link, sign_in, token_from_link, unique, verified_user};
 use latchkey_tests::system::TestSystem;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -474,12 +474,7 @@ async fn locked_then_reset(sys: &TestSystem) -> String {
     let (st, _, _) = sys.post("/v1/password/forgot", json!({ "email": email })).await;
     assert_eq!(st, 202);
     let link = sys.wait_mail(&email, n + 1).await.link().expect("link");
-    let (st, body, _) = sys
-        .post(
-            "/v1/password/reset",
-            json!({"token": token_from_link(&link), "new_password": "velvet orbit harbor lantern"}),
-        )
-        .await;
+    let (st, body) = reset_with_link(sys, &link, "velvet orbit harbor lantern").await;
     assert_eq!(st, 200, "{body}");
     me["id"].as_str().expect("id").to_string()
 }

@@ -2,7 +2,7 @@
 //! the very clients the api uses. Targets: register <= 3, login <= 4, code
 //! verify <= 3, and no Scan anywhere. The counts are printed for the notes.
 
-use latchkey_tests::scenarios::{PASSWORD, token_from_link, unique};
+use latchkey_tests::scenarios::{PASSWORD, reset_with_link, token_from_link, unique};
 use latchkey_tests::system::TestSystem;
 use serde_json::json;
 
@@ -69,12 +69,7 @@ async fn calls_per_request_stay_within_budget() {
     measure("password forgot", calls.take(), Some(3));
     let link = sys.wait_mail(&email, before + 1).await.link().expect("reset link");
     calls.take();
-    let (st, body, _) = sys
-        .post(
-            "/v1/password/reset",
-            json!({"token": token_from_link(&link), "new_password": "velvet orbit harbor lantern"}),
-        )
-        .await;
+    let (st, body) = reset_with_link(&sys, &link, "velvet orbit harbor lantern").await;
     assert_eq!(st, 200, "{body}");
     // Rate limit, the user, the conditional update, the owner's notice.
     measure("password reset", calls.take(), Some(4));

@@ -25,18 +25,12 @@
 //! the account locked while the reset ended every older token.
 
 use super::Auth;
+use super::signed_token::TokenKind;
 use crate::clock::Timestamp;
-use crate::domain::{OtpCode, User, UserId};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use crate::domain::{User, UserId};
 
-/// Characters of a device id (16 bytes, URL-safe base64).
-const DEVICE_ID_LEN: usize = 22;
-/// Characters of the tag (16 bytes of HMAC-SHA256, hex).
-const TAG_LEN: usize = 32;
-/// Longer than any token this service issues.
-const MAX_TOKEN_LEN: usize = 128;
-const MAC_DOMAIN: &str = "latchkey/device-token/v1";
+/// Device tokens: the nonce is the device id; a tag of 16 bytes.
+const DEVICE: TokenKind = TokenKind { domain: "latchkey/device-token/v1", tag_len: 32, max_len: 128 };
 
 /// A device token whose tag checks out and which has not expired. Whether
 /// it vouches for a given account is [`DeviceClaim::vouches_for`].
@@ -64,53 +58,29 @@ impl DeviceClaim {
 impl Auth {
     /// A new device token for `user_id`, issued at `now`.
     pub(crate) fn device_token(&self, user_id: &UserId, now: Timestamp) -> String {
-        self.make_device_token(user_id, now.to_string())
+        self.sign_token(&DEVICE, user_id, &now.to_string())
     }
 
     /// A new device token for the client that reset `user_id`'s password at
     /// `reset_at`.
     pub(crate) fn device_token_by_reset(&self, user_id: &UserId, reset_at: Timestamp) -> String {
-        self.make_device_token(user_id, format!("{reset_at}r"))
-    }
-
-    fn make_device_token(&self, user_id: &UserId, issued: String) -> String {
-        let mut id = [0u8; 16];
-        self.ports.rng.fill(&mut id);
-        let id = URL_SAFE_NO_PAD.encode(id);
-        let user = user_id.to_string();
-        let tag = self.device_tag(&id, &user, &issued);
-        format!("{id}.{user}.{issued}.{tag}")
+        self.sign_token(&DEVICE, user_id, &format!("{reset_at}r"))
     }
 
     /// The claim of `token` if this service issued it and it is still
     /// within its lifetime at `now`; anything else is `None` (a bad token
     /// is the same as none: the password step goes on without it).
     pub(crate) fn device_claim(&self, token: &str, now: Timestamp) -> Option<DeviceClaim> {
-        if token.len() > MAX_TOKEN_LEN || !token.is_ascii() {
-            return None;
-        }
-        let mut parts = token.split('.');
-        let (id, user, issued, tag) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || id.len() != DEVICE_ID_LEN || tag.len() != TAG_LEN {
-            return None;
-        }
-        if !OtpCode::hashes_equal(&self.device_tag(id, user, issued), tag) {
-            return None;
-        }
+        let signed = self.signed_parts(&DEVICE, token)?;
+        let issued = signed.issued;
         let (at, by_reset) = issued.strip_suffix('r').map_or((issued, false), |at| (at, true));
         let issued_at: Timestamp = at.parse().ok()?;
-        let user_id = UserId::parse(user)?;
+        let user_id = UserId::parse(signed.user)?;
         (issued_at <= now && now < issued_at + self.policy.device_token_ttl_secs).then(|| DeviceClaim {
-            device_id: id.to_string(),
+            device_id: signed.nonce.to_string(),
             user_id,
             issued_at,
             by_reset,
         })
-    }
-
-    fn device_tag(&self, id: &str, user: &str, issued: &str) -> String {
-        let mut tag = self.code_key.mac(MAC_DOMAIN, &[id, user, issued]);
-        tag.truncate(TAG_LEN);
-        tag
     }
 }

@@ -10,6 +10,7 @@ mod rate_limit;
 mod register;
 mod reset;
 mod session;
+mod signed_token;
 mod tokens;
 mod verify_email;
 

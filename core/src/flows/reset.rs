@@ -26,45 +26,14 @@
 //! locked cannot keep its owner out after the reset ended their older ones.
 
 use super::Auth;
+use super::signed_token::TokenKind;
 use crate::clock::Timestamp;
-use crate::domain::{Email, OtpCode, RequestMeta, Secret, UserId};
+use crate::domain::{Email, RequestMeta, Secret, UserId};
 use crate::error::{Error, StoreError};
 use crate::mail::MailJob;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-/// Characters of the nonce (16 bytes, URL-safe base64).
-const NONCE_LEN: usize = 22;
-/// Characters of the tag (HMAC-SHA256, hex).
-const TAG_LEN: usize = 64;
-/// Longer than any link token this service makes.
-const MAX_TOKEN_LEN: usize = 160;
-const MAC_DOMAIN: &str = "latchkey/password-reset/v2";
-
-/// What a reset link's token says before it is checked against its account.
-struct ResetClaim<'a> {
-    nonce: &'a str,
-    user: &'a str,
-    issued: &'a str,
-    tag: &'a str,
-    user_id: UserId,
-    issued_at: Timestamp,
-}
-
-impl<'a> ResetClaim<'a> {
-    /// The parts of a well-formed token; anything else is `None`.
-    fn parse(token: &'a str) -> Option<Self> {
-        if token.len() > MAX_TOKEN_LEN || !token.is_ascii() {
-            return None;
-        }
-        let mut parts = token.split('.');
-        let (nonce, user, issued, tag) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || nonce.len() != NONCE_LEN || tag.len() != TAG_LEN {
-            return None;
-        }
-        Some(ResetClaim { nonce, user, issued, tag, user_id: UserId::parse(user)?, issued_at: issued.parse().ok()? })
-    }
-}
+/// Reset link tokens: the full 32-byte tag.
+const RESET: TokenKind = TokenKind { domain: "latchkey/password-reset/v2", tag_len: 64, max_len: 160 };
 
 impl Auth {
     /// Mails a reset link if `email` belongs to a verified account. Answers
@@ -111,16 +80,16 @@ impl Auth {
             tracing::info!(reason = why, ip = meta.ip.as_deref().unwrap_or("-"), "password reset link refused");
             Error::ResetLinkInvalid
         };
-        let claim = ResetClaim::parse(token).ok_or_else(|| refused("malformed"))?;
-        if !OtpCode::hashes_equal(&self.reset_tag(claim.nonce, claim.user, claim.issued), claim.tag) {
-            return Err(refused("forged"));
-        }
-        let fresh = claim.issued_at <= now && now < claim.issued_at.saturating_add(self.policy.password_reset_ttl_secs);
+        let signed = self.signed_parts(&RESET, token).ok_or_else(|| refused("malformed or forged"))?;
+        let (Some(user_id), Ok(issued_at)) = (UserId::parse(signed.user), signed.issued.parse::<Timestamp>()) else {
+            return Err(refused("malformed"));
+        };
+        let fresh = issued_at <= now && now < issued_at.saturating_add(self.policy.password_reset_ttl_secs);
         if !fresh {
             return Err(refused("expired"));
         }
-        let user = self.ports.users.user_by_id(&claim.user_id).await?.ok_or_else(|| refused("no such account"))?;
-        if user.password_reset_at.is_some_and(|at| at >= claim.issued_at) {
+        let user = self.ports.users.user_by_id(&user_id).await?.ok_or_else(|| refused("no such account"))?;
+        if user.password_reset_at.is_some_and(|at| at >= issued_at) {
             return Err(refused("used, or older than the last reset"));
         }
         let new = self.new_password(new, &user.username, &user.email).map_err(|e| match e {
@@ -135,14 +104,14 @@ impl Auth {
         let mut tries = 0;
         let at = loop {
             let at = self.now();
-            match self.ports.users.reset_password(&user.id, claim.issued_at, &phc, at, meta).await {
+            match self.ports.users.reset_password(&user.id, issued_at, &phc, at, meta).await {
                 Ok(()) => break at,
                 Err(StoreError::Conflict(_)) => {}
                 Err(e) => return Err(e.into()),
             }
             tries += 1;
             let current = self.ports.users.user_by_id(&user.id).await?.ok_or_else(|| refused("no such account"))?;
-            if current.password_reset_at.is_some_and(|r| r >= claim.issued_at) {
+            if current.password_reset_at.is_some_and(|r| r >= issued_at) {
                 return Err(refused("used meanwhile"));
             }
             if tries == 3 {
@@ -158,15 +127,6 @@ impl Auth {
 
     /// A reset link's token for `user_id`, made at `now`.
     fn reset_token(&self, user_id: &UserId, now: Timestamp) -> String {
-        let mut nonce = [0u8; 16];
-        self.ports.rng.fill(&mut nonce);
-        let nonce = URL_SAFE_NO_PAD.encode(nonce);
-        let (id, issued) = (user_id.to_string(), now.to_string());
-        let tag = self.reset_tag(&nonce, &id, &issued);
-        format!("{nonce}.{id}.{issued}.{tag}")
-    }
-
-    fn reset_tag(&self, nonce: &str, user: &str, issued: &str) -> String {
-        self.code_key.mac(MAC_DOMAIN, &[nonce, user, issued])
+        self.sign_token(&RESET, user_id, &now.to_string())
     }
 }

@@ -1,0 +1,63 @@
+//! The shape of the tokens this service signs and never stores (device
+//! tokens, password reset links): `<nonce>.<user id>.<issued>.<tag>`. The
+//! nonce is 128 random bits in URL-safe base64, `issued` a string the kind
+//! of token gives meaning to, and the tag a hex HMAC-SHA256 under the code
+//! key over the other three, in a domain of its own per kind (so a token of
+//! one kind is never taken for the other), cut to the kind's length.
+
+use super::Auth;
+use crate::domain::{OtpCode, UserId};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// Characters of the nonce (16 bytes, URL-safe base64).
+const NONCE_LEN: usize = 22;
+
+/// One kind of signed token.
+pub(crate) struct TokenKind {
+    /// The HMAC domain.
+    pub domain: &'static str,
+    /// Hex characters of the tag kept (at most 64).
+    pub tag_len: usize,
+    /// Longer than any token of this kind.
+    pub max_len: usize,
+}
+
+/// The signed parts of a token whose tag checks out.
+pub(crate) struct Signed<'a> {
+    pub nonce: &'a str,
+    pub user: &'a str,
+    pub issued: &'a str,
+}
+
+impl Auth {
+    /// A new token of `kind` for `user_id`, with `issued`.
+    pub(crate) fn sign_token(&self, kind: &TokenKind, user_id: &UserId, issued: &str) -> String {
+        let mut nonce = [0u8; 16];
+        self.ports.rng.fill(&mut nonce);
+        let nonce = URL_SAFE_NO_PAD.encode(nonce);
+        let user = user_id.to_string();
+        let tag = self.token_tag(kind, &nonce, &user, issued);
+        format!("{nonce}.{user}.{issued}.{tag}")
+    }
+
+    /// The parts of `token` if it has the shape of `kind` and its tag is the
+    /// one this service makes (compared in constant time); else `None`.
+    pub(crate) fn signed_parts<'a>(&self, kind: &TokenKind, token: &'a str) -> Option<Signed<'a>> {
+        if token.len() > kind.max_len || !token.is_ascii() {
+            return None;
+        }
+        let mut parts = token.split('.');
+        let (nonce, user, issued, tag) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || nonce.len() != NONCE_LEN || tag.len() != kind.tag_len {
+            return None;
+        }
+        OtpCode::hashes_equal(&self.token_tag(kind, nonce, user, issued), tag).then_some(Signed { nonce, user, issued })
+    }
+
+    fn token_tag(&self, kind: &TokenKind, nonce: &str, user: &str, issued: &str) -> String {
+        let mut tag = self.code_key.mac(kind.domain, &[nonce, user, issued]);
+        tag.truncate(kind.tag_len);
+        tag
+    }
+}
