@@ -87,26 +87,30 @@ pub trait UserStore: Send + Sync {
         meta: &RequestMeta,
     ) -> StoreResult<()>;
 
-    /// A password change: increments the user's `password_epoch`, sets its
-    /// `password_hash` to `phc`, its
-    /// `sessions_valid_after` to `now` (every other session of the user ends)
-    /// and its `meta`, and the session `keep`'s `valid_from` to `now` (it
-    /// survives), in one transaction, only if the user exists and `keep` is
-    /// an unrevoked session of theirs and its stored hash is still
-    /// `expected_phc`, the one the current password was checked against (a
-    /// reset or another change meanwhile wins); `Conflict(Stale)` otherwise.
+    /// A password change: sets the user's `password_epoch` to
+    /// `expected_epoch + 1` (every other session of the user ends, and every
+    /// login in progress), its `password_hash` to `phc`, its
+    /// `sessions_valid_after` to `now` and its `meta`, and the session
+    /// `keep`'s `password_epoch` to the new one (it survives), in one
+    /// transaction, only if the user exists, `keep` is an unrevoked session
+    /// of theirs, and its stored hash and epoch are still `expected_phc` and
+    /// `expected_epoch`, the ones the current password was checked against
+    /// (a reset or another change meanwhile wins); `Conflict(Stale)`
+    /// otherwise.
+    #[allow(clippy::too_many_arguments)]
     async fn change_password(
         &self,
         id: &UserId,
         expected_phc: &str,
+        expected_epoch: u64,
         phc: &str,
         keep: &SessionId,
         now: Timestamp,
         meta: &RequestMeta,
     ) -> StoreResult<()>;
 
-    /// A password reset through a mailed link: increments the user's
-    /// `password_epoch`, sets its
+    /// A password reset through a mailed link: sets the user's
+    /// `password_epoch` to `expected_epoch + 1`, its
     /// `password_hash` to `phc`, its `sessions_valid_after` and
     /// `password_reset_at` to `now` (every session of the user ends), ends a
     /// lock and starts the counts afresh (`locked_until` absent,
@@ -116,7 +120,9 @@ pub trait UserStore: Send + Sync {
     /// when the link was made (`password_reset_at` absent or earlier), and
     /// no password change after `now` (`sessions_valid_after` absent or at
     /// most `now`: a change that committed after the caller took `now`
-    /// would otherwise outlive the reset); `Conflict(Stale)` otherwise. That condition makes a link single use,
+    /// would otherwise outlive the reset), and its epoch still
+    /// `expected_epoch` (the caller then knows the epoch it set);
+    /// `Conflict(Stale)` otherwise. That condition makes a link single use,
     /// and ends every link made before a reset with it: of two resets with
     /// links made in the same second, exactly one succeeds. (A password
     /// change does not end a link: someone holding a session and the
@@ -125,6 +131,7 @@ pub trait UserStore: Send + Sync {
         &self,
         id: &UserId,
         link_issued_at: Timestamp,
+        expected_epoch: u64,
         phc: &str,
         now: Timestamp,
         meta: &RequestMeta,

@@ -148,6 +148,8 @@ fn session(user: &User) -> Session {
         revoked_at: None,
         revoke_reason: None,
         valid_from: None,
+        // As a session item written before the field existed.
+        password_epoch: None,
         meta: RequestMeta::default(),
     }
 }
@@ -670,8 +672,11 @@ async fn a_user_without_a_password_epoch_is_at_zero_until_a_change() {
     let keep = challenge(&u, "keep");
     env.store.create_challenge(&keep, false, &META).await.unwrap();
     env.store.redeem_challenge(&keep.id, "keep", NOW + 1, 6, u32::MAX, 0, &s, &META).await.unwrap();
-    env.store.change_password(&u.id, &u.password_hash, "$argon2id$changed", &s.id, NOW + 5, &META).await.unwrap();
+    assert_eq!(env.store.session(&s.id).await.unwrap().unwrap().password_epoch, None);
+    env.store.change_password(&u.id, &u.password_hash, 0, "$argon2id$changed", &s.id, NOW + 5, &META).await.unwrap();
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().password_epoch, 1);
+    // The session that made the change is at the new epoch.
+    assert_eq!(env.store.session(&s.id).await.unwrap().unwrap().password_epoch, Some(1));
     assert!(is_conflict(
         &env.store.record_challenge_failure(&before.id, &u.id, 6, u32::MAX, 0, &META).await,
         Conflict::Stale

@@ -77,11 +77,16 @@ struct World {
 }
 
 fn world(limits: RateLimits) -> World {
+    world_with_users(limits, |store| store)
+}
+
+/// A world whose flows reach the store's `UserStore` through `users`.
+fn world_with_users(limits: RateLimits, users: impl FnOnce(Arc<EmbeddedStore>) -> Arc<dyn UserStore>) -> World {
     let clock = Arc::new(FixedClock::new(T0));
     let store = Arc::new(EmbeddedStore::in_memory().unwrap().with_clock(clock.clone()));
     let mail = Arc::new(Mailbox::default());
     let ports = Ports {
-        users: store.clone(),
+        users: users(store.clone()),
         challenges: store.clone(),
         sessions: store.clone(),
         otps: store.clone(),
@@ -96,6 +101,128 @@ fn world(limits: RateLimits) -> World {
     let tokens = TokenIssuer::new(SigningKey::generate().unwrap(), "iss".into(), "aud".into(), 600).unwrap();
     let auth = Auth::new(ports, policy, hasher, CodeKey::new(vec![3; 32]).unwrap(), tokens);
     World { auth, store, clock, mail }
+}
+
+type Write = Box<dyn FnOnce(Arc<EmbeddedStore>) -> futures::future::BoxFuture<'static, ()> + Send>;
+
+/// The embedded store as the flows' `UserStore`, where someone else's write
+/// can be made to land right before the next password change or reset
+/// writes: after the flow read the user, before its conditional write.
+struct Racing {
+    store: Arc<EmbeddedStore>,
+    before_write: Mutex<Option<Write>>,
+}
+
+impl Racing {
+    fn new(store: Arc<EmbeddedStore>) -> Arc<Self> {
+        Arc::new(Racing { store, before_write: Mutex::new(None) })
+    }
+    fn before_next_write(&self, write: Write) {
+        *self.before_write.lock().unwrap() = Some(write);
+    }
+    async fn race(&self) {
+        let write = self.before_write.lock().unwrap().take();
+        if let Some(write) = write {
+            write(self.store.clone()).await;
+        }
+    }
+    fn raced(&self) -> bool {
+        self.before_write.lock().unwrap().is_none()
+    }
+}
+
+#[async_trait]
+impl UserStore for Racing {
+    async fn create_user(
+        &self,
+        user: &latchkey_core::domain::User,
+        verification: &latchkey_core::domain::VerificationRecord,
+        replace_unverified_before: i64,
+    ) -> StoreResult<Vec<latchkey_core::domain::UserId>> {
+        self.store.create_user(user, verification, replace_unverified_before).await
+    }
+    async fn user_by_id(&self, id: &latchkey_core::domain::UserId) -> StoreResult<Option<latchkey_core::domain::User>> {
+        self.store.user_by_id(id).await
+    }
+    async fn user_by_username(
+        &self,
+        username: &latchkey_core::domain::Username,
+    ) -> StoreResult<Option<latchkey_core::domain::User>> {
+        self.store.user_by_username(username).await
+    }
+    async fn user_by_email(&self, email: &Email) -> StoreResult<Option<latchkey_core::domain::User>> {
+        self.store.user_by_email(email).await
+    }
+    async fn record_login_failure(
+        &self,
+        id: &latchkey_core::domain::UserId,
+        now: i64,
+        threshold: u32,
+        lock_secs: i64,
+        meta: &RequestMeta,
+    ) -> StoreResult<latchkey_core::domain::User> {
+        self.store.record_login_failure(id, now, threshold, lock_secs, meta).await
+    }
+    async fn set_password_hash(
+        &self,
+        id: &latchkey_core::domain::UserId,
+        expected_phc: &str,
+        phc: &str,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
+        self.store.set_password_hash(id, expected_phc, phc, meta).await
+    }
+    async fn change_password(
+        &self,
+        id: &latchkey_core::domain::UserId,
+        expected_phc: &str,
+        expected_epoch: u64,
+        phc: &str,
+        keep: &latchkey_core::domain::SessionId,
+        now: i64,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
+        self.race().await;
+        self.store.change_password(id, expected_phc, expected_epoch, phc, keep, now, meta).await
+    }
+    async fn reset_password(
+        &self,
+        id: &latchkey_core::domain::UserId,
+        link_issued_at: i64,
+        expected_epoch: u64,
+        phc: &str,
+        now: i64,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
+        self.race().await;
+        self.store.reset_password(id, link_issued_at, expected_epoch, phc, now, meta).await
+    }
+    async fn add_verification(
+        &self,
+        verification: &latchkey_core::domain::VerificationRecord,
+        now: i64,
+        cooldown_secs: i64,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
+        self.store.add_verification(verification, now, cooldown_secs, meta).await
+    }
+    async fn verification(&self, token_hash: &str) -> StoreResult<Option<latchkey_core::domain::VerificationRecord>> {
+        self.store.verification(token_hash).await
+    }
+    async fn consume_verification(
+        &self,
+        token: &latchkey_core::domain::VerificationRecord,
+        now: i64,
+        meta: &RequestMeta,
+    ) -> StoreResult<latchkey_core::domain::UserId> {
+        self.store.consume_verification(token, now, meta).await
+    }
+}
+
+/// `name`'s stored user.
+async fn stored(store: &EmbeddedStore, name: &str) -> latchkey_core::domain::User {
+    let username = latchkey_core::domain::Username::parse(name).unwrap();
+    store.user_by_username(&username).await.unwrap().unwrap()
 }
 
 fn meta() -> RequestMeta {
@@ -451,7 +578,7 @@ async fn a_device_token_vouches_only_for_its_own_account_while_valid() {
     assert!(refused(w.auth.login("pia", PW.into(), Some("x.y.z.w"), &m).await));
     assert!(w.auth.login("pia", PW.into(), Some(&device), &m).await.is_ok());
 
-    // A password change ends the tokens issued before it, and in its second.
+    // A password change ends the tokens issued before it, even in its second.
     w.clock.advance(1);
     // (Locked: this login comes through the device.)
     let same_second = signed_in_with(&w, "pia", PW, Some(&device), &m).await.device_token.unwrap();
@@ -469,6 +596,137 @@ async fn a_device_token_vouches_only_for_its_own_account_while_valid() {
     assert!(w.auth.login("pia", "a brand new passphrase here".into(), Some(&fresh), &m).await.is_ok());
     w.clock.advance(1);
     assert!(refused(w.auth.login("pia", "a brand new passphrase here".into(), Some(&fresh), &m).await));
+}
+
+/// Sessions and device tokens end with a password change or reset by
+/// count (`password_epoch`), not by clock: a login finished in a change's
+/// own second lives on, and a login whose code step read a later clock than
+/// a reset but wrote before it (the clock set back here) ends with it.
+#[tokio::test]
+async fn sessions_and_device_tokens_end_by_count_not_by_clock() {
+    let w = world(RateLimits::relaxed());
+    let email = verified(&w, "vera").await;
+    let m = meta();
+    let first = signed_in(&w, "vera", &m).await;
+    let old_device = first.device_token.clone().unwrap();
+    w.auth.change_password(&first.access_token, PW.into(), NEW_PW.into(), &m).await.unwrap();
+    // Still T0: the change's own second.
+    let second = signed_in_with(&w, "vera", NEW_PW, None, &m).await;
+    assert!(w.auth.me(&first.access_token).await.is_ok(), "the session that changed the password ended");
+    assert!(w.auth.me(&second.access_token).await.is_ok(), "a login in the change's second ended");
+    let new_device = second.device_token.clone().unwrap();
+    let second = w.auth.refresh(&second.refresh_token, &m).await.expect("a refresh after the change");
+    for _ in 0..10 {
+        let _ = w.auth.login("vera", "wrong wrong wrong".into(), None, &meta_from("198.51.100.7")).await;
+    }
+    let refused = |r: Result<_, Error>| matches!(r, Err(Error::InvalidCredentials));
+    assert!(refused(w.auth.login("vera", NEW_PW.into(), Some(&old_device), &m).await), "a token from before");
+    assert!(w.auth.login("vera", NEW_PW.into(), Some(&new_device), &m).await.is_ok(), "a token of the change's second");
+
+    // A reset link; then a login whose code step took T0 + 20 from its
+    // clock; then the reset, whose clock says T0 + 10.
+    w.clock.set(T0 + 5);
+    w.auth.request_password_reset(&email, &m).await.unwrap();
+    let link = w.mail.reset_token();
+    w.clock.set(T0 + 20);
+    let late = signed_in_with(&w, "vera", NEW_PW, Some(&new_device), &m).await;
+    w.clock.set(T0 + 10);
+    let phone = w.auth.reset_password(&link, "yet another fine passphrase".into(), &m).await.unwrap();
+    w.clock.set(T0 + 21);
+    for pair in [&first, &second, &late] {
+        assert!(
+            matches!(w.auth.me(&pair.access_token).await, Err(Error::Unauthorized)),
+            "a session outlived the reset"
+        );
+        assert!(matches!(w.auth.refresh(&pair.refresh_token, &m).await, Err(Error::InvalidRefreshToken)));
+    }
+    let late_device = late.device_token.unwrap();
+    for _ in 0..10 {
+        let _ = w.auth.login("vera", "wrong wrong wrong".into(), None, &meta_from("198.51.100.7")).await;
+    }
+    let pw = "yet another fine passphrase";
+    assert!(refused(w.auth.login("vera", pw.into(), Some(&late_device), &m).await), "a token from before the reset");
+    assert!(w.auth.login("vera", pw.into(), Some(&phone), &m).await.is_ok(), "the reset's own token");
+}
+
+/// A password change that commits between a reset's read and its write
+/// moves the epoch on: the reset is refused once, made again from the new
+/// epoch, ends the change's session too, and its device token vouches at
+/// the epoch it set.
+#[tokio::test]
+async fn a_reset_made_while_a_change_commits_is_made_again_from_the_new_epoch() {
+    let racing = std::cell::OnceCell::new();
+    let w = world_with_users(RateLimits::relaxed(), |store| {
+        let r = Racing::new(store);
+        let _ = racing.set(r.clone());
+        r
+    });
+    let racing = racing.get().unwrap();
+    let email = verified(&w, "walt").await;
+    let m = meta();
+    let session = signed_in(&w, "walt", &m).await;
+    w.auth.request_password_reset(&email, &m).await.unwrap();
+    let link = w.mail.reset_token();
+    let sid = session.session_id;
+    racing.before_next_write(Box::new(move |store| {
+        Box::pin(async move {
+            let u = stored(&store, "walt").await;
+            let (hash, epoch) = (u.password_hash.clone(), u.password_epoch);
+            store.change_password(&u.id, &hash, epoch, "$argon2id$changed-meanwhile", &sid, T0, &meta()).await.unwrap();
+        })
+    }));
+    let device = w.auth.reset_password(&link, NEW_PW.into(), &meta()).await.expect("the reset made again");
+    assert!(racing.raced(), "the change did not land before the reset's write");
+    let after = stored(&w.store, "walt").await;
+    assert_eq!((after.password_epoch, after.password_reset_at), (2, Some(T0)));
+    assert!(matches!(w.auth.me(&session.access_token).await, Err(Error::Unauthorized)), "the change's session lives");
+    for _ in 0..10 {
+        let _ = w.auth.login("walt", "wrong wrong wrong".into(), None, &meta_from("198.51.100.7")).await;
+    }
+    assert!(w.auth.login("walt", NEW_PW.into(), Some(&device), &m).await.is_ok(), "the reset's token");
+}
+
+/// A login's rehash that lands between a password change's check and its
+/// write leaves the epoch as it was: the change is made again over the new
+/// hash. A reset that lands there ends the changing session: refused.
+#[tokio::test]
+async fn a_password_change_is_made_again_over_a_rehash_but_not_over_a_reset() {
+    let racing = std::cell::OnceCell::new();
+    let w = world_with_users(RateLimits::relaxed(), |store| {
+        let r = Racing::new(store);
+        let _ = racing.set(r.clone());
+        r
+    });
+    let racing = racing.get().unwrap();
+    verified(&w, "xena").await;
+    let m = meta();
+    let session = signed_in(&w, "xena", &m).await;
+    racing.before_next_write(Box::new(|store| {
+        Box::pin(async move {
+            let u = stored(&store, "xena").await;
+            store.set_password_hash(&u.id, &u.password_hash, "$argon2id$rehashed", &meta()).await.unwrap();
+        })
+    }));
+    w.auth.change_password(&session.access_token, PW.into(), NEW_PW.into(), &m).await.expect("made again");
+    assert!(racing.raced());
+    let after = stored(&w.store, "xena").await;
+    assert_eq!(after.password_epoch, 1);
+    assert_ne!(after.password_hash, "$argon2id$rehashed");
+    assert!(w.auth.me(&session.access_token).await.is_ok(), "the changing session ended");
+    signed_in_with(&w, "xena", NEW_PW, None, &m).await;
+
+    racing.before_next_write(Box::new(|store| {
+        Box::pin(async move {
+            let u = stored(&store, "xena").await;
+            store.reset_password(&u.id, T0, u.password_epoch, "$argon2id$reset", T0 + 1, &meta()).await.unwrap();
+        })
+    }));
+    let r =
+        w.auth.change_password(&session.access_token, NEW_PW.into(), "thunder kettle meadow lantern".into(), &m).await;
+    assert!(matches!(r, Err(Error::Unauthorized)), "{r:?}");
+    assert!(racing.raced());
+    let after = stored(&w.store, "xena").await;
+    assert_eq!((after.password_epoch, after.password_hash.as_str()), (2, "$argon2id$reset"));
 }
 
 /// A device's password steps have a limit of their own (10 an hour), and a

@@ -449,6 +449,7 @@ mod tests {
             revoked_at: None,
             revoke_reason: None,
             valid_from: None,
+            password_epoch: Some(0),
             meta: meta(),
         };
         let s1 = Session { generation: 1, refresh_hash: "h2".into(), ..s.clone() };

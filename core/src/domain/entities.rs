@@ -59,12 +59,18 @@ impl User {
     }
 
     /// Whether `session` was ended by a password change or reset of this
-    /// user: the session that made a change has `valid_from` = its time;
-    /// any other session created in that second or before it is ended (a
-    /// login in the same second as the change, rare, must sign in again).
-    /// A reset ends every session, so when the last change was a reset, a
-    /// session that made a change in the reset's second ends too.
+    /// user: by count, when the session carries the `password_epoch` it
+    /// began at (every session made since that field exists) — a change or
+    /// reset since ends it, and the session that made a change carries the
+    /// new epoch. A session from before carries none and keeps the earlier
+    /// rule, by time: the session that made a change has `valid_from` = its
+    /// time; any other session created in that second or before it is
+    /// ended; when the last change was a reset, a session that made a
+    /// change in the reset's second ends too.
     pub fn ended_by_password_change(&self, session: &Session) -> bool {
+        if let Some(epoch) = session.password_epoch {
+            return epoch < self.password_epoch;
+        }
         match (self.sessions_valid_after, session.valid_from) {
             (None, _) => false,
             (Some(t), Some(from)) => from < t || (from == t && self.password_reset_at == Some(t)),
@@ -145,10 +151,17 @@ pub struct Session {
     pub generation: u32,
     pub revoked_at: Option<Timestamp>,
     pub revoke_reason: Option<String>,
-    /// When the session that changed the password did so (it survives the
-    /// change); else absent and `created_at` counts.
+    /// When the session that changed the password did so, for sessions
+    /// without `password_epoch` (made before it existed): it survives the
+    /// change; else absent and `created_at` counts. No longer written.
     #[serde(default)]
     pub valid_from: Option<Timestamp>,
+    /// The user's `password_epoch` this session is valid at: the one its
+    /// login's password step saw, or the one a password change it made
+    /// set. A change or reset since ends it. Absent in sessions made before
+    /// it existed (the time rule of `valid_from` applies to them).
+    #[serde(default)]
+    pub password_epoch: Option<u64>,
     pub meta: RequestMeta,
 }
 

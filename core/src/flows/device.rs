@@ -14,15 +14,19 @@
 //! token gets at most 10 guesses an hour, fewer than the lock cycle allows
 //! anyone (10 per 15 minutes).
 //!
-//! A token is `<device id>.<user id>.<issued at>.<tag>`: 128 random bits,
-//! the account, the UTC second it was issued, and an HMAC tag over them
-//! under the code key (domain `latchkey/device-token/v1`). Nothing is
-//! stored. It is refused once `device_token_ttl_secs` have passed, and when
-//! the account's password changed at or after its issue. A password reset
-//! by mail gives the client that made it a token of its own (issue time
-//! marked `r`): it vouches from that reset on, until the next change, so
-//! the owner who proved the mailbox is not locked out by someone who keeps
-//! the account locked while the reset ended every older token.
+//! A token is `<device id>.<user id>.<issued at>e<epoch>.<tag>`: 128
+//! random bits, the account, the UTC second it was issued and the
+//! account's `password_epoch` it was issued at, and an HMAC tag over them
+//! under the code key (domain `latchkey/device-token/v2`). Nothing is
+//! stored. It is refused once `device_token_ttl_secs` have passed, and once
+//! the account's password changed or was reset since (its epoch is no
+//! longer the account's). A login's token carries the epoch its password
+//! step saw (and its code step found current); a password reset by mail
+//! gives the client that made it a token at the reset's new epoch, so the
+//! owner who proved the mailbox is not locked out by someone who keeps the
+//! account locked while the reset ended every older token. (Tokens of the
+//! first format, `latchkey/device-token/v1`, which decided by time, are no
+//! longer accepted: such a device vouches again after its next login.)
 
 use super::Auth;
 use super::signed_token::TokenKind;
@@ -30,7 +34,7 @@ use crate::clock::Timestamp;
 use crate::domain::{User, UserId};
 
 /// Device tokens: the nonce is the device id; a tag of 16 bytes.
-const DEVICE: TokenKind = TokenKind { domain: "latchkey/device-token/v1", tag_len: 32, max_len: 128 };
+const DEVICE: TokenKind = TokenKind { domain: "latchkey/device-token/v2", tag_len: 32, max_len: 160 };
 
 /// A device token whose tag checks out and which has not expired. Whether
 /// it vouches for a given account is [`DeviceClaim::vouches_for`].
@@ -38,33 +42,23 @@ const DEVICE: TokenKind = TokenKind { domain: "latchkey/device-token/v1", tag_le
 pub(crate) struct DeviceClaim {
     pub device_id: String,
     user_id: UserId,
-    issued_at: Timestamp,
-    /// Issued by the password reset at `issued_at`.
-    by_reset: bool,
+    /// The account's `password_epoch` when the token was issued.
+    password_epoch: u64,
 }
 
 impl DeviceClaim {
-    /// Whether this device finished a login of `user` since the user's last
-    /// password change, or made the reset that was that change.
+    /// Whether this device finished a login of `user` (or made its reset)
+    /// since the user's last password change or reset.
     pub fn vouches_for(&self, user: &User) -> bool {
-        self.user_id == user.id
-            && user.sessions_valid_after.is_none_or(|changed| {
-                self.issued_at > changed
-                    || (self.by_reset && self.issued_at == changed && user.password_reset_at == Some(changed))
-            })
+        self.user_id == user.id && self.password_epoch == user.password_epoch
     }
 }
 
 impl Auth {
-    /// A new device token for `user_id`, issued at `now`.
-    pub(crate) fn device_token(&self, user_id: &UserId, now: Timestamp) -> String {
-        self.sign_token(&DEVICE, user_id, &now.to_string())
-    }
-
-    /// A new device token for the client that reset `user_id`'s password at
-    /// `reset_at`.
-    pub(crate) fn device_token_by_reset(&self, user_id: &UserId, reset_at: Timestamp) -> String {
-        self.sign_token(&DEVICE, user_id, &format!("{reset_at}r"))
+    /// A new device token for `user_id`, issued at `now` at the account's
+    /// `password_epoch`.
+    pub(crate) fn device_token(&self, user_id: &UserId, now: Timestamp, password_epoch: u64) -> String {
+        self.sign_token(&DEVICE, user_id, &format!("{now}e{password_epoch}"))
     }
 
     /// The claim of `token` if this service issued it and it is still
@@ -72,15 +66,13 @@ impl Auth {
     /// is the same as none: the password step goes on without it).
     pub(crate) fn device_claim(&self, token: &str, now: Timestamp) -> Option<DeviceClaim> {
         let signed = self.signed_parts(&DEVICE, token)?;
-        let issued = signed.issued;
-        let (at, by_reset) = issued.strip_suffix('r').map_or((issued, false), |at| (at, true));
-        let issued_at: Timestamp = at.parse().ok()?;
+        let (at, epoch) = signed.issued.split_once('e')?;
+        let (issued_at, password_epoch): (Timestamp, u64) = (at.parse().ok()?, epoch.parse().ok()?);
         let user_id = UserId::parse(signed.user)?;
-        (issued_at <= now && now < issued_at + self.policy.device_token_ttl_secs).then(|| DeviceClaim {
+        (issued_at <= now && now < issued_at.saturating_add(self.policy.device_token_ttl_secs)).then(|| DeviceClaim {
             device_id: signed.nonce.to_string(),
             user_id,
-            issued_at,
-            by_reset,
+            password_epoch,
         })
     }
 }

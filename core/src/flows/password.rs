@@ -50,7 +50,7 @@ impl Auth {
         let mut tries = 0;
         let at = loop {
             let at = self.now();
-            match self.ports.users.change_password(&uid, &checked, &phc, &sid, at, meta).await {
+            match self.ports.users.change_password(&uid, &checked, user.password_epoch, &phc, &sid, at, meta).await {
                 Ok(()) => break at,
                 Err(StoreError::Conflict(_)) => {}
                 Err(e) => return Err(e.into()),

@@ -101,10 +101,14 @@ impl Auth {
         // write, so every login and change that wrote before it is one it
         // ends; the store refuses a time before the last change (a change
         // that committed in between), and then it is taken again.
+        // A change that committed in between moved the epoch on too: the
+        // reset is made from the epoch read last, and the next one is what
+        // the reset's device token vouches at.
+        let mut epoch = user.password_epoch;
         let mut tries = 0;
         let at = loop {
             let at = self.now();
-            match self.ports.users.reset_password(&user.id, issued_at, &phc, at, meta).await {
+            match self.ports.users.reset_password(&user.id, issued_at, epoch, &phc, at, meta).await {
                 Ok(()) => break at,
                 Err(StoreError::Conflict(_)) => {}
                 Err(e) => return Err(e.into()),
@@ -115,14 +119,18 @@ impl Auth {
                 return Err(refused("used meanwhile"));
             }
             if tries == 3 {
-                return Err(Error::Unavailable("the account's last password change is ahead of this clock".into()));
+                return Err(Error::Unavailable("the account's password kept changing during the reset".into()));
             }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            if current.password_epoch == epoch {
+                // Refused for the time alone: a change is ahead of this clock.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            epoch = current.password_epoch;
         };
         tracing::info!(user_id = %user.id, "password reset; every session ended");
         let notice = MailJob::PasswordChanged { username: user.username.to_string(), at, by_reset: true };
         self.notify(&user.email, Some(user.id.to_string()), meta, notice).await;
-        Ok(self.device_token_by_reset(&user.id, at))
+        Ok(self.device_token(&user.id, at, epoch + 1))
     }
 
     /// A reset link's token for `user_id`, made at `now`.

@@ -116,7 +116,7 @@ impl Auth {
                 Err(e) => Err(e.into()),
             };
         }
-        let (session, secret) = self.new_session(c.user_id, now, meta);
+        let (session, secret) = self.new_session(c.user_id, now, c.password_epoch, meta);
         match self
             .ports
             .challenges
@@ -146,9 +146,9 @@ impl Auth {
         }
         tracing::info!(user_id = %c.user_id, session_id = %session.id, "session created");
         let pair = self.token_pair(&session, &secret, now)?;
-        // Stamped with the password step's time, so a password change
-        // between the two steps ends this token too.
-        Ok(TokenPair { device_token: Some(self.device_token(&c.user_id, c.created_at)), ..pair })
+        // At the password step's epoch, which the redeem found current: a
+        // change or reset from now on ends this token too.
+        Ok(TokenPair { device_token: Some(self.device_token(&c.user_id, now, c.password_epoch)), ..pair })
     }
 
     /// Why the account of `c` accepts no code for it now, if it does not:
@@ -270,7 +270,14 @@ impl Auth {
         OtpCode::hashes_equal(&self.refresh_tag(sid, random), tag)
     }
 
-    fn new_session(&self, user_id: UserId, now: Timestamp, meta: &RequestMeta) -> (Session, String) {
+    /// A new session of `user_id` at the user's `password_epoch`.
+    fn new_session(
+        &self,
+        user_id: UserId,
+        now: Timestamp,
+        password_epoch: u64,
+        meta: &RequestMeta,
+    ) -> (Session, String) {
         let id = SessionId::random(self.ports.rng.as_ref());
         let secret = self.refresh_secret(&id);
         let s = Session {
@@ -284,6 +291,7 @@ impl Auth {
             revoked_at: None,
             revoke_reason: None,
             valid_from: None,
+            password_epoch: Some(password_epoch),
             meta: meta.clone(),
         };
         (s, secret)

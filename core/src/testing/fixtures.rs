@@ -156,6 +156,7 @@ pub(super) fn new_session(user_id: UserId) -> Session {
         revoked_at: None,
         revoke_reason: None,
         valid_from: None,
+        password_epoch: Some(0),
         meta: meta(),
     }
 }

@@ -120,11 +120,12 @@ pub async fn rotate_session_refused_after_revoke(s: &Subject) {
     assert_eq!(stored_session(s, &session.id).await, revoked, "a refused rotate changed the revoked session");
 }
 
-/// A password change sets the hash and `sessions_valid_after` and marks the
-/// session that made it, so it alone outlives the change; it is refused for
-/// another user's or a revoked session, or when the stored hash is no longer
-/// the one the current password was checked against (a reset meanwhile),
-/// and then writes nothing.
+/// A password change sets the hash, `sessions_valid_after` and the next
+/// `password_epoch`, and gives the session that made it that epoch, so it
+/// alone outlives the change; it is refused for another user's or a
+/// revoked session, or when the stored hash or epoch is no longer the one
+/// the current password was checked against (a reset or another change
+/// meanwhile), and then writes nothing.
 pub async fn change_password_keeps_only_the_changing_session(s: &Subject) {
     let (user, mine) = signed_in(s).await;
     let (_, theirs) = signed_in(s).await;
@@ -132,21 +133,26 @@ pub async fn change_password_keeps_only_the_changing_session(s: &Subject) {
     let now = T0 + 50;
     let before = stored_user(s, &user.id).await;
     expect_conflict(
-        s.users.change_password(&user.id, &user.password_hash, phc, &theirs.id, now, &meta()).await,
+        s.users.change_password(&user.id, &user.password_hash, 0, phc, &theirs.id, now, &meta()).await,
         Conflict::Stale,
         "a change through another user's session",
     );
     expect_conflict(
-        s.users.change_password(&user.id, "$argon2id$reset-meanwhile", phc, &mine.id, now, &meta()).await,
+        s.users.change_password(&user.id, "$argon2id$reset-meanwhile", 0, phc, &mine.id, now, &meta()).await,
         Conflict::Stale,
         "a change checked against a hash replaced meanwhile",
+    );
+    expect_conflict(
+        s.users.change_password(&user.id, &user.password_hash, 1, phc, &mine.id, now, &meta()).await,
+        Conflict::Stale,
+        "a change checked at another epoch",
     );
     assert_eq!(stored_session(s, &mine.id).await, mine, "a refused change wrote the session");
     assert_eq!(stored_user(s, &user.id).await, before, "a refused change wrote the user");
     assert_eq!(stored_session(s, &theirs.id).await, theirs, "a refused change wrote the session");
 
     let m = meta();
-    s.users.change_password(&user.id, &user.password_hash, phc, &mine.id, now, &m).await.expect("change_password");
+    s.users.change_password(&user.id, &user.password_hash, 0, phc, &mine.id, now, &m).await.expect("change_password");
     let after = stored_user(s, &user.id).await;
     let expected = User {
         password_hash: phc.into(),
@@ -157,15 +163,27 @@ pub async fn change_password_keeps_only_the_changing_session(s: &Subject) {
     };
     assert_eq!(after, expected);
     let kept = stored_session(s, &mine.id).await;
-    assert_eq!(kept, Session { valid_from: Some(now), meta: m, ..mine.clone() });
+    assert_eq!(kept, Session { password_epoch: Some(1), meta: m, ..mine.clone() });
     assert!(!after.ended_by_password_change(&kept), "the changing session ended");
     let other = Session { id: session_id(), ..mine.clone() };
     assert!(after.ended_by_password_change(&other), "an older session survived");
-    assert!(!after.ended_by_password_change(&Session { created_at: now + 1, ..other }), "a later login ended");
+    // By count, not by clock: a session of the old epoch ends whenever it
+    // was made, and one of the new epoch lives whenever it was made.
+    let late = Session { created_at: now + 9, ..other.clone() };
+    assert!(after.ended_by_password_change(&late), "a later session of the old epoch survived");
+    let early = Session { created_at: now - 9, password_epoch: Some(1), ..other.clone() };
+    assert!(!after.ended_by_password_change(&early), "a session of the new epoch ended");
+    // Sessions from before the epoch keep the time rule.
+    let legacy = Session { password_epoch: None, ..other };
+    assert!(after.ended_by_password_change(&legacy), "an older session without an epoch survived");
+    assert!(
+        !after.ended_by_password_change(&Session { created_at: now + 1, ..legacy }),
+        "a later session without an epoch ended"
+    );
 
     s.sessions.revoke_session(&mine.id, now + 1, "logout", &meta()).await.expect("revoke");
     expect_conflict(
-        s.users.change_password(&user.id, phc, "$argon2id$again", &mine.id, now + 2, &meta()).await,
+        s.users.change_password(&user.id, phc, 1, "$argon2id$again", &mine.id, now + 2, &meta()).await,
         Conflict::Stale,
         "a change through a revoked session",
     );

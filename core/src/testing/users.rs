@@ -311,13 +311,13 @@ pub async fn reset_password_once_per_link(s: &Subject) {
     let phc = "$argon2id$v=19$m=19456,t=2,p=1$cmVzZXRzYWx0cmVzZXQ$reset";
     let m = meta();
     expect_conflict(
-        s.users.reset_password(&user_id(), T0 + 4, phc, T0 + 5, &m).await,
+        s.users.reset_password(&user_id(), T0 + 4, 0, phc, T0 + 5, &m).await,
         Conflict::Stale,
         "a reset of an unknown user",
     );
     assert_eq!(stored_user(s, &user.id).await, locked, "a refused reset wrote the user");
 
-    s.users.reset_password(&user.id, T0 + 4, phc, T0 + 5, &m).await.expect("reset_password");
+    s.users.reset_password(&user.id, T0 + 4, 0, phc, T0 + 5, &m).await.expect("reset_password");
     let after = stored_user(s, &user.id).await;
     let expected = User {
         password_hash: phc.into(),
@@ -335,7 +335,7 @@ pub async fn reset_password_once_per_link(s: &Subject) {
         [(T0 + 4, "the same link again"), (T0 + 1, "an older link"), (T0 + 5, "a link made in the reset's second")]
     {
         expect_conflict(
-            s.users.reset_password(&user.id, issued, "$argon2id$second", T0 + 6, &meta()).await,
+            s.users.reset_password(&user.id, issued, 1, "$argon2id$second", T0 + 6, &meta()).await,
             Conflict::Stale,
             what,
         );
@@ -344,13 +344,25 @@ pub async fn reset_password_once_per_link(s: &Subject) {
     // A reset dated before the last change (a change that committed after
     // the caller took its time) would let that change's session outlive it.
     expect_conflict(
-        s.users.reset_password(&user.id, T0 + 6, "$argon2id$early", T0 + 4, &meta()).await,
+        s.users.reset_password(&user.id, T0 + 6, 1, "$argon2id$early", T0 + 4, &meta()).await,
         Conflict::Stale,
         "a reset dated before the last change",
     );
     assert_eq!(stored_user(s, &user.id).await, after, "a refused early reset wrote the user");
-    s.users.reset_password(&user.id, T0 + 6, "$argon2id$third", T0 + 7, &m).await.expect("a link made after the reset");
-    assert_eq!(stored_user(s, &user.id).await.password_reset_at, Some(T0 + 7));
+    // Made from an epoch a change or reset has moved on from: its caller
+    // would not know the epoch it set.
+    expect_conflict(
+        s.users.reset_password(&user.id, T0 + 6, 0, "$argon2id$stale", T0 + 7, &meta()).await,
+        Conflict::Stale,
+        "a reset from an epoch that is gone",
+    );
+    assert_eq!(stored_user(s, &user.id).await, after, "a refused stale reset wrote the user");
+    s.users
+        .reset_password(&user.id, T0 + 6, 1, "$argon2id$third", T0 + 7, &m)
+        .await
+        .expect("a link made after the reset");
+    let third = stored_user(s, &user.id).await;
+    assert_eq!((third.password_reset_at, third.password_epoch), (Some(T0 + 7), 2));
 }
 
 /// Of concurrent resets with links made in one second, exactly one succeeds.
@@ -359,7 +371,7 @@ pub async fn reset_password_has_one_winner(s: &Subject) {
     let results = race(REGISTRATION_RACERS, |i| {
         let users = s.users.clone();
         let id = user.id;
-        async move { users.reset_password(&id, T0 + 9, &format!("$argon2id$racer{i}"), T0 + 10, &meta()).await }
+        async move { users.reset_password(&id, T0 + 9, 0, &format!("$argon2id$racer{i}"), T0 + 10, &meta()).await }
     })
     .await;
     let (winner, (), losers) = single_winner(results, "concurrent resets with one link");

@@ -2,7 +2,7 @@
 //! contract is part of the condition of the write it protects.
 
 use super::errors::map_sdk;
-use super::items::{self, PK, TTL, TTL_GRACE_SECS, TTL_NAME, n, s};
+use super::items::{self, PK, TTL, TTL_GRACE_SECS, TTL_NAME, epoch_value, n, s, unchanged_since};
 use super::users::meta_value;
 use super::{DynamoStore, put_item, update_item};
 use crate::StoreError;
@@ -13,21 +13,6 @@ use crate::ports::{ChallengeStore, StoreResult};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::builders::UpdateBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, Update};
-
-/// The user's password has not changed (nor been reset) since the password
-/// step that saw `password_epoch` (`:epoch`); users written before the
-/// counter existed have none, which is 0.
-fn unchanged_since(password_epoch: u64) -> &'static str {
-    if password_epoch == 0 {
-        "(attribute_not_exists(password_epoch) OR password_epoch = :epoch)"
-    } else {
-        "password_epoch = :epoch"
-    }
-}
-
-fn epoch_value(password_epoch: u64) -> AttributeValue {
-    AttributeValue::N(password_epoch.to_string())
-}
 
 impl DynamoStore {
     /// A right password: the count of wrong ones back to 0 and an ended

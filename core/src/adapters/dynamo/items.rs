@@ -63,6 +63,27 @@ pub(crate) fn n(v: impl Into<i64>) -> AttributeValue {
     AttributeValue::N(v.into().to_string())
 }
 
+/// The user's `password_epoch` is still `:epoch`, the value the caller
+/// read as `password_epoch` (a password step, or the check before a change
+/// or reset); users written before the counter existed have none, which is
+/// 0.
+pub(crate) fn unchanged_since(password_epoch: u64) -> &'static str {
+    if password_epoch == 0 {
+        "(attribute_not_exists(password_epoch) OR password_epoch = :epoch)"
+    } else {
+        "password_epoch = :epoch"
+    }
+}
+
+pub(crate) fn epoch_value(password_epoch: u64) -> AttributeValue {
+    AttributeValue::N(password_epoch.to_string())
+}
+
+/// The epoch a password change or reset from `password_epoch` sets.
+pub(crate) fn next_epoch(password_epoch: u64) -> Result<u64, StoreError> {
+    password_epoch.checked_add(1).ok_or_else(|| StoreError::internal("password_epoch overflow"))
+}
+
 /// The item for an entity: its fields at the top level (absent for `None`),
 /// plus its partition key and, where given, its TTL.
 pub(crate) fn to_item<T: Serialize>(entity: &T, pk: String, ttl: Option<Timestamp>) -> Result<Item, StoreError> {

@@ -2,7 +2,7 @@
 //! tokens.
 
 use super::errors::map_sdk;
-use super::items::{self, Item, PK, TTL_GRACE_SECS, n, s};
+use super::items::{self, Item, PK, TTL_GRACE_SECS, epoch_value, n, next_epoch, s, unchanged_since};
 use super::{DynamoStore, delete_item, put_item, update_item};
 use crate::clock::Timestamp;
 use crate::domain::{Email, RequestMeta, SessionId, User, UserId, Username, VerificationRecord};
@@ -362,20 +362,26 @@ impl UserStore for DynamoStore {
         &self,
         id: &UserId,
         expected_phc: &str,
+        expected_epoch: u64,
         phc: &str,
         keep: &SessionId,
         now: Timestamp,
         meta: &RequestMeta,
     ) -> StoreResult<()> {
         let meta = meta_value(meta)?;
+        let next = epoch_value(next_epoch(expected_epoch)?);
         let user = Update::builder()
             .table_name(&self.users)
             .key(PK, s(items::user_pk(id)))
             .update_expression(
-                "SET password_hash = :h, sessions_valid_after = :now, meta = :meta ADD password_epoch :one",
+                "SET password_hash = :h, sessions_valid_after = :now, meta = :meta, password_epoch = :next",
             )
-            .condition_expression("attribute_exists(pk) AND password_hash = :expected")
-            .expression_attribute_values(":one", n(1))
+            .condition_expression(format!(
+                "attribute_exists(pk) AND password_hash = :expected AND {}",
+                unchanged_since(expected_epoch)
+            ))
+            .expression_attribute_values(":epoch", epoch_value(expected_epoch))
+            .expression_attribute_values(":next", next.clone())
             .expression_attribute_values(":h", s(phc))
             .expression_attribute_values(":expected", s(expected_phc))
             .expression_attribute_values(":now", n(now))
@@ -383,9 +389,9 @@ impl UserStore for DynamoStore {
         let session = Update::builder()
             .table_name(&self.tokens)
             .key(PK, s(items::session_pk(keep)))
-            .update_expression("SET valid_from = :now, meta = :meta")
+            .update_expression("SET password_epoch = :next, meta = :meta")
             .condition_expression("attribute_exists(pk) AND attribute_not_exists(revoked_at) AND user_id = :uid")
-            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":next", next)
             .expression_attribute_values(":uid", s(id.to_string()))
             .expression_attribute_values(":meta", meta);
         self.transact(vec![update_item(user)?, update_item(session)?]).await?;
@@ -396,6 +402,7 @@ impl UserStore for DynamoStore {
         &self,
         id: &UserId,
         link_issued_at: Timestamp,
+        expected_epoch: u64,
         phc: &str,
         now: Timestamp,
         meta: &RequestMeta,
@@ -406,14 +413,16 @@ impl UserStore for DynamoStore {
             .key(PK, s(items::user_pk(id)))
             .update_expression(
                 "SET password_hash = :h, sessions_valid_after = :now, password_reset_at = :now, \
-                 failed_logins = :zero, otp_failures = :zero, meta = :meta REMOVE locked_until ADD password_epoch :one",
+                 failed_logins = :zero, otp_failures = :zero, meta = :meta, password_epoch = :next REMOVE locked_until",
             )
             .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":one", n(1))
-            .condition_expression(
+            .expression_attribute_values(":epoch", epoch_value(expected_epoch))
+            .expression_attribute_values(":next", epoch_value(next_epoch(expected_epoch)?))
+            .condition_expression(format!(
                 "attribute_exists(pk) AND (attribute_not_exists(password_reset_at) OR password_reset_at < :issued) \
-                 AND (attribute_not_exists(sessions_valid_after) OR sessions_valid_after <= :now)",
-            )
+                 AND (attribute_not_exists(sessions_valid_after) OR sessions_valid_after <= :now) AND {}",
+                unchanged_since(expected_epoch)
+            ))
             .expression_attribute_values(":h", s(phc))
             .expression_attribute_values(":issued", n(link_issued_at))
             .expression_attribute_values(":now", n(now))

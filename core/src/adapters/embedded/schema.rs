@@ -158,6 +158,11 @@ const MIGRATIONS: &[&str] = &[
         WHERE u.id = challenges.user_id AND u.password_epoch = 1 AND u.sessions_valid_after < challenges.created_at
     );
     "#,
+    // 8: a change or reset ends the sessions by count too. Sessions made
+    // before have none (NULL) and keep the time rule of `valid_from`.
+    r#"
+    ALTER TABLE sessions ADD COLUMN password_epoch INTEGER CHECK (password_epoch >= 0);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -144,6 +144,7 @@ impl UserStore for EmbeddedStore {
         &self,
         id: &UserId,
         expected_phc: &str,
+        expected_epoch: u64,
         phc: &str,
         keep: &SessionId,
         now: Timestamp,
@@ -151,23 +152,28 @@ impl UserStore for EmbeddedStore {
     ) -> StoreResult<()> {
         let (id, expected, phc, keep, meta, at) =
             (*id, expected_phc.to_string(), phc.to_string(), *keep, meta.clone(), self.db().now());
+        let epoch = expected_epoch.checked_add(1).ok_or_else(|| StoreError::internal("password_epoch overflow"))?;
         self.db()
             .tx(move |tx| {
                 let (Some(old_u), Some(old_s)) = (rec::load_user(tx, UserKey::Id(&id))?, rec::load_session(tx, &keep)?)
                 else {
                     return stale();
                 };
-                if old_s.user_id != id || old_s.revoked_at.is_some() || old_u.password_hash != expected {
+                if old_s.user_id != id
+                    || old_s.revoked_at.is_some()
+                    || old_u.password_hash != expected
+                    || old_u.password_epoch != expected_epoch
+                {
                     return stale();
                 }
                 let new_u = User {
                     password_hash: phc,
                     sessions_valid_after: Some(now),
-                    password_epoch: old_u.password_epoch + 1,
+                    password_epoch: epoch,
                     meta: meta.clone(),
                     ..old_u.clone()
                 };
-                let new_s = Session { valid_from: Some(now), meta, ..old_s.clone() };
+                let new_s = Session { password_epoch: Some(epoch), meta, ..old_s.clone() };
                 rec::update_user(tx, &new_u)?;
                 record(tx, at, ChangeEntity::User, &id.to_string(), Some(&old_u), Some(&new_u))?;
                 rec::update_session(tx, &new_s)?;
@@ -180,16 +186,19 @@ impl UserStore for EmbeddedStore {
         &self,
         id: &UserId,
         link_issued_at: Timestamp,
+        expected_epoch: u64,
         phc: &str,
         now: Timestamp,
         meta: &RequestMeta,
     ) -> StoreResult<()> {
         let (id, phc, meta, at) = (*id, phc.to_string(), meta.clone(), self.db().now());
+        let epoch = expected_epoch.checked_add(1).ok_or_else(|| StoreError::internal("password_epoch overflow"))?;
         self.db()
             .tx(move |tx| {
                 let unused = |u: &User| {
                     u.password_reset_at.is_none_or(|r| r < link_issued_at)
                         && u.sessions_valid_after.is_none_or(|t| t <= now)
+                        && u.password_epoch == expected_epoch
                 };
                 let Some(old) = rec::load_user(tx, UserKey::Id(&id))?.filter(unused) else {
                     return stale();
@@ -198,7 +207,7 @@ impl UserStore for EmbeddedStore {
                     password_hash: phc,
                     sessions_valid_after: Some(now),
                     password_reset_at: Some(now),
-                    password_epoch: old.password_epoch + 1,
+                    password_epoch: epoch,
                     locked_until: None,
                     failed_logins: 0,
                     otp_failures: 0,
@@ -693,6 +702,7 @@ mod tests {
             revoked_at: None,
             revoke_reason: None,
             valid_from: None,
+            password_epoch: Some(0),
             meta: RequestMeta::default(),
         }
     }
