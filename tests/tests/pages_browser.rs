@@ -198,6 +198,45 @@ async fn full_journey_by_username_then_logout() {
     assert!(!replay.body.contains(&email) && !replay.body.contains(&username));
 }
 
+/// A stolen session cookie presented as a refresh token: the thief gets a
+/// rotated pair, but the owner's next page sees a secret this service
+/// issued for the session that is no longer its current one, and revokes
+/// the whole session, as a reused refresh token does; the thief's tokens
+/// die with it.
+#[tokio::test]
+async fn a_session_cookie_rotated_elsewhere_ends_the_session() {
+    let sys = TestSystem::embedded().await;
+    let mut b = Browser::new(&sys);
+    let (username, email) = unique();
+    register_and_verify(&mut b, &username, &email).await;
+    let p = password_step(&mut b, &username).await;
+    code_step(&mut b, &p, &email, 2).await;
+    let stolen = b.jar.get(SESSION).cloned().expect("session cookie");
+    let (st, pair, _) = sys.post("/v1/token/refresh", serde_json::json!({"refresh_token": stolen})).await;
+    assert_eq!(st, 200, "{pair}");
+    let access = pair["access_token"].as_str().expect("access token").to_string();
+    assert_eq!(sys.get_auth("/v1/me", &access).await.0, 200);
+
+    let d = b.get("/dashboard").await;
+    assert_eq!((d.status, d.location()), (303, "/login"));
+    assert!(!b.jar.contains_key(SESSION), "the dead cookie is cleared");
+    assert_eq!(sys.get_auth("/v1/me", &access).await.0, 401, "the thief's access token outlived the reuse");
+    let (st, _, _) = sys.post("/v1/token/refresh", serde_json::json!({"refresh_token": pair["refresh_token"]})).await;
+    assert_eq!(st, 401, "the thief's refresh token outlived the reuse");
+
+    // A forged secret for the session changes nothing (and proves nothing).
+    let mut other = Browser::new(&sys);
+    let p = password_step(&mut other, &username).await;
+    code_step(&mut other, &p, &email, 3).await;
+    let good = other.jar.get(SESSION).cloned().expect("session cookie");
+    let (sid, secret) = good.split_once('.').expect("<session id>.<secret>");
+    let forged = format!("{sid}.{}{}", &secret[..secret.len() - 1], if secret.ends_with('0') { '1' } else { '0' });
+    let mut forger = Browser::new(&sys);
+    forger.jar.insert(SESSION.into(), forged);
+    assert_eq!(forger.get("/dashboard").await.location(), "/login");
+    assert_eq!(other.get("/dashboard").await.status, 200, "a forged cookie ended the session");
+}
+
 /// With the default limits: someone who knows the username keeps the
 /// account locked and its per-identifier limit spent; a browser without
 /// the device cookie is refused, the owner's browser (the cookie of its

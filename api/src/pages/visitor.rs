@@ -30,10 +30,11 @@ impl FromRequestParts<AppState> for Visitor {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         let auth = state.auth.clone();
         let headers = parts.headers.clone();
+        let meta = request_meta(parts, state.trust_forwarded_for);
         let mut stale_session = false;
         let session = match cookies::get(&headers, cookies::SESSION) {
             None => None,
-            Some(value) => match auth.browser_session(&value).await {
+            Some(value) => match auth.browser_session(&value, &meta).await {
                 Ok(p) => Some((value, p)),
                 Err(Error::Unauthorized) => {
                     stale_session = true;
@@ -43,7 +44,6 @@ impl FromRequestParts<AppState> for Visitor {
             },
         };
         let pre = cookies::get(&headers, cookies::PRE).and_then(|v| Pre::decode(&auth, &v));
-        let meta = request_meta(parts, state.trust_forwarded_for);
         Ok(Visitor { session, stale_session, pre, headers, meta, auth })
     }
 }

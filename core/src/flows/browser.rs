@@ -5,11 +5,15 @@
 //! The session cookie holds the same `<session id>.<secret>` a refresh token
 //! holds; the session store keeps only its hash. Browsers never rotate it
 //! through `/v1/token/refresh`, so its hash stays the session's current one
-//! until logout revokes the session.
+//! until logout revokes the session. A cookie this service issued for the
+//! session that is no longer its current secret was rotated by someone
+//! else (a stolen cookie presented as a refresh token): as with a reused
+//! refresh token, the whole session is revoked, so the thief's rotated
+//! tokens die with it.
 
 use super::Auth;
 use super::session::Profile;
-use crate::domain::{OtpCode, SessionId};
+use crate::domain::{OtpCode, RequestMeta, SessionId};
 use crate::error::Error;
 use crate::keys::token_hash;
 use base64::Engine;
@@ -22,8 +26,10 @@ const DOMAIN_PREFIX: &str = "latchkey/browser/v1/";
 impl Auth {
     /// The profile behind a session cookie value `<session id>.<secret>`,
     /// if the session exists, is neither revoked nor expired, and the secret
-    /// matches (constant-time). Anything else is `Unauthorized`.
-    pub async fn browser_session(&self, cookie: &str) -> Result<Profile, Error> {
+    /// matches (constant-time). Anything else is `Unauthorized`; a secret
+    /// this service issued for the session that is no longer its current
+    /// one also revokes the session (`refresh_reuse`).
+    pub async fn browser_session(&self, cookie: &str, meta: &RequestMeta) -> Result<Profile, Error> {
         let (sid, secret) = cookie.split_once('.').ok_or(Error::Unauthorized)?;
         let sid = SessionId::parse(sid).ok_or(Error::Unauthorized)?;
         if secret.len() != super::session::REFRESH_SECRET_LEN {
@@ -31,7 +37,14 @@ impl Auth {
         }
         let now = self.now();
         let (s, u) = self.live_session(&sid).await?.ok_or(Error::Unauthorized)?;
-        if s.expires_at <= now || !OtpCode::hashes_equal(&token_hash(secret), &s.refresh_hash) {
+        if s.expires_at <= now {
+            return Err(Error::Unauthorized);
+        }
+        if !OtpCode::hashes_equal(&token_hash(secret), &s.refresh_hash) {
+            if self.issued_refresh_secret(&sid, secret) {
+                tracing::warn!(user_id = %s.user_id, session_id = %sid, "session cookie rotated elsewhere: session revoked");
+                self.ports.sessions.revoke_session(&sid, now, "refresh_reuse", meta).await?;
+            }
             return Err(Error::Unauthorized);
         }
         Ok(Profile::of(u, sid))
