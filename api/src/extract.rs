@@ -42,22 +42,26 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 
 /// Parses JSON, naming the path of the first error.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let malformed = |message: &str| {
+        let mut err = ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", message);
+        err.extra = Some(("field", serde_json::Value::String("body".into())));
+        err
+    };
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() || path == "." {
-            let mut err = ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                "the body is not a valid JSON object of the expected shape",
-            );
-            err.extra = Some(("field", serde_json::Value::String("body".into())));
-            err
+            malformed("the body is not a valid JSON object of the expected shape")
         } else {
             ApiError::field(&path, "has the wrong type")
         }
-    })
+    })?;
+    // Nothing but whitespace may follow the object: a body with more in it
+    // is not the one this service read (a proxy or WAF could read it
+    // differently).
+    de.end().map_err(|_| malformed("the body has data after its JSON object"))?;
+    Ok(value)
 }
 
 /// Fetches a required field of a request DTO, or a 400 naming it.

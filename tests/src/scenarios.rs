@@ -296,6 +296,19 @@ pub async fn bad_inputs(sys: &TestSystem) {
     };
     let (st, body) = raw("{not json").await;
     assert_eq!((st, body["error"].as_str()), (400, Some("malformed_json")));
+    // A whole registration with anything but whitespace after it: refused,
+    // and nothing is registered (the same names register below).
+    let (username, email) = unique();
+    let good = json!({"username": username, "email": email, "password": PASSWORD}).to_string();
+    for tail in ["{}", "]]]", "\u{0}garbage", ", 1"] {
+        let req = sys.http.post(sys.url("/v1/register")).header("content-type", "application/json");
+        let r = req.body(format!("{good}{tail}")).send().await.expect("send");
+        let st = r.status().as_u16();
+        let body = r.json::<Value>().await.unwrap_or(Value::Null);
+        assert_eq!((st, body["error"].as_str()), (400, Some("malformed_json")), "{tail:?}: {body}");
+    }
+    let req = sys.http.post(sys.url("/v1/register")).header("content-type", "application/json");
+    assert_eq!(req.body(format!("{good} \n")).send().await.expect("send").status(), 202, "whitespace after it");
     let (st, body) = raw(r#"{"username": 5, "email": "a@b.co", "password": "x"}"#).await;
     assert_eq!((st, body["field"].as_str()), (400, Some("username")), "{body}");
     let (st, body) = raw(r#"{"username": "abc", "password": "x"}"#).await;
