@@ -323,6 +323,26 @@ async fn resend_never_resets_the_failure_count() {
     assert!(matches!(w.auth.verify_login_code(&id, &code, &meta()).await, Err(Error::OtpExhausted)));
 }
 
+/// After its last resend a login is finished for resends: the answer is
+/// final (a new login is needed), not a wait that would end in a refusal.
+#[tokio::test]
+async fn a_login_out_of_resends_is_told_to_start_again() {
+    let w = world(RateLimits::relaxed());
+    verified(&w, "dora").await;
+    let c = w.auth.login("dora", PW.into(), None, &meta()).await.unwrap();
+    let id = c.challenge_id.to_string();
+    let max = w.auth.policy().code_max_resends;
+    for _ in 0..max {
+        w.clock.advance(w.auth.policy().code_resend_cooldown_secs);
+        w.auth.resend_login_code(&id, &meta()).await.unwrap();
+    }
+    w.clock.advance(w.auth.policy().code_resend_cooldown_secs);
+    let r = w.auth.resend_login_code(&id, &meta()).await;
+    assert!(matches!(r, Err(Error::ChallengeNotFound)), "{r:?}");
+    // The last code still works until it expires.
+    w.auth.verify_login_code(&id, &w.mail.code(), &meta()).await.expect("the last code");
+}
+
 #[tokio::test]
 async fn a_code_is_bound_to_its_challenge() {
     let w = world(RateLimits::relaxed());
@@ -339,6 +359,22 @@ async fn a_code_is_bound_to_its_challenge() {
         ));
     }
     w.auth.verify_login_code(&a.challenge_id.to_string(), &code_a, &meta()).await.unwrap();
+}
+
+/// The per-address mail limits count the mailbox: `+tags` of one address
+/// share its 10 codes an hour (each from another client here, so only the
+/// address limit can refuse).
+#[tokio::test]
+async fn address_tags_share_their_mailbox_limit() {
+    let w = world(RateLimits::default());
+    for i in 0..10 {
+        w.auth.send_otp(&format!("target+{i}@example.com"), &meta_from(&format!("198.51.100.{i}"))).await.unwrap();
+    }
+    let r = w.auth.send_otp("target@example.com", &meta_from("203.0.113.1")).await;
+    assert!(matches!(r, Err(Error::RateLimited { .. })), "{r:?}");
+    let r = w.auth.send_otp("target+new@example.com", &meta_from("203.0.113.2")).await;
+    assert!(matches!(r, Err(Error::RateLimited { .. })), "{r:?}");
+    w.auth.send_otp("other+1@example.com", &meta_from("203.0.113.3")).await.expect("another mailbox");
 }
 
 #[tokio::test]

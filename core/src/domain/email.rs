@@ -25,6 +25,12 @@ impl Email {
         if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(err("must not contain spaces or control characters"));
         }
+        if s.chars().any(is_format_char) {
+            // Invisible, or reordering what follows (a right-to-left
+            // override turns a log line around): never part of a real
+            // mailbox's name, and two such addresses would look alike.
+            return Err(err("must not contain invisible formatting characters"));
+        }
         let Some((local, domain)) = s.split_once('@') else {
             return Err(err("is not a valid email address"));
         };
@@ -50,6 +56,20 @@ impl Email {
         &self.0
     }
 
+    /// The mailbox the address delivers to, as the per-address limits
+    /// count it: the local part's `+tag` dropped (`bob+x@example.com` and
+    /// `bob@example.com` reach one inbox at the providers that support
+    /// tags), so tags do not multiply the mail one inbox can be sent.
+    pub fn mailbox_key(&self) -> String {
+        match self.0.split_once('@') {
+            Some((local, domain)) => match local.split_once('+') {
+                Some((base, _)) if !base.is_empty() => format!("{base}@{domain}"),
+                _ => self.0.clone(),
+            },
+            None => self.0.clone(),
+        }
+    }
+
     /// The address with most of the local part hidden, for logs.
     pub fn masked(&self) -> String {
         match self.0.split_once('@') {
@@ -57,6 +77,35 @@ impl Email {
             None => "***".into(),
         }
     }
+}
+
+/// Unicode's format characters (general category Cf, Unicode 15): they
+/// render as nothing or change how the text around them is shown.
+fn is_format_char(c: char) -> bool {
+    matches!(
+        c as u32,
+        0x00AD
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
 }
 
 impl TryFrom<String> for Email {
@@ -101,9 +150,27 @@ mod tests {
             "bo b@x.com",
             "bob@x.com\r\nBcc: e@x.com",
             "bob..x@x.com",
+            "bidi\u{202E}evil@example.com",
+            "zw\u{200D}@example.com",
+            "bom\u{FEFF}@example.com",
+            "wj\u{2060}x@example.com",
+            "tag\u{E0041}@example.com",
+            "lrm@exam\u{200E}ple.com",
+            "normtest@example.com\u{200B}",
+            "soft\u{AD}hyphen@example.com",
         ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn tags_share_their_mailbox_key() {
+        let key = |raw: &str| Email::parse(raw).unwrap().mailbox_key();
+        assert_eq!(key("bob+0@example.com"), "bob@example.com");
+        assert_eq!(key("Bob+a+b@Example.com"), "bob@example.com");
+        assert_eq!(key("bob@example.com"), "bob@example.com");
+        // A local part that is all tag keeps its own key.
+        assert_eq!(key("+x@example.com"), "+x@example.com");
     }
 
     #[test]

@@ -158,10 +158,9 @@ impl Auth {
                 return Err(Error::OtpExpired);
             }
             if c.resends >= p.code_max_resends {
-                // Only a new login helps now.
-                return Err(Error::RateLimited {
-                    retry_after: (c.created_at + Challenge::MAX_AGE_SECS - now).max(1) as u64,
-                });
+                // Only a new login helps now: final, with no time to come
+                // back at (this login's resends never come back).
+                return Err(Error::ChallengeNotFound);
             }
             let wait = c.last_sent_at + p.code_resend_cooldown_secs - now;
             if wait > 0 {

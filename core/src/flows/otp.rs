@@ -22,7 +22,7 @@ impl Auth {
         let l = &self.policy.limits;
         self.limit(&[
             l.code_send_ip.key(format!("send:ip:{}", super::client_key(meta))),
-            l.code_send_address.key(format!("send:otp:{}", email.as_str())),
+            l.code_send_address.key(format!("send:otp:{}", email.mailbox_key())),
         ])
         .await?;
         let now = self.now();

@@ -21,7 +21,7 @@ impl Auth {
         let l = &self.policy.limits;
         self.limit(&[
             l.register_ip.key(format!("register:ip:{}", super::client_key(meta))),
-            l.register_email.key(format!("register:email:{}", email.as_str())),
+            l.register_email.key(format!("register:email:{}", email.mailbox_key())),
         ])
         .await?;
         // The strength estimate costs up to ~10 ms for a long password, so it

@@ -45,7 +45,7 @@ impl Auth {
         let l = &self.policy.limits;
         self.limit(&[
             l.code_send_ip.key(format!("send:ip:{}", super::client_key(meta))),
-            l.password_reset_address.key(format!("reset:email:{}", email.as_str())),
+            l.password_reset_address.key(format!("reset:email:{}", email.mailbox_key())),
         ])
         .await?;
         match self.ports.users.user_by_email(&email).await?.filter(|u| u.verified) {

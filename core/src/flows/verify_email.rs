@@ -45,7 +45,7 @@ impl Auth {
         let l = &self.policy.limits;
         self.limit(&[
             l.code_send_ip.key(format!("send:ip:{}", super::client_key(meta))),
-            l.verification_resend_address.key(format!("verify-resend:email:{}", email.as_str())),
+            l.verification_resend_address.key(format!("verify-resend:email:{}", email.mailbox_key())),
         ])
         .await?;
         self.resend_if_unverified(&email, meta).await?;
