@@ -54,7 +54,6 @@ data "aws_iam_policy_document" "api" {
       "dynamodb:PutItem",
       "dynamodb:UpdateItem",
       "dynamodb:DeleteItem",
-      "dynamodb:ConditionCheckItem",
       "dynamodb:Query",
     ]
     resources = [
@@ -147,10 +146,10 @@ data "aws_iam_policy_document" "mail_worker" {
     resources = [aws_sqs_queue.mail.arn]
   }
 
-  # The mail ledger: claim a job (conditional write), record its outcome.
+  # The mail ledger: claim a job (conditional update), record its outcome.
   statement {
     sid       = "MailLedger"
-    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
+    actions   = ["dynamodb:GetItem", "dynamodb:UpdateItem"]
     resources = [aws_dynamodb_table.mail_ledger.arn]
   }
 
@@ -225,15 +224,15 @@ data "aws_iam_policy_document" "stream_processor" {
     ]
   }
 
-  # Append to the hash chain: a transaction of a conditional put and a
-  # counter update, plus reads of the chain head.
+  # Append to the hash chain: a transaction of conditional puts and a
+  # counter update, plus reads of the chain head (GetItem) and, when the
+  # head has expired before its records, of the last record (Query).
   statement {
     sid = "WriteAuditTrail"
     actions = [
       "dynamodb:GetItem",
       "dynamodb:PutItem",
       "dynamodb:UpdateItem",
-      "dynamodb:ConditionCheckItem",
       "dynamodb:Query",
     ]
     resources = [aws_dynamodb_table.audit.arn]

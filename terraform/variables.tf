@@ -161,8 +161,12 @@ variable "worker_timeout_seconds" {
     # A delivery must end within the mail ledger's claim lease (300 s,
     # latchkey_core::mail::delivery::LEASE_SECS), or a duplicate SQS
     # delivery could claim the job again while it is still being sent.
-    condition     = var.worker_timeout_seconds >= 5 && var.worker_timeout_seconds <= 280
-    error_message = "worker_timeout_seconds: 5..280 (a delivery must end within the mail ledger's 300 s claim lease)."
+    # And the queue's redeliveries must outlast that lease: a worker that
+    # died mid-send leaves its claim, each redelivery within the lease is
+    # answered "busy", and after maxReceiveCount (5) receives SQS parks the
+    # job. 4 x (6 x 13 s) = 312 s > 300 s, so the last one comes after it.
+    condition     = var.worker_timeout_seconds >= 13 && var.worker_timeout_seconds <= 280
+    error_message = "worker_timeout_seconds: 13..280 (a delivery must end within the mail ledger's 300 s claim lease, and the queue's 5 receives must outlast it)."
   }
 }
 

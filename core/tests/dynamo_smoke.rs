@@ -686,3 +686,148 @@ async fn a_user_without_a_password_epoch_is_at_zero_until_a_change() {
         Conflict::Stale
     ));
 }
+
+/// TTL deletes in no order and up to days late, so a subject's chain head
+/// can go before its records: the next append goes on from the last record
+/// (no collision with a live one, no break in the chain) instead of
+/// restarting at 1 and failing on every try.
+#[tokio::test]
+async fn an_audit_chain_whose_head_expired_goes_on_from_its_last_record() {
+    use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
+    use latchkey_core::audit::{AuditEvent, AuditEventType, AuditStore, Outcome, verify_chain};
+    let env = env().await;
+    let audit = DynamoAuditStore::new(env.client.clone(), &env.prefix);
+    let subject = UserId::random(&OsSecureRng).to_string();
+    let event = |i: u32| AuditEvent {
+        event_id: format!("{subject}-{i}"),
+        subject: subject.clone(),
+        event: AuditEventType::CodeVerified,
+        at: NOW + i64::from(i),
+        outcome: Outcome::Success,
+        reason: None,
+        attempts_left: None,
+        request_id: None,
+        ip: None,
+        user_agent: None,
+    };
+    for i in 1..=2 {
+        assert!(audit.append(&event(i), NOW + 86_400).await.expect("append"));
+    }
+    env.client
+        .delete_item()
+        .table_name(format!("{}-audit", env.prefix))
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("SUBJ#{subject}")))
+        .key("sk", aws_sdk_dynamodb::types::AttributeValue::S("HEAD".into()))
+        .send()
+        .await
+        .expect("the head expires");
+    assert!(audit.append(&event(3), NOW + 86_400).await.expect("an append after the head expired"));
+    let chain = audit.chain(&subject).await.expect("chain");
+    assert_eq!(chain.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    verify_chain(&subject, &chain).expect("intact");
+    assert!(audit.append(&event(4), NOW + 86_400).await.expect("the head is back"));
+}
+
+/// Turns the answer to the next call of `operation` into a 500, as if it
+/// were lost after DynamoDB applied the request: the SDK sends it again.
+#[derive(Debug, Clone)]
+struct LoseAnswer {
+    operation: &'static str,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LoseAnswer {
+    fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn fired(&self) -> bool {
+        !self.armed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for LoseAnswer {
+    fn name(&self) -> &'static str {
+        "dynamo_smoke::LoseAnswer"
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextMut<
+            '_,
+        >,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        use aws_smithy_runtime_api::client::orchestrator::Metadata;
+        let ours = cfg.load::<Metadata>().is_some_and(|m| m.name() == self.operation);
+        if ours && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let response = context.response_mut();
+            *response.status_mut() = aws_smithy_runtime_api::http::StatusCode::try_from(500u16)?;
+            *response.body_mut() = aws_smithy_types::body::SdkBody::from(
+                r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"answer lost (test)"}"#,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A DynamoDB client whose answer to the next `UpdateItem` is lost once
+/// armed, and which retries as the deployed clients do.
+fn losing_client(env: &Env) -> (aws_sdk_dynamodb::Client, LoseAnswer) {
+    let lose = LoseAnswer { operation: "UpdateItem", armed: Default::default() };
+    let retry = aws_config::retry::RetryConfig::standard()
+        .with_max_attempts(3)
+        .with_initial_backoff(std::time::Duration::from_millis(10));
+    let conf = aws_sdk_dynamodb::config::Builder::from(&sdk_config(endpoint()))
+        .retry_config(retry)
+        .interceptor(lose.clone())
+        .build();
+    let _ = env;
+    (aws_sdk_dynamodb::Client::from_conf(conf), lose)
+}
+
+/// The SDK sends a write again when its answer is lost; a conditional write
+/// whose first send was applied is then refused by its own result. A
+/// refresh must not read that as a reuse (it would revoke the session), a
+/// reset not as a used link (the owner would not be told), a mail claim not
+/// as another worker's lease (the code would wait out the lease).
+#[tokio::test]
+async fn a_write_whose_answer_was_lost_is_recognised_when_sent_again() {
+    use latchkey_core::adapters::dynamo::DynamoMailLedger;
+    use latchkey_core::mail::delivery::{Claim, JobMeta, MailLedger};
+    let env = env().await;
+    let (client, lose) = losing_client(&env);
+    let store = DynamoStore::new(client.clone(), &env.prefix);
+
+    let (u, _) = registered(&env).await;
+    let s = session(&u);
+    let c = challenge(&u, "code");
+    env.store.create_challenge(&c, false, &META).await.unwrap();
+    env.store.redeem_challenge(&c.id, "code", NOW + 1, 6, u32::MAX, 0, &s, &META).await.unwrap();
+    lose.arm();
+    store.rotate_session(&s.id, &s.refresh_hash, "r1", NOW + 2, &META).await.expect("a rotation sent twice");
+    assert!(lose.fired());
+    let rotated = env.store.session(&s.id).await.unwrap().unwrap();
+    assert_eq!((rotated.refresh_hash.as_str(), rotated.generation, rotated.revoked_at), ("r1", 1, None));
+    // A rotation from a hash that is gone is still refused.
+    assert!(is_conflict(&store.rotate_session(&s.id, &s.refresh_hash, "r2", NOW + 3, &META).await, Conflict::Stale));
+
+    lose.arm();
+    store.reset_password(&u.id, NOW, 0, "$argon2id$reset-once", NOW + 4, &META).await.expect("a reset sent twice");
+    assert!(lose.fired());
+    let after = env.store.user_by_id(&u.id).await.unwrap().unwrap();
+    assert_eq!((after.password_hash.as_str(), after.password_epoch), ("$argon2id$reset-once", 1));
+    // The same link again is still refused.
+    assert!(is_conflict(
+        &store.reset_password(&u.id, NOW, 1, "$argon2id$again", NOW + 5, &META).await,
+        Conflict::Stale
+    ));
+
+    let ledger = DynamoMailLedger::new(client, &env.prefix);
+    let job = JobMeta { id: unique("job"), kind: "login_code", to: "a@example.com".into(), subject: None };
+    lose.arm();
+    assert_eq!(ledger.claim(&job, NOW, 300).await.unwrap(), Claim::Claimed, "a claim sent twice");
+    assert!(lose.fired());
+    // Another claim within the lease is still refused.
+    assert!(matches!(ledger.claim(&job, NOW + 1, 300).await.unwrap(), Claim::Busy { .. }));
+}

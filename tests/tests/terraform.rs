@@ -427,7 +427,7 @@ fn mail_visibility_timeout_is_at_least_six_worker_timeouts() {
     // With the defaults, and with the largest and smallest worker timeouts
     // the variable allows: the relation must hold by construction, not by a
     // lucky pair of numbers.
-    for timeout in [None, Some(280), Some(5)] {
+    for timeout in [None, Some(280), Some(13)] {
         let overrides: Vec<(&str, Value)> =
             timeout.map(|t| ("worker_timeout_seconds", Value::from(t))).into_iter().collect();
         let ctx = tf.context(&overrides);
@@ -788,6 +788,39 @@ fn worker_timeout_stays_within_the_mail_ledger_lease() {
     for t in [LEASE_SECS, LEASE_SECS + 1, 900] {
         assert!(!variable_accepts(&tf, "worker_timeout_seconds", Value::from(t)), "a {t} s timeout is accepted");
     }
+}
+
+/// A worker that dies mid-send leaves its ledger claim for `LEASE_SECS`;
+/// each redelivery within it is answered "busy" and spends one of the
+/// queue's receives. The receives must outlast the lease, or the job is
+/// parked unsent: (maxReceiveCount - 1) x visibility >= LEASE_SECS for the
+/// least and the largest timeout the variable accepts, with no batching
+/// window (the shortest visibility); and one second less is refused.
+#[test]
+fn the_mail_queues_redeliveries_outlast_a_dead_workers_claim() {
+    use latchkey_core::mail::delivery::LEASE_SECS;
+    let tf = Terraform::load();
+    let accepts = |t: i64| variable_accepts(&tf, "worker_timeout_seconds", Value::from(t));
+    let least = (1..=60).find(|t| accepts(*t)).expect("a timeout under a minute is accepted");
+    assert!(!accepts(least - 1));
+    let receives = i64::from(tables::MAIL_MAX_RECEIVE_COUNT);
+    for t in [least, 280] {
+        let ctx =
+            tf.context(&[("worker_timeout_seconds", Value::from(t)), ("worker_batch_window_seconds", Value::from(0))]);
+        let (_, mail) = queue(&tf, &ctx, tables::MAIL_QUEUE);
+        let visibility = eval_i64(&ctx, mail, "visibility_timeout_seconds", "mail queue");
+        assert!(
+            (receives - 1) * visibility >= LEASE_SECS,
+            "timeout {t}s: {receives} receives {visibility}s apart end within the {LEASE_SECS}s lease"
+        );
+    }
+    let ctx = tf.context(&[
+        ("worker_timeout_seconds", Value::from(least - 1)),
+        ("worker_batch_window_seconds", Value::from(0)),
+    ]);
+    let (_, mail) = queue(&tf, &ctx, tables::MAIL_QUEUE);
+    let visibility = eval_i64(&ctx, mail, "visibility_timeout_seconds", "mail queue");
+    assert!((receives - 1) * visibility < LEASE_SECS, "the least timeout is not the bound: {}s would do", least - 1);
 }
 
 /// The worker's send rate is per instance, so Terraform gives each instance

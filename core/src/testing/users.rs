@@ -574,6 +574,10 @@ pub async fn login_failures_lock_at_threshold(s: &Subject) {
     let after = fail(until).await.expect("first failure after the lock");
     assert_eq!(after.failed_logins, 1, "the count restarts from zero after a lock: {after:?}");
     assert!(!after.is_locked(until), "one failure after a lock locked again: {after:?}");
+    // And the ended lock is cleared by that write, so the audit trail shows
+    // the lock's end between two locks (on either backend).
+    assert_eq!(after.locked_until, None, "an ended lock was left in place: {after:?}");
+    assert_eq!(stored_user(s, &user.id).await, after);
     fail(until + 1).await.expect("second failure after the lock");
     let relocked = fail(until + 2).await.expect("third failure after the lock");
     assert_eq!(relocked.locked_until, Some(until + 2 + LOCK), "the threshold locks again: {relocked:?}");

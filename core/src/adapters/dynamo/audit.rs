@@ -84,6 +84,13 @@ impl DynamoAuditStore {
         Ok(Some((u64::from(seq), hash)))
     }
 
+    /// The sequence number and hash of a subject's last record, if it has
+    /// one (a consistent read).
+    async fn last_record(&self, subject: &str) -> StoreResult<Option<(u64, String)>> {
+        let (records, _) = self.query_records(subject, record_sk(0), record_sk(u64::MAX), false, Some(1), None).await?;
+        Ok(records.into_iter().next().map(|r| (r.seq, r.hash)))
+    }
+
     /// One query of a subject's records between two sort keys.
     async fn query_records(
         &self,
@@ -134,7 +141,14 @@ impl AuditStore for DynamoAuditStore {
     async fn append(&self, event: &AuditEvent, expires_at: Timestamp) -> StoreResult<bool> {
         for _ in 0..APPEND_ATTEMPTS {
             let head = self.head(&event.subject).await?;
-            let (seq, prev) = head.clone().unwrap_or((0, GENESIS_HASH.to_string()));
+            let (seq, prev) = match &head {
+                Some(h) => h.clone(),
+                // No head: a new subject, or a head that expired before its
+                // records (TTL deletes in no order, up to days late): the
+                // chain goes on from its last record, so the next record
+                // neither collides with a live one nor breaks the chain.
+                None => self.last_record(&event.subject).await?.unwrap_or((0, GENESIS_HASH.to_string())),
+            };
             let rec = AuditRecord::chained(event, seq + 1, &prev, expires_at);
             let ttl = n(expires_at);
 

@@ -1,6 +1,6 @@
 //! `MailLedger` on the `{prefix}-mail-ledger` table: one item per job,
 //! `pk = MAIL#<job id>`, with `state`, `kind`, `to`, `attempts`, `reason`,
-//! `provider_id`, `lease_until`, `created_at`, `updated_at`, `ttl` and the
+//! `provider_id`, `lease_until`, `claim_id` (the last claim's own mark), `created_at`, `updated_at`, `ttl` and the
 //! audit `subject` (absent for mail with no account behind it). The
 //! table streams NEW_AND_OLD_IMAGES, so each outcome reaches the audit
 //! trail. The job's code or token is never written here.
@@ -47,6 +47,7 @@ const NAMES: &[(&str, &str)] = &[
     ("#updated", "updated_at"),
     ("#ttl", TTL),
     ("#subject", "subject"),
+    ("#claim", "claim_id"),
 ];
 
 impl DynamoMailLedger {
@@ -117,7 +118,14 @@ fn int(item: &Item, name: &str) -> Option<i64> {
 impl MailLedger for DynamoMailLedger {
     async fn claim(&self, job: &JobMeta, now: Timestamp, lease_secs: i64) -> StoreResult<Claim> {
         let (set_subject, subject) = subject_update(job);
+        // This claim's own mark: the SDK sends a request again when its
+        // answer was lost, and the retry is then refused by the lease this
+        // very claim took; the mark tells that apart from another's lease.
+        let mut mark = [0u8; 16];
+        crate::rng::SecureRng::fill(&crate::rng::OsSecureRng, &mut mark);
+        let mark = hex::encode(mark);
         let mut values = vec![
+            (":claim", s(mark.clone())),
             (":sending", s(ledger_state::SENDING)),
             (":sent", s(ledger_state::SENT)),
             (":lease", n(now + lease_secs)),
@@ -132,9 +140,9 @@ impl MailLedger for DynamoMailLedger {
             .update(
                 &job.id,
                 &format!(
-                    "SET #state = :sending, #lease = :lease, #kind = :kind, #to = :to, #updated = :now, \
-                     #created = if_not_exists(#created, :now), #ttl = :ttl{set_subject} ADD #attempts :one \
-                     REMOVE #reason"
+                    "SET #state = :sending, #lease = :lease, #claim = :claim, #kind = :kind, #to = :to, \
+                     #updated = :now, #created = if_not_exists(#created, :now), #ttl = :ttl{set_subject} \
+                     ADD #attempts :one REMOVE #reason"
                 ),
                 "attribute_not_exists(#state) OR (#state <> :sent AND (attribute_not_exists(#lease) OR #lease <= :now))",
                 values,
@@ -158,6 +166,11 @@ impl MailLedger for DynamoMailLedger {
                 };
                 if string(&old, "state").as_deref() == Some(ledger_state::SENT) {
                     Ok(Claim::AlreadySent)
+                } else if string(&old, "claim_id").as_deref() == Some(mark.as_str())
+                    && string(&old, "state").as_deref() == Some(ledger_state::SENDING)
+                {
+                    // An earlier send of this claim was applied.
+                    Ok(Claim::Claimed)
                 } else {
                     Ok(Claim::Busy { lease_until: int(&old, "lease_until").unwrap_or(now) })
                 }

@@ -4,13 +4,14 @@
 use super::DynamoStore;
 use super::errors::map_sdk;
 use super::items::{self, PK, n, s};
-use super::users::meta_value;
+use super::users::{meta_value, old_item_on_failed_check};
 use crate::StoreError;
 use crate::clock::Timestamp;
 use crate::domain::{RequestMeta, Session, SessionId};
 use crate::error::Conflict;
 use crate::ports::{SessionStore, StoreResult};
 use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 
 #[async_trait]
 impl SessionStore for DynamoStore {
@@ -26,7 +27,8 @@ impl SessionStore for DynamoStore {
         now: Timestamp,
         meta: &RequestMeta,
     ) -> StoreResult<()> {
-        self.client
+        let result = self
+            .client
             .update_item()
             .table_name(&self.tokens)
             .key(PK, s(items::session_pk(id)))
@@ -37,10 +39,25 @@ impl SessionStore for DynamoStore {
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":meta", meta_value(meta)?)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
-            .await
-            .map_err(map_sdk)?;
-        Ok(())
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // The SDK sends a request again when its answer was lost: if an
+            // earlier send of this one was applied, the session already holds
+            // this rotation's new hash (from a fresh secret), and the refusal
+            // is of the retry by its own write, not a reuse.
+            Err(err) => match old_item_on_failed_check(err)? {
+                Some(old)
+                    if matches!(old.get("refresh_hash"), Some(AttributeValue::S(h)) if h == new_hash)
+                        && !old.contains_key("revoked_at") =>
+                {
+                    Ok(())
+                }
+                _ => Err(StoreError::Conflict(Conflict::Stale)),
+            },
+        }
     }
 
     async fn revoke_session(

@@ -94,7 +94,7 @@ impl DynamoStore {
 
 /// The old image carried by a failed condition (asked for with
 /// `ReturnValuesOnConditionCheckFailure::AllOld`); any other error mapped.
-fn old_item_on_failed_check(err: SdkError<UpdateItemError, HttpResponse>) -> StoreResult<Option<Item>> {
+pub(super) fn old_item_on_failed_check(err: SdkError<UpdateItemError, HttpResponse>) -> StoreResult<Option<Item>> {
     if let SdkError::ServiceError(e) = &err
         && let UpdateItemError::ConditionalCheckFailedException(c) = e.err()
     {
@@ -291,7 +291,9 @@ impl UserStore for DynamoStore {
             let counted = self
                 .update_user_or_old(
                     id,
-                    "SET failed_logins = failed_logins + :one, meta = :meta",
+                    // An ended lock is cleared (as the SQLite twin does),
+                    // so the trail shows it ended before the next one.
+                    "SET failed_logins = failed_logins + :one, meta = :meta REMOVE locked_until",
                     &format!("attribute_exists(pk) AND {UNLOCKED} AND failed_logins < :last"),
                     vec![(":one", n(1)), (":now", n(now)), (":last", last.clone()), (":meta", meta.clone())],
                 )
@@ -407,7 +409,8 @@ impl UserStore for DynamoStore {
         now: Timestamp,
         meta: &RequestMeta,
     ) -> StoreResult<()> {
-        self.client
+        let result = self
+            .client
             .update_item()
             .table_name(&self.users)
             .key(PK, s(items::user_pk(id)))
@@ -427,9 +430,19 @@ impl UserStore for DynamoStore {
             .expression_attribute_values(":issued", n(link_issued_at))
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":meta", meta_value(meta)?)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
-            .await
-            .map_err(map_sdk)?;
+            .await;
+        if let Err(err) = result {
+            // The SDK sends a request again when its answer was lost (a
+            // timeout, a 500): if an earlier send of this one was applied,
+            // the user already holds this reset's hash (its salt is new), and
+            // the reset is done; the refusal is of the retry by its own write.
+            return match old_item_on_failed_check(err)? {
+                Some(old) if matches!(old.get("password_hash"), Some(AttributeValue::S(h)) if h == phc) => Ok(()),
+                _ => Err(StoreError::Conflict(Conflict::Stale)),
+            };
+        }
         Ok(())
     }
 
