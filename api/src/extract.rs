@@ -35,9 +35,30 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 "send the body as application/json",
             ));
         }
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES).await.map_err(|_| too_large())?;
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES).await.map_err(|e| {
+            if timed_out(&e) {
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request body was not sent in time")
+            } else {
+                too_large()
+            }
+        })?;
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// How long a request's body may take to arrive, once its head has.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether reading a body failed because `BODY_READ_TIMEOUT` ran out.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Parses JSON, naming the path of the first error.
@@ -140,10 +161,34 @@ pub fn is_json(headers: &axum::http::HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt as _;
 
     fn parts(forwarded: &str) -> Parts {
         let req = axum::http::Request::builder().header("x-forwarded-for", forwarded).body(()).expect("request");
         req.into_parts().0
+    }
+
+    /// A body that stops arriving is given up on after the body timeout,
+    /// with a 408 (not a 413: nothing was too large).
+    #[tokio::test]
+    async fn a_body_that_does_not_arrive_in_time_is_a_408() {
+        use tower::ServiceExt as _;
+        #[derive(serde::Deserialize)]
+        struct Body {
+            a: u32,
+        }
+        let app = axum::Router::new()
+            .route("/", axum::routing::post(|JsonBody(b): JsonBody<Body>| async move { b.a.to_string() }))
+            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(std::time::Duration::from_millis(100)));
+        let stalled = futures::stream::iter([Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"{\"a\""))])
+            .chain(futures::stream::pending());
+        let request = |body| {
+            axum::http::Request::post("/").header("content-type", "application/json").body(body).expect("request")
+        };
+        let r = app.clone().oneshot(request(axum::body::Body::from_stream(stalled))).await.expect("response");
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        let r = app.oneshot(request(axum::body::Body::from("{\"a\": 7}"))).await.expect("response");
+        assert_eq!(r.status(), StatusCode::OK);
     }
 
     #[test]

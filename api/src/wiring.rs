@@ -12,7 +12,6 @@ use latchkey_core::password_hasher::PasswordHasher;
 use latchkey_core::ports::{Clock, SecureRng};
 use latchkey_core::{clock::SystemClock, rng::OsSecureRng};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// A built system: the state for the Router, and what runs beside it.
@@ -321,11 +320,11 @@ pub async fn serve_threads(
             let served = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|rt| {
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener)?;
-                    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                        .with_graceful_shutdown(async move {
-                            let _ = stopped.wait_for(|stop| *stop).await;
-                        })
-                        .await
+                    serve_connections(listener, app, HEADER_READ_TIMEOUT, async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    })
+                    .await;
+                    Ok(())
                 })
             });
             let _ = ended.send(served);
@@ -360,9 +359,89 @@ pub async fn serve_threads(
     result
 }
 
+/// How long a client may take to send a request's head (the request line
+/// and headers), and to start the next one on a kept-alive connection: past
+/// it hyper closes the connection. Without it, a client that opens
+/// connections and sends nothing (or a byte now and then) holds them for
+/// ever, and a few thousand of them use up the process's descriptors (a
+/// live probe held 1,100 against a limit of 1,024 and /healthz stopped
+/// answering).
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accepts connections from `listener` and serves `app` on them (HTTP/1.1,
+/// with `header_timeout`, where `axum::serve` sets none; each request carries the peer's address as
+/// `ConnectInfo`) until `shutdown` resolves; then stops accepting, lets the
+/// requests in flight finish and returns when every connection has closed.
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    header_timeout: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use axum::extract::connect_info::ConnectInfo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
+
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    // Dropped at shutdown: each connection then shuts down gracefully; each
+    // holds a receiver of `closed` until it has.
+    let (shut, _) = tokio::sync::watch::channel(());
+    let (closed_tx, closed_rx) = tokio::sync::watch::channel(());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // A connection that went away before it was accepted
+                    // is nobody's problem; anything else (no descriptors
+                    // left) is waited out rather than spun on.
+                    if !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                    ) {
+                        tracing::warn!(error = %e, "accepting a connection failed; retrying in 1 s");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                    continue;
+                }
+            },
+        };
+        let service = app.clone().map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req
+        });
+        let service = hyper_util::service::TowerToHyperService::new(service);
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let (mut shut, closed) = (shut.subscribe(), closed_rx.clone());
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            let mut shutting = false;
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => break,
+                    _ = shut.changed(), if !shutting => {
+                        shutting = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            drop(closed);
+        });
+    }
+    drop(listener);
+    drop(shut);
+    drop(closed_rx);
+    closed_tx.closed().await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     async fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
@@ -400,5 +479,53 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
         // Every thread let go of the socket: nothing listens any more.
         assert!(get(addr, "/where").await.is_err());
+    }
+
+    /// A connection that never finishes a request's head, or that sits
+    /// idle after a response, is closed once the header timeout has run,
+    /// while a request in flight at shutdown still gets its answer.
+    #[tokio::test]
+    async fn connections_that_send_no_whole_head_in_time_are_closed() {
+        use std::time::{Duration, Instant};
+        let app = axum::Router::new().route(
+            "/slow",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                "done"
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (shut, shutdown) = tokio::sync::oneshot::channel::<()>();
+        let timeout = Duration::from_millis(400);
+        let server = tokio::spawn(serve_connections(listener, app, timeout, async {
+            let _ = shutdown.await;
+        }));
+        let closed_after = |mut conn: tokio::net::TcpStream| async move {
+            let start = Instant::now();
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest))
+                .await
+                .expect("the server kept the connection open")
+                .ok();
+            (start.elapsed(), String::from_utf8_lossy(&rest).into_owned())
+        };
+        let mut partial = tokio::net::TcpStream::connect(addr).await.unwrap();
+        partial.write_all(b"POST /slow HTTP/1.1\r\nhost: t\r\n").await.unwrap();
+        let (took, _) = closed_after(partial).await;
+        assert!(took >= timeout / 2, "closed before the timeout: {took:?}");
+
+        let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+        kept.write_all(b"GET /slow HTTP/1.1\r\nhost: t\r\n\r\n").await.unwrap();
+        let (_, reply) = closed_after(kept).await;
+        assert!(reply.starts_with("HTTP/1.1 200") && reply.ends_with("done"), "{reply}");
+
+        let mut in_flight = tokio::net::TcpStream::connect(addr).await.unwrap();
+        in_flight.write_all(b"GET /slow HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        shut.send(()).unwrap();
+        let (_, reply) = closed_after(in_flight).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "a request in flight at shutdown: {reply}");
+        tokio::time::timeout(Duration::from_secs(10), server).await.expect("shutdown").unwrap();
     }
 }

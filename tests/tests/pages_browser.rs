@@ -237,6 +237,39 @@ async fn a_session_cookie_rotated_elsewhere_ends_the_session() {
     assert_eq!(other.get("/dashboard").await.status, 200, "a forged cookie ended the session");
 }
 
+/// A link or form the pages cannot read (a parameter twice, a field
+/// twice, a body of another type or too large) is answered with a page
+/// carrying the usual headers, not with axum's plain text.
+#[tokio::test]
+async fn unreadable_links_and_forms_get_a_page() {
+    let sys = TestSystem::embedded().await;
+    let mut b = Browser::new(&sys);
+    for path in ["/verify-email?token=a&token=b", "/login?bye=1&bye=2", "/password/reset?token=a&token=b"] {
+        let p = b.get(path).await;
+        assert_eq!(p.status, 400, "{path}: {}", p.body);
+        assert!(p.headers["content-type"].to_str().unwrap().starts_with("text/html"), "{path}");
+        assert!(p.body.contains("could not be read"), "{path}: {}", p.body);
+        assert_eq!(p.headers["cache-control"], "no-store");
+        assert!(p.headers.contains_key("content-security-policy"));
+    }
+    let form = b.get("/login").await;
+    let csrf = form.csrf();
+    let twice = b.post("/login", &[("csrf", &csrf), ("csrf", &csrf), ("identifier", "a"), ("password", "b")]).await;
+    assert!(twice.status >= 400 && twice.status < 500, "{}", twice.status);
+    assert!(twice.body.contains("could not be read"), "{}", twice.body);
+    let r = sys
+        .http
+        .post(sys.url("/login"))
+        .header("content-type", "application/json")
+        .header("cookie", b.cookie_header())
+        .body("{}")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 415);
+    assert!(r.text().await.expect("body").contains("could not be read"));
+}
+
 /// With the default limits: someone who knows the username keeps the
 /// account locked and its per-identifier limit spent; a browser without
 /// the device cookie is refused, the owner's browser (the cookie of its

@@ -5,11 +5,12 @@
 //! that button sends. Mail scanners that prefetch links therefore neither
 //! verify nor burn the token.
 
+use super::extract::{PageForm, PageQuery};
 use super::render::{self, page};
 use super::visitor::Visitor;
 use super::with_cookies;
 use crate::state::AppState;
-use axum::extract::{Form, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use latchkey_core::Error;
@@ -55,7 +56,7 @@ pub async fn register_form(mut v: Visitor) -> Response {
     register_page(&mut v, StatusCode::OK, "", "", FieldErrors::new(), None)
 }
 
-pub async fn register(State(s): State<AppState>, mut v: Visitor, Form(f): Form<RegisterForm>) -> Response {
+pub async fn register(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageForm<RegisterForm>) -> Response {
     if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
     }
@@ -107,7 +108,7 @@ pub struct ResendForm {
     email: Option<String>,
 }
 
-pub async fn resend(State(s): State<AppState>, mut v: Visitor, Form(f): Form<ResendForm>) -> Response {
+pub async fn resend(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageForm<ResendForm>) -> Response {
     if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
     }
@@ -135,7 +136,7 @@ pub struct TokenParam {
 }
 
 /// `GET /verify-email?token=`: shows the button, changes nothing.
-pub async fn verify_landing(mut v: Visitor, Query(q): Query<TokenParam>) -> Response {
+pub async fn verify_landing(mut v: Visitor, PageQuery(q): PageQuery<TokenParam>) -> Response {
     let token = q.token.unwrap_or_default();
     if token.is_empty() || token.len() > 256 {
         return render::message(
@@ -156,7 +157,7 @@ pub struct VerifyForm {
 }
 
 /// `POST /verify-email`: consumes the token.
-pub async fn verify(State(s): State<AppState>, v: Visitor, Form(f): Form<VerifyForm>) -> Response {
+pub async fn verify(State(s): State<AppState>, v: Visitor, PageForm(f): PageForm<VerifyForm>) -> Response {
     if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
     }

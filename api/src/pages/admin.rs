@@ -3,11 +3,12 @@
 //! cookie or echoed back into the page.
 
 use super::account::FieldErrors;
+use super::extract::PageForm;
 use super::render::{self, page};
 use super::visitor::Visitor;
 use super::with_cookies;
 use crate::state::AppState;
-use axum::extract::{Form, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use latchkey_core::audit::{day_of, day_string, parse_day};
@@ -49,7 +50,7 @@ pub struct AdminForm {
     to: Option<String>,
 }
 
-pub async fn stats(State(s): State<AppState>, mut v: Visitor, Form(f): Form<AdminForm>) -> Response {
+pub async fn stats(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageForm<AdminForm>) -> Response {
     if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
     }

@@ -9,11 +9,12 @@
 
 use super::account::{FieldErrors, sentence};
 use super::cookies::{self, Pre};
+use super::extract::{PageForm, PageQuery};
 use super::render::{self, page};
 use super::visitor::Visitor;
 use super::with_cookies;
 use crate::state::AppState;
-use axum::extract::{Form, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use latchkey_core::Error;
@@ -39,7 +40,7 @@ fn login_page(
     with_cookies(page(status, "login.html", ctx), cookies)
 }
 
-pub async fn login_form(mut v: Visitor, Query(q): Query<LoginQuery>) -> Response {
+pub async fn login_form(mut v: Visitor, PageQuery(q): PageQuery<LoginQuery>) -> Response {
     if v.session.is_some() {
         return Redirect::to("/dashboard").into_response();
     }
@@ -54,7 +55,7 @@ pub struct LoginForm {
     password: Option<String>,
 }
 
-pub async fn login(State(s): State<AppState>, mut v: Visitor, Form(f): Form<LoginForm>) -> Response {
+pub async fn login(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageForm<LoginForm>) -> Response {
     if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
     }
@@ -117,7 +118,7 @@ pub struct CodeQuery {
     resent: Option<String>,
 }
 
-pub async fn code_form(State(s): State<AppState>, mut v: Visitor, Query(q): Query<CodeQuery>) -> Response {
+pub async fn code_form(State(s): State<AppState>, mut v: Visitor, PageQuery(q): PageQuery<CodeQuery>) -> Response {
     if v.session.is_some() {
         return Redirect::to("/dashboard").into_response();
     }
@@ -134,7 +135,7 @@ pub struct CodeForm {
     code: Option<String>,
 }
 
-pub async fn code(State(s): State<AppState>, mut v: Visitor, Form(f): Form<CodeForm>) -> Response {
+pub async fn code(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageForm<CodeForm>) -> Response {
     if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
     }
@@ -191,7 +192,7 @@ pub struct CsrfOnly {
     csrf: Option<String>,
 }
 
-pub async fn resend(State(s): State<AppState>, mut v: Visitor, Form(f): Form<CsrfOnly>) -> Response {
+pub async fn resend(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageForm<CsrfOnly>) -> Response {
     if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
     }
@@ -220,7 +221,7 @@ pub async fn resend(State(s): State<AppState>, mut v: Visitor, Form(f): Form<Csr
 }
 
 /// `POST /logout`: revokes the session server-side and clears the cookies.
-pub async fn logout(State(s): State<AppState>, v: Visitor, Form(f): Form<CsrfOnly>) -> Response {
+pub async fn logout(State(s): State<AppState>, v: Visitor, PageForm(f): PageForm<CsrfOnly>) -> Response {
     let clear = vec![cookies::clear(cookies::SESSION), cookies::clear(cookies::PRE), cookies::clear(cookies::CSRF)];
     let Some((value, _)) = &v.session else {
         // Nothing to end: tidy the cookies, but only for this origin's own

@@ -3,11 +3,12 @@
 //! sending says the same whether or not anything was sent.
 
 use super::account::FieldErrors;
+use super::extract::PageForm;
 use super::render::{self, page};
 use super::visitor::Visitor;
 use super::with_cookies;
 use crate::state::AppState;
-use axum::extract::{Form, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use latchkey_core::Error;
@@ -48,7 +49,7 @@ fn limited(v: &mut Visitor, email: &str, retry_after: u64) -> Response {
     render::retry_after(r, Some(retry_after))
 }
 
-pub async fn send(State(s): State<AppState>, mut v: Visitor, Form(f): Form<OtpForm>) -> Response {
+pub async fn send(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageForm<OtpForm>) -> Response {
     if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
     }
@@ -68,7 +69,7 @@ pub async fn send(State(s): State<AppState>, mut v: Visitor, Form(f): Form<OtpFo
     }
 }
 
-pub async fn verify(State(s): State<AppState>, mut v: Visitor, Form(f): Form<OtpForm>) -> Response {
+pub async fn verify(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageForm<OtpForm>) -> Response {
     if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
     }

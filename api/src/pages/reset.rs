@@ -8,11 +8,12 @@
 
 use super::account::{FieldErrors, sentence};
 use super::cookies;
+use super::extract::{PageForm, PageQuery};
 use super::render::{self, page};
 use super::visitor::Visitor;
 use super::with_cookies;
 use crate::state::AppState;
-use axum::extract::{Form, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use latchkey_core::Error;
@@ -49,7 +50,7 @@ pub struct ForgotForm {
 
 /// `POST /password/forgot`: the same answer whether or not the address
 /// has an account.
-pub async fn forgot(State(s): State<AppState>, mut v: Visitor, Form(f): Form<ForgotForm>) -> Response {
+pub async fn forgot(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageForm<ForgotForm>) -> Response {
     if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
     }
@@ -89,7 +90,7 @@ pub struct TokenParam {
 }
 
 /// `GET /password/reset?token=`: shows the form, changes nothing.
-pub async fn reset_form(mut v: Visitor, Query(q): Query<TokenParam>) -> Response {
+pub async fn reset_form(mut v: Visitor, PageQuery(q): PageQuery<TokenParam>) -> Response {
     let token = q.token.unwrap_or_default();
     if token.is_empty() || token.len() > MAX_TOKEN_LEN {
         return render::message(
@@ -109,7 +110,7 @@ pub struct ResetForm {
 }
 
 /// `POST /password/reset`: sets the new password.
-pub async fn reset(State(s): State<AppState>, mut v: Visitor, Form(f): Form<ResetForm>) -> Response {
+pub async fn reset(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageForm<ResetForm>) -> Response {
     if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
     }
