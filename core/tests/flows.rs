@@ -219,6 +219,18 @@ impl UserStore for Racing {
     }
 }
 
+/// A world (relaxed limits) whose flows reach the users through `Racing`.
+fn racing_world() -> (World, Arc<Racing>) {
+    let racing = std::cell::OnceCell::new();
+    let w = world_with_users(RateLimits::relaxed(), |store| {
+        let r = Racing::new(store);
+        let _ = racing.set(r.clone());
+        r
+    });
+    let racing = racing.into_inner().unwrap();
+    (w, racing)
+}
+
 /// `name`'s stored user.
 async fn stored(store: &EmbeddedStore, name: &str) -> latchkey_core::domain::User {
     let username = latchkey_core::domain::Username::parse(name).unwrap();
@@ -691,13 +703,7 @@ async fn sessions_and_device_tokens_end_by_count_not_by_clock() {
 /// the epoch it set.
 #[tokio::test]
 async fn a_reset_made_while_a_change_commits_is_made_again_from_the_new_epoch() {
-    let racing = std::cell::OnceCell::new();
-    let w = world_with_users(RateLimits::relaxed(), |store| {
-        let r = Racing::new(store);
-        let _ = racing.set(r.clone());
-        r
-    });
-    let racing = racing.get().unwrap();
+    let (w, racing) = racing_world();
     let email = verified(&w, "walt").await;
     let m = meta();
     let session = signed_in(&w, "walt", &m).await;
@@ -727,13 +733,7 @@ async fn a_reset_made_while_a_change_commits_is_made_again_from_the_new_epoch() 
 /// hash. A reset that lands there ends the changing session: refused.
 #[tokio::test]
 async fn a_password_change_is_made_again_over_a_rehash_but_not_over_a_reset() {
-    let racing = std::cell::OnceCell::new();
-    let w = world_with_users(RateLimits::relaxed(), |store| {
-        let r = Racing::new(store);
-        let _ = racing.set(r.clone());
-        r
-    });
-    let racing = racing.get().unwrap();
+    let (w, racing) = racing_world();
     verified(&w, "xena").await;
     let m = meta();
     let session = signed_in(&w, "xena", &m).await;

@@ -145,6 +145,15 @@ async fn code_step(b: &mut Browser<'_>, page: &Page, email: &str, n: usize) -> P
     p
 }
 
+/// A new account, registered and verified through the pages, then signed
+/// in (password and code) by `identifier`; its first login, so the code is
+/// its second mail.
+async fn sign_up_and_in(b: &mut Browser<'_>, username: &str, email: &str, identifier: &str) {
+    register_and_verify(b, username, email).await;
+    let p = password_step(b, identifier).await;
+    code_step(b, &p, email, 2).await;
+}
+
 fn assert_cookie_attributes(c: &str) {
     for a in ["Secure", "HttpOnly", "Path=/", "SameSite="] {
         assert!(c.contains(a), "{a} missing in {c}");
@@ -157,10 +166,7 @@ async fn full_journey_by_username_then_logout() {
     let sys = TestSystem::embedded().await;
     let mut b = Browser::new(&sys);
     let (username, email) = unique();
-    register_and_verify(&mut b, &username, &email).await;
-
-    let code_page = password_step(&mut b, &username).await;
-    code_step(&mut b, &code_page, &email, 2).await;
+    sign_up_and_in(&mut b, &username, &email, &username).await;
     let session = b.jar.get(SESSION).cloned().expect("session cookie");
     assert!(!b.jar.contains_key(PRE), "pre-session dropped at the code step");
     let (sid, secret) = session.split_once('.').expect("<session id>.<secret>");
@@ -208,9 +214,7 @@ async fn a_session_cookie_rotated_elsewhere_ends_the_session() {
     let sys = TestSystem::embedded().await;
     let mut b = Browser::new(&sys);
     let (username, email) = unique();
-    register_and_verify(&mut b, &username, &email).await;
-    let p = password_step(&mut b, &username).await;
-    code_step(&mut b, &p, &email, 2).await;
+    sign_up_and_in(&mut b, &username, &email, &username).await;
     let stolen = b.jar.get(SESSION).cloned().expect("session cookie");
     let (st, pair, _) = sys.post("/v1/token/refresh", serde_json::json!({"refresh_token": stolen})).await;
     assert_eq!(st, 200, "{pair}");
@@ -279,9 +283,7 @@ async fn the_device_cookie_lets_the_owner_in_while_a_stranger_keeps_the_account_
     let sys = TestSystem::embedded_with(&[]).await;
     let mut b = Browser::new(&sys);
     let (username, email) = unique();
-    register_and_verify(&mut b, &username, &email).await;
-    let p = password_step(&mut b, &username).await;
-    code_step(&mut b, &p, &email, 2).await;
+    sign_up_and_in(&mut b, &username, &email, &username).await;
     let set = b.last_set(DEVICE).to_string();
     assert_cookie_attributes(&set);
     assert!(set.contains("SameSite=Strict") && set.contains("Max-Age=7776000"), "{set}");
@@ -316,9 +318,7 @@ async fn a_forgotten_password_is_replaced_through_the_mailed_link() {
     let sys = TestSystem::embedded().await;
     let mut b = Browser::new(&sys);
     let (username, email) = unique();
-    register_and_verify(&mut b, &username, &email).await;
-    let p = password_step(&mut b, &username).await;
-    code_step(&mut b, &p, &email, 2).await;
+    sign_up_and_in(&mut b, &username, &email, &username).await;
     assert_eq!(b.get("/dashboard").await.status, 200);
 
     let login = Browser::new(&sys).get("/login").await;
