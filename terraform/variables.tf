@@ -164,9 +164,12 @@ variable "worker_timeout_seconds" {
     # And the queue's redeliveries must outlast that lease: a worker that
     # died mid-send leaves its claim, each redelivery within the lease is
     # answered "busy", and after maxReceiveCount (5) receives SQS parks the
-    # job. 4 x (6 x 13 s) = 312 s > 300 s, so the last one comes after it.
-    condition     = var.worker_timeout_seconds >= 13 && var.worker_timeout_seconds <= 280
-    error_message = "worker_timeout_seconds: 13..280 (a delivery must end within the mail ledger's 300 s claim lease, and the queue's 5 receives must outlast it)."
+    # job. The claim is taken up to a batching window w plus a timeout t
+    # after the first receive, and the fifth receive comes 4 visibilities
+    # (6t + w each) after it: 4(6t + w) >= w + t + 300, i.e. 23t + 3w >= 300,
+    # which t >= 14 meets for every window (14 x 23 = 322).
+    condition     = var.worker_timeout_seconds >= 14 && var.worker_timeout_seconds <= 280
+    error_message = "worker_timeout_seconds: 14..280 (a delivery must end within the mail ledger's 300 s claim lease, and the queue's 5 receives must outlast it)."
   }
 }
 

@@ -60,10 +60,10 @@ pub fn app(state: AppState) -> Router {
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
-        // A body that trickles in is given up on (with the header read
+        // A body must arrive whole within its deadline (with the header read
         // timeout of the local server's connections, see `wiring`): a client
         // cannot hold a request open by sending a byte now and then.
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(extract::BODY_READ_TIMEOUT))
+        .layer(axum::middleware::from_fn(extract::body_deadline))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             use axum::response::IntoResponse;
             error::ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error")

@@ -427,7 +427,7 @@ fn mail_visibility_timeout_is_at_least_six_worker_timeouts() {
     // With the defaults, and with the largest and smallest worker timeouts
     // the variable allows: the relation must hold by construction, not by a
     // lucky pair of numbers.
-    for timeout in [None, Some(280), Some(13)] {
+    for timeout in [None, Some(280), Some(14)] {
         let overrides: Vec<(&str, Value)> =
             timeout.map(|t| ("worker_timeout_seconds", Value::from(t))).into_iter().collect();
         let ctx = tf.context(&overrides);
@@ -793,9 +793,11 @@ fn worker_timeout_stays_within_the_mail_ledger_lease() {
 /// A worker that dies mid-send leaves its ledger claim for `LEASE_SECS`;
 /// each redelivery within it is answered "busy" and spends one of the
 /// queue's receives. The receives must outlast the lease, or the job is
-/// parked unsent: (maxReceiveCount - 1) x visibility >= LEASE_SECS for the
-/// least and the largest timeout the variable accepts, with no batching
-/// window (the shortest visibility); and one second less is refused.
+/// parked unsent. The claim is taken at the latest a batching window plus
+/// a timeout after the first receive (the last job of a batch), so
+/// (maxReceiveCount - 1) x visibility >= window + timeout + LEASE_SECS,
+/// for the least and the largest timeout the variable accepts with no
+/// window and with the largest; and one second less fails it.
 #[test]
 fn the_mail_queues_redeliveries_outlast_a_dead_workers_claim() {
     use latchkey_core::mail::delivery::LEASE_SECS;
@@ -803,24 +805,22 @@ fn the_mail_queues_redeliveries_outlast_a_dead_workers_claim() {
     let accepts = |t: i64| variable_accepts(&tf, "worker_timeout_seconds", Value::from(t));
     let least = (1..=60).find(|t| accepts(*t)).expect("a timeout under a minute is accepted");
     assert!(!accepts(least - 1));
+    let windows = (0..=60).filter(|w| variable_accepts(&tf, "worker_batch_window_seconds", Value::from(*w)));
+    let largest_window = windows.max().expect("some batching window is accepted");
     let receives = i64::from(tables::MAIL_MAX_RECEIVE_COUNT);
-    for t in [least, 280] {
+    let margin = |t: i64, w: i64| {
         let ctx =
-            tf.context(&[("worker_timeout_seconds", Value::from(t)), ("worker_batch_window_seconds", Value::from(0))]);
+            tf.context(&[("worker_timeout_seconds", Value::from(t)), ("worker_batch_window_seconds", Value::from(w))]);
         let (_, mail) = queue(&tf, &ctx, tables::MAIL_QUEUE);
         let visibility = eval_i64(&ctx, mail, "visibility_timeout_seconds", "mail queue");
-        assert!(
-            (receives - 1) * visibility >= LEASE_SECS,
-            "timeout {t}s: {receives} receives {visibility}s apart end within the {LEASE_SECS}s lease"
-        );
+        (receives - 1) * visibility - (w + t + LEASE_SECS)
+    };
+    for t in [least, 280] {
+        for w in [0, largest_window] {
+            assert!(margin(t, w) >= 0, "timeout {t}s, window {w}s: the last receive comes within the lease");
+        }
     }
-    let ctx = tf.context(&[
-        ("worker_timeout_seconds", Value::from(least - 1)),
-        ("worker_batch_window_seconds", Value::from(0)),
-    ]);
-    let (_, mail) = queue(&tf, &ctx, tables::MAIL_QUEUE);
-    let visibility = eval_i64(&ctx, mail, "visibility_timeout_seconds", "mail queue");
-    assert!((receives - 1) * visibility < LEASE_SECS, "the least timeout is not the bound: {}s would do", least - 1);
+    assert!(margin(least - 1, 0) < 0, "the least timeout is not the bound: {}s would do", least - 1);
 }
 
 /// The worker's send rate is per instance, so Terraform gives each instance

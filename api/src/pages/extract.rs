@@ -18,6 +18,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for PageForm<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
         match axum::Form::<T>::from_request(req, state).await {
             Ok(axum::Form(form)) => Ok(PageForm(form)),
+            Err(refused) if crate::extract::timed_out(&refused) => Err(render::message(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                "That form took too long to arrive",
+                "Please go back, reload the page and try again.",
+            )),
             Err(refused) => Err(render::message(
                 refused.status(),
                 "That form could not be read",
@@ -43,5 +48,39 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for PageQuery<T> {
                  link from the mail again.",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt as _;
+    use tower::ServiceExt as _;
+
+    /// A form body that has not arrived whole by its deadline is a 408 page.
+    #[tokio::test(start_paused = true)]
+    async fn a_form_that_does_not_arrive_in_time_is_a_408_page() {
+        #[derive(serde::Deserialize)]
+        struct Form {
+            #[allow(dead_code)]
+            a: String,
+        }
+        let app = axum::Router::new()
+            .route("/", axum::routing::post(|PageForm(_): PageForm<Form>| async { "read" }))
+            .layer(axum::middleware::from_fn(crate::extract::body_deadline));
+        let trickle = futures::stream::unfold(0, |i| async move {
+            (i < 20).then_some(())?;
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            Some((Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"x")), i + 1))
+        });
+        let body =
+            futures::stream::iter([Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"a="))]).chain(trickle);
+        let request = axum::http::Request::post("/")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from_stream(body))
+            .expect("request");
+        let r = app.oneshot(request).await.expect("response");
+        assert_eq!(r.status(), axum::http::StatusCode::REQUEST_TIMEOUT);
+        assert!(r.headers()["content-type"].to_str().unwrap_or("").starts_with("text/html"));
     }
 }

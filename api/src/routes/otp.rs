@@ -35,8 +35,12 @@ fn bad(message: &str, field: &str) -> Response {
 pub async fn otp(State(s): State<AppState>, Meta(meta): Meta, headers: HeaderMap, body: Body) -> Response {
     // Read here, not by the `Bytes` extractor: its over-limit rejection is
     // axum's plain-text 413 rather than the seed's `{"message": ...}`.
-    let Ok(body) = axum::body::to_bytes(body, crate::extract::MAX_BODY_BYTES).await else {
-        return msg(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large");
+    let body = match axum::body::to_bytes(body, crate::extract::MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(e) if crate::extract::timed_out(&e) => {
+            return msg(StatusCode::REQUEST_TIMEOUT, "Request body did not arrive in time");
+        }
+        Err(_) => return msg(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large"),
     };
     // The seed took any body; a browser form or text post from another
     // site (no CORS preflight) must not send codes or guesses.

@@ -33,7 +33,7 @@ sql_text!(UserId, "user id", |s| UserId::parse(s));
 sql_text!(ChallengeId, "challenge id", |s| ChallengeId::parse(s));
 sql_text!(SessionId, "session id", |s| SessionId::parse(s));
 sql_text!(Username, "username", |s| Username::parse(s).ok().filter(|u| u.as_str() == s));
-sql_text!(Email, "email", |s| Email::parse(s).ok().filter(|e| e.as_str() == s));
+sql_text!(Email, "email", |s| Email::parse_stored(s).ok().filter(|e| e.as_str() == s));
 
 /// Request metadata is a small JSON object in a TEXT column.
 struct Meta(RequestMeta);

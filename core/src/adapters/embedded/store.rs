@@ -777,6 +777,18 @@ mod tests {
         assert!(s.otp("nope").await.unwrap().is_none());
     }
 
+    /// An account stored with an address input no longer accepts (a
+    /// format character) still reads, by id and by its address.
+    #[tokio::test]
+    async fn an_address_stored_before_format_characters_were_refused_still_reads() {
+        let (s, _) = store();
+        let u =
+            User { email: Email::parse_stored("zw\u{200D}@example.com").unwrap(), ..user("zoe", "zoe@example.com") };
+        s.create_user(&u, &verification(&u), i64::MIN).await.unwrap();
+        assert_eq!(s.user_by_id(&u.id).await.unwrap().as_ref(), Some(&u));
+        assert_eq!(s.user_by_email(&u.email).await.unwrap().as_ref(), Some(&u));
+    }
+
     #[tokio::test]
     async fn create_user_round_trips_and_feeds_the_change_log() {
         let (s, _) = store();
