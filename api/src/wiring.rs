@@ -320,7 +320,7 @@ pub async fn serve_threads(
             let served = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|rt| {
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener)?;
-                    serve_connections(listener, app, HEADER_READ_TIMEOUT, async move {
+                    serve_connections(listener, app, HEADER_READ_TIMEOUT, WRITE_STALL_TIMEOUT, async move {
                         let _ = stopped.wait_for(|stop| *stop).await;
                     })
                     .await;
@@ -368,14 +368,116 @@ pub async fn serve_threads(
 /// answering).
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a response may wait for the client to take its bytes: a client
+/// that stops reading fills its receive window, and hyper's writes then
+/// wait for ever (hyper has no write timeout; a live probe kept such
+/// connections for minutes). Past this without progress the connection is
+/// closed.
+pub const WRITE_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A connection whose writes must make progress within `limit`; reads pass
+/// through.
+struct StallGuard<IO> {
+    io: IO,
+    limit: std::time::Duration,
+    /// Running while a write waits.
+    stall: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<IO> StallGuard<IO> {
+    /// A write is waiting: fails once it has waited `limit`.
+    fn waiting<T>(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<T>> {
+        use std::future::Future as _;
+        let limit = self.limit;
+        let stall = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stall.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading the response",
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    /// The outcome of a write: progress ends the wait.
+    fn progress<T>(
+        &mut self,
+        polled: std::task::Poll<std::io::Result<T>>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        match polled {
+            std::task::Poll::Pending => self.waiting(cx),
+            ready => {
+                self.stall = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<IO: hyper::rt::Read + Unpin> hyper::rt::Read for StallGuard<IO> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: hyper::rt::Write + Unpin> hyper::rt::Write for StallGuard<IO> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.io).poll_write(cx, buf);
+        this.progress(polled, cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.progress(polled, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.io).poll_flush(cx);
+        this.progress(polled, cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.io).poll_shutdown(cx);
+        this.progress(polled, cx)
+    }
+}
+
 /// Accepts connections from `listener` and serves `app` on them (HTTP/1.1,
-/// with `header_timeout`, where `axum::serve` sets none; each request carries the peer's address as
+/// with `header_timeout` and `write_stall`, where `axum::serve` sets none; each request carries the peer's address as
 /// `ConnectInfo`) until `shutdown` resolves; then stops accepting, lets the
 /// requests in flight finish and returns when every connection has closed.
 async fn serve_connections(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     header_timeout: std::time::Duration,
+    write_stall: std::time::Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     use axum::extract::connect_info::ConnectInfo;
@@ -415,7 +517,8 @@ async fn serve_connections(
             req
         });
         let service = hyper_util::service::TowerToHyperService::new(service);
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let io = StallGuard { io: TokioIo::new(stream), limit: write_stall, stall: None };
+        let conn = builder.serve_connection(io, service);
         let (mut shut, closed) = (shut.subscribe(), closed_rx.clone());
         tokio::spawn(async move {
             tokio::pin!(conn);
@@ -498,7 +601,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (shut, shutdown) = tokio::sync::oneshot::channel::<()>();
         let timeout = Duration::from_millis(400);
-        let server = tokio::spawn(serve_connections(listener, app, timeout, async {
+        let server = tokio::spawn(serve_connections(listener, app, timeout, Duration::from_secs(10), async {
             let _ = shutdown.await;
         }));
         let closed_after = |mut conn: tokio::net::TcpStream| async move {
@@ -526,6 +629,42 @@ mod tests {
         shut.send(()).unwrap();
         let (_, reply) = closed_after(in_flight).await;
         assert!(reply.starts_with("HTTP/1.1 200"), "a request in flight at shutdown: {reply}");
+        tokio::time::timeout(Duration::from_secs(10), server).await.expect("shutdown").unwrap();
+    }
+
+    /// A client that asks for a large response and stops reading it: once
+    /// the server's writes have waited the stall limit, the connection is
+    /// closed, so the client never gets the rest; one that reads gets it.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_let_go() {
+        use std::time::Duration;
+        const BIG: usize = 16 << 20;
+        let app = axum::Router::new().route("/big", axum::routing::get(|| async { vec![b'x'; BIG] }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (shut, shutdown) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_connections(
+            listener,
+            app,
+            Duration::from_secs(10),
+            Duration::from_millis(300),
+            async {
+                let _ = shutdown.await;
+            },
+        ));
+        let fetch = |pause: Duration| async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            let mut conn = socket.connect(addr).await.unwrap();
+            conn.write_all(b"GET /big HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").await.unwrap();
+            tokio::time::sleep(pause).await;
+            let mut got = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut got)).await.expect("closed");
+            got.len()
+        };
+        assert!(fetch(Duration::ZERO).await > BIG, "a client that reads gets it all");
+        assert!(fetch(Duration::from_secs(2)).await < BIG, "a client that stopped reading got it all");
+        shut.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(10), server).await.expect("shutdown").unwrap();
     }
 }

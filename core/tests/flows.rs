@@ -389,6 +389,23 @@ async fn address_tags_share_their_mailbox_limit() {
     w.auth.send_otp("other+1@example.com", &meta_from("203.0.113.3")).await.expect("another mailbox");
 }
 
+/// Reset links go only to an account's own address, so their limit is per
+/// address: a stranger who asks for the bare address spends nothing of an
+/// account registered under a `+tag`.
+#[tokio::test]
+async fn a_tagged_accounts_reset_links_are_its_own() {
+    let w = world(RateLimits::default());
+    w.auth.register("vic", "vic+latchkey@example.com", PW.into(), &meta()).await.unwrap();
+    w.auth.verify_email(&w.mail.token(), &meta()).await.unwrap();
+    for i in 0..3 {
+        w.auth.request_password_reset("vic@example.com", &meta_from(&format!("198.51.100.{i}"))).await.unwrap();
+    }
+    let r = w.auth.request_password_reset("vic@example.com", &meta_from("198.51.100.9")).await;
+    assert!(matches!(r, Err(Error::RateLimited { .. })), "{r:?}");
+    w.auth.request_password_reset("vic+latchkey@example.com", &meta_from("203.0.113.5")).await.expect("the owner");
+    assert_eq!(w.mail.last().job.kind(), "password_reset");
+}
+
 #[tokio::test]
 async fn standalone_otp_lives_ten_minutes() {
     let w = world(RateLimits::relaxed());
@@ -763,6 +780,29 @@ async fn a_password_change_is_made_again_over_a_rehash_but_not_over_a_reset() {
     assert!(racing.raced());
     let after = stored(&w.store, "xena").await;
     assert_eq!((after.password_epoch, after.password_hash.as_str()), (2, "$argon2id$reset"));
+}
+
+/// Two changes from one session at once: the one that loses is told the
+/// password it checked is no longer the current one, and the session
+/// lives on (a 401 would tell the client to drop good tokens).
+#[tokio::test]
+async fn a_change_that_loses_to_another_change_of_its_session_names_the_password() {
+    let (w, racing) = racing_world();
+    verified(&w, "yuri").await;
+    let m = meta();
+    let session = signed_in(&w, "yuri", &m).await;
+    let sid = session.session_id;
+    racing.before_next_write(Box::new(move |store| {
+        Box::pin(async move {
+            let u = stored(&store, "yuri").await;
+            let (hash, epoch) = (u.password_hash.clone(), u.password_epoch);
+            store.change_password(&u.id, &hash, epoch, "$argon2id$the-other-change", &sid, T0, &meta()).await.unwrap();
+        })
+    }));
+    let err = w.auth.change_password(&session.access_token, PW.into(), NEW_PW.into(), &m).await.unwrap_err();
+    assert!(matches!(err, Error::Validation { field: "current_password", .. }), "{err:?}");
+    assert!(racing.raced());
+    assert!(w.auth.me(&session.access_token).await.is_ok(), "the session that made the other change ended");
 }
 
 /// A device's password steps have a limit of their own (10 an hour), and a

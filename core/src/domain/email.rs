@@ -67,17 +67,24 @@ impl Email {
         &self.0
     }
 
-    /// The mailbox the address delivers to, as the per-address limits
-    /// count it: the local part's `+tag` dropped (`bob+x@example.com` and
-    /// `bob@example.com` reach one inbox at the providers that support
-    /// tags), so tags do not multiply the mail one inbox can be sent.
+    /// The mailbox the address delivers to, as the limits on mail to any
+    /// address count it: the local part's `+tag` dropped (`bob+x@example.com`
+    /// and `bob@example.com` reach one inbox at the providers that support
+    /// tags), and at Gmail its dots too, with `googlemail.com` as
+    /// `gmail.com` (Gmail ignores them), so aliases do not multiply the mail
+    /// one inbox can be sent.
     pub fn mailbox_key(&self) -> String {
-        match self.0.split_once('@') {
-            Some((local, domain)) => match local.split_once('+') {
-                Some((base, _)) if !base.is_empty() => format!("{base}@{domain}"),
-                _ => self.0.clone(),
-            },
-            None => self.0.clone(),
+        let Some((local, domain)) = self.0.split_once('@') else { return self.0.clone() };
+        let base = match local.split_once('+') {
+            Some((base, _)) if !base.is_empty() => base,
+            _ => local,
+        };
+        match domain {
+            "gmail.com" | "googlemail.com" => {
+                let undotted: String = base.chars().filter(|c| *c != '.').collect();
+                if undotted.is_empty() { self.0.clone() } else { format!("{undotted}@gmail.com") }
+            }
+            _ => format!("{base}@{domain}"),
         }
     }
 
@@ -90,32 +97,43 @@ impl Email {
     }
 }
 
-/// Unicode's format characters (general category Cf, Unicode 15): they
-/// render as nothing or change how the text around them is shown.
+/// Characters that show as nothing: Unicode's format characters (general
+/// category Cf), the other default-ignorable code points (variation
+/// selectors, the combining grapheme joiner, Hangul fillers, ...), the
+/// private-use planes and the blank braille pattern (Unicode 15). They
+/// render invisibly or change how the text around them is shown.
 fn is_format_char(c: char) -> bool {
     matches!(
         c as u32,
         0x00AD
+            | 0x034F
             | 0x0600..=0x0605
             | 0x061C
             | 0x06DD
             | 0x070F
             | 0x0890..=0x0891
             | 0x08E2
-            | 0x180E
+            | 0x115F..=0x1160
+            | 0x17B4..=0x17B5
+            | 0x180B..=0x180F
             | 0x200B..=0x200F
             | 0x202A..=0x202E
-            | 0x2060..=0x2064
-            | 0x2066..=0x206F
+            | 0x2060..=0x206F
+            | 0x2800
+            | 0x3164
+            | 0xE000..=0xF8FF
+            | 0xFE00..=0xFE0F
             | 0xFEFF
-            | 0xFFF9..=0xFFFB
+            | 0xFFA0
+            | 0xFFF0..=0xFFFB
             | 0x110BD
             | 0x110CD
             | 0x13430..=0x1343F
             | 0x1BCA0..=0x1BCA3
             | 0x1D173..=0x1D17A
-            | 0xE0001
-            | 0xE0020..=0xE007F
+            | 0xE0000..=0xE0FFF
+            | 0xF0000..=0xFFFFF
+            | 0x100000..=0x10FFFF
     )
 }
 
@@ -171,6 +189,12 @@ mod tests {
             "lrm@exam\u{200E}ple.com",
             "normtest@example.com\u{200B}",
             "soft\u{AD}hyphen@example.com",
+            "cgj\u{34F}@example.com",
+            "hangul\u{3164}@example.com",
+            "braille\u{2800}@example.com",
+            "vs\u{FE0F}@example.com",
+            "vs\u{E0100}@example.com",
+            "pua\u{E000}@example.com",
         ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
         }
@@ -195,6 +219,11 @@ mod tests {
         assert_eq!(key("bob@example.com"), "bob@example.com");
         // A local part that is all tag keeps its own key.
         assert_eq!(key("+x@example.com"), "+x@example.com");
+        // Gmail ignores dots, and googlemail.com is gmail.com.
+        assert_eq!(key("g.m.box+a@googlemail.com"), "gmbox@gmail.com");
+        assert_eq!(key("gm.box@gmail.com"), "gmbox@gmail.com");
+        // Elsewhere a dot is part of the name.
+        assert_eq!(key("v.ic@example.com"), "v.ic@example.com");
     }
 
     #[test]

@@ -70,6 +70,14 @@ impl Auth {
                 {
                     checked = u.password_hash
                 }
+                // This session lives on at a newer epoch: it changed the
+                // password itself, in another request that won. The
+                // password this one checked is no longer the current one;
+                // the session is fine (not a 401, which tells a client to
+                // drop its tokens).
+                Some((s, u)) if s.user_id == uid && u.password_epoch != user.password_epoch => {
+                    return Err(Error::validation("current_password", "is not your current password"));
+                }
                 _ => return Err(Error::Unauthorized),
             }
         };

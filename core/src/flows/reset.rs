@@ -45,7 +45,11 @@ impl Auth {
         let l = &self.policy.limits;
         self.limit(&[
             l.code_send_ip.key(format!("send:ip:{}", super::client_key(meta))),
-            l.password_reset_address.key(format!("reset:email:{}", email.mailbox_key())),
+            // The exact address, not the mailbox: mail goes only to an
+            // account's own address, so tags multiply nothing here, and a
+            // stranger who knows the bare address cannot spend the limit of
+            // an account registered under a tag.
+            l.password_reset_address.key(format!("reset:email:{}", email.as_str())),
         ])
         .await?;
         match self.ports.users.user_by_email(&email).await?.filter(|u| u.verified) {

@@ -45,7 +45,11 @@ impl Auth {
         let l = &self.policy.limits;
         self.limit(&[
             l.code_send_ip.key(format!("send:ip:{}", super::client_key(meta))),
-            l.verification_resend_address.key(format!("verify-resend:email:{}", email.mailbox_key())),
+            // The exact address, not the mailbox: mail goes only to an
+            // account's own address, so tags multiply nothing here, and a
+            // stranger who knows the bare address cannot spend the limit of
+            // an account registered under a tag.
+            l.verification_resend_address.key(format!("verify-resend:email:{}", email.as_str())),
         ])
         .await?;
         self.resend_if_unverified(&email, meta).await?;
