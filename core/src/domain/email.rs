@@ -17,7 +17,7 @@ impl Email {
     /// and no Unicode format characters.
     pub fn parse(raw: &str) -> Result<Self, crate::Error> {
         let email = Self::parse_stored(raw)?;
-        if email.0.chars().any(is_format_char) {
+        if email.0.chars().any(shows_as_nothing) {
             // Invisible, or reordering what follows (a right-to-left
             // override turns a log line around): never part of a real
             // mailbox's name, and two such addresses would look alike.
@@ -102,7 +102,7 @@ impl Email {
 /// selectors, the combining grapheme joiner, Hangul fillers, ...), the
 /// private-use planes and the blank braille pattern (Unicode 15). They
 /// render invisibly or change how the text around them is shown.
-fn is_format_char(c: char) -> bool {
+fn shows_as_nothing(c: char) -> bool {
     matches!(
         c as u32,
         0x00AD

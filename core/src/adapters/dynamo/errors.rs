@@ -6,6 +6,7 @@ use crate::StoreError;
 use crate::error::Conflict;
 use aws_sdk_dynamodb::Error as DynamoError;
 use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::CancellationReason;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
@@ -14,6 +15,20 @@ pub(crate) const CONDITIONAL_CHECK_FAILED: &str = "ConditionalCheckFailed";
 /// Another transaction or write held the item: worth trying again.
 const TRANSIENT_REASONS: &[&str] =
     &["TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"];
+
+/// The old image an `UpdateItem` refused by its condition carries (asked
+/// for with `ReturnValuesOnConditionCheckFailure::AllOld`; `None` when there
+/// was no item); any other error mapped by [`map_sdk`].
+pub(crate) fn old_item_on_failed_check(
+    err: SdkError<UpdateItemError, HttpResponse>,
+) -> Result<Option<super::items::Item>, StoreError> {
+    if let SdkError::ServiceError(e) = &err
+        && let UpdateItemError::ConditionalCheckFailedException(c) = e.err()
+    {
+        return Ok(c.item().cloned());
+    }
+    Err(map_sdk(err))
+}
 
 /// Any DynamoDB call's error as a store error: a failed condition is
 /// `Conflict(Stale)`; throttling, 5xx, timeouts and dispatch failures are

@@ -101,6 +101,14 @@ pub(crate) fn from_item<T: DeserializeOwned>(item: Item) -> Result<T, StoreError
     serde_dynamo::from_item(item).map_err(StoreError::internal)
 }
 
+/// A string attribute of an item, if it has one.
+pub(crate) fn text<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Some(v),
+        _ => None,
+    }
+}
+
 /// A numeric attribute of an item, e.g. a counter returned by an update.
 pub(crate) fn number(item: &Item, name: &str) -> Result<u32, StoreError> {
     match item.get(name) {

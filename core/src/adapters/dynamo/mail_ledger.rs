@@ -9,8 +9,8 @@
 //! item comes back (`ReturnValuesOnConditionCheckFailure = ALL_OLD`) and
 //! says whether the job was sent or is leased to someone else.
 
-use super::errors::map_sdk;
-use super::items::{Item, PK, TTL, n, s};
+use super::errors::{map_sdk, old_item_on_failed_check};
+use super::items::{Item, PK, TTL, n, s, text};
 use crate::StoreError;
 use crate::clock::Timestamp;
 use crate::mail::delivery::{Claim, JobMeta, LEDGER_TTL_SECS, LedgerEntry, MailLedger, ledger_state};
@@ -101,10 +101,7 @@ fn subject_update(job: &JobMeta) -> (&'static str, Option<(&'static str, Attribu
 }
 
 fn string(item: &Item, name: &str) -> Option<String> {
-    match item.get(name) {
-        Some(AttributeValue::S(v)) => Some(v.clone()),
-        _ => None,
-    }
+    text(item, name).map(str::to_string)
 }
 
 fn int(item: &Item, name: &str) -> Option<i64> {
@@ -150,32 +147,23 @@ impl MailLedger for DynamoMailLedger {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(Claim::Claimed),
-            Err(SdkError::ServiceError(e))
-                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
-            {
-                let old = match e.into_err() {
-                    UpdateItemError::ConditionalCheckFailedException(c) => c.item,
-                    _ => None,
-                };
-                let old = match old {
-                    Some(item) => item,
-                    // Without the old item, read it.
-                    None => self.raw(&job.id).await?.ok_or_else(|| StoreError::internal("claim refused, no record"))?,
-                };
-                if string(&old, "state").as_deref() == Some(ledger_state::SENT) {
-                    Ok(Claim::AlreadySent)
-                } else if string(&old, "claim_id").as_deref() == Some(mark.as_str())
-                    && string(&old, "state").as_deref() == Some(ledger_state::SENDING)
-                {
-                    // An earlier send of this claim was applied.
-                    Ok(Claim::Claimed)
-                } else {
-                    Ok(Claim::Busy { lease_until: int(&old, "lease_until").unwrap_or(now) })
-                }
-            }
-            Err(e) => Err(map_sdk(e)),
+        let err = match result {
+            Ok(_) => return Ok(Claim::Claimed),
+            Err(err) => err,
+        };
+        let old = match old_item_on_failed_check(err)? {
+            Some(item) => item,
+            // Without the old item, read it.
+            None => self.raw(&job.id).await?.ok_or_else(|| StoreError::internal("claim refused, no record"))?,
+        };
+        let state = text(&old, "state");
+        if state == Some(ledger_state::SENT) {
+            Ok(Claim::AlreadySent)
+        } else if text(&old, "claim_id") == Some(mark.as_str()) && state == Some(ledger_state::SENDING) {
+            // An earlier send of this claim was applied.
+            Ok(Claim::Claimed)
+        } else {
+            Ok(Claim::Busy { lease_until: int(&old, "lease_until").unwrap_or(now) })
         }
     }
 

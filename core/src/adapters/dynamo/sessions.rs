@@ -2,16 +2,16 @@
 //! `redeem_challenge`).
 
 use super::DynamoStore;
-use super::errors::map_sdk;
+use super::errors::{map_sdk, old_item_on_failed_check};
 use super::items::{self, PK, n, s};
-use super::users::{meta_value, old_item_on_failed_check};
+use super::users::meta_value;
 use crate::StoreError;
 use crate::clock::Timestamp;
 use crate::domain::{RequestMeta, Session, SessionId};
 use crate::error::Conflict;
 use crate::ports::{SessionStore, StoreResult};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
 
 #[async_trait]
 impl SessionStore for DynamoStore {
@@ -49,10 +49,7 @@ impl SessionStore for DynamoStore {
             // this rotation's new hash (from a fresh secret), and the refusal
             // is of the retry by its own write, not a reuse.
             Err(err) => match old_item_on_failed_check(err)? {
-                Some(old)
-                    if matches!(old.get("refresh_hash"), Some(AttributeValue::S(h)) if h == new_hash)
-                        && !old.contains_key("revoked_at") =>
-                {
+                Some(old) if items::text(&old, "refresh_hash") == Some(new_hash) && !old.contains_key("revoked_at") => {
                     Ok(())
                 }
                 _ => Err(StoreError::Conflict(Conflict::Stale)),

@@ -1,7 +1,7 @@
 //! `UserStore`: user items, their username/email claims, and verification
 //! tokens.
 
-use super::errors::map_sdk;
+use super::errors::{map_sdk, old_item_on_failed_check};
 use super::items::{self, Item, PK, TTL_GRACE_SECS, epoch_value, n, next_epoch, s, unchanged_since};
 use super::{DynamoStore, delete_item, put_item, update_item};
 use crate::clock::Timestamp;
@@ -10,12 +10,9 @@ use crate::error::Conflict;
 use crate::ports::{StoreResult, UserStore};
 use crate::{StoreError, tables};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, Delete, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
-use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
 /// Rounds of "count, else lock" before `record_login_failure` gives up;
 /// each round only repeats when another request changed the user between
@@ -90,17 +87,6 @@ impl DynamoStore {
             Err(err) => Ok(Err(old_item_on_failed_check(err)?)),
         }
     }
-}
-
-/// The old image carried by a failed condition (asked for with
-/// `ReturnValuesOnConditionCheckFailure::AllOld`); any other error mapped.
-pub(super) fn old_item_on_failed_check(err: SdkError<UpdateItemError, HttpResponse>) -> StoreResult<Option<Item>> {
-    if let SdkError::ServiceError(e) = &err
-        && let UpdateItemError::ConditionalCheckFailedException(c) = e.err()
-    {
-        return Ok(c.item().cloned());
-    }
-    Err(map_sdk(err))
 }
 
 impl DynamoStore {
@@ -439,7 +425,7 @@ impl UserStore for DynamoStore {
             // the user already holds this reset's hash (its salt is new), and
             // the reset is done; the refusal is of the retry by its own write.
             return match old_item_on_failed_check(err)? {
-                Some(old) if matches!(old.get("password_hash"), Some(AttributeValue::S(h)) if h == phc) => Ok(()),
+                Some(old) if items::text(&old, "password_hash") == Some(phc) => Ok(()),
                 _ => Err(StoreError::Conflict(Conflict::Stale)),
             };
         }
