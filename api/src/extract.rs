@@ -182,9 +182,14 @@ pub fn request_meta(parts: &Parts, trust_forwarded_for: bool) -> RequestMeta {
         // The last entry is the one the trusted proxy appended (the address
         // that connected to it); anything before it is the client's to say,
         // and taking it would let a client pick its own rate-limit bucket.
+        // Header lines repeat as one comma-joined list (RFC 9110 5.3), and a
+        // proxy may add its own line rather than extend the client's, so the
+        // last entry is the last of the last line.
         ip = parts
             .headers
-            .get("x-forwarded-for")
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
             .map(|s| s.trim().to_string())
@@ -266,5 +271,19 @@ mod tests {
         assert_eq!(request_meta(&p, false).ip, None, "not trusted: ignored");
         assert_eq!(request_meta(&parts("198.51.100.7"), true).ip.as_deref(), Some("198.51.100.7"));
         assert_eq!(request_meta(&parts("203.0.113.9, not-an-ip"), true).ip, None);
+    }
+
+    /// A proxy that adds a line of its own (rather than extending the
+    /// client's) is read from its line: the client's line comes first, and
+    /// taking its entry let a client choose its own address (the live probe
+    /// sent 40 codes past a limit of 30 an hour per address this way).
+    #[test]
+    fn forwarded_for_on_several_lines_is_read_from_the_last() {
+        let req = axum::http::Request::builder()
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-for", "192.0.2.1, 198.51.100.7")
+            .body(())
+            .expect("request");
+        assert_eq!(request_meta(&req.into_parts().0, true).ip.as_deref(), Some("198.51.100.7"));
     }
 }

@@ -71,7 +71,8 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
             use latchkey_core::adapters::embedded::{
                 EmbeddedStore, Outbox, SqliteMailQueue, audit, embedded_deliverer, spawn_mail_consumer,
             };
-            std::fs::create_dir_all(data_dir)?;
+            // Keys, the database and the outbox hold secrets: the owner's only.
+            latchkey_core::adapters::embedded::create_private_dir(data_dir)?;
             let (signing, code_key) = local_keys(config, data_dir)?;
             let store = EmbeddedStore::open(data_dir.join("latchkey.sqlite3"))?;
             let queue = SqliteMailQueue::new(&store);
@@ -227,7 +228,7 @@ fn state(
 /// once under `<data_dir>/keys/` (mode 0600) and reused.
 fn local_keys(config: &Config, data_dir: &std::path::Path) -> Result<(SigningKey, CodeKey), BoxError> {
     let dir = data_dir.join("keys");
-    std::fs::create_dir_all(&dir)?;
+    latchkey_core::adapters::embedded::create_private_dir(&dir)?;
     let signing = match &config.jwt_private_key {
         Some(k) => SigningKey::from_base64(k.expose()).map_err(|e| format!("LATCHKEY_JWT_PRIVATE_KEY: {e}"))?,
         None => {

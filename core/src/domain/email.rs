@@ -6,8 +6,9 @@ use unicode_normalization::UnicodeNormalization;
 /// provider does) so `Bob@Example.com` and `bob@example.com` are one account.
 /// Plus-addressing is kept: `bob+x@example.com` is a different address. The
 /// syntax check is deliberately plain (one `@`, a non-empty local part of at
-/// most 64 bytes, a dotted domain, no spaces or control characters, 254 bytes
-/// in all); the verification mail is the real proof.
+/// most 64 bytes, a dotted domain whose labels are host-name labels, no
+/// spaces or control characters, 254 bytes in all); the verification mail is
+/// the real proof.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Email(String);
@@ -22,6 +23,15 @@ impl Email {
             // override turns a log line around): never part of a real
             // mailbox's name, and two such addresses would look alike.
             return Err(crate::Error::validation("email", "must not contain invisible formatting characters"));
+        }
+        let domain = email.0.rsplit_once('@').map_or("", |(_, d)| d);
+        if !domain.split('.').all(is_host_label) {
+            // Mail is routed to a host name, whose labels are letters,
+            // digits and inner hyphens (RFC 1123; letters of any script,
+            // as there is no IDNA step). `x@example.com%40evil.com` or
+            // `x@-example.com` reach no mailbox and only confuse whoever
+            // reads the address.
+            return Err(crate::Error::validation("email", "has a domain that is not a valid host name"));
         }
         Ok(email)
     }
@@ -95,6 +105,16 @@ impl Email {
             None => "***".into(),
         }
     }
+}
+
+/// One label of a host name: 1-63 bytes of letters and digits (of any
+/// script) and hyphens, not at either end.
+fn is_host_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label.chars().all(|c| c.is_alphanumeric() || c == '-')
 }
 
 /// Characters that show as nothing: Unicode's format characters (general
@@ -209,6 +229,27 @@ mod tests {
         let e = Email::try_from(stored.to_string()).expect("a stored address reads");
         assert_eq!(e.as_str(), stored);
         assert!(Email::try_from("bob@x.com\r\nBcc: e@x.com".to_string()).is_err(), "the other rules hold");
+    }
+
+    #[test]
+    fn input_domains_are_host_names() {
+        for ok in ["a@example.com", "a@mail-1.example.co.uk", "a@bücher.de", "a@xn--bcher-kva.de", "a@1.2.3.com"] {
+            assert!(Email::parse(ok).is_ok(), "{ok:?} refused");
+        }
+        for bad in [
+            "x@example.com%40evil.com",
+            "x@-example.com",
+            "x@example-.com",
+            "x@exa_mple.com",
+            "x@exa!mple.com",
+            "x@example.c*m",
+            &format!("x@{}.com", "a".repeat(64)),
+        ] {
+            let e = Email::parse(bad).expect_err(bad);
+            assert!(e.to_string().contains("host name") || e.to_string().contains("valid"), "{bad:?}: {e}");
+        }
+        // Stored before the rule: still reads.
+        assert!(Email::parse_stored("x@exa_mple.com").is_ok());
     }
 
     #[test]

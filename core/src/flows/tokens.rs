@@ -86,14 +86,22 @@ impl TokenIssuer {
         jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| crate::Error::Internal(Box::new(e)))
     }
 
-    /// Checks signature, algorithm, issuer, audience, and `nbf <= now < exp`.
+    /// Checks signature, algorithm, key id, issuer, audience,
+    /// `nbf <= now < exp`, and that the token is no older and lives no
+    /// longer than one this issuer makes now could.
     pub fn verify(&self, token: &str, now: Timestamp) -> Result<AccessClaims, crate::Error> {
         let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation)
             .map_err(|_| crate::Error::Unauthorized)?;
+        if data.header.kid.as_deref() != Some(self.key.kid()) {
+            // Every token this issuer signs names its key.
+            return Err(crate::Error::Unauthorized);
+        }
         let c = data.claims;
         // A small allowance for clock skew between instances.
         const LEEWAY: i64 = 5;
-        if c.exp <= now || c.nbf > now + LEEWAY || c.exp - c.iat > self.ttl_secs {
+        // The lifetime cap `exp - iat` holds only with `iat` not in the
+        // future: a signed `iat` far ahead would carry an `exp` as far.
+        if c.exp <= now || c.nbf > now + LEEWAY || c.iat > now + LEEWAY || c.exp - c.iat > self.ttl_secs {
             return Err(crate::Error::Unauthorized);
         }
         Ok(c)
@@ -134,7 +142,11 @@ mod tests {
         let t = TokenIssuer::new(key.clone(), "https://iss".into(), "aud".into(), 600).unwrap();
         let good = serde_json::json!({"iss": "https://iss", "aud": "aud", "sub": "u", "sid": "s", "iat": 1000, "nbf": 1000, "exp": 1600, "jti": "j"});
         assert!(t.verify(&forge(&key, good.clone()), 1000).is_ok(), "the baseline verifies");
-        let cases: [(&str, serde_json::Value); 7] = [
+        let cases: [(&str, serde_json::Value); 8] = [
+            (
+                "issued in the future, with exp as far",
+                serde_json::json!({"iat": 1_000_000_000, "nbf": 1000, "exp": 1_000_000_600}),
+            ),
             ("exp as a string", serde_json::json!("1600")),
             ("nbf in the future", serde_json::json!(2000)),
             ("wrong aud", serde_json::json!("other")),
@@ -145,6 +157,13 @@ mod tests {
         ];
         for (name, v) in cases {
             let mut c = good.clone();
+            if let Some(claims) = v.as_object() {
+                for (k, x) in claims {
+                    c[k] = x.clone();
+                }
+                assert!(t.verify(&forge(&key, c), 1000).is_err(), "{name} accepted");
+                continue;
+            }
             let field = match name {
                 "exp as a string" | "lifetime over the cap" | "expired" => "exp",
                 "no exp" => "exp",
@@ -159,6 +178,21 @@ mod tests {
             }
             assert!(t.verify(&forge(&key, c), 1000).is_err(), "{name} accepted");
         }
+    }
+
+    #[test]
+    fn refuses_tokens_that_name_another_key_or_none() {
+        let key = SigningKey::generate().unwrap();
+        let t = TokenIssuer::new(key.clone(), "https://iss".into(), "aud".into(), 600).unwrap();
+        let claims = serde_json::json!({"iss": "https://iss", "aud": "aud", "sub": "u", "sid": "s", "iat": 1000, "nbf": 1000, "exp": 1600, "jti": "j"});
+        let signed = |kid: Option<&str>| {
+            let mut header = Header::new(Algorithm::EdDSA);
+            header.kid = kid.map(str::to_string);
+            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(key.pkcs8())).unwrap()
+        };
+        assert!(t.verify(&signed(Some(key.kid())), 1000).is_ok(), "the baseline verifies");
+        assert!(t.verify(&signed(Some("another-key")), 1000).is_err());
+        assert!(t.verify(&signed(None), 1000).is_err());
     }
 
     #[test]

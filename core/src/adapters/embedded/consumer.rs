@@ -163,6 +163,28 @@ mod tests {
         assert_eq!(q.job_state("dup1").await.unwrap(), Some((SENT.to_string(), 1, None)));
     }
 
+    /// A sent job's body held its link or code: it is dropped with the
+    /// send; a parked job keeps its body, to be read and sent by hand.
+    #[tokio::test]
+    async fn a_sent_job_keeps_no_body_and_a_parked_one_does() {
+        let (s, clock) = store();
+        let dir = TempDir::new();
+        let (q, o) = (s.mail_queue(), outbox(&s, clock.clone(), &dir.0).await);
+        q.enqueue(&job("sent1")).await.unwrap();
+        q.enqueue_raw("parked1", "{not json").await.unwrap();
+        assert_eq!(drain(&q, &o).await.unwrap(), 2);
+        let body = |id: &'static str| {
+            s.db().tx(move |tx| {
+                Ok(tx.query_row("SELECT body FROM mail_jobs WHERE id = ?1", [id], |r| r.get::<_, String>(0))?)
+            })
+        };
+        assert_eq!(body("sent1").await.unwrap(), "");
+        assert_eq!(body("parked1").await.unwrap(), "{not json");
+        // Enqueued again after its send: still not sent twice.
+        q.enqueue(&job("sent1")).await.unwrap();
+        assert_eq!(drain(&q, &o).await.unwrap(), 0);
+    }
+
     #[tokio::test]
     async fn poison_jobs_are_parked_with_a_reason_and_do_not_block_others() {
         let (s, clock) = store();

@@ -95,8 +95,9 @@ impl EmbeddedStore {
     pub fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
         let path = path.as_ref();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(StoreError::internal)?;
+            create_private_dir(dir).map_err(StoreError::internal)?;
         }
+        own_file(path).map_err(|e| StoreError::internal(format!("{}: {e}", path.display())))?;
         let conn = Connection::open(path)?;
         // Held by another process: say so at once rather than after a wait.
         // (Once open, this connection holds the lock, so nothing waits.)
@@ -244,6 +245,48 @@ impl Db {
         }
         Ok(out)
     }
+}
+
+/// Creates `dir` and any missing parents readable by the owner only (0700
+/// on Unix; directories that exist keep their mode).
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+/// Makes the database file at `path` (and a WAL beside it) readable by its
+/// owner only: it holds password hashes, and mail jobs with live links and
+/// codes until they are sent. A new file is created 0600 before SQLite
+/// opens it (SQLite gives the WAL the database file's mode); one that exists
+/// loses any group and other bits.
+fn own_file(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        let wal = path.with_file_name(format!("{}-wal", path.file_name().unwrap_or_default().to_string_lossy()));
+        for p in [path, wal.as_path()] {
+            match std::fs::metadata(p) {
+                Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                    std::fs::set_permissions(p, std::fs::Permissions::from_mode(m.permissions().mode() & 0o700))?;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && p == path => {
+                    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(p) {
+                        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                        _ => {}
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 thread_local! {
@@ -404,6 +447,34 @@ mod tests {
         assert_eq!(fk, 1);
         let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, schema::VERSION);
+    }
+
+    /// The database holds password hashes and, until they are sent, mails
+    /// with live links: the probe read a reset link out of a world-readable
+    /// copy and took the account over.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_database_and_its_directory_are_the_owners_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = TempDir::new();
+        let path = dir.0.join("data").join("db.sqlite3");
+        let store = EmbeddedStore::open(&path).unwrap();
+        store.db().tx(|tx| Ok(tx.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")?)).await.unwrap();
+        assert_eq!(mode(&dir.0.join("data")), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        let wal = dir.0.join("data").join("db.sqlite3-wal");
+        assert_eq!(mode(&wal), 0o600, "SQLite gives the WAL the database's mode");
+        drop(store);
+        // Made readable by others before (or by hand), with a WAL left
+        // beside it (an empty one, as a crash at the right moment leaves):
+        // both tightened at open.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&wal, b"").unwrap();
+        std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert_eq!((mode(&path), mode(&wal)), (0o600, 0o600));
+        drop(store);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

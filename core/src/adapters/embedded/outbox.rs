@@ -75,8 +75,11 @@ impl Outbox {
             return Err(Permanent("job id is not a safe file name".into()));
         }
         // The queue is a trust boundary of its own: re-check the address so
-        // nothing odd reaches a header.
-        let to = Email::parse(&env.to).map_err(|_| Permanent("recipient is not a valid email address".into()))?;
+        // nothing odd reaches a header (by the rules every stored address
+        // was held to: an account stored before a later input rule still
+        // gets its mail, as on SES).
+        let to =
+            Email::parse_stored(&env.to).map_err(|_| Permanent("recipient is not a valid email address".into()))?;
         let bytes = self.message(env, &to, mail).map_err(|e| Permanent(format!("building the message: {e}")))?;
         let name = format!("{}-{}.eml", env.created_at, env.id);
         let path = self.dir.join(&name);
@@ -130,6 +133,14 @@ fn split_mailbox(s: &str) -> (Option<&str>, &str) {
     }
 }
 
+/// Creates `dir` (not its parents), the owner's only.
+fn private_dir_one_level(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
 fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
     let mut opts = std::fs::OpenOptions::new();
@@ -140,7 +151,7 @@ fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<
     let mut f = match opts.open(&tmp) {
         // The first mail creates the outbox (one level: a data directory
         // removed under a running consumer is not brought back).
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::create_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match private_dir_one_level(dir) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
             _ => opts.open(&tmp)?,
         },

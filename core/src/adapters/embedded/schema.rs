@@ -163,6 +163,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE sessions ADD COLUMN password_epoch INTEGER CHECK (password_epoch >= 0);
     "#,
+    // 9: a sent mail's job keeps no body (it held the live link or code):
+    // the queue forgets a message once it is handled, as SQS does. Parked
+    // (`failed`) jobs keep theirs, to be read and sent again by hand.
+    r#"
+    UPDATE mail_jobs SET body = '' WHERE state = 'sent';
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -243,6 +249,34 @@ mod tests {
         assert_eq!(
             (epoch("challenges", "before"), epoch("challenges", "after"), epoch("challenges", "other")),
             (0, 1, 0)
+        );
+    }
+
+    /// Migration 9 forgets the bodies (live links and codes) of the jobs
+    /// sent before it, and keeps those still to send or parked.
+    #[test]
+    fn sent_jobs_lose_their_bodies_in_migration_9() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let tx = conn.transaction().unwrap();
+        for (i, sql) in MIGRATIONS.iter().take(8).enumerate() {
+            tx.execute_batch(sql).unwrap();
+            tx.pragma_update(None, "user_version", i as i64 + 1).unwrap();
+        }
+        tx.commit().unwrap();
+        for state in ["pending", "sent", "failed"] {
+            conn.execute(
+                "INSERT INTO mail_jobs (id, body, state, created_at) VALUES (?1, 'token=secret', ?1, 0)",
+                [state],
+            )
+            .unwrap();
+        }
+        migrate(&mut conn).unwrap();
+        let body = |id: &str| -> String {
+            conn.query_row("SELECT body FROM mail_jobs WHERE id = ?1", [id], |r| r.get(0)).unwrap()
+        };
+        assert_eq!(
+            (body("pending").as_str(), body("sent").as_str(), body("failed").as_str()),
+            ("token=secret", "", "token=secret")
         );
     }
 }
