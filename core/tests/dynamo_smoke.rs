@@ -831,3 +831,58 @@ async fn a_write_whose_answer_was_lost_is_recognised_when_sent_again() {
     // Another claim within the lease is still refused.
     assert!(matches!(ledger.claim(&job, NOW + 1, 300).await.unwrap(), Claim::Busy { .. }));
 }
+
+/// A record never expires before the one it follows, from a live head or,
+/// once the head is gone, from the last record: the TTL, which deletes in
+/// no order, cannot take a later record while an earlier one stays.
+#[tokio::test]
+async fn an_audit_record_never_expires_before_the_one_it_follows() {
+    use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
+    use latchkey_core::audit::{AuditEvent, AuditEventType, AuditStore, Outcome};
+    let env = env().await;
+    let audit = DynamoAuditStore::new(env.client.clone(), &env.prefix);
+    let subject = UserId::random(&OsSecureRng).to_string();
+    let event = |i: u32| AuditEvent {
+        event_id: format!("{subject}-{i}"),
+        subject: subject.clone(),
+        event: AuditEventType::CodeVerified,
+        at: NOW + i64::from(i),
+        outcome: Outcome::Success,
+        reason: None,
+        attempts_left: None,
+        request_id: None,
+        ip: None,
+        user_agent: None,
+    };
+    assert!(audit.append(&event(1), NOW + 2 * 86_400).await.expect("append"));
+    // An earlier event from another table's stream, or a shorter retention.
+    assert!(audit.append(&event(2), NOW + 86_400).await.expect("append"));
+    env.client
+        .delete_item()
+        .table_name(format!("{}-audit", env.prefix))
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("SUBJ#{subject}")))
+        .key("sk", aws_sdk_dynamodb::types::AttributeValue::S("HEAD".into()))
+        .send()
+        .await
+        .expect("the head expires");
+    assert!(audit.append(&event(3), NOW + 3600).await.expect("append"));
+    assert!(audit.append(&event(4), NOW + 3 * 86_400).await.expect("append"));
+    let chain = audit.chain(&subject).await.expect("chain");
+    assert_eq!(
+        chain.iter().map(|r| r.expires_at).collect::<Vec<_>>(),
+        [NOW + 2 * 86_400, NOW + 2 * 86_400, NOW + 2 * 86_400, NOW + 3 * 86_400]
+    );
+    // The attribute the TTL reads, not only the record's own field.
+    let item = env
+        .client
+        .get_item()
+        .table_name(format!("{}-audit", env.prefix))
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("SUBJ#{subject}")))
+        .key("sk", aws_sdk_dynamodb::types::AttributeValue::S(format!("REC#{:020}", 2)))
+        .send()
+        .await
+        .expect("get")
+        .item
+        .expect("record 2");
+    assert_eq!(item.get("ttl"), Some(&aws_sdk_dynamodb::types::AttributeValue::N((NOW + 2 * 86_400).to_string())));
+}

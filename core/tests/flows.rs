@@ -1050,3 +1050,100 @@ async fn reset_links_are_limited_per_address() {
     assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
     assert_eq!(w.mail.kinds().iter().filter(|k| **k == "password_reset").count(), 3);
 }
+
+/// The text of every event logged while it is the thread's subscriber.
+#[derive(Clone, Default)]
+struct LogLines(Arc<Mutex<Vec<String>>>);
+
+impl tracing::Subscriber for LogLines {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Text(String);
+        impl tracing::field::Visit for Text {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={value:?}", field.name()));
+            }
+        }
+        let mut text = Text(String::new());
+        event.record(&mut text);
+        self.0.lock().unwrap().push(text.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A wrong password below the lock threshold is logged with the account's
+/// id (never what was typed) and reaches the audit trail as `login_failed`.
+#[tokio::test]
+async fn a_wrong_password_below_the_lock_threshold_leaves_a_log_line_and_an_audit_event() {
+    use latchkey_core::adapters::embedded::audit::{SqliteAuditStore, drain_change_feed};
+    use latchkey_core::audit::{AuditEventType, AuditPolicy, AuditStore};
+    let w = world(RateLimits::relaxed());
+    verified(&w, "wendy").await;
+    let id = stored(&w.store, "wendy").await.id.to_string();
+    let lines = LogLines::default();
+    let guard = tracing::subscriber::set_default(lines.clone());
+    for _ in 0..2 {
+        let r = w.auth.login("wendy", "wrong wrong wrong".into(), None, &meta()).await;
+        assert!(matches!(r, Err(Error::InvalidCredentials)), "{r:?}");
+    }
+    drop(guard);
+    let wrong: Vec<String> = lines.0.lock().unwrap().iter().filter(|l| l.contains("wrong password")).cloned().collect();
+    assert_eq!(wrong.len(), 2, "one line per wrong password: {wrong:?}");
+    assert!(wrong.iter().all(|l| l.contains(&id) && !l.contains("wrong wrong wrong")), "{wrong:?}");
+
+    let audit = SqliteAuditStore::open(&w.store).await.unwrap();
+    let policy = AuditPolicy::from(&Policy::default());
+    drain_change_feed(&w.store, &audit, &policy, 86_400).await.unwrap();
+    let failed: Vec<_> = audit
+        .chain(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event == AuditEventType::LoginFailed)
+        .map(|r| (r.reason, r.attempts_left, r.ip))
+        .collect();
+    let left = |n: u32| Some(policy.login_lock_threshold - n);
+    let ip = Some("192.0.2.1".to_string());
+    assert_eq!(
+        failed,
+        [(Some("wrong_password".to_string()), left(1), ip.clone()), (Some("wrong_password".to_string()), left(2), ip)]
+    );
+}
+
+/// A code that ran out unused and is then replaced (a new standalone code
+/// for the address, a resent login code) leaves its expiry in the trail:
+/// the record it lived in is overwritten, never removed by the TTL.
+#[tokio::test]
+async fn a_code_replaced_after_it_expired_unused_leaves_its_expiry() {
+    use latchkey_core::adapters::embedded::audit::{SqliteAuditStore, drain_change_feed};
+    use latchkey_core::audit::{AuditEventType as E, AuditPolicy, AuditStore, day_of};
+    let w = world(RateLimits::relaxed());
+    verified(&w, "olga").await;
+    let id = stored(&w.store, "olga").await.id.to_string();
+    w.auth.send_otp("olga@example.com", &meta()).await.unwrap();
+    let started = w.auth.login("olga", PW.into(), None, &meta()).await.unwrap();
+    // Both codes run out unused (login code: 5 min, standalone: 10).
+    w.clock.set(T0 + 600);
+    w.auth.send_otp("olga@example.com", &meta()).await.unwrap();
+    w.auth.resend_login_code(&started.challenge_id.to_string(), &meta()).await.unwrap();
+
+    let audit = SqliteAuditStore::open(&w.store).await.unwrap();
+    drain_change_feed(&w.store, &audit, &AuditPolicy::from(&Policy::default()), 86_400).await.unwrap();
+    let kinds: Vec<E> = audit.chain(&id).await.unwrap().iter().map(|r| r.event).collect();
+    let tail = &kinds[kinds.len() - 2..];
+    assert_eq!(tail, [E::CodeExpired, E::LoginCodeIssued], "{kinds:?}");
+    let day = day_of(T0);
+    let count = |e: E, stats: &[latchkey_core::audit::DayCount]| {
+        stats.iter().filter(|c| c.event == e).map(|c| c.count).sum::<u64>()
+    };
+    let stats = audit.stats(day, day_of(T0 + 600)).await.unwrap();
+    assert_eq!((count(E::OtpSent, &stats), count(E::OtpExpired, &stats)), (2, 1), "{stats:?}");
+}

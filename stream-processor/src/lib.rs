@@ -35,6 +35,11 @@ pub enum RecordError {
     },
     #[error("unknown event name {0:?}")]
     EventName(String),
+    /// Mapped anyway, a MODIFY without its OldImage would read as a
+    /// creation (a second `user_registered`) and a REMOVE without it as
+    /// nothing at all.
+    #[error("{event_name} record with OldImage {old} and NewImage {new}: not the images its event name requires")]
+    Images { event_name: String, old: &'static str, new: &'static str },
     #[error(transparent)]
     Store(#[from] latchkey_core::StoreError),
 }
@@ -107,6 +112,27 @@ fn image<T: DeserializeOwned>(item: &serde_dynamo::Item, entity: &'static str) -
     serde_dynamo::from_item(item.clone()).map(Some).map_err(|source| RecordError::Decode { entity, source })
 }
 
+/// Whether the record carries exactly the images its event name implies
+/// (the tables stream NEW_AND_OLD_IMAGES): INSERT a new one only, MODIFY
+/// both, REMOVE an old one only. The mapping reads "created", "changed" and
+/// "removed" from which images are there, so a record that does not fit is
+/// refused like one that does not decode, never guessed at.
+fn images_fit(r: &EventRecord) -> Result<(), RecordError> {
+    let (old, new) = (!r.change.old_image.is_empty(), !r.change.new_image.is_empty());
+    let fits = match r.event_name.as_str() {
+        "INSERT" => !old && new,
+        "MODIFY" => old && new,
+        "REMOVE" => old && !new,
+        other => return Err(RecordError::EventName(other.to_string())),
+    };
+    let said = |present: bool| if present { "present" } else { "absent" };
+    if fits {
+        Ok(())
+    } else {
+        Err(RecordError::Images { event_name: r.event_name.clone(), old: said(old), new: said(new) })
+    }
+}
+
 /// The record as the mapping's input; `None` for items the audit trail
 /// does not follow (username/email claims, rate-limit counters).
 pub fn source_change(r: &EventRecord) -> Result<Option<SourceChange>, RecordError> {
@@ -133,6 +159,7 @@ pub fn source_change(r: &EventRecord) -> Result<Option<SourceChange>, RecordErro
         }
         _ => return Ok(None),
     };
+    images_fit(r)?;
     let at: Timestamp = c.approximate_creation_date_time.timestamp();
     Ok(Some(SourceChange { source_id: format!("ddb:{}", r.event_id), at, expired_by_ttl: is_ttl_removal(r), images }))
 }

@@ -508,6 +508,29 @@ where
     all[all.len().saturating_sub(RESET_TAIL.len())..].to_vec()
 }
 
+/// The nine wrong passwords of [`locked_then_reset`] before the tenth
+/// locked: one `login_failed` each, counting down to the lock, right
+/// before it in the trail, and counted in the day's stats.
+async fn check_failed_logins(sys: &TestSystem, id: &str) {
+    let requests: Vec<Value> = trail(sys, id).await.into_iter().filter(|e| !is_mail(e)).collect();
+    let locked = requests.iter().position(|e| e["event"] == "account_locked").expect("the lock");
+    let failed = &requests[locked.saturating_sub(9)..locked];
+    assert_eq!(kinds(failed), ["login_failed"; 9], "{requests:?}");
+    let left: Vec<u64> = failed.iter().map(|e| e["attempts_left"].as_u64().unwrap_or(99)).collect();
+    assert_eq!(left, (1..=9).rev().collect::<Vec<u64>>());
+    assert!(
+        failed.iter().all(|e| e["reason"] == "wrong_password" && e["outcome"] == "failure" && e["ip"] == "127.0.0.1"),
+        "{failed:?}"
+    );
+    assert_eq!(requests.iter().filter(|e| e["event"] == "login_failed").count(), 9, "{requests:?}");
+    let text = serde_json::to_string(&requests).expect("json");
+    assert!(!text.contains("wrong wrong") && !text.contains("argon2"), "{text}");
+    let today = time_today();
+    let (st, stats) = admin_get(sys, &format!("/v1/admin/stats?from={today}&to={today}"), Some(ADMIN_KEY)).await;
+    assert_eq!(st, 200, "{stats}");
+    assert!(stats["days"][0]["counts"]["login_failed"].as_u64().unwrap_or(0) >= 9, "{stats}");
+}
+
 fn owned(tail: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
     tail.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect()
 }
@@ -519,6 +542,7 @@ async fn embedded_a_reset_during_a_lock_ends_it_in_the_trail() {
         TestSystem::embedded_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
     let id = locked_then_reset(&sys).await;
     assert_eq!(reset_tail(&sys, &id, || async {}).await, owned(RESET_TAIL));
+    check_failed_logins(&sys, &id).await;
 }
 
 /// The same through the DynamoDB stream: `password_reset_at` and the
@@ -544,4 +568,5 @@ async fn aws_a_reset_during_a_lock_ends_it_in_the_trail() {
     })
     .await;
     assert_eq!(tail, owned(RESET_TAIL));
+    check_failed_logins(&sys, &id).await;
 }

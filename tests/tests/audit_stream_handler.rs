@@ -138,3 +138,165 @@ async fn modify_of_a_mail_ledger_item_into_sent_is_a_delivery_for_its_subject() 
     assert!(p.handle(&fixture("ddb_mail_sent.json")).await.batch_item_failures.is_empty());
     assert_eq!(events(&audit).await.len(), 1);
 }
+
+/// `fixture` with its first record changed by `edit` (its JSON).
+fn edited(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Event {
+    let raw =
+        std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture");
+    let mut json: serde_json::Value = serde_json::from_str(&raw).expect("json");
+    edit(&mut json["Records"][0]);
+    serde_json::from_value(json).expect("a DynamoDB Streams event")
+}
+
+/// A record whose images do not fit its event name is refused like one
+/// that does not decode (reported, never mapped): a MODIFY without its
+/// OldImage is no registration, an INSERT without a NewImage and a REMOVE
+/// without an OldImage are not silently dropped.
+#[tokio::test]
+async fn a_record_without_the_images_its_event_name_requires_is_refused() {
+    use latchkey_stream_processor::RecordError;
+    let cases = [
+        edited("ddb_insert_user.json", |r| r["eventName"] = "MODIFY".into()),
+        edited("ddb_insert_user.json", |r| {
+            r["dynamodb"].as_object_mut().expect("change").remove("NewImage");
+        }),
+        edited("ddb_ttl_remove_challenge.json", |r| {
+            r["dynamodb"].as_object_mut().expect("change").remove("OldImage");
+        }),
+        edited("ddb_modify_challenge.json", |r| {
+            r["dynamodb"].as_object_mut().expect("change").remove("OldImage");
+        }),
+        edited("ddb_remove_challenge.json", |r| {
+            let old = r["dynamodb"]["OldImage"].clone();
+            r["dynamodb"]["NewImage"] = old;
+        }),
+    ];
+    for event in cases {
+        let (p, audit) = processor().await;
+        let record = &event.records[0];
+        let err = p.process(record).await.expect_err("refused");
+        assert!(matches!(err, RecordError::Images { .. }), "{err}");
+        let resp = p.handle(&event).await;
+        let failed: Vec<_> = resp.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect();
+        assert_eq!(failed, std::slice::from_ref(&record.change.sequence_number), "{err}");
+        assert!(events(&audit).await.is_empty(), "{err}: mapped anyway");
+    }
+}
+
+/// Such a record goes where every undecodable one goes: given up after its
+/// tries (on AWS, the on-failure queue), and the records after it go on.
+#[tokio::test]
+async fn the_poller_gives_up_a_record_with_missing_images_and_goes_on() {
+    use latchkey_stream_processor::poller::deliver;
+    let mut batch = edited("ddb_insert_user.json", |r| r["eventName"] = "MODIFY".into());
+    let bad = batch.records[0].change.sequence_number.clone().expect("sequence number");
+    batch.records.extend(fixture("ddb_insert_user.json").records);
+    batch.records[1].event_id = "insert-after-the-bad-one".into();
+    batch.records[1].change.sequence_number = Some("999000000000000000000001".into());
+    let (p, audit) = processor().await;
+    assert_eq!(deliver(&p, batch, 3, std::time::Duration::ZERO).await, [bad]);
+    let kinds: Vec<T> = events(&audit).await.iter().map(|r| r.event).collect();
+    assert_eq!(kinds, [T::UserRegistered], "the bad MODIFY was no second registration");
+}
+
+/// A MODIFY of the user fixture from `old` to `new` (attributes set on a
+/// copy of its image each), as stream event `id`.
+fn user_modify(id: &str, old: &[(&str, serde_json::Value)], new: &[(&str, serde_json::Value)]) -> Event {
+    edited("ddb_insert_user.json", |r| {
+        r["eventName"] = "MODIFY".into();
+        r["eventID"] = id.into();
+        let image = r["dynamodb"]["NewImage"].clone();
+        for (name, attrs) in [("OldImage", old), ("NewImage", new)] {
+            let mut i = image.clone();
+            for (k, v) in attrs {
+                i[*k] = v.clone();
+            }
+            r["dynamodb"][name] = i;
+        }
+    })
+}
+
+fn num(n: i64) -> serde_json::Value {
+    serde_json::json!({ "N": n.to_string() })
+}
+
+#[tokio::test]
+async fn a_wrong_password_on_the_users_stream_is_a_failed_login() {
+    let (p, audit) = processor().await;
+    let event = user_modify("wrong-1", &[], &[("failed_logins", num(1))]);
+    assert!(p.handle(&event).await.batch_item_failures.is_empty());
+    let chain = events(&audit).await;
+    assert_eq!(
+        chain.iter().map(|r| (r.event, r.outcome, r.reason.as_deref(), r.attempts_left)).collect::<Vec<_>>(),
+        [(T::LoginFailed, Outcome::Failure, Some("wrong_password"), Some(9))]
+    );
+    assert_eq!(chain[0].ip.as_deref(), Some("203.0.113.7"));
+    let stored = serde_json::to_string(&chain).expect("json");
+    assert!(!stored.contains("argon2") && !stored.contains("alice"), "{stored}");
+    let day = latchkey_core::audit::day_of(chain[0].at);
+    let stats = audit.stats(day, day).await.expect("stats");
+    assert_eq!(stats.iter().map(|c| (c.event, c.count)).collect::<Vec<_>>(), [(T::LoginFailed, 1)]);
+}
+
+/// Two changes in one second leave `sessions_valid_after` where the first
+/// put it; the epoch tells the second. The first starts from an image
+/// written before the epoch existed (no attribute).
+#[tokio::test]
+async fn two_password_changes_in_one_second_on_the_stream_are_two_events() {
+    let (p, audit) = processor().await;
+    let at = 1_700_000_500;
+    let first = user_modify(
+        "change-1",
+        &[],
+        &[
+            ("sessions_valid_after", num(at)),
+            ("password_epoch", num(1)),
+            ("password_hash", serde_json::json!({"S": "$argon2id$p1"})),
+        ],
+    );
+    let second = user_modify(
+        "change-2",
+        &[
+            ("sessions_valid_after", num(at)),
+            ("password_epoch", num(1)),
+            ("password_hash", serde_json::json!({"S": "$argon2id$p1"})),
+        ],
+        &[
+            ("sessions_valid_after", num(at)),
+            ("password_epoch", num(2)),
+            ("password_hash", serde_json::json!({"S": "$argon2id$p2"})),
+        ],
+    );
+    for e in [first, second] {
+        assert!(p.handle(&e).await.batch_item_failures.is_empty());
+    }
+    let kinds: Vec<T> = events(&audit).await.iter().map(|r| r.event).collect();
+    assert_eq!(kinds, [T::PasswordChanged, T::PasswordChanged]);
+}
+
+/// A resend after the login code ran out unused: the stream's MODIFY is
+/// that code's expiry (no request made it) and then the new code.
+#[tokio::test]
+async fn a_resend_after_the_code_expired_is_its_expiry_then_the_new_code() {
+    let (p, audit) = processor().await;
+    let event = edited("ddb_modify_challenge.json", |r| {
+        let expired = r["dynamodb"]["OldImage"]["expires_at"].clone();
+        let old = &mut r["dynamodb"]["OldImage"];
+        old["failures"] = num(0);
+        let mut new = old.clone();
+        new["resends"] = num(1);
+        new["last_sent_at"] = expired;
+        new["expires_at"] = num(1_700_000_700);
+        new["code_hash"] = serde_json::json!({ "S": "another code" });
+        r["dynamodb"]["NewImage"] = new;
+    });
+    assert!(p.handle(&event).await.batch_item_failures.is_empty());
+    let chain = events(&audit).await;
+    assert_eq!(
+        chain.iter().map(|r| (r.event, r.outcome, r.reason.as_deref(), r.ip.as_deref())).collect::<Vec<_>>(),
+        [
+            (T::CodeExpired, Outcome::Expired, Some("ttl"), None),
+            (T::LoginCodeIssued, Outcome::Success, Some("resend"), Some("203.0.113.7"))
+        ]
+    );
+}

@@ -3,6 +3,7 @@
 //! at that record.
 
 use super::AuditRecord;
+use crate::clock::Timestamp;
 use sha2::{Digest, Sha256};
 
 /// The `prev_hash` of a subject's first record.
@@ -44,10 +45,23 @@ pub struct ChainBreak {
     pub reason: &'static str,
 }
 
-/// Checks a subject's records, oldest first. Records removed by retention
+/// Checks a subject's records, oldest first, as if none had reached its
+/// `expires_at` (see [`verify_chain_at`]). Records removed by retention
 /// leave the oldest remaining record as the anchor: its `prev_hash` cannot
 /// be checked, everything after it is.
 pub fn verify_chain(subject: &str, records: &[AuditRecord]) -> Result<(), ChainBreak> {
+    verify_chain_at(subject, records, Timestamp::MIN)
+}
+
+/// [`verify_chain`] at `now`. DynamoDB's TTL deletes expired records in no
+/// order and up to days late, so a later expired record may be gone while
+/// an earlier one is still there: a gap right after a record past its
+/// `expires_at` is retention, and the record after the gap is a new
+/// anchor. A record's `expires_at` is never earlier than its
+/// predecessor's, so whatever is missing there expired no later than the
+/// next record, and a gap after a record still live is a break. Every
+/// record's own hash is checked, expired or not.
+pub fn verify_chain_at(subject: &str, records: &[AuditRecord], now: Timestamp) -> Result<(), ChainBreak> {
     let brk = |seq, reason| ChainBreak { subject: subject.to_string(), seq, reason };
     let mut prev: Option<&AuditRecord> = None;
     for r in records {
@@ -62,6 +76,7 @@ pub fn verify_chain(subject: &str, records: &[AuditRecord]) -> Result<(), ChainB
                 return Err(brk(r.seq, "first record does not start the chain"));
             }
             None => {}
+            Some(p) if r.seq > p.seq + 1 && p.expires_at <= now => {}
             Some(p) if r.seq != p.seq + 1 => return Err(brk(r.seq, "a record before this one is missing")),
             Some(p) if r.prev_hash != p.hash => {
                 return Err(brk(r.seq, "prev_hash does not match the previous record"));
@@ -97,7 +112,7 @@ mod tests {
         let mut out: Vec<AuditRecord> = Vec::new();
         for i in 0..n {
             let prev = out.last().map_or(GENESIS_HASH.to_string(), |r| r.hash.clone());
-            out.push(AuditRecord::chained(&ev(i), u64::from(i) + 1, &prev, 2_000_000_000));
+            out.push(AuditRecord::chained(&ev(i), u64::from(i) + 1, &prev, 2_000_000_000 + i64::from(i)));
         }
         out
     }
@@ -129,5 +144,21 @@ mod tests {
     fn retention_leaves_a_valid_anchor() {
         let c = chain(5);
         assert_eq!(verify_chain("u1", &c[2..]), Ok(()));
+    }
+
+    /// The TTL took record 3 before record 2, both past their expiry: no
+    /// break at 4, unless record 2 is still live (then 3 went early).
+    #[test]
+    fn a_gap_after_an_expired_record_is_retention() {
+        let mut c = chain(5);
+        c.remove(2);
+        let exp2 = c[1].expires_at;
+        assert_eq!(verify_chain_at("u1", &c, exp2), Ok(()));
+        assert_eq!(verify_chain_at("u1", &c, exp2 - 1).unwrap_err().seq, 4);
+        assert_eq!(verify_chain("u1", &c).unwrap_err().seq, 4);
+        // An expired record's own content is still checked.
+        c[1].ip = None;
+        let e = verify_chain_at("u1", &c, exp2).unwrap_err();
+        assert_eq!((e.seq, e.reason), (2, "record content does not match its hash"));
     }
 }

@@ -39,6 +39,9 @@ pub struct AuditPolicy {
     /// Wrong codes across challenges that spend an account's code budget
     /// (a lock then has reason `code_budget_spent`).
     pub account_code_failure_budget: u32,
+    /// Wrong passwords that lock an account (a `login_failed` event says
+    /// how many are left).
+    pub login_lock_threshold: u32,
 }
 
 impl From<&crate::config::Policy> for AuditPolicy {
@@ -46,6 +49,7 @@ impl From<&crate::config::Policy> for AuditPolicy {
         AuditPolicy {
             code_max_failures: p.code_max_failures,
             account_code_failure_budget: p.account_code_failure_budget,
+            login_lock_threshold: p.login_lock_threshold,
         }
     }
 }
@@ -114,9 +118,27 @@ pub fn audit_events(change: &SourceChange, policy: &AuditPolicy) -> Vec<AuditEve
                         None => out.push(n.id, T::AccountUnlocked, Outcome::Expired, Some("lock_ended"), None, &n.meta),
                     }
                 }
+                // Only a counted wrong password raises the count (the one
+                // that reaches the threshold resets it and is the lock
+                // above); below the threshold this is its only trace. After
+                // the unlock: a lock that had ended is cleared by the
+                // failure that starts the count again.
+                if n.failed_logins > o.failed_logins {
+                    let left = Some(policy.login_lock_threshold.saturating_sub(n.failed_logins));
+                    out.push(n.id, T::LoginFailed, Outcome::Failure, Some("wrong_password"), left, &n.meta);
+                }
+                // The epoch counts every change and reset, however close
+                // together; `sessions_valid_after` (whole seconds) misses a
+                // second change within the same second, and is only the
+                // sign of a change between images written before the
+                // epoch existed (both without one, so both 0).
+                let changed = n.password_epoch > o.password_epoch
+                    || (n.password_epoch == 0
+                        && n.sessions_valid_after.is_some()
+                        && n.sessions_valid_after != o.sessions_valid_after);
                 if reset.is_some() {
                     out.push(n.id, T::PasswordReset, Outcome::Success, Some("all_sessions_ended"), None, &n.meta);
-                } else if n.sessions_valid_after.is_some() && n.sessions_valid_after != o.sessions_valid_after {
+                } else if changed {
                     out.push(n.id, T::PasswordChanged, Outcome::Success, Some("other_sessions_ended"), None, &n.meta);
                 }
             }
@@ -144,6 +166,12 @@ pub fn audit_events(change: &SourceChange, policy: &AuditPolicy) -> Vec<AuditEve
             (None, Some(n)) => out.push(n.user_id, T::LoginCodeIssued, Outcome::Success, None, None, &n.meta),
             (Some(o), Some(n)) => {
                 if n.resends > o.resends {
+                    // A resend replaces the code; one that had run out
+                    // unused would otherwise leave no expiry (the TTL
+                    // removal only sees the last code).
+                    if o.used_at.is_none() && o.failures < max && o.expires_at <= n.last_sent_at {
+                        out.expired(o.user_id, T::CodeExpired);
+                    }
                     out.push(n.user_id, T::LoginCodeIssued, Outcome::Success, Some("resend"), None, &n.meta);
                 }
                 if n.failures > o.failures {
@@ -182,6 +210,18 @@ pub fn audit_events(change: &SourceChange, policy: &AuditPolicy) -> Vec<AuditEve
             (None, Some(n)) => out.push_otp(n, T::OtpSent, Outcome::Success, None, None),
             (Some(o), Some(n)) => {
                 if n.created_at != o.created_at || n.code_hash != o.code_hash {
+                    // A send replaces the address's record: the old code, if
+                    // it ran out unused, is not removed by the TTL any more.
+                    if o.used_at.is_none() && o.failures < max && o.expires_at <= n.created_at {
+                        out.push_subject(
+                            otp_subject(&o.address_hash),
+                            T::OtpExpired,
+                            Outcome::Expired,
+                            Some("ttl"),
+                            None,
+                            None,
+                        );
+                    }
                     out.push_otp(n, T::OtpSent, Outcome::Success, None, None);
                 } else {
                     if n.failures > o.failures {
@@ -394,6 +434,138 @@ mod tests {
             kinds(&change(Images::User(Some(verified), None), false)).is_empty(),
             "no flow deletes a verified user"
         );
+    }
+
+    #[test]
+    fn every_password_change_is_one_event_even_within_a_second() {
+        let u = User { verified: true, ..user() };
+        let first = User { password_hash: "p1".into(), sessions_valid_after: Some(T0 + 9), password_epoch: 1, ..u };
+        // The second change in the same second: `sessions_valid_after`
+        // does not move, the epoch does.
+        let second = User { password_hash: "p2".into(), password_epoch: 2, ..first.clone() };
+        let evs = audit_events(
+            &change(Images::User(Some(first.clone()), Some(second.clone())), false),
+            &AuditPolicy::default(),
+        );
+        assert_eq!(
+            evs.iter().map(|e| (e.event, e.reason.as_deref())).collect::<Vec<_>>(),
+            [(T::PasswordChanged, Some("other_sessions_ended"))]
+        );
+        // A reset in that second is a reset only; a change after it, in the
+        // same second again, is a change.
+        let reset = User { password_reset_at: Some(T0 + 9), password_epoch: 3, ..second.clone() };
+        assert_eq!(kinds(&change(Images::User(Some(second.clone()), Some(reset.clone())), false)), [T::PasswordReset]);
+        let after = User { password_hash: "p4".into(), password_epoch: 4, ..reset.clone() };
+        assert_eq!(kinds(&change(Images::User(Some(reset), Some(after.clone())), false)), [T::PasswordChanged]);
+        // A rehash keeps the epoch: nothing.
+        let rehash = User { password_hash: "p4'".into(), ..after.clone() };
+        assert!(kinds(&change(Images::User(Some(after), Some(rehash)), false)).is_empty());
+        // Images written before the epoch existed (both 0): the session
+        // cut-off still tells a change.
+        let legacy = User { password_epoch: 0, sessions_valid_after: Some(T0), ..first.clone() };
+        let legacy_changed = User { sessions_valid_after: Some(T0 + 9), ..legacy.clone() };
+        assert_eq!(
+            kinds(&change(Images::User(Some(legacy.clone()), Some(legacy_changed)), false)),
+            [T::PasswordChanged]
+        );
+        // The first change after the epoch came in: 0 -> 1 counts once.
+        let upgraded = User { password_epoch: 1, sessions_valid_after: Some(T0 + 9), ..legacy.clone() };
+        assert_eq!(kinds(&change(Images::User(Some(legacy), Some(upgraded)), false)), [T::PasswordChanged]);
+    }
+
+    #[test]
+    fn a_wrong_password_below_the_threshold_is_a_failed_login_without_secrets() {
+        let u = User { verified: true, ..user() };
+        let policy = AuditPolicy::default();
+        let once = User { failed_logins: 1, ..u.clone() };
+        let evs = audit_events(&change(Images::User(Some(u.clone()), Some(once.clone())), false), &policy);
+        assert_eq!(evs.len(), 1);
+        let e = &evs[0];
+        assert_eq!(
+            (e.event, e.outcome, e.reason.as_deref(), e.attempts_left),
+            (T::LoginFailed, Outcome::Failure, Some("wrong_password"), Some(policy.login_lock_threshold - 1))
+        );
+        assert_eq!(
+            (e.subject.clone(), e.ip.as_deref(), e.request_id.as_deref()),
+            (u.id.to_string(), Some("203.0.113.7"), Some("req-1"))
+        );
+        let json = serde_json::to_string(&evs).unwrap();
+        assert!(!json.contains("argon2") && !json.contains("alice"), "{json}");
+        // The one that reaches the threshold resets the count and locks.
+        let last = User { failed_logins: policy.login_lock_threshold - 1, ..u.clone() };
+        let locked = User { failed_logins: 0, locked_until: Some(T0 + 900), ..u.clone() };
+        assert_eq!(kinds(&change(Images::User(Some(last), Some(locked)), false)), [T::AccountLocked]);
+        // The first wrong password after a lock ran out: the lock's end,
+        // then the failure.
+        let lock_over = User { locked_until: Some(T0 - 1), ..u.clone() };
+        assert_eq!(
+            kinds(&change(Images::User(Some(lock_over), Some(once.clone())), false)),
+            [T::AccountUnlocked, T::LoginFailed]
+        );
+        // A login that passes resets the count: no failure.
+        assert!(kinds(&change(Images::User(Some(once), Some(u)), false)).is_empty());
+    }
+
+    #[test]
+    fn a_code_replaced_after_it_ran_out_unused_is_an_expiry_first() {
+        let u = user();
+        let c = challenge(&u);
+        let resend = |old: &Challenge, at: Timestamp| Challenge {
+            code_hash: "new".into(),
+            expires_at: at + 300,
+            last_sent_at: at,
+            resends: old.resends + 1,
+            ..old.clone()
+        };
+        let late = change(Images::Challenge(Some(c.clone()), Some(resend(&c, c.expires_at))), false);
+        let evs = audit_events(&late, &AuditPolicy::default());
+        assert_eq!(
+            evs.iter().map(|e| (e.event, e.outcome, e.reason.as_deref())).collect::<Vec<_>>(),
+            [(T::CodeExpired, Outcome::Expired, Some("ttl")), (T::LoginCodeIssued, Outcome::Success, Some("resend"))]
+        );
+        assert_eq!(
+            (evs[0].ip.as_deref(), evs[1].ip.as_deref()),
+            (None, Some("203.0.113.7")),
+            "the expiry was no request"
+        );
+        // A resend while the code was live: no expiry.
+        let early = change(Images::Challenge(Some(c.clone()), Some(resend(&c, c.expires_at - 1))), false);
+        assert_eq!(kinds(&early), [T::LoginCodeIssued]);
+
+        let o = OtpRecord {
+            address_hash: "addr".into(),
+            code_hash: "x".into(),
+            created_at: T0,
+            expires_at: T0 + 600,
+            last_sent_at: T0,
+            failures: 1,
+            attempts: 1,
+            used_at: None,
+            meta: meta(),
+        };
+        let send = |old: &OtpRecord, at: Timestamp| OtpRecord {
+            code_hash: "y".into(),
+            created_at: at,
+            expires_at: at + 600,
+            last_sent_at: at,
+            failures: 0,
+            attempts: 0,
+            ..old.clone()
+        };
+        let evs = audit_events(
+            &change(Images::Otp(Some(o.clone()), Some(send(&o, T0 + 600))), false),
+            &AuditPolicy::default(),
+        );
+        assert_eq!(
+            evs.iter().map(|e| (e.event, e.subject.as_str(), e.outcome)).collect::<Vec<_>>(),
+            [(T::OtpExpired, "otp:addr", Outcome::Expired), (T::OtpSent, "otp:addr", Outcome::Success)]
+        );
+        // Replaced while live, or after it was used or spent: no expiry.
+        assert_eq!(kinds(&change(Images::Otp(Some(o.clone()), Some(send(&o, T0 + 599))), false)), [T::OtpSent]);
+        let used = OtpRecord { used_at: Some(T0 + 1), ..o.clone() };
+        assert_eq!(kinds(&change(Images::Otp(Some(used.clone()), Some(send(&used, T0 + 700))), false)), [T::OtpSent]);
+        let spent = OtpRecord { failures: AuditPolicy::default().code_max_failures, ..o.clone() };
+        assert_eq!(kinds(&change(Images::Otp(Some(spent.clone()), Some(send(&spent, T0 + 700))), false)), [T::OtpSent]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod mapping;
 mod store;
 
 pub use admin_key::AdminKeyHash;
-pub use chain::{ChainBreak, GENESIS_HASH, record_hash, verify_chain};
+pub use chain::{ChainBreak, GENESIS_HASH, record_hash, verify_chain, verify_chain_at};
 pub use mapping::{AuditPolicy, Images, SourceChange, audit_events, mail_failure_code, otp_subject};
 pub use store::{AuditPage, AuditStore, DayCount, day_of, day_string, parse_day};
 
@@ -40,6 +40,9 @@ pub enum AuditEventType {
     OtpFailed,
     OtpExhausted,
     OtpExpired,
+    /// A wrong password below the lock threshold (the one that reaches it
+    /// is an `AccountLocked`).
+    LoginFailed,
     AccountLocked,
     AccountUnlocked,
     PasswordChanged,
@@ -72,6 +75,7 @@ impl AuditEventType {
         AuditEventType::OtpFailed,
         AuditEventType::OtpExhausted,
         AuditEventType::OtpExpired,
+        AuditEventType::LoginFailed,
         AuditEventType::AccountLocked,
         AuditEventType::AccountUnlocked,
         AuditEventType::PasswordChanged,
@@ -101,6 +105,7 @@ impl AuditEventType {
             AuditEventType::OtpFailed => "otp_failed",
             AuditEventType::OtpExhausted => "otp_exhausted",
             AuditEventType::OtpExpired => "otp_expired",
+            AuditEventType::LoginFailed => "login_failed",
             AuditEventType::AccountLocked => "account_locked",
             AuditEventType::AccountUnlocked => "account_unlocked",
             AuditEventType::PasswordChanged => "password_changed",
@@ -176,7 +181,8 @@ pub struct AuditRecord {
     pub ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
-    /// When retention removes the record (UTC seconds).
+    /// When retention removes the record (UTC seconds); never earlier than
+    /// the previous record's.
     pub expires_at: Timestamp,
     /// The previous record's `hash` ([`GENESIS_HASH`] for seq 1).
     pub prev_hash: String,

@@ -31,10 +31,16 @@ pub struct DayCount {
 ///   so a chain never forks or skips a number;
 /// - records are never changed after they are written; retention removes
 ///   them (`expires_at`), oldest first per subject;
+/// - a record's `expires_at` is the one given or its predecessor's,
+///   whichever is later, so expiry never decreases along a chain (events
+///   of one subject arrive out of time order from different tables, and
+///   retention can be shortened; a later record expiring first would leave
+///   a gap that reads as a break);
 /// - an unknown subject lists as an empty page, never an error.
 #[async_trait]
 pub trait AuditStore: Send + Sync {
-    /// Appends `event` to its subject's chain. `Ok(true)` if it was added.
+    /// Appends `event` to its subject's chain, to expire at `expires_at` or
+    /// later. `Ok(true)` if it was added.
     async fn append(&self, event: &AuditEvent, expires_at: Timestamp) -> StoreResult<bool>;
 
     /// Up to `limit` records of `subject` with `seq < before` (all if

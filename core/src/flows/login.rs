@@ -72,6 +72,10 @@ impl Auth {
             return Err(Error::InvalidCredentials);
         }
         if !ok {
+            // Below the lock threshold this line (and the audit trail's
+            // `login_failed`) is the only trace of a wrong password; the id
+            // names the account, never what was typed.
+            tracing::info!(user_id = %user.id, "login refused: wrong password");
             self.count_failure(&user, now, self.policy.login_lock_threshold, meta).await?;
             return Err(Error::InvalidCredentials);
         }

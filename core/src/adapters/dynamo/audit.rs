@@ -64,7 +64,9 @@ impl DynamoAuditStore {
         &self.inner.client
     }
 
-    async fn head(&self, subject: &str) -> StoreResult<Option<(u64, String)>> {
+    /// The chain head: the last record's seq, hash and expiry (the head's
+    /// TTL is its last record's `expires_at`).
+    async fn head(&self, subject: &str) -> StoreResult<Option<(u64, String, Option<Timestamp>)>> {
         let out = self
             .client()
             .get_item()
@@ -81,14 +83,18 @@ impl DynamoAuditStore {
             Some(AttributeValue::S(h)) => h.clone(),
             _ => return Err(StoreError::internal("audit chain head without a hash")),
         };
-        Ok(Some((u64::from(seq), hash)))
+        let expires_at = match item.get(TTL) {
+            Some(AttributeValue::N(t)) => Some(t.parse().map_err(StoreError::internal)?),
+            _ => None,
+        };
+        Ok(Some((u64::from(seq), hash, expires_at)))
     }
 
-    /// The sequence number and hash of a subject's last record, if it has
-    /// one (a consistent read).
-    async fn last_record(&self, subject: &str) -> StoreResult<Option<(u64, String)>> {
+    /// The sequence number, hash and expiry of a subject's last record, if
+    /// it has one (a consistent read).
+    async fn last_record(&self, subject: &str) -> StoreResult<Option<(u64, String, Option<Timestamp>)>> {
         let (records, _) = self.query_records(subject, record_sk(0), record_sk(u64::MAX), false, Some(1), None).await?;
-        Ok(records.into_iter().next().map(|r| (r.seq, r.hash)))
+        Ok(records.into_iter().next().map(|r| (r.seq, r.hash, Some(r.expires_at))))
     }
 
     /// One query of a subject's records between two sort keys.
@@ -141,14 +147,18 @@ impl AuditStore for DynamoAuditStore {
     async fn append(&self, event: &AuditEvent, expires_at: Timestamp) -> StoreResult<bool> {
         for _ in 0..APPEND_ATTEMPTS {
             let head = self.head(&event.subject).await?;
-            let (seq, prev) = match &head {
+            let (seq, prev, head_expires) = match &head {
                 Some(h) => h.clone(),
                 // No head: a new subject, or a head that expired before its
                 // records (TTL deletes in no order, up to days late): the
                 // chain goes on from its last record, so the next record
                 // neither collides with a live one nor breaks the chain.
-                None => self.last_record(&event.subject).await?.unwrap_or((0, GENESIS_HASH.to_string())),
+                None => self.last_record(&event.subject).await?.unwrap_or((0, GENESIS_HASH.to_string(), None)),
             };
+            // Never before the record it follows: the TTL then never takes
+            // a later record while an earlier one stays, which would read
+            // as a break (see `AuditStore::append`).
+            let expires_at = head_expires.map_or(expires_at, |h| h.max(expires_at));
             let rec = AuditRecord::chained(event, seq + 1, &prev, expires_at);
             let ttl = n(expires_at);
 

@@ -82,9 +82,15 @@ impl SqliteAuditStore {
         self.store.db().tx(move |tx| write_checkpoint(tx, seq)).await
     }
 
-    /// Appends `events` (each with its expiry) and moves the checkpoint to
-    /// `seq`, all in one transaction: a batch of the feed is applied whole or
-    /// not at all. Returns how many events were new.
+    /// Appends `events` (each with its expiry), moves the checkpoint to
+    /// `seq` and deletes the change rows up to it, all in one transaction: a
+    /// batch of the feed is applied whole or not at all, and a row is gone
+    /// only once its events are stored. Returns how many events were new.
+    ///
+    /// The rows hold whole before/after images (password hashes among
+    /// them) and the audit trail is their only reader, so they are kept no
+    /// longer than it needs them. `seq` is AUTOINCREMENT, so an emptied
+    /// table never hands out a number at or below the checkpoint again.
     pub async fn apply_batch(&self, events: Vec<(AuditEvent, Timestamp)>, seq: i64) -> StoreResult<usize> {
         self.store
             .db()
@@ -94,6 +100,7 @@ impl SqliteAuditStore {
                     added += usize::from(append_in(tx, event, *expires_at)?);
                 }
                 write_checkpoint(tx, seq)?;
+                tx.prepare_cached("DELETE FROM changes WHERE seq <= ?1")?.execute([seq])?;
                 Ok(added)
             })
             .await
@@ -131,6 +138,13 @@ fn append_in(tx: &rusqlite::Transaction<'_>, event: &AuditEvent, expires_at: Tim
         .query_row([&event.subject], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let (seq, prev) = head.unwrap_or((0, GENESIS_HASH.to_string()));
+    // Never before the record it follows (see `AuditStore::append`); one
+    // already purged had expired, and so ends before this one anyway.
+    let head_expires: Option<Timestamp> = tx
+        .prepare_cached("SELECT expires_at FROM audit_records WHERE subject = ?1 AND seq = ?2")?
+        .query_row(rusqlite::params![event.subject, seq], |r| r.get(0))
+        .optional()?;
+    let expires_at = head_expires.map_or(expires_at, |h| h.max(expires_at));
     let seq = u64::try_from(seq).map_err(StoreError::internal)? + 1;
     let rec = AuditRecord::chained(event, seq, &prev, expires_at);
     let json = serde_json::to_string(&rec).map_err(StoreError::internal)?;
@@ -248,9 +262,9 @@ pub fn source_change(c: &Change) -> StoreResult<SourceChange> {
     Ok(SourceChange { source_id: format!("feed:{}", c.seq), at: c.at, expired_by_ttl: false, images })
 }
 
-/// Applies every change after the checkpoint to the audit trail and moves
-/// the checkpoint, one transaction per batch of up to [`FEED_BATCH`]
-/// changes. A row that does not decode is logged and skipped (it must not
+/// Applies every change after the checkpoint to the audit trail, moves
+/// the checkpoint and deletes the applied rows, one transaction per batch
+/// of up to [`FEED_BATCH`] changes. A row that does not decode is logged and skipped (it must not
 /// block the feed); a storage error stops the round, and the next round
 /// repeats that batch. Returns the events added.
 pub async fn drain_change_feed(
@@ -438,6 +452,79 @@ mod tests {
         assert!(!s.db().changes_ready_pending(), "a commit without change rows signalled the feed");
         registered(&s).await;
         assert!(s.db().changes_ready_pending(), "a commit with change rows did not signal the feed");
+    }
+
+    async fn feed_seqs(s: &EmbeddedStore) -> Vec<i64> {
+        s.changes_after(0, 10_000).await.unwrap().iter().map(|c| c.seq).collect()
+    }
+
+    #[tokio::test]
+    async fn the_feed_deletes_the_rows_it_has_applied_and_keeps_the_rest() {
+        let (s, _) = store();
+        let audit = SqliteAuditStore::open(&s).await.unwrap();
+        let policy = AuditPolicy::default();
+        let first = registered(&s).await;
+        let written = feed_seqs(&s).await.len();
+        assert!(written >= 5, "{written}");
+        drain_change_feed(&s, &audit, &policy, RETENTION).await.unwrap();
+        let handled = audit.checkpoint().await.unwrap();
+        assert!(feed_seqs(&s).await.is_empty(), "the applied rows (old password hashes among them) are gone");
+
+        // Rows written after the checkpoint stay until a round applies them;
+        // an emptied table does not number them from 1 again.
+        let second = registered(&s).await;
+        let pending = feed_seqs(&s).await;
+        assert_eq!(pending.len(), written);
+        assert!(pending.iter().all(|&seq| seq > handled), "{pending:?} after {handled}");
+        // A round that fails leaves the rows and the checkpoint as they were.
+        s.db()
+            .tx(|tx| {
+                Ok(tx.execute_batch(
+                    "CREATE TRIGGER audit_down BEFORE INSERT ON audit_records BEGIN SELECT RAISE(ABORT, 'down'); END;",
+                )?)
+            })
+            .await
+            .unwrap();
+        assert!(drain_change_feed(&s, &audit, &policy, RETENTION).await.is_err());
+        assert_eq!((feed_seqs(&s).await, audit.checkpoint().await.unwrap()), (pending, handled));
+        s.db().tx(|tx| Ok(tx.execute_batch("DROP TRIGGER audit_down;")?)).await.unwrap();
+        assert_eq!(drain_change_feed(&s, &audit, &policy, RETENTION).await.unwrap(), 5);
+        assert!(feed_seqs(&s).await.is_empty());
+        for u in [first, second] {
+            assert_eq!(audit.chain(&u.id.to_string()).await.unwrap().len(), 5);
+        }
+    }
+
+    /// An event appended with an earlier expiry than the record before it
+    /// (another table's change that arrived late, or a shorter retention)
+    /// expires with that record: the purge then never leaves a gap.
+    #[tokio::test]
+    async fn a_record_never_expires_before_the_one_it_follows() {
+        let (s, _) = store();
+        let audit = SqliteAuditStore::open(&s).await.unwrap();
+        let event = |i: i64| AuditEvent {
+            event_id: format!("e{i}"),
+            subject: "u1".into(),
+            event: T::CodeVerified,
+            at: T0 + i,
+            outcome: crate::audit::Outcome::Success,
+            reason: None,
+            attempts_left: None,
+            request_id: None,
+            ip: None,
+            user_agent: None,
+        };
+        for (i, expires) in [(1, T0 + 200), (2, T0 + 100), (3, T0 + 300)] {
+            assert!(audit.append(&event(i), expires).await.unwrap());
+        }
+        let chain = audit.chain("u1").await.unwrap();
+        assert_eq!(chain.iter().map(|r| r.expires_at).collect::<Vec<_>>(), [T0 + 200, T0 + 200, T0 + 300]);
+        audit.purge_expired(T0 + 150).await.unwrap();
+        assert_eq!(audit.chain("u1").await.unwrap().len(), 3, "nothing expired out of order");
+        audit.purge_expired(T0 + 200).await.unwrap();
+        let rest = audit.chain("u1").await.unwrap();
+        assert_eq!(rest.iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
+        verify_chain("u1", &rest).unwrap();
     }
 
     #[tokio::test]

@@ -1,7 +1,9 @@
 //! The change feed: one row per data change, written in the same transaction
 //! as the change, with the record before and after as JSON. It is the
 //! embedded stand-in for a DynamoDB stream with NEW_AND_OLD_IMAGES, read by
-//! the audit trail in order of `seq`. Rate-limit counters are not in it.
+//! the audit trail in order of `seq`, which deletes the rows it has applied
+//! (in the transaction that moves its checkpoint): the images hold password
+//! hashes, and nothing else reads them. Rate-limit counters are not in it.
 
 use super::EmbeddedStore;
 use crate::StoreError;
