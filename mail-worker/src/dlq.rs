@@ -39,9 +39,11 @@ impl std::fmt::Display for DeadLetter {
             o(&self.job_id),
             o(&self.kind),
             o(&self.receive_count),
-            // A message redriven by SQS itself (transient failures used up)
-            // carries no reason of ours.
-            self.failure_reason.clone().unwrap_or_else(|| "transient failures exhausted (maxReceiveCount)".into())
+            // A message SQS moved itself after maxReceiveCount receives
+            // carries no reason of ours: the worker parks a job's last
+            // receive with one, unless another worker held the job then or
+            // the worker's own DLQ copy could not be written in time.
+            self.failure_reason.clone().unwrap_or_else(|| "moved by SQS after maxReceiveCount receives".into())
         )
     }
 }

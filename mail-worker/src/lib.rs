@@ -10,8 +10,17 @@
 //! - Unparseable body or permanent SES refusal: copied to the DLQ at once
 //!   with a `failure_reason` message attribute, then handled.
 //! - Transient failure that outlasted the retries: reported, so SQS
-//!   redelivers it after the visibility timeout and, after
-//!   `maxReceiveCount` receives, redrives it to the DLQ itself.
+//!   redelivers it after the visibility timeout. On the last receive SQS
+//!   allows (the record's `ApproximateReceiveCount` has reached
+//!   `MAIL_MAX_RECEIVE_COUNT`, the queue's `maxReceiveCount`), it is parked
+//!   instead, as a permanent failure is: `failed` in the ledger (so the
+//!   audit trail has its `mail_failed`) and a DLQ copy with the reason.
+//!   Only a job another worker holds is still left to SQS, which then
+//!   redrives it to the DLQ itself.
+//!
+//! Everything, the DLQ copy and the ledger records included, ends by the
+//! invocation's deadline, so the handler answers Lambda in time and a mail
+//! that went out is not handed over again with the whole batch.
 //!
 //! The same handler runs under Lambda (`main.rs`), under the local
 //! [`poller`] that receives from the real queue (emulator mode), and in the
@@ -28,8 +37,9 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use aws_sdk_sqs::types::MessageAttributeValue;
 use latchkey_core::adapters::{aws_calls, dynamo, ses};
 use latchkey_core::clock::SystemClock;
-use latchkey_core::mail::delivery::{Deliverer, Outcome, RetryPolicy, SendRateLimiter};
+use latchkey_core::mail::delivery::{Deliverer, Outcome, Redelivery, RetryPolicy, SendRateLimiter};
 use latchkey_core::mail::{MAIL_JOB_VERSION, MailEnvelope, Renderer};
+use latchkey_core::tables;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -41,6 +51,8 @@ pub const FAILURE_REASON_ATTRIBUTE: &str = "failure_reason";
 pub const SOURCE_MESSAGE_ID_ATTRIBUTE: &str = "source_message_id";
 /// SQS caps a string attribute's size; a reason is cut well below it.
 const MAX_REASON_CHARS: usize = 1024;
+/// The SQS system attribute counting a message's receives, this one included.
+pub const RECEIVE_COUNT_ATTRIBUTE: &str = "ApproximateReceiveCount";
 
 /// What the handler needs, built once per cold start.
 pub struct Worker {
@@ -100,10 +112,13 @@ impl Worker {
         &self.deliverer
     }
 
-    /// Copies the record to the DLQ with its reason. `true` once it is
-    /// there (the record is then handled); `false` if the DLQ could not be
-    /// written (the record is reported, so SQS keeps it).
-    async fn park(&self, record: &SqsMessage, reason: &str) -> bool {
+    /// Copies the record to the DLQ with its reason, by `deadline`. `true`
+    /// once it is there (the record is then handled); `false` if the DLQ
+    /// could not be written in time (the record is reported, so SQS keeps
+    /// it). A write cut off by the deadline may still have landed: the
+    /// message then has two dead letters, and the ledger answers the second
+    /// redrive of a sent job with "already sent".
+    async fn park(&self, record: &SqsMessage, reason: &str, deadline: Instant) -> bool {
         let id = record.message_id.as_deref().unwrap_or("");
         let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
         let body = record.body.as_deref().filter(|b| !b.is_empty()).unwrap_or("(empty body)");
@@ -129,13 +144,17 @@ impl Worker {
                 Err(e) => tracing::error!(error = %e, "building a DLQ attribute"),
             }
         }
-        match req.send().await {
-            Ok(_) => {
+        match tokio::time::timeout_at(deadline, req.send()).await {
+            Ok(Ok(_)) => {
                 tracing::error!(message_id = id, %reason, "mail job moved to the dead-letter queue");
                 true
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::error!(message_id = id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "could not write to the dead-letter queue");
+                false
+            }
+            Err(_) => {
+                tracing::error!(message_id = id, "the dead-letter queue did not answer before the deadline");
                 false
             }
         }
@@ -145,16 +164,35 @@ impl Worker {
     async fn process(&self, record: &SqsMessage, deadline: Instant) -> bool {
         let env = match parse_job(record.body.as_deref().unwrap_or("")) {
             Ok(env) => env,
-            Err(reason) => return self.park(record, &reason).await,
+            Err(reason) => return self.park(record, &reason, deadline).await,
         };
-        match self.deliverer.deliver(&env, deadline).await {
+        match self.deliverer.deliver_with(&env, deadline, redelivery(record)).await {
             Outcome::Sent { .. } | Outcome::AlreadySent => true,
-            Outcome::Park { reason } => self.park(record, &reason).await,
+            Outcome::Park { reason } => self.park(record, &reason, deadline).await,
             Outcome::Retry { reason } => {
                 tracing::warn!(message_id = record.message_id.as_deref().unwrap_or(""), mail_id = %env.id, %reason, "mail job left for redelivery");
                 false
             }
+            Outcome::Busy { lease_until } => {
+                tracing::warn!(message_id = record.message_id.as_deref().unwrap_or(""), mail_id = %env.id, lease_until, "mail job held by another worker; left for redelivery");
+                false
+            }
         }
+    }
+}
+
+/// Whether SQS hands `record` over again after a reported failure. It
+/// moves a message to the DLQ instead once its receives would pass the
+/// queue's `maxReceiveCount`, which is core's `MAIL_MAX_RECEIVE_COUNT`
+/// (Terraform and `sqs::ensure_queues` set it from there, and the Terraform
+/// test holds them equal), so a record received that many times is on its
+/// last receive. The count is approximate: one counted high parks a job a
+/// receive early, one counted low (or missing, as in a hand-built event)
+/// leaves it to SQS's redrive, as before.
+pub fn redelivery(record: &SqsMessage) -> Redelivery {
+    match record.attributes.get(RECEIVE_COUNT_ATTRIBUTE).and_then(|v| v.trim().parse::<u32>().ok()) {
+        Some(receives) if receives >= tables::MAIL_MAX_RECEIVE_COUNT => Redelivery::LastReceive { receives },
+        _ => Redelivery::Follows,
     }
 }
 
@@ -210,6 +248,23 @@ pub fn lambda_deadline(deadline_epoch_ms: u64, margin: std::time::Duration) -> I
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_receive_is_the_queues_max_receive_count() {
+        let with = |count: Option<&str>| {
+            let mut r = poller::record("m", "{}");
+            if let Some(c) = count {
+                r.attributes.insert(RECEIVE_COUNT_ATTRIBUTE.into(), c.into());
+            }
+            redelivery(&r)
+        };
+        let max = tables::MAIL_MAX_RECEIVE_COUNT;
+        assert_eq!(with(Some(&max.to_string())), Redelivery::LastReceive { receives: max });
+        assert_eq!(with(Some(&(max + 1).to_string())), Redelivery::LastReceive { receives: max + 1 });
+        for early in [None, Some("1"), Some(&*(max - 1).to_string()), Some("many")] {
+            assert_eq!(with(early), Redelivery::Follows, "{early:?}");
+        }
+    }
 
     #[test]
     fn parse_errors_never_quote_the_body() {

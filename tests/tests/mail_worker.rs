@@ -152,7 +152,8 @@ async fn rig(fault: Fault, from: &str, visibility: Option<u32>, prefix: Option<S
     }
     latchkey_mail_worker::local::ensure_identity(&clients.ses, FROM).await.unwrap();
     let proxied = sdk_config(&proxy(endpoint.clone(), fault.clone()).await).await;
-    let clients = Clients { ses: aws_sdk_sesv2::Client::new(&proxied), ..clients };
+    // Built as the worker builds it (no SDK retries under its own).
+    let clients = Clients { ses: latchkey_core::adapters::aws_calls::sesv2_client(&proxied, None), ..clients };
     let (q, d) = (queue_url.clone(), dlq_url.clone());
     let cfg = WorkerConfig::from_lookup(|k| {
         Some(match k {
@@ -414,7 +415,9 @@ async fn transient_then_success_is_one_mail() {
 #[tokio::test]
 async fn always_transient_goes_to_the_dlq_after_max_receive_count() {
     let fault = Fault { always: true, ..Fault::none() };
-    let rig = rig(fault, FROM, Some(1), None).await;
+    // 8 s: the poller's deadline (6 s) leaves each receive time for a send
+    // (`MIN_SEND_WINDOW`), so every receive reaches SES.
+    let rig = rig(fault, FROM, Some(8), None).await;
     let to = rcpt("down");
     let env = job(&to);
     rig.send(&env.to_json()).await;
@@ -426,16 +429,21 @@ async fn always_transient_goes_to_the_dlq_after_max_receive_count() {
         if rig.queue_depth(&rig.dlq_url).await > 0 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "never redriven");
+        assert!(started.elapsed() < Duration::from_secs(120), "never parked");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(receives, tables::MAIL_MAX_RECEIVE_COUNT as usize);
+    assert!(rig.fault.seen.load(Ordering::SeqCst) >= receives, "every receive tried SES");
+    // Parked by the worker on the last receive, with its reason: the ledger
+    // says failed (a mail_failed in the audit trail), not retry for ever.
     let dead = rig.dead_letters().await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body(), Some(env.to_json().as_str()));
-    assert_eq!(reason(&dead[0]), None, "moved by SQS's redrive, not by the worker");
+    let why = reason(&dead[0]).expect("the worker's reason");
+    let exhausted = format!("transient failures exhausted after {} receives: ", tables::MAIL_MAX_RECEIVE_COUNT);
+    assert!(why.starts_with(&exhausted), "{why}");
     let e = rig.worker.deliverer().ledger().entry(&env.id).await.unwrap().unwrap();
-    assert_eq!((e.state.as_str(), e.attempts), (ledger_state::RETRY, tables::MAIL_MAX_RECEIVE_COUNT));
+    assert_eq!((e.state.as_str(), e.reason.as_deref()), (ledger_state::FAILED, Some(why.as_str())));
     assert!(rig.mails(&to).await.is_empty());
 }
 

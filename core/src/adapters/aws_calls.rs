@@ -11,7 +11,10 @@ use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationIn
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
+use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 /// The process's AWS configuration from the usual sources (environment,
 /// profile, instance role), loaded once at start-up. Its HTTPS client trusts
@@ -108,9 +111,30 @@ pub fn sqs_client(cfg: &SdkConfig, counter: Option<&CallCounter>) -> aws_sdk_sqs
     aws_sdk_sqs::Client::from_conf(b.build())
 }
 
+/// How long one SES request may take before it is given up as a timeout
+/// (transient). Shorter than `mail::delivery::MIN_SEND_WINDOW`, the time a
+/// send is only started with, so a send ends by this timeout, never cut
+/// off by the delivery's deadline.
+pub const SES_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// An SES v2 client on `cfg`, counting its calls into `counter` if given.
+///
+/// It makes one HTTP request per operation: no retries of the SDK's own,
+/// and each request ends within [`SES_ATTEMPT_TIMEOUT`]. The delivery
+/// retries sends itself (`mail::delivery`), inside its deadline and the
+/// send rate limit, which counts one slot per try; SDK retries under it
+/// would multiply the tries (3 per slot by default), overrun the rate, and
+/// resend a request SES may already have taken, which sends the mail twice.
 pub fn sesv2_client(cfg: &SdkConfig, counter: Option<&CallCounter>) -> aws_sdk_sesv2::Client {
-    let mut b = aws_sdk_sesv2::config::Builder::from(cfg);
+    let mut b = aws_sdk_sesv2::config::Builder::from(cfg)
+        .retry_config(RetryConfig::disabled())
+        // Merged into the shared config's timeouts (its connect timeout stays).
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_attempt_timeout(SES_ATTEMPT_TIMEOUT)
+                .operation_timeout(SES_ATTEMPT_TIMEOUT)
+                .build(),
+        );
     if let Some(c) = counter {
         b = b.interceptor(c.clone());
     }
@@ -368,6 +392,90 @@ mod tests {
             .http_client(amazon_roots_client().expect("client"))
             .build();
         let _ = dynamo_client(&cfg, None);
+    }
+
+    /// An HTTP client that answers every request with `status` (or never,
+    /// with `None`) and counts the requests.
+    #[derive(Debug, Clone)]
+    struct Canned {
+        status: Option<u16>,
+        requests: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl aws_smithy_runtime_api::client::http::HttpConnector for Canned {
+        fn call(
+            &self,
+            _request: aws_smithy_runtime_api::client::orchestrator::HttpRequest,
+        ) -> aws_smithy_runtime_api::client::http::HttpConnectorFuture {
+            use aws_smithy_runtime_api::client::http::HttpConnectorFuture;
+            use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+            self.requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match self.status {
+                Some(s) => HttpConnectorFuture::ready(Ok(HttpResponse::new(
+                    s.try_into().expect("a status"),
+                    aws_smithy_types::body::SdkBody::empty(),
+                ))),
+                None => HttpConnectorFuture::new(std::future::pending()),
+            }
+        }
+    }
+
+    impl aws_smithy_runtime_api::client::http::HttpClient for Canned {
+        fn http_connector(
+            &self,
+            _settings: &aws_smithy_runtime_api::client::http::HttpConnectorSettings,
+            _components: &RuntimeComponents,
+        ) -> aws_smithy_runtime_api::client::http::SharedHttpConnector {
+            aws_smithy_runtime_api::client::http::SharedHttpConnector::new(self.clone())
+        }
+    }
+
+    /// One `SendEmail` through `sesv2_client` over `canned`.
+    async fn send_email_over(canned: &Canned) -> Result<(), crate::mail::delivery::SendError> {
+        use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message};
+        let cfg = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sesv2::config::SharedCredentialsProvider::new(
+                aws_sdk_sesv2::config::Credentials::new("test", "test", None, None, "test"),
+            ))
+            .http_client(SharedHttpClient::new(canned.clone()))
+            .build();
+        let text = Content::builder().data("hello").build().expect("content");
+        let message = Message::builder().subject(text.clone()).body(Body::builder().text(text).build()).build();
+        sesv2_client(&cfg, None)
+            .send_email()
+            .from_email_address("noreply@example.com")
+            .destination(Destination::builder().to_addresses("dora@example.com").build())
+            .content(EmailContent::builder().simple(message).build())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(crate::adapters::ses::classify)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ses_client_sends_one_request_per_send() {
+        // A 503 and a 429 are what the SDK's standard retries would repeat.
+        for status in [503, 429] {
+            let canned = Canned { status: Some(status), requests: Arc::default() };
+            let result = send_email_over(&canned).await;
+            assert!(matches!(result, Err(crate::mail::delivery::SendError::Transient(_))), "{result:?}");
+            assert_eq!(canned.requests.load(std::sync::atomic::Ordering::SeqCst), 1, "HTTP {status}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ses_request_ends_by_its_own_timeout_within_the_send_window() {
+        assert!(SES_ATTEMPT_TIMEOUT < crate::mail::delivery::MIN_SEND_WINDOW);
+        let canned = Canned { status: None, requests: Arc::default() };
+        let started = tokio::time::Instant::now();
+        let result = tokio::time::timeout(Duration::from_secs(600), send_email_over(&canned))
+            .await
+            .expect("the SES client gave up by itself");
+        assert_eq!(result, Err(crate::mail::delivery::SendError::Transient("SES request timed out".into())));
+        assert_eq!(started.elapsed(), SES_ATTEMPT_TIMEOUT);
+        assert_eq!(canned.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]

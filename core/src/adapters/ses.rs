@@ -1,9 +1,11 @@
 //! The SES v2 `Mailer`: one `SendEmail` with Simple content (subject, text
 //! and HTML) per mail, with an optional configuration set. Errors are
 //! classified from the SDK's typed errors and HTTP status, never from
-//! message text: throttling, 5xx, timeouts and dispatch failures are
-//! transient; a rejected message, an unverified MAIL FROM domain, a bad
-//! request, a suspended account or paused sending are permanent.
+//! message text: throttling, 5xx, timeouts (the client's and SES's own)
+//! and dispatch failures are transient; a rejected message, an unverified
+//! MAIL FROM domain, a bad request, a suspended account or paused sending
+//! are permanent. The client makes one HTTP request per send (see
+//! `aws_calls::sesv2_client`): the delivery's own retries do the rest.
 
 use crate::mail::delivery::{Mailer, SendError};
 use crate::mail::{MailEnvelope, RenderedMail};
@@ -60,9 +62,20 @@ impl Mailer for SesMailer {
     }
 }
 
-/// Error codes SES (or a proxy in front of it) uses for throttling that the
-/// SDK does not model as a variant of `SendEmailError`.
-const THROTTLING_CODES: &[&str] = &["Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded"];
+/// Error codes SES (or a proxy in front of it) uses for throttling and
+/// for timeouts on its side, that the SDK does not model as a variant of
+/// `SendEmailError`: some come with a 4xx status (RequestTimeout is a 400),
+/// so the status alone would park a mail that a later try sends.
+const TRANSIENT_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequests",
+    "RequestLimitExceeded",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "PriorRequestNotComplete",
+    "SlowDown",
+];
 
 /// A `SendEmail` error as transient or permanent.
 pub fn classify(err: SdkError<SendEmailError, HttpResponse>) -> SendError {
@@ -86,7 +99,7 @@ pub fn classify(err: SdkError<SendEmailError, HttpResponse>) -> SendError {
                 | SendEmailError::AccountSuspendedException(_)
                 | SendEmailError::SendingPausedException(_)
                 | SendEmailError::NotFoundException(_) => SendError::Permanent { reason: described(&e) },
-                _ if transient_status || THROTTLING_CODES.contains(&code.as_str()) => {
+                _ if transient_status || TRANSIENT_CODES.contains(&code.as_str()) => {
                     SendError::Transient(described(&e))
                 }
                 // Another 4xx the SDK does not know: sending it again will
@@ -158,5 +171,17 @@ mod tests {
         assert!(matches!(classify(service(unhandled("Whatever"), 429)), SendError::Transient(_)));
         assert!(matches!(classify(service(unhandled("Throttling"), 400)), SendError::Transient(_)));
         assert!(matches!(classify(service(unhandled("ValidationError"), 400)), SendError::Permanent { .. }));
+    }
+
+    #[test]
+    fn timeouts_and_slow_downs_on_the_ses_side_are_transient() {
+        for code in ["RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete", "SlowDown"] {
+            for status in [400, 408] {
+                assert!(
+                    matches!(classify(service(unhandled(code), status)), SendError::Transient(ref r) if r == code),
+                    "{code} ({status})"
+                );
+            }
+        }
     }
 }

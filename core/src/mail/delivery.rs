@@ -7,6 +7,10 @@
 //! differ only in what they do with the [`Outcome`] (report a batch item
 //! failure, move a message to the DLQ, back off a `mail_jobs` row).
 //!
+//! Every step ends by the caller's deadline, the bookkeeping after a send
+//! included: a caller that answers its queue in time keeps a mail that went
+//! out from being handed over (and sent) again.
+//!
 //! The code or token in a job reaches the mailer and nothing else: not a
 //! log line, not the ledger (which records kind, recipient, state, attempts
 //! and a failure reason), not an error.
@@ -23,7 +27,7 @@ use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
+use tokio::time::{Instant, timeout_at};
 
 /// Why a send failed, and whether sending again could help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -170,7 +174,36 @@ pub enum Outcome {
     Retry {
         reason: String,
     },
+    /// Another delivery holds the job's claim until `lease_until`: nothing
+    /// was tried. Not a failure of this job: a queue that counts attempts
+    /// must not count this one, and need not look again before then.
+    Busy {
+        lease_until: Timestamp,
+    },
 }
+
+/// Whether the caller's queue brings a job back after [`Outcome::Retry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redelivery {
+    /// It does: a transient failure is left for a later delivery.
+    Follows,
+    /// This is the last receive the queue allows (SQS's `maxReceiveCount`;
+    /// `receives` so far). A job left for redelivery now would be
+    /// dead-lettered by the queue without a reason, and its ledger record
+    /// would stay `retry` (no `mail_failed` in the audit trail), so a
+    /// transient failure is parked with its reason instead.
+    LastReceive { receives: u32 },
+}
+
+/// The least time left before the deadline (less the policy's reserve)
+/// with which a send is started, or a limiter slot taken. A send cut off
+/// by the deadline may have reached the provider already; reported as
+/// transient, it would be sent again on the queue's redelivery. With this
+/// much time an attempt ends by its own answer or by the SES client's own
+/// per-attempt timeout (`aws_calls::SES_ATTEMPT_TIMEOUT`, which is shorter),
+/// not by ours; with less, the job is left for a later delivery, like any
+/// other "not now".
+pub const MIN_SEND_WINDOW: Duration = Duration::from_secs(5);
 
 /// The send retry schedule inside one delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,7 +212,8 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// Sends at most `1 + max_retries` times per delivery.
     pub max_retries: usize,
-    /// Time kept back from the deadline for recording the outcome.
+    /// Time kept back from the deadline for recording the outcome. No send
+    /// starts unless [`MIN_SEND_WINDOW`] remains before `deadline - reserve`.
     pub reserve: Duration,
 }
 
@@ -237,45 +271,81 @@ impl Deliverer {
     /// Delivers `env` at most once, finishing before `deadline`: renders,
     /// claims, sends (retrying transient failures with backoff and jitter
     /// while time remains), records the outcome. Never panics on bad input
-    /// and never logs the job's secret.
+    /// and never logs the job's secret. The queue is taken to bring the job
+    /// back after a [`Outcome::Retry`].
     pub async fn deliver(&self, env: &MailEnvelope, deadline: Instant) -> Outcome {
+        self.deliver_with(env, deadline, Redelivery::Follows).await
+    }
+
+    /// As [`Deliverer::deliver`], told whether the queue brings the job back:
+    /// on its last receive a transient failure is parked (`failed` in the
+    /// ledger, with the reason) rather than left for a redelivery that will
+    /// not come. A job another worker holds is not: see below.
+    pub async fn deliver_with(&self, env: &MailEnvelope, deadline: Instant, redelivery: Redelivery) -> Outcome {
         let meta = JobMeta::of(env);
+        match (self.attempt(env, &meta, deadline).await, redelivery) {
+            (Attempt::Done(outcome), _) => outcome,
+            // Not parked even on the last receive: the lease's holder is
+            // sending the job now and owns its record; a `failed` written
+            // under its claim would record a failure for mail that may go
+            // out a moment later. Nor is it lost: left unhandled, SQS
+            // dead-letters the message itself, from where a redrive brings
+            // it back and the ledger answers "already sent" if the holder
+            // sent it. (On AWS the queue's receives outlast a lease, see
+            // terraform's worker_timeout_seconds, so a dead worker's claim
+            // has ended by the last receive.)
+            (Attempt::Busy { lease_until }, _) => Outcome::Busy { lease_until },
+            (Attempt::NotNow { reason }, Redelivery::Follows) => Outcome::Retry { reason },
+            (Attempt::NotNow { reason }, Redelivery::LastReceive { receives }) => {
+                self.give_up(
+                    &meta,
+                    format!("transient failures exhausted after {receives} receives: {reason}"),
+                    deadline,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn attempt(&self, env: &MailEnvelope, meta: &JobMeta, deadline: Instant) -> Attempt {
         // The queue is a trust boundary of its own: re-check what reaches a
         // header before anything is claimed.
         // (As stored: an account's address from before format characters
         // were refused at input still gets its mail.)
         if Email::parse_stored(&env.to).is_err() {
-            return self.park(&meta, "recipient is not a valid email address".into()).await;
+            return self.park(meta, "recipient is not a valid email address".into(), deadline).await;
         }
         let mail = match self.renderer.render(env) {
             Ok(m) => m,
-            Err(reason) => return self.park(&meta, reason).await,
+            Err(reason) => return self.park(meta, reason, deadline).await,
         };
-        match self.ledger.claim(&meta, self.clock.now(), LEASE_SECS).await {
-            Ok(Claim::Claimed) => {}
-            Ok(Claim::AlreadySent) => {
+        match timeout_at(deadline, self.ledger.claim(meta, self.clock.now(), LEASE_SECS)).await {
+            Ok(Ok(Claim::Claimed)) => {}
+            Ok(Ok(Claim::AlreadySent)) => {
                 tracing::info!(mail_id = %meta.id, kind = meta.kind, "mail already sent; duplicate delivery ignored");
-                return Outcome::AlreadySent;
+                return Attempt::Done(Outcome::AlreadySent);
             }
-            Ok(Claim::Busy { lease_until }) => {
-                return Outcome::Retry { reason: format!("another worker holds the job until {lease_until}") };
-            }
-            Err(e) => return Outcome::Retry { reason: format!("mail ledger unavailable: {e}") },
+            Ok(Ok(Claim::Busy { lease_until })) => return Attempt::Busy { lease_until },
+            Ok(Err(e)) => return Attempt::NotNow { reason: format!("mail ledger unavailable: {e}") },
+            // The claim may still land; its lease then runs out by itself.
+            Err(_) => return Attempt::NotNow { reason: "mail ledger did not answer the claim in time".into() },
         }
         match self.send_with_retries(env, &mail, deadline).await {
             Ok(provider_id) => {
-                self.record_sent(&meta, &provider_id).await;
+                self.record_sent(meta, &provider_id, deadline).await;
                 tracing::info!(mail_id = %meta.id, kind = meta.kind, %provider_id, "mail sent");
-                Outcome::Sent { provider_id }
+                Attempt::Done(Outcome::Sent { provider_id })
             }
-            Err(SendError::Permanent { reason }) => self.park(&meta, reason).await,
+            Err(SendError::Permanent { reason }) => self.park(meta, reason, deadline).await,
             Err(SendError::Transient(reason)) => {
                 tracing::warn!(mail_id = %meta.id, kind = meta.kind, %reason, "mail not sent; will be retried");
-                if let Err(e) = self.ledger.release(&meta.id, &reason, self.clock.now()).await {
+                match timeout_at(deadline, self.ledger.release(&meta.id, &reason, self.clock.now())).await {
+                    Ok(Ok(())) => {}
                     // The lease runs out by itself; the retry waits for it.
-                    tracing::warn!(mail_id = %meta.id, error = %e, "could not release the mail claim");
+                    Ok(Err(e)) => tracing::warn!(mail_id = %meta.id, error = %e, "could not release the mail claim"),
+                    Err(_) => tracing::warn!(mail_id = %meta.id, "mail claim not released before the deadline"),
                 }
-                Outcome::Retry { reason }
+                Attempt::NotNow { reason }
             }
         }
     }
@@ -287,15 +357,24 @@ impl Deliverer {
         deadline: Instant,
     ) -> Result<String, SendError> {
         let stop_at = deadline.checked_sub(self.retry.reserve).unwrap_or(deadline);
+        // The last moment a send may start: see MIN_SEND_WINDOW.
+        let latest_start = stop_at.checked_sub(MIN_SEND_WINDOW);
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.retry.min_delay)
             .with_max_delay(self.retry.max_delay)
             .with_max_times(self.retry.max_retries)
             .with_jitter();
         let attempt = || async {
-            if !self.limiter.acquire_before(stop_at).await {
-                return Err(SendError::Transient("send rate limit: no slot before the deadline".into()));
+            let Some(latest_start) = latest_start.filter(|t| Instant::now() <= *t) else {
+                return Err(SendError::Transient("too little time left to start a send before the deadline".into()));
+            };
+            if !self.limiter.acquire_before(latest_start).await {
+                return Err(SendError::Transient(
+                    "send rate limit: no slot in time to send before the deadline".into(),
+                ));
             }
+            // At least MIN_SEND_WINDOW: this cuts off only a send that hangs
+            // past the mailer's own timeout.
             let left = stop_at.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.mailer.send(env, mail)).await {
                 Ok(result) => result,
@@ -305,36 +384,83 @@ impl Deliverer {
         attempt
             .retry(backoff)
             .when(|e| matches!(e, SendError::Transient(_)))
-            // Never sleep past the deadline: the queue retries what is left.
-            .adjust(|_, next| next.filter(|d| Instant::now() + *d < stop_at))
+            // Never sleep into the last MIN_SEND_WINDOW: the attempt after
+            // the sleep could not start. The queue retries what is left.
+            .adjust(|_, next| next.filter(|d| latest_start.is_some_and(|latest| Instant::now() + *d <= latest)))
             .notify(|e, after| tracing::debug!(error = %e, ?after, mail_id = %env.id, "retrying mail send"))
             .await
     }
 
-    async fn record_sent(&self, meta: &JobMeta, provider_id: &str) {
-        // The mail is out: a lost record would let the lease expire and a
-        // redelivery send it again, so try a few times before giving up.
-        for attempt in 0..3u32 {
-            match self.ledger.mark_sent(&meta.id, provider_id, self.clock.now()).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(mail_id = %meta.id, error = %e, attempt, "could not record a sent mail");
-                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+    /// Records a send, by `deadline`. The mail is out: a lost record would
+    /// let the lease end and a redelivery send it again, so it is tried a
+    /// few times. But not past the deadline: a caller that answers its
+    /// queue late has the message (sent or not) handed over again, which a
+    /// missing record cannot stop once the lease ends. When the record
+    /// cannot land in time the delivery is still reported as sent, so the
+    /// queue deletes the message and does not redeliver it; the claim stays
+    /// `sending` until its lease (LEASE_SECS, longer than any deadline) ends,
+    /// and a duplicate of the message within it is answered "busy" and
+    /// not sent. Only a duplicate after the lease (SQS delivers at least
+    /// once) could send the mail a second time; the error log says so.
+    async fn record_sent(&self, meta: &JobMeta, provider_id: &str, deadline: Instant) {
+        let record = async {
+            for attempt in 0..3u32 {
+                match self.ledger.mark_sent(&meta.id, provider_id, self.clock.now()).await {
+                    Ok(()) => return true,
+                    Err(e) => {
+                        tracing::warn!(mail_id = %meta.id, error = %e, attempt, "could not record a sent mail");
+                        tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                    }
                 }
             }
+            false
+        };
+        if !matches!(timeout_at(deadline, record).await, Ok(true)) {
+            tracing::error!(
+                mail_id = %meta.id,
+                "sent mail not recorded; its claim holds off a duplicate until the lease ends, after which one may repeat it"
+            );
         }
-        tracing::error!(mail_id = %meta.id, "sent mail not recorded; a redelivery after the lease may repeat it");
     }
 
-    async fn park(&self, meta: &JobMeta, reason: String) -> Outcome {
+    async fn park(&self, meta: &JobMeta, reason: String, deadline: Instant) -> Attempt {
         tracing::error!(mail_id = %meta.id, kind = meta.kind, %reason, "mail job parked");
-        match self.ledger.mark_failed(meta, &reason, self.clock.now()).await {
-            Ok(()) => Outcome::Park { reason },
+        match timeout_at(deadline, self.ledger.mark_failed(meta, &reason, self.clock.now())).await {
+            Ok(Ok(())) => Attempt::Done(Outcome::Park { reason }),
             // Parking is an outcome the ledger must show: retry the whole
             // delivery rather than park unrecorded.
-            Err(e) => Outcome::Retry { reason: format!("could not record a parked job ({reason}): {e}") },
+            Ok(Err(e)) => Attempt::NotNow { reason: format!("could not record a parked job ({reason}): {e}") },
+            Err(_) => Attempt::NotNow { reason: format!("parked job not recorded before the deadline ({reason})") },
         }
     }
+
+    /// Parks a job the queue will not bring back. Parked even when the
+    /// ledger cannot record it: the queue would dead-letter it anyway, and
+    /// this way the dead letter carries the reason.
+    async fn give_up(&self, meta: &JobMeta, reason: String, deadline: Instant) -> Outcome {
+        tracing::error!(mail_id = %meta.id, kind = meta.kind, %reason, "mail job parked on its last receive");
+        match timeout_at(deadline, self.ledger.mark_failed(meta, &reason, self.clock.now())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(mail_id = %meta.id, error = %e, "parked job not recorded in the mail ledger"),
+            Err(_) => {
+                tracing::error!(mail_id = %meta.id, "parked job not recorded in the mail ledger before the deadline")
+            }
+        }
+        Outcome::Park { reason }
+    }
+}
+
+/// How one try at a job ended, before the caller's redelivery is weighed.
+enum Attempt {
+    Done(Outcome),
+    /// Another worker's live claim.
+    Busy {
+        lease_until: Timestamp,
+    },
+    /// Transient: nothing was sent, and a later delivery may succeed.
+    NotNow {
+        reason: String,
+    },
 }
 
 /// A `MailLedger` in memory, for unit tests and benchmarks.
@@ -448,12 +574,14 @@ mod tests {
     use std::collections::VecDeque;
     use std::sync::Mutex;
 
-    /// Answers from a script, then succeeds; records every mail it sends.
+    /// Answers from a script, then succeeds; records every mail it sends
+    /// and when each send started.
     #[derive(Default)]
     struct Scripted {
         script: Mutex<VecDeque<SendError>>,
         sent: Mutex<Vec<RenderedMail>>,
         calls: Mutex<u32>,
+        started: Mutex<Vec<Instant>>,
     }
 
     impl Scripted {
@@ -466,6 +594,7 @@ mod tests {
     impl Mailer for Scripted {
         async fn send(&self, _env: &MailEnvelope, mail: &RenderedMail) -> Result<String, SendError> {
             *self.calls.lock().unwrap() += 1;
+            self.started.lock().unwrap().push(Instant::now());
             if let Some(e) = self.script.lock().unwrap().pop_front() {
                 return Err(e);
             }
@@ -575,13 +704,13 @@ mod tests {
         // A worker claimed the job and died before recording anything.
         assert_eq!(l.claim(&JobMeta::of(&env("f")), 0, LEASE_SECS).await.unwrap(), Claim::Claimed);
         let d = deliverer(m.clone(), l.clone(), c.clone());
-        assert!(matches!(d.deliver(&env("f"), soon()).await, Outcome::Retry { .. }));
+        assert_eq!(d.deliver(&env("f"), soon()).await, Outcome::Busy { lease_until: LEASE_SECS });
         assert_eq!(m.sent.lock().unwrap().len(), 0);
         c.advance(LEASE_SECS);
         assert!(matches!(d.deliver(&env("f"), soon()).await, Outcome::Sent { .. }));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_deadline_bounds_the_retries() {
         let m = Arc::new(Scripted::failing((0..100).map(|_| SendError::Transient("503".into()))));
         let d = deliverer(m.clone(), Arc::new(MemoryMailLedger::new()), Arc::new(FixedClock::new(0))).with_retry(
@@ -593,10 +722,149 @@ mod tests {
             },
         );
         let started = Instant::now();
-        let out = d.deliver(&env("g"), Instant::now() + Duration::from_millis(200)).await;
+        let out = d.deliver(&env("g"), Instant::now() + MIN_SEND_WINDOW + Duration::from_millis(200)).await;
         assert!(matches!(out, Outcome::Retry { .. }));
         assert!(started.elapsed() < Duration::from_millis(400));
         let calls = *m.calls.lock().unwrap();
         assert!((2..=8).contains(&calls), "{calls} sends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_send_starts_without_the_minimum_window() {
+        let (m, l) = (Arc::new(Scripted::default()), Arc::new(MemoryMailLedger::new()));
+        let d = deliverer(m.clone(), l.clone(), Arc::new(FixedClock::new(0)));
+        let deadline = Instant::now() + MIN_SEND_WINDOW - Duration::from_millis(1);
+        let out = d.deliver(&env("h"), deadline).await;
+        assert!(matches!(&out, Outcome::Retry { reason } if reason.contains("too little time")), "{out:?}");
+        assert_eq!(*m.calls.lock().unwrap(), 0, "a send that could be cut off is not started");
+        // Released like any other "not now": the next delivery claims it.
+        let e = l.entry("h").await.unwrap().unwrap();
+        assert_eq!((e.state.as_str(), e.lease_until), (ledger_state::RETRY, None));
+        assert!(matches!(d.deliver(&env("h"), soon()).await, Outcome::Sent { .. }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_never_starts_inside_the_send_window() {
+        let m = Arc::new(Scripted::failing((0..100).map(|_| SendError::Transient("503".into()))));
+        let d = deliverer(m.clone(), Arc::new(MemoryMailLedger::new()), Arc::new(FixedClock::new(0))).with_retry(
+            RetryPolicy {
+                min_delay: Duration::from_secs(1),
+                max_delay: Duration::from_secs(1),
+                max_retries: 100,
+                reserve: Duration::from_millis(500),
+            },
+        );
+        let deadline = Instant::now() + MIN_SEND_WINDOW + Duration::from_secs(4);
+        assert!(matches!(d.deliver(&env("i"), deadline).await, Outcome::Retry { .. }));
+        let started = m.started.lock().unwrap().clone();
+        assert!(started.len() >= 2, "{} sends", started.len());
+        for t in started {
+            let left = deadline - Duration::from_millis(500) - t;
+            assert!(left >= MIN_SEND_WINDOW, "a send started with {left:?} left");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limiter_slot_inside_the_send_window_is_refused() {
+        let m = Arc::new(Scripted::default());
+        let limiter = Arc::new(SendRateLimiter::new(1.0, 1));
+        // The bucket's one token is spent: the next slot comes in 1 s.
+        limiter.acquire().await;
+        let d = Deliverer::new(
+            Renderer::new("https://auth.example.com").unwrap(),
+            Arc::new(MemoryMailLedger::new()),
+            m.clone(),
+            limiter,
+            Arc::new(FixedClock::new(0)),
+        )
+        .with_retry(fast());
+        let out = d.deliver(&env("j"), Instant::now() + MIN_SEND_WINDOW + Duration::from_millis(500)).await;
+        assert!(matches!(&out, Outcome::Retry { reason } if reason.contains("rate limit")), "{out:?}");
+        assert_eq!(*m.calls.lock().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_last_receive_parks_a_transient_failure_with_its_reason() {
+        let m = Arc::new(Scripted::failing((0..4).map(|_| SendError::Transient("503".into()))));
+        let l = Arc::new(MemoryMailLedger::new());
+        let d = deliverer(m.clone(), l.clone(), Arc::new(FixedClock::new(0)));
+        let out = d.deliver_with(&env("k"), soon(), Redelivery::LastReceive { receives: 5 }).await;
+        let reason = "transient failures exhausted after 5 receives: 503";
+        assert_eq!(out, Outcome::Park { reason: reason.into() });
+        let e = l.entry("k").await.unwrap().unwrap();
+        assert_eq!((e.state.as_str(), e.reason.as_deref(), e.lease_until), (ledger_state::FAILED, Some(reason), None));
+        // Before the last receive it is left for the queue, as ever.
+        let m = Arc::new(Scripted::failing((0..4).map(|_| SendError::Transient("503".into()))));
+        let d = deliverer(m, l.clone(), Arc::new(FixedClock::new(0)));
+        assert_eq!(
+            d.deliver_with(&env("k2"), soon(), Redelivery::Follows).await,
+            Outcome::Retry { reason: "503".into() }
+        );
+        assert_eq!(l.entry("k2").await.unwrap().unwrap().state, ledger_state::RETRY);
+    }
+
+    #[tokio::test]
+    async fn the_last_receive_leaves_a_job_another_worker_holds() {
+        let (m, l) = (Arc::new(Scripted::default()), Arc::new(MemoryMailLedger::new()));
+        assert_eq!(l.claim(&JobMeta::of(&env("l")), 0, LEASE_SECS).await.unwrap(), Claim::Claimed);
+        let d = deliverer(m.clone(), l.clone(), Arc::new(FixedClock::new(0)));
+        let out = d.deliver_with(&env("l"), soon(), Redelivery::LastReceive { receives: 5 }).await;
+        assert_eq!(out, Outcome::Busy { lease_until: LEASE_SECS });
+        let e = l.entry("l").await.unwrap().unwrap();
+        assert_eq!((e.state.as_str(), e.lease_until), (ledger_state::SENDING, Some(LEASE_SECS)), "the holder's claim");
+        assert_eq!(*m.calls.lock().unwrap(), 0);
+    }
+
+    /// A ledger whose writes after the claim never answer.
+    struct StallsAfterClaim(MemoryMailLedger);
+
+    #[async_trait]
+    impl MailLedger for StallsAfterClaim {
+        async fn claim(&self, job: &JobMeta, now: Timestamp, lease_secs: i64) -> StoreResult<Claim> {
+            self.0.claim(job, now, lease_secs).await
+        }
+        async fn mark_sent(&self, _: &str, _: &str, _: Timestamp) -> StoreResult<()> {
+            std::future::pending().await
+        }
+        async fn mark_failed(&self, _: &JobMeta, _: &str, _: Timestamp) -> StoreResult<()> {
+            std::future::pending().await
+        }
+        async fn release(&self, _: &str, _: &str, _: Timestamp) -> StoreResult<()> {
+            std::future::pending().await
+        }
+        async fn entry(&self, id: &str) -> StoreResult<Option<LedgerEntry>> {
+            self.0.entry(id).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_bookkeeping_after_a_send_ends_by_the_deadline() {
+        for (script, sent) in [
+            (vec![], true),
+            (vec![SendError::Permanent { reason: "MessageRejected: nope".into() }], false),
+            (vec![SendError::Transient("503".into()); 4], false),
+        ] {
+            let m = Arc::new(Scripted::failing(script));
+            let l = Arc::new(StallsAfterClaim(MemoryMailLedger::new()));
+            let d = Deliverer::new(
+                Renderer::new("https://auth.example.com").unwrap(),
+                l.clone(),
+                m.clone(),
+                Arc::new(SendRateLimiter::unlimited()),
+                Arc::new(FixedClock::new(0)),
+            )
+            .with_retry(fast());
+            let deadline = soon();
+            let out = tokio::time::timeout_at(deadline + Duration::from_secs(60), d.deliver(&env("m"), deadline))
+                .await
+                .expect("the delivery ends by its deadline");
+            assert!(Instant::now() <= deadline);
+            // A mail that went out is reported sent, record or not, so the
+            // queue does not hand it over again; the claim (still `sending`)
+            // holds off a duplicate until its lease ends.
+            assert_eq!(matches!(out, Outcome::Sent { .. }), sent, "{out:?}");
+            let e = l.entry("m").await.unwrap().unwrap();
+            assert_eq!((e.state.as_str(), e.lease_until), (ledger_state::SENDING, Some(LEASE_SECS)));
+        }
     }
 }

@@ -106,6 +106,15 @@ async fn handle(queue: &SqliteMailQueue, deliverer: &Deliverer, job: ClaimedJob)
             tracing::warn!(mail_id = %job.id, kind = env.job.kind(), %reason, attempt = job.attempts + 1, state, "mail delivery failed");
             Ok(())
         }
+        // A claim left by a run of this process that died mid-delivery:
+        // the mail may have been written, and the ledger keeps it from a
+        // second write until the lease ends. Waiting for that is not a
+        // failed attempt (counted, the job was parked after ~30 s of
+        // backoff, well inside the 5-minute lease: never delivered).
+        Outcome::Busy { lease_until } => {
+            tracing::info!(mail_id = %job.id, lease_until, "mail job claimed by an earlier run; waiting for its lease");
+            queue.defer(&job.id, lease_until).await
+        }
     }
 }
 
@@ -234,6 +243,31 @@ mod tests {
             clock.advance(300);
         }
         assert_eq!(q.pending_count().await.unwrap(), 0);
+    }
+
+    /// A run that died mid-delivery left the job pending and its claim in
+    /// the ledger: the job waits out the lease, uncounted, and is then
+    /// delivered once (it was parked after five counted tries, all inside
+    /// the lease: never delivered).
+    #[tokio::test]
+    async fn a_job_claimed_by_a_run_that_died_waits_for_its_lease_and_is_delivered() {
+        use crate::mail::delivery::{Claim, JobMeta, LEASE_SECS};
+        let (s, clock) = store();
+        let dir = TempDir::new();
+        let (q, o) = (s.mail_queue(), outbox(&s, clock.clone(), &dir.0).await);
+        q.enqueue(&job("died")).await.unwrap();
+        let t0 = clock.now();
+        assert_eq!(o.ledger().claim(&JobMeta::of(&job("died")), t0, LEASE_SECS).await.unwrap(), Claim::Claimed);
+        assert_eq!(drain(&q, &o).await.unwrap(), 1);
+        assert_eq!(q.job_state("died").await.unwrap(), Some((PENDING.to_string(), 0, None)), "not an attempt");
+        for step in [2, 4, 8, 16, 32, 64, 128] {
+            clock.advance(step);
+            assert_eq!(drain(&q, &o).await.unwrap(), 0, "waiting for the lease at +{}", clock.now() - t0);
+        }
+        clock.set(t0 + LEASE_SECS);
+        assert_eq!(drain(&q, &o).await.unwrap(), 1);
+        assert_eq!(q.job_state("died").await.unwrap().unwrap().0, SENT);
+        assert_eq!(emls(&dir.0), vec!["1700000000-died.eml".to_string()]);
     }
 
     #[tokio::test]

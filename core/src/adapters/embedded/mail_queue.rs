@@ -141,6 +141,18 @@ impl SqliteMailQueue {
             .await
     }
 
+    /// Not before `until`, without counting an attempt.
+    pub(crate) async fn defer(&self, id: &str, until: i64) -> StoreResult<()> {
+        let id = id.to_string();
+        self.db
+            .tx(move |tx| {
+                tx.prepare_cached("UPDATE mail_jobs SET not_before = ?2 WHERE id = ?1 AND state = ?3")?
+                    .execute(params![id, until, PENDING])?;
+                Ok(())
+            })
+            .await
+    }
+
     /// A delivery attempt failed for a reason that may pass: count it and
     /// back off, or park the job after `max_attempts`. Returns the state the
     /// job is left in.
