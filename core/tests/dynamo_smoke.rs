@@ -687,20 +687,12 @@ async fn a_user_without_a_password_epoch_is_at_zero_until_a_change() {
     ));
 }
 
-/// TTL deletes in no order and up to days late, so a subject's chain head
-/// can go before its records: the next append goes on from the last record
-/// (no collision with a live one, no break in the chain) instead of
-/// restarting at 1 and failing on every try.
-#[tokio::test]
-async fn an_audit_chain_whose_head_expired_goes_on_from_its_last_record() {
-    use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
-    use latchkey_core::audit::{AuditEvent, AuditEventType, AuditStore, Outcome, verify_chain};
-    let env = env().await;
-    let audit = DynamoAuditStore::new(env.client.clone(), &env.prefix);
-    let subject = UserId::random(&OsSecureRng).to_string();
-    let event = |i: u32| AuditEvent {
+/// The `i`-th audit event of `subject`, `i` seconds after `NOW`.
+fn code_verified(subject: &str, i: u32) -> latchkey_core::audit::AuditEvent {
+    use latchkey_core::audit::{AuditEvent, AuditEventType, Outcome};
+    AuditEvent {
         event_id: format!("{subject}-{i}"),
-        subject: subject.clone(),
+        subject: subject.to_string(),
         event: AuditEventType::CodeVerified,
         at: NOW + i64::from(i),
         outcome: Outcome::Success,
@@ -709,7 +701,21 @@ async fn an_audit_chain_whose_head_expired_goes_on_from_its_last_record() {
         request_id: None,
         ip: None,
         user_agent: None,
-    };
+    }
+}
+
+/// TTL deletes in no order and up to days late, so a subject's chain head
+/// can go before its records: the next append goes on from the last record
+/// (no collision with a live one, no break in the chain) instead of
+/// restarting at 1 and failing on every try.
+#[tokio::test]
+async fn an_audit_chain_whose_head_expired_goes_on_from_its_last_record() {
+    use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
+    use latchkey_core::audit::{AuditStore, verify_chain};
+    let env = env().await;
+    let audit = DynamoAuditStore::new(env.client.clone(), &env.prefix);
+    let subject = UserId::random(&OsSecureRng).to_string();
+    let event = |i: u32| code_verified(&subject, i);
     for i in 1..=2 {
         assert!(audit.append(&event(i), NOW + 86_400).await.expect("append"));
     }
@@ -838,22 +844,11 @@ async fn a_write_whose_answer_was_lost_is_recognised_when_sent_again() {
 #[tokio::test]
 async fn an_audit_record_never_expires_before_the_one_it_follows() {
     use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
-    use latchkey_core::audit::{AuditEvent, AuditEventType, AuditStore, Outcome};
+    use latchkey_core::audit::AuditStore;
     let env = env().await;
     let audit = DynamoAuditStore::new(env.client.clone(), &env.prefix);
     let subject = UserId::random(&OsSecureRng).to_string();
-    let event = |i: u32| AuditEvent {
-        event_id: format!("{subject}-{i}"),
-        subject: subject.clone(),
-        event: AuditEventType::CodeVerified,
-        at: NOW + i64::from(i),
-        outcome: Outcome::Success,
-        reason: None,
-        attempts_left: None,
-        request_id: None,
-        ip: None,
-        user_agent: None,
-    };
+    let event = |i: u32| code_verified(&subject, i);
     assert!(audit.append(&event(1), NOW + 2 * 86_400).await.expect("append"));
     // An earlier event from another table's stream, or a shorter retention.
     assert!(audit.append(&event(2), NOW + 86_400).await.expect("append"));

@@ -18,7 +18,7 @@ use latchkey_core::mail::{MailEnvelope, RenderedMail, Renderer};
 use latchkey_core::tables;
 use latchkey_mail_worker::poller::{Poller, record};
 use latchkey_mail_worker::{FAILURE_REASON_ATTRIBUTE, SOURCE_MESSAGE_ID_ATTRIBUTE, Worker, handle};
-use latchkey_tests::{emulator_endpoint, random_prefix, sdk_config};
+use latchkey_tests::{drain_queue, emulator_endpoint, message_attribute, random_prefix, sdk_config};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -82,34 +82,6 @@ fn late_receives(jobs: &(String, String), count1: u32, count2: u32) -> SqsEvent 
     serde_json::from_str(&text).unwrap()
 }
 
-/// Everything in the DLQ (consumed).
-async fn dead_letters(sqs: &aws_sdk_sqs::Client, dlq_url: &str) -> Vec<aws_sdk_sqs::types::Message> {
-    let mut out = Vec::new();
-    loop {
-        let got = sqs
-            .receive_message()
-            .queue_url(dlq_url)
-            .max_number_of_messages(10)
-            .message_attribute_names("All")
-            .send()
-            .await
-            .unwrap()
-            .messages
-            .unwrap_or_default();
-        if got.is_empty() {
-            return out;
-        }
-        for m in &got {
-            sqs.delete_message().queue_url(dlq_url).receipt_handle(m.receipt_handle().unwrap()).send().await.unwrap();
-        }
-        out.extend(got);
-    }
-}
-
-fn attribute(m: &aws_sdk_sqs::types::Message, name: &str) -> Option<String> {
-    m.message_attributes()?.get(name)?.string_value().map(str::to_string)
-}
-
 fn reported(response: &aws_lambda_events::event::sqs::SqsBatchResponse) -> Vec<&str> {
     response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect()
 }
@@ -133,11 +105,11 @@ async fn a_transient_failure_on_the_last_receive_is_parked_with_its_reason() {
     assert_eq!(ledger.entry(&jobs.0).await.unwrap().unwrap().state, ledger_state::RETRY);
     // The last: handled, parked with the reason, failed in the ledger.
     let why = format!("transient failures exhausted after {max} receives: TooManyRequestsException: slow down");
-    let dead = dead_letters(&sqs, &dlq).await;
+    let dead = drain_queue(&sqs, &dlq).await;
     assert_eq!(dead.len(), 1, "{dead:?}");
-    assert_eq!(attribute(&dead[0], FAILURE_REASON_ATTRIBUTE).as_deref(), Some(why.as_str()));
-    assert_eq!(attribute(&dead[0], SOURCE_MESSAGE_ID_ATTRIBUTE).as_deref(), Some(last.as_str()));
-    assert_eq!(attribute(&dead[0], "job_id").as_deref(), Some(jobs.1.as_str()));
+    assert_eq!(message_attribute(&dead[0], FAILURE_REASON_ATTRIBUTE).as_deref(), Some(why.as_str()));
+    assert_eq!(message_attribute(&dead[0], SOURCE_MESSAGE_ID_ATTRIBUTE).as_deref(), Some(last.as_str()));
+    assert_eq!(message_attribute(&dead[0], "job_id").as_deref(), Some(jobs.1.as_str()));
     let e = ledger.entry(&jobs.1).await.unwrap().unwrap();
     assert_eq!((e.state.as_str(), e.reason.as_deref()), (ledger_state::FAILED, Some(why.as_str())));
 }
@@ -157,7 +129,7 @@ async fn a_job_another_worker_holds_on_its_last_receive_is_left_to_sqs() {
     // Reported, so SQS dead-letters it itself should the holder fail; not
     // parked, and its record is the holder's.
     assert_eq!(reported(&response), [last.as_str()]);
-    assert!(dead_letters(&sqs, &dlq).await.is_empty());
+    assert!(drain_queue(&sqs, &dlq).await.is_empty());
     assert_eq!(ledger.entry(&jobs.1).await.unwrap().unwrap().state, ledger_state::SENDING);
     assert_eq!(ledger.entry(&jobs.0).await.unwrap().unwrap().state, ledger_state::SENT);
 }
@@ -187,10 +159,10 @@ async fn the_poller_parks_a_job_on_its_real_last_receive() {
     }
     // SQS counted the receives itself (ApproximateReceiveCount).
     assert_eq!(receives, tables::MAIL_MAX_RECEIVE_COUNT as usize);
-    let dead = dead_letters(&sqs, &dlq).await;
+    let dead = drain_queue(&sqs, &dlq).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body(), Some(job.as_str()));
-    let why = attribute(&dead[0], FAILURE_REASON_ATTRIBUTE).unwrap();
+    let why = message_attribute(&dead[0], FAILURE_REASON_ATTRIBUTE).unwrap();
     let prefix = format!("transient failures exhausted after {} receives: ", tables::MAIL_MAX_RECEIVE_COUNT);
     assert!(why.starts_with(&prefix), "{why}");
     let e = ledger.entry(&job_id).await.unwrap().unwrap();

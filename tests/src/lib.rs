@@ -104,5 +104,36 @@ pub fn random_prefix() -> String {
 }
 
 mod e2e_macro;
+/// Everything in the queue at `url` (consumed, with its message
+/// attributes): the mail DLQ's contents in the worker tests.
+pub async fn drain_queue(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
+    let mut out = Vec::new();
+    loop {
+        let got = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .expect("receive from the queue")
+            .messages
+            .unwrap_or_default();
+        if got.is_empty() {
+            return out;
+        }
+        for m in &got {
+            let handle = m.receipt_handle().expect("a received message has a receipt handle");
+            sqs.delete_message().queue_url(url).receipt_handle(handle).send().await.expect("delete from the queue");
+        }
+        out.extend(got);
+    }
+}
+
+/// A string message attribute of `m`.
+pub fn message_attribute(m: &aws_sdk_sqs::types::Message, name: &str) -> Option<String> {
+    m.message_attributes()?.get(name)?.string_value().map(str::to_string)
+}
+
 pub mod scenarios;
 pub mod system;

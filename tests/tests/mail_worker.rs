@@ -14,7 +14,7 @@ use latchkey_core::mail::{MailEnvelope, MailJob};
 use latchkey_core::tables;
 use latchkey_mail_worker::poller::{Poller, record};
 use latchkey_mail_worker::{Clients, FAILURE_REASON_ATTRIBUTE, Worker, WorkerConfig, handle};
-use latchkey_tests::{emulator_endpoint, random_prefix, sdk_config};
+use latchkey_tests::{drain_queue, emulator_endpoint, message_attribute, random_prefix, sdk_config};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -210,33 +210,7 @@ impl Rig {
 
     /// Everything in the DLQ (consumed).
     async fn dead_letters(&self) -> Vec<aws_sdk_sqs::types::Message> {
-        let mut out = Vec::new();
-        loop {
-            let got = self
-                .sqs
-                .receive_message()
-                .queue_url(&self.dlq_url)
-                .max_number_of_messages(10)
-                .message_attribute_names("All")
-                .send()
-                .await
-                .unwrap()
-                .messages
-                .unwrap_or_default();
-            if got.is_empty() {
-                return out;
-            }
-            for m in &got {
-                self.sqs
-                    .delete_message()
-                    .queue_url(&self.dlq_url)
-                    .receipt_handle(m.receipt_handle().unwrap())
-                    .send()
-                    .await
-                    .unwrap();
-            }
-            out.extend(got);
-        }
+        drain_queue(&self.sqs, &self.dlq_url).await
     }
 
     async fn queue_depth(&self, url: &str) -> u64 {
@@ -304,7 +278,7 @@ fn addressed(sent: &[Value], to: &str) -> Vec<Value> {
 }
 
 fn reason(m: &aws_sdk_sqs::types::Message) -> Option<String> {
-    m.message_attributes()?.get(FAILURE_REASON_ATTRIBUTE)?.string_value().map(str::to_string)
+    message_attribute(m, FAILURE_REASON_ATTRIBUTE)
 }
 
 fn soon() -> Instant {

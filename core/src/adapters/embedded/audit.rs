@@ -133,17 +133,17 @@ fn append_in(tx: &rusqlite::Transaction<'_>, event: &AuditEvent, expires_at: Tim
     if tx.prepare_cached("SELECT 1 FROM audit_records WHERE event_id = ?1")?.exists([&event.event_id])? {
         return Ok(false);
     }
-    let head: Option<(i64, String)> = tx
-        .prepare_cached("SELECT seq, hash FROM audit_heads WHERE subject = ?1")?
-        .query_row([&event.subject], |r| Ok((r.get(0)?, r.get(1)?)))
+    // The head, with the expiry of the record it names (none if that one
+    // was already purged: it had expired, and so ends before this one).
+    let head: Option<(i64, String, Option<Timestamp>)> = tx
+        .prepare_cached(
+            "SELECT h.seq, h.hash, r.expires_at FROM audit_heads h \
+             LEFT JOIN audit_records r ON r.subject = h.subject AND r.seq = h.seq WHERE h.subject = ?1",
+        )?
+        .query_row([&event.subject], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    let (seq, prev) = head.unwrap_or((0, GENESIS_HASH.to_string()));
-    // Never before the record it follows (see `AuditStore::append`); one
-    // already purged had expired, and so ends before this one anyway.
-    let head_expires: Option<Timestamp> = tx
-        .prepare_cached("SELECT expires_at FROM audit_records WHERE subject = ?1 AND seq = ?2")?
-        .query_row(rusqlite::params![event.subject, seq], |r| r.get(0))
-        .optional()?;
+    let (seq, prev, head_expires) = head.unwrap_or((0, GENESIS_HASH.to_string(), None));
+    // Never before the record it follows (see `AuditStore::append`).
     let expires_at = head_expires.map_or(expires_at, |h| h.max(expires_at));
     let seq = u64::try_from(seq).map_err(StoreError::internal)? + 1;
     let rec = AuditRecord::chained(event, seq, &prev, expires_at);

@@ -250,11 +250,15 @@ impl Db {
 /// Creates `dir` and any missing parents readable by the owner only (0700
 /// on Unix; directories that exist keep their mode).
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    private_dir_builder().recursive(true).create(dir)
+}
+
+/// A `DirBuilder` that makes directories readable by the owner only.
+pub(crate) fn private_dir_builder() -> std::fs::DirBuilder {
     let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir)
+    b
 }
 
 /// Makes the database file at `path` (and a WAL beside it) readable by its

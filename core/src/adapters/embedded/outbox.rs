@@ -133,14 +133,6 @@ fn split_mailbox(s: &str) -> (Option<&str>, &str) {
     }
 }
 
-/// Creates `dir` (not its parents), the owner's only.
-fn private_dir_one_level(dir: &Path) -> std::io::Result<()> {
-    let mut b = std::fs::DirBuilder::new();
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir)
-}
-
 fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
     let mut opts = std::fs::OpenOptions::new();
@@ -151,7 +143,7 @@ fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<
     let mut f = match opts.open(&tmp) {
         // The first mail creates the outbox (one level: a data directory
         // removed under a running consumer is not brought back).
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match private_dir_one_level(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match super::private_dir_builder().create(dir) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
             _ => opts.open(&tmp)?,
         },
