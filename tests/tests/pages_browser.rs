@@ -241,6 +241,41 @@ async fn a_session_cookie_rotated_elsewhere_ends_the_session() {
     assert_eq!(other.get("/dashboard").await.status, 200, "a forged cookie ended the session");
 }
 
+/// A browser keeps one session: the password step is not taken while
+/// signed in, and a code step finished while another session's cookie is
+/// in the jar ends that session rather than leaving it alive unseen.
+#[tokio::test]
+async fn signing_in_again_ends_the_session_it_replaces() {
+    let sys = TestSystem::embedded().await;
+    let mut b = Browser::new(&sys);
+    let (username, email) = unique();
+    sign_up_and_in(&mut b, &username, &email, &username).await;
+    let first = b.jar.get(SESSION).cloned().expect("session cookie");
+
+    // Signed in: the password step is refused like its form, and no code goes out.
+    let csrf = b.get("/register").await.csrf();
+    let p = b.post("/login", &[("csrf", &csrf), ("identifier", &username), ("password", PASSWORD)]).await;
+    assert_eq!((p.status, p.location()), (303, "/dashboard"), "{}", p.body);
+    assert_eq!(b.jar.get(SESSION), Some(&first));
+    assert_eq!(b.get("/dashboard").await.status, 200);
+
+    // A sign-in started signed out, finished after a session cookie arrived.
+    let mut c = Browser::new(&sys);
+    password_step(&mut c, &username).await;
+    c.jar.insert(SESSION.into(), first.clone());
+    let csrf = c.get("/register").await.csrf();
+    let code = sys.wait_mail(&email, 3).await.code().expect("code");
+    let p = c.post("/login/code", &[("csrf", &csrf), ("code", &code)]).await;
+    assert_eq!((p.status, p.location()), (303, "/dashboard"), "{}", p.body);
+    let second = c.jar.get(SESSION).cloned().expect("new session cookie");
+    assert_ne!(second, first);
+    assert_eq!(c.get("/dashboard").await.status, 200);
+    let d = b.get("/dashboard").await;
+    assert_eq!((d.status, d.location()), (303, "/login"), "the replaced session still works");
+    let (st, _, _) = sys.post("/v1/token/refresh", serde_json::json!({"refresh_token": first})).await;
+    assert_eq!(st, 401, "the replaced session still refreshes");
+}
+
 /// A link or form the pages cannot read (a parameter twice, a field
 /// twice, a body of another type or too large) is answered with a page
 /// carrying the usual headers, not with axum's plain text.
@@ -272,6 +307,42 @@ async fn unreadable_links_and_forms_get_a_page() {
         .expect("POST");
     assert_eq!(r.status(), 415);
     assert!(r.text().await.expect("body").contains("could not be read"));
+}
+
+/// A page path with no page, or a method it does not take, is answered
+/// with a page (and `Allow` on a 405); the JSON API keeps its JSON errors.
+#[tokio::test]
+async fn missing_pages_and_wrong_methods_get_a_page_and_the_api_json() {
+    let sys = TestSystem::embedded().await;
+    let html = |r: &reqwest::Response| {
+        r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").starts_with("text/html")
+    };
+    for (method, path, status) in [
+        (reqwest::Method::GET, "/no-such-page", 404),
+        (reqwest::Method::PUT, "/login", 405),
+        (reqwest::Method::GET, "/logout", 405),
+        (reqwest::Method::DELETE, "/dashboard", 405),
+    ] {
+        let r = sys.http.request(method.clone(), sys.url(path)).send().await.expect("request");
+        assert_eq!(r.status().as_u16(), status, "{method} {path}");
+        assert!(html(&r), "{method} {path}: {:?}", r.headers().get("content-type"));
+        assert_eq!(r.headers()["cache-control"], "no-store", "{method} {path}");
+        assert!(r.headers().contains_key("content-security-policy"), "{method} {path}");
+        if status == 405 {
+            assert!(r.headers().contains_key("allow"), "{method} {path}");
+        }
+    }
+    for (method, path, status, error) in [
+        (reqwest::Method::GET, "/v1/no-such-thing", 404, "not_found"),
+        (reqwest::Method::GET, "/v1/login", 405, "method_not_allowed"),
+        (reqwest::Method::GET, "/otp", 405, "method_not_allowed"),
+    ] {
+        let r = sys.http.request(method.clone(), sys.url(path)).send().await.expect("request");
+        assert_eq!(r.status().as_u16(), status, "{method} {path}");
+        assert!(!html(&r), "{method} {path}");
+        let body: serde_json::Value = r.json().await.expect("a JSON error");
+        assert_eq!(body["error"], error, "{method} {path}");
+    }
 }
 
 /// With the default limits: someone who knows the username keeps the

@@ -4,8 +4,9 @@
 //! Cookie rotation: the password step replaces the pre-session with a new
 //! one (new id, bound to the challenge), so a token or cookie planted
 //! before cannot ride along; the code step drops the pre-session and sets a
-//! brand-new session cookie. Logout revokes the session in the store and
-//! clears the cookies.
+//! brand-new session cookie, ending any session whose cookie it replaces.
+//! A signed-in browser is not shown the password step. Logout revokes the
+//! session in the store and clears the cookies.
 
 use super::account::{FieldErrors, sentence};
 use super::cookies::{self, Pre};
@@ -58,6 +59,11 @@ pub struct LoginForm {
 pub async fn login(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageForm<LoginForm>) -> Response {
     if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
         return r;
+    }
+    if v.session.is_some() {
+        // As the form: signed in already. Signing in as someone else is
+        // signing out first.
+        return Redirect::to("/dashboard").into_response();
     }
     let identifier = f.identifier.unwrap_or_default();
     let password = f.password.unwrap_or_default();
@@ -144,6 +150,14 @@ pub async fn code(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageFo
     let mut errors = FieldErrors::new();
     match s.auth.verify_login_code(&challenge_id, code.trim(), &v.meta).await {
         Ok(pair) => {
+            // The cookie below replaces a session this browser still holds
+            // (a sign-in started before it signed in elsewhere): end that
+            // one too, or it would stay usable with nothing to sign it out.
+            if let Some((old, _)) = &v.session
+                && let Err(e) = s.auth.logout(old, &v.meta).await
+            {
+                tracing::warn!(error = %e, "the session this sign-in replaces could not be ended");
+            }
             let policy = s.auth.policy();
             let mut set = vec![
                 cookies::set(cookies::SESSION, &pair.refresh_token, policy.refresh_ttl_secs, "Lax"),

@@ -29,10 +29,33 @@ pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], OPENAPI_JSON).into_response()
 }
 
-pub async fn not_found() -> ApiError {
-    ApiError::not_found()
+/// Whether `path` belongs to the browser pages rather than the JSON API
+/// (whose paths `openapi.json` lists): a browser is answered with a page.
+fn is_page_path(path: &str) -> bool {
+    !(path.starts_with("/v1/")
+        || path.starts_with("/.well-known/")
+        || matches!(path, "/v1" | "/healthz" | "/openapi.json" | "/otp"))
 }
 
-pub async fn method_not_allowed() -> ApiError {
+pub async fn not_found(uri: axum::http::Uri) -> Response {
+    if is_page_path(uri.path()) {
+        return crate::pages::render::message(
+            axum::http::StatusCode::NOT_FOUND,
+            "Page not found",
+            "There is no page at this address.",
+        );
+    }
+    ApiError::not_found().into_response()
+}
+
+pub async fn method_not_allowed(uri: axum::http::Uri) -> Response {
+    if is_page_path(uri.path()) {
+        return crate::pages::render::message(
+            axum::http::StatusCode::METHOD_NOT_ALLOWED,
+            "Not allowed",
+            "This page cannot be used that way.",
+        );
+    }
     ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
+        .into_response()
 }

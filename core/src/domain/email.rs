@@ -1,6 +1,8 @@
 use unicode_normalization::UnicodeNormalization;
 
 /// An email address, normalised: trimmed, NFC, lower-cased as a whole.
+/// Input must also be its own NFKC form (no full-width or other
+/// compatibility characters; see [`Email::parse`]).
 ///
 /// latchkey treats the local part case-insensitively (as every large mail
 /// provider does) so `Bob@Example.com` and `bob@example.com` are one account.
@@ -23,6 +25,17 @@ impl Email {
             // override turns a log line around): never part of a real
             // mailbox's name, and two such addresses would look alike.
             return Err(crate::Error::validation("email", "must not contain invisible formatting characters"));
+        }
+        if email.0.nfkc().ne(email.0.chars()) {
+            // Full-width letters, ligatures, superscripts and the like: a
+            // mail system that maps them (IDNA does, for the domain) would
+            // deliver `ａlice@ｅｘａｍｐｌｅ.com` to alice@example.com, so
+            // accepting them would make a second account for one inbox,
+            // outside its mail limits and its taken-address notice.
+            return Err(crate::Error::validation(
+                "email",
+                "must be written with ordinary characters (not full-width or other compatibility forms)",
+            ));
         }
         let domain = email.0.rsplit_once('@').map_or("", |(_, d)| d);
         if !domain.split('.').all(is_host_label) {
@@ -229,6 +242,24 @@ mod tests {
         let e = Email::try_from(stored.to_string()).expect("a stored address reads");
         assert_eq!(e.as_str(), stored);
         assert!(Email::try_from("bob@x.com\r\nBcc: e@x.com".to_string()).is_err(), "the other rules hold");
+    }
+
+    /// Compatibility forms would reach the plain address's inbox through a
+    /// mail system that maps them: refused at input, read when stored.
+    #[test]
+    fn compatibility_characters_are_not_input() {
+        for bad in [
+            "alice@\u{FF45}\u{FF58}\u{FF41}\u{FF4D}\u{FF50}\u{FF4C}\u{FF45}.com",
+            "\u{FF41}lice@example.com",
+            "\u{FB01}nn@example.com",
+            "x\u{00B2}@example.com",
+            "long\u{017F}@example.com",
+        ] {
+            let e = Email::parse(bad).expect_err(bad);
+            assert!(e.to_string().contains("compatibility"), "{bad:?}: {e}");
+            assert!(Email::parse_stored(bad).is_ok(), "{bad:?} stored before the rule no longer reads");
+        }
+        assert!(Email::parse("Ünïcode@exämple.de").is_ok(), "composed letters are ordinary");
     }
 
     #[test]
