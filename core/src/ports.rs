@@ -32,18 +32,31 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait UserStore: Send + Sync {
     /// Creates the user, claims its username and email, and stores its first
     /// verification token, in one transaction. A taken username gives
-    /// `Conflict(UsernameTaken)` (checked first), a taken email
-    /// `Conflict(EmailTaken)`; then nothing is written, so concurrent
-    /// registrations of one address leave exactly one account and no
-    /// orphan claim.
+    /// `Conflict(UsernameTaken)` (checked first) and writes nothing, so
+    /// concurrent registrations of one username leave exactly one account
+    /// and no orphan email claim.
     ///
-    /// Except: a name held by an account that is still unverified and was
-    /// created before `replace_unverified_before` is not taken. That account
-    /// (one for the username and another for the email, at most) is deleted
-    /// with its claims in the same transaction, and its id returned; an
-    /// account verified in the meantime wins instead. Nobody ever proved
-    /// they own its address, so it cannot keep the name from whoever does.
-    /// (`i64::MIN`: replace nothing.)
+    /// A taken email (with the username free) gives `Conflict(EmailTaken)`
+    /// and writes no account, no token and no email claim, so concurrent
+    /// registrations of one address leave exactly one account; but it
+    /// *holds the username*, in the same transaction as the check: a hold,
+    /// made at `user.created_at`, that is no account (no read by id,
+    /// username or email finds it, and no audit event comes of it) and
+    /// takes the username exactly as an unverified account created then
+    /// would. Without it the username's fate would tell whether the email
+    /// has an account: a later registration of that username would be
+    /// refused after a free email and accepted after a taken one.
+    ///
+    /// Except: a name held by an account that is still unverified, or by a
+    /// hold, made before `replace_unverified_before` is not taken. That
+    /// account (one for the username and another for the email, at most)
+    /// is deleted with its claims in the same transaction, and its id
+    /// returned (a stale hold just goes); an account verified in the
+    /// meantime wins instead. Nobody ever proved they own its address, so
+    /// it cannot keep the name from whoever does. A registration refused
+    /// for its email takes a stale username over the same way, for its
+    /// hold (the ids of accounts replaced so are not returned; the change
+    /// records their removal). (`i64::MIN`: replace nothing.)
     async fn create_user(
         &self,
         user: &User,

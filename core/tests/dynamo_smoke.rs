@@ -191,13 +191,17 @@ async fn create_user_tells_username_from_email_conflicts_and_writes_nothing() {
     let (carol, carol_token) = user(&other_name, &email.to_uppercase());
     assert!(is_conflict(&env.store.create_user(&carol, &carol_token, i64::MIN).await, Conflict::EmailTaken));
 
-    // Nothing of the refused registrations was written: no user, no token,
-    // and neither their new username nor their new email is claimed.
+    // Nothing of the refused registrations was written but the hold on the
+    // username tried with a taken email (as an account made with a free one
+    // would hold it): no user, no token, no new email claimed.
     for (u, t) in [(&bob, &bob_token), (&both, &both_token), (&carol, &carol_token)] {
         assert_eq!(env.store.user_by_id(&u.id).await.unwrap(), None);
         assert_eq!(env.store.verification(&t.token_hash).await.unwrap(), None);
     }
     let (dave, dave_token) = user(&other_name, &other_email);
+    assert!(is_conflict(&env.store.create_user(&dave, &dave_token, i64::MIN).await, Conflict::UsernameTaken));
+    assert_eq!(env.store.user_by_username(&carol.username).await.unwrap(), None, "a hold is no account");
+    let (dave, dave_token) = user(&unique("dave"), &other_email);
     env.store.create_user(&dave, &dave_token, i64::MIN).await.unwrap();
     assert_eq!(env.store.user_by_email(&dave.email).await.unwrap().map(|u| u.id), Some(dave.id));
 }
@@ -219,10 +223,11 @@ async fn concurrent_registrations_of_one_email_leave_one_account() {
         env.store.user_by_email(&Email::parse(&email).unwrap()).await.unwrap().map(|u| u.id),
         Some(winners[0].id)
     );
-    // No orphan username claim: a loser's username is still free.
+    // A loser's username is held as the winner's is, until the hold ends.
     let loser = attempts.iter().find(|(u, _)| u.id != winners[0].id).unwrap();
     let (again, again_token) = user(loser.0.username.as_str(), &format!("{}@example.com", unique("again")));
-    env.store.create_user(&again, &again_token, i64::MIN).await.unwrap();
+    assert!(is_conflict(&env.store.create_user(&again, &again_token, i64::MIN).await, Conflict::UsernameTaken));
+    env.store.create_user(&again, &again_token, loser.0.created_at + 1).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

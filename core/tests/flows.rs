@@ -861,9 +861,14 @@ async fn an_unverified_account_holds_its_names_for_seven_days_only() {
     let squatters_link = w.mail.token();
 
     w.clock.set(T0 + hold);
-    w.auth.register("owner", "owner@example.com", PW.into(), &m).await.unwrap();
+    w.auth.register("owner-early", "owner@example.com", PW.into(), &m).await.unwrap();
     assert_eq!(w.mail.last().job.kind(), "signup_attempt", "within the hold: the address is taken");
     assert!(matches!(w.auth.register("squatter", "other@example.com", PW.into(), &m).await, Err(Error::UsernameTaken)));
+    // The refused try holds its username as an account would.
+    assert!(matches!(
+        w.auth.register("owner-early", "other@example.com", PW.into(), &m).await,
+        Err(Error::UsernameTaken)
+    ));
 
     w.clock.set(T0 + hold + 1);
     w.auth.register("owner", "owner@example.com", PW.into(), &m).await.unwrap();

@@ -163,3 +163,46 @@ pub fn source_change(r: &EventRecord) -> Result<Option<SourceChange>, RecordErro
     let at: Timestamp = c.approximate_creation_date_time.timestamp();
     Ok(Some(SourceChange { source_id: format!("ddb:{}", r.event_id), at, expired_by_ttl: is_ttl_removal(r), images }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One users-table stream record of the username claim item
+    /// `UNAME#probe`, as DynamoDB Streams delivers it; `old` and `new` are
+    /// the images' attributes besides `pk` (`None`: no such image).
+    fn claim_record(event_name: &str, old: Option<&str>, new: Option<&str>) -> EventRecord {
+        let image = |name: &str, attrs: Option<&str>| {
+            attrs.map_or(String::new(), |a| format!(r#","{name}":{{"pk":{{"S":"UNAME#probe"}},{a}}}"#))
+        };
+        let json = format!(
+            r#"{{"eventID":"e1","eventName":"{event_name}","eventVersion":"1.1","eventSource":"aws:dynamodb",
+            "awsRegion":"eu-west-1","dynamodb":{{"ApproximateCreationDateTime":1700000000.5,
+            "Keys":{{"pk":{{"S":"UNAME#probe"}}}}{}{},"SequenceNumber":"1","SizeBytes":64,
+            "StreamViewType":"NEW_AND_OLD_IMAGES"}}}}"#,
+            image("OldImage", old),
+            image("NewImage", new),
+        );
+        serde_json::from_str(&json).expect("a DynamoDB Streams record")
+    }
+
+    /// A username hold (a claim item with `held_at` and no account) is no
+    /// record the audit trail follows: made, renewed, or taken over by an
+    /// account or from one, it maps to no change and is no error.
+    #[test]
+    fn a_username_hold_is_no_audit_change() {
+        let hold = Some(r#""held_at":{"N":"1700000000"}"#);
+        let account = Some(r#""user_id":{"S":"6f1c2a9e-3b7d-4c55-9a0e-1d2f3a4b5c6d"}"#);
+        for (name, old, new) in
+            [("INSERT", None, hold), ("MODIFY", hold, account), ("MODIFY", account, hold), ("MODIFY", hold, hold)]
+        {
+            let r = claim_record(name, old, new);
+            assert_eq!(
+                (r.change.old_image.is_empty(), r.change.new_image.is_empty()),
+                (old.is_none(), new.is_none()),
+                "{name}: the record's images"
+            );
+            assert_eq!(source_change(&r).expect("no error"), None, "{name} {old:?} -> {new:?}");
+        }
+    }
+}

@@ -150,6 +150,75 @@ pub async fn enum_register(sys: &TestSystem) {
     assert_eq!(header_names(&h_taken), header_names(&h_new));
 }
 
+/// One registration through the browser page (`/register`), as a browser
+/// without JavaScript sends it: returns the status (303 accepted, 409 taken).
+async fn register_page(sys: &TestSystem, username: &str, email: &str) -> u16 {
+    let page = sys.http.get(sys.url("/register")).send().await.expect("GET /register");
+    let cookies: Vec<String> = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|c| c.to_str().ok()?.split(';').next().map(str::to_string))
+        .collect();
+    let body = page.text().await.expect("page body");
+    let at = body.find("name=\"csrf\" value=\"").expect("csrf field") + 19;
+    let csrf = &body[at..at + body[at..].find('"').expect("end of the csrf value")];
+    let form = [("csrf", csrf), ("username", username), ("email", email), ("password", PASSWORD)];
+    let r = sys
+        .http
+        .post(sys.url("/register"))
+        .header("cookie", cookies.join("; "))
+        .header("sec-fetch-site", "same-origin")
+        .header("origin", sys.base.as_str())
+        .form(&form)
+        .send()
+        .await
+        .expect("POST /register");
+    r.status().as_u16()
+}
+
+/// The username probe (found live): register a username with the target
+/// address, then the same username with an address of one's own. Were
+/// nothing kept of a registration refused for a taken email, the second
+/// answer would tell: 202 (the target has an account) or 409 (the first
+/// registration made one). Both answers must be the same for a taken and a
+/// free target, on the API and on the browser page; the held username is
+/// no account to sign in to.
+pub async fn enum_register_username_probe(sys: &TestSystem) {
+    let (_, taken) = verified_user(sys).await;
+    let mut runs = Vec::new();
+    // A free target for each probe (the API's registration makes it taken).
+    for [target, page_target] in [[unique().1, unique().1], [taken.clone(), taken.clone()]] {
+        let (username, _) = unique();
+        let mut answers = Vec::new();
+        for email in [target, unique().1] {
+            let (st, b, h) =
+                sys.post("/v1/register", json!({"username": username, "email": email, "password": PASSWORD})).await;
+            answers.push((st, b, header_names(&h)));
+        }
+        let (page_name, _) = unique();
+        let pages =
+            [register_page(sys, &page_name, &page_target).await, register_page(sys, &page_name, &unique().1).await];
+        runs.push((username, answers, pages));
+    }
+    let [(_, free, free_pages), (held, taken_answers, taken_pages)] = &runs[..] else { unreachable!() };
+    assert_eq!(free[0].0, 202, "{}", free[0].1);
+    assert_eq!((free[1].0, free[1].1["error"].as_str()), (409, Some("username_taken")), "{}", free[1].1);
+    assert_eq!(*free_pages, [303, 409], "the page");
+    assert_eq!(
+        (taken_answers, taken_pages),
+        (free, free_pages),
+        "the second registration (API, page) tells a taken target address from a free one"
+    );
+
+    // The hold is no account: its username signs in as an unknown one does.
+    let (st, b, _) = sys.post("/v1/login", json!({"identifier": held, "password": PASSWORD})).await;
+    assert_eq!((st, b["error"].as_str()), (401, Some("invalid_credentials")), "{b}");
+    // The target's owner was told of both tries, as before.
+    let kinds: Vec<String> = sys.mails_to(&taken).await.into_iter().map(|m| m.kind).collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "signup_attempt").count(), 2, "{kinds:?}");
+}
+
 /// Resend verification and send_otp for unknown vs known addresses.
 pub async fn enum_resend_and_send_otp(sys: &TestSystem) {
     // A registered-but-unverified address, a verified one, and unknown ones.
@@ -709,7 +778,9 @@ pub async fn register_same_username_20_at_once(sys: &TestSystem) {
 }
 
 /// 20 concurrent registrations of one email: all answer alike (202), exactly
-/// one verification mail, and the 19 losing usernames stay free.
+/// one verification mail, and the 19 losing usernames are held as the
+/// winner's is (a later registration of each answers 409, as it would had
+/// its own registration made the account).
 pub async fn register_same_email_20_at_once(sys: &TestSystem) {
     let (_, email) = unique();
     let names: Vec<String> = (0..20).map(|_| unique().0).collect();
@@ -724,15 +795,18 @@ pub async fn register_same_email_20_at_once(sys: &TestSystem) {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let verify_mails = sys.mails_to(&email).await.into_iter().filter(|m| m.kind == "verify_email").count();
     assert_eq!(verify_mails, 1, "one address, one account");
-    let mut free = 0;
     for u in &names {
-        let (st, _, _) =
+        let (st, b, _) =
             sys.post("/v1/register", json!({"username": u, "email": unique().1, "password": PASSWORD})).await;
-        if st == 202 {
-            free += 1;
-        }
+        assert_eq!((st, b["error"].as_str()), (409, Some("username_taken")), "{u}: {b}");
     }
-    assert_eq!(free, 19, "losing usernames were left claimed");
+    // Held, no account: only the winner's name is an (unverified) account.
+    let mut statuses = Vec::new();
+    for u in &names {
+        statuses.push(sys.post("/v1/login", json!({"identifier": u, "password": PASSWORD})).await.0);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [vec![401; 19], vec![403]].concat(), "19 holds and one unverified account");
 }
 
 // ---------------------------------------------------------------- bad input
@@ -858,14 +932,14 @@ pub async fn address_normalisation(sys: &TestSystem) {
     assert_eq!(st, 202, "{b}");
     // Registering the composed, upper-cased spelling with another username
     // hits the same address: it answers 202 (no enumeration) but creates no
-    // second account, so that username stays free.
+    // second account: that username is only held (an unverified account
+    // would answer `email_not_verified` to its right password).
     let (other, _) = unique();
     let (st, _, _) =
         sys.post("/v1/register", json!({"username": other, "email": composed_upper, "password": PASSWORD})).await;
     assert_eq!(st, 202);
-    let (st, b, _) =
-        sys.post("/v1/register", json!({"username": other, "email": unique().1, "password": PASSWORD})).await;
-    assert_eq!(st, 202, "the unicode variant created a second account: {b}");
+    let (st, b, _) = sys.post("/v1/login", json!({"identifier": other, "password": PASSWORD})).await;
+    assert_eq!((st, b["error"].as_str()), (401, Some("invalid_credentials")), "a second account: {b}");
 
     // Usernames are NFKC-folded: full-width letters are the ASCII name.
     let fullwidth: String = username
@@ -897,6 +971,7 @@ macro_rules! relaxed_attacks {
         attack_suite!($make;
             enum_login,
             enum_register,
+            enum_register_username_probe,
             enum_resend_and_send_otp,
             enum_password_reset,
             reset_link_20_times_at_once,

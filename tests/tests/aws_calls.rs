@@ -1,6 +1,8 @@
 //! AWS calls per request on the emulator, counted by an SDK interceptor on
-//! the very clients the api uses. Targets: register <= 3, login <= 4, code
-//! verify <= 3, and no Scan anywhere. The counts are printed for the notes.
+//! the very clients the api uses. Targets: register <= 3 (a taken email
+//! <= 5, a taken username <= 4, the same whether an account or a hold takes
+//! it), login <= 4, code verify <= 3, and no Scan anywhere. The counts are
+//! printed for the notes.
 
 use latchkey_tests::scenarios::{PASSWORD, reset_with_link, token_from_link, unique};
 use latchkey_tests::system::TestSystem;
@@ -73,6 +75,32 @@ async fn calls_per_request_stay_within_budget() {
     assert_eq!(st, 200, "{body}");
     // Rate limit, the user, the conditional update, the owner's notice.
     measure("password reset", calls.take(), Some(4));
+
+    // A taken email answers as a free one does (202), after two calls more
+    // than a free one (as before holds: then two reads, the email's claim
+    // and its account; now the claim, and the hold's transaction, which
+    // checks the account): the rate limit, the refused registration, the
+    // email's claim, the username's hold, the owner's notice.
+    let (held, _) = unique();
+    calls.take();
+    let (st, body, _) = sys.post("/v1/register", json!({"username": held, "email": email, "password": PASSWORD})).await;
+    assert_eq!(st, 202, "{body}");
+    measure("register (email taken)", calls.take(), Some(5));
+
+    // A username held by an account and one held by a hold are refused
+    // after the same calls (a hold reads the holder it stands for too).
+    let mut refused = Vec::new();
+    for name in [&username, &held] {
+        calls.take();
+        let (st, body, _) =
+            sys.post("/v1/register", json!({"username": name, "email": unique().1, "password": PASSWORD})).await;
+        assert_eq!((st, body["error"].as_str()), (409, Some("username_taken")), "{body}");
+        refused.push(calls.take());
+    }
+    assert_eq!(refused[0], refused[1], "a hold answers after other calls than an account");
+    let [by_account, by_hold] = <[Vec<String>; 2]>::try_from(refused).expect("two");
+    measure("register (username taken by an account)", by_account, Some(4));
+    measure("register (username held)", by_hold, Some(4));
 
     println!("AWS calls per request:\n  {}", report.join("\n  "));
 }

@@ -8,7 +8,9 @@ use crate::mail::MailJob;
 impl Auth {
     /// Registers an account and queues its verification mail. A taken
     /// username is `UsernameTaken`; a taken email answers exactly like
-    /// success and mails the owner instead.
+    /// success and mails the owner instead, and the store holds the
+    /// username as the account would have held it (`UserStore::create_user`),
+    /// so no later registration of that username tells the two apart.
     pub async fn register(
         &self,
         username: &str,
@@ -68,7 +70,7 @@ impl Auth {
             }
             Err(StoreError::Conflict(Conflict::UsernameTaken)) => Err(Error::UsernameTaken),
             Err(StoreError::Conflict(Conflict::EmailTaken)) => {
-                tracing::info!(to = %email.masked(), "registration with a taken email");
+                tracing::info!(to = %email.masked(), "registration with a taken email; its username held");
                 self.notify(&email, None, meta, MailJob::SignupAttempt {}).await;
                 Ok(())
             }
@@ -90,5 +92,121 @@ impl Auth {
             token: Secret::new(token),
             expires_hours: (self.policy.verification_ttl_secs / 3600) as u32,
         }
+    }
+}
+
+#[cfg(all(test, feature = "embedded"))]
+mod tests {
+    use crate::adapters::embedded::EmbeddedStore;
+    use crate::clock::FixedClock;
+    use crate::config::{Policy, RateLimits};
+    use crate::domain::{RequestMeta, Username};
+    use crate::error::Error;
+    use crate::flows::{Auth, Ports, TokenIssuer};
+    use crate::keys::{CodeKey, SigningKey};
+    use crate::mail::MailEnvelope;
+    use crate::password_hasher::{Argon2Settings, PasswordHasher};
+    use crate::ports::{MailQueue, StoreResult};
+    use crate::rng::OsSecureRng;
+    use async_trait::async_trait;
+    use std::sync::{Arc, Mutex};
+
+    const T0: i64 = 1_800_000_000;
+    const PW: &str = "correct horse battery staple";
+
+    #[derive(Default)]
+    struct Outbox(Mutex<Vec<&'static str>>);
+
+    #[async_trait]
+    impl MailQueue for Outbox {
+        async fn enqueue(&self, job: &MailEnvelope) -> StoreResult<()> {
+            self.0.lock().expect("outbox").push(job.job.kind());
+            Ok(())
+        }
+    }
+
+    fn auth() -> (Auth, Arc<FixedClock>, Arc<Outbox>) {
+        let clock = Arc::new(FixedClock::new(T0));
+        let store = Arc::new(EmbeddedStore::in_memory().expect("store").with_clock(clock.clone()));
+        let mail = Arc::new(Outbox::default());
+        let ports = Ports {
+            users: store.clone(),
+            challenges: store.clone(),
+            sessions: store.clone(),
+            otps: store.clone(),
+            limiter: store,
+            mail: mail.clone(),
+            clock: clock.clone(),
+            rng: Arc::new(OsSecureRng),
+        };
+        let policy = Policy {
+            limits: RateLimits::relaxed(),
+            argon2: Argon2Settings { m_kib: 1024, t: 1, p: 1 },
+            ..Policy::default()
+        };
+        let hasher = PasswordHasher::new(policy.argon2, 2, &OsSecureRng).expect("hasher");
+        let tokens =
+            TokenIssuer::new(SigningKey::generate().expect("key"), "iss".into(), "aud".into(), 600).expect("issuer");
+        (Auth::new(ports, policy, hasher, CodeKey::new(vec![3; 32]).expect("code key"), tokens), clock, mail)
+    }
+
+    /// What a registration answers, as the client sees it.
+    fn answer(r: Result<(), Error>) -> &'static str {
+        match r {
+            Ok(()) => "accepted",
+            Err(Error::UsernameTaken) => "username_taken",
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+
+    /// The probe: register a username with the target address, then the
+    /// same username with addresses of one's own, within the hold, at its
+    /// last second and just after it. Every answer is the same whether or
+    /// not the target address has an account.
+    #[tokio::test]
+    async fn a_username_tried_with_a_taken_email_is_held_like_one_registered_with_a_free_email() {
+        let mut runs = Vec::new();
+        for target_has_account in [false, true] {
+            let (auth, clock, _) = auth();
+            let m = RequestMeta::default();
+            if target_has_account {
+                auth.register("owner", "target@example.com", PW.into(), &m).await.unwrap();
+            }
+            let hold = auth.policy().unverified_hold_secs;
+            clock.set(T0 + 10);
+            let mut answers = vec![answer(auth.register("probe", "target@example.com", PW.into(), &m).await)];
+            for (at, other) in [(T0 + 11, "a"), (T0 + 10 + hold, "b"), (T0 + 11 + hold, "c")] {
+                clock.set(at);
+                answers.push(answer(auth.register("probe", &format!("{other}@attacker.test"), PW.into(), &m).await));
+            }
+            let name = Username::parse("probe").unwrap();
+            let holder = auth.ports.users.user_by_username(&name).await.unwrap().map(|u| u.email.to_string());
+            runs.push((answers, holder));
+        }
+        assert_eq!(
+            runs[0].0,
+            ["accepted", "username_taken", "username_taken", "accepted"],
+            "held for the hold, to its last second, free just after"
+        );
+        assert_eq!(runs[0].0, runs[1].0, "a taken target address answers as a free one");
+        assert_eq!(runs[0].1.as_deref(), Some("c@attacker.test"));
+        assert_eq!(runs[0].1, runs[1].1, "the username's last registration holds it either way");
+    }
+
+    /// A hold is no account: the username's login fails as an unknown
+    /// user's, and the address's owner still gets the taken-email notice
+    /// when signing up again under another username.
+    #[tokio::test]
+    async fn a_hold_is_no_account() {
+        let (auth, clock, mail) = auth();
+        let m = RequestMeta::default();
+        auth.register("owner", "owner@example.com", PW.into(), &m).await.unwrap();
+        clock.set(T0 + 5);
+        auth.register("probe", "owner@example.com", PW.into(), &m).await.unwrap();
+        let name = Username::parse("probe").unwrap();
+        assert_eq!(auth.ports.users.user_by_username(&name).await.unwrap(), None);
+        assert!(matches!(auth.login("probe", PW.into(), None, &m).await, Err(Error::InvalidCredentials)));
+        auth.register("another", "owner@example.com", PW.into(), &m).await.unwrap();
+        assert_eq!(*mail.0.lock().unwrap(), ["verify_email", "signup_attempt", "signup_attempt"]);
     }
 }

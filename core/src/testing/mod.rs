@@ -84,7 +84,11 @@ macro_rules! contract_suite {
             // users
             create_user_reads_back,
             username_taken_is_reported_first_and_writes_nothing,
-            email_taken_writes_nothing,
+            email_taken_holds_the_username_and_writes_nothing_else,
+            a_username_hold_is_no_account,
+            a_username_hold_ends_at_the_cut_off,
+            email_taken_takes_a_stale_username_over_for_its_hold,
+            concurrent_holds_and_registrations_of_one_username_leave_one_holder,
             concurrent_registrations_of_one_email_leave_one_account,
             concurrent_registrations_of_one_username_leave_one_account,
             create_user_replaces_an_unverified_account_past_the_cut_off,

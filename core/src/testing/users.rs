@@ -77,29 +77,168 @@ pub async fn username_taken_is_reported_first_and_writes_nothing(s: &Subject) {
     );
 }
 
-pub async fn email_taken_writes_nothing(s: &Subject) {
+/// A registration refused for a taken email writes no account, token or
+/// claim on the email; its username is held: the next registration of that
+/// username is refused as taken, whatever its email, and writes nothing.
+pub async fn email_taken_holds_the_username_and_writes_nothing_else(s: &Subject) {
     let (first, _) = registered(s).await;
 
     let (dup, dup_v) = user_with(username(), first.email.clone());
     expect_conflict(s.users.create_user(&dup, &dup_v, i64::MIN).await, Conflict::EmailTaken, "email taken");
     assert_not_written(s, &dup, &dup_v, "email taken").await;
     assert_eq!(
-        s.users.user_by_username(&dup.username).await.expect("user_by_username"),
-        None,
-        "the username of a refused registration is readable"
+        s.users.user_by_email(&first.email).await.expect("user_by_email"),
+        Some(first.clone()),
+        "the first owner of the email is unchanged"
     );
-    // The refused registration's username was not claimed.
-    let (other, other_v) = user_with(dup.username.clone(), email());
+
+    // The username is held: as taken as if the registration had made an
+    // account (username checked first, whatever the email).
+    let (free, free_v) = user_with(dup.username.clone(), email());
+    expect_conflict(s.users.create_user(&free, &free_v, i64::MIN).await, Conflict::UsernameTaken, "a held username");
+    assert_not_written(s, &free, &free_v, "a held username").await;
+    let (both, both_v) = user_with(dup.username.clone(), first.email.clone());
+    expect_conflict(
+        s.users.create_user(&both, &both_v, i64::MIN).await,
+        Conflict::UsernameTaken,
+        "a held username with a taken email: the username is reported",
+    );
+    assert_not_written(s, &both, &both_v, "a held username with a taken email").await;
+    // A registration refused for a held username claims nothing either.
+    let (other, other_v) = user_with(username(), free.email.clone());
     s.users
         .create_user(&other, &other_v, i64::MIN)
         .await
-        .expect("the username of a registration refused for its email must stay free");
+        .expect("the email of a registration refused for a held username must stay free");
+}
 
-    assert_eq!(
-        s.users.user_by_email(&first.email).await.expect("user_by_email"),
-        Some(first),
-        "the first owner of the email is unchanged"
+/// A hold is no account: no read finds it, nothing counts against it, and
+/// the email's owner is not touched by it.
+pub async fn a_username_hold_is_no_account(s: &Subject) {
+    let (owner, owner_v) = registered(s).await;
+    let (dup, dup_v) = user_with(username(), owner.email.clone());
+    expect_conflict(s.users.create_user(&dup, &dup_v, i64::MIN).await, Conflict::EmailTaken, "email taken");
+
+    assert_eq!(s.users.user_by_username(&dup.username).await.expect("user_by_username"), None, "by its username");
+    assert_eq!(s.users.user_by_id(&dup.id).await.expect("user_by_id"), None, "by the refused account's id");
+    assert_eq!(s.users.verification(&dup_v.token_hash).await.expect("verification"), None, "its token");
+    expect_conflict(
+        s.users.record_login_failure(&dup.id, T0, 3, 600, &meta()).await,
+        Conflict::Stale,
+        "a wrong password against the refused account's id",
     );
+    let later = verification_for(dup.id, T0 + DAY);
+    expect_conflict(
+        s.users.add_verification(&later, T0 + DAY, 60, &meta()).await,
+        Conflict::Stale,
+        "a verification resend to the refused account",
+    );
+    assert_eq!(stored_user(s, &owner.id).await, owner, "the email's owner is untouched");
+    s.users.consume_verification(&owner_v, T0 + 1, &meta()).await.expect("the owner still verifies");
+}
+
+/// A hold ends as an unverified account made at the same time would: it
+/// takes the username up to the cut-off (`created_at` of the refused
+/// registration, not before it), and gives it up just after, to a new
+/// account (which replaces no account: there was none) or to a new hold.
+pub async fn a_username_hold_ends_at_the_cut_off(s: &Subject) {
+    // Verified: its email stays taken past any cut-off.
+    let (owner, owner_v) = registered(s).await;
+    s.users.consume_verification(&owner_v, T0 + 1, &meta()).await.expect("verify the email's owner");
+    let (dup, dup_v) = user_with(username(), owner.email.clone());
+    expect_conflict(s.users.create_user(&dup, &dup_v, i64::MIN).await, Conflict::EmailTaken, "email taken");
+    let held = dup.created_at;
+
+    let (early, early_v) = user_with(dup.username.clone(), email());
+    expect_conflict(
+        s.users.create_user(&early, &early_v, held).await,
+        Conflict::UsernameTaken,
+        "a hold made at the cut-off, not before it",
+    );
+    assert_not_written(s, &early, &early_v, "a hold made at the cut-off").await;
+
+    // Past the hold, another taken-email registration holds it afresh, from
+    // its own time.
+    let (again, again_v) = user_with(dup.username.clone(), owner.email.clone());
+    let again = User { created_at: held + DAY, ..again };
+    expect_conflict(s.users.create_user(&again, &again_v, held + 1).await, Conflict::EmailTaken, "email taken");
+    let (refused, refused_v) = user_with(dup.username.clone(), email());
+    expect_conflict(
+        s.users.create_user(&refused, &refused_v, held + 1).await,
+        Conflict::UsernameTaken,
+        "the renewed hold runs from its own time",
+    );
+
+    let (new, new_v) = user_with(dup.username.clone(), email());
+    let replaced = s.users.create_user(&new, &new_v, held + DAY + 1).await.expect("create_user past the hold");
+    assert_eq!(replaced, Vec::new(), "a hold is no account to name as replaced");
+    assert_replaced(s, &new, &new_v, &[], "a username past its hold").await;
+    let (late, late_v) = user_with(dup.username.clone(), email());
+    expect_conflict(
+        s.users.create_user(&late, &late_v, i64::MIN).await,
+        Conflict::UsernameTaken,
+        "the new account holds the username",
+    );
+}
+
+/// A registration refused for its email takes its username from a stale
+/// unverified account, as a registration that succeeds would: the account
+/// goes (its email is free again) and the username is held.
+pub async fn email_taken_takes_a_stale_username_over_for_its_hold(s: &Subject) {
+    let (owner, _) = registered(s).await;
+    let (stale, stale_v) = user_with(username(), email());
+    let stale = User { created_at: T0 - DAY, ..stale };
+    s.users.create_user(&stale, &stale_v, i64::MIN).await.expect("create the stale account");
+
+    let (dup, dup_v) = user_with(stale.username.clone(), owner.email.clone());
+    expect_conflict(s.users.create_user(&dup, &dup_v, T0).await, Conflict::EmailTaken, "email taken");
+    assert_not_written(s, &dup, &dup_v, "email taken").await;
+    assert_eq!(s.users.user_by_id(&stale.id).await.expect("user_by_id"), None, "the stale account is gone");
+    assert_eq!(stored_user(s, &owner.id).await, owner, "the email's owner is untouched");
+
+    let (taker, taker_v) = user_with(stale.username.clone(), email());
+    expect_conflict(s.users.create_user(&taker, &taker_v, T0).await, Conflict::UsernameTaken, "held now");
+    let (freed, freed_v) = user_with(username(), stale.email.clone());
+    s.users.create_user(&freed, &freed_v, i64::MIN).await.expect("the stale account's email is free");
+}
+
+/// One username, registrations racing with a free email and with a taken
+/// one: exactly one of them gets the username (an account or a hold), the
+/// others are refused as taken.
+pub async fn concurrent_holds_and_registrations_of_one_username_leave_one_holder(s: &Subject) {
+    let (owner, _) = registered(s).await;
+    let shared = username();
+    let candidates: Vec<_> = (0..REGISTRATION_RACERS)
+        .map(|i| user_with(shared.clone(), if i % 2 == 0 { owner.email.clone() } else { email() }))
+        .collect();
+    let results = race(REGISTRATION_RACERS, |i| {
+        let users = s.users.clone();
+        let (user, verification) = candidates[i].clone();
+        async move { users.create_user(&user, &verification, i64::MIN).await }
+    })
+    .await;
+    let summary = format!("{results:?}");
+    let mut holders = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(replaced) => {
+                assert!(replaced.is_empty(), "racer {i}: nothing to replace");
+                holders.push((i, true));
+            }
+            Err(crate::StoreError::Conflict(Conflict::EmailTaken)) => holders.push((i, false)),
+            Err(crate::StoreError::Conflict(Conflict::UsernameTaken)) => {}
+            Err(e) => panic!("racer {i}: unexpected {e:?}"),
+        }
+    }
+    assert_eq!(holders.len(), 1, "one holder of the username: {summary}");
+    let (w, account) = holders[0];
+    let expected = account.then(|| candidates[w].0.clone());
+    assert_eq!(s.users.user_by_username(&shared).await.expect("user_by_username"), expected, "{summary}");
+    for (i, (loser, loser_v)) in candidates.iter().enumerate().filter(|(i, _)| *i != w) {
+        assert_not_written(s, loser, loser_v, &format!("racer {i}")).await;
+    }
+    let (late, late_v) = user_with(shared.clone(), email());
+    expect_conflict(s.users.create_user(&late, &late_v, i64::MIN).await, Conflict::UsernameTaken, "still held");
 }
 
 /// The accounts a replacing registration leaves: the new one readable by
@@ -193,9 +332,9 @@ pub async fn concurrent_takeovers_of_one_unverified_account_both_succeed(s: &Sub
     }
 }
 
-/// A verified account keeps its names whatever its age, and a registration
-/// it refuses replaces nothing (not even an unverified holder of its other
-/// name).
+/// A verified account keeps its names whatever its age. (A registration it
+/// refuses for the email takes a stale username over, for its hold: see
+/// `email_taken_takes_a_stale_username_over_for_its_hold`.)
 pub async fn create_user_never_replaces_a_verified_account(s: &Subject) {
     let stale = |u: (User, VerificationRecord)| (User { created_at: T0 - DAY, ..u.0 }, u.1);
     let (verified, verified_v) = stale(user_with(username(), email()));
@@ -207,11 +346,18 @@ pub async fn create_user_never_replaces_a_verified_account(s: &Subject) {
 
     let (dup, dup_v) = user_with(verified.username.clone(), email());
     expect_conflict(s.users.create_user(&dup, &dup_v, T0).await, Conflict::UsernameTaken, "a verified username");
-    let (dup, dup_v) = user_with(unverified.username.clone(), verified.email.clone());
+    let (dup, dup_v) = user_with(username(), verified.email.clone());
     expect_conflict(s.users.create_user(&dup, &dup_v, T0).await, Conflict::EmailTaken, "a verified email");
     assert_not_written(s, &dup, &dup_v, "a verified email").await;
+    let (dup, dup_v) = user_with(verified.username.clone(), unverified.email.clone());
+    expect_conflict(
+        s.users.create_user(&dup, &dup_v, T0).await,
+        Conflict::UsernameTaken,
+        "a verified username with a stale email",
+    );
+    assert_not_written(s, &dup, &dup_v, "a verified username with a stale email").await;
     assert_eq!(stored_user(s, &verified.id).await, verified, "the verified account is untouched");
-    assert_eq!(stored_user(s, &unverified.id).await, unverified, "the unverified holder of the other name stays");
+    assert_eq!(stored_user(s, &unverified.id).await, unverified, "a refusal for the username replaces nothing");
 }
 
 const REGISTRATION_RACERS: usize = 20;
@@ -240,9 +386,16 @@ pub async fn concurrent_registrations_of_one_email_leave_one_account(s: &Subject
         let what = format!("racer {i} lost the email");
         assert_not_written(s, loser, loser_v, &what).await;
         assert_eq!(s.users.user_by_username(&loser.username).await.expect("user_by_username"), None, "{what}");
+        // Its username is held, as the winner's is by its account...
         let (again, again_v) = user_with(loser.username.clone(), email());
-        if let Err(e) = s.users.create_user(&again, &again_v, i64::MIN).await {
-            panic!("{what}: its username stayed claimed (orphan claim): {e:?}");
+        expect_conflict(
+            s.users.create_user(&again, &again_v, i64::MIN).await,
+            Conflict::UsernameTaken,
+            &format!("{what}: its username is held"),
+        );
+        // ...and no longer: no orphan claim outlives the hold.
+        if let Err(e) = s.users.create_user(&again, &again_v, loser.created_at + 1).await {
+            panic!("{what}: its username stayed claimed past the hold (orphan claim): {e:?}");
         }
     }
 }

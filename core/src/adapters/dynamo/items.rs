@@ -8,6 +8,7 @@
 
 use crate::StoreError;
 use crate::clock::Timestamp;
+use crate::domain::UserId;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -36,6 +37,43 @@ pub fn username_claim_pk(username: &str) -> String {
 }
 pub fn email_claim_pk(email: &str) -> String {
     format!("EMAIL#{email}")
+}
+
+/// The attribute of a claim item naming the account that holds the name.
+pub(crate) const CLAIM_USER_ID: &str = "user_id";
+/// The attribute of a username claim item that is a hold: a registration
+/// refused for a taken email holds its username, without an account, as an
+/// unverified account made at `held_at` would (see `UserStore::create_user`).
+pub(crate) const HELD_AT: &str = "held_at";
+
+/// What a claim item (`UNAME#…` or `EMAIL#…`) says about its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// The account with this id holds the name.
+    Account(UserId),
+    /// A username hold made at this time, with no account behind it.
+    Hold(Timestamp),
+}
+
+/// A claim item for `claim`. Neither kind carries `username` or `email`, so
+/// no claim (a hold included) is ever in the users table's indexes.
+pub(crate) fn claim_item(pk: String, claim: Claim) -> Item {
+    let value = match claim {
+        Claim::Account(id) => (CLAIM_USER_ID.to_string(), s(id.to_string())),
+        Claim::Hold(at) => (HELD_AT.to_string(), n(at)),
+    };
+    [(PK.to_string(), s(pk)), value].into()
+}
+
+/// The claim a stored claim item makes.
+pub(crate) fn claim_of(item: &Item) -> Result<Claim, StoreError> {
+    if let Some(id) = text(item, CLAIM_USER_ID) {
+        return UserId::parse(id).map(Claim::Account).ok_or_else(|| StoreError::internal("claim with a bad user id"));
+    }
+    match item.get(HELD_AT) {
+        Some(AttributeValue::N(v)) => v.parse().map(Claim::Hold).map_err(StoreError::internal),
+        _ => Err(StoreError::internal("claim item names no account and is no hold")),
+    }
 }
 pub fn verification_pk(token_hash: &str) -> String {
     format!("VERIFY#{token_hash}")
@@ -146,6 +184,20 @@ mod tests {
         assert_eq!(item.get("ttl"), Some(&n(86_420)));
         assert_eq!(item.get("expires_at"), Some(&n(20)));
         assert_eq!(from_item::<VerificationRecord>(item).unwrap(), rec);
+    }
+
+    #[test]
+    fn claims_round_trip_and_stay_out_of_the_indexes() {
+        let id = crate::domain::UserId::random(&Sevens);
+        for (claim, attr) in [(Claim::Account(id), CLAIM_USER_ID), (Claim::Hold(1_700_000_000), HELD_AT)] {
+            let item = claim_item(username_claim_pk("bob"), claim);
+            assert_eq!(item.get(PK), Some(&s("UNAME#bob")));
+            assert!(item.contains_key(attr));
+            assert!(!item.contains_key("username") && !item.contains_key("email"), "{item:?}");
+            assert_eq!(claim_of(&item).unwrap(), claim);
+        }
+        let bare: Item = [(PK.to_string(), s("UNAME#bob"))].into();
+        assert!(matches!(claim_of(&bare), Err(StoreError::Internal(_))));
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! `UserStore`: user items, their username/email claims, and verification
-//! tokens.
+//! `UserStore`: user items, their username/email claims (a username claim
+//! may be a hold, with no account), and verification tokens.
 
 use super::errors::{map_sdk, old_item_on_failed_check};
-use super::items::{self, Item, PK, TTL_GRACE_SECS, epoch_value, n, next_epoch, s, unchanged_since};
+use super::items::{
+    self, CLAIM_USER_ID, Claim, HELD_AT, Item, PK, TTL_GRACE_SECS, epoch_value, n, next_epoch, s, unchanged_since,
+};
 use super::{DynamoStore, delete_item, put_item, update_item};
 use crate::clock::Timestamp;
 use crate::domain::{Email, RequestMeta, SessionId, User, UserId, Username, VerificationRecord};
@@ -11,7 +13,8 @@ use crate::ports::{StoreResult, UserStore};
 use crate::{StoreError, tables};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, Delete, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+    AttributeValue, ConditionCheck, Delete, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+    Update,
 };
 
 /// Rounds of "count, else lock" before `record_login_failure` gives up;
@@ -19,13 +22,16 @@ use aws_sdk_dynamodb::types::{
 /// the two conditional writes.
 const LOGIN_FAILURE_ROUNDS: u32 = 4;
 
-/// Rounds of "register, else read the holders and take over" before a
-/// registration whose names keep changing hands gives up (as taken).
+/// Rounds of "register, else read the holders and take over (or hold the
+/// username)" before a registration whose names keep changing hands gives
+/// up (`Unavailable`).
 const REGISTRATION_ROUNDS: u32 = 3;
 
 /// Index of the username and email claims in `create_user`'s transaction.
 const USERNAME_CLAIM: usize = 1;
 const EMAIL_CLAIM: usize = 2;
+/// Index of the email holder's check in `hold_username`'s transaction.
+const HOLD_EMAIL_HOLDER: usize = 1;
 
 const UNLOCKED: &str = "(attribute_not_exists(locked_until) OR locked_until <= :now)";
 
@@ -89,33 +95,96 @@ impl DynamoStore {
     }
 }
 
+/// What a claim put requires of the claim item it overwrites.
+#[derive(Debug, Clone, Copy)]
+enum Guard<'a> {
+    /// There is none.
+    Free,
+    /// It still names this account (one being replaced).
+    Names(&'a UserId),
+    /// It is still this hold (made at this time, before the cut-off).
+    HeldAt(Timestamp),
+}
+
+/// A name's holder that a registration may take the name from: made
+/// before the cut-off, and nobody verified anything.
+#[derive(Debug, Clone)]
+enum Stale {
+    Account(Box<User>),
+    /// A username hold (no account).
+    Hold(Timestamp),
+}
+
+impl Stale {
+    fn guard(&self) -> Guard<'_> {
+        match self {
+            Stale::Account(u) => Guard::Names(&u.id),
+            Stale::Hold(at) => Guard::HeldAt(*at),
+        }
+    }
+
+    fn account(&self) -> Option<&User> {
+        match self {
+            Stale::Account(u) => Some(u),
+            Stale::Hold(_) => None,
+        }
+    }
+}
+
+/// A name's holder, as read after a refused registration.
+#[derive(Debug)]
+enum Holder {
+    /// The claim or its account went since the refusal: look again.
+    Gone,
+    /// Held: a verified account, or an account or hold made at or after
+    /// the cut-off.
+    Taken,
+    Stale(Stale),
+}
+
+/// How `hold_username` ended.
+#[derive(Debug)]
+enum HoldOutcome {
+    Held,
+    /// The email's holder is gone, or is past its hold: look again.
+    EmailHolderChanged,
+    /// The username's claim is not what was read any more: look again.
+    UsernameChanged,
+}
+
 impl DynamoStore {
-    /// `create_user`'s transaction: the user, its two claims, its first
-    /// verification token. A claim is put if it is absent or, given the id
-    /// of the account holding it, if it still names that account.
+    /// A put of `claim` as the claim item `pk`, if the item there is what
+    /// `guard` expects.
+    fn claim_put(&self, pk: String, claim: Claim, guard: Guard<'_>) -> StoreResult<TransactWriteItem> {
+        let put = Put::builder().table_name(&self.users).set_item(Some(items::claim_item(pk, claim)));
+        let put = match guard {
+            Guard::Free => put.condition_expression("attribute_not_exists(pk)"),
+            Guard::Names(id) => put
+                .condition_expression(format!("{CLAIM_USER_ID} = :holder"))
+                .expression_attribute_values(":holder", s(id.to_string())),
+            Guard::HeldAt(at) => put
+                .condition_expression(format!("attribute_not_exists({CLAIM_USER_ID}) AND {HELD_AT} = :held"))
+                .expression_attribute_values(":held", n(at)),
+        };
+        Ok(TransactWriteItem::builder().put(put.build().map_err(StoreError::internal)?).build())
+    }
+
+    /// `create_user`'s transaction: the user, its two claims (each put if
+    /// what is there is what its guard expects), its first verification
+    /// token.
     fn registration(
         &self,
         user: &User,
         verification: &VerificationRecord,
-        username_holder: Option<&UserId>,
-        email_holder: Option<&UserId>,
+        username: Guard<'_>,
+        email: Guard<'_>,
     ) -> StoreResult<Vec<TransactWriteItem>> {
         let absent = "attribute_not_exists(pk)";
-        let claim = |pk: String, holder: Option<&UserId>| -> StoreResult<TransactWriteItem> {
-            let item: Item = [(PK.to_string(), s(pk)), ("user_id".to_string(), s(user.id.to_string()))].into();
-            let put = Put::builder().table_name(&self.users).set_item(Some(item));
-            let put = match holder {
-                None => put.condition_expression(absent),
-                Some(h) => put
-                    .condition_expression("user_id = :holder")
-                    .expression_attribute_values(":holder", s(h.to_string())),
-            };
-            Ok(TransactWriteItem::builder().put(put.build().map_err(StoreError::internal)?).build())
-        };
+        let claim = Claim::Account(user.id);
         Ok(vec![
             put_item(&self.users, items::to_item(user, items::user_pk(&user.id), None)?, absent)?,
-            claim(items::username_claim_pk(user.username.as_str()), username_holder)?,
-            claim(items::email_claim_pk(user.email.as_str()), email_holder)?,
+            self.claim_put(items::username_claim_pk(user.username.as_str()), claim, username)?,
+            self.claim_put(items::email_claim_pk(user.email.as_str()), claim, email)?,
             put_item(
                 &self.tokens,
                 items::to_item(
@@ -128,61 +197,91 @@ impl DynamoStore {
         ])
     }
 
-    /// The user a claim item names (`None`: the claim or its user is gone,
-    /// which a registration cannot tell from a taken name).
-    async fn claim_holder(&self, claim_pk: String) -> StoreResult<Option<User>> {
-        let Some(claim) = self.get_item(&self.users, claim_pk).await? else { return Ok(None) };
-        let Some(id) = claim.get("user_id").and_then(|v| v.as_s().ok()).and_then(|id| UserId::parse(id)) else {
-            return Ok(None);
+    /// The deletes that take the names of `old`, a stale unverified
+    /// account, for `user`: its item, only while it is still unverified and
+    /// made before the cut-off, and those of its claims that `user`'s own
+    /// puts do not overwrite, only while they name it.
+    fn take_over(&self, old: &User, user: &User, before: Timestamp) -> StoreResult<Vec<TransactWriteItem>> {
+        let delete = |pk: String, condition: &str| {
+            Delete::builder().table_name(&self.users).key(PK, s(pk)).condition_expression(condition)
         };
-        self.get(&self.users, items::user_pk(&id)).await
+        let mut tx = vec![delete_item(
+            delete(items::user_pk(&old.id), "verified = :false AND created_at < :before")
+                .expression_attribute_values(":false", AttributeValue::Bool(false))
+                .expression_attribute_values(":before", n(before)),
+        )?];
+        let named = |pk| {
+            delete(pk, &format!("{CLAIM_USER_ID} = :old")).expression_attribute_values(":old", s(old.id.to_string()))
+        };
+        if old.username != user.username {
+            tx.push(delete_item(named(items::username_claim_pk(old.username.as_str())))?);
+        }
+        if old.email != user.email {
+            tx.push(delete_item(named(items::email_claim_pk(old.email.as_str())))?);
+        }
+        Ok(tx)
     }
 
-    /// The registration again, taking each name over from the unverified
-    /// account holding it: that account's item and its other claims are
-    /// deleted in the same transaction, each only if it is still what was
-    /// read (unverified, created before the cut-off, the claim naming it).
-    /// `None`: something changed since the read (a holder verified, or
-    /// another registration took the same account over), so the caller
-    /// looks again.
+    /// The claim on a name (`None`: there is none).
+    async fn claim(&self, pk: String) -> StoreResult<Option<Claim>> {
+        self.get_item(&self.users, pk).await?.map(|item| items::claim_of(&item)).transpose()
+    }
+
+    /// The account `id`, as a name's holder.
+    async fn account_holder(&self, id: &UserId, before: Timestamp) -> StoreResult<Holder> {
+        Ok(match self.get::<User>(&self.users, items::user_pk(id)).await? {
+            None => Holder::Gone,
+            Some(u) if !u.verified && u.created_at < before => Holder::Stale(Stale::Account(Box::new(u))),
+            Some(_) => Holder::Taken,
+        })
+    }
+
+    /// The username's holder, from its claim as read after `user`'s
+    /// registration was refused for it.
+    async fn username_holder(&self, claim: Option<Claim>, user: &User, before: Timestamp) -> StoreResult<Holder> {
+        match claim {
+            None => Ok(Holder::Gone),
+            Some(Claim::Account(id)) => self.account_holder(&id, before).await,
+            Some(Claim::Hold(at)) => {
+                // A hold answers after the same reads as the account it
+                // stands for: the read of a holder (here one that cannot
+                // exist, the new account's), so no answer's time tells a
+                // hold from an account.
+                self.get_item(&self.users, items::user_pk(&user.id)).await?;
+                Ok(if at < before { Holder::Stale(Stale::Hold(at)) } else { Holder::Taken })
+            }
+        }
+    }
+
+    /// The registration again, taking each name over from its stale holder:
+    /// a stale account's item and its other claims are deleted in the same
+    /// transaction, each only if it is still what was read (unverified,
+    /// created before the cut-off, the claim naming it); a stale hold is
+    /// overwritten only while it is the one read. `None`: something changed
+    /// since the read (a holder verified, or another registration took the
+    /// same name over), so the caller looks again.
     async fn replace_unverified(
         &self,
         user: &User,
         verification: &VerificationRecord,
-        username_holder: Option<User>,
-        email_holder: Option<User>,
+        username_holder: Option<Stale>,
+        email_holder: Option<Box<User>>,
         before: Timestamp,
     ) -> StoreResult<Option<Vec<UserId>>> {
         let mut tx = self.registration(
             user,
             verification,
-            username_holder.as_ref().map(|u| &u.id),
-            email_holder.as_ref().map(|u| &u.id),
+            username_holder.as_ref().map_or(Guard::Free, Stale::guard),
+            email_holder.as_ref().map_or(Guard::Free, |u| Guard::Names(&u.id)),
         )?;
-        let mut replaced: Vec<User> = Vec::new();
-        for old in [username_holder, email_holder].into_iter().flatten() {
+        let mut replaced: Vec<&User> = Vec::new();
+        for old in [username_holder.as_ref().and_then(Stale::account), email_holder.as_deref()].into_iter().flatten() {
             if !replaced.iter().any(|r| r.id == old.id) {
                 replaced.push(old);
             }
         }
-        // Each only while it is what was read.
-        let delete = |pk: String, condition: &str| {
-            Delete::builder().table_name(&self.users).key(PK, s(pk)).condition_expression(condition)
-        };
         for old in &replaced {
-            tx.push(delete_item(
-                delete(items::user_pk(&old.id), "verified = :false AND created_at < :before")
-                    .expression_attribute_values(":false", AttributeValue::Bool(false))
-                    .expression_attribute_values(":before", n(before)),
-            )?);
-            // Its claims that the new account's puts do not overwrite.
-            let named = |pk| delete(pk, "user_id = :old").expression_attribute_values(":old", s(old.id.to_string()));
-            if old.username != user.username {
-                tx.push(delete_item(named(items::username_claim_pk(old.username.as_str())))?);
-            }
-            if old.email != user.email {
-                tx.push(delete_item(named(items::email_claim_pk(old.email.as_str())))?);
-            }
+            tx.extend(self.take_over(old, user, before)?);
         }
         let guards = tx.len();
         match self.transact(tx).await {
@@ -191,6 +290,48 @@ impl DynamoStore {
             // its name), or taken over by another registration (gone). The
             // caller's next read tells which.
             Err(e) if (0..guards).any(|i| e.check_failed(i)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// For a registration refused because the account `email_holder` has
+    /// its email: holds `user`'s username, without an account, as an
+    /// unverified account made at `user.created_at` would. The username's
+    /// claim becomes a hold, put where there is none, or over its stale
+    /// holder (a stale account goes as in `replace_unverified`), in one
+    /// transaction with a check that `email_holder` still keeps its email
+    /// (verified, or made at or after the cut-off).
+    async fn hold_username(
+        &self,
+        user: &User,
+        email_holder: &UserId,
+        username_holder: Option<&Stale>,
+        before: Timestamp,
+    ) -> StoreResult<HoldOutcome> {
+        let keeps_email = ConditionCheck::builder()
+            .table_name(&self.users)
+            .key(PK, s(items::user_pk(email_holder)))
+            .condition_expression("verified = :true OR created_at >= :before")
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .expression_attribute_values(":before", n(before))
+            .build()
+            .map_err(StoreError::internal)?;
+        let mut tx = vec![
+            self.claim_put(
+                items::username_claim_pk(user.username.as_str()),
+                Claim::Hold(user.created_at),
+                username_holder.map_or(Guard::Free, Stale::guard),
+            )?,
+            TransactWriteItem::builder().condition_check(keeps_email).build(),
+        ];
+        if let Some(old) = username_holder.and_then(Stale::account) {
+            tx.extend(self.take_over(old, user, before)?);
+        }
+        let guards = tx.len();
+        match self.transact(tx).await {
+            Ok(()) => Ok(HoldOutcome::Held),
+            Err(e) if e.check_failed(HOLD_EMAIL_HOLDER) => Ok(HoldOutcome::EmailHolderChanged),
+            Err(e) if (0..guards).any(|i| e.check_failed(i)) => Ok(HoldOutcome::UsernameChanged),
             Err(e) => Err(e.into()),
         }
     }
@@ -204,48 +345,64 @@ impl UserStore for DynamoStore {
         verification: &VerificationRecord,
         replace_unverified_before: Timestamp,
     ) -> StoreResult<Vec<UserId>> {
-        let mut taken = Conflict::UsernameTaken;
+        let before = replace_unverified_before;
         for _ in 0..REGISTRATION_ROUNDS {
-            let e = match self.transact(self.registration(user, verification, None, None)?).await {
+            let e = match self.transact(self.registration(user, verification, Guard::Free, Guard::Free)?).await {
                 Ok(()) => return Ok(Vec::new()),
                 Err(e) if e.check_failed(USERNAME_CLAIM) || e.check_failed(EMAIL_CLAIM) => e,
                 Err(e) => return Err(e.into()),
             };
-            // Only a refused registration pays for these reads (both names'
-            // at once).
-            let holder = |failed: bool, pk: String| async move {
+            // Only a refused registration pays for these reads (both claims
+            // at once). The outer `None`: that claim was free.
+            let read = |failed: bool, pk: String| async move {
                 match failed {
-                    true => self.claim_holder(pk).await.map(Some),
+                    true => self.claim(pk).await.map(Some),
                     false => Ok(None),
                 }
             };
-            let (username_holder, email_holder) = tokio::try_join!(
-                holder(e.check_failed(USERNAME_CLAIM), items::username_claim_pk(user.username.as_str())),
-                holder(e.check_failed(EMAIL_CLAIM), items::email_claim_pk(user.email.as_str())),
+            let (username_claim, email_claim) = tokio::try_join!(
+                read(e.check_failed(USERNAME_CLAIM), items::username_claim_pk(user.username.as_str())),
+                read(e.check_failed(EMAIL_CLAIM), items::email_claim_pk(user.email.as_str())),
             )?;
-            let held = |h: &Option<Option<User>>| match h {
-                None => Some(true),
-                // The claim or its holder went since the put failed: taken
-                // over by another registration meanwhile.
-                Some(None) => None,
-                Some(Some(u)) => Some(!u.verified && u.created_at < replace_unverified_before),
+            // The username first: its conflict is the one reported.
+            let username_holder = match username_claim {
+                None => None,
+                Some(claim) => match self.username_holder(claim, user, before).await? {
+                    Holder::Taken => return Err(StoreError::Conflict(Conflict::UsernameTaken)),
+                    Holder::Gone => continue,
+                    Holder::Stale(stale) => Some(stale),
+                },
             };
-            taken = if username_holder.is_some() { Conflict::UsernameTaken } else { Conflict::EmailTaken };
-            match (held(&username_holder), held(&email_holder)) {
-                (Some(false), _) => return Err(StoreError::Conflict(Conflict::UsernameTaken)),
-                (_, Some(false)) => return Err(StoreError::Conflict(Conflict::EmailTaken)),
-                (None, _) | (_, None) => continue,
-                (Some(true), Some(true)) => {}
-            }
-            let (username_holder, email_holder) = (username_holder.flatten(), email_holder.flatten());
-            if let Some(replaced) = self
-                .replace_unverified(user, verification, username_holder, email_holder, replace_unverified_before)
-                .await?
+            let email_holder = match email_claim {
+                None => None,
+                Some(None) => continue,
+                Some(Some(Claim::Hold(_))) => return Err(StoreError::internal("an email claim that is a hold")),
+                // The username's stale holder has the email too.
+                Some(Some(Claim::Account(id)))
+                    if username_holder.as_ref().and_then(Stale::account).is_some_and(|u| u.id == id) =>
+                {
+                    username_holder.as_ref().and_then(Stale::account).cloned().map(Box::new)
+                }
+                Some(Some(Claim::Account(id))) => {
+                    match self.hold_username(user, &id, username_holder.as_ref(), before).await? {
+                        HoldOutcome::Held => return Err(StoreError::Conflict(Conflict::EmailTaken)),
+                        HoldOutcome::UsernameChanged => continue,
+                        HoldOutcome::EmailHolderChanged => match self.account_holder(&id, before).await? {
+                            Holder::Stale(Stale::Account(u)) => Some(u),
+                            _ => continue,
+                        },
+                    }
+                }
+            };
+            if let Some(replaced) =
+                self.replace_unverified(user, verification, username_holder, email_holder, before).await?
             {
                 return Ok(replaced);
             }
         }
-        Err(StoreError::Conflict(taken))
+        // Never a taken email without its username held: that answer would
+        // tell the email apart from a free one.
+        Err(StoreError::unavailable("create_user: the names kept changing hands"))
     }
 
     async fn user_by_id(&self, id: &UserId) -> StoreResult<Option<User>> {

@@ -134,6 +134,30 @@ pub(crate) fn user_exists(c: &Connection, id: &UserId) -> rusqlite::Result<bool>
     c.prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE id = ?1)")?.query_row([id], |r| r.get(0))
 }
 
+// ---- username holds -------------------------------------------------------
+
+/// When the hold on `username` was made, if there is one.
+pub(crate) fn load_username_hold(c: &Connection, username: &Username) -> rusqlite::Result<Option<i64>> {
+    c.prepare_cached("SELECT held_at FROM username_holds WHERE username = ?1")?
+        .query_row([username], |r| r.get(0))
+        .optional()
+}
+
+/// Holds `username` from `held_at`, replacing a hold there is.
+pub(crate) fn put_username_hold(c: &Connection, username: &Username, held_at: i64) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO username_holds (username, held_at) VALUES (?1, ?2) \
+         ON CONFLICT (username) DO UPDATE SET held_at = excluded.held_at",
+    )?
+    .execute(rusqlite::params![username, held_at])?;
+    Ok(())
+}
+
+pub(crate) fn delete_username_hold(c: &Connection, username: &Username) -> rusqlite::Result<()> {
+    c.prepare_cached("DELETE FROM username_holds WHERE username = ?1")?.execute([username])?;
+    Ok(())
+}
+
 // ---- verifications --------------------------------------------------------
 
 const VERIFICATION_COLS: &str = "token_hash, user_id, created_at, expires_at, used_at, meta";

@@ -169,6 +169,17 @@ const MIGRATIONS: &[&str] = &[
     r#"
     UPDATE mail_jobs SET body = '' WHERE state = 'sent';
     "#,
+    // 10: a registration refused because its email is taken holds its
+    // username, without an account, as long as an unverified account made
+    // then would (`UserStore::create_user`): else the username's fate would
+    // tell whether the email has an account. Not in the change feed: like
+    // DynamoDB's claim items, a hold is no record the audit trail follows.
+    r#"
+    CREATE TABLE username_holds (
+        username TEXT PRIMARY KEY NOT NULL,
+        held_at  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -1,8 +1,11 @@
 //! The store ports on SQLite. Each method reads what its guard needs and
 //! writes inside one `BEGIN IMMEDIATE` transaction (see `Db::tx`), so the
 //! check and the write are one step, and a refused guard returns before
-//! anything is written. Every data change appends to the change feed in the
-//! same transaction.
+//! anything is written (but for the username hold a registration refused
+//! for its email leaves, as `UserStore::create_user` says). Every data
+//! change appends to the change feed in the same transaction; username
+//! holds do not (like DynamoDB's claim items, they are no record the audit
+//! trail follows).
 
 use super::EmbeddedStore;
 use super::changes::{ChangeEntity, record};
@@ -33,24 +36,30 @@ impl UserStore for EmbeddedStore {
         replace_unverified_before: Timestamp,
     ) -> StoreResult<Vec<UserId>> {
         let (user, v, at) = (user.clone(), verification.clone(), self.db().now());
-        self.db()
+        let before = replace_unverified_before;
+        let made = self
+            .db()
             .tx(move |tx| {
                 // Explicit checks, in the contract's order, so the answer
                 // names the right claim; the UNIQUE constraints back them up.
-                let replaceable = |u: &User| !u.verified && u.created_at < replace_unverified_before;
+                let replaceable = |u: &User| !u.verified && u.created_at < before;
                 let by_username = rec::load_user(tx, UserKey::Username(&user.username))?;
-                if by_username.as_ref().is_some_and(|u| !replaceable(u)) {
+                let hold = rec::load_username_hold(tx, &user.username)?;
+                if by_username.as_ref().is_some_and(|u| !replaceable(u)) || hold.is_some_and(|h| h >= before) {
                     return conflict(Conflict::UsernameTaken);
                 }
                 let by_email = rec::load_user(tx, UserKey::Email(&user.email))?;
-                if by_email.as_ref().is_some_and(|u| !replaceable(u)) {
-                    return conflict(Conflict::EmailTaken);
-                }
-                if rec::load_user(tx, UserKey::Id(&user.id))?.is_some()
-                    || rec::load_verification(tx, &v.token_hash)?.is_some()
+                let email_taken = by_email.as_ref().is_some_and(|u| !replaceable(u));
+                if !email_taken
+                    && (rec::load_user(tx, UserKey::Id(&user.id))?.is_some()
+                        || rec::load_verification(tx, &v.token_hash)?.is_some())
                 {
                     return stale();
                 }
+                // The stale holders go: the username's always (a refused
+                // registration holds the name in its place), the email's
+                // only for the account that takes it.
+                let by_email = if email_taken { None } else { by_email };
                 let mut replaced = Vec::new();
                 for old in [by_username, by_email].into_iter().flatten() {
                     if !replaced.contains(&old.id) {
@@ -60,13 +69,23 @@ impl UserStore for EmbeddedStore {
                         replaced.push(old.id);
                     }
                 }
+                if email_taken {
+                    // Held as an unverified account made now would hold it.
+                    rec::put_username_hold(tx, &user.username, user.created_at)?;
+                    return Ok(None);
+                }
+                if hold.is_some() {
+                    rec::delete_username_hold(tx, &user.username)?;
+                }
                 rec::insert_user(tx, &user)?;
                 rec::insert_verification(tx, &v)?;
                 record(tx, at, ChangeEntity::User, &user.id.to_string(), None, Some(&user))?;
                 record(tx, at, ChangeEntity::Verification, &v.token_hash, None, Some(&v))?;
-                Ok(replaced)
+                Ok(Some(replaced))
             })
-            .await
+            .await?;
+        // A hold is committed with its answer, which only then says "taken".
+        made.map_or_else(|| conflict(Conflict::EmailTaken), Ok)
     }
 
     async fn user_by_id(&self, id: &UserId) -> StoreResult<Option<User>> {
@@ -816,7 +835,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn username_conflict_wins_over_email_and_nothing_is_written() {
+    async fn username_conflict_wins_over_email_and_only_a_hold_is_written() {
         let (s, _) = store();
         let alice = registered(&s, "alice").await;
         let before = changes(&s).await;
@@ -835,8 +854,9 @@ mod tests {
         assert_eq!(count(&s, "users").await, 1);
         assert_eq!(count(&s, "verifications").await, 1, "no orphan token");
         assert!(s.verification(&mail_v.token_hash).await.unwrap().is_none());
-        assert!(s.user_by_username(&mail.username).await.unwrap().is_none(), "no orphan username claim");
-        assert_eq!(changes(&s).await, before, "a refused write leaves no change row");
+        assert!(s.user_by_username(&mail.username).await.unwrap().is_none(), "a hold is no account");
+        assert_eq!(count(&s, "username_holds").await, 1, "the taken email held its username (only)");
+        assert_eq!(changes(&s).await, before, "a refused write, its hold included, leaves no change row");
         assert_eq!(s.user_by_id(&alice.id).await.unwrap(), Some(alice));
     }
 
