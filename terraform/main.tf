@@ -29,6 +29,13 @@ locals {
   # worker_max_concurrency instances gets its share of the account's rate.
   worker_instance_send_rate = var.ses_max_send_rate / var.worker_max_concurrency
 
+  # Seconds at the end of a worker invocation in which no send starts: the
+  # handler's answer margin (1.5 s, latchkey_mail_worker::ANSWER_MARGIN),
+  # the deliverer's reserve for recording outcomes (0.5 s) and the least
+  # time a send is started with (5 s, MIN_SEND_WINDOW). worker_batch_size
+  # is checked against it (tests/tests/terraform.rs holds it to the code).
+  worker_send_margin_seconds = 7
+
   # 14 days, the SQS maximum: a parked mail or stream record stays long
   # enough to be looked at after a holiday.
   dlq_retention_seconds = 1209600

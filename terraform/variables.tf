@@ -174,12 +174,21 @@ variable "worker_timeout_seconds" {
 }
 
 variable "worker_batch_size" {
-  description = "Mail jobs per worker invocation."
+  description = "Mail jobs per worker invocation. At most what one instance can send in its timeout: ses_max_send_rate / worker_max_concurrency per second, for worker_timeout_seconds less 7 s."
   type        = number
   default     = 10
   validation {
     condition     = var.worker_batch_size >= 1 && var.worker_batch_size <= 100
     error_message = "worker_batch_size: 1..100."
+  }
+  validation {
+    # An instance sends at most local.worker_instance_send_rate mails a
+    # second and starts no send in the last local.worker_send_margin_seconds
+    # of its timeout. The records of a larger batch that find no send slot
+    # in time are left for redelivery without an attempt, again on every
+    # receive, and end in the DLQ as "transient failures exhausted".
+    condition     = var.worker_batch_size <= local.worker_instance_send_rate * (var.worker_timeout_seconds - local.worker_send_margin_seconds)
+    error_message = "worker_batch_size: a batch of ${var.worker_batch_size} cannot all be sent before the worker's timeout: each instance sends ${local.worker_instance_send_rate} mails/s (ses_max_send_rate ${var.ses_max_send_rate} / worker_max_concurrency ${var.worker_max_concurrency}) and starts sends for ${var.worker_timeout_seconds - local.worker_send_margin_seconds} s of its ${var.worker_timeout_seconds} s (worker_timeout_seconds less ${local.worker_send_margin_seconds} s), so at most ${floor(local.worker_instance_send_rate * (var.worker_timeout_seconds - local.worker_send_margin_seconds))} fit. Lower worker_batch_size or worker_max_concurrency, or raise ses_max_send_rate or worker_timeout_seconds."
   }
 }
 

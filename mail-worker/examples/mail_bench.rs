@@ -14,7 +14,7 @@
 #![allow(clippy::unwrap_used)]
 
 use async_trait::async_trait;
-use latchkey_core::clock::SystemClock;
+use latchkey_core::clock::{Clock, SystemClock};
 use latchkey_core::domain::{Email, Secret};
 use latchkey_core::mail::delivery::{Deliverer, Mailer, MemoryMailLedger, SendError, SendRateLimiter, ledger_state};
 use latchkey_core::mail::{MailEnvelope, MailJob, RenderedMail, Renderer};
@@ -28,7 +28,8 @@ fn job(i: usize, tag: &str) -> MailEnvelope {
     MailEnvelope::new(
         format!("{tag}{i}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         &Email::parse(&format!("bench{i}@example.com")).unwrap(),
-        1_700_000_000,
+        // Queued now: the deliverer refuses a job whose code has expired.
+        SystemClock.now(),
         None,
         None,
         MailJob::StandaloneCode { code: Secret::new("123456".into()), expires_minutes: 10 },

@@ -20,8 +20,10 @@ pub const DEFAULT_MAX_SEND_RATE: f64 = 14.0;
 pub struct WorkerConfig {
     /// The ledger table is `{table_prefix}-mail-ledger`.
     pub table_prefix: String,
-    /// The mail queue: needed by the poller and `dlq redrive`, not by the
-    /// Lambda (its event source mapping reads the queue).
+    /// The mail queue: needed by the poller and `dlq redrive`; the Lambda
+    /// (whose event source mapping reads the queue) uses it to show a record
+    /// left for redelivery again after a short backoff (without it, such a
+    /// record waits the queue's visibility timeout).
     pub queue_url: Option<String>,
     pub dlq_url: String,
     /// A mailbox on an SES-verified identity, `Name <addr>` or `addr`.

@@ -12,7 +12,9 @@
 //! count and failure reason, never its body (which holds a code or link).
 //! `redrive` moves them back to the mail queue after a fix: each is sent
 //! to the queue (without its `failure_reason`), then deleted from the DLQ.
-//! A job the ledger already shows as sent is not sent again.
+//! A job the ledger already shows as sent is not sent again, and neither is
+//! one whose code or link has expired or that is 6 days old (the worker
+//! drops it as expired, `failed` in the ledger).
 
 use crate::{BoxError, FAILURE_REASON_ATTRIBUTE, SOURCE_MESSAGE_ID_ATTRIBUTE};
 use aws_sdk_sqs::Client;

@@ -9,14 +9,22 @@
 //! - Sent, or sent before: handled (SQS deletes it).
 //! - Unparseable body or permanent SES refusal: copied to the DLQ at once
 //!   with a `failure_reason` message attribute, then handled.
+//! - Expired (its code or link is dead, or the job is older than
+//!   `MAX_JOB_AGE_SECS`, as after a late DLQ redrive): not sent, `failed` in
+//!   the ledger with the reason, and handled: SQS deletes it, and there is
+//!   no DLQ copy, since a redrive could only refuse it again.
 //! - Transient failure that outlasted the retries: reported, so SQS
-//!   redelivers it after the visibility timeout. On the last receive SQS
+//!   redelivers it; its visibility is first cut to a short backoff
+//!   ([`retry_backoff`]: 5 s, doubling with each receive, at most 30 s), so
+//!   a login code is not held back for the queue's visibility timeout
+//!   (minutes on AWS). On the last receive SQS
 //!   allows (the record's `ApproximateReceiveCount` has reached
 //!   `MAIL_MAX_RECEIVE_COUNT`, the queue's `maxReceiveCount`), it is parked
 //!   instead, as a permanent failure is: `failed` in the ledger (so the
 //!   audit trail has its `mail_failed`) and a DLQ copy with the reason.
-//!   Only a job another worker holds is still left to SQS, which then
-//!   redrives it to the DLQ itself.
+//! - Held by another worker (its claim's lease is live): reported, and
+//!   shown again when the lease ends ([`busy_visibility`]). Left to SQS even
+//!   on its last receive, which then redrives it to the DLQ itself.
 //!
 //! Everything, the DLQ copy and the ledger records included, ends by the
 //! invocation's deadline, so the handler answers Lambda in time and a mail
@@ -37,10 +45,12 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use aws_sdk_sqs::types::MessageAttributeValue;
 use latchkey_core::adapters::{aws_calls, dynamo, ses};
 use latchkey_core::clock::SystemClock;
-use latchkey_core::mail::delivery::{Deliverer, Outcome, Redelivery, RetryPolicy, SendRateLimiter};
+use latchkey_core::clock::Timestamp;
+use latchkey_core::mail::delivery::{Deliverer, LEASE_SECS, Outcome, Redelivery, RetryPolicy, SendRateLimiter};
 use latchkey_core::mail::{MAIL_JOB_VERSION, MailEnvelope, Renderer};
 use latchkey_core::tables;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::time::Instant;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -54,16 +64,37 @@ const MAX_REASON_CHARS: usize = 1024;
 /// The SQS system attribute counting a message's receives, this one included.
 pub const RECEIVE_COUNT_ATTRIBUTE: &str = "ApproximateReceiveCount";
 
+/// Kept back from a Lambda invocation's deadline to answer Lambda.
+pub const ANSWER_MARGIN: Duration = Duration::from_millis(1500);
+
+/// How soon SQS shows a record again after its first transient failure
+/// (each later receive doubles it, up to [`RETRY_BACKOFF_MAX`]). Left to
+/// the queue, a retry would wait its visibility timeout: 6 x the worker's
+/// timeout plus the batching window on AWS (181 s with Terraform's
+/// defaults), 60 s on an emulator; a login code lives 5 minutes.
+pub const RETRY_BACKOFF_FIRST: Duration = Duration::from_secs(5);
+/// The longest backoff, well below the queue's visibility timeout (at
+/// least 84 s with Terraform, 60 s on an emulator). With the first at 5 s,
+/// the 5 receives a job gets span about a minute of an SES outage (5, 10,
+/// 20, 30 s apart) before it is parked with its reason, for a redrive.
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
 /// What the handler needs, built once per cold start.
 pub struct Worker {
     deliverer: Arc<Deliverer>,
     sqs: aws_sdk_sqs::Client,
     dlq_url: String,
+    /// The queue the records come from, for ChangeMessageVisibility; without
+    /// it a record left for redelivery waits the queue's visibility timeout.
+    queue_url: Option<String>,
 }
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("dlq_url", &self.dlq_url).finish_non_exhaustive()
+        f.debug_struct("Worker")
+            .field("dlq_url", &self.dlq_url)
+            .field("queue_url", &self.queue_url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -88,7 +119,15 @@ impl Clients {
 
 impl Worker {
     pub fn new(deliverer: Arc<Deliverer>, sqs: aws_sdk_sqs::Client, dlq_url: impl Into<String>) -> Self {
-        Worker { deliverer, sqs, dlq_url: dlq_url.into() }
+        Worker { deliverer, sqs, dlq_url: dlq_url.into(), queue_url: None }
+    }
+
+    /// The mail queue's URL: a record left for redelivery is then shown
+    /// again after a short backoff rather than the queue's visibility
+    /// timeout (see [`retry_backoff`], [`busy_visibility`]).
+    pub fn with_queue_url(mut self, queue_url: impl Into<String>) -> Self {
+        self.queue_url = Some(queue_url.into());
+        self
     }
 
     /// The production worker: DynamoDB ledger, SES mailer, the configured
@@ -105,7 +144,16 @@ impl Worker {
         let deliverer =
             Deliverer::new(renderer, Arc::new(ledger), Arc::new(mailer), Arc::new(limiter), Arc::new(SystemClock))
                 .with_retry(retry);
-        Ok(Worker::new(Arc::new(deliverer), clients.sqs, cfg.dlq_url.clone()))
+        let worker = Worker::new(Arc::new(deliverer), clients.sqs, cfg.dlq_url.clone());
+        Ok(match &cfg.queue_url {
+            Some(url) => worker.with_queue_url(url),
+            None => {
+                tracing::warn!(
+                    "LATCHKEY_MAIL_QUEUE_URL is not set: a mail left for redelivery waits the queue's visibility timeout"
+                );
+                worker
+            }
+        })
     }
 
     pub fn deliverer(&self) -> &Arc<Deliverer> {
@@ -166,19 +214,86 @@ impl Worker {
             Ok(env) => env,
             Err(reason) => return self.park(record, &reason, deadline).await,
         };
+        let message_id = record.message_id.as_deref().unwrap_or("");
         match self.deliverer.deliver_with(&env, deadline, redelivery(record)).await {
             Outcome::Sent { .. } | Outcome::AlreadySent => true,
             Outcome::Park { reason } => self.park(record, &reason, deadline).await,
+            // Recorded failed in the ledger; nothing for the DLQ.
+            Outcome::Expired { reason } => {
+                tracing::warn!(message_id, mail_id = %env.id, %reason, "expired mail job dropped from the queue");
+                true
+            }
             Outcome::Retry { reason } => {
-                tracing::warn!(message_id = record.message_id.as_deref().unwrap_or(""), mail_id = %env.id, %reason, "mail job left for redelivery");
+                let after = retry_backoff(receive_count(record).unwrap_or(1));
+                tracing::warn!(message_id, mail_id = %env.id, %reason, after_secs = after.as_secs(), "mail job left for redelivery");
+                self.show_again_after(record, after, deadline).await;
                 false
             }
             Outcome::Busy { lease_until } => {
-                tracing::warn!(message_id = record.message_id.as_deref().unwrap_or(""), mail_id = %env.id, lease_until, "mail job held by another worker; left for redelivery");
+                let after = busy_visibility(lease_until, self.deliverer.clock().now());
+                tracing::warn!(message_id, mail_id = %env.id, lease_until, after_secs = after.as_secs(), "mail job held by another worker; left for redelivery");
+                self.show_again_after(record, after, deadline).await;
                 false
             }
         }
     }
+
+    /// Sets `record`'s visibility to `after` (ChangeMessageVisibility), so
+    /// SQS hands it over again then rather than after the queue's visibility
+    /// timeout. Ends by `deadline` and fails soft: a failed or late call is
+    /// logged, and the record, reported all the same, waits the queue's
+    /// visibility timeout as it did before.
+    async fn show_again_after(&self, record: &SqsMessage, after: Duration, deadline: Instant) {
+        let message_id = record.message_id.as_deref().unwrap_or("");
+        let handle = record.receipt_handle.as_deref().filter(|h| !h.is_empty());
+        let (Some(queue_url), Some(handle)) = (self.queue_url.as_deref(), handle) else {
+            tracing::debug!(
+                message_id,
+                "no queue URL or receipt handle: the record waits the queue's visibility timeout"
+            );
+            return;
+        };
+        // Both backoffs are bounded far below i32::MAX seconds.
+        let secs = i32::try_from(after.as_secs()).unwrap_or(i32::MAX);
+        let req =
+            self.sqs.change_message_visibility().queue_url(queue_url).receipt_handle(handle).visibility_timeout(secs);
+        match tokio::time::timeout_at(deadline, req.send()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(
+                message_id,
+                error = %aws_sdk_sqs::error::DisplayErrorContext(&e),
+                "could not shorten the record's visibility; it waits the queue's visibility timeout"
+            ),
+            Err(_) => tracing::warn!(
+                message_id,
+                "the record's visibility was not changed before the deadline; it waits the queue's visibility timeout"
+            ),
+        }
+    }
+}
+
+/// How long SQS hides a record left for redelivery after a transient
+/// failure on its `receives`-th receive: [`RETRY_BACKOFF_FIRST`], doubled
+/// on each later receive, at most [`RETRY_BACKOFF_MAX`].
+pub fn retry_backoff(receives: u32) -> Duration {
+    let doublings = receives.saturating_sub(1).min(16);
+    RETRY_BACKOFF_FIRST.saturating_mul(1 << doublings).min(RETRY_BACKOFF_MAX)
+}
+
+/// How long SQS hides a record whose job another worker holds until
+/// `lease_until`: until the lease ends (and a second more, the ledger's
+/// clock counting whole seconds), when the next receive can claim the job
+/// if the holder died, or finds it sent. Not cut to the retry backoff:
+/// receives spent inside a dead worker's 5-minute lease would get the job
+/// dead-lettered unsent. At most the lease itself ([`LEASE_SECS`]).
+pub fn busy_visibility(lease_until: Timestamp, now: Timestamp) -> Duration {
+    let left = lease_until.saturating_sub(now).clamp(0, LEASE_SECS);
+    Duration::from_secs(left.unsigned_abs() + 1)
+}
+
+/// The record's `ApproximateReceiveCount`, if it has a readable one.
+fn receive_count(record: &SqsMessage) -> Option<u32> {
+    record.attributes.get(RECEIVE_COUNT_ATTRIBUTE).and_then(|v| v.trim().parse::<u32>().ok())
 }
 
 /// Whether SQS hands `record` over again after a reported failure. It
@@ -190,7 +305,7 @@ impl Worker {
 /// receive early, one counted low (or missing, as in a hand-built event)
 /// leaves it to SQS's redrive, as before.
 pub fn redelivery(record: &SqsMessage) -> Redelivery {
-    match record.attributes.get(RECEIVE_COUNT_ATTRIBUTE).and_then(|v| v.trim().parse::<u32>().ok()) {
+    match receive_count(record) {
         Some(receives) if receives >= tables::MAIL_MAX_RECEIVE_COUNT => Redelivery::LastReceive { receives },
         _ => Redelivery::Follows,
     }
@@ -264,6 +379,23 @@ mod tests {
         for early in [None, Some("1"), Some(&*(max - 1).to_string()), Some("many")] {
             assert_eq!(with(early), Redelivery::Follows, "{early:?}");
         }
+    }
+
+    #[test]
+    fn the_retry_backoff_doubles_per_receive_up_to_its_cap() {
+        let secs = |r| retry_backoff(r).as_secs();
+        assert_eq!([0, 1, 2, 3, 4, 5, 6, 1000, u32::MAX].map(secs), [5, 5, 10, 20, 30, 30, 30, 30, 30]);
+        // Well below the visibility timeout of the emulator's queue (60 s)
+        // and of Terraform's (6 x at least 14 s).
+        assert!(RETRY_BACKOFF_MAX.as_secs() * 2 <= 60);
+    }
+
+    #[test]
+    fn a_held_job_is_shown_again_when_the_lease_ends() {
+        assert_eq!(busy_visibility(1_000 + 42, 1_000), Duration::from_secs(43));
+        assert_eq!(busy_visibility(1_000, 1_000), Duration::from_secs(1));
+        assert_eq!(busy_visibility(900, 1_000), Duration::from_secs(1), "a lease that has ended");
+        assert_eq!(busy_visibility(i64::MAX, 0), Duration::from_secs(LEASE_SECS as u64 + 1), "never past a lease");
     }
 
     #[test]

@@ -5,12 +5,8 @@
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use latchkey_core::adapters::aws_calls;
-use latchkey_mail_worker::{Clients, Worker, WorkerConfig, dlq, handle, lambda_deadline, poller};
+use latchkey_mail_worker::{ANSWER_MARGIN, Clients, Worker, WorkerConfig, dlq, handle, lambda_deadline, poller};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Kept back from the invocation's deadline to answer Lambda.
-const ANSWER_MARGIN: Duration = Duration::from_millis(1500);
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {

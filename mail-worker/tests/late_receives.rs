@@ -68,7 +68,8 @@ fn ids() -> (String, String) {
     (uuid::Uuid::new_v4().simple().to_string(), uuid::Uuid::new_v4().simple().to_string())
 }
 
-/// The fixture's two records: job 1 on receive `count1`, job 2 on `count2`.
+/// The fixture's two records: job 1 on receive `count1`, job 2 on `count2`,
+/// both queued now (their codes live 5 minutes).
 fn late_receives(jobs: &(String, String), count1: u32, count2: u32) -> SqsEvent {
     let path = format!("{}/tests/fixtures/sqs_late_receives.json", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(path)
@@ -78,7 +79,8 @@ fn late_receives(jobs: &(String, String), count1: u32, count2: u32) -> SqsEvent 
         .replace("__RCPT1__", &format!("r1-{}@example.com", &jobs.0[..8]))
         .replace("__RCPT2__", &format!("r2-{}@example.com", &jobs.1[..8]))
         .replace("__COUNT1__", &count1.to_string())
-        .replace("__COUNT2__", &count2.to_string());
+        .replace("__COUNT2__", &count2.to_string())
+        .replace("__CREATED__", &SystemClock.now().to_string());
     serde_json::from_str(&text).unwrap()
 }
 
@@ -168,6 +170,57 @@ async fn the_poller_parks_a_job_on_its_real_last_receive() {
     let e = ledger.entry(&job_id).await.unwrap().unwrap();
     assert_eq!((e.state.as_str(), e.reason.as_deref()), (ledger_state::FAILED, Some(why.as_str())));
     assert_eq!(e.attempts, tables::MAIL_MAX_RECEIVE_COUNT);
+}
+
+/// A job another worker holds is shown again when that worker's lease
+/// ends, not after the queue's visibility timeout (60 s here): the next
+/// receive then claims it and sends it.
+#[tokio::test]
+async fn a_job_another_worker_holds_comes_back_when_its_lease_ends() {
+    let (sqs, queue, dlq) = queues().await;
+    let (w, ledger) = worker(sqs.clone(), &dlq, false);
+    let w = w.with_queue_url(&queue);
+    let poller = Poller::new(sqs.clone(), queue.clone()).await.unwrap();
+    assert_eq!(
+        sqs.get_queue_attributes()
+            .queue_url(&queue)
+            .attribute_names(QueueAttributeName::VisibilityTimeout)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .unwrap()[&QueueAttributeName::VisibilityTimeout],
+        "60"
+    );
+    let job = late_receives(&ids(), 1, 1).records[0].body.clone().unwrap();
+    let env = latchkey_mail_worker::parse_job(&job).unwrap();
+    // Another worker claimed it a while ago: its lease ends in 4 s.
+    let lease_ends = LEASE_SECS - 4;
+    assert_eq!(
+        ledger.claim(&JobMeta::of(&env), SystemClock.now() - lease_ends, LEASE_SECS).await.unwrap(),
+        Claim::Claimed
+    );
+    sqs.send_message().queue_url(&queue).message_body(&job).send().await.unwrap();
+    let sent = Instant::now();
+    let mut first = poller.poll_once(&w).await.unwrap();
+    while first.received == 0 {
+        assert!(sent.elapsed() < Duration::from_secs(10), "the job never arrived");
+        first = poller.poll_once(&w).await.unwrap();
+    }
+    assert_eq!((first.received, first.failed), (1, 1), "busy: left for redelivery");
+    let left = Instant::now();
+    loop {
+        let stats = poller.poll_once(&w).await.unwrap();
+        if stats.received > 0 {
+            assert_eq!(stats.handled, 1);
+            break;
+        }
+        // The lease's 4 s and a second, against the queue's 60 s.
+        assert!(left.elapsed() < Duration::from_secs(25), "not shown again when the lease ended");
+    }
+    let e = ledger.entry(&env.id).await.unwrap().unwrap();
+    assert_eq!((e.state.as_str(), e.attempts), (ledger_state::SENT, 2));
+    assert!(drain_queue(&sqs, &dlq).await.is_empty());
 }
 
 /// Accepts connections and never answers on them.

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use latchkey_core::adapters::embedded::{EmbeddedStore, Outbox, embedded_deliverer, spawn_mail_consumer};
-use latchkey_core::clock::SystemClock;
+use latchkey_core::clock::{Clock, SystemClock};
 use latchkey_core::domain::{Email, Secret};
 use latchkey_core::mail::delivery::ledger_state;
 use latchkey_core::mail::{MailEnvelope, MailJob, Renderer};
@@ -29,12 +29,14 @@ async fn the_consumer_writes_one_eml_per_job_id() {
     );
     let task = spawn_mail_consumer(queue.clone(), d.clone());
     let to = Email::parse("ivy@example.com").unwrap();
+    // Queued now: the deliverer refuses a job whose code has expired.
+    let now = SystemClock.now();
     let jobs: Vec<MailEnvelope> = (0..3)
         .map(|i| {
             MailEnvelope::new(
                 format!("job{i}"),
                 &to,
-                1_700_000_000,
+                now,
                 None,
                 None,
                 MailJob::StandaloneCode { code: Secret::new(format!("00000{i}")), expires_minutes: 10 },
@@ -68,6 +70,6 @@ async fn the_consumer_writes_one_eml_per_job_id() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
-    assert_eq!(files, ["1700000000-job0.eml", "1700000000-job1.eml", "1700000000-job2.eml"]);
+    assert_eq!(files, (0..3).map(|i| format!("{now}-job{i}.eml")).collect::<Vec<_>>());
     assert_eq!(queue.pending_count().await.unwrap(), 0);
 }

@@ -8,6 +8,7 @@
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_sqs::types::QueueAttributeName;
+use latchkey_core::clock::{Clock, SystemClock};
 use latchkey_core::domain::{Email, Secret};
 use latchkey_core::mail::delivery::{RetryPolicy, ledger_state};
 use latchkey_core::mail::{MailEnvelope, MailJob};
@@ -36,14 +37,19 @@ fn rcpt(tag: &str) -> String {
     format!("{tag}-{}@example.com", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
+/// A standalone code for `to`, queued now (it lives 10 minutes).
 fn job(to: &str) -> MailEnvelope {
+    job_at(to, SystemClock.now(), MailJob::StandaloneCode { code: Secret::new("135790".into()), expires_minutes: 10 })
+}
+
+fn job_at(to: &str, created_at: i64, job: MailJob) -> MailEnvelope {
     MailEnvelope::new(
         uuid::Uuid::new_v4().simple().to_string(),
         &Email::parse(to).expect("address"),
-        1_700_000_000,
+        created_at,
         None,
         None,
-        MailJob::StandaloneCode { code: Secret::new("135790".into()), expires_minutes: 10 },
+        job,
     )
 }
 
@@ -390,7 +396,8 @@ async fn transient_then_success_is_one_mail() {
 async fn always_transient_goes_to_the_dlq_after_max_receive_count() {
     let fault = Fault { always: true, ..Fault::none() };
     // 8 s: the poller's deadline (6 s) leaves each receive time for a send
-    // (`MIN_SEND_WINDOW`), so every receive reaches SES.
+    // (`MIN_SEND_WINDOW`), so every receive reaches SES. The receives come
+    // the worker's retry backoff apart (5, 10, 20, 30 s: about 65 s in all).
     let rig = rig(fault, FROM, Some(8), None).await;
     let to = rcpt("down");
     let env = job(&to);
@@ -403,7 +410,7 @@ async fn always_transient_goes_to_the_dlq_after_max_receive_count() {
         if rig.queue_depth(&rig.dlq_url).await > 0 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "never parked");
+        assert!(started.elapsed() < Duration::from_secs(180), "never parked");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(receives, tables::MAIL_MAX_RECEIVE_COUNT as usize);
@@ -470,4 +477,84 @@ async fn dlq_redrive_moves_dead_letters_back() {
     assert_eq!(rig.queue_depth(&rig.dlq_url).await, 0);
     assert_eq!(rig.poller().await.poll_once(&rig.worker).await.unwrap().handled, 1);
     assert_eq!(rig.mails(&env.to).await.len(), 1);
+}
+
+/// Jobs that may no longer be sent, put on the queue as a late DLQ redrive
+/// would: a code past its life, and a notice (no code) older than any mail
+/// is sent. Both are deleted from the queue without an SES call or a dead
+/// letter, and failed in the ledger with the reason; a fresh job in the
+/// same batch goes out.
+#[tokio::test]
+async fn stale_jobs_on_the_queue_are_deleted_unsent() {
+    use latchkey_core::mail::delivery::MAX_JOB_AGE_SECS;
+    let rig = rig(Fault::none(), FROM, None, None).await;
+    let now = SystemClock.now();
+    let (dead_code, old_notice, fresh) = (rcpt("deadcode"), rcpt("oldnotice"), rcpt("fresh"));
+    let code = || MailJob::StandaloneCode { code: Secret::new("135790".into()), expires_minutes: 10 };
+    let stale = [
+        job_at(&dead_code, now - 11 * 60, code()),
+        job_at(&old_notice, now - MAX_JOB_AGE_SECS - 60, MailJob::SignupAttempt {}),
+    ];
+    for env in &stale {
+        rig.send(&env.to_json()).await;
+    }
+    rig.send(&job(&fresh).to_json()).await;
+    let poller = rig.poller().await;
+    let (mut received, mut handled) = (0, 0);
+    let started = Instant::now();
+    while received < 3 {
+        let stats = poller.poll_once(&rig.worker).await.expect("poll");
+        (received, handled) = (received + stats.received, handled + stats.handled);
+        assert!(started.elapsed() < Duration::from_secs(30), "{received} of 3 jobs received");
+    }
+    assert_eq!(handled, 3, "all three handled, none left for redelivery");
+    assert_eq!(rig.queue_depth(&rig.queue_url).await, 0, "deleted");
+    assert!(rig.dead_letters().await.is_empty(), "nothing to redrive");
+    assert_eq!(rig.fault.seen.load(Ordering::SeqCst), 1, "one SES call: the fresh job's");
+    let sent = rig.sent().await;
+    assert_eq!(addressed(&sent, &fresh).len(), 1);
+    assert!(addressed(&sent, &dead_code).is_empty() && addressed(&sent, &old_notice).is_empty());
+    for (env, why) in stale.iter().zip(["expired: its code or link stopped working at", "expired: queued "]) {
+        let e = rig.worker.deliverer().ledger().entry(&env.id).await.expect("ledger").expect("a record");
+        assert_eq!(e.state, ledger_state::FAILED, "{e:?}");
+        assert!(e.reason.as_deref().is_some_and(|r| r.starts_with(why)), "{e:?}");
+    }
+}
+
+/// A record that fails transiently is shown again after the worker's short
+/// backoff (5 s on a first receive), not after the queue's visibility
+/// timeout (60 s here), and its redelivery sends it.
+#[tokio::test]
+async fn a_transient_failure_comes_back_after_a_short_backoff() {
+    use latchkey_mail_worker::RETRY_BACKOFF_FIRST;
+    // Every send of the first delivery fails (1 + max_retries).
+    let sends = 1 + fast_retry().max_retries;
+    let rig = rig(Fault { first: Arc::new(AtomicUsize::new(sends)), ..Fault::none() }, FROM, Some(60), None).await;
+    let to = rcpt("backoff");
+    rig.send(&job(&to).to_json()).await;
+    let poller = rig.poller().await;
+    let started = Instant::now();
+    let first = loop {
+        let stats = poller.poll_once(&rig.worker).await.expect("poll");
+        if stats.received > 0 {
+            break stats;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the job never arrived");
+    };
+    assert_eq!((first.received, first.failed), (1, 1), "left for redelivery");
+    assert_eq!(rig.fault.seen.load(Ordering::SeqCst), sends);
+    let left = Instant::now();
+    loop {
+        let stats = poller.poll_once(&rig.worker).await.expect("poll");
+        if stats.received > 0 {
+            assert_eq!((stats.received, stats.handled), (1, 1));
+            break;
+        }
+        // 5 s and polling, against the queue's 60 s.
+        assert!(left.elapsed() < Duration::from_secs(20), "not shown again after the backoff");
+    }
+    // Not at once either: the backoff held it (less a generous margin).
+    assert!(left.elapsed() >= RETRY_BACKOFF_FIRST / 2, "shown again after {:?}", left.elapsed());
+    assert_eq!(rig.mails(&to).await.len(), 1);
+    assert_eq!(rig.queue_depth(&rig.queue_url).await, 0);
 }

@@ -7,7 +7,8 @@
 //! function's environment against the config keys its code reads, the SQS
 //! visibility against the worker's timeout, the event source mappings'
 //! failure handling and the mail ledger stream's filter (core's audited
-//! states), and IAM statements for `*`.
+//! states), the worker's batch size against its send rate and timeout, and
+//! IAM statements for `*`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -764,17 +765,27 @@ fn roles_that_use_tables_may_use_the_table_key_through_dynamodb() {
     assert!(checked >= 3, "api, mail worker and stream processor all use tables; {checked} documents checked");
 }
 
-/// The validation condition of `variable "<name>"`, evaluated with `value`.
-fn variable_accepts(tf: &Terraform, name: &str, value: Value) -> bool {
-    let var = tf
-        .blocks
+/// The body of `variable "<name>"`.
+fn variable<'a>(tf: &'a Terraform, name: &str) -> &'a Body {
+    tf.blocks
         .iter()
         .map(|(_, b)| b)
         .find(|b| b.identifier() == "variable" && b.labels()[0].as_str() == name)
         .unwrap_or_else(|| panic!("variable {name}"))
-        .body();
-    let ctx = tf.context(&[(name, value)]);
-    blocks(var, "validation").all(|v| eval(&ctx, v.body(), "condition", name) == Value::Bool(true))
+        .body()
+}
+
+/// The validation condition of `variable "<name>"`, evaluated with `value`.
+fn variable_accepts(tf: &Terraform, name: &str, value: Value) -> bool {
+    variable_accepts_with(tf, name, &[(name, value)])
+}
+
+/// The validation conditions of `variable "<name>"`, evaluated with the
+/// variables in `overrides` (which may include others: a condition may
+/// reference other variables and locals since Terraform 1.9).
+fn variable_accepts_with(tf: &Terraform, name: &str, overrides: &[(&str, Value)]) -> bool {
+    let ctx = tf.context(overrides);
+    blocks(variable(tf, name), "validation").all(|v| eval(&ctx, v.body(), "condition", name) == Value::Bool(true))
 }
 
 /// A mail delivery ends within the ledger's claim lease: the worker's
@@ -841,5 +852,99 @@ fn worker_send_rate_is_the_accounts_rate_shared_by_the_instances() {
         let probe: Body = hcl::from_str("rate = local.worker_instance_send_rate").expect("probe");
         let got = eval(&ctx, &probe, "rate", "local.worker_instance_send_rate").as_f64().expect("a number");
         assert!((got * f64::from(instances) - account).abs() < 1e-9, "{instances} x {got}/s != {account}/s");
+    }
+}
+
+/// Terraform's `floor`, for evaluating error messages.
+fn floor(args: hcl::eval::FuncArgs) -> Result<Value, String> {
+    let n = args[0].as_f64().ok_or("floor of a non-number")?;
+    Ok(Value::from(n.floor() as i64))
+}
+
+/// A worker instance sends at most its share of the account's rate
+/// (`local.worker_instance_send_rate`) and starts no send in the last
+/// moments of its invocation (the handler's answer margin, the deliverer's
+/// reserve, `MIN_SEND_WINDOW`). Records of a batch larger than rate x
+/// (timeout - margin) run out of time before a send attempt, on every
+/// receive, and end in the DLQ unsent: `worker_batch_size` refuses such a
+/// batch, naming the numbers, and its default is not one.
+#[test]
+fn worker_batches_fit_the_send_rate_and_timeout() {
+    use latchkey_core::mail::delivery::{MIN_SEND_WINDOW, RetryPolicy};
+    let tf = Terraform::load();
+    let ctx = tf.context(&[]);
+    let local = |name: &str| {
+        let probe: Body = hcl::from_str(&format!("v = local.{name}")).expect("probe");
+        eval(&ctx, &probe, "v", &format!("local.{name}"))
+    };
+
+    // The margin Terraform assumes covers the code's.
+    let margin = local("worker_send_margin_seconds").as_i64().expect("a whole number of seconds");
+    let code_margin = latchkey_mail_worker::ANSWER_MARGIN + RetryPolicy::default().reserve + MIN_SEND_WINDOW;
+    assert!(
+        std::time::Duration::from_secs(margin.unsigned_abs()) >= code_margin,
+        "local.worker_send_margin_seconds ({margin} s) is less than the worker's {code_margin:?}"
+    );
+
+    // The check exists, on the batch size, and reads the right numbers.
+    let var = variable(&tf, "worker_batch_size");
+    let checks: Vec<&Body> = blocks(var, "validation")
+        .map(Block::body)
+        .filter(|v| attr(v, "condition").is_some_and(|c| c.to_string().contains("local.worker_instance_send_rate")))
+        .collect();
+    let [check] = checks.as_slice() else { panic!("worker_batch_size: expected one validation against the send rate") };
+    let condition = attr(check, "condition").expect("condition").to_string();
+    for reference in [
+        "var.worker_batch_size",
+        "local.worker_instance_send_rate",
+        "var.worker_timeout_seconds",
+        "local.worker_send_margin_seconds",
+    ] {
+        assert!(condition.contains(reference), "the batch check does not read {reference}: {condition}");
+    }
+    let rate_expr = tf
+        .blocks
+        .iter()
+        .filter(|(_, b)| b.identifier() == "locals")
+        .find_map(|(_, b)| attr(b.body(), "worker_instance_send_rate"))
+        .expect("local.worker_instance_send_rate")
+        .to_string();
+    assert_eq!(rate_expr, "var.ses_max_send_rate / var.worker_max_concurrency");
+
+    // The defaults pass it, computed here from the parsed defaults.
+    let default = |name: &str| {
+        let probe: Body = hcl::from_str(&format!("v = var.{name}")).expect("probe");
+        eval(&ctx, &probe, "v", &format!("var.{name}")).as_f64().expect("a number")
+    };
+    let rate = default("ses_max_send_rate") / default("worker_max_concurrency");
+    let sending_secs = default("worker_timeout_seconds") - margin as f64;
+    let fit = (rate * sending_secs).floor() as i64;
+    let batch = default("worker_batch_size") as i64;
+    assert!(batch <= fit, "the default batch ({batch}) is more than the {fit} mails an instance sends in time");
+    assert!(variable_accepts(&tf, "worker_batch_size", Value::from(batch)));
+
+    // Exactly at the bound: what fits passes, one more fails, with other
+    // numbers too; the message names them.
+    let cases: [(f64, i64, i64); 4] = [(1.0, 2, 30), (14.0, 7, 30), (50.0, 10, 14), (2.0, 2, 100)];
+    for (account, instances, timeout) in cases {
+        let fit = ((account / instances as f64) * (timeout - margin) as f64).floor() as i64;
+        let with = |batch: i64| {
+            [
+                ("ses_max_send_rate", Value::from(account)),
+                ("worker_max_concurrency", Value::from(instances)),
+                ("worker_timeout_seconds", Value::from(timeout)),
+                ("worker_batch_size", Value::from(batch)),
+            ]
+        };
+        let what = format!("{account}/s over {instances} instances, {timeout} s");
+        assert!((1..100).contains(&fit), "{what}: {fit} is no bound inside 1..100");
+        assert!(variable_accepts_with(&tf, "worker_batch_size", &with(fit)), "{what}: {fit} is refused");
+        assert!(!variable_accepts_with(&tf, "worker_batch_size", &with(fit + 1)), "{what}: {} passes", fit + 1);
+        let mut ctx = tf.context(&with(fit + 1));
+        ctx.declare_func("floor", hcl::eval::FuncDef::builder().param(hcl::eval::ParamType::Number).build(floor));
+        let message = eval_str(&ctx, check, "error_message", "worker_batch_size");
+        for number in [fit + 1, timeout, timeout - margin, fit] {
+            assert!(message.contains(&format!(" {number} ")), "{what}: {number} missing from {message:?}");
+        }
     }
 }

@@ -65,12 +65,36 @@ pub fn otp_subject(address_hash: &str) -> String {
     format!("otp:{address_hash}")
 }
 
+/// Every code [`mail_failure_code`] gives, checked against sample reasons.
+#[cfg(test)]
+#[test]
+fn mail_failure_codes_name_the_cause() {
+    for (reason, code) in [
+        (
+            "expired: its code or link stopped working at 2026-11-22T05:00:00Z (3 s before this delivery); not sent",
+            "expired",
+        ),
+        ("expired: queued 518400 s ago; no mail is sent 518400 s or more after it was queued", "expired"),
+        ("recipient is not a valid email address", "invalid_recipient"),
+        ("transient failures exhausted after 5 receives: Throttling", "retries_exhausted"),
+        ("unparseable mail job: Syntax error at line 1 column 2", "bad_job"),
+        ("MessageRejected: Email address is not verified.", "sender_not_verified"),
+        ("something else", "permanent_failure"),
+    ] {
+        assert_eq!(mail_failure_code(Some(reason)), code, "{reason}");
+    }
+}
+
 /// A short, fixed reason code for a parked mail, derived from the ledger's
 /// free-text reason (which may quote a provider's message or an address):
 /// only these codes reach the audit trail.
 pub fn mail_failure_code(reason: Option<&str>) -> &'static str {
     let r = reason.unwrap_or_default().to_ascii_lowercase();
-    if r.contains("not a valid email address") || r.contains("bad address") || r.contains("invalid address") {
+    if r.starts_with("expired:") {
+        // `mail::delivery::expiry`: its code or link died unsent, or it was
+        // too old to send.
+        "expired"
+    } else if r.contains("not a valid email address") || r.contains("bad address") || r.contains("invalid address") {
         "invalid_recipient"
     } else if r.contains("not verified") {
         "sender_not_verified"

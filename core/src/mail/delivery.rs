@@ -7,6 +7,11 @@
 //! differ only in what they do with the [`Outcome`] (report a batch item
 //! failure, move a message to the DLQ, back off a `mail_jobs` row).
 //!
+//! A job is sent only while it is worth sending: not once the code or link
+//! it carries has expired, and never once it is [`MAX_JOB_AGE_SECS`] old,
+//! whatever it carries (a DLQ redrive can bring back jobs days old). Such a
+//! job ends as [`Outcome::Expired`], recorded `failed` with the reason.
+//!
 //! Every step ends by the caller's deadline, the bookkeeping after a send
 //! included: a caller that answers its queue in time keeps a mail that went
 //! out from being handed over (and sent) again.
@@ -20,7 +25,7 @@ mod limiter;
 pub use limiter::SendRateLimiter;
 
 use super::{MailEnvelope, RenderedMail, Renderer};
-use crate::clock::{Clock, Timestamp};
+use crate::clock::{Clock, Timestamp, rfc3339};
 use crate::domain::Email;
 use crate::ports::StoreResult;
 use async_trait::async_trait;
@@ -127,6 +132,18 @@ pub struct LedgerEntry {
 
 /// Mail ledger records are kept this long (then swept by TTL).
 pub const LEDGER_TTL_SECS: i64 = 7 * 24 * 3600;
+/// The oldest a job may be (from its `created_at`) and still be sent,
+/// whatever it carries: 6 days, a day short of [`LEDGER_TTL_SECS`]. The
+/// ledger record that answers "already sent" lives at least
+/// `LEDGER_TTL_SECS` past the claim that sent the job (TTL deletes late,
+/// never early), and that claim came after the job was queued; a copy of
+/// the job delivered later than that (the DLQ keeps a message 14 days, and
+/// an operator may redrive it) could find no record and send the mail a
+/// second time. The spare day covers skew between the clock that stamped
+/// `created_at` (the api's) and the worker's.
+pub const MAX_JOB_AGE_SECS: i64 = 6 * 24 * 3600;
+const _: () = assert!(MAX_JOB_AGE_SECS < LEDGER_TTL_SECS);
+
 /// A claim holds a job this long; a worker that dies mid-send gives it back
 /// when the lease ends. Longer than any deadline a delivery runs under.
 pub const LEASE_SECS: i64 = 300;
@@ -168,6 +185,14 @@ pub enum Outcome {
     AlreadySent,
     /// Will never succeed as it is: park it with the reason (DLQ, `failed`).
     Park {
+        reason: String,
+    },
+    /// Not sent, and it never will be: the code or link in it has expired,
+    /// or the job is [`MAX_JOB_AGE_SECS`] old. Final, like [`Outcome::Park`]
+    /// (`failed` in the ledger with the reason, so a `mail_failed` audit
+    /// event), but there is nothing to dead-letter: a redrive could only
+    /// refuse it again. The queue drops it.
+    Expired {
         reason: String,
     },
     /// Transient failures used up the time: let the queue bring it back.
@@ -228,6 +253,27 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Why `env` may no longer be sent at `now` (the reason the ledger and the
+/// audit trail get), or `None` while it may. Its code or link stops working
+/// at [`MailEnvelope::content_expires_at`]; any job is done at
+/// [`MAX_JOB_AGE_SECS`].
+pub fn expiry(env: &MailEnvelope, now: Timestamp) -> Option<String> {
+    if let Some(at) = env.content_expires_at().filter(|at| now >= *at) {
+        return Some(format!(
+            "expired: its code or link stopped working at {} ({} s before this delivery); not sent",
+            rfc3339(at),
+            now - at
+        ));
+    }
+    let age = now.saturating_sub(env.created_at);
+    (age >= MAX_JOB_AGE_SECS).then(|| {
+        format!(
+            "expired: queued {age} s ago; no mail is sent {MAX_JOB_AGE_SECS} s or more after it was \
+             queued (the mail ledger forgets a job after {LEDGER_TTL_SECS} s); not sent"
+        )
+    })
+}
+
 /// Everything one delivery needs. Build it once per process and share it.
 pub struct Deliverer {
     renderer: Renderer,
@@ -268,9 +314,15 @@ impl Deliverer {
         &self.limiter
     }
 
+    /// The clock deliveries are judged by (expiry, leases).
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     /// Delivers `env` at most once, finishing before `deadline`: renders,
-    /// claims, sends (retrying transient failures with backoff and jitter
-    /// while time remains), records the outcome. Never panics on bad input
+    /// claims, refuses it if it has expired (see [`expiry`]; by the
+    /// deliverer's clock), sends (retrying transient failures with backoff
+    /// and jitter while time remains), records the outcome. Never panics on bad input
     /// and never logs the job's secret. The queue is taken to bring the job
     /// back after a [`Outcome::Retry`].
     pub async fn deliver(&self, env: &MailEnvelope, deadline: Instant) -> Outcome {
@@ -329,6 +381,14 @@ impl Deliverer {
             Ok(Err(e)) => return Attempt::NotNow { reason: format!("mail ledger unavailable: {e}") },
             // The claim may still land; its lease then runs out by itself.
             Err(_) => return Attempt::NotNow { reason: "mail ledger did not answer the claim in time".into() },
+        }
+        // Under the claim, not before it: a copy of a job that went out is
+        // still "already sent", and a job another worker holds may be going
+        // out right now (its record is that worker's to write). A claim of
+        // a job whose record the TTL swept finds nothing, and is refused
+        // here: the age bound keeps such a job from being sent again.
+        if let Some(reason) = expiry(env, self.clock.now()) {
+            return self.expire(meta, reason, deadline).await;
         }
         match self.send_with_retries(env, &mail, deadline).await {
             Ok(provider_id) => {
@@ -431,6 +491,19 @@ impl Deliverer {
             // delivery rather than park unrecorded.
             Ok(Err(e)) => Attempt::NotNow { reason: format!("could not record a parked job ({reason}): {e}") },
             Err(_) => Attempt::NotNow { reason: format!("parked job not recorded before the deadline ({reason})") },
+        }
+    }
+
+    /// Ends a claimed job that may no longer be sent: `failed` with the
+    /// reason, as a parked job (the audit trail's `mail_failed` comes from
+    /// that record, so when it cannot be written in time the delivery is
+    /// retried instead, as a park is).
+    async fn expire(&self, meta: &JobMeta, reason: String, deadline: Instant) -> Attempt {
+        tracing::warn!(mail_id = %meta.id, kind = meta.kind, %reason, "mail job expired; not sent");
+        match timeout_at(deadline, self.ledger.mark_failed(meta, &reason, self.clock.now())).await {
+            Ok(Ok(())) => Attempt::Done(Outcome::Expired { reason }),
+            Ok(Err(e)) => Attempt::NotNow { reason: format!("could not record an expired job ({reason}): {e}") },
+            Err(_) => Attempt::NotNow { reason: format!("expired job not recorded before the deadline ({reason})") },
         }
     }
 
@@ -813,6 +886,102 @@ mod tests {
         let e = l.entry("l").await.unwrap().unwrap();
         assert_eq!((e.state.as_str(), e.lease_until), (ledger_state::SENDING, Some(LEASE_SECS)), "the holder's claim");
         assert_eq!(*m.calls.lock().unwrap(), 0);
+    }
+
+    /// A notice: no code or link, so only the age bound applies.
+    fn notice(id: &str, created_at: Timestamp) -> MailEnvelope {
+        MailEnvelope::new(
+            id.into(),
+            &Email::parse("dora@example.com").unwrap(),
+            created_at,
+            None,
+            Some("user-dora".into()),
+            MailJob::SignupAttempt {},
+        )
+    }
+
+    #[tokio::test]
+    async fn a_code_is_sent_until_it_expires_and_never_after() {
+        let (m, l) = (Arc::new(Scripted::default()), Arc::new(MemoryMailLedger::new()));
+        // `env` is queued at 1 with a 5-minute code: dead from 301 on.
+        let expires_at = env("x").content_expires_at().unwrap();
+        assert_eq!(expires_at, 301);
+        let clock = Arc::new(FixedClock::new(expires_at - 1));
+        let d = deliverer(m.clone(), l.clone(), clock.clone());
+        assert!(matches!(d.deliver(&env("fresh"), soon()).await, Outcome::Sent { .. }));
+        clock.set(expires_at);
+        let out = d.deliver(&env("stale"), soon()).await;
+        let Outcome::Expired { reason } = &out else { panic!("{out:?}") };
+        assert!(reason.starts_with("expired: its code or link stopped working at"), "{reason}");
+        assert_eq!(m.sent.lock().unwrap().len(), 1, "the stale code is not sent");
+        let e = l.entry("stale").await.unwrap().unwrap();
+        assert_eq!((e.state.as_str(), e.reason.as_ref(), e.lease_until), (ledger_state::FAILED, Some(reason), None));
+        assert!(!reason.contains("424242") && !format!("{e:?}").contains("424242"));
+        // The record's move from the claim to `failed` is the audit trail's
+        // `mail_failed`, as for any other final failure.
+        use crate::audit::{AuditEventType, AuditPolicy, Images, SourceChange, audit_events};
+        let claimed = LedgerEntry { state: ledger_state::SENDING.into(), reason: None, ..e.clone() };
+        let change = SourceChange {
+            source_id: "feed:1".into(),
+            at: expires_at,
+            expired_by_ttl: false,
+            images: Images::Mail(Some(claimed), Some(e.clone())),
+        };
+        let events: Vec<_> = audit_events(&change, &AuditPolicy::default()).into_iter().map(|ev| ev.event).collect();
+        assert_eq!(events, [AuditEventType::MailFailed]);
+        // On the queue's last receive too: refused, not parked for a redrive.
+        let out = d.deliver_with(&env("stale2"), soon(), Redelivery::LastReceive { receives: 5 }).await;
+        assert!(matches!(out, Outcome::Expired { .. }), "{out:?}");
+        assert_eq!(*m.calls.lock().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_notice_is_refused_at_the_maximum_age() {
+        let (m, l) = (Arc::new(Scripted::default()), Arc::new(MemoryMailLedger::new()));
+        let clock = Arc::new(FixedClock::new(MAX_JOB_AGE_SECS - 1));
+        let d = deliverer(m.clone(), l.clone(), clock.clone());
+        assert!(matches!(d.deliver(&notice("young", 0), soon()).await, Outcome::Sent { .. }));
+        clock.set(MAX_JOB_AGE_SECS);
+        let out = d.deliver(&notice("old", 0), soon()).await;
+        let Outcome::Expired { reason } = &out else { panic!("{out:?}") };
+        assert!(reason.starts_with(&format!("expired: queued {MAX_JOB_AGE_SECS} s ago")), "{reason}");
+        assert_eq!(m.sent.lock().unwrap().len(), 1);
+        assert_eq!(l.entry("old").await.unwrap().unwrap().state, ledger_state::FAILED);
+    }
+
+    /// A job sent once comes back (a DLQ redrive) after the TTL swept its
+    /// ledger record: the age bound, not the ledger, keeps it from going
+    /// out a second time.
+    #[tokio::test]
+    async fn a_job_is_not_sent_again_once_its_ledger_record_could_be_gone() {
+        let m = Arc::new(Scripted::default());
+        let clock = Arc::new(FixedClock::new(0));
+        let d = deliverer(m.clone(), Arc::new(MemoryMailLedger::new()), clock.clone());
+        assert!(matches!(d.deliver(&notice("n", 0), soon()).await, Outcome::Sent { .. }));
+        // The claim was at 0; the record is swept from LEDGER_TTL_SECS on.
+        let swept = Arc::new(MemoryMailLedger::new());
+        clock.set(LEDGER_TTL_SECS);
+        let d = deliverer(m.clone(), swept.clone(), clock.clone());
+        assert!(matches!(d.deliver(&notice("n", 0), soon()).await, Outcome::Expired { .. }));
+        assert_eq!(m.sent.lock().unwrap().len(), 1);
+        assert_eq!(swept.entry("n").await.unwrap().unwrap().state, ledger_state::FAILED);
+    }
+
+    #[tokio::test]
+    async fn an_expired_copy_of_a_sent_or_held_job_leaves_its_record_alone() {
+        let (m, l) = (Arc::new(Scripted::default()), Arc::new(MemoryMailLedger::new()));
+        let clock = Arc::new(FixedClock::new(0));
+        let d = deliverer(m.clone(), l.clone(), clock.clone());
+        assert!(matches!(d.deliver(&env("sent"), soon()).await, Outcome::Sent { .. }));
+        // Another worker claimed this one just before the code died.
+        assert_eq!(l.claim(&JobMeta::of(&env("held")), 300, LEASE_SECS).await.unwrap(), Claim::Claimed);
+        clock.set(env("x").content_expires_at().unwrap());
+        assert_eq!(d.deliver(&env("sent"), soon()).await, Outcome::AlreadySent);
+        assert_eq!(l.entry("sent").await.unwrap().unwrap().state, ledger_state::SENT);
+        // The holder may be sending it now: its claim is not overwritten.
+        assert_eq!(d.deliver(&env("held"), soon()).await, Outcome::Busy { lease_until: 300 + LEASE_SECS });
+        assert_eq!(l.entry("held").await.unwrap().unwrap().state, ledger_state::SENDING);
+        assert_eq!(*m.calls.lock().unwrap(), 1);
     }
 
     /// A ledger whose writes after the claim never answer.

@@ -82,6 +82,19 @@ impl MailJob {
             MailJob::PasswordReset { .. } => "password_reset",
         }
     }
+
+    /// How long after the job was queued the code or link it carries stops
+    /// working, as the job itself says; `None` for a notice that carries
+    /// neither (it is still bounded by `delivery::MAX_JOB_AGE_SECS`).
+    pub fn content_life_secs(&self) -> Option<i64> {
+        match self {
+            MailJob::VerifyEmail { expires_hours, .. } => Some(i64::from(*expires_hours) * 3600),
+            MailJob::LoginCode { expires_minutes, .. }
+            | MailJob::StandaloneCode { expires_minutes, .. }
+            | MailJob::PasswordReset { expires_minutes, .. } => Some(i64::from(*expires_minutes) * 60),
+            MailJob::SignupAttempt {} | MailJob::AccountLocked { .. } | MailJob::PasswordChanged { .. } => None,
+        }
+    }
 }
 
 impl MailEnvelope {
@@ -94,6 +107,12 @@ impl MailEnvelope {
         job: MailJob,
     ) -> Self {
         MailEnvelope { v: MAIL_JOB_VERSION, id, to: to.as_str().to_string(), created_at: now, request_id, subject, job }
+    }
+
+    /// When the code or link in this job stops working (`created_at` plus
+    /// the job's own lifetime); `None` for a job that carries neither.
+    pub fn content_expires_at(&self) -> Option<Timestamp> {
+        self.job.content_life_secs().map(|life| self.created_at.saturating_add(life))
     }
 
     pub fn to_json(&self) -> String {
@@ -138,6 +157,28 @@ mod tests {
         assert_eq!(MailEnvelope::from_json(json).unwrap().subject, None);
         let env = MailEnvelope::from_json(json).unwrap();
         assert!(!env.to_json().contains("subject"));
+    }
+
+    #[test]
+    fn a_code_or_link_expires_with_its_job_and_a_notice_does_not() {
+        let at = |job: MailJob| {
+            let to = crate::domain::Email::parse("a@example.com").unwrap();
+            MailEnvelope::new("j".into(), &to, 1_000, None, None, job).content_expires_at()
+        };
+        let code = |s: &str| Secret::new(s.to_string());
+        assert_eq!(at(MailJob::LoginCode { username: "a".into(), code: code("1"), expires_minutes: 5 }), Some(1_300));
+        assert_eq!(at(MailJob::StandaloneCode { code: code("1"), expires_minutes: 10 }), Some(1_600));
+        assert_eq!(
+            at(MailJob::PasswordReset { username: "a".into(), token: code("t"), expires_minutes: 30 }),
+            Some(2_800)
+        );
+        assert_eq!(
+            at(MailJob::VerifyEmail { username: "a".into(), token: code("t"), expires_hours: 24 }),
+            Some(1_000 + 86_400)
+        );
+        assert_eq!(at(MailJob::SignupAttempt {}), None);
+        assert_eq!(at(MailJob::PasswordChanged { username: "a".into(), at: 1, by_reset: false }), None);
+        assert_eq!(at(MailJob::AccountLocked { username: "a".into(), locked_until: 9, codes_spent: false }), None);
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! claim, send retries and parking as the SES worker on AWS), with the
 //! `Outbox` as the mailer and `EmbeddedMailLedger` on the same database. A
 //! job that cannot be parsed, or that is refused for good, is parked as
-//! `failed` with its reason; a job whose sends kept failing is retried with
-//! the queue's backoff and parked after `MAX_DELIVERY_ATTEMPTS`. Nothing is
+//! `failed` with its reason, and so is one that expired before it could be
+//! sent (its code or link dead, or the job too old); a job whose sends kept
+//! failing is retried with the queue's backoff and parked after
+//! `MAX_DELIVERY_ATTEMPTS`. Nothing is
 //! dropped silently, and a job id is written to the outbox at most once.
 
 use super::EmbeddedStore;
@@ -100,7 +102,9 @@ async fn handle(queue: &SqliteMailQueue, deliverer: &Deliverer, job: ClaimedJob)
         // The ledger's sent mark acknowledged the job in the same commit.
         Outcome::Sent { .. } => Ok(()),
         Outcome::AlreadySent => queue.mark_sent(&job.id).await,
-        Outcome::Park { reason } => queue.mark_failed(&job.id, &reason).await,
+        // Recorded `failed` in the ledger (the audit trail's `mail_failed`);
+        // the row ends failed with the same reason, and is never retried.
+        Outcome::Park { reason } | Outcome::Expired { reason } => queue.mark_failed(&job.id, &reason).await,
         Outcome::Retry { reason } => {
             let state = queue.record_attempt_failure(&job.id, &reason, MAX_DELIVERY_ATTEMPTS).await?;
             tracing::warn!(mail_id = %job.id, kind = env.job.kind(), %reason, attempt = job.attempts + 1, state, "mail delivery failed");
@@ -146,6 +150,18 @@ mod tests {
             None,
             None,
             MailJob::StandaloneCode { code: Secret::new("271828".into()), expires_minutes: 10 },
+        )
+    }
+
+    /// A job with no code or link in it: only the age bound ends its life.
+    fn notice(id: &str) -> MailEnvelope {
+        MailEnvelope::new(
+            id.into(),
+            &Email::parse("carol@example.com").unwrap(),
+            1_700_000_000,
+            None,
+            None,
+            MailJob::SignupAttempt {},
         )
     }
 
@@ -231,7 +247,8 @@ mod tests {
         // A file where the directory should be: every write fails.
         std::fs::write(&blocked, b"in the way").unwrap();
         let (q, o) = (s.mail_queue(), outbox(&s, clock.clone(), &blocked).await);
-        q.enqueue(&job("retry")).await.unwrap();
+        // A notice: the backoff below outlasts a code's 10 minutes.
+        q.enqueue(&notice("retry")).await.unwrap();
         for attempt in 1..=MAX_DELIVERY_ATTEMPTS {
             assert_eq!(drain(&q, &o).await.unwrap(), 1, "attempt {attempt}");
             let (state, attempts, reason) = q.job_state("retry").await.unwrap().unwrap();
@@ -268,6 +285,35 @@ mod tests {
         assert_eq!(drain(&q, &o).await.unwrap(), 1);
         assert_eq!(q.job_state("died").await.unwrap().unwrap().0, SENT);
         assert_eq!(emls(&dir.0), vec!["1700000000-died.eml".to_string()]);
+    }
+
+    /// A job still queued when its code dies (the outbox was blocked until
+    /// then) is failed with the reason, in the queue and in the ledger, and
+    /// never written; its ledger record makes the audit trail's
+    /// `mail_failed`.
+    #[tokio::test]
+    async fn a_job_whose_code_expired_while_queued_is_failed_unwritten() {
+        let (s, clock) = store();
+        let dir = TempDir::new();
+        let target = dir.0.join("outbox");
+        std::fs::write(&target, b"in the way").unwrap();
+        let (q, o) = (s.mail_queue(), outbox(&s, clock.clone(), &target).await);
+        q.enqueue(&job("late")).await.unwrap();
+        assert_eq!(drain(&q, &o).await.unwrap(), 1);
+        assert_eq!(q.job_state("late").await.unwrap().unwrap().0, PENDING);
+        std::fs::remove_file(&target).unwrap();
+        // Ten minutes after it was queued, the code is dead.
+        clock.set(job("late").content_expires_at().unwrap());
+        assert_eq!(drain(&q, &o).await.unwrap(), 1);
+        let (state, _, reason) = q.job_state("late").await.unwrap().unwrap();
+        assert_eq!(state, FAILED);
+        assert!(reason.as_deref().is_some_and(|r| r.starts_with("expired: ")), "{reason:?}");
+        let e = o.ledger().entry("late").await.unwrap().unwrap();
+        assert_eq!((e.state.as_str(), e.reason), ("failed", reason));
+        assert!(emls(&target).is_empty());
+        // Not retried later either.
+        clock.advance(3600);
+        assert_eq!(drain(&q, &o).await.unwrap(), 0);
     }
 
     #[tokio::test]
