@@ -165,6 +165,14 @@ mod tests {
         )
     }
 
+    /// An outbox path with a file where its directory should be: every
+    /// write fails until the test removes the file.
+    fn blocked_outbox(dir: &TempDir) -> std::path::PathBuf {
+        let path = dir.0.join("outbox");
+        std::fs::write(&path, b"in the way").unwrap();
+        path
+    }
+
     fn emls(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir)
             .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
@@ -243,9 +251,7 @@ mod tests {
     async fn write_errors_are_retried_then_parked_after_five_attempts() {
         let (s, clock) = store();
         let dir = TempDir::new();
-        let blocked = dir.0.join("outbox");
-        // A file where the directory should be: every write fails.
-        std::fs::write(&blocked, b"in the way").unwrap();
+        let blocked = blocked_outbox(&dir);
         let (q, o) = (s.mail_queue(), outbox(&s, clock.clone(), &blocked).await);
         // A notice: the backoff below outlasts a code's 10 minutes.
         q.enqueue(&notice("retry")).await.unwrap();
@@ -295,8 +301,7 @@ mod tests {
     async fn a_job_whose_code_expired_while_queued_is_failed_unwritten() {
         let (s, clock) = store();
         let dir = TempDir::new();
-        let target = dir.0.join("outbox");
-        std::fs::write(&target, b"in the way").unwrap();
+        let target = blocked_outbox(&dir);
         let (q, o) = (s.mail_queue(), outbox(&s, clock.clone(), &target).await);
         q.enqueue(&job("late")).await.unwrap();
         assert_eq!(drain(&q, &o).await.unwrap(), 1);
@@ -320,8 +325,7 @@ mod tests {
     async fn a_retry_that_succeeds_is_sent_once() {
         let (s, clock) = store();
         let dir = TempDir::new();
-        let target = dir.0.join("outbox");
-        std::fs::write(&target, b"in the way").unwrap();
+        let target = blocked_outbox(&dir);
         let (q, o) = (s.mail_queue(), outbox(&s, clock.clone(), &target).await);
         q.enqueue(&job("later")).await.unwrap();
         assert_eq!(drain(&q, &o).await.unwrap(), 1);
