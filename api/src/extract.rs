@@ -223,10 +223,24 @@ pub fn is_json(headers: &axum::http::HeaderMap) -> bool {
         .is_some_and(|ct| ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
 }
 
+/// A request body that sends `first`, then `filler` every 2 s, 20 times:
+/// each gap well within the body deadline, the whole body not (tests run
+/// with paused time).
+#[cfg(test)]
+pub(crate) fn trickling_body(first: &'static [u8], filler: &'static [u8]) -> axum::body::Body {
+    use futures::StreamExt as _;
+    let trickle = futures::stream::unfold(0, move |i| async move {
+        (i < 20).then_some(())?;
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        Some((Ok::<_, std::io::Error>(axum::body::Bytes::from_static(filler)), i + 1))
+    });
+    let chunks = futures::stream::iter([Ok::<_, std::io::Error>(axum::body::Bytes::from_static(first))]).chain(trickle);
+    axum::body::Body::from_stream(chunks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::StreamExt as _;
 
     fn parts(forwarded: &str) -> Parts {
         let req = axum::http::Request::builder().header("x-forwarded-for", forwarded).body(()).expect("request");
@@ -248,17 +262,11 @@ mod tests {
             .layer(axum::middleware::from_fn(body_deadline));
         // A byte every 2 s: each gap well within the deadline, the whole
         // body not (the deadline is total, not per chunk). Paused time.
-        let trickle = futures::stream::unfold(0, |i| async move {
-            (i < 20).then_some(())?;
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-            Some((Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b" ")), i + 1))
-        });
-        let stalled =
-            futures::stream::iter([Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"{\"a\""))]).chain(trickle);
+        let stalled = trickling_body(b"{\"a\"", b" ");
         let request = |body| {
             axum::http::Request::post("/").header("content-type", "application/json").body(body).expect("request")
         };
-        let r = app.clone().oneshot(request(axum::body::Body::from_stream(stalled))).await.expect("response");
+        let r = app.clone().oneshot(request(stalled)).await.expect("response");
         assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
         let r = app.oneshot(request(axum::body::Body::from("{\"a\": 7}"))).await.expect("response");
         assert_eq!(r.status(), StatusCode::OK);

@@ -692,6 +692,19 @@ async fn a_user_without_a_password_epoch_is_at_zero_until_a_change() {
     ));
 }
 
+/// Deletes `subject`'s audit head item, as DynamoDB's TTL would once it
+/// expired.
+async fn expire_audit_head(env: &Env, subject: &str) {
+    env.client
+        .delete_item()
+        .table_name(format!("{}-audit", env.prefix))
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("SUBJ#{subject}")))
+        .key("sk", aws_sdk_dynamodb::types::AttributeValue::S("HEAD".into()))
+        .send()
+        .await
+        .expect("the head expires");
+}
+
 /// The `i`-th audit event of `subject`, `i` seconds after `NOW`.
 fn code_verified(subject: &str, i: u32) -> latchkey_core::audit::AuditEvent {
     use latchkey_core::audit::{AuditEvent, AuditEventType, Outcome};
@@ -724,14 +737,7 @@ async fn an_audit_chain_whose_head_expired_goes_on_from_its_last_record() {
     for i in 1..=2 {
         assert!(audit.append(&event(i), NOW + 86_400).await.expect("append"));
     }
-    env.client
-        .delete_item()
-        .table_name(format!("{}-audit", env.prefix))
-        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("SUBJ#{subject}")))
-        .key("sk", aws_sdk_dynamodb::types::AttributeValue::S("HEAD".into()))
-        .send()
-        .await
-        .expect("the head expires");
+    expire_audit_head(&env, &subject).await;
     assert!(audit.append(&event(3), NOW + 86_400).await.expect("an append after the head expired"));
     let chain = audit.chain(&subject).await.expect("chain");
     assert_eq!(chain.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
@@ -857,14 +863,7 @@ async fn an_audit_record_never_expires_before_the_one_it_follows() {
     assert!(audit.append(&event(1), NOW + 2 * 86_400).await.expect("append"));
     // An earlier event from another table's stream, or a shorter retention.
     assert!(audit.append(&event(2), NOW + 86_400).await.expect("append"));
-    env.client
-        .delete_item()
-        .table_name(format!("{}-audit", env.prefix))
-        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("SUBJ#{subject}")))
-        .key("sk", aws_sdk_dynamodb::types::AttributeValue::S("HEAD".into()))
-        .send()
-        .await
-        .expect("the head expires");
+    expire_audit_head(&env, &subject).await;
     assert!(audit.append(&event(3), NOW + 3600).await.expect("append"));
     assert!(audit.append(&event(4), NOW + 3 * 86_400).await.expect("append"));
     let chain = audit.chain(&subject).await.expect("chain");

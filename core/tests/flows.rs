@@ -1152,3 +1152,65 @@ async fn a_code_replaced_after_it_expired_unused_leaves_its_expiry() {
     let stats = audit.stats(day, day_of(T0 + 600)).await.unwrap();
     assert_eq!((count(E::OtpSent, &stats), count(E::OtpExpired, &stats)), (2, 1), "{stats:?}");
 }
+
+/// What a registration answers, as the client sees it.
+fn answer(r: Result<(), Error>) -> &'static str {
+    match r {
+        Ok(()) => "accepted",
+        Err(Error::UsernameTaken) => "username_taken",
+        Err(e) => panic!("unexpected {e:?}"),
+    }
+}
+
+/// The probe: register a username with the target address, then the
+/// same username with addresses of one's own, within the hold, at its
+/// last second and just after it. Every answer is the same whether or
+/// not the target address has an account.
+#[tokio::test]
+async fn a_username_tried_with_a_taken_email_is_held_like_one_registered_with_a_free_email() {
+    let mut runs = Vec::new();
+    for target_has_account in [false, true] {
+        let w = world(RateLimits::relaxed());
+        let (auth, clock) = (&w.auth, &w.clock);
+        let m = RequestMeta::default();
+        if target_has_account {
+            auth.register("owner", "target@example.com", PW.into(), &m).await.unwrap();
+        }
+        let hold = auth.policy().unverified_hold_secs;
+        clock.set(T0 + 10);
+        let mut answers = vec![answer(auth.register("probe", "target@example.com", PW.into(), &m).await)];
+        for (at, other) in [(T0 + 11, "a"), (T0 + 10 + hold, "b"), (T0 + 11 + hold, "c")] {
+            clock.set(at);
+            answers.push(answer(auth.register("probe", &format!("{other}@attacker.test"), PW.into(), &m).await));
+        }
+        let name = latchkey_core::domain::Username::parse("probe").unwrap();
+        let holder = w.store.user_by_username(&name).await.unwrap().map(|u| u.email.to_string());
+        runs.push((answers, holder));
+    }
+    assert_eq!(
+        runs[0].0,
+        ["accepted", "username_taken", "username_taken", "accepted"],
+        "held for the hold, to its last second, free just after"
+    );
+    assert_eq!(runs[0].0, runs[1].0, "a taken target address answers as a free one");
+    assert_eq!(runs[0].1.as_deref(), Some("c@attacker.test"));
+    assert_eq!(runs[0].1, runs[1].1, "the username's last registration holds it either way");
+}
+
+/// A hold is no account: the username's login fails as an unknown
+/// user's, and the address's owner still gets the taken-email notice
+/// when signing up again under another username.
+#[tokio::test]
+async fn a_hold_is_no_account() {
+    let w = world(RateLimits::relaxed());
+    let (auth, clock) = (&w.auth, &w.clock);
+    let m = RequestMeta::default();
+    auth.register("owner", "owner@example.com", PW.into(), &m).await.unwrap();
+    clock.set(T0 + 5);
+    auth.register("probe", "owner@example.com", PW.into(), &m).await.unwrap();
+    let name = latchkey_core::domain::Username::parse("probe").unwrap();
+    assert_eq!(w.store.user_by_username(&name).await.unwrap(), None);
+    assert!(matches!(auth.login("probe", PW.into(), None, &m).await, Err(Error::InvalidCredentials)));
+    auth.register("another", "owner@example.com", PW.into(), &m).await.unwrap();
+    assert_eq!(w.mail.kinds(), ["verify_email", "signup_attempt", "signup_attempt"]);
+}

@@ -54,7 +54,6 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for PageQuery<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::StreamExt as _;
     use tower::ServiceExt as _;
 
     /// A form body that has not arrived whole by its deadline is a 408 page.
@@ -68,16 +67,10 @@ mod tests {
         let app = axum::Router::new()
             .route("/", axum::routing::post(|PageForm(_): PageForm<Form>| async { "read" }))
             .layer(axum::middleware::from_fn(crate::extract::body_deadline));
-        let trickle = futures::stream::unfold(0, |i| async move {
-            (i < 20).then_some(())?;
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-            Some((Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"x")), i + 1))
-        });
-        let body =
-            futures::stream::iter([Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"a="))]).chain(trickle);
+        let body = crate::extract::trickling_body(b"a=", b"x");
         let request = axum::http::Request::post("/")
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(axum::body::Body::from_stream(body))
+            .body(body)
             .expect("request");
         let r = app.oneshot(request).await.expect("response");
         assert_eq!(r.status(), axum::http::StatusCode::REQUEST_TIMEOUT);
