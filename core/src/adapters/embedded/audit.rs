@@ -118,7 +118,7 @@ impl SqliteAuditStore {
     }
 }
 
-fn write_checkpoint(tx: &rusqlite::Transaction<'_>, seq: i64) -> StoreResult<()> {
+fn write_checkpoint(tx: &rusqlite::Connection, seq: i64) -> StoreResult<()> {
     tx.prepare_cached(
         "INSERT INTO audit_feed_checkpoint (id, seq) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
     )?
@@ -129,7 +129,7 @@ fn write_checkpoint(tx: &rusqlite::Transaction<'_>, seq: i64) -> StoreResult<()>
 /// Appends `event` to its subject's hash chain inside `tx`, unless an event
 /// with its id is already there (appends are idempotent). Returns whether
 /// it was added.
-fn append_in(tx: &rusqlite::Transaction<'_>, event: &AuditEvent, expires_at: Timestamp) -> StoreResult<bool> {
+fn append_in(tx: &rusqlite::Connection, event: &AuditEvent, expires_at: Timestamp) -> StoreResult<bool> {
     if tx.prepare_cached("SELECT 1 FROM audit_records WHERE event_id = ?1")?.exists([&event.event_id])? {
         return Ok(false);
     }

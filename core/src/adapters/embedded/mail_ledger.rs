@@ -72,7 +72,7 @@ impl EmbeddedMailLedger {
 const SELECT_ENTRY: &str = "SELECT id, kind, recipient, state, attempts, reason, provider_id, lease_until, updated_at, \
                             subject FROM mail_ledger WHERE id = ?1";
 
-fn read_entry(tx: &rusqlite::Transaction<'_>, id: &str) -> StoreResult<Option<LedgerEntry>> {
+fn read_entry(tx: &rusqlite::Connection, id: &str) -> StoreResult<Option<LedgerEntry>> {
     Ok(tx
         .prepare_cached(SELECT_ENTRY)?
         .query_row([id], |r| {
@@ -96,7 +96,7 @@ fn read_entry(tx: &rusqlite::Transaction<'_>, id: &str) -> StoreResult<Option<Le
 /// state, appends its before and after to the change feed (nothing if it
 /// did not change), in the caller's transaction.
 fn tracked<T>(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     id: &str,
     at: Timestamp,
     write: impl FnOnce(Option<&LedgerEntry>) -> StoreResult<T>,

@@ -196,7 +196,7 @@ impl SqliteMailQueue {
 /// Moves a pending job to `sent`, inside the caller's transaction, and
 /// drops its body: it held the live link or code, and a sent job is never
 /// read again (the id stays, so enqueueing it again still does nothing).
-pub(crate) fn ack_sent(tx: &rusqlite::Transaction<'_>, id: &str, now: i64) -> StoreResult<()> {
+pub(crate) fn ack_sent(tx: &rusqlite::Connection, id: &str, now: i64) -> StoreResult<()> {
     tx.prepare_cached(
         "UPDATE mail_jobs SET state = ?2, sent_at = ?3, last_error = NULL, attempts = attempts + 1, body = '' \
          WHERE id = ?1 AND state = ?4",

@@ -44,7 +44,7 @@ pub use outbox::Outbox;
 use crate::StoreError;
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::ports::StoreResult;
-use rusqlite::{Connection, ErrorCode, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError};
@@ -187,7 +187,7 @@ impl Db {
     /// blocking pool; see the module documentation.
     pub(crate) async fn tx<T, F>(&self, f: F) -> StoreResult<T>
     where
-        F: FnOnce(&rusqlite::Transaction<'_>) -> StoreResult<T> + Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
         T: Send + 'static,
     {
         let background = on_background_thread();
@@ -220,16 +220,16 @@ impl Db {
     fn run<T>(
         &self,
         conn: &mut Connection,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> StoreResult<T>,
+        f: impl FnOnce(&Connection) -> StoreResult<T>,
         may_checkpoint: bool,
     ) -> StoreResult<T> {
         if !conn.is_autocommit() {
             // A rollback that failed earlier left a transaction open.
-            conn.execute_batch("ROLLBACK")?;
+            cached(conn, "ROLLBACK")?;
         }
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = OpenTx::begin(conn)?;
         changes::take_recorded();
-        let out = f(&tx)?;
+        let out = f(tx.conn)?;
         tx.commit()?;
         let commits = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
         if may_checkpoint && commits >= CHECKPOINT_EVERY {
@@ -244,6 +244,46 @@ impl Db {
             self.changes_ready.notify_one();
         }
         Ok(out)
+    }
+}
+
+/// Runs one of the few statements every transaction runs (`BEGIN
+/// IMMEDIATE`, `COMMIT`, `ROLLBACK`) from the statement cache: rusqlite's
+/// `Transaction` runs them through `execute_batch`, which parses the SQL
+/// again each time (two parses per transaction, ~3.5% of a login's CPU
+/// outside argon2 under a login load, perf).
+fn cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
+/// A `BEGIN IMMEDIATE` transaction on `conn`: committed by `commit`, rolled
+/// back when dropped before that (an `Err` from the work, a failed commit,
+/// or a panic unwinding through it).
+struct OpenTx<'c> {
+    conn: &'c Connection,
+    open: bool,
+}
+
+impl<'c> OpenTx<'c> {
+    fn begin(conn: &'c Connection) -> rusqlite::Result<Self> {
+        cached(conn, "BEGIN IMMEDIATE")?;
+        Ok(OpenTx { conn, open: true })
+    }
+
+    fn commit(mut self) -> rusqlite::Result<()> {
+        cached(self.conn, "COMMIT")?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for OpenTx<'_> {
+    fn drop(&mut self) {
+        if self.open && !self.conn.is_autocommit() {
+            // A failed rollback leaves the transaction open; the next
+            // `Db::run` rolls it back before it begins.
+            let _ = cached(self.conn, "ROLLBACK");
+        }
     }
 }
 
@@ -563,6 +603,35 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(tables, 0);
+    }
+
+    #[tokio::test]
+    async fn an_error_in_a_transaction_rolls_it_back_and_the_next_one_commits() {
+        let (s, _) = test_support::store();
+        s.db().tx(|tx| Ok(tx.execute_batch("CREATE TABLE t (x INTEGER)")?)).await.unwrap();
+        let err = s
+            .db()
+            .tx(|tx| -> StoreResult<()> {
+                tx.execute("INSERT INTO t VALUES (1)", [])?;
+                Err(StoreError::internal("refused"))
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Internal(_)), "{err:?}");
+        assert!(s.db().conn.lock().unwrap().is_autocommit(), "rolled back at once, not left open");
+        s.db().tx(|tx| Ok(tx.execute("INSERT INTO t VALUES (2)", []).map(drop)?)).await.unwrap();
+        let rows: Vec<i64> = s
+            .db()
+            .tx(|tx| {
+                assert!(!tx.is_autocommit(), "the work runs inside a transaction");
+                let mut st = tx.prepare("SELECT x FROM t ORDER BY x")?;
+                let rows = st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<i64>>>()?;
+                Ok(rows)
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, vec![2]);
+        assert!(s.db().conn.lock().unwrap().is_autocommit(), "nothing left open");
     }
 
     #[test]
