@@ -209,22 +209,7 @@ impl TestSystem {
     /// All mail sent to `to` so far, oldest first.
     pub async fn mails_to(&self, to: &str) -> Vec<Mail> {
         match &self.mail {
-            MailSource::Outbox(dir) => {
-                let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-                    .map(|d| {
-                        d.filter_map(|e| e.ok().map(|e| e.path()))
-                            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                // Delivery order (the consumer takes jobs in order).
-                files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-                files
-                    .iter()
-                    .filter_map(|p| parse_eml(&std::fs::read_to_string(p).ok()?))
-                    .filter(|m| m.to.eq_ignore_ascii_case(to))
-                    .collect()
-            }
+            MailSource::Outbox(dir) => outbox_mails_to(dir, to),
             MailSource::Sqs { client, url, seen } => {
                 loop {
                     let out = client
@@ -262,6 +247,22 @@ impl TestSystem {
         }
         panic!("no mail #{n} to {to} within 20 s");
     }
+}
+
+/// All mail to `to` in the outbox directory `dir`, oldest first.
+pub fn outbox_mails_to(dir: &std::path::Path, to: &str) -> Vec<Mail> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "eml")).collect()
+        })
+        .unwrap_or_default();
+    // Delivery order (the consumer takes jobs in order).
+    files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    files
+        .iter()
+        .filter_map(|p| parse_eml(&std::fs::read_to_string(p).ok()?))
+        .filter(|m| m.to.eq_ignore_ascii_case(to))
+        .collect()
 }
 
 fn mail_from_job(env: &MailEnvelope) -> Mail {
