@@ -9,6 +9,7 @@
 //!   bench_client enum      --base URL --outbox DIR [--tries 200]
 //!   bench_client startup   --bin target/release/latchkey [--runs 10]
 //!   bench_client lambda-init --bin PATH --event-file FILE --name NAME [--runs 5] [--runner "CMD ARGS"]
+//!   bench_client first-random [--runs 5]   aws-lc's first randomness in a new process
 //!     (--runner prefixes the binary, e.g. "qemu-aarch64-static -L /usr/aarch64-linux-gnu"
 //!     to start an arm64 bootstrap under user-mode emulation; the clock starts at the spawn)
 //!
@@ -874,6 +875,31 @@ fn lambda_init(args: &Args) -> Res<()> {
     Ok(())
 }
 
+/// aws-lc's first randomness in a new process, which a Lambda cold start's
+/// first TLS handshake (rustls on aws-lc-rs) pays once: each run is a new
+/// process (this binary's `first-random-once`), timing one
+/// `aws_lc_rs::rand::fill` of 32 bytes.
+fn first_random(args: &Args) -> Res<()> {
+    let runs = args.num("--runs", 5) as usize;
+    let exe = std::env::current_exe()?;
+    let mut t = Samples::default();
+    for _ in 0..runs {
+        let out = Command::new(&exe).arg("first-random-once").output()?;
+        let said = String::from_utf8_lossy(&out.stdout);
+        t.0.push(said.trim().parse::<f64>().map_err(|e| format!("first-random-once printed {said:?}: {e}"))?);
+    }
+    println!("first_random runs={runs} median_ms={:.2} min_ms={:.2} max_ms={:.2}", t.median(), t.min(), t.max());
+    Ok(())
+}
+
+fn first_random_once() -> Res<()> {
+    let mut bytes = [0u8; 32];
+    let t0 = Instant::now();
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| "aws-lc gave no randomness")?;
+    println!("{:.3}", ms(t0.elapsed()));
+    Ok(())
+}
+
 fn main() -> Res<()> {
     let args = Args(std::env::args().collect());
     match args.0.get(1).map(String::as_str) {
@@ -888,9 +914,11 @@ fn main() -> Res<()> {
         Some("enum") => enumeration(&args),
         Some("startup") => startup(&args),
         Some("lambda-init") => lambda_init(&args),
-        _ => {
-            Err("usage: bench_client user|nonhash|isolation|enum|startup|lambda-init ... (see the file's header)"
-                .into())
-        }
+        Some("first-random") => first_random(&args),
+        Some("first-random-once") => first_random_once(),
+        _ => Err(
+            "usage: bench_client user|nonhash|isolation|enum|startup|lambda-init|first-random ... (see the file's header)"
+                .into(),
+        ),
     }
 }
