@@ -434,6 +434,10 @@ async fn an_exhausted_standalone_code_is_not_replaced_before_it_expires() {
     for _ in 0..6 {
         assert!(matches!(w.auth.verify_otp(addr, wrong, &meta()).await, Err(Error::OtpInvalid { .. })));
     }
+    // Within the send cooldown too, the wait answered is the code's, not
+    // the cooldown's 60 s (a live probe was told 60, then 234).
+    w.clock.set(T0 + 10);
+    assert!(matches!(w.auth.send_otp(addr, &meta()).await, Err(Error::RateLimited { retry_after: 590 })));
     w.clock.set(T0 + 120);
     let sends = w.mail.kinds().len();
     assert!(matches!(w.auth.send_otp(addr, &meta()).await, Err(Error::RateLimited { retry_after: 480 })));

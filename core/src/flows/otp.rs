@@ -28,20 +28,21 @@ impl Auth {
         let now = self.now();
         let addr = self.address_hash(&email);
         let existing = self.ports.otps.otp(&addr).await?;
+        // A new code for a still-live one keeps its failures and attempts
+        // (NIST 3.1.3.2). One whose attempts are spent is not replaced
+        // before it expires: a new code would be dead on arrival, and each
+        // send would push the block further out. Checked before the
+        // cooldown, which ends sooner: the wait answered is the real one.
+        let live = existing.as_ref().filter(|e| e.used_at.is_none() && e.expires_at > now);
+        let max = self.policy.code_max_failures;
+        if let Some(e) = live.filter(|e| e.closed(now, max) == Some(CodeClosed::Exhausted)) {
+            return Err(Error::RateLimited { retry_after: (e.expires_at - now) as u64 });
+        }
         if let Some(e) = &existing {
             let wait = e.last_sent_at + self.policy.otp_send_cooldown_secs - now;
             if wait > 0 {
                 return Err(Error::RateLimited { retry_after: wait as u64 });
             }
-        }
-        // A new code for a still-live one keeps its failures and attempts
-        // (NIST 3.1.3.2). One whose attempts are spent is not replaced
-        // before it expires: a new code would be dead on arrival, and each
-        // send would push the block further out.
-        let live = existing.as_ref().filter(|e| e.used_at.is_none() && e.expires_at > now);
-        let max = self.policy.code_max_failures;
-        if let Some(e) = live.filter(|e| e.closed(now, max) == Some(CodeClosed::Exhausted)) {
-            return Err(Error::RateLimited { retry_after: (e.expires_at - now) as u64 });
         }
         let (failures, attempts) = live.map_or((0, 0), |e| (e.failures, e.attempts));
         let code = OtpCode::generate(self.ports.rng.as_ref());
