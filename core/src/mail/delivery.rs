@@ -485,12 +485,11 @@ impl Deliverer {
 
     async fn park(&self, meta: &JobMeta, reason: String, deadline: Instant) -> Attempt {
         tracing::error!(mail_id = %meta.id, kind = meta.kind, %reason, "mail job parked");
-        match timeout_at(deadline, self.ledger.mark_failed(meta, &reason, self.clock.now())).await {
-            Ok(Ok(())) => Attempt::Done(Outcome::Park { reason }),
+        match self.record_failed(meta, &reason, deadline).await {
+            Ok(()) => Attempt::Done(Outcome::Park { reason }),
             // Parking is an outcome the ledger must show: retry the whole
             // delivery rather than park unrecorded.
-            Ok(Err(e)) => Attempt::NotNow { reason: format!("could not record a parked job ({reason}): {e}") },
-            Err(_) => Attempt::NotNow { reason: format!("parked job not recorded before the deadline ({reason})") },
+            Err(why) => Attempt::NotNow { reason: format!("could not record a parked job ({reason}): {why}") },
         }
     }
 
@@ -500,10 +499,9 @@ impl Deliverer {
     /// retried instead, as a park is).
     async fn expire(&self, meta: &JobMeta, reason: String, deadline: Instant) -> Attempt {
         tracing::warn!(mail_id = %meta.id, kind = meta.kind, %reason, "mail job expired; not sent");
-        match timeout_at(deadline, self.ledger.mark_failed(meta, &reason, self.clock.now())).await {
-            Ok(Ok(())) => Attempt::Done(Outcome::Expired { reason }),
-            Ok(Err(e)) => Attempt::NotNow { reason: format!("could not record an expired job ({reason}): {e}") },
-            Err(_) => Attempt::NotNow { reason: format!("expired job not recorded before the deadline ({reason})") },
+        match self.record_failed(meta, &reason, deadline).await {
+            Ok(()) => Attempt::Done(Outcome::Expired { reason }),
+            Err(why) => Attempt::NotNow { reason: format!("could not record an expired job ({reason}): {why}") },
         }
     }
 
@@ -512,14 +510,19 @@ impl Deliverer {
     /// this way the dead letter carries the reason.
     async fn give_up(&self, meta: &JobMeta, reason: String, deadline: Instant) -> Outcome {
         tracing::error!(mail_id = %meta.id, kind = meta.kind, %reason, "mail job parked on its last receive");
-        match timeout_at(deadline, self.ledger.mark_failed(meta, &reason, self.clock.now())).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(mail_id = %meta.id, error = %e, "parked job not recorded in the mail ledger"),
-            Err(_) => {
-                tracing::error!(mail_id = %meta.id, "parked job not recorded in the mail ledger before the deadline")
-            }
+        if let Err(why) = self.record_failed(meta, &reason, deadline).await {
+            tracing::error!(mail_id = %meta.id, error = %why, "parked job not recorded in the mail ledger");
         }
         Outcome::Park { reason }
+    }
+
+    /// Marks the job `failed` with `reason` in the ledger, by `deadline`;
+    /// why it could not be, if it could not.
+    async fn record_failed(&self, meta: &JobMeta, reason: &str, deadline: Instant) -> Result<(), String> {
+        match timeout_at(deadline, self.ledger.mark_failed(meta, reason, self.clock.now())).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err("no answer from the mail ledger before the deadline".into()),
+        }
     }
 }
 
