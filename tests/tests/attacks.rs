@@ -214,7 +214,9 @@ pub async fn enum_register_username_probe(sys: &TestSystem) {
     // The hold is no account: its username signs in as an unknown one does.
     let (st, b, _) = sys.post("/v1/login", json!({"identifier": held, "password": PASSWORD})).await;
     assert_eq!((st, b["error"].as_str()), (401, Some("invalid_credentials")), "{b}");
-    // The target's owner was told of both tries, as before.
+    // The target's owner was told of both tries, as before (the mails go
+    // out after the answers: wait for its verification mail and the two).
+    sys.wait_mail(&taken, 3).await;
     let kinds: Vec<String> = sys.mails_to(&taken).await.into_iter().map(|m| m.kind).collect();
     assert_eq!(kinds.iter().filter(|k| *k == "signup_attempt").count(), 2, "{kinds:?}");
 }
