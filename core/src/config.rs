@@ -108,6 +108,11 @@ pub struct Policy {
     pub login_lock_secs: i64,
     pub otp_ttl_secs: i64,
     pub otp_send_cooldown_secs: i64,
+    /// Wrong standalone codes for one address, across its codes and with no
+    /// right one between them, before no code is issued or accepted for it
+    /// until `OtpRecord::BUDGET_WINDOW_SECS` after its last code expired
+    /// (NIST: at most 100).
+    pub otp_failure_budget: u32,
     pub access_ttl_secs: i64,
     pub refresh_ttl_secs: i64,
     /// How long a device token (a browser or app that finished a login)
@@ -141,6 +146,7 @@ impl Default for Policy {
             login_lock_secs: 900,
             otp_ttl_secs: 600,
             otp_send_cooldown_secs: 60,
+            otp_failure_budget: 30,
             access_ttl_secs: 600,
             refresh_ttl_secs: 30 * 24 * 3600,
             device_token_ttl_secs: 90 * 24 * 3600,

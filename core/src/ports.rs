@@ -316,22 +316,33 @@ pub trait OtpStore: Send + Sync {
     /// `< max_attempts` and `expires_at > now`; returns the record after.
     async fn take_otp_attempt(&self, address_hash: &str, now: Timestamp, max_attempts: u32) -> StoreResult<OtpRecord>;
 
-    /// Marks the code used, only if it is unused, still has `code_hash`, has
-    /// fewer than `max_failures` failures and `expires_at > now`, and sets
-    /// `meta` to the request's.
+    /// Marks the code used and sets `budget_failures` to 0, only if it is
+    /// unused, still has `code_hash`, has fewer than `max_failures` failures
+    /// and fewer than `budget` `budget_failures` (a spent budget accepts no
+    /// code) and `expires_at > now`, and sets `meta` to the request's.
+    #[allow(clippy::too_many_arguments)]
     async fn redeem_otp(
         &self,
         address_hash: &str,
         code_hash: &str,
         now: Timestamp,
         max_failures: u32,
+        budget: u32,
         meta: &RequestMeta,
     ) -> StoreResult<()>;
 
-    /// Increments `failures` and sets `meta` to the request's, only if the
-    /// code is unused and has fewer than `max_failures` failures. Returns
-    /// the new count.
-    async fn record_otp_failure(&self, address_hash: &str, max_failures: u32, meta: &RequestMeta) -> StoreResult<u32>;
+    /// Increments `failures` and `budget_failures` together and sets `meta`
+    /// to the request's, only if the code is unused, has fewer than
+    /// `max_failures` failures and fewer than `budget` `budget_failures`
+    /// (one conditional write: concurrent wrong codes pass neither cap);
+    /// `Conflict(Stale)` otherwise. Returns the new `failures`.
+    async fn record_otp_failure(
+        &self,
+        address_hash: &str,
+        max_failures: u32,
+        budget: u32,
+        meta: &RequestMeta,
+    ) -> StoreResult<u32>;
 }
 
 /// One counter to hit: at most `limit` hits per fixed `window_secs` window

@@ -478,6 +478,7 @@ async fn otp_codes_are_single_use_and_capped() {
         last_sent_at: NOW,
         failures: 0,
         attempts: 0,
+        budget_failures: 0,
         used_at: None,
         meta: RequestMeta::default(),
     };
@@ -489,22 +490,25 @@ async fn otp_codes_are_single_use_and_capped() {
     ));
     assert_eq!(env.store.otp(&addr).await.unwrap(), Some(rec.clone()));
 
-    let results = join_all((0..20).map(|_| env.store.record_otp_failure(&addr, 6, &META))).await;
+    let results = join_all((0..20).map(|_| env.store.record_otp_failure(&addr, 6, 100, &META))).await;
     let mut ok: Vec<u32> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
     ok.sort_unstable();
     assert_eq!(ok, vec![1, 2, 3, 4, 5, 6], "each increment returns its own count");
-    assert!(is_conflict(&env.store.redeem_otp(&addr, "c1", NOW + 1, 6, &META).await, Conflict::Stale));
+    assert!(is_conflict(&env.store.redeem_otp(&addr, "c1", NOW + 1, 6, 100, &META).await, Conflict::Stale));
 
     // A new code (replacing on the expected last_sent_at) redeems once.
     let next = OtpRecord { code_hash: "c2".into(), last_sent_at: NOW + 60, failures: 0, ..rec.clone() };
     env.store.put_otp(&next, Some(&OtpRecord { failures: 6, ..rec.clone() })).await.unwrap();
-    assert!(is_conflict(&env.store.redeem_otp(&addr, "c1", NOW + 61, 6, &META).await, Conflict::Stale));
-    assert!(is_conflict(&env.store.redeem_otp(&addr, "c2", NOW + 600, 6, &META).await, Conflict::Stale), "expired");
-    let results = join_all((0..20).map(|_| env.store.redeem_otp(&addr, "c2", NOW + 61, 6, &META))).await;
+    assert!(is_conflict(&env.store.redeem_otp(&addr, "c1", NOW + 61, 6, 100, &META).await, Conflict::Stale));
+    assert!(
+        is_conflict(&env.store.redeem_otp(&addr, "c2", NOW + 600, 6, 100, &META).await, Conflict::Stale),
+        "expired"
+    );
+    let results = join_all((0..20).map(|_| env.store.redeem_otp(&addr, "c2", NOW + 61, 6, 100, &META))).await;
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "results: {results:?}");
     assert_eq!(env.store.otp(&addr).await.unwrap().unwrap().used_at, Some(NOW + 61));
-    assert!(is_conflict(&env.store.record_otp_failure(&addr, 6, &META).await, Conflict::Stale));
-    assert!(is_conflict(&env.store.record_otp_failure("no-such-address", 6, &META).await, Conflict::Stale));
+    assert!(is_conflict(&env.store.record_otp_failure(&addr, 6, 100, &META).await, Conflict::Stale));
+    assert!(is_conflict(&env.store.record_otp_failure("no-such-address", 6, 100, &META).await, Conflict::Stale));
     assert_eq!(env.store.otp("no-such-address").await.unwrap(), None);
 }
 
@@ -690,6 +694,49 @@ async fn a_user_without_a_password_epoch_is_at_zero_until_a_change() {
         &env.store.redeem_challenge(&before.id, "before", NOW + 6, 6, u32::MAX, 0, &session(&u), &META).await,
         Conflict::Stale
     ));
+}
+
+/// A standalone code item written before `budget_failures` existed (no
+/// attribute) has spent none of its address's budget: a wrong code counts
+/// (ADD on a missing attribute gives 1), and the right one is accepted and
+/// gives it back.
+#[tokio::test]
+async fn an_otp_without_a_budget_count_has_spent_none() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let env = env().await;
+    let addr = unique("legacy");
+    let rec = OtpRecord {
+        address_hash: addr.clone(),
+        code_hash: "c1".into(),
+        created_at: NOW,
+        expires_at: NOW + 600,
+        last_sent_at: NOW,
+        failures: 0,
+        attempts: 0,
+        budget_failures: 0,
+        used_at: None,
+        meta: RequestMeta::default(),
+    };
+    env.store.put_otp(&rec, None).await.unwrap();
+    let strip = || {
+        env.client
+            .update_item()
+            .table_name(format!("{}-tokens", env.prefix))
+            .key("pk", AttributeValue::S(format!("OTP#{addr}")))
+            .update_expression("REMOVE budget_failures")
+            .send()
+    };
+    strip().await.expect("remove the attribute");
+    assert_eq!(env.store.otp(&addr).await.unwrap().unwrap().budget_failures, 0);
+    assert_eq!(env.store.record_otp_failure(&addr, 6, 1, &META).await.unwrap(), 1);
+    let counted = env.store.otp(&addr).await.unwrap().unwrap();
+    assert_eq!((counted.failures, counted.budget_failures), (1, 1));
+    assert!(is_conflict(&env.store.record_otp_failure(&addr, 6, 1, &META).await, Conflict::Stale), "budget of 1");
+    assert!(is_conflict(&env.store.redeem_otp(&addr, "c1", NOW + 1, 6, 1, &META).await, Conflict::Stale));
+    strip().await.expect("remove the attribute");
+    env.store.redeem_otp(&addr, "c1", NOW + 1, 6, 1, &META).await.expect("no count: nothing spent");
+    let used = env.store.otp(&addr).await.unwrap().unwrap();
+    assert_eq!((used.used_at, used.budget_failures), (Some(NOW + 1), 0));
 }
 
 /// Deletes `subject`'s audit head item, as DynamoDB's TTL would once it

@@ -447,6 +447,74 @@ async fn an_exhausted_standalone_code_is_not_replaced_before_it_expires() {
     w.auth.verify_otp(addr, &w.mail.code(), &meta()).await.unwrap();
 }
 
+/// Wrong standalone codes count across codes (NIST 3.1.3.2): a new code
+/// brings no fresh round of guesses. A right code within the budget gives
+/// it back; once it is spent no code is accepted, not even the right one
+/// of a live code, and none is sent until a day after the last expired.
+#[tokio::test]
+async fn wrong_standalone_codes_spend_a_budget_across_codes() {
+    let w = world(RateLimits::relaxed());
+    let (addr, policy) = ("iris@example.com", Policy::default());
+    let budget = policy.otp_failure_budget;
+    assert!(budget > policy.code_max_failures && budget <= 100, "{budget}");
+    let wrong = |code: &str| if code == "000000" { "111111" } else { "000000" }.to_string();
+    let mut spent = 0;
+    // `n` wrong codes on a fresh code, then that code runs out.
+    let guess = async |n: u32| {
+        w.auth.send_otp(addr, &meta()).await.unwrap();
+        let code = w.mail.code();
+        for _ in 0..n {
+            let r = w.auth.verify_otp(addr, &wrong(&code), &meta()).await;
+            assert!(matches!(r, Err(Error::OtpInvalid { .. })), "{r:?}");
+        }
+        w.clock.advance(600);
+        code
+    };
+    // Within the budget, a right code gives it all back.
+    for _ in 0..(budget - 1) / 6 {
+        guess(6).await;
+    }
+    w.auth.send_otp(addr, &meta()).await.unwrap();
+    w.auth.verify_otp(addr, &w.mail.code(), &meta()).await.expect("a right code within the budget");
+    w.clock.advance(60);
+    // Then: codes run out with some wrong tries each, until the budget's
+    // last one lands on a live code with attempts left.
+    guess(3).await;
+    spent += 3;
+    while spent + 6 < budget {
+        guess(6).await;
+        spent += 6;
+    }
+    let left = budget - spent;
+    assert!(left < 6, "{left}");
+    let sent = w.auth.send_otp(addr, &meta()).await.unwrap();
+    let code = w.mail.code();
+    for _ in 0..left {
+        assert!(matches!(w.auth.verify_otp(addr, &wrong(&code), &meta()).await, Err(Error::OtpInvalid { .. })));
+    }
+    let r = w.auth.verify_otp(addr, &code, &meta()).await;
+    assert!(matches!(r, Err(Error::OtpExhausted)), "the right code of a live code once the budget is spent: {r:?}");
+    let r = w.auth.verify_otp(addr, &wrong(&code), &meta()).await;
+    assert!(matches!(r, Err(Error::OtpExhausted)), "{r:?}");
+    // No new code until a day after this one expires, whenever asked.
+    let sends = w.mail.kinds().len();
+    let expires = sent.expires_at;
+    for at in [expires - 539, expires, expires + 86_399] {
+        w.clock.set(at);
+        let r = w.auth.send_otp(addr, &meta()).await;
+        let want = (expires + 86_400 - at) as u64;
+        assert!(matches!(r, Err(Error::RateLimited { retry_after }) if retry_after == want), "at {at}: {r:?}");
+    }
+    assert_eq!(w.mail.kinds().len(), sends, "a refused send mailed a code");
+    w.clock.set(expires + 86_400);
+    w.auth.send_otp(addr, &meta()).await.expect("the window is over");
+    let fresh = w.mail.code();
+    for _ in 0..5 {
+        assert!(matches!(w.auth.verify_otp(addr, &wrong(&fresh), &meta()).await, Err(Error::OtpInvalid { .. })));
+    }
+    w.auth.verify_otp(addr, &fresh, &meta()).await.expect("a fresh budget");
+}
+
 /// A queue outage after a committed change is logged, not answered: the
 /// registration is answered as made (its retry would say "username taken"),
 /// the tenth wrong password as any wrong password, and the verification

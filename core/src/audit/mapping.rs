@@ -42,6 +42,9 @@ pub struct AuditPolicy {
     /// Wrong passwords that lock an account (a `login_failed` event says
     /// how many are left).
     pub login_lock_threshold: u32,
+    /// Wrong standalone codes across an address's codes that spend its
+    /// budget (`otp_exhausted` then has reason `code_budget_spent`).
+    pub otp_failure_budget: u32,
 }
 
 impl From<&crate::config::Policy> for AuditPolicy {
@@ -50,6 +53,7 @@ impl From<&crate::config::Policy> for AuditPolicy {
             code_max_failures: p.code_max_failures,
             account_code_failure_budget: p.account_code_failure_budget,
             login_lock_threshold: p.login_lock_threshold,
+            otp_failure_budget: p.otp_failure_budget,
         }
     }
 }
@@ -251,7 +255,10 @@ pub fn audit_events(change: &SourceChange, policy: &AuditPolicy) -> Vec<AuditEve
                     if n.failures > o.failures {
                         let left = Some(max.saturating_sub(n.failures));
                         out.push_otp(n, T::OtpFailed, Outcome::Failure, Some("wrong_code"), left);
-                        if n.failures >= max && o.failures < max {
+                        let budget = policy.otp_failure_budget;
+                        if n.budget_failures >= budget && o.budget_failures < budget {
+                            out.push_otp(n, T::OtpExhausted, Outcome::Failure, Some("code_budget_spent"), Some(0));
+                        } else if n.failures >= max && o.failures < max {
                             out.push_otp(n, T::OtpExhausted, Outcome::Failure, Some("too_many_wrong_codes"), Some(0));
                         }
                     }
@@ -564,6 +571,7 @@ mod tests {
             last_sent_at: T0,
             failures: 1,
             attempts: 1,
+            budget_failures: 1,
             used_at: None,
             meta: meta(),
         };
@@ -663,6 +671,7 @@ mod tests {
             last_sent_at: T0,
             failures: 0,
             attempts: 0,
+            budget_failures: 0,
             used_at: None,
             meta: meta(),
         };
@@ -672,7 +681,29 @@ mod tests {
         assert_eq!(kinds(&change(Images::Otp(Some(o.clone()), Some(failed)), false)), [T::OtpFailed]);
         let attempt = OtpRecord { attempts: 1, ..o.clone() };
         assert!(kinds(&change(Images::Otp(Some(o.clone()), Some(attempt)), false)).is_empty());
-        assert_eq!(kinds(&change(Images::Otp(Some(o), None), true)), [T::OtpExpired]);
+        assert_eq!(kinds(&change(Images::Otp(Some(o.clone()), None), true)), [T::OtpExpired]);
+
+        // The wrong code that spends the address's budget across codes says
+        // so, once, also when it is the code's last attempt too.
+        let policy = AuditPolicy::default();
+        let reasons = |old: &OtpRecord, new: &OtpRecord| {
+            audit_events(&change(Images::Otp(Some(old.clone()), Some(new.clone())), false), &policy)
+                .into_iter()
+                .map(|e| (e.event, e.reason))
+                .collect::<Vec<_>>()
+        };
+        let spent = |failures: u32| {
+            let before = OtpRecord { failures, budget_failures: policy.otp_failure_budget - 1, ..o.clone() };
+            let after = OtpRecord { failures: failures + 1, budget_failures: policy.otp_failure_budget, ..o.clone() };
+            reasons(&before, &after)
+        };
+        let failed = (T::OtpFailed, Some("wrong_code".to_string()));
+        let budget_spent = (T::OtpExhausted, Some("code_budget_spent".to_string()));
+        assert_eq!(spent(1), [failed.clone(), budget_spent.clone()]);
+        assert_eq!(spent(policy.code_max_failures - 1), [failed.clone(), budget_spent]);
+        let last = OtpRecord { failures: policy.code_max_failures - 1, budget_failures: 5, ..o.clone() };
+        let capped = OtpRecord { failures: policy.code_max_failures, budget_failures: 6, ..o };
+        assert_eq!(reasons(&last, &capped), [failed, (T::OtpExhausted, Some("too_many_wrong_codes".to_string()))]);
     }
 
     fn ledger(state: &str, subject: Option<&str>) -> LedgerEntry {

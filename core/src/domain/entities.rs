@@ -131,10 +131,28 @@ impl Challenge {
 }
 
 impl OtpRecord {
+    /// How long the address's wrong codes are remembered after the last
+    /// code it was sent expired: a budget spent within this window keeps
+    /// new codes from being issued until it ends. No longer than the grace
+    /// a store keeps an expired record for.
+    pub const BUDGET_WINDOW_SECS: i64 = 24 * 3600;
+
     /// Why the code can no longer be tried at `now` with `max` attempts, if
     /// it cannot.
     pub fn closed(&self, now: Timestamp, max: u32) -> Option<CodeClosed> {
         code_closed(self.used_at.is_some(), self.failures, self.attempts, self.expires_at, now, max)
+    }
+
+    /// The wrong codes a code sent at `now` inherits from this one: its
+    /// `budget_failures` while the window after its expiry lasts, else 0.
+    pub fn budget_carried(&self, now: Timestamp) -> u32 {
+        if now < self.budget_window_ends() { self.budget_failures } else { 0 }
+    }
+
+    /// When the wrong codes counted on this record stop counting toward
+    /// the next code's budget.
+    pub fn budget_window_ends(&self) -> Timestamp {
+        self.expires_at + Self::BUDGET_WINDOW_SECS
     }
 }
 
@@ -178,6 +196,13 @@ pub struct OtpRecord {
     /// Codes compared, right or wrong (as `Challenge::attempts`).
     #[serde(default)]
     pub attempts: u32,
+    /// Wrong codes for this address across its codes since its last right
+    /// one: the address's failure budget (NIST 3.1.3.2). A new code carries
+    /// it while the code before it expired less than
+    /// `BUDGET_WINDOW_SECS` ago; a right code sets it to 0. Absent in
+    /// records written before it existed (read as 0).
+    #[serde(default)]
+    pub budget_failures: u32,
     pub used_at: Option<Timestamp>,
     pub meta: RequestMeta,
 }

@@ -1,7 +1,9 @@
 //! The standalone OTP API (`send_otp` / `verify_otp` by email), the OTP
 //! seed's contract with its flaws fixed: CSPRNG codes stored as a keyed hash,
-//! single use, an atomic attempt cap, a 10-minute lifetime and a per-address
-//! send cooldown. No account is involved.
+//! single use, an atomic attempt cap, a 10-minute lifetime, a per-address
+//! send cooldown, and a per-address budget of wrong codes across codes
+//! (NIST 3.1.3.2): once it is spent no code is issued or accepted for the
+//! address until a day after its last code expired. No account is involved.
 
 use super::Auth;
 use crate::audit::otp_subject;
@@ -28,6 +30,14 @@ impl Auth {
         let now = self.now();
         let addr = self.address_hash(&email);
         let existing = self.ports.otps.otp(&addr).await?;
+        // Wrong codes outlive the code they were tried on: a new code
+        // carries them (its own count starts at 0), so each code does not
+        // bring a fresh round of guesses. Once the budget is spent, no code
+        // is sent until the window after the last one's expiry ends.
+        let carried = existing.as_ref().map_or(0, |e| e.budget_carried(now));
+        if let Some(e) = existing.as_ref().filter(|_| carried >= self.policy.otp_failure_budget) {
+            return Err(Error::RateLimited { retry_after: (e.budget_window_ends() - now) as u64 });
+        }
         // A new code for a still-live one keeps its failures and attempts
         // (NIST 3.1.3.2). One whose attempts are spent is not replaced
         // before it expires: a new code would be dead on arrival, and each
@@ -54,6 +64,7 @@ impl Auth {
             last_sent_at: now,
             failures,
             attempts,
+            budget_failures: carried,
             used_at: None,
             meta: meta.clone(),
         };
@@ -86,6 +97,7 @@ impl Auth {
         .await?;
         let now = self.now();
         let max = self.policy.code_max_failures;
+        let budget = self.policy.otp_failure_budget;
         let closed = |r: &OtpRecord| match r.closed(now, max) {
             Some(CodeClosed::Used) => Some(Error::ChallengeNotFound),
             Some(CodeClosed::Exhausted) => Some(Error::OtpExhausted),
@@ -101,19 +113,27 @@ impl Auth {
             }
             Err(e) => return Err(e.into()),
         };
+        if rec.budget_failures >= budget {
+            // Spent on this code or an earlier one: no code is compared.
+            return Err(Error::OtpExhausted);
+        }
         let attempts_left = max.saturating_sub(rec.attempts);
         let presented = self.otp_code_hash(&addr, &code);
         if !OtpCode::hashes_equal(&presented, &rec.code_hash) {
-            return match self.ports.otps.record_otp_failure(&addr, max, meta).await {
-                // Used or replaced meanwhile: this code was still wrong.
+            return match self.ports.otps.record_otp_failure(&addr, max, budget, meta).await {
+                // Used, replaced or its budget spent meanwhile: this code
+                // was still wrong.
                 Ok(_) | Err(StoreError::Conflict(_)) => Err(Error::OtpInvalid { attempts_left }),
                 Err(e) => Err(e.into()),
             };
         }
-        match self.ports.otps.redeem_otp(&addr, &presented, now, max, meta).await {
+        match self.ports.otps.redeem_otp(&addr, &presented, now, max, budget, meta).await {
             Ok(()) => Ok(()),
             Err(StoreError::Conflict(_)) => {
                 let rec = self.ports.otps.otp(&addr).await?.ok_or(Error::ChallengeNotFound)?;
+                if rec.budget_failures >= budget {
+                    return Err(Error::OtpExhausted);
+                }
                 // Else a new code replaced it meanwhile.
                 Err(closed(&rec).unwrap_or(Error::OtpInvalid { attempts_left }))
             }

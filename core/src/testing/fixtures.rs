@@ -197,6 +197,7 @@ pub(super) fn new_otp() -> OtpRecord {
         last_sent_at: T0,
         failures: 0,
         attempts: 0,
+        budget_failures: 0,
         used_at: None,
         meta: meta(),
     }

@@ -134,6 +134,7 @@ macro_rules! contract_suite {
             redeem_otp_refused_with_another_code,
             otp_failures_capped_under_concurrency,
             otp_attempts_capped_under_concurrency,
+            otp_budget_spans_codes,
             // rate limiter
             limiter_allows_exactly_limit_per_window,
             limiter_counts_concurrent_hits_exactly,

@@ -7,6 +7,8 @@ use crate::domain::{OtpRecord, RequestMeta};
 use crate::error::Conflict;
 
 const MAX_FAILURES: u32 = 5;
+/// An address budget that the tests of the per-code cap never reach.
+const BUDGET: u32 = 1000;
 const RACERS: usize = 50;
 
 pub async fn put_otp_expected_version(s: &Subject) {
@@ -53,7 +55,7 @@ pub async fn put_otp_expected_version(s: &Subject) {
     s.otps.take_otp_attempt(&address, T0 + 61, MAX_FAILURES).await.expect("take_otp_attempt");
     expect_conflict(s.otps.put_otp(&third, Some(&read)).await, Conflict::Stale, "put after an attempt was taken");
     let read = stored_otp(s, &address).await;
-    s.otps.record_otp_failure(&address, MAX_FAILURES, &meta()).await.expect("record_otp_failure");
+    s.otps.record_otp_failure(&address, MAX_FAILURES, BUDGET, &meta()).await.expect("record_otp_failure");
     expect_conflict(s.otps.put_otp(&third, Some(&read)).await, Conflict::Stale, "put after a failure was counted");
 }
 
@@ -89,7 +91,10 @@ pub async fn otp_attempts_capped_under_concurrency(s: &Subject) {
     );
     assert_eq!(stored_otp(s, &fresh.address_hash).await, fresh, "a refused attempt changed the record");
     s.otps.take_otp_attempt(&fresh.address_hash, fresh.expires_at - 1, MAX_FAILURES).await.expect("just before expiry");
-    s.otps.redeem_otp(&fresh.address_hash, &fresh.code_hash, T0 + 1, MAX_FAILURES, &meta()).await.expect("redeem");
+    s.otps
+        .redeem_otp(&fresh.address_hash, &fresh.code_hash, T0 + 1, MAX_FAILURES, BUDGET, &meta())
+        .await
+        .expect("redeem");
     expect_conflict(
         s.otps.take_otp_attempt(&fresh.address_hash, T0 + 2, MAX_FAILURES).await,
         Conflict::Stale,
@@ -122,7 +127,7 @@ pub async fn redeem_otp_has_one_winner(s: &Subject) {
     let results = race(RACERS, |i| {
         let otps = s.otps.clone();
         let (address, code, m) = (otp.address_hash.clone(), otp.code_hash.clone(), metas[i].clone());
-        async move { otps.redeem_otp(&address, &code, now, MAX_FAILURES, &m).await }
+        async move { otps.redeem_otp(&address, &code, now, MAX_FAILURES, BUDGET, &m).await }
     })
     .await;
     let (w, (), losers) = single_winner(results, "concurrent redeems of one code");
@@ -139,7 +144,7 @@ pub async fn redeem_otp_has_one_winner(s: &Subject) {
     assert_eq!(used.meta, metas[w], "a redeem sets the winner's meta");
 
     expect_conflict(
-        s.otps.record_otp_failure(&otp.address_hash, MAX_FAILURES, &meta()).await,
+        s.otps.record_otp_failure(&otp.address_hash, MAX_FAILURES, BUDGET, &meta()).await,
         Conflict::Stale,
         "a wrong code after the right one",
     );
@@ -148,13 +153,13 @@ pub async fn redeem_otp_has_one_winner(s: &Subject) {
 pub async fn redeem_otp_refused_at_expiry_boundary(s: &Subject) {
     let otp = sent_otp(s).await;
     expect_conflict(
-        s.otps.redeem_otp(&otp.address_hash, &otp.code_hash, otp.expires_at, MAX_FAILURES, &meta()).await,
+        s.otps.redeem_otp(&otp.address_hash, &otp.code_hash, otp.expires_at, MAX_FAILURES, BUDGET, &meta()).await,
         Conflict::Stale,
         "redeem at expires_at",
     );
     assert_eq!(stored_otp(s, &otp.address_hash).await, otp, "an expired redeem changed the record");
     s.otps
-        .redeem_otp(&otp.address_hash, &otp.code_hash, otp.expires_at - 1, MAX_FAILURES, &meta())
+        .redeem_otp(&otp.address_hash, &otp.code_hash, otp.expires_at - 1, MAX_FAILURES, BUDGET, &meta())
         .await
         .expect("redeem one second before expires_at");
 }
@@ -162,7 +167,7 @@ pub async fn redeem_otp_refused_at_expiry_boundary(s: &Subject) {
 pub async fn redeem_otp_refused_with_another_code(s: &Subject) {
     let otp = sent_otp(s).await;
     expect_conflict(
-        s.otps.redeem_otp(&otp.address_hash, &hash(), T0 + 1, MAX_FAILURES, &meta()).await,
+        s.otps.redeem_otp(&otp.address_hash, &hash(), T0 + 1, MAX_FAILURES, BUDGET, &meta()).await,
         Conflict::Stale,
         "redeem with another code hash",
     );
@@ -170,7 +175,7 @@ pub async fn redeem_otp_refused_with_another_code(s: &Subject) {
 
     let unknown = hash();
     expect_conflict(
-        s.otps.redeem_otp(&unknown, &otp.code_hash, T0 + 1, MAX_FAILURES, &meta()).await,
+        s.otps.redeem_otp(&unknown, &otp.code_hash, T0 + 1, MAX_FAILURES, BUDGET, &meta()).await,
         Conflict::Stale,
         "redeem for an address without a code",
     );
@@ -183,7 +188,7 @@ pub async fn otp_failures_capped_under_concurrency(s: &Subject) {
     let results = race(RACERS, |_| {
         let otps = s.otps.clone();
         let (address, m) = (otp.address_hash.clone(), m.clone());
-        async move { otps.record_otp_failure(&address, MAX_FAILURES, &m).await }
+        async move { otps.record_otp_failure(&address, MAX_FAILURES, BUDGET, &m).await }
     })
     .await;
 
@@ -200,19 +205,65 @@ pub async fn otp_failures_capped_under_concurrency(s: &Subject) {
         (1..=MAX_FAILURES).collect::<Vec<_>>(),
         "the successful failures count 1..=max exactly once each"
     );
-    assert_eq!(stored_otp(s, &otp.address_hash).await, OtpRecord { failures: MAX_FAILURES, meta: m, ..otp.clone() });
+    assert_eq!(
+        stored_otp(s, &otp.address_hash).await,
+        OtpRecord { failures: MAX_FAILURES, budget_failures: MAX_FAILURES, meta: m, ..otp.clone() },
+        "each wrong code counts toward the code's cap and the address's budget"
+    );
 
     expect_conflict(
-        s.otps.redeem_otp(&otp.address_hash, &otp.code_hash, T0 + 1, MAX_FAILURES, &meta()).await,
+        s.otps.redeem_otp(&otp.address_hash, &otp.code_hash, T0 + 1, MAX_FAILURES, BUDGET, &meta()).await,
         Conflict::Stale,
         "redeem of an exhausted code with the right code",
     );
 
     let unknown = hash();
     expect_conflict(
-        s.otps.record_otp_failure(&unknown, MAX_FAILURES, &meta()).await,
+        s.otps.record_otp_failure(&unknown, MAX_FAILURES, BUDGET, &meta()).await,
         Conflict::Stale,
         "a wrong code for an address without a code",
     );
     assert_eq!(s.otps.otp(&unknown).await.expect("otp"), None, "a failure for an unknown address created a record");
+}
+
+/// The address's budget of wrong codes across codes: concurrent wrong codes
+/// never pass it, a spent budget accepts not even the right code, and a
+/// right code within it sets it back to 0.
+pub async fn otp_budget_spans_codes(s: &Subject) {
+    const SMALL: u32 = 3;
+    // A code that inherited two wrong codes from the ones before it.
+    let otp = OtpRecord { budget_failures: SMALL - 1, ..new_otp() };
+    s.otps.put_otp(&otp, None).await.expect("put_otp");
+    let m = meta();
+    let results = race(RACERS, |_| {
+        let otps = s.otps.clone();
+        let (address, m) = (otp.address_hash.clone(), m.clone());
+        async move { otps.record_otp_failure(&address, MAX_FAILURES, SMALL, &m).await }
+    })
+    .await;
+    let mut counted = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(n) => counted.push(n),
+            Err(e) => expect_conflict::<u32>(Err(e), Conflict::Stale, &format!("racer {i} over the budget")),
+        }
+    }
+    assert_eq!(counted, [1], "one wrong code fits in the budget, whatever the code's own cap");
+    let spent = stored_otp(s, &otp.address_hash).await;
+    assert_eq!(spent, OtpRecord { failures: 1, budget_failures: SMALL, meta: m, ..otp.clone() });
+    expect_conflict(
+        s.otps.redeem_otp(&otp.address_hash, &otp.code_hash, T0 + 1, MAX_FAILURES, SMALL, &meta()).await,
+        Conflict::Stale,
+        "the right code once the budget is spent",
+    );
+    assert_eq!(stored_otp(s, &otp.address_hash).await, spent, "a refused redeem changed the record");
+
+    let within = OtpRecord { budget_failures: SMALL - 1, ..new_otp() };
+    s.otps.put_otp(&within, None).await.expect("put_otp");
+    s.otps
+        .redeem_otp(&within.address_hash, &within.code_hash, T0 + 1, MAX_FAILURES, SMALL, &meta())
+        .await
+        .expect("the right code within the budget");
+    let used = stored_otp(s, &within.address_hash).await;
+    assert_eq!((used.used_at, used.budget_failures), (Some(T0 + 1), 0), "a right code gives the budget back");
 }

@@ -51,6 +51,9 @@ impl OtpStore for DynamoStore {
     }
 
     async fn put_otp(&self, record: &OtpRecord, expected: Option<&OtpRecord>) -> StoreResult<()> {
+        // The TTL's grace covers the failure budget's window: the item, and
+        // the wrong codes it counts, outlive the code by at least that.
+        const _: () = assert!(TTL_GRACE_SECS >= OtpRecord::BUDGET_WINDOW_SECS);
         let item =
             items::to_item(record, items::otp_pk(&record.address_hash), Some(record.expires_at + TTL_GRACE_SECS))?;
         let req = self.client.put_item().table_name(&self.tokens).set_item(Some(item));
@@ -80,20 +83,24 @@ impl OtpStore for DynamoStore {
         code_hash: &str,
         now: Timestamp,
         max_failures: u32,
+        budget: u32,
         meta: &RequestMeta,
     ) -> StoreResult<()> {
         self.client
             .update_item()
             .table_name(&self.tokens)
             .key(PK, s(items::otp_pk(address_hash)))
-            .update_expression("SET used_at = :now, meta = :meta")
+            .update_expression("SET used_at = :now, meta = :meta, budget_failures = :zero")
             .condition_expression(
                 "attribute_exists(pk) AND attribute_not_exists(used_at) AND code_hash = :h \
-                 AND failures < :max AND expires_at > :now",
+                 AND failures < :max AND expires_at > :now AND (budget_failures < :budget \
+                 OR attribute_not_exists(budget_failures))",
             )
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":h", s(code_hash))
             .expression_attribute_values(":max", n(max_failures))
+            .expression_attribute_values(":budget", n(budget))
+            .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":meta", meta_value(meta)?)
             .send()
             .await
@@ -101,16 +108,26 @@ impl OtpStore for DynamoStore {
         Ok(())
     }
 
-    async fn record_otp_failure(&self, address_hash: &str, max_failures: u32, meta: &RequestMeta) -> StoreResult<u32> {
+    async fn record_otp_failure(
+        &self,
+        address_hash: &str,
+        max_failures: u32,
+        budget: u32,
+        meta: &RequestMeta,
+    ) -> StoreResult<u32> {
         let out = self
             .client
             .update_item()
             .table_name(&self.tokens)
             .key(PK, s(items::otp_pk(address_hash)))
-            .update_expression("SET meta = :meta ADD failures :one")
-            .condition_expression("attribute_exists(pk) AND attribute_not_exists(used_at) AND failures < :max")
+            .update_expression("SET meta = :meta ADD failures :one, budget_failures :one")
+            .condition_expression(
+                "attribute_exists(pk) AND attribute_not_exists(used_at) AND failures < :max \
+                 AND (budget_failures < :budget OR attribute_not_exists(budget_failures))",
+            )
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":max", n(max_failures))
+            .expression_attribute_values(":budget", n(budget))
             .expression_attribute_values(":meta", meta_value(meta)?)
             .return_values(ReturnValue::UpdatedNew)
             .send()

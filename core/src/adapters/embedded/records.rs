@@ -324,7 +324,7 @@ pub(crate) fn update_session(c: &Connection, s: &Session) -> rusqlite::Result<()
 // ---- standalone one-time codes --------------------------------------------
 
 const OTP_COLS: &str =
-    "address_hash, code_hash, created_at, expires_at, last_sent_at, failures, used_at, meta, attempts";
+    "address_hash, code_hash, created_at, expires_at, last_sent_at, failures, used_at, meta, attempts, budget_failures";
 
 fn otp_row(r: &Row<'_>) -> rusqlite::Result<OtpRecord> {
     Ok(OtpRecord {
@@ -337,6 +337,7 @@ fn otp_row(r: &Row<'_>) -> rusqlite::Result<OtpRecord> {
         used_at: r.get(6)?,
         meta: r.get::<_, Meta>(7)?.0,
         attempts: r.get(8)?,
+        budget_failures: r.get(9)?,
     })
 }
 
@@ -350,15 +351,17 @@ pub(crate) fn load_otp(c: &Connection, address_hash: &str) -> rusqlite::Result<O
 pub(crate) fn upsert_otp(c: &Connection, o: &OtpRecord) -> rusqlite::Result<()> {
     c.prepare_cached(&format!(
         "INSERT INTO otps ({OTP_COLS}) VALUES (:address_hash, :code_hash, :created_at, :expires_at, :last_sent_at, \
-         :failures, :used_at, :meta, :attempts) \
+         :failures, :used_at, :meta, :attempts, :budget_failures) \
          ON CONFLICT (address_hash) DO UPDATE SET code_hash = excluded.code_hash, created_at = excluded.created_at, \
          expires_at = excluded.expires_at, last_sent_at = excluded.last_sent_at, failures = excluded.failures, \
-         attempts = excluded.attempts, used_at = excluded.used_at, meta = excluded.meta"
+         attempts = excluded.attempts, budget_failures = excluded.budget_failures, used_at = excluded.used_at, \
+         meta = excluded.meta"
     ))?
     .execute(named_params! {
         ":address_hash": o.address_hash, ":code_hash": o.code_hash, ":created_at": o.created_at,
         ":expires_at": o.expires_at, ":last_sent_at": o.last_sent_at, ":failures": o.failures,
         ":used_at": o.used_at, ":meta": meta_json(&o.meta)?, ":attempts": o.attempts,
+        ":budget_failures": o.budget_failures,
     })?;
     Ok(())
 }

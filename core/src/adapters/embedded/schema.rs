@@ -180,6 +180,10 @@ const MIGRATIONS: &[&str] = &[
         held_at  INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 11: wrong standalone codes across an address's codes (its budget).
+    r#"
+    ALTER TABLE otps ADD COLUMN budget_failures INTEGER NOT NULL DEFAULT 0 CHECK (budget_failures >= 0);
+    "#,
 ];
 
 /// The schema version this build writes.

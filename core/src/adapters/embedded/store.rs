@@ -602,6 +602,7 @@ impl OtpStore for EmbeddedStore {
         code_hash: &str,
         now: Timestamp,
         max_failures: u32,
+        budget: u32,
         meta: &RequestMeta,
     ) -> StoreResult<()> {
         let (h, code_hash, meta, at) = (address_hash.to_string(), code_hash.to_string(), meta.clone(), self.db().now());
@@ -613,28 +614,40 @@ impl OtpStore for EmbeddedStore {
                 if old.used_at.is_some()
                     || old.code_hash != code_hash
                     || old.failures >= max_failures
+                    || old.budget_failures >= budget
                     || old.expires_at <= now
                 {
                     return stale();
                 }
-                let new = OtpRecord { used_at: Some(now), meta, ..old.clone() };
+                let new = OtpRecord { used_at: Some(now), budget_failures: 0, meta, ..old.clone() };
                 rec::upsert_otp(tx, &new)?;
                 record(tx, at, ChangeEntity::Otp, &h, Some(&old), Some(&new))
             })
             .await
     }
 
-    async fn record_otp_failure(&self, address_hash: &str, max_failures: u32, meta: &RequestMeta) -> StoreResult<u32> {
+    async fn record_otp_failure(
+        &self,
+        address_hash: &str,
+        max_failures: u32,
+        budget: u32,
+        meta: &RequestMeta,
+    ) -> StoreResult<u32> {
         let (h, meta, at) = (address_hash.to_string(), meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
                 let Some(old) = rec::load_otp(tx, &h)? else {
                     return stale();
                 };
-                if old.used_at.is_some() || old.failures >= max_failures {
+                if old.used_at.is_some() || old.failures >= max_failures || old.budget_failures >= budget {
                     return stale();
                 }
-                let new = OtpRecord { failures: old.failures + 1, meta, ..old.clone() };
+                let new = OtpRecord {
+                    failures: old.failures + 1,
+                    budget_failures: old.budget_failures + 1,
+                    meta,
+                    ..old.clone()
+                };
                 rec::upsert_otp(tx, &new)?;
                 record(tx, at, ChangeEntity::Otp, &h, Some(&old), Some(&new))?;
                 Ok(new.failures)
@@ -735,6 +748,7 @@ mod tests {
             last_sent_at,
             failures: 0,
             attempts: 0,
+            budget_failures: 0,
             used_at: None,
             meta: RequestMeta::default(),
         }
@@ -1186,8 +1200,8 @@ mod tests {
         assert!(is_conflict(s.put_otp(&first, None).await, Conflict::Stale), "expected none");
         assert_eq!(s.otp("addr").await.unwrap(), Some(first.clone()));
 
-        assert_eq!(s.record_otp_failure("addr", 2, &META).await.unwrap(), 1);
-        let counted = OtpRecord { failures: 1, ..first.clone() };
+        assert_eq!(s.record_otp_failure("addr", 2, 100, &META).await.unwrap(), 1);
+        let counted = OtpRecord { failures: 1, budget_failures: 1, ..first.clone() };
         let second = OtpRecord { failures: 1, ..otp("addr", T0 + 60) };
         assert!(is_conflict(
             s.put_otp(&second, Some(&OtpRecord { last_sent_at: T0 + 1, ..counted.clone() })).await,
@@ -1195,13 +1209,13 @@ mod tests {
         ));
         s.put_otp(&second, Some(&first)).await.unwrap_err();
         s.put_otp(&second, Some(&counted)).await.unwrap();
-        assert!(is_conflict(s.redeem_otp("addr", "wrong", T0 + 61, 2, &META).await, Conflict::Stale));
-        assert!(is_conflict(s.redeem_otp("addr", "otp-1", T0 + 660, 2, &META).await, Conflict::Stale), "expired");
+        assert!(is_conflict(s.redeem_otp("addr", "wrong", T0 + 61, 2, 100, &META).await, Conflict::Stale));
+        assert!(is_conflict(s.redeem_otp("addr", "otp-1", T0 + 660, 2, 100, &META).await, Conflict::Stale), "expired");
 
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let s = s.clone();
-                tokio::spawn(async move { s.redeem_otp("addr", "otp-1", T0 + 61, 2, &META).await })
+                tokio::spawn(async move { s.redeem_otp("addr", "otp-1", T0 + 61, 2, 100, &META).await })
             })
             .collect();
         let mut ok = 0;
@@ -1209,14 +1223,14 @@ mod tests {
             ok += usize::from(t.await.unwrap().is_ok());
         }
         assert_eq!(ok, 1);
-        assert!(is_conflict(s.record_otp_failure("addr", 5, &META).await, Conflict::Stale), "used");
-        assert!(is_conflict(s.record_otp_failure("nope", 5, &META).await, Conflict::Stale));
+        assert!(is_conflict(s.record_otp_failure("addr", 5, 100, &META).await, Conflict::Stale), "used");
+        assert!(is_conflict(s.record_otp_failure("nope", 5, 100, &META).await, Conflict::Stale));
 
         s.put_otp(&otp("capped", T0), None).await.unwrap();
-        assert_eq!(s.record_otp_failure("capped", 2, &META).await.unwrap(), 1);
-        assert_eq!(s.record_otp_failure("capped", 2, &META).await.unwrap(), 2);
-        assert!(is_conflict(s.record_otp_failure("capped", 2, &META).await, Conflict::Stale));
-        assert!(is_conflict(s.redeem_otp("capped", "otp-1", T0 + 1, 2, &META).await, Conflict::Stale));
+        assert_eq!(s.record_otp_failure("capped", 2, 100, &META).await.unwrap(), 1);
+        assert_eq!(s.record_otp_failure("capped", 2, 100, &META).await.unwrap(), 2);
+        assert!(is_conflict(s.record_otp_failure("capped", 2, 100, &META).await, Conflict::Stale));
+        assert!(is_conflict(s.redeem_otp("capped", "otp-1", T0 + 1, 2, 100, &META).await, Conflict::Stale));
     }
 
     #[tokio::test]
