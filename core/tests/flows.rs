@@ -735,6 +735,48 @@ async fn a_device_token_vouches_only_for_its_own_account_while_valid() {
     assert!(refused(w.auth.login("pia", "a brand new passphrase here".into(), Some(&fresh), &m).await));
 }
 
+/// A wrong current password in a password change is a wrong password: it
+/// counts toward the account's lock (the owner is mailed when it locks),
+/// and a session whose guess locks the account, or that guesses during a
+/// lock, is ended; the user's other sessions live on, and a right current
+/// password still changes it during a lock.
+#[tokio::test]
+async fn a_wrong_current_password_counts_toward_the_lock_and_a_guessing_session_ends() {
+    let w = world(RateLimits::relaxed());
+    verified(&w, "uma").await;
+    let m = meta();
+    let (guesser, owner) = (signed_in(&w, "uma", &m).await, signed_in(&w, "uma", &m).await);
+    let user = async || w.store.user_by_email(&Email::parse("uma@example.com").unwrap()).await.unwrap().unwrap();
+    let threshold = w.auth.policy().login_lock_threshold;
+    let wrong = async |t: &latchkey_core::flows::TokenPair| {
+        w.auth.change_password(&t.access_token, "not my password at all".into(), NEW_PW.into(), &m).await
+    };
+    for i in 1..threshold {
+        let r = wrong(&guesser).await;
+        assert!(matches!(r, Err(Error::Validation { field: "current_password", .. })), "{r:?}");
+        assert_eq!(user().await.failed_logins, i);
+    }
+    assert!(w.auth.me(&guesser.access_token).await.is_ok());
+    let mails = w.mail.kinds().len();
+    assert!(matches!(wrong(&guesser).await, Err(Error::Unauthorized)), "the guess that locks");
+    let locked_until = user().await.locked_until.expect("locked");
+    assert_eq!(w.mail.kinds()[mails..], ["account_locked"]);
+    assert!(w.auth.me(&guesser.access_token).await.is_err(), "the guessing session ended");
+    assert!(w.auth.refresh(&guesser.refresh_token, &m).await.is_err(), "its refresh token too");
+    assert!(w.auth.me(&owner.access_token).await.is_ok(), "another session lives on");
+
+    // During the lock: one wrong guess ends the session, the lock stays as
+    // it was; a right password still makes the change.
+    w.clock.advance(5);
+    let other = w.auth.refresh(&owner.refresh_token, &m).await.unwrap();
+    assert!(matches!(wrong(&other).await, Err(Error::Unauthorized)));
+    assert!(w.auth.me(&other.access_token).await.is_err());
+    assert_eq!(user().await.locked_until, Some(locked_until), "a guess during a lock extends it");
+    let device = owner.device_token.clone();
+    let third = signed_in_with(&w, "uma", PW, device.as_deref(), &m).await;
+    w.auth.change_password(&third.access_token, PW.into(), NEW_PW.into(), &m).await.expect("the right password");
+}
+
 /// Sessions and device tokens end with a password change or reset by
 /// count (`password_epoch`), not by clock: a login finished in a change's
 /// own second lives on, and a login whose code step read a later clock than

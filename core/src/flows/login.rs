@@ -212,13 +212,15 @@ impl Auth {
         Ok(LoginStarted { challenge_id: id, expires_at, resend_after: p.code_resend_cooldown_secs })
     }
 
-    async fn count_failure(
+    /// Counts a wrong password toward the account's lock and mails the
+    /// owner if it locks; the user as stored after.
+    pub(super) async fn count_failure(
         &self,
         user: &User,
         now: Timestamp,
         threshold: u32,
         meta: &RequestMeta,
-    ) -> Result<(), Error> {
+    ) -> Result<User, Error> {
         let after =
             self.ports.users.record_login_failure(&user.id, now, threshold, self.policy.login_lock_secs, meta).await?;
         if !user.is_locked(now) && after.is_locked(now) {
@@ -228,7 +230,7 @@ impl Auth {
             let job = MailJob::AccountLocked { username: user.username.to_string(), locked_until: until, codes_spent };
             self.notify(&user.email, Some(user.id.to_string()), meta, job).await;
         }
-        Ok(())
+        Ok(after)
     }
 
     pub(crate) fn login_code_hash(&self, id: &ChallengeId, code: &OtpCode) -> String {

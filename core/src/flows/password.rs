@@ -1,5 +1,7 @@
 //! A signed-in user's password change: it ends every other session of the
-//! user at once (SECURITY.md), and the session that made it lives on.
+//! user at once (SECURITY.md), and the session that made it lives on. A
+//! wrong current password counts toward the account's lock as at login, and
+//! a session that guesses into or through a lock is ended.
 
 use super::Auth;
 use crate::domain::{Password, RequestMeta, SessionId, UserId};
@@ -35,7 +37,19 @@ impl Auth {
             return Err(Error::Unauthorized);
         }
         if !self.hasher.verify(&current, Some(&user.password_hash)).await? {
-            tracing::info!(user_id = %uid, "password change refused: wrong current password");
+            // A wrong password here is a wrong password at login: it counts
+            // toward the account's lock (audit `login_failed`; the owner is
+            // mailed when it locks). A session that guesses while the
+            // account is locked, or whose guess locks it, is ended: else a
+            // stolen session could go on guessing through a lock that stops
+            // every login.
+            tracing::info!(user_id = %uid, session_id = %sid, "password change refused: wrong current password");
+            let after = self.count_failure(&user, now, self.policy.login_lock_threshold, meta).await?;
+            if after.is_locked(now) {
+                tracing::warn!(user_id = %uid, session_id = %sid, "session ended: wrong current password while locked");
+                self.ports.sessions.revoke_session(&sid, now, "wrong_password", meta).await?;
+                return Err(Error::Unauthorized);
+            }
             return Err(Error::validation("current_password", "is not your current password"));
         }
         let new = self.new_password(new, &user.username, &user.email).map_err(|e| match e {
