@@ -93,6 +93,7 @@ impl IntoResponse for ApiError {
             body["retry_after"] = json!(s);
         }
         let mut resp = (self.status, Json(body)).into_response();
+        resp.extensions_mut().insert(crate::refusals::ErrorCode(self.code));
         if let Some(s) = self.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }

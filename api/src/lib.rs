@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod headers;
 pub mod pages;
+pub mod refusals;
 pub mod routes;
 pub mod state;
 pub mod wiring;
@@ -69,6 +70,7 @@ pub fn app(state: AppState) -> Router {
             error::ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error")
                 .into_response()
         }))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), refusals::log_refusals))
         .layer(axum::middleware::from_fn(headers::security_headers))
         .with_state(state)
 }
