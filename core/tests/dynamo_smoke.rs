@@ -466,12 +466,10 @@ async fn sessions_rotate_once_and_revoke_idempotently() {
     assert_eq!(env.store.session(&ghost).await.unwrap(), None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn otp_codes_are_single_use_and_capped() {
-    let env = env().await;
-    let addr = unique("addr");
-    let rec = OtpRecord {
-        address_hash: addr.clone(),
+/// A code `c1` for `addr`, sent at `NOW`, nothing counted yet.
+fn fresh_otp(addr: &str) -> OtpRecord {
+    OtpRecord {
+        address_hash: addr.to_string(),
         code_hash: "c1".into(),
         created_at: NOW,
         expires_at: NOW + 600,
@@ -481,7 +479,14 @@ async fn otp_codes_are_single_use_and_capped() {
         budget_failures: 0,
         used_at: None,
         meta: RequestMeta::default(),
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn otp_codes_are_single_use_and_capped() {
+    let env = env().await;
+    let addr = unique("addr");
+    let rec = fresh_otp(&addr);
     env.store.put_otp(&rec, None).await.unwrap();
     assert!(is_conflict(&env.store.put_otp(&rec, None).await, Conflict::Stale));
     assert!(is_conflict(
@@ -705,18 +710,7 @@ async fn an_otp_without_a_budget_count_has_spent_none() {
     use aws_sdk_dynamodb::types::AttributeValue;
     let env = env().await;
     let addr = unique("legacy");
-    let rec = OtpRecord {
-        address_hash: addr.clone(),
-        code_hash: "c1".into(),
-        created_at: NOW,
-        expires_at: NOW + 600,
-        last_sent_at: NOW,
-        failures: 0,
-        attempts: 0,
-        budget_failures: 0,
-        used_at: None,
-        meta: RequestMeta::default(),
-    };
+    let rec = fresh_otp(&addr);
     env.store.put_otp(&rec, None).await.unwrap();
     let strip = || {
         env.client
