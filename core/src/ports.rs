@@ -305,9 +305,10 @@ pub trait OtpStore: Send + Sync {
     async fn otp(&self, address_hash: &str) -> StoreResult<Option<OtpRecord>>;
 
     /// Writes `record` for its address, replacing what is there, only if the
-    /// stored record still has `expected`'s `last_sent_at`, `failures` and
-    /// `attempts` (`None`: only if there is no record), so no guess counted
-    /// since the read is lost. `Conflict(Stale)` otherwise.
+    /// stored record still has `expected`'s `last_sent_at`, `failures`,
+    /// `attempts` and `used_at` (`None`: only if there is no record), so no
+    /// guess counted since the read is lost, and no redemption (which gave
+    /// the budget back). `Conflict(Stale)` otherwise.
     async fn put_otp(&self, record: &OtpRecord, expected: Option<&OtpRecord>) -> StoreResult<()>;
 
     /// Takes one attempt before a code is compared, as

@@ -449,8 +449,8 @@ async fn an_exhausted_standalone_code_is_not_replaced_before_it_expires() {
 
 /// Wrong standalone codes count across codes (NIST 3.1.3.2): a new code
 /// brings no fresh round of guesses. A right code within the budget gives
-/// it back; once it is spent no code is accepted, not even the right one
-/// of a live code, and none is sent until a day after the last expired.
+/// it back; once it is spent every code, right or wrong, is answered the
+/// same wait, and none is sent, until a day after the last expired.
 #[tokio::test]
 async fn wrong_standalone_codes_spend_a_budget_across_codes() {
     let w = world(RateLimits::relaxed());
@@ -492,10 +492,20 @@ async fn wrong_standalone_codes_spend_a_budget_across_codes() {
     for _ in 0..left {
         assert!(matches!(w.auth.verify_otp(addr, &wrong(&code), &meta()).await, Err(Error::OtpInvalid { .. })));
     }
+    // Right or wrong, every code is answered the same wait: until a day
+    // after this code expires.
+    let wait = (sent.expires_at + 86_400 - (sent.expires_at - 600)) as u64;
     let r = w.auth.verify_otp(addr, &code, &meta()).await;
-    assert!(matches!(r, Err(Error::OtpExhausted)), "the right code of a live code once the budget is spent: {r:?}");
+    assert!(
+        matches!(r, Err(Error::RateLimited { retry_after }) if retry_after == wait),
+        "the right code of a live code once the budget is spent: {r:?}"
+    );
     let r = w.auth.verify_otp(addr, &wrong(&code), &meta()).await;
-    assert!(matches!(r, Err(Error::OtpExhausted)), "{r:?}");
+    assert!(matches!(r, Err(Error::RateLimited { retry_after }) if retry_after == wait), "{r:?}");
+    w.clock.set(sent.expires_at + 5);
+    let r = w.auth.verify_otp(addr, &code, &meta()).await;
+    assert!(matches!(r, Err(Error::RateLimited { retry_after: 86_395 })), "the spent code expired: {r:?}");
+    w.clock.set(sent.expires_at - 600);
     // No new code until a day after this one expires, whenever asked.
     let sends = w.mail.kinds().len();
     let expires = sent.expires_at;
@@ -513,6 +523,49 @@ async fn wrong_standalone_codes_spend_a_budget_across_codes() {
         assert!(matches!(w.auth.verify_otp(addr, &wrong(&fresh), &meta()).await, Err(Error::OtpInvalid { .. })));
     }
     w.auth.verify_otp(addr, &fresh, &meta()).await.expect("a fresh budget");
+}
+
+/// Concurrent wrong codes at the budget's edge: as many are answered wrong
+/// as are counted, and every other one, like the right code, is answered
+/// the wait (a live probe had 5 of 50 answered wrong with 3 counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_codes_past_the_budget_are_answered_the_wait_not_wrong() {
+    let w = world(RateLimits::relaxed());
+    let addr = "jade@example.com";
+    let budget = Policy::default().otp_failure_budget;
+    let wrong = |code: &str| if code == "000000" { "111111" } else { "000000" }.to_string();
+    let mut spent = 0;
+    while spent + 6 <= budget - 3 {
+        w.auth.send_otp(addr, &meta()).await.unwrap();
+        let code = w.mail.code();
+        for _ in 0..6 {
+            let _ = w.auth.verify_otp(addr, &wrong(&code), &meta()).await;
+        }
+        spent += 6;
+        w.clock.advance(600);
+    }
+    w.auth.send_otp(addr, &meta()).await.unwrap();
+    let code = w.mail.code();
+    for _ in 0..(budget - 3 - spent) {
+        let _ = w.auth.verify_otp(addr, &wrong(&code), &meta()).await;
+    }
+    w.clock.advance(600);
+    // Three wrong codes left in the budget, and a fresh code's six
+    // attempts: all six are compared, three are counted.
+    w.auth.send_otp(addr, &meta()).await.unwrap();
+    let code = w.mail.code();
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let (auth, guess) = (w.auth.clone(), format!("{:06}", (code.parse::<u32>().unwrap() + 1 + i) % 1_000_000));
+            tokio::spawn(async move { auth.verify_otp(addr, &guess, &meta()).await })
+        })
+        .collect();
+    let guesses: Vec<_> = futures::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
+    let answered_wrong = guesses.iter().filter(|r| matches!(r, Err(Error::OtpInvalid { .. }))).count();
+    let answered_wait = guesses.iter().filter(|r| matches!(r, Err(Error::RateLimited { .. }))).count();
+    assert_eq!((answered_wrong, answered_wait), (3, 3), "{guesses:?}");
+    let r = w.auth.verify_otp(addr, &code, &meta()).await;
+    assert!(matches!(r, Err(Error::RateLimited { .. })), "{r:?}");
 }
 
 /// A queue outage after a committed change is logged, not answered: the

@@ -56,9 +56,11 @@ pub async fn send(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageFo
     let email = f.email.unwrap_or_default();
     let mut errors = FieldErrors::new();
     match s.auth.send_otp(&email, &v.meta).await {
-        Ok(_) => {
-            let notice = "Code sent. It works for 10 minutes; enter it below.";
-            otp_page(&mut v, StatusCode::OK, &email, errors, FieldErrors::new(), Some(notice), None)
+        Ok(sent) => {
+            let minutes = (sent.expires_at - s.auth.now()).max(60) / 60;
+            let unit = if minutes == 1 { "minute" } else { "minutes" };
+            let notice = format!("Code sent. It works for {minutes} {unit}; enter it below.");
+            otp_page(&mut v, StatusCode::OK, &email, errors, FieldErrors::new(), Some(&notice), None)
         }
         Err(Error::Validation { .. }) => {
             errors.insert("email", "Please enter a valid email address.".into());

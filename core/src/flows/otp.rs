@@ -98,11 +98,19 @@ impl Auth {
         let now = self.now();
         let max = self.policy.code_max_failures;
         let budget = self.policy.otp_failure_budget;
-        let closed = |r: &OtpRecord| match r.closed(now, max) {
-            Some(CodeClosed::Used) => Some(Error::ChallengeNotFound),
-            Some(CodeClosed::Exhausted) => Some(Error::OtpExhausted),
-            Some(CodeClosed::Expired) => Some(Error::OtpExpired),
-            None => None,
+        // A spent budget answers every request the same wait, right code or
+        // wrong, so nothing tells them apart: the address's rate limit.
+        let spent = |r: &OtpRecord| {
+            (r.budget_carried(now) >= budget)
+                .then(|| Error::RateLimited { retry_after: (r.budget_window_ends() - now).max(1) as u64 })
+        };
+        let closed = |r: &OtpRecord| {
+            spent(r).or(match r.closed(now, max) {
+                Some(CodeClosed::Used) => Some(Error::ChallengeNotFound),
+                Some(CodeClosed::Exhausted) => Some(Error::OtpExhausted),
+                Some(CodeClosed::Expired) => Some(Error::OtpExpired),
+                None => None,
+            })
         };
         // As for login codes: the attempt is taken before the comparison.
         let rec = match self.ports.otps.take_otp_attempt(&addr, now, max).await {
@@ -113,17 +121,22 @@ impl Auth {
             }
             Err(e) => return Err(e.into()),
         };
-        if rec.budget_failures >= budget {
+        if let Some(e) = spent(&rec) {
             // Spent on this code or an earlier one: no code is compared.
-            return Err(Error::OtpExhausted);
+            return Err(e);
         }
         let attempts_left = max.saturating_sub(rec.attempts);
         let presented = self.otp_code_hash(&addr, &code);
         if !OtpCode::hashes_equal(&presented, &rec.code_hash) {
             return match self.ports.otps.record_otp_failure(&addr, max, budget, meta).await {
-                // Used, replaced or its budget spent meanwhile: this code
-                // was still wrong.
-                Ok(_) | Err(StoreError::Conflict(_)) => Err(Error::OtpInvalid { attempts_left }),
+                Ok(_) => Err(Error::OtpInvalid { attempts_left }),
+                // The budget spent meanwhile by concurrent wrong codes: this
+                // one is answered as the right one would be now. Else used
+                // or replaced meanwhile: this code was still wrong.
+                Err(StoreError::Conflict(_)) => {
+                    let now_spent = self.ports.otps.otp(&addr).await?.as_ref().and_then(spent);
+                    Err(now_spent.unwrap_or(Error::OtpInvalid { attempts_left }))
+                }
                 Err(e) => Err(e.into()),
             };
         }
@@ -131,9 +144,6 @@ impl Auth {
             Ok(()) => Ok(()),
             Err(StoreError::Conflict(_)) => {
                 let rec = self.ports.otps.otp(&addr).await?.ok_or(Error::ChallengeNotFound)?;
-                if rec.budget_failures >= budget {
-                    return Err(Error::OtpExhausted);
-                }
                 // Else a new code replaced it meanwhile.
                 Err(closed(&rec).unwrap_or(Error::OtpInvalid { attempts_left }))
             }

@@ -37,6 +37,7 @@ pub async fn put_otp_expected_version(s: &Subject) {
         (OtpRecord { last_sent_at: T0 - 1, ..first.clone() }, "put expecting another last_sent_at"),
         (OtpRecord { failures: 1, ..first.clone() }, "put expecting another failure count"),
         (OtpRecord { attempts: 1, ..first.clone() }, "put expecting another attempt count"),
+        (OtpRecord { used_at: Some(T0 + 1), ..first.clone() }, "put expecting a used code"),
     ] {
         expect_conflict(s.otps.put_otp(&second, Some(&other)).await, Conflict::Stale, what);
     }
@@ -57,6 +58,13 @@ pub async fn put_otp_expected_version(s: &Subject) {
     let read = stored_otp(s, &address).await;
     s.otps.record_otp_failure(&address, MAX_FAILURES, BUDGET, &meta()).await.expect("record_otp_failure");
     expect_conflict(s.otps.put_otp(&third, Some(&read)).await, Conflict::Stale, "put after a failure was counted");
+    // A redemption after the read too: it gave the address's budget back,
+    // which a new code made from the read would undo.
+    let read = stored_otp(s, &address).await;
+    s.otps.redeem_otp(&address, &read.code_hash, T0 + 62, MAX_FAILURES, BUDGET, &meta()).await.expect("redeem");
+    expect_conflict(s.otps.put_otp(&third, Some(&read)).await, Conflict::Stale, "put after the code was used");
+    let used = stored_otp(s, &address).await;
+    s.otps.put_otp(&third, Some(&used)).await.expect("put expecting the used code");
 }
 
 /// Of any number of concurrent attempts on a code, exactly the cap succeed,

@@ -60,14 +60,22 @@ impl OtpStore for DynamoStore {
         let req = match expected {
             None => req.condition_expression("attribute_not_exists(pk)"),
             // An item from before `attempts` existed has had none taken.
-            Some(e) => req
-                .condition_expression(
-                    "last_sent_at = :sent AND failures = :failures \
-                     AND (attempts = :attempts OR attribute_not_exists(attempts))",
-                )
-                .expression_attribute_values(":sent", n(e.last_sent_at))
-                .expression_attribute_values(":failures", n(e.failures))
-                .expression_attribute_values(":attempts", n(e.attempts)),
+            Some(e) => {
+                let req = req
+                    .expression_attribute_values(":sent", n(e.last_sent_at))
+                    .expression_attribute_values(":failures", n(e.failures))
+                    .expression_attribute_values(":attempts", n(e.attempts));
+                let guard = "last_sent_at = :sent AND failures = :failures \
+                     AND (attempts = :attempts OR attribute_not_exists(attempts))";
+                // A code redeemed since the read: its right code gave the
+                // budget back, which the new record must not undo.
+                match e.used_at {
+                    None => req.condition_expression(format!("{guard} AND attribute_not_exists(used_at)")),
+                    Some(at) => req
+                        .condition_expression(format!("{guard} AND used_at = :used"))
+                        .expression_attribute_values(":used", n(at)),
+                }
+            }
         };
         req.send().await.map_err(map_sdk)?;
         Ok(())

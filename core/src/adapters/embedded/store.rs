@@ -564,7 +564,7 @@ impl OtpStore for EmbeddedStore {
     }
 
     async fn put_otp(&self, record_: &OtpRecord, expected: Option<&OtpRecord>) -> StoreResult<()> {
-        let guard = |o: &OtpRecord| (o.last_sent_at, o.failures, o.attempts);
+        let guard = |o: &OtpRecord| (o.last_sent_at, o.failures, o.attempts, o.used_at);
         let (new, expected, at) = (record_.clone(), expected.map(guard), self.db().now());
         self.db()
             .tx(move |tx| {
