@@ -18,7 +18,7 @@ pub struct ErrorCode(pub &'static str);
 
 pub async fn log_refusals(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let (parts, body) = req.into_parts();
     let meta = request_meta(&parts, state.trust_forwarded_for);
     let resp = next.run(Request::from_parts(parts, body)).await;
@@ -26,7 +26,7 @@ pub async fn log_refusals(State(state): State<AppState>, req: Request, next: Nex
     if status.is_client_error() || status.is_server_error() {
         let code = resp.extensions().get::<ErrorCode>().map_or("", |c| c.0);
         let retry_after = resp.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let route = route.as_deref().unwrap_or("(no route)");
+        let route = route.as_ref().map_or("(no route)", MatchedPath::as_str);
         let (ip, request_id) = (meta.ip.as_deref().unwrap_or(""), meta.request_id.as_deref().unwrap_or(""));
         if status.is_server_error() {
             tracing::warn!(%method, route, status = status.as_u16(), error = code, ip, request_id, "request failed");

@@ -56,8 +56,8 @@ pub async fn send(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageFo
     let email = f.email.unwrap_or_default();
     let mut errors = FieldErrors::new();
     match s.auth.send_otp(&email, &v.meta).await {
-        Ok(sent) => {
-            let minutes = (sent.expires_at - s.auth.now()).max(60) / 60;
+        Ok(_) => {
+            let minutes = s.auth.policy().otp_ttl_secs / 60;
             let unit = if minutes == 1 { "minute" } else { "minutes" };
             let notice = format!("Code sent. It works for {minutes} {unit}; enter it below.");
             otp_page(&mut v, StatusCode::OK, &email, errors, FieldErrors::new(), Some(&notice), None)

@@ -154,6 +154,12 @@ impl OtpRecord {
     pub fn budget_window_ends(&self) -> Timestamp {
         self.expires_at + Self::BUDGET_WINDOW_SECS
     }
+
+    /// The seconds until the address may try or be sent a code again, if
+    /// its `budget` of wrong codes is spent at `now`.
+    pub fn budget_wait(&self, now: Timestamp, budget: u32) -> Option<u64> {
+        (self.budget_carried(now) >= budget).then(|| (self.budget_window_ends() - now).max(1) as u64)
+    }
 }
 
 /// A signed-in session: one family of rotating refresh tokens.

@@ -34,10 +34,10 @@ impl Auth {
         // carries them (its own count starts at 0), so each code does not
         // bring a fresh round of guesses. Once the budget is spent, no code
         // is sent until the window after the last one's expiry ends.
-        let carried = existing.as_ref().map_or(0, |e| e.budget_carried(now));
-        if let Some(e) = existing.as_ref().filter(|_| carried >= self.policy.otp_failure_budget) {
-            return Err(Error::RateLimited { retry_after: (e.budget_window_ends() - now) as u64 });
+        if let Some(retry_after) = existing.as_ref().and_then(|e| e.budget_wait(now, self.policy.otp_failure_budget)) {
+            return Err(Error::RateLimited { retry_after });
         }
+        let carried = existing.as_ref().map_or(0, |e| e.budget_carried(now));
         // A new code for a still-live one keeps its failures and attempts
         // (NIST 3.1.3.2). One whose attempts are spent is not replaced
         // before it expires: a new code would be dead on arrival, and each
@@ -100,10 +100,7 @@ impl Auth {
         let budget = self.policy.otp_failure_budget;
         // A spent budget answers every request the same wait, right code or
         // wrong, so nothing tells them apart: the address's rate limit.
-        let spent = |r: &OtpRecord| {
-            (r.budget_carried(now) >= budget)
-                .then(|| Error::RateLimited { retry_after: (r.budget_window_ends() - now).max(1) as u64 })
-        };
+        let spent = |r: &OtpRecord| r.budget_wait(now, budget).map(|retry_after| Error::RateLimited { retry_after });
         let closed = |r: &OtpRecord| {
             spent(r).or(match r.closed(now, max) {
                 Some(CodeClosed::Used) => Some(Error::ChallengeNotFound),
