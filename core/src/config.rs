@@ -44,6 +44,9 @@ pub struct RateLimits {
     /// Per challenge or per address.
     pub code_verify_subject: Limit,
     pub refresh_ip: Limit,
+    /// Admin API and admin page requests, per client, counted before the
+    /// admin key is checked (so past the limit a guess learns nothing).
+    pub admin_ip: Limit,
 }
 
 impl Default for RateLimits {
@@ -61,6 +64,7 @@ impl Default for RateLimits {
             code_verify_ip: Limit::new(60, 60),
             code_verify_subject: Limit::new(20, 600),
             refresh_ip: Limit::new(120, 60),
+            admin_ip: Limit::new(60, 60),
         }
     }
 }
@@ -83,6 +87,7 @@ impl RateLimits {
             code_verify_ip: l,
             code_verify_subject: l,
             refresh_ip: l,
+            admin_ip: l,
         }
     }
 }

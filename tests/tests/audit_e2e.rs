@@ -2,7 +2,8 @@
 //! trail read back through the admin API (and the user's own activity
 //! page), on the embedded backend (its change-feed driver runs inside the
 //! system) and on DynamoDB in the emulator (the streams poller feeds the
-//! Lambda handler). Also: the admin API's credential check, and a chain
+//! Lambda handler). Also: the admin API's credential check and its
+//! per-client limit, and a chain
 //! edited in DynamoDB failing verification at that record.
 
 use latchkey_core::audit::{AdminKeyHash, AuditPolicy, AuditStore, verify_chain};
@@ -277,6 +278,62 @@ async fn admin_endpoints_refuse_without_the_right_key() {
     // Without a configured hash nobody gets in.
     let closed = TestSystem::embedded().await;
     assert_eq!(admin_get(&closed, &format!("/v1/admin/users/{id}/audit"), Some(ADMIN_KEY)).await.0, 401);
+}
+
+/// With the default limits, every admin request of a client counts
+/// against its 60 a minute before the key is checked: the 61st is a 429
+/// with the wait even with the right key, and says nothing of the key. Only
+/// that client is refused; with the admin API off nothing is counted.
+async fn admin_requests_are_limited_per_client(sys: &TestSystem) {
+    let from = |ip: &str, key: &str| {
+        sys.http
+            .get(sys.url("/v1/admin/stats?from=2020-01-01&to=2020-01-02"))
+            .bearer_auth(key)
+            .header("x-forwarded-for", ip)
+    };
+    let guesser = "203.0.113.9";
+    for i in 0..60 {
+        let key = if i == 30 { ADMIN_KEY.to_string() } else { format!("guess-{i}-0123456789abcdefghij") };
+        let r = from(guesser, &key).send().await.expect("send");
+        assert_eq!(r.status().as_u16(), if i == 30 { 200 } else { 401 }, "request {i}");
+    }
+    for key in [ADMIN_KEY, "guess-61-0123456789abcdefghij"] {
+        let r = from(guesser, key).send().await.expect("send");
+        assert_eq!(r.status().as_u16(), 429);
+        let retry: u64 = r.headers()["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+        assert!((1..=60).contains(&retry), "{retry}");
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["error"], "rate_limited");
+    }
+    let r = from("198.51.100.4", ADMIN_KEY).send().await.expect("send");
+    assert_eq!(r.status().as_u16(), 200, "another client");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_admin_requests_are_limited_per_client() {
+    let hash = admin_hash();
+    let sys =
+        TestSystem::embedded_with(&[("LATCHKEY_TRUST_FORWARDED_FOR", "true"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)])
+            .await;
+    admin_requests_are_limited_per_client(&sys).await;
+    // Off, nothing is counted: the 61st request is still the 401 of an
+    // API that is off.
+    let off = TestSystem::embedded_with(&[]).await;
+    for i in 0..61 {
+        assert_eq!(
+            admin_get(&off, "/v1/admin/stats?from=2020-01-01&to=2020-01-02", Some(ADMIN_KEY)).await.0,
+            401,
+            "{i}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_admin_requests_are_limited_per_client() {
+    let hash = admin_hash();
+    let sys =
+        TestSystem::aws_with(&[("LATCHKEY_TRUST_FORWARDED_FOR", "true"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    admin_requests_are_limited_per_client(&sys).await;
 }
 
 fn time_today() -> String {

@@ -575,3 +575,26 @@ async fn admin_page_needs_the_key_in_the_form_and_never_stores_it() {
     let no_token = b.post("/admin", &[("admin_key", key), ("from", from), ("to", to)]).await;
     assert_eq!(no_token.status, 403);
 }
+
+/// The page and the API count against one admin limit per client (60 a
+/// minute by default): once the API's requests spent it, the page refuses
+/// the right key with the wait, before checking it.
+#[tokio::test]
+async fn admin_page_shares_the_api_limit() {
+    let key = "an-admin-key-for-the-page-test-0123456789";
+    let hash = latchkey_core::keys::token_hash(key);
+    let sys = TestSystem::embedded_with(&[("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    let mut b = Browser::new(&sys);
+    let p = b.get("/admin").await;
+    let (from, to) = ("2020-01-01", "2020-12-31");
+    let ok = b.post("/admin", &[("csrf", &p.csrf()), ("admin_key", key), ("from", from), ("to", to)]).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    for i in 0..59 {
+        let r = sys.http.get(sys.url("/v1/admin/stats")).bearer_auth("nope-nope-nope-nope-nope").send().await;
+        assert_eq!(r.expect("send").status().as_u16(), 401, "{i}");
+    }
+    let refused = b.post("/admin", &[("csrf", &ok.csrf()), ("admin_key", key), ("from", from), ("to", to)]).await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(refused.body.contains("Too many attempts"), "{}", refused.body);
+    assert!(!refused.body.contains("Events per day"));
+}

@@ -1,6 +1,6 @@
 //! The admin stats page. The admin key is typed into the form on every
-//! request and checked like the API's bearer key; it is never put in a
-//! cookie or echoed back into the page.
+//! request and checked like the API's bearer key, after the same per-client
+//! limit; it is never put in a cookie or echoed back into the page.
 
 use super::account::FieldErrors;
 use super::extract::PageForm;
@@ -56,6 +56,13 @@ pub async fn stats(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageF
     }
     let (from_s, to_s) = (f.from.unwrap_or_default(), f.to.unwrap_or_default());
     let mut errors = FieldErrors::new();
+    // Counted before the key is checked, as on the API (with it off no key
+    // can match: nothing to count).
+    if s.admin_key.is_some()
+        && let Err(e) = s.auth.limit_admin(&v.meta).await
+    {
+        return render::failure(e);
+    }
     let key_ok = match (&s.admin_key, f.admin_key.as_deref()) {
         (Some(hash), Some(key)) => hash.matches(key.trim()),
         _ => false,

@@ -1,8 +1,10 @@
 //! The admin API: a user's audit trail and per-day event counts, behind
 //! `Authorization: Bearer <admin key>`. A missing or wrong key is a 401
-//! before anything is read.
+//! before anything is read; every request with the API on counts against
+//! the client's admin limit first (`RateLimits::admin_ip`, 429 past it).
 
 use crate::error::ApiError;
+use crate::extract::Meta;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -11,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use latchkey_core::audit::{AuditRecord, day_string, parse_day};
 use latchkey_core::clock::rfc3339;
+use latchkey_core::domain::RequestMeta;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -30,12 +33,15 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let ok = match (&s.admin_key, bearer(headers)) {
-        (Some(hash), Some(key)) => hash.matches(key),
-        _ => false,
-    };
-    if ok { Ok(()) } else { Err(latchkey_core::Error::Unauthorized.into()) }
+async fn require_admin(s: &AppState, headers: &HeaderMap, meta: &RequestMeta) -> Result<(), ApiError> {
+    // With the API off no key can match: nothing to count.
+    let Some(hash) = &s.admin_key else { return Err(latchkey_core::Error::Unauthorized.into()) };
+    s.auth.limit_admin(meta).await?;
+    if bearer(headers).is_some_and(|key| hash.matches(key)) {
+        Ok(())
+    } else {
+        Err(latchkey_core::Error::Unauthorized.into())
+    }
 }
 
 #[derive(Deserialize)]
@@ -93,10 +99,11 @@ pub(crate) fn record_json(r: &AuditRecord) -> Value {
 pub async fn user_audit(
     State(s): State<AppState>,
     headers: HeaderMap,
+    Meta(meta): Meta,
     id: Result<Path<String>, PathRejection>,
     q: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    require_admin(&s, &headers)?;
+    require_admin(&s, &headers, &meta).await?;
     // A path segment that is not UTF-8 once percent-decoded is no user id either.
     let id = id
         .ok()
@@ -121,9 +128,10 @@ pub struct StatsQuery {
 pub async fn stats(
     State(s): State<AppState>,
     headers: HeaderMap,
+    Meta(meta): Meta,
     q: Result<Query<StatsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    require_admin(&s, &headers)?;
+    require_admin(&s, &headers, &meta).await?;
     let q = query(q)?;
     let day = |v: Option<&str>, field: &str| {
         v.and_then(parse_day).ok_or_else(|| ApiError::field(field, "must be a date YYYY-MM-DD"))

@@ -27,6 +27,13 @@ impl Auth {
             Some(retry_after) => Err(crate::Error::RateLimited { retry_after: retry_after.max(1) }),
         }
     }
+
+    /// Counts an admin request (API or page) of `meta`'s client against
+    /// `RateLimits::admin_ip`: called before the admin key is checked, so a
+    /// client past the limit is refused whether its key is right or wrong.
+    pub async fn limit_admin(&self, meta: &RequestMeta) -> Result<(), crate::Error> {
+        self.limit(&[self.policy.limits.admin_ip.key(format!("admin:ip:{}", client_key(meta)))]).await
+    }
 }
 
 #[cfg(test)]
