@@ -132,8 +132,25 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() || path == "." {
+        // A path that names a member: not the object itself ("."), not a
+        // key serde could not read ("?"), and plain (a key of any shape
+        // in a member the DTO does not have is not echoed back).
+        let member = path != "." && plain_name(&path);
+        if inner.is_eof() {
             malformed("the body is not a valid JSON object of the expected shape")
+        } else if inner.is_syntax() {
+            // Inside one member's value (a bad escape such as a lone
+            // surrogate `"\ud800"`, a stray character): that member.
+            if member {
+                ApiError::field(&path, "is not valid JSON (a bad escape or character in its value)")
+            } else {
+                malformed("the body is not a valid JSON object of the expected shape")
+            }
+        } else if !member {
+            match duplicate_member(&inner) {
+                Some(name) => ApiError::field(&name, "is given more than once"),
+                None => malformed("the body is not a valid JSON object of the expected shape"),
+            }
         } else {
             ApiError::field(&path, "has the wrong type")
         }
@@ -143,6 +160,20 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // differently).
     de.end().map_err(|_| malformed("the body has data after its JSON object"))?;
     Ok(value)
+}
+
+/// The member a `duplicate field` error names (serde's wording for an
+/// object that gives one member twice), if it is a plain field name.
+fn duplicate_member(e: &serde_json::Error) -> Option<String> {
+    let text = e.to_string();
+    let name = text.strip_prefix("duplicate field `")?.split_once('`')?.0;
+    plain_name(name).then(|| name.to_string())
+}
+
+/// A member path fit to name in an answer: 1 to 64 ASCII letters, digits,
+/// `_` or `.` (nested members).
+fn plain_name(path: &str) -> bool {
+    (1..=64).contains(&path.len()) && path.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
 }
 
 /// Fetches a required field of a request DTO, or a 400 naming it.
@@ -241,6 +272,38 @@ pub(crate) fn trickling_body(first: &'static [u8], filler: &'static [u8]) -> axu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `field` a 400 for `body` names, and its error code.
+    fn refusal(body: &str) -> (String, String) {
+        #[derive(serde::Deserialize, Debug)]
+        struct Dto {
+            #[allow(dead_code)]
+            otp: Option<String>,
+        }
+        let e = parse_json::<Dto>(body.as_bytes()).expect_err(body);
+        assert_eq!(e.status, StatusCode::BAD_REQUEST, "{body}");
+        let field = match &e.extra {
+            Some(("field", serde_json::Value::String(f))) => f.clone(),
+            other => panic!("{body}: no field named: {other:?}"),
+        };
+        (field, e.code.to_string())
+    }
+
+    /// SECURITY.md: a 400 names the field. A bad escape inside a member's
+    /// value and a member given twice name that member; what belongs to no
+    /// one member (a cut-off body, a stray key, an array) is the body.
+    #[test]
+    fn malformed_members_are_named() {
+        for body in [r#"{"otp":"\ud800"}"#, r#"{"otp":"\q"}"#, r#"{"otp":12x}"#] {
+            assert_eq!(refusal(body), ("otp".into(), "invalid_request".into()), "{body}");
+        }
+        assert_eq!(refusal(r#"{"otp":"1","otp":"2"}"#), ("otp".into(), "invalid_request".into()));
+        assert_eq!(refusal(r#"{"otp":1}"#), ("otp".into(), "invalid_request".into()));
+        let odd_key = r#"{"<b>\u00e9":"\q"}"#;
+        for body in [r#"{"otp":"12"#, r#"{"otp":"1", x}"#, r#"{"otp":"1",}"#, "true", "", r#"{"otp":"1"} x"#, odd_key] {
+            assert_eq!(refusal(body), ("body".into(), "malformed_json".into()), "{body}");
+        }
+    }
 
     fn parts(forwarded: &str) -> Parts {
         let req = axum::http::Request::builder().header("x-forwarded-for", forwarded).body(()).expect("request");
