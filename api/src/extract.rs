@@ -291,7 +291,8 @@ mod tests {
 
     /// SECURITY.md: a 400 names the field. A bad escape inside a member's
     /// value and a member given twice name that member; what belongs to no
-    /// one member (a cut-off body, a stray key, an array) is the body.
+    /// one member (a cut-off body, a stray key, a bare value, an odd key)
+    /// is the body.
     #[test]
     fn malformed_members_are_named() {
         for body in [r#"{"otp":"\ud800"}"#, r#"{"otp":"\q"}"#, r#"{"otp":12x}"#] {
