@@ -448,3 +448,15 @@ pub async fn password_reset_by_mail(sys: &TestSystem) {
     assert_eq!(st, 202, "{body}");
     assert_eq!(sys.mails_to(&unknown).await.len(), 0, "an unknown address got mail");
 }
+
+/// Waits, if need be, until at least `secs` seconds are left in the current
+/// clock minute: rate-limit windows are aligned to the clock, so a test that
+/// fills a one-minute window must not straddle the edge of one (a count
+/// that starts afresh halfway through is not the limit under test).
+pub async fn clear_of_a_minute_edge(secs: u64) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+    let left = 60 - now.as_secs() % 60;
+    if left < secs.min(59) {
+        tokio::time::sleep(std::time::Duration::from_secs(left) + std::time::Duration::from_millis(200)).await;
+    }
+}
