@@ -56,16 +56,9 @@ pub async fn stats(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageF
     }
     let (from_s, to_s) = (f.from.unwrap_or_default(), f.to.unwrap_or_default());
     let mut errors = FieldErrors::new();
-    // Counted before the key is checked, as on the API (with it off no key
-    // can match: nothing to count).
-    if s.admin_key.is_some()
-        && let Err(e) = s.auth.limit_admin(&v.meta).await
-    {
-        return render::failure(e);
-    }
-    let key_ok = match (&s.admin_key, f.admin_key.as_deref()) {
-        (Some(hash), Some(key)) => hash.matches(key.trim()),
-        _ => false,
+    let key_ok = match crate::routes::admin::admin_key_ok(&s, f.admin_key.as_deref().map(str::trim), &v.meta).await {
+        Ok(ok) => ok,
+        Err(e) => return render::failure(e),
     };
     if !key_ok {
         errors.insert("admin_key", "This admin key is not right.".into());

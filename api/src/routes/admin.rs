@@ -33,15 +33,22 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-async fn require_admin(s: &AppState, headers: &HeaderMap, meta: &RequestMeta) -> Result<(), ApiError> {
-    // With the API off no key can match: nothing to count.
-    let Some(hash) = &s.admin_key else { return Err(latchkey_core::Error::Unauthorized.into()) };
+/// Whether `key` is the admin key, after counting the request against its
+/// client's admin limit (`RateLimited` past it, whatever the key). With the
+/// admin API off no key can match, and nothing is counted. The API's bearer
+/// check and the admin page's form both ask this.
+pub(crate) async fn admin_key_ok(
+    s: &AppState,
+    key: Option<&str>,
+    meta: &RequestMeta,
+) -> Result<bool, latchkey_core::Error> {
+    let Some(hash) = &s.admin_key else { return Ok(false) };
     s.auth.limit_admin(meta).await?;
-    if bearer(headers).is_some_and(|key| hash.matches(key)) {
-        Ok(())
-    } else {
-        Err(latchkey_core::Error::Unauthorized.into())
-    }
+    Ok(key.is_some_and(|key| hash.matches(key)))
+}
+
+async fn require_admin(s: &AppState, headers: &HeaderMap, meta: &RequestMeta) -> Result<(), ApiError> {
+    if admin_key_ok(s, bearer(headers), meta).await? { Ok(()) } else { Err(latchkey_core::Error::Unauthorized.into()) }
 }
 
 #[derive(Deserialize)]
