@@ -17,7 +17,7 @@
 use crate::StoreError;
 use crate::clock::Timestamp;
 use crate::domain::{
-    Challenge, ChallengeId, Email, OtpRecord, RequestMeta, Session, SessionId, User, UserId, Username,
+    Challenge, ChallengeId, Email, OtpRecord, RequestMeta, ResetLink, Session, SessionId, User, UserId, Username,
     VerificationRecord,
 };
 use crate::mail::MailEnvelope;
@@ -123,27 +123,30 @@ pub trait UserStore: Send + Sync {
     ) -> StoreResult<()>;
 
     /// A password reset through a mailed link: sets the user's
-    /// `password_epoch` to `expected_epoch + 1`, its
-    /// `password_hash` to `phc`, its `sessions_valid_after` and
-    /// `password_reset_at` to `now` (every session of the user ends), ends a
-    /// lock and starts the counts afresh (`locked_until` absent,
-    /// `failed_logins` and `otp_failures` 0: the wrong passwords and codes
-    /// were tried against a password that is gone) and sets its `meta`, only
-    /// if the user exists, has had no reset at or after `link_issued_at`,
-    /// when the link was made (`password_reset_at` absent or earlier), and
-    /// no password change after `now` (`sessions_valid_after` absent or at
-    /// most `now`: a change that committed after the caller took `now`
-    /// would otherwise outlive the reset), and its epoch still
-    /// `expected_epoch` (the caller then knows the epoch it set);
-    /// `Conflict(Stale)` otherwise. That condition makes a link single use,
-    /// and ends every link made before a reset with it: of two resets with
-    /// links made in the same second, exactly one succeeds. (A password
-    /// change does not end a link: someone holding a session and the
-    /// password could otherwise keep every link the owner is mailed dead.)
+    /// `password_epoch` to `expected_epoch + 1`, its `password_resets` to
+    /// `link.resets + 1`, its `password_hash` to `phc`, its
+    /// `sessions_valid_after` and `password_reset_at` to `now` (every
+    /// session of the user ends), ends a lock and starts the counts afresh
+    /// (`locked_until` absent, `failed_logins` and `otp_failures` 0: the
+    /// wrong passwords and codes were tried against a password that is
+    /// gone) and sets its `meta`, only if the user exists, the link is
+    /// current (`ResetLink::current_for`: `password_resets` still
+    /// `link.resets`, absent counting as 0, and `password_reset_at` absent
+    /// or at most `link.issued_at`), no password change came after `now`
+    /// (`sessions_valid_after` absent or at most `now`: a change that
+    /// committed after the caller took `now` would otherwise outlive the
+    /// reset), and its epoch is still `expected_epoch` (the caller then
+    /// knows the epoch it set); `Conflict(Stale)` otherwise. That condition
+    /// makes a link single use and ends every link made before a reset with
+    /// it, in the reset's own second too: of two resets with links made at
+    /// one count, exactly one succeeds, while a link made after the reset
+    /// works at once. (A password change does not end a link: someone
+    /// holding a session and the password could otherwise keep every link
+    /// the owner is mailed dead.)
     async fn reset_password(
         &self,
         id: &UserId,
-        link_issued_at: Timestamp,
+        link: ResetLink,
         expected_epoch: u64,
         phc: &str,
         now: Timestamp,

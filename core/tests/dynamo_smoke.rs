@@ -19,7 +19,7 @@ use latchkey_core::adapters::dynamo::{DynamoStore, ensure_tables};
 use latchkey_core::adapters::sqs::{SqsMailQueue, ensure_queues};
 use latchkey_core::clock::Timestamp;
 use latchkey_core::domain::{
-    Challenge, ChallengeId, Email, OtpRecord, RequestMeta, Session, SessionId, User, UserId, Username,
+    Challenge, ChallengeId, Email, OtpRecord, RequestMeta, ResetLink, Session, SessionId, User, UserId, Username,
     VerificationRecord,
 };
 use latchkey_core::error::Conflict;
@@ -101,6 +101,7 @@ fn user(name: &str, email: &str) -> (User, VerificationRecord) {
         verification_sent_at: Some(NOW),
         sessions_valid_after: None,
         password_reset_at: None,
+        password_resets: 0,
         password_epoch: 0,
         meta: RequestMeta { request_id: Some("req-1".into()), ip: Some("203.0.113.7".into()), user_agent: None },
     };
@@ -871,13 +872,21 @@ async fn a_write_whose_answer_was_lost_is_recognised_when_sent_again() {
     assert!(is_conflict(&store.rotate_session(&s.id, &s.refresh_hash, "r2", NOW + 3, &META).await, Conflict::Stale));
 
     lose.arm();
-    store.reset_password(&u.id, NOW, 0, "$argon2id$reset-once", NOW + 4, &META).await.expect("a reset sent twice");
+    store
+        .reset_password(&u.id, ResetLink { issued_at: NOW, resets: 0 }, 0, "$argon2id$reset-once", NOW + 4, &META)
+        .await
+        .expect("a reset sent twice");
     assert!(lose.fired());
     let after = env.store.user_by_id(&u.id).await.unwrap().unwrap();
-    assert_eq!((after.password_hash.as_str(), after.password_epoch), ("$argon2id$reset-once", 1));
+    assert_eq!(
+        (after.password_hash.as_str(), after.password_epoch, after.password_resets),
+        ("$argon2id$reset-once", 1, 1)
+    );
     // The same link again is still refused.
     assert!(is_conflict(
-        &store.reset_password(&u.id, NOW, 1, "$argon2id$again", NOW + 5, &META).await,
+        &store
+            .reset_password(&u.id, ResetLink { issued_at: NOW, resets: 0 }, 1, "$argon2id$again", NOW + 5, &META)
+            .await,
         Conflict::Stale
     ));
 

@@ -188,14 +188,14 @@ impl UserStore for Racing {
     async fn reset_password(
         &self,
         id: &latchkey_core::domain::UserId,
-        link_issued_at: i64,
+        link: latchkey_core::domain::ResetLink,
         expected_epoch: u64,
         phc: &str,
         now: i64,
         meta: &RequestMeta,
     ) -> StoreResult<()> {
         self.race().await;
-        self.store.reset_password(id, link_issued_at, expected_epoch, phc, now, meta).await
+        self.store.reset_password(id, link, expected_epoch, phc, now, meta).await
     }
     async fn add_verification(
         &self,
@@ -938,7 +938,8 @@ async fn a_password_change_is_made_again_over_a_rehash_but_not_over_a_reset() {
     racing.before_next_write(Box::new(|store| {
         Box::pin(async move {
             let u = stored(&store, "xena").await;
-            store.reset_password(&u.id, T0, u.password_epoch, "$argon2id$reset", T0 + 1, &meta()).await.unwrap();
+            let link = latchkey_core::domain::ResetLink { issued_at: T0, resets: u.password_resets };
+            store.reset_password(&u.id, link, u.password_epoch, "$argon2id$reset", T0 + 1, &meta()).await.unwrap();
         })
     }));
     let r =
@@ -1092,7 +1093,8 @@ async fn a_reset_link_sets_a_new_password_once_and_ends_every_session() {
 }
 
 /// A link works for one hour, once, only for its account, not once
-/// tampered with, and not past the account's next reset; a password change
+/// tampered with, and not past the account's next reset (in its second too:
+/// a link asked for after a reset works at once); a password change
 /// does not end it (else whoever holds a session and the password could
 /// keep every link dead).
 #[tokio::test]
@@ -1142,13 +1144,30 @@ async fn a_reset_link_lives_one_hour_once_and_not_past_the_next_reset() {
         ),
         "an earlier link after a reset"
     );
-    // A link asked for in the reset's second is older than the reset too.
+    // Within the reset's second (the clock stands still): a link asked for
+    // after a reset works; one asked for before the next reset dies with it.
     w.auth.request_password_reset(&email, &meta()).await.unwrap();
     let same_second = w.mail.reset_token();
-    assert!(matches!(
-        w.auth.reset_password(&same_second, "yet another fine passphrase".into(), &meta()).await,
-        Err(Error::ResetLinkInvalid)
-    ));
+    w.auth.request_password_reset(&email, &meta()).await.unwrap();
+    let also_same_second = w.mail.reset_token();
+    w.auth
+        .reset_password(&same_second, "yet another fine passphrase".into(), &meta())
+        .await
+        .expect("a link asked for in the second of the last reset, after it");
+    assert!(
+        matches!(
+            w.auth.reset_password(&also_same_second, "quiet harbour morning lantern".into(), &meta()).await,
+            Err(Error::ResetLinkInvalid)
+        ),
+        "a link asked for before a reset, in its second"
+    );
+    w.auth.request_password_reset(&email, &meta()).await.unwrap();
+    w.auth
+        .reset_password(&w.mail.reset_token(), "quiet harbour morning lantern".into(), &meta())
+        .await
+        .expect("a link asked for after that reset, in its second");
+    let rita = stored(&w.store, "rita").await;
+    assert_eq!((rita.password_resets, rita.password_reset_at), (3, Some(T0 + 3600 + 3599)));
     // Oscar's link outlives a password change made with a session.
     let pair = signed_in(&w, "oscar", &meta()).await;
     w.auth

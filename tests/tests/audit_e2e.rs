@@ -463,6 +463,7 @@ async fn aws_an_unverified_account_replaced_past_its_hold_ends_its_trail() {
         verification_sent_at: Some(created),
         sessions_valid_after: None,
         password_reset_at: None,
+        password_resets: 0,
         password_epoch: 0,
         meta: RequestMeta { ip: Some("198.51.100.4".into()), ..Default::default() },
     };

@@ -368,6 +368,7 @@ mod tests {
             verification_sent_at: Some(T0),
             sessions_valid_after: None,
             password_reset_at: None,
+            password_resets: 0,
             password_epoch: 0,
             meta: meta(),
         }

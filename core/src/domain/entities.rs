@@ -45,12 +45,36 @@ pub struct User {
     /// trail. Absent until the first reset.
     #[serde(default)]
     pub password_reset_at: Option<Timestamp>,
+    /// Counts the resets through a mailed link. A link carries the count it
+    /// was made at and works only while that is still the count, so a reset
+    /// ends every link made before it, and a link made after it works even
+    /// within the reset's second. Absent (0) until the first reset.
+    #[serde(default)]
+    pub password_resets: u32,
     /// Counts the password's changes and resets (a rehash is the same
     /// password and does not count). A login in progress carries the value
     /// its password step saw, and its code counts only while it is current.
     #[serde(default)]
     pub password_epoch: u64,
     pub meta: RequestMeta,
+}
+
+/// What a password reset link vouches for: the second it was made and the
+/// account's `password_resets` then. It works only while that is still the
+/// count (a reset ends every link made before it, within its own second
+/// too) and only if no reset was stamped after it was made (a reset by code
+/// from before the count existed, while old and new code run side by side).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResetLink {
+    pub issued_at: Timestamp,
+    pub resets: u32,
+}
+
+impl ResetLink {
+    /// Whether `user` is as it was when this link was made: no reset since.
+    pub fn current_for(&self, user: &User) -> bool {
+        user.password_resets == self.resets && user.password_reset_at.is_none_or(|at| at <= self.issued_at)
+    }
 }
 
 impl User {

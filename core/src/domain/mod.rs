@@ -11,7 +11,7 @@ mod secret;
 mod username;
 
 pub use email::Email;
-pub use entities::{Challenge, OtpRecord, RequestMeta, Session, User, VerificationRecord};
+pub use entities::{Challenge, OtpRecord, RequestMeta, ResetLink, Session, User, VerificationRecord};
 pub use ids::{ChallengeId, SessionId, UserId};
 pub use otp_code::{CodeClosed, OtpCode};
 pub use password::{Password, PasswordPolicy};

@@ -46,6 +46,7 @@ impl Auth {
             verification_sent_at: Some(now),
             sessions_valid_after: None,
             password_reset_at: None,
+            password_resets: 0,
             password_epoch: 0,
             meta: meta.clone(),
         };

@@ -1,14 +1,16 @@
 //! A forgotten password: a link mailed to the account's address lets its
 //! holder choose a new one.
 //!
-//! The link carries `<nonce>.<user id>.<issued at>.<tag>`: 128 random bits,
-//! the account, the UTC second it was made, and an HMAC-SHA256 tag (full
-//! length) under the code key (domain `latchkey/password-reset/v2`) over
-//! them. Nothing is stored. The link works for
-//! `Policy::password_reset_ttl_secs` (1 hour), once, and only if it was made
-//! after the account's last reset: a reset records its time, and the store
-//! writes it only if no reset happened at or after the link's (so of two
-//! resets with one link exactly one succeeds, and every earlier link dies).
+//! The link carries `<nonce>.<user id>.<issued at>-<resets>.<tag>`: 128
+//! random bits, the account, the UTC second it was made and the account's
+//! count of resets then (`User::password_resets`), and an HMAC-SHA256 tag
+//! (full length) under the code key (domain `latchkey/password-reset/v3`)
+//! over them. Nothing is stored. The link works for
+//! `Policy::password_reset_ttl_secs` (1 hour), once, and only while no reset
+//! has happened since it was made: a reset counts itself, and the store
+//! writes it only if the count is still the link's (so of two resets with
+//! links made at one count exactly one succeeds, every earlier link dies,
+//! and a link asked for right after a reset works, in its second too).
 //! A password change does not end a link: otherwise someone holding a
 //! session and the password could keep every link the owner is mailed dead
 //! by changing the password, and the owner could never take the account
@@ -28,12 +30,12 @@
 use super::Auth;
 use super::signed_token::TokenKind;
 use crate::clock::Timestamp;
-use crate::domain::{Email, RequestMeta, Secret, UserId};
+use crate::domain::{Email, RequestMeta, ResetLink, Secret, User, UserId};
 use crate::error::{Error, StoreError};
 use crate::mail::MailJob;
 
 /// Reset link tokens: the full 32-byte tag.
-const RESET: TokenKind = TokenKind { domain: "latchkey/password-reset/v2", tag_len: 64, max_len: 160 };
+const RESET: TokenKind = TokenKind { domain: "latchkey/password-reset/v3", tag_len: 64, max_len: 160 };
 
 impl Auth {
     /// Mails a reset link if `email` belongs to a verified account. Answers
@@ -56,7 +58,7 @@ impl Auth {
             Some(user) => {
                 let job = MailJob::PasswordReset {
                     username: user.username.to_string(),
-                    token: Secret::new(self.reset_token(&user.id, self.now())),
+                    token: Secret::new(self.reset_token(&user, self.now())),
                     expires_minutes: (self.policy.password_reset_ttl_secs / 60) as u32,
                 };
                 tracing::info!(user_id = %user.id, "password reset link asked for");
@@ -85,15 +87,15 @@ impl Auth {
             Error::ResetLinkInvalid
         };
         let signed = self.signed_parts(&RESET, token).ok_or_else(|| refused("malformed or forged"))?;
-        let (Some(user_id), Ok(issued_at)) = (UserId::parse(signed.user), signed.issued.parse::<Timestamp>()) else {
+        let (Some(user_id), Some(link)) = (UserId::parse(signed.user), parse_issued(signed.issued)) else {
             return Err(refused("malformed"));
         };
-        let fresh = issued_at <= now && now < issued_at.saturating_add(self.policy.password_reset_ttl_secs);
+        let fresh = link.issued_at <= now && now < link.issued_at.saturating_add(self.policy.password_reset_ttl_secs);
         if !fresh {
             return Err(refused("expired"));
         }
         let user = self.ports.users.user_by_id(&user_id).await?.ok_or_else(|| refused("no such account"))?;
-        if user.password_reset_at.is_some_and(|at| at >= issued_at) {
+        if !link.current_for(&user) {
             return Err(refused("used, or older than the last reset"));
         }
         let new = self.new_password(new, &user.username, &user.email).map_err(|e| match e {
@@ -112,14 +114,14 @@ impl Auth {
         let mut tries = 0;
         let at = loop {
             let at = self.now();
-            match self.ports.users.reset_password(&user.id, issued_at, epoch, &phc, at, meta).await {
+            match self.ports.users.reset_password(&user.id, link, epoch, &phc, at, meta).await {
                 Ok(()) => break at,
                 Err(StoreError::Conflict(_)) => {}
                 Err(e) => return Err(e.into()),
             }
             tries += 1;
             let current = self.ports.users.user_by_id(&user.id).await?.ok_or_else(|| refused("no such account"))?;
-            if current.password_reset_at.is_some_and(|r| r >= issued_at) {
+            if !link.current_for(&current) {
                 return Err(refused("used meanwhile"));
             }
             if tries == 3 {
@@ -137,8 +139,16 @@ impl Auth {
         Ok(self.device_token(&user.id, at, epoch + 1))
     }
 
-    /// A reset link's token for `user_id`, made at `now`.
-    fn reset_token(&self, user_id: &UserId, now: Timestamp) -> String {
-        self.sign_token(&RESET, user_id, &now.to_string())
+    /// A reset link's token for `user` as read now, made at `now`.
+    fn reset_token(&self, user: &User, now: Timestamp) -> String {
+        self.sign_token(&RESET, &user.id, &format!("{now}-{}", user.password_resets))
     }
+}
+
+/// The `<issued at>-<resets>` part of a link this service signed.
+fn parse_issued(issued: &str) -> Option<ResetLink> {
+    let (at, resets) = issued.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(at) && digits(resets)).then_some(())?;
+    Some(ResetLink { issued_at: at.parse().ok()?, resets: resets.parse().ok()? })
 }

@@ -572,7 +572,10 @@ pub async fn a_password_change_since_the_password_step_stops_its_code(s: &Subjec
         .redeem_challenge(&c.id, &c.code_hash, T0 + 11, MAX_FAILURES, u32::MAX, 1, &new_session(user.id), &meta())
         .await
         .expect("a right code of a step after the change");
-    s.users.reset_password(&user.id, T0 + 11, 1, "$argon2id$reset", T0 + 12, &meta()).await.expect("reset");
+    s.users
+        .reset_password(&user.id, super::fixtures::link(T0 + 11, 0), 1, "$argon2id$reset", T0 + 12, &meta())
+        .await
+        .expect("reset");
     assert_eq!(stored_user(s, &user.id).await.password_epoch, 2, "a reset counts");
 }
 

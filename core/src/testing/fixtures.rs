@@ -4,7 +4,7 @@
 use super::Subject;
 use crate::clock::Timestamp;
 use crate::domain::{
-    Challenge, ChallengeId, Email, OtpRecord, RequestMeta, Session, SessionId, User, UserId, Username,
+    Challenge, ChallengeId, Email, OtpRecord, RequestMeta, ResetLink, Session, SessionId, User, UserId, Username,
     VerificationRecord,
 };
 use crate::error::{Conflict, StoreError};
@@ -61,6 +61,11 @@ pub(super) fn meta() -> RequestMeta {
     }
 }
 
+/// A reset link made at `issued_at` when its account had `resets` resets.
+pub(super) fn link(issued_at: Timestamp, resets: u32) -> ResetLink {
+    ResetLink { issued_at, resets }
+}
+
 /// A new unverified user, as registration builds it, with its first
 /// verification token.
 pub(super) fn user_with(username: Username, email: Email) -> (User, VerificationRecord) {
@@ -77,6 +82,7 @@ pub(super) fn user_with(username: Username, email: Email) -> (User, Verification
         verification_sent_at: Some(T0),
         sessions_valid_after: None,
         password_reset_at: None,
+        password_resets: 0,
         password_epoch: 0,
         meta: meta(),
     };

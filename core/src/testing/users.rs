@@ -3,7 +3,7 @@
 
 use super::Subject;
 use super::fixtures::{
-    DAY, T0, email, expect_conflict, hash, meta, new_user, race, registered, single_winner, stored_user, user_id,
+    DAY, T0, email, expect_conflict, hash, link, meta, new_user, race, registered, single_winner, stored_user, user_id,
     user_with, username, verification_for,
 };
 use crate::domain::{User, VerificationRecord};
@@ -445,10 +445,12 @@ pub async fn set_password_hash_replaces_only_the_hash(s: &Subject) {
     assert_eq!(stored_user(s, &user.id).await, User { password_hash: phc.into(), meta: m, ..user });
 }
 
-/// A reset sets the hash, `sessions_valid_after` and `password_reset_at`,
-/// ends a lock and zeroes the counts, once per link: not for a link made at
-/// or before the last reset, nor for an unknown user, and a refused one
-/// writes nothing.
+/// A reset sets the hash, `sessions_valid_after`, `password_reset_at` and
+/// the reset count, ends a lock and zeroes the counts, once per link: not
+/// for a link made at an earlier count (in the reset's own second too), nor
+/// one stamped before the last reset, nor for an unknown user, and a
+/// refused one writes nothing. A link made after a reset works in its
+/// second.
 pub async fn reset_password_once_per_link(s: &Subject) {
     let (user, _) = registered(s).await;
     let locked = s.users.record_login_failure(&user.id, T0, 1, 900, &meta()).await.expect("lock");
@@ -460,22 +462,23 @@ pub async fn reset_password_once_per_link(s: &Subject) {
         .await
         .expect("a wrong code");
     let locked = stored_user(s, &user.id).await;
-    assert_eq!((locked.otp_failures, locked.failed_logins), (1, 0));
+    assert_eq!((locked.otp_failures, locked.failed_logins, locked.password_resets), (1, 0, 0));
     let phc = "$argon2id$v=19$m=19456,t=2,p=1$cmVzZXRzYWx0cmVzZXQ$reset";
     let m = meta();
     expect_conflict(
-        s.users.reset_password(&user_id(), T0 + 4, 0, phc, T0 + 5, &m).await,
+        s.users.reset_password(&user_id(), link(T0 + 4, 0), 0, phc, T0 + 5, &m).await,
         Conflict::Stale,
         "a reset of an unknown user",
     );
     assert_eq!(stored_user(s, &user.id).await, locked, "a refused reset wrote the user");
 
-    s.users.reset_password(&user.id, T0 + 4, 0, phc, T0 + 5, &m).await.expect("reset_password");
+    s.users.reset_password(&user.id, link(T0 + 4, 0), 0, phc, T0 + 5, &m).await.expect("reset_password");
     let after = stored_user(s, &user.id).await;
     let expected = User {
         password_hash: phc.into(),
         sessions_valid_after: Some(T0 + 5),
         password_reset_at: Some(T0 + 5),
+        password_resets: 1,
         password_epoch: 1,
         locked_until: None,
         failed_logins: 0,
@@ -484,11 +487,16 @@ pub async fn reset_password_once_per_link(s: &Subject) {
         ..locked
     };
     assert_eq!(after, expected);
-    for (issued, what) in
-        [(T0 + 4, "the same link again"), (T0 + 1, "an older link"), (T0 + 5, "a link made in the reset's second")]
-    {
+    for (link, what) in [
+        (link(T0 + 4, 0), "the same link again"),
+        (link(T0 + 1, 0), "an older link"),
+        (link(T0 + 5, 0), "a link made in the reset's second, before it"),
+        (link(T0 + 6, 0), "a link at the count before the reset"),
+        (link(T0 + 4, 1), "a link stamped before the last reset"),
+        (link(T0 + 6, 2), "a count the account has not reached"),
+    ] {
         expect_conflict(
-            s.users.reset_password(&user.id, issued, 1, "$argon2id$second", T0 + 6, &meta()).await,
+            s.users.reset_password(&user.id, link, 1, "$argon2id$second", T0 + 6, &meta()).await,
             Conflict::Stale,
             what,
         );
@@ -497,7 +505,7 @@ pub async fn reset_password_once_per_link(s: &Subject) {
     // A reset dated before the last change (a change that committed after
     // the caller took its time) would let that change's session outlive it.
     expect_conflict(
-        s.users.reset_password(&user.id, T0 + 6, 1, "$argon2id$early", T0 + 4, &meta()).await,
+        s.users.reset_password(&user.id, link(T0 + 5, 1), 1, "$argon2id$early", T0 + 4, &meta()).await,
         Conflict::Stale,
         "a reset dated before the last change",
     );
@@ -505,33 +513,42 @@ pub async fn reset_password_once_per_link(s: &Subject) {
     // Made from an epoch a change or reset has moved on from: its caller
     // would not know the epoch it set.
     expect_conflict(
-        s.users.reset_password(&user.id, T0 + 6, 0, "$argon2id$stale", T0 + 7, &meta()).await,
+        s.users.reset_password(&user.id, link(T0 + 5, 1), 0, "$argon2id$stale", T0 + 7, &meta()).await,
         Conflict::Stale,
         "a reset from an epoch that is gone",
     );
     assert_eq!(stored_user(s, &user.id).await, after, "a refused stale reset wrote the user");
     s.users
-        .reset_password(&user.id, T0 + 6, 1, "$argon2id$third", T0 + 7, &m)
+        .reset_password(&user.id, link(T0 + 5, 1), 1, "$argon2id$third", T0 + 5, &m)
         .await
-        .expect("a link made after the reset");
+        .expect("a link made after the reset, in its second");
     let third = stored_user(s, &user.id).await;
-    assert_eq!((third.password_reset_at, third.password_epoch), (Some(T0 + 7), 2));
+    assert_eq!((third.password_reset_at, third.password_epoch, third.password_resets), (Some(T0 + 5), 2, 2));
+    expect_conflict(
+        s.users.reset_password(&user.id, link(T0 + 5, 1), 2, "$argon2id$fourth", T0 + 5, &m).await,
+        Conflict::Stale,
+        "that link again",
+    );
 }
 
-/// Of concurrent resets with links made in one second, exactly one succeeds.
+/// Of concurrent resets with one link, exactly one succeeds.
 pub async fn reset_password_has_one_winner(s: &Subject) {
     let (user, _) = registered(s).await;
-    let results = race(REGISTRATION_RACERS, |i| {
-        let users = s.users.clone();
-        let id = user.id;
-        async move { users.reset_password(&id, T0 + 9, 0, &format!("$argon2id$racer{i}"), T0 + 10, &meta()).await }
-    })
-    .await;
+    let results =
+        race(REGISTRATION_RACERS, |i| {
+            let users = s.users.clone();
+            let id = user.id;
+            async move {
+                users.reset_password(&id, link(T0 + 9, 0), 0, &format!("$argon2id$racer{i}"), T0 + 10, &meta()).await
+            }
+        })
+        .await;
     let (winner, (), losers) = single_winner(results, "concurrent resets with one link");
     for (i, r) in losers {
         expect_conflict(r, Conflict::Stale, &format!("racer {i} resetting with a used link"));
     }
-    assert_eq!(stored_user(s, &user.id).await.password_hash, format!("$argon2id$racer{winner}"));
+    let after = stored_user(s, &user.id).await;
+    assert_eq!((after.password_hash, after.password_resets), (format!("$argon2id$racer{winner}"), 1));
 }
 
 pub async fn consume_verification_once(s: &Subject) {

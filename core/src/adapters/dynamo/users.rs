@@ -7,7 +7,7 @@ use super::items::{
 };
 use super::{DynamoStore, delete_item, put_item, update_item};
 use crate::clock::Timestamp;
-use crate::domain::{Email, RequestMeta, SessionId, User, UserId, Username, VerificationRecord};
+use crate::domain::{Email, RequestMeta, ResetLink, SessionId, User, UserId, Username, VerificationRecord};
 use crate::error::Conflict;
 use crate::ports::{StoreResult, UserStore};
 use crate::{StoreError, tables};
@@ -546,12 +546,19 @@ impl UserStore for DynamoStore {
     async fn reset_password(
         &self,
         id: &UserId,
-        link_issued_at: Timestamp,
+        link: ResetLink,
         expected_epoch: u64,
         phc: &str,
         now: Timestamp,
         meta: &RequestMeta,
     ) -> StoreResult<()> {
+        let resets = link.resets.checked_add(1).ok_or_else(|| StoreError::internal("password_resets overflow"))?;
+        // A user never reset has no count (0).
+        let current_count = if link.resets == 0 {
+            "(attribute_not_exists(password_resets) OR password_resets = :resets)"
+        } else {
+            "password_resets = :resets"
+        };
         let result = self
             .client
             .update_item()
@@ -559,18 +566,22 @@ impl UserStore for DynamoStore {
             .key(PK, s(items::user_pk(id)))
             .update_expression(
                 "SET password_hash = :h, sessions_valid_after = :now, password_reset_at = :now, \
-                 failed_logins = :zero, otp_failures = :zero, meta = :meta, password_epoch = :next REMOVE locked_until",
+                 password_resets = :next_resets, failed_logins = :zero, otp_failures = :zero, meta = :meta, \
+                 password_epoch = :next REMOVE locked_until",
             )
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":epoch", epoch_value(expected_epoch))
             .expression_attribute_values(":next", epoch_value(next_epoch(expected_epoch)?))
+            .expression_attribute_values(":resets", n(link.resets))
+            .expression_attribute_values(":next_resets", n(resets))
             .condition_expression(format!(
-                "attribute_exists(pk) AND (attribute_not_exists(password_reset_at) OR password_reset_at < :issued) \
+                "attribute_exists(pk) AND {current_count} \
+                 AND (attribute_not_exists(password_reset_at) OR password_reset_at <= :issued) \
                  AND (attribute_not_exists(sessions_valid_after) OR sessions_valid_after <= :now) AND {}",
                 unchanged_since(expected_epoch)
             ))
             .expression_attribute_values(":h", s(phc))
-            .expression_attribute_values(":issued", n(link_issued_at))
+            .expression_attribute_values(":issued", n(link.issued_at))
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":meta", meta_value(meta)?)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)

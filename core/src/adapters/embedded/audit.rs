@@ -362,6 +362,7 @@ mod tests {
             verification_sent_at: Some(T0),
             sessions_valid_after: None,
             password_reset_at: None,
+            password_resets: 0,
             password_epoch: 0,
             meta: RequestMeta { request_id: Some("r1".into()), ip: Some("203.0.113.7".into()), user_agent: None },
         };

@@ -51,7 +51,8 @@ fn meta_json(m: &RequestMeta) -> rusqlite::Result<String> {
 // ---- users ----------------------------------------------------------------
 
 const USER_COLS: &str = "id, username, email, password_hash, verified, created_at, failed_logins, locked_until, \
-                         otp_failures, verification_sent_at, meta, sessions_valid_after, password_reset_at, password_epoch";
+                         otp_failures, verification_sent_at, meta, sessions_valid_after, password_reset_at, password_epoch, \
+                         password_resets";
 
 fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
@@ -69,6 +70,7 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
         sessions_valid_after: r.get(11)?,
         password_reset_at: r.get(12)?,
         password_epoch: r.get(13)?,
+        password_resets: r.get(14)?,
     })
 }
 
@@ -92,7 +94,8 @@ pub(crate) fn load_user(c: &Connection, key: UserKey<'_>) -> rusqlite::Result<Op
 pub(crate) fn insert_user(c: &Connection, u: &User) -> rusqlite::Result<()> {
     c.prepare_cached(&format!(
         "INSERT INTO users ({USER_COLS}) VALUES (:id, :username, :email, :password_hash, :verified, :created_at, \
-         :failed_logins, :locked_until, :otp_failures, :verification_sent_at, :meta, :sessions_valid_after, :password_reset_at, :password_epoch)"
+         :failed_logins, :locked_until, :otp_failures, :verification_sent_at, :meta, :sessions_valid_after, :password_reset_at, :password_epoch, \
+         :password_resets)"
     ))?
     .execute(named_params! {
         ":id": u.id, ":username": u.username, ":email": u.email, ":password_hash": u.password_hash,
@@ -100,7 +103,7 @@ pub(crate) fn insert_user(c: &Connection, u: &User) -> rusqlite::Result<()> {
         ":locked_until": u.locked_until, ":otp_failures": u.otp_failures,
         ":verification_sent_at": u.verification_sent_at, ":meta": meta_json(&u.meta)?,
         ":sessions_valid_after": u.sessions_valid_after, ":password_reset_at": u.password_reset_at,
-        ":password_epoch": u.password_epoch,
+        ":password_epoch": u.password_epoch, ":password_resets": u.password_resets,
     })?;
     Ok(())
 }
@@ -112,14 +115,15 @@ pub(crate) fn update_user(c: &Connection, u: &User) -> rusqlite::Result<()> {
             "UPDATE users SET password_hash = :password_hash, verified = :verified, failed_logins = :failed_logins, \
              locked_until = :locked_until, otp_failures = :otp_failures, \
              verification_sent_at = :verification_sent_at, sessions_valid_after = :sessions_valid_after, \
-             password_reset_at = :password_reset_at, password_epoch = :password_epoch, meta = :meta WHERE id = :id",
+             password_reset_at = :password_reset_at, password_epoch = :password_epoch, \
+             password_resets = :password_resets, meta = :meta WHERE id = :id",
         )?
         .execute(named_params! {
             ":id": u.id, ":password_hash": u.password_hash, ":verified": u.verified,
             ":failed_logins": u.failed_logins, ":locked_until": u.locked_until, ":otp_failures": u.otp_failures,
             ":verification_sent_at": u.verification_sent_at, ":meta": meta_json(&u.meta)?,
             ":sessions_valid_after": u.sessions_valid_after, ":password_reset_at": u.password_reset_at,
-            ":password_epoch": u.password_epoch,
+            ":password_epoch": u.password_epoch, ":password_resets": u.password_resets,
         })?;
     expect_one(n)
 }

@@ -184,6 +184,10 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE otps ADD COLUMN budget_failures INTEGER NOT NULL DEFAULT 0 CHECK (budget_failures >= 0);
     "#,
+    // 12: resets through a mailed link, counted (a link carries the count).
+    r#"
+    ALTER TABLE users ADD COLUMN password_resets INTEGER NOT NULL DEFAULT 0 CHECK (password_resets >= 0);
+    "#,
 ];
 
 /// The schema version this build writes.

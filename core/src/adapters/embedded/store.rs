@@ -12,7 +12,7 @@ use super::changes::{ChangeEntity, record};
 use super::records::{self as rec, UserKey};
 use crate::clock::Timestamp;
 use crate::domain::{
-    Challenge, ChallengeId, Email, OtpRecord, RequestMeta, Session, SessionId, User, UserId, Username,
+    Challenge, ChallengeId, Email, OtpRecord, RequestMeta, ResetLink, Session, SessionId, User, UserId, Username,
     VerificationRecord,
 };
 use crate::error::{Conflict, StoreError};
@@ -204,7 +204,7 @@ impl UserStore for EmbeddedStore {
     async fn reset_password(
         &self,
         id: &UserId,
-        link_issued_at: Timestamp,
+        link: ResetLink,
         expected_epoch: u64,
         phc: &str,
         now: Timestamp,
@@ -212,10 +212,11 @@ impl UserStore for EmbeddedStore {
     ) -> StoreResult<()> {
         let (id, phc, meta, at) = (*id, phc.to_string(), meta.clone(), self.db().now());
         let epoch = expected_epoch.checked_add(1).ok_or_else(|| StoreError::internal("password_epoch overflow"))?;
+        let resets = link.resets.checked_add(1).ok_or_else(|| StoreError::internal("password_resets overflow"))?;
         self.db()
             .tx(move |tx| {
                 let unused = |u: &User| {
-                    u.password_reset_at.is_none_or(|r| r < link_issued_at)
+                    link.current_for(u)
                         && u.sessions_valid_after.is_none_or(|t| t <= now)
                         && u.password_epoch == expected_epoch
                 };
@@ -226,6 +227,7 @@ impl UserStore for EmbeddedStore {
                     password_hash: phc,
                     sessions_valid_after: Some(now),
                     password_reset_at: Some(now),
+                    password_resets: resets,
                     password_epoch: epoch,
                     locked_until: None,
                     failed_logins: 0,
@@ -685,6 +687,7 @@ mod tests {
             verification_sent_at: Some(T0),
             sessions_valid_after: None,
             password_reset_at: None,
+            password_resets: 0,
             password_epoch: 0,
             meta: RequestMeta { request_id: Some("req-1".into()), ip: Some("203.0.113.7".into()), user_agent: None },
         }
