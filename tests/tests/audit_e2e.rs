@@ -543,6 +543,7 @@ async fn locked_then_reset(sys: &TestSystem) -> String {
 
 const RESET_TAIL: &[(&str, &str, &str)] = &[
     ("account_locked", "failure", "too_many_failures"),
+    ("login_failed", "failure", "wrong_password"),
     ("account_unlocked", "success", "password_reset"),
     ("password_reset", "success", "all_sessions_ended"),
 ];
@@ -570,9 +571,10 @@ where
     all[all.len().saturating_sub(RESET_TAIL.len())..].to_vec()
 }
 
-/// The nine wrong passwords of [`locked_then_reset`] before the tenth
-/// locked: one `login_failed` each, counting down to the lock, right
-/// before it in the trail, and counted in the day's stats.
+/// The ten wrong passwords of [`locked_then_reset`]: one `login_failed`
+/// each, the nine before the lock counting down to it right before it in
+/// the trail, the tenth (none left) right after the lock it caused, all
+/// counted in the day's stats.
 async fn check_failed_logins(sys: &TestSystem, id: &str) {
     let requests: Vec<Value> = trail(sys, id).await.into_iter().filter(|e| !is_mail(e)).collect();
     let locked = requests.iter().position(|e| e["event"] == "account_locked").expect("the lock");
@@ -584,13 +586,19 @@ async fn check_failed_logins(sys: &TestSystem, id: &str) {
         failed.iter().all(|e| e["reason"] == "wrong_password" && e["outcome"] == "failure" && e["ip"] == "127.0.0.1"),
         "{failed:?}"
     );
-    assert_eq!(requests.iter().filter(|e| e["event"] == "login_failed").count(), 9, "{requests:?}");
+    let tenth = &requests[locked + 1];
+    assert_eq!(
+        (tenth["event"].as_str(), tenth["reason"].as_str(), tenth["attempts_left"].as_u64()),
+        (Some("login_failed"), Some("wrong_password"), Some(0)),
+        "{requests:?}"
+    );
+    assert_eq!(requests.iter().filter(|e| e["event"] == "login_failed").count(), 10, "{requests:?}");
     let text = serde_json::to_string(&requests).expect("json");
     assert!(!text.contains("wrong wrong") && !text.contains("argon2"), "{text}");
     let today = time_today();
     let (st, stats) = admin_get(sys, &format!("/v1/admin/stats?from={today}&to={today}"), Some(ADMIN_KEY)).await;
     assert_eq!(st, 200, "{stats}");
-    assert!(stats["days"][0]["counts"]["login_failed"].as_u64().unwrap_or(0) >= 9, "{stats}");
+    assert!(stats["days"][0]["counts"]["login_failed"].as_u64().unwrap_or(0) >= 10, "{stats}");
 }
 
 fn owned(tail: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {

@@ -135,6 +135,13 @@ pub fn audit_events(change: &SourceChange, policy: &AuditPolicy) -> Vec<AuditEve
                     let spent = n.otp_failures >= policy.account_code_failure_budget;
                     let reason = if spent { "code_budget_spent" } else { "too_many_failures" };
                     out.push(n.id, T::AccountLocked, Outcome::Failure, Some(reason), None, &n.meta);
+                    if !spent {
+                        // The wrong password that reached the threshold (it
+                        // resets the count, so the rule below misses it). After
+                        // the lock, so the lock keeps the event id it had
+                        // before this was counted.
+                        out.push(n.id, T::LoginFailed, Outcome::Failure, Some("wrong_password"), Some(0), &n.meta);
+                    }
                 } else if let (Some(until), None) = (o.locked_until, n.locked_until) {
                     match reset {
                         // A reset ends a running lock; one long over is
@@ -147,8 +154,8 @@ pub fn audit_events(change: &SourceChange, policy: &AuditPolicy) -> Vec<AuditEve
                     }
                 }
                 // Only a counted wrong password raises the count (the one
-                // that reaches the threshold resets it and is the lock
-                // above); below the threshold this is its only trace. After
+                // that reaches the threshold resets it and is counted with
+                // the lock above); below the threshold this is its only trace. After
                 // the unlock: a lock that had ended is cleared by the
                 // failure that starts the count again.
                 if n.failed_logins > o.failed_logins {
@@ -442,10 +449,16 @@ mod tests {
             let before = User { otp_failures, ..u.clone() };
             let after = User { locked_until: Some(T0 + 900), ..before.clone() };
             let evs = audit_events(&change(Images::User(Some(before), Some(after)), false), &AuditPolicy::default());
-            assert_eq!(
-                evs.iter().map(|e| (e.event, e.reason.as_deref())).collect::<Vec<_>>(),
-                [(T::AccountLocked, Some(reason))]
-            );
+            let got: Vec<_> = evs.iter().map(|e| (e.event, e.reason.as_deref(), e.attempts_left)).collect();
+            if reason == "too_many_failures" {
+                assert_eq!(
+                    got,
+                    [(T::AccountLocked, Some(reason), None), (T::LoginFailed, Some("wrong_password"), Some(0))]
+                );
+            } else {
+                // A right password refused for the spent budget locks too.
+                assert_eq!(got, [(T::AccountLocked, Some(reason), None)]);
+            }
         }
         let lock_over = User { locked_until: Some(T0 + 10), ..changed.clone() };
         assert_eq!(
@@ -523,10 +536,15 @@ mod tests {
         );
         let json = serde_json::to_string(&evs).unwrap();
         assert!(!json.contains("argon2") && !json.contains("alice"), "{json}");
-        // The one that reaches the threshold resets the count and locks.
+        // The one that reaches the threshold resets the count and locks: the
+        // lock, then that failure (none left).
         let last = User { failed_logins: policy.login_lock_threshold - 1, ..u.clone() };
         let locked = User { failed_logins: 0, locked_until: Some(T0 + 900), ..u.clone() };
-        assert_eq!(kinds(&change(Images::User(Some(last), Some(locked)), false)), [T::AccountLocked]);
+        let evs = audit_events(&change(Images::User(Some(last), Some(locked)), false), &policy);
+        assert_eq!(
+            evs.iter().map(|e| (e.event, e.event_id.as_str(), e.attempts_left)).collect::<Vec<_>>(),
+            [(T::AccountLocked, "feed:7#0", None), (T::LoginFailed, "feed:7#1", Some(0))]
+        );
         // The first wrong password after a lock ran out: the lock's end,
         // then the failure.
         let lock_over = User { locked_until: Some(T0 - 1), ..u.clone() };
