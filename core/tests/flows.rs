@@ -1242,9 +1242,31 @@ async fn reset_links_are_limited_per_address() {
     assert_eq!(w.mail.kinds().iter().filter(|k| **k == "password_reset").count(), 3);
 }
 
-/// The text of every event logged while it is the thread's subscriber.
+/// The text of every event logged in this test process, from any thread.
 #[derive(Clone, Default)]
 struct LogLines(Arc<Mutex<Vec<String>>>);
+
+impl LogLines {
+    /// The process's global subscriber, set on first use. Not a scoped one:
+    /// tracing caches each callsite's interest for the whole process, and
+    /// while one scoped subscriber is all there is, a callsite another test
+    /// thread reaches first is judged by that thread's (empty) default alone
+    /// and cached as never (CI lost a line that way). The global subscriber
+    /// judges every callsite; each test picks its lines by an id of its own.
+    fn global() -> &'static LogLines {
+        static LINES: std::sync::OnceLock<LogLines> = std::sync::OnceLock::new();
+        LINES.get_or_init(|| {
+            let lines = LogLines::default();
+            tracing::subscriber::set_global_default(lines.clone()).expect("no other global subscriber");
+            lines
+        })
+    }
+
+    /// The lines so far that contain every one of `parts`.
+    fn containing(&self, parts: &[&str]) -> Vec<String> {
+        self.0.lock().unwrap().iter().filter(|l| parts.iter().all(|p| l.contains(p))).cloned().collect()
+    }
+}
 
 impl tracing::Subscriber for LogLines {
     fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
@@ -1279,16 +1301,15 @@ async fn a_wrong_password_below_the_lock_threshold_leaves_a_log_line_and_an_audi
     let w = world(RateLimits::relaxed());
     verified(&w, "wendy").await;
     let id = stored(&w.store, "wendy").await.id.to_string();
-    let lines = LogLines::default();
-    let guard = tracing::subscriber::set_default(lines.clone());
+    let lines = LogLines::global();
     for _ in 0..2 {
         let r = w.auth.login("wendy", "wrong wrong wrong".into(), None, &meta()).await;
         assert!(matches!(r, Err(Error::InvalidCredentials)), "{r:?}");
     }
-    drop(guard);
-    let wrong: Vec<String> = lines.0.lock().unwrap().iter().filter(|l| l.contains("wrong password")).cloned().collect();
+    let wrong = lines.containing(&["wrong password", &id]);
     assert_eq!(wrong.len(), 2, "one line per wrong password: {wrong:?}");
-    assert!(wrong.iter().all(|l| l.contains(&id) && !l.contains("wrong wrong wrong")), "{wrong:?}");
+    let ours = lines.containing(&[&id]);
+    assert!(ours.iter().all(|l| !l.contains("wrong wrong wrong")), "{ours:?}");
 
     let audit = SqliteAuditStore::open(&w.store).await.unwrap();
     let policy = AuditPolicy::from(&Policy::default());
