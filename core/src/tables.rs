@@ -1,6 +1,12 @@
 //! The DynamoDB tables, defined once. The emulator bootstrap creates them from
 //! these specs and the Terraform checks compare against them.
 
+/// Records outlive their own expiry by a day before a TTL sweep deletes
+/// them (DynamoDB's TTL on AWS, `adapters::embedded::sweep` locally), so
+/// the sweep never races a flow's expiry check (the flows check expiry
+/// themselves anyway).
+pub const TTL_GRACE_SECS: i64 = 86_400;
+
 /// One global secondary index (hash key only, projection ALL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GsiSpec {

@@ -23,9 +23,7 @@ pub const PK: &str = "pk";
 pub const TTL: &str = "ttl";
 pub(crate) const TTL_NAME: &str = "#ttl";
 
-/// Items outlive their own expiry by a day, so the TTL sweep never races a
-/// flow's expiry check (the flows check expiry themselves anyway).
-pub const TTL_GRACE_SECS: i64 = 86_400;
+pub use crate::tables::TTL_GRACE_SECS;
 /// Rate-limit counters are swept a minute after their window ends.
 pub const LIMIT_TTL_GRACE_SECS: i64 = 60;
 

@@ -6,7 +6,7 @@
 //! schema migration, so the audit trail can be added to or dropped from a
 //! database without touching the data's schema version.
 
-use super::{Change, ChangeEntity, EmbeddedStore};
+use super::{Change, ChangeEntity, ChangeOp, EmbeddedStore};
 use crate::StoreError;
 use crate::audit::{
     AuditEvent, AuditEventType, AuditPage, AuditPolicy, AuditRecord, AuditStore, DayCount, GENESIS_HASH, Images,
@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS audit_feed_checkpoint (
 const FEED_FALLBACK: Duration = Duration::from_secs(5);
 /// How long the driver lets changes gather after a wake-up.
 const FEED_COALESCE: Duration = Duration::from_millis(100);
-/// How often expired audit records are removed.
+/// How often expired audit records are removed and the store's TTL sweep runs.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 /// Changes read per round.
 const FEED_BATCH: usize = 200;
@@ -245,8 +245,8 @@ impl AuditStore for SqliteAuditStore {
     }
 }
 
-/// A feed row as the mapping's input. The embedded store never deletes
-/// by TTL, so no change here is an expiry.
+/// A feed row as the mapping's input. A removal by the store's TTL sweep
+/// is an expiry, as a DynamoDB TTL REMOVE is on AWS.
 pub fn source_change(c: &Change) -> StoreResult<SourceChange> {
     fn img<T: serde::de::DeserializeOwned>(v: &Option<serde_json::Value>) -> StoreResult<Option<T>> {
         v.clone().map(serde_json::from_value).transpose().map_err(StoreError::internal)
@@ -259,7 +259,8 @@ pub fn source_change(c: &Change) -> StoreResult<SourceChange> {
         ChangeEntity::Otp => Images::Otp(img(&c.old)?, img(&c.new)?),
         ChangeEntity::Mail => Images::Mail(img(&c.old)?, img(&c.new)?),
     };
-    Ok(SourceChange { source_id: format!("feed:{}", c.seq), at: c.at, expired_by_ttl: false, images })
+    let expired_by_ttl = c.by_ttl && c.op == ChangeOp::Remove;
+    Ok(SourceChange { source_id: format!("feed:{}", c.seq), at: c.at, expired_by_ttl, images })
 }
 
 /// Applies every change after the checkpoint to the audit trail, moves
@@ -298,7 +299,8 @@ pub async fn drain_change_feed(
 }
 
 /// Runs [`drain_change_feed`] on a thread of its own until the returned task
-/// is aborted, and purges records past their retention. It sleeps until a commit writes change rows
+/// is aborted, purges audit records past their retention and, as often,
+/// runs the store's TTL sweep ([`EmbeddedStore::sweep_expired`]). It sleeps until a commit writes change rows
 /// (or [`FEED_FALLBACK`] passes), then waits [`FEED_COALESCE`] so that a busy
 /// spell is applied in a few transactions rather than one per change.
 pub fn spawn_audit_feed(
@@ -315,6 +317,11 @@ pub fn spawn_audit_feed(
                 drain_change_feed(&store, &audit, &policy, retention_secs).await?;
                 if tokio::time::Instant::now() >= next_purge {
                     audit.purge_expired(store.db().now()).await?;
+                    // Its removals wake this loop for the next round.
+                    let swept = store.sweep_expired().await?;
+                    if swept.total() > 0 {
+                        tracing::info!(?swept, "TTL sweep: records past their expiry deleted");
+                    }
                     next_purge = tokio::time::Instant::now() + PURGE_EVERY;
                 }
                 Ok::<_, crate::StoreError>(())

@@ -4,6 +4,8 @@
 //! the audit trail in order of `seq`, which deletes the rows it has applied
 //! (in the transaction that moves its checkpoint): the images hold password
 //! hashes, and nothing else reads them. Rate-limit counters are not in it.
+//! A removal made by the store's TTL sweep (`sweep.rs`) is marked `by_ttl`,
+//! as DynamoDB marks its TTL service's REMOVE records.
 
 use super::EmbeddedStore;
 use crate::StoreError;
@@ -93,6 +95,8 @@ pub struct Change {
     pub op: ChangeOp,
     pub old: Option<serde_json::Value>,
     pub new: Option<serde_json::Value>,
+    /// A removal made by the TTL sweep, not by a request.
+    pub by_ttl: bool,
 }
 
 thread_local! {
@@ -123,9 +127,37 @@ pub(crate) fn record<T: Serialize + PartialEq>(
         (Some(_), Some(_)) => ChangeOp::Modify,
         (Some(_), None) => ChangeOp::Remove,
     };
+    insert(c, at, entity, key, op, old, new, false)
+}
+
+/// Appends the change row of a removal by the TTL sweep: `old` is the
+/// record it deleted. Call it inside the transaction that deleted it.
+pub(crate) fn record_expiry<T: Serialize>(
+    c: &Connection,
+    at: Timestamp,
+    entity: ChangeEntity,
+    key: &str,
+    old: &T,
+) -> StoreResult<()> {
+    insert(c, at, entity, key, ChangeOp::Remove, Some(old), None, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert<T: Serialize>(
+    c: &Connection,
+    at: Timestamp,
+    entity: ChangeEntity,
+    key: &str,
+    op: ChangeOp,
+    old: Option<&T>,
+    new: Option<&T>,
+    by_ttl: bool,
+) -> StoreResult<()> {
     let json = |v: Option<&T>| v.map(serde_json::to_string).transpose().map_err(StoreError::internal);
-    c.prepare_cached("INSERT INTO changes (at, entity, key, op, old_json, new_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-        .execute(rusqlite::params![at, entity.as_str(), key, op.as_str(), json(old)?, json(new)?])?;
+    c.prepare_cached(
+        "INSERT INTO changes (at, entity, key, op, old_json, new_json, by_ttl) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(rusqlite::params![at, entity.as_str(), key, op.as_str(), json(old)?, json(new)?, by_ttl])?;
     RECORDED.with(|r| r.set(true));
     Ok(())
 }
@@ -137,7 +169,7 @@ impl EmbeddedStore {
         self.db()
             .tx(move |tx| {
                 let mut stmt = tx.prepare_cached(
-                    "SELECT seq, at, entity, key, op, old_json, new_json FROM changes WHERE seq > ?1 \
+                    "SELECT seq, at, entity, key, op, old_json, new_json, by_ttl FROM changes WHERE seq > ?1 \
                      ORDER BY seq LIMIT ?2",
                 )?;
                 let rows = stmt.query_map(rusqlite::params![after, limit], |r| {
@@ -149,6 +181,7 @@ impl EmbeddedStore {
                         r.get::<_, String>(4)?,
                         r.get::<_, Option<String>>(5)?,
                         r.get::<_, Option<String>>(6)?,
+                        r.get::<_, bool>(7)?,
                     ))
                 })?;
                 let json = |s: Option<String>| {
@@ -156,12 +189,12 @@ impl EmbeddedStore {
                 };
                 let mut out = Vec::new();
                 for row in rows {
-                    let (seq, at, entity, key, op, old, new) = row?;
+                    let (seq, at, entity, key, op, old, new, by_ttl) = row?;
                     let entity = ChangeEntity::parse(&entity)
                         .ok_or_else(|| StoreError::internal(format!("change {seq}: unknown entity {entity:?}")))?;
                     let op = ChangeOp::parse(&op)
                         .ok_or_else(|| StoreError::internal(format!("change {seq}: unknown op {op:?}")))?;
-                    out.push(Change { seq, at, entity, key, op, old: json(old)?, new: json(new)? });
+                    out.push(Change { seq, at, entity, key, op, old: json(old)?, new: json(new)?, by_ttl });
                 }
                 Ok(out)
             })

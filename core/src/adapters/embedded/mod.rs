@@ -34,12 +34,14 @@ mod outbox;
 mod records;
 mod schema;
 mod store;
+mod sweep;
 
 pub use changes::{Change, ChangeEntity, ChangeOp};
 pub use consumer::{EMBEDDED_RETRY, MAX_DELIVERY_ATTEMPTS, embedded_deliverer, spawn_mail_consumer};
 pub use mail_ledger::EmbeddedMailLedger;
 pub use mail_queue::SqliteMailQueue;
 pub use outbox::Outbox;
+pub use sweep::Swept;
 
 use crate::StoreError;
 use crate::clock::{Clock, SystemClock, Timestamp};

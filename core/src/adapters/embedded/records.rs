@@ -370,6 +370,54 @@ pub(crate) fn upsert_otp(c: &Connection, o: &OtpRecord) -> rusqlite::Result<()> 
     Ok(())
 }
 
+// ---- expiry ---------------------------------------------------------------
+
+/// A table of records with an `expires_at`, as the TTL sweep reads it.
+pub(crate) struct Expiring<T: 'static> {
+    pub table: &'static str,
+    /// The primary key column.
+    pub key_col: &'static str,
+    cols: &'static str,
+    row: fn(&Row<'_>) -> rusqlite::Result<T>,
+    /// The record's key, as its change rows name it.
+    pub key: fn(&T) -> String,
+}
+
+pub(crate) static EXPIRING_VERIFICATIONS: Expiring<VerificationRecord> = Expiring {
+    table: "verifications",
+    key_col: "token_hash",
+    cols: VERIFICATION_COLS,
+    row: verification_row,
+    key: |v| v.token_hash.clone(),
+};
+pub(crate) static EXPIRING_CHALLENGES: Expiring<Challenge> = Expiring {
+    table: "challenges",
+    key_col: "id",
+    cols: CHALLENGE_COLS,
+    row: challenge_row,
+    key: |c| c.id.to_string(),
+};
+pub(crate) static EXPIRING_SESSIONS: Expiring<Session> =
+    Expiring { table: "sessions", key_col: "id", cols: SESSION_COLS, row: session_row, key: |s| s.id.to_string() };
+pub(crate) static EXPIRING_OTPS: Expiring<OtpRecord> =
+    Expiring { table: "otps", key_col: "address_hash", cols: OTP_COLS, row: otp_row, key: |o| o.address_hash.clone() };
+
+/// Deletes up to `limit` records of `t` whose `expires_at` is at or before
+/// `cut`, and returns them. (A scan: no index on `expires_at`, so the write
+/// of every record made by a request stays as cheap as it was; the sweep
+/// runs every few minutes, and the tables hold about a day of records.)
+pub(crate) fn delete_expired<T>(c: &Connection, t: &Expiring<T>, cut: i64, limit: i64) -> rusqlite::Result<Vec<T>> {
+    let gone: Vec<T> = c
+        .prepare_cached(&format!("SELECT {} FROM {} WHERE expires_at <= ?1 LIMIT ?2", t.cols, t.table))?
+        .query_map(rusqlite::params![cut, limit], t.row)?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut delete = c.prepare_cached(&format!("DELETE FROM {} WHERE {} = ?1", t.table, t.key_col))?;
+    for r in &gone {
+        expect_one(delete.execute([(t.key)(r)])?)?;
+    }
+    Ok(gone)
+}
+
 /// An update meant for one row that was just read in the same transaction.
 fn expect_one(n: usize) -> rusqlite::Result<()> {
     match n {

@@ -188,6 +188,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE users ADD COLUMN password_resets INTEGER NOT NULL DEFAULT 0 CHECK (password_resets >= 0);
     "#,
+    // 13: the TTL sweep (`sweep.rs`) deletes records a day past their
+    // expiry; the change rows of its removals say so (the audit trail's
+    // `*_expired` events, as a DynamoDB TTL REMOVE makes them on AWS).
+    r#"
+    ALTER TABLE changes ADD COLUMN by_ttl INTEGER NOT NULL DEFAULT 0 CHECK (by_ttl IN (0, 1));
+    "#,
 ];
 
 /// The schema version this build writes.
