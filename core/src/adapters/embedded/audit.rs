@@ -345,10 +345,10 @@ pub fn spawn_audit_feed(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{T0, store};
+    use super::super::test_support::{T0, store, user};
     use super::*;
     use crate::audit::{AuditEventType as T, verify_chain};
-    use crate::domain::{Challenge, ChallengeId, Email, RequestMeta, User, UserId, Username, VerificationRecord};
+    use crate::domain::{Challenge, ChallengeId, User, VerificationRecord};
     use crate::ports::{ChallengeStore, UserStore};
     use crate::rng::OsSecureRng;
 
@@ -356,23 +356,7 @@ mod tests {
 
     async fn registered(s: &EmbeddedStore) -> User {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let u = User {
-            id: UserId::random(&OsSecureRng),
-            username: Username::parse(&format!("u{}", &id[..10])).unwrap(),
-            email: Email::parse(&format!("u{}@example.com", &id[..10])).unwrap(),
-            password_hash: "$argon2id$secret".into(),
-            verified: false,
-            created_at: T0,
-            failed_logins: 0,
-            locked_until: None,
-            otp_failures: 0,
-            verification_sent_at: Some(T0),
-            sessions_valid_after: None,
-            password_reset_at: None,
-            password_resets: 0,
-            password_epoch: 0,
-            meta: RequestMeta { request_id: Some("r1".into()), ip: Some("203.0.113.7".into()), user_agent: None },
-        };
+        let u = user(&format!("u{}", &id[..10]), &format!("u{}@example.com", &id[..10]));
         let v = VerificationRecord {
             token_hash: format!("tok{id}"),
             user_id: u.id,

@@ -412,10 +412,33 @@ impl From<rusqlite::Error> for StoreError {
 pub(crate) mod test_support {
     use super::EmbeddedStore;
     use crate::clock::FixedClock;
+    use crate::domain::{Email, RequestMeta, User, UserId, Username};
+    use crate::rng::OsSecureRng;
     use std::path::PathBuf;
     use std::sync::Arc;
 
     pub const T0: i64 = 1_700_000_000;
+
+    /// A new unverified user made at `T0`, as registration builds it.
+    pub fn user(name: &str, email: &str) -> User {
+        User {
+            id: UserId::random(&OsSecureRng),
+            username: Username::parse(name).unwrap(),
+            email: Email::parse(email).unwrap(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+            verified: false,
+            created_at: T0,
+            failed_logins: 0,
+            locked_until: None,
+            otp_failures: 0,
+            verification_sent_at: Some(T0),
+            sessions_valid_after: None,
+            password_reset_at: None,
+            password_resets: 0,
+            password_epoch: 0,
+            meta: RequestMeta { request_id: Some("req-1".into()), ip: Some("203.0.113.7".into()), user_agent: None },
+        }
+    }
 
     pub fn store() -> (EmbeddedStore, Arc<FixedClock>) {
         let clock = Arc::new(FixedClock::new(T0));

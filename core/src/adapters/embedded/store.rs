@@ -661,7 +661,7 @@ impl OtpStore for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::super::changes::{Change, ChangeOp};
-    use super::super::test_support::{T0, store};
+    use super::super::test_support::{T0, store, user};
     use super::*;
     use crate::rng::{OsSecureRng, SecureRng};
     use std::sync::{Arc, LazyLock};
@@ -672,26 +672,6 @@ mod tests {
         ip: Some("198.51.100.9".into()),
         user_agent: Some("store-tests".into()),
     });
-
-    fn user(name: &str, email: &str) -> User {
-        User {
-            id: UserId::random(&OsSecureRng),
-            username: Username::parse(name).unwrap(),
-            email: Email::parse(email).unwrap(),
-            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
-            verified: false,
-            created_at: T0,
-            failed_logins: 0,
-            locked_until: None,
-            otp_failures: 0,
-            verification_sent_at: Some(T0),
-            sessions_valid_after: None,
-            password_reset_at: None,
-            password_resets: 0,
-            password_epoch: 0,
-            meta: RequestMeta { request_id: Some("req-1".into()), ip: Some("203.0.113.7".into()), user_agent: None },
-        }
-    }
 
     fn token() -> String {
         hex::encode(OsSecureRng.bytes32())

@@ -121,13 +121,10 @@ impl EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::super::audit::{SqliteAuditStore, drain_change_feed};
-    use super::super::test_support::{T0, TempDir, store};
+    use super::super::test_support::{T0, TempDir, store, user};
     use super::*;
     use crate::audit::{AuditEventType as T, AuditPolicy, AuditStore, otp_subject, verify_chain};
-    use crate::domain::{
-        Challenge, ChallengeId, Email, OtpRecord, RequestMeta, Session, SessionId, User, UserId, Username,
-        VerificationRecord,
-    };
+    use crate::domain::{Challenge, ChallengeId, Email, OtpRecord, Session, SessionId, User, VerificationRecord};
     use crate::ports::{ChallengeStore, OtpStore, SessionStore, UserStore};
     use crate::rng::OsSecureRng;
 
@@ -154,24 +151,8 @@ mod tests {
     /// with an unused code (T0 + 300), a used one and the session it made
     /// (T0 + 1000); and an unused standalone code (T0 + 600).
     async fn records(s: &EmbeddedStore) -> (User, VerificationRecord, [Challenge; 2], Session, OtpRecord) {
-        let meta = RequestMeta { request_id: Some("r1".into()), ip: Some("203.0.113.7".into()), user_agent: None };
-        let u = User {
-            id: UserId::random(&OsSecureRng),
-            username: Username::parse("sweepuser").unwrap(),
-            email: Email::parse("sweep@example.com").unwrap(),
-            password_hash: "$argon2id$secret".into(),
-            verified: false,
-            created_at: T0,
-            failed_logins: 0,
-            locked_until: None,
-            otp_failures: 0,
-            verification_sent_at: Some(T0),
-            sessions_valid_after: None,
-            password_reset_at: None,
-            password_resets: 0,
-            password_epoch: 0,
-            meta: meta.clone(),
-        };
+        let u = user("sweepuser", "sweep@example.com");
+        let meta = u.meta.clone();
         let v = VerificationRecord {
             token_hash: "tok".into(),
             user_id: u.id,
