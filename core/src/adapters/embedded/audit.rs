@@ -345,12 +345,11 @@ pub fn spawn_audit_feed(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{T0, store, user};
+    use super::super::test_support::{T0, challenge, store, user};
     use super::*;
     use crate::audit::{AuditEventType as T, verify_chain};
-    use crate::domain::{Challenge, ChallengeId, User, VerificationRecord};
+    use crate::domain::{User, VerificationRecord};
     use crate::ports::{ChallengeStore, UserStore};
-    use crate::rng::OsSecureRng;
 
     const RETENTION: i64 = 400 * 86_400;
 
@@ -367,20 +366,7 @@ mod tests {
         };
         s.create_user(&u, &v, i64::MIN).await.unwrap();
         s.consume_verification(&v, T0 + 1, &u.meta).await.unwrap();
-        let c = Challenge {
-            id: ChallengeId::random(&OsSecureRng),
-            user_id: u.id,
-            code_hash: "h".into(),
-            created_at: T0,
-            expires_at: T0 + 300,
-            last_sent_at: T0,
-            resends: 0,
-            failures: 0,
-            attempts: 0,
-            password_epoch: 0,
-            used_at: None,
-            meta: u.meta.clone(),
-        };
+        let c = challenge(&u, "h");
         s.create_challenge(&c, false, &u.meta).await.unwrap();
         s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &u.meta).await.unwrap();
         u

@@ -412,7 +412,7 @@ impl From<rusqlite::Error> for StoreError {
 pub(crate) mod test_support {
     use super::EmbeddedStore;
     use crate::clock::FixedClock;
-    use crate::domain::{Email, RequestMeta, User, UserId, Username};
+    use crate::domain::{Challenge, ChallengeId, Email, RequestMeta, User, UserId, Username};
     use crate::rng::OsSecureRng;
     use std::path::PathBuf;
     use std::sync::Arc;
@@ -437,6 +437,25 @@ pub(crate) mod test_support {
             password_resets: 0,
             password_epoch: 0,
             meta: RequestMeta { request_id: Some("req-1".into()), ip: Some("203.0.113.7".into()), user_agent: None },
+        }
+    }
+
+    /// A new login challenge of `u`'s, made at `T0`, its code (hashed as
+    /// `code_hash`) valid for 5 minutes.
+    pub fn challenge(u: &User, code_hash: &str) -> Challenge {
+        Challenge {
+            id: ChallengeId::random(&OsSecureRng),
+            user_id: u.id,
+            code_hash: code_hash.into(),
+            created_at: T0,
+            expires_at: T0 + 300,
+            last_sent_at: T0,
+            resends: 0,
+            failures: 0,
+            attempts: 0,
+            password_epoch: 0,
+            used_at: None,
+            meta: u.meta.clone(),
         }
     }
 

@@ -121,31 +121,14 @@ impl EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::super::audit::{SqliteAuditStore, drain_change_feed};
-    use super::super::test_support::{T0, TempDir, store, user};
+    use super::super::test_support::{T0, TempDir, challenge, store, user};
     use super::*;
     use crate::audit::{AuditEventType as T, AuditPolicy, AuditStore, otp_subject, verify_chain};
-    use crate::domain::{Challenge, ChallengeId, Email, OtpRecord, Session, SessionId, User, VerificationRecord};
+    use crate::domain::{Challenge, Email, OtpRecord, Session, SessionId, User, VerificationRecord};
     use crate::ports::{ChallengeStore, OtpStore, SessionStore, UserStore};
     use crate::rng::OsSecureRng;
 
     const DAY: i64 = TTL_GRACE_SECS;
-
-    fn challenge(u: &User, code_hash: &str, expires_at: Timestamp) -> Challenge {
-        Challenge {
-            id: ChallengeId::random(&OsSecureRng),
-            user_id: u.id,
-            code_hash: code_hash.into(),
-            created_at: T0,
-            expires_at,
-            last_sent_at: T0,
-            resends: 0,
-            failures: 0,
-            attempts: 0,
-            password_epoch: 0,
-            used_at: None,
-            meta: u.meta.clone(),
-        }
-    }
 
     /// A user whose verification link (expiring at T0 + 100) is unused,
     /// with an unused code (T0 + 300), a used one and the session it made
@@ -162,7 +145,7 @@ mod tests {
             meta: meta.clone(),
         };
         s.create_user(&u, &v, i64::MIN).await.unwrap();
-        let (unused, used) = (challenge(&u, "h1", T0 + 300), challenge(&u, "h2", T0 + 300));
+        let (unused, used) = (challenge(&u, "h1"), challenge(&u, "h2"));
         for c in [&unused, &used] {
             s.create_challenge(c, false, &meta).await.unwrap();
         }
@@ -308,7 +291,7 @@ mod tests {
         let (u, ..) = records(&s).await;
         let n = SWEEP_BATCH as usize * 2 + 7;
         for _ in 0..n {
-            s.create_challenge(&challenge(&u, "h", T0 + 300), false, &u.meta).await.unwrap();
+            s.create_challenge(&challenge(&u, "h"), false, &u.meta).await.unwrap();
         }
         clock.set(T0 + 300 + DAY);
         let swept = s.sweep_expired().await.unwrap();
