@@ -404,8 +404,11 @@ pub(crate) static EXPIRING_OTPS: Expiring<OtpRecord> =
 
 /// Deletes up to `limit` records of `t` whose `expires_at` is at or before
 /// `cut`, and returns them. (A scan: no index on `expires_at`, so the write
-/// of every record made by a request stays as cheap as it was; the sweep
-/// runs every few minutes, and the tables hold about a day of records.)
+/// of every record made by a request stays as cheap as it was. The sweep
+/// runs every 10 minutes and the tables hold about a day of records; a
+/// scan that finds nothing took 1.4 ms over 10 000 challenge rows, 11 ms
+/// over 100 000 and 98 ms over 1 000 000 (a copy of the table in Python's
+/// sqlite3 on tmpfs, warm cache): time the requests wait for the connection.)
 pub(crate) fn delete_expired<T>(c: &Connection, t: &Expiring<T>, cut: i64, limit: i64) -> rusqlite::Result<Vec<T>> {
     let gone: Vec<T> = c
         .prepare_cached(&format!("SELECT {} FROM {} WHERE expires_at <= ?1 LIMIT ?2", t.cols, t.table))?
