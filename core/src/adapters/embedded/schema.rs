@@ -304,4 +304,26 @@ mod tests {
             ("token=secret", "", "token=secret")
         );
     }
+
+    /// Migration 13: the change rows written before it (none of them by a
+    /// sweep) read as no TTL removal, and the column takes only 0 or 1.
+    #[test]
+    fn change_rows_from_before_migration_13_are_no_ttl_removals() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let tx = conn.transaction().unwrap();
+        for (i, sql) in MIGRATIONS.iter().take(12).enumerate() {
+            tx.execute_batch(sql).unwrap();
+            tx.pragma_update(None, "user_version", i as i64 + 1).unwrap();
+        }
+        tx.commit().unwrap();
+        conn.execute(
+            "INSERT INTO changes (at, entity, key, op, old_json, new_json) VALUES (1, 'challenge', 'c', 'remove', '{}', NULL)",
+            [],
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let by_ttl: bool = conn.query_row("SELECT by_ttl FROM changes WHERE key = 'c'", [], |r| r.get(0)).unwrap();
+        assert!(!by_ttl);
+        assert!(conn.execute("UPDATE changes SET by_ttl = 2 WHERE key = 'c'", []).is_err());
+    }
 }
