@@ -421,10 +421,28 @@ pub fn public_base_url_problem(url: &str) -> Option<String> {
     (!https && !local).then(|| "must start with https:// (http:// is only for a loopback host)".into())
 }
 
+/// Whether console logs get colours: only for a person at a terminal who
+/// has not asked for none (`NO_COLOR` set and not empty, no-color.org). A
+/// log file, a pipe or journald gets plain lines, not escape codes around
+/// every field. `no_color` is the variable's value.
+pub fn console_colours(stream_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stream_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn console_colours_only_at_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(console_colours(true, None));
+        assert!(console_colours(true, Some(OsStr::new(""))), "an empty NO_COLOR asks for nothing");
+        assert!(!console_colours(true, Some(OsStr::new("1"))));
+        assert!(!console_colours(false, None), "a file or a pipe gets no escape codes");
+        assert!(!console_colours(false, Some(OsStr::new("1"))));
+    }
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
