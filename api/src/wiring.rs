@@ -33,10 +33,7 @@ pub fn init_tracing() {
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
         tracing_subscriber::fmt().json().with_env_filter(filter).with_current_span(false).without_time().init();
     } else {
-        let colours = latchkey_core::config::console_colours(
-            std::io::IsTerminal::is_terminal(&std::io::stdout()),
-            std::env::var_os("NO_COLOR").as_deref(),
-        );
+        let colours = latchkey_core::config::console_colours_for(&std::io::stdout());
         tracing_subscriber::fmt().compact().with_ansi(colours).with_env_filter(filter).init();
     }
 }

@@ -429,6 +429,12 @@ pub fn console_colours(stream_is_terminal: bool, no_color: Option<&std::ffi::OsS
     stream_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
+/// `console_colours` for logs written to `stream`, with this process's
+/// `NO_COLOR`.
+pub fn console_colours_for(stream: &impl std::io::IsTerminal) -> bool {
+    console_colours(stream.is_terminal(), std::env::var_os("NO_COLOR").as_deref())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

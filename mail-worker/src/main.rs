@@ -50,10 +50,7 @@ fn init_tracing() {
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
         tracing_subscriber::fmt().json().with_env_filter(filter).with_current_span(false).without_time().init();
     } else {
-        let colours = latchkey_core::config::console_colours(
-            std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            std::env::var_os("NO_COLOR").as_deref(),
-        );
+        let colours = latchkey_core::config::console_colours_for(&std::io::stderr());
         tracing_subscriber::fmt()
             .compact()
             .with_ansi(colours)
