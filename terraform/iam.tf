@@ -224,6 +224,13 @@ data "aws_iam_policy_document" "stream_processor" {
     ]
   }
 
+  # The audit seal key, read once per cold start; no other function can.
+  statement {
+    sid       = "ReadAuditSealKeyAtColdStart"
+    actions   = ["ssm:GetParameters", "ssm:GetParameter"]
+    resources = [aws_ssm_parameter.audit_seal_key.arn]
+  }
+
   # Append to the hash chain: a transaction of conditional puts and a
   # counter update, plus reads of the chain head (GetItem) and, when the
   # head has expired before its records, of the last record (Query).
@@ -254,16 +261,20 @@ data "aws_iam_policy_document" "stream_processor" {
     resources = [aws_sqs_queue.stream_failures.arn]
   }
 
-  # Encrypted stream records are decrypted through DynamoDB; the on-failure
-  # queue is SSE-KMS.
+  # Encrypted stream records are decrypted through DynamoDB, the seal key
+  # through SSM; the on-failure queue is SSE-KMS.
   statement {
-    sid       = "UseStackKeyViaDynamoDbAndSqs"
+    sid       = "UseStackKeyViaDynamoDbSsmAndSqs"
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
     resources = [aws_kms_key.main.arn]
     condition {
       test     = "StringEquals"
       variable = "kms:ViaService"
-      values   = ["dynamodb.${var.region}.amazonaws.com", "sqs.${var.region}.amazonaws.com"]
+      values = [
+        "dynamodb.${var.region}.amazonaws.com",
+        "ssm.${var.region}.amazonaws.com",
+        "sqs.${var.region}.amazonaws.com",
+      ]
     }
   }
 }

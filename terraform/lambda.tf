@@ -188,6 +188,7 @@ resource "aws_lambda_function" "stream_processor" {
     variables = {
       LATCHKEY_TABLE_PREFIX         = var.name_prefix
       LATCHKEY_AUDIT_RETENTION_DAYS = tostring(var.audit_retention_days)
+      LATCHKEY_AUDIT_KEY_PARAM      = aws_ssm_parameter.audit_seal_key.name
       LATCHKEY_TLS_ROOTS            = var.tls_roots
     }
   }

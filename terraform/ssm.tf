@@ -1,8 +1,9 @@
-# The api's secrets, in SSM Parameter Store SecureString (stack KMS key). The
-# Lambda environment holds only the parameter NAMES
+# The functions' secrets, in SSM Parameter Store SecureString (stack KMS key).
+# The Lambda environment holds only the parameter NAMES
 # (LATCHKEY_JWT_PRIVATE_KEY_PARAM, LATCHKEY_CODE_HMAC_KEY_PARAM,
-# LATCHKEY_ADMIN_KEY_HASH_PARAM); the api reads the values once per cold
-# start, in one GetParameters call.
+# LATCHKEY_ADMIN_KEY_HASH_PARAM for the api; LATCHKEY_AUDIT_KEY_PARAM for the
+# stream processor); each function reads its values once per cold start, in
+# one GetParameters call.
 #
 # The values are written with the write-only `value_wo` argument from
 # ephemeral sources (ephemeral input variables or ephemeral generators), so
@@ -14,6 +15,12 @@
 # written to SSM only when secrets_version changes.
 ephemeral "tls_private_key" "jwt" {
   algorithm = "ED25519"
+}
+
+ephemeral "random_password" "audit_seal" {
+  # As code_hmac: unpadded base64 of 48 bytes.
+  length  = 64
+  special = false
 }
 
 ephemeral "random_password" "code_hmac" {
@@ -60,4 +67,19 @@ resource "aws_ssm_parameter" "admin_key_hash" {
   key_id           = aws_kms_key.main.arn
   value_wo         = var.admin_key_hash != null ? var.admin_key_hash : "off"
   value_wo_version = var.admin_key_hash_version
+}
+
+# The audit trail's seal key: an HMAC key over each audit record's hash, held
+# by the stream processor alone (the trail's only writer; the api reads the
+# trail and cannot read this parameter), so whoever can write the audit table
+# cannot re-seal a chain they changed. Written once (audit_key_version): a
+# new key would leave every record sealed before it unverifiable by
+# `verify-chain`, so it is not rotated with secrets_version.
+resource "aws_ssm_parameter" "audit_seal_key" {
+  name             = "/${var.name_prefix}/audit-seal-key"
+  description      = "latchkey stream processor: base64 HMAC-SHA256 key sealing the audit trail"
+  type             = "SecureString"
+  key_id           = aws_kms_key.main.arn
+  value_wo         = var.audit_seal_key != null ? var.audit_seal_key : ephemeral.random_password.audit_seal.result
+  value_wo_version = var.audit_seal_key_version
 }

@@ -472,6 +472,24 @@ variable "admin_key_hash_version" {
   }
 }
 
+variable "audit_seal_key" {
+  description = "Optional base64 key (>= 32 bytes) sealing the audit trail (an HMAC over each record's hash), for the stream processor alone. Ephemeral like code_hmac_key. Default: one is generated."
+  type        = string
+  default     = null
+  sensitive   = true
+  ephemeral   = true
+}
+
+variable "audit_seal_key_version" {
+  description = "Raise to (re)write the audit seal key parameter. A new key leaves the records sealed before it unverifiable by verify-chain (keep the old key to check them), so it is separate from secrets_version."
+  type        = number
+  default     = 1
+  validation {
+    condition     = var.audit_seal_key_version >= 1 && floor(var.audit_seal_key_version) == var.audit_seal_key_version
+    error_message = "audit_seal_key_version: a whole number >= 1."
+  }
+}
+
 # ---------------------------------------------------------------- safety, alarms
 
 variable "deletion_protection" {

@@ -7,7 +7,7 @@ use latchkey_core::audit::{AdminKeyHash, AuditStore};
 use latchkey_core::config::{Backend, Config};
 use latchkey_core::domain::Secret;
 use latchkey_core::flows::{Auth, Ports, TokenIssuer};
-use latchkey_core::keys::{CodeKey, SigningKey};
+use latchkey_core::keys::{AuditKey, CodeKey, SigningKey};
 use latchkey_core::password_hasher::PasswordHasher;
 use latchkey_core::ports::{Clock, SecureRng};
 use latchkey_core::{clock::SystemClock, rng::OsSecureRng};
@@ -74,7 +74,7 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
             };
             // Keys, the database and the outbox hold secrets: the owner's only.
             latchkey_core::adapters::embedded::create_private_dir(data_dir)?;
-            let (signing, code_key) = local_keys(config, data_dir)?;
+            let (signing, code_key, audit_key) = local_keys(config, data_dir)?;
             let store = EmbeddedStore::open(data_dir.join("latchkey.sqlite3"))?;
             let queue = SqliteMailQueue::new(&store);
             let renderer = latchkey_core::mail::Renderer::new(&config.public_base_url)?;
@@ -86,6 +86,7 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
             let feed = audit::spawn_audit_feed(
                 store.clone(),
                 audit.clone(),
+                audit_key,
                 latchkey_core::audit::AuditPolicy::from(&config.policy),
                 i64::from(config.audit_retention_days) * 86_400,
             );
@@ -226,8 +227,9 @@ fn state(
 
 #[cfg(feature = "embedded")]
 /// The embedded mode's secrets: from the environment if set, else created
-/// once under `<data_dir>/keys/` (mode 0600) and reused.
-fn local_keys(config: &Config, data_dir: &std::path::Path) -> Result<(SigningKey, CodeKey), BoxError> {
+/// once under `<data_dir>/keys/` (mode 0600) and reused. The audit key is
+/// the audit feed's, which runs in this process.
+fn local_keys(config: &Config, data_dir: &std::path::Path) -> Result<(SigningKey, CodeKey, AuditKey), BoxError> {
     let dir = data_dir.join("keys");
     latchkey_core::adapters::embedded::create_private_dir(&dir)?;
     let signing = match &config.jwt_private_key {
@@ -239,17 +241,22 @@ fn local_keys(config: &Config, data_dir: &std::path::Path) -> Result<(SigningKey
                 .map_err(|e| format!("{}: {e}", dir.join("jwt-ed25519.pk8.b64").display()))?
         }
     };
-    let code_key = match &config.code_hmac_key {
-        Some(k) => CodeKey::from_base64(k.expose()).map_err(|e| format!("LATCHKEY_CODE_HMAC_KEY: {e}"))?,
-        None => {
-            let b64 = read_or_create(&dir.join("code-hmac.key.b64"), || {
+    // The variable's value, else 256 random bits, base64, kept in `file`.
+    let hmac_key = |value: &Option<Secret<String>>, file: &str| -> Result<Secret<String>, BoxError> {
+        match value {
+            Some(k) => Ok(k.clone()),
+            None => read_or_create(&dir.join(file), || {
                 use base64::Engine;
                 Ok(base64::engine::general_purpose::STANDARD.encode(OsSecureRng.bytes32()))
-            })?;
-            CodeKey::from_base64(b64.expose()).map_err(|e| format!("code key file: {e}"))?
+            })
+            .map_err(|e| format!("{}: {e}", dir.join(file).display()).into()),
         }
     };
-    Ok((signing, code_key))
+    let code_key = CodeKey::from_base64(hmac_key(&config.code_hmac_key, "code-hmac.key.b64")?.expose())
+        .map_err(|e| format!("LATCHKEY_CODE_HMAC_KEY (or keys/code-hmac.key.b64): {e}"))?;
+    let audit_key = AuditKey::from_base64(hmac_key(&config.audit_key, "audit-seal.key.b64")?.expose())
+        .map_err(|e| format!("LATCHKEY_AUDIT_KEY (or keys/audit-seal.key.b64): {e}"))?;
+    Ok((signing, code_key, audit_key))
 }
 
 #[cfg(feature = "embedded")]

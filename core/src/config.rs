@@ -190,6 +190,12 @@ pub struct Config {
     pub jwt_private_key_param: Option<String>,
     pub code_hmac_key_param: Option<String>,
     pub admin_key_hash_param: Option<String>,
+    /// The audit trail's seal key (base64, >= 32 bytes), held by whatever
+    /// writes the trail: in embedded mode generated under the data dir when
+    /// absent; on AWS the stream processor reads it from the SSM parameter
+    /// `audit_key_param` names (the api never holds it).
+    pub audit_key: Option<crate::domain::Secret<String>>,
+    pub audit_key_param: Option<String>,
     /// Trust the first `X-Forwarded-For` hop for the client IP (only behind
     /// a proxy you run).
     pub trust_forwarded_for: bool,
@@ -233,6 +239,8 @@ pub const CONFIG_KEYS: &[&str] = &[
     "LATCHKEY_ADMIN_KEY_HASH",
     "LATCHKEY_ADMIN_KEY_HASH_PARAM",
     "LATCHKEY_AUDIT_RETENTION_DAYS",
+    "LATCHKEY_AUDIT_KEY",
+    "LATCHKEY_AUDIT_KEY_PARAM",
 ];
 
 /// Audit records are kept this long unless configured otherwise.
@@ -388,6 +396,8 @@ impl Config {
             jwt_private_key_param: get("LATCHKEY_JWT_PRIVATE_KEY_PARAM"),
             code_hmac_key_param: get("LATCHKEY_CODE_HMAC_KEY_PARAM"),
             admin_key_hash_param: get("LATCHKEY_ADMIN_KEY_HASH_PARAM"),
+            audit_key: get("LATCHKEY_AUDIT_KEY").map(crate::domain::Secret::new),
+            audit_key_param: get("LATCHKEY_AUDIT_KEY_PARAM"),
             trust_forwarded_for,
             hash_threads,
             http_threads,

@@ -46,6 +46,47 @@ impl std::fmt::Debug for CodeKey {
     }
 }
 
+/// The audit trail's seal key: an HMAC-SHA256 key held only by whatever
+/// appends to the trail (the stream processor on AWS, the audit feed in
+/// the embedded runner) and by `verify-chain`. Each record's seal is a MAC
+/// over its hash, which covers every field and the previous record's hash,
+/// so whoever can write the audit store but does not hold this key cannot
+/// edit, remove or reorder a record and re-seal what follows.
+#[derive(Clone)]
+pub struct AuditKey(CodeKey);
+
+/// The seal's domain: a MAC made with the same bytes for anything else
+/// never passes as a seal.
+const AUDIT_SEAL_DOMAIN: &str = "latchkey/audit-seal/v1";
+
+impl AuditKey {
+    pub fn new(bytes: Vec<u8>) -> Result<Self, String> {
+        CodeKey::new(bytes).map(AuditKey)
+    }
+
+    pub fn from_base64(s: &str) -> Result<Self, String> {
+        CodeKey::from_base64(s).map(AuditKey)
+    }
+
+    /// The seal of a record whose hash is `record_hash`, hex.
+    pub fn seal(&self, record_hash: &str) -> String {
+        self.0.mac(AUDIT_SEAL_DOMAIN, &[record_hash])
+    }
+
+    /// Whether `seal` is this key's seal of `record_hash`, compared in
+    /// constant time.
+    pub fn verifies(&self, record_hash: &str, seal: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.seal(record_hash).as_bytes().ct_eq(seal.as_bytes()).into()
+    }
+}
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey([redacted])")
+    }
+}
+
 /// SHA-256, hex: how high-entropy tokens (verification, refresh) are stored.
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))

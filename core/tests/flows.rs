@@ -1298,7 +1298,9 @@ async fn a_wrong_password_below_the_lock_threshold_leaves_a_log_line_and_an_audi
 
     let audit = SqliteAuditStore::open(&w.store).await.unwrap();
     let policy = AuditPolicy::from(&Policy::default());
-    drain_change_feed(&w.store, &audit, &policy, 86_400).await.unwrap();
+    drain_change_feed(&w.store, &audit, &latchkey_core::keys::AuditKey::new(vec![5; 32]).unwrap(), &policy, 86_400)
+        .await
+        .unwrap();
     let failed: Vec<_> = audit
         .chain(&id)
         .await
@@ -1333,7 +1335,15 @@ async fn a_code_replaced_after_it_expired_unused_leaves_its_expiry() {
     w.auth.resend_login_code(&started.challenge_id.to_string(), &meta()).await.unwrap();
 
     let audit = SqliteAuditStore::open(&w.store).await.unwrap();
-    drain_change_feed(&w.store, &audit, &AuditPolicy::from(&Policy::default()), 86_400).await.unwrap();
+    drain_change_feed(
+        &w.store,
+        &audit,
+        &latchkey_core::keys::AuditKey::new(vec![5; 32]).unwrap(),
+        &AuditPolicy::from(&Policy::default()),
+        86_400,
+    )
+    .await
+    .unwrap();
     let kinds: Vec<E> = audit.chain(&id).await.unwrap().iter().map(|r| r.event).collect();
     let tail = &kinds[kinds.len() - 2..];
     assert_eq!(tail, [E::CodeExpired, E::LoginCodeIssued], "{kinds:?}");

@@ -15,6 +15,7 @@ use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use latchkey_core::audit::{AuditPolicy, AuditStore, Images, SourceChange, audit_events};
 use latchkey_core::clock::Timestamp;
+use latchkey_core::keys::AuditKey;
 use latchkey_core::mail::delivery::LedgerEntry;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -48,13 +49,15 @@ pub enum RecordError {
 #[derive(Clone)]
 pub struct Processor {
     audit: Arc<dyn AuditStore>,
+    key: AuditKey,
     policy: AuditPolicy,
     retention_secs: i64,
 }
 
 impl Processor {
-    pub fn new(audit: Arc<dyn AuditStore>, policy: AuditPolicy, retention_days: u32) -> Self {
-        Processor { audit, policy, retention_secs: i64::from(retention_days) * 86_400 }
+    /// Appends to `audit`, each record sealed with `key`.
+    pub fn new(audit: Arc<dyn AuditStore>, key: AuditKey, policy: AuditPolicy, retention_days: u32) -> Self {
+        Processor { audit, key, policy, retention_secs: i64::from(retention_days) * 86_400 }
     }
 
     /// Processes the records in order and stops at the first that fails,
@@ -81,7 +84,7 @@ impl Processor {
         let Some(change) = source_change(record)? else { return Ok(0) };
         let mut added = 0;
         for e in audit_events(&change, &self.policy) {
-            if self.audit.append(&e, e.at.saturating_add(self.retention_secs)).await? {
+            if self.audit.append(&self.key, &e, e.at.saturating_add(self.retention_secs)).await? {
                 added += 1;
             }
         }

@@ -137,3 +137,8 @@ pub fn message_attribute(m: &aws_sdk_sqs::types::Message, name: &str) -> Option<
 
 pub mod scenarios;
 pub mod system;
+
+/// The audit seal key the tests' trail writers and verifiers share.
+pub fn audit_key() -> latchkey_core::keys::AuditKey {
+    latchkey_core::keys::AuditKey::new(vec![3; 32]).expect("a 32-byte key")
+}

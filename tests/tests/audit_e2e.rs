@@ -359,7 +359,7 @@ async fn aws_journey_leaves_exactly_its_trail_and_an_edit_breaks_the_chain() {
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     let prefix = prefix_holding(&ddb, &id).await;
     let audit = Arc::new(DynamoAuditStore::new(ddb.clone(), &prefix));
-    let processor = Processor::new(audit.clone(), AuditPolicy::default(), 400);
+    let processor = Processor::new(audit.clone(), latchkey_tests::audit_key(), AuditPolicy::default(), 400);
     let poller = tokio::sync::Mutex::new(StreamPoller::new(&sdk, &prefix));
     let batches = tokio::sync::Mutex::new(Vec::new());
     let events = {
@@ -381,7 +381,7 @@ async fn aws_journey_leaves_exactly_its_trail_and_an_edit_breaks_the_chain() {
     }
     assert_eq!(kinds(&trail(&sys, &id).await), JOURNEY);
     let chain = audit.chain(&id).await.expect("chain");
-    verify_chain(&id, &chain).expect("intact");
+    verify_chain(&latchkey_tests::audit_key(), &id, &chain).expect("intact");
 
     // Editing one stored record breaks the chain at that record.
     ddb.update_item()
@@ -393,8 +393,34 @@ async fn aws_journey_leaves_exactly_its_trail_and_an_edit_breaks_the_chain() {
         .send()
         .await
         .expect("tamper");
-    let brk = verify_chain(&id, &audit.chain(&id).await.expect("chain")).expect_err("tampered");
+    let brk =
+        verify_chain(&latchkey_tests::audit_key(), &id, &audit.chain(&id).await.expect("chain")).expect_err("tampered");
     assert_eq!(brk.seq, 4);
+
+    // Re-hashing the chain from there on, as whoever can write the table
+    // can, makes every link hold again but not the seals: they need the key.
+    let mut forged = audit.chain(&id).await.expect("chain");
+    let mut prev = forged[2].hash.clone();
+    for r in forged.iter_mut().skip(3) {
+        r.prev_hash = prev;
+        r.hash = latchkey_core::audit::record_hash(r);
+        prev = r.hash.clone();
+        ddb.update_item()
+            .table_name(format!("{prefix}-audit"))
+            .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("SUBJ#{id}")))
+            .key("sk", aws_sdk_dynamodb::types::AttributeValue::S(format!("REC#{:020}", r.seq)))
+            .update_expression("SET prev_hash = :p, #h = :h")
+            .expression_attribute_names("#h", "hash")
+            .expression_attribute_values(":p", aws_sdk_dynamodb::types::AttributeValue::S(r.prev_hash.clone()))
+            .expression_attribute_values(":h", aws_sdk_dynamodb::types::AttributeValue::S(r.hash.clone()))
+            .send()
+            .await
+            .expect("re-hash");
+    }
+    let stored = audit.chain(&id).await.expect("chain");
+    assert_eq!(stored, forged);
+    let brk = verify_chain(&latchkey_tests::audit_key(), &id, &stored).expect_err("re-hashed without the key");
+    assert_eq!((brk.seq, brk.reason), (4, "seal does not match: changed, or sealed with another key"));
 }
 
 /// The table prefix of the system that holds user `id` (the harness picks
@@ -499,7 +525,7 @@ async fn aws_an_unverified_account_replaced_past_its_hold_ends_its_trail() {
     assert!(store.user_by_email(&old.email).await.expect("read").is_some_and(|u| u.id != old.id && u.id != new.id));
 
     let audit = Arc::new(DynamoAuditStore::new(ddb.clone(), &prefix));
-    let processor = Processor::new(audit, AuditPolicy::default(), 400);
+    let processor = Processor::new(audit, latchkey_tests::audit_key(), AuditPolicy::default(), 400);
     let poller = tokio::sync::Mutex::new(StreamPoller::new(&sdk, &prefix));
     let id = old.id.to_string();
     let events = {
@@ -629,7 +655,12 @@ async fn aws_a_reset_during_a_lock_ends_it_in_the_trail() {
     let sdk = latchkey_tests::sdk_config(&latchkey_tests::emulator_endpoint().await).await;
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     let prefix = prefix_holding(&ddb, &id).await;
-    let processor = Processor::new(Arc::new(DynamoAuditStore::new(ddb, &prefix)), AuditPolicy::default(), 400);
+    let processor = Processor::new(
+        Arc::new(DynamoAuditStore::new(ddb, &prefix)),
+        latchkey_tests::audit_key(),
+        AuditPolicy::default(),
+        400,
+    );
     let poller = tokio::sync::Mutex::new(StreamPoller::new(&sdk, &prefix));
     let (poller, processor) = (&poller, &processor);
     let tail = reset_tail(&sys, &id, || async move {

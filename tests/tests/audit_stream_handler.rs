@@ -21,7 +21,7 @@ fn fixture(name: &str) -> Event {
 async fn processor() -> (Processor, SqliteAuditStore) {
     let store = EmbeddedStore::in_memory().expect("store");
     let audit = SqliteAuditStore::open(&store).await.expect("audit");
-    (Processor::new(Arc::new(audit.clone()), AuditPolicy::default(), 400), audit)
+    (Processor::new(Arc::new(audit.clone()), latchkey_tests::audit_key(), AuditPolicy::default(), 400), audit)
 }
 
 async fn events(audit: &SqliteAuditStore) -> Vec<latchkey_core::audit::AuditRecord> {
@@ -56,7 +56,7 @@ async fn a_replayed_batch_adds_nothing() {
         assert!(p.handle(&fixture(name)).await.batch_item_failures.is_empty());
     }
     assert_eq!(events(&audit).await, once);
-    verify_chain(USER, &once).expect("intact");
+    verify_chain(&latchkey_tests::audit_key(), USER, &once).expect("intact");
 }
 
 #[tokio::test]
@@ -116,7 +116,7 @@ async fn the_poller_resumes_from_a_failed_record_and_gives_up_a_poison_one() {
     let chain = events(&audit).await;
     let kinds: Vec<T> = chain.iter().map(|r| r.event).collect();
     assert_eq!(kinds, [T::UserRegistered, T::EmailVerified]);
-    verify_chain(USER, &chain).expect("an intact chain");
+    verify_chain(&latchkey_tests::audit_key(), USER, &chain).expect("an intact chain");
 }
 
 #[tokio::test]

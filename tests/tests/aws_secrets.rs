@@ -107,3 +107,51 @@ async fn secrets_come_from_ssm_parameters() {
     assert!(err.contains("LATCHKEY_ADMIN_KEY_HASH_PARAM") && err.contains(&wrong_name), "{err}");
     assert!(!err.contains(ADMIN_KEY), "the value is not echoed: {err}");
 }
+
+/// The stream processor's audit seal key, read as its `main` reads it: from
+/// the SSM parameter when one is named (it wins over the variable), else
+/// from the variable; a missing parameter, a missing key or a value that is
+/// not a key of 32 bytes or more stop the start with a message naming the
+/// variable and never the value.
+#[tokio::test]
+async fn the_audit_seal_key_comes_from_its_ssm_parameter() {
+    use base64::Engine;
+    let endpoint = latchkey_tests::emulator_endpoint().await;
+    let sdk = latchkey_tests::sdk_config(&endpoint).await;
+    let ssm = aws_sdk_ssm::Client::new(&sdk);
+    let prefix = latchkey_tests::random_prefix();
+    let b64 = |k: [u8; 32]| base64::engine::general_purpose::STANDARD.encode(k);
+    let (stored, plain) = (b64([1; 32]), b64([2; 32]));
+    let name = format!("/{prefix}/audit-seal-key");
+    put(&ssm, &name, &stored).await;
+    let short_name = format!("/{prefix}/audit-short");
+    put(&ssm, &short_name, "c2hvcnQ=").await;
+    let key = |pairs: Vec<(&'static str, String)>| {
+        let sdk = sdk.clone();
+        async move {
+            let config = latchkey_core::config::Config::from_lookup(|k| {
+                pairs.iter().find(|(name, _)| *name == k).map(|(_, v)| v.clone())
+            })
+            .expect("config");
+            latchkey_core::adapters::ssm::audit_key(&config, &sdk).await
+        }
+    };
+    // Which key was read shows in the seal it makes.
+    let seal_of = |k: [u8; 32]| latchkey_core::keys::AuditKey::new(k.to_vec()).expect("key").seal("h");
+    let from_ssm = key(vec![("LATCHKEY_AUDIT_KEY_PARAM", name.clone()), ("LATCHKEY_AUDIT_KEY", plain.clone())])
+        .await
+        .expect("key");
+    assert_eq!(from_ssm.seal("h"), seal_of([1; 32]), "the parameter wins");
+    let from_var = key(vec![("LATCHKEY_AUDIT_KEY", plain.clone())]).await.expect("key");
+    assert_eq!(from_var.seal("h"), seal_of([2; 32]));
+
+    let missing = key(vec![("LATCHKEY_AUDIT_KEY_PARAM", format!("/{prefix}/nope"))]).await.expect_err("missing");
+    assert!(missing.contains(&format!("/{prefix}/nope")), "{missing}");
+    let none = key(vec![]).await.expect_err("no key");
+    assert!(none.contains("LATCHKEY_AUDIT_KEY_PARAM"), "{none}");
+    let short = key(vec![("LATCHKEY_AUDIT_KEY_PARAM", short_name)]).await.expect_err("short");
+    assert!(
+        short.contains("LATCHKEY_AUDIT_KEY") && short.contains("32 bytes") && !short.contains("c2hvcnQ"),
+        "{short}"
+    );
+}

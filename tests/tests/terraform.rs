@@ -28,7 +28,14 @@ const API_KEYS_NOT_ON_LAMBDA: &[&str] = &[
     // and no threads serve HTTP.
     "LATCHKEY_BIND",
     "LATCHKEY_HTTP_THREADS",
+    // The audit seal key is the stream processor's alone: the api reads the
+    // trail and must not be able to re-seal it.
+    AUDIT_KEY.0,
+    AUDIT_KEY.1,
 ];
+
+/// The stream processor's secret, read like the api's (`<KEY>_PARAM`).
+const AUDIT_KEY: (&str, &str) = ("LATCHKEY_AUDIT_KEY", "LATCHKEY_AUDIT_KEY_PARAM");
 
 /// Secrets never go into Lambda's environment: the api gets the name of an
 /// SSM SecureString parameter instead (`<KEY>_PARAM`) and reads it at cold
@@ -44,7 +51,7 @@ const SECRET_KEYS: &[(&str, &str)] = &[
 const WORKER_CONFIG_KEYS: &[&str] = latchkey_mail_worker::config::CONFIG_KEYS;
 
 /// The variables the stream-processor reads.
-const PROCESSOR_CONFIG_KEYS: &[&str] = &["LATCHKEY_TABLE_PREFIX", "LATCHKEY_AUDIT_RETENTION_DAYS"];
+const PROCESSOR_CONFIG_KEYS: &[&str] = &["LATCHKEY_TABLE_PREFIX", "LATCHKEY_AUDIT_RETENTION_DAYS", AUDIT_KEY.1];
 
 /// Read by all three functions where they load their AWS configuration
 /// (core's `aws_calls::lambda_sdk_config`), outside their config parsers.
@@ -449,7 +456,7 @@ fn functions_get_the_config_keys_their_code_reads() {
     let ctx = tf.context(&[]);
 
     // The lists above must stay in step with core.
-    let secrets: BTreeSet<&str> = SECRET_KEYS.iter().map(|(k, _)| *k).collect();
+    let secrets: BTreeSet<&str> = SECRET_KEYS.iter().map(|(k, _)| *k).chain([AUDIT_KEY.0]).collect();
     for k in API_KEYS_NOT_ON_LAMBDA.iter().chain(&secrets) {
         assert!(CONFIG_KEYS.contains(k), "{k} is no longer in latchkey_core::config::CONFIG_KEYS: update this test");
     }
@@ -478,6 +485,13 @@ fn functions_get_the_config_keys_their_code_reads() {
             assert!(env.contains_key(*key), "{suffix}: environment lacks {key}");
         }
     }
+    let (_, processor) = function(&tf, &ctx, PROCESSOR_FN.0);
+    let r = reference(&function_env(processor, PROCESSOR_FN.0)[AUDIT_KEY.1]);
+    assert!(
+        matches!(&r, Some((ty, _, field)) if ty == "aws_ssm_parameter" && field == "name"),
+        "stream-processor: {} must be an aws_ssm_parameter's name, got {r:?}",
+        AUDIT_KEY.1
+    );
     for (suffix, _) in [API_FN, WORKER_FN, PROCESSOR_FN] {
         let (_, f) = function(&tf, &ctx, suffix);
         let env = function_env(f, suffix);
@@ -725,6 +739,36 @@ fn iam_statements_name_actions_and_resources() {
     for (sid, _) in WILDCARD_RESOURCE_ALLOWED {
         assert!(wildcard_sids_seen.contains(*sid), "WILDCARD_RESOURCE_ALLOWED lists {sid}, which no statement uses");
     }
+}
+
+/// The audit seal key's parameter is readable by the stream processor's
+/// role and no other: the api reads the trail and must not be able to
+/// re-seal it.
+#[test]
+fn only_the_stream_processor_may_read_the_audit_seal_key() {
+    let tf = Terraform::load();
+    let ctx = tf.context(&[]);
+    let (_, processor) = function(&tf, &ctx, PROCESSOR_FN.0);
+    let Some((_, label, _)) = reference(&function_env(processor, PROCESSOR_FN.0)[AUDIT_KEY.1]) else {
+        panic!("stream-processor: {} must reference an SSM parameter", AUDIT_KEY.1)
+    };
+    let arn = format!("aws_ssm_parameter.{label}.arn");
+    let readers: Vec<&str> = tf
+        .of_kind("data", "aws_iam_policy_document")
+        .filter(|(_, body)| hcl::format::to_string(*body).expect("format policy").contains(&arn))
+        .map(|(doc, _)| doc)
+        .collect();
+    let role_policy = tf
+        .resources("aws_iam_role_policy")
+        .find(|(_, b)| {
+            let role = attr(b, "role").and_then(reference);
+            let (_, role_of_fn, _) =
+                reference(attr(processor, "role").expect("stream-processor: role")).expect("a role");
+            role.is_some_and(|(_, l, _)| l == role_of_fn)
+        })
+        .map(|(_, b)| policy_document_name(attr(b, "policy").expect("policy")).expect("a policy document"))
+        .expect("the stream processor's role policy");
+    assert_eq!(readers, [role_policy.as_str()], "policy documents granting {arn}");
 }
 
 /// A role that calls a table encrypted with a customer managed key needs

@@ -1,9 +1,12 @@
 //! The per-subject hash chain: each record carries the hash of the record
 //! before it, so editing, removing or reordering a stored record shows up
-//! at that record.
+//! at that record, and a seal (an HMAC under the audit key) over its own
+//! hash, so the chain cannot be recomputed by whoever can only write the
+//! store.
 
 use super::AuditRecord;
 use crate::clock::Timestamp;
+use crate::keys::AuditKey;
 use sha2::{Digest, Sha256};
 
 /// The `prev_hash` of a subject's first record.
@@ -45,12 +48,21 @@ pub struct ChainBreak {
     pub reason: &'static str,
 }
 
+/// What a chain that holds is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainReport {
+    pub records: usize,
+    /// Records without a seal: written before the trail was sealed, and
+    /// accepted only as [`verify_chain_at`] says.
+    pub unsealed: usize,
+}
+
 /// Checks a subject's records, oldest first, as if none had reached its
-/// `expires_at` (see [`verify_chain_at`]). Records removed by retention
-/// leave the oldest remaining record as the anchor: its `prev_hash` cannot
-/// be checked, everything after it is.
-pub fn verify_chain(subject: &str, records: &[AuditRecord]) -> Result<(), ChainBreak> {
-    verify_chain_at(subject, records, Timestamp::MIN)
+/// `expires_at`, every one sealed with `key` (see [`verify_chain_at`]).
+/// Records removed by retention leave the oldest remaining record as the
+/// anchor: its `prev_hash` cannot be checked, everything after it is.
+pub fn verify_chain(key: &AuditKey, subject: &str, records: &[AuditRecord]) -> Result<ChainReport, ChainBreak> {
+    verify_chain_at(key, subject, records, Timestamp::MIN, Timestamp::MIN)
 }
 
 /// [`verify_chain`] at `now`. DynamoDB's TTL deletes expired records in no
@@ -60,16 +72,40 @@ pub fn verify_chain(subject: &str, records: &[AuditRecord]) -> Result<(), ChainB
 /// anchor. A record's `expires_at` is never earlier than its
 /// predecessor's, so whatever is missing there expired no later than the
 /// next record, and a gap after a record still live is a break. Every
-/// record's own hash is checked, expired or not.
-pub fn verify_chain_at(subject: &str, records: &[AuditRecord], now: Timestamp) -> Result<(), ChainBreak> {
+/// record's own hash and seal are checked, expired or not.
+///
+/// A record without a seal passes only if it was made before
+/// `unsealed_before` (when the trail began to be sealed: `Timestamp::MIN`
+/// for a trail sealed from its start) and no sealed record comes before it
+/// in the chain. A seal cannot be taken off the records after a sealed
+/// one, and the hashes alone, which anyone who can write the store can
+/// recompute, vouch only for records older than the seal.
+pub fn verify_chain_at(
+    key: &AuditKey,
+    subject: &str,
+    records: &[AuditRecord],
+    now: Timestamp,
+    unsealed_before: Timestamp,
+) -> Result<ChainReport, ChainBreak> {
     let brk = |seq, reason| ChainBreak { subject: subject.to_string(), seq, reason };
     let mut prev: Option<&AuditRecord> = None;
+    let mut sealed_seen = false;
+    let mut unsealed = 0;
     for r in records {
         if r.subject != subject {
             return Err(brk(r.seq, "record belongs to another subject"));
         }
         if record_hash(r) != r.hash {
             return Err(brk(r.seq, "record content does not match its hash"));
+        }
+        match &r.seal {
+            Some(seal) if !key.verifies(&r.hash, seal) => {
+                return Err(brk(r.seq, "seal does not match: changed, or sealed with another key"));
+            }
+            Some(_) => sealed_seen = true,
+            None if sealed_seen => return Err(brk(r.seq, "record is not sealed, after a sealed one")),
+            None if r.at >= unsealed_before => return Err(brk(r.seq, "record is not sealed")),
+            None => unsealed += 1,
         }
         match prev {
             None if r.seq == 1 && r.prev_hash != GENESIS_HASH => {
@@ -85,13 +121,17 @@ pub fn verify_chain_at(subject: &str, records: &[AuditRecord], now: Timestamp) -
         }
         prev = Some(r);
     }
-    Ok(())
+    Ok(ChainReport { records: records.len(), unsealed })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::audit::{AuditEvent, AuditEventType, Outcome};
+
+    fn key() -> AuditKey {
+        AuditKey::new(vec![9; 32]).unwrap()
+    }
 
     fn ev(i: u32) -> AuditEvent {
         AuditEvent {
@@ -112,17 +152,33 @@ mod tests {
         let mut out: Vec<AuditRecord> = Vec::new();
         for i in 0..n {
             let prev = out.last().map_or(GENESIS_HASH.to_string(), |r| r.hash.clone());
-            out.push(AuditRecord::chained(&ev(i), u64::from(i) + 1, &prev, 2_000_000_000 + i64::from(i)));
+            out.push(AuditRecord::chained(&ev(i), u64::from(i) + 1, &prev, 2_000_000_000 + i64::from(i), &key()));
         }
         out
+    }
+
+    /// What someone who can write the store but has no key can do: put a
+    /// chain's hashes right after changing it, with or without seals.
+    fn rehash(records: &mut [AuditRecord], seal: impl Fn(&str) -> Option<String>) {
+        let mut prev = records.first().map(|r| r.prev_hash.clone()).unwrap_or_default();
+        for r in records.iter_mut() {
+            r.prev_hash = prev;
+            r.hash = record_hash(r);
+            r.seal = seal(&r.hash);
+            prev = r.hash.clone();
+        }
+    }
+
+    fn unsealed(records: &mut [AuditRecord]) {
+        rehash(records, |_| None);
     }
 
     #[test]
     fn an_intact_chain_verifies_and_an_edit_breaks_it_there() {
         let mut c = chain(4);
-        assert_eq!(verify_chain("u1", &c), Ok(()));
+        assert_eq!(verify_chain(&key(), "u1", &c), Ok(ChainReport { records: 4, unsealed: 0 }));
         c[2].ip = Some("198.51.100.1".into());
-        let e = verify_chain("u1", &c).unwrap_err();
+        let e = verify_chain(&key(), "u1", &c).unwrap_err();
         assert_eq!((e.seq, e.reason), (3, "record content does not match its hash"));
     }
 
@@ -130,20 +186,76 @@ mod tests {
     fn a_removed_or_rehashed_record_breaks_the_next_link() {
         let mut c = chain(4);
         c.remove(1);
-        assert_eq!(verify_chain("u1", &c).unwrap_err().seq, 3);
+        assert_eq!(verify_chain(&key(), "u1", &c).unwrap_err().seq, 3);
         let mut c = chain(4);
         // An attacker who recomputes the edited record's own hash still
         // breaks the link after it.
         c[1].reason = None;
         c[1].hash = record_hash(&c[1]);
-        let e = verify_chain("u1", &c).unwrap_err();
+        c[1].seal = Some(key().seal(&c[1].hash));
+        let e = verify_chain(&key(), "u1", &c).unwrap_err();
         assert_eq!((e.seq, e.reason), (3, "prev_hash does not match the previous record"));
+    }
+
+    /// The attack a live probe made on the unsealed chain: records removed
+    /// from the middle and every hash after them recomputed. The hashes
+    /// hold again; the seals, which need the key, do not.
+    #[test]
+    fn a_chain_rehashed_without_the_key_is_refused_at_the_first_change() {
+        let mut c = chain(6);
+        c.drain(1..4);
+        for r in &mut c[1..] {
+            r.seq -= 3;
+        }
+        let mut forged = c.clone();
+        rehash(&mut forged[1..], |h| Some(AuditKey::new(vec![1; 32]).unwrap().seal(h)));
+        let e = verify_chain(&key(), "u1", &forged).unwrap_err();
+        assert_eq!((e.seq, e.reason), (2, "seal does not match: changed, or sealed with another key"));
+        // The seals left as they were match the old hashes only.
+        let mut kept = c.clone();
+        let seals: Vec<_> = kept.iter().map(|r| r.seal.clone()).collect();
+        rehash(&mut kept[1..], |_| None);
+        for (r, s) in kept.iter_mut().zip(seals) {
+            r.seal = s;
+        }
+        assert_eq!(verify_chain(&key(), "u1", &kept).unwrap_err().seq, 2);
+        // Without seals, after a sealed record: refused too.
+        unsealed(&mut c[1..]);
+        let e = verify_chain(&key(), "u1", &c).unwrap_err();
+        assert_eq!((e.seq, e.reason), (2, "record is not sealed, after a sealed one"));
+    }
+
+    /// A trail from before the seal: its records pass without one only if
+    /// made before the cut-over the verifier is given, and only ahead of
+    /// the chain's first sealed record.
+    #[test]
+    fn unsealed_records_pass_only_before_the_cut_over() {
+        let mut c = chain(4);
+        unsealed(&mut c[..2]);
+        // Record 3's link to the rehashed record 2 is what it was: chain()
+        // and rehash hash the same fields.
+        let cut = c[2].at;
+        assert_eq!(verify_chain_at(&key(), "u1", &c, Timestamp::MIN, cut), Ok(ChainReport { records: 4, unsealed: 2 }));
+        let e = verify_chain_at(&key(), "u1", &c, Timestamp::MIN, c[1].at).unwrap_err();
+        assert_eq!((e.seq, e.reason), (2, "record is not sealed"));
+        assert_eq!(verify_chain(&key(), "u1", &c).unwrap_err().seq, 1);
+        // Stripping the seals off a whole chain needs every record dated
+        // before the cut-over: the same check.
+        let mut all = chain(3);
+        unsealed(&mut all);
+        assert_eq!(verify_chain_at(&key(), "u1", &all, Timestamp::MIN, all[1].at).unwrap_err().seq, 2);
+    }
+
+    #[test]
+    fn another_key_verifies_nothing() {
+        let e = verify_chain(&AuditKey::new(vec![8; 32]).unwrap(), "u1", &chain(2)).unwrap_err();
+        assert_eq!((e.seq, e.reason), (1, "seal does not match: changed, or sealed with another key"));
     }
 
     #[test]
     fn retention_leaves_a_valid_anchor() {
         let c = chain(5);
-        assert_eq!(verify_chain("u1", &c[2..]), Ok(()));
+        assert!(verify_chain(&key(), "u1", &c[2..]).is_ok());
     }
 
     /// The TTL took record 3 before record 2, both past their expiry: no
@@ -153,12 +265,13 @@ mod tests {
         let mut c = chain(5);
         c.remove(2);
         let exp2 = c[1].expires_at;
-        assert_eq!(verify_chain_at("u1", &c, exp2), Ok(()));
-        assert_eq!(verify_chain_at("u1", &c, exp2 - 1).unwrap_err().seq, 4);
-        assert_eq!(verify_chain("u1", &c).unwrap_err().seq, 4);
+        let at = |now| verify_chain_at(&key(), "u1", &c, now, Timestamp::MIN);
+        assert!(at(exp2).is_ok());
+        assert_eq!(at(exp2 - 1).unwrap_err().seq, 4);
+        assert_eq!(verify_chain(&key(), "u1", &c).unwrap_err().seq, 4);
         // An expired record's own content is still checked.
         c[1].ip = None;
-        let e = verify_chain_at("u1", &c, exp2).unwrap_err();
+        let e = verify_chain_at(&key(), "u1", &c, exp2, Timestamp::MIN).unwrap_err();
         assert_eq!((e.seq, e.reason), (2, "record content does not match its hash"));
     }
 }

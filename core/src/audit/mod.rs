@@ -15,11 +15,12 @@ mod mapping;
 mod store;
 
 pub use admin_key::AdminKeyHash;
-pub use chain::{ChainBreak, GENESIS_HASH, record_hash, verify_chain, verify_chain_at};
+pub use chain::{ChainBreak, ChainReport, GENESIS_HASH, record_hash, verify_chain, verify_chain_at};
 pub use mapping::{AuditPolicy, Images, SourceChange, audit_events, mail_failure_code, otp_subject};
 pub use store::{AuditPage, AuditStore, DayCount, day_of, day_string, parse_day};
 
 use crate::clock::Timestamp;
+use crate::keys::AuditKey;
 use serde::{Deserialize, Serialize};
 
 /// The kinds of security event.
@@ -186,13 +187,18 @@ pub struct AuditRecord {
     pub expires_at: Timestamp,
     /// The previous record's `hash` ([`GENESIS_HASH`] for seq 1).
     pub prev_hash: String,
-    /// SHA-256 over every other field, hex.
+    /// SHA-256 over every other field but `seal`, hex.
     pub hash: String,
+    /// The audit key's MAC over `hash` (`AuditKey::seal`), hex. `None` only
+    /// on records written before the trail was sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
 }
 
 impl AuditRecord {
-    /// `event` as link `seq` after a record whose hash is `prev_hash`.
-    pub fn chained(event: &AuditEvent, seq: u64, prev_hash: &str, expires_at: Timestamp) -> Self {
+    /// `event` as link `seq` after a record whose hash is `prev_hash`,
+    /// sealed with `key`.
+    pub fn chained(event: &AuditEvent, seq: u64, prev_hash: &str, expires_at: Timestamp, key: &AuditKey) -> Self {
         let mut r = AuditRecord {
             subject: event.subject.clone(),
             seq,
@@ -208,8 +214,10 @@ impl AuditRecord {
             expires_at,
             prev_hash: prev_hash.to_string(),
             hash: String::new(),
+            seal: None,
         };
         r.hash = record_hash(&r);
+        r.seal = Some(key.seal(&r.hash));
         r
     }
 }

@@ -2,6 +2,7 @@
 
 use super::{AuditEvent, AuditEventType, AuditRecord};
 use crate::clock::Timestamp;
+use crate::keys::AuditKey;
 use crate::ports::StoreResult;
 use async_trait::async_trait;
 
@@ -39,9 +40,11 @@ pub struct DayCount {
 /// - an unknown subject lists as an empty page, never an error.
 #[async_trait]
 pub trait AuditStore: Send + Sync {
-    /// Appends `event` to its subject's chain, to expire at `expires_at` or
-    /// later. `Ok(true)` if it was added.
-    async fn append(&self, event: &AuditEvent, expires_at: Timestamp) -> StoreResult<bool>;
+    /// Appends `event` to its subject's chain, sealed with `key`, to expire
+    /// at `expires_at` or later. `Ok(true)` if it was added. The key is
+    /// the caller's: only the trail's writer holds it, not every reader of
+    /// the store.
+    async fn append(&self, key: &AuditKey, event: &AuditEvent, expires_at: Timestamp) -> StoreResult<bool>;
 
     /// Up to `limit` records of `subject` with `seq < before` (all if
     /// `None`), newest first.

@@ -12,6 +12,7 @@ use crate::audit::{
     AuditEvent, AuditEventType, AuditPage, AuditRecord, AuditStore, DayCount, GENESIS_HASH, day_of, day_string,
 };
 use crate::clock::Timestamp;
+use crate::keys::AuditKey;
 use crate::ports::StoreResult;
 use crate::tables;
 use async_trait::async_trait;
@@ -144,7 +145,7 @@ fn put(
 
 #[async_trait]
 impl AuditStore for DynamoAuditStore {
-    async fn append(&self, event: &AuditEvent, expires_at: Timestamp) -> StoreResult<bool> {
+    async fn append(&self, key: &AuditKey, event: &AuditEvent, expires_at: Timestamp) -> StoreResult<bool> {
         for _ in 0..APPEND_ATTEMPTS {
             let head = self.head(&event.subject).await?;
             let (seq, prev, head_expires) = match &head {
@@ -159,7 +160,7 @@ impl AuditStore for DynamoAuditStore {
             // a later record while an earlier one stays, which would read
             // as a break (see `AuditStore::append`).
             let expires_at = head_expires.map_or(expires_at, |h| h.max(expires_at));
-            let rec = AuditRecord::chained(event, seq + 1, &prev, expires_at);
+            let rec = AuditRecord::chained(event, seq + 1, &prev, expires_at, key);
             let ttl = n(expires_at);
 
             let marker: Item = [

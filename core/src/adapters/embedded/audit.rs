@@ -13,6 +13,7 @@ use crate::audit::{
     SourceChange, audit_events, day_of,
 };
 use crate::clock::Timestamp;
+use crate::keys::AuditKey;
 use crate::ports::StoreResult;
 use async_trait::async_trait;
 use rusqlite::OptionalExtension;
@@ -91,13 +92,19 @@ impl SqliteAuditStore {
     /// them) and the audit trail is their only reader, so they are kept no
     /// longer than it needs them. `seq` is AUTOINCREMENT, so an emptied
     /// table never hands out a number at or below the checkpoint again.
-    pub async fn apply_batch(&self, events: Vec<(AuditEvent, Timestamp)>, seq: i64) -> StoreResult<usize> {
+    pub async fn apply_batch(
+        &self,
+        key: &AuditKey,
+        events: Vec<(AuditEvent, Timestamp)>,
+        seq: i64,
+    ) -> StoreResult<usize> {
+        let key = key.clone();
         self.store
             .db()
             .tx(move |tx| {
                 let mut added = 0;
                 for (event, expires_at) in &events {
-                    added += usize::from(append_in(tx, event, *expires_at)?);
+                    added += usize::from(append_in(tx, &key, event, *expires_at)?);
                 }
                 write_checkpoint(tx, seq)?;
                 tx.prepare_cached("DELETE FROM changes WHERE seq <= ?1")?.execute([seq])?;
@@ -126,10 +133,15 @@ fn write_checkpoint(tx: &rusqlite::Connection, seq: i64) -> StoreResult<()> {
     Ok(())
 }
 
-/// Appends `event` to its subject's hash chain inside `tx`, unless an event
-/// with its id is already there (appends are idempotent). Returns whether
-/// it was added.
-fn append_in(tx: &rusqlite::Connection, event: &AuditEvent, expires_at: Timestamp) -> StoreResult<bool> {
+/// Appends `event` to its subject's hash chain inside `tx`, sealed with
+/// `key`, unless an event with its id is already there (appends are
+/// idempotent). Returns whether it was added.
+fn append_in(
+    tx: &rusqlite::Connection,
+    key: &AuditKey,
+    event: &AuditEvent,
+    expires_at: Timestamp,
+) -> StoreResult<bool> {
     if tx.prepare_cached("SELECT 1 FROM audit_records WHERE event_id = ?1")?.exists([&event.event_id])? {
         return Ok(false);
     }
@@ -146,7 +158,7 @@ fn append_in(tx: &rusqlite::Connection, event: &AuditEvent, expires_at: Timestam
     // Never before the record it follows (see `AuditStore::append`).
     let expires_at = head_expires.map_or(expires_at, |h| h.max(expires_at));
     let seq = u64::try_from(seq).map_err(StoreError::internal)? + 1;
-    let rec = AuditRecord::chained(event, seq, &prev, expires_at);
+    let rec = AuditRecord::chained(event, seq, &prev, expires_at, key);
     let json = serde_json::to_string(&rec).map_err(StoreError::internal)?;
     let seq_i = i64::try_from(seq).map_err(StoreError::internal)?;
     tx.prepare_cached(
@@ -176,9 +188,9 @@ fn parse_record(json: &str) -> StoreResult<AuditRecord> {
 
 #[async_trait]
 impl AuditStore for SqliteAuditStore {
-    async fn append(&self, event: &AuditEvent, expires_at: Timestamp) -> StoreResult<bool> {
-        let event = event.clone();
-        self.store.db().tx(move |tx| append_in(tx, &event, expires_at)).await
+    async fn append(&self, key: &AuditKey, event: &AuditEvent, expires_at: Timestamp) -> StoreResult<bool> {
+        let (key, event) = (key.clone(), event.clone());
+        self.store.db().tx(move |tx| append_in(tx, &key, &event, expires_at)).await
     }
 
     async fn list(&self, subject: &str, before: Option<u64>, limit: u32) -> StoreResult<AuditPage> {
@@ -267,10 +279,11 @@ pub fn source_change(c: &Change) -> StoreResult<SourceChange> {
 /// the checkpoint and deletes the applied rows, one transaction per batch
 /// of up to [`FEED_BATCH`] changes. A row that does not decode is logged and skipped (it must not
 /// block the feed); a storage error stops the round, and the next round
-/// repeats that batch. Returns the events added.
+/// repeats that batch. Returns the events added, each sealed with `key`.
 pub async fn drain_change_feed(
     store: &EmbeddedStore,
     audit: &SqliteAuditStore,
+    key: &AuditKey,
     policy: &AuditPolicy,
     retention_secs: i64,
 ) -> StoreResult<usize> {
@@ -290,7 +303,7 @@ pub async fn drain_change_feed(
                 Err(e) => tracing::error!(seq = c.seq, error = %e, "change feed row does not decode; skipped"),
             }
         }
-        added += audit.apply_batch(events, last).await?;
+        added += audit.apply_batch(key, events, last).await?;
         if batch.len() < FEED_BATCH {
             return Ok(added); // that was the tail of the feed
         }
@@ -306,6 +319,7 @@ pub async fn drain_change_feed(
 pub fn spawn_audit_feed(
     store: EmbeddedStore,
     audit: SqliteAuditStore,
+    key: AuditKey,
     policy: AuditPolicy,
     retention_secs: i64,
 ) -> tokio::task::JoinHandle<()> {
@@ -314,7 +328,7 @@ pub fn spawn_audit_feed(
         let mut next_purge = tokio::time::Instant::now();
         loop {
             let round = async {
-                drain_change_feed(&store, &audit, &policy, retention_secs).await?;
+                drain_change_feed(&store, &audit, &key, &policy, retention_secs).await?;
                 if tokio::time::Instant::now() >= next_purge {
                     audit.purge_expired(store.db().now()).await?;
                     // Its removals wake this loop for the next round.
@@ -345,7 +359,7 @@ pub fn spawn_audit_feed(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{T0, challenge, store, user};
+    use super::super::test_support::{T0, challenge, key, store, user};
     use super::*;
     use crate::audit::{AuditEventType as T, verify_chain};
     use crate::domain::{User, VerificationRecord};
@@ -378,7 +392,7 @@ mod tests {
         let audit = SqliteAuditStore::open(&s).await.unwrap();
         let u = registered(&s).await;
         let policy = AuditPolicy::default();
-        let added = drain_change_feed(&s, &audit, &policy, RETENTION).await.unwrap();
+        let added = drain_change_feed(&s, &audit, &key(), &policy, RETENTION).await.unwrap();
         assert_eq!(added, 5);
         let chain = audit.chain(&u.id.to_string()).await.unwrap();
         let kinds: Vec<T> = chain.iter().map(|r| r.event).collect();
@@ -388,11 +402,11 @@ mod tests {
         );
         assert_eq!(chain[4].attempts_left, Some(5));
         assert_eq!(chain[0].expires_at, T0 + RETENTION);
-        verify_chain(&u.id.to_string(), &chain).unwrap();
+        verify_chain(&key(), &u.id.to_string(), &chain).unwrap();
 
         // A replay of the whole feed adds nothing.
         audit.set_checkpoint(0).await.unwrap();
-        assert_eq!(drain_change_feed(&s, &audit, &policy, RETENTION).await.unwrap(), 0);
+        assert_eq!(drain_change_feed(&s, &audit, &key(), &policy, RETENTION).await.unwrap(), 0);
         assert_eq!(audit.chain(&u.id.to_string()).await.unwrap(), chain);
 
         let day = day_of(T0);
@@ -404,7 +418,7 @@ mod tests {
     async fn the_spawned_feed_is_woken_by_a_commit_not_by_its_timer() {
         let (s, _) = store();
         let audit = SqliteAuditStore::open(&s).await.unwrap();
-        let feed = spawn_audit_feed(s.clone(), audit.clone(), AuditPolicy::default(), RETENTION);
+        let feed = spawn_audit_feed(s.clone(), audit.clone(), key(), AuditPolicy::default(), RETENTION);
         // Let it find the feed empty and go to sleep.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let woke = tokio::time::Instant::now();
@@ -425,7 +439,7 @@ mod tests {
         // The driver's own commits write no change rows, so they must not
         // signal it (or it would wake itself forever).
         let _ = s.db().changes_ready_pending(); // take any wake-up left by the user's commits
-        audit.apply_batch(Vec::new(), 1_000_000).await.unwrap();
+        audit.apply_batch(&key(), Vec::new(), 1_000_000).await.unwrap();
         audit.purge_expired(T0).await.unwrap();
         assert!(!s.db().changes_ready_pending(), "a commit without change rows signalled the feed");
         registered(&s).await;
@@ -444,7 +458,7 @@ mod tests {
         let first = registered(&s).await;
         let written = feed_seqs(&s).await.len();
         assert!(written >= 5, "{written}");
-        drain_change_feed(&s, &audit, &policy, RETENTION).await.unwrap();
+        drain_change_feed(&s, &audit, &key(), &policy, RETENTION).await.unwrap();
         let handled = audit.checkpoint().await.unwrap();
         assert!(feed_seqs(&s).await.is_empty(), "the applied rows (old password hashes among them) are gone");
 
@@ -463,10 +477,10 @@ mod tests {
             })
             .await
             .unwrap();
-        assert!(drain_change_feed(&s, &audit, &policy, RETENTION).await.is_err());
+        assert!(drain_change_feed(&s, &audit, &key(), &policy, RETENTION).await.is_err());
         assert_eq!((feed_seqs(&s).await, audit.checkpoint().await.unwrap()), (pending, handled));
         s.db().tx(|tx| Ok(tx.execute_batch("DROP TRIGGER audit_down;")?)).await.unwrap();
-        assert_eq!(drain_change_feed(&s, &audit, &policy, RETENTION).await.unwrap(), 5);
+        assert_eq!(drain_change_feed(&s, &audit, &key(), &policy, RETENTION).await.unwrap(), 5);
         assert!(feed_seqs(&s).await.is_empty());
         for u in [first, second] {
             assert_eq!(audit.chain(&u.id.to_string()).await.unwrap().len(), 5);
@@ -493,7 +507,7 @@ mod tests {
             user_agent: None,
         };
         for (i, expires) in [(1, T0 + 200), (2, T0 + 100), (3, T0 + 300)] {
-            assert!(audit.append(&event(i), expires).await.unwrap());
+            assert!(audit.append(&key(), &event(i), expires).await.unwrap());
         }
         let chain = audit.chain("u1").await.unwrap();
         assert_eq!(chain.iter().map(|r| r.expires_at).collect::<Vec<_>>(), [T0 + 200, T0 + 200, T0 + 300]);
@@ -502,7 +516,7 @@ mod tests {
         audit.purge_expired(T0 + 200).await.unwrap();
         let rest = audit.chain("u1").await.unwrap();
         assert_eq!(rest.iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
-        verify_chain("u1", &rest).unwrap();
+        verify_chain(&key(), "u1", &rest).unwrap();
     }
 
     #[tokio::test]
@@ -510,7 +524,7 @@ mod tests {
         let (s, _) = store();
         let audit = SqliteAuditStore::open(&s).await.unwrap();
         let u = registered(&s).await;
-        drain_change_feed(&s, &audit, &AuditPolicy::default(), RETENTION).await.unwrap();
+        drain_change_feed(&s, &audit, &key(), &AuditPolicy::default(), RETENTION).await.unwrap();
         let subject = u.id.to_string();
         let p1 = audit.list(&subject, None, 2).await.unwrap();
         assert_eq!(p1.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [5, 4]);
@@ -526,7 +540,7 @@ mod tests {
         let (s, _) = store();
         let audit = SqliteAuditStore::open(&s).await.unwrap();
         let u = registered(&s).await;
-        drain_change_feed(&s, &audit, &AuditPolicy::default(), RETENTION).await.unwrap();
+        drain_change_feed(&s, &audit, &key(), &AuditPolicy::default(), RETENTION).await.unwrap();
         let subject = u.id.to_string();
         let sub = subject.clone();
         audit
@@ -542,8 +556,68 @@ mod tests {
             })
             .await
             .unwrap();
-        let e = verify_chain(&subject, &audit.chain(&subject).await.unwrap()).unwrap_err();
+        let e = verify_chain(&key(), &subject, &audit.chain(&subject).await.unwrap()).unwrap_err();
         assert_eq!(e.seq, 3);
+    }
+
+    /// The attack a live probe made on a copy of an unsealed trail, on the
+    /// database itself: three records removed, the rest renumbered and
+    /// re-hashed, the head moved to the new last record. The hashes hold
+    /// again; the seals cannot follow without the key.
+    #[tokio::test]
+    async fn records_removed_and_the_rest_rehashed_in_the_database_are_found() {
+        let (s, _) = store();
+        let audit = SqliteAuditStore::open(&s).await.unwrap();
+        let u = registered(&s).await;
+        drain_change_feed(&s, &audit, &key(), &AuditPolicy::default(), RETENTION).await.unwrap();
+        let subject = u.id.to_string();
+        let mut forged = audit.chain(&subject).await.unwrap();
+        forged.drain(1..4);
+        let mut prev = forged[0].hash.clone();
+        for (seq, r) in (2..).zip(forged.iter_mut().skip(1)) {
+            (r.seq, r.prev_hash) = (seq, prev);
+            r.hash = crate::audit::record_hash(r);
+            prev = r.hash.clone();
+        }
+        let (rows, sub) = (forged.clone(), subject.clone());
+        audit
+            .raw()
+            .db()
+            .tx(move |tx| {
+                tx.execute("DELETE FROM audit_records WHERE subject = ?1 AND seq > 1", [&sub])?;
+                for r in &rows[1..] {
+                    tx.execute(
+                        "INSERT INTO audit_records (subject, seq, event_id, event, day, expires_at, record) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        rusqlite::params![
+                            r.subject,
+                            r.seq as i64,
+                            r.event_id,
+                            r.event.as_str(),
+                            day_of(r.at),
+                            r.expires_at,
+                            serde_json::to_string(r).unwrap()
+                        ],
+                    )?;
+                }
+                let last = rows.last().unwrap();
+                tx.execute(
+                    "UPDATE audit_heads SET seq = ?2, hash = ?3 WHERE subject = ?1",
+                    rusqlite::params![sub, last.seq as i64, last.hash],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let stored = audit.chain(&subject).await.unwrap();
+        assert_eq!(stored, forged);
+        let e = verify_chain(&key(), &subject, &stored).unwrap_err();
+        assert_eq!((e.seq, e.reason), (2, "seal does not match: changed, or sealed with another key"));
+        // The links alone hold: what the trail could not tell before it
+        // was sealed.
+        let unsealed: Vec<_> = stored.into_iter().map(|r| AuditRecord { seal: None, ..r }).collect();
+        let report = crate::audit::verify_chain_at(&key(), &subject, &unsealed, Timestamp::MIN, Timestamp::MAX);
+        assert_eq!(report.map(|r| (r.records, r.unsealed)), Ok((2, 2)));
     }
 
     #[tokio::test]
@@ -562,7 +636,7 @@ mod tests {
             .await
             .unwrap();
         let u = registered(&s).await;
-        assert_eq!(drain_change_feed(&s, &audit, &AuditPolicy::default(), 10).await.unwrap(), 5);
+        assert_eq!(drain_change_feed(&s, &audit, &key(), &AuditPolicy::default(), 10).await.unwrap(), 5);
         assert_eq!(audit.purge_expired(T0 + 10).await.unwrap(), 5);
         assert!(audit.chain(&u.id.to_string()).await.unwrap().is_empty());
     }

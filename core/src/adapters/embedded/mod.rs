@@ -419,6 +419,11 @@ pub(crate) mod test_support {
 
     pub const T0: i64 = 1_700_000_000;
 
+    /// The audit key the tests seal and verify with.
+    pub fn key() -> crate::keys::AuditKey {
+        crate::keys::AuditKey::new(vec![5; 32]).unwrap()
+    }
+
     /// A new unverified user made at `T0`, as registration builds it.
     pub fn user(name: &str, email: &str) -> User {
         User {

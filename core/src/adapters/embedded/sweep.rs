@@ -121,7 +121,7 @@ impl EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::super::audit::{SqliteAuditStore, drain_change_feed};
-    use super::super::test_support::{T0, TempDir, challenge, store, user};
+    use super::super::test_support::{T0, TempDir, challenge, key, store, user};
     use super::*;
     use crate::audit::{AuditEventType as T, AuditPolicy, AuditStore, otp_subject, verify_chain};
     use crate::domain::{Challenge, Email, OtpRecord, Session, SessionId, User, VerificationRecord};
@@ -190,7 +190,7 @@ mod tests {
         let audit = SqliteAuditStore::open(&s).await.unwrap();
         let policy = AuditPolicy::default();
         let (u, v, [unused, used], session, otp) = records(&s).await;
-        drain_change_feed(&s, &audit, &policy, 400 * DAY).await.unwrap();
+        drain_change_feed(&s, &audit, &key(), &policy, 400 * DAY).await.unwrap();
         let subject = u.id.to_string();
         let before = kinds(&audit.chain(&subject).await.unwrap());
         assert_eq!(
@@ -226,7 +226,7 @@ mod tests {
         assert!(feed.iter().all(|c| c.by_ttl && c.op == super::super::ChangeOp::Remove && c.new.is_none()));
         assert!(feed.iter().all(|c| super::super::audit::source_change(c).unwrap().expired_by_ttl));
 
-        drain_change_feed(&s, &audit, &policy, 400 * DAY).await.unwrap();
+        drain_change_feed(&s, &audit, &key(), &policy, 400 * DAY).await.unwrap();
         let chain = audit.chain(&subject).await.unwrap();
         // The used code expires with no event; the unused one and the link do.
         assert_eq!(kinds(&chain[before.len()..]), [T::VerificationExpired, T::CodeExpired]);
@@ -235,10 +235,10 @@ mod tests {
 
         clock.advance(1);
         assert_eq!(s.sweep_expired().await.unwrap(), Swept { sessions: 1, ..Swept::default() });
-        drain_change_feed(&s, &audit, &policy, 400 * DAY).await.unwrap();
+        drain_change_feed(&s, &audit, &key(), &policy, 400 * DAY).await.unwrap();
         let chain = audit.chain(&subject).await.unwrap();
         assert_eq!(chain.last().map(|r| r.event), Some(T::SessionExpired));
-        verify_chain(&subject, &chain).unwrap();
+        verify_chain(&key(), &subject, &chain).unwrap();
 
         // Nothing is left to sweep, and the user stays.
         assert_eq!(s.sweep_expired().await.unwrap(), Swept::default());
@@ -253,7 +253,7 @@ mod tests {
         s.revoke_session(&session.id, T0 + 20, "logout", &u.meta).await.unwrap();
         clock.set(T0 + 1000 + DAY);
         assert_eq!(s.sweep_expired().await.unwrap().sessions, 1);
-        drain_change_feed(&s, &audit, &AuditPolicy::default(), 400 * DAY).await.unwrap();
+        drain_change_feed(&s, &audit, &key(), &AuditPolicy::default(), 400 * DAY).await.unwrap();
         let events = kinds(&audit.chain(&u.id.to_string()).await.unwrap());
         assert!(events.contains(&T::SessionRevoked) && events.contains(&T::CodeExpired), "{events:?}");
         assert!(!events.contains(&T::SessionExpired), "{events:?}");
@@ -268,7 +268,7 @@ mod tests {
         let audit = SqliteAuditStore::open(&s).await.unwrap();
         let (u, ..) = records(&s).await;
         clock.set(T0 + 1000 + DAY);
-        let feed = spawn_audit_feed(s.clone(), audit.clone(), AuditPolicy::default(), 400 * DAY);
+        let feed = spawn_audit_feed(s.clone(), audit.clone(), key(), AuditPolicy::default(), 400 * DAY);
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             let events = kinds(&audit.chain(&u.id.to_string()).await.unwrap());
