@@ -4,15 +4,22 @@
 //! `DynamoDbEvent` Lambda would deliver, and hands it to the same
 //! [`Processor`](crate::Processor).
 //!
-//! Shards are read from TRIM_HORIZON. A batch with a failed record is
-//! handed over again from that record, as Lambda's mapping does, and after
-//! `MAX_ATTEMPTS` the record is given up (logged; on AWS it goes to the
-//! on-failure queue) and the rest goes on. No checkpoint is kept: a restart
-//! reads the shards again, and appends are idempotent.
+//! Shards are read from TRIM_HORIZON. The mail ledger's records pass the
+//! same filter as its Terraform mapping (`filter_criteria`: only a new
+//! image whose `state` the audit trail has an event for), so the handler
+//! sees what it sees on AWS. A round's records are merged in order of
+//! creation time, and handed over as one event per run of records from one
+//! stream (on AWS each mapping reads one stream, and sequence numbers,
+//! which name a failed record, are unique only within one). An event with a
+//! failed record is handed over again from that record, as Lambda's mapping
+//! does, and after `MAX_ATTEMPTS` the record is given up (logged; on AWS it
+//! goes to the on-failure queue) and the rest goes on. No checkpoint is
+//! kept: a restart reads the shards again, and appends are idempotent.
 
 use crate::Processor;
 use aws_lambda_events::dynamodb::Event;
 use aws_sdk_dynamodbstreams::types::{Record, ShardIteratorType};
+use latchkey_core::mail::delivery::ledger_state;
 use latchkey_core::tables;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -31,6 +38,8 @@ pub struct StreamPoller {
     ddb: aws_sdk_dynamodb::Client,
     streams: aws_sdk_dynamodbstreams::Client,
     tables: Vec<String>,
+    /// The mail ledger's table, whose mapping filters its records.
+    ledger: String,
     /// (stream ARN, shard id) -> the iterator to read next.
     iterators: BTreeMap<(String, String), Option<String>>,
 }
@@ -43,6 +52,7 @@ impl StreamPoller {
             ddb: aws_sdk_dynamodb::Client::new(sdk),
             streams: aws_sdk_dynamodbstreams::Client::new(sdk),
             tables: tables::ALL.iter().filter(|t| t.stream).map(|t| tables::table_name(table_prefix, t)).collect(),
+            ledger: tables::table_name(table_prefix, &tables::MAIL_LEDGER),
             iterators: BTreeMap::new(),
         }
     }
@@ -89,7 +99,8 @@ impl StreamPoller {
     }
 
     /// One round: every open shard read once, the records of all shards
-    /// merged in order of creation time, as one Lambda event.
+    /// that pass their mapping's filter merged in order of creation time,
+    /// as one event ([`deliver`] hands it over one stream's run at a time).
     pub async fn next_batch(&mut self) -> Result<Event, BoxError> {
         self.discover().await?;
         let mut records = Vec::new();
@@ -100,8 +111,12 @@ impl StreamPoller {
             // Ties in creation time go to the table listed first in
             // `tables::ALL` (a user is written before its tokens).
             let rank = self.tables.iter().position(|t| arn.contains(&format!("table/{t}/"))).unwrap_or(usize::MAX);
+            let filtered = arn.contains(&format!("table/{}/", self.ledger));
             for r in out.records.unwrap_or_default() {
-                records.push((rank, wire_record(&r, arn)));
+                let r = wire_record(&r, arn);
+                if !filtered || passes_ledger_filter(&r) {
+                    records.push((rank, r));
+                }
             }
         }
         records.sort_by(|(ra, a), (rb, b)| {
@@ -131,12 +146,45 @@ impl StreamPoller {
     }
 }
 
-/// Hands `batch` to `processor` as Lambda's mapping does: after a reported
+/// The ledger mapping's filter (terraform/lambda.tf, `filter_criteria`,
+/// checked against `ledger_state::AUDITED` by tests/tests/terraform.rs):
+/// only records whose new image's `state` the audit trail has an event
+/// for. Claims, retries and removals never reach the processor on AWS; nor
+/// does the key-only INSERT moto streams before the item an UpdateItem
+/// creates.
+fn passes_ledger_filter(record: &Value) -> bool {
+    record["dynamodb"]["NewImage"]["state"]["S"].as_str().is_some_and(ledger_state::audited)
+}
+
+/// Hands `batch` to `processor` as Lambda's mappings do: one event per run
+/// of consecutive records from one stream (a failed record is named by its
+/// sequence number, unique only within its stream); after a reported
 /// failure, again from the failed record on (after `pause`), and after
 /// `max_attempts` tries of one record without it, so one poison record
 /// neither stalls the rest nor lets later records go before it while it
 /// may still succeed. Returns the identifiers of the records given up.
-pub async fn deliver(processor: &Processor, mut batch: Event, max_attempts: u32, pause: Duration) -> Vec<String> {
+pub async fn deliver(processor: &Processor, batch: Event, max_attempts: u32, pause: Duration) -> Vec<String> {
+    let mut given_up = Vec::new();
+    let mut records = batch.records.into_iter().peekable();
+    while let Some(first) = records.next() {
+        let mut run = Event::default();
+        let stream = first.event_source_arn.clone();
+        run.records.push(first);
+        while let Some(r) = records.next_if(|r| r.event_source_arn == stream) {
+            run.records.push(r);
+        }
+        given_up.extend(deliver_one_stream(processor, run, max_attempts, pause).await);
+    }
+    given_up
+}
+
+/// [`deliver`] for records of one stream.
+async fn deliver_one_stream(
+    processor: &Processor,
+    mut batch: Event,
+    max_attempts: u32,
+    pause: Duration,
+) -> Vec<String> {
     let mut given_up = Vec::new();
     let mut tries = 0;
     while !batch.records.is_empty() {

@@ -199,6 +199,31 @@ async fn the_poller_gives_up_a_record_with_missing_images_and_goes_on() {
     assert_eq!(kinds, [T::UserRegistered], "the bad MODIFY was no second registration");
 }
 
+/// Each stream numbers its own records, so records of two tables can share
+/// a sequence number, the name a failed record is reported by. The poller
+/// hands each stream's run over as its own event, as Lambda's mappings do:
+/// a poison ledger record is given up once, and the user record with its
+/// number is neither named with it nor handed over again.
+#[tokio::test]
+async fn the_poller_names_a_poison_record_only_within_its_own_stream() {
+    use latchkey_stream_processor::poller::deliver;
+    let mut batch = fixture("ddb_insert_user.json");
+    let shared = batch.records[0].change.sequence_number.clone().expect("sequence number");
+    let poison = edited("ddb_mail_sent.json", |r| {
+        // What moto streams first for an UpdateItem that creates an item.
+        r["eventName"] = "INSERT".into();
+        r["dynamodb"]["NewImage"] = serde_json::json!({ "pk": { "S": "MAIL#x" } });
+        r["dynamodb"].as_object_mut().expect("an object").remove("OldImage");
+        r["dynamodb"]["SequenceNumber"] = shared.clone().into();
+    });
+    assert_ne!(poison.records[0].event_source_arn, batch.records[0].event_source_arn);
+    batch.records.extend(poison.records);
+    let (p, audit) = processor().await;
+    assert_eq!(deliver(&p, batch, 3, std::time::Duration::ZERO).await, [shared]);
+    let kinds: Vec<T> = events(&audit).await.iter().map(|r| r.event).collect();
+    assert_eq!(kinds, [T::UserRegistered]);
+}
+
 /// A MODIFY of the user fixture from `old` to `new` (attributes set on a
 /// copy of its image each), as stream event `id`.
 fn user_modify(id: &str, old: &[(&str, serde_json::Value)], new: &[(&str, serde_json::Value)]) -> Event {

@@ -8,6 +8,8 @@
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_sqs::types::QueueAttributeName;
+use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
+use latchkey_core::audit::{AuditEventType, AuditPolicy, AuditStore, verify_chain};
 use latchkey_core::clock::{Clock, SystemClock};
 use latchkey_core::domain::{Email, Secret};
 use latchkey_core::mail::delivery::{RetryPolicy, ledger_state};
@@ -15,6 +17,8 @@ use latchkey_core::mail::{MailEnvelope, MailJob};
 use latchkey_core::tables;
 use latchkey_mail_worker::poller::{Poller, record};
 use latchkey_mail_worker::{Clients, FAILURE_REASON_ATTRIBUTE, Worker, WorkerConfig, handle};
+use latchkey_stream_processor::Processor;
+use latchkey_stream_processor::poller::{StreamPoller, deliver};
 use latchkey_tests::{drain_queue, emulator_endpoint, message_attribute, random_prefix, sdk_config};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -329,6 +333,32 @@ async fn register_then_poll_sends_a_working_verification_link_and_the_login_code
     let (st, body, _) = sys.post("/v1/login/otp", json!({"challenge_id": challenge, "code": code})).await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(rig.queue_depth(&rig.queue_url).await, 0, "handled messages are deleted");
+
+    // The rest of the AWS pipeline: the streams of the users, tokens and
+    // mail-ledger tables, read as Lambda's mappings read them, into the
+    // stream processor. No record is refused (the worker's ledger writes
+    // among them) and both deliveries are in the user's sealed trail.
+    let access = body["access_token"].as_str().unwrap().to_string();
+    let me: Value =
+        sys.http.get(format!("{}/v1/me", sys.base)).bearer_auth(&access).send().await.unwrap().json().await.unwrap();
+    let id = me["id"].as_str().unwrap().to_string();
+    let sdk = sdk_config(&emulator_endpoint().await).await;
+    let audit = Arc::new(DynamoAuditStore::new(aws_sdk_dynamodb::Client::new(&sdk), &prefix));
+    let processor = Processor::new(audit.clone(), latchkey_tests::audit_key(), AuditPolicy::default(), 400);
+    let mut streams = StreamPoller::new(&sdk, &prefix);
+    let mut given_up = Vec::new();
+    for _ in 0..5 {
+        let batch = streams.next_batch().await.unwrap();
+        if batch.records.is_empty() {
+            break;
+        }
+        given_up.extend(deliver(&processor, batch, 1, Duration::ZERO).await);
+    }
+    assert!(given_up.is_empty(), "stream records the processor refused: {given_up:?}");
+    let chain = audit.chain(&id).await.unwrap();
+    let delivered = chain.iter().filter(|r| r.event == AuditEventType::MailDelivered).count();
+    assert_eq!(delivered, 2, "{chain:?}");
+    verify_chain(&latchkey_tests::audit_key(), &id, &chain).unwrap();
 }
 
 #[tokio::test]
