@@ -519,13 +519,19 @@ mod tests {
         verify_chain(&key(), "u1", &rest).unwrap();
     }
 
-    #[tokio::test]
-    async fn pages_newest_first() {
+    /// A store whose trail holds one registered user's five records, and
+    /// that user's id.
+    async fn one_trail() -> (SqliteAuditStore, String) {
         let (s, _) = store();
         let audit = SqliteAuditStore::open(&s).await.unwrap();
         let u = registered(&s).await;
         drain_change_feed(&s, &audit, &key(), &AuditPolicy::default(), RETENTION).await.unwrap();
-        let subject = u.id.to_string();
+        (audit, u.id.to_string())
+    }
+
+    #[tokio::test]
+    async fn pages_newest_first() {
+        let (audit, subject) = one_trail().await;
         let p1 = audit.list(&subject, None, 2).await.unwrap();
         assert_eq!(p1.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [5, 4]);
         let p2 = audit.list(&subject, p1.next_before, 2).await.unwrap();
@@ -537,11 +543,7 @@ mod tests {
 
     #[tokio::test]
     async fn editing_a_stored_record_breaks_the_chain_at_that_record() {
-        let (s, _) = store();
-        let audit = SqliteAuditStore::open(&s).await.unwrap();
-        let u = registered(&s).await;
-        drain_change_feed(&s, &audit, &key(), &AuditPolicy::default(), RETENTION).await.unwrap();
-        let subject = u.id.to_string();
+        let (audit, subject) = one_trail().await;
         let sub = subject.clone();
         audit
             .raw()
@@ -566,11 +568,7 @@ mod tests {
     /// again; the seals cannot follow without the key.
     #[tokio::test]
     async fn records_removed_and_the_rest_rehashed_in_the_database_are_found() {
-        let (s, _) = store();
-        let audit = SqliteAuditStore::open(&s).await.unwrap();
-        let u = registered(&s).await;
-        drain_change_feed(&s, &audit, &key(), &AuditPolicy::default(), RETENTION).await.unwrap();
-        let subject = u.id.to_string();
+        let (audit, subject) = one_trail().await;
         let mut forged = audit.chain(&subject).await.unwrap();
         forged.drain(1..4);
         let mut prev = forged[0].hash.clone();
