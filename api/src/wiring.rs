@@ -7,7 +7,7 @@ use latchkey_core::audit::{AdminKeyHash, AuditStore};
 use latchkey_core::config::{Backend, Config};
 use latchkey_core::domain::Secret;
 use latchkey_core::flows::{Auth, Ports, TokenIssuer};
-use latchkey_core::keys::{AuditKey, CodeKey, SigningKey};
+use latchkey_core::keys::{CodeKey, SigningKey};
 use latchkey_core::password_hasher::PasswordHasher;
 use latchkey_core::ports::{Clock, SecureRng};
 use latchkey_core::{clock::SystemClock, rng::OsSecureRng};
@@ -229,7 +229,10 @@ fn state(
 /// The embedded mode's secrets: from the environment if set, else created
 /// once under `<data_dir>/keys/` (mode 0600) and reused. The audit key is
 /// the audit feed's, which runs in this process.
-fn local_keys(config: &Config, data_dir: &std::path::Path) -> Result<(SigningKey, CodeKey, AuditKey), BoxError> {
+fn local_keys(
+    config: &Config,
+    data_dir: &std::path::Path,
+) -> Result<(SigningKey, CodeKey, latchkey_core::keys::AuditKey), BoxError> {
     let dir = data_dir.join("keys");
     latchkey_core::adapters::embedded::create_private_dir(&dir)?;
     let signing = match &config.jwt_private_key {
@@ -254,8 +257,9 @@ fn local_keys(config: &Config, data_dir: &std::path::Path) -> Result<(SigningKey
     };
     let code_key = CodeKey::from_base64(hmac_key(&config.code_hmac_key, "code-hmac.key.b64")?.expose())
         .map_err(|e| format!("LATCHKEY_CODE_HMAC_KEY (or keys/code-hmac.key.b64): {e}"))?;
-    let audit_key = AuditKey::from_base64(hmac_key(&config.audit_key, "audit-seal.key.b64")?.expose())
-        .map_err(|e| format!("LATCHKEY_AUDIT_KEY (or keys/audit-seal.key.b64): {e}"))?;
+    let audit_key =
+        latchkey_core::keys::AuditKey::from_base64(hmac_key(&config.audit_key, "audit-seal.key.b64")?.expose())
+            .map_err(|e| format!("LATCHKEY_AUDIT_KEY (or keys/audit-seal.key.b64): {e}"))?;
     Ok((signing, code_key, audit_key))
 }
 
