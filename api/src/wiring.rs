@@ -168,26 +168,17 @@ async fn fetch_secrets(config: &Config, sdk: &aws_config::SdkConfig) -> Result<S
 /// (the deployed way), else from the variables themselves (emulators and
 /// tests).
 fn aws_keys(config: &Config, from_ssm: SsmSecrets) -> Result<(SigningKey, CodeKey, Option<AdminKeyHash>), BoxError> {
-    let param = |name: &str, var: &str| -> Result<Secret<String>, BoxError> {
-        from_ssm.get(name).cloned().ok_or_else(|| format!("{var}_PARAM: parameter {name} not found").into())
-    };
-    let pick =
-        |param_name: &Option<String>, direct: &Option<Secret<String>>, var: &str| -> Result<Secret<String>, BoxError> {
-            match (param_name, direct) {
-                (Some(name), _) => param(name, var),
-                (None, Some(v)) => Ok(v.clone()),
-                (None, None) => Err(format!("{var}_PARAM (or {var}): required with LATCHKEY_BACKEND=aws").into()),
-            }
-        };
-    let jwt = pick(&config.jwt_private_key_param, &config.jwt_private_key, "LATCHKEY_JWT_PRIVATE_KEY")?;
-    let hmac = pick(&config.code_hmac_key_param, &config.code_hmac_key, "LATCHKEY_CODE_HMAC_KEY")?;
+    use latchkey_core::adapters::ssm::pick_secret;
+    let jwt =
+        pick_secret(&from_ssm, &config.jwt_private_key_param, &config.jwt_private_key, "LATCHKEY_JWT_PRIVATE_KEY")?;
+    let hmac = pick_secret(&from_ssm, &config.code_hmac_key_param, &config.code_hmac_key, "LATCHKEY_CODE_HMAC_KEY")?;
     let signing = SigningKey::from_base64(jwt.expose()).map_err(|e| format!("LATCHKEY_JWT_PRIVATE_KEY: {e}"))?;
     let code_key = CodeKey::from_base64(hmac.expose()).map_err(|e| format!("LATCHKEY_CODE_HMAC_KEY: {e}"))?;
     // Optional, unlike the two keys: without it the admin API is off.
     let admin_key = match &config.admin_key_hash_param {
         None => config.admin_key_hash.clone(),
         Some(name) => {
-            let value = param(name, "LATCHKEY_ADMIN_KEY_HASH")?;
+            let value = pick_secret(&from_ssm, &config.admin_key_hash_param, &None, "LATCHKEY_ADMIN_KEY_HASH")?;
             let value = value.expose().trim();
             if value == ADMIN_KEY_HASH_OFF {
                 None

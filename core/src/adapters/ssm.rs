@@ -26,28 +26,37 @@ pub async fn read_secrets(
     Ok(out.parameters.unwrap_or_default().into_iter().filter_map(|p| Some((p.name?, Secret::new(p.value?)))).collect())
 }
 
-/// The audit trail's seal key on AWS: from the SSM parameter
-/// `LATCHKEY_AUDIT_KEY_PARAM` names (the deployed way), else from
-/// `LATCHKEY_AUDIT_KEY` itself (emulators and tests). Only the trail's
-/// writer and `verify-chain` ask for it.
+/// A secret as the functions take it: from the SSM parameter `param` names
+/// (the deployed way; its value already read into `from_ssm` by
+/// [`read_secrets`]), else from the variable `var` itself (emulators and
+/// tests). Errors name the variable, never a value.
+pub fn pick_secret(
+    from_ssm: &HashMap<String, Secret<String>>,
+    param: &Option<String>,
+    direct: &Option<Secret<String>>,
+    var: &str,
+) -> Result<Secret<String>, String> {
+    match (param, direct) {
+        (Some(name), _) => {
+            from_ssm.get(name).cloned().ok_or_else(|| format!("{var}_PARAM: parameter {name} not found"))
+        }
+        (None, Some(v)) => Ok(v.clone()),
+        (None, None) => {
+            Err(format!("{var}_PARAM (or {var}): required on AWS (LATCHKEY_BACKEND=aws, and the stream processor)"))
+        }
+    }
+}
+
+/// The audit trail's seal key on AWS ([`pick_secret`] of
+/// `LATCHKEY_AUDIT_KEY`). Only the trail's writer and `verify-chain` ask
+/// for it.
 pub async fn audit_key(
     config: &crate::config::Config,
     sdk: &aws_config::SdkConfig,
 ) -> Result<crate::keys::AuditKey, String> {
-    let value = match (&config.audit_key_param, &config.audit_key) {
-        (Some(name), _) => read_secrets(&aws_sdk_ssm::Client::new(sdk), &[name.as_str()])
-            .await?
-            .remove(name)
-            .ok_or_else(|| format!("LATCHKEY_AUDIT_KEY_PARAM: parameter {name} not found"))?,
-        (None, Some(v)) => v.clone(),
-        (None, None) => {
-            return Err(
-                "LATCHKEY_AUDIT_KEY_PARAM (or LATCHKEY_AUDIT_KEY): required to write or verify the audit trail \
-                        on AWS"
-                    .into(),
-            );
-        }
-    };
+    let names: Vec<&str> = config.audit_key_param.iter().map(String::as_str).collect();
+    let from_ssm = read_secrets(&aws_sdk_ssm::Client::new(sdk), &names).await?;
+    let value = pick_secret(&from_ssm, &config.audit_key_param, &config.audit_key, "LATCHKEY_AUDIT_KEY")?;
     // The value is not echoed: it is the key.
     crate::keys::AuditKey::from_base64(value.expose()).map_err(|e| format!("LATCHKEY_AUDIT_KEY: {e}"))
 }
