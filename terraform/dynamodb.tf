@@ -36,6 +36,14 @@ resource "aws_dynamodb_table" "users" {
     projection_type = "ALL"
   }
 
+  # Only an unverified account's item and a username hold carry `ttl`: an
+  # account nobody verifies goes 30 days after it was made (verifying
+  # removes its `ttl`); the stream processor then releases its claims.
+  ttl {
+    attribute_name = "ttl"
+    enabled        = true
+  }
+
   point_in_time_recovery {
     enabled = true
   }

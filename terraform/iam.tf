@@ -245,6 +245,20 @@ data "aws_iam_policy_document" "stream_processor" {
     resources = [aws_dynamodb_table.audit.arn]
   }
 
+  # When the TTL deletes an account nobody verified, its username and
+  # email claims go too (each only while it still names that account).
+  # Claims only: the partition key must be one of theirs.
+  statement {
+    sid       = "ReleaseExpiredAccountsNames"
+    actions   = ["dynamodb:DeleteItem"]
+    resources = [aws_dynamodb_table.users.arn]
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "dynamodb:LeadingKeys"
+      values   = ["UNAME#*", "EMAIL#*"]
+    }
+  }
+
   # dynamodb:ListStreams has no resource-level permissions (AWS requires
   # "*"); Lambda checks for it when it creates a stream mapping. It returns
   # stream ARNs only, no data.

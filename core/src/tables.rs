@@ -30,12 +30,14 @@ pub struct TableSpec {
 
 /// Users and their uniqueness claims: `USER#<id>`, `UNAME#<username>`,
 /// `EMAIL#<email>`. User items carry `username` and `email` for the GSIs.
+/// Only an unverified account's item and a username hold carry `ttl`
+/// (`User::UNVERIFIED_RETENTION_SECS`); verifying removes it.
 pub const USERS: TableSpec = TableSpec {
     suffix: "users",
     hash_key: "pk",
     range_key: None,
     gsis: &[GsiSpec { name: "by_username", hash_key: "username" }, GsiSpec { name: "by_email", hash_key: "email" }],
-    ttl_attribute: None,
+    ttl_attribute: Some("ttl"),
     stream: true,
 };
 

@@ -12,10 +12,11 @@
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::config::{Credentials, SharedCredentialsProvider};
+use aws_sdk_dynamodb::types::AttributeValue;
 use futures::future::join_all;
 use latchkey_core::StoreError;
 use latchkey_core::adapters::aws_calls::{CallCounter, dynamo_client, sqs_client};
-use latchkey_core::adapters::dynamo::{DynamoStore, ensure_tables};
+use latchkey_core::adapters::dynamo::{DynamoStore, ensure_tables, items};
 use latchkey_core::adapters::sqs::{SqsMailQueue, ensure_queues};
 use latchkey_core::clock::Timestamp;
 use latchkey_core::domain::{
@@ -229,6 +230,97 @@ async fn concurrent_registrations_of_one_email_leave_one_account() {
     let (again, again_token) = user(loser.0.username.as_str(), &format!("{}@example.com", unique("again")));
     assert!(is_conflict(&env.store.create_user(&again, &again_token, i64::MIN).await, Conflict::UsernameTaken));
     env.store.create_user(&again, &again_token, loser.0.created_at + 1).await.unwrap();
+}
+
+/// An item of the users table, as stored.
+async fn users_item(env: &Env, pk: String) -> Option<std::collections::HashMap<String, AttributeValue>> {
+    let out = env
+        .client
+        .get_item()
+        .table_name(format!("{}-users", env.prefix))
+        .key("pk", AttributeValue::S(pk))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("get item");
+    out.item
+}
+
+/// An unverified account and a username hold made with it carry the TTL
+/// that deletes them 30 days (and the day of grace) after they were made;
+/// verifying removes the account's, and an account's claims carry none.
+#[tokio::test]
+async fn unverified_accounts_and_holds_carry_a_ttl_that_verifying_removes() {
+    let env = env().await;
+    let (u, token) = registered(&env).await;
+    let due = AttributeValue::N((NOW + User::UNVERIFIED_RETENTION_SECS + 86_400).to_string());
+    let user_item = users_item(&env, items::user_pk(&u.id)).await.expect("the user");
+    assert_eq!(user_item.get("ttl"), Some(&due));
+    for claim in [items::username_claim_pk(u.username.as_str()), items::email_claim_pk(u.email.as_str())] {
+        assert_eq!(users_item(&env, claim.clone()).await.expect("claim").get("ttl"), None, "{claim}");
+    }
+    // Refused for the taken email, a registration holds its username: the
+    // hold goes when an account made with it would.
+    let (held, held_token) = user(&unique("held"), u.email.as_str());
+    assert!(is_conflict(&env.store.create_user(&held, &held_token, i64::MIN).await, Conflict::EmailTaken));
+    let hold = users_item(&env, items::username_claim_pk(held.username.as_str())).await.expect("the hold");
+    assert_eq!(hold.get("ttl"), Some(&due));
+
+    env.store.consume_verification(&token, NOW + 5, &META).await.expect("verify");
+    let user_item = users_item(&env, items::user_pk(&u.id)).await.expect("the user");
+    assert_eq!(user_item.get("ttl"), None, "a verified account is kept");
+    assert_eq!(user_item.get("verified"), Some(&AttributeValue::Bool(true)));
+}
+
+/// When the TTL has deleted an unverified account and its claims are still
+/// there (the stream processor releases them a moment later, or its record
+/// was given up), a registration takes the names over, each only while it
+/// still names the account that is gone; `release_names` then deletes only
+/// the claims that still name it.
+#[tokio::test]
+async fn the_names_of_an_account_the_ttl_deleted_are_taken_over_and_released() {
+    let env = env().await;
+    let (gone, _) = registered(&env).await;
+    let (other, _) = registered(&env).await;
+    // What DynamoDB's TTL does: the account's item alone goes.
+    env.client
+        .delete_item()
+        .table_name(format!("{}-users", env.prefix))
+        .key("pk", AttributeValue::S(items::user_pk(&gone.id)))
+        .send()
+        .await
+        .expect("delete the user item");
+
+    // A registration that replaces nobody takes both names.
+    let (again, again_token) = user(gone.username.as_str(), gone.email.as_str());
+    assert_eq!(env.store.create_user(&again, &again_token, i64::MIN).await.expect("register"), Vec::<UserId>::new());
+    assert_eq!(env.store.user_by_username(&gone.username).await.unwrap().map(|u| u.id), Some(again.id));
+    // Its claims name the new account now: releasing the old one's names
+    // deletes nothing.
+    assert_eq!(env.store.release_names(&gone).await.expect("release"), 0);
+    for claim in [items::username_claim_pk(gone.username.as_str()), items::email_claim_pk(gone.email.as_str())] {
+        let item = users_item(&env, claim.clone()).await.expect("claim");
+        assert_eq!(item.get("user_id"), Some(&AttributeValue::S(again.id.to_string())), "{claim}");
+    }
+
+    // Only the username's claim orphaned, the email taken by an account:
+    // the username is taken over, the email is refused and held.
+    env.client
+        .delete_item()
+        .table_name(format!("{}-users", env.prefix))
+        .key("pk", AttributeValue::S(items::user_pk(&again.id)))
+        .send()
+        .await
+        .expect("delete the user item");
+    let (third, third_token) = user(again.username.as_str(), other.email.as_str());
+    assert!(is_conflict(&env.store.create_user(&third, &third_token, i64::MIN).await, Conflict::EmailTaken));
+    let hold = users_item(&env, items::username_claim_pk(again.username.as_str())).await.expect("the hold");
+    assert!(hold.contains_key("held_at") && !hold.contains_key("user_id"), "{hold:?}");
+    // The email's orphaned claim is released; twice is once.
+    assert_eq!(env.store.release_names(&again).await.expect("release"), 1);
+    assert_eq!(users_item(&env, items::email_claim_pk(again.email.as_str())).await, None);
+    assert_eq!(env.store.release_names(&again).await.expect("release"), 0);
+    assert!(users_item(&env, items::username_claim_pk(again.username.as_str())).await.is_some(), "the hold stays");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

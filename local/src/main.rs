@@ -50,12 +50,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let poller = match &config.backend {
         Backend::Embedded { .. } => None,
         Backend::Aws { table_prefix, .. } => {
-            use latchkey_core::adapters::{aws_calls, dynamo::audit::DynamoAuditStore, ssm};
+            use latchkey_core::adapters::{aws_calls, dynamo::DynamoStore, dynamo::audit::DynamoAuditStore, ssm};
             use latchkey_stream_processor::{Processor, poller::StreamPoller};
             let sdk = aws_calls::sdk_config().await;
             let key = ssm::audit_key(&config, &sdk).await?;
-            let audit = std::sync::Arc::new(DynamoAuditStore::new(aws_calls::dynamo_client(&sdk, None), table_prefix));
-            let processor = Processor::new(audit, key, (&config.policy).into(), config.audit_retention_days);
+            let client = aws_calls::dynamo_client(&sdk, None);
+            let audit = std::sync::Arc::new(DynamoAuditStore::new(client.clone(), table_prefix));
+            let users = std::sync::Arc::new(DynamoStore::new(client, table_prefix));
+            let processor =
+                Processor::new(audit, key, (&config.policy).into(), config.audit_retention_days).releasing_names(users);
             let poller = StreamPoller::new(&sdk, table_prefix);
             Some(tokio::spawn(poller.run(processor, std::time::Duration::from_millis(500))))
         }

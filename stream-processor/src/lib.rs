@@ -6,6 +6,11 @@
 //! so one bad record never fails the batch. Appends are idempotent per
 //! stream event id, so Lambda's redeliveries add nothing.
 //!
+//! One record also changes data: the TTL's REMOVE of an account nobody
+//! verified (`User::UNVERIFIED_RETENTION_SECS`) releases its username and
+//! email claims (`DynamoStore::release_names`, each deleted only while it
+//! still names that account), which the TTL cannot delete with it.
+//!
 //! `poller` drives the same handler from the Streams API when running
 //! locally against an emulator.
 
@@ -13,6 +18,7 @@ pub mod poller;
 
 use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use latchkey_core::adapters::dynamo::DynamoStore;
 use latchkey_core::audit::{AuditPolicy, AuditStore, Images, SourceChange, audit_events};
 use latchkey_core::clock::Timestamp;
 use latchkey_core::keys::AuditKey;
@@ -52,12 +58,20 @@ pub struct Processor {
     key: AuditKey,
     policy: AuditPolicy,
     retention_secs: i64,
+    names: Option<Arc<DynamoStore>>,
 }
 
 impl Processor {
     /// Appends to `audit`, each record sealed with `key`.
     pub fn new(audit: Arc<dyn AuditStore>, key: AuditKey, policy: AuditPolicy, retention_days: u32) -> Self {
-        Processor { audit, key, policy, retention_secs: i64::from(retention_days) * 86_400 }
+        Processor { audit, key, policy, retention_secs: i64::from(retention_days) * 86_400, names: None }
+    }
+
+    /// Also releases the names of the accounts the TTL deletes as
+    /// unverified, in `users`' table (the deployed function does; without
+    /// it the processor only appends to the trail).
+    pub fn releasing_names(self, users: Arc<DynamoStore>) -> Self {
+        Processor { names: Some(users), ..self }
     }
 
     /// Processes the records in order and stops at the first that fails,
@@ -79,7 +93,10 @@ impl Processor {
         response
     }
 
-    /// One record: decoded, mapped, appended. Returns the events added.
+    /// One record: decoded, mapped, appended (and an expired unverified
+    /// account's names released, after its event is in the trail, so a
+    /// failed release is retried with the record and appends nothing
+    /// twice). Returns the events added.
     pub async fn process(&self, record: &EventRecord) -> Result<usize, RecordError> {
         let Some(change) = source_change(record)? else { return Ok(0) };
         let mut added = 0;
@@ -87,6 +104,13 @@ impl Processor {
             if self.audit.append(&self.key, &e, e.at.saturating_add(self.retention_secs)).await? {
                 added += 1;
             }
+        }
+        if let (Some(users), Images::User(Some(old), None)) = (&self.names, &change.images)
+            && change.expired_by_ttl
+            && !old.verified
+        {
+            let released = users.release_names(old).await?;
+            tracing::info!(user_id = %old.id, released, "unverified account expired; its names released");
         }
         Ok(added)
     }

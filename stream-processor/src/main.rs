@@ -11,6 +11,7 @@
 
 use aws_lambda_events::dynamodb::Event;
 use lambda_runtime::{LambdaEvent, service_fn};
+use latchkey_core::adapters::dynamo::DynamoStore;
 use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
 use latchkey_core::adapters::{aws_calls, ssm};
 use latchkey_core::audit::{AuditPolicy, AuditStore, verify_chain_at};
@@ -70,7 +71,9 @@ async fn main() -> Result<(), BoxError> {
 
     let sdk = aws_calls::lambda_sdk_config().await?;
     let key = ssm::audit_key(&config, &sdk).await?;
-    let processor = Processor::new(audit(&sdk), key, AuditPolicy::from(&config.policy), config.audit_retention_days);
+    let users = Arc::new(DynamoStore::new(aws_calls::dynamo_client(&sdk, None), &prefix));
+    let processor = Processor::new(audit(&sdk), key, AuditPolicy::from(&config.policy), config.audit_retention_days)
+        .releasing_names(users);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Event>| {
         let processor = processor.clone();
         async move { Ok::<_, BoxError>(processor.handle(&event.payload).await) }

@@ -543,6 +543,120 @@ async fn aws_an_unverified_account_replaced_past_its_hold_ends_its_trail() {
     assert!(last["ip"].is_null(), "{last}");
 }
 
+/// On DynamoDB: an account nobody verified for 30 days is deleted by the
+/// TTL (done here by hand: the emulator runs no TTL; the stream's REMOVE is
+/// marked as the TTL's, as DynamoDB marks it). The stream processor ends
+/// its trail with `unverified_account_expired` and releases its claims, so
+/// both names register again without replacing anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_an_unverified_account_the_ttl_deletes_ends_its_trail_and_frees_its_names() {
+    use aws_lambda_events::dynamodb::UserIdentity;
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use latchkey_core::adapters::dynamo::{DynamoStore, audit::DynamoAuditStore, items};
+    use latchkey_core::audit::Images;
+    use latchkey_core::domain::{Email, RequestMeta, User, UserId, Username, VerificationRecord};
+    use latchkey_core::ports::UserStore;
+    use latchkey_core::rng::OsSecureRng;
+    use latchkey_stream_processor::{Processor, TTL_PRINCIPAL, poller::StreamPoller};
+    use std::sync::Arc;
+
+    let hash = admin_hash();
+    let sys = TestSystem::aws_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    // An account through the API, only to find the system's tables.
+    let (known, known_email) = verified_user(&sys).await;
+    let tokens = sign_in(&sys, &known, &known_email).await;
+    let (_, me) = sys.get_auth("/v1/me", tokens["access_token"].as_str().expect("access")).await;
+    let sdk = latchkey_tests::sdk_config(&latchkey_tests::emulator_endpoint().await).await;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let prefix = prefix_holding(&ddb, me["id"].as_str().expect("id")).await;
+
+    // Registered 31 days ago and never verified.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let (name, email) = unique();
+    let created = now - 31 * 86_400;
+    let old = User {
+        id: UserId::random(&OsSecureRng),
+        username: Username::parse(&name).expect("username"),
+        email: Email::parse(&email).expect("email"),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".into(),
+        verified: false,
+        created_at: created,
+        failed_logins: 0,
+        locked_until: None,
+        otp_failures: 0,
+        verification_sent_at: Some(created),
+        sessions_valid_after: None,
+        password_reset_at: None,
+        password_resets: 0,
+        password_epoch: 0,
+        meta: RequestMeta { ip: Some("198.51.100.4".into()), ..Default::default() },
+    };
+    let token = VerificationRecord {
+        token_hash: latchkey_core::keys::token_hash(&"T".repeat(43)),
+        user_id: old.id,
+        created_at: created,
+        expires_at: created + 86_400,
+        used_at: None,
+        meta: RequestMeta::default(),
+    };
+    let store = Arc::new(DynamoStore::new(ddb.clone(), &prefix));
+    store.create_user(&old, &token, i64::MIN).await.expect("the old account");
+    let user_pk = items::user_pk(&old.id);
+    let table = format!("{prefix}-users");
+    let item = ddb
+        .get_item()
+        .table_name(&table)
+        .key("pk", AttributeValue::S(user_pk.clone()))
+        .send()
+        .await
+        .expect("get")
+        .item
+        .expect("the old account's item");
+    let ttl: i64 = item["ttl"].as_n().expect("a ttl").parse().expect("a number");
+    assert!(ttl <= now, "its ttl ({ttl}) has passed: the TTL may delete it");
+    // What the TTL does.
+    ddb.delete_item().table_name(&table).key("pk", AttributeValue::S(user_pk.clone())).send().await.expect("delete");
+
+    let audit = Arc::new(DynamoAuditStore::new(ddb.clone(), &prefix));
+    let processor =
+        Processor::new(audit, latchkey_tests::audit_key(), AuditPolicy::default(), 400).releasing_names(store.clone());
+    let poller = tokio::sync::Mutex::new(StreamPoller::new(&sdk, &prefix));
+    let id = old.id.to_string();
+    let events = {
+        let (poller, processor, old_id) = (&poller, &processor, old.id);
+        settled(&sys, &id, 3, || async move {
+            let mut batch = poller.lock().await.next_batch().await.expect("poll the streams");
+            for r in &mut batch.records {
+                let change = latchkey_stream_processor::source_change(r).expect("a record");
+                if change.is_some_and(|c| matches!(c.images, Images::User(Some(u), None) if u.id == old_id)) {
+                    let mut ttl = UserIdentity::default();
+                    ttl.type_ = "Service".into();
+                    ttl.principal_id = TTL_PRINCIPAL.into();
+                    r.user_identity = Some(ttl);
+                }
+            }
+            let resp = processor.handle(&batch).await;
+            assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+        })
+        .await
+    };
+    assert_eq!(kinds(&events), ["user_registered", "verification_mail_requested", "unverified_account_expired"]);
+    let last = events.last().expect("events");
+    assert_eq!((last["outcome"].as_str(), last["reason"].as_str()), (Some("expired"), Some("ttl")));
+    assert!(last["ip"].is_null(), "{last}");
+
+    // Its claims went with it.
+    for claim in [items::username_claim_pk(&name), items::email_claim_pk(old.email.as_str())] {
+        let item = ddb.get_item().table_name(&table).key("pk", AttributeValue::S(claim.clone())).send().await;
+        assert_eq!(item.expect("get").item, None, "{claim}");
+    }
+    // Both names register again, together, replacing nobody.
+    let (st, body, _) = sys.post("/v1/register", json!({"username": name, "email": email, "password": PASSWORD})).await;
+    assert_eq!(st, 202, "{body}");
+    let new = store.user_by_username(&old.username).await.expect("read").expect("the name's new holder");
+    assert_eq!((new.email.as_str(), new.id != old.id), (old.email.as_str(), true));
+}
+
 /// A user locked out by wrong passwords resets the password by mail; returns
 /// the user id. The trail then ends (requests only) with the lock, its end
 /// by the reset, and the reset.

@@ -771,6 +771,44 @@ fn only_the_stream_processor_may_read_the_audit_seal_key() {
     assert_eq!(readers, [role_policy.as_str()], "policy documents granting {arn}");
 }
 
+/// The stream processor writes to the users table only to release the
+/// claims of an account the TTL deleted as unverified: DeleteItem, on
+/// partition keys with the claims' prefixes (core's), and nothing else.
+#[test]
+fn the_stream_processor_may_delete_only_claims_from_the_users_table() {
+    use latchkey_core::adapters::dynamo::items::{email_claim_pk, username_claim_pk};
+    let tf = Terraform::load();
+    let (_, doc) = tf
+        .of_kind("data", "aws_iam_policy_document")
+        .find(|(name, _)| *name == "stream_processor")
+        .expect("data.aws_iam_policy_document.stream_processor");
+    let on_users = |s: &Body| {
+        let Some(Expression::Array(items)) = attr(s, "resources") else { return false };
+        items
+            .iter()
+            .filter_map(reference)
+            .any(|(kind, name, field)| kind == "aws_dynamodb_table" && name == "users" && field != "stream_arn")
+    };
+    let statements: Vec<&Body> = blocks(doc, "statement").map(Block::body).filter(|s| on_users(s)).collect();
+    assert_eq!(statements.len(), 1, "statements on the users table (its stream aside)");
+    let s = statements[0];
+    let what = "stream_processor's statement on the users table";
+    assert_eq!(literal_strings(attr(s, "actions").expect("actions"), what), ["dynamodb:DeleteItem"]);
+    let Some(Expression::Array(resources)) = attr(s, "resources") else { panic!("{what}: resources") };
+    assert_eq!(resources.len(), 1, "{what}: the table itself, no index");
+    let conditions: Vec<&Body> = blocks(s, "condition").map(Block::body).collect();
+    assert_eq!(conditions.len(), 1, "{what}: one condition");
+    let c = conditions[0];
+    let text = |key: &str| match attr(c, key) {
+        Some(Expression::String(x)) => x.clone(),
+        other => panic!("{what}: condition {key} must be a literal, got {other:?}"),
+    };
+    assert_eq!((text("test").as_str(), text("variable").as_str()), ("ForAllValues:StringLike", "dynamodb:LeadingKeys"));
+    let values: BTreeSet<String> = literal_strings(attr(c, "values").expect("values"), what).into_iter().collect();
+    let claims: BTreeSet<String> = [username_claim_pk("*"), email_claim_pk("*")].into_iter().collect();
+    assert_eq!(values, claims, "{what}: the claims' key prefixes");
+}
+
 /// A role that calls a table encrypted with a customer managed key needs
 /// `kms:Decrypt` and `kms:GenerateDataKey` on that key through DynamoDB (the
 /// key policy delegates to IAM); without them every call on the table is

@@ -177,9 +177,12 @@ pub fn audit_events(change: &SourceChange, policy: &AuditPolicy) -> Vec<AuditEve
                     out.push(n.id, T::PasswordChanged, Outcome::Success, Some("other_sessions_ended"), None, &n.meta);
                 }
             }
-            // Only a registration deletes a user: one that took a name from
-            // an account nobody verified in its hold. Its request is the
-            // new account's (the old image carries the old registration's).
+            // An account nobody verified is deleted by the TTL when it has
+            // been kept long enough, or else by a registration that took a
+            // name from it after its hold. The TTL's removal carries no
+            // request; a registration's is the new account's (the old
+            // image carries the old registration's).
+            (Some(o), None) if !o.verified && ttl => out.expired(o.id, T::UnverifiedAccountExpired),
             (Some(o), None) if !o.verified => {
                 out.push_subject(
                     o.id.to_string(),
@@ -474,11 +477,20 @@ mod tests {
             (T::UnverifiedAccountReplaced, Outcome::Expired, Some("unverified_past_hold"))
         );
         assert_eq!((e.subject.as_str(), e.ip.as_deref()), (u.id.to_string().as_str(), None));
+        // Kept long enough unverified, the TTL deletes it: no request.
+        let expired = audit_events(&change(Images::User(Some(u.clone()), None), true), &AuditPolicy::default());
+        let got: Vec<_> = expired
+            .iter()
+            .map(|e| (e.event, e.outcome, e.reason.as_deref(), e.subject.clone(), e.ip.clone()))
+            .collect();
+        assert_eq!(got, [(T::UnverifiedAccountExpired, Outcome::Expired, Some("ttl"), u.id.to_string(), None)]);
         let verified = User { verified: true, ..u };
-        assert!(
-            kinds(&change(Images::User(Some(verified), None), false)).is_empty(),
-            "no flow deletes a verified user"
-        );
+        for ttl in [false, true] {
+            assert!(
+                kinds(&change(Images::User(Some(verified.clone()), None), ttl)).is_empty(),
+                "no flow and no TTL deletes a verified user"
+            );
+        }
     }
 
     #[test]

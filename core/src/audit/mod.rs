@@ -52,6 +52,10 @@ pub enum AuditEventType {
     /// An account nobody verified, deleted when a registration took its
     /// username or email after its hold ran out.
     UnverifiedAccountReplaced,
+    /// An account nobody verified, deleted with its names
+    /// `User::UNVERIFIED_RETENTION_SECS` after it was made (DynamoDB's TTL,
+    /// the embedded sweep).
+    UnverifiedAccountExpired,
     SessionCreated,
     SessionRefreshed,
     SessionRevoked,
@@ -82,6 +86,7 @@ impl AuditEventType {
         AuditEventType::PasswordChanged,
         AuditEventType::PasswordReset,
         AuditEventType::UnverifiedAccountReplaced,
+        AuditEventType::UnverifiedAccountExpired,
         AuditEventType::SessionCreated,
         AuditEventType::SessionRefreshed,
         AuditEventType::SessionRevoked,
@@ -112,6 +117,7 @@ impl AuditEventType {
             AuditEventType::PasswordChanged => "password_changed",
             AuditEventType::PasswordReset => "password_reset",
             AuditEventType::UnverifiedAccountReplaced => "unverified_account_replaced",
+            AuditEventType::UnverifiedAccountExpired => "unverified_account_expired",
             AuditEventType::SessionCreated => "session_created",
             AuditEventType::SessionRefreshed => "session_refreshed",
             AuditEventType::SessionRevoked => "session_revoked",

@@ -78,6 +78,18 @@ impl ResetLink {
 }
 
 impl User {
+    /// How long an account nobody verifies is kept: then it is deleted
+    /// with its username and email (DynamoDB's TTL, the embedded sweep),
+    /// and so is a username hold made at the same time. Well past the
+    /// hold on its names (`Policy::unverified_hold_secs`, 7 days) and its
+    /// first link (24 hours): until then a resent link still verifies it.
+    pub const UNVERIFIED_RETENTION_SECS: i64 = 30 * 86_400;
+
+    /// When this account is to be deleted: never once verified.
+    pub fn deleted_unverified_at(&self) -> Option<Timestamp> {
+        (!self.verified).then(|| self.created_at.saturating_add(Self::UNVERIFIED_RETENTION_SECS))
+    }
+
     pub fn is_locked(&self, now: Timestamp) -> bool {
         self.locked_until.is_some_and(|t| t > now)
     }

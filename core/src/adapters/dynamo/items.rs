@@ -8,7 +8,7 @@
 
 use crate::StoreError;
 use crate::clock::Timestamp;
-use crate::domain::UserId;
+use crate::domain::{User, UserId};
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -18,7 +18,7 @@ pub(crate) type Item = HashMap<String, AttributeValue>;
 
 /// The partition key attribute of every table.
 pub const PK: &str = "pk";
-/// The TTL attribute of the tokens and rate-limits tables. `ttl` is a
+/// The TTL attribute of the users, tokens and rate-limits tables. `ttl` is a
 /// DynamoDB reserved word: expressions name it through [`TTL_NAME`].
 pub const TTL: &str = "ttl";
 pub(crate) const TTL_NAME: &str = "#ttl";
@@ -54,13 +54,20 @@ pub(crate) enum Claim {
 }
 
 /// A claim item for `claim`. Neither kind carries `username` or `email`, so
-/// no claim (a hold included) is ever in the users table's indexes.
+/// no claim (a hold included) is ever in the users table's indexes. A hold
+/// carries the `ttl` of the unverified account it stands for (deleted with
+/// it, `User::UNVERIFIED_RETENTION_SECS` after it was made); an account's
+/// claim has none: it goes with its account (`DynamoStore::release_names`).
 pub(crate) fn claim_item(pk: String, claim: Claim) -> Item {
     let value = match claim {
         Claim::Account(id) => (CLAIM_USER_ID.to_string(), s(id.to_string())),
         Claim::Hold(at) => (HELD_AT.to_string(), n(at)),
     };
-    [(PK.to_string(), s(pk)), value].into()
+    let mut item: Item = [(PK.to_string(), s(pk)), value].into();
+    if let Claim::Hold(at) = claim {
+        item.insert(TTL.to_string(), n(unverified_ttl(at)));
+    }
+    item
 }
 
 /// The claim a stored claim item makes.
@@ -118,6 +125,12 @@ pub(crate) fn epoch_value(password_epoch: u64) -> AttributeValue {
 /// The epoch a password change or reset from `password_epoch` sets.
 pub(crate) fn next_epoch(password_epoch: u64) -> Result<u64, StoreError> {
     password_epoch.checked_add(1).ok_or_else(|| StoreError::internal("password_epoch overflow"))
+}
+
+/// The `ttl` of an unverified account made at `created_at` (and of a
+/// username hold made then): a day after it is due to go.
+pub(crate) fn unverified_ttl(created_at: Timestamp) -> Timestamp {
+    created_at.saturating_add(User::UNVERIFIED_RETENTION_SECS).saturating_add(TTL_GRACE_SECS)
 }
 
 /// The item for an entity: its fields at the top level (absent for `None`),
@@ -193,6 +206,10 @@ mod tests {
             assert!(item.contains_key(attr));
             assert!(!item.contains_key("username") && !item.contains_key("email"), "{item:?}");
             assert_eq!(claim_of(&item).unwrap(), claim);
+            // A hold goes when the unverified account it stands for would;
+            // an account's claim goes with its account.
+            let ttl = matches!(claim, Claim::Hold(_)).then(|| n(1_700_000_000 + 30 * 86_400 + 86_400));
+            assert_eq!(item.get(TTL), ttl.as_ref(), "{claim:?}");
         }
         let bare: Item = [(PK.to_string(), s("UNAME#bob"))].into();
         assert!(matches!(claim_of(&bare), Err(StoreError::Internal(_))));

@@ -3,7 +3,8 @@
 
 use super::errors::{map_sdk, old_item_on_failed_check};
 use super::items::{
-    self, CLAIM_USER_ID, Claim, HELD_AT, Item, PK, TTL_GRACE_SECS, epoch_value, n, next_epoch, s, unchanged_since,
+    self, CLAIM_USER_ID, Claim, HELD_AT, Item, PK, TTL_GRACE_SECS, TTL_NAME, epoch_value, n, next_epoch, s,
+    unchanged_since,
 };
 use super::{DynamoStore, delete_item, put_item, update_item};
 use crate::clock::Timestamp;
@@ -113,6 +114,10 @@ enum Stale {
     Account(Box<User>),
     /// A username hold (no account).
     Hold(Timestamp),
+    /// A claim whose account is gone: deleted by the TTL as unverified
+    /// (`User::UNVERIFIED_RETENTION_SECS`), its claims not yet released by
+    /// the stream processor (`DynamoStore::release_names`).
+    Orphan(UserId),
 }
 
 impl Stale {
@@ -120,12 +125,22 @@ impl Stale {
         match self {
             Stale::Account(u) => Guard::Names(&u.id),
             Stale::Hold(at) => Guard::HeldAt(*at),
+            Stale::Orphan(id) => Guard::Names(id),
         }
     }
 
     fn account(&self) -> Option<&User> {
         match self {
             Stale::Account(u) => Some(u),
+            Stale::Hold(_) | Stale::Orphan(_) => None,
+        }
+    }
+
+    /// The account its claim names (there or gone).
+    fn names(&self) -> Option<&UserId> {
+        match self {
+            Stale::Account(u) => Some(&u.id),
+            Stale::Orphan(id) => Some(id),
             Stale::Hold(_) => None,
         }
     }
@@ -134,7 +149,7 @@ impl Stale {
 /// A name's holder, as read after a refused registration.
 #[derive(Debug)]
 enum Holder {
-    /// The claim or its account went since the refusal: look again.
+    /// The claim went since the refusal: look again.
     Gone,
     /// Held: a verified account, or an account or hold made at or after
     /// the cut-off.
@@ -182,7 +197,15 @@ impl DynamoStore {
         let absent = "attribute_not_exists(pk)";
         let claim = Claim::Account(user.id);
         Ok(vec![
-            put_item(&self.users, items::to_item(user, items::user_pk(&user.id), None)?, absent)?,
+            put_item(
+                &self.users,
+                items::to_item(
+                    user,
+                    items::user_pk(&user.id),
+                    (!user.verified).then(|| items::unverified_ttl(user.created_at)),
+                )?,
+                absent,
+            )?,
             self.claim_put(items::username_claim_pk(user.username.as_str()), claim, username)?,
             self.claim_put(items::email_claim_pk(user.email.as_str()), claim, email)?,
             put_item(
@@ -227,10 +250,14 @@ impl DynamoStore {
         self.get_item(&self.users, pk).await?.map(|item| items::claim_of(&item)).transpose()
     }
 
-    /// The account `id`, as a name's holder.
+    /// The account `id`, as a name's holder. A claim naming an account
+    /// that is not there is an orphan, taken over only while it still
+    /// names that account: if the account went in a registration that took
+    /// the name (with the claim, in one transaction), the claim names the
+    /// new account and the take-over is refused, so the caller looks again.
     async fn account_holder(&self, id: &UserId, before: Timestamp) -> StoreResult<Holder> {
         Ok(match self.get::<User>(&self.users, items::user_pk(id)).await? {
-            None => Holder::Gone,
+            None => Holder::Stale(Stale::Orphan(*id)),
             Some(u) if !u.verified && u.created_at < before => Holder::Stale(Stale::Account(Box::new(u))),
             Some(_) => Holder::Taken,
         })
@@ -265,17 +292,17 @@ impl DynamoStore {
         user: &User,
         verification: &VerificationRecord,
         username_holder: Option<Stale>,
-        email_holder: Option<Box<User>>,
+        email_holder: Option<Stale>,
         before: Timestamp,
     ) -> StoreResult<Option<Vec<UserId>>> {
         let mut tx = self.registration(
             user,
             verification,
             username_holder.as_ref().map_or(Guard::Free, Stale::guard),
-            email_holder.as_ref().map_or(Guard::Free, |u| Guard::Names(&u.id)),
+            email_holder.as_ref().map_or(Guard::Free, Stale::guard),
         )?;
         let mut replaced: Vec<&User> = Vec::new();
-        for old in [username_holder.as_ref().and_then(Stale::account), email_holder.as_deref()].into_iter().flatten() {
+        for old in [username_holder.as_ref(), email_holder.as_ref()].into_iter().flatten().filter_map(Stale::account) {
             if !replaced.iter().any(|r| r.id == old.id) {
                 replaced.push(old);
             }
@@ -337,6 +364,36 @@ impl DynamoStore {
     }
 }
 
+impl DynamoStore {
+    /// Deletes the username and email claims of `user`, an account
+    /// DynamoDB's TTL deleted as unverified (the stream processor calls
+    /// this for its REMOVE), each only while it still names `user`: one a
+    /// registration took over since names another account, and stays.
+    /// Returns how many it deleted; safe to repeat (a redelivered record
+    /// deletes nothing more).
+    pub async fn release_names(&self, user: &User) -> StoreResult<usize> {
+        let mut released = 0;
+        for pk in [items::username_claim_pk(user.username.as_str()), items::email_claim_pk(user.email.as_str())] {
+            let out = self
+                .client
+                .delete_item()
+                .table_name(&self.users)
+                .key(PK, s(pk))
+                .condition_expression(format!("{CLAIM_USER_ID} = :id"))
+                .expression_attribute_values(":id", s(user.id.to_string()))
+                .send()
+                .await;
+            match out.map_err(map_sdk) {
+                Ok(_) => released += 1,
+                // Not there, or another account's now.
+                Err(StoreError::Conflict(Conflict::Stale)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(released)
+    }
+}
+
 #[async_trait]
 impl UserStore for DynamoStore {
     async fn create_user(
@@ -378,17 +435,15 @@ impl UserStore for DynamoStore {
                 Some(None) => continue,
                 Some(Some(Claim::Hold(_))) => return Err(StoreError::internal("an email claim that is a hold")),
                 // The username's stale holder has the email too.
-                Some(Some(Claim::Account(id)))
-                    if username_holder.as_ref().and_then(Stale::account).is_some_and(|u| u.id == id) =>
-                {
-                    username_holder.as_ref().and_then(Stale::account).cloned().map(Box::new)
+                Some(Some(Claim::Account(id))) if username_holder.as_ref().and_then(Stale::names) == Some(&id) => {
+                    username_holder.clone()
                 }
                 Some(Some(Claim::Account(id))) => {
                     match self.hold_username(user, &id, username_holder.as_ref(), before).await? {
                         HoldOutcome::Held => return Err(StoreError::Conflict(Conflict::EmailTaken)),
                         HoldOutcome::UsernameChanged => continue,
                         HoldOutcome::EmailHolderChanged => match self.account_holder(&id, before).await? {
-                            Holder::Stale(Stale::Account(u)) => Some(u),
+                            Holder::Stale(stale) => Some(stale),
                             _ => continue,
                         },
                     }
@@ -653,8 +708,10 @@ impl UserStore for DynamoStore {
         let user = Update::builder()
             .table_name(&self.users)
             .key(PK, s(items::user_pk(&rec.user_id)))
-            .update_expression("SET verified = :true, meta = :meta")
+            // Verified, the account is kept: its TTL goes.
+            .update_expression(format!("SET verified = :true, meta = :meta REMOVE {TTL_NAME}"))
             .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names(TTL_NAME, items::TTL)
             .expression_attribute_values(":true", AttributeValue::Bool(true))
             .expression_attribute_values(":meta", meta);
         self.transact(vec![update_item(token)?, update_item(user)?]).await?;

@@ -381,7 +381,14 @@ pub(crate) struct Expiring<T: 'static> {
     row: fn(&Row<'_>) -> rusqlite::Result<T>,
     /// The record's key, as its change rows name it.
     pub key: fn(&T) -> String,
+    /// Which rows are due at the cut `?1`.
+    due: &'static str,
+    /// How long after the time `due` compares with the cut a record lives
+    /// (0: that time is its own expiry).
+    pub lives: i64,
 }
+
+const EXPIRES: &str = "expires_at <= ?1";
 
 pub(crate) static EXPIRING_VERIFICATIONS: Expiring<VerificationRecord> = Expiring {
     table: "verifications",
@@ -389,6 +396,8 @@ pub(crate) static EXPIRING_VERIFICATIONS: Expiring<VerificationRecord> = Expirin
     cols: VERIFICATION_COLS,
     row: verification_row,
     key: |v| v.token_hash.clone(),
+    due: EXPIRES,
+    lives: 0,
 };
 pub(crate) static EXPIRING_CHALLENGES: Expiring<Challenge> = Expiring {
     table: "challenges",
@@ -396,14 +405,43 @@ pub(crate) static EXPIRING_CHALLENGES: Expiring<Challenge> = Expiring {
     cols: CHALLENGE_COLS,
     row: challenge_row,
     key: |c| c.id.to_string(),
+    due: EXPIRES,
+    lives: 0,
 };
-pub(crate) static EXPIRING_SESSIONS: Expiring<Session> =
-    Expiring { table: "sessions", key_col: "id", cols: SESSION_COLS, row: session_row, key: |s| s.id.to_string() };
-pub(crate) static EXPIRING_OTPS: Expiring<OtpRecord> =
-    Expiring { table: "otps", key_col: "address_hash", cols: OTP_COLS, row: otp_row, key: |o| o.address_hash.clone() };
+pub(crate) static EXPIRING_SESSIONS: Expiring<Session> = Expiring {
+    table: "sessions",
+    key_col: "id",
+    cols: SESSION_COLS,
+    row: session_row,
+    key: |s| s.id.to_string(),
+    due: EXPIRES,
+    lives: 0,
+};
+pub(crate) static EXPIRING_OTPS: Expiring<OtpRecord> = Expiring {
+    table: "otps",
+    key_col: "address_hash",
+    cols: OTP_COLS,
+    row: otp_row,
+    key: |o| o.address_hash.clone(),
+    due: EXPIRES,
+    lives: 0,
+};
+/// Accounts nobody verified, kept `User::UNVERIFIED_RETENTION_SECS`; their
+/// names are their row's, and their verification links go with it (ON
+/// DELETE CASCADE).
+pub(crate) static EXPIRING_UNVERIFIED_USERS: Expiring<User> = Expiring {
+    table: "users",
+    key_col: "id",
+    cols: USER_COLS,
+    row: user_row,
+    key: |u| u.id.to_string(),
+    due: "verified = 0 AND created_at <= ?1",
+    lives: User::UNVERIFIED_RETENTION_SECS,
+};
 
-/// Deletes up to `limit` records of `t` whose `expires_at` is at or before
-/// `cut`, and returns them. (A scan: no index on `expires_at`, so the write
+/// Deletes up to `limit` records of `t` that are due at `cut` (their
+/// `expires_at` is at or before it, or for accounts, see `t.due`), and
+/// returns them. (A scan: no index on `expires_at`, so the write
 /// of every record made by a request stays as cheap as it was. The sweep
 /// runs every 10 minutes and the tables hold about a day of records; a
 /// scan that finds nothing took 1.4 ms over 10 000 challenge rows, 11 ms
@@ -411,7 +449,7 @@ pub(crate) static EXPIRING_OTPS: Expiring<OtpRecord> =
 /// sqlite3 on tmpfs, warm cache): time the requests wait for the connection.)
 pub(crate) fn delete_expired<T>(c: &Connection, t: &Expiring<T>, cut: i64, limit: i64) -> rusqlite::Result<Vec<T>> {
     let gone: Vec<T> = c
-        .prepare_cached(&format!("SELECT {} FROM {} WHERE expires_at <= ?1 LIMIT ?2", t.cols, t.table))?
+        .prepare_cached(&format!("SELECT {} FROM {} WHERE {} LIMIT ?2", t.cols, t.table, t.due))?
         .query_map(rusqlite::params![cut, limit], t.row)?
         .collect::<rusqlite::Result<_>>()?;
     let mut delete = c.prepare_cached(&format!("DELETE FROM {} WHERE {} = ?1", t.table, t.key_col))?;

@@ -8,7 +8,11 @@
 //! session expires with no event). Mail ledger records go when their own
 //! `expires_at` passes (their DynamoDB `ttl`, no grace), and so do the
 //! queue rows of mails sent that long ago: neither is in the audit trail.
-//! Parked (`failed`) mail jobs stay, to be read and sent by hand.
+//! Parked (`failed`) mail jobs stay, to be read and sent by hand. An
+//! account nobody verified goes `User::UNVERIFIED_RETENTION_SECS` (and the
+//! grace) after it was made, with its names and links, as its `ttl` has it
+//! go on AWS (the trail's `unverified_account_expired`); so does a
+//! username hold made then (no event: no record the trail follows).
 //!
 //! Every flow checks expiry itself, so the sweep changes no answer: it
 //! keeps the database from growing for ever and gives the trail its
@@ -18,6 +22,7 @@ use super::EmbeddedStore;
 use super::changes::{ChangeEntity, record_expiry};
 use super::records::{self as rec, Expiring};
 use crate::clock::Timestamp;
+use crate::domain::User;
 use crate::mail::delivery::LEDGER_TTL_SECS;
 use crate::ports::StoreResult;
 use crate::tables::TTL_GRACE_SECS;
@@ -38,15 +43,30 @@ pub struct Swept {
     pub challenges: usize,
     pub sessions: usize,
     pub otps: usize,
+    pub unverified_users: usize,
+    pub username_holds: usize,
     pub mail_ledger: usize,
     pub mail_jobs: usize,
 }
 
 impl Swept {
     pub fn total(&self) -> usize {
-        self.verifications + self.challenges + self.sessions + self.otps + self.mail_ledger + self.mail_jobs
+        self.verifications
+            + self.challenges
+            + self.sessions
+            + self.otps
+            + self.unverified_users
+            + self.username_holds
+            + self.mail_ledger
+            + self.mail_jobs
     }
 }
+
+/// How long after its `held_at` a username hold is deleted: with the
+/// unverified account it stands for.
+const HOLD_LIVES: i64 = User::UNVERIFIED_RETENTION_SECS + TTL_GRACE_SECS;
+/// The holds' table (without rowid) and its key.
+const HOLDS: (&str, &str) = ("username_holds", "username");
 
 impl EmbeddedStore {
     /// Deletes what has outlived its TTL by the store's clock (see the
@@ -59,8 +79,12 @@ impl EmbeddedStore {
             challenges: self.sweep(now, &rec::EXPIRING_CHALLENGES, ChangeEntity::Challenge).await?,
             sessions: self.sweep(now, &rec::EXPIRING_SESSIONS, ChangeEntity::Session).await?,
             otps: self.sweep(now, &rec::EXPIRING_OTPS, ChangeEntity::Otp).await?,
-            mail_ledger: self.sweep_mail("mail_ledger", "expires_at <= ?1", now).await?,
-            mail_jobs: self.sweep_mail("mail_jobs", "state = 'sent' AND sent_at <= ?1 - ?2", now).await?,
+            unverified_users: self.sweep(now, &rec::EXPIRING_UNVERIFIED_USERS, ChangeEntity::User).await?,
+            username_holds: self.sweep_rows(HOLDS, "held_at <= ?1 - ?2", now, HOLD_LIVES).await?,
+            mail_ledger: self.sweep_rows(("mail_ledger", "rowid"), "expires_at <= ?1", now, 0).await?,
+            mail_jobs: self
+                .sweep_rows(("mail_jobs", "rowid"), "state = 'sent' AND sent_at <= ?1 - ?2", now, LEDGER_TTL_SECS)
+                .await?,
         })
     }
 
@@ -75,7 +99,7 @@ impl EmbeddedStore {
             let n = self
                 .db()
                 .tx(move |tx| {
-                    let gone = rec::delete_expired(tx, t, now - TTL_GRACE_SECS, SWEEP_BATCH)?;
+                    let gone = rec::delete_expired(tx, t, now - TTL_GRACE_SECS - t.lives, SWEEP_BATCH)?;
                     for r in &gone {
                         record_expiry(tx, now, entity, &(t.key)(r), r)?;
                     }
@@ -89,10 +113,17 @@ impl EmbeddedStore {
         }
     }
 
-    /// Deletes the rows of `table` that match `condition` (`?1` = now,
-    /// `?2` = the ledger's TTL), in batches; a table not created yet (the
-    /// ledger is made by the mail consumer's start) has nothing to sweep.
-    async fn sweep_mail(&self, table: &'static str, condition: &'static str, now: Timestamp) -> StoreResult<usize> {
+    /// Deletes the rows of `table` (named by its `key` column) that match
+    /// `condition` (`?1` = now, `?2` = `lives`), in batches, recording
+    /// nothing in the change feed; a table not created yet (the ledger is
+    /// made by the mail consumer's start) has nothing to sweep.
+    async fn sweep_rows(
+        &self,
+        (table, key): (&'static str, &'static str),
+        condition: &'static str,
+        now: Timestamp,
+        lives: i64,
+    ) -> StoreResult<usize> {
         let mut swept = 0;
         loop {
             let n = self
@@ -105,9 +136,9 @@ impl EmbeddedStore {
                         return Ok(0);
                     }
                     let sql = format!(
-                        "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {condition} LIMIT ?3)"
+                        "DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {condition} LIMIT ?3)"
                     );
-                    Ok(tx.prepare_cached(&sql)?.execute(rusqlite::params![now, LEDGER_TTL_SECS, SWEEP_BATCH])?)
+                    Ok(tx.prepare_cached(&sql)?.execute(rusqlite::params![now, lives, SWEEP_BATCH])?)
                 })
                 .await?;
             swept += n;
@@ -297,6 +328,74 @@ mod tests {
         let swept = s.sweep_expired().await.unwrap();
         assert_eq!(swept, Swept { verifications: 1, challenges: n + 2, ..Swept::default() });
         assert_eq!(s.changes_after(0, 100_000).await.unwrap().iter().filter(|c| c.by_ttl).count(), n + 3);
+    }
+
+    fn verification_of(u: &User, token_hash: &str) -> VerificationRecord {
+        VerificationRecord {
+            token_hash: token_hash.into(),
+            user_id: u.id,
+            created_at: u.created_at,
+            expires_at: u.created_at + DAY,
+            used_at: None,
+            meta: u.meta.clone(),
+        }
+    }
+
+    async fn holds(s: &EmbeddedStore) -> i64 {
+        s.db().tx(|tx| Ok(tx.query_row("SELECT COUNT(*) FROM username_holds", [], |r| r.get(0))?)).await.unwrap()
+    }
+
+    /// An account nobody verified goes 30 days and the day of grace after
+    /// it was made, with its names and its link, and its trail ends with
+    /// `unverified_account_expired`; a username hold made with it goes
+    /// then too; a verified account made at the same time stays.
+    #[tokio::test]
+    async fn an_unverified_account_and_its_hold_go_thirty_days_on_and_a_verified_one_stays() {
+        let (s, clock) = store();
+        let audit = SqliteAuditStore::open(&s).await.unwrap();
+        let policy = AuditPolicy::default();
+        let never = i64::MIN;
+        let (kept, gone) = (user("kept", "kept@example.com"), user("gone", "gone@example.com"));
+        s.create_user(&kept, &verification_of(&kept, "k"), never).await.unwrap();
+        s.consume_verification(&verification_of(&kept, "k"), T0 + 5, &kept.meta).await.unwrap();
+        // Its link from a resend near the end, still valid when it goes.
+        let late_link =
+            VerificationRecord { expires_at: T0 + User::UNVERIFIED_RETENTION_SECS + 10, ..verification_of(&gone, "g") };
+        s.create_user(&gone, &late_link, never).await.unwrap();
+        // Refused for its taken email, this registration holds its username.
+        let held = user("held", "gone@example.com");
+        assert!(s.create_user(&held, &verification_of(&held, "h"), never).await.is_err());
+        assert_eq!(holds(&s).await, 1);
+
+        let due = T0 + User::UNVERIFIED_RETENTION_SECS + DAY;
+        clock.set(due - 1);
+        let swept = s.sweep_expired().await.unwrap();
+        assert_eq!((swept.unverified_users, swept.username_holds), (0, 0), "a second early: {swept:?}");
+        assert!(s.user_by_id(&gone.id).await.unwrap().is_some());
+
+        clock.set(due);
+        let swept = s.sweep_expired().await.unwrap();
+        assert_eq!((swept.unverified_users, swept.username_holds), (1, 1), "{swept:?}");
+        assert!(s.user_by_id(&gone.id).await.unwrap().is_none());
+        assert!(s.verification("g").await.unwrap().is_none(), "its link went with it");
+        assert!(s.user_by_id(&kept.id).await.unwrap().is_some(), "a verified account is never swept");
+        assert_eq!(holds(&s).await, 0);
+
+        // Its names and the held one are free: registrations that replace
+        // nobody take them.
+        let again = User { created_at: due, ..user("gone", "gone@example.com") };
+        assert_eq!(s.create_user(&again, &verification_of(&again, "g2"), never).await.unwrap(), Vec::new());
+        let held_again = User { created_at: due, ..user("held", "held@example.com") };
+        assert_eq!(s.create_user(&held_again, &verification_of(&held_again, "h2"), never).await.unwrap(), Vec::new());
+
+        drain_change_feed(&s, &audit, &key(), &policy, 400 * DAY).await.unwrap();
+        let subject = gone.id.to_string();
+        let chain = audit.chain(&subject).await.unwrap();
+        assert_eq!(kinds(&chain), [T::UserRegistered, T::VerificationMailRequested, T::UnverifiedAccountExpired]);
+        let last = chain.last().unwrap();
+        assert_eq!((last.reason.as_deref(), last.ip.as_deref()), (Some("ttl"), None));
+        verify_chain(&key(), &subject, &chain).unwrap();
+        assert!(!kinds(&audit.chain(&kept.id.to_string()).await.unwrap()).contains(&T::UnverifiedAccountExpired));
     }
 
     /// Mail ledger records go when their TTL passes and so do the queue
