@@ -272,6 +272,17 @@ async fn unverified_accounts_and_holds_carry_a_ttl_that_verifying_removes() {
     assert_eq!(user_item.get("verified"), Some(&AttributeValue::Bool(true)));
 }
 
+/// What DynamoDB's TTL does to an expired account: its item alone goes.
+async fn ttl_deletes(env: &Env, user: &User) {
+    env.client
+        .delete_item()
+        .table_name(format!("{}-users", env.prefix))
+        .key("pk", AttributeValue::S(items::user_pk(&user.id)))
+        .send()
+        .await
+        .expect("delete the user item");
+}
+
 /// When the TTL has deleted an unverified account and its claims are still
 /// there (the stream processor releases them a moment later, or its record
 /// was given up), a registration takes the names over, each only while it
@@ -282,14 +293,7 @@ async fn the_names_of_an_account_the_ttl_deleted_are_taken_over_and_released() {
     let env = env().await;
     let (gone, _) = registered(&env).await;
     let (other, _) = registered(&env).await;
-    // What DynamoDB's TTL does: the account's item alone goes.
-    env.client
-        .delete_item()
-        .table_name(format!("{}-users", env.prefix))
-        .key("pk", AttributeValue::S(items::user_pk(&gone.id)))
-        .send()
-        .await
-        .expect("delete the user item");
+    ttl_deletes(&env, &gone).await;
 
     // A registration that replaces nobody takes both names.
     let (again, again_token) = user(gone.username.as_str(), gone.email.as_str());
@@ -305,13 +309,7 @@ async fn the_names_of_an_account_the_ttl_deleted_are_taken_over_and_released() {
 
     // Only the username's claim orphaned, the email taken by an account:
     // the username is taken over, the email is refused and held.
-    env.client
-        .delete_item()
-        .table_name(format!("{}-users", env.prefix))
-        .key("pk", AttributeValue::S(items::user_pk(&again.id)))
-        .send()
-        .await
-        .expect("delete the user item");
+    ttl_deletes(&env, &again).await;
     let (third, third_token) = user(again.username.as_str(), other.email.as_str());
     assert!(is_conflict(&env.store.create_user(&third, &third_token, i64::MIN).await, Conflict::EmailTaken));
     let hold = users_item(&env, items::username_claim_pk(again.username.as_str())).await.expect("the hold");

@@ -449,22 +449,29 @@ async fn prefix_holding(ddb: &aws_sdk_dynamodb::Client, id: &str) -> String {
     }
 }
 
-/// On DynamoDB: an account nobody verified within its hold, whose username
-/// a new registration takes, is deleted with its claims, and the stream's
-/// REMOVE ends its trail with `unverified_account_replaced` (no request
-/// metadata: its own registration's is not the remover's).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aws_an_unverified_account_replaced_past_its_hold_ends_its_trail() {
-    use latchkey_core::adapters::dynamo::{DynamoStore, audit::DynamoAuditStore};
+/// A system on the emulator (one account signed up through its API, only
+/// to find its tables) and an account nobody verified, put in its store
+/// as if registered `days` days ago, whose latest link is `link`, made
+/// `link_age` seconds ago and valid for a day.
+struct Aged {
+    sys: TestSystem,
+    sdk: aws_config::SdkConfig,
+    ddb: aws_sdk_dynamodb::Client,
+    prefix: String,
+    store: std::sync::Arc<latchkey_core::adapters::dynamo::DynamoStore>,
+    old: latchkey_core::domain::User,
+    name: String,
+    email: String,
+}
+
+async fn aged_unverified_account(days: i64, link: &str, link_age: i64) -> Aged {
+    use latchkey_core::adapters::dynamo::DynamoStore;
     use latchkey_core::domain::{Email, RequestMeta, User, UserId, Username, VerificationRecord};
     use latchkey_core::ports::UserStore;
     use latchkey_core::rng::OsSecureRng;
-    use latchkey_stream_processor::{Processor, poller::StreamPoller};
-    use std::sync::Arc;
 
     let hash = admin_hash();
     let sys = TestSystem::aws_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
-    // An account through the API, only to find the system's tables.
     let (known, known_email) = verified_user(&sys).await;
     let tokens = sign_in(&sys, &known, &known_email).await;
     let (_, me) = sys.get_auth("/v1/me", tokens["access_token"].as_str().expect("access")).await;
@@ -472,10 +479,9 @@ async fn aws_an_unverified_account_replaced_past_its_hold_ends_its_trail() {
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     let prefix = prefix_holding(&ddb, me["id"].as_str().expect("id")).await;
 
-    // Registered 8 days ago and never verified (the hold is 7 days).
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
     let (name, email) = unique();
-    let created = now - 8 * 86_400;
+    let created = now - days * 86_400;
     let old = User {
         id: UserId::random(&OsSecureRng),
         username: Username::parse(&name).expect("username"),
@@ -493,18 +499,34 @@ async fn aws_an_unverified_account_replaced_past_its_hold_ends_its_trail() {
         password_epoch: 0,
         meta: RequestMeta { ip: Some("198.51.100.4".into()), ..Default::default() },
     };
-    // Its latest link, still valid (a resend an hour ago).
-    let link = "L".repeat(43);
     let token = VerificationRecord {
-        token_hash: latchkey_core::keys::token_hash(&link),
+        token_hash: latchkey_core::keys::token_hash(link),
         user_id: old.id,
-        created_at: now - 3600,
-        expires_at: now - 3600 + 86_400,
+        created_at: now - link_age,
+        expires_at: now - link_age + 86_400,
         used_at: None,
         meta: RequestMeta::default(),
     };
-    let store = DynamoStore::new(ddb.clone(), &prefix);
+    let store = std::sync::Arc::new(DynamoStore::new(ddb.clone(), &prefix));
     store.create_user(&old, &token, i64::MIN).await.expect("the old account");
+    Aged { sys, sdk, ddb, prefix, store, old, name, email }
+}
+
+/// On DynamoDB: an account nobody verified within its hold, whose username
+/// a new registration takes, is deleted with its claims, and the stream's
+/// REMOVE ends its trail with `unverified_account_replaced` (no request
+/// metadata: its own registration's is not the remover's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_an_unverified_account_replaced_past_its_hold_ends_its_trail() {
+    use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
+    use latchkey_core::ports::UserStore;
+    use latchkey_stream_processor::{Processor, poller::StreamPoller};
+    use std::sync::Arc;
+
+    // Registered 8 days ago and never verified (the hold is 7 days); its
+    // latest link, still valid, from a resend an hour ago.
+    let link = "L".repeat(43);
+    let Aged { sys, sdk, ddb, prefix, store, old, name, email } = aged_unverified_account(8, &link, 3600).await;
 
     // Someone registers that username with an address of their own.
     let (_, fresh_email) = unique();
@@ -552,55 +574,16 @@ async fn aws_an_unverified_account_replaced_past_its_hold_ends_its_trail() {
 async fn aws_an_unverified_account_the_ttl_deletes_ends_its_trail_and_frees_its_names() {
     use aws_lambda_events::dynamodb::UserIdentity;
     use aws_sdk_dynamodb::types::AttributeValue;
-    use latchkey_core::adapters::dynamo::{DynamoStore, audit::DynamoAuditStore, items};
+    use latchkey_core::adapters::dynamo::{audit::DynamoAuditStore, items};
     use latchkey_core::audit::Images;
-    use latchkey_core::domain::{Email, RequestMeta, User, UserId, Username, VerificationRecord};
     use latchkey_core::ports::UserStore;
-    use latchkey_core::rng::OsSecureRng;
     use latchkey_stream_processor::{Processor, TTL_PRINCIPAL, poller::StreamPoller};
     use std::sync::Arc;
 
-    let hash = admin_hash();
-    let sys = TestSystem::aws_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
-    // An account through the API, only to find the system's tables.
-    let (known, known_email) = verified_user(&sys).await;
-    let tokens = sign_in(&sys, &known, &known_email).await;
-    let (_, me) = sys.get_auth("/v1/me", tokens["access_token"].as_str().expect("access")).await;
-    let sdk = latchkey_tests::sdk_config(&latchkey_tests::emulator_endpoint().await).await;
-    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-    let prefix = prefix_holding(&ddb, me["id"].as_str().expect("id")).await;
-
-    // Registered 31 days ago and never verified.
+    // Registered 31 days ago, never verified, its one link long dead.
+    let Aged { sys, sdk, ddb, prefix, store, old, name, email } =
+        aged_unverified_account(31, &"T".repeat(43), 31 * 86_400).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
-    let (name, email) = unique();
-    let created = now - 31 * 86_400;
-    let old = User {
-        id: UserId::random(&OsSecureRng),
-        username: Username::parse(&name).expect("username"),
-        email: Email::parse(&email).expect("email"),
-        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".into(),
-        verified: false,
-        created_at: created,
-        failed_logins: 0,
-        locked_until: None,
-        otp_failures: 0,
-        verification_sent_at: Some(created),
-        sessions_valid_after: None,
-        password_reset_at: None,
-        password_resets: 0,
-        password_epoch: 0,
-        meta: RequestMeta { ip: Some("198.51.100.4".into()), ..Default::default() },
-    };
-    let token = VerificationRecord {
-        token_hash: latchkey_core::keys::token_hash(&"T".repeat(43)),
-        user_id: old.id,
-        created_at: created,
-        expires_at: created + 86_400,
-        used_at: None,
-        meta: RequestMeta::default(),
-    };
-    let store = Arc::new(DynamoStore::new(ddb.clone(), &prefix));
-    store.create_user(&old, &token, i64::MIN).await.expect("the old account");
     let user_pk = items::user_pk(&old.id);
     let table = format!("{prefix}-users");
     let item = ddb
