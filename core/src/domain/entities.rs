@@ -85,11 +85,6 @@ impl User {
     /// first link (24 hours): until then a resent link still verifies it.
     pub const UNVERIFIED_RETENTION_SECS: i64 = 30 * 86_400;
 
-    /// When this account is to be deleted: never once verified.
-    pub fn deleted_unverified_at(&self) -> Option<Timestamp> {
-        (!self.verified).then(|| self.created_at.saturating_add(Self::UNVERIFIED_RETENTION_SECS))
-    }
-
     pub fn is_locked(&self, now: Timestamp) -> bool {
         self.locked_until.is_some_and(|t| t > now)
     }
