@@ -388,44 +388,27 @@ pub(crate) struct Expiring<T: 'static> {
     pub lives: i64,
 }
 
-const EXPIRES: &str = "expires_at <= ?1";
+impl<T> Expiring<T> {
+    /// A table whose records go when their own `expires_at` passes.
+    const fn at_expiry(
+        table: &'static str,
+        key_col: &'static str,
+        cols: &'static str,
+        row: fn(&Row<'_>) -> rusqlite::Result<T>,
+        key: fn(&T) -> String,
+    ) -> Self {
+        Expiring { table, key_col, cols, row, key, due: "expires_at <= ?1", lives: 0 }
+    }
+}
 
-pub(crate) static EXPIRING_VERIFICATIONS: Expiring<VerificationRecord> = Expiring {
-    table: "verifications",
-    key_col: "token_hash",
-    cols: VERIFICATION_COLS,
-    row: verification_row,
-    key: |v| v.token_hash.clone(),
-    due: EXPIRES,
-    lives: 0,
-};
-pub(crate) static EXPIRING_CHALLENGES: Expiring<Challenge> = Expiring {
-    table: "challenges",
-    key_col: "id",
-    cols: CHALLENGE_COLS,
-    row: challenge_row,
-    key: |c| c.id.to_string(),
-    due: EXPIRES,
-    lives: 0,
-};
-pub(crate) static EXPIRING_SESSIONS: Expiring<Session> = Expiring {
-    table: "sessions",
-    key_col: "id",
-    cols: SESSION_COLS,
-    row: session_row,
-    key: |s| s.id.to_string(),
-    due: EXPIRES,
-    lives: 0,
-};
-pub(crate) static EXPIRING_OTPS: Expiring<OtpRecord> = Expiring {
-    table: "otps",
-    key_col: "address_hash",
-    cols: OTP_COLS,
-    row: otp_row,
-    key: |o| o.address_hash.clone(),
-    due: EXPIRES,
-    lives: 0,
-};
+pub(crate) static EXPIRING_VERIFICATIONS: Expiring<VerificationRecord> =
+    Expiring::at_expiry("verifications", "token_hash", VERIFICATION_COLS, verification_row, |v| v.token_hash.clone());
+pub(crate) static EXPIRING_CHALLENGES: Expiring<Challenge> =
+    Expiring::at_expiry("challenges", "id", CHALLENGE_COLS, challenge_row, |c| c.id.to_string());
+pub(crate) static EXPIRING_SESSIONS: Expiring<Session> =
+    Expiring::at_expiry("sessions", "id", SESSION_COLS, session_row, |s| s.id.to_string());
+pub(crate) static EXPIRING_OTPS: Expiring<OtpRecord> =
+    Expiring::at_expiry("otps", "address_hash", OTP_COLS, otp_row, |o| o.address_hash.clone());
 /// Accounts nobody verified, kept `User::UNVERIFIED_RETENTION_SECS`; their
 /// names are their row's, and their verification links go with it (ON
 /// DELETE CASCADE).
