@@ -28,6 +28,16 @@ pub use crate::rng::SecureRng;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// A wrong login code as `ChallengeStore::record_challenge_failure` counted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeFailure {
+    /// The challenge's failures, this one included.
+    pub failures: u32,
+    /// This one spent the account's code budget: the user's `otp_failures`
+    /// went from `account_budget - 1` to `account_budget`.
+    pub spent_budget: bool,
+}
+
 #[async_trait]
 pub trait UserStore: Send + Sync {
     /// Creates the user, claims its username and email, and stores its first
@@ -247,8 +257,11 @@ pub trait ChallengeStore: Send + Sync {
     /// nothing of the budget the reset gave back); `Conflict(Stale)`
     /// otherwise, and nothing is counted. `user_id` is the challenge's user; the user item
     /// is only updated if it exists (never created). Both updates set `meta` to the request's.
-    /// Returns the new failure count. The check and the increment are one
-    /// conditional write, so concurrent guesses cannot pass the cap.
+    /// Returns the new failure count, and whether this wrong code was the
+    /// one that brought the user's `otp_failures` to `account_budget` (of
+    /// every wrong code counted against a budget, exactly one says so). The
+    /// check and the increment are one conditional write, so concurrent
+    /// guesses cannot pass the cap.
     async fn record_challenge_failure(
         &self,
         id: &ChallengeId,
@@ -257,7 +270,7 @@ pub trait ChallengeStore: Send + Sync {
         account_budget: u32,
         password_epoch: u64,
         meta: &RequestMeta,
-    ) -> StoreResult<u32>;
+    ) -> StoreResult<CodeFailure>;
 
     /// Replaces the code: sets `code_hash`, `expires_at`, `last_sent_at = now`
     /// and `resends += 1`, never touching `failures` or `attempts`, only if

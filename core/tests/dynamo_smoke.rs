@@ -429,7 +429,7 @@ async fn redeem_challenge_has_a_single_winner() {
     env.store.create_challenge(&c, false, &META).await.unwrap();
     assert_eq!(env.store.challenge(&c.id).await.unwrap(), Some(c.clone()));
     assert_eq!(
-        env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &META).await.unwrap(),
+        env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &META).await.unwrap().failures,
         1
     );
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, 1);
@@ -485,7 +485,7 @@ async fn challenge_failures_never_pass_the_cap() {
         (0..20).map(|_| env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &META)),
     )
     .await;
-    let mut ok: Vec<u32> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+    let mut ok: Vec<u32> = results.iter().filter_map(|r| r.as_ref().ok().map(|f| f.failures)).collect();
     ok.sort_unstable();
     assert_eq!(ok, [1, 2, 3, 4, 5, 6], "each wrong code gets its own count: {results:?}");
     assert!(results.iter().filter(|r| r.is_err()).all(|r| is_conflict(r, Conflict::Stale)));
@@ -768,7 +768,7 @@ async fn a_user_without_a_password_epoch_is_at_zero_until_a_change() {
     assert!(item.contains_key("username") && !item.contains_key("password_epoch"), "{item:?}");
     let before = challenge(&u, "before");
     env.store.create_challenge(&before, false, &META).await.unwrap();
-    assert_eq!(env.store.record_challenge_failure(&before.id, &u.id, 6, u32::MAX, 0, &META).await.unwrap(), 1);
+    assert_eq!(env.store.record_challenge_failure(&before.id, &u.id, 6, u32::MAX, 0, &META).await.unwrap().failures, 1);
     let live = challenge(&u, "live");
     env.store.create_challenge(&live, false, &META).await.unwrap();
     env.store.redeem_challenge(&live.id, "live", NOW + 1, 6, u32::MAX, 0, &session(&u), &META).await.unwrap();

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use latchkey_core::Error;
 use latchkey_core::adapters::embedded::EmbeddedStore;
-use latchkey_core::clock::FixedClock;
+use latchkey_core::clock::{Clock, FixedClock};
 use latchkey_core::config::{Policy, RateLimits};
 use latchkey_core::domain::{Email, RequestMeta};
 use latchkey_core::flows::{Auth, Ports, TokenIssuer};
@@ -631,26 +631,43 @@ async fn the_account_code_budget_holds_the_account_until_a_password_reset() {
             if spent == 100 {
                 break;
             }
+            assert!(
+                !w.mail.kinds().contains(&"account_locked"),
+                "the owner was mailed a lock after {spent} wrong codes"
+            );
             let r = w.auth.verify_login_code(&c.challenge_id.to_string(), wrong, &meta()).await;
             assert!(matches!(r, Err(Error::OtpInvalid { .. })), "{r:?}");
             spent += 1;
         }
     }
+    // The 100th wrong code locks the account and mails its owner at once:
+    // whoever spent the budget knows the password and may never come back
+    // to the password step.
+    let ivan = stored(&w.store, "ivan").await;
+    assert_eq!(ivan.locked_until, Some(w.clock.now() + 900), "the 100th wrong code locks the account");
+    match w.mail.last().job {
+        MailJob::AccountLocked { codes_spent, .. } => assert!(codes_spent, "the lock mail says to reset"),
+        other => panic!("no lock mail after the 100th wrong code: {}", other.kind()),
+    }
+    let locks = |w: &World| w.mail.kinds().iter().filter(|k| **k == "account_locked").count();
+    assert_eq!(locks(&w), 1);
     let r = w.auth.verify_login_code(&kept.challenge_id.to_string(), &kept_code, &meta()).await;
     assert!(matches!(r, Err(Error::OtpExhausted)), "the right code of an open challenge: {r:?}");
     w.clock.advance(61);
     let r = w.auth.resend_login_code(&kept.challenge_id.to_string(), &meta()).await;
     assert!(matches!(r, Err(Error::OtpExhausted)), "a resend issues no code: {r:?}");
     assert!(matches!(w.auth.login("ivan", PW.into(), None, &meta()).await, Err(Error::InvalidCredentials)));
-    match w.mail.last().job {
-        MailJob::AccountLocked { codes_spent, .. } => assert!(codes_spent, "the lock mail says to reset"),
-        other => panic!("no lock mail: {}", other.kind()),
-    }
+    assert_eq!(locks(&w), 1, "a password step during the lock mails nothing more");
     w.clock.advance(900);
     assert!(
         matches!(w.auth.login("ivan", PW.into(), None, &meta()).await, Err(Error::InvalidCredentials)),
         "the lock ran out and the budget came back"
     );
+    match w.mail.last().job {
+        MailJob::AccountLocked { codes_spent, .. } => assert!(codes_spent, "the next lock mail says to reset too"),
+        other => panic!("no lock mail at the next lock: {}", other.kind()),
+    }
+    assert_eq!(locks(&w), 2, "the password step after the lock locks and mails again");
     w.auth.request_password_reset(&email, &meta()).await.unwrap();
     w.auth.reset_password(&w.mail.reset_token(), NEW_PW.into(), &meta()).await.unwrap();
     w.clock.advance(1);

@@ -768,3 +768,109 @@ async fn aws_a_reset_during_a_lock_ends_it_in_the_trail() {
     assert_eq!(tail, owned(RESET_TAIL));
     check_failed_logins(&sys, &id).await;
 }
+
+/// Someone who knows a verified user's password spends the account's code
+/// budget (100 wrong codes over 17 logins); returns the user id and address.
+/// The 100th wrong code locks the account and mails its owner at once.
+async fn codes_spent(sys: &TestSystem) -> (String, String) {
+    let (username, email) = verified_user(sys).await;
+    let tokens = sign_in(sys, &username, &email).await;
+    let (_, me) = sys.get_auth("/v1/me", tokens["access_token"].as_str().expect("access")).await;
+    let (mut spent, mut logins) = (0, 0);
+    while spent < 100 {
+        logins += 1;
+        let before = sys.mails_to(&email).await.len();
+        let (st, body, _) = sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD})).await;
+        assert_eq!(st, 202, "the password step after {spent} wrong codes: {body}");
+        let challenge = body["challenge_id"].as_str().expect("challenge_id").to_string();
+        let code = sys.wait_mail(&email, before + 1).await.code().expect("code in mail");
+        let wrong = if code == "000000" { "111111" } else { "000000" };
+        for _ in 0..6 {
+            if spent == 100 {
+                break;
+            }
+            let (st, body, _) = sys.post("/v1/login/otp", json!({"challenge_id": challenge, "code": wrong})).await;
+            assert_eq!(st, 401, "{body}");
+            spent += 1;
+        }
+    }
+    // The verification link, the sign-in's code and a code per login, then
+    // the lock notice.
+    let n = 2 + logins + 1;
+    let lock = sys.wait_mail(&email, n).await;
+    assert_eq!(lock.kind, "account_locked", "the owner is mailed right after the 100th wrong code");
+    let (st, body, _) = sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD})).await;
+    assert_eq!(st, 401, "the right password during the lock: {body}");
+    assert_eq!(sys.mails_to(&email).await.len(), n, "a password step during the lock mails nothing more");
+    (me["id"].as_str().expect("id").to_string(), email)
+}
+
+/// Polls (bounded) until `id`'s newest request event is a lock; the
+/// newest `n` request events then, oldest first.
+async fn lock_tail<F, Fut>(sys: &TestSystem, id: &str, n: usize, mut pump: F) -> Vec<(String, String, String)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let field = |e: &Value, k: &str| e[k].as_str().unwrap_or_default().to_string();
+    let mut requests = Vec::new();
+    for _ in 0..100 {
+        pump().await;
+        let (st, body) = admin_get(sys, &format!("/v1/admin/users/{id}/audit?limit=200"), Some(ADMIN_KEY)).await;
+        assert_eq!(st, 200, "{body}");
+        requests = body["events"].as_array().expect("events").iter().filter(|e| !is_mail(e)).cloned().collect();
+        if requests.first().is_some_and(|e| e["event"] == "account_locked") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(requests.iter().filter(|e| e["event"] == "code_failed").count(), 100, "{requests:?}");
+    assert!(!requests.iter().any(|e| e["event"] == "login_failed"), "no password was wrong: {requests:?}");
+    let mut tail: Vec<_> =
+        requests.iter().take(n).map(|e| (field(e, "event"), field(e, "outcome"), field(e, "reason"))).collect();
+    tail.reverse();
+    tail
+}
+
+/// The 100th wrong code, then the lock it causes, with the budget's reason.
+const BUDGET_TAIL: &[(&str, &str, &str)] =
+    &[("code_failed", "failure", "wrong_code"), ("account_locked", "failure", "code_budget_spent")];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_the_wrong_code_that_spends_the_budget_locks_and_tells_the_owner() {
+    let hash = admin_hash();
+    let sys =
+        TestSystem::embedded_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    let (id, _) = codes_spent(&sys).await;
+    assert_eq!(lock_tail(&sys, &id, BUDGET_TAIL.len(), || async {}).await, owned(BUDGET_TAIL));
+}
+
+/// The same through the DynamoDB stream: the lock is the user's MODIFY
+/// that sets `locked_until` once `otp_failures` is at the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_the_wrong_code_that_spends_the_budget_locks_and_tells_the_owner() {
+    use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
+    use latchkey_stream_processor::{Processor, poller::StreamPoller};
+    use std::sync::Arc;
+
+    let hash = admin_hash();
+    let sys = TestSystem::aws_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    let (id, _) = codes_spent(&sys).await;
+    let sdk = latchkey_tests::sdk_config(&latchkey_tests::emulator_endpoint().await).await;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let prefix = prefix_holding(&ddb, &id).await;
+    let processor = Processor::new(
+        Arc::new(DynamoAuditStore::new(ddb, &prefix)),
+        latchkey_tests::audit_key(),
+        AuditPolicy::default(),
+        400,
+    );
+    let poller = tokio::sync::Mutex::new(StreamPoller::new(&sdk, &prefix));
+    let (poller, processor) = (&poller, &processor);
+    let tail = lock_tail(&sys, &id, BUDGET_TAIL.len(), || async move {
+        let batch = poller.lock().await.next_batch().await.expect("poll the streams");
+        assert!(processor.handle(&batch).await.batch_item_failures.is_empty());
+    })
+    .await;
+    assert_eq!(tail, owned(BUDGET_TAIL));
+}

@@ -101,8 +101,11 @@ impl Auth {
                 .record_challenge_failure(&id, &c.user_id, max, budget, c.password_epoch, meta)
                 .await
             {
-                Ok(n) => {
-                    tracing::info!(user_id = %c.user_id, challenge_id = %id, failures = n, "wrong login code");
+                Ok(f) => {
+                    tracing::info!(user_id = %c.user_id, challenge_id = %id, failures = f.failures, "wrong login code");
+                    if f.spent_budget {
+                        self.lock_for_spent_budget(&c.user_id, now, meta).await;
+                    }
                     Err(Error::OtpInvalid { attempts_left })
                 }
                 Err(StoreError::Conflict(_)) => Err(match self.account_refuses(&c).await? {
@@ -149,6 +152,24 @@ impl Auth {
         // At the password step's epoch, which the redeem found current: a
         // change or reset from now on ends this token too.
         Ok(TokenPair { device_token: Some(self.device_token(&c.user_id, now, c.password_epoch)), ..pair })
+    }
+
+    /// The wrong code that spent the account's code budget came from
+    /// someone who knows the password: the account locks now and its owner
+    /// is mailed a link to reset it (as the next password step would, which
+    /// may never come), unless a lock is already running. The wrong code is
+    /// counted whatever happens here: a store error is logged, not
+    /// answered, and the next password step locks and mails instead.
+    async fn lock_for_spent_budget(&self, user_id: &UserId, now: Timestamp, meta: &RequestMeta) {
+        tracing::warn!(user_id = %user_id, "the account's code budget is spent: locking it");
+        let locked = match self.ports.users.user_by_id(user_id).await {
+            Ok(Some(user)) => self.count_failure(&user, now, 1, meta).await.map(drop),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = locked {
+            tracing::error!(user_id = %user_id, error = %e, "the spent code budget's lock failed; the next password step locks");
+        }
     }
 
     /// Why the account of `c` accepts no code for it now, if it does not:

@@ -8,6 +8,7 @@ use super::fixtures::{
 };
 use crate::domain::{Challenge, RequestMeta, Session, User};
 use crate::error::Conflict;
+use crate::ports::CodeFailure;
 
 /// The cap on wrong codes the cases pass as `max_failures`.
 const MAX_FAILURES: u32 = 6;
@@ -224,8 +225,8 @@ pub async fn challenge_failures_capped_under_concurrency(s: &Subject) {
     let mut counts = Vec::new();
     for (i, r) in results.into_iter().enumerate() {
         match r {
-            Ok(n) => counts.push(n),
-            Err(e) => expect_conflict::<u32>(Err(e), Conflict::Stale, &format!("racer {i} over the cap")),
+            Ok(f) => counts.push(f.failures),
+            Err(e) => expect_conflict::<CodeFailure>(Err(e), Conflict::Stale, &format!("racer {i} over the cap")),
         }
     }
     counts.sort_unstable();
@@ -484,7 +485,11 @@ pub async fn replace_challenge_code_keeps_failures(s: &Subject) {
     assert_eq!(stored_user(s, &user.id).await.otp_failures, 2, "a resend changed the user's otp_failures");
 
     for n in 3..=MAX_FAILURES {
-        assert_eq!(fail().await.expect("record_challenge_failure"), n, "the count goes on from before the resend");
+        assert_eq!(
+            fail().await.expect("record_challenge_failure").failures,
+            n,
+            "the count goes on from before the resend"
+        );
     }
     let before = stored_challenge(s, &challenge.id).await;
     expect_conflict(replace(T0 + 2 * COOLDOWN).await, Conflict::Stale, "a resend for an exhausted challenge");
@@ -504,7 +509,11 @@ pub async fn the_account_budget_stops_every_code(s: &Subject) {
             .challenges
             .record_challenge_failure(&first.id, &user.id, MAX_FAILURES, BUDGET, first.password_epoch, &meta())
             .await;
-        assert_eq!(counted.expect("a wrong code within the budget"), n);
+        assert_eq!(
+            counted.expect("a wrong code within the budget"),
+            CodeFailure { failures: n, spent_budget: n == BUDGET },
+            "only the budget's last wrong code spends it"
+        );
     }
     let spent = stored_user(s, &user.id).await;
     assert_eq!(spent.otp_failures, BUDGET);
@@ -533,6 +542,48 @@ pub async fn the_account_budget_stops_every_code(s: &Subject) {
         .await
         .expect("a right code within the budget");
     assert_eq!(stored_user(s, &user.id).await.otp_failures, 0);
+}
+
+/// Of concurrent wrong codes on several challenges of one account, exactly
+/// the budget's worth count, and exactly one of them says it spent the
+/// budget (the flow locks the account and mails its owner on that one).
+pub async fn one_wrong_code_spends_the_budget(s: &Subject) {
+    const BUDGET: u32 = 8;
+    const CHALLENGES: usize = 3;
+    let (user, first) = pending_challenge(s).await;
+    let mut ids = vec![first.id];
+    for _ in 1..CHALLENGES {
+        let c = new_challenge(user.id);
+        s.challenges.create_challenge(&c, false, &meta()).await.expect("another challenge");
+        ids.push(c.id);
+    }
+    // Every challenge can take MAX_FAILURES, more than the budget between them.
+    let tries = CHALLENGES * MAX_FAILURES as usize;
+    let results = race(tries, |i| {
+        let challenges = s.challenges.clone();
+        let (id, user_id) = (ids[i % CHALLENGES], user.id);
+        async move { challenges.record_challenge_failure(&id, &user_id, MAX_FAILURES, BUDGET, 0, &meta()).await }
+    })
+    .await;
+    let mut counted = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(f) => counted.push(f),
+            Err(e) => expect_conflict::<CodeFailure>(Err(e), Conflict::Stale, &format!("racer {i} past the budget")),
+        }
+    }
+    assert_eq!(counted.len(), BUDGET as usize, "exactly the budget's worth of wrong codes count: {counted:?}");
+    assert_eq!(
+        counted.iter().filter(|f| f.spent_budget).count(),
+        1,
+        "exactly one wrong code spends the budget: {counted:?}"
+    );
+    assert_eq!(stored_user(s, &user.id).await.otp_failures, BUDGET);
+    let mut per_challenge = 0;
+    for id in &ids {
+        per_challenge += stored_challenge(s, id).await.failures;
+    }
+    assert_eq!(per_challenge, BUDGET, "the challenges' counts add up to the account's");
 }
 
 /// A password changed (or reset) since a challenge's password step ends

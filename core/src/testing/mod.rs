@@ -119,6 +119,7 @@ macro_rules! contract_suite {
             replace_challenge_code_max_resends,
             replace_challenge_code_keeps_failures,
             the_account_budget_stops_every_code,
+            one_wrong_code_spends_the_budget,
             a_password_change_since_the_password_step_stops_its_code,
             // sessions
             rotate_session_once_per_hash,

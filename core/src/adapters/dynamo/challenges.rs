@@ -9,7 +9,7 @@ use crate::StoreError;
 use crate::clock::Timestamp;
 use crate::domain::{Challenge, ChallengeId, RequestMeta, Session, UserId};
 use crate::error::Conflict;
-use crate::ports::{ChallengeStore, StoreResult};
+use crate::ports::{ChallengeStore, CodeFailure, StoreResult, UserStore};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::builders::UpdateBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, Update};
@@ -146,15 +146,23 @@ impl ChallengeStore for DynamoStore {
         account_budget: u32,
         password_epoch: u64,
         meta: &RequestMeta,
-    ) -> StoreResult<u32> {
+    ) -> StoreResult<CodeFailure> {
         let meta = meta_value(meta)?;
-        // A transaction returns no values, so the new count comes from an
-        // exact guard instead: read the count, then increment it only if it
-        // is still what was read (and under the cap, and unused). A lost race
-        // means another wrong guess was counted; read again. Every lost
-        // round is someone else's increment, and increments stop at the cap,
-        // so this ends within `max_failures + 1` rounds.
-        for _ in 0..=max_failures {
+        let Some(last) = account_budget.checked_sub(1) else {
+            return Err(StoreError::Conflict(Conflict::Stale));
+        };
+        // A transaction returns no values, so the new counts come from
+        // guards instead. The challenge's: read it, then increment it only
+        // if it is still what was read (and under the cap, and unused); a
+        // lost race means another wrong guess was counted, so read again.
+        // Every lost round is someone else's increment, and increments stop
+        // at the cap, so that ends within `max_failures + 1` rounds. The
+        // user's: below the budget's last count first; refused there, the
+        // user is read, and if the last count is what is left it is taken
+        // on `otp_failures = last` (one more round), so exactly one wrong
+        // code spends the budget and knows it.
+        let mut spends = false;
+        for _ in 0..=max_failures + 1 {
             let Some(seen) = self.challenge(id).await? else {
                 return Err(StoreError::Conflict(Conflict::Stale));
             };
@@ -179,16 +187,27 @@ impl ChallengeStore for DynamoStore {
                 .key(PK, s(items::user_pk(user_id)))
                 .update_expression("SET meta = :meta ADD otp_failures :one")
                 .condition_expression(format!(
-                    "attribute_exists(pk) AND otp_failures < :budget AND {}",
+                    "attribute_exists(pk) AND otp_failures {} :last AND {}",
+                    if spends { "=" } else { "<" },
                     unchanged_since(password_epoch)
                 ))
                 .expression_attribute_values(":one", n(1))
-                .expression_attribute_values(":budget", n(account_budget))
+                .expression_attribute_values(":last", n(last))
                 .expression_attribute_values(":epoch", epoch_value(password_epoch))
                 .expression_attribute_values(":meta", meta.clone());
             match self.transact(vec![update_item(count)?, update_item(budget)?]).await {
-                Ok(()) => return Ok(seen.failures + 1),
+                Ok(()) => return Ok(CodeFailure { failures: seen.failures + 1, spent_budget: spends }),
                 Err(e) if e.check_failed(0) => continue,
+                Err(e) if e.check_failed(1) && !spends => {
+                    let left_one = self
+                        .user_by_id(user_id)
+                        .await?
+                        .is_some_and(|u| u.otp_failures == last && u.password_epoch == password_epoch);
+                    if !left_one {
+                        return Err(StoreError::Conflict(Conflict::Stale));
+                    }
+                    spends = true;
+                }
                 Err(e) => return Err(e.into()),
             }
         }

@@ -16,7 +16,7 @@ use crate::domain::{
     VerificationRecord,
 };
 use crate::error::{Conflict, StoreError};
-use crate::ports::{ChallengeStore, OtpStore, SessionStore, StoreResult, UserStore};
+use crate::ports::{ChallengeStore, CodeFailure, OtpStore, SessionStore, StoreResult, UserStore};
 use async_trait::async_trait;
 
 fn conflict<T>(c: Conflict) -> StoreResult<T> {
@@ -426,7 +426,7 @@ impl ChallengeStore for EmbeddedStore {
         account_budget: u32,
         password_epoch: u64,
         meta: &RequestMeta,
-    ) -> StoreResult<u32> {
+    ) -> StoreResult<CodeFailure> {
         let (id, user_id, meta, at) = (*id, *user_id, meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
@@ -445,12 +445,14 @@ impl ChallengeStore for EmbeddedStore {
                 let new_c = Challenge { failures: old_c.failures + 1, meta: meta.clone(), ..old_c.clone() };
                 rec::update_challenge(tx, &new_c)?;
                 record(tx, at, ChangeEntity::Challenge, &id.to_string(), Some(&old_c), Some(&new_c))?;
+                let mut spent_budget = false;
                 if let Some(old_u) = old_u {
                     let new_u = User { otp_failures: old_u.otp_failures.saturating_add(1), meta, ..old_u.clone() };
+                    spent_budget = new_u.otp_failures == account_budget;
                     rec::update_user(tx, &new_u)?;
                     record(tx, at, ChangeEntity::User, &user_id.to_string(), Some(&old_u), Some(&new_u))?;
                 }
-                Ok(new_c.failures)
+                Ok(CodeFailure { failures: new_c.failures, spent_budget })
             })
             .await
     }
@@ -1076,7 +1078,7 @@ mod tests {
         let mut counts = Vec::new();
         for t in tasks {
             match t.await.unwrap() {
-                Ok(n) => counts.push(n),
+                Ok(f) => counts.push(f.failures),
                 Err(StoreError::Conflict(Conflict::Stale)) => {}
                 Err(e) => panic!("unexpected {e:?}"),
             }
