@@ -97,11 +97,24 @@ impl Processor {
     /// account's names released, after its event is in the trail, so a
     /// failed release is retried with the record and appends nothing
     /// twice). Returns the events added.
+    ///
+    /// Each append's new head is logged (`audit head`: subject, seq, hash,
+    /// expires_at and `head`, the three as `verify-chain --head` takes
+    /// them): the log is the chain's witness outside the audit table (see
+    /// `latchkey_core::audit::check_logged_head`).
     pub async fn process(&self, record: &EventRecord) -> Result<usize, RecordError> {
         let Some(change) = source_change(record)? else { return Ok(0) };
         let mut added = 0;
         for e in audit_events(&change, &self.policy) {
-            if self.audit.append(&self.key, &e, e.at.saturating_add(self.retention_secs)).await? {
+            if let Some(head) = self.audit.append(&self.key, &e, e.at.saturating_add(self.retention_secs)).await? {
+                tracing::info!(
+                    subject = %e.subject,
+                    seq = head.seq,
+                    hash = %head.hash,
+                    expires_at = head.expires_at,
+                    head = %head,
+                    "audit head"
+                );
                 added += 1;
             }
         }

@@ -135,6 +135,7 @@ pub fn message_attribute(m: &aws_sdk_sqs::types::Message, name: &str) -> Option<
     m.message_attributes()?.get(name)?.string_value().map(str::to_string)
 }
 
+pub mod logs;
 pub mod scenarios;
 pub mod system;
 

@@ -6,7 +6,7 @@
 //! per-client limit, and a chain
 //! edited in DynamoDB failing verification at that record.
 
-use latchkey_core::audit::{AdminKeyHash, AuditPolicy, AuditStore, verify_chain};
+use latchkey_core::audit::{AdminKeyHash, AuditHead, AuditPolicy, AuditStore, check_logged_head, verify_chain};
 use latchkey_tests::scenarios::{
     PASSWORD, clear_of_a_minute_edge, reset_with_link, sign_in, token_from_link, unique, verified_user,
 };
@@ -354,6 +354,8 @@ async fn aws_journey_leaves_exactly_its_trail_and_an_edit_breaks_the_chain() {
     let hash = admin_hash();
     let sys = TestSystem::aws_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
     let (id, _) = journey(&sys).await;
+    // The processor's log lines (it runs on this thread, in `settled`'s pump).
+    let (log, _guard) = latchkey_tests::logs::Captured::install();
 
     let sdk = latchkey_tests::sdk_config(&latchkey_tests::emulator_endpoint().await).await;
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
@@ -382,6 +384,49 @@ async fn aws_journey_leaves_exactly_its_trail_and_an_edit_breaks_the_chain() {
     assert_eq!(kinds(&trail(&sys, &id).await), JOURNEY);
     let chain = audit.chain(&id).await.expect("chain");
     verify_chain(&latchkey_tests::audit_key(), &id, &chain).expect("intact");
+
+    // The newest head the processor logged for this subject is the chain's end.
+    let logged: AuditHead = log
+        .take()
+        .iter()
+        .filter(|l| l["message"] == "audit head" && l["subject"] == id.as_str())
+        .filter_map(|l| l["head"].as_str()?.parse().ok())
+        .max_by_key(|h: &AuditHead| h.seq)
+        .expect("an audit head line for the subject");
+    assert_eq!(logged, AuditHead::of(chain.last().expect("records")));
+    let now = latchkey_core::clock::Clock::now(&latchkey_core::clock::SystemClock);
+    check_logged_head(&id, &chain, &logged, now).expect("the chain reaches its logged head");
+
+    // Whoever can write the table can cut the newest record off and move
+    // the head back: the rest still verifies, but not against the log.
+    let s = aws_sdk_dynamodb::types::AttributeValue::S;
+    let last = &chain[chain.len() - 1];
+    ddb.delete_item()
+        .table_name(format!("{prefix}-audit"))
+        .key("pk", s(format!("SUBJ#{id}")))
+        .key("sk", s(format!("REC#{:020}", last.seq)))
+        .send()
+        .await
+        .expect("cut the newest record");
+    ddb.update_item()
+        .table_name(format!("{prefix}-audit"))
+        .key("pk", s(format!("SUBJ#{id}")))
+        .key("sk", s("HEAD".into()))
+        .update_expression("SET seq = :seq, #h = :h")
+        .expression_attribute_names("#h", "hash")
+        .expression_attribute_values(":seq", aws_sdk_dynamodb::types::AttributeValue::N((last.seq - 1).to_string()))
+        .expression_attribute_values(":h", s(last.prev_hash.clone()))
+        .send()
+        .await
+        .expect("move the head back");
+    let cut = audit.chain(&id).await.expect("chain");
+    assert_eq!(cut.len(), chain.len() - 1);
+    verify_chain(&latchkey_tests::audit_key(), &id, &cut).expect("a cut chain holds by itself");
+    let brk = check_logged_head(&id, &cut, &logged, now).expect_err("cut behind its logged head");
+    assert_eq!(
+        (brk.seq, brk.reason),
+        (last.seq, "a head the logs recorded is missing before its expiry: the chain was cut back")
+    );
 
     // Editing one stored record breaks the chain at that record.
     ddb.update_item()

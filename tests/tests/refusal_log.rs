@@ -6,38 +6,12 @@
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use http::Request;
+use latchkey_tests::logs::Captured;
 use latchkey_tests::system::TempDir;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use tower::ServiceExt as _;
-
-/// The log lines written while it is the thread's subscriber, as JSON.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    /// Takes the lines written so far.
-    fn take(&self) -> Vec<Value> {
-        let bytes = std::mem::take(&mut *self.0.lock().expect("lock"));
-        String::from_utf8(bytes)
-            .expect("utf-8 log")
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("a JSON log line"))
-            .collect()
-    }
-}
 
 /// Method, path, JSON body, bearer, the status wanted and its error code.
 type Case<'a> = (&'a str, &'a str, Option<Value>, Option<&'a str>, u16, &'a str);
@@ -64,15 +38,7 @@ async fn send(app: &axum::Router, method: &str, uri: &str, body: Option<Value>, 
 
 #[tokio::test]
 async fn refusals_leave_one_line_each_without_what_the_client_sent() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::install();
 
     let dir = TempDir::new();
     let admin_key = "the-real-admin-key-0123456789abcdef";

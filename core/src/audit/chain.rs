@@ -8,6 +8,8 @@ use super::AuditRecord;
 use crate::clock::Timestamp;
 use crate::keys::AuditKey;
 use sha2::{Digest, Sha256};
+use std::fmt;
+use std::str::FromStr;
 
 /// The `prev_hash` of a subject's first record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -124,6 +126,72 @@ pub fn verify_chain_at(
     Ok(ChainReport { records: records.len(), unsealed })
 }
 
+/// A chain's head right after an append: the record's number, hash and
+/// expiry. The stream processor logs one (`audit head`) for every record
+/// it appends, so a witness of each chain's end is kept outside the audit
+/// store, in a log that whoever can write the store cannot rewrite:
+/// [`check_logged_head`] then finds a chain cut back behind it. Written
+/// and read as `<seq>:<hash>:<expires_at>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditHead {
+    pub seq: u64,
+    pub hash: String,
+    pub expires_at: Timestamp,
+}
+
+impl AuditHead {
+    pub fn of(r: &AuditRecord) -> Self {
+        AuditHead { seq: r.seq, hash: r.hash.clone(), expires_at: r.expires_at }
+    }
+}
+
+impl fmt::Display for AuditHead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.seq, self.hash, self.expires_at)
+    }
+}
+
+impl FromStr for AuditHead {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("a logged head is <seq>:<hash>:<expires_at> (got {s:?})");
+        let mut parts = s.split(':');
+        let (Some(seq), Some(hash), Some(expires_at), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let seq = seq.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(bad)?;
+        let expires_at = expires_at.parse::<Timestamp>().map_err(|_| bad())?;
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(format!("a logged head's hash is 64 lowercase hex digits (got {hash:?})"));
+        }
+        Ok(AuditHead { seq, hash: hash.to_string(), expires_at })
+    }
+}
+
+/// Checks a subject's stored records, oldest first, against a head the
+/// logs recorded for it: the record of that number must still be there
+/// with that hash, unless its own expiry has passed by `now` (retention).
+/// With [`verify_chain_at`] holding as well, the chain then still reaches
+/// that head, so its newest records cannot be removed (and the head moved
+/// back) without the key either: a record removed while live breaks here,
+/// and so does one written again in its place.
+pub fn check_logged_head(
+    subject: &str,
+    records: &[AuditRecord],
+    head: &AuditHead,
+    now: Timestamp,
+) -> Result<(), ChainBreak> {
+    let brk = |reason| Err(ChainBreak { subject: subject.to_string(), seq: head.seq, reason });
+    match records.iter().find(|r| r.seq == head.seq) {
+        Some(r) if r.hash == head.hash => Ok(()),
+        Some(_) => brk("the record differs from the head the logs recorded: the chain was cut back and written again"),
+        None if head.expires_at <= now => Ok(()),
+        None => brk("a head the logs recorded is missing before its expiry: the chain was cut back"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +239,63 @@ mod tests {
 
     fn unsealed(records: &mut [AuditRecord]) {
         rehash(records, |_| None);
+    }
+
+    /// The newest records cut off (the head moved back) still verify on
+    /// their own; a head logged before the cut does not let them.
+    #[test]
+    fn a_chain_cut_back_behind_a_logged_head_is_refused() {
+        let full = chain(5);
+        let logged = AuditHead::of(&full[4]);
+        assert_eq!(check_logged_head("u1", &full, &logged, 0), Ok(()));
+        assert_eq!(check_logged_head("u1", &full, &AuditHead::of(&full[1]), 0), Ok(()), "an older head");
+
+        let cut = &full[..3];
+        assert!(verify_chain(&key(), "u1", cut).is_ok(), "the cut chain holds by itself");
+        let e = check_logged_head("u1", cut, &logged, logged.expires_at - 1).unwrap_err();
+        assert_eq!(
+            (e.seq, e.reason),
+            (5, "a head the logs recorded is missing before its expiry: the chain was cut back")
+        );
+        // Past its own expiry the head may be gone by retention.
+        assert_eq!(check_logged_head("u1", cut, &logged, logged.expires_at), Ok(()));
+        assert_eq!(check_logged_head("u1", &[], &logged, logged.expires_at), Ok(()));
+
+        // Cut back, then appended to with the key (by the processor itself,
+        // as new events come): the number is there, the record is not the one logged.
+        let mut rewritten = chain(3);
+        let prev = rewritten[2].hash.clone();
+        let mut other = ev(3);
+        (other.event_id, other.ip) = ("e-other".into(), Some("198.51.100.2".into()));
+        rewritten.push(AuditRecord::chained(&other, 4, &prev, 2_000_000_003, &key()));
+        rewritten.push(AuditRecord::chained(&ev(4), 5, &rewritten[3].hash.clone(), 2_000_000_004, &key()));
+        assert!(verify_chain(&key(), "u1", &rewritten).is_ok());
+        let e = check_logged_head("u1", &rewritten, &logged, 0).unwrap_err();
+        assert_eq!(e.seq, 5);
+        assert!(e.reason.starts_with("the record differs from the head the logs recorded"), "{e}");
+    }
+
+    #[test]
+    fn a_logged_head_reads_back_as_written_and_nothing_else_parses() {
+        let head = AuditHead::of(&chain(2)[1]);
+        let text = head.to_string();
+        assert_eq!(text, format!("2:{}:2000000001", head.hash));
+        assert_eq!(text.parse::<AuditHead>(), Ok(head.clone()));
+        let hash = &head.hash;
+        for bad in [
+            String::new(),
+            format!("2:{hash}"),
+            format!("2:{hash}:2000000001:9"),
+            format!("0:{hash}:2000000001"),
+            format!("-1:{hash}:2000000001"),
+            format!("x:{hash}:2000000001"),
+            format!("2:{}:2000000001", &hash[..63]),
+            format!("2:{}:2000000001", hash.to_uppercase()),
+            format!("2:{}g:2000000001", &hash[..63]),
+            format!("2:{hash}:soon"),
+        ] {
+            assert!(bad.parse::<AuditHead>().is_err(), "{bad:?} parsed");
+        }
     }
 
     #[test]

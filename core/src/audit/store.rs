@@ -1,6 +1,6 @@
 //! The port the audit trail is kept behind.
 
-use super::{AuditEvent, AuditEventType, AuditRecord};
+use super::{AuditEvent, AuditEventType, AuditHead, AuditRecord};
 use crate::clock::Timestamp;
 use crate::keys::AuditKey;
 use crate::ports::StoreResult;
@@ -41,10 +41,11 @@ pub struct DayCount {
 #[async_trait]
 pub trait AuditStore: Send + Sync {
     /// Appends `event` to its subject's chain, sealed with `key`, to expire
-    /// at `expires_at` or later. `Ok(true)` if it was added. The key is
-    /// the caller's: only the trail's writer holds it, not every reader of
-    /// the store.
-    async fn append(&self, key: &AuditKey, event: &AuditEvent, expires_at: Timestamp) -> StoreResult<bool>;
+    /// at `expires_at` or later. The chain's new head if it was added,
+    /// `None` if it was there already. The key is the caller's: only the
+    /// trail's writer holds it, not every reader of the store.
+    async fn append(&self, key: &AuditKey, event: &AuditEvent, expires_at: Timestamp)
+    -> StoreResult<Option<AuditHead>>;
 
     /// Up to `limit` records of `subject` with `seq < before` (all if
     /// `None`), newest first.

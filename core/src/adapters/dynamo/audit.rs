@@ -9,7 +9,8 @@ use super::items::{self, Item, PK, TTL, TTL_NAME, n, s};
 use super::{DynamoStore, update_item};
 use crate::StoreError;
 use crate::audit::{
-    AuditEvent, AuditEventType, AuditPage, AuditRecord, AuditStore, DayCount, GENESIS_HASH, day_of, day_string,
+    AuditEvent, AuditEventType, AuditHead, AuditPage, AuditRecord, AuditStore, DayCount, GENESIS_HASH, day_of,
+    day_string,
 };
 use crate::clock::Timestamp;
 use crate::keys::AuditKey;
@@ -145,7 +146,12 @@ fn put(
 
 #[async_trait]
 impl AuditStore for DynamoAuditStore {
-    async fn append(&self, key: &AuditKey, event: &AuditEvent, expires_at: Timestamp) -> StoreResult<bool> {
+    async fn append(
+        &self,
+        key: &AuditKey,
+        event: &AuditEvent,
+        expires_at: Timestamp,
+    ) -> StoreResult<Option<AuditHead>> {
         for _ in 0..APPEND_ATTEMPTS {
             let head = self.head(&event.subject).await?;
             let (seq, prev, head_expires) = match &head {
@@ -202,8 +208,8 @@ impl AuditStore for DynamoAuditStore {
                 update_item(counter)?,
             ];
             match self.inner.transact(tx).await {
-                Ok(()) => return Ok(true),
-                Err(e) if e.check_failed(MARKER) => return Ok(false),
+                Ok(()) => return Ok(Some(AuditHead::of(&rec))),
+                Err(e) if e.check_failed(MARKER) => return Ok(None),
                 Err(e) if e.check_failed(HEAD_ITEM) || e.check_failed(RECORD) => continue,
                 Err(e) => return Err(e.into()),
             }

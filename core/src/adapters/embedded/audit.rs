@@ -9,8 +9,8 @@
 use super::{Change, ChangeEntity, ChangeOp, EmbeddedStore};
 use crate::StoreError;
 use crate::audit::{
-    AuditEvent, AuditEventType, AuditPage, AuditPolicy, AuditRecord, AuditStore, DayCount, GENESIS_HASH, Images,
-    SourceChange, audit_events, day_of,
+    AuditEvent, AuditEventType, AuditHead, AuditPage, AuditPolicy, AuditRecord, AuditStore, DayCount, GENESIS_HASH,
+    Images, SourceChange, audit_events, day_of,
 };
 use crate::clock::Timestamp;
 use crate::keys::AuditKey;
@@ -104,7 +104,7 @@ impl SqliteAuditStore {
             .tx(move |tx| {
                 let mut added = 0;
                 for (event, expires_at) in &events {
-                    added += usize::from(append_in(tx, &key, event, *expires_at)?);
+                    added += usize::from(append_in(tx, &key, event, *expires_at)?.is_some());
                 }
                 write_checkpoint(tx, seq)?;
                 tx.prepare_cached("DELETE FROM changes WHERE seq <= ?1")?.execute([seq])?;
@@ -135,15 +135,15 @@ fn write_checkpoint(tx: &rusqlite::Connection, seq: i64) -> StoreResult<()> {
 
 /// Appends `event` to its subject's hash chain inside `tx`, sealed with
 /// `key`, unless an event with its id is already there (appends are
-/// idempotent). Returns whether it was added.
+/// idempotent). Returns the new head if it was added.
 fn append_in(
     tx: &rusqlite::Connection,
     key: &AuditKey,
     event: &AuditEvent,
     expires_at: Timestamp,
-) -> StoreResult<bool> {
+) -> StoreResult<Option<AuditHead>> {
     if tx.prepare_cached("SELECT 1 FROM audit_records WHERE event_id = ?1")?.exists([&event.event_id])? {
-        return Ok(false);
+        return Ok(None);
     }
     // The head, with the expiry of the record it names (none if that one
     // was already purged: it had expired, and so ends before this one).
@@ -179,7 +179,7 @@ fn append_in(
          ON CONFLICT (subject) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
     )?
     .execute(rusqlite::params![rec.subject, seq_i, rec.hash])?;
-    Ok(true)
+    Ok(Some(AuditHead::of(&rec)))
 }
 
 fn parse_record(json: &str) -> StoreResult<AuditRecord> {
@@ -188,7 +188,12 @@ fn parse_record(json: &str) -> StoreResult<AuditRecord> {
 
 #[async_trait]
 impl AuditStore for SqliteAuditStore {
-    async fn append(&self, key: &AuditKey, event: &AuditEvent, expires_at: Timestamp) -> StoreResult<bool> {
+    async fn append(
+        &self,
+        key: &AuditKey,
+        event: &AuditEvent,
+        expires_at: Timestamp,
+    ) -> StoreResult<Option<AuditHead>> {
         let (key, event) = (key.clone(), event.clone());
         self.store.db().tx(move |tx| append_in(tx, &key, &event, expires_at)).await
     }
@@ -507,7 +512,7 @@ mod tests {
             user_agent: None,
         };
         for (i, expires) in [(1, T0 + 200), (2, T0 + 100), (3, T0 + 300)] {
-            assert!(audit.append(&key(), &event(i), expires).await.unwrap());
+            assert!(audit.append(&key(), &event(i), expires).await.unwrap().is_some());
         }
         let chain = audit.chain("u1").await.unwrap();
         assert_eq!(chain.iter().map(|r| r.expires_at).collect::<Vec<_>>(), [T0 + 200, T0 + 200, T0 + 300]);
