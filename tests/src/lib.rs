@@ -143,3 +143,10 @@ pub mod system;
 pub fn audit_key() -> latchkey_core::keys::AuditKey {
     latchkey_core::keys::AuditKey::new(vec![3; 32]).expect("a 32-byte key")
 }
+
+/// The JSON fixture `tests/fixtures/<name>` as a `T` (a Lambda event type).
+pub fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let raw = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&raw).unwrap_or_else(|e| panic!("{path}: not the event it should be: {e}"))
+}

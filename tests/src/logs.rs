@@ -1,12 +1,13 @@
 //! Log lines captured as JSON, for tests of what the code logs.
 
 use serde_json::Value;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-/// The log lines written while [`Captured::install`]'s guard lives, on the
-/// thread that installed it.
+/// The process's log lines, as JSON, from the first [`Captured::global`] on.
 #[derive(Clone, Default)]
 pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+static GLOBAL: OnceLock<Captured> = OnceLock::new();
 
 impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -19,21 +20,32 @@ impl std::io::Write for Captured {
 }
 
 impl Captured {
-    /// Makes a JSON subscriber (fields flattened, INFO and up) writing here
-    /// the thread's default until the guard is dropped.
-    pub fn install() -> (Captured, tracing::subscriber::DefaultGuard) {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || writer.clone())
-            .finish();
-        (captured, tracing::subscriber::set_default(subscriber))
+    /// Installs, once per process, a JSON subscriber (fields flattened,
+    /// INFO and up) as the global default, writing to the buffer returned.
+    /// Global, not a thread's own default: tracing caches per call site
+    /// whether any subscriber wants it, and a site first reached by another
+    /// test's thread (which has no subscriber) can stay cached as unwanted,
+    /// so a thread's own capture missed lines when tests ran side by side.
+    /// Every thread's lines land here: filter by what is the test's own.
+    pub fn global() -> Captured {
+        GLOBAL
+            .get_or_init(|| {
+                let captured = Captured::default();
+                let writer = captured.clone();
+                let subscriber = tracing_subscriber::fmt()
+                    .json()
+                    .flatten_event(true)
+                    .with_max_level(tracing::Level::INFO)
+                    .with_writer(move || writer.clone())
+                    .finish();
+                tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber");
+                tracing::callsite::rebuild_interest_cache();
+                captured
+            })
+            .clone()
     }
 
-    /// Takes the lines written so far.
+    /// Takes the lines written so far (by every thread).
     pub fn take(&self) -> Vec<Value> {
         let bytes = std::mem::take(&mut *self.0.lock().expect("lock"));
         String::from_utf8(bytes)

@@ -351,11 +351,11 @@ async fn aws_journey_leaves_exactly_its_trail_and_an_edit_breaks_the_chain() {
     use latchkey_stream_processor::{Processor, poller::StreamPoller};
     use std::sync::Arc;
 
+    // The processor's log lines (its own and every other test's).
+    let log = latchkey_tests::logs::Captured::global();
     let hash = admin_hash();
     let sys = TestSystem::aws_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
     let (id, _) = journey(&sys).await;
-    // The processor's log lines (it runs on this thread, in `settled`'s pump).
-    let (log, _guard) = latchkey_tests::logs::Captured::install();
 
     let sdk = latchkey_tests::sdk_config(&latchkey_tests::emulator_endpoint().await).await;
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);

@@ -38,7 +38,7 @@ async fn send(app: &axum::Router, method: &str, uri: &str, body: Option<Value>, 
 
 #[tokio::test]
 async fn refusals_leave_one_line_each_without_what_the_client_sent() {
-    let (captured, _guard) = Captured::install();
+    let captured = Captured::global();
 
     let dir = TempDir::new();
     let admin_key = "the-real-admin-key-0123456789abcdef";
