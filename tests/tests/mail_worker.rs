@@ -68,11 +68,33 @@ struct Fault {
     always: bool,
     /// SES sends seen (failed or forwarded).
     seen: Arc<AtomicUsize>,
+    /// Forwarded SES sends whose answer took the client's whole attempt
+    /// timeout: the client gave up on them (an ambiguous failure, which
+    /// the delivery tries again by design).
+    timed_out: Arc<AtomicUsize>,
 }
 
 impl Fault {
     fn none() -> Self {
-        Fault { first: Arc::new(AtomicUsize::new(0)), matching: None, always: false, seen: Arc::default() }
+        Fault {
+            first: Arc::new(AtomicUsize::new(0)),
+            matching: None,
+            always: false,
+            seen: Arc::default(),
+            timed_out: Arc::default(),
+        }
+    }
+}
+
+/// An SES send's time in the proxy, counted into `Fault::timed_out` if it
+/// reached the client's attempt timeout.
+struct SesTiming(std::time::Instant, Arc<AtomicUsize>);
+
+impl Drop for SesTiming {
+    fn drop(&mut self) {
+        if self.0.elapsed() >= latchkey_core::adapters::aws_calls::SES_ATTEMPT_TIMEOUT {
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -86,8 +108,11 @@ async fn proxy(upstream: String, fault: Fault) -> String {
         let (http, upstream) = (http.clone(), upstream.clone());
         async move {
             let (parts, body) = req.into_parts();
+            let ses = parts.uri.path().starts_with("/v2/email/outbound-emails");
+            // Counted when the answer is done or dropped (the client hung up).
+            let _timing = ses.then(|| SesTiming(std::time::Instant::now(), f.timed_out.clone()));
             let bytes = to_bytes(body, usize::MAX).await.unwrap_or_default();
-            if parts.uri.path().starts_with("/v2/email/outbound-emails") {
+            if ses {
                 let n = f.seen.fetch_add(1, Ordering::SeqCst);
                 let text = String::from_utf8_lossy(&bytes);
                 let fail = f.always
@@ -472,7 +497,11 @@ async fn permanent_failure_goes_to_the_dlq_at_once_with_its_reason() {
     assert_eq!(dead.len(), 1);
     let why = reason(&dead[0]).unwrap();
     assert!(why.starts_with("MessageRejected"), "{why}");
-    assert_eq!(rig.fault.seen.load(Ordering::SeqCst), 1, "not retried");
+    // One try, refused for good and not tried again; a try before it that
+    // the client gave up on (moto slower than the attempt timeout on a
+    // loaded machine) is an ambiguous failure, tried again by design.
+    let timed_out = rig.fault.timed_out.load(Ordering::SeqCst);
+    assert_eq!(rig.fault.seen.load(Ordering::SeqCst) - timed_out, 1, "not retried ({timed_out} timed out)");
     let e = rig.worker.deliverer().ledger().entry(&env.id).await.unwrap().unwrap();
     assert_eq!((e.state.as_str(), e.reason.as_deref()), (ledger_state::FAILED, Some(why.as_str())));
     assert!(rig.mails(&to).await.is_empty());
