@@ -8,6 +8,7 @@
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_sqs::types::QueueAttributeName;
+use latchkey_core::adapters::aws_calls::SES_ATTEMPT_TIMEOUT;
 use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
 use latchkey_core::audit::{AuditEventType, AuditPolicy, AuditStore, verify_chain};
 use latchkey_core::clock::{Clock, SystemClock};
@@ -72,6 +73,8 @@ struct Fault {
     /// timeout: the client gave up on them (an ambiguous failure, which
     /// the delivery tries again by design).
     timed_out: Arc<AtomicUsize>,
+    /// The HTTP status of each forwarded SES send's answer, in order.
+    answers: Arc<std::sync::Mutex<Vec<u16>>>,
 }
 
 impl Fault {
@@ -82,17 +85,19 @@ impl Fault {
             always: false,
             seen: Arc::default(),
             timed_out: Arc::default(),
+            answers: Arc::default(),
         }
     }
 }
 
 /// An SES send's time in the proxy, counted into `Fault::timed_out` if it
-/// reached the client's attempt timeout.
-struct SesTiming(std::time::Instant, Arc<AtomicUsize>);
+/// reached the client's attempt timeout; the proxy records the answer of
+/// one that did not into `Fault::answers`.
+struct SesTiming(std::time::Instant, Arc<AtomicUsize>, Arc<std::sync::Mutex<Vec<u16>>>);
 
 impl Drop for SesTiming {
     fn drop(&mut self) {
-        if self.0.elapsed() >= latchkey_core::adapters::aws_calls::SES_ATTEMPT_TIMEOUT {
+        if self.0.elapsed() >= SES_ATTEMPT_TIMEOUT {
             self.1.fetch_add(1, Ordering::SeqCst);
         }
     }
@@ -110,7 +115,7 @@ async fn proxy(upstream: String, fault: Fault) -> String {
             let (parts, body) = req.into_parts();
             let ses = parts.uri.path().starts_with("/v2/email/outbound-emails");
             // Counted when the answer is done or dropped (the client hung up).
-            let _timing = ses.then(|| SesTiming(std::time::Instant::now(), f.timed_out.clone()));
+            let _timing = ses.then(|| SesTiming(std::time::Instant::now(), f.timed_out.clone(), f.answers.clone()));
             let bytes = to_bytes(body, usize::MAX).await.unwrap_or_default();
             if ses {
                 let n = f.seen.fetch_add(1, Ordering::SeqCst);
@@ -140,6 +145,10 @@ async fn proxy(upstream: String, fault: Fault) -> String {
                 }
             }
             let resp = req.send().await.expect("moto answers");
+            // An answer after the client gave up is counted as timed out.
+            if let Some(t) = _timing.as_ref().filter(|t| t.0.elapsed() < SES_ATTEMPT_TIMEOUT) {
+                t.2.lock().expect("answers").push(resp.status().as_u16());
+            }
             let mut out = Response::builder().status(resp.status().as_u16());
             for (k, v) in resp.headers() {
                 if !matches!(k.as_str(), "content-length" | "transfer-encoding" | "connection") {
@@ -497,11 +506,18 @@ async fn permanent_failure_goes_to_the_dlq_at_once_with_its_reason() {
     assert_eq!(dead.len(), 1);
     let why = reason(&dead[0]).unwrap();
     assert!(why.starts_with("MessageRejected"), "{why}");
-    // One try, refused for good and not tried again; a try before it that
-    // the client gave up on (moto slower than the attempt timeout on a
-    // loaded machine) is an ambiguous failure, tried again by design.
+    // Refused for good once, and never tried after it. Tries before it
+    // that failed transiently (moto answering 5xx, or slower than the
+    // client's attempt timeout, while the other tests load it) are retried
+    // by design; a refusal is not.
+    let answers = rig.fault.answers.lock().expect("answers").clone();
     let timed_out = rig.fault.timed_out.load(Ordering::SeqCst);
-    assert_eq!(rig.fault.seen.load(Ordering::SeqCst) - timed_out, 1, "not retried ({timed_out} timed out)");
+    let refused = |s: &u16| (400..500).contains(s) && *s != 429;
+    assert_eq!(answers.iter().filter(|s| refused(s)).count(), 1, "one refusal: {answers:?}");
+    assert!(answers.last().is_some_and(refused), "nothing after the refusal: {answers:?}");
+    assert!(answers.iter().rev().skip(1).all(|s| *s >= 500 || *s == 429), "{answers:?}");
+    let seen = rig.fault.seen.load(Ordering::SeqCst);
+    assert!(seen <= answers.len() + timed_out, "{seen} sends, {answers:?}, {timed_out} timed out");
     let e = rig.worker.deliverer().ledger().entry(&env.id).await.unwrap().unwrap();
     assert_eq!((e.state.as_str(), e.reason.as_deref()), (ledger_state::FAILED, Some(why.as_str())));
     assert!(rig.mails(&to).await.is_empty());
