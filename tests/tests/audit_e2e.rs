@@ -6,12 +6,16 @@
 //! per-client limit, and a chain
 //! edited in DynamoDB failing verification at that record.
 
+use aws_lambda_events::dynamodb::Event;
+use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
 use latchkey_core::audit::{AdminKeyHash, AuditHead, AuditPolicy, AuditStore, check_logged_head, verify_chain};
+use latchkey_stream_processor::{Processor, poller::StreamPoller};
 use latchkey_tests::scenarios::{
     PASSWORD, clear_of_a_minute_edge, reset_with_link, sign_in, token_from_link, unique, verified_user,
 };
 use latchkey_tests::system::TestSystem;
 use serde_json::{Value, json};
+use std::sync::Arc;
 use std::time::Duration;
 
 const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
@@ -347,41 +351,20 @@ fn time_today() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_journey_leaves_exactly_its_trail_and_an_edit_breaks_the_chain() {
-    use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
-    use latchkey_stream_processor::{Processor, poller::StreamPoller};
-    use std::sync::Arc;
-
     // The processor's log lines (its own and every other test's).
     let log = latchkey_tests::logs::Captured::global();
     let hash = admin_hash();
     let sys = TestSystem::aws_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
     let (id, _) = journey(&sys).await;
 
-    let sdk = latchkey_tests::sdk_config(&latchkey_tests::emulator_endpoint().await).await;
-    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-    let prefix = prefix_holding(&ddb, &id).await;
-    let audit = Arc::new(DynamoAuditStore::new(ddb.clone(), &prefix));
-    let processor = Processor::new(audit.clone(), latchkey_tests::audit_key(), AuditPolicy::default(), 400);
-    let poller = tokio::sync::Mutex::new(StreamPoller::new(&sdk, &prefix));
-    let batches = tokio::sync::Mutex::new(Vec::new());
-    let events = {
-        let (poller, processor, batches) = (&poller, &processor, &batches);
-        settled(&sys, &id, JOURNEY.len(), || async move {
-            let batch = poller.lock().await.next_batch().await.expect("poll the streams");
-            let resp = processor.handle(&batch).await;
-            assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
-            batches.lock().await.push(batch);
-        })
-        .await
-    };
-    let batches = batches.into_inner();
+    let pump = StreamPump::holding(&id).await;
+    let events = settled(&sys, &id, JOURNEY.len(), || pump.pump()).await;
     check_trail(&events, JOURNEY);
 
     // Replaying every batch adds nothing.
-    for b in &batches {
-        assert!(processor.handle(b).await.batch_item_failures.is_empty());
-    }
+    pump.replay().await;
     assert_eq!(kinds(&trail(&sys, &id).await), JOURNEY);
+    let StreamPump { ddb, prefix, audit, .. } = pump;
     let chain = audit.chain(&id).await.expect("chain");
     verify_chain(&latchkey_tests::audit_key(), &id, &chain).expect("intact");
 
@@ -494,6 +477,67 @@ async fn prefix_holding(ddb: &aws_sdk_dynamodb::Client, id: &str) -> String {
     }
 }
 
+/// The stream processor on the emulator's tables, fed by the streams
+/// poller as the Lambda's event source mapping would feed it. Each `pump`
+/// reads one batch and hands it to the handler, which must take all of it;
+/// the batches are kept, to replay.
+struct StreamPump {
+    ddb: aws_sdk_dynamodb::Client,
+    prefix: String,
+    audit: Arc<DynamoAuditStore>,
+    poller: tokio::sync::Mutex<StreamPoller>,
+    processor: Processor,
+    batches: std::sync::Mutex<Vec<Event>>,
+}
+
+impl StreamPump {
+    /// On the tables of the system that holds user `id`.
+    async fn holding(id: &str) -> Self {
+        let sdk = latchkey_tests::sdk_config(&latchkey_tests::emulator_endpoint().await).await;
+        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+        let prefix = prefix_holding(&ddb, id).await;
+        Self::on(&sdk, &prefix, |p| p)
+    }
+
+    /// On the tables named `prefix`-*, with the processor `setup` makes of
+    /// the default one.
+    fn on(sdk: &aws_config::SdkConfig, prefix: &str, setup: impl FnOnce(Processor) -> Processor) -> Self {
+        let ddb = aws_sdk_dynamodb::Client::new(sdk);
+        let audit = Arc::new(DynamoAuditStore::new(ddb.clone(), prefix));
+        let processor = Processor::new(audit.clone(), latchkey_tests::audit_key(), AuditPolicy::default(), 400);
+        StreamPump {
+            ddb,
+            prefix: prefix.to_string(),
+            audit,
+            poller: tokio::sync::Mutex::new(StreamPoller::new(sdk, prefix)),
+            processor: setup(processor),
+            batches: std::sync::Mutex::default(),
+        }
+    }
+
+    async fn pump(&self) {
+        self.pump_edited(|_| {}).await;
+    }
+
+    /// Pumps one batch, edited by `edit` before the handler sees it.
+    async fn pump_edited(&self, edit: impl FnOnce(&mut Event)) {
+        let mut batch = self.poller.lock().await.next_batch().await.expect("poll the streams");
+        edit(&mut batch);
+        let resp = self.processor.handle(&batch).await;
+        assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+        self.batches.lock().expect("batches").push(batch);
+    }
+
+    /// Hands every batch pumped so far to the handler again.
+    async fn replay(&self) {
+        let batches = self.batches.lock().expect("batches").clone();
+        for b in &batches {
+            let resp = self.processor.handle(b).await;
+            assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+        }
+    }
+}
+
 /// A system on the emulator (one account signed up through its API, only
 /// to find its tables) and an account nobody verified, put in its store
 /// as if registered `days` days ago, whose latest link is `link`, made
@@ -503,7 +547,7 @@ struct Aged {
     sdk: aws_config::SdkConfig,
     ddb: aws_sdk_dynamodb::Client,
     prefix: String,
-    store: std::sync::Arc<latchkey_core::adapters::dynamo::DynamoStore>,
+    store: Arc<latchkey_core::adapters::dynamo::DynamoStore>,
     old: latchkey_core::domain::User,
     name: String,
     email: String,
@@ -552,7 +596,7 @@ async fn aged_unverified_account(days: i64, link: &str, link_age: i64) -> Aged {
         used_at: None,
         meta: RequestMeta::default(),
     };
-    let store = std::sync::Arc::new(DynamoStore::new(ddb.clone(), &prefix));
+    let store = Arc::new(DynamoStore::new(ddb.clone(), &prefix));
     store.create_user(&old, &token, i64::MIN).await.expect("the old account");
     Aged { sys, sdk, ddb, prefix, store, old, name, email }
 }
@@ -563,15 +607,12 @@ async fn aged_unverified_account(days: i64, link: &str, link_age: i64) -> Aged {
 /// metadata: its own registration's is not the remover's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_an_unverified_account_replaced_past_its_hold_ends_its_trail() {
-    use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
     use latchkey_core::ports::UserStore;
-    use latchkey_stream_processor::{Processor, poller::StreamPoller};
-    use std::sync::Arc;
 
     // Registered 8 days ago and never verified (the hold is 7 days); its
     // latest link, still valid, from a resend an hour ago.
     let link = "L".repeat(43);
-    let Aged { sys, sdk, ddb, prefix, store, old, name, email } = aged_unverified_account(8, &link, 3600).await;
+    let Aged { sys, sdk, prefix, store, old, name, email, .. } = aged_unverified_account(8, &link, 3600).await;
 
     // Someone registers that username with an address of their own.
     let (_, fresh_email) = unique();
@@ -591,19 +632,9 @@ async fn aws_an_unverified_account_replaced_past_its_hold_ends_its_trail() {
     assert_eq!(st, 202, "{body}");
     assert!(store.user_by_email(&old.email).await.expect("read").is_some_and(|u| u.id != old.id && u.id != new.id));
 
-    let audit = Arc::new(DynamoAuditStore::new(ddb.clone(), &prefix));
-    let processor = Processor::new(audit, latchkey_tests::audit_key(), AuditPolicy::default(), 400);
-    let poller = tokio::sync::Mutex::new(StreamPoller::new(&sdk, &prefix));
+    let pump = StreamPump::on(&sdk, &prefix, |p| p);
     let id = old.id.to_string();
-    let events = {
-        let (poller, processor) = (&poller, &processor);
-        settled(&sys, &id, 3, || async move {
-            let batch = poller.lock().await.next_batch().await.expect("poll the streams");
-            let resp = processor.handle(&batch).await;
-            assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
-        })
-        .await
-    };
+    let events = settled(&sys, &id, 3, || pump.pump()).await;
     assert_eq!(kinds(&events), ["user_registered", "verification_mail_requested", "unverified_account_replaced"]);
     let last = events.last().expect("events");
     assert_eq!((last["outcome"].as_str(), last["reason"].as_str()), (Some("expired"), Some("unverified_past_hold")));
@@ -619,11 +650,10 @@ async fn aws_an_unverified_account_replaced_past_its_hold_ends_its_trail() {
 async fn aws_an_unverified_account_the_ttl_deletes_ends_its_trail_and_frees_its_names() {
     use aws_lambda_events::dynamodb::UserIdentity;
     use aws_sdk_dynamodb::types::AttributeValue;
-    use latchkey_core::adapters::dynamo::{audit::DynamoAuditStore, items};
+    use latchkey_core::adapters::dynamo::items;
     use latchkey_core::audit::Images;
     use latchkey_core::ports::UserStore;
-    use latchkey_stream_processor::{Processor, TTL_PRINCIPAL, poller::StreamPoller};
-    use std::sync::Arc;
+    use latchkey_stream_processor::TTL_PRINCIPAL;
 
     // Registered 31 days ago, never verified, its one link long dead.
     let Aged { sys, sdk, ddb, prefix, store, old, name, email } =
@@ -645,29 +675,21 @@ async fn aws_an_unverified_account_the_ttl_deletes_ends_its_trail_and_frees_its_
     // What the TTL does.
     ddb.delete_item().table_name(&table).key("pk", AttributeValue::S(user_pk.clone())).send().await.expect("delete");
 
-    let audit = Arc::new(DynamoAuditStore::new(ddb.clone(), &prefix));
-    let processor =
-        Processor::new(audit, latchkey_tests::audit_key(), AuditPolicy::default(), 400).releasing_names(store.clone());
-    let poller = tokio::sync::Mutex::new(StreamPoller::new(&sdk, &prefix));
+    let pump = StreamPump::on(&sdk, &prefix, |p| p.releasing_names(store.clone()));
     let id = old.id.to_string();
-    let events = {
-        let (poller, processor, old_id) = (&poller, &processor, old.id);
-        settled(&sys, &id, 3, || async move {
-            let mut batch = poller.lock().await.next_batch().await.expect("poll the streams");
-            for r in &mut batch.records {
-                let change = latchkey_stream_processor::source_change(r).expect("a record");
-                if change.is_some_and(|c| matches!(c.images, Images::User(Some(u), None) if u.id == old_id)) {
-                    let mut ttl = UserIdentity::default();
-                    ttl.type_ = "Service".into();
-                    ttl.principal_id = TTL_PRINCIPAL.into();
-                    r.user_identity = Some(ttl);
-                }
+    // The old account's REMOVE, marked as the TTL's.
+    let as_the_ttls = |batch: &mut Event| {
+        for r in &mut batch.records {
+            let change = latchkey_stream_processor::source_change(r).expect("a record");
+            if change.is_some_and(|c| matches!(c.images, Images::User(Some(u), None) if u.id == old.id)) {
+                let mut ttl = UserIdentity::default();
+                ttl.type_ = "Service".into();
+                ttl.principal_id = TTL_PRINCIPAL.into();
+                r.user_identity = Some(ttl);
             }
-            let resp = processor.handle(&batch).await;
-            assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
-        })
-        .await
+        }
     };
+    let events = settled(&sys, &id, 3, || pump.pump_edited(as_the_ttls)).await;
     assert_eq!(kinds(&events), ["user_registered", "verification_mail_requested", "unverified_account_expired"]);
     let last = events.last().expect("events");
     assert_eq!((last["outcome"].as_str(), last["reason"].as_str()), (Some("expired"), Some("ttl")));
@@ -787,29 +809,11 @@ async fn embedded_a_reset_during_a_lock_ends_it_in_the_trail() {
 /// removed `locked_until` of the user's MODIFY.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_a_reset_during_a_lock_ends_it_in_the_trail() {
-    use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
-    use latchkey_stream_processor::{Processor, poller::StreamPoller};
-    use std::sync::Arc;
-
     let hash = admin_hash();
     let sys = TestSystem::aws_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
     let id = locked_then_reset(&sys).await;
-    let sdk = latchkey_tests::sdk_config(&latchkey_tests::emulator_endpoint().await).await;
-    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-    let prefix = prefix_holding(&ddb, &id).await;
-    let processor = Processor::new(
-        Arc::new(DynamoAuditStore::new(ddb, &prefix)),
-        latchkey_tests::audit_key(),
-        AuditPolicy::default(),
-        400,
-    );
-    let poller = tokio::sync::Mutex::new(StreamPoller::new(&sdk, &prefix));
-    let (poller, processor) = (&poller, &processor);
-    let tail = reset_tail(&sys, &id, || async move {
-        let batch = poller.lock().await.next_batch().await.expect("poll the streams");
-        assert!(processor.handle(&batch).await.batch_item_failures.is_empty());
-    })
-    .await;
+    let pump = StreamPump::holding(&id).await;
+    let tail = reset_tail(&sys, &id, || pump.pump()).await;
     assert_eq!(tail, owned(RESET_TAIL));
     check_failed_logins(&sys, &id).await;
 }
@@ -894,28 +898,10 @@ async fn embedded_the_wrong_code_that_spends_the_budget_locks_and_tells_the_owne
 /// that sets `locked_until` once `otp_failures` is at the budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_the_wrong_code_that_spends_the_budget_locks_and_tells_the_owner() {
-    use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
-    use latchkey_stream_processor::{Processor, poller::StreamPoller};
-    use std::sync::Arc;
-
     let hash = admin_hash();
     let sys = TestSystem::aws_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
     let (id, _) = codes_spent(&sys).await;
-    let sdk = latchkey_tests::sdk_config(&latchkey_tests::emulator_endpoint().await).await;
-    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-    let prefix = prefix_holding(&ddb, &id).await;
-    let processor = Processor::new(
-        Arc::new(DynamoAuditStore::new(ddb, &prefix)),
-        latchkey_tests::audit_key(),
-        AuditPolicy::default(),
-        400,
-    );
-    let poller = tokio::sync::Mutex::new(StreamPoller::new(&sdk, &prefix));
-    let (poller, processor) = (&poller, &processor);
-    let tail = lock_tail(&sys, &id, BUDGET_TAIL.len(), || async move {
-        let batch = poller.lock().await.next_batch().await.expect("poll the streams");
-        assert!(processor.handle(&batch).await.batch_item_failures.is_empty());
-    })
-    .await;
+    let pump = StreamPump::holding(&id).await;
+    let tail = lock_tail(&sys, &id, BUDGET_TAIL.len(), || pump.pump()).await;
     assert_eq!(tail, owned(BUDGET_TAIL));
 }
