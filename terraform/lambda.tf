@@ -189,7 +189,11 @@ resource "aws_lambda_function" "stream_processor" {
       LATCHKEY_TABLE_PREFIX         = var.name_prefix
       LATCHKEY_AUDIT_RETENTION_DAYS = tostring(var.audit_retention_days)
       LATCHKEY_AUDIT_KEY_PARAM      = aws_ssm_parameter.audit_seal_key.name
-      LATCHKEY_TLS_ROOTS            = var.tls_roots
+      # Raising the version changes the function's configuration, so no
+      # warm instance goes on sealing with the retired key (each reads the
+      # key once, at its cold start); the processor logs it at start.
+      LATCHKEY_AUDIT_KEY_VERSION = tostring(var.audit_seal_key_version)
+      LATCHKEY_TLS_ROOTS         = var.tls_roots
     }
   }
 

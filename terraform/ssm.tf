@@ -72,9 +72,11 @@ resource "aws_ssm_parameter" "admin_key_hash" {
 # The audit trail's seal key: an HMAC key over each audit record's hash, held
 # by the stream processor alone (the trail's only writer; the api reads the
 # trail and cannot read this parameter), so whoever can write the audit table
-# cannot re-seal a chain they changed. Written once (audit_key_version): a
-# new key would leave every record sealed before it unverifiable by
-# `verify-chain`, so it is not rotated with secrets_version.
+# cannot re-seal a chain they changed. Rotated only by audit_seal_key_version,
+# not with secrets_version: the records sealed before a new key verify only
+# with the retired one (`verify-chain --retired-key`), and this write-only
+# value is not kept anywhere else, so the operator saves it first
+# (docs/operations.md, "Rotating the seal key").
 resource "aws_ssm_parameter" "audit_seal_key" {
   name             = "/${var.name_prefix}/audit-seal-key"
   description      = "latchkey stream processor: base64 HMAC-SHA256 key sealing the audit trail"

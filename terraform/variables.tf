@@ -481,7 +481,7 @@ variable "audit_seal_key" {
 }
 
 variable "audit_seal_key_version" {
-  description = "Raise to (re)write the audit seal key parameter. A new key leaves the records sealed before it unverifiable by verify-chain (keep the old key to check them), so it is separate from secrets_version."
+  description = "Raise to rotate the audit seal key: writes a new key to its parameter and restarts the stream processor on it. The records sealed before verify only with the retired key (verify-chain --retired-key), so save it first (docs/operations.md); separate from secrets_version."
   type        = number
   default     = 1
   validation {

@@ -87,6 +87,56 @@ impl std::fmt::Debug for AuditKey {
     }
 }
 
+/// The audit keys a chain is checked with: the keys rotation retired,
+/// oldest first, then the current one (the one the trail's writer seals
+/// with). Only the current key seals; the retired ones verify what they
+/// sealed before the rotation.
+#[derive(Clone)]
+pub struct AuditKeyring(Vec<AuditKey>);
+
+impl AuditKeyring {
+    pub fn new(retired: Vec<AuditKey>, current: AuditKey) -> Self {
+        let mut keys = retired;
+        keys.push(current);
+        AuditKeyring(keys)
+    }
+
+    /// How many keys: the retired ones and the current one.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never: a keyring holds at least its current key.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The position (0 = the oldest retired key, `len() - 1` = the current
+    /// one) of the key whose seal of `record_hash` `seal` is. Every key is
+    /// tried, in constant time each.
+    pub fn sealed_by(&self, record_hash: &str, seal: &str) -> Option<usize> {
+        let mut found = None;
+        for (i, k) in self.0.iter().enumerate() {
+            if k.verifies(record_hash, seal) {
+                found = Some(i);
+            }
+        }
+        found
+    }
+}
+
+impl From<AuditKey> for AuditKeyring {
+    fn from(current: AuditKey) -> Self {
+        AuditKeyring::new(Vec::new(), current)
+    }
+}
+
+impl std::fmt::Debug for AuditKeyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AuditKeyring([{} redacted])", self.0.len())
+    }
+}
+
 /// SHA-256, hex: how high-entropy tokens (verification, refresh) are stored.
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))

@@ -8,7 +8,10 @@
 
 use aws_lambda_events::dynamodb::Event;
 use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
-use latchkey_core::audit::{AdminKeyHash, AuditHead, AuditPolicy, AuditStore, check_logged_head, verify_chain};
+use latchkey_core::audit::{
+    AdminKeyHash, AuditHead, AuditPolicy, AuditStore, check_logged_head, verify_chain, verify_chain_at,
+};
+use latchkey_core::keys::AuditKey;
 use latchkey_stream_processor::{Processor, poller::StreamPoller};
 use latchkey_tests::scenarios::{
     PASSWORD, clear_of_a_minute_edge, reset_with_link, sign_in, token_from_link, unique, verified_user,
@@ -451,6 +454,45 @@ async fn aws_journey_leaves_exactly_its_trail_and_an_edit_breaks_the_chain() {
     assert_eq!((brk.seq, brk.reason), (4, "seal does not match: changed, or sealed with another key"));
 }
 
+/// A rotation of the seal key on DynamoDB: the stream processor seals a
+/// user's first records with the old key, then (its key replaced) the
+/// next with the new one. The chain verifies with the retired key given
+/// before the current one, and not without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_a_chain_across_a_seal_key_rotation_verifies_with_the_retired_key() {
+    use latchkey_core::clock::{Clock, SystemClock};
+    use latchkey_core::keys::AuditKeyring;
+
+    let hash = admin_hash();
+    let sys = TestSystem::aws_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    let (username, email) = verified_user(&sys).await;
+    let tokens = sign_in(&sys, &username, &email).await;
+    let (_, me) = sys.get_auth("/v1/me", tokens["access_token"].as_str().expect("access")).await;
+    let id = me["id"].as_str().expect("id").to_string();
+    let before = &JOURNEY[..6];
+    let old = StreamPump::holding(&id).await;
+    assert_eq!(kinds(&settled(&sys, &id, before.len(), || old.pump()).await), before);
+
+    // The key is replaced: a new processor (a cold start) seals with it.
+    let new_key = AuditKey::new(vec![4; 32]).expect("a key");
+    let sdk = latchkey_tests::sdk_config(&latchkey_tests::emulator_endpoint().await).await;
+    let new = StreamPump::sealing_with(&sdk, &old.prefix, new_key.clone(), |p| p);
+    let (st, body, _) = sys.post("/v1/login", json!({"identifier": username, "password": "not the password"})).await;
+    assert_eq!(st, 401, "{body}");
+    let events = settled(&sys, &id, before.len() + 1, || new.pump()).await;
+    assert_eq!(kinds(&events)[before.len()..], ["login_failed"]);
+
+    let chain = new.audit.chain(&id).await.expect("chain");
+    let (now, since) = (SystemClock.now(), latchkey_core::clock::Timestamp::MIN);
+    let ring = AuditKeyring::new(vec![latchkey_tests::audit_key()], new_key.clone());
+    let report = verify_chain_at(&ring, &id, &chain, now, since).expect("intact across the rotation");
+    assert_eq!((report.records, report.unsealed, report.by_retired_key), (before.len() + 1, 0, before.len()));
+    let brk = verify_chain_at(&new_key.into(), &id, &chain, now, since).expect_err("the old seals need the old key");
+    assert_eq!((brk.seq, brk.reason), (1, "seal does not match: changed, or sealed with another key"));
+    let brk = verify_chain(&latchkey_tests::audit_key(), &id, &chain).expect_err("sealed after the rotation");
+    assert_eq!(brk.seq, before.len() as u64 + 1);
+}
+
 /// The table prefix of the system that holds user `id` (the harness picks
 /// a random one and does not expose it; user ids are random too).
 async fn prefix_holding(ddb: &aws_sdk_dynamodb::Client, id: &str) -> String {
@@ -502,9 +544,19 @@ impl StreamPump {
     /// On the tables named `prefix`-*, with the processor `setup` makes of
     /// the default one.
     fn on(sdk: &aws_config::SdkConfig, prefix: &str, setup: impl FnOnce(Processor) -> Processor) -> Self {
+        Self::sealing_with(sdk, prefix, latchkey_tests::audit_key(), setup)
+    }
+
+    /// [`StreamPump::on`], sealing with `key`.
+    fn sealing_with(
+        sdk: &aws_config::SdkConfig,
+        prefix: &str,
+        key: AuditKey,
+        setup: impl FnOnce(Processor) -> Processor,
+    ) -> Self {
         let ddb = aws_sdk_dynamodb::Client::new(sdk);
         let audit = Arc::new(DynamoAuditStore::new(ddb.clone(), prefix));
-        let processor = Processor::new(audit.clone(), latchkey_tests::audit_key(), AuditPolicy::default(), 400);
+        let processor = Processor::new(audit.clone(), key, AuditPolicy::default(), 400);
         StreamPump {
             ddb,
             prefix: prefix.to_string(),

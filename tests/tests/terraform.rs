@@ -51,7 +51,8 @@ const SECRET_KEYS: &[(&str, &str)] = &[
 const WORKER_CONFIG_KEYS: &[&str] = latchkey_mail_worker::config::CONFIG_KEYS;
 
 /// The variables the stream-processor reads.
-const PROCESSOR_CONFIG_KEYS: &[&str] = &["LATCHKEY_TABLE_PREFIX", "LATCHKEY_AUDIT_RETENTION_DAYS", AUDIT_KEY.1];
+const PROCESSOR_CONFIG_KEYS: &[&str] =
+    &["LATCHKEY_TABLE_PREFIX", "LATCHKEY_AUDIT_RETENTION_DAYS", AUDIT_KEY.1, "LATCHKEY_AUDIT_KEY_VERSION"];
 
 /// Read by all three functions where they load their AWS configuration
 /// (core's `aws_calls::lambda_sdk_config`), outside their config parsers.

@@ -6,7 +6,7 @@
 
 use super::AuditRecord;
 use crate::clock::Timestamp;
-use crate::keys::AuditKey;
+use crate::keys::{AuditKey, AuditKeyring};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::str::FromStr;
@@ -57,14 +57,17 @@ pub struct ChainReport {
     /// Records without a seal: written before the trail was sealed, and
     /// accepted only as [`verify_chain_at`] says.
     pub unsealed: usize,
+    /// Records sealed with a retired key (before a rotation).
+    pub by_retired_key: usize,
 }
 
 /// Checks a subject's records, oldest first, as if none had reached its
-/// `expires_at`, every one sealed with `key` (see [`verify_chain_at`]).
+/// `expires_at`, every one sealed with `key` and none with a retired key
+/// (see [`verify_chain_at`]).
 /// Records removed by retention leave the oldest remaining record as the
 /// anchor: its `prev_hash` cannot be checked, everything after it is.
 pub fn verify_chain(key: &AuditKey, subject: &str, records: &[AuditRecord]) -> Result<ChainReport, ChainBreak> {
-    verify_chain_at(key, subject, records, Timestamp::MIN, Timestamp::MIN)
+    verify_chain_at(&AuditKeyring::from(key.clone()), subject, records, Timestamp::MIN, Timestamp::MIN)
 }
 
 /// [`verify_chain`] at `now`. DynamoDB's TTL deletes expired records in no
@@ -82,8 +85,14 @@ pub fn verify_chain(key: &AuditKey, subject: &str, records: &[AuditRecord]) -> R
 /// in the chain. A seal cannot be taken off the records after a sealed
 /// one, and the hashes alone, which anyone who can write the store can
 /// recompute, vouch only for records older than the seal.
+///
+/// Every seal must be one of `keys`', and along the chain a record's key
+/// is never older than the key of a sealed record before it: once a newer
+/// key sealed, a retired key (one that may have leaked, which is why it
+/// was retired) cannot seal a record after it, nor re-seal one before it
+/// without breaking the newer seal's link.
 pub fn verify_chain_at(
-    key: &AuditKey,
+    keys: &AuditKeyring,
     subject: &str,
     records: &[AuditRecord],
     now: Timestamp,
@@ -91,8 +100,10 @@ pub fn verify_chain_at(
 ) -> Result<ChainReport, ChainBreak> {
     let brk = |seq, reason| ChainBreak { subject: subject.to_string(), seq, reason };
     let mut prev: Option<&AuditRecord> = None;
-    let mut sealed_seen = false;
-    let mut unsealed = 0;
+    // The position in `keys` of the newest key that sealed so far.
+    let mut newest: Option<usize> = None;
+    let (mut unsealed, mut by_retired_key) = (0, 0);
+    let current = keys.len().saturating_sub(1);
     for r in records {
         if r.subject != subject {
             return Err(brk(r.seq, "record belongs to another subject"));
@@ -100,12 +111,16 @@ pub fn verify_chain_at(
         if record_hash(r) != r.hash {
             return Err(brk(r.seq, "record content does not match its hash"));
         }
-        match &r.seal {
-            Some(seal) if !key.verifies(&r.hash, seal) => {
-                return Err(brk(r.seq, "seal does not match: changed, or sealed with another key"));
+        match r.seal.as_deref().map(|seal| keys.sealed_by(&r.hash, seal)) {
+            Some(None) => return Err(brk(r.seq, "seal does not match: changed, or sealed with another key")),
+            Some(Some(k)) if newest.is_some_and(|n| k < n) => {
+                return Err(brk(r.seq, "sealed with a retired key after a record sealed with a newer one"));
             }
-            Some(_) => sealed_seen = true,
-            None if sealed_seen => return Err(brk(r.seq, "record is not sealed, after a sealed one")),
+            Some(Some(k)) => {
+                newest = Some(k);
+                by_retired_key += usize::from(k < current);
+            }
+            None if newest.is_some() => return Err(brk(r.seq, "record is not sealed, after a sealed one")),
             None if r.at >= unsealed_before => return Err(brk(r.seq, "record is not sealed")),
             None => unsealed += 1,
         }
@@ -123,7 +138,7 @@ pub fn verify_chain_at(
         }
         prev = Some(r);
     }
-    Ok(ChainReport { records: records.len(), unsealed })
+    Ok(ChainReport { records: records.len(), unsealed, by_retired_key })
 }
 
 /// A chain's head right after an append: the record's number, hash and
@@ -301,7 +316,7 @@ mod tests {
     #[test]
     fn an_intact_chain_verifies_and_an_edit_breaks_it_there() {
         let mut c = chain(4);
-        assert_eq!(verify_chain(&key(), "u1", &c), Ok(ChainReport { records: 4, unsealed: 0 }));
+        assert_eq!(verify_chain(&key(), "u1", &c), Ok(ChainReport { records: 4, unsealed: 0, by_retired_key: 0 }));
         c[2].ip = Some("198.51.100.1".into());
         let e = verify_chain(&key(), "u1", &c).unwrap_err();
         assert_eq!((e.seq, e.reason), (3, "record content does not match its hash"));
@@ -360,21 +375,71 @@ mod tests {
         // Record 3's link to the rehashed record 2 is what it was: chain()
         // and rehash hash the same fields.
         let cut = c[2].at;
-        assert_eq!(verify_chain_at(&key(), "u1", &c, Timestamp::MIN, cut), Ok(ChainReport { records: 4, unsealed: 2 }));
-        let e = verify_chain_at(&key(), "u1", &c, Timestamp::MIN, c[1].at).unwrap_err();
+        assert_eq!(
+            verify_chain_at(&key().into(), "u1", &c, Timestamp::MIN, cut),
+            Ok(ChainReport { records: 4, unsealed: 2, by_retired_key: 0 })
+        );
+        let e = verify_chain_at(&key().into(), "u1", &c, Timestamp::MIN, c[1].at).unwrap_err();
         assert_eq!((e.seq, e.reason), (2, "record is not sealed"));
         assert_eq!(verify_chain(&key(), "u1", &c).unwrap_err().seq, 1);
         // Stripping the seals off a whole chain needs every record dated
         // before the cut-over: the same check.
         let mut all = chain(3);
         unsealed(&mut all);
-        assert_eq!(verify_chain_at(&key(), "u1", &all, Timestamp::MIN, all[1].at).unwrap_err().seq, 2);
+        assert_eq!(verify_chain_at(&key().into(), "u1", &all, Timestamp::MIN, all[1].at).unwrap_err().seq, 2);
     }
 
     #[test]
     fn another_key_verifies_nothing() {
         let e = verify_chain(&AuditKey::new(vec![8; 32]).unwrap(), "u1", &chain(2)).unwrap_err();
         assert_eq!((e.seq, e.reason), (1, "seal does not match: changed, or sealed with another key"));
+    }
+
+    /// A rotation: the first records sealed with the key it retired, the
+    /// rest with the current one.
+    #[test]
+    fn a_chain_across_a_rotation_verifies_with_its_retired_key_in_order() {
+        let old = AuditKey::new(vec![7; 32]).unwrap();
+        let mut c = chain(4);
+        for r in &mut c[..2] {
+            r.seal = Some(old.seal(&r.hash));
+        }
+        let ring = AuditKeyring::new(vec![old.clone()], key());
+        let at =
+            |ring: &AuditKeyring, c: &[AuditRecord]| verify_chain_at(ring, "u1", c, Timestamp::MIN, Timestamp::MIN);
+        assert_eq!(at(&ring, &c), Ok(ChainReport { records: 4, unsealed: 0, by_retired_key: 2 }));
+        // Without the retired key, its seals are another key's.
+        let e = at(&key().into(), &c).unwrap_err();
+        assert_eq!((e.seq, e.reason), (1, "seal does not match: changed, or sealed with another key"));
+        // The keys out of order: the current key sealed before the retired one.
+        let e = at(&AuditKeyring::new(vec![key()], old.clone()), &c).unwrap_err();
+        assert_eq!((e.seq, e.reason), (3, "sealed with a retired key after a record sealed with a newer one"));
+
+        // Whoever holds the retired key (leaked: why it was retired) and
+        // can write the store cannot seal after the rotation: not a record
+        // appended to the chain,
+        let mut appended = c.clone();
+        let fifth = AuditRecord::chained(&ev(4), 5, &c[3].hash, 2_000_000_004, &old);
+        appended.push(fifth);
+        let e = at(&ring, &appended).unwrap_err();
+        assert_eq!((e.seq, e.reason), (5, "sealed with a retired key after a record sealed with a newer one"));
+        // nor a record changed after it,
+        let mut changed = c.clone();
+        changed[3].ip = Some("198.51.100.9".into());
+        rehash(&mut changed[3..], |h| Some(old.seal(h)));
+        assert_eq!(at(&ring, &changed).unwrap_err().seq, 4);
+        // nor one before it: the current key's seal covers its link.
+        let mut before = c.clone();
+        before[1].ip = Some("198.51.100.9".into());
+        rehash(&mut before[1..2], |h| Some(old.seal(h)));
+        let e = at(&ring, &before).unwrap_err();
+        assert_eq!((e.seq, e.reason), (3, "prev_hash does not match the previous record"));
+    }
+
+    #[test]
+    fn a_keyring_hides_its_keys() {
+        let ring = AuditKeyring::new(vec![AuditKey::new(vec![7; 32]).unwrap()], key());
+        assert_eq!((format!("{ring:?}"), ring.len()), ("AuditKeyring([2 redacted])".to_string(), 2));
     }
 
     #[test]
@@ -390,13 +455,13 @@ mod tests {
         let mut c = chain(5);
         c.remove(2);
         let exp2 = c[1].expires_at;
-        let at = |now| verify_chain_at(&key(), "u1", &c, now, Timestamp::MIN);
+        let at = |now| verify_chain_at(&key().into(), "u1", &c, now, Timestamp::MIN);
         assert!(at(exp2).is_ok());
         assert_eq!(at(exp2 - 1).unwrap_err().seq, 4);
         assert_eq!(verify_chain(&key(), "u1", &c).unwrap_err().seq, 4);
         // An expired record's own content is still checked.
         c[1].ip = None;
-        let e = verify_chain_at(&key(), "u1", &c, exp2, Timestamp::MIN).unwrap_err();
+        let e = verify_chain_at(&key().into(), "u1", &c, exp2, Timestamp::MIN).unwrap_err();
         assert_eq!((e.seq, e.reason), (2, "record content does not match its hash"));
     }
 }

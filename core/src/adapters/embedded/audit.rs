@@ -619,7 +619,7 @@ mod tests {
         // The links alone hold: what the trail could not tell before it
         // was sealed.
         let unsealed: Vec<_> = stored.into_iter().map(|r| AuditRecord { seal: None, ..r }).collect();
-        let report = crate::audit::verify_chain_at(&key(), &subject, &unsealed, Timestamp::MIN, Timestamp::MAX);
+        let report = crate::audit::verify_chain_at(&key().into(), &subject, &unsealed, Timestamp::MIN, Timestamp::MAX);
         assert_eq!(report.map(|r| (r.records, r.unsealed)), Ok((2, 2)));
     }
 
