@@ -108,7 +108,10 @@ async fn proxy(upstream: String, fault: Fault) -> String {
     use axum::body::{Body, to_bytes};
     use axum::extract::{Request, State};
     use axum::response::Response;
-    let http = reqwest::Client::new();
+    // A fresh connection to moto per request: a pooled one that moto has
+    // just closed fails the request it is reused for (a send the worker
+    // would see fail, not one SES refused).
+    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("an HTTP client");
     let app = axum::Router::new().fallback(move |State(f): State<Fault>, req: Request| {
         let (http, upstream) = (http.clone(), upstream.clone());
         async move {
@@ -144,11 +147,17 @@ async fn proxy(upstream: String, fault: Fault) -> String {
                     req = req.header(k, v);
                 }
             }
-            let resp = req.send().await.expect("moto answers");
-            // An answer after the client gave up is counted as timed out.
+            let resp = req.send().await;
+            // An answer after the client gave up is counted as timed out;
+            // no answer from moto is passed on as a 502.
+            let status = resp.as_ref().map_or(502, |r| r.status().as_u16());
             if let Some(t) = _timing.as_ref().filter(|t| t.0.elapsed() < SES_ATTEMPT_TIMEOUT) {
-                t.2.lock().expect("answers").push(resp.status().as_u16());
+                t.2.lock().expect("answers").push(status);
             }
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) => return Response::builder().status(502).body(Body::from(format!("moto: {e}"))).unwrap(),
+            };
             let mut out = Response::builder().status(resp.status().as_u16());
             for (k, v) in resp.headers() {
                 if !matches!(k.as_str(), "content-length" | "transfer-encoding" | "connection") {
