@@ -90,15 +90,30 @@ impl Fault {
     }
 }
 
-/// An SES send's time in the proxy, counted into `Fault::timed_out` if it
-/// reached the client's attempt timeout; the proxy records the answer of
-/// one that did not into `Fault::answers`.
-struct SesTiming(std::time::Instant, Arc<AtomicUsize>, Arc<std::sync::Mutex<Vec<u16>>>);
+/// An SES send in the proxy: its answer goes into `Fault::answers`, or, if
+/// it reached the client's attempt timeout (the client gave up on it), it
+/// is counted into `Fault::timed_out` when it is done or dropped.
+struct SesSend {
+    start: std::time::Instant,
+    fault: Fault,
+}
 
-impl Drop for SesTiming {
+impl SesSend {
+    fn timed_out(&self) -> bool {
+        self.start.elapsed() >= SES_ATTEMPT_TIMEOUT
+    }
+
+    fn answered(&self, status: u16) {
+        if !self.timed_out() {
+            self.fault.answers.lock().expect("answers").push(status);
+        }
+    }
+}
+
+impl Drop for SesSend {
     fn drop(&mut self) {
-        if self.0.elapsed() >= SES_ATTEMPT_TIMEOUT {
-            self.1.fetch_add(1, Ordering::SeqCst);
+        if self.timed_out() {
+            self.fault.timed_out.fetch_add(1, Ordering::SeqCst);
         }
     }
 }
@@ -118,7 +133,7 @@ async fn proxy(upstream: String, fault: Fault) -> String {
             let (parts, body) = req.into_parts();
             let ses = parts.uri.path().starts_with("/v2/email/outbound-emails");
             // Counted when the answer is done or dropped (the client hung up).
-            let _timing = ses.then(|| SesTiming(std::time::Instant::now(), f.timed_out.clone(), f.answers.clone()));
+            let send = ses.then(|| SesSend { start: std::time::Instant::now(), fault: f.clone() });
             let bytes = to_bytes(body, usize::MAX).await.unwrap_or_default();
             if ses {
                 let n = f.seen.fetch_add(1, Ordering::SeqCst);
@@ -148,11 +163,9 @@ async fn proxy(upstream: String, fault: Fault) -> String {
                 }
             }
             let resp = req.send().await;
-            // An answer after the client gave up is counted as timed out;
-            // no answer from moto is passed on as a 502.
-            let status = resp.as_ref().map_or(502, |r| r.status().as_u16());
-            if let Some(t) = _timing.as_ref().filter(|t| t.0.elapsed() < SES_ATTEMPT_TIMEOUT) {
-                t.2.lock().expect("answers").push(status);
+            // No answer from moto is passed on as a 502.
+            if let Some(send) = &send {
+                send.answered(resp.as_ref().map_or(502, |r| r.status().as_u16()));
             }
             let resp = match resp {
                 Ok(r) => r,
