@@ -31,6 +31,22 @@ fn admin_hash() -> String {
     hex
 }
 
+/// The pairs a system with relaxed rate limits and the admin API open to
+/// [`ADMIN_KEY`] (its hash is `hash`) is started with.
+fn admin_env(hash: &str) -> [(&'static str, &str); 2] {
+    [("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", hash)]
+}
+
+/// On the embedded backend, with [`admin_env`].
+async fn admin_embedded() -> TestSystem {
+    TestSystem::embedded_with(&admin_env(&admin_hash())).await
+}
+
+/// On the emulator, with [`admin_env`].
+async fn admin_aws() -> TestSystem {
+    TestSystem::aws_with(&admin_env(&admin_hash())).await
+}
+
 fn sha256(data: &[u8]) -> [u8; 32] {
     // The test computes the configured hash independently of the code under
     // test (`openssl`/`sha256sum` would do the same for an operator).
@@ -219,9 +235,7 @@ fn check_trail(events: &[Value], expected: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_journey_leaves_exactly_its_trail() {
-    let hash = admin_hash();
-    let sys =
-        TestSystem::embedded_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    let sys = admin_embedded().await;
     let (id, email) = embedded_journey(&sys).await;
     let events = settled(&sys, &id, EMBEDDED_JOURNEY.len(), || async {}).await;
     check_trail(&events, EMBEDDED_JOURNEY);
@@ -268,14 +282,13 @@ async fn my_activity_shows_my_events_only_with_my_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints_refuse_without_the_right_key() {
-    let hash = admin_hash();
-    let sys =
-        TestSystem::embedded_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    let sys = admin_embedded().await;
     let (id, _) = journey(&sys).await;
     let _ = settled(&sys, &id, JOURNEY.len(), || async {}).await;
     let today = time_today();
     for path in [format!("/v1/admin/users/{id}/audit"), format!("/v1/admin/stats?from={today}&to={today}")] {
-        for key in [None, Some("wrong-key"), Some(""), Some(&hash[..])] {
+        // The hash itself is not the key.
+        for key in [None, Some("wrong-key"), Some(""), Some(&admin_hash()[..])] {
             let (st, body) = admin_get(&sys, &path, key).await;
             assert_eq!(st, 401, "{path} {key:?}");
             assert_eq!(body["error"], "unauthorized");
@@ -356,8 +369,7 @@ fn time_today() -> String {
 async fn aws_journey_leaves_exactly_its_trail_and_an_edit_breaks_the_chain() {
     // The processor's log lines (its own and every other test's).
     let log = latchkey_tests::logs::Captured::global();
-    let hash = admin_hash();
-    let sys = TestSystem::aws_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    let sys = admin_aws().await;
     let (id, _) = journey(&sys).await;
 
     let pump = StreamPump::holding(&id).await;
@@ -463,8 +475,7 @@ async fn aws_a_chain_across_a_seal_key_rotation_verifies_with_the_retired_key() 
     use latchkey_core::clock::{Clock, SystemClock};
     use latchkey_core::keys::AuditKeyring;
 
-    let hash = admin_hash();
-    let sys = TestSystem::aws_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    let sys = admin_aws().await;
     let (username, email) = verified_user(&sys).await;
     let tokens = sign_in(&sys, &username, &email).await;
     let (_, me) = sys.get_auth("/v1/me", tokens["access_token"].as_str().expect("access")).await;
@@ -611,8 +622,7 @@ async fn aged_unverified_account(days: i64, link: &str, link_age: i64) -> Aged {
     use latchkey_core::ports::UserStore;
     use latchkey_core::rng::OsSecureRng;
 
-    let hash = admin_hash();
-    let sys = TestSystem::aws_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    let sys = admin_aws().await;
     let (known, known_email) = verified_user(&sys).await;
     let tokens = sign_in(&sys, &known, &known_email).await;
     let (_, me) = sys.get_auth("/v1/me", tokens["access_token"].as_str().expect("access")).await;
@@ -849,9 +859,7 @@ fn owned(tail: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_a_reset_during_a_lock_ends_it_in_the_trail() {
-    let hash = admin_hash();
-    let sys =
-        TestSystem::embedded_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    let sys = admin_embedded().await;
     let id = locked_then_reset(&sys).await;
     assert_eq!(reset_tail(&sys, &id, || async {}).await, owned(RESET_TAIL));
     check_failed_logins(&sys, &id).await;
@@ -861,8 +869,7 @@ async fn embedded_a_reset_during_a_lock_ends_it_in_the_trail() {
 /// removed `locked_until` of the user's MODIFY.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_a_reset_during_a_lock_ends_it_in_the_trail() {
-    let hash = admin_hash();
-    let sys = TestSystem::aws_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    let sys = admin_aws().await;
     let id = locked_then_reset(&sys).await;
     let pump = StreamPump::holding(&id).await;
     let tail = reset_tail(&sys, &id, || pump.pump()).await;
@@ -939,9 +946,7 @@ const BUDGET_TAIL: &[(&str, &str, &str)] =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_the_wrong_code_that_spends_the_budget_locks_and_tells_the_owner() {
-    let hash = admin_hash();
-    let sys =
-        TestSystem::embedded_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    let sys = admin_embedded().await;
     let (id, _) = codes_spent(&sys).await;
     assert_eq!(lock_tail(&sys, &id, BUDGET_TAIL.len(), || async {}).await, owned(BUDGET_TAIL));
 }
@@ -950,8 +955,7 @@ async fn embedded_the_wrong_code_that_spends_the_budget_locks_and_tells_the_owne
 /// that sets `locked_until` once `otp_failures` is at the budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_the_wrong_code_that_spends_the_budget_locks_and_tells_the_owner() {
-    let hash = admin_hash();
-    let sys = TestSystem::aws_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    let sys = admin_aws().await;
     let (id, _) = codes_spent(&sys).await;
     let pump = StreamPump::holding(&id).await;
     let tail = lock_tail(&sys, &id, BUDGET_TAIL.len(), || pump.pump()).await;
