@@ -255,6 +255,26 @@ fn local_keys(
 }
 
 #[cfg(feature = "embedded")]
+/// The embedded audit feed's seal key, found as `build` finds it
+/// (`LATCHKEY_AUDIT_KEY`, else `<data_dir>/keys/audit-seal.key.b64`) but
+/// never created: `verify-chain` checks a trail with the key that sealed it.
+pub fn embedded_audit_key(
+    config: &Config,
+    data_dir: &std::path::Path,
+) -> Result<latchkey_core::keys::AuditKey, BoxError> {
+    let b64 = match &config.audit_key {
+        Some(k) => k.clone(),
+        None => {
+            let path = data_dir.join("keys").join("audit-seal.key.b64");
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Secret::new(text.trim().to_string())
+        }
+    };
+    latchkey_core::keys::AuditKey::from_base64(b64.expose())
+        .map_err(|e| format!("LATCHKEY_AUDIT_KEY (or keys/audit-seal.key.b64): {e}").into())
+}
+
+#[cfg(feature = "embedded")]
 fn read_or_create(
     path: &std::path::Path,
     make: impl FnOnce() -> Result<String, String>,

@@ -8,6 +8,7 @@
 //! `noreply@latchkey.test`, whose identity the bootstrap creates).
 
 use latchkey_core::config::{Backend, Config};
+use latchkey_stream_processor::verify;
 
 #[tokio::main]
 async fn main() {
@@ -25,14 +26,28 @@ async fn main() {
     }
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    if std::env::args().any(|a| a == "--help" || a == "-h") {
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn run() -> Result<(), BoxError> {
+    let usage = format!("usage: latchkey [{}]", verify::COMMAND);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "latchkey: run the whole service locally.\n\nConfiguration is read from the environment; see the README's configuration table."
+            "latchkey: run the whole service locally.\n\n{usage}\n\nWith no arguments it serves; `verify-chain` checks a subject's \
+             audit trail on the configured store (the embedded one only while no runner has it open) and exits \
+             0 if it is intact, 2 if not.\n\nConfiguration is read from the environment; see the README's \
+             configuration table."
         );
         return Ok(());
     }
     let config = Config::from_env()?;
+    if args.first().is_some_and(|a| a == "verify-chain") {
+        let what = verify::parse(&args[1..], &usage)?;
+        std::process::exit(verify_chain(&config, what).await?);
+    }
+    if !args.is_empty() {
+        return Err(usage.into());
+    }
     let mut built = latchkey_api::wiring::build(&config).await?;
     match &config.backend {
         Backend::Embedded { data_dir } => {
@@ -70,4 +85,40 @@ async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         t.abort();
     }
     Ok(())
+}
+
+/// `latchkey verify-chain`: the subject's trail on the store `config`
+/// names, checked with the key that sealed it. Returns the exit code.
+async fn verify_chain(config: &Config, what: verify::VerifyArgs) -> Result<i32, BoxError> {
+    use latchkey_core::audit::AuditStore;
+    use latchkey_core::clock::{Clock, SystemClock};
+    let (audit, key): (Box<dyn AuditStore>, _) = match &config.backend {
+        Backend::Embedded { data_dir } => {
+            use latchkey_core::adapters::embedded::{EmbeddedStore, audit::SqliteAuditStore};
+            let db = data_dir.join("latchkey.sqlite3");
+            if !db.exists() {
+                return Err(
+                    format!("{}: no database here (LATCHKEY_DATA_DIR names the runner's data)", db.display()).into()
+                );
+            }
+            let key = latchkey_api::wiring::embedded_audit_key(config, data_dir)?;
+            // The runner holds its database alone: so does this.
+            let store = EmbeddedStore::open(&db).map_err(|e| -> BoxError {
+                match e {
+                    latchkey_core::StoreError::Unavailable(why) => {
+                        format!("{why}: stop the runner, then verify").into()
+                    }
+                    other => other.into(),
+                }
+            })?;
+            (Box::new(SqliteAuditStore::open(&store).await?), key)
+        }
+        Backend::Aws { table_prefix, .. } => {
+            use latchkey_core::adapters::{aws_calls, dynamo::audit::DynamoAuditStore, ssm};
+            let sdk = aws_calls::sdk_config().await;
+            let key = ssm::audit_key(config, &sdk).await?;
+            (Box::new(DynamoAuditStore::new(aws_calls::dynamo_client(&sdk, None), table_prefix)), key)
+        }
+    };
+    Ok(verify::report(verify::verify(audit.as_ref(), key, what, SystemClock.now()).await?))
 }

@@ -15,11 +15,12 @@
 //! locally against an emulator.
 
 pub mod poller;
+pub mod verify;
 
 use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use latchkey_core::adapters::dynamo::DynamoStore;
-use latchkey_core::audit::{AuditPolicy, AuditStore, Images, SourceChange, audit_events};
+use latchkey_core::audit::{AuditPolicy, AuditStore, Images, SourceChange, audit_events, log_head};
 use latchkey_core::clock::Timestamp;
 use latchkey_core::keys::AuditKey;
 use latchkey_core::mail::delivery::LedgerEntry;
@@ -107,14 +108,7 @@ impl Processor {
         let mut added = 0;
         for e in audit_events(&change, &self.policy) {
             if let Some(head) = self.audit.append(&self.key, &e, e.at.saturating_add(self.retention_secs)).await? {
-                tracing::info!(
-                    subject = %e.subject,
-                    seq = head.seq,
-                    hash = %head.hash,
-                    expires_at = head.expires_at,
-                    head = %head,
-                    "audit head"
-                );
+                log_head(&e.subject, &head);
                 added += 1;
             }
         }

@@ -185,6 +185,15 @@ impl FromStr for AuditHead {
     }
 }
 
+/// Logs `head`, the new end of `subject`'s chain, as the line `audit head`
+/// (fields `subject`, `seq`, `hash`, `expires_at`, and `head`: the three as
+/// `verify-chain --head` takes them). Both trail writers call it once per
+/// record they append, after the append is stored: the DynamoDB stream
+/// processor (its log group is the witness) and the embedded audit feed.
+pub fn log_head(subject: &str, head: &AuditHead) {
+    tracing::info!(subject = %subject, seq = head.seq, hash = %head.hash, expires_at = head.expires_at, head = %head, "audit head");
+}
+
 /// Checks a subject's stored records, oldest first, against a head the
 /// logs recorded for it: the record of that number must still be there
 /// with that hash, unless its own expiry has passed by `now` (retention).

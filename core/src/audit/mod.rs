@@ -16,7 +16,8 @@ mod store;
 
 pub use admin_key::AdminKeyHash;
 pub use chain::{
-    AuditHead, ChainBreak, ChainReport, GENESIS_HASH, check_logged_head, record_hash, verify_chain, verify_chain_at,
+    AuditHead, ChainBreak, ChainReport, GENESIS_HASH, check_logged_head, log_head, record_hash, verify_chain,
+    verify_chain_at,
 };
 pub use mapping::{AuditPolicy, Images, SourceChange, audit_events, mail_failure_code, otp_subject};
 pub use store::{AuditPage, AuditStore, DayCount, day_of, day_string, parse_day};

@@ -10,7 +10,7 @@ use super::{Change, ChangeEntity, ChangeOp, EmbeddedStore};
 use crate::StoreError;
 use crate::audit::{
     AuditEvent, AuditEventType, AuditHead, AuditPage, AuditPolicy, AuditRecord, AuditStore, DayCount, GENESIS_HASH,
-    Images, SourceChange, audit_events, day_of,
+    Images, SourceChange, audit_events, day_of, log_head,
 };
 use crate::clock::Timestamp;
 use crate::keys::AuditKey;
@@ -86,7 +86,8 @@ impl SqliteAuditStore {
     /// Appends `events` (each with its expiry), moves the checkpoint to
     /// `seq` and deletes the change rows up to it, all in one transaction: a
     /// batch of the feed is applied whole or not at all, and a row is gone
-    /// only once its events are stored. Returns how many events were new.
+    /// only once its events are stored. Returns the new head of each event
+    /// that was new, with its subject, in the order appended.
     ///
     /// The rows hold whole before/after images (password hashes among
     /// them) and the audit trail is their only reader, so they are kept no
@@ -97,18 +98,20 @@ impl SqliteAuditStore {
         key: &AuditKey,
         events: Vec<(AuditEvent, Timestamp)>,
         seq: i64,
-    ) -> StoreResult<usize> {
+    ) -> StoreResult<Vec<(String, AuditHead)>> {
         let key = key.clone();
         self.store
             .db()
             .tx(move |tx| {
-                let mut added = 0;
+                let mut heads = Vec::new();
                 for (event, expires_at) in &events {
-                    added += usize::from(append_in(tx, &key, event, *expires_at)?.is_some());
+                    if let Some(head) = append_in(tx, &key, event, *expires_at)? {
+                        heads.push((event.subject.clone(), head));
+                    }
                 }
                 write_checkpoint(tx, seq)?;
                 tx.prepare_cached("DELETE FROM changes WHERE seq <= ?1")?.execute([seq])?;
-                Ok(added)
+                Ok(heads)
             })
             .await
     }
@@ -284,7 +287,9 @@ pub fn source_change(c: &Change) -> StoreResult<SourceChange> {
 /// the checkpoint and deletes the applied rows, one transaction per batch
 /// of up to [`FEED_BATCH`] changes. A row that does not decode is logged and skipped (it must not
 /// block the feed); a storage error stops the round, and the next round
-/// repeats that batch. Returns the events added, each sealed with `key`.
+/// repeats that batch. Returns the events added, each sealed with `key`;
+/// each one's new head is logged (`audit head`, as the stream processor
+/// logs it) once its batch is stored.
 pub async fn drain_change_feed(
     store: &EmbeddedStore,
     audit: &SqliteAuditStore,
@@ -308,7 +313,11 @@ pub async fn drain_change_feed(
                 Err(e) => tracing::error!(seq = c.seq, error = %e, "change feed row does not decode; skipped"),
             }
         }
-        added += audit.apply_batch(key, events, last).await?;
+        let heads = audit.apply_batch(key, events, last).await?;
+        for (subject, head) in &heads {
+            log_head(subject, head);
+        }
+        added += heads.len();
         if batch.len() < FEED_BATCH {
             return Ok(added); // that was the tail of the feed
         }
