@@ -248,9 +248,7 @@ fn local_keys(
     };
     let code_key = CodeKey::from_base64(hmac_key(&config.code_hmac_key, "code-hmac.key.b64")?.expose())
         .map_err(|e| format!("LATCHKEY_CODE_HMAC_KEY (or keys/code-hmac.key.b64): {e}"))?;
-    let audit_key =
-        latchkey_core::keys::AuditKey::from_base64(hmac_key(&config.audit_key, "audit-seal.key.b64")?.expose())
-            .map_err(|e| format!("LATCHKEY_AUDIT_KEY (or keys/audit-seal.key.b64): {e}"))?;
+    let audit_key = audit_key_from(&hmac_key(&config.audit_key, AUDIT_KEY_FILE)?)?;
     Ok((signing, code_key, audit_key))
 }
 
@@ -265,13 +263,22 @@ pub fn embedded_audit_key(
     let b64 = match &config.audit_key {
         Some(k) => k.clone(),
         None => {
-            let path = data_dir.join("keys").join("audit-seal.key.b64");
+            let path = data_dir.join("keys").join(AUDIT_KEY_FILE);
             let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             Secret::new(text.trim().to_string())
         }
     };
+    audit_key_from(&b64)
+}
+
+/// The embedded audit key's file under `<data_dir>/keys/`.
+#[cfg(feature = "embedded")]
+const AUDIT_KEY_FILE: &str = "audit-seal.key.b64";
+
+#[cfg(feature = "embedded")]
+fn audit_key_from(b64: &Secret<String>) -> Result<latchkey_core::keys::AuditKey, BoxError> {
     latchkey_core::keys::AuditKey::from_base64(b64.expose())
-        .map_err(|e| format!("LATCHKEY_AUDIT_KEY (or keys/audit-seal.key.b64): {e}").into())
+        .map_err(|e| format!("LATCHKEY_AUDIT_KEY (or keys/{AUDIT_KEY_FILE}): {e}").into())
 }
 
 #[cfg(feature = "embedded")]
