@@ -4,7 +4,9 @@
 #![no_main]
 
 use latchkey_api::extract::parse_json;
-use latchkey_api::routes::auth::{ChallengeReq, CodeReq, EmailReq, LoginReq, RefreshReq, RegisterReq, TokenReq};
+use latchkey_api::routes::auth::{
+    ChallengeReq, CodeReq, EmailReq, LoginReq, PasswordReq, RefreshReq, RegisterReq, ResetReq, TokenReq,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,5 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = parse_json::<RefreshReq>(data);
     let _ = parse_json::<TokenReq>(data);
     let _ = parse_json::<EmailReq>(data);
+    let _ = parse_json::<PasswordReq>(data);
+    let _ = parse_json::<ResetReq>(data);
     let _ = parse_json::<serde_json::Value>(data);
 });

@@ -149,7 +149,7 @@ pub async fn login_failures_look_alike(sys: &TestSystem) {
         .post("/v1/login", json!({"identifier": format!("nobody{username}"), "password": "wrong password entirely"}))
         .await;
     assert_eq!((st1, &b1), (401, &json!({"error": "invalid_credentials", "message": "invalid credentials"})));
-    assert_eq!((st1, b1), (st2, b2));
+    assert_eq!((st1, &b1), (st2, &b2));
     let names = |h: &reqwest::header::HeaderMap| {
         let mut v: Vec<String> = h
             .keys()
@@ -160,6 +160,18 @@ pub async fn login_failures_look_alike(sys: &TestSystem) {
         v
     };
     assert_eq!(names(&h1), names(&h2));
+
+    // A locked account answers even its right password as an unknown user
+    // is answered (the wrong password above was the first failure).
+    let threshold = latchkey_core::config::Policy::default().login_lock_threshold;
+    for _ in 1..threshold {
+        let (st, _, _) =
+            sys.post("/v1/login", json!({"identifier": username, "password": "wrong password entirely"})).await;
+        assert_eq!(st, 401);
+    }
+    let (st3, b3, h3) = sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD})).await;
+    assert_eq!((st3, &b3), (st2, &b2), "a locked account's right password answers unlike an unknown user");
+    assert_eq!(names(&h3), names(&h2));
 }
 
 pub async fn wrong_codes_then_dead(sys: &TestSystem) {
