@@ -200,6 +200,14 @@ impl TestSystem {
         (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)), headers)
     }
 
+    /// A JSON POST with a bearer token; the body `Null` when it is empty
+    /// or not JSON.
+    pub async fn post_auth(&self, path: &str, bearer: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self.http.post(self.url(path)).bearer_auth(bearer).json(&body).send().await.expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     pub async fn get_auth(&self, path: &str, bearer: &str) -> (u16, serde_json::Value) {
         let r = self.http.get(self.url(path)).bearer_auth(bearer).send().await.expect("request");
         let status = r.status().as_u16();

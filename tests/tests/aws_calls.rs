@@ -63,15 +63,8 @@ async fn calls_per_request_stay_within_budget() {
     // new hash and epoch, the changing session's epoch), the owner's notice.
     let access = refreshed["access_token"].as_str().expect("access token");
     calls.take();
-    let r = sys
-        .http
-        .post(sys.url("/v1/password"))
-        .bearer_auth(access)
-        .json(&json!({"current_password": PASSWORD, "new_password": "quartz lantern orbit mosaic 47"}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(r.status().as_u16(), 204);
+    let change = json!({"current_password": PASSWORD, "new_password": "quartz lantern orbit mosaic 47"});
+    assert_eq!(sys.post_auth("/v1/password", access, change).await.0, 204);
     measure("password change", calls.take(), Some(5));
 
     // A wrong password costs no more than a right one.
