@@ -215,14 +215,17 @@ pub fn request_meta(parts: &Parts, trust_forwarded_for: bool) -> RequestMeta {
         // and taking it would let a client pick its own rate-limit bucket.
         // Header lines repeat as one comma-joined list (RFC 9110 5.3), and a
         // proxy may add its own line rather than extend the client's, so the
-        // last entry is the last of the last line.
+        // last entry is the last of the last line. Split as bytes: a line
+        // the proxy extended may hold the client's non-ASCII bytes before
+        // the proxy's entry, and refusing the whole line for them would put
+        // the client in the proxy's own bucket.
         ip = parts
             .headers
             .get_all("x-forwarded-for")
             .iter()
             .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+            .and_then(|last| std::str::from_utf8(last).ok())
             .map(|s| s.trim().to_string())
             .filter(|s| s.parse::<std::net::IpAddr>().is_ok());
     }
@@ -357,5 +360,18 @@ mod tests {
             .body(())
             .expect("request");
         assert_eq!(request_meta(&req.into_parts().0, true).ip.as_deref(), Some("198.51.100.7"));
+    }
+
+    /// A client's bytes that are not ASCII, in the line a proxy extended,
+    /// do not hide the proxy's entry after them: refusing the line put the
+    /// client in the proxy's own bucket, a rate limit of its choosing.
+    #[test]
+    fn forwarded_for_with_the_clients_non_ascii_bytes_is_read_from_the_proxys_entry() {
+        let value = axum::http::HeaderValue::from_bytes(b"\xff\xfe, 198.51.100.7").expect("obs-text is a valid value");
+        let req = axum::http::Request::builder().header("x-forwarded-for", value).body(()).expect("request");
+        assert_eq!(request_meta(&req.into_parts().0, true).ip.as_deref(), Some("198.51.100.7"));
+        let value = axum::http::HeaderValue::from_bytes(b"198.51.100.7\xff").expect("obs-text is a valid value");
+        let req = axum::http::Request::builder().header("x-forwarded-for", value).body(()).expect("request");
+        assert_eq!(request_meta(&req.into_parts().0, true).ip, None, "an entry that is no address is none");
     }
 }
