@@ -880,20 +880,20 @@ async fn an_audit_chain_whose_head_expired_goes_on_from_its_last_record() {
     assert!(audit.append(&key, &event(4), NOW + 86_400).await.expect("the head is back").is_some());
 }
 
-/// Turns the answer to the next call of `operation` into a 500, as if it
-/// were lost after DynamoDB applied the request: the SDK sends it again.
-#[derive(Debug, Clone)]
+/// Once armed with an operation, turns the answer to its next call into a
+/// 500, as if it were lost after DynamoDB applied the request: the SDK
+/// sends it again.
+#[derive(Debug, Clone, Default)]
 struct LoseAnswer {
-    operation: &'static str,
-    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    armed: std::sync::Arc<std::sync::Mutex<Option<&'static str>>>,
 }
 
 impl LoseAnswer {
-    fn arm(&self) {
-        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    fn arm(&self, operation: &'static str) {
+        *self.armed.lock().unwrap() = Some(operation);
     }
     fn fired(&self) -> bool {
-        !self.armed.load(std::sync::atomic::Ordering::SeqCst)
+        self.armed.lock().unwrap().is_none()
     }
 }
 
@@ -911,8 +911,9 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for LoseAnswer {
         cfg: &mut aws_smithy_types::config_bag::ConfigBag,
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
         use aws_smithy_runtime_api::client::orchestrator::Metadata;
-        let ours = cfg.load::<Metadata>().is_some_and(|m| m.name() == self.operation);
-        if ours && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        let mut armed = self.armed.lock().map_err(|_| "poisoned")?;
+        if cfg.load::<Metadata>().is_some_and(|m| Some(m.name()) == *armed) {
+            *armed = None;
             let response = context.response_mut();
             *response.status_mut() = aws_smithy_runtime_api::http::StatusCode::try_from(500u16)?;
             *response.body_mut() = aws_smithy_types::body::SdkBody::from(
@@ -923,10 +924,10 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for LoseAnswer {
     }
 }
 
-/// A DynamoDB client whose answer to the next `UpdateItem` is lost once
-/// armed, and which retries as the deployed clients do.
+/// A DynamoDB client whose answer to the next call of an operation is lost
+/// once armed with it, and which retries as the deployed clients do.
 fn losing_client(env: &Env) -> (aws_sdk_dynamodb::Client, LoseAnswer) {
-    let lose = LoseAnswer { operation: "UpdateItem", armed: Default::default() };
+    let lose = LoseAnswer::default();
     let retry = aws_config::retry::RetryConfig::standard()
         .with_max_attempts(3)
         .with_initial_backoff(std::time::Duration::from_millis(10));
@@ -956,7 +957,7 @@ async fn a_write_whose_answer_was_lost_is_recognised_when_sent_again() {
     let c = challenge(&u, "code");
     env.store.create_challenge(&c, false, &META).await.unwrap();
     env.store.redeem_challenge(&c.id, "code", NOW + 1, 6, u32::MAX, 0, &s, &META).await.unwrap();
-    lose.arm();
+    lose.arm("UpdateItem");
     store.rotate_session(&s.id, &s.refresh_hash, "r1", NOW + 2, &META).await.expect("a rotation sent twice");
     assert!(lose.fired());
     let rotated = env.store.session(&s.id).await.unwrap().unwrap();
@@ -964,7 +965,7 @@ async fn a_write_whose_answer_was_lost_is_recognised_when_sent_again() {
     // A rotation from a hash that is gone is still refused.
     assert!(is_conflict(&store.rotate_session(&s.id, &s.refresh_hash, "r2", NOW + 3, &META).await, Conflict::Stale));
 
-    lose.arm();
+    lose.arm("UpdateItem");
     store
         .reset_password(&u.id, ResetLink { issued_at: NOW, resets: 0 }, 0, "$argon2id$reset-once", NOW + 4, &META)
         .await
@@ -985,11 +986,43 @@ async fn a_write_whose_answer_was_lost_is_recognised_when_sent_again() {
 
     let ledger = DynamoMailLedger::new(client, &env.prefix);
     let job = JobMeta { id: unique("job"), kind: "login_code", to: "a@example.com".into(), subject: None };
-    lose.arm();
+    lose.arm("UpdateItem");
     assert_eq!(ledger.claim(&job, NOW, 300).await.unwrap(), Claim::Claimed, "a claim sent twice");
     assert!(lose.fired());
     // Another claim within the lease is still refused.
     assert!(matches!(ledger.claim(&job, NOW + 1, 300).await.unwrap(), Claim::Busy { .. }));
+}
+
+/// The same for a standalone code: a send whose put was applied is no
+/// race lost to another send (the code would never be mailed), a right
+/// code whose redemption was applied is no code used by another (the owner
+/// would be told it failed, the code spent).
+#[tokio::test]
+async fn an_otp_send_or_redemption_whose_answer_was_lost_is_recognised_when_sent_again() {
+    let env = env().await;
+    let (client, lose) = losing_client(&env);
+    let store = DynamoStore::new(client, &env.prefix);
+    let addr = unique("addr");
+    let first = fresh_otp(&addr);
+    lose.arm("PutItem");
+    store.put_otp(&first, None).await.expect("a first send sent twice");
+    assert!(lose.fired());
+    let resent = OtpRecord { code_hash: "c2".into(), last_sent_at: NOW + 60, expires_at: NOW + 660, ..first.clone() };
+    lose.arm("PutItem");
+    store.put_otp(&resent, Some(&first)).await.expect("a resend sent twice");
+    assert!(lose.fired());
+    assert_eq!(env.store.otp(&addr).await.unwrap().unwrap(), resent);
+    // A send that read the record before that resend still loses.
+    let late = OtpRecord { code_hash: "c3".into(), ..resent.clone() };
+    assert!(is_conflict(&store.put_otp(&late, Some(&first)).await, Conflict::Stale));
+
+    store.take_otp_attempt(&addr, NOW + 61, 6).await.unwrap();
+    lose.arm("UpdateItem");
+    store.redeem_otp(&addr, "c2", NOW + 61, 6, 30, &META).await.expect("a redemption sent twice");
+    assert!(lose.fired());
+    assert_eq!(env.store.otp(&addr).await.unwrap().unwrap().used_at, Some(NOW + 61));
+    // Redeeming the used code again, from another request, is still refused.
+    assert!(is_conflict(&store.redeem_otp(&addr, "c2", NOW + 62, 6, 30, &META).await, Conflict::Stale));
 }
 
 /// A record never expires before the one it follows, from a live head or,

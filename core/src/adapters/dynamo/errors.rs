@@ -6,6 +6,7 @@ use crate::StoreError;
 use crate::error::Conflict;
 use aws_sdk_dynamodb::Error as DynamoError;
 use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::CancellationReason;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -16,18 +17,47 @@ pub(crate) const CONDITIONAL_CHECK_FAILED: &str = "ConditionalCheckFailed";
 const TRANSIENT_REASONS: &[&str] =
     &["TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"];
 
-/// The old image an `UpdateItem` refused by its condition carries (asked
-/// for with `ReturnValuesOnConditionCheckFailure::AllOld`; `None` when there
-/// was no item); any other error mapped by [`map_sdk`].
-pub(crate) fn old_item_on_failed_check(
-    err: SdkError<UpdateItemError, HttpResponse>,
-) -> Result<Option<super::items::Item>, StoreError> {
+/// The old image an `UpdateItem` or `PutItem` refused by its condition
+/// carries (asked for with `ReturnValuesOnConditionCheckFailure::AllOld`;
+/// `None` when there was no item); any other error mapped by [`map_sdk`].
+pub(crate) fn old_item_on_failed_check<E>(
+    err: SdkError<E, HttpResponse>,
+) -> Result<Option<super::items::Item>, StoreError>
+where
+    E: FailedCheck + std::error::Error + Send + Sync + 'static,
+    DynamoError: From<E>,
+{
     if let SdkError::ServiceError(e) = &err
-        && let UpdateItemError::ConditionalCheckFailedException(c) = e.err()
+        && let Some(old) = e.err().old_item()
     {
-        return Ok(c.item().cloned());
+        return Ok(old.cloned());
     }
     Err(map_sdk(err))
+}
+
+/// A single-item write's error that may be its condition's refusal.
+pub(crate) trait FailedCheck {
+    /// `Some` when the condition refused the write, with the old image if
+    /// there was an item.
+    fn old_item(&self) -> Option<Option<&super::items::Item>>;
+}
+
+impl FailedCheck for UpdateItemError {
+    fn old_item(&self) -> Option<Option<&super::items::Item>> {
+        match self {
+            UpdateItemError::ConditionalCheckFailedException(c) => Some(c.item()),
+            _ => None,
+        }
+    }
+}
+
+impl FailedCheck for PutItemError {
+    fn old_item(&self) -> Option<Option<&super::items::Item>> {
+        match self {
+            PutItemError::ConditionalCheckFailedException(c) => Some(c.item()),
+            _ => None,
+        }
+    }
 }
 
 /// Any DynamoDB call's error as a store error: a failed condition is

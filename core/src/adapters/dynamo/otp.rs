@@ -2,15 +2,16 @@
 //! address (keyed by its keyed hash).
 
 use super::DynamoStore;
-use super::errors::map_sdk;
+use super::errors::{map_sdk, old_item_on_failed_check};
 use super::items::{self, PK, TTL_GRACE_SECS, n, s};
 use super::users::meta_value;
 use crate::StoreError;
 use crate::clock::Timestamp;
 use crate::domain::{OtpRecord, RequestMeta};
+use crate::error::Conflict;
 use crate::ports::{OtpStore, StoreResult};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::ReturnValue;
+use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure};
 
 impl DynamoStore {
     /// Takes an attempt on the code item `pk` (a login challenge or a
@@ -77,8 +78,24 @@ impl OtpStore for DynamoStore {
                 }
             }
         };
-        req.send().await.map_err(map_sdk)?;
-        Ok(())
+        match req.return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld).send().await {
+            Ok(_) => Ok(()),
+            // The SDK sends a request again when its answer was lost: if an
+            // earlier send of this one was applied, the item already is this
+            // record (its code's hash, from a fresh code, and its send
+            // time), and the refusal is of the retry by its own write, not
+            // a send that raced it (which would leave the code unmailed).
+            Err(err) => match old_item_on_failed_check(err)? {
+                Some(old)
+                    if items::text(&old, "code_hash") == Some(record.code_hash.as_str())
+                        && old.get("last_sent_at") == Some(&n(record.last_sent_at))
+                        && !old.contains_key("used_at") =>
+                {
+                    Ok(())
+                }
+                _ => Err(StoreError::Conflict(Conflict::Stale)),
+            },
+        }
     }
 
     async fn take_otp_attempt(&self, address_hash: &str, now: Timestamp, max_attempts: u32) -> StoreResult<OtpRecord> {
@@ -94,11 +111,16 @@ impl OtpStore for DynamoStore {
         budget: u32,
         meta: &RequestMeta,
     ) -> StoreResult<()> {
-        self.client
+        // Marks the item as this call's redemption, so that a send of it
+        // again (the SDK's, after a lost answer) can tell its own write from
+        // another request's.
+        let redemption = uuid::Uuid::new_v4().simple().to_string();
+        let result = self
+            .client
             .update_item()
             .table_name(&self.tokens)
             .key(PK, s(items::otp_pk(address_hash)))
-            .update_expression("SET used_at = :now, meta = :meta, budget_failures = :zero")
+            .update_expression("SET used_at = :now, meta = :meta, budget_failures = :zero, redemption = :redemption")
             .condition_expression(
                 "attribute_exists(pk) AND attribute_not_exists(used_at) AND code_hash = :h \
                  AND failures < :max AND expires_at > :now AND (budget_failures < :budget \
@@ -110,10 +132,20 @@ impl OtpStore for DynamoStore {
             .expression_attribute_values(":budget", n(budget))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":meta", meta_value(meta)?)
+            .expression_attribute_values(":redemption", s(redemption.clone()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
-            .await
-            .map_err(map_sdk)?;
-        Ok(())
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // A refusal of this redemption sent again, by its own first
+            // send: the code is used, by this call (else the right code
+            // would be spent and its owner told it failed).
+            Err(err) => match old_item_on_failed_check(err)? {
+                Some(old) if items::text(&old, "redemption") == Some(redemption.as_str()) => Ok(()),
+                _ => Err(StoreError::Conflict(Conflict::Stale)),
+            },
+        }
     }
 
     async fn record_otp_failure(
