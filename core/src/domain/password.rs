@@ -52,9 +52,12 @@ impl Password {
         if n > Self::MAX_CHARS {
             return Err(err(format!("must be at most {} characters", Self::MAX_CHARS)));
         }
-        let lower = raw.to_lowercase();
+        // Compared as typed and in compatibility form too (only for this
+        // check; the password stays as typed): `ＡＬＩＣＥ` is `alice`, as
+        // the username itself was folded.
+        let (lower, folded) = (raw.to_lowercase(), fold(&raw));
         for c in context.iter().filter(|c| c.chars().count() >= 3) {
-            if lower.contains(&c.to_lowercase()) {
+            if lower.contains(&c.to_lowercase()) || folded.contains(&fold(c)) {
                 return Err(err("must not contain your username or email address".into()));
             }
         }
@@ -73,6 +76,12 @@ impl Password {
     pub fn expose(&self) -> &str {
         self.0.expose()
     }
+}
+
+/// NFKC, lower-cased: the form usernames are kept in.
+fn fold(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization as _;
+    s.nfkc().collect::<String>().to_lowercase()
 }
 
 impl std::fmt::Debug for Password {
@@ -99,6 +108,13 @@ mod tests {
         assert!(check("Sh0rt!").is_err());
         assert!(check("password1234").is_err());
         assert!(check("alice-is-my-name-2024").is_err());
+        // The username or address in full-width letters, which fold to
+        // them, in passphrases strong enough otherwise.
+        let personal =
+            |p: &str| matches!(check(p), Err(crate::Error::Validation { reason, .. }) if reason.contains("username"));
+        assert!(check("Alyce plays banjo under violet thunderclouds").is_ok());
+        assert!(personal("ＡＬＩＣＥ plays banjo under violet thunderclouds"));
+        assert!(personal("banjo under violet thunderclouds ａｌｉｃｅ＠ｅｘａｍｐｌｅ．ｃｏｍ"));
         assert!(check(&"x".repeat(129)).is_err());
         assert!(check(&"é".repeat(600)).is_err());
     }
