@@ -890,10 +890,10 @@ struct LoseAnswer {
 
 impl LoseAnswer {
     fn arm(&self, operation: &'static str) {
-        *self.armed.lock().unwrap() = Some(operation);
+        *self.armed.lock().expect("not poisoned") = Some(operation);
     }
     fn fired(&self) -> bool {
-        self.armed.lock().unwrap().is_none()
+        self.armed.lock().expect("not poisoned").is_none()
     }
 }
 
