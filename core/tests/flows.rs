@@ -280,6 +280,25 @@ async fn verification_link_expires_after_24_hours() {
     w.auth.login("bob", PW.into(), None, &meta()).await.unwrap();
 }
 
+/// An account nobody verified is gone at the end of its retention, before
+/// its store deletes it: a link resent just before then no longer verifies
+/// it (answered as a link that leads nowhere, not as a used one), and no
+/// link is sent after.
+#[tokio::test]
+async fn a_link_does_not_verify_an_account_past_its_retention() {
+    let w = world(RateLimits::relaxed());
+    w.auth.register("bob", "bob@example.com", PW.into(), &meta()).await.unwrap();
+    let over = T0 + latchkey_core::domain::User::UNVERIFIED_RETENTION_SECS + latchkey_core::tables::TTL_GRACE_SECS;
+    w.clock.set(over - 3600);
+    w.auth.resend_verification("bob@example.com", &meta()).await.unwrap();
+    let token = w.mail.token();
+    w.clock.set(over);
+    assert!(matches!(w.auth.verify_email(&token, &meta()).await, Err(Error::VerificationInvalid)));
+    let sent = w.mail.count();
+    w.auth.resend_verification("bob@example.com", &meta()).await.unwrap();
+    assert_eq!(w.mail.count(), sent, "no link for an account past its retention");
+}
+
 #[tokio::test]
 async fn ten_wrong_passwords_lock_for_fifteen_minutes_and_no_longer() {
     let w = world(RateLimits::relaxed());

@@ -25,8 +25,9 @@ impl Auth {
             }
             Err(StoreError::Conflict(_)) => match self.ports.users.verification(&hash).await? {
                 // Its account was replaced by a registration of its name
-                // while unverified (the token outlives it on DynamoDB).
-                Some(rec) if self.ports.users.user_by_id(&rec.user_id).await?.is_none() => {
+                // while unverified (the token outlives it on DynamoDB), or
+                // outlived its retention unverified.
+                Some(rec) if self.ports.users.user_by_id(&rec.user_id).await?.is_none_or(|u| u.retention_over(now)) => {
                     Err(Error::VerificationInvalid)
                 }
                 Some(rec) => classify(&rec, now).and(Err(Error::VerificationUsed)),

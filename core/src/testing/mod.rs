@@ -105,6 +105,7 @@ macro_rules! contract_suite {
             consume_verification_refused_at_expiry_boundary,
             add_verification_cooldown_boundary,
             add_verification_refused_for_verified_or_unknown_user,
+            no_link_for_an_unverified_account_past_its_retention,
             login_failures_lock_at_threshold,
             // challenges
             create_challenge_reads_back_and_resets_login_failures,

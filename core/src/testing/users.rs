@@ -683,6 +683,32 @@ pub async fn add_verification_cooldown_boundary(s: &Subject) {
     assert_eq!(s.users.verification(&again.token_hash).await.expect("verification"), None);
 }
 
+/// An account nobody verified is gone once its retention and the day of
+/// grace have passed (`User::retention_over`), whenever its store gets to
+/// deleting it: no link is added to it and none verifies it, while a
+/// second earlier both still do.
+pub async fn no_link_for_an_unverified_account_past_its_retention(s: &Subject) {
+    let (user, _) = registered(s).await;
+    let over = user.created_at + User::UNVERIFIED_RETENTION_SECS + crate::tables::TTL_GRACE_SECS;
+    let last = verification_for(user.id, over - 1);
+    s.users.add_verification(&last, over - 1, 60, &meta()).await.expect("a link a second before the end");
+    let late = verification_for(user.id, over + 60);
+    expect_conflict(
+        s.users.add_verification(&late, over + 60, 60, &meta()).await,
+        Conflict::Stale,
+        "a link for an account past its retention",
+    );
+    assert_eq!(s.users.verification(&late.token_hash).await.expect("verification"), None, "a refused link was stored");
+    expect_conflict(
+        s.users.consume_verification(&last, over, &meta()).await,
+        Conflict::Stale,
+        "a live link of an account past its retention",
+    );
+    assert!(!stored_user(s, &user.id).await.verified, "an account past its retention was verified");
+    s.users.consume_verification(&last, over - 1, &meta()).await.expect("verified a second before the end");
+    assert!(stored_user(s, &user.id).await.verified);
+}
+
 pub async fn add_verification_refused_for_verified_or_unknown_user(s: &Subject) {
     let (user, verification) = registered(s).await;
     s.users.consume_verification(&verification, T0 + 1, &meta()).await.expect("consume");

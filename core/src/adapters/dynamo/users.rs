@@ -666,10 +666,14 @@ impl UserStore for DynamoStore {
             .table_name(&self.users)
             .key(PK, s(items::user_pk(&verification.user_id)))
             .update_expression("SET verification_sent_at = :now, meta = :meta")
-            .condition_expression(
+            // An account past its `ttl` is gone, whenever the TTL gets to
+            // deleting it (User::retention_over).
+            .condition_expression(format!(
                 "attribute_exists(pk) AND verified = :false \
-                 AND (attribute_not_exists(verification_sent_at) OR verification_sent_at <= :cut)",
-            )
+                 AND (attribute_not_exists(verification_sent_at) OR verification_sent_at <= :cut) \
+                 AND (attribute_not_exists({TTL_NAME}) OR {TTL_NAME} > :now)"
+            ))
+            .expression_attribute_names(TTL_NAME, items::TTL)
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":false", AttributeValue::Bool(false))
             .expression_attribute_values(":cut", n(now - cooldown_secs))
@@ -710,8 +714,12 @@ impl UserStore for DynamoStore {
             .key(PK, s(items::user_pk(&rec.user_id)))
             // Verified, the account is kept: its TTL goes.
             .update_expression(format!("SET verified = :true, meta = :meta REMOVE {TTL_NAME}"))
-            .condition_expression("attribute_exists(pk)")
+            // Past its `ttl`: gone, whenever the TTL gets to deleting it.
+            .condition_expression(format!(
+                "attribute_exists(pk) AND (attribute_not_exists({TTL_NAME}) OR {TTL_NAME} > :now)"
+            ))
             .expression_attribute_names(TTL_NAME, items::TTL)
+            .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":true", AttributeValue::Bool(true))
             .expression_attribute_values(":meta", meta);
         self.transact(vec![update_item(token)?, update_item(user)?]).await?;

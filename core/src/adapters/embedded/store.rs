@@ -255,7 +255,11 @@ impl UserStore for EmbeddedStore {
                     return stale();
                 };
                 let cooled = old.verification_sent_at.is_none_or(|t| t <= now.saturating_sub(cooldown_secs));
-                if old.verified || !cooled || rec::load_verification(tx, &v.token_hash)?.is_some() {
+                if old.verified
+                    || old.retention_over(now)
+                    || !cooled
+                    || rec::load_verification(tx, &v.token_hash)?.is_some()
+                {
                     return stale();
                 }
                 let new = User { verification_sent_at: Some(now), meta, ..old.clone() };
@@ -292,6 +296,10 @@ impl UserStore for EmbeddedStore {
                     // The foreign key makes this unreachable short of corruption.
                     return Err(StoreError::internal("verification token without its user"));
                 };
+                // Past its retention, not yet swept: gone, as on DynamoDB.
+                if old_u.retention_over(now) {
+                    return stale();
+                }
                 let new_v = VerificationRecord { used_at: Some(now), meta: meta.clone(), ..old_v.clone() };
                 let new_u = User { verified: true, meta, ..old_u.clone() };
                 rec::set_verification_used(tx, &h, now, &new_v.meta)?;
