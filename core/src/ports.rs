@@ -164,8 +164,9 @@ pub trait UserStore: Send + Sync {
     ) -> StoreResult<()>;
 
     /// Stores another verification token for an unverified user and sets
-    /// `verification_sent_at = now`, only if the user is unverified and the
-    /// last send was at or before `now - cooldown_secs`; otherwise
+    /// `verification_sent_at = now`, only if the user is unverified, not
+    /// past its retention (`User::retention_over(now)`), and the last send
+    /// was at or before `now - cooldown_secs`; otherwise
     /// `Conflict(Stale)`. The user update sets its `meta` to the request's
     /// (the new token carries its own `meta`).
     async fn add_verification(
@@ -181,7 +182,8 @@ pub trait UserStore: Send + Sync {
 
     /// Marks the token used and its user verified, and sets both their
     /// `meta` to the request's, in one transaction, only if the stored token
-    /// exists, is unused and `expires_at > now`; otherwise `Conflict(Stale)`
+    /// exists, is unused and `expires_at > now`, and its user is not past
+    /// its retention (`User::retention_over(now)`); otherwise `Conflict(Stale)`
     /// and the user stays as it was. `token` is the record as the caller read
     /// it (by `verification`): its `token_hash` and `user_id` say what to
     /// update, so an adapter need not read it again; the stored state is
