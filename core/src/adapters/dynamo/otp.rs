@@ -55,8 +55,13 @@ impl OtpStore for DynamoStore {
         // The TTL's grace covers the failure budget's window: the item, and
         // the wrong codes it counts, outlive the code by at least that.
         const _: () = assert!(TTL_GRACE_SECS >= OtpRecord::BUDGET_WINDOW_SECS);
-        let item =
+        let mut item =
             items::to_item(record, items::otp_pk(&record.address_hash), Some(record.expires_at + TTL_GRACE_SECS))?;
+        // Marks the item as this call's write, so that a send of it again
+        // (the SDK's, after a lost answer) can tell its own write from
+        // another request's.
+        let send_id = uuid::Uuid::new_v4().simple().to_string();
+        item.insert("send_id".into(), s(send_id.clone()));
         let req = self.client.put_item().table_name(&self.tokens).set_item(Some(item));
         let req = match expected {
             None => req.condition_expression("attribute_not_exists(pk)"),
@@ -81,18 +86,11 @@ impl OtpStore for DynamoStore {
         match req.return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld).send().await {
             Ok(_) => Ok(()),
             // The SDK sends a request again when its answer was lost: if an
-            // earlier send of this one was applied, the item already is this
-            // record (its code's hash, from a fresh code, and its send
-            // time), and the refusal is of the retry by its own write, not
-            // a send that raced it (which would leave the code unmailed).
+            // earlier send of this one was applied, the item carries this
+            // call's id, and the refusal is of the retry by its own write,
+            // not a send that raced it (which would leave the code unmailed).
             Err(err) => match old_item_on_failed_check(err)? {
-                Some(old)
-                    if items::text(&old, "code_hash") == Some(record.code_hash.as_str())
-                        && old.get("last_sent_at") == Some(&n(record.last_sent_at))
-                        && !old.contains_key("used_at") =>
-                {
-                    Ok(())
-                }
+                Some(old) if items::text(&old, "send_id") == Some(send_id.as_str()) => Ok(()),
                 _ => Err(StoreError::Conflict(Conflict::Stale)),
             },
         }
@@ -114,13 +112,13 @@ impl OtpStore for DynamoStore {
         // Marks the item as this call's redemption, so that a send of it
         // again (the SDK's, after a lost answer) can tell its own write from
         // another request's.
-        let redemption = uuid::Uuid::new_v4().simple().to_string();
+        let redemption_id = uuid::Uuid::new_v4().simple().to_string();
         let result = self
             .client
             .update_item()
             .table_name(&self.tokens)
             .key(PK, s(items::otp_pk(address_hash)))
-            .update_expression("SET used_at = :now, meta = :meta, budget_failures = :zero, redemption = :redemption")
+            .update_expression("SET used_at = :now, meta = :meta, budget_failures = :zero, redemption_id = :redemption")
             .condition_expression(
                 "attribute_exists(pk) AND attribute_not_exists(used_at) AND code_hash = :h \
                  AND failures < :max AND expires_at > :now AND (budget_failures < :budget \
@@ -132,7 +130,7 @@ impl OtpStore for DynamoStore {
             .expression_attribute_values(":budget", n(budget))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":meta", meta_value(meta)?)
-            .expression_attribute_values(":redemption", s(redemption.clone()))
+            .expression_attribute_values(":redemption", s(redemption_id.clone()))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
@@ -142,7 +140,7 @@ impl OtpStore for DynamoStore {
             // send: the code is used, by this call (else the right code
             // would be spent and its owner told it failed).
             Err(err) => match old_item_on_failed_check(err)? {
-                Some(old) if items::text(&old, "redemption") == Some(redemption.as_str()) => Ok(()),
+                Some(old) if items::text(&old, "redemption_id") == Some(redemption_id.as_str()) => Ok(()),
                 _ => Err(StoreError::Conflict(Conflict::Stale)),
             },
         }
