@@ -85,17 +85,18 @@ impl User {
     /// first link (24 hours): until then a resent link still verifies it.
     pub const UNVERIFIED_RETENTION_SECS: i64 = 30 * 86_400;
 
-    /// Whether an account nobody verified has outlived its retention and
-    /// the day of grace both stores' expiry gives it (DynamoDB's `ttl`, the
-    /// embedded sweep): gone from then on, whenever its store gets to
-    /// deleting it. Such an account is no longer sent a link or verified.
+    /// When an account nobody verified, made at `created_at`, is gone: its
+    /// retention and the day of grace both stores' expiry gives it
+    /// (DynamoDB's `ttl`, the embedded sweep).
+    pub fn unverified_gone_at(created_at: Timestamp) -> Timestamp {
+        created_at.saturating_add(Self::UNVERIFIED_RETENTION_SECS).saturating_add(crate::tables::TTL_GRACE_SECS)
+    }
+
+    /// Whether this account, unverified, is gone at `now`
+    /// ([`User::unverified_gone_at`]), whenever its store gets to deleting
+    /// it. Such an account is no longer sent a link or verified.
     pub fn retention_over(&self, now: Timestamp) -> bool {
-        !self.verified
-            && self
-                .created_at
-                .saturating_add(Self::UNVERIFIED_RETENTION_SECS)
-                .saturating_add(crate::tables::TTL_GRACE_SECS)
-                <= now
+        !self.verified && Self::unverified_gone_at(self.created_at) <= now
     }
 
     pub fn is_locked(&self, now: Timestamp) -> bool {

@@ -35,6 +35,22 @@ where
     Err(map_sdk(err))
 }
 
+/// A conditional write's error: `Ok` when its condition refused it and the
+/// item already holds `value` in `attr`, a value only this write puts there
+/// (a send of it again by the SDK, after a lost answer, refused by its own
+/// first send); else `Conflict(Stale)` for a refusal, and any other error
+/// mapped by [`map_sdk`].
+pub(crate) fn own_write_or_stale<E>(err: SdkError<E, HttpResponse>, attr: &str, value: &str) -> Result<(), StoreError>
+where
+    E: FailedCheck + std::error::Error + Send + Sync + 'static,
+    DynamoError: From<E>,
+{
+    match old_item_on_failed_check(err)? {
+        Some(old) if super::items::text(&old, attr) == Some(value) => Ok(()),
+        _ => Err(StoreError::Conflict(Conflict::Stale)),
+    }
+}
+
 /// A single-item write's error that may be its condition's refusal.
 pub(crate) trait FailedCheck {
     /// `Some` when the condition refused the write, with the old image if

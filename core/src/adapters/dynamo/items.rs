@@ -65,7 +65,7 @@ pub(crate) fn claim_item(pk: String, claim: Claim) -> Item {
     };
     let mut item: Item = [(PK.to_string(), s(pk)), value].into();
     if let Claim::Hold(at) = claim {
-        item.insert(TTL.to_string(), n(unverified_ttl(at)));
+        item.insert(TTL.to_string(), n(User::unverified_gone_at(at)));
     }
     item
 }
@@ -127,10 +127,13 @@ pub(crate) fn next_epoch(password_epoch: u64) -> Result<u64, StoreError> {
     password_epoch.checked_add(1).ok_or_else(|| StoreError::internal("password_epoch overflow"))
 }
 
-/// The `ttl` of an unverified account made at `created_at` (and of a
-/// username hold made then): a day after it is due to go.
-pub(crate) fn unverified_ttl(created_at: Timestamp) -> Timestamp {
-    created_at.saturating_add(User::UNVERIFIED_RETENTION_SECS).saturating_add(TTL_GRACE_SECS)
+/// A fresh mark for a conditional write to put on its item, by which a
+/// send of it again (the SDK's, after a lost answer) knows the write that
+/// refused it as its own ([`super::errors::own_write_or_stale`]).
+pub(crate) fn write_mark() -> String {
+    let mut mark = [0u8; 16];
+    crate::rng::SecureRng::fill(&crate::rng::OsSecureRng, &mut mark);
+    hex::encode(mark)
 }
 
 /// The item for an entity: its fields at the top level (absent for `None`),

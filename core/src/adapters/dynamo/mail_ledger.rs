@@ -118,9 +118,7 @@ impl MailLedger for DynamoMailLedger {
         // This claim's own mark: the SDK sends a request again when its
         // answer was lost, and the retry is then refused by the lease this
         // very claim took; the mark tells that apart from another's lease.
-        let mut mark = [0u8; 16];
-        crate::rng::SecureRng::fill(&crate::rng::OsSecureRng, &mut mark);
-        let mark = hex::encode(mark);
+        let mark = super::items::write_mark();
         let mut values = vec![
             (":claim", s(mark.clone())),
             (":sending", s(ledger_state::SENDING)),

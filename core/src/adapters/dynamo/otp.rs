@@ -2,13 +2,12 @@
 //! address (keyed by its keyed hash).
 
 use super::DynamoStore;
-use super::errors::{map_sdk, old_item_on_failed_check};
+use super::errors::{map_sdk, own_write_or_stale};
 use super::items::{self, PK, TTL_GRACE_SECS, n, s};
 use super::users::meta_value;
 use crate::StoreError;
 use crate::clock::Timestamp;
 use crate::domain::{OtpRecord, RequestMeta};
-use crate::error::Conflict;
 use crate::ports::{OtpStore, StoreResult};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure};
@@ -60,7 +59,7 @@ impl OtpStore for DynamoStore {
         // Marks the item as this call's write, so that a send of it again
         // (the SDK's, after a lost answer) can tell its own write from
         // another request's.
-        let send_id = uuid::Uuid::new_v4().simple().to_string();
+        let send_id = items::write_mark();
         item.insert("send_id".into(), s(send_id.clone()));
         let req = self.client.put_item().table_name(&self.tokens).set_item(Some(item));
         let req = match expected {
@@ -85,14 +84,9 @@ impl OtpStore for DynamoStore {
         };
         match req.return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld).send().await {
             Ok(_) => Ok(()),
-            // The SDK sends a request again when its answer was lost: if an
-            // earlier send of this one was applied, the item carries this
-            // call's id, and the refusal is of the retry by its own write,
-            // not a send that raced it (which would leave the code unmailed).
-            Err(err) => match old_item_on_failed_check(err)? {
-                Some(old) if items::text(&old, "send_id") == Some(send_id.as_str()) => Ok(()),
-                _ => Err(StoreError::Conflict(Conflict::Stale)),
-            },
+            // Not a send that raced this one (which would leave the code
+            // unmailed) when the item carries this call's mark.
+            Err(err) => own_write_or_stale(err, "send_id", &send_id),
         }
     }
 
@@ -112,7 +106,7 @@ impl OtpStore for DynamoStore {
         // Marks the item as this call's redemption, so that a send of it
         // again (the SDK's, after a lost answer) can tell its own write from
         // another request's.
-        let redemption_id = uuid::Uuid::new_v4().simple().to_string();
+        let redemption_id = items::write_mark();
         let result = self
             .client
             .update_item()
@@ -139,10 +133,7 @@ impl OtpStore for DynamoStore {
             // A refusal of this redemption sent again, by its own first
             // send: the code is used, by this call (else the right code
             // would be spent and its owner told it failed).
-            Err(err) => match old_item_on_failed_check(err)? {
-                Some(old) if items::text(&old, "redemption_id") == Some(redemption_id.as_str()) => Ok(()),
-                _ => Err(StoreError::Conflict(Conflict::Stale)),
-            },
+            Err(err) => own_write_or_stale(err, "redemption_id", &redemption_id),
         }
     }
 

@@ -1,7 +1,7 @@
 //! `UserStore`: user items, their username/email claims (a username claim
 //! may be a hold, with no account), and verification tokens.
 
-use super::errors::{map_sdk, old_item_on_failed_check};
+use super::errors::{map_sdk, old_item_on_failed_check, own_write_or_stale};
 use super::items::{
     self, CLAIM_USER_ID, Claim, HELD_AT, Item, PK, TTL_GRACE_SECS, TTL_NAME, epoch_value, n, next_epoch, s,
     unchanged_since,
@@ -202,7 +202,7 @@ impl DynamoStore {
                 items::to_item(
                     user,
                     items::user_pk(&user.id),
-                    (!user.verified).then(|| items::unverified_ttl(user.created_at)),
+                    (!user.verified).then(|| User::unverified_gone_at(user.created_at)),
                 )?,
                 absent,
             )?,
@@ -647,10 +647,7 @@ impl UserStore for DynamoStore {
             // timeout, a 500): if an earlier send of this one was applied,
             // the user already holds this reset's hash (its salt is new), and
             // the reset is done; the refusal is of the retry by its own write.
-            return match old_item_on_failed_check(err)? {
-                Some(old) if items::text(&old, "password_hash") == Some(phc) => Ok(()),
-                _ => Err(StoreError::Conflict(Conflict::Stale)),
-            };
+            return own_write_or_stale(err, "password_hash", phc);
         }
         Ok(())
     }
