@@ -1,36 +1,39 @@
 # API Gateway HTTP API in front of the api function (payload format 2.0, as
 # lambda_http expects). Every path goes to the function ($default), so the
 # app answers unknown paths with its own JSON 404 and security headers; the
-# app's routes are also declared explicitly so the credential and
-# mail-sending ones get their own, tighter stage throttling.
+# credential and mail-sending routes are also declared explicitly so they
+# get their own, tighter stage throttling.
 
 locals {
-  # api/src/lib.rs's router.
-  api_routes = toset([
-    "GET /healthz",
-    "GET /.well-known/jwks.json",
-    "POST /v1/register",
-    "POST /v1/verify-email",
-    "POST /v1/verify-email/resend",
-    "POST /v1/login",
-    "POST /v1/login/otp",
-    "POST /v1/login/otp/resend",
-    "POST /v1/token/refresh",
-    "POST /v1/logout",
-    "GET /v1/me",
-    "POST /otp",
-    "GET /verify-email",
-    "POST /verify-email",
-  ])
-
-  # Routes that check a credential or send a mail: each gets the auth limits.
+  # Routes that check a password, a code, a reset link or the admin key, or
+  # that send a mail, in the JSON API and in the browser pages alike: each
+  # gets the auth limits (a cap on argon2 work and on SES mail, under the
+  # app's own per-client limits). Every other path, the 256-bit links and
+  # tokens (email verification, token refresh) and logout among them, goes
+  # to $default and the stage's limits. tests/tests/terraform.rs holds this
+  # list to api/src/lib.rs's router: every POST route is here but those.
   api_auth_routes = toset([
     "POST /v1/register",
     "POST /v1/verify-email/resend",
     "POST /v1/login",
     "POST /v1/login/otp",
     "POST /v1/login/otp/resend",
+    "POST /v1/password",
+    "POST /v1/password/forgot",
+    "POST /v1/password/reset",
     "POST /otp",
+    "GET /v1/admin/users/{id}/audit",
+    "GET /v1/admin/stats",
+    "POST /register",
+    "POST /register/resend",
+    "POST /login",
+    "POST /login/code",
+    "POST /login/code/resend",
+    "POST /password/forgot",
+    "POST /password/reset",
+    "POST /one-time-code/send",
+    "POST /one-time-code/verify",
+    "POST /admin",
   ])
 }
 
@@ -57,9 +60,11 @@ resource "aws_apigatewayv2_route" "default" {
   target    = "integrations/${aws_apigatewayv2_integration.api.id}"
 }
 
+# The auth routes, declared so that route settings can name them (a route
+# setting needs a route of its own).
 resource "aws_apigatewayv2_route" "app" {
   #checkov:skip=CKV_AWS_309:This is the authentication service itself: register/login/verify must be reachable without credentials, and the app checks bearer tokens on the routes that need them (/v1/me).
-  for_each  = local.api_routes
+  for_each  = local.api_auth_routes
   api_id    = aws_apigatewayv2_api.http.id
   route_key = each.value
   target    = "integrations/${aws_apigatewayv2_integration.api.id}"

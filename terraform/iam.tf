@@ -46,7 +46,11 @@ data "aws_iam_policy_document" "api" {
   }
 
   # The flows' stores: conditional puts/updates, transactions (uniqueness
-  # claims), and the users GSIs for lookup by username/email.
+  # claims; a registration refused for its email checks, in the username
+  # hold's transaction, that the account holding the email still keeps it:
+  # a ConditionCheck item, which IAM asks ConditionCheckItem for), and the
+  # users GSIs for lookup by username/email. tests/tests/aws_calls.rs holds
+  # this list to the calls the flows make.
   statement {
     sid = "AppTables"
     actions = [
@@ -54,6 +58,7 @@ data "aws_iam_policy_document" "api" {
       "dynamodb:PutItem",
       "dynamodb:UpdateItem",
       "dynamodb:DeleteItem",
+      "dynamodb:ConditionCheckItem",
       "dynamodb:Query",
     ]
     resources = [

@@ -67,6 +67,12 @@ resource "aws_lambda_function" "api" {
       LATCHKEY_JWT_PRIVATE_KEY_PARAM = aws_ssm_parameter.jwt_private_key.name
       LATCHKEY_CODE_HMAC_KEY_PARAM   = aws_ssm_parameter.code_hmac_key.name
       LATCHKEY_ADMIN_KEY_HASH_PARAM  = aws_ssm_parameter.admin_key_hash.name
+      # The secrets' rotation numbers: raising one rewrites its parameters
+      # and, through this, the function's configuration, so no warm
+      # instance goes on signing or checking with the old values (each
+      # reads them once, at its cold start); the api logs them at start.
+      LATCHKEY_SECRETS_VERSION        = tostring(var.secrets_version)
+      LATCHKEY_ADMIN_KEY_HASH_VERSION = tostring(var.admin_key_hash_version)
       # The client IP comes from the API Gateway request context, which the
       # client cannot forge; X-Forwarded-For can be.
       LATCHKEY_TRUST_FORWARDED_FOR  = "false"

@@ -200,6 +200,12 @@ variable "worker_batch_window_seconds" {
     condition     = var.worker_batch_window_seconds >= 0 && var.worker_batch_window_seconds <= 20
     error_message = "worker_batch_window_seconds: 0..20 (mails carry codes with a 5-minute life)."
   }
+  validation {
+    # AWS refuses a standard queue's mapping with more than 10 records a
+    # batch and no batching window (InvalidParameterValueException).
+    condition     = var.worker_batch_size <= 10 || var.worker_batch_window_seconds >= 1
+    error_message = "worker_batch_window_seconds: a worker_batch_size over 10 (${var.worker_batch_size}) needs a batching window of at least 1 s."
+  }
 }
 
 variable "worker_max_concurrency" {
@@ -351,8 +357,8 @@ variable "argon2_m_kib" {
   type        = number
   default     = 19456
   validation {
-    condition     = var.argon2_m_kib >= 19456
-    error_message = "argon2_m_kib: at least 19456."
+    condition     = var.argon2_m_kib >= 19456 && var.argon2_m_kib <= 1048576
+    error_message = "argon2_m_kib: 19456..1048576 (KiB; each hashing thread holds this much)."
   }
 }
 

@@ -121,6 +121,13 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
                 )?
             };
             let (signing, code_key, admin_key) = aws_keys(config, fetch_secrets(config, &sdk).await?)?;
+            // Terraform's rotation numbers of what was just read (raising one
+            // restarts every instance on the new values).
+            tracing::info!(
+                secrets_version = ?config.secrets_version,
+                admin_key_hash_version = ?config.admin_key_hash_version,
+                "secrets read"
+            );
             let audit = Arc::new(dynamo::audit::DynamoAuditStore::new(ddb.clone(), table_prefix));
             let store = Arc::new(dynamo::DynamoStore::new(ddb, table_prefix));
             let ports = Ports {

@@ -196,8 +196,8 @@ pub struct Config {
     /// `audit_key_param` names (the api never holds it).
     pub audit_key: Option<crate::domain::Secret<String>>,
     pub audit_key_param: Option<String>,
-    /// Trust the first `X-Forwarded-For` hop for the client IP (only behind
-    /// a proxy you run).
+    /// Take the client IP from the last `X-Forwarded-For` entry (of its last
+    /// line), the one the proxy in front added (only behind a proxy you run).
     pub trust_forwarded_for: bool,
     pub hash_threads: usize,
     /// Threads serving HTTP when not on Lambda, each with a single-threaded
@@ -209,6 +209,13 @@ pub struct Config {
     pub admin_key_hash: Option<crate::audit::AdminKeyHash>,
     /// How long audit records are kept (TTL).
     pub audit_retention_days: u32,
+    /// On AWS, Terraform's `secrets_version` and `admin_key_hash_version`:
+    /// the rotation numbers of the secrets read at cold start. They are in
+    /// the function's environment so that raising one changes its
+    /// configuration and no warm instance goes on with the old values; the
+    /// api logs them at start.
+    pub secrets_version: Option<u32>,
+    pub admin_key_hash_version: Option<u32>,
 }
 
 /// Every variable `Config::from_lookup` reads, for docs and Terraform checks.
@@ -241,7 +248,14 @@ pub const CONFIG_KEYS: &[&str] = &[
     "LATCHKEY_AUDIT_RETENTION_DAYS",
     "LATCHKEY_AUDIT_KEY",
     "LATCHKEY_AUDIT_KEY_PARAM",
+    "LATCHKEY_SECRETS_VERSION",
+    "LATCHKEY_ADMIN_KEY_HASH_VERSION",
 ];
+
+/// The most argon2 memory `LATCHKEY_ARGON2_M_KIB` may ask for (1 GiB): each
+/// hashing thread holds that much, and a typo of a few zeros should stop
+/// the start with the variable's name, not abort an allocation.
+pub const MAX_ARGON2_M_KIB: u32 = 1 << 20;
 
 /// Audit records are kept this long unless configured otherwise.
 pub const DEFAULT_AUDIT_RETENTION_DAYS: u32 = 400;
@@ -323,8 +337,8 @@ impl Config {
             "LATCHKEY_ARGON2_M_KIB",
             get("LATCHKEY_ARGON2_M_KIB"),
             d.m_kib,
-            |&m| m >= 19456,
-            "at least 19456",
+            |&m| (19456..=MAX_ARGON2_M_KIB).contains(&m),
+            "19456..=1048576 (KiB: the OWASP minimum to 1 GiB, held by every hashing thread)",
         );
         policy.argon2.t =
             num(&mut errs, "LATCHKEY_ARGON2_T", get("LATCHKEY_ARGON2_T"), d.t, |&t| (2..=10).contains(&t), "2..=10");
@@ -382,6 +396,12 @@ impl Config {
             "1..=3650",
         );
 
+        // A rotation number: a whole number from 1, as Terraform's.
+        let mut version =
+            |k: &str| get(k).map(|v| num(&mut errs, k, Some(v), 0, |n: &u32| *n >= 1, "a whole number from 1"));
+        let secrets_version = version("LATCHKEY_SECRETS_VERSION");
+        let admin_key_hash_version = version("LATCHKEY_ADMIN_KEY_HASH_VERSION");
+
         if !errs.is_empty() {
             return Err(ConfigError(errs));
         }
@@ -404,6 +424,8 @@ impl Config {
             policy,
             admin_key_hash,
             audit_retention_days,
+            secrets_version,
+            admin_key_hash_version,
         })
     }
 }
@@ -419,6 +441,10 @@ pub fn public_base_url_problem(url: &str) -> Option<String> {
         (None, None) => return Some("must start with https://".into()),
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        // `http://localhost:1@auth.example.com` is a remote host.
+        return Some("must not carry user info (`user@`) before the host".into());
+    }
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
         None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
@@ -488,6 +514,29 @@ mod tests {
     }
 
     #[test]
+    fn rotation_numbers_are_whole_numbers_from_one() {
+        let c = cfg(&[("LATCHKEY_SECRETS_VERSION", "3"), ("LATCHKEY_ADMIN_KEY_HASH_VERSION", "1")]).unwrap();
+        assert_eq!((c.secrets_version, c.admin_key_hash_version), (Some(3), Some(1)));
+        assert_eq!((cfg(&[]).unwrap().secrets_version, cfg(&[]).unwrap().admin_key_hash_version), (None, None));
+        for bad in ["0", "-1", "1.5", "two"] {
+            let e = cfg(&[("LATCHKEY_SECRETS_VERSION", bad), ("LATCHKEY_ADMIN_KEY_HASH_VERSION", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("LATCHKEY_SECRETS_VERSION: a whole number from 1"), "{bad}: {e}");
+            assert!(e.contains("LATCHKEY_ADMIN_KEY_HASH_VERSION: a whole number from 1"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn argon2_memory_is_bounded_both_ways() {
+        assert_eq!(cfg(&[("LATCHKEY_ARGON2_M_KIB", "1048576")]).unwrap().policy.argon2.m_kib, MAX_ARGON2_M_KIB);
+        for bad in ["19455", "1048577", "19456000"] {
+            let e = cfg(&[("LATCHKEY_ARGON2_M_KIB", bad)]).unwrap_err().to_string();
+            assert!(e.contains("LATCHKEY_ARGON2_M_KIB: 19456..=1048576"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn names_every_bad_variable() {
         let e =
             cfg(&[("LATCHKEY_BACKEND", "mysql"), ("LATCHKEY_OTP_TTL_SECS", "900"), ("LATCHKEY_ARGON2_M_KIB", "1024")])
@@ -517,6 +566,9 @@ mod tests {
             "auth.example.com",
             "https://",
             "http://:80",
+            "http://localhost:1@auth.example.com",
+            "http://127.0.0.1@auth.example.com/",
+            "https://user@auth.example.com",
         ] {
             assert!(public_base_url_problem(bad).is_some(), "{bad}");
         }

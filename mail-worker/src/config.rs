@@ -16,6 +16,11 @@ pub const CONFIG_KEYS: &[&str] = &[
 /// SES's default production send rate; set the account's real one.
 pub const DEFAULT_MAX_SEND_RATE: f64 = 14.0;
 
+/// The slowest send rate the worker takes: one mail in about 17 minutes.
+/// Below it the wait for a send slot is no longer a time a deadline can
+/// be compared with.
+pub const MIN_SEND_RATE: f64 = 0.001;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerConfig {
     /// The ledger table is `{table_prefix}-mail-ledger`.
@@ -62,10 +67,10 @@ impl WorkerConfig {
         let max_send_rate = match get("LATCHKEY_SES_MAX_SEND_RATE") {
             None => DEFAULT_MAX_SEND_RATE,
             Some(v) => match v.parse::<f64>() {
-                Ok(r) if r.is_finite() && r > 0.0 => r,
+                Ok(r) if r.is_finite() && r >= MIN_SEND_RATE => r,
                 _ => {
                     errs.push(format!(
-                        "LATCHKEY_SES_MAX_SEND_RATE: {v:?} is not a positive number of sends per second"
+                        "LATCHKEY_SES_MAX_SEND_RATE: {v:?} is not a number of sends per second from {MIN_SEND_RATE}"
                     ));
                     DEFAULT_MAX_SEND_RATE
                 }
@@ -117,6 +122,19 @@ mod tests {
         ] {
             assert!(text.contains(k), "{k} missing from {text}");
         }
+    }
+
+    #[test]
+    fn the_send_rate_has_a_floor() {
+        for bad in ["0", "-1", "0.0009", "1e-20", "NaN", "inf"] {
+            let e = parse(&[("LATCHKEY_SES_MAX_SEND_RATE", bad)]).unwrap_err().to_string();
+            assert!(e.contains("LATCHKEY_SES_MAX_SEND_RATE") && e.contains("from 0.001"), "{bad}: {e}");
+        }
+        let ok = |v: &str| {
+            let e = parse(&[("LATCHKEY_SES_MAX_SEND_RATE", v)]).unwrap_err().to_string();
+            !e.contains("LATCHKEY_SES_MAX_SEND_RATE")
+        };
+        assert!(ok("0.001") && ok("14"), "the floor itself and SES's default rate are taken");
     }
 
     #[test]

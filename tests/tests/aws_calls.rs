@@ -3,16 +3,26 @@
 //! <= 5, a taken username <= 4, the same whether an account or a hold takes
 //! it), login <= 4, code verify <= 3, and no Scan anywhere; the other
 //! requests are held to the counts docs/data-model.md gives. The counts are
-//! printed for the notes.
+//! printed for the notes. The same interceptor records the IAM permission
+//! each call needs (a transaction's, one per item), and the api role's
+//! policy in terraform/iam.tf must grant every one: the emulator enforces
+//! no IAM, so a missing action would only show on AWS, as a 500.
 
+use hcl::{Block, Body, Expression};
+use latchkey_core::adapters::aws_calls::Permission;
+use latchkey_core::tables;
 use latchkey_tests::scenarios::{PASSWORD, reset_with_link, token_from_link, unique};
 use latchkey_tests::system::TestSystem;
 use serde_json::json;
+use std::collections::BTreeSet;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_per_request_stay_within_budget() {
     let sys = TestSystem::aws().await;
     let calls = sys.calls.clone().expect("aws system counts calls");
+    // The tables' creation at start (LATCHKEY_BOOTSTRAP) is the emulator's
+    // set-up, not the api's: Terraform makes them on AWS.
+    calls.take_permissions();
     let mut report = Vec::new();
     let mut measure = |name: &'static str, took: Vec<String>, max: Option<usize>| {
         assert!(!took.iter().any(|c| c.ends_with(":Scan")), "{name} scanned: {took:?}");
@@ -112,4 +122,94 @@ async fn calls_per_request_stay_within_budget() {
     measure("register (username held)", by_hold, Some(4));
 
     println!("AWS calls per request:\n  {}", report.join("\n  "));
+
+    let needed = calls.take_permissions();
+    assert!(
+        needed.iter().any(|p| p.action == "dynamodb:ConditionCheckItem"),
+        "the email-taken registration's hold checks its holder in its transaction: {needed:?}"
+    );
+    let granted = policy_statements("api");
+    let missing: Vec<&Permission> = needed.iter().filter(|p| !granted.iter().any(|g| g.grants(p))).collect();
+    assert!(missing.is_empty(), "terraform/iam.tf's api policy does not grant {missing:?} (it grants {granted:?})");
+}
+
+/// One statement of a policy document: its actions, and the DynamoDB table
+/// suffixes (`users`, `users/index/*`) its resources name.
+#[derive(Debug)]
+struct Statement {
+    actions: BTreeSet<String>,
+    tables: BTreeSet<String>,
+    other_resources: bool,
+}
+
+impl Statement {
+    fn grants(&self, p: &Permission) -> bool {
+        if !self.actions.contains(&p.action) {
+            return false;
+        }
+        let Some(table) = &p.table else { return self.other_resources };
+        let (name, index) = match table.split_once("/index/") {
+            Some((name, _)) => (name, true),
+            None => (table.as_str(), false),
+        };
+        let spec = tables::ALL
+            .iter()
+            .find(|t| name.ends_with(&format!("-{}", t.suffix)))
+            .unwrap_or_else(|| panic!("{table}: no table of core's tables::ALL"));
+        let wanted = if index { format!("{}/index/*", spec.suffix) } else { spec.suffix.to_string() };
+        self.tables.contains(&wanted)
+    }
+}
+
+/// The statements of `data "aws_iam_policy_document" "<doc>"` in
+/// terraform/iam.tf, with `aws_dynamodb_table.<label>.arn` read as the
+/// table's name suffix from terraform/dynamodb.tf (`"${var.name_prefix}-users"`).
+fn policy_statements(doc: &str) -> Vec<Statement> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../terraform");
+    let parse = |file: &str| -> Body {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("read {file}: {e}"));
+        hcl::parse(&text).unwrap_or_else(|e| panic!("parse {file}: {e}"))
+    };
+    let labelled = |b: &Block, kind: &str, ty: &str, name: Option<&str>| {
+        let l = b.labels();
+        b.identifier() == kind && l.len() == 2 && l[0].as_str() == ty && name.is_none_or(|n| l[1].as_str() == n)
+    };
+    let text = |e: &Expression| hcl::format::to_string(e).expect("format expression");
+    let mut suffixes = Vec::new();
+    for b in parse("dynamodb.tf").blocks().filter(|b| labelled(b, "resource", "aws_dynamodb_table", None)) {
+        let name = b.body().attributes().find(|a| a.key() == "name").map(|a| text(a.expr())).expect("table name");
+        let suffix = name.trim_matches('"').strip_prefix("${var.name_prefix}-").expect("name_prefix-suffix");
+        suffixes.push((format!("aws_dynamodb_table.{}.arn", b.labels()[1].as_str()), suffix.to_string()));
+    }
+    let iam = parse("iam.tf");
+    let policy = iam
+        .blocks()
+        .find(|b| labelled(b, "data", "aws_iam_policy_document", Some(doc)))
+        .unwrap_or_else(|| panic!("data.aws_iam_policy_document.{doc}"));
+    policy
+        .body()
+        .blocks()
+        .filter(|b| b.identifier() == "statement")
+        .map(|st| {
+            let list = |key: &str| -> Vec<String> {
+                match st.body().attributes().find(|a| a.key() == key).map(|a| a.expr()) {
+                    Some(Expression::Array(items)) => items.iter().map(text).collect(),
+                    other => panic!("{doc}: statement {key} must be a list, got {other:?}"),
+                }
+            };
+            let actions = list("actions").into_iter().map(|a| a.trim_matches('"').to_string()).collect();
+            let (mut tables, mut other_resources) = (BTreeSet::new(), false);
+            for r in list("resources") {
+                match suffixes.iter().find(|(arn, _)| r.contains(arn.as_str())) {
+                    Some((_, suffix)) if r.ends_with("/index/*\"") => tables.insert(format!("{suffix}/index/*")),
+                    Some((_, suffix)) => tables.insert(suffix.clone()),
+                    None => {
+                        other_resources = true;
+                        false
+                    }
+                };
+            }
+            Statement { actions, tables, other_resources }
+        })
+        .collect()
 }

@@ -487,6 +487,16 @@ fn functions_get_the_config_keys_their_code_reads() {
         }
     }
     let (_, processor) = function(&tf, &ctx, PROCESSOR_FN.0);
+    // Raising a rotation number changes the configuration of the function
+    // that reads those secrets at cold start, so no warm instance keeps the
+    // old ones.
+    for (env, key, version) in [
+        (&api_env, "LATCHKEY_SECRETS_VERSION", "secrets_version"),
+        (&api_env, "LATCHKEY_ADMIN_KEY_HASH_VERSION", "admin_key_hash_version"),
+        (&function_env(processor, PROCESSOR_FN.0), "LATCHKEY_AUDIT_KEY_VERSION", "audit_seal_key_version"),
+    ] {
+        assert_eq!(env[key].to_string(), format!("tostring(var.{version})"), "{key}");
+    }
     let r = reference(&function_env(processor, PROCESSOR_FN.0)[AUDIT_KEY.1]);
     assert!(
         matches!(&r, Some((ty, _, field)) if ty == "aws_ssm_parameter" && field == "name"),
@@ -869,6 +879,63 @@ fn variable_accepts(tf: &Terraform, name: &str, value: Value) -> bool {
 fn variable_accepts_with(tf: &Terraform, name: &str, overrides: &[(&str, Value)]) -> bool {
     let ctx = tf.context(overrides);
     blocks(variable(tf, name), "validation").all(|v| eval(&ctx, v.body(), "condition", name) == Value::Bool(true))
+}
+
+/// AWS refuses an SQS mapping of more than 10 records a batch without a
+/// batching window of at least a second, so the variables do too.
+#[test]
+fn a_batch_over_ten_needs_a_batching_window() {
+    let tf = Terraform::load();
+    let with = |batch: i64, window: i64| {
+        [("worker_batch_size", Value::from(batch)), ("worker_batch_window_seconds", Value::from(window))]
+    };
+    for (batch, window, accepted) in [(10, 0, true), (11, 0, false), (20, 0, false), (11, 1, true), (20, 20, true)] {
+        assert_eq!(
+            variable_accepts_with(&tf, "worker_batch_window_seconds", &with(batch, window)),
+            accepted,
+            "batch {batch}, window {window} s"
+        );
+    }
+}
+
+/// The routes under the stage's tighter auth limits are the router's
+/// (api/src/lib.rs): every POST route but those that check only a 256-bit
+/// link or token or end a session, and the admin API's routes (they check
+/// the admin key). A route the router does not have, or a credential or
+/// mail-sending route left to the stage's default limits, fails.
+#[test]
+fn the_auth_throttle_covers_every_credential_and_mail_route_of_the_router() {
+    const DEFAULT_LIMITS: &[&str] =
+        &["POST /v1/verify-email", "POST /verify-email", "POST /v1/token/refresh", "POST /v1/logout", "POST /logout"];
+    let router = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../api/src/lib.rs"))
+        .expect("read api/src/lib.rs");
+    let mut routes = BTreeSet::new();
+    for line in router.lines().map(str::trim).filter(|l| l.starts_with(".route(\"")) {
+        let path = line[".route(\"".len()..].split('"').next().expect("a quoted path");
+        for (method, call) in [("GET", "get("), ("POST", "post(")] {
+            if line.contains(call) {
+                routes.insert(format!("{method} {path}"));
+            }
+        }
+    }
+    assert!(routes.len() >= 40 && routes.contains("POST /v1/login"), "router routes read: {routes:?}");
+    let tf = Terraform::load();
+    let locals = tf.blocks.iter().filter(|(_, b)| b.identifier() == "locals").map(|(_, b)| b.body());
+    let expr = locals.filter_map(|b| attr(b, "api_auth_routes")).next().expect("local.api_auth_routes");
+    let Expression::FuncCall(f) = expr else { panic!("local.api_auth_routes: expected toset([...])") };
+    assert_eq!((f.name.to_string().as_str(), f.args.len()), ("toset", 1), "local.api_auth_routes");
+    let throttled: BTreeSet<String> = literal_strings(&f.args[0], "local.api_auth_routes").into_iter().collect();
+    let expected: BTreeSet<String> = routes
+        .iter()
+        .filter(|r| {
+            (r.starts_with("POST ") && !DEFAULT_LIMITS.contains(&r.as_str())) || r.starts_with("GET /v1/admin/")
+        })
+        .cloned()
+        .collect();
+    assert!(DEFAULT_LIMITS.iter().all(|r| routes.contains(*r)), "{DEFAULT_LIMITS:?} are not all routes");
+    assert_eq!(throttled, expected, "local.api_auth_routes against the router");
+    let (_, route) = tf.resources("aws_apigatewayv2_route").find(|(n, _)| *n == "app").expect("route app");
+    assert_eq!(attr(route, "for_each").map(ToString::to_string).as_deref(), Some("local.api_auth_routes"));
 }
 
 /// A mail delivery ends within the ledger's claim lease: the worker's

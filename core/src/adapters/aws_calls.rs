@@ -7,12 +7,13 @@ use aws_config::{BehaviorVersion, SdkConfig};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::context::{BeforeSerializationInterceptorContextRef, Input};
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -144,10 +145,81 @@ pub fn sesv2_client(cfg: &SdkConfig, counter: Option<&CallCounter>) -> aws_sdk_s
 /// Records every operation the clients it is attached to start, as
 /// `service:Operation` with the service in lower case (`dynamodb:GetItem`,
 /// `sqs:SendMessage`, `sesv2:SendEmail`), once per operation however often
-/// the SDK retries it. Clones share one record.
+/// the SDK retries it; and, apart, the IAM permissions those operations
+/// need ([`Permission`]), so tests can hold a role's policy to the calls
+/// its code makes. Clones share one record.
 #[derive(Debug, Clone, Default)]
 pub struct CallCounter {
     calls: Arc<Mutex<Vec<String>>>,
+    permissions: Arc<Mutex<BTreeSet<Permission>>>,
+}
+
+/// One IAM permission an AWS call needs: the action, and the DynamoDB table
+/// (with `/index/<name>` for a query of an index) it is needed on, `None`
+/// for other services. A transaction needs no action of its own but one
+/// per item: `dynamodb:PutItem`, `UpdateItem`, `DeleteItem` or
+/// `ConditionCheckItem` on that item's table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Permission {
+    pub action: String,
+    pub table: Option<String>,
+}
+
+impl Permission {
+    fn on(action: &str, table: &str) -> Self {
+        Permission { action: format!("dynamodb:{action}"), table: Some(table.to_string()) }
+    }
+
+    /// What `call` (`service:Operation`, as recorded) with this input needs.
+    fn needed_by(call: &str, input: &Input) -> Vec<Permission> {
+        use aws_sdk_dynamodb::operation::{
+            delete_item::DeleteItemInput, get_item::GetItemInput, put_item::PutItemInput, query::QueryInput,
+            transact_write_items::TransactWriteItemsInput, update_item::UpdateItemInput,
+        };
+        let table = |t: &Option<String>| t.clone().unwrap_or_default();
+        if let Some(i) = input.downcast_ref::<GetItemInput>() {
+            return vec![Permission::on("GetItem", &table(&i.table_name))];
+        }
+        if let Some(i) = input.downcast_ref::<PutItemInput>() {
+            return vec![Permission::on("PutItem", &table(&i.table_name))];
+        }
+        if let Some(i) = input.downcast_ref::<UpdateItemInput>() {
+            return vec![Permission::on("UpdateItem", &table(&i.table_name))];
+        }
+        if let Some(i) = input.downcast_ref::<DeleteItemInput>() {
+            return vec![Permission::on("DeleteItem", &table(&i.table_name))];
+        }
+        if let Some(i) = input.downcast_ref::<QueryInput>() {
+            let on = match &i.index_name {
+                Some(index) => format!("{}/index/{index}", table(&i.table_name)),
+                None => table(&i.table_name),
+            };
+            return vec![Permission::on("Query", &on)];
+        }
+        if let Some(i) = input.downcast_ref::<TransactWriteItemsInput>() {
+            return i
+                .transact_items()
+                .iter()
+                .filter_map(|item| {
+                    if let Some(x) = item.put() {
+                        Some(Permission::on("PutItem", x.table_name()))
+                    } else if let Some(x) = item.update() {
+                        Some(Permission::on("UpdateItem", x.table_name()))
+                    } else if let Some(x) = item.delete() {
+                        Some(Permission::on("DeleteItem", x.table_name()))
+                    } else {
+                        item.condition_check().map(|x| Permission::on("ConditionCheckItem", x.table_name()))
+                    }
+                })
+                .collect();
+        }
+        // Other services' actions: SES v2's are named `ses:` in IAM.
+        let action = match call.split_once(':') {
+            Some(("sesv2", op)) => format!("ses:{op}"),
+            _ => call.to_string(),
+        };
+        vec![Permission { action, table: None }]
+    }
 }
 
 impl CallCounter {
@@ -165,7 +237,15 @@ impl CallCounter {
         self.calls.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    fn record(&self, call: String) {
+    /// The permissions the calls recorded so far needed, leaving that
+    /// record empty (the calls' own record is kept).
+    pub fn take_permissions(&self) -> BTreeSet<Permission> {
+        std::mem::take(&mut *self.permissions.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn record(&self, call: String, input: &Input) {
+        let needs = Permission::needed_by(&call, input);
+        self.permissions.lock().unwrap_or_else(PoisonError::into_inner).extend(needs);
         self.calls.lock().unwrap_or_else(PoisonError::into_inner).push(call);
     }
 }
@@ -180,7 +260,7 @@ impl Intercept for CallCounter {
     // in the bag. This hook runs once per operation, outside the retry loop.
     fn read_before_serialization(
         &self,
-        _context: &BeforeSerializationInterceptorContextRef<'_>,
+        context: &BeforeSerializationInterceptorContextRef<'_>,
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
@@ -188,7 +268,7 @@ impl Intercept for CallCounter {
             Some(m) => format!("{}:{}", m.service().to_ascii_lowercase(), m.name()),
             None => "unknown:unknown".to_string(),
         };
-        self.record(call);
+        self.record(call, context.input());
         Ok(())
     }
 }

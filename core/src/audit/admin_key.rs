@@ -26,9 +26,10 @@ impl AdminKeyHash {
         AdminKeyHash(Sha256::digest(key.as_bytes()).into())
     }
 
-    /// Shortest admin key that can match. Admin requests have no rate
-    /// limit of their own; the key's length is what makes online guessing
-    /// hopeless (generate it with `openssl rand -base64 32`: 44 characters).
+    /// Shortest admin key that can match. Admin requests are limited per
+    /// client (`RateLimits::admin_ip`), which many addresses get around;
+    /// the key's length is what makes online guessing hopeless (generate it
+    /// with `openssl rand -base64 32`: 44 characters).
     pub const MIN_KEY_CHARS: usize = 24;
 
     /// Whether `presented` is the admin key. The hashes are compared in

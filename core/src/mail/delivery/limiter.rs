@@ -55,10 +55,15 @@ impl SendRateLimiter {
             let now = Instant::now();
             b.tokens = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate).min(self.burst);
             b.at = now;
-            let wait = if b.tokens >= 1.0 { Duration::ZERO } else { Duration::from_secs_f64((1.0 - b.tokens) / rate) };
-            if now + wait > deadline {
+            let wait = if b.tokens >= 1.0 {
+                Some(Duration::ZERO)
+            } else {
+                Duration::try_from_secs_f64((1.0 - b.tokens) / rate).ok()
+            };
+            // A wait too long to add to now is past any deadline.
+            let Some(wait) = wait.filter(|&w| now.checked_add(w).is_some_and(|at| at <= deadline)) else {
                 return false;
-            }
+            };
             b.tokens -= 1.0;
             wait
         };
@@ -111,6 +116,14 @@ mod tests {
         let t = Instant::now();
         assert!(l.acquire_before(Instant::now() + Duration::from_secs(2)).await);
         assert!((t.elapsed().as_secs_f64() - 1.0).abs() < 0.01);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_so_slow_its_wait_is_no_duration_refuses_instead_of_panicking() {
+        let l = SendRateLimiter::new(1e-20, 1);
+        assert!(l.acquire_before(Instant::now()).await);
+        // The next slot is 1e20 s away: more than a Duration or an Instant holds.
+        assert!(!l.acquire_before(Instant::now() + Duration::from_secs(60)).await);
     }
 
     #[tokio::test]
