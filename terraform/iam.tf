@@ -166,12 +166,19 @@ data "aws_iam_policy_document" "mail_worker" {
     resources = [aws_sqs_queue.mail_dlq.arn]
   }
 
-  # SendEmail is authorised on the identity and on the configuration set;
-  # the From condition pins the one sender address.
+  # SendEmail is authorised on the sender's identity and on the
+  # configuration set, and, while the account is in the SES sandbox, on
+  # each recipient's verified identity too (identity/<address> or
+  # <domain>): hence identity/*. The From condition pins the one sender
+  # address whatever the identity.
   statement {
-    sid       = "SendMailAsConfiguredSender"
-    actions   = ["ses:SendEmail"]
-    resources = [local.ses_identity_arn, aws_sesv2_configuration_set.main.arn]
+    sid     = "SendMailAsConfiguredSender"
+    actions = ["ses:SendEmail"]
+    resources = [
+      local.ses_identity_arn,
+      "arn:${local.partition}:ses:${var.region}:${local.account_id}:identity/*",
+      aws_sesv2_configuration_set.main.arn,
+    ]
     condition {
       test     = "StringEquals"
       variable = "ses:FromAddress"

@@ -74,12 +74,18 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
             };
             // Keys, the database and the outbox hold secrets: the owner's only.
             latchkey_core::adapters::embedded::create_private_dir(data_dir)?;
-            let (signing, code_key, audit_key) = local_keys(config, data_dir)?;
+            // The store first: it locks the data directory, so a second
+            // process on it stops here, before it could write a key.
             let store = EmbeddedStore::open(data_dir.join("latchkey.sqlite3"))?;
+            let (signing, code_key, audit_key) = local_keys(config, data_dir)?;
             let queue = SqliteMailQueue::new(&store);
             let renderer = latchkey_core::mail::Renderer::new(&config.public_base_url)?;
             let outbox =
                 Outbox::new(data_dir.join("outbox"), renderer.clone(), "latchkey <noreply@latchkey.local>".into());
+            let cut_short = outbox.clear_cut_short_writes()?;
+            if cut_short > 0 {
+                tracing::info!(files = cut_short, "outbox: removed the temp files of writes a crash cut short");
+            }
             let deliverer = embedded_deliverer(&store, outbox, renderer, clock.clone()).await?;
             let consumer = spawn_mail_consumer(queue.clone(), Arc::new(deliverer));
             let audit = audit::SqliteAuditStore::open(&store).await?;
@@ -225,8 +231,10 @@ fn state(
 
 #[cfg(feature = "embedded")]
 /// The embedded mode's secrets: from the environment if set, else created
-/// once under `<data_dir>/keys/` (mode 0600) and reused. The audit key is
-/// the audit feed's, which runs in this process.
+/// once under `<data_dir>/keys/` (mode 0600) and reused; an existing file
+/// and the directory lose any group and other bits. The audit key is the
+/// audit feed's, which runs in this process. Called with the store open
+/// (its lock held), so no other process writes these files meanwhile.
 fn local_keys(
     config: &Config,
     data_dir: &std::path::Path,
@@ -289,12 +297,23 @@ fn audit_key_from(b64: &Secret<String>) -> Result<latchkey_core::keys::AuditKey,
 }
 
 #[cfg(feature = "embedded")]
+/// The key in `path`, else (only if there is no such file) a new one from
+/// `make`, written there. A file that is there but cannot be read stops the
+/// start: a new key in its place would leave what the old one signed,
+/// keyed or sealed (sessions, codes in flight, the audit trail) unreadable.
 fn read_or_create(
     path: &std::path::Path,
     make: impl FnOnce() -> Result<String, String>,
 ) -> Result<Secret<String>, BoxError> {
-    if let Ok(s) = std::fs::read_to_string(path) {
-        return Ok(Secret::new(s.trim().to_string()));
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            latchkey_core::adapters::embedded::owner_only(path)?;
+            return Ok(Secret::new(s.trim().to_string()));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(format!("{}: {e} (left as it is; no new key is made in its place)", path.display()).into());
+        }
     }
     let value = make()?;
     let tmp = path.with_extension("tmp");
@@ -584,6 +603,75 @@ mod tests {
     use super::*;
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    #[cfg(all(feature = "embedded", unix))]
+    struct Scratch(std::path::PathBuf);
+
+    #[cfg(all(feature = "embedded", unix))]
+    impl Scratch {
+        fn new() -> Self {
+            let p = std::env::temp_dir().join(format!("latchkey-wiring-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&p).unwrap();
+            Scratch(p)
+        }
+        fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    #[cfg(all(feature = "embedded", unix))]
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[cfg(all(feature = "embedded", unix))]
+    fn embedded_config(data_dir: &std::path::Path) -> Config {
+        let dir = data_dir.to_string_lossy().into_owned();
+        Config::from_lookup(|k| (k == "LATCHKEY_DATA_DIR").then(|| dir.clone())).unwrap()
+    }
+
+    #[cfg(all(feature = "embedded", unix))]
+    #[test]
+    fn a_key_file_that_cannot_be_read_stops_the_start_and_is_left_as_it_is() {
+        let tmp = Scratch::new();
+        let keys = tmp.path().join("keys");
+        std::fs::create_dir(&keys).unwrap();
+        // Not UTF-8: unreadable as a key file, as one the process may not
+        // open would be (tests may run as root, which opens anything).
+        let garbled = [0xff, 0xfe, 0x00, 0x80];
+        std::fs::write(keys.join(AUDIT_KEY_FILE), garbled).unwrap();
+        let Err(e) = local_keys(&embedded_config(tmp.path()), tmp.path()) else { panic!("started") };
+        assert!(e.to_string().contains(AUDIT_KEY_FILE), "{e}");
+        assert_eq!(std::fs::read(keys.join(AUDIT_KEY_FILE)).unwrap(), garbled, "the file was replaced");
+    }
+
+    #[cfg(all(feature = "embedded", unix))]
+    #[test]
+    fn existing_key_files_and_their_directory_become_the_owners_only_and_keep_their_keys() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = Scratch::new();
+        let config = embedded_config(tmp.path());
+        let (signing, _, _) = local_keys(&config, tmp.path()).unwrap();
+        let keys = tmp.path().join("keys");
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let files: Vec<_> = std::fs::read_dir(&keys).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(files.len(), 3, "{files:?}");
+        // As a restore with `cp` under a umask of 022 leaves them.
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for f in &files {
+            assert_eq!(mode(f), 0o600, "{f:?} made");
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let (again, _, _) = local_keys(&config, tmp.path()).unwrap();
+        assert_eq!(again.to_base64(), signing.to_base64(), "the key changed");
+        assert_eq!(mode(&keys), 0o700);
+        for f in &files {
+            assert_eq!(mode(f), 0o600, "{f:?}");
+        }
+    }
 
     async fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
         let mut conn = tokio::net::TcpStream::connect(addr).await?;

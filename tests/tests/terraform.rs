@@ -881,6 +881,37 @@ fn variable_accepts_with(tf: &Terraform, name: &str, overrides: &[(&str, Value)]
     blocks(variable(tf, name), "validation").all(|v| eval(&ctx, v.body(), "condition", name) == Value::Bool(true))
 }
 
+/// In the SES sandbox (every new account) SES authorises a send on each
+/// recipient's identity as well as the sender's: the worker's SendEmail
+/// statement names every identity of the account, and its From condition
+/// keeps the one sender.
+#[test]
+fn the_worker_may_send_to_sandbox_recipients_as_the_configured_sender_only() {
+    let tf = Terraform::load();
+    let (_, doc) = tf
+        .of_kind("data", "aws_iam_policy_document")
+        .find(|(name, _)| *name == "mail_worker")
+        .expect("data.aws_iam_policy_document.mail_worker");
+    let sends: Vec<&Body> = blocks(doc, "statement")
+        .map(Block::body)
+        .filter(|s| attr(s, "actions").is_some_and(|a| literal_strings(a, "actions").contains(&"ses:SendEmail".into())))
+        .collect();
+    assert_eq!(sends.len(), 1, "mail_worker statements granting ses:SendEmail");
+    let Some(Expression::Array(resources)) = attr(sends[0], "resources") else { panic!("resources") };
+    let resources: Vec<String> = resources.iter().map(ToString::to_string).collect();
+    let every_identity = "\"arn:${local.partition}:ses:${var.region}:${local.account_id}:identity/*\"";
+    assert!(resources.iter().any(|r| r == every_identity), "{resources:?}");
+    let conditions: Vec<&Body> = blocks(sends[0], "condition").map(Block::body).collect();
+    assert_eq!(conditions.len(), 1, "one condition");
+    let text = |key: &str| {
+        attr(conditions[0], key).map(ToString::to_string).unwrap_or_default().split_whitespace().collect::<String>()
+    };
+    assert_eq!(
+        (text("test").as_str(), text("variable").as_str(), text("values").as_str()),
+        ("\"StringEquals\"", "\"ses:FromAddress\"", "[var.ses_from_address]")
+    );
+}
+
 /// AWS refuses an SQS mapping of more than 10 records a batch without a
 /// batching window of at least a second, so the variables do too.
 #[test]

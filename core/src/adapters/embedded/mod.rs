@@ -292,7 +292,25 @@ impl Drop for OpenTx<'_> {
 /// Creates `dir` and any missing parents readable by the owner only (0700
 /// on Unix; directories that exist keep their mode).
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    private_dir_builder().recursive(true).create(dir)
+    private_dir_builder().recursive(true).create(dir)?;
+    owner_only(dir)
+}
+
+/// Takes the group and other bits off an existing file or directory (one
+/// restored with `cp` under a umask of 022, say): what the data directory
+/// holds is the owner's only.
+pub fn owner_only(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// A `DirBuilder` that makes directories readable by the owner only.
@@ -311,14 +329,11 @@ pub(crate) fn private_dir_builder() -> std::fs::DirBuilder {
 fn own_file(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        use std::os::unix::fs::OpenOptionsExt as _;
         let wal = path.with_file_name(format!("{}-wal", path.file_name().unwrap_or_default().to_string_lossy()));
         for p in [path, wal.as_path()] {
             match std::fs::metadata(p) {
-                Ok(m) if m.permissions().mode() & 0o077 != 0 => {
-                    std::fs::set_permissions(p, std::fs::Permissions::from_mode(m.permissions().mode() & 0o700))?;
-                }
-                Ok(_) => {}
+                Ok(_) => owner_only(p)?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && p == path => {
                     match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(p) {
                         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),

@@ -52,6 +52,28 @@ impl Outbox {
         &self.dir
     }
 
+    /// Removes the temp files of writes a crash cut short (`.<uuid>.tmp`:
+    /// each holds a mail with a live link or code that no rename will ever
+    /// publish; its job is delivered again from the queue). Run at start,
+    /// with the data directory locked, before the consumer writes; returns
+    /// how many went. No outbox yet is none.
+    pub fn clear_cut_short_writes(&self) -> std::io::Result<usize> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            other => other?,
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                std::fs::remove_file(self.dir.join(&*name))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Renders the job and writes `<dir>/<created_at>-<id>.eml` atomically
     /// (a temp file renamed into place, so a reader never sees half a mail;
     /// delivering the same job again replaces the file rather than adding
@@ -152,7 +174,11 @@ fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<
     let result = (|| {
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, target)
+        std::fs::rename(&tmp, target)?;
+        // The rename is durable once the directory is: the ledger marks the
+        // job sent right after this, and a mail that power loss took back
+        // would then be lost.
+        std::fs::File::open(dir)?.sync_all()
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -173,6 +199,22 @@ mod tests {
             Renderer::new("https://auth.example.com").unwrap(),
             "latchkey <noreply@example.com>".into(),
         )
+    }
+
+    #[test]
+    fn a_start_removes_the_temp_files_of_cut_short_writes_and_nothing_else() {
+        let dir = TempDir::new();
+        let outbox = outbox(&dir.0.join("outbox"));
+        assert_eq!(outbox.clear_cut_short_writes().unwrap(), 0, "no outbox yet");
+        std::fs::create_dir(outbox.dir()).unwrap();
+        for name in [".0123abcd.tmp", ".ffff.tmp", "1700000000-abc.eml", "notes.tmp", ".hidden"] {
+            std::fs::write(outbox.dir().join(name), "x").unwrap();
+        }
+        assert_eq!(outbox.clear_cut_short_writes().unwrap(), 2);
+        let mut left: Vec<String> =
+            std::fs::read_dir(outbox.dir()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        left.sort();
+        assert_eq!(left, [".hidden", "1700000000-abc.eml", "notes.tmp"]);
     }
 
     #[test]
