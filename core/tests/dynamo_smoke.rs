@@ -1062,3 +1062,32 @@ async fn an_audit_record_never_expires_before_the_one_it_follows() {
         .expect("record 2");
     assert_eq!(item.get("ttl"), Some(&aws_sdk_dynamodb::types::AttributeValue::N((NOW + 2 * 86_400).to_string())));
 }
+
+/// Records past their expiry are neither listed nor counted while the TTL,
+/// days late, has not deleted them yet; a page that reached them is the
+/// last. A day's count goes with its newest record.
+#[tokio::test]
+async fn expired_audit_records_are_not_listed_or_counted_before_the_ttl_deletes_them() {
+    use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
+    use latchkey_core::audit::{AuditPage, AuditStore, day_of};
+    let env = env().await;
+    let audit = DynamoAuditStore::new(env.client.clone(), &env.prefix);
+    let key = latchkey_core::keys::AuditKey::new(vec![5; 32]).expect("a key");
+    let subject = UserId::random(&OsSecureRng).to_string();
+    for i in 1..=5 {
+        audit.append(&key, &code_verified(&subject, i), NOW + 10 * i64::from(i)).await.expect("append");
+    }
+    let seqs = |p: &AuditPage| p.records.iter().map(|r| r.seq).collect::<Vec<_>>();
+    let p1 = audit.list(&subject, None, 2, NOW + 20).await.expect("list");
+    assert_eq!((seqs(&p1), p1.next_before), (vec![5, 4], Some(4)));
+    let p2 = audit.list(&subject, p1.next_before, 2, NOW + 20).await.expect("list");
+    assert_eq!((seqs(&p2), p2.next_before), (vec![3], None));
+    assert_eq!(seqs(&audit.list(&subject, None, 10, NOW + 19).await.expect("list")), [5, 4, 3, 2]);
+    let day = day_of(NOW);
+    let count = |now| {
+        let audit = &audit;
+        async move { audit.stats(day, day, now).await.expect("stats").iter().map(|c| c.count).sum::<u64>() }
+    };
+    assert_eq!((count(NOW).await, count(NOW + 49).await, count(NOW + 50).await), (5, 5, 0));
+    assert_eq!(audit.chain(&subject).await.expect("chain").len(), 5, "verification still reads them all");
+}

@@ -1387,7 +1387,7 @@ async fn a_code_replaced_after_it_expired_unused_leaves_its_expiry() {
     let count = |e: E, stats: &[latchkey_core::audit::DayCount]| {
         stats.iter().filter(|c| c.event == e).map(|c| c.count).sum::<u64>()
     };
-    let stats = audit.stats(day, day_of(T0 + 600)).await.unwrap();
+    let stats = audit.stats(day, day_of(T0 + 600), T0 + 600).await.unwrap();
     assert_eq!((count(E::OtpSent, &stats), count(E::OtpExpired, &stats)), (2, 1), "{stats:?}");
 }
 

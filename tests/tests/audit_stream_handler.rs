@@ -257,7 +257,7 @@ async fn a_wrong_password_on_the_users_stream_is_a_failed_login() {
     let stored = serde_json::to_string(&chain).expect("json");
     assert!(!stored.contains("argon2") && !stored.contains("alice"), "{stored}");
     let day = latchkey_core::audit::day_of(chain[0].at);
-    let stats = audit.stats(day, day).await.expect("stats");
+    let stats = audit.stats(day, day, chain[0].at).await.expect("stats");
     assert_eq!(stats.iter().map(|c| (c.event, c.count)).collect::<Vec<_>>(), [(T::LoginFailed, 1)]);
 }
 

@@ -78,7 +78,7 @@ pub async fn stats(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageF
         errors.insert("to", format!("Must be on or after the start, at most {MAX_DAYS} days."));
         return admin_page(&s, &mut v, StatusCode::BAD_REQUEST, &from_s, &to_s, errors, None);
     }
-    let counts = match s.audit.stats(from, to).await {
+    let counts = match s.audit.stats(from, to, s.auth.now()).await {
         Ok(c) => c,
         Err(e) => return render::failure(latchkey_core::Error::from(e)),
     };

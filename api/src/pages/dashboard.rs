@@ -20,7 +20,7 @@ pub async fn dashboard(State(s): State<AppState>, mut v: Visitor) -> Response {
         let r = Redirect::to("/login").into_response();
         return if v.stale_session { with_cookies(r, vec![cookies::clear(cookies::SESSION)]) } else { r };
     };
-    let events = match s.audit.list(&profile.id.to_string(), None, RECENT).await {
+    let events = match s.audit.list(&profile.id.to_string(), None, RECENT, s.auth.now()).await {
         Ok(page) => page
             .records
             .iter()

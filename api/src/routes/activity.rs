@@ -18,7 +18,8 @@ pub async fn my_activity(
     let token = bearer(&headers).ok_or(latchkey_core::Error::Unauthorized)?;
     let profile = s.auth.me(token).await?;
     let (before, limit) = page_params(&query(q)?)?;
-    let page = s.audit.list(&profile.id.to_string(), before, limit).await.map_err(latchkey_core::Error::from)?;
+    let page =
+        s.audit.list(&profile.id.to_string(), before, limit, s.auth.now()).await.map_err(latchkey_core::Error::from)?;
     Ok(Json(json!({
         "events": page.records.iter().map(record_json).collect::<Vec<_>>(),
         "next_cursor": page.next_before.map(|b| b.to_string()),

@@ -117,7 +117,7 @@ pub async fn user_audit(
         .and_then(|Path(id)| latchkey_core::domain::UserId::parse(&id))
         .ok_or_else(|| ApiError::field("id", "is not a user id"))?;
     let (before, limit) = page_params(&query(q)?)?;
-    let page = s.audit.list(&id.to_string(), before, limit).await.map_err(latchkey_core::Error::from)?;
+    let page = s.audit.list(&id.to_string(), before, limit, s.auth.now()).await.map_err(latchkey_core::Error::from)?;
     Ok(Json(json!({
         "user_id": id.to_string(),
         "events": page.records.iter().map(record_json).collect::<Vec<_>>(),
@@ -152,7 +152,7 @@ pub async fn stats(
             format!("to: must be on or after from, at most {MAX_STATS_DAYS} days"),
         ));
     }
-    let counts = s.audit.stats(from, to).await.map_err(latchkey_core::Error::from)?;
+    let counts = s.audit.stats(from, to, s.auth.now()).await.map_err(latchkey_core::Error::from)?;
     let mut days: BTreeMap<i64, BTreeMap<&'static str, u64>> = BTreeMap::new();
     for c in &counts {
         *days.entry(c.day).or_default().entry(c.event.as_str()).or_default() += c.count;

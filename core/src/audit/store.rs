@@ -48,15 +48,23 @@ pub trait AuditStore: Send + Sync {
     -> StoreResult<Option<AuditHead>>;
 
     /// Up to `limit` records of `subject` with `seq < before` (all if
-    /// `None`), newest first.
-    async fn list(&self, subject: &str, before: Option<u64>, limit: u32) -> StoreResult<AuditPage>;
+    /// `None`), newest first; none whose `expires_at` is at or before
+    /// `now`, however late the store deletes it (DynamoDB's TTL can be days
+    /// late): retention is a promise about who can read an IP. Along a
+    /// chain an expiry never comes before the one it follows, so expired
+    /// records are a page's oldest, and a page that left one out is the
+    /// last.
+    async fn list(&self, subject: &str, before: Option<u64>, limit: u32, now: Timestamp) -> StoreResult<AuditPage>;
 
     /// Every stored record of `subject`, oldest first (for verification).
     async fn chain(&self, subject: &str) -> StoreResult<Vec<AuditRecord>>;
 
     /// Counts per event type for each day in `from_day..=to_day` (days
-    /// since the epoch, UTC). Days and types without events are left out.
-    async fn stats(&self, from_day: i64, to_day: i64) -> StoreResult<Vec<DayCount>>;
+    /// since the epoch, UTC), of records not expired at `now` (on DynamoDB
+    /// a day's count lives until its newest record expires). Days and types
+    /// without events are left out, and so are event types this build does
+    /// not know (a newer writer's).
+    async fn stats(&self, from_day: i64, to_day: i64, now: Timestamp) -> StoreResult<Vec<DayCount>>;
 }
 
 /// The UTC day of a timestamp, as days since the epoch.

@@ -217,7 +217,7 @@ impl AuditStore for DynamoAuditStore {
         Err(StoreError::unavailable(format!("audit chain of {} kept moving; append abandoned", event.subject)))
     }
 
-    async fn list(&self, subject: &str, before: Option<u64>, limit: u32) -> StoreResult<AuditPage> {
+    async fn list(&self, subject: &str, before: Option<u64>, limit: u32, now: Timestamp) -> StoreResult<AuditPage> {
         let limit = limit.clamp(1, 1000);
         let hi = match before {
             Some(0 | 1) => return Ok(AuditPage { records: vec![], next_before: None }),
@@ -226,7 +226,9 @@ impl AuditStore for DynamoAuditStore {
         };
         let want = i32::try_from(limit).unwrap_or(1000) + 1;
         let (mut records, _) = self.query_records(subject, record_sk(0), hi, false, Some(want), None).await?;
-        let more = records.len() > limit as usize;
+        let fetched = records.len();
+        records.retain(|r| r.expires_at > now);
+        let more = records.len() > limit as usize && records.len() == fetched;
         records.truncate(limit as usize);
         let next_before = if more { records.last().map(|r| r.seq) } else { None };
         Ok(AuditPage { records, next_before })
@@ -246,7 +248,7 @@ impl AuditStore for DynamoAuditStore {
         }
     }
 
-    async fn stats(&self, from_day: i64, to_day: i64) -> StoreResult<Vec<DayCount>> {
+    async fn stats(&self, from_day: i64, to_day: i64, now: Timestamp) -> StoreResult<Vec<DayCount>> {
         let mut out = Vec::new();
         for day in from_day..=to_day {
             let resp = self
@@ -265,6 +267,12 @@ impl AuditStore for DynamoAuditStore {
                     _ => None,
                 };
                 let Some(event) = event else { continue };
+                // A day's count lives until its newest record expires.
+                if let Some(AttributeValue::N(ttl)) = item.get(TTL)
+                    && ttl.parse::<Timestamp>().map_err(StoreError::internal)? <= now
+                {
+                    continue;
+                }
                 out.push(DayCount { day, event, count: u64::from(items::number(&item, "count")?) });
             }
         }
