@@ -4,7 +4,7 @@
 use super::Subject;
 use super::fixtures::{
     T0, challenge_id, expect_conflict, hash, meta, new_challenge, new_session, pending_challenge, race, registered,
-    single_winner, stored_challenge, stored_user,
+    single_winner, stored_challenge, stored_user, user_id,
 };
 use crate::domain::{Challenge, RequestMeta, Session, User};
 use crate::error::Conflict;
@@ -194,6 +194,41 @@ pub async fn redeem_challenge_refused_with_another_code(s: &Subject) {
         "redeem with another code hash",
     );
     assert_eq!(s.sessions.session(&wrong.id).await.expect("session"), None);
+    assert_eq!(stored_challenge(s, &challenge.id).await, challenge, "a refused redeem changed the challenge");
+
+    // The right code, but a session (or a wrong code) for another user.
+    let others = new_session(user_id());
+    expect_conflict(
+        s.challenges
+            .redeem_challenge(
+                &challenge.id,
+                &challenge.code_hash,
+                T0 + 1,
+                MAX_FAILURES,
+                u32::MAX,
+                challenge.password_epoch,
+                &others,
+                &meta(),
+            )
+            .await,
+        Conflict::Stale,
+        "redeem into another user's session",
+    );
+    assert_eq!(s.sessions.session(&others.id).await.expect("session"), None);
+    expect_conflict(
+        s.challenges
+            .record_challenge_failure(
+                &challenge.id,
+                &others.user_id,
+                MAX_FAILURES,
+                u32::MAX,
+                challenge.password_epoch,
+                &meta(),
+            )
+            .await,
+        Conflict::Stale,
+        "a wrong code counted against another user",
+    );
     assert_eq!(stored_challenge(s, &challenge.id).await, challenge, "a refused redeem changed the challenge");
 
     let unknown = challenge_id();

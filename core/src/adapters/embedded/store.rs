@@ -400,15 +400,17 @@ impl ChallengeStore for EmbeddedStore {
                     || old_c.code_hash != code_hash
                     || old_c.failures >= max_failures
                     || old_c.expires_at <= now
+                    || old_c.user_id != s.user_id
                     || rec::load_session(tx, &s.id)?.is_some()
                 {
                     return stale();
                 }
-                let old_u = rec::load_user(tx, UserKey::Id(&old_c.user_id))?;
-                if old_u
-                    .as_ref()
-                    .is_some_and(|u| u.otp_failures >= account_budget || u.password_epoch != password_epoch)
-                {
+                // As on DynamoDB: the session is the challenge's user's, and
+                // a user that is gone gets none.
+                let Some(old_u) = rec::load_user(tx, UserKey::Id(&old_c.user_id))? else {
+                    return stale();
+                };
+                if old_u.otp_failures >= account_budget || old_u.password_epoch != password_epoch {
                     return stale();
                 }
                 let new_c = Challenge { used_at: Some(now), meta: meta.clone(), ..old_c.clone() };
@@ -416,11 +418,9 @@ impl ChallengeStore for EmbeddedStore {
                 record(tx, at, ChangeEntity::Challenge, &id.to_string(), Some(&old_c), Some(&new_c))?;
                 rec::insert_session(tx, &s)?;
                 record(tx, at, ChangeEntity::Session, &s.id.to_string(), None, Some(&s))?;
-                if let Some(old_u) = old_u {
-                    let new_u = User { otp_failures: 0, meta, ..old_u.clone() };
-                    rec::update_user(tx, &new_u)?;
-                    record(tx, at, ChangeEntity::User, &new_u.id.to_string(), Some(&old_u), Some(&new_u))?;
-                }
+                let new_u = User { otp_failures: 0, meta, ..old_u.clone() };
+                rec::update_user(tx, &new_u)?;
+                record(tx, at, ChangeEntity::User, &new_u.id.to_string(), Some(&old_u), Some(&new_u))?;
                 Ok(())
             })
             .await
@@ -443,6 +443,7 @@ impl ChallengeStore for EmbeddedStore {
                 };
                 let old_u = rec::load_user(tx, UserKey::Id(&user_id))?;
                 if old_c.used_at.is_some()
+                    || old_c.user_id != user_id
                     || old_c.failures >= max_failures
                     || old_u
                         .as_ref()
