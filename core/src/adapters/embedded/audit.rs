@@ -508,14 +508,9 @@ mod tests {
         }
     }
 
-    /// An event appended with an earlier expiry than the record before it
-    /// (another table's change that arrived late, or a shorter retention)
-    /// expires with that record: the purge then never leaves a gap.
-    #[tokio::test]
-    async fn a_record_never_expires_before_the_one_it_follows() {
-        let (s, _) = store();
-        let audit = SqliteAuditStore::open(&s).await.unwrap();
-        let event = |i: i64| AuditEvent {
+    /// The `i`-th event of subject `u1`, `i` seconds after `T0`.
+    fn code_verified(i: i64) -> AuditEvent {
+        AuditEvent {
             event_id: format!("e{i}"),
             subject: "u1".into(),
             event: T::CodeVerified,
@@ -526,9 +521,18 @@ mod tests {
             request_id: None,
             ip: None,
             user_agent: None,
-        };
+        }
+    }
+
+    /// An event appended with an earlier expiry than the record before it
+    /// (another table's change that arrived late, or a shorter retention)
+    /// expires with that record: the purge then never leaves a gap.
+    #[tokio::test]
+    async fn a_record_never_expires_before_the_one_it_follows() {
+        let (s, _) = store();
+        let audit = SqliteAuditStore::open(&s).await.unwrap();
         for (i, expires) in [(1, T0 + 200), (2, T0 + 100), (3, T0 + 300)] {
-            assert!(audit.append(&key(), &event(i), expires).await.unwrap().is_some());
+            assert!(audit.append(&key(), &code_verified(i), expires).await.unwrap().is_some());
         }
         let chain = audit.chain("u1").await.unwrap();
         assert_eq!(chain.iter().map(|r| r.expires_at).collect::<Vec<_>>(), [T0 + 200, T0 + 200, T0 + 300]);
@@ -570,19 +574,7 @@ mod tests {
         let (s, _) = store();
         let audit = SqliteAuditStore::open(&s).await.unwrap();
         for i in 1..=5 {
-            let event = AuditEvent {
-                event_id: format!("e{i}"),
-                subject: "u1".into(),
-                event: T::CodeVerified,
-                at: T0 + i,
-                outcome: crate::audit::Outcome::Success,
-                reason: None,
-                attempts_left: None,
-                request_id: None,
-                ip: None,
-                user_agent: None,
-            };
-            audit.append(&key(), &event, T0 + 10 * i).await.unwrap();
+            audit.append(&key(), &code_verified(i), T0 + 10 * i).await.unwrap();
         }
         let seqs = |p: &AuditPage| p.records.iter().map(|r| r.seq).collect::<Vec<_>>();
         // At T0 + 20 the records expiring at T0 + 10 and T0 + 20 are gone.
