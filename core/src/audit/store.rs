@@ -14,6 +14,22 @@ pub struct AuditPage {
     pub next_before: Option<u64>,
 }
 
+impl AuditPage {
+    /// The page of `list`, from up to `limit + 1` records a store read
+    /// newest first: those not expired at `now`, at most `limit`. Expired
+    /// records are the oldest (an expiry never comes before the one it
+    /// follows), so a read that met one, or fewer than `limit + 1` records,
+    /// was the last page.
+    pub fn newest_first(mut fetched: Vec<AuditRecord>, limit: u32, now: Timestamp) -> Self {
+        let read = fetched.len();
+        fetched.retain(|r| r.expires_at > now);
+        let more = fetched.len() > limit as usize && fetched.len() == read;
+        fetched.truncate(limit as usize);
+        let next_before = if more { fetched.last().map(|r| r.seq) } else { None };
+        AuditPage { records: fetched, next_before }
+    }
+}
+
 /// How many events of one type happened on one UTC day.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DayCount {

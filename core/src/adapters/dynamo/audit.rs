@@ -85,11 +85,7 @@ impl DynamoAuditStore {
             Some(AttributeValue::S(h)) => h.clone(),
             _ => return Err(StoreError::internal("audit chain head without a hash")),
         };
-        let expires_at = match item.get(TTL) {
-            Some(AttributeValue::N(t)) => Some(t.parse().map_err(StoreError::internal)?),
-            _ => None,
-        };
-        Ok(Some((u64::from(seq), hash, expires_at)))
+        Ok(Some((u64::from(seq), hash, ttl_of(&item)?)))
     }
 
     /// The sequence number, hash and expiry of a subject's last record, if
@@ -142,6 +138,15 @@ fn put(
         b = b.expression_attribute_values(k, v);
     }
     Ok(TransactWriteItem::builder().put(b.build().map_err(StoreError::internal)?).build())
+}
+
+/// An item's `ttl` (the head's and a day counter's: the expiry of the
+/// newest record they stand for), if it has one.
+fn ttl_of(item: &Item) -> StoreResult<Option<Timestamp>> {
+    match item.get(TTL) {
+        Some(AttributeValue::N(t)) => Ok(Some(t.parse().map_err(StoreError::internal)?)),
+        _ => Ok(None),
+    }
 }
 
 #[async_trait]
@@ -225,13 +230,8 @@ impl AuditStore for DynamoAuditStore {
             None => record_sk(u64::MAX),
         };
         let want = i32::try_from(limit).unwrap_or(1000) + 1;
-        let (mut records, _) = self.query_records(subject, record_sk(0), hi, false, Some(want), None).await?;
-        let fetched = records.len();
-        records.retain(|r| r.expires_at > now);
-        let more = records.len() > limit as usize && records.len() == fetched;
-        records.truncate(limit as usize);
-        let next_before = if more { records.last().map(|r| r.seq) } else { None };
-        Ok(AuditPage { records, next_before })
+        let (records, _) = self.query_records(subject, record_sk(0), hi, false, Some(want), None).await?;
+        Ok(AuditPage::newest_first(records, limit, now))
     }
 
     async fn chain(&self, subject: &str) -> StoreResult<Vec<AuditRecord>> {
@@ -268,9 +268,7 @@ impl AuditStore for DynamoAuditStore {
                 };
                 let Some(event) = event else { continue };
                 // A day's count lives until its newest record expires.
-                if let Some(AttributeValue::N(ttl)) = item.get(TTL)
-                    && ttl.parse::<Timestamp>().map_err(StoreError::internal)? <= now
-                {
+                if ttl_of(&item)?.is_some_and(|ttl| ttl <= now) {
                     continue;
                 }
                 out.push(DayCount { day, event, count: u64::from(items::number(&item, "count")?) });

@@ -209,25 +209,15 @@ impl AuditStore for SqliteAuditStore {
             .db()
             .tx(move |tx| {
                 let mut stmt = tx.prepare_cached(
-                    "SELECT record, expires_at > ?4 FROM audit_records WHERE subject = ?1 AND seq < ?2 \
-                     ORDER BY seq DESC LIMIT ?3",
+                    "SELECT record FROM audit_records WHERE subject = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
                 )?;
-                let rows = stmt.query_map(rusqlite::params![subject, before, i64::from(limit) + 1, now], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
-                })?;
-                let (mut records, mut expired) = (Vec::new(), false);
+                let rows = stmt
+                    .query_map(rusqlite::params![subject, before, i64::from(limit) + 1], |r| r.get::<_, String>(0))?;
+                let mut records = Vec::new();
                 for row in rows {
-                    let (record, live) = row?;
-                    if live {
-                        records.push(parse_record(&record)?);
-                    } else {
-                        expired = true;
-                    }
+                    records.push(parse_record(&row?)?);
                 }
-                let more = records.len() > limit as usize && !expired;
-                records.truncate(limit as usize);
-                let next_before = if more { records.last().map(|r| r.seq) } else { None };
-                Ok(AuditPage { records, next_before })
+                Ok(AuditPage::newest_first(records, limit, now))
             })
             .await
     }
