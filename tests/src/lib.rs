@@ -138,6 +138,7 @@ pub fn message_attribute(m: &aws_sdk_sqs::types::Message, name: &str) -> Option<
 pub mod logs;
 pub mod scenarios;
 pub mod system;
+pub mod terraform;
 
 /// The audit seal key the tests' trail writers and verifiers share.
 pub fn audit_key() -> latchkey_core::keys::AuditKey {

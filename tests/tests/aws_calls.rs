@@ -8,11 +8,12 @@
 //! policy in terraform/iam.tf must grant every one: the emulator enforces
 //! no IAM, so a missing action would only show on AWS, as a 500.
 
-use hcl::{Block, Body, Expression};
+use hcl::Expression;
 use latchkey_core::adapters::aws_calls::Permission;
 use latchkey_core::tables;
 use latchkey_tests::scenarios::{PASSWORD, reset_with_link, token_from_link, unique};
 use latchkey_tests::system::TestSystem;
+use latchkey_tests::terraform::{Terraform, attr, blocks, eval_str, literal_strings};
 use serde_json::json;
 use std::collections::BTreeSet;
 
@@ -162,44 +163,32 @@ impl Statement {
 }
 
 /// The statements of `data "aws_iam_policy_document" "<doc>"` in
-/// terraform/iam.tf, with `aws_dynamodb_table.<label>.arn` read as the
-/// table's name suffix from terraform/dynamodb.tf (`"${var.name_prefix}-users"`).
+/// terraform/, with `aws_dynamodb_table.<label>.arn` read as that table's
+/// name suffix (`users` of `"${var.name_prefix}-users"`).
 fn policy_statements(doc: &str) -> Vec<Statement> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../terraform");
-    let parse = |file: &str| -> Body {
-        let text = std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("read {file}: {e}"));
-        hcl::parse(&text).unwrap_or_else(|e| panic!("parse {file}: {e}"))
-    };
-    let labelled = |b: &Block, kind: &str, ty: &str, name: Option<&str>| {
-        let l = b.labels();
-        b.identifier() == kind && l.len() == 2 && l[0].as_str() == ty && name.is_none_or(|n| l[1].as_str() == n)
-    };
-    let text = |e: &Expression| hcl::format::to_string(e).expect("format expression");
-    let mut suffixes = Vec::new();
-    for b in parse("dynamodb.tf").blocks().filter(|b| labelled(b, "resource", "aws_dynamodb_table", None)) {
-        let name = b.body().attributes().find(|a| a.key() == "name").map(|a| text(a.expr())).expect("table name");
-        let suffix = name.trim_matches('"').strip_prefix("${var.name_prefix}-").expect("name_prefix-suffix");
-        suffixes.push((format!("aws_dynamodb_table.{}.arn", b.labels()[1].as_str()), suffix.to_string()));
-    }
-    let iam = parse("iam.tf");
-    let policy = iam
-        .blocks()
-        .find(|b| labelled(b, "data", "aws_iam_policy_document", Some(doc)))
+    let tf = Terraform::load();
+    let ctx = tf.context(&[]);
+    let prefix =
+        format!("{}-", eval_str(&ctx, &hcl::from_str("v = var.name_prefix").expect("probe"), "v", "name_prefix"));
+    let suffixes: Vec<(String, String)> = tf
+        .resources("aws_dynamodb_table")
+        .map(|(label, t)| {
+            let name = eval_str(&ctx, t, "name", label);
+            let suffix = name.strip_prefix(&prefix).unwrap_or_else(|| panic!("{name}: not {prefix}<suffix>"));
+            (format!("aws_dynamodb_table.{label}.arn"), suffix.to_string())
+        })
+        .collect();
+    let (_, policy) = tf
+        .of_kind("data", "aws_iam_policy_document")
+        .find(|(name, _)| *name == doc)
         .unwrap_or_else(|| panic!("data.aws_iam_policy_document.{doc}"));
-    policy
-        .body()
-        .blocks()
-        .filter(|b| b.identifier() == "statement")
+    blocks(policy, "statement")
         .map(|st| {
-            let list = |key: &str| -> Vec<String> {
-                match st.body().attributes().find(|a| a.key() == key).map(|a| a.expr()) {
-                    Some(Expression::Array(items)) => items.iter().map(text).collect(),
-                    other => panic!("{doc}: statement {key} must be a list, got {other:?}"),
-                }
-            };
-            let actions = list("actions").into_iter().map(|a| a.trim_matches('"').to_string()).collect();
+            let st = st.body();
+            let actions = literal_strings(attr(st, "actions").expect("actions"), doc).into_iter().collect();
+            let Some(Expression::Array(resources)) = attr(st, "resources") else { panic!("{doc}: resources") };
             let (mut tables, mut other_resources) = (BTreeSet::new(), false);
-            for r in list("resources") {
+            for r in resources.iter().map(ToString::to_string) {
                 match suffixes.iter().find(|(arn, _)| r.contains(arn.as_str())) {
                     Some((_, suffix)) if r.ends_with("/index/*\"") => tables.insert(format!("{suffix}/index/*")),
                     Some((_, suffix)) => tables.insert(suffix.clone()),
