@@ -59,6 +59,28 @@ pub async fn create_challenge_never_clears_a_running_lock(s: &Subject) {
     assert_eq!(stored_user(s, &user.id).await.locked_until, None);
 }
 
+/// `challenge` redeemed with `code_hash` into `session` a second after
+/// `T0`, under the default caps and at the challenge's own epoch.
+async fn redeem_at_t1(
+    s: &Subject,
+    challenge: &Challenge,
+    code_hash: &str,
+    session: &Session,
+) -> crate::ports::StoreResult<()> {
+    s.challenges
+        .redeem_challenge(
+            &challenge.id,
+            code_hash,
+            T0 + 1,
+            MAX_FAILURES,
+            u32::MAX,
+            challenge.password_epoch,
+            session,
+            &meta(),
+        )
+        .await
+}
+
 pub async fn redeem_challenge_has_one_winner(s: &Subject) {
     let (user, challenge) = pending_challenge(s).await;
     // Two wrong codes first, so the reset of the account-wide count shows.
@@ -178,18 +200,7 @@ pub async fn redeem_challenge_refused_with_another_code(s: &Subject) {
 
     let wrong = new_session(user.id);
     expect_conflict(
-        s.challenges
-            .redeem_challenge(
-                &challenge.id,
-                &hash(),
-                T0 + 1,
-                MAX_FAILURES,
-                u32::MAX,
-                challenge.password_epoch,
-                &wrong,
-                &meta(),
-            )
-            .await,
+        redeem_at_t1(s, &challenge, &hash(), &wrong).await,
         Conflict::Stale,
         "redeem with another code hash",
     );
@@ -199,18 +210,7 @@ pub async fn redeem_challenge_refused_with_another_code(s: &Subject) {
     // The right code, but a session (or a wrong code) for another user.
     let others = new_session(user_id());
     expect_conflict(
-        s.challenges
-            .redeem_challenge(
-                &challenge.id,
-                &challenge.code_hash,
-                T0 + 1,
-                MAX_FAILURES,
-                u32::MAX,
-                challenge.password_epoch,
-                &others,
-                &meta(),
-            )
-            .await,
+        redeem_at_t1(s, &challenge, &challenge.code_hash, &others).await,
         Conflict::Stale,
         "redeem into another user's session",
     );
@@ -279,18 +279,7 @@ pub async fn challenge_failures_capped_under_concurrency(s: &Subject) {
 
     let session = new_session(user.id);
     expect_conflict(
-        s.challenges
-            .redeem_challenge(
-                &challenge.id,
-                &challenge.code_hash,
-                T0 + 1,
-                MAX_FAILURES,
-                u32::MAX,
-                challenge.password_epoch,
-                &session,
-                &meta(),
-            )
-            .await,
+        redeem_at_t1(s, &challenge, &challenge.code_hash, &session).await,
         Conflict::Stale,
         "redeem of an exhausted challenge with the right code",
     );
@@ -343,19 +332,7 @@ pub async fn challenge_attempts_capped_under_concurrency(s: &Subject) {
     );
     // The last attempt taken may still redeem: it was within the cap.
     let session = new_session(user.id);
-    s.challenges
-        .redeem_challenge(
-            &challenge.id,
-            &challenge.code_hash,
-            T0 + 1,
-            MAX_FAILURES,
-            u32::MAX,
-            challenge.password_epoch,
-            &session,
-            &meta(),
-        )
-        .await
-        .expect("redeem after the last attempt");
+    redeem_at_t1(s, &challenge, &challenge.code_hash, &session).await.expect("redeem after the last attempt");
     expect_conflict(
         s.challenges.take_challenge_attempt(&challenge.id, T0 + 2, MAX_FAILURES).await,
         Conflict::Stale,
