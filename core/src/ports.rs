@@ -257,8 +257,8 @@ pub trait ChallengeStore: Send + Sync {
     /// `account_budget` `otp_failures` and its `password_epoch` is still
     /// `password_epoch` (a login ended by a password change or reset spends
     /// nothing of the budget the reset gave back); `Conflict(Stale)`
-    /// otherwise, and nothing is counted. `user_id` is the challenge's user; the user item
-    /// is only updated if it exists (never created). Both updates set `meta` to the request's.
+    /// otherwise, and nothing is counted (also when `user_id` is not the
+    /// challenge's user, or that user is gone). Both updates set `meta` to the request's.
     /// Returns the new failure count, and whether this wrong code was the
     /// one that brought the user's `otp_failures` to `account_budget` (of
     /// every wrong code counted against a budget, exactly one says so). The

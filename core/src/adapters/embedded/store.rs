@@ -441,26 +441,25 @@ impl ChallengeStore for EmbeddedStore {
                 let Some(old_c) = rec::load_challenge(tx, &id)? else {
                     return stale();
                 };
-                let old_u = rec::load_user(tx, UserKey::Id(&user_id))?;
+                // As on DynamoDB: a user that is gone counts nothing.
+                let Some(old_u) = rec::load_user(tx, UserKey::Id(&user_id))? else {
+                    return stale();
+                };
                 if old_c.used_at.is_some()
                     || old_c.user_id != user_id
                     || old_c.failures >= max_failures
-                    || old_u
-                        .as_ref()
-                        .is_some_and(|u| u.otp_failures >= account_budget || u.password_epoch != password_epoch)
+                    || old_u.otp_failures >= account_budget
+                    || old_u.password_epoch != password_epoch
                 {
                     return stale();
                 }
                 let new_c = Challenge { failures: old_c.failures + 1, meta: meta.clone(), ..old_c.clone() };
                 rec::update_challenge(tx, &new_c)?;
                 record(tx, at, ChangeEntity::Challenge, &id.to_string(), Some(&old_c), Some(&new_c))?;
-                let mut spent_budget = false;
-                if let Some(old_u) = old_u {
-                    let new_u = User { otp_failures: old_u.otp_failures.saturating_add(1), meta, ..old_u.clone() };
-                    spent_budget = new_u.otp_failures == account_budget;
-                    rec::update_user(tx, &new_u)?;
-                    record(tx, at, ChangeEntity::User, &user_id.to_string(), Some(&old_u), Some(&new_u))?;
-                }
+                let new_u = User { otp_failures: old_u.otp_failures.saturating_add(1), meta, ..old_u.clone() };
+                let spent_budget = new_u.otp_failures == account_budget;
+                rec::update_user(tx, &new_u)?;
+                record(tx, at, ChangeEntity::User, &user_id.to_string(), Some(&old_u), Some(&new_u))?;
                 Ok(CodeFailure { failures: new_c.failures, spent_budget })
             })
             .await
