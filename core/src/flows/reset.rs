@@ -54,7 +54,15 @@ impl Auth {
             l.password_reset_address.key(format!("reset:email:{}", email.as_str())),
         ])
         .await?;
-        match self.ports.users.user_by_email(&email).await?.filter(|u| u.verified) {
+        // The email index may lag (DynamoDB's is eventually consistent): the
+        // account is read again by its id, so a link asked for right after a
+        // reset carries the count that reset left, and an account verified a
+        // moment ago is mailed its link.
+        let user = match self.ports.users.user_by_email(&email).await? {
+            Some(indexed) => self.ports.users.user_by_id(&indexed.id).await?,
+            None => None,
+        };
+        match user.filter(|u| u.verified) {
             Some(user) => {
                 let job = MailJob::PasswordReset {
                     username: user.username.to_string(),
