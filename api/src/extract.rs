@@ -226,8 +226,7 @@ pub fn request_meta(parts: &Parts, trust_forwarded_for: bool) -> RequestMeta {
             .next_back()
             .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
             .and_then(|last| std::str::from_utf8(last).ok())
-            .map(|s| s.trim().to_string())
-            .filter(|s| s.parse::<std::net::IpAddr>().is_ok());
+            .and_then(|s| forwarded_ip(s.trim()));
     }
     if ip.is_none() {
         ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
@@ -235,6 +234,15 @@ pub fn request_meta(parts: &Parts, trust_forwarded_for: bool) -> RequestMeta {
     let user_agent = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(clean);
     let request_id = request_id.or_else(|| parts.extensions.get::<RequestId>().map(|r| r.0.clone()));
     RequestMeta { request_id, ip, user_agent }
+}
+
+/// A forwarded entry's address: a bare IP, or one with the port some
+/// proxies append (`192.0.2.1:5678`, `[2001:db8::1]:443`). An entry read as
+/// no address puts its client in the proxy's own bucket, with every other
+/// client of that proxy.
+fn forwarded_ip(entry: &str) -> Option<String> {
+    let ip = entry.parse::<std::net::IpAddr>().or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip())).ok()?;
+    Some(ip.to_string())
 }
 
 /// Printable ASCII only, at most 256 characters: user agents end up in logs
@@ -346,6 +354,22 @@ mod tests {
         assert_eq!(request_meta(&p, false).ip, None, "not trusted: ignored");
         assert_eq!(request_meta(&parts("198.51.100.7"), true).ip.as_deref(), Some("198.51.100.7"));
         assert_eq!(request_meta(&parts("203.0.113.9, not-an-ip"), true).ip, None);
+    }
+
+    /// A proxy that writes its entry with the client's port is read as that
+    /// address, not as none (which put every client in the proxy's bucket).
+    #[test]
+    fn forwarded_for_with_a_port_is_read_as_its_address() {
+        for (entry, ip) in [
+            ("203.0.113.9, 198.51.100.7:5678", "198.51.100.7"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("2001:DB8::1", "2001:db8::1"),
+        ] {
+            assert_eq!(request_meta(&parts(entry), true).ip.as_deref(), Some(ip), "{entry}");
+        }
+        for entry in ["198.51.100.7:", "198.51.100.7:99999", "[2001:db8::1]", "2001:db8::1:443x"] {
+            assert_eq!(request_meta(&parts(entry), true).ip, None, "{entry}");
+        }
     }
 
     /// A proxy that adds a line of its own (rather than extending the
