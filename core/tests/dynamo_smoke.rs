@@ -837,6 +837,16 @@ async fn expire_audit_head(env: &Env, subject: &str) {
         .expect("the head expires");
 }
 
+/// The audit store of `env`, an audit key and a new subject: what each
+/// audit test starts from.
+fn audit_trail(
+    env: &Env,
+) -> (latchkey_core::adapters::dynamo::audit::DynamoAuditStore, latchkey_core::keys::AuditKey, String) {
+    let audit = latchkey_core::adapters::dynamo::audit::DynamoAuditStore::new(env.client.clone(), &env.prefix);
+    let key = latchkey_core::keys::AuditKey::new(vec![5; 32]).expect("a key");
+    (audit, key, UserId::random(&OsSecureRng).to_string())
+}
+
 /// The `i`-th audit event of `subject`, `i` seconds after `NOW`.
 fn code_verified(subject: &str, i: u32) -> latchkey_core::audit::AuditEvent {
     use latchkey_core::audit::{AuditEvent, AuditEventType, Outcome};
@@ -860,12 +870,9 @@ fn code_verified(subject: &str, i: u32) -> latchkey_core::audit::AuditEvent {
 /// restarting at 1 and failing on every try.
 #[tokio::test]
 async fn an_audit_chain_whose_head_expired_goes_on_from_its_last_record() {
-    use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
     use latchkey_core::audit::{AuditStore, verify_chain};
     let env = env().await;
-    let audit = DynamoAuditStore::new(env.client.clone(), &env.prefix);
-    let key = latchkey_core::keys::AuditKey::new(vec![5; 32]).expect("a key");
-    let subject = UserId::random(&OsSecureRng).to_string();
+    let (audit, key, subject) = audit_trail(&env);
     let event = |i: u32| code_verified(&subject, i);
     for i in 1..=2 {
         assert!(audit.append(&key, &event(i), NOW + 86_400).await.expect("append").is_some());
@@ -1030,12 +1037,9 @@ async fn an_otp_send_or_redemption_whose_answer_was_lost_is_recognised_when_sent
 /// no order, cannot take a later record while an earlier one stays.
 #[tokio::test]
 async fn an_audit_record_never_expires_before_the_one_it_follows() {
-    use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
     use latchkey_core::audit::AuditStore;
     let env = env().await;
-    let audit = DynamoAuditStore::new(env.client.clone(), &env.prefix);
-    let key = latchkey_core::keys::AuditKey::new(vec![5; 32]).expect("a key");
-    let subject = UserId::random(&OsSecureRng).to_string();
+    let (audit, key, subject) = audit_trail(&env);
     let event = |i: u32| code_verified(&subject, i);
     assert!(audit.append(&key, &event(1), NOW + 2 * 86_400).await.expect("append").is_some());
     // An earlier event from another table's stream, or a shorter retention.
@@ -1068,12 +1072,9 @@ async fn an_audit_record_never_expires_before_the_one_it_follows() {
 /// last. A day's count goes with its newest record.
 #[tokio::test]
 async fn expired_audit_records_are_not_listed_or_counted_before_the_ttl_deletes_them() {
-    use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
     use latchkey_core::audit::{AuditPage, AuditStore, day_of};
     let env = env().await;
-    let audit = DynamoAuditStore::new(env.client.clone(), &env.prefix);
-    let key = latchkey_core::keys::AuditKey::new(vec![5; 32]).expect("a key");
-    let subject = UserId::random(&OsSecureRng).to_string();
+    let (audit, key, subject) = audit_trail(&env);
     for i in 1..=5 {
         audit.append(&key, &code_verified(&subject, i), NOW + 10 * i64::from(i)).await.expect("append");
     }

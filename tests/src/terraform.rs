@@ -43,6 +43,14 @@ impl Terraform {
         })
     }
 
+    /// `data "aws_iam_policy_document" "<name>"`'s body, which must exist.
+    pub fn policy_document(&self, name: &str) -> &Body {
+        self.of_kind("data", "aws_iam_policy_document")
+            .find(|(label, _)| *label == name)
+            .map(|(_, body)| body)
+            .unwrap_or_else(|| panic!("data.aws_iam_policy_document.{name}"))
+    }
+
     pub fn resources<'a>(&'a self, ty: &'a str) -> impl Iterator<Item = (&'a str, &'a Body)> + 'a {
         self.of_kind("resource", ty)
     }

@@ -179,10 +179,7 @@ fn policy_statements(doc: &str) -> Vec<Statement> {
             (format!("aws_dynamodb_table.{label}.arn"), suffix.to_string())
         })
         .collect();
-    let (_, policy) = tf
-        .of_kind("data", "aws_iam_policy_document")
-        .find(|(name, _)| *name == doc)
-        .unwrap_or_else(|| panic!("data.aws_iam_policy_document.{doc}"));
+    let policy = tf.policy_document(doc);
     blocks(policy, "statement")
         .map(|st| {
             let st = st.body();

@@ -635,10 +635,7 @@ fn only_the_stream_processor_may_read_the_audit_seal_key() {
 fn the_stream_processor_may_delete_only_claims_from_the_users_table() {
     use latchkey_core::adapters::dynamo::items::{email_claim_pk, username_claim_pk};
     let tf = Terraform::load();
-    let (_, doc) = tf
-        .of_kind("data", "aws_iam_policy_document")
-        .find(|(name, _)| *name == "stream_processor")
-        .expect("data.aws_iam_policy_document.stream_processor");
+    let doc = tf.policy_document("stream_processor");
     let on_users = |s: &Body| {
         let Some(Expression::Array(items)) = attr(s, "resources") else { return false };
         items
@@ -734,10 +731,7 @@ fn variable_accepts_with(tf: &Terraform, name: &str, overrides: &[(&str, Value)]
 #[test]
 fn the_worker_may_send_to_sandbox_recipients_as_the_configured_sender_only() {
     let tf = Terraform::load();
-    let (_, doc) = tf
-        .of_kind("data", "aws_iam_policy_document")
-        .find(|(name, _)| *name == "mail_worker")
-        .expect("data.aws_iam_policy_document.mail_worker");
+    let doc = tf.policy_document("mail_worker");
     let sends: Vec<&Body> = blocks(doc, "statement")
         .map(Block::body)
         .filter(|s| attr(s, "actions").is_some_and(|a| literal_strings(a, "actions").contains(&"ses:SendEmail".into())))
