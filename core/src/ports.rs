@@ -375,12 +375,68 @@ pub struct LimitKey {
     pub window_secs: i64,
 }
 
+/// One counter a `RateLimiter::hit` touches: a key's window at `now`. Both
+/// stores build their counters with `LimitCounter::of`, so a key listed more
+/// than once is counted the same way by each: the copies that fall in the
+/// same window are one counter, hit once per copy, under the smallest of
+/// their limits, and kept until the latest of their window ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitCounter {
+    pub key: String,
+    pub window_start: Timestamp,
+    pub window_end: Timestamp,
+    pub hits: u32,
+    pub limit: u32,
+}
+
+impl LimitCounter {
+    /// The counters for `keys` at `now`, in the order their keys first
+    /// appear. A window of zero or less is a configuration bug, refused as
+    /// `Internal`.
+    pub fn of(keys: &[LimitKey], now: Timestamp) -> StoreResult<Vec<LimitCounter>> {
+        let mut out: Vec<LimitCounter> = Vec::with_capacity(keys.len());
+        for k in keys {
+            if k.window_secs <= 0 {
+                return Err(StoreError::internal(format!(
+                    "rate limit `{}` has a window of {} s",
+                    k.key, k.window_secs
+                )));
+            }
+            let window_start = now - now.rem_euclid(k.window_secs);
+            let window_end = window_start.saturating_add(k.window_secs);
+            match out.iter_mut().find(|c| c.key == k.key && c.window_start == window_start) {
+                Some(c) => {
+                    c.hits = c.hits.saturating_add(1);
+                    c.limit = c.limit.min(k.limit);
+                    c.window_end = c.window_end.max(window_end);
+                }
+                None => {
+                    out.push(LimitCounter { key: k.key.clone(), window_start, window_end, hits: 1, limit: k.limit })
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a counter that already holds `count` hits refuses these.
+    pub fn refuses(&self, count: u32) -> bool {
+        u64::from(count) + u64::from(self.hits) > u64::from(self.limit)
+    }
+
+    /// Seconds from `now` until the counter's window ends (at least 1).
+    pub fn retry_after(&self, now: Timestamp) -> u64 {
+        u64::try_from(self.window_end - now).unwrap_or(0).max(1)
+    }
+}
+
 #[async_trait]
 pub trait RateLimiter: Send + Sync {
     /// Counts one hit on every key, atomically: if any key is already at its
     /// limit in the current window, nothing is counted and the answer is
     /// `Ok(Some(retry_after_secs))` for the key that refused (the longest
-    /// wait if several do). `Ok(None)` means allowed.
+    /// wait if several do). `Ok(None)` means allowed. A key listed more than
+    /// once is merged as `LimitCounter::of` says; a window of zero or less is
+    /// `Err(Internal)`.
     async fn hit(&self, keys: &[LimitKey], now: Timestamp) -> StoreResult<Option<u64>>;
 }
 
@@ -389,4 +445,50 @@ pub trait MailQueue: Send + Sync {
     /// Enqueues a job for delivery. At-least-once: the consumer deduplicates
     /// by `MailEnvelope::id`.
     async fn enqueue(&self, job: &MailEnvelope) -> StoreResult<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(k: &str, limit: u32, window_secs: i64) -> LimitKey {
+        LimitKey { key: k.into(), limit, window_secs }
+    }
+
+    fn counter(key: &str, window_start: Timestamp, window_end: Timestamp, hits: u32, limit: u32) -> LimitCounter {
+        LimitCounter { key: key.into(), window_start, window_end, hits, limit }
+    }
+
+    #[test]
+    fn windows_align_to_the_clock() {
+        let c = LimitCounter::of(&[key("a", 5, 60), key("b", 3, 3600)], 7_265).unwrap();
+        assert_eq!(c, vec![counter("a", 7_260, 7_320, 1, 5), counter("b", 7_200, 10_800, 1, 3)]);
+        assert_eq!((c[0].retry_after(7_265), c[1].retry_after(7_265)), (55, 3_535));
+        // At the first second of a window the whole window is left.
+        assert_eq!(LimitCounter::of(&[key("a", 5, 60)], 7_260).unwrap()[0].retry_after(7_260), 60);
+        assert_eq!(LimitCounter::of(&[key("a", 5, 60)], -1).unwrap()[0].window_start, -60);
+    }
+
+    #[test]
+    fn copies_of_a_key_merge_under_the_smallest_limit_in_either_order() {
+        for keys in [[key("a", 5, 60), key("a", 3, 60)], [key("a", 3, 60), key("a", 5, 60)]] {
+            let c = LimitCounter::of(&keys, 100).unwrap();
+            assert_eq!(c, vec![counter("a", 60, 120, 2, 3)]);
+            assert!(!c[0].refuses(1) && c[0].refuses(2), "2 hits fit under 3 after 1, not after 2");
+        }
+        // Windows of other lengths that start together share the counter and
+        // keep the later end; ones that start apart are counters of their own.
+        let c = LimitCounter::of(&[key("a", 5, 3600), key("a", 2, 60)], 7_200).unwrap();
+        assert_eq!(c, vec![counter("a", 7_200, 10_800, 2, 2)]);
+        assert_eq!(LimitCounter::of(&[key("a", 5, 3600), key("a", 2, 60)], 7_260).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_window_of_zero_or_less_is_refused() {
+        for w in [0, -60] {
+            let e = LimitCounter::of(&[key("ok", 1, 60), key("bad", 1, w)], 100).unwrap_err();
+            let StoreError::Internal(why) = e else { panic!("window {w}: {e:?}") };
+            assert!(why.to_string().contains("`bad`"), "window {w}: {why}");
+        }
+    }
 }

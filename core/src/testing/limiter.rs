@@ -3,6 +3,7 @@
 
 use super::Subject;
 use super::fixtures::{limit_key, race};
+use crate::StoreError;
 use crate::clock::Timestamp;
 use crate::ports::LimitKey;
 
@@ -103,4 +104,30 @@ pub async fn limiter_reports_longest_wait(s: &Subject) {
             "both keys full: retry_after {both} is not the hour key's wait (the minute key alone waits {alone})"
         );
     }
+}
+
+pub async fn limiter_merges_a_key_listed_twice_under_its_smallest_limit(s: &Subject) {
+    let tight = limit_key(3, MINUTE);
+    let loose = LimitKey { limit: 5, ..tight.clone() };
+    let now = W + 10;
+    assert_eq!(hit(s, &[&loose, &tight], now).await, None, "two copies, 2 hits of the 3 the tighter allows");
+    // 2 + 2 > 3 in either order; the refusal counts nothing.
+    assert_refused(hit(s, &[&tight, &loose], now).await, MINUTE, "two more copies, tight first");
+    assert_refused(hit(s, &[&loose, &tight], now).await, MINUTE, "two more copies, loose first");
+    assert_eq!(hit(s, &[&tight], now).await, None, "hit 3 of 3 (a refused call counted?)");
+    assert_refused(hit(s, &[&tight], now).await, MINUTE, "hit 4 under a limit of 3");
+}
+
+pub async fn limiter_refuses_a_window_of_zero_and_counts_nothing(s: &Subject) {
+    let ok = limit_key(1, MINUTE);
+    let now = W + 10;
+    for window_secs in [0, -MINUTE] {
+        let bad = limit_key(1, window_secs);
+        let keys = [ok.clone(), bad];
+        match s.limiter.hit(&keys, now).await {
+            Err(StoreError::Internal(_)) => {}
+            other => panic!("a window of {window_secs} s: {other:?}, expected Err(Internal)"),
+        }
+    }
+    assert_eq!(hit(s, &[&ok], now).await, None, "the calls with a bad window counted on the good key");
 }

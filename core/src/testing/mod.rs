@@ -142,6 +142,8 @@ macro_rules! contract_suite {
             limiter_counts_concurrent_hits_exactly,
             limiter_multi_key_is_all_or_nothing,
             limiter_reports_longest_wait,
+            limiter_merges_a_key_listed_twice_under_its_smallest_limit,
+            limiter_refuses_a_window_of_zero_and_counts_nothing,
         );
     };
 }

@@ -4,46 +4,32 @@
 
 use super::EmbeddedStore;
 use crate::clock::Timestamp;
-use crate::ports::{LimitKey, RateLimiter, StoreResult};
+use crate::ports::{LimitCounter, LimitKey, RateLimiter, StoreResult};
 use async_trait::async_trait;
 use rusqlite::OptionalExtension;
-use std::collections::HashMap;
-
-/// The start of the window `now` falls in.
-fn window_start(now: Timestamp, window: i64) -> Timestamp {
-    now - now.rem_euclid(window)
-}
 
 #[async_trait]
 impl RateLimiter for EmbeddedStore {
     async fn hit(&self, keys: &[LimitKey], now: Timestamp) -> StoreResult<Option<u64>> {
-        let keys = keys.to_vec();
+        let counters = LimitCounter::of(keys, now)?;
+        if counters.is_empty() {
+            return Ok(None);
+        }
         self.db()
             .tx(move |tx| {
-                // Counts as they will be after this call, so a key listed
-                // twice is counted twice.
-                let mut counts: HashMap<(String, Timestamp), (u32, Timestamp)> = HashMap::new();
+                let mut counts = Vec::with_capacity(counters.len());
                 let mut refused: Option<u64> = None;
-                for k in &keys {
-                    // A zero or negative window is a configuration bug; treat
-                    // it as the smallest window rather than dividing by zero.
-                    let window = k.window_secs.max(1);
-                    let start = window_start(now, window);
-                    let end = start.saturating_add(window);
-                    let slot = (k.key.clone(), start);
-                    let count = match counts.get(&slot) {
-                        Some((c, _)) => *c,
-                        None => tx
-                            .prepare_cached("SELECT count FROM rate_limits WHERE key = ?1 AND window_start = ?2")?
-                            .query_row(rusqlite::params![k.key, start], |r| r.get::<_, u32>(0))
-                            .optional()?
-                            .unwrap_or(0),
-                    };
-                    if count >= k.limit {
-                        let wait = u64::try_from(end - now).unwrap_or(1);
+                for c in &counters {
+                    let count = tx
+                        .prepare_cached("SELECT count FROM rate_limits WHERE key = ?1 AND window_start = ?2")?
+                        .query_row(rusqlite::params![c.key, c.window_start], |r| r.get::<_, u32>(0))
+                        .optional()?
+                        .unwrap_or(0);
+                    if c.refuses(count) {
+                        let wait = c.retry_after(now);
                         refused = Some(refused.map_or(wait, |r| r.max(wait)));
                     }
-                    counts.insert(slot, (count.saturating_add(1), end));
+                    counts.push(count.saturating_add(c.hits));
                 }
                 if refused.is_some() {
                     // Nothing counted: the transaction writes nothing.
@@ -53,10 +39,11 @@ impl RateLimiter for EmbeddedStore {
                 tx.prepare_cached("DELETE FROM rate_limits WHERE expires_at <= ?1")?.execute([now])?;
                 let mut upsert = tx.prepare_cached(
                     "INSERT INTO rate_limits (key, window_start, count, expires_at) VALUES (?1, ?2, ?3, ?4) \
-                     ON CONFLICT (key, window_start) DO UPDATE SET count = excluded.count",
+                     ON CONFLICT (key, window_start) DO UPDATE SET count = excluded.count, \
+                     expires_at = MAX(expires_at, excluded.expires_at)",
                 )?;
-                for ((key, start), (count, end)) in &counts {
-                    upsert.execute(rusqlite::params![key, start, count, end])?;
+                for (c, count) in counters.iter().zip(counts) {
+                    upsert.execute(rusqlite::params![c.key, c.window_start, count, c.window_end])?;
                 }
                 Ok(None)
             })
@@ -71,13 +58,6 @@ mod tests {
 
     fn key(k: &str, limit: u32, window_secs: i64) -> LimitKey {
         LimitKey { key: k.into(), limit, window_secs }
-    }
-
-    #[test]
-    fn windows_align_to_the_clock() {
-        assert_eq!(window_start(3600, 3600), 3600);
-        assert_eq!(window_start(7199, 3600), 3600);
-        assert_eq!(window_start(-1, 60), -60);
     }
 
     #[tokio::test]
