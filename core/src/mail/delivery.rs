@@ -396,8 +396,9 @@ impl Deliverer {
                 tracing::info!(mail_id = %meta.id, kind = meta.kind, %provider_id, "mail sent");
                 Attempt::Done(Outcome::Sent { provider_id })
             }
-            Err(SendError::Permanent { reason }) => self.park(meta, reason, deadline).await,
-            Err(SendError::Transient(reason)) => {
+            Err(Unsent::Expired(reason)) => self.expire(meta, reason, deadline).await,
+            Err(Unsent::Failed(SendError::Permanent { reason })) => self.park(meta, reason, deadline).await,
+            Err(Unsent::Failed(SendError::Transient(reason))) => {
                 tracing::warn!(mail_id = %meta.id, kind = meta.kind, %reason, "mail not sent; will be retried");
                 match timeout_at(deadline, self.ledger.release(&meta.id, &reason, self.clock.now())).await {
                     Ok(Ok(())) => {}
@@ -415,7 +416,7 @@ impl Deliverer {
         env: &MailEnvelope,
         mail: &RenderedMail,
         deadline: Instant,
-    ) -> Result<String, SendError> {
+    ) -> Result<String, Unsent> {
         let stop_at = deadline.checked_sub(self.retry.reserve).unwrap_or(deadline);
         // The last moment a send may start: see MIN_SEND_WINDOW.
         let latest_start = stop_at.checked_sub(MIN_SEND_WINDOW);
@@ -426,24 +427,27 @@ impl Deliverer {
             .with_jitter();
         let attempt = || async {
             let Some(latest_start) = latest_start.filter(|t| Instant::now() <= *t) else {
-                return Err(SendError::Transient("too little time left to start a send before the deadline".into()));
+                return Err(Unsent::transient("too little time left to start a send before the deadline"));
             };
             if !self.limiter.acquire_before(latest_start).await {
-                return Err(SendError::Transient(
-                    "send rate limit: no slot in time to send before the deadline".into(),
-                ));
+                return Err(Unsent::transient("send rate limit: no slot in time to send before the deadline"));
+            }
+            // The wait for a slot, and the retries before it, can outlast
+            // the code or link: checked at the last moment before each send.
+            if let Some(reason) = expiry(env, self.clock.now()) {
+                return Err(Unsent::Expired(reason));
             }
             // At least MIN_SEND_WINDOW: this cuts off only a send that hangs
             // past the mailer's own timeout.
             let left = stop_at.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.mailer.send(env, mail)).await {
-                Ok(result) => result,
-                Err(_) => Err(SendError::Transient("send timed out at the deadline".into())),
+                Ok(result) => result.map_err(Unsent::Failed),
+                Err(_) => Err(Unsent::transient("send timed out at the deadline")),
             }
         };
         attempt
             .retry(backoff)
-            .when(|e| matches!(e, SendError::Transient(_)))
+            .when(|e| matches!(e, Unsent::Failed(SendError::Transient(_))))
             // Never sleep into the last MIN_SEND_WINDOW: the attempt after
             // the sleep could not start. The queue retries what is left.
             .adjust(|_, next| next.filter(|d| latest_start.is_some_and(|latest| Instant::now() + *d <= latest)))
@@ -523,6 +527,23 @@ impl Deliverer {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(_) => Err("no answer from the mail ledger before the deadline".into()),
         }
+    }
+}
+
+/// Why `send_with_retries` sent nothing.
+#[derive(Debug, thiserror::Error)]
+enum Unsent {
+    #[error(transparent)]
+    Failed(SendError),
+    /// The code or link stopped working (or the job grew too old) while the
+    /// send waited for a rate-limit slot or a retry.
+    #[error("{0}")]
+    Expired(String),
+}
+
+impl Unsent {
+    fn transient(reason: &str) -> Self {
+        Unsent::Failed(SendError::Transient(reason.into()))
     }
 }
 
@@ -936,6 +957,49 @@ mod tests {
         let out = d.deliver_with(&env("stale2"), soon(), Redelivery::LastReceive { receives: 5 }).await;
         assert!(matches!(out, Outcome::Expired { .. }), "{out:?}");
         assert_eq!(*m.calls.lock().unwrap(), 1);
+    }
+
+    /// Fails its first send, which takes until `clock` reads `then`.
+    struct FailsUntil {
+        inner: Scripted,
+        clock: Arc<FixedClock>,
+        then: Timestamp,
+    }
+
+    #[async_trait]
+    impl Mailer for FailsUntil {
+        async fn send(&self, env: &MailEnvelope, mail: &RenderedMail) -> Result<String, SendError> {
+            let result = self.inner.send(env, mail).await;
+            self.clock.set(self.then);
+            result
+        }
+    }
+
+    #[tokio::test]
+    async fn a_code_that_dies_while_its_send_is_retried_is_not_sent() {
+        let expires_at = env("x").content_expires_at().unwrap();
+        let clock = Arc::new(FixedClock::new(expires_at - 1));
+        let m = Arc::new(FailsUntil {
+            inner: Scripted::failing([SendError::Transient("503".into())]),
+            clock: clock.clone(),
+            then: expires_at,
+        });
+        let l = Arc::new(MemoryMailLedger::new());
+        let d = Deliverer::new(
+            Renderer::new("https://auth.example.com").unwrap(),
+            l.clone(),
+            m.clone(),
+            Arc::new(SendRateLimiter::unlimited()),
+            clock,
+        )
+        .with_retry(fast());
+        let out = d.deliver(&env("late"), soon()).await;
+        let Outcome::Expired { reason } = &out else { panic!("{out:?}") };
+        assert!(reason.starts_with("expired: its code or link stopped working at"), "{reason}");
+        assert_eq!(*m.inner.calls.lock().unwrap(), 1, "no retry once the code is dead");
+        assert!(m.inner.sent.lock().unwrap().is_empty());
+        let e = l.entry("late").await.unwrap().unwrap();
+        assert_eq!((e.state.as_str(), e.reason.as_ref(), e.lease_until), (ledger_state::FAILED, Some(reason), None));
     }
 
     #[tokio::test]
