@@ -47,7 +47,7 @@ use latchkey_core::adapters::{aws_calls, dynamo, ses};
 use latchkey_core::clock::SystemClock;
 use latchkey_core::clock::Timestamp;
 use latchkey_core::mail::delivery::{Deliverer, LEASE_SECS, Outcome, Redelivery, RetryPolicy, SendRateLimiter};
-use latchkey_core::mail::{MAIL_JOB_VERSION, MailEnvelope, Renderer};
+use latchkey_core::mail::{MailEnvelope, Renderer};
 use latchkey_core::tables;
 use std::sync::Arc;
 use std::time::Duration;
@@ -317,9 +317,7 @@ pub fn parse_job(body: &str) -> Result<MailEnvelope, String> {
     let env: MailEnvelope = serde_json::from_str(body).map_err(|e| {
         format!("unparseable mail job: {:?} error at line {} column {}", e.classify(), e.line(), e.column())
     })?;
-    if env.v != MAIL_JOB_VERSION {
-        return Err(format!("unknown mail job version {}", env.v));
-    }
+    env.check()?;
     Ok(env)
 }
 
@@ -408,5 +406,9 @@ mod tests {
             parse_job(&body.replace("\"123456\"", "1").replace("\"v\":1", "\"v\":9")).unwrap_err(),
             "unknown mail job version 9"
         );
+        // An id that could not key a ledger record of its own is parked
+        // (jobs with one empty id would all be "already sent" after the first).
+        let e = parse_job(&body.replace("\"123456\"", "1").replace("\"id\":\"x\"", "\"id\":\"\"")).unwrap_err();
+        assert!(e.starts_with("mail job id is not 1 to 128"), "{e}");
     }
 }

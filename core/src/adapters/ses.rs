@@ -69,8 +69,12 @@ impl Mailer for SesMailer {
 const TRANSIENT_CODES: &[&str] = &[
     "Throttling",
     "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
     "TooManyRequests",
     "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
     "RequestTimeout",
     "RequestTimeoutException",
     "PriorRequestNotComplete",
@@ -80,7 +84,7 @@ const TRANSIENT_CODES: &[&str] = &[
 /// A `SendEmail` error as transient or permanent.
 pub fn classify(err: SdkError<SendEmailError, HttpResponse>) -> SendError {
     let status = err.raw_response().map(|r| r.status().as_u16());
-    let transient_status = status.is_some_and(|s| s == 429 || s >= 500);
+    let transient_status = status.is_some_and(|s| s == 408 || s == 429 || s >= 500);
     match err {
         SdkError::ServiceError(e) => {
             let e = e.into_err();
@@ -171,6 +175,11 @@ mod tests {
         assert!(matches!(classify(service(unhandled("Whatever"), 429)), SendError::Transient(_)));
         assert!(matches!(classify(service(unhandled("Throttling"), 400)), SendError::Transient(_)));
         assert!(matches!(classify(service(unhandled("ValidationError"), 400)), SendError::Permanent { .. }));
+        // A request timeout whatever its code, and the SDKs' other names for throttling.
+        assert!(matches!(classify(service(unhandled("Whatever"), 408)), SendError::Transient(_)));
+        for code in ["ThrottledException", "RequestThrottled", "RequestThrottledException", "BandwidthLimitExceeded"] {
+            assert!(matches!(classify(service(unhandled(code), 400)), SendError::Transient(_)), "{code}");
+        }
     }
 
     #[test]

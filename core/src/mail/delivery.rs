@@ -262,7 +262,7 @@ pub fn expiry(env: &MailEnvelope, now: Timestamp) -> Option<String> {
         return Some(format!(
             "expired: its code or link stopped working at {} ({} s before this delivery); not sent",
             rfc3339(at),
-            now - at
+            now.saturating_sub(at)
         ));
     }
     let age = now.saturating_sub(env.created_at);
@@ -1000,6 +1000,15 @@ mod tests {
         assert!(m.inner.sent.lock().unwrap().is_empty());
         let e = l.entry("late").await.unwrap().unwrap();
         assert_eq!((e.state.as_str(), e.reason.as_ref(), e.lease_until), (ledger_state::FAILED, Some(reason), None));
+    }
+
+    #[test]
+    fn a_job_from_the_far_past_is_expired_without_overflow() {
+        let mut e = env("ancient");
+        e.created_at = i64::MIN;
+        let reason = expiry(&e, 1_700_000_000).expect("expired");
+        assert!(reason.starts_with("expired: its code or link stopped working at"), "{reason}");
+        assert!(reason.contains(&format!("({} s before", i64::MAX)), "{reason}");
     }
 
     #[tokio::test]

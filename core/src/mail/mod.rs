@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 /// The current version of the job format. A consumer refuses versions it
 /// does not know (the job is parked, not dropped).
 pub const MAIL_JOB_VERSION: u32 = 1;
+/// The longest mail job id a consumer takes (the flows make 32 hex characters).
+pub const MAX_JOB_ID_LEN: usize = 128;
 
 /// One mail to send, with its idempotency id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,13 +122,28 @@ impl MailEnvelope {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// Parses a queued job, refusing unknown versions.
+    /// Parses a queued job, refusing unknown versions and unusable ids.
     pub fn from_json(s: &str) -> Result<Self, String> {
         let env: MailEnvelope = serde_json::from_str(s).map_err(|e| format!("unparseable mail job: {e}"))?;
-        if env.v != MAIL_JOB_VERSION {
-            return Err(format!("unknown mail job version {}", env.v));
-        }
+        env.check()?;
         Ok(env)
+    }
+
+    /// Whether a parsed job can be delivered as it is: a known version, and
+    /// an id of 1 to [`MAX_JOB_ID_LEN`] printable ASCII characters (the id
+    /// keys the job's ledger record: jobs that shared one empty id would be
+    /// "already sent" after the first).
+    pub fn check(&self) -> Result<(), String> {
+        if self.v != MAIL_JOB_VERSION {
+            return Err(format!("unknown mail job version {}", self.v));
+        }
+        if self.id.is_empty() || self.id.len() > MAX_JOB_ID_LEN || !self.id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "mail job id is not 1 to {MAX_JOB_ID_LEN} printable ASCII characters ({} bytes)",
+                self.id.len()
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -182,9 +199,18 @@ mod tests {
     }
 
     #[test]
-    fn refuses_unknown_version() {
+    fn refuses_unknown_version_and_unusable_ids() {
         let json = r#"{"v":2,"id":"x","to":"a@b.co","created_at":0,"job":{"kind":"signup_attempt"}}"#;
         assert!(MailEnvelope::from_json(json).is_err());
         assert!(MailEnvelope::from_json("not json").is_err());
+        // The id keys the job's ledger record.
+        let good = MailEnvelope::from_json(&json.replace(r#""v":2"#, r#""v":1"#)).unwrap();
+        for id in [String::new(), "a b".into(), "é".into(), "x".repeat(MAX_JOB_ID_LEN + 1)] {
+            let bad = MailEnvelope { id: id.clone(), ..good.clone() };
+            let e = MailEnvelope::from_json(&bad.to_json()).unwrap_err();
+            assert!(e.starts_with("mail job id is not 1 to 128 printable ASCII characters"), "{id:?}: {e}");
+        }
+        let longest = MailEnvelope { id: "x".repeat(MAX_JOB_ID_LEN), ..good };
+        assert_eq!(MailEnvelope::from_json(&longest.to_json()).unwrap(), longest);
     }
 }
