@@ -34,6 +34,25 @@ resource "aws_cloudwatch_metric_alarm" "mail_dlq_not_empty" {
   ok_actions          = local.alarm_actions
 }
 
+# Mail that waits in the queue is mail nobody sends: a disabled or
+# throttled trigger raises no error and parks nothing, while the codes in
+# the waiting jobs die in 5 to 10 minutes.
+resource "aws_cloudwatch_metric_alarm" "mail_queue_waiting" {
+  alarm_name          = "${var.name_prefix}-mail-queue-waiting"
+  alarm_description   = "The oldest mail job in ${local.mail_queue_name} has waited over 5 minutes: its code has expired before it was sent. Check the mail-worker's trigger and throttling."
+  namespace           = "AWS/SQS"
+  metric_name         = "ApproximateAgeOfOldestMessage"
+  dimensions          = { QueueName = aws_sqs_queue.mail.name }
+  statistic           = "Maximum"
+  period              = 60
+  evaluation_periods  = 2
+  threshold           = 300
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
 resource "aws_cloudwatch_metric_alarm" "stream_failures_not_empty" {
   alarm_name          = "${var.name_prefix}-stream-failures-not-empty"
   alarm_description   = "The stream-processor discarded a batch: the audit trail has a gap (range in the message)."

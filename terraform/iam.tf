@@ -45,28 +45,46 @@ data "aws_iam_policy_document" "api" {
     resources = ["*"]
   }
 
-  # The flows' stores: conditional puts/updates, transactions (uniqueness
-  # claims; a registration refused for its email checks, in the username
+  # The flows' stores, each table with only the actions the api uses on it
+  # (tests/tests/aws_calls.rs holds these lists to the calls the flows make,
+  # both ways). Users: conditional puts/updates and transactions (uniqueness
+  # claims; an unverified account replaced by a new registration is
+  # deleted; a registration refused for its email checks, in the username
   # hold's transaction, that the account holding the email still keeps it:
-  # a ConditionCheck item, which IAM asks ConditionCheckItem for), and the
-  # users GSIs for lookup by username/email. tests/tests/aws_calls.rs holds
-  # this list to the calls the flows make.
+  # a ConditionCheck item, which IAM asks ConditionCheckItem for).
   statement {
-    sid = "AppTables"
+    sid = "AppUsers"
     actions = [
       "dynamodb:GetItem",
       "dynamodb:PutItem",
       "dynamodb:UpdateItem",
       "dynamodb:DeleteItem",
       "dynamodb:ConditionCheckItem",
-      "dynamodb:Query",
     ]
-    resources = [
-      aws_dynamodb_table.users.arn,
-      "${aws_dynamodb_table.users.arn}/index/*",
-      aws_dynamodb_table.tokens.arn,
-      aws_dynamodb_table.rate_limits.arn,
-    ]
+    resources = [aws_dynamodb_table.users.arn]
+  }
+
+  # Lookup by username or email.
+  statement {
+    sid       = "AppUserLookups"
+    actions   = ["dynamodb:Query"]
+    resources = ["${aws_dynamodb_table.users.arn}/index/*"]
+  }
+
+  # Challenges, sessions, standalone codes: read, written, never deleted
+  # (their TTL ends them).
+  statement {
+    sid       = "AppTokens"
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
+    resources = [aws_dynamodb_table.tokens.arn]
+  }
+
+  # Rate-limit counters: only counted (an ADD in a transaction), so a
+  # compromised api cannot read them back or delete them.
+  statement {
+    sid       = "AppRateLimits"
+    actions   = ["dynamodb:UpdateItem"]
+    resources = [aws_dynamodb_table.rate_limits.arn]
   }
 
   # The admin endpoints read the audit trail; only the stream-processor
@@ -85,7 +103,7 @@ data "aws_iam_policy_document" "api" {
 
   statement {
     sid     = "ReadSecretsAtColdStart"
-    actions = ["ssm:GetParameters", "ssm:GetParameter"]
+    actions = ["ssm:GetParameters"]
     resources = [
       aws_ssm_parameter.jwt_private_key.arn,
       aws_ssm_parameter.code_hmac_key.arn,
@@ -239,7 +257,7 @@ data "aws_iam_policy_document" "stream_processor" {
   # The audit seal key, read once per cold start; no other function can.
   statement {
     sid       = "ReadAuditSealKeyAtColdStart"
-    actions   = ["ssm:GetParameters", "ssm:GetParameter"]
+    actions   = ["ssm:GetParameters"]
     resources = [aws_ssm_parameter.audit_seal_key.arn]
   }
 
