@@ -887,6 +887,29 @@ async fn an_audit_chain_whose_head_expired_goes_on_from_its_last_record() {
     assert!(audit.append(&key, &event(4), NOW + 86_400).await.expect("the head is back").is_some());
 }
 
+/// A record of a type a newer stream processor wrote (read during a deploy,
+/// or after a rollback) is listed, counted and verified by its name, and an
+/// append after it goes on from it, also when it is the last record and the
+/// head has expired.
+#[tokio::test]
+async fn an_audit_type_this_build_does_not_know_reads_by_its_name() {
+    use latchkey_core::audit::{AuditEvent, AuditEventType, AuditStore, day_of, verify_chain};
+    let env = env().await;
+    let (audit, key, subject) = audit_trail(&env);
+    let newer = AuditEventType::from_stored("passkey_added").expect("a well-formed name");
+    assert!(audit.append(&key, &code_verified(&subject, 1), NOW + 86_400).await.expect("append").is_some());
+    let later = AuditEvent { event: newer, ..code_verified(&subject, 2) };
+    assert!(audit.append(&key, &later, NOW + 86_400).await.expect("append").is_some());
+    expire_audit_head(&env, &subject).await;
+    assert!(audit.append(&key, &code_verified(&subject, 3), NOW + 86_400).await.expect("append").is_some());
+    let page = audit.list(&subject, None, 10, NOW).await.expect("a page");
+    let kinds: Vec<&str> = page.records.iter().map(|r| r.event.as_str()).collect();
+    assert_eq!(kinds, ["code_verified", "passkey_added", "code_verified"]);
+    verify_chain(&key, &subject, &audit.chain(&subject).await.expect("chain")).expect("intact");
+    let stats = audit.stats(day_of(NOW), day_of(NOW), NOW).await.expect("stats");
+    assert!(stats.iter().any(|c| c.event == newer && c.count >= 1), "{stats:?}");
+}
+
 /// Once armed with an operation, turns the answer to its next call into a
 /// 500, as if it were lost after DynamoDB applied the request: the SDK
 /// sends it again.

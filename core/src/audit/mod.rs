@@ -26,9 +26,9 @@ use crate::clock::Timestamp;
 use crate::keys::AuditKey;
 use serde::{Deserialize, Serialize};
 
-/// The kinds of security event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// The kinds of security event. Stored and serialised as the snake_case
+/// name `as_str` gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AuditEventType {
     UserRegistered,
     VerificationMailRequested,
@@ -65,6 +65,11 @@ pub enum AuditEventType {
     SessionExpired,
     MailDelivered,
     MailFailed,
+    /// A type this build does not know, read from a store: written by a
+    /// newer stream processor (during a deploy, or before a rollback). Kept
+    /// by its name, so its record still lists, counts and hashes as it was
+    /// written. Never produced by this build's mapping.
+    Other(&'static str),
 }
 
 impl AuditEventType {
@@ -127,11 +132,61 @@ impl AuditEventType {
             AuditEventType::SessionExpired => "session_expired",
             AuditEventType::MailDelivered => "mail_delivered",
             AuditEventType::MailFailed => "mail_failed",
+            AuditEventType::Other(name) => name,
         }
     }
 
+    /// A type this build knows, by name.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|e| e.as_str() == s)
+    }
+
+    /// A type as stored: one this build knows, or `Other` for a well-formed
+    /// name it does not (1 to 64 of `a-z`, `0-9`, `_`). `None` for a name no
+    /// processor writes, or past [`MAX_OTHER_TYPES`] distinct unknown names.
+    pub fn from_stored(s: &str) -> Option<Self> {
+        Self::parse(s).or_else(|| intern_other(s).map(AuditEventType::Other))
+    }
+}
+
+/// The most distinct unknown type names one process keeps (each is leaked,
+/// so that the type stays `Copy`): far more than one release adds.
+pub const MAX_OTHER_TYPES: usize = 64;
+
+fn intern_other(s: &str) -> Option<&'static str> {
+    let well_formed =
+        (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !well_formed {
+        return None;
+    }
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(name) = names.iter().find(|n| **n == s) {
+        return Some(name);
+    }
+    if names.len() >= MAX_OTHER_TYPES {
+        return None;
+    }
+    let name: &'static str = Box::leak(s.to_owned().into_boxed_str());
+    names.push(name);
+    Some(name)
+}
+
+impl Serialize for AuditEventType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for AuditEventType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        AuditEventType::from_stored(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "not an audit event type: {:?}",
+                name.chars().take(64).collect::<String>()
+            ))
+        })
     }
 }
 
@@ -228,5 +283,30 @@ impl AuditRecord {
         r.hash = record_hash(&r);
         r.seal = Some(key.seal(&r.hash));
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_type_round_trips_by_its_name_and_an_unknown_name_is_kept() {
+        for &t in AuditEventType::ALL {
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(json, format!("\"{}\"", t.as_str()));
+            assert_eq!(serde_json::from_str::<AuditEventType>(&json).unwrap(), t);
+            assert_eq!(AuditEventType::from_stored(t.as_str()), Some(t));
+        }
+        let newer: AuditEventType = serde_json::from_str("\"passkey_added\"").unwrap();
+        assert_eq!(newer, AuditEventType::Other("passkey_added"));
+        assert_eq!(serde_json::to_string(&newer).unwrap(), "\"passkey_added\"");
+        assert_eq!(AuditEventType::parse("passkey_added"), None, "parse knows only this build's types");
+        // Names no processor writes are refused, as before.
+        for bad in ["", "Passkey", "a b", "x\"y", &"a".repeat(65)] {
+            assert_eq!(AuditEventType::from_stored(bad), None, "{bad:?}");
+            let e = serde_json::from_str::<AuditEventType>(&serde_json::to_string(bad).unwrap()).unwrap_err();
+            assert!(e.to_string().starts_with("not an audit event type"), "{bad:?}: {e}");
+        }
     }
 }

@@ -263,7 +263,7 @@ impl AuditStore for DynamoAuditStore {
                 .map_err(map_sdk)?;
             for item in resp.items.unwrap_or_default() {
                 let event = match item.get(SK) {
-                    Some(AttributeValue::S(e)) => AuditEventType::parse(e),
+                    Some(AttributeValue::S(e)) => AuditEventType::from_stored(e),
                     _ => None,
                 };
                 let Some(event) = event else { continue };
