@@ -3,7 +3,7 @@
 
 use crate::extract::RequestId;
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
@@ -14,6 +14,7 @@ pub async fn security_headers(mut req: Request, next: Next) -> Response {
     let id = uuid::Uuid::new_v4().simple().to_string();
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut resp = next.run(req).await;
+    let bodiless = matches!(resp.status(), StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
     let h = resp.headers_mut();
     let set = |h: &mut axum::http::HeaderMap, k: HeaderName, v: &'static str| {
         h.insert(k, HeaderValue::from_static(v));
@@ -29,12 +30,12 @@ pub async fn security_headers(mut req: Request, next: Next) -> Response {
         set(h, header::CACHE_CONTROL, "no-store");
         set(h, header::PRAGMA, "no-cache");
     }
-    // Every textual body says its charset.
+    // Every textual body says its charset; a 204 or 304 has no body to type.
     let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
     match ct.as_deref() {
         Some("application/json") => set(h, header::CONTENT_TYPE, "application/json; charset=utf-8"),
         Some("text/plain") => set(h, header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-        None => set(h, header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+        None if !bodiless => set(h, header::CONTENT_TYPE, "text/plain; charset=utf-8"),
         _ => {}
     }
     h.remove(header::SERVER);

@@ -42,7 +42,12 @@ fn assert_security_headers(h: &HeaderMap, what: &str) {
     for d in ["default-src 'self'", "object-src 'none'", "base-uri 'none'", "frame-ancestors 'none'"] {
         assert!(csp.contains(d), "{what}: CSP {csp} lacks {d}");
     }
-    assert!(get("content-type").to_ascii_lowercase().contains("charset=utf-8"), "{what}: {}", get("content-type"));
+    if what == "204" {
+        // No body, so nothing to type.
+        assert!(!h.contains_key("content-type"), "{what}: {:?}", h.get("content-type"));
+    } else {
+        assert!(get("content-type").to_ascii_lowercase().contains("charset=utf-8"), "{what}: {}", get("content-type"));
+    }
     assert!(!h.contains_key("server") && !h.contains_key("x-powered-by"), "{what}: server detail leaked");
 }
 
@@ -628,10 +633,10 @@ pub async fn concurrent_refreshes(sys: &TestSystem) {
 
 // ---------------------------------------------------------------- headers
 
-/// 2xx, 4xx (400, 401, 404, 405, 413, 415, 429) and HTML pages all carry the
-/// SECURITY.md header set.
+/// 2xx (a 204 with no Content-Type), 4xx (400, 401, 404, 405, 413, 415,
+/// 429) and HTML pages all carry the SECURITY.md header set.
 pub async fn headers_on_every_status(sys: &TestSystem) {
-    let (username, _) = verified_user(sys).await;
+    let (username, email) = verified_user(sys).await;
     let (st, body, _) = sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD})).await;
     assert_eq!(st, 202);
     let challenge = body["challenge_id"].as_str().expect("challenge").to_string();
@@ -666,6 +671,10 @@ pub async fn headers_on_every_status(sys: &TestSystem) {
     assert_eq!(st, 429, "resend inside the cooldown");
     assert!(h.contains_key("retry-after"));
     check("429", st, &h);
+    let tokens = sign_in(sys, &username, &email).await;
+    let (st, b, h) = sys.post("/v1/logout", json!({ "refresh_token": tokens["refresh_token"] })).await;
+    assert_eq!(st, 204, "{b}");
+    check("204", st, &h);
     assert!(seen.contains(&200) && seen.contains(&429));
 }
 
