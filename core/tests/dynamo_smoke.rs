@@ -1023,6 +1023,30 @@ async fn a_write_whose_answer_was_lost_is_recognised_when_sent_again() {
     assert!(matches!(ledger.claim(&job, NOW + 1, 300).await.unwrap(), Claim::Busy { .. }));
 }
 
+/// A park by a delivery without the claim leaves another's live claim alone
+/// (that delivery may be sending the mail now); the holder parks it, and so
+/// does anyone once the lease has ended.
+#[tokio::test]
+async fn a_park_without_the_claim_leaves_a_live_claim_alone() {
+    use latchkey_core::adapters::dynamo::DynamoMailLedger;
+    use latchkey_core::mail::delivery::{Claim, Holding, JobMeta, MailLedger, ledger_state};
+    let env = env().await;
+    let ledger = DynamoMailLedger::new(env.client.clone(), &env.prefix);
+    let job = |id: &str| JobMeta { id: unique(id), kind: "login_code", to: "a@example.com".into(), subject: None };
+    let (held, ended) = (job("held"), job("ended"));
+    for j in [&held, &ended] {
+        assert_eq!(ledger.claim(j, NOW, 300).await.unwrap(), Claim::Claimed);
+    }
+    ledger.mark_failed(&held, "exhausted", NOW + 1, Holding::Nothing).await.expect("left alone");
+    let e = ledger.entry(&held.id).await.unwrap().unwrap();
+    assert_eq!((e.state.as_str(), e.lease_until), (ledger_state::SENDING, Some(NOW + 300)));
+    ledger.mark_failed(&held, "rejected", NOW + 2, Holding::Claim).await.unwrap();
+    let e = ledger.entry(&held.id).await.unwrap().unwrap();
+    assert_eq!((e.state.as_str(), e.reason.as_deref(), e.lease_until), (ledger_state::FAILED, Some("rejected"), None));
+    ledger.mark_failed(&ended, "exhausted", NOW + 300, Holding::Nothing).await.unwrap();
+    assert_eq!(ledger.entry(&ended.id).await.unwrap().unwrap().state, ledger_state::FAILED, "a lease that has ended");
+}
+
 /// The same for a standalone code: a send whose put was applied is no
 /// race lost to another send (the code would never be mailed), a right
 /// code whose redemption was applied is no code used by another (the owner

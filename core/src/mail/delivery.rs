@@ -163,8 +163,10 @@ pub trait MailLedger: Send + Sync {
     async fn mark_sent(&self, id: &str, provider_id: &str, now: Timestamp) -> StoreResult<()>;
 
     /// Parks the job with `reason` (creating the record if there is none).
-    /// A `sent` record is left alone.
-    async fn mark_failed(&self, job: &JobMeta, reason: &str, now: Timestamp) -> StoreResult<()>;
+    /// A `sent` record is left alone, and so is a live lease the caller does
+    /// not hold (`Holding::Nothing`): that delivery may be sending the job
+    /// now, and its record is its own to write.
+    async fn mark_failed(&self, job: &JobMeta, reason: &str, now: Timestamp, holding: Holding) -> StoreResult<()>;
 
     /// Gives a claimed job back after transient failures: state `retry`
     /// with `reason`, lease dropped so the next delivery claims it at once.
@@ -173,6 +175,17 @@ pub trait MailLedger: Send + Sync {
 
     /// The record of `id`; `None` if there is none.
     async fn entry(&self, id: &str) -> StoreResult<Option<LedgerEntry>>;
+}
+
+/// Whether the delivery that ends a job holds the job's claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holding {
+    /// It claimed the job, and its lease is live (a lease outlasts any
+    /// delivery's deadline).
+    Claim,
+    /// It has no claim: it ends the job before claiming it, or after it
+    /// gave its claim back or could not take it.
+    Nothing,
 }
 
 /// What became of one delivery.
@@ -365,11 +378,11 @@ impl Deliverer {
         // (As stored: an account's address from before format characters
         // were refused at input still gets its mail.)
         if Email::parse_stored(&env.to).is_err() {
-            return self.park(meta, "recipient is not a valid email address".into(), deadline).await;
+            return self.park(meta, "recipient is not a valid email address".into(), Holding::Nothing, deadline).await;
         }
         let mail = match self.renderer.render(env) {
             Ok(m) => m,
-            Err(reason) => return self.park(meta, reason, deadline).await,
+            Err(reason) => return self.park(meta, reason, Holding::Nothing, deadline).await,
         };
         match timeout_at(deadline, self.ledger.claim(meta, self.clock.now(), LEASE_SECS)).await {
             Ok(Ok(Claim::Claimed)) => {}
@@ -397,7 +410,9 @@ impl Deliverer {
                 Attempt::Done(Outcome::Sent { provider_id })
             }
             Err(Unsent::Expired(reason)) => self.expire(meta, reason, deadline).await,
-            Err(Unsent::Failed(SendError::Permanent { reason })) => self.park(meta, reason, deadline).await,
+            Err(Unsent::Failed(SendError::Permanent { reason })) => {
+                self.park(meta, reason, Holding::Claim, deadline).await
+            }
             Err(Unsent::Failed(SendError::Transient(reason))) => {
                 tracing::warn!(mail_id = %meta.id, kind = meta.kind, %reason, "mail not sent; will be retried");
                 match timeout_at(deadline, self.ledger.release(&meta.id, &reason, self.clock.now())).await {
@@ -487,9 +502,9 @@ impl Deliverer {
         }
     }
 
-    async fn park(&self, meta: &JobMeta, reason: String, deadline: Instant) -> Attempt {
+    async fn park(&self, meta: &JobMeta, reason: String, holding: Holding, deadline: Instant) -> Attempt {
         tracing::error!(mail_id = %meta.id, kind = meta.kind, %reason, "mail job parked");
-        match self.record_failed(meta, &reason, deadline).await {
+        match self.record_failed(meta, &reason, holding, deadline).await {
             Ok(()) => Attempt::Done(Outcome::Park { reason }),
             // Parking is an outcome the ledger must show: retry the whole
             // delivery rather than park unrecorded.
@@ -503,7 +518,7 @@ impl Deliverer {
     /// retried instead, as a park is).
     async fn expire(&self, meta: &JobMeta, reason: String, deadline: Instant) -> Attempt {
         tracing::warn!(mail_id = %meta.id, kind = meta.kind, %reason, "mail job expired; not sent");
-        match self.record_failed(meta, &reason, deadline).await {
+        match self.record_failed(meta, &reason, Holding::Claim, deadline).await {
             Ok(()) => Attempt::Done(Outcome::Expired { reason }),
             Err(why) => Attempt::NotNow { reason: format!("could not record an expired job ({reason}): {why}") },
         }
@@ -511,10 +526,13 @@ impl Deliverer {
 
     /// Parks a job the queue will not bring back. Parked even when the
     /// ledger cannot record it: the queue would dead-letter it anyway, and
-    /// this way the dead letter carries the reason.
+    /// this way the dead letter carries the reason. Without a claim (it was
+    /// given back, or could not be taken), so a claim another delivery took
+    /// meanwhile keeps its record; a redrive of the dead letter then finds
+    /// the job "already sent" if that delivery sent it.
     async fn give_up(&self, meta: &JobMeta, reason: String, deadline: Instant) -> Outcome {
         tracing::error!(mail_id = %meta.id, kind = meta.kind, %reason, "mail job parked on its last receive");
-        if let Err(why) = self.record_failed(meta, &reason, deadline).await {
+        if let Err(why) = self.record_failed(meta, &reason, Holding::Nothing, deadline).await {
             tracing::error!(mail_id = %meta.id, error = %why, "parked job not recorded in the mail ledger");
         }
         Outcome::Park { reason }
@@ -522,8 +540,14 @@ impl Deliverer {
 
     /// Marks the job `failed` with `reason` in the ledger, by `deadline`;
     /// why it could not be, if it could not.
-    async fn record_failed(&self, meta: &JobMeta, reason: &str, deadline: Instant) -> Result<(), String> {
-        match timeout_at(deadline, self.ledger.mark_failed(meta, reason, self.clock.now())).await {
+    async fn record_failed(
+        &self,
+        meta: &JobMeta,
+        reason: &str,
+        holding: Holding,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        match timeout_at(deadline, self.ledger.mark_failed(meta, reason, self.clock.now(), holding)).await {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(_) => Err("no answer from the mail ledger before the deadline".into()),
         }
@@ -621,7 +645,7 @@ impl MailLedger for MemoryMailLedger {
         Ok(())
     }
 
-    async fn mark_failed(&self, job: &JobMeta, reason: &str, now: Timestamp) -> StoreResult<()> {
+    async fn mark_failed(&self, job: &JobMeta, reason: &str, now: Timestamp, holding: Holding) -> StoreResult<()> {
         self.with(|m| {
             let e = m.entry(job.id.clone()).or_insert_with(|| LedgerEntry {
                 id: job.id.clone(),
@@ -635,7 +659,8 @@ impl MailLedger for MemoryMailLedger {
                 updated_at: now,
                 subject: job.subject.clone(),
             });
-            if e.state != ledger_state::SENT {
+            let others_live_lease = holding == Holding::Nothing && e.lease_until.is_some_and(|until| until > now);
+            if e.state != ledger_state::SENT && !others_live_lease {
                 e.state = ledger_state::FAILED.into();
                 e.reason = Some(reason.into());
                 e.lease_until = None;
@@ -1071,7 +1096,7 @@ mod tests {
         async fn mark_sent(&self, _: &str, _: &str, _: Timestamp) -> StoreResult<()> {
             std::future::pending().await
         }
-        async fn mark_failed(&self, _: &JobMeta, _: &str, _: Timestamp) -> StoreResult<()> {
+        async fn mark_failed(&self, _: &JobMeta, _: &str, _: Timestamp, _: Holding) -> StoreResult<()> {
             std::future::pending().await
         }
         async fn release(&self, _: &str, _: &str, _: Timestamp) -> StoreResult<()> {

@@ -13,7 +13,7 @@ use super::errors::{map_sdk, old_item_on_failed_check};
 use super::items::{Item, PK, TTL, n, s, text};
 use crate::StoreError;
 use crate::clock::Timestamp;
-use crate::mail::delivery::{Claim, JobMeta, LEDGER_TTL_SECS, LedgerEntry, MailLedger, ledger_state};
+use crate::mail::delivery::{Claim, Holding, JobMeta, LEDGER_TTL_SECS, LedgerEntry, MailLedger, ledger_state};
 use crate::ports::StoreResult;
 use crate::tables;
 use async_trait::async_trait;
@@ -178,7 +178,7 @@ impl MailLedger for DynamoMailLedger {
         Ok(())
     }
 
-    async fn mark_failed(&self, job: &JobMeta, reason: &str, now: Timestamp) -> StoreResult<()> {
+    async fn mark_failed(&self, job: &JobMeta, reason: &str, now: Timestamp, holding: Holding) -> StoreResult<()> {
         let (set_subject, subject) = subject_update(job);
         let mut values = vec![
             (":failed", s(ledger_state::FAILED)),
@@ -199,14 +199,21 @@ impl MailLedger for DynamoMailLedger {
                      #created = if_not_exists(#created, :now), #ttl = :ttl, \
                      #attempts = if_not_exists(#attempts, :zero){set_subject} REMOVE #lease"
                 ),
-                "attribute_not_exists(#state) OR #state <> :sent",
+                match holding {
+                    Holding::Claim => "attribute_not_exists(#state) OR #state <> :sent",
+                    Holding::Nothing => {
+                        "(attribute_not_exists(#state) OR #state <> :sent) \
+                         AND (attribute_not_exists(#lease) OR #lease <= :now)"
+                    }
+                },
                 values,
             )
             .send()
             .await;
         match result {
             Ok(_) => Ok(()),
-            // Already sent: the record stays as it is.
+            // Already sent, or another delivery's to record: the record
+            // stays as it is.
             Err(e) if is_condition_failure(&e) => Ok(()),
             Err(e) => Err(map_sdk(e)),
         }

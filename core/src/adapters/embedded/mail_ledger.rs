@@ -15,7 +15,7 @@
 use super::changes::{ChangeEntity, record};
 use super::{Db, EmbeddedStore};
 use crate::clock::Timestamp;
-use crate::mail::delivery::{Claim, JobMeta, LEDGER_TTL_SECS, LedgerEntry, MailLedger, ledger_state};
+use crate::mail::delivery::{Claim, Holding, JobMeta, LEDGER_TTL_SECS, LedgerEntry, MailLedger, ledger_state};
 use crate::ports::StoreResult;
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
@@ -167,7 +167,7 @@ impl MailLedger for EmbeddedMailLedger {
             .await
     }
 
-    async fn mark_failed(&self, job: &JobMeta, reason: &str, now: Timestamp) -> StoreResult<()> {
+    async fn mark_failed(&self, job: &JobMeta, reason: &str, now: Timestamp, holding: Holding) -> StoreResult<()> {
         let (job, reason) = (job.clone(), reason.to_string());
         self.db
             .tx(move |tx| {
@@ -177,7 +177,8 @@ impl MailLedger for EmbeddedMailLedger {
                          updated_at, expires_at, subject) VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?6, ?7, ?9) \
                          ON CONFLICT (id) DO UPDATE SET state = excluded.state, reason = excluded.reason, \
                          lease_until = NULL, updated_at = excluded.updated_at, expires_at = excluded.expires_at, \
-                         subject = COALESCE(excluded.subject, subject) WHERE state <> ?8",
+                         subject = COALESCE(excluded.subject, subject) \
+                         WHERE state <> ?8 AND (?10 OR lease_until IS NULL OR lease_until <= ?6)",
                     )?
                     .execute(params![
                         job.id,
@@ -188,7 +189,8 @@ impl MailLedger for EmbeddedMailLedger {
                         now,
                         now + LEDGER_TTL_SECS,
                         ledger_state::SENT,
-                        job.subject
+                        job.subject,
+                        holding == Holding::Claim
                     ])?;
                     Ok(())
                 })
@@ -249,7 +251,7 @@ mod tests {
         assert_eq!(l2.claim(&job("a"), T0 + LEASE_SECS, LEASE_SECS).await.unwrap(), Claim::Claimed);
         l2.mark_sent("a", "file.eml", T0 + LEASE_SECS).await.unwrap();
         assert_eq!(l.claim(&job("a"), T0 + 10_000, LEASE_SECS).await.unwrap(), Claim::AlreadySent);
-        l.mark_failed(&job("a"), "late", T0).await.unwrap();
+        l.mark_failed(&job("a"), "late", T0, Holding::Claim).await.unwrap();
         let e = l.entry("a").await.unwrap().unwrap();
         assert_eq!((e.state.as_str(), e.attempts, e.reason), (ledger_state::SENT, 2, None));
         assert_eq!(e.provider_id.as_deref(), Some("file.eml"));
@@ -289,10 +291,33 @@ mod tests {
             (ledger_state::RETRY, Some("disk full"), None)
         );
         assert_eq!(l.claim(&job("b"), T0, LEASE_SECS).await.unwrap(), Claim::Claimed);
-        l.mark_failed(&job("c"), "bad address", T0).await.unwrap();
+        l.mark_failed(&job("c"), "bad address", T0, Holding::Nothing).await.unwrap();
         let e = l.entry("c").await.unwrap().unwrap();
         assert_eq!((e.state.as_str(), e.attempts), (ledger_state::FAILED, 0));
         assert_eq!(l.entry("nope").await.unwrap(), None);
+    }
+
+    /// A delivery without the claim (parking before it claims, or on a last
+    /// receive after it gave its claim back) leaves another's live claim
+    /// alone; the holder, or anyone once the lease has ended, parks it.
+    #[tokio::test]
+    async fn a_park_without_the_claim_leaves_a_live_claim_alone() {
+        let (s, _) = store();
+        let l = EmbeddedMailLedger::open(&s).await.unwrap();
+        assert_eq!(l.claim(&job("h"), T0, LEASE_SECS).await.unwrap(), Claim::Claimed);
+        l.mark_failed(&job("h"), "bad address", T0 + 1, Holding::Nothing).await.unwrap();
+        let e = l.entry("h").await.unwrap().unwrap();
+        assert_eq!((e.state.as_str(), e.lease_until), (ledger_state::SENDING, Some(T0 + LEASE_SECS)));
+        l.mark_failed(&job("h"), "rejected", T0 + 2, Holding::Claim).await.unwrap();
+        let e = l.entry("h").await.unwrap().unwrap();
+        assert_eq!(
+            (e.state.as_str(), e.reason.as_deref(), e.lease_until),
+            (ledger_state::FAILED, Some("rejected"), None)
+        );
+
+        assert_eq!(l.claim(&job("d"), T0, LEASE_SECS).await.unwrap(), Claim::Claimed);
+        l.mark_failed(&job("d"), "exhausted", T0 + LEASE_SECS, Holding::Nothing).await.unwrap();
+        assert_eq!(l.entry("d").await.unwrap().unwrap().state, ledger_state::FAILED, "a lease that has ended");
     }
 
     #[tokio::test]
@@ -328,8 +353,8 @@ mod tests {
         // The outcomes are, each with the record before it; a failure after
         // the mail went out changes nothing.
         l.mark_sent("m", "file.eml", T0 + 4).await.unwrap();
-        l.mark_failed(&job("m"), "late", T0 + 5).await.unwrap();
-        l.mark_failed(&job("f"), "bad address", T0 + 6).await.unwrap();
+        l.mark_failed(&job("m"), "late", T0 + 5, Holding::Claim).await.unwrap();
+        l.mark_failed(&job("f"), "bad address", T0 + 6, Holding::Nothing).await.unwrap();
         assert_eq!(
             rows().await,
             [
