@@ -910,6 +910,32 @@ async fn an_audit_type_this_build_does_not_know_reads_by_its_name() {
     assert!(stats.iter().any(|c| c.event == newer && c.count >= 1), "{stats:?}");
 }
 
+/// A day's count lives until the latest-expiring record it counts: an
+/// append whose record expires sooner (another subject's, appended later,
+/// as stream shards go in no order) leaves the counter's TTL where it is,
+/// and still counts.
+#[tokio::test]
+async fn a_day_count_outlives_a_later_append_that_expires_sooner() {
+    use latchkey_core::audit::{AuditEventType, AuditStore, DayCount, day_of};
+    let env = env().await;
+    let (audit, key, first) = audit_trail(&env);
+    let (_, _, second) = audit_trail(&env);
+    let (_, _, third) = audit_trail(&env);
+    assert!(audit.append(&key, &code_verified(&first, 1), NOW + 2 * 86_400).await.expect("append").is_some());
+    assert!(audit.append(&key, &code_verified(&second, 2), NOW + 3600).await.expect("append").is_some());
+    let day = day_of(NOW);
+    let count = |now| {
+        let audit = audit.clone();
+        async move { audit.stats(day, day, now).await.expect("stats") }
+    };
+    let counted = |n| vec![DayCount { day, event: AuditEventType::CodeVerified, count: n }];
+    assert_eq!(count(NOW + 7200).await, counted(2), "the sooner expiry did not end the day's count");
+    // A later expiry moves it on.
+    assert!(audit.append(&key, &code_verified(&third, 3), NOW + 3 * 86_400).await.expect("append").is_some());
+    assert_eq!(count(NOW + 2 * 86_400 + 1).await, counted(3));
+    assert_eq!(count(NOW + 3 * 86_400).await, vec![], "gone with its latest record");
+}
+
 /// Once armed with an operation, turns the answer to its next call into a
 /// 500, as if it were lost after DynamoDB applied the request: the SDK
 /// sends it again.

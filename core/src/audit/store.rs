@@ -77,9 +77,10 @@ pub trait AuditStore: Send + Sync {
 
     /// Counts per event type for each day in `from_day..=to_day` (days
     /// since the epoch, UTC), of records not expired at `now` (on DynamoDB
-    /// a day's count lives until its newest record expires). Days and types
-    /// without events are left out, and so are event types this build does
-    /// not know (a newer writer's).
+    /// a day's count lives until its latest-expiring record expires). Days
+    /// and types without events are left out; a type this build does not
+    /// know (a newer writer's) is counted by its stored name
+    /// (`AuditEventType::from_stored`).
     async fn stats(&self, from_day: i64, to_day: i64, now: Timestamp) -> StoreResult<Vec<DayCount>>;
 }
 

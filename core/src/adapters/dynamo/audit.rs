@@ -32,6 +32,7 @@ const APPEND_ATTEMPTS: u32 = 8;
 const MARKER: usize = 0;
 const HEAD_ITEM: usize = 1;
 const RECORD: usize = 2;
+const COUNTER: usize = 3;
 
 fn subject_pk(subject: &str) -> String {
     format!("SUBJ#{subject}")
@@ -140,8 +141,8 @@ fn put(
     Ok(TransactWriteItem::builder().put(b.build().map_err(StoreError::internal)?).build())
 }
 
-/// An item's `ttl` (the head's and a day counter's: the expiry of the
-/// newest record they stand for), if it has one.
+/// An item's `ttl` (the head's: the expiry of its last record; a day
+/// counter's: the latest expiry of the records it counts), if it has one.
 fn ttl_of(item: &Item) -> StoreResult<Option<Timestamp>> {
     match item.get(TTL) {
         Some(AttributeValue::N(t)) => Ok(Some(t.parse().map_err(StoreError::internal)?)),
@@ -157,6 +158,10 @@ impl AuditStore for DynamoAuditStore {
         event: &AuditEvent,
         expires_at: Timestamp,
     ) -> StoreResult<Option<AuditHead>> {
+        // Whether the day's counter lives past this record already (its
+        // TTL only ever moves later: a record appended after a later-expiring
+        // one of the same day and type must not end the day's count early).
+        let mut counter_outlives = false;
         for _ in 0..APPEND_ATTEMPTS {
             let head = self.head(&event.subject).await?;
             let (seq, prev, head_expires) = match &head {
@@ -201,11 +206,18 @@ impl AuditStore for DynamoAuditStore {
                 .table_name(&self.table)
                 .key(PK, s(day_pk(day)))
                 .key(SK, s(rec.event.as_str()))
-                .update_expression(format!("ADD #count :one SET {TTL_NAME} = :ttl"))
                 .expression_attribute_names("#count", "count")
                 .expression_attribute_names(TTL_NAME, TTL)
                 .expression_attribute_values(":one", n(1))
                 .expression_attribute_values(":ttl", ttl);
+            let counter = if counter_outlives {
+                // (`if_not_exists`: the TTL may have taken the counter since.)
+                counter.update_expression(format!("ADD #count :one SET {TTL_NAME} = if_not_exists({TTL_NAME}, :ttl)"))
+            } else {
+                counter
+                    .update_expression(format!("ADD #count :one SET {TTL_NAME} = :ttl"))
+                    .condition_expression(format!("attribute_not_exists({TTL_NAME}) OR {TTL_NAME} <= :ttl"))
+            };
             let tx = vec![
                 put(&self.table, marker, "attribute_not_exists(pk)", vec![])?,
                 head_put,
@@ -216,6 +228,7 @@ impl AuditStore for DynamoAuditStore {
                 Ok(()) => return Ok(Some(AuditHead::of(&rec))),
                 Err(e) if e.check_failed(MARKER) => return Ok(None),
                 Err(e) if e.check_failed(HEAD_ITEM) || e.check_failed(RECORD) => continue,
+                Err(e) if e.check_failed(COUNTER) => counter_outlives = true,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -267,7 +280,7 @@ impl AuditStore for DynamoAuditStore {
                     _ => None,
                 };
                 let Some(event) = event else { continue };
-                // A day's count lives until its newest record expires.
+                // A day's count lives until its latest-expiring record does.
                 if ttl_of(&item)?.is_some_and(|ttl| ttl <= now) {
                     continue;
                 }
