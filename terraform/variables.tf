@@ -447,7 +447,7 @@ variable "code_hmac_key" {
 }
 
 variable "secrets_version" {
-  description = "Bump to (re)write the SSM secrets: generated ones are regenerated, given ones re-sent. Rotating the JWT key logs every user out."
+  description = "Bump to (re)write the SSM secrets: generated ones are regenerated, given ones re-sent. A new code HMAC key ends every session (refresh tokens and browser sign-ins) and every unused one-time code; a new JWT key ends every access token at once (clients refresh)."
   type        = number
   default     = 1
   validation {

@@ -85,8 +85,21 @@ fn world_with_users(limits: RateLimits, users: impl FnOnce(Arc<EmbeddedStore>) -
     let clock = Arc::new(FixedClock::new(T0));
     let store = Arc::new(EmbeddedStore::in_memory().unwrap().with_clock(clock.clone()));
     let mail = Arc::new(Mailbox::default());
+    let auth = auth_on(users(store.clone()), &store, &clock, &mail, limits, 3);
+    World { auth, store, clock, mail }
+}
+
+/// Flows on `store`, `clock` and `mail`, with code HMAC key `[code_key; 32]`.
+fn auth_on(
+    users: Arc<dyn UserStore>,
+    store: &Arc<EmbeddedStore>,
+    clock: &Arc<FixedClock>,
+    mail: &Arc<Mailbox>,
+    limits: RateLimits,
+    code_key: u8,
+) -> Auth {
     let ports = Ports {
-        users: users(store.clone()),
+        users,
         challenges: store.clone(),
         sessions: store.clone(),
         otps: store.clone(),
@@ -99,8 +112,7 @@ fn world_with_users(limits: RateLimits, users: impl FnOnce(Arc<EmbeddedStore>) -
     let policy = Policy { limits, argon2: Argon2Settings { m_kib: 1024, t: 1, p: 1 }, ..Policy::default() };
     let hasher = PasswordHasher::new(policy.argon2, 2, &OsSecureRng).unwrap();
     let tokens = TokenIssuer::new(SigningKey::generate().unwrap(), "iss".into(), "aud".into(), 600).unwrap();
-    let auth = Auth::new(ports, policy, hasher, CodeKey::new(vec![3; 32]).unwrap(), tokens);
-    World { auth, store, clock, mail }
+    Auth::new(ports, policy, hasher, CodeKey::new(vec![code_key; 32]).unwrap(), tokens)
 }
 
 type Write = Box<dyn FnOnce(Arc<EmbeddedStore>) -> futures::future::BoxFuture<'static, ()> + Send>;
@@ -736,6 +748,25 @@ async fn signed_in_with(
 ) -> latchkey_core::flows::TokenPair {
     let c = w.auth.login(name, pw.into(), device, meta).await.unwrap();
     w.auth.verify_login_code(&c.challenge_id.to_string(), &w.mail.code(), meta).await.unwrap()
+}
+
+/// A session made before the code HMAC key changed is over everywhere
+/// after: refresh and logout refuse its secret as not issued, and so does
+/// the browser's session check (it compared only the secret's hash, so a
+/// browser stayed signed in and could not sign out).
+#[tokio::test]
+async fn a_session_from_before_a_code_key_rotation_is_over_for_every_reader() {
+    let w = world(RateLimits::default());
+    verified(&w, "alice").await;
+    let pair = signed_in(&w, "alice", &meta()).await;
+    w.auth.browser_session(&pair.refresh_token, &meta()).await.expect("signed in under the key it was made with");
+    let rotated = auth_on(w.store.clone(), &w.store, &w.clock, &w.mail, RateLimits::default(), 4);
+    assert!(matches!(rotated.browser_session(&pair.refresh_token, &meta()).await, Err(Error::Unauthorized)));
+    assert!(matches!(rotated.refresh(&pair.refresh_token, &meta()).await, Err(Error::InvalidRefreshToken)));
+    assert!(matches!(rotated.logout(&pair.refresh_token, &meta()).await, Err(Error::InvalidRefreshToken)));
+    // Refused as not issued, so none of them ended the session: back under
+    // the old key, it is still the same live session.
+    w.auth.browser_session(&pair.refresh_token, &meta()).await.expect("untouched");
 }
 
 /// Someone who knows only the username keeps the account locked and its

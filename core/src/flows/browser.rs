@@ -25,14 +25,19 @@ const DOMAIN_PREFIX: &str = "latchkey/browser/v1/";
 
 impl Auth {
     /// The profile behind a session cookie value `<session id>.<secret>`,
-    /// if the session exists, is neither revoked nor expired, and the secret
-    /// matches (constant-time). Anything else is `Unauthorized`; a secret
+    /// if the secret was issued for the session under the current code key,
+    /// the session exists, is neither revoked nor expired, and the secret is
+    /// its current one (constant-time). Anything else is `Unauthorized`; a secret
     /// this service issued for the session that is no longer its current
     /// one also revokes the session (`refresh_reuse`).
     pub async fn browser_session(&self, cookie: &str, meta: &RequestMeta) -> Result<Profile, Error> {
         let (sid, secret) = cookie.split_once('.').ok_or(Error::Unauthorized)?;
         let sid = SessionId::parse(sid).ok_or(Error::Unauthorized)?;
-        if secret.len() != super::session::REFRESH_SECRET_LEN {
+        // A secret this service did not issue for the session under its
+        // current code key (forged, or made before the key was rotated) is
+        // refused as refresh and logout refuse it: a cookie they would not
+        // end must not keep a browser signed in.
+        if secret.len() != super::session::REFRESH_SECRET_LEN || !self.issued_refresh_secret(&sid, secret) {
             return Err(Error::Unauthorized);
         }
         let now = self.now();
@@ -41,10 +46,8 @@ impl Auth {
             return Err(Error::Unauthorized);
         }
         if !OtpCode::hashes_equal(&token_hash(secret), &s.refresh_hash) {
-            if self.issued_refresh_secret(&sid, secret) {
-                tracing::warn!(user_id = %s.user_id, session_id = %sid, "session cookie rotated elsewhere: session revoked");
-                self.ports.sessions.revoke_session(&sid, now, "refresh_reuse", meta).await?;
-            }
+            tracing::warn!(user_id = %s.user_id, session_id = %sid, "session cookie rotated elsewhere: session revoked");
+            self.ports.sessions.revoke_session(&sid, now, "refresh_reuse", meta).await?;
             return Err(Error::Unauthorized);
         }
         Ok(Profile::of(u, sid))
