@@ -18,6 +18,9 @@ const DEVICE: &str = "__Host-latchkey_device";
 struct Browser<'a> {
     sys: &'a TestSystem,
     jar: BTreeMap<String, String>,
+    /// The cookies set `SameSite=Strict`: a request from another site goes
+    /// without them.
+    strict: std::collections::BTreeSet<String>,
     /// Every `Set-Cookie` seen, newest last.
     set_cookies: Vec<String>,
 }
@@ -42,11 +45,17 @@ impl Page {
 
 impl<'a> Browser<'a> {
     fn new(sys: &'a TestSystem) -> Self {
-        Browser { sys, jar: BTreeMap::new(), set_cookies: Vec::new() }
+        Browser { sys, jar: BTreeMap::new(), strict: Default::default(), set_cookies: Vec::new() }
     }
 
     fn cookie_header(&self) -> String {
         self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
+    }
+
+    /// What a top-level navigation from another site carries: no Strict cookie.
+    fn cross_site_cookie_header(&self) -> String {
+        let lax = self.jar.iter().filter(|(k, _)| !self.strict.contains(*k));
+        lax.map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
     }
 
     async fn take(&mut self, r: reqwest::Response) -> Page {
@@ -61,6 +70,11 @@ impl<'a> Browser<'a> {
             } else {
                 self.jar.insert(n.to_string(), v.to_string());
             }
+            if attrs.contains("SameSite=Strict") {
+                self.strict.insert(n.to_string());
+            } else {
+                self.strict.remove(n);
+            }
             self.set_cookies.push(c);
         }
         Page { status, headers, body: r.text().await.expect("body") }
@@ -69,6 +83,13 @@ impl<'a> Browser<'a> {
     async fn get(&mut self, path: &str) -> Page {
         let url = if path.starts_with("http") { path.to_string() } else { self.sys.url(path) };
         let r = self.sys.http.get(url).header("cookie", self.cookie_header()).send().await.expect("GET");
+        self.take(r).await
+    }
+
+    /// `path` opened from a link on another site (a mail, another tab).
+    async fn arrive_from_another_site(&mut self, path: &str) -> Page {
+        let req = self.sys.http.get(self.sys.url(path)).header("cookie", self.cross_site_cookie_header());
+        let r = req.header("sec-fetch-site", "cross-site").send().await.expect("GET");
         self.take(r).await
     }
 
@@ -209,6 +230,44 @@ async fn full_journey_by_username_then_logout() {
 /// issued for the session that is no longer its current one, and revokes
 /// the whole session, as a reused refresh token does; the thief's tokens
 /// die with it.
+/// A page opened from another site (a link in a mail, in a second tab)
+/// arrives with the Lax cookies only; it must not replace the CSRF token
+/// that the forms already open in other tabs carry.
+#[tokio::test]
+async fn a_page_opened_from_another_site_leaves_open_forms_working() {
+    let sys = TestSystem::embedded().await;
+    let mut b = Browser::new(&sys);
+    let (username, email) = unique();
+    sign_up_and_in(&mut b, &username, &email, &username).await;
+    let open = b.get("/dashboard").await;
+    let elsewhere = b.arrive_from_another_site("/dashboard").await;
+    assert!(elsewhere.status == 200 && elsewhere.body.contains(&email), "still signed in: {}", elsewhere.status);
+    let out = b.post("/logout", &[("csrf", &open.csrf())]).await;
+    assert_eq!((out.status, out.location()), (303, "/login?bye=1"), "the first tab's form still works");
+}
+
+/// A browser without `Sec-Fetch-Site` posts our forms with `Origin: null`
+/// (the pages' `Referrer-Policy: no-referrer` asks for that): the token
+/// decides, as for a client that sends no `Origin`.
+#[tokio::test]
+async fn a_post_with_a_null_origin_is_decided_by_its_token() {
+    let sys = TestSystem::embedded().await;
+    let mut b = Browser::new(&sys);
+    let (username, email) = unique();
+    sign_up_and_in(&mut b, &username, &email, &username).await;
+    let d = b.get("/dashboard").await;
+    let forged = b.post_with("/logout", &[("csrf", "x.y")], &[("origin", "null")]).await;
+    assert_eq!(forged.status, 403);
+    assert_eq!(b.get("/dashboard").await.status, 200, "still signed in");
+    let token = d.csrf();
+    let cross =
+        b.post_with("/logout", &[("csrf", &token)], &[("origin", "null"), ("sec-fetch-site", "cross-site")]).await;
+    assert_eq!(cross.status, 403, "a browser that says cross-site is refused whatever the Origin");
+    let out = b.post_with("/logout", &[("csrf", &token)], &[("origin", "null")]).await;
+    assert_eq!((out.status, out.location()), (303, "/login?bye=1"));
+    assert!(!b.jar.contains_key(SESSION));
+}
+
 #[tokio::test]
 async fn a_session_cookie_rotated_elsewhere_ends_the_session() {
     let sys = TestSystem::embedded().await;

@@ -14,7 +14,9 @@
 //!   login challenge id and when a resend is allowed. Signed with an HMAC
 //!   key derived from the code HMAC key; replaced by a fresh id when the
 //!   password is accepted and dropped when the session starts.
-//! - [`CSRF`] is the double-submit half of the CSRF token (`SameSite=Strict`).
+//! - [`CSRF`] is the double-submit half of the CSRF token (`SameSite=Lax`:
+//!   with Strict, a page opened from another site arrived without it and
+//!   set a new one, so the forms already open in other tabs failed).
 //! - [`DEVICE`] is the device token of the last login finished in this
 //!   browser (`SameSite=Strict`, 90 days; `flows::device`): with it, the
 //!   owner can still sign in while someone else's guessing has the account

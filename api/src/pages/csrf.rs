@@ -10,8 +10,8 @@
 //!
 //! On top, a browser that says where the request came from must say it came
 //! from this origin: `Sec-Fetch-Site` must be `same-origin`, or without it
-//! the `Origin` must equal this request's host. Clients that send neither
-//! (scripts, tests) still need the token.
+//! the `Origin` must equal this request's host. Clients that send neither,
+//! or `Origin: null` (see [`same_origin`]), still need the token.
 
 use super::cookies;
 use axum::http::{HeaderMap, header};
@@ -37,18 +37,26 @@ pub fn token(auth: &Auth, binding: &str, cookie: Option<&str>) -> (String, Optio
     }
     let nonce = auth.browser_nonce();
     let t = format!("{nonce}.{}", mac(auth, binding, &nonce));
-    let set = cookies::set(cookies::CSRF, &t, cookies::PRE_TTL_SECS.max(auth.policy().refresh_ttl_secs), "Strict");
+    // Lax, like the session and pre-session cookies: a page opened from
+    // another site (a cross-site top-level GET) then still sends it, and
+    // does not replace the token the forms open in other tabs carry. No
+    // cross-site POST carries it either way.
+    let set = cookies::set(cookies::CSRF, &t, cookies::PRE_TTL_SECS.max(auth.policy().refresh_ttl_secs), "Lax");
     (t, Some(set))
 }
 
 /// Whether the request comes from this origin, as far as the browser says.
+/// `Origin: null` says nothing: a browser without `Sec-Fetch-Site` sends it
+/// on a form post from our own pages, which are served with
+/// `Referrer-Policy: no-referrer` (Fetch's rule for that policy), so only
+/// the token decides then, as for a client that sends no `Origin`.
 pub fn same_origin(headers: &HeaderMap) -> bool {
     let text = |name| headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
     if let Some(site) = text("sec-fetch-site") {
         return site.eq_ignore_ascii_case("same-origin");
     }
     match text(header::ORIGIN.as_str()) {
-        None => true,
+        None | Some("null") => true,
         Some(origin) => {
             let host = text(header::HOST.as_str()).unwrap_or("");
             let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or("");
