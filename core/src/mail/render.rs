@@ -86,7 +86,7 @@ impl Renderer {
             ),
             MailJob::SignupAttempt {} => (
                 format!("Someone tried to sign up to {} with your address", self.product),
-                context! { login_link => format!("{base}/login") },
+                context! { login_link => format!("{base}/login"), confirm_link => format!("{base}/register/sent") },
                 "signup attempt notice".to_string(),
             ),
             MailJob::AccountLocked { username, locked_until, codes_spent } => {
@@ -174,6 +174,13 @@ mod tests {
                         "{}",
                         m.text
                     );
+                }
+                MailJob::SignupAttempt {} => {
+                    // The holder may be an account nobody confirmed (maybe
+                    // someone else's, holding the address): the way to take it.
+                    assert!(m.text.contains("https://auth.example.com/login"), "{}", m.text);
+                    assert!(m.text.contains("https://auth.example.com/register/sent"), "{}", m.text);
+                    assert!(m.html.contains("auth.example.com&#x2f;register&#x2f;sent\">"), "{}", m.html);
                 }
                 MailJob::PasswordChanged { by_reset, .. } => {
                     assert_eq!(m.text.contains("reset link"), by_reset, "{}", m.text);
