@@ -296,6 +296,13 @@ pub async fn standalone_otp_cap(sys: &TestSystem) {
     }
     let (st, body, _) = sys.post("/otp", json!({"action": "verify_otp", "email": email, "otp": code})).await;
     assert_eq!((st, body["message"].as_str().map(|m| m.starts_with("Maximum attempts"))), (403, Some(true)));
+    // The answer says when a new code can be had, which is what a send then
+    // answers: not before this one expires (10 minutes from its send).
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("once this one expires (within 10 minutes)"), "{message}");
+    let (st, b, h) = sys.post("/otp", json!({"action": "send_otp", "email": email})).await;
+    let wait: u64 = h.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+    assert!(st == 429 && (540..=600).contains(&wait), "{st} {wait} {b}");
 }
 
 pub async fn bad_inputs(sys: &TestSystem) {

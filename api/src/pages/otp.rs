@@ -92,7 +92,15 @@ pub async fn verify(State(s): State<AppState>, mut v: Visitor, PageForm(f): Page
             (StatusCode::NOT_FOUND, "No code is waiting for this address. Send one first.".into())
         }
         Err(Error::OtpExpired) => (StatusCode::BAD_REQUEST, "This code has expired. Send a new one.".into()),
-        Err(Error::OtpExhausted) => (StatusCode::FORBIDDEN, "Too many wrong codes. Send a new one.".into()),
+        Err(Error::OtpExhausted) => {
+            let minutes = (s.auth.policy().otp_ttl_secs + 59) / 60;
+            (
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Too many wrong codes. You can send a new one once this one expires, within {minutes} minutes."
+                ),
+            )
+        }
         Err(Error::OtpInvalid { attempts_left }) => {
             (StatusCode::UNAUTHORIZED, format!("That code is not right. {attempts_left} attempts left."))
         }

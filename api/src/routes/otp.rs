@@ -63,7 +63,7 @@ pub async fn otp(State(s): State<AppState>, Meta(meta): Meta, headers: HeaderMap
             let Some(email) = email else { return bad("Email is required", "email") };
             match s.auth.send_otp(&email, &meta).await {
                 Ok(_) => msg(StatusCode::OK, "OTP sent successfully"),
-                Err(e) => otp_error(e),
+                Err(e) => otp_error(e, s.auth.policy().otp_ttl_secs),
             }
         }
         Some("verify_otp") => {
@@ -73,21 +73,29 @@ pub async fn otp(State(s): State<AppState>, Meta(meta): Meta, headers: HeaderMap
             };
             match s.auth.verify_otp(&email, &code, &meta).await {
                 Ok(()) => msg(StatusCode::OK, "OTP verified successfully"),
-                Err(e) => otp_error(e),
+                Err(e) => otp_error(e, s.auth.policy().otp_ttl_secs),
             }
         }
         _ => bad("Invalid action", "action"),
     }
 }
 
-fn otp_error(e: Error) -> Response {
+/// The answer to a refused `send_otp` or `verify_otp`; `ttl_secs` is a
+/// code's life (an exhausted code is not replaced before it ends).
+fn otp_error(e: Error, ttl_secs: i64) -> Response {
     use StatusCode as S;
     match e {
         Error::Validation { field: "email", .. } => bad("Invalid email address", "email"),
         Error::Validation { .. } => bad("OTP must be 6 digits", "otp"),
         Error::ChallengeNotFound => msg(S::NOT_FOUND, "OTP not found. Please request a new one."),
         Error::OtpExpired => msg(S::BAD_REQUEST, "OTP has expired. Please request a new one."),
-        Error::OtpExhausted => msg(S::FORBIDDEN, "Maximum attempts exceeded. Please request a new OTP."),
+        Error::OtpExhausted => {
+            let minutes = (ttl_secs + 59) / 60;
+            let text = format!(
+                "Maximum attempts exceeded. Request a new OTP once this one expires (within {minutes} minutes)."
+            );
+            msg(S::FORBIDDEN, &text)
+        }
         Error::OtpInvalid { attempts_left } => {
             (S::UNAUTHORIZED, Json(json!({ "message": "Invalid OTP", "attempts_left": attempts_left }))).into_response()
         }
