@@ -230,6 +230,24 @@ async fn full_journey_by_username_then_logout() {
 /// issued for the session that is no longer its current one, and revokes
 /// the whole session, as a reused refresh token does; the thief's tokens
 /// die with it.
+/// A pre-session lives an hour (as long as a login's code can be re-sent)
+/// past the last form page shown with it: each such page sends it again,
+/// unchanged, so a visitor who takes their time is not refused for a page
+/// "too old" counted from their first.
+#[tokio::test]
+async fn a_pre_session_is_renewed_by_each_form_it_is_shown_with() {
+    let sys = TestSystem::embedded().await;
+    let mut b = Browser::new(&sys);
+    b.get("/register").await;
+    let first = b.last_set(PRE).to_string();
+    assert!(first.contains("Max-Age=3600"), "{first}");
+    let seen = b.set_cookies.len();
+    let again = b.get("/register/sent").await;
+    assert_eq!(again.status, 200);
+    let renewed: Vec<&String> = b.set_cookies[seen..].iter().filter(|c| c.starts_with(&format!("{PRE}="))).collect();
+    assert_eq!(renewed, [&first], "the same pre-session, its Max-Age counted again");
+}
+
 /// A page opened from another site (a link in a mail, in a second tab)
 /// arrives with the Lax cookies only; it must not replace the CSRF token
 /// that the forms already open in other tabs carry.

@@ -32,8 +32,10 @@ pub const PRE: &str = "__Host-latchkey_pre";
 pub const CSRF: &str = "__Host-latchkey_csrf";
 pub const DEVICE: &str = "__Host-latchkey_device";
 
-/// How long a pre-session lives (the login code itself lives 5 minutes).
-pub const PRE_TTL_SECS: i64 = 30 * 60;
+/// How long a pre-session lives after the last form page shown with it: as
+/// long as a login's code can be re-sent (`Challenge::MAX_AGE_SECS`; the
+/// code itself lives 5 minutes).
+pub const PRE_TTL_SECS: i64 = latchkey_core::domain::Challenge::MAX_AGE_SECS;
 
 /// A `Set-Cookie` value with the `__Host-` attributes.
 pub fn set(name: &str, value: &str, max_age: i64, same_site: &str) -> String {

@@ -59,8 +59,9 @@ impl Visitor {
     }
 
     /// A CSRF token for a form on the page being rendered, and the cookies
-    /// to set with it (a fresh pre-session for a new visitor, the CSRF
-    /// cookie, the removal of a dead session cookie).
+    /// to set with it (a fresh pre-session for a new visitor or the renewed
+    /// one of a visitor not signed in, the CSRF cookie, the removal of a
+    /// dead session cookie).
     pub fn form_token(&mut self) -> (String, Vec<String>) {
         let mut set = Vec::new();
         if self.stale_session {
@@ -68,7 +69,16 @@ impl Visitor {
             self.stale_session = false;
         }
         let binding = match self.binding() {
-            Some(b) => b,
+            Some(b) => {
+                // A pre-session lives its time past the last form shown with
+                // it, not past the first: sent again, as it is.
+                if self.session.is_none()
+                    && let Some(pre) = &self.pre
+                {
+                    set.push(pre.cookie(&self.auth));
+                }
+                b
+            }
             None => {
                 let pre = Pre::fresh(&self.auth);
                 set.push(pre.cookie(&self.auth));
