@@ -324,7 +324,7 @@ impl Config {
         if bind.parse::<std::net::SocketAddr>().is_err() {
             errs.push(format!("LATCHKEY_BIND: must be host:port with an IP address (got {bind:?})"));
         }
-        let public_base_url = get("PUBLIC_BASE_URL").unwrap_or_else(|| format!("http://{bind}"));
+        let public_base_url = get("PUBLIC_BASE_URL").unwrap_or_else(|| default_base_url(&bind));
         if let Some(problem) = public_base_url_problem(&public_base_url) {
             errs.push(format!("PUBLIC_BASE_URL: {problem} (got {public_base_url:?})"));
         }
@@ -434,6 +434,18 @@ impl Config {
 /// JWT issuer), if it cannot: it must be `https://`, except for a host that
 /// is only reachable from this machine (loopback, `localhost`, or the
 /// unspecified address of a local bind), where `http://` is a local run.
+/// `PUBLIC_BASE_URL` when none is given: `http://<bind>`, except that an
+/// unspecified bind address (`0.0.0.0`, `[::]`) is named `localhost`.
+/// Browsers treat `localhost` as a secure context and `0.0.0.0` not, so
+/// they would drop the pages' `Secure` cookies and refuse every form, and
+/// the links in mail would not open.
+fn default_base_url(bind: &str) -> String {
+    match bind.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => format!("http://localhost:{}", a.port()),
+        _ => format!("http://{bind}"),
+    }
+}
+
 pub fn public_base_url_problem(url: &str) -> Option<String> {
     let (rest, https) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
         (Some(rest), _) => (rest, true),
@@ -574,5 +586,19 @@ mod tests {
         }
         let e = cfg(&[("PUBLIC_BASE_URL", "http://auth.example.com")]).unwrap_err().to_string();
         assert!(e.contains("PUBLIC_BASE_URL: must start with https://"), "{e}");
+    }
+
+    #[test]
+    fn the_default_base_url_names_an_unspecified_bind_localhost() {
+        for (bind, base) in [
+            ("127.0.0.1:3000", "http://127.0.0.1:3000"),
+            ("0.0.0.0:3000", "http://localhost:3000"),
+            ("[::]:8080", "http://localhost:8080"),
+            ("[::1]:3000", "http://[::1]:3000"),
+        ] {
+            assert_eq!(cfg(&[("LATCHKEY_BIND", bind)]).unwrap().public_base_url, base, "{bind}");
+        }
+        let given = cfg(&[("LATCHKEY_BIND", "0.0.0.0:3000"), ("PUBLIC_BASE_URL", "http://0.0.0.0:3000")]).unwrap();
+        assert_eq!(given.public_base_url, "http://0.0.0.0:3000", "a given one is kept");
     }
 }
