@@ -401,10 +401,12 @@ async fn sign_in(b: &mut Browser<'_>, site: Site, identifier: &str, email: &str,
     assert_ne!(b.jar.get(PRE), Some(&pre_before), "the pre-session rotated");
     assert!(!b.jar.contains_key(CSRF));
 
+    let rotated = b.jar.get(PRE).cloned();
     let p = b.get("/login/code").await;
     assert_eq!(p.status(), 200, "{}", p.body());
     p.assert_page();
-    assert_eq!(p.cookie_names(), [CSRF], "a token for the new pre-session");
+    assert_eq!(p.cookie_names(), [PRE, CSRF], "the pre-session renewed; a token for it");
+    assert_eq!(b.jar.get(PRE), rotated.as_ref(), "renewed as it is");
 
     let code = b.lambda.wait_mail(email, n).await.code().expect("a code in the mail");
     let p = b.post_from(site, "/login/code", &[("csrf", &p.csrf()), ("code", &code)]).await;
