@@ -538,6 +538,28 @@ async fn login_by_email_and_a_wrong_code_then_the_right_one() {
 }
 
 #[tokio::test]
+async fn a_code_form_sent_twice_says_the_first_one_signed_in() {
+    let sys = TestSystem::embedded().await;
+    let mut b = Browser::new(&sys);
+    let (_, email) = unique();
+    register_and_verify(&mut b, &unique().0, &email).await;
+    let page = password_step(&mut b, &email).await;
+    // The same form sent again (a double click, a reload) goes with the
+    // cookies the first one went with.
+    let mut again = Browser { sys: &sys, jar: b.jar.clone(), strict: b.strict.clone(), set_cookies: Vec::new() };
+    code_step(&mut b, &page, &email, 2).await;
+    let code = sys.wait_mail(&email, 2).await.code().expect("code");
+    let p = again.post("/login/code", &[("csrf", &page.csrf()), ("code", &code)]).await;
+    assert_eq!(p.status, 401, "{}", p.body);
+    assert!(p.body.contains("used already") && p.body.contains("you are signed in"), "{}", p.body);
+    assert!(p.body.contains("href=\"/login\""), "{}", p.body);
+    assert!(!again.jar.contains_key(SESSION) && !again.jar.contains_key(PRE));
+    // Its link takes the browser the first answer signed in to its dashboard.
+    let p = b.get("/login").await;
+    assert_eq!((p.status, p.location()), (303, "/dashboard"));
+}
+
+#[tokio::test]
 async fn posts_without_a_good_token_or_from_another_site_change_nothing() {
     let sys = TestSystem::embedded().await;
     let mut b = Browser::new(&sys);

@@ -182,14 +182,20 @@ pub async fn code(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageFo
             code_page(&s, &mut v, StatusCode::UNAUTHORIZED, errors, None, None)
         }
         Err(e @ (Error::OtpExpired | Error::OtpExhausted | Error::OtpUsed | Error::ChallengeNotFound)) => {
-            let text = match e {
-                Error::OtpExpired => "This code has expired.",
-                Error::OtpExhausted => "Too many wrong codes.",
-                _ => "This sign-in attempt is over.",
+            let (title, text, link_text) = match e {
+                Error::OtpExpired => ("Please sign in again", "This code has expired.", "Sign in again"),
+                Error::OtpExhausted => ("Please sign in again", "Too many wrong codes.", "Sign in again"),
+                // Most often the same form sent twice (a double click, a
+                // reload): the first one signed this browser in, and
+                // `/login` takes a signed-in browser to its dashboard.
+                Error::OtpUsed => (
+                    "This code was used",
+                    "This code has been used already. If you entered it a moment ago, you are signed in.",
+                    "Continue",
+                ),
+                _ => ("Please sign in again", "This sign-in attempt is over.", "Sign in again"),
             };
-            let ctx = context! {
-                title => "Please sign in again", text, link => "/login", link_text => "Sign in again",
-            };
+            let ctx = context! { title, text, link => "/login", link_text };
             with_cookies(page(StatusCode::UNAUTHORIZED, "message.html", ctx), vec![cookies::clear(cookies::PRE)])
         }
         Err(Error::RateLimited { retry_after }) => {
