@@ -506,17 +506,18 @@ async fn replace_challenge_code_keeps_failures_and_honours_its_guards() {
     env.store.create_challenge(&c, false, &META).await.unwrap();
     env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &META).await.unwrap();
 
-    let replace = |now: Timestamp, max_resends| {
-        env.store.replace_challenge_code(&c.id, "second", now + 300, now, 60, max_resends, 6, &META)
+    // Each resend's code is new (the adapter tells its own write by it).
+    let replace = |code_hash: &'static str, now: Timestamp, max_resends| {
+        env.store.replace_challenge_code(&c.id, code_hash, now + 300, now, 60, max_resends, 6, &META)
     };
-    assert!(is_conflict(&replace(NOW + 59, 3).await, Conflict::Stale), "within the cooldown");
-    replace(NOW + 60, 3).await.unwrap();
+    assert!(is_conflict(&replace("second", NOW + 59, 3).await, Conflict::Stale), "within the cooldown");
+    replace("second", NOW + 60, 3).await.unwrap();
     let after = env.store.challenge(&c.id).await.unwrap().unwrap();
     assert_eq!(
         (after.code_hash.as_str(), after.expires_at, after.last_sent_at, after.resends, after.failures),
         ("second", NOW + 360, NOW + 60, 1, 1)
     );
-    assert!(is_conflict(&replace(NOW + 120, 1).await, Conflict::Stale), "out of resends");
+    assert!(is_conflict(&replace("third", NOW + 120, 1).await, Conflict::Stale), "out of resends");
     // The old code is dead, the new one redeems.
     assert!(is_conflict(
         &env.store
@@ -528,7 +529,7 @@ async fn replace_challenge_code_keeps_failures_and_honours_its_guards() {
         .redeem_challenge(&c.id, "second", NOW + 121, 6, u32::MAX, c.password_epoch, &session(&u), &META)
         .await
         .unwrap();
-    assert!(is_conflict(&replace(NOW + 500, 3).await, Conflict::Stale), "used");
+    assert!(is_conflict(&replace("fourth", NOW + 500, 3).await, Conflict::Stale), "used");
 }
 
 #[tokio::test]
@@ -1077,6 +1078,41 @@ async fn a_park_without_the_claim_leaves_a_live_claim_alone() {
 /// race lost to another send (the code would never be mailed), a right
 /// code whose redemption was applied is no code used by another (the owner
 /// would be told it failed, the code spent).
+/// A login's challenge (written at the password step) and its code's
+/// replacement (a resend), each sent twice by the SDK after a lost answer:
+/// the step must not fail with its challenge written and no code mailed,
+/// and a resend must not be answered "wait" with the new code unmailed.
+#[tokio::test]
+async fn a_challenge_write_whose_answer_was_lost_is_recognised_when_sent_again() {
+    let env = env().await;
+    let (client, lose) = losing_client(&env);
+    let store = DynamoStore::new(client, &env.prefix);
+    let (u, _) = registered(&env).await;
+
+    let c = challenge(&u, "first");
+    lose.arm("PutItem");
+    store.create_challenge(&c, false, &META).await.expect("a challenge written twice");
+    assert!(lose.fired());
+    assert_eq!(env.store.challenge(&c.id).await.unwrap(), Some(c.clone()));
+    // Another challenge under the same id is still refused.
+    let other = Challenge { code_hash: "other".into(), ..c.clone() };
+    assert!(is_conflict(&store.create_challenge(&other, false, &META).await, Conflict::Stale));
+
+    lose.arm("UpdateItem");
+    store
+        .replace_challenge_code(&c.id, "second", NOW + 360, NOW + 60, 60, 3, 6, &META)
+        .await
+        .expect("a resend sent twice");
+    assert!(lose.fired());
+    let after = env.store.challenge(&c.id).await.unwrap().unwrap();
+    assert_eq!((after.code_hash.as_str(), after.resends, after.last_sent_at), ("second", 1, NOW + 60));
+    // A resend within the cooldown is still refused.
+    assert!(is_conflict(
+        &store.replace_challenge_code(&c.id, "third", NOW + 361, NOW + 61, 60, 3, 6, &META).await,
+        Conflict::Stale
+    ));
+}
+
 #[tokio::test]
 async fn an_otp_send_or_redemption_whose_answer_was_lost_is_recognised_when_sent_again() {
     let env = env().await;

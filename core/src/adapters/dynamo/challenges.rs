@@ -1,7 +1,7 @@
 //! `ChallengeStore`: login challenges in the tokens table. Each guard of the
 //! contract is part of the condition of the write it protects.
 
-use super::errors::map_sdk;
+use super::errors::own_write_or_stale;
 use super::items::{self, PK, TTL, TTL_GRACE_SECS, TTL_NAME, epoch_value, n, s, unchanged_since};
 use super::users::meta_value;
 use super::{DynamoStore, put_item, update_item};
@@ -12,7 +12,7 @@ use crate::error::Conflict;
 use crate::ports::{ChallengeStore, CodeFailure, StoreResult, UserStore};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::builders::UpdateBuilder;
-use aws_sdk_dynamodb::types::{AttributeValue, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure, Update};
 
 impl DynamoStore {
     /// A right password: the count of wrong ones back to 0 and an ended
@@ -74,14 +74,16 @@ impl ChallengeStore for DynamoStore {
             let reset = self.reset_login_failures(&challenge.user_id, challenge.created_at, meta_value(meta)?);
             self.transact(vec![put_item(&self.tokens, item, absent)?, update_item(reset)?]).await?;
         } else {
-            self.client
-                .put_item()
-                .table_name(&self.tokens)
-                .set_item(Some(item))
-                .condition_expression(absent)
-                .send()
-                .await
-                .map_err(map_sdk)?;
+            let put = self.client.put_item().table_name(&self.tokens).set_item(Some(item)).condition_expression(absent);
+            // The id is new, so only this call's own first send (the SDK's,
+            // after a lost answer) can have written it: recognised by its
+            // code, else the password step would fail with its challenge
+            // written and no code mailed.
+            if let Err(err) =
+                put.return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld).send().await
+            {
+                own_write_or_stale(err, "code_hash", &challenge.code_hash)?;
+            }
         }
         Ok(())
     }
@@ -225,7 +227,8 @@ impl ChallengeStore for DynamoStore {
         max_failures: u32,
         meta: &RequestMeta,
     ) -> StoreResult<()> {
-        self.client
+        match self
+            .client
             .update_item()
             .table_name(&self.tokens)
             .key(PK, s(items::challenge_pk(id)))
@@ -249,9 +252,15 @@ impl ChallengeStore for DynamoStore {
             .expression_attribute_values(":max_resends", n(max_resends))
             .expression_attribute_values(":max_failures", n(max_failures))
             .expression_attribute_values(":meta", meta_value(meta)?)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await
-            .map_err(map_sdk)?;
-        Ok(())
+        {
+            Ok(_) => Ok(()),
+            // This call's own first send (the SDK's, after a lost answer)
+            // left its new code there: not a resend that raced this one,
+            // which would leave the new code unmailed and answer "wait".
+            Err(err) => own_write_or_stale(err, "code_hash", code_hash),
+        }
     }
 }
