@@ -6,7 +6,7 @@
 //! `failed` with its reason, and so is one that expired before it could be
 //! sent (its code or link dead, or the job too old); a job whose sends kept
 //! failing is retried with the queue's backoff and parked after
-//! `MAX_DELIVERY_ATTEMPTS`. Nothing is
+//! `MAX_DELIVERY_ATTEMPTS`, `failed` in the ledger as well. Nothing is
 //! dropped silently, and a job id is written to the outbox at most once.
 
 use super::EmbeddedStore;
@@ -14,7 +14,7 @@ use super::mail_ledger::EmbeddedMailLedger;
 use super::mail_queue::{ClaimedJob, SqliteMailQueue};
 use super::outbox::Outbox;
 use crate::clock::Clock;
-use crate::mail::delivery::{Deliverer, Outcome, RetryPolicy, SendRateLimiter};
+use crate::mail::delivery::{Deliverer, Outcome, Redelivery, RetryPolicy, SendRateLimiter};
 use crate::mail::{MailEnvelope, Renderer};
 use crate::ports::StoreResult;
 use std::sync::Arc;
@@ -98,7 +98,17 @@ async fn handle(queue: &SqliteMailQueue, deliverer: &Deliverer, job: ClaimedJob)
         }
     };
     let deadline = tokio::time::Instant::now() + DELIVERY_DEADLINE;
-    match deliverer.deliver(&env, deadline).await {
+    // On the last attempt a transient failure is parked with its reason,
+    // in the ledger too (the audit trail's `mail_failed`), as the SES
+    // worker does on a message's last receive; else the ledger would say
+    // `retry` for a job nobody retries.
+    let attempt = job.attempts.saturating_add(1);
+    let redelivery = if attempt >= MAX_DELIVERY_ATTEMPTS {
+        Redelivery::LastReceive { receives: attempt }
+    } else {
+        Redelivery::Follows
+    };
+    match deliverer.deliver_with(&env, deadline, redelivery).await {
         // The ledger's sent mark acknowledged the job in the same commit.
         Outcome::Sent { .. } => Ok(()),
         Outcome::AlreadySent => queue.mark_sent(&job.id).await,
@@ -261,11 +271,23 @@ mod tests {
             assert_eq!(attempts, attempt);
             assert!(reason.is_some());
             assert_eq!(state, if attempt < MAX_DELIVERY_ATTEMPTS { PENDING } else { FAILED });
+            // The ledger says `retry` until the last attempt.
+            let ledger = o.ledger().entry("retry").await.unwrap().unwrap().state;
+            assert_eq!(ledger, if attempt < MAX_DELIVERY_ATTEMPTS { "retry" } else { "failed" }, "attempt {attempt}");
             // Backing off: not retried at once.
             assert_eq!(drain(&q, &o).await.unwrap(), 0);
             clock.advance(300);
         }
         assert_eq!(q.pending_count().await.unwrap(), 0);
+        // The last one is failed in the ledger (the audit trail's
+        // `mail_failed`) with the reason the row ends with.
+        let (_, _, reason) = q.job_state("retry").await.unwrap().unwrap();
+        let e = o.ledger().entry("retry").await.unwrap().unwrap();
+        assert_eq!((e.state.as_str(), &e.reason), ("failed", &reason));
+        assert!(
+            reason.as_deref().is_some_and(|r| r.starts_with("transient failures exhausted after 5 ")),
+            "{reason:?}"
+        );
     }
 
     /// A run that died mid-delivery left the job pending and its claim in
