@@ -13,8 +13,10 @@
 //! which name a failed record, are unique only within one). An event with a
 //! failed record is handed over again from that record, as Lambda's mapping
 //! does, and after `MAX_ATTEMPTS` the record is given up (logged; on AWS it
-//! goes to the on-failure queue) and the rest goes on. No checkpoint is
-//! kept: a restart reads the shards again, and appends are idempotent.
+//! goes to the on-failure queue) and the rest goes on. A round cut short
+//! by an error (a shard that cannot be read) keeps the records it read for
+//! the next one. No checkpoint is kept: a restart reads the shards again,
+//! and appends are idempotent.
 
 use crate::Processor;
 use aws_lambda_events::dynamodb::Event;
@@ -42,6 +44,9 @@ pub struct StreamPoller {
     ledger: String,
     /// (stream ARN, shard id) -> the iterator to read next.
     iterators: BTreeMap<(String, String), Option<String>>,
+    /// Records read (their shard's iterator moved past them) and not yet
+    /// handed over: a round cut short by an error hands them over next.
+    pending: Vec<(usize, Value)>,
 }
 
 impl StreamPoller {
@@ -54,6 +59,7 @@ impl StreamPoller {
             tables: tables::ALL.iter().filter(|t| t.stream).map(|t| tables::table_name(table_prefix, t)).collect(),
             ledger: tables::table_name(table_prefix, &tables::MAIL_LEDGER),
             iterators: BTreeMap::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -103,11 +109,9 @@ impl StreamPoller {
     /// as one event ([`deliver`] hands it over one stream's run at a time).
     pub async fn next_batch(&mut self) -> Result<Event, BoxError> {
         self.discover().await?;
-        let mut records = Vec::new();
         for ((arn, _), it) in self.iterators.iter_mut() {
             let Some(current) = it.clone() else { continue };
             let out = self.streams.get_records().shard_iterator(current).limit(GET_RECORDS_LIMIT).send().await?;
-            *it = out.next_shard_iterator;
             // Ties in creation time go to the table listed first in
             // `tables::ALL` (a user is written before its tokens).
             let rank = self.tables.iter().position(|t| arn.contains(&format!("table/{t}/"))).unwrap_or(usize::MAX);
@@ -115,16 +119,28 @@ impl StreamPoller {
             for r in out.records.unwrap_or_default() {
                 let r = wire_record(&r, arn);
                 if !filtered || passes_ledger_filter(&r) {
-                    records.push((rank, r));
+                    self.pending.push((rank, r));
                 }
             }
+            // Past these records only now they are kept: a later shard's
+            // error ends the round, and they go with the next one.
+            *it = out.next_shard_iterator;
         }
+        let mut records = std::mem::take(&mut self.pending);
         records.sort_by(|(ra, a), (rb, b)| {
             let t = |v: &Value| v["dynamodb"]["ApproximateCreationDateTime"].as_f64().unwrap_or(0.0);
             t(a).total_cmp(&t(b)).then(ra.cmp(rb))
         });
-        let records: Vec<Value> = records.into_iter().map(|(_, r)| r).collect();
-        Ok(serde_json::from_value(json!({ "Records": records }))?)
+        let mut batch = Event::default();
+        for (_, r) in records {
+            // One record Lambda's event type cannot hold is given up alone
+            // (logged, as a record that keeps failing), not the round.
+            match serde_json::from_value(r) {
+                Ok(r) => batch.records.push(r),
+                Err(e) => tracing::error!(error = %e, "stream record given up: not a Lambda stream record"),
+            }
+        }
+        Ok(batch)
     }
 
     /// Reads batches and processes them until the process ends.
@@ -241,4 +257,58 @@ fn wire_record(r: &Record, arn: &str) -> Value {
         rec["userIdentity"] = json!({ "type": u.r#type, "principalId": u.principal_id });
     }
     rec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::types::AttributeValue;
+
+    /// The emulator the test harness names, else the project's moto
+    /// (started, or found running, by localstack/moto.sh).
+    fn endpoint() -> String {
+        if let Ok(url) = std::env::var("LATCHKEY_TEST_AWS_ENDPOINT") {
+            return url;
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../localstack/moto.sh");
+        let out = std::process::Command::new(script).arg("start").output().expect("run localstack/moto.sh start");
+        assert!(out.status.success(), "moto.sh start failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8 endpoint").trim().to_string()
+    }
+
+    /// A round cut short by a shard that cannot be read (after another
+    /// shard's iterator moved on) hands that shard's records over in the
+    /// next round: before, they were dropped and never reached the trail.
+    #[tokio::test]
+    async fn records_read_before_another_shards_error_come_with_the_next_round() {
+        use aws_config::{BehaviorVersion, Region};
+        use aws_sdk_dynamodb::config::{Credentials, SharedCredentialsProvider};
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new("test", "test", None, None, "t")))
+            .endpoint_url(endpoint())
+            .build();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
+        let prefix = format!("lkpoll{nanos}");
+        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+        latchkey_core::adapters::dynamo::ensure_tables(&ddb, &prefix).await.expect("tables");
+        let mut poller = StreamPoller::new(&sdk, &prefix);
+        assert!(poller.next_batch().await.expect("a first round").records.is_empty());
+
+        let users = tables::table_name(&prefix, &tables::USERS);
+        let item = ddb.put_item().table_name(&users).item("pk", AttributeValue::S("TEST#kept".into()));
+        item.send().await.expect("put");
+        // A shard read after the users table's (keys in order) that fails.
+        let broken = ("~broken".to_string(), "shard".to_string());
+        poller.iterators.insert(broken.clone(), Some("not-an-iterator".into()));
+        assert!(poller.next_batch().await.is_err(), "the broken shard ends the round");
+        poller.iterators.remove(&broken);
+
+        let batch = poller.next_batch().await.expect("the next round");
+        let keys: Vec<_> =
+            batch.records.iter().map(|r| (r.event_name.as_str(), r.change.keys.get("pk").cloned())).collect();
+        assert_eq!(keys, vec![("INSERT", Some(serde_dynamo::AttributeValue::S("TEST#kept".into())))]);
+        assert!(poller.next_batch().await.expect("a round after").records.is_empty(), "handed over once");
+    }
 }
