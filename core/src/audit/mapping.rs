@@ -127,7 +127,12 @@ pub fn audit_events(change: &SourceChange, policy: &AuditPolicy) -> Vec<AuditEve
         Images::User(old, new) => match (old, new) {
             (None, Some(n)) => out.push(n.id, T::UserRegistered, Outcome::Success, None, None, &n.meta),
             (Some(o), Some(n)) => {
-                let reset = n.password_reset_at.filter(|_| n.password_reset_at != o.password_reset_at);
+                // A reset raises the count of resets (two in one second
+                // leave `password_reset_at` as it was); the time alone tells
+                // one between images written before the count existed.
+                let reset = n
+                    .password_reset_at
+                    .filter(|_| n.password_resets > o.password_resets || n.password_reset_at != o.password_reset_at);
                 if !o.verified && n.verified {
                     out.push(n.id, T::EmailVerified, Outcome::Success, None, None, &n.meta);
                 }
@@ -510,8 +515,16 @@ mod tests {
         );
         // A reset in that second is a reset only; a change after it, in the
         // same second again, is a change.
-        let reset = User { password_reset_at: Some(T0 + 9), password_epoch: 3, ..second.clone() };
+        let reset = User { password_reset_at: Some(T0 + 9), password_epoch: 3, password_resets: 1, ..second.clone() };
         assert_eq!(kinds(&change(Images::User(Some(second.clone()), Some(reset.clone())), false)), [T::PasswordReset]);
+        // A second reset in that second (by a link asked for after the
+        // first, which is good in its second too): its count tells it.
+        let again = User { password_hash: "p3".into(), password_epoch: 4, password_resets: 2, ..reset.clone() };
+        let evs = audit_events(&change(Images::User(Some(reset.clone()), Some(again)), false), &AuditPolicy::default());
+        assert_eq!(
+            evs.iter().map(|e| (e.event, e.reason.as_deref())).collect::<Vec<_>>(),
+            [(T::PasswordReset, Some("all_sessions_ended"))]
+        );
         let after = User { password_hash: "p4".into(), password_epoch: 4, ..reset.clone() };
         assert_eq!(kinds(&change(Images::User(Some(reset), Some(after.clone())), false)), [T::PasswordChanged]);
         // A rehash keeps the epoch: nothing.
