@@ -119,8 +119,10 @@ resource "aws_lambda_function" "mail_worker" {
   memory_size = var.worker_memory_mb
   timeout     = var.worker_timeout_seconds
   # Equal to the mapping's maximum concurrency, so SQS never invokes into a
-  # throttle (AWS's advice when both are set).
-  reserved_concurrent_executions = var.worker_max_concurrency
+  # throttle (AWS's advice when both are set) and a flood of api requests
+  # cannot take the worker's instances; unreserved (-1) on an account that
+  # cannot reserve any, where the mapping's maximum_concurrency still caps it.
+  reserved_concurrent_executions = var.worker_reserve_concurrency ? var.worker_max_concurrency : -1
   kms_key_arn                    = aws_kms_key.main.arn
 
   tracing_config {

@@ -218,6 +218,12 @@ variable "worker_max_concurrency" {
   }
 }
 
+variable "worker_reserve_concurrency" {
+  description = "Reserve worker_max_concurrency instances for the mail worker, so api traffic cannot starve the mail of codes. false on an account whose concurrency quota is still 10 (it cannot reserve any); the SQS mapping's maximum_concurrency caps the worker either way."
+  type        = bool
+  default     = true
+}
+
 variable "processor_memory_mb" {
   description = "Memory of the stream-processor function."
   type        = number
@@ -535,11 +541,11 @@ variable "api_5xx_alarm_threshold" {
 }
 
 variable "processor_reserved_concurrency" {
-  description = "Reserved concurrency of the stream-processor. Streams run one instance per shard of each of the three streams; a lower cap delays the audit trail (the iterator-age alarm tells), and records that wait longer than stream_max_record_age_seconds go to the on-failure queue."
+  description = "Reserved concurrency of the stream-processor (-1 = unreserved: new accounts with a concurrency quota of 10 cannot reserve anything). Streams run one instance per shard of each of the three streams; a lower cap delays the audit trail (the iterator-age alarm tells), and records that wait longer than stream_max_record_age_seconds go to the on-failure queue."
   type        = number
   default     = 10
   validation {
-    condition     = var.processor_reserved_concurrency >= 1
-    error_message = "processor_reserved_concurrency: at least 1."
+    condition     = var.processor_reserved_concurrency == -1 || var.processor_reserved_concurrency >= 1
+    error_message = "processor_reserved_concurrency: -1 (unreserved) or at least 1."
   }
 }

@@ -855,6 +855,48 @@ fn the_mail_queues_redeliveries_outlast_a_dead_workers_claim() {
     assert!(margin(least - 1, 0) < 0, "the least timeout is not the bound: {}s would do", least - 1);
 }
 
+/// By default every function reserves its concurrency (the worker exactly
+/// its mapping's maximum, so SQS never invokes into a throttle); on an
+/// account that cannot reserve any (a concurrency quota of 10) each can be
+/// left unreserved, and the worker's mapping still caps it.
+#[test]
+fn each_function_reserves_its_concurrency_unless_told_not_to() {
+    let tf = Terraform::load();
+    let reserved = |ctx: &Context| {
+        [API_FN, WORKER_FN, PROCESSOR_FN].map(|f| {
+            let (name, body) = function(&tf, ctx, f.0);
+            eval_i64(ctx, body, "reserved_concurrent_executions", name)
+        })
+    };
+    let mapping = || {
+        let worker = tf.resources("aws_lambda_event_source_mapping").find(|(_, m)| {
+            attr(m, "function_name").is_some_and(|e| e.to_string().contains("aws_lambda_function.mail_worker"))
+        });
+        let (_, m) = worker.expect("the mail worker's mapping");
+        let scaling = blocks(m, "scaling_config").next().expect("scaling_config");
+        scaling.body().clone()
+    };
+    let defaults = tf.context(&[]);
+    let cap = eval_i64(&defaults, &mapping(), "maximum_concurrency", "the worker's mapping");
+    let [api, worker, processor] = reserved(&defaults);
+    assert!(api >= 1 && processor >= 1, "api {api}, processor {processor}");
+    assert_eq!(worker, cap, "the worker reserves its mapping's maximum concurrency");
+
+    let unreserved =
+        [("api_reserved_concurrency", Value::from(-1)), ("processor_reserved_concurrency", Value::from(-1))];
+    for (name, value) in &unreserved {
+        assert!(variable_accepts(&tf, name, value.clone()), "{name} = -1 is refused");
+    }
+    let quota_10 = tf.context(&[
+        unreserved[0].clone(),
+        unreserved[1].clone(),
+        ("worker_reserve_concurrency", Value::Bool(false)),
+    ]);
+    assert_eq!(reserved(&quota_10), [-1, -1, -1]);
+    assert_eq!(eval_i64(&quota_10, &mapping(), "maximum_concurrency", "the worker's mapping"), cap);
+    assert!(!variable_accepts(&tf, "processor_reserved_concurrency", Value::from(0)));
+}
+
 /// The worker's send rate is per instance, so Terraform gives each instance
 /// its share of the account's rate: together they stay within the quota.
 #[test]
