@@ -887,11 +887,8 @@ fn each_function_reserves_its_concurrency_unless_told_not_to() {
     for (name, value) in &unreserved {
         assert!(variable_accepts(&tf, name, value.clone()), "{name} = -1 is refused");
     }
-    let quota_10 = tf.context(&[
-        unreserved[0].clone(),
-        unreserved[1].clone(),
-        ("worker_reserve_concurrency", Value::Bool(false)),
-    ]);
+    let quota_10 =
+        tf.context(&[unreserved[0].clone(), unreserved[1].clone(), ("worker_reserve_concurrency", Value::Bool(false))]);
     assert_eq!(reserved(&quota_10), [-1, -1, -1]);
     assert_eq!(eval_i64(&quota_10, &mapping(), "maximum_concurrency", "the worker's mapping"), cap);
     assert!(!variable_accepts(&tf, "processor_reserved_concurrency", Value::from(0)));
