@@ -42,7 +42,7 @@ cmd_install() {
     log "creating venv at $VENV"
     python3 -m venv "$VENV" >&2
   fi
-  log "installing $(tr '\n' ' ' <"$REQS")"
+  log "installing $REQS (pinned)"
   "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$REQS" >&2
   reqs_hash >"$STAMP"
   log "installed moto $("$VENV/bin/python" -c 'import moto; print(moto.__version__)')"
