@@ -264,33 +264,13 @@ mod tests {
     use super::*;
     use aws_sdk_dynamodb::types::AttributeValue;
 
-    /// The emulator the test harness names, else the project's moto
-    /// (started, or found running, by localstack/moto.sh).
-    fn endpoint() -> String {
-        if let Ok(url) = std::env::var("LATCHKEY_TEST_AWS_ENDPOINT") {
-            return url;
-        }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../localstack/moto.sh");
-        let out = std::process::Command::new(script).arg("start").output().expect("run localstack/moto.sh start");
-        assert!(out.status.success(), "moto.sh start failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).expect("utf-8 endpoint").trim().to_string()
-    }
-
     /// A round cut short by a shard that cannot be read (after another
     /// shard's iterator moved on) hands that shard's records over in the
     /// next round: before, they were dropped and never reached the trail.
     #[tokio::test]
     async fn records_read_before_another_shards_error_come_with_the_next_round() {
-        use aws_config::{BehaviorVersion, Region};
-        use aws_sdk_dynamodb::config::{Credentials, SharedCredentialsProvider};
-        let sdk = aws_config::SdkConfig::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(SharedCredentialsProvider::new(Credentials::new("test", "test", None, None, "t")))
-            .endpoint_url(endpoint())
-            .build();
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
-        let prefix = format!("lkpoll{nanos}");
+        let sdk = latchkey_tests::sdk_config(&latchkey_tests::emulator_endpoint().await).await;
+        let prefix = latchkey_tests::random_prefix();
         let ddb = aws_sdk_dynamodb::Client::new(&sdk);
         latchkey_core::adapters::dynamo::ensure_tables(&ddb, &prefix).await.expect("tables");
         let mut poller = StreamPoller::new(&sdk, &prefix);
