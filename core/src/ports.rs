@@ -38,6 +38,32 @@ pub struct CodeFailure {
     pub spent_budget: bool,
 }
 
+/// A wrong password as `UserStore::record_login_failure` counted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginFailure {
+    /// The user as stored after.
+    pub user: User,
+    /// This failure started the lock. Of a burst of wrong passwords that all
+    /// read the user before any was counted, only one does: the owner is
+    /// mailed once a lock, however many of them see it locked after.
+    pub started_lock: bool,
+}
+
+/// What a new challenge does about the account's lock
+/// (`ChallengeStore::create_challenge`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockCheck {
+    /// The right password, on an account the caller read unlocked: refused
+    /// if a lock runs at the challenge's `created_at` (set by others' wrong
+    /// passwords since the read). With `reset_failures` (the user has failed
+    /// logins or an ended lock on record) the count is reset and the ended
+    /// lock cleared in the same write.
+    Unlocked { reset_failures: bool },
+    /// A device the account trusts, during a lock: the lock is neither
+    /// checked nor cleared; it runs out.
+    TrustedDevice,
+}
+
 #[async_trait]
 pub trait UserStore: Send + Sync {
     /// Creates the user, claims its username and email, and stores its first
@@ -86,7 +112,8 @@ pub trait UserStore: Send + Sync {
     /// account-wide code budget back (else wrong passwords would refill
     /// it). Failures during a lock change
     /// nothing, so a lock can never be extended by hammering. Returns the
-    /// user as stored afterwards; an unknown user is `Conflict(Stale)`.
+    /// user as stored afterwards and whether this failure started the lock;
+    /// an unknown user is `Conflict(Stale)`.
     /// A counted failure sets the user's `meta` to the request's.
     async fn record_login_failure(
         &self,
@@ -95,7 +122,7 @@ pub trait UserStore: Send + Sync {
         threshold: u32,
         lock_secs: i64,
         meta: &RequestMeta,
-    ) -> StoreResult<User>;
+    ) -> StoreResult<LoginFailure>;
 
     /// Replaces the password hash (rehash on login when parameters rise)
     /// and sets the user's `meta` to the request's, only if the stored hash
@@ -198,19 +225,14 @@ pub trait UserStore: Send + Sync {
 
 #[async_trait]
 pub trait ChallengeStore: Send + Sync {
-    /// Stores a new challenge. With `reset_login_failures` (the password was
-    /// right and the user has failed logins or an ended lock on record), the
-    /// count is reset and `locked_until` cleared in the same write, which
-    /// sets the user's `meta` to the request's. A lock still running at the
-    /// challenge's `created_at` (set by others' failures since the caller
-    /// read the user) is never cleared: then nothing is written and the
-    /// answer is `Conflict(Stale)`.
-    async fn create_challenge(
-        &self,
-        challenge: &Challenge,
-        reset_login_failures: bool,
-        meta: &RequestMeta,
-    ) -> StoreResult<()>;
+    /// Stores a new challenge. With `LockCheck::Unlocked`, a lock running at
+    /// the challenge's `created_at` (set by others' failures since the caller
+    /// read the user) refuses it: nothing is written and the answer is
+    /// `Conflict(Stale)`; with `reset_failures` as well, the count is reset
+    /// and an ended `locked_until` cleared in the same write, which sets the
+    /// user's `meta` to the request's. With `LockCheck::TrustedDevice` the
+    /// lock is left as it is. An unknown user is an error either way.
+    async fn create_challenge(&self, challenge: &Challenge, lock: LockCheck, meta: &RequestMeta) -> StoreResult<()>;
 
     async fn challenge(&self, id: &ChallengeId) -> StoreResult<Option<Challenge>>;
 

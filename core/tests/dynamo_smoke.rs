@@ -25,7 +25,9 @@ use latchkey_core::domain::{
 };
 use latchkey_core::error::Conflict;
 use latchkey_core::mail::{MailEnvelope, MailJob};
-use latchkey_core::ports::{ChallengeStore, LimitKey, MailQueue, OtpStore, RateLimiter, SessionStore, UserStore};
+use latchkey_core::ports::{
+    ChallengeStore, LimitKey, LockCheck, LoginFailure, MailQueue, OtpStore, RateLimiter, SessionStore, UserStore,
+};
 use latchkey_core::rng::OsSecureRng;
 use std::sync::{LazyLock, OnceLock};
 
@@ -379,31 +381,35 @@ async fn login_failures_lock_at_the_threshold_and_never_extend_the_lock() {
     let (u, _) = registered(&env).await;
     let fail = |now| env.store.record_login_failure(&u.id, now, 3, 900, &META);
 
-    assert_eq!(fail(NOW).await.unwrap().failed_logins, 1);
+    assert_eq!(fail(NOW).await.unwrap().user.failed_logins, 1);
     // Give the account some code failures: the lock leaves them (only a
     // right code or a password reset gives the budget back).
     let c = challenge(&u, "h");
-    env.store.create_challenge(&c, false, &META).await.unwrap();
+    env.store.create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &META).await.unwrap();
     env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &META).await.unwrap();
-    assert_eq!(fail(NOW + 1).await.unwrap().failed_logins, 2);
-    let locked = fail(NOW + 2).await.unwrap();
+    assert_eq!(fail(NOW + 1).await.unwrap().user.failed_logins, 2);
+    let LoginFailure { user: locked, started_lock } = fail(NOW + 2).await.unwrap();
+    assert!(started_lock);
     assert_eq!((locked.locked_until, locked.failed_logins, locked.otp_failures), (Some(NOW + 902), 0, 1));
     // Hammering during the lock changes nothing.
-    assert_eq!(fail(NOW + 500).await.unwrap(), locked);
+    assert_eq!(fail(NOW + 500).await.unwrap(), LoginFailure { user: locked.clone(), started_lock: false });
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap(), locked);
     // After the lock the count starts again from 0.
-    let after = fail(NOW + 902).await.unwrap();
+    let after = fail(NOW + 902).await.unwrap().user;
     assert_eq!(after.failed_logins, 1);
     assert!(!after.is_locked(NOW + 902));
 
     // A correct password (a new challenge, after the lock) resets the count.
     let later = Challenge { created_at: NOW + 903, ..challenge(&u, "h2") };
-    env.store.create_challenge(&later, true, &META).await.unwrap();
+    env.store.create_challenge(&later, LockCheck::Unlocked { reset_failures: true }, &META).await.unwrap();
     assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().failed_logins, 0);
 
     // Threshold 1 locks at once.
     let (w, _) = registered(&env).await;
-    assert_eq!(env.store.record_login_failure(&w.id, NOW, 1, 60, &META).await.unwrap().locked_until, Some(NOW + 60));
+    assert_eq!(
+        env.store.record_login_failure(&w.id, NOW, 1, 60, &META).await.unwrap().user.locked_until,
+        Some(NOW + 60)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -411,10 +417,13 @@ async fn concurrent_login_failures_lock_exactly_once() {
     let env = env().await;
     let (u, _) = registered(&env).await;
     let results = join_all((0..20).map(|_| env.store.record_login_failure(&u.id, NOW, 10, 900, &META))).await;
-    let users: Vec<User> = results.into_iter().map(|r| r.unwrap()).collect();
+    let failures: Vec<LoginFailure> = results.into_iter().map(|r| r.unwrap()).collect();
     let after = env.store.user_by_id(&u.id).await.unwrap().unwrap();
     assert_eq!(after.locked_until, Some(NOW + 900));
     assert_eq!(after.failed_logins, 0);
+    // One of them started the lock: the owner is mailed once.
+    assert_eq!(failures.iter().filter(|f| f.started_lock).count(), 1);
+    let users: Vec<User> = failures.into_iter().map(|f| f.user).collect();
     // Ten failures counted (1..=9, then the lock), ten more hit the lock.
     let mut counts: Vec<u32> = users.iter().filter(|u| !u.is_locked(NOW)).map(|u| u.failed_logins).collect();
     counts.sort_unstable();
@@ -426,7 +435,7 @@ async fn redeem_challenge_has_a_single_winner() {
     let env = env().await;
     let (u, _) = registered(&env).await;
     let c = challenge(&u, "right");
-    env.store.create_challenge(&c, false, &META).await.unwrap();
+    env.store.create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &META).await.unwrap();
     assert_eq!(env.store.challenge(&c.id).await.unwrap(), Some(c.clone()));
     assert_eq!(
         env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &META).await.unwrap().failures,
@@ -479,7 +488,7 @@ async fn challenge_failures_never_pass_the_cap() {
     let env = env().await;
     let (u, _) = registered(&env).await;
     let c = challenge(&u, "right");
-    env.store.create_challenge(&c, false, &META).await.unwrap();
+    env.store.create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &META).await.unwrap();
 
     let results = join_all(
         (0..20).map(|_| env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &META)),
@@ -503,7 +512,7 @@ async fn replace_challenge_code_keeps_failures_and_honours_its_guards() {
     let env = env().await;
     let (u, _) = registered(&env).await;
     let c = challenge(&u, "first");
-    env.store.create_challenge(&c, false, &META).await.unwrap();
+    env.store.create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &META).await.unwrap();
     env.store.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &META).await.unwrap();
 
     // Each resend's code is new (the adapter tells its own write by it).
@@ -537,7 +546,7 @@ async fn sessions_rotate_once_and_revoke_idempotently() {
     let env = env().await;
     let (u, _) = registered(&env).await;
     let c = challenge(&u, "h");
-    env.store.create_challenge(&c, false, &META).await.unwrap();
+    env.store.create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &META).await.unwrap();
     let s = session(&u);
     env.store.redeem_challenge(&c.id, "h", NOW + 1, 6, u32::MAX, c.password_epoch, &s, &META).await.unwrap();
 
@@ -768,15 +777,15 @@ async fn a_user_without_a_password_epoch_is_at_zero_until_a_change() {
         .expect("the user item");
     assert!(item.contains_key("username") && !item.contains_key("password_epoch"), "{item:?}");
     let before = challenge(&u, "before");
-    env.store.create_challenge(&before, false, &META).await.unwrap();
+    env.store.create_challenge(&before, LockCheck::Unlocked { reset_failures: false }, &META).await.unwrap();
     assert_eq!(env.store.record_challenge_failure(&before.id, &u.id, 6, u32::MAX, 0, &META).await.unwrap().failures, 1);
     let live = challenge(&u, "live");
-    env.store.create_challenge(&live, false, &META).await.unwrap();
+    env.store.create_challenge(&live, LockCheck::Unlocked { reset_failures: false }, &META).await.unwrap();
     env.store.redeem_challenge(&live.id, "live", NOW + 1, 6, u32::MAX, 0, &session(&u), &META).await.unwrap();
 
     let s = session(&u);
     let keep = challenge(&u, "keep");
-    env.store.create_challenge(&keep, false, &META).await.unwrap();
+    env.store.create_challenge(&keep, LockCheck::Unlocked { reset_failures: false }, &META).await.unwrap();
     env.store.redeem_challenge(&keep.id, "keep", NOW + 1, 6, u32::MAX, 0, &s, &META).await.unwrap();
     assert_eq!(env.store.session(&s.id).await.unwrap().unwrap().password_epoch, None);
     env.store.change_password(&u.id, &u.password_hash, 0, "$argon2id$changed", &s.id, NOW + 5, &META).await.unwrap();
@@ -1012,7 +1021,7 @@ async fn a_write_whose_answer_was_lost_is_recognised_when_sent_again() {
     let (u, _) = registered(&env).await;
     let s = session(&u);
     let c = challenge(&u, "code");
-    env.store.create_challenge(&c, false, &META).await.unwrap();
+    env.store.create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &META).await.unwrap();
     env.store.redeem_challenge(&c.id, "code", NOW + 1, 6, u32::MAX, 0, &s, &META).await.unwrap();
     lose.arm("UpdateItem");
     store.rotate_session(&s.id, &s.refresh_hash, "r1", NOW + 2, &META).await.expect("a rotation sent twice");
@@ -1089,14 +1098,17 @@ async fn a_challenge_write_whose_answer_was_lost_is_recognised_when_sent_again()
     let store = DynamoStore::new(client, &env.prefix);
     let (u, _) = registered(&env).await;
 
+    // A trusted device's challenge is a plain put. (Any other is a
+    // transaction with the lock's check, whose request token makes the
+    // SDK's second send a no-op on DynamoDB; moto ignores the token.)
     let c = challenge(&u, "first");
     lose.arm("PutItem");
-    store.create_challenge(&c, false, &META).await.expect("a challenge written twice");
+    store.create_challenge(&c, LockCheck::TrustedDevice, &META).await.expect("a challenge written twice");
     assert!(lose.fired());
     assert_eq!(env.store.challenge(&c.id).await.unwrap(), Some(c.clone()));
     // Another challenge under the same id is still refused.
     let other = Challenge { code_hash: "other".into(), ..c.clone() };
-    assert!(is_conflict(&store.create_challenge(&other, false, &META).await, Conflict::Stale));
+    assert!(is_conflict(&store.create_challenge(&other, LockCheck::TrustedDevice, &META).await, Conflict::Stale));
 
     lose.arm("UpdateItem");
     store

@@ -119,27 +119,42 @@ type Write = Box<dyn FnOnce(Arc<EmbeddedStore>) -> futures::future::BoxFuture<'s
 
 /// The embedded store as the flows' `UserStore`, where someone else's write
 /// can be made to land right before the next password change or reset
-/// writes: after the flow read the user, before its conditional write.
+/// writes (after the flow read the user, before its conditional write), or
+/// right after the next read of a user by name or address (a login's, while
+/// its password is hashed).
 struct Racing {
     store: Arc<EmbeddedStore>,
     before_write: Mutex<Option<Write>>,
+    after_read: Mutex<Option<Write>>,
 }
 
 impl Racing {
     fn new(store: Arc<EmbeddedStore>) -> Arc<Self> {
-        Arc::new(Racing { store, before_write: Mutex::new(None) })
+        Arc::new(Racing { store, before_write: Mutex::new(None), after_read: Mutex::new(None) })
     }
     fn before_next_write(&self, write: Write) {
         *self.before_write.lock().unwrap() = Some(write);
     }
-    async fn race(&self) {
-        let write = self.before_write.lock().unwrap().take();
+    fn after_next_read(&self, write: Write) {
+        *self.after_read.lock().unwrap() = Some(write);
+    }
+    async fn run(&self, slot: &Mutex<Option<Write>>) {
+        let write = slot.lock().unwrap().take();
         if let Some(write) = write {
             write(self.store.clone()).await;
         }
     }
+    async fn race(&self) {
+        self.run(&self.before_write).await;
+    }
+    async fn read_race(&self) {
+        self.run(&self.after_read).await;
+    }
     fn raced(&self) -> bool {
         self.before_write.lock().unwrap().is_none()
+    }
+    fn read_raced(&self) -> bool {
+        self.after_read.lock().unwrap().is_none()
     }
 }
 
@@ -160,10 +175,14 @@ impl UserStore for Racing {
         &self,
         username: &latchkey_core::domain::Username,
     ) -> StoreResult<Option<latchkey_core::domain::User>> {
-        self.store.user_by_username(username).await
+        let user = self.store.user_by_username(username).await;
+        self.read_race().await;
+        user
     }
     async fn user_by_email(&self, email: &Email) -> StoreResult<Option<latchkey_core::domain::User>> {
-        self.store.user_by_email(email).await
+        let user = self.store.user_by_email(email).await;
+        self.read_race().await;
+        user
     }
     async fn record_login_failure(
         &self,
@@ -172,7 +191,7 @@ impl UserStore for Racing {
         threshold: u32,
         lock_secs: i64,
         meta: &RequestMeta,
-    ) -> StoreResult<latchkey_core::domain::User> {
+    ) -> StoreResult<latchkey_core::ports::LoginFailure> {
         self.store.record_login_failure(id, now, threshold, lock_secs, meta).await
     }
     async fn set_password_hash(
@@ -977,6 +996,55 @@ async fn a_reset_made_while_a_change_commits_is_made_again_from_the_new_epoch() 
         let _ = w.auth.login("walt", "wrong wrong wrong".into(), None, &meta_from("198.51.100.7")).await;
     }
     assert!(w.auth.login("walt", NEW_PW.into(), Some(&device), &m).await.is_ok(), "the reset's token");
+}
+
+/// Others' wrong passwords lock the account while one more wrong password
+/// is hashed (it read the user unlocked): it is counted against the lock,
+/// and mails nothing, since it did not start the lock (the failure that did
+/// mails the owner; a burst would otherwise mail once a request).
+#[tokio::test]
+async fn a_wrong_password_that_meets_a_lock_started_during_its_check_mails_no_one() {
+    let (w, racing) = racing_world();
+    verified(&w, "yuri").await;
+    racing.after_next_read(Box::new(|store| {
+        Box::pin(async move {
+            let u = stored(&store, "yuri").await;
+            assert!(store.record_login_failure(&u.id, T0, 1, 900, &meta()).await.unwrap().started_lock);
+        })
+    }));
+    let mails = w.mail.count();
+    let refused = w.auth.login("yuri", "wrong wrong wrong".into(), None, &meta()).await;
+    assert!(racing.read_raced(), "the lock did not land during the check");
+    assert!(matches!(refused, Err(Error::InvalidCredentials)), "{refused:?}");
+    assert_eq!(w.mail.kinds()[mails..], [] as [&str; 0], "a second lock mail, from a failure that met the lock");
+    assert_eq!(stored(&w.store, "yuri").await.locked_until, Some(T0 + 900), "the lock as started, not extended");
+}
+
+/// The right password, checked while others' wrong ones lock an account
+/// that had no failures on record: refused like any login during a lock,
+/// with no challenge and no code mailed.
+#[tokio::test]
+async fn the_right_password_is_refused_if_a_lock_starts_while_it_is_checked() {
+    let (w, racing) = racing_world();
+    verified(&w, "zoe").await;
+    assert_eq!(stored(&w.store, "zoe").await.failed_logins, 0);
+    racing.after_next_read(Box::new(|store| {
+        Box::pin(async move {
+            let u = stored(&store, "zoe").await;
+            store.record_login_failure(&u.id, T0, 1, 900, &meta()).await.unwrap();
+        })
+    }));
+    let mails = w.mail.count();
+    let refused = w.auth.login("zoe", PW.into(), None, &meta()).await;
+    assert!(racing.read_raced(), "the lock did not land during the check");
+    assert!(matches!(refused, Err(Error::InvalidCredentials)), "a login during a lock: {refused:?}");
+    assert_eq!(w.mail.count(), mails, "a code mailed during a lock");
+    let zoe = stored(&w.store, "zoe").await;
+    assert_eq!((zoe.locked_until, zoe.failed_logins), (Some(T0 + 900), 0), "the lock stays as it was");
+    // Once it has run out, the same password gets a code.
+    w.clock.set(T0 + 900);
+    w.auth.login("zoe", PW.into(), None, &meta()).await.expect("after the lock");
+    assert_eq!(w.mail.kinds()[mails..], ["login_code"]);
 }
 
 /// A login's rehash that lands between a password change's check and its

@@ -5,6 +5,7 @@ use crate::domain::{
 };
 use crate::error::{Error, StoreError};
 use crate::mail::MailJob;
+use crate::ports::{LockCheck, LoginFailure};
 
 /// The password step passed: a code is on its way.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,13 +120,22 @@ impl Auth {
             meta: meta.clone(),
         };
         // A device's login during a lock leaves the lock to run out: it was
-        // not the owner's guessing that set it.
-        let reset_failures = !locked && (user.failed_logins > 0 || user.locked_until.is_some());
-        match self.ports.challenges.create_challenge(&challenge, reset_failures, meta).await {
+        // not the owner's guessing that set it. Any other login is refused
+        // by the store if a lock started since the read above (others' wrong
+        // passwords, counted while this one was hashed).
+        let lock = if locked {
+            LockCheck::TrustedDevice
+        } else {
+            LockCheck::Unlocked { reset_failures: user.failed_logins > 0 || user.locked_until.is_some() }
+        };
+        match self.ports.challenges.create_challenge(&challenge, lock, meta).await {
             Ok(()) => {}
-            // Locked by others' wrong passwords while this one was checked:
-            // refused like any login during a lock.
-            Err(StoreError::Conflict(_)) if reset_failures => return Err(Error::InvalidCredentials),
+            // Locked while this one was checked: refused like any login
+            // during a lock.
+            Err(StoreError::Conflict(_)) if !locked => {
+                tracing::info!(user_id = %user.id, "login refused: account locked while the password was checked");
+                return Err(Error::InvalidCredentials);
+            }
             Err(e) => return Err(e.into()),
         }
         self.send(&user.email, Some(user.id.to_string()), meta, self.code_job(&user, code)).await?;
@@ -221,9 +231,11 @@ impl Auth {
         threshold: u32,
         meta: &RequestMeta,
     ) -> Result<User, Error> {
-        let after =
+        let LoginFailure { user: after, started_lock } =
             self.ports.users.record_login_failure(&user.id, now, threshold, self.policy.login_lock_secs, meta).await?;
-        if !user.is_locked(now) && after.is_locked(now) {
+        // Only the failure that started the lock mails: the others of a
+        // burst read the user unlocked too, and find it locked after.
+        if started_lock {
             tracing::warn!(user_id = %user.id, "account locked after failed logins");
             let until = after.locked_until.unwrap_or(now);
             let codes_spent = after.otp_failures >= self.policy.account_code_failure_budget;

@@ -8,7 +8,7 @@ use super::fixtures::{
 };
 use crate::domain::{Challenge, RequestMeta, Session, User};
 use crate::error::Conflict;
-use crate::ports::CodeFailure;
+use crate::ports::{CodeFailure, LockCheck};
 
 /// The cap on wrong codes the cases pass as `max_failures`.
 const MAX_FAILURES: u32 = 6;
@@ -22,40 +22,61 @@ pub async fn create_challenge_reads_back_and_resets_login_failures(s: &Subject) 
     }
 
     let kept = new_challenge(user.id);
-    s.challenges.create_challenge(&kept, false, &meta()).await.expect("create_challenge without reset");
+    s.challenges
+        .create_challenge(&kept, LockCheck::Unlocked { reset_failures: false }, &meta())
+        .await
+        .expect("create_challenge without reset");
     assert_eq!(s.challenges.challenge(&kept.id).await.expect("challenge"), Some(kept));
     assert_eq!(
         stored_user(s, &user.id).await.failed_logins,
         2,
-        "create_challenge(reset_login_failures = false) changed the count"
+        "create_challenge without reset_failures changed the count"
     );
 
     let reset = new_challenge(user.id);
     let m = meta();
-    s.challenges.create_challenge(&reset, true, &m).await.expect("create_challenge with reset");
+    s.challenges
+        .create_challenge(&reset, LockCheck::Unlocked { reset_failures: true }, &m)
+        .await
+        .expect("create_challenge with reset");
     assert_eq!(s.challenges.challenge(&reset.id).await.expect("challenge"), Some(reset));
     assert_eq!(
         stored_user(s, &user.id).await,
         User { meta: m, ..user },
-        "create_challenge(reset_login_failures = true) resets the count, sets meta and nothing else"
+        "create_challenge with reset_failures resets the count, sets meta and nothing else"
     );
 
     assert_eq!(s.challenges.challenge(&challenge_id()).await.expect("challenge of an unknown id"), None);
 }
 
 /// A lock set after the caller read the user (others' failures during its
-/// password check) is not cleared by the reset: nothing is written.
+/// password check) refuses a challenge that checks it, with or without the
+/// reset, and is never cleared: nothing is written. A trusted device's
+/// challenge leaves it to run out.
 pub async fn create_challenge_never_clears_a_running_lock(s: &Subject) {
     let (user, _) = registered(s).await;
-    let locked = s.users.record_login_failure(&user.id, T0, 1, 600, &meta()).await.expect("lock");
+    let locked = s.users.record_login_failure(&user.id, T0, 1, 600, &meta()).await.expect("lock").user;
     assert_eq!(locked.locked_until, Some(T0 + 600));
-    let c = Challenge { created_at: T0 + 599, ..new_challenge(user.id) };
-    expect_conflict(s.challenges.create_challenge(&c, true, &meta()).await, Conflict::Stale, "reset during a lock");
-    assert_eq!(s.challenges.challenge(&c.id).await.expect("challenge"), None, "the refused challenge is readable");
-    assert_eq!(stored_user(s, &user.id).await, locked, "the lock and its count are untouched");
-    // Once it has run out, the reset clears it.
+    for reset_failures in [true, false] {
+        let c = Challenge { created_at: T0 + 599, ..new_challenge(user.id) };
+        expect_conflict(
+            s.challenges.create_challenge(&c, LockCheck::Unlocked { reset_failures }, &meta()).await,
+            Conflict::Stale,
+            &format!("a challenge during a lock (reset_failures = {reset_failures})"),
+        );
+        assert_eq!(s.challenges.challenge(&c.id).await.expect("challenge"), None, "the refused challenge is readable");
+        assert_eq!(stored_user(s, &user.id).await, locked, "the lock and its count are untouched");
+    }
+    let trusted = Challenge { created_at: T0 + 599, ..new_challenge(user.id) };
+    s.challenges.create_challenge(&trusted, LockCheck::TrustedDevice, &meta()).await.expect("a trusted device");
+    assert_eq!(s.challenges.challenge(&trusted.id).await.expect("challenge"), Some(trusted));
+    assert_eq!(stored_user(s, &user.id).await, locked, "a trusted device's challenge left the lock alone");
+    // Once it has run out, a challenge is stored again, and the reset clears it.
     let c = Challenge { created_at: T0 + 600, ..new_challenge(user.id) };
-    s.challenges.create_challenge(&c, true, &meta()).await.expect("reset after the lock");
+    s.challenges.create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &meta()).await.expect("after");
+    assert_eq!(stored_user(s, &user.id).await, locked, "no reset asked for");
+    let c = Challenge { created_at: T0 + 600, ..new_challenge(user.id) };
+    s.challenges.create_challenge(&c, LockCheck::Unlocked { reset_failures: true }, &meta()).await.expect("reset");
     assert_eq!(stored_user(s, &user.id).await.locked_until, None);
 }
 
@@ -515,7 +536,10 @@ pub async fn the_account_budget_stops_every_code(s: &Subject) {
     const BUDGET: u32 = 2;
     let (user, first) = pending_challenge(s).await;
     let second = new_challenge(user.id);
-    s.challenges.create_challenge(&second, false, &meta()).await.expect("a second challenge");
+    s.challenges
+        .create_challenge(&second, LockCheck::Unlocked { reset_failures: false }, &meta())
+        .await
+        .expect("a second challenge");
     for n in 1..=BUDGET {
         let counted = s
             .challenges
@@ -566,7 +590,10 @@ pub async fn one_wrong_code_spends_the_budget(s: &Subject) {
     let mut ids = vec![first.id];
     for _ in 1..CHALLENGES {
         let c = new_challenge(user.id);
-        s.challenges.create_challenge(&c, false, &meta()).await.expect("another challenge");
+        s.challenges
+            .create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &meta())
+            .await
+            .expect("another challenge");
         ids.push(c.id);
     }
     // Every challenge can take MAX_FAILURES, more than the budget between them.
@@ -606,7 +633,7 @@ pub async fn a_password_change_since_the_password_step_stops_its_code(s: &Subjec
     let (user, _) = signed_in_and_changed(s, T0 + 10).await;
     assert_eq!(user.password_epoch, 1, "a change counts");
     let c = new_challenge(user.id);
-    s.challenges.create_challenge(&c, false, &meta()).await.expect("challenge");
+    s.challenges.create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &meta()).await.expect("challenge");
     let before = stored_user(s, &user.id).await;
     // The step saw epoch 0 (before the change); 2 is a value never stored.
     for seen in [0, 2] {

@@ -8,7 +8,7 @@ use crate::domain::{
     VerificationRecord,
 };
 use crate::error::{Conflict, StoreError};
-use crate::ports::{LimitKey, StoreResult};
+use crate::ports::{LimitKey, LockCheck, StoreResult};
 use crate::rng::{OsSecureRng, SecureRng};
 use std::fmt::Debug;
 use std::future::Future;
@@ -140,7 +140,10 @@ pub(super) fn new_challenge(user_id: UserId) -> Challenge {
 pub(super) async fn pending_challenge(s: &Subject) -> (User, Challenge) {
     let (user, _) = registered(s).await;
     let challenge = new_challenge(user.id);
-    s.challenges.create_challenge(&challenge, false, &meta()).await.expect("create_challenge");
+    s.challenges
+        .create_challenge(&challenge, LockCheck::Unlocked { reset_failures: false }, &meta())
+        .await
+        .expect("create_challenge");
     (user, challenge)
 }
 

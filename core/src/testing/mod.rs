@@ -107,6 +107,7 @@ macro_rules! contract_suite {
             add_verification_refused_for_verified_or_unknown_user,
             no_link_for_an_unverified_account_past_its_retention,
             login_failures_lock_at_threshold,
+            concurrent_login_failures_start_one_lock,
             // challenges
             create_challenge_reads_back_and_resets_login_failures,
             create_challenge_never_clears_a_running_lock,

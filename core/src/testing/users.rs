@@ -8,6 +8,7 @@ use super::fixtures::{
 };
 use crate::domain::{User, VerificationRecord};
 use crate::error::Conflict;
+use crate::ports::{LockCheck, LoginFailure};
 
 /// Nothing of a refused registration is readable.
 async fn assert_not_written(s: &Subject, user: &User, verification: &VerificationRecord, what: &str) {
@@ -453,10 +454,10 @@ pub async fn set_password_hash_replaces_only_the_hash(s: &Subject) {
 /// second.
 pub async fn reset_password_once_per_link(s: &Subject) {
     let (user, _) = registered(s).await;
-    let locked = s.users.record_login_failure(&user.id, T0, 1, 900, &meta()).await.expect("lock");
+    let locked = s.users.record_login_failure(&user.id, T0, 1, 900, &meta()).await.expect("lock").user;
     assert!(locked.is_locked(T0 + 1));
     let c = super::fixtures::new_challenge(user.id);
-    s.challenges.create_challenge(&c, false, &meta()).await.expect("challenge");
+    s.challenges.create_challenge(&c, LockCheck::TrustedDevice, &meta()).await.expect("challenge");
     s.challenges
         .record_challenge_failure(&c.id, &user.id, 6, u32::MAX, c.password_epoch, &meta())
         .await
@@ -737,24 +738,29 @@ pub async fn login_failures_lock_at_threshold(s: &Subject) {
     let (user, _) = registered(s).await;
     let m = meta();
     let fail = |now| s.users.record_login_failure(&user.id, now, THRESHOLD, LOCK, &m);
+    let counted = |user: User| LoginFailure { user, started_lock: false };
 
     let one = fail(T0).await.expect("failure 1");
-    assert_eq!(one, User { failed_logins: 1, meta: m.clone(), ..user.clone() }, "failure 1 only counts");
+    assert_eq!(one, counted(User { failed_logins: 1, meta: m.clone(), ..user.clone() }), "failure 1 only counts");
     let two = fail(T0 + 1).await.expect("failure 2");
-    assert_eq!(two, User { failed_logins: 2, meta: m.clone(), ..user.clone() }, "failure 2 only counts");
+    assert_eq!(two, counted(User { failed_logins: 2, meta: m.clone(), ..user.clone() }), "failure 2 only counts");
 
     let locked_at = T0 + 2;
     let until = locked_at + LOCK;
     let locked = fail(locked_at).await.expect("failure 3");
     assert_eq!(
         locked,
-        User { failed_logins: 0, locked_until: Some(until), meta: m.clone(), ..user.clone() },
-        "reaching the threshold locks until now + lock_secs and resets the count"
+        LoginFailure {
+            user: User { failed_logins: 0, locked_until: Some(until), meta: m.clone(), ..user.clone() },
+            started_lock: true
+        },
+        "reaching the threshold locks until now + lock_secs, resets the count and says it started the lock"
     );
+    let locked = locked.user;
     assert_eq!(stored_user(s, &user.id).await, locked, "record_login_failure returns the user as stored");
 
     // Hammering during the lock, up to its last second, changes nothing
-    // (not even `meta`).
+    // (not even `meta`), and none of it started the lock (one mail a lock).
     let hammer = meta();
     for now in [locked_at, locked_at + 1, until - 1] {
         let during = s
@@ -762,12 +768,14 @@ pub async fn login_failures_lock_at_threshold(s: &Subject) {
             .record_login_failure(&user.id, now, THRESHOLD, LOCK, &hammer)
             .await
             .expect("failure during the lock");
-        assert_eq!(during, locked, "a failure at {now}, during the lock, changed the user");
+        assert_eq!(during, counted(locked.clone()), "a failure at {now}, during the lock, changed the user");
     }
     assert_eq!(stored_user(s, &user.id).await, locked, "failures during the lock changed the stored user");
 
     // At `until` the lock has ended and counting starts again from zero.
     let after = fail(until).await.expect("first failure after the lock");
+    assert!(!after.started_lock, "{after:?}");
+    let after = after.user;
     assert_eq!(after.failed_logins, 1, "the count restarts from zero after a lock: {after:?}");
     assert!(!after.is_locked(until), "one failure after a lock locked again: {after:?}");
     // And the ended lock is cleared by that write, so the audit trail shows
@@ -776,6 +784,30 @@ pub async fn login_failures_lock_at_threshold(s: &Subject) {
     assert_eq!(stored_user(s, &user.id).await, after);
     fail(until + 1).await.expect("second failure after the lock");
     let relocked = fail(until + 2).await.expect("third failure after the lock");
-    assert_eq!(relocked.locked_until, Some(until + 2 + LOCK), "the threshold locks again: {relocked:?}");
-    assert_eq!(relocked.failed_logins, 0);
+    assert!(relocked.started_lock, "{relocked:?}");
+    assert_eq!(relocked.user.locked_until, Some(until + 2 + LOCK), "the threshold locks again: {relocked:?}");
+    assert_eq!(relocked.user.failed_logins, 0);
+}
+
+/// A burst of wrong passwords past the threshold: one of them starts the
+/// lock (and says so, so the owner is mailed once), the rest are counted
+/// up to it or meet it.
+pub async fn concurrent_login_failures_start_one_lock(s: &Subject) {
+    const THRESHOLD: u32 = 10;
+    let (user, _) = registered(s).await;
+    let results = race(REGISTRATION_RACERS, |_| {
+        let users = s.users.clone();
+        let id = user.id;
+        async move { users.record_login_failure(&id, T0, THRESHOLD, 900, &meta()).await }
+    })
+    .await;
+    let failures: Vec<LoginFailure> = results.into_iter().map(|r| r.expect("record_login_failure")).collect();
+    let started: Vec<&LoginFailure> = failures.iter().filter(|f| f.started_lock).collect();
+    assert_eq!(started.len(), 1, "{} failures said they started the lock", started.len());
+    assert_eq!(started[0].user.locked_until, Some(T0 + 900));
+    assert_eq!(stored_user(s, &user.id).await, started[0].user, "the lock as it was started");
+    let mut counts: Vec<u32> =
+        failures.iter().filter(|f| !f.user.is_locked(T0)).map(|f| f.user.failed_logins).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, (1..THRESHOLD).collect::<Vec<_>>(), "each count below the threshold once");
 }

@@ -3,16 +3,16 @@
 
 use super::errors::own_write_or_stale;
 use super::items::{self, PK, TTL, TTL_GRACE_SECS, TTL_NAME, epoch_value, n, s, unchanged_since};
-use super::users::meta_value;
-use super::{DynamoStore, put_item, update_item};
+use super::users::{UNLOCKED, meta_value};
+use super::{DynamoStore, check_item, put_item, update_item};
 use crate::StoreError;
 use crate::clock::Timestamp;
 use crate::domain::{Challenge, ChallengeId, RequestMeta, Session, UserId};
 use crate::error::Conflict;
-use crate::ports::{ChallengeStore, CodeFailure, StoreResult, UserStore};
+use crate::ports::{ChallengeStore, CodeFailure, LockCheck, StoreResult, UserStore};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::builders::UpdateBuilder;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, ReturnValuesOnConditionCheckFailure, Update};
 
 impl DynamoStore {
     /// A right password: the count of wrong ones back to 0 and an ended
@@ -24,9 +24,7 @@ impl DynamoStore {
             .table_name(&self.users)
             .key(PK, s(items::user_pk(user_id)))
             .update_expression("SET failed_logins = :zero, meta = :meta REMOVE locked_until")
-            .condition_expression(
-                "attribute_exists(pk) AND (attribute_not_exists(locked_until) OR locked_until <= :now)",
-            )
+            .condition_expression(format!("attribute_exists(pk) AND {UNLOCKED}"))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":meta", meta)
@@ -61,30 +59,41 @@ impl DynamoStore {
 
 #[async_trait]
 impl ChallengeStore for DynamoStore {
-    async fn create_challenge(
-        &self,
-        challenge: &Challenge,
-        reset_login_failures: bool,
-        meta: &RequestMeta,
-    ) -> StoreResult<()> {
+    async fn create_challenge(&self, challenge: &Challenge, lock: LockCheck, meta: &RequestMeta) -> StoreResult<()> {
         let item =
             items::to_item(challenge, items::challenge_pk(&challenge.id), Some(challenge.expires_at + TTL_GRACE_SECS))?;
         let absent = "attribute_not_exists(pk)";
-        if reset_login_failures {
-            let reset = self.reset_login_failures(&challenge.user_id, challenge.created_at, meta_value(meta)?);
-            self.transact(vec![put_item(&self.tokens, item, absent)?, update_item(reset)?]).await?;
-        } else {
-            let put = self.client.put_item().table_name(&self.tokens).set_item(Some(item)).condition_expression(absent);
-            // The id is new, so only this call's own first send (the SDK's,
-            // after a lost answer) can have written it: recognised by its
-            // code, else the password step would fail with its challenge
-            // written and no code mailed.
-            if let Err(err) =
-                put.return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld).send().await
-            {
-                own_write_or_stale(err, "code_hash", &challenge.code_hash)?;
+        let user = match lock {
+            LockCheck::Unlocked { reset_failures: true } => {
+                update_item(self.reset_login_failures(&challenge.user_id, challenge.created_at, meta_value(meta)?))?
             }
-        }
+            // The right password on an account read unlocked: a lock set
+            // since the read refuses it, in the same transaction.
+            LockCheck::Unlocked { reset_failures: false } => check_item(
+                ConditionCheck::builder()
+                    .table_name(&self.users)
+                    .key(PK, s(items::user_pk(&challenge.user_id)))
+                    .condition_expression(format!("attribute_exists(pk) AND {UNLOCKED}"))
+                    .expression_attribute_values(":now", n(challenge.created_at)),
+            )?,
+            LockCheck::TrustedDevice => {
+                let put =
+                    self.client.put_item().table_name(&self.tokens).set_item(Some(item)).condition_expression(absent);
+                // The id is new, so only this call's own first send (the
+                // SDK's, after a lost answer) can have written it: recognised
+                // by its code, else the password step would fail with its
+                // challenge written and no code mailed.
+                if let Err(err) = put
+                    .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                    .send()
+                    .await
+                {
+                    own_write_or_stale(err, "code_hash", &challenge.code_hash)?;
+                }
+                return Ok(());
+            }
+        };
+        self.transact(vec![put_item(&self.tokens, item, absent)?, user]).await?;
         Ok(())
     }
 

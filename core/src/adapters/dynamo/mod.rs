@@ -25,7 +25,7 @@ use crate::tables;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::builders::{DeleteBuilder, UpdateBuilder};
+use aws_sdk_dynamodb::types::builders::{ConditionCheckBuilder, DeleteBuilder, UpdateBuilder};
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
 use errors::{is_transient, map_sdk, reason_codes};
 use items::{Item, PK, s};
@@ -130,6 +130,11 @@ fn put_item(table: &str, item: Item, condition: &str) -> Result<TransactWriteIte
 /// set.
 fn update_item(update: UpdateBuilder) -> Result<TransactWriteItem, StoreError> {
     Ok(TransactWriteItem::builder().update(update.build().map_err(StoreError::internal)?).build())
+}
+
+/// A transaction item that only checks a condition on another item.
+fn check_item(check: ConditionCheckBuilder) -> Result<TransactWriteItem, StoreError> {
+    Ok(TransactWriteItem::builder().condition_check(check.build().map_err(StoreError::internal)?).build())
 }
 
 /// A transaction item from a delete whose table, key and condition are set.

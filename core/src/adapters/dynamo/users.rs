@@ -10,7 +10,7 @@ use super::{DynamoStore, delete_item, put_item, update_item};
 use crate::clock::Timestamp;
 use crate::domain::{Email, RequestMeta, ResetLink, SessionId, User, UserId, Username, VerificationRecord};
 use crate::error::Conflict;
-use crate::ports::{StoreResult, UserStore};
+use crate::ports::{LoginFailure, StoreResult, UserStore};
 use crate::{StoreError, tables};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
@@ -34,7 +34,7 @@ const EMAIL_CLAIM: usize = 2;
 /// Index of the email holder's check in `hold_username`'s transaction.
 const HOLD_EMAIL_HOLDER: usize = 1;
 
-const UNLOCKED: &str = "(attribute_not_exists(locked_until) OR locked_until <= :now)";
+pub(super) const UNLOCKED: &str = "(attribute_not_exists(locked_until) OR locked_until <= :now)";
 
 /// The `meta` attribute (a map) of a request, for `SET meta = :meta` in the
 /// updates that record which request modified an item.
@@ -479,7 +479,7 @@ impl UserStore for DynamoStore {
         threshold: u32,
         lock_secs: i64,
         meta: &RequestMeta,
-    ) -> StoreResult<User> {
+    ) -> StoreResult<LoginFailure> {
         // Counts below `last` only increment; the failure that reaches the
         // threshold locks instead. Both writes require "not locked", so a
         // lock is never extended and a failure during one changes nothing.
@@ -497,12 +497,12 @@ impl UserStore for DynamoStore {
                 )
                 .await?;
             match counted {
-                Ok(user) => return Ok(user),
+                Ok(user) => return Ok(LoginFailure { user, started_lock: false }),
                 Err(None) => return Err(StoreError::Conflict(Conflict::Stale)),
                 Err(Some(old)) => {
                     let old: User = items::from_item(old)?;
                     if old.is_locked(now) {
-                        return Ok(old);
+                        return Ok(LoginFailure { user: old, started_lock: false });
                     }
                 }
             }
@@ -521,12 +521,12 @@ impl UserStore for DynamoStore {
                 )
                 .await?;
             match locked {
-                Ok(user) => return Ok(user),
+                Ok(user) => return Ok(LoginFailure { user, started_lock: true }),
                 Err(None) => return Err(StoreError::Conflict(Conflict::Stale)),
                 Err(Some(old)) => {
                     let old: User = items::from_item(old)?;
                     if old.is_locked(now) {
-                        return Ok(old);
+                        return Ok(LoginFailure { user: old, started_lock: false });
                     }
                     // The count went down in between (a successful login
                     // reset it): count again.

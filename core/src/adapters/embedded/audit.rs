@@ -374,6 +374,7 @@ mod tests {
     use super::*;
     use crate::audit::{AuditEventType as T, verify_chain};
     use crate::domain::{User, VerificationRecord};
+    use crate::ports::LockCheck;
     use crate::ports::{ChallengeStore, UserStore};
 
     const RETENTION: i64 = 400 * 86_400;
@@ -392,7 +393,7 @@ mod tests {
         s.create_user(&u, &v, i64::MIN).await.unwrap();
         s.consume_verification(&v, T0 + 1, &u.meta).await.unwrap();
         let c = challenge(&u, "h");
-        s.create_challenge(&c, false, &u.meta).await.unwrap();
+        s.create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &u.meta).await.unwrap();
         s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &u.meta).await.unwrap();
         u
     }

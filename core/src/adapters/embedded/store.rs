@@ -16,7 +16,9 @@ use crate::domain::{
     VerificationRecord,
 };
 use crate::error::{Conflict, StoreError};
-use crate::ports::{ChallengeStore, CodeFailure, OtpStore, SessionStore, StoreResult, UserStore};
+use crate::ports::{
+    ChallengeStore, CodeFailure, LockCheck, LoginFailure, OtpStore, SessionStore, StoreResult, UserStore,
+};
 use async_trait::async_trait;
 
 fn conflict<T>(c: Conflict) -> StoreResult<T> {
@@ -110,7 +112,7 @@ impl UserStore for EmbeddedStore {
         threshold: u32,
         lock_secs: i64,
         meta: &RequestMeta,
-    ) -> StoreResult<User> {
+    ) -> StoreResult<LoginFailure> {
         let (id, meta, at) = (*id, meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
@@ -120,7 +122,7 @@ impl UserStore for EmbeddedStore {
                 };
                 if old.is_locked(now) {
                     // A lock is never extended by hammering.
-                    return Ok(old);
+                    return Ok(LoginFailure { user: old, started_lock: false });
                 }
                 let mut new = User { meta, ..old.clone() };
                 // A lock that has ended starts the count afresh.
@@ -133,7 +135,7 @@ impl UserStore for EmbeddedStore {
                 }
                 rec::update_user(tx, &new)?;
                 record(tx, at, ChangeEntity::User, &id.to_string(), Some(&old), Some(&new))?;
-                Ok(new)
+                Ok(LoginFailure { started_lock: new.locked_until.is_some(), user: new })
             })
             .await
     }
@@ -314,12 +316,7 @@ impl UserStore for EmbeddedStore {
 
 #[async_trait]
 impl ChallengeStore for EmbeddedStore {
-    async fn create_challenge(
-        &self,
-        challenge: &Challenge,
-        reset_login_failures: bool,
-        meta: &RequestMeta,
-    ) -> StoreResult<()> {
+    async fn create_challenge(&self, challenge: &Challenge, lock: LockCheck, meta: &RequestMeta) -> StoreResult<()> {
         let (c, meta, at) = (challenge.clone(), meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
@@ -328,18 +325,24 @@ impl ChallengeStore for EmbeddedStore {
                 }
                 // The foreign key refuses a challenge for an unknown user; say
                 // so plainly rather than as a constraint error. The whole
-                // record is read only when its counters may be reset.
-                let old_u = if reset_login_failures { rec::load_user(tx, UserKey::Id(&c.user_id))? } else { None };
+                // record is read only when its lock is checked.
+                let reset = match lock {
+                    LockCheck::Unlocked { reset_failures } => Some(reset_failures),
+                    LockCheck::TrustedDevice => None,
+                };
+                let old_u = if reset.is_some() { rec::load_user(tx, UserKey::Id(&c.user_id))? } else { None };
                 if old_u.is_none() && !rec::user_exists(tx, &c.user_id)? {
                     return Err(StoreError::internal("challenge for an unknown user"));
                 }
                 if old_u.as_ref().is_some_and(|u| u.is_locked(c.created_at)) {
-                    // Locked since the caller's read: the lock stays.
+                    // Locked since the caller's read: refused, and the lock stays.
                     return stale();
                 }
                 rec::insert_challenge(tx, &c)?;
                 record(tx, at, ChangeEntity::Challenge, &c.id.to_string(), None, Some(&c))?;
-                if let Some(old_u) = old_u.filter(|u| u.failed_logins != 0 || u.locked_until.is_some()) {
+                let reset_u =
+                    old_u.filter(|u| reset == Some(true) && (u.failed_logins != 0 || u.locked_until.is_some()));
+                if let Some(old_u) = reset_u {
                     let new_u = User { failed_logins: 0, locked_until: None, meta, ..old_u.clone() };
                     rec::update_user(tx, &new_u)?;
                     record(tx, at, ChangeEntity::User, &new_u.id.to_string(), Some(&old_u), Some(&new_u))?;
@@ -774,17 +777,22 @@ mod tests {
         let u = registered(&s, "ivy").await;
         let before = changes(&s).await.len();
         let stranger = user("nobody", "nobody@example.com");
-        for reset in [false, true] {
+        let locks = [
+            LockCheck::TrustedDevice,
+            LockCheck::Unlocked { reset_failures: false },
+            LockCheck::Unlocked { reset_failures: true },
+        ];
+        for lock in locks {
             assert!(
-                matches!(s.create_challenge(&challenge(&stranger), reset, &META).await, Err(StoreError::Internal(_))),
-                "a challenge for an unknown user (reset = {reset})"
+                matches!(s.create_challenge(&challenge(&stranger), lock, &META).await, Err(StoreError::Internal(_))),
+                "a challenge for an unknown user ({lock:?})"
             );
         }
         let c = challenge(&u);
-        s.create_challenge(&c, false, &META).await.unwrap();
-        for reset in [false, true] {
+        s.create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &META).await.unwrap();
+        for lock in locks {
             let again = Challenge { code_hash: "code-2".into(), ..c.clone() };
-            assert!(is_conflict(s.create_challenge(&again, reset, &META).await, Conflict::Stale), "a reused id");
+            assert!(is_conflict(s.create_challenge(&again, lock, &META).await, Conflict::Stale), "a reused id");
         }
         assert_eq!(s.challenge(&c.id).await.unwrap(), Some(c), "the first challenge is unchanged");
         assert_eq!(count(&s, "challenges").await, 1);
@@ -973,27 +981,29 @@ mod tests {
         // Some code failures on record, to see the lock leave them alone
         // (only a right code or a password reset gives the budget back).
         let c = challenge(&u);
-        s.create_challenge(&c, false, &META).await.unwrap();
+        s.create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &META).await.unwrap();
         s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &META).await.unwrap();
 
+        let (sr, id) = (&s, u.id);
+        let fail = move |t| async move { sr.record_login_failure(&id, t, 3, 900, &META).await.unwrap() };
         for n in 1..=2 {
-            let after = s.record_login_failure(&u.id, T0, 3, 900, &META).await.unwrap();
-            assert_eq!((after.failed_logins, after.locked_until), (n, None));
+            let after = fail(T0).await;
+            assert_eq!((after.user.failed_logins, after.user.locked_until, after.started_lock), (n, None, false));
         }
-        let locked = s.record_login_failure(&u.id, T0 + 5, 3, 900, &META).await.unwrap();
+        let LoginFailure { user: locked, started_lock } = fail(T0 + 5).await;
         assert_eq!((locked.failed_logins, locked.locked_until, locked.otp_failures), (0, Some(T0 + 905), 1));
+        assert!(started_lock);
         let feed_len = changes(&s).await.len();
         // Hammering during the lock changes nothing and cannot extend it.
         for t in [T0 + 6, T0 + 904] {
-            assert_eq!(s.record_login_failure(&u.id, t, 3, 900, &META).await.unwrap(), locked);
+            assert_eq!(fail(t).await, LoginFailure { user: locked.clone(), started_lock: false });
         }
         assert_eq!(changes(&s).await.len(), feed_len);
         // After the lock the count starts again from zero.
-        let after = s.record_login_failure(&u.id, T0 + 905, 3, 900, &META).await.unwrap();
+        let after = fail(T0 + 905).await.user;
         assert_eq!((after.failed_logins, after.is_locked(T0 + 905)), (1, false));
-        let after = s.record_login_failure(&u.id, T0 + 906, 3, 900, &META).await.unwrap();
-        assert_eq!(after.failed_logins, 2);
-        assert!(s.record_login_failure(&u.id, T0 + 907, 3, 900, &META).await.unwrap().is_locked(T0 + 907));
+        assert_eq!(fail(T0 + 906).await.user.failed_logins, 2);
+        assert!(fail(T0 + 907).await.user.is_locked(T0 + 907));
         assert!(is_conflict(
             s.record_login_failure(&UserId::random(&OsSecureRng), T0, 3, 900, &META).await,
             Conflict::Stale
@@ -1005,7 +1015,7 @@ mod tests {
         let (s, _) = store();
         let u = registered(&s, "gina").await;
         s.record_login_failure(&u.id, T0, 10, 900, &META).await.unwrap();
-        s.create_challenge(&challenge(&u), true, &META).await.unwrap();
+        s.create_challenge(&challenge(&u), LockCheck::Unlocked { reset_failures: true }, &META).await.unwrap();
         assert_eq!(s.user_by_id(&u.id).await.unwrap().unwrap().failed_logins, 0);
         s.set_password_hash(&u.id, &u.password_hash, "$argon2id$new", &META).await.unwrap();
         assert_eq!(s.user_by_id(&u.id).await.unwrap().unwrap().password_hash, "$argon2id$new");
@@ -1016,7 +1026,7 @@ mod tests {
         let (s, _) = store();
         let u = registered(&s, "hank").await;
         let c = challenge(&u);
-        s.create_challenge(&c, false, &META).await.unwrap();
+        s.create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &META).await.unwrap();
         s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &META).await.unwrap();
         let tasks: Vec<_> = (0..20)
             .map(|_| {
@@ -1046,7 +1056,7 @@ mod tests {
         let (s, _) = store();
         let u = registered(&s, "ivan").await;
         let c = challenge(&u);
-        s.create_challenge(&c, false, &META).await.unwrap();
+        s.create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &META).await.unwrap();
         let before = changes(&s).await;
         assert!(is_conflict(
             s.redeem_challenge(&c.id, "other", T0, 6, u32::MAX, c.password_epoch, &session(&u), &META).await,
@@ -1074,7 +1084,7 @@ mod tests {
         let (s, _) = store();
         let u = registered(&s, "judy").await;
         let c = challenge(&u);
-        s.create_challenge(&c, false, &META).await.unwrap();
+        s.create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &META).await.unwrap();
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let s = s.clone();
@@ -1107,7 +1117,7 @@ mod tests {
         let (s, _) = store();
         let u = registered(&s, "kate").await;
         let c = challenge(&u);
-        s.create_challenge(&c, false, &META).await.unwrap();
+        s.create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &META).await.unwrap();
         s.record_challenge_failure(&c.id, &u.id, 6, u32::MAX, c.password_epoch, &META).await.unwrap();
         let replace = |now: i64, max_resends: u32, max_failures: u32| {
             let s = s.clone();
@@ -1154,7 +1164,7 @@ mod tests {
         let (s, _) = store();
         let u = registered(&s, "liam").await;
         let c = challenge(&u);
-        s.create_challenge(&c, false, &META).await.unwrap();
+        s.create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &META).await.unwrap();
         let sess = session(&u);
         s.redeem_challenge(&c.id, "code-1", T0, 6, u32::MAX, c.password_epoch, &sess, &META).await.unwrap();
         s.rotate_session(&sess.id, "refresh-0", "refresh-1", T0 + 5, &META).await.unwrap();
@@ -1232,7 +1242,7 @@ mod tests {
         let u = registered(&s, "mona").await;
         let seq = changes(&s).await.last().unwrap().seq;
         clock.advance(42);
-        let after = s.record_login_failure(&u.id, T0, 5, 900, &META).await.unwrap();
+        let after = s.record_login_failure(&u.id, T0, 5, 900, &META).await.unwrap().user;
         let feed = s.changes_after(seq, 10).await.unwrap();
         assert_eq!(feed.len(), 1);
         let ch = &feed[0];

@@ -156,6 +156,7 @@ mod tests {
     use super::*;
     use crate::audit::{AuditEventType as T, AuditPolicy, AuditStore, otp_subject, verify_chain};
     use crate::domain::{Challenge, Email, OtpRecord, Session, SessionId, User, VerificationRecord};
+    use crate::ports::LockCheck;
     use crate::ports::{ChallengeStore, OtpStore, SessionStore, UserStore};
     use crate::rng::OsSecureRng;
 
@@ -178,7 +179,7 @@ mod tests {
         s.create_user(&u, &v, i64::MIN).await.unwrap();
         let (unused, used) = (challenge(&u, "h1"), challenge(&u, "h2"));
         for c in [&unused, &used] {
-            s.create_challenge(c, false, &meta).await.unwrap();
+            s.create_challenge(c, LockCheck::Unlocked { reset_failures: false }, &meta).await.unwrap();
         }
         let session = Session {
             id: SessionId::random(&OsSecureRng),
@@ -322,7 +323,9 @@ mod tests {
         let (u, ..) = records(&s).await;
         let n = SWEEP_BATCH as usize * 2 + 7;
         for _ in 0..n {
-            s.create_challenge(&challenge(&u, "h"), false, &u.meta).await.unwrap();
+            s.create_challenge(&challenge(&u, "h"), LockCheck::Unlocked { reset_failures: false }, &u.meta)
+                .await
+                .unwrap();
         }
         clock.set(T0 + 300 + DAY);
         let swept = s.sweep_expired().await.unwrap();
