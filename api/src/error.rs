@@ -44,7 +44,6 @@ impl From<Error> for ApiError {
             Error::Validation { field, reason } => ApiError::field(field, reason),
             Error::UsernameTaken => simple(S::CONFLICT, "username_taken", &e),
             Error::InvalidCredentials => simple(S::UNAUTHORIZED, "invalid_credentials", &e),
-            Error::EmailNotVerified => simple(S::FORBIDDEN, "email_not_verified", &e),
             Error::VerificationInvalid => simple(S::BAD_REQUEST, "verification_token_invalid", &e),
             Error::VerificationExpired => simple(S::BAD_REQUEST, "verification_token_expired", &e),
             Error::VerificationUsed => simple(S::BAD_REQUEST, "verification_token_used", &e),

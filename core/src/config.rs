@@ -38,6 +38,11 @@ pub struct RateLimits {
     pub code_send_address: Limit,
     /// Verification resends per address.
     pub verification_resend_address: Limit,
+    /// Verification links sent again per mailbox (`Email::mailbox_key`:
+    /// tags, and at Gmail dots, folded), counted only when the address has
+    /// an unverified account: the tagged accounts somebody registers for one
+    /// inbox share it, however many there are.
+    pub verification_resend_mailbox: Limit,
     /// Password reset links per address.
     pub password_reset_address: Limit,
     pub code_verify_ip: Limit,
@@ -60,6 +65,7 @@ impl Default for RateLimits {
             code_send_ip: Limit::new(30, 3600),
             code_send_address: Limit::new(10, 3600),
             verification_resend_address: Limit::new(5, 3600),
+            verification_resend_mailbox: Limit::new(10, 3600),
             password_reset_address: Limit::new(3, 3600),
             code_verify_ip: Limit::new(60, 60),
             code_verify_subject: Limit::new(20, 600),
@@ -83,6 +89,7 @@ impl RateLimits {
             code_send_ip: l,
             code_send_address: l,
             verification_resend_address: l,
+            verification_resend_mailbox: l,
             password_reset_address: l,
             code_verify_ip: l,
             code_verify_subject: l,

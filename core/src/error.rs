@@ -10,8 +10,6 @@ pub enum Error {
     UsernameTaken,
     #[error("invalid credentials")]
     InvalidCredentials,
-    #[error("the email address has not been verified yet")]
-    EmailNotVerified,
     #[error("the verification link is not valid")]
     VerificationInvalid,
     #[error("the verification link has expired")]

@@ -304,7 +304,8 @@ async fn verification_link_expires_after_24_hours() {
     w.clock.set(T0 + 24 * 3600);
     assert!(matches!(w.auth.verify_email(&token, &meta()).await, Err(Error::VerificationExpired)));
     // Still unverified.
-    assert!(matches!(w.auth.login("bob", PW.into(), None, &meta()).await, Err(Error::EmailNotVerified)));
+    assert!(matches!(w.auth.login("bob", PW.into(), None, &meta()).await, Err(Error::InvalidCredentials)));
+    assert!(!stored(&w.store, "bob").await.verified);
     // A resend gives a fresh link that works.
     w.auth.resend_verification("bob@example.com", &meta()).await.unwrap();
     w.auth.verify_email(&w.mail.token(), &meta()).await.unwrap();
@@ -328,6 +329,40 @@ async fn a_link_does_not_verify_an_account_past_its_retention() {
     let sent = w.mail.count();
     w.auth.resend_verification("bob@example.com", &meta()).await.unwrap();
     assert_eq!(w.mail.count(), sent, "no link for an account past its retention");
+}
+
+/// Accounts registered under tags of one inbox share its verification
+/// resends (10 an hour), however many of them there are; asking for the
+/// bare address, which has no account, spends none of it; past the limit
+/// the answer is the same and nothing is sent.
+#[tokio::test]
+async fn verification_resends_to_one_mailbox_are_limited_however_many_tagged_accounts_it_has() {
+    let w = world(RateLimits::default());
+    let tagged = |i: i64| format!("vic+{i}@example.com");
+    for i in 0..5 {
+        let ip = format!("198.51.100.{i}");
+        w.auth.register(&format!("tag{i}"), &tagged(i), PW.into(), &meta_from(&ip)).await.unwrap();
+    }
+    let registered = w.mail.count();
+    for i in 0..5 {
+        let ip = format!("203.0.113.{i}");
+        w.auth.resend_verification("vic@example.com", &meta_from(&ip)).await.expect("the same answer");
+    }
+    assert_eq!(w.mail.count(), registered, "a link for an address without an account");
+    // Three rounds past the cooldown: each address within its own 5 an
+    // hour, 15 asks in all, 10 sent.
+    for round in 1..=3 {
+        w.clock.set(T0 + 61 * round);
+        for i in 0..5 {
+            let ip = format!("192.0.2.{}", round * 10 + i);
+            w.auth.resend_verification(&tagged(i), &meta_from(&ip)).await.expect("the same answer");
+        }
+    }
+    assert_eq!(w.mail.count() - registered, 10, "links sent again to one inbox within an hour");
+    // The next hour's window gives the inbox its budget again.
+    w.clock.set(T0 + 3600);
+    w.auth.resend_verification(&tagged(0), &meta_from("192.0.2.99")).await.unwrap();
+    assert_eq!(w.mail.count() - registered, 11);
 }
 
 #[tokio::test]

@@ -67,7 +67,7 @@ pub async fn full_journey(sys: &TestSystem, by_email: bool) {
     assert_eq!(landing.status(), 200);
     assert!(landing.text().await.expect("html").contains("method=\"post\""));
     let (st, body, _) = sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD})).await;
-    assert_eq!((st, body["error"].as_str()), (403, Some("email_not_verified")), "GET must not verify");
+    assert_eq!((st, body["error"].as_str()), (401, Some("invalid_credentials")), "GET must not verify");
 
     let (st, body, _) = sys.post("/v1/verify-email", json!({ "token": token })).await;
     assert_eq!(st, 200, "{body}");

@@ -516,7 +516,8 @@ async fn real_responses_match_the_document() {
 
     // Verification.
     let login = json!({"identifier": username, "password": PASSWORD});
-    assert_eq!(st(&c.post("/v1/login", login.clone()).await), (403, code("email_not_verified")));
+    // Not verified yet: answered as a wrong password (no enumeration).
+    assert_eq!(st(&c.post("/v1/login", login.clone()).await), (401, code("invalid_credentials")));
     assert_eq!(c.post("/v1/verify-email/resend", json!({"email": email})).await.0, 202);
     let forged = json!({"token": "A".repeat(43)});
     assert_eq!(st(&c.post("/v1/verify-email", forged).await), (400, code("verification_token_invalid")));

@@ -84,13 +84,14 @@ pub async fn login(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageF
             errors.insert(field, sentence(&reason));
             login_page(&mut v, StatusCode::BAD_REQUEST, &identifier, errors, None, None, false)
         }
+        // An unconfirmed address answers as a wrong password does (else a
+        // registration followed by a sign-in would tell whether the address
+        // had an account): the page names both reasons.
         Err(Error::InvalidCredentials) => {
-            let text = "The username, email address or password is not right.".to_string();
-            login_page(&mut v, StatusCode::UNAUTHORIZED, &identifier, errors, Some(text), None, false)
-        }
-        Err(Error::EmailNotVerified) => {
-            let text = "Please confirm your email address first: open the link we mailed you.".to_string();
-            login_page(&mut v, StatusCode::FORBIDDEN, &identifier, errors, Some(text), None, true)
+            let text = "The username, email address or password is not right, or the email address \
+                        is not confirmed yet (open the link we mailed you)."
+                .to_string();
+            login_page(&mut v, StatusCode::UNAUTHORIZED, &identifier, errors, Some(text), None, true)
         }
         Err(Error::RateLimited { retry_after }) => {
             let text = format!("Too many attempts. Please wait {retry_after} seconds and try again.");

@@ -53,16 +53,7 @@ impl Auth {
         }
         let ok = self.hasher.verify(&password, user.as_ref().map(|u| u.password_hash.as_str())).await?;
         let Some(user) = user else {
-            // The same store write as a wrong password for an account (one
-            // conditional update, here of an id that matches nothing), so an
-            // unknown name takes as long to refuse on a remote store too.
-            let nobody = UserId::random(self.ports.rng.as_ref());
-            let p = &self.policy;
-            let _ = self
-                .ports
-                .users
-                .record_login_failure(&nobody, now, p.login_lock_threshold, p.login_lock_secs, meta)
-                .await;
+            self.refuse_as_unknown(now, meta).await;
             return Err(Error::InvalidCredentials);
         };
         let locked = user.is_locked(now);
@@ -81,7 +72,14 @@ impl Auth {
             return Err(Error::InvalidCredentials);
         }
         if !user.verified {
-            return Err(Error::EmailNotVerified);
+            // Refused as an unknown name is, with the same answer: else
+            // registering an address and signing in to the new account would
+            // tell whether the address had one already (registering a taken
+            // address only holds the username, which signs in as unknown).
+            // The sign-in pages say an unconfirmed address is one reason.
+            tracing::info!(user_id = %user.id, "login refused: email address not verified");
+            self.refuse_as_unknown(now, meta).await;
+            return Err(Error::InvalidCredentials);
         }
         if user.otp_failures >= self.policy.account_code_failure_budget {
             // The account-wide code budget is spent by someone who knows the
@@ -220,6 +218,16 @@ impl Auth {
         self.send(&user.email, Some(user.id.to_string()), meta, self.code_job(&user, code)).await?;
         tracing::info!(user_id = %user.id, challenge_id = %id, "login code re-sent");
         Ok(LoginStarted { challenge_id: id, expires_at, resend_after: p.code_resend_cooldown_secs })
+    }
+
+    /// The store write of a wrong password for an account (one conditional
+    /// update, here of an id that matches nothing), so a refusal as an
+    /// unknown name takes as long on a remote store too.
+    async fn refuse_as_unknown(&self, now: Timestamp, meta: &RequestMeta) {
+        let nobody = UserId::random(self.ports.rng.as_ref());
+        let p = &self.policy;
+        let _ =
+            self.ports.users.record_login_failure(&nobody, now, p.login_lock_threshold, p.login_lock_secs, meta).await;
     }
 
     /// Counts a wrong password toward the account's lock and mails the

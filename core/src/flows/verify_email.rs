@@ -46,10 +46,10 @@ impl Auth {
         let l = &self.policy.limits;
         self.limit(&[
             l.code_send_ip.key(format!("send:ip:{}", super::client_key(meta))),
-            // The exact address, not the mailbox: mail goes only to an
-            // account's own address, so tags multiply nothing here, and a
-            // stranger who knows the bare address cannot spend the limit of
-            // an account registered under a tag.
+            // The exact address here, so a stranger who knows the bare
+            // address cannot spend the limit of an account registered under
+            // a tag; the mailbox's own limit is counted below, only for an
+            // unverified account.
             l.verification_resend_address.key(format!("verify-resend:email:{}", email.as_str())),
         ])
         .await?;
@@ -64,6 +64,24 @@ impl Auth {
             return Ok(());
         }
         let now = self.now();
+        // Per mailbox too, counted only here, for an unverified account: the
+        // accounts somebody registers under tags of one inbox (5 an hour,
+        // registration is limited per mailbox) would each bring their own
+        // address's budget, and the inbox's mail would grow with them; a
+        // stranger asking for the bare address spends none of it. Past it,
+        // nothing is sent and the answer is the same (a 429 here would tell
+        // the address has an unverified account).
+        let mailbox = self.policy.limits.verification_resend_mailbox;
+        if self
+            .ports
+            .limiter
+            .hit(&[mailbox.key(format!("verify-resend:mailbox:{}", email.mailbox_key()))], now)
+            .await?
+            .is_some()
+        {
+            tracing::info!(to = %email.masked(), "verification link not sent again: the mailbox's limit is spent");
+            return Ok(());
+        }
         let token = random_token(self.ports.rng.as_ref());
         let rec = VerificationRecord {
             token_hash: token_hash(&token),
