@@ -326,12 +326,10 @@ impl ChallengeStore for EmbeddedStore {
                 // The foreign key refuses a challenge for an unknown user; say
                 // so plainly rather than as a constraint error. The whole
                 // record is read only when its lock is checked.
-                let reset = match lock {
-                    LockCheck::Unlocked { reset_failures } => Some(reset_failures),
-                    LockCheck::TrustedDevice => None,
-                };
-                let old_u = if reset.is_some() { rec::load_user(tx, UserKey::Id(&c.user_id))? } else { None };
-                if old_u.is_none() && !rec::user_exists(tx, &c.user_id)? {
+                let checked = matches!(lock, LockCheck::Unlocked { .. });
+                let reset = matches!(lock, LockCheck::Unlocked { reset_failures: true });
+                let old_u = if checked { rec::load_user(tx, UserKey::Id(&c.user_id))? } else { None };
+                if old_u.is_none() && (checked || !rec::user_exists(tx, &c.user_id)?) {
                     return Err(StoreError::internal("challenge for an unknown user"));
                 }
                 if old_u.as_ref().is_some_and(|u| u.is_locked(c.created_at)) {
@@ -340,9 +338,7 @@ impl ChallengeStore for EmbeddedStore {
                 }
                 rec::insert_challenge(tx, &c)?;
                 record(tx, at, ChangeEntity::Challenge, &c.id.to_string(), None, Some(&c))?;
-                let reset_u =
-                    old_u.filter(|u| reset == Some(true) && (u.failed_logins != 0 || u.locked_until.is_some()));
-                if let Some(old_u) = reset_u {
+                if let Some(old_u) = old_u.filter(|u| reset && (u.failed_logins != 0 || u.locked_until.is_some())) {
                     let new_u = User { failed_logins: 0, locked_until: None, meta, ..old_u.clone() };
                     rec::update_user(tx, &new_u)?;
                     record(tx, at, ChangeEntity::User, &new_u.id.to_string(), Some(&old_u), Some(&new_u))?;
