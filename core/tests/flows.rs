@@ -804,6 +804,32 @@ async fn signed_in_with(
     w.auth.verify_login_code(&c.challenge_id.to_string(), &w.mail.code(), meta).await.unwrap()
 }
 
+/// A session is over for every reader at its end (30 days after the code
+/// step), however recently it was refreshed: an access token made by a
+/// refresh a minute before the end lives that minute, not 10 (a relying
+/// party that checks only the token stops with the api).
+#[tokio::test]
+async fn a_session_ends_for_every_reader_at_its_thirty_days() {
+    let w = world(RateLimits::relaxed());
+    verified(&w, "alice").await;
+    let pair = signed_in(&w, "alice", &meta()).await;
+    let end = T0 + 30 * 24 * 3600;
+    w.clock.set(end - 60);
+    let late = w.auth.refresh(&pair.refresh_token, &meta()).await.expect("a live session refreshes");
+    assert_eq!(late.expires_in, 60, "the access token lives what is left of the session");
+    w.clock.set(end - 1);
+    w.auth.me(&late.access_token).await.expect("live a second before the end");
+    w.auth.browser_session(&late.refresh_token, &meta()).await.expect("signed in a second before the end");
+    w.clock.set(end);
+    assert!(matches!(w.auth.me(&late.access_token).await, Err(Error::Unauthorized)));
+    assert!(matches!(w.auth.browser_session(&late.refresh_token, &meta()).await, Err(Error::Unauthorized)));
+    let change = w.auth.change_password(&late.access_token, PW.into(), "a new passphrase, long".into(), &meta()).await;
+    assert!(matches!(change, Err(Error::Unauthorized)));
+    assert!(matches!(w.auth.refresh(&late.refresh_token, &meta()).await, Err(Error::InvalidRefreshToken)));
+    // Nothing above wrote: the password is the one it was.
+    assert!(w.auth.login("alice", PW.into(), None, &meta()).await.is_ok());
+}
+
 /// A session made before the code HMAC key changed is over everywhere
 /// after: refresh and logout refuse its secret as not issued, and so does
 /// the browser's session check (it compared only the secret's hash, so a

@@ -41,10 +41,7 @@ impl Auth {
             return Err(Error::Unauthorized);
         }
         let now = self.now();
-        let (s, u) = self.live_session(&sid).await?.ok_or(Error::Unauthorized)?;
-        if s.expires_at <= now {
-            return Err(Error::Unauthorized);
-        }
+        let (s, u) = self.live_session(&sid, now).await?.ok_or(Error::Unauthorized)?;
         if !OtpCode::hashes_equal(&token_hash(secret), &s.refresh_hash) {
             tracing::warn!(user_id = %s.user_id, session_id = %sid, "session cookie rotated elsewhere: session revoked");
             self.ports.sessions.revoke_session(&sid, now, "refresh_reuse", meta).await?;

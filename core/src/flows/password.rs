@@ -32,8 +32,8 @@ impl Auth {
             l.login_identifier.key(format!("password:user:{uid}")),
         ])
         .await?;
-        let (s, user) = self.live_session(&sid).await?.ok_or(Error::Unauthorized)?;
-        if s.user_id != uid || s.expires_at <= now {
+        let (s, user) = self.live_session(&sid, now).await?.ok_or(Error::Unauthorized)?;
+        if s.user_id != uid {
             return Err(Error::Unauthorized);
         }
         if !self.hasher.verify(&current, Some(&user.password_hash)).await? {
@@ -75,7 +75,7 @@ impl Auth {
             // request). Only a login's rehash of the same password leaves
             // the epoch as it was: then change the rehashed one.
             tries += 1;
-            match self.live_session(&sid).await? {
+            match self.live_session(&sid, at).await? {
                 Some((s, u))
                     if tries < 3
                         && s.user_id == uid

@@ -202,10 +202,7 @@ impl Auth {
             return Err(Error::InvalidRefreshToken);
         }
         let now = self.now();
-        let (s, _) = self.live_session(&sid).await?.ok_or(Error::InvalidRefreshToken)?;
-        if s.expires_at <= now {
-            return Err(Error::InvalidRefreshToken);
-        }
+        let (s, _) = self.live_session(&sid, now).await?.ok_or(Error::InvalidRefreshToken)?;
         let presented = token_hash(secret);
         if !OtpCode::hashes_equal(&presented, &s.refresh_hash) {
             // Issued for this session but no longer its current one.
@@ -247,20 +244,24 @@ impl Auth {
         let claims = self.tokens.verify(access_token, now)?;
         let uid = UserId::parse(&claims.sub).ok_or(Error::Unauthorized)?;
         let sid = SessionId::parse(&claims.sid).ok_or(Error::Unauthorized)?;
-        let (s, u) = self.live_session(&sid).await?.ok_or(Error::Unauthorized)?;
+        let (s, u) = self.live_session(&sid, now).await?.ok_or(Error::Unauthorized)?;
         if s.user_id != uid {
             return Err(Error::Unauthorized);
         }
         Ok(Profile::of(u, sid))
     }
 
-    /// Session `sid` and its user, if the session exists, is not revoked,
-    /// its user exists and no password change has ended it since. (Its
-    /// expiry is the caller's to check: an access token's own `exp` bounds
-    /// `/v1/me`.) Every reader of a session goes through here, so none can
-    /// miss the password-change rule.
-    pub(crate) async fn live_session(&self, sid: &SessionId) -> Result<Option<(Session, User)>, StoreError> {
-        let Some(s) = self.ports.sessions.session(sid).await?.filter(|s| s.revoked_at.is_none()) else {
+    /// Session `sid` and its user, if the session exists, is not revoked nor
+    /// over at `now` (its `expires_at`), its user exists and no password
+    /// change has ended it since. Every reader of a session goes through
+    /// here, so none can miss one of these rules.
+    pub(crate) async fn live_session(
+        &self,
+        sid: &SessionId,
+        now: Timestamp,
+    ) -> Result<Option<(Session, User)>, StoreError> {
+        let live = |s: &Session| s.revoked_at.is_none() && s.expires_at > now;
+        let Some(s) = self.ports.sessions.session(sid).await?.filter(live) else {
             return Ok(None);
         };
         let user = self.ports.users.user_by_id(&s.user_id).await?;
@@ -320,9 +321,9 @@ impl Auth {
 
     fn token_pair(&self, s: &Session, secret: &str, now: Timestamp) -> Result<TokenPair, Error> {
         Ok(TokenPair {
-            access_token: self.tokens.issue(&s.user_id, &s.id, now, self.new_id())?,
+            access_token: self.tokens.issue(&s.user_id, &s.id, now, s.expires_at, self.new_id())?,
             refresh_token: format!("{}.{secret}", s.id),
-            expires_in: self.tokens.ttl_secs(),
+            expires_in: self.tokens.ttl_secs().min(s.expires_at - now),
             session_id: s.id,
             user_id: s.user_id,
             device_token: None,

@@ -64,11 +64,16 @@ impl TokenIssuer {
         serde_json::json!({ "keys": [self.key.jwk()] })
     }
 
+    /// An access token for `session` of `user`, living the access lifetime
+    /// but not past `session_end` (the session's own expiry), so that no
+    /// reader, not even one that checks only the token, accepts it after
+    /// the session is over.
     pub fn issue(
         &self,
         user: &UserId,
         session: &SessionId,
         now: Timestamp,
+        session_end: Timestamp,
         jti: String,
     ) -> Result<String, crate::Error> {
         let claims = AccessClaims {
@@ -78,7 +83,7 @@ impl TokenIssuer {
             sid: session.to_string(),
             iat: now,
             nbf: now,
-            exp: now + self.ttl_secs,
+            exp: (now + self.ttl_secs).min(session_end),
             jti,
         };
         let mut header = Header::new(Algorithm::EdDSA);
@@ -122,11 +127,21 @@ mod tests {
     fn round_trip_and_expiry() {
         let t = issuer();
         let (u, s) = (UserId::random(&OsSecureRng), SessionId::random(&OsSecureRng));
-        let jwt = t.issue(&u, &s, 1000, "j".into()).unwrap();
+        let jwt = t.issue(&u, &s, 1000, i64::MAX, "j".into()).unwrap();
         assert_eq!(t.verify(&jwt, 1000).unwrap().sub, u.to_string());
         assert!(t.verify(&jwt, 1599).is_ok());
         assert!(t.verify(&jwt, 1600).is_err(), "expired at exp");
         assert!(t.verify(&jwt, 900).is_err(), "not yet valid");
+    }
+
+    #[test]
+    fn a_token_ends_with_its_session() {
+        let t = issuer();
+        let (u, s) = (UserId::random(&OsSecureRng), SessionId::random(&OsSecureRng));
+        let jwt = t.issue(&u, &s, 1000, 1300, "j".into()).unwrap();
+        assert_eq!(t.verify(&jwt, 1000).unwrap().exp, 1300);
+        assert!(t.verify(&jwt, 1299).is_ok());
+        assert!(t.verify(&jwt, 1300).is_err(), "over when the session is, not 600 s after `now`");
     }
 
     /// Signs arbitrary claims with the issuer's own key and algorithm.
@@ -210,7 +225,9 @@ mod tests {
     #[test]
     fn refuses_other_keys_and_alg_none() {
         let (a, b) = (issuer(), issuer());
-        let jwt = a.issue(&UserId::random(&OsSecureRng), &SessionId::random(&OsSecureRng), 1000, "j".into()).unwrap();
+        let jwt = a
+            .issue(&UserId::random(&OsSecureRng), &SessionId::random(&OsSecureRng), 1000, i64::MAX, "j".into())
+            .unwrap();
         assert!(b.verify(&jwt, 1000).is_err());
         let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let payload = jwt.split('.').nth(1).unwrap();
