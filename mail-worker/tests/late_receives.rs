@@ -124,7 +124,8 @@ async fn a_job_another_worker_holds_on_its_last_receive_is_left_to_sqs() {
     let ev = late_receives(&jobs, 1, tables::MAIL_MAX_RECEIVE_COUNT);
     let last = ev.records[1].message_id.clone().unwrap();
     // Another worker is sending job 2 right now.
-    let holder = JobMeta::of(&latchkey_mail_worker::parse_job(ev.records[1].body.as_deref().unwrap()).unwrap());
+    let holder =
+        JobMeta::of(&latchkey_core::mail::MailEnvelope::from_json(ev.records[1].body.as_deref().unwrap()).unwrap());
     assert_eq!(ledger.claim(&holder, SystemClock.now(), LEASE_SECS).await.unwrap(), Claim::Claimed);
 
     let response = handle(ev, &w, soon()).await;
@@ -147,7 +148,7 @@ async fn the_poller_parks_a_job_on_its_real_last_receive() {
         .unwrap();
     let (w, ledger) = worker(sqs.clone(), &dlq, true);
     let job = late_receives(&ids(), 1, 1).records[0].body.clone().unwrap();
-    let job_id = latchkey_mail_worker::parse_job(&job).unwrap().id;
+    let job_id = latchkey_core::mail::MailEnvelope::from_json(&job).unwrap().id;
     sqs.send_message().queue_url(&queue).message_body(&job).send().await.unwrap();
     let poller = Poller::new(sqs.clone(), queue.clone()).await.unwrap();
     let started = Instant::now();
@@ -193,7 +194,7 @@ async fn a_job_another_worker_holds_comes_back_when_its_lease_ends() {
         "60"
     );
     let job = late_receives(&ids(), 1, 1).records[0].body.clone().unwrap();
-    let env = latchkey_mail_worker::parse_job(&job).unwrap();
+    let env = latchkey_core::mail::MailEnvelope::from_json(&job).unwrap();
     // Another worker claimed it a while ago: its lease ends in 4 s.
     let lease_ends = LEASE_SECS - 4;
     assert_eq!(

@@ -89,8 +89,11 @@ pub fn classify(err: SdkError<SendEmailError, HttpResponse>) -> SendError {
         SdkError::ServiceError(e) => {
             let e = e.into_err();
             let code = e.code().unwrap_or_else(|| variant_name(&e)).to_string();
+            // The reason is logged and kept with a parked mail: SES's text
+            // may name the recipient (a sandbox's "identities failed the
+            // check ...: <address>"), which is masked as the api masks it.
             let described = |e: &SendEmailError| match e.message() {
-                Some(m) => format!("{code}: {m}"),
+                Some(m) => format!("{code}: {}", mask_addresses(m)),
                 None => code.clone(),
             };
             match &e {
@@ -122,6 +125,29 @@ pub fn classify(err: SdkError<SendEmailError, HttpResponse>) -> SendError {
         // The request could not be built: a bug or bad configuration.
         e => SendError::Permanent { reason: format!("SES request not sent: {e}") },
     }
+}
+
+/// `text` with the local part of every address in it cut to its first
+/// character (`bob@example.com` to `b***@example.com`).
+fn mask_addresses(text: &str) -> String {
+    const NOT_LOCAL: &[char] = &['<', '>', '(', ')', '[', ']', ',', ';', ':', '"', '\'', '='];
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('@') {
+        let before = &rest[..at];
+        let start = before
+            .rfind(|c: char| c.is_whitespace() || NOT_LOCAL.contains(&c))
+            .map_or(0, |i| i + before[i..].chars().next().map_or(1, char::len_utf8));
+        out.push_str(&before[..start]);
+        if let Some(first) = before[start..].chars().next() {
+            out.push(first);
+            out.push_str("***");
+        }
+        out.push('@');
+        rest = &rest[at + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The error code SES sends for each modelled error, for reasons built
@@ -180,6 +206,24 @@ mod tests {
         for code in ["ThrottledException", "RequestThrottled", "RequestThrottledException", "BandwidthLimitExceeded"] {
             assert!(matches!(classify(service(unhandled(code), 400)), SendError::Transient(_)), "{code}");
         }
+    }
+
+    #[test]
+    fn a_reason_names_no_recipient() {
+        let text = "Email address is not verified. The following identities failed the check in region \
+                    EU-WEST-1: bob.smith@example.com, <al@x.org>; \"zoë@b.c\" @ x@";
+        let e = SendEmailError::MessageRejected(
+            MessageRejected::builder()
+                .message(text)
+                .meta(ErrorMetadata::builder().code("MessageRejected").message(text).build())
+                .build(),
+        );
+        let SendError::Permanent { reason } = classify(service(e, 400)) else { panic!("a rejection is permanent") };
+        assert_eq!(
+            reason,
+            "MessageRejected: Email address is not verified. The following identities failed the check in \
+             region EU-WEST-1: b***@example.com, <a***@x.org>; \"z***@b.c\" @ x***@"
+        );
     }
 
     #[test]

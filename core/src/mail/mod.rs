@@ -122,9 +122,13 @@ impl MailEnvelope {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// Parses a queued job, refusing unknown versions and unusable ids.
+    /// Parses a queued job, refusing unknown versions and unusable ids, with
+    /// a reason that never quotes the body (which may hold a code): the
+    /// error's category and position only.
     pub fn from_json(s: &str) -> Result<Self, String> {
-        let env: MailEnvelope = serde_json::from_str(s).map_err(|e| format!("unparseable mail job: {e}"))?;
+        let env: MailEnvelope = serde_json::from_str(s).map_err(|e| {
+            format!("unparseable mail job: {:?} error at line {} column {}", e.classify(), e.line(), e.column())
+        })?;
         env.check()?;
         Ok(env)
     }
@@ -212,5 +216,22 @@ mod tests {
         }
         let longest = MailEnvelope { id: "x".repeat(MAX_JOB_ID_LEN), ..good };
         assert_eq!(MailEnvelope::from_json(&longest.to_json()).unwrap(), longest);
+    }
+
+    #[test]
+    fn parse_errors_never_quote_the_body() {
+        let body = r#"{"v":1,"id":"x","to":"a@b.co","created_at":"123456","job":{"kind":"signup_attempt"}}"#;
+        let e = MailEnvelope::from_json(body).unwrap_err();
+        assert!(e.starts_with("unparseable mail job"), "{e}");
+        assert!(!e.contains("123456"), "{e}");
+        assert_eq!(
+            MailEnvelope::from_json(&body.replace("\"123456\"", "1").replace("\"v\":1", "\"v\":9")).unwrap_err(),
+            "unknown mail job version 9"
+        );
+        // An id that could not key a ledger record of its own is parked
+        // (jobs with one empty id would all be "already sent" after the first).
+        let e = MailEnvelope::from_json(&body.replace("\"123456\"", "1").replace("\"id\":\"x\"", "\"id\":\"\""))
+            .unwrap_err();
+        assert!(e.starts_with("mail job id is not 1 to 128"), "{e}");
     }
 }
