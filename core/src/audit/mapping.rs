@@ -4,7 +4,7 @@
 
 use super::{AuditEvent, AuditEventType as T, Outcome};
 use crate::clock::Timestamp;
-use crate::domain::{Challenge, OtpRecord, RequestMeta, Session, User, VerificationRecord};
+use crate::domain::{Challenge, OtpRecord, RequestMeta, Session, User, UserId, VerificationRecord};
 use crate::mail::delivery::{LedgerEntry, ledger_state};
 
 /// The record before and after a change, by kind. `None` before: created;
@@ -137,6 +137,12 @@ pub fn audit_events(change: &SourceChange, policy: &AuditPolicy) -> Vec<AuditEve
                     out.push(n.id, T::EmailVerified, Outcome::Success, None, None, &n.meta);
                 }
                 if n.locked_until.is_some() && n.locked_until != o.locked_until {
+                    // A lock that had run out, replaced by a new one (a
+                    // right password refused for the spent code budget
+                    // locks again without clearing it first): its end first.
+                    if o.locked_until.is_some_and(|until| until <= change.at) {
+                        out.lock_ended(n.id);
+                    }
                     let spent = n.otp_failures >= policy.account_code_failure_budget;
                     let reason = if spent { "code_budget_spent" } else { "too_many_failures" };
                     out.push(n.id, T::AccountLocked, Outcome::Failure, Some(reason), None, &n.meta);
@@ -155,7 +161,7 @@ pub fn audit_events(change: &SourceChange, policy: &AuditPolicy) -> Vec<AuditEve
                             out.push(n.id, T::AccountUnlocked, Outcome::Success, Some("password_reset"), None, &n.meta)
                         }
                         Some(_) => {}
-                        None => out.push(n.id, T::AccountUnlocked, Outcome::Expired, Some("lock_ended"), None, &n.meta),
+                        None => out.lock_ended(n.id),
                     }
                 }
                 // Only a counted wrong password raises the count (the one
@@ -330,6 +336,12 @@ impl Events<'_> {
     /// A lifetime ran out: nobody made a request, so no request metadata.
     fn expired(&mut self, subject: impl std::fmt::Display, event: T) {
         self.push_subject(subject.to_string(), event, Outcome::Expired, Some("ttl"), None, None);
+    }
+
+    /// A lock ran out: seen at the account's next change, whose request
+    /// did not end it (its metadata is not the lock's end's).
+    fn lock_ended(&mut self, user: UserId) {
+        self.push_subject(user.to_string(), T::AccountUnlocked, Outcome::Expired, Some("lock_ended"), None, None);
     }
 
     fn push_subject(
@@ -570,13 +582,31 @@ mod tests {
             evs.iter().map(|e| (e.event, e.event_id.as_str(), e.attempts_left)).collect::<Vec<_>>(),
             [(T::AccountLocked, "feed:7#0", None), (T::LoginFailed, "feed:7#1", Some(0))]
         );
-        // The first wrong password after a lock ran out: the lock's end,
-        // then the failure.
+        // The first wrong password after a lock ran out: the lock's end
+        // (which that request did not make: no request of its own), then
+        // the failure.
         let lock_over = User { locked_until: Some(T0 - 1), ..u.clone() };
+        let evs = audit_events(&change(Images::User(Some(lock_over.clone()), Some(once.clone())), false), &policy);
         assert_eq!(
-            kinds(&change(Images::User(Some(lock_over), Some(once.clone())), false)),
-            [T::AccountUnlocked, T::LoginFailed]
+            evs.iter().map(|e| (e.event, e.outcome, e.reason.as_deref(), e.ip.as_deref())).collect::<Vec<_>>(),
+            [
+                (T::AccountUnlocked, Outcome::Expired, Some("lock_ended"), None),
+                (T::LoginFailed, Outcome::Failure, Some("wrong_password"), Some("203.0.113.7"))
+            ]
         );
+        assert_eq!(evs[0].request_id, None);
+        // A right password refused for the spent code budget locks again
+        // over a lock that had run out, without clearing it first: that
+        // lock's end, then the new lock. Over a running lock, the new lock only.
+        let spent = policy.account_code_failure_budget;
+        let relocked = User { locked_until: Some(T0 + 900), otp_failures: spent, ..lock_over.clone() };
+        let ran_out = User { otp_failures: spent, ..lock_over };
+        assert_eq!(
+            kinds(&change(Images::User(Some(ran_out.clone()), Some(relocked.clone())), false)),
+            [T::AccountUnlocked, T::AccountLocked]
+        );
+        let running = User { locked_until: Some(T0 + 60), ..ran_out };
+        assert_eq!(kinds(&change(Images::User(Some(running), Some(relocked)), false)), [T::AccountLocked]);
         // A login that passes resets the count: no failure.
         assert!(kinds(&change(Images::User(Some(once), Some(u)), false)).is_empty());
     }
