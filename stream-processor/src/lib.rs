@@ -94,6 +94,27 @@ impl Processor {
         response
     }
 
+    /// What the function answers Lambda for `event`: [`Processor::handle`]'s
+    /// response, except when the batch's first record failed and others
+    /// follow it. Then it is an error, so that the mapping, which bisects a
+    /// batch on a function error (`bisect_batch_on_function_error`), splits
+    /// it until the failing record stands alone. A partial response that
+    /// names a batch's first record would have it retried with everything
+    /// after it, and after the retries the whole rest of the batch, good
+    /// records too, would go to the on-failure queue unappended. Nothing
+    /// was appended when the first record failed, so a retry of either half
+    /// repeats nothing.
+    pub async fn invoke(&self, event: &Event) -> Result<DynamoDbEventResponse, SplitBatch> {
+        let response = self.handle(event).await;
+        let failed = response.batch_item_failures.first().and_then(|f| f.item_identifier.as_deref());
+        match event.records.first() {
+            Some(first) if event.records.len() > 1 && failed == Some(item_identifier(first).as_str()) => {
+                Err(SplitBatch { records: event.records.len(), first: item_identifier(first) })
+            }
+            _ => Ok(response),
+        }
+    }
+
     /// One record: decoded, mapped, appended (and an expired unverified
     /// account's names released, after its event is in the trail, so a
     /// failed release is retried with the record and appends nothing
@@ -121,6 +142,15 @@ impl Processor {
         }
         Ok(added)
     }
+}
+
+/// [`Processor::invoke`]'s error: the first record of a batch of several
+/// failed, and the batch is to be split.
+#[derive(Debug, thiserror::Error)]
+#[error("stream record {first}, the first of {records}, failed: split the batch")]
+pub struct SplitBatch {
+    pub records: usize,
+    pub first: String,
 }
 
 /// How a failed record is named in a batch response: its sequence number.

@@ -59,7 +59,7 @@ async fn main() -> Result<(), BoxError> {
         .releasing_names(users);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Event>| {
         let processor = processor.clone();
-        async move { Ok::<_, BoxError>(processor.handle(&event.payload).await) }
+        async move { processor.invoke(&event.payload).await.map_err(BoxError::from) }
     }))
     .await
 }

@@ -194,34 +194,47 @@ pub async fn deliver(processor: &Processor, batch: Event, max_attempts: u32, pau
     given_up
 }
 
-/// [`deliver`] for records of one stream.
-async fn deliver_one_stream(
-    processor: &Processor,
-    mut batch: Event,
-    max_attempts: u32,
-    pause: Duration,
-) -> Vec<String> {
+/// [`deliver`] for records of one stream. A batch the function answers
+/// with an error (its first record failed) is split in two, the first half
+/// delivered before the second, as the mapping's bisecting does; a split is
+/// not a try.
+async fn deliver_one_stream(processor: &Processor, batch: Event, max_attempts: u32, pause: Duration) -> Vec<String> {
     let mut given_up = Vec::new();
-    let mut tries = 0;
-    while !batch.records.is_empty() {
-        let response = processor.handle(&batch).await;
-        let Some(failed) = response.batch_item_failures.first().and_then(|f| f.item_identifier.clone()) else {
-            break;
-        };
-        let at = batch.records.iter().position(|r| crate::item_identifier(r) == failed).unwrap_or(0);
-        if at > 0 {
-            // Progress: the records before the failed one are done.
-            batch.records.drain(..at);
-            tries = 0;
-        }
-        tries += 1;
-        if tries >= max_attempts {
-            tracing::error!(record = %failed, tries, "stream record given up (on AWS: the on-failure queue)");
-            batch.records.remove(0);
-            given_up.push(failed);
-            tries = 0;
-        } else {
-            tokio::time::sleep(pause).await;
+    // Batches still to deliver, the next one last.
+    let mut pending = vec![batch];
+    while let Some(mut batch) = pending.pop() {
+        let mut tries = 0;
+        while !batch.records.is_empty() {
+            let response = match processor.invoke(&batch).await {
+                Ok(response) => response,
+                Err(split) => {
+                    tracing::warn!(error = %split, "stream batch split (on AWS: bisected)");
+                    let second = batch.records.split_off(batch.records.len() / 2);
+                    let mut rest = Event::default();
+                    rest.records = second;
+                    pending.push(rest);
+                    pending.push(batch);
+                    break;
+                }
+            };
+            let Some(failed) = response.batch_item_failures.first().and_then(|f| f.item_identifier.clone()) else {
+                break;
+            };
+            let at = batch.records.iter().position(|r| crate::item_identifier(r) == failed).unwrap_or(0);
+            if at > 0 {
+                // Progress: the records before the failed one are done.
+                batch.records.drain(..at);
+                tries = 0;
+            }
+            tries += 1;
+            if tries >= max_attempts {
+                tracing::error!(record = %failed, tries, "stream record given up (on AWS: the on-failure queue)");
+                batch.records.remove(0);
+                given_up.push(failed);
+                tries = 0;
+            } else {
+                tokio::time::sleep(pause).await;
+            }
         }
     }
     given_up

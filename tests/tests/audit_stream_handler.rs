@@ -197,6 +197,39 @@ async fn the_poller_gives_up_a_record_with_missing_images_and_goes_on() {
     assert_eq!(kinds, [T::UserRegistered], "the bad MODIFY was no second registration");
 }
 
+/// What the function answers Lambda (`invoke`): a batch whose first record
+/// fails is an error, so that the mapping bisects it until that record
+/// stands alone (a partial response naming the first record would have it
+/// retried with all the rest, and the rest, good records too, parked with it
+/// after the retries). Alone, or after records that went through, the
+/// failing record is named in a partial response.
+#[tokio::test]
+async fn a_batch_whose_first_record_fails_is_split_not_retried_whole() {
+    let bad = edited("ddb_insert_user.json", |r| r["eventName"] = "MODIFY".into());
+    let bad_id = bad.records[0].change.sequence_number.clone().expect("sequence number");
+    let mut good = fixture("ddb_insert_user.json");
+    good.records[0].event_id = "a-good-insert".into();
+    good.records[0].change.sequence_number = Some("999000000000000000000001".into());
+    let (p, audit) = processor().await;
+    let named = |r: aws_lambda_events::streams::DynamoDbEventResponse| {
+        r.batch_item_failures.into_iter().map(|f| f.item_identifier).collect::<Vec<_>>()
+    };
+
+    let mut first_fails = bad.clone();
+    first_fails.records.extend(good.records.clone());
+    let split = p.invoke(&first_fails).await.expect_err("an error, for Lambda to bisect");
+    assert_eq!((split.records, split.first.as_str()), (2, bad_id.as_str()));
+    assert!(events(&audit).await.is_empty(), "nothing appended");
+
+    assert_eq!(named(p.invoke(&bad).await.expect("a partial response")), [Some(bad_id.clone())]);
+
+    let mut after_good = good.clone();
+    after_good.records.extend(bad.records.clone());
+    assert_eq!(named(p.invoke(&after_good).await.expect("a partial response")), [Some(bad_id)]);
+    let kinds: Vec<T> = events(&audit).await.iter().map(|r| r.event).collect();
+    assert_eq!(kinds, [T::UserRegistered], "the good record before it went through");
+}
+
 /// Each stream numbers its own records, so records of two tables can share
 /// a sequence number, the name a failed record is reported by. The poller
 /// hands each stream's run over as its own event, as Lambda's mappings do:
