@@ -83,18 +83,31 @@ async fn receive(sqs: &Client, url: &str, visibility: i32) -> Result<Vec<Message
 }
 
 /// Every dead letter, read without consuming: each is hidden while the
-/// listing runs (so none is listed twice) and made visible again at the end.
+/// listing runs and made visible again at the end.
 pub async fn list(sqs: &Client, dlq_url: &str) -> Result<Vec<DeadLetter>, BoxError> {
+    list_hiding_for(sqs, dlq_url, 30).await
+}
+
+/// [`list`], hiding each letter for `visibility` seconds. A listing that
+/// takes longer (thousands of letters) receives the first ones again: each
+/// is listed once, and the listing ends at a batch with nothing new (it
+/// went on receiving the same letters before, without end).
+pub async fn list_hiding_for(sqs: &Client, dlq_url: &str, visibility: i32) -> Result<Vec<DeadLetter>, BoxError> {
     let mut seen = Vec::new();
+    let mut ids = std::collections::HashSet::new();
     let mut handles = Vec::new();
     loop {
-        let batch = receive(sqs, dlq_url, 30).await?;
-        if batch.is_empty() {
-            break;
-        }
+        let batch = receive(sqs, dlq_url, visibility).await?;
+        let mut new = false;
         for m in &batch {
-            seen.push(dead_letter(m));
             handles.extend(m.receipt_handle().map(str::to_string));
+            if ids.insert(m.message_id().unwrap_or_default().to_string()) {
+                seen.push(dead_letter(m));
+                new = true;
+            }
+        }
+        if !new {
+            break;
         }
     }
     for h in handles {

@@ -589,6 +589,25 @@ async fn dlq_redrive_moves_dead_letters_back() {
     assert_eq!(rig.mails(&env.to).await.len(), 1);
 }
 
+/// A listing that outlasts the time it hides each letter for receives the
+/// first ones again: it lists each once and ends (it went on without end).
+#[tokio::test]
+async fn dlq_list_ends_when_the_letters_come_round_again() {
+    let rig = rig(Fault::none(), FROM, None, None).await;
+    for i in 0..3 {
+        let env = job(&rcpt(&format!("round{i}")));
+        rig.sqs.send_message().queue_url(&rig.dlq_url).message_body(env.to_json()).send().await.unwrap();
+    }
+    // Hidden for no time at all: every receive brings the same letters back.
+    let listing = latchkey_mail_worker::dlq::list_hiding_for(&rig.sqs, &rig.dlq_url, 0);
+    let listed = tokio::time::timeout(Duration::from_secs(30), listing).await.expect("the listing ends").unwrap();
+    let mut ids: Vec<_> = listed.iter().map(|l| l.message_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((listed.len(), ids.len()), (3, 3), "{listed:?}");
+    assert_eq!(rig.queue_depth(&rig.dlq_url).await, 3, "nothing consumed");
+}
+
 /// Jobs that may no longer be sent, put on the queue as a late DLQ redrive
 /// would: a code past its life, and a notice (no code) older than any mail
 /// is sent. Both are deleted from the queue without an SES call or a dead
