@@ -87,7 +87,7 @@ resource "aws_cloudwatch_metric_alarm" "mail_worker_errors" {
 
 resource "aws_cloudwatch_metric_alarm" "stream_processor_errors" {
   alarm_name          = "${var.name_prefix}-stream-processor-errors"
-  alarm_description   = "The stream-processor failed whole invocations."
+  alarm_description   = "The stream-processor failed whole invocations: a stream record it cannot map heads a batch (split until it stands alone; see stream-failures), or the function itself failed."
   namespace           = "AWS/Lambda"
   metric_name         = "Errors"
   dimensions          = { FunctionName = aws_lambda_function.stream_processor.function_name }

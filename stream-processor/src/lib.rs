@@ -2,8 +2,10 @@
 //! mail-ledger tables) -> the audit trail. Each record's images are decoded with
 //! serde_dynamo into the domain's types and mapped by the one pure
 //! function in `latchkey_core::audit`; each record succeeds or fails on its
-//! own, and only failed records are reported back (`batchItemFailures`),
-//! so one bad record never fails the batch. Appends are idempotent per
+//! own, and the first that fails is reported back (`batchItemFailures`),
+//! so the records before it are done; one that cannot be mapped at the
+//! head of a batch fails the invocation instead, so that Lambda splits the
+//! batch around it ([`Processor::invoke`]). Appends are idempotent per
 //! stream event id, so Lambda's redeliveries add nothing.
 //!
 //! One record also changes data: the TTL's REMOVE of an account nobody
@@ -81,37 +83,42 @@ impl Processor {
     /// nothing after it is appended before it: the audit trail keeps the
     /// stream's order (a code is never verified before it was issued).
     pub async fn handle(&self, event: &Event) -> DynamoDbEventResponse {
+        self.run(event).await.0
+    }
+
+    /// [`Processor::handle`], and the index and error of the record that failed.
+    async fn run(&self, event: &Event) -> (DynamoDbEventResponse, Option<(usize, RecordError)>) {
         let mut response = DynamoDbEventResponse::default();
-        for record in &event.records {
+        for (i, record) in event.records.iter().enumerate() {
             if let Err(e) = self.process(record).await {
                 tracing::error!(event_id = %record.event_id, error = %e, "stream record failed; the batch stops here");
                 let mut failure = DynamoDbBatchItemFailure::default();
                 failure.item_identifier = Some(item_identifier(record));
                 response.batch_item_failures.push(failure);
-                break;
+                return (response, Some((i, e)));
             }
         }
-        response
+        (response, None)
     }
 
     /// What the function answers Lambda for `event`: [`Processor::handle`]'s
-    /// response, except when the batch's first record failed and others
+    /// response, except when the batch's first record cannot be mapped
+    /// (undecodable, or images that do not fit its event name) and others
     /// follow it. Then it is an error, so that the mapping, which bisects a
     /// batch on a function error (`bisect_batch_on_function_error`), splits
-    /// it until the failing record stands alone. A partial response that
-    /// names a batch's first record would have it retried with everything
-    /// after it, and after the retries the whole rest of the batch, good
-    /// records too, would go to the on-failure queue unappended. Nothing
-    /// was appended when the first record failed, so a retry of either half
-    /// repeats nothing.
+    /// it until that record stands alone: AWS retries a partial response
+    /// from the record it names with everything after it, so naming the
+    /// first record would have it retried, and after the retries parked,
+    /// with the whole rest of the batch, good records too. A store error
+    /// (one a retry may get past) stays a partial response, so an outage
+    /// does not split every batch. What the failed record appended before
+    /// it failed is appended once: appends are idempotent per event id.
     pub async fn invoke(&self, event: &Event) -> Result<DynamoDbEventResponse, SplitBatch> {
-        let response = self.handle(event).await;
-        let failed = response.batch_item_failures.first().and_then(|f| f.item_identifier.as_deref());
-        match event.records.first() {
-            Some(first) if event.records.len() > 1 && failed == Some(item_identifier(first).as_str()) => {
-                Err(SplitBatch { records: event.records.len(), first: item_identifier(first) })
+        match self.run(event).await {
+            (_, Some((0, e))) if event.records.len() > 1 && !matches!(e, RecordError::Store(_)) => {
+                Err(SplitBatch { records: event.records.len(), first: item_identifier(&event.records[0]) })
             }
-            _ => Ok(response),
+            (response, _) => Ok(response),
         }
     }
 

@@ -195,25 +195,24 @@ pub async fn deliver(processor: &Processor, batch: Event, max_attempts: u32, pau
 }
 
 /// [`deliver`] for records of one stream. A batch the function answers
-/// with an error (its first record failed) is split in two, the first half
-/// delivered before the second, as the mapping's bisecting does; a split is
-/// not a try.
+/// with an error (its first record cannot be mapped) is split in two, the
+/// first half delivered before the second, as the mapping's bisecting
+/// does; the first half keeps the failing record's tries.
 async fn deliver_one_stream(processor: &Processor, batch: Event, max_attempts: u32, pause: Duration) -> Vec<String> {
     let mut given_up = Vec::new();
-    // Batches still to deliver, the next one last.
-    let mut pending = vec![batch];
-    while let Some(mut batch) = pending.pop() {
-        let mut tries = 0;
+    // Batches still to deliver, the next one last, with the tries of
+    // their first record.
+    let mut pending = vec![(batch, 0)];
+    while let Some((mut batch, mut tries)) = pending.pop() {
         while !batch.records.is_empty() {
             let response = match processor.invoke(&batch).await {
                 Ok(response) => response,
                 Err(split) => {
                     tracing::warn!(error = %split, "stream batch split (on AWS: bisected)");
-                    let second = batch.records.split_off(batch.records.len() / 2);
                     let mut rest = Event::default();
-                    rest.records = second;
-                    pending.push(rest);
-                    pending.push(batch);
+                    rest.records = batch.records.split_off(batch.records.len() / 2);
+                    pending.push((rest, 0));
+                    pending.push((batch, tries));
                     break;
                 }
             };
