@@ -82,28 +82,45 @@ async fn receive(sqs: &Client, url: &str, visibility: i32) -> Result<Vec<Message
         .unwrap_or_default())
 }
 
+/// What [`list`] read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    /// Each letter once.
+    pub letters: Vec<DeadLetter>,
+    /// Letters came round again before the listing ended (it outlasted
+    /// the time each is hidden for): some may not have been listed.
+    pub may_be_incomplete: bool,
+}
+
+/// How long [`list`] hides each letter it has read: far longer than a
+/// listing of thousands takes (they are made visible again at its end).
+pub const LIST_HIDE_SECS: i32 = 300;
+
 /// Every dead letter, read without consuming: each is hidden while the
 /// listing runs and made visible again at the end.
-pub async fn list(sqs: &Client, dlq_url: &str) -> Result<Vec<DeadLetter>, BoxError> {
-    list_hiding_for(sqs, dlq_url, 30).await
+pub async fn list(sqs: &Client, dlq_url: &str) -> Result<Listing, BoxError> {
+    list_hiding_for(sqs, dlq_url, LIST_HIDE_SECS).await
 }
 
 /// [`list`], hiding each letter for `visibility` seconds. A listing that
-/// takes longer (thousands of letters) receives the first ones again: each
-/// is listed once, and the listing ends at a batch with nothing new (it
-/// went on receiving the same letters before, without end).
-pub async fn list_hiding_for(sqs: &Client, dlq_url: &str, visibility: i32) -> Result<Vec<DeadLetter>, BoxError> {
-    let mut seen = Vec::new();
+/// takes longer receives the first letters again: each is listed once, the
+/// listing ends at a batch with nothing new (it went on receiving the same
+/// letters before, without end), and says it may be incomplete.
+pub async fn list_hiding_for(sqs: &Client, dlq_url: &str, visibility: i32) -> Result<Listing, BoxError> {
+    let mut letters = Vec::new();
     let mut ids = std::collections::HashSet::new();
     let mut handles = Vec::new();
+    let mut may_be_incomplete = false;
     loop {
         let batch = receive(sqs, dlq_url, visibility).await?;
         let mut new = false;
         for m in &batch {
             handles.extend(m.receipt_handle().map(str::to_string));
             if ids.insert(m.message_id().unwrap_or_default().to_string()) {
-                seen.push(dead_letter(m));
+                letters.push(dead_letter(m));
                 new = true;
+            } else {
+                may_be_incomplete = true;
             }
         }
         if !new {
@@ -111,10 +128,10 @@ pub async fn list_hiding_for(sqs: &Client, dlq_url: &str, visibility: i32) -> Re
         }
     }
     for h in handles {
-        // Best effort: if this fails the message reappears after 30 s.
+        // Best effort: if this fails the message reappears after `visibility`.
         let _ = sqs.change_message_visibility().queue_url(dlq_url).receipt_handle(h).visibility_timeout(0).send().await;
     }
-    Ok(seen)
+    Ok(Listing { letters, may_be_incomplete })
 }
 
 /// Moves up to `max` dead letters back to the mail queue; returns them.
@@ -169,11 +186,14 @@ pub async fn cli(sqs: &Client, args: &[String]) -> Result<(), BoxError> {
     let (queue_url, dlq_url) = queue_urls(sqs, |k| std::env::var(k).ok()).await?;
     match args.first().map(String::as_str) {
         Some("list") => {
-            let letters = list(sqs, &dlq_url).await?;
-            for l in &letters {
+            let listing = list(sqs, &dlq_url).await?;
+            for l in &listing.letters {
                 println!("{l}");
             }
-            println!("{} dead letter(s) in {dlq_url}", letters.len());
+            println!("{} dead letter(s) in {dlq_url}", listing.letters.len());
+            if listing.may_be_incomplete {
+                println!("some letters came round again before the listing ended: it may be incomplete");
+            }
         }
         Some("redrive") => {
             let max = match args.iter().position(|a| a == "--max") {
