@@ -128,20 +128,34 @@ pub fn classify(err: SdkError<SendEmailError, HttpResponse>) -> SendError {
 }
 
 /// `text` with the local part of every address in it cut to its first
-/// character (`bob@example.com` to `b***@example.com`).
+/// character as [`Email::masked`](crate::domain::Email::masked) cuts it
+/// (`bob@example.com` to `b***@example.com`, `"bob smith"@x.org` to
+/// `"b***"@x.org`).
 fn mask_addresses(text: &str) -> String {
+    use crate::domain::mask_local_part;
     const NOT_LOCAL: &[char] = &['<', '>', '(', ')', '[', ']', ',', ';', ':', '"', '\'', '='];
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find('@') {
         let before = &rest[..at];
-        let start = before
-            .rfind(|c: char| c.is_whitespace() || NOT_LOCAL.contains(&c))
-            .map_or(0, |i| i + before[i..].chars().next().map_or(1, char::len_utf8));
-        out.push_str(&before[..start]);
-        if let Some(first) = before[start..].chars().next() {
-            out.push(first);
-            out.push_str("***");
+        // A quoted local part runs back to its opening quote.
+        let quoted = before.strip_suffix('"').and_then(|b| b.rfind('"').map(|open| (open, &b[open + 1..])));
+        match quoted {
+            Some((open, local)) => {
+                out.push_str(&before[..open]);
+                out.push('"');
+                out.push_str(&mask_local_part(local));
+                out.push('"');
+            }
+            None => {
+                let start = before
+                    .rfind(|c: char| c.is_whitespace() || NOT_LOCAL.contains(&c))
+                    .map_or(0, |i| i + before[i..].chars().next().map_or(1, char::len_utf8));
+                out.push_str(&before[..start]);
+                if !before[start..].is_empty() {
+                    out.push_str(&mask_local_part(&before[start..]));
+                }
+            }
         }
         out.push('@');
         rest = &rest[at + 1..];
@@ -211,7 +225,7 @@ mod tests {
     #[test]
     fn a_reason_names_no_recipient() {
         let text = "Email address is not verified. The following identities failed the check in region \
-                    EU-WEST-1: bob.smith@example.com, <al@x.org>; \"zoë@b.c\" @ x@";
+                    EU-WEST-1: bob.smith@example.com, <al@x.org>; \"zoë@b.c\" @ x@ \"bob smith\"@q.r";
         let e = SendEmailError::MessageRejected(
             MessageRejected::builder()
                 .message(text)
@@ -222,7 +236,7 @@ mod tests {
         assert_eq!(
             reason,
             "MessageRejected: Email address is not verified. The following identities failed the check in \
-             region EU-WEST-1: b***@example.com, <a***@x.org>; \"z***@b.c\" @ x***@"
+             region EU-WEST-1: b***@example.com, <a***@x.org>; \"z***@b.c\" @ x***@ \"b***\"@q.r"
         );
     }
 

@@ -114,10 +114,15 @@ impl Email {
     /// The address with most of the local part hidden, for logs.
     pub fn masked(&self) -> String {
         match self.0.split_once('@') {
-            Some((l, d)) => format!("{}***@{d}", l.chars().next().unwrap_or('*')),
+            Some((l, d)) => format!("{}@{d}", mask_local_part(l)),
             None => "***".into(),
         }
     }
+}
+
+/// A local part as logs show it: its first character, then `***`.
+pub fn mask_local_part(local: &str) -> String {
+    format!("{}***", local.chars().next().unwrap_or('*'))
 }
 
 /// One label of a host name: 1-63 bytes of letters and digits (of any

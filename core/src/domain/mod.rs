@@ -10,7 +10,7 @@ mod password;
 mod secret;
 mod username;
 
-pub use email::Email;
+pub use email::{Email, mask_local_part};
 pub use entities::{Challenge, OtpRecord, RequestMeta, ResetLink, Session, User, VerificationRecord};
 pub use ids::{ChallengeId, SessionId, UserId};
 pub use otp_code::{CodeClosed, OtpCode};
