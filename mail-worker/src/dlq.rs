@@ -94,7 +94,7 @@ pub struct Listing {
 
 /// How long [`list`] hides each letter it has read: far longer than a
 /// listing of thousands takes (they are made visible again at its end).
-pub const LIST_HIDE_SECS: i32 = 300;
+const LIST_HIDE_SECS: i32 = 300;
 
 /// Every dead letter, read without consuming: each is hidden while the
 /// listing runs and made visible again at the end.
