@@ -52,6 +52,10 @@ pub struct RateLimits {
     /// Admin API and admin page requests, per client, counted before the
     /// admin key is checked (so past the limit a guess learns nothing).
     pub admin_ip: Limit,
+    /// Reads of a signed-in user's own audit trail (`GET /v1/me/activity`
+    /// and the dashboard page), per account and per client, each a query
+    /// of the audit store: counted once the session is known to be live.
+    pub activity: Limit,
 }
 
 impl Default for RateLimits {
@@ -71,6 +75,7 @@ impl Default for RateLimits {
             code_verify_subject: Limit::new(20, 600),
             refresh_ip: Limit::new(120, 60),
             admin_ip: Limit::new(60, 60),
+            activity: Limit::new(60, 60),
         }
     }
 }
@@ -95,6 +100,7 @@ impl RateLimits {
             code_verify_subject: l,
             refresh_ip: l,
             admin_ip: l,
+            activity: l,
         }
     }
 }

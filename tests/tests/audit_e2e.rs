@@ -3,7 +3,7 @@
 //! page), on the embedded backend (its change-feed driver runs inside the
 //! system) and on DynamoDB in the emulator (the streams poller feeds the
 //! Lambda handler). Also: the admin API's credential check and its
-//! per-client limit, and a chain
+//! per-client limit, the activity API's limit per account and client, and a chain
 //! edited in DynamoDB failing verification at that record.
 
 use aws_lambda_events::dynamodb::Event;
@@ -358,6 +358,55 @@ async fn aws_admin_requests_are_limited_per_client() {
     let sys =
         TestSystem::aws_with(&[("LATCHKEY_TRUST_FORWARDED_FOR", "true"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
     admin_requests_are_limited_per_client(&sys).await;
+}
+
+/// With the default limits, each read of a user's own trail counts against
+/// 60 a minute of that account and 60 of that client, once the token
+/// checks out: the account's 61st read is a 429 with the wait from any
+/// client, another account's from the same client too, and another
+/// account from another client still reads. A request without a live
+/// token is a 401 and spends nothing.
+async fn activity_reads_are_limited_per_account_and_client(sys: &TestSystem) {
+    let (a, a_email) = verified_user(sys).await;
+    let (b, b_email) = verified_user(sys).await;
+    let a_token = sign_in(sys, &a, &a_email).await["access_token"].as_str().expect("access").to_string();
+    let b_token = sign_in(sys, &b, &b_email).await["access_token"].as_str().expect("access").to_string();
+    let read = |ip: &str, token: &str| {
+        sys.http.get(sys.url("/v1/me/activity?limit=1")).bearer_auth(token).header("x-forwarded-for", ip).send()
+    };
+    let status = |r: reqwest::Response| r.status().as_u16();
+    // The requests fall in one window of the limit.
+    clear_of_a_minute_edge(25).await;
+    for i in 0..30 {
+        assert_eq!(status(read("203.0.113.9", "not-a-token").await.expect("send")), 401, "forged {i}");
+    }
+    for i in 0..60 {
+        assert_eq!(status(read("203.0.113.9", &a_token).await.expect("send")), 200, "read {i}");
+    }
+    for (ip, token, what) in
+        [("203.0.113.9", &a_token, "the account's 61st"), ("198.51.100.4", &a_token, "the account from elsewhere")]
+    {
+        let r = read(ip, token).await.expect("send");
+        assert_eq!(r.status().as_u16(), 429, "{what}");
+        let retry: u64 = r.headers()["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+        assert!((1..=60).contains(&retry), "{retry}");
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["error"], "rate_limited", "{what}");
+    }
+    assert_eq!(status(read("203.0.113.9", &b_token).await.expect("send")), 429, "another account from that client");
+    assert_eq!(status(read("192.0.2.77", &b_token).await.expect("send")), 200, "another account from another client");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_activity_reads_are_limited_per_account_and_client() {
+    let sys = TestSystem::embedded_with(&[("LATCHKEY_TRUST_FORWARDED_FOR", "true")]).await;
+    activity_reads_are_limited_per_account_and_client(&sys).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_activity_reads_are_limited_per_account_and_client() {
+    let sys = TestSystem::aws_with(&[("LATCHKEY_TRUST_FORWARDED_FOR", "true")]).await;
+    activity_reads_are_limited_per_account_and_client(&sys).await;
 }
 
 fn time_today() -> String {

@@ -699,3 +699,31 @@ async fn admin_page_shares_the_api_limit() {
     assert!(refused.body.contains("Too many attempts"), "{}", refused.body);
     assert!(!refused.body.contains("Events per day"));
 }
+
+/// The dashboard's list of recent events and `GET /v1/me/activity` count
+/// against one activity limit (60 a minute of an account by default): once
+/// the account's API reads spent it, the dashboard answers 429 with the
+/// wait and lists nothing.
+#[tokio::test]
+async fn dashboard_shares_the_activity_limit() {
+    let sys = TestSystem::embedded_with(&[]).await;
+    let mut b = Browser::new(&sys);
+    let (username, email) = unique();
+    sign_up_and_in(&mut b, &username, &email, &username).await;
+    // An access token for the same account, from a login through the API.
+    let api = latchkey_tests::scenarios::sign_in(&sys, &username, &email).await;
+    let access = api["access_token"].as_str().expect("access token").to_string();
+    // The 61 counted reads fall in one window of the limit.
+    latchkey_tests::scenarios::clear_of_a_minute_edge(20).await;
+    let d = b.get("/dashboard").await;
+    assert_eq!(d.status, 200);
+    assert!(d.body.contains("Recent security activity"));
+    for i in 0..59 {
+        assert_eq!(sys.get_auth("/v1/me/activity?limit=1", &access).await.0, 200, "{i}");
+    }
+    let refused = b.get("/dashboard").await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(refused.headers.contains_key("retry-after"));
+    assert!(refused.body.contains("Too many attempts"), "{}", refused.body);
+    assert!(!refused.body.contains(&email), "no profile in the refusal");
+}

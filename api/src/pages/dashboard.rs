@@ -1,6 +1,8 @@
 //! The signed-in home: the profile and the user's recent security events.
 //! Without a live session it redirects to the sign-in page and shows
-//! nothing private; like every page it is `Cache-Control: no-store`.
+//! nothing private; like every page it is `Cache-Control: no-store`. Its
+//! read of the trail counts against `RateLimits::activity`, as the
+//! activity API's does.
 
 use super::render::{self, page};
 use super::visitor::Visitor;
@@ -20,6 +22,9 @@ pub async fn dashboard(State(s): State<AppState>, mut v: Visitor) -> Response {
         let r = Redirect::to("/login").into_response();
         return if v.stale_session { with_cookies(r, vec![cookies::clear(cookies::SESSION)]) } else { r };
     };
+    if let Err(e) = s.auth.limit_activity(&profile.id, &v.meta).await {
+        return render::failure(e);
+    }
     let events = match s.audit.list(&profile.id.to_string(), None, RECENT, s.auth.now()).await {
         Ok(page) => page
             .records

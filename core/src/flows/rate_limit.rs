@@ -1,5 +1,5 @@
 use super::Auth;
-use crate::domain::RequestMeta;
+use crate::domain::{RequestMeta, UserId};
 use crate::ports::LimitKey;
 use std::net::IpAddr;
 
@@ -33,6 +33,16 @@ impl Auth {
     /// client past the limit is refused whether its key is right or wrong.
     pub async fn limit_admin(&self, meta: &RequestMeta) -> Result<(), crate::Error> {
         self.limit(&[self.policy.limits.admin_ip.key(format!("admin:ip:{}", client_key(meta)))]).await
+    }
+
+    /// Counts a read of `user`'s own audit trail (the activity API or the
+    /// dashboard) against `RateLimits::activity`, per account and per
+    /// client: each read is a query of the audit store, which a signed-in
+    /// user could otherwise repeat without end. Called once the session is
+    /// known to be live, so nobody else can spend an account's reads.
+    pub async fn limit_activity(&self, user: &UserId, meta: &RequestMeta) -> Result<(), crate::Error> {
+        let l = self.policy.limits.activity;
+        self.limit(&[l.key(format!("activity:user:{user}")), l.key(format!("activity:ip:{}", client_key(meta)))]).await
     }
 }
 
