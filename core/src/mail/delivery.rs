@@ -384,7 +384,13 @@ impl Deliverer {
             Ok(m) => m,
             Err(reason) => return self.park(meta, reason, Holding::Nothing, deadline).await,
         };
-        match timeout_at(deadline, self.ledger.claim(meta, self.clock.now(), LEASE_SECS)).await {
+        // Waited for only until the last moment a send may start: a claim
+        // answered later could send nothing, and the time after it is left
+        // for recording what became of the job (on its last receive, the
+        // park and the dead letter's reason) instead of running out in a
+        // hung call.
+        let claim_by = self.latest_send_start(deadline).unwrap_or_else(Instant::now).max(Instant::now());
+        match timeout_at(claim_by, self.ledger.claim(meta, self.clock.now(), LEASE_SECS)).await {
             Ok(Ok(Claim::Claimed)) => {}
             Ok(Ok(Claim::AlreadySent)) => {
                 tracing::info!(mail_id = %meta.id, kind = meta.kind, "mail already sent; duplicate delivery ignored");
@@ -393,7 +399,11 @@ impl Deliverer {
             Ok(Ok(Claim::Busy { lease_until })) => return Attempt::Busy { lease_until },
             Ok(Err(e)) => return Attempt::NotNow { reason: format!("mail ledger unavailable: {e}") },
             // The claim may still land; its lease then runs out by itself.
-            Err(_) => return Attempt::NotNow { reason: "mail ledger did not answer the claim in time".into() },
+            Err(_) => {
+                return Attempt::NotNow {
+                    reason: "mail ledger did not answer the claim in time to send before the deadline".into(),
+                };
+            }
         }
         // Under the claim, not before it: a copy of a job that went out is
         // still "already sent", and a job another worker holds may be going
@@ -426,6 +436,12 @@ impl Deliverer {
         }
     }
 
+    /// The last moment a send may start before `deadline`: see
+    /// [`MIN_SEND_WINDOW`] and [`RetryPolicy::reserve`].
+    fn latest_send_start(&self, deadline: Instant) -> Option<Instant> {
+        deadline.checked_sub(self.retry.reserve)?.checked_sub(MIN_SEND_WINDOW)
+    }
+
     async fn send_with_retries(
         &self,
         env: &MailEnvelope,
@@ -433,8 +449,7 @@ impl Deliverer {
         deadline: Instant,
     ) -> Result<String, Unsent> {
         let stop_at = deadline.checked_sub(self.retry.reserve).unwrap_or(deadline);
-        // The last moment a send may start: see MIN_SEND_WINDOW.
-        let latest_start = stop_at.checked_sub(MIN_SEND_WINDOW);
+        let latest_start = self.latest_send_start(deadline);
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.retry.min_delay)
             .with_max_delay(self.retry.max_delay)
@@ -1136,5 +1151,65 @@ mod tests {
             let e = l.entry("m").await.unwrap().unwrap();
             assert_eq!((e.state.as_str(), e.lease_until), (ledger_state::SENDING, Some(LEASE_SECS)));
         }
+    }
+
+    /// A ledger whose claim never answers (a hung connection); its other
+    /// calls answer.
+    struct ClaimHangs(MemoryMailLedger);
+
+    #[async_trait]
+    impl MailLedger for ClaimHangs {
+        async fn claim(&self, _: &JobMeta, _: Timestamp, _: i64) -> StoreResult<Claim> {
+            std::future::pending().await
+        }
+        async fn mark_sent(&self, id: &str, provider_id: &str, now: Timestamp) -> StoreResult<()> {
+            self.0.mark_sent(id, provider_id, now).await
+        }
+        async fn mark_failed(&self, job: &JobMeta, reason: &str, now: Timestamp, holding: Holding) -> StoreResult<()> {
+            self.0.mark_failed(job, reason, now, holding).await
+        }
+        async fn release(&self, id: &str, reason: &str, now: Timestamp) -> StoreResult<()> {
+            self.0.release(id, reason, now).await
+        }
+        async fn entry(&self, id: &str) -> StoreResult<Option<LedgerEntry>> {
+            self.0.entry(id).await
+        }
+    }
+
+    /// A claim is waited for only until the last moment a send could
+    /// start, so a hung ledger leaves the time after it for recording the
+    /// outcome: on the last receive the job is parked with its reason
+    /// (and the worker copies it to the dead-letter queue) well before the
+    /// deadline, not at it.
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_claim_leaves_time_to_park_the_job() {
+        let m = Arc::new(Scripted::default());
+        let l = Arc::new(ClaimHangs(MemoryMailLedger::new()));
+        let reserve = Duration::from_millis(500);
+        let d = Deliverer::new(
+            Renderer::new("https://auth.example.com").unwrap(),
+            l.clone(),
+            m.clone(),
+            Arc::new(SendRateLimiter::unlimited()),
+            Arc::new(FixedClock::new(0)),
+        )
+        .with_retry(RetryPolicy { reserve, ..fast() });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let out = d.deliver_with(&env("hung"), deadline, Redelivery::LastReceive { receives: 5 }).await;
+        assert!(
+            matches!(&out, Outcome::Park { reason } if reason.contains("did not answer the claim in time")),
+            "{out:?}"
+        );
+        assert_eq!(
+            Instant::now(),
+            deadline - reserve - MIN_SEND_WINDOW,
+            "the claim's wait ends where a send must start"
+        );
+        assert_eq!(*m.calls.lock().unwrap(), 0);
+        assert_eq!(l.entry("hung").await.unwrap().unwrap().state, ledger_state::FAILED);
+        // Earlier receives give it back for the next one, as early.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        assert!(matches!(d.deliver(&env("again"), deadline).await, Outcome::Retry { .. }));
+        assert_eq!(Instant::now(), deadline - reserve - MIN_SEND_WINDOW);
     }
 }
