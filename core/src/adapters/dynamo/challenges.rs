@@ -171,9 +171,13 @@ impl ChallengeStore for DynamoStore {
         // user's: below the budget's last count first; refused there, the
         // user is read, and if the last count is what is left it is taken
         // on `otp_failures = last` (one more round), so exactly one wrong
-        // code spends the budget and knows it.
+        // code spends the budget and knows it; if a right code gave the
+        // budget back meanwhile, it is counted below the last count again
+        // (`budget_round`), as the embedded store, which writes in one
+        // transaction, counts it.
         let mut spends = false;
-        for _ in 0..=max_failures + 1 {
+        // One more round for a budget a right code gave back meanwhile.
+        for _ in 0..=max_failures + 2 {
             let Some(seen) = self.challenge(id).await? else {
                 return Err(StoreError::Conflict(Conflict::Stale));
             };
@@ -209,15 +213,17 @@ impl ChallengeStore for DynamoStore {
             match self.transact(vec![update_item(count)?, update_item(budget)?]).await {
                 Ok(()) => return Ok(CodeFailure { failures: seen.failures + 1, spent_budget: spends }),
                 Err(e) if e.check_failed(0) => continue,
-                Err(e) if e.check_failed(1) && !spends => {
-                    let left_one = self
-                        .user_by_id(user_id)
-                        .await?
-                        .is_some_and(|u| u.otp_failures == last && u.password_epoch == password_epoch);
-                    if !left_one {
+                // Refused on the user, whichever way was tried: what is
+                // left of the budget now says how to try again (a right
+                // code may have given it back since it was read).
+                Err(e) if e.check_failed(1) => {
+                    let user = self.user_by_id(user_id).await?;
+                    let Some(next) =
+                        budget_round(user.map(|u| (u.otp_failures, u.password_epoch)), last, password_epoch)
+                    else {
                         return Err(StoreError::Conflict(Conflict::Stale));
-                    }
-                    spends = true;
+                    };
+                    spends = next;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -271,5 +277,33 @@ impl ChallengeStore for DynamoStore {
             // which would leave the new code unmailed and answer "wait".
             Err(err) => own_write_or_stale(err, "code_hash", code_hash),
         }
+    }
+}
+
+/// After the account's side of a wrong code's count was refused, with the
+/// user as read now (its `otp_failures` and `password_epoch`, `None` if it
+/// is gone): `Some(true)` to take the budget's last count (`otp_failures =
+/// last`), `Some(false)` to count below it again (a right code reset it
+/// after the first read), `None` when the count must not be made (the user
+/// is gone, its password changed, or the budget is spent).
+fn budget_round(user: Option<(u32, u64)>, last: u32, password_epoch: u64) -> Option<bool> {
+    let (failures, epoch) = user?;
+    (epoch == password_epoch && failures <= last).then_some(failures == last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::budget_round;
+
+    #[test]
+    fn a_refused_budget_count_is_tried_again_as_the_user_now_stands() {
+        let (last, epoch) = (29, 3);
+        // A right code gave the budget back since the first read: counted
+        // below the last count again (it used to be dropped as stale).
+        assert_eq!(budget_round(Some((0, epoch)), last, epoch), Some(false));
+        assert_eq!(budget_round(Some((last, epoch)), last, epoch), Some(true), "the last count is what is left");
+        assert_eq!(budget_round(Some((last + 1, epoch)), last, epoch), None, "spent");
+        assert_eq!(budget_round(Some((0, epoch + 1)), last, epoch), None, "the password changed");
+        assert_eq!(budget_round(None, last, epoch), None, "the user is gone");
     }
 }
