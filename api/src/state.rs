@@ -14,4 +14,7 @@ pub struct AppState {
     pub audit: Arc<dyn AuditStore>,
     /// The admin bearer key's hash; `None` shuts the admin API.
     pub admin_key: Option<AdminKeyHash>,
+    /// The scheme of `PUBLIC_BASE_URL` (`https`, or `http` for a local
+    /// host): a page's POST that names its `Origin` must name this one.
+    pub scheme: &'static str,
 }

@@ -226,7 +226,8 @@ fn state(
         config.policy.access_ttl_secs,
     )?;
     let auth = Auth::new(ports, config.policy.clone(), hasher, code_key, tokens);
-    Ok(AppState { auth, trust_forwarded_for: config.trust_forwarded_for, audit, admin_key })
+    let scheme = if config.public_base_url.starts_with("https://") { "https" } else { "http" };
+    Ok(AppState { auth, trust_forwarded_for: config.trust_forwarded_for, audit, admin_key, scheme })
 }
 
 #[cfg(feature = "embedded")]

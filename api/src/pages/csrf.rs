@@ -10,8 +10,9 @@
 //!
 //! On top, a browser that says where the request came from must say it came
 //! from this origin: `Sec-Fetch-Site` must be `same-origin`, or without it
-//! the `Origin` must equal this request's host. Clients that send neither,
-//! or `Origin: null` (see [`same_origin`]), still need the token.
+//! the `Origin` must be this service's scheme and this request's host.
+//! Clients that send neither, or `Origin: null` (see [`same_origin`]), still
+//! need the token.
 
 use super::cookies;
 use axum::http::{HeaderMap, header};
@@ -50,7 +51,11 @@ pub fn token(auth: &Auth, binding: &str, cookie: Option<&str>) -> (String, Optio
 /// on a form post from our own pages, which are served with
 /// `Referrer-Policy: no-referrer` (Fetch's rule for that policy), so only
 /// the token decides then, as for a client that sends no `Origin`.
-pub fn same_origin(headers: &HeaderMap) -> bool {
+///
+/// `scheme` is this service's (`https`, or `http` for a local host): the
+/// Host header names no scheme, and a page served over plain HTTP on the
+/// same host is another origin.
+pub fn same_origin(headers: &HeaderMap, scheme: &str) -> bool {
     let text = |name| headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
     if let Some(site) = text("sec-fetch-site") {
         return site.eq_ignore_ascii_case("same-origin");
@@ -59,15 +64,15 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
         None | Some("null") => true,
         Some(origin) => {
             let host = text(header::HOST.as_str()).unwrap_or("");
-            let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or("");
-            !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+            let Some((origin_scheme, origin_host)) = origin.split_once("://") else { return false };
+            !host.is_empty() && origin_scheme.eq_ignore_ascii_case(scheme) && origin_host.eq_ignore_ascii_case(host)
         }
     }
 }
 
 /// The whole POST check.
-pub fn check(auth: &Auth, headers: &HeaderMap, binding: Option<&str>, field: Option<&str>) -> bool {
+pub fn check(auth: &Auth, headers: &HeaderMap, scheme: &str, binding: Option<&str>, field: Option<&str>) -> bool {
     let cookie = cookies::get(headers, cookies::CSRF);
     let (Some(binding), Some(field), Some(cookie)) = (binding, field, cookie) else { return false };
-    same_origin(headers) && OtpCode::hashes_equal(field, &cookie) && valid(auth, binding, field)
+    same_origin(headers, scheme) && OtpCode::hashes_equal(field, &cookie) && valid(auth, binding, field)
 }

@@ -247,7 +247,7 @@ pub async fn logout(State(s): State<AppState>, v: Visitor, PageForm(f): PageForm
     let Some((value, _)) = &v.session else {
         // Nothing to end: tidy the cookies, but only for this origin's own
         // forms (a cross-site POST arrives without the Lax session cookie).
-        if !super::csrf::same_origin(&v.headers) {
+        if !v.same_origin() {
             return v.csrf_refusal(None).unwrap_or_else(|| Redirect::to("/login").into_response());
         }
         return with_cookies(Redirect::to("/login").into_response(), clear);

@@ -22,6 +22,8 @@ pub struct Visitor {
     pub headers: HeaderMap,
     pub meta: RequestMeta,
     auth: Auth,
+    /// This service's scheme (`AppState::scheme`).
+    scheme: &'static str,
 }
 
 impl FromRequestParts<AppState> for Visitor {
@@ -44,11 +46,17 @@ impl FromRequestParts<AppState> for Visitor {
             },
         };
         let pre = cookies::get(&headers, cookies::PRE).and_then(|v| Pre::decode(&auth, &v));
-        Ok(Visitor { session, stale_session, pre, headers, meta, auth })
+        Ok(Visitor { session, stale_session, pre, headers, meta, auth, scheme: state.scheme })
     }
 }
 
 impl Visitor {
+    /// Whether the request comes from this origin, as far as the browser
+    /// says ([`csrf::same_origin`]).
+    pub fn same_origin(&self) -> bool {
+        csrf::same_origin(&self.headers, self.scheme)
+    }
+
     /// What this visitor's CSRF tokens are bound to right now.
     pub fn binding(&self) -> Option<String> {
         match (&self.session, &self.pre) {
@@ -96,7 +104,7 @@ impl Visitor {
     /// The POST check: `None` when the token and the origin are good, else
     /// the 403 page to answer with (before any flow runs).
     pub fn csrf_refusal(&self, field: Option<&str>) -> Option<Response> {
-        if csrf::check(&self.auth, &self.headers, self.binding().as_deref(), field) {
+        if csrf::check(&self.auth, &self.headers, self.scheme, self.binding().as_deref(), field) {
             None
         } else {
             tracing::warn!(request_id = ?self.meta.request_id, "browser POST refused: CSRF token or origin check failed");
