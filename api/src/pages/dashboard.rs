@@ -2,7 +2,8 @@
 //! Without a live session it redirects to the sign-in page and shows
 //! nothing private; like every page it is `Cache-Control: no-store`. Its
 //! read of the trail counts against `RateLimits::activity`, as the
-//! activity API's does.
+//! activity API's does: past it the page lists no events and says when
+//! they can be shown again.
 
 use super::render::{self, page};
 use super::visitor::Visitor;
@@ -22,11 +23,17 @@ pub async fn dashboard(State(s): State<AppState>, mut v: Visitor) -> Response {
         let r = Redirect::to("/login").into_response();
         return if v.stale_session { with_cookies(r, vec![cookies::clear(cookies::SESSION)]) } else { r };
     };
-    if let Err(e) = s.auth.limit_activity(&profile.id, &v.meta).await {
-        return render::failure(e);
-    }
-    let events = match s.audit.list(&profile.id.to_string(), None, RECENT, s.auth.now()).await {
-        Ok(page) => page
+    // Past the activity limit the page still shows the profile and the
+    // sign-out form (someone else behind the same address can spend the
+    // client's reads), with the wait in place of the events.
+    let (listing, activity_wait) = match s.auth.limit_activity(&profile.id, &v.meta).await {
+        Ok(()) => (s.audit.list(&profile.id.to_string(), None, RECENT, s.auth.now()).await.map(Some), None),
+        Err(latchkey_core::Error::RateLimited { retry_after }) => (Ok(None), Some(retry_after)),
+        Err(e) => return render::failure(e),
+    };
+    let events = match listing {
+        Ok(None) => Vec::new(),
+        Ok(Some(page)) => page
             .records
             .iter()
             .map(|r| {
@@ -47,6 +54,7 @@ pub async fn dashboard(State(s): State<AppState>, mut v: Visitor) -> Response {
         signed_in => true,
         csrf,
         events,
+        activity_wait,
         profile => context! {
             username => profile.username,
             email => profile.email,
