@@ -388,8 +388,12 @@ impl Deliverer {
         // answered later could send nothing, and the time after it is left
         // for recording what became of the job (on its last receive, the
         // park and the dead letter's reason) instead of running out in a
-        // hung call.
-        let claim_by = self.latest_send_start(deadline).unwrap_or_else(Instant::now).max(Instant::now());
+        // hung call. With that moment already past, until the deadline as
+        // before: no send starts, but the claim's answer may still be
+        // "already sent" or "busy", and one cut off at once could land
+        // (the embedded ledger's runs on a blocking thread) and hold the
+        // job for a lease.
+        let claim_by = self.latest_send_start(deadline).filter(|t| *t > Instant::now()).unwrap_or(deadline);
         match timeout_at(claim_by, self.ledger.claim(meta, self.clock.now(), LEASE_SECS)).await {
             Ok(Ok(Claim::Claimed)) => {}
             Ok(Ok(Claim::AlreadySent)) => {
@@ -760,7 +764,7 @@ mod tests {
         }
     }
 
-    fn deliverer(mailer: Arc<Scripted>, ledger: Arc<MemoryMailLedger>, clock: Arc<FixedClock>) -> Deliverer {
+    fn deliverer(mailer: Arc<Scripted>, ledger: Arc<dyn MailLedger>, clock: Arc<FixedClock>) -> Deliverer {
         Deliverer::new(
             Renderer::new("https://auth.example.com").unwrap(),
             ledger,
@@ -1131,14 +1135,7 @@ mod tests {
         ] {
             let m = Arc::new(Scripted::failing(script));
             let l = Arc::new(StallsAfterClaim(MemoryMailLedger::new()));
-            let d = Deliverer::new(
-                Renderer::new("https://auth.example.com").unwrap(),
-                l.clone(),
-                m.clone(),
-                Arc::new(SendRateLimiter::unlimited()),
-                Arc::new(FixedClock::new(0)),
-            )
-            .with_retry(fast());
+            let d = deliverer(m.clone(), l.clone(), Arc::new(FixedClock::new(0)));
             let deadline = soon();
             let out = tokio::time::timeout_at(deadline + Duration::from_secs(60), d.deliver(&env("m"), deadline))
                 .await
@@ -1186,14 +1183,8 @@ mod tests {
         let m = Arc::new(Scripted::default());
         let l = Arc::new(ClaimHangs(MemoryMailLedger::new()));
         let reserve = Duration::from_millis(500);
-        let d = Deliverer::new(
-            Renderer::new("https://auth.example.com").unwrap(),
-            l.clone(),
-            m.clone(),
-            Arc::new(SendRateLimiter::unlimited()),
-            Arc::new(FixedClock::new(0)),
-        )
-        .with_retry(RetryPolicy { reserve, ..fast() });
+        let d =
+            deliverer(m.clone(), l.clone(), Arc::new(FixedClock::new(0))).with_retry(RetryPolicy { reserve, ..fast() });
         let deadline = Instant::now() + Duration::from_secs(20);
         let out = d.deliver_with(&env("hung"), deadline, Redelivery::LastReceive { receives: 5 }).await;
         assert!(
