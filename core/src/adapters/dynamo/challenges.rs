@@ -176,8 +176,13 @@ impl ChallengeStore for DynamoStore {
         // (`budget_round`), as the embedded store, which writes in one
         // transaction, counts it.
         let mut spends = false;
-        // One more round for a budget a right code gave back meanwhile.
-        for _ in 0..=max_failures + 2 {
+        // Rounds refused on the challenge end within `max_failures + 1`;
+        // those refused on the account each follow a write that changed
+        // its count (a wrong code taking the last count, a right code
+        // giving the budget back), which stops once the budget is spent,
+        // so a few suffice.
+        let mut budget_rounds = 0;
+        for _ in 0..=max_failures + 1 + BUDGET_ROUNDS {
             let Some(seen) = self.challenge(id).await? else {
                 return Err(StoreError::Conflict(Conflict::Stale));
             };
@@ -217,6 +222,12 @@ impl ChallengeStore for DynamoStore {
                 // left of the budget now says how to try again (a right
                 // code may have given it back since it was read).
                 Err(e) if e.check_failed(1) => {
+                    budget_rounds += 1;
+                    if budget_rounds > BUDGET_ROUNDS {
+                        return Err(StoreError::unavailable(
+                            "record_challenge_failure: the account's code count kept changing",
+                        ));
+                    }
                     let user = self.user_by_id(user_id).await?;
                     let Some(next) =
                         budget_round(user.map(|u| (u.otp_failures, u.password_epoch)), last, password_epoch)
@@ -279,6 +290,10 @@ impl ChallengeStore for DynamoStore {
         }
     }
 }
+
+/// How many times a wrong code's count is made again after the account's
+/// side refused it.
+const BUDGET_ROUNDS: u32 = 3;
 
 /// After the account's side of a wrong code's count was refused, with the
 /// user as read now (its `otp_failures` and `password_epoch`, `None` if it
