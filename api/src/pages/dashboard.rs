@@ -26,28 +26,30 @@ pub async fn dashboard(State(s): State<AppState>, mut v: Visitor) -> Response {
     // Past the activity limit the page still shows the profile and the
     // sign-out form (someone else behind the same address can spend the
     // client's reads), with the wait in place of the events.
-    let (listing, activity_wait) = match s.auth.limit_activity(&profile.id, &v.meta).await {
-        Ok(()) => (s.audit.list(&profile.id.to_string(), None, RECENT, s.auth.now()).await.map(Some), None),
-        Err(latchkey_core::Error::RateLimited { retry_after }) => (Ok(None), Some(retry_after)),
+    let activity_wait = match s.auth.limit_activity(&profile.id, &v.meta).await {
+        Ok(()) => None,
+        Err(latchkey_core::Error::RateLimited { retry_after }) => Some(retry_after),
         Err(e) => return render::failure(e),
     };
-    let events = match listing {
-        Ok(None) => Vec::new(),
-        Ok(Some(page)) => page
-            .records
-            .iter()
-            .map(|r| {
-                context! {
-                    at => rfc3339(r.at).replace('T', " ").trim_end_matches('Z').to_string(),
-                    event => r.event.as_str().replace('_', " "),
-                    outcome => serde_json::to_value(r.outcome).ok().and_then(|v| v.as_str().map(str::to_owned)),
-                    reason => r.reason.as_deref().map(|x| x.replace('_', " ")),
-                    ip => r.ip.clone(),
-                }
-            })
-            .collect::<Vec<_>>(),
-        Err(e) => return render::failure(latchkey_core::Error::from(e)),
+    let records = match activity_wait {
+        Some(_) => Vec::new(),
+        None => match s.audit.list(&profile.id.to_string(), None, RECENT, s.auth.now()).await {
+            Ok(page) => page.records,
+            Err(e) => return render::failure(latchkey_core::Error::from(e)),
+        },
     };
+    let events = records
+        .iter()
+        .map(|r| {
+            context! {
+                at => rfc3339(r.at).replace('T', " ").trim_end_matches('Z').to_string(),
+                event => r.event.as_str().replace('_', " "),
+                outcome => serde_json::to_value(r.outcome).ok().and_then(|v| v.as_str().map(str::to_owned)),
+                reason => r.reason.as_deref().map(|x| x.replace('_', " ")),
+                ip => r.ip.clone(),
+            }
+        })
+        .collect::<Vec<_>>();
     let (csrf, cookies) = v.form_token();
     let ctx = context! {
         title => format!("Hello, {}", profile.username),
