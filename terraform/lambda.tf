@@ -72,7 +72,11 @@ resource "aws_lambda_function" "api" {
       # instance goes on signing or checking with the old values (each
       # reads them once, at its cold start); the api logs them at start.
       LATCHKEY_SECRETS_VERSION        = tostring(var.secrets_version)
+      LATCHKEY_JWT_KEY_VERSION        = tostring(var.jwt_key_version)
       LATCHKEY_ADMIN_KEY_HASH_VERSION = tostring(var.admin_key_hash_version)
+      # The replaced JWT key (public), accepted and published during a
+      # rotation's overlap; empty is none.
+      LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY = var.jwt_previous_public_key
       # The client IP comes from the API Gateway request context, which the
       # client cannot forge; X-Forwarded-For can be.
       LATCHKEY_TRUST_FORWARDED_FOR  = "false"

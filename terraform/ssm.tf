@@ -9,10 +9,11 @@
 # ephemeral sources (ephemeral input variables or ephemeral generators), so
 # they appear in neither the plan nor the state file. The price: Terraform
 # cannot see drift in them, and a new value is written only when
-# `secrets_version` changes. See README.md, "Secrets and state".
+# `secrets_version` changes (the JWT key also when `jwt_key_version` does).
+# See README.md, "Secrets and state".
 
 # Generated only when no key is supplied; regenerated on every plan, but
-# written to SSM only when secrets_version changes.
+# written to SSM only when secrets_version or jwt_key_version changes.
 ephemeral "tls_private_key" "jwt" {
   algorithm = "ED25519"
 }
@@ -38,13 +39,16 @@ locals {
   ])
 }
 
+# Raising either number writes a new JWT key: secrets_version rotates it with
+# the code HMAC key, jwt_key_version alone. With jwt_key_version at 1 its
+# version is secrets_version, as before jwt_key_version existed.
 resource "aws_ssm_parameter" "jwt_private_key" {
   name             = "/${var.name_prefix}/jwt-private-key"
   description      = "latchkey api: base64 PKCS#8 Ed25519 JWT signing key"
   type             = "SecureString"
   key_id           = aws_kms_key.main.arn
   value_wo         = var.jwt_private_key != null ? var.jwt_private_key : local.generated_jwt_private_key
-  value_wo_version = var.secrets_version
+  value_wo_version = var.secrets_version + var.jwt_key_version - 1
 }
 
 resource "aws_ssm_parameter" "code_hmac_key" {

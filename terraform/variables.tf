@@ -453,12 +453,33 @@ variable "code_hmac_key" {
 }
 
 variable "secrets_version" {
-  description = "Bump to (re)write the SSM secrets: generated ones are regenerated, given ones re-sent. A new code HMAC key ends every session (refresh tokens and browser sign-ins) and every unused one-time code; a new JWT key ends every access token at once (clients refresh)."
+  description = "Bump to (re)write the SSM secrets, the code HMAC key and the JWT key: generated ones are regenerated, given ones re-sent. A new code HMAC key ends every session (refresh tokens and browser sign-ins) and every unused one-time code; to rotate the JWT key alone raise jwt_key_version."
   type        = number
   default     = 1
   validation {
     condition     = var.secrets_version >= 1 && floor(var.secrets_version) == var.secrets_version
     error_message = "secrets_version: a whole number >= 1."
+  }
+}
+
+variable "jwt_key_version" {
+  description = "Raise to rotate the JWT signing key alone: a new key is written (generated, or jwt_private_key re-sent) while sessions and codes live on. Written when secrets_version + jwt_key_version changes, so raising either writes it; keep it in terraform.tfvars. For an overlap set jwt_previous_public_key in the same apply."
+  type        = number
+  default     = 1
+  validation {
+    condition     = var.jwt_key_version >= 1 && floor(var.jwt_key_version) == var.jwt_key_version
+    error_message = "jwt_key_version: a whole number >= 1."
+  }
+}
+
+variable "jwt_previous_public_key" {
+  description = "The `x` of the replaced JWT key's JWK (`/.well-known/jwks.json`, read before the rotation): the api still accepts its access tokens and publishes it, so a rotation signs nobody out. Public, not a secret. Take it out (\"\") once the access lifetime and the JWKS cache time have passed (15 minutes with the defaults), and leave it out after a leak: the leaked key would go on signing tokens the api accepts."
+  type        = string
+  default     = ""
+  nullable    = false
+  validation {
+    condition     = var.jwt_previous_public_key == "" || can(regex("^[A-Za-z0-9_-]{43}$", var.jwt_previous_public_key))
+    error_message = "jwt_previous_public_key: the x of an Ed25519 JWK (43 base64url characters), or \"\"."
   }
 }
 

@@ -131,6 +131,7 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
             // restarts every instance on the new values).
             tracing::info!(
                 secrets_version = ?config.secrets_version,
+                jwt_key_version = ?config.jwt_key_version,
                 admin_key_hash_version = ?config.admin_key_hash_version,
                 "secrets read"
             );
@@ -224,7 +225,15 @@ fn state(
         config.jwt_issuer.clone(),
         config.jwt_audience.clone(),
         config.policy.access_ttl_secs,
-    )?;
+    )?
+    .with_previous(config.jwt_previous_public_key.clone())
+    .map_err(|e| format!("LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY: {e}"))?;
+    let (kid, previous_kid) = tokens.kids();
+    tracing::info!(
+        kid,
+        previous_kid,
+        "access token keys: kid signs, previous_kid (a rotation's overlap) is still accepted"
+    );
     let auth = Auth::new(ports, config.policy.clone(), hasher, code_key, tokens);
     let scheme = if config.public_base_url.starts_with("https://") { "https" } else { "http" };
     Ok(AppState { auth, trust_forwarded_for: config.trust_forwarded_for, audit, admin_key, scheme })

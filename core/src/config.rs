@@ -195,6 +195,10 @@ pub struct Config {
     /// Base64 PKCS#8 Ed25519 key; generated and kept under the data dir in
     /// embedded mode when absent.
     pub jwt_private_key: Option<crate::domain::Secret<String>>,
+    /// The public key the signing key replaced (`LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY`,
+    /// the `x` of its JWK), still accepted and published for a rotation's
+    /// overlap; none after a leak.
+    pub jwt_previous_public_key: Option<crate::keys::VerifyingKey>,
     /// Base64, >= 32 bytes; likewise generated in embedded mode.
     pub code_hmac_key: Option<crate::domain::Secret<String>>,
     /// On AWS: SSM SecureString parameter names holding the two secrets
@@ -229,6 +233,9 @@ pub struct Config {
     /// api logs them at start.
     pub secrets_version: Option<u32>,
     pub admin_key_hash_version: Option<u32>,
+    /// Terraform's `jwt_key_version`, which rotates the JWT signing key
+    /// alone (`secrets_version` rotates it with the code HMAC key).
+    pub jwt_key_version: Option<u32>,
 }
 
 /// Every variable `Config::from_lookup` reads, for docs and Terraform checks.
@@ -243,6 +250,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "LATCHKEY_JWT_ISSUER",
     "LATCHKEY_JWT_AUDIENCE",
     "LATCHKEY_JWT_PRIVATE_KEY",
+    "LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY",
     "LATCHKEY_CODE_HMAC_KEY",
     "LATCHKEY_JWT_PRIVATE_KEY_PARAM",
     "LATCHKEY_CODE_HMAC_KEY_PARAM",
@@ -263,6 +271,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "LATCHKEY_AUDIT_KEY_PARAM",
     "LATCHKEY_SECRETS_VERSION",
     "LATCHKEY_ADMIN_KEY_HASH_VERSION",
+    "LATCHKEY_JWT_KEY_VERSION",
 ];
 
 /// The most argon2 memory `LATCHKEY_ARGON2_M_KIB` may ask for (1 GiB): each
@@ -414,6 +423,12 @@ impl Config {
             |k: &str| get(k).map(|v| num(&mut errs, k, Some(v), 0, |n: &u32| *n >= 1, "a whole number from 1"));
         let secrets_version = version("LATCHKEY_SECRETS_VERSION");
         let admin_key_hash_version = version("LATCHKEY_ADMIN_KEY_HASH_VERSION");
+        let jwt_key_version = version("LATCHKEY_JWT_KEY_VERSION");
+        let jwt_previous_public_key = get("LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY").and_then(|x| {
+            crate::keys::VerifyingKey::from_jwk_x(&x)
+                .map_err(|e| errs.push(format!("LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY: {e}")))
+                .ok()
+        });
 
         if !errs.is_empty() {
             return Err(ConfigError(errs));
@@ -425,6 +440,7 @@ impl Config {
             jwt_audience: get("LATCHKEY_JWT_AUDIENCE").unwrap_or_else(|| "latchkey".into()),
             public_base_url,
             jwt_private_key: get("LATCHKEY_JWT_PRIVATE_KEY").map(crate::domain::Secret::new),
+            jwt_previous_public_key,
             code_hmac_key: get("LATCHKEY_CODE_HMAC_KEY").map(crate::domain::Secret::new),
             jwt_private_key_param: get("LATCHKEY_JWT_PRIVATE_KEY_PARAM"),
             code_hmac_key_param: get("LATCHKEY_CODE_HMAC_KEY_PARAM"),
@@ -439,6 +455,7 @@ impl Config {
             audit_retention_days,
             secrets_version,
             admin_key_hash_version,
+            jwt_key_version,
         })
     }
 }
@@ -540,15 +557,37 @@ mod tests {
 
     #[test]
     fn rotation_numbers_are_whole_numbers_from_one() {
-        let c = cfg(&[("LATCHKEY_SECRETS_VERSION", "3"), ("LATCHKEY_ADMIN_KEY_HASH_VERSION", "1")]).unwrap();
-        assert_eq!((c.secrets_version, c.admin_key_hash_version), (Some(3), Some(1)));
-        assert_eq!((cfg(&[]).unwrap().secrets_version, cfg(&[]).unwrap().admin_key_hash_version), (None, None));
+        let c = cfg(&[
+            ("LATCHKEY_SECRETS_VERSION", "3"),
+            ("LATCHKEY_ADMIN_KEY_HASH_VERSION", "1"),
+            ("LATCHKEY_JWT_KEY_VERSION", "2"),
+        ])
+        .unwrap();
+        assert_eq!((c.secrets_version, c.admin_key_hash_version, c.jwt_key_version), (Some(3), Some(1), Some(2)));
+        let none = cfg(&[]).unwrap();
+        assert_eq!((none.secrets_version, none.admin_key_hash_version, none.jwt_key_version), (None, None, None));
         for bad in ["0", "-1", "1.5", "two"] {
-            let e = cfg(&[("LATCHKEY_SECRETS_VERSION", bad), ("LATCHKEY_ADMIN_KEY_HASH_VERSION", bad)])
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains("LATCHKEY_SECRETS_VERSION: a whole number from 1"), "{bad}: {e}");
-            assert!(e.contains("LATCHKEY_ADMIN_KEY_HASH_VERSION: a whole number from 1"), "{bad}: {e}");
+            let keys = ["LATCHKEY_SECRETS_VERSION", "LATCHKEY_ADMIN_KEY_HASH_VERSION", "LATCHKEY_JWT_KEY_VERSION"];
+            let e = cfg(&keys.map(|k| (k, bad))).unwrap_err().to_string();
+            for k in keys {
+                assert!(e.contains(&format!("{k}: a whole number from 1")), "{bad}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_previous_jwt_key_is_the_x_of_its_jwk() {
+        let key = crate::keys::SigningKey::generate().unwrap();
+        let x = key.jwk()["x"].as_str().unwrap().to_string();
+        let c = cfg(&[("LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY", &x)]).unwrap();
+        assert_eq!(c.jwt_previous_public_key.as_ref(), Some(key.verifying_key()));
+        assert_eq!(cfg(&[("LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY", "")]).unwrap().jwt_previous_public_key, None);
+        // The private key by mistake, or the whole JWK: refused by name,
+        // and the value is not echoed.
+        for bad in [key.to_base64(), key.jwk().to_string()] {
+            let e = cfg(&[("LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY", &bad)]).unwrap_err().to_string();
+            assert!(e.contains("LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY: "), "{e}");
+            assert!(!e.contains(&bad), "{e}");
         }
     }
 

@@ -151,8 +151,53 @@ pub fn random_token(rng: &dyn crate::rng::SecureRng) -> String {
 #[derive(Clone)]
 pub struct SigningKey {
     pkcs8: Secret<Vec<u8>>,
+    verifying: VerifyingKey,
+}
+
+/// An Ed25519 public key that checks access tokens: the signing key's own,
+/// or, for a rotation's overlap, the one it replaced. Its key id is the hex
+/// of the first 8 bytes of the key's SHA-256, so a key given back by its
+/// JWK has the id it was published with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyingKey {
     public: Vec<u8>,
     kid: String,
+}
+
+impl VerifyingKey {
+    fn from_raw(public: Vec<u8>) -> Self {
+        let kid = hex::encode(&Sha256::digest(&public)[..8]);
+        VerifyingKey { public, kid }
+    }
+
+    /// From the `x` member of its JWK (RFC 8037: the raw 32-byte key,
+    /// base64url without padding), as `/.well-known/jwks.json` publishes it.
+    pub fn from_jwk_x(x: &str) -> Result<Self, String> {
+        let raw = URL_SAFE_NO_PAD
+            .decode(x.trim())
+            .map_err(|_| "is not base64url without padding (the `x` of the key's JWK)".to_string())?;
+        if raw.len() != 32 {
+            return Err(format!("is {} bytes, not an Ed25519 public key's 32 (the `x` of the key's JWK)", raw.len()));
+        }
+        Ok(Self::from_raw(raw))
+    }
+
+    /// The key, raw 32 bytes.
+    pub fn public_key(&self) -> &[u8] {
+        &self.public
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The key as a JWK (RFC 8037).
+    pub fn jwk(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig",
+            "kid": self.kid, "x": URL_SAFE_NO_PAD.encode(&self.public),
+        })
+    }
 }
 
 impl SigningKey {
@@ -160,9 +205,8 @@ impl SigningKey {
         let pair = Ed25519KeyPair::from_pkcs8(&der)
             .or_else(|_| Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der))
             .map_err(|_| "is not an Ed25519 PKCS#8 key".to_string())?;
-        let public = pair.public_key().as_ref().to_vec();
-        let kid = hex::encode(&Sha256::digest(&public)[..8]);
-        Ok(SigningKey { pkcs8: Secret::new(der), public, kid })
+        let verifying = VerifyingKey::from_raw(pair.public_key().as_ref().to_vec());
+        Ok(SigningKey { pkcs8: Secret::new(der), verifying })
     }
 
     pub fn from_base64(s: &str) -> Result<Self, String> {
@@ -191,27 +235,29 @@ impl SigningKey {
         self.pkcs8.expose()
     }
 
+    /// The public half, which checks what this key signs.
+    pub fn verifying_key(&self) -> &VerifyingKey {
+        &self.verifying
+    }
+
     /// The public key, raw 32 bytes.
     pub fn public_key(&self) -> &[u8] {
-        &self.public
+        self.verifying.public_key()
     }
 
     pub fn kid(&self) -> &str {
-        &self.kid
+        self.verifying.kid()
     }
 
     /// The public key as a JWK (RFC 8037).
     pub fn jwk(&self) -> serde_json::Value {
-        serde_json::json!({
-            "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig",
-            "kid": self.kid, "x": URL_SAFE_NO_PAD.encode(&self.public),
-        })
+        self.verifying.jwk()
     }
 }
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("SigningKey").field("kid", &self.kid()).finish_non_exhaustive()
     }
 }
 
@@ -234,6 +280,27 @@ mod tests {
         assert_eq!(k.public_key(), k2.public_key());
         assert_eq!(k.jwk()["kid"], k.kid());
         assert!(!format!("{k:?}").contains(&k.to_base64()));
+    }
+
+    #[test]
+    fn a_verifying_key_given_back_by_its_jwk_keeps_its_id() {
+        let k = SigningKey::generate().unwrap();
+        let x = k.jwk()["x"].as_str().unwrap().to_string();
+        let back = VerifyingKey::from_jwk_x(&x).unwrap();
+        assert_eq!(&back, k.verifying_key());
+        assert_eq!(back.jwk(), k.jwk());
+        for (bad, why) in [
+            ("not base64!", "base64url"),
+            (&x[..40], "30 bytes"),
+            (&URL_SAFE_NO_PAD.encode([1u8; 31]), "31 bytes"),
+            // Padded: the standard alphabet's form of the same key.
+            (&STANDARD.encode(k.public_key()), "base64url"),
+        ] {
+            let e = VerifyingKey::from_jwk_x(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        // The private key given by mistake is no public key either way.
+        assert!(VerifyingKey::from_jwk_x(&k.to_base64()).is_err());
     }
 
     #[test]

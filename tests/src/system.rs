@@ -126,10 +126,16 @@ impl TestSystem {
     }
 
     pub async fn aws_with(extra: &[(&str, &str)]) -> Self {
+        Self::aws_on(&crate::random_prefix(), extra).await
+    }
+
+    /// Another api instance on the tables and queues of `prefix` (made if
+    /// missing), as Lambda runs several side by side.
+    pub async fn aws_on(prefix: &str, extra: &[(&str, &str)]) -> Self {
         use base64::Engine;
         let endpoint = crate::emulator_endpoint().await;
         let sdk = crate::sdk_config(&endpoint).await;
-        let prefix = crate::random_prefix();
+        let prefix = prefix.to_string();
         let key = latchkey_core::keys::SigningKey::generate().expect("key").to_base64();
         let hmac = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
         let mut pairs = vec![

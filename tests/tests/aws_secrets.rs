@@ -7,12 +7,14 @@ const ADMIN_KEY: &str = "admin-key-for-the-ssm-test-0123456789abcdef";
 /// `printf %s "$ADMIN_KEY" | sha256sum`, as an operator computes it.
 const ADMIN_KEY_HASH: &str = "fc1c25c81ebc808456088a6af8931379c94e9da92222268741fd10461df12ccd";
 
-/// Puts a SecureString parameter.
+/// Puts a SecureString parameter, as Terraform's `value_wo` writes it (over
+/// the value before).
 async fn put(ssm: &aws_sdk_ssm::Client, name: &str, value: &str) {
     ssm.put_parameter()
         .name(name)
         .value(value)
         .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .overwrite(true)
         .send()
         .await
         .expect("put parameter");
@@ -106,6 +108,75 @@ async fn secrets_come_from_ssm_parameters() {
     .expect("a parameter that is not a hash is an error");
     assert!(err.contains("LATCHKEY_ADMIN_KEY_HASH_PARAM") && err.contains(&wrong_name), "{err}");
     assert!(!err.contains(ADMIN_KEY), "the value is not echoed: {err}");
+}
+
+/// A rotation of the JWT signing key alone, as Terraform makes it
+/// (`jwt_key_version` raised with `jwt_previous_public_key` set to the `x` of
+/// the old key's JWK): the parameter gets the new key and new instances start
+/// on it beside the old ones, on the same tables. Sessions live on (the code
+/// HMAC key is unchanged), the old key's access tokens are accepted and its
+/// key published until the overlap is taken out, and the old instances,
+/// until they are gone, refuse the new key's tokens (their clients refresh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_key_rotation_keeps_sessions_and_the_old_tokens_through_its_overlap() {
+    use latchkey_tests::scenarios::{sign_in, verified_user};
+    let endpoint = latchkey_tests::emulator_endpoint().await;
+    let sdk = latchkey_tests::sdk_config(&endpoint).await;
+    let ssm = aws_sdk_ssm::Client::new(&sdk);
+    let prefix = latchkey_tests::random_prefix();
+    let (old_key, new_key) =
+        (latchkey_core::keys::SigningKey::generate().unwrap(), latchkey_core::keys::SigningKey::generate().unwrap());
+    let (jwt_name, hmac_name) = (format!("/{prefix}/jwt-private-key"), format!("/{prefix}/code-hmac-key"));
+    put(&ssm, &jwt_name, &old_key.to_base64()).await;
+    put(&ssm, &hmac_name, "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=").await;
+    let params = [("LATCHKEY_JWT_PRIVATE_KEY_PARAM", jwt_name.as_str()), ("LATCHKEY_CODE_HMAC_KEY_PARAM", &hmac_name)];
+    let kids = |jwks: serde_json::Value| -> Vec<String> {
+        jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_string()).collect()
+    };
+    let jwks = |sys: &TestSystem| {
+        let url = sys.url("/.well-known/jwks.json");
+        let http = sys.http.clone();
+        async move { http.get(url).send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+
+    let old = TestSystem::aws_on(&prefix, &[params[0], params[1], ("LATCHKEY_JWT_KEY_VERSION", "1")]).await;
+    let (username, email) = verified_user(&old).await;
+    let tokens = sign_in(&old, &username, &email).await;
+    let old_access = tokens["access_token"].as_str().unwrap().to_string();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_string();
+    assert_eq!(old.get_auth("/v1/me", &old_access).await.0, 200);
+
+    put(&ssm, &jwt_name, &new_key.to_base64()).await;
+    let x = old_key.jwk()["x"].as_str().unwrap().to_string();
+    let new = TestSystem::aws_on(
+        &prefix,
+        &[params[0], params[1], ("LATCHKEY_JWT_KEY_VERSION", "2"), ("LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY", &x)],
+    )
+    .await;
+    assert_eq!(kids(jwks(&new).await), [new_key.kid(), old_key.kid()], "the new key first, the old one beside it");
+    let (st, me) = new.get_auth("/v1/me", &old_access).await;
+    assert_eq!((st, me["username"].as_str()), (200, Some(username.as_str())), "{me}");
+
+    // The session goes on: a refresh on a new instance gives a token of
+    // the new key, which the old instances do not know.
+    let (st, rotated, _) = new.post("/v1/token/refresh", serde_json::json!({ "refresh_token": refresh })).await;
+    assert_eq!(st, 200, "{rotated}");
+    let new_access = rotated["access_token"].as_str().unwrap().to_string();
+    assert_eq!(new.get_auth("/v1/me", &new_access).await.0, 200);
+    assert_eq!(old.get_auth("/v1/me", &new_access).await.0, 401);
+    // ... nor does an instance started with neither key.
+    let stranger = TestSystem::aws_on(&prefix, &[]).await;
+    assert_eq!(stranger.get_auth("/v1/me", &old_access).await.0, 401);
+
+    // The overlap taken out: the old key's tokens end, its key is no longer
+    // published, and the session still refreshes.
+    let after = TestSystem::aws_on(&prefix, &[params[0], params[1], ("LATCHKEY_JWT_KEY_VERSION", "2")]).await;
+    assert_eq!(kids(jwks(&after).await), [new_key.kid()]);
+    assert_eq!(after.get_auth("/v1/me", &old_access).await.0, 401);
+    assert_eq!(after.get_auth("/v1/me", &new_access).await.0, 200);
+    let next = rotated["refresh_token"].as_str().unwrap();
+    let (st, body, _) = after.post("/v1/token/refresh", serde_json::json!({ "refresh_token": next })).await;
+    assert_eq!(st, 200, "{body}");
 }
 
 /// The stream processor's audit seal key, read as its `main` reads it: from

@@ -338,6 +338,7 @@ fn functions_get_the_config_keys_their_code_reads() {
     // old ones.
     for (env, key, version) in [
         (&api_env, "LATCHKEY_SECRETS_VERSION", "secrets_version"),
+        (&api_env, "LATCHKEY_JWT_KEY_VERSION", "jwt_key_version"),
         (&api_env, "LATCHKEY_ADMIN_KEY_HASH_VERSION", "admin_key_hash_version"),
         (&function_env(processor, PROCESSOR_FN.0), "LATCHKEY_AUDIT_KEY_VERSION", "audit_seal_key_version"),
     ] {
@@ -701,6 +702,49 @@ fn roles_that_use_tables_may_use_the_table_key_through_dynamodb() {
     assert!(checked >= 3, "api, mail worker and stream processor all use tables; {checked} documents checked");
 }
 
+/// The JWT key is written again when either `secrets_version` (with the
+/// code HMAC key) or `jwt_key_version` (alone) is raised, and at the
+/// version it had before `jwt_key_version` existed while that is 1; the
+/// replaced key's `x` reaches the api as given, empty by default.
+#[test]
+fn the_jwt_key_rotates_alone_with_its_own_version_and_overlap() {
+    let tf = Terraform::load();
+    let param =
+        |name: &str| tf.resources("aws_ssm_parameter").find(|(n, _)| *n == name).unwrap_or_else(|| panic!("{name}")).1;
+    let versions = |secrets: i64, jwt: i64| {
+        let ctx = tf.context(&[("secrets_version", Value::from(secrets)), ("jwt_key_version", Value::from(jwt))]);
+        let of = |name: &str| eval_i64(&ctx, param(name), "value_wo_version", name);
+        (of("jwt_private_key"), of("code_hmac_key"))
+    };
+    assert_eq!(versions(1, 1), (1, 1));
+    assert_eq!(versions(3, 1), (3, 3), "unchanged for a stack made before jwt_key_version");
+    let (jwt, hmac) = versions(3, 2);
+    assert!(jwt > versions(3, 1).0 && hmac == 3, "jwt_key_version rotates the JWT key alone");
+    let (jwt, hmac) = versions(4, 2);
+    assert!(jwt > versions(3, 2).0 && hmac == 4, "secrets_version rotates both");
+
+    let key = latchkey_core::keys::SigningKey::generate().expect("key");
+    let x = key.jwk()["x"].as_str().expect("x").to_string();
+    for (given, expected) in [(None, ""), (Some(x.as_str()), x.as_str())] {
+        let overrides: Vec<(&str, Value)> =
+            given.map(|x| ("jwt_previous_public_key", Value::from(x))).into_iter().collect();
+        let ctx = tf.context(&overrides);
+        let (_, api) = function(&tf, &ctx, API_FN.0);
+        let v = function_env(api, "api")["LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY"].evaluate(&ctx).expect("evaluates");
+        assert_eq!(v.as_str(), Some(expected));
+    }
+    assert!(variable_accepts(&tf, "jwt_previous_public_key", Value::from(x.as_str())));
+    assert!(variable_accepts(&tf, "jwt_previous_public_key", Value::from("")));
+    // The whole JWK, the private key, a standard-alphabet key: refused.
+    for bad in [key.jwk().to_string(), key.to_base64(), format!("{x}=")] {
+        assert!(!variable_accepts(&tf, "jwt_previous_public_key", Value::from(bad.as_str())), "{bad}");
+    }
+    for (v, ok) in [(1, true), (7, true), (0, false)] {
+        assert_eq!(variable_accepts(&tf, "jwt_key_version", Value::from(v)), ok, "jwt_key_version = {v}");
+    }
+    assert!(!variable_accepts(&tf, "jwt_key_version", Value::from(1.5)));
+}
+
 /// The body of `variable "<name>"`.
 fn variable<'a>(tf: &'a Terraform, name: &str) -> &'a Body {
     tf.blocks
@@ -720,8 +764,28 @@ fn variable_accepts(tf: &Terraform, name: &str, value: Value) -> bool {
 /// variables in `overrides` (which may include others: a condition may
 /// reference other variables and locals since Terraform 1.9).
 fn variable_accepts_with(tf: &Terraform, name: &str, overrides: &[(&str, Value)]) -> bool {
-    let ctx = tf.context(overrides);
+    let mut ctx = tf.context(overrides);
+    declare_functions(&mut ctx);
     blocks(variable(tf, name), "validation").all(|v| eval(&ctx, v.body(), "condition", name) == Value::Bool(true))
+}
+
+/// The Terraform functions our validations call: `floor`, and
+/// `regex(pattern, string)` under `can(...)`, the form they use it in: `regex` fails where nothing matches and `can` turns a
+/// failure into false. hcl-rs evaluates a function's arguments before the
+/// function, so here `regex` gives null for no match and `can` is whether
+/// its argument is not null. The pattern runs on the `regex` crate, whose
+/// syntax is RE2's, as Go's `regexp` under Terraform is.
+fn declare_functions(ctx: &mut hcl::eval::Context) {
+    use hcl::eval::{FuncArgs, FuncDef, ParamType};
+    ctx.declare_func("floor", FuncDef::builder().param(ParamType::Number).build(floor));
+    let matched = |args: FuncArgs| -> Result<Value, String> {
+        let (pattern, text) = (args[0].as_str().unwrap_or_default(), args[1].as_str().unwrap_or_default());
+        let re = regex::Regex::new(pattern).map_err(|e| format!("regex: {e}"))?;
+        Ok(re.find(text).map_or(Value::Null, |m| Value::from(m.as_str())))
+    };
+    ctx.declare_func("regex", FuncDef::builder().params([ParamType::String, ParamType::String]).build(matched));
+    let can = |args: FuncArgs| -> Result<Value, String> { Ok(Value::Bool(!args[0].is_null())) };
+    ctx.declare_func("can", FuncDef::builder().param(ParamType::Any).build(can));
 }
 
 /// In the SES sandbox (every new account) SES authorises a send on each
@@ -1001,7 +1065,7 @@ fn worker_batches_fit_the_send_rate_and_timeout() {
         assert!(variable_accepts_with(&tf, "worker_batch_size", &with(fit)), "{what}: {fit} is refused");
         assert!(!variable_accepts_with(&tf, "worker_batch_size", &with(fit + 1)), "{what}: {} passes", fit + 1);
         let mut ctx = tf.context(&with(fit + 1));
-        ctx.declare_func("floor", hcl::eval::FuncDef::builder().param(hcl::eval::ParamType::Number).build(floor));
+        declare_functions(&mut ctx);
         let message = eval_str(&ctx, check, "error_message", "worker_batch_size");
         for number in [fit + 1, timeout, timeout - margin, fit] {
             assert!(message.contains(&format!(" {number} ")), "{what}: {number} missing from {message:?}");

@@ -1,6 +1,6 @@
 use crate::clock::Timestamp;
 use crate::domain::{SessionId, UserId};
-use crate::keys::SigningKey;
+use crate::keys::{SigningKey, VerifyingKey};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -18,11 +18,14 @@ pub struct AccessClaims {
 }
 
 /// Signs and checks access tokens: EdDSA only, with `iss`, `aud`, `exp`
-/// and `nbf` checked against latchkey's own clock.
+/// and `nbf` checked against latchkey's own clock. Tokens are signed with
+/// the current key; during a rotation's overlap they are also checked with
+/// the key it replaced (`previous`), which the JWKS publishes too.
 pub struct TokenIssuer {
     key: SigningKey,
     encoding: EncodingKey,
     decoding: DecodingKey,
+    previous: Option<(VerifyingKey, DecodingKey)>,
     validation: Validation,
     issuer: String,
     audience: String,
@@ -33,6 +36,7 @@ impl std::fmt::Debug for TokenIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenIssuer")
             .field("kid", &self.key.kid())
+            .field("previous_kid", &self.previous.as_ref().map(|(k, _)| k.kid()))
             .field("issuer", &self.issuer)
             .finish_non_exhaustive()
     }
@@ -53,7 +57,29 @@ impl TokenIssuer {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.required_spec_claims = ["exp", "nbf", "iss", "aud", "sub"].iter().map(|s| s.to_string()).collect();
-        Ok(TokenIssuer { key, encoding, decoding, validation, issuer, audience, ttl_secs })
+        Ok(TokenIssuer { key, encoding, decoding, previous: None, validation, issuer, audience, ttl_secs })
+    }
+
+    /// Also accept the tokens `previous` signed (and publish it), for the
+    /// overlap of a rotation: the tokens the replaced key signed live at
+    /// most the access lifetime, and relying parties' copies of the JWKS
+    /// at most its cache time. Never after a leak: the leaked key would
+    /// go on signing tokens this accepts.
+    pub fn with_previous(mut self, previous: Option<VerifyingKey>) -> Result<Self, String> {
+        if let Some(p) = previous {
+            if p.kid() == self.key.kid() {
+                return Err("is the current signing key's own public key, not the one it replaced".into());
+            }
+            let decoding = DecodingKey::from_ed_der(p.public_key());
+            self.previous = Some((p, decoding));
+        }
+        Ok(self)
+    }
+
+    /// The id of the key it signs with, and of the replaced key it still
+    /// accepts, if any.
+    pub fn kids(&self) -> (&str, Option<&str>) {
+        (self.key.kid(), self.previous.as_ref().map(|(k, _)| k.kid()))
     }
 
     pub fn ttl_secs(&self) -> i64 {
@@ -61,7 +87,8 @@ impl TokenIssuer {
     }
 
     pub fn jwks(&self) -> serde_json::Value {
-        serde_json::json!({ "keys": [self.key.jwk()] })
+        let keys: Vec<_> = std::iter::once(self.key.jwk()).chain(self.previous.iter().map(|(k, _)| k.jwk())).collect();
+        serde_json::json!({ "keys": keys })
     }
 
     /// An access token for `session` of `user`, living the access lifetime
@@ -93,14 +120,21 @@ impl TokenIssuer {
 
     /// Checks signature, algorithm, key id, issuer, audience,
     /// `nbf <= now < exp`, and that the token is no older and lives no
-    /// longer than one this issuer makes now could.
+    /// longer than one this issuer makes now could. The key id picks the
+    /// key: every token this issuer signs names its key, and only the
+    /// named key's signature counts.
     pub fn verify(&self, token: &str, now: Timestamp) -> Result<AccessClaims, crate::Error> {
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation)
+        let header = jsonwebtoken::decode_header(token).map_err(|_| crate::Error::Unauthorized)?;
+        let decoding = match header.kid.as_deref() {
+            Some(kid) if kid == self.key.kid() => &self.decoding,
+            Some(kid) => match &self.previous {
+                Some((key, decoding)) if kid == key.kid() => decoding,
+                _ => return Err(crate::Error::Unauthorized),
+            },
+            None => return Err(crate::Error::Unauthorized),
+        };
+        let data = jsonwebtoken::decode::<AccessClaims>(token, decoding, &self.validation)
             .map_err(|_| crate::Error::Unauthorized)?;
-        if data.header.kid.as_deref() != Some(self.key.kid()) {
-            // Every token this issuer signs names its key.
-            return Err(crate::Error::Unauthorized);
-        }
         let c = data.claims;
         // A small allowance for clock skew between instances.
         const LEEWAY: i64 = 5;
@@ -208,6 +242,49 @@ mod tests {
         assert!(t.verify(&signed(Some(key.kid())), 1000).is_ok(), "the baseline verifies");
         assert!(t.verify(&signed(Some("another-key")), 1000).is_err());
         assert!(t.verify(&signed(None), 1000).is_err());
+    }
+
+    #[test]
+    fn a_rotation_overlap_accepts_the_replaced_keys_tokens_by_their_key_id() {
+        let (old, new) = (SigningKey::generate().unwrap(), SigningKey::generate().unwrap());
+        let make = |k: &SigningKey| TokenIssuer::new(k.clone(), "https://iss".into(), "aud".into(), 600).unwrap();
+        let (u, s) = (UserId::random(&OsSecureRng), SessionId::random(&OsSecureRng));
+        let before = make(&old).issue(&u, &s, 1000, i64::MAX, "j".into()).unwrap();
+
+        let plain = make(&new);
+        assert!(plain.verify(&before, 1000).is_err(), "without the overlap the replaced key's tokens end");
+        assert_eq!(plain.jwks()["keys"].as_array().unwrap().len(), 1);
+        assert_eq!(plain.kids(), (new.kid(), None));
+
+        let overlap = make(&new).with_previous(Some(old.verifying_key().clone())).unwrap();
+        assert_eq!(overlap.verify(&before, 1000).unwrap().sub, u.to_string());
+        assert!(overlap.verify(&before, 1600).is_err(), "still only until its own exp");
+        // It signs with the new key, published first; the old one follows.
+        let after = overlap.issue(&u, &s, 1000, i64::MAX, "j".into()).unwrap();
+        assert!(plain.verify(&after, 1000).is_ok());
+        assert!(make(&old).verify(&after, 1000).is_err());
+        let jwks = overlap.jwks();
+        assert_eq!(jwks["keys"][0]["kid"], new.kid());
+        assert_eq!(jwks["keys"][1], old.jwk());
+        assert_eq!(overlap.kids(), (new.kid(), Some(old.kid())));
+
+        // The key id picks the key: the old key's id on a token the new
+        // key did not sign, or the new key's id on one the old key signed,
+        // is refused.
+        let claims = serde_json::json!({"iss": "https://iss", "aud": "aud", "sub": "u", "sid": "s", "iat": 1000, "nbf": 1000, "exp": 1600, "jti": "j"});
+        let swapped = |named: &SigningKey, signer: &SigningKey| {
+            let mut header = Header::new(Algorithm::EdDSA);
+            header.kid = Some(named.kid().to_string());
+            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(signer.pkcs8())).unwrap()
+        };
+        assert!(overlap.verify(&swapped(&old, &old), 1000).is_ok(), "the baseline verifies");
+        assert!(overlap.verify(&swapped(&old, &new), 1000).is_err());
+        assert!(overlap.verify(&swapped(&new, &old), 1000).is_err());
+        let stranger = SigningKey::generate().unwrap();
+        assert!(overlap.verify(&swapped(&stranger, &stranger), 1000).is_err());
+
+        let e = make(&new).with_previous(Some(new.verifying_key().clone())).unwrap_err();
+        assert!(e.contains("current signing key"), "{e}");
     }
 
     #[test]
