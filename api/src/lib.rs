@@ -5,6 +5,7 @@
 pub mod error;
 pub mod extract;
 pub mod headers;
+pub mod hosts;
 pub mod pages;
 pub mod refusals;
 pub mod routes;
@@ -70,6 +71,9 @@ pub fn app(state: AppState) -> Router {
             error::ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error")
                 .into_response()
         }))
+        // Outside Lambda, only requests addressed to this service (DNS
+        // rebinding); logged as refusals, with the security headers.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), hosts::check))
         .layer(axum::middleware::from_fn_with_state(state.clone(), refusals::log_refusals))
         .layer(axum::middleware::from_fn(headers::security_headers))
         .with_state(state)

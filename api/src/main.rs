@@ -14,10 +14,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // LATCHKEY_TLS_ROOTS says `system` (as the other two functions).
     let sdk = if on_lambda { Some(aws_calls::lambda_sdk_config().await?) } else { None };
     let built = latchkey_api::wiring::build_with(&config, BuildOptions { sdk, ..Default::default() }).await?;
-    let app = latchkey_api::app(built.state.clone());
     if on_lambda {
-        lambda_http::run(app).await
+        lambda_http::run(latchkey_api::app(built.state.clone())).await
     } else {
+        let app = latchkey_api::app(built.state.clone().serving_directly(&config.public_base_url));
         latchkey_api::wiring::serve(app, &config.bind, config.http_threads).await.map_err(Into::into)
     }
 }

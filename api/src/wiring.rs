@@ -236,7 +236,7 @@ fn state(
     );
     let auth = Auth::new(ports, config.policy.clone(), hasher, code_key, tokens);
     let scheme = if config.public_base_url.starts_with("https://") { "https" } else { "http" };
-    Ok(AppState { auth, trust_forwarded_for: config.trust_forwarded_for, audit, admin_key, scheme })
+    Ok(AppState { auth, trust_forwarded_for: config.trust_forwarded_for, audit, admin_key, scheme, served_host: None })
 }
 
 #[cfg(feature = "embedded")]

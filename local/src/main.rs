@@ -78,7 +78,7 @@ async fn run() -> Result<(), BoxError> {
             Some(tokio::spawn(poller.run(processor, std::time::Duration::from_millis(500))))
         }
     };
-    let app = latchkey_api::app(built.state.clone());
+    let app = latchkey_api::app(built.state.clone().serving_directly(&config.public_base_url));
     println!("latchkey serving {} (bind {})", config.public_base_url, config.bind);
     latchkey_api::wiring::serve(app, &config.bind, config.http_threads).await?;
     for t in built.tasks.into_iter().chain(poller) {

@@ -117,7 +117,7 @@ impl TestSystem {
         let cfg = config(&pairs);
         let built = latchkey_api::wiring::build(&cfg).await.expect("build embedded");
         let mail = MailSource::Outbox(dir.0.join("outbox"));
-        Self::serve(built, mail, "embedded", None, Some(dir)).await
+        Self::serve(built, &cfg, mail, "embedded", None, Some(dir)).await
     }
 
     /// DynamoDB + SQS on the emulator, fresh tables and queues.
@@ -160,11 +160,12 @@ impl TestSystem {
             .queue_url
             .expect("queue url");
         let mail = MailSource::Sqs { client, url, seen: Mutex::new(Vec::new()) };
-        Self::serve(built, mail, "aws", Some(calls), None).await
+        Self::serve(built, &cfg, mail, "aws", Some(calls), None).await
     }
 
     async fn serve(
         built: Built,
+        cfg: &Config,
         mail: MailSource,
         backend: &'static str,
         calls: Option<CallCounter>,
@@ -172,9 +173,9 @@ impl TestSystem {
     ) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let app = latchkey_api::app(built.state.clone());
-        // The production serving path, on two threads; aborting this task
-        // shuts them.
+        // The server the local runner runs (its Host check included), on
+        // two threads; aborting this task shuts them.
+        let app = latchkey_api::app(built.state.clone().serving_directly(&cfg.public_base_url));
         let server = tokio::spawn(async move {
             let _ = latchkey_api::wiring::serve_threads(listener, app, 2, std::future::pending()).await;
         });
