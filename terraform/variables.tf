@@ -478,7 +478,9 @@ variable "jwt_previous_public_key" {
   default     = ""
   nullable    = false
   validation {
-    condition     = var.jwt_previous_public_key == "" || can(regex("^[A-Za-z0-9_-]{43}$", var.jwt_previous_public_key))
+    # 43 base64url characters whose last one leaves the 2 bits past the
+    # key's 256 at zero, as the api's strict decoding wants.
+    condition     = var.jwt_previous_public_key == "" || can(regex("^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$", var.jwt_previous_public_key))
     error_message = "jwt_previous_public_key: the x of an Ed25519 JWK (43 base64url characters), or \"\"."
   }
 }

@@ -19,11 +19,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 /// The host of a base URL (`https://auth.example.com:8443/x` gives
-/// `auth.example.com`; an IPv6 literal without its brackets), lower-cased.
+/// `auth.example.com`; an IPv6 literal without its brackets), lower-cased,
+/// without a trailing dot.
 pub fn host_of_base_url(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    host_part(authority).to_ascii_lowercase()
+    let host = host_part(authority);
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
 }
 
 /// The host of a `Host` header value or URL authority, without its port.
@@ -75,6 +77,8 @@ mod tests {
         assert_eq!(host_of_base_url("https://Auth.Example.com:8443/x?y"), "auth.example.com");
         assert_eq!(host_of_base_url("http://[::1]:3000"), "::1");
         assert_eq!(host_of_base_url("http://localhost:3000"), "localhost");
+        assert_eq!(host_of_base_url("https://auth.example.com./"), "auth.example.com");
+        assert!(addressed_here(Some("auth.example.com"), &host_of_base_url("https://auth.example.com.")));
         let public = "auth.example.com";
         for ok in [
             "127.0.0.1:3000",

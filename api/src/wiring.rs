@@ -226,9 +226,15 @@ fn state(
         config.jwt_audience.clone(),
         config.policy.access_ttl_secs,
     )?
-    .with_previous(config.jwt_previous_public_key.clone())
-    .map_err(|e| format!("LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY: {e}"))?;
+    .with_previous(config.jwt_previous_public_key.clone());
     let (kid, previous_kid) = tokens.kids();
+    if config.jwt_previous_public_key.is_some() && previous_kid.is_none() {
+        // Serving on is safer than stopping every instance for it.
+        tracing::warn!(
+            kid,
+            "LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY is the signing key's own: no new key was written (raise jwt_key_version)"
+        );
+    }
     tracing::info!(
         kid,
         previous_kid,

@@ -164,6 +164,35 @@ pub struct VerifyingKey {
     kid: String,
 }
 
+/// The encodings, with the sign bit of x cleared, of the Ed25519 points of
+/// small order (dividing 8): y = 0, y = 1 (the identity), the two y of the
+/// points of order 8, y = p - 1, and y = p and p + 1, which spell 0 and 1
+/// again (libsodium's list; each y was checked with Python's integers to
+/// give points P on the curve with [8]P the identity). A public key among
+/// them verifies signatures that no private key made: one in a few signs
+/// any token.
+const SMALL_ORDER_Y: [[u8; 32]; 7] = {
+    let mut y = [[0u8; 32]; 7];
+    y[1][0] = 1;
+    y[2] = [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98, 0xf0, 0xd5, 0xdf,
+        0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53, 0xfc, 0x05,
+    ];
+    y[3] = [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67, 0x0f, 0x2a, 0x20,
+        0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac, 0x03, 0x7a,
+    ];
+    // p - 1, p, p + 1: 0x7fff...ffec, ...ed, ...ee, little-endian.
+    let mut i = 4;
+    while i < 7 {
+        y[i] = [0xff; 32];
+        y[i][0] = 0xec + (i as u8 - 4);
+        y[i][31] = 0x7f;
+        i += 1;
+    }
+    y
+};
+
 impl VerifyingKey {
     fn from_raw(public: Vec<u8>) -> Self {
         let kid = hex::encode(&Sha256::digest(&public)[..8]);
@@ -178,6 +207,12 @@ impl VerifyingKey {
             .map_err(|_| "is not base64url without padding (the `x` of the key's JWK)".to_string())?;
         if raw.len() != 32 {
             return Err(format!("is {} bytes, not an Ed25519 public key's 32 (the `x` of the key's JWK)", raw.len()));
+        }
+        let mut y = [0u8; 32];
+        y.copy_from_slice(&raw);
+        y[31] &= 0x7f;
+        if SMALL_ORDER_Y.contains(&y) {
+            return Err("is a point of small order, which would verify forged signatures: no key of ours".into());
         }
         Ok(Self::from_raw(raw))
     }
@@ -301,6 +336,19 @@ mod tests {
         }
         // The private key given by mistake is no public key either way.
         assert!(VerifyingKey::from_jwk_x(&k.to_base64()).is_err());
+        // Points of small order, either sign of x: a placeholder of 43 `A`s
+        // is y = 0.
+        assert_eq!(URL_SAFE_NO_PAD.encode([0u8; 32]), "A".repeat(43));
+        for y in SMALL_ORDER_Y {
+            for sign in [0, 0x80] {
+                let mut raw = y;
+                raw[31] |= sign;
+                let e = VerifyingKey::from_jwk_x(&URL_SAFE_NO_PAD.encode(raw)).unwrap_err();
+                assert!(e.contains("small order"), "{raw:?}: {e}");
+            }
+        }
+        assert_eq!(SMALL_ORDER_Y[4][..2], [0xec, 0xff]);
+        assert_eq!((SMALL_ORDER_Y[6][0], SMALL_ORDER_Y[6][31]), (0xee, 0x7f));
     }
 
     #[test]

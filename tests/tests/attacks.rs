@@ -79,7 +79,7 @@ async fn chunked_login(sys: &TestSystem, username: &str, n: usize) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = sys.base.trim_start_matches("http://");
     let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let head = "POST /v1/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+    let head = "POST /v1/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
                 Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
     let mut body = format!("{{\"identifier\":\"{username}\",\"password\":\"").into_bytes();
     body.extend(std::iter::repeat_n(b'a', n));
@@ -111,7 +111,7 @@ async fn declared_too_large(sys: &TestSystem, path: &str, len: usize) -> String 
     let addr = sys.base.trim_start_matches("http://");
     let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\
          Connection: close\r\n\r\n"
     );
     conn.write_all(head.as_bytes()).await.expect("head");
@@ -532,8 +532,18 @@ pub async fn rebound_host_names_are_refused(sys: &TestSystem) {
     for host in ["attacker.example", "attacker.example:3000", "127.0.0.1.nip.io", "localhost.attacker.example"] {
         let r = sys.http.post(sys.url("/v1/register")).header("host", host).json(&body).send().await.expect("send");
         assert_eq!(r.status(), 421, "{host}");
-        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{host}");
-        assert_eq!(r.headers()["cache-control"], "no-store", "{host}");
+        for (name, value) in [
+            ("x-content-type-options", "nosniff"),
+            ("cache-control", "no-store"),
+            ("strict-transport-security", "max-age=63072000; includeSubDomains"),
+            ("x-frame-options", "DENY"),
+        ] {
+            assert_eq!(r.headers()[name], value, "{host}");
+        }
+        assert!(
+            r.headers()["content-security-policy"].to_str().expect("ascii").contains("frame-ancestors 'none'"),
+            "{host}"
+        );
         let b: serde_json::Value = r.json().await.expect("json");
         assert_eq!(b["error"], "misdirected_request", "{host}: {b}");
         for path in ["/login", "/.well-known/jwks.json", "/healthz"] {

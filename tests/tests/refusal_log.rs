@@ -110,6 +110,21 @@ async fn refusals_leave_one_line_each_without_what_the_client_sent() {
     }
     assert_eq!(send(&app, "GET", "/healthz", None, None).await, 200);
     assert!(captured.take().iter().all(|l| l["message"] != "request refused"));
+
+    // Served directly, a request addressed to another host name (DNS
+    // rebinding) is refused and logged like the rest.
+    let direct = latchkey_api::app(built.state.clone().serving_directly(&cfg.public_base_url));
+    let mut req = Request::builder().uri("/v1/me").header("host", "attacker.example:3000").body(Body::empty()).unwrap();
+    req.extensions_mut().insert(ConnectInfo(SocketAddr::from((CLIENT, 40_000))));
+    assert_eq!(direct.oneshot(req).await.expect("answer").status(), 421);
+    let lines = captured.take();
+    let ours: Vec<&Value> = lines.iter().filter(|l| l["message"] == "request refused").collect();
+    assert_eq!(ours.len(), 1, "{lines:?}");
+    assert_eq!(
+        (ours[0]["route"].as_str(), ours[0]["status"].as_u64(), ours[0]["error"].as_str(), ours[0]["ip"].as_str()),
+        (Some("/v1/me"), Some(421), Some("misdirected_request"), Some("203.0.113.9")),
+        "{lines:?}"
+    );
     for t in &built.tasks {
         t.abort();
     }

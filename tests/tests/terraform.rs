@@ -735,8 +735,13 @@ fn the_jwt_key_rotates_alone_with_its_own_version_and_overlap() {
     }
     assert!(variable_accepts(&tf, "jwt_previous_public_key", Value::from(x.as_str())));
     assert!(variable_accepts(&tf, "jwt_previous_public_key", Value::from("")));
-    // The whole JWK, the private key, a standard-alphabet key: refused.
-    for bad in [key.jwk().to_string(), key.to_base64(), format!("{x}=")] {
+    // The whole JWK, the private key, a padded key, a last character
+    // with bits past the key's 256 (which the api's decoding refuses):
+    // refused.
+    let last = x.as_bytes()[42];
+    let stray_bits = format!("{}{}", &x[..42], if last == b'8' { '9' } else { (last + 1) as char });
+    assert!(latchkey_core::keys::VerifyingKey::from_jwk_x(&stray_bits).is_err(), "{stray_bits}");
+    for bad in [key.jwk().to_string(), key.to_base64(), format!("{x}="), stray_bits] {
         assert!(!variable_accepts(&tf, "jwt_previous_public_key", Value::from(bad.as_str())), "{bad}");
     }
     for (v, ok) in [(1, true), (7, true), (0, false)] {
