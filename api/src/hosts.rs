@@ -17,33 +17,21 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use latchkey_core::config::{authority_host, base_url_parts};
 
 /// The host of a base URL (`https://auth.example.com:8443/x` gives
 /// `auth.example.com`; an IPv6 literal without its brackets), lower-cased,
 /// without a trailing dot.
 pub fn host_of_base_url(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = host_part(authority);
+    let host = authority_host(base_url_parts(url).map_or("", |(_, authority)| authority));
     host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
-}
-
-/// The host of a `Host` header value or URL authority, without its port.
-fn host_part(authority: &str) -> &str {
-    if let Some(v6) = authority.strip_prefix('[') {
-        return v6.split(']').next().unwrap_or_default();
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
-    }
 }
 
 /// Whether a request whose `Host` header is `host` (none: a client that is
 /// no browser) is addressed to a service whose public host is `public`.
 pub fn addressed_here(host: Option<&str>, public: &str) -> bool {
     let Some(host) = host else { return true };
-    let name = host_part(host.trim());
+    let name = authority_host(host.trim());
     if name.parse::<std::net::IpAddr>().is_ok() {
         return true;
     }
@@ -55,7 +43,8 @@ pub fn addressed_here(host: Option<&str>, public: &str) -> bool {
 /// asks for the check.
 pub async fn check(State(s): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(public) = s.served_host.as_deref() {
-        let host = req.headers().get(header::HOST).map(|v| v.to_str().unwrap_or("\u{0}"));
+        // A value that is not text names no host: refused.
+        let host = req.headers().get(header::HOST).map(|v| v.to_str().unwrap_or_default());
         if !addressed_here(host, public) {
             return ApiError::new(
                 StatusCode::MISDIRECTED_REQUEST,

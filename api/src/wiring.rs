@@ -241,7 +241,7 @@ fn state(
         "access token keys: kid signs, previous_kid (a rotation's overlap) is still accepted"
     );
     let auth = Auth::new(ports, config.policy.clone(), hasher, code_key, tokens);
-    let scheme = if config.public_base_url.starts_with("https://") { "https" } else { "http" };
+    let scheme = latchkey_core::config::base_url_parts(&config.public_base_url).map_or("http", |(scheme, _)| scheme);
     Ok(AppState { auth, trust_forwarded_for: config.trust_forwarded_for, audit, admin_key, scheme, served_host: None })
 }
 

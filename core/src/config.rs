@@ -477,26 +477,40 @@ fn default_base_url(bind: &str) -> String {
 }
 
 pub fn public_base_url_problem(url: &str) -> Option<String> {
-    let (rest, https) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
-        (Some(rest), _) => (rest, true),
-        (None, Some(rest)) => (rest, false),
-        (None, None) => return Some("must start with https://".into()),
+    let Some((scheme, authority)) = base_url_parts(url) else {
+        return Some("must start with https://".into());
     };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if authority.contains('@') {
         // `http://localhost:1@auth.example.com` is a remote host.
         return Some("must not carry user info (`user@`) before the host".into());
     }
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-    };
+    let host = authority_host(authority);
     if host.is_empty() {
         return Some("has no host".into());
     }
     let local = host.eq_ignore_ascii_case("localhost")
         || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
-    (!https && !local).then(|| "must start with https:// (http:// is only for a loopback host)".into())
+    (scheme == "http" && !local).then(|| "must start with https:// (http:// is only for a loopback host)".into())
+}
+
+/// The scheme (`https` or `http`) and the authority of a base URL; `None`
+/// for any other scheme.
+pub fn base_url_parts(url: &str) -> Option<(&'static str, &str)> {
+    let (scheme, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => ("https", rest),
+        (None, Some(rest)) => ("http", rest),
+        (None, None) => return None,
+    };
+    Some((scheme, rest.split(['/', '?', '#']).next().unwrap_or_default()))
+}
+
+/// The host of a URL's authority or of a `Host` header (`host[:port]`,
+/// `[v6][:port]`), without the port or the brackets.
+pub fn authority_host(authority: &str) -> &str {
+    match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    }
 }
 
 /// Whether console logs get colours: only for a person at a terminal who
