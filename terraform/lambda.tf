@@ -79,17 +79,18 @@ resource "aws_lambda_function" "api" {
       LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY = var.jwt_previous_public_key
       # The client IP comes from the API Gateway request context, which the
       # client cannot forge; X-Forwarded-For can be.
-      LATCHKEY_TRUST_FORWARDED_FOR  = "false"
-      LATCHKEY_HASH_THREADS         = tostring(var.api_hash_threads)
-      LATCHKEY_ARGON2_M_KIB         = tostring(var.argon2_m_kib)
-      LATCHKEY_ARGON2_T             = tostring(var.argon2_t)
-      LATCHKEY_ARGON2_P             = tostring(var.argon2_p)
-      LATCHKEY_PASSWORD_MIN_CHARS   = tostring(var.password_min_chars)
-      LATCHKEY_ACCESS_TTL_SECS      = tostring(var.access_ttl_secs)
-      LATCHKEY_OTP_TTL_SECS         = tostring(var.otp_ttl_secs)
-      LATCHKEY_RATE_LIMITS          = var.rate_limits
-      LATCHKEY_AUDIT_RETENTION_DAYS = tostring(var.audit_retention_days)
-      LATCHKEY_TLS_ROOTS            = var.tls_roots
+      LATCHKEY_TRUST_FORWARDED_FOR      = "false"
+      LATCHKEY_HASH_THREADS             = tostring(var.api_hash_threads)
+      LATCHKEY_ARGON2_M_KIB             = tostring(var.argon2_m_kib)
+      LATCHKEY_ARGON2_T                 = tostring(var.argon2_t)
+      LATCHKEY_ARGON2_P                 = tostring(var.argon2_p)
+      LATCHKEY_PASSWORD_MIN_CHARS       = tostring(var.password_min_chars)
+      LATCHKEY_ACCESS_TTL_SECS          = tostring(var.access_ttl_secs)
+      LATCHKEY_OTP_TTL_SECS             = tostring(var.otp_ttl_secs)
+      LATCHKEY_REFRESH_RETRY_GRACE_SECS = tostring(var.refresh_retry_grace_secs)
+      LATCHKEY_RATE_LIMITS              = var.rate_limits
+      LATCHKEY_AUDIT_RETENTION_DAYS     = tostring(var.audit_retention_days)
+      LATCHKEY_TLS_ROOTS                = var.tls_roots
     }
   }
 

@@ -418,6 +418,16 @@ variable "otp_ttl_secs" {
   }
 }
 
+variable "refresh_retry_grace_secs" {
+  description = "LATCHKEY_REFRESH_RETRY_GRACE_SECS: how long after a rotation the refresh token it replaced, sent again, gets the new one back instead of revoking the session (a client retrying after a lost answer). 0 turns it off."
+  type        = number
+  default     = 30
+  validation {
+    condition     = var.refresh_retry_grace_secs >= 0 && var.refresh_retry_grace_secs <= 60 && floor(var.refresh_retry_grace_secs) == var.refresh_retry_grace_secs
+    error_message = "refresh_retry_grace_secs: a whole number of seconds, 0..60."
+  }
+}
+
 variable "jwt_issuer" {
   description = "LATCHKEY_JWT_ISSUER. Default: the public base URL."
   type        = string

@@ -133,6 +133,11 @@ pub struct Policy {
     pub otp_failure_budget: u32,
     pub access_ttl_secs: i64,
     pub refresh_ttl_secs: i64,
+    /// How long after a rotation the refresh token it replaced, presented
+    /// again, gets the current one back (a client retrying a refresh whose
+    /// answer was lost, or two of its requests racing) instead of revoking
+    /// the session as a reuse. Only the token just replaced; 0 turns it off.
+    pub refresh_retry_grace_secs: i64,
     /// How long a device token (a browser or app that finished a login)
     /// lets its holder past the account lock and the per-identifier limit.
     pub device_token_ttl_secs: i64,
@@ -167,6 +172,7 @@ impl Default for Policy {
             otp_failure_budget: 30,
             access_ttl_secs: 600,
             refresh_ttl_secs: 30 * 24 * 3600,
+            refresh_retry_grace_secs: 30,
             device_token_ttl_secs: 90 * 24 * 3600,
             password_reset_ttl_secs: 3600,
             uniform_answer_ms: 100,
@@ -263,6 +269,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "LATCHKEY_PASSWORD_MIN_CHARS",
     "LATCHKEY_ACCESS_TTL_SECS",
     "LATCHKEY_OTP_TTL_SECS",
+    "LATCHKEY_REFRESH_RETRY_GRACE_SECS",
     "LATCHKEY_RATE_LIMITS",
     "LATCHKEY_ADMIN_KEY_HASH",
     "LATCHKEY_ADMIN_KEY_HASH_PARAM",
@@ -389,6 +396,14 @@ impl Config {
             600,
             |n| (60..=600).contains(n),
             "60..=600 (ASVS 6.5.5 caps it at 10 minutes)",
+        );
+        policy.refresh_retry_grace_secs = num(
+            &mut errs,
+            "LATCHKEY_REFRESH_RETRY_GRACE_SECS",
+            get("LATCHKEY_REFRESH_RETRY_GRACE_SECS"),
+            policy.refresh_retry_grace_secs,
+            |n| (0..=60).contains(n),
+            "0..=60 (0: a refresh token sent again is always a reuse)",
         );
         match get("LATCHKEY_RATE_LIMITS").as_deref() {
             None | Some("default") => {}
@@ -553,8 +568,21 @@ mod tests {
         assert!(matches!(c.backend, Backend::Embedded { .. }));
         assert_eq!(c.policy.argon2, Argon2Settings { m_kib: 19456, t: 2, p: 1 });
         assert_eq!(c.policy.otp_ttl_secs, 600);
+        assert_eq!(c.policy.refresh_retry_grace_secs, 30);
         assert_eq!(c.public_base_url, "http://127.0.0.1:3000");
         assert_eq!((c.admin_key_hash, c.audit_retention_days), (None, 400));
+    }
+
+    #[test]
+    fn the_refresh_retry_grace_is_at_most_a_minute() {
+        for (v, want) in [("0", 0), ("60", 60), ("15", 15)] {
+            let c = cfg(&[("LATCHKEY_REFRESH_RETRY_GRACE_SECS", v)]).unwrap();
+            assert_eq!(c.policy.refresh_retry_grace_secs, want);
+        }
+        for bad in ["61", "-1", "3600", "x", "1.5"] {
+            let e = cfg(&[("LATCHKEY_REFRESH_RETRY_GRACE_SECS", bad)]).unwrap_err().to_string();
+            assert!(e.contains("LATCHKEY_REFRESH_RETRY_GRACE_SECS: 0..=60"), "{bad}: {e}");
+        }
     }
 
     #[test]

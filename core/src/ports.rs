@@ -321,14 +321,15 @@ pub trait SessionStore: Send + Sync {
     async fn session(&self, id: &SessionId) -> StoreResult<Option<Session>>;
 
     /// Rotates the refresh secret: only if the session is not revoked and its
-    /// `refresh_hash` is still `old_hash`; sets the new hash, `refreshed_at`
-    /// and `generation += 1` and sets `meta` to the request's.
-    /// `Conflict(Stale)` otherwise.
+    /// `refresh_hash` is still `old_hash`; sets the new hash, `retry_seal`,
+    /// `refreshed_at` and `generation += 1` and sets `meta` to the
+    /// request's. `Conflict(Stale)` otherwise.
     async fn rotate_session(
         &self,
         id: &SessionId,
         old_hash: &str,
         new_hash: &str,
+        retry_seal: &str,
         now: Timestamp,
         meta: &RequestMeta,
     ) -> StoreResult<()>;

@@ -154,6 +154,7 @@ fn session(user: &User) -> Session {
         valid_from: None,
         // As a session item written before the field existed.
         password_epoch: None,
+        retry_seal: None,
         meta: RequestMeta::default(),
     }
 }
@@ -550,8 +551,8 @@ async fn sessions_rotate_once_and_revoke_idempotently() {
     let s = session(&u);
     env.store.redeem_challenge(&c.id, "h", NOW + 1, 6, u32::MAX, c.password_epoch, &s, &META).await.unwrap();
 
-    env.store.rotate_session(&s.id, "r0", "r1", NOW + 2, &META).await.unwrap();
-    assert!(is_conflict(&env.store.rotate_session(&s.id, "r0", "r2", NOW + 3, &META).await, Conflict::Stale));
+    env.store.rotate_session(&s.id, "r0", "r1", "s1", NOW + 2, &META).await.unwrap();
+    assert!(is_conflict(&env.store.rotate_session(&s.id, "r0", "r2", "s2", NOW + 3, &META).await, Conflict::Stale));
     let got = env.store.session(&s.id).await.unwrap().unwrap();
     assert_eq!((got.refresh_hash.as_str(), got.refreshed_at, got.generation), ("r1", NOW + 2, 1));
 
@@ -559,7 +560,7 @@ async fn sessions_rotate_once_and_revoke_idempotently() {
     env.store.revoke_session(&s.id, NOW + 5, "refresh_reuse", &META).await.unwrap();
     let got = env.store.session(&s.id).await.unwrap().unwrap();
     assert_eq!((got.revoked_at, got.revoke_reason.as_deref()), (Some(NOW + 4), Some("logout")));
-    assert!(is_conflict(&env.store.rotate_session(&s.id, "r1", "r2", NOW + 6, &META).await, Conflict::Stale));
+    assert!(is_conflict(&env.store.rotate_session(&s.id, "r1", "r2", "s2", NOW + 6, &META).await, Conflict::Stale));
 
     // Unknown: Ok, and no phantom item appears.
     let ghost = SessionId::random(&OsSecureRng);
@@ -1024,12 +1025,15 @@ async fn a_write_whose_answer_was_lost_is_recognised_when_sent_again() {
     env.store.create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &META).await.unwrap();
     env.store.redeem_challenge(&c.id, "code", NOW + 1, 6, u32::MAX, 0, &s, &META).await.unwrap();
     lose.arm("UpdateItem");
-    store.rotate_session(&s.id, &s.refresh_hash, "r1", NOW + 2, &META).await.expect("a rotation sent twice");
+    store.rotate_session(&s.id, &s.refresh_hash, "r1", "s1", NOW + 2, &META).await.expect("a rotation sent twice");
     assert!(lose.fired());
     let rotated = env.store.session(&s.id).await.unwrap().unwrap();
     assert_eq!((rotated.refresh_hash.as_str(), rotated.generation, rotated.revoked_at), ("r1", 1, None));
     // A rotation from a hash that is gone is still refused.
-    assert!(is_conflict(&store.rotate_session(&s.id, &s.refresh_hash, "r2", NOW + 3, &META).await, Conflict::Stale));
+    assert!(is_conflict(
+        &store.rotate_session(&s.id, &s.refresh_hash, "r2", "s2", NOW + 3, &META).await,
+        Conflict::Stale
+    ));
 
     lose.arm("UpdateItem");
     store

@@ -13,7 +13,7 @@ use latchkey_core::flows::{Auth, Ports, TokenIssuer};
 use latchkey_core::keys::{CodeKey, SigningKey};
 use latchkey_core::mail::{MailEnvelope, MailJob};
 use latchkey_core::password_hasher::{Argon2Settings, PasswordHasher};
-use latchkey_core::ports::{MailQueue, StoreResult, UserStore};
+use latchkey_core::ports::{MailQueue, SessionStore, StoreResult, UserStore};
 use latchkey_core::rng::OsSecureRng;
 use std::sync::{Arc, Mutex};
 
@@ -98,6 +98,19 @@ fn auth_on(
     limits: RateLimits,
     code_key: u8,
 ) -> Auth {
+    auth_with(users, store, clock, mail, limits, code_key, |_| {})
+}
+
+/// `auth_on` with the policy changed by `change`.
+fn auth_with(
+    users: Arc<dyn UserStore>,
+    store: &Arc<EmbeddedStore>,
+    clock: &Arc<FixedClock>,
+    mail: &Arc<Mailbox>,
+    limits: RateLimits,
+    code_key: u8,
+    change: impl FnOnce(&mut Policy),
+) -> Auth {
     let ports = Ports {
         users,
         challenges: store.clone(),
@@ -109,7 +122,8 @@ fn auth_on(
         rng: Arc::new(OsSecureRng),
     };
     // Cheap argon2 parameters: these tests are about the flows, not the cost.
-    let policy = Policy { limits, argon2: Argon2Settings { m_kib: 1024, t: 1, p: 1 }, ..Policy::default() };
+    let mut policy = Policy { limits, argon2: Argon2Settings { m_kib: 1024, t: 1, p: 1 }, ..Policy::default() };
+    change(&mut policy);
     let hasher = PasswordHasher::new(policy.argon2, 2, &OsSecureRng).unwrap();
     let tokens = TokenIssuer::new(SigningKey::generate().unwrap(), "iss".into(), "aud".into(), 600).unwrap();
     Auth::new(ports, policy, hasher, CodeKey::new(vec![code_key; 32]).unwrap(), tokens)
@@ -802,6 +816,79 @@ async fn signed_in_with(
 ) -> latchkey_core::flows::TokenPair {
     let c = w.auth.login(name, pw.into(), device, meta).await.unwrap();
     w.auth.verify_login_code(&c.challenge_id.to_string(), &w.mail.code(), meta).await.unwrap()
+}
+
+/// A refresh token presented again right after its rotation (a client
+/// retrying a refresh whose answer it lost) gets that rotation's token back
+/// and ends nothing, up to `refresh_retry_grace_secs` after the rotation;
+/// later, or once the session rotated again, it is a reuse and revokes the
+/// session. Two refreshes of one token at once get one token between them.
+#[tokio::test]
+async fn a_refresh_retried_within_its_grace_gets_the_same_token_and_ends_nothing() {
+    let w = world(RateLimits::relaxed());
+    let grace = w.auth.policy().refresh_retry_grace_secs;
+    assert_eq!(grace, 30);
+    verified(&w, "alice").await;
+    let m = meta();
+    let first = signed_in(&w, "alice", &m).await;
+    let sid = first.session_id;
+    let session = || async { w.store.session(&sid).await.unwrap().unwrap() };
+
+    w.clock.set(T0 + 100);
+    let rotated = w.auth.refresh(&first.refresh_token, &m).await.unwrap();
+    assert_ne!(rotated.refresh_token, first.refresh_token);
+    assert!(session().await.retry_seal.is_some(), "a rotation seals its new secret");
+    let stored = session().await;
+    for at in [T0 + 100, T0 + 100 + grace] {
+        w.clock.set(at);
+        let again = w.auth.refresh(&first.refresh_token, &m).await.expect("a retry within the grace");
+        assert_eq!(again.refresh_token, rotated.refresh_token, "a retry at {at} got another token");
+        assert_eq!(again.session_id, sid);
+        w.auth.me(&again.access_token).await.expect("the retry's access token works");
+        assert_eq!(session().await, stored, "a retry wrote to the session");
+    }
+    // Only the token the last rotation replaced: once the session rotated
+    // again, the first token is a reuse even within the grace.
+    let next = w.auth.refresh(&rotated.refresh_token, &m).await.unwrap();
+    assert!(matches!(w.auth.refresh(&first.refresh_token, &m).await, Err(Error::InvalidRefreshToken)));
+    assert_eq!(session().await.revoke_reason.as_deref(), Some("refresh_reuse"));
+    assert!(matches!(w.auth.refresh(&next.refresh_token, &m).await, Err(Error::InvalidRefreshToken)));
+    assert!(matches!(w.auth.me(&next.access_token).await, Err(Error::Unauthorized)));
+
+    // A second past the grace, the replaced token is a reuse.
+    let second = signed_in(&w, "alice", &m).await;
+    let rotated = w.auth.refresh(&second.refresh_token, &m).await.unwrap();
+    w.clock.advance(grace + 1);
+    assert!(matches!(w.auth.refresh(&second.refresh_token, &m).await, Err(Error::InvalidRefreshToken)));
+    assert!(matches!(w.auth.refresh(&rotated.refresh_token, &m).await, Err(Error::InvalidRefreshToken)));
+    let revoked = w.store.session(&second.session_id).await.unwrap().unwrap();
+    assert_eq!(revoked.revoke_reason.as_deref(), Some("refresh_reuse"));
+
+    // Racing refreshes of one token: each gets the one rotation's token.
+    let third = signed_in(&w, "alice", &m).await;
+    let (a, b) = tokio::join!(w.auth.refresh(&third.refresh_token, &m), w.auth.refresh(&third.refresh_token, &m));
+    let (a, b) = (a.expect("first racer"), b.expect("second racer"));
+    assert_eq!(a.refresh_token, b.refresh_token);
+    let raced = w.store.session(&third.session_id).await.unwrap().unwrap();
+    assert_eq!((raced.generation, raced.revoked_at), (1, None), "rotated once, alive");
+    w.auth.refresh(&a.refresh_token, &m).await.expect("the racers' token refreshes");
+}
+
+/// With `refresh_retry_grace_secs` 0, a replaced token presented again at
+/// once is a reuse.
+#[tokio::test]
+async fn without_a_grace_a_refresh_retry_is_a_reuse() {
+    let clock = Arc::new(FixedClock::new(T0));
+    let store = Arc::new(EmbeddedStore::in_memory().unwrap().with_clock(clock.clone()));
+    let mail = Arc::new(Mailbox::default());
+    let no_grace = |p: &mut Policy| p.refresh_retry_grace_secs = 0;
+    let auth = auth_with(store.clone(), &store, &clock, &mail, RateLimits::relaxed(), 3, no_grace);
+    let w = World { auth, store, clock, mail };
+    verified(&w, "alice").await;
+    let first = signed_in(&w, "alice", &meta()).await;
+    let rotated = w.auth.refresh(&first.refresh_token, &meta()).await.unwrap();
+    assert!(matches!(w.auth.refresh(&first.refresh_token, &meta()).await, Err(Error::InvalidRefreshToken)));
+    assert!(matches!(w.auth.refresh(&rotated.refresh_token, &meta()).await, Err(Error::InvalidRefreshToken)));
 }
 
 /// A session is over for every reader at its end (30 days after the code

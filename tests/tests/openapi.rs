@@ -604,9 +604,14 @@ async fn real_responses_match_the_document() {
     let refresh = tokens["refresh_token"].as_str().expect("refresh").to_string();
     let (status, rotated, _) = c.post("/v1/token/refresh", json!({"refresh_token": refresh})).await;
     assert_eq!(status, 200);
+    // Sent again at once (a retry): the same refresh token.
+    let (status, again, _) = c.post("/v1/token/refresh", json!({"refresh_token": refresh})).await;
+    assert_eq!((status, &again["refresh_token"]), (200, &rotated["refresh_token"]));
+    let (status, newest, _) = c.post("/v1/token/refresh", json!({"refresh_token": rotated["refresh_token"]})).await;
+    assert_eq!(status, 200);
     let r = c.post("/v1/token/refresh", json!({"refresh_token": refresh})).await;
     assert_eq!(st(&r), (401, code("invalid_refresh_token")));
-    let r = c.post("/v1/logout", json!({"refresh_token": rotated["refresh_token"]})).await;
+    let r = c.post("/v1/logout", json!({"refresh_token": newest["refresh_token"]})).await;
     assert_eq!((r.0, &r.1), (204, &Value::Null));
     assert_eq!(st(&c.post("/v1/logout", json!({"refresh_token": "x"})).await), (401, code("invalid_refresh_token")));
 

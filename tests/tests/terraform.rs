@@ -750,6 +750,30 @@ fn the_jwt_key_rotates_alone_with_its_own_version_and_overlap() {
     assert!(!variable_accepts(&tf, "jwt_key_version", Value::from(1.5)));
 }
 
+/// The refresh retry grace reaches the api as the code reads it, and its
+/// variable refuses what the api's configuration refuses (0..=60, whole).
+#[test]
+fn the_refresh_retry_grace_is_the_apis_and_in_its_range() {
+    let tf = Terraform::load();
+    for (given, expected) in [(None, "30"), (Some(0), "0"), (Some(60), "60")] {
+        let overrides: Vec<(&str, Value)> =
+            given.map(|v| ("refresh_retry_grace_secs", Value::from(v))).into_iter().collect();
+        let mut ctx = tf.context(&overrides);
+        declare_functions(&mut ctx);
+        let (_, api) = function(&tf, &ctx, API_FN.0);
+        let v = function_env(api, "api")["LATCHKEY_REFRESH_RETRY_GRACE_SECS"].evaluate(&ctx).expect("evaluates");
+        assert_eq!(v.as_str(), Some(expected));
+        let lookup = |k: &str| (k == "LATCHKEY_REFRESH_RETRY_GRACE_SECS").then(|| expected.to_string());
+        let policy = latchkey_core::config::Config::from_lookup(lookup).expect("the api takes it").policy;
+        assert_eq!(policy.refresh_retry_grace_secs.to_string(), expected);
+    }
+    for (v, ok) in [(Value::from(0), true), (Value::from(60), true), (Value::from(-1), false), (Value::from(61), false)]
+    {
+        assert_eq!(variable_accepts(&tf, "refresh_retry_grace_secs", v.clone()), ok, "{v:?}");
+    }
+    assert!(!variable_accepts(&tf, "refresh_retry_grace_secs", Value::from(1.5)));
+}
+
 /// The body of `variable "<name>"`.
 fn variable<'a>(tf: &'a Terraform, name: &str) -> &'a Body {
     tf.blocks
@@ -774,7 +798,8 @@ fn variable_accepts_with(tf: &Terraform, name: &str, overrides: &[(&str, Value)]
     blocks(variable(tf, name), "validation").all(|v| eval(&ctx, v.body(), "condition", name) == Value::Bool(true))
 }
 
-/// The Terraform functions our validations call: `floor`, and
+/// The Terraform functions our validations and settings call: `floor`,
+/// `tostring` (of a number, a string or a bool), and
 /// `regex(pattern, string)` under `can(...)`, the form they use it in: `regex` fails where nothing matches and `can` turns a
 /// failure into false. hcl-rs evaluates a function's arguments before the
 /// function, so here `regex` gives null for no match and `can` is whether
@@ -783,6 +808,15 @@ fn variable_accepts_with(tf: &Terraform, name: &str, overrides: &[(&str, Value)]
 fn declare_functions(ctx: &mut hcl::eval::Context) {
     use hcl::eval::{FuncArgs, FuncDef, ParamType};
     ctx.declare_func("floor", FuncDef::builder().param(ParamType::Number).build(floor));
+    let tostring = |args: FuncArgs| -> Result<Value, String> {
+        match &args[0] {
+            Value::String(s) => Ok(Value::from(s.as_str())),
+            Value::Number(n) => Ok(Value::from(n.to_string())),
+            Value::Bool(b) => Ok(Value::from(b.to_string())),
+            other => Err(format!("tostring: not a primitive: {other:?}")),
+        }
+    };
+    ctx.declare_func("tostring", FuncDef::builder().param(ParamType::Any).build(tostring));
     let matched = |args: FuncArgs| -> Result<Value, String> {
         let (pattern, text) = (args[0].as_str().unwrap_or_default(), args[1].as_str().unwrap_or_default());
         let re = regex::Regex::new(pattern).map_err(|e| format!("regex: {e}"))?;

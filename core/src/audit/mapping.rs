@@ -732,6 +732,7 @@ mod tests {
             revoke_reason: None,
             valid_from: None,
             password_epoch: Some(0),
+            retry_seal: None,
             meta: meta(),
         };
         let s1 = Session { generation: 1, refresh_hash: "h2".into(), ..s.clone() };

@@ -231,6 +231,14 @@ pub struct Session {
     /// it existed (the time rule of `valid_from` applies to them).
     #[serde(default)]
     pub password_epoch: Option<u64>,
+    /// The current refresh secret's random part (16 bytes) sealed under the
+    /// secret it replaced (hex; `Auth::refresh`): that one presented again
+    /// within `Policy::refresh_retry_grace_secs` of the rotation (a client
+    /// retrying after a lost answer) gets the current secret back instead
+    /// of revoking the session. Absent before the first rotation, and in
+    /// sessions rotated before it existed.
+    #[serde(default)]
+    pub retry_seal: Option<String>,
     pub meta: RequestMeta,
 }
 

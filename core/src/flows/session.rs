@@ -190,7 +190,11 @@ impl Auth {
     }
 
     /// Rotates a refresh token. A token that is not the session's current
-    /// one (reuse after rotation, or a lost race) revokes the whole session.
+    /// one (reuse after rotation, or a lost race) revokes the whole session,
+    /// except the one the last rotation replaced, presented again within
+    /// `refresh_retry_grace_secs` of it: a client retrying after a lost
+    /// answer, or its own requests racing, get that rotation's token back
+    /// (`retried_refresh`), and nothing is written.
     pub async fn refresh(&self, refresh_token: &str, meta: &RequestMeta) -> Result<TokenPair, Error> {
         let (sid, secret) = parse_refresh(refresh_token)?;
         let l = &self.policy.limits;
@@ -205,23 +209,80 @@ impl Auth {
         let (s, _) = self.live_session(&sid, now).await?.ok_or(Error::InvalidRefreshToken)?;
         let presented = token_hash(secret);
         if !OtpCode::hashes_equal(&presented, &s.refresh_hash) {
-            // Issued for this session but no longer its current one.
-            tracing::warn!(user_id = %s.user_id, session_id = %sid, "refresh token reuse: session revoked");
-            self.ports.sessions.revoke_session(&sid, now, "refresh_reuse", meta).await?;
-            return Err(Error::InvalidRefreshToken);
+            return self.refresh_again_or_revoke(&s, secret, now, meta, "refresh token reuse").await;
         }
-        let new_secret = self.refresh_secret(&sid);
-        match self.ports.sessions.rotate_session(&sid, &presented, &token_hash(&new_secret), now, meta).await {
+        let mut random = [0u8; REFRESH_RANDOM_BYTES];
+        self.ports.rng.fill(&mut random);
+        let new_secret = self.refresh_secret_of(&sid, &random);
+        let seal = self.retry_seal(&sid, secret, &random);
+        match self.ports.sessions.rotate_session(&sid, &presented, &token_hash(&new_secret), &seal, now, meta).await {
             Ok(()) => {}
             Err(StoreError::Conflict(_)) => {
-                tracing::warn!(user_id = %s.user_id, session_id = %sid, "concurrent refresh: session revoked");
-                self.ports.sessions.revoke_session(&sid, now, "refresh_reuse", meta).await?;
-                return Err(Error::InvalidRefreshToken);
+                // Rotated meanwhile, perhaps by this client's own retry.
+                let Some((s, _)) = self.live_session(&sid, now).await? else {
+                    return Err(Error::InvalidRefreshToken);
+                };
+                return self.refresh_again_or_revoke(&s, secret, now, meta, "concurrent refresh").await;
             }
             Err(e) => return Err(e.into()),
         }
         tracing::info!(user_id = %s.user_id, session_id = %sid, "session refreshed");
         self.token_pair(&s, &new_secret, now)
+    }
+
+    /// The answer to `secret` (issued for session `s`, not its current
+    /// one): the current token again if the last rotation replaced `secret`
+    /// within the grace, else the session is revoked (`refresh_reuse`).
+    async fn refresh_again_or_revoke(
+        &self,
+        s: &Session,
+        secret: &str,
+        now: Timestamp,
+        meta: &RequestMeta,
+        what: &'static str,
+    ) -> Result<TokenPair, Error> {
+        if let Some(current) = self.retried_refresh(s, secret, now) {
+            tracing::info!(user_id = %s.user_id, session_id = %s.id, "refresh retried: its rotation's token given again");
+            return self.token_pair(s, &current, now);
+        }
+        tracing::warn!(user_id = %s.user_id, session_id = %s.id, "{what}: session revoked");
+        self.ports.sessions.revoke_session(&s.id, now, "refresh_reuse", meta).await?;
+        Err(Error::InvalidRefreshToken)
+    }
+
+    /// Session `s`'s current refresh secret, if `secret` is the one its
+    /// last rotation replaced and that rotation is at most
+    /// `refresh_retry_grace_secs` old at `now`: the seal opened with
+    /// `secret` gives a secret whose hash is the session's.
+    fn retried_refresh(&self, s: &Session, secret: &str, now: Timestamp) -> Option<String> {
+        // A rotation stamped after `now` (another instance's clock ahead)
+        // is a fresh one.
+        let grace = self.policy.refresh_retry_grace_secs;
+        if grace <= 0 || now - s.refreshed_at > grace {
+            return None;
+        }
+        let sealed = hex::decode(s.retry_seal.as_deref()?).ok()?;
+        let sealed: [u8; REFRESH_RANDOM_BYTES] = sealed.try_into().ok()?;
+        let random = xor(&sealed, &self.retry_pad(&s.id, secret));
+        let current = self.refresh_secret_of(&s.id, &random);
+        OtpCode::hashes_equal(&token_hash(&current), &s.refresh_hash).then_some(current)
+    }
+
+    /// The random part of a rotation's new secret sealed under the secret
+    /// it replaces (hex), for `retried_refresh`. The pad is keyed by the
+    /// code HMAC key and that secret, so opening it takes both: the stored
+    /// session alone (a read of the table, a stream record) does not give
+    /// the current secret, nor does the old secret without the key.
+    fn retry_seal(&self, sid: &SessionId, replaced: &str, random: &[u8; REFRESH_RANDOM_BYTES]) -> String {
+        hex::encode(xor(random, &self.retry_pad(sid, replaced)))
+    }
+
+    fn retry_pad(&self, sid: &SessionId, replaced: &str) -> [u8; REFRESH_RANDOM_BYTES] {
+        let mac = self.code_key.mac("latchkey/refresh-retry-seal/v1", &[&sid.to_string(), replaced]);
+        let mut pad = [0u8; REFRESH_RANDOM_BYTES];
+        #[allow(clippy::expect_used)]
+        hex::decode_to_slice(&mac[..2 * REFRESH_RANDOM_BYTES], &mut pad).expect("a MAC is hex");
+        pad
     }
 
     /// Revokes the session a refresh token belongs to. Idempotent: a
@@ -272,8 +333,13 @@ impl Auth {
     /// base64) then a 128-bit tag (hex) binding them to the session, so a
     /// presented secret shows whether this service issued it.
     fn refresh_secret(&self, sid: &SessionId) -> String {
-        let mut random = [0u8; 16];
+        let mut random = [0u8; REFRESH_RANDOM_BYTES];
         self.ports.rng.fill(&mut random);
+        self.refresh_secret_of(sid, &random)
+    }
+
+    /// The refresh secret of session `sid` whose random part is `random`.
+    fn refresh_secret_of(&self, sid: &SessionId, random: &[u8; REFRESH_RANDOM_BYTES]) -> String {
         let random = URL_SAFE_NO_PAD.encode(random);
         let tag = self.refresh_tag(sid, &random);
         format!("{random}{tag}")
@@ -314,6 +380,7 @@ impl Auth {
             revoke_reason: None,
             valid_from: None,
             password_epoch: Some(password_epoch),
+            retry_seal: None,
             meta: meta.clone(),
         };
         (s, secret)
@@ -331,12 +398,18 @@ impl Auth {
     }
 }
 
+/// Bytes of a refresh secret's random part.
+const REFRESH_RANDOM_BYTES: usize = 16;
 /// Characters of a refresh secret's random part (16 bytes, base64).
 const REFRESH_RANDOM_LEN: usize = 22;
 /// Characters of its tag (16 bytes of HMAC-SHA256, hex).
 const REFRESH_TAG_LEN: usize = 32;
 /// Characters of a refresh secret, the part after `<session id>.`.
 pub(crate) const REFRESH_SECRET_LEN: usize = REFRESH_RANDOM_LEN + REFRESH_TAG_LEN;
+
+fn xor<const N: usize>(a: &[u8; N], b: &[u8; N]) -> [u8; N] {
+    std::array::from_fn(|i| a[i] ^ b[i])
+}
 
 fn parse_refresh(token: &str) -> Result<(SessionId, &str), Error> {
     let (sid, secret) = token.split_once('.').ok_or(Error::InvalidRefreshToken)?;

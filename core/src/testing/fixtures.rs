@@ -166,6 +166,7 @@ pub(super) fn new_session(user_id: UserId) -> Session {
         revoke_reason: None,
         valid_from: None,
         password_epoch: Some(0),
+        retry_seal: None,
         meta: meta(),
     }
 }

@@ -12,13 +12,14 @@ const RACERS: usize = 50;
 pub async fn rotate_session_once_per_hash(s: &Subject) {
     let (_, session) = signed_in(s).await;
 
-    let (h1, at1, m1) = (hash(), T0 + 100, meta());
+    let (h1, seal1, at1, m1) = (hash(), hash(), T0 + 100, meta());
     s.sessions
-        .rotate_session(&session.id, &session.refresh_hash, &h1, at1, &m1)
+        .rotate_session(&session.id, &session.refresh_hash, &h1, &seal1, at1, &m1)
         .await
         .expect("rotate with the current hash");
     let rotated = Session {
         refresh_hash: h1.clone(),
+        retry_seal: Some(seal1),
         refreshed_at: at1,
         generation: session.generation + 1,
         meta: m1,
@@ -27,22 +28,23 @@ pub async fn rotate_session_once_per_hash(s: &Subject) {
     assert_eq!(
         stored_session(s, &session.id).await,
         rotated,
-        "a rotate sets the hash, refreshed_at, generation + 1 and meta"
+        "a rotate sets the hash, the seal, refreshed_at, generation + 1 and meta"
     );
 
     expect_conflict(
-        s.sessions.rotate_session(&session.id, &session.refresh_hash, &hash(), T0 + 200, &meta()).await,
+        s.sessions.rotate_session(&session.id, &session.refresh_hash, &hash(), &hash(), T0 + 200, &meta()).await,
         Conflict::Stale,
         "a second rotate with the old hash",
     );
     assert_eq!(stored_session(s, &session.id).await, rotated, "a refused rotate changed the session");
 
-    let (h2, at2, m2) = (hash(), T0 + 300, meta());
-    s.sessions.rotate_session(&session.id, &h1, &h2, at2, &m2).await.expect("rotate with the new current hash");
+    let (h2, seal2, at2, m2) = (hash(), hash(), T0 + 300, meta());
+    s.sessions.rotate_session(&session.id, &h1, &h2, &seal2, at2, &m2).await.expect("rotate with the new current hash");
     assert_eq!(
         stored_session(s, &session.id).await,
         Session {
             refresh_hash: h2,
+            retry_seal: Some(seal2),
             refreshed_at: at2,
             generation: session.generation + 2,
             meta: m2,
@@ -52,7 +54,7 @@ pub async fn rotate_session_once_per_hash(s: &Subject) {
 
     let unknown = session_id();
     expect_conflict(
-        s.sessions.rotate_session(&unknown, &session.refresh_hash, &hash(), T0 + 400, &meta()).await,
+        s.sessions.rotate_session(&unknown, &session.refresh_hash, &hash(), &hash(), T0 + 400, &meta()).await,
         Conflict::Stale,
         "rotate of an unknown session",
     );
@@ -62,12 +64,14 @@ pub async fn rotate_session_once_per_hash(s: &Subject) {
 pub async fn rotate_session_has_one_winner(s: &Subject) {
     let (_, session) = signed_in(s).await;
     let new_hashes: Vec<String> = (0..RACERS).map(|_| hash()).collect();
+    let seals: Vec<String> = (0..RACERS).map(|_| hash()).collect();
     let metas: Vec<RequestMeta> = (0..RACERS).map(|_| meta()).collect();
     let now = T0 + 100;
     let results = race(RACERS, |i| {
         let sessions = s.sessions.clone();
         let (id, old, new, m) = (session.id, session.refresh_hash.clone(), new_hashes[i].clone(), metas[i].clone());
-        async move { sessions.rotate_session(&id, &old, &new, now, &m).await }
+        let seal = seals[i].clone();
+        async move { sessions.rotate_session(&id, &old, &new, &seal, now, &m).await }
     })
     .await;
     let (w, (), losers) = single_winner(results, "concurrent rotations of one refresh secret");
@@ -78,12 +82,13 @@ pub async fn rotate_session_has_one_winner(s: &Subject) {
         stored_session(s, &session.id).await,
         Session {
             refresh_hash: new_hashes[w].clone(),
+            retry_seal: Some(seals[w].clone()),
             refreshed_at: now,
             generation: session.generation + 1,
             meta: metas[w].clone(),
             ..session
         },
-        "the session holds the winner's hash and meta, rotated once"
+        "the session holds the winner's hash, seal and meta, rotated once"
     );
 }
 
@@ -113,7 +118,7 @@ pub async fn rotate_session_refused_after_revoke(s: &Subject) {
     let revoked = stored_session(s, &session.id).await;
 
     expect_conflict(
-        s.sessions.rotate_session(&session.id, &session.refresh_hash, &hash(), T0 + 200, &meta()).await,
+        s.sessions.rotate_session(&session.id, &session.refresh_hash, &hash(), &hash(), T0 + 200, &meta()).await,
         Conflict::Stale,
         "rotate of a revoked session with its current hash",
     );

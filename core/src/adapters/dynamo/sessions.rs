@@ -24,6 +24,7 @@ impl SessionStore for DynamoStore {
         id: &SessionId,
         old_hash: &str,
         new_hash: &str,
+        retry_seal: &str,
         now: Timestamp,
         meta: &RequestMeta,
     ) -> StoreResult<()> {
@@ -32,10 +33,13 @@ impl SessionStore for DynamoStore {
             .update_item()
             .table_name(&self.tokens)
             .key(PK, s(items::session_pk(id)))
-            .update_expression("SET refresh_hash = :new, refreshed_at = :now, meta = :meta ADD generation :one")
+            .update_expression(
+                "SET refresh_hash = :new, retry_seal = :seal, refreshed_at = :now, meta = :meta ADD generation :one",
+            )
             .condition_expression("attribute_exists(pk) AND attribute_not_exists(revoked_at) AND refresh_hash = :old")
             .expression_attribute_values(":new", s(new_hash))
             .expression_attribute_values(":old", s(old_hash))
+            .expression_attribute_values(":seal", s(retry_seal))
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":meta", meta_value(meta)?)

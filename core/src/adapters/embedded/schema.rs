@@ -200,6 +200,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX users_unverified_by_age ON users (created_at) WHERE verified = 0;
     "#,
+    // 15: a rotated session's current refresh secret, sealed under the one
+    // it replaced (`Session::retry_seal`): a retry of that refresh gets it
+    // back. Sessions rotated before have none (NULL) until their next one.
+    r#"
+    ALTER TABLE sessions ADD COLUMN retry_seal TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -517,11 +517,13 @@ impl SessionStore for EmbeddedStore {
         id: &SessionId,
         old_hash: &str,
         new_hash: &str,
+        retry_seal: &str,
         now: Timestamp,
         meta: &RequestMeta,
     ) -> StoreResult<()> {
         let (id, old_hash, new_hash, meta, at) =
             (*id, old_hash.to_string(), new_hash.to_string(), meta.clone(), self.db().now());
+        let retry_seal = Some(retry_seal.to_string());
         self.db()
             .tx(move |tx| {
                 let Some(old) = rec::load_session(tx, &id)? else {
@@ -532,6 +534,7 @@ impl SessionStore for EmbeddedStore {
                 }
                 let new = Session {
                     refresh_hash: new_hash,
+                    retry_seal,
                     refreshed_at: now,
                     generation: old.generation.saturating_add(1),
                     meta,
@@ -727,6 +730,7 @@ mod tests {
             revoke_reason: None,
             valid_from: None,
             password_epoch: Some(0),
+            retry_seal: None,
             meta: RequestMeta::default(),
         }
     }
@@ -1163,11 +1167,11 @@ mod tests {
         s.create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &META).await.unwrap();
         let sess = session(&u);
         s.redeem_challenge(&c.id, "code-1", T0, 6, u32::MAX, c.password_epoch, &sess, &META).await.unwrap();
-        s.rotate_session(&sess.id, "refresh-0", "refresh-1", T0 + 5, &META).await.unwrap();
+        s.rotate_session(&sess.id, "refresh-0", "refresh-1", "seal-1", T0 + 5, &META).await.unwrap();
         let got = s.session(&sess.id).await.unwrap().unwrap();
         assert_eq!((got.refresh_hash.as_str(), got.refreshed_at, got.generation), ("refresh-1", T0 + 5, 1));
         assert!(is_conflict(
-            s.rotate_session(&sess.id, "refresh-0", "refresh-2", T0 + 6, &META).await,
+            s.rotate_session(&sess.id, "refresh-0", "refresh-2", "seal-2", T0 + 6, &META).await,
             Conflict::Stale
         ));
 
@@ -1179,7 +1183,7 @@ mod tests {
         assert_eq!((got.revoked_at, got.revoke_reason.as_deref()), (Some(T0 + 7), Some("logout")));
         assert_eq!(changes(&s).await.len(), feed_len, "a second revoke changes nothing");
         assert!(is_conflict(
-            s.rotate_session(&sess.id, "refresh-1", "refresh-2", T0 + 9, &META).await,
+            s.rotate_session(&sess.id, "refresh-1", "refresh-2", "seal-2", T0 + 9, &META).await,
             Conflict::Stale
         ));
     }

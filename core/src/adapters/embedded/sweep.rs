@@ -193,6 +193,7 @@ mod tests {
             revoke_reason: None,
             valid_from: None,
             password_epoch: Some(0),
+            retry_seal: None,
             meta: meta.clone(),
         };
         s.redeem_challenge(&used.id, "h2", T0 + 10, 6, 100, 0, &session, &meta).await.unwrap();
