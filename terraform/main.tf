@@ -49,5 +49,19 @@ locals {
   )
   jwt_issuer = coalesce(var.jwt_issuer, local.public_base_url)
 
+  # The Ed25519 points of small order, each with either sign of x, as a
+  # JWK's x (core/src/keys.rs SMALL_ORDER_Y): a "public key" among them
+  # verifies signatures no private key made, so jwt_previous_public_key
+  # refuses them, as the api does at start.
+  jwt_small_order_keys = [
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAIA",
+    "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAIA",
+    "JuiVj8KyJ7BFw_SJ8u-Y8NXfrAXTxjM5sTgCiG1T_AU", "JuiVj8KyJ7BFw_SJ8u-Y8NXfrAXTxjM5sTgCiG1T_IU",
+    "xxdqcD1N2E-6PAt2DRBnDyogU_osOczGTsf9d5KsA3o", "xxdqcD1N2E-6PAt2DRBnDyogU_osOczGTsf9d5KsA_o",
+    "7P_______________________________________38", "7P________________________________________8",
+    "7f_______________________________________38", "7f________________________________________8",
+    "7v_______________________________________38", "7v________________________________________8",
+  ]
+
   lambda_zip_dir = coalesce(var.lambda_zip_dir, "${path.module}/../target/lambda")
 }

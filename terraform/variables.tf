@@ -493,6 +493,10 @@ variable "jwt_previous_public_key" {
     condition     = var.jwt_previous_public_key == "" || can(regex("^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$", var.jwt_previous_public_key))
     error_message = "jwt_previous_public_key: the x of an Ed25519 JWK (43 base64url characters), or \"\"."
   }
+  validation {
+    condition     = !contains(local.jwt_small_order_keys, var.jwt_previous_public_key)
+    error_message = "jwt_previous_public_key: a point of small order, which would verify forged signatures: no key of ours."
+  }
 }
 
 variable "admin_key_hash" {

@@ -744,6 +744,19 @@ fn the_jwt_key_rotates_alone_with_its_own_version_and_overlap() {
     for bad in [key.jwk().to_string(), key.to_base64(), format!("{x}="), stray_bits] {
         assert!(!variable_accepts(&tf, "jwt_previous_public_key", Value::from(bad.as_str())), "{bad}");
     }
+    // Terraform's list of small-order keys is the api's: 7 points, each
+    // with either sign, all refused by the api as such, and by Terraform.
+    let probe: Body = hcl::from_str("v = local.jwt_small_order_keys").expect("probe");
+    let small: Vec<String> = match eval(&tf.context(&[]), &probe, "v", "local.jwt_small_order_keys") {
+        Value::Array(keys) => keys.iter().map(|k| k.as_str().expect("a string").to_string()).collect(),
+        other => panic!("local.jwt_small_order_keys: {other:?}"),
+    };
+    assert_eq!(small.iter().collect::<BTreeSet<_>>().len(), 14, "{small:?}");
+    for k in &small {
+        let e = latchkey_core::keys::VerifyingKey::from_jwk_x(k).expect_err(k);
+        assert!(e.contains("small order"), "{k}: {e}");
+        assert!(!variable_accepts(&tf, "jwt_previous_public_key", Value::from(k.as_str())), "{k}");
+    }
     for (v, ok) in [(1, true), (7, true), (0, false)] {
         assert_eq!(variable_accepts(&tf, "jwt_key_version", Value::from(v)), ok, "jwt_key_version = {v}");
     }
@@ -799,7 +812,7 @@ fn variable_accepts_with(tf: &Terraform, name: &str, overrides: &[(&str, Value)]
 }
 
 /// The Terraform functions our validations and settings call: `floor`,
-/// `tostring` (of a number, a string or a bool), and
+/// `tostring` (of a number, a string or a bool), `contains`, and
 /// `regex(pattern, string)` under `can(...)`, the form they use it in: `regex` fails where nothing matches and `can` turns a
 /// failure into false. hcl-rs evaluates a function's arguments before the
 /// function, so here `regex` gives null for no match and `can` is whether
@@ -825,6 +838,11 @@ fn declare_functions(ctx: &mut hcl::eval::Context) {
     ctx.declare_func("regex", FuncDef::builder().params([ParamType::String, ParamType::String]).build(matched));
     let can = |args: FuncArgs| -> Result<Value, String> { Ok(Value::Bool(!args[0].is_null())) };
     ctx.declare_func("can", FuncDef::builder().param(ParamType::Any).build(can));
+    let contains = |args: FuncArgs| -> Result<Value, String> {
+        let list = args[0].as_array().ok_or("contains: not a list")?;
+        Ok(Value::Bool(list.contains(&args[1])))
+    };
+    ctx.declare_func("contains", FuncDef::builder().params([ParamType::Any, ParamType::Any]).build(contains));
 }
 
 /// In the SES sandbox (every new account) SES authorises a send on each
