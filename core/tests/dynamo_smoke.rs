@@ -898,6 +898,42 @@ async fn an_audit_chain_whose_head_expired_goes_on_from_its_last_record() {
     assert!(audit.append(&key, &event(4), NOW + 86_400).await.expect("the head is back").is_some());
 }
 
+/// Appends racing on one subject (stream shards of different tables, and a
+/// record delivered twice at once) make one chain: every number once, in a
+/// row, each event once however often it was sent, the day's count once
+/// per event; each event's first append answers its head, its copy None.
+#[tokio::test]
+async fn concurrent_audit_appends_to_one_subject_make_one_chain() {
+    use latchkey_core::audit::{AuditStore, day_of, verify_chain};
+    const EVENTS: u32 = 6;
+    let env = env().await;
+    let (audit, key, subject) = audit_trail(&env);
+    let sends: Vec<u32> = (1..=EVENTS).chain(1..=EVENTS).collect();
+    let answers = join_all(sends.iter().map(|&i| {
+        let (audit, key, event) = (&audit, &key, code_verified(&subject, i));
+        async move { (i, audit.append(key, &event, NOW + 86_400).await.expect("a racing append")) }
+    }))
+    .await;
+    let chain = audit.chain(&subject).await.expect("chain");
+    assert_eq!(chain.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=u64::from(EVENTS)).collect::<Vec<_>>());
+    verify_chain(&key, &subject, &chain).expect("one intact chain");
+    let mut ids: Vec<&str> = chain.iter().map(|r| r.event_id.as_str()).collect();
+    ids.sort_unstable();
+    let mut sent: Vec<String> = (1..=EVENTS).map(|i| code_verified(&subject, i).event_id).collect();
+    sent.sort_unstable();
+    assert_eq!(ids, sent, "each event once");
+    for i in 1..=EVENTS {
+        let heads: Vec<_> = answers.iter().filter(|(j, _)| *j == i).map(|(_, h)| h.clone()).collect();
+        let made: Vec<_> = heads.iter().flatten().collect();
+        assert_eq!(made.len(), 1, "event {i}: one append made it, one found it there: {heads:?}");
+        let record = chain.iter().find(|r| r.event_id == code_verified(&subject, i).event_id).expect("its record");
+        assert_eq!(*made[0], latchkey_core::audit::AuditHead::of(record), "event {i}: the head it answered");
+    }
+    let days = day_of(NOW + 1)..=day_of(NOW + i64::from(EVENTS));
+    let stats = audit.stats(*days.start(), *days.end(), NOW).await.expect("stats");
+    assert_eq!(stats.iter().map(|c| c.count).sum::<u64>(), u64::from(EVENTS), "{stats:?}");
+}
+
 /// A record of a type a newer stream processor wrote (read during a deploy,
 /// or after a rollback) is listed, counted and verified by its name, and an
 /// append after it goes on from it, also when it is the last record and the
