@@ -63,6 +63,13 @@ impl Poller {
     /// batch must finish within the visibility timeout, so it gets that
     /// less a margin as its deadline.
     pub async fn poll_once(&self, worker: &Worker) -> Result<PollStats, BoxError> {
+        let messages = self.receive().await?;
+        self.handle_batch(worker, messages).await
+    }
+
+    /// One ReceiveMessage (up to 10). Safe to drop at any point: a message
+    /// received and not handled comes back after the visibility timeout.
+    pub async fn receive(&self) -> Result<Vec<aws_sdk_sqs::types::Message>, BoxError> {
         let out = self
             .sqs
             .receive_message()
@@ -73,7 +80,18 @@ impl Poller {
             .message_attribute_names("All")
             .send()
             .await?;
-        let messages = out.messages.unwrap_or_default();
+        Ok(out.messages.unwrap_or_default())
+    }
+
+    /// `messages` handled as one Lambda batch, then the handled ones
+    /// deleted. Not to be dropped midway: a send cut off there may have
+    /// reached SES without its ledger record or its delete, and would wait
+    /// out its claim's lease.
+    pub async fn handle_batch(
+        &self,
+        worker: &Worker,
+        messages: Vec<aws_sdk_sqs::types::Message>,
+    ) -> Result<PollStats, BoxError> {
         if messages.is_empty() {
             return Ok(PollStats::default());
         }
@@ -163,8 +181,10 @@ pub fn record(message_id: &str, body: &str) -> SqsMessage {
 }
 
 /// Polls until `shutdown` resolves. Errors (the queue unreachable) are
-/// logged and retried after a pause. A batch cut short by the shutdown is
-/// not lost: its messages come back after the visibility timeout.
+/// logged and retried after a pause. A shutdown while a receive waits ends
+/// it at once (what it would have received comes back after the visibility
+/// timeout); a batch already received is handled to its end first (within
+/// its deadline), so a Ctrl-C never leaves a mail sent but not recorded.
 pub async fn run_poller(
     poller: Poller,
     worker: std::sync::Arc<Worker>,
@@ -172,18 +192,31 @@ pub async fn run_poller(
 ) {
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
+        let received = tokio::select! {
             _ = &mut shutdown => return,
-            result = poller.poll_once(&worker) => match result {
-                Ok(stats) if stats.received > 0 => {
-                    tracing::debug!(received = stats.received, handled = stats.handled, failed = stats.failed, "mail batch");
+            received = poller.receive() => received,
+        };
+        let result = match received {
+            Ok(messages) if messages.is_empty() => continue,
+            Ok(messages) => poller.handle_batch(&worker, messages).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(stats) => {
+                tracing::debug!(
+                    received = stats.received,
+                    handled = stats.handled,
+                    failed = stats.failed,
+                    "mail batch"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "mail queue poll failed");
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "mail queue poll failed");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-            },
+            }
         }
     }
 }

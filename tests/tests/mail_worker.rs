@@ -67,6 +67,8 @@ struct Fault {
     /// Fail every SES send whose body contains this.
     matching: Option<String>,
     always: bool,
+    /// How long each forwarded SES send is held before it goes to moto.
+    delay: Duration,
     /// SES sends seen (failed or forwarded).
     seen: Arc<AtomicUsize>,
     /// Forwarded SES sends the client hung up on before moto answered
@@ -84,6 +86,7 @@ impl Fault {
             first: Arc::new(AtomicUsize::new(0)),
             matching: None,
             always: false,
+            delay: Duration::ZERO,
             seen: Arc::default(),
             timed_out: Arc::default(),
             answers: Arc::default(),
@@ -151,6 +154,9 @@ async fn proxy(upstream: String, fault: Fault) -> String {
                         Response::builder().status(503).body(Body::from("unavailable")).unwrap()
                     };
                 }
+            }
+            if ses {
+                tokio::time::sleep(f.delay).await;
             }
             let url = format!("{upstream}{}", parts.uri.path_and_query().map_or("/", |p| p.as_str()));
             let mut req = http.request(parts.method.clone(), url).body(bytes.to_vec());
@@ -436,6 +442,37 @@ async fn the_same_job_delivered_three_times_is_one_mail() {
     let e = rig.worker.deliverer().ledger().entry(&env.id).await.unwrap().unwrap();
     assert_eq!((e.state.as_str(), e.attempts), (ledger_state::SENT, 1));
     assert!(!format!("{e:?}").contains("135790"), "no code in the ledger");
+}
+
+/// Ctrl-C on `mail-worker poll` (the poller's shutdown) while a batch is
+/// being sent: the batch is handled to its end first, so its mail goes out
+/// once, the ledger records it sent and the message is deleted (cut off,
+/// the send would be left claimed for a lease, the message in flight).
+#[tokio::test]
+async fn a_shutdown_during_a_batch_lets_it_finish() {
+    let fault = Fault { delay: Duration::from_millis(400), ..Fault::none() };
+    let rig = rig(fault, FROM, None, None).await;
+    let to = rcpt("shutdown");
+    let env = job(&to);
+    rig.send(&env.to_json()).await;
+    let seen = rig.fault.seen.clone();
+    // Shut down as soon as the send reaches SES (held there 400 ms).
+    let shutdown = async move {
+        while seen.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let run = latchkey_mail_worker::poller::run_poller(rig.poller().await, rig.worker.clone(), shutdown);
+    tokio::time::timeout(Duration::from_secs(20), run).await.expect("the poller stops after its batch");
+    assert_eq!(rig.fault.answers.lock().unwrap().len(), 1, "the send was answered, not cut off");
+    assert_eq!(rig.mails(&to).await.len(), 1);
+    let e = rig.worker.deliverer().ledger().entry(&env.id).await.unwrap().unwrap();
+    assert_eq!(e.state.as_str(), ledger_state::SENT);
+    assert_eq!(rig.queue_depth(&rig.queue_url).await, 0, "the handled message is deleted");
+
+    // Shut down while a receive waits on an empty queue: at once.
+    let run = latchkey_mail_worker::poller::run_poller(rig.poller().await, rig.worker.clone(), async {});
+    tokio::time::timeout(Duration::from_secs(5), run).await.expect("an idle poller stops");
 }
 
 fn event(records: Vec<SqsMessage>) -> SqsEvent {
