@@ -419,7 +419,7 @@ variable "otp_ttl_secs" {
 }
 
 variable "refresh_retry_grace_secs" {
-  description = "LATCHKEY_REFRESH_RETRY_GRACE_SECS: how long after a rotation the refresh token it replaced, sent again, gets the new one back instead of revoking the session (a client retrying after a lost answer). 0 turns it off."
+  description = "LATCHKEY_REFRESH_RETRY_GRACE_SECS: how long after a rotation the refresh token it replaced, sent again by the same client (address and user agent), gets the new one back instead of revoking the session (a retry after a lost answer). 0 turns it off."
   type        = number
   default     = 30
   validation {

@@ -134,9 +134,10 @@ pub struct Policy {
     pub access_ttl_secs: i64,
     pub refresh_ttl_secs: i64,
     /// How long after a rotation the refresh token it replaced, presented
-    /// again, gets the current one back (a client retrying a refresh whose
-    /// answer was lost, or two of its requests racing) instead of revoking
-    /// the session as a reuse. Only the token just replaced; 0 turns it off.
+    /// again by the client that rotated it, gets the current one back (a
+    /// retry of a refresh whose answer was lost, or two of its requests
+    /// racing) instead of revoking the session as a reuse. Only the token
+    /// just replaced; 0 turns it off.
     pub refresh_retry_grace_secs: i64,
     /// How long a device token (a browser or app that finished a login)
     /// lets its holder past the account lock and the per-identifier limit.

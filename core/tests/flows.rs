@@ -98,20 +98,17 @@ fn auth_on(
     limits: RateLimits,
     code_key: u8,
 ) -> Auth {
-    auth_with(users, store, clock, mail, limits, code_key, |_| {})
+    auth_with(ports_on(users, store, clock, mail), limits, code_key, |_| {})
 }
 
-/// `auth_on` with the policy changed by `change`.
-fn auth_with(
+/// The ports of `auth_on`.
+fn ports_on(
     users: Arc<dyn UserStore>,
     store: &Arc<EmbeddedStore>,
     clock: &Arc<FixedClock>,
     mail: &Arc<Mailbox>,
-    limits: RateLimits,
-    code_key: u8,
-    change: impl FnOnce(&mut Policy),
-) -> Auth {
-    let ports = Ports {
+) -> Ports {
+    Ports {
         users,
         challenges: store.clone(),
         sessions: store.clone(),
@@ -120,7 +117,11 @@ fn auth_with(
         mail: mail.clone(),
         clock: clock.clone(),
         rng: Arc::new(OsSecureRng),
-    };
+    }
+}
+
+/// Flows on `ports`, with the policy changed by `change`.
+fn auth_with(ports: Ports, limits: RateLimits, code_key: u8, change: impl FnOnce(&mut Policy)) -> Auth {
     // Cheap argon2 parameters: these tests are about the flows, not the cost.
     let mut policy = Policy { limits, argon2: Argon2Settings { m_kib: 1024, t: 1, p: 1 }, ..Policy::default() };
     change(&mut policy);
@@ -864,14 +865,107 @@ async fn a_refresh_retried_within_its_grace_gets_the_same_token_and_ends_nothing
     let revoked = w.store.session(&second.session_id).await.unwrap().unwrap();
     assert_eq!(revoked.revoke_reason.as_deref(), Some("refresh_reuse"));
 
-    // Racing refreshes of one token: each gets the one rotation's token.
-    let third = signed_in(&w, "alice", &m).await;
-    let (a, b) = tokio::join!(w.auth.refresh(&third.refresh_token, &m), w.auth.refresh(&third.refresh_token, &m));
-    let (a, b) = (a.expect("first racer"), b.expect("second racer"));
-    assert_eq!(a.refresh_token, b.refresh_token);
-    let raced = w.store.session(&third.session_id).await.unwrap().unwrap();
-    assert_eq!((raced.generation, raced.revoked_at), (1, None), "rotated once, alive");
-    w.auth.refresh(&a.refresh_token, &m).await.expect("the racers' token refreshes");
+    // A rotation stamped ahead of this clock (another instance's) counts
+    // the grace either way: at most `grace` seconds ahead.
+    for (behind, kept) in [(grace, true), (grace + 1, false)] {
+        let pair = signed_in(&w, "alice", &m).await;
+        let rotated = w.auth.refresh(&pair.refresh_token, &m).await.unwrap();
+        w.clock.advance(-behind);
+        let again = w.auth.refresh(&pair.refresh_token, &m).await;
+        assert_eq!(
+            again.ok().map(|p| p.refresh_token),
+            kept.then(|| rotated.refresh_token.clone()),
+            "{behind} s behind"
+        );
+        w.clock.advance(behind);
+    }
+
+    // Sent again by another client (another address, or another user
+    // agent at the same address) within the grace: a reuse.
+    for other in [meta_from("198.51.100.7"), RequestMeta { user_agent: Some("curl/8".into()), ..meta() }] {
+        let pair = signed_in(&w, "alice", &m).await;
+        let rotated = w.auth.refresh(&pair.refresh_token, &m).await.unwrap();
+        assert!(matches!(w.auth.refresh(&pair.refresh_token, &other).await, Err(Error::InvalidRefreshToken)));
+        assert!(matches!(w.auth.refresh(&rotated.refresh_token, &m).await, Err(Error::InvalidRefreshToken)));
+    }
+}
+
+/// `SessionStore` of the embedded store where another refresh can be made
+/// to land right before the next rotation's write (after the refresh read
+/// the session): that write then finds the session rotated.
+struct RacingSessions {
+    store: Arc<EmbeddedStore>,
+    before_rotate: Mutex<Option<futures::future::BoxFuture<'static, ()>>>,
+}
+
+#[async_trait]
+impl SessionStore for RacingSessions {
+    async fn session(
+        &self,
+        id: &latchkey_core::domain::SessionId,
+    ) -> StoreResult<Option<latchkey_core::domain::Session>> {
+        self.store.session(id).await
+    }
+    async fn rotate_session(
+        &self,
+        id: &latchkey_core::domain::SessionId,
+        old_hash: &str,
+        new_hash: &str,
+        retry_seal: &str,
+        now: i64,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
+        let race = self.before_rotate.lock().unwrap().take();
+        if let Some(race) = race {
+            race.await;
+        }
+        self.store.rotate_session(id, old_hash, new_hash, retry_seal, now, meta).await
+    }
+    async fn revoke_session(
+        &self,
+        id: &latchkey_core::domain::SessionId,
+        now: i64,
+        reason: &str,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
+        self.store.revoke_session(id, now, reason, meta).await
+    }
+}
+
+/// Two refreshes of one token racing (a client's retry sent before its
+/// first answer came): the one whose rotation is refused because the
+/// other rotated first answers with the other's token, and the session,
+/// rotated once, lives on. Sent from another client, the loser revokes it.
+#[tokio::test]
+async fn a_refresh_that_loses_its_rotation_to_its_own_retry_answers_the_retrys_token() {
+    let w = world(RateLimits::relaxed());
+    let racing = Arc::new(RacingSessions { store: w.store.clone(), before_rotate: Mutex::new(None) });
+    let mut ports = ports_on(w.store.clone(), &w.store, &w.clock, &w.mail);
+    ports.sessions = racing.clone();
+    let raced = auth_with(ports, RateLimits::relaxed(), 3, |_| {});
+    let first = Arc::new(auth_on(w.store.clone(), &w.store, &w.clock, &w.mail, RateLimits::relaxed(), 3));
+    verified(&w, "alice").await;
+    for (winner_meta, loser_survives) in [(meta(), true), (meta_from("198.51.100.7"), false)] {
+        let pair = signed_in(&w, "alice", &meta()).await;
+        let won = Arc::new(Mutex::new(None));
+        let (first, token, won_slot) = (first.clone(), pair.refresh_token.clone(), won.clone());
+        *racing.before_rotate.lock().unwrap() = Some(Box::pin(async move {
+            let pair = first.refresh(&token, &winner_meta).await.expect("the first rotation");
+            *won_slot.lock().unwrap() = Some(pair.refresh_token);
+        }));
+        let lost = raced.refresh(&pair.refresh_token, &meta()).await;
+        assert!(racing.before_rotate.lock().unwrap().is_none(), "the race did not run");
+        let won = won.lock().unwrap().clone().expect("the winner's token");
+        let session = w.store.session(&pair.session_id).await.unwrap().unwrap();
+        if loser_survives {
+            assert_eq!(lost.expect("the loser's answer").refresh_token, won);
+            assert_eq!((session.generation, session.revoked_at), (1, None), "rotated once, alive");
+            w.auth.refresh(&won, &meta()).await.expect("the winner's token refreshes");
+        } else {
+            assert!(matches!(lost, Err(Error::InvalidRefreshToken)));
+            assert_eq!(session.revoke_reason.as_deref(), Some("refresh_reuse"));
+        }
+    }
 }
 
 /// With `refresh_retry_grace_secs` 0, a replaced token presented again at
@@ -882,7 +976,7 @@ async fn without_a_grace_a_refresh_retry_is_a_reuse() {
     let store = Arc::new(EmbeddedStore::in_memory().unwrap().with_clock(clock.clone()));
     let mail = Arc::new(Mailbox::default());
     let no_grace = |p: &mut Policy| p.refresh_retry_grace_secs = 0;
-    let auth = auth_with(store.clone(), &store, &clock, &mail, RateLimits::relaxed(), 3, no_grace);
+    let auth = auth_with(ports_on(store.clone(), &store, &clock, &mail), RateLimits::relaxed(), 3, no_grace);
     let w = World { auth, store, clock, mail };
     verified(&w, "alice").await;
     let first = signed_in(&w, "alice", &meta()).await;

@@ -48,19 +48,24 @@ async fn run() -> Result<(), BoxError> {
     if !args.is_empty() {
         return Err(usage.into());
     }
-    let mut built = latchkey_api::wiring::build(&config).await?;
-    match &config.backend {
+    let built = latchkey_api::wiring::build(&config).await?;
+    // Told to stop once the server has: a mail batch in hand is finished.
+    let (stop_mail, mail_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mail_poller = match &config.backend {
         Backend::Embedded { data_dir } => {
-            tracing::info!(data = %data_dir.display(), outbox = %data_dir.join("outbox").display(), "embedded backend")
+            tracing::info!(data = %data_dir.display(), outbox = %data_dir.join("outbox").display(), "embedded backend");
+            None
         }
         Backend::Aws { table_prefix, bootstrap, .. } => {
             tracing::info!(%table_prefix, "aws backend");
             // The mail worker's handler, fed from the real SQS queue.
-            let poller =
-                latchkey_mail_worker::local::spawn_poller(table_prefix, &config.public_base_url, *bootstrap).await?;
-            built.tasks.push(poller);
+            let stopped = async {
+                let _ = mail_stopped.await;
+            };
+            let public_base_url = &config.public_base_url;
+            Some(latchkey_mail_worker::local::spawn_poller(table_prefix, public_base_url, *bootstrap, stopped).await?)
         }
-    }
+    };
     // On AWS a Lambda reads the streams; here a poller feeds the same handler.
     let poller = match &config.backend {
         Backend::Embedded { .. } => None,
@@ -80,11 +85,16 @@ async fn run() -> Result<(), BoxError> {
     };
     let app = latchkey_api::app(built.state.clone().serving_directly(&config.public_base_url));
     println!("latchkey serving {} (bind {})", config.public_base_url, config.bind);
-    latchkey_api::wiring::serve(app, &config.bind, config.http_threads).await?;
+    let served = latchkey_api::wiring::serve(app, &config.bind, config.http_threads).await;
+    let _ = stop_mail.send(());
+    if let Some(mail) = mail_poller {
+        tracing::info!("stopping: the mail poller finishes the batch in hand");
+        let _ = mail.await;
+    }
     for t in built.tasks.into_iter().chain(poller) {
         t.abort();
     }
-    Ok(())
+    Ok(served?)
 }
 
 /// `latchkey verify-chain`: the subject's trail on the store `config`

@@ -8,14 +8,16 @@ use std::sync::Arc;
 /// The sender used locally when `LATCHKEY_SES_FROM` is not set.
 pub const LOCAL_FROM: &str = "latchkey <noreply@latchkey.test>";
 
-/// Starts the SQS poller for the local runner. With `bootstrap`, the
-/// tables, queues and the sender's SES identity are created where missing
-/// (emulators only; Terraform owns them on AWS). Other settings come from
-/// the worker's variables, with local defaults.
+/// Starts the SQS poller for the local runner, until `shutdown` resolves
+/// (a batch in hand is handled to its end first: `run_poller`). With
+/// `bootstrap`, the tables, queues and the sender's SES identity are
+/// created where missing (emulators only; Terraform owns them on AWS).
+/// Other settings come from the worker's variables, with local defaults.
 pub async fn spawn_poller(
     table_prefix: &str,
     public_base_url: &str,
     bootstrap: bool,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<tokio::task::JoinHandle<()>, BoxError> {
     let sdk = aws_calls::sdk_config().await;
     let clients = Clients::from_sdk(&sdk);
@@ -45,7 +47,7 @@ pub async fn spawn_poller(
     let poller = Poller::new(clients.sqs.clone(), queue_url).await?;
     let worker = Arc::new(Worker::from_config(&cfg, clients)?);
     tracing::info!(queue = poller.queue_url(), "mail worker polling");
-    Ok(tokio::spawn(run_poller(poller, worker, std::future::pending())))
+    Ok(tokio::spawn(run_poller(poller, worker, shutdown)))
 }
 
 /// Creates the SES identity of `from`'s domain if it is missing (an

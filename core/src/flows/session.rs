@@ -191,10 +191,10 @@ impl Auth {
 
     /// Rotates a refresh token. A token that is not the session's current
     /// one (reuse after rotation, or a lost race) revokes the whole session,
-    /// except the one the last rotation replaced, presented again within
-    /// `refresh_retry_grace_secs` of it: a client retrying after a lost
-    /// answer, or its own requests racing, get that rotation's token back
-    /// (`retried_refresh`), and nothing is written.
+    /// except the one the last rotation replaced, presented again by the
+    /// client that rotated it within `refresh_retry_grace_secs`: a retry
+    /// after a lost answer, or its own requests racing, get that rotation's
+    /// token back (`retried_refresh`), and nothing is written.
     pub async fn refresh(&self, refresh_token: &str, meta: &RequestMeta) -> Result<TokenPair, Error> {
         let (sid, secret) = parse_refresh(refresh_token)?;
         let l = &self.policy.limits;
@@ -241,7 +241,7 @@ impl Auth {
         meta: &RequestMeta,
         what: &'static str,
     ) -> Result<TokenPair, Error> {
-        if let Some(current) = self.retried_refresh(s, secret, now) {
+        if let Some(current) = self.retried_refresh(s, secret, now, meta) {
             tracing::info!(user_id = %s.user_id, session_id = %s.id, "refresh retried: its rotation's token given again");
             return self.token_pair(s, &current, now);
         }
@@ -251,14 +251,22 @@ impl Auth {
     }
 
     /// Session `s`'s current refresh secret, if `secret` is the one its
-    /// last rotation replaced and that rotation is at most
-    /// `refresh_retry_grace_secs` old at `now`: the seal opened with
-    /// `secret` gives a secret whose hash is the session's.
-    fn retried_refresh(&self, s: &Session, secret: &str, now: Timestamp) -> Option<String> {
-        // A rotation stamped after `now` (another instance's clock ahead)
-        // is a fresh one.
+    /// last rotation replaced, that rotation is at most
+    /// `refresh_retry_grace_secs` from `now`, and the request comes from the
+    /// client that made it (its address, or /64, and user agent, which the
+    /// rotation left in the session's `meta`): the seal opened with `secret`
+    /// gives a secret whose hash is the session's. A copy of the token sent
+    /// from anywhere else is a reuse, as before the grace.
+    fn retried_refresh(&self, s: &Session, secret: &str, now: Timestamp, meta: &RequestMeta) -> Option<String> {
+        // Either way: another instance's clock may be a little ahead.
         let grace = self.policy.refresh_retry_grace_secs;
-        if grace <= 0 || now - s.refreshed_at > grace {
+        if grace <= 0 || (now - s.refreshed_at).abs() > grace {
+            return None;
+        }
+        let same_client = meta.ip.is_some()
+            && super::client_key(meta) == super::client_key(&s.meta)
+            && meta.user_agent == s.meta.user_agent;
+        if !same_client {
             return None;
         }
         let sealed = hex::decode(s.retry_seal.as_deref()?).ok()?;
