@@ -211,9 +211,7 @@ impl Auth {
         if !OtpCode::hashes_equal(&presented, &s.refresh_hash) {
             return self.refresh_again_or_revoke(&s, secret, now, meta, "refresh token reuse").await;
         }
-        let mut random = [0u8; REFRESH_RANDOM_BYTES];
-        self.ports.rng.fill(&mut random);
-        let new_secret = self.refresh_secret_of(&sid, &random);
+        let (new_secret, random) = self.refresh_secret(&sid);
         let seal = self.retry_seal(&sid, secret, &random);
         match self.ports.sessions.rotate_session(&sid, &presented, &token_hash(&new_secret), &seal, now, meta).await {
             Ok(()) => {}
@@ -339,11 +337,12 @@ impl Auth {
 
     /// A new refresh secret for session `sid`: 128 random bits (URL-safe
     /// base64) then a 128-bit tag (hex) binding them to the session, so a
-    /// presented secret shows whether this service issued it.
-    fn refresh_secret(&self, sid: &SessionId) -> String {
+    /// presented secret shows whether this service issued it. Its random
+    /// part too, which a rotation seals (`retry_seal`).
+    fn refresh_secret(&self, sid: &SessionId) -> (String, [u8; REFRESH_RANDOM_BYTES]) {
         let mut random = [0u8; REFRESH_RANDOM_BYTES];
         self.ports.rng.fill(&mut random);
-        self.refresh_secret_of(sid, &random)
+        (self.refresh_secret_of(sid, &random), random)
     }
 
     /// The refresh secret of session `sid` whose random part is `random`.
@@ -375,7 +374,7 @@ impl Auth {
         meta: &RequestMeta,
     ) -> (Session, String) {
         let id = SessionId::random(self.ports.rng.as_ref());
-        let secret = self.refresh_secret(&id);
+        let (secret, _) = self.refresh_secret(&id);
         let s = Session {
             id,
             user_id,
