@@ -12,6 +12,9 @@
 //! count and failure reason, never its body (which holds a code or link).
 //! `redrive` moves them back to the mail queue after a fix: each is sent
 //! to the queue (without its `failure_reason`), then deleted from the DLQ.
+//! A redrive stops when the DLQ is empty, after `--max` letters, or at the
+//! first letter it moved that is back already (it failed again: redriving
+//! it once more would go round for ever). Any other argument is refused.
 //! A job the ledger already shows as sent is not sent again, and neither is
 //! one whose code or link has expired or that is 6 days old (the worker
 //! drops it as expired, `failed` in the ledger).
@@ -134,15 +137,50 @@ pub async fn list_hiding_for(sqs: &Client, dlq_url: &str, visibility: i32) -> Re
     Ok(Listing { letters, may_be_incomplete })
 }
 
-/// Moves up to `max` dead letters back to the mail queue; returns them.
-pub async fn redrive(sqs: &Client, dlq_url: &str, queue_url: &str, max: usize) -> Result<Vec<DeadLetter>, BoxError> {
+/// What [`redrive`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redriven {
+    /// The letters moved to the mail queue, each once.
+    pub moved: Vec<DeadLetter>,
+    /// Letters this run had already moved that were back in the DLQ
+    /// before it ended (they failed again at once): the run stopped at the
+    /// first batch that held one and left them there, visible.
+    pub came_back: usize,
+}
+
+/// What makes two letters the same job: its `job_id` attribute, or the
+/// body of a letter without one (a poison body keeps its bytes).
+fn job_key(m: &Message) -> String {
+    attr(m, "job_id").map_or_else(|| format!("body:{}", m.body().unwrap_or_default()), |id| format!("job:{id}"))
+}
+
+/// Moves up to `max` dead letters back to the mail queue. The run ends when
+/// the DLQ is empty, `max` have moved, or a letter it moved is back (a job
+/// that fails again at once would otherwise go round for ever); whatever
+/// it received and did not move is made visible again at once.
+pub async fn redrive(sqs: &Client, dlq_url: &str, queue_url: &str, max: usize) -> Result<Redriven, BoxError> {
     let mut moved = Vec::new();
-    while moved.len() < max {
+    let mut came_back = 0;
+    let mut keys = std::collections::HashSet::new();
+    while moved.len() < max && came_back == 0 {
         let batch = receive(sqs, dlq_url, 60).await?;
         if batch.is_empty() {
             break;
         }
-        for m in batch.into_iter().take(max - moved.len()) {
+        for m in batch {
+            let key = job_key(&m);
+            if moved.len() >= max || keys.contains(&key) {
+                came_back += usize::from(keys.contains(&key));
+                if let Some(h) = m.receipt_handle() {
+                    sqs.change_message_visibility()
+                        .queue_url(dlq_url)
+                        .receipt_handle(h)
+                        .visibility_timeout(0)
+                        .send()
+                        .await?;
+                }
+                continue;
+            }
             let mut req = sqs.send_message().queue_url(queue_url).message_body(m.body().unwrap_or_default());
             for (name, value) in m.message_attributes().into_iter().flatten() {
                 if name == FAILURE_REASON_ATTRIBUTE || name == SOURCE_MESSAGE_ID_ATTRIBUTE {
@@ -160,10 +198,11 @@ pub async fn redrive(sqs: &Client, dlq_url: &str, queue_url: &str, max: usize) -
             if let Some(h) = m.receipt_handle() {
                 sqs.delete_message().queue_url(dlq_url).receipt_handle(h).send().await?;
             }
+            keys.insert(key);
             moved.push(dead_letter(&m));
         }
     }
-    Ok(moved)
+    Ok(Redriven { moved, came_back })
 }
 
 /// The queue URLs from the environment, or looked up by the prefix.
@@ -181,11 +220,48 @@ pub async fn queue_urls(sqs: &Client, get: impl Fn(&str) -> Option<String>) -> R
     Ok((url(tables::MAIL_QUEUE).await?, url(tables::MAIL_DLQ).await?))
 }
 
-/// `dlq list` / `dlq redrive [--max N]`.
-pub async fn cli(sqs: &Client, args: &[String]) -> Result<(), BoxError> {
+const USAGE: &str = "usage: latchkey-mail-worker dlq list | dlq redrive [--max N] (N >= 1)";
+
+/// An operator's command, as parsed from its arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    List,
+    Redrive { max: usize },
+}
+
+/// Parses `list` or `redrive [--max N]`; anything else, including an
+/// argument it does not know, is refused with the usage.
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    let mut args = args.iter().map(String::as_str);
+    let mut command = match args.next() {
+        Some("list") => Command::List,
+        Some("redrive") => Command::Redrive { max: usize::MAX },
+        Some(other) => return Err(format!("unknown command {other:?}; {USAGE}")),
+        None => return Err(USAGE.into()),
+    };
+    let mut max_given = false;
+    while let Some(arg) = args.next() {
+        match (&mut command, arg) {
+            (Command::Redrive { max }, "--max") if !max_given => {
+                let n = args.next().ok_or_else(|| format!("--max needs a number; {USAGE}"))?;
+                *max = n
+                    .parse()
+                    .ok()
+                    .filter(|&n: &usize| n >= 1)
+                    .ok_or_else(|| format!("--max needs a whole number of 1 or more, not {n:?}; {USAGE}"))?;
+                max_given = true;
+            }
+            _ => return Err(format!("unknown argument {arg:?}; {USAGE}")),
+        }
+    }
+    Ok(command)
+}
+
+/// Runs a parsed `dlq list` / `dlq redrive [--max N]`.
+pub async fn run(sqs: &Client, command: Command) -> Result<(), BoxError> {
     let (queue_url, dlq_url) = queue_urls(sqs, |k| std::env::var(k).ok()).await?;
-    match args.first().map(String::as_str) {
-        Some("list") => {
+    match command {
+        Command::List => {
             let listing = list(sqs, &dlq_url).await?;
             for l in &listing.letters {
                 println!("{l}");
@@ -195,18 +271,56 @@ pub async fn cli(sqs: &Client, args: &[String]) -> Result<(), BoxError> {
                 println!("some letters came round again before the listing ended: it may be incomplete");
             }
         }
-        Some("redrive") => {
-            let max = match args.iter().position(|a| a == "--max") {
-                Some(i) => args.get(i + 1).and_then(|v| v.parse().ok()).ok_or("--max needs a number")?,
-                None => usize::MAX,
-            };
-            let moved = redrive(sqs, &dlq_url, &queue_url, max).await?;
-            for l in &moved {
+        Command::Redrive { max } => {
+            let run = redrive(sqs, &dlq_url, &queue_url, max).await?;
+            for l in &run.moved {
                 println!("redriven {l}");
             }
-            println!("{} message(s) moved to {queue_url}", moved.len());
+            println!("{} message(s) moved to {queue_url}", run.moved.len());
+            if run.came_back > 0 {
+                println!(
+                    "stopped: {} letter(s) this run moved were back in the DLQ already (they failed again); \
+                     see `dlq list` for why before redriving them again",
+                    run.came_back
+                );
+            }
         }
-        _ => return Err("usage: latchkey-mail-worker dlq list | dlq redrive [--max N]".into()),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(args: &[&str]) -> Result<Command, String> {
+        parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn the_commands_and_their_one_option_parse() {
+        assert_eq!(parsed(&["list"]), Ok(Command::List));
+        assert_eq!(parsed(&["redrive"]), Ok(Command::Redrive { max: usize::MAX }));
+        assert_eq!(parsed(&["redrive", "--max", "25"]), Ok(Command::Redrive { max: 25 }));
+    }
+
+    #[test]
+    fn anything_else_is_refused_and_named() {
+        for (args, names) in [
+            (&[][..], "usage:"),
+            (&["lsit"][..], "unknown command \"lsit\""),
+            (&["list", "--max", "3"][..], "unknown argument \"--max\""),
+            (&["list", "all"][..], "unknown argument \"all\""),
+            (&["redrive", "--dry-run"][..], "unknown argument \"--dry-run\""),
+            (&["redrive", "--max"][..], "--max needs a number"),
+            (&["redrive", "--max", "0"][..], "not \"0\""),
+            (&["redrive", "--max", "-1"][..], "not \"-1\""),
+            (&["redrive", "--max", "ten"][..], "not \"ten\""),
+            (&["redrive", "--max", "3", "--max", "4"][..], "unknown argument \"--max\""),
+            (&["redrive", "--max", "3", "now"][..], "unknown argument \"now\""),
+        ] {
+            let err = parsed(args).expect_err(&format!("{args:?} is refused"));
+            assert!(err.contains(names) && err.contains("usage:"), "{args:?}: {err}");
+        }
+    }
 }

@@ -14,7 +14,14 @@ async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         // The operator's commands, run from a workstation: the system's CA store.
-        Some("dlq") => dlq::cli(&aws_calls::sqs_client(&aws_calls::sdk_config().await, None), &args[1..]).await,
+        Some("dlq") => {
+            // Arguments first: a typo is answered before any AWS set-up.
+            let command = dlq::parse(&args[1..]).unwrap_or_else(|usage| {
+                eprintln!("{usage}");
+                std::process::exit(2)
+            });
+            dlq::run(&aws_calls::sqs_client(&aws_calls::sdk_config().await, None), command).await
+        }
         Some("poll") => {
             let cfg = WorkerConfig::from_env()?;
             let clients = Clients::from_sdk(&aws_calls::sdk_config().await);

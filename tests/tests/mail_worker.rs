@@ -619,11 +619,46 @@ async fn dlq_redrive_moves_dead_letters_back() {
     assert_eq!((listed.letters.len(), listed.may_be_incomplete), (1, false));
     // Listing consumed nothing.
     assert_eq!(latchkey_mail_worker::dlq::list(&rig.sqs, &rig.dlq_url).await.unwrap().letters.len(), 1);
-    let moved = latchkey_mail_worker::dlq::redrive(&rig.sqs, &rig.dlq_url, &rig.queue_url, 10).await.unwrap();
-    assert_eq!(moved.len(), 1);
+    let run = latchkey_mail_worker::dlq::redrive(&rig.sqs, &rig.dlq_url, &rig.queue_url, 10).await.unwrap();
+    assert_eq!((run.moved.len(), run.came_back), (1, 0));
     assert_eq!(rig.queue_depth(&rig.dlq_url).await, 0);
     assert_eq!(rig.poller().await.poll_once(&rig.worker).await.unwrap().handled, 1);
     assert_eq!(rig.mails(&env.to).await.len(), 1);
+}
+
+/// A redrive without a limit stops at the first letter it moved that is
+/// back in the DLQ, instead of moving it round for ever: here the "mail
+/// queue" it redrives to is the DLQ itself, so each letter is back at
+/// once. Each moves once and everything is left visible in the DLQ; a
+/// limit leaves the letters beyond it visible too.
+#[tokio::test]
+async fn dlq_redrive_stops_at_a_letter_that_came_back() {
+    use latchkey_mail_worker::dlq::redrive;
+    let rig = rig(Fault::none(), FROM, None, None).await;
+    // Two jobs as the api queues them (with their id as an attribute) and
+    // a body without one, told apart by its bytes.
+    for i in 0..2 {
+        let env = job(&rcpt(&format!("back{i}")));
+        let id = aws_sdk_sqs::types::MessageAttributeValue::builder().data_type("String").string_value(&env.id).build();
+        let send = rig.sqs.send_message().queue_url(&rig.dlq_url).message_body(env.to_json());
+        send.message_attributes("job_id", id.unwrap()).send().await.unwrap();
+    }
+    rig.sqs.send_message().queue_url(&rig.dlq_url).message_body("{\"v\":1").send().await.unwrap();
+    let run = tokio::time::timeout(Duration::from_secs(60), redrive(&rig.sqs, &rig.dlq_url, &rig.dlq_url, usize::MAX))
+        .await
+        .expect("the redrive ends")
+        .unwrap();
+    let mut jobs: Vec<_> = run.moved.iter().map(|l| l.job_id.clone()).collect();
+    jobs.sort();
+    jobs.dedup();
+    assert_eq!((run.moved.len(), jobs.len()), (3, 3), "each moved once: {run:?}");
+    assert!(run.came_back >= 1, "{run:?}");
+    let visible = || async { latchkey_mail_worker::dlq::list(&rig.sqs, &rig.dlq_url).await.unwrap().letters.len() };
+    assert_eq!((rig.queue_depth(&rig.dlq_url).await, visible().await), (3, 3), "all there and visible");
+    let run = redrive(&rig.sqs, &rig.dlq_url, &rig.queue_url, 2).await.unwrap();
+    assert_eq!((run.moved.len(), run.came_back), (2, 0));
+    assert_eq!((rig.queue_depth(&rig.dlq_url).await, visible().await), (1, 1), "the one beyond the limit is visible");
+    assert_eq!(rig.queue_depth(&rig.queue_url).await, 2);
 }
 
 /// A listing that outlasts the time it hides each letter for receives the
