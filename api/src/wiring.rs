@@ -21,8 +21,42 @@ pub struct Built {
     /// audit feed and tests read it).
     #[cfg(feature = "embedded")]
     pub embedded: Option<latchkey_core::adapters::embedded::EmbeddedStore>,
-    /// Background tasks (the embedded mail consumer and audit feed).
+    /// Background tasks that may be cut off at any point (the embedded
+    /// audit feed: each batch commits whole or not at all).
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The embedded mail consumer, stopped between jobs by [`Built::shutdown`].
+    #[cfg(feature = "embedded")]
+    pub mail_consumer: Option<latchkey_core::adapters::embedded::MailConsumer>,
+}
+
+impl Built {
+    /// Stops what runs beside the server once it has stopped: the mail
+    /// consumer finishes the job in hand (for at most its delivery
+    /// deadline) and takes no other; then the rest is aborted.
+    pub async fn shutdown(self) {
+        #[cfg(feature = "embedded")]
+        if let Some(consumer) = self.mail_consumer {
+            tracing::info!("stopping: the mail consumer finishes the job in hand");
+            if !consumer.stop(latchkey_core::adapters::embedded::STOP_GRACE).await {
+                tracing::warn!("the mail consumer did not stop in time: cut off");
+            }
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+
+    /// Cuts everything beside the server off at once (tests, before their
+    /// data directory goes).
+    pub fn abort(&self) {
+        #[cfg(feature = "embedded")]
+        if let Some(consumer) = &self.mail_consumer {
+            consumer.task.abort();
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -108,7 +142,7 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
                 rng,
             };
             let state = state(config, ports, signing, code_key, config.admin_key_hash.clone(), Arc::new(audit))?;
-            Ok(Built { state, embedded: Some(store), tasks: vec![consumer, feed] })
+            Ok(Built { state, embedded: Some(store), tasks: vec![feed], mail_consumer: Some(consumer) })
         }
         Backend::Aws { table_prefix, mail_queue_url, bootstrap } => {
             use latchkey_core::adapters::{aws_calls, dynamo, sqs};
@@ -152,6 +186,8 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
                 #[cfg(feature = "embedded")]
                 embedded: None,
                 tasks: vec![],
+                #[cfg(feature = "embedded")]
+                mail_consumer: None,
             })
         }
     }
@@ -347,7 +383,7 @@ fn read_or_create(
     Ok(Secret::new(value))
 }
 
-/// Serves the Router on `bind` until Ctrl-C: `threads` threads (one per
+/// Serves the Router on `bind` until Ctrl-C (SIGINT) or SIGTERM: `threads` threads (one per
 /// core by default, `LATCHKEY_HTTP_THREADS`), each running a single-threaded
 /// runtime that accepts from the one listening socket and keeps the
 /// connections it accepts. A request's wake-ups (its bytes arriving, its
@@ -360,10 +396,30 @@ fn read_or_create(
 pub async fn serve(app: axum::Router, bind: &str, threads: usize) -> std::io::Result<()> {
     let listener = std::net::TcpListener::bind(bind)?;
     tracing::info!(addr = %listener.local_addr()?, threads, "latchkey listening");
-    serve_threads(listener, app, threads, async {
+    serve_threads(listener, app, threads, stop_signal()).await
+}
+
+/// Ctrl-C, or SIGTERM (what a service manager or `kill` sends), logged.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "stopping"),
+                _ = term.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGTERM cannot be caught: only Ctrl-C stops the server gracefully");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
         let _ = tokio::signal::ctrl_c().await;
-    })
-    .await
+        tracing::info!("stopping");
+    }
 }
 
 /// As `serve`, on a bound listener, until `shutdown` resolves or this

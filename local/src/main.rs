@@ -91,7 +91,8 @@ async fn run() -> Result<(), BoxError> {
         tracing::info!("stopping: the mail poller finishes the batch in hand");
         let _ = mail.await;
     }
-    for t in built.tasks.into_iter().chain(poller) {
+    built.shutdown().await;
+    if let Some(t) = poller {
         t.abort();
     }
     Ok(served?)

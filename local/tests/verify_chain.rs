@@ -5,96 +5,18 @@
 //! changed record, and the newest records cut off with the head moved back
 //! (which only the logged head finds).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+mod common;
+
+use common::{Runner, latchkey, start};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
-const BIN: &str = env!("CARGO_BIN_EXE_latchkey");
-
-/// The runner's process; killed when dropped, so a failed test leaves none.
-struct Runner {
-    child: Child,
-    port: u16,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn latchkey(data: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    // The embedded store in `data`, whatever the environment says.
-    for var in ["LATCHKEY_BACKEND", "LATCHKEY_AUDIT_KEY", "LATCHKEY_JWT_PRIVATE_KEY", "LATCHKEY_CODE_HMAC_KEY"] {
-        cmd.env_remove(var);
-    }
-    cmd.env("LATCHKEY_DATA_DIR", data).env("RUST_LOG", "info").env("NO_COLOR", "1");
-    cmd
-}
-
-fn start(data: &Path) -> Runner {
-    let port = TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("its address").port();
-    let mut child = latchkey(data)
-        .env("LATCHKEY_BIND", format!("127.0.0.1:{port}"))
-        .env_remove("PUBLIC_BASE_URL")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the runner starts");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let out = child.stdout.take().expect("its stdout");
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            sink.lock().expect("lines").push(line);
-        }
-    });
-    let runner = Runner { child, port, lines };
-    runner.wait_for("the runner serving", |l| l.starts_with("latchkey serving"));
-    runner
-}
-
-impl Runner {
-    /// The first line of the runner's stdout that `pred` accepts, waiting
-    /// up to 20 s for it.
-    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let until = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(l) = self.lines.lock().expect("lines").iter().find(|l| pred(l)) {
-                return l.clone();
-            }
-            assert!(Instant::now() < until, "no line for {what} in 20 s: {:#?}", self.lines.lock().expect("lines"));
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// POSTs `json` to `path`; the answer's status.
-    fn post(&self, path: &str, json: &str) -> u16 {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        write!(
-            s,
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
-            json.len()
-        )
-        .expect("send");
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).expect("the answer");
-        answer.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no status in {answer:?}"))
-    }
-
-    /// Every `audit head` line's subject and head, in the order logged.
-    fn heads(&self) -> Vec<(String, String)> {
-        let field = |l: &str, name: &str| {
-            l.split(' ').find_map(|w| w.strip_prefix(name)).map(str::to_string).expect("the field")
-        };
-        let lines = self.lines.lock().expect("lines");
-        lines.iter().filter(|l| l.contains(" audit head ")).map(|l| (field(l, "subject="), field(l, "head="))).collect()
-    }
+/// Every `audit head` line's subject and head, in the order logged.
+fn heads(runner: &Runner) -> Vec<(String, String)> {
+    let field =
+        |l: &str, name: &str| l.split(' ').find_map(|w| w.strip_prefix(name)).map(str::to_string).expect("the field");
+    let lines = runner.lines.lock().expect("lines");
+    lines.iter().filter(|l| l.contains(" audit head ")).map(|l| (field(l, "subject="), field(l, "head="))).collect()
 }
 
 fn verify_chain(data: &Path, args: &[&str]) -> (i32, String, String) {
@@ -131,7 +53,7 @@ fn a_stopped_runners_trail_verifies_against_its_logged_head_and_edits_are_found(
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("in use by another process") && err.contains("stop the runner"), "{err}");
 
-    let heads = runner.heads();
+    let heads = heads(&runner);
     drop(runner); // killed: its database is free
     let (subject, head) = heads.last().cloned().expect("a logged head");
     assert!(heads.iter().all(|(s, _)| *s == subject), "one account, one trail: {heads:?}");

@@ -92,12 +92,12 @@ async fn embedded(n: usize) {
         queue.enqueue(j).await.unwrap();
     }
     let started = Instant::now();
-    let task = spawn_mail_consumer(queue.clone(), d.clone());
+    let consumer = spawn_mail_consumer(queue.clone(), d.clone());
     while queue.pending_count().await.unwrap() > 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let secs = started.elapsed().as_secs_f64();
-    task.abort();
+    consumer.task.abort();
     let last = d.ledger().entry(&jobs[n - 1].id).await.unwrap().unwrap();
     assert_eq!(last.state, ledger_state::SENT);
     println!(

@@ -63,9 +63,7 @@ impl Drop for TestSystem {
     /// before the data directory goes, so none of them writes into it again.
     fn drop(&mut self) {
         self.server.abort();
-        for t in &self._built.tasks {
-            t.abort();
-        }
+        self._built.abort();
     }
 }
 

@@ -49,9 +49,7 @@ impl Drop for Deployment {
     /// Stops the mail consumer and the audit feed before the data
     /// directory goes.
     fn drop(&mut self) {
-        for t in &self.built.tasks {
-            t.abort();
-        }
+        self.built.abort();
     }
 }
 

@@ -27,7 +27,7 @@ async fn the_consumer_writes_one_eml_per_job_id() {
             .await
             .unwrap(),
     );
-    let task = spawn_mail_consumer(queue.clone(), d.clone());
+    let consumer = spawn_mail_consumer(queue.clone(), d.clone());
     let to = Email::parse("ivy@example.com").unwrap();
     // Queued now: the deliverer refuses a job whose code has expired.
     let now = SystemClock.now();
@@ -64,7 +64,7 @@ async fn the_consumer_writes_one_eml_per_job_id() {
     // And once more straight through the deliverer, as a second consumer might.
     let again = d.deliver(&jobs[0], tokio::time::Instant::now() + Duration::from_secs(5)).await;
     assert_eq!(again, latchkey_core::mail::delivery::Outcome::AlreadySent);
-    task.abort();
+    assert!(consumer.stop(latchkey_core::adapters::embedded::STOP_GRACE).await, "stops by itself when idle");
     let mut files: Vec<String> = std::fs::read_dir(&outbox_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -51,33 +51,79 @@ pub async fn embedded_deliverer(
         .with_retry(EMBEDDED_RETRY))
 }
 
+/// How long [`MailConsumer::stop`] waits for a delivery in hand: its own
+/// deadline, and a second for the outcome's write.
+pub const STOP_GRACE: Duration = Duration::from_secs(DELIVERY_DEADLINE.as_secs() + 1);
+
+/// The running consumer.
+pub struct MailConsumer {
+    /// Its task. Aborting it cuts off a delivery in hand: its ledger claim
+    /// then holds the job for the claim's lease (5 minutes) before a later
+    /// run may send it, so a runner that stops uses [`MailConsumer::stop`].
+    pub task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl MailConsumer {
+    /// Asks the consumer to stop: the job in hand is delivered and its
+    /// outcome written, and no other job is taken (they stay queued for
+    /// the next run). Waits for that at most `grace`, then aborts it.
+    /// Returns whether it stopped by itself. Dropping the consumer asks
+    /// it to stop the same way, without waiting.
+    pub async fn stop(self, grace: Duration) -> bool {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(grace, &mut task).await.is_ok() {
+            return true;
+        }
+        task.abort();
+        false
+    }
+}
+
 /// Runs the consumer on a thread of its own (its store calls and file
-/// writes run inline there) until the returned task is aborted.
-pub fn spawn_mail_consumer(queue: SqliteMailQueue, deliverer: Arc<Deliverer>) -> tokio::task::JoinHandle<()> {
+/// writes run inline there) until it is stopped (or its task aborted).
+pub fn spawn_mail_consumer(queue: SqliteMailQueue, deliverer: Arc<Deliverer>) -> MailConsumer {
     spawn_with_idle_wake(queue, deliverer, IDLE_WAKE)
 }
 
-fn spawn_with_idle_wake(
-    queue: SqliteMailQueue,
-    deliverer: Arc<Deliverer>,
-    idle_wake: Duration,
-) -> tokio::task::JoinHandle<()> {
-    super::spawn_background("mail-consumer", async move {
-        loop {
-            if let Err(e) = drain(&queue, &deliverer).await {
+/// Asked to stop, or nobody left to ask (the consumer was dropped).
+fn stop_asked(stopping: &tokio::sync::watch::Receiver<bool>) -> bool {
+    *stopping.borrow() || stopping.has_changed().is_err()
+}
+
+fn spawn_with_idle_wake(queue: SqliteMailQueue, deliverer: Arc<Deliverer>, idle_wake: Duration) -> MailConsumer {
+    let (stop, mut stopping) = tokio::sync::watch::channel(false);
+    let task = super::spawn_background("mail-consumer", async move {
+        while !stop_asked(&stopping) {
+            if let Err(e) = drain_until(&queue, &deliverer, || stop_asked(&stopping)).await {
                 // Jobs stay queued; the next wake-up tries again.
                 tracing::error!(error = %e, source = ?std::error::Error::source(&e), "mail queue unavailable");
             }
-            // Woken by an enqueue, or by the timer.
-            let _ = tokio::time::timeout(idle_wake, queue.wait_for_work()).await;
+            // Woken by an enqueue, by the timer, or to stop.
+            tokio::select! {
+                _ = tokio::time::timeout(idle_wake, queue.wait_for_work()) => {}
+                _ = stopping.changed() => {}
+            }
         }
-    })
+        tracing::debug!("mail consumer stopped");
+    });
+    MailConsumer { task, stop }
 }
 
 /// Delivers every job that is due now; returns how many were handled.
+#[cfg(test)]
 pub(crate) async fn drain(queue: &SqliteMailQueue, deliverer: &Deliverer) -> StoreResult<usize> {
+    drain_until(queue, deliverer, || false).await
+}
+
+/// Delivers every job that is due now, taking none once `stop` says so;
+/// returns how many were handled.
+async fn drain_until(queue: &SqliteMailQueue, deliverer: &Deliverer, stop: impl Fn() -> bool) -> StoreResult<usize> {
     let mut handled = 0;
-    while let Some(job) = queue.claim_next().await? {
+    while !stop()
+        && let Some(job) = queue.claim_next().await?
+    {
         let more = job.more;
         handle(queue, deliverer, job).await?;
         handled += 1;
@@ -364,7 +410,7 @@ mod tests {
         let dir = TempDir::new();
         let q = s.mail_queue();
         // The timer never fires within the test: only the enqueue can wake it.
-        let task = spawn_with_idle_wake(
+        let consumer = spawn_with_idle_wake(
             q.clone(),
             Arc::new(outbox(&s, clock.clone(), &dir.0).await),
             Duration::from_secs(3600),
@@ -382,8 +428,61 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "consumer did not deliver");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        task.abort();
+        assert!(consumer.stop(Duration::from_secs(10)).await, "stops by itself when idle");
         assert_eq!(emls(&dir.0), vec!["1700000000-woken.eml".to_string()]);
+    }
+
+    /// The outbox, with each send held `hold` after it has begun (and said so).
+    struct HeldOutbox {
+        inner: Outbox,
+        started: tokio::sync::Notify,
+        hold: Duration,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::mail::delivery::Mailer for HeldOutbox {
+        async fn send(
+            &self,
+            env: &MailEnvelope,
+            mail: &crate::mail::RenderedMail,
+        ) -> Result<String, crate::mail::delivery::SendError> {
+            self.started.notify_one();
+            tokio::time::sleep(self.hold).await;
+            self.inner.send(env, mail).await
+        }
+    }
+
+    /// Asked to stop while it writes a mail, the consumer finishes that
+    /// delivery (the file, the ledger's sent mark, the job acknowledged)
+    /// and takes no other job: the next stays queued for the next run.
+    #[tokio::test]
+    async fn a_stop_during_a_delivery_lets_it_finish_and_takes_no_other() {
+        use super::super::mail_queue::PENDING;
+        use crate::mail::delivery::{MailLedger, SendRateLimiter};
+        let (s, clock) = store();
+        let dir = TempDir::new();
+        let q = s.mail_queue();
+        let renderer = || Renderer::new("http://127.0.0.1:3000").unwrap();
+        let mailer = Arc::new(HeldOutbox {
+            inner: Outbox::new(dir.0.clone(), renderer(), "latchkey <noreply@latchkey.local>".into()),
+            started: tokio::sync::Notify::new(),
+            hold: Duration::from_millis(400),
+        });
+        let ledger = Arc::new(EmbeddedMailLedger::open(&s).await.unwrap());
+        let deliverer =
+            Deliverer::new(renderer(), ledger.clone(), mailer.clone(), Arc::new(SendRateLimiter::unlimited()), clock)
+                .with_retry(EMBEDDED_RETRY);
+        q.enqueue(&job("first")).await.unwrap();
+        q.enqueue(&job("second")).await.unwrap();
+        let consumer = spawn_with_idle_wake(q.clone(), Arc::new(deliverer), Duration::from_secs(3600));
+        tokio::time::timeout(Duration::from_secs(10), mailer.started.notified()).await.expect("a send began");
+        assert!(consumer.stop(Duration::from_secs(10)).await, "it stopped by itself");
+        assert_eq!(emls(&dir.0), vec!["1700000000-first.eml".to_string()]);
+        assert_eq!(q.job_state("first").await.unwrap().unwrap().0, SENT);
+        assert_eq!(ledger.entry("first").await.unwrap().unwrap().state, "sent");
+        let (state, attempts, _) = q.job_state("second").await.unwrap().unwrap();
+        assert_eq!((state.as_str(), attempts), (PENDING, 0), "not taken");
+        assert!(ledger.entry("second").await.unwrap().is_none());
     }
 
     #[tokio::test]

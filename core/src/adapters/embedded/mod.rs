@@ -37,7 +37,9 @@ mod store;
 mod sweep;
 
 pub use changes::{Change, ChangeEntity, ChangeOp};
-pub use consumer::{EMBEDDED_RETRY, MAX_DELIVERY_ATTEMPTS, embedded_deliverer, spawn_mail_consumer};
+pub use consumer::{
+    EMBEDDED_RETRY, MAX_DELIVERY_ATTEMPTS, MailConsumer, STOP_GRACE, embedded_deliverer, spawn_mail_consumer,
+};
 pub use mail_ledger::EmbeddedMailLedger;
 pub use mail_queue::SqliteMailQueue;
 pub use outbox::Outbox;
