@@ -968,6 +968,39 @@ async fn a_refresh_that_loses_its_rotation_to_its_own_retry_answers_the_retrys_t
     }
 }
 
+/// A rotation's retry seal is its new secret's random part XORed with the
+/// first 16 bytes of HMAC(code key, "latchkey/refresh-retry-seal/v1",
+/// [session id, replaced secret]): the stored session and the replaced
+/// token together open it only with the code key. With another key, or
+/// read as it is, it is not the random part.
+#[tokio::test]
+async fn the_retry_seal_opens_only_with_the_code_key() {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    let w = world(RateLimits::relaxed());
+    verified(&w, "alice").await;
+    let m = meta();
+    let first = signed_in(&w, "alice", &m).await;
+    let sid = first.session_id;
+    w.clock.set(T0 + 100);
+    let rotated = w.auth.refresh(&first.refresh_token, &m).await.unwrap();
+    let stored = w.store.session(&sid).await.unwrap().unwrap();
+    let seal = hex::decode(stored.retry_seal.expect("a rotation seals")).expect("hex");
+    let secret = |token: &str| token.split_once('.').expect("<session>.<secret>").1.to_string();
+    let (replaced, current) = (secret(&first.refresh_token), secret(&rotated.refresh_token));
+    // The secret: 16 random bytes (22 characters of URL-safe base64), then its tag.
+    let random = URL_SAFE_NO_PAD.decode(&current[..22]).expect("base64");
+    let opened = |key: u8| -> Vec<u8> {
+        let mac =
+            CodeKey::new(vec![key; 32]).unwrap().mac("latchkey/refresh-retry-seal/v1", &[&sid.to_string(), &replaced]);
+        let pad = hex::decode(&mac[..32]).expect("hex");
+        seal.iter().zip(pad).map(|(s, p)| s ^ p).collect()
+    };
+    assert_eq!((seal.len(), random.len()), (16, 16));
+    assert_eq!(opened(3), random, "the service's code key opens it");
+    assert_ne!(opened(4), random, "another key does not");
+    assert_ne!(seal, random, "it is not the random part as it is");
+}
+
 /// With `refresh_retry_grace_secs` 0, a replaced token presented again at
 /// once is a reuse.
 #[tokio::test]
