@@ -142,9 +142,11 @@ pub async fn list_hiding_for(sqs: &Client, dlq_url: &str, visibility: i32) -> Re
 pub struct Redriven {
     /// The letters moved to the mail queue, each once.
     pub moved: Vec<DeadLetter>,
-    /// Letters this run had already moved that were back in the DLQ
-    /// before it ended (they failed again at once): the run stopped at the
-    /// first batch that held one and left them there, visible.
+    /// Letters of jobs this run had already moved, found in the DLQ before
+    /// it ended: the job failed again at once, or the DLQ held two copies
+    /// of it (the worker's own copy of a last receive and SQS's move of the
+    /// same message, if the worker's delete was lost). The run stopped at
+    /// the first batch that held one and left them there, visible.
     pub came_back: usize,
 }
 
@@ -279,8 +281,8 @@ pub async fn run(sqs: &Client, command: Command) -> Result<(), BoxError> {
             println!("{} message(s) moved to {queue_url}", run.moved.len());
             if run.came_back > 0 {
                 println!(
-                    "stopped: {} letter(s) this run moved were back in the DLQ already (they failed again); \
-                     see `dlq list` for why before redriving them again",
+                    "stopped: {} letter(s) of jobs this run moved are in the DLQ again (failed again, or a \
+                     second copy of one); see `dlq list` for why before redriving them again",
                     run.came_back
                 );
             }
