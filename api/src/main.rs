@@ -18,6 +18,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         lambda_http::run(latchkey_api::app(built.state.clone())).await
     } else {
         let app = latchkey_api::app(built.state.clone().serving_directly(&config.public_base_url));
-        latchkey_api::wiring::serve(app, &config.bind, config.http_threads).await.map_err(Into::into)
+        let served = latchkey_api::wiring::serve(app, &config.bind, config.http_threads).await;
+        // On the embedded store: the mail job in hand is finished first.
+        built.shutdown().await;
+        served.map_err(Into::into)
     }
 }

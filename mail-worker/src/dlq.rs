@@ -174,12 +174,13 @@ pub async fn redrive(sqs: &Client, dlq_url: &str, queue_url: &str, max: usize) -
             if moved.len() >= max || keys.contains(&key) {
                 came_back += usize::from(keys.contains(&key));
                 if let Some(h) = m.receipt_handle() {
-                    sqs.change_message_visibility()
-                        .queue_url(dlq_url)
-                        .receipt_handle(h)
-                        .visibility_timeout(0)
-                        .send()
-                        .await?;
+                    // Best effort: if this fails the letter reappears in 60 s,
+                    // and what was moved is still reported.
+                    let release =
+                        sqs.change_message_visibility().queue_url(dlq_url).receipt_handle(h).visibility_timeout(0);
+                    if let Err(e) = release.send().await {
+                        tracing::warn!(error = %e, "a letter not moved stays hidden for 60 s");
+                    }
                 }
                 continue;
             }

@@ -432,11 +432,12 @@ mod tests {
         assert_eq!(emls(&dir.0), vec!["1700000000-woken.eml".to_string()]);
     }
 
-    /// The outbox, with each send held `hold` after it has begun (and said so).
+    /// The outbox, with each send held, once it has begun (and said so),
+    /// until the test releases it.
     struct HeldOutbox {
         inner: Outbox,
         started: tokio::sync::Notify,
-        hold: Duration,
+        release: tokio::sync::Notify,
     }
 
     #[async_trait::async_trait]
@@ -447,7 +448,7 @@ mod tests {
             mail: &crate::mail::RenderedMail,
         ) -> Result<String, crate::mail::delivery::SendError> {
             self.started.notify_one();
-            tokio::time::sleep(self.hold).await;
+            self.release.notified().await;
             self.inner.send(env, mail).await
         }
     }
@@ -466,7 +467,7 @@ mod tests {
         let mailer = Arc::new(HeldOutbox {
             inner: Outbox::new(dir.0.clone(), renderer(), "latchkey <noreply@latchkey.local>".into()),
             started: tokio::sync::Notify::new(),
-            hold: Duration::from_millis(400),
+            release: tokio::sync::Notify::new(),
         });
         let ledger = Arc::new(EmbeddedMailLedger::open(&s).await.unwrap());
         let deliverer =
@@ -476,7 +477,12 @@ mod tests {
         q.enqueue(&job("second")).await.unwrap();
         let consumer = spawn_with_idle_wake(q.clone(), Arc::new(deliverer), Duration::from_secs(3600));
         tokio::time::timeout(Duration::from_secs(10), mailer.started.notified()).await.expect("a send began");
-        assert!(consumer.stop(Duration::from_secs(10)).await, "it stopped by itself");
+        // The stop is asked first (its first poll), then the send let go.
+        let (stopped, ()) = tokio::join!(biased; consumer.stop(Duration::from_secs(10)), async {
+            tokio::task::yield_now().await;
+            mailer.release.notify_one();
+        });
+        assert!(stopped, "it stopped by itself");
         assert_eq!(emls(&dir.0), vec!["1700000000-first.eml".to_string()]);
         assert_eq!(q.job_state("first").await.unwrap().unwrap().0, SENT);
         assert_eq!(ledger.entry("first").await.unwrap().unwrap().state, "sent");
