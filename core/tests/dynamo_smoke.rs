@@ -1253,3 +1253,97 @@ async fn expired_audit_records_are_not_listed_or_counted_before_the_ttl_deletes_
     assert_eq!((count(NOW).await, count(NOW + 49).await, count(NOW + 50).await), (5, 5, 0));
     assert_eq!(audit.chain(&subject).await.expect("chain").len(), 5, "verification still reads them all");
 }
+
+/// Before the `nth` call of an operation from now (counted from 1), runs
+/// an action to its end on a thread of its own: another request landing
+/// between two calls of one store method.
+#[derive(Clone, Default)]
+struct Between {
+    #[allow(clippy::type_complexity)]
+    armed: std::sync::Arc<std::sync::Mutex<Option<(&'static str, u32, Box<dyn FnOnce() + Send>)>>>,
+}
+
+impl std::fmt::Debug for Between {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Between")
+    }
+}
+
+impl Between {
+    fn arm(&self, operation: &'static str, nth: u32, action: impl FnOnce() + Send + 'static) {
+        *self.armed.lock().expect("not poisoned") = Some((operation, nth, Box::new(action)));
+    }
+    fn fired(&self) -> bool {
+        self.armed.lock().expect("not poisoned").is_none()
+    }
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for Between {
+    fn name(&self) -> &'static str {
+        "dynamo_smoke::Between"
+    }
+
+    fn read_before_serialization(
+        &self,
+        _context: &aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef<'_>,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        use aws_smithy_runtime_api::client::orchestrator::Metadata;
+        let mut armed = self.armed.lock().map_err(|_| "poisoned")?;
+        let Some((operation, nth, _)) = armed.as_mut() else { return Ok(()) };
+        if cfg.load::<Metadata>().is_none_or(|m| m.name() != *operation) {
+            return Ok(());
+        }
+        *nth -= 1;
+        if *nth == 0
+            && let Some((_, _, action)) = armed.take()
+        {
+            std::thread::spawn(action).join().map_err(|_| "the action panicked")?;
+        }
+        Ok(())
+    }
+}
+
+/// A right code that lands between a wrong code's refused last count (the
+/// account at its budget's last count) and that wrong code's read of the
+/// user gives the budget back: the wrong code is then counted below the
+/// last count again and does not spend the budget, as the embedded store
+/// (one transaction for both) counts it. (Read as stale, it would be
+/// answered without being counted; taken as the last count, its write
+/// would be refused until it gave up.)
+#[tokio::test]
+async fn a_right_code_between_a_refused_last_count_and_its_read_leaves_the_budget_unspent() {
+    let env = env().await;
+    let (u, _) = registered(&env).await;
+    let (max_failures, budget) = (6, 4);
+    let wrong = challenge(&u, "code-a");
+    let right = challenge(&u, "code-b");
+    for c in [&wrong, &right] {
+        env.store.create_challenge(c, LockCheck::Unlocked { reset_failures: false }, &META).await.unwrap();
+    }
+    for n in 1..budget {
+        let f = env.store.record_challenge_failure(&wrong.id, &u.id, max_failures, budget, 0, &META).await.unwrap();
+        assert_eq!((f.failures, f.spent_budget), (n, false));
+    }
+    assert_eq!(env.store.user_by_id(&u.id).await.unwrap().unwrap().otp_failures, budget - 1, "at the last count");
+
+    let between = Between::default();
+    let conf = aws_sdk_dynamodb::config::Builder::from(&sdk_config(endpoint())).interceptor(between.clone()).build();
+    let racing = DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(conf), &env.prefix);
+    // The wrong code reads its challenge (GetItem), is refused on the
+    // account (TransactWriteItems), then reads the user (GetItem): the
+    // right code is redeemed just before that read.
+    let (store, right_id, s) = (env.store.clone(), right.id, session(&u));
+    between.arm("GetItem", 2, move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        rt.block_on(store.redeem_challenge(&right_id, "code-b", NOW + 1, max_failures, budget, 0, &s, &META))
+            .expect("the right code");
+    });
+    let f = racing.record_challenge_failure(&wrong.id, &u.id, max_failures, budget, 0, &META).await.expect("counted");
+    assert!(between.fired(), "the right code landed in between");
+    assert_eq!((f.failures, f.spent_budget), (budget, false), "counted on the challenge, not spending the budget");
+    let user = env.store.user_by_id(&u.id).await.unwrap().unwrap();
+    assert_eq!(user.otp_failures, 1, "given back by the right code, then this wrong one");
+    assert_eq!(user.locked_until, None);
+}
