@@ -162,23 +162,31 @@ fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<
     // Mails carry live links and codes: readable by their owner only.
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    // Each step names itself in the error, which the ledger records.
+    let at = |step: &'static str| move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{step}: {e}"));
     let mut f = match opts.open(&tmp) {
         // The first mail creates the outbox (one level: a data directory
         // removed under a running consumer is not brought back).
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => match super::private_dir_builder().create(dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
-            _ => opts.open(&tmp)?,
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(at("creating the outbox directory")(e));
+            }
+            _ => opts.open(&tmp).map_err(at("creating the temp file"))?,
         },
-        other => other?,
+        other => other.map_err(at("creating the temp file"))?,
     };
     let result = (|| {
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, target)?;
+        f.write_all(bytes).map_err(at("writing the temp file"))?;
+        f.sync_all().map_err(at("syncing the temp file"))?;
+        std::fs::rename(&tmp, target).map_err(at("publishing it (rename)"))?;
         // The rename is durable once the directory is: the ledger marks the
         // job sent right after this, and a mail that power loss took back
-        // would then be lost.
-        std::fs::File::open(dir)?.sync_all()
+        // would then be lost. Should this sync fail, the mail is there but
+        // not known to be durable: the job is retried, and its retry
+        // writes the same file again (one file per job id).
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(at("syncing the outbox directory (the mail is written, not yet durable)"))
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -288,6 +296,10 @@ mod tests {
             None,
             MailJob::SignupAttempt {},
         );
-        assert!(matches!(outbox(&file).try_deliver(&env).await, Err(DeliveryError::Transient(_))));
+        let err = outbox(&file).try_deliver(&env).await;
+        assert!(
+            matches!(&err, Err(DeliveryError::Transient(why)) if why.starts_with("writing 0-j.eml: creating the temp file: ")),
+            "{err:?}"
+        );
     }
 }
