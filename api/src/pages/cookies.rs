@@ -48,16 +48,19 @@ pub fn clear(name: &str) -> String {
 }
 
 /// The first value of cookie `name` in the request's `Cookie` headers.
+/// Read crumb by crumb from the bytes: a cookie of another site on the
+/// same domain whose value is not ASCII (which the browser sends in the
+/// same header) must not hide ours. Our values are ASCII.
 pub fn get(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(axum::http::header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim().to_string())
-        .filter(|v| !v.is_empty() && v.len() <= 512)
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .filter_map(|kv| kv.iter().position(|&b| b == b'=').map(|i| (&kv[..i], &kv[i + 1..])))
+        .find(|(k, _)| k.trim_ascii() == name.as_bytes())
+        .and_then(|(_, v)| std::str::from_utf8(v.trim_ascii()).ok())
+        .filter(|v| !v.is_empty() && v.len() <= 512 && v.is_ascii())
+        .map(str::to_string)
 }
 
 /// The signed pre-session.
@@ -106,5 +109,37 @@ impl Pre {
 
     pub fn cookie(&self, auth: &Auth) -> String {
         set(PRE, &self.encode(auth), PRE_TTL_SECS, "Lax")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, HeaderValue, header::COOKIE};
+
+    fn headers(values: &[&[u8]]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(COOKIE, HeaderValue::from_bytes(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn a_cookie_is_found_beside_one_that_is_not_ascii() {
+        let h = headers(&[b"theme=caf\xc3\xa9; __Host-latchkey_csrf=abc.def; other=1"]);
+        assert_eq!(get(&h, CSRF).as_deref(), Some("abc.def"));
+        assert_eq!(get(&h, "theme"), None, "not ASCII: not one of ours");
+        assert_eq!(get(&h, "other").as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn the_first_crumb_of_a_name_counts_across_headers_and_bad_ones_are_none() {
+        let h = headers(&[b"a=1", b" __Host-latchkey_csrf = x ;__Host-latchkey_csrf=y"]);
+        assert_eq!(get(&h, CSRF).as_deref(), Some("x"));
+        assert_eq!(get(&headers(&[b"__Host-latchkey_csrf="]), CSRF), None, "empty");
+        let long = format!("__Host-latchkey_csrf={}", "v".repeat(513));
+        assert_eq!(get(&headers(&[long.as_bytes()]), CSRF), None, "too long");
+        assert_eq!(get(&headers(&[b"__Host-latchkey_csrfx=1; latchkey_csrf=2"]), CSRF), None, "other names");
     }
 }
