@@ -1334,11 +1334,17 @@ async fn a_right_code_between_a_refused_last_count_and_its_read_leaves_the_budge
     // The wrong code reads its challenge (GetItem), is refused on the
     // account (TransactWriteItems), then reads the user (GetItem): the
     // right code is redeemed just before that read.
-    let (store, right_id, s) = (env.store.clone(), right.id, session(&u));
+    let (prefix, right_id, s) = (env.prefix.clone(), right.id, session(&u));
     between.arm("GetItem", 2, move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-        rt.block_on(store.redeem_challenge(&right_id, "code-b", NOW + 1, max_failures, budget, 0, &s, &META))
-            .expect("the right code");
+        rt.block_on(async {
+            // A client of its own: one of the test's would reuse a pooled
+            // connection whose task runs on the test's runtime, which is
+            // blocked in this hook until the action ends.
+            let store = DynamoStore::new(dynamo_client(&sdk_config(endpoint()), None), &prefix);
+            store.redeem_challenge(&right_id, "code-b", NOW + 1, max_failures, budget, 0, &s, &META).await
+        })
+        .expect("the right code");
     });
     let f = racing.record_challenge_failure(&wrong.id, &u.id, max_failures, budget, 0, &META).await.expect("counted");
     assert!(between.fired(), "the right code landed in between");
