@@ -33,17 +33,15 @@ impl Built {
     /// Stops what runs beside the server once it has stopped: the mail
     /// consumer finishes the job in hand (for at most its delivery
     /// deadline) and takes no other; then the rest is aborted.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(#[allow(unused_mut)] mut self) {
         #[cfg(feature = "embedded")]
-        if let Some(consumer) = self.mail_consumer {
+        if let Some(consumer) = self.mail_consumer.take() {
             tracing::info!("stopping: the mail consumer finishes the job in hand");
             if !consumer.stop(latchkey_core::adapters::embedded::STOP_GRACE).await {
                 tracing::warn!("the mail consumer did not stop in time: cut off");
             }
         }
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.abort();
     }
 
     /// Cuts everything beside the server off at once (tests, before their
@@ -383,14 +381,14 @@ fn read_or_create(
     Ok(Secret::new(value))
 }
 
-/// Serves the Router on `bind` until Ctrl-C (SIGINT) or SIGTERM: `threads` threads (one per
-/// core by default, `LATCHKEY_HTTP_THREADS`), each running a single-threaded
-/// runtime that accepts from the one listening socket and keeps the
-/// connections it accepts. A request's wake-ups (its bytes arriving, its
-/// password hash coming back from the pool) then go to the one thread that
-/// owns it. On tokio's multi-threaded runtime each such wake-up also woke
-/// the other worker to look for work, which found none: measured under a
-/// login load on the 2-core bench machine, 5.6-6.2 voluntary thread
+/// Serves the Router on `bind` until Ctrl-C (SIGINT) or SIGTERM: `threads`
+/// threads (one per core by default, `LATCHKEY_HTTP_THREADS`), each running a
+/// single-threaded runtime that accepts from the one listening socket and
+/// keeps the connections it accepts. A request's wake-ups (its bytes
+/// arriving, its password hash coming back from the pool) then go to the one
+/// thread that owns it. On tokio's multi-threaded runtime each such wake-up
+/// also woke the other worker to look for work, which found none: measured
+/// under a login load on the 2-core bench machine, 5.6-6.2 voluntary thread
 /// switches per login on the workers with it, 2.0-2.3 without (see
 /// docs/operations.md).
 pub async fn serve(app: axum::Router, bind: &str, threads: usize) -> std::io::Result<()> {

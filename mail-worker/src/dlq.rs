@@ -12,9 +12,10 @@
 //! count and failure reason, never its body (which holds a code or link).
 //! `redrive` moves them back to the mail queue after a fix: each is sent
 //! to the queue (without its `failure_reason`), then deleted from the DLQ.
-//! A redrive stops when the DLQ is empty, after `--max` letters, or at the
-//! first letter it moved that is back already (it failed again: redriving
-//! it once more would go round for ever). Any other argument is refused.
+//! A redrive stops when the DLQ is empty, after `--max` letters, or after
+//! the batch that held a letter of a job it moved (it failed again, or was
+//! a second copy: redriving it once more could go round for ever). Any
+//! other argument is refused.
 //! A job the ledger already shows as sent is not sent again, and neither is
 //! one whose code or link has expired or that is 6 days old (the worker
 //! drops it as expired, `failed` in the ledger).
@@ -171,8 +172,9 @@ pub async fn redrive(sqs: &Client, dlq_url: &str, queue_url: &str, max: usize) -
         }
         for m in batch {
             let key = job_key(&m);
-            if moved.len() >= max || keys.contains(&key) {
-                came_back += usize::from(keys.contains(&key));
+            let again = keys.contains(&key);
+            if again || moved.len() >= max {
+                came_back += usize::from(again);
                 if let Some(h) = m.receipt_handle() {
                     // Best effort: if this fails the letter reappears in 60 s,
                     // and what was moved is still reported.
