@@ -106,6 +106,7 @@ data "aws_iam_policy_document" "api" {
     actions = ["ssm:GetParameters"]
     resources = [
       aws_ssm_parameter.jwt_private_key.arn,
+      aws_ssm_parameter.jwt_private_key_b.arn,
       aws_ssm_parameter.code_hmac_key.arn,
       aws_ssm_parameter.admin_key_hash.arn,
     ]

@@ -57,14 +57,17 @@ resource "aws_lambda_function" "api" {
   # here: only the names of their SSM parameters, read once per cold start.
   environment {
     variables = {
-      LATCHKEY_BACKEND               = "aws"
-      LATCHKEY_TABLE_PREFIX          = var.name_prefix
-      LATCHKEY_MAIL_QUEUE_URL        = aws_sqs_queue.mail.url
-      LATCHKEY_BOOTSTRAP             = "false" # tables and queues are Terraform's
-      PUBLIC_BASE_URL                = local.public_base_url
-      LATCHKEY_JWT_ISSUER            = local.jwt_issuer
-      LATCHKEY_JWT_AUDIENCE          = var.jwt_audience
-      LATCHKEY_JWT_PRIVATE_KEY_PARAM = aws_ssm_parameter.jwt_private_key.name
+      LATCHKEY_BACKEND        = "aws"
+      LATCHKEY_TABLE_PREFIX   = var.name_prefix
+      LATCHKEY_MAIL_QUEUE_URL = aws_sqs_queue.mail.url
+      LATCHKEY_BOOTSTRAP      = "false" # tables and queues are Terraform's
+      PUBLIC_BASE_URL         = local.public_base_url
+      LATCHKEY_JWT_ISSUER     = local.jwt_issuer
+      LATCHKEY_JWT_AUDIENCE   = var.jwt_audience
+      # The JWT key slot that signs, and the other, the standby
+      # (published and accepted): ssm.tf.
+      LATCHKEY_JWT_PRIVATE_KEY_PARAM = var.jwt_signing_slot == "b" ? aws_ssm_parameter.jwt_private_key_b.name : aws_ssm_parameter.jwt_private_key.name
+      LATCHKEY_JWT_STANDBY_KEY_PARAM = var.jwt_signing_slot == "b" ? aws_ssm_parameter.jwt_private_key.name : aws_ssm_parameter.jwt_private_key_b.name
       LATCHKEY_CODE_HMAC_KEY_PARAM   = aws_ssm_parameter.code_hmac_key.name
       LATCHKEY_ADMIN_KEY_HASH_PARAM  = aws_ssm_parameter.admin_key_hash.name
       # The secrets' rotation numbers: raising one rewrites its parameters
@@ -73,6 +76,7 @@ resource "aws_lambda_function" "api" {
       # reads them once, at its cold start); the api logs them at start.
       LATCHKEY_SECRETS_VERSION        = tostring(var.secrets_version)
       LATCHKEY_JWT_KEY_VERSION        = tostring(var.jwt_key_version)
+      LATCHKEY_JWT_KEY_B_VERSION      = tostring(var.jwt_key_b_version)
       LATCHKEY_ADMIN_KEY_HASH_VERSION = tostring(var.admin_key_hash_version)
       # The replaced JWT key (public), accepted and published during a
       # rotation's overlap; empty is none.

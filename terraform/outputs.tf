@@ -51,10 +51,11 @@ output "function_names" {
 output "secret_parameter_names" {
   description = "SSM SecureString parameters holding the api's secrets and the stream processor's audit seal key."
   value = {
-    jwt_private_key = aws_ssm_parameter.jwt_private_key.name
-    code_hmac_key   = aws_ssm_parameter.code_hmac_key.name
-    admin_key_hash  = aws_ssm_parameter.admin_key_hash.name
-    audit_seal_key  = aws_ssm_parameter.audit_seal_key.name
+    jwt_private_key   = aws_ssm_parameter.jwt_private_key.name
+    jwt_private_key_b = aws_ssm_parameter.jwt_private_key_b.name
+    code_hmac_key     = aws_ssm_parameter.code_hmac_key.name
+    admin_key_hash    = aws_ssm_parameter.admin_key_hash.name
+    audit_seal_key    = aws_ssm_parameter.audit_seal_key.name
   }
 }
 

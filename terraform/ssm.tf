@@ -9,12 +9,17 @@
 # ephemeral sources (ephemeral input variables or ephemeral generators), so
 # they appear in neither the plan nor the state file. The price: Terraform
 # cannot see drift in them, and a new value is written only when
-# `secrets_version` changes (the JWT key also when `jwt_key_version` does).
+# `secrets_version` changes (a JWT key slot also when its own version does).
 # See README.md, "Secrets and state".
 
 # Generated only when no key is supplied; regenerated on every plan, but
-# written to SSM only when secrets_version or jwt_key_version changes.
+# written to SSM only when its slot's version changes. One generator per
+# slot, so an apply that writes both gives them two keys.
 ephemeral "tls_private_key" "jwt" {
+  algorithm = "ED25519"
+}
+
+ephemeral "tls_private_key" "jwt_b" {
   algorithm = "ED25519"
 }
 
@@ -37,18 +42,41 @@ locals {
     for line in split("\n", trimspace(ephemeral.tls_private_key.jwt.private_key_pem_pkcs8)) : line
     if !startswith(line, "-----")
   ])
+  generated_jwt_private_key_b = join("", [
+    for line in split("\n", trimspace(ephemeral.tls_private_key.jwt_b.private_key_pem_pkcs8)) : line
+    if !startswith(line, "-----")
+  ])
 }
 
-# Raising either number writes a new JWT key: secrets_version rotates it with
-# the code HMAC key, jwt_key_version alone. With jwt_key_version at 1 its
-# version is secrets_version, as before jwt_key_version existed.
+# The JWT keys live in two slots, a and b. The api signs with the one
+# jwt_signing_slot names and publishes and accepts the other, its standby:
+# the next key, published ahead of a rotation (the switch writes no key,
+# only the function's configuration changes), and after the switch the key
+# that signed before, until a new key is written in its place
+# (docs/operations.md, "Rotating the JWT signing key").
+#
+# Raising either number writes a new key into slot a: secrets_version
+# rotates it with the code HMAC key, jwt_key_version alone. With
+# jwt_key_version at 1 its version is secrets_version, as before
+# jwt_key_version existed.
 resource "aws_ssm_parameter" "jwt_private_key" {
   name             = "/${var.name_prefix}/jwt-private-key"
-  description      = "latchkey api: base64 PKCS#8 Ed25519 JWT signing key"
+  description      = "latchkey api: base64 PKCS#8 Ed25519 JWT key, slot a"
   type             = "SecureString"
   key_id           = aws_kms_key.main.arn
   value_wo         = var.jwt_private_key != null ? var.jwt_private_key : local.generated_jwt_private_key
   value_wo_version = var.secrets_version + var.jwt_key_version - 1
+}
+
+# Slot b, as slot a with jwt_key_b_version. A stack made before the slots
+# gets it at its next apply, with a generated key: the next key from then on.
+resource "aws_ssm_parameter" "jwt_private_key_b" {
+  name             = "/${var.name_prefix}/jwt-private-key-b"
+  description      = "latchkey api: base64 PKCS#8 Ed25519 JWT key, slot b"
+  type             = "SecureString"
+  key_id           = aws_kms_key.main.arn
+  value_wo         = var.jwt_private_key != null ? var.jwt_private_key : local.generated_jwt_private_key_b
+  value_wo_version = var.secrets_version + var.jwt_key_b_version - 1
 }
 
 resource "aws_ssm_parameter" "code_hmac_key" {

@@ -473,7 +473,7 @@ variable "secrets_version" {
 }
 
 variable "jwt_key_version" {
-  description = "Raise to rotate the JWT signing key alone: a new key is written (generated, or jwt_private_key re-sent) while sessions and codes live on. Written when secrets_version + jwt_key_version changes, so raising either writes it; keep it in terraform.tfvars. For an overlap set jwt_previous_public_key in the same apply."
+  description = "Raise to write a new JWT key into slot a (generated, or jwt_private_key sent) while sessions and codes live on. Written when secrets_version + jwt_key_version changes, so raising either writes it; keep it in terraform.tfvars. Raise it while slot b signs: the key it replaces (the one that signed before the switch) is then refused, and the new one published as the next. Raised while slot a signs, it replaces the signing key at once (after a leak)."
   type        = number
   default     = 1
   validation {
@@ -482,8 +482,29 @@ variable "jwt_key_version" {
   }
 }
 
+variable "jwt_key_b_version" {
+  description = "As jwt_key_version, for slot b (written when secrets_version + jwt_key_b_version changes)."
+  type        = number
+  default     = 1
+  validation {
+    condition     = var.jwt_key_b_version >= 1 && floor(var.jwt_key_b_version) == var.jwt_key_b_version
+    error_message = "jwt_key_b_version: a whole number >= 1."
+  }
+}
+
+variable "jwt_signing_slot" {
+  description = "The JWT key slot the api signs with, a or b; the other is its standby, published and accepted. Switching writes no key: every instance starts again on the other slot, and instances still on the old configuration accept its tokens, since it was their standby. Switch to a slot written at least the JWKS cache time (5 minutes) before, so relying parties know its key."
+  type        = string
+  default     = "a"
+  nullable    = false
+  validation {
+    condition     = contains(["a", "b"], var.jwt_signing_slot)
+    error_message = "jwt_signing_slot: a or b."
+  }
+}
+
 variable "jwt_previous_public_key" {
-  description = "The `x` of the replaced JWT key's JWK (`/.well-known/jwks.json`, read before the rotation): the api still accepts its access tokens and publishes it, so a rotation signs nobody out. Public, not a secret. Take it out (\"\") once the access lifetime and the JWKS cache time have passed (15 minutes with the defaults), and leave it out after a leak: the leaked key would go on signing tokens the api accepts."
+  description = "The `x` of a replaced JWT key's JWK (`/.well-known/jwks.json`, read before the rotation): the api still accepts its access tokens and publishes it. Public, not a secret. A rotation by jwt_signing_slot needs none (the standby slot is the overlap); this is for a key that is in neither slot, such as one given in jwt_private_key and written over. Take it out (\"\") once the access lifetime and the JWKS cache time have passed (15 minutes with the defaults), and leave it out after a leak: the leaked key would go on signing tokens the api accepts."
   type        = string
   default     = ""
   nullable    = false

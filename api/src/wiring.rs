@@ -7,7 +7,7 @@ use latchkey_core::audit::{AdminKeyHash, AuditStore};
 use latchkey_core::config::{Backend, Config};
 use latchkey_core::domain::Secret;
 use latchkey_core::flows::{Auth, Ports, TokenIssuer};
-use latchkey_core::keys::{CodeKey, SigningKey};
+use latchkey_core::keys::{CodeKey, SigningKey, VerifyingKey};
 use latchkey_core::password_hasher::PasswordHasher;
 use latchkey_core::ports::{Clock, SecureRng};
 use latchkey_core::{clock::SystemClock, rng::OsSecureRng};
@@ -110,6 +110,7 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
             // process on it stops here, before it could write a key.
             let store = EmbeddedStore::open(data_dir.join("latchkey.sqlite3"))?;
             let (signing, code_key, audit_key) = local_keys(config, data_dir)?;
+            let standby = standby_key(config.jwt_standby_key.as_ref())?;
             let queue = SqliteMailQueue::new(&store);
             let renderer = latchkey_core::mail::Renderer::new(&config.public_base_url)?;
             let outbox =
@@ -139,7 +140,8 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
                 clock,
                 rng,
             };
-            let state = state(config, ports, signing, code_key, config.admin_key_hash.clone(), Arc::new(audit))?;
+            let keys = Keys { signing, standby, code_key, admin_key: config.admin_key_hash.clone() };
+            let state = state(config, ports, keys, Arc::new(audit))?;
             Ok(Built { state, embedded: Some(store), tasks: vec![feed], mail_consumer: Some(consumer) })
         }
         Backend::Aws { table_prefix, mail_queue_url, bootstrap } => {
@@ -158,12 +160,13 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
                     "LATCHKEY_MAIL_QUEUE_URL: required with LATCHKEY_BACKEND=aws unless LATCHKEY_BOOTSTRAP=true",
                 )?
             };
-            let (signing, code_key, admin_key) = aws_keys(config, fetch_secrets(config, &sdk).await?)?;
+            let keys = aws_keys(config, fetch_secrets(config, &sdk).await?)?;
             // Terraform's rotation numbers of what was just read (raising one
             // restarts every instance on the new values).
             tracing::info!(
                 secrets_version = ?config.secrets_version,
                 jwt_key_version = ?config.jwt_key_version,
+                jwt_key_b_version = ?config.jwt_key_b_version,
                 admin_key_hash_version = ?config.admin_key_hash_version,
                 "secrets read"
             );
@@ -180,7 +183,7 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
                 rng,
             };
             Ok(Built {
-                state: state(config, ports, signing, code_key, admin_key, audit)?,
+                state: state(config, ports, keys, audit)?,
                 #[cfg(feature = "embedded")]
                 embedded: None,
                 tasks: vec![],
@@ -201,24 +204,60 @@ type SsmSecrets = HashMap<String, Secret<String>>;
 /// Reads the SSM SecureString parameters the `_PARAM` variables name, all
 /// in one call (a cold start's one AWS call); none when no variable names one.
 async fn fetch_secrets(config: &Config, sdk: &aws_config::SdkConfig) -> Result<SsmSecrets, BoxError> {
-    let names: Vec<&str> = [&config.jwt_private_key_param, &config.code_hmac_key_param, &config.admin_key_hash_param]
-        .into_iter()
-        .flatten()
-        .map(String::as_str)
-        .collect();
+    let names: Vec<&str> = [
+        &config.jwt_private_key_param,
+        &config.jwt_standby_key_param,
+        &config.code_hmac_key_param,
+        &config.admin_key_hash_param,
+    ]
+    .into_iter()
+    .flatten()
+    .map(String::as_str)
+    .collect();
     if names.is_empty() {
         return Ok(HashMap::new());
     }
     Ok(latchkey_core::adapters::ssm::read_secrets(&aws_sdk_ssm::Client::new(sdk), &names).await?)
 }
 
+/// The keys a built api holds.
+struct Keys {
+    signing: SigningKey,
+    /// Published and accepted, never used to sign.
+    standby: Option<VerifyingKey>,
+    code_key: CodeKey,
+    admin_key: Option<AdminKeyHash>,
+}
+
+/// The standby JWT key's public half, from its base64 PKCS#8 value. The
+/// private half is not kept: this instance never signs with it.
+fn standby_key(value: Option<&Secret<String>>) -> Result<Option<VerifyingKey>, BoxError> {
+    value
+        .map(|v| {
+            SigningKey::from_base64(v.expose())
+                .map(|k| k.verifying_key().clone())
+                .map_err(|e| format!("LATCHKEY_JWT_STANDBY_KEY: {e}").into())
+        })
+        .transpose()
+}
+
 /// The AWS mode's secrets: from the SSM parameters `fetch_secrets` read
 /// (the deployed way), else from the variables themselves (emulators and
 /// tests).
-fn aws_keys(config: &Config, from_ssm: SsmSecrets) -> Result<(SigningKey, CodeKey, Option<AdminKeyHash>), BoxError> {
+fn aws_keys(config: &Config, from_ssm: SsmSecrets) -> Result<Keys, BoxError> {
     use latchkey_core::adapters::ssm::pick_secret;
     let jwt =
         pick_secret(&from_ssm, &config.jwt_private_key_param, &config.jwt_private_key, "LATCHKEY_JWT_PRIVATE_KEY")?;
+    // Optional: without one no key is on standby.
+    let standby = match (&config.jwt_standby_key_param, &config.jwt_standby_key) {
+        (None, None) => None,
+        _ => Some(pick_secret(
+            &from_ssm,
+            &config.jwt_standby_key_param,
+            &config.jwt_standby_key,
+            "LATCHKEY_JWT_STANDBY_KEY",
+        )?),
+    };
     let hmac = pick_secret(&from_ssm, &config.code_hmac_key_param, &config.code_hmac_key, "LATCHKEY_CODE_HMAC_KEY")?;
     let signing = SigningKey::from_base64(jwt.expose()).map_err(|e| format!("LATCHKEY_JWT_PRIVATE_KEY: {e}"))?;
     let code_key = CodeKey::from_base64(hmac.expose()).map_err(|e| format!("LATCHKEY_CODE_HMAC_KEY: {e}"))?;
@@ -242,37 +281,44 @@ fn aws_keys(config: &Config, from_ssm: SsmSecrets) -> Result<(SigningKey, CodeKe
             }
         }
     };
-    Ok((signing, code_key, admin_key))
+    Ok(Keys { signing, standby: standby_key(standby.as_ref())?, code_key, admin_key })
 }
 
-fn state(
-    config: &Config,
-    ports: Ports,
-    signing: SigningKey,
-    code_key: CodeKey,
-    admin_key: Option<AdminKeyHash>,
-    audit: Arc<dyn AuditStore>,
-) -> Result<AppState, BoxError> {
+fn state(config: &Config, ports: Ports, keys: Keys, audit: Arc<dyn AuditStore>) -> Result<AppState, BoxError> {
+    let Keys { signing, standby, code_key, admin_key } = keys;
     let hasher = PasswordHasher::new(config.policy.argon2, config.hash_threads, ports.rng.as_ref())?;
+    let standby_given = standby.is_some();
     let tokens = TokenIssuer::new(
         signing,
         config.jwt_issuer.clone(),
         config.jwt_audience.clone(),
         config.policy.access_ttl_secs,
     )?
+    .with_standby(standby)
     .with_previous(config.jwt_previous_public_key.clone());
-    let (kid, previous_kid) = tokens.kids();
-    if config.jwt_previous_public_key.is_some() && previous_kid.is_none() {
-        // Serving on is safer than stopping every instance for it.
+    let kids = tokens.kids();
+    let kid = kids.signing;
+    // Serving on is safer than stopping every instance for either.
+    if standby_given && kids.standby.is_none() {
         tracing::warn!(
             kid,
-            "LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY is the signing key's own: no new key was written (raise jwt_key_version)"
+            "LATCHKEY_JWT_STANDBY_KEY is the signing key: the two key slots hold one key (raise the version of the slot \
+             that does not sign)"
+        );
+    }
+    if config.jwt_previous_public_key.is_some() && kids.previous.is_none() {
+        tracing::warn!(
+            kid,
+            "LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY is the signing or the standby key's own: no new key was written \
+             (raise jwt_key_version)"
         );
     }
     tracing::info!(
         kid,
-        previous_kid,
-        "access token keys: kid signs, previous_kid (a rotation's overlap) is still accepted"
+        standby_kid = kids.standby,
+        previous_kid = kids.previous,
+        "access token keys: kid signs; standby_kid (the next key, or the one the last switch replaced) and \
+         previous_kid (a rotation's overlap) are accepted"
     );
     let auth = Auth::new(ports, config.policy.clone(), hasher, code_key, tokens);
     let scheme = latchkey_core::config::base_url_parts(&config.public_base_url).map_or("http", |(scheme, _)| scheme);
@@ -741,6 +787,41 @@ mod tests {
         for f in &files {
             assert_eq!(mode(f), 0o600, "{f:?}");
         }
+    }
+
+    /// The embedded runner takes a standby key from its environment: its
+    /// public key is published after the signing key and its tokens are
+    /// accepted; a value that is not a key stops the start by name, not
+    /// echoed.
+    #[cfg(all(feature = "embedded", unix))]
+    #[tokio::test]
+    async fn the_embedded_runner_publishes_and_accepts_its_standby_key() {
+        let (tmp, other) = (Scratch::new(), Scratch::new());
+        let standby = SigningKey::generate().unwrap();
+        let with = |dir: &std::path::Path, value: String| {
+            let dir = dir.to_string_lossy().into_owned();
+            Config::from_lookup(move |k| match k {
+                "LATCHKEY_DATA_DIR" => Some(dir.clone()),
+                "LATCHKEY_JWT_STANDBY_KEY" => Some(value.clone()),
+                _ => None,
+            })
+            .unwrap()
+        };
+        let config = with(tmp.path(), standby.to_base64());
+        let built = build(&config).await.unwrap();
+        let tokens = built.state.auth.tokens();
+        assert_eq!(tokens.kids().standby, Some(standby.kid()));
+        assert_eq!(tokens.jwks()["keys"][1], standby.jwk());
+        let signer =
+            TokenIssuer::new(standby.clone(), config.jwt_issuer.clone(), config.jwt_audience.clone(), 600).unwrap();
+        use latchkey_core::domain::{SessionId, UserId};
+        let (user, session) = (UserId::random(&OsSecureRng), SessionId::random(&OsSecureRng));
+        let token = signer.issue(&user, &session, 1000, i64::MAX, "j".into()).unwrap();
+        assert_eq!(tokens.verify(&token, 1000).unwrap().sub, user.to_string(), "a token the standby key signed");
+        built.abort();
+
+        let Err(e) = build(&with(other.path(), "bm90IGEga2V5".into())).await else { panic!("started") };
+        assert!(e.to_string().starts_with("LATCHKEY_JWT_STANDBY_KEY: ") && !e.to_string().contains("bm90"), "{e}");
     }
 
     async fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {

@@ -206,6 +206,14 @@ pub struct Config {
     /// the `x` of its JWK), still accepted and published for a rotation's
     /// overlap; none after a leak.
     pub jwt_previous_public_key: Option<crate::keys::VerifyingKey>,
+    /// The standby JWT key (`LATCHKEY_JWT_STANDBY_KEY`, base64 PKCS#8
+    /// Ed25519, or on AWS its SSM parameter, `jwt_standby_key_param`): not
+    /// used to sign; its public key is published after the signing key and
+    /// its tokens accepted. Terraform keeps two key slots and gives the api
+    /// the one that does not sign: the next key, published ahead of a
+    /// rotation, and after the switch the key that signed before.
+    pub jwt_standby_key: Option<crate::domain::Secret<String>>,
+    pub jwt_standby_key_param: Option<String>,
     /// Base64, >= 32 bytes; likewise generated in embedded mode.
     pub code_hmac_key: Option<crate::domain::Secret<String>>,
     /// On AWS: SSM SecureString parameter names holding the two secrets
@@ -243,6 +251,9 @@ pub struct Config {
     /// Terraform's `jwt_key_version`, which rotates the JWT signing key
     /// alone (`secrets_version` rotates it with the code HMAC key).
     pub jwt_key_version: Option<u32>,
+    /// Terraform's `jwt_key_b_version`, the rotation number of the second
+    /// key slot (`jwt_key_version` is the first's).
+    pub jwt_key_b_version: Option<u32>,
 }
 
 /// Every variable `Config::from_lookup` reads, for docs and Terraform checks.
@@ -258,8 +269,10 @@ pub const CONFIG_KEYS: &[&str] = &[
     "LATCHKEY_JWT_AUDIENCE",
     "LATCHKEY_JWT_PRIVATE_KEY",
     "LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY",
+    "LATCHKEY_JWT_STANDBY_KEY",
     "LATCHKEY_CODE_HMAC_KEY",
     "LATCHKEY_JWT_PRIVATE_KEY_PARAM",
+    "LATCHKEY_JWT_STANDBY_KEY_PARAM",
     "LATCHKEY_CODE_HMAC_KEY_PARAM",
     "LATCHKEY_TRUST_FORWARDED_FOR",
     "LATCHKEY_HASH_THREADS",
@@ -280,6 +293,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "LATCHKEY_SECRETS_VERSION",
     "LATCHKEY_ADMIN_KEY_HASH_VERSION",
     "LATCHKEY_JWT_KEY_VERSION",
+    "LATCHKEY_JWT_KEY_B_VERSION",
 ];
 
 /// The most argon2 memory `LATCHKEY_ARGON2_M_KIB` may ask for (1 GiB): each
@@ -440,6 +454,7 @@ impl Config {
         let secrets_version = version("LATCHKEY_SECRETS_VERSION");
         let admin_key_hash_version = version("LATCHKEY_ADMIN_KEY_HASH_VERSION");
         let jwt_key_version = version("LATCHKEY_JWT_KEY_VERSION");
+        let jwt_key_b_version = version("LATCHKEY_JWT_KEY_B_VERSION");
         let jwt_previous_public_key = get("LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY").and_then(|x| {
             crate::keys::VerifyingKey::from_jwk_x(&x)
                 .map_err(|e| errs.push(format!("LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY: {e}")))
@@ -457,6 +472,8 @@ impl Config {
             public_base_url,
             jwt_private_key: get("LATCHKEY_JWT_PRIVATE_KEY").map(crate::domain::Secret::new),
             jwt_previous_public_key,
+            jwt_standby_key: get("LATCHKEY_JWT_STANDBY_KEY").map(crate::domain::Secret::new),
+            jwt_standby_key_param: get("LATCHKEY_JWT_STANDBY_KEY_PARAM"),
             code_hmac_key: get("LATCHKEY_CODE_HMAC_KEY").map(crate::domain::Secret::new),
             jwt_private_key_param: get("LATCHKEY_JWT_PRIVATE_KEY_PARAM"),
             code_hmac_key_param: get("LATCHKEY_CODE_HMAC_KEY_PARAM"),
@@ -472,6 +489,7 @@ impl Config {
             secrets_version,
             admin_key_hash_version,
             jwt_key_version,
+            jwt_key_b_version,
         })
     }
 }
@@ -604,13 +622,21 @@ mod tests {
             ("LATCHKEY_SECRETS_VERSION", "3"),
             ("LATCHKEY_ADMIN_KEY_HASH_VERSION", "1"),
             ("LATCHKEY_JWT_KEY_VERSION", "2"),
+            ("LATCHKEY_JWT_KEY_B_VERSION", "4"),
         ])
         .unwrap();
         assert_eq!((c.secrets_version, c.admin_key_hash_version, c.jwt_key_version), (Some(3), Some(1), Some(2)));
+        assert_eq!(c.jwt_key_b_version, Some(4));
         let none = cfg(&[]).unwrap();
         assert_eq!((none.secrets_version, none.admin_key_hash_version, none.jwt_key_version), (None, None, None));
+        assert_eq!(none.jwt_key_b_version, None);
         for bad in ["0", "-1", "1.5", "two"] {
-            let keys = ["LATCHKEY_SECRETS_VERSION", "LATCHKEY_ADMIN_KEY_HASH_VERSION", "LATCHKEY_JWT_KEY_VERSION"];
+            let keys = [
+                "LATCHKEY_SECRETS_VERSION",
+                "LATCHKEY_ADMIN_KEY_HASH_VERSION",
+                "LATCHKEY_JWT_KEY_VERSION",
+                "LATCHKEY_JWT_KEY_B_VERSION",
+            ];
             let e = cfg(&keys.map(|k| (k, bad))).unwrap_err().to_string();
             for k in keys {
                 assert!(e.contains(&format!("{k}: a whole number from 1")), "{bad}: {e}");

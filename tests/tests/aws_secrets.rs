@@ -87,6 +87,27 @@ async fn secrets_come_from_ssm_parameters() {
     .expect("a missing parameter is an error");
     assert!(err.contains("absent"), "{err}");
 
+    // So is a missing standby key parameter, and a standby key that is not
+    // a key (its value not echoed).
+    let err = build(vec![
+        ("LATCHKEY_JWT_PRIVATE_KEY_PARAM", jwt_name.clone()),
+        ("LATCHKEY_JWT_STANDBY_KEY_PARAM", format!("/{prefix}/standby-absent")),
+        ("LATCHKEY_CODE_HMAC_KEY_PARAM", hmac_name.clone()),
+    ])
+    .await
+    .expect("a missing standby parameter is an error");
+    assert!(err.contains("standby-absent"), "{err}");
+    let not_a_key = format!("/{prefix}/standby-not-a-key");
+    put(&ssm, &not_a_key, "bm90IGEga2V5").await;
+    let err = build(vec![
+        ("LATCHKEY_JWT_PRIVATE_KEY_PARAM", jwt_name.clone()),
+        ("LATCHKEY_JWT_STANDBY_KEY_PARAM", not_a_key),
+        ("LATCHKEY_CODE_HMAC_KEY_PARAM", hmac_name.clone()),
+    ])
+    .await
+    .expect("a standby value that is not a key is an error");
+    assert!(err.contains("LATCHKEY_JWT_STANDBY_KEY: ") && !err.contains("bm90IGEga2V5"), "{err}");
+
     let err = build(vec![
         ("LATCHKEY_JWT_PRIVATE_KEY_PARAM", jwt_name.clone()),
         ("LATCHKEY_CODE_HMAC_KEY_PARAM", hmac_name.clone()),
@@ -177,6 +198,99 @@ async fn a_jwt_key_rotation_keeps_sessions_and_the_old_tokens_through_its_overla
     let next = rotated["refresh_token"].as_str().unwrap();
     let (st, body, _) = after.post("/v1/token/refresh", serde_json::json!({ "refresh_token": next })).await;
     assert_eq!(st, 200, "{body}");
+}
+
+/// A rotation through Terraform's two JWT key slots, as its applies make
+/// it, with instances of each configuration side by side on one stack's
+/// tables and the keys read from SSM:
+/// 1. both slots written: the api signs with slot a and publishes slot b,
+///    the next key, before anything signs with it;
+/// 2. `jwt_signing_slot = "b"`: no parameter is written; new instances sign
+///    with b and accept a's tokens, and the instances still on the old
+///    configuration accept b's (so no client is refused during the apply);
+/// 3. `jwt_key_version` raised: a new key in slot a, the next one; a's old
+///    tokens are refused, b's and the session live on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_rotation_through_the_key_slots_refuses_no_token_during_the_switch() {
+    use latchkey_core::keys::SigningKey;
+    use latchkey_tests::scenarios::{sign_in, verified_user};
+    let endpoint = latchkey_tests::emulator_endpoint().await;
+    let sdk = latchkey_tests::sdk_config(&endpoint).await;
+    let ssm = aws_sdk_ssm::Client::new(&sdk);
+    let prefix = latchkey_tests::random_prefix();
+    let (key_a, key_b) = (SigningKey::generate().unwrap(), SigningKey::generate().unwrap());
+    let (slot_a, slot_b, hmac_name) = (
+        format!("/{prefix}/jwt-private-key"),
+        format!("/{prefix}/jwt-private-key-b"),
+        format!("/{prefix}/code-hmac-key"),
+    );
+    put(&ssm, &slot_a, &key_a.to_base64()).await;
+    put(&ssm, &slot_b, &key_b.to_base64()).await;
+    put(&ssm, &hmac_name, "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=").await;
+    // The api's environment with `jwt_signing_slot` = `signing`.
+    let on = |signing: &str, a_version: &str| {
+        let (signs, stands_by) = if signing == "a" { (&slot_a, &slot_b) } else { (&slot_b, &slot_a) };
+        [
+            ("LATCHKEY_JWT_PRIVATE_KEY_PARAM", signs.clone()),
+            ("LATCHKEY_JWT_STANDBY_KEY_PARAM", stands_by.clone()),
+            ("LATCHKEY_CODE_HMAC_KEY_PARAM", hmac_name.clone()),
+            ("LATCHKEY_JWT_KEY_VERSION", a_version.to_string()),
+            ("LATCHKEY_JWT_KEY_B_VERSION", "1".to_string()),
+        ]
+    };
+    let start = |env: [(&'static str, String); 5]| {
+        let prefix = prefix.clone();
+        async move {
+            let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            TestSystem::aws_on(&prefix, &pairs).await
+        }
+    };
+    let kids = |sys: &TestSystem| {
+        let (url, http) = (sys.url("/.well-known/jwks.json"), sys.http.clone());
+        async move {
+            let jwks: serde_json::Value = http.get(url).send().await.unwrap().json().await.unwrap();
+            jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+        }
+    };
+    let kid_of = |jwt: &str| -> String {
+        use base64::Engine;
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jwt.split('.').next().unwrap()).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&header).unwrap()["kid"].as_str().unwrap().to_string()
+    };
+
+    // 1. Slot a signs; b is published ahead.
+    let old = start(on("a", "1")).await;
+    assert_eq!(kids(&old).await, [key_a.kid(), key_b.kid()], "the signing key first, the next one after it");
+    let (username, email) = verified_user(&old).await;
+    let tokens = sign_in(&old, &username, &email).await;
+    let of_a = tokens["access_token"].as_str().unwrap().to_string();
+    assert_eq!(kid_of(&of_a), key_a.kid());
+
+    // 2. The switch: the same parameters, the other slot signs.
+    let switched = start(on("b", "1")).await;
+    assert_eq!(kids(&switched).await, [key_b.kid(), key_a.kid()]);
+    let (st, me) = switched.get_auth("/v1/me", &of_a).await;
+    assert_eq!((st, me["username"].as_str()), (200, Some(username.as_str())), "a's token on a new instance: {me}");
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let (st, rotated, _) = switched.post("/v1/token/refresh", serde_json::json!({ "refresh_token": refresh })).await;
+    assert_eq!(st, 200, "{rotated}");
+    let of_b = rotated["access_token"].as_str().unwrap().to_string();
+    assert_eq!(kid_of(&of_b), key_b.kid(), "new instances sign with slot b");
+    let (st, me) = old.get_auth("/v1/me", &of_b).await;
+    assert_eq!((st, me["username"].as_str()), (200, Some(username.as_str())), "b's token on an old instance: {me}");
+
+    // 3. A new key in slot a: the key that signed before is refused, the
+    // new one published as the next, and the session goes on.
+    let key_a2 = SigningKey::generate().unwrap();
+    put(&ssm, &slot_a, &key_a2.to_base64()).await;
+    let after = start(on("b", "2")).await;
+    assert_eq!(kids(&after).await, [key_b.kid(), key_a2.kid()]);
+    assert_eq!(after.get_auth("/v1/me", &of_a).await.0, 401, "the retired key's token");
+    assert_eq!(after.get_auth("/v1/me", &of_b).await.0, 200);
+    let next = rotated["refresh_token"].as_str().unwrap();
+    let (st, body, _) = after.post("/v1/token/refresh", serde_json::json!({ "refresh_token": next })).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(kid_of(body["access_token"].as_str().unwrap()), key_b.kid());
 }
 
 /// The stream processor's audit seal key, read as its `main` reads it: from

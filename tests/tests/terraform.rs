@@ -45,6 +45,7 @@ const AUDIT_KEY: (&str, &str) = ("LATCHKEY_AUDIT_KEY", "LATCHKEY_AUDIT_KEY_PARAM
 /// start.
 const SECRET_KEYS: &[(&str, &str)] = &[
     ("LATCHKEY_JWT_PRIVATE_KEY", "LATCHKEY_JWT_PRIVATE_KEY_PARAM"),
+    ("LATCHKEY_JWT_STANDBY_KEY", "LATCHKEY_JWT_STANDBY_KEY_PARAM"),
     ("LATCHKEY_CODE_HMAC_KEY", "LATCHKEY_CODE_HMAC_KEY_PARAM"),
     ("LATCHKEY_ADMIN_KEY_HASH", "LATCHKEY_ADMIN_KEY_HASH_PARAM"),
 ];
@@ -316,8 +317,9 @@ fn functions_get_the_config_keys_their_code_reads() {
     }
     let backend = api_env["LATCHKEY_BACKEND"].evaluate(&ctx).expect("LATCHKEY_BACKEND evaluates");
     assert_eq!(backend.as_str(), Some("aws"), "api: LATCHKEY_BACKEND must be aws on Lambda");
-    // The parameter names come from the SSM parameters themselves.
-    for (_, param) in SECRET_KEYS {
+    // The parameter names come from the SSM parameters themselves (the two
+    // JWT key slots' by `jwt_signing_slot`: see the rotation test).
+    for (_, param) in SECRET_KEYS.iter().filter(|(k, _)| !k.starts_with("LATCHKEY_JWT_")) {
         let r = reference(&api_env[*param]);
         assert!(
             matches!(&r, Some((ty, _, field)) if ty == "aws_ssm_parameter" && field == "name"),
@@ -339,6 +341,7 @@ fn functions_get_the_config_keys_their_code_reads() {
     for (env, key, version) in [
         (&api_env, "LATCHKEY_SECRETS_VERSION", "secrets_version"),
         (&api_env, "LATCHKEY_JWT_KEY_VERSION", "jwt_key_version"),
+        (&api_env, "LATCHKEY_JWT_KEY_B_VERSION", "jwt_key_b_version"),
         (&api_env, "LATCHKEY_ADMIN_KEY_HASH_VERSION", "admin_key_hash_version"),
         (&function_env(processor, PROCESSOR_FN.0), "LATCHKEY_AUDIT_KEY_VERSION", "audit_seal_key_version"),
     ] {
@@ -761,6 +764,84 @@ fn the_jwt_key_rotates_alone_with_its_own_version_and_overlap() {
         assert_eq!(variable_accepts(&tf, "jwt_key_version", Value::from(v)), ok, "jwt_key_version = {v}");
     }
     assert!(!variable_accepts(&tf, "jwt_key_version", Value::from(1.5)));
+}
+
+/// The two JWT key slots: each slot's parameter is written when its own
+/// number (or `secrets_version`) changes; `jwt_signing_slot` gives the api
+/// one slot to sign with and the other as its standby, never the same one,
+/// and the api's role may read both.
+#[test]
+fn the_jwt_key_slots_sign_and_stand_by_by_jwt_signing_slot() {
+    let tf = Terraform::load();
+    let param =
+        |name: &str| tf.resources("aws_ssm_parameter").find(|(n, _)| *n == name).unwrap_or_else(|| panic!("{name}")).1;
+    let versions = |secrets: i64, a: i64, b: i64| {
+        let ctx = tf.context(&[
+            ("secrets_version", Value::from(secrets)),
+            ("jwt_key_version", Value::from(a)),
+            ("jwt_key_b_version", Value::from(b)),
+        ]);
+        let of = |name: &str| eval_i64(&ctx, param(name), "value_wo_version", name);
+        (of("jwt_private_key"), of("jwt_private_key_b"))
+    };
+    let first = versions(1, 1, 1);
+    let (a, b) = versions(1, 2, 1);
+    assert!(a > first.0 && b == first.1, "jwt_key_version writes slot a alone");
+    let (a, b) = versions(1, 1, 2);
+    assert!(a == first.0 && b > first.1, "jwt_key_b_version writes slot b alone");
+    let (a, b) = versions(2, 1, 1);
+    assert!(a > first.0 && b > first.1, "secrets_version writes both");
+    // One generator each: an apply that writes both gives them two keys.
+    let generated = |label: &str| {
+        let e = attr(param(label), "value_wo").expect("value_wo").to_string();
+        e.rsplit("local.").next().expect("a local").to_string()
+    };
+    assert_ne!(generated("jwt_private_key"), generated("jwt_private_key_b"));
+
+    for (slot, signing, standby) in
+        [("a", "jwt_private_key", "jwt_private_key_b"), ("b", "jwt_private_key_b", "jwt_private_key")]
+    {
+        let mut ctx = tf.context(&[("jwt_signing_slot", Value::from(slot))]);
+        let names: hcl::Map<String, Value> = tf
+            .resources("aws_ssm_parameter")
+            .map(|(label, body)| {
+                let name = eval_str(&ctx, body, "name", label);
+                (label.to_string(), Value::Object(hcl::Map::from_iter([("name".to_string(), Value::from(name))])))
+            })
+            .collect();
+        let name_of = |label: &str| match &names[label] {
+            Value::Object(o) => o["name"].as_str().expect("a name").to_string(),
+            other => panic!("{other:?}"),
+        };
+        ctx.declare_var("aws_ssm_parameter", Value::Object(names.clone()));
+        let (_, api) = function(&tf, &ctx, API_FN.0);
+        let env = function_env(api, "api");
+        let got = |key: &str| {
+            let v = env[key].evaluate(&ctx).unwrap_or_else(|e| panic!("{key}: {e}"));
+            v.as_str().unwrap_or_else(|| panic!("{key}: {v:?}")).to_string()
+        };
+        assert_eq!(got("LATCHKEY_JWT_PRIVATE_KEY_PARAM"), name_of(signing), "slot {slot} signs");
+        assert_eq!(got("LATCHKEY_JWT_STANDBY_KEY_PARAM"), name_of(standby), "the other stands by");
+        assert_ne!(name_of(signing), name_of(standby));
+    }
+    for (v, ok) in [("a", true), ("b", true), ("c", false), ("A", false), ("", false)] {
+        assert_eq!(variable_accepts(&tf, "jwt_signing_slot", Value::from(v)), ok, "jwt_signing_slot = {v:?}");
+    }
+    for (v, ok) in [(Value::from(1), true), (Value::from(7), true), (Value::from(0), false), (Value::from(1.5), false)]
+    {
+        assert_eq!(variable_accepts(&tf, "jwt_key_b_version", v.clone()), ok, "jwt_key_b_version = {v:?}");
+    }
+
+    let read_secrets = blocks(tf.policy_document("api"), "statement")
+        .find(|st| attr(st.body(), "sid").map(|e| e.to_string()) == Some("\"ReadSecretsAtColdStart\"".into()))
+        .expect("the api's ReadSecretsAtColdStart statement");
+    let Some(Expression::Array(resources)) = attr(read_secrets.body(), "resources") else {
+        panic!("ReadSecretsAtColdStart: resources is not a list")
+    };
+    let readable: BTreeSet<String> = resources.iter().filter_map(reference).map(|(_, label, _)| label).collect();
+    for slot in ["jwt_private_key", "jwt_private_key_b"] {
+        assert!(readable.contains(slot), "the api may not read aws_ssm_parameter.{slot}: {readable:?}");
+    }
 }
 
 /// The refresh retry grace reaches the api as the code reads it, and its

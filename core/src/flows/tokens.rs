@@ -19,12 +19,15 @@ pub struct AccessClaims {
 
 /// Signs and checks access tokens: EdDSA only, with `iss`, `aud`, `exp`
 /// and `nbf` checked against latchkey's own clock. Tokens are signed with
-/// the current key; during a rotation's overlap they are also checked with
-/// the key it replaced (`previous`), which the JWKS publishes too.
+/// the current key. Two more keys may be accepted, and are published after
+/// it in the JWKS: the standby key (the other of Terraform's two key slots:
+/// the next key before a rotation switches to it, the replaced one after)
+/// and a replaced key given by its public part alone (`previous`).
 pub struct TokenIssuer {
     key: SigningKey,
     encoding: EncodingKey,
     decoding: DecodingKey,
+    standby: Option<(VerifyingKey, DecodingKey)>,
     previous: Option<(VerifyingKey, DecodingKey)>,
     validation: Validation,
     issuer: String,
@@ -32,13 +35,17 @@ pub struct TokenIssuer {
     ttl_secs: i64,
 }
 
+/// The key ids a [`TokenIssuer`] signs with and accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyIds<'a> {
+    pub signing: &'a str,
+    pub standby: Option<&'a str>,
+    pub previous: Option<&'a str>,
+}
+
 impl std::fmt::Debug for TokenIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenIssuer")
-            .field("kid", &self.key.kid())
-            .field("previous_kid", &self.previous.as_ref().map(|(k, _)| k.kid()))
-            .field("issuer", &self.issuer)
-            .finish_non_exhaustive()
+        f.debug_struct("TokenIssuer").field("kids", &self.kids()).field("issuer", &self.issuer).finish_non_exhaustive()
     }
 }
 
@@ -57,7 +64,36 @@ impl TokenIssuer {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.required_spec_claims = ["exp", "nbf", "iss", "aud", "sub"].iter().map(|s| s.to_string()).collect();
-        Ok(TokenIssuer { key, encoding, decoding, previous: None, validation, issuer, audience, ttl_secs })
+        Ok(TokenIssuer {
+            key,
+            encoding,
+            decoding,
+            standby: None,
+            previous: None,
+            validation,
+            issuer,
+            audience,
+            ttl_secs,
+        })
+    }
+
+    /// Also accept the tokens the standby key signed, and publish it after
+    /// the signing key. Before a rotation it is the next key: published
+    /// ahead, so relying parties that cache the JWKS, and instances still
+    /// running the old configuration, know it before anything signs with
+    /// it. After one it is the key that signed before, accepted through the
+    /// overlap (its tokens live at most the access lifetime), until a new
+    /// key is written in its place. The signing key's own public key adds
+    /// nothing and is left out (the caller says so).
+    pub fn with_standby(mut self, standby: Option<VerifyingKey>) -> Self {
+        if let Some(k) = standby.filter(|k| k.kid() != self.key.kid()) {
+            if self.previous.as_ref().is_some_and(|(p, _)| p.kid() == k.kid()) {
+                self.previous = None;
+            }
+            let decoding = DecodingKey::from_ed_der(k.public_key());
+            self.standby = Some((k, decoding));
+        }
+        self
     }
 
     /// Also accept the tokens `previous` signed (and publish it), for the
@@ -66,19 +102,23 @@ impl TokenIssuer {
     /// at most its cache time. Never after a leak: the leaked key would
     /// go on signing tokens this accepts. The signing key's own public key
     /// adds nothing and is left out (a rotation whose new key was not
-    /// written; the caller says so).
+    /// written; the caller says so), and so does the standby key's.
     pub fn with_previous(mut self, previous: Option<VerifyingKey>) -> Self {
-        if let Some(p) = previous.filter(|p| p.kid() != self.key.kid()) {
+        let standby = self.standby.as_ref().map(|(k, _)| k.kid());
+        if let Some(p) = previous.filter(|p| p.kid() != self.key.kid() && Some(p.kid()) != standby) {
             let decoding = DecodingKey::from_ed_der(p.public_key());
             self.previous = Some((p, decoding));
         }
         self
     }
 
-    /// The id of the key it signs with, and of the replaced key it still
-    /// accepts, if any.
-    pub fn kids(&self) -> (&str, Option<&str>) {
-        (self.key.kid(), self.previous.as_ref().map(|(k, _)| k.kid()))
+    /// The ids of the key it signs with and of the others it accepts.
+    pub fn kids(&self) -> KeyIds<'_> {
+        KeyIds {
+            signing: self.key.kid(),
+            standby: self.standby.as_ref().map(|(k, _)| k.kid()),
+            previous: self.previous.as_ref().map(|(k, _)| k.kid()),
+        }
     }
 
     pub fn ttl_secs(&self) -> i64 {
@@ -86,7 +126,8 @@ impl TokenIssuer {
     }
 
     pub fn jwks(&self) -> serde_json::Value {
-        let keys: Vec<_> = std::iter::once(self.key.jwk()).chain(self.previous.iter().map(|(k, _)| k.jwk())).collect();
+        let others = self.standby.iter().chain(&self.previous).map(|(k, _)| k.jwk());
+        let keys: Vec<_> = std::iter::once(self.key.jwk()).chain(others).collect();
         serde_json::json!({ "keys": keys })
     }
 
@@ -126,9 +167,9 @@ impl TokenIssuer {
         let header = jsonwebtoken::decode_header(token).map_err(|_| crate::Error::Unauthorized)?;
         let decoding = match header.kid.as_deref() {
             Some(kid) if kid == self.key.kid() => &self.decoding,
-            Some(kid) => match &self.previous {
-                Some((key, decoding)) if kid == key.kid() => decoding,
-                _ => return Err(crate::Error::Unauthorized),
+            Some(kid) => match self.standby.iter().chain(&self.previous).find(|(key, _)| kid == key.kid()) {
+                Some((_, decoding)) => decoding,
+                None => return Err(crate::Error::Unauthorized),
             },
             None => return Err(crate::Error::Unauthorized),
         };
@@ -253,7 +294,7 @@ mod tests {
         let plain = make(&new);
         assert!(plain.verify(&before, 1000).is_err(), "without the overlap the replaced key's tokens end");
         assert_eq!(plain.jwks()["keys"].as_array().unwrap().len(), 1);
-        assert_eq!(plain.kids(), (new.kid(), None));
+        assert_eq!(plain.kids(), KeyIds { signing: new.kid(), standby: None, previous: None });
 
         let overlap = make(&new).with_previous(Some(old.verifying_key().clone()));
         assert_eq!(overlap.verify(&before, 1000).unwrap().sub, u.to_string());
@@ -265,7 +306,7 @@ mod tests {
         let jwks = overlap.jwks();
         assert_eq!(jwks["keys"][0]["kid"], new.kid());
         assert_eq!(jwks["keys"][1], old.jwk());
-        assert_eq!(overlap.kids(), (new.kid(), Some(old.kid())));
+        assert_eq!(overlap.kids(), KeyIds { signing: new.kid(), standby: None, previous: Some(old.kid()) });
 
         // The key id picks the key: the old key's id on a token the new
         // key did not sign, or the new key's id on one the old key signed,
@@ -283,8 +324,78 @@ mod tests {
         assert!(overlap.verify(&swapped(&stranger, &stranger), 1000).is_err());
 
         let same = make(&new).with_previous(Some(new.verifying_key().clone()));
-        assert_eq!(same.kids(), (new.kid(), None), "its own key is no previous one");
+        assert_eq!(same.kids().previous, None, "its own key is no previous one");
         assert_eq!(same.jwks()["keys"].as_array().unwrap().len(), 1);
+    }
+
+    /// A rotation through the two key slots: the next key is published and
+    /// accepted before anything signs with it, so after the switch the
+    /// instances still on the old configuration accept the new tokens, and
+    /// the new ones the old tokens; a new key written into the retired
+    /// slot ends the old key's tokens.
+    #[test]
+    fn a_standby_key_is_published_and_accepted_before_and_after_the_switch() {
+        let (a, b) = (SigningKey::generate().unwrap(), SigningKey::generate().unwrap());
+        let make = |signing: &SigningKey, standby: &SigningKey| {
+            TokenIssuer::new(signing.clone(), "https://iss".into(), "aud".into(), 600)
+                .unwrap()
+                .with_standby(Some(standby.verifying_key().clone()))
+        };
+        let (u, s) = (UserId::random(&OsSecureRng), SessionId::random(&OsSecureRng));
+        let before = make(&a, &b);
+        assert_eq!(before.kids(), KeyIds { signing: a.kid(), standby: Some(b.kid()), previous: None });
+        let kids = |t: &TokenIssuer| -> Vec<String> {
+            t.jwks()["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_string()).collect()
+        };
+        assert_eq!(kids(&before), [a.kid(), b.kid()], "the signing key first, the next one published after it");
+        let of_a = before.issue(&u, &s, 1000, i64::MAX, "j".into()).unwrap();
+
+        let switched = make(&b, &a);
+        let of_b = switched.issue(&u, &s, 1000, i64::MAX, "j".into()).unwrap();
+        assert_eq!(jsonwebtoken::decode_header(&of_b).unwrap().kid.as_deref(), Some(b.kid()), "it signs with b");
+        assert!(
+            before.verify(&of_b, 1000).is_ok(),
+            "an instance on the old configuration accepts the new key's tokens"
+        );
+        assert!(switched.verify(&of_a, 1000).is_ok(), "and the new ones the old key's, through the overlap");
+        assert_eq!(kids(&switched), [b.kid(), a.kid()]);
+
+        // A new key written into the retired slot: a's tokens end.
+        let a2 = SigningKey::generate().unwrap();
+        let retired = make(&b, &a2);
+        assert!(retired.verify(&of_a, 1000).is_err());
+        assert!(retired.verify(&of_b, 1000).is_ok());
+        assert_eq!(kids(&retired), [b.kid(), a2.kid()]);
+
+        // The signing key as its own standby adds nothing; a previous key
+        // equal to the standby is listed once, as the standby.
+        assert_eq!(make(&a, &a).kids(), KeyIds { signing: a.kid(), standby: None, previous: None });
+        for t in [
+            make(&a, &b).with_previous(Some(b.verifying_key().clone())),
+            TokenIssuer::new(a.clone(), "https://iss".into(), "aud".into(), 600)
+                .unwrap()
+                .with_previous(Some(b.verifying_key().clone()))
+                .with_standby(Some(b.verifying_key().clone())),
+        ] {
+            assert_eq!(t.kids(), KeyIds { signing: a.kid(), standby: Some(b.kid()), previous: None });
+            assert_eq!(kids(&t), [a.kid(), b.kid()]);
+        }
+        // With all three, each is accepted by its own key id only.
+        let c = SigningKey::generate().unwrap();
+        let three = make(&a, &b).with_previous(Some(c.verifying_key().clone()));
+        assert_eq!(kids(&three), [a.kid(), b.kid(), c.kid()]);
+        let of_c = TokenIssuer::new(c.clone(), "https://iss".into(), "aud".into(), 600)
+            .unwrap()
+            .issue(&u, &s, 1000, i64::MAX, "j".into())
+            .unwrap();
+        for t in [&of_a, &of_b, &of_c] {
+            assert!(three.verify(t, 1000).is_ok());
+        }
+        let claims = serde_json::json!({"iss": "https://iss", "aud": "aud", "sub": "u", "sid": "s", "iat": 1000, "nbf": 1000, "exp": 1600, "jti": "j"});
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(b.kid().to_string());
+        let named_b_signed_c = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(c.pkcs8())).unwrap();
+        assert!(three.verify(&named_b_signed_c, 1000).is_err(), "the key id picks the key");
     }
 
     #[test]
