@@ -68,14 +68,15 @@ resource "aws_ssm_parameter" "jwt_private_key" {
   value_wo_version = var.secrets_version + var.jwt_key_version - 1
 }
 
-# Slot b, as slot a with jwt_key_b_version. A stack made before the slots
+# Slot b, as slot a with jwt_private_key_b and jwt_key_b_version (a key of
+# one's own for each slot: never one key in both). A stack made before the slots
 # gets it at its next apply, with a generated key: the next key from then on.
 resource "aws_ssm_parameter" "jwt_private_key_b" {
   name             = "/${var.name_prefix}/jwt-private-key-b"
   description      = "latchkey api: base64 PKCS#8 Ed25519 JWT key, slot b"
   type             = "SecureString"
   key_id           = aws_kms_key.main.arn
-  value_wo         = var.jwt_private_key != null ? var.jwt_private_key : local.generated_jwt_private_key_b
+  value_wo         = var.jwt_private_key_b != null ? var.jwt_private_key_b : local.generated_jwt_private_key_b
   value_wo_version = var.secrets_version + var.jwt_key_b_version - 1
 }
 

@@ -454,6 +454,14 @@ variable "jwt_private_key" {
   ephemeral   = true
 }
 
+variable "jwt_private_key_b" {
+  description = "As jwt_private_key, for the second JWT key slot (b). Ephemeral like jwt_private_key. Default: one is generated."
+  type        = string
+  default     = null
+  sensitive   = true
+  ephemeral   = true
+}
+
 variable "code_hmac_key" {
   description = "Optional base64 key (>= 32 bytes) for the one-time-code HMAC. Ephemeral like jwt_private_key. Default: one is generated."
   type        = string
@@ -473,7 +481,7 @@ variable "secrets_version" {
 }
 
 variable "jwt_key_version" {
-  description = "Raise to write a new JWT key into slot a (generated, or jwt_private_key sent) while sessions and codes live on. Written when secrets_version + jwt_key_version changes, so raising either writes it; keep it in terraform.tfvars. Raise it while slot b signs: the key it replaces (the one that signed before the switch) is then refused, and the new one published as the next. Raised while slot a signs, it replaces the signing key at once (after a leak)."
+  description = "Raise to write a new JWT key into slot a (generated, or jwt_private_key sent) while sessions and codes live on. Written when secrets_version + jwt_key_version changes, so raising either writes it; keep it in terraform.tfvars. Raise it while slot b signs, at least the access lifetime (10 minutes) after the switch: the key it replaces (the one that signed before the switch) is then refused, and the new one published as the next. Raised while slot a signs, it replaces the signing key at once (after a leak)."
   type        = number
   default     = 1
   validation {
@@ -483,7 +491,7 @@ variable "jwt_key_version" {
 }
 
 variable "jwt_key_b_version" {
-  description = "As jwt_key_version, for slot b (written when secrets_version + jwt_key_b_version changes)."
+  description = "As jwt_key_version, for slot b (generated, or jwt_private_key_b sent; written when secrets_version + jwt_key_b_version changes)."
   type        = number
   default     = 1
   validation {
@@ -493,7 +501,7 @@ variable "jwt_key_b_version" {
 }
 
 variable "jwt_signing_slot" {
-  description = "The JWT key slot the api signs with, a or b; the other is its standby, published and accepted. Switching writes no key: every instance starts again on the other slot, and instances still on the old configuration accept its tokens, since it was their standby. Switch to a slot written at least the JWKS cache time (5 minutes) before, so relying parties know its key."
+  description = "The JWT key slot the api signs with, a or b; the other is its standby, published and accepted. Switching writes no key: every instance starts again on the other slot, and instances still on the old configuration accept its tokens, since it was their standby. Switch to a slot written at least the JWKS cache time (5 minutes) before, so relying parties know its key; not in the apply that upgrades a stack made before the slots (its instances have no standby yet)."
   type        = string
   default     = "a"
   nullable    = false

@@ -302,15 +302,14 @@ fn state(config: &Config, ports: Ports, keys: Keys, audit: Arc<dyn AuditStore>) 
     if standby_given && kids.standby.is_none() {
         tracing::warn!(
             kid,
-            "LATCHKEY_JWT_STANDBY_KEY is the signing key: the two key slots hold one key (raise the version of the slot \
+            "LATCHKEY_JWT_STANDBY_KEY is the signing key: the two key slots hold one key (write a new key into the slot \
              that does not sign)"
         );
     }
     if config.jwt_previous_public_key.is_some() && kids.previous.is_none() {
         tracing::warn!(
             kid,
-            "LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY is the signing or the standby key's own: no new key was written \
-             (raise jwt_key_version)"
+            "LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY is the signing or the standby key's own, which it adds nothing to"
         );
     }
     tracing::info!(

@@ -96,7 +96,7 @@ async fn secrets_come_from_ssm_parameters() {
     ])
     .await
     .expect("a missing standby parameter is an error");
-    assert!(err.contains("standby-absent"), "{err}");
+    assert!(err.contains("not found") && err.contains("standby-absent"), "{err}");
     let not_a_key = format!("/{prefix}/standby-not-a-key");
     put(&ssm, &not_a_key, "bm90IGEga2V5").await;
     let err = build(vec![

@@ -791,7 +791,11 @@ fn the_jwt_key_slots_sign_and_stand_by_by_jwt_signing_slot() {
     assert!(a == first.0 && b > first.1, "jwt_key_b_version writes slot b alone");
     let (a, b) = versions(2, 1, 1);
     assert!(a > first.0 && b > first.1, "secrets_version writes both");
-    // One generator each: an apply that writes both gives them two keys.
+    // A key of one's own per slot, and one generator each: an apply that
+    // writes both never gives them one key.
+    let given = tf.context(&[("jwt_private_key", Value::from("key-a")), ("jwt_private_key_b", Value::from("key-b"))]);
+    let value = |label: &str| eval_str(&given, param(label), "value_wo", label);
+    assert_eq!((value("jwt_private_key"), value("jwt_private_key_b")), ("key-a".into(), "key-b".into()));
     let generated = |label: &str| {
         let e = attr(param(label), "value_wo").expect("value_wo").to_string();
         e.rsplit("local.").next().expect("a local").to_string()

@@ -60,7 +60,8 @@ if [ -z "${LOCALSTACK_AUTH_TOKEN:-}" ]; then
     aws_dynamodb_table.users aws_dynamodb_table.tokens aws_dynamodb_table.rate_limits \
     aws_dynamodb_table.audit aws_dynamodb_table.mail_ledger \
     aws_sqs_queue.mail aws_sqs_queue.mail_dlq aws_sqs_queue.stream_failures \
-    aws_ssm_parameter.jwt_private_key aws_ssm_parameter.code_hmac_key aws_ssm_parameter.audit_seal_key \
+    aws_ssm_parameter.jwt_private_key aws_ssm_parameter.jwt_private_key_b aws_ssm_parameter.code_hmac_key \
+    aws_ssm_parameter.audit_seal_key \
     aws_sesv2_configuration_set.main aws_sesv2_email_identity.sender \
     aws_sns_topic.alarms; do
     targets+=(-target="$t")
