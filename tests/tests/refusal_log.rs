@@ -19,7 +19,14 @@ type Case<'a> = (&'a str, &'a str, Option<Value>, Option<&'a str>, u16, &'a str)
 const CLIENT: [u8; 4] = [203, 0, 113, 9];
 const ADMIN_KEY_SHA256: &str = "11570a378233764fc1f63afc1541f7977d9b65eb3ff360ffa1519dd52d1bbd75";
 
-async fn send(app: &axum::Router, method: &str, uri: &str, body: Option<Value>, bearer: Option<&str>) -> u16 {
+/// The answer's status, and its `Retry-After` if it has one.
+async fn send(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+    bearer: Option<&str>,
+) -> (u16, Option<String>) {
     let mut req = Request::builder().method(method).uri(uri);
     if let Some(b) = bearer {
         req = req.header("authorization", format!("Bearer {b}"));
@@ -33,7 +40,9 @@ async fn send(app: &axum::Router, method: &str, uri: &str, body: Option<Value>, 
     };
     let mut req = req.body(body).expect("request");
     req.extensions_mut().insert(ConnectInfo(SocketAddr::from((CLIENT, 40_000))));
-    app.clone().oneshot(req).await.expect("the Router answers").status().as_u16()
+    let res = app.clone().oneshot(req).await.expect("the Router answers");
+    let retry_after = res.headers().get("retry-after").map(|v| v.to_str().expect("ASCII").to_string());
+    (res.status().as_u16(), retry_after)
 }
 
 #[tokio::test]
@@ -72,8 +81,10 @@ async fn refusals_leave_one_line_each_without_what_the_client_sent() {
         ("POST", "/otp", Some(json!({"action": "send_otp", "email": "rate@example.com"})), None, 429, ""),
     ];
     let mut refused = Vec::new();
+    let mut told = None;
     for (method, uri, body, bearer, want, code) in cases {
-        let status = send(&app, method, uri, body, bearer).await;
+        let (status, retry_after) = send(&app, method, uri, body, bearer).await;
+        told = retry_after;
         assert_eq!(status, want, "{method} {uri}");
         let lines = captured.take();
         let ours: Vec<&Value> = lines.iter().filter(|l| l["message"] == "request refused").collect();
@@ -96,10 +107,14 @@ async fn refusals_leave_one_line_each_without_what_the_client_sent() {
     }
     let limited = refused.last().expect("the 429");
     let line = limited.iter().find(|l| l["message"] == "request refused").expect("its line");
-    assert_eq!(line["retry_after"], "60", "{line}");
+    // What the client was told (60 s, or 59 when a second passed between
+    // the two sends).
+    let told = told.expect("the 429 has a Retry-After");
+    assert!(told.parse::<u64>().is_ok_and(|s| (59..=60).contains(&s)), "{told}");
+    assert_eq!(line["retry_after"], told.as_str(), "{line}");
 
     // A path with a link's token in its query: the route, never the query.
-    assert_eq!(send(&app, "GET", &format!("/no-such-page?token={link_token}"), None, None).await, 404);
+    assert_eq!(send(&app, "GET", &format!("/no-such-page?token={link_token}"), None, None).await.0, 404);
     let lines = captured.take();
     assert!(lines.iter().any(|l| l["message"] == "request refused" && l["route"] == "(no route)"), "{lines:?}");
     refused.push(lines);
@@ -108,7 +123,7 @@ async fn refusals_leave_one_line_each_without_what_the_client_sent() {
     for secret in [secret_password, "nobody-at-all", forged.as_str(), wrong_key, admin_key, link_token] {
         assert!(!all.contains(secret), "the log holds {secret:?}: {all}");
     }
-    assert_eq!(send(&app, "GET", "/healthz", None, None).await, 200);
+    assert_eq!(send(&app, "GET", "/healthz", None, None).await.0, 200);
     assert!(captured.take().iter().all(|l| l["message"] != "request refused"));
 
     // Served directly, a request addressed to another host name (DNS
