@@ -204,20 +204,19 @@ type SsmSecrets = HashMap<String, Secret<String>>;
 /// Reads the SSM SecureString parameters the `_PARAM` variables name, all
 /// in one call (a cold start's one AWS call); none when no variable names one.
 async fn fetch_secrets(config: &Config, sdk: &aws_config::SdkConfig) -> Result<SsmSecrets, BoxError> {
-    let names: Vec<&str> = [
-        &config.jwt_private_key_param,
-        &config.jwt_standby_key_param,
-        &config.code_hmac_key_param,
-        &config.admin_key_hash_param,
+    let params: Vec<(&str, &str)> = [
+        ("LATCHKEY_JWT_PRIVATE_KEY_PARAM", &config.jwt_private_key_param),
+        ("LATCHKEY_JWT_STANDBY_KEY_PARAM", &config.jwt_standby_key_param),
+        ("LATCHKEY_CODE_HMAC_KEY_PARAM", &config.code_hmac_key_param),
+        ("LATCHKEY_ADMIN_KEY_HASH_PARAM", &config.admin_key_hash_param),
     ]
     .into_iter()
-    .flatten()
-    .map(String::as_str)
+    .filter_map(|(var, name)| Some((var, name.as_deref()?)))
     .collect();
-    if names.is_empty() {
+    if params.is_empty() {
         return Ok(HashMap::new());
     }
-    Ok(latchkey_core::adapters::ssm::read_secrets(&aws_sdk_ssm::Client::new(sdk), &names).await?)
+    Ok(latchkey_core::adapters::ssm::read_secrets(&aws_sdk_ssm::Client::new(sdk), &params).await?)
 }
 
 /// The keys a built api holds.

@@ -85,7 +85,7 @@ async fn secrets_come_from_ssm_parameters() {
     ])
     .await
     .expect("a missing parameter is an error");
-    assert!(err.contains("absent"), "{err}");
+    assert!(err.contains(&format!("/{prefix}/absent (LATCHKEY_JWT_PRIVATE_KEY_PARAM)")), "{err}");
 
     // So is a missing standby key parameter, and a standby key that is not
     // a key (its value not echoed).
@@ -96,7 +96,11 @@ async fn secrets_come_from_ssm_parameters() {
     ])
     .await
     .expect("a missing standby parameter is an error");
-    assert!(err.contains("not found") && err.contains("standby-absent"), "{err}");
+    assert!(
+        err.contains("not found")
+            && err.contains(&format!("/{prefix}/standby-absent (LATCHKEY_JWT_STANDBY_KEY_PARAM)")),
+        "{err}"
+    );
     let not_a_key = format!("/{prefix}/standby-not-a-key");
     put(&ssm, &not_a_key, "bm90IGEga2V5").await;
     let err = build(vec![
@@ -115,7 +119,7 @@ async fn secrets_come_from_ssm_parameters() {
     ])
     .await
     .expect("a missing admin parameter is an error");
-    assert!(err.contains("admin-absent"), "{err}");
+    assert!(err.contains(&format!("/{prefix}/admin-absent (LATCHKEY_ADMIN_KEY_HASH_PARAM)")), "{err}");
 
     // The admin key itself stored instead of its hash: refused, not echoed.
     let wrong_name = format!("/{prefix}/admin-not-a-hash");
@@ -331,7 +335,7 @@ async fn the_audit_seal_key_comes_from_its_ssm_parameter() {
     assert_eq!(from_var.seal("h"), seal_of([2; 32]));
 
     let missing = key(vec![("LATCHKEY_AUDIT_KEY_PARAM", format!("/{prefix}/nope"))]).await.expect_err("missing");
-    assert!(missing.contains(&format!("/{prefix}/nope")), "{missing}");
+    assert!(missing.contains(&format!("/{prefix}/nope (LATCHKEY_AUDIT_KEY_PARAM)")), "{missing}");
     let none = key(vec![]).await.expect_err("no key");
     assert!(none.contains("LATCHKEY_AUDIT_KEY_PARAM"), "{none}");
     let short = key(vec![("LATCHKEY_AUDIT_KEY_PARAM", short_name)]).await.expect_err("short");
