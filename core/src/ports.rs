@@ -339,6 +339,12 @@ pub trait SessionStore: Send + Sync {
     /// changes nothing (not even `meta`).
     async fn revoke_session(&self, id: &SessionId, now: Timestamp, reason: &str, meta: &RequestMeta)
     -> StoreResult<()>;
+
+    /// Counts a retry of the last rotation answered with the current secret
+    /// (`retries_answered += 1`) and sets `meta` to the request's, only if
+    /// the session is not revoked and its `refresh_hash` is still
+    /// `current_hash`. `Conflict(Stale)` otherwise.
+    async fn record_refresh_retry(&self, id: &SessionId, current_hash: &str, meta: &RequestMeta) -> StoreResult<()>;
 }
 
 #[async_trait]

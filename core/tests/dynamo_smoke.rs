@@ -155,6 +155,7 @@ fn session(user: &User) -> Session {
         // As a session item written before the field existed.
         password_epoch: None,
         retry_seal: None,
+        retries_answered: 0,
         meta: RequestMeta::default(),
     }
 }

@@ -8,7 +8,7 @@ use latchkey_core::Error;
 use latchkey_core::adapters::embedded::EmbeddedStore;
 use latchkey_core::clock::{Clock, FixedClock};
 use latchkey_core::config::{Policy, RateLimits};
-use latchkey_core::domain::{Email, RequestMeta};
+use latchkey_core::domain::{Email, RequestMeta, Session};
 use latchkey_core::flows::{Auth, Ports, TokenIssuer};
 use latchkey_core::keys::{CodeKey, SigningKey};
 use latchkey_core::mail::{MailEnvelope, MailJob};
@@ -821,7 +821,9 @@ async fn signed_in_with(
 
 /// A refresh token presented again right after its rotation (a client
 /// retrying a refresh whose answer it lost) gets that rotation's token back
-/// and ends nothing, up to `refresh_retry_grace_secs` after the rotation;
+/// and ends nothing, up to `refresh_retry_grace_secs` after the rotation,
+/// and each such answer is counted in the session with its request (the
+/// audit trail's `session_refreshed`, reason `retry_grace`);
 /// later, or once the session rotated again, it is a reuse and revokes the
 /// session. Two refreshes of one token at once get one token between them.
 #[tokio::test]
@@ -840,13 +842,15 @@ async fn a_refresh_retried_within_its_grace_gets_the_same_token_and_ends_nothing
     assert_ne!(rotated.refresh_token, first.refresh_token);
     assert!(session().await.retry_seal.is_some(), "a rotation seals its new secret");
     let stored = session().await;
-    for at in [T0 + 100, T0 + 100 + grace] {
+    for (n, at) in [(1, T0 + 100), (2, T0 + 100 + grace)] {
         w.clock.set(at);
-        let again = w.auth.refresh(&first.refresh_token, &m).await.expect("a retry within the grace");
+        let retry = RequestMeta { request_id: Some(format!("retry-{n}")), ..meta() };
+        let again = w.auth.refresh(&first.refresh_token, &retry).await.expect("a retry within the grace");
         assert_eq!(again.refresh_token, rotated.refresh_token, "a retry at {at} got another token");
         assert_eq!(again.session_id, sid);
         w.auth.me(&again.access_token).await.expect("the retry's access token works");
-        assert_eq!(session().await, stored, "a retry wrote to the session");
+        let counted = Session { retries_answered: n, meta: retry, ..stored.clone() };
+        assert_eq!(session().await, counted, "a retry is counted with its request, and changes nothing else");
     }
     // Only the token the last rotation replaced: once the session rotated
     // again, the first token is a reuse even within the grace.
@@ -896,6 +900,7 @@ async fn a_refresh_retried_within_its_grace_gets_the_same_token_and_ends_nothing
 struct RacingSessions {
     store: Arc<EmbeddedStore>,
     before_rotate: Mutex<Option<futures::future::BoxFuture<'static, ()>>>,
+    before_retry_count: Mutex<Option<futures::future::BoxFuture<'static, ()>>>,
 }
 
 #[async_trait]
@@ -930,6 +935,18 @@ impl SessionStore for RacingSessions {
     ) -> StoreResult<()> {
         self.store.revoke_session(id, now, reason, meta).await
     }
+    async fn record_refresh_retry(
+        &self,
+        id: &latchkey_core::domain::SessionId,
+        current_hash: &str,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
+        let race = self.before_retry_count.lock().unwrap().take();
+        if let Some(race) = race {
+            race.await;
+        }
+        self.store.record_refresh_retry(id, current_hash, meta).await
+    }
 }
 
 /// Two refreshes of one token racing (a client's retry sent before its
@@ -939,7 +956,11 @@ impl SessionStore for RacingSessions {
 #[tokio::test]
 async fn a_refresh_that_loses_its_rotation_to_its_own_retry_answers_the_retrys_token() {
     let w = world(RateLimits::relaxed());
-    let racing = Arc::new(RacingSessions { store: w.store.clone(), before_rotate: Mutex::new(None) });
+    let racing = Arc::new(RacingSessions {
+        store: w.store.clone(),
+        before_rotate: Mutex::new(None),
+        before_retry_count: Mutex::new(None),
+    });
     let mut ports = ports_on(w.store.clone(), &w.store, &w.clock, &w.mail);
     ports.sessions = racing.clone();
     let raced = auth_with(ports, RateLimits::relaxed(), 3, |_| {});
@@ -966,6 +987,40 @@ async fn a_refresh_that_loses_its_rotation_to_its_own_retry_answers_the_retrys_t
             assert_eq!(session.revoke_reason.as_deref(), Some("refresh_reuse"));
         }
     }
+}
+
+/// A retry within the grace whose count finds the session rotated again
+/// (after the retry read it) is refused without revoking the session: the
+/// token it would give is no longer the session's. Its copy counted
+/// nothing, and the session's holder refreshes on.
+#[tokio::test]
+async fn a_retry_whose_count_finds_the_session_rotated_again_is_refused_and_revokes_nothing() {
+    let w = world(RateLimits::relaxed());
+    let racing = Arc::new(RacingSessions {
+        store: w.store.clone(),
+        before_rotate: Mutex::new(None),
+        before_retry_count: Mutex::new(None),
+    });
+    let mut ports = ports_on(w.store.clone(), &w.store, &w.clock, &w.mail);
+    ports.sessions = racing.clone();
+    let raced = auth_with(ports, RateLimits::relaxed(), 3, |_| {});
+    let other = Arc::new(auth_on(w.store.clone(), &w.store, &w.clock, &w.mail, RateLimits::relaxed(), 3));
+    verified(&w, "alice").await;
+    let pair = signed_in(&w, "alice", &meta()).await;
+    let rotated = w.auth.refresh(&pair.refresh_token, &meta()).await.unwrap();
+    let next = Arc::new(Mutex::new(None));
+    let (token, slot) = (rotated.refresh_token.clone(), next.clone());
+    *racing.before_retry_count.lock().unwrap() = Some(Box::pin(async move {
+        let pair = other.refresh(&token, &meta()).await.expect("the holder's next rotation");
+        *slot.lock().unwrap() = Some(pair.refresh_token);
+    }));
+    let r = raced.refresh(&pair.refresh_token, &meta()).await;
+    assert!(racing.before_retry_count.lock().unwrap().is_none(), "the race did not run");
+    assert!(matches!(r, Err(Error::InvalidRefreshToken)), "{r:?}");
+    let session = w.store.session(&pair.session_id).await.unwrap().unwrap();
+    assert_eq!((session.generation, session.revoked_at, session.retries_answered), (2, None, 0));
+    let next = next.lock().unwrap().clone().expect("the holder's token");
+    w.auth.refresh(&next, &meta()).await.expect("the holder refreshes on");
 }
 
 /// A rotation's retry seal is its new secret's random part XORed with the

@@ -77,6 +77,7 @@ const JOURNEY: &[&str] = &[
     "code_verified",
     "session_created",
     "session_refreshed",
+    "session_refreshed",
     "session_revoked",
 ];
 
@@ -93,6 +94,7 @@ const EMBEDDED_JOURNEY: &[&str] = &[
     "mail_delivered",
     "code_verified",
     "session_created",
+    "session_refreshed",
     "session_refreshed",
     "session_revoked",
 ];
@@ -144,12 +146,21 @@ async fn embedded_journey(sys: &TestSystem) -> (String, String) {
     let id = me["id"].as_str().expect("id").to_string();
     let (st, rotated, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": tokens["refresh_token"] })).await;
     assert_eq!(st, 200, "{rotated}");
+    retry_refresh(sys, &tokens["refresh_token"], &rotated["refresh_token"]).await;
     let (st, _, _) = sys.post("/v1/logout", json!({ "refresh_token": rotated["refresh_token"] })).await;
     assert_eq!(st, 204);
     (id, email)
 }
 
-/// register -> verify -> login -> code -> refresh -> logout; returns the
+/// The refresh's answer was lost and the client sends the replaced token
+/// again: it gets the rotation's token, and the trail a second
+/// `session_refreshed` (reason `retry_grace`).
+async fn retry_refresh(sys: &TestSystem, replaced: &Value, current: &Value) {
+    let (st, again, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": replaced })).await;
+    assert_eq!((st, &again["refresh_token"]), (200, current), "{again}");
+}
+
+/// register -> verify -> login -> code -> refresh -> retry -> logout; returns the
 /// user id and an access token that was valid before the logout.
 async fn journey(sys: &TestSystem) -> (String, String) {
     let (username, email) = verified_user(sys).await;
@@ -160,6 +171,7 @@ async fn journey(sys: &TestSystem) -> (String, String) {
     let id = me["id"].as_str().expect("id").to_string();
     let (st, rotated, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": tokens["refresh_token"] })).await;
     assert_eq!(st, 200, "{rotated}");
+    retry_refresh(sys, &tokens["refresh_token"], &rotated["refresh_token"]).await;
     let (st, _, _) = sys.post("/v1/logout", json!({ "refresh_token": rotated["refresh_token"] })).await;
     assert_eq!(st, 204);
     (id, rotated["access_token"].as_str().expect("access").to_string())
@@ -224,6 +236,9 @@ fn is_mail(e: &Value) -> bool {
 
 fn check_trail(events: &[Value], expected: &[&str]) {
     assert_eq!(kinds(events), expected);
+    let refreshes: Vec<_> =
+        events.iter().filter(|e| e["event"] == "session_refreshed").map(|e| e["reason"].as_str()).collect();
+    assert_eq!(refreshes, [None, Some("retry_grace")], "the rotation, then the retry answered within the grace");
     let revoked = events.last().expect("events");
     assert_eq!((revoked["reason"].as_str(), revoked["outcome"].as_str()), (Some("logout"), Some("success")));
     // Requests carry the caller's address; a delivery is no request.

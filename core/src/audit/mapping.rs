@@ -246,6 +246,10 @@ pub fn audit_events(change: &SourceChange, policy: &AuditPolicy) -> Vec<AuditEve
             (Some(o), Some(n)) => {
                 if n.generation > o.generation {
                     out.push(n.user_id, T::SessionRefreshed, Outcome::Success, None, None, &n.meta);
+                } else if n.retries_answered > o.retries_answered {
+                    // The last rotation's token given again to a retry of
+                    // it within the grace (no rotation).
+                    out.push(n.user_id, T::SessionRefreshed, Outcome::Success, Some("retry_grace"), None, &n.meta);
                 }
                 if o.revoked_at.is_none() && n.revoked_at.is_some() {
                     let reason = n.revoke_reason.as_deref().unwrap_or("revoked");
@@ -733,12 +737,22 @@ mod tests {
             valid_from: None,
             password_epoch: Some(0),
             retry_seal: None,
+            retries_answered: 0,
             meta: meta(),
         };
         let s1 = Session { generation: 1, refresh_hash: "h2".into(), ..s.clone() };
         let s2 = Session { revoked_at: Some(T0 + 9), revoke_reason: Some("logout".into()), ..s1.clone() };
         assert_eq!(kinds(&change(Images::Session(None, Some(s.clone())), false)), [T::SessionCreated]);
         assert_eq!(kinds(&change(Images::Session(Some(s), Some(s1.clone())), false)), [T::SessionRefreshed]);
+        // A retry within the grace, answered with the current token: counted,
+        // with its request, and not a rotation.
+        let m = RequestMeta { request_id: Some("req-retry".into()), ..meta() };
+        let retried = Session { retries_answered: 1, meta: m, ..s1.clone() };
+        let evs =
+            audit_events(&change(Images::Session(Some(s1.clone()), Some(retried.clone())), false), &Default::default());
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert_eq!((evs[0].event, evs[0].reason.as_deref()), (T::SessionRefreshed, Some("retry_grace")));
+        assert_eq!(evs[0].request_id.as_deref(), Some("req-retry"), "the retry's own request");
         let evs = audit_events(&change(Images::Session(Some(s1), Some(s2)), false), &AuditPolicy::default());
         assert_eq!((evs[0].event, evs[0].reason.as_deref()), (T::SessionRevoked, Some("logout")));
 

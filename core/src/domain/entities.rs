@@ -239,6 +239,12 @@ pub struct Session {
     /// sessions rotated before it existed.
     #[serde(default)]
     pub retry_seal: Option<String>,
+    /// How many times a retry within the grace was answered with the
+    /// current refresh secret (`Auth::refresh`): each answer is counted,
+    /// with its request in `meta`, so the audit trail has it. 0 in sessions
+    /// made before it existed.
+    #[serde(default)]
+    pub retries_answered: u32,
     pub meta: RequestMeta,
 }
 

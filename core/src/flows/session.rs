@@ -194,7 +194,8 @@ impl Auth {
     /// except the one the last rotation replaced, presented again by the
     /// client that rotated it within `refresh_retry_grace_secs`: a retry
     /// after a lost answer, or its own requests racing, get that rotation's
-    /// token back (`retried_refresh`), and nothing is written.
+    /// token back (`retried_refresh`), and the answer is counted in the
+    /// session (`retries_answered`, for the audit trail).
     pub async fn refresh(&self, refresh_token: &str, meta: &RequestMeta) -> Result<TokenPair, Error> {
         let (sid, secret) = parse_refresh(refresh_token)?;
         let l = &self.policy.limits;
@@ -240,6 +241,16 @@ impl Auth {
         what: &'static str,
     ) -> Result<TokenPair, Error> {
         if let Some(current) = self.retried_refresh(s, secret, now, meta) {
+            // Counted before it is answered, so the trail has every token
+            // given out. Refused, the session was rotated again or revoked
+            // since it was read: the token would be stale, and the copy is
+            // refused without revoking (the rotation or revocation that
+            // beat it decided the session's fate).
+            match self.ports.sessions.record_refresh_retry(&s.id, &s.refresh_hash, meta).await {
+                Ok(()) => {}
+                Err(StoreError::Conflict(_)) => return Err(Error::InvalidRefreshToken),
+                Err(e) => return Err(e.into()),
+            }
             tracing::info!(user_id = %s.user_id, session_id = %s.id, "refresh retried: its rotation's token given again");
             return self.token_pair(s, &current, now);
         }
@@ -388,6 +399,7 @@ impl Auth {
             valid_from: None,
             password_epoch: Some(password_epoch),
             retry_seal: None,
+            retries_answered: 0,
             meta: meta.clone(),
         };
         (s, secret)

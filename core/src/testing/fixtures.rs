@@ -167,6 +167,7 @@ pub(super) fn new_session(user_id: UserId) -> Session {
         valid_from: None,
         password_epoch: Some(0),
         retry_seal: None,
+        retries_answered: 0,
         meta: meta(),
     }
 }

@@ -128,6 +128,7 @@ macro_rules! contract_suite {
             rotate_session_has_one_winner,
             revoke_session_is_idempotent,
             rotate_session_refused_after_revoke,
+            record_refresh_retry_counts_only_on_the_current_hash,
             change_password_keeps_only_the_changing_session,
             // standalone codes
             put_otp_expected_version,

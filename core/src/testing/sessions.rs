@@ -125,6 +125,40 @@ pub async fn rotate_session_refused_after_revoke(s: &Subject) {
     assert_eq!(stored_session(s, &session.id).await, revoked, "a refused rotate changed the revoked session");
 }
 
+/// A retry answered within the grace is counted, with its request, only
+/// while the session is live and still has the hash the answer gives.
+pub async fn record_refresh_retry_counts_only_on_the_current_hash(s: &Subject) {
+    let (_, session) = signed_in(s).await;
+    let (m1, m2) = (meta(), meta());
+    s.sessions.record_refresh_retry(&session.id, &session.refresh_hash, &m1).await.expect("record");
+    s.sessions.record_refresh_retry(&session.id, &session.refresh_hash, &m2).await.expect("record");
+    let counted = Session { retries_answered: 2, meta: m2, ..session.clone() };
+    assert_eq!(stored_session(s, &session.id).await, counted, "two retries counted, the last one's meta kept");
+
+    expect_conflict(
+        s.sessions.record_refresh_retry(&session.id, &hash(), &meta()).await,
+        Conflict::Stale,
+        "a retry counted against a hash the session no longer has",
+    );
+    assert_eq!(stored_session(s, &session.id).await, counted, "a refused count changed the session");
+    let unknown = session_id();
+    expect_conflict(
+        s.sessions.record_refresh_retry(&unknown, &session.refresh_hash, &meta()).await,
+        Conflict::Stale,
+        "a retry counted on an unknown session",
+    );
+    assert_eq!(s.sessions.session(&unknown).await.expect("session"), None, "counting created a session");
+
+    s.sessions.revoke_session(&session.id, T0 + 100, "logout", &meta()).await.expect("revoke");
+    let revoked = stored_session(s, &session.id).await;
+    expect_conflict(
+        s.sessions.record_refresh_retry(&session.id, &session.refresh_hash, &meta()).await,
+        Conflict::Stale,
+        "a retry counted on a revoked session",
+    );
+    assert_eq!(stored_session(s, &session.id).await, revoked, "a refused count changed the revoked session");
+}
+
 /// A password change sets the hash, `sessions_valid_after` and the next
 /// `password_epoch`, and gives the session that made it that epoch, so it
 /// alone outlives the change; it is refused for another user's or a

@@ -88,4 +88,22 @@ impl SessionStore for DynamoStore {
             Err(e) => Err(e),
         }
     }
+
+    async fn record_refresh_retry(&self, id: &SessionId, current_hash: &str, meta: &RequestMeta) -> StoreResult<()> {
+        // A send of it again by the SDK (after a lost answer) counts it
+        // twice: two audit events for one retry, nothing else.
+        self.client
+            .update_item()
+            .table_name(&self.tokens)
+            .key(PK, s(items::session_pk(id)))
+            .update_expression("SET meta = :meta ADD retries_answered :one")
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(revoked_at) AND refresh_hash = :cur")
+            .expression_attribute_values(":cur", s(current_hash))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":meta", meta_value(meta)?)
+            .send()
+            .await
+            .map_err(map_sdk)?;
+        Ok(())
+    }
 }

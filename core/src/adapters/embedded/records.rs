@@ -271,7 +271,7 @@ pub(crate) fn update_challenge(c: &Connection, ch: &Challenge) -> rusqlite::Resu
 // ---- sessions -------------------------------------------------------------
 
 const SESSION_COLS: &str = "id, user_id, refresh_hash, created_at, refreshed_at, expires_at, generation, revoked_at, \
-                            revoke_reason, meta, valid_from, password_epoch, retry_seal";
+                            revoke_reason, meta, valid_from, password_epoch, retry_seal, retries_answered";
 
 fn session_row(r: &Row<'_>) -> rusqlite::Result<Session> {
     Ok(Session {
@@ -288,6 +288,7 @@ fn session_row(r: &Row<'_>) -> rusqlite::Result<Session> {
         valid_from: r.get(10)?,
         password_epoch: r.get(11)?,
         retry_seal: r.get(12)?,
+        retries_answered: r.get(13)?,
     })
 }
 
@@ -300,13 +301,15 @@ pub(crate) fn load_session(c: &Connection, id: &SessionId) -> rusqlite::Result<O
 pub(crate) fn insert_session(c: &Connection, s: &Session) -> rusqlite::Result<()> {
     c.prepare_cached(&format!(
         "INSERT INTO sessions ({SESSION_COLS}) VALUES (:id, :user_id, :refresh_hash, :created_at, :refreshed_at, \
-         :expires_at, :generation, :revoked_at, :revoke_reason, :meta, :valid_from, :password_epoch, :retry_seal)"
+         :expires_at, :generation, :revoked_at, :revoke_reason, :meta, :valid_from, :password_epoch, :retry_seal, \
+         :retries_answered)"
     ))?
     .execute(named_params! {
         ":id": s.id, ":user_id": s.user_id, ":refresh_hash": s.refresh_hash, ":created_at": s.created_at,
         ":refreshed_at": s.refreshed_at, ":expires_at": s.expires_at, ":generation": s.generation,
         ":revoked_at": s.revoked_at, ":revoke_reason": s.revoke_reason, ":meta": meta_json(&s.meta)?,
         ":valid_from": s.valid_from, ":password_epoch": s.password_epoch, ":retry_seal": s.retry_seal,
+        ":retries_answered": s.retries_answered,
     })?;
     Ok(())
 }
@@ -316,13 +319,14 @@ pub(crate) fn update_session(c: &Connection, s: &Session) -> rusqlite::Result<()
         .prepare_cached(
             "UPDATE sessions SET refresh_hash = :refresh_hash, refreshed_at = :refreshed_at, \
              generation = :generation, revoked_at = :revoked_at, revoke_reason = :revoke_reason, meta = :meta, \
-             valid_from = :valid_from, password_epoch = :password_epoch, retry_seal = :retry_seal WHERE id = :id",
+             valid_from = :valid_from, password_epoch = :password_epoch, retry_seal = :retry_seal, \
+             retries_answered = :retries_answered WHERE id = :id",
         )?
         .execute(named_params! {
             ":id": s.id, ":refresh_hash": s.refresh_hash, ":refreshed_at": s.refreshed_at,
             ":generation": s.generation, ":revoked_at": s.revoked_at, ":revoke_reason": s.revoke_reason,
             ":meta": meta_json(&s.meta)?, ":valid_from": s.valid_from, ":password_epoch": s.password_epoch,
-            ":retry_seal": s.retry_seal,
+            ":retry_seal": s.retry_seal, ":retries_answered": s.retries_answered,
         })?;
     expect_one(n)
 }

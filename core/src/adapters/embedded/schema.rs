@@ -206,6 +206,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE sessions ADD COLUMN retry_seal TEXT;
     "#,
+    // 16: retries of a refresh answered within the grace, counted
+    // (`Session::retries_answered`), so each one reaches the audit trail.
+    r#"
+    ALTER TABLE sessions ADD COLUMN retries_answered INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.

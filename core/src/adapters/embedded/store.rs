@@ -568,6 +568,23 @@ impl SessionStore for EmbeddedStore {
             })
             .await
     }
+
+    async fn record_refresh_retry(&self, id: &SessionId, current_hash: &str, meta: &RequestMeta) -> StoreResult<()> {
+        let (id, current_hash, meta, at) = (*id, current_hash.to_string(), meta.clone(), self.db().now());
+        self.db()
+            .tx(move |tx| {
+                let Some(old) = rec::load_session(tx, &id)? else {
+                    return stale();
+                };
+                if old.revoked_at.is_some() || old.refresh_hash != current_hash {
+                    return stale();
+                }
+                let new = Session { retries_answered: old.retries_answered.saturating_add(1), meta, ..old.clone() };
+                rec::update_session(tx, &new)?;
+                record(tx, at, ChangeEntity::Session, &id.to_string(), Some(&old), Some(&new))
+            })
+            .await
+    }
 }
 
 #[async_trait]
@@ -731,6 +748,7 @@ mod tests {
             valid_from: None,
             password_epoch: Some(0),
             retry_seal: None,
+            retries_answered: 0,
             meta: RequestMeta::default(),
         }
     }

@@ -194,6 +194,7 @@ mod tests {
             valid_from: None,
             password_epoch: Some(0),
             retry_seal: None,
+            retries_answered: 0,
             meta: meta.clone(),
         };
         s.redeem_challenge(&used.id, "h2", T0 + 10, 6, 100, 0, &session, &meta).await.unwrap();
