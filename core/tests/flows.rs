@@ -949,13 +949,9 @@ impl SessionStore for RacingSessions {
     }
 }
 
-/// Two refreshes of one token racing (a client's retry sent before its
-/// first answer came): the one whose rotation is refused because the
-/// other rotated first answers with the other's token, and the session,
-/// rotated once, lives on. Sent from another client, the loser revokes it.
-#[tokio::test]
-async fn a_refresh_that_loses_its_rotation_to_its_own_retry_answers_the_retrys_token() {
-    let w = world(RateLimits::relaxed());
+/// `w`'s store behind [`RacingSessions`]: the sessions, an `Auth` on them
+/// (the raced one), and a plain `Auth` on the same store to race it with.
+fn racing_sessions(w: &World) -> (Arc<RacingSessions>, Auth, Arc<Auth>) {
     let racing = Arc::new(RacingSessions {
         store: w.store.clone(),
         before_rotate: Mutex::new(None),
@@ -964,7 +960,18 @@ async fn a_refresh_that_loses_its_rotation_to_its_own_retry_answers_the_retrys_t
     let mut ports = ports_on(w.store.clone(), &w.store, &w.clock, &w.mail);
     ports.sessions = racing.clone();
     let raced = auth_with(ports, RateLimits::relaxed(), 3, |_| {});
-    let first = Arc::new(auth_on(w.store.clone(), &w.store, &w.clock, &w.mail, RateLimits::relaxed(), 3));
+    let plain = Arc::new(auth_on(w.store.clone(), &w.store, &w.clock, &w.mail, RateLimits::relaxed(), 3));
+    (racing, raced, plain)
+}
+
+/// Two refreshes of one token racing (a client's retry sent before its
+/// first answer came): the one whose rotation is refused because the
+/// other rotated first answers with the other's token, and the session,
+/// rotated once, lives on. Sent from another client, the loser revokes it.
+#[tokio::test]
+async fn a_refresh_that_loses_its_rotation_to_its_own_retry_answers_the_retrys_token() {
+    let w = world(RateLimits::relaxed());
+    let (racing, raced, first) = racing_sessions(&w);
     verified(&w, "alice").await;
     for (winner_meta, loser_survives) in [(meta(), true), (meta_from("198.51.100.7"), false)] {
         let pair = signed_in(&w, "alice", &meta()).await;
@@ -996,15 +1003,7 @@ async fn a_refresh_that_loses_its_rotation_to_its_own_retry_answers_the_retrys_t
 #[tokio::test]
 async fn a_retry_whose_count_finds_the_session_rotated_again_is_refused_and_revokes_nothing() {
     let w = world(RateLimits::relaxed());
-    let racing = Arc::new(RacingSessions {
-        store: w.store.clone(),
-        before_rotate: Mutex::new(None),
-        before_retry_count: Mutex::new(None),
-    });
-    let mut ports = ports_on(w.store.clone(), &w.store, &w.clock, &w.mail);
-    ports.sessions = racing.clone();
-    let raced = auth_with(ports, RateLimits::relaxed(), 3, |_| {});
-    let other = Arc::new(auth_on(w.store.clone(), &w.store, &w.clock, &w.mail, RateLimits::relaxed(), 3));
+    let (racing, raced, other) = racing_sessions(&w);
     verified(&w, "alice").await;
     let pair = signed_in(&w, "alice", &meta()).await;
     let rotated = w.auth.refresh(&pair.refresh_token, &meta()).await.unwrap();

@@ -706,6 +706,10 @@ pub async fn headers_on_every_status(sys: &TestSystem) {
     let (st, body, _) = sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD})).await;
     assert_eq!(st, 202);
     let challenge = body["challenge_id"].as_str().expect("challenge").to_string();
+    // Its code mail is in before the `sign_in` below counts the mails (a
+    // CI run under load had it land after the count, and the sign-in took
+    // this login's code for its own).
+    sys.wait_mail(&email, 2).await;
     let mut seen = vec![];
     let mut check = |what: &str, st: u16, h: &HeaderMap| {
         assert_security_headers(h, st, what);
