@@ -7,6 +7,16 @@ const ADMIN_KEY: &str = "admin-key-for-the-ssm-test-0123456789abcdef";
 /// `printf %s "$ADMIN_KEY" | sha256sum`, as an operator computes it.
 const ADMIN_KEY_HASH: &str = "fc1c25c81ebc808456088a6af8931379c94e9da92222268741fd10461df12ccd";
 
+/// A code HMAC key (base64 of 32 bytes) for the parameters these tests put.
+const HMAC_KEY: &str = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=";
+
+/// The key ids `sys` publishes in its JWKS, in order.
+async fn published_kids(sys: &TestSystem) -> Vec<String> {
+    let jwks: serde_json::Value =
+        sys.http.get(sys.url("/.well-known/jwks.json")).send().await.expect("jwks").json().await.expect("json");
+    jwks["keys"].as_array().expect("keys").iter().map(|k| k["kid"].as_str().expect("kid").to_string()).collect()
+}
+
 /// Puts a SecureString parameter, as Terraform's `value_wo` writes it (over
 /// the value before).
 async fn put(ssm: &aws_sdk_ssm::Client, name: &str, value: &str) {
@@ -38,7 +48,7 @@ async fn secrets_come_from_ssm_parameters() {
     let (jwt_name, hmac_name, admin_name) =
         (format!("/{prefix}/jwt"), format!("/{prefix}/hmac"), format!("/{prefix}/admin-key-hash"));
     put(&ssm, &jwt_name, &key.to_base64()).await;
-    put(&ssm, &hmac_name, "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=").await;
+    put(&ssm, &hmac_name, HMAC_KEY).await;
     put(&ssm, &admin_name, ADMIN_KEY_HASH).await;
     let sys = TestSystem::aws_with(&[
         ("LATCHKEY_JWT_PRIVATE_KEY_PARAM", jwt_name.as_str()),
@@ -153,16 +163,8 @@ async fn a_jwt_key_rotation_keeps_sessions_and_the_old_tokens_through_its_overla
         (latchkey_core::keys::SigningKey::generate().unwrap(), latchkey_core::keys::SigningKey::generate().unwrap());
     let (jwt_name, hmac_name) = (format!("/{prefix}/jwt-private-key"), format!("/{prefix}/code-hmac-key"));
     put(&ssm, &jwt_name, &old_key.to_base64()).await;
-    put(&ssm, &hmac_name, "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=").await;
+    put(&ssm, &hmac_name, HMAC_KEY).await;
     let params = [("LATCHKEY_JWT_PRIVATE_KEY_PARAM", jwt_name.as_str()), ("LATCHKEY_CODE_HMAC_KEY_PARAM", &hmac_name)];
-    let kids = |jwks: serde_json::Value| -> Vec<String> {
-        jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_string()).collect()
-    };
-    let jwks = |sys: &TestSystem| {
-        let url = sys.url("/.well-known/jwks.json");
-        let http = sys.http.clone();
-        async move { http.get(url).send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
-    };
 
     let old = TestSystem::aws_on(&prefix, &[params[0], params[1], ("LATCHKEY_JWT_KEY_VERSION", "1")]).await;
     let (username, email) = verified_user(&old).await;
@@ -178,7 +180,7 @@ async fn a_jwt_key_rotation_keeps_sessions_and_the_old_tokens_through_its_overla
         &[params[0], params[1], ("LATCHKEY_JWT_KEY_VERSION", "2"), ("LATCHKEY_JWT_PREVIOUS_PUBLIC_KEY", &x)],
     )
     .await;
-    assert_eq!(kids(jwks(&new).await), [new_key.kid(), old_key.kid()], "the new key first, the old one beside it");
+    assert_eq!(published_kids(&new).await, [new_key.kid(), old_key.kid()], "the new key first, the old one beside it");
     let (st, me) = new.get_auth("/v1/me", &old_access).await;
     assert_eq!((st, me["username"].as_str()), (200, Some(username.as_str())), "{me}");
 
@@ -196,7 +198,7 @@ async fn a_jwt_key_rotation_keeps_sessions_and_the_old_tokens_through_its_overla
     // The overlap taken out: the old key's tokens end, its key is no longer
     // published, and the session still refreshes.
     let after = TestSystem::aws_on(&prefix, &[params[0], params[1], ("LATCHKEY_JWT_KEY_VERSION", "2")]).await;
-    assert_eq!(kids(jwks(&after).await), [new_key.kid()]);
+    assert_eq!(published_kids(&after).await, [new_key.kid()]);
     assert_eq!(after.get_auth("/v1/me", &old_access).await.0, 401);
     assert_eq!(after.get_auth("/v1/me", &new_access).await.0, 200);
     let next = rotated["refresh_token"].as_str().unwrap();
@@ -230,7 +232,7 @@ async fn a_jwt_rotation_through_the_key_slots_refuses_no_token_during_the_switch
     );
     put(&ssm, &slot_a, &key_a.to_base64()).await;
     put(&ssm, &slot_b, &key_b.to_base64()).await;
-    put(&ssm, &hmac_name, "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=").await;
+    put(&ssm, &hmac_name, HMAC_KEY).await;
     // The api's environment with `jwt_signing_slot` = `signing`.
     let on = |signing: &str, a_version: &str| {
         let (signs, stands_by) = if signing == "a" { (&slot_a, &slot_b) } else { (&slot_b, &slot_a) };
@@ -249,13 +251,6 @@ async fn a_jwt_rotation_through_the_key_slots_refuses_no_token_during_the_switch
             TestSystem::aws_on(&prefix, &pairs).await
         }
     };
-    let kids = |sys: &TestSystem| {
-        let (url, http) = (sys.url("/.well-known/jwks.json"), sys.http.clone());
-        async move {
-            let jwks: serde_json::Value = http.get(url).send().await.unwrap().json().await.unwrap();
-            jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_string()).collect::<Vec<_>>()
-        }
-    };
     let kid_of = |jwt: &str| -> String {
         use base64::Engine;
         let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jwt.split('.').next().unwrap()).unwrap();
@@ -264,7 +259,7 @@ async fn a_jwt_rotation_through_the_key_slots_refuses_no_token_during_the_switch
 
     // 1. Slot a signs; b is published ahead.
     let old = start(on("a", "1")).await;
-    assert_eq!(kids(&old).await, [key_a.kid(), key_b.kid()], "the signing key first, the next one after it");
+    assert_eq!(published_kids(&old).await, [key_a.kid(), key_b.kid()], "the signing key first, the next one after it");
     let (username, email) = verified_user(&old).await;
     let tokens = sign_in(&old, &username, &email).await;
     let of_a = tokens["access_token"].as_str().unwrap().to_string();
@@ -272,7 +267,7 @@ async fn a_jwt_rotation_through_the_key_slots_refuses_no_token_during_the_switch
 
     // 2. The switch: the same parameters, the other slot signs.
     let switched = start(on("b", "1")).await;
-    assert_eq!(kids(&switched).await, [key_b.kid(), key_a.kid()]);
+    assert_eq!(published_kids(&switched).await, [key_b.kid(), key_a.kid()]);
     let (st, me) = switched.get_auth("/v1/me", &of_a).await;
     assert_eq!((st, me["username"].as_str()), (200, Some(username.as_str())), "a's token on a new instance: {me}");
     let refresh = tokens["refresh_token"].as_str().unwrap();
@@ -288,7 +283,7 @@ async fn a_jwt_rotation_through_the_key_slots_refuses_no_token_during_the_switch
     let key_a2 = SigningKey::generate().unwrap();
     put(&ssm, &slot_a, &key_a2.to_base64()).await;
     let after = start(on("b", "2")).await;
-    assert_eq!(kids(&after).await, [key_b.kid(), key_a2.kid()]);
+    assert_eq!(published_kids(&after).await, [key_b.kid(), key_a2.kid()]);
     assert_eq!(after.get_auth("/v1/me", &of_a).await.0, 401, "the retired key's token");
     assert_eq!(after.get_auth("/v1/me", &of_b).await.0, 200);
     let next = rotated["refresh_token"].as_str().unwrap();
