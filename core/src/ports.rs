@@ -314,6 +314,20 @@ pub trait ChallengeStore: Send + Sync {
         max_failures: u32,
         meta: &RequestMeta,
     ) -> StoreResult<()>;
+
+    /// Gives back what a `replace_challenge_code` at `sent_at` took when its
+    /// mail could not be queued: sets `last_sent_at = previous_sent_at` and
+    /// `resends -= 1`, only if the challenge still has `code_hash` and
+    /// `last_sent_at = sent_at` (no resend since); `Conflict(Stale)`
+    /// otherwise. The unmailed code stays, with any failures and attempts
+    /// counted on it; `meta` is not changed.
+    async fn give_back_resend(
+        &self,
+        id: &ChallengeId,
+        code_hash: &str,
+        sent_at: Timestamp,
+        previous_sent_at: Timestamp,
+    ) -> StoreResult<()>;
 }
 
 #[async_trait]
@@ -391,6 +405,19 @@ pub trait OtpStore: Send + Sync {
         budget: u32,
         meta: &RequestMeta,
     ) -> StoreResult<u32>;
+
+    /// Gives back the cooldown a `put_otp` at `sent_at` started when its mail
+    /// could not be queued: sets `last_sent_at = previous_sent_at`, only if
+    /// the record still has `code_hash` and `last_sent_at = sent_at` (no
+    /// send since); `Conflict(Stale)` otherwise. The unmailed code stays,
+    /// with any failures and attempts counted on it; `meta` is not changed.
+    async fn give_back_otp_cooldown(
+        &self,
+        address_hash: &str,
+        code_hash: &str,
+        sent_at: Timestamp,
+        previous_sent_at: Timestamp,
+    ) -> StoreResult<()>;
 }
 
 /// One counter to hit: at most `limit` hits per fixed `window_secs` window

@@ -692,6 +692,48 @@ async fn a_queue_outage_after_a_committed_change_is_not_the_callers_error() {
     assert_eq!(w.mail.kinds(), ["verify_email"]);
 }
 
+/// A code the caller asked for whose mail the queue refuses is answered as
+/// the outage, and spends neither the send's cooldown nor one of the
+/// login's resends: asked again once the queue is back, a code is mailed at
+/// once, and it is the one that works.
+#[tokio::test]
+async fn a_code_send_the_queue_refuses_can_be_asked_for_again_at_once() {
+    let w = world(RateLimits::relaxed());
+    let addr = "una@example.com";
+    fn unavailable<T>(r: &Result<T, Error>) -> bool {
+        matches!(r, Err(Error::Unavailable(_)))
+    }
+    // A first code for the address, and a code replacing one (past its
+    // cooldown), each refused by the queue and asked for again at once.
+    for _ in 0..2 {
+        w.mail.down(true);
+        let r = w.auth.send_otp(addr, &meta()).await;
+        assert!(unavailable(&r), "{r:?}");
+        w.mail.down(false);
+        w.auth.send_otp(addr, &meta()).await.expect("a send right after a refused one");
+        w.clock.advance(w.auth.policy().otp_send_cooldown_secs);
+    }
+    w.auth.verify_otp(addr, &w.mail.code(), &meta()).await.expect("the code mailed last");
+
+    verified(&w, "una").await;
+    let c = w.auth.login("una", PW.into(), None, &meta()).await.unwrap();
+    let id = c.challenge_id.to_string();
+    let p = w.auth.policy().clone();
+    w.clock.advance(p.code_resend_cooldown_secs);
+    w.mail.down(true);
+    let r = w.auth.resend_login_code(&id, &meta()).await;
+    assert!(unavailable(&r), "{r:?}");
+    w.mail.down(false);
+    // Every one of the login's resends is still there, the first at once.
+    for _ in 0..p.code_max_resends {
+        w.auth.resend_login_code(&id, &meta()).await.expect("a resend the refused one did not spend");
+        w.clock.advance(p.code_resend_cooldown_secs);
+    }
+    let r = w.auth.resend_login_code(&id, &meta()).await;
+    assert!(matches!(r, Err(Error::ChallengeNotFound)), "{r:?}");
+    w.auth.verify_login_code(&id, &w.mail.code(), &meta()).await.expect("the code mailed last");
+}
+
 #[tokio::test]
 async fn login_rate_limit_per_identifier_answers_with_the_wait() {
     let w = world(RateLimits::default());

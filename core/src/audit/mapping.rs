@@ -644,6 +644,11 @@ mod tests {
         // A resend while the code was live: no expiry.
         let early = change(Images::Challenge(Some(c.clone()), Some(resend(&c, c.expires_at - 1))), false);
         assert_eq!(kinds(&early), [T::LoginCodeIssued]);
+        // A resend whose mail was not queued, given back: no event (the
+        // code stays; the next resend is the next issue).
+        let resent = resend(&c, c.expires_at - 1);
+        let given_back = Challenge { last_sent_at: c.last_sent_at, resends: c.resends, ..resent.clone() };
+        assert!(kinds(&change(Images::Challenge(Some(resent), Some(given_back)), false)).is_empty());
 
         let o = OtpRecord {
             address_hash: "addr".into(),
@@ -774,6 +779,9 @@ mod tests {
         assert_eq!(kinds(&change(Images::Otp(Some(o.clone()), Some(failed)), false)), [T::OtpFailed]);
         let attempt = OtpRecord { attempts: 1, ..o.clone() };
         assert!(kinds(&change(Images::Otp(Some(o.clone()), Some(attempt)), false)).is_empty());
+        // The cooldown of a send whose mail was not queued, given back.
+        let given_back = OtpRecord { last_sent_at: T0 - 60, ..o.clone() };
+        assert!(kinds(&change(Images::Otp(Some(o.clone()), Some(given_back)), false)).is_empty());
         assert_eq!(kinds(&change(Images::Otp(Some(o.clone()), None), true)), [T::OtpExpired]);
 
         // The wrong code that spends the address's budget across codes says

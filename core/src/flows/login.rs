@@ -191,13 +191,14 @@ impl Auth {
             return Err(Error::OtpExhausted);
         }
         let code = OtpCode::generate(self.ports.rng.as_ref());
+        let code_hash = self.login_code_hash(&id, &code);
         let expires_at = now + p.login_code_ttl_secs;
         match self
             .ports
             .challenges
             .replace_challenge_code(
                 &id,
-                &self.login_code_hash(&id, &code),
+                &code_hash,
                 expires_at,
                 now,
                 p.code_resend_cooldown_secs,
@@ -215,7 +216,15 @@ impl Auth {
             }
             Err(e) => return Err(e.into()),
         }
-        self.send(&user.email, Some(user.id.to_string()), meta, self.code_job(&user, code)).await?;
+        if let Err(e) = self.send(&user.email, Some(user.id.to_string()), meta, self.code_job(&user, code)).await {
+            // Nothing was mailed: neither the cooldown nor one of the
+            // login's resends is spent on it. (The new code stays; nobody
+            // has it.)
+            if let Err(g) = self.ports.challenges.give_back_resend(&id, &code_hash, now, c.last_sent_at).await {
+                tracing::warn!(challenge_id = %id, error = %g, "the resend of a code not mailed was not given back");
+            }
+            return Err(e);
+        }
         tracing::info!(user_id = %user.id, challenge_id = %id, "login code re-sent");
         Ok(LoginStarted { challenge_id: id, expires_at, resend_after: p.code_resend_cooldown_secs })
     }

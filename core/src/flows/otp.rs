@@ -79,7 +79,17 @@ impl Auth {
             code: Secret::new(code.expose().to_string()),
             expires_minutes: (self.policy.otp_ttl_secs / 60) as u32,
         };
-        self.send(&email, Some(otp_subject(&addr)), meta, job).await?;
+        if let Err(e) = self.send(&email, Some(otp_subject(&addr)), meta, job).await {
+            // Nothing was mailed: the caller may ask again at once, not
+            // after a cooldown for a mail that never went. (The new code
+            // stays; nobody has it.)
+            let cooldown = self.policy.otp_send_cooldown_secs;
+            let previous = existing.as_ref().map_or(now - cooldown, |e| e.last_sent_at);
+            if let Err(g) = self.ports.otps.give_back_otp_cooldown(&addr, &rec.code_hash, now, previous).await {
+                tracing::warn!(error = %g, "the send cooldown of a code not mailed was not given back");
+            }
+            return Err(e);
+        }
         Ok(OtpSent { expires_at: rec.expires_at })
     }
 

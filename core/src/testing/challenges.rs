@@ -489,6 +489,51 @@ pub async fn replace_challenge_code_max_resends(s: &Subject) {
     assert_eq!(stored_challenge(s, &challenge.id).await, before, "a refused resend changed the challenge");
 }
 
+/// A resend whose mail was not queued is given back: `last_sent_at` and
+/// `resends` as they were before it, its code and the failures counted on
+/// it kept; only for the code and the send time given, and only once.
+pub async fn give_back_resend_restores_the_cooldown_and_the_count(s: &Subject) {
+    let (user, challenge) = pending_challenge(s).await;
+    let now = T0 + COOLDOWN;
+    let code = hash();
+    s.challenges
+        .replace_challenge_code(&challenge.id, &code, now + 600, now, COOLDOWN, 1, MAX_FAILURES, &meta())
+        .await
+        .expect("a resend");
+    s.challenges
+        .record_challenge_failure(&challenge.id, &user.id, MAX_FAILURES, u32::MAX, challenge.password_epoch, &meta())
+        .await
+        .expect("a wrong code on the new one");
+    let sent = stored_challenge(s, &challenge.id).await;
+    for (id, code_hash, at, what) in [
+        (challenge.id, hash(), now, "a give-back for another code"),
+        (challenge.id, code.clone(), now - 1, "a give-back for another send time"),
+        (challenge_id(), code.clone(), now, "a give-back for an unknown challenge"),
+    ] {
+        expect_conflict(s.challenges.give_back_resend(&id, &code_hash, at, T0).await, Conflict::Stale, what);
+    }
+    assert_eq!(stored_challenge(s, &challenge.id).await, sent, "a refused give-back changed the challenge");
+
+    s.challenges.give_back_resend(&challenge.id, &code, now, T0).await.expect("give_back_resend");
+    let given_back = stored_challenge(s, &challenge.id).await;
+    assert_eq!(
+        given_back,
+        Challenge { last_sent_at: T0, resends: 0, ..sent.clone() },
+        "a give-back sets last_sent_at back and resends - 1, and nothing else"
+    );
+    assert_eq!(given_back.failures, 1);
+    expect_conflict(
+        s.challenges.give_back_resend(&challenge.id, &code, now, T0).await,
+        Conflict::Stale,
+        "the same give-back again",
+    );
+    // The one resend allowed is there again, at once.
+    s.challenges
+        .replace_challenge_code(&challenge.id, &hash(), now + 600, now, COOLDOWN, 1, MAX_FAILURES, &meta())
+        .await
+        .expect("the resend given back, made again");
+}
+
 pub async fn replace_challenge_code_keeps_failures(s: &Subject) {
     let (user, challenge) = pending_challenge(s).await;
     let m = meta();

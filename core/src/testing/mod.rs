@@ -120,6 +120,7 @@ macro_rules! contract_suite {
             replace_challenge_code_cooldown_boundary,
             replace_challenge_code_max_resends,
             replace_challenge_code_keeps_failures,
+            give_back_resend_restores_the_cooldown_and_the_count,
             the_account_budget_stops_every_code,
             one_wrong_code_spends_the_budget,
             a_password_change_since_the_password_step_stops_its_code,
@@ -139,6 +140,7 @@ macro_rules! contract_suite {
             otp_failures_capped_under_concurrency,
             otp_attempts_capped_under_concurrency,
             otp_budget_spans_codes,
+            give_back_otp_cooldown_restores_last_sent_at,
             // rate limiter
             limiter_allows_exactly_limit_per_window,
             limiter_counts_concurrent_hits_exactly,

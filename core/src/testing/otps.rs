@@ -67,6 +67,42 @@ pub async fn put_otp_expected_version(s: &Subject) {
     s.otps.put_otp(&third, Some(&used)).await.expect("put expecting the used code");
 }
 
+/// A send whose mail was not queued gives its cooldown back: `last_sent_at`
+/// as it was before it, its code and the failures counted on it kept; only
+/// for the code and the send time given, and only once.
+pub async fn give_back_otp_cooldown_restores_last_sent_at(s: &Subject) {
+    let first = sent_otp(s).await;
+    let address = first.address_hash.clone();
+    let now = T0 + 60;
+    let second =
+        OtpRecord { code_hash: hash(), created_at: now, expires_at: now + 600, last_sent_at: now, ..first.clone() };
+    s.otps.put_otp(&second, Some(&first)).await.expect("a second code");
+    s.otps.record_otp_failure(&address, MAX_FAILURES, BUDGET, &meta()).await.expect("a wrong code on it");
+    let sent = stored_otp(s, &address).await;
+    for (address, code_hash, at, what) in [
+        (address.clone(), first.code_hash.clone(), now, "a give-back for another code"),
+        (address.clone(), second.code_hash.clone(), now - 1, "a give-back for another send time"),
+        (hash(), second.code_hash.clone(), now, "a give-back for an unknown address"),
+    ] {
+        expect_conflict(s.otps.give_back_otp_cooldown(&address, &code_hash, at, T0).await, Conflict::Stale, what);
+    }
+    assert_eq!(stored_otp(s, &address).await, sent, "a refused give-back changed the record");
+
+    s.otps.give_back_otp_cooldown(&address, &second.code_hash, now, T0).await.expect("give_back_otp_cooldown");
+    let given_back = stored_otp(s, &address).await;
+    assert_eq!(
+        given_back,
+        OtpRecord { last_sent_at: T0, ..sent.clone() },
+        "a give-back sets last_sent_at back, and nothing else"
+    );
+    assert_eq!((given_back.failures, given_back.code_hash), (1, second.code_hash.clone()));
+    expect_conflict(
+        s.otps.give_back_otp_cooldown(&address, &second.code_hash, now, T0).await,
+        Conflict::Stale,
+        "the same give-back again",
+    );
+}
+
 /// Of any number of concurrent attempts on a code, exactly the cap succeed,
 /// each seeing a distinct count; none once the code is used or expired.
 pub async fn otp_attempts_capped_under_concurrency(s: &Subject) {

@@ -165,4 +165,26 @@ impl OtpStore for DynamoStore {
         let attrs = out.attributes.ok_or_else(|| StoreError::internal("UpdateItem returned no attributes"))?;
         items::number(&attrs, "failures")
     }
+
+    async fn give_back_otp_cooldown(
+        &self,
+        address_hash: &str,
+        code_hash: &str,
+        sent_at: Timestamp,
+        previous_sent_at: Timestamp,
+    ) -> StoreResult<()> {
+        self.client
+            .update_item()
+            .table_name(&self.tokens)
+            .key(PK, s(items::otp_pk(address_hash)))
+            .update_expression("SET last_sent_at = :prev")
+            .condition_expression("attribute_exists(pk) AND code_hash = :h AND last_sent_at = :sent")
+            .expression_attribute_values(":prev", n(previous_sent_at))
+            .expression_attribute_values(":h", s(code_hash))
+            .expression_attribute_values(":sent", n(sent_at))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(map_sdk)
+    }
 }

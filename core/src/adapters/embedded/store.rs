@@ -503,6 +503,29 @@ impl ChallengeStore for EmbeddedStore {
             })
             .await
     }
+
+    async fn give_back_resend(
+        &self,
+        id: &ChallengeId,
+        code_hash: &str,
+        sent_at: Timestamp,
+        previous_sent_at: Timestamp,
+    ) -> StoreResult<()> {
+        let (id, code_hash, at) = (*id, code_hash.to_string(), self.db().now());
+        self.db()
+            .tx(move |tx| {
+                let Some(old) = rec::load_challenge(tx, &id)? else {
+                    return stale();
+                };
+                if old.code_hash != code_hash || old.last_sent_at != sent_at || old.resends == 0 {
+                    return stale();
+                }
+                let new = Challenge { last_sent_at: previous_sent_at, resends: old.resends - 1, ..old.clone() };
+                rec::update_challenge(tx, &new)?;
+                record(tx, at, ChangeEntity::Challenge, &id.to_string(), Some(&old), Some(&new))
+            })
+            .await
+    }
 }
 
 #[async_trait]
@@ -682,6 +705,29 @@ impl OtpStore for EmbeddedStore {
                 rec::upsert_otp(tx, &new)?;
                 record(tx, at, ChangeEntity::Otp, &h, Some(&old), Some(&new))?;
                 Ok(new.failures)
+            })
+            .await
+    }
+
+    async fn give_back_otp_cooldown(
+        &self,
+        address_hash: &str,
+        code_hash: &str,
+        sent_at: Timestamp,
+        previous_sent_at: Timestamp,
+    ) -> StoreResult<()> {
+        let (h, code_hash, at) = (address_hash.to_string(), code_hash.to_string(), self.db().now());
+        self.db()
+            .tx(move |tx| {
+                let Some(old) = rec::load_otp(tx, &h)? else {
+                    return stale();
+                };
+                if old.code_hash != code_hash || old.last_sent_at != sent_at {
+                    return stale();
+                }
+                let new = OtpRecord { last_sent_at: previous_sent_at, ..old.clone() };
+                rec::upsert_otp(tx, &new)?;
+                record(tx, at, ChangeEntity::Otp, &h, Some(&old), Some(&new))
             })
             .await
     }
