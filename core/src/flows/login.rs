@@ -218,8 +218,8 @@ impl Auth {
         }
         if let Err(e) = self.send(&user.email, Some(user.id.to_string()), meta, self.code_job(&user, code)).await {
             // Nothing was mailed: neither the cooldown nor one of the
-            // login's resends is spent on it. (The new code stays; nobody
-            // has it.)
+            // login's resends is spent on it. (The new code stays, as in
+            // `send_otp`.)
             if let Err(g) = self.ports.challenges.give_back_resend(&id, &code_hash, now, c.last_sent_at).await {
                 tracing::warn!(challenge_id = %id, error = %g, "the resend of a code not mailed was not given back");
             }

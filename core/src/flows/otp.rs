@@ -82,7 +82,8 @@ impl Auth {
         if let Err(e) = self.send(&email, Some(otp_subject(&addr)), meta, job).await {
             // Nothing was mailed: the caller may ask again at once, not
             // after a cooldown for a mail that never went. (The new code
-            // stays; nobody has it.)
+            // stays. Should the queue have taken the job and only its
+            // answer been lost, it is mailed, and a retry replaces it.)
             let cooldown = self.policy.otp_send_cooldown_secs;
             let previous = existing.as_ref().map_or(now - cooldown, |e| e.last_sent_at);
             if let Err(g) = self.ports.otps.give_back_otp_cooldown(&addr, &rec.code_hash, now, previous).await {

@@ -1,7 +1,7 @@
 //! `ChallengeStore`: login challenges in the tokens table. Each guard of the
 //! contract is part of the condition of the write it protects.
 
-use super::errors::{map_sdk, own_write_or_stale};
+use super::errors::own_write_or_stale;
 use super::items::{self, PK, TTL, TTL_GRACE_SECS, TTL_NAME, epoch_value, n, s, unchanged_since};
 use super::users::{UNLOCKED, meta_value};
 use super::{DynamoStore, check_item, put_item, update_item};
@@ -297,23 +297,7 @@ impl ChallengeStore for DynamoStore {
         sent_at: Timestamp,
         previous_sent_at: Timestamp,
     ) -> StoreResult<()> {
-        self.client
-            .update_item()
-            .table_name(&self.tokens)
-            .key(PK, s(items::challenge_pk(id)))
-            .update_expression("SET last_sent_at = :prev ADD resends :minus_one")
-            .condition_expression(
-                "attribute_exists(pk) AND code_hash = :h AND last_sent_at = :sent AND resends > :zero",
-            )
-            .expression_attribute_values(":prev", n(previous_sent_at))
-            .expression_attribute_values(":minus_one", n(-1))
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":h", s(code_hash))
-            .expression_attribute_values(":sent", n(sent_at))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(map_sdk)
+        self.give_back_send(items::challenge_pk(id), code_hash, sent_at, previous_sent_at, true).await
     }
 }
 

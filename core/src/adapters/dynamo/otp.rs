@@ -42,6 +42,43 @@ impl DynamoStore {
             .map_err(map_sdk)?;
         items::from_item(out.attributes.ok_or_else(|| StoreError::internal("UpdateItem returned no attributes"))?)
     }
+
+    /// Gives back a send of the code item `pk` whose mail was not queued:
+    /// `last_sent_at = previous_sent_at` (and, for a login's resend,
+    /// `resends - 1`), only if the item still has `code_hash` and
+    /// `last_sent_at = sent_at`.
+    pub(super) async fn give_back_send(
+        &self,
+        pk: String,
+        code_hash: &str,
+        sent_at: Timestamp,
+        previous_sent_at: Timestamp,
+        resend: bool,
+    ) -> StoreResult<()> {
+        let (update, condition) = if resend {
+            ("SET last_sent_at = :prev ADD resends :minus_one", " AND resends > :zero")
+        } else {
+            ("SET last_sent_at = :prev", "")
+        };
+        let req = self
+            .client
+            .update_item()
+            .table_name(&self.tokens)
+            .key(PK, s(pk))
+            .update_expression(update)
+            .condition_expression(format!(
+                "attribute_exists(pk) AND code_hash = :h AND last_sent_at = :sent{condition}"
+            ))
+            .expression_attribute_values(":prev", n(previous_sent_at))
+            .expression_attribute_values(":h", s(code_hash))
+            .expression_attribute_values(":sent", n(sent_at));
+        let req = if resend {
+            req.expression_attribute_values(":minus_one", n(-1)).expression_attribute_values(":zero", n(0))
+        } else {
+            req
+        };
+        req.send().await.map(|_| ()).map_err(map_sdk)
+    }
 }
 
 #[async_trait]
@@ -173,18 +210,6 @@ impl OtpStore for DynamoStore {
         sent_at: Timestamp,
         previous_sent_at: Timestamp,
     ) -> StoreResult<()> {
-        self.client
-            .update_item()
-            .table_name(&self.tokens)
-            .key(PK, s(items::otp_pk(address_hash)))
-            .update_expression("SET last_sent_at = :prev")
-            .condition_expression("attribute_exists(pk) AND code_hash = :h AND last_sent_at = :sent")
-            .expression_attribute_values(":prev", n(previous_sent_at))
-            .expression_attribute_values(":h", s(code_hash))
-            .expression_attribute_values(":sent", n(sent_at))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(map_sdk)
+        self.give_back_send(items::otp_pk(address_hash), code_hash, sent_at, previous_sent_at, false).await
     }
 }
