@@ -204,6 +204,19 @@ pub trait UserStore: Send + Sync {
         meta: &RequestMeta,
     ) -> StoreResult<()>;
 
+    /// Gives back the resend cooldown a verification mail's write at
+    /// `sent_at` started (`create_user` or `add_verification`) when the mail
+    /// could not be queued: sets `verification_sent_at = previous_sent_at`,
+    /// only if the user is unverified and its `verification_sent_at` is
+    /// `sent_at` (no send since); `Conflict(Stale)` otherwise. The unmailed
+    /// token stays valid; `meta` is not changed.
+    async fn give_back_verification_cooldown(
+        &self,
+        id: &UserId,
+        sent_at: Timestamp,
+        previous_sent_at: Timestamp,
+    ) -> StoreResult<()>;
+
     /// Reads a verification token by its hash.
     async fn verification(&self, token_hash: &str) -> StoreResult<Option<VerificationRecord>>;
 

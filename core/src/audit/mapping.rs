@@ -616,7 +616,11 @@ mod tests {
             );
         }
         // A login that passes resets the count: no failure.
-        assert!(kinds(&change(Images::User(Some(once), Some(u)), false)).is_empty());
+        assert!(kinds(&change(Images::User(Some(once), Some(u.clone())), false)).is_empty());
+        // The cooldown of a verification mail that was not queued, given
+        // back: no event.
+        let given_back = User { verification_sent_at: Some(T0 - 60), ..u.clone() };
+        assert!(kinds(&change(Images::User(Some(u), Some(given_back)), false)).is_empty());
     }
 
     #[test]

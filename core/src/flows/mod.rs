@@ -106,17 +106,22 @@ impl Auth {
     /// done. (An error would be worse: a registration answered 500 exists
     /// and its retry says "username taken"; the tenth wrong password would
     /// answer 500 only for accounts that exist.) Where the mail matters the
-    /// user can ask for it again: the verification resend.
+    /// user can ask for it again: the verification resend. Whether the job
+    /// was queued.
     async fn notify(
         &self,
         to: &crate::domain::Email,
         subject: Option<String>,
         meta: &crate::domain::RequestMeta,
         job: MailJob,
-    ) {
+    ) -> bool {
         let kind = job.kind();
-        if let Err(e) = self.send(to, subject, meta, job).await {
-            tracing::error!(kind, to = %to.masked(), error = %e, "mail job not queued; the change stands");
+        match self.send(to, subject, meta, job).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(kind, to = %to.masked(), error = %e, "mail job not queued; the change stands");
+                false
+            }
         }
     }
 }

@@ -66,7 +66,10 @@ impl Auth {
                     tracing::info!(user_id = %old, by = %user.id, "unverified account past its hold replaced");
                 }
                 tracing::info!(user_id = %user.id, "user registered");
-                self.notify(&email, Some(user.id.to_string()), meta, self.verify_job(&user, token)).await;
+                if !self.notify(&email, Some(user.id.to_string()), meta, self.verify_job(&user, token)).await {
+                    let cooldown = self.policy.verification_resend_cooldown_secs;
+                    self.give_back_verification_cooldown(&user.id, now, now - cooldown).await;
+                }
                 Ok(())
             }
             Err(StoreError::Conflict(Conflict::UsernameTaken)) => Err(Error::UsernameTaken),

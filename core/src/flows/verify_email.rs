@@ -1,5 +1,6 @@
 use super::Auth;
-use crate::domain::{Email, RequestMeta, VerificationRecord};
+use crate::clock::Timestamp;
+use crate::domain::{Email, RequestMeta, UserId, VerificationRecord};
 use crate::error::{Error, StoreError};
 use crate::keys::{random_token, token_hash};
 
@@ -58,6 +59,15 @@ impl Auth {
         Ok(())
     }
 
+    /// A verification mail that could not be queued does not hold its
+    /// owner off for the resend cooldown: asked again, it is sent at once.
+    /// (The unmailed link stays valid.)
+    pub(super) async fn give_back_verification_cooldown(&self, user: &UserId, sent_at: Timestamp, previous: Timestamp) {
+        if let Err(e) = self.ports.users.give_back_verification_cooldown(user, sent_at, previous).await {
+            tracing::warn!(user_id = %user, error = %e, "the resend cooldown of a verification mail not queued was not given back");
+        }
+    }
+
     async fn resend_if_unverified(&self, email: &Email, meta: &RequestMeta) -> Result<(), Error> {
         let Some(user) = self.ports.users.user_by_email(email).await? else { return Ok(()) };
         if user.verified {
@@ -95,7 +105,11 @@ impl Auth {
             // A queue outage answered only here would tell which addresses
             // have an unverified account; the owner can ask again.
             Ok(()) => {
-                self.notify(&user.email, Some(user.id.to_string()), meta, self.verify_job(&user, token)).await;
+                if !self.notify(&user.email, Some(user.id.to_string()), meta, self.verify_job(&user, token)).await {
+                    let cooldown = self.policy.verification_resend_cooldown_secs;
+                    let previous = user.verification_sent_at.unwrap_or(now - cooldown);
+                    self.give_back_verification_cooldown(&user.id, now, previous).await;
+                }
                 Ok(())
             }
             // Within the cooldown: say nothing different.

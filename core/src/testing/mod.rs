@@ -104,6 +104,7 @@ macro_rules! contract_suite {
             consume_verification_has_one_winner,
             consume_verification_refused_at_expiry_boundary,
             add_verification_cooldown_boundary,
+            give_back_verification_cooldown_restores_the_send_time,
             add_verification_refused_for_verified_or_unknown_user,
             no_link_for_an_unverified_account_past_its_retention,
             login_failures_lock_at_threshold,

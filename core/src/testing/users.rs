@@ -684,6 +684,51 @@ pub async fn add_verification_cooldown_boundary(s: &Subject) {
     assert_eq!(s.users.verification(&again.token_hash).await.expect("verification"), None);
 }
 
+/// A verification mail that was not queued gives back the cooldown its
+/// write started: `verification_sent_at` as it was before, the unmailed
+/// token kept; only for an unverified user at the send time given, and only
+/// once.
+pub async fn give_back_verification_cooldown_restores_the_send_time(s: &Subject) {
+    let cooldown = 60;
+    let (user, registration) = registered(s).await;
+    let at = T0 + cooldown;
+    let resent = verification_for(user.id, at);
+    s.users.add_verification(&resent, at, cooldown, &meta()).await.expect("add_verification");
+    let sent = stored_user(s, &user.id).await;
+    for (id, sent_at, what) in
+        [(user.id, at - 1, "a give-back for another send time"), (user_id(), at, "a give-back for an unknown user")]
+    {
+        expect_conflict(s.users.give_back_verification_cooldown(&id, sent_at, T0).await, Conflict::Stale, what);
+    }
+    assert_eq!(stored_user(s, &user.id).await, sent, "a refused give-back changed the user");
+
+    s.users.give_back_verification_cooldown(&user.id, at, T0).await.expect("give_back_verification_cooldown");
+    assert_eq!(
+        stored_user(s, &user.id).await,
+        User { verification_sent_at: Some(T0), ..sent.clone() },
+        "a give-back sets verification_sent_at back, and nothing else"
+    );
+    assert_eq!(s.users.verification(&resent.token_hash).await.expect("verification"), Some(resent.clone()));
+    expect_conflict(
+        s.users.give_back_verification_cooldown(&user.id, at, T0).await,
+        Conflict::Stale,
+        "the same give-back again",
+    );
+    // The resend it gave back can be made again at once.
+    let again = verification_for(user.id, at);
+    s.users.add_verification(&again, at, cooldown, &meta()).await.expect("the resend given back, made again");
+
+    // Never for a verified account.
+    s.users.consume_verification(&registration, at + 1, &meta()).await.expect("consume_verification");
+    let verified = stored_user(s, &user.id).await;
+    expect_conflict(
+        s.users.give_back_verification_cooldown(&user.id, at, T0).await,
+        Conflict::Stale,
+        "a give-back for a verified user",
+    );
+    assert_eq!(stored_user(s, &user.id).await, verified);
+}
+
 /// An account nobody verified is gone once its retention and the day of
 /// grace have passed (`User::retention_over`), whenever its store gets to
 /// deleting it: no link is added to it and none verifies it, while a

@@ -684,6 +684,27 @@ impl UserStore for DynamoStore {
         Ok(())
     }
 
+    async fn give_back_verification_cooldown(
+        &self,
+        id: &UserId,
+        sent_at: Timestamp,
+        previous_sent_at: Timestamp,
+    ) -> StoreResult<()> {
+        self.client
+            .update_item()
+            .table_name(&self.users)
+            .key(PK, s(items::user_pk(id)))
+            .update_expression("SET verification_sent_at = :prev")
+            .condition_expression("attribute_exists(pk) AND verified = :false AND verification_sent_at = :sent")
+            .expression_attribute_values(":prev", n(previous_sent_at))
+            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .expression_attribute_values(":sent", n(sent_at))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(map_sdk)
+    }
+
     async fn verification(&self, token_hash: &str) -> StoreResult<Option<VerificationRecord>> {
         self.get(&self.tokens, items::verification_pk(token_hash)).await
     }

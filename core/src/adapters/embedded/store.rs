@@ -273,6 +273,28 @@ impl UserStore for EmbeddedStore {
             .await
     }
 
+    async fn give_back_verification_cooldown(
+        &self,
+        id: &UserId,
+        sent_at: Timestamp,
+        previous_sent_at: Timestamp,
+    ) -> StoreResult<()> {
+        let (id, at) = (*id, self.db().now());
+        self.db()
+            .tx(move |tx| {
+                let Some(old) = rec::load_user(tx, UserKey::Id(&id))? else {
+                    return stale();
+                };
+                if old.verified || old.verification_sent_at != Some(sent_at) {
+                    return stale();
+                }
+                let new = User { verification_sent_at: Some(previous_sent_at), ..old.clone() };
+                rec::update_user(tx, &new)?;
+                record(tx, at, ChangeEntity::User, &id.to_string(), Some(&old), Some(&new))
+            })
+            .await
+    }
+
     async fn verification(&self, token_hash: &str) -> StoreResult<Option<VerificationRecord>> {
         let h = token_hash.to_string();
         self.db().tx(move |tx| Ok(rec::load_verification(tx, &h)?)).await
