@@ -330,9 +330,9 @@ pub trait ChallengeStore: Send + Sync {
 
     /// Gives back what a `replace_challenge_code` at `sent_at` took when its
     /// mail could not be queued: sets `last_sent_at = previous_sent_at` and
-    /// `resends -= 1`, only if the challenge still has `code_hash` and
-    /// `last_sent_at = sent_at` (no resend since); `Conflict(Stale)`
-    /// otherwise. The unmailed code stays, with any failures and attempts
+    /// `resends -= 1`, only if the challenge still has `code_hash`,
+    /// `last_sent_at = sent_at` (no resend since) and `resends > 0` (the
+    /// login's own code is no resend); `Conflict(Stale)` otherwise. The unmailed code stays, with any failures and attempts
     /// counted on it; `meta` is not changed.
     async fn give_back_resend(
         &self,

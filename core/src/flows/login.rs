@@ -221,7 +221,7 @@ impl Auth {
             // login's resends is spent on it. (The new code stays, as in
             // `send_otp`.)
             if let Err(g) = self.ports.challenges.give_back_resend(&id, &code_hash, now, c.last_sent_at).await {
-                tracing::warn!(challenge_id = %id, error = %g, "the resend of a code not mailed was not given back");
+                tracing::warn!(challenge_id = %id, error = %g, "the resend of a code not mailed was not given back (a resend since, or this give-back sent twice)");
             }
             return Err(e);
         }

@@ -87,7 +87,7 @@ impl Auth {
             let cooldown = self.policy.otp_send_cooldown_secs;
             let previous = existing.as_ref().map_or(now - cooldown, |e| e.last_sent_at);
             if let Err(g) = self.ports.otps.give_back_otp_cooldown(&addr, &rec.code_hash, now, previous).await {
-                tracing::warn!(error = %g, "the send cooldown of a code not mailed was not given back");
+                tracing::warn!(error = %g, "the send cooldown of a code not mailed was not given back (a send since, or this give-back sent twice)");
             }
             return Err(e);
         }

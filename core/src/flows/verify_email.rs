@@ -64,7 +64,7 @@ impl Auth {
     /// (The unmailed link stays valid.)
     pub(super) async fn give_back_verification_cooldown(&self, user: &UserId, sent_at: Timestamp, previous: Timestamp) {
         if let Err(e) = self.ports.users.give_back_verification_cooldown(user, sent_at, previous).await {
-            tracing::warn!(user_id = %user, error = %e, "the resend cooldown of a verification mail not queued was not given back");
+            tracing::warn!(user_id = %user, error = %e, "the resend cooldown of a verification mail not queued was not given back (a send since, or this give-back sent twice)");
         }
     }
 

@@ -494,6 +494,13 @@ pub async fn replace_challenge_code_max_resends(s: &Subject) {
 /// it kept; only for the code and the send time given, and only once.
 pub async fn give_back_resend_restores_the_cooldown_and_the_count(s: &Subject) {
     let (user, challenge) = pending_challenge(s).await;
+    // The login's first code was never a resend: nothing to give back.
+    expect_conflict(
+        s.challenges.give_back_resend(&challenge.id, &challenge.code_hash, T0, T0 - COOLDOWN).await,
+        Conflict::Stale,
+        "a give-back for the login's own code",
+    );
+    assert_eq!(stored_challenge(s, &challenge.id).await, challenge);
     let now = T0 + COOLDOWN;
     let code = hash();
     s.challenges
