@@ -515,10 +515,14 @@ async fn transient_then_success_is_one_mail() {
 #[tokio::test]
 async fn always_transient_goes_to_the_dlq_after_max_receive_count() {
     let fault = Fault { always: true, ..Fault::none() };
-    // 8 s: the poller's deadline (6 s) leaves each receive time for a send
-    // (`MIN_SEND_WINDOW`), so every receive reaches SES. The receives come
-    // the worker's retry backoff apart (5, 10, 20, 30 s: about 65 s in all).
-    let rig = rig(fault, FROM, Some(8), None).await;
+    // 20 s: the poller's deadline (18 s) leaves each receive time for a
+    // send (`MIN_SEND_WINDOW`), so every receive reaches SES, and leaves the
+    // last receive time for its ledger writes and the dead letter on a
+    // loaded emulator (a CI run with 8 s, a 6 s deadline, had the park cut
+    // off and SQS's redrive dead-letter the job without its reason). The
+    // receives come the worker's retry backoff apart (5, 10, 20, 30 s: about
+    // 65 s in all), not a visibility timeout apart.
+    let rig = rig(fault, FROM, Some(20), None).await;
     let to = rcpt("down");
     let env = job(&to);
     rig.send(&env.to_json()).await;
@@ -542,10 +546,12 @@ async fn always_transient_goes_to_the_dlq_after_max_receive_count() {
     let dead = rig.dead_letters().await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body(), Some(env.to_json().as_str()));
-    let why = reason(&dead[0]).expect("the worker's reason");
+    let entry = rig.worker.deliverer().ledger().entry(&env.id).await.unwrap();
+    let why = reason(&dead[0])
+        .unwrap_or_else(|| panic!("no reason on the dead letter: not parked by the worker; the ledger has {entry:?}"));
     let exhausted = format!("transient failures exhausted after {} receives: ", tables::MAIL_MAX_RECEIVE_COUNT);
     assert!(why.starts_with(&exhausted), "{why}");
-    let e = rig.worker.deliverer().ledger().entry(&env.id).await.unwrap().unwrap();
+    let e = entry.expect("a ledger record");
     assert_eq!((e.state.as_str(), e.reason.as_deref()), (ledger_state::FAILED, Some(why.as_str())));
     assert!(rig.mails(&to).await.is_empty());
 }
