@@ -249,12 +249,22 @@ impl Rig {
 
     /// Every SES mail moto recorded (one large read: fetch once, filter many).
     async fn sent(&self) -> Vec<Value> {
-        // moto serialises its whole state here; a request racing another
-        // test's writes can fail ("dictionary changed size"): ask again.
+        // moto serialises its whole state here, every table and queue the
+        // run has made (it never forgets one), holding up every other
+        // request meanwhile: seconds late in a run. One read at a time, so
+        // the tests running beside this one wait for one read, not several.
+        static ONE_READ: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _read = ONE_READ.lock().await;
+        // A request racing another test's writes can fail ("dictionary
+        // changed size"): ask again.
         let mut data = Value::Null;
         for attempt in 0..10 {
+            let started = Instant::now();
             let r = reqwest::get(format!("{}/moto-api/data.json", self.endpoint)).await.unwrap();
-            match r.json::<Value>().await {
+            let read = r.json::<Value>().await;
+            // Shown with a failure: how long the emulator was held up.
+            eprintln!("data.json read in {:?}", started.elapsed());
+            match read {
                 Ok(v) => {
                     data = v;
                     break;
