@@ -727,7 +727,8 @@ async fn stale_jobs_on_the_queue_are_deleted_unsent() {
     while received < 3 {
         let stats = poller.poll_once(&rig.worker).await.expect("poll");
         (received, handled) = (received + stats.received, handled + stats.handled);
-        assert!(started.elapsed() < Duration::from_secs(30), "{received} of 3 jobs received");
+        // A guard against a hang (the emulator can be held up for seconds).
+        assert!(started.elapsed() < Duration::from_secs(120), "{received} of 3 jobs received");
     }
     assert_eq!(handled, 3, "all three handled, none left for redelivery");
     assert_eq!(rig.queue_depth(&rig.queue_url).await, 0, "deleted");
@@ -745,13 +746,13 @@ async fn stale_jobs_on_the_queue_are_deleted_unsent() {
 
 /// A record that fails transiently is shown again after the worker's short
 /// backoff (5 s on a first receive), not after the queue's visibility
-/// timeout (60 s here), and its redelivery sends it.
+/// timeout (300 s here), and its redelivery sends it.
 #[tokio::test]
 async fn a_transient_failure_comes_back_after_a_short_backoff() {
     use latchkey_mail_worker::RETRY_BACKOFF_FIRST;
     // Every send of the first delivery fails (1 + max_retries).
     let sends = 1 + fast_retry().max_retries;
-    let rig = rig(Fault { first: Arc::new(AtomicUsize::new(sends)), ..Fault::none() }, FROM, Some(60), None).await;
+    let rig = rig(Fault { first: Arc::new(AtomicUsize::new(sends)), ..Fault::none() }, FROM, Some(300), None).await;
     let to = rcpt("backoff");
     rig.send(&job(&to).to_json()).await;
     let poller = rig.poller().await;
@@ -761,7 +762,9 @@ async fn a_transient_failure_comes_back_after_a_short_backoff() {
         if stats.received > 0 {
             break stats;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "the job never arrived");
+        // Guards against a hang, not timings: the emulator can be held up
+        // for seconds late in a run (see `Rig::sent`).
+        assert!(started.elapsed() < Duration::from_secs(60), "the job never arrived");
     };
     assert_eq!((first.received, first.failed), (1, 1), "left for redelivery");
     assert_eq!(rig.fault.seen.load(Ordering::SeqCst), sends);
@@ -772,8 +775,8 @@ async fn a_transient_failure_comes_back_after_a_short_backoff() {
             assert_eq!((stats.received, stats.handled), (1, 1));
             break;
         }
-        // 5 s and polling, against the queue's 60 s.
-        assert!(left.elapsed() < Duration::from_secs(20), "not shown again after the backoff");
+        // 5 s and polling, against the queue's 300 s.
+        assert!(left.elapsed() < Duration::from_secs(120), "not shown again after the backoff");
     }
     // Not at once either: the backoff held it (less a generous margin).
     assert!(left.elapsed() >= RETRY_BACKOFF_FIRST / 2, "shown again after {:?}", left.elapsed());
