@@ -332,8 +332,9 @@ pub trait ChallengeStore: Send + Sync {
     /// mail could not be queued: sets `last_sent_at = previous_sent_at` and
     /// `resends -= 1`, only if the challenge still has `code_hash`,
     /// `last_sent_at = sent_at` (no resend since) and `resends > 0` (the
-    /// login's own code is no resend); `Conflict(Stale)` otherwise. The unmailed code stays, with any failures and attempts
-    /// counted on it; `meta` is not changed.
+    /// login's own code is no resend); `Conflict(Stale)` otherwise. The
+    /// unmailed code stays, with any failures and attempts counted on it;
+    /// `meta` is not changed.
     async fn give_back_resend(
         &self,
         id: &ChallengeId,

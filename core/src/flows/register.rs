@@ -67,8 +67,7 @@ impl Auth {
                 }
                 tracing::info!(user_id = %user.id, "user registered");
                 if !self.notify(&email, Some(user.id.to_string()), meta, self.verify_job(&user, token)).await {
-                    let cooldown = self.policy.verification_resend_cooldown_secs;
-                    self.give_back_verification_cooldown(&user.id, now, now - cooldown).await;
+                    self.give_back_verification_cooldown(&user.id, now, None).await;
                 }
                 Ok(())
             }

@@ -61,8 +61,15 @@ impl Auth {
 
     /// A verification mail that could not be queued does not hold its
     /// owner off for the resend cooldown: asked again, it is sent at once.
-    /// (The unmailed link stays valid.)
-    pub(super) async fn give_back_verification_cooldown(&self, user: &UserId, sent_at: Timestamp, previous: Timestamp) {
+    /// (The unmailed link stays valid.) `previous` is the send before this
+    /// one, if there was one; without it, the cooldown is set to have ended.
+    pub(super) async fn give_back_verification_cooldown(
+        &self,
+        user: &UserId,
+        sent_at: Timestamp,
+        previous: Option<Timestamp>,
+    ) {
+        let previous = previous.unwrap_or(sent_at - self.policy.verification_resend_cooldown_secs);
         if let Err(e) = self.ports.users.give_back_verification_cooldown(user, sent_at, previous).await {
             tracing::warn!(user_id = %user, error = %e, "the resend cooldown of a verification mail not queued was not given back (a send since, or this give-back sent twice)");
         }
@@ -106,9 +113,7 @@ impl Auth {
             // have an unverified account; the owner can ask again.
             Ok(()) => {
                 if !self.notify(&user.email, Some(user.id.to_string()), meta, self.verify_job(&user, token)).await {
-                    let cooldown = self.policy.verification_resend_cooldown_secs;
-                    let previous = user.verification_sent_at.unwrap_or(now - cooldown);
-                    self.give_back_verification_cooldown(&user.id, now, previous).await;
+                    self.give_back_verification_cooldown(&user.id, now, user.verification_sent_at).await;
                 }
                 Ok(())
             }
