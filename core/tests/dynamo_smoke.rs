@@ -1,7 +1,8 @@
-//! The DynamoDB and SQS adapters against the emulator (moto, started by
-//! `localstack/moto.sh start`, which is idempotent and serialises DynamoDB
-//! requests, isolating writes as DynamoDB does; see
-//! `localstack/moto_server.py`). Each test makes its own tables under a
+//! The DynamoDB and SQS adapters against the emulator: the one named by
+//! `LATCHKEY_TEST_AWS_ENDPOINT` (e.g. LocalStack), as every other emulator
+//! test takes it, or else moto, started by `localstack/moto.sh start`, which
+//! is idempotent and serialises DynamoDB requests, isolating writes as
+//! DynamoDB does (see `localstack/moto_server.py`). Each test makes its own tables under a
 //! random prefix, so tests run in any order and in parallel.
 //!
 //! These check the adapter-specific parts (transactions, conditions,
@@ -40,10 +41,17 @@ static META: LazyLock<RequestMeta> = LazyLock::new(|| RequestMeta {
     user_agent: Some("dynamo-smoke".into()),
 });
 
-/// The emulator's endpoint, starting it on first use.
+/// The emulator's endpoint: `$LATCHKEY_TEST_AWS_ENDPOINT` if set, else
+/// moto's, starting it on first use. (`latchkey-tests` does the same for
+/// the other crates; core cannot depend on it, which depends on core.)
 fn endpoint() -> &'static str {
     static ENDPOINT: OnceLock<String> = OnceLock::new();
     ENDPOINT.get_or_init(|| {
+        if let Ok(endpoint) = std::env::var("LATCHKEY_TEST_AWS_ENDPOINT")
+            && !endpoint.trim().is_empty()
+        {
+            return endpoint.trim().to_string();
+        }
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../localstack/moto.sh");
         let out = std::process::Command::new(script).arg("start").output().expect("run localstack/moto.sh start");
         assert!(out.status.success(), "moto.sh start failed: {}", String::from_utf8_lossy(&out.stderr));
