@@ -140,9 +140,13 @@ async fn a_job_another_worker_holds_on_its_last_receive_is_left_to_sqs() {
 #[tokio::test]
 async fn the_poller_parks_a_job_on_its_real_last_receive() {
     let (sqs, queue, dlq) = queues().await;
+    // 4 s: each receive's deadline is then 3 s, room for the last one's
+    // dead letter on a slow emulator (1 s left it 0.75 s, and a dead letter
+    // cut off leaves the job to SQS's own redrive, without its reason).
+    // This worker changes no visibility, so the receives come 4 s apart.
     sqs.set_queue_attributes()
         .queue_url(&queue)
-        .attributes(QueueAttributeName::VisibilityTimeout, "1")
+        .attributes(QueueAttributeName::VisibilityTimeout, "4")
         .send()
         .await
         .unwrap();
@@ -158,7 +162,8 @@ async fn the_poller_parks_a_job_on_its_real_last_receive() {
         let stats = poller.poll_once(&w).await.unwrap();
         receives += stats.received;
         handled += stats.handled;
-        assert!(started.elapsed() < Duration::from_secs(60), "never parked");
+        // A guard against a hang: five receives take about 20 s.
+        assert!(started.elapsed() < Duration::from_secs(120), "never parked");
     }
     // SQS counted the receives itself (ApproximateReceiveCount).
     assert_eq!(receives, tables::MAIL_MAX_RECEIVE_COUNT as usize);
@@ -195,8 +200,9 @@ async fn a_job_another_worker_holds_comes_back_when_its_lease_ends() {
     );
     let job = late_receives(&ids(), 1, 1).records[0].body.clone().unwrap();
     let env = latchkey_core::mail::MailEnvelope::from_json(&job).unwrap();
-    // Another worker claimed it a while ago: its lease ends in 4 s.
-    let lease_ends = LEASE_SECS - 4;
+    // Another worker claimed it a while ago: its lease ends in 8 s, after
+    // the send and the first receive below, however slow the emulator.
+    let lease_ends = LEASE_SECS - 8;
     assert_eq!(
         ledger.claim(&JobMeta::of(&env), SystemClock.now() - lease_ends, LEASE_SECS).await.unwrap(),
         Claim::Claimed
@@ -216,8 +222,8 @@ async fn a_job_another_worker_holds_comes_back_when_its_lease_ends() {
             assert_eq!(stats.handled, 1);
             break;
         }
-        // The lease's 4 s and a second, against the queue's 60 s.
-        assert!(left.elapsed() < Duration::from_secs(25), "not shown again when the lease ended");
+        // The lease's 8 s and a second, against the queue's 60 s.
+        assert!(left.elapsed() < Duration::from_secs(40), "not shown again when the lease ended");
     }
     let e = ledger.entry(&env.id).await.unwrap().unwrap();
     assert_eq!((e.state.as_str(), e.attempts), (ledger_state::SENT, 2));

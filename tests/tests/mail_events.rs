@@ -81,7 +81,7 @@ async fn a_fixture_batch_sends_two_and_parks_the_poison_record() {
     assert_eq!(ev.records[0].message_attributes["kind"].string_value.as_deref(), Some("signup_attempt"));
     let (mailer, ledger) = (Arc::new(Recorder::default()), Arc::new(MemoryMailLedger::new()));
     let (w, sqs, dlq) = worker(mailer.clone(), ledger.clone()).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
 
     let response = handle(ev.clone(), &w, deadline).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
@@ -122,7 +122,7 @@ async fn when_ses_is_down_only_the_deliverable_records_are_reported() {
     );
     let mailer = Arc::new(Recorder { down: true, ..Default::default() });
     let (w, _, _) = worker(mailer.clone(), Arc::new(MemoryMailLedger::new())).await;
-    let response = handle(ev, &w, tokio::time::Instant::now() + Duration::from_secs(10)).await;
+    let response = handle(ev, &w, tokio::time::Instant::now() + Duration::from_secs(30)).await;
     let mut failed: Vec<&str> = response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
     failed.sort();
     assert_eq!(failed, ["059f36b4-87a3-44ab-83d2-661975830a7d", "2e1424d4-f796-459a-8184-9c92662be6da"]);

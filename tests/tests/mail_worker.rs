@@ -535,14 +535,14 @@ async fn transient_then_success_is_one_mail() {
 #[tokio::test]
 async fn always_transient_goes_to_the_dlq_after_max_receive_count() {
     let fault = Fault { always: true, ..Fault::none() };
-    // 20 s: the poller's deadline (18 s) leaves each receive time for a
+    // 40 s: the poller's deadline (38 s) leaves each receive time for a
     // send (`MIN_SEND_WINDOW`), so every receive reaches SES, and leaves the
     // last receive time for its ledger writes and the dead letter on a
     // loaded emulator (a CI run with 8 s, a 6 s deadline, had the park cut
     // off and SQS's redrive dead-letter the job without its reason). The
     // receives come the worker's retry backoff apart (5, 10, 20, 30 s: about
-    // 65 s in all), not a visibility timeout apart.
-    let rig = rig(fault, FROM, Some(20), None).await;
+    // 65 s in all), not a visibility timeout apart, so this costs no time.
+    let rig = rig(fault, FROM, Some(40), None).await;
     let to = rcpt("down");
     let env = job(&to);
     rig.send(&env.to_json()).await;
