@@ -2,8 +2,8 @@
 //! `LATCHKEY_TEST_AWS_ENDPOINT` (e.g. LocalStack), as every other emulator
 //! test takes it, or else moto, started by `localstack/moto.sh start`, which
 //! is idempotent and serialises DynamoDB requests, isolating writes as
-//! DynamoDB does (see `localstack/moto_server.py`). Each test makes its own tables under a
-//! random prefix, so tests run in any order and in parallel.
+//! DynamoDB does (see `localstack/moto_server.py`). Each test makes its own
+//! tables under a random prefix, so tests run in any order and in parallel.
 //!
 //! These check the adapter-specific parts (transactions, conditions,
 //! concurrency on a real wire protocol, call counts); the shared behaviour
