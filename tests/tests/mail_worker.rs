@@ -82,6 +82,19 @@ struct Fault {
 }
 
 impl Fault {
+    /// What the proxy saw of SES, for a failure's message: a count of sends
+    /// that is off by one may come from a moto answer slower than the SES
+    /// client's attempt timeout (`SES_ATTEMPT_TIMEOUT`), which the delivery
+    /// tries again by design.
+    fn seen_by_proxy(&self) -> String {
+        format!(
+            "SES sends seen by the proxy {}, cut off by the client {}, moto's answers {:?}",
+            self.seen.load(Ordering::SeqCst),
+            self.timed_out.load(Ordering::SeqCst),
+            self.answers.lock().expect("answers")
+        )
+    }
+
     fn none() -> Self {
         Fault {
             first: Arc::new(AtomicUsize::new(0)),
@@ -392,7 +405,7 @@ async fn register_then_poll_sends_a_working_verification_link_and_the_login_code
     assert_eq!((stats.received, stats.handled, stats.failed), (1, 1, 0));
 
     let mails = rig.mails(&email).await;
-    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert_eq!(mails.len(), 1, "{mails:?}; {}", rig.fault.seen_by_proxy());
     let html = mails[0]["body"].as_str().unwrap();
     let token = html.split("verify-email?token=").nth(1).unwrap().split(['"', '<', '&', ' ']).next().unwrap();
     let (st, body, _) = sys.post("/v1/verify-email", json!({ "token": token })).await;
@@ -458,7 +471,7 @@ async fn the_same_job_delivered_three_times_is_one_mail() {
     }
     let poller = rig.poller().await;
     while poller.poll_once(&rig.worker).await.unwrap().received > 0 {}
-    assert_eq!(rig.mails(&to).await.len(), 1);
+    assert_eq!(rig.mails(&to).await.len(), 1, "{}", rig.fault.seen_by_proxy());
     let e = rig.worker.deliverer().ledger().entry(&env.id).await.unwrap().unwrap();
     assert_eq!((e.state.as_str(), e.attempts), (ledger_state::SENT, 1));
     assert!(!format!("{e:?}").contains("135790"), "no code in the ledger");
@@ -485,7 +498,7 @@ async fn a_shutdown_during_a_batch_lets_it_finish() {
     let run = latchkey_mail_worker::poller::run_poller(rig.poller().await, rig.worker.clone(), shutdown);
     tokio::time::timeout(Duration::from_secs(20), run).await.expect("the poller stops after its batch");
     assert_eq!(rig.fault.answers.lock().unwrap().len(), 1, "the send was answered, not cut off");
-    assert_eq!(rig.mails(&to).await.len(), 1);
+    assert_eq!(rig.mails(&to).await.len(), 1, "{}", rig.fault.seen_by_proxy());
     let e = rig.worker.deliverer().ledger().entry(&env.id).await.unwrap().unwrap();
     assert_eq!(e.state.as_str(), ledger_state::SENT);
     assert_eq!(rig.queue_depth(&rig.queue_url).await, 0, "the handled message is deleted");
@@ -516,7 +529,7 @@ async fn a_batch_of_ten_with_two_failing_reports_exactly_those_two() {
     }
     let sent = rig.sent().await;
     for (i, to) in tos.iter().enumerate() {
-        assert_eq!(addressed(&sent, to).len(), usize::from(i != 3 && i != 7), "{to}");
+        assert_eq!(addressed(&sent, to).len(), usize::from(i != 3 && i != 7), "{to}; {}", rig.fault.seen_by_proxy());
     }
 }
 
@@ -528,8 +541,8 @@ async fn transient_then_success_is_one_mail() {
     let env = job(&to);
     let response = handle(event(vec![record("t1", &env.to_json())]), &rig.worker, soon()).await;
     assert!(response.batch_item_failures.is_empty());
-    assert_eq!(rig.fault.seen.load(Ordering::SeqCst), 3, "two refused, one sent");
-    assert_eq!(rig.mails(&to).await.len(), 1);
+    assert_eq!(rig.fault.seen.load(Ordering::SeqCst), 3, "two refused, one sent; {}", rig.fault.seen_by_proxy());
+    assert_eq!(rig.mails(&to).await.len(), 1, "{}", rig.fault.seen_by_proxy());
 }
 
 #[tokio::test]
@@ -651,7 +664,7 @@ async fn dlq_redrive_moves_dead_letters_back() {
     assert_eq!((run.moved.len(), run.came_back), (1, 0));
     assert_eq!(rig.queue_depth(&rig.dlq_url).await, 0);
     assert_eq!(rig.poller().await.poll_once(&rig.worker).await.unwrap().handled, 1);
-    assert_eq!(rig.mails(&env.to).await.len(), 1);
+    assert_eq!(rig.mails(&env.to).await.len(), 1, "{}", rig.fault.seen_by_proxy());
 }
 
 /// A redrive without a limit stops at the first letter it moved that is
@@ -743,7 +756,12 @@ async fn stale_jobs_on_the_queue_are_deleted_unsent() {
     assert_eq!(handled, 3, "all three handled, none left for redelivery");
     assert_eq!(rig.queue_depth(&rig.queue_url).await, 0, "deleted");
     assert!(rig.dead_letters().await.is_empty(), "nothing to redrive");
-    assert_eq!(rig.fault.seen.load(Ordering::SeqCst), 1, "one SES call: the fresh job's");
+    assert_eq!(
+        rig.fault.seen.load(Ordering::SeqCst),
+        1,
+        "one SES call: the fresh job's; {}",
+        rig.fault.seen_by_proxy()
+    );
     let sent = rig.sent().await;
     assert_eq!(addressed(&sent, &fresh).len(), 1);
     assert!(addressed(&sent, &dead_code).is_empty() && addressed(&sent, &old_notice).is_empty());
@@ -790,6 +808,6 @@ async fn a_transient_failure_comes_back_after_a_short_backoff() {
     }
     // Not at once either: the backoff held it (less a generous margin).
     assert!(left.elapsed() >= RETRY_BACKOFF_FIRST / 2, "shown again after {:?}", left.elapsed());
-    assert_eq!(rig.mails(&to).await.len(), 1);
+    assert_eq!(rig.mails(&to).await.len(), 1, "{}", rig.fault.seen_by_proxy());
     assert_eq!(rig.queue_depth(&rig.queue_url).await, 0);
 }
