@@ -42,8 +42,9 @@ static META: LazyLock<RequestMeta> = LazyLock::new(|| RequestMeta {
 });
 
 /// The emulator's endpoint: `$LATCHKEY_TEST_AWS_ENDPOINT` if set, else
-/// moto's, starting it on first use. (`latchkey-tests` does the same for
-/// the other crates; core cannot depend on it, which depends on core.)
+/// moto's, starting it on first use. (`latchkey_tests::emulator_endpoint`
+/// does the same for the other crates; it is built on core, the api and the
+/// workers, which core's own tests do not pull in.)
 fn endpoint() -> &'static str {
     static ENDPOINT: OnceLock<String> = OnceLock::new();
     ENDPOINT.get_or_init(|| {
