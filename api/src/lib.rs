@@ -33,6 +33,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/login/otp/resend", post(auth::login_otp_resend))
         .route("/v1/token/refresh", post(auth::refresh))
         .route("/v1/logout", post(auth::logout))
+        .route("/v1/logout/others", post(auth::end_other_sessions))
         .route("/v1/me", get(auth::me))
         .route("/v1/password", post(auth::change_password))
         .route("/v1/password/forgot", post(auth::forgot_password))

@@ -1304,6 +1304,64 @@ async fn a_wrong_current_password_counts_toward_the_lock_and_a_guessing_session_
     w.auth.change_password(&third.access_token, PW.into(), NEW_PW.into(), &m).await.expect("the right password");
 }
 
+/// "Sign out everywhere else": with the current password, every other
+/// session of the user ends, and every login in progress and device token
+/// with them (this client's too); the session that asked lives on, the
+/// password stays, nobody is mailed. A wrong password is refused, counted
+/// toward the lock and ends nothing; no access token, nothing.
+#[tokio::test]
+async fn signing_out_everywhere_else_ends_every_other_session_login_and_device_token() {
+    let w = world(RateLimits::relaxed());
+    verified(&w, "wes").await;
+    let m = meta();
+    let (mine, other) = (signed_in(&w, "wes", &m).await, signed_in(&w, "wes", &m).await);
+    let devices = [mine.device_token.clone(), other.device_token.clone()];
+    let user = async || w.store.user_by_email(&Email::parse("wes@example.com").unwrap()).await.unwrap().unwrap();
+    let before = user().await;
+
+    let r = w.auth.end_other_sessions(&mine.access_token, "not my password at all".into(), &m).await;
+    assert!(matches!(r, Err(Error::Validation { field: "current_password", .. })), "{r:?}");
+    assert_eq!(user().await.failed_logins, 1, "a wrong password counts toward the lock");
+    let r = w.auth.end_other_sessions("not.a.token", PW.into(), &m).await;
+    assert!(matches!(r, Err(Error::Unauthorized)), "{r:?}");
+    assert!(w.auth.me(&other.access_token).await.is_ok(), "a refused request ended a session");
+
+    let in_progress = w.auth.login("wes", PW.into(), None, &m).await.unwrap();
+    let code = w.mail.code();
+    let mails = w.mail.kinds().len();
+    w.auth.end_other_sessions(&mine.access_token, PW.into(), &m).await.expect("the right password");
+    assert_eq!(w.mail.kinds().len(), mails, "nobody is mailed");
+    let after = user().await;
+    assert_eq!(after.password_hash, before.password_hash, "the password stays");
+    assert_eq!(after.password_epoch, before.password_epoch + 1);
+
+    assert!(w.auth.me(&other.access_token).await.is_err(), "the other session's access token");
+    assert!(w.auth.refresh(&other.refresh_token, &m).await.is_err(), "its refresh token");
+    let r = w.auth.verify_login_code(&in_progress.challenge_id.to_string(), &code, &m).await;
+    assert!(r.is_err(), "a login in progress finished after it: {r:?}");
+    assert!(w.auth.me(&mine.access_token).await.is_ok(), "the session that asked ended");
+    let mine = w.auth.refresh(&mine.refresh_token, &m).await.expect("and refreshes");
+    // Twice in a row (a second tab): each counts one more epoch.
+    w.auth.end_other_sessions(&mine.access_token, PW.into(), &m).await.expect("again");
+    assert_eq!(user().await.password_epoch, before.password_epoch + 2);
+    assert!(w.auth.me(&mine.access_token).await.is_ok());
+
+    // The password still signs in; no device token from before vouches.
+    let fresh = signed_in(&w, "wes", &m).await;
+    assert!(w.auth.me(&fresh.access_token).await.is_ok());
+    for _ in 0..10 {
+        let _ = w.auth.login("wes", "wrong wrong wrong".into(), None, &meta_from("198.51.100.7")).await;
+    }
+    let refused = |r: Result<_, Error>| matches!(r, Err(Error::InvalidCredentials));
+    for device in &devices {
+        let device = device.as_deref();
+        assert!(device.is_some());
+        assert!(refused(w.auth.login("wes", PW.into(), device, &m).await), "a device token from before");
+    }
+    let r = w.auth.login("wes", PW.into(), fresh.device_token.as_deref(), &m).await;
+    assert!(r.is_ok(), "a device token from after: {r:?}");
+}
+
 /// Sessions and device tokens end with a password change or reset by
 /// count (`password_epoch`), not by clock: a login finished in a change's
 /// own second lives on, and a login whose code step read a later clock than
@@ -1384,6 +1442,31 @@ async fn a_reset_made_while_a_change_commits_is_made_again_from_the_new_epoch() 
         let _ = w.auth.login("walt", "wrong wrong wrong".into(), None, &meta_from("198.51.100.7")).await;
     }
     assert!(w.auth.login("walt", NEW_PW.into(), Some(&device), &m).await.is_ok(), "the reset's token");
+}
+
+/// A password change racing its own session's "sign out everywhere else"
+/// (made in another tab between the check and the write): the password it
+/// checked is still the one stored, so the change is made on top of it,
+/// from the newer epoch, and the session lives on.
+#[tokio::test]
+async fn a_change_racing_its_own_sessions_sign_out_elsewhere_is_made_on_top() {
+    let (w, racing) = racing_world();
+    verified(&w, "xena").await;
+    let m = meta();
+    let session = signed_in(&w, "xena", &m).await;
+    let sid = session.session_id;
+    racing.before_next_write(Box::new(move |store| {
+        Box::pin(async move {
+            let u = stored(&store, "xena").await;
+            let (hash, epoch) = (u.password_hash.clone(), u.password_epoch);
+            store.change_password(&u.id, &hash, epoch, &hash, &sid, T0, &meta()).await.unwrap();
+        })
+    }));
+    w.auth.change_password(&session.access_token, PW.into(), NEW_PW.into(), &m).await.expect("made on top");
+    assert!(racing.raced(), "the sign-out did not land before the change's write");
+    assert_eq!(stored(&w.store, "xena").await.password_epoch, 2);
+    assert!(w.auth.me(&session.access_token).await.is_ok(), "the session ended");
+    assert!(w.auth.login("xena", NEW_PW.into(), None, &m).await.is_ok(), "the new password");
 }
 
 /// Others' wrong passwords lock the account while one more wrong password

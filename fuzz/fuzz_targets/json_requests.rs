@@ -5,7 +5,7 @@
 
 use latchkey_api::extract::parse_json;
 use latchkey_api::routes::auth::{
-    ChallengeReq, CodeReq, EmailReq, LoginReq, PasswordReq, RefreshReq, RegisterReq, ResetReq, TokenReq,
+    ChallengeReq, CodeReq, CurrentPasswordReq, EmailReq, LoginReq, PasswordReq, RefreshReq, RegisterReq, ResetReq, TokenReq,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = parse_json::<TokenReq>(data);
     let _ = parse_json::<EmailReq>(data);
     let _ = parse_json::<PasswordReq>(data);
+    let _ = parse_json::<CurrentPasswordReq>(data);
     let _ = parse_json::<ResetReq>(data);
     let _ = parse_json::<serde_json::Value>(data);
 });

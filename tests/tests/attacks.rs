@@ -678,6 +678,51 @@ pub async fn password_change_ends_other_sessions(sys: &TestSystem) {
     assert_eq!(st, 202, "the new password: {b}");
 }
 
+/// "Sign out everywhere else" (`POST /v1/logout/others`): refused without
+/// an access token or the current password, and then nothing ends; with
+/// the password every other session ends, this one lives on, the password
+/// still signs in, and nobody is mailed.
+pub async fn signing_out_everywhere_else_ends_the_other_sessions(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let mine = sign_in(sys, &username, &email).await;
+    let other = sign_in(sys, &username, &email).await;
+    let access = |t: &Value| t["access_token"].as_str().expect("access").to_string();
+    let end_others = |token: Option<String>, body: Value| {
+        let mut req = sys.http.post(sys.url("/v1/logout/others")).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let r = req.send().await.expect("send");
+            let st = r.status().as_u16();
+            (st, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    for body in [json!({"current_password": "not the password at all"}), json!({})] {
+        let (st, b) = end_others(Some(access(&mine)), body).await;
+        assert_eq!((st, b["field"].as_str()), (400, Some("current_password")), "{b}");
+    }
+    let (st, _) = end_others(None, json!({"current_password": PASSWORD})).await;
+    assert_eq!(st, 401, "no access token");
+    let (st, _) = end_others(Some("not-a-token".into()), json!({"current_password": PASSWORD})).await;
+    assert_eq!(st, 401, "a forged access token");
+    assert_eq!(sys.get_auth("/v1/me", &access(&other)).await.0, 200, "a refused request ended a session");
+
+    let mails = sys.mails_to(&email).await.len();
+    let (st, b) = end_others(Some(access(&mine)), json!({"current_password": PASSWORD})).await;
+    assert_eq!(st, 204, "{b}");
+    assert_eq!(sys.get_auth("/v1/me", &access(&other)).await.0, 401, "the other session's access token");
+    let (st, _, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": other["refresh_token"] })).await;
+    assert_eq!(st, 401, "the other session's refresh token");
+    assert_eq!(sys.get_auth("/v1/me", &access(&mine)).await.0, 200, "the session that asked ended");
+    let (st, b, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": mine["refresh_token"] })).await;
+    assert_eq!(st, 200, "{b}");
+    let again = sign_in(sys, &username, &email).await;
+    assert_eq!(sys.get_auth("/v1/me", &access(&again)).await.0, 200, "the password still signs in");
+    let kinds: Vec<String> = sys.mails_to(&email).await[mails..].iter().map(|m| m.kind.clone()).collect();
+    assert_eq!(kinds, ["login_code"], "only the new login's code is mailed");
+}
+
 /// 20 concurrent refreshes of one refresh token rotate it once: every one
 /// is answered with the same new refresh token, which works.
 pub async fn concurrent_refreshes(sys: &TestSystem) {
@@ -1073,6 +1118,7 @@ macro_rules! relaxed_attacks {
             refresh_reuse_revokes,
             forged_refresh_secret_ends_nothing,
             password_change_ends_other_sessions,
+            signing_out_everywhere_else_ends_the_other_sessions,
             concurrent_refreshes,
             headers_on_every_status,
             register_same_username_20_at_once,

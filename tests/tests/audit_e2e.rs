@@ -943,6 +943,81 @@ async fn aws_a_reset_during_a_lock_ends_it_in_the_trail() {
     check_failed_logins(&sys, &id).await;
 }
 
+/// A user signs out everywhere else (`POST /v1/logout/others`) from one of
+/// two sessions; returns their id and the other session's tokens.
+async fn signed_out_elsewhere(sys: &TestSystem) -> (String, Value) {
+    let (username, email) = verified_user(sys).await;
+    let mine = sign_in(sys, &username, &email).await;
+    let other = sign_in(sys, &username, &email).await;
+    let access = mine["access_token"].as_str().expect("access");
+    let (_, me) = sys.get_auth("/v1/me", access).await;
+    let r = sys
+        .http
+        .post(sys.url("/v1/logout/others"))
+        .bearer_auth(access)
+        .json(&json!({ "current_password": PASSWORD }))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 204);
+    (me["id"].as_str().expect("id").to_string(), other)
+}
+
+/// Polls (bounded) until the trail holds an `other_sessions_ended`; the
+/// trail's request events (no mail) then.
+async fn sign_out_trail<F, Fut>(sys: &TestSystem, id: &str, mut pump: F) -> Vec<Value>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        pump().await;
+        events = trail(sys, id).await;
+        if kinds(&events).iter().any(|k| k == "other_sessions_ended") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    events.into_iter().filter(|e| !is_mail(e)).collect()
+}
+
+/// The sign-out is one `other_sessions_ended` (success, the request's
+/// address), last in the trail: no password change, no session revoked one
+/// by one (the other sessions end by the account's epoch).
+fn check_sign_out_trail(events: &[Value]) {
+    let last = events.last().expect("events");
+    assert_eq!(
+        (last["event"].as_str(), last["outcome"].as_str(), last["ip"].as_str()),
+        (Some("other_sessions_ended"), Some("success"), Some("127.0.0.1")),
+        "{events:?}"
+    );
+    let k = kinds(events);
+    assert_eq!(k.iter().filter(|k| *k == "other_sessions_ended").count(), 1, "{k:?}");
+    assert!(!k.iter().any(|k| k == "password_changed" || k == "session_revoked"), "{k:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_signing_out_everywhere_else_is_one_event_in_the_trail() {
+    let sys = admin_embedded().await;
+    let (id, other) = signed_out_elsewhere(&sys).await;
+    check_sign_out_trail(&sign_out_trail(&sys, &id, || async {}).await);
+    let (st, _, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": other["refresh_token"] })).await;
+    assert_eq!(st, 401);
+}
+
+/// The same through the DynamoDB stream: the user's MODIFY with a new
+/// `password_epoch` and the same hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_signing_out_everywhere_else_is_one_event_in_the_trail() {
+    let sys = admin_aws().await;
+    let (id, other) = signed_out_elsewhere(&sys).await;
+    let pump = StreamPump::holding(&id).await;
+    check_sign_out_trail(&sign_out_trail(&sys, &id, || pump.pump()).await);
+    let (st, _, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": other["refresh_token"] })).await;
+    assert_eq!(st, 401);
+}
+
 /// Someone who knows a verified user's password spends the account's code
 /// budget (100 wrong codes over 17 logins); returns the user id and address.
 /// The 100th wrong code locks the account and mails its owner at once.

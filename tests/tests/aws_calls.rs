@@ -78,6 +78,12 @@ async fn calls_per_request_stay_within_budget() {
     assert_eq!(sys.post_auth("/v1/password", access, change).await.0, 204);
     measure("password change", calls.take(), Some(5));
 
+    // Sign out everywhere else: the same, without a notice.
+    calls.take();
+    let end = json!({ "current_password": "quartz lantern orbit mosaic 47" });
+    assert_eq!(sys.post_auth("/v1/logout/others", access, end).await.0, 204);
+    measure("sign out everywhere else", calls.take(), Some(4));
+
     // A wrong password costs no more than a right one.
     let (st, _, _) =
         sys.post("/v1/login", json!({"identifier": username, "password": "not the password at all"})).await;

@@ -168,6 +168,26 @@ pub async fn change_password(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[derive(Deserialize)]
+pub struct CurrentPasswordReq {
+    current_password: Option<String>,
+}
+
+/// "Sign out everywhere else": once the current password checks out, every
+/// other session of the caller ends (and every login in progress and device
+/// token of theirs); this one stays.
+pub async fn end_other_sessions(
+    State(s): State<AppState>,
+    Meta(meta): Meta,
+    headers: HeaderMap,
+    JsonBody(r): JsonBody<CurrentPasswordReq>,
+) -> Result<Response, ApiError> {
+    let token = access_token(&headers)?;
+    let current = required(r.current_password, "current_password")?;
+    s.auth.end_other_sessions(token, current, &meta).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 /// Mails a password reset link if the address has a verified account;
 /// answers the same either way.
 pub async fn forgot_password(

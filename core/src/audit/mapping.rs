@@ -187,6 +187,11 @@ pub fn audit_events(change: &SourceChange, policy: &AuditPolicy) -> Vec<AuditEve
                         && n.sessions_valid_after != o.sessions_valid_after);
                 if reset.is_some() {
                     out.push(n.id, T::PasswordReset, Outcome::Success, Some("all_sessions_ended"), None, &n.meta);
+                } else if n.password_epoch > o.password_epoch && n.password_hash == o.password_hash {
+                    // A new epoch without a new hash (a rehash keeps the
+                    // epoch; a new password gets a new salt): the user's
+                    // "sign out everywhere else".
+                    out.push(n.id, T::OtherSessionsEnded, Outcome::Success, None, None, &n.meta);
                 } else if changed {
                     out.push(n.id, T::PasswordChanged, Outcome::Success, Some("other_sessions_ended"), None, &n.meta);
                 }
@@ -558,8 +563,32 @@ mod tests {
             [T::PasswordChanged]
         );
         // The first change after the epoch came in: 0 -> 1 counts once.
-        let upgraded = User { password_epoch: 1, sessions_valid_after: Some(T0 + 9), ..legacy.clone() };
+        let upgraded = User {
+            password_hash: "p5".into(),
+            password_epoch: 1,
+            sessions_valid_after: Some(T0 + 9),
+            ..legacy.clone()
+        };
         assert_eq!(kinds(&change(Images::User(Some(legacy), Some(upgraded)), false)), [T::PasswordChanged]);
+    }
+
+    /// A new epoch on the same hash is the user's "sign out everywhere
+    /// else", each one an event, within a second too; the next change of
+    /// the password is a change again.
+    #[test]
+    fn a_new_epoch_on_the_same_password_ends_the_other_sessions() {
+        let u = User { verified: true, password_hash: "p1".into(), password_epoch: 1, ..user() };
+        let ended = User { password_epoch: 2, sessions_valid_after: Some(T0 + 9), ..u.clone() };
+        let evs = audit_events(&change(Images::User(Some(u), Some(ended.clone())), false), &AuditPolicy::default());
+        assert_eq!(
+            evs.iter().map(|e| (e.event, e.outcome, e.reason.as_deref())).collect::<Vec<_>>(),
+            [(T::OtherSessionsEnded, Outcome::Success, None)]
+        );
+        assert_eq!(T::OtherSessionsEnded.as_str(), "other_sessions_ended");
+        let again = User { password_epoch: 3, ..ended.clone() };
+        assert_eq!(kinds(&change(Images::User(Some(ended), Some(again.clone())), false)), [T::OtherSessionsEnded]);
+        let changed = User { password_hash: "p2".into(), password_epoch: 4, ..again.clone() };
+        assert_eq!(kinds(&change(Images::User(Some(again), Some(changed)), false)), [T::PasswordChanged]);
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub enum AuditEventType {
     AccountLocked,
     AccountUnlocked,
     PasswordChanged,
+    /// The user's "sign out everywhere else": every other session, login in
+    /// progress and device token ended, the password unchanged.
+    OtherSessionsEnded,
     /// A password set through a mailed reset link: every session ended.
     PasswordReset,
     /// An account nobody verified, deleted when a registration took its
@@ -92,6 +95,7 @@ impl AuditEventType {
         AuditEventType::AccountLocked,
         AuditEventType::AccountUnlocked,
         AuditEventType::PasswordChanged,
+        AuditEventType::OtherSessionsEnded,
         AuditEventType::PasswordReset,
         AuditEventType::UnverifiedAccountReplaced,
         AuditEventType::UnverifiedAccountExpired,
@@ -123,6 +127,7 @@ impl AuditEventType {
             AuditEventType::AccountLocked => "account_locked",
             AuditEventType::AccountUnlocked => "account_unlocked",
             AuditEventType::PasswordChanged => "password_changed",
+            AuditEventType::OtherSessionsEnded => "other_sessions_ended",
             AuditEventType::PasswordReset => "password_reset",
             AuditEventType::UnverifiedAccountReplaced => "unverified_account_replaced",
             AuditEventType::UnverifiedAccountExpired => "unverified_account_expired",

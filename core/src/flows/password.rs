@@ -1,12 +1,22 @@
-//! A signed-in user's password change: it ends every other session of the
-//! user at once (SECURITY.md), and the session that made it lives on. A
-//! wrong current password counts toward the account's lock as at login, and
+//! A signed-in user's password change, and their "sign out everywhere
+//! else": both end every other session of the user at once (SECURITY.md),
+//! and the session that asked lives on. Both first check the current
+//! password: a wrong one counts toward the account's lock as at login, and
 //! a session that guesses into or through a lock is ended.
 
 use super::Auth;
-use crate::domain::{Password, RequestMeta, SessionId, UserId};
+use crate::clock::Timestamp;
+use crate::domain::{Password, RequestMeta, SessionId, User, UserId};
 use crate::error::{Error, StoreError};
 use crate::mail::MailJob;
+
+/// What a new `password_epoch` comes with.
+enum NewEpoch<'a> {
+    /// A new password, as this PHC string.
+    Password(&'a str),
+    /// The password stays: only the other sessions end.
+    SamePassword,
+}
 
 impl Auth {
     /// Changes the password of the caller of `access_token` from `current`
@@ -19,13 +29,56 @@ impl Auth {
         new: String,
         meta: &RequestMeta,
     ) -> Result<(), Error> {
+        let (uid, sid, user) = self.check_current_password(access_token, current, "password change", meta).await?;
+        let new = self.new_password(new, &user.username, &user.email).map_err(|e| match e {
+            Error::Validation { reason, .. } => Error::Validation { field: "new_password", reason },
+            other => other,
+        })?;
+        let phc = self.hasher.hash(&new, self.ports.rng.as_ref()).await?;
+        let at = self.next_epoch(&uid, &sid, &user, NewEpoch::Password(&phc), meta).await?;
+        tracing::info!(user_id = %uid, session_id = %sid, "password changed; other sessions ended");
+        let notice = MailJob::PasswordChanged { username: user.username.to_string(), at, by_reset: false };
+        self.notify(&user.email, Some(uid.to_string()), meta, notice).await;
+        Ok(())
+    }
+
+    /// "Sign out everywhere else" (ASVS 5.0 7.5.2: terminate all other
+    /// sessions, having authenticated again): once `current` is the
+    /// password of the caller of `access_token`, every other session of
+    /// the user ends, and with them every login in progress and every
+    /// device token (a lost device stops vouching for the account); this
+    /// session stays. The password does not change, and the owner is not
+    /// mailed (they asked, with the password); the audit trail records
+    /// `other_sessions_ended`.
+    pub async fn end_other_sessions(
+        &self,
+        access_token: &str,
+        current: String,
+        meta: &RequestMeta,
+    ) -> Result<(), Error> {
+        let (uid, sid, user) = self.check_current_password(access_token, current, "sign-out elsewhere", meta).await?;
+        self.next_epoch(&uid, &sid, &user, NewEpoch::SamePassword, meta).await?;
+        tracing::info!(user_id = %uid, session_id = %sid, "other sessions ended at the user's request");
+        Ok(())
+    }
+
+    /// The caller of `access_token`, their session and their account, once
+    /// `current` is the account's password. Limited as a login is (per
+    /// client and per account, before any hashing); a wrong password is a
+    /// wrong password at login.
+    async fn check_current_password(
+        &self,
+        access_token: &str,
+        current: String,
+        what: &str,
+        meta: &RequestMeta,
+    ) -> Result<(UserId, SessionId, User), Error> {
         let now = self.now();
         let claims = self.tokens.verify(access_token, now)?;
         let uid = UserId::parse(&claims.sub).ok_or(Error::Unauthorized)?;
         let sid = SessionId::parse(&claims.sid).ok_or(Error::Unauthorized)?;
         let current = Password::for_login(current)
             .map_err(|_| Error::validation("current_password", "is not your current password"))?;
-        // As a login would be: per client and per account, before any hashing.
         let l = &self.policy.limits;
         self.limit(&[
             l.login_ip.key(format!("password:ip:{}", super::client_key(meta))),
@@ -43,7 +96,7 @@ impl Auth {
             // account is locked, or whose guess locks it, is ended: else a
             // stolen session could go on guessing through a lock that stops
             // every login.
-            tracing::info!(user_id = %uid, session_id = %sid, "password change refused: wrong current password");
+            tracing::info!(user_id = %uid, session_id = %sid, "{what} refused: wrong current password");
             let after = self.count_failure(&user, now, self.policy.login_lock_threshold, meta).await?;
             if after.is_locked(now) {
                 tracing::warn!(user_id = %uid, session_id = %sid, "session ended: wrong current password while locked");
@@ -52,52 +105,65 @@ impl Auth {
             }
             return Err(Error::validation("current_password", "is not your current password"));
         }
-        let new = self.new_password(new, &user.username, &user.email).map_err(|e| match e {
-            Error::Validation { reason, .. } => Error::Validation { field: "new_password", reason },
-            other => other,
-        })?;
-        let phc = self.hasher.hash(&new, self.ports.rng.as_ref()).await?;
-        // The change's time is taken after the hashing, right before the
-        // write: a login whose password step came before the write is one
-        // the change ends.
+        Ok((uid, sid, user))
+    }
+
+    /// Counts one more `password_epoch` on `user`, checked through session
+    /// `sid`: every other session ends, `sid` moves to the new epoch. Returns
+    /// the write's time, taken after any hashing, right before the write (a
+    /// login whose password step came before the write is one it ends).
+    async fn next_epoch(
+        &self,
+        uid: &UserId,
+        sid: &SessionId,
+        user: &User,
+        new: NewEpoch<'_>,
+        meta: &RequestMeta,
+    ) -> Result<Timestamp, Error> {
         let mut checked = user.password_hash.clone();
+        let mut epoch = user.password_epoch;
         let mut tries = 0;
-        let at = loop {
+        loop {
             let at = self.now();
-            match self.ports.users.change_password(&uid, &checked, user.password_epoch, &phc, &sid, at, meta).await {
-                Ok(()) => break at,
+            let phc = match new {
+                NewEpoch::Password(phc) => phc,
+                NewEpoch::SamePassword => checked.as_str(),
+            };
+            match self.ports.users.change_password(uid, &checked, epoch, phc, sid, at, meta).await {
+                Ok(()) => return Ok(at),
                 Err(StoreError::Conflict(_)) => {}
                 Err(e) => return Err(e.into()),
             }
             // Revoked or gone meanwhile (a logout in another tab), or the
             // password was reset or changed since it was checked (by another
             // session, which ended this one, or by this one in another
-            // request). Only a login's rehash of the same password leaves
-            // the epoch as it was: then change the rehashed one.
+            // request). Two writes keep the password the caller typed: a
+            // login's rehash of it (the epoch as it was: write over the
+            // rehashed one), and this session's own "sign out everywhere
+            // else" in another request (the hash as it was, this session at
+            // the newer epoch: count one more on top).
             tries += 1;
-            match self.live_session(&sid, at).await? {
+            match self.live_session(sid, at).await? {
                 Some((s, u))
-                    if tries < 3
-                        && s.user_id == uid
-                        && u.password_epoch == user.password_epoch
-                        && u.password_hash != checked =>
+                    if tries < 3 && s.user_id == *uid && u.password_epoch == epoch && u.password_hash != checked =>
                 {
                     checked = u.password_hash
                 }
-                // This session lives on at a newer epoch: it changed the
-                // password itself, in another request that won. The
-                // password this one checked is no longer the current one;
-                // the session is fine (not a 401, which tells a client to
-                // drop its tokens).
-                Some((s, u)) if s.user_id == uid && u.password_epoch != user.password_epoch => {
+                Some((s, u))
+                    if tries < 3 && s.user_id == *uid && u.password_epoch != epoch && u.password_hash == checked =>
+                {
+                    epoch = u.password_epoch
+                }
+                // This session lives on at a newer epoch with another hash:
+                // it changed the password itself, in another request that
+                // won. The password this one checked is no longer the
+                // current one; the session is fine (not a 401, which tells a
+                // client to drop its tokens).
+                Some((s, u)) if s.user_id == *uid && u.password_epoch != epoch => {
                     return Err(Error::validation("current_password", "is not your current password"));
                 }
                 _ => return Err(Error::Unauthorized),
             }
-        };
-        tracing::info!(user_id = %uid, session_id = %sid, "password changed; other sessions ended");
-        let notice = MailJob::PasswordChanged { username: user.username.to_string(), at, by_reset: false };
-        self.notify(&user.email, Some(uid.to_string()), meta, notice).await;
-        Ok(())
+        }
     }
 }
