@@ -19,6 +19,7 @@ locals {
     "POST /v1/login/otp",
     "POST /v1/login/otp/resend",
     "POST /v1/password",
+    "POST /v1/logout/others",
     "POST /v1/password/forgot",
     "POST /v1/password/reset",
     "POST /otp",

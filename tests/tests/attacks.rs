@@ -687,29 +687,19 @@ pub async fn signing_out_everywhere_else_ends_the_other_sessions(sys: &TestSyste
     let mine = sign_in(sys, &username, &email).await;
     let other = sign_in(sys, &username, &email).await;
     let access = |t: &Value| t["access_token"].as_str().expect("access").to_string();
-    let end_others = |token: Option<String>, body: Value| {
-        let mut req = sys.http.post(sys.url("/v1/logout/others")).json(&body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        async move {
-            let r = req.send().await.expect("send");
-            let st = r.status().as_u16();
-            (st, r.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
+    const PATH: &str = "/v1/logout/others";
     for body in [json!({"current_password": "not the password at all"}), json!({})] {
-        let (st, b) = end_others(Some(access(&mine)), body).await;
+        let (st, b) = sys.post_auth(PATH, &access(&mine), body).await;
         assert_eq!((st, b["field"].as_str()), (400, Some("current_password")), "{b}");
     }
-    let (st, _) = end_others(None, json!({"current_password": PASSWORD})).await;
+    let (st, _, _) = sys.post(PATH, json!({"current_password": PASSWORD})).await;
     assert_eq!(st, 401, "no access token");
-    let (st, _) = end_others(Some("not-a-token".into()), json!({"current_password": PASSWORD})).await;
+    let (st, _) = sys.post_auth(PATH, "not-a-token", json!({"current_password": PASSWORD})).await;
     assert_eq!(st, 401, "a forged access token");
     assert_eq!(sys.get_auth("/v1/me", &access(&other)).await.0, 200, "a refused request ended a session");
 
     let mails = sys.mails_to(&email).await.len();
-    let (st, b) = end_others(Some(access(&mine)), json!({"current_password": PASSWORD})).await;
+    let (st, b) = sys.post_auth(PATH, &access(&mine), json!({"current_password": PASSWORD})).await;
     assert_eq!(st, 204, "{b}");
     assert_eq!(sys.get_auth("/v1/me", &access(&other)).await.0, 401, "the other session's access token");
     let (st, _, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": other["refresh_token"] })).await;

@@ -230,6 +230,25 @@ where
     trail(sys, id).await
 }
 
+/// Polls (bounded) until `id`'s trail holds an event of `kind`, running
+/// `pump` before each look; the trail then.
+async fn trail_until<F, Fut>(sys: &TestSystem, id: &str, kind: &str, mut pump: F) -> Vec<Value>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        pump().await;
+        events = trail(sys, id).await;
+        if kinds(&events).iter().any(|k| k == kind) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    events
+}
+
 fn is_mail(e: &Value) -> bool {
     e["event"].as_str().is_some_and(|k| k.starts_with("mail_"))
 }
@@ -868,20 +887,12 @@ const RESET_TAIL: &[(&str, &str, &str)] = &[
 
 /// Polls (bounded) until the trail holds a `password_reset`; the tail of
 /// its requests' events.
-async fn reset_tail<F, Fut>(sys: &TestSystem, id: &str, mut pump: F) -> Vec<(String, String, String)>
+async fn reset_tail<F, Fut>(sys: &TestSystem, id: &str, pump: F) -> Vec<(String, String, String)>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let mut events = Vec::new();
-    for _ in 0..100 {
-        pump().await;
-        events = trail(sys, id).await;
-        if kinds(&events).iter().any(|k| k == "password_reset") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let events = trail_until(sys, id, "password_reset", pump).await;
     let requests: Vec<_> = events.iter().filter(|e| !is_mail(e)).collect();
     assert!(requests.iter().all(|e| e["ip"] == "127.0.0.1"), "{requests:?}");
     let field = |e: &Value, k: &str| e[k].as_str().unwrap_or_default().to_string();
@@ -965,21 +976,12 @@ async fn signed_out_elsewhere(sys: &TestSystem) -> (String, Value) {
 
 /// Polls (bounded) until the trail holds an `other_sessions_ended`; the
 /// trail's request events (no mail) then.
-async fn sign_out_trail<F, Fut>(sys: &TestSystem, id: &str, mut pump: F) -> Vec<Value>
+async fn sign_out_trail<F, Fut>(sys: &TestSystem, id: &str, pump: F) -> Vec<Value>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let mut events = Vec::new();
-    for _ in 0..100 {
-        pump().await;
-        events = trail(sys, id).await;
-        if kinds(&events).iter().any(|k| k == "other_sessions_ended") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    events.into_iter().filter(|e| !is_mail(e)).collect()
+    trail_until(sys, id, "other_sessions_ended", pump).await.into_iter().filter(|e| !is_mail(e)).collect()
 }
 
 /// The sign-out is one `other_sessions_ended` (success, the request's
