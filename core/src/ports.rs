@@ -146,7 +146,8 @@ pub trait UserStore: Send + Sync {
     /// of theirs, and its stored hash and epoch are still `expected_phc` and
     /// `expected_epoch`, the ones the current password was checked against
     /// (a reset or another change meanwhile wins); `Conflict(Stale)`
-    /// otherwise.
+    /// otherwise. A "sign out everywhere else" is this write with `phc`
+    /// equal to `expected_phc`: only the epoch moves.
     #[allow(clippy::too_many_arguments)]
     async fn change_password(
         &self,
