@@ -665,17 +665,24 @@ pub async fn password_change_ends_other_sessions(sys: &TestSystem) {
     let (st, b) = change(Some(access(&mine)), json!({"current_password": PASSWORD, "new_password": NEW})).await;
     assert_eq!(st, 204, "{b}");
     assert_eq!(sys.wait_mail(&email, mails + 1).await.kind, "password_changed", "the owner is told");
-    assert_eq!(sys.get_auth("/v1/me", &access(&other)).await.0, 401, "the other session's access token");
-    let (st, _, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": other["refresh_token"] })).await;
-    assert_eq!(st, 401, "the other session's refresh token");
-    assert_eq!(sys.get_auth("/v1/me", &access(&mine)).await.0, 200, "the changing session ended");
-    let (st, b, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": mine["refresh_token"] })).await;
-    assert_eq!(st, 200, "{b}");
+    only_the_asking_session_lives(sys, &mine, &other).await;
 
     let (st, b, _) = sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD})).await;
     assert_eq!((st, b["error"].as_str()), (401, Some("invalid_credentials")), "the old password");
     let (st, b, _) = sys.post("/v1/login", json!({"identifier": username, "password": NEW})).await;
     assert_eq!(st, 202, "the new password: {b}");
+}
+
+/// After a password change or a sign-out elsewhere made through `mine`:
+/// `other`'s access and refresh tokens are refused, `mine`'s still work.
+async fn only_the_asking_session_lives(sys: &TestSystem, mine: &Value, other: &Value) {
+    let access = |t: &Value| t["access_token"].as_str().expect("access").to_string();
+    assert_eq!(sys.get_auth("/v1/me", &access(other)).await.0, 401, "the other session's access token");
+    let (st, _, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": other["refresh_token"] })).await;
+    assert_eq!(st, 401, "the other session's refresh token");
+    assert_eq!(sys.get_auth("/v1/me", &access(mine)).await.0, 200, "the session that asked ended");
+    let (st, b, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": mine["refresh_token"] })).await;
+    assert_eq!(st, 200, "{b}");
 }
 
 /// "Sign out everywhere else" (`POST /v1/logout/others`): refused without
@@ -701,12 +708,7 @@ pub async fn signing_out_everywhere_else_ends_the_other_sessions(sys: &TestSyste
     let mails = sys.mails_to(&email).await.len();
     let (st, b) = sys.post_auth(PATH, &access(&mine), json!({"current_password": PASSWORD})).await;
     assert_eq!(st, 204, "{b}");
-    assert_eq!(sys.get_auth("/v1/me", &access(&other)).await.0, 401, "the other session's access token");
-    let (st, _, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": other["refresh_token"] })).await;
-    assert_eq!(st, 401, "the other session's refresh token");
-    assert_eq!(sys.get_auth("/v1/me", &access(&mine)).await.0, 200, "the session that asked ended");
-    let (st, b, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": mine["refresh_token"] })).await;
-    assert_eq!(st, 200, "{b}");
+    only_the_asking_session_lives(sys, &mine, &other).await;
     let again = sign_in(sys, &username, &email).await;
     assert_eq!(sys.get_auth("/v1/me", &access(&again)).await.0, 200, "the password still signs in");
     let kinds: Vec<String> = sys.mails_to(&email).await[mails..].iter().map(|m| m.kind.clone()).collect();
