@@ -499,9 +499,16 @@ pub async fn password_reset_by_mail(sys: &TestSystem) {
 /// fills a one-minute window must not straddle the edge of one (a count
 /// that starts afresh halfway through is not the limit under test).
 pub async fn clear_of_a_minute_edge(secs: u64) {
+    clear_of_a_window_edge(60, secs).await;
+}
+
+/// [`clear_of_a_minute_edge`] for a window of `window` seconds (aligned to
+/// the clock as the limiter aligns it: a multiple of `window` since the
+/// epoch), such as the 15-minute login window per identifier.
+pub async fn clear_of_a_window_edge(window: u64, secs: u64) {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
-    let left = 60 - now.as_secs() % 60;
-    if left < secs.min(59) {
+    let left = window - now.as_secs() % window;
+    if left < secs.min(window - 1) {
         tokio::time::sleep(std::time::Duration::from_secs(left) + std::time::Duration::from_millis(200)).await;
     }
 }
