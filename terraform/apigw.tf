@@ -20,6 +20,7 @@ locals {
     "POST /v1/login/otp/resend",
     "POST /v1/password",
     "POST /v1/logout/others",
+    "POST /v1/sessions/{id}/revoke",
     "POST /v1/password/forgot",
     "POST /v1/password/reset",
     "POST /otp",

@@ -66,6 +66,18 @@ resource "aws_dynamodb_table" "tokens" {
     name = "pk"
     type = "S"
   }
+  attribute {
+    name = "user_id"
+    type = "S"
+  }
+
+  # A user's sessions, for their list (challenges and verifications carry
+  # `user_id` too; the list filters on the `SESSION#` key).
+  global_secondary_index {
+    name            = "by_user"
+    hash_key        = "user_id"
+    projection_type = "ALL"
+  }
 
   # TTL deletes up to ~2 days late; the code checks expiry on every read.
   ttl {

@@ -71,6 +71,13 @@ data "aws_iam_policy_document" "api" {
     resources = ["${aws_dynamodb_table.users.arn}/index/*"]
   }
 
+  # A user's sessions, for their list.
+  statement {
+    sid       = "AppSessionLookups"
+    actions   = ["dynamodb:Query"]
+    resources = ["${aws_dynamodb_table.tokens.arn}/index/*"]
+  }
+
   # Challenges, sessions, standalone codes: read, written, never deleted
   # (their TTL ends them).
   statement {

@@ -58,6 +58,7 @@ impl From<Error> for ApiError {
             Error::OtpExpired => simple(S::UNAUTHORIZED, "otp_expired", &e),
             Error::OtpExhausted => simple(S::UNAUTHORIZED, "otp_exhausted", &e),
             Error::OtpUsed => simple(S::UNAUTHORIZED, "otp_used", &e),
+            Error::SessionNotFound => simple(S::NOT_FOUND, "session_not_found", &e),
             Error::RateLimited { retry_after } => {
                 let mut r = simple(S::TOO_MANY_REQUESTS, "rate_limited", &e);
                 r.message = format!("too many requests; retry in {retry_after} s");

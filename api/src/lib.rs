@@ -34,6 +34,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/token/refresh", post(auth::refresh))
         .route("/v1/logout", post(auth::logout))
         .route("/v1/logout/others", post(auth::end_other_sessions))
+        .route("/v1/sessions", get(auth::sessions))
+        .route("/v1/sessions/{id}/revoke", post(auth::end_session))
         .route("/v1/me", get(auth::me))
         .route("/v1/password", post(auth::change_password))
         .route("/v1/password/forgot", post(auth::forgot_password))

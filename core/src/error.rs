@@ -30,6 +30,9 @@ pub enum Error {
     OtpExhausted,
     #[error("the code has already been used")]
     OtpUsed,
+    /// A session to end that is no live session of the caller's account.
+    #[error("no such session: it may have ended already")]
+    SessionNotFound,
     #[error("too many requests")]
     RateLimited { retry_after: u64 },
     #[error("missing or invalid access token")]

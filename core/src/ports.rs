@@ -369,6 +369,13 @@ pub trait SessionStore: Send + Sync {
     async fn revoke_session(&self, id: &SessionId, now: Timestamp, reason: &str, meta: &RequestMeta)
     -> StoreResult<()>;
 
+    /// The sessions of `user_id` that are not revoked and whose
+    /// `expires_at` is after `now`, in no order (those a password change or
+    /// reset ended are the caller's to drop: `User::ended_by_password_change`).
+    /// On DynamoDB this reads an index, which can lag a write by a moment:
+    /// a session made or revoked just before may be missing or still listed.
+    async fn live_sessions_of(&self, user_id: &UserId, now: Timestamp) -> StoreResult<Vec<Session>>;
+
     /// Counts a retry of the last rotation answered with the current secret
     /// (`retries_answered += 1`) and sets `meta` to the request's, only if
     /// the session is not revoked and its `refresh_hash` is still

@@ -42,12 +42,14 @@ pub const USERS: TableSpec = TableSpec {
 };
 
 /// Short-lived secrets' records: `VERIFY#<hash>`, `CHAL#<id>`,
-/// `SESSION#<id>`, `OTP#<address hmac>`.
+/// `SESSION#<id>`, `OTP#<address hmac>`. The `by_user` index finds a
+/// user's sessions (its listing filters on the `SESSION#` key; challenges
+/// and verifications carry `user_id` too, standalone codes do not).
 pub const TOKENS: TableSpec = TableSpec {
     suffix: "tokens",
     hash_key: "pk",
     range_key: None,
-    gsis: &[],
+    gsis: &[GsiSpec { name: "by_user", hash_key: "user_id" }],
     ttl_attribute: Some("ttl"),
     stream: true,
 };

@@ -9,7 +9,7 @@ use latchkey_core::adapters::embedded::EmbeddedStore;
 use latchkey_core::clock::{Clock, FixedClock};
 use latchkey_core::config::{Policy, RateLimits};
 use latchkey_core::domain::{Email, RequestMeta, Session};
-use latchkey_core::flows::{Auth, Ports, TokenIssuer};
+use latchkey_core::flows::{Auth, Caller, Ports, TokenIssuer};
 use latchkey_core::keys::{CodeKey, SigningKey};
 use latchkey_core::mail::{MailEnvelope, MailJob};
 use latchkey_core::password_hasher::{Argon2Settings, PasswordHasher};
@@ -994,6 +994,13 @@ impl SessionStore for RacingSessions {
     ) -> StoreResult<()> {
         self.store.revoke_session(id, now, reason, meta).await
     }
+    async fn live_sessions_of(
+        &self,
+        user_id: &latchkey_core::domain::UserId,
+        now: i64,
+    ) -> StoreResult<Vec<latchkey_core::domain::Session>> {
+        self.store.live_sessions_of(user_id, now).await
+    }
     async fn record_refresh_retry(
         &self,
         id: &latchkey_core::domain::SessionId,
@@ -1319,17 +1326,17 @@ async fn signing_out_everywhere_else_ends_every_other_session_login_and_device_t
     let user = async || w.store.user_by_email(&Email::parse("wes@example.com").unwrap()).await.unwrap().unwrap();
     let before = user().await;
 
-    let r = w.auth.end_other_sessions(&mine.access_token, "not my password at all".into(), &m).await;
+    let r = w.auth.end_other_sessions(Caller::Bearer(&mine.access_token), "not my password at all".into(), &m).await;
     assert!(matches!(r, Err(Error::Validation { field: "current_password", .. })), "{r:?}");
     assert_eq!(user().await.failed_logins, 1, "a wrong password counts toward the lock");
-    let r = w.auth.end_other_sessions("not.a.token", PW.into(), &m).await;
+    let r = w.auth.end_other_sessions(Caller::Bearer("not.a.token"), PW.into(), &m).await;
     assert!(matches!(r, Err(Error::Unauthorized)), "{r:?}");
     assert!(w.auth.me(&other.access_token).await.is_ok(), "a refused request ended a session");
 
     let in_progress = w.auth.login("wes", PW.into(), None, &m).await.unwrap();
     let code = w.mail.code();
     let mails = w.mail.kinds().len();
-    w.auth.end_other_sessions(&mine.access_token, PW.into(), &m).await.expect("the right password");
+    w.auth.end_other_sessions(Caller::Bearer(&mine.access_token), PW.into(), &m).await.expect("the right password");
     assert_eq!(w.mail.kinds().len(), mails, "nobody is mailed");
     let after = user().await;
     assert_eq!(after.password_hash, before.password_hash, "the password stays");
@@ -1342,7 +1349,7 @@ async fn signing_out_everywhere_else_ends_every_other_session_login_and_device_t
     assert!(w.auth.me(&mine.access_token).await.is_ok(), "the session that asked ended");
     let mine = w.auth.refresh(&mine.refresh_token, &m).await.expect("and refreshes");
     // Twice in a row (a second tab): each counts one more epoch.
-    w.auth.end_other_sessions(&mine.access_token, PW.into(), &m).await.expect("again");
+    w.auth.end_other_sessions(Caller::Bearer(&mine.access_token), PW.into(), &m).await.expect("again");
     assert_eq!(user().await.password_epoch, before.password_epoch + 2);
     assert!(w.auth.me(&mine.access_token).await.is_ok());
 

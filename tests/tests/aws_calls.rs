@@ -84,6 +84,23 @@ async fn calls_per_request_stay_within_budget() {
     assert_eq!(sys.post_auth("/v1/logout/others", access, end).await.0, 204);
     measure("sign out everywhere else", calls.take(), Some(4));
 
+    // The list: the session, its user, the activity limit, one Query of
+    // the sessions index (no Scan).
+    calls.take();
+    let (st, list) = sys.get_auth("/v1/sessions", access).await;
+    assert_eq!(st, 200, "{list}");
+    assert_eq!(list["sessions"].as_array().map(Vec::len), Some(1), "{list}");
+    let took = calls.take();
+    assert!(took.iter().any(|c| c == "dynamodb:Query"), "{took:?}");
+    measure("list sessions", took, Some(4));
+
+    // Ending one (here the asking one): the checked password's calls, the
+    // session to end, its revocation.
+    let sid = list["sessions"][0]["id"].as_str().expect("id").to_string();
+    let end = json!({ "current_password": "quartz lantern orbit mosaic 47" });
+    assert_eq!(sys.post_auth(&format!("/v1/sessions/{sid}/revoke"), access, end).await.0, 204);
+    measure("end a session", calls.take(), Some(5));
+
     // A wrong password costs no more than a right one.
     let (st, _, _) =
         sys.post("/v1/login", json!({"identifier": username, "password": "not the password at all"})).await;

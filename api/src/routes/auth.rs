@@ -4,11 +4,12 @@ use crate::error::ApiError;
 use crate::extract::{JsonBody, Meta, required};
 use crate::state::AppState;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use latchkey_core::clock::rfc3339;
-use latchkey_core::flows::{LoginStarted, TokenPair};
+use latchkey_core::flows::{Caller, LoginStarted, TokenPair};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -184,7 +185,44 @@ pub async fn end_other_sessions(
 ) -> Result<Response, ApiError> {
     let token = access_token(&headers)?;
     let current = required(r.current_password, "current_password")?;
-    s.auth.end_other_sessions(token, current, &meta).await?;
+    s.auth.end_other_sessions(Caller::Bearer(token), current, &meta).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The caller's live sessions, the most recently active first (counted
+/// against the activity limit, as a read of the trail is).
+pub async fn sessions(State(s): State<AppState>, Meta(meta): Meta, headers: HeaderMap) -> Result<Response, ApiError> {
+    let views = s.auth.sessions(Caller::Bearer(access_token(&headers)?), &meta).await?;
+    let sessions: Vec<_> = views
+        .iter()
+        .map(|v| {
+            json!({
+                "id": v.id.to_string(),
+                "current": v.current,
+                "created_at": rfc3339(v.created_at),
+                "last_active_at": rfc3339(v.last_active_at),
+                "expires_at": rfc3339(v.expires_at),
+                "ip": v.ip,
+                "user_agent": v.user_agent,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "sessions": sessions })).into_response())
+}
+
+/// Ends one of the caller's sessions once the current password checks out
+/// (404 `session_not_found` for one that is not theirs or has ended).
+pub async fn end_session(
+    State(s): State<AppState>,
+    Meta(meta): Meta,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    JsonBody(r): JsonBody<CurrentPasswordReq>,
+) -> Result<Response, ApiError> {
+    let token = access_token(&headers)?;
+    let Ok(Path(id)) = id else { return Err(ApiError::not_found()) };
+    let current = required(r.current_password, "current_password")?;
+    s.auth.end_session(Caller::Bearer(token), &id, current, &meta).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

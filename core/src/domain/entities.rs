@@ -248,6 +248,15 @@ pub struct Session {
     pub meta: RequestMeta,
 }
 
+impl Session {
+    /// Not revoked and not over at `now` (its `expires_at`); a password
+    /// change or reset may still have ended it
+    /// (`User::ended_by_password_change`).
+    pub fn is_open_at(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none() && self.expires_at > now
+    }
+}
+
 /// A standalone one-time code, keyed by a keyed hash of the address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OtpRecord {

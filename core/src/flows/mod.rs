@@ -10,6 +10,7 @@ mod rate_limit;
 mod register;
 mod reset;
 mod session;
+mod sessions;
 mod signed_token;
 mod tokens;
 mod verify_email;
@@ -18,6 +19,7 @@ pub use login::LoginStarted;
 pub use otp::OtpSent;
 pub use rate_limit::client_key;
 pub use session::{Profile, TokenPair};
+pub use sessions::{Caller, MAX_LISTED, SessionView};
 pub use tokens::{AccessClaims, TokenIssuer};
 
 use crate::config::Policy;

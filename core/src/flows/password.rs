@@ -5,6 +5,7 @@
 //! a session that guesses into or through a lock is ended.
 
 use super::Auth;
+use super::sessions::Caller;
 use crate::clock::Timestamp;
 use crate::domain::{Password, RequestMeta, SessionId, User, UserId};
 use crate::error::{Error, StoreError};
@@ -29,7 +30,8 @@ impl Auth {
         new: String,
         meta: &RequestMeta,
     ) -> Result<(), Error> {
-        let (uid, sid, user) = self.check_current_password(access_token, current, "password change", meta).await?;
+        let caller = Caller::Bearer(access_token);
+        let (uid, sid, user) = self.check_current_password(caller, current, "password change", meta).await?;
         let new = self.new_password(new, &user.username, &user.email).map_err(|e| match e {
             Error::Validation { reason, .. } => Error::Validation { field: "new_password", reason },
             other => other,
@@ -52,31 +54,28 @@ impl Auth {
     /// `other_sessions_ended`.
     pub async fn end_other_sessions(
         &self,
-        access_token: &str,
+        caller: Caller<'_>,
         current: String,
         meta: &RequestMeta,
     ) -> Result<(), Error> {
-        let (uid, sid, user) = self.check_current_password(access_token, current, "sign-out elsewhere", meta).await?;
+        let (uid, sid, user) = self.check_current_password(caller, current, "sign-out elsewhere", meta).await?;
         self.next_epoch(&uid, &sid, &user, NewEpoch::SamePassword, meta).await?;
         tracing::info!(user_id = %uid, session_id = %sid, "other sessions ended at the user's request");
         Ok(())
     }
 
-    /// The caller of `access_token`, their session and their account, once
-    /// `current` is the account's password. Limited as a login is (per
-    /// client and per account, before any hashing); a wrong password is a
-    /// wrong password at login.
-    async fn check_current_password(
+    /// The caller's account and session, once `current` is the account's
+    /// password. Limited as a login is (per client and per account, before
+    /// any hashing); a wrong password is a wrong password at login.
+    pub(super) async fn check_current_password(
         &self,
-        access_token: &str,
+        caller: Caller<'_>,
         current: String,
         what: &str,
         meta: &RequestMeta,
     ) -> Result<(UserId, SessionId, User), Error> {
         let now = self.now();
-        let claims = self.tokens.verify(access_token, now)?;
-        let uid = UserId::parse(&claims.sub).ok_or(Error::Unauthorized)?;
-        let sid = SessionId::parse(&claims.sid).ok_or(Error::Unauthorized)?;
+        let (uid, sid) = self.caller_ids(caller, now)?;
         let current = Password::for_login(current)
             .map_err(|_| Error::validation("current_password", "is not your current password"))?;
         let l = &self.policy.limits;

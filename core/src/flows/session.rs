@@ -338,8 +338,7 @@ impl Auth {
         sid: &SessionId,
         now: Timestamp,
     ) -> Result<Option<(Session, User)>, StoreError> {
-        let live = |s: &Session| s.revoked_at.is_none() && s.expires_at > now;
-        let Some(s) = self.ports.sessions.session(sid).await?.filter(live) else {
+        let Some(s) = self.ports.sessions.session(sid).await?.filter(|s| s.is_open_at(now)) else {
             return Ok(None);
         };
         let user = self.ports.users.user_by_id(&s.user_id).await?;

@@ -132,6 +132,7 @@ macro_rules! contract_suite {
             rotate_session_refused_after_revoke,
             record_refresh_retry_counts_only_on_the_current_hash,
             change_password_keeps_only_the_changing_session,
+            live_sessions_of_lists_only_the_users_unrevoked_unexpired_sessions,
             // standalone codes
             put_otp_expected_version,
             put_otp_has_one_winner,

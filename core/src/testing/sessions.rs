@@ -2,10 +2,12 @@
 
 use super::Subject;
 use super::fixtures::{
-    T0, expect_conflict, hash, meta, race, session_id, signed_in, single_winner, stored_session, stored_user,
+    T0, expect_conflict, hash, meta, new_challenge, new_session, race, session_id, signed_in, single_winner,
+    stored_session, stored_user,
 };
 use crate::domain::{RequestMeta, Session, User};
 use crate::error::Conflict;
+use crate::ports::LockCheck;
 
 const RACERS: usize = 50;
 
@@ -226,4 +228,41 @@ pub async fn change_password_keeps_only_the_changing_session(s: &Subject) {
         Conflict::Stale,
         "a change through a revoked session",
     );
+}
+
+/// Another session of `user`, through a challenge of its own, expiring at
+/// `expires_at`.
+async fn another_session(s: &Subject, user: &User, expires_at: i64) -> Session {
+    let challenge = new_challenge(user.id);
+    s.challenges
+        .create_challenge(&challenge, LockCheck::Unlocked { reset_failures: false }, &meta())
+        .await
+        .expect("create_challenge");
+    let session = Session { expires_at, ..new_session(user.id) };
+    s.challenges
+        .redeem_challenge(&challenge.id, &challenge.code_hash, T0 + 1, 5, u32::MAX, 0, &session, &meta())
+        .await
+        .expect("redeem_challenge");
+    session
+}
+
+pub async fn live_sessions_of_lists_only_the_users_unrevoked_unexpired_sessions(s: &Subject) {
+    let (user, first) = signed_in(s).await;
+    let (_, someone_elses) = signed_in(s).await;
+    let second = another_session(s, &user, T0 + 1_000).await;
+    let revoked = another_session(s, &user, T0 + 1_000).await;
+    s.sessions.revoke_session(&revoked.id, T0 + 2, "logout", &meta()).await.expect("revoke");
+    let now = T0 + 10;
+    let mut got = s.sessions.live_sessions_of(&user.id, now).await.expect("live_sessions_of");
+    got.sort_by_key(|x| x.id.to_string());
+    let mut want = vec![first.clone(), second.clone()];
+    want.sort_by_key(|x| x.id.to_string());
+    assert_eq!(got, want, "the user's live sessions, as stored (not another user's, not a revoked one)");
+    assert!(!got.iter().any(|x| x.id == someone_elses.id));
+
+    // At its `expires_at` a session is over.
+    let got = s.sessions.live_sessions_of(&user.id, T0 + 1_000).await.expect("live_sessions_of");
+    assert_eq!(got.iter().map(|x| x.id).collect::<Vec<_>>(), [first.id], "an expired session listed");
+    let unknown = crate::domain::UserId::random(&crate::rng::OsSecureRng);
+    assert!(s.sessions.live_sessions_of(&unknown, now).await.expect("live_sessions_of").is_empty());
 }

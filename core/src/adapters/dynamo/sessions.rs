@@ -7,9 +7,10 @@ use super::items::{self, PK, n, s};
 use super::users::meta_value;
 use crate::StoreError;
 use crate::clock::Timestamp;
-use crate::domain::{RequestMeta, Session, SessionId};
+use crate::domain::{RequestMeta, Session, SessionId, UserId};
 use crate::error::Conflict;
 use crate::ports::{SessionStore, StoreResult};
+use crate::tables;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
 
@@ -86,6 +87,36 @@ impl SessionStore for DynamoStore {
         match result {
             Ok(_) | Err(StoreError::Conflict(Conflict::Stale)) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    async fn live_sessions_of(&self, user_id: &UserId, now: Timestamp) -> StoreResult<Vec<Session>> {
+        let gsi = &tables::TOKENS.gsis[0];
+        let mut sessions = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.tokens)
+                .index_name(gsi.name)
+                .key_condition_expression("#u = :u")
+                .filter_expression("begins_with(pk, :p) AND attribute_not_exists(revoked_at) AND expires_at > :now")
+                .expression_attribute_names("#u", gsi.hash_key)
+                .expression_attribute_values(":u", s(user_id.to_string()))
+                .expression_attribute_values(":p", s(items::session_pk(&"")))
+                .expression_attribute_values(":now", n(now))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(map_sdk)?;
+            for item in out.items.unwrap_or_default() {
+                sessions.push(items::from_item(item)?);
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(sessions),
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 //! and the SQL conversions of the newtypes. Values read back go through the
 //! newtypes' own parsers, so a corrupt row is an error, not a bad value.
 
+use crate::clock::Timestamp;
 use crate::domain::{
     Challenge, ChallengeId, Email, OtpRecord, RequestMeta, Session, SessionId, User, UserId, Username,
     VerificationRecord,
@@ -296,6 +297,15 @@ pub(crate) fn load_session(c: &Connection, id: &SessionId) -> rusqlite::Result<O
     c.prepare_cached(&format!("SELECT {SESSION_COLS} FROM sessions WHERE id = ?1"))?
         .query_row([id], session_row)
         .optional()
+}
+
+/// The sessions of `user_id` not revoked and with `expires_at > now`.
+pub(crate) fn live_sessions_of(c: &Connection, user_id: &UserId, now: Timestamp) -> rusqlite::Result<Vec<Session>> {
+    c.prepare_cached(&format!(
+        "SELECT {SESSION_COLS} FROM sessions WHERE user_id = ?1 AND revoked_at IS NULL AND expires_at > ?2"
+    ))?
+    .query_map(rusqlite::params![user_id, now], session_row)?
+    .collect()
 }
 
 pub(crate) fn insert_session(c: &Connection, s: &Session) -> rusqlite::Result<()> {

@@ -614,6 +614,11 @@ impl SessionStore for EmbeddedStore {
             .await
     }
 
+    async fn live_sessions_of(&self, user_id: &UserId, now: Timestamp) -> StoreResult<Vec<Session>> {
+        let user_id = *user_id;
+        self.db().tx(move |tx| Ok(rec::live_sessions_of(tx, &user_id, now)?)).await
+    }
+
     async fn record_refresh_retry(&self, id: &SessionId, current_hash: &str, meta: &RequestMeta) -> StoreResult<()> {
         let (id, current_hash, meta, at) = (*id, current_hash.to_string(), meta.clone(), self.db().now());
         self.db()
