@@ -256,9 +256,12 @@ impl<'a> Schemas<'a> {
                         }
                     }
                 }
-                "minItems" => {
-                    if v.as_array().is_some_and(|a| (a.len() as u64) < want.as_u64().expect("minItems")) {
-                        errs.push(format!("{at}: fewer than {want} items"));
+                "minItems" | "maxItems" => {
+                    if let (Some(a), Some(bound)) = (v.as_array(), want.as_u64()) {
+                        let n = a.len() as u64;
+                        if (key == "minItems" && n < bound) || (key == "maxItems" && n > bound) {
+                            errs.push(format!("{at}: {n} items, outside {key} {bound}"));
+                        }
                     }
                 }
                 "minimum" | "maximum" => {
@@ -599,6 +602,17 @@ async fn real_responses_match_the_document() {
     assert_eq!(st(&c.get(stats, stats, None).await), (401, code("unauthorized")));
     let r = c.get(stats, &format!("{stats}?from={today}&to={today}&to={today}"), Some(ADMIN_KEY)).await;
     assert_eq!(st(&r), (400, code("invalid_request")));
+
+    // The session list; ending a session that is none of the account's.
+    let (status, list, _) = c.get("/v1/sessions", "/v1/sessions", Some(&access)).await;
+    assert_eq!((status, list["sessions"][0]["current"].as_bool()), (200, Some(true)), "{list}");
+    assert_eq!(st(&c.get("/v1/sessions", "/v1/sessions", None).await), (401, code("unauthorized")));
+    let revoke = "/v1/sessions/{id}/revoke";
+    let stranger = format!("/v1/sessions/{}/revoke", uuid::Uuid::new_v4());
+    let r = c.call("POST", revoke, &stranger, Body::Json(json!({"current_password": PASSWORD})), Some(&access)).await;
+    assert_eq!(st(&r), (404, code("session_not_found")));
+    let r = c.call("POST", revoke, &stranger, Body::Json(json!({"current_password": "not it"})), Some(&access)).await;
+    assert_eq!((st(&r), r.1["field"].as_str()), ((400, code("invalid_request")), Some("current_password")));
 
     // Refresh and logout.
     let refresh = tokens["refresh_token"].as_str().expect("refresh").to_string();
