@@ -1369,6 +1369,74 @@ async fn signing_out_everywhere_else_ends_every_other_session_login_and_device_t
     assert!(r.is_ok(), "a device token from after: {r:?}");
 }
 
+/// A user's list of sessions: the live ones only (not a signed-out one,
+/// not one a sign-out everywhere else ended, not another user's), the most
+/// recently active first, the asking one marked, each with its last
+/// request's address. Ending one takes the password: a wrong one is
+/// refused and counted and ends nothing; a session that is not one of the
+/// account's live ones is `SessionNotFound`, and only after the password.
+#[tokio::test]
+async fn a_user_lists_their_live_sessions_and_ends_one_with_their_password() {
+    let w = world(RateLimits::relaxed());
+    verified(&w, "lia").await;
+    verified(&w, "noa").await;
+    let m = meta();
+    let old = signed_in(&w, "lia", &meta_from("198.51.100.1")).await;
+    let gone = signed_in(&w, "lia", &m).await;
+    w.auth.logout(&gone.refresh_token, &m).await.unwrap();
+    let ended = signed_in(&w, "lia", &m).await;
+    w.auth.end_other_sessions(Caller::Bearer(&old.access_token), PW.into(), &m).await.unwrap();
+    w.clock.advance(5);
+    let laptop = signed_in(&w, "lia", &meta_from("198.51.100.2")).await;
+    w.clock.advance(5);
+    let phone = signed_in(&w, "lia", &meta_from("198.51.100.3")).await;
+    // Another user's session at the same `password_epoch` as this user's.
+    let noa = signed_in(&w, "noa", &m).await;
+    w.auth.end_other_sessions(Caller::Bearer(&noa.access_token), PW.into(), &m).await.unwrap();
+    let theirs = signed_in(&w, "noa", &m).await;
+    w.clock.advance(5);
+    let laptop = w.auth.refresh(&laptop.refresh_token, &meta_from("198.51.100.4")).await.unwrap();
+
+    let list = w.auth.sessions(Caller::Bearer(&phone.access_token), &m).await.expect("the list");
+    let ids: Vec<_> = list.iter().map(|v| v.id).collect();
+    assert_eq!(ids, [laptop.session_id, phone.session_id, old.session_id], "live, most recently active first");
+    assert_eq!(list.iter().map(|v| v.current).collect::<Vec<_>>(), [false, true, false]);
+    assert_eq!(list[0].ip.as_deref(), Some("198.51.100.4"), "the address of its last refresh");
+    assert!(list[0].last_active_at > list[0].created_at);
+    assert!(matches!(w.auth.sessions(Caller::Bearer("not.a.token"), &m).await, Err(Error::Unauthorized)));
+
+    let user = async || w.store.user_by_email(&Email::parse("lia@example.com").unwrap()).await.unwrap().unwrap();
+    let end = |target: String, pw: &'static str| {
+        let (access, m) = (phone.access_token.clone(), m.clone());
+        let auth = w.auth.clone();
+        async move { auth.end_session(Caller::Bearer(&access), &target, pw.into(), &m).await }
+    };
+    let r = end(laptop.session_id.to_string(), "not my password at all").await;
+    assert!(matches!(r, Err(Error::Validation { field: "current_password", .. })), "{r:?}");
+    assert_eq!(user().await.failed_logins, 1, "a wrong password counts toward the lock");
+    assert!(w.auth.me(&laptop.access_token).await.is_ok(), "a refused request ended the session");
+    let refused = [theirs.session_id, gone.session_id, ended.session_id].map(|id| id.to_string());
+    for target in refused.into_iter().chain(["not-a-session".to_string()]) {
+        let r = end(target.clone(), PW).await;
+        assert!(matches!(r, Err(Error::SessionNotFound)), "{target}: {r:?}");
+    }
+    assert!(w.auth.me(&theirs.access_token).await.is_ok(), "another user's session ended");
+
+    end(laptop.session_id.to_string(), PW).await.expect("the right password");
+    assert!(w.auth.me(&laptop.access_token).await.is_err(), "the ended session's access token");
+    assert!(w.auth.refresh(&laptop.refresh_token, &m).await.is_err(), "its refresh token");
+    assert!(w.auth.me(&phone.access_token).await.is_ok(), "the asking session");
+    assert!(w.auth.me(&old.access_token).await.is_ok(), "a third session");
+    let r = end(laptop.session_id.to_string(), PW).await;
+    assert!(matches!(r, Err(Error::SessionNotFound)), "ended twice: {r:?}");
+    let list = w.auth.sessions(Caller::Bearer(&phone.access_token), &m).await.unwrap();
+    assert_eq!(list.iter().map(|v| v.id).collect::<Vec<_>>(), [phone.session_id, old.session_id]);
+
+    // Its own: signing out.
+    end(phone.session_id.to_string(), PW).await.expect("its own");
+    assert!(w.auth.me(&phone.access_token).await.is_err());
+}
+
 /// Sessions and device tokens end with a password change or reset by
 /// count (`password_epoch`), not by clock: a login finished in a change's
 /// own second lives on, and a login whose code step read a later clock than
