@@ -715,6 +715,59 @@ pub async fn signing_out_everywhere_else_ends_the_other_sessions(sys: &TestSyste
     assert_eq!(kinds, ["login_code"], "only the new login's code is mailed");
 }
 
+/// The session list (`GET /v1/sessions`) shows a user their own live
+/// sessions and nobody else's; ending one (`POST /v1/sessions/{id}/revoke`)
+/// takes the owner's access token and password: another user, with their
+/// own password, is answered 404 and ends nothing, as is a wrong password
+/// (400); then only that session ends.
+pub async fn sessions_are_listed_and_ended_by_their_owner_only(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let (mine, other) = (sign_in(sys, &username, &email).await, sign_in(sys, &username, &email).await);
+    let (their_name, their_email) = verified_user(sys).await;
+    let theirs = sign_in(sys, &their_name, &their_email).await;
+    let access = |t: &Value| t["access_token"].as_str().expect("access").to_string();
+    let sid =
+        async |t: &Value| sys.get_auth("/v1/me", &access(t)).await.1["session_id"].as_str().expect("sid").to_owned();
+    let (mine_id, other_id, their_id) = (sid(&mine).await, sid(&other).await, sid(&theirs).await);
+
+    let listed = async |t: &Value| {
+        let (st, b) = sys.get_auth("/v1/sessions", &access(t)).await;
+        assert_eq!(st, 200, "{b}");
+        let mut ids: Vec<(String, bool)> = b["sessions"]
+            .as_array()
+            .expect("sessions")
+            .iter()
+            .map(|s| (s["id"].as_str().expect("id").to_owned(), s["current"].as_bool().expect("current")))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut want = vec![(mine_id.clone(), true), (other_id.clone(), false)];
+    want.sort();
+    assert_eq!(listed(&mine).await, want, "the owner's two sessions, and only theirs");
+    assert_eq!(listed(&theirs).await, [(their_id.clone(), true)]);
+    let bare = sys.http.get(sys.url("/v1/sessions")).send().await.expect("request");
+    assert_eq!(bare.status().as_u16(), 401, "no access token");
+
+    let end = |id: &str| format!("/v1/sessions/{id}/revoke");
+    let (st, b) = sys.post_auth(&end(&other_id), &access(&theirs), json!({"current_password": PASSWORD})).await;
+    assert_eq!((st, b["error"].as_str()), (404, Some("session_not_found")), "another user's session: {b}");
+    let (st, b) = sys.post_auth(&end(&other_id), &access(&mine), json!({"current_password": "not it at all"})).await;
+    assert_eq!((st, b["field"].as_str()), (400, Some("current_password")), "{b}");
+    let (st, _, _) = sys.post(&end(&other_id), json!({"current_password": PASSWORD})).await;
+    assert_eq!(st, 401, "no access token");
+    assert_eq!(sys.get_auth("/v1/me", &access(&other)).await.0, 200, "a refused request ended the session");
+
+    let (st, b) = sys.post_auth(&end(&other_id), &access(&mine), json!({"current_password": PASSWORD})).await;
+    assert_eq!(st, 204, "{b}");
+    assert_eq!(sys.get_auth("/v1/me", &access(&other)).await.0, 401, "the ended session's access token");
+    let (st, _, _) = sys.post("/v1/token/refresh", json!({"refresh_token": other["refresh_token"]})).await;
+    assert_eq!(st, 401, "its refresh token");
+    assert_eq!(sys.get_auth("/v1/me", &access(&mine)).await.0, 200, "the asking session");
+    assert_eq!(sys.get_auth("/v1/me", &access(&theirs)).await.0, 200, "the other user's session");
+    assert_eq!(listed(&mine).await, [(mine_id, true)]);
+}
+
 /// 20 concurrent refreshes of one refresh token rotate it once: every one
 /// is answered with the same new refresh token, which works.
 pub async fn concurrent_refreshes(sys: &TestSystem) {
@@ -1116,6 +1169,7 @@ macro_rules! relaxed_attacks {
             forged_refresh_secret_ends_nothing,
             password_change_ends_other_sessions,
             signing_out_everywhere_else_ends_the_other_sessions,
+            sessions_are_listed_and_ended_by_their_owner_only,
             concurrent_refreshes,
             headers_on_every_status,
             register_same_username_20_at_once,

@@ -1020,6 +1020,52 @@ async fn aws_signing_out_everywhere_else_is_one_event_in_the_trail() {
     assert_eq!(st, 401);
 }
 
+/// A user ends the other of their two sessions from one
+/// (`POST /v1/sessions/{id}/revoke`); returns their id.
+async fn ended_one_session(sys: &TestSystem) -> String {
+    let (username, email) = verified_user(sys).await;
+    let mine = sign_in(sys, &username, &email).await;
+    let other = sign_in(sys, &username, &email).await;
+    let access = mine["access_token"].as_str().expect("access");
+    let (_, me) = sys.get_auth("/v1/me", access).await;
+    let (_, theirs) = sys.get_auth("/v1/me", other["access_token"].as_str().expect("access")).await;
+    let path = format!("/v1/sessions/{}/revoke", theirs["session_id"].as_str().expect("session_id"));
+    let (st, body) = sys.post_auth(&path, access, json!({ "current_password": PASSWORD })).await;
+    assert_eq!(st, 204, "{body}");
+    me["id"].as_str().expect("id").to_string()
+}
+
+/// Ending one session is one `session_revoked`, reason `ended_by_user`,
+/// with the request's address, last in the trail.
+fn check_ended_one_trail(events: &[Value]) {
+    let last = events.last().expect("events");
+    assert_eq!(
+        (last["event"].as_str(), last["reason"].as_str(), last["ip"].as_str()),
+        (Some("session_revoked"), Some("ended_by_user"), Some("127.0.0.1")),
+        "{events:?}"
+    );
+    let k = kinds(events);
+    assert_eq!(k.iter().filter(|k| *k == "session_revoked").count(), 1, "{k:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_ending_one_session_is_one_revocation_in_the_trail() {
+    let sys = admin_embedded().await;
+    let id = ended_one_session(&sys).await;
+    let events = trail_until(&sys, &id, "session_revoked", || async {}).await;
+    check_ended_one_trail(&events.into_iter().filter(|e| !is_mail(e)).collect::<Vec<_>>());
+}
+
+/// The same through the DynamoDB stream: the session's MODIFY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_ending_one_session_is_one_revocation_in_the_trail() {
+    let sys = admin_aws().await;
+    let id = ended_one_session(&sys).await;
+    let pump = StreamPump::holding(&id).await;
+    let events = trail_until(&sys, &id, "session_revoked", || pump.pump()).await;
+    check_ended_one_trail(&events.into_iter().filter(|e| !is_mail(e)).collect::<Vec<_>>());
+}
+
 /// Someone who knows a verified user's password spends the account's code
 /// budget (100 wrong codes over 17 logins); returns the user id and address.
 /// The 100th wrong code locks the account and mails its owner at once.
