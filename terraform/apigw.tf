@@ -33,6 +33,7 @@ locals {
     "POST /login/code/resend",
     "POST /password/forgot",
     "POST /password/reset",
+    "POST /sessions/end",
     "POST /one-time-code/send",
     "POST /one-time-code/verify",
     "POST /admin",

@@ -58,6 +58,7 @@ pub fn app(state: AppState) -> Router {
         .route("/password/forgot", get(pages::reset::forgot_form).post(pages::reset::forgot))
         .route("/password/reset", get(pages::reset::reset_form).post(pages::reset::reset))
         .route("/dashboard", get(pages::dashboard::dashboard))
+        .route("/sessions/end", post(pages::dashboard::end_sessions))
         .route("/one-time-code", get(pages::otp::form))
         .route("/one-time-code/send", post(pages::otp::send))
         .route("/one-time-code/verify", post(pages::otp::verify))

@@ -173,6 +173,16 @@ try {
   // Login by email (upper case), then sign out again.
   await login(email.toUpperCase(), 3, false);
   check((await page.textContent("#profile-username")) === username, "login by email works");
+  check((await page.textContent("#sessions")).includes("this browser"), "the dashboard lists this session");
+
+  // Sign out everywhere else from the dashboard, with the password.
+  await page.selectOption("#session_id", "others");
+  await page.fill("#current_password", PASSWORD);
+  await page.click("form[action='/sessions/end'] button[type=submit]");
+  await page.waitForURL(/\/dashboard\?ended=others$/);
+  check((await page.textContent(".notice")).includes("Every other session is signed out"),
+    "every other session signed out from the dashboard, this one kept");
+  await shot(page, "sessions-ended");
   await page.click("form[action='/logout'] button");
   await page.waitForURL(/\/login\?bye=1$/);
   await page.setViewportSize({ width: 390, height: 844 });

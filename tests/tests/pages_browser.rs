@@ -353,6 +353,77 @@ async fn signing_in_again_ends_the_session_it_replaces() {
     assert_eq!(st, 401, "the replaced session still refreshes");
 }
 
+/// The dashboard lists where the account is signed in (this browser
+/// marked) and ends one of the other sessions, or every other one, once
+/// the current password is typed: a wrong password, a missing field or a
+/// bad token ends nothing; another browser's session then ends, this one
+/// stays.
+#[tokio::test]
+async fn the_dashboard_lists_the_sessions_and_ends_one_or_every_other_with_the_password() {
+    let sys = TestSystem::embedded().await;
+    let mut b = Browser::new(&sys);
+    let (username, email) = unique();
+    sign_up_and_in(&mut b, &username, &email, &username).await;
+    let mut other = Browser::new(&sys);
+    let p = password_step(&mut other, &email).await;
+    code_step(&mut other, &p, &email, 3).await;
+    let other_id = other.jar.get(SESSION).and_then(|c| c.split_once('.')).expect("cookie").0.to_string();
+
+    let d = b.get("/dashboard").await;
+    assert_eq!(d.status, 200);
+    assert!(d.body.contains("Where you are signed in"), "{}", d.body);
+    assert_eq!(session_rows(&d), 2, "{}", d.body);
+    assert_eq!(d.body.matches("this browser").count(), 1);
+    assert!(d.body.contains(&format!("<option value=\"{other_id}\">")), "{}", d.body);
+
+    let p = end_session(&mut b, &d.csrf(), &other_id, "not my password at all").await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(p.body.contains("That is not your current password."), "{}", p.body);
+    let p = end_session(&mut b, &p.csrf(), "", PASSWORD).await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(p.body.contains("Choose a session to sign out."), "{}", p.body);
+    let p = end_session(&mut b, "x.y", &other_id, PASSWORD).await;
+    assert_eq!(p.status, 403, "a bad token");
+    assert_eq!(other.get("/dashboard").await.status, 200, "a refused form ended the other session");
+
+    let csrf = b.get("/dashboard").await.csrf();
+    let p = end_session(&mut b, &csrf, &other_id, PASSWORD).await;
+    assert_eq!((p.status, p.location()), (303, "/dashboard?ended=one"), "{}", p.body);
+    assert_eq!(other.get("/dashboard").await.location(), "/login", "the other session still works");
+    let d = b.get("/dashboard?ended=one").await;
+    assert_eq!(d.status, 200);
+    assert!(d.body.contains("That session is signed out."));
+    assert!(!d.body.contains(&other_id), "an ended session listed");
+    let p = end_session(&mut b, &d.csrf(), &other_id, PASSWORD).await;
+    assert_eq!(p.status, 404, "ended twice");
+    assert!(p.body.contains("That session had already ended."), "{}", p.body);
+
+    // Every other one: a third browser's session ends, this one stays.
+    let mut third = Browser::new(&sys);
+    let p = password_step(&mut third, &username).await;
+    code_step(&mut third, &p, &email, 4).await;
+    let csrf = b.get("/dashboard").await.csrf();
+    let p = end_session(&mut b, &csrf, "others", PASSWORD).await;
+    assert_eq!((p.status, p.location()), (303, "/dashboard?ended=others"), "{}", p.body);
+    assert_eq!(third.get("/dashboard").await.location(), "/login", "the third session still works");
+    let d = b.get("/dashboard?ended=others").await;
+    assert_eq!(d.status, 200);
+    assert!(d.body.contains("Every other session is signed out."));
+    assert_eq!((session_rows(&d), d.body.matches("this browser").count()), (1, 1), "{}", d.body);
+}
+
+/// The dashboard form that ends session `id` (or `others`) with password `pw`.
+async fn end_session(b: &mut Browser<'_>, csrf: &str, id: &str, pw: &str) -> Page {
+    b.post("/sessions/end", &[("csrf", csrf), ("session_id", id), ("current_password", pw)]).await
+}
+
+/// The rows of the dashboard's session table.
+fn session_rows(p: &Page) -> usize {
+    let from = p.body.find("id=\"sessions\"").expect("the sessions section");
+    let section = &p.body[from..from + p.body[from..].find("</section>").expect("its end")];
+    section.matches("<tr><td>").count()
+}
+
 /// A link or form the pages cannot read (a parameter twice, a field
 /// twice, a body of another type or too large) is answered with a page
 /// carrying the usual headers, not with axum's plain text.
@@ -728,12 +799,14 @@ async fn dashboard_shares_the_activity_limit() {
     for i in 0..59 {
         assert_eq!(sys.get_auth("/v1/me/activity?limit=1", &access).await.0, 200, "{i}");
     }
-    let listed = |body: &str| body.contains("<table>") || body.contains("No events recorded yet");
+    let listed = |body: &str| body.contains("scope=\"col\">Event</th>") || body.contains("No events recorded yet");
     assert!(listed(&d.body) && !d.body.contains("id=\"activity-wait\""), "{}", d.body);
     let limited = b.get("/dashboard").await;
     assert_eq!(limited.status, 200, "{}", limited.body);
     assert!(limited.body.contains("id=\"activity-wait\""), "{}", limited.body);
     assert!(!listed(&limited.body), "no events listed: {}", limited.body);
+    assert!(limited.body.contains("id=\"sessions-wait\"") && session_rows(&limited) == 0, "{}", limited.body);
+    assert_eq!(sys.get_auth("/v1/sessions", &access).await.0, 429, "the API's list shares the limit");
     assert!(limited.body.contains(&email) && limited.body.contains("action=\"/logout\""), "{}", limited.body);
     let out = b.post("/logout", &[("csrf", &limited.csrf())]).await;
     assert_eq!((out.status, out.location()), (303, "/login?bye=1"), "signing out still works");

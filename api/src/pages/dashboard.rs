@@ -1,10 +1,16 @@
-//! The signed-in home: the profile and the user's recent security events.
-//! Without a live session it redirects to the sign-in page and shows
-//! nothing private; like every page it is `Cache-Control: no-store`. Its
-//! read of the trail counts against `RateLimits::activity`, as the
-//! activity API's does: past it the page lists no events and says when
-//! they can be shown again.
+//! The signed-in home: the profile, where the account is signed in, and the
+//! user's recent security events. Without a live session it redirects to
+//! the sign-in page and shows nothing private; like every page it is
+//! `Cache-Control: no-store`. Its reads (the trail and the sessions) count
+//! once against `RateLimits::activity`, as the activity API's read does:
+//! past it the page lists neither and says when they can be shown again.
+//!
+//! `POST /sessions/end` ends one of the other sessions, or all of them
+//! ("sign out everywhere else"), once the current password checks out
+//! (ASVS 5.0 7.5.2), through the same flows as the API.
 
+use super::account::{FieldErrors, sentence};
+use super::extract::{PageForm, PageQuery};
 use super::render::{self, page};
 use super::visitor::Visitor;
 use super::{cookies, with_cookies};
@@ -12,41 +18,100 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use latchkey_core::clock::rfc3339;
+use latchkey_core::Error;
+use latchkey_core::clock::{Timestamp, rfc3339};
+use latchkey_core::flows::Caller;
 use minijinja::context;
+use serde::Deserialize;
 
 /// How many events the dashboard lists.
 const RECENT: u32 = 10;
+/// How much of a user agent a session's row shows.
+const AGENT_CHARS: usize = 80;
+/// The `session_id` that asks to end every other session.
+const EVERY_OTHER: &str = "others";
 
-pub async fn dashboard(State(s): State<AppState>, mut v: Visitor) -> Response {
+#[derive(Deserialize)]
+pub struct DashboardQuery {
+    ended: Option<String>,
+}
+
+pub async fn dashboard(State(s): State<AppState>, mut v: Visitor, PageQuery(q): PageQuery<DashboardQuery>) -> Response {
+    let notice = match q.ended.as_deref() {
+        Some(EVERY_OTHER) => Some("Every other session is signed out."),
+        Some(_) => Some("That session is signed out."),
+        None => None,
+    };
+    render(&s, &mut v, StatusCode::OK, notice, None, FieldErrors::new()).await
+}
+
+fn when(t: Timestamp) -> String {
+    rfc3339(t).replace('T', " ").trim_end_matches('Z').to_string()
+}
+
+/// The dashboard as `v` sees it, with a notice or a form error.
+async fn render(
+    s: &AppState,
+    v: &mut Visitor,
+    status: StatusCode,
+    notice: Option<&str>,
+    form_error: Option<String>,
+    errors: FieldErrors,
+) -> Response {
     let Some((_, profile)) = v.session.clone() else {
         let r = Redirect::to("/login").into_response();
         return if v.stale_session { with_cookies(r, vec![cookies::clear(cookies::SESSION)]) } else { r };
     };
     // Past the activity limit the page still shows the profile and the
-    // sign-out form (someone else behind the same address can spend the
-    // client's reads), with the wait in place of the events.
+    // sign-out forms (someone else behind the same address can spend the
+    // client's reads), with the wait in place of the events and sessions.
     let activity_wait = match s.auth.limit_activity(&profile.id, &v.meta).await {
         Ok(()) => None,
-        Err(latchkey_core::Error::RateLimited { retry_after }) => Some(retry_after),
+        Err(Error::RateLimited { retry_after }) => Some(retry_after),
         Err(e) => return render::failure(e),
     };
-    let records = match activity_wait {
-        Some(_) => Vec::new(),
-        None => match s.audit.list(&profile.id.to_string(), None, RECENT, s.auth.now()).await {
-            Ok(page) => page.records,
-            Err(e) => return render::failure(latchkey_core::Error::from(e)),
-        },
+    let (records, sessions) = match activity_wait {
+        Some(_) => (Vec::new(), Vec::new()),
+        None => {
+            let page = match s.audit.list(&profile.id.to_string(), None, RECENT, s.auth.now()).await {
+                Ok(page) => page,
+                Err(e) => return render::failure(Error::from(e)),
+            };
+            match s.auth.sessions(Caller::Browser(&profile), &v.meta).await {
+                Ok(sessions) => (page.records, sessions),
+                Err(e) => return render::failure(e),
+            }
+        }
     };
     let events = records
         .iter()
         .map(|r| {
             context! {
-                at => rfc3339(r.at).replace('T', " ").trim_end_matches('Z').to_string(),
+                at => when(r.at),
                 event => r.event.as_str().replace('_', " "),
                 outcome => serde_json::to_value(r.outcome).ok().and_then(|v| v.as_str().map(str::to_owned)),
                 reason => r.reason.as_deref().map(|x| x.replace('_', " ")),
                 ip => r.ip.clone(),
+            }
+        })
+        .collect::<Vec<_>>();
+    let sessions = sessions
+        .iter()
+        .map(|x| {
+            let agent = x.user_agent.as_deref().unwrap_or("unknown browser");
+            let agent = match agent.char_indices().nth(AGENT_CHARS) {
+                Some((cut, _)) => format!("{}…", &agent[..cut]),
+                None => agent.to_string(),
+            };
+            let from = x.ip.clone().unwrap_or_else(|| "an unknown address".into());
+            context! {
+                id => x.id.to_string(),
+                current => x.current,
+                created_at => when(x.created_at),
+                last_active_at => when(x.last_active_at),
+                label => format!("{agent}, from {from}, last active {} UTC", when(x.last_active_at)),
+                ip => x.ip.clone(),
+                agent,
             }
         })
         .collect::<Vec<_>>();
@@ -56,13 +121,81 @@ pub async fn dashboard(State(s): State<AppState>, mut v: Visitor) -> Response {
         signed_in => true,
         csrf,
         events,
+        sessions,
+        every_other => EVERY_OTHER,
         activity_wait,
+        notice,
+        form_error,
+        errors,
         profile => context! {
             username => profile.username,
             email => profile.email,
             verified => profile.verified,
-            created_at => rfc3339(profile.created_at).replace('T', " ").trim_end_matches('Z').to_string() + " UTC",
+            created_at => when(profile.created_at) + " UTC",
         },
     };
-    with_cookies(page(StatusCode::OK, "dashboard.html", ctx), cookies)
+    with_cookies(page(status, "dashboard.html", ctx), cookies)
+}
+
+#[derive(Deserialize)]
+pub struct EndForm {
+    csrf: Option<String>,
+    session_id: Option<String>,
+    current_password: Option<String>,
+}
+
+/// `POST /sessions/end`: ends the chosen session, or every other one.
+pub async fn end_sessions(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageForm<EndForm>) -> Response {
+    let Some((_, profile)) = v.session.clone() else {
+        // Nobody signed in to end anything for: to the sign-in page, but
+        // only for this origin's own forms.
+        if !v.same_origin() {
+            return v.csrf_refusal(None).unwrap_or_else(|| Redirect::to("/login").into_response());
+        }
+        return render(&s, &mut v, StatusCode::OK, None, None, FieldErrors::new()).await;
+    };
+    if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
+        return r;
+    }
+    let target = f.session_id.unwrap_or_default();
+    let password = f.current_password.unwrap_or_default();
+    let mut errors = FieldErrors::new();
+    if target.is_empty() {
+        errors.insert("session_id", "Choose a session to sign out.".into());
+    }
+    if password.is_empty() {
+        errors.insert("current_password", "Type your current password.".into());
+    }
+    if !errors.is_empty() {
+        return render(&s, &mut v, StatusCode::BAD_REQUEST, None, None, errors).await;
+    }
+    let caller = Caller::Browser(&profile);
+    let ended = if target == EVERY_OTHER {
+        s.auth.end_other_sessions(caller, password, &v.meta).await
+    } else {
+        s.auth.end_session(caller, &target, password, &v.meta).await
+    };
+    match ended {
+        Ok(()) => Redirect::to(if target == EVERY_OTHER { "/dashboard?ended=others" } else { "/dashboard?ended=one" })
+            .into_response(),
+        Err(Error::Validation { field, reason }) => {
+            let text = if field == "current_password" {
+                "That is not your current password.".into()
+            } else {
+                sentence(&reason)
+            };
+            errors.insert(field, text);
+            render(&s, &mut v, StatusCode::BAD_REQUEST, None, None, errors).await
+        }
+        Err(Error::SessionNotFound) => {
+            let text = "That session had already ended.".to_string();
+            render(&s, &mut v, StatusCode::NOT_FOUND, None, Some(text), errors).await
+        }
+        // A guess that locked the account, or one during a lock, ended
+        // this session too.
+        Err(Error::Unauthorized) => {
+            with_cookies(Redirect::to("/login").into_response(), vec![cookies::clear(cookies::SESSION)])
+        }
+        Err(e) => render::failure(e),
+    }
 }
