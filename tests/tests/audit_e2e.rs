@@ -988,15 +988,22 @@ where
 /// address), last in the trail: no password change, no session revoked one
 /// by one (the other sessions end by the account's epoch).
 fn check_sign_out_trail(events: &[Value]) {
+    last_and_only(events, "other_sessions_ended", ("outcome", "success"));
+    let k = kinds(events);
+    assert!(!k.iter().any(|k| k == "password_changed" || k == "session_revoked"), "{k:?}");
+}
+
+/// The trail's last event is its only `kind`, made by the request (its
+/// address), with `field` = `value`.
+fn last_and_only(events: &[Value], kind: &str, (field, value): (&str, &str)) {
     let last = events.last().expect("events");
     assert_eq!(
-        (last["event"].as_str(), last["outcome"].as_str(), last["ip"].as_str()),
-        (Some("other_sessions_ended"), Some("success"), Some("127.0.0.1")),
+        (last["event"].as_str(), last[field].as_str(), last["ip"].as_str()),
+        (Some(kind), Some(value), Some("127.0.0.1")),
         "{events:?}"
     );
     let k = kinds(events);
-    assert_eq!(k.iter().filter(|k| *k == "other_sessions_ended").count(), 1, "{k:?}");
-    assert!(!k.iter().any(|k| k == "password_changed" || k == "session_revoked"), "{k:?}");
+    assert_eq!(k.iter().filter(|k| *k == kind).count(), 1, "{k:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1038,14 +1045,7 @@ async fn ended_one_session(sys: &TestSystem) -> String {
 /// Ending one session is one `session_revoked`, reason `ended_by_user`,
 /// with the request's address, last in the trail.
 fn check_ended_one_trail(events: &[Value]) {
-    let last = events.last().expect("events");
-    assert_eq!(
-        (last["event"].as_str(), last["reason"].as_str(), last["ip"].as_str()),
-        (Some("session_revoked"), Some("ended_by_user"), Some("127.0.0.1")),
-        "{events:?}"
-    );
-    let k = kinds(events);
-    assert_eq!(k.iter().filter(|k| *k == "session_revoked").count(), 1, "{k:?}");
+    last_and_only(events, "session_revoked", ("reason", "ended_by_user"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
