@@ -1,4 +1,5 @@
 use super::Auth;
+use super::sessions::Caller;
 use crate::clock::Timestamp;
 use crate::domain::{Challenge, CodeClosed, OtpCode, RequestMeta, Session, SessionId, User, UserId};
 use crate::error::{Error, StoreError};
@@ -318,15 +319,8 @@ impl Auth {
 
     /// The profile behind a valid access token whose session is alive.
     pub async fn me(&self, access_token: &str) -> Result<Profile, Error> {
-        let now = self.now();
-        let claims = self.tokens.verify(access_token, now)?;
-        let uid = UserId::parse(&claims.sub).ok_or(Error::Unauthorized)?;
-        let sid = SessionId::parse(&claims.sid).ok_or(Error::Unauthorized)?;
-        let (s, u) = self.live_session(&sid, now).await?.ok_or(Error::Unauthorized)?;
-        if s.user_id != uid {
-            return Err(Error::Unauthorized);
-        }
-        Ok(Profile::of(u, sid))
+        let (s, u) = self.caller_session(Caller::Bearer(access_token), self.now()).await?;
+        Ok(Profile::of(u, s.id))
     }
 
     /// Session `sid` and its user, if the session exists, is not revoked nor

@@ -65,7 +65,7 @@ impl Auth {
     }
 
     /// `caller`'s session and account, if the session is live and theirs.
-    async fn caller_session(&self, caller: Caller<'_>, now: Timestamp) -> Result<(Session, User), Error> {
+    pub(super) async fn caller_session(&self, caller: Caller<'_>, now: Timestamp) -> Result<(Session, User), Error> {
         let (uid, sid) = self.caller_ids(caller, now)?;
         match self.live_session(&sid, now).await? {
             Some((s, u)) if s.user_id == uid => Ok((s, u)),
