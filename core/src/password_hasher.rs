@@ -21,9 +21,10 @@
 //! another 0.55-0.64 s of CPU (measured after `wrk -c32`; 0.16 s after
 //! `-c8`), time taken from whatever ran next.
 
-use crate::domain::Password;
+use crate::domain::{Password, nfkc};
 use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
-use argon2::{Algorithm, Argon2, Block, Params, Version};
+use argon2::{Algorithm, Argon2, AssociatedData, Block, Params, ParamsBuilder, Version};
+use std::borrow::Cow;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -62,6 +63,22 @@ impl Memory {
     }
 }
 
+/// argon2's associated data (the PHC string's `data` parameter, `bmZrYw`)
+/// on every hash made here: the password was hashed in its NFKC form, so
+/// `é` typed as one code point or as `e` and a combining accent, or `ﬁ` as
+/// a ligature or two letters, is one password (NIST SP 800-63B-4 3.1.1.2:
+/// normalise with NFKC or NFKD before hashing). Being argon2's input, the
+/// mark cannot be taken off a hash to make it check the password as typed.
+/// A hash without it (made before it existed) checks the password exactly
+/// as typed and is rehashed at the owner's next login ([`PasswordHasher::needs_rehash`]).
+pub const NFKC_MARK: &[u8] = b"nfkc";
+
+/// What argon2 hashes for `password` under `params`: its NFKC form if the
+/// parameters carry [`NFKC_MARK`], else exactly what was typed.
+fn input<'a>(password: &'a str, params: &Params) -> Cow<'a, str> {
+    if params.data() == NFKC_MARK { nfkc(password) } else { Cow::Borrowed(password) }
+}
+
 /// argon2's tag of `password` with `salt`, `len` bytes long, computed in
 /// `memory` with `argon`'s algorithm, version and parameters.
 fn tag(argon: &Argon2<'_>, memory: &mut Memory, password: &[u8], salt: Salt<'_>, len: usize) -> Result<Output, String> {
@@ -76,11 +93,12 @@ fn tag(argon: &Argon2<'_>, memory: &mut Memory, password: &[u8], salt: Salt<'_>,
 }
 
 /// Hashes `password` with `salt` into a PHC string, in `memory`: the same
-/// string as `Argon2::hash_password` (a unit test holds them equal).
-pub fn hash_in(memory: &mut Memory, params: &Params, password: &[u8], salt: &SaltString) -> Result<String, String> {
+/// string as `Argon2::hash_password` of [`input`] (a unit test holds them
+/// equal).
+pub fn hash_in(memory: &mut Memory, params: &Params, password: &str, salt: &SaltString) -> Result<String, String> {
     let salt = salt.as_salt();
     let len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
-    let hash = tag(&argon(params), memory, password, salt, len)?;
+    let hash = tag(&argon(params), memory, input(password, params).as_bytes(), salt, len)?;
     let phc = PasswordHash {
         algorithm: Algorithm::Argon2id.ident(),
         version: Some(Version::V0x13.into()),
@@ -93,16 +111,18 @@ pub fn hash_in(memory: &mut Memory, params: &Params, password: &[u8], salt: &Sal
 
 /// Whether `password` matches the PHC string `phc` (any argon2 variant,
 /// version and parameters it names), computed in `memory`: the same answer
-/// as argon2's `verify_password` (a unit test holds them equal), with the
-/// hashes compared in constant time. Only an unreadable `phc` is an error.
-pub fn verify_in(memory: &mut Memory, password: &[u8], phc: &str) -> Result<bool, String> {
+/// as argon2's `verify_password` of [`input`] (a unit test holds them
+/// equal), with the hashes compared in constant time. Only an unreadable
+/// `phc` is an error.
+pub fn verify_in(memory: &mut Memory, password: &str, phc: &str) -> Result<bool, String> {
     let parsed = PasswordHash::new(phc).map_err(|e| format!("stored hash: {e}"))?;
     let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else { return Ok(false) };
     let computed = (|| -> Option<Output> {
         let algorithm = Algorithm::try_from(parsed.algorithm).ok()?;
         let version = parsed.version.map(Version::try_from).transpose().ok()?.unwrap_or_default();
         let params = Params::try_from(&parsed).ok()?;
-        tag(&Argon2::new(algorithm, version, params), memory, password, salt, expected.len()).ok()
+        let password = input(password, &params);
+        tag(&Argon2::new(algorithm, version, params), memory, password.as_bytes(), salt, expected.len()).ok()
     })();
     // `Output`'s equality is constant-time.
     Ok(computed.is_some_and(|c| c == expected))
@@ -256,8 +276,7 @@ impl std::fmt::Debug for PasswordHasher {
 impl PasswordHasher {
     /// `threads`: how many hashes may run at once (usually the core count).
     pub fn new(settings: Argon2Settings, threads: usize, rng: &dyn crate::rng::SecureRng) -> Result<Self, String> {
-        let params =
-            Params::new(settings.m_kib, settings.t, settings.p, None).map_err(|e| format!("argon2 parameters: {e}"))?;
+        let params = marked(settings.m_kib, settings.t, settings.p).map_err(|e| format!("argon2 parameters: {e}"))?;
         let mut random = [0u8; 32];
         rng.fill(&mut random);
         let mut salt = [0u8; 16];
@@ -285,7 +304,7 @@ impl PasswordHasher {
         let (params, input) = (self.params.clone(), self.dummy_input.clone());
         move |memory| {
             let salt = SaltString::encode_b64(&input.1).map_err(|e| e.to_string())?;
-            hash_in(memory, &params, input.0.as_bytes(), &salt)
+            hash_in(memory, &params, &input.0, &salt)
         }
     }
 
@@ -297,7 +316,7 @@ impl PasswordHasher {
         let pw = password.clone();
         self.run(move |memory| {
             let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
-            hash_in(memory, &params, pw.expose().as_bytes(), &salt)
+            hash_in(memory, &params, pw.expose(), &salt)
         })
         .await
     }
@@ -310,15 +329,17 @@ impl PasswordHasher {
             None => (self.dummy.get_or_try_init(|| self.run(self.dummy_job())).await?.clone(), false),
         };
         let pw = password.clone();
-        let ok = self.run(move |memory| verify_in(memory, pw.expose().as_bytes(), &target)).await?;
+        let ok = self.run(move |memory| verify_in(memory, pw.expose(), &target)).await?;
         Ok(ok && real)
     }
 
-    /// Whether a stored hash was made with weaker parameters than today's.
+    /// Whether a stored hash was made with weaker parameters than today's,
+    /// or of the password as typed (without [`NFKC_MARK`]).
     pub fn needs_rehash(&self, phc: &str) -> bool {
         let Ok(parsed) = PasswordHash::new(phc) else { return true };
         let Ok(p) = Params::try_from(&parsed) else { return true };
         parsed.algorithm.as_str() != "argon2id"
+            || p.data() != NFKC_MARK
             || p.m_cost() < self.params.m_cost()
             || p.t_cost() < self.params.t_cost()
             || p.p_cost() < self.params.p_cost()
@@ -346,6 +367,12 @@ impl PasswordHasher {
     }
 }
 
+/// argon2id's parameters `m` KiB, `t`, `p` with [`NFKC_MARK`] as the
+/// associated data: what every hash made here uses.
+fn marked(m: u32, t: u32, p: u32) -> Result<Params, argon2::Error> {
+    ParamsBuilder::new().m_cost(m).t_cost(t).p_cost(p).data(AssociatedData::new(NFKC_MARK)?).build()
+}
+
 fn argon(params: &Params) -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
 }
@@ -360,7 +387,7 @@ mod tests {
         let h = PasswordHasher::new(Argon2Settings { m_kib: 1024, t: 1, p: 1 }, 2, &OsSecureRng).unwrap();
         let pw = Password::for_login("Tr0ub4dor & 3".into()).unwrap();
         let phc = h.hash(&pw, &OsSecureRng).await.unwrap();
-        assert!(phc.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"));
+        assert!(phc.starts_with("$argon2id$v=19$m=1024,t=1,p=1,data=bmZrYw$"), "{phc}");
         assert!(h.verify(&pw, Some(&phc)).await.unwrap());
         for other in ["tr0ub4dor & 3", "Tr0ub4dor & 3 ", "Tr0ub4dor & "] {
             assert!(!h.verify(&Password::for_login(other.into()).unwrap(), Some(&phc)).await.unwrap());
@@ -377,11 +404,19 @@ mod tests {
         // dirty from the hash before.
         for (m, t, p) in [(1024, 1, 1), (4096, 2, 1), (2048, 3, 2), (1024, 1, 1)] {
             let params = Params::new(m, t, p, None).unwrap();
-            let ours = hash_in(&mut memory, &params, b"Tr0ub4dor & 3", &salt).unwrap();
+            let ours = hash_in(&mut memory, &params, "Tr0ub4dor & 3", &salt).unwrap();
             let theirs = argon(&params).hash_password(b"Tr0ub4dor & 3", &salt).unwrap().to_string();
             assert_eq!(ours, theirs);
-            assert!(verify_in(&mut memory, b"Tr0ub4dor & 3", &ours).unwrap());
-            assert!(!verify_in(&mut memory, b"Tr0ub4dor & 4", &ours).unwrap());
+            assert!(verify_in(&mut memory, "Tr0ub4dor & 3", &ours).unwrap());
+            assert!(!verify_in(&mut memory, "Tr0ub4dor & 4", &ours).unwrap());
+            // Marked: argon2's own hash of the NFKC form, with the mark as
+            // its associated data.
+            let params = marked(m, t, p).unwrap();
+            let ours = hash_in(&mut memory, &params, "Cafe\u{301} \u{fb01}x", &salt).unwrap();
+            let theirs = argon(&params).hash_password("Caf\u{e9} fix".as_bytes(), &salt).unwrap().to_string();
+            assert_eq!(ours, theirs);
+            assert!(ours.contains(",data=bmZrYw$"), "{ours}");
+            assert!(verify_in(&mut memory, "Caf\u{e9} fix", &ours).unwrap());
         }
         // Hashes made by others: another variant, version, tag length.
         for (alg, version, out_len) in [
@@ -392,20 +427,20 @@ mod tests {
             let params = Params::new(1024, 2, 1, Some(out_len)).unwrap();
             let phc = Argon2::new(alg, version, params).hash_password(b"pw", &salt).unwrap().to_string();
             let parsed = PasswordHash::new(&phc).unwrap();
-            for pw in [&b"pw"[..], b"pW", b""] {
+            for pw in ["pw", "pW", ""] {
                 assert_eq!(
                     verify_in(&mut memory, pw, &phc).unwrap(),
-                    Argon2::default().verify_password(pw, &parsed).is_ok(),
+                    Argon2::default().verify_password(pw.as_bytes(), &parsed).is_ok(),
                     "{phc} / {pw:?}"
                 );
             }
-            assert!(verify_in(&mut memory, b"pw", &phc).unwrap());
+            assert!(verify_in(&mut memory, "pw", &phc).unwrap());
         }
         // Unreadable: an error; readable but not verifiable: false.
-        assert!(verify_in(&mut memory, b"pw", "not a phc string").is_err());
-        assert!(!verify_in(&mut memory, b"pw", "$argon2id$v=19$m=1024,t=1,p=1$MDEyMzQ1Njc4OWFiY2RlZg").unwrap());
+        assert!(verify_in(&mut memory, "pw", "not a phc string").is_err());
+        assert!(!verify_in(&mut memory, "pw", "$argon2id$v=19$m=1024,t=1,p=1$MDEyMzQ1Njc4OWFiY2RlZg").unwrap());
         assert!(
-            !verify_in(&mut memory, b"pw", "$scrypt$ln=15,r=8,p=1$MDEyMzQ1Njc4OWFiY2RlZg$YWJjZGVmZ2hpamtsbW5vcA")
+            !verify_in(&mut memory, "pw", "$scrypt$ln=15,r=8,p=1$MDEyMzQ1Njc4OWFiY2RlZg$YWJjZGVmZ2hpamtsbW5vcA")
                 .unwrap()
         );
     }
@@ -488,6 +523,37 @@ mod tests {
         let after = tokio::time::timeout(Duration::from_secs(30), h.run(|_| Ok(7))).await;
         assert_eq!(after.expect("the pool is stuck").unwrap(), 7);
         assert!(!ran.load(std::sync::atomic::Ordering::SeqCst), "a job whose caller was dropped ran");
+    }
+
+    #[tokio::test]
+    async fn one_password_however_its_characters_were_typed_and_older_hashes_as_typed() {
+        let h = PasswordHasher::new(Argon2Settings { m_kib: 1024, t: 1, p: 1 }, 2, &OsSecureRng).unwrap();
+        let pw = |s: &str| Password::for_login(s.into()).unwrap();
+        // Precomposed; decomposed with a ligature; full-width.
+        let (nfc, nfd, wide) =
+            ("Caf\u{e9} fix 42", "Cafe\u{301} \u{fb01}x 42", "Caf\u{e9} \u{ff46}ix \u{ff14}\u{ff12}");
+        let phc = h.hash(&pw(nfd), &OsSecureRng).await.unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=1024,t=1,p=1,data=bmZrYw$"), "{phc}");
+        assert!(!h.needs_rehash(&phc));
+        for same in [nfc, nfd, wide] {
+            assert!(h.verify(&pw(same), Some(&phc)).await.unwrap(), "{same:?}");
+        }
+        for other in ["Cafe fix 42", "caf\u{e9} fix 42", "Caf\u{e9} fix 4"] {
+            assert!(!h.verify(&pw(other), Some(&phc)).await.unwrap(), "{other:?}");
+        }
+        // The mark is argon2's input: taken off, the hash checks nothing,
+        // not even the NFKC form it was made of.
+        let stripped = phc.replace(",data=bmZrYw", "");
+        assert!(!h.verify(&pw(nfc), Some(&stripped)).await.unwrap());
+        // A hash made before the mark: exactly what was typed, and due for
+        // a rehash.
+        use argon2::password_hash::PasswordHasher as _;
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let old = argon(&Params::new(1024, 1, 1, None).unwrap()).hash_password(nfc.as_bytes(), &salt).unwrap();
+        let old = old.to_string();
+        assert!(h.verify(&pw(nfc), Some(&old)).await.unwrap());
+        assert!(!h.verify(&pw(nfd), Some(&old)).await.unwrap());
+        assert!(h.needs_rehash(&old));
     }
 
     #[tokio::test]

@@ -2097,3 +2097,55 @@ async fn a_hold_is_no_account() {
     auth.register("another", "owner@example.com", PW.into(), &m).await.unwrap();
     assert_eq!(w.mail.kinds(), ["verify_email", "signup_attempt", "signup_attempt"]);
 }
+
+/// A password is one password however its characters were typed: it is
+/// hashed in NFKC form, so `é` typed precomposed or as `e` and a combining
+/// accent, and full-width letters, sign in alike (NIST SP 800-63B-4
+/// 3.1.1.2). A hash made before, of the password as typed, takes exactly
+/// that at the owner's next login and is then replaced by one of the NFKC
+/// form, after which the other spellings sign in too.
+#[tokio::test]
+async fn a_password_signs_in_however_its_characters_were_typed() {
+    use argon2::password_hash::{PasswordHasher as _, SaltString};
+    let w = world(RateLimits::relaxed());
+    let m = meta();
+    // NFD as registered; NFC and a full-width letter as typed elsewhere.
+    let (nfd, nfc, wide) = (
+        "Cafe\u{301} crie sous les nuages violets",
+        "Caf\u{e9} crie sous les nuages violets",
+        "Caf\u{e9} crie sous les nuages violet\u{ff53}",
+    );
+    w.auth.register("nina", "nina@example.com", nfd.into(), &m).await.unwrap();
+    w.auth.verify_email(&w.mail.token(), &m).await.unwrap();
+    signed_in_with(&w, "nina", nfc, None, &m).await;
+    signed_in_with(&w, "nina", wide, None, &m).await;
+    let r = w.auth.login("nina", "Cafe crie sous les nuages violets".into(), None, &m).await;
+    assert!(matches!(r, Err(Error::InvalidCredentials)), "{r:?}");
+
+    // A password change: the current one typed another way, the new one
+    // decomposed; the new one signs in precomposed.
+    let session = signed_in_with(&w, "nina", nfc, None, &m).await;
+    let new_nfd = "Nin\u{303}o so\u{303}ador com lanternas";
+    w.auth.change_password(&session.access_token, wide.into(), new_nfd.into(), &m).await.unwrap();
+    signed_in_with(&w, "nina", "Ni\u{f1}o s\u{f5}ador com lanternas", None, &m).await;
+
+    // A hash from before the mark, of the password as typed (NFD).
+    let u = stored(&w.store, "nina").await;
+    let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+    let argon = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon2::Params::new(1024, 1, 1, None).unwrap(),
+    );
+    let old = argon.hash_password(nfd.as_bytes(), &salt).unwrap().to_string();
+    w.store.set_password_hash(&u.id, &u.password_hash, &old, &m).await.unwrap();
+    let r = w.auth.login("nina", nfc.into(), None, &m).await;
+    assert!(matches!(r, Err(Error::InvalidCredentials)), "an old hash took another spelling: {r:?}");
+    assert_eq!(stored(&w.store, "nina").await.password_hash, old);
+    // As typed: it signs in, and the hash is made again of the NFKC form.
+    w.auth.login("nina", nfd.into(), None, &m).await.unwrap();
+    let rehashed = stored(&w.store, "nina").await.password_hash;
+    assert!(rehashed.contains(",data=bmZrYw$"), "{rehashed}");
+    signed_in_with(&w, "nina", nfc, None, &m).await;
+    signed_in_with(&w, "nina", wide, None, &m).await;
+}

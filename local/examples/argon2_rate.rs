@@ -4,8 +4,8 @@
 //!   cargo run --release -p latchkey-local --example argon2_rate -- --threads 2 --secs 3
 
 use argon2::password_hash::{PasswordHasher as _, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
-use latchkey_core::password_hasher::{Memory, verify_in};
+use argon2::{Algorithm, Argon2, AssociatedData, ParamsBuilder, Version};
+use latchkey_core::password_hasher::{Memory, NFKC_MARK, verify_in};
 use std::time::{Duration, Instant};
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -23,7 +23,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The runner's parameters: LATCHKEY_ARGON2_M_KIB / _T / _P, defaults 19456 / 2 / 1.
     let (m, t, p) =
         (env_u32("LATCHKEY_ARGON2_M_KIB", 19456), env_u32("LATCHKEY_ARGON2_T", 2), env_u32("LATCHKEY_ARGON2_P", 1));
-    let params = Params::new(m, t, p, None).map_err(|e| e.to_string())?;
+    // With the service's mark: its hashes are of the password's NFKC form.
+    let mark = AssociatedData::new(NFKC_MARK).map_err(|e| e.to_string())?;
+    let params = ParamsBuilder::new().m_cost(m).t_cost(t).p_cost(p).data(mark).build().map_err(|e| e.to_string())?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
     let salt = SaltString::encode_b64(b"latchkey-bench-salt").map_err(|e| e.to_string())?;
     let phc = argon.hash_password(b"correct horse battery staple", &salt).map_err(|e| e.to_string())?.to_string();
@@ -39,7 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 // memory this thread keeps.
                 let mut memory = Memory::default();
                 while Instant::now() < until {
-                    if verify_in(&mut memory, b"correct horse battery staple", &phc)? {
+                    if verify_in(&mut memory, "correct horse battery staple", &phc)? {
                         n += 1;
                     }
                 }

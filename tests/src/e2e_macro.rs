@@ -20,6 +20,7 @@ macro_rules! e2e_suite {
             headers_everywhere => |s| $crate::scenarios::headers_everywhere(s),
             jwks_verifies_tokens => |s| $crate::scenarios::jwks_verifies_tokens(s),
             password_reset_by_mail => |s| $crate::scenarios::password_reset_by_mail(s),
+            one_password_however_typed => |s| $crate::scenarios::one_password_however_typed(s),
         );
     };
     (@tests $make:expr; $($name:ident => |$s:ident| $body:expr),* $(,)?) => {

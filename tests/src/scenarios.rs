@@ -494,6 +494,49 @@ pub async fn password_reset_by_mail(sys: &TestSystem) {
     assert_eq!(sys.mails_to(&unknown).await.len(), 0, "an unknown address got mail");
 }
 
+/// A password is one password however its characters were typed (it is
+/// hashed in NFKC form): registered with `é` as `e` and a combining accent,
+/// it signs in with `é` precomposed and with a full-width letter, and not
+/// without the accent; a reset to a decomposed password likewise.
+pub async fn one_password_however_typed(sys: &TestSystem) {
+    const NFD: &str = "Cafe\u{301} crie sous les nuages violets";
+    const NFC: &str = "Caf\u{e9} crie sous les nuages violets";
+    const WIDE: &str = "Caf\u{e9} crie sous les nuages violet\u{ff53}";
+    let (username, email) = unique();
+    let (st, body, _) = sys.post("/v1/register", json!({"username": username, "email": email, "password": NFD})).await;
+    assert_eq!(st, 202, "{body}");
+    let token = token_from_link(&sys.wait_mail(&email, 1).await.link().expect("link in mail"));
+    let (st, body, _) = sys.post("/v1/verify-email", json!({ "token": token })).await;
+    assert_eq!(st, 200, "{body}");
+
+    let login = |password: &'static str| {
+        let identifier = username.clone();
+        async move { sys.post("/v1/login", json!({"identifier": identifier, "password": password})).await }
+    };
+    let (st, body, _) = login(NFC).await;
+    assert_eq!(st, 202, "precomposed: {body}");
+    let challenge = body["challenge_id"].as_str().expect("challenge_id").to_string();
+    let code = sys.wait_mail(&email, 2).await.code().expect("code in mail");
+    let (st, tokens, _) = sys.post("/v1/login/otp", json!({"challenge_id": challenge, "code": code})).await;
+    assert_eq!(st, 200, "{tokens}");
+    let (st, body, _) = login(WIDE).await;
+    assert_eq!(st, 202, "a full-width letter: {body}");
+    let (st, body, _) = login("Cafe crie sous les nuages violets").await;
+    assert_eq!((st, body["error"].as_str()), (401, Some("invalid_credentials")), "without the accent");
+
+    // A reset to a decomposed password; it signs in precomposed.
+    let before = sys.mails_to(&email).await.len();
+    let (st, body, _) = sys.post("/v1/password/forgot", json!({ "email": email })).await;
+    assert_eq!(st, 202, "{body}");
+    let link = sys.wait_mail(&email, before + 1).await.link().expect("reset link");
+    let (st, body) = reset_with_link(sys, &link, "Nin\u{303}o sin lanternas bajo la lluvia").await;
+    assert_eq!(st, 200, "{body}");
+    let (st, body, _) = login("Ni\u{f1}o sin lanternas bajo la lluvia").await;
+    assert_eq!(st, 202, "the new password precomposed: {body}");
+    let (st, body, _) = login(NFC).await;
+    assert_eq!((st, body["error"].as_str()), (401, Some("invalid_credentials")), "the old password");
+}
+
 /// Waits, if need be, until at least `secs` seconds are left in the current
 /// clock minute: rate-limit windows are aligned to the clock, so a test that
 /// fills a one-minute window must not straddle the edge of one (a count

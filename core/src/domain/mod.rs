@@ -14,7 +14,7 @@ pub use email::{Email, mask_local_part};
 pub use entities::{Challenge, OtpRecord, RequestMeta, ResetLink, Session, User, VerificationRecord};
 pub use ids::{ChallengeId, SessionId, UserId};
 pub use otp_code::{CodeClosed, OtpCode};
-pub use password::{Password, PasswordPolicy};
+pub use password::{Password, PasswordPolicy, nfkc};
 pub use secret::Secret;
 pub use username::Username;
 
