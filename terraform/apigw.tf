@@ -21,6 +21,7 @@ locals {
     "POST /v1/password",
     "POST /v1/logout/others",
     "POST /v1/sessions/{id}/revoke",
+    "POST /v1/me/delete",
     "POST /v1/password/forgot",
     "POST /v1/password/reset",
     "POST /otp",

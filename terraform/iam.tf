@@ -51,7 +51,8 @@ data "aws_iam_policy_document" "api" {
   # claims; an unverified account replaced by a new registration is
   # deleted; a registration refused for its email checks, in the username
   # hold's transaction, that the account holding the email still keeps it:
-  # a ConditionCheck item, which IAM asks ConditionCheckItem for).
+  # a ConditionCheck item, which IAM asks ConditionCheckItem for; an owner
+  # deleting their account deletes the user and its claims in one).
   statement {
     sid = "AppUsers"
     actions = [

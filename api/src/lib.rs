@@ -37,6 +37,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/sessions", get(auth::sessions))
         .route("/v1/sessions/{id}/revoke", post(auth::end_session))
         .route("/v1/me", get(auth::me))
+        .route("/v1/me/delete", post(auth::delete_account))
         .route("/v1/password", post(auth::change_password))
         .route("/v1/password/forgot", post(auth::forgot_password))
         .route("/v1/password/reset", post(auth::reset_password))

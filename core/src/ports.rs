@@ -191,6 +191,18 @@ pub trait UserStore: Send + Sync {
         meta: &RequestMeta,
     ) -> StoreResult<()>;
 
+    /// Deletes the account `user` (as read and checked by the caller): the
+    /// user and its username and email claims, at once, only if the user
+    /// still exists with the `password_hash` and `password_epoch` it has in
+    /// `user` (the ones the current password was checked against: a change
+    /// or reset meanwhile wins); `Conflict(Stale)` otherwise, and nothing
+    /// is deleted. The removal carries `meta`, the request's (the audit
+    /// trail's `account_deleted`). Both names are free from then on. What
+    /// else the account had ends with it, as everything reads the account
+    /// (sessions, logins in progress, links); those records go with it or
+    /// at their own expiry.
+    async fn delete_account(&self, user: &User, meta: &RequestMeta) -> StoreResult<()>;
+
     /// Stores another verification token for an unverified user and sets
     /// `verification_sent_at = now`, only if the user is unverified, not
     /// past its retention (`User::retention_over(now)`), and the last send

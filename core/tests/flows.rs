@@ -243,6 +243,10 @@ impl UserStore for Racing {
         self.race().await;
         self.store.reset_password(id, link, expected_epoch, phc, now, meta).await
     }
+    async fn delete_account(&self, user: &latchkey_core::domain::User, meta: &RequestMeta) -> StoreResult<()> {
+        self.race().await;
+        self.store.delete_account(user, meta).await
+    }
     async fn add_verification(
         &self,
         verification: &latchkey_core::domain::VerificationRecord,

@@ -189,6 +189,21 @@ pub async fn end_other_sessions(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Deletes the caller's account once the current password checks out:
+/// the account and its names go at once, its sessions end with it, the
+/// owner is mailed.
+pub async fn delete_account(
+    State(s): State<AppState>,
+    Meta(meta): Meta,
+    headers: HeaderMap,
+    JsonBody(r): JsonBody<CurrentPasswordReq>,
+) -> Result<Response, ApiError> {
+    let token = access_token(&headers)?;
+    let current = required(r.current_password, "current_password")?;
+    s.auth.delete_account(Caller::Bearer(token), current, &meta).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 /// The caller's live sessions, the most recently active first (counted
 /// against the activity limit, as a read of the trail is).
 pub async fn sessions(State(s): State<AppState>, Meta(meta): Meta, headers: HeaderMap) -> Result<Response, ApiError> {

@@ -201,6 +201,11 @@ pub fn audit_events(change: &SourceChange, policy: &AuditPolicy) -> Vec<AuditEve
             // name from it after its hold. The TTL's removal carries no
             // request; a registration's is the new account's (the old
             // image carries the old registration's).
+            // A verified account is deleted only by its owner, and its
+            // removal carries that request (the last write before it).
+            (Some(o), None) if o.verified && !ttl => {
+                out.push(o.id, T::AccountDeleted, Outcome::Success, Some("by_owner"), None, &o.meta)
+            }
             (Some(o), None) if !o.verified && ttl => out.expired(o.id, T::UnverifiedAccountExpired),
             (Some(o), None) if !o.verified => {
                 out.push_subject(
@@ -513,13 +518,10 @@ mod tests {
             .map(|e| (e.event, e.outcome, e.reason.as_deref(), e.subject.clone(), e.ip.clone()))
             .collect();
         assert_eq!(got, [(T::UnverifiedAccountExpired, Outcome::Expired, Some("ttl"), u.id.to_string(), None)]);
+        // No TTL deletes a verified user (its owner does: `account_deleted`).
         let verified = User { verified: true, ..u };
-        for ttl in [false, true] {
-            assert!(
-                kinds(&change(Images::User(Some(verified.clone()), None), ttl)).is_empty(),
-                "no flow and no TTL deletes a verified user"
-            );
-        }
+        assert!(kinds(&change(Images::User(Some(verified.clone()), None), true)).is_empty());
+        assert_eq!(kinds(&change(Images::User(Some(verified), None), false)), [T::AccountDeleted]);
     }
 
     #[test]
@@ -757,6 +759,17 @@ mod tests {
         );
         assert_eq!((evs[0].ip.as_deref(), evs[0].request_id.as_deref()), (None, None));
         assert!(kinds(&change(Images::Challenge(Some(c), None), false)).is_empty());
+    }
+
+    #[test]
+    fn a_verified_account_removed_is_deleted_by_its_owner_with_the_request() {
+        let u = User { verified: true, meta: meta(), ..user() };
+        let evs = audit_events(&change(Images::User(Some(u.clone()), None), false), &AuditPolicy::default());
+        assert_eq!(evs.len(), 1);
+        let e = &evs[0];
+        assert_eq!((e.event, e.outcome, e.reason.as_deref()), (T::AccountDeleted, Outcome::Success, Some("by_owner")));
+        assert_eq!((e.subject.as_str(), e.ip.as_deref()), (u.id.to_string().as_str(), Some("203.0.113.7")));
+        assert_eq!(e.event.as_str(), "account_deleted");
     }
 
     #[test]

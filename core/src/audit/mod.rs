@@ -62,6 +62,9 @@ pub enum AuditEventType {
     /// `User::UNVERIFIED_RETENTION_SECS` after it was made (DynamoDB's TTL,
     /// the embedded sweep).
     UnverifiedAccountExpired,
+    /// A verified account deleted by its owner (with the password): the
+    /// user and its names; what else it had ends with it.
+    AccountDeleted,
     SessionCreated,
     SessionRefreshed,
     SessionRevoked,
@@ -99,6 +102,7 @@ impl AuditEventType {
         AuditEventType::PasswordReset,
         AuditEventType::UnverifiedAccountReplaced,
         AuditEventType::UnverifiedAccountExpired,
+        AuditEventType::AccountDeleted,
         AuditEventType::SessionCreated,
         AuditEventType::SessionRefreshed,
         AuditEventType::SessionRevoked,
@@ -131,6 +135,7 @@ impl AuditEventType {
             AuditEventType::PasswordReset => "password_reset",
             AuditEventType::UnverifiedAccountReplaced => "unverified_account_replaced",
             AuditEventType::UnverifiedAccountExpired => "unverified_account_expired",
+            AuditEventType::AccountDeleted => "account_deleted",
             AuditEventType::SessionCreated => "session_created",
             AuditEventType::SessionRefreshed => "session_refreshed",
             AuditEventType::SessionRevoked => "session_revoked",

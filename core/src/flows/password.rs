@@ -64,6 +64,35 @@ impl Auth {
         Ok(())
     }
 
+    /// Deletes the caller's account once `current` is its password (checked
+    /// as for a password change: the same limits, and a wrong one counts
+    /// toward the lock). The user and its username and email go at once,
+    /// in one write (both names are free from then on); every session,
+    /// login in progress, link and device token of it ends with it, as each
+    /// reads the account. The owner is mailed, and the audit trail records
+    /// `account_deleted` with this request. A change or reset of the
+    /// password since it was checked wins, as it does over a change.
+    pub async fn delete_account(&self, caller: Caller<'_>, current: String, meta: &RequestMeta) -> Result<(), Error> {
+        let (uid, sid, mut user) = self.check_current_password(caller, current, "account deletion", meta).await?;
+        let mut tries = 0;
+        loop {
+            match self.ports.users.delete_account(&user, meta).await {
+                Ok(()) => break,
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            tries += 1;
+            let at = self.now();
+            (user.password_hash, user.password_epoch) =
+                self.recheck(&uid, &sid, &user.password_hash, user.password_epoch, tries, at).await?;
+        }
+        let at = self.now();
+        tracing::info!(user_id = %uid, session_id = %sid, "account deleted by its owner");
+        let notice = MailJob::AccountDeleted { username: user.username.to_string(), at };
+        self.notify(&user.email, Some(uid.to_string()), meta, notice).await;
+        Ok(())
+    }
+
     /// The caller's account and session, once `current` is the account's
     /// password. Limited as a login is (per client and per account, before
     /// any hashing); a wrong password is a wrong password at login.
@@ -133,36 +162,50 @@ impl Auth {
                 Err(StoreError::Conflict(_)) => {}
                 Err(e) => return Err(e.into()),
             }
-            // Revoked or gone meanwhile (a logout in another tab), or the
-            // password was reset or changed since it was checked (by another
-            // session, which ended this one, or by this one in another
-            // request). Two writes keep the password the caller typed: a
-            // login's rehash of it (the epoch as it was: write over the
-            // rehashed one), and this session's own "sign out everywhere
-            // else" in another request (the hash as it was, this session at
-            // the newer epoch: count one more on top).
             tries += 1;
-            match self.live_session(sid, at).await? {
-                Some((s, u))
-                    if tries < 3 && s.user_id == *uid && u.password_epoch == epoch && u.password_hash != checked =>
-                {
-                    checked = u.password_hash
-                }
-                Some((s, u))
-                    if tries < 3 && s.user_id == *uid && u.password_epoch != epoch && u.password_hash == checked =>
-                {
-                    epoch = u.password_epoch
-                }
-                // This session lives on at a newer epoch with another hash:
-                // it changed the password itself, in another request that
-                // won. The password this one checked is no longer the
-                // current one; the session is fine (not a 401, which tells a
-                // client to drop its tokens).
-                Some((s, u)) if s.user_id == *uid && u.password_epoch != epoch => {
-                    return Err(Error::validation("current_password", "is not your current password"));
-                }
-                _ => return Err(Error::Unauthorized),
+            (checked, epoch) = self.recheck(uid, sid, &checked, epoch, tries, at).await?;
+        }
+    }
+
+    /// After a write conditioned on the hash and epoch the current password
+    /// was checked against is refused: the hash and epoch to make it again
+    /// over, or why not. Revoked or gone meanwhile (a logout in another
+    /// tab), or the password was reset or changed since it was checked (by
+    /// another session, which ended this one, or by this one in another
+    /// request). Two writes keep the password the caller typed: a login's
+    /// rehash of it (the epoch as it was: write over the rehashed one), and
+    /// this session's own "sign out everywhere else" in another request
+    /// (the hash as it was, this session at the newer epoch: write on top),
+    /// each made again while `tries` < 3.
+    async fn recheck(
+        &self,
+        uid: &UserId,
+        sid: &SessionId,
+        checked: &str,
+        epoch: u64,
+        tries: u32,
+        at: Timestamp,
+    ) -> Result<(String, u64), Error> {
+        match self.live_session(sid, at).await? {
+            Some((s, u))
+                if tries < 3 && s.user_id == *uid && u.password_epoch == epoch && u.password_hash != checked =>
+            {
+                Ok((u.password_hash, epoch))
             }
+            Some((s, u))
+                if tries < 3 && s.user_id == *uid && u.password_epoch != epoch && u.password_hash == checked =>
+            {
+                Ok((u.password_hash, u.password_epoch))
+            }
+            // This session lives on at a newer epoch with another hash: it
+            // changed the password itself, in another request that won. The
+            // password this one checked is no longer the current one; the
+            // session is fine (not a 401, which tells a client to drop its
+            // tokens).
+            Some((s, u)) if s.user_id == *uid && u.password_epoch != epoch => {
+                Err(Error::validation("current_password", "is not your current password"))
+            }
+            _ => Err(Error::Unauthorized),
         }
     }
 }

@@ -69,6 +69,9 @@ pub enum MailJob {
     /// A link to choose a new password (the account's owner asked for it,
     /// or someone who knows the address did).
     PasswordReset { username: String, token: Secret<String>, expires_minutes: u32 },
+    /// The account was deleted (by someone signed in who typed its
+    /// password).
+    AccountDeleted { username: String, at: Timestamp },
 }
 
 impl MailJob {
@@ -82,6 +85,7 @@ impl MailJob {
             MailJob::AccountLocked { .. } => "account_locked",
             MailJob::PasswordChanged { .. } => "password_changed",
             MailJob::PasswordReset { .. } => "password_reset",
+            MailJob::AccountDeleted { .. } => "account_deleted",
         }
     }
 
@@ -94,7 +98,10 @@ impl MailJob {
             MailJob::LoginCode { expires_minutes, .. }
             | MailJob::StandaloneCode { expires_minutes, .. }
             | MailJob::PasswordReset { expires_minutes, .. } => Some(i64::from(*expires_minutes) * 60),
-            MailJob::SignupAttempt {} | MailJob::AccountLocked { .. } | MailJob::PasswordChanged { .. } => None,
+            MailJob::SignupAttempt {}
+            | MailJob::AccountLocked { .. }
+            | MailJob::PasswordChanged { .. }
+            | MailJob::AccountDeleted { .. } => None,
         }
     }
 }

@@ -54,7 +54,8 @@ impl Renderer {
             "signup_attempt",
             "account_locked",
             "password_changed",
-            "password_reset"
+            "password_reset",
+            "account_deleted"
         );
         Ok(Renderer {
             env,
@@ -114,6 +115,14 @@ impl Renderer {
                     link.clone(),
                 )
             }
+            MailJob::AccountDeleted { username, at } => {
+                let at = crate::clock::rfc3339(*at);
+                (
+                    format!("Your {} account was deleted", self.product),
+                    context! { username, at },
+                    format!("account deleted at {at}"),
+                )
+            }
         };
         let kind = env.job.kind();
         let ctx = context! { product => &self.product, subject => &subject, ..ctx };
@@ -150,6 +159,7 @@ mod tests {
                 token: Secret::new("tok".into()),
                 expires_minutes: 60,
             },
+            MailJob::AccountDeleted { username: "<alice>".into(), at: 0 },
         ];
         for job in jobs {
             let m = r.render(&MailEnvelope::new("id".into(), &to, 0, None, None, job.clone())).unwrap();
@@ -185,6 +195,10 @@ mod tests {
                 MailJob::PasswordChanged { by_reset, .. } => {
                     assert_eq!(m.text.contains("reset link"), by_reset, "{}", m.text);
                     assert_eq!(m.text.contains("every other session"), !by_reset, "{}", m.text);
+                }
+                MailJob::AccountDeleted { .. } => {
+                    assert!(m.text.contains("account was deleted at 1970-01-01T00:00:00Z"), "{}", m.text);
+                    assert!(m.html.contains("&lt;alice&gt;"), "html escapes user data");
                 }
                 _ => {}
             }

@@ -97,6 +97,7 @@ macro_rules! contract_suite {
             create_user_taking_one_name_frees_the_other,
             concurrent_takeovers_of_one_unverified_account_both_succeed,
             set_password_hash_replaces_only_the_hash,
+            delete_account_frees_both_names_only_at_the_checked_password,
             reset_password_once_per_link,
             reset_password_has_one_winner,
             consume_verification_once,

@@ -446,6 +446,36 @@ pub async fn set_password_hash_replaces_only_the_hash(s: &Subject) {
     assert_eq!(stored_user(s, &user.id).await, User { password_hash: phc.into(), meta: m, ..user });
 }
 
+/// Deleting an account removes the user and frees both its names at once
+/// (a new account takes them, with no hold and no cut-off), only while its
+/// hash and epoch are the ones given: a hash or epoch changed meanwhile
+/// refuses and deletes nothing, and so does an account already gone.
+pub async fn delete_account_frees_both_names_only_at_the_checked_password(s: &Subject) {
+    let (user, v) = registered(s).await;
+    s.users.consume_verification(&v, T0 + 1, &meta()).await.expect("verify");
+    let checked = stored_user(s, &user.id).await;
+    for (stale, what) in [
+        (User { password_hash: "$argon2id$v=19$another-hash".into(), ..checked.clone() }, "another hash"),
+        (User { password_epoch: 1, ..checked.clone() }, "another epoch"),
+    ] {
+        expect_conflict(s.users.delete_account(&stale, &meta()).await, Conflict::Stale, what);
+        assert_eq!(stored_user(s, &user.id).await, checked, "a refused deletion wrote ({what})");
+    }
+    // Reset since the check (epoch 1): the checked account is stale.
+    let phc = "$argon2id$v=19$m=19456,t=2,p=1$cmVzZXRzYWx0cmVzZXQ$reset";
+    s.users.reset_password(&user.id, link(T0 + 2, 0), 0, phc, T0 + 3, &meta()).await.expect("reset");
+    let reset = stored_user(s, &user.id).await;
+    expect_conflict(s.users.delete_account(&checked, &meta()).await, Conflict::Stale, "a reset since the check");
+    assert_eq!(stored_user(s, &user.id).await, reset, "a refused deletion wrote (reset since)");
+
+    s.users.delete_account(&reset, &meta()).await.expect("delete_account");
+    assert_eq!(s.users.user_by_id(&user.id).await.expect("user_by_id"), None);
+    expect_conflict(s.users.delete_account(&reset, &meta()).await, Conflict::Stale, "an account already gone");
+    let (again, v) = user_with(user.username.clone(), user.email.clone());
+    s.users.create_user(&again, &v, i64::MIN).await.expect("both names are free at once");
+    assert_eq!(stored_user(s, &again.id).await.username, user.username);
+}
+
 /// A reset sets the hash, `sessions_valid_after`, `password_reset_at` and
 /// the reset count, ends a lock and zeroes the counts, once per link: not
 /// for a link made at an earlier count (in the reset's own second too), nor

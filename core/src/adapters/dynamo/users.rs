@@ -558,6 +558,49 @@ impl UserStore for DynamoStore {
         Ok(())
     }
 
+    /// Two writes: the user item takes the request's `meta` first (on the
+    /// same condition), so the stream's REMOVE, whose old image is all it
+    /// carries, names the request that deleted the account; then one
+    /// transaction deletes the user and its claims. A claim already gone is
+    /// no reason to keep the account.
+    async fn delete_account(&self, user: &User, meta: &RequestMeta) -> StoreResult<()> {
+        let unchanged =
+            format!("attribute_exists(pk) AND password_hash = :expected AND {}", unchanged_since(user.password_epoch));
+        let (expected, epoch, uid) = (s(&user.password_hash), epoch_value(user.password_epoch), s(user.id.to_string()));
+        self.client
+            .update_item()
+            .table_name(&self.users)
+            .key(PK, s(items::user_pk(&user.id)))
+            .update_expression("SET meta = :meta")
+            .condition_expression(&unchanged)
+            .expression_attribute_values(":expected", expected.clone())
+            .expression_attribute_values(":epoch", epoch.clone())
+            .expression_attribute_values(":meta", meta_value(meta)?)
+            .send()
+            .await
+            .map_err(map_sdk)?;
+        let account = Delete::builder()
+            .table_name(&self.users)
+            .key(PK, s(items::user_pk(&user.id)))
+            .condition_expression(unchanged)
+            .expression_attribute_values(":expected", expected)
+            .expression_attribute_values(":epoch", epoch);
+        let claim = |pk: String| {
+            Delete::builder()
+                .table_name(&self.users)
+                .key(PK, s(pk))
+                .condition_expression(format!("attribute_not_exists(pk) OR {CLAIM_USER_ID} = :uid"))
+                .expression_attribute_values(":uid", uid.clone())
+        };
+        self.transact(vec![
+            delete_item(account)?,
+            delete_item(claim(items::username_claim_pk(user.username.as_str())))?,
+            delete_item(claim(items::email_claim_pk(user.email.as_str())))?,
+        ])
+        .await?;
+        Ok(())
+    }
+
     async fn change_password(
         &self,
         id: &UserId,

@@ -243,6 +243,24 @@ impl UserStore for EmbeddedStore {
             .await
     }
 
+    async fn delete_account(&self, user: &User, meta: &RequestMeta) -> StoreResult<()> {
+        let (id, expected, meta, at) = (user.id, user.clone(), meta.clone(), self.db().now());
+        self.db()
+            .tx(move |tx| {
+                let Some(old) = rec::load_user(tx, UserKey::Id(&id))? else { return stale() };
+                if old.password_hash != expected.password_hash || old.password_epoch != expected.password_epoch {
+                    return stale();
+                }
+                // Its username and email are columns of its row; its
+                // verifications, challenges and sessions go with it (ON
+                // DELETE CASCADE), as its records in DynamoDB end at their
+                // expiry. The removal is the request's, as on DynamoDB.
+                rec::delete_user(tx, &id)?;
+                record(tx, at, ChangeEntity::User, &id.to_string(), Some(&User { meta, ..old }), None)
+            })
+            .await
+    }
+
     async fn add_verification(
         &self,
         verification: &VerificationRecord,
