@@ -2153,3 +2153,80 @@ async fn a_password_signs_in_however_its_characters_were_typed() {
     signed_in_with(&w, "nina", nfc, None, &m).await;
     signed_in_with(&w, "nina", wide, None, &m).await;
 }
+
+/// An owner deletes their account with its password: a wrong one is
+/// counted like a wrong password at login and deletes nothing; the right
+/// one deletes it, and everything of it ends (every session, on every
+/// path, a login in progress, the password), the owner is mailed, and
+/// both names are free for a new registration at once.
+#[tokio::test]
+async fn an_owner_deletes_their_account_with_the_password() {
+    let w = world(RateLimits::relaxed());
+    let email = verified(&w, "pia").await;
+    let m = meta();
+    let (a, b) = (signed_in(&w, "pia", &m).await, signed_in(&w, "pia", &m).await);
+    let pending = w.auth.login("pia", PW.into(), None, &m).await.unwrap();
+    let code = w.mail.code();
+
+    let r = w.auth.delete_account(Caller::Bearer(&a.access_token), "not the password".into(), &m).await;
+    assert!(matches!(&r, Err(Error::Validation { field: "current_password", .. })), "{r:?}");
+    assert_eq!(stored(&w.store, "pia").await.failed_logins, 1, "a wrong password is counted");
+    let r = w.auth.delete_account(Caller::Bearer("not a token"), PW.into(), &m).await;
+    assert!(matches!(r, Err(Error::Unauthorized)), "{r:?}");
+
+    w.auth.delete_account(Caller::Bearer(&a.access_token), PW.into(), &m).await.unwrap();
+    let notice = w.mail.last();
+    assert_eq!((notice.job.kind(), notice.to.as_str()), ("account_deleted", email.as_str()));
+    let username = latchkey_core::domain::Username::parse("pia").unwrap();
+    assert!(w.store.user_by_username(&username).await.unwrap().is_none());
+    for s in [&a, &b] {
+        assert!(matches!(w.auth.me(&s.access_token).await, Err(Error::Unauthorized)));
+        assert!(w.auth.refresh(&s.refresh_token, &m).await.is_err(), "a session lives on");
+    }
+    let r = w.auth.verify_login_code(&pending.challenge_id.to_string(), &code, &m).await;
+    assert!(matches!(r, Err(Error::ChallengeNotFound)), "a login in progress finished: {r:?}");
+    let r = w.auth.login("pia", PW.into(), None, &m).await;
+    assert!(matches!(r, Err(Error::InvalidCredentials)), "{r:?}");
+    let r = w.auth.delete_account(Caller::Bearer(&a.access_token), PW.into(), &m).await;
+    assert!(matches!(r, Err(Error::Unauthorized)), "deleted twice: {r:?}");
+
+    // Both names at once, for anyone.
+    w.auth.register("pia", &email, NEW_PW.into(), &m).await.unwrap();
+    w.auth.verify_email(&w.mail.token(), &m).await.unwrap();
+    signed_in_with(&w, "pia", NEW_PW, None, &m).await;
+}
+
+/// A login's rehash between the password check and the deletion leaves
+/// the password as typed: the deletion is made over the new hash. A reset
+/// there ends the session: refused, and the account stays.
+#[tokio::test]
+async fn a_deletion_is_made_again_over_a_rehash_but_not_over_a_reset() {
+    let (w, racing) = racing_world();
+    verified(&w, "quin").await;
+    let m = meta();
+    let session = signed_in(&w, "quin", &m).await;
+    racing.before_next_write(Box::new(|store| {
+        Box::pin(async move {
+            let u = stored(&store, "quin").await;
+            let link = latchkey_core::domain::ResetLink { issued_at: T0, resets: u.password_resets };
+            store.reset_password(&u.id, link, u.password_epoch, "$argon2id$reset", T0 + 1, &meta()).await.unwrap();
+        })
+    }));
+    let r = w.auth.delete_account(Caller::Bearer(&session.access_token), PW.into(), &m).await;
+    assert!(matches!(r, Err(Error::Unauthorized)), "{r:?}");
+    assert!(racing.raced());
+    assert_eq!(stored(&w.store, "quin").await.password_hash, "$argon2id$reset", "deleted over a reset");
+
+    verified(&w, "rhea").await;
+    let session = signed_in(&w, "rhea", &m).await;
+    racing.before_next_write(Box::new(|store| {
+        Box::pin(async move {
+            let u = stored(&store, "rhea").await;
+            store.set_password_hash(&u.id, &u.password_hash, "$argon2id$rehashed", &meta()).await.unwrap();
+        })
+    }));
+    w.auth.delete_account(Caller::Bearer(&session.access_token), PW.into(), &m).await.expect("made again");
+    assert!(racing.raced());
+    let username = latchkey_core::domain::Username::parse("rhea").unwrap();
+    assert!(w.store.user_by_username(&username).await.unwrap().is_none());
+}

@@ -21,6 +21,7 @@ macro_rules! e2e_suite {
             jwks_verifies_tokens => |s| $crate::scenarios::jwks_verifies_tokens(s),
             password_reset_by_mail => |s| $crate::scenarios::password_reset_by_mail(s),
             one_password_however_typed => |s| $crate::scenarios::one_password_however_typed(s),
+            account_deletion => |s| $crate::scenarios::account_deletion(s),
         );
     };
     (@tests $make:expr; $($name:ident => |$s:ident| $body:expr),* $(,)?) => {

@@ -537,6 +537,52 @@ pub async fn one_password_however_typed(sys: &TestSystem) {
     assert_eq!((st, body["error"].as_str()), (401, Some("invalid_credentials")), "the old password");
 }
 
+/// An owner deletes their account over HTTP: the current password is
+/// required and checked (a wrong one is named, and nothing is deleted);
+/// then every session of it ends, on `/v1/me` and refresh, the password no
+/// longer signs in, the owner is mailed, and both names are free at once.
+pub async fn account_deletion(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let tokens = sign_in(sys, &username, &email).await;
+    let other = sign_in(sys, &email, &email).await;
+    let access = tokens["access_token"].as_str().expect("access").to_string();
+
+    let (st, body, _) = sys.post("/v1/me/delete", json!({ "current_password": PASSWORD })).await;
+    assert_eq!((st, body["error"].as_str()), (401, Some("unauthorized")), "no token: {body}");
+    let (st, body) = sys.post_auth("/v1/me/delete", &access, json!({})).await;
+    assert_eq!((st, body["field"].as_str()), (400, Some("current_password")), "{body}");
+    let (st, body) = sys.post_auth("/v1/me/delete", &access, json!({ "current_password": "not it at all" })).await;
+    assert_eq!((st, body["field"].as_str()), (400, Some("current_password")), "{body}");
+    let (st, body) = sys.get_auth("/v1/me", &access).await;
+    assert_eq!(st, 200, "a wrong password deleted the account: {body}");
+
+    let before = sys.mails_to(&email).await.len();
+    let (st, body) = sys.post_auth("/v1/me/delete", &access, json!({ "current_password": PASSWORD })).await;
+    assert_eq!(st, 204, "{body}");
+    assert_eq!(sys.wait_mail(&email, before + 1).await.kind, "account_deleted");
+    for t in [&tokens, &other] {
+        let (st, _) = sys.get_auth("/v1/me", t["access_token"].as_str().expect("access")).await;
+        assert_eq!(st, 401, "a session of the deleted account on /v1/me");
+        let (st, _, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": t["refresh_token"] })).await;
+        assert_eq!(st, 401, "a session of the deleted account refreshed");
+    }
+    let (st, body, _) = sys.post("/v1/login", json!({"identifier": username, "password": PASSWORD})).await;
+    assert_eq!((st, body["error"].as_str()), (401, Some("invalid_credentials")), "{body}");
+    let (st, body) = sys.post_auth("/v1/me/delete", &access, json!({ "current_password": PASSWORD })).await;
+    assert_eq!(st, 401, "deleted twice: {body}");
+
+    // Both names at once: a new account, verified through a new link.
+    let (st, body, _) =
+        sys.post("/v1/register", json!({"username": username, "email": email, "password": PASSWORD})).await;
+    assert_eq!(st, 202, "{body}");
+    let mail = sys.wait_mail(&email, before + 2).await;
+    assert_eq!(mail.kind, "verify_email", "the address is free: a new account's link, not a notice");
+    let (st, body, _) =
+        sys.post("/v1/verify-email", json!({ "token": token_from_link(&mail.link().expect("link")) })).await;
+    assert_eq!(st, 200, "{body}");
+    sign_in(sys, &username, &email).await;
+}
+
 /// Waits, if need be, until at least `secs` seconds are left in the current
 /// clock minute: rate-limit windows are aligned to the clock, so a test that
 /// fills a one-minute window must not straddle the edge of one (a count

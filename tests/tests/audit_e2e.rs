@@ -1066,6 +1066,64 @@ async fn aws_ending_one_session_is_one_revocation_in_the_trail() {
     check_ended_one_trail(&events.into_iter().filter(|e| !is_mail(e)).collect::<Vec<_>>());
 }
 
+/// A verified user with two sessions: their id, and the tokens of each.
+async fn two_sessions(sys: &TestSystem) -> (String, Value, Value) {
+    let (username, email) = verified_user(sys).await;
+    let mine = sign_in(sys, &username, &email).await;
+    let other = sign_in(sys, &username, &email).await;
+    let (_, me) = sys.get_auth("/v1/me", mine["access_token"].as_str().expect("access")).await;
+    (me["id"].as_str().expect("id").to_string(), mine, other)
+}
+
+/// The user agent of the deleting request (the requests before it carry
+/// the harness's own).
+const DELETING_CLIENT: &str = "deleting-client/1.0";
+
+/// `POST /v1/me/delete` from the session of `tokens`, with the password.
+async fn delete_account(sys: &TestSystem, tokens: &Value) {
+    let access = tokens["access_token"].as_str().expect("access");
+    let r = sys
+        .http
+        .post(sys.url("/v1/me/delete"))
+        .bearer_auth(access)
+        .header("user-agent", DELETING_CLIENT)
+        .json(&json!({ "current_password": PASSWORD }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 204);
+}
+
+/// The trail of a deleted account is kept, and ends with one
+/// `account_deleted`, reason `by_owner`, made by the deleting request (its
+/// address and user agent); the account's other session is over.
+async fn check_deleted(sys: &TestSystem, events: Vec<Value>, other: &Value) {
+    let events: Vec<Value> = events.into_iter().filter(|e| !is_mail(e)).collect();
+    last_and_only(&events, "account_deleted", ("reason", "by_owner"));
+    assert_eq!(events.last().and_then(|e| e["user_agent"].as_str()), Some(DELETING_CLIENT), "{events:?}");
+    let (st, _, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": other["refresh_token"] })).await;
+    assert_eq!(st, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_deleting_an_account_ends_its_trail_with_the_request() {
+    let sys = admin_embedded().await;
+    let (id, mine, other) = two_sessions(&sys).await;
+    delete_account(&sys, &mine).await;
+    check_deleted(&sys, trail_until(&sys, &id, "account_deleted", || async {}).await, &other).await;
+}
+
+/// The same through the DynamoDB stream: the user's REMOVE, whose old
+/// image carries the deleting request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_deleting_an_account_ends_its_trail_with_the_request() {
+    let sys = admin_aws().await;
+    let (id, mine, other) = two_sessions(&sys).await;
+    let pump = StreamPump::holding(&id).await;
+    delete_account(&sys, &mine).await;
+    check_deleted(&sys, trail_until(&sys, &id, "account_deleted", || pump.pump()).await, &other).await;
+}
+
 /// Someone who knows a verified user's password spends the account's code
 /// budget (100 wrong codes over 17 logins); returns the user id and address.
 /// The 100th wrong code locks the account and mails its owner at once.

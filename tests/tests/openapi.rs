@@ -650,4 +650,19 @@ async fn real_responses_match_the_document() {
     assert_eq!(c.post("/otp", json!({"action": "dance"})).await.0, 400);
     let big = json!({"action": "send_otp", "email": "x".repeat(20 * 1024)});
     assert_eq!(c.post("/otp", big).await.0, 413);
+
+    // Deleting the account, from a new session (the one above signed out).
+    let tokens = latchkey_tests::scenarios::sign_in(&sys, &username, &email).await;
+    let access = tokens["access_token"].as_str().expect("access").to_string();
+    let checked = &c;
+    let delete = |password: &'static str, bearer: Option<String>| {
+        let body = Body::Json(json!({ "current_password": password }));
+        async move { checked.call("POST", "/v1/me/delete", "/v1/me/delete", body, bearer.as_deref()).await }
+    };
+    let r = delete("not it", Some(access.clone())).await;
+    assert_eq!((st(&r), r.1["field"].as_str()), ((400, code("invalid_request")), Some("current_password")));
+    assert_eq!(st(&delete(PASSWORD, None).await), (401, code("unauthorized")));
+    let r = delete(PASSWORD, Some(access.clone())).await;
+    assert_eq!((r.0, &r.1), (204, &Value::Null));
+    assert_eq!(st(&delete(PASSWORD, Some(access.clone())).await), (401, code("unauthorized")));
 }
