@@ -35,6 +35,7 @@ locals {
     "POST /password/forgot",
     "POST /password/reset",
     "POST /sessions/end",
+    "POST /account/delete",
     "POST /one-time-code/send",
     "POST /one-time-code/verify",
     "POST /admin",

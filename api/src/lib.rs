@@ -60,6 +60,7 @@ pub fn app(state: AppState) -> Router {
         .route("/password/reset", get(pages::reset::reset_form).post(pages::reset::reset))
         .route("/dashboard", get(pages::dashboard::dashboard))
         .route("/sessions/end", post(pages::dashboard::end_sessions))
+        .route("/account/delete", post(pages::dashboard::delete_account))
         .route("/one-time-code", get(pages::otp::form))
         .route("/one-time-code/send", post(pages::otp::send))
         .route("/one-time-code/verify", post(pages::otp::verify))

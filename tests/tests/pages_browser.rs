@@ -412,6 +412,50 @@ async fn the_dashboard_lists_the_sessions_and_ends_one_or_every_other_with_the_p
     assert_eq!((session_rows(&d), d.body.matches("this browser").count()), (1, 1), "{}", d.body);
 }
 
+/// The dashboard deletes the account once the current password is typed:
+/// a wrong or missing one is named and deletes nothing, a form without
+/// the CSRF token is refused; then this browser is signed out (its
+/// cookies cleared), the other browser's session ends, the owner is
+/// mailed, and the address registers again at once.
+#[tokio::test]
+async fn the_dashboard_deletes_the_account_with_the_password() {
+    let sys = TestSystem::embedded().await;
+    let mut b = Browser::new(&sys);
+    let (username, email) = unique();
+    sign_up_and_in(&mut b, &username, &email, &username).await;
+    let mut other = Browser::new(&sys);
+    let p = password_step(&mut other, &email).await;
+    code_step(&mut other, &p, &email, 3).await;
+
+    let d = b.get("/dashboard").await;
+    assert!(d.body.contains("Delete this account"), "{}", d.body);
+    let p = b.post("/account/delete", &[("csrf", &d.csrf()), ("delete_password", "not my password at all")]).await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(p.body.contains("That is not your current password."), "{}", p.body);
+    let p = b.post("/account/delete", &[("csrf", &p.csrf()), ("delete_password", "")]).await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(p.body.contains("Type your current password."), "{}", p.body);
+    let p = b.post("/account/delete", &[("csrf", "x.y"), ("delete_password", PASSWORD)]).await;
+    assert_eq!(p.status, 403, "a bad token");
+    assert_eq!(other.get("/dashboard").await.status, 200, "a refused form deleted the account");
+
+    let before = sys.mails_to(&email).await.len();
+    let csrf = b.get("/dashboard").await.csrf();
+    let p = b.post("/account/delete", &[("csrf", &csrf), ("delete_password", PASSWORD)]).await;
+    assert_eq!((p.status, p.location()), (303, "/login?deleted=1"), "{}", p.body);
+    assert!(!b.jar.contains_key(SESSION) && !b.jar.contains_key(DEVICE), "a cookie of the account was kept");
+    assert!(b.get("/login?deleted=1").await.body.contains("Your account is deleted."));
+    assert_eq!(b.get("/dashboard").await.location(), "/login");
+    assert_eq!(other.get("/dashboard").await.location(), "/login", "the other browser is still signed in");
+    assert_eq!(sys.wait_mail(&email, before + 1).await.kind, "account_deleted");
+    let (st, body, _) = sys.post("/v1/login", serde_json::json!({"identifier": username, "password": PASSWORD})).await;
+    assert_eq!(st, 401, "the deleted account's password: {body}");
+    let (st, body, _) =
+        sys.post("/v1/register", serde_json::json!({"username": username, "email": email, "password": PASSWORD})).await;
+    assert_eq!(st, 202, "{body}");
+    assert_eq!(sys.wait_mail(&email, before + 2).await.kind, "verify_email", "the address is not free");
+}
+
 /// The dashboard form that ends session `id` (or `others`) with password `pw`.
 async fn end_session(b: &mut Browser<'_>, csrf: &str, id: &str, pw: &str) -> Page {
     b.post("/sessions/end", &[("csrf", csrf), ("session_id", id), ("current_password", pw)]).await

@@ -7,7 +7,9 @@
 //!
 //! `POST /sessions/end` ends one of the other sessions, or all of them
 //! ("sign out everywhere else"), once the current password checks out
-//! (ASVS 5.0 7.5.2), through the same flows as the API.
+//! (ASVS 5.0 7.5.2), through the same flows as the API. `POST
+//! /account/delete` deletes the account, once the current password checks
+//! out, and signs this browser out.
 
 use super::account::{FieldErrors, sentence};
 use super::extract::{PageForm, PageQuery};
@@ -193,6 +195,55 @@ pub async fn end_sessions(State(s): State<AppState>, mut v: Visitor, PageForm(f)
         }
         // A guess that locked the account, or one during a lock, ended
         // this session too.
+        Err(Error::Unauthorized) => {
+            with_cookies(Redirect::to("/login").into_response(), vec![cookies::clear(cookies::SESSION)])
+        }
+        Err(e) => render::failure(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct DeleteForm {
+    csrf: Option<String>,
+    delete_password: Option<String>,
+}
+
+/// `POST /account/delete`: deletes the account (the flow of
+/// `POST /v1/me/delete`), then signs this browser out of it.
+pub async fn delete_account(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageForm<DeleteForm>) -> Response {
+    let Some((_, profile)) = v.session.clone() else {
+        if !v.same_origin() {
+            return v.csrf_refusal(None).unwrap_or_else(|| Redirect::to("/login").into_response());
+        }
+        return render(&s, &mut v, StatusCode::OK, None, None, FieldErrors::new()).await;
+    };
+    if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
+        return r;
+    }
+    let mut errors = FieldErrors::new();
+    let password = f.delete_password.unwrap_or_default();
+    if password.is_empty() {
+        errors.insert("delete_password", "Type your current password.".into());
+        return render(&s, &mut v, StatusCode::BAD_REQUEST, None, None, errors).await;
+    }
+    match s.auth.delete_account(Caller::Browser(&profile), password, &v.meta).await {
+        Ok(()) => {
+            // The account is gone: so are this browser's session and its
+            // remembered device.
+            let clear = [cookies::SESSION, cookies::PRE, cookies::CSRF, cookies::DEVICE].map(cookies::clear).to_vec();
+            with_cookies(Redirect::to("/login?deleted=1").into_response(), clear)
+        }
+        Err(Error::Validation { field, reason }) => {
+            let text = if field == "current_password" {
+                "That is not your current password.".into()
+            } else {
+                sentence(&reason)
+            };
+            errors.insert("delete_password", text);
+            render(&s, &mut v, StatusCode::BAD_REQUEST, None, None, errors).await
+        }
+        // A guess that locked the account, or one during a lock, ended
+        // this session (or a reset did meanwhile).
         Err(Error::Unauthorized) => {
             with_cookies(Redirect::to("/login").into_response(), vec![cookies::clear(cookies::SESSION)])
         }

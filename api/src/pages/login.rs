@@ -25,6 +25,7 @@ use serde::Deserialize;
 #[derive(Deserialize)]
 pub struct LoginQuery {
     bye: Option<String>,
+    deleted: Option<String>,
 }
 
 fn login_page(
@@ -45,7 +46,11 @@ pub async fn login_form(mut v: Visitor, PageQuery(q): PageQuery<LoginQuery>) -> 
     if v.session.is_some() {
         return Redirect::to("/dashboard").into_response();
     }
-    let notice = q.bye.is_some().then_some("You are signed out.");
+    let notice = match (q.bye, q.deleted) {
+        (_, Some(_)) => Some("Your account is deleted. A notice is on its way to its address."),
+        (Some(_), None) => Some("You are signed out."),
+        (None, None) => None,
+    };
     login_page(&mut v, StatusCode::OK, "", FieldErrors::new(), None, notice, false)
 }
 
