@@ -361,12 +361,7 @@ async fn signing_in_again_ends_the_session_it_replaces() {
 #[tokio::test]
 async fn the_dashboard_lists_the_sessions_and_ends_one_or_every_other_with_the_password() {
     let sys = TestSystem::embedded().await;
-    let mut b = Browser::new(&sys);
-    let (username, email) = unique();
-    sign_up_and_in(&mut b, &username, &email, &username).await;
-    let mut other = Browser::new(&sys);
-    let p = password_step(&mut other, &email).await;
-    code_step(&mut other, &p, &email, 3).await;
+    let (mut b, mut other, username, email) = signed_in_twice(&sys).await;
     let other_id = other.jar.get(SESSION).and_then(|c| c.split_once('.')).expect("cookie").0.to_string();
 
     let d = b.get("/dashboard").await;
@@ -420,12 +415,7 @@ async fn the_dashboard_lists_the_sessions_and_ends_one_or_every_other_with_the_p
 #[tokio::test]
 async fn the_dashboard_deletes_the_account_with_the_password() {
     let sys = TestSystem::embedded().await;
-    let mut b = Browser::new(&sys);
-    let (username, email) = unique();
-    sign_up_and_in(&mut b, &username, &email, &username).await;
-    let mut other = Browser::new(&sys);
-    let p = password_step(&mut other, &email).await;
-    code_step(&mut other, &p, &email, 3).await;
+    let (mut b, mut other, username, email) = signed_in_twice(&sys).await;
 
     let d = b.get("/dashboard").await;
     assert!(d.body.contains("Delete this account"), "{}", d.body);
@@ -454,6 +444,18 @@ async fn the_dashboard_deletes_the_account_with_the_password() {
         sys.post("/v1/register", serde_json::json!({"username": username, "email": email, "password": PASSWORD})).await;
     assert_eq!(st, 202, "{body}");
     assert_eq!(sys.wait_mail(&email, before + 2).await.kind, "verify_email", "the address is not free");
+}
+
+/// A new account signed in from two browsers (by username, then by
+/// email): the browsers, the username and the address.
+async fn signed_in_twice(sys: &TestSystem) -> (Browser<'_>, Browser<'_>, String, String) {
+    let mut b = Browser::new(sys);
+    let (username, email) = unique();
+    sign_up_and_in(&mut b, &username, &email, &username).await;
+    let mut other = Browser::new(sys);
+    let p = password_step(&mut other, &email).await;
+    code_step(&mut other, &p, &email, 3).await;
+    (b, other, username, email)
 }
 
 /// The dashboard form that ends session `id` (or `others`) with password `pw`.

@@ -22,7 +22,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use latchkey_core::Error;
 use latchkey_core::clock::{Timestamp, rfc3339};
-use latchkey_core::flows::Caller;
+use latchkey_core::flows::{Caller, Profile};
 use minijinja::context;
 use serde::Deserialize;
 
@@ -146,19 +146,29 @@ pub struct EndForm {
     current_password: Option<String>,
 }
 
+/// The profile of the visitor posting a dashboard form with `csrf`, or
+/// the answer instead: nobody signed in to act for goes to the sign-in
+/// page (only for this origin's own forms; another's is refused), and a
+/// bad token is refused.
+async fn signed_in_form(s: &AppState, v: &mut Visitor, csrf: Option<&str>) -> Result<Profile, Response> {
+    let Some((_, profile)) = v.session.clone() else {
+        if !v.same_origin() {
+            return Err(v.csrf_refusal(None).unwrap_or_else(|| Redirect::to("/login").into_response()));
+        }
+        return Err(render(s, v, StatusCode::OK, None, None, FieldErrors::new()).await);
+    };
+    match v.csrf_refusal(csrf) {
+        Some(r) => Err(r),
+        None => Ok(profile),
+    }
+}
+
 /// `POST /sessions/end`: ends the chosen session, or every other one.
 pub async fn end_sessions(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageForm<EndForm>) -> Response {
-    let Some((_, profile)) = v.session.clone() else {
-        // Nobody signed in to end anything for: to the sign-in page, but
-        // only for this origin's own forms.
-        if !v.same_origin() {
-            return v.csrf_refusal(None).unwrap_or_else(|| Redirect::to("/login").into_response());
-        }
-        return render(&s, &mut v, StatusCode::OK, None, None, FieldErrors::new()).await;
+    let profile = match signed_in_form(&s, &mut v, f.csrf.as_deref()).await {
+        Ok(profile) => profile,
+        Err(r) => return r,
     };
-    if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
-        return r;
-    }
     let target = f.session_id.unwrap_or_default();
     let password = f.current_password.unwrap_or_default();
     let mut errors = FieldErrors::new();
@@ -211,15 +221,10 @@ pub struct DeleteForm {
 /// `POST /account/delete`: deletes the account (the flow of
 /// `POST /v1/me/delete`), then signs this browser out of it.
 pub async fn delete_account(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageForm<DeleteForm>) -> Response {
-    let Some((_, profile)) = v.session.clone() else {
-        if !v.same_origin() {
-            return v.csrf_refusal(None).unwrap_or_else(|| Redirect::to("/login").into_response());
-        }
-        return render(&s, &mut v, StatusCode::OK, None, None, FieldErrors::new()).await;
+    let profile = match signed_in_form(&s, &mut v, f.csrf.as_deref()).await {
+        Ok(profile) => profile,
+        Err(r) => return r,
     };
-    if let Some(r) = v.csrf_refusal(f.csrf.as_deref()) {
-        return r;
-    }
     let mut errors = FieldErrors::new();
     let password = f.delete_password.unwrap_or_default();
     if password.is_empty() {
