@@ -113,10 +113,7 @@ impl Auth {
             l.login_identifier.key(format!("password:user:{uid}")),
         ])
         .await?;
-        let (s, user) = self.live_session(&sid, now).await?.ok_or(Error::Unauthorized)?;
-        if s.user_id != uid {
-            return Err(Error::Unauthorized);
-        }
+        let (_, user) = self.session_of(&uid, &sid, now).await?;
         if !self.hasher.verify(&current, Some(&user.password_hash)).await? {
             // A wrong password here is a wrong password at login: it counts
             // toward the account's lock (audit `login_failed`; the owner is

@@ -67,8 +67,18 @@ impl Auth {
     /// `caller`'s session and account, if the session is live and theirs.
     pub(super) async fn caller_session(&self, caller: Caller<'_>, now: Timestamp) -> Result<(Session, User), Error> {
         let (uid, sid) = self.caller_ids(caller, now)?;
-        match self.live_session(&sid, now).await? {
-            Some((s, u)) if s.user_id == uid => Ok((s, u)),
+        self.session_of(&uid, &sid, now).await
+    }
+
+    /// Session `sid` and its account, if the session is live and `uid`'s.
+    pub(super) async fn session_of(
+        &self,
+        uid: &UserId,
+        sid: &SessionId,
+        now: Timestamp,
+    ) -> Result<(Session, User), Error> {
+        match self.live_session(sid, now).await? {
+            Some((s, u)) if s.user_id == *uid => Ok((s, u)),
             _ => Err(Error::Unauthorized),
         }
     }
