@@ -196,16 +196,16 @@ pub fn audit_events(change: &SourceChange, policy: &AuditPolicy) -> Vec<AuditEve
                     out.push(n.id, T::PasswordChanged, Outcome::Success, Some("other_sessions_ended"), None, &n.meta);
                 }
             }
-            // An account nobody verified is deleted by the TTL when it has
-            // been kept long enough, or else by a registration that took a
-            // name from it after its hold. The TTL's removal carries no
-            // request; a registration's is the new account's (the old
-            // image carries the old registration's).
             // A verified account is deleted only by its owner, and its
             // removal carries that request (the last write before it).
             (Some(o), None) if o.verified && !ttl => {
                 out.push(o.id, T::AccountDeleted, Outcome::Success, Some("by_owner"), None, &o.meta)
             }
+            // An account nobody verified is deleted by the TTL when it has
+            // been kept long enough, or else by a registration that took a
+            // name from it after its hold. The TTL's removal carries no
+            // request; a registration's is the new account's (the old
+            // image carries the old registration's).
             (Some(o), None) if !o.verified && ttl => out.expired(o.id, T::UnverifiedAccountExpired),
             (Some(o), None) if !o.verified => {
                 out.push_subject(
