@@ -48,6 +48,8 @@ impl From<Error> for ApiError {
             Error::VerificationExpired => simple(S::BAD_REQUEST, "verification_token_expired", &e),
             Error::VerificationUsed => simple(S::BAD_REQUEST, "verification_token_used", &e),
             Error::ResetLinkInvalid => simple(S::BAD_REQUEST, "reset_link_invalid", &e),
+            Error::EmailChangeLinkInvalid => simple(S::BAD_REQUEST, "email_change_link_invalid", &e),
+            Error::EmailTaken => simple(S::CONFLICT, "email_taken", &e),
             Error::ChallengeNotFound => simple(S::UNAUTHORIZED, "challenge_invalid", &e),
             Error::OtpInvalid { attempts_left } => {
                 let mut r = simple(S::UNAUTHORIZED, "otp_invalid", &e);

@@ -145,6 +145,11 @@ pub struct Policy {
     /// How long a password reset link works (it also ends at its first use
     /// and at the account's next reset).
     pub password_reset_ttl_secs: i64,
+    /// How long a link that moves an account to a new address works (it
+    /// also ends at its first use, at the account's next change of address,
+    /// and at its next password change, reset or "sign out everywhere
+    /// else").
+    pub email_change_ttl_secs: i64,
     /// The least time a request that answers the same for every address
     /// takes (reset link, verification resend), so its timing does not
     /// tell whether the address has an account: above what the work
@@ -176,6 +181,7 @@ impl Default for Policy {
             refresh_retry_grace_secs: 30,
             device_token_ttl_secs: 90 * 24 * 3600,
             password_reset_ttl_secs: 3600,
+            email_change_ttl_secs: 3600,
             uniform_answer_ms: 100,
             limits: RateLimits::default(),
         }

@@ -20,6 +20,15 @@ pub enum Error {
     /// made before the password last changed: one answer for all.
     #[error("the password reset link is not valid: it may have expired or been used already")]
     ResetLinkInvalid,
+    /// An address change link that is forged, expired, already used, or
+    /// made before the account's address or password last changed: one
+    /// answer for all.
+    #[error("the address change link is not valid: it may have expired or been used already")]
+    EmailChangeLinkInvalid,
+    /// The address an account was to move to got an account of its own
+    /// after the link was mailed.
+    #[error("this address belongs to another account now")]
+    EmailTaken,
     #[error("unknown or finished login challenge")]
     ChallengeNotFound,
     #[error("wrong code")]

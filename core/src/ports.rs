@@ -203,6 +203,19 @@ pub trait UserStore: Send + Sync {
     /// at their own expiry.
     async fn delete_account(&self, user: &User, meta: &RequestMeta) -> StoreResult<()>;
 
+    /// Moves the account `user` (as read and checked by the caller) to the
+    /// address `new`: its `email` becomes `new`, its `email_changes` one
+    /// more and its `meta` the request's, and the email claim moves with it
+    /// (the old address is free for a registration from then on), in one
+    /// transaction, only if the user still exists with the `email`,
+    /// `email_changes` and `password_epoch` it has in `user` (the ones the
+    /// caller's link was made at: a change of address since, or of the
+    /// password, wins); `Conflict(Stale)` otherwise. An address that any
+    /// other account holds, verified or not, gives `Conflict(EmailTaken)`
+    /// when the user is as read, and its own (`user.email`) always does.
+    /// Nothing is written on a conflict.
+    async fn change_email(&self, user: &User, new: &Email, meta: &RequestMeta) -> StoreResult<()>;
+
     /// Stores another verification token for an unverified user and sets
     /// `verification_sent_at = now`, only if the user is unverified, not
     /// past its retention (`User::retention_over(now)`), and the last send

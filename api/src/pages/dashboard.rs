@@ -8,8 +8,9 @@
 //! `POST /sessions/end` ends one of the other sessions, or all of them
 //! ("sign out everywhere else"), once the current password checks out
 //! (ASVS 5.0 7.5.2), through the same flows as the API. `POST
-//! /account/delete` deletes the account, once the current password checks
-//! out, and signs this browser out.
+//! /account/email` asks to move the account to another address (a link
+//! goes there), and `POST /account/delete` deletes the account and signs
+//! this browser out, each once the current password checks out.
 
 use super::account::{FieldErrors, sentence};
 use super::extract::{PageForm, PageQuery};
@@ -36,13 +37,18 @@ const EVERY_OTHER: &str = "others";
 #[derive(Deserialize)]
 pub struct DashboardQuery {
     ended: Option<String>,
+    email: Option<String>,
 }
 
 pub async fn dashboard(State(s): State<AppState>, mut v: Visitor, PageQuery(q): PageQuery<DashboardQuery>) -> Response {
-    let notice = match q.ended.as_deref() {
-        Some(EVERY_OTHER) => Some("Every other session is signed out."),
-        Some(_) => Some("That session is signed out."),
-        None => None,
+    let notice = match (q.ended.as_deref(), q.email.as_deref()) {
+        (Some(EVERY_OTHER), _) => Some("Every other session is signed out."),
+        (Some(_), _) => Some("That session is signed out."),
+        (None, Some(_)) => Some(
+            "A link is on its way to the new address: your account moves there when it is opened, within an hour. \
+             Your current address was told.",
+        ),
+        (None, None) => None,
     };
     render(&s, &mut v, StatusCode::OK, notice, None, FieldErrors::new()).await
 }
@@ -205,6 +211,50 @@ pub async fn end_sessions(State(s): State<AppState>, mut v: Visitor, PageForm(f)
         }
         // A guess that locked the account, or one during a lock, ended
         // this session too.
+        Err(Error::Unauthorized) => {
+            with_cookies(Redirect::to("/login").into_response(), vec![cookies::clear(cookies::SESSION)])
+        }
+        Err(e) => render::failure(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct EmailForm {
+    csrf: Option<String>,
+    new_email: Option<String>,
+    email_password: Option<String>,
+}
+
+/// `POST /account/email`: asks to move the account to another address
+/// (the flow of `POST /v1/me/email`).
+pub async fn change_email(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageForm<EmailForm>) -> Response {
+    let profile = match signed_in_form(&s, &mut v, f.csrf.as_deref()).await {
+        Ok(profile) => profile,
+        Err(r) => return r,
+    };
+    let mut errors = FieldErrors::new();
+    let (new_email, password) = (f.new_email.unwrap_or_default(), f.email_password.unwrap_or_default());
+    if new_email.trim().is_empty() {
+        errors.insert("new_email", "Type the new address.".into());
+    }
+    if password.is_empty() {
+        errors.insert("email_password", "Type your current password.".into());
+    }
+    if !errors.is_empty() {
+        return render(&s, &mut v, StatusCode::BAD_REQUEST, None, None, errors).await;
+    }
+    match s.auth.request_email_change(Caller::Browser(&profile), password, &new_email, &v.meta).await {
+        Ok(()) => Redirect::to("/dashboard?email=asked").into_response(),
+        Err(Error::Validation { field, reason }) => {
+            let (field, text) = match field {
+                "current_password" => ("email_password", "That is not your current password.".into()),
+                _ => ("new_email", sentence(&reason)),
+            };
+            errors.insert(field, text);
+            render(&s, &mut v, StatusCode::BAD_REQUEST, None, None, errors).await
+        }
+        // A guess that locked the account, or one during a lock, ended
+        // this session.
         Err(Error::Unauthorized) => {
             with_cookies(Redirect::to("/login").into_response(), vec![cookies::clear(cookies::SESSION)])
         }

@@ -17,6 +17,7 @@ pub mod admin;
 pub mod cookies;
 pub mod csrf;
 pub mod dashboard;
+pub mod email;
 pub mod extract;
 pub mod login;
 pub mod otp;

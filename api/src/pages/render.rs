@@ -16,6 +16,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("verify.html", include_str!("templates/verify.html")),
     ("forgot.html", include_str!("templates/forgot.html")),
     ("reset.html", include_str!("templates/reset.html")),
+    ("email_confirm.html", include_str!("templates/email_confirm.html")),
     ("login.html", include_str!("templates/login.html")),
     ("code.html", include_str!("templates/code.html")),
     ("dashboard.html", include_str!("templates/dashboard.html")),

@@ -204,6 +204,48 @@ pub async fn delete_account(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[derive(Deserialize)]
+pub struct EmailChangeReq {
+    current_password: Option<String>,
+    new_email: Option<String>,
+}
+
+/// Asks to move the caller's account to `new_email`, once the current
+/// password checks out: a link goes to the new address, a notice to the
+/// account's; the same answer whether or not the new address has an
+/// account.
+pub async fn request_email_change(
+    State(s): State<AppState>,
+    Meta(meta): Meta,
+    headers: HeaderMap,
+    JsonBody(r): JsonBody<EmailChangeReq>,
+) -> Result<Response, ApiError> {
+    let token = access_token(&headers)?;
+    let current = required(r.current_password, "current_password")?;
+    let new_email = required(r.new_email, "new_email")?;
+    s.auth.request_email_change(Caller::Bearer(token), current, &new_email, &meta).await?;
+    Ok(accepted(
+        "A link is on its way to the new address: the account moves there when it is opened. \
+         Your current address was told.",
+    ))
+}
+
+/// Moves an account to the address its link was mailed to.
+pub async fn confirm_email_change(
+    State(s): State<AppState>,
+    Meta(meta): Meta,
+    JsonBody(r): JsonBody<TokenReq>,
+) -> Result<Response, ApiError> {
+    let token = required(r.token, "token")?;
+    let email = s.auth.confirm_email_change(&token, &meta).await?;
+    Ok(Json(json!({
+        "status": "email_changed",
+        "message": "The account's address is changed: sign in and mail go to this one from now on.",
+        "email": email.as_str(),
+    }))
+    .into_response())
+}
+
 /// The caller's live sessions, the most recently active first (counted
 /// against the activity limit, as a read of the trail is).
 pub async fn sessions(State(s): State<AppState>, Meta(meta): Meta, headers: HeaderMap) -> Result<Response, ApiError> {

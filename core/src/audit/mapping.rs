@@ -195,6 +195,11 @@ pub fn audit_events(change: &SourceChange, policy: &AuditPolicy) -> Vec<AuditEve
                 } else if changed {
                     out.push(n.id, T::PasswordChanged, Outcome::Success, Some("other_sessions_ended"), None, &n.meta);
                 }
+                // The address itself (a registration's is the first image's;
+                // only a confirmed link changes it).
+                if n.email != o.email {
+                    out.push(n.id, T::EmailChanged, Outcome::Success, None, None, &n.meta);
+                }
             }
             // A verified account is deleted only by its owner, and its
             // removal carries that request (the last write before it).
@@ -414,6 +419,7 @@ mod tests {
             password_reset_at: None,
             password_resets: 0,
             password_epoch: 0,
+            email_changes: 0,
             meta: meta(),
         }
     }
@@ -770,6 +776,22 @@ mod tests {
         assert_eq!((e.event, e.outcome, e.reason.as_deref()), (T::AccountDeleted, Outcome::Success, Some("by_owner")));
         assert_eq!((e.subject.as_str(), e.ip.as_deref()), (u.id.to_string().as_str(), Some("203.0.113.7")));
         assert_eq!(e.event.as_str(), "account_deleted");
+    }
+
+    #[test]
+    fn a_new_address_is_one_email_changed_with_the_request() {
+        let u = User { verified: true, ..user() };
+        let request = RequestMeta { ip: Some("198.51.100.9".into()), ..meta() };
+        let email = Email::parse("new@example.org").unwrap();
+        let moved = User { email, email_changes: 1, meta: request, ..u.clone() };
+        let evs = audit_events(&change(Images::User(Some(u.clone()), Some(moved)), false), &AuditPolicy::default());
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        let e = &evs[0];
+        assert_eq!((e.event, e.outcome, e.reason.as_deref()), (T::EmailChanged, Outcome::Success, None));
+        assert_eq!((e.subject.as_str(), e.ip.as_deref()), (u.id.to_string().as_str(), Some("198.51.100.9")));
+        assert_eq!(e.event.as_str(), "email_changed");
+        // The address is no field of the event: the trail keeps none.
+        assert!(!format!("{e:?}").contains("example.org"), "{e:?}");
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub enum AuditEventType {
     /// A verified account deleted by its owner (with the password): the
     /// user and its names; what else it had ends with it.
     AccountDeleted,
+    /// The account moved to a new address through the link mailed there
+    /// (asked for by someone signed in who typed the password).
+    EmailChanged,
     SessionCreated,
     SessionRefreshed,
     SessionRevoked,
@@ -103,6 +106,7 @@ impl AuditEventType {
         AuditEventType::UnverifiedAccountReplaced,
         AuditEventType::UnverifiedAccountExpired,
         AuditEventType::AccountDeleted,
+        AuditEventType::EmailChanged,
         AuditEventType::SessionCreated,
         AuditEventType::SessionRefreshed,
         AuditEventType::SessionRevoked,
@@ -136,6 +140,7 @@ impl AuditEventType {
             AuditEventType::UnverifiedAccountReplaced => "unverified_account_replaced",
             AuditEventType::UnverifiedAccountExpired => "unverified_account_expired",
             AuditEventType::AccountDeleted => "account_deleted",
+            AuditEventType::EmailChanged => "email_changed",
             AuditEventType::SessionCreated => "session_created",
             AuditEventType::SessionRefreshed => "session_refreshed",
             AuditEventType::SessionRevoked => "session_revoked",

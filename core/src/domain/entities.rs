@@ -56,6 +56,12 @@ pub struct User {
     /// its password step saw, and its code counts only while it is current.
     #[serde(default)]
     pub password_epoch: u64,
+    /// Counts the changes of the account's address through a mailed link.
+    /// A link carries the count it was made at and works only while that
+    /// is still the count: a change ends every link made before it. Absent
+    /// (0) until the first change.
+    #[serde(default)]
+    pub email_changes: u32,
     pub meta: RequestMeta,
 }
 

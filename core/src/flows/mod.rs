@@ -3,6 +3,7 @@
 
 mod browser;
 mod device;
+mod email_change;
 mod login;
 mod otp;
 mod password;

@@ -48,6 +48,7 @@ impl Auth {
             password_reset_at: None,
             password_resets: 0,
             password_epoch: 0,
+            email_changes: 0,
             meta: meta.clone(),
         };
         let token = random_token(rng);

@@ -72,6 +72,24 @@ pub enum MailJob {
     /// The account was deleted (by someone signed in who typed its
     /// password).
     AccountDeleted { username: String, at: Timestamp },
+    /// To the address an account asked to move to: a link that makes it the
+    /// account's.
+    EmailChangeLink { username: String, token: Secret<String>, expires_minutes: u32 },
+    /// To the account's address: a move to `new_address` (as `Email::masked`
+    /// shows it) was asked for, the link working `expires_minutes`; or,
+    /// when `done`, made.
+    EmailChangeNotice {
+        username: String,
+        new_address: String,
+        at: Timestamp,
+        #[serde(default)]
+        expires_minutes: u32,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        done: bool,
+    },
+    /// To an address an account asked to move to that already has an
+    /// account: nothing was changed.
+    EmailInUse {},
 }
 
 impl MailJob {
@@ -86,6 +104,9 @@ impl MailJob {
             MailJob::PasswordChanged { .. } => "password_changed",
             MailJob::PasswordReset { .. } => "password_reset",
             MailJob::AccountDeleted { .. } => "account_deleted",
+            MailJob::EmailChangeLink { .. } => "email_change_link",
+            MailJob::EmailChangeNotice { .. } => "email_change_notice",
+            MailJob::EmailInUse {} => "email_in_use",
         }
     }
 
@@ -97,11 +118,14 @@ impl MailJob {
             MailJob::VerifyEmail { expires_hours, .. } => Some(i64::from(*expires_hours) * 3600),
             MailJob::LoginCode { expires_minutes, .. }
             | MailJob::StandaloneCode { expires_minutes, .. }
-            | MailJob::PasswordReset { expires_minutes, .. } => Some(i64::from(*expires_minutes) * 60),
+            | MailJob::PasswordReset { expires_minutes, .. }
+            | MailJob::EmailChangeLink { expires_minutes, .. } => Some(i64::from(*expires_minutes) * 60),
             MailJob::SignupAttempt {}
             | MailJob::AccountLocked { .. }
             | MailJob::PasswordChanged { .. }
-            | MailJob::AccountDeleted { .. } => None,
+            | MailJob::AccountDeleted { .. }
+            | MailJob::EmailChangeNotice { .. }
+            | MailJob::EmailInUse {} => None,
         }
     }
 }
@@ -204,7 +228,20 @@ mod tests {
             at(MailJob::VerifyEmail { username: "a".into(), token: code("t"), expires_hours: 24 }),
             Some(1_000 + 86_400)
         );
+        assert_eq!(
+            at(MailJob::EmailChangeLink { username: "a".into(), token: code("t"), expires_minutes: 60 }),
+            Some(4_600)
+        );
         assert_eq!(at(MailJob::SignupAttempt {}), None);
+        assert_eq!(at(MailJob::EmailInUse {}), None);
+        let notice = |done| MailJob::EmailChangeNotice {
+            username: "a".into(),
+            new_address: "n***@example.com".into(),
+            at: 1,
+            expires_minutes: 60,
+            done,
+        };
+        assert_eq!((at(notice(false)), at(notice(true))), (None, None));
         assert_eq!(at(MailJob::PasswordChanged { username: "a".into(), at: 1, by_reset: false }), None);
         assert_eq!(at(MailJob::AccountLocked { username: "a".into(), locked_until: 9, codes_spent: false }), None);
     }

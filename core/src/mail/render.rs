@@ -55,7 +55,10 @@ impl Renderer {
             "account_locked",
             "password_changed",
             "password_reset",
-            "account_deleted"
+            "account_deleted",
+            "email_change_link",
+            "email_change_notice",
+            "email_in_use"
         );
         Ok(Renderer {
             env,
@@ -123,6 +126,29 @@ impl Renderer {
                     format!("account deleted at {at}"),
                 )
             }
+            MailJob::EmailChangeLink { username, token, expires_minutes } => {
+                let link = format!("{base}/email/confirm?token={}", token.expose());
+                (
+                    format!("Confirm the new address of your {} account", self.product),
+                    context! { username, link, expires_minutes },
+                    link.clone(),
+                )
+            }
+            MailJob::EmailChangeNotice { username, new_address, at, expires_minutes, done } => {
+                let at = crate::clock::rfc3339(*at);
+                let subject = match done {
+                    true => format!("The address of your {} account was changed", self.product),
+                    false => format!("A change of your {} account's address was asked for", self.product),
+                };
+                let hint = format!("address change to {new_address} {} at {at}", if *done { "made" } else { "asked" });
+                let (login_link, reset_link) = (format!("{base}/login"), format!("{base}/password/forgot"));
+                (subject, context! { username, new_address, at, expires_minutes, done, login_link, reset_link }, hint)
+            }
+            MailJob::EmailInUse {} => (
+                format!("Someone tried to move a {} account to your address", self.product),
+                context! {},
+                "email in use notice".to_string(),
+            ),
         };
         let kind = env.job.kind();
         let ctx = context! { product => &self.product, subject => &subject, ..ctx };
@@ -160,6 +186,26 @@ mod tests {
                 expires_minutes: 60,
             },
             MailJob::AccountDeleted { username: "<alice>".into(), at: 0 },
+            MailJob::EmailChangeLink {
+                username: "<alice>".into(),
+                token: Secret::new("tok".into()),
+                expires_minutes: 60,
+            },
+            MailJob::EmailChangeNotice {
+                username: "<alice>".into(),
+                new_address: "n***@example.org".into(),
+                at: 0,
+                expires_minutes: 60,
+                done: false,
+            },
+            MailJob::EmailChangeNotice {
+                username: "alice".into(),
+                new_address: "n***@example.org".into(),
+                at: 0,
+                expires_minutes: 60,
+                done: true,
+            },
+            MailJob::EmailInUse {},
         ];
         for job in jobs {
             let m = r.render(&MailEnvelope::new("id".into(), &to, 0, None, None, job.clone())).unwrap();
@@ -200,6 +246,21 @@ mod tests {
                     assert!(m.text.contains("account was deleted at 1970-01-01T00:00:00Z"), "{}", m.text);
                     assert!(m.html.contains("&lt;alice&gt;"), "html escapes user data");
                 }
+                MailJob::EmailChangeLink { .. } => {
+                    assert!(m.text.contains("https://auth.example.com/email/confirm?token=tok"), "{}", m.text);
+                    assert!(m.html.contains("confirm?token=tok"), "{}", m.html);
+                    assert!(m.html.contains("&lt;alice&gt;"), "html escapes user data");
+                    assert_eq!(m.hint, "https://auth.example.com/email/confirm?token=tok");
+                }
+                MailJob::EmailChangeNotice { done, .. } => {
+                    assert!(m.text.contains("to n***@example.org"), "{}", m.text);
+                    assert!(m.text.contains("1970-01-01T00:00:00Z"), "{}", m.text);
+                    // Asked for: the ways to stop it; made: no link to stop it.
+                    assert_eq!(m.text.contains("https://auth.example.com/password/forgot"), !done, "{}", m.text);
+                    assert_eq!(m.text.contains("within 60 minutes"), !done, "{}", m.text);
+                    assert_eq!(m.subject.contains("was changed"), done, "{}", m.subject);
+                }
+                MailJob::EmailInUse {} => assert!(m.text.contains("nothing changed"), "{}", m.text),
                 _ => {}
             }
         }

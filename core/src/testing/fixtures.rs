@@ -84,6 +84,7 @@ pub(super) fn user_with(username: Username, email: Email) -> (User, Verification
         password_reset_at: None,
         password_resets: 0,
         password_epoch: 0,
+        email_changes: 0,
         meta: meta(),
     };
     let verification = verification_for(user.id, T0);

@@ -476,6 +476,50 @@ pub async fn delete_account_frees_both_names_only_at_the_checked_password(s: &Su
     assert_eq!(stored_user(s, &again.id).await.username, user.username);
 }
 
+/// An address change moves the account and its claim at once, counts
+/// itself and sets `meta`, only for the user as read (address, count and
+/// epoch); a taken address (another account's, verified or not, or its
+/// own) is `EmailTaken` and a stale read `Stale`, each writing nothing.
+/// The old address is free for a registration at once, the new one is not.
+pub async fn change_email_moves_the_claim_only_for_the_user_as_read(s: &Subject) {
+    let (user, v) = registered(s).await;
+    s.users.consume_verification(&v, T0 + 1, &meta()).await.expect("verify");
+    let read = stored_user(s, &user.id).await;
+    let (other, _) = registered(s).await;
+    let new = email();
+    for (stale, what) in [
+        (User { email_changes: 1, ..read.clone() }, "another count"),
+        (User { password_epoch: 1, ..read.clone() }, "another epoch"),
+        (User { email: email(), ..read.clone() }, "another address"),
+        (User { id: user_id(), ..read.clone() }, "an unknown user"),
+    ] {
+        expect_conflict(s.users.change_email(&stale, &new, &meta()).await, Conflict::Stale, what);
+        assert_eq!(stored_user(s, &user.id).await, read, "a refused change wrote ({what})");
+    }
+    for (taken, what) in [(&other.email, "an unverified account's address"), (&read.email, "its own address")] {
+        expect_conflict(s.users.change_email(&read, taken, &meta()).await, Conflict::EmailTaken, what);
+        assert_eq!(stored_user(s, &user.id).await, read, "a refused change wrote ({what})");
+    }
+    let m = meta();
+    s.users.change_email(&read, &new, &m).await.expect("change_email");
+    let moved = stored_user(s, &user.id).await;
+    assert_eq!(moved, User { email: new.clone(), email_changes: 1, meta: m, ..read.clone() });
+    let by_new = s.users.user_by_email(&new).await.expect("user_by_email");
+    assert_eq!(by_new.map(|u| u.id), Some(user.id), "the new address finds the account");
+    // Once only: the link's read is stale now.
+    let third = email();
+    expect_conflict(s.users.change_email(&read, &third, &meta()).await, Conflict::Stale, "the same read again");
+    assert_eq!(stored_user(s, &user.id).await, moved, "a refused change wrote (used)");
+    // The old address is free at once, the new one taken.
+    let (takes_old, v) = user_with(username(), read.email.clone());
+    s.users.create_user(&takes_old, &v, i64::MIN).await.expect("the old address is free at once");
+    let (wants_new, v) = user_with(username(), new.clone());
+    expect_conflict(s.users.create_user(&wants_new, &v, i64::MIN).await, Conflict::EmailTaken, "the new address");
+    // A second change from the new count moves it again.
+    s.users.change_email(&moved, &third, &meta()).await.expect("a second change");
+    assert_eq!((stored_user(s, &user.id).await.email, stored_user(s, &user.id).await.email_changes), (third, 2));
+}
+
 /// A reset sets the hash, `sessions_valid_after`, `password_reset_at` and
 /// the reset count, ends a lock and zeroes the counts, once per link: not
 /// for a link made at an earlier count (in the reset's own second too), nor

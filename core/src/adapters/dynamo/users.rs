@@ -33,6 +33,10 @@ const USERNAME_CLAIM: usize = 1;
 const EMAIL_CLAIM: usize = 2;
 /// Index of the email holder's check in `hold_username`'s transaction.
 const HOLD_EMAIL_HOLDER: usize = 1;
+/// Index of the user's update and of the new address's claim in
+/// `change_email`'s transaction.
+const MOVED_USER: usize = 0;
+const NEW_EMAIL_CLAIM: usize = 1;
 
 pub(super) const UNLOCKED: &str = "(attribute_not_exists(locked_until) OR locked_until <= :now)";
 
@@ -693,6 +697,58 @@ impl UserStore for DynamoStore {
             return own_write_or_stale(err, "password_hash", phc);
         }
         Ok(())
+    }
+
+    /// One transaction: the user (on the count, epoch and address it was
+    /// read with), the new address's claim (where there is none) and the
+    /// old one's delete (a claim already gone does not block). The user's
+    /// refusal is reported first: a taken address is only news about a
+    /// user as read. A retry of a lost answer is the same transaction with
+    /// its client request token (`transact`).
+    async fn change_email(&self, user: &User, new: &Email, meta: &RequestMeta) -> StoreResult<()> {
+        // One transaction cannot put and delete the same claim.
+        if *new == user.email {
+            return Err(StoreError::Conflict(Conflict::EmailTaken));
+        }
+        let changes =
+            user.email_changes.checked_add(1).ok_or_else(|| StoreError::internal("email_changes overflow"))?;
+        // A user never moved has no count (0).
+        let current_count = if user.email_changes == 0 {
+            "(attribute_not_exists(email_changes) OR email_changes = :changes)"
+        } else {
+            "email_changes = :changes"
+        };
+        let uid = s(user.id.to_string());
+        let moved = Update::builder()
+            .table_name(&self.users)
+            .key(PK, s(items::user_pk(&user.id)))
+            .update_expression("SET email = :new, email_changes = :next, meta = :meta")
+            .condition_expression(format!(
+                "attribute_exists(pk) AND email = :old AND {current_count} AND {}",
+                unchanged_since(user.password_epoch)
+            ))
+            .expression_attribute_values(":new", s(new.as_str()))
+            .expression_attribute_values(":old", s(user.email.as_str()))
+            .expression_attribute_values(":changes", n(user.email_changes))
+            .expression_attribute_values(":next", n(changes))
+            .expression_attribute_values(":epoch", epoch_value(user.password_epoch))
+            .expression_attribute_values(":meta", meta_value(meta)?);
+        let old_claim = Delete::builder()
+            .table_name(&self.users)
+            .key(PK, s(items::email_claim_pk(user.email.as_str())))
+            .condition_expression(format!("attribute_not_exists(pk) OR {CLAIM_USER_ID} = :uid"))
+            .expression_attribute_values(":uid", uid);
+        let tx = vec![
+            update_item(moved)?,
+            self.claim_put(items::email_claim_pk(new.as_str()), Claim::Account(user.id), Guard::Free)?,
+            delete_item(old_claim)?,
+        ];
+        match self.transact(tx).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.check_failed(MOVED_USER) => Err(StoreError::Conflict(Conflict::Stale)),
+            Err(e) if e.check_failed(NEW_EMAIL_CLAIM) => Err(StoreError::Conflict(Conflict::EmailTaken)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn add_verification(

@@ -53,7 +53,7 @@ fn meta_json(m: &RequestMeta) -> rusqlite::Result<String> {
 
 const USER_COLS: &str = "id, username, email, password_hash, verified, created_at, failed_logins, locked_until, \
                          otp_failures, verification_sent_at, meta, sessions_valid_after, password_reset_at, password_epoch, \
-                         password_resets";
+                         password_resets, email_changes";
 
 fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
@@ -72,6 +72,7 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
         password_reset_at: r.get(12)?,
         password_epoch: r.get(13)?,
         password_resets: r.get(14)?,
+        email_changes: r.get(15)?,
     })
 }
 
@@ -96,7 +97,7 @@ pub(crate) fn insert_user(c: &Connection, u: &User) -> rusqlite::Result<()> {
     c.prepare_cached(&format!(
         "INSERT INTO users ({USER_COLS}) VALUES (:id, :username, :email, :password_hash, :verified, :created_at, \
          :failed_logins, :locked_until, :otp_failures, :verification_sent_at, :meta, :sessions_valid_after, :password_reset_at, :password_epoch, \
-         :password_resets)"
+         :password_resets, :email_changes)"
     ))?
     .execute(named_params! {
         ":id": u.id, ":username": u.username, ":email": u.email, ":password_hash": u.password_hash,
@@ -105,26 +106,29 @@ pub(crate) fn insert_user(c: &Connection, u: &User) -> rusqlite::Result<()> {
         ":verification_sent_at": u.verification_sent_at, ":meta": meta_json(&u.meta)?,
         ":sessions_valid_after": u.sessions_valid_after, ":password_reset_at": u.password_reset_at,
         ":password_epoch": u.password_epoch, ":password_resets": u.password_resets,
+        ":email_changes": u.email_changes,
     })?;
     Ok(())
 }
 
-/// Writes the mutable fields of a user that exists.
+/// Writes the mutable fields of a user that exists (all but its id,
+/// username and creation time).
 pub(crate) fn update_user(c: &Connection, u: &User) -> rusqlite::Result<()> {
     let n = c
         .prepare_cached(
-            "UPDATE users SET password_hash = :password_hash, verified = :verified, failed_logins = :failed_logins, \
+            "UPDATE users SET email = :email, password_hash = :password_hash, verified = :verified, failed_logins = :failed_logins, \
              locked_until = :locked_until, otp_failures = :otp_failures, \
              verification_sent_at = :verification_sent_at, sessions_valid_after = :sessions_valid_after, \
              password_reset_at = :password_reset_at, password_epoch = :password_epoch, \
-             password_resets = :password_resets, meta = :meta WHERE id = :id",
+             password_resets = :password_resets, email_changes = :email_changes, meta = :meta WHERE id = :id",
         )?
         .execute(named_params! {
-            ":id": u.id, ":password_hash": u.password_hash, ":verified": u.verified,
+            ":id": u.id, ":email": u.email, ":password_hash": u.password_hash, ":verified": u.verified,
             ":failed_logins": u.failed_logins, ":locked_until": u.locked_until, ":otp_failures": u.otp_failures,
             ":verification_sent_at": u.verification_sent_at, ":meta": meta_json(&u.meta)?,
             ":sessions_valid_after": u.sessions_valid_after, ":password_reset_at": u.password_reset_at,
             ":password_epoch": u.password_epoch, ":password_resets": u.password_resets,
+            ":email_changes": u.email_changes,
         })?;
     expect_one(n)
 }

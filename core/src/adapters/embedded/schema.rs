@@ -211,6 +211,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE sessions ADD COLUMN retries_answered INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 17: changes of an account's address through a mailed link, counted
+    // (a link carries the count).
+    r#"
+    ALTER TABLE users ADD COLUMN email_changes INTEGER NOT NULL DEFAULT 0 CHECK (email_changes >= 0);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -261,6 +261,33 @@ impl UserStore for EmbeddedStore {
             .await
     }
 
+    async fn change_email(&self, user: &User, new: &Email, meta: &RequestMeta) -> StoreResult<()> {
+        if *new == user.email {
+            return conflict(Conflict::EmailTaken);
+        }
+        let (id, expected, new, meta, at) = (user.id, user.clone(), new.clone(), meta.clone(), self.db().now());
+        self.db()
+            .tx(move |tx| {
+                let as_read = |u: &User| {
+                    u.email == expected.email
+                        && u.email_changes == expected.email_changes
+                        && u.password_epoch == expected.password_epoch
+                };
+                let Some(old) = rec::load_user(tx, UserKey::Id(&id))?.filter(as_read) else { return stale() };
+                // The address is a column of the row, UNIQUE: the check
+                // names the conflict, the constraint backs it up.
+                if rec::load_user(tx, UserKey::Email(&new))?.is_some() {
+                    return conflict(Conflict::EmailTaken);
+                }
+                let changes =
+                    old.email_changes.checked_add(1).ok_or_else(|| StoreError::internal("email_changes overflow"))?;
+                let moved = User { email: new, email_changes: changes, meta, ..old.clone() };
+                rec::update_user(tx, &moved)?;
+                record(tx, at, ChangeEntity::User, &id.to_string(), Some(&old), Some(&moved))
+            })
+            .await
+    }
+
     async fn add_verification(
         &self,
         verification: &VerificationRecord,
