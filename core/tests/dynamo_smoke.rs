@@ -115,6 +115,7 @@ fn user(name: &str, email: &str) -> (User, VerificationRecord) {
         password_reset_at: None,
         password_resets: 0,
         password_epoch: 0,
+        email_changes: 0,
         meta: RequestMeta { request_id: Some("req-1".into()), ip: Some("203.0.113.7".into()), user_agent: None },
     };
     let token = VerificationRecord {

@@ -733,6 +733,7 @@ async fn aged_unverified_account(days: i64, link: &str, link_age: i64) -> Aged {
         password_reset_at: None,
         password_resets: 0,
         password_epoch: 0,
+        email_changes: 0,
         meta: RequestMeta { ip: Some("198.51.100.4".into()), ..Default::default() },
     };
     let token = VerificationRecord {
