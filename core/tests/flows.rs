@@ -64,6 +64,17 @@ impl Mailbox {
             other => panic!("not a reset mail: {}", other.kind()),
         }
     }
+    fn email_change_token(&self) -> String {
+        let link = self.0.lock().unwrap().iter().rev().find(|m| m.job.kind() == "email_change_link").cloned();
+        match link.expect("an address change link").job {
+            MailJob::EmailChangeLink { token, .. } => token.expose().clone(),
+            _ => unreachable!(),
+        }
+    }
+    /// The mails queued since the first `from`: kind, recipient, subject.
+    fn since(&self, from: usize) -> Vec<(&'static str, String, Option<String>)> {
+        self.0.lock().unwrap()[from..].iter().map(|m| (m.job.kind(), m.to.clone(), m.subject.clone())).collect()
+    }
     fn count(&self) -> usize {
         self.0.lock().unwrap().len()
     }
@@ -246,6 +257,15 @@ impl UserStore for Racing {
     async fn delete_account(&self, user: &latchkey_core::domain::User, meta: &RequestMeta) -> StoreResult<()> {
         self.race().await;
         self.store.delete_account(user, meta).await
+    }
+    async fn change_email(
+        &self,
+        user: &latchkey_core::domain::User,
+        new: &Email,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
+        self.race().await;
+        self.store.change_email(user, new, meta).await
     }
     async fn add_verification(
         &self,
@@ -2229,4 +2249,139 @@ async fn a_deletion_is_made_again_over_a_rehash_but_not_over_a_reset() {
     assert!(racing.raced());
     let username = latchkey_core::domain::Username::parse("rhea").unwrap();
     assert!(w.store.user_by_username(&username).await.unwrap().is_none());
+}
+
+/// An address change: asked with the password (a wrong one counted), made
+/// only by the link mailed to the new address, once; the old address is
+/// told both times and is free at once; sign-in and mail go to the new one.
+#[tokio::test]
+async fn an_address_change_is_made_by_the_link_mailed_to_the_new_address() {
+    let w = world(RateLimits::relaxed());
+    let old = verified(&w, "sia").await;
+    let uid = stored(&w.store, "sia").await.id.to_string();
+    let m = meta();
+    let s = signed_in(&w, "sia", &m).await;
+    let caller = || Caller::Bearer(&s.access_token);
+
+    let r = w.auth.request_email_change(caller(), "not the password".into(), "sia@example.org", &m).await;
+    assert!(matches!(&r, Err(Error::Validation { field: "current_password", .. })), "{r:?}");
+    assert_eq!(stored(&w.store, "sia").await.failed_logins, 1, "a wrong password is counted");
+    for bad in ["not an address", "", &old, &old.to_uppercase()] {
+        let r = w.auth.request_email_change(caller(), PW.into(), bad, &m).await;
+        assert!(matches!(&r, Err(Error::Validation { field: "new_email", .. })), "{bad:?}: {r:?}");
+    }
+    let r = w.auth.request_email_change(Caller::Bearer("not a token"), PW.into(), "sia@example.org", &m).await;
+    assert!(matches!(r, Err(Error::Unauthorized)), "{r:?}");
+
+    let before = w.mail.count();
+    w.auth.request_email_change(caller(), PW.into(), "Sia@Example.org", &m).await.unwrap();
+    assert_eq!(
+        w.mail.since(before),
+        [
+            ("email_change_link", "sia@example.org".to_string(), None),
+            ("email_change_notice", old.clone(), Some(uid.clone())),
+        ]
+    );
+    let token = w.mail.email_change_token();
+    assert_eq!(stored(&w.store, "sia").await.email.as_str(), old, "nothing changes before the link");
+
+    let mut forged = token.clone();
+    forged.replace_range(0..1, if forged.starts_with('A') { "B" } else { "A" });
+    for bad in [forged.as_str(), "", "a.b.c.d", &token[..token.len() - 1]] {
+        let r = w.auth.confirm_email_change(bad, &m).await;
+        assert!(matches!(r, Err(Error::EmailChangeLinkInvalid)), "{r:?}");
+    }
+    let before = w.mail.count();
+    let new = w.auth.confirm_email_change(&token, &m).await.unwrap();
+    assert_eq!(new.as_str(), "sia@example.org");
+    let u = stored(&w.store, "sia").await;
+    assert_eq!((u.email.as_str(), u.email_changes, u.verified), ("sia@example.org", 1, true));
+    assert_eq!(w.mail.since(before), [("email_change_notice", old.clone(), Some(uid.clone()))]);
+    match w.mail.last().job {
+        MailJob::EmailChangeNotice { done, new_address, .. } => {
+            assert_eq!((done, new_address.as_str()), (true, "s***@example.org"))
+        }
+        other => panic!("{}", other.kind()),
+    }
+    let r = w.auth.confirm_email_change(&token, &m).await;
+    assert!(matches!(r, Err(Error::EmailChangeLinkInvalid)), "used twice: {r:?}");
+
+    // The session lives on; sign-in by the new address, its code mailed there.
+    assert_eq!(w.auth.me(&s.access_token).await.unwrap().email, "sia@example.org");
+    let r = w.auth.login(&old, PW.into(), None, &m).await;
+    assert!(matches!(r, Err(Error::InvalidCredentials)), "the old address signs in: {r:?}");
+    let c = w.auth.login("sia@example.org", PW.into(), None, &m).await.unwrap();
+    assert_eq!(w.mail.last().to, "sia@example.org");
+    w.auth.verify_login_code(&c.challenge_id.to_string(), &w.mail.code(), &m).await.unwrap();
+    // The old address is free for anyone at once.
+    w.auth.register("tia", &old, PW.into(), &m).await.unwrap();
+    assert_eq!(w.mail.last().job.kind(), "verify_email");
+}
+
+/// A link works for an hour, and dies with a change of password (or a
+/// "sign out everywhere else") and with a newer change of address; an
+/// address with an account gets a notice and no link, the asker the same
+/// answer; one that got an account after the link was sent is refused.
+#[tokio::test]
+async fn an_address_change_link_ends_with_its_hour_the_password_or_a_newer_change() {
+    let w = world(RateLimits::relaxed());
+    let old = verified(&w, "uma").await;
+    let taken = verified(&w, "vic").await;
+    let m = meta();
+    let s = signed_in(&w, "uma", &m).await;
+    let ask = |to: &'static str| {
+        let token = s.access_token.clone();
+        let w = &w;
+        async move {
+            w.auth.request_email_change(Caller::Bearer(&token), PW.into(), to, &meta()).await.unwrap();
+            w.mail.email_change_token()
+        }
+    };
+    let invalid = |r: Result<Email, Error>| assert!(matches!(r, Err(Error::EmailChangeLinkInvalid)), "{r:?}");
+
+    // An hour, to the second.
+    let late = ask("uma1@example.org").await;
+    let on_time = ask("uma2@example.org").await;
+    w.clock.set(T0 + 3600);
+    invalid(w.auth.confirm_email_change(&late, &m).await);
+    w.clock.set(T0 + 3599);
+    w.auth.confirm_email_change(&on_time, &m).await.unwrap();
+    // A newer change ended the older link, however fresh.
+    invalid(w.auth.confirm_email_change(&late, &m).await);
+    w.clock.set(T0);
+
+    // A password change ends it; so does "sign out everywhere else".
+    let s = signed_in(&w, "uma", &m).await;
+    let ask = |to: &'static str, access: String| {
+        let w = &w;
+        async move {
+            w.auth.request_email_change(Caller::Bearer(&access), PW.into(), to, &meta()).await.unwrap();
+            w.mail.email_change_token()
+        }
+    };
+    let link = ask("uma3@example.org", s.access_token.clone()).await;
+    w.auth.end_other_sessions(Caller::Bearer(&s.access_token), PW.into(), &m).await.unwrap();
+    invalid(w.auth.confirm_email_change(&link, &m).await);
+    let link = ask("uma3@example.org", s.access_token.clone()).await;
+    w.auth.change_password(&s.access_token, PW.into(), NEW_PW.into(), &m).await.unwrap();
+    invalid(w.auth.confirm_email_change(&link, &m).await);
+    assert_eq!(stored(&w.store, "uma").await.email.as_str(), "uma2@example.org");
+
+    // An address with an account: the same answer, a notice there, no link.
+    let s = signed_in_with(&w, "uma", NEW_PW, None, &m).await;
+    let before = w.mail.count();
+    w.auth.request_email_change(Caller::Bearer(&s.access_token), NEW_PW.into(), &taken, &m).await.unwrap();
+    let uid = stored(&w.store, "uma").await.id.to_string();
+    assert_eq!(
+        w.mail.since(before),
+        [("email_in_use", taken.clone(), None), ("email_change_notice", "uma2@example.org".to_string(), Some(uid))]
+    );
+    // Taken after the link was sent: refused, nothing moves.
+    w.auth.request_email_change(Caller::Bearer(&s.access_token), NEW_PW.into(), "late@example.org", &m).await.unwrap();
+    let link = w.mail.email_change_token();
+    w.auth.register("wes", "late@example.org", PW.into(), &m).await.unwrap();
+    let r = w.auth.confirm_email_change(&link, &m).await;
+    assert!(matches!(r, Err(Error::EmailTaken)), "{r:?}");
+    assert_eq!(stored(&w.store, "uma").await.email.as_str(), "uma2@example.org");
+    assert_ne!(old, "uma2@example.org");
 }

@@ -22,6 +22,7 @@ macro_rules! e2e_suite {
             password_reset_by_mail => |s| $crate::scenarios::password_reset_by_mail(s),
             one_password_however_typed => |s| $crate::scenarios::one_password_however_typed(s),
             account_deletion => |s| $crate::scenarios::account_deletion(s),
+            address_change => |s| $crate::scenarios::address_change(s),
         );
     };
     (@tests $make:expr; $($name:ident => |$s:ident| $body:expr),* $(,)?) => {

@@ -583,6 +583,61 @@ pub async fn account_deletion(sys: &TestSystem) {
     sign_in(sys, &username, &email).await;
 }
 
+/// An address change over HTTP: asked with the password, made by the link
+/// mailed to the new address (once), told to the old one both times; the
+/// account then signs in by the new address, and the old one is free.
+pub async fn address_change(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let tokens = sign_in(sys, &username, &email).await;
+    let access = tokens["access_token"].as_str().expect("access").to_string();
+    let new = format!("moved-{email}");
+    let ask = |password: &str, to: &str| json!({ "current_password": password, "new_email": to });
+
+    let (st, body, _) = sys.post("/v1/me/email", ask(PASSWORD, &new)).await;
+    assert_eq!((st, body["error"].as_str()), (401, Some("unauthorized")), "no token: {body}");
+    for (req, field) in [
+        (json!({ "new_email": new }), "current_password"),
+        (json!({ "current_password": PASSWORD }), "new_email"),
+        (ask("not it at all", &new), "current_password"),
+        (ask(PASSWORD, "not an address"), "new_email"),
+        (ask(PASSWORD, &email), "new_email"),
+    ] {
+        let (st, body) = sys.post_auth("/v1/me/email", &access, req.clone()).await;
+        assert_eq!((st, body["field"].as_str()), (400, Some(field)), "{req}: {body}");
+    }
+
+    let before = sys.mails_to(&email).await.len();
+    let (st, body) = sys.post_auth("/v1/me/email", &access, ask(PASSWORD, &new)).await;
+    assert_eq!(st, 202, "{body}");
+    let link = sys.wait_mail(&new, 1).await;
+    assert_eq!(link.kind, "email_change_link");
+    assert_eq!(sys.wait_mail(&email, before + 1).await.kind, "email_change_notice");
+    let token = token_from_link(&link.link().expect("link"));
+    let (_, me) = sys.get_auth("/v1/me", &access).await;
+    assert_eq!(me["email"].as_str(), Some(email.as_str()), "moved before the link");
+
+    let (st, body, _) = sys.post("/v1/email/confirm", json!({ "token": format!("x{token}") })).await;
+    assert_eq!((st, body["error"].as_str()), (400, Some("email_change_link_invalid")), "{body}");
+    let (st, body, _) = sys.post("/v1/email/confirm", json!({ "token": token })).await;
+    assert_eq!((st, body["status"].as_str(), body["email"].as_str()), (200, Some("email_changed"), Some(new.as_str())));
+    let (st, body, _) = sys.post("/v1/email/confirm", json!({ "token": token })).await;
+    assert_eq!((st, body["error"].as_str()), (400, Some("email_change_link_invalid")), "used twice: {body}");
+    assert_eq!(sys.wait_mail(&email, before + 2).await.kind, "email_change_notice");
+    let (_, me) = sys.get_auth("/v1/me", &access).await;
+    assert_eq!(me["email"].as_str(), Some(new.as_str()), "{me}");
+
+    // Sign-in by the new address (its code mailed there); the old is free.
+    sign_in(sys, &new, &new).await;
+    let (st, body, _) = sys.post("/v1/login", json!({"identifier": email, "password": PASSWORD})).await;
+    assert_eq!((st, body["error"].as_str()), (401, Some("invalid_credentials")), "{body}");
+    let (other, _) = unique();
+    let (st, body, _) =
+        sys.post("/v1/register", json!({"username": other, "email": email, "password": PASSWORD})).await;
+    assert_eq!(st, 202, "{body}");
+    let mail = sys.wait_mail(&email, before + 3).await;
+    assert_eq!(mail.kind, "verify_email", "the old address is free: a new account's link, not a notice");
+}
+
 /// Waits, if need be, until at least `secs` seconds are left in the current
 /// clock minute: rate-limit windows are aligned to the clock, so a test that
 /// fills a one-minute window must not straddle the edge of one (a count
