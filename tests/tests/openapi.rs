@@ -651,6 +651,38 @@ async fn real_responses_match_the_document() {
     let big = json!({"action": "send_otp", "email": "x".repeat(20 * 1024)});
     assert_eq!(c.post("/otp", big).await.0, 413);
 
+    // Moving an account to another address, and a move refused because the
+    // address got an account after its link was mailed (another user).
+    let (mover, mover_email) = latchkey_tests::scenarios::verified_user(&sys).await;
+    let moving = latchkey_tests::scenarios::sign_in(&sys, &mover, &mover_email).await;
+    let moving = moving["access_token"].as_str().expect("access").to_string();
+    let ask = |to: String, bearer: Option<String>| {
+        let body = Body::Json(json!({ "current_password": PASSWORD, "new_email": to }));
+        let c = &c;
+        async move { c.call("POST", "/v1/me/email", "/v1/me/email", body, bearer.as_deref()).await }
+    };
+    let confirm = |token: String| {
+        let c = &c;
+        async move { c.post("/v1/email/confirm", json!({ "token": token })).await }
+    };
+    let r = ask("not an address".into(), Some(moving.clone())).await;
+    assert_eq!((st(&r), r.1["field"].as_str()), ((400, code("invalid_request")), Some("new_email")));
+    assert_eq!(st(&ask(unique().1, None).await), (401, code("unauthorized")));
+    let (taken_later, free) = (unique().1, unique().1);
+    for to in [&taken_later, &free] {
+        assert_eq!(ask(to.clone(), Some(moving.clone())).await.0, 202);
+    }
+    let token_of =
+        |mail: latchkey_tests::system::Mail| latchkey_tests::scenarios::token_from_link(&mail.link().expect("link"));
+    let (late, token) = (token_of(sys.wait_mail(&taken_later, 1).await), token_of(sys.wait_mail(&free, 1).await));
+    assert_eq!(st(&confirm(format!("x{token}")).await), (400, code("email_change_link_invalid")));
+    let register = json!({"username": unique().0, "email": taken_later, "password": PASSWORD});
+    assert_eq!(c.post("/v1/register", register).await.0, 202);
+    assert_eq!(st(&confirm(late).await), (409, code("email_taken")));
+    let (status, moved, _) = confirm(token.clone()).await;
+    assert_eq!((status, moved["email"].as_str()), (200, Some(free.as_str())), "{moved}");
+    assert_eq!(st(&confirm(token).await), (400, code("email_change_link_invalid")));
+
     // Deleting the account, from a new session (the one above signed out).
     let tokens = latchkey_tests::scenarios::sign_in(&sys, &username, &email).await;
     let access = tokens["access_token"].as_str().expect("access").to_string();
