@@ -157,6 +157,24 @@ async fn calls_per_request_stay_within_budget() {
     assert_eq!(st, 204, "{body}");
     measure("delete the account", calls.take(), Some(6));
 
+    // Moving an account to another address. The ask: the checked
+    // password's calls, the limit of the mails, the new address's lookup,
+    // the link and the notice. The link: its limit, the user, the
+    // transaction moving the user and its claim, the old address's notice.
+    let (name, address) = verified_user(&sys).await;
+    let tokens = sign_in(&sys, &name, &address).await;
+    let new = unique().1;
+    calls.take();
+    let ask = json!({ "current_password": PASSWORD, "new_email": new });
+    let (st, body) = sys.post_auth("/v1/me/email", tokens["access_token"].as_str().expect("access"), ask).await;
+    assert_eq!(st, 202, "{body}");
+    measure("ask to change the address", calls.take(), Some(7));
+    let token = token_from_link(&sys.wait_mail(&new, 1).await.link().expect("link"));
+    calls.take();
+    let (st, body, _) = sys.post("/v1/email/confirm", json!({ "token": token })).await;
+    assert_eq!(st, 200, "{body}");
+    measure("change the address by its link", calls.take(), Some(4));
+
     println!("AWS calls per request:\n  {}", report.join("\n  "));
 
     let needed = calls.take_permissions();
