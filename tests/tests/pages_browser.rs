@@ -446,6 +446,66 @@ async fn the_dashboard_deletes_the_account_with_the_password() {
     assert_eq!(sys.wait_mail(&email, before + 2).await.kind, "verify_email", "the address is not free");
 }
 
+/// The dashboard asks to move the account to another address with the
+/// password and the CSRF token; the link mailed there shows a button (its
+/// GET changes nothing) that moves the account, once, from any browser.
+#[tokio::test]
+async fn the_dashboard_moves_the_account_to_an_address_its_link_confirms() {
+    let sys = TestSystem::embedded().await;
+    let mut b = Browser::new(&sys);
+    let (username, email) = unique();
+    sign_up_and_in(&mut b, &username, &email, &username).await;
+    let new = format!("moved-{email}");
+
+    let d = b.get("/dashboard").await;
+    assert!(d.body.contains("Change your address"), "{}", d.body);
+    for (to, pw, error) in [
+        (new.as_str(), "not my password at all", "That is not your current password."),
+        ("", PASSWORD, "Type the new address."),
+        (new.as_str(), "", "Type your current password."),
+        ("not an address", PASSWORD, "id=\"new_email-error\""),
+        (email.as_str(), PASSWORD, "Is already your address."),
+    ] {
+        let csrf = b.get("/dashboard").await.csrf();
+        let p = b.post("/account/email", &[("csrf", &csrf), ("new_email", to), ("email_password", pw)]).await;
+        assert_eq!(p.status, 400, "{to:?}: {}", p.body);
+        assert!(p.body.contains(error), "{to:?}: {error:?} in {}", p.body);
+    }
+    let p = b.post("/account/email", &[("csrf", "x.y"), ("new_email", &new), ("email_password", PASSWORD)]).await;
+    assert_eq!(p.status, 403, "a bad token");
+    assert!(sys.mails_to(&new).await.is_empty(), "a refused form mailed the new address");
+
+    let before = sys.mails_to(&email).await.len();
+    let csrf = b.get("/dashboard").await.csrf();
+    let p = b.post("/account/email", &[("csrf", &csrf), ("new_email", &new), ("email_password", PASSWORD)]).await;
+    assert_eq!((p.status, p.location()), (303, "/dashboard?email=asked"), "{}", p.body);
+    assert!(b.get("/dashboard?email=asked").await.body.contains("A link is on its way to the new address"));
+    assert_eq!(sys.wait_mail(&email, before + 1).await.kind, "email_change_notice");
+    let link = sys.wait_mail(&new, 1).await.link().expect("link");
+    let path = link.split_once("/email/confirm").map(|(_, rest)| format!("/email/confirm{rest}")).expect("path");
+
+    // Opened in another browser, signed in nowhere (a phone's mail app).
+    let mut phone = Browser::new(&sys);
+    let landing = phone.get(&path).await;
+    assert_eq!(landing.status, 200, "{}", landing.body);
+    assert!(landing.body.contains("Confirm the new address"), "{}", landing.body);
+    assert!(b.get("/dashboard").await.body.contains(&email), "the link's GET moved the account");
+    let token = latchkey_tests::scenarios::token_from_link(&link);
+    let p = phone.post("/email/confirm", &[("csrf", "x.y"), ("token", &token)]).await;
+    assert_eq!(p.status, 403, "a bad token");
+    let p = phone.post("/email/confirm", &[("csrf", &landing.csrf()), ("token", &token)]).await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert!(p.body.contains(&format!("Your account&#x27;s address is now {new}")), "{}", p.body);
+    let again = phone.get(&path).await;
+    let p = phone.post("/email/confirm", &[("csrf", &again.csrf()), ("token", &token)]).await;
+    assert_eq!(p.status, 400, "used twice: {}", p.body);
+    assert!(p.body.contains("This link is not valid"), "{}", p.body);
+    let d = b.get("/dashboard").await;
+    assert!(d.body.contains(&format!("id=\"profile-email\">{new}")), "{}", d.body);
+    assert_eq!(sys.wait_mail(&email, before + 2).await.kind, "email_change_notice");
+    assert_eq!(phone.get("/email/confirm").await.status, 400, "no token");
+}
+
 /// A new account signed in from two browsers (by username, then by
 /// email): the browsers, the username and the address.
 async fn signed_in_twice(sys: &TestSystem) -> (Browser<'_>, Browser<'_>, String, String) {
