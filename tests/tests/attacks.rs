@@ -291,6 +291,76 @@ pub async fn enum_password_reset(sys: &TestSystem) {
     assert!(sys.mails_to(&unknown).await.is_empty());
 }
 
+/// Asking to move an account to an address with a verified account, to one
+/// with an unverified account, and to a free one: the same answer; only
+/// the free one is mailed a link, the others a notice that nothing changed.
+pub async fn enum_email_change(sys: &TestSystem) {
+    let (_, pending) = unique();
+    let (st, _, _) =
+        sys.post("/v1/register", json!({"username": unique().0, "email": pending, "password": PASSWORD})).await;
+    assert_eq!(st, 202);
+    let (_, verified) = verified_user(sys).await;
+    let free = unique().1;
+    let (username, email) = verified_user(sys).await;
+    let tokens = sign_in(sys, &username, &email).await;
+    let access = tokens["access_token"].as_str().expect("access");
+    let mut answers = vec![];
+    for to in [&pending, &verified, &free] {
+        let ask = json!({ "current_password": PASSWORD, "new_email": to });
+        let r = sys.http.post(sys.url("/v1/me/email")).bearer_auth(access).json(&ask).send().await.expect("request");
+        let (st, h) = (r.status().as_u16(), r.headers().clone());
+        answers.push((st, r.json::<Value>().await.expect("json"), h));
+    }
+    let (st0, b0, h0) = &answers[0];
+    assert_eq!(*st0, 202, "{b0}");
+    for (st, b, h) in &answers[1..] {
+        assert_eq!((st, b), (st0, b0));
+        assert_eq!(header_names(h), header_names(h0));
+    }
+    assert_eq!(sys.wait_mail(&free, 1).await.kind, "email_change_link");
+    assert_eq!(sys.wait_mail(&pending, 2).await.kind, "email_in_use");
+    assert_eq!(sys.wait_mail(&verified, 2).await.kind, "email_in_use");
+}
+
+/// 20 concurrent uses of one address change link, and two links of one
+/// account (to two addresses) at once: exactly one move each time.
+pub async fn email_change_link_20_times_at_once(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let tokens = sign_in(sys, &username, &email).await;
+    let access = tokens["access_token"].as_str().expect("access");
+    let ask =
+        |to: &str| sys.post_auth("/v1/me/email", access, json!({ "current_password": PASSWORD, "new_email": to }));
+    let token_of = |mail: latchkey_tests::system::Mail| token_from_link(&mail.link().expect("link"));
+    let (a, b, c) = (unique().1, unique().1, unique().1);
+    for to in [&a, &b, &c] {
+        assert_eq!(ask(to).await.0, 202);
+    }
+    let token = token_of(sys.wait_mail(&a, 1).await);
+    let results = join_all((0..20).map(|_| sys.post("/v1/email/confirm", json!({ "token": token })))).await;
+    let winners = results.iter().filter(|r| r.0 == 200).count();
+    assert_eq!(winners, 1, "{:?}", results.iter().map(|r| (r.0, r.1.clone())).collect::<Vec<_>>());
+    for (st, body, _) in results.iter().filter(|r| r.0 != 200) {
+        assert_eq!((*st, body["error"].as_str()), (400, Some("email_change_link_invalid")), "{body}");
+    }
+    // The other two were made at the count the move used: both dead.
+    for to in [&b, &c] {
+        let (st, body, _) =
+            sys.post("/v1/email/confirm", json!({ "token": token_of(sys.wait_mail(to, 1).await) })).await;
+        assert_eq!((st, body["error"].as_str()), (400, Some("email_change_link_invalid")), "{body}");
+    }
+    // Two fresh links at once: one moves the account, the other is refused.
+    let (d, e) = (unique().1, unique().1);
+    for to in [&d, &e] {
+        assert_eq!(ask(to).await.0, 202);
+    }
+    let (td, te) = (token_of(sys.wait_mail(&d, 1).await), token_of(sys.wait_mail(&e, 1).await));
+    let both = join_all([&td, &te].map(|t| sys.post("/v1/email/confirm", json!({ "token": t })))).await;
+    let moved: Vec<&str> = both.iter().filter(|r| r.0 == 200).filter_map(|r| r.1["email"].as_str()).collect();
+    assert_eq!(moved.len(), 1, "{:?}", both.iter().map(|r| (r.0, r.1.clone())).collect::<Vec<_>>());
+    let (_, me) = sys.get_auth("/v1/me", access).await;
+    assert_eq!(me["email"].as_str(), Some(moved[0]), "{me}");
+}
+
 /// 20 concurrent resets with one link: exactly one succeeds, and only its
 /// password signs in.
 pub async fn reset_link_20_times_at_once(sys: &TestSystem) {
@@ -1154,6 +1224,8 @@ macro_rules! relaxed_attacks {
             enum_resend_and_send_otp,
             enum_password_reset,
             reset_link_20_times_at_once,
+            enum_email_change,
+            email_change_link_20_times_at_once,
             right_code_50_times_at_once,
             wrong_codes_50_at_once,
             right_code_among_50_guesses_at_once,
