@@ -5,7 +5,7 @@
 //! that button sends. Mail scanners that prefetch links therefore neither
 //! verify nor burn the token.
 
-use super::extract::{PageForm, PageQuery};
+use super::extract::{LinkQuery, PageForm, PageQuery};
 use super::render::{self, page};
 use super::visitor::Visitor;
 use super::with_cookies;
@@ -130,21 +130,15 @@ pub async fn resend(State(s): State<AppState>, mut v: Visitor, PageForm(f): Page
     }
 }
 
-#[derive(Deserialize)]
-pub struct TokenParam {
-    token: Option<String>,
-}
-
 /// `GET /verify-email?token=`: shows the button, changes nothing.
-pub async fn verify_landing(mut v: Visitor, PageQuery(q): PageQuery<TokenParam>) -> Response {
-    let token = q.token.unwrap_or_default();
-    if token.is_empty() || token.len() > 256 {
+pub async fn verify_landing(mut v: Visitor, PageQuery(q): PageQuery<LinkQuery>) -> Response {
+    let Some(token) = q.token(256) else {
         return render::message(
             StatusCode::BAD_REQUEST,
             "Link incomplete",
             "This verification link is incomplete. Open the link from the mail again, or ask for a new one.",
         );
-    }
+    };
     let (csrf, cookies) = v.form_token();
     let ctx = context! { title => "Confirm your email address", csrf, token, signed_in => v.session.is_some() };
     with_cookies(page(StatusCode::OK, "verify.html", ctx), cookies)

@@ -3,7 +3,7 @@
 //! scanners that prefetch links change nothing. The token travels in a
 //! hidden field (every page is `Referrer-Policy: no-referrer`).
 
-use super::extract::{PageForm, PageQuery};
+use super::extract::{LinkQuery, PageForm, PageQuery};
 use super::render::{self, page};
 use super::visitor::Visitor;
 use super::with_cookies;
@@ -19,21 +19,15 @@ use serde::Deserialize;
 /// 254 bytes makes one of about 500 characters).
 const MAX_TOKEN_LEN: usize = 640;
 
-#[derive(Deserialize)]
-pub struct TokenParam {
-    token: Option<String>,
-}
-
 /// `GET /email/confirm?token=`: shows the button, changes nothing.
-pub async fn confirm_form(mut v: Visitor, PageQuery(q): PageQuery<TokenParam>) -> Response {
-    let token = q.token.unwrap_or_default();
-    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+pub async fn confirm_form(mut v: Visitor, PageQuery(q): PageQuery<LinkQuery>) -> Response {
+    let Some(token) = q.token(MAX_TOKEN_LEN) else {
         return render::message(
             StatusCode::BAD_REQUEST,
             "Link incomplete",
             "This link is incomplete. Open the link from the mail again, or ask for a new one from your account's page.",
         );
-    }
+    };
     let (csrf, cookies) = v.form_token();
     let ctx = context! { title => "Confirm your new address", csrf, token, signed_in => v.session.is_some() };
     with_cookies(page(StatusCode::OK, "email_confirm.html", ctx), cookies)

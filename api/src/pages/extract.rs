@@ -7,7 +7,22 @@ use super::render;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::response::Response;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
+
+/// The query of a mailed link's landing page (`?token=`).
+#[derive(Deserialize)]
+pub struct LinkQuery {
+    token: Option<String>,
+}
+
+impl LinkQuery {
+    /// The token, unless the link was cut short: none, or longer than
+    /// `max_len`, longer than any token of that kind.
+    pub fn token(self, max_len: usize) -> Option<String> {
+        self.token.filter(|t| !t.is_empty() && t.len() <= max_len)
+    }
+}
 
 /// A form body (`application/x-www-form-urlencoded`).
 pub struct PageForm<T>(pub T);

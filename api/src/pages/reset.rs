@@ -8,7 +8,7 @@
 
 use super::account::{FieldErrors, sentence};
 use super::cookies;
-use super::extract::{PageForm, PageQuery};
+use super::extract::{LinkQuery, PageForm, PageQuery};
 use super::render::{self, page};
 use super::visitor::Visitor;
 use super::with_cookies;
@@ -84,21 +84,15 @@ fn reset_page(v: &mut Visitor, status: StatusCode, token: &str, errors: FieldErr
     with_cookies(page(status, "reset.html", ctx), cookies)
 }
 
-#[derive(Deserialize)]
-pub struct TokenParam {
-    token: Option<String>,
-}
-
 /// `GET /password/reset?token=`: shows the form, changes nothing.
-pub async fn reset_form(mut v: Visitor, PageQuery(q): PageQuery<TokenParam>) -> Response {
-    let token = q.token.unwrap_or_default();
-    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+pub async fn reset_form(mut v: Visitor, PageQuery(q): PageQuery<LinkQuery>) -> Response {
+    let Some(token) = q.token(MAX_TOKEN_LEN) else {
         return render::message(
             StatusCode::BAD_REQUEST,
             "Link incomplete",
             "This link is incomplete. Open the link from the mail again, or ask for a new one.",
         );
-    }
+    };
     reset_page(&mut v, StatusCode::OK, &token, FieldErrors::new())
 }
 

@@ -25,7 +25,7 @@ use super::Auth;
 use super::sessions::Caller;
 use super::signed_token::TokenKind;
 use crate::clock::Timestamp;
-use crate::domain::{Email, RequestMeta, Secret, User, UserId};
+use crate::domain::{Email, RequestMeta, Secret, User};
 use crate::error::{Conflict, Error, StoreError};
 use crate::mail::MailJob;
 use base64::Engine as _;
@@ -122,10 +122,7 @@ impl Auth {
             tracing::info!(reason = why, ip = meta.ip.as_deref().unwrap_or("-"), "address change link refused");
             Error::EmailChangeLinkInvalid
         };
-        let signed = self.signed_parts(&EMAIL_CHANGE, token).ok_or_else(|| refused("malformed or forged"))?;
-        let (Some(user_id), Some(link)) = (UserId::parse(signed.user), parse_issued(signed.issued)) else {
-            return Err(refused("malformed"));
-        };
+        let (user_id, link) = self.link_parts(&EMAIL_CHANGE, token, parse_issued).map_err(refused)?;
         let ttl = self.policy.email_change_ttl_secs;
         if !(link.issued_at <= now && now < link.issued_at.saturating_add(ttl)) {
             return Err(refused("expired"));

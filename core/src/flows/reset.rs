@@ -30,7 +30,7 @@
 use super::Auth;
 use super::signed_token::TokenKind;
 use crate::clock::Timestamp;
-use crate::domain::{Email, RequestMeta, ResetLink, Secret, User, UserId};
+use crate::domain::{Email, RequestMeta, ResetLink, Secret, User};
 use crate::error::{Error, StoreError};
 use crate::mail::MailJob;
 
@@ -94,10 +94,7 @@ impl Auth {
             tracing::info!(reason = why, ip = meta.ip.as_deref().unwrap_or("-"), "password reset link refused");
             Error::ResetLinkInvalid
         };
-        let signed = self.signed_parts(&RESET, token).ok_or_else(|| refused("malformed or forged"))?;
-        let (Some(user_id), Some(link)) = (UserId::parse(signed.user), parse_issued(signed.issued)) else {
-            return Err(refused("malformed"));
-        };
+        let (user_id, link) = self.link_parts(&RESET, token, parse_issued).map_err(refused)?;
         let fresh = link.issued_at <= now && now < link.issued_at.saturating_add(self.policy.password_reset_ttl_secs);
         if !fresh {
             return Err(refused("expired"));

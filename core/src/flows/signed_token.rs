@@ -55,6 +55,22 @@ impl Auth {
         OtpCode::hashes_equal(&self.token_tag(kind, nonce, user, issued), tag).then_some(Signed { nonce, user, issued })
     }
 
+    /// The account and the `issued` part (as `parse` reads it) of a mailed
+    /// link's `token` of `kind`, or why it is refused: its tag first, so
+    /// nothing of a forged token is read.
+    pub(crate) fn link_parts<T>(
+        &self,
+        kind: &TokenKind,
+        token: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<(UserId, T), &'static str> {
+        let signed = self.signed_parts(kind, token).ok_or("malformed or forged")?;
+        match (UserId::parse(signed.user), parse(signed.issued)) {
+            (Some(user_id), Some(issued)) => Ok((user_id, issued)),
+            _ => Err("malformed"),
+        }
+    }
+
     fn token_tag(&self, kind: &TokenKind, nonce: &str, user: &str, issued: &str) -> String {
         let mut tag = self.code_key.mac(kind.domain, &[nonce, user, issued]);
         tag.truncate(kind.tag_len);
