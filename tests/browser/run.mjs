@@ -212,6 +212,26 @@ try {
   await page.click("button[type=submit]");
   await page.waitForURL(`${BASE}/login/code`);
   check(page.url() === `${BASE}/login/code`, "the new password passes the password step");
+  await page.fill("#code", codeIn(await waitMail(email, 5)));
+  await page.click("form[action='/login/code'] button[type=submit]");
+  await page.waitForURL(`${BASE}/dashboard`);
+
+  // Move the account to another address: the dashboard's form, then the
+  // link mailed there, whose page changes nothing until its button.
+  const moved = `moved-${email}`;
+  await page.fill("#new_email", moved);
+  await page.fill("#email_password", NEW_PASSWORD);
+  await page.click("form[action='/account/email'] button[type=submit]");
+  await page.waitForURL(/\/dashboard\?email=asked$/);
+  check((await page.textContent(".notice")).includes("A link is on its way"), "address change asked for");
+  const moveLink = (await waitMail(moved, 1)).match(/https?:\/\/\S+\/email\/confirm\?token=[A-Za-z0-9_.-]+/)[0];
+  await page.goto(moveLink);
+  check((await page.textContent("h1")).includes("Confirm your new address"), "address change link lands on a button");
+  await shot(page, "email-confirm");
+  await page.click("form[action='/email/confirm'] button");
+  check((await page.textContent("h1")).includes("Address changed"), "address changed by the link's POST");
+  await page.goto(`${BASE}/dashboard`);
+  check((await page.textContent("#profile-email")).includes(moved), "the dashboard shows the new address");
 
   // The standalone one-time-code page.
   const otpMail = `o${id}@example.com`;
