@@ -111,24 +111,34 @@ pub(crate) fn insert_user(c: &Connection, u: &User) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Writes the mutable fields of a user that exists (all but its id,
-/// username and creation time).
+/// Writes the mutable fields of a user that exists, but its address and
+/// the count of its changes (`set_user_email`, the only writer of those).
 pub(crate) fn update_user(c: &Connection, u: &User) -> rusqlite::Result<()> {
     let n = c
         .prepare_cached(
-            "UPDATE users SET email = :email, password_hash = :password_hash, verified = :verified, failed_logins = :failed_logins, \
+            "UPDATE users SET password_hash = :password_hash, verified = :verified, failed_logins = :failed_logins, \
              locked_until = :locked_until, otp_failures = :otp_failures, \
              verification_sent_at = :verification_sent_at, sessions_valid_after = :sessions_valid_after, \
              password_reset_at = :password_reset_at, password_epoch = :password_epoch, \
-             password_resets = :password_resets, email_changes = :email_changes, meta = :meta WHERE id = :id",
+             password_resets = :password_resets, meta = :meta WHERE id = :id",
         )?
         .execute(named_params! {
-            ":id": u.id, ":email": u.email, ":password_hash": u.password_hash, ":verified": u.verified,
+            ":id": u.id, ":password_hash": u.password_hash, ":verified": u.verified,
             ":failed_logins": u.failed_logins, ":locked_until": u.locked_until, ":otp_failures": u.otp_failures,
             ":verification_sent_at": u.verification_sent_at, ":meta": meta_json(&u.meta)?,
             ":sessions_valid_after": u.sessions_valid_after, ":password_reset_at": u.password_reset_at,
             ":password_epoch": u.password_epoch, ":password_resets": u.password_resets,
-            ":email_changes": u.email_changes,
+        })?;
+    expect_one(n)
+}
+
+/// Writes the address of a user that exists, the count of its changes and
+/// its `meta` (an address change; the UNIQUE column refuses a taken one).
+pub(crate) fn set_user_email(c: &Connection, u: &User) -> rusqlite::Result<()> {
+    let n = c
+        .prepare_cached("UPDATE users SET email = :email, email_changes = :email_changes, meta = :meta WHERE id = :id")?
+        .execute(named_params! {
+            ":id": u.id, ":email": u.email, ":email_changes": u.email_changes, ":meta": meta_json(&u.meta)?,
         })?;
     expect_one(n)
 }

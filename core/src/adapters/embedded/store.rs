@@ -282,7 +282,7 @@ impl UserStore for EmbeddedStore {
                 let changes =
                     old.email_changes.checked_add(1).ok_or_else(|| StoreError::internal("email_changes overflow"))?;
                 let moved = User { email: new, email_changes: changes, meta, ..old.clone() };
-                rec::update_user(tx, &moved)?;
+                rec::set_user_email(tx, &moved)?;
                 record(tx, at, ChangeEntity::User, &id.to_string(), Some(&old), Some(&moved))
             })
             .await
