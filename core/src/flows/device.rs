@@ -29,7 +29,7 @@
 //! longer accepted: such a device vouches again after its next login.)
 
 use super::Auth;
-use super::signed_token::TokenKind;
+use super::signed_token::{TokenKind, alive};
 use crate::clock::Timestamp;
 use crate::domain::{User, UserId};
 
@@ -69,7 +69,7 @@ impl Auth {
         let (at, epoch) = signed.issued.split_once('e')?;
         let (issued_at, password_epoch): (Timestamp, u64) = (at.parse().ok()?, epoch.parse().ok()?);
         let user_id = UserId::parse(signed.user)?;
-        (issued_at <= now && now < issued_at.saturating_add(self.policy.device_token_ttl_secs)).then(|| DeviceClaim {
+        alive(issued_at, now, self.policy.device_token_ttl_secs).then(|| DeviceClaim {
             device_id: signed.nonce.to_string(),
             user_id,
             password_epoch,

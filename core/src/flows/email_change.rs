@@ -23,7 +23,7 @@
 
 use super::Auth;
 use super::sessions::Caller;
-use super::signed_token::TokenKind;
+use super::signed_token::{TokenKind, alive};
 use crate::clock::Timestamp;
 use crate::domain::{Email, RequestMeta, Secret, User};
 use crate::error::{Conflict, Error, StoreError};
@@ -123,8 +123,7 @@ impl Auth {
             Error::EmailChangeLinkInvalid
         };
         let (user_id, link) = self.link_parts(&EMAIL_CHANGE, token, parse_issued).map_err(refused)?;
-        let ttl = self.policy.email_change_ttl_secs;
-        if !(link.issued_at <= now && now < link.issued_at.saturating_add(ttl)) {
+        if !alive(link.issued_at, now, self.policy.email_change_ttl_secs) {
             return Err(refused("expired"));
         }
         let user = self.ports.users.user_by_id(&user_id).await?.ok_or_else(|| refused("no such account"))?;

@@ -28,7 +28,7 @@
 //! locked cannot keep its owner out after the reset ended their older ones.
 
 use super::Auth;
-use super::signed_token::TokenKind;
+use super::signed_token::{TokenKind, alive};
 use crate::clock::Timestamp;
 use crate::domain::{Email, RequestMeta, ResetLink, Secret, User};
 use crate::error::{Error, StoreError};
@@ -95,8 +95,7 @@ impl Auth {
             Error::ResetLinkInvalid
         };
         let (user_id, link) = self.link_parts(&RESET, token, parse_issued).map_err(refused)?;
-        let fresh = link.issued_at <= now && now < link.issued_at.saturating_add(self.policy.password_reset_ttl_secs);
-        if !fresh {
+        if !alive(link.issued_at, now, self.policy.password_reset_ttl_secs) {
             return Err(refused("expired"));
         }
         let user = self.ports.users.user_by_id(&user_id).await?.ok_or_else(|| refused("no such account"))?;

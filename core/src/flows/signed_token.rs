@@ -13,6 +13,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 /// Characters of the nonce (16 bytes, URL-safe base64).
 const NONCE_LEN: usize = 22;
 
+/// Whether a token issued at `issued_at` is within its `life` (seconds) at
+/// `now`: from its issue, up to but not at its end.
+pub(crate) fn alive(issued_at: crate::clock::Timestamp, now: crate::clock::Timestamp, life: i64) -> bool {
+    issued_at <= now && now < issued_at.saturating_add(life)
+}
+
 /// One kind of signed token.
 pub(crate) struct TokenKind {
     /// The HMAC domain.
