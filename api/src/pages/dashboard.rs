@@ -169,6 +169,12 @@ async fn signed_in_form(s: &AppState, v: &mut Visitor, csrf: Option<&str>) -> Re
     }
 }
 
+/// The answer to a dashboard form whose session ended while it was being
+/// handled: the sign-in page, this browser's session cookie cleared.
+fn session_ended() -> Response {
+    with_cookies(Redirect::to("/login").into_response(), vec![cookies::clear(cookies::SESSION)])
+}
+
 /// `POST /sessions/end`: ends the chosen session, or every other one.
 pub async fn end_sessions(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageForm<EndForm>) -> Response {
     let profile = match signed_in_form(&s, &mut v, f.csrf.as_deref()).await {
@@ -211,9 +217,7 @@ pub async fn end_sessions(State(s): State<AppState>, mut v: Visitor, PageForm(f)
         }
         // A guess that locked the account, or one during a lock, ended
         // this session too.
-        Err(Error::Unauthorized) => {
-            with_cookies(Redirect::to("/login").into_response(), vec![cookies::clear(cookies::SESSION)])
-        }
+        Err(Error::Unauthorized) => session_ended(),
         Err(e) => render::failure(e),
     }
 }
@@ -255,9 +259,7 @@ pub async fn change_email(State(s): State<AppState>, mut v: Visitor, PageForm(f)
         }
         // A guess that locked the account, or one during a lock, ended
         // this session.
-        Err(Error::Unauthorized) => {
-            with_cookies(Redirect::to("/login").into_response(), vec![cookies::clear(cookies::SESSION)])
-        }
+        Err(Error::Unauthorized) => session_ended(),
         Err(e) => render::failure(e),
     }
 }
@@ -299,9 +301,7 @@ pub async fn delete_account(State(s): State<AppState>, mut v: Visitor, PageForm(
         }
         // A guess that locked the account, or one during a lock, ended
         // this session (or a reset did meanwhile).
-        Err(Error::Unauthorized) => {
-            with_cookies(Redirect::to("/login").into_response(), vec![cookies::clear(cookies::SESSION)])
-        }
+        Err(Error::Unauthorized) => session_ended(),
         Err(e) => render::failure(e),
     }
 }
