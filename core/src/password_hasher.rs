@@ -96,17 +96,42 @@ fn tag(argon: &Argon2<'_>, memory: &mut Memory, password: &[u8], salt: Salt<'_>,
 /// string as `Argon2::hash_password` of [`input`] (a unit test holds them
 /// equal).
 pub fn hash_in(memory: &mut Memory, params: &Params, password: &str, salt: &SaltString) -> Result<String, String> {
-    let salt = salt.as_salt();
     let len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
-    let hash = tag(&argon(params), memory, input(password, params).as_bytes(), salt, len)?;
+    let hash = tag(&argon(params), memory, input(password, params).as_bytes(), salt.as_salt(), len)?;
+    phc(params, salt, hash)
+}
+
+/// The argon2id PHC string of `hash` made with `params` and `salt`.
+fn phc(params: &Params, salt: &SaltString, hash: Output) -> Result<String, String> {
     let phc = PasswordHash {
         algorithm: Algorithm::Argon2id.ident(),
         version: Some(Version::V0x13.into()),
         params: ParamsString::try_from(params).map_err(|e| e.to_string())?,
-        salt: Some(salt),
+        salt: Some(salt.as_salt()),
         hash: Some(hash),
     };
     Ok(phc.to_string())
+}
+
+/// What an unknown user's password is verified against: a PHC string with
+/// today's parameters, a random salt and a random tag of a real hash's
+/// length. Verifying against it costs exactly what verifying a real hash
+/// does (argon2 of the password with that salt, then the comparison), and
+/// no password matches it (it would have to hash to 256 random bits). It
+/// needs no argon2 run to make: a dummy made by hashing a random password
+/// cost every start one hash (19 MiB touched and ~14 ms of CPU beside the
+/// start-up, which on the api's one vCPU was CPU taken from the cold init).
+fn dummy_phc(params: &Params, rng: &dyn crate::rng::SecureRng) -> Result<String, String> {
+    let mut salt = [0u8; 16];
+    rng.fill(&mut salt);
+    let mut tag = [0u8; Output::MAX_LENGTH];
+    let tag = &mut tag[..params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)];
+    rng.fill(tag);
+    phc(
+        params,
+        &SaltString::encode_b64(&salt).map_err(|e| e.to_string())?,
+        Output::new(tag).map_err(|e| e.to_string())?,
+    )
 }
 
 /// Whether `password` matches the PHC string `phc` (any argon2 variant,
@@ -259,12 +284,9 @@ impl Default for Argon2Settings {
 pub struct PasswordHasher {
     params: Params,
     pool: Arc<Pool>,
-    /// A hash of a random password, verified against for unknown users so
-    /// they cost the same time as a wrong password. Computed on the pool in
-    /// the background at start (not on the start-up path), or on first use.
-    dummy: Arc<tokio::sync::OnceCell<String>>,
-    /// The random password and salt the dummy hash is made from.
-    dummy_input: Arc<(String, [u8; 16])>,
+    /// Verified against for unknown users, so they cost the same time as
+    /// a wrong password ([`dummy_phc`]).
+    dummy: Arc<str>,
 }
 
 impl std::fmt::Debug for PasswordHasher {
@@ -277,35 +299,8 @@ impl PasswordHasher {
     /// `threads`: how many hashes may run at once (usually the core count).
     pub fn new(settings: Argon2Settings, threads: usize, rng: &dyn crate::rng::SecureRng) -> Result<Self, String> {
         let params = marked(settings.m_kib, settings.t, settings.p).map_err(|e| format!("argon2 parameters: {e}"))?;
-        let mut random = [0u8; 32];
-        rng.fill(&mut random);
-        let mut salt = [0u8; 16];
-        rng.fill(&mut salt);
-        let hasher = PasswordHasher {
-            params,
-            pool: Arc::new(Pool::new(threads)?),
-            dummy: Arc::new(tokio::sync::OnceCell::new()),
-            dummy_input: Arc::new((hex::encode(random), salt)),
-        };
-        // Warm the dummy hash off the start-up path, in memory of its own
-        // that is freed at once (a pool thread's memory would stay for
-        // KEEP_MEMORY_IDLE and count in the idle service's RSS).
-        let (cell, make) = (hasher.dummy.clone(), hasher.dummy_job());
-        let warm: Job = Box::new(move |_| {
-            if let Ok(h) = make(&mut Memory::default()) {
-                let _ = cell.set(h);
-            }
-        });
-        let _ = hasher.pool.submit(warm);
-        Ok(hasher)
-    }
-
-    fn dummy_job(&self) -> impl FnOnce(&mut Memory) -> Result<String, String> + Send + 'static {
-        let (params, input) = (self.params.clone(), self.dummy_input.clone());
-        move |memory| {
-            let salt = SaltString::encode_b64(&input.1).map_err(|e| e.to_string())?;
-            hash_in(memory, &params, &input.0, &salt)
-        }
+        let dummy = dummy_phc(&params, rng)?.into();
+        Ok(PasswordHasher { params, pool: Arc::new(Pool::new(threads)?), dummy })
     }
 
     /// Hashes a new password into a PHC string.
@@ -326,7 +321,7 @@ impl PasswordHasher {
     pub async fn verify(&self, password: &Password, phc: Option<&str>) -> Result<bool, crate::Error> {
         let (target, real) = match phc {
             Some(p) => (p.to_string(), true),
-            None => (self.dummy.get_or_try_init(|| self.run(self.dummy_job())).await?.clone(), false),
+            None => (self.dummy.to_string(), false),
         };
         let pw = password.clone();
         let ok = self.run(move |memory| verify_in(memory, pw.expose(), &target)).await?;
@@ -393,6 +388,27 @@ mod tests {
             assert!(!h.verify(&Password::for_login(other.into()).unwrap(), Some(&phc)).await.unwrap());
         }
         assert!(!h.verify(&pw, None).await.unwrap(), "dummy never verifies");
+    }
+
+    #[tokio::test]
+    async fn the_dummy_is_a_real_hash_in_all_but_its_password() {
+        let h = PasswordHasher::new(Argon2Settings { m_kib: 1024, t: 1, p: 1 }, 1, &OsSecureRng).unwrap();
+        let real = h.hash(&Password::for_login("Tr0ub4dor & 3".into()).unwrap(), &OsSecureRng).await.unwrap();
+        let (dummy, real) = (PasswordHash::new(&h.dummy).unwrap(), PasswordHash::new(&real).unwrap());
+        // What a verify computes is read from the PHC string: the same
+        // algorithm, version, parameters (with the NFKC mark), salt length
+        // and tag length is the same argon2 run as a wrong password's.
+        assert_eq!(dummy.algorithm, real.algorithm);
+        assert_eq!(dummy.version, real.version);
+        assert_eq!(Params::try_from(&dummy).unwrap(), Params::try_from(&real).unwrap());
+        assert_eq!(dummy.salt.unwrap().len(), real.salt.unwrap().len());
+        assert_eq!(dummy.hash.unwrap().len(), real.hash.unwrap().len());
+        // Random per hasher, and nothing verifies against it.
+        let other = PasswordHasher::new(Argon2Settings { m_kib: 1024, t: 1, p: 1 }, 1, &OsSecureRng).unwrap();
+        assert_ne!(h.dummy, other.dummy);
+        for pw in ["Tr0ub4dor & 3", "", "x"] {
+            assert!(!verify_in(&mut Memory::default(), pw, &h.dummy).unwrap());
+        }
     }
 
     #[test]
