@@ -4,7 +4,7 @@
 //! serving HTTP, so logins that saturate the CPU do
 //! not stall cheap requests, and never on tokio's elastic blocking pool,
 //! whose many threads would each keep a 19 MiB argon2 arena alive (measured:
-//! 2 GB RSS under a login load before this pool, see the README).
+//! 2 GB RSS under a login load before this pool).
 //!
 //! On Linux the pool's threads run under `SCHED_IDLE`: they take every cycle
 //! nothing else wants, and the kernel preempts them at once when a thread
