@@ -21,7 +21,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -713,7 +713,9 @@ fn startup(args: &Args) -> Res<()> {
 // ---------------------------------------------------------------- Lambda Runtime API stand-in
 
 enum RtEvent {
-    Next(Instant),
+    /// A `next` request, with the CPU the function had used by then (ns, all
+    /// its threads; `None` if it could not be read).
+    Next(Instant, Option<u64>),
     Response(Instant),
     Error(Instant, String),
 }
@@ -744,18 +746,34 @@ fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Res<(String, Strin
 
 /// Serves one connection of the runtime client: the first `next` gets the
 /// event, later ones are left hanging (the process is killed after the answer).
+/// The CPU time process `pid` has used, in ns: the sum of its live
+/// threads' `schedstat` run times (a thread that already ended is not
+/// counted).
+fn process_cpu_ns(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
 fn runtime_conn(
     mut stream: TcpStream,
     event: Arc<String>,
     name: Arc<String>,
     served: Arc<AtomicUsize>,
+    child: Arc<AtomicU32>,
     tx: mpsc::Sender<RtEvent>,
 ) {
     let mut buf = Vec::new();
     while let Ok((method, path, body)) = read_request(&mut stream, &mut buf) {
         let now = Instant::now();
         let reply = if method == "GET" && path.ends_with("/runtime/invocation/next") {
-            let _ = tx.send(RtEvent::Next(now));
+            // Read before the event is given: the function waits for it.
+            let pid = child.load(Ordering::SeqCst);
+            let cpu = if pid == 0 { None } else { process_cpu_ns(pid) };
+            let _ = tx.send(RtEvent::Next(now, cpu));
             if served.fetch_add(1, Ordering::SeqCst) > 0 {
                 std::thread::sleep(Duration::from_secs(60));
                 return;
@@ -795,18 +813,23 @@ fn lambda_init(args: &Args) -> Res<()> {
         args.get("--runner").map(|r| r.split_whitespace().map(String::from).collect()).unwrap_or_default();
     argv.push(bin);
     let (mut next_t, mut resp_t, mut hwm) = (Samples::default(), Samples::default(), Samples::default());
+    let mut next_cpu = Samples::default();
     let mut outcome = String::from("response");
     for run in 0..runs {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
         let (tx, rx) = mpsc::channel();
         let served = Arc::new(AtomicUsize::new(0));
+        // The function's pid, once spawned (0 before).
+        let child_pid = Arc::new(AtomicU32::new(0));
         {
-            let (event, name, served, tx) = (event.clone(), name.clone(), served.clone(), tx.clone());
+            let (event, name, served, pid, tx) =
+                (event.clone(), name.clone(), served.clone(), child_pid.clone(), tx.clone());
             std::thread::spawn(move || {
                 for stream in listener.incoming().flatten() {
-                    let (event, name, served, tx) = (event.clone(), name.clone(), served.clone(), tx.clone());
-                    std::thread::spawn(move || runtime_conn(stream, event, name, served, tx));
+                    let (event, name, served, pid, tx) =
+                        (event.clone(), name.clone(), served.clone(), pid.clone(), tx.clone());
+                    std::thread::spawn(move || runtime_conn(stream, event, name, served, pid, tx));
                 }
             });
         }
@@ -824,13 +847,19 @@ fn lambda_init(args: &Args) -> Res<()> {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()?;
+        child_pid.store(child.id(), Ordering::SeqCst);
         let mut first_next = None;
         let deadline = t0 + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left.min(Duration::from_millis(200))) {
-                Ok(RtEvent::Next(t)) => {
-                    first_next.get_or_insert(t);
+                Ok(RtEvent::Next(t, cpu)) => {
+                    if first_next.is_none() {
+                        first_next = Some(t);
+                        if let Some(ns) = cpu {
+                            next_cpu.0.push(ns as f64 / 1e6);
+                        }
+                    }
                 }
                 Ok(RtEvent::Response(t)) => {
                     resp_t.0.push(ms(t - t0));
@@ -862,10 +891,11 @@ fn lambda_init(args: &Args) -> Res<()> {
         }
     }
     println!(
-        "lambda name={name} runs={runs} next_median_ms={:.1} next_min_ms={:.1} next_max_ms={:.1} response_median_ms={:.1} response_min_ms={:.1} response_max_ms={:.1} hwm_kib={:.0} outcome={}",
+        "lambda name={name} runs={runs} next_median_ms={:.1} next_min_ms={:.1} next_max_ms={:.1} next_cpu_median_ms={} response_median_ms={:.1} response_min_ms={:.1} response_max_ms={:.1} hwm_kib={:.0} outcome={}",
         next_t.median(),
         next_t.min(),
         next_t.max(),
+        if next_cpu.0.len() == runs { format!("{:.2}", next_cpu.median()) } else { "n/a".into() },
         resp_t.median(),
         resp_t.min(),
         resp_t.max(),
