@@ -23,7 +23,7 @@
 
 use super::Auth;
 use super::sessions::Caller;
-use super::signed_token::{TokenKind, alive};
+use super::signed_token::{MailedLink, MailedLinkKind, TokenKind};
 use crate::clock::Timestamp;
 use crate::domain::{Email, RequestMeta, Secret, User};
 use crate::error::{Conflict, Error, StoreError};
@@ -44,7 +44,21 @@ struct ChangeLink {
     new: Email,
 }
 
-impl ChangeLink {
+/// Address change links, as `confirm_email_change` opens them.
+const CHANGE_LINK: MailedLinkKind<ChangeLink> = MailedLinkKind {
+    token: &EMAIL_CHANGE,
+    parse: parse_issued,
+    scope: "email-change",
+    name: "address change",
+    stale: "used, or the address or password changed since",
+    refusal: || Error::EmailChangeLinkInvalid,
+};
+
+impl MailedLink for ChangeLink {
+    fn issued_at(&self) -> Timestamp {
+        self.issued_at
+    }
+
     /// Whether `user` is as it was when the link was made: no change of
     /// address or of password since.
     fn current_for(&self, user: &User) -> bool {
@@ -115,21 +129,7 @@ impl Auth {
     /// new address. The old one is told, and is free from then on; the
     /// account's sessions stay.
     pub async fn confirm_email_change(&self, token: &str, meta: &RequestMeta) -> Result<Email, Error> {
-        let l = &self.policy.limits;
-        self.limit(&[l.code_verify_ip.key(format!("email-change:ip:{}", super::client_key(meta)))]).await?;
-        let now = self.now();
-        let refused = |why: &str| {
-            tracing::info!(reason = why, ip = meta.ip.as_deref().unwrap_or("-"), "address change link refused");
-            Error::EmailChangeLinkInvalid
-        };
-        let (user_id, link) = self.link_parts(&EMAIL_CHANGE, token, parse_issued).map_err(refused)?;
-        if !alive(link.issued_at, now, self.policy.email_change_ttl_secs) {
-            return Err(refused("expired"));
-        }
-        let user = self.ports.users.user_by_id(&user_id).await?.ok_or_else(|| refused("no such account"))?;
-        if !link.current_for(&user) {
-            return Err(refused("used, or the address or password changed since"));
-        }
+        let (user, link) = self.open_link(&CHANGE_LINK, self.policy.email_change_ttl_secs, token, meta).await?;
         match self.ports.users.change_email(&user, &link.new, meta).await {
             Ok(()) => {}
             Err(StoreError::Conflict(Conflict::EmailTaken)) => {
@@ -138,7 +138,7 @@ impl Auth {
             }
             // Changed since the read: by a change of address or password,
             // each of which ends the link (a login's writes touch neither).
-            Err(StoreError::Conflict(_)) => return Err(refused("used meanwhile")),
+            Err(StoreError::Conflict(_)) => return Err(CHANGE_LINK.refuse("used meanwhile", meta)),
             Err(e) => return Err(e.into()),
         }
         tracing::info!(user_id = %user.id, to = %link.new.masked(), "address changed");

@@ -28,7 +28,7 @@
 //! locked cannot keep its owner out after the reset ended their older ones.
 
 use super::Auth;
-use super::signed_token::{TokenKind, alive};
+use super::signed_token::{MailedLink, MailedLinkKind, TokenKind};
 use crate::clock::Timestamp;
 use crate::domain::{Email, RequestMeta, ResetLink, Secret, User};
 use crate::error::{Error, StoreError};
@@ -87,21 +87,7 @@ impl Auth {
     /// leaves the link usable); every session of the account ends. Returns
     /// a device token for the client that made the reset.
     pub async fn reset_password(&self, token: &str, new: String, meta: &RequestMeta) -> Result<String, Error> {
-        let l = &self.policy.limits;
-        self.limit(&[l.code_verify_ip.key(format!("reset:ip:{}", super::client_key(meta)))]).await?;
-        let now = self.now();
-        let refused = |why: &str| {
-            tracing::info!(reason = why, ip = meta.ip.as_deref().unwrap_or("-"), "password reset link refused");
-            Error::ResetLinkInvalid
-        };
-        let (user_id, link) = self.link_parts(&RESET, token, parse_issued).map_err(refused)?;
-        if !alive(link.issued_at, now, self.policy.password_reset_ttl_secs) {
-            return Err(refused("expired"));
-        }
-        let user = self.ports.users.user_by_id(&user_id).await?.ok_or_else(|| refused("no such account"))?;
-        if !link.current_for(&user) {
-            return Err(refused("used, or older than the last reset"));
-        }
+        let (user, link) = self.open_link(&RESET_LINK, self.policy.password_reset_ttl_secs, token, meta).await?;
         let new = self.new_password(new, &user.username, &user.email).map_err(|e| match e {
             Error::Validation { reason, .. } => Error::Validation { field: "new_password", reason },
             other => other,
@@ -124,9 +110,14 @@ impl Auth {
                 Err(e) => return Err(e.into()),
             }
             tries += 1;
-            let current = self.ports.users.user_by_id(&user.id).await?.ok_or_else(|| refused("no such account"))?;
+            let current = self
+                .ports
+                .users
+                .user_by_id(&user.id)
+                .await?
+                .ok_or_else(|| RESET_LINK.refuse("no such account", meta))?;
             if !link.current_for(&current) {
-                return Err(refused("used meanwhile"));
+                return Err(RESET_LINK.refuse("used meanwhile", meta));
             }
             if tries == 3 {
                 return Err(Error::Unavailable("the account's password kept changing during the reset".into()));
@@ -146,6 +137,26 @@ impl Auth {
     /// A reset link's token for `user` as read now, made at `now`.
     fn reset_token(&self, user: &User, now: Timestamp) -> String {
         self.sign_token(&RESET, &user.id, &format!("{now}-{}", user.password_resets))
+    }
+}
+
+/// Reset links, as `reset_password` opens them.
+const RESET_LINK: MailedLinkKind<ResetLink> = MailedLinkKind {
+    token: &RESET,
+    parse: parse_issued,
+    scope: "reset",
+    name: "password reset",
+    stale: "used, or older than the last reset",
+    refusal: || Error::ResetLinkInvalid,
+};
+
+impl MailedLink for ResetLink {
+    fn issued_at(&self) -> Timestamp {
+        self.issued_at
+    }
+
+    fn current_for(&self, user: &User) -> bool {
+        ResetLink::current_for(self, user)
     }
 }
 

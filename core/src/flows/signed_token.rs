@@ -1,12 +1,14 @@
 //! The shape of the tokens this service signs and never stores (device
-//! tokens, password reset links): `<nonce>.<user id>.<issued>.<tag>`. The
+//! tokens, password reset and address change links): `<nonce>.<user id>.<issued>.<tag>`. The
 //! nonce is 128 random bits in URL-safe base64, `issued` a string the kind
 //! of token gives meaning to, and the tag a hex HMAC-SHA256 under the code
 //! key over the other three, in a domain of its own per kind (so a token of
 //! one kind is never taken for the other), cut to the kind's length.
+//! A mailed link is opened by one rule for every kind ([`Auth::open_link`]).
 
 use super::Auth;
-use crate::domain::{OtpCode, UserId};
+use crate::domain::{OtpCode, RequestMeta, User, UserId};
+use crate::error::Error;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -17,6 +19,35 @@ const NONCE_LEN: usize = 22;
 /// `now`: from its issue, up to but not at its end.
 pub(crate) fn alive(issued_at: crate::clock::Timestamp, now: crate::clock::Timestamp, life: i64) -> bool {
     issued_at <= now && now < issued_at.saturating_add(life)
+}
+
+/// What a mailed link (a password reset, an address change) says once its
+/// `issued` part is read.
+pub(crate) trait MailedLink {
+    fn issued_at(&self) -> crate::clock::Timestamp;
+    /// Whether `user` is still as it was when the link was made.
+    fn current_for(&self, user: &User) -> bool;
+}
+
+/// One kind of mailed link: how [`Auth::open_link`] reads and refuses it.
+pub(crate) struct MailedLinkKind<T> {
+    pub token: &'static TokenKind,
+    pub parse: fn(&str) -> Option<T>,
+    /// The scope of the client's limit on tries (`<scope>:ip:<client>`).
+    pub scope: &'static str,
+    /// What the log calls it ("<name> link refused").
+    pub name: &'static str,
+    /// Why a link the account has moved on from is refused, in the log.
+    pub stale: &'static str,
+    pub refusal: fn() -> Error,
+}
+
+impl<T> MailedLinkKind<T> {
+    /// The refusal of a link of this kind, logged with `why`.
+    pub fn refuse(&self, why: &str, meta: &RequestMeta) -> Error {
+        tracing::info!(reason = why, ip = meta.ip.as_deref().unwrap_or("-"), "{} link refused", self.name);
+        (self.refusal)()
+    }
 }
 
 /// One kind of signed token.
@@ -75,6 +106,33 @@ impl Auth {
             (Some(user_id), Some(issued)) => Ok((user_id, issued)),
             _ => Err("malformed"),
         }
+    }
+
+    /// The account a mailed link's `token` names and the link itself, if
+    /// it opens: within the client's limit on link tries, signed, within
+    /// `life` seconds of its issue, for an account that is still as it was
+    /// when the link was made. Anything else is `kind`'s refusal, logged
+    /// with its reason.
+    pub(crate) async fn open_link<T: MailedLink>(
+        &self,
+        kind: &MailedLinkKind<T>,
+        life: i64,
+        token: &str,
+        meta: &RequestMeta,
+    ) -> Result<(User, T), Error> {
+        let l = &self.policy.limits;
+        self.limit(&[l.code_verify_ip.key(format!("{}:ip:{}", kind.scope, super::client_key(meta)))]).await?;
+        let now = self.now();
+        let refused = |why: &str| kind.refuse(why, meta);
+        let (user_id, link) = self.link_parts(kind.token, token, kind.parse).map_err(refused)?;
+        if !alive(link.issued_at(), now, life) {
+            return Err(refused("expired"));
+        }
+        let user = self.ports.users.user_by_id(&user_id).await?.ok_or_else(|| refused("no such account"))?;
+        if !link.current_for(&user) {
+            return Err(refused(kind.stale));
+        }
+        Ok((user, link))
     }
 
     fn token_tag(&self, kind: &TokenKind, nonce: &str, user: &str, issued: &str) -> String {
