@@ -23,7 +23,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use latchkey_core::Error;
 use latchkey_core::clock::{Timestamp, rfc3339};
-use latchkey_core::flows::{Caller, Profile};
+use latchkey_core::flows::{BrowserSession, Caller};
 use minijinja::context;
 use serde::Deserialize;
 
@@ -66,13 +66,14 @@ async fn render(
     form_error: Option<String>,
     errors: FieldErrors,
 ) -> Response {
-    let Some((_, profile)) = v.session.clone() else {
+    let Some((_, signed_in)) = v.session.clone() else {
         let r = Redirect::to("/login").into_response();
         return if v.stale_session { with_cookies(r, vec![cookies::clear(cookies::SESSION)]) } else { r };
     };
     // Past the activity limit the page still shows the profile and the
     // sign-out forms (someone else behind the same address can spend the
     // client's reads), with the wait in place of the events and sessions.
+    let profile = &signed_in.profile;
     let activity_wait = match s.auth.limit_activity(&profile.id, &v.meta).await {
         Ok(()) => None,
         Err(Error::RateLimited { retry_after }) => Some(retry_after),
@@ -85,7 +86,7 @@ async fn render(
                 Ok(page) => page,
                 Err(e) => return render::failure(Error::from(e)),
             };
-            match s.auth.sessions(Caller::Browser(&profile), &v.meta).await {
+            match s.auth.sessions(Caller::Browser(&signed_in), &v.meta).await {
                 Ok(sessions) => (page.records, sessions),
                 Err(e) => return render::failure(e),
             }
@@ -152,12 +153,12 @@ pub struct EndForm {
     current_password: Option<String>,
 }
 
-/// The profile of the visitor posting a dashboard form with `csrf`, or
+/// The session of the visitor posting a dashboard form with `csrf`, or
 /// the answer instead: nobody signed in to act for goes to the sign-in
 /// page (only for this origin's own forms; another's is refused), and a
 /// bad token is refused.
-async fn signed_in_form(s: &AppState, v: &mut Visitor, csrf: Option<&str>) -> Result<Profile, Response> {
-    let Some((_, profile)) = v.session.clone() else {
+async fn signed_in_form(s: &AppState, v: &mut Visitor, csrf: Option<&str>) -> Result<BrowserSession, Response> {
+    let Some((_, signed_in)) = v.session.clone() else {
         if !v.same_origin() {
             return Err(v.csrf_refusal(None).unwrap_or_else(|| Redirect::to("/login").into_response()));
         }
@@ -165,7 +166,7 @@ async fn signed_in_form(s: &AppState, v: &mut Visitor, csrf: Option<&str>) -> Re
     };
     match v.csrf_refusal(csrf) {
         Some(r) => Err(r),
-        None => Ok(profile),
+        None => Ok(signed_in),
     }
 }
 
@@ -177,8 +178,8 @@ fn session_ended() -> Response {
 
 /// `POST /sessions/end`: ends the chosen session, or every other one.
 pub async fn end_sessions(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageForm<EndForm>) -> Response {
-    let profile = match signed_in_form(&s, &mut v, f.csrf.as_deref()).await {
-        Ok(profile) => profile,
+    let signed_in = match signed_in_form(&s, &mut v, f.csrf.as_deref()).await {
+        Ok(signed_in) => signed_in,
         Err(r) => return r,
     };
     let target = f.session_id.unwrap_or_default();
@@ -193,7 +194,7 @@ pub async fn end_sessions(State(s): State<AppState>, mut v: Visitor, PageForm(f)
     if !errors.is_empty() {
         return render(&s, &mut v, StatusCode::BAD_REQUEST, None, None, errors).await;
     }
-    let caller = Caller::Browser(&profile);
+    let caller = Caller::Browser(&signed_in);
     let ended = if target == EVERY_OTHER {
         s.auth.end_other_sessions(caller, password, &v.meta).await
     } else {
@@ -232,8 +233,8 @@ pub struct EmailForm {
 /// `POST /account/email`: asks to move the account to another address
 /// (the flow of `POST /v1/me/email`).
 pub async fn change_email(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageForm<EmailForm>) -> Response {
-    let profile = match signed_in_form(&s, &mut v, f.csrf.as_deref()).await {
-        Ok(profile) => profile,
+    let signed_in = match signed_in_form(&s, &mut v, f.csrf.as_deref()).await {
+        Ok(signed_in) => signed_in,
         Err(r) => return r,
     };
     let mut errors = FieldErrors::new();
@@ -247,7 +248,7 @@ pub async fn change_email(State(s): State<AppState>, mut v: Visitor, PageForm(f)
     if !errors.is_empty() {
         return render(&s, &mut v, StatusCode::BAD_REQUEST, None, None, errors).await;
     }
-    match s.auth.request_email_change(Caller::Browser(&profile), password, &new_email, &v.meta).await {
+    match s.auth.request_email_change(Caller::Browser(&signed_in), password, &new_email, &v.meta).await {
         Ok(()) => Redirect::to("/dashboard?email=asked").into_response(),
         Err(Error::Validation { field, reason }) => {
             let (field, text) = match field {
@@ -273,8 +274,8 @@ pub struct DeleteForm {
 /// `POST /account/delete`: deletes the account (the flow of
 /// `POST /v1/me/delete`), then signs this browser out of it.
 pub async fn delete_account(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageForm<DeleteForm>) -> Response {
-    let profile = match signed_in_form(&s, &mut v, f.csrf.as_deref()).await {
-        Ok(profile) => profile,
+    let signed_in = match signed_in_form(&s, &mut v, f.csrf.as_deref()).await {
+        Ok(signed_in) => signed_in,
         Err(r) => return r,
     };
     let mut errors = FieldErrors::new();
@@ -283,7 +284,7 @@ pub async fn delete_account(State(s): State<AppState>, mut v: Visitor, PageForm(
         errors.insert("delete_password", "Type your current password.".into());
         return render(&s, &mut v, StatusCode::BAD_REQUEST, None, None, errors).await;
     }
-    match s.auth.delete_account(Caller::Browser(&profile), password, &v.meta).await {
+    match s.auth.delete_account(Caller::Browser(&signed_in), password, &v.meta).await {
         Ok(()) => {
             // The account is gone: so are this browser's session and its
             // remembered device.

@@ -11,11 +11,11 @@ use axum::http::{HeaderMap, StatusCode, request::Parts};
 use axum::response::Response;
 use latchkey_core::Error;
 use latchkey_core::domain::RequestMeta;
-use latchkey_core::flows::{Auth, Profile};
+use latchkey_core::flows::{Auth, BrowserSession};
 
 pub struct Visitor {
-    /// The session cookie's value and its profile, if the session is alive.
-    pub session: Option<(String, Profile)>,
+    /// The session cookie's value and its session, if the session is alive.
+    pub session: Option<(String, BrowserSession)>,
     /// A session cookie was sent but is no longer good.
     pub stale_session: bool,
     pub pre: Option<Pre>,
@@ -37,7 +37,7 @@ impl FromRequestParts<AppState> for Visitor {
         let session = match cookies::get(&headers, cookies::SESSION) {
             None => None,
             Some(value) => match auth.browser_session(&value, &meta).await {
-                Ok(p) => Some((value, p)),
+                Ok(b) => Some((value, b)),
                 Err(Error::Unauthorized) => {
                     stale_session = true;
                     None
@@ -60,7 +60,7 @@ impl Visitor {
     /// What this visitor's CSRF tokens are bound to right now.
     pub fn binding(&self) -> Option<String> {
         match (&self.session, &self.pre) {
-            (Some((_, p)), _) => Some(p.session_id.to_string()),
+            (Some((_, b)), _) => Some(b.profile.session_id.to_string()),
             (None, Some(pre)) => Some(pre.id.clone()),
             (None, None) => None,
         }

@@ -13,7 +13,7 @@
 
 use super::Auth;
 use super::session::Profile;
-use crate::domain::{OtpCode, RequestMeta, SessionId};
+use crate::domain::{OtpCode, RequestMeta, Session, SessionId, User};
 use crate::error::Error;
 use crate::keys::token_hash;
 use base64::Engine;
@@ -23,14 +23,25 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 /// code or address hash made with the same key.
 const DOMAIN_PREFIX: &str = "latchkey/browser/v1/";
 
+/// A browser's live session, as [`Auth::browser_session`] read it: what its
+/// pages show, and the session and account records themselves, which the
+/// flows the same request asks for (`Caller::Browser`) take as read
+/// instead of reading them again.
+#[derive(Debug, Clone)]
+pub struct BrowserSession {
+    pub profile: Profile,
+    pub(crate) session: Session,
+    pub(crate) user: User,
+}
+
 impl Auth {
-    /// The profile behind a session cookie value `<session id>.<secret>`,
+    /// The session behind a session cookie value `<session id>.<secret>`,
     /// if the secret was issued for the session under the current code key,
     /// the session exists, is neither revoked nor expired, and the secret is
     /// its current one (constant-time). Anything else is `Unauthorized`; a secret
     /// this service issued for the session that is no longer its current
     /// one also revokes the session (`refresh_reuse`).
-    pub async fn browser_session(&self, cookie: &str, meta: &RequestMeta) -> Result<Profile, Error> {
+    pub async fn browser_session(&self, cookie: &str, meta: &RequestMeta) -> Result<BrowserSession, Error> {
         let (sid, secret) = cookie.split_once('.').ok_or(Error::Unauthorized)?;
         let sid = SessionId::parse(sid).ok_or(Error::Unauthorized)?;
         // A secret this service did not issue for the session under its
@@ -47,7 +58,7 @@ impl Auth {
             self.ports.sessions.revoke_session(&sid, now, "refresh_reuse", meta).await?;
             return Err(Error::Unauthorized);
         }
-        Ok(Profile::of(u, sid))
+        Ok(BrowserSession { profile: Profile::of(u.clone(), sid), session: s, user: u })
     }
 
     /// HMAC-SHA256 (hex) under the code HMAC key, in a browser-only domain.

@@ -16,6 +16,7 @@ mod signed_token;
 mod tokens;
 mod verify_email;
 
+pub use browser::BrowserSession;
 pub use login::LoginStarted;
 pub use otp::OtpSent;
 pub use rate_limit::client_key;

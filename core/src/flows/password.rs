@@ -94,8 +94,10 @@ impl Auth {
     }
 
     /// The caller's account and session, once `current` is the account's
-    /// password. Limited as a login is (per client and per account, before
-    /// any hashing); a wrong password is a wrong password at login.
+    /// password (a browser's account as its cookie's check read it; the
+    /// writes that follow are conditioned on the hash and epoch checked).
+    /// Limited as a login is (per client and per account, before any
+    /// hashing); a wrong password is a wrong password at login.
     pub(super) async fn check_current_password(
         &self,
         caller: Caller<'_>,
@@ -113,7 +115,10 @@ impl Auth {
             l.login_identifier.key(format!("password:user:{uid}")),
         ])
         .await?;
-        let (_, user) = self.session_of(&uid, &sid, now).await?;
+        let user = match caller {
+            Caller::Browser(b) => b.user.clone(),
+            Caller::Bearer(_) => self.session_of(&uid, &sid, now).await?.1,
+        };
         if !self.hasher.verify(&current, Some(&user.password_hash)).await? {
             // A wrong password here is a wrong password at login: it counts
             // toward the account's lock (audit `login_failed`; the owner is

@@ -4,7 +4,7 @@
 //! all the others at once.
 
 use super::Auth;
-use super::session::Profile;
+use super::browser::BrowserSession;
 use crate::clock::Timestamp;
 use crate::domain::{RequestMeta, Session, SessionId, User, UserId};
 use crate::error::Error;
@@ -14,8 +14,10 @@ use crate::error::Error;
 pub enum Caller<'a> {
     /// An API client: its access token, not yet checked.
     Bearer(&'a str),
-    /// A browser whose session cookie `Auth::browser_session` checked.
-    Browser(&'a Profile),
+    /// A browser whose session cookie `Auth::browser_session` checked,
+    /// earlier in the same request: the session and account it read then
+    /// are taken as they were, not read again.
+    Browser(&'a BrowserSession),
 }
 
 /// One of a user's live sessions, as they are shown it.
@@ -60,12 +62,16 @@ impl Auth {
                 let sid = SessionId::parse(&claims.sid).ok_or(Error::Unauthorized)?;
                 Ok((uid, sid))
             }
-            Caller::Browser(p) => Ok((p.id, p.session_id)),
+            Caller::Browser(b) => Ok((b.profile.id, b.profile.session_id)),
         }
     }
 
-    /// `caller`'s session and account, if the session is live and theirs.
+    /// `caller`'s session and account, if the session is live and theirs
+    /// (a browser's as its cookie's check read them).
     pub(super) async fn caller_session(&self, caller: Caller<'_>, now: Timestamp) -> Result<(Session, User), Error> {
+        if let Caller::Browser(b) = caller {
+            return Ok((b.session.clone(), b.user.clone()));
+        }
         let (uid, sid) = self.caller_ids(caller, now)?;
         self.session_of(&uid, &sid, now).await
     }
