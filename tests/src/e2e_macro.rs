@@ -23,6 +23,7 @@ macro_rules! e2e_suite {
             one_password_however_typed => |s| $crate::scenarios::one_password_however_typed(s),
             account_deletion => |s| $crate::scenarios::account_deletion(s),
             address_change => |s| $crate::scenarios::address_change(s),
+            international_addresses => |s| $crate::scenarios::international_addresses(s),
         );
     };
     (@tests $make:expr; $($name:ident => |$s:ident| $body:expr),* $(,)?) => {

@@ -586,6 +586,44 @@ pub async fn account_deletion(sys: &TestSystem) {
 /// An address change over HTTP: asked with the password, made by the link
 /// mailed to the new address (once), told to the old one both times; the
 /// account then signs in by the new address, and the old one is free.
+/// An address whose domain is in another script is one account with its
+/// ASCII (`xn--`) form, however it is typed, and its mail goes to that form
+/// (the only one SES takes); one with anything but ASCII before the `@` is
+/// refused, saying why (no mail could reach it).
+pub async fn international_addresses(sys: &TestSystem) {
+    let (username, ascii) = unique();
+    let local = ascii.split('@').next().expect("a local part");
+    let stored = format!("{local}@xn--bcher-kva.example");
+    let typed = format!("{}@BU\u{308}CHER.example", local.to_uppercase());
+    let (st, body, _) =
+        sys.post("/v1/register", json!({"username": username, "email": typed, "password": PASSWORD})).await;
+    assert_eq!(st, 202, "{body}");
+    let link = sys.wait_mail(&stored, 1).await.link().expect("the link, mailed to the ASCII form");
+    let (st, body, _) = sys.post("/v1/verify-email", json!({ "token": token_from_link(&link) })).await;
+    assert_eq!(st, 200, "{body}");
+    let tokens = sign_in(sys, &format!("{local}@bücher.example"), &stored).await;
+    let (st, me) = sys.get_auth("/v1/me", tokens["access_token"].as_str().expect("access")).await;
+    assert_eq!((st, me["email"].as_str()), (200, Some(stored.as_str())), "{me}");
+    // Its ASCII form, typed, is the same address: taken (the owner is told).
+    let (st, _, _) =
+        sys.post("/v1/register", json!({"username": unique().0, "email": stored, "password": PASSWORD})).await;
+    assert_eq!(st, 202);
+    assert_eq!(sys.wait_mail(&stored, 3).await.kind, "signup_attempt");
+    // Not ASCII before the @: refused, saying why, and nothing is mailed.
+    let (name, _) = unique();
+    let (st, body, _) = sys
+        .post(
+            "/v1/register",
+            json!({"username": name, "email": format!("zoë{local}@example.com"), "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!((st, body["field"].as_str()), (400, Some("email")), "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("plain ASCII before the @")), "{body}");
+    let (st, body, _) =
+        sys.post("/otp", json!({"action": "send_otp", "email": format!("zoë{local}@example.com")})).await;
+    assert_eq!((st, body["field"].as_str()), (400, Some("email")), "{body}");
+}
+
 pub async fn address_change(sys: &TestSystem) {
     let (username, email) = verified_user(sys).await;
     let tokens = sign_in(sys, &username, &email).await;

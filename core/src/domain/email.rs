@@ -1,8 +1,9 @@
 use unicode_normalization::UnicodeNormalization;
 
-/// An email address, normalised: trimmed, NFC, lower-cased as a whole.
-/// Input must also be its own NFKC form (no full-width or other
-/// compatibility characters; see [`Email::parse`]).
+/// An email address, normalised: trimmed, NFC, lower-cased as a whole,
+/// its domain in its ASCII form (IDNA, `xn--` labels). Input must also be
+/// its own NFKC form (no full-width or other compatibility characters) and
+/// ASCII before the `@` (see [`Email::parse`]).
 ///
 /// latchkey treats the local part case-insensitively (as every large mail
 /// provider does) so `Bob@Example.com` and `bob@example.com` are one account.
@@ -16,8 +17,14 @@ use unicode_normalization::UnicodeNormalization;
 pub struct Email(String);
 
 impl Email {
-    /// An address given as input: the rules of [`Email::parse_stored`],
-    /// and no Unicode format characters.
+    /// An address given as input: the rules of [`Email::parse_stored`], no
+    /// Unicode format characters, nothing but ASCII before the `@`, and a
+    /// domain that IDNA (UTS #46) maps to a host name, which is kept in its
+    /// ASCII form: `a@bücher.de`, `a@BÜCHER.de` and `a@xn--bcher-kva.de` are
+    /// one address, `a@xn--bcher-kva.de`. Mail goes out through SES, which
+    /// takes only that: no Unicode in a domain (it must be Punycode) and
+    /// none before the `@` at all (SMTPUTF8 is not supported), so such an
+    /// address could never be sent its link or code.
     pub fn parse(raw: &str) -> Result<Self, crate::Error> {
         let email = Self::parse_stored(raw)?;
         if email.0.chars().any(shows_as_nothing) {
@@ -37,16 +44,33 @@ impl Email {
                 "must be written with ordinary characters (not full-width or other compatibility forms)",
             ));
         }
-        let domain = email.0.rsplit_once('@').map_or("", |(_, d)| d);
-        if !domain.split('.').all(is_host_label) {
-            // Mail is routed to a host name, whose labels are letters,
-            // digits and inner hyphens (RFC 1123; letters of any script,
-            // as there is no IDNA step). `x@example.com%40evil.com` or
-            // `x@-example.com` reach no mailbox and only confuse whoever
-            // reads the address.
-            return Err(crate::Error::validation("email", "has a domain that is not a valid host name"));
+        let local = email.0.rsplit_once('@').map_or("", |(l, _)| l);
+        if !local.is_ascii() {
+            return Err(crate::Error::validation(
+                "email",
+                "must be plain ASCII before the @ (mail cannot be delivered to other mailbox names)",
+            ));
         }
-        Ok(email)
+        // Mail is routed to a host name, whose labels are letters, digits
+        // and inner hyphens (RFC 1123), in any script through IDNA.
+        // `x@example.com%40evil.com` or `x@-example.com` reach no mailbox
+        // and only confuse whoever reads the address.
+        let not_a_host = || crate::Error::validation("email", "has a domain that is not a valid host name");
+        let ascii = with_ascii_domain(&email.0).ok_or_else(not_a_host)?;
+        let domain = ascii.rsplit_once('@').map_or("", |(_, d)| d);
+        if !domain.split('.').all(is_host_label) {
+            return Err(not_a_host());
+        }
+        // The ASCII form is longer than the Unicode one: held to the same
+        // limits.
+        Self::parse_stored(&ascii)
+    }
+
+    /// `stored` (an address as [`Email::parse_stored`] reads it) with its
+    /// domain in its ASCII form, if IDNA maps it to one; the local part is
+    /// left as it is. What a migration brings stored addresses to.
+    pub fn ascii_domain_form(stored: &str) -> Option<String> {
+        with_ascii_domain(stored)
     }
 
     /// An address as stored (read back from a store, a queued mail job):
@@ -125,14 +149,27 @@ pub fn mask_local_part(local: &str) -> String {
     format!("{}***", local.chars().next().unwrap_or('*'))
 }
 
-/// One label of a host name: 1-63 bytes of letters and digits (of any
-/// script) and hyphens, not at either end.
+/// One label of a host name in its ASCII form: 1-63 bytes of letters,
+/// digits and hyphens, not at either end.
 fn is_host_label(label: &str) -> bool {
     !label.is_empty()
         && label.len() <= 63
         && !label.starts_with('-')
         && !label.ends_with('-')
-        && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// `address` with its domain mapped by IDNA (UTS #46, non-transitional:
+/// lower case, Punycode for other scripts, `xn--` labels checked), with
+/// ASCII limited to letters, digits and hyphens (STD3), no hyphen at either
+/// end of a label, and the length limits of DNS; `None` if it does not map.
+fn with_ascii_domain(address: &str) -> Option<String> {
+    use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
+    let (local, domain) = address.rsplit_once('@')?;
+    let ascii = Uts46::new()
+        .to_ascii(domain.as_bytes(), AsciiDenyList::STD3, Hyphens::CheckFirstLast, DnsLength::Verify)
+        .ok()?;
+    Some(format!("{local}@{ascii}"))
 }
 
 /// Characters that show as nothing: Unicode's format characters (general
@@ -204,7 +241,40 @@ mod tests {
     fn normalises() {
         assert_eq!(Email::parse("  Bob@Example.COM ").unwrap().as_str(), "bob@example.com");
         assert_eq!(Email::parse("bob+tag@example.com").unwrap().as_str(), "bob+tag@example.com");
-        assert_eq!(Email::parse("Ünïcode@exämple.de").unwrap().as_str(), "ünïcode@exämple.de");
+        assert_eq!(Email::parse("Bob@Exämple.DE").unwrap().as_str(), "bob@xn--exmple-cua.de");
+    }
+
+    /// A domain in any script is one address with its ASCII form, which is
+    /// what is kept (and what SES takes); `xn--` labels are checked.
+    #[test]
+    fn domains_are_kept_in_their_ascii_form() {
+        for same in ["a@bücher.de", "A@BÜCHER.DE", "a@bu\u{308}cher.de", "a@xn--bcher-kva.de", "a@XN--BCHER-KVA.de"] {
+            assert_eq!(Email::parse(same).expect(same).as_str(), "a@xn--bcher-kva.de", "{same:?}");
+        }
+        assert_eq!(Email::parse("x@例え.テスト").unwrap().as_str(), "x@xn--r8jz45g.xn--zckzah");
+        assert_eq!(Email::parse("x@παράδειγμα.gr").unwrap().as_str(), "x@xn--hxajbheg2az3al.gr");
+        // Not a valid A-label, or not one IDNA allows: no host name.
+        for bad in ["a@xn--a.com", "a@xn--bcher-kva-.de", "a@xn--ls8h.la\u{200D}.com", "a@b\u{FFFD}cher.de"] {
+            let e = Email::parse(bad).expect_err(bad);
+            assert!(e.to_string().contains("host name") || e.to_string().contains("invisible"), "{bad:?}: {e}");
+        }
+        // The ASCII form is held to the length limits: 63 bytes a label.
+        let long = format!("a@{}.de", "ü".repeat(60));
+        assert!(Email::parse(&long).expect_err("too long a label").to_string().contains("host name"));
+        assert_eq!(Email::ascii_domain_form("ünï@exämple.de").as_deref(), Some("ünï@xn--exmple-cua.de"));
+        assert_eq!(Email::ascii_domain_form("a@exa_mple.com"), None);
+    }
+
+    /// SES takes nothing but ASCII before the `@`: such an address could
+    /// never be sent its link or code, so it is refused with the reason.
+    #[test]
+    fn local_parts_are_ascii() {
+        for bad in ["Ünïcode@example.de", "zoë@example.com", "用户@example.cn", "οδος@x.gr"] {
+            let e = Email::parse(bad).expect_err(bad);
+            assert!(e.to_string().contains("plain ASCII before the @"), "{bad:?}: {e}");
+        }
+        // Stored before the rule: still reads.
+        assert_eq!(Email::parse_stored("Ünïcode@exämple.de").unwrap().as_str(), "ünïcode@exämple.de");
     }
 
     #[test]
@@ -264,12 +334,19 @@ mod tests {
             assert!(e.to_string().contains("compatibility"), "{bad:?}: {e}");
             assert!(Email::parse_stored(bad).is_ok(), "{bad:?} stored before the rule no longer reads");
         }
-        assert!(Email::parse("Ünïcode@exämple.de").is_ok(), "composed letters are ordinary");
+        assert!(Email::parse("unicode@exämple.de").is_ok(), "composed letters are ordinary");
     }
 
     #[test]
     fn input_domains_are_host_names() {
-        for ok in ["a@example.com", "a@mail-1.example.co.uk", "a@bücher.de", "a@xn--bcher-kva.de", "a@1.2.3.com"] {
+        for ok in [
+            "a@example.com",
+            "a@mail-1.example.co.uk",
+            "a@bücher.de",
+            "a@xn--bcher-kva.de",
+            "a@1.2.3.com",
+            "a@ab--cd.com",
+        ] {
             assert!(Email::parse(ok).is_ok(), "{ok:?} refused");
         }
         for bad in [

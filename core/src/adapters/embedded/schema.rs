@@ -6,10 +6,17 @@ use crate::StoreError;
 use crate::ports::StoreResult;
 use rusqlite::{Connection, TransactionBehavior};
 
+/// One migration: SQL, or code for what SQL cannot do.
+enum Migration {
+    Sql(&'static str),
+    Code(fn(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>),
+}
+use Migration::{Code, Sql};
+
 /// Append only: a released migration is never edited.
-const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[Migration] = &[
     // 1: the data, the change feed and the mail queue.
-    r#"
+    Sql(r#"
     CREATE TABLE users (
         id                   TEXT PRIMARY KEY NOT NULL,
         username             TEXT NOT NULL UNIQUE,
@@ -105,11 +112,11 @@ const MIGRATIONS: &[&str] = &[
         not_before INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX mail_jobs_due ON mail_jobs (state, not_before);
-    "#,
+    "#),
     // 2: the change feed also carries mail ledger records (entity 'mail').
     // SQLite cannot alter a CHECK, so the table is rebuilt with its rows and
     // its AUTOINCREMENT high-water mark (a seq is never reused).
-    r#"
+    Sql(r#"
     CREATE TABLE changes_v2 (
         seq      INTEGER PRIMARY KEY AUTOINCREMENT,
         at       INTEGER NOT NULL,
@@ -128,94 +135,99 @@ const MIGRATIONS: &[&str] = &[
         WHERE name = 'changes_v2';
     DROP TABLE changes;
     ALTER TABLE changes_v2 RENAME TO changes;
-    "#,
+    "#),
     // 3: codes count the attempts taken before each comparison.
-    r#"
+    Sql(r#"
     ALTER TABLE challenges ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0);
     ALTER TABLE otps ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0);
-    "#,
+    "#),
     // 4: a password change ends the user's other sessions.
-    r#"
+    Sql(r#"
     ALTER TABLE users ADD COLUMN sessions_valid_after INTEGER;
     ALTER TABLE sessions ADD COLUMN valid_from INTEGER;
-    "#,
+    "#),
     // 5: a password reset through a mailed link.
-    r#"
+    Sql(r#"
     ALTER TABLE users ADD COLUMN password_reset_at INTEGER;
-    "#,
+    "#),
     // 6: a change or reset ends the logins in progress (by count, not time).
-    r#"
+    Sql(r#"
     ALTER TABLE users ADD COLUMN password_epoch INTEGER NOT NULL DEFAULT 0 CHECK (password_epoch >= 0);
     ALTER TABLE challenges ADD COLUMN password_epoch INTEGER NOT NULL DEFAULT 0 CHECK (password_epoch >= 0);
-    "#,
+    "#),
     // 7: the time rule of the logins in progress before 6, as epochs: a
     // user whose password changed is at 1, and so are the challenges made
     // after that change (those made before it stay at 0: refused).
-    r#"
+    Sql(r#"
     UPDATE users SET password_epoch = 1 WHERE sessions_valid_after IS NOT NULL AND password_epoch = 0;
     UPDATE challenges SET password_epoch = 1 WHERE password_epoch = 0 AND EXISTS (
         SELECT 1 FROM users u
         WHERE u.id = challenges.user_id AND u.password_epoch = 1 AND u.sessions_valid_after < challenges.created_at
     );
-    "#,
+    "#),
     // 8: a change or reset ends the sessions by count too. Sessions made
     // before have none (NULL) and keep the time rule of `valid_from`.
-    r#"
+    Sql(r#"
     ALTER TABLE sessions ADD COLUMN password_epoch INTEGER CHECK (password_epoch >= 0);
-    "#,
+    "#),
     // 9: a sent mail's job keeps no body (it held the live link or code):
     // the queue forgets a message once it is handled, as SQS does. Parked
     // (`failed`) jobs keep theirs, to be read and sent again by hand.
-    r#"
+    Sql(r#"
     UPDATE mail_jobs SET body = '' WHERE state = 'sent';
-    "#,
+    "#),
     // 10: a registration refused because its email is taken holds its
     // username, without an account, as long as an unverified account made
     // then would (`UserStore::create_user`): else the username's fate would
     // tell whether the email has an account. Not in the change feed: like
     // DynamoDB's claim items, a hold is no record the audit trail follows.
-    r#"
+    Sql(r#"
     CREATE TABLE username_holds (
         username TEXT PRIMARY KEY NOT NULL,
         held_at  INTEGER NOT NULL
     ) WITHOUT ROWID;
-    "#,
+    "#),
     // 11: wrong standalone codes across an address's codes (its budget).
-    r#"
+    Sql(r#"
     ALTER TABLE otps ADD COLUMN budget_failures INTEGER NOT NULL DEFAULT 0 CHECK (budget_failures >= 0);
-    "#,
+    "#),
     // 12: resets through a mailed link, counted (a link carries the count).
-    r#"
+    Sql(r#"
     ALTER TABLE users ADD COLUMN password_resets INTEGER NOT NULL DEFAULT 0 CHECK (password_resets >= 0);
-    "#,
+    "#),
     // 13: the TTL sweep (`sweep.rs`) deletes records a day past their
     // expiry; the change rows of its removals say so (the audit trail's
     // `*_expired` events, as a DynamoDB TTL REMOVE makes them on AWS).
-    r#"
+    Sql(r#"
     ALTER TABLE changes ADD COLUMN by_ttl INTEGER NOT NULL DEFAULT 0 CHECK (by_ttl IN (0, 1));
-    "#,
+    "#),
     // 14: the sweep deletes accounts nobody verified 30 days after they
     // were made (`User::UNVERIFIED_RETENTION_SECS`); it finds them here,
     // not by reading every account.
-    r#"
+    Sql(r#"
     CREATE INDEX users_unverified_by_age ON users (created_at) WHERE verified = 0;
-    "#,
+    "#),
     // 15: a rotated session's current refresh secret, sealed under the one
     // it replaced (`Session::retry_seal`): a retry of that refresh gets it
     // back. Sessions rotated before have none (NULL) until their next one.
-    r#"
+    Sql(r#"
     ALTER TABLE sessions ADD COLUMN retry_seal TEXT;
-    "#,
+    "#),
     // 16: retries of a refresh answered within the grace, counted
     // (`Session::retries_answered`), so each one reaches the audit trail.
-    r#"
+    Sql(r#"
     ALTER TABLE sessions ADD COLUMN retries_answered INTEGER NOT NULL DEFAULT 0;
-    "#,
+    "#),
     // 17: changes of an account's address through a mailed link, counted
     // (a link carries the count).
-    r#"
+    Sql(r#"
     ALTER TABLE users ADD COLUMN email_changes INTEGER NOT NULL DEFAULT 0 CHECK (email_changes >= 0);
-    "#,
+    "#),
+    // 18: addresses are kept with their domain in its ASCII form (IDNA,
+    // `Email::parse`): a stored one with a domain in another script moves to
+    // that form, unless an account holds it already (that one is left as it
+    // is, still read, and signs in by username).
+    Code(ascii_email_domains),
 ];
 
 /// The schema version this build writes.
@@ -228,16 +240,44 @@ pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<()> {
             "database schema version {current} is newer than this build's {VERSION}; upgrade latchkey"
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Another process may have migrated while we waited for the lock.
         let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if now > i as i64 {
             continue;
         }
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        apply(&tx, step, i)?;
         tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Applies migration `i` in `tx`, with its version bump.
+fn apply(tx: &rusqlite::Transaction<'_>, step: &Migration, i: usize) -> rusqlite::Result<()> {
+    match step {
+        Sql(sql) => tx.execute_batch(sql)?,
+        Code(run) => run(tx)?,
+    }
+    tx.pragma_update(None, "user_version", i as i64 + 1)
+}
+
+/// Migration 18: each stored address whose domain is not ASCII, moved to
+/// its ASCII form where IDNA maps it and no other account holds that form
+/// (`UPDATE OR IGNORE` leaves it where the UNIQUE column would refuse it).
+fn ascii_email_domains(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    let stored: Vec<(String, String)> = tx
+        .prepare("SELECT id, email FROM users WHERE email GLOB '*@*[^ -~]*'")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut moved = 0;
+    for (id, email) in stored {
+        if let Some(ascii) = crate::domain::Email::ascii_domain_form(&email) {
+            moved += tx.execute("UPDATE OR IGNORE users SET email = ?2 WHERE id = ?1", [&id, &ascii])?;
+        }
+    }
+    if moved > 0 {
+        tracing::info!(moved, "addresses moved to their domain's ASCII form");
     }
     Ok(())
 }
@@ -245,6 +285,15 @@ pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `conn` brought to schema version `n`, as a build of then left it.
+    fn migrate_to(conn: &mut Connection, n: usize) {
+        let tx = conn.transaction().unwrap();
+        for (i, step) in MIGRATIONS.iter().take(n).enumerate() {
+            apply(&tx, step, i).unwrap();
+        }
+        tx.commit().unwrap();
+    }
 
     #[test]
     fn migrates_once_and_refuses_a_newer_schema() {
@@ -264,12 +313,7 @@ mod tests {
     #[test]
     fn logins_in_progress_keep_their_verdict_across_migrations_6_and_7() {
         let mut conn = Connection::open_in_memory().unwrap();
-        let tx = conn.transaction().unwrap();
-        for (i, sql) in MIGRATIONS.iter().take(5).enumerate() {
-            tx.execute_batch(sql).unwrap();
-            tx.pragma_update(None, "user_version", i as i64 + 1).unwrap();
-        }
-        tx.commit().unwrap();
+        migrate_to(&mut conn, 5);
         let user = |id: &str, changed: Option<i64>| {
             conn.execute(
                 "INSERT INTO users (id, username, email, password_hash, verified, created_at, failed_logins, \
@@ -304,12 +348,7 @@ mod tests {
     #[test]
     fn sent_jobs_lose_their_bodies_in_migration_9() {
         let mut conn = Connection::open_in_memory().unwrap();
-        let tx = conn.transaction().unwrap();
-        for (i, sql) in MIGRATIONS.iter().take(8).enumerate() {
-            tx.execute_batch(sql).unwrap();
-            tx.pragma_update(None, "user_version", i as i64 + 1).unwrap();
-        }
-        tx.commit().unwrap();
+        migrate_to(&mut conn, 8);
         for state in ["pending", "sent", "failed"] {
             conn.execute(
                 "INSERT INTO mail_jobs (id, body, state, created_at) VALUES (?1, 'token=secret', ?1, 0)",
@@ -332,12 +371,7 @@ mod tests {
     #[test]
     fn change_rows_from_before_migration_13_are_no_ttl_removals() {
         let mut conn = Connection::open_in_memory().unwrap();
-        let tx = conn.transaction().unwrap();
-        for (i, sql) in MIGRATIONS.iter().take(12).enumerate() {
-            tx.execute_batch(sql).unwrap();
-            tx.pragma_update(None, "user_version", i as i64 + 1).unwrap();
-        }
-        tx.commit().unwrap();
+        migrate_to(&mut conn, 12);
         conn.execute(
             "INSERT INTO changes (at, entity, key, op, old_json, new_json) VALUES (1, 'challenge', 'c', 'remove', '{}', NULL)",
             [],
@@ -347,5 +381,45 @@ mod tests {
         let by_ttl: bool = conn.query_row("SELECT by_ttl FROM changes WHERE key = 'c'", [], |r| r.get(0)).unwrap();
         assert!(!by_ttl);
         assert!(conn.execute("UPDATE changes SET by_ttl = 2 WHERE key = 'c'", []).is_err());
+    }
+    /// Migration 18: a domain in another script moves to its ASCII form,
+    /// the local part as it is; an address whose ASCII form another account
+    /// holds, or whose domain IDNA does not map, stays; ASCII ones stay.
+    #[test]
+    fn migration_18_moves_domains_to_their_ascii_form() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate_to(&mut conn, 17);
+        let stored = [
+            ("moves", "a@bücher.de"),
+            ("keeps-its-local-part", "ünï@exämple.de"),
+            ("ascii", "b@xn--bcher-kva.de"),
+            ("taken", "b@bücher.de"),
+            ("unmapped", "c@b\u{FFFD}cher.de"),
+            ("untouched", "d@exa_mple.com"),
+        ];
+        for (id, email) in stored {
+            conn.execute(
+                "INSERT INTO users (id, username, email, password_hash, verified, created_at, failed_logins, \
+                 otp_failures, meta) VALUES (?1, ?1, ?2, 'h', 1, 0, 0, 0, '{}')",
+                [id, email],
+            )
+            .unwrap();
+        }
+        migrate(&mut conn).unwrap();
+        let email = |id: &str| -> String {
+            conn.query_row("SELECT email FROM users WHERE id = ?1", [id], |r| r.get(0)).unwrap()
+        };
+        let now: Vec<String> = stored.iter().map(|(id, _)| email(id)).collect();
+        assert_eq!(
+            now,
+            [
+                "a@xn--bcher-kva.de",
+                "ünï@xn--exmple-cua.de",
+                "b@xn--bcher-kva.de",
+                "b@bücher.de",
+                "c@b\u{FFFD}cher.de",
+                "d@exa_mple.com"
+            ]
+        );
     }
 }
