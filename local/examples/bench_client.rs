@@ -744,8 +744,6 @@ fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Res<(String, Strin
     Ok((method, path, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// Serves one connection of the runtime client: the first `next` gets the
-/// event, later ones are left hanging (the process is killed after the answer).
 /// The CPU time process `pid` has used, in ns: the sum of its live
 /// threads' `schedstat` run times (a thread that already ended is not
 /// counted).
@@ -758,6 +756,8 @@ fn process_cpu_ns(pid: u32) -> Option<u64> {
     Some(total)
 }
 
+/// Serves one connection of the runtime client: the first `next` gets the
+/// event, later ones are left hanging (the process is killed after the answer).
 fn runtime_conn(
     mut stream: TcpStream,
     event: Arc<String>,

@@ -56,7 +56,7 @@ impl Email {
         // `x@example.com%40evil.com` or `x@-example.com` reach no mailbox
         // and only confuse whoever reads the address.
         let not_a_host = || crate::Error::validation("email", "has a domain that is not a valid host name");
-        let ascii = with_ascii_domain(&email.0).ok_or_else(not_a_host)?;
+        let ascii = Self::ascii_domain_form(&email.0).ok_or_else(not_a_host)?;
         let domain = ascii.rsplit_once('@').map_or("", |(_, d)| d);
         if !domain.split('.').all(is_host_label) {
             return Err(not_a_host());
@@ -66,11 +66,19 @@ impl Email {
         Self::parse_stored(&ascii)
     }
 
-    /// `stored` (an address as [`Email::parse_stored`] reads it) with its
-    /// domain in its ASCII form, if IDNA maps it to one; the local part is
-    /// left as it is. What a migration brings stored addresses to.
-    pub fn ascii_domain_form(stored: &str) -> Option<String> {
-        with_ascii_domain(stored)
+    /// `address` with its domain mapped by IDNA (UTS #46, non-transitional:
+    /// lower case, Punycode for other scripts, `xn--` labels checked), with
+    /// ASCII limited to letters, digits and hyphens (STD3), no hyphen at
+    /// either end of a label, and the length limits of DNS; the local part
+    /// is left as it is. `None` if the domain does not map. What input is
+    /// kept as, and what a migration brings stored addresses to.
+    pub fn ascii_domain_form(address: &str) -> Option<String> {
+        use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
+        let (local, domain) = address.rsplit_once('@')?;
+        let ascii = Uts46::new()
+            .to_ascii(domain.as_bytes(), AsciiDenyList::STD3, Hyphens::CheckFirstLast, DnsLength::Verify)
+            .ok()?;
+        Some(format!("{local}@{ascii}"))
     }
 
     /// An address as stored (read back from a store, a queued mail job):
@@ -157,19 +165,6 @@ fn is_host_label(label: &str) -> bool {
         && !label.starts_with('-')
         && !label.ends_with('-')
         && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-}
-
-/// `address` with its domain mapped by IDNA (UTS #46, non-transitional:
-/// lower case, Punycode for other scripts, `xn--` labels checked), with
-/// ASCII limited to letters, digits and hyphens (STD3), no hyphen at either
-/// end of a label, and the length limits of DNS; `None` if it does not map.
-fn with_ascii_domain(address: &str) -> Option<String> {
-    use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
-    let (local, domain) = address.rsplit_once('@')?;
-    let ascii = Uts46::new()
-        .to_ascii(domain.as_bytes(), AsciiDenyList::STD3, Hyphens::CheckFirstLast, DnsLength::Verify)
-        .ok()?;
-    Some(format!("{local}@{ascii}"))
 }
 
 /// Characters that show as nothing: Unicode's format characters (general

@@ -115,10 +115,7 @@ impl Auth {
             l.login_identifier.key(format!("password:user:{uid}")),
         ])
         .await?;
-        let user = match caller {
-            Caller::Browser(b) => b.user.clone(),
-            Caller::Bearer(_) => self.session_of(&uid, &sid, now).await?.1,
-        };
+        let (_, user) = self.caller_records(caller, &uid, &sid, now).await?;
         if !self.hasher.verify(&current, Some(&user.password_hash)).await? {
             // A wrong password here is a wrong password at login: it counts
             // toward the account's lock (audit `login_failed`; the owner is

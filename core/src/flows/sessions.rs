@@ -66,14 +66,27 @@ impl Auth {
         }
     }
 
-    /// `caller`'s session and account, if the session is live and theirs
-    /// (a browser's as its cookie's check read them).
+    /// `caller`'s session and account, if the session is live and theirs.
     pub(super) async fn caller_session(&self, caller: Caller<'_>, now: Timestamp) -> Result<(Session, User), Error> {
-        if let Caller::Browser(b) = caller {
-            return Ok((b.session.clone(), b.user.clone()));
-        }
         let (uid, sid) = self.caller_ids(caller, now)?;
-        self.session_of(&uid, &sid, now).await
+        self.caller_records(caller, &uid, &sid, now).await
+    }
+
+    /// The session `sid` and account `uid` that `caller_ids` gave for
+    /// `caller`: a browser's as its cookie's check read them, earlier in
+    /// the same request; a bearer's read now, if the session is live and
+    /// theirs.
+    pub(super) async fn caller_records(
+        &self,
+        caller: Caller<'_>,
+        uid: &UserId,
+        sid: &SessionId,
+        now: Timestamp,
+    ) -> Result<(Session, User), Error> {
+        match caller {
+            Caller::Browser(b) => Ok((b.session.clone(), b.user.clone())),
+            Caller::Bearer(_) => self.session_of(uid, sid, now).await,
+        }
     }
 
     /// Session `sid` and its account, if the session is live and `uid`'s.
