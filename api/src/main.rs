@@ -18,7 +18,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         lambda_http::run(latchkey_api::app(built.state.clone())).await
     } else {
         let app = latchkey_api::app(built.state.clone().serving_directly(&config.public_base_url));
-        let served = latchkey_api::wiring::serve(app, &config.bind, config.http_threads).await;
+        let served = match latchkey_api::wiring::listen(&config.bind) {
+            Ok(listener) => latchkey_api::wiring::serve(app, listener, config.http_threads).await,
+            Err(e) => Err(e),
+        };
         // On the embedded store: the mail job in hand is finished first.
         built.shutdown().await;
         served.map_err(Into::into)

@@ -435,10 +435,19 @@ fn read_or_create(
 /// under a login load on the 2-core bench machine, 5.6-6.2 voluntary thread
 /// switches per login on the workers with it, 2.0-2.3 without (see
 /// docs/operations.md).
-pub async fn serve(app: axum::Router, bind: &str, threads: usize) -> std::io::Result<()> {
-    let listener = std::net::TcpListener::bind(bind)?;
+///
+/// The socket is bound by `listen` first, so that a caller can say it is
+/// serving only once connections are taken.
+pub async fn serve(app: axum::Router, listener: std::net::TcpListener, threads: usize) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, threads, "latchkey listening");
     serve_threads(listener, app, threads, stop_signal()).await
+}
+
+/// The listening socket `serve` takes, bound to `bind`; its error names the
+/// address.
+pub fn listen(bind: &str) -> std::io::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(bind)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {bind}: {e}")))
 }
 
 /// Ctrl-C, or SIGTERM (what a service manager or `kill` sends), logged.

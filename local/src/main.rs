@@ -84,8 +84,14 @@ async fn run() -> Result<(), BoxError> {
         }
     };
     let app = latchkey_api::app(built.state.clone().serving_directly(&config.public_base_url));
-    println!("latchkey serving {} (bind {})", config.public_base_url, config.bind);
-    let served = latchkey_api::wiring::serve(app, &config.bind, config.http_threads).await;
+    // Said once the socket is bound: a client that reads it can connect.
+    let served = match latchkey_api::wiring::listen(&config.bind) {
+        Ok(listener) => {
+            println!("latchkey serving {} (bind {})", config.public_base_url, config.bind);
+            latchkey_api::wiring::serve(app, listener, config.http_threads).await
+        }
+        Err(e) => Err(e),
+    };
     let _ = stop_mail.send(());
     if let Some(mail) = mail_poller {
         tracing::info!("stopping: the mail poller finishes the batch in hand");
