@@ -21,6 +21,13 @@ use routes::{activity, admin, auth, otp, system};
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
+    with_state(routes(), state)
+}
+
+/// The API's routes and the layers that need no state: what `app` puts
+/// the state into. It can be built before the state is (a cold start
+/// builds it while its secrets are read).
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(system::healthz))
         .route("/.well-known/jwks.json", get(system::jwks))
@@ -81,6 +88,11 @@ pub fn app(state: AppState) -> Router {
             error::ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error")
                 .into_response()
         }))
+}
+
+/// `routes` with the state, and the layers that read it.
+pub fn with_state(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         // Outside Lambda, only requests addressed to this service (DNS
         // rebinding); logged as refusals, with the security headers.
         .layer(axum::middleware::from_fn_with_state(state.clone(), hosts::check))

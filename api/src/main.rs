@@ -13,11 +13,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // On Lambda the AWS clients trust the Amazon roots only, unless
     // LATCHKEY_TLS_ROOTS says `system` (as the other two functions).
     let sdk = if on_lambda { Some(aws_calls::lambda_sdk_config().await?) } else { None };
-    let built = latchkey_api::wiring::build_with(&config, BuildOptions { sdk, ..Default::default() }).await?;
+    // The routes need no state: they are built while `build_with` waits for
+    // the secrets (a cold start's one AWS call, begun before anything else).
+    let (built, routes) =
+        tokio::join!(latchkey_api::wiring::build_with(&config, BuildOptions { sdk, ..Default::default() }), async {
+            latchkey_api::routes()
+        });
+    let built = built?;
     if on_lambda {
-        lambda_http::run(latchkey_api::app(built.state.clone())).await
+        let app = latchkey_api::with_state(routes, built.state.clone());
+        lambda_http::run(app).await
     } else {
-        let app = latchkey_api::app(built.state.clone().serving_directly(&config.public_base_url));
+        let app = latchkey_api::with_state(routes, built.state.clone().serving_directly(&config.public_base_url));
         let served = match latchkey_api::wiring::listen(&config.bind) {
             Ok(listener) => latchkey_api::wiring::serve(app, listener, config.http_threads).await,
             Err(e) => Err(e),

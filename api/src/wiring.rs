@@ -150,6 +150,11 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
                 Some(s) => s,
                 None => aws_calls::sdk_config().await,
             };
+            // A cold start's one AWS call, begun first: the clients (and in
+            // `main`, the routes) are built while SSM answers. (Spawning
+            // wakes a worker thread: not done for nothing.)
+            let params = secret_params(config);
+            let secrets = (!params.is_empty()).then(|| tokio::spawn(fetch_secrets(params, sdk.clone())));
             let ddb = aws_calls::dynamo_client(&sdk, opts.calls.as_ref());
             let sqs_client = aws_calls::sqs_client(&sdk, opts.calls.as_ref());
             let queue_url = if *bootstrap {
@@ -160,7 +165,11 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
                     "LATCHKEY_MAIL_QUEUE_URL: required with LATCHKEY_BACKEND=aws unless LATCHKEY_BOOTSTRAP=true",
                 )?
             };
-            let keys = aws_keys(config, fetch_secrets(config, &sdk).await?)?;
+            let from_ssm = match secrets {
+                Some(reading) => reading.await.map_err(|e| format!("reading SSM parameters: {e}"))??,
+                None => SsmSecrets::new(),
+            };
+            let keys = aws_keys(config, from_ssm)?;
             // Terraform's rotation numbers of what was just read (raising one
             // restarts every instance on the new values).
             tracing::info!(
@@ -201,22 +210,27 @@ pub const ADMIN_KEY_HASH_OFF: &str = "off";
 /// SSM parameter values by name.
 type SsmSecrets = HashMap<String, Secret<String>>;
 
-/// Reads the SSM SecureString parameters the `_PARAM` variables name, all
-/// in one call (a cold start's one AWS call); none when no variable names one.
-async fn fetch_secrets(config: &Config, sdk: &aws_config::SdkConfig) -> Result<SsmSecrets, BoxError> {
-    let params: Vec<(&str, &str)> = [
+/// Reads the SSM SecureString parameters `params` names (as
+/// `secret_params` gives them), all in one call.
+async fn fetch_secrets(
+    params: Vec<(&'static str, String)>,
+    sdk: aws_config::SdkConfig,
+) -> Result<SsmSecrets, BoxError> {
+    let params: Vec<(&str, &str)> = params.iter().map(|(var, name)| (*var, name.as_str())).collect();
+    Ok(latchkey_core::adapters::ssm::read_secrets(&aws_sdk_ssm::Client::new(&sdk), &params).await?)
+}
+
+/// The SSM parameters the `_PARAM` variables name, each with its variable.
+fn secret_params(config: &Config) -> Vec<(&'static str, String)> {
+    [
         ("LATCHKEY_JWT_PRIVATE_KEY_PARAM", &config.jwt_private_key_param),
         ("LATCHKEY_JWT_STANDBY_KEY_PARAM", &config.jwt_standby_key_param),
         ("LATCHKEY_CODE_HMAC_KEY_PARAM", &config.code_hmac_key_param),
         ("LATCHKEY_ADMIN_KEY_HASH_PARAM", &config.admin_key_hash_param),
     ]
     .into_iter()
-    .filter_map(|(var, name)| Some((var, name.as_deref()?)))
-    .collect();
-    if params.is_empty() {
-        return Ok(HashMap::new());
-    }
-    Ok(latchkey_core::adapters::ssm::read_secrets(&aws_sdk_ssm::Client::new(sdk), &params).await?)
+    .filter_map(|(var, name)| Some((var, name.clone()?)))
+    .collect()
 }
 
 /// The keys a built api holds.

@@ -48,14 +48,24 @@ async fn main() -> Result<(), BoxError> {
     }
 
     let sdk = aws_calls::lambda_sdk_config().await?;
-    let key = ssm::audit_key(&config, &sdk).await?;
+    // The one AWS call of a cold start, begun first: the clients are built
+    // while SSM answers. (Spawning wakes a worker thread: only for a
+    // parameter.)
+    let reading = config.audit_key_param.is_some().then(|| {
+        let (config, sdk) = (config.clone(), sdk.clone());
+        tokio::spawn(async move { ssm::audit_key(&config, &sdk).await })
+    });
+    let (audit, users) = (audit(&sdk), Arc::new(DynamoStore::new(aws_calls::dynamo_client(&sdk, None), &prefix)));
+    let key = match reading {
+        Some(reading) => reading.await.map_err(|e| format!("reading the audit seal key: {e}"))??,
+        None => ssm::audit_key(&config, &sdk).await?,
+    };
     // Terraform's audit_seal_key_version: which key this instance seals with.
     if let Ok(v) = std::env::var("LATCHKEY_AUDIT_KEY_VERSION") {
         let version: u32 = v.parse().map_err(|_| format!("LATCHKEY_AUDIT_KEY_VERSION: a whole number (got {v:?})"))?;
         tracing::info!(key_version = version, "audit seal key read");
     }
-    let users = Arc::new(DynamoStore::new(aws_calls::dynamo_client(&sdk, None), &prefix));
-    let processor = Processor::new(audit(&sdk), key, AuditPolicy::from(&config.policy), config.audit_retention_days)
+    let processor = Processor::new(audit, key, AuditPolicy::from(&config.policy), config.audit_retention_days)
         .releasing_names(users);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Event>| {
         let processor = processor.clone();
