@@ -1,7 +1,8 @@
 //! The runner stops cleanly on SIGINT (Ctrl-C) and on SIGTERM (what a
 //! service manager or `kill` sends): the server stops, the embedded mail
 //! consumer is asked to finish the job in hand and stops, and the process
-//! exits 0.
+//! exits 0. And a start on an address already taken stops at once, naming
+//! it.
 
 mod common;
 
@@ -43,4 +44,25 @@ fn the_runner_stops_cleanly_on_sigint() {
 #[test]
 fn the_runner_stops_cleanly_on_sigterm() {
     stops_on("TERM");
+}
+
+/// An address already taken stops the start with the address named, and
+/// the runner never says it is serving (it says so only once bound).
+#[test]
+fn a_taken_address_stops_the_start_with_its_name() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to hold");
+    let addr = taken.local_addr().expect("its address");
+    let data = std::env::temp_dir().join(format!("latchkey-taken-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let out = common::latchkey(&data)
+        .env("LATCHKEY_BIND", addr.to_string())
+        .env_remove("PUBLIC_BASE_URL")
+        .output()
+        .expect("the runner runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains(&format!("cannot listen on {addr}: ")), "{stderr}");
+    assert!(!stdout.contains("latchkey serving"), "{stdout}");
+    drop(taken);
+    let _ = std::fs::remove_dir_all(&data);
 }
