@@ -79,11 +79,13 @@ data "aws_iam_policy_document" "api" {
     resources = ["${aws_dynamodb_table.tokens.arn}/index/*"]
   }
 
-  # Challenges, sessions, standalone codes: read, written, never deleted
-  # (their TTL ends them).
+  # Challenges, sessions, standalone codes: read and written; their TTL
+  # ends them, except that deleting an account deletes its sessions,
+  # challenges and links at once (BatchWriteItem: the items its user
+  # index lists).
   statement {
     sid       = "AppTokens"
-    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:BatchWriteItem"]
     resources = [aws_dynamodb_table.tokens.arn]
   }
 

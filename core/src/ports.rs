@@ -199,8 +199,9 @@ pub trait UserStore: Send + Sync {
     /// is deleted. The removal carries `meta`, the request's (the audit
     /// trail's `account_deleted`). Both names are free from then on. What
     /// else the account had ends with it, as everything reads the account
-    /// (sessions, logins in progress, links); those records go with it or
-    /// at their own expiry.
+    /// (sessions, logins in progress, links), and those records are deleted
+    /// with it: all of them (SQLite), or those a store's index lists by then
+    /// (DynamoDB; the rest go at their own expiry).
     async fn delete_account(&self, user: &User, meta: &RequestMeta) -> StoreResult<()>;
 
     /// Moves the account `user` (as read and checked by the caller) to the

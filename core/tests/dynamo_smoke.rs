@@ -1364,3 +1364,41 @@ async fn a_right_code_between_a_refused_last_count_and_its_read_leaves_the_budge
     assert_eq!(user.otp_failures, 1, "given back by the right code, then this wrong one");
     assert_eq!(user.locked_until, None);
 }
+
+/// Deleting an account deletes every item of it the tokens table's user
+/// index lists, however many batches they take (25 to a BatchWriteItem):
+/// here 30 signed-in sessions, their 30 used challenges and the
+/// registration's verification link.
+#[tokio::test]
+async fn deleting_an_account_deletes_its_tokens_in_batches() {
+    let env = env().await;
+    let (u, _) = registered(&env).await;
+    let mut made = Vec::new();
+    for _ in 0..30 {
+        let c = challenge(&u, "code");
+        env.store.create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &META).await.expect("challenge");
+        let s = session(&u);
+        env.store.redeem_challenge(&c.id, "code", NOW + 1, 5, u32::MAX, 0, &s, &META).await.expect("redeem");
+        made.push((c.id, s.id));
+    }
+    let stored = env.store.user_by_id(&u.id).await.expect("user_by_id").expect("the user");
+    env.counter.take();
+    env.store.delete_account(&stored, &META).await.expect("delete_account");
+    let calls = env.counter.take();
+    assert_eq!(calls.iter().filter(|c| *c == "dynamodb:BatchWriteItem").count(), 3, "61 items, 25 a call: {calls:?}");
+    for (c, s) in &made {
+        assert_eq!(env.store.challenge(c).await.expect("challenge"), None);
+        assert_eq!(env.store.session(s).await.expect("session"), None);
+    }
+    let left = env
+        .client
+        .query()
+        .table_name(format!("{}-tokens", env.prefix))
+        .index_name("by_user")
+        .key_condition_expression("user_id = :u")
+        .expression_attribute_values(":u", AttributeValue::S(u.id.to_string()))
+        .send()
+        .await
+        .expect("query");
+    assert_eq!(left.count, 0, "{:?}", left.items);
+}

@@ -201,14 +201,15 @@ async fn calls_per_request_stay_within_budget() {
 
     // Deleting an account: the checked password's calls (the limit, the
     // session, its user), the user's meta, the transaction deleting the
-    // user and its two claims, the owner's notice.
+    // user and its two claims, the query of its items in the tokens table
+    // and their deletion (its one session here), the owner's notice.
     let (name, address) = verified_user(&sys).await;
     let tokens = sign_in(&sys, &name, &address).await;
     calls.take();
     let gone = json!({ "current_password": PASSWORD });
     let (st, body) = sys.post_auth("/v1/me/delete", tokens["access_token"].as_str().expect("access"), gone).await;
     assert_eq!(st, 204, "{body}");
-    measure("delete the account", calls.take(), Some(6));
+    measure("delete the account", calls.take(), Some(8));
 
     // Moving an account to another address. The ask: the checked
     // password's calls, the limit of the mails, the new address's lookup,

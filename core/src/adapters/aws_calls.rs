@@ -173,8 +173,9 @@ impl Permission {
     /// What `call` (`service:Operation`, as recorded) with this input needs.
     fn needed_by(call: &str, input: &Input) -> Vec<Permission> {
         use aws_sdk_dynamodb::operation::{
-            delete_item::DeleteItemInput, get_item::GetItemInput, put_item::PutItemInput, query::QueryInput,
-            transact_write_items::TransactWriteItemsInput, update_item::UpdateItemInput,
+            batch_write_item::BatchWriteItemInput, delete_item::DeleteItemInput, get_item::GetItemInput,
+            put_item::PutItemInput, query::QueryInput, transact_write_items::TransactWriteItemsInput,
+            update_item::UpdateItemInput,
         };
         let table = |t: &Option<String>| t.clone().unwrap_or_default();
         if let Some(i) = input.downcast_ref::<GetItemInput>() {
@@ -195,6 +196,10 @@ impl Permission {
                 None => table(&i.table_name),
             };
             return vec![Permission::on("Query", &on)];
+        }
+        if let Some(i) = input.downcast_ref::<BatchWriteItemInput>() {
+            // IAM checks BatchWriteItem on each table it writes.
+            return i.request_items().into_iter().flatten().map(|(t, _)| Permission::on("BatchWriteItem", t)).collect();
         }
         if let Some(i) = input.downcast_ref::<TransactWriteItemsInput>() {
             return i

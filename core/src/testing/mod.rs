@@ -98,6 +98,7 @@ macro_rules! contract_suite {
             concurrent_takeovers_of_one_unverified_account_both_succeed,
             set_password_hash_replaces_only_the_hash,
             delete_account_frees_both_names_only_at_the_checked_password,
+            delete_account_takes_its_sessions_and_codes,
             change_email_moves_the_claim_only_for_the_user_as_read,
             reset_password_once_per_link,
             reset_password_has_one_winner,

@@ -3,8 +3,8 @@
 
 use super::Subject;
 use super::fixtures::{
-    DAY, T0, email, expect_conflict, hash, link, meta, new_user, race, registered, single_winner, stored_user, user_id,
-    user_with, username, verification_for,
+    DAY, T0, email, expect_conflict, hash, link, meta, new_challenge, new_user, race, registered, signed_in,
+    single_winner, stored_session, stored_user, user_id, user_with, username, verification_for,
 };
 use crate::domain::{User, VerificationRecord};
 use crate::error::Conflict;
@@ -474,6 +474,25 @@ pub async fn delete_account_frees_both_names_only_at_the_checked_password(s: &Su
     let (again, v) = user_with(user.username.clone(), user.email.clone());
     s.users.create_user(&again, &v, i64::MIN).await.expect("both names are free at once");
     assert_eq!(stored_user(s, &again.id).await.username, user.username);
+}
+
+/// Deleting an account takes its sessions and login codes with it: none
+/// of them stays for its TTL with the request data it holds (addresses,
+/// user agents). (On DynamoDB: those its user index lists by then.)
+pub async fn delete_account_takes_its_sessions_and_codes(s: &Subject) {
+    let (user, session) = signed_in(s).await;
+    let open = new_challenge(user.id);
+    s.challenges
+        .create_challenge(&open, LockCheck::Unlocked { reset_failures: false }, &meta())
+        .await
+        .expect("a second login's challenge");
+    let (other, others_session) = signed_in(s).await;
+    s.users.delete_account(&stored_user(s, &user.id).await, &meta()).await.expect("delete_account");
+    assert_eq!(s.sessions.session(&session.id).await.expect("session"), None, "its session");
+    assert_eq!(s.challenges.challenge(&open.id).await.expect("challenge"), None, "its open challenge");
+    assert_eq!(s.sessions.live_sessions_of(&user.id, T0 + 2).await.expect("live_sessions_of"), vec![]);
+    // Another account's are left alone.
+    assert_eq!(stored_session(s, &others_session.id).await.user_id, other.id);
 }
 
 /// An address change moves the account and its claim at once, counts

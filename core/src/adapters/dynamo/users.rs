@@ -6,7 +6,7 @@ use super::items::{
     self, CLAIM_USER_ID, Claim, HELD_AT, Item, PK, TTL_GRACE_SECS, TTL_NAME, epoch_value, n, next_epoch, s,
     unchanged_since,
 };
-use super::{DynamoStore, delete_item, put_item, update_item};
+use super::{DynamoStore, backoff, delete_item, put_item, update_item};
 use crate::clock::Timestamp;
 use crate::domain::{Email, RequestMeta, ResetLink, SessionId, User, UserId, Username, VerificationRecord};
 use crate::error::Conflict;
@@ -14,9 +14,71 @@ use crate::ports::{LoginFailure, StoreResult, UserStore};
 use crate::{StoreError, tables};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, Delete, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
-    Update,
+    AttributeValue, ConditionCheck, Delete, DeleteRequest, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    TransactWriteItem, Update, WriteRequest,
 };
+
+impl DynamoStore {
+    /// Deletes the items of the tokens table that name `user_id` (its
+    /// sessions, login challenges and verification links; standalone codes
+    /// name no account), as the `by_user` index lists them: an item
+    /// written a moment before may not be listed yet and is left to its
+    /// TTL. A plain REMOVE, which the audit trail records nothing for, as
+    /// when SQLite deletes them with the account. 25 to a call, the
+    /// unprocessed ones sent again after a backoff, up to 4 times.
+    async fn forget_tokens_of(&self, user_id: &UserId) -> StoreResult<()> {
+        let gsi = &tables::TOKENS.gsis[0];
+        let mut keys = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.tokens)
+                .index_name(gsi.name)
+                .key_condition_expression("#u = :u")
+                .expression_attribute_names("#u", gsi.hash_key)
+                .expression_attribute_values(":u", s(user_id.to_string()))
+                .projection_expression("pk")
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(map_sdk)?;
+            keys.extend(out.items.unwrap_or_default().into_iter().filter_map(|mut item| item.remove(PK)));
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        for chunk in keys.chunks(25) {
+            let mut requests = chunk
+                .iter()
+                .map(|pk| {
+                    let delete = DeleteRequest::builder().key(PK, pk.clone()).build().map_err(StoreError::internal)?;
+                    Ok(WriteRequest::builder().delete_request(delete).build())
+                })
+                .collect::<StoreResult<Vec<_>>>()?;
+            for attempt in 0.. {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.tokens, requests)
+                    .send()
+                    .await
+                    .map_err(map_sdk)?;
+                requests = out.unprocessed_items.and_then(|mut left| left.remove(&self.tokens)).unwrap_or_default();
+                if requests.is_empty() {
+                    break;
+                }
+                if attempt == 3 {
+                    return Err(StoreError::Unavailable(format!("{} deletes left unprocessed", requests.len()).into()));
+                }
+                backoff(attempt).await;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Rounds of "count, else lock" before `record_login_failure` gives up;
 /// each round only repeats when another request changed the user between
@@ -566,7 +628,9 @@ impl UserStore for DynamoStore {
     /// same condition), so the stream's REMOVE, whose old image is all it
     /// carries, names the request that deleted the account; then one
     /// transaction deletes the user and its claims. A claim already gone is
-    /// no reason to keep the account.
+    /// no reason to keep the account. Then its sessions, login challenges
+    /// and verification links go (`forget_tokens_of`): none is left for its
+    /// TTL with the addresses and user agents it holds.
     async fn delete_account(&self, user: &User, meta: &RequestMeta) -> StoreResult<()> {
         let unchanged =
             format!("attribute_exists(pk) AND password_hash = :expected AND {}", unchanged_since(user.password_epoch));
@@ -602,6 +666,12 @@ impl UserStore for DynamoStore {
             delete_item(claim(items::email_claim_pk(user.email.as_str())))?,
         ])
         .await?;
+        // The account is gone: what is left cannot be used (every read of
+        // a session, challenge or link checks the account), so a failure
+        // here leaves it to the TTL rather than failing a done deletion.
+        if let Err(e) = self.forget_tokens_of(&user.id).await {
+            tracing::warn!(error = %e, user_id = %user.id, "account deleted; its sessions and codes are left to their TTL");
+        }
         Ok(())
     }
 
