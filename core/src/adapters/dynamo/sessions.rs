@@ -3,7 +3,7 @@
 
 use super::DynamoStore;
 use super::errors::{map_sdk, old_item_on_failed_check};
-use super::items::{self, PK, n, s};
+use super::items::{self, Item, PK, n, s};
 use super::users::meta_value;
 use crate::StoreError;
 use crate::clock::Timestamp;
@@ -12,7 +12,39 @@ use crate::error::Conflict;
 use crate::ports::{SessionStore, StoreResult};
 use crate::tables;
 use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
+
+impl DynamoStore {
+    /// Every item of the tokens table that the `by_user` index lists for
+    /// `user_id`, page by page; `shape` adds a filter or a projection to
+    /// each page's query.
+    pub(super) async fn items_of_user(
+        &self,
+        user_id: &UserId,
+        shape: impl Fn(QueryFluentBuilder) -> QueryFluentBuilder,
+    ) -> StoreResult<Vec<Item>> {
+        let gsi = &tables::TOKENS.gsis[0];
+        let mut found = Vec::new();
+        let mut start = None;
+        loop {
+            let query = self
+                .client
+                .query()
+                .table_name(&self.tokens)
+                .index_name(gsi.name)
+                .key_condition_expression("#u = :u")
+                .expression_attribute_names("#u", gsi.hash_key)
+                .expression_attribute_values(":u", s(user_id.to_string()));
+            let out = shape(query).set_exclusive_start_key(start).send().await.map_err(map_sdk)?;
+            found.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(found),
+            }
+        }
+    }
+}
 
 #[async_trait]
 impl SessionStore for DynamoStore {
@@ -91,33 +123,15 @@ impl SessionStore for DynamoStore {
     }
 
     async fn live_sessions_of(&self, user_id: &UserId, now: Timestamp) -> StoreResult<Vec<Session>> {
-        let gsi = &tables::TOKENS.gsis[0];
-        let mut sessions = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.tokens)
-                .index_name(gsi.name)
-                .key_condition_expression("#u = :u")
-                .filter_expression("begins_with(pk, :p) AND attribute_not_exists(revoked_at) AND expires_at > :now")
-                .expression_attribute_names("#u", gsi.hash_key)
-                .expression_attribute_values(":u", s(user_id.to_string()))
+        self.items_of_user(user_id, |q| {
+            q.filter_expression("begins_with(pk, :p) AND attribute_not_exists(revoked_at) AND expires_at > :now")
                 .expression_attribute_values(":p", s(items::session_pk(&"")))
                 .expression_attribute_values(":now", n(now))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(map_sdk)?;
-            for item in out.items.unwrap_or_default() {
-                sessions.push(items::from_item(item)?);
-            }
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok(sessions),
-            }
-        }
+        })
+        .await?
+        .into_iter()
+        .map(items::from_item)
+        .collect()
     }
 
     async fn record_refresh_retry(&self, id: &SessionId, current_hash: &str, meta: &RequestMeta) -> StoreResult<()> {

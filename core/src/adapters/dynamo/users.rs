@@ -27,29 +27,12 @@ impl DynamoStore {
     /// when SQLite deletes them with the account. 25 to a call, the
     /// unprocessed ones sent again after a backoff, up to 4 times.
     async fn forget_tokens_of(&self, user_id: &UserId) -> StoreResult<()> {
-        let gsi = &tables::TOKENS.gsis[0];
-        let mut keys = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.tokens)
-                .index_name(gsi.name)
-                .key_condition_expression("#u = :u")
-                .expression_attribute_names("#u", gsi.hash_key)
-                .expression_attribute_values(":u", s(user_id.to_string()))
-                .projection_expression("pk")
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(map_sdk)?;
-            keys.extend(out.items.unwrap_or_default().into_iter().filter_map(|mut item| item.remove(PK)));
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
-            }
-        }
+        let keys: Vec<AttributeValue> = self
+            .items_of_user(user_id, |q| q.projection_expression("pk"))
+            .await?
+            .into_iter()
+            .filter_map(|mut item| item.remove(PK))
+            .collect();
         for chunk in keys.chunks(25) {
             let mut requests = chunk
                 .iter()
