@@ -3,8 +3,8 @@
 
 use super::Subject;
 use super::fixtures::{
-    T0, challenge_id, expect_conflict, hash, meta, new_challenge, new_session, pending_challenge, race, registered,
-    single_winner, stored_challenge, stored_user, user_id,
+    T0, challenge_id, expect_conflict, hash, meta, new_challenge, new_session, open_challenge, pending_challenge, race,
+    registered, single_winner, stored_challenge, stored_user, user_id,
 };
 use crate::domain::{Challenge, RequestMeta, Session, User};
 use crate::error::Conflict;
@@ -587,11 +587,7 @@ pub async fn replace_challenge_code_keeps_failures(s: &Subject) {
 pub async fn the_account_budget_stops_every_code(s: &Subject) {
     const BUDGET: u32 = 2;
     let (user, first) = pending_challenge(s).await;
-    let second = new_challenge(user.id);
-    s.challenges
-        .create_challenge(&second, LockCheck::Unlocked { reset_failures: false }, &meta())
-        .await
-        .expect("a second challenge");
+    let second = open_challenge(s, user.id).await;
     for n in 1..=BUDGET {
         let counted = s
             .challenges
@@ -641,12 +637,7 @@ pub async fn one_wrong_code_spends_the_budget(s: &Subject) {
     let (user, first) = pending_challenge(s).await;
     let mut ids = vec![first.id];
     for _ in 1..CHALLENGES {
-        let c = new_challenge(user.id);
-        s.challenges
-            .create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &meta())
-            .await
-            .expect("another challenge");
-        ids.push(c.id);
+        ids.push(open_challenge(s, user.id).await.id);
     }
     // Every challenge can take MAX_FAILURES, more than the budget between them.
     let tries = CHALLENGES * MAX_FAILURES as usize;
@@ -684,8 +675,7 @@ pub async fn one_wrong_code_spends_the_budget(s: &Subject) {
 pub async fn a_password_change_since_the_password_step_stops_its_code(s: &Subject) {
     let (user, _) = signed_in_and_changed(s, T0 + 10).await;
     assert_eq!(user.password_epoch, 1, "a change counts");
-    let c = new_challenge(user.id);
-    s.challenges.create_challenge(&c, LockCheck::Unlocked { reset_failures: false }, &meta()).await.expect("challenge");
+    let c = open_challenge(s, user.id).await;
     let before = stored_user(s, &user.id).await;
     // The step saw epoch 0 (before the change); 2 is a value never stored.
     for seen in [0, 2] {

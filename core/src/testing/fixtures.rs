@@ -140,12 +140,19 @@ pub(super) fn new_challenge(user_id: UserId) -> Challenge {
 /// A stored user with a stored pending challenge.
 pub(super) async fn pending_challenge(s: &Subject) -> (User, Challenge) {
     let (user, _) = registered(s).await;
-    let challenge = new_challenge(user.id);
+    let challenge = open_challenge(s, user.id).await;
+    (user, challenge)
+}
+
+/// A fresh challenge of `user_id`'s, stored as a password step makes it
+/// (unlocked, failures kept).
+pub(super) async fn open_challenge(s: &Subject, user_id: UserId) -> Challenge {
+    let challenge = new_challenge(user_id);
     s.challenges
         .create_challenge(&challenge, LockCheck::Unlocked { reset_failures: false }, &meta())
         .await
         .expect("create_challenge");
-    (user, challenge)
+    challenge
 }
 
 /// The stored challenge, which must exist.

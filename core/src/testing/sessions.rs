@@ -2,12 +2,11 @@
 
 use super::Subject;
 use super::fixtures::{
-    T0, expect_conflict, hash, meta, new_challenge, new_session, race, session_id, signed_in, single_winner,
+    T0, expect_conflict, hash, meta, new_session, open_challenge, race, session_id, signed_in, single_winner,
     stored_session, stored_user,
 };
 use crate::domain::{RequestMeta, Session, User};
 use crate::error::Conflict;
-use crate::ports::LockCheck;
 
 const RACERS: usize = 50;
 
@@ -233,11 +232,7 @@ pub async fn change_password_keeps_only_the_changing_session(s: &Subject) {
 /// Another session of `user`, through a challenge of its own, expiring at
 /// `expires_at`.
 async fn another_session(s: &Subject, user: &User, expires_at: i64) -> Session {
-    let challenge = new_challenge(user.id);
-    s.challenges
-        .create_challenge(&challenge, LockCheck::Unlocked { reset_failures: false }, &meta())
-        .await
-        .expect("create_challenge");
+    let challenge = open_challenge(s, user.id).await;
     let session = Session { expires_at, ..new_session(user.id) };
     s.challenges
         .redeem_challenge(&challenge.id, &challenge.code_hash, T0 + 1, 5, u32::MAX, 0, &session, &meta())

@@ -3,7 +3,7 @@
 
 use super::Subject;
 use super::fixtures::{
-    DAY, T0, email, expect_conflict, hash, link, meta, new_challenge, new_user, race, registered, signed_in,
+    DAY, T0, email, expect_conflict, hash, link, meta, new_user, open_challenge, race, registered, signed_in,
     single_winner, stored_session, stored_user, user_id, user_with, username, verification_for,
 };
 use crate::domain::{User, VerificationRecord};
@@ -481,11 +481,7 @@ pub async fn delete_account_frees_both_names_only_at_the_checked_password(s: &Su
 /// user agents). (On DynamoDB: those its user index lists by then.)
 pub async fn delete_account_takes_its_sessions_and_codes(s: &Subject) {
     let (user, session) = signed_in(s).await;
-    let open = new_challenge(user.id);
-    s.challenges
-        .create_challenge(&open, LockCheck::Unlocked { reset_failures: false }, &meta())
-        .await
-        .expect("a second login's challenge");
+    let open = open_challenge(s, user.id).await;
     let (other, others_session) = signed_in(s).await;
     s.users.delete_account(&stored_user(s, &user.id).await, &meta()).await.expect("delete_account");
     assert_eq!(s.sessions.session(&session.id).await.expect("session"), None, "its session");
