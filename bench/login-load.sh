@@ -7,6 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
+# LATCHKEY_BENCH_ORDER: the concurrencies, in the order they run on this
+# one runner (default "8 32"; bench/run alternates it between repeats, so
+# neither load always comes second, on a store the first one filled).
+order="${LATCHKEY_BENCH_ORDER:-8 32}"
+for c in $order; do
+  [[ "$c" =~ ^[1-9][0-9]{0,3}$ ]] || { echo "LATCHKEY_BENCH_ORDER: '$c' is not a concurrency (1-9999)" >&2; exit 2; }
+done
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 2; }
 [ -n "${LATCHKEY_BENCH_NO_BUILD:-}" ] || cargo build --release -p latchkey-local >&2
 # LATCHKEY_BENCH_DATA_PARENT: where the runner's data dir goes (bench/run
@@ -31,7 +38,7 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 between() { [ -z "${LATCHKEY_BENCH_BETWEEN:-}" ] || echo "--- between: $(bash -c "$LATCHKEY_BENCH_BETWEEN")"; }
 # One wrk thread: the load generator shares the cores with the server, and
 # one thread keeps up with ~100 logins/s at either concurrency.
-for c in 8 32; do
+for c in $order; do
   between
   echo "--- login (password step), concurrency $c, ${secs}s"
   wrk -t1 -c"$c" -d"${secs}s" --latency -s bench/login.lua "$base/v1/login" | grep -E 'Requests/sec|Latency|50%|99%|Non-2xx|requests in'
