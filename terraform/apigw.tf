@@ -39,6 +39,7 @@ locals {
     "POST /sessions/end",
     "POST /account/delete",
     "POST /account/email",
+    "POST /account/password",
     "POST /email/confirm",
     "POST /one-time-code/send",
     "POST /one-time-code/verify",

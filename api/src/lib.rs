@@ -69,6 +69,7 @@ pub fn routes() -> Router<AppState> {
         .route("/password/reset", get(pages::reset::reset_form).post(pages::reset::reset))
         .route("/dashboard", get(pages::dashboard::dashboard))
         .route("/sessions/end", post(pages::dashboard::end_sessions))
+        .route("/account/password", post(pages::dashboard::change_password))
         .route("/account/email", post(pages::dashboard::change_email))
         .route("/email/confirm", get(pages::email::confirm_form).post(pages::email::confirm))
         .route("/account/delete", post(pages::dashboard::delete_account))

@@ -1181,7 +1181,10 @@ async fn a_session_ends_for_every_reader_at_its_thirty_days() {
     w.clock.set(end);
     assert!(matches!(w.auth.me(&late.access_token).await, Err(Error::Unauthorized)));
     assert!(matches!(w.auth.browser_session(&late.refresh_token, &meta()).await, Err(Error::Unauthorized)));
-    let change = w.auth.change_password(&late.access_token, PW.into(), "a new passphrase, long".into(), &meta()).await;
+    let change = w
+        .auth
+        .change_password(Caller::Bearer(&late.access_token), PW.into(), "a new passphrase, long".into(), &meta())
+        .await;
     assert!(matches!(change, Err(Error::Unauthorized)));
     assert!(matches!(w.auth.refresh(&late.refresh_token, &meta()).await, Err(Error::InvalidRefreshToken)));
     // Nothing above wrote: the password is the one it was.
@@ -1277,7 +1280,10 @@ async fn a_device_token_vouches_only_for_its_own_account_while_valid() {
     w.clock.advance(1);
     // (Locked: this login comes through the device.)
     let same_second = signed_in_with(&w, "pia", PW, Some(&device), &m).await.device_token.unwrap();
-    w.auth.change_password(&pia.access_token, PW.into(), "a brand new passphrase here".into(), &m).await.unwrap();
+    w.auth
+        .change_password(Caller::Bearer(&pia.access_token), PW.into(), "a brand new passphrase here".into(), &m)
+        .await
+        .unwrap();
     w.clock.advance(1);
     assert!(refused(w.auth.login("pia", "a brand new passphrase here".into(), Some(&device), &m).await));
     assert!(refused(w.auth.login("pia", "a brand new passphrase here".into(), Some(&same_second), &m).await));
@@ -1307,7 +1313,9 @@ async fn a_wrong_current_password_counts_toward_the_lock_and_a_guessing_session_
     let user = async || w.store.user_by_email(&Email::parse("uma@example.com").unwrap()).await.unwrap().unwrap();
     let threshold = w.auth.policy().login_lock_threshold;
     let wrong = async |t: &latchkey_core::flows::TokenPair| {
-        w.auth.change_password(&t.access_token, "not my password at all".into(), NEW_PW.into(), &m).await
+        w.auth
+            .change_password(Caller::Bearer(&t.access_token), "not my password at all".into(), NEW_PW.into(), &m)
+            .await
     };
     for i in 1..threshold {
         let r = wrong(&guesser).await;
@@ -1332,7 +1340,10 @@ async fn a_wrong_current_password_counts_toward_the_lock_and_a_guessing_session_
     assert_eq!(user().await.locked_until, Some(locked_until), "a guess during a lock extends it");
     let device = owner.device_token.clone();
     let third = signed_in_with(&w, "uma", PW, device.as_deref(), &m).await;
-    w.auth.change_password(&third.access_token, PW.into(), NEW_PW.into(), &m).await.expect("the right password");
+    w.auth
+        .change_password(Caller::Bearer(&third.access_token), PW.into(), NEW_PW.into(), &m)
+        .await
+        .expect("the right password");
 }
 
 /// "Sign out everywhere else": with the current password, every other
@@ -1472,7 +1483,7 @@ async fn sessions_and_device_tokens_end_by_count_not_by_clock() {
     let m = meta();
     let first = signed_in(&w, "vera", &m).await;
     let old_device = first.device_token.clone().unwrap();
-    w.auth.change_password(&first.access_token, PW.into(), NEW_PW.into(), &m).await.unwrap();
+    w.auth.change_password(Caller::Bearer(&first.access_token), PW.into(), NEW_PW.into(), &m).await.unwrap();
     // Still T0: the change's own second.
     let second = signed_in_with(&w, "vera", NEW_PW, None, &m).await;
     assert!(w.auth.me(&first.access_token).await.is_ok(), "the session that changed the password ended");
@@ -1561,7 +1572,10 @@ async fn a_change_racing_its_own_sessions_sign_out_elsewhere_is_made_on_top() {
             store.change_password(&u.id, &hash, epoch, &hash, &sid, T0, &meta()).await.unwrap();
         })
     }));
-    w.auth.change_password(&session.access_token, PW.into(), NEW_PW.into(), &m).await.expect("made on top");
+    w.auth
+        .change_password(Caller::Bearer(&session.access_token), PW.into(), NEW_PW.into(), &m)
+        .await
+        .expect("made on top");
     assert!(racing.raced(), "the sign-out did not land before the change's write");
     assert_eq!(stored(&w.store, "xena").await.password_epoch, 2);
     assert!(w.auth.me(&session.access_token).await.is_ok(), "the session ended");
@@ -1632,7 +1646,10 @@ async fn a_password_change_is_made_again_over_a_rehash_but_not_over_a_reset() {
             store.set_password_hash(&u.id, &u.password_hash, "$argon2id$rehashed", &meta()).await.unwrap();
         })
     }));
-    w.auth.change_password(&session.access_token, PW.into(), NEW_PW.into(), &m).await.expect("made again");
+    w.auth
+        .change_password(Caller::Bearer(&session.access_token), PW.into(), NEW_PW.into(), &m)
+        .await
+        .expect("made again");
     assert!(racing.raced());
     let after = stored(&w.store, "xena").await;
     assert_eq!(after.password_epoch, 1);
@@ -1647,8 +1664,15 @@ async fn a_password_change_is_made_again_over_a_rehash_but_not_over_a_reset() {
             store.reset_password(&u.id, link, u.password_epoch, "$argon2id$reset", T0 + 1, &meta()).await.unwrap();
         })
     }));
-    let r =
-        w.auth.change_password(&session.access_token, NEW_PW.into(), "thunder kettle meadow lantern".into(), &m).await;
+    let r = w
+        .auth
+        .change_password(
+            Caller::Bearer(&session.access_token),
+            NEW_PW.into(),
+            "thunder kettle meadow lantern".into(),
+            &m,
+        )
+        .await;
     assert!(matches!(r, Err(Error::Unauthorized)), "{r:?}");
     assert!(racing.raced());
     let after = stored(&w.store, "xena").await;
@@ -1672,7 +1696,8 @@ async fn a_change_that_loses_to_another_change_of_its_session_names_the_password
             store.change_password(&u.id, &hash, epoch, "$argon2id$the-other-change", &sid, T0, &meta()).await.unwrap();
         })
     }));
-    let err = w.auth.change_password(&session.access_token, PW.into(), NEW_PW.into(), &m).await.unwrap_err();
+    let err =
+        w.auth.change_password(Caller::Bearer(&session.access_token), PW.into(), NEW_PW.into(), &m).await.unwrap_err();
     assert!(matches!(err, Error::Validation { field: "current_password", .. }), "{err:?}");
     assert!(racing.raced());
     assert!(w.auth.me(&session.access_token).await.is_ok(), "the session that made the other change ended");
@@ -1861,7 +1886,7 @@ async fn a_reset_link_lives_one_hour_once_and_not_past_the_next_reset() {
     // Oscar's link outlives a password change made with a session.
     let pair = signed_in(&w, "oscar", &meta()).await;
     w.auth
-        .change_password(&pair.access_token, PW.into(), "thunder kettle meadow lantern".into(), &meta())
+        .change_password(Caller::Bearer(&pair.access_token), PW.into(), "thunder kettle meadow lantern".into(), &meta())
         .await
         .unwrap();
     w.auth.reset_password(&oscars, NEW_PW.into(), &meta()).await.expect("a link made before a password change");
@@ -2150,7 +2175,7 @@ async fn a_password_signs_in_however_its_characters_were_typed() {
     // decomposed; the new one signs in precomposed.
     let session = signed_in_with(&w, "nina", nfc, None, &m).await;
     let new_nfd = "Nin\u{303}o so\u{303}ador com lanternas";
-    w.auth.change_password(&session.access_token, wide.into(), new_nfd.into(), &m).await.unwrap();
+    w.auth.change_password(Caller::Bearer(&session.access_token), wide.into(), new_nfd.into(), &m).await.unwrap();
     signed_in_with(&w, "nina", "Ni\u{f1}o s\u{f5}ador com lanternas", None, &m).await;
 
     // A hash from before the mark, of the password as typed (NFD).
@@ -2363,7 +2388,7 @@ async fn an_address_change_link_ends_with_its_hour_the_password_or_a_newer_chang
     w.auth.end_other_sessions(Caller::Bearer(&s.access_token), PW.into(), &m).await.unwrap();
     invalid(w.auth.confirm_email_change(&link, &m).await);
     let link = ask("uma3@example.org", s.access_token.clone()).await;
-    w.auth.change_password(&s.access_token, PW.into(), NEW_PW.into(), &m).await.unwrap();
+    w.auth.change_password(Caller::Bearer(&s.access_token), PW.into(), NEW_PW.into(), &m).await.unwrap();
     invalid(w.auth.confirm_email_change(&link, &m).await);
     assert_eq!(stored(&w.store, "uma").await.email.as_str(), "uma2@example.org");
 

@@ -233,6 +233,19 @@ try {
   await page.goto(`${BASE}/dashboard`);
   check((await page.textContent("#profile-email")).includes(moved), "the dashboard shows the new address");
 
+  // Change the password from the dashboard: a weak one is refused next to
+  // its field; then every other session ends and this one stays.
+  await page.fill("#password_current", NEW_PASSWORD);
+  await page.fill("#new_password", "short");
+  await page.click("form[action='/account/password'] button[type=submit]");
+  check((await page.textContent("#new_password-error"))?.length > 0, "weak new password refused on the dashboard");
+  await page.fill("#password_current", NEW_PASSWORD);
+  await page.fill("#new_password", "quiet pebble saffron engine");
+  await page.click("form[action='/account/password'] button[type=submit]");
+  await page.waitForURL(/\/dashboard\?password=changed$/);
+  check((await page.textContent(".notice")).includes("Your password is changed"),
+    "password changed from the dashboard, this session kept");
+
   // The standalone one-time-code page.
   const otpMail = `o${id}@example.com`;
   await page.goto(`${BASE}/one-time-code`);

@@ -446,6 +446,54 @@ async fn the_dashboard_deletes_the_account_with_the_password() {
     assert_eq!(sys.wait_mail(&email, before + 2).await.kind, "verify_email", "the address is not free");
 }
 
+/// The dashboard changes the password once the current one is typed: a
+/// wrong or missing current password, a missing or weak new one are named
+/// and change nothing, a form without the CSRF token is refused; then the
+/// other browser's session ends, this one stays, the owner is mailed, and
+/// only the new password signs in.
+#[tokio::test]
+async fn the_dashboard_changes_the_password_and_signs_out_every_other_session() {
+    let sys = TestSystem::embedded().await;
+    let (mut b, mut other, username, email) = signed_in_twice(&sys).await;
+    let new = "thunder kettle meadow lantern";
+
+    let d = b.get("/dashboard").await;
+    assert!(d.body.contains("Change your password"), "{}", d.body);
+    for (current, to, field, error) in [
+        ("not my password at all", new, "password_current", "That is not your current password."),
+        ("", new, "password_current", "Type your current password."),
+        (PASSWORD, "", "new_password", "Type the new password."),
+        (PASSWORD, "short", "new_password", "at least 12"),
+        (PASSWORD, &username, "new_password", "id=\"new_password-error\""),
+    ] {
+        let csrf = b.get("/dashboard").await.csrf();
+        let p =
+            b.post("/account/password", &[("csrf", &csrf), ("password_current", current), ("new_password", to)]).await;
+        assert_eq!(p.status, 400, "{current:?} -> {to:?}: {}", p.body);
+        assert!(p.body.contains(error), "{current:?} -> {to:?}: {error:?} in {}", p.body);
+        assert!(p.body.contains(&format!("id=\"{field}-error\"")), "{field} not named: {}", p.body);
+    }
+    let p =
+        b.post("/account/password", &[("csrf", "x.y"), ("password_current", PASSWORD), ("new_password", new)]).await;
+    assert_eq!(p.status, 403, "a bad token");
+    assert_eq!(other.get("/dashboard").await.status, 200, "a refused form ended the other session");
+
+    let before = sys.mails_to(&email).await.len();
+    let csrf = b.get("/dashboard").await.csrf();
+    let p =
+        b.post("/account/password", &[("csrf", &csrf), ("password_current", PASSWORD), ("new_password", new)]).await;
+    assert_eq!((p.status, p.location()), (303, "/dashboard?password=changed"), "{}", p.body);
+    let d = b.get("/dashboard?password=changed").await;
+    assert_eq!(d.status, 200, "this browser was signed out");
+    assert!(d.body.contains("Your password is changed."), "{}", d.body);
+    assert_eq!(other.get("/dashboard").await.location(), "/login", "the other browser is still signed in");
+    assert_eq!(sys.wait_mail(&email, before + 1).await.kind, "password_changed");
+    let (st, body, _) = sys.post("/v1/login", serde_json::json!({"identifier": username, "password": PASSWORD})).await;
+    assert_eq!(st, 401, "the old password: {body}");
+    let (st, body, _) = sys.post("/v1/login", serde_json::json!({"identifier": username, "password": new})).await;
+    assert_eq!(st, 202, "the new password: {body}");
+}
+
 /// The dashboard asks to move the account to another address with the
 /// password and the CSRF token; the link mailed there shows a button (its
 /// GET changes nothing) that moves the account, once, from any browser.

@@ -8,9 +8,10 @@
 //! `POST /sessions/end` ends one of the other sessions, or all of them
 //! ("sign out everywhere else"), once the current password checks out
 //! (ASVS 5.0 7.5.2), through the same flows as the API. `POST
-//! /account/email` asks to move the account to another address (a link
-//! goes there), and `POST /account/delete` deletes the account and signs
-//! this browser out, each once the current password checks out.
+//! /account/password` changes the password (every other session ends),
+//! `POST /account/email` asks to move the account to another address (a
+//! link goes there), and `POST /account/delete` deletes the account and
+//! signs this browser out, each once the current password checks out.
 
 use super::account::{FieldErrors, sentence};
 use super::extract::{PageForm, PageQuery};
@@ -38,17 +39,21 @@ const EVERY_OTHER: &str = "others";
 pub struct DashboardQuery {
     ended: Option<String>,
     email: Option<String>,
+    password: Option<String>,
 }
 
 pub async fn dashboard(State(s): State<AppState>, mut v: Visitor, PageQuery(q): PageQuery<DashboardQuery>) -> Response {
-    let notice = match (q.ended.as_deref(), q.email.as_deref()) {
-        (Some(EVERY_OTHER), _) => Some("Every other session is signed out."),
-        (Some(_), _) => Some("That session is signed out."),
-        (None, Some(_)) => Some(
+    let notice = match (q.ended.as_deref(), q.email.as_deref(), q.password.as_deref()) {
+        (Some(EVERY_OTHER), ..) => Some("Every other session is signed out."),
+        (Some(_), ..) => Some("That session is signed out."),
+        (None, Some(_), _) => Some(
             "A link is on its way to the new address: your account moves there when it is opened, within an hour. \
              Your current address was told.",
         ),
-        (None, None) => None,
+        (None, None, Some(_)) => Some(
+            "Your password is changed. Every other session of your account is signed out, and your address was told.",
+        ),
+        (None, None, None) => None,
     };
     render(&s, &mut v, StatusCode::OK, notice, None, FieldErrors::new()).await
 }
@@ -260,6 +265,53 @@ pub async fn change_email(State(s): State<AppState>, mut v: Visitor, PageForm(f)
         }
         // A guess that locked the account, or one during a lock, ended
         // this session.
+        Err(Error::Unauthorized) => session_ended(),
+        Err(e) => render::failure(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct PasswordForm {
+    csrf: Option<String>,
+    password_current: Option<String>,
+    new_password: Option<String>,
+}
+
+/// `POST /account/password`: changes the password (the flow of
+/// `POST /v1/password`): every other session of the account ends, this one
+/// stays, and the owner is mailed.
+pub async fn change_password(
+    State(s): State<AppState>,
+    mut v: Visitor,
+    PageForm(f): PageForm<PasswordForm>,
+) -> Response {
+    let signed_in = match signed_in_form(&s, &mut v, f.csrf.as_deref()).await {
+        Ok(signed_in) => signed_in,
+        Err(r) => return r,
+    };
+    let mut errors = FieldErrors::new();
+    let (current, new) = (f.password_current.unwrap_or_default(), f.new_password.unwrap_or_default());
+    if current.is_empty() {
+        errors.insert("password_current", "Type your current password.".into());
+    }
+    if new.is_empty() {
+        errors.insert("new_password", "Type the new password.".into());
+    }
+    if !errors.is_empty() {
+        return render(&s, &mut v, StatusCode::BAD_REQUEST, None, None, errors).await;
+    }
+    match s.auth.change_password(Caller::Browser(&signed_in), current, new, &v.meta).await {
+        Ok(()) => Redirect::to("/dashboard?password=changed").into_response(),
+        Err(Error::Validation { field, reason }) => {
+            let (field, text) = match field {
+                "current_password" => ("password_current", "That is not your current password.".into()),
+                _ => ("new_password", sentence(&reason)),
+            };
+            errors.insert(field, text);
+            render(&s, &mut v, StatusCode::BAD_REQUEST, None, None, errors).await
+        }
+        // A guess that locked the account, or one during a lock, ended
+        // this session (or a reset did meanwhile).
         Err(Error::Unauthorized) => session_ended(),
         Err(e) => render::failure(e),
     }

@@ -165,7 +165,7 @@ pub async fn change_password(
     let token = access_token(&headers)?;
     let current = required(r.current_password, "current_password")?;
     let new = required(r.new_password, "new_password")?;
-    s.auth.change_password(token, current, new, &meta).await?;
+    s.auth.change_password(Caller::Bearer(token), current, new, &meta).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

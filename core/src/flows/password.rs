@@ -20,17 +20,17 @@ enum NewEpoch<'a> {
 }
 
 impl Auth {
-    /// Changes the password of the caller of `access_token` from `current`
-    /// to `new` (the registration rules apply, checked after the current
-    /// password). Every other session of the user ends; this one stays.
+    /// Changes the password of `caller` (an access token, or a browser's
+    /// session) from `current` to `new` (the registration rules apply,
+    /// checked after the current password). Every other session of the user
+    /// ends; this one stays.
     pub async fn change_password(
         &self,
-        access_token: &str,
+        caller: Caller<'_>,
         current: String,
         new: String,
         meta: &RequestMeta,
     ) -> Result<(), Error> {
-        let caller = Caller::Bearer(access_token);
         let (uid, sid, user) = self.check_current_password(caller, current, "password change", meta).await?;
         let new = self.new_password(new, &user.username, &user.email).map_err(|e| match e {
             Error::Validation { reason, .. } => Error::Validation { field: "new_password", reason },
