@@ -181,6 +181,33 @@ fn session_ended() -> Response {
     with_cookies(Redirect::to("/login").into_response(), vec![cookies::clear(cookies::SESSION)])
 }
 
+/// The answer to a dashboard form its flow refused with `e`: a refused
+/// field's sentence next to the form's field that `field_for` names for it
+/// (a wrong current password said as such); the sign-in page if a guess
+/// that locked the account, or one during a lock, ended this session (or a
+/// reset did meanwhile); else the error's page.
+async fn refused(
+    s: &AppState,
+    v: &mut Visitor,
+    e: Error,
+    field_for: impl Fn(&'static str) -> &'static str,
+) -> Response {
+    match e {
+        Error::Validation { field, reason } => {
+            let text = if field == "current_password" {
+                "That is not your current password.".into()
+            } else {
+                sentence(&reason)
+            };
+            let mut errors = FieldErrors::new();
+            errors.insert(field_for(field), text);
+            render(s, v, StatusCode::BAD_REQUEST, None, None, errors).await
+        }
+        Error::Unauthorized => session_ended(),
+        e => render::failure(e),
+    }
+}
+
 /// `POST /sessions/end`: ends the chosen session, or every other one.
 pub async fn end_sessions(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageForm<EndForm>) -> Response {
     let signed_in = match signed_in_form(&s, &mut v, f.csrf.as_deref()).await {
@@ -208,23 +235,11 @@ pub async fn end_sessions(State(s): State<AppState>, mut v: Visitor, PageForm(f)
     match ended {
         Ok(()) => Redirect::to(if target == EVERY_OTHER { "/dashboard?ended=others" } else { "/dashboard?ended=one" })
             .into_response(),
-        Err(Error::Validation { field, reason }) => {
-            let text = if field == "current_password" {
-                "That is not your current password.".into()
-            } else {
-                sentence(&reason)
-            };
-            errors.insert(field, text);
-            render(&s, &mut v, StatusCode::BAD_REQUEST, None, None, errors).await
-        }
         Err(Error::SessionNotFound) => {
             let text = "That session had already ended.".to_string();
             render(&s, &mut v, StatusCode::NOT_FOUND, None, Some(text), errors).await
         }
-        // A guess that locked the account, or one during a lock, ended
-        // this session too.
-        Err(Error::Unauthorized) => session_ended(),
-        Err(e) => render::failure(e),
+        Err(e) => refused(&s, &mut v, e, |field| field).await,
     }
 }
 
@@ -255,18 +270,10 @@ pub async fn change_email(State(s): State<AppState>, mut v: Visitor, PageForm(f)
     }
     match s.auth.request_email_change(Caller::Browser(&signed_in), password, &new_email, &v.meta).await {
         Ok(()) => Redirect::to("/dashboard?email=asked").into_response(),
-        Err(Error::Validation { field, reason }) => {
-            let (field, text) = match field {
-                "current_password" => ("email_password", "That is not your current password.".into()),
-                _ => ("new_email", sentence(&reason)),
-            };
-            errors.insert(field, text);
-            render(&s, &mut v, StatusCode::BAD_REQUEST, None, None, errors).await
+        Err(e) => {
+            refused(&s, &mut v, e, |field| if field == "current_password" { "email_password" } else { "new_email" })
+                .await
         }
-        // A guess that locked the account, or one during a lock, ended
-        // this session.
-        Err(Error::Unauthorized) => session_ended(),
-        Err(e) => render::failure(e),
     }
 }
 
@@ -302,18 +309,15 @@ pub async fn change_password(
     }
     match s.auth.change_password(Caller::Browser(&signed_in), current, new, &v.meta).await {
         Ok(()) => Redirect::to("/dashboard?password=changed").into_response(),
-        Err(Error::Validation { field, reason }) => {
-            let (field, text) = match field {
-                "current_password" => ("password_current", "That is not your current password.".into()),
-                _ => ("new_password", sentence(&reason)),
-            };
-            errors.insert(field, text);
-            render(&s, &mut v, StatusCode::BAD_REQUEST, None, None, errors).await
+        Err(e) => {
+            refused(
+                &s,
+                &mut v,
+                e,
+                |field| if field == "current_password" { "password_current" } else { "new_password" },
+            )
+            .await
         }
-        // A guess that locked the account, or one during a lock, ended
-        // this session (or a reset did meanwhile).
-        Err(Error::Unauthorized) => session_ended(),
-        Err(e) => render::failure(e),
     }
 }
 
@@ -343,18 +347,6 @@ pub async fn delete_account(State(s): State<AppState>, mut v: Visitor, PageForm(
             let clear = [cookies::SESSION, cookies::PRE, cookies::CSRF, cookies::DEVICE].map(cookies::clear).to_vec();
             with_cookies(Redirect::to("/login?deleted=1").into_response(), clear)
         }
-        Err(Error::Validation { field, reason }) => {
-            let text = if field == "current_password" {
-                "That is not your current password.".into()
-            } else {
-                sentence(&reason)
-            };
-            errors.insert("delete_password", text);
-            render(&s, &mut v, StatusCode::BAD_REQUEST, None, None, errors).await
-        }
-        // A guess that locked the account, or one during a lock, ended
-        // this session (or a reset did meanwhile).
-        Err(Error::Unauthorized) => session_ended(),
-        Err(e) => render::failure(e),
+        Err(e) => refused(&s, &mut v, e, |_| "delete_password").await,
     }
 }
