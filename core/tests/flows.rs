@@ -1371,7 +1371,8 @@ async fn signing_out_everywhere_else_ends_every_other_session_login_and_device_t
     let in_progress = w.auth.login("wes", PW.into(), None, &m).await.unwrap();
     let code = w.mail.code();
     let mails = w.mail.kinds().len();
-    w.auth.end_other_sessions(Caller::Bearer(&mine.access_token), PW.into(), &m).await.expect("the right password");
+    let first =
+        w.auth.end_other_sessions(Caller::Bearer(&mine.access_token), PW.into(), &m).await.expect("the right password");
     assert_eq!(w.mail.kinds().len(), mails, "nobody is mailed");
     let after = user().await;
     assert_eq!(after.password_hash, before.password_hash, "the password stays");
@@ -1384,24 +1385,27 @@ async fn signing_out_everywhere_else_ends_every_other_session_login_and_device_t
     assert!(w.auth.me(&mine.access_token).await.is_ok(), "the session that asked ended");
     let mine = w.auth.refresh(&mine.refresh_token, &m).await.expect("and refreshes");
     // Twice in a row (a second tab): each counts one more epoch.
-    w.auth.end_other_sessions(Caller::Bearer(&mine.access_token), PW.into(), &m).await.expect("again");
+    let second = w.auth.end_other_sessions(Caller::Bearer(&mine.access_token), PW.into(), &m).await.expect("again");
     assert_eq!(user().await.password_epoch, before.password_epoch + 2);
     assert!(w.auth.me(&mine.access_token).await.is_ok());
 
-    // The password still signs in; no device token from before vouches.
+    // The password still signs in; no device token from before vouches
+    // (the first sign-out's own one neither: the second ended it), the
+    // last sign-out's does.
     let fresh = signed_in(&w, "wes", &m).await;
     assert!(w.auth.me(&fresh.access_token).await.is_ok());
     for _ in 0..10 {
         let _ = w.auth.login("wes", "wrong wrong wrong".into(), None, &meta_from("198.51.100.7")).await;
     }
     let refused = |r: Result<_, Error>| matches!(r, Err(Error::InvalidCredentials));
-    for device in &devices {
-        let device = device.as_deref();
+    for device in devices.iter().map(Option::as_deref).chain([Some(first.as_str())]) {
         assert!(device.is_some());
         assert!(refused(w.auth.login("wes", PW.into(), device, &m).await), "a device token from before");
     }
     let r = w.auth.login("wes", PW.into(), fresh.device_token.as_deref(), &m).await;
     assert!(r.is_ok(), "a device token from after: {r:?}");
+    let r = w.auth.login("wes", PW.into(), Some(&second), &m).await;
+    assert!(r.is_ok(), "the last sign-out's own device token: {r:?}");
 }
 
 /// A user's list of sessions: the live ones only (not a signed-out one,
@@ -1483,7 +1487,8 @@ async fn sessions_and_device_tokens_end_by_count_not_by_clock() {
     let m = meta();
     let first = signed_in(&w, "vera", &m).await;
     let old_device = first.device_token.clone().unwrap();
-    w.auth.change_password(Caller::Bearer(&first.access_token), PW.into(), NEW_PW.into(), &m).await.unwrap();
+    let changed =
+        w.auth.change_password(Caller::Bearer(&first.access_token), PW.into(), NEW_PW.into(), &m).await.unwrap();
     // Still T0: the change's own second.
     let second = signed_in_with(&w, "vera", NEW_PW, None, &m).await;
     assert!(w.auth.me(&first.access_token).await.is_ok(), "the session that changed the password ended");
@@ -1496,6 +1501,7 @@ async fn sessions_and_device_tokens_end_by_count_not_by_clock() {
     let refused = |r: Result<_, Error>| matches!(r, Err(Error::InvalidCredentials));
     assert!(refused(w.auth.login("vera", NEW_PW.into(), Some(&old_device), &m).await), "a token from before");
     assert!(w.auth.login("vera", NEW_PW.into(), Some(&new_device), &m).await.is_ok(), "a token of the change's second");
+    assert!(w.auth.login("vera", NEW_PW.into(), Some(&changed), &m).await.is_ok(), "the change's own token");
 
     // A reset link; then a login whose code step took T0 + 20 from its
     // clock; then the reset, whose clock says T0 + 10.

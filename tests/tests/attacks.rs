@@ -732,8 +732,8 @@ pub async fn password_change_ends_other_sessions(sys: &TestSystem) {
     assert_eq!(sys.get_auth("/v1/me", &access(&other)).await.0, 200, "a refused change ended a session");
 
     let mails = sys.mails_to(&email).await.len();
-    let (st, b) = change(Some(access(&mine)), json!({"current_password": PASSWORD, "new_password": NEW})).await;
-    assert_eq!(st, 204, "{b}");
+    let (st, changed) = change(Some(access(&mine)), json!({"current_password": PASSWORD, "new_password": NEW})).await;
+    assert_eq!((st, changed["status"].as_str()), (200, Some("password_changed")), "{changed}");
     assert_eq!(sys.wait_mail(&email, mails + 1).await.kind, "password_changed", "the owner is told");
     only_the_asking_session_lives(sys, &mine, &other).await;
 
@@ -741,6 +741,35 @@ pub async fn password_change_ends_other_sessions(sys: &TestSystem) {
     assert_eq!((st, b["error"].as_str()), (401, Some("invalid_credentials")), "the old password");
     let (st, b, _) = sys.post("/v1/login", json!({"identifier": username, "password": NEW})).await;
     assert_eq!(st, 202, "the new password: {b}");
+    only_the_new_device_token_vouches(sys, &username, NEW, &changed, &mine).await;
+}
+
+/// After a password change or a sign-out elsewhere whose answer is
+/// `answer`: someone locks the account with wrong passwords; then the
+/// password alone is refused, and so is the device token of the login that
+/// made `mine` (the change ended it), but the answer's token gets the
+/// client that asked through the password step.
+async fn only_the_new_device_token_vouches(
+    sys: &TestSystem,
+    username: &str,
+    password: &str,
+    answer: &Value,
+    mine: &Value,
+) {
+    let fresh = answer["device_token"].as_str().expect("a device token in the answer");
+    let stale = mine["device_token"].as_str().expect("the login's device token");
+    assert_ne!(fresh, stale);
+    for _ in 0..10 {
+        let (st, b, _) = sys.post("/v1/login", json!({"identifier": username, "password": "wrong wrong wrong"})).await;
+        assert_eq!(st, 401, "{b}");
+    }
+    let login = |device: Option<&str>| {
+        sys.post("/v1/login", json!({"identifier": username, "password": password, "device_token": device}))
+    };
+    assert_eq!(login(None).await.0, 401, "the account is not locked");
+    assert_eq!(login(Some(stale)).await.0, 401, "a device token from before the change vouches");
+    let (st, b, _) = login(Some(fresh)).await;
+    assert_eq!(st, 202, "the answer's device token: {b}");
 }
 
 /// After a password change or a sign-out elsewhere made through `mine`:
@@ -776,13 +805,14 @@ pub async fn signing_out_everywhere_else_ends_the_other_sessions(sys: &TestSyste
     assert_eq!(sys.get_auth("/v1/me", &access(&other)).await.0, 200, "a refused request ended a session");
 
     let mails = sys.mails_to(&email).await.len();
-    let (st, b) = sys.post_auth(PATH, &access(&mine), json!({"current_password": PASSWORD})).await;
-    assert_eq!(st, 204, "{b}");
+    let (st, ended) = sys.post_auth(PATH, &access(&mine), json!({"current_password": PASSWORD})).await;
+    assert_eq!((st, ended["status"].as_str()), (200, Some("other_sessions_ended")), "{ended}");
     only_the_asking_session_lives(sys, &mine, &other).await;
     let again = sign_in(sys, &username, &email).await;
     assert_eq!(sys.get_auth("/v1/me", &access(&again)).await.0, 200, "the password still signs in");
     let kinds: Vec<String> = sys.mails_to(&email).await[mails..].iter().map(|m| m.kind.clone()).collect();
     assert_eq!(kinds, ["login_code"], "only the new login's code is mailed");
+    only_the_new_device_token_vouches(sys, &username, PASSWORD, &ended, &mine).await;
 }
 
 /// The session list (`GET /v1/sessions`) shows a user their own live

@@ -398,8 +398,12 @@ async fn the_dashboard_lists_the_sessions_and_ends_one_or_every_other_with_the_p
     let p = password_step(&mut third, &username).await;
     code_step(&mut third, &p, &email, 4).await;
     let csrf = b.get("/dashboard").await.csrf();
+    let device = b.jar[DEVICE].clone();
     let p = end_session(&mut b, &csrf, "others", PASSWORD).await;
     assert_eq!((p.status, p.location()), (303, "/dashboard?ended=others"), "{}", p.body);
+    let set = b.last_set(DEVICE).to_string();
+    assert_cookie_attributes(&set);
+    assert!(set.contains("SameSite=Strict") && b.jar[DEVICE] != device, "no new device cookie: {set}");
     assert_eq!(third.get("/dashboard").await.location(), "/login", "the third session still works");
     let d = b.get("/dashboard?ended=others").await;
     assert_eq!(d.status, 200);
@@ -480,9 +484,13 @@ async fn the_dashboard_changes_the_password_and_signs_out_every_other_session() 
 
     let before = sys.mails_to(&email).await.len();
     let csrf = b.get("/dashboard").await.csrf();
+    let (device, other_device) = (b.jar[DEVICE].clone(), other.jar[DEVICE].clone());
     let p =
         b.post("/account/password", &[("csrf", &csrf), ("password_current", PASSWORD), ("new_password", new)]).await;
     assert_eq!((p.status, p.location()), (303, "/dashboard?password=changed"), "{}", p.body);
+    let set = b.last_set(DEVICE).to_string();
+    assert_cookie_attributes(&set);
+    assert!(set.contains("SameSite=Strict") && b.jar[DEVICE] != device, "no new device cookie: {set}");
     let d = b.get("/dashboard?password=changed").await;
     assert_eq!(d.status, 200, "this browser was signed out");
     assert!(d.body.contains("Your password is changed."), "{}", d.body);
@@ -492,6 +500,23 @@ async fn the_dashboard_changes_the_password_and_signs_out_every_other_session() 
     assert_eq!(st, 401, "the old password: {body}");
     let (st, body, _) = sys.post("/v1/login", serde_json::json!({"identifier": username, "password": new})).await;
     assert_eq!(st, 202, "the new password: {body}");
+
+    // Someone locks the account: the new device cookie gets this browser
+    // through the password step; the other browser's, from before, not.
+    for _ in 0..10 {
+        let (st, _, _) =
+            sys.post("/v1/login", serde_json::json!({"identifier": username, "password": "wrong wrong wrong"})).await;
+        assert_eq!(st, 401);
+    }
+    assert!(other.jar[DEVICE] == other_device, "the other browser lost its device cookie");
+    let f = other.get("/login").await;
+    let p = other.post("/login", &[("csrf", &f.csrf()), ("identifier", &username), ("password", new)]).await;
+    assert_eq!(p.status, 401, "a device cookie from before the change: {}", p.body);
+    let d = b.get("/dashboard").await;
+    assert_eq!(b.post("/logout", &[("csrf", &d.csrf())]).await.status, 303);
+    let f = b.get("/login").await;
+    let p = b.post("/login", &[("csrf", &f.csrf()), ("identifier", &username), ("password", new)]).await;
+    assert_eq!((p.status, p.location()), (303, "/login/code"), "the change's device cookie: {}", p.body);
 }
 
 /// The dashboard asks to move the account to another address with the

@@ -20,7 +20,9 @@
 //! - [`DEVICE`] is the device token of the last login finished in this
 //!   browser (`SameSite=Strict`, 90 days; `flows::device`): with it, the
 //!   owner can still sign in while someone else's guessing has the account
-//!   locked. Logout leaves it: it names a device, not a session.
+//!   locked. Logout leaves it: it names a device, not a session. A reset,
+//!   a password change and a "sign out everywhere else" replace it (they
+//!   end every older one).
 //!
 //! All are `HttpOnly`: no script on the pages reads them.
 
@@ -40,6 +42,12 @@ pub const PRE_TTL_SECS: i64 = latchkey_core::domain::Challenge::MAX_AGE_SECS;
 /// A `Set-Cookie` value with the `__Host-` attributes.
 pub fn set(name: &str, value: &str, max_age: i64, same_site: &str) -> String {
     format!("{name}={value}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite={same_site}")
+}
+
+/// The `Set-Cookie` value of [`DEVICE`] holding `token`, for as long as
+/// the token lives.
+pub fn device(token: &str, auth: &Auth) -> String {
+    set(DEVICE, token, auth.policy().device_token_ttl_secs, "Strict")
 }
 
 /// A `Set-Cookie` value that deletes the cookie.

@@ -228,13 +228,14 @@ pub async fn end_sessions(State(s): State<AppState>, mut v: Visitor, PageForm(f)
     }
     let caller = Caller::Browser(&signed_in);
     let ended = if target == EVERY_OTHER {
-        s.auth.end_other_sessions(caller, password, &v.meta).await
+        s.auth.end_other_sessions(caller, password, &v.meta).await.map(Some)
     } else {
-        s.auth.end_session(caller, &target, password, &v.meta).await
+        s.auth.end_session(caller, &target, password, &v.meta).await.map(|()| None)
     };
     match ended {
-        Ok(()) => Redirect::to(if target == EVERY_OTHER { "/dashboard?ended=others" } else { "/dashboard?ended=one" })
-            .into_response(),
+        // Every other device token ended too; this browser gets a new one.
+        Ok(Some(device)) => with_device(&s, Redirect::to("/dashboard?ended=others"), &device),
+        Ok(None) => Redirect::to("/dashboard?ended=one").into_response(),
         Err(Error::SessionNotFound) => {
             let text = "That session had already ended.".to_string();
             render(&s, &mut v, StatusCode::NOT_FOUND, None, Some(text), errors).await
@@ -308,7 +309,7 @@ pub async fn change_password(
         return render(&s, &mut v, StatusCode::BAD_REQUEST, None, None, errors).await;
     }
     match s.auth.change_password(Caller::Browser(&signed_in), current, new, &v.meta).await {
-        Ok(()) => Redirect::to("/dashboard?password=changed").into_response(),
+        Ok(device) => with_device(&s, Redirect::to("/dashboard?password=changed"), &device),
         Err(e) => {
             refused(
                 &s,
@@ -319,6 +320,12 @@ pub async fn change_password(
             .await
         }
     }
+}
+
+/// `response` with this browser's new device cookie (the flow ended the
+/// one it had, with every other of the account).
+fn with_device(s: &AppState, response: impl IntoResponse, device: &str) -> Response {
+    with_cookies(response.into_response(), vec![cookies::device(device, &s.auth)])
 }
 
 #[derive(Deserialize)]

@@ -171,7 +171,7 @@ pub async fn code(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageFo
                 cookies::clear(cookies::CSRF),
             ];
             if let Some(device) = &pair.device_token {
-                set.push(cookies::set(cookies::DEVICE, device, policy.device_token_ttl_secs, "Strict"));
+                set.push(cookies::device(device, &s.auth));
             }
             with_cookies(Redirect::to("/dashboard").into_response(), set)
         }

@@ -122,7 +122,7 @@ pub async fn reset(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageF
                     link => "/login", link_text => "Sign in",
                 },
             ),
-            vec![cookies::set(cookies::DEVICE, &device, s.auth.policy().device_token_ttl_secs, "Strict")],
+            vec![cookies::device(&device, &s.auth)],
         ),
         // The link is still good: say what is wrong with the password.
         Err(Error::Validation { reason, .. }) if token.len() <= MAX_TOKEN_LEN => {

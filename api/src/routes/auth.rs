@@ -155,7 +155,9 @@ pub struct PasswordReq {
     new_password: Option<String>,
 }
 
-/// Changes the caller's password; every other session of theirs ends.
+/// Changes the caller's password; every other session of theirs ends. The
+/// client gets a device token at the new epoch (the change ended its older
+/// one).
 pub async fn change_password(
     State(s): State<AppState>,
     Meta(meta): Meta,
@@ -165,8 +167,13 @@ pub async fn change_password(
     let token = access_token(&headers)?;
     let current = required(r.current_password, "current_password")?;
     let new = required(r.new_password, "new_password")?;
-    s.auth.change_password(Caller::Bearer(token), current, new, &meta).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let device_token = s.auth.change_password(Caller::Bearer(token), current, new, &meta).await?;
+    Ok(Json(json!({
+        "status": "password_changed",
+        "message": "Your password is changed. Every other session of your account is signed out.",
+        "device_token": device_token,
+    }))
+    .into_response())
 }
 
 #[derive(Deserialize)]
@@ -176,7 +183,7 @@ pub struct CurrentPasswordReq {
 
 /// "Sign out everywhere else": once the current password checks out, every
 /// other session of the caller ends (and every login in progress and device
-/// token of theirs); this one stays.
+/// token of theirs); this one stays, and its client gets a new device token.
 pub async fn end_other_sessions(
     State(s): State<AppState>,
     Meta(meta): Meta,
@@ -185,8 +192,13 @@ pub async fn end_other_sessions(
 ) -> Result<Response, ApiError> {
     let token = access_token(&headers)?;
     let current = required(r.current_password, "current_password")?;
-    s.auth.end_other_sessions(Caller::Bearer(token), current, &meta).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let device_token = s.auth.end_other_sessions(Caller::Bearer(token), current, &meta).await?;
+    Ok(Json(json!({
+        "status": "other_sessions_ended",
+        "message": "Every other session of your account is signed out.",
+        "device_token": device_token,
+    }))
+    .into_response())
 }
 
 /// Deletes the caller's account once the current password checks out:

@@ -24,7 +24,9 @@
 //! step saw (and its code step found current); a password reset by mail
 //! gives the client that made it a token at the reset's new epoch, so the
 //! owner who proved the mailbox is not locked out by someone who keeps the
-//! account locked while the reset ended every older token. (Tokens of the
+//! account locked while the reset ended every older token. A password
+//! change and a "sign out everywhere else" do the same for the client that
+//! asked (it proved the password through a live session). (Tokens of the
 //! first format, `latchkey/device-token/v1`, which decided by time, are no
 //! longer accepted: such a device vouches again after its next login.)
 

@@ -2,7 +2,10 @@
 //! else": both end every other session of the user at once (SECURITY.md),
 //! and the session that asked lives on. Both first check the current
 //! password: a wrong one counts toward the account's lock as at login, and
-//! a session that guesses into or through a lock is ended.
+//! a session that guesses into or through a lock is ended. Both end
+//! every device token of the account too (the epoch they vouch at moves
+//! on) and give the client that asked a new one at the new epoch, as a
+//! reset by mail does: it proved the password through a live session.
 
 use super::Auth;
 use super::sessions::Caller;
@@ -23,25 +26,26 @@ impl Auth {
     /// Changes the password of `caller` (an access token, or a browser's
     /// session) from `current` to `new` (the registration rules apply,
     /// checked after the current password). Every other session of the user
-    /// ends; this one stays.
+    /// ends; this one stays. Returns a device token for this client at the
+    /// new epoch (the change ended its older one).
     pub async fn change_password(
         &self,
         caller: Caller<'_>,
         current: String,
         new: String,
         meta: &RequestMeta,
-    ) -> Result<(), Error> {
+    ) -> Result<String, Error> {
         let (uid, sid, user) = self.check_current_password(caller, current, "password change", meta).await?;
         let new = self.new_password(new, &user.username, &user.email).map_err(|e| match e {
             Error::Validation { reason, .. } => Error::Validation { field: "new_password", reason },
             other => other,
         })?;
         let phc = self.hasher.hash(&new, self.ports.rng.as_ref()).await?;
-        let at = self.next_epoch(&uid, &sid, &user, NewEpoch::Password(&phc), meta).await?;
+        let (at, epoch) = self.next_epoch(&uid, &sid, &user, NewEpoch::Password(&phc), meta).await?;
         tracing::info!(user_id = %uid, session_id = %sid, "password changed; other sessions ended");
         let notice = MailJob::PasswordChanged { username: user.username.to_string(), at, by_reset: false };
         self.notify(&user.email, Some(uid.to_string()), meta, notice).await;
-        Ok(())
+        Ok(self.device_token(&uid, at, epoch))
     }
 
     /// "Sign out everywhere else" (ASVS 5.0 7.5.2: terminate all other
@@ -51,17 +55,18 @@ impl Auth {
     /// device token (a lost device stops vouching for the account); this
     /// session stays. The password does not change, and the owner is not
     /// mailed (they asked, with the password); the audit trail records
-    /// `other_sessions_ended`.
+    /// `other_sessions_ended`. Returns a device token for this client at
+    /// the new epoch.
     pub async fn end_other_sessions(
         &self,
         caller: Caller<'_>,
         current: String,
         meta: &RequestMeta,
-    ) -> Result<(), Error> {
+    ) -> Result<String, Error> {
         let (uid, sid, user) = self.check_current_password(caller, current, "sign-out elsewhere", meta).await?;
-        self.next_epoch(&uid, &sid, &user, NewEpoch::SamePassword, meta).await?;
+        let (at, epoch) = self.next_epoch(&uid, &sid, &user, NewEpoch::SamePassword, meta).await?;
         tracing::info!(user_id = %uid, session_id = %sid, "other sessions ended at the user's request");
-        Ok(())
+        Ok(self.device_token(&uid, at, epoch))
     }
 
     /// Deletes the caller's account once `current` is its password (checked
@@ -138,7 +143,8 @@ impl Auth {
     /// Counts one more `password_epoch` on `user`, checked through session
     /// `sid`: every other session ends, `sid` moves to the new epoch. Returns
     /// the write's time, taken after any hashing, right before the write (a
-    /// login whose password step came before the write is one it ends).
+    /// login whose password step came before the write is one it ends), and
+    /// the epoch it wrote.
     async fn next_epoch(
         &self,
         uid: &UserId,
@@ -146,7 +152,7 @@ impl Auth {
         user: &User,
         new: NewEpoch<'_>,
         meta: &RequestMeta,
-    ) -> Result<Timestamp, Error> {
+    ) -> Result<(Timestamp, u64), Error> {
         let mut checked = user.password_hash.clone();
         let mut epoch = user.password_epoch;
         let mut tries = 0;
@@ -157,7 +163,7 @@ impl Auth {
                 NewEpoch::SamePassword => checked.as_str(),
             };
             match self.ports.users.change_password(uid, &checked, epoch, phc, sid, at, meta).await {
-                Ok(()) => return Ok(at),
+                Ok(()) => return Ok((at, epoch + 1)),
                 Err(StoreError::Conflict(_)) => {}
                 Err(e) => return Err(e.into()),
             }
