@@ -193,31 +193,27 @@ pub enum Holding {
 pub enum Outcome {
     Sent {
         provider_id: String,
+        /// The ledger's sent mark was written. When it was not, the claim
+        /// holds off a duplicate only until its lease ends: a queue that can
+        /// still end the job's own row should (the embedded one does).
+        recorded: bool,
     },
     /// The ledger says it went out before: nothing was sent.
     AlreadySent,
     /// Will never succeed as it is: park it with the reason (DLQ, `failed`).
-    Park {
-        reason: String,
-    },
+    Park { reason: String },
     /// Not sent, and it never will be: the code or link in it has expired,
     /// or the job is [`MAX_JOB_AGE_SECS`] old. Final, like [`Outcome::Park`]
     /// (`failed` in the ledger with the reason, so a `mail_failed` audit
     /// event), but there is nothing to dead-letter: a redrive could only
     /// refuse it again. The queue drops it.
-    Expired {
-        reason: String,
-    },
+    Expired { reason: String },
     /// Transient failures used up the time: let the queue bring it back.
-    Retry {
-        reason: String,
-    },
+    Retry { reason: String },
     /// Another delivery holds the job's claim until `lease_until`: nothing
     /// was tried. Not a failure of this job: a queue that counts attempts
     /// must not count this one, and need not look again before then.
-    Busy {
-        lease_until: Timestamp,
-    },
+    Busy { lease_until: Timestamp },
 }
 
 /// Whether the caller's queue brings a job back after [`Outcome::Retry`].
@@ -419,9 +415,9 @@ impl Deliverer {
         }
         match self.send_with_retries(env, &mail, deadline).await {
             Ok(provider_id) => {
-                self.record_sent(meta, &provider_id, deadline).await;
+                let recorded = self.record_sent(meta, &provider_id, deadline).await;
                 tracing::info!(mail_id = %meta.id, kind = meta.kind, %provider_id, "mail sent");
-                Attempt::Done(Outcome::Sent { provider_id })
+                Attempt::Done(Outcome::Sent { provider_id, recorded })
             }
             Err(Unsent::Expired(reason)) => self.expire(meta, reason, deadline).await,
             Err(Unsent::Failed(SendError::Permanent { reason })) => {
@@ -500,7 +496,8 @@ impl Deliverer {
     /// and a duplicate of the message within it is answered "busy" and
     /// not sent. Only a duplicate after the lease (SQS delivers at least
     /// once) could send the mail a second time; the error log says so.
-    async fn record_sent(&self, meta: &JobMeta, provider_id: &str, deadline: Instant) {
+    /// Returns whether the mark was written.
+    async fn record_sent(&self, meta: &JobMeta, provider_id: &str, deadline: Instant) -> bool {
         let record = async {
             for attempt in 0..3u32 {
                 match self.ledger.mark_sent(&meta.id, provider_id, self.clock.now()).await {
@@ -513,12 +510,14 @@ impl Deliverer {
             }
             false
         };
-        if !matches!(timeout_at(deadline, record).await, Ok(true)) {
+        let recorded = matches!(timeout_at(deadline, record).await, Ok(true));
+        if !recorded {
             tracing::error!(
                 mail_id = %meta.id,
                 "sent mail not recorded; its claim holds off a duplicate until the lease ends, after which one may repeat it"
             );
         }
+        recorded
     }
 
     async fn park(&self, meta: &JobMeta, reason: String, holding: Holding, deadline: Instant) -> Attempt {
@@ -784,7 +783,7 @@ mod tests {
         let (m, l, c) =
             (Arc::new(Scripted::default()), Arc::new(MemoryMailLedger::new()), Arc::new(FixedClock::new(0)));
         let d = deliverer(m.clone(), l.clone(), c);
-        assert_eq!(d.deliver(&env("a"), soon()).await, Outcome::Sent { provider_id: "m1".into() });
+        assert_eq!(d.deliver(&env("a"), soon()).await, Outcome::Sent { provider_id: "m1".into(), recorded: true });
         assert_eq!(d.deliver(&env("a"), soon()).await, Outcome::AlreadySent);
         assert_eq!(d.deliver(&env("a"), soon()).await, Outcome::AlreadySent);
         assert_eq!(m.sent.lock().unwrap().len(), 1);

@@ -156,7 +156,10 @@ async fn handle(queue: &SqliteMailQueue, deliverer: &Deliverer, job: ClaimedJob)
     };
     match deliverer.deliver_with(&env, deadline, redelivery).await {
         // The ledger's sent mark acknowledged the job in the same commit.
-        Outcome::Sent { .. } => Ok(()),
+        Outcome::Sent { recorded: true, .. } => Ok(()),
+        // Written, but the sent mark was not: the row still ends here, or
+        // the next drain after the claim's lease would write it again.
+        Outcome::Sent { recorded: false, .. } => queue.mark_sent(&job.id).await,
         Outcome::AlreadySent => queue.mark_sent(&job.id).await,
         // Recorded `failed` in the ledger (the audit trail's `mail_failed`);
         // the row ends failed with the same reason, and is never retried.
@@ -489,6 +492,39 @@ mod tests {
         let (state, attempts, _) = q.job_state("second").await.unwrap().unwrap();
         assert_eq!((state.as_str(), attempts), (PENDING, 0), "not taken");
         assert!(ledger.entry("second").await.unwrap().is_none());
+    }
+
+    /// A mail written whose sent mark the ledger refuses (a trigger stands
+    /// in for a full disk) still ends its queue row: nothing takes it
+    /// again, after the claim's lease either.
+    #[tokio::test]
+    async fn a_written_mail_whose_sent_mark_fails_is_not_written_again() {
+        use crate::mail::delivery::LEASE_SECS;
+        let (s, clock) = store();
+        let dir = TempDir::new();
+        let (q, o) = (s.mail_queue(), outbox(&s, clock.clone(), &dir.0).await);
+        s.db()
+            .tx(|tx| {
+                tx.execute_batch(
+                    "CREATE TRIGGER refuse_sent BEFORE UPDATE ON mail_ledger WHEN NEW.state = 'sent' \
+                     BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        q.enqueue(&job("unmarked")).await.unwrap();
+        assert_eq!(drain(&q, &o).await.unwrap(), 1);
+        assert_eq!(emls(&dir.0), vec!["1700000000-unmarked.eml".to_string()]);
+        assert_eq!(
+            o.ledger().entry("unmarked").await.unwrap().unwrap().state,
+            "sending",
+            "the trigger let the mark through"
+        );
+        assert_eq!(q.job_state("unmarked").await.unwrap().unwrap().0, SENT);
+        clock.advance(LEASE_SECS + 1);
+        assert_eq!(drain(&q, &o).await.unwrap(), 0);
+        assert_eq!(emls(&dir.0).len(), 1, "written again after the lease");
     }
 
     #[tokio::test]
