@@ -356,11 +356,12 @@ impl Deliverer {
             // terraform's worker_timeout_seconds, so a dead worker's claim
             // has ended by the last receive.)
             (Attempt::Busy { lease_until }, _) => Outcome::Busy { lease_until },
-            (Attempt::NotNow { reason }, Redelivery::Follows) => Outcome::Retry { reason },
-            (Attempt::NotNow { reason }, Redelivery::LastReceive { receives }) => {
+            (Attempt::NotNow { reason, .. }, Redelivery::Follows) => Outcome::Retry { reason },
+            (Attempt::NotNow { reason, holding }, Redelivery::LastReceive { receives }) => {
                 self.give_up(
                     &meta,
                     format!("transient failures exhausted after {receives} receives: {reason}"),
+                    holding,
                     deadline,
                 )
                 .await
@@ -397,11 +398,14 @@ impl Deliverer {
                 return Attempt::Done(Outcome::AlreadySent);
             }
             Ok(Ok(Claim::Busy { lease_until })) => return Attempt::Busy { lease_until },
-            Ok(Err(e)) => return Attempt::NotNow { reason: format!("mail ledger unavailable: {e}") },
+            Ok(Err(e)) => {
+                return Attempt::NotNow { reason: format!("mail ledger unavailable: {e}"), holding: Holding::Nothing };
+            }
             // The claim may still land; its lease then runs out by itself.
             Err(_) => {
                 return Attempt::NotNow {
                     reason: "mail ledger did not answer the claim in time to send before the deadline".into(),
+                    holding: Holding::Nothing,
                 };
             }
         }
@@ -425,15 +429,32 @@ impl Deliverer {
             }
             Err(Unsent::Failed(SendError::Transient(reason))) => {
                 tracing::warn!(mail_id = %meta.id, kind = meta.kind, %reason, "mail not sent; will be retried");
-                match timeout_at(deadline, self.ledger.release(&meta.id, &reason, self.clock.now())).await {
-                    Ok(Ok(())) => {}
+                // By the reserve, which is kept for recording the outcome
+                // (on the last receive, the park and its dead letter).
+                let release = self.ledger.release(&meta.id, &reason, self.clock.now());
+                let holding = match timeout_at(self.before_reserve(deadline), release).await {
+                    Ok(Ok(())) => Holding::Nothing,
                     // The lease runs out by itself; the retry waits for it.
-                    Ok(Err(e)) => tracing::warn!(mail_id = %meta.id, error = %e, "could not release the mail claim"),
-                    Err(_) => tracing::warn!(mail_id = %meta.id, "mail claim not released before the deadline"),
-                }
-                Attempt::NotNow { reason }
+                    // Still this delivery's: on the last receive, it parks
+                    // the job under it.
+                    Ok(Err(e)) => {
+                        tracing::warn!(mail_id = %meta.id, error = %e, "could not release the mail claim");
+                        Holding::Claim
+                    }
+                    Err(_) => {
+                        tracing::warn!(mail_id = %meta.id, "mail claim not released before the deadline");
+                        Holding::Claim
+                    }
+                };
+                Attempt::NotNow { reason, holding }
             }
         }
+    }
+
+    /// `deadline` less the policy's reserve (the time kept for recording
+    /// an outcome); `deadline` itself if it is nearer than that.
+    fn before_reserve(&self, deadline: Instant) -> Instant {
+        deadline.checked_sub(self.retry.reserve).unwrap_or(deadline)
     }
 
     /// The last moment a send may start before `deadline`: see
@@ -448,7 +469,7 @@ impl Deliverer {
         mail: &RenderedMail,
         deadline: Instant,
     ) -> Result<String, Unsent> {
-        let stop_at = deadline.checked_sub(self.retry.reserve).unwrap_or(deadline);
+        let stop_at = self.before_reserve(deadline);
         let latest_start = self.latest_send_start(deadline);
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.retry.min_delay)
@@ -526,7 +547,7 @@ impl Deliverer {
             Ok(()) => Attempt::Done(Outcome::Park { reason }),
             // Parking is an outcome the ledger must show: retry the whole
             // delivery rather than park unrecorded.
-            Err(why) => Attempt::NotNow { reason: format!("could not record a parked job ({reason}): {why}") },
+            Err(why) => Attempt::NotNow { reason: format!("could not record a parked job ({reason}): {why}"), holding },
         }
     }
 
@@ -538,19 +559,25 @@ impl Deliverer {
         tracing::warn!(mail_id = %meta.id, kind = meta.kind, %reason, "mail job expired; not sent");
         match self.record_failed(meta, &reason, Holding::Claim, deadline).await {
             Ok(()) => Attempt::Done(Outcome::Expired { reason }),
-            Err(why) => Attempt::NotNow { reason: format!("could not record an expired job ({reason}): {why}") },
+            Err(why) => Attempt::NotNow {
+                reason: format!("could not record an expired job ({reason}): {why}"),
+                holding: Holding::Claim,
+            },
         }
     }
 
     /// Parks a job the queue will not bring back. Parked even when the
     /// ledger cannot record it: the queue would dead-letter it anyway, and
-    /// this way the dead letter carries the reason. Without a claim (it was
-    /// given back, or could not be taken), so a claim another delivery took
-    /// meanwhile keeps its record; a redrive of the dead letter then finds
-    /// the job "already sent" if that delivery sent it.
-    async fn give_up(&self, meta: &JobMeta, reason: String, deadline: Instant) -> Outcome {
+    /// this way the dead letter carries the reason. The record is written
+    /// by the policy's reserve, which is left for the caller's dead-letter
+    /// copy. Under this delivery's claim if it still holds it (its release
+    /// or its record did not land); else without one (it was given back, or
+    /// could not be taken), so a claim another delivery took meanwhile keeps
+    /// its record, and a redrive of the dead letter then finds the job
+    /// "already sent" if that delivery sent it.
+    async fn give_up(&self, meta: &JobMeta, reason: String, holding: Holding, deadline: Instant) -> Outcome {
         tracing::error!(mail_id = %meta.id, kind = meta.kind, %reason, "mail job parked on its last receive");
-        if let Err(why) = self.record_failed(meta, &reason, Holding::Nothing, deadline).await {
+        if let Err(why) = self.record_failed(meta, &reason, holding, self.before_reserve(deadline)).await {
             tracing::error!(mail_id = %meta.id, error = %why, "parked job not recorded in the mail ledger");
         }
         Outcome::Park { reason }
@@ -599,6 +626,8 @@ enum Attempt {
     /// Transient: nothing was sent, and a later delivery may succeed.
     NotNow {
         reason: String,
+        /// Whether this delivery still holds the job's claim.
+        holding: Holding,
     },
 }
 
@@ -1151,24 +1180,47 @@ mod tests {
 
     /// A ledger whose claim never answers (a hung connection); its other
     /// calls answer.
-    struct ClaimHangs(MemoryMailLedger);
+    /// A memory ledger with faults: the calls named in `hang` never
+    /// answer, those in `fail` answer an error.
+    #[derive(Default)]
+    struct Faulty {
+        ledger: MemoryMailLedger,
+        hang: &'static [&'static str],
+        fail: &'static [&'static str],
+    }
+
+    impl Faulty {
+        async fn fault(&self, call: &str) -> StoreResult<()> {
+            if self.hang.contains(&call) {
+                std::future::pending::<()>().await;
+            }
+            if self.fail.contains(&call) {
+                return Err(crate::StoreError::unavailable(format!("{call}: throttled")));
+            }
+            Ok(())
+        }
+    }
 
     #[async_trait]
-    impl MailLedger for ClaimHangs {
-        async fn claim(&self, _: &JobMeta, _: Timestamp, _: i64) -> StoreResult<Claim> {
-            std::future::pending().await
+    impl MailLedger for Faulty {
+        async fn claim(&self, job: &JobMeta, now: Timestamp, lease_secs: i64) -> StoreResult<Claim> {
+            self.fault("claim").await?;
+            self.ledger.claim(job, now, lease_secs).await
         }
         async fn mark_sent(&self, id: &str, provider_id: &str, now: Timestamp) -> StoreResult<()> {
-            self.0.mark_sent(id, provider_id, now).await
+            self.fault("mark_sent").await?;
+            self.ledger.mark_sent(id, provider_id, now).await
         }
         async fn mark_failed(&self, job: &JobMeta, reason: &str, now: Timestamp, holding: Holding) -> StoreResult<()> {
-            self.0.mark_failed(job, reason, now, holding).await
+            self.fault("mark_failed").await?;
+            self.ledger.mark_failed(job, reason, now, holding).await
         }
         async fn release(&self, id: &str, reason: &str, now: Timestamp) -> StoreResult<()> {
-            self.0.release(id, reason, now).await
+            self.fault("release").await?;
+            self.ledger.release(id, reason, now).await
         }
         async fn entry(&self, id: &str) -> StoreResult<Option<LedgerEntry>> {
-            self.0.entry(id).await
+            self.ledger.entry(id).await
         }
     }
 
@@ -1180,7 +1232,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_hung_claim_leaves_time_to_park_the_job() {
         let m = Arc::new(Scripted::default());
-        let l = Arc::new(ClaimHangs(MemoryMailLedger::new()));
+        let l = Arc::new(Faulty { hang: &["claim"], ..Faulty::default() });
         let reserve = Duration::from_millis(500);
         let d =
             deliverer(m.clone(), l.clone(), Arc::new(FixedClock::new(0))).with_retry(RetryPolicy { reserve, ..fast() });
@@ -1201,5 +1253,36 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(20);
         assert!(matches!(d.deliver(&env("again"), deadline).await, Outcome::Retry { .. }));
         assert_eq!(Instant::now(), deadline - reserve - MIN_SEND_WINDOW);
+    }
+    /// On the last receive, a ledger that hangs leaves the reserve to the
+    /// caller's dead-letter copy: the park's record is waited for only
+    /// until the deadline less the reserve, as is the claim's release.
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_ledger_leaves_the_reserve_for_the_dead_letter() {
+        let m = Arc::new(Scripted::failing((0..10).map(|_| SendError::Transient("503".into()))));
+        let l = Arc::new(Faulty { hang: &["release", "mark_failed"], ..Faulty::default() });
+        let reserve = Duration::from_millis(1500);
+        let d =
+            deliverer(m.clone(), l.clone(), Arc::new(FixedClock::new(0))).with_retry(RetryPolicy { reserve, ..fast() });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let out = d.deliver_with(&env("stuck"), deadline, Redelivery::LastReceive { receives: 5 }).await;
+        assert!(matches!(&out, Outcome::Park { reason } if reason.contains("503")), "{out:?}");
+        assert_eq!(Instant::now(), deadline - reserve, "the ledger's writes ran into the reserve");
+    }
+
+    /// On the last receive, a delivery whose release of its claim failed
+    /// parks the job under that claim: the ledger says `failed` with the
+    /// reason (the audit trail's `mail_failed`), not `sending` until its
+    /// record expires.
+    #[tokio::test]
+    async fn a_claim_that_could_not_be_given_back_is_parked_on_the_last_receive() {
+        let m = Arc::new(Scripted::failing((0..10).map(|_| SendError::Transient("503".into()))));
+        let l = Arc::new(Faulty { fail: &["release"], ..Faulty::default() });
+        let d = deliverer(m.clone(), l.clone(), Arc::new(FixedClock::new(0)));
+        let out = d.deliver_with(&env("held"), soon(), Redelivery::LastReceive { receives: 5 }).await;
+        assert!(matches!(&out, Outcome::Park { .. }), "{out:?}");
+        let e = l.entry("held").await.unwrap().unwrap();
+        assert_eq!(e.state, ledger_state::FAILED, "{e:?}");
+        assert!(e.reason.as_deref().is_some_and(|r| r.contains("503")), "{e:?}");
     }
 }
