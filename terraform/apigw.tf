@@ -12,6 +12,8 @@ locals {
   # tokens (email verification, token refresh) and logout among them, goes
   # to $default and the stage's limits. tests/tests/terraform.rs holds this
   # list to api/src/lib.rs's router: every POST route is here but those.
+  # The admin GETs come with their HEAD (answered by the GET handler, whose
+  # status alone tells a right key from a wrong one).
   api_auth_routes = toset([
     "POST /v1/register",
     "POST /v1/verify-email/resend",
@@ -28,7 +30,9 @@ locals {
     "POST /v1/password/reset",
     "POST /otp",
     "GET /v1/admin/users/{id}/audit",
+    "HEAD /v1/admin/users/{id}/audit",
     "GET /v1/admin/stats",
+    "HEAD /v1/admin/stats",
     "POST /register",
     "POST /register/resend",
     "POST /login",

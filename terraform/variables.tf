@@ -327,7 +327,7 @@ variable "api_throttle_burst_limit" {
 }
 
 variable "api_auth_throttle_rate_limit" {
-  description = "Requests per second on each credential or mail-sending route (register, login, codes). The per-IP/per-account limits in the app still apply; this caps the cost of a flood."
+  description = "Requests per second on each credential or mail-sending route (register, login, codes). The per-IP/per-account limits in the app still apply; this caps the cost of a flood. Shared by every client: one client above it gets everyone API Gateway's 429 on that route (docs/security.md, Known limits), so set it above the legitimate peak."
   type        = number
   default     = 10
   validation {

@@ -978,8 +978,10 @@ fn a_batch_over_ten_needs_a_batching_window() {
 /// The routes under the stage's tighter auth limits are the router's
 /// (api/src/lib.rs): every POST route but those that check only a 256-bit
 /// link or token or end a session, and the admin API's routes (they check
-/// the admin key). A route the router does not have, or a credential or
-/// mail-sending route left to the stage's default limits, fails.
+/// the admin key), with their HEAD (which axum answers with the GET
+/// handler: its status alone tells a right key from a wrong one). A route
+/// the router does not have, or a credential or mail-sending route left to
+/// the stage's default limits, fails.
 #[test]
 fn the_auth_throttle_covers_every_credential_and_mail_route_of_the_router() {
     const DEFAULT_LIMITS: &[&str] =
@@ -989,7 +991,7 @@ fn the_auth_throttle_covers_every_credential_and_mail_route_of_the_router() {
     let mut routes = BTreeSet::new();
     for line in router.lines().map(str::trim).filter(|l| l.starts_with(".route(\"")) {
         let path = line[".route(\"".len()..].split('"').next().expect("a quoted path");
-        for (method, call) in [("GET", "get("), ("POST", "post(")] {
+        for (method, call) in [("GET", "get("), ("HEAD", "get("), ("POST", "post(")] {
             if line.contains(call) {
                 routes.insert(format!("{method} {path}"));
             }
@@ -1005,7 +1007,9 @@ fn the_auth_throttle_covers_every_credential_and_mail_route_of_the_router() {
     let expected: BTreeSet<String> = routes
         .iter()
         .filter(|r| {
-            (r.starts_with("POST ") && !DEFAULT_LIMITS.contains(&r.as_str())) || r.starts_with("GET /v1/admin/")
+            (r.starts_with("POST ") && !DEFAULT_LIMITS.contains(&r.as_str()))
+                || r.starts_with("GET /v1/admin/")
+                || r.starts_with("HEAD /v1/admin/")
         })
         .cloned()
         .collect();
