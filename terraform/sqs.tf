@@ -34,7 +34,9 @@ resource "aws_sqs_queue_redrive_allow_policy" "mail_dlq" {
 
 # On-failure destination of the DynamoDB Streams mappings: Lambda writes the
 # shard/sequence range of a batch it discarded, so the audit gap is visible
-# and can be replayed from the table's PITR.
+# (and alarmed). The records themselves are not kept: the stream holds them
+# 24 hours, and PITR restores items, not the changes between
+# (docs/operations.md).
 resource "aws_sqs_queue" "stream_failures" {
   name                              = "${var.name_prefix}-stream-failures"
   message_retention_seconds         = local.dlq_retention_seconds

@@ -42,6 +42,15 @@ impl Clock for FixedClock {
     }
 }
 
+/// The deadline of a Lambda invocation, from the context's epoch
+/// milliseconds, less `margin` for answering.
+pub fn lambda_deadline(deadline_epoch_ms: u64, margin: std::time::Duration) -> tokio::time::Instant {
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let left = std::time::Duration::from_millis(deadline_epoch_ms.saturating_sub(now_ms));
+    tokio::time::Instant::now() + left.saturating_sub(margin)
+}
+
 /// RFC 3339 in UTC, for API responses.
 pub fn rfc3339(ts: Timestamp) -> String {
     time::OffsetDateTime::from_unix_timestamp(ts)

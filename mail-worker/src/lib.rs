@@ -339,14 +339,7 @@ pub async fn handle(event: SqsEvent, worker: &Worker, deadline: Instant) -> SqsB
     response
 }
 
-/// The deadline of a Lambda invocation, from the context's epoch
-/// milliseconds, less `margin` for answering.
-pub fn lambda_deadline(deadline_epoch_ms: u64, margin: std::time::Duration) -> Instant {
-    let now_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let left = std::time::Duration::from_millis(deadline_epoch_ms.saturating_sub(now_ms));
-    Instant::now() + left.saturating_sub(margin)
-}
+pub use latchkey_core::clock::lambda_deadline;
 
 #[cfg(test)]
 mod tests {

@@ -28,6 +28,18 @@ use latchkey_core::keys::AuditKey;
 use latchkey_core::mail::delivery::LedgerEntry;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Kept back from a Lambda invocation's deadline to answer Lambda.
+pub const ANSWER_MARGIN: Duration = Duration::from_millis(1500);
+
+/// The first wait before a record whose store call failed is tried again
+/// within the invocation; each later wait doubles, up to
+/// [`STORE_RETRY_MAX`].
+pub const STORE_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between two tries of a record within an invocation.
+pub const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// The principal of DynamoDB's TTL sweeper in a REMOVE's `userIdentity`.
 pub const TTL_PRINCIPAL: &str = "dynamodb.amazonaws.com";
@@ -83,14 +95,25 @@ impl Processor {
     /// nothing after it is appended before it: the audit trail keeps the
     /// stream's order (a code is never verified before it was issued).
     pub async fn handle(&self, event: &Event) -> DynamoDbEventResponse {
-        self.run(event).await.0
+        self.run(event, None).await.0
     }
 
-    /// [`Processor::handle`], and the index and error of the record that failed.
-    async fn run(&self, event: &Event) -> (DynamoDbEventResponse, Option<(usize, RecordError)>) {
+    /// [`Processor::handle`], and the index and error of the record that
+    /// failed. With a `deadline`, a record whose store call failed (an
+    /// error a retry may get past: throttling, a conflict, an outage) is
+    /// tried again after a backoff while the next wait still ends before
+    /// it: Lambda's own retries of a batch come at once and are few
+    /// (`stream_max_retry_attempts`), after which the record and every one
+    /// after it in the batch go to the on-failure queue, good ones too.
+    /// Trying again is safe: appends are idempotent per event id.
+    async fn run(
+        &self,
+        event: &Event,
+        deadline: Option<Instant>,
+    ) -> (DynamoDbEventResponse, Option<(usize, RecordError)>) {
         let mut response = DynamoDbEventResponse::default();
         for (i, record) in event.records.iter().enumerate() {
-            if let Err(e) = self.process(record).await {
+            if let Err(e) = self.process_retrying(record, deadline).await {
                 tracing::error!(event_id = %record.event_id, error = %e, "stream record failed; the batch stops here");
                 let mut failure = DynamoDbBatchItemFailure::default();
                 failure.item_identifier = Some(item_identifier(record));
@@ -114,7 +137,18 @@ impl Processor {
     /// does not split every batch. What the failed record appended before
     /// it failed is appended once: appends are idempotent per event id.
     pub async fn invoke(&self, event: &Event) -> Result<DynamoDbEventResponse, SplitBatch> {
-        match self.run(event).await {
+        self.invoke_by(event, None).await
+    }
+
+    /// [`Processor::invoke`], trying a record whose store call failed again
+    /// until `deadline` (the deployed function's: the invocation's, less
+    /// [`ANSWER_MARGIN`]).
+    pub async fn invoke_by(
+        &self,
+        event: &Event,
+        deadline: Option<Instant>,
+    ) -> Result<DynamoDbEventResponse, SplitBatch> {
+        match self.run(event, deadline).await {
             (_, Some((0, e))) if event.records.len() > 1 && !matches!(e, RecordError::Store(_)) => {
                 Err(SplitBatch { records: event.records.len(), first: item_identifier(&event.records[0]) })
             }
@@ -131,6 +165,22 @@ impl Processor {
     /// expires_at and `head`, the three as `verify-chain --head` takes
     /// them): the log is the chain's witness outside the audit table (see
     /// `latchkey_core::audit::check_logged_head`).
+    /// [`Processor::process`], tried again after a store error while the
+    /// next backoff ends before `deadline` (not at all without one).
+    async fn process_retrying(&self, record: &EventRecord, deadline: Option<Instant>) -> Result<usize, RecordError> {
+        let mut wait = STORE_RETRY_FIRST;
+        loop {
+            match self.process(record).await {
+                Err(RecordError::Store(e)) if deadline.is_some_and(|d| Instant::now() + wait < d) => {
+                    tracing::warn!(event_id = %record.event_id, error = %e, ?wait, "stream record failed in the store; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(STORE_RETRY_MAX);
+                }
+                result => return result,
+            }
+        }
+    }
+
     pub async fn process(&self, record: &EventRecord) -> Result<usize, RecordError> {
         let Some(change) = source_change(record)? else { return Ok(0) };
         let mut added = 0;

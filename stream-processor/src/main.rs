@@ -19,9 +19,9 @@ use latchkey_core::adapters::dynamo::DynamoStore;
 use latchkey_core::adapters::dynamo::audit::DynamoAuditStore;
 use latchkey_core::adapters::{aws_calls, ssm};
 use latchkey_core::audit::AuditPolicy;
-use latchkey_core::clock::{Clock, SystemClock};
+use latchkey_core::clock::{Clock, SystemClock, lambda_deadline};
 use latchkey_core::config::Config;
-use latchkey_stream_processor::{Processor, verify};
+use latchkey_stream_processor::{ANSWER_MARGIN, Processor, verify};
 use std::sync::Arc;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -69,7 +69,8 @@ async fn main() -> Result<(), BoxError> {
         .releasing_names(users);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Event>| {
         let processor = processor.clone();
-        async move { processor.invoke(&event.payload).await.map_err(BoxError::from) }
+        let deadline = lambda_deadline(event.context.deadline, ANSWER_MARGIN);
+        async move { processor.invoke_by(&event.payload, Some(deadline)).await.map_err(BoxError::from) }
     }))
     .await
 }

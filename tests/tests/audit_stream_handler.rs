@@ -356,3 +356,85 @@ async fn a_resend_after_the_code_expired_is_its_expiry_then_the_new_code() {
         ]
     );
 }
+
+/// The embedded audit store, whose first `fails` appends answer a store
+/// error (as a throttled or contended DynamoDB table does).
+struct Flaky {
+    audit: SqliteAuditStore,
+    fails: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl AuditStore for Flaky {
+    async fn append(
+        &self,
+        key: &latchkey_core::keys::AuditKey,
+        event: &latchkey_core::audit::AuditEvent,
+        expires_at: i64,
+    ) -> latchkey_core::ports::StoreResult<Option<latchkey_core::audit::AuditHead>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.fails.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(latchkey_core::StoreError::unavailable("ProvisionedThroughputExceededException"));
+        }
+        self.audit.append(key, event, expires_at).await
+    }
+    async fn list(
+        &self,
+        subject: &str,
+        before: Option<u64>,
+        limit: u32,
+        now: i64,
+    ) -> latchkey_core::ports::StoreResult<latchkey_core::audit::AuditPage> {
+        self.audit.list(subject, before, limit, now).await
+    }
+    async fn chain(&self, subject: &str) -> latchkey_core::ports::StoreResult<Vec<latchkey_core::audit::AuditRecord>> {
+        self.audit.chain(subject).await
+    }
+    async fn stats(
+        &self,
+        from_day: i64,
+        to_day: i64,
+        now: i64,
+    ) -> latchkey_core::ports::StoreResult<Vec<latchkey_core::audit::DayCount>> {
+        self.audit.stats(from_day, to_day, now).await
+    }
+}
+
+/// A store error is tried again within the invocation, with a backoff,
+/// while the next wait ends before the deadline: a short throttle or
+/// outage does not spend Lambda's few retries of the batch (after which
+/// the record and the rest of its batch go to the on-failure queue).
+/// Without a deadline, or with too little left, it is reported at once.
+#[tokio::test]
+async fn a_store_error_is_tried_again_until_the_deadline() {
+    use tokio::time::{Duration, Instant};
+    let flaky = async |fails: u32| {
+        let store = EmbeddedStore::in_memory().expect("store");
+        let audit = SqliteAuditStore::open(&store).await.expect("audit");
+        let flaky = Arc::new(Flaky { audit: audit.clone(), fails: fails.into() });
+        (Processor::new(flaky, latchkey_tests::audit_key(), AuditPolicy::default(), 400), audit)
+    };
+    let batch = fixture("ddb_insert_user.json");
+
+    // 100 + 200 + 400 ms of waits, well within 10 s.
+    let (p, audit) = flaky(3).await;
+    let started = Instant::now();
+    let resp = p.invoke_by(&batch, Some(Instant::now() + Duration::from_secs(10))).await.expect("a response");
+    assert!(resp.batch_item_failures.is_empty(), "{:?}", resp.batch_item_failures);
+    assert_eq!(events(&audit).await.len(), 1);
+    assert!(started.elapsed() >= Duration::from_millis(700), "{:?}", started.elapsed());
+
+    // No deadline (the local poller, which retries itself): at once.
+    let (p, audit) = flaky(1).await;
+    assert_eq!(p.invoke(&batch).await.expect("a response").batch_item_failures.len(), 1);
+    assert!(events(&audit).await.is_empty());
+
+    // One wait of 100 ms fits before the deadline, the next of 200 not.
+    let (p, audit) = flaky(2).await;
+    let resp = p.invoke_by(&batch, Some(Instant::now() + Duration::from_millis(250))).await.expect("a response");
+    assert_eq!(resp.batch_item_failures.len(), 1);
+    assert!(events(&audit).await.is_empty());
+    let resp = p.invoke_by(&batch, Some(Instant::now() + Duration::from_secs(10))).await.expect("a response");
+    assert!(resp.batch_item_failures.is_empty(), "Lambda's retry");
+    assert_eq!(events(&audit).await.len(), 1);
+}

@@ -84,10 +84,12 @@ impl SqliteAuditStore {
     }
 
     /// Appends `events` (each with its expiry), moves the checkpoint to
-    /// `seq` and deletes the change rows up to it, all in one transaction: a
-    /// batch of the feed is applied whole or not at all, and a row is gone
-    /// only once its events are stored. Returns the new head of each event
-    /// that was new, with its subject, in the order appended.
+    /// `seq` and deletes the change rows up to it but those in `kept`, all
+    /// in one transaction: a batch of the feed is applied whole or not at
+    /// all, and a row is gone only once its events are stored. (`kept`: rows
+    /// that did not decode, left below the checkpoint to be looked at.)
+    /// Returns the new head of each event that was new, with its subject, in
+    /// the order appended.
     ///
     /// The rows hold whole before/after images (password hashes among
     /// them) and the audit trail is their only reader, so they are kept no
@@ -98,6 +100,7 @@ impl SqliteAuditStore {
         key: &AuditKey,
         events: Vec<(AuditEvent, Timestamp)>,
         seq: i64,
+        kept: Vec<i64>,
     ) -> StoreResult<Vec<(String, AuditHead)>> {
         let key = key.clone();
         self.store
@@ -110,7 +113,11 @@ impl SqliteAuditStore {
                     }
                 }
                 write_checkpoint(tx, seq)?;
-                tx.prepare_cached("DELETE FROM changes WHERE seq <= ?1")?.execute([seq])?;
+                let kept = serde_json::to_string(&kept).map_err(StoreError::internal)?;
+                tx.prepare_cached(
+                    "DELETE FROM changes WHERE seq <= ?1 AND seq NOT IN (SELECT value FROM json_each(?2))",
+                )?
+                .execute(rusqlite::params![seq, kept])?;
                 Ok(heads)
             })
             .await
@@ -282,8 +289,10 @@ pub fn source_change(c: &Change) -> StoreResult<SourceChange> {
 
 /// Applies every change after the checkpoint to the audit trail, moves
 /// the checkpoint and deletes the applied rows, one transaction per batch
-/// of up to [`FEED_BATCH`] changes. A row that does not decode is logged and skipped (it must not
-/// block the feed); a storage error stops the round, and the next round
+/// of up to [`FEED_BATCH`] changes. A row that does not decode is logged
+/// and skipped (it must not block the feed), and kept in `changes` below the
+/// checkpoint, where the feed no longer reads it, for someone to look at
+/// (docs/operations.md); a storage error stops the round, and the next round
 /// repeats that batch. Returns the events added, each sealed with `key`;
 /// each one's new head is logged (`audit head`, as the stream processor
 /// logs it) once its batch is stored.
@@ -300,17 +309,20 @@ pub async fn drain_change_feed(
         let batch = store.changes_after(after, FEED_BATCH).await?;
         let Some(last) = batch.last() else { return Ok(added) };
         let last = last.seq;
-        let mut events = Vec::new();
+        let (mut events, mut kept) = (Vec::new(), Vec::new());
         for c in &batch {
             match source_change(c) {
                 Ok(change) => events.extend(audit_events(&change, policy).into_iter().map(|e| {
                     let expires = e.at.saturating_add(retention_secs);
                     (e, expires)
                 })),
-                Err(e) => tracing::error!(seq = c.seq, error = %e, "change feed row does not decode; skipped"),
+                Err(e) => {
+                    tracing::error!(seq = c.seq, error = %e, "change feed row does not decode; skipped, and kept");
+                    kept.push(c.seq);
+                }
             }
         }
-        let heads = audit.apply_batch(key, events, last).await?;
+        let heads = audit.apply_batch(key, events, last, kept).await?;
         for (subject, head) in &heads {
             log_head(subject, head);
         }
@@ -451,7 +463,7 @@ mod tests {
         // The driver's own commits write no change rows, so they must not
         // signal it (or it would wake itself forever).
         let _ = s.db().changes_ready_pending(); // take any wake-up left by the user's commits
-        audit.apply_batch(&key(), Vec::new(), 1_000_000).await.unwrap();
+        audit.apply_batch(&key(), Vec::new(), 1_000_000, Vec::new()).await.unwrap();
         audit.purge_expired(T0).await.unwrap();
         assert!(!s.db().changes_ready_pending(), "a commit without change rows signalled the feed");
         registered(&s).await;
@@ -497,6 +509,47 @@ mod tests {
         for u in [first, second] {
             assert_eq!(audit.chain(&u.id.to_string()).await.unwrap().len(), 5);
         }
+    }
+
+    /// A row that does not decode (a bug, or a newer build's row read by an
+    /// older one) does not stop the feed, and is not deleted with the rows
+    /// around it: it stays below the checkpoint, to be looked at.
+    #[tokio::test]
+    async fn a_row_that_does_not_decode_is_skipped_and_kept() {
+        let (s, _) = store();
+        let audit = SqliteAuditStore::open(&s).await.unwrap();
+        let policy = AuditPolicy::default();
+        let before = registered(&s).await;
+        s.db()
+            .tx(|tx| {
+                Ok(tx.execute(
+                    "INSERT INTO changes (at, entity, key, op, old_json, new_json) \
+                     VALUES (1, 'user', 'USER#odd', 'insert', NULL, '{\"id\": 5}')",
+                    [],
+                )?)
+            })
+            .await
+            .unwrap();
+        let odd = *feed_seqs(&s).await.last().unwrap();
+        let after = registered(&s).await;
+        assert_eq!(drain_change_feed(&s, &audit, &key(), &policy, RETENTION).await.unwrap(), 10);
+        for u in [before, after] {
+            assert_eq!(audit.chain(&u.id.to_string()).await.unwrap().len(), 5, "the feed stopped at the odd row");
+        }
+        assert!(audit.checkpoint().await.unwrap() > odd);
+        let left: Vec<(i64, String)> = s
+            .db()
+            .tx(|tx| {
+                let mut q = tx.prepare("SELECT seq, key FROM changes")?;
+                let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+                Ok(rows)
+            })
+            .await
+            .unwrap();
+        assert_eq!(left, [(odd, "USER#odd".to_string())], "only the odd row is kept");
+        // Not read again: the next round adds nothing and keeps it.
+        assert_eq!(drain_change_feed(&s, &audit, &key(), &policy, RETENTION).await.unwrap(), 0);
+        assert!(feed_seqs(&s).await.contains(&odd));
     }
 
     /// The `i`-th event of subject `u1`, `i` seconds after `T0`.
