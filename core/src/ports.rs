@@ -195,8 +195,10 @@ pub trait UserStore: Send + Sync {
     /// user and its username and email claims, at once, only if the user
     /// still exists with the `password_hash` and `password_epoch` it has in
     /// `user` (the ones the current password was checked against: a change
-    /// or reset meanwhile wins); `Conflict(Stale)` otherwise, and nothing
-    /// is deleted. The removal carries `meta`, the request's (the audit
+    /// or reset meanwhile wins) and the `email` (an address change meanwhile
+    /// moved the claim that goes with it; on DynamoDB the deletion of the
+    /// old one would leave the new one naming no account); `Conflict(Stale)`
+    /// otherwise, and nothing is deleted. The removal carries `meta`, the request's (the audit
     /// trail's `account_deleted`). Both names are free from then on. What
     /// else the account had ends with it, as everything reads the account
     /// (sessions, logins in progress, links), and those records are deleted

@@ -521,6 +521,25 @@ async fn address_tags_share_their_mailbox_limit() {
     w.auth.send_otp("other+1@example.com", &meta_from("203.0.113.3")).await.expect("another mailbox");
 }
 
+/// So do the links an address change mails to the new address: asking for
+/// `+tags` of one inbox spends one budget of 10 an hour.
+#[tokio::test]
+async fn address_changes_to_tags_of_one_inbox_share_its_limit() {
+    let w = world(RateLimits::default());
+    verified(&w, "tess").await;
+    let pair = signed_in(&w, "tess", &meta()).await;
+    let ask = |to: String, ip: String| {
+        let (auth, access) = (w.auth.clone(), pair.access_token.clone());
+        async move { auth.request_email_change(Caller::Bearer(&access), PW.into(), &to, &meta_from(&ip)).await }
+    };
+    for i in 0..10 {
+        ask(format!("inbox+{i}@example.com"), format!("198.51.100.{i}")).await.unwrap();
+    }
+    let r = ask("inbox+new@example.com".into(), "203.0.113.1".into()).await;
+    assert!(matches!(r, Err(Error::RateLimited { .. })), "{r:?}");
+    ask("another+1@example.com".into(), "203.0.113.2".into()).await.expect("another mailbox");
+}
+
 /// Reset links go only to an account's own address, so their limit is per
 /// address: a stranger who asks for the bare address spends nothing of an
 /// account registered under a `+tag`.
@@ -2280,6 +2299,34 @@ async fn a_deletion_is_made_again_over_a_rehash_but_not_over_a_reset() {
     assert!(racing.raced());
     let username = latchkey_core::domain::Username::parse("rhea").unwrap();
     assert!(w.store.user_by_username(&username).await.unwrap().is_none());
+}
+
+/// An address change that commits between a deletion's read and its write
+/// (the link opened in another tab): the deletion is made again with the
+/// new address, whose claim goes with the account (on DynamoDB it was left
+/// naming no account, and no other account could move to that address);
+/// the notice goes to the address the account had last.
+#[tokio::test]
+async fn a_deletion_is_made_again_over_an_address_change() {
+    let (w, racing) = racing_world();
+    verified(&w, "suri").await;
+    let m = meta();
+    let session = signed_in(&w, "suri", &m).await;
+    let moved = Email::parse("suri.moved@example.org").unwrap();
+    let to = moved.clone();
+    racing.before_next_write(Box::new(move |store| {
+        Box::pin(async move {
+            let u = stored(&store, "suri").await;
+            store.change_email(&u, &to, &meta()).await.unwrap();
+        })
+    }));
+    w.auth.delete_account(Caller::Bearer(&session.access_token), PW.into(), &m).await.expect("made again");
+    assert!(racing.raced());
+    let username = latchkey_core::domain::Username::parse("suri").unwrap();
+    assert!(w.store.user_by_username(&username).await.unwrap().is_none());
+    assert!(w.store.user_by_email(&moved).await.unwrap().is_none());
+    let notice = w.mail.last();
+    assert_eq!((notice.job.kind(), notice.to.as_str()), ("account_deleted", moved.as_str()));
 }
 
 /// An address change: asked with the password (a wrong one counted), made

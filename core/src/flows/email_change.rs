@@ -91,7 +91,9 @@ impl Auth {
         let l = &self.policy.limits;
         self.limit(&[
             l.code_send_ip.key(format!("send:ip:{}", super::client_key(meta))),
-            l.code_send_address.key(format!("email-change:email:{}", new.as_str())),
+            // The mailbox, as every per-address mail limit counts it: else
+            // the `+tags` of one inbox would each bring their own budget.
+            l.code_send_address.key(format!("email-change:mailbox:{}", new.mailbox_key())),
         ])
         .await?;
         let now = self.now();

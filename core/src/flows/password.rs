@@ -87,6 +87,17 @@ impl Auth {
                 Err(e) => return Err(e.into()),
             }
             tries += 1;
+            // An address change committed meanwhile (it moves neither the
+            // hash nor the epoch): made again with the new address, whose
+            // claim goes with the account.
+            if tries < 3
+                && let Some(now) = self.ports.users.user_by_id(&uid).await?
+                && now.email != user.email
+                && (&now.password_hash, now.password_epoch) == (&user.password_hash, user.password_epoch)
+            {
+                user.email = now.email;
+                continue;
+            }
             let at = self.now();
             (user.password_hash, user.password_epoch) =
                 self.recheck(&uid, &sid, &user.password_hash, user.password_epoch, tries, at).await?;

@@ -6,7 +6,7 @@ use super::fixtures::{
     DAY, T0, email, expect_conflict, hash, link, meta, new_user, open_challenge, race, registered, signed_in,
     single_winner, stored_session, stored_user, user_id, user_with, username, verification_for,
 };
-use crate::domain::{User, VerificationRecord};
+use crate::domain::{Email, User, VerificationRecord};
 use crate::error::Conflict;
 use crate::ports::{LockCheck, LoginFailure};
 
@@ -461,6 +461,14 @@ pub async fn delete_account_frees_both_names_only_at_the_checked_password(s: &Su
         expect_conflict(s.users.delete_account(&stale, &meta()).await, Conflict::Stale, what);
         assert_eq!(stored_user(s, &user.id).await, checked, "a refused deletion wrote ({what})");
     }
+    // Moved to another address since the read: stale, or on DynamoDB the
+    // new address's claim would be left naming no account.
+    let moved = Email::parse("moved-before-deletion@example.com").expect("email");
+    s.users.change_email(&checked, &moved, &meta()).await.expect("change_email");
+    let at_new = stored_user(s, &user.id).await;
+    expect_conflict(s.users.delete_account(&checked, &meta()).await, Conflict::Stale, "an address change since");
+    assert_eq!(stored_user(s, &user.id).await, at_new, "a refused deletion wrote (address change since)");
+    let checked = at_new;
     // Reset since the check (epoch 1): the checked account is stale.
     let phc = "$argon2id$v=19$m=19456,t=2,p=1$cmVzZXRzYWx0cmVzZXQ$reset";
     s.users.reset_password(&user.id, link(T0 + 2, 0), 0, phc, T0 + 3, &meta()).await.expect("reset");
@@ -474,6 +482,9 @@ pub async fn delete_account_frees_both_names_only_at_the_checked_password(s: &Su
     let (again, v) = user_with(user.username.clone(), user.email.clone());
     s.users.create_user(&again, &v, i64::MIN).await.expect("both names are free at once");
     assert_eq!(stored_user(s, &again.id).await.username, user.username);
+    // The address it had moved to is free too, for an address change
+    // (which, unlike a registration, takes over no claim).
+    s.users.change_email(&stored_user(s, &again.id).await, &moved, &meta()).await.expect("the moved address is free");
 }
 
 /// Deleting an account takes its sessions and login codes with it: none

@@ -615,9 +615,12 @@ impl UserStore for DynamoStore {
     /// and verification links go (`forget_tokens_of`): none is left for its
     /// TTL with the addresses and user agents it holds.
     async fn delete_account(&self, user: &User, meta: &RequestMeta) -> StoreResult<()> {
-        let unchanged =
-            format!("attribute_exists(pk) AND password_hash = :expected AND {}", unchanged_since(user.password_epoch));
+        let unchanged = format!(
+            "attribute_exists(pk) AND password_hash = :expected AND email = :email AND {}",
+            unchanged_since(user.password_epoch)
+        );
         let (expected, epoch, uid) = (s(&user.password_hash), epoch_value(user.password_epoch), s(user.id.to_string()));
+        let email = s(user.email.as_str());
         self.client
             .update_item()
             .table_name(&self.users)
@@ -626,6 +629,7 @@ impl UserStore for DynamoStore {
             .condition_expression(&unchanged)
             .expression_attribute_values(":expected", expected.clone())
             .expression_attribute_values(":epoch", epoch.clone())
+            .expression_attribute_values(":email", email.clone())
             .expression_attribute_values(":meta", meta_value(meta)?)
             .send()
             .await
@@ -635,7 +639,8 @@ impl UserStore for DynamoStore {
             .key(PK, s(items::user_pk(&user.id)))
             .condition_expression(unchanged)
             .expression_attribute_values(":expected", expected)
-            .expression_attribute_values(":epoch", epoch);
+            .expression_attribute_values(":epoch", epoch)
+            .expression_attribute_values(":email", email);
         let claim = |pk: String| {
             Delete::builder()
                 .table_name(&self.users)

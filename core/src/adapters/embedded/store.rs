@@ -248,7 +248,10 @@ impl UserStore for EmbeddedStore {
         self.db()
             .tx(move |tx| {
                 let Some(old) = rec::load_user(tx, UserKey::Id(&id))? else { return stale() };
-                if old.password_hash != expected.password_hash || old.password_epoch != expected.password_epoch {
+                if old.password_hash != expected.password_hash
+                    || old.password_epoch != expected.password_epoch
+                    || old.email != expected.email
+                {
                     return stale();
                 }
                 // Its username and email are columns of its row; its
