@@ -38,9 +38,11 @@ cmd_install() {
     return 0
   fi
   command -v python3 >/dev/null || die "python3 not found"
-  if [[ ! -x "$VENV/bin/python" ]]; then
+  if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+    # --clear: a venv a first run left without pip (Debian's python3 without
+    # python3-venv makes bin/python, then fails) is made again.
     log "creating venv at $VENV"
-    python3 -m venv "$VENV" >&2
+    python3 -m venv --clear "$VENV" >&2
   fi
   log "installing $REQS (pinned)"
   "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$REQS" >&2

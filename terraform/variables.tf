@@ -108,8 +108,8 @@ variable "api_memory_mb" {
   type        = number
   default     = 1769
   validation {
-    condition     = var.api_memory_mb >= 1024 && var.api_memory_mb <= 10240
-    error_message = "api_memory_mb: 1024..10240 (below 1024 MB a login's argon2id hash gets slow)."
+    condition     = var.api_memory_mb >= 1024 && var.api_memory_mb <= 10240 && floor(var.api_memory_mb) == var.api_memory_mb
+    error_message = "api_memory_mb: 1024..10240 (below 1024 MB a login's argon2id hash gets slow). A whole number."
   }
 }
 
@@ -118,8 +118,8 @@ variable "api_timeout_seconds" {
   type        = number
   default     = 10
   validation {
-    condition     = var.api_timeout_seconds >= 3 && var.api_timeout_seconds <= 29
-    error_message = "api_timeout_seconds: 3..29."
+    condition     = var.api_timeout_seconds >= 3 && var.api_timeout_seconds <= 29 && floor(var.api_timeout_seconds) == var.api_timeout_seconds
+    error_message = "api_timeout_seconds: 3..29. A whole number."
   }
 }
 
@@ -128,8 +128,8 @@ variable "api_hash_threads" {
   type        = number
   default     = 1
   validation {
-    condition     = var.api_hash_threads >= 1 && var.api_hash_threads <= 16
-    error_message = "api_hash_threads: 1..16."
+    condition     = var.api_hash_threads >= 1 && var.api_hash_threads <= 16 && floor(var.api_hash_threads) == var.api_hash_threads
+    error_message = "api_hash_threads: 1..16. A whole number."
   }
 }
 
@@ -138,8 +138,8 @@ variable "api_reserved_concurrency" {
   type        = number
   default     = 100
   validation {
-    condition     = var.api_reserved_concurrency == -1 || var.api_reserved_concurrency >= 1
-    error_message = "api_reserved_concurrency: -1 (unreserved) or at least 1."
+    condition     = (var.api_reserved_concurrency == -1 || var.api_reserved_concurrency >= 1) && floor(var.api_reserved_concurrency) == var.api_reserved_concurrency
+    error_message = "api_reserved_concurrency: -1 (unreserved) or at least 1. A whole number."
   }
 }
 
@@ -148,8 +148,8 @@ variable "worker_memory_mb" {
   type        = number
   default     = 256
   validation {
-    condition     = var.worker_memory_mb >= 128 && var.worker_memory_mb <= 10240
-    error_message = "worker_memory_mb: 128..10240."
+    condition     = var.worker_memory_mb >= 128 && var.worker_memory_mb <= 10240 && floor(var.worker_memory_mb) == var.worker_memory_mb
+    error_message = "worker_memory_mb: 128..10240. A whole number."
   }
 }
 
@@ -168,8 +168,8 @@ variable "worker_timeout_seconds" {
     # after the first receive, and the fifth receive comes 4 visibilities
     # (6t + w each) after it: 4(6t + w) >= w + t + 300, i.e. 23t + 3w >= 300,
     # which t >= 14 meets for every window (14 x 23 = 322).
-    condition     = var.worker_timeout_seconds >= 14 && var.worker_timeout_seconds <= 280
-    error_message = "worker_timeout_seconds: 14..280 (a delivery must end within the mail ledger's 300 s claim lease, and the queue's 5 receives must outlast it)."
+    condition     = var.worker_timeout_seconds >= 14 && var.worker_timeout_seconds <= 280 && floor(var.worker_timeout_seconds) == var.worker_timeout_seconds
+    error_message = "worker_timeout_seconds: 14..280 (a delivery must end within the mail ledger's 300 s claim lease, and the queue's 5 receives must outlast it). A whole number."
   }
 }
 
@@ -178,8 +178,8 @@ variable "worker_batch_size" {
   type        = number
   default     = 10
   validation {
-    condition     = var.worker_batch_size >= 1 && var.worker_batch_size <= 100
-    error_message = "worker_batch_size: 1..100."
+    condition     = var.worker_batch_size >= 1 && var.worker_batch_size <= 100 && floor(var.worker_batch_size) == var.worker_batch_size
+    error_message = "worker_batch_size: 1..100. A whole number."
   }
   validation {
     # An instance sends at most local.worker_instance_send_rate mails a
@@ -197,8 +197,8 @@ variable "worker_batch_window_seconds" {
   type        = number
   default     = 1
   validation {
-    condition     = var.worker_batch_window_seconds >= 0 && var.worker_batch_window_seconds <= 20
-    error_message = "worker_batch_window_seconds: 0..20 (mails carry codes with a 5-minute life)."
+    condition     = var.worker_batch_window_seconds >= 0 && var.worker_batch_window_seconds <= 20 && floor(var.worker_batch_window_seconds) == var.worker_batch_window_seconds
+    error_message = "worker_batch_window_seconds: 0..20 (mails carry codes with a 5-minute life). A whole number."
   }
   validation {
     # AWS refuses a standard queue's mapping with more than 10 records a
@@ -213,8 +213,8 @@ variable "worker_max_concurrency" {
   type        = number
   default     = 2
   validation {
-    condition     = var.worker_max_concurrency >= 2 && var.worker_max_concurrency <= 1000
-    error_message = "worker_max_concurrency: 2..1000 (AWS minimum is 2)."
+    condition     = var.worker_max_concurrency >= 2 && var.worker_max_concurrency <= 1000 && floor(var.worker_max_concurrency) == var.worker_max_concurrency
+    error_message = "worker_max_concurrency: 2..1000 (AWS minimum is 2). A whole number."
   }
 }
 
@@ -229,8 +229,8 @@ variable "processor_memory_mb" {
   type        = number
   default     = 256
   validation {
-    condition     = var.processor_memory_mb >= 128 && var.processor_memory_mb <= 10240
-    error_message = "processor_memory_mb: 128..10240."
+    condition     = var.processor_memory_mb >= 128 && var.processor_memory_mb <= 10240 && floor(var.processor_memory_mb) == var.processor_memory_mb
+    error_message = "processor_memory_mb: 128..10240. A whole number."
   }
 }
 
@@ -239,8 +239,8 @@ variable "processor_timeout_seconds" {
   type        = number
   default     = 60
   validation {
-    condition     = var.processor_timeout_seconds >= 5 && var.processor_timeout_seconds <= 900
-    error_message = "processor_timeout_seconds: 5..900."
+    condition     = var.processor_timeout_seconds >= 5 && var.processor_timeout_seconds <= 900 && floor(var.processor_timeout_seconds) == var.processor_timeout_seconds
+    error_message = "processor_timeout_seconds: 5..900. A whole number."
   }
 }
 
@@ -249,8 +249,8 @@ variable "stream_batch_size" {
   type        = number
   default     = 100
   validation {
-    condition     = var.stream_batch_size >= 1 && var.stream_batch_size <= 10000
-    error_message = "stream_batch_size: 1..10000."
+    condition     = var.stream_batch_size >= 1 && var.stream_batch_size <= 10000 && floor(var.stream_batch_size) == var.stream_batch_size
+    error_message = "stream_batch_size: 1..10000. A whole number."
   }
 }
 
@@ -259,8 +259,8 @@ variable "stream_max_retry_attempts" {
   type        = number
   default     = 5
   validation {
-    condition     = var.stream_max_retry_attempts >= 0 && var.stream_max_retry_attempts <= 10000
-    error_message = "stream_max_retry_attempts: 0..10000 (-1, infinite, is not allowed)."
+    condition     = var.stream_max_retry_attempts >= 0 && var.stream_max_retry_attempts <= 10000 && floor(var.stream_max_retry_attempts) == var.stream_max_retry_attempts
+    error_message = "stream_max_retry_attempts: 0..10000 (-1, infinite, is not allowed). A whole number."
   }
 }
 
@@ -269,8 +269,8 @@ variable "stream_max_record_age_seconds" {
   type        = number
   default     = 86400
   validation {
-    condition     = var.stream_max_record_age_seconds >= 60 && var.stream_max_record_age_seconds <= 604800
-    error_message = "stream_max_record_age_seconds: 60..604800 (-1, infinite, is not allowed)."
+    condition     = var.stream_max_record_age_seconds >= 60 && var.stream_max_record_age_seconds <= 604800 && floor(var.stream_max_record_age_seconds) == var.stream_max_record_age_seconds
+    error_message = "stream_max_record_age_seconds: 60..604800 (-1, infinite, is not allowed). A whole number."
   }
 }
 
@@ -279,8 +279,8 @@ variable "audit_retention_days" {
   type        = number
   default     = 400
   validation {
-    condition     = var.audit_retention_days >= 1 && var.audit_retention_days <= 3650
-    error_message = "audit_retention_days: 1..3650."
+    condition     = var.audit_retention_days >= 1 && var.audit_retention_days <= 3650 && floor(var.audit_retention_days) == var.audit_retention_days
+    error_message = "audit_retention_days: 1..3650. A whole number."
   }
 }
 
@@ -321,8 +321,8 @@ variable "api_throttle_burst_limit" {
   type        = number
   default     = 100
   validation {
-    condition     = var.api_throttle_burst_limit >= 1 && var.api_throttle_burst_limit <= 5000
-    error_message = "api_throttle_burst_limit: 1..5000."
+    condition     = var.api_throttle_burst_limit >= 1 && var.api_throttle_burst_limit <= 5000 && floor(var.api_throttle_burst_limit) == var.api_throttle_burst_limit
+    error_message = "api_throttle_burst_limit: 1..5000. A whole number."
   }
 }
 
@@ -341,8 +341,8 @@ variable "api_auth_throttle_burst_limit" {
   type        = number
   default     = 20
   validation {
-    condition     = var.api_auth_throttle_burst_limit >= 1 && var.api_auth_throttle_burst_limit <= 5000
-    error_message = "api_auth_throttle_burst_limit: 1..5000."
+    condition     = var.api_auth_throttle_burst_limit >= 1 && var.api_auth_throttle_burst_limit <= 5000 && floor(var.api_auth_throttle_burst_limit) == var.api_auth_throttle_burst_limit
+    error_message = "api_auth_throttle_burst_limit: 1..5000. A whole number."
   }
 }
 
@@ -363,8 +363,8 @@ variable "argon2_m_kib" {
   type        = number
   default     = 19456
   validation {
-    condition     = var.argon2_m_kib >= 19456 && var.argon2_m_kib <= 1048576
-    error_message = "argon2_m_kib: 19456..1048576 (KiB; each hashing thread holds this much)."
+    condition     = var.argon2_m_kib >= 19456 && var.argon2_m_kib <= 1048576 && floor(var.argon2_m_kib) == var.argon2_m_kib
+    error_message = "argon2_m_kib: 19456..1048576 (KiB; each hashing thread holds this much). A whole number."
   }
 }
 
@@ -373,8 +373,8 @@ variable "argon2_t" {
   type        = number
   default     = 2
   validation {
-    condition     = var.argon2_t >= 2 && var.argon2_t <= 10
-    error_message = "argon2_t: 2..10."
+    condition     = var.argon2_t >= 2 && var.argon2_t <= 10 && floor(var.argon2_t) == var.argon2_t
+    error_message = "argon2_t: 2..10. A whole number."
   }
 }
 
@@ -383,8 +383,8 @@ variable "argon2_p" {
   type        = number
   default     = 1
   validation {
-    condition     = var.argon2_p >= 1 && var.argon2_p <= 16
-    error_message = "argon2_p: 1..16."
+    condition     = var.argon2_p >= 1 && var.argon2_p <= 16 && floor(var.argon2_p) == var.argon2_p
+    error_message = "argon2_p: 1..16. A whole number."
   }
 }
 
@@ -393,8 +393,8 @@ variable "password_min_chars" {
   type        = number
   default     = 12
   validation {
-    condition     = var.password_min_chars >= 8 && var.password_min_chars <= 64
-    error_message = "password_min_chars: 8..64."
+    condition     = var.password_min_chars >= 8 && var.password_min_chars <= 64 && floor(var.password_min_chars) == var.password_min_chars
+    error_message = "password_min_chars: 8..64. A whole number."
   }
 }
 
@@ -403,8 +403,8 @@ variable "access_ttl_secs" {
   type        = number
   default     = 600
   validation {
-    condition     = var.access_ttl_secs >= 60 && var.access_ttl_secs <= 600
-    error_message = "access_ttl_secs: 60..600."
+    condition     = var.access_ttl_secs >= 60 && var.access_ttl_secs <= 600 && floor(var.access_ttl_secs) == var.access_ttl_secs
+    error_message = "access_ttl_secs: 60..600. A whole number."
   }
 }
 
@@ -413,8 +413,8 @@ variable "otp_ttl_secs" {
   type        = number
   default     = 600
   validation {
-    condition     = var.otp_ttl_secs >= 60 && var.otp_ttl_secs <= 600
-    error_message = "otp_ttl_secs: 60..600."
+    condition     = var.otp_ttl_secs >= 60 && var.otp_ttl_secs <= 600 && floor(var.otp_ttl_secs) == var.otp_ttl_secs
+    error_message = "otp_ttl_secs: 60..600. A whole number."
   }
 }
 
@@ -611,7 +611,7 @@ variable "processor_reserved_concurrency" {
   type        = number
   default     = 10
   validation {
-    condition     = var.processor_reserved_concurrency == -1 || var.processor_reserved_concurrency >= 1
-    error_message = "processor_reserved_concurrency: -1 (unreserved) or at least 1."
+    condition     = (var.processor_reserved_concurrency == -1 || var.processor_reserved_concurrency >= 1) && floor(var.processor_reserved_concurrency) == var.processor_reserved_concurrency
+    error_message = "processor_reserved_concurrency: -1 (unreserved) or at least 1. A whole number."
   }
 }

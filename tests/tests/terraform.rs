@@ -872,6 +872,44 @@ fn the_refresh_retry_grace_is_the_apis_and_in_its_range() {
     assert!(!variable_accepts(&tf, "refresh_retry_grace_secs", Value::from(1.5)));
 }
 
+/// Every number variable that reaches a binary or AWS as a whole number
+/// (a count, a size, a time, argon2's parameters) refuses a fraction at
+/// plan: deployed as "2.5", the binaries' parse of it fails at every start.
+/// The rates and alarm thresholds, fractions where they go, are the only
+/// exceptions; each whole one accepts its default and refuses it plus 0.5.
+#[test]
+fn whole_number_variables_refuse_fractions() {
+    const FRACTIONS: &[&str] = &[
+        "ses_max_send_rate",
+        "api_throttle_rate_limit",
+        "api_auth_throttle_rate_limit",
+        "iterator_age_alarm_ms",
+        "api_5xx_alarm_threshold",
+    ];
+    let tf = Terraform::load();
+    let numbers: Vec<(String, f64)> = tf
+        .blocks
+        .iter()
+        .map(|(_, b)| b)
+        .filter(|b| b.identifier() == "variable")
+        .filter(|b| attr(b.body(), "type").map(ToString::to_string).as_deref() == Some("number"))
+        .map(|b| {
+            let name = b.labels()[0].as_str().to_string();
+            let default = attr(b.body(), "default").and_then(|d| d.to_string().parse::<f64>().ok());
+            (name.clone(), default.unwrap_or_else(|| panic!("{name}: a number default")))
+        })
+        .collect();
+    assert!(numbers.len() >= 30, "{numbers:?}");
+    assert!(
+        FRACTIONS.iter().all(|f| numbers.iter().any(|(n, _)| n == f)),
+        "{FRACTIONS:?} are not all number variables"
+    );
+    for (name, default) in numbers.iter().filter(|(n, _)| !FRACTIONS.contains(&n.as_str())) {
+        assert!(variable_accepts(&tf, name, Value::from(*default)), "{name} refuses its default {default}");
+        assert!(!variable_accepts(&tf, name, Value::from(default + 0.5)), "{name} accepts {}", default + 0.5);
+    }
+}
+
 /// The body of `variable "<name>"`.
 fn variable<'a>(tf: &'a Terraform, name: &str) -> &'a Body {
     tf.blocks
