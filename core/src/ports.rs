@@ -267,14 +267,30 @@ pub trait UserStore: Send + Sync {
 
 #[async_trait]
 pub trait ChallengeStore: Send + Sync {
+    /// [`ChallengeStore::create_challenge_to`] without an address to check
+    /// (fixtures and tests make challenges so).
+    async fn create_challenge(&self, challenge: &Challenge, lock: LockCheck, meta: &RequestMeta) -> StoreResult<()> {
+        self.create_challenge_to(challenge, None, lock, meta).await
+    }
+
     /// Stores a new challenge. With `LockCheck::Unlocked`, a lock running at
     /// the challenge's `created_at` (set by others' failures since the caller
     /// read the user) refuses it: nothing is written and the answer is
     /// `Conflict(Stale)`; with `reset_failures` as well, the count is reset
     /// and an ended `locked_until` cleared in the same write, which sets the
     /// user's `meta` to the request's. With `LockCheck::TrustedDevice` the
-    /// lock is left as it is. An unknown user is an error either way.
-    async fn create_challenge(&self, challenge: &Challenge, lock: LockCheck, meta: &RequestMeta) -> StoreResult<()>;
+    /// lock is left as it is. With `to`, the address its code is mailed to,
+    /// only while the user's own record still has that address (the
+    /// caller's read may be an index's copy that lags an address change),
+    /// checked in the same write: else `Conflict(Stale)` and nothing is
+    /// written. An unknown user is an error either way (`Stale` with `to`).
+    async fn create_challenge_to(
+        &self,
+        challenge: &Challenge,
+        to: Option<&Email>,
+        lock: LockCheck,
+        meta: &RequestMeta,
+    ) -> StoreResult<()>;
 
     async fn challenge(&self, id: &ChallengeId) -> StoreResult<Option<Challenge>>;
 

@@ -2301,6 +2301,28 @@ async fn a_deletion_is_made_again_over_a_rehash_but_not_over_a_reset() {
     assert!(w.store.user_by_username(&username).await.unwrap().is_none());
 }
 
+/// A login whose read of the account came before an address change (on
+/// DynamoDB, the index's copy lags the write): its code goes to the new
+/// address, not the one the account left, and signs in.
+#[tokio::test]
+async fn a_login_read_before_an_address_change_mails_the_new_address() {
+    let (w, racing) = racing_world();
+    verified(&w, "tova").await;
+    let moved = Email::parse("tova.moved@example.org").unwrap();
+    let to = moved.clone();
+    racing.after_next_read(Box::new(move |store| {
+        Box::pin(async move {
+            let u = stored(&store, "tova").await;
+            store.change_email(&u, &to, &meta()).await.unwrap();
+        })
+    }));
+    let c = w.auth.login("tova", PW.into(), None, &meta()).await.expect("the password step");
+    assert!(racing.read_raced());
+    let mail = w.mail.last();
+    assert_eq!((mail.job.kind(), mail.to.as_str()), ("login_code", moved.as_str()));
+    w.auth.verify_login_code(&c.challenge_id.to_string(), &w.mail.code(), &meta()).await.expect("its code signs in");
+}
+
 /// An address change that commits between a deletion's read and its write
 /// (the link opened in another tab): the deletion is made again with the
 /// new address, whose claim goes with the account (on DynamoDB it was left

@@ -126,17 +126,36 @@ impl Auth {
         } else {
             LockCheck::Unlocked { reset_failures: user.failed_logins > 0 || user.locked_until.is_some() }
         };
-        match self.ports.challenges.create_challenge(&challenge, lock, meta).await {
-            Ok(()) => {}
-            // Locked while this one was checked: refused like any login
-            // during a lock.
-            Err(StoreError::Conflict(_)) if !locked => {
-                tracing::info!(user_id = %user.id, "login refused: account locked while the password was checked");
-                return Err(Error::InvalidCredentials);
+        // The code goes to the address the write finds on the account: the
+        // read above may be an index's copy from before an address change
+        // (DynamoDB), whose old mailbox must not get it.
+        let mut to = user.email.clone();
+        let mut moved = false;
+        loop {
+            match self.ports.challenges.create_challenge_to(&challenge, Some(&to), lock, meta).await {
+                Ok(()) => break,
+                Err(StoreError::Conflict(_)) => {
+                    // Moved since the read (once; as read now, by id): the
+                    // code goes to the new address. The password and the
+                    // lock are as they were, or this login ends below.
+                    if !moved
+                        && let Some(now_read) = self.ports.users.user_by_id(&user.id).await?
+                        && now_read.email != to
+                        && now_read.password_epoch == user.password_epoch
+                        && (locked || !now_read.is_locked(now))
+                    {
+                        (to, moved) = (now_read.email, true);
+                        continue;
+                    }
+                    // Locked while this one was checked (or gone): refused
+                    // like any login during a lock.
+                    tracing::info!(user_id = %user.id, "login refused: account locked, changed or gone while the password was checked");
+                    return Err(Error::InvalidCredentials);
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         }
-        self.send(&user.email, Some(user.id.to_string()), meta, self.code_job(&user, code)).await?;
+        self.send(&to, Some(user.id.to_string()), meta, self.code_job(&user, code)).await?;
         tracing::info!(user_id = %user.id, challenge_id = %id, "login code issued");
         Ok(LoginStarted {
             challenge_id: id,

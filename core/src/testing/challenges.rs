@@ -6,7 +6,7 @@ use super::fixtures::{
     T0, challenge_id, expect_conflict, hash, meta, new_challenge, new_session, open_challenge, pending_challenge, race,
     registered, single_winner, stored_challenge, stored_user, user_id,
 };
-use crate::domain::{Challenge, RequestMeta, Session, User};
+use crate::domain::{Challenge, Email, RequestMeta, Session, User};
 use crate::error::Conflict;
 use crate::ports::{CodeFailure, LockCheck};
 
@@ -78,6 +78,47 @@ pub async fn create_challenge_never_clears_a_running_lock(s: &Subject) {
     let c = Challenge { created_at: T0 + 600, ..new_challenge(user.id) };
     s.challenges.create_challenge(&c, LockCheck::Unlocked { reset_failures: true }, &meta()).await.expect("reset");
     assert_eq!(stored_user(s, &user.id).await.locked_until, None);
+}
+
+/// A challenge whose code goes to an address the account has left since
+/// the caller read it (an index's copy behind an address change) is
+/// refused for every kind of lock check, writing nothing (no reset of the
+/// count either); at the account's address it is stored. For an account
+/// that is gone, a trusted device's challenge is refused too.
+pub async fn create_challenge_to_an_address_the_account_left_writes_nothing(s: &Subject) {
+    let (user, v) = registered(s).await;
+    s.users.consume_verification(&v, T0 + 1, &meta()).await.expect("verify");
+    s.users.record_login_failure(&user.id, T0 + 1, 5, 600, &meta()).await.expect("a failure");
+    let read = stored_user(s, &user.id).await;
+    let moved = Email::parse("left-for-another@example.com").expect("email");
+    s.users.change_email(&read, &moved, &meta()).await.expect("change_email");
+    let now = stored_user(s, &user.id).await;
+    let locks = [
+        LockCheck::Unlocked { reset_failures: true },
+        LockCheck::Unlocked { reset_failures: false },
+        LockCheck::TrustedDevice,
+    ];
+    for lock in locks {
+        let c = new_challenge(user.id);
+        expect_conflict(
+            s.challenges.create_challenge_to(&c, Some(&read.email), lock, &meta()).await,
+            Conflict::Stale,
+            &format!("the old address ({lock:?})"),
+        );
+        assert_eq!(s.challenges.challenge(&c.id).await.expect("challenge"), None, "{lock:?}: written");
+        assert_eq!(stored_user(s, &user.id).await, now, "{lock:?}: the account changed");
+    }
+    for lock in locks {
+        let c = new_challenge(user.id);
+        s.challenges.create_challenge_to(&c, Some(&moved), lock, &meta()).await.expect("the account's address");
+        assert_eq!(s.challenges.challenge(&c.id).await.expect("challenge"), Some(c));
+    }
+    let gone = stored_user(s, &user.id).await;
+    s.users.delete_account(&gone, &meta()).await.expect("delete_account");
+    let c = new_challenge(user.id);
+    let r = s.challenges.create_challenge_to(&c, Some(&moved), LockCheck::TrustedDevice, &meta()).await;
+    assert!(r.is_err(), "a trusted device's challenge for an account that is gone: {r:?}");
+    assert_eq!(s.challenges.challenge(&c.id).await.expect("challenge"), None);
 }
 
 /// `challenge` redeemed with `code_hash` into `session` a second after

@@ -115,6 +115,7 @@ macro_rules! contract_suite {
             // challenges
             create_challenge_reads_back_and_resets_login_failures,
             create_challenge_never_clears_a_running_lock,
+            create_challenge_to_an_address_the_account_left_writes_nothing,
             redeem_challenge_has_one_winner,
             redeem_challenge_refused_at_expiry_boundary,
             redeem_challenge_refused_with_another_code,

@@ -7,7 +7,7 @@ use super::users::{UNLOCKED, meta_value};
 use super::{DynamoStore, check_item, put_item, update_item};
 use crate::StoreError;
 use crate::clock::Timestamp;
-use crate::domain::{Challenge, ChallengeId, RequestMeta, Session, UserId};
+use crate::domain::{Challenge, ChallengeId, Email, RequestMeta, Session, UserId};
 use crate::error::Conflict;
 use crate::ports::{ChallengeStore, CodeFailure, LockCheck, StoreResult, UserStore};
 use async_trait::async_trait;
@@ -19,12 +19,18 @@ impl DynamoStore {
     /// lock cleared (so the stream shows the unlock), with the request's
     /// `meta`. Never a lock still running at `now`: one set by others'
     /// failures since the caller read the user stays.
-    fn reset_login_failures(&self, user_id: &UserId, now: Timestamp, meta: AttributeValue) -> UpdateBuilder {
+    fn reset_login_failures(
+        &self,
+        user_id: &UserId,
+        now: Timestamp,
+        meta: AttributeValue,
+        to: Option<&Email>,
+    ) -> UpdateBuilder {
         Update::builder()
             .table_name(&self.users)
             .key(PK, s(items::user_pk(user_id)))
             .update_expression("SET failed_logins = :zero, meta = :meta REMOVE locked_until")
-            .condition_expression(format!("attribute_exists(pk) AND {UNLOCKED}"))
+            .condition_expression(format!("attribute_exists(pk) AND {UNLOCKED}{}", same_address(to)))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":meta", meta)
@@ -57,25 +63,53 @@ impl DynamoStore {
     }
 }
 
+/// The user item's condition that it still has the address `to` (bound to
+/// `:email`), if there is one to check.
+fn same_address(to: Option<&Email>) -> &'static str {
+    if to.is_some() { " AND email = :email" } else { "" }
+}
+
 #[async_trait]
 impl ChallengeStore for DynamoStore {
-    async fn create_challenge(&self, challenge: &Challenge, lock: LockCheck, meta: &RequestMeta) -> StoreResult<()> {
+    async fn create_challenge_to(
+        &self,
+        challenge: &Challenge,
+        to: Option<&Email>,
+        lock: LockCheck,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
         let item =
             items::to_item(challenge, items::challenge_pk(&challenge.id), Some(challenge.expires_at + TTL_GRACE_SECS))?;
         let absent = "attribute_not_exists(pk)";
+        let user_check = |condition: String| {
+            let check = ConditionCheck::builder()
+                .table_name(&self.users)
+                .key(PK, s(items::user_pk(&challenge.user_id)))
+                .condition_expression(condition);
+            match to {
+                Some(to) => check.expression_attribute_values(":email", s(to.as_str())),
+                None => check,
+            }
+        };
         let user = match lock {
             LockCheck::Unlocked { reset_failures: true } => {
-                update_item(self.reset_login_failures(&challenge.user_id, challenge.created_at, meta_value(meta)?))?
+                let reset = self.reset_login_failures(&challenge.user_id, challenge.created_at, meta_value(meta)?, to);
+                update_item(match to {
+                    Some(to) => reset.expression_attribute_values(":email", s(to.as_str())),
+                    None => reset,
+                })?
             }
             // The right password on an account read unlocked: a lock set
             // since the read refuses it, in the same transaction.
             LockCheck::Unlocked { reset_failures: false } => check_item(
-                ConditionCheck::builder()
-                    .table_name(&self.users)
-                    .key(PK, s(items::user_pk(&challenge.user_id)))
-                    .condition_expression(format!("attribute_exists(pk) AND {UNLOCKED}"))
+                user_check(format!("attribute_exists(pk) AND {UNLOCKED}{}", same_address(to)))
                     .expression_attribute_values(":now", n(challenge.created_at)),
             )?,
+            // A trusted device's login leaves the lock alone; the address,
+            // when there is one to check, is checked in the same way.
+            LockCheck::TrustedDevice if to.is_some() => {
+                check_item(user_check(format!("attribute_exists(pk){}", same_address(to))))?
+            }
             LockCheck::TrustedDevice => {
                 let put =
                     self.client.put_item().table_name(&self.tokens).set_item(Some(item)).condition_expression(absent);

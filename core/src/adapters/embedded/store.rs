@@ -386,8 +386,14 @@ impl UserStore for EmbeddedStore {
 
 #[async_trait]
 impl ChallengeStore for EmbeddedStore {
-    async fn create_challenge(&self, challenge: &Challenge, lock: LockCheck, meta: &RequestMeta) -> StoreResult<()> {
-        let (c, meta, at) = (challenge.clone(), meta.clone(), self.db().now());
+    async fn create_challenge_to(
+        &self,
+        challenge: &Challenge,
+        to: Option<&Email>,
+        lock: LockCheck,
+        meta: &RequestMeta,
+    ) -> StoreResult<()> {
+        let (c, to, meta, at) = (challenge.clone(), to.cloned(), meta.clone(), self.db().now());
         self.db()
             .tx(move |tx| {
                 if rec::challenge_exists(tx, &c.id)? {
@@ -395,15 +401,24 @@ impl ChallengeStore for EmbeddedStore {
                 }
                 // The foreign key refuses a challenge for an unknown user; say
                 // so plainly rather than as a constraint error. The whole
-                // record is read only when its lock is checked.
-                let checked = matches!(lock, LockCheck::Unlocked { .. });
+                // record is read only when its lock or address is checked.
+                let checked = matches!(lock, LockCheck::Unlocked { .. }) || to.is_some();
                 let reset = matches!(lock, LockCheck::Unlocked { reset_failures: true });
                 let old_u = if checked { rec::load_user(tx, UserKey::Id(&c.user_id))? } else { None };
                 if old_u.is_none() && (checked || !rec::user_exists(tx, &c.user_id)?) {
                     return Err(StoreError::internal("challenge for an unknown user"));
                 }
-                if old_u.as_ref().is_some_and(|u| u.is_locked(c.created_at)) {
+                if old_u
+                    .as_ref()
+                    .is_some_and(|u| matches!(lock, LockCheck::Unlocked { .. }) && u.is_locked(c.created_at))
+                {
                     // Locked since the caller's read: refused, and the lock stays.
+                    return stale();
+                }
+                if let (Some(to), Some(u)) = (&to, &old_u)
+                    && u.email != *to
+                {
+                    // Moved to another address since the caller's read.
                     return stale();
                 }
                 rec::insert_challenge(tx, &c)?;
