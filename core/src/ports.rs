@@ -198,8 +198,12 @@ pub trait UserStore: Send + Sync {
     /// or reset meanwhile wins) and the `email` (an address change meanwhile
     /// moved the claim that goes with it; on DynamoDB the deletion of the
     /// old one would leave the new one naming no account); `Conflict(Stale)`
-    /// otherwise, and nothing is deleted. The removal carries `meta`, the request's (the audit
-    /// trail's `account_deleted`). Both names are free from then on. What
+    /// otherwise, and nothing is deleted (on DynamoDB the user's `meta` is
+    /// written first, on the same condition, in a write of its own: one
+    /// transaction cannot update and delete one item, and the stream's
+    /// REMOVE carries only the old image; so a deletion refused between
+    /// the two leaves the account with the request's `meta`). The removal
+    /// carries `meta`, the request's (the audit trail's `account_deleted`). Both names are free from then on. What
     /// else the account had ends with it, as everything reads the account
     /// (sessions, logins in progress, links), and those records are deleted
     /// with it: all of them (SQLite), or those a store's index lists by then
@@ -491,7 +495,10 @@ pub trait OtpStore: Send + Sync {
 /// reach twice the limit).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitKey {
-    /// e.g. `login:ip:203.0.113.7`; the adapter may hash or prefix it.
+    /// e.g. `login:ip:203.0.113.7`; the adapter may hash or prefix it. A
+    /// key is always used with one window length (each flow's key prefix
+    /// with its one `Limit`): across hits, DynamoDB keeps a counter item
+    /// until the window end its latest hit gave it.
     pub key: String,
     pub limit: u32,
     pub window_secs: i64,

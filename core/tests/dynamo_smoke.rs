@@ -1084,7 +1084,14 @@ async fn a_write_whose_answer_was_lost_is_recognised_when_sent_again() {
 
     lose.arm("UpdateItem");
     store
-        .reset_password(&u.id, ResetLink { issued_at: NOW, resets: 0 }, 0, "$argon2id$reset-once", NOW + 4, &META)
+        .reset_password(
+            &u.id,
+            ResetLink { issued_at: NOW, resets: 0, email_changes: 0 },
+            0,
+            "$argon2id$reset-once",
+            NOW + 4,
+            &META,
+        )
         .await
         .expect("a reset sent twice");
     assert!(lose.fired());
@@ -1096,7 +1103,14 @@ async fn a_write_whose_answer_was_lost_is_recognised_when_sent_again() {
     // The same link again is still refused.
     assert!(is_conflict(
         &store
-            .reset_password(&u.id, ResetLink { issued_at: NOW, resets: 0 }, 1, "$argon2id$again", NOW + 5, &META)
+            .reset_password(
+                &u.id,
+                ResetLink { issued_at: NOW, resets: 0, email_changes: 0 },
+                1,
+                "$argon2id$again",
+                NOW + 5,
+                &META
+            )
             .await,
         Conflict::Stale
     ));

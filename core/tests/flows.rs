@@ -1685,7 +1685,11 @@ async fn a_password_change_is_made_again_over_a_rehash_but_not_over_a_reset() {
     racing.before_next_write(Box::new(|store| {
         Box::pin(async move {
             let u = stored(&store, "xena").await;
-            let link = latchkey_core::domain::ResetLink { issued_at: T0, resets: u.password_resets };
+            let link = latchkey_core::domain::ResetLink {
+                issued_at: T0,
+                resets: u.password_resets,
+                email_changes: u.email_changes,
+            };
             store.reset_password(&u.id, link, u.password_epoch, "$argon2id$reset", T0 + 1, &meta()).await.unwrap();
         })
     }));
@@ -2278,7 +2282,11 @@ async fn a_deletion_is_made_again_over_a_rehash_but_not_over_a_reset() {
     racing.before_next_write(Box::new(|store| {
         Box::pin(async move {
             let u = stored(&store, "quin").await;
-            let link = latchkey_core::domain::ResetLink { issued_at: T0, resets: u.password_resets };
+            let link = latchkey_core::domain::ResetLink {
+                issued_at: T0,
+                resets: u.password_resets,
+                email_changes: u.email_changes,
+            };
             store.reset_password(&u.id, link, u.password_epoch, "$argon2id$reset", T0 + 1, &meta()).await.unwrap();
         })
     }));
@@ -2299,6 +2307,30 @@ async fn a_deletion_is_made_again_over_a_rehash_but_not_over_a_reset() {
     assert!(racing.raced());
     let username = latchkey_core::domain::Username::parse("rhea").unwrap();
     assert!(w.store.user_by_username(&username).await.unwrap().is_none());
+}
+
+/// A reset link was mailed to the address the account had then: once the
+/// account moves, the link is refused and changes nothing (the mailbox it
+/// left may be why it moved, and whoever reads it could otherwise end the
+/// owner's sessions, set a password and undo a lock); a link asked for at
+/// the new address works.
+#[tokio::test]
+async fn a_reset_link_dies_when_the_account_moves_to_another_address() {
+    let w = world(RateLimits::relaxed());
+    let old = verified(&w, "ulla").await;
+    let m = meta();
+    w.auth.request_password_reset(&old, &m).await.unwrap();
+    let left = w.mail.reset_token();
+    let s = signed_in(&w, "ulla", &m).await;
+    w.auth.request_email_change(Caller::Bearer(&s.access_token), PW.into(), "ulla@example.org", &m).await.unwrap();
+    w.auth.confirm_email_change(&w.mail.email_change_token(), &m).await.unwrap();
+    let moved = stored(&w.store, "ulla").await;
+    let r = w.auth.reset_password(&left, NEW_PW.into(), &m).await;
+    assert!(matches!(r, Err(Error::ResetLinkInvalid)), "a link to the address the account left: {r:?}");
+    assert_eq!(stored(&w.store, "ulla").await, moved, "the refused link changed the account");
+    assert!(w.auth.me(&s.access_token).await.is_ok(), "the refused link ended the session");
+    w.auth.request_password_reset("ulla@example.org", &m).await.unwrap();
+    w.auth.reset_password(&w.mail.reset_token(), NEW_PW.into(), &m).await.expect("a link to the new address");
 }
 
 /// A login whose read of the account came before an address change (on

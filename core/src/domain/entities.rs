@@ -74,12 +74,19 @@ pub struct User {
 pub struct ResetLink {
     pub issued_at: Timestamp,
     pub resets: u32,
+    /// The account's `email_changes` when the link was made: it was mailed
+    /// to the address the account had then, and dies when the account moves
+    /// (the mailbox it left may be why it moved).
+    pub email_changes: u32,
 }
 
 impl ResetLink {
-    /// Whether `user` is as it was when this link was made: no reset since.
+    /// Whether `user` is as it was when this link was made: no reset since,
+    /// and still at the address it was mailed to.
     pub fn current_for(&self, user: &User) -> bool {
-        user.password_resets == self.resets && user.password_reset_at.is_none_or(|at| at <= self.issued_at)
+        user.password_resets == self.resets
+            && user.password_reset_at.is_none_or(|at| at <= self.issued_at)
+            && user.email_changes == self.email_changes
     }
 }
 

@@ -1,16 +1,20 @@
 //! A forgotten password: a link mailed to the account's address lets its
 //! holder choose a new one.
 //!
-//! The link carries `<nonce>.<user id>.<issued at>-<resets>.<tag>`: 128
-//! random bits, the account, the UTC second it was made and the account's
-//! count of resets then (`User::password_resets`), and an HMAC-SHA256 tag
-//! (full length) under the code key (domain `latchkey/password-reset/v3`)
+//! The link carries `<nonce>.<user id>.<issued at>-<resets>-<email
+//! changes>.<tag>`: 128 random bits, the account, the UTC second it was
+//! made and the account's counts of resets and of address changes then
+//! (`User::password_resets`, `User::email_changes`), and an HMAC-SHA256 tag
+//! (full length) under the code key (domain `latchkey/password-reset/v4`)
 //! over them. Nothing is stored. The link works for
 //! `Policy::password_reset_ttl_secs` (1 hour), once, and only while no reset
 //! has happened since it was made: a reset counts itself, and the store
 //! writes it only if the count is still the link's (so of two resets with
 //! links made at one count exactly one succeeds, every earlier link dies,
-//! and a link asked for right after a reset works, in its second too).
+//! and a link asked for right after a reset works, in its second too). It
+//! dies, too, when the account moves to another address: it was mailed to
+//! the one the account left, maybe because someone else reads it. (Links
+//! of `v3`, without the address count, are refused: ask for a new one.)
 //! A password change does not end a link: otherwise someone holding a
 //! session and the password could keep every link the owner is mailed dead
 //! by changing the password, and the owner could never take the account
@@ -35,7 +39,7 @@ use crate::error::{Error, StoreError};
 use crate::mail::MailJob;
 
 /// Reset link tokens: the full 32-byte tag.
-const RESET: TokenKind = TokenKind { domain: "latchkey/password-reset/v3", tag_len: 64, max_len: 160 };
+const RESET: TokenKind = TokenKind { domain: "latchkey/password-reset/v4", tag_len: 64, max_len: 170 };
 
 impl Auth {
     /// Mails a reset link if `email` belongs to a verified account. Answers
@@ -136,7 +140,7 @@ impl Auth {
 
     /// A reset link's token for `user` as read now, made at `now`.
     fn reset_token(&self, user: &User, now: Timestamp) -> String {
-        self.sign_token(&RESET, &user.id, &format!("{now}-{}", user.password_resets))
+        self.sign_token(&RESET, &user.id, &format!("{now}-{}-{}", user.password_resets, user.email_changes))
     }
 }
 
@@ -146,7 +150,7 @@ const RESET_LINK: MailedLinkKind<ResetLink> = MailedLinkKind {
     parse: parse_issued,
     scope: "reset",
     name: "password reset",
-    stale: "used, or older than the last reset",
+    stale: "used, older than the last reset, or mailed to an address the account left",
     refusal: || Error::ResetLinkInvalid,
 };
 
@@ -160,9 +164,10 @@ impl MailedLink for ResetLink {
     }
 }
 
-/// The `<issued at>-<resets>` part of a link this service signed (the tag
-/// was checked first, so nothing else reaches here).
+/// The `<issued at>-<resets>-<email changes>` part of a link this service
+/// signed (the tag was checked first, so nothing else reaches here).
 fn parse_issued(issued: &str) -> Option<ResetLink> {
-    let (at, resets) = issued.split_once('-')?;
-    Some(ResetLink { issued_at: at.parse().ok()?, resets: resets.parse().ok()? })
+    let mut parts = issued.splitn(3, '-');
+    let (at, resets, changes) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(ResetLink { issued_at: at.parse().ok()?, resets: resets.parse().ok()?, email_changes: changes.parse().ok()? })
 }

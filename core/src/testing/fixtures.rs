@@ -63,7 +63,7 @@ pub(super) fn meta() -> RequestMeta {
 
 /// A reset link made at `issued_at` when its account had `resets` resets.
 pub(super) fn link(issued_at: Timestamp, resets: u32) -> ResetLink {
-    ResetLink { issued_at, resets }
+    ResetLink { issued_at, resets, email_changes: 0 }
 }
 
 /// A new unverified user, as registration builds it, with its first

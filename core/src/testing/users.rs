@@ -595,6 +595,10 @@ pub async fn reset_password_once_per_link(s: &Subject) {
         (link(T0 + 6, 0), "a link at the count before the reset"),
         (link(T0 + 4, 1), "a link stamped before the last reset"),
         (link(T0 + 6, 2), "a count the account has not reached"),
+        (
+            crate::domain::ResetLink { email_changes: 1, ..link(T0 + 6, 1) },
+            "an address the account has not moved to (a link mailed to another one)",
+        ),
     ] {
         expect_conflict(
             s.users.reset_password(&user.id, link, 1, "$argon2id$second", T0 + 6, &meta()).await,

@@ -719,6 +719,12 @@ impl UserStore for DynamoStore {
         } else {
             "password_resets = :resets"
         };
+        // Still at the address the link was mailed to.
+        let same_address = if link.email_changes == 0 {
+            "(attribute_not_exists(email_changes) OR email_changes = :changes)"
+        } else {
+            "email_changes = :changes"
+        };
         let result = self
             .client
             .update_item()
@@ -734,8 +740,9 @@ impl UserStore for DynamoStore {
             .expression_attribute_values(":next", epoch_value(next_epoch(expected_epoch)?))
             .expression_attribute_values(":resets", n(link.resets))
             .expression_attribute_values(":next_resets", n(resets))
+            .expression_attribute_values(":changes", n(link.email_changes))
             .condition_expression(format!(
-                "attribute_exists(pk) AND {current_count} \
+                "attribute_exists(pk) AND {current_count} AND {same_address} \
                  AND (attribute_not_exists(password_reset_at) OR password_reset_at <= :issued) \
                  AND (attribute_not_exists(sessions_valid_after) OR sessions_valid_after <= :now) AND {}",
                 unchanged_since(expected_epoch)
