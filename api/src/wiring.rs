@@ -108,7 +108,8 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
             latchkey_core::adapters::embedded::create_private_dir(data_dir)?;
             // The store first: it locks the data directory, so a second
             // process on it stops here, before it could write a key.
-            let store = EmbeddedStore::open(data_dir.join("latchkey.sqlite3"))?;
+            // On the flows' clock, which the ledger's leases also read.
+            let store = EmbeddedStore::open(data_dir.join("latchkey.sqlite3"))?.with_clock(clock.clone());
             let (signing, code_key, audit_key) = local_keys(config, data_dir)?;
             let standby = standby_key(config.jwt_standby_key.as_ref())?;
             let queue = SqliteMailQueue::new(&store);
@@ -427,8 +428,14 @@ fn read_or_create(
     let tmp = path.with_extension("tmp");
     {
         use std::io::Write;
+        // A temp file a cut-short start left is replaced, not reused: opened
+        // anew, it is the owner's only (mode applies to new files only).
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
         let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
+        opts.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let mut f = opts.open(&tmp)?;
@@ -436,6 +443,12 @@ fn read_or_create(
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
+    // The rename is durable only once the directory is: else a power cut
+    // could lose the key after what it sealed was written, and the next
+    // start would make another.
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
     Ok(Secret::new(value))
 }
 
@@ -783,6 +796,25 @@ mod tests {
         let Err(e) = local_keys(&embedded_config(tmp.path()), tmp.path()) else { panic!("started") };
         assert!(e.to_string().contains(AUDIT_KEY_FILE), "{e}");
         assert_eq!(std::fs::read(keys.join(AUDIT_KEY_FILE)).unwrap(), garbled, "the file was replaced");
+    }
+
+    /// A temp file a start cut short left (readable by others, as a
+    /// `umask` 022 makes it) is not written into: the new key file is the
+    /// owner's only, and holds the new key.
+    #[cfg(all(feature = "embedded", unix))]
+    #[test]
+    fn a_key_is_never_written_into_a_leftover_temp_file() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = Scratch::new();
+        let path = tmp.path().join("a.key.b64");
+        let left = path.with_extension("tmp");
+        std::fs::write(&left, "half a key from before").unwrap();
+        std::fs::set_permissions(&left, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let key = read_or_create(&path, || Ok("the new key".into())).unwrap();
+        assert_eq!(key.expose(), "the new key");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "the new key");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(!left.exists());
     }
 
     #[cfg(all(feature = "embedded", unix))]

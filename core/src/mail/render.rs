@@ -106,7 +106,7 @@ impl Renderer {
                 let at = crate::clock::rfc3339(*at);
                 (
                     format!("Your {} password was changed", self.product),
-                    context! { username, at, by_reset },
+                    context! { username, at, by_reset, reset_link => format!("{base}/password/forgot") },
                     format!("password changed at {at}"),
                 )
             }
@@ -239,8 +239,17 @@ mod tests {
                     assert!(m.html.contains("auth.example.com&#x2f;register&#x2f;sent\">"), "{}", m.html);
                 }
                 MailJob::PasswordChanged { by_reset, .. } => {
-                    assert_eq!(m.text.contains("reset link"), by_reset, "{}", m.text);
+                    assert_eq!(m.text.contains("through a reset link"), by_reset, "{}", m.text);
                     assert_eq!(m.text.contains("every other session"), !by_reset, "{}", m.text);
+                    // A change the owner did not make: the address is still
+                    // theirs, and a reset by mail signs everyone out.
+                    assert_eq!(m.text.contains("https://auth.example.com/password/forgot"), !by_reset, "{}", m.text);
+                    assert_eq!(
+                        m.html.contains("auth.example.com&#x2f;password&#x2f;forgot\">"),
+                        !by_reset,
+                        "{}",
+                        m.html
+                    );
                 }
                 MailJob::AccountDeleted { .. } => {
                     assert!(m.text.contains("account was deleted at 1970-01-01T00:00:00Z"), "{}", m.text);

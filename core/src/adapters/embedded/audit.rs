@@ -19,6 +19,9 @@ use async_trait::async_trait;
 use rusqlite::OptionalExtension;
 use std::time::Duration;
 
+/// Records deleted per transaction by [`SqliteAuditStore::purge_expired`].
+const PURGE_BATCH: usize = 500;
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS audit_records (
     subject    TEXT NOT NULL,
@@ -123,9 +126,32 @@ impl SqliteAuditStore {
             .await
     }
 
-    /// Removes records whose retention has ended (the embedded TTL).
+    /// Removes records whose retention has ended (the embedded TTL), in
+    /// transactions of at most [`PURGE_BATCH`] records: a runner that was off
+    /// for weeks does not hold the database (every request waits on it) for
+    /// one long delete. Returns how many went.
     pub async fn purge_expired(&self, now: Timestamp) -> StoreResult<usize> {
-        self.store.db().tx(move |tx| Ok(tx.execute("DELETE FROM audit_records WHERE expires_at <= ?1", [now])?)).await
+        let mut purged = 0;
+        loop {
+            let n = self
+                .store
+                .db()
+                .tx(move |tx| {
+                    Ok(tx
+                        .prepare_cached(
+                            "DELETE FROM audit_records WHERE rowid IN \
+                             (SELECT rowid FROM audit_records WHERE expires_at <= ?1 LIMIT ?2)",
+                        )?
+                        .execute(rusqlite::params![now, PURGE_BATCH])?)
+                })
+                .await?;
+            purged += n;
+            if n < PURGE_BATCH {
+                return Ok(purged);
+            }
+            // Others' calls get the database between two batches.
+            tokio::task::yield_now().await;
+        }
     }
 
     /// The database this store lives in (tests tamper with it through this).
@@ -731,6 +757,23 @@ mod tests {
         let unsealed: Vec<_> = stored.into_iter().map(|r| AuditRecord { seal: None, ..r }).collect();
         let report = crate::audit::verify_chain_at(&key().into(), &subject, &unsealed, Timestamp::MIN, Timestamp::MAX);
         assert_eq!(report.map(|r| (r.records, r.unsealed)), Ok((2, 2)));
+    }
+
+    /// A backlog of expired records (a runner off for weeks) goes in
+    /// batches, all of it, and nothing that is still live.
+    #[tokio::test]
+    async fn retention_purges_a_backlog_in_batches_and_keeps_live_records() {
+        let (s, _) = store();
+        let audit = SqliteAuditStore::open(&s).await.unwrap();
+        let backlog = 2 * PURGE_BATCH + 1;
+        let events: Vec<_> = (1..=backlog as i64 + 2)
+            .map(|i| (code_verified(i), if i <= backlog as i64 { T0 + 100 } else { T0 + 10_000 }))
+            .collect();
+        audit.apply_batch(&key(), events, 0, Vec::new()).await.unwrap();
+        assert_eq!(audit.purge_expired(T0 + 99).await.unwrap(), 0);
+        assert_eq!(audit.purge_expired(T0 + 100).await.unwrap(), backlog);
+        let left: Vec<u64> = audit.chain("u1").await.unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(left, [backlog as u64 + 1, backlog as u64 + 2]);
     }
 
     #[tokio::test]

@@ -392,9 +392,19 @@ where
             }
         };
         BACKGROUND.with(|b| b.set(true));
+        let service_name = std::thread::current().name().unwrap_or("background").to_string();
         runtime.block_on(async move {
+            use futures::FutureExt;
             tokio::select! {
-                () = service => {}
+                ran = std::panic::AssertUnwindSafe(service).catch_unwind() => {
+                    if ran.is_err() {
+                        // A bug. Left to itself the process would go on
+                        // without it (no mail sent, no audit trail): it stops
+                        // instead, to be started again whole.
+                        tracing::error!(service = %service_name, "background service panicked; the process stops");
+                        std::process::exit(70);
+                    }
+                }
                 _ = stopped => {}
             }
         });

@@ -110,7 +110,12 @@ impl Outbox {
             .await
             .map_err(|e| Transient(format!("writer task: {e}")))?
             .map_err(|e| Transient(format!("writing {name}: {e}")))?;
-        println!("mail to {}: {} — {}", mail.to, mail.subject, mail.hint);
+        // Not `println!`, which panics when stdout fails (a pipe whose
+        // reader went away): the mail is written, and the line is a courtesy.
+        {
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout().lock(), "mail to {}: {} — {}", mail.to, mail.subject, mail.hint);
+        }
         Ok(path)
     }
 
