@@ -33,8 +33,8 @@ variable "public_base_url" {
   type        = string
   default     = null
   validation {
-    condition     = var.public_base_url == null || can(regex("^https://[^/\\s]+(/[^\\s]*[^/\\s])?$", var.public_base_url))
-    error_message = "public_base_url: must start with https:// and must not end with '/'."
+    condition     = var.public_base_url == null || can(regex("^https://[^/?#\\s]+$", var.public_base_url))
+    error_message = "public_base_url: https:// and the host only (the pages are at the site's root: no path, no trailing '/')."
   }
 }
 

@@ -528,6 +528,13 @@ pub fn public_base_url_problem(url: &str) -> Option<String> {
     if host.is_empty() {
         return Some("has no host".into());
     }
+    // The pages' forms, redirects, stylesheet and cookies (`Path=/`) are at
+    // the host's root: under a path, mail links would reach pages whose
+    // forms post outside it.
+    let rest = &url[scheme.len() + "://".len() + authority.len()..];
+    if !matches!(rest, "" | "/") {
+        return Some("must be the site's root: no path, query or fragment after the host".into());
+    }
     let local = host.eq_ignore_ascii_case("localhost")
         || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
     (scheme == "http" && !local).then(|| "must start with https:// (http:// is only for a loopback host)".into())
@@ -690,7 +697,8 @@ mod tests {
     fn public_base_url_is_https_unless_the_host_is_local() {
         for ok in [
             "https://auth.example.com",
-            "https://auth.example.com:8443/base",
+            "https://auth.example.com:8443",
+            "https://auth.example.com/",
             "http://127.0.0.1:3000",
             "http://localhost:3000",
             "http://[::1]:3000",
@@ -708,6 +716,10 @@ mod tests {
             "http://localhost:1@auth.example.com",
             "http://127.0.0.1@auth.example.com/",
             "https://user@auth.example.com",
+            "https://auth.example.com/base",
+            "https://auth.example.com/base/",
+            "https://auth.example.com?x=1",
+            "https://auth.example.com#top",
         ] {
             assert!(public_base_url_problem(bad).is_some(), "{bad}");
         }

@@ -676,6 +676,21 @@ async fn missing_pages_and_wrong_methods_get_a_page_and_the_api_json() {
 /// account locked and its per-identifier limit spent; a browser without
 /// the device cookie is refused, the owner's browser (the cookie of its
 /// last finished login) still signs in, with the password and the code.
+/// The forms' password hints say the configured minimum, not a fixed 12.
+#[tokio::test]
+async fn password_hints_say_the_configured_minimum() {
+    let sys =
+        TestSystem::embedded_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_PASSWORD_MIN_CHARS", "16")]).await;
+    let mut b = Browser::new(&sys);
+    let p = b.get("/register").await;
+    assert!(p.body.contains("At least 16 characters."), "{}", p.body);
+    assert!(!p.body.contains("At least 12"), "{}", p.body);
+    let (username, email) = unique();
+    sign_up_and_in(&mut b, &username, &email, &username).await;
+    let d = b.get("/dashboard").await;
+    assert!(d.body.contains("At least 16 characters."), "{}", d.body);
+}
+
 #[tokio::test]
 async fn the_device_cookie_lets_the_owner_in_while_a_stranger_keeps_the_account_locked() {
     let sys = TestSystem::embedded_with(&[]).await;

@@ -872,6 +872,27 @@ fn the_refresh_retry_grace_is_the_apis_and_in_its_range() {
     assert!(!variable_accepts(&tf, "refresh_retry_grace_secs", Value::from(1.5)));
 }
 
+/// The public base URL is a host at the site's root, as the api's own
+/// check wants it (the pages' forms and cookies are at `/`): a path is
+/// refused at plan, not at every start.
+#[test]
+fn the_public_base_url_is_a_host_at_the_root() {
+    let tf = Terraform::load();
+    for (url, ok) in [
+        ("https://auth.example.com", true),
+        ("https://auth.example.com:8443", true),
+        ("https://auth.example.com/", false),
+        ("https://auth.example.com/base", false),
+        ("https://auth.example.com?x=1", false),
+        ("http://auth.example.com", false),
+    ] {
+        assert_eq!(variable_accepts(&tf, "public_base_url", Value::from(url)), ok, "{url}");
+        if ok {
+            assert_eq!(latchkey_core::config::public_base_url_problem(url), None, "{url}");
+        }
+    }
+}
+
 /// Every number variable that reaches a binary or AWS as a whole number
 /// (a count, a size, a time, argon2's parameters) refuses a fraction at
 /// plan: deployed as "2.5", the binaries' parse of it fails at every start.

@@ -48,7 +48,9 @@ fn register_page(
 ) -> Response {
     let (csrf, cookies) = v.form_token();
     let signed_in = v.session.is_some();
-    let ctx = context! { title => "Create your account", csrf, username, email, errors, form_error, signed_in };
+    let password_min = v.password_min_chars();
+    let ctx =
+        context! { title => "Create your account", csrf, username, email, errors, form_error, signed_in, password_min };
     with_cookies(page(status, "register.html", ctx), cookies)
 }
 

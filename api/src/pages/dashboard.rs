@@ -137,6 +137,7 @@ async fn render(
         events,
         sessions,
         every_other => EVERY_OTHER,
+        password_min => v.password_min_chars(),
         activity_wait,
         notice,
         form_error,

@@ -80,7 +80,10 @@ pub async fn forgot(State(s): State<AppState>, mut v: Visitor, PageForm(f): Page
 
 fn reset_page(v: &mut Visitor, status: StatusCode, token: &str, errors: FieldErrors) -> Response {
     let (csrf, cookies) = v.form_token();
-    let ctx = context! { title => "Choose a new password", csrf, token, errors, signed_in => v.session.is_some() };
+    let ctx = context! {
+        title => "Choose a new password", csrf, token, errors, signed_in => v.session.is_some(),
+        password_min => v.password_min_chars(),
+    };
     with_cookies(page(status, "reset.html", ctx), cookies)
 }
 

@@ -51,6 +51,11 @@ impl FromRequestParts<AppState> for Visitor {
 }
 
 impl Visitor {
+    /// The configured least length of a new password, for the forms' hints.
+    pub fn password_min_chars(&self) -> usize {
+        self.auth.policy().password.min_chars
+    }
+
     /// Whether the request comes from this origin, as far as the browser
     /// says ([`csrf::same_origin`]).
     pub fn same_origin(&self) -> bool {
