@@ -118,6 +118,22 @@ impl TestSystem {
         Self::serve(built, &cfg, mail, "embedded", None, Some(dir)).await
     }
 
+    /// The embedded backend whose flows and store read `clock`, for tests
+    /// that step time (cooldowns, expiries) instead of waiting for it.
+    pub async fn embedded_on_clock(
+        extra: &[(&str, &str)],
+        clock: std::sync::Arc<dyn latchkey_core::clock::Clock>,
+    ) -> Self {
+        let dir = TempDir::new();
+        let mut pairs = vec![("LATCHKEY_DATA_DIR", dir.0.display().to_string())];
+        pairs.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        let cfg = config(&pairs);
+        let opts = BuildOptions { clock, ..Default::default() };
+        let built = latchkey_api::wiring::build_with(&cfg, opts).await.expect("build embedded");
+        let mail = MailSource::Outbox(dir.0.join("outbox"));
+        Self::serve(built, &cfg, mail, "embedded", None, Some(dir)).await
+    }
+
     /// DynamoDB + SQS on the emulator, fresh tables and queues.
     pub async fn aws() -> Self {
         Self::aws_with(&[("LATCHKEY_RATE_LIMITS", "relaxed")]).await

@@ -676,6 +676,34 @@ async fn missing_pages_and_wrong_methods_get_a_page_and_the_api_json() {
 /// account locked and its per-identifier limit spent; a browser without
 /// the device cookie is refused, the owner's browser (the cookie of its
 /// last finished login) still signs in, with the password and the code.
+/// Once a sign-in's three new codes are spent, asking for another keeps
+/// the code page, says so, and the last code still signs in (it used to
+/// send the browser back to the password form, the working code with it).
+#[tokio::test]
+async fn after_the_last_new_code_the_last_code_still_signs_in() {
+    let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let clock = std::sync::Arc::new(latchkey_core::clock::FixedClock::new(start));
+    let sys = TestSystem::embedded_on_clock(&[("LATCHKEY_RATE_LIMITS", "relaxed")], clock.clone()).await;
+    let mut b = Browser::new(&sys);
+    let (username, email) = unique();
+    register_and_verify(&mut b, &username, &email).await;
+    password_step(&mut b, &username).await;
+    for _ in 0..3 {
+        clock.advance(61);
+        let p = b.get("/login/code").await;
+        let r = b.post("/login/code/resend", &[("csrf", &p.csrf())]).await;
+        assert_eq!((r.status, r.location()), (303, "/login/code?resent=1"), "{}", r.body);
+    }
+    clock.advance(61);
+    let p = b.get("/login/code").await;
+    let r = b.post("/login/code/resend", &[("csrf", &p.csrf())]).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("No more new codes can be sent"), "{}", r.body);
+    let code = sys.wait_mail(&email, 5).await.code().expect("the last code");
+    let done = b.post("/login/code", &[("csrf", &r.csrf()), ("code", &code)]).await;
+    assert_eq!((done.status, done.location()), (303, "/dashboard"), "{}", done.body);
+}
+
 /// The forms' password hints say the configured minimum, not a fixed 12.
 #[tokio::test]
 async fn password_hints_say_the_configured_minimum() {
