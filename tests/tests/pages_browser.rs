@@ -476,7 +476,15 @@ async fn the_dashboard_changes_the_password_and_signs_out_every_other_session() 
         assert_eq!(p.status, 400, "{current:?} -> {to:?}: {}", p.body);
         assert!(p.body.contains(error), "{current:?} -> {to:?}: {error:?} in {}", p.body);
         assert!(p.body.contains(&format!("id=\"{field}-error\"")), "{field} not named: {}", p.body);
+        if field == "new_password" {
+            // The error and the rules it breaks are both read out.
+            let both = "aria-describedby=\"new_password-error new_password-hint\"";
+            assert!(p.body.contains(both), "{}", p.body);
+        }
     }
+    // A password manager learns whose password it is (a field not sent).
+    let username_field = format!("value=\"{username}\" autocomplete=\"username\" hidden readonly");
+    assert!(d.body.contains(&username_field), "{}", d.body);
     let p =
         b.post("/account/password", &[("csrf", "x.y"), ("password_current", PASSWORD), ("new_password", new)]).await;
     assert_eq!(p.status, 403, "a bad token");
