@@ -156,15 +156,6 @@ impl Processor {
         }
     }
 
-    /// One record: decoded, mapped, appended (and an expired unverified
-    /// account's names released, after its event is in the trail, so a
-    /// failed release is retried with the record and appends nothing
-    /// twice). Returns the events added.
-    ///
-    /// Each append's new head is logged (`audit head`: subject, seq, hash,
-    /// expires_at and `head`, the three as `verify-chain --head` takes
-    /// them): the log is the chain's witness outside the audit table (see
-    /// `latchkey_core::audit::check_logged_head`).
     /// [`Processor::process`], tried again after a store error while the
     /// next backoff ends before `deadline` (not at all without one).
     async fn process_retrying(&self, record: &EventRecord, deadline: Option<Instant>) -> Result<usize, RecordError> {
@@ -181,6 +172,15 @@ impl Processor {
         }
     }
 
+    /// One record: decoded, mapped, appended (and an expired unverified
+    /// account's names released, after its event is in the trail, so a
+    /// failed release is retried with the record and appends nothing
+    /// twice). Returns the events added.
+    ///
+    /// Each append's new head is logged (`audit head`: subject, seq, hash,
+    /// expires_at and `head`, the three as `verify-chain --head` takes
+    /// them): the log is the chain's witness outside the audit table (see
+    /// `latchkey_core::audit::check_logged_head`).
     pub async fn process(&self, record: &EventRecord) -> Result<usize, RecordError> {
         let Some(change) = source_change(record)? else { return Ok(0) };
         let mut added = 0;

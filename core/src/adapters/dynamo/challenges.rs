@@ -18,7 +18,8 @@ impl DynamoStore {
     /// A right password: the count of wrong ones back to 0 and an ended
     /// lock cleared (so the stream shows the unlock), with the request's
     /// `meta`. Never a lock still running at `now`: one set by others'
-    /// failures since the caller read the user stays.
+    /// failures since the caller read the user stays. With `to`, only while
+    /// the user's address is still `to`.
     fn reset_login_failures(
         &self,
         user_id: &UserId,
@@ -26,14 +27,18 @@ impl DynamoStore {
         meta: AttributeValue,
         to: Option<&Email>,
     ) -> UpdateBuilder {
-        Update::builder()
+        let update = Update::builder()
             .table_name(&self.users)
             .key(PK, s(items::user_pk(user_id)))
             .update_expression("SET failed_logins = :zero, meta = :meta REMOVE locked_until")
             .condition_expression(format!("attribute_exists(pk) AND {UNLOCKED}{}", same_address(to)))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":meta", meta)
+            .expression_attribute_values(":meta", meta);
+        match to {
+            Some(to) => update.expression_attribute_values(":email", s(to.as_str())),
+            None => update,
+        }
     }
 
     /// A right code: the account-wide count of wrong codes back to 0, with
@@ -93,11 +98,7 @@ impl ChallengeStore for DynamoStore {
         };
         let user = match lock {
             LockCheck::Unlocked { reset_failures: true } => {
-                let reset = self.reset_login_failures(&challenge.user_id, challenge.created_at, meta_value(meta)?, to);
-                update_item(match to {
-                    Some(to) => reset.expression_attribute_values(":email", s(to.as_str())),
-                    None => reset,
-                })?
+                update_item(self.reset_login_failures(&challenge.user_id, challenge.created_at, meta_value(meta)?, to))?
             }
             // The right password on an account read unlocked: a lock set
             // since the read refuses it, in the same transaction.
