@@ -50,7 +50,7 @@ impl From<Error> for ApiError {
             Error::ResetLinkInvalid => simple(S::BAD_REQUEST, "reset_link_invalid", &e),
             Error::EmailChangeLinkInvalid => simple(S::BAD_REQUEST, "email_change_link_invalid", &e),
             Error::EmailTaken => simple(S::CONFLICT, "email_taken", &e),
-            Error::ChallengeNotFound => simple(S::UNAUTHORIZED, "challenge_invalid", &e),
+            Error::ChallengeNotFound | Error::ResendsSpent => simple(S::UNAUTHORIZED, "challenge_invalid", &e),
             Error::OtpInvalid { attempts_left } => {
                 let mut r = simple(S::UNAUTHORIZED, "otp_invalid", &e);
                 r.message = format!("wrong code; {attempts_left} attempts left");

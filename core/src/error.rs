@@ -31,6 +31,11 @@ pub enum Error {
     EmailTaken,
     #[error("unknown or finished login challenge")]
     ChallengeNotFound,
+    /// A login's new codes are spent; its last code still works while it
+    /// lives. Answered as `ChallengeNotFound` by the API (a new login is the
+    /// only way to more codes); the pages keep the code form.
+    #[error("no more new codes for this login challenge")]
+    ResendsSpent,
     #[error("wrong code")]
     OtpInvalid { attempts_left: u32 },
     #[error("the code has expired")]

@@ -169,8 +169,9 @@ pub trait UserStore: Send + Sync {
     /// wrong passwords and codes were tried against a password that is
     /// gone) and sets its `meta`, only if the user exists, the link is
     /// current (`ResetLink::current_for`: `password_resets` still
-    /// `link.resets`, absent counting as 0, and `password_reset_at` absent
-    /// or at most `link.issued_at`), no password change came after `now`
+    /// `link.resets`, absent counting as 0, `password_reset_at` absent or at
+    /// most `link.issued_at`, and `email_changes` still
+    /// `link.email_changes`, absent counting as 0), no password change came after `now`
     /// (`sessions_valid_after` absent or at most `now`: a change that
     /// committed after the caller took `now` would otherwise outlive the
     /// reset), and its epoch is still `expected_epoch` (the caller then

@@ -468,7 +468,9 @@ async fn resend_never_resets_the_failure_count() {
 }
 
 /// After its last resend a login is finished for resends: the answer is
-/// final (a new login is needed), not a wait that would end in a refusal.
+/// final (a new login is needed), not a wait that would end in a refusal;
+/// `ResendsSpent` while the last code lives (the pages keep the code form),
+/// `ChallengeNotFound` once it is dead.
 #[tokio::test]
 async fn a_login_out_of_resends_is_told_to_start_again() {
     let w = world(RateLimits::relaxed());
@@ -482,9 +484,19 @@ async fn a_login_out_of_resends_is_told_to_start_again() {
     }
     w.clock.advance(w.auth.policy().code_resend_cooldown_secs);
     let r = w.auth.resend_login_code(&id, &meta()).await;
-    assert!(matches!(r, Err(Error::ChallengeNotFound)), "{r:?}");
+    assert!(matches!(r, Err(Error::ResendsSpent)), "{r:?}");
     // The last code still works until it expires.
     w.auth.verify_login_code(&id, &w.mail.code(), &meta()).await.expect("the last code");
+
+    let c = w.auth.login("dora", PW.into(), None, &meta()).await.unwrap();
+    let id = c.challenge_id.to_string();
+    for _ in 0..max {
+        w.clock.advance(w.auth.policy().code_resend_cooldown_secs);
+        w.auth.resend_login_code(&id, &meta()).await.unwrap();
+    }
+    w.clock.advance(w.auth.policy().login_code_ttl_secs);
+    let r = w.auth.resend_login_code(&id, &meta()).await;
+    assert!(matches!(r, Err(Error::ChallengeNotFound)), "the last code is dead too: {r:?}");
 }
 
 #[tokio::test]
@@ -790,7 +802,7 @@ async fn a_code_send_the_queue_refuses_can_be_asked_for_again_at_once() {
         w.clock.advance(p.code_resend_cooldown_secs);
     }
     let r = w.auth.resend_login_code(&id, &meta()).await;
-    assert!(matches!(r, Err(Error::ChallengeNotFound)), "{r:?}");
+    assert!(matches!(r, Err(Error::ResendsSpent)), "{r:?}");
     w.auth.verify_login_code(&id, &w.mail.code(), &meta()).await.expect("the code mailed last");
 }
 

@@ -21,6 +21,7 @@ pub mod verify;
 
 use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use latchkey_core::StoreError;
 use latchkey_core::adapters::dynamo::DynamoStore;
 use latchkey_core::audit::{AuditPolicy, AuditStore, Images, SourceChange, audit_events, log_head};
 use latchkey_core::clock::Timestamp;
@@ -156,13 +157,26 @@ impl Processor {
         }
     }
 
-    /// [`Processor::process`], tried again after a store error while the
-    /// next backoff ends before `deadline` (not at all without one).
+    /// [`Processor::process`], tried again after a store error a retry may
+    /// get past (`Unavailable`, `Conflict`; not `Internal`) while the next
+    /// backoff ends before `deadline`, each try cut off at it (not at all
+    /// without one).
     async fn process_retrying(&self, record: &EventRecord, deadline: Option<Instant>) -> Result<usize, RecordError> {
+        let Some(deadline) = deadline else { return self.process(record).await };
         let mut wait = STORE_RETRY_FIRST;
         loop {
-            match self.process(record).await {
-                Err(RecordError::Store(e)) if deadline.is_some_and(|d| Instant::now() + wait < d) => {
+            // A try, too, ends by the deadline: one cut off is a store error
+            // like any (its appends may have landed; they are idempotent).
+            let tried = match tokio::time::timeout_at(deadline, self.process(record)).await {
+                Ok(result) => result,
+                Err(_) => Err(RecordError::Store(StoreError::unavailable("the invocation's deadline came first"))),
+            };
+            match tried {
+                // Only what a retry may get past: throttling, an outage, a
+                // lost race. A bug or bad data (`Internal`) fails at once.
+                Err(RecordError::Store(e @ (StoreError::Unavailable(_) | StoreError::Conflict(_))))
+                    if Instant::now() + wait < deadline =>
+                {
                     tracing::warn!(event_id = %record.event_id, error = %e, ?wait, "stream record failed in the store; trying again");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(STORE_RETRY_MAX);

@@ -358,10 +358,12 @@ async fn a_resend_after_the_code_expired_is_its_expiry_then_the_new_code() {
 }
 
 /// The embedded audit store, whose first `fails` appends answer a store
-/// error (as a throttled or contended DynamoDB table does).
+/// error: `Unavailable` (as a throttled or contended DynamoDB table does),
+/// or `Internal` (a bug or bad data) if `internal`.
 struct Flaky {
     audit: SqliteAuditStore,
     fails: std::sync::atomic::AtomicU32,
+    internal: bool,
 }
 
 #[async_trait::async_trait]
@@ -374,7 +376,10 @@ impl AuditStore for Flaky {
     ) -> latchkey_core::ports::StoreResult<Option<latchkey_core::audit::AuditHead>> {
         use std::sync::atomic::Ordering::SeqCst;
         if self.fails.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
-            return Err(latchkey_core::StoreError::unavailable("ProvisionedThroughputExceededException"));
+            return Err(match self.internal {
+                true => latchkey_core::StoreError::internal("ValidationException: item too large"),
+                false => latchkey_core::StoreError::unavailable("ProvisionedThroughputExceededException"),
+            });
         }
         self.audit.append(key, event, expires_at).await
     }
@@ -404,16 +409,18 @@ impl AuditStore for Flaky {
 /// while the next wait ends before the deadline: a short throttle or
 /// outage does not spend Lambda's few retries of the batch (after which
 /// the record and the rest of its batch go to the on-failure queue).
-/// Without a deadline, or with too little left, it is reported at once.
+/// Without a deadline, or with too little left, it is reported at once;
+/// so is an `Internal` error (a bug or bad data), which no retry gets past.
 #[tokio::test]
 async fn a_store_error_is_tried_again_until_the_deadline() {
     use tokio::time::{Duration, Instant};
-    let flaky = async |fails: u32| {
+    let with = async |fails: u32, internal: bool| {
         let store = EmbeddedStore::in_memory().expect("store");
         let audit = SqliteAuditStore::open(&store).await.expect("audit");
-        let flaky = Arc::new(Flaky { audit: audit.clone(), fails: fails.into() });
+        let flaky = Arc::new(Flaky { audit: audit.clone(), fails: fails.into(), internal });
         (Processor::new(flaky, latchkey_tests::audit_key(), AuditPolicy::default(), 400), audit)
     };
+    let flaky = async |fails: u32| with(fails, false).await;
     let batch = fixture("ddb_insert_user.json");
 
     // 100 + 200 + 400 ms of waits, well within 10 s.
@@ -437,4 +444,10 @@ async fn a_store_error_is_tried_again_until_the_deadline() {
     let resp = p.invoke_by(&batch, Some(Instant::now() + Duration::from_secs(10))).await.expect("a response");
     assert!(resp.batch_item_failures.is_empty(), "Lambda's retry");
     assert_eq!(events(&audit).await.len(), 1);
+
+    // One failure only: a retry would have appended it.
+    let (p, audit) = with(1, true).await;
+    let resp = p.invoke_by(&batch, Some(Instant::now() + Duration::from_secs(10))).await.expect("a response");
+    assert_eq!(resp.batch_item_failures.len(), 1, "an internal error retried");
+    assert!(events(&audit).await.is_empty());
 }

@@ -680,10 +680,6 @@ async fn missing_pages_and_wrong_methods_get_a_page_and_the_api_json() {
     }
 }
 
-/// With the default limits: someone who knows the username keeps the
-/// account locked and its per-identifier limit spent; a browser without
-/// the device cookie is refused, the owner's browser (the cookie of its
-/// last finished login) still signs in, with the password and the code.
 /// Once a sign-in's three new codes are spent, asking for another keeps
 /// the code page, says so, and the last code still signs in (it used to
 /// send the browser back to the password form, the working code with it).
@@ -727,6 +723,10 @@ async fn password_hints_say_the_configured_minimum() {
     assert!(d.body.contains("At least 16 characters."), "{}", d.body);
 }
 
+/// With the default limits: someone who knows the username keeps the
+/// account locked and its per-identifier limit spent; a browser without
+/// the device cookie is refused, the owner's browser (the cookie of its
+/// last finished login) still signs in, with the password and the code.
 #[tokio::test]
 async fn the_device_cookie_lets_the_owner_in_while_a_stranger_keeps_the_account_locked() {
     let sys = TestSystem::embedded_with(&[]).await;

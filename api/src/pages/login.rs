@@ -239,14 +239,13 @@ pub async fn resend(State(s): State<AppState>, mut v: Visitor, PageForm(f): Page
             let r = code_page(&s, &mut v, StatusCode::TOO_MANY_REQUESTS, FieldErrors::new(), Some(text), None);
             render::retry_after(r, Some(retry_after))
         }
-        // No more new codes for this sign-in: the last one still works
-        // (the code step does not count resends), so the page stays. (A
-        // sign-in that is gone says so at the code step.)
-        Err(Error::ChallengeNotFound) => {
+        // No more new codes for this sign-in while its last one still works
+        // (the code step does not count resends): the page stays.
+        Err(Error::ResendsSpent) => {
             let text = "No more new codes can be sent for this sign-in. Enter the last code we sent, or start again.";
             code_page(&s, &mut v, StatusCode::BAD_REQUEST, FieldErrors::new(), Some(text.into()), None)
         }
-        Err(Error::OtpExpired | Error::OtpExhausted | Error::OtpUsed) => {
+        Err(Error::OtpExpired | Error::OtpExhausted | Error::OtpUsed | Error::ChallengeNotFound) => {
             with_cookies(Redirect::to("/login").into_response(), vec![cookies::clear(cookies::PRE)])
         }
         Err(e) => render::failure(e),

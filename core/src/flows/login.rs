@@ -190,8 +190,9 @@ impl Auth {
             }
             if c.resends >= p.code_max_resends {
                 // Only a new login helps now: final, with no time to come
-                // back at (this login's resends never come back).
-                return Err(Error::ChallengeNotFound);
+                // back at (this login's resends never come back). Its last
+                // code still works while it lives.
+                return Err(if c.expires_at > now { Error::ResendsSpent } else { Error::ChallengeNotFound });
             }
             let wait = c.last_sent_at + p.code_resend_cooldown_secs - now;
             if wait > 0 {

@@ -441,9 +441,12 @@ impl Deliverer {
                         tracing::warn!(mail_id = %meta.id, error = %e, "could not release the mail claim");
                         Holding::Claim
                     }
+                    // It may still land, and a duplicate then claim the job:
+                    // this delivery does not write over a claim it may no
+                    // longer hold.
                     Err(_) => {
                         tracing::warn!(mail_id = %meta.id, "mail claim not released before the deadline");
-                        Holding::Claim
+                        Holding::Nothing
                     }
                 };
                 Attempt::NotNow { reason, holding }
@@ -543,7 +546,7 @@ impl Deliverer {
 
     async fn park(&self, meta: &JobMeta, reason: String, holding: Holding, deadline: Instant) -> Attempt {
         tracing::error!(mail_id = %meta.id, kind = meta.kind, %reason, "mail job parked");
-        match self.record_failed(meta, &reason, holding, deadline).await {
+        match self.record_failed(meta, &reason, holding, self.before_reserve(deadline)).await {
             Ok(()) => Attempt::Done(Outcome::Park { reason }),
             // Parking is an outcome the ledger must show: retry the whole
             // delivery rather than park unrecorded.
@@ -557,7 +560,7 @@ impl Deliverer {
     /// retried instead, as a park is).
     async fn expire(&self, meta: &JobMeta, reason: String, deadline: Instant) -> Attempt {
         tracing::warn!(mail_id = %meta.id, kind = meta.kind, %reason, "mail job expired; not sent");
-        match self.record_failed(meta, &reason, Holding::Claim, deadline).await {
+        match self.record_failed(meta, &reason, Holding::Claim, self.before_reserve(deadline)).await {
             Ok(()) => Attempt::Done(Outcome::Expired { reason }),
             Err(why) => Attempt::NotNow {
                 reason: format!("could not record an expired job ({reason}): {why}"),

@@ -116,8 +116,11 @@ pub async fn create_challenge_to_an_address_the_account_left_writes_nothing(s: &
     let gone = stored_user(s, &user.id).await;
     s.users.delete_account(&gone, &meta()).await.expect("delete_account");
     let c = new_challenge(user.id);
-    let r = s.challenges.create_challenge_to(&c, Some(&moved), LockCheck::TrustedDevice, &meta()).await;
-    assert!(r.is_err(), "a trusted device's challenge for an account that is gone: {r:?}");
+    expect_conflict(
+        s.challenges.create_challenge_to(&c, Some(&moved), LockCheck::TrustedDevice, &meta()).await,
+        Conflict::Stale,
+        "a trusted device's challenge for an account that is gone",
+    );
     assert_eq!(s.challenges.challenge(&c.id).await.expect("challenge"), None);
 }
 

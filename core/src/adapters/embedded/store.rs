@@ -406,6 +406,11 @@ impl ChallengeStore for EmbeddedStore {
                 let reset = matches!(lock, LockCheck::Unlocked { reset_failures: true });
                 let old_u = if checked { rec::load_user(tx, UserKey::Id(&c.user_id))? } else { None };
                 if old_u.is_none() && (checked || !rec::user_exists(tx, &c.user_id)?) {
+                    // With an address to check, gone since the caller's read
+                    // (as on DynamoDB, whose condition finds no item).
+                    if to.is_some() {
+                        return stale();
+                    }
                     return Err(StoreError::internal("challenge for an unknown user"));
                 }
                 if old_u
