@@ -1273,6 +1273,38 @@ mod tests {
         assert_eq!(Instant::now(), deadline - reserve, "the ledger's writes ran into the reserve");
     }
 
+    /// A permanent refusal whose park the ledger does not answer: the
+    /// park's record is waited for only until the reserve, which is left for
+    /// the caller's dead-letter copy (the job is parked with its reason).
+    #[tokio::test(start_paused = true)]
+    async fn a_park_the_ledger_does_not_answer_leaves_the_reserve() {
+        let m = Arc::new(Scripted::failing([SendError::Permanent { reason: "550 mailbox unavailable".into() }]));
+        let l = Arc::new(Faulty { hang: &["mark_failed"], ..Faulty::default() });
+        let reserve = Duration::from_millis(1500);
+        let d =
+            deliverer(m.clone(), l.clone(), Arc::new(FixedClock::new(0))).with_retry(RetryPolicy { reserve, ..fast() });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let out = d.deliver_with(&env("refused"), deadline, Redelivery::LastReceive { receives: 5 }).await;
+        assert!(matches!(&out, Outcome::Park { reason } if reason.contains("550")), "{out:?}");
+        assert_eq!(Instant::now(), deadline - reserve, "the park's record ran into the reserve");
+    }
+
+    /// A release that timed out may still land, and a duplicate then claim
+    /// the job: on the last receive this delivery parks it without a claim,
+    /// so a live claim (here its own, which it cannot tell from another's)
+    /// keeps its record rather than being written over.
+    #[tokio::test(start_paused = true)]
+    async fn a_release_that_timed_out_parks_without_the_claim() {
+        let m = Arc::new(Scripted::failing((0..10).map(|_| SendError::Transient("503".into()))));
+        let l = Arc::new(Faulty { hang: &["release"], ..Faulty::default() });
+        let d = deliverer(m.clone(), l.clone(), Arc::new(FixedClock::new(0)))
+            .with_retry(RetryPolicy { reserve: Duration::from_millis(500), ..fast() });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let out = d.deliver_with(&env("unsure"), deadline, Redelivery::LastReceive { receives: 5 }).await;
+        assert!(matches!(&out, Outcome::Park { .. }), "{out:?}");
+        assert_eq!(l.entry("unsure").await.unwrap().unwrap().state, ledger_state::SENDING);
+    }
+
     /// On the last receive, a delivery whose release of its claim failed
     /// parks the job under that claim: the ledger says `failed` with the
     /// reason (the audit trail's `mail_failed`), not `sending` until its
