@@ -42,6 +42,10 @@ impl Clock for FixedClock {
     }
 }
 
+/// What a Lambda handler keeps back from its invocation's deadline to
+/// answer Lambda (the batch functions' `lambda_deadline` margin).
+pub const LAMBDA_ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// The deadline of a Lambda invocation, from the context's epoch
 /// milliseconds, less `margin` for answering.
 pub fn lambda_deadline(deadline_epoch_ms: u64, margin: std::time::Duration) -> tokio::time::Instant {

@@ -65,7 +65,7 @@ const MAX_REASON_CHARS: usize = 1024;
 pub const RECEIVE_COUNT_ATTRIBUTE: &str = "ApproximateReceiveCount";
 
 /// Kept back from a Lambda invocation's deadline to answer Lambda.
-pub const ANSWER_MARGIN: Duration = Duration::from_millis(1500);
+pub const ANSWER_MARGIN: Duration = latchkey_core::clock::LAMBDA_ANSWER_MARGIN;
 
 /// How soon SQS shows a record again after its first transient failure
 /// (each later receive doubles it, up to [`RETRY_BACKOFF_MAX`]). Left to

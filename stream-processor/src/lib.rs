@@ -33,7 +33,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Kept back from a Lambda invocation's deadline to answer Lambda.
-pub const ANSWER_MARGIN: Duration = Duration::from_millis(1500);
+pub const ANSWER_MARGIN: Duration = latchkey_core::clock::LAMBDA_ANSWER_MARGIN;
 
 /// The first wait before a record whose store call failed is tried again
 /// within the invocation; each later wait doubles, up to

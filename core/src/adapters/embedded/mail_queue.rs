@@ -120,7 +120,8 @@ impl SqliteMailQueue {
     }
 
     /// Delivered. Only a pending job moves to `sent`. (After a send, the
-    /// ledger's sent mark does this in its own transaction: `ack_sent`.)
+    /// ledger's sent mark does this in its own transaction, `ack_sent`;
+    /// the consumer calls this when that mark could not be written.)
     pub(crate) async fn mark_sent(&self, id: &str) -> StoreResult<()> {
         let (id, now) = (id.to_string(), self.db.now());
         self.db.tx(move |tx| ack_sent(tx, &id, now)).await
