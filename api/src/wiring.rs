@@ -676,6 +676,44 @@ impl<IO: hyper::rt::Write + Unpin> hyper::rt::Write for StallGuard<IO> {
     }
 }
 
+/// Serves `req` in a task of its own, so its flow runs to the end whether or
+/// not the client stays for the answer. hyper drops the future of a request
+/// whose client hung up; run in it, a flow would stop wherever it was, after
+/// one write and before the next (a wrong password counted, and the session
+/// it locked never ended; an address changed, and the owner never told).
+/// Dropped, this future tells the request's [`Caller`] instead, so work not
+/// begun for nobody (a queued password hash) is skipped.
+async fn run_to_the_end(
+    app: axum::Router,
+    req: axum::http::Request<axum::body::Body>,
+) -> Result<axum::response::Response, std::convert::Infallible> {
+    use latchkey_core::password_hasher::Caller;
+    use tower::ServiceExt as _;
+
+    /// Tells the caller its client is gone unless defused by the answer.
+    struct HangUp(Option<Caller>);
+    impl Drop for HangUp {
+        fn drop(&mut self) {
+            if let Some(caller) = self.0.take() {
+                caller.hung_up();
+            }
+        }
+    }
+
+    let caller = Caller::default();
+    let mut hang_up = HangUp(Some(caller.clone()));
+    let answer = tokio::spawn(caller.serve(app.oneshot(req))).await;
+    hang_up.0 = None;
+    match answer {
+        Ok(response) => response,
+        // The app catches its handlers' panics; one that escaped it goes on
+        // up, as it would have without the task.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // The runtime is shutting down.
+        Err(_) => Ok(axum::response::IntoResponse::into_response(axum::http::StatusCode::SERVICE_UNAVAILABLE)),
+    }
+}
+
 /// Accepts connections from `listener` and serves `app` on them (HTTP/1.1,
 /// with `header_timeout` and `write_stall`, where `axum::serve` sets none; each request carries the peer's address as
 /// `ConnectInfo`) until `shutdown` resolves; then stops accepting, lets the
@@ -689,7 +727,6 @@ async fn serve_connections(
 ) {
     use axum::extract::connect_info::ConnectInfo;
     use hyper_util::rt::{TokioIo, TokioTimer};
-    use tower::ServiceExt as _;
 
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
@@ -718,12 +755,12 @@ async fn serve_connections(
                 }
             },
         };
-        let service = app.clone().map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
             let mut req = req.map(axum::body::Body::new);
             req.extensions_mut().insert(ConnectInfo(peer));
-            req
+            run_to_the_end(app.clone(), req)
         });
-        let service = hyper_util::service::TowerToHyperService::new(service);
         let io = StallGuard { io: TokioIo::new(stream), limit: write_stall, stall: None };
         let conn = builder.serve_connection(io, service);
         let (mut shut, closed) = (shut.subscribe(), closed_rx.clone());
@@ -920,9 +957,12 @@ mod tests {
     #[tokio::test]
     async fn connections_that_send_no_whole_head_in_time_are_closed() {
         use std::time::{Duration, Instant};
+        let started = Arc::new(tokio::sync::Notify::new());
+        let begun = started.clone();
         let app = axum::Router::new().route(
             "/slow",
-            axum::routing::get(|| async {
+            axum::routing::get(move || async move {
+                begun.notify_one();
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 "done"
             }),
@@ -952,14 +992,65 @@ mod tests {
         kept.write_all(b"GET /slow HTTP/1.1\r\nhost: t\r\n\r\n").await.unwrap();
         let (_, reply) = closed_after(kept).await;
         assert!(reply.starts_with("HTTP/1.1 200") && reply.ends_with("done"), "{reply}");
+        // The `kept` request's start was noted (`notify_one` keeps one).
+        started.notified().await;
 
         let mut in_flight = tokio::net::TcpStream::connect(addr).await.unwrap();
         in_flight.write_all(b"GET /slow HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Shut down once its handler runs (a fixed pause could come before
+        // its head was read, and the idle connection would just be closed).
+        started.notified().await;
         shut.send(()).unwrap();
         let (_, reply) = closed_after(in_flight).await;
         assert!(reply.starts_with("HTTP/1.1 200"), "a request in flight at shutdown: {reply}");
         tokio::time::timeout(Duration::from_secs(10), server).await.expect("shutdown").unwrap();
+    }
+
+    /// A request whose client hangs up before the answer runs to its end (a
+    /// flow is never cut off between two writes), and a password hash it
+    /// had queued is skipped: nobody would read its answer.
+    #[tokio::test]
+    async fn a_request_whose_client_hangs_up_runs_to_its_end() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::Duration;
+        let finished = Arc::new(AtomicBool::new(false));
+        let (started_tx, started) =
+            tokio::sync::mpsc::unbounded_channel::<Option<latchkey_core::password_hasher::Caller>>();
+        let done = finished.clone();
+        let app = axum::Router::new().route(
+            "/write-twice",
+            axum::routing::post(move || async move {
+                // The first write; then the client goes; then the second.
+                let _ = started_tx.send(latchkey_core::password_hasher::Caller::current());
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                done.store(true, Ordering::SeqCst);
+                "both written"
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve_connections(
+            listener,
+            app,
+            Duration::from_secs(10),
+            Duration::from_secs(10),
+            std::future::pending(),
+        ));
+        let mut started = started;
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"POST /write-twice HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\n\r\n").await.unwrap();
+        let caller = tokio::time::timeout(Duration::from_secs(10), started.recv()).await.expect("the handler ran");
+        let caller = caller.expect("sent").expect("the request runs as a caller");
+        drop(conn);
+        for _ in 0..100 {
+            if finished.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(finished.load(Ordering::SeqCst), "the request stopped when its client hung up");
+        assert!(caller.is_gone(), "the request's hashes would still run for nobody");
+        server.abort();
     }
 
     /// A client that asks for a large response and stops reading it: once

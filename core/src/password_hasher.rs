@@ -19,7 +19,10 @@
 //! hung up while it was queued) is skipped: before, a load generator that
 //! stopped with 32 logins queued left the pool hashing for nobody for
 //! another 0.55-0.64 s of CPU (measured after `wrk -c32`; 0.16 s after
-//! `-c8`), time taken from whatever ran next.
+//! `-c8`), time taken from whatever ran next. A request is gone when its
+//! future is dropped, or, for a request run to its end whether or not its
+//! client stays (the HTTP server's, so that no flow stops between two of
+//! its writes), when its [`Caller`] says so.
 
 use crate::domain::{Password, nfkc};
 use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
@@ -29,6 +32,41 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 type Job = Box<dyn FnOnce(&mut Memory) + Send + 'static>;
+
+tokio::task_local! {
+    static CALLER: Caller;
+}
+
+/// Whether the client a request is served for is still there, for work
+/// that runs on after its client hung up (so that a flow is never cut off
+/// between two of its writes): a hash asked for by such a request is
+/// skipped once the client is gone, if no thread has taken it yet, as one
+/// whose request future was dropped is. See [`Caller::serve`].
+#[derive(Clone, Debug, Default)]
+pub struct Caller(Arc<std::sync::atomic::AtomicBool>);
+
+impl Caller {
+    /// Runs `work` as the work of this caller: the hashes it asks for are
+    /// skipped once [`Caller::hung_up`] was called.
+    pub async fn serve<F: std::future::Future>(self, work: F) -> F::Output {
+        CALLER.scope(self, work).await
+    }
+
+    /// The client is gone: nobody will read the answer.
+    pub fn hung_up(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether [`Caller::hung_up`] was called.
+    pub fn is_gone(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The caller the current task serves, if it runs under [`Caller::serve`].
+    pub fn current() -> Option<Caller> {
+        CALLER.try_with(Caller::clone).ok()
+    }
+}
 
 /// A pool thread gives its argon2 memory back after this long without a
 /// job, so an idle service does not keep `threads` x 19 MiB.
@@ -345,11 +383,14 @@ impl PasswordHasher {
         f: impl FnOnce(&mut Memory) -> Result<T, String> + Send + 'static,
     ) -> Result<T, crate::Error> {
         let (done, result) = tokio::sync::oneshot::channel();
+        let caller = Caller::current();
         let job: Job = Box::new(move |memory| {
-            // Its request was dropped while the job waited (the client hung
-            // up): nobody would read the answer, and the ~18 ms of argon2
-            // would only delay the jobs queued behind it.
-            if done.is_closed() {
+            // Its request was dropped while the job waited, or its client
+            // hung up: nobody would read the answer, and the ~18 ms of
+            // argon2 would only delay the jobs queued behind it. (The flow
+            // that asked gets an error, before any write that depends on
+            // the hash.)
+            if done.is_closed() || caller.as_ref().is_some_and(Caller::is_gone) {
                 return;
             }
             let _ = done.send(f(memory));
@@ -539,6 +580,39 @@ mod tests {
         let after = tokio::time::timeout(Duration::from_secs(30), h.run(|_| Ok(7))).await;
         assert_eq!(after.expect("the pool is stuck").unwrap(), 7);
         assert!(!ran.load(std::sync::atomic::Ordering::SeqCst), "a job whose caller was dropped ran");
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_callers_client_hung_up_is_not_run() {
+        let h = Arc::new(PasswordHasher::new(Argon2Settings { m_kib: 1024, t: 1, p: 1 }, 1, &OsSecureRng).unwrap());
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        h.pool
+            .submit(Box::new(move |_| {
+                let _ = held.recv();
+            }))
+            .unwrap();
+        let caller = Caller::default();
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ran.clone();
+        let pool = h.clone();
+        let asked = tokio::spawn(caller.clone().serve(async move {
+            pool.run(move |_| {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            })
+            .await
+        }));
+        // Queued behind the held job; the client goes while it waits, and
+        // the request runs on.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        caller.hung_up();
+        release.send(()).unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(30), asked).await.expect("the pool is stuck").unwrap();
+        assert!(answer.is_err(), "a skipped hash is an error to the flow, never a result");
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst), "a job whose client hung up ran");
+        // A caller still there is served.
+        let after = Caller::default().serve(h.run(|_| Ok(7))).await;
+        assert_eq!(after.unwrap(), 7);
     }
 
     #[tokio::test]
