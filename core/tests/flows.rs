@@ -1560,6 +1560,24 @@ async fn sessions_and_device_tokens_end_by_count_not_by_clock() {
     assert!(w.auth.login("vera", pw.into(), Some(&phone), &m).await.is_ok(), "the reset's own token");
 }
 
+/// A wrong password for an account deleted while the password was checked
+/// is refused as any wrong password is (it was a 500: the failure count
+/// found no account).
+#[tokio::test]
+async fn a_wrong_password_for_an_account_deleted_meanwhile_is_refused_as_one() {
+    let (w, racing) = racing_world();
+    verified(&w, "gwen").await;
+    racing.after_next_read(Box::new(|store| {
+        Box::pin(async move {
+            let u = stored(&store, "gwen").await;
+            store.delete_account(&u, &meta()).await.unwrap();
+        })
+    }));
+    let r = w.auth.login("gwen", "wrong wrong wrong".into(), None, &meta()).await;
+    assert!(racing.read_raced(), "the deletion did not land while the password was checked");
+    assert!(matches!(r, Err(Error::InvalidCredentials)), "{r:?}");
+}
+
 /// A password change that commits between a reset's read and its write
 /// moves the epoch on: the reset is refused once, made again from the new
 /// epoch, ends the change's session too, and its device token vouches at

@@ -260,16 +260,27 @@ impl Auth {
     }
 
     /// Counts a wrong password toward the account's lock and mails the
-    /// owner if it locks; the user as stored after.
+    /// owner if it locks; the user as stored after, or `None` if the
+    /// account was deleted since it was read (nothing to count: the caller
+    /// refuses as it would a wrong password, or a session that died with
+    /// the account).
     pub(super) async fn count_failure(
         &self,
         user: &User,
         now: Timestamp,
         threshold: u32,
         meta: &RequestMeta,
-    ) -> Result<User, Error> {
-        let LoginFailure { user: after, started_lock } =
-            self.ports.users.record_login_failure(&user.id, now, threshold, self.policy.login_lock_secs, meta).await?;
+    ) -> Result<Option<User>, Error> {
+        let counted =
+            self.ports.users.record_login_failure(&user.id, now, threshold, self.policy.login_lock_secs, meta).await;
+        let LoginFailure { user: after, started_lock } = match counted {
+            Ok(counted) => counted,
+            Err(StoreError::Conflict(_)) => {
+                tracing::info!(user_id = %user.id, "wrong password for an account deleted since it was read");
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
         // Only the failure that started the lock mails: the others of a
         // burst read the user unlocked too, and find it locked after.
         if started_lock {
@@ -279,7 +290,7 @@ impl Auth {
             let job = MailJob::AccountLocked { username: user.username.to_string(), locked_until: until, codes_spent };
             self.notify(&user.email, Some(user.id.to_string()), meta, job).await;
         }
-        Ok(after)
+        Ok(Some(after))
     }
 
     pub(crate) fn login_code_hash(&self, id: &ChallengeId, code: &OtpCode) -> String {

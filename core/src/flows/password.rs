@@ -140,7 +140,10 @@ impl Auth {
             // stolen session could go on guessing through a lock that stops
             // every login.
             tracing::info!(user_id = %uid, session_id = %sid, "{what} refused: wrong current password");
-            let after = self.count_failure(&user, now, self.policy.login_lock_threshold, meta).await?;
+            let Some(after) = self.count_failure(&user, now, self.policy.login_lock_threshold, meta).await? else {
+                // The account was deleted meanwhile, its sessions with it.
+                return Err(Error::Unauthorized);
+            };
             if after.is_locked(now) {
                 tracing::warn!(user_id = %uid, session_id = %sid, "session ended: wrong current password while locked");
                 self.ports.sessions.revoke_session(&sid, now, "wrong_password", meta).await?;
