@@ -97,6 +97,16 @@ impl Drop for TempDir {
     }
 }
 
+/// A clock that stands still at the moment it is made. Rate-limit windows
+/// are aligned to the clock, so every request of a test on a system built
+/// with it falls in one window of each limit, however slowly the test runs
+/// (a wall clock may cross a window's edge halfway through and count the
+/// rest afresh); `advance` steps it where a test needs time to pass.
+pub fn frozen_clock() -> std::sync::Arc<latchkey_core::clock::FixedClock> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    std::sync::Arc::new(latchkey_core::clock::FixedClock::new(now))
+}
+
 fn config(pairs: &[(&str, String)]) -> Config {
     let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     Config::from_lookup(|k| m.get(k).cloned()).expect("test config")
@@ -146,6 +156,23 @@ impl TestSystem {
     /// Another api instance on the tables and queues of `prefix` (made if
     /// missing), as Lambda runs several side by side.
     pub async fn aws_on(prefix: &str, extra: &[(&str, &str)]) -> Self {
+        Self::aws_on_clock(prefix, extra, std::sync::Arc::new(latchkey_core::clock::SystemClock)).await
+    }
+
+    /// DynamoDB + SQS on the emulator, fresh tables and queues, with flows
+    /// that read `clock` (see [`TestSystem::embedded_on_clock`]).
+    pub async fn aws_with_clock(
+        extra: &[(&str, &str)],
+        clock: std::sync::Arc<dyn latchkey_core::clock::Clock>,
+    ) -> Self {
+        Self::aws_on_clock(&crate::random_prefix(), extra, clock).await
+    }
+
+    async fn aws_on_clock(
+        prefix: &str,
+        extra: &[(&str, &str)],
+        clock: std::sync::Arc<dyn latchkey_core::clock::Clock>,
+    ) -> Self {
         use base64::Engine;
         let endpoint = crate::emulator_endpoint().await;
         let sdk = crate::sdk_config(&endpoint).await;
@@ -162,7 +189,7 @@ impl TestSystem {
         pairs.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         let cfg = config(&pairs);
         let calls = CallCounter::default();
-        let opts = BuildOptions { sdk: Some(sdk.clone()), calls: Some(calls.clone()), ..Default::default() };
+        let opts = BuildOptions { clock, sdk: Some(sdk.clone()), calls: Some(calls.clone()) };
         let built = latchkey_api::wiring::build_with(&cfg, opts).await.expect("build aws");
         let client = aws_sdk_sqs::Client::new(&sdk);
         let url = client

@@ -13,10 +13,8 @@ use latchkey_core::audit::{
 };
 use latchkey_core::keys::AuditKey;
 use latchkey_stream_processor::{Processor, poller::StreamPoller};
-use latchkey_tests::scenarios::{
-    PASSWORD, clear_of_a_minute_edge, reset_with_link, sign_in, token_from_link, unique, verified_user,
-};
-use latchkey_tests::system::TestSystem;
+use latchkey_tests::scenarios::{PASSWORD, reset_with_link, sign_in, token_from_link, unique, verified_user};
+use latchkey_tests::system::{TestSystem, frozen_clock};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -348,9 +346,6 @@ async fn admin_requests_are_limited_per_client(sys: &TestSystem) {
             .header("x-forwarded-for", ip)
     };
     let guesser = "203.0.113.9";
-    // The 62 requests fall in one window of the limit (40 s: room for a
-    // slow emulator).
-    clear_of_a_minute_edge(40).await;
     for i in 0..60 {
         let key = if i == 30 { ADMIN_KEY.to_string() } else { format!("guess-{i}-0123456789abcdefghij") };
         let r = from(guesser, &key).send().await.expect("send");
@@ -371,9 +366,11 @@ async fn admin_requests_are_limited_per_client(sys: &TestSystem) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_admin_requests_are_limited_per_client() {
     let hash = admin_hash();
-    let sys =
-        TestSystem::embedded_with(&[("LATCHKEY_TRUST_FORWARDED_FOR", "true"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)])
-            .await;
+    let sys = TestSystem::embedded_on_clock(
+        &[("LATCHKEY_TRUST_FORWARDED_FOR", "true"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)],
+        frozen_clock(),
+    )
+    .await;
     admin_requests_are_limited_per_client(&sys).await;
     // Off, nothing is counted: the 61st request is still the 401 of an
     // API that is off.
@@ -390,8 +387,11 @@ async fn embedded_admin_requests_are_limited_per_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_admin_requests_are_limited_per_client() {
     let hash = admin_hash();
-    let sys =
-        TestSystem::aws_with(&[("LATCHKEY_TRUST_FORWARDED_FOR", "true"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    let sys = TestSystem::aws_with_clock(
+        &[("LATCHKEY_TRUST_FORWARDED_FOR", "true"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)],
+        frozen_clock(),
+    )
+    .await;
     admin_requests_are_limited_per_client(&sys).await;
 }
 
@@ -410,9 +410,6 @@ async fn activity_reads_are_limited_per_account_and_client(sys: &TestSystem) {
         sys.http.get(sys.url("/v1/me/activity?limit=1")).bearer_auth(token).header("x-forwarded-for", ip).send()
     };
     let status = |r: reqwest::Response| r.status().as_u16();
-    // The requests fall in one window of the limit (40 s: room for about
-    // 95 requests of ~3 DynamoDB calls each on a slow emulator).
-    clear_of_a_minute_edge(40).await;
     for i in 0..30 {
         assert_eq!(status(read("203.0.113.9", "not-a-token").await.expect("send")), 401, "forged {i}");
     }
@@ -435,13 +432,13 @@ async fn activity_reads_are_limited_per_account_and_client(sys: &TestSystem) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_activity_reads_are_limited_per_account_and_client() {
-    let sys = TestSystem::embedded_with(&[("LATCHKEY_TRUST_FORWARDED_FOR", "true")]).await;
+    let sys = TestSystem::embedded_on_clock(&[("LATCHKEY_TRUST_FORWARDED_FOR", "true")], frozen_clock()).await;
     activity_reads_are_limited_per_account_and_client(&sys).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_activity_reads_are_limited_per_account_and_client() {
-    let sys = TestSystem::aws_with(&[("LATCHKEY_TRUST_FORWARDED_FOR", "true")]).await;
+    let sys = TestSystem::aws_with_clock(&[("LATCHKEY_TRUST_FORWARDED_FOR", "true")], frozen_clock()).await;
     activity_reads_are_limited_per_account_and_client(&sys).await;
 }
 

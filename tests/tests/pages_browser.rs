@@ -729,7 +729,9 @@ async fn password_hints_say_the_configured_minimum() {
 /// last finished login) still signs in, with the password and the code.
 #[tokio::test]
 async fn the_device_cookie_lets_the_owner_in_while_a_stranger_keeps_the_account_locked() {
-    let sys = TestSystem::embedded_with(&[]).await;
+    // A clock that stands still: the identifier's logins fall in one
+    // 15-minute window of its limit.
+    let sys = TestSystem::embedded_on_clock(&[], latchkey_tests::system::frozen_clock()).await;
     let mut b = Browser::new(&sys);
     let (username, email) = unique();
     sign_up_and_in(&mut b, &username, &email, &username).await;
@@ -990,12 +992,13 @@ async fn admin_page_needs_the_key_in_the_form_and_never_stores_it() {
 async fn admin_page_shares_the_api_limit() {
     let key = "an-admin-key-for-the-page-test-0123456789";
     let hash = latchkey_core::keys::token_hash(key);
-    let sys = TestSystem::embedded_with(&[("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    // A clock that stands still: the 61 counted requests fall in one
+    // window of the limit.
+    let frozen = latchkey_tests::system::frozen_clock();
+    let sys = TestSystem::embedded_on_clock(&[("LATCHKEY_ADMIN_KEY_HASH", &hash)], frozen).await;
     let mut b = Browser::new(&sys);
     let p = b.get("/admin").await;
     let (from, to) = ("2020-01-01", "2020-12-31");
-    // The 61 counted requests fall in one window of the limit.
-    latchkey_tests::scenarios::clear_of_a_minute_edge(20).await;
     let ok = b.post("/admin", &[("csrf", &p.csrf()), ("admin_key", key), ("from", from), ("to", to)]).await;
     assert_eq!(ok.status, 200, "{}", ok.body);
     for i in 0..59 {
@@ -1014,15 +1017,15 @@ async fn admin_page_shares_the_api_limit() {
 /// says when it can, and still shows the profile and the sign-out form.
 #[tokio::test]
 async fn dashboard_shares_the_activity_limit() {
-    let sys = TestSystem::embedded_with(&[]).await;
+    // A clock that stands still: the 61 counted reads fall in one window of
+    // the limit.
+    let sys = TestSystem::embedded_on_clock(&[], latchkey_tests::system::frozen_clock()).await;
     let mut b = Browser::new(&sys);
     let (username, email) = unique();
     sign_up_and_in(&mut b, &username, &email, &username).await;
     // An access token for the same account, from a login through the API.
     let api = latchkey_tests::scenarios::sign_in(&sys, &username, &email).await;
     let access = api["access_token"].as_str().expect("access token").to_string();
-    // The 61 counted reads fall in one window of the limit.
-    latchkey_tests::scenarios::clear_of_a_minute_edge(20).await;
     let d = b.get("/dashboard").await;
     assert_eq!(d.status, 200);
     assert!(d.body.contains("Recent security activity"));
