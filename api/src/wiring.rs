@@ -147,10 +147,10 @@ pub async fn build_with(config: &Config, opts: BuildOptions) -> Result<Built, Bo
         }
         Backend::Aws { table_prefix, mail_queue_url, bootstrap } => {
             use latchkey_core::adapters::{aws_calls, dynamo, sqs};
-            let sdk = match opts.sdk {
+            let sdk = aws_calls::with_api_timeouts(&match opts.sdk {
                 Some(s) => s,
                 None => aws_calls::sdk_config().await,
-            };
+            });
             // A cold start's one AWS call, begun first: the clients (and in
             // `main`, the routes) are built while SSM answers. (Spawning
             // wakes a worker thread: not done for nothing.)

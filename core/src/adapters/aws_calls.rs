@@ -112,6 +112,35 @@ pub fn sqs_client(cfg: &SdkConfig, counter: Option<&CallCounter>) -> aws_sdk_sqs
     aws_sdk_sqs::Client::from_conf(b.build())
 }
 
+/// How long one DynamoDB, SQS or SSM request of the api may wait for its
+/// answer before the SDK gives it up (and tries again, on a new connection).
+/// The SDK sets no such limit: a request on a connection that went quiet
+/// (a half-open socket, a brown-out) waited until Lambda ended the whole
+/// invocation, and in the local runner on the AWS backend for ever.
+pub const API_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one operation of the api may take with its retries: below the
+/// api function's default timeout (10 s), so a request answers 503 rather
+/// than being cut off by Lambda.
+pub const API_OPERATION_TIMEOUT: Duration = Duration::from_secs(9);
+
+/// `cfg` with the api's request timeouts ([`API_ATTEMPT_TIMEOUT`],
+/// [`API_OPERATION_TIMEOUT`]); its connect timeout is kept (the SDK's
+/// default, 3.1 s, if it has none). The batch functions bound their calls
+/// by their invocation's deadline instead.
+pub fn with_api_timeouts(cfg: &SdkConfig) -> SdkConfig {
+    let connect = cfg.timeout_config().and_then(TimeoutConfig::connect_timeout).unwrap_or(Duration::from_millis(3100));
+    cfg.to_builder()
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(connect)
+                .operation_attempt_timeout(API_ATTEMPT_TIMEOUT)
+                .operation_timeout(API_OPERATION_TIMEOUT)
+                .build(),
+        )
+        .build()
+}
+
 /// How long one SES request may take before it is given up as a timeout
 /// (transient). Shorter than `mail::delivery::MIN_SEND_WINDOW`, the time a
 /// send is only started with, so a send ends by this timeout, never cut
@@ -561,6 +590,37 @@ mod tests {
         assert_eq!(result, Err(crate::mail::delivery::SendError::Transient("SES request timed out".into())));
         assert_eq!(started.elapsed(), SES_ATTEMPT_TIMEOUT);
         assert_eq!(canned.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    use aws_sdk_dynamodb::types::AttributeValue::S as AttrS;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_api_request_that_gets_no_answer_is_given_up_in_time() {
+        let canned = Canned { status: None, requests: Arc::default() };
+        let cfg = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sesv2::config::SharedCredentialsProvider::new(
+                aws_sdk_sesv2::config::Credentials::new("test", "test", None, None, "test"),
+            ))
+            .http_client(SharedHttpClient::new(canned.clone()))
+            .build();
+        let started = tokio::time::Instant::now();
+        let result = tokio::time::timeout(
+            Duration::from_secs(600),
+            dynamo_client(&with_api_timeouts(&cfg), None)
+                .get_item()
+                .table_name("t")
+                .key("pk", AttrS("x".into()))
+                .send(),
+        )
+        .await
+        .expect("the DynamoDB client gave up by itself");
+        assert!(result.is_err());
+        assert_eq!(started.elapsed(), API_OPERATION_TIMEOUT);
+        // A try that waited its limit was given up for another (how many
+        // fit depends on the retries' jittered backoff).
+        assert!(canned.requests.load(std::sync::atomic::Ordering::SeqCst) >= 2);
     }
 
     #[test]
