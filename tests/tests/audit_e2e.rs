@@ -290,24 +290,34 @@ async fn embedded_journey_leaves_exactly_its_trail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn my_activity_shows_my_events_only_with_my_token() {
     let sys = TestSystem::embedded().await;
-    let (username, email) = verified_user(&sys).await;
-    let tokens = sign_in(&sys, &username, &email).await;
-    let access = tokens["access_token"].as_str().expect("access");
-    let mut body = Value::Null;
-    for _ in 0..100 {
-        let (st, b) = sys.get_auth("/v1/me/activity", access).await;
-        assert_eq!(st, 200, "{b}");
-        body = b;
-        if body["events"].as_array().is_some_and(|e| e.iter().filter(|e| !is_mail(e)).count() >= 6) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // Two accounts with the same journey, one after the other: each token
+    // reads its own account's events, none of the other's.
+    let mut tokens = vec![];
+    for _ in 0..2 {
+        let (username, email) = verified_user(&sys).await;
+        tokens.push(sign_in(&sys, &username, &email).await["access_token"].as_str().expect("access").to_string());
     }
-    let mut events = body["events"].as_array().expect("events").clone();
-    events.reverse();
-    // The mail deliveries interleave with the requests at their own pace.
-    let requests: Vec<Value> = events.iter().filter(|e| !is_mail(e)).cloned().collect();
-    assert_eq!(kinds(&requests), &JOURNEY[..6]);
+    let mut ids = vec![];
+    for access in &tokens {
+        let mut body = Value::Null;
+        for _ in 0..100 {
+            let (st, b) = sys.get_auth("/v1/me/activity", access).await;
+            assert_eq!(st, 200, "{b}");
+            body = b;
+            if body["events"].as_array().is_some_and(|e| e.iter().filter(|e| !is_mail(e)).count() >= 6) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut events = body["events"].as_array().expect("events").clone();
+        events.reverse();
+        // The mail deliveries interleave with the requests at their own pace.
+        let requests: Vec<Value> = events.iter().filter(|e| !is_mail(e)).cloned().collect();
+        assert_eq!(kinds(&requests), &JOURNEY[..6], "only this account's events");
+        ids.push(requests.iter().map(|e| e["request_id"].clone()).collect::<Vec<_>>());
+    }
+    assert!(ids[0].iter().all(|id| !ids[1].contains(id)), "one request in both trails: {ids:?}");
+    let access = &tokens[0];
     assert_eq!(sys.get_auth("/v1/me/activity", "not-a-token").await.0, 401);
     assert_eq!(sys.http.get(sys.url("/v1/me/activity")).send().await.expect("send").status(), 401);
 }
