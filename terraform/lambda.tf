@@ -18,7 +18,7 @@ resource "aws_cloudwatch_log_group" "mail_worker" {
 
 resource "aws_cloudwatch_log_group" "stream_processor" {
   name              = "/aws/lambda/${var.name_prefix}-stream-processor"
-  retention_in_days = var.log_retention_days
+  retention_in_days = local.processor_log_retention_days
   kms_key_id        = aws_kms_key.main.arn
 }
 

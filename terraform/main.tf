@@ -36,6 +36,20 @@ locals {
   # is checked against it (tests/tests/terraform.rs holds it to the code).
   worker_send_margin_seconds = 7
 
+  # The retentions CloudWatch Logs allows, in days, ascending.
+  log_retention_allowed_days = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653]
+
+  # The stream-processor's `audit head` lines witness each audit chain's
+  # end (docs/security.md C36b, verify-chain --head): its log group keeps
+  # them at least as long as the records they witness live, i.e. the least
+  # allowed retention that is both log_retention_days and
+  # audit_retention_days or more (audit_retention_days <= 3650, so there is
+  # one). The other groups keep log_retention_days.
+  processor_log_retention_days = [
+    for d in local.log_retention_allowed_days : d
+    if d >= var.log_retention_days && d >= var.audit_retention_days
+  ][0]
+
   # 14 days, the SQS maximum: a parked mail or stream record stays long
   # enough to be looked at after a holiday.
   dlq_retention_seconds = 1209600

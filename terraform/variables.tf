@@ -111,6 +111,17 @@ variable "api_memory_mb" {
     condition     = var.api_memory_mb >= 1024 && var.api_memory_mb <= 10240 && floor(var.api_memory_mb) == var.api_memory_mb
     error_message = "api_memory_mb: 1024..10240 (below 1024 MB a login's argon2id hash gets slow). A whole number."
   }
+  validation {
+    # Each of the api's api_hash_threads hashing threads holds argon2_m_kib
+    # KiB of its own while it hashes (core/src/password_hasher.rs, `Memory`;
+    # argon2_p splits that memory into lanes, it adds none), and Terraform
+    # always sets LATCHKEY_HASH_THREADS, so the code's one-per-core default
+    # never applies. 256 MiB is left for the rest of the process. Without
+    # it the function is planned with less memory than its hashing needs
+    # and every login ends out of memory.
+    condition     = var.api_hash_threads * var.argon2_m_kib / 1024 + 256 <= var.api_memory_mb
+    error_message = "api_memory_mb: ${var.api_memory_mb} MB is less than the api's hashing needs: ${var.api_hash_threads} thread(s) (api_hash_threads) x ${var.argon2_m_kib} KiB (argon2_m_kib) = ${ceil(var.api_hash_threads * var.argon2_m_kib / 1024)} MiB, plus 256 MiB for the rest of the process. Raise api_memory_mb, or lower argon2_m_kib or api_hash_threads."
+  }
 }
 
 variable "api_timeout_seconds" {
@@ -285,11 +296,11 @@ variable "audit_retention_days" {
 }
 
 variable "log_retention_days" {
-  description = "Retention of the Lambda and API access log groups, in days (one of CloudWatch's allowed values)."
+  description = "Retention of the Lambda and API access log groups, in days (one of CloudWatch's allowed values). The stream-processor's group keeps at least audit_retention_days (rounded up to an allowed value): its `audit head` lines witness the audit chains' ends."
   type        = number
   default     = 365
   validation {
-    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
+    condition     = contains(local.log_retention_allowed_days, var.log_retention_days)
     error_message = "log_retention_days: one of 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653."
   }
 }

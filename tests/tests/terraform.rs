@@ -7,8 +7,10 @@
 //! function's environment against the config keys its code reads, the SQS
 //! visibility against the worker's timeout, the event source mappings'
 //! failure handling and the mail ledger stream's filter (core's audited
-//! states), the worker's batch size against its send rate and timeout, and
-//! IAM statements for `*`.
+//! states), the worker's batch size against its send rate and timeout, the
+//! api's memory against its hashing threads' argon2 memory, the stream
+//! processor's log retention against the audit retention, and IAM
+//! statements for `*`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -956,7 +958,7 @@ fn variable_accepts_with(tf: &Terraform, name: &str, overrides: &[(&str, Value)]
 }
 
 /// The Terraform functions our validations and settings call: `floor`,
-/// `tostring` (of a number, a string or a bool), `contains`, and
+/// `ceil`, `tostring` (of a number, a string or a bool), `contains`, and
 /// `regex(pattern, string)` under `can(...)`, the form they use it in: `regex` fails where nothing matches and `can` turns a
 /// failure into false. hcl-rs evaluates a function's arguments before the
 /// function, so here `regex` gives null for no match and `can` is whether
@@ -965,6 +967,11 @@ fn variable_accepts_with(tf: &Terraform, name: &str, overrides: &[(&str, Value)]
 fn declare_functions(ctx: &mut hcl::eval::Context) {
     use hcl::eval::{FuncArgs, FuncDef, ParamType};
     ctx.declare_func("floor", FuncDef::builder().param(ParamType::Number).build(floor));
+    let ceil = |args: FuncArgs| -> Result<Value, String> {
+        let n = args[0].as_f64().ok_or("ceil of a non-number")?;
+        Ok(Value::from(n.ceil() as i64))
+    };
+    ctx.declare_func("ceil", FuncDef::builder().param(ParamType::Number).build(ceil));
     let tostring = |args: FuncArgs| -> Result<Value, String> {
         match &args[0] {
             Value::String(s) => Ok(Value::from(s.as_str())),
@@ -1274,6 +1281,125 @@ fn worker_batches_fit_the_send_rate_and_timeout() {
         let message = eval_str(&ctx, check, "error_message", "worker_batch_size");
         for number in [fit + 1, timeout, timeout - margin, fit] {
             assert!(message.contains(&format!(" {number} ")), "{what}: {number} missing from {message:?}");
+        }
+    }
+}
+
+/// Each of the api's hashing threads holds `argon2_m_kib` KiB of its own
+/// while it hashes (core's `password_hasher::Memory`), so the api's memory
+/// must hold `api_hash_threads` of them and 256 MiB for the rest of the
+/// process, or every login ends out of memory: `api_memory_mb` refuses
+/// less, naming the numbers. The thread count and the memory are what the
+/// function gets (LATCHKEY_HASH_THREADS set, so never the code's one per
+/// core), and the code takes the thread count as given.
+#[test]
+fn the_api_has_memory_for_its_hashing_threads() {
+    let tf = Terraform::load();
+    let ctx = tf.context(&[]);
+    let (_, api) = function(&tf, &ctx, API_FN.0);
+    let env = function_env(api, "api");
+    for (key, var) in [("LATCHKEY_HASH_THREADS", "api_hash_threads"), ("LATCHKEY_ARGON2_M_KIB", "argon2_m_kib")] {
+        assert_eq!(env.get(key).map(ToString::to_string), Some(format!("tostring(var.{var})")), "api: {key}");
+    }
+    assert_eq!(attr(api, "memory_size").map(ToString::to_string).as_deref(), Some("var.api_memory_mb"));
+    for threads in [1, 16] {
+        let lookup = |k: &str| (k == "LATCHKEY_HASH_THREADS").then(|| threads.to_string());
+        let config = latchkey_core::config::Config::from_lookup(lookup).expect("the api takes it");
+        assert_eq!(config.hash_threads, threads, "LATCHKEY_HASH_THREADS={threads}");
+    }
+
+    // The defaults pass.
+    assert!(variable_accepts_with(&tf, "api_memory_mb", &[]), "the defaults are refused");
+
+    // Accepted exactly when the hashing fits, across the variables' ranges.
+    let with = |threads: i64, m_kib: i64, memory: i64| {
+        [
+            ("api_hash_threads", Value::from(threads)),
+            ("argon2_m_kib", Value::from(m_kib)),
+            ("api_memory_mb", Value::from(memory)),
+        ]
+    };
+    for threads in [1, 2, 4, 16] {
+        for m_kib in [19456, 65536, 262144, 1048576] {
+            for memory in [1024, 1279, 1280, 1769, 4096, 10240] {
+                let fits = threads * m_kib / 1024 + 256 <= memory;
+                assert_eq!(
+                    variable_accepts_with(&tf, "api_memory_mb", &with(threads, m_kib, memory)),
+                    fits,
+                    "{threads} thread(s) x {m_kib} KiB in {memory} MB"
+                );
+            }
+        }
+    }
+    // The case that prompted the check: a GiB per hash in the least memory.
+    assert!(!variable_accepts_with(&tf, "api_memory_mb", &with(1, 1048576, 1024)));
+
+    let var = variable(&tf, "api_memory_mb");
+    let checks: Vec<&Body> = blocks(var, "validation")
+        .map(Block::body)
+        .filter(|v| attr(v, "condition").is_some_and(|c| c.to_string().contains("var.argon2_m_kib")))
+        .collect();
+    let [check] = checks.as_slice() else { panic!("api_memory_mb: expected one validation against argon2_m_kib") };
+    let mut ctx = tf.context(&with(4, 1048576, 4096));
+    declare_functions(&mut ctx);
+    let message = eval_str(&ctx, check, "error_message", "api_memory_mb");
+    for number in ["4096 MB", " 4 ", "1048576 KiB", "4096 MiB", "256 MiB"] {
+        assert!(message.contains(number), "{number} missing from {message:?}");
+    }
+}
+
+/// The stream processor's `audit head` lines witness each audit chain's
+/// end (docs/security.md C36b): its log group keeps them at least as long
+/// as the audit records live, `audit_retention_days` rounded up to a
+/// retention CloudWatch allows, and `log_retention_days` if that is longer;
+/// the other groups keep `log_retention_days`.
+#[test]
+fn the_stream_processors_logs_outlive_the_audit_records_they_witness() {
+    const CLOUDWATCH_RETENTIONS: &[i64] =
+        &[1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653];
+    let tf = Terraform::load();
+    let group = |ctx: &Context, suffix: &str| {
+        let want = format!("/aws/lambda/{}-{suffix}", prefix(ctx));
+        let found: Vec<_> = tf
+            .resources("aws_cloudwatch_log_group")
+            .filter(|(n, b)| eval_str(ctx, b, "name", &format!("aws_cloudwatch_log_group.{n}")) == want)
+            .collect();
+        let [(label, body)] = found.as_slice() else { panic!("expected one aws_cloudwatch_log_group named {want}") };
+        (*label, *body)
+    };
+    let defaults = tf.context(&[]);
+    // The group is the one the processor logs to.
+    let (label, _) = group(&defaults, PROCESSOR_FN.0);
+    let (_, processor) = function(&tf, &defaults, PROCESSOR_FN.0);
+    let target = attr(one_block(processor, "logging_config", "stream-processor"), "log_group").and_then(reference);
+    assert_eq!(target, Some(("aws_cloudwatch_log_group".into(), label.into(), "name".into())));
+
+    for v in CLOUDWATCH_RETENTIONS {
+        assert!(variable_accepts(&tf, "log_retention_days", Value::from(*v)), "log_retention_days = {v} is refused");
+    }
+    let audit_days = [1, 2, 30, 31, 364, 365, 366, 400, 401, 3650];
+    let cases = [(None, None), (Some(30), Some(400))]
+        .into_iter()
+        .chain(CLOUDWATCH_RETENTIONS.iter().flat_map(|l| audit_days.map(|a| (Some(*l), Some(a)))));
+    for (log, audit) in cases {
+        let mut overrides = Vec::new();
+        overrides.extend(log.map(|l| ("log_retention_days", Value::from(l))));
+        overrides.extend(audit.map(|a| ("audit_retention_days", Value::from(a))));
+        let ctx = tf.context(&overrides);
+        let days = |name: &str| {
+            let probe: Body = hcl::from_str(&format!("v = var.{name}")).expect("probe");
+            eval_i64(&ctx, &probe, "v", name)
+        };
+        let (log, audit) = (days("log_retention_days"), days("audit_retention_days"));
+        let what = format!("log_retention_days {log}, audit_retention_days {audit}");
+        let (label, body) = group(&ctx, PROCESSOR_FN.0);
+        let kept = eval_i64(&ctx, body, "retention_in_days", label);
+        let least = *CLOUDWATCH_RETENTIONS.iter().find(|d| **d >= log.max(audit)).expect("an allowed retention");
+        assert!(kept >= audit && kept >= log, "{what}: the processor's logs are kept {kept} days");
+        assert_eq!(kept, least, "{what}: not the least allowed retention that keeps both");
+        for suffix in [API_FN.0, WORKER_FN.0] {
+            let (label, body) = group(&ctx, suffix);
+            assert_eq!(eval_i64(&ctx, body, "retention_in_days", label), log, "{what}: {label}");
         }
     }
 }
