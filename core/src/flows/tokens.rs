@@ -398,28 +398,68 @@ mod tests {
         assert!(three.verify(&named_b_signed_c, 1000).is_err(), "the key id picks the key");
     }
 
-    #[test]
-    fn refuses_hs256_confusion_with_the_public_key() {
-        // Algorithm confusion: an HMAC token keyed with the public key bytes.
-        let key = SigningKey::generate().unwrap();
-        let t = TokenIssuer::new(key.clone(), "https://iss".into(), "aud".into(), 600).unwrap();
-        let claims = serde_json::json!({"iss": "https://iss", "aud": "aud", "sub": "u", "sid": "s", "iat": 1000, "nbf": 1000, "exp": 1600, "jti": "j"});
-        let forged =
-            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(key.public_key()))
-                .unwrap();
-        assert!(t.verify(&forged, 1000).is_err());
+    /// Claims `TokenIssuer::new(_, "https://iss", "aud", 600)` accepts at 1000.
+    fn valid_claims() -> serde_json::Value {
+        serde_json::json!({"iss": "https://iss", "aud": "aud", "sub": "u", "sid": "s", "iat": 1000, "nbf": 1000, "exp": 1600, "jti": "j"})
     }
 
+    /// Algorithm confusion: an HMAC token keyed with the public key (as raw
+    /// bytes, and as the JWKS publishes it), naming the real signing key's
+    /// id, so that the key lookup passes and only the algorithm allow-list
+    /// stands between it and acceptance.
+    #[test]
+    fn refuses_hs256_confusion_with_the_public_key() {
+        let key = SigningKey::generate().unwrap();
+        let t = TokenIssuer::new(key.clone(), "https://iss".into(), "aud".into(), 600).unwrap();
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(key.kid().to_string());
+        let baseline = jsonwebtoken::encode(&header, &valid_claims(), &EncodingKey::from_ed_der(key.pkcs8())).unwrap();
+        assert!(t.verify(&baseline, 1000).is_ok(), "the baseline verifies");
+        let x = key.jwk()["x"].as_str().unwrap().to_string();
+        for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+            header.alg = alg;
+            for secret in [key.public_key(), x.as_bytes()] {
+                let forged = jsonwebtoken::encode(&header, &valid_claims(), &EncodingKey::from_secret(secret)).unwrap();
+                let named = jsonwebtoken::decode_header(&forged).unwrap();
+                assert_eq!((named.alg, named.kid.as_deref()), (alg, Some(key.kid())), "it names the real key");
+                assert!(t.verify(&forged, 1000).is_err(), "{alg:?} keyed with the public key accepted");
+            }
+        }
+    }
+
+    /// Another key's signature under a known key's id, and `alg: none`
+    /// naming the real key: both get past the key lookup, so the signature
+    /// check and the algorithm check are what refuse them.
     #[test]
     fn refuses_other_keys_and_alg_none() {
-        let (a, b) = (issuer(), issuer());
-        let jwt = a
-            .issue(&UserId::random(&OsSecureRng), &SessionId::random(&OsSecureRng), 1000, i64::MAX, "j".into())
-            .unwrap();
-        assert!(b.verify(&jwt, 1000).is_err());
+        let (key, other) = (SigningKey::generate().unwrap(), SigningKey::generate().unwrap());
+        let t = TokenIssuer::new(key.clone(), "https://iss".into(), "aud".into(), 600).unwrap();
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(key.kid().to_string());
+        let signed_by = |k: &SigningKey| {
+            jsonwebtoken::encode(&header, &valid_claims(), &EncodingKey::from_ed_der(k.pkcs8())).unwrap()
+        };
+        assert!(t.verify(&signed_by(&key), 1000).is_ok(), "the baseline verifies");
+        assert!(t.verify(&signed_by(&other), 1000).is_err(), "another key's signature under the real key's id");
+
+        // Hand-made: the real key's id, valid claims. Named EdDSA and signed,
+        // the same token verifies; named none with no signature (or with
+        // the real signature left on) it is refused.
         let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let payload = jwt.split('.').nth(1).unwrap();
-        let none = format!("{}.{}.", e.encode(r#"{"alg":"none","typ":"JWT"}"#), payload);
-        assert!(a.verify(&none, 1000).is_err());
+        let head = |alg: &str| e.encode(serde_json::json!({"alg": alg, "kid": key.kid(), "typ": "JWT"}).to_string());
+        let payload = e.encode(valid_claims().to_string());
+        let signing_input = format!("{}.{payload}", head("EdDSA"));
+        let signature = jsonwebtoken::crypto::sign(
+            signing_input.as_bytes(),
+            &EncodingKey::from_ed_der(key.pkcs8()),
+            Algorithm::EdDSA,
+        )
+        .unwrap();
+        assert!(t.verify(&format!("{signing_input}.{signature}"), 1000).is_ok(), "the hand-made baseline verifies");
+        for alg in ["none", "None", "NONE"] {
+            let unsigned = format!("{}.{payload}.", head(alg));
+            assert!(t.verify(&unsigned, 1000).is_err(), "alg {alg} accepted");
+            assert!(t.verify(&format!("{unsigned}{signature}"), 1000).is_err(), "alg {alg} with a signature accepted");
+        }
     }
 }

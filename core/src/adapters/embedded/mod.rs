@@ -619,13 +619,33 @@ mod tests {
             let _ = release.recv();
         });
         is_locked.recv().unwrap();
+        let (polled, first_poll_done) = tokio::sync::oneshot::channel::<()>();
         let pending = tokio::spawn({
             let s = s.clone();
-            async move { (thread_id(), s.db().tx(|_| Ok(thread_id())).await.unwrap()) }
+            async move {
+                let worker = thread_id();
+                let mut call = std::pin::pin!(s.db().tx(|_| Ok(thread_id())));
+                // The first poll is where `tx` chooses, while the holder
+                // still has the connection: it hands the call to the pool
+                // (which then waits for the lock) and returns.
+                let first = futures::poll!(call.as_mut());
+                let _ = polled.send(());
+                let ran_on = match first {
+                    std::task::Poll::Ready(out) => out,
+                    std::task::Poll::Pending => call.await,
+                };
+                (worker, ran_on.unwrap())
+            }
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Released only once the choice is made, so it is made against a
+        // held lock however slowly the task was scheduled. A call that
+        // waited for the lock on its worker instead would never come back
+        // from that poll: after a while the lock is released anyway, so the
+        // test fails instead of hanging.
+        let chose = tokio::time::timeout(Duration::from_secs(30), first_poll_done).await;
         held.send(()).unwrap();
         holder.join().unwrap();
+        assert!(chose.is_ok(), "the call blocked its worker waiting for the connection");
         let (worker, ran_on) = pending.await.unwrap();
         assert_ne!(ran_on, worker);
     }
