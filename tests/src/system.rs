@@ -43,8 +43,13 @@ impl Mail {
 }
 
 enum MailSource {
-    Outbox(PathBuf),
-    Sqs { client: aws_sdk_sqs::Client, url: String, seen: Mutex<Vec<Mail>> },
+    /// The outbox directory, and the queue whose order it was written in.
+    Outbox(PathBuf, latchkey_core::adapters::embedded::SqliteMailQueue),
+    Sqs {
+        client: aws_sdk_sqs::Client,
+        url: String,
+        seen: Mutex<Vec<Mail>>,
+    },
 }
 
 pub struct TestSystem {
@@ -124,7 +129,7 @@ impl TestSystem {
         pairs.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         let cfg = config(&pairs);
         let built = latchkey_api::wiring::build(&cfg).await.expect("build embedded");
-        let mail = MailSource::Outbox(dir.0.join("outbox"));
+        let mail = outbox_of(&built, &dir);
         Self::serve(built, &cfg, mail, "embedded", None, Some(dir)).await
     }
 
@@ -140,7 +145,7 @@ impl TestSystem {
         let cfg = config(&pairs);
         let opts = BuildOptions { clock, ..Default::default() };
         let built = latchkey_api::wiring::build_with(&cfg, opts).await.expect("build embedded");
-        let mail = MailSource::Outbox(dir.0.join("outbox"));
+        let mail = outbox_of(&built, &dir);
         Self::serve(built, &cfg, mail, "embedded", None, Some(dir)).await
     }
 
@@ -265,7 +270,10 @@ impl TestSystem {
     /// All mail sent to `to` so far, oldest first.
     pub async fn mails_to(&self, to: &str) -> Vec<Mail> {
         match &self.mail {
-            MailSource::Outbox(dir) => outbox_mails_to(dir, to),
+            MailSource::Outbox(dir, queue) => {
+                let order = queue.ids_in_queue_order().await.expect("the mail queue's order");
+                outbox_mails_in_order(dir, to, &order)
+            }
             MailSource::Sqs { client, url, seen } => {
                 loop {
                     let out = client
@@ -305,15 +313,34 @@ impl TestSystem {
     }
 }
 
-/// All mail to `to` in the outbox directory `dir`, oldest first.
+/// The outbox of an embedded system built in `dir`.
+fn outbox_of(built: &Built, dir: &TempDir) -> MailSource {
+    let store = built.embedded.as_ref().expect("the embedded store");
+    MailSource::Outbox(dir.0.join("outbox"), store.mail_queue())
+}
+
+/// All mail to `to` in the outbox directory `dir`, oldest first by the
+/// files' times (which tie within a tick of the file system's clock: where
+/// the queue is at hand, [`outbox_mails_in_order`]).
 pub fn outbox_mails_to(dir: &std::path::Path, to: &str) -> Vec<Mail> {
+    outbox_mails_in_order(dir, to, &[])
+}
+
+/// All mail to `to` in the outbox directory `dir`, in the order of the job
+/// ids in `order` (the queue's, which the consumer delivers in), then by
+/// the files' times. An outbox file is `<created_at>-<job id>.eml`.
+pub fn outbox_mails_in_order(dir: &std::path::Path, to: &str, order: &[String]) -> Vec<Mail> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| {
             d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "eml")).collect()
         })
         .unwrap_or_default();
-    // Delivery order (the consumer takes jobs in order).
-    files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    let position: HashMap<&str, usize> = order.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+    let queued = |p: &PathBuf| {
+        let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        stem.split_once('-').and_then(|(_, id)| position.get(id).copied()).unwrap_or(usize::MAX)
+    };
+    files.sort_by_key(|p| (queued(p), std::fs::metadata(p).and_then(|m| m.modified()).ok()));
     files
         .iter()
         .filter_map(|p| parse_eml(&std::fs::read_to_string(p).ok()?))

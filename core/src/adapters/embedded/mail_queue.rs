@@ -51,6 +51,19 @@ impl SqliteMailQueue {
             .await
     }
 
+    /// The ids of the jobs on the queue, in the order they were queued (and
+    /// so delivered): tests read the outbox in this order, since its files'
+    /// times tie within a tick of the file system's clock.
+    pub async fn ids_in_queue_order(&self) -> StoreResult<Vec<String>> {
+        self.db
+            .tx(|tx| {
+                let mut stmt = tx.prepare_cached("SELECT id FROM mail_jobs ORDER BY rowid")?;
+                let ids = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(ids)
+            })
+            .await
+    }
+
     /// `(state, attempts, last_error)` of a job, if it exists.
     pub async fn job_state(&self, id: &str) -> StoreResult<Option<(String, u32, Option<String>)>> {
         let id = id.to_string();
