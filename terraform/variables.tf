@@ -430,9 +430,9 @@ variable "otp_ttl_secs" {
 }
 
 variable "refresh_retry_grace_secs" {
-  description = "LATCHKEY_REFRESH_RETRY_GRACE_SECS: how long after a rotation the refresh token it replaced, sent again by the same client (address and user agent), gets the new one back instead of revoking the session (a retry after a lost answer). 0 turns it off."
+  description = "LATCHKEY_REFRESH_RETRY_GRACE_SECS: how long after a rotation the refresh token it replaced, sent again by the same client (address and user agent), gets the new one back instead of revoking the session (a retry after a lost answer). 0, the default, turns it off: every reuse revokes."
   type        = number
-  default     = 30
+  default     = 0
   validation {
     condition     = var.refresh_retry_grace_secs >= 0 && var.refresh_retry_grace_secs <= 60 && floor(var.refresh_retry_grace_secs) == var.refresh_retry_grace_secs
     error_message = "refresh_retry_grace_secs: a whole number of seconds, 0..60."

@@ -137,7 +137,9 @@ pub struct Policy {
     /// again by the client that rotated it, gets the current one back (a
     /// retry of a refresh whose answer was lost, or two of its requests
     /// racing) instead of revoking the session as a reuse. Only the token
-    /// just replaced; 0 turns it off.
+    /// just replaced; 0, the default, turns it off (SECURITY.md: reuse of an
+    /// old refresh token revokes the whole session, and the default must
+    /// meet that line; a client that retries refreshes can be given one).
     pub refresh_retry_grace_secs: i64,
     /// How long a device token (a browser or app that finished a login)
     /// lets its holder past the account lock and the per-identifier limit.
@@ -178,7 +180,7 @@ impl Default for Policy {
             otp_failure_budget: 30,
             access_ttl_secs: 600,
             refresh_ttl_secs: 30 * 24 * 3600,
-            refresh_retry_grace_secs: 30,
+            refresh_retry_grace_secs: 0,
             device_token_ttl_secs: 90 * 24 * 3600,
             password_reset_ttl_secs: 3600,
             email_change_ttl_secs: 3600,
@@ -600,7 +602,7 @@ mod tests {
         assert!(matches!(c.backend, Backend::Embedded { .. }));
         assert_eq!(c.policy.argon2, Argon2Settings { m_kib: 19456, t: 2, p: 1 });
         assert_eq!(c.policy.otp_ttl_secs, 600);
-        assert_eq!(c.policy.refresh_retry_grace_secs, 30);
+        assert_eq!(c.policy.refresh_retry_grace_secs, 0, "reuse of a replaced token revokes, by default");
         assert_eq!(c.public_base_url, "http://127.0.0.1:3000");
         assert_eq!((c.admin_key_hash, c.audit_retention_days), (None, 400));
     }

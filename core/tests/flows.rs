@@ -91,6 +91,22 @@ fn world(limits: RateLimits) -> World {
     world_with_users(limits, |store| store)
 }
 
+/// The refresh retry grace the grace tests configure (off by default).
+const GRACE: i64 = 30;
+
+fn with_grace(p: &mut Policy) {
+    p.refresh_retry_grace_secs = GRACE;
+}
+
+/// A world with relaxed limits and a refresh retry grace of [`GRACE`].
+fn world_with_grace() -> World {
+    let clock = Arc::new(FixedClock::new(T0));
+    let store = Arc::new(EmbeddedStore::in_memory().unwrap().with_clock(clock.clone()));
+    let mail = Arc::new(Mailbox::default());
+    let auth = auth_with(ports_on(store.clone(), &store, &clock, &mail), RateLimits::relaxed(), 3, with_grace);
+    World { auth, store, clock, mail }
+}
+
 /// A world whose flows reach the store's `UserStore` through `users`.
 fn world_with_users(limits: RateLimits, users: impl FnOnce(Arc<EmbeddedStore>) -> Arc<dyn UserStore>) -> World {
     let clock = Arc::new(FixedClock::new(T0));
@@ -942,9 +958,9 @@ async fn signed_in_with(
 /// session. Two refreshes of one token at once get one token between them.
 #[tokio::test]
 async fn a_refresh_retried_within_its_grace_gets_the_same_token_and_ends_nothing() {
-    let w = world(RateLimits::relaxed());
+    let w = world_with_grace();
     let grace = w.auth.policy().refresh_retry_grace_secs;
-    assert_eq!(grace, 30);
+    assert_eq!(grace, GRACE);
     verified(&w, "alice").await;
     let m = meta();
     let first = signed_in(&w, "alice", &m).await;
@@ -1080,8 +1096,13 @@ fn racing_sessions(w: &World) -> (Arc<RacingSessions>, Auth, Arc<Auth>) {
     });
     let mut ports = ports_on(w.store.clone(), &w.store, &w.clock, &w.mail);
     ports.sessions = racing.clone();
-    let raced = auth_with(ports, RateLimits::relaxed(), 3, |_| {});
-    let plain = Arc::new(auth_on(w.store.clone(), &w.store, &w.clock, &w.mail, RateLimits::relaxed(), 3));
+    let raced = auth_with(ports, RateLimits::relaxed(), 3, with_grace);
+    let plain = Arc::new(auth_with(
+        ports_on(w.store.clone(), &w.store, &w.clock, &w.mail),
+        RateLimits::relaxed(),
+        3,
+        with_grace,
+    ));
     (racing, raced, plain)
 }
 
@@ -1091,7 +1112,7 @@ fn racing_sessions(w: &World) -> (Arc<RacingSessions>, Auth, Arc<Auth>) {
 /// rotated once, lives on. Sent from another client, the loser revokes it.
 #[tokio::test]
 async fn a_refresh_that_loses_its_rotation_to_its_own_retry_answers_the_retrys_token() {
-    let w = world(RateLimits::relaxed());
+    let w = world_with_grace();
     let (racing, raced, first) = racing_sessions(&w);
     verified(&w, "alice").await;
     for (winner_meta, loser_survives) in [(meta(), true), (meta_from("198.51.100.7"), false)] {
@@ -1123,7 +1144,7 @@ async fn a_refresh_that_loses_its_rotation_to_its_own_retry_answers_the_retrys_t
 /// nothing, and the session's holder refreshes on.
 #[tokio::test]
 async fn a_retry_whose_count_finds_the_session_rotated_again_is_refused_and_revokes_nothing() {
-    let w = world(RateLimits::relaxed());
+    let w = world_with_grace();
     let (racing, raced, other) = racing_sessions(&w);
     verified(&w, "alice").await;
     let pair = signed_in(&w, "alice", &meta()).await;
@@ -1176,16 +1197,12 @@ async fn the_retry_seal_opens_only_with_the_code_key() {
     assert_ne!(seal, random, "it is not the random part as it is");
 }
 
-/// With `refresh_retry_grace_secs` 0, a replaced token presented again at
-/// once is a reuse.
+/// By default (`refresh_retry_grace_secs` 0), a replaced token presented
+/// again at once is a reuse.
 #[tokio::test]
 async fn without_a_grace_a_refresh_retry_is_a_reuse() {
-    let clock = Arc::new(FixedClock::new(T0));
-    let store = Arc::new(EmbeddedStore::in_memory().unwrap().with_clock(clock.clone()));
-    let mail = Arc::new(Mailbox::default());
-    let no_grace = |p: &mut Policy| p.refresh_retry_grace_secs = 0;
-    let auth = auth_with(ports_on(store.clone(), &store, &clock, &mail), RateLimits::relaxed(), 3, no_grace);
-    let w = World { auth, store, clock, mail };
+    let w = world(RateLimits::relaxed());
+    assert_eq!(w.auth.policy().refresh_retry_grace_secs, 0, "the default");
     verified(&w, "alice").await;
     let first = signed_in(&w, "alice", &meta()).await;
     let rotated = w.auth.refresh(&first.refresh_token, &meta()).await.unwrap();

@@ -650,8 +650,8 @@ pub async fn jwt_after_logout(sys: &TestSystem) {
 
 /// Reusing a rotated refresh token revokes the whole session, including the
 /// refresh token and access token it was rotated into (a token older than
-/// the one the last rotation replaced: that one, within its grace, is a
-/// client's retry, `scenarios::refresh_reuse_revokes_session`).
+/// the one the last rotation replaced: with a retry grace configured, that
+/// one is a client's retry, `refresh_retry_within_the_grace`).
 pub async fn refresh_reuse_revokes(sys: &TestSystem) {
     let (username, email) = verified_user(sys).await;
     let tokens = sign_in(sys, &username, &email).await;
@@ -870,6 +870,8 @@ pub async fn sessions_are_listed_and_ended_by_their_owner_only(sys: &TestSystem)
 
 /// 20 concurrent refreshes of one refresh token rotate it once: every one
 /// is answered with the same new refresh token, which works.
+/// With a retry grace configured: 20 refreshes of one token at once make one
+/// rotation, and every racer gets its token.
 pub async fn concurrent_refreshes(sys: &TestSystem) {
     let (username, email) = verified_user(sys).await;
     let tokens = sign_in(sys, &username, &email).await;
@@ -885,6 +887,29 @@ pub async fn concurrent_refreshes(sys: &TestSystem) {
     assert_eq!(issued.len(), 1, "20 refreshes of one token rotated it more than once: {issued:?}");
     let (st, b, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": issued.first() })).await;
     assert_eq!(st, 200, "the racers' token: {b}");
+}
+
+/// With a retry grace configured, a retry of the token just replaced gets
+/// the same token (`scenarios::a_refresh_retried_within_the_grace_gets_the_same_token`).
+pub async fn refresh_retry_within_the_grace(sys: &TestSystem) {
+    latchkey_tests::scenarios::a_refresh_retried_within_the_grace_gets_the_same_token(sys).await;
+}
+
+/// By default (no retry grace): 20 refreshes of one token at once make one
+/// rotation; every other racer presents a replaced token, a reuse, and the
+/// session is revoked, the winner's token with it.
+pub async fn concurrent_refreshes_without_a_grace(sys: &TestSystem) {
+    let (username, email) = verified_user(sys).await;
+    let tokens = sign_in(sys, &username, &email).await;
+    let body = json!({ "refresh_token": tokens["refresh_token"] });
+    let results = join_all((0..20).map(|_| sys.post("/v1/token/refresh", body.clone()))).await;
+    let won: Vec<&Value> = results.iter().filter(|(st, _, _)| *st == 200).map(|(_, b, _)| b).collect();
+    assert_eq!(won.len(), 1, "{:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+    for (st, b, _) in results.iter().filter(|(st, _, _)| *st != 200) {
+        assert_eq!((*st, b["error"].as_str()), (401, Some("invalid_refresh_token")), "{b}");
+    }
+    let (st, _, _) = sys.post("/v1/token/refresh", json!({ "refresh_token": won[0]["refresh_token"] })).await;
+    assert_eq!(st, 401, "the session outlived a reuse");
 }
 
 // ---------------------------------------------------------------- headers
@@ -1275,7 +1300,7 @@ macro_rules! relaxed_attacks {
             password_change_ends_other_sessions,
             signing_out_everywhere_else_ends_the_other_sessions,
             sessions_are_listed_and_ended_by_their_owner_only,
-            concurrent_refreshes,
+            concurrent_refreshes_without_a_grace,
             headers_on_every_status,
             register_same_username_20_at_once,
             register_same_email_20_at_once,
@@ -1284,6 +1309,13 @@ macro_rules! relaxed_attacks {
             huge_passwords,
             address_normalisation,
         );
+    };
+}
+
+/// Attacks on a system with a refresh retry grace (off by default).
+macro_rules! grace_attacks {
+    ($make:expr) => {
+        attack_suite!($make; concurrent_refreshes, refresh_retry_within_the_grace);
     };
 }
 
@@ -1300,6 +1332,13 @@ macro_rules! default_limit_attacks {
 mod embedded {
     use latchkey_tests::system::TestSystem;
     relaxed_attacks!(TestSystem::embedded());
+    mod grace {
+        use latchkey_tests::system::TestSystem;
+        grace_attacks!(TestSystem::embedded_with(&[
+            ("LATCHKEY_RATE_LIMITS", "relaxed"),
+            ("LATCHKEY_REFRESH_RETRY_GRACE_SECS", "30")
+        ]));
+    }
     mod default_limits {
         use latchkey_tests::system::TestSystem;
         default_limit_attacks!(TestSystem::embedded_on_clock(&[], latchkey_tests::system::frozen_clock()));
@@ -1309,6 +1348,13 @@ mod embedded {
 mod aws {
     use latchkey_tests::system::TestSystem;
     relaxed_attacks!(TestSystem::aws());
+    mod grace {
+        use latchkey_tests::system::TestSystem;
+        grace_attacks!(TestSystem::aws_with(&[
+            ("LATCHKEY_RATE_LIMITS", "relaxed"),
+            ("LATCHKEY_REFRESH_RETRY_GRACE_SECS", "30")
+        ]));
+    }
     mod default_limits {
         use latchkey_tests::system::TestSystem;
         default_limit_attacks!(TestSystem::aws_with_clock(&[], latchkey_tests::system::frozen_clock()));

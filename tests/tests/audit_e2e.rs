@@ -31,8 +31,14 @@ fn admin_hash() -> String {
 
 /// The pairs a system with relaxed rate limits and the admin API open to
 /// [`ADMIN_KEY`] (its hash is `hash`) is started with.
-fn admin_env(hash: &str) -> [(&'static str, &str); 2] {
-    [("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", hash)]
+/// Relaxed limits, the admin key, and a refresh retry grace (off by
+/// default): the journey retries a refresh.
+fn admin_env(hash: &str) -> [(&'static str, &str); 3] {
+    [
+        ("LATCHKEY_RATE_LIMITS", "relaxed"),
+        ("LATCHKEY_ADMIN_KEY_HASH", hash),
+        ("LATCHKEY_REFRESH_RETRY_GRACE_SECS", "30"),
+    ]
 }
 
 /// On the embedded backend, with [`admin_env`].
@@ -317,7 +323,6 @@ async fn my_activity_shows_my_events_only_with_my_token() {
         ids.push(requests.iter().map(|e| e["request_id"].clone()).collect::<Vec<_>>());
     }
     assert!(ids[0].iter().all(|id| !ids[1].contains(id)), "one request in both trails: {ids:?}");
-    let access = &tokens[0];
     assert_eq!(sys.get_auth("/v1/me/activity", "not-a-token").await.0, 401);
     assert_eq!(sys.http.get(sys.url("/v1/me/activity")).send().await.expect("send").status(), 401);
 }

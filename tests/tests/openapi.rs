@@ -441,9 +441,15 @@ impl Checked<'_> {
     }
 }
 
+/// Relaxed limits, the admin API, and a refresh retry grace (off by
+/// default), so the retry's answer is held to the document too.
 async fn system() -> TestSystem {
-    TestSystem::embedded_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", ADMIN_KEY_SHA256)])
-        .await
+    TestSystem::embedded_with(&[
+        ("LATCHKEY_RATE_LIMITS", "relaxed"),
+        ("LATCHKEY_ADMIN_KEY_HASH", ADMIN_KEY_SHA256),
+        ("LATCHKEY_REFRESH_RETRY_GRACE_SECS", "30"),
+    ])
+    .await
 }
 
 // ------------------------------------------------------------------ tests

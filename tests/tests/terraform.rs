@@ -850,12 +850,15 @@ fn the_jwt_key_slots_sign_and_stand_by_by_jwt_signing_slot() {
     }
 }
 
-/// The refresh retry grace reaches the api as the code reads it, and its
-/// variable refuses what the api's configuration refuses (0..=60, whole).
+/// The refresh retry grace reaches the api as the code reads it, off by
+/// default as in the code, and its variable refuses what the api's
+/// configuration refuses (0..=60, whole).
 #[test]
 fn the_refresh_retry_grace_is_the_apis_and_in_its_range() {
     let tf = Terraform::load();
-    for (given, expected) in [(None, "30"), (Some(0), "0"), (Some(60), "60")] {
+    let code_default = latchkey_core::config::Config::from_lookup(|_| None).expect("defaults").policy;
+    assert_eq!(code_default.refresh_retry_grace_secs, 0);
+    for (given, expected) in [(None, "0"), (Some(30), "30"), (Some(60), "60")] {
         let overrides: Vec<(&str, Value)> =
             given.map(|v| ("refresh_retry_grace_secs", Value::from(v))).into_iter().collect();
         let mut ctx = tf.context(&overrides);
