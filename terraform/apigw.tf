@@ -31,6 +31,8 @@ locals {
     "POST /otp",
     "GET /v1/admin/users/{id}/audit",
     "HEAD /v1/admin/users/{id}/audit",
+    "GET /v1/admin/audit",
+    "HEAD /v1/admin/audit",
     "GET /v1/admin/stats",
     "HEAD /v1/admin/stats",
     "POST /register",
@@ -48,6 +50,7 @@ locals {
     "POST /one-time-code/send",
     "POST /one-time-code/verify",
     "POST /admin",
+    "POST /admin/audit",
   ])
 }
 

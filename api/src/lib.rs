@@ -52,6 +52,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/password/reset", post(auth::reset_password))
         .route("/v1/me/activity", get(activity::my_activity))
         .route("/v1/admin/users/{id}/audit", get(admin::user_audit))
+        .route("/v1/admin/audit", get(admin::audit_by_name))
         .route("/v1/admin/stats", get(admin::stats))
         .route("/otp", post(otp::otp))
         // Browser pages (server-rendered, CSRF-checked; see `pages`).
@@ -77,6 +78,7 @@ pub fn routes() -> Router<AppState> {
         .route("/one-time-code/send", post(pages::otp::send))
         .route("/one-time-code/verify", post(pages::otp::verify))
         .route("/admin", get(pages::admin::form).post(pages::admin::stats))
+        .route("/admin/audit", post(pages::admin::audit))
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))

@@ -601,6 +601,120 @@ async fn aws_a_chain_across_a_seal_key_rotation_verifies_with_the_retired_key() 
     assert_eq!(brk.seq, before.len() as u64 + 1);
 }
 
+/// An account signed up and in, by name: (username, email, id).
+async fn named_account(sys: &TestSystem) -> (String, String, String) {
+    let (username, email) = verified_user(sys).await;
+    let tokens = sign_in(sys, &username, &email).await;
+    let (st, me) = sys.get_auth("/v1/me", tokens["access_token"].as_str().expect("access")).await;
+    assert_eq!(st, 200, "{me}");
+    (username, email, me["id"].as_str().expect("id").to_string())
+}
+
+/// `GET /v1/admin/audit`: an account's trail by its username or address is
+/// its trail by id, however the name is typed; the standalone codes sent to
+/// an address have a trail of their own (`otp_email`); an id is taken as
+/// given (an account since deleted keeps its trail); a name without an
+/// account is a 404, both names or none a 400 naming `user`, a bad address
+/// one naming `otp_email`, and nothing is read without the key. `pump`
+/// brings the trail up to date (the stream processor, on AWS).
+async fn admin_finds_trails_by_name<F, Fut>(sys: &TestSystem, mut pump: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (username, email, id) = named_account(sys).await;
+    trail_until(sys, &id, "session_created", &mut pump).await;
+    // The newest page by id once it holds still (the mail deliveries'
+    // events come at their own pace).
+    let id_path = format!("/v1/admin/users/{id}/audit");
+    let by_id = || admin_get(sys, &id_path, Some(ADMIN_KEY));
+    let mut newest = by_id().await.1;
+    for _ in 0..100 {
+        pump().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let again = by_id().await.1;
+        if again == newest {
+            break;
+        }
+        newest = again;
+    }
+    assert!(newest["events"].as_array().is_some_and(|e| e.len() >= 2), "{newest}");
+    for name in [username.clone(), username.to_uppercase(), email.clone(), email.to_uppercase(), id.clone()] {
+        let (st, body) = admin_get(sys, &format!("/v1/admin/audit?user={name}"), Some(ADMIN_KEY)).await;
+        assert_eq!(st, 200, "{name}: {body}");
+        assert_eq!((&body["user_id"], &body["events"]), (&json!(id), &newest["events"]), "{name}");
+        assert!(body.get("otp_email").is_none(), "{body}");
+    }
+    // Paged like the trail by id.
+    let (_, first) = admin_get(sys, &format!("/v1/admin/audit?user={username}&limit=1"), Some(ADMIN_KEY)).await;
+    let cursor = first["next_cursor"].as_str().expect("more than one record");
+    let path = format!("/v1/admin/audit?user={username}&limit=1&cursor={cursor}");
+    let (_, second) = admin_get(sys, &path, Some(ADMIN_KEY)).await;
+    assert_eq!(second["events"][0], newest["events"][1], "{second}");
+
+    // The standalone codes of an address, however it is typed.
+    let (_, address) = unique();
+    let (st, _, _) = sys.post("/otp", json!({"action": "send_otp", "email": address})).await;
+    assert_eq!(st, 200);
+    let mut codes = Value::Null;
+    for _ in 0..100 {
+        pump().await;
+        let path = format!("/v1/admin/audit?otp_email={}", address.to_uppercase());
+        let (st, body) = admin_get(sys, &path, Some(ADMIN_KEY)).await;
+        assert_eq!(st, 200, "{body}");
+        codes = body;
+        if codes["events"].as_array().is_some_and(|e| !e.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let requests: Vec<Value> =
+        codes["events"].as_array().expect("events").iter().filter(|e| !is_mail(e)).cloned().collect();
+    assert_eq!(kinds(&requests), ["otp_sent"], "{codes}");
+    assert_eq!(codes["otp_email"], json!(address), "{codes}");
+    assert!(codes.get("user_id").is_none(), "{codes}");
+
+    // An id without an account: its (empty) trail, not a 404.
+    let (st, body) = admin_get(sys, &format!("/v1/admin/audit?user={}", uuid::Uuid::new_v4()), Some(ADMIN_KEY)).await;
+    assert_eq!((st, body["events"].as_array().map(Vec::len)), (200, Some(0)), "{body}");
+    let (st, body) = admin_get(sys, "/v1/admin/audit?user=nobody-by-this-name", Some(ADMIN_KEY)).await;
+    assert_eq!((st, body["error"].as_str()), (404, Some("user_not_found")), "{body}");
+    let (st, body) = admin_get(sys, "/v1/admin/audit?user=nobody@example.com", Some(ADMIN_KEY)).await;
+    assert_eq!((st, body["error"].as_str()), (404, Some("user_not_found")), "{body}");
+    for (path, field) in [
+        (format!("/v1/admin/audit?user={username}&otp_email={address}"), "user"),
+        ("/v1/admin/audit".to_string(), "user"),
+        ("/v1/admin/audit?user=%20".to_string(), "user"),
+        ("/v1/admin/audit?user=a%20b".to_string(), "user"),
+        ("/v1/admin/audit?otp_email=not-an-address".to_string(), "otp_email"),
+        (format!("/v1/admin/audit?user={username}&limit=0"), "limit"),
+    ] {
+        let (st, body) = admin_get(sys, &path, Some(ADMIN_KEY)).await;
+        assert_eq!((st, body["field"].as_str()), (400, Some(field)), "{path}: {body}");
+    }
+    for key in [None, Some("wrong-key")] {
+        let (st, body) = admin_get(sys, &format!("/v1/admin/audit?user={username}"), key).await;
+        assert_eq!(st, 401, "{body}");
+        assert!(body.get("events").is_none() && body.get("user_id").is_none(), "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_admin_finds_trails_by_name() {
+    let sys = admin_embedded().await;
+    admin_finds_trails_by_name(&sys, || async {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_admin_finds_trails_by_name() {
+    let sys = admin_aws().await;
+    // The pump reads the streams of this system's tables, found by an
+    // account in them.
+    let (_, _, id) = named_account(&sys).await;
+    let pump = StreamPump::holding(&id).await;
+    admin_finds_trails_by_name(&sys, || pump.pump()).await;
+}
+
 /// The table prefix of the system that holds user `id` (the harness picks
 /// a random one and does not expose it; user ids are random too).
 async fn prefix_holding(ddb: &aws_sdk_dynamodb::Client, id: &str) -> String {

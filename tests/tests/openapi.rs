@@ -596,6 +596,19 @@ async fn real_responses_match_the_document() {
         let r = c.get(admin, &format!("/v1/admin/users/{bad_id}/audit"), None).await;
         assert_eq!(st(&r), (401, code("unauthorized")), "{bad_id}: the key is checked first");
     }
+    // A trail by name: an account's by its username, the standalone
+    // codes' by an address; a name without an account; both names.
+    let named = "/v1/admin/audit";
+    let (status, page, _) = c.get(named, &format!("{named}?user={username}"), Some(ADMIN_KEY)).await;
+    assert_eq!((status, page["user_id"].as_str()), (200, Some(user_id)), "{page}");
+    let (status, page, _) = c.get(named, &format!("{named}?otp_email={}", unique().1), Some(ADMIN_KEY)).await;
+    assert_eq!((status, page["events"].as_array().map(Vec::len)), (200, Some(0)), "{page}");
+    let r = c.get(named, &format!("{named}?user=nobody-by-this-name"), Some(ADMIN_KEY)).await;
+    assert_eq!(st(&r), (404, code("user_not_found")));
+    let r = c.get(named, &format!("{named}?user={username}&otp_email={email}"), Some(ADMIN_KEY)).await;
+    assert_eq!((st(&r), r.1["field"].as_str()), ((400, code("invalid_request")), Some("user")));
+    assert_eq!(st(&c.get(named, &format!("{named}?user={username}"), None).await), (401, code("unauthorized")));
+
     // The day of the newest event has at least one count.
     let today = &events[0]["at"].as_str().expect("at")[..10];
     let stats = "/v1/admin/stats";

@@ -985,6 +985,72 @@ async fn admin_page_needs_the_key_in_the_form_and_never_stores_it() {
     assert_eq!(no_token.status, 403);
 }
 
+/// Posts the admin page's audit-trail form.
+async fn trail_form(b: &mut Browser<'_>, csrf: &str, key: &str, user: &str, otp_email: &str) -> Page {
+    b.post("/admin/audit", &[("csrf", csrf), ("audit_key", key), ("user", user), ("otp_email", otp_email)]).await
+}
+
+/// The admin page's audit-trail form: an account's trail by its username
+/// (newest first, the key checked first and never echoed), a name without
+/// an account and a form with both names or none refused with the field
+/// named, and the standalone codes of an address.
+#[tokio::test]
+async fn admin_page_shows_a_trail_by_name() {
+    let key = "an-admin-key-for-the-page-test-0123456789";
+    let hash = latchkey_core::keys::token_hash(key);
+    let sys =
+        TestSystem::embedded_with(&[("LATCHKEY_RATE_LIMITS", "relaxed"), ("LATCHKEY_ADMIN_KEY_HASH", &hash)]).await;
+    let (username, email) = latchkey_tests::scenarios::verified_user(&sys).await;
+    latchkey_tests::scenarios::sign_in(&sys, &username, &email).await;
+    let mut b = Browser::new(&sys);
+    let p = b.get("/admin").await;
+    assert!(p.body.contains("action=\"/admin/audit#trail\""), "{}", p.body);
+    let bad = trail_form(&mut b, &p.csrf(), "nope", &username, "").await;
+    assert_eq!(bad.status, 401);
+    assert!(bad.body.contains("id=\"audit_key-error\"") && !bad.body.contains("session_created"), "{}", bad.body);
+    // The embedded audit feed writes the trail a moment after the requests.
+    let mut shown = bad;
+    for _ in 0..100 {
+        shown = trail_form(&mut b, &shown.csrf(), key, &username.to_uppercase(), "").await;
+        assert_eq!(shown.status, 200, "{}", shown.body);
+        if shown.body.contains("session_created") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (newest, oldest) = (shown.body.find("session_created"), shown.body.find("user_registered"));
+    assert!(newest.is_some() && oldest.is_some() && newest < oldest, "newest first: {}", shown.body);
+    assert!(!shown.body.contains(key), "key not echoed");
+    assert!(b.set_cookies.iter().all(|c| !c.contains(key)), "key never in a cookie");
+    let none = trail_form(&mut b, &shown.csrf(), key, "nobody-by-this-name", "").await;
+    assert_eq!(none.status, 404);
+    assert!(none.body.contains("id=\"user-error\"") && none.body.contains("No account has"), "{}", none.body);
+    for (user, otp_email) in [("", ""), (username.as_str(), email.as_str())] {
+        let r = trail_form(&mut b, &none.csrf(), key, user, otp_email).await;
+        assert_eq!(r.status, 400, "{user:?} {otp_email:?}");
+        assert!(r.body.contains("id=\"user-error\"") && r.body.contains("Fill in one of the two"), "{}", r.body);
+    }
+    let r = trail_form(&mut b, &none.csrf(), key, "", "not-an-address").await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("id=\"otp_email-error\""), "{}", r.body);
+    // The standalone codes sent to an address.
+    let (_, address) = unique();
+    let (st, _, _) = sys.post("/otp", serde_json::json!({"action": "send_otp", "email": address})).await;
+    assert_eq!(st, 200);
+    let mut codes = r;
+    for _ in 0..100 {
+        codes = trail_form(&mut b, &codes.csrf(), key, "", &address).await;
+        assert_eq!(codes.status, 200, "{}", codes.body);
+        if codes.body.contains("otp_sent") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(codes.body.contains("otp_sent") && !codes.body.contains("session_created"), "{}", codes.body);
+    let no_token = b.post("/admin/audit", &[("audit_key", key), ("user", username.as_str())]).await;
+    assert_eq!(no_token.status, 403);
+}
+
 /// The page and the API count against one admin limit per client (60 a
 /// minute by default): once the API's requests spent it, the page refuses
 /// the right key with the wait, before checking it.

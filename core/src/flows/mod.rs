@@ -1,6 +1,7 @@
 //! The use cases. `Auth` holds the ports and the policy; each submodule adds
 //! the methods of one flow. HTTP handlers call exactly one of these.
 
+mod admin;
 mod browser;
 mod device;
 mod email_change;
