@@ -157,7 +157,9 @@ pub(crate) async fn audit_subject(
             let (email, subject) = s.auth.code_address_subject(address)?;
             Ok((subject, json!({ "otp_email": email.as_str() })))
         }
-        _ => Err(ApiError::field("user", "give exactly one of user (an account id, username or address) and otp_email")),
+        _ => {
+            Err(ApiError::field("user", "give exactly one of user (an account id, username or address) and otp_email"))
+        }
     }
 }
 
