@@ -69,6 +69,8 @@ impl From<Error> for ApiError {
             }
             Error::Unauthorized => simple(S::UNAUTHORIZED, "unauthorized", &e),
             Error::InvalidRefreshToken => simple(S::UNAUTHORIZED, "invalid_refresh_token", &e),
+            // Nobody reads it: logged as a refusal (info), not as a fault.
+            Error::ClientGone => simple(client_closed_request(), "client_gone", &e),
             Error::Unavailable(source) => {
                 tracing::error!(error = %source, "dependency unavailable");
                 ApiError::new(
@@ -83,6 +85,12 @@ impl From<Error> for ApiError {
             }
         }
     }
+}
+
+/// 499, the status proxies log for a request whose client closed the
+/// connection before the answer.
+fn client_closed_request() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
 impl IntoResponse for ApiError {

@@ -53,6 +53,10 @@ pub enum Error {
     Unauthorized,
     #[error("invalid refresh token")]
     InvalidRefreshToken,
+    /// The client hung up and work done only for its answer was skipped (a
+    /// queued password hash): nobody reads this, and it is no fault.
+    #[error("the client is gone")]
+    ClientGone,
     #[error("a dependency is unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("internal error")]

@@ -384,6 +384,7 @@ impl PasswordHasher {
     ) -> Result<T, crate::Error> {
         let (done, result) = tokio::sync::oneshot::channel();
         let caller = Caller::current();
+        let asker = caller.clone();
         let job: Job = Box::new(move |memory| {
             // Its request was dropped while the job waited, or its client
             // hung up: nobody would read the answer, and the ~18 ms of
@@ -398,7 +399,11 @@ impl PasswordHasher {
         self.pool.submit(job).map_err(|e| crate::Error::Internal(e.into()))?;
         result
             .await
-            .map_err(|_| crate::Error::Internal("hash job dropped".into()))?
+            .map_err(|_| match asker {
+                // Skipped: the client hung up while the job waited.
+                Some(c) if c.is_gone() => crate::Error::ClientGone,
+                _ => crate::Error::Internal("hash job dropped".into()),
+            })?
             .map_err(|e| crate::Error::Internal(e.into()))
     }
 }
@@ -608,7 +613,7 @@ mod tests {
         caller.hung_up();
         release.send(()).unwrap();
         let answer = tokio::time::timeout(Duration::from_secs(30), asked).await.expect("the pool is stuck").unwrap();
-        assert!(answer.is_err(), "a skipped hash is an error to the flow, never a result");
+        assert!(matches!(answer, Err(crate::Error::ClientGone)), "a skipped hash is an error to the flow: {answer:?}");
         assert!(!ran.load(std::sync::atomic::Ordering::SeqCst), "a job whose client hung up ran");
         // A caller still there is served.
         let after = Caller::default().serve(h.run(|_| Ok(7))).await;
