@@ -42,7 +42,7 @@ pub use consumer::{
 };
 pub use mail_ledger::EmbeddedMailLedger;
 pub use mail_queue::SqliteMailQueue;
-pub use outbox::Outbox;
+pub use outbox::{Outbox, prune_outbox};
 pub use sweep::Swept;
 
 use crate::StoreError;

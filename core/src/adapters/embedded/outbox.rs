@@ -25,6 +25,39 @@ impl std::fmt::Debug for Outbox {
     }
 }
 
+/// Removes from the outbox `dir` the mails whose job was made before
+/// `cutoff` (the `<created_at>` of `<created_at>-<id>.eml`, on the store's
+/// clock); other files stay. The runner passes the ledger's memory
+/// (`LEDGER_TTL_SECS`, 7 days): by then every code and link in them is long
+/// dead and a second delivery of the job would be written again anyway.
+/// Without it the outbox grew for as long as the runner ran, a file for
+/// every mail anyone had sent (a standalone code to any address). Returns
+/// how many went; no outbox yet is none.
+pub fn prune_outbox(dir: &Path, cutoff: crate::clock::Timestamp) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        other => other?,
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let made = name
+            .strip_suffix(".eml")
+            .and_then(|stem| stem.split_once('-'))
+            .and_then(|(at, _)| at.parse::<crate::clock::Timestamp>().ok());
+        if made.is_some_and(|at| at < cutoff) {
+            match std::fs::remove_file(dir.join(name)) {
+                Ok(()) => removed += 1,
+                // Gone meanwhile (another pruner, a person).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// Why a delivery failed, and whether trying again could help.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum DeliveryError {
@@ -203,6 +236,24 @@ fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<
 mod tests {
     use super::super::test_support::TempDir;
     use super::*;
+
+    #[test]
+    fn mails_older_than_the_cutoff_are_pruned_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("latchkey-prune-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let names =
+            ["100-a.eml", "149-b.eml", "150-c.eml", "200-d.eml", ".9-e.tmp", "abc-f.eml", "100-g.txt", "100.eml"];
+        for name in names {
+            std::fs::write(dir.join(name), "x").unwrap();
+        }
+        assert_eq!(prune_outbox(&dir, 150).unwrap(), 2);
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, [".9-e.tmp", "100-g.txt", "100.eml", "150-c.eml", "200-d.eml", "abc-f.eml"]);
+        assert_eq!(prune_outbox(&dir.join("none"), 150).unwrap(), 0, "no outbox yet");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
     use crate::domain::Secret;
     use crate::mail::MailJob;
 
