@@ -674,6 +674,24 @@ where
     assert_eq!(codes["otp_email"], json!(address), "{codes}");
     assert!(codes.get("user_id").is_none(), "{codes}");
 
+    // A username of 32 hex digits (which the id parser would take too) is
+    // a username.
+    let hex = uuid::Uuid::new_v4().simple().to_string();
+    let signup = json!({"username": hex, "email": unique().1, "password": PASSWORD});
+    assert_eq!(sys.post("/v1/register", signup).await.0, 202);
+    let mut named = Value::Null;
+    for _ in 0..100 {
+        pump().await;
+        named = admin_get(sys, &format!("/v1/admin/audit?user={hex}"), Some(ADMIN_KEY)).await.1;
+        if named["events"].as_array().is_some_and(|e| kinds(e).contains(&"user_registered".to_string())) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let as_id = uuid::Uuid::parse_str(&hex).expect("hex").to_string();
+    assert!(named["user_id"].as_str().is_some_and(|u| u != as_id), "{named}");
+    assert!(kinds(named["events"].as_array().expect("events")).contains(&"user_registered".to_string()), "{named}");
+
     // An id without an account: its (empty) trail, not a 404.
     let (st, body) = admin_get(sys, &format!("/v1/admin/audit?user={}", uuid::Uuid::new_v4()), Some(ADMIN_KEY)).await;
     assert_eq!((st, body["events"].as_array().map(Vec::len)), (200, Some(0)), "{body}");

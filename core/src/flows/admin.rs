@@ -14,7 +14,11 @@ impl Auth {
     /// none of the three is an error naming the field `user`.
     pub async fn account_for_admin(&self, name: &str) -> Result<Option<UserId>, Error> {
         let name = name.trim();
-        if let Some(id) = UserId::parse(name) {
+        // Only the hyphenated form (36 characters) is an id: the parser
+        // also takes 32 hex digits, which is a username too.
+        if name.len() == 36
+            && let Some(id) = UserId::parse(name)
+        {
             return Ok(Some(id));
         }
         let ident = LoginIdentifier::parse(name)
