@@ -137,9 +137,10 @@ pub struct Policy {
     /// again by the client that rotated it, gets the current one back (a
     /// retry of a refresh whose answer was lost, or two of its requests
     /// racing) instead of revoking the session as a reuse. Only the token
-    /// just replaced; 0, the default, turns it off (SECURITY.md: reuse of an
-    /// old refresh token revokes the whole session, and the default must
-    /// meet that line; a client that retries refreshes can be given one).
+    /// just replaced; 0, the default, turns it off (the requirement: reuse of
+    /// an old refresh token revokes the whole session, and a default must
+    /// meet it; docs/security.md C23). A deployment whose clients retry
+    /// refreshes can turn it on.
     pub refresh_retry_grace_secs: i64,
     /// How long a device token (a browser or app that finished a login)
     /// lets its holder past the account lock and the per-identifier limit.

@@ -120,8 +120,9 @@ pub fn sqs_client(cfg: &SdkConfig, counter: Option<&CallCounter>) -> aws_sdk_sqs
 pub const API_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long one operation of the api may take with its retries: below the
-/// api function's default timeout (10 s), so a request answers 503 rather
-/// than being cut off by Lambda.
+/// api function's default timeout (10 s), so one call that stalls ends in a
+/// 503 rather than the invocation's end (a request of several calls that
+/// are each slow can still reach Lambda's timeout).
 pub const API_OPERATION_TIMEOUT: Duration = Duration::from_secs(9);
 
 /// `cfg` with the api's request timeouts ([`API_ATTEMPT_TIMEOUT`],
