@@ -1187,6 +1187,22 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), server).await.expect("shutdown").unwrap();
     }
 
+    /// `app` served on a loopback port with `timeouts` and the default caps
+    /// until told to stop: its address, the stop, and the server.
+    async fn serve_until_told(
+        app: axum::Router,
+        timeouts: (std::time::Duration, std::time::Duration),
+    ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (shut, shutdown) = tokio::sync::oneshot::channel::<()>();
+        let caps = Arc::new(ConnectionCaps::default());
+        let server = tokio::spawn(serve_connections(listener, app, timeouts, caps, async {
+            let _ = shutdown.await;
+        }));
+        (addr, shut, server)
+    }
+
     /// A client holds at most `per_client` connections and the server at
     /// most `total`: one past a cap is closed at once, the ones held still
     /// answer, and a slot comes back when its connection closes.
@@ -1267,18 +1283,7 @@ mod tests {
                 "both written"
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (shut, shutdown) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_connections(
-            listener,
-            app,
-            (Duration::from_secs(10), Duration::from_secs(10)),
-            Arc::new(ConnectionCaps::default()),
-            async {
-                let _ = shutdown.await;
-            },
-        ));
+        let (addr, shut, server) = serve_until_told(app, (Duration::from_secs(10), Duration::from_secs(10))).await;
         let mut started = started;
         let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
         conn.write_all(b"POST /write-twice HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\n\r\n").await.unwrap();
@@ -1304,18 +1309,7 @@ mod tests {
         use std::time::Duration;
         const BIG: usize = 16 << 20;
         let app = axum::Router::new().route("/big", axum::routing::get(|| async { vec![b'x'; BIG] }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (shut, shutdown) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_connections(
-            listener,
-            app,
-            (Duration::from_secs(10), Duration::from_millis(300)),
-            Arc::new(ConnectionCaps::default()),
-            async {
-                let _ = shutdown.await;
-            },
-        ));
+        let (addr, shut, server) = serve_until_told(app, (Duration::from_secs(10), Duration::from_millis(300))).await;
         let fetch = |pause: Duration| async move {
             let socket = tokio::net::TcpSocket::new_v4().unwrap();
             socket.set_recv_buffer_size(4096).unwrap();

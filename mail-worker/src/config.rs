@@ -35,7 +35,8 @@ pub struct WorkerConfig {
     pub ses_from: String,
     pub ses_configuration_set: Option<String>,
     /// Sends per second, per instance (the SES account's maximum send rate
-    /// divided by the Lambda's reserved concurrency).
+    /// divided by the SQS mapping's maximum concurrency,
+    /// `worker_max_concurrency` in Terraform).
     pub max_send_rate: f64,
     /// Links in mail are built from this, never from a request.
     pub public_base_url: String,

@@ -545,17 +545,22 @@ mod tests {
         }
     }
 
-    /// One `SendEmail` through `sesv2_client` over `canned`.
-    async fn send_email_over(canned: &Canned) -> Result<(), crate::mail::delivery::SendError> {
-        use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message};
-        let cfg = SdkConfig::builder()
+    /// A configuration whose HTTP client is `canned`.
+    fn over(canned: &Canned) -> SdkConfig {
+        SdkConfig::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(aws_config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_sesv2::config::SharedCredentialsProvider::new(
                 aws_sdk_sesv2::config::Credentials::new("test", "test", None, None, "test"),
             ))
             .http_client(SharedHttpClient::new(canned.clone()))
-            .build();
+            .build()
+    }
+
+    /// One `SendEmail` through `sesv2_client` over `canned`.
+    async fn send_email_over(canned: &Canned) -> Result<(), crate::mail::delivery::SendError> {
+        use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message};
+        let cfg = over(canned);
         let text = Content::builder().data("hello").build().expect("content");
         let message = Message::builder().subject(text.clone()).body(Body::builder().text(text).build()).build();
         sesv2_client(&cfg, None)
@@ -598,14 +603,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_api_request_that_gets_no_answer_is_given_up_in_time() {
         let canned = Canned { status: None, requests: Arc::default() };
-        let cfg = SdkConfig::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_sesv2::config::SharedCredentialsProvider::new(
-                aws_sdk_sesv2::config::Credentials::new("test", "test", None, None, "test"),
-            ))
-            .http_client(SharedHttpClient::new(canned.clone()))
-            .build();
+        let cfg = over(&canned);
         let started = tokio::time::Instant::now();
         let result = tokio::time::timeout(
             Duration::from_secs(600),
