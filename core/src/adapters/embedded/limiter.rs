@@ -8,11 +8,6 @@ use crate::ports::{LimitCounter, LimitKey, RateLimiter, StoreResult};
 use async_trait::async_trait;
 use rusqlite::OptionalExtension;
 
-/// Finished windows deleted by each counted hit, at most: far more than a
-/// hit adds (one row per key), so the table never grows past what the live
-/// windows hold by more than a moment's worth.
-const PURGE_PER_HIT: i64 = 64;
-
 #[async_trait]
 impl RateLimiter for EmbeddedStore {
     async fn hit(&self, keys: &[LimitKey], now: Timestamp) -> StoreResult<Option<u64>> {
@@ -40,16 +35,7 @@ impl RateLimiter for EmbeddedStore {
                     // Nothing counted: the transaction writes nothing.
                     return Ok(refused);
                 }
-                // Finished windows are of no further use: a few at a time.
-                // Windows are aligned to the clock, so every key of one
-                // window length ends in the same second, and deleting them
-                // all at once held this thread and the store (a probe: 0.36
-                // s for 300 000 rows) for the first request after the edge.
-                tx.prepare_cached(
-                    "DELETE FROM rate_limits WHERE (key, window_start) IN \
-                     (SELECT key, window_start FROM rate_limits WHERE expires_at <= ?1 LIMIT ?2)",
-                )?
-                .execute(rusqlite::params![now, PURGE_PER_HIT])?;
+                // Finished windows are deleted by the sweep (`sweep_expired`).
                 let mut upsert = tx.prepare_cached(
                     "INSERT INTO rate_limits (key, window_start, count, expires_at) VALUES (?1, ?2, ?3, ?4) \
                      ON CONFLICT (key, window_start) DO UPDATE SET count = excluded.count, \
@@ -118,9 +104,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn finished_windows_are_purged_a_few_at_a_time() {
-        let (s, _) = store();
-        for i in 0..150 {
+    async fn finished_windows_are_left_to_the_sweep_which_deletes_them_in_batches() {
+        let (s, clock) = store();
+        for i in 0..1_200 {
             s.hit(&[key(&format!("k{i}"), 5, 60)], T0).await.unwrap();
         }
         let rows = |s: &EmbeddedStore| {
@@ -131,15 +117,16 @@ mod tests {
                     .unwrap()
             }
         };
-        assert_eq!(rows(&s).await, 150);
-        // The next minute: each hit deletes at most PURGE_PER_HIT of the 150
-        // finished windows, and adds its own.
-        let later = T0 + 60;
-        s.hit(&[key("a", 5, 60)], later).await.unwrap();
-        assert_eq!(rows(&s).await, 150 - PURGE_PER_HIT + 1);
-        s.hit(&[key("b", 5, 60)], later).await.unwrap();
-        s.hit(&[key("c", 5, 60)], later).await.unwrap();
-        assert_eq!(rows(&s).await, 3, "only the live windows are left");
+        // The next minute: a hit adds its own window and deletes nothing (no
+        // work on a request's thread however many windows just ended).
+        s.hit(&[key("a", 5, 60)], T0 + 60).await.unwrap();
+        assert_eq!(rows(&s).await, 1_201);
+        // The sweep, on the store's clock, takes the 1 200 finished ones (in
+        // batches), not the live one.
+        clock.set(T0 + 60);
+        assert_eq!(s.sweep_expired().await.unwrap().rate_limits, 1_200);
+        assert_eq!(rows(&s).await, 1);
+        assert_eq!(s.hit(&[key("a", 1, 60)], T0 + 60).await.unwrap(), Some(40), "the live window still counts");
     }
 
     #[tokio::test]
