@@ -685,8 +685,7 @@ async fn missing_pages_and_wrong_methods_get_a_page_and_the_api_json() {
 /// send the browser back to the password form, the working code with it).
 #[tokio::test]
 async fn after_the_last_new_code_the_last_code_still_signs_in() {
-    let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let clock = std::sync::Arc::new(latchkey_core::clock::FixedClock::new(start));
+    let clock = latchkey_tests::system::frozen_clock();
     let sys = TestSystem::embedded_on_clock(&[("LATCHKEY_RATE_LIMITS", "relaxed")], clock.clone()).await;
     let mut b = Browser::new(&sys);
     let (username, email) = unique();

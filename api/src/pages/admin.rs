@@ -115,25 +115,23 @@ pub async fn audit(State(s): State<AppState>, mut v: Visitor, PageForm(f): PageF
             }
         },
     };
-    let given = |v: &str| Some(v.trim()).filter(|v| !v.is_empty()).map(str::to_string);
-    let asked = match (given(&trail.user), given(&trail.otp_email)) {
-        (Some(name), None) => match s.auth.account_for_admin(&name).await {
-            Ok(Some(id)) => Ok(id.to_string()),
-            Ok(None) => Err(("user", "No account has this id, username or address.", StatusCode::NOT_FOUND)),
-            Err(latchkey_core::Error::Validation { .. }) => {
-                Err(("user", "Enter an account's id, username or email address.", StatusCode::BAD_REQUEST))
-            }
-            Err(e) => return render::failure(e),
-        },
-        (None, Some(address)) => match s.auth.code_address_subject(&address) {
-            Ok((_, subject)) => Ok(subject),
-            Err(_) => Err(("otp_email", "Enter an email address.", StatusCode::BAD_REQUEST)),
-        },
-        _ => Err((
-            "user",
-            "Fill in one of the two: an account (id, username or address), or an address codes were sent to.",
-            StatusCode::BAD_REQUEST,
-        )),
+    let asked = match s.auth.admin_trail(Some(&trail.user), Some(&trail.otp_email)).await {
+        Ok(Some(asked)) => Ok(asked.subject),
+        Ok(None) => Err(("user", "No account has this id, username or address.", StatusCode::NOT_FOUND)),
+        Err(latchkey_core::Error::Validation { field: "otp_email", .. }) => {
+            Err(("otp_email", "Enter an email address.", StatusCode::BAD_REQUEST))
+        }
+        Err(latchkey_core::Error::Validation { reason, .. }) if reason == latchkey_core::flows::NAME_ONE_TRAIL => {
+            Err((
+                "user",
+                "Fill in one of the two: an account (id, username or address), or an address codes were sent to.",
+                StatusCode::BAD_REQUEST,
+            ))
+        }
+        Err(latchkey_core::Error::Validation { .. }) => {
+            Err(("user", "Enter an account's id, username or email address.", StatusCode::BAD_REQUEST))
+        }
+        Err(e) => return render::failure(e),
     };
     let subject = match asked {
         Ok(subject) => subject,

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use latchkey_core::audit::{AuditRecord, day_string, parse_day};
 use latchkey_core::clock::rfc3339;
 use latchkey_core::domain::RequestMeta;
+use latchkey_core::flows::TrailOf;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -134,35 +135,6 @@ pub struct AuditQuery {
     limit: Option<String>,
 }
 
-/// The trail an admin asked for by name: `?user=` (an account id, a
-/// username or an email address) or `?otp_email=` (the standalone codes
-/// sent to an address), exactly one; the subject, and how the answer names
-/// it.
-pub(crate) async fn audit_subject(
-    s: &AppState,
-    user: Option<&str>,
-    otp_email: Option<&str>,
-) -> Result<(String, Value), ApiError> {
-    fn given(v: Option<&str>) -> Option<&str> {
-        v.map(str::trim).filter(|v| !v.is_empty())
-    }
-    match (given(user), given(otp_email)) {
-        (Some(name), None) => {
-            let id = s.auth.account_for_admin(name).await?.ok_or_else(|| {
-                ApiError::new(StatusCode::NOT_FOUND, "user_not_found", "no account has this id, username or address")
-            })?;
-            Ok((id.to_string(), json!({ "user_id": id.to_string() })))
-        }
-        (None, Some(address)) => {
-            let (email, subject) = s.auth.code_address_subject(address)?;
-            Ok((subject, json!({ "otp_email": email.as_str() })))
-        }
-        _ => {
-            Err(ApiError::field("user", "give exactly one of user (an account id, username or address) and otp_email"))
-        }
-    }
-}
-
 /// `GET /v1/admin/audit?user=` or `?otp_email=`: a trail by the name an
 /// operator has (an account's username or address, or the address standalone
 /// codes were sent to), where `users/{id}/audit` needs the account's id.
@@ -175,8 +147,14 @@ pub async fn audit_by_name(
     require_admin(&s, &headers, &meta).await?;
     let q = query(q)?;
     let (before, limit) = page_params(&PageQuery { cursor: q.cursor, limit: q.limit })?;
-    let (subject, mut answer) = audit_subject(&s, q.user.as_deref(), q.otp_email.as_deref()).await?;
-    let page = s.audit.list(&subject, before, limit, s.auth.now()).await.map_err(latchkey_core::Error::from)?;
+    let trail = s.auth.admin_trail(q.user.as_deref(), q.otp_email.as_deref()).await?.ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "user_not_found", "no account has this id, username or address")
+    })?;
+    let mut answer = match &trail.of {
+        TrailOf::Account(id) => json!({ "user_id": id.to_string() }),
+        TrailOf::CodeAddress(email) => json!({ "otp_email": email.as_str() }),
+    };
+    let page = s.audit.list(&trail.subject, before, limit, s.auth.now()).await.map_err(latchkey_core::Error::from)?;
     answer["events"] = page.records.iter().map(record_json).collect();
     answer["next_cursor"] = json!(page.next_before.map(|b| b.to_string()));
     Ok(Json(answer).into_response())

@@ -17,6 +17,7 @@ mod signed_token;
 mod tokens;
 mod verify_email;
 
+pub use admin::{AdminTrail, NAME_ONE_TRAIL, TrailOf};
 pub use browser::BrowserSession;
 pub use login::LoginStarted;
 pub use otp::OtpSent;
